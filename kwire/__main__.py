@@ -1,0 +1,3 @@
+from kwire.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Defaulting, as kube-apiserver's SetDefaults_* functions do it for the kinds we serve.
+
+Run on create and on update (after a patch), before validation, so a re-applied manifest that omits a
+defaulted field does not look like a change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kwire.api.registry import Kind
+
+Obj = dict[str, Any]
+
+
+def _pod_spec(spec: Obj) -> None:
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("securityContext", {})
+    spec.setdefault("enableServiceLinks", True)
+    for field in ("containers", "initContainers"):
+        for c in spec.get(field) or []:
+            if not isinstance(c, dict):
+                continue
+            image = str(c.get("image", ""))
+            tag = image.rsplit("/", 1)[-1]
+            latest = ":" not in tag or tag.endswith(":latest")
+            c.setdefault("imagePullPolicy", "Always" if latest and "@" not in image else "IfNotPresent")
+            c.setdefault("terminationMessagePath", "/dev/termination-log")
+            c.setdefault("terminationMessagePolicy", "File")
+            c.setdefault("resources", {})
+            for p in c.get("ports") or []:
+                if isinstance(p, dict):
+                    p.setdefault("protocol", "TCP")
+            for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
+                probe = c.get(probe_name)
+                if isinstance(probe, dict):
+                    probe.setdefault("timeoutSeconds", 1)
+                    probe.setdefault("periodSeconds", 10)
+                    probe.setdefault("successThreshold", 1)
+                    probe.setdefault("failureThreshold", 3)
+                    http = probe.get("httpGet")
+                    if isinstance(http, dict):
+                        http.setdefault("path", "/")
+                        http.setdefault("scheme", "HTTP")
+
+
+def _pod(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        _pod_spec(spec)
+    status = obj.setdefault("status", {})
+    if isinstance(status, dict):
+        status.setdefault("phase", "Pending")
+        status.setdefault("qosClass", "BestEffort")
+
+
+def _template(obj: Obj) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    tmpl = spec.get("template")
+    if isinstance(tmpl, dict) and isinstance(tmpl.get("spec"), dict):
+        _pod_spec(tmpl["spec"])
+        tmpl.setdefault("metadata", {})
+
+
+def _deployment(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("replicas", 1)
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    strategy = spec.setdefault("strategy", {})
+    if isinstance(strategy, dict):
+        strategy.setdefault("type", "RollingUpdate")
+        if strategy["type"] == "RollingUpdate":
+            ru = strategy.setdefault("rollingUpdate", {})
+            if isinstance(ru, dict):
+                ru.setdefault("maxUnavailable", "25%")
+                ru.setdefault("maxSurge", "25%")
+    _template(obj)
+
+
+def _replicaset(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("replicas", 1)
+    _template(obj)
+
+
+def _daemonset(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("revisionHistoryLimit", 10)
+        strategy = spec.setdefault("updateStrategy", {})
+        if isinstance(strategy, dict):
+            strategy.setdefault("type", "RollingUpdate")
+            if strategy["type"] == "RollingUpdate":
+                ru = strategy.setdefault("rollingUpdate", {})
+                if isinstance(ru, dict):
+                    ru.setdefault("maxUnavailable", 1)
+                    ru.setdefault("maxSurge", 0)
+    _template(obj)
+
+
+def _service(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    stype = spec.setdefault("type", "ClusterIP")
+    if stype == "ExternalName":
+        return
+    spec.setdefault("sessionAffinity", "None")
+    if spec.get("sessionAffinity") == "ClientIP":
+        cfg = spec.setdefault("sessionAffinityConfig", {})
+        if isinstance(cfg, dict):
+            cip = cfg.setdefault("clientIP", {})
+            if isinstance(cip, dict):
+                cip.setdefault("timeoutSeconds", 10800)
+    spec.setdefault("internalTrafficPolicy", "Cluster")
+    if stype in ("NodePort", "LoadBalancer"):
+        spec.setdefault("externalTrafficPolicy", "Cluster")
+    if stype == "LoadBalancer":
+        spec.setdefault("allocateLoadBalancerNodePorts", True)
+    for p in spec.get("ports") or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+            if "targetPort" not in p and "port" in p:
+                p["targetPort"] = p["port"]
+    if spec.get("clusterIP") != "None":
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+    status = obj.setdefault("status", {})
+    if isinstance(status, dict):
+        status.setdefault("loadBalancer", {})
+
+
+def _namespace(obj: Obj) -> None:
+    meta = obj.setdefault("metadata", {})
+    labels = meta.setdefault("labels", {})
+    # kube-apiserver keeps this label equal to the name (NamespaceDefaultLabelName), so namespaceSelectors can use it.
+    if isinstance(labels, dict) and meta.get("name"):
+        labels["kubernetes.io/metadata.name"] = meta["name"]
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("finalizers", ["kubernetes"])
+    status = obj.setdefault("status", {})
+    if isinstance(status, dict):
+        status.setdefault("phase", "Active")
+
+
+def _secret(obj: Obj) -> None:
+    obj.setdefault("type", "Opaque")
+
+
+def _endpointslice(obj: Obj) -> None:
+    for p in obj.get("ports") or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+
+
+def _networkpolicy(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    if "policyTypes" not in spec or not spec["policyTypes"]:
+        types = ["Ingress"]
+        if spec.get("egress"):
+            types.append("Egress")
+        spec["policyTypes"] = types
+    for rules, peer_key in (("ingress", "ports"), ("egress", "ports")):
+        for rule in spec.get(rules) or []:
+            if isinstance(rule, dict):
+                for p in rule.get(peer_key) or []:
+                    if isinstance(p, dict):
+                        p.setdefault("protocol", "TCP")
+
+
+def _ipaddresspool(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("autoAssign", True)
+        spec.setdefault("avoidBuggyIPs", False)
+
+
+def _node(obj: Obj) -> None:
+    obj.setdefault("spec", {})
+    obj.setdefault("status", {})
+
+
+_DEFAULTERS: dict[str, Callable[[Obj], None]] = {
+    "Pod": _pod,
+    "Deployment": _deployment,
+    "ReplicaSet": _replicaset,
+    "DaemonSet": _daemonset,
+    "Service": _service,
+    "Namespace": _namespace,
+    "Secret": _secret,
+    "EndpointSlice": _endpointslice,
+    "NetworkPolicy": _networkpolicy,
+    "IPAddressPool": _ipaddresspool,
+    "Node": _node,
+}
+
+
+def apply_defaults(kind: Kind, obj: Obj) -> None:
+    fn = _DEFAULTERS.get(kind.kind)
+    if fn is not None:
+        fn(obj)

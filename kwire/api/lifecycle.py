@@ -1,0 +1,231 @@
+"""Object lifecycle run inside the API server: ownerReference garbage collection and namespace deletion.
+
+kube-controller-manager runs these as the garbage collector and the namespace controller; they only ever act
+on stored objects, so kwire runs them beside the store and follows its revision log directly (no HTTP).
+
+- Background deletion: when an owner is gone, dependents whose owners are all gone are deleted.
+- Foreground (`foregroundDeletion` finalizer): dependents are deleted first, then the owner.
+- Orphan (`orphan` finalizer): dependents lose the ownerReference, then the owner goes.
+- A namespace with a deletionTimestamp has every object in it deleted, then itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+from kwire.api.errors import ApiError
+from kwire.api.registry import KINDS, Kind
+from kwire.api.resources import NAMESPACES, Resources, decode, kind_for_key
+from kwire.store.base import DELETED
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+_NS_PREFIX = "/registry/core/namespaces/"
+
+
+class Lifecycle:
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self._uid_key: dict[str, str] = {}
+        self._key_uid: dict[str, str] = {}
+        self._dependents: dict[str, set[str]] = defaultdict(set)  # owner uid -> dependent keys
+        self._owners_of: dict[str, list[str]] = {}  # dependent key -> owner uids
+        self._terminating: set[str] = set()  # keys of namespaces being deleted
+        self._queue: asyncio.Queue[str] = asyncio.Queue()  # keys to look at
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        store = self.resources.store
+        rev = store.revision
+        res = await store.range("/registry/")
+        for kv in res.items:
+            self._index(kv.key, orjson.loads(kv.value))
+        # Anything already dangling or terminating from before a restart is looked at once.
+        for key in list(self._key_uid):
+            self._queue.put_nowait(key)
+        watch = store.watch("/registry/", from_revision=rev)
+        self._task = asyncio.create_task(self._run(watch))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def _index(self, key: str, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        uid = meta.get("uid")
+        if uid:
+            self._uid_key[uid] = key
+            self._key_uid[key] = uid
+        if key.startswith(_NS_PREFIX):
+            if meta.get("deletionTimestamp"):
+                self._terminating.add(key)
+            else:
+                self._terminating.discard(key)
+        self._unindex_owners(key)
+        owners = [r.get("uid") for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("uid")]
+        if owners:
+            self._owners_of[key] = owners
+            for o in owners:
+                self._dependents[o].add(key)
+
+    def _unindex_owners(self, key: str) -> None:
+        for o in self._owners_of.pop(key, []):
+            deps = self._dependents.get(o)
+            if deps is not None:
+                deps.discard(key)
+                if not deps:
+                    del self._dependents[o]
+
+    def _forget(self, key: str) -> str | None:
+        uid = self._key_uid.pop(key, None)
+        if uid:
+            self._uid_key.pop(uid, None)
+        self._terminating.discard(key)
+        self._unindex_owners(key)
+        return uid
+
+    async def _run(self, watch: Any) -> None:
+        pending: set[str] = set()
+        it = aiter(watch)
+        while True:
+            get_ev = asyncio.ensure_future(anext(it))
+            while not self._queue.empty():
+                pending.add(self._queue.get_nowait())
+            if pending:
+                await asyncio.sleep(0)
+            while pending:
+                key = pending.pop()
+                try:
+                    await self._process(key)
+                except ApiError as err:
+                    if err.code == 409:
+                        self._queue.put_nowait(key)
+                    elif err.code != 404:
+                        log.warning("lifecycle: %s: %s", key, err.message)
+                except Exception:
+                    log.exception("lifecycle: processing %s failed", key)
+            try:
+                ev = await get_ev
+            except StopAsyncIteration:
+                return
+            if ev.type == DELETED:
+                uid = self._forget(ev.key)
+                if uid:
+                    pending.update(self._dependents.get(uid, set()))
+                    obj = orjson.loads(ev.value)
+                    ns_kind = kind_for_key(ev.key)
+                    if ns_kind is not None and ns_kind.namespaced:
+                        ns = (obj.get("metadata") or {}).get("namespace")
+                        if ns and NAMESPACES.key(None, ns) in self._terminating:  # type: ignore[union-attr]
+                            pending.add(NAMESPACES.key(None, ns))  # type: ignore[union-attr]
+            else:
+                obj = orjson.loads(ev.value)
+                self._index(ev.key, obj)
+                meta = obj.get("metadata") or {}
+                if meta.get("deletionTimestamp") or meta.get("ownerReferences"):
+                    pending.add(ev.key)
+                ns = meta.get("namespace")
+                if ns:
+                    nskey = NAMESPACES.key(None, ns)  # type: ignore[union-attr]
+                    if nskey in self._terminating:
+                        pending.add(nskey)
+
+    async def _process(self, key: str) -> None:
+        kind = kind_for_key(key)
+        kv = self.resources.store.get_now(key)
+        if kind is None or kv is None:
+            return
+        obj = decode(kv)
+        meta = obj["metadata"]
+        if kind is NAMESPACES:
+            if meta.get("deletionTimestamp"):
+                await self._empty_namespace(meta["name"])
+            return
+        if meta.get("deletionTimestamp"):
+            finalizers = list(meta.get("finalizers") or [])
+            uid = meta.get("uid", "")
+            deps = sorted(self._dependents.get(uid, set()))
+            if "orphan" in finalizers:
+                for dep in deps:
+                    await self._drop_owner_ref(dep, uid)
+                await self._remove_finalizer(kind, obj, "orphan")
+                return
+            if "foregroundDeletion" in finalizers:
+                if deps:
+                    for dep in deps:
+                        await self._delete_key(dep, propagation="Foreground")
+                    return
+                await self._remove_finalizer(kind, obj, "foregroundDeletion")
+                return
+        owners = self._owners_of.get(key, [])
+        if owners and all(o not in self._uid_key for o in owners):
+            await self._delete_key(key, propagation="Background")
+        elif owners:
+            # Dependents of an owner being deleted in the foreground go before it.
+            for o in owners:
+                okey = self._uid_key.get(o)
+                okv = self.resources.store.get_now(okey) if okey else None
+                if okv and b"foregroundDeletion" in okv.value:
+                    await self._delete_key(key, propagation="Foreground")
+                    return
+
+    async def _delete_key(self, key: str, *, propagation: str) -> None:
+        kind = kind_for_key(key)
+        kv = self.resources.store.get_now(key)
+        if kind is None or kv is None:
+            return
+        meta = orjson.loads(kv.value).get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return
+        log.info("garbage collector: deleting %s", key)
+        await self.resources.delete(kind, meta.get("namespace"), meta["name"], propagation=propagation)
+
+    async def _drop_owner_ref(self, key: str, owner_uid: str) -> None:
+        kind = kind_for_key(key)
+        kv = self.resources.store.get_now(key)
+        if kind is None or kv is None:
+            return
+        obj = decode(kv)
+        refs = [r for r in obj["metadata"].get("ownerReferences") or [] if r.get("uid") != owner_uid]
+        if refs:
+            obj["metadata"]["ownerReferences"] = refs
+        else:
+            obj["metadata"].pop("ownerReferences", None)
+        await self.resources.update(kind, obj["metadata"].get("namespace"), obj["metadata"]["name"], obj)
+
+    async def _remove_finalizer(self, kind: Kind, obj: Obj, finalizer: str) -> None:
+        meta = obj["metadata"]
+        meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != finalizer]
+        if not meta["finalizers"]:
+            del meta["finalizers"]
+        await self.resources.update(kind, meta.get("namespace"), meta["name"], obj)
+
+    async def _empty_namespace(self, ns: str) -> None:
+        remaining = 0
+        for kind in KINDS:
+            if not kind.namespaced:
+                continue
+            res = await self.resources.store.range(kind.prefix(ns))
+            for kv in res.items:
+                remaining += 1
+                meta = orjson.loads(kv.value).get("metadata") or {}
+                if meta.get("deletionTimestamp"):
+                    continue
+                try:
+                    await self.resources.delete(kind, ns, meta["name"], propagation="Background")
+                except ApiError as err:
+                    if err.code != 404:
+                        raise
+        if remaining == 0:
+            log.info("namespace %s is empty: removing it", ns)
+            await self.resources.finish_namespace(ns)

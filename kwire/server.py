@@ -1,0 +1,179 @@
+"""The `kwire server` role: store + API + in-server lifecycle, TLS and the admin kubeconfig.
+
+`run(cfg)` is what the CLI calls; `start(cfg)` returns a running `Server` for tests and the lab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from kwire.api.allocator import ServiceAllocator
+from kwire.api.certs import ensure_pki, ensure_token
+from kwire.api.errors import ApiError
+from kwire.api.lifecycle import Lifecycle
+from kwire.api.registry import by_path
+from kwire.api.resources import Resources
+from kwire.api.server import ApiServer
+from kwire.client.kubeconfig import write_kubeconfig
+from kwire.config import ServerConfig
+from kwire.store.sqlite import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+COMPACT_INTERVAL = 300.0
+COMPACT_KEEP = 20000  # revisions kept for watchers to resume from (kine keeps 1000)
+
+NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def _node_address(cfg: ServerConfig) -> str:
+    """The address the `kubernetes` Endpoints point at (K3s: the node IP)."""
+    for candidate in (cfg.advertise_address, cfg.node_ip):
+        if candidate:
+            return str(candidate)
+    if cfg.bind_address and cfg.bind_address not in ("0.0.0.0", "::"):
+        return str(cfg.bind_address)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only asks the kernel which source it would use
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) -> None:
+    """Objects every cluster has (kube-apiserver's bootstrap controller), reconciled on every start."""
+    ns_kind = by_path("", "v1", "namespaces")
+    svc_kind = by_path("", "v1", "services")
+    ep_kind = by_path("", "v1", "endpoints")
+    eps_kind = by_path("discovery.k8s.io", "v1", "endpointslices")
+    assert ns_kind and svc_kind and ep_kind and eps_kind
+    for ns in NAMESPACES:
+        if resources.get_or_none(ns_kind, None, ns) is None:
+            await resources.create(ns_kind, None, {"metadata": {"name": ns}})
+    port = int(cfg.https_listen_port)
+    if resources.get_or_none(svc_kind, "default", "kubernetes") is None:
+        await resources.create(
+            svc_kind,
+            "default",
+            {
+                "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {
+                    "type": "ClusterIP",
+                    "clusterIP": str(cfg.api_service_ip),
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                },
+            },
+        )
+    endpoints = {
+        "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    }
+    slice_ = {
+        "metadata": {
+            "name": "kubernetes",
+            "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True, "serving": True, "terminating": False}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }
+    for kind, desired in ((ep_kind, endpoints), (eps_kind, slice_)):
+        current = resources.get_or_none(kind, "default", "kubernetes")
+        if current is None:
+            await resources.create(kind, "default", desired)
+        else:
+            merged = {**current, **{k: v for k, v in desired.items() if k != "metadata"}}
+            merged["metadata"] = {**current["metadata"], "labels": desired["metadata"]["labels"]}
+            try:
+                await resources.update(kind, "default", "kubernetes", merged)
+            except ApiError as err:
+                log.warning("bootstrap: updating %s default/kubernetes: %s", kind.plural, err.message)
+
+
+@dataclass
+class Server:
+    cfg: ServerConfig
+    store: SQLiteStore
+    resources: Resources
+    api: ApiServer
+    lifecycle: Lifecycle
+    runner: web.AppRunner
+    token: str
+    ca_pem: bytes
+    url: str
+    kubeconfig: Path
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        self.api.stop_watches()
+        await self.lifecycle.stop()
+        await self.runner.cleanup()
+        await self.store.close()
+
+
+async def _compactor(store: SQLiteStore) -> None:
+    while True:
+        await asyncio.sleep(COMPACT_INTERVAL)
+        try:
+            await store.compact(store.revision - COMPACT_KEEP)
+        except Exception:
+            log.exception("compaction failed")
+
+
+async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
+    """Start the server. `sockets` are pre-opened listening sockets (the lab opens one on the host's loopback)."""
+    data_dir = Path(cfg.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(data_dir / "db" / "state.db")
+    allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
+    resources = Resources(store, allocator=allocator)
+    await resources.load()
+    address = _node_address(cfg)
+    await bootstrap(resources, cfg, address=address)
+    lifecycle = Lifecycle(resources)
+    await lifecycle.start()
+
+    sans_ip = sorted({"127.0.0.1", address, str(cfg.api_service_ip)} | ({str(cfg.bind_address)} if cfg.bind_address not in ("0.0.0.0", "::", "") else set()))
+    pki = ensure_pki(data_dir, sans_dns=["kubernetes", f"kubernetes.default.svc.{cfg.cluster_domain}", socket.gethostname()], sans_ip=sans_ip)
+    token = ensure_token(data_dir, cfg.token)
+    port = int(cfg.https_listen_port)
+    api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}")
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    ssl_ctx = pki.server_ssl_context()
+    if sockets:
+        for sock in sockets:
+            await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
+    else:
+        await web.TCPSite(runner, host=str(cfg.bind_address), port=port, ssl_context=ssl_ctx, reuse_address=True).start()
+    url = f"https://127.0.0.1:{port}"
+    kubeconfig = Path(cfg.write_kubeconfig) if cfg.write_kubeconfig else data_dir / "cred" / "admin.kubeconfig"
+    write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
+    server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig)
+    server.tasks.append(asyncio.create_task(_compactor(store)))
+    log.info("kwire server listening on %s:%d (kubeconfig %s)", cfg.bind_address, port, kubeconfig)
+    return server
+
+
+async def run(cfg: ServerConfig) -> None:
+    server = await start(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"kwire server ready: {server.url}  kubeconfig: {server.kubeconfig}", flush=True)
+    await stop.wait()
+    await server.close()

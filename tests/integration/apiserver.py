@@ -1,0 +1,101 @@
+"""Runs a real `kwire server` process for tests and drives it with the real kubectl."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KUBECTL = shutil.which("kubectl") or str(Path(sys.prefix) / "bin" / "kubectl")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    port: int
+    token: str = "kwire-test-token"
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.data_dir / "admin.kubeconfig"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def start(self, *, timeout: float = 20.0) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "kwire",
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            str(self.port),
+            "--token",
+            self.token,
+            "--write-kubeconfig",
+            str(self.kubeconfig),
+            *self.extra_args,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kwire server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", context=ctx, timeout=1) as r:
+                    if r.status == 200 and self.kubeconfig.exists():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"kwire server did not become ready:\n{self.log_path.read_text()}")
+
+    def stop(self, *, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(self.data_dir)}
+        cmd = [KUBECTL, "--cache-dir", str(self.data_dir / "kubecache"), *args]
+        res = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
