@@ -361,16 +361,16 @@ class ApiServer:
         resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Transfer-Encoding": "chunked"})
         await resp.prepare(request)
 
-        async def send(etype: str, obj: Obj) -> None:
+        def line(etype: str, obj: Obj) -> bytes:
             if as_table and etype in (ADDED, MODIFIED, DELETED):
                 obj = self._table(kind, [obj], resource_version=obj["metadata"].get("resourceVersion", ""))
-            await resp.write(orjson.dumps({"type": etype, "object": obj}) + b"\n")
+            return orjson.dumps({"type": etype, "object": obj}) + b"\n"
 
         try:
             watch = store.watch(prefix, from_revision=start)
         except Compacted as exc:
             status = gone(f"too old resource version: {start} ({exc.compacted + 1})").status()
-            await resp.write(orjson.dumps({"type": "ERROR", "object": status}) + b"\n")
+            await resp.write(line("ERROR", status))
             return resp
 
         def matches(obj: Obj) -> bool:
@@ -384,19 +384,21 @@ class ApiServer:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            for obj in initial:
-                await send(ADDED, obj)
+            chunk = [line(ADDED, obj) for obj in initial]
             if send_initial and bookmarks:
-                await send("BOOKMARK", bookmark(start, initial_end=True))
-            it = aiter(watch)
-            stop = asyncio.ensure_future(self._stopping.wait())
-            try:
-                while True:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    nxt = asyncio.ensure_future(anext(it))
+                chunk.append(line("BOOKMARK", bookmark(start, initial_end=True)))
+            if chunk:
+                await resp.write(b"".join(chunk))
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                # Everything already queued goes out in one write; only an idle watcher waits.
+                events = watch.ready()
+                if not events:
+                    nxt = asyncio.ensure_future(anext(watch))
                     done, _ = await asyncio.wait({nxt, stop}, timeout=min(left, BOOKMARK_INTERVAL), return_when=asyncio.FIRST_COMPLETED)
                     if stop in done:
                         nxt.cancel()
@@ -404,39 +406,37 @@ class ApiServer:
                     if nxt not in done:
                         nxt.cancel()
                         if bookmarks:
-                            await send("BOOKMARK", bookmark(store.revision))
+                            await resp.write(line("BOOKMARK", bookmark(store.revision)))
                         continue
                     try:
-                        ev = nxt.result()
+                        events = [nxt.result()]
                     except StopAsyncIteration:
                         break
-                    await self._send_event(ev, send, matches)
-            finally:
-                stop.cancel()
+                    events.extend(watch.ready())
+                out = [b for ev in events for b in self._event_lines(ev, line, matches)]
+                if out:
+                    await resp.write(b"".join(out))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            stop.cancel()
             watch.close()
         return resp
 
     @staticmethod
-    async def _send_event(ev: Any, send: Callable[[str, Obj], Awaitable[None]], matches: Callable[[Obj], bool]) -> None:
+    def _event_lines(ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]) -> list[bytes]:
         obj = decode(value=ev.value, revision=ev.revision)
         if ev.type == DELETED:
-            if matches(obj):
-                await send(DELETED, obj)
-            return
+            return [line(DELETED, obj)] if matches(obj) else []
         now = matches(obj)
         if ev.type == ADDED:
-            if now:
-                await send(ADDED, obj)
-            return
+            return [line(ADDED, obj)] if now else []
         before = matches(decode(value=ev.prev_value, revision=ev.revision)) if ev.prev_value else False
         if now and before:
-            await send(MODIFIED, obj)
-        elif now:
-            await send(ADDED, obj)
-        elif before:
+            return [line(MODIFIED, obj)]
+        if now:
+            return [line(ADDED, obj)]
+        if before:
             # The object left the selector: watchers see it deleted (kube's cacher sends the previous state).
-            await send(DELETED, decode(value=ev.prev_value, revision=ev.revision))
-
+            return [line(DELETED, decode(value=ev.prev_value, revision=ev.revision))]
+        return []

@@ -90,6 +90,23 @@ class _Watch:
             self._last = event.revision
             return event
 
+    def ready(self) -> list[Event]:
+        """Events available now, without waiting (empty when the watcher is caught up or ended)."""
+        out: list[Event] = []
+        while self._backlog or not self._queue.empty():
+            if self._backlog:
+                event = self._backlog.popleft()
+            else:
+                got = self._queue.get_nowait()
+                if got is None:
+                    self._queue.put_nowait(None)  # keep the end marker for __anext__
+                    break
+                event = got
+            if event.revision > self._last:
+                self._last = event.revision
+                out.append(event)
+        return out
+
     def close(self) -> None:
         self._queue.put_nowait(None)
         try:
