@@ -41,13 +41,17 @@ def create(name: str) -> None:
     if exists(name):
         return
     _netns.create(name)
-    with inside(name):
+
+    def lo_up() -> None:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname="lo")
             if idx:
                 ipr.link("set", index=idx[0], state="up")
+
+    # pyroute2's sync IPRoute must not run on a thread with a running asyncio loop: use the worker thread.
+    run_in(name, lo_up)
 
 
 def remove(name: str) -> None:
@@ -77,7 +81,7 @@ def _setns(fd: int) -> None:
 @contextlib.contextmanager
 def inside(name: str) -> Iterator[None]:
     """Run the body with the calling thread in namespace `name`, then switch back."""
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(path(name), os.O_RDONLY)
     try:
         _setns(target)

@@ -1,0 +1,210 @@
+"""The node's pod runtime: a long-lived process that runs what is inside pods, separate from the agent.
+
+It outlives agent restarts (as containerd outlives the kubelet), so restarting `kwire agent` never closes a
+pod's sockets or kills its processes. The agent drives it over a unix socket with a tiny JSON API:
+
+    PUT    /pods/{uid}   {"pod": {...identity...}, "ports": [[80, "TCP"]], "processes": [...], "restartPolicy": ...}
+    DELETE /pods/{uid}
+    GET    /pods         {uid: {"ports": [...], "containers": {name: {"running", "exitCode", "restartCount", "pid"}}}}
+
+Processes run through `ip netns exec <pod netns>`, which also gives them the pod's /etc/resolv.conf and
+/etc/hosts (bind-mounted from /etc/netns/<name>/, the iproute2 convention). A container whose process exits is
+restarted per restartPolicy with kubelet's back-off (10 s doubling to 5 min, reset after 10 min of running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kwire.agent.kubelet.responder import PodIdentity, Responders
+
+log = logging.getLogger(__name__)
+
+IP = shutil.which("ip") or "/usr/sbin/ip"
+BACKOFF_START = 10.0
+BACKOFF_MAX = 300.0
+BACKOFF_RESET = 600.0
+
+
+@dataclass
+class Container:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    netns: str
+    log_path: Path
+    restart_policy: str
+    proc: asyncio.subprocess.Process | None = None
+    restart_count: int = 0
+    exit_code: int | None = None
+    started_at: float = 0.0
+    backoff: float = BACKOFF_START
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+    def status(self) -> dict[str, Any]:
+        running = self.proc is not None and self.proc.returncode is None
+        return {
+            "running": running,
+            "exitCode": self.exit_code,
+            "restartCount": self.restart_count,
+            "pid": self.proc.pid if running and self.proc else None,
+            "startedAt": self.started_at,
+        }
+
+
+@dataclass
+class PodRecord:
+    spec: dict[str, Any]
+    containers: dict[str, Container] = field(default_factory=dict)
+
+
+class Runtime:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.logs = state_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.responders = Responders()
+        self.pods: dict[str, PodRecord] = {}
+
+    async def ensure_pod(self, uid: str, spec: dict[str, Any]) -> None:
+        rec = self.pods.get(uid)
+        if rec is not None and rec.spec == spec:
+            return
+        if rec is not None:
+            await self.remove_pod(uid)
+        pod = spec["pod"]
+        ident = PodIdentity(pod["name"], pod["namespace"], pod["node"], pod["podIP"], pod["netns"])
+        await self.responders.ensure(uid, ident, [(int(p), str(proto)) for p, proto in spec.get("ports", [])])
+        rec = PodRecord(spec)
+        self.pods[uid] = rec
+        for proc in spec.get("processes", []):
+            c = Container(
+                name=proc["name"],
+                argv=list(proc["argv"]),
+                env={str(k): str(v) for k, v in (proc.get("env") or {}).items()},
+                netns=pod["netns"],
+                log_path=self.logs / f"{pod['namespace']}_{pod['name']}_{proc['name']}.log",
+                restart_policy=spec.get("restartPolicy", "Always"),
+            )
+            rec.containers[c.name] = c
+            c.task = asyncio.create_task(self._supervise(c))
+
+    async def _start(self, c: Container) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), **c.env}
+        with open(c.log_path, "ab") as logf:
+            c.proc = await asyncio.create_subprocess_exec(
+                IP, "netns", "exec", c.netns, *c.argv, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        c.started_at = time.time()
+        c.exit_code = None
+
+    async def _supervise(self, c: Container) -> None:
+        while not c.stopping:
+            try:
+                await self._start(c)
+            except OSError as exc:
+                log.warning("runtime: cannot start %s: %s", c.name, exc)
+                c.exit_code = 128
+            else:
+                assert c.proc is not None
+                c.exit_code = await c.proc.wait()
+            if c.stopping:
+                return
+            ran = time.time() - c.started_at
+            if c.restart_policy == "Never" or (c.restart_policy == "OnFailure" and c.exit_code == 0):
+                return
+            if ran > BACKOFF_RESET:
+                c.backoff = BACKOFF_START
+            log.info("runtime: %s exited with %s; restarting in %.0fs", c.name, c.exit_code, c.backoff)
+            await asyncio.sleep(c.backoff)
+            c.backoff = min(c.backoff * 2, BACKOFF_MAX)
+            c.restart_count += 1
+
+    async def remove_pod(self, uid: str, *, grace: float = 5.0) -> None:
+        rec = self.pods.pop(uid, None)
+        await self.responders.remove(uid)
+        if rec is None:
+            return
+        for c in rec.containers.values():
+            c.stopping = True
+            if c.proc is not None and c.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(c.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for c in rec.containers.values():
+            if c.proc is not None and c.proc.returncode is None:
+                try:
+                    await asyncio.wait_for(c.proc.wait(), max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(c.proc.pid, signal.SIGKILL)
+                    await c.proc.wait()
+            if c.task is not None:
+                c.task.cancel()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            uid: {
+                "ports": [list(p) for p in self.responders.pods().get(uid, [])],
+                "containers": {name: c.status() for name, c in rec.containers.items()},
+            }
+            for uid, rec in self.pods.items()
+        }
+
+    async def close(self) -> None:
+        for uid in list(self.pods):
+            await self.remove_pod(uid, grace=2.0)
+        await self.responders.close()
+
+    # -- control API --------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        async def put(request: web.Request) -> web.Response:
+            spec = orjson.loads(await request.read())
+            await self.ensure_pod(request.match_info["uid"], spec)
+            return web.json_response(self.status().get(request.match_info["uid"], {}))
+
+        async def delete(request: web.Request) -> web.Response:
+            await self.remove_pod(request.match_info["uid"])
+            return web.json_response({})
+
+        async def get(request: web.Request) -> web.Response:
+            return web.Response(body=orjson.dumps(self.status()), content_type="application/json")
+
+        app = web.Application()
+        app.router.add_put("/pods/{uid}", put)
+        app.router.add_delete("/pods/{uid}", delete)
+        app.router.add_get("/pods", get)
+        return app
+
+
+async def serve(state_dir: Path, socket_path: Path) -> None:
+    """Run the runtime until SIGTERM/SIGINT."""
+    runtime = Runtime(state_dir)
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    runner = web.AppRunner(runtime.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.UnixSite(runner, str(socket_path)).start()
+    os.chmod(socket_path, 0o600)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("runtime serving on %s", socket_path)
+    await stop.wait()
+    await runner.cleanup()
+    await runtime.close()
