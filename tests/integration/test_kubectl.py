@@ -125,7 +125,8 @@ spec:
 """
     res = server.kubectl("apply", "-f", "-", input=bad_port, check=False)
     assert res.returncode != 0
-    assert 'The Service "badport" is invalid: spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive' in res.stderr
+    assert 'The Service "badport" is invalid' in res.stderr
+    assert "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive" in res.stderr
     bad_name = bad_port.replace("badport", "Bad_Name").replace("port: 0", "port: 80")
     res = server.kubectl("apply", "-f", "-", input=bad_name, check=False)
     assert res.returncode != 0 and "metadata.name: Invalid value" in res.stderr

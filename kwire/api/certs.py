@@ -1,0 +1,145 @@
+"""The server's PKI: a CA and a serving certificate generated on first start and reused (cryptography).
+
+Files live under `<data-dir>/tls/` with K3s's names (server-ca.crt/.key, serving-kube-apiserver.crt/.key).
+When the serving certificate lacks a SAN the server now needs (a new node IP, say) it is re-issued from the
+same CA, so clients that trust the CA keep working. Also the cluster token, kept in `<data-dir>/token`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import os
+import secrets
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+ALWAYS_DNS = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+ALWAYS_IP = ("127.0.0.1",)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca_cert: Path
+    ca_key: Path
+    serving_cert: Path
+    serving_key: Path
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca_cert.read_bytes()
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.serving_cert, self.serving_key)
+        return ctx
+
+
+def _sans(cert: x509.Certificate) -> tuple[set[str], set[str]]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    return set(ext.get_values_for_type(x509.DNSName)), {str(ip) for ip in ext.get_values_for_type(x509.IPAddress)}
+
+
+def ensure_pki(data_dir: Path, *, sans_dns: list[str], sans_ip: list[str]) -> Pki:
+    tls = Path(data_dir) / "tls"
+    pki = Pki(tls / "server-ca.crt", tls / "server-ca.key", tls / "serving-kube-apiserver.crt", tls / "serving-kube-apiserver.key")
+    now = dt.datetime.now(dt.UTC)
+    if pki.ca_cert.exists() and pki.ca_key.exists():
+        ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        loaded = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        ca_key = loaded
+    else:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"kwire-server-ca@{int(now.timestamp())}")])
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        _atomic_write(pki.ca_key, _key_pem(ca_key), 0o600)
+        _atomic_write(pki.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        log.info("generated cluster CA %s", pki.ca_cert)
+
+    want_dns = set(ALWAYS_DNS) | {d for d in sans_dns if d}
+    want_ip = set(ALWAYS_IP) | {i for i in sans_ip if i}
+    if pki.serving_cert.exists() and pki.serving_key.exists():
+        cur = x509.load_pem_x509_certificate(pki.serving_cert.read_bytes())
+        have_dns, have_ip = _sans(cur)
+        fresh = cur.not_valid_after_utc > now + dt.timedelta(days=30)
+        if fresh and want_dns <= have_dns and want_ip <= have_ip and cur.issuer == ca_cert.subject:
+            return pki
+        want_dns |= have_dns
+        want_ip |= have_ip
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt = [x509.DNSName(d) for d in sorted(want_dns)] + [x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(want_ip)]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _atomic_write(pki.serving_key, _key_pem(key), 0o600)
+    _atomic_write(pki.serving_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    log.info("issued serving certificate for %s", ", ".join(sorted(want_dns | want_ip)))
+    return pki
+
+
+def ensure_token(data_dir: Path, token: str | None) -> str:
+    """The cluster token: the given one (stored), else the stored one, else a new random one."""
+    path = Path(data_dir) / "token"
+    if token:
+        if not path.exists() or path.read_text().strip() != token:
+            _atomic_write(path, token.encode() + b"\n", 0o600)
+        return token
+    if path.exists():
+        stored = path.read_text().strip()
+        if stored:
+            return stored
+    new = secrets.token_hex(24)
+    _atomic_write(path, new.encode() + b"\n", 0o600)
+    return new

@@ -1,0 +1,220 @@
+"""PATCH bodies: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and strategic merge patch.
+
+Strategic merge patch follows apimachinery's `strategicpatch` for the directives `kubectl apply` sends
+(`$patch: replace|delete|merge`, `$retainKeys`, `$deleteFromPrimitiveList/<f>`, `$setElementOrder/<f>`, null
+deletes a key). Which lists merge, and by which key, comes from the `patchStrategy`/`patchMergeKey` tags of the
+upstream Go types for the kinds we serve (the table below); every other list is replaced whole. Custom kinds
+(metallb.io) do not support strategic merge patch, as for CRDs in kube-apiserver.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonpatch
+import orjson
+
+from kwire.api.errors import ApiError, bad_request
+from kwire.api.registry import Kind
+
+Obj = dict[str, Any]
+Schema = dict[str, Any]
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+
+
+def _ml(key: str, items: Schema | None = None) -> Schema:
+    """A list merged by `key` (patchStrategy=merge, patchMergeKey=key)."""
+    return {"merge_key": key, "items": items or {}}
+
+
+_PRIM: Schema = {"primitive_merge": True}
+
+
+def _obj(fields: Schema) -> Schema:
+    return {"fields": fields}
+
+
+_META = _obj({"finalizers": _PRIM, "ownerReferences": _ml("uid")})
+_CONTAINER: Schema = {"ports": _ml("containerPort"), "env": _ml("name"), "volumeMounts": _ml("mountPath"), "volumeDevices": _ml("devicePath")}
+_POD_SPEC: Schema = {
+    "containers": _ml("name", _CONTAINER),
+    "initContainers": _ml("name", _CONTAINER),
+    "ephemeralContainers": _ml("name", _CONTAINER),
+    "volumes": _ml("name"),
+    "imagePullSecrets": _ml("name"),
+    "hostAliases": _ml("ip"),
+}
+_CONDITIONS = _obj({"conditions": _ml("type")})
+_TEMPLATE = _obj({"metadata": _META, "spec": _obj(_POD_SPEC)})
+_WORKLOAD: Schema = {"metadata": _META, "spec": _obj({"template": _TEMPLATE}), "status": _CONDITIONS}
+
+_SCHEMAS: dict[str, Schema] = {
+    "Pod": {"metadata": _META, "spec": _obj(_POD_SPEC), "status": _obj({"conditions": _ml("type")})},
+    "Deployment": _WORKLOAD,
+    "ReplicaSet": _WORKLOAD,
+    "DaemonSet": _WORKLOAD,
+    "Service": {"metadata": _META, "spec": _obj({"ports": _ml("port")}), "status": _obj({"conditions": _ml("type")})},
+    "Node": {"metadata": _META, "spec": _obj({"podCIDRs": _PRIM}), "status": _obj({"conditions": _ml("type"), "addresses": _ml("type")})},
+    "Namespace": {"metadata": _META, "status": _obj({"conditions": _ml("type")})},
+}
+
+
+def smp_supported(kind: Kind) -> bool:
+    return kind.group != "metallb.io"
+
+
+class _Delete:
+    """Marks an element or key to remove ($patch: delete)."""
+
+
+_DELETE = _Delete()
+
+
+def _strip(value: Any) -> Any:
+    """A patch value with its directives removed (for values that do not merge with anything)."""
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if not k.startswith("$") and v is not None}
+    if isinstance(value, list):
+        return [_strip(v) for v in value if not (isinstance(v, dict) and v.get("$patch") == "delete")]
+    return value
+
+
+def _order(result: list[Any], order: list[Any], key: str | None) -> list[Any]:
+    def ident(item: Any) -> Any:
+        if key is not None and isinstance(item, dict):
+            return orjson.dumps(item.get(key))
+        return orjson.dumps(item)
+
+    rank = {ident(o): i for i, o in enumerate(order)}
+    listed = sorted((x for x in result if ident(x) in rank), key=lambda x: rank[ident(x)])
+    rest = [x for x in result if ident(x) not in rank]
+    return listed + rest
+
+
+def _merge_list(original: Any, patch: list[Any], schema: Schema) -> list[Any]:
+    if schema.get("primitive_merge"):
+        base = list(original) if isinstance(original, list) else []
+        for v in patch:
+            if v not in base:
+                base.append(v)
+        return base
+    key = schema.get("merge_key")
+    if key is None:
+        return _strip(patch)  # type: ignore[no-any-return]
+    if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
+        return [_strip(p) for p in patch if not (isinstance(p, dict) and p.get("$patch") == "replace")]
+    result = [copy.deepcopy(x) for x in original] if isinstance(original, list) else []
+    for item in patch:
+        if not isinstance(item, dict):
+            result.append(item)
+            continue
+        kv = item.get(key)
+        idx = next((i for i, x in enumerate(result) if isinstance(x, dict) and x.get(key) == kv), None)
+        if item.get("$patch") == "delete":
+            if idx is not None:
+                del result[idx]
+            continue
+        if idx is None:
+            result.append(_strip(item))
+        else:
+            merged = _merge_map(result[idx], item, schema.get("items") or {})
+            result[idx] = merged
+    return result
+
+
+def _merge_map(original: Any, patch: Obj, fields: Schema) -> Any:
+    directive = patch.get("$patch")
+    if directive == "replace":
+        return _strip(patch)
+    if directive == "delete":
+        return _DELETE
+    result: Obj = copy.deepcopy(original) if isinstance(original, dict) else {}
+    orders: dict[str, list[Any]] = {}
+    for k, v in patch.items():
+        if k.startswith("$deleteFromPrimitiveList/"):
+            field = k.split("/", 1)[1]
+            if isinstance(result.get(field), list) and isinstance(v, list):
+                result[field] = [x for x in result[field] if x not in v]
+        elif k.startswith("$setElementOrder/"):
+            orders[k.split("/", 1)[1]] = v if isinstance(v, list) else []
+    for k, v in patch.items():
+        if k.startswith("$"):
+            continue
+        sub = fields.get(k) or {}
+        if v is None:
+            result.pop(k, None)
+        elif isinstance(v, dict):
+            merged = _merge_map(result.get(k), v, sub.get("fields") or {})
+            if merged is _DELETE:
+                result.pop(k, None)
+            else:
+                result[k] = merged
+        elif isinstance(v, list):
+            result[k] = _merge_list(result.get(k), v, sub)
+        else:
+            result[k] = v
+    for field, order in orders.items():
+        if isinstance(result.get(field), list):
+            result[field] = _order(result[field], order, (fields.get(field) or {}).get("merge_key"))
+    retain = patch.get("$retainKeys")
+    if isinstance(retain, list):
+        for k in list(result):
+            if k not in retain:
+                del result[k]
+    return result
+
+
+def strategic_merge(kind: Kind, current: Obj, patch: Obj) -> Obj:
+    merged = _merge_map(current, patch, _SCHEMAS.get(kind.kind, {"metadata": _META}))
+    if merged is _DELETE:
+        raise bad_request("a strategic merge patch cannot delete the whole object")
+    return merged  # type: ignore[no-any-return]
+
+
+def merge_patch(current: Any, patch: Any) -> Any:
+    """RFC 7386."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(current) if isinstance(current, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            result.pop(k, None)
+        else:
+            result[k] = merge_patch(result.get(k), v)
+    return result
+
+
+def apply_patch(kind: Kind, current: Obj, patch_body: bytes, content_type: str) -> Obj:
+    """The object after applying `patch_body` of `content_type` to `current` (which is not modified)."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype not in (JSON_PATCH, MERGE_PATCH, STRATEGIC) or (ctype == STRATEGIC and not smp_supported(kind)):
+        accepted = "application/json-patch+json, application/merge-patch+json"
+        if smp_supported(kind):
+            accepted += ", application/strategic-merge-patch+json"
+        raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: {accepted}")
+    try:
+        patch = orjson.loads(patch_body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"error decoding patch: {exc}") from None
+    if ctype == JSON_PATCH:
+        if not isinstance(patch, list):
+            raise bad_request("json patch must be a list of operations")
+        try:
+            result = jsonpatch.apply_patch(current, patch, in_place=False)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, KeyError, TypeError, ValueError) as exc:
+            raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {exc}") from None
+    elif ctype == MERGE_PATCH:
+        if not isinstance(patch, dict):
+            raise bad_request("merge patch must be a JSON object")
+        result = merge_patch(current, patch)
+    else:
+        if not isinstance(patch, dict):
+            raise bad_request("strategic merge patch must be a JSON object")
+        result = strategic_merge(kind, current, patch)
+    if not isinstance(result, dict):
+        raise bad_request("the patched object is not a JSON object")
+    return result

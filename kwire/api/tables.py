@@ -1,0 +1,426 @@
+"""Server-side printing (`as=Table`): the columns and cells kube-apiserver's printers produce.
+
+Mirrors kubernetes `pkg/printers/internalversion/printers.go` for the kinds we serve (priority-1 columns are
+what `-o wide` adds) and the metallb CRDs' additionalPrinterColumns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from kwire.api.registry import Kind
+
+Obj = dict[str, Any]
+Cells = list[Any]
+
+
+def _col(name: str, *, type_: str = "string", fmt: str = "", priority: int = 0, desc: str = "") -> dict[str, Any]:
+    return {"name": name, "type": type_, "format": fmt, "description": desc or name, "priority": priority}
+
+
+NAME = _col("Name", fmt="name", desc="Name must be unique within a namespace.")
+AGE = _col("Age", desc="CreationTimestamp is a timestamp representing the server time when this object was created.")
+
+
+def _parse_time(ts: str | None) -> dt.datetime | None:
+    if not ts:
+        return None
+    try:
+        return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def human_duration(d: dt.timedelta) -> str:
+    """apimachinery's duration.HumanDuration."""
+    secs = d.total_seconds()
+    if secs < -1:
+        return "<invalid>"
+    if secs < 0:
+        return "0s"
+    s = int(secs)
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        rest = s % 60
+        return f"{minutes}m" if rest == 0 else f"{minutes}m{rest}s"
+    if minutes < 60 * 3:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h" if rest == 0 else f"{hours}h{rest}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        rest = hours % 24
+        return f"{hours // 24}d" if rest == 0 else f"{hours // 24}d{rest}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = hours // 24
+        rest = days % 365
+        return f"{days // 365}y" if rest == 0 else f"{days // 365}y{rest}d"
+    return f"{hours // 24 // 365}y"
+
+
+def humanize_age(created: str | None, *, now: dt.datetime) -> str:
+    t = _parse_time(created)
+    if t is None:
+        return "<unknown>"
+    return human_duration(now - t)
+
+
+def _labels(m: dict[str, str] | None) -> str:
+    if not m:
+        return "<none>"
+    return ",".join(f"{k}={v}" for k, v in sorted(m.items()))
+
+
+def format_label_selector(sel: Obj | None) -> str:
+    """metav1.FormatLabelSelector."""
+    if sel is None:
+        return "<none>"
+    parts = [f"{k}={v}" for k, v in sorted((sel.get("matchLabels") or {}).items())]
+    for e in sel.get("matchExpressions") or []:
+        op, key, vals = e.get("operator"), e.get("key", ""), ",".join(e.get("values") or [])
+        parts.append({"In": f"{key} in ({vals})", "NotIn": f"{key} notin ({vals})", "Exists": key, "DoesNotExist": f"!{key}"}.get(op, key))
+    return ",".join(parts) if parts else "<none>"
+
+
+def _more(items: list[str], limit: int = 3) -> str:
+    if not items:
+        return "<none>"
+    if len(items) > limit:
+        return ",".join(items[:limit]) + f" + {len(items) - limit} more..."
+    return ",".join(items)
+
+
+# -- per-kind printers: (columns, cells(obj, now)) -------------------------------------------------------------
+def _namespace(o: Obj, now: dt.datetime) -> Cells:
+    return [(o.get("status") or {}).get("phase", ""), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _node(o: Obj, now: dt.datetime) -> Cells:
+    status = o.get("status") or {}
+    spec = o.get("spec") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    st = "Unknown" if ready is None or ready.get("status") == "Unknown" else ("Ready" if ready.get("status") == "True" else "NotReady")
+    if spec.get("unschedulable"):
+        st += ",SchedulingDisabled"
+    labels = o["metadata"].get("labels") or {}
+    roles = sorted({k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/") and k.split("/", 1)[1]} | ({labels["kubernetes.io/role"]} if labels.get("kubernetes.io/role") else set()))
+    info = status.get("nodeInfo") or {}
+    addrs = status.get("addresses") or []
+
+    def addr(kind: str) -> str:
+        return next((a.get("address", "") for a in addrs if a.get("type") == kind), "<none>")
+
+    return [
+        st,
+        ",".join(roles) if roles else "<none>",
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        info.get("kubeletVersion", ""),
+        addr("InternalIP"),
+        addr("ExternalIP"),
+        info.get("osImage", "<unknown>"),
+        info.get("kernelVersion", "<unknown>"),
+        info.get("containerRuntimeVersion", "<unknown>"),
+    ]
+
+
+def _pod(o: Obj, now: dt.datetime) -> Cells:
+    spec = o.get("spec") or {}
+    status = o.get("status") or {}
+    meta = o["metadata"]
+    total = len(spec.get("containers") or [])
+    ready = 0
+    restarts = 0
+    last_restart: dt.datetime | None = None
+    reason = status.get("reason") or status.get("phase") or ""
+    for cs in status.get("containerStatuses") or []:
+        restarts += int(cs.get("restartCount") or 0)
+        term = (cs.get("lastState") or {}).get("terminated") or {}
+        fin = _parse_time(term.get("finishedAt"))
+        if fin and (last_restart is None or fin > last_restart):
+            last_restart = fin
+        state = cs.get("state") or {}
+        if state.get("waiting", {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif "terminated" in state:
+            t = state["terminated"]
+            reason = t.get("reason") or (f"Signal:{t['signal']}" if t.get("signal") else f"ExitCode:{t.get('exitCode', 0)}")
+        elif cs.get("ready") and "running" in state:
+            ready += 1
+    if reason == "Completed" and status.get("phase") == "Running":
+        reason = "Running"
+    if meta.get("deletionTimestamp"):
+        reason = "Unknown" if status.get("reason") == "NodeLost" else "Terminating"
+    rs = str(restarts)
+    if restarts and last_restart is not None:
+        rs = f"{restarts} ({human_duration(now - last_restart)} ago)"
+    ips = [p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")] or ([status["podIP"]] if status.get("podIP") else [])
+    gates = spec.get("readinessGates") or []
+    return [
+        f"{ready}/{total}",
+        reason,
+        rs,
+        humanize_age(meta.get("creationTimestamp"), now=now),
+        ",".join(ips) if ips else "<none>",
+        spec.get("nodeName") or "<none>",
+        status.get("nominatedNodeName") or "<none>",
+        f"{sum(1 for g in gates if any(c.get('type') == g.get('conditionType') and c.get('status') == 'True' for c in status.get('conditions') or []))}/{len(gates)}" if gates else "<none>",
+    ]
+
+
+def _svc_external(o: Obj) -> str:
+    spec = o.get("spec") or {}
+    t = spec.get("type", "ClusterIP")
+    ext = list(spec.get("externalIPs") or [])
+    if t in ("ClusterIP", "NodePort"):
+        return ",".join(ext) if ext else "<none>"
+    if t == "LoadBalancer":
+        lb = [i.get("ip") or i.get("hostname") for i in ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+        lb = [x for x in lb if x] + ext
+        return ",".join(lb) if lb else "<pending>"
+    if t == "ExternalName":
+        return spec.get("externalName", "")
+    return "<unknown>"
+
+
+def _service(o: Obj, now: dt.datetime) -> Cells:
+    spec = o.get("spec") or {}
+    ports = []
+    for p in spec.get("ports") or []:
+        s = str(p.get("port"))
+        if p.get("nodePort"):
+            s += f":{p['nodePort']}"
+        ports.append(f"{s}/{p.get('protocol', 'TCP')}")
+    return [
+        spec.get("type", "ClusterIP"),
+        spec.get("clusterIP") or "<none>",
+        _svc_external(o),
+        ",".join(ports) if ports else "<none>",
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _labels(spec.get("selector")),
+    ]
+
+
+def _endpoints(o: Obj, now: dt.datetime) -> Cells:
+    items: list[str] = []
+    for ss in o.get("subsets") or []:
+        addrs = [a.get("ip", "") for a in ss.get("addresses") or []]
+        ports = ss.get("ports") or []
+        if not ports:
+            items.extend(addrs)
+        for p in ports:
+            items.extend(f"{a}:{p.get('port')}" for a in addrs)
+    return [_more(items), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _configmap(o: Obj, now: dt.datetime) -> Cells:
+    return [len(o.get("data") or {}) + len(o.get("binaryData") or {}), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _secret(o: Obj, now: dt.datetime) -> Cells:
+    return [o.get("type", "Opaque"), len(o.get("data") or {}) + len(o.get("stringData") or {}), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _event(o: Obj, now: dt.datetime) -> Cells:
+    inv = o.get("involvedObject") or {}
+    last = o.get("lastTimestamp") or o.get("eventTime") or (o.get("series") or {}).get("lastObservedTime")
+    first = o.get("firstTimestamp") or o.get("eventTime")
+    src = o.get("source") or {}
+    source = src.get("component", "") + (f", {src['host']}" if src.get("host") else "")
+    return [
+        humanize_age(last, now=now) if last else "<unknown>",
+        o.get("type", ""),
+        o.get("reason", ""),
+        f"{str(inv.get('kind', '')).lower()}/{inv.get('name', '')}",
+        str(o.get("message", "")).strip(),
+        inv.get("fieldPath", ""),
+        source or o.get("reportingComponent", ""),
+        humanize_age(first, now=now) if first else "<unknown>",
+        int(o.get("count") or 1),
+        o["metadata"].get("name", ""),
+    ]
+
+
+def _sa(o: Obj, now: dt.datetime) -> Cells:
+    return [len(o.get("secrets") or []), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _containers(o: Obj) -> tuple[str, str]:
+    cs = ((((o.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")) or []
+    return ",".join(c.get("name", "") for c in cs), ",".join(c.get("image", "") for c in cs)
+
+
+def _deployment(o: Obj, now: dt.datetime) -> Cells:
+    spec, st = o.get("spec") or {}, o.get("status") or {}
+    names, images = _containers(o)
+    return [
+        f"{st.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
+        int(st.get("updatedReplicas") or 0),
+        int(st.get("availableReplicas") or 0),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        names,
+        images,
+        format_label_selector(spec.get("selector")),
+    ]
+
+
+def _replicaset(o: Obj, now: dt.datetime) -> Cells:
+    spec, st = o.get("spec") or {}, o.get("status") or {}
+    names, images = _containers(o)
+    return [
+        int(spec.get("replicas") or 0),
+        int(st.get("replicas") or 0),
+        int(st.get("readyReplicas") or 0),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        names,
+        images,
+        format_label_selector(spec.get("selector")),
+    ]
+
+
+def _daemonset(o: Obj, now: dt.datetime) -> Cells:
+    spec, st = o.get("spec") or {}, o.get("status") or {}
+    names, images = _containers(o)
+    node_sel = ((spec.get("template") or {}).get("spec") or {}).get("nodeSelector")
+    return [
+        int(st.get("desiredNumberScheduled") or 0),
+        int(st.get("currentNumberScheduled") or 0),
+        int(st.get("numberReady") or 0),
+        int(st.get("updatedNumberScheduled") or 0),
+        int(st.get("numberAvailable") or 0),
+        _labels(node_sel),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        names,
+        images,
+        format_label_selector(spec.get("selector")),
+    ]
+
+
+def _endpointslice(o: Obj, now: dt.datetime) -> Cells:
+    ports = o.get("ports")
+    if ports is None:
+        port_s = "<unset>"
+    elif not ports:
+        port_s = "<unset>"
+    else:
+        port_s = ",".join(str(p["port"]) if p.get("port") is not None else "<unset>" for p in ports)
+    addrs = [a for e in o.get("endpoints") or [] for a in e.get("addresses") or []]
+    return [o.get("addressType", ""), port_s, _more(addrs), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _ingress(o: Obj, now: dt.datetime) -> Cells:
+    spec = o.get("spec") or {}
+    hosts = [r.get("host") for r in spec.get("rules") or [] if r.get("host")]
+    lb = [i.get("ip") or i.get("hostname") for i in ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+    return [
+        spec.get("ingressClassName") or "<none>",
+        _more(hosts, 4) if hosts else "*",
+        ",".join(x for x in lb if x),
+        "80, 443" if spec.get("tls") else "80",
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
+
+
+def _ingressclass(o: Obj, now: dt.datetime) -> Cells:
+    spec = o.get("spec") or {}
+    params = spec.get("parameters")
+    p = "<none>"
+    if params:
+        p = f"{params.get('kind', '')}/{params.get('name', '')}"
+        if params.get("apiGroup"):
+            p = f"{params['kind']}.{params['apiGroup']}/{params.get('name', '')}"
+    return [spec.get("controller", ""), p, humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _netpol(o: Obj, now: dt.datetime) -> Cells:
+    return [format_label_selector((o.get("spec") or {}).get("podSelector")), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _lease(o: Obj, now: dt.datetime) -> Cells:
+    return [(o.get("spec") or {}).get("holderIdentity") or "", humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _pool(o: Obj, now: dt.datetime) -> Cells:
+    spec = o.get("spec") or {}
+    return [
+        bool(spec.get("autoAssign", True)),
+        bool(spec.get("avoidBuggyIPs", False)),
+        "[" + " ".join(spec.get("addresses") or []) + "]",
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
+
+
+def _default(o: Obj, now: dt.datetime) -> Cells:
+    return [humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+_I = "integer"
+_PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Cells]]] = {
+    "Namespace": ([_col("Status"), AGE], _namespace),
+    "Node": (
+        [_col("Status"), _col("Roles"), AGE, _col("Version"), _col("Internal-IP", priority=1), _col("External-IP", priority=1), _col("OS-Image", priority=1), _col("Kernel-Version", priority=1), _col("Container-Runtime", priority=1)],
+        _node,
+    ),
+    "Pod": (
+        [_col("Ready"), _col("Status"), _col("Restarts"), AGE, _col("IP", priority=1), _col("Node", priority=1), _col("Nominated Node", priority=1), _col("Readiness Gates", priority=1)],
+        _pod,
+    ),
+    "Service": ([_col("Type"), _col("Cluster-IP"), _col("External-IP"), _col("Port(s)"), AGE, _col("Selector", priority=1)], _service),
+    "Endpoints": ([_col("Endpoints"), AGE], _endpoints),
+    "ConfigMap": ([_col("Data", type_=_I), AGE], _configmap),
+    "Secret": ([_col("Type"), _col("Data", type_=_I), AGE], _secret),
+    "Event": (
+        [_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message"), _col("Subobject", priority=1), _col("Source", priority=1), _col("First Seen", priority=1), _col("Count", type_=_I, priority=1), _col("Name", priority=1)],
+        _event,
+    ),
+    "ServiceAccount": ([_col("Secrets", type_=_I), AGE], _sa),
+    "Deployment": ([_col("Ready"), _col("Up-to-date", type_=_I), _col("Available", type_=_I), AGE, _col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)], _deployment),
+    "ReplicaSet": ([_col("Desired", type_=_I), _col("Current", type_=_I), _col("Ready", type_=_I), AGE, _col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)], _replicaset),
+    "DaemonSet": (
+        [_col("Desired", type_=_I), _col("Current", type_=_I), _col("Ready", type_=_I), _col("Up-to-date", type_=_I), _col("Available", type_=_I), _col("Node Selector"), AGE, _col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)],
+        _daemonset,
+    ),
+    "EndpointSlice": ([_col("AddressType"), _col("Ports"), _col("Endpoints"), AGE], _endpointslice),
+    "Ingress": ([_col("Class"), _col("Hosts"), _col("Address"), _col("Ports"), AGE], _ingress),
+    "IngressClass": ([_col("Controller"), _col("Parameters"), AGE], _ingressclass),
+    "NetworkPolicy": ([_col("Pod-Selector"), AGE], _netpol),
+    "Lease": ([_col("Holder"), AGE], _lease),
+    "IPAddressPool": ([_col("Auto Assign", type_="boolean"), _col("Avoid Buggy IPs", type_="boolean"), _col("Addresses"), AGE], _pool),
+}
+
+
+def column_definitions(kind: Kind) -> list[dict[str, Any]]:
+    cols, _ = _PRINTERS.get(kind.kind, ([AGE], _default))
+    return [NAME, *cols]
+
+
+def row(kind: Kind, obj: Obj, *, now: dt.datetime) -> dict[str, Any]:
+    _, fn = _PRINTERS.get(kind.kind, ([AGE], _default))
+    meta = obj.get("metadata") or {}
+    return {
+        "cells": [meta.get("name", ""), *fn(obj, now)],
+        "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
+    }
+
+
+def table(kind: Kind, objs: list[Obj], *, now: dt.datetime, resource_version: str, continue_token: str = "", remaining: int | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"resourceVersion": resource_version}
+    if continue_token:
+        meta["continue"] = continue_token
+    if remaining is not None:
+        meta["remainingItemCount"] = remaining
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": column_definitions(kind),
+        "rows": [row(kind, o, now=now) for o in objs],
+    }

@@ -1,0 +1,274 @@
+"""An async Kubernetes API client (aiohttp) for any conformant API server, from a kubeconfig or in-cluster.
+
+Resources are addressed by a small `Resource` table (group, version, plural, namespaced) so this layer does not
+depend on the API server's registry. Errors come back as `ApiStatusError` subclasses named after the HTTP
+status kube-apiserver uses (NotFound, Conflict, AlreadyExists, Gone, Invalid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from kwire.client.kubeconfig import Config
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace)}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name)}"
+            if subresource:
+                base += f"/{subresource}"
+        return base
+
+
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+PODS = Resource("", "v1", "pods", "Pod")
+SERVICES = Resource("", "v1", "services", "Service")
+ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints")
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+EVENTS = Resource("", "v1", "events", "Event")
+SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+REPLICASETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
+DAEMONSETS = Resource("apps", "v1", "daemonsets", "DaemonSet")
+ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
+INGRESSCLASSES = Resource("networking.k8s.io", "v1", "ingressclasses", "IngressClass", namespaced=False)
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+IPADDRESSPOOLS = Resource("metallb.io", "v1beta1", "ipaddresspools", "IPAddressPool")
+L2ADVERTISEMENTS = Resource("metallb.io", "v1beta1", "l2advertisements", "L2Advertisement")
+
+
+class ApiStatusError(Exception):
+    def __init__(self, code: int, reason: str, message: str, status: Obj | None = None) -> None:
+        super().__init__(f"{code} {reason}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.status = status or {}
+
+
+class NotFound(ApiStatusError):
+    pass
+
+
+class Conflict(ApiStatusError):
+    pass
+
+
+class AlreadyExists(Conflict):
+    pass
+
+
+class Gone(ApiStatusError):
+    pass
+
+
+class Invalid(ApiStatusError):
+    pass
+
+
+def error_from(code: int, body: bytes) -> ApiStatusError:
+    try:
+        status = orjson.loads(body)
+        if not isinstance(status, dict):
+            raise ValueError
+    except ValueError:
+        status = {"message": body.decode(errors="replace")[:500]}
+    reason = str(status.get("reason") or "")
+    message = str(status.get("message") or "")
+    if code == 404:
+        return NotFound(code, reason or "NotFound", message, status)
+    if code == 409:
+        cls = AlreadyExists if reason == "AlreadyExists" else Conflict
+        return cls(code, reason or "Conflict", message, status)
+    if code == 410:
+        return Gone(code, reason or "Expired", message, status)
+    if code == 422:
+        return Invalid(code, reason or "Invalid", message, status)
+    return ApiStatusError(code, reason, message, status)
+
+
+_PATCH_TYPES = {
+    "merge": "application/merge-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "json": "application/json-patch+json",
+}
+
+
+class ApiClient:
+    def __init__(self, config: Config, *, timeout: float = 30.0) -> None:
+        self.config = config
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json", "User-Agent": "kwire"}
+            if self.config.token:
+                headers["Authorization"] = f"Bearer {self.config.token}"
+            conn = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=64)
+            self._session = aiohttp.ClientSession(base_url=None, headers=headers, connector=conn)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None, content_type: str = "application/json") -> Obj:
+        data = None if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
+        headers = {"Content-Type": content_type} if data is not None else None
+        url = self.config.server + path
+        async with self._sess().request(method, url, params=params, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)) as r:
+            raw = await r.read()
+            if r.status >= 400:
+                raise error_from(r.status, raw)
+            return orjson.loads(raw) if raw else {}
+
+    @staticmethod
+    def _ns(res: Resource, obj: Obj | None, namespace: str | None) -> str | None:
+        if not res.namespaced:
+            return None
+        return namespace or ((obj or {}).get("metadata") or {}).get("namespace") or None
+
+    async def get(self, res: Resource, name: str, namespace: str | None = None) -> Obj:
+        return await self.request("GET", res.path(namespace, name))
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int | None = None,
+        continue_: str | None = None,
+        resource_version: str | None = None,
+    ) -> Obj:
+        params: dict[str, str] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if limit:
+            params["limit"] = str(limit)
+        if continue_:
+            params["continue"] = continue_
+        if resource_version is not None:
+            params["resourceVersion"] = resource_version
+        return await self.request("GET", res.path(namespace), params=params)
+
+    async def list_all(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None, field_selector: str | None = None, page: int = 500) -> Obj:
+        """All items, following continue tokens; the result carries the last page's resourceVersion."""
+        out = await self.list(res, namespace, label_selector=label_selector, field_selector=field_selector, limit=page)
+        items = list(out.get("items") or [])
+        while (out.get("metadata") or {}).get("continue"):
+            out = await self.list(res, namespace, label_selector=label_selector, field_selector=field_selector, limit=page, continue_=out["metadata"]["continue"])
+            items.extend(out.get("items") or [])
+        out["items"] = items
+        return out
+
+    async def create(self, res: Resource, obj: Obj, namespace: str | None = None) -> Obj:
+        return await self.request("POST", res.path(self._ns(res, obj, namespace)), body=obj)
+
+    async def update(self, res: Resource, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        return await self.request("PUT", res.path(self._ns(res, obj, None), meta["name"]), body=obj)
+
+    async def update_status(self, res: Resource, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        return await self.request("PUT", res.path(self._ns(res, obj, None), meta["name"], "status"), body=obj)
+
+    async def patch(self, res: Resource, name: str, patch: Any, *, namespace: str | None = None, patch_type: str = "merge", subresource: str | None = None) -> Obj:
+        return await self.request("PATCH", res.path(namespace, name, subresource), body=patch, content_type=_PATCH_TYPES[patch_type])
+
+    async def delete(self, res: Resource, name: str, namespace: str | None = None, *, propagation_policy: str | None = None, grace_period: int | None = None, preconditions: Obj | None = None) -> Obj:
+        body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if propagation_policy:
+            body["propagationPolicy"] = propagation_policy
+        if grace_period is not None:
+            body["gracePeriodSeconds"] = grace_period
+        if preconditions:
+            body["preconditions"] = preconditions
+        return await self.request("DELETE", res.path(namespace, name), body=body)
+
+    async def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        allow_bookmarks: bool = True,
+        timeout_seconds: int | None = None,
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """(type, object) pairs from a watch stream; raises Gone when the resourceVersion is too old."""
+        params = {"watch": "1", "resourceVersion": resource_version}
+        if allow_bookmarks:
+            params["allowWatchBookmarks"] = "true"
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if timeout_seconds:
+            params["timeoutSeconds"] = str(timeout_seconds)
+        url = self.config.server + res.path(namespace)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=(timeout_seconds or 300) + 30)
+        async with self._sess().get(url, params=params, timeout=timeout) as r:
+            if r.status >= 400:
+                raise error_from(r.status, await r.read())
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    ev = orjson.loads(line)
+                    etype, obj = ev.get("type"), ev.get("object") or {}
+                    if etype == "ERROR":
+                        code = int(obj.get("code") or 500)
+                        raise error_from(code, orjson.dumps(obj))
+                    yield etype, obj
+
+
+async def sleep_backoff(attempt: int, *, base: float = 0.2, cap: float = 5.0) -> None:
+    await asyncio.sleep(min(cap, base * (2**attempt)))

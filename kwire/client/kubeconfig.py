@@ -1,0 +1,131 @@
+"""Kubeconfig files and in-cluster configuration: where the API is and how to authenticate to it."""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class KubeconfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    server: str
+    token: str | None = None
+    ca_data: bytes | None = None
+    client_cert: bytes | None = None
+    client_key: bytes | None = None
+    insecure: bool = False
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.server.startswith("https://"):
+            return False
+        ctx = ssl.create_default_context(cadata=self.ca_data.decode() if self.ca_data else None)
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.client_cert and self.client_key:
+            with tempfile.TemporaryDirectory() as tmp:
+                cert, key = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
+                cert.write_bytes(self.client_cert)
+                key.write_bytes(self.client_key)
+                ctx.load_cert_chain(cert, key)
+        return ctx
+
+
+def _data_or_file(entry: Mapping[str, Any], key: str, base: Path) -> bytes | None:
+    if entry.get(f"{key}-data"):
+        return base64.b64decode(entry[f"{key}-data"])
+    if entry.get(key):
+        p = Path(entry[key])
+        return (p if p.is_absolute() else base / p).read_bytes()
+    return None
+
+
+def _named(items: list[dict[str, Any]], name: str, what: str) -> dict[str, Any]:
+    for item in items or []:
+        if item.get("name") == name:
+            return dict(item.get(what) or {})
+    raise KubeconfigError(f"{what} {name!r} not found in kubeconfig")
+
+
+def load_kubeconfig(path: str | Path, *, context: str | None = None) -> Config:
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise KubeconfigError(f"{p}: {exc}") from None
+    ctx_name = context or doc.get("current-context")
+    if not ctx_name:
+        raise KubeconfigError(f"{p}: no current-context")
+    ctx = _named(doc.get("contexts", []), ctx_name, "context")
+    cluster = _named(doc.get("clusters", []), ctx.get("cluster", ""), "cluster")
+    user = _named(doc.get("users", []), ctx.get("user", ""), "user") if ctx.get("user") else {}
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = Path(user["tokenFile"]).read_text().strip()
+    return Config(
+        server=str(cluster.get("server", "")).rstrip("/"),
+        token=token,
+        ca_data=_data_or_file(cluster, "certificate-authority", p.parent),
+        client_cert=_data_or_file(user, "client-certificate", p.parent),
+        client_key=_data_or_file(user, "client-key", p.parent),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+    )
+
+
+def in_cluster_config(env: Mapping[str, str] = os.environ, sa_dir: Path = SA_DIR) -> Config:
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise KubeconfigError("not running in a cluster: KUBERNETES_SERVICE_HOST/PORT are not set")
+    if ":" in host:
+        host = f"[{host}]"
+    ca = sa_dir / "ca.crt"
+    return Config(
+        server=f"https://{host}:{port}",
+        token=(sa_dir / "token").read_text().strip(),
+        ca_data=ca.read_bytes() if ca.exists() else None,
+    )
+
+
+def write_kubeconfig(
+    path: str | Path,
+    *,
+    server: str,
+    ca_pem: bytes,
+    token: str,
+    cluster_name: str = "default",
+    user: str = "default",
+    mode: int = 0o600,
+) -> None:
+    """Write a kubeconfig laid out as K3s's /etc/rancher/k3s/k3s.yaml (atomically)."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster_name, "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": user}}],
+        "current-context": cluster_name,
+        "preferences": {},
+        "users": [{"name": user, "user": {"token": token}}],
+    }
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, yaml.safe_dump(doc, sort_keys=False).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, p)

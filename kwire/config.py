@@ -1,0 +1,215 @@
+"""K3s-compatible configuration: flags and config files with K3s's keys, defaults and merge rules.
+
+Sources, lowest priority first: the config file (`--config`, `$KWIRE_CONFIG_FILE`, or /etc/kwire/config.yaml
+when present), then its drop-ins `<file>.d/*.yaml` in name order (later files win), then command-line flags.
+A key ending in `+` appends to a list instead of replacing it (K3s's rule). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+DEFAULT_CONFIG_FILE = "/etc/kwire/config.yaml"
+BACKENDS = ("vxlan", "host-gw", "none")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: str = "/var/lib/kwire/server"
+    bind_address: str = "0.0.0.0"
+    advertise_address: str = ""
+    https_listen_port: int = 6443
+    token: str = ""
+    write_kubeconfig: str = "/etc/kwire/kwire.yaml"
+    write_kubeconfig_mode: str = "0600"
+    cluster_cidr: str = "10.42.0.0/16"
+    service_cidr: str = "10.43.0.0/16"
+    cluster_dns: str = "10.43.0.10"
+    cluster_domain: str = "cluster.local"
+    service_node_port_range: str = "30000-32767"
+    node_cidr_mask_size: int = 24
+    flannel_backend: str = "vxlan"
+    flannel_iface: str = ""
+    disable: tuple[str, ...] = ()
+    disable_network_policy: bool = False
+    node_name: str = ""
+    node_ip: str = ""
+    node_external_ip: str = ""
+    node_label: tuple[str, ...] = ()
+    node_taint: tuple[str, ...] = ()
+
+    @property
+    def service_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(self.service_cidr)
+
+    @property
+    def cluster_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(self.cluster_cidr)
+
+    @property
+    def node_port_range(self) -> tuple[int, int]:
+        lo, hi = self.service_node_port_range.split("-")
+        return int(lo), int(hi)
+
+    @property
+    def api_service_ip(self) -> str:
+        """The first host address of service-cidr: the `kubernetes` Service (10.43.0.1)."""
+        return str(self.service_network.network_address + 1)
+
+    def disabled(self, component: str) -> bool:
+        return component in self.disable
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str = ""
+    token: str = ""
+    data_dir: str = "/var/lib/kwire/agent"
+    node_name: str = ""
+    node_ip: str = ""
+    node_external_ip: str = ""
+    node_label: tuple[str, ...] = ()
+    node_taint: tuple[str, ...] = ()
+    flannel_backend: str = "vxlan"
+    flannel_iface: str = ""
+    cluster_dns: str = "10.43.0.10"
+    cluster_domain: str = "cluster.local"
+    disable_network_policy: bool = False
+    kubeconfig: str = ""
+
+
+C = TypeVar("C", ServerConfig, AgentConfig)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {_key(f.name): f for f in dataclasses.fields(cls)}
+
+
+def _is_list(f: dataclasses.Field[Any]) -> bool:
+    return isinstance(f.default, tuple)
+
+
+def _merge_file(values: dict[str, Any], path: Path, fields: Mapping[str, dataclasses.Field[Any]]) -> None:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        append = key.endswith("+")
+        if append:
+            key = key[:-1]
+        f = fields.get(key)
+        if f is None:
+            raise ConfigError(f"{path}: unknown key {key!r}")
+        if _is_list(f):
+            items = list(value) if isinstance(value, list) else [value]
+            values[key] = (list(values.get(key, [])) + items) if append else items
+        else:
+            values[key] = value
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, tuple):
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if _key(f.name) == "disable":  # K3s accepts `--disable a,b` as well as repeated flags
+                return tuple(part.strip() for v in items for part in str(v).split(",") if part.strip())
+            return tuple(str(v) for v in items)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {_key(f.name)}: invalid value {value!r}") from None
+
+
+def _validate(cfg: ServerConfig | AgentConfig) -> None:
+    if cfg.flannel_backend not in BACKENDS:
+        raise ConfigError(f"flannel-backend: {cfg.flannel_backend!r} is not one of {', '.join(BACKENDS)}")
+    if isinstance(cfg, ServerConfig):
+        try:
+            svc = cfg.service_network
+            ipaddress.ip_network(cfg.cluster_cidr)
+        except ValueError as exc:
+            raise ConfigError(f"invalid CIDR: {exc}") from None
+        try:
+            dns = ipaddress.ip_address(cfg.cluster_dns)
+        except ValueError as exc:
+            raise ConfigError(f"cluster-dns: {exc}") from None
+        if dns not in svc:
+            raise ConfigError(f"cluster-dns {cfg.cluster_dns} is not inside service-cidr {cfg.service_cidr}")
+        try:
+            lo, hi = cfg.node_port_range
+        except ValueError:
+            raise ConfigError(f"service-node-port-range: {cfg.service_node_port_range!r} is not 'low-high'") from None
+        if not 1 <= lo < hi <= 65535:
+            raise ConfigError(f"service-node-port-range: {cfg.service_node_port_range!r} must satisfy 1 <= low < high <= 65535")
+        if not 8 <= cfg.node_cidr_mask_size <= 30:
+            raise ConfigError("node-cidr-mask-size must be between 8 and 30")
+
+
+def load_config(*, cls: type[C], flags: Mapping[str, Any], config_file: str | None, env: Mapping[str, str] = os.environ) -> C:
+    """Merge defaults, config file(s) and the flags the user set (dash-case keys, as K3s names them)."""
+    fields = _fields(cls)
+    values: dict[str, Any] = {}
+    path_s = config_file or env.get("KWIRE_CONFIG_FILE") or ""
+    explicit = bool(path_s)
+    path = Path(path_s or DEFAULT_CONFIG_FILE)
+    if path.exists():
+        _merge_file(values, path, fields)
+    elif explicit:
+        raise ConfigError(f"config file {path} does not exist")
+    dropins = Path(str(path) + ".d")
+    if dropins.is_dir():
+        for p in sorted(dropins.glob("*.yaml")) + sorted(dropins.glob("*.yml")):
+            _merge_file(values, p, fields)
+    for key, value in flags.items():
+        k = _key(key)
+        if k not in fields:
+            raise ConfigError(f"unknown flag --{k}")
+        values[k] = value
+    kwargs = {fields[k].name: _coerce(fields[k], v, "config") for k, v in values.items()}
+    cfg = cls(**kwargs)
+    _validate(cfg)
+    return cfg
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One dash-case flag per config key (lists repeatable); unset flags stay absent from the namespace."""
+    for key, f in _fields(cls).items():
+        dest = f"cfg_{f.name}"
+        if isinstance(f.default, bool):
+            parser.add_argument(f"--{key}", dest=dest, action="store_true", default=argparse.SUPPRESS)
+        elif isinstance(f.default, tuple):
+            parser.add_argument(f"--{key}", dest=dest, action="append", default=argparse.SUPPRESS)
+        else:
+            parser.add_argument(f"--{key}", dest=dest, default=argparse.SUPPRESS)
+
+
+def flags_from_namespace(ns: argparse.Namespace) -> dict[str, Any]:
+    return {_key(k[4:]): v for k, v in vars(ns).items() if k.startswith("cfg_")}
+
