@@ -63,7 +63,14 @@ async def _bench(srv: ServerProcess, objects: int, clients: int) -> dict[str, fl
         async def writer() -> None:
             for i in counter:
                 name = f"bench-{i}"
-                body = orjson.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"bench": "api"}}, "data": {"i": str(i)}})
+                body = orjson.dumps(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {"name": name, "labels": {"bench": "api"}},
+                        "data": {"i": str(i)},
+                    }
+                )
                 sent[name] = time.perf_counter()
                 async with session.post(url, data=body) as r:
                     if r.status != 201:

@@ -167,12 +167,16 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
         except ValueError:
             raise ConfigError(f"service-node-port-range: {cfg.service_node_port_range!r} is not 'low-high'") from None
         if not 1 <= lo < hi <= 65535:
-            raise ConfigError(f"service-node-port-range: {cfg.service_node_port_range!r} must satisfy 1 <= low < high <= 65535")
+            raise ConfigError(
+                f"service-node-port-range: {cfg.service_node_port_range!r} must satisfy 1 <= low < high <= 65535"
+            )
         if not 8 <= cfg.node_cidr_mask_size <= 30:
             raise ConfigError("node-cidr-mask-size must be between 8 and 30")
 
 
-def load_config(*, cls: type[C], flags: Mapping[str, Any], config_file: str | None, env: Mapping[str, str] = os.environ) -> C:
+def load_config(
+    *, cls: type[C], flags: Mapping[str, Any], config_file: str | None, env: Mapping[str, str] = os.environ
+) -> C:
     """Merge defaults, config file(s) and the flags the user set (dash-case keys, as K3s names them)."""
     fields = _fields(cls)
     values: dict[str, Any] = {}
@@ -212,4 +216,3 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def flags_from_namespace(ns: argparse.Namespace) -> dict[str, Any]:
     return {_key(k[4:]): v for k, v in vars(ns).items() if k.startswith("cfg_")}
-

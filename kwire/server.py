@@ -81,7 +81,10 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
     slice_ = {
         "metadata": {
             "name": "kubernetes",
-            "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+            "labels": {
+                "kubernetes.io/service-name": "kubernetes",
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
         },
         "addressType": "IPv4",
         "endpoints": [{"addresses": [address], "conditions": {"ready": True, "serving": True, "terminating": False}}],
@@ -145,8 +148,15 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     lifecycle = Lifecycle(resources)
     await lifecycle.start()
 
-    sans_ip = sorted({"127.0.0.1", address, str(cfg.api_service_ip)} | ({str(cfg.bind_address)} if cfg.bind_address not in ("0.0.0.0", "::", "") else set()))
-    pki = ensure_pki(data_dir, sans_dns=["kubernetes", f"kubernetes.default.svc.{cfg.cluster_domain}", socket.gethostname()], sans_ip=sans_ip)
+    sans_ip = sorted(
+        {"127.0.0.1", address, str(cfg.api_service_ip)}
+        | ({str(cfg.bind_address)} if cfg.bind_address not in ("0.0.0.0", "::", "") else set())
+    )
+    pki = ensure_pki(
+        data_dir,
+        sans_dns=["kubernetes", f"kubernetes.default.svc.{cfg.cluster_domain}", socket.gethostname()],
+        sans_ip=sans_ip,
+    )
     token = ensure_token(data_dir, cfg.token)
     port = int(cfg.https_listen_port)
     api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}")
@@ -157,7 +167,9 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         for sock in sockets:
             await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
     else:
-        await web.TCPSite(runner, host=str(cfg.bind_address), port=port, ssl_context=ssl_ctx, reuse_address=True).start()
+        await web.TCPSite(
+            runner, host=str(cfg.bind_address), port=port, ssl_context=ssl_ctx, reuse_address=True
+        ).start()
     url = f"https://127.0.0.1:{port}"
     kubeconfig = Path(cfg.write_kubeconfig) if cfg.write_kubeconfig else data_dir / "cred" / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)

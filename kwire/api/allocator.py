@@ -108,10 +108,17 @@ class ServiceAllocator:
                 self.ips.add(cand)
                 alloc.ips.append(cand)
                 return cand, None
-        return None, FieldError("FieldValueInvalid", "spec.clusterIPs", "failed to allocate a serviceIP: range is full", RawValue("[]string{}"))
+        return None, FieldError(
+            "FieldValueInvalid",
+            "spec.clusterIPs",
+            "failed to allocate a serviceIP: range is full",
+            RawValue("[]string{}"),
+        )
 
     # -- ports -------------------------------------------------------------------------------------------------
-    def _take_port(self, requested: int, path: str, alloc: Allocation, keep: set[int]) -> tuple[int | None, FieldError | None]:
+    def _take_port(
+        self, requested: int, path: str, alloc: Allocation, keep: set[int]
+    ) -> tuple[int | None, FieldError | None]:
         if requested:
             if requested in keep:
                 return requested, None
@@ -192,7 +199,9 @@ class ServiceAllocator:
             for i, p in enumerate(spec.get("ports") or []):
                 if not isinstance(p, dict):
                     continue
-                port, err = self._take_port(int(p.get("nodePort") or 0), f"spec.ports[{i}].nodePort", alloc, old_ports - new_ports)
+                port, err = self._take_port(
+                    int(p.get("nodePort") or 0), f"spec.ports[{i}].nodePort", alloc, old_ports - new_ports
+                )
                 if err:
                     errors.append(err)
                 elif port:
@@ -205,7 +214,9 @@ class ServiceAllocator:
         old_hc = int(old_spec.get("healthCheckNodePort") or 0)
         if _health_port_needed(spec):
             keep = {old_hc} if old_hc else set()
-            port, err = self._take_port(int(spec.get("healthCheckNodePort") or 0), "spec.healthCheckNodePort", alloc, keep)
+            port, err = self._take_port(
+                int(spec.get("healthCheckNodePort") or 0), "spec.healthCheckNodePort", alloc, keep
+            )
             if err:
                 errors.append(err)
             else:

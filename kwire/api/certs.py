@@ -24,7 +24,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = logging.getLogger(__name__)
 
-ALWAYS_DNS = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+ALWAYS_DNS = (
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
 ALWAYS_IP = ("127.0.0.1",)
 
 
@@ -41,7 +47,9 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,12 @@ def _sans(cert: x509.Certificate) -> tuple[set[str], set[str]]:
 
 def ensure_pki(data_dir: Path, *, sans_dns: list[str], sans_ip: list[str]) -> Pki:
     tls = Path(data_dir) / "tls"
-    pki = Pki(tls / "server-ca.crt", tls / "server-ca.key", tls / "serving-kube-apiserver.crt", tls / "serving-kube-apiserver.key")
+    pki = Pki(
+        tls / "server-ca.crt",
+        tls / "server-ca.key",
+        tls / "serving-kube-apiserver.crt",
+        tls / "serving-kube-apiserver.key",
+    )
     now = dt.datetime.now(dt.UTC)
     if pki.ca_cert.exists() and pki.ca_key.exists():
         ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
@@ -109,7 +122,9 @@ def ensure_pki(data_dir: Path, *, sans_dns: list[str], sans_ip: list[str]) -> Pk
         want_dns |= have_dns
         want_ip |= have_ip
     key = ec.generate_private_key(ec.SECP256R1())
-    alt = [x509.DNSName(d) for d in sorted(want_dns)] + [x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(want_ip)]
+    alt = [x509.DNSName(d) for d in sorted(want_dns)] + [
+        x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(want_ip)
+    ]
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))

@@ -114,11 +114,21 @@ def _gv_doc(group: str, version: str) -> dict[str, Any]:
             {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
             {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
         ]
-        op = {"operationId": f"patch{k.kind}", "parameters": params, "x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk}
+        op = {
+            "operationId": f"patch{k.kind}",
+            "parameters": params,
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": gvk,
+        }
         paths[item] = {"patch": op}
         coll = f"{base}/namespaces/{{namespace}}/{k.plural}" if k.namespaced else f"{base}/{k.plural}"
         paths[coll] = {"post": {**op, "operationId": f"create{k.kind}", "x-kubernetes-action": "post"}}
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": VERSION["gitVersion"]}, "paths": paths, "components": {"schemas": {}}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": VERSION["gitVersion"]},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def _gv_bytes() -> dict[str, bytes]:

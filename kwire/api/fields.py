@@ -73,7 +73,7 @@ def parse_fields(text: str | None) -> FieldSelector:
             k, v = part.split("=", 1)
             neg = False
         else:
-            raise bad_request(f'invalid selector: \'{text}\'; can\'t understand \'{part}\'')
+            raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
         k = k.strip()
         if not k:
             raise bad_request(f"invalid selector: '{text}'")

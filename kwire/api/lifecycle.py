@@ -72,7 +72,7 @@ class Lifecycle:
             else:
                 self._terminating.discard(key)
         self._unindex_owners(key)
-        owners = [r.get("uid") for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("uid")]
+        owners = [str(r["uid"]) for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("uid")]
         if owners:
             self._owners_of[key] = owners
             for o in owners:

@@ -39,7 +39,12 @@ def _obj(fields: Schema) -> Schema:
 
 
 _META = _obj({"finalizers": _PRIM, "ownerReferences": _ml("uid")})
-_CONTAINER: Schema = {"ports": _ml("containerPort"), "env": _ml("name"), "volumeMounts": _ml("mountPath"), "volumeDevices": _ml("devicePath")}
+_CONTAINER: Schema = {
+    "ports": _ml("containerPort"),
+    "env": _ml("name"),
+    "volumeMounts": _ml("mountPath"),
+    "volumeDevices": _ml("devicePath"),
+}
 _POD_SPEC: Schema = {
     "containers": _ml("name", _CONTAINER),
     "initContainers": _ml("name", _CONTAINER),
@@ -58,7 +63,11 @@ _SCHEMAS: dict[str, Schema] = {
     "ReplicaSet": _WORKLOAD,
     "DaemonSet": _WORKLOAD,
     "Service": {"metadata": _META, "spec": _obj({"ports": _ml("port")}), "status": _obj({"conditions": _ml("type")})},
-    "Node": {"metadata": _META, "spec": _obj({"podCIDRs": _PRIM}), "status": _obj({"conditions": _ml("type"), "addresses": _ml("type")})},
+    "Node": {
+        "metadata": _META,
+        "spec": _obj({"podCIDRs": _PRIM}),
+        "status": _obj({"conditions": _ml("type"), "addresses": _ml("type")}),
+    },
     "Namespace": {"metadata": _META, "status": _obj({"conditions": _ml("type")})},
 }
 
@@ -195,7 +204,11 @@ def apply_patch(kind: Kind, current: Obj, patch_body: bytes, content_type: str) 
         accepted = "application/json-patch+json, application/merge-patch+json"
         if smp_supported(kind):
             accepted += ", application/strategic-merge-patch+json"
-        raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: {accepted}")
+        raise ApiError(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format - accepted media types include: {accepted}",
+        )
     try:
         patch = orjson.loads(patch_body)
     except orjson.JSONDecodeError as exc:
@@ -206,7 +219,9 @@ def apply_patch(kind: Kind, current: Obj, patch_body: bytes, content_type: str) 
         try:
             result = jsonpatch.apply_patch(current, patch, in_place=False)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, KeyError, TypeError, ValueError) as exc:
-            raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {exc}") from None
+            raise ApiError(
+                422, "Invalid", f"the server rejected our request due to an error in our request: {exc}"
+            ) from None
     elif ctype == MERGE_PATCH:
         if not isinstance(patch, dict):
             raise bad_request("merge patch must be a JSON object")

@@ -165,7 +165,9 @@ class Resources:
             raise bad_request("the body of the request must be an object")
         api_version = obj.get("apiVersion") or kind.api_version
         if api_version != kind.api_version:
-            raise bad_request(f"the API version in the data ({api_version}) does not match the expected API version ({kind.api_version})")
+            raise bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API version ({kind.api_version})"
+            )
         if obj.get("kind") and obj["kind"] != kind.kind:
             raise bad_request(f"the kind in the data ({obj['kind']}) does not match the expected kind ({kind.kind})")
         obj["apiVersion"] = kind.api_version
@@ -190,7 +192,7 @@ class Resources:
                 raise ApiError(
                     403,
                     "Forbidden",
-                    f"{kind.plural} \"{meta.get('name', '')}\" is forbidden: unable to create new content in namespace "
+                    f'{kind.plural} "{meta.get("name", "")}" is forbidden: unable to create new content in namespace '
                     f"{namespace} because it is being terminated",
                 )
 
@@ -257,7 +259,12 @@ class Resources:
         kv = self._current(kind, namespace, name)
         want_rv = meta.get("resourceVersion")
         if want_rv and str(want_rv) != str(kv.mod_revision):
-            raise conflict(kind.group, kind.plural, name, "the object has been modified; please apply your changes to the latest version and try again")
+            raise conflict(
+                kind.group,
+                kind.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
         old = decode(kv)
         new = self._merge_update(kind, old, obj, subresource=subresource)
         if new == old:
@@ -288,14 +295,21 @@ class Resources:
             meta["generation"] = int(old_meta.get("generation") or 1) + 1
         return new
 
-    async def _write_update(self, kind: Kind, namespace: str | None, name: str, kv: KV, old: Obj, new: Obj, *, dry_run: bool) -> Obj:
+    async def _write_update(
+        self, kind: Kind, namespace: str | None, name: str, kv: KV, old: Obj, new: Obj, *, dry_run: bool
+    ) -> Obj:
         errors = validation.validate_update(kind, new, old)
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
         new["metadata"].pop("resourceVersion", None)
         meta = new["metadata"]
         # An object being deleted whose last finalizer went away is deleted for real.
-        if meta.get("deletionTimestamp") and not meta.get("finalizers") and old["metadata"].get("finalizers") and kind is not NAMESPACES:
+        if (
+            meta.get("deletionTimestamp")
+            and not meta.get("finalizers")
+            and old["metadata"].get("finalizers")
+            and kind is not NAMESPACES
+        ):
             if dry_run:
                 return new
             await self._remove(kind, kv, old)
@@ -314,7 +328,12 @@ class Resources:
         except (RevisionMismatch, KeyNotFound):
             if alloc:
                 self.allocator.rollback(alloc)
-            raise conflict(kind.group, kind.plural, name, "the object has been modified; please apply your changes to the latest version and try again") from None
+            raise conflict(
+                kind.group,
+                kind.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ) from None
         if alloc:
             self.allocator.commit_release(alloc)
         meta["resourceVersion"] = str(rev)
@@ -340,9 +359,16 @@ class Resources:
             self._check_type(kind, patched)
             pmeta = patched["metadata"]
             if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(kv.mod_revision):
-                raise conflict(kind.group, kind.plural, name, "the object has been modified; please apply your changes to the latest version and try again")
+                raise conflict(
+                    kind.group,
+                    kind.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )
             if pmeta.get("name", name) != name:
-                raise bad_request(f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})")
+                raise bad_request(
+                    f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})"
+                )
             pmeta["name"] = name
             self._check_namespace(kind, namespace, patched, creating=False)
             new = self._merge_update(kind, old, patched, subresource=subresource)
@@ -373,9 +399,19 @@ class Resources:
         meta = obj["metadata"]
         pre = preconditions or {}
         if pre.get("uid") and pre["uid"] != meta.get("uid"):
-            raise conflict(kind.group, kind.plural, name, f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta.get('uid')}")
+            raise conflict(
+                kind.group,
+                kind.plural,
+                name,
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta.get('uid')}",
+            )
         if pre.get("resourceVersion") and str(pre["resourceVersion"]) != str(kv.mod_revision):
-            raise conflict(kind.group, kind.plural, name, f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {kv.mod_revision}")
+            raise conflict(
+                kind.group,
+                kind.plural,
+                name,
+                f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {kv.mod_revision}",
+            )
         finalizers = list(meta.get("finalizers") or [])
         if propagation == "Foreground" and "foregroundDeletion" not in finalizers:
             finalizers.append("foregroundDeletion")
@@ -397,7 +433,11 @@ class Resources:
             else:
                 meta["deletionTimestamp"] = now_rfc3339()
                 if graceful:
-                    grace = grace_period if grace_period is not None else int((obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+                    grace = (
+                        grace_period
+                        if grace_period is not None
+                        else int((obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+                    )
                     meta["deletionGracePeriodSeconds"] = grace
                 if finalizers:
                     meta["finalizers"] = finalizers
@@ -416,7 +456,12 @@ class Resources:
             rev = await self.store.update(kv.key, encode(obj), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             name = obj["metadata"].get("name", "")
-            raise conflict(kind.group, kind.plural, name, "the object has been modified; please apply your changes to the latest version and try again") from None
+            raise conflict(
+                kind.group,
+                kind.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ) from None
         obj["metadata"]["resourceVersion"] = str(rev)
         return obj
 
@@ -426,7 +471,12 @@ class Resources:
         except KeyNotFound:
             raise not_found(kind.group, kind.plural, obj["metadata"].get("name", "")) from None
         except RevisionMismatch:
-            raise conflict(kind.group, kind.plural, obj["metadata"].get("name", ""), "the object has been modified; please apply your changes to the latest version and try again") from None
+            raise conflict(
+                kind.group,
+                kind.plural,
+                obj["metadata"].get("name", ""),
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ) from None
         if kind is SERVICES:
             self.allocator.release_for(obj)
 

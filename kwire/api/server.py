@@ -108,7 +108,9 @@ class ApiServer:
         self._stopping.set()
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if request.path not in PUBLIC_PATHS and not self._authenticated(request):
             return _error(unauthorized())
         try:
@@ -139,8 +141,10 @@ class ApiServer:
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        if target.subresource and target.subresource not in target.kind.subresources and not (
-            target.kind.kind == "Namespace" and target.subresource == "finalize"
+        if (
+            target.subresource
+            and target.subresource not in target.kind.subresources
+            and not (target.kind.kind == "Namespace" and target.subresource == "finalize")
         ):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if target.kind.namespaced and target.namespace is None and target.name is not None:
@@ -166,7 +170,9 @@ class ApiServer:
             sub = "status" if target.subresource == "status" else None
             if target.subresource == "finalize":
                 sub = None
-            obj = await self.resources.update(target.kind, target.namespace, target.name, body, subresource=sub, dry_run=_dry_run(request))
+            obj = await self.resources.update(
+                target.kind, target.namespace, target.name, body, subresource=sub, dry_run=_dry_run(request)
+            )
             return self._object_response(request, target.kind, obj)
         if m == "PATCH":
             raw = await request.read()
@@ -218,7 +224,11 @@ class ApiServer:
         raw = await request.read()
         ctype = request.headers.get("Content-Type", JSON)
         if "protobuf" in ctype:
-            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ctype})")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ctype})",
+            )
         try:
             if "yaml" in ctype:
                 body = yaml.safe_load(raw)
@@ -274,7 +284,9 @@ class ApiServer:
         if res.continue_token:
             meta["continue"] = res.continue_token
         kind = target.kind
-        return _json({"kind": kind.list_kind_name, "apiVersion": kind.api_version, "metadata": meta, "items": res.items})
+        return _json(
+            {"kind": kind.list_kind_name, "apiVersion": kind.api_version, "metadata": meta, "items": res.items}
+        )
 
     async def _delete_options(self, request: web.Request) -> Obj:
         opts: Obj = {}
@@ -339,7 +351,9 @@ class ApiServer:
         kind = target.kind
         labels, fields = self._selectors(request)
         if target.name:  # /namespaces/x/pods/name?watch=1 is the deprecated single-object watch
-            fields = parse_fields(",".join(filter(None, [request.query.get("fieldSelector"), f"metadata.name={target.name}"])))
+            fields = parse_fields(
+                ",".join(filter(None, [request.query.get("fieldSelector"), f"metadata.name={target.name}"]))
+            )
         rv_param = request.query.get("resourceVersion", "")
         bookmarks = _bool_param(request, "allowWatchBookmarks")
         send_initial = _bool_param(request, "sendInitialEvents")
@@ -399,7 +413,9 @@ class ApiServer:
                 events = watch.ready()
                 if not events:
                     nxt = asyncio.ensure_future(anext(watch))
-                    done, _ = await asyncio.wait({nxt, stop}, timeout=min(left, BOOKMARK_INTERVAL), return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {nxt, stop}, timeout=min(left, BOOKMARK_INTERVAL), return_when=asyncio.FIRST_COMPLETED
+                    )
                     if stop in done:
                         nxt.cancel()
                         break

@@ -87,7 +87,14 @@ def format_label_selector(sel: Obj | None) -> str:
     parts = [f"{k}={v}" for k, v in sorted((sel.get("matchLabels") or {}).items())]
     for e in sel.get("matchExpressions") or []:
         op, key, vals = e.get("operator"), e.get("key", ""), ",".join(e.get("values") or [])
-        parts.append({"In": f"{key} in ({vals})", "NotIn": f"{key} notin ({vals})", "Exists": key, "DoesNotExist": f"!{key}"}.get(op, key))
+        parts.append(
+            {
+                "In": f"{key} in ({vals})",
+                "NotIn": f"{key} notin ({vals})",
+                "Exists": key,
+                "DoesNotExist": f"!{key}",
+            }.get(op, key)
+        )
     return ",".join(parts) if parts else "<none>"
 
 
@@ -108,11 +115,18 @@ def _node(o: Obj, now: dt.datetime) -> Cells:
     status = o.get("status") or {}
     spec = o.get("spec") or {}
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    st = "Unknown" if ready is None or ready.get("status") == "Unknown" else ("Ready" if ready.get("status") == "True" else "NotReady")
+    st = (
+        "Unknown"
+        if ready is None or ready.get("status") == "Unknown"
+        else ("Ready" if ready.get("status") == "True" else "NotReady")
+    )
     if spec.get("unschedulable"):
         st += ",SchedulingDisabled"
     labels = o["metadata"].get("labels") or {}
-    roles = sorted({k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/") and k.split("/", 1)[1]} | ({labels["kubernetes.io/role"]} if labels.get("kubernetes.io/role") else set()))
+    roles = sorted(
+        {k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/") and k.split("/", 1)[1]}
+        | ({labels["kubernetes.io/role"]} if labels.get("kubernetes.io/role") else set())
+    )
     info = status.get("nodeInfo") or {}
     addrs = status.get("addresses") or []
 
@@ -152,7 +166,9 @@ def _pod(o: Obj, now: dt.datetime) -> Cells:
             reason = state["waiting"]["reason"]
         elif "terminated" in state:
             t = state["terminated"]
-            reason = t.get("reason") or (f"Signal:{t['signal']}" if t.get("signal") else f"ExitCode:{t.get('exitCode', 0)}")
+            reason = t.get("reason") or (
+                f"Signal:{t['signal']}" if t.get("signal") else f"ExitCode:{t.get('exitCode', 0)}"
+            )
         elif cs.get("ready") and "running" in state:
             ready += 1
     if reason == "Completed" and status.get("phase") == "Running":
@@ -162,7 +178,9 @@ def _pod(o: Obj, now: dt.datetime) -> Cells:
     rs = str(restarts)
     if restarts and last_restart is not None:
         rs = f"{restarts} ({human_duration(now - last_restart)} ago)"
-    ips = [p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")] or ([status["podIP"]] if status.get("podIP") else [])
+    ips = [p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")] or (
+        [status["podIP"]] if status.get("podIP") else []
+    )
     gates = spec.get("readinessGates") or []
     return [
         f"{ready}/{total}",
@@ -172,7 +190,9 @@ def _pod(o: Obj, now: dt.datetime) -> Cells:
         ",".join(ips) if ips else "<none>",
         spec.get("nodeName") or "<none>",
         status.get("nominatedNodeName") or "<none>",
-        f"{sum(1 for g in gates if any(c.get('type') == g.get('conditionType') and c.get('status') == 'True' for c in status.get('conditions') or []))}/{len(gates)}" if gates else "<none>",
+        f"{sum(1 for g in gates if any(c.get('type') == g.get('conditionType') and c.get('status') == 'True' for c in status.get('conditions') or []))}/{len(gates)}"
+        if gates
+        else "<none>",
     ]
 
 
@@ -183,7 +203,10 @@ def _svc_external(o: Obj) -> str:
     if t in ("ClusterIP", "NodePort"):
         return ",".join(ext) if ext else "<none>"
     if t == "LoadBalancer":
-        lb = [i.get("ip") or i.get("hostname") for i in ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+        lb = [
+            i.get("ip") or i.get("hostname")
+            for i in ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        ]
         lb = [x for x in lb if x] + ext
         return ",".join(lb) if lb else "<pending>"
     if t == "ExternalName":
@@ -222,11 +245,18 @@ def _endpoints(o: Obj, now: dt.datetime) -> Cells:
 
 
 def _configmap(o: Obj, now: dt.datetime) -> Cells:
-    return [len(o.get("data") or {}) + len(o.get("binaryData") or {}), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [
+        len(o.get("data") or {}) + len(o.get("binaryData") or {}),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
 
 
 def _secret(o: Obj, now: dt.datetime) -> Cells:
-    return [o.get("type", "Opaque"), len(o.get("data") or {}) + len(o.get("stringData") or {}), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [
+        o.get("type", "Opaque"),
+        len(o.get("data") or {}) + len(o.get("stringData") or {}),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
 
 
 def _event(o: Obj, now: dt.datetime) -> Cells:
@@ -313,13 +343,21 @@ def _endpointslice(o: Obj, now: dt.datetime) -> Cells:
     else:
         port_s = ",".join(str(p["port"]) if p.get("port") is not None else "<unset>" for p in ports)
     addrs = [a for e in o.get("endpoints") or [] for a in e.get("addresses") or []]
-    return [o.get("addressType", ""), port_s, _more(addrs), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [
+        o.get("addressType", ""),
+        port_s,
+        _more(addrs),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
 
 
 def _ingress(o: Obj, now: dt.datetime) -> Cells:
     spec = o.get("spec") or {}
     hosts = [r.get("host") for r in spec.get("rules") or [] if r.get("host")]
-    lb = [i.get("ip") or i.get("hostname") for i in ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+    lb = [
+        i.get("ip") or i.get("hostname")
+        for i in ((o.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ]
     return [
         spec.get("ingressClassName") or "<none>",
         _more(hosts, 4) if hosts else "*",
@@ -341,11 +379,17 @@ def _ingressclass(o: Obj, now: dt.datetime) -> Cells:
 
 
 def _netpol(o: Obj, now: dt.datetime) -> Cells:
-    return [format_label_selector((o.get("spec") or {}).get("podSelector")), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [
+        format_label_selector((o.get("spec") or {}).get("podSelector")),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
 
 
 def _lease(o: Obj, now: dt.datetime) -> Cells:
-    return [(o.get("spec") or {}).get("holderIdentity") or "", humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [
+        (o.get("spec") or {}).get("holderIdentity") or "",
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
 
 
 def _pool(o: Obj, now: dt.datetime) -> Cells:
@@ -366,26 +410,92 @@ _I = "integer"
 _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Cells]]] = {
     "Namespace": ([_col("Status"), AGE], _namespace),
     "Node": (
-        [_col("Status"), _col("Roles"), AGE, _col("Version"), _col("Internal-IP", priority=1), _col("External-IP", priority=1), _col("OS-Image", priority=1), _col("Kernel-Version", priority=1), _col("Container-Runtime", priority=1)],
+        [
+            _col("Status"),
+            _col("Roles"),
+            AGE,
+            _col("Version"),
+            _col("Internal-IP", priority=1),
+            _col("External-IP", priority=1),
+            _col("OS-Image", priority=1),
+            _col("Kernel-Version", priority=1),
+            _col("Container-Runtime", priority=1),
+        ],
         _node,
     ),
     "Pod": (
-        [_col("Ready"), _col("Status"), _col("Restarts"), AGE, _col("IP", priority=1), _col("Node", priority=1), _col("Nominated Node", priority=1), _col("Readiness Gates", priority=1)],
+        [
+            _col("Ready"),
+            _col("Status"),
+            _col("Restarts"),
+            AGE,
+            _col("IP", priority=1),
+            _col("Node", priority=1),
+            _col("Nominated Node", priority=1),
+            _col("Readiness Gates", priority=1),
+        ],
         _pod,
     ),
-    "Service": ([_col("Type"), _col("Cluster-IP"), _col("External-IP"), _col("Port(s)"), AGE, _col("Selector", priority=1)], _service),
+    "Service": (
+        [_col("Type"), _col("Cluster-IP"), _col("External-IP"), _col("Port(s)"), AGE, _col("Selector", priority=1)],
+        _service,
+    ),
     "Endpoints": ([_col("Endpoints"), AGE], _endpoints),
     "ConfigMap": ([_col("Data", type_=_I), AGE], _configmap),
     "Secret": ([_col("Type"), _col("Data", type_=_I), AGE], _secret),
     "Event": (
-        [_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message"), _col("Subobject", priority=1), _col("Source", priority=1), _col("First Seen", priority=1), _col("Count", type_=_I, priority=1), _col("Name", priority=1)],
+        [
+            _col("Last Seen"),
+            _col("Type"),
+            _col("Reason"),
+            _col("Object"),
+            _col("Message"),
+            _col("Subobject", priority=1),
+            _col("Source", priority=1),
+            _col("First Seen", priority=1),
+            _col("Count", type_=_I, priority=1),
+            _col("Name", priority=1),
+        ],
         _event,
     ),
     "ServiceAccount": ([_col("Secrets", type_=_I), AGE], _sa),
-    "Deployment": ([_col("Ready"), _col("Up-to-date", type_=_I), _col("Available", type_=_I), AGE, _col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)], _deployment),
-    "ReplicaSet": ([_col("Desired", type_=_I), _col("Current", type_=_I), _col("Ready", type_=_I), AGE, _col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)], _replicaset),
+    "Deployment": (
+        [
+            _col("Ready"),
+            _col("Up-to-date", type_=_I),
+            _col("Available", type_=_I),
+            AGE,
+            _col("Containers", priority=1),
+            _col("Images", priority=1),
+            _col("Selector", priority=1),
+        ],
+        _deployment,
+    ),
+    "ReplicaSet": (
+        [
+            _col("Desired", type_=_I),
+            _col("Current", type_=_I),
+            _col("Ready", type_=_I),
+            AGE,
+            _col("Containers", priority=1),
+            _col("Images", priority=1),
+            _col("Selector", priority=1),
+        ],
+        _replicaset,
+    ),
     "DaemonSet": (
-        [_col("Desired", type_=_I), _col("Current", type_=_I), _col("Ready", type_=_I), _col("Up-to-date", type_=_I), _col("Available", type_=_I), _col("Node Selector"), AGE, _col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)],
+        [
+            _col("Desired", type_=_I),
+            _col("Current", type_=_I),
+            _col("Ready", type_=_I),
+            _col("Up-to-date", type_=_I),
+            _col("Available", type_=_I),
+            _col("Node Selector"),
+            AGE,
+            _col("Containers", priority=1),
+            _col("Images", priority=1),
+            _col("Selector", priority=1),
+        ],
         _daemonset,
     ),
     "EndpointSlice": ([_col("AddressType"), _col("Ports"), _col("Endpoints"), AGE], _endpointslice),
@@ -393,7 +503,10 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
     "IngressClass": ([_col("Controller"), _col("Parameters"), AGE], _ingressclass),
     "NetworkPolicy": ([_col("Pod-Selector"), AGE], _netpol),
     "Lease": ([_col("Holder"), AGE], _lease),
-    "IPAddressPool": ([_col("Auto Assign", type_="boolean"), _col("Avoid Buggy IPs", type_="boolean"), _col("Addresses"), AGE], _pool),
+    "IPAddressPool": (
+        [_col("Auto Assign", type_="boolean"), _col("Avoid Buggy IPs", type_="boolean"), _col("Addresses"), AGE],
+        _pool,
+    ),
 }
 
 
@@ -411,7 +524,15 @@ def row(kind: Kind, obj: Obj, *, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-def table(kind: Kind, objs: list[Obj], *, now: dt.datetime, resource_version: str, continue_token: str = "", remaining: int | None = None) -> dict[str, Any]:
+def table(
+    kind: Kind,
+    objs: list[Obj],
+    *,
+    now: dt.datetime,
+    resource_version: str,
+    continue_token: str = "",
+    remaining: int | None = None,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"resourceVersion": resource_version}
     if continue_token:
         meta["continue"] = continue_token

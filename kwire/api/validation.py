@@ -157,7 +157,9 @@ def validate_label_selector(sel: Any, path: str) -> Errs:
                 errs.append(required(f"{p}.values", "must be specified when `operator` is 'In' or 'NotIn'"))
         elif op in ("Exists", "DoesNotExist"):
             if vals:
-                errs.append(forbidden(f"{p}.values", "may not be specified when `operator` is 'Exists' or 'DoesNotExist'"))
+                errs.append(
+                    forbidden(f"{p}.values", "may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
+                )
         else:
             errs.append(invalid(f"{p}.operator", op, "not a valid selector operator"))
         for msg in qualified_name(str(e.get("key", ""))):
@@ -291,7 +293,11 @@ def _container(c: Any, path: str, names: set[str]) -> Errs:
             errs += _port(p.get("hostPort"), f"{pp}.hostPort")
         errs += _protocol(p.get("protocol", "TCP"), f"{pp}.protocol")
         if p.get("name"):
-            errs += _int_or_name_port(str(p["name"]), f"{pp}.name") if not str(p["name"]).isdigit() else [invalid(f"{pp}.name", p["name"], "must contain at least one letter (a-z)")]
+            errs += (
+                _int_or_name_port(str(p["name"]), f"{pp}.name")
+                if not str(p["name"]).isdigit()
+                else [invalid(f"{pp}.name", p["name"], "must contain at least one letter (a-z)")]
+            )
             if p["name"] in port_names:
                 errs.append(duplicate(f"{pp}.name", p["name"]))
             port_names.add(p["name"])
@@ -330,9 +336,15 @@ def validate_pod_spec(spec: Any, path: str) -> Errs:
         errs.append(not_supported(f"{path}.restartPolicy", rp, ("Always", "Never", "OnFailure")))
     dp = spec.get("dnsPolicy", "ClusterFirst")
     if dp not in ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"):
-        errs.append(not_supported(f"{path}.dnsPolicy", dp, ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")))
+        errs.append(
+            not_supported(f"{path}.dnsPolicy", dp, ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"))
+        )
     if dp == "None" and not (spec.get("dnsConfig") or {}).get("nameservers"):
-        errs.append(required(f"{path}.dnsConfig.nameservers", "must provide at least one DNS nameserver when `dnsPolicy` is None"))
+        errs.append(
+            required(
+                f"{path}.dnsConfig.nameservers", "must provide at least one DNS nameserver when `dnsPolicy` is None"
+            )
+        )
     for i, v in enumerate(spec.get("volumes") or []):
         if not (isinstance(v, dict) and v.get("name")):
             errs.append(required(f"{path}.volumes[{i}].name"))
@@ -350,8 +362,14 @@ def _pod(obj: Obj, old: Obj | None) -> Errs:
         for s in (new_spec, old_spec):
             s.pop("activeDeadlineSeconds", None)
             s.pop("tolerations", None)
-            s["containers"] = [{k: v for k, v in c.items() if k != "image"} for c in s.get("containers") or [] if isinstance(c, dict)]
-            s["initContainers"] = [{k: v for k, v in c.items() if k != "image"} for c in s.get("initContainers") or [] if isinstance(c, dict)]
+            s["containers"] = [
+                {k: v for k, v in c.items() if k != "image"} for c in s.get("containers") or [] if isinstance(c, dict)
+            ]
+            s["initContainers"] = [
+                {k: v for k, v in c.items() if k != "image"}
+                for c in s.get("initContainers") or []
+                if isinstance(c, dict)
+            ]
         if not old_spec.get("nodeName"):
             new_spec.pop("nodeName", None)
             old_spec.pop("nodeName", None)
@@ -381,7 +399,11 @@ def _service(obj: Obj, old: Obj | None) -> Errs:
         errs.append(not_supported("spec.type", stype, SERVICE_TYPES))
     cip = spec.get("clusterIP")
     if cip not in (None, "", "None"):
-        errs += [invalid("spec.clusterIP", cip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")] if _ip(cip, "x") else []
+        errs += (
+            [invalid("spec.clusterIP", cip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")]
+            if _ip(cip, "x")
+            else []
+        )
     ports = spec.get("ports") or []
     headless = cip == "None"
     if stype == "ExternalName":
@@ -428,11 +450,21 @@ def _service(obj: Obj, old: Obj | None) -> Errs:
     if sa == "ClientIP":
         t = (((spec.get("sessionAffinityConfig") or {}).get("clientIP")) or {}).get("timeoutSeconds", 10800)
         if not isinstance(t, int) or not 0 < t <= 86400:
-            errs.append(invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", t, "must be greater than 0 and less than 86400"))
+            errs.append(
+                invalid(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    t,
+                    "must be greater than 0 and less than 86400",
+                )
+            )
     etp = spec.get("externalTrafficPolicy")
     if etp is not None:
         if stype not in ("NodePort", "LoadBalancer") and etp:
-            errs.append(invalid("spec.externalTrafficPolicy", etp, "may only be set when `type` is 'NodePort' or 'LoadBalancer'"))
+            errs.append(
+                invalid(
+                    "spec.externalTrafficPolicy", etp, "may only be set when `type` is 'NodePort' or 'LoadBalancer'"
+                )
+            )
         elif etp not in ("Cluster", "Local"):
             errs.append(not_supported("spec.externalTrafficPolicy", etp, ("Cluster", "Local")))
     itp = spec.get("internalTrafficPolicy")
@@ -445,7 +477,13 @@ def _service(obj: Obj, old: Obj | None) -> Errs:
     if old is not None:
         ospec = old.get("spec") or {}
         ocip = ospec.get("clusterIP")
-        if ocip and ocip != cip and ospec.get("type") != "ExternalName" and stype != "ExternalName" and cip not in (None, ""):
+        if (
+            ocip
+            and ocip != cip
+            and ospec.get("type") != "ExternalName"
+            and stype != "ExternalName"
+            and cip not in (None, "")
+        ):
             errs.append(invalid("spec.clusterIP", cip, "field is immutable"))
     return errs
 
@@ -472,7 +510,11 @@ def _data_keys(obj: Obj, fields: tuple[str, ...]) -> Errs:
 
 def _configmap(obj: Obj, old: Obj | None) -> Errs:
     errs = _data_keys(obj, ("data", "binaryData"))
-    if old is not None and old.get("immutable") and (obj.get("data") != old.get("data") or obj.get("binaryData") != old.get("binaryData")):
+    if (
+        old is not None
+        and old.get("immutable")
+        and (obj.get("data") != old.get("data") or obj.get("binaryData") != old.get("binaryData"))
+    ):
         errs.append(forbidden("data", "field is immutable when `immutable` is set"))
     return errs
 
@@ -491,11 +533,15 @@ def _node(obj: Obj, old: Obj | None) -> Errs:
         try:
             ipaddress.ip_network(spec["podCIDR"])
         except ValueError:
-            errs.append(invalid("spec.podCIDR", spec["podCIDR"], "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"))
+            errs.append(
+                invalid(
+                    "spec.podCIDR", spec["podCIDR"], "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+                )
+            )
     if old is not None:
         opc = (old.get("spec") or {}).get("podCIDR")
         if opc and spec.get("podCIDR") != opc:
-            errs.append(forbidden("spec.podCIDRs", "node updates may not change podCIDR except from \"\" to valid"))
+            errs.append(forbidden("spec.podCIDRs", 'node updates may not change podCIDR except from "" to valid'))
     return errs
 
 
@@ -520,11 +566,17 @@ def _workload(obj: Obj, old: Obj | None, *, replicas: bool) -> Errs:
         return errs
     labels = (tmpl.get("metadata") or {}).get("labels") or {}
     errs += validate_labels(labels, "spec.template.metadata.labels")
-    if isinstance(sel, dict) and (sel.get("matchLabels") or sel.get("matchExpressions")) and not _selector_matches(sel, labels):
+    if (
+        isinstance(sel, dict)
+        and (sel.get("matchLabels") or sel.get("matchExpressions"))
+        and not _selector_matches(sel, labels)
+    ):
         rendered = "map[string]string{" + ", ".join(f'"{k}":"{v}"' for k, v in sorted(labels.items())) + "}"
         from kwire.api.errors import RawValue
 
-        errs.append(invalid("spec.template.metadata.labels", RawValue(rendered), "`selector` does not match template `labels`"))
+        errs.append(
+            invalid("spec.template.metadata.labels", RawValue(rendered), "`selector` does not match template `labels`")
+        )
     errs += validate_pod_spec(tmpl.get("spec"), "spec.template.spec")
     if old is not None:
         osel = (old.get("spec") or {}).get("selector")
@@ -539,7 +591,11 @@ def _render_selector(sel: Any) -> Any:
     if not isinstance(sel, dict):
         return sel
     ml = ", ".join(f'"{k}":"{v}"' for k, v in sorted((sel.get("matchLabels") or {}).items()))
-    return RawValue("v1.LabelSelector{MatchLabels:map[string]string{" + ml + "}, MatchExpressions:[]v1.LabelSelectorRequirement(nil)}")
+    return RawValue(
+        "v1.LabelSelector{MatchLabels:map[string]string{"
+        + ml
+        + "}, MatchExpressions:[]v1.LabelSelectorRequirement(nil)}"
+    )
 
 
 # -- discovery / networking -----------------------------------------------------------------------------------
@@ -611,7 +667,13 @@ def _ingress(obj: Obj, old: Obj | None) -> Errs:
             except ValueError:
                 h = host[2:] if host.startswith("*.") else host
                 if "*" in h:
-                    errs.append(invalid(f"{p}.host", host, "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com', regex used for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"))
+                    errs.append(
+                        invalid(
+                            f"{p}.host",
+                            host,
+                            "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com', regex used for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+                        )
+                    )
                 else:
                     for msg in dns1123_subdomain(h):
                         errs.append(invalid(f"{p}.host", host, msg))
@@ -624,7 +686,11 @@ def _ingress(obj: Obj, old: Obj | None) -> Errs:
                 pp = f"{p}.http.paths[{j}]"
                 pt = (pa or {}).get("pathType")
                 if pt not in ("Exact", "Prefix", "ImplementationSpecific"):
-                    errs.append(not_supported(f"{pp}.pathType", pt, ("Exact", "ImplementationSpecific", "Prefix")) if pt else required(f"{pp}.pathType", "pathType must be specified"))
+                    errs.append(
+                        not_supported(f"{pp}.pathType", pt, ("Exact", "ImplementationSpecific", "Prefix"))
+                        if pt
+                        else required(f"{pp}.pathType", "pathType must be specified")
+                    )
                 path_s = (pa or {}).get("path")
                 if pt in ("Exact", "Prefix") and (not path_s or not str(path_s).startswith("/")):
                     errs.append(invalid(f"{pp}.path", path_s, "must be an absolute path"))
@@ -655,7 +721,9 @@ def _netpol(obj: Obj, old: Obj | None) -> Errs:
         out: Errs = []
         for j, peer in enumerate(items or []):
             pp = f"{path}[{j}]"
-            if not isinstance(peer, dict) or not any(k in peer for k in ("podSelector", "namespaceSelector", "ipBlock")):
+            if not isinstance(peer, dict) or not any(
+                k in peer for k in ("podSelector", "namespaceSelector", "ipBlock")
+            ):
                 out.append(required(pp, "must specify a peer"))
                 continue
             if "ipBlock" in peer and ("podSelector" in peer or "namespaceSelector" in peer):
@@ -667,13 +735,25 @@ def _netpol(obj: Obj, old: Obj | None) -> Errs:
                 try:
                     net = ipaddress.ip_network(str(blk.get("cidr")), strict=False)
                 except ValueError:
-                    out.append(invalid(f"{pp}.ipBlock.cidr", blk.get("cidr"), "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"))
+                    out.append(
+                        invalid(
+                            f"{pp}.ipBlock.cidr",
+                            blk.get("cidr"),
+                            "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                        )
+                    )
                     continue
                 for k, ex in enumerate(blk.get("except") or []):
                     try:
                         exn = ipaddress.ip_network(str(ex), strict=False)
                     except ValueError:
-                        out.append(invalid(f"{pp}.ipBlock.except[{k}]", ex, "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"))
+                        out.append(
+                            invalid(
+                                f"{pp}.ipBlock.except[{k}]",
+                                ex,
+                                "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                            )
+                        )
                         continue
                     if exn.version != net.version or not exn.subnet_of(net) or exn == net:  # type: ignore[arg-type]
                         out.append(invalid(f"{pp}.ipBlock.except[{k}]", ex, "must be a strict subset of `cidr`"))
@@ -690,7 +770,11 @@ def _netpol(obj: Obj, old: Obj | None) -> Errs:
             end = (p or {}).get("endPort")
             if end is not None:
                 if not isinstance(port, int):
-                    out.append(required(f"{pp}.port", "must be specified when endPort is specified") if port is None else forbidden(f"{pp}.endPort", "may not be specified when `port` is non-numeric"))
+                    out.append(
+                        required(f"{pp}.port", "must be specified when endPort is specified")
+                        if port is None
+                        else forbidden(f"{pp}.endPort", "may not be specified when `port` is non-numeric")
+                    )
                 elif not isinstance(end, int) or end < port:
                     out.append(invalid(f"{pp}.endPort", end, "must be greater than or equal to `port`"))
         return out
@@ -730,7 +814,13 @@ def _ipaddresspool(obj: Obj, old: Obj | None) -> Errs:
         errs.append(required("spec.addresses"))
     for i, a in enumerate(addrs or []):
         if not _range_or_cidr(str(a)):
-            errs.append(invalid(f"spec.addresses[{i}]", a, "invalid CIDR or range (expected a CIDR such as 192.168.10.0/24 or a range such as 192.168.10.1-192.168.10.20)"))
+            errs.append(
+                invalid(
+                    f"spec.addresses[{i}]",
+                    a,
+                    "invalid CIDR or range (expected a CIDR such as 192.168.10.0/24 or a range such as 192.168.10.1-192.168.10.20)",
+                )
+            )
     return errs
 
 

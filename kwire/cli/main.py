@@ -37,7 +37,9 @@ def _cmd_server(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kwire", description="The K3s cluster networking stack, on real Linux networking.")
+    parser = argparse.ArgumentParser(
+        prog="kwire", description="The K3s cluster networking stack, on real Linux networking."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -152,11 +152,21 @@ class ApiClient:
             await self._session.close()
             self._session = None
 
-    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None, content_type: str = "application/json") -> Obj:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Obj:
         data = None if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
         headers = {"Content-Type": content_type} if data is not None else None
         url = self.config.server + path
-        async with self._sess().request(method, url, params=params, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)) as r:
+        async with self._sess().request(
+            method, url, params=params, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)
+        ) as r:
             raw = await r.read()
             if r.status >= 400:
                 raise error_from(r.status, raw)
@@ -195,12 +205,27 @@ class ApiClient:
             params["resourceVersion"] = resource_version
         return await self.request("GET", res.path(namespace), params=params)
 
-    async def list_all(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None, field_selector: str | None = None, page: int = 500) -> Obj:
+    async def list_all(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page: int = 500,
+    ) -> Obj:
         """All items, following continue tokens; the result carries the last page's resourceVersion."""
         out = await self.list(res, namespace, label_selector=label_selector, field_selector=field_selector, limit=page)
         items = list(out.get("items") or [])
         while (out.get("metadata") or {}).get("continue"):
-            out = await self.list(res, namespace, label_selector=label_selector, field_selector=field_selector, limit=page, continue_=out["metadata"]["continue"])
+            out = await self.list(
+                res,
+                namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                limit=page,
+                continue_=out["metadata"]["continue"],
+            )
             items.extend(out.get("items") or [])
         out["items"] = items
         return out
@@ -216,10 +241,30 @@ class ApiClient:
         meta = obj["metadata"]
         return await self.request("PUT", res.path(self._ns(res, obj, None), meta["name"], "status"), body=obj)
 
-    async def patch(self, res: Resource, name: str, patch: Any, *, namespace: str | None = None, patch_type: str = "merge", subresource: str | None = None) -> Obj:
-        return await self.request("PATCH", res.path(namespace, name, subresource), body=patch, content_type=_PATCH_TYPES[patch_type])
+    async def patch(
+        self,
+        res: Resource,
+        name: str,
+        patch: Any,
+        *,
+        namespace: str | None = None,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> Obj:
+        return await self.request(
+            "PATCH", res.path(namespace, name, subresource), body=patch, content_type=_PATCH_TYPES[patch_type]
+        )
 
-    async def delete(self, res: Resource, name: str, namespace: str | None = None, *, propagation_policy: str | None = None, grace_period: int | None = None, preconditions: Obj | None = None) -> Obj:
+    async def delete(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        propagation_policy: str | None = None,
+        grace_period: int | None = None,
+        preconditions: Obj | None = None,
+    ) -> Obj:
         body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if propagation_policy:
             body["propagationPolicy"] = propagation_policy

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from kwire.client.client import ApiClient, ApiStatusError, Gone, Resource
@@ -82,7 +82,7 @@ class Informer:
     def get(self, namespace: str | None, name: str) -> Obj | None:
         return self._cache.get(f"{namespace}/{name}" if namespace else name)
 
-    def list(self) -> list[Obj]:
+    def items(self) -> list[Obj]:
         return list(self._cache.values())
 
     def by_index(self, name: str, value: str) -> list[Obj]:
@@ -129,7 +129,9 @@ class Informer:
             await self._call(self._on_update, old, obj)
 
     async def _relist(self) -> None:
-        out = await self.client.list_all(self.resource, self.namespace, label_selector=self.label_selector, field_selector=self.field_selector)
+        out = await self.client.list_all(
+            self.resource, self.namespace, label_selector=self.label_selector, field_selector=self.field_selector
+        )
         fresh = {key_of(o): o for o in out.get("items") or []}
         for key in list(self._cache):
             if key not in fresh:
@@ -165,9 +167,11 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except Gone:
-                log.info("informer %s: resourceVersion %s is gone; relisting", self.resource.plural, self.resource_version)
+                log.info(
+                    "informer %s: resourceVersion %s is gone; relisting", self.resource.plural, self.resource_version
+                )
                 need_list = True
-            except (ApiStatusError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, ApiStatusError, OSError, ValueError) as exc:
                 log.debug("informer %s: watch ended: %s", self.resource.plural, exc)
                 await asyncio.sleep(min(5.0, 0.2 * (2**attempt)))
                 attempt += 1
@@ -197,11 +201,20 @@ class Informers:
         self.client = client
         self._informers: dict[tuple[Any, ...], Informer] = {}
 
-    def get(self, resource: Resource, *, namespace: str | None = None, label_selector: str | None = None, field_selector: str | None = None) -> Informer:
+    def get(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Informer:
         key = (resource, namespace, label_selector, field_selector)
         inf = self._informers.get(key)
         if inf is None:
-            inf = Informer(self.client, resource, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
+            inf = Informer(
+                self.client, resource, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+            )
             self._informers[key] = inf
         return inf
 
@@ -215,5 +228,3 @@ class Informers:
     async def stop(self) -> None:
         for inf in self._informers.values():
             await inf.stop()
-
-

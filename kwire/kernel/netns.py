@@ -110,7 +110,9 @@ def run_in(name: str, fn: Callable[[], T]) -> T:
     return fut.result()
 
 
-def open_socket(name: str, family: int, type_: int, *, bind: tuple[str, int] | None = None, reuse: bool = True) -> socket.socket:
+def open_socket(
+    name: str, family: int, type_: int, *, bind: tuple[str, int] | None = None, reuse: bool = True
+) -> socket.socket:
     """A socket created (and optionally bound) inside namespace `name`."""
 
     def make() -> socket.socket:

@@ -207,7 +207,9 @@ class SQLiteStore(Store):
             raise KeyNotFound(key)
         if expected_revision and cur.mod_revision != expected_revision:
             raise RevisionMismatch(key, cur)
-        rev = self._write(key, value, create_revision=cur.create_revision, prev_revision=cur.mod_revision, deleted=False)
+        rev = self._write(
+            key, value, create_revision=cur.create_revision, prev_revision=cur.mod_revision, deleted=False
+        )
         self._live[key] = KV(key, value, rev, cur.create_revision)
         self._publish(Event(MODIFIED, key, rev, value, cur.value))
         return rev
@@ -219,7 +221,9 @@ class SQLiteStore(Store):
         if expected_revision and cur.mod_revision != expected_revision:
             raise RevisionMismatch(key, cur)
         # Like kine, the tombstone row carries the last value so watchers can report the deleted object.
-        rev = self._write(key, cur.value, create_revision=cur.create_revision, prev_revision=cur.mod_revision, deleted=True)
+        rev = self._write(
+            key, cur.value, create_revision=cur.create_revision, prev_revision=cur.mod_revision, deleted=True
+        )
         del self._live[key]
         i = bisect.bisect_left(self._keys, key)
         if i < len(self._keys) and self._keys[i] == key:
@@ -290,4 +294,3 @@ class SQLiteStore(Store):
         for w in list(self._watchers):
             w.close()
         self._db.close()
-

@@ -92,7 +92,9 @@ class ServerProcess:
                 self.proc.wait(5)
         self.proc = None
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(self.data_dir)}
         cmd = [KUBECTL, "--cache-dir", str(self.data_dir / "kubecache"), *args]
         res = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env, timeout=timeout)

@@ -98,5 +98,5 @@ async def test_informer_follows_and_relists_after_410(server: Server) -> None:
         inf.start()
         await _until(lambda: len(events) >= 2)
         assert sorted(events) == [("add", "later"), ("delete", "live")]
-        assert sorted(o["metadata"]["name"] for o in inf.list()) == ["later", "pre"]
+        assert sorted(o["metadata"]["name"] for o in inf.items()) == ["later", "pre"]
         await inf.stop()

@@ -39,7 +39,14 @@ def test_bootstrap_objects(server: ServerProcess) -> None:
 
 
 def test_apply_examples_and_table_columns(server: ServerProcess) -> None:
-    for name in ("services.yaml", "deployment.yaml", "ingress.yaml", "networkpolicies.yaml", "configmap.yaml", "metallb.yaml"):
+    for name in (
+        "services.yaml",
+        "deployment.yaml",
+        "ingress.yaml",
+        "networkpolicies.yaml",
+        "configmap.yaml",
+        "metallb.yaml",
+    ):
         res = server.kubectl("apply", "-f", str(EXAMPLES / name))
         assert "created" in res.stdout or "unchanged" in res.stdout, res.stdout
     out = server.kubectl("get", "svc", "-A").stdout.splitlines()
@@ -158,7 +165,17 @@ def test_get_watch_receives_change(server: ServerProcess) -> None:
     server.kubectl("create", "configmap", "watched", "--from-literal=a=1")
     env = {"KUBECONFIG": str(server.kubeconfig), "HOME": str(server.data_dir), "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
-        [KUBECTL, "--cache-dir", str(server.data_dir / "kubecache"), "get", "cm", "watched", "-w", "-o", "jsonpath={.data.a}{\"\\n\"}"],
+        [
+            KUBECTL,
+            "--cache-dir",
+            str(server.data_dir / "kubecache"),
+            "get",
+            "cm",
+            "watched",
+            "-w",
+            "-o",
+            'jsonpath={.data.a}{"\\n"}',
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -210,12 +227,23 @@ def test_delete_deployment_collects_dependents(server: ServerProcess) -> None:
         "metadata": {
             "name": "gc-owner-abc",
             "labels": {"app": "gc-owner"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "gc-owner", "uid": owner["metadata"]["uid"], "controller": True}],
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": "gc-owner",
+                    "uid": owner["metadata"]["uid"],
+                    "controller": True,
+                }
+            ],
         },
         "spec": {
             "replicas": 0,
             "selector": {"matchLabels": {"app": "gc-owner"}},
-            "template": {"metadata": {"labels": {"app": "gc-owner"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}},
+            "template": {
+                "metadata": {"labels": {"app": "gc-owner"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+            },
         },
     }
     server.kubectl("create", "-f", "-", input=json.dumps(rs))
@@ -225,7 +253,14 @@ def test_delete_deployment_collects_dependents(server: ServerProcess) -> None:
         "kind": "Pod",
         "metadata": {
             "name": "gc-owner-abc-xyz",
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "gc-owner-abc", "uid": rs_obj["metadata"]["uid"]}],
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": "gc-owner-abc",
+                    "uid": rs_obj["metadata"]["uid"],
+                }
+            ],
         },
         "spec": {"containers": [{"name": "c", "image": "nginx"}]},
     }

@@ -65,7 +65,9 @@ def test_python_client_create_list_patch_watch(server: ServerProcess) -> None:
     assert exc.value.status == 404
     # limit/continue paging
     for i in range(5):
-        core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"page-{i}", labels={"page": "y"})))
+        core.create_namespaced_config_map(
+            "default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"page-{i}", labels={"page": "y"}))
+        )
     first = core.list_namespaced_config_map("default", label_selector="page=y", limit=2)
     assert len(first.items) == 2 and first.metadata._continue
     seen = [c.metadata.name for c in first.items]
@@ -79,7 +81,9 @@ def test_python_client_create_list_patch_watch(server: ServerProcess) -> None:
 
 def test_stale_resource_version_conflicts(server: ServerProcess) -> None:
     core = _core(server)
-    cm = core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cas"), data={"a": "1"}))
+    cm = core.create_namespaced_config_map(
+        "default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cas"), data={"a": "1"})
+    )
     cm.data = {"a": "2"}
     core.replace_namespaced_config_map("cas", "default", cm)
     cm.data = {"a": "3"}  # still carries the old resourceVersion
@@ -93,12 +97,18 @@ def test_stale_resource_version_conflicts(server: ServerProcess) -> None:
 def test_data_and_watch_survive_restart(server: ServerProcess, sig: int) -> None:
     core = _core(server)
     for i in range(20):
-        core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"keep-{i}"), data={"i": str(i)}))
+        core.create_namespaced_config_map(
+            "default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"keep-{i}"), data={"i": str(i)})
+        )
     rv = core.list_namespaced_config_map("default").metadata.resource_version
     server.stop(sig=sig)
     server.start()
     core = _core(server)
-    kept = {c.metadata.name: c.data["i"] for c in core.list_namespaced_config_map("default").items if c.metadata.name.startswith("keep-")}
+    kept = {
+        c.metadata.name: c.data["i"]
+        for c in core.list_namespaced_config_map("default").items
+        if c.metadata.name.startswith("keep-")
+    }
     assert kept == {f"keep-{i}": str(i) for i in range(20)}
     # A watch resumed from the pre-restart resourceVersion continues with the next write.
     core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="after-restart")))
@@ -111,9 +121,9 @@ def test_data_and_watch_survive_restart(server: ServerProcess, sig: int) -> None
 
 
 def test_watch_from_compacted_revision_gets_410(server: ServerProcess) -> None:
-    import urllib.request
-    import ssl
     import json
+    import ssl
+    import urllib.request
 
     core = _core(server)
     for i in range(3):

@@ -37,7 +37,9 @@ def test_parse_errors(text: str) -> None:
 
 
 def test_label_selector_object_forms() -> None:
-    sel = from_label_selector({"matchLabels": {"app": "x"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]})
+    sel = from_label_selector(
+        {"matchLabels": {"app": "x"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}
+    )
     assert sel.matches({"app": "x", "tier": "a"})
     assert not sel.matches({"app": "x"})
     assert from_label_selector({}).matches({"anything": "1"})
@@ -57,7 +59,9 @@ def test_cluster_ip_allocation_and_release() -> None:
     assert last_two[0] * 256 + last_two[1] >= 256
     dup = {"spec": {"type": "ClusterIP", "clusterIP": ip, "ports": [{"port": 80}]}}
     _, errs = alloc.allocate(dup, None)
-    assert [str(e) for e in errs] == [f'spec.clusterIPs: Invalid value: []string{{"{ip}"}}: failed to allocate IP {ip}: provided IP is already allocated']
+    assert [str(e) for e in errs] == [
+        f'spec.clusterIPs: Invalid value: []string{{"{ip}"}}: failed to allocate IP {ip}: provided IP is already allocated'
+    ]
     outside = {"spec": {"type": "ClusterIP", "clusterIP": "10.99.0.1", "ports": [{"port": 80}]}}
     _, errs = alloc.allocate(outside, None)
     assert "The range of valid IPs is 10.43.0.0/16" in str(errs[0])
@@ -75,14 +79,18 @@ def test_node_port_allocation_update_and_conflicts() -> None:
     assert 30000 <= second <= 32767 and second != 30080
     taken = {"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}}
     _, errs = alloc.allocate(taken, None)
-    assert [str(e) for e in errs] == ["spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"]
+    assert [str(e) for e in errs] == [
+        "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+    ]
     # Failed allocations take nothing: the random port the failing request got is free again.
     assert len(alloc.ports) == 2
     # An update that drops a port releases it once committed; switching to ClusterIP drops them all.
     import copy
 
     old = copy.deepcopy(svc)
-    new = {"spec": {"type": "ClusterIP", "clusterIP": svc["spec"]["clusterIP"], "ports": [{"port": 80, "nodePort": 30080}]}}
+    new = {
+        "spec": {"type": "ClusterIP", "clusterIP": svc["spec"]["clusterIP"], "ports": [{"port": 80, "nodePort": 30080}]}
+    }
     a, errs = alloc.allocate(new, old)
     assert not errs and "nodePort" not in new["spec"]["ports"][0]
     alloc.commit_release(a)

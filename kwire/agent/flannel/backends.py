@@ -90,7 +90,14 @@ class VxlanBackend:
                     mtu=mtu,
                 )
                 idx = ipr.link_lookup(ifname=VXLAN_DEVICE)
-                log.info("flannel: created %s (VNI %d, local %s, mtu %d, mac %s)", VXLAN_DEVICE, VXLAN_VNI, self.local_ip, mtu, self.vtep_mac)
+                log.info(
+                    "flannel: created %s (VNI %d, local %s, mtu %d, mac %s)",
+                    VXLAN_DEVICE,
+                    VXLAN_VNI,
+                    self.local_ip,
+                    mtu,
+                    self.vtep_mac,
+                )
             index = idx[0]
             ipr.link("set", index=index, mtu=mtu, state="up")
             want = f"{self.address}/32"
@@ -149,7 +156,9 @@ class VxlanBackend:
                         ipr.fdb("del", ifindex=index, lladdr=mac, dst=stale)
                     ipr.fdb("replace", ifindex=index, lladdr=mac, dst=r.public_ip, state=NUD_PERMANENT, flags=NTF_SELF)
                 if routes.get(r.subnet) != r.gateway:
-                    ipr.route("replace", dst=r.subnet, gateway=r.gateway, oif=index, flags=RTNH_F_ONLINK, proto=RTPROT_KWIRE)
+                    ipr.route(
+                        "replace", dst=r.subnet, gateway=r.gateway, oif=index, flags=RTNH_F_ONLINK, proto=RTPROT_KWIRE
+                    )
             # Remove what no remote needs any more (route first, then FDB, then neighbour).
             for dst in set(routes) - set(want_routes):
                 ipr.route("del", dst=dst, oif=index)

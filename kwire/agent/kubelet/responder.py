@@ -107,7 +107,9 @@ class Responders:
                     await web.SockSite(runner, sock).start()
                     servers.runners.append(runner)
                 else:
-                    log.warning("responder: %s/%s port %d/%s: protocol not served", ident.namespace, ident.name, port, proto)
+                    log.warning(
+                        "responder: %s/%s port %d/%s: protocol not served", ident.namespace, ident.name, port, proto
+                    )
                     continue
                 servers.ports.append((port, proto))
             except OSError as exc:

@@ -106,7 +106,16 @@ class Runtime:
         env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), **c.env}
         with open(c.log_path, "ab") as logf:
             c.proc = await asyncio.create_subprocess_exec(
-                IP, "netns", "exec", c.netns, *c.argv, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True
+                IP,
+                "netns",
+                "exec",
+                c.netns,
+                *c.argv,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         c.started_at = time.time()
         c.exit_code = None
