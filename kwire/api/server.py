@@ -18,7 +18,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, tables
+from kwire.api import protobuf, discovery, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.registry import Kind, by_path
@@ -224,11 +224,7 @@ class ApiServer:
         raw = await request.read()
         ctype = request.headers.get("Content-Type", JSON)
         if "protobuf" in ctype:
-            raise ApiError(
-                415,
-                "UnsupportedMediaType",
-                f"the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ctype})",
-            )
+            return protobuf.decode(raw)
         try:
             if "yaml" in ctype:
                 body = yaml.safe_load(raw)
