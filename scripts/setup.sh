@@ -30,5 +30,5 @@ if [[ ! -x .venv/bin/python ]] || [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]
 fi
 
 if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x .venv/bin/kubectl ]]; then
-  bash scripts/install-kubectl.sh .venv/bin
+  bash scripts/install-kubectl.sh
 fi
