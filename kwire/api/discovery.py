@@ -44,15 +44,16 @@ def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
         main["categories"] = list(kind.categories)
     out = [main]
     for sub in kind.subresources:
-        out.append(
-            {
-                "name": f"{kind.plural}/{sub}",
-                "singularName": "",
-                "namespaced": kind.namespaced,
-                "kind": kind.kind,
-                "verbs": ["get", "patch", "update"],
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": f"{kind.plural}/{sub}",
+            "singularName": "",
+            "namespaced": kind.namespaced,
+            "kind": kind.kind,
+            "verbs": ["get", "patch", "update"],
+        }
+        if sub == "scale":
+            entry.update({"kind": "Scale", "group": "autoscaling", "version": "v1"})
+        out.append(entry)
     return out
 
 

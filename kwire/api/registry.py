@@ -65,6 +65,7 @@ def _k(
     short: tuple[str, ...] = (),
     categories: tuple[str, ...] = (),
     status: bool = False,
+    scale: bool = False,
 ) -> Kind:
     return Kind(
         group=group,
@@ -74,7 +75,7 @@ def _k(
         namespaced=namespaced,
         short_names=short,
         categories=categories,
-        subresources=("status",) if status else (),
+        subresources=(("status",) if status else ()) + (("scale",) if scale else ()),
     )
 
 
@@ -88,8 +89,8 @@ KINDS: tuple[Kind, ...] = (
     _k("", "v1", "Secret", "secrets"),
     _k("", "v1", "Event", "events", short=("ev",)),
     _k("", "v1", "ServiceAccount", "serviceaccounts", short=("sa",)),
-    _k("apps", "v1", "Deployment", "deployments", short=("deploy",), categories=("all",), status=True),
-    _k("apps", "v1", "ReplicaSet", "replicasets", short=("rs",), categories=("all",), status=True),
+    _k("apps", "v1", "Deployment", "deployments", short=("deploy",), categories=("all",), status=True, scale=True),
+    _k("apps", "v1", "ReplicaSet", "replicasets", short=("rs",), categories=("all",), status=True, scale=True),
     _k("apps", "v1", "DaemonSet", "daemonsets", short=("ds",), categories=("all",), status=True),
     _k("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     _k("networking.k8s.io", "v1", "Ingress", "ingresses", short=("ing",), status=True),

@@ -18,9 +18,10 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, protobuf, tables
+from kwire.api import discovery, protobuf, scale, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
+from kwire.api.patch import apply_patch
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
 from kwire.base.labels import Selector, SelectorError, parse
@@ -150,6 +151,8 @@ class ApiServer:
         if target.kind.namespaced and target.namespace is None and target.name is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         m = request.method
+        if target.subresource == "scale" and target.name is not None:
+            return await self._scale(request, target)
         if target.name is None:
             if m == "GET":
                 if _bool_param(request, "watch"):
@@ -190,6 +193,25 @@ class ApiServer:
         if m == "DELETE":
             return await self._delete(request, target)
         raise method_not_allowed()
+
+    async def _scale(self, request: web.Request, target: Target) -> web.StreamResponse:
+        obj = await self.resources.get(target.kind, target.namespace, target.name or "")
+        if request.method == "GET":
+            return _json(scale.to_scale(obj))
+        if request.method == "PUT":
+            wanted = await self._body(request)
+        elif request.method == "PATCH":
+            ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+            if ctype == "application/strategic-merge-patch+json":
+                ctype = "application/merge-patch+json"  # Scale has no list fields: SMP is a merge patch here
+            wanted = apply_patch(target.kind, scale.to_scale(obj), await request.read(), ctype)
+        else:
+            raise method_not_allowed()
+        new = scale.apply_scale(target.kind, obj, wanted)
+        updated = await self.resources.update(
+            target.kind, target.namespace, target.name or "", new, dry_run=_dry_run(request)
+        )
+        return _json(scale.to_scale(updated))
 
     def _static(self, path: str) -> web.Response | None:
         if path in ("/healthz", "/livez", "/readyz"):

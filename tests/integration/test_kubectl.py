@@ -300,3 +300,37 @@ def test_unauthenticated_requests_are_refused(server: ServerProcess) -> None:
     )
     assert res.returncode != 0
     assert "Unauthorized" in res.stderr or "provide credentials" in res.stderr
+
+
+def test_typed_create_subcommands_scale_and_expose(server: ServerProcess) -> None:
+    # kubectl's typed `create` subcommands send protobuf bodies; `scale` uses the scale subresource.
+    server.kubectl("create", "namespace", "typed")
+    server.kubectl("-n", "typed", "create", "deployment", "web", "--image=nginx", "--replicas=3", "--port=80")
+    server.kubectl("-n", "typed", "create", "configmap", "cfg", "--from-literal=a=b")
+    server.kubectl("-n", "typed", "create", "secret", "generic", "sec", "--from-literal=x=y")
+    server.kubectl("-n", "typed", "create", "service", "nodeport", "np", "--tcp=80:8080", "--node-port=30990")
+    server.kubectl("-n", "typed", "create", "service", "externalname", "ext", "--external-name=example.com")
+    server.kubectl("-n", "typed", "create", "ingress", "ing", "--rule=foo.com/bar=np:80", "--class=traefik")
+    dup = server.kubectl(
+        "-n", "typed", "create", "service", "nodeport", "np2", "--tcp=80:8080", "--node-port=30990", check=False
+    )
+    assert dup.returncode != 0
+    assert "spec.ports[0].nodePort: Invalid value: 30990: provided port is already allocated" in dup.stderr
+    server.kubectl("-n", "typed", "scale", "deployment", "web", "--replicas=1")
+    dep = json.loads(server.kubectl("-n", "typed", "get", "deploy", "web", "-o", "json").stdout)
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    stale = server.kubectl(
+        "-n", "typed", "scale", "deployment", "web", "--current-replicas=3", "--replicas=2", check=False
+    )
+    assert stale.returncode != 0 and "Expected replicas to be 3, was 1" in stale.stderr
+    server.kubectl("-n", "typed", "expose", "deployment", "web", "--port=8080", "--target-port=80", "--name=web")
+    svc = json.loads(server.kubectl("-n", "typed", "get", "svc", "web", "-o", "json").stdout)
+    assert svc["spec"]["selector"] == {"app": "web"} and svc["spec"]["clusterIP"].startswith("10.43.")
+    assert json.loads(server.kubectl("-n", "typed", "get", "secret", "sec", "-o", "json").stdout)["data"] == {
+        "x": "eQ=="
+    }
+    ext = json.loads(server.kubectl("-n", "typed", "get", "svc", "ext", "-o", "json").stdout)
+    assert "clusterIP" not in ext["spec"] and ext["spec"]["externalName"] == "example.com"
+    ing = json.loads(server.kubectl("-n", "typed", "get", "ingress", "ing", "-o", "json").stdout)
+    assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {"name": "np", "port": {"number": 80}}
