@@ -29,10 +29,95 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_server(ns: argparse.Namespace) -> int:
+    import socket
+
     from kwire import server
 
     cfg = config.load_config(cls=config.ServerConfig, flags=config.flags_from_namespace(ns), config_file=ns.config)
-    _run(server.run(cfg))
+    sockets = [socket.socket(fileno=int(fd)) for fd in ns.listen_fd or []]
+    _run(server.run(cfg, sockets=sockets))
+    return 0
+
+
+def _cmd_agent(ns: argparse.Namespace) -> int:
+    from kwire.agent import agent
+
+    cfg = config.load_config(cls=config.AgentConfig, flags=config.flags_from_namespace(ns), config_file=ns.config)
+    try:
+        _run(agent.run(cfg))
+    except agent.AgentError as exc:
+        print(f"kwire agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_runtime(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kwire.agent.kubelet import runtime
+
+    state = Path(ns.state_dir)
+    _run(runtime.serve(state, state / "runtime.sock"))
+    return 0
+
+
+def _print_lab_up(st: Any, seconds: float) -> None:
+    from kwire.lab import lab, topology
+
+    topo = topology.build(st.name, nodes=st.nodes)
+    flag = "" if st.name == topology.DEFAULT_LAB else f" --name {st.name}"
+    print(
+        f"lab {st.name}: {st.nodes} nodes Ready ({st.flannel_backend}) in {seconds:.1f}s"
+        if seconds
+        else f"lab {st.name} is already up"
+    )
+    print(f"  LAN {topo.lan_cidr}: " + ", ".join(f"{h.name} {h.ip}" for h in topo.hosts))
+    print(f"  API https://127.0.0.1:{st.api_port}  (server in {topo.server.name}, {topo.server.ip}:{lab.SERVER_PORT})")
+    print(f"  export KUBECONFIG={topo.kubeconfig}")
+    print("  kubectl get nodes -o wide")
+    print(f"  kwire lab exec{flag} node1 -- ip route      kwire lab exec{flag} -n default POD -- curl ...")
+    print(f"  kwire lab down{flag}")
+
+
+def _cmd_lab(ns: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from kwire.lab import lab
+
+    try:
+        if ns.lab_cmd == "up":
+            st, seconds = lab.up(
+                ns.name,
+                nodes=ns.nodes,
+                flannel_backend=ns.flannel_backend,
+                config_file=ns.config or "",
+                api_port=ns.api_port,
+                timeout=ns.timeout,
+            )
+            _print_lab_up(st, seconds)
+        elif ns.lab_cmd == "down":
+            removed = lab.down(ns.name)
+            print(f"lab {ns.name} down ({len(removed)} namespaces removed)")
+        elif ns.lab_cmd == "status":
+            print(json.dumps(lab.status(ns.name), indent=2))
+        elif ns.lab_cmd == "exec":
+            argv = list(ns.argv)
+            if argv and argv[0] == "--":
+                argv = argv[1:]
+            if not argv:
+                argv = [os.environ.get("SHELL", "/bin/bash")]
+            target = lab.exec_target(ns.name, ns.target, namespace=ns.namespace)
+            os.execvp(lab.IP, [lab.IP, "netns", "exec", target, *argv])
+        elif ns.lab_cmd == "node":
+            if ns.action == "stop":
+                lab.node_stop(ns.name, ns.node)
+            else:
+                lab.node_start(ns.name, ns.node)
+            print(f"{ns.node} {ns.action}ped" if ns.action == "stop" else f"{ns.node} started")
+    except (lab.LabError, ValueError) as exc:
+        print(f"kwire lab: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -46,7 +131,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("server", help="run the control plane (API server, store, controllers)")
     p.add_argument("-c", "--config", default=None, help="config file (K3s keys); default /etc/kwire/config.yaml")
     config.add_arguments(p, config.ServerConfig)
+    p.add_argument("--listen-fd", action="append", help=argparse.SUPPRESS)  # a listening socket handed over by the lab
     p.set_defaults(func=_cmd_server)
+
+    p = sub.add_parser("agent", help="run a node: registration, flannel, CNI, pods")
+    p.add_argument("-c", "--config", default=None, help="config file (K3s keys); default /etc/kwire/config.yaml")
+    config.add_arguments(p, config.AgentConfig)
+    p.set_defaults(func=_cmd_agent)
+
+    p = sub.add_parser("runtime", help="the node's pod runtime (started by the agent)")
+    p.add_argument("--state-dir", required=True)
+    p.set_defaults(func=_cmd_runtime)
+
+    lab = sub.add_parser("lab", help="a multi-node cluster on this machine, in network namespaces")
+    lsub = lab.add_subparsers(dest="lab_cmd", required=True)
+    for cmd in ("up", "down", "status", "exec", "node"):
+        lp = lsub.add_parser(cmd)
+        lp.add_argument("--name", default="default", help="lab name (several labs can coexist)")
+        lp.set_defaults(func=_cmd_lab)
+        if cmd == "up":
+            lp.add_argument("--nodes", type=int, default=3)
+            lp.add_argument("--flannel-backend", default="vxlan", choices=config.BACKENDS)
+            lp.add_argument("--config", default=None, help="server config file (K3s keys)")
+            lp.add_argument("--api-port", type=int, default=6443, help="the API's port on the machine's 127.0.0.1")
+            lp.add_argument("--timeout", type=float, default=60.0)
+        elif cmd == "exec":
+            lp.add_argument("-n", "--namespace", default="default", help="namespace of a POD target")
+            lp.add_argument("target", help="node1..nodeN, client, or a pod name")
+            lp.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+        elif cmd == "node":
+            lp.add_argument("action", choices=("stop", "start"))
+            lp.add_argument("node")
     return parser
 
 

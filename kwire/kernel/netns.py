@@ -113,7 +113,7 @@ def run_in(name: str, fn: Callable[[], T]) -> T:
 def open_socket(
     name: str, family: int, type_: int, *, bind: tuple[str, int] | None = None, reuse: bool = True
 ) -> socket.socket:
-    """A socket created (and optionally bound) inside namespace `name`."""
+    """A socket created (and optionally bound) inside namespace `name` ("" = the caller's namespace)."""
 
     def make() -> socket.socket:
         s = socket.socket(family, type_)
@@ -127,4 +127,6 @@ def open_socket(
             raise
         return s
 
+    if not name:  # the caller's own namespace (a hostNetwork pod)
+        return make()
     return run_in(name, make)

@@ -104,12 +104,11 @@ class Runtime:
 
     async def _start(self, c: Container) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), **c.env}
+        # A hostNetwork pod has no namespace of its own: its processes run in the runtime's (the node's).
+        prefix = [IP, "netns", "exec", c.netns] if c.netns else []
         with open(c.log_path, "ab") as logf:
             c.proc = await asyncio.create_subprocess_exec(
-                IP,
-                "netns",
-                "exec",
-                c.netns,
+                *prefix,
                 *c.argv,
                 stdout=logf,
                 stderr=asyncio.subprocess.STDOUT,
@@ -209,6 +208,8 @@ async def serve(state_dir: Path, socket_path: Path) -> None:
     await runner.setup()
     await web.UnixSite(runner, str(socket_path)).start()
     os.chmod(socket_path, 0o600)
+    pid_file = state_dir / "runtime.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -217,3 +218,5 @@ async def serve(state_dir: Path, socket_path: Path) -> None:
     await stop.wait()
     await runner.cleanup()
     await runtime.close()
+    with contextlib.suppress(FileNotFoundError):
+        pid_file.unlink()

@@ -1,0 +1,242 @@
+"""What a pod means on a kwire node, as pure functions: its sandbox name, resolv.conf and hosts files, what the
+runtime runs for it, CNI arguments, and the pod status the kubelet reports.
+
+What runs in a pod is decided by its image (DESIGN.md "Pods"): `kwire/host` runs the container's command/args
+from the machine's filesystem; other `kwire/*` images are kwire's built-in programs (an unknown one is reported
+as an image error); any other image gets a responder on every declared containerPort.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+Obj = dict[str, Any]
+
+HOST_IMAGE = "kwire/host"
+# Built-in images: image name (without tag) -> argv after `python -m kwire`. Later parts of kwire add theirs here.
+BUILTIN_IMAGES: dict[str, list[str]] = {
+    "kwire/responder": [],
+}
+
+
+def image_name(image: str) -> str:
+    """`docker.io/kwire/host:latest` -> `kwire/host`."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name.rsplit(":", 1)[0]
+    for prefix in ("docker.io/", "index.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
+def netns_name(prefix: str, uid: str) -> str:
+    return f"{prefix}{uid.replace('-', '')[:12]}"
+
+
+def meta(pod: Obj) -> Obj:
+    m: Obj = pod.get("metadata") or {}
+    return m
+
+
+def spec(pod: Obj) -> Obj:
+    s: Obj = pod.get("spec") or {}
+    return s
+
+
+def host_network(pod: Obj) -> bool:
+    return bool(spec(pod).get("hostNetwork"))
+
+
+def resolv_conf(pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv: str) -> str:
+    """The pod's /etc/resolv.conf per dnsPolicy (kubelet's dns.Configurer)."""
+    sp = spec(pod)
+    policy = sp.get("dnsPolicy") or "ClusterFirst"
+    if policy == "ClusterFirst" and host_network(pod):
+        policy = "Default"  # kubelet: hostNetwork pods with ClusterFirst use the node's resolv.conf
+    if policy == "ClusterFirstWithHostNet":
+        policy = "ClusterFirst"
+    nameservers: list[str] = []
+    searches: list[str] = []
+    options: list[str] = []
+    if policy == "ClusterFirst":
+        ns = meta(pod).get("namespace") or "default"
+        nameservers = [cluster_dns]
+        searches = [f"{ns}.svc.{cluster_domain}", f"svc.{cluster_domain}", cluster_domain]
+        options = ["ndots:5"]
+    elif policy == "Default":
+        for line in host_resolv.splitlines():
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if parts[0] == "nameserver" and len(parts) > 1:
+                nameservers.append(parts[1])
+            elif parts[0] in ("search", "domain"):
+                searches.extend(parts[1:])
+            elif parts[0] == "options":
+                options.extend(parts[1:])
+    cfg = sp.get("dnsConfig") or {}
+    nameservers += [str(x) for x in cfg.get("nameservers") or [] if str(x) not in nameservers]
+    searches += [str(x) for x in cfg.get("searches") or [] if str(x) not in searches]
+    for opt in cfg.get("options") or []:
+        name = str(opt.get("name", ""))
+        if not name:
+            continue
+        options = [o for o in options if o.split(":", 1)[0] != name]
+        options.append(f"{name}:{opt['value']}" if opt.get("value") is not None else name)
+    lines = [f"nameserver {n}" for n in nameservers[:3]]
+    if searches:
+        lines.append("search " + " ".join(searches[:32]))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def hosts_file(pod: Obj, *, pod_ip: str, cluster_domain: str) -> str:
+    """The pod's /etc/hosts (kubelet's managed hosts file)."""
+    m, sp = meta(pod), spec(pod)
+    hostname = sp.get("hostname") or m.get("name", "")
+    lines = [
+        "# Kubernetes-managed hosts file (kwire).",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "fe00::0\tip6-mcastprefix",
+        "fe00::1\tip6-allnodes",
+        "fe00::2\tip6-allrouters",
+    ]
+    if sp.get("subdomain"):
+        fqdn = f"{hostname}.{sp['subdomain']}.{m.get('namespace', 'default')}.svc.{cluster_domain}"
+        lines.append(f"{pod_ip}\t{fqdn}\t{hostname}")
+    else:
+        lines.append(f"{pod_ip}\t{hostname}")
+    for alias in sp.get("hostAliases") or []:
+        names = " ".join(str(h) for h in alias.get("hostnames") or [])
+        if alias.get("ip") and names:
+            lines.append(f"# Entries added by HostAliases.\n{alias['ip']}\t{names}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    name: str
+    image: str
+    kind: str  # "responder" | "process" | "error"
+    error: str = ""
+
+
+def plan(pod: Obj) -> list[ContainerPlan]:
+    out = []
+    for c in spec(pod).get("containers") or []:
+        name, image = str(c.get("name", "")), str(c.get("image", ""))
+        img = image_name(image)
+        if img == HOST_IMAGE:
+            if not (c.get("command") or c.get("args")):
+                out.append(ContainerPlan(name, image, "error", "kwire/host needs a command"))
+            else:
+                out.append(ContainerPlan(name, image, "process"))
+        elif img.startswith("kwire/") and img not in BUILTIN_IMAGES:
+            out.append(ContainerPlan(name, image, "error", f"kwire has no built-in image {img}"))
+        elif img.startswith("kwire/") and BUILTIN_IMAGES[img]:
+            out.append(ContainerPlan(name, image, "process"))
+        else:
+            out.append(ContainerPlan(name, image, "responder"))
+    return out
+
+
+def _env(c: Obj, pod: Obj, *, pod_ip: str, host_ip: str) -> dict[str, str]:
+    m, sp = meta(pod), spec(pod)
+    fields = {
+        "metadata.name": m.get("name", ""),
+        "metadata.namespace": m.get("namespace", ""),
+        "metadata.uid": m.get("uid", ""),
+        "spec.nodeName": sp.get("nodeName", ""),
+        "spec.serviceAccountName": sp.get("serviceAccountName", "default"),
+        "status.podIP": pod_ip,
+        "status.hostIP": host_ip,
+    }
+    env = {"KUBERNETES_SERVICE_HOST": "10.43.0.1", "KUBERNETES_SERVICE_PORT": "443", "HOSTNAME": m.get("name", "")}
+    for e in c.get("env") or []:
+        name = str(e.get("name", ""))
+        if "value" in e:
+            env[name] = str(e["value"])
+        elif (e.get("valueFrom") or {}).get("fieldRef"):
+            env[name] = str(fields.get(e["valueFrom"]["fieldRef"].get("fieldPath", ""), ""))
+    return env
+
+
+def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str) -> Obj:
+    """The body of the runtime's PUT /pods/{uid}."""
+    m, sp = meta(pod), spec(pod)
+    ports: list[list[Any]] = []
+    processes: list[Obj] = []
+    containers = {str(c.get("name", "")): c for c in sp.get("containers") or []}
+    for p in plan(pod):
+        c = containers[p.name]
+        if p.kind == "responder":
+            for port in c.get("ports") or []:
+                proto = str(port.get("protocol") or "TCP")
+                entry = [int(port["containerPort"]), proto]
+                if entry not in ports:
+                    ports.append(entry)
+        elif p.kind == "process":
+            img = image_name(p.image)
+            if img == HOST_IMAGE:
+                argv = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+            else:
+                argv = [sys.executable, "-m", "kwire", *BUILTIN_IMAGES[img], *[str(x) for x in c.get("args") or []]]
+            processes.append({"name": p.name, "argv": argv, "env": _env(c, pod, pod_ip=pod_ip, host_ip=host_ip)})
+    return {
+        "pod": {"name": m.get("name"), "namespace": m.get("namespace"), "node": node, "podIP": pod_ip, "netns": netns},
+        "ports": ports,
+        "processes": processes,
+        "restartPolicy": sp.get("restartPolicy") or "Always",
+    }
+
+
+def port_mappings(pod: Obj) -> list[Obj]:
+    """hostPort declarations as the portmap plugin's `portMappings` capability."""
+    out = []
+    for c in spec(pod).get("containers") or []:
+        for p in c.get("ports") or []:
+            if p.get("hostPort"):
+                entry: Obj = {
+                    "hostPort": int(p["hostPort"]),
+                    "containerPort": int(p["containerPort"]),
+                    "protocol": str(p.get("protocol") or "TCP").lower(),
+                }
+                if p.get("hostIP"):
+                    entry["hostIP"] = p["hostIP"]
+                out.append(entry)
+    return out
+
+
+MAX_BURST = 2**31 - 1  # kubelet passes math.MaxInt32 as the burst for both directions
+
+
+def _rate(value: str) -> int:
+    """A Kubernetes quantity of bits per second (`10M`, `1Gi`...) as an integer."""
+    units = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix in sorted(units, key=len, reverse=True):
+        if value.endswith(suffix):
+            return int(float(value[: -len(suffix)]) * units[suffix])
+    return int(float(value))
+
+
+def bandwidth(pod: Obj) -> Obj:
+    """kubernetes.io/ingress-bandwidth and egress-bandwidth annotations as the bandwidth plugin's capability."""
+    ann = meta(pod).get("annotations") or {}
+    out: Obj = {}
+    try:
+        if ann.get("kubernetes.io/ingress-bandwidth"):
+            rate = _rate(str(ann["kubernetes.io/ingress-bandwidth"]))
+            out.update({"ingressRate": rate, "ingressBurst": MAX_BURST})
+        if ann.get("kubernetes.io/egress-bandwidth"):
+            rate = _rate(str(ann["kubernetes.io/egress-bandwidth"]))
+            out.update({"egressRate": rate, "egressBurst": MAX_BURST})
+    except ValueError:
+        return {}
+    return out

@@ -1,0 +1,396 @@
+"""`kwire lab`: a whole K3s-style cluster on one machine, each node a network namespace on a virtual LAN.
+
+up: the LAN and host namespaces (network.py), `kwire server` in node 1's namespace (also listening on the
+machine's 127.0.0.1:<api-port> through a socket the lab opens and hands over), `kwire agent` in every node's
+namespace, then it waits for every node to be Ready and for the pod network to carry traffic.
+State (PIDs, token, settings) lives in /var/lib/kwire/labs/<name>/state.json; `down` works from it and from
+the namespaces' names alone, so it also cleans a lab whose processes were killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from kwire.client import ApiClient, load_kubeconfig, write_kubeconfig
+from kwire.client.client import NODES, PODS
+from kwire.kernel import netns
+from kwire.lab import network, procs, topology
+from kwire.lab.topology import Topology
+
+log = logging.getLogger(__name__)
+
+ETC_NETNS = Path("/etc/netns")
+IP = shutil.which("ip") or "/usr/sbin/ip"
+SERVER_PORT = 6443
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass
+class LabState:
+    name: str
+    nodes: int
+    api_port: int
+    token: str
+    flannel_backend: str
+    config_file: str = ""
+    pids: dict[str, int] = field(default_factory=dict)
+    created: float = 0.0
+
+    @staticmethod
+    def path(name: str) -> Path:
+        return topology.STATE_ROOT / name / "state.json"
+
+    def save(self) -> None:
+        p = self.path(self.name)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, p)
+
+    @classmethod
+    def load(cls, name: str) -> LabState | None:
+        try:
+            return cls(**json.loads(cls.path(name).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _topo(st: LabState) -> Topology:
+    return topology.build(st.name, nodes=st.nodes)
+
+
+def _node_dir(topo: Topology, node: str) -> Path:
+    return topo.state_dir / node
+
+
+def _listen_loopback(port: int) -> socket.socket:
+    """The one thing a lab adds to the machine's own namespace: a listener on 127.0.0.1 for kubectl."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError as exc:
+        s.close()
+        raise LabError(f"127.0.0.1:{port} is in use (another lab? pick --api-port)") from exc
+    s.listen(512)
+    return s
+
+
+def _start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
+    srv = topo.server
+    sdir = topo.state_dir / "server"
+    args = [
+        "server",
+        "--data-dir",
+        str(sdir),
+        "--bind-address",
+        "0.0.0.0",
+        "--https-listen-port",
+        str(SERVER_PORT),
+        "--token",
+        st.token,
+        "--node-ip",
+        srv.ip,
+        "--write-kubeconfig",
+        str(sdir / "admin.kubeconfig"),
+        "--flannel-backend",
+        st.flannel_backend,
+        "--listen-fd",
+        str(lsock.fileno()),
+    ]
+    if st.config_file:
+        args += ["--config", st.config_file]
+    return procs.spawn(srv.netns, args, log_path=topo.state_dir / "logs" / "server.log", pass_fds=(lsock.fileno(),))
+
+
+def _start_agent(topo: Topology, st: LabState, node: str) -> int:
+    host = topo.host(node)
+    assert host is not None
+    args = [
+        "agent",
+        "--server",
+        f"https://{topo.server.ip}:{SERVER_PORT}",
+        "--token",
+        st.token,
+        "--node-name",
+        host.name,
+        "--node-ip",
+        host.ip,
+        "--flannel-iface",
+        network.HOST_IFACE,
+        "--data-dir",
+        str(_node_dir(topo, host.name)),
+        "--pod-netns-prefix",
+        f"kwire-{topo.name}-pod-",
+    ]
+    if host == topo.server:
+        args += [
+            "--node-label",
+            "node-role.kubernetes.io/control-plane=true",
+            "--node-label",
+            "node-role.kubernetes.io/master=true",
+        ]
+    return procs.spawn(host.netns, args, log_path=topo.state_dir / "logs" / f"{host.name}.log")
+
+
+def _write_kubeconfig(topo: Topology, st: LabState, *, timeout: float = 20.0) -> None:
+    ca_path = topo.state_dir / "server" / "tls" / "server-ca.crt"
+    end = time.monotonic() + timeout
+    while not ca_path.exists():
+        if time.monotonic() > end or not procs.alive(st.pids.get("server", 0)):
+            raise LabError(f"the server did not start; see {topo.state_dir / 'logs' / 'server.log'}")
+        time.sleep(0.05)
+    time.sleep(0.05)
+    write_kubeconfig(
+        topo.kubeconfig, server=f"https://127.0.0.1:{st.api_port}", ca_pem=ca_path.read_bytes(), token=st.token
+    )
+
+
+async def _wait_ready(topo: Topology, st: LabState, *, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    want = {h.name for h in topo.nodes}
+    async with ApiClient(load_kubeconfig(str(topo.kubeconfig)), timeout=5) as client:
+        while True:
+            ready: set[str] = set()
+            with contextlib.suppress(Exception):
+                for n in (await client.list(NODES)).get("items") or []:
+                    conds = {c.get("type"): c.get("status") for c in (n.get("status") or {}).get("conditions") or []}
+                    if conds.get("Ready") == "True" and (n.get("spec") or {}).get("podCIDR"):
+                        ready.add(n["metadata"]["name"])
+            if ready >= want:
+                return
+            for name, pid in st.pids.items():
+                if not procs.alive(pid):
+                    raise LabError(f"{name} exited; see {topo.state_dir / 'logs' / (name + '.log')}")
+            if loop.time() > end:
+                raise LabError(f"nodes not Ready after {timeout:.0f}s: {sorted(want - ready)}")
+            await asyncio.sleep(0.1)
+
+
+def _pod_network_works(topo: Topology, st: LabState) -> bool:
+    """Every node reaches every other node's pod subnet over the backend (vxlan: flannel.1's `.0` address)."""
+    if st.flannel_backend != "vxlan":
+        return _routes_present(topo)
+    subnets = _subnets(topo)
+    checks = []
+    for node in topo.nodes[:1]:
+        for other in topo.nodes:
+            if other.name != node.name and other.name in subnets:
+                gw = subnets[other.name].split("/")[0]
+                checks.append(
+                    subprocess.Popen(
+                        [IP, "netns", "exec", node.netns, "ping", "-c1", "-W1", gw],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+    return all(p.wait() == 0 for p in checks)
+
+
+def _subnets(topo: Topology) -> dict[str, str]:
+    out = {}
+    for node in topo.nodes:
+        env = _node_dir(topo, node.name) / "flannel" / "subnet.env"
+        with contextlib.suppress(OSError):
+            for line in env.read_text().splitlines():
+                if line.startswith("FLANNEL_SUBNET="):
+                    ip, plen = line.split("=", 1)[1].split("/")
+                    base = ip.rsplit(".", 1)[0] + ".0"
+                    out[node.name] = f"{base}/{plen}"
+    return out
+
+
+def _routes_present(topo: Topology) -> bool:
+    subnets = _subnets(topo)
+    for node in topo.nodes:
+        with IPRoute(netns=node.netns) as ipr:
+            have = {f"{r.get_attr('RTA_DST')}/{r['dst_len']}" for r in ipr.get_routes(family=socket.AF_INET)}
+        for other, subnet in subnets.items():
+            if other != node.name and subnet not in have:
+                return False
+    return True
+
+
+def up(
+    name: str = topology.DEFAULT_LAB,
+    *,
+    nodes: int = 3,
+    flannel_backend: str = "vxlan",
+    config_file: str = "",
+    api_port: int = 6443,
+    timeout: float = 60.0,
+) -> tuple[LabState, float]:
+    """Bring a lab up (a running lab of the same name is reused); returns its state and the seconds it took."""
+    t0 = time.monotonic()
+    existing = LabState.load(name)
+    if existing and all(procs.alive(p) for p in existing.pids.values()):
+        return existing, 0.0
+    if existing:
+        down(name)
+    topo = topology.build(name, nodes=nodes)
+    st = LabState(
+        name=name,
+        nodes=nodes,
+        api_port=api_port,
+        token=secrets.token_hex(16),
+        flannel_backend=flannel_backend,
+        config_file=str(Path(config_file).resolve()) if config_file else "",
+        created=time.time(),
+    )
+    lsock = _listen_loopback(api_port)
+    try:
+        network.up(topo)
+        st.save()
+        st.pids["server"] = _start_server(topo, st, lsock)
+        st.save()
+    finally:
+        lsock.close()  # the server process holds its own copy
+    try:
+        for host in topo.nodes:
+            st.pids[host.name] = _start_agent(topo, st, host.name)
+        st.save()
+        _write_kubeconfig(topo, st)
+        asyncio.run(_wait_ready(topo, st, timeout=timeout))
+        end = time.monotonic() + timeout
+        while not _pod_network_works(topo, st):
+            if time.monotonic() > end:
+                raise LabError("the pod network does not carry traffic between nodes")
+            time.sleep(0.1)
+    except BaseException:
+        log.error("lab %s failed to come up; logs are in %s", name, topo.state_dir / "logs")
+        raise
+    return st, time.monotonic() - t0
+
+
+def down(name: str = topology.DEFAULT_LAB) -> list[str]:
+    """Stop every process of the lab, remove its namespaces, /etc/netns entries and state; idempotent."""
+    topology.validate_name(name)
+    st = LabState.load(name)
+    nodes = st.nodes if st else 50
+    topo = topology.build(name, nodes=nodes)
+    pids = list(st.pids.values()) if st else []
+    for d in topo.state_dir.glob("*/runtime/runtime.pid"):
+        pids.append(procs.read_pid(d))
+    procs.stop(pids, grace=5.0)
+    names = netns.list_names(topo.netns_prefix)
+    procs.stop(procs.pids_in_namespaces(names), grace=2.0)
+    removed = network.down(topo)
+    for d in ETC_NETNS.glob(f"{topo.netns_prefix}*"):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(topo.state_dir, ignore_errors=True)
+    return removed
+
+
+def status(name: str = topology.DEFAULT_LAB) -> dict[str, Any]:
+    st = LabState.load(name)
+    if st is None:
+        return {"name": name, "running": False}
+    topo = _topo(st)
+    out: dict[str, Any] = {
+        "name": name,
+        "running": all(procs.alive(p) for p in st.pids.values()),
+        "api": f"https://127.0.0.1:{st.api_port}",
+        "kubeconfig": str(topo.kubeconfig),
+        "flannelBackend": st.flannel_backend,
+        "processes": {k: {"pid": v, "alive": procs.alive(v)} for k, v in st.pids.items()},
+        "hosts": {h.name: {"ip": h.ip, "netns": h.netns} for h in topo.hosts},
+    }
+
+    async def nodes() -> list[dict[str, Any]]:
+        async with ApiClient(load_kubeconfig(str(topo.kubeconfig)), timeout=3) as client:
+            items = (await client.list(NODES)).get("items") or []
+            pods = (await client.list(PODS)).get("items") or []
+        rows = []
+        for n in items:
+            conds = {c.get("type"): c.get("status") for c in (n.get("status") or {}).get("conditions") or []}
+            name_ = n["metadata"]["name"]
+            rows.append(
+                {
+                    "name": name_,
+                    "ready": conds.get("Ready"),
+                    "podCIDR": (n.get("spec") or {}).get("podCIDR"),
+                    "pods": sum(1 for p in pods if (p.get("spec") or {}).get("nodeName") == name_),
+                }
+            )
+        return rows
+
+    try:
+        out["nodes"] = asyncio.run(nodes())
+    except Exception as exc:
+        out["nodes"] = f"API unreachable: {exc}"
+    return out
+
+
+def exec_target(name: str, target: str, *, namespace: str = "default") -> str:
+    """The network namespace a `lab exec` target runs in: a node, the client, or a pod (by name)."""
+    st = LabState.load(name)
+    if st is None:
+        raise LabError(f"lab {name} is not up")
+    topo = _topo(st)
+    host = topo.host(target)
+    if host is not None:
+        return host.netns
+
+    async def find() -> dict[str, Any]:
+        async with ApiClient(load_kubeconfig(str(topo.kubeconfig)), timeout=5) as client:
+            return await client.get(PODS, target, namespace)
+
+    try:
+        pod = asyncio.run(find())
+    except Exception as exc:
+        raise LabError(f"{target} is not a node, the client, or a pod in namespace {namespace}: {exc}") from None
+    spec = pod.get("spec") or {}
+    if spec.get("hostNetwork"):
+        node = topo.host(str(spec.get("nodeName")))
+        if node is None:
+            raise LabError(f"pod {target} is on no node of this lab")
+        return node.netns
+    ns = f"kwire-{name}-pod-{str(pod['metadata']['uid']).replace('-', '')[:12]}"
+    if not netns.exists(ns):
+        raise LabError(f"pod {namespace}/{target} has no sandbox yet (phase {(pod.get('status') or {}).get('phase')})")
+    return ns
+
+
+def node_stop(name: str, node: str) -> None:
+    """Simulate a node failing: its agent stops and its LAN cable is unplugged (its pods keep running)."""
+    st = LabState.load(name)
+    if st is None:
+        raise LabError(f"lab {name} is not up")
+    topo = _topo(st)
+    host = topo.host(node)
+    if host is None or host.is_client:
+        raise LabError(f"{node} is not a node of lab {name}")
+    procs.stop([st.pids.get(node, 0)])
+    network.set_link(topo, host, up=False)
+
+
+def node_start(name: str, node: str) -> None:
+    st = LabState.load(name)
+    if st is None:
+        raise LabError(f"lab {name} is not up")
+    topo = _topo(st)
+    host = topo.host(node)
+    if host is None or host.is_client:
+        raise LabError(f"{node} is not a node of lab {name}")
+    network.set_link(topo, host, up=True)
+    if not procs.alive(st.pids.get(node, 0)):
+        st.pids[node] = _start_agent(topo, st, node)
+        st.save()
