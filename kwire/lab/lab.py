@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -120,6 +121,12 @@ def _start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
     return procs.spawn(srv.netns, args, log_path=topo.state_dir / "logs" / "server.log", pass_fds=(lsock.fileno(),))
 
 
+def _agent_token(topo: Topology, st: LabState) -> str:
+    """K3s's secure token format, `K10<sha256 of the cluster CA>::server:<token>`: agents pin the CA by it."""
+    ca = (topo.state_dir / "server" / "tls" / "server-ca.crt").read_bytes()
+    return f"K10{hashlib.sha256(ca).hexdigest()}::server:{st.token}"
+
+
 def _start_agent(topo: Topology, st: LabState, node: str) -> int:
     host = topo.host(node)
     assert host is not None
@@ -128,7 +135,7 @@ def _start_agent(topo: Topology, st: LabState, node: str) -> int:
         "--server",
         f"https://{topo.server.ip}:{SERVER_PORT}",
         "--token",
-        st.token,
+        _agent_token(topo, st),
         "--node-name",
         host.name,
         "--node-ip",
@@ -264,10 +271,10 @@ def up(
     finally:
         lsock.close()  # the server process holds its own copy
     try:
+        _write_kubeconfig(topo, st)
         for host in topo.nodes:
             st.pids[host.name] = _start_agent(topo, st, host.name)
         st.save()
-        _write_kubeconfig(topo, st)
         asyncio.run(_wait_ready(topo, st, timeout=timeout))
         end = time.monotonic() + timeout
         while not _pod_network_works(topo, st):

@@ -1,0 +1,133 @@
+"""Lab benchmarks: 3-node bring-up time, pod-to-pod vs node-to-node TCP throughput (iperf3), lab memory.
+
+    .venv/bin/python bench/lab.py [--seconds 5] [--pods 30]
+
+Everything runs in a lab of its own (`kwire-kwb-*` namespaces) that is removed at the end, even on failure.
+Throughput is measured side by side in the same run: iperf3 between two node namespaces over the lab LAN, then
+between two pods on those nodes across the overlay; the ratio is what the overlay costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kwire.lab import lab as labmod  # noqa: E402
+from kwire.lab import procs  # noqa: E402
+from tests.integration.labkit import IP, Lab, wait_for  # noqa: E402
+
+IPERF_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{bench: iperf}}}}
+spec:
+  nodeName: {node}
+  containers: [{{name: iperf, image: kwire/host, command: [iperf3, -s, -p, "5201"]}}]
+"""
+
+
+def _iperf(client_ns: str, server_ip: str, seconds: int) -> float:
+    out = subprocess.run(
+        [IP, "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-p", "5201", "-t", str(seconds), "-J"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 20,
+        check=True,
+    ).stdout
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--pods", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=3, help="bring-up repetitions (the median is reported)")
+    args = ap.parse_args()
+    results: dict[str, float] = {}
+    b = Lab("kwb", 3, "vxlan")
+    try:
+        times = []
+        for _ in range(args.runs):
+            b.down()
+            b.up()
+            times.append(b.bringup_seconds)
+        results["bringup_s"] = sorted(times)[len(times) // 2]
+
+        # Throughput: node2 -> node3 over the LAN, then pod on node2 -> pod on node3 over VXLAN.
+        node2, node3 = b.topo.host("node2"), b.topo.host("node3")
+        assert node2 and node3
+        server = subprocess.Popen(
+            [IP, "netns", "exec", node3.netns, "iperf3", "-s", "-p", "5201", "-1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)
+        results["node_gbps"] = _iperf(node2.netns, node3.ip, args.seconds)
+        server.wait(timeout=10)
+        b.apply(IPERF_POD.format(name="iperf-server", node="node3"))
+        b.apply(
+            IPERF_POD.format(name="iperf-client", node="node2").replace('[iperf3, -s, -p, "5201"]', '[sleep, "3600"]')
+        )
+        wait_for(
+            lambda: (
+                all(p["status"].get("podIP") and p["status"].get("phase") == "Running" for p in b.pods("bench=iperf"))
+                and len(b.pods("bench=iperf")) == 2
+            ),
+            what="iperf pods",
+        )
+        server_ip = b.get("pod", "iperf-server")["status"]["podIP"]
+        time.sleep(0.5)
+        results["pod_gbps"] = _iperf(b.netns_of("iperf-client"), server_ip, args.seconds)
+        results["ratio"] = results["pod_gbps"] / results["node_gbps"]
+        b.kubectl("delete", "pod", "-l", "bench=iperf", "--wait=true")
+
+        # Memory: the whole lab with N responder pods.
+        b.apply(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: mem}\nspec:\n"
+            f"  replicas: {args.pods}\n  selector: {{matchLabels: {{app: mem}}}}\n"
+            "  template:\n    metadata: {labels: {app: mem}}\n    spec:\n"
+            "      containers: [{name: web, image: nginx, ports: [{containerPort: 80}]}]\n"
+        )
+        b.wait_pods_ready("app=mem", args.pods, timeout=120)
+        time.sleep(1.0)
+        names = [n for n in __import__("kwire.kernel.netns", fromlist=["list_names"]).list_names("kwire-kwb-")]
+        pids = procs.pids_in_namespaces(names)
+        st = labmod.LabState.load("kwb")
+        assert st is not None
+        pids = sorted(set(pids) | {p for p in st.pids.values()})
+        results["rss_mb"] = _rss_mb(pids)
+        results["processes"] = len(pids)
+    finally:
+        b.down()
+    print(f"lab bench (3 nodes, vxlan; this machine: {__import__('os').cpu_count()} cores)")
+    print(
+        f"  bring-up to all Ready + pod network   {results['bringup_s']:.2f} s   (goal <= 5 s; median of {args.runs})"
+    )
+    print(f"  node-to-node TCP (iperf3, LAN)         {results['node_gbps']:.2f} Gbit/s")
+    print(f"  pod-to-pod TCP across nodes (VXLAN)    {results['pod_gbps']:.2f} Gbit/s")
+    print(f"  ratio pod/node                         {results['ratio']:.2f}     (goal >= 0.85)")
+    print(
+        f"  memory, lab + {args.pods} responder pods      {results['rss_mb']:.0f} MB RSS in {int(results['processes'])} processes (goal < 400 MB)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
