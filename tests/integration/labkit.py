@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,13 +121,23 @@ class Listener:
     def __init__(self, ns: str, port: int) -> None:
         self.sock = netns.open_socket(ns, socket.AF_INET, socket.SOCK_STREAM, bind=("0.0.0.0", port))
         self.sock.listen(16)
-        self.sock.settimeout(5)
+        self.sock.settimeout(10)
+        self.peers: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
 
-    def accept_peer(self) -> str:
-        conn, addr = self.sock.accept()
+    def _serve(self) -> None:
+        try:
+            conn, addr = self.sock.accept()
+        except OSError:
+            return
         with conn:
             conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        return str(addr[0])
+        self.peers.append(str(addr[0]))
+
+    def accept_peer(self) -> str:
+        self._thread.join(10)
+        return self.peers[0] if self.peers else ""
 
     def close(self) -> None:
         self.sock.close()

@@ -100,7 +100,9 @@ def test_pod_network_details(vx: Lab) -> None:
     pod = _by_node(vx)["node2"]["name"]
     link = vx.run(pod, "ip", "-o", "link", "show", "eth0")
     assert "mtu 1450" in link
-    assert "default via 10.42.1.1" in vx.run(pod, "ip", "route")
+    subnet = vx.get("node", "node2")["spec"]["podCIDR"]  # nodes register concurrently: any order
+    gw = subnet.rsplit(".", 1)[0] + ".1"
+    assert f"default via {gw}" in vx.run(pod, "ip", "route")
     resolv = vx.run(pod, "cat", "/etc/resolv.conf")
     assert resolv.splitlines() == [
         "nameserver 10.43.0.10",
@@ -110,7 +112,7 @@ def test_pod_network_details(vx: Lab) -> None:
     assert pod in vx.run(pod, "cat", "/etc/hosts")
     node = vx.run("node2", "ip", "-d", "link", "show", "flannel.1")
     assert "vxlan id 1" in node and "dstport 8472" in node and "nolearning" in node and "mtu 1450" in node
-    assert "10.42.1.0/32" in vx.run("node2", "ip", "-o", "addr", "show", "flannel.1")
+    assert subnet.replace("/24", "/32") in vx.run("node2", "ip", "-o", "addr", "show", "flannel.1")
     assert "bridge" in vx.run("node2", "ip", "-d", "link", "show", "cni0")
 
 
@@ -227,7 +229,8 @@ def test_host_gw_backend_and_clean_teardown() -> None:
         assert udp_echo(hg, a["name"], b["ip"], 5353) == b"ping"
         hg.run(a["name"], "ping", "-c1", "-W2", b["ip"])
         routes = hg.run("node1", "ip", "route")
-        assert f"10.42.1.0/24 via {hg.topo.host('node2').ip} dev eth0" in routes  # type: ignore[union-attr]
+        subnet2 = hg.get("node", "node2")["spec"]["podCIDR"]
+        assert f"{subnet2} via {hg.topo.host('node2').ip} dev eth0" in routes  # type: ignore[union-attr]
         assert "flannel.1" not in hg.run("node1", "ip", "-o", "link")
         assert "mtu 1500" in hg.run(a["name"], "ip", "-o", "link", "show", "eth0")
     finally:
