@@ -172,6 +172,11 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
             )
         if not 8 <= cfg.node_cidr_mask_size <= 30:
             raise ConfigError("node-cidr-mask-size must be between 8 and 30")
+        if cfg.cluster_network.version == 4 and cfg.node_cidr_mask_size < cfg.cluster_network.prefixlen:
+            raise ConfigError(
+                f"node-cidr-mask-size {cfg.node_cidr_mask_size} is smaller than the cluster-cidr prefix "
+                f"/{cfg.cluster_network.prefixlen}: no node subnet fits in {cfg.cluster_cidr}"
+            )
 
 
 def load_config(

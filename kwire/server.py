@@ -23,8 +23,9 @@ from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
-from kwire.client.kubeconfig import write_kubeconfig
+from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ServerConfig
+from kwire.controllers.manager import ControllerManager
 from kwire.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -116,14 +117,27 @@ class Server:
     url: str
     kubeconfig: Path
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    controllers: ControllerManager | None = None
 
     async def close(self) -> None:
+        if self.controllers is not None:
+            await self.controllers.stop()
         for t in self.tasks:
             t.cancel()
         self.api.stop_watches()
         await self.lifecycle.stop()
         await self.runner.cleanup()
         await self.store.close()
+
+
+def _self_url(cfg: ServerConfig) -> str:
+    """Where in-process clients reach this server: loopback, unless it listens on one address only."""
+    host = str(cfg.bind_address)
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{int(cfg.https_listen_port)}"
 
 
 async def _compactor(store: SQLiteStore) -> None:
@@ -175,6 +189,13 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig)
     server.tasks.append(asyncio.create_task(_compactor(store)))
+    # The controllers are API clients of this server, over its own HTTPS endpoint.
+    server.controllers = ControllerManager(
+        Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem),
+        cluster_cidr=str(cfg.cluster_cidr),
+        node_cidr_mask_size=int(cfg.node_cidr_mask_size),
+    )
+    server.controllers.start()
     log.info("kwire server listening on %s:%d (kubeconfig %s)", cfg.bind_address, port, kubeconfig)
     return server
 

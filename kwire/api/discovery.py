@@ -53,6 +53,8 @@ def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
         }
         if sub == "scale":
             entry.update({"kind": "Scale", "group": "autoscaling", "version": "v1"})
+        if sub == "binding":
+            entry.update({"kind": "Binding", "verbs": ["create"]})
         out.append(entry)
     return out
 

@@ -66,6 +66,7 @@ def _k(
     categories: tuple[str, ...] = (),
     status: bool = False,
     scale: bool = False,
+    binding: bool = False,
 ) -> Kind:
     return Kind(
         group=group,
@@ -75,14 +76,16 @@ def _k(
         namespaced=namespaced,
         short_names=short,
         categories=categories,
-        subresources=(("status",) if status else ()) + (("scale",) if scale else ()),
+        subresources=(("status",) if status else ())
+        + (("scale",) if scale else ())
+        + (("binding",) if binding else ()),
     )
 
 
 KINDS: tuple[Kind, ...] = (
     _k("", "v1", "Namespace", "namespaces", namespaced=False, short=("ns",), status=True),
     _k("", "v1", "Node", "nodes", namespaced=False, short=("no",), status=True),
-    _k("", "v1", "Pod", "pods", short=("po",), categories=("all",), status=True),
+    _k("", "v1", "Pod", "pods", short=("po",), categories=("all",), status=True, binding=True),
     _k("", "v1", "Service", "services", short=("svc",), categories=("all",), status=True),
     _k("", "v1", "Endpoints", "endpoints", short=("ep",)),
     _k("", "v1", "ConfigMap", "configmaps", short=("cm",)),

@@ -26,8 +26,10 @@ from kwire.api.errors import (
     already_exists,
     bad_request,
     conflict,
+    invalid,
     invalid_object,
     not_found,
+    required,
 )
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import apply_patch
@@ -479,6 +481,55 @@ class Resources:
             ) from None
         if kind is SERVICES:
             self.allocator.release_for(obj)
+
+    # -- pods/binding -----------------------------------------------------------------------------------------
+    async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:
+        """Assign a pod to a node (kube-apiserver's BindingREST): spec.nodeName, the Binding's annotations and
+        the PodScheduled=True condition are written together; a pod already assigned or being deleted is a
+        409 Conflict. Returns the Status kube-apiserver answers (201 Success)."""
+        assert PODS is not None
+        if not isinstance(binding, dict):
+            raise bad_request("the body of the request must be an object")
+        bmeta = binding.get("metadata") or {}
+        if bmeta.get("name") and bmeta["name"] != name:
+            raise bad_request("name in URL does not match name in Binding object")
+        target = binding.get("target") or {}
+        errs = []
+        if target.get("kind") not in (None, "", "Node"):
+            errs.append(invalid("target.kind", target.get("kind"), "must be empty or 'Node'"))
+        if not target.get("name"):
+            errs.append(required("target.name"))
+        if errs:
+            raise invalid_object("", "Binding", name, errs)
+        node = str(target["name"])
+        kv = self._current(PODS, namespace, name)
+        old = decode(kv)
+        meta = old["metadata"]
+
+        def refuse(why: str) -> ApiError:
+            return conflict("", "pods/binding", name, why)
+
+        if bmeta.get("uid") and bmeta["uid"] != meta.get("uid"):
+            raise refuse(
+                f"Precondition failed: UID in precondition: {bmeta['uid']}, UID in object meta: {meta.get('uid')}"
+            )
+        if meta.get("deletionTimestamp"):
+            raise refuse(f"pod {name} is being deleted, cannot be assigned to a host")
+        current = (old.get("spec") or {}).get("nodeName")
+        if current:
+            raise refuse(f'pod {name} is already assigned to node "{current}"')
+        new = copy.deepcopy(old)
+        new.setdefault("spec", {})["nodeName"] = node
+        if bmeta.get("annotations"):
+            new["metadata"]["annotations"] = {**(meta.get("annotations") or {}), **bmeta["annotations"]}
+        status = new.setdefault("status", {})
+        conds = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+        conds.append(
+            {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": now_rfc3339()}
+        )
+        status["conditions"] = conds
+        await self._write_update(PODS, namespace, name, kv, old, new, dry_run=dry_run)
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
     async def finish_namespace(self, name: str) -> None:
         """Remove a terminating namespace once it is empty (the namespace controller's last step)."""

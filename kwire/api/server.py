@@ -153,6 +153,13 @@ class ApiServer:
         m = request.method
         if target.subresource == "scale" and target.name is not None:
             return await self._scale(request, target)
+        if target.subresource == "binding" and target.name is not None:
+            if m != "POST":
+                raise method_not_allowed()
+            status = await self.resources.bind(
+                target.namespace or "", target.name, await self._body(request), dry_run=_dry_run(request)
+            )
+            return _json(status, 201)
         if target.name is None:
             if m == "GET":
                 if _bool_param(request, "watch"):

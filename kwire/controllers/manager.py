@@ -1,0 +1,80 @@
+"""The controller manager: one API client and one set of shared informers for all the server-side controllers.
+
+Owns their lifecycle. The controllers talk to the API over HTTPS like any other client (the server's own URL,
+token and CA), never to the store. `start()` starts the informers and returns; once every cache has listed,
+each controller's `prepare()` runs (IPAM rebuilds its map of used subnets there) and then its workers start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kwire.client import ApiClient, Config, Informers
+from kwire.controllers.common import EventRecorder
+from kwire.controllers.ipam import NodeIpam
+from kwire.controllers.queue import Controller
+from kwire.controllers.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class ControllerManager:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        cluster_cidr: str = "10.42.0.0/16",
+        node_cidr_mask_size: int = 24,
+    ) -> None:
+        self.client = ApiClient(config)
+        self.informers = Informers(self.client)
+        self.controllers: list[Controller] = []
+        try:
+            self.controllers.append(
+                NodeIpam(
+                    self.client,
+                    self.informers,
+                    recorder=EventRecorder(self.client, component="node-ipam-controller"),
+                    cluster_cidr=cluster_cidr,
+                    node_cidr_mask_size=node_cidr_mask_size,
+                )
+            )
+        except ValueError as exc:
+            log.error("node IPAM is off: %s", exc)
+        self.controllers += [
+            Scheduler(self.client, self.informers, recorder=EventRecorder(self.client, component="default-scheduler")),
+        ]
+        self._starter: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
+
+    def start(self) -> None:
+        self.informers.start()
+        self._starter = asyncio.create_task(self._start_controllers(), name="controller-manager-start")
+
+    async def _start_controllers(self) -> None:
+        while True:
+            try:
+                await self.informers.wait_synced(timeout=30.0)
+                break
+            except TimeoutError:
+                log.warning("controller manager: informer caches are not synced after 30s; still waiting")
+        for c in self.controllers:
+            await c.start()
+        self.started.set()
+        log.info("controller manager: started %s", ", ".join(c.name for c in self.controllers))
+
+    async def wait_started(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self.started.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self._starter is not None:
+            self._starter.cancel()
+            try:
+                await self._starter
+            except (asyncio.CancelledError, Exception):
+                pass
+        for c in self.controllers:
+            await c.stop()
+        await self.informers.stop()
+        await self.client.close()

@@ -1,0 +1,429 @@
+"""The server-side controllers (kwire/controllers/) against a real in-process server, no privileges.
+
+Nodes are simulated: a Node object with a Ready=True condition and a Lease in kube-node-lease, created through
+the client. `FakeKubelet` stands in for the node agent where a test needs one: it marks pods on its nodes
+Ready (status subresource) and confirms the deletion of terminating pods, as the agent does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kwire.client import ApiClient, Conflict, Informer, NotFound, load_kubeconfig
+from kwire.client.client import EVENTS, LEASES, NODES, PODS
+from kwire.config import ServerConfig
+from kwire.server import Server, start
+from tests.integration.apiserver import KUBECTL, free_port
+
+Obj = dict[str, Any]
+POD_NAME = r"[bcdfghjklmnpqrstvwxz2456789]{5}"
+REVISION = "deployment.kubernetes.io/revision"
+HAVE_KUBECTL = Path(KUBECTL).exists()
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def until(fn: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `fn` until it returns something truthy; its last value is in the failure message."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = await fn()
+        except NotFound as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        if loop.time() > end:
+            raise AssertionError(f"{what} not reached in {timeout}s; last value: {last!r}")
+        await asyncio.sleep(0.05)
+
+
+class Cluster:
+    """A running server, a client, and helpers to simulate nodes."""
+
+    def __init__(self, server: Server, client: ApiClient) -> None:
+        self.server = server
+        self.c = client
+
+    async def add_node(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        taints: list[Obj] | None = None,
+        unschedulable: bool = False,
+    ) -> Obj:
+        node_spec: Obj = {}
+        if taints:
+            node_spec["taints"] = taints
+        if unschedulable:
+            node_spec["unschedulable"] = True
+        await self.c.create(
+            NODES,
+            {
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+                "spec": node_spec,
+            },
+        )
+        ready = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "kubelet is posting ready status",
+            "lastHeartbeatTime": now(),
+            "lastTransitionTime": now(),
+        }
+        out = await self.c.patch(NODES, name, {"status": {"conditions": [ready]}}, subresource="status")
+        await self.c.create(
+            LEASES,
+            {
+                "metadata": {"name": name},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": micro_now()},
+            },
+            "kube-node-lease",
+        )
+        return out
+
+    async def heartbeat(self, name: str) -> None:
+        """What the agent does every few seconds: a new lastHeartbeatTime on the Ready condition."""
+        node = await self.c.get(NODES, name)
+        conds = node["status"]["conditions"]
+        for c in conds:
+            if c["type"] == "Ready":
+                c["lastHeartbeatTime"] = micro_now()
+        await self.c.patch(NODES, name, {"status": {"conditions": conds}}, subresource="status")
+
+    async def kubectl(self, *args: str) -> tuple[int, str]:
+        """The real kubectl against this server: (exit code, output)."""
+        home = Path(self.server.cfg.data_dir)
+        proc = await asyncio.create_subprocess_exec(
+            KUBECTL,
+            "--cache-dir",
+            str(home / "kubecache"),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(self.server.kubeconfig), "HOME": str(home)},
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        return int(proc.returncode or 0), out.decode()
+
+    async def renew(self, name: str) -> None:
+        await self.c.patch(LEASES, name, {"spec": {"renewTime": micro_now()}}, namespace="kube-node-lease")
+
+    async def pods(self, ns: str = "default", *, selector: str | None = None, live: bool = True) -> list[Obj]:
+        items = (await self.c.list(PODS, ns, label_selector=selector))["items"]
+        if live:
+            items = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        return items
+
+    async def events(self, ns: str = "default", *, reason: str, name: str | None = None) -> list[Obj]:
+        items = (await self.c.list(EVENTS, ns))["items"]
+        return [e for e in items if e["reason"] == reason and (name is None or e["involvedObject"].get("name") == name)]
+
+    async def mark_ready(self, pod: Obj) -> None:
+        conds = [c for c in pod.get("status", {}).get("conditions") or [] if c["type"] != "Ready"]
+        conds.append({"type": "Ready", "status": "True", "lastProbeTime": None, "lastTransitionTime": now()})
+        await self.c.patch(
+            PODS,
+            pod["metadata"]["name"],
+            {"status": {"phase": "Running", "conditions": conds}},
+            namespace=pod["metadata"]["namespace"],
+            subresource="status",
+        )
+
+
+class FakeKubelet:
+    """The node agents' part in pod lifecycles, for the nodes that exist: pods bound to them get Ready=True;
+    terminating pods are confirmed deleted (grace period 0) after `delete_delay` seconds. Pods on a node that
+    is gone are left alone, as no agent is there to act on them."""
+
+    def __init__(self, cluster: Cluster, *, ready: bool = True, delete_delay: float = 0.0) -> None:
+        self.cluster = cluster
+        self.ready = ready
+        self.delete_delay = delete_delay
+        self.nodes = Informer(cluster.c, NODES)
+        self.informer = Informer(cluster.c, PODS)
+        self.informer.on_add(self._seen)
+        self.informer.on_update(lambda old, new: self._seen(new))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._deleting: set[str] = set()
+
+    def _seen(self, pod: Obj) -> None:
+        node = pod["spec"].get("nodeName")
+        if not node or self.nodes.get(None, node) is None:
+            return
+        task = asyncio.create_task(self._handle(pod))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        try:
+            if meta.get("deletionTimestamp"):
+                if meta["uid"] in self._deleting:
+                    return
+                self._deleting.add(meta["uid"])
+                await asyncio.sleep(self.delete_delay)
+                await self.cluster.c.delete(PODS, meta["name"], meta["namespace"], grace_period=0)
+            elif self.ready and not any(
+                c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or []
+            ):
+                await self.cluster.mark_ready(pod)
+        except (NotFound, Conflict):
+            pass
+
+    async def __aenter__(self) -> FakeKubelet:
+        self.nodes.start()
+        await self.nodes.wait_synced(5)
+        self.informer.start()
+        await self.informer.wait_synced(5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.informer.stop()
+        await self.nodes.stop()
+        for t in list(self._tasks):
+            t.cancel()
+
+
+def _config(tmp_path: Path, port: int, **overrides: Any) -> ServerConfig:
+    return ServerConfig(
+        data_dir=str(tmp_path / "data"),
+        bind_address="127.0.0.1",
+        https_listen_port=port,
+        token="controllers-test",
+        write_kubeconfig=str(tmp_path / "kubeconfig"),
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def cluster_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Cluster]]]:
+    made: list[Cluster] = []
+
+    async def make(**overrides: Any) -> Cluster:
+        srv = await start(_config(tmp_path, free_port(), **overrides))
+        assert srv.controllers is not None
+        await srv.controllers.wait_started(10)
+        cl = Cluster(srv, ApiClient(load_kubeconfig(srv.kubeconfig)))
+        made.append(cl)
+        return cl
+
+    yield make
+    for cl in made:
+        await cl.c.close()
+        await cl.server.close()
+
+
+@pytest.fixture
+async def cluster(cluster_factory: Callable[..., Awaitable[Cluster]]) -> Cluster:
+    return await cluster_factory()
+
+
+def deployment(name: str, replicas: int, **pod_spec: Any) -> Obj:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.25"}], **pod_spec},
+            },
+        },
+    }
+
+
+def pod(name: str, **pod_spec: Any) -> Obj:
+    containers = pod_spec.pop("containers", [{"name": "c", "image": "nginx:1.25"}])
+    return {"metadata": {"name": name, "labels": {"test": "sched"}}, "spec": {"containers": containers, **pod_spec}}
+
+
+def cond(obj: Obj, ctype: str) -> Obj | None:
+    return next((c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == ctype), None)
+
+
+# -- node IPAM --------------------------------------------------------------------------------------------------
+async def _cidr(c: ApiClient, name: str) -> str:
+    async def get() -> str:
+        return str((await c.get(NODES, name))["spec"].get("podCIDR") or "")
+
+    return str(await until(get, what=f"podCIDR of {name}"))
+
+
+async def test_ipam_assigns_in_order_and_rebuilds_after_restart(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = _config(tmp_path, port)
+    srv = await start(cfg)
+    try:
+        async with ApiClient(load_kubeconfig(srv.kubeconfig)) as c:
+            cl = Cluster(srv, c)
+            for name in ("n1", "n2", "n3"):
+                # The node's own status writes race with the allocation: the controller must neither hand a
+                # node two subnets nor skip one when its cache shows the node without one for a moment.
+                await cl.add_node(name)
+                for _ in range(3):
+                    await cl.heartbeat(name)
+            for name in ("n1", "n2", "n3"):
+                await _cidr(c, name)
+            nodes = {n["metadata"]["name"]: n["spec"] for n in (await c.list(NODES))["items"]}
+            assert nodes == {
+                f"n{i + 1}": {"podCIDR": f"10.42.{i}.0/24", "podCIDRs": [f"10.42.{i}.0/24"]} for i in range(3)
+            }
+    finally:
+        await srv.close()
+    # A new server process on the same data: the used subnets are rebuilt from the Nodes, nothing is reused.
+    srv = await start(cfg)
+    try:
+        async with ApiClient(load_kubeconfig(srv.kubeconfig)) as c:
+            await c.create(NODES, {"metadata": {"name": "n4"}})
+            assert await _cidr(c, "n4") == "10.42.3.0/24"
+            for i in range(3):
+                assert (await c.get(NODES, f"n{i + 1}"))["spec"]["podCIDR"] == f"10.42.{i}.0/24"
+    finally:
+        await srv.close()
+
+
+async def test_ipam_frees_on_delete_and_reports_exhaustion(cluster_factory: Callable[..., Awaitable[Cluster]]) -> None:
+    cl = await cluster_factory(cluster_cidr="10.42.0.0/23")  # room for two /24s
+    c = cl.c
+    for name in ("a", "b"):
+        await c.create(NODES, {"metadata": {"name": name}})
+        await _cidr(c, name)
+    await c.create(NODES, {"metadata": {"name": "c"}})
+
+    async def exhausted() -> Obj | None:
+        node = await c.get(NODES, "c")
+        unavailable = cond(node, "NetworkUnavailable")
+        return node if unavailable and unavailable["status"] == "True" else None
+
+    node_c = await until(exhausted, what="NetworkUnavailable on node c")
+    assert not node_c["spec"].get("podCIDR")
+    assert cond(node_c, "NetworkUnavailable")["reason"] == "NoCIDRAvailable"  # type: ignore[index]
+    events = await until(lambda: cl.events(reason="CIDRNotAvailable", name="c"), what="CIDRNotAvailable event")
+    assert events[0]["type"] == "Warning"
+    assert events[0]["message"] == "Node c status is now: CIDRNotAvailable"
+    assert events[0]["involvedObject"]["kind"] == "Node"
+
+    # Deleting a node frees its subnet; the waiting node gets it and the condition clears.
+    a_cidr = (await c.get(NODES, "a"))["spec"]["podCIDR"]
+    await c.delete(NODES, "a")
+    assert await _cidr(c, "c") == a_cidr == "10.42.0.0/24"
+
+    async def cleared() -> bool:
+        unavailable = cond(await c.get(NODES, "c"), "NetworkUnavailable")
+        return bool(unavailable and unavailable["status"] == "False")
+
+    await until(cleared, what="NetworkUnavailable=False on node c")
+    assert (await c.get(NODES, "b"))["spec"]["podCIDR"] == "10.42.1.0/24"
+
+
+# -- scheduler --------------------------------------------------------------------------------------------------
+
+
+async def test_scheduler_filters_and_failed_scheduling(cluster: Cluster) -> None:
+    c = cluster.c
+    await cluster.add_node("n1", labels={"disk": "ssd"})
+    await cluster.add_node("n2", taints=[{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}])
+    await cluster.add_node("n3", unschedulable=True)
+
+    async def node_of(name: str) -> str:
+        async def get() -> str:
+            return str((await c.get(PODS, name, "default"))["spec"].get("nodeName") or "")
+
+        return str(await until(get, what=f"pod {name} bound"))
+
+    # nodeSelector
+    await c.create(PODS, pod("ssd", nodeSelector={"disk": "ssd"}), "default")
+    assert await node_of("ssd") == "n1"
+    # Equal toleration; Exists with an empty key tolerates every taint.
+    await c.create(
+        PODS,
+        pod(
+            "infra",
+            nodeSelector={"kubernetes.io/hostname": "n2"},
+            tolerations=[{"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}],
+        ),
+        "default",
+    )
+    await c.create(
+        PODS,
+        pod("anything", nodeSelector={"kubernetes.io/hostname": "n2"}, tolerations=[{"operator": "Exists"}]),
+        "default",
+    )
+    assert await node_of("infra") == "n2"
+    assert await node_of("anything") == "n2"
+
+    # hostPort: the same port+protocol on the same node conflicts; another protocol does not.
+    def with_port(protocol: str) -> list[Obj]:
+        return [
+            {
+                "name": "c",
+                "image": "nginx:1.25",
+                "ports": [{"containerPort": 80, "hostPort": 8080, "protocol": protocol}],
+            }
+        ]
+
+    await c.create(PODS, pod("hp-tcp", nodeSelector={"disk": "ssd"}, containers=with_port("TCP")), "default")
+    assert await node_of("hp-tcp") == "n1"
+    await c.create(PODS, pod("hp-udp", nodeSelector={"disk": "ssd"}, containers=with_port("UDP")), "default")
+    assert await node_of("hp-udp") == "n1"
+    await c.create(PODS, pod("hp-clash", nodeSelector={"disk": "ssd"}, containers=with_port("TCP")), "default")
+
+    # Fits nowhere: one reason per node, counted and sorted as kube-scheduler words it.
+    await c.create(PODS, pod("picky", nodeSelector={"disk": "hdd"}), "default")
+    picky = await until(
+        lambda: cluster.events(reason="FailedScheduling", name="picky"), what="FailedScheduling for picky"
+    )
+    assert picky[0]["type"] == "Warning"
+    assert picky[0]["message"] == (
+        "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, "
+        "1 node(s) had untolerated taint {dedicated: infra}, 1 node(s) were unschedulable."
+    )
+    clash = await until(
+        lambda: cluster.events(reason="FailedScheduling", name="hp-clash"), what="FailedScheduling for hp-clash"
+    )
+    assert clash[0]["message"] == (
+        "0/3 nodes are available: 1 node(s) didn't have free ports for the requested pod ports, "
+        "1 node(s) had untolerated taint {dedicated: infra}, 1 node(s) were unschedulable."
+    )
+    p = await c.get(PODS, "picky", "default")
+    assert not p["spec"].get("nodeName")
+    scheduled = cond(p, "PodScheduled")
+    assert scheduled is not None and scheduled["status"] == "False" and scheduled["reason"] == "Unschedulable"
+    assert scheduled["message"] == picky[0]["message"]
+
+    # A node that changes is tried again: n3 becomes schedulable with the wanted label.
+    await c.patch(NODES, "n3", {"metadata": {"labels": {"disk": "hdd"}}, "spec": {"unschedulable": None}})
+    assert await node_of("picky") == "n3"
+    # The port comes free when the pod holding it goes.
+    await c.delete(PODS, "hp-tcp", "default", grace_period=0)
+    assert await node_of("hp-clash") == "n1"
+
+    # pods/binding, which the scheduler binds through, refuses a pod that is already assigned.
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "ssd"}, "target": {"name": "n2"}}
+    with pytest.raises(Conflict) as err:
+        await c.request("POST", PODS.path("default", "ssd", "binding"), body=binding)
+    assert (
+        err.value.message
+        == 'Operation cannot be fulfilled on pods/binding "ssd": pod ssd is already assigned to node "n1"'
+    )
+
+
+# -- node lifecycle ---------------------------------------------------------------------------------------------
