@@ -12,8 +12,12 @@ import logging
 
 from kwire.client import ApiClient, Config, Informers
 from kwire.controllers.common import EventRecorder
+from kwire.controllers.daemonset import DaemonSetController
+from kwire.controllers.deployment import DeploymentController
 from kwire.controllers.ipam import NodeIpam
+from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
+from kwire.controllers.replicaset import ReplicaSetController
 from kwire.controllers.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,16 @@ class ControllerManager:
             log.error("node IPAM is off: %s", exc)
         self.controllers += [
             Scheduler(self.client, self.informers, recorder=EventRecorder(self.client, component="default-scheduler")),
+            ReplicaSetController(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="replicaset-controller")
+            ),
+            DeploymentController(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="deployment-controller")
+            ),
+            DaemonSetController(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="daemonset-controller")
+            ),
+            PodGC(self.client, self.informers),
         ]
         self._starter: asyncio.Task[None] | None = None
         self.started = asyncio.Event()

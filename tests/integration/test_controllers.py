@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from kwire.client import ApiClient, Conflict, Informer, NotFound, load_kubeconfig
-from kwire.client.client import EVENTS, LEASES, NODES, PODS
+from kwire.client.client import DAEMONSETS, DEPLOYMENTS, EVENTS, LEASES, NODES, PODS, REPLICASETS
 from kwire.config import ServerConfig
 from kwire.server import Server, start
 from tests.integration.apiserver import KUBECTL, free_port
@@ -335,6 +336,24 @@ async def test_ipam_frees_on_delete_and_reports_exhaustion(cluster_factory: Call
 
 
 # -- scheduler --------------------------------------------------------------------------------------------------
+async def test_deployment_pods_spread_over_nodes(cluster: Cluster) -> None:
+    c = cluster.c
+    for name in ("n1", "n2", "n3"):
+        await cluster.add_node(name)
+    await c.create(DEPLOYMENTS, deployment("web", 3), "default")
+
+    async def bound() -> list[Obj] | None:
+        pods = await cluster.pods(selector="app=web")
+        return pods if len(pods) == 3 and all(p["spec"].get("nodeName") for p in pods) else None
+
+    pods = await until(bound, what="3 bound pods")
+    assert sorted(p["spec"]["nodeName"] for p in pods) == ["n1", "n2", "n3"]
+    for p in pods:
+        assert cond(p, "PodScheduled")["status"] == "True"  # type: ignore[index]
+    name = pods[0]["metadata"]["name"]
+    events = await until(lambda: cluster.events(reason="Scheduled", name=name), what="Scheduled event")
+    assert events[0]["message"] == f"Successfully assigned default/{name} to {pods[0]['spec']['nodeName']}"
+    assert events[0]["source"]["component"] == "default-scheduler"
 
 
 async def test_scheduler_filters_and_failed_scheduling(cluster: Cluster) -> None:
@@ -424,6 +443,296 @@ async def test_scheduler_filters_and_failed_scheduling(cluster: Cluster) -> None
         err.value.message
         == 'Operation cannot be fulfilled on pods/binding "ssd": pod ssd is already assigned to node "n1"'
     )
+
+
+# -- workloads --------------------------------------------------------------------------------------------------
+async def _rs_of(c: ApiClient, name: str) -> list[Obj]:
+    items = (await c.list(REPLICASETS, "default"))["items"]
+    return [rs for rs in items if any(r["name"] == name for r in rs["metadata"].get("ownerReferences") or [])]
+
+
+async def test_deployment_scale_rollout_and_delete(cluster: Cluster) -> None:
+    c = cluster.c
+    for name in ("n1", "n2", "n3"):
+        await cluster.add_node(name)
+    async with FakeKubelet(cluster):
+        await c.create(DEPLOYMENTS, deployment("web", 3), "default")
+        # What users wait on: `kubectl rollout status` must see the rollout finish.
+        rollout = (
+            asyncio.create_task(cluster.kubectl("rollout", "status", "deployment/web", "--timeout=20s"))
+            if HAVE_KUBECTL
+            else None
+        )
+
+        async def rolled_out(replicas: int, generation: int | None = None) -> Obj | None:
+            dep = await c.get(DEPLOYMENTS, "web", "default")
+            st = dep.get("status", {})
+            gen = generation or dep["metadata"]["generation"]
+            done = (
+                st.get("observedGeneration", 0) >= gen
+                and st.get("replicas", 0) == replicas
+                and st.get("updatedReplicas", 0) == replicas
+                and st.get("readyReplicas", 0) == replicas
+                and st.get("availableReplicas", 0) == replicas
+            )
+            return dep if done else None
+
+        dep = await until(lambda: rolled_out(3), what="deployment 3/3")
+        if rollout is not None:
+            code, out = await rollout
+            assert code == 0 and 'deployment "web" successfully rolled out' in out, out
+            code, out = await cluster.kubectl("get", "deployment", "web", "--no-headers")
+            assert code == 0 and out.split()[:4] == ["web", "3/3", "3", "3"], out
+        available, progressing = cond(dep, "Available"), cond(dep, "Progressing")
+        assert available and available["status"] == "True" and available["reason"] == "MinimumReplicasAvailable"
+        assert progressing and progressing["reason"] == "NewReplicaSetAvailable"
+        assert dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+        [rs] = await _rs_of(c, "web")
+        pod_hash = rs["metadata"]["labels"]["pod-template-hash"]
+        assert re.fullmatch(r"[bcdfghjklmnpqrstvwxz2456789]{1,10}", pod_hash)
+        assert rs["metadata"]["name"] == f"web-{pod_hash}"
+        assert rs["spec"]["selector"]["matchLabels"] == {"app": "web", "pod-template-hash": pod_hash}
+        assert rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+        ref = rs["metadata"]["ownerReferences"][0]
+        assert ref["kind"] == "Deployment" and ref["controller"] is True and ref["blockOwnerDeletion"] is True
+        assert rs["status"]["readyReplicas"] == 3 and rs["status"]["availableReplicas"] == 3
+        assert (
+            rs["status"]["fullyLabeledReplicas"] == 3
+            and rs["status"]["observedGeneration"] == rs["metadata"]["generation"]
+        )
+        pods = await cluster.pods(selector="app=web")
+        assert len(pods) == 3
+        for p in pods:
+            assert re.fullmatch(f"web-{pod_hash}-{POD_NAME}", p["metadata"]["name"])
+            assert p["metadata"]["labels"]["pod-template-hash"] == pod_hash
+            [pref] = p["metadata"]["ownerReferences"]
+            assert pref["kind"] == "ReplicaSet" and pref["name"] == rs["metadata"]["name"]
+            assert pref["controller"] is True and pref["blockOwnerDeletion"] is True
+
+        # Scale 3 -> 1 -> 3.
+        await c.patch(DEPLOYMENTS, "web", {"spec": {"replicas": 1}}, namespace="default")
+        await until(lambda: rolled_out(1), what="deployment 1/1")
+
+        async def pod_count(n: int, selector: str = "app=web") -> bool:
+            return len(await cluster.pods(selector=selector)) == n
+
+        await until(lambda: pod_count(1), what="1 pod")
+        await c.patch(DEPLOYMENTS, "web", {"spec": {"replicas": 3}}, namespace="default")
+        await until(lambda: rolled_out(3), what="deployment 3/3 again")
+        await until(lambda: pod_count(3), what="3 pods")
+
+        # A template change rolls out a new ReplicaSet; the old one ends at 0 and its pods go.
+        await c.patch(
+            DEPLOYMENTS,
+            "web",
+            {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}},
+            namespace="default",
+        )
+        dep = await until(lambda: rolled_out(3), timeout=15, what="rollout to the new template")
+        assert dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+        rss = {r["metadata"]["name"]: r for r in await _rs_of(c, "web")}
+        assert len(rss) == 2
+        old = rss.pop(rs["metadata"]["name"])
+        [new] = rss.values()
+        assert old["spec"]["replicas"] == 0
+        assert new["spec"]["replicas"] == 3
+        assert new["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+        assert new["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27"
+
+        async def only_new_pods() -> bool:
+            pods = await cluster.pods(selector="app=web", live=False)
+            return len(pods) == 3 and all(
+                p["metadata"]["ownerReferences"][0]["name"] == new["metadata"]["name"] for p in pods
+            )
+
+        await until(only_new_pods, what="old pods gone")
+        scaling = await cluster.events(reason="ScalingReplicaSet", name="web")
+        messages = {e["message"] for e in scaling}
+        assert f"Scaled up replica set {old['metadata']['name']} from 0 to 3" in messages
+        assert f"Scaled down replica set {old['metadata']['name']} from 1 to 0" in messages
+
+        # revisionHistoryLimit: with 1, a third template leaves the current and one old ReplicaSet.
+        await c.patch(
+            DEPLOYMENTS,
+            "web",
+            {
+                "spec": {
+                    "revisionHistoryLimit": 1,
+                    "template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.28"}]}},
+                }
+            },
+            namespace="default",
+        )
+        dep = await until(lambda: rolled_out(3), timeout=15, what="rollout to the third template")
+        assert dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+
+        async def history() -> dict[str, str] | None:
+            revs = {r["metadata"]["name"]: r["metadata"]["annotations"][REVISION] for r in await _rs_of(c, "web")}
+            return revs if len(revs) == 2 else None
+
+        revs = await until(history, what="oldest ReplicaSet deleted")
+        assert sorted(revs.values()) == ["2", "3"] and new["metadata"]["name"] in revs
+
+        # Deleting the Deployment garbage-collects its ReplicaSets and their pods.
+        await c.delete(DEPLOYMENTS, "web", "default")
+
+        async def all_gone() -> bool:
+            return not await _rs_of(c, "web") and not await cluster.pods(selector="app=web", live=False)
+
+        await until(all_gone, what="ReplicaSets and pods deleted")
+
+
+async def test_recreate_strategy_replaces_all_pods(cluster: Cluster) -> None:
+    c = cluster.c
+    for name in ("n1", "n2"):
+        await cluster.add_node(name)
+    async with FakeKubelet(cluster, delete_delay=0.5):  # pods take a moment to stop, as real ones do
+        body = deployment("rec", 2)
+        body["spec"]["strategy"] = {"type": "Recreate"}
+        await c.create(DEPLOYMENTS, body, "default")
+
+        async def ready(n: int) -> Obj | None:
+            dep = await c.get(DEPLOYMENTS, "rec", "default")
+            st = dep.get("status", {})
+            ok = st.get("observedGeneration") == dep["metadata"]["generation"] and st.get("availableReplicas") == n
+            return dep if ok and st.get("updatedReplicas") == n and st.get("replicas") == n else None
+
+        await until(lambda: ready(2), what="2 available")
+        [first] = await _rs_of(c, "rec")
+        # Watch the pods: no pod of the new template may exist while an old one still does.
+        seen_overlap: list[str] = []
+        inf = Informer(c, PODS, label_selector="app=rec")
+
+        def check(*_: Obj) -> None:
+            owners = {p["metadata"]["ownerReferences"][0]["name"] for p in inf.items()}
+            if len(owners) > 1:
+                seen_overlap.append(",".join(sorted(owners)))
+
+        inf.on_add(check)
+        inf.start()
+        await inf.wait_synced(5)
+        await c.patch(
+            DEPLOYMENTS, "rec", {"spec": {"template": {"metadata": {"labels": {"v": "2"}}}}}, namespace="default"
+        )
+        await until(lambda: ready(2), timeout=15, what="recreated")
+        await inf.stop()
+        rss = await _rs_of(c, "rec")
+        assert len(rss) == 2
+        assert {r["metadata"]["name"]: r["spec"]["replicas"] for r in rss}[first["metadata"]["name"]] == 0
+        assert seen_overlap == []
+
+
+async def _bound(c: ApiClient, name: str) -> bool:
+    return bool((await c.get(PODS, name, "default"))["spec"].get("nodeName"))
+
+
+async def test_replicaset_adopts_orphans_and_removes_extras(cluster: Cluster) -> None:
+    c = cluster.c
+    await cluster.add_node("n1")
+    await c.create(PODS, {"metadata": {"name": "orphan", "labels": {"app": "rs"}}, "spec": pod("x")["spec"]}, "default")
+    rs_body = {
+        "metadata": {"name": "rs"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "rs"}},
+            "template": {"metadata": {"labels": {"app": "rs"}}, "spec": pod("x")["spec"]},
+        },
+    }
+    await c.create(REPLICASETS, rs_body, "default")
+
+    async def two() -> list[Obj] | None:
+        pods = await cluster.pods(selector="app=rs")
+        owned = [p for p in pods if (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == "rs"]
+        return pods if len(pods) == 2 and len(owned) == 2 else None
+
+    pods = await until(two, what="orphan adopted + one created")
+    assert "orphan" in {p["metadata"]["name"] for p in pods}
+    # Both run; only the newer one is Ready. Scaling to 1 removes the not-ready pod first, although it is the
+    # older one (newest-first applies only between pods that are equally ready).
+    [other] = [p for p in pods if p["metadata"]["name"] != "orphan"]
+    await until(lambda: _bound(c, "orphan"), what="orphan bound")
+    await until(lambda: _bound(c, other["metadata"]["name"]), what="new pod bound")
+    await cluster.mark_ready(await c.get(PODS, other["metadata"]["name"], "default"))
+    await c.patch(PODS, "orphan", {"status": {"phase": "Running"}}, namespace="default", subresource="status")
+
+    async def status_ready() -> bool:
+        st = (await c.get(REPLICASETS, "rs", "default")).get("status", {})
+        return st.get("readyReplicas") == 1 and st.get("replicas") == 2
+
+    await until(status_ready, what="RS readyReplicas 1")
+    await c.patch(REPLICASETS, "rs", {"spec": {"replicas": 1}}, namespace="default")
+
+    async def one_left() -> list[Obj] | None:
+        pods = await cluster.pods(selector="app=rs")
+        return pods if len(pods) == 1 else None
+
+    [left] = await until(one_left, what="scaled to 1")
+    assert left["metadata"]["name"] == other["metadata"]["name"]
+    deleted = await cluster.events(reason="SuccessfulDelete", name="rs")
+    assert [e["message"] for e in deleted] == ["Deleted pod: orphan"]
+
+
+async def test_daemonset_one_pod_per_eligible_node(cluster: Cluster) -> None:
+    c = cluster.c
+    await cluster.add_node("w1", labels={"role": "worker"})
+    await cluster.add_node("w2", labels={"role": "worker"})
+    await cluster.add_node(
+        "gpu", labels={"role": "worker"}, taints=[{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]
+    )
+    await cluster.add_node("ctl", labels={"role": "control"})
+    async with FakeKubelet(cluster):
+        ds = {
+            "metadata": {"name": "agent"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "agent"}},
+                "template": {
+                    "metadata": {"labels": {"app": "agent"}},
+                    "spec": {"nodeSelector": {"role": "worker"}, "containers": [{"name": "a", "image": "busybox:1"}]},
+                },
+            },
+        }
+        await c.create(DAEMONSETS, ds, "default")
+
+        async def placed(nodes: list[str]) -> list[Obj] | None:
+            pods = await cluster.pods(selector="app=agent", live=False)
+            st = (await c.get(DAEMONSETS, "agent", "default")).get("status", {})
+            ok = (
+                sorted(p["spec"].get("nodeName", "") for p in pods) == sorted(nodes)
+                and st.get("desiredNumberScheduled") == len(nodes)
+                and st.get("currentNumberScheduled") == len(nodes)
+                and st.get("numberReady") == len(nodes)
+                and st.get("numberAvailable") == len(nodes)
+                and st.get("updatedNumberScheduled") == len(nodes)
+                and st.get("numberMisscheduled") == 0
+            )
+            return pods if ok else None
+
+        pods = await until(lambda: placed(["w1", "w2"]), what="pods on w1 and w2 only")
+        for p in pods:
+            assert re.fullmatch(f"agent-{POD_NAME}", p["metadata"]["name"])
+            ref = p["metadata"]["ownerReferences"][0]
+            assert ref["kind"] == "DaemonSet" and ref["controller"] is True
+            tolerated = {(t["key"], t["effect"]) for t in p["spec"]["tolerations"]}
+            assert {
+                ("node.kubernetes.io/not-ready", "NoExecute"),
+                ("node.kubernetes.io/unreachable", "NoExecute"),
+                ("node.kubernetes.io/unschedulable", "NoSchedule"),
+            } <= tolerated
+        # A new eligible node gets a pod.
+        await cluster.add_node("w3", labels={"role": "worker"})
+        await until(lambda: placed(["w1", "w2", "w3"]), what="pod on the new node")
+        # Tolerating the taint brings the tainted node in (the template change replaces the pods too).
+        await c.patch(
+            DAEMONSETS,
+            "agent",
+            {"spec": {"template": {"spec": {"tolerations": [{"key": "gpu", "operator": "Exists"}]}}}},
+            namespace="default",
+        )
+        await until(lambda: placed(["gpu", "w1", "w2", "w3"]), timeout=15, what="pod on the tolerated node")
+        # A node that stops matching loses its pod; a node that goes away too.
+        await c.patch(NODES, "w1", {"metadata": {"labels": {"role": "control"}}})
+        await c.delete(NODES, "w2")
+        await until(lambda: placed(["gpu", "w3"]), what="pods removed from w1 and w2")
 
 
 # -- node lifecycle ---------------------------------------------------------------------------------------------

@@ -1,0 +1,368 @@
+"""The DaemonSet controller: one pod of each DaemonSet on every node that should run it.
+
+Owns the pods of DaemonSets (named `<ds>-<5 random>`, bound by setting spec.nodeName directly, labelled
+controller-revision-hash with a hash of the template) and DaemonSet status (desiredNumberScheduled,
+currentNumberScheduled, numberReady, numberAvailable, numberUnavailable, updatedNumberScheduled,
+numberMisscheduled, observedGeneration).
+
+A node should run the pod when the template's nodeSelector / required node affinity match it and the pod
+tolerates its NoSchedule and NoExecute taints; pods get the tolerations kube's DaemonSet controller adds
+(not-ready and unreachable NoExecute; disk/memory/pid-pressure and unschedulable NoSchedule; network-unavailable
+for hostNetwork pods). As in kube, a pod already on a node that gained a NoSchedule taint it does not tolerate
+keeps running there; an untolerated NoExecute taint, a selector that no longer matches or a node that went
+away removes it. A template change replaces the pods node by node (RollingUpdate, maxUnavailable) or waits for
+them to be deleted (OnDelete).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+from kwire.client import ApiClient, Informers
+from kwire.client.client import DAEMONSETS, NODES, PODS
+from kwire.controllers.common import (
+    BY_NAMESPACE,
+    TAINT_NOT_READY,
+    TAINT_UNREACHABLE,
+    TAINT_UNSCHEDULABLE,
+    EventRecorder,
+    add_indexes,
+    available_in,
+    controller_ref,
+    d,
+    int_field,
+    key_of,
+    labels_of,
+    lst,
+    meta,
+    name_of,
+    namespace_of,
+    parse_time,
+    pod_available,
+    pod_ready,
+    spec,
+    split_key,
+    status,
+    taints_of,
+    template_hash,
+    terminating,
+    uid_of,
+    untolerated_taint,
+    update_with_retry,
+)
+from kwire.controllers.deployment import scaled_value
+from kwire.controllers.queue import Controller, RetryLater
+from kwire.controllers.scheduler import matches_node_affinity
+from kwire.controllers.workloads import (
+    BURST,
+    Expectations,
+    claim,
+    delete_pods,
+    pod_from_template,
+    selector_of,
+    slow_start,
+)
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+HASH_LABEL = "controller-revision-hash"
+
+
+def daemon_tolerations(pod_spec: Obj) -> list[Obj]:
+    """The pod's tolerations plus those kube's DaemonSet controller adds (AddOrUpdateDaemonPodTolerations)."""
+    tols = [copy.deepcopy(t) for t in lst(pod_spec.get("tolerations")) if isinstance(t, dict)]
+    wanted = [
+        (TAINT_NOT_READY, "NoExecute"),
+        (TAINT_UNREACHABLE, "NoExecute"),
+        ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        ("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        ("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        (TAINT_UNSCHEDULABLE, "NoSchedule"),
+    ]
+    if pod_spec.get("hostNetwork") is True:
+        wanted.append(("node.kubernetes.io/network-unavailable", "NoSchedule"))
+    for key, effect in wanted:
+        if not any(t.get("key") == key and t.get("effect") == effect and t.get("operator") == "Exists" for t in tols):
+            tols.append({"key": key, "operator": "Exists", "effect": effect})
+    return tols
+
+
+def should_run(ds: Obj, node: Obj) -> tuple[bool, bool]:
+    """(should run a new pod here, should keep an existing one): kube's NodeShouldRunDaemonPod."""
+    tmpl_spec = d(d(spec(ds).get("template")).get("spec"))
+    fixed = tmpl_spec.get("nodeName")
+    if fixed and fixed != name_of(node):
+        return False, False
+    pod = {"spec": tmpl_spec}
+    if not matches_node_affinity(pod, node):
+        return False, False
+    tolerations = daemon_tolerations(tmpl_spec)
+    taints = taints_of(node)
+    if untolerated_taint(taints, tolerations, effects=("NoSchedule", "NoExecute")) is not None:
+        return False, untolerated_taint(taints, tolerations, effects=("NoExecute",)) is None
+    return True, True
+
+
+def _created(pod: Obj) -> float:
+    return parse_time(meta(pod).get("creationTimestamp")) or 0.0
+
+
+class DaemonSetController(Controller):
+    name = "daemonset"
+    workers = 2
+
+    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+        super().__init__(client, informers)
+        self.recorder = recorder
+        self.expectations = Expectations()
+        self.ds = informers.get(DAEMONSETS)
+        self.pods = informers.get(PODS)
+        self.nodes = informers.get(NODES)
+        add_indexes(self.ds)
+        add_indexes(self.pods)
+        self.ds.on_add(lambda o: self.enqueue(key_of(o)))
+        self.ds.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.ds.on_delete(lambda o: self.expectations.forget(key_of(o)))
+        self.pods.on_add(self._on_pod_add)
+        self.pods.on_update(self._on_pod_update)
+        self.pods.on_delete(self._on_pod_delete)
+        self.nodes.on_add(lambda n: self._all())
+        self.nodes.on_update(self._on_node_update)
+        self.nodes.on_delete(lambda n: self._all())
+
+    # -- event handlers ----------------------------------------------------------------------------------------
+    def _all(self) -> None:
+        for ds in self.ds.items():
+            self.enqueue(key_of(ds))
+
+    def _on_node_update(self, old: Obj, new: Obj) -> None:
+        if (labels_of(old), taints_of(old)) != (labels_of(new), taints_of(new)):
+            self._all()
+
+    def _owner_key(self, pod: Obj) -> str | None:
+        ref = controller_ref(pod)
+        if not ref or ref.get("kind") != "DaemonSet":
+            return None
+        ds = self.ds.get(namespace_of(pod), str(ref.get("name") or ""))
+        return key_of(ds) if ds is not None and uid_of(ds) == ref.get("uid") else None
+
+    def _orphan_owners(self, pod: Obj) -> None:
+        if controller_ref(pod) is not None:
+            return
+        for ds in self.ds.by_index(BY_NAMESPACE, namespace_of(pod)):
+            sel = selector_of(ds)
+            if sel is not None and sel.matches(labels_of(pod)):
+                self.enqueue(key_of(ds))
+
+    def _on_pod_add(self, pod: Obj) -> None:
+        owner = self._owner_key(pod)
+        if owner:
+            self.expectations.observe_add(owner)
+            if terminating(pod):
+                self.expectations.observe_delete(owner, key_of(pod))
+            self.enqueue(owner)
+        else:
+            self._orphan_owners(pod)
+
+    def _on_pod_update(self, old: Obj, new: Obj) -> None:
+        owner = self._owner_key(new)
+        if owner:
+            if terminating(new):
+                self.expectations.observe_delete(owner, key_of(new))
+            self.enqueue(owner)
+        else:
+            self._orphan_owners(new)
+        old_owner = self._owner_key(old)
+        if old_owner and old_owner != owner:
+            self.enqueue(old_owner)
+
+    def _on_pod_delete(self, pod: Obj) -> None:
+        owner = self._owner_key(pod)
+        if owner:
+            self.expectations.observe_delete(owner, key_of(pod))
+            self.enqueue(owner)
+
+    # -- reconcile ---------------------------------------------------------------------------------------------
+    async def sync(self, key: str) -> float | None:
+        ns, name = split_key(key)
+        ds = self.ds.get(ns, name)
+        if ds is None:
+            self.expectations.forget(key)
+            return None
+        selector = selector_of(ds)
+        if selector is None:
+            log.warning("daemonset %s: spec.selector is missing or invalid; nothing to do", key)
+            return None
+        if terminating(ds):
+            return None
+        owned = await claim(
+            self.client,
+            PODS,
+            ds,
+            self.pods.by_index(BY_NAMESPACE, ns or ""),
+            selector,
+            owner_api_version="apps/v1",
+            owner_kind="DaemonSet",
+        )
+        nodes = {name_of(n): n for n in self.nodes.items()}
+        by_node: dict[str, list[Obj]] = {}
+        for pod in owned:
+            by_node.setdefault(str(spec(pod).get("nodeName") or ""), []).append(pod)
+        current_hash = template_hash(spec(ds).get("template"))
+        error: str | None = None
+        if self.expectations.satisfied(key):
+            error = await self._manage(ds, nodes, by_node, current_hash)
+        later = await self._update_status(ds, nodes, by_node, current_hash)
+        if error is not None:
+            raise RetryLater(f"daemonset {key}: {error}")
+        return later
+
+    async def _manage(
+        self, ds: Obj, nodes: dict[str, Obj], by_node: dict[str, list[Obj]], current_hash: str
+    ) -> str | None:
+        key = key_of(ds)
+        create_on: list[str] = []
+        delete: list[Obj] = []
+        for node_name, node in sorted(nodes.items()):
+            run, keep = should_run(ds, node)
+            pods = sorted(by_node.get(node_name, []), key=_created)
+            live = [p for p in pods if not terminating(p)]
+            if run and not pods:
+                create_on.append(node_name)
+            elif keep:
+                failed = [p for p in live if status(p).get("phase") == "Failed"]
+                delete += failed  # a failed daemon pod is replaced
+                running = [p for p in live if p not in failed]
+                delete += running[1:]  # more than one: keep the oldest
+            else:
+                delete += live
+        for node_name, pods in by_node.items():
+            if node_name not in nodes:
+                delete += [p for p in pods if not terminating(p)]  # unscheduled, or its node went away
+        if not create_on and not delete:
+            delete += self._rolling_victims(ds, nodes, by_node, current_hash)
+        create_on = create_on[:BURST]
+        delete = delete[:BURST]
+        if not create_on and not delete:
+            return None
+        self.expectations.expect(key, adds=len(create_on), deletes={key_of(p) for p in delete})
+        problems: list[str] = []
+        if delete:
+            err = await delete_pods(
+                self.client, PODS, delete, on_gone=lambda p: self.expectations.observe_delete(key, key_of(p))
+            )
+            for p in delete:
+                await self.recorder.event(ds, "Normal", "SuccessfulDelete", f"Deleted pod: {name_of(p)}")
+            if err is not None:
+                problems.append(f"deleting pods: {getattr(err, 'message', None) or err}")
+        if create_on:
+            queue = list(create_on)
+
+            async def create_one() -> None:
+                node_name = queue.pop(0)
+                pod = pod_from_template(
+                    ds,
+                    owner_api_version="apps/v1",
+                    owner_kind="DaemonSet",
+                    extra_labels={HASH_LABEL: current_hash},
+                    node_name=node_name,
+                )
+                pod["spec"]["tolerations"] = daemon_tolerations(pod["spec"])
+                out = await self.client.create(PODS, pod, namespace_of(ds))
+                await self.recorder.event(ds, "Normal", "SuccessfulCreate", f"Created pod: {name_of(out)}")
+
+            done, err = await slow_start(len(create_on), create_one)
+            if err is not None:
+                self.expectations.lower_adds(key, len(create_on) - done)
+                msg = getattr(err, "message", None) or str(err)
+                await self.recorder.event(ds, "Warning", "FailedCreate", f"Error creating: {msg}")
+                problems.append(f"creating pods: {msg}")
+        return "; ".join(problems) or None
+
+    def _rolling_victims(
+        self, ds: Obj, nodes: dict[str, Obj], by_node: dict[str, list[Obj]], current_hash: str
+    ) -> list[Obj]:
+        """Old-template pods to delete now (RollingUpdate with maxUnavailable; OnDelete deletes nothing)."""
+        strategy = d(spec(ds).get("updateStrategy"))
+        if (strategy.get("type") or "RollingUpdate") != "RollingUpdate":
+            return []
+        now = time.time()
+        min_ready = int_field(spec(ds).get("minReadySeconds"))
+        desired = [n for n, node in nodes.items() if should_run(ds, node)[0]]
+        budget = max(
+            1, scaled_value(d(strategy.get("rollingUpdate")).get("maxUnavailable", 1), len(desired), round_up=True)
+        )
+        unavailable = 0
+        old: list[Obj] = []
+        for n in sorted(desired):
+            live = sorted((p for p in by_node.get(n, []) if not terminating(p)), key=_created)
+            if not live or not pod_available(live[0], min_ready, now):
+                unavailable += 1
+            if live and labels_of(live[0]).get(HASH_LABEL) != current_hash:
+                old.append(live[0])
+        victims = [p for p in old if not pod_available(p, min_ready, now)]
+        for p in old:
+            if p in victims:
+                continue
+            if unavailable >= budget:
+                break
+            victims.append(p)
+            unavailable += 1
+        return victims
+
+    async def _update_status(
+        self, ds: Obj, nodes: dict[str, Obj], by_node: dict[str, list[Obj]], current_hash: str
+    ) -> float | None:
+        now = time.time()
+        min_ready = int_field(spec(ds).get("minReadySeconds"))
+        desired = current = ready = available = updated = misscheduled = 0
+        waits: list[float] = []
+        for node_name, node in nodes.items():
+            run, _ = should_run(ds, node)
+            pods = sorted(by_node.get(node_name, []), key=lambda p: (terminating(p), _created(p)))
+            if run:
+                desired += 1
+                if not pods:
+                    continue
+                current += 1
+                pod = pods[0]
+                if pod_ready(pod):
+                    ready += 1
+                    if pod_available(pod, min_ready, now):
+                        available += 1
+                    elif (w := available_in(pod, min_ready, now)) is not None:
+                        waits.append(w)
+                if labels_of(pod).get(HASH_LABEL) == current_hash:
+                    updated += 1
+            elif pods:
+                misscheduled += 1
+        counts = {
+            "desiredNumberScheduled": desired,
+            "currentNumberScheduled": current,
+            "numberMisscheduled": misscheduled,
+            "numberReady": ready,
+        }
+        optional = {
+            "numberAvailable": available,
+            "numberUnavailable": desired - available,
+            "updatedNumberScheduled": updated,
+            "observedGeneration": int_field(meta(ds).get("generation")),
+        }
+
+        def apply(o: Obj) -> bool:
+            st = status(o)
+            new = {k: v for k, v in st.items() if k not in optional}
+            new.update(counts)
+            new.update({k: v for k, v in optional.items() if v})
+            if new == st:
+                return False
+            o["status"] = new
+            return True
+
+        await update_with_retry(self.client, DAEMONSETS, ds, apply, subresource_status=True)
+        return min(waits) + 0.05 if waits else None

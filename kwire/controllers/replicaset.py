@@ -1,0 +1,259 @@
+"""The ReplicaSet controller: keeps `spec.replicas` pods matching each ReplicaSet's selector.
+
+Owns the pods of ReplicaSets (created from spec.template as `<rs>-<5 random>` with a controller ownerReference,
+adopting matching orphans, releasing pods that stop matching, deleting extras) and ReplicaSet status
+(replicas, fullyLabeledReplicas, readyReplicas, availableReplicas, observedGeneration, the ReplicaFailure
+condition). Extra pods go in kube's order of preference: unscheduled first, then pending, then not ready,
+then the newest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kwire.client import ApiClient, Informers
+from kwire.client.client import PODS, REPLICASETS
+from kwire.controllers.common import (
+    BY_NAMESPACE,
+    EventRecorder,
+    add_indexes,
+    available_in,
+    controller_ref,
+    d,
+    int_field,
+    key_of,
+    labels_of,
+    lst,
+    meta,
+    name_of,
+    namespace_of,
+    now_rfc3339,
+    parse_time,
+    pod_active,
+    pod_available,
+    pod_ready,
+    spec,
+    split_key,
+    status,
+    terminating,
+    uid_of,
+    update_with_retry,
+)
+from kwire.controllers.queue import Controller, RetryLater
+from kwire.controllers.workloads import (
+    BURST,
+    Expectations,
+    claim,
+    delete_pods,
+    pod_from_template,
+    selector_of,
+    slow_start,
+)
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+_PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+
+def deletion_order(pod: Obj) -> tuple[int, int, int, float]:
+    """Sort key: pods to delete first come first (a reduced controller.ActivePods ordering)."""
+    created = parse_time(meta(pod).get("creationTimestamp")) or 0.0
+    return (
+        1 if spec(pod).get("nodeName") else 0,
+        _PHASE_RANK.get(str(status(pod).get("phase")), 1),
+        1 if pod_ready(pod) else 0,
+        -created,
+    )
+
+
+def _omit_zero(values: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in values.items() if v}
+
+
+class ReplicaSetController(Controller):
+    name = "replicaset"
+    workers = 4
+
+    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+        super().__init__(client, informers)
+        self.recorder = recorder
+        self.expectations = Expectations()
+        self.rs = informers.get(REPLICASETS)
+        self.pods = informers.get(PODS)
+        add_indexes(self.rs)
+        add_indexes(self.pods)
+        self.rs.on_add(lambda o: self.enqueue(key_of(o)))
+        self.rs.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.rs.on_delete(self._on_rs_delete)
+        self.pods.on_add(self._on_pod_add)
+        self.pods.on_update(self._on_pod_update)
+        self.pods.on_delete(self._on_pod_delete)
+
+    # -- event handlers ----------------------------------------------------------------------------------------
+    def _owner_key(self, pod: Obj) -> str | None:
+        ref = controller_ref(pod)
+        if not ref or ref.get("kind") != "ReplicaSet" or not ref.get("name"):
+            return None
+        rs = self.rs.get(namespace_of(pod), str(ref["name"]))
+        if rs is None or uid_of(rs) != ref.get("uid"):
+            return None
+        return key_of(rs)
+
+    def _matching_rs(self, pod: Obj) -> list[str]:
+        out = []
+        for rs in self.rs.by_index(BY_NAMESPACE, namespace_of(pod)):
+            sel = selector_of(rs)
+            if sel is not None and sel.matches(labels_of(pod)):
+                out.append(key_of(rs))
+        return out
+
+    def _on_rs_delete(self, rs: Obj) -> None:
+        self.expectations.forget(key_of(rs))
+
+    def _on_pod_add(self, pod: Obj) -> None:
+        if terminating(pod):
+            self._on_pod_delete(pod)
+            return
+        owner = self._owner_key(pod)
+        if owner:
+            self.expectations.observe_add(owner)
+            self.enqueue(owner)
+        elif controller_ref(pod) is None:
+            for key in self._matching_rs(pod):
+                self.enqueue(key)
+
+    def _on_pod_update(self, old: Obj, new: Obj) -> None:
+        if terminating(new) and not terminating(old):
+            owner = self._owner_key(new)
+            if owner:
+                self.expectations.observe_delete(owner, key_of(new))
+        old_owner, new_owner = self._owner_key(old), self._owner_key(new)
+        if old_owner and old_owner != new_owner:
+            self.enqueue(old_owner)
+        if new_owner:
+            self.enqueue(new_owner)
+        elif controller_ref(new) is None:
+            for key in self._matching_rs(new):
+                self.enqueue(key)
+
+    def _on_pod_delete(self, pod: Obj) -> None:
+        owner = self._owner_key(pod)
+        if owner:
+            self.expectations.observe_delete(owner, key_of(pod))
+            self.enqueue(owner)
+
+    # -- reconcile ---------------------------------------------------------------------------------------------
+    async def sync(self, key: str) -> float | None:
+        ns, name = split_key(key)
+        rs = self.rs.get(ns, name)
+        if rs is None:
+            self.expectations.forget(key)
+            return None
+        selector = selector_of(rs)
+        if selector is None:
+            log.warning("replicaset %s: spec.selector is missing or invalid; nothing to do", key)
+            return None
+        candidates = self.pods.by_index(BY_NAMESPACE, ns or "")
+        owned = await claim(
+            self.client, PODS, rs, candidates, selector, owner_api_version="apps/v1", owner_kind="ReplicaSet"
+        )
+        active = [p for p in owned if pod_active(p)]
+        failure: tuple[str, str] | None = None
+        if self.expectations.satisfied(key) and not terminating(rs):
+            failure = await self._manage(rs, active)
+        later = await self._update_status(rs, active, failure)
+        if failure is not None:
+            raise RetryLater(f"replicaset {key}: {failure[0]}: {failure[1]}")
+        return later
+
+    async def _manage(self, rs: Obj, active: list[Obj]) -> tuple[str, str] | None:
+        key = key_of(rs)
+        want = max(0, int_field(spec(rs).get("replicas"), 1))
+        diff = len(active) - want
+        if diff < 0:
+            n = min(-diff, BURST)
+            self.expectations.expect(key, adds=n)
+            pod = pod_from_template(rs, owner_api_version="apps/v1", owner_kind="ReplicaSet")
+
+            async def create_one() -> None:
+                out = await self.client.create(PODS, pod, namespace_of(rs))
+                await self.recorder.event(rs, "Normal", "SuccessfulCreate", f"Created pod: {name_of(out)}")
+
+            done, err = await slow_start(n, create_one)
+            if err is not None:
+                self.expectations.lower_adds(key, n - done)
+                msg = getattr(err, "message", None) or str(err)
+                await self.recorder.event(rs, "Warning", "FailedCreate", f"Error creating: {msg}")
+                return ("FailedCreate", msg)
+        elif diff > 0:
+            victims = sorted(active, key=deletion_order)[: min(diff, BURST)]
+            self.expectations.expect(key, deletes={key_of(p) for p in victims})
+            err = await delete_pods(
+                self.client, PODS, victims, on_gone=lambda p: self.expectations.observe_delete(key, key_of(p))
+            )
+            for p in victims:
+                await self.recorder.event(rs, "Normal", "SuccessfulDelete", f"Deleted pod: {name_of(p)}")
+            if err is not None:
+                msg = getattr(err, "message", None) or str(err)
+                await self.recorder.event(rs, "Warning", "FailedDelete", f"Error deleting: {msg}")
+                return ("FailedDelete", msg)
+        return None
+
+    async def _update_status(self, rs: Obj, active: list[Obj], failure: tuple[str, str] | None) -> float | None:
+        now = time.time()
+        min_ready = int_field(spec(rs).get("minReadySeconds"))
+        tmpl_labels = {
+            str(k): str(v) for k, v in d(d(d(spec(rs).get("template")).get("metadata")).get("labels")).items()
+        }
+        fully = sum(1 for p in active if all(labels_of(p).get(k) == v for k, v in tmpl_labels.items()))
+        ready = sum(1 for p in active if pod_ready(p))
+        available = sum(1 for p in active if pod_available(p, min_ready, now))
+        counts = {"replicas": len(active)} | _omit_zero(
+            {
+                "fullyLabeledReplicas": fully,
+                "readyReplicas": ready,
+                "availableReplicas": available,
+                "observedGeneration": int_field(meta(rs).get("generation")),
+            }
+        )
+        generation = counts.get("observedGeneration", 0)
+
+        def apply(obj: Obj) -> bool:
+            st = status(obj)
+            new: Obj = {
+                k: v for k, v in st.items() if k not in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas")
+            }
+            new.update(counts)
+            if generation < int_field(st.get("observedGeneration")):
+                new["observedGeneration"] = st["observedGeneration"]
+            conds = [c for c in lst(st.get("conditions")) if isinstance(c, dict) and c.get("type") != "ReplicaFailure"]
+            if failure is not None:
+                old = next(
+                    (c for c in lst(st.get("conditions")) if isinstance(c, dict) and c.get("type") == "ReplicaFailure"),
+                    None,
+                )
+                conds.append(
+                    {
+                        "type": "ReplicaFailure",
+                        "status": "True",
+                        "reason": failure[0],
+                        "message": failure[1],
+                        "lastTransitionTime": (old or {}).get("lastTransitionTime") or now_rfc3339(),
+                    }
+                )
+            if conds:
+                new["conditions"] = conds
+            else:
+                new.pop("conditions", None)
+            if new == st:
+                return False
+            obj["status"] = new
+            return True
+
+        await update_with_retry(self.client, REPLICASETS, rs, apply, subresource_status=True)
+        waits = [w for p in active if (w := available_in(p, min_ready, now)) is not None]
+        return min(waits) + 0.05 if waits else None

@@ -1,0 +1,239 @@
+"""What the workload controllers (ReplicaSet, Deployment, DaemonSet) share: expectations, claiming objects by
+selector and controllerRef (adopting orphans, releasing what no longer matches), pods from a template, and
+creating pods in slow-start batches.
+
+Expectations are kube's ControllerExpectations: after a controller asks for N creations or deletions, it does
+not act on that owner again until the informer has shown them (or a timeout passed), so a cache that lags a
+write never makes it create or delete twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kwire.base.labels import Selector, SelectorError, from_label_selector
+from kwire.client import ApiClient, NotFound, Resource
+from kwire.controllers.common import (
+    controller_ref,
+    d,
+    labels_of,
+    lst,
+    meta,
+    owner_reference,
+    pod_active,
+    spec,
+    terminating,
+    uid_of,
+    update_with_retry,
+)
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+EXPECTATIONS_TTL = 60.0
+BURST = 500  # at most this many creations or deletions per sync (kube's burstReplicas)
+
+
+@dataclass
+class _Expect:
+    adds: int = 0
+    deletes: set[str] = field(default_factory=set)
+    since: float = field(default_factory=time.monotonic)
+
+
+class Expectations:
+    def __init__(self, *, ttl: float = EXPECTATIONS_TTL) -> None:
+        self.ttl = ttl
+        self._by_key: dict[str, _Expect] = {}
+
+    def expect(self, key: str, *, adds: int = 0, deletes: set[str] | None = None) -> None:
+        self._by_key[key] = _Expect(adds=adds, deletes=set(deletes or ()))
+
+    def observe_add(self, key: str) -> None:
+        e = self._by_key.get(key)
+        if e is not None and e.adds > 0:
+            e.adds -= 1
+
+    def lower_adds(self, key: str, n: int) -> None:
+        e = self._by_key.get(key)
+        if e is not None:
+            e.adds = max(0, e.adds - n)
+
+    def observe_delete(self, key: str, pod_key: str) -> None:
+        e = self._by_key.get(key)
+        if e is not None:
+            e.deletes.discard(pod_key)
+
+    def satisfied(self, key: str) -> bool:
+        e = self._by_key.get(key)
+        if e is None:
+            return True
+        if (e.adds <= 0 and not e.deletes) or time.monotonic() - e.since > self.ttl:
+            del self._by_key[key]
+            return True
+        return False
+
+    def forget(self, key: str) -> None:
+        self._by_key.pop(key, None)
+
+
+def selector_of(obj: Obj) -> Selector | None:
+    """The object's spec.selector, or None when it is missing or malformed (nothing is selected then)."""
+    sel = spec(obj).get("selector")
+    if not isinstance(sel, dict) or not (sel.get("matchLabels") or sel.get("matchExpressions")):
+        return None
+    try:
+        return from_label_selector(sel)
+    except (SelectorError, AttributeError, TypeError):
+        return None
+
+
+async def claim(
+    client: ApiClient,
+    res: Resource,
+    owner: Obj,
+    candidates: list[Obj],
+    selector: Selector,
+    *,
+    owner_api_version: str,
+    owner_kind: str,
+    can_adopt: bool = True,
+) -> list[Obj]:
+    """kube's ControllerRefManager: objects controlled by `owner` that match the selector, after adopting
+    matching orphans (a controllerRef is added) and releasing owned objects that stopped matching."""
+    uid = uid_of(owner)
+    owned: list[Obj] = []
+    for obj in candidates:
+        ref = controller_ref(obj)
+        matches = selector.matches(labels_of(obj))
+        if ref is not None:
+            if ref.get("uid") != uid:
+                continue
+            if matches:
+                owned.append(obj)
+            elif not terminating(owner):
+                await _release(client, res, obj, uid)
+            continue
+        if not matches or not can_adopt or terminating(owner) or terminating(obj):
+            continue
+        if res.kind == "Pod" and not pod_active(obj):
+            continue
+        adopted = await _adopt(client, res, obj, owner_reference(owner, api_version=owner_api_version, kind=owner_kind))
+        if adopted is not None:
+            owned.append(adopted)
+    return owned
+
+
+async def _adopt(client: ApiClient, res: Resource, obj: Obj, ref: Obj) -> Obj | None:
+    def add_ref(o: Obj) -> bool:
+        if controller_ref(o) is not None:
+            return False
+        m = o.setdefault("metadata", {})
+        m["ownerReferences"] = [*lst(m.get("ownerReferences")), ref]
+        return True
+
+    out = await update_with_retry(client, res, obj, add_ref)
+    if out is not None:
+        log.info(
+            "adopted %s %s/%s by %s %s",
+            res.kind,
+            meta(obj).get("namespace"),
+            meta(obj).get("name"),
+            ref["kind"],
+            ref["name"],
+        )
+    return out
+
+
+async def _release(client: ApiClient, res: Resource, obj: Obj, uid: str) -> None:
+    def drop_ref(o: Obj) -> bool:
+        m = o.setdefault("metadata", {})
+        refs = lst(m.get("ownerReferences"))
+        kept = [r for r in refs if not (isinstance(r, dict) and r.get("uid") == uid)]
+        if len(kept) == len(refs):
+            return False
+        if kept:
+            m["ownerReferences"] = kept
+        else:
+            m.pop("ownerReferences", None)
+        return True
+
+    await update_with_retry(client, res, obj, drop_ref)
+
+
+def pod_from_template(
+    owner: Obj,
+    *,
+    owner_api_version: str,
+    owner_kind: str,
+    extra_labels: dict[str, str] | None = None,
+    node_name: str | None = None,
+) -> Obj:
+    """A Pod for `owner`'s spec.template, named `<owner>-<5 random>` by the API (generateName)."""
+    tmpl = d(spec(owner).get("template"))
+    tmeta = d(tmpl.get("metadata"))
+    pod_meta: Obj = {
+        "generateName": f"{meta(owner).get('name')}-",
+        "namespace": meta(owner).get("namespace"),
+        "labels": {**{str(k): str(v) for k, v in d(tmeta.get("labels")).items()}, **(extra_labels or {})},
+        "ownerReferences": [owner_reference(owner, api_version=owner_api_version, kind=owner_kind)],
+    }
+    if d(tmeta.get("annotations")):
+        pod_meta["annotations"] = copy.deepcopy(tmeta["annotations"])
+    if lst(tmeta.get("finalizers")):
+        pod_meta["finalizers"] = list(tmeta["finalizers"])
+    pod_spec = copy.deepcopy(d(tmpl.get("spec")))
+    if node_name:
+        pod_spec["nodeName"] = node_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": pod_spec}
+
+
+async def slow_start(count: int, create: Callable[[], Awaitable[Any]]) -> tuple[int, Exception | None]:
+    """Run `create` `count` times in batches of 1, 2, 4, ... (kube's slowStartBatch), stopping after a batch
+    with a failure. Returns how many succeeded and the first error."""
+    done = 0
+    batch = 1
+    while done < count:
+        n = min(batch, count - done)
+        results = await asyncio.gather(*(create() for _ in range(n)), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        done += n - len(errors)
+        if errors:
+            err = errors[0]
+            if isinstance(err, asyncio.CancelledError):
+                raise err
+            return done, err if isinstance(err, Exception) else RuntimeError(str(err))
+        batch *= 2
+    return done, None
+
+
+async def delete_pods(
+    client: ApiClient, pods_res: Resource, pods: list[Obj], *, on_gone: Callable[[Obj], None]
+) -> Exception | None:
+    """Delete pods concurrently; a pod already gone counts as deleted. Returns the first error."""
+
+    async def one(pod: Obj) -> None:
+        m = meta(pod)
+        try:
+            await client.delete(
+                pods_res, str(m.get("name")), str(m.get("namespace")), preconditions={"uid": m.get("uid")}
+            )
+        except NotFound:
+            on_gone(pod)
+        except Exception:
+            on_gone(pod)  # nothing will be observed for it: do not wait on it
+            raise
+
+    results = await asyncio.gather(*(one(p) for p in pods), return_exceptions=True)
+    for r in results:
+        if isinstance(r, asyncio.CancelledError):
+            raise r
+    errors = [r for r in results if isinstance(r, Exception)]
+    return errors[0] if errors else None
