@@ -50,6 +50,9 @@ class ServerConfig:
     node_external_ip: str = ""
     node_label: tuple[str, ...] = ()
     node_taint: tuple[str, ...] = ()
+    # kube-controller-manager's --node-monitor-grace-period, in seconds: a node whose Lease is not renewed for
+    # this long is marked Ready=Unknown and tainted node.kubernetes.io/unreachable.
+    node_monitor_grace_period: int = 40
 
     @property
     def service_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -177,6 +180,8 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
                 f"node-cidr-mask-size {cfg.node_cidr_mask_size} is smaller than the cluster-cidr prefix "
                 f"/{cfg.cluster_network.prefixlen}: no node subnet fits in {cfg.cluster_cidr}"
             )
+        if cfg.node_monitor_grace_period < 1:
+            raise ConfigError("node-monitor-grace-period must be at least 1 second")
 
 
 def load_config(

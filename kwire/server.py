@@ -194,6 +194,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem),
         cluster_cidr=str(cfg.cluster_cidr),
         node_cidr_mask_size=int(cfg.node_cidr_mask_size),
+        node_monitor_grace_period=float(cfg.node_monitor_grace_period),
     )
     server.controllers.start()
     log.info("kwire server listening on %s:%d (kubeconfig %s)", cfg.bind_address, port, kubeconfig)

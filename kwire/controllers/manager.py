@@ -15,6 +15,7 @@ from kwire.controllers.common import EventRecorder
 from kwire.controllers.daemonset import DaemonSetController
 from kwire.controllers.deployment import DeploymentController
 from kwire.controllers.ipam import NodeIpam
+from kwire.controllers.nodelifecycle import NodeLifecycle
 from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
 from kwire.controllers.replicaset import ReplicaSetController
@@ -30,6 +31,7 @@ class ControllerManager:
         *,
         cluster_cidr: str = "10.42.0.0/16",
         node_cidr_mask_size: int = 24,
+        node_monitor_grace_period: float = 40.0,
     ) -> None:
         self.client = ApiClient(config)
         self.informers = Informers(self.client)
@@ -57,6 +59,7 @@ class ControllerManager:
             DaemonSetController(
                 self.client, self.informers, recorder=EventRecorder(self.client, component="daemonset-controller")
             ),
+            NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),
             PodGC(self.client, self.informers),
         ]
         self._starter: asyncio.Task[None] | None = None

@@ -736,3 +736,62 @@ async def test_daemonset_one_pod_per_eligible_node(cluster: Cluster) -> None:
 
 
 # -- node lifecycle ---------------------------------------------------------------------------------------------
+async def test_node_lifecycle_marks_silent_nodes(cluster_factory: Callable[..., Awaitable[Cluster]]) -> None:
+    cl = await cluster_factory(node_monitor_grace_period=2)
+    c = cl.c
+    await cl.add_node("quiet")
+    await cl.add_node("chatty")
+    await c.create(PODS, pod("on-quiet", nodeName="quiet"), "default")
+    await c.create(PODS, pod("on-chatty", nodeName="chatty"), "default")
+    for name in ("on-quiet", "on-chatty"):
+        await cl.mark_ready(await c.get(PODS, name, "default"))
+
+    stop = asyncio.Event()
+
+    async def heartbeat(node: str) -> None:
+        while not stop.is_set():
+            await cl.renew(node)
+            await asyncio.sleep(0.5)
+
+    chatty = asyncio.create_task(heartbeat("chatty"))
+    quiet = asyncio.create_task(heartbeat("quiet"))
+    try:
+        # While leases are renewed, nothing happens, well past the grace period.
+        await asyncio.sleep(3)
+        for name in ("quiet", "chatty"):
+            node = await c.get(NODES, name)
+            assert cond(node, "Ready")["status"] == "True"  # type: ignore[index]
+            assert not node["spec"].get("taints")
+        quiet.cancel()
+
+        async def unknown() -> Obj | None:
+            node = await c.get(NODES, "quiet")
+            ready = cond(node, "Ready")
+            return node if ready and ready["status"] == "Unknown" and node["spec"].get("taints") else None
+
+        node = await until(unknown, timeout=8, what="quiet node Unknown")
+        ready = cond(node, "Ready")
+        assert ready is not None
+        assert ready["reason"] == "NodeStatusUnknown"
+        assert ready["message"] == "Kubelet stopped posting node status."
+        assert node["spec"]["taints"] == [{"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}]
+
+        async def pod_not_ready() -> bool:
+            ready = cond(await c.get(PODS, "on-quiet", "default"), "Ready")
+            return bool(ready and ready["status"] == "False")
+
+        await until(pod_not_ready, what="pod on the quiet node not ready")
+        assert cond(await c.get(PODS, "on-chatty", "default"), "Ready")["status"] == "True"  # type: ignore[index]
+        assert cond(await c.get(NODES, "chatty"), "Ready")["status"] == "True"  # type: ignore[index]
+
+        # The lease is renewed again: the taint goes (Ready=True is the agent's to set).
+        await cl.renew("quiet")
+
+        async def untainted() -> bool:
+            return not (await c.get(NODES, "quiet"))["spec"].get("taints")
+
+        await until(untainted, timeout=5, what="unreachable taint removed")
+    finally:
+        stop.set()
+        quiet.cancel()
+        await chatty
