@@ -92,6 +92,9 @@ class AgentConfig:
     cluster_domain: str = "cluster.local"
     disable_network_policy: bool = False
     kubeconfig: str = ""
+    # kwire-specific: the name prefix of pod network namespaces (the lab sets `kwire-<lab>-pod-`).
+    pod_netns_prefix: str = "kwire-pod-"
+    node_lease_duration_seconds: int = 40
 
 
 C = TypeVar("C", ServerConfig, AgentConfig)

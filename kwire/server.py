@@ -62,6 +62,7 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
         if resources.get_or_none(ns_kind, None, ns) is None:
             await resources.create(ns_kind, None, {"metadata": {"name": ns}})
     port = int(cfg.https_listen_port)
+    await _publish_cluster_config(resources, cfg)
     if resources.get_or_none(svc_kind, "default", "kubernetes") is None:
         await resources.create(
             svc_kind,
@@ -75,11 +76,11 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
                 },
             },
         )
-    endpoints = {
+    endpoints: dict[str, Any] = {
         "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
     }
-    slice_ = {
+    slice_: dict[str, Any] = {
         "metadata": {
             "name": "kubernetes",
             "labels": {
@@ -102,6 +103,29 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
                 await resources.update(kind, "default", "kubernetes", merged)
             except ApiError as err:
                 log.warning("bootstrap: updating %s default/kubernetes: %s", kind.plural, err.message)
+
+
+CLUSTER_CONFIG = "kwire-config"
+
+
+async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> None:
+    """kube-system/kwire-config: the cluster-wide settings agents need (K3s agents get them from the server)."""
+    cm_kind = by_path("", "v1", "configmaps")
+    assert cm_kind
+    data = {
+        "cluster-cidr": str(cfg.cluster_cidr),
+        "service-cidr": str(cfg.service_cidr),
+        "cluster-dns": str(cfg.cluster_dns),
+        "cluster-domain": str(cfg.cluster_domain),
+        "flannel-backend": str(cfg.flannel_backend),
+        "service-node-port-range": str(cfg.service_node_port_range),
+        "disable-network-policy": "true" if cfg.disable_network_policy else "false",
+    }
+    current = resources.get_or_none(cm_kind, "kube-system", CLUSTER_CONFIG)
+    if current is None:
+        await resources.create(cm_kind, "kube-system", {"metadata": {"name": CLUSTER_CONFIG}, "data": data})
+    elif current.get("data") != data:
+        await resources.update(cm_kind, "kube-system", CLUSTER_CONFIG, {**current, "data": data})
 
 
 @dataclass
@@ -150,7 +174,8 @@ async def _compactor(store: SQLiteStore) -> None:
 
 
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
-    """Start the server. `sockets` are pre-opened listening sockets (the lab opens one on the host's loopback)."""
+    """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
+    (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
     data_dir = Path(cfg.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(data_dir / "db" / "state.db")
@@ -173,17 +198,13 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     )
     token = ensure_token(data_dir, cfg.token)
     port = int(cfg.https_listen_port)
-    api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}")
+    api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}", ca_pem=pki.ca_pem)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     ssl_ctx = pki.server_ssl_context()
-    if sockets:
-        for sock in sockets:
-            await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
-    else:
-        await web.TCPSite(
-            runner, host=str(cfg.bind_address), port=port, ssl_context=ssl_ctx, reuse_address=True
-        ).start()
+    await web.TCPSite(runner, host=str(cfg.bind_address), port=port, ssl_context=ssl_ctx, reuse_address=True).start()
+    for sock in sockets or []:
+        await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
     url = f"https://127.0.0.1:{port}"
     kubeconfig = Path(cfg.write_kubeconfig) if cfg.write_kubeconfig else data_dir / "cred" / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
@@ -201,8 +222,8 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     return server
 
 
-async def run(cfg: ServerConfig) -> None:
-    server = await start(cfg)
+async def run(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> None:
+    server = await start(cfg, sockets=sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -189,6 +189,7 @@ async def start(cfg: AgentConfig) -> Agent:
     pods = informers.get(PODS, field_selector=f"spec.nodeName={node_name}")
     informers.start()
     await informers.wait_synced()
+    reg.current_node = lambda: nodes.get(None, node_name)
 
     flannel = Flannel(
         registration=reg,

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,7 @@ class NodeRegistration:
         self._last_post = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self.current_node: Callable[[], Obj | None] | None = None  # the Node as an informer sees it
 
     # -- desired objects ------------------------------------------------------------------------------------
     def _labels(self) -> dict[str, str]:
@@ -209,7 +211,12 @@ class NodeRegistration:
             "conditions": [{**c, "lastHeartbeatTime": "", "lastTransitionTime": ""} for c in status["conditions"]],
         }
         if not force and comparable == self._last_status and loop.time() - self._last_post < STATUS_REFRESH:
-            return
+            # The kubelet also compares with what the API shows: the node lifecycle controller may have set Ready
+            # to Unknown while this agent was unreachable, and that must be corrected at once, not in a minute.
+            cur = self.current_node() if self.current_node else None
+            shown = {c.get("type"): c.get("status") for c in ((cur or {}).get("status") or {}).get("conditions") or []}
+            if cur is None or shown.get("Ready") == ("True" if self.ready else "False"):
+                return
         for _ in range(5):
             try:
                 node = await self.client.get(NODES, self.ident.name)
@@ -221,6 +228,9 @@ class NodeRegistration:
                 prev = old.get(c["type"])
                 if prev and prev.get("status") == c["status"] and prev.get("lastTransitionTime"):
                     c["lastTransitionTime"] = prev["lastTransitionTime"]
+            # Conditions owned by others (e.g. NetworkUnavailable from the server's IPAM) are kept.
+            ours = {c["type"] for c in status["conditions"]}
+            status["conditions"] += [c for t, c in old.items() if t not in ours]
             node["status"] = {**(node.get("status") or {}), **status}
             try:
                 await self.client.update_status(NODES, node)

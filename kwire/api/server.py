@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
+PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/cacerts"})
 BOOKMARK_INTERVAL = 5.0
 JSON = "application/json"
 
@@ -92,8 +92,9 @@ def _dry_run(request: web.Request) -> bool:
 
 
 class ApiServer:
-    def __init__(self, resources: Resources, *, tokens: set[str], server_address: str) -> None:
+    def __init__(self, resources: Resources, *, tokens: set[str], server_address: str, ca_pem: bytes = b"") -> None:
         self.resources = resources
+        self.ca_pem = ca_pem
         self.tokens = tokens
         self.server_address = server_address
         self.ready = True
@@ -221,6 +222,9 @@ class ApiServer:
         return _json(scale.to_scale(updated))
 
     def _static(self, path: str) -> web.Response | None:
+        if path == "/cacerts" and self.ca_pem:
+            # K3s serves its CA bundle unauthenticated; agents pin it by the hash carried in a K10 token.
+            return web.Response(body=self.ca_pem, content_type="text/plain")
         if path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok" if self.ready else "not ready", status=200 if self.ready else 500)
         if path == "/version":

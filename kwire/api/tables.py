@@ -115,11 +115,8 @@ def _node(o: Obj, now: dt.datetime) -> Cells:
     status = o.get("status") or {}
     spec = o.get("spec") or {}
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    st = (
-        "Unknown"
-        if ready is None or ready.get("status") == "Unknown"
-        else ("Ready" if ready.get("status") == "True" else "NotReady")
-    )
+    # kube's printNode: "Ready" when True, "NotReady" for False *and* Unknown, "Unknown" only without a condition.
+    st = "Unknown" if ready is None else ("Ready" if ready.get("status") == "True" else "NotReady")
     if spec.get("unschedulable"):
         st += ",SchedulingDisabled"
     labels = o["metadata"].get("labels") or {}

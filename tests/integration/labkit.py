@@ -43,6 +43,7 @@ class Lab:
     backend: str
     api_port: int = 0
     bringup_seconds: float = 0.0
+    config_file: str = ""
 
     @property
     def topo(self) -> topology.Topology:
@@ -51,7 +52,12 @@ class Lab:
     def up(self) -> None:
         self.api_port = free_port()
         _, self.bringup_seconds = lab.up(
-            self.name, nodes=self.nodes, flannel_backend=self.backend, api_port=self.api_port, timeout=60
+            self.name,
+            nodes=self.nodes,
+            flannel_backend=self.backend,
+            api_port=self.api_port,
+            timeout=60,
+            config_file=self.config_file,
         )
 
     def down(self) -> list[str]:

@@ -4,9 +4,12 @@ and established connections survive agent restarts, pod egress is masqueraded, a
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
@@ -240,15 +243,31 @@ def test_host_gw_backend_and_clean_teardown() -> None:
     assert hg.down() == []  # idempotent
 
 
-def test_down_cleans_a_lab_whose_processes_were_killed() -> None:
-    k = Lab("kwt-kill", 1, "vxlan")
+def test_node_failure_goes_not_ready_and_recovers_then_down_cleans_killed_lab(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("node-monitor-grace-period: 3\n")
+    k = Lab("kwt-kill", 2, "vxlan", config_file=str(cfg))
     try:
         k.up()
+        k.apply(DEPLOY.replace("replicas: 3", "replicas: 2"))
+        k.wait_pods_ready("app=web", 2)
+
+        def ready(node: str) -> str:
+            conds = k.get("node", node)["status"]["conditions"]
+            return next(c["status"] for c in conds if c["type"] == "Ready")
+
+        labmod.node_stop(k.name, "node2")
+        wait_for(lambda: ready("node2") == "Unknown", timeout=15, what="node2 NotReady after its lease expired")
+        pod2 = next(p for p in k.pods("app=web") if p["spec"]["nodeName"] == "node2")
+        conds = {c["type"]: c["status"] for c in pod2["status"]["conditions"]}
+        assert conds["Ready"] == "False"
+        assert "NotReady" in k.kubectl("get", "node", "node2").stdout
+        labmod.node_start(k.name, "node2")
+        wait_for(lambda: ready("node2") == "True", timeout=15, what="node2 Ready again")
+        k.wait_pods_ready("app=web", 2)
+
         st = labmod.LabState.load(k.name)
         assert st is not None
-        import os
-        import signal
-
         for pid in st.pids.values():
             os.kill(pid, signal.SIGKILL)
     finally:

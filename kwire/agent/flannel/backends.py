@@ -132,7 +132,7 @@ class VxlanBackend:
                 for n in ipr.get_neighbours(ifindex=index, family=2)
                 if n.get_attr("NDA_DST")
             }
-            fdb = {}
+            fdb: dict[str, set[str]] = {}
             for f in ipr.fdb("dump", ifindex=index):
                 mac = str(f.get_attr("NDA_LLADDR") or "").lower()
                 dst = f.get_attr("NDA_DST")

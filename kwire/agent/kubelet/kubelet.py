@@ -36,6 +36,7 @@ Obj = dict[str, Any]
 ETC_NETNS = Path("/etc/netns")
 CNI_PLUGIN_DIR = "/usr/lib/cni"
 RUNTIME_POLL = 1.0
+KUBELET_CONDITIONS = frozenset({"PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"})
 
 
 def _now() -> str:
@@ -424,14 +425,29 @@ class Kubelet:
         }
 
     @staticmethod
-    def _comparable(status: Obj) -> Obj:
-        return {**status, "conditions": [{**c, "lastTransitionTime": ""} for c in status.get("conditions") or []]}
+    def _summary(status: Obj, types: frozenset[str] = KUBELET_CONDITIONS) -> tuple[Any, ...]:
+        """What the kubelet owns in a pod status, without timestamps."""
+        conds = tuple(
+            sorted(
+                (str(c.get("type")), str(c.get("status")))
+                for c in status.get("conditions") or []
+                if c.get("type") in types
+            )
+        )
+        containers = tuple(
+            (c.get("name"), c.get("ready"), c.get("restartCount"), tuple(sorted((c.get("state") or {}).keys())))
+            for c in status.get("containerStatuses") or []
+        )
+        return (status.get("phase"), status.get("podIP"), status.get("hostIP"), conds, containers)
 
     async def post_status(self, pod: Obj, st: PodState, *, runtime_status: Obj | None = None) -> None:
         if runtime_status is None:
             runtime_status = (await self.runtime.pods()).get(st.uid)
         new = self.compute_status(pod, st, runtime_status)
-        if st.last_status is not None and self._comparable(new) == self._comparable(st.last_status):
+        # Compared with what the API shows (as kubelet's status manager does), not only with what was last sent:
+        # the node lifecycle controller marks pods unready while a node is unreachable, and that must be undone.
+        if self._summary(new) == self._summary(pod.get("status") or {}):
+            st.last_status = new
             return
         old_conds = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
         for c in new["conditions"]:
