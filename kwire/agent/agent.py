@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import ssl
+import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,9 @@ from kwire.agent.flannel.flannel import Flannel
 from kwire.agent.kubelet.kubelet import Kubelet
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
+from kwire.agent.proxy.proxier import Proxier
 from kwire.client import ApiClient, ApiStatusError, Config, Informers, load_kubeconfig
-from kwire.client.client import CONFIGMAPS, NODES, PODS
+from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NODES, PODS, SERVICES
 from kwire.cni import invoke as cni
 from kwire.config import AgentConfig
 
@@ -104,9 +106,23 @@ def _node_ip_and_iface(cfg: AgentConfig) -> tuple[str, str]:
     raise AgentError("no usable IPv4 address; set --node-ip")
 
 
+def _bridge_netfilter() -> None:
+    """Bridged pod-to-pod replies must pass netfilter so a ClusterIP DNAT to a pod on the same bridge is undone
+    (kube-proxy's requirement; K3s loads br_netfilter for it). The sysctl is per network namespace."""
+    path = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if not path.exists():
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, check=False)
+    try:
+        if path.read_text().strip() != "1":
+            path.write_text("1")
+    except OSError as exc:
+        log.warning("agent: cannot enable bridge-nf-call-iptables (%s); same-node service traffic may fail", exc)
+
+
 @dataclass
 class ClusterSettings:
     cluster_cidr: str
+    service_cidr: str
     cluster_dns: str
     cluster_domain: str
     flannel_backend: str
@@ -121,6 +137,7 @@ async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> Clus
             d = cm.get("data") or {}
             return ClusterSettings(
                 cluster_cidr=d.get("cluster-cidr", "10.42.0.0/16"),
+                service_cidr=d.get("service-cidr", "10.43.0.0/16"),
                 cluster_dns=d.get("cluster-dns", "10.43.0.10"),
                 cluster_domain=d.get("cluster-domain", "cluster.local"),
                 flannel_backend=d.get("flannel-backend", "vxlan"),
@@ -157,8 +174,10 @@ class Agent:
     flannel: Flannel
     kubelet: Kubelet
     runtime: RuntimeClient
+    proxier: Proxier
 
     async def close(self) -> None:
+        await self.proxier.stop()
         await self.kubelet.stop()
         await self.flannel.stop()
         await self.registration.stop()
@@ -187,6 +206,16 @@ async def start(cfg: AgentConfig) -> Agent:
     informers = Informers(client)
     nodes = informers.get(NODES)
     pods = informers.get(PODS, field_selector=f"spec.nodeName={node_name}")
+    services = informers.get(SERVICES)
+    slices = informers.get(ENDPOINTSLICES)
+    proxier = Proxier(
+        services=services,
+        slices=slices,
+        node=node_name,
+        node_ips=(node_ip,),
+        cluster_cidr=settings.cluster_cidr,
+        service_cidr=settings.service_cidr,
+    )
     informers.start()
     await informers.wait_synced()
     reg.current_node = lambda: nodes.get(None, node_name)
@@ -200,6 +229,8 @@ async def start(cfg: AgentConfig) -> Agent:
         cluster_cidr=settings.cluster_cidr,
     )
     await flannel.setup()
+    _bridge_netfilter()
+    proxier.start()
     cni_dir = data_dir / "cni"
     conflist = cni_dir / "net.d" / "10-flannel.conflist"
     await asyncio.to_thread(cni.write_conflist, conflist, subnet_file=flannel.subnet_env, data_dir=cni_dir / "flannel")
@@ -223,7 +254,7 @@ async def start(cfg: AgentConfig) -> Agent:
     reg.set_ready(True)
     await reg.post_status(force=True)
     log.info("agent: node %s (%s on %s) is Ready", node_name, node_ip, iface)
-    return Agent(client, informers, reg, flannel, kubelet, runtime)
+    return Agent(client, informers, reg, flannel, kubelet, runtime, proxier)
 
 
 async def run(cfg: AgentConfig) -> None:

@@ -1,0 +1,277 @@
+"""Services on a real 3-node lab: ClusterIP balancing, NodePort on every node, hairpin, ClientIP affinity,
+externalTrafficPolicy Local vs Cluster, immediate refusal without endpoints, fast endpoint updates, UDP recovery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.labkit import IP, Lab, wait_for
+
+pytestmark = pytest.mark.lab
+
+APP = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx
+        ports: [{containerPort: 8080, name: http}, {containerPort: 5353, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: dns, port: 53, targetPort: 5353, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: solo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: solo}}
+  template:
+    metadata: {labels: {app: solo}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: node2}
+      containers: [{name: c, image: nginx, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: solo-local}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: solo}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: solo-cluster}
+spec:
+  type: NodePort
+  selector: {app: solo}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30082}]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab_ = Lab("kwt-svc", 3, "vxlan")
+    try:
+        lab_.up()
+        lab_.apply(APP)
+        lab_.wait_pods_ready("app=web", 3)
+        lab_.wait_pods_ready("app=solo", 1)
+        yield lab_
+    finally:
+        lab_.down()
+
+
+def _cip(lab_: Lab, name: str) -> str:
+    return str(lab_.get("svc", name)["spec"]["clusterIP"])
+
+
+def _pod_on(lab_: Lab, node: str, selector: str = "app=web") -> str:
+    return str(next(p["metadata"]["name"] for p in lab_.pods(selector) if p["spec"]["nodeName"] == node))
+
+
+def _curl(lab_: Lab, target: str, url: str, *, timeout: float = 2) -> tuple[int, str]:
+    ns = lab_.netns_of(target)
+    res = subprocess.run(
+        [IP, "netns", "exec", ns, "curl", "-s", "-m", str(timeout), url], capture_output=True, text=True, timeout=20
+    )
+    return res.returncode, res.stdout
+
+
+def _wait_endpoints(lab_: Lab, name: str, count: int) -> None:
+    def ready() -> bool:
+        slices = lab_.get("endpointslices", "-l", f"kubernetes.io/service-name={name}")["items"]
+        eps = [e for s in slices for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")]
+        return len(eps) == count
+
+    wait_for(ready, timeout=30, what=f"{count} ready endpoints of {name}")
+
+
+def test_cluster_ip_from_a_pod_on_another_node_spreads_over_all_endpoints(lab: Lab) -> None:
+    _wait_endpoints(lab, "web", 3)
+    vip = _cip(lab, "web")
+    client = _pod_on(lab, "node1")
+    seen = set()
+    for _ in range(40):
+        code, out = _curl(lab, client, f"http://{vip}/")
+        assert code == 0, out
+        body = json.loads(out)
+        seen.add(body["pod"])
+        assert body["clientIP"] == lab.get("pod", client)["status"]["podIP"]  # no masquerade pod -> service
+        if len(seen) == 3:
+            break
+    assert len(seen) == 3
+    # By name too: the pod's resolv.conf search path is not needed for a ClusterIP; the node reaches it as well.
+    code, out = _curl(lab, "node3", f"http://{vip}/")
+    assert code == 0 and json.loads(out)["pod"] in seen
+
+
+def test_node_port_answers_on_every_node_ip_from_the_outside_client(lab: Lab) -> None:
+    for node in lab.topo.nodes:
+        code, out = _curl(lab, "client", f"http://{node.ip}:30080/")
+        assert code == 0, f"{node.name}: {out}"
+        assert json.loads(out)["port"] == 8080
+
+
+def test_hairpin_a_pod_reaches_itself_through_its_service(lab: Lab) -> None:
+    vip = _cip(lab, "web")
+    me = _pod_on(lab, "node2")
+    for _ in range(60):
+        code, out = _curl(lab, me, f"http://{vip}/")
+        assert code == 0
+        if json.loads(out)["pod"] == me:
+            return
+    raise AssertionError("never reached itself through the service")
+
+
+def test_client_ip_affinity_sticks(lab: Lab) -> None:
+    vip = _cip(lab, "sticky")
+    client = _pod_on(lab, "node3")
+    pods = {json.loads(_curl(lab, client, f"http://{vip}/")[1])["pod"] for _ in range(12)}
+    assert len(pods) == 1
+
+
+def test_external_traffic_policy_local_keeps_client_ip_and_cluster_does_not(lab: Lab) -> None:
+    node2 = lab.topo.host("node2")
+    node1 = lab.topo.host("node1")
+    assert node1 and node2
+    code, out = _curl(lab, "client", f"http://{node2.ip}:30081/")
+    assert code == 0 and json.loads(out)["clientIP"] == lab.topo.client.ip
+    # A node without a local endpoint drops Local traffic (the LB's health check steers clients away).
+    code, _ = _curl(lab, "client", f"http://{node1.ip}:30081/", timeout=1)
+    assert code == 28  # timed out: dropped, not refused
+    code, out = _curl(lab, "client", f"http://{node1.ip}:30082/")
+    assert code == 0 and json.loads(out)["clientIP"] != lab.topo.client.ip  # Cluster: masqueraded
+    hc = lab.get("svc", "solo-local")["spec"]["healthCheckNodePort"]
+    code, out = _curl(lab, "client", f"http://{node2.ip}:{hc}/healthz")
+    assert code == 0 and json.loads(out)["localEndpoints"] == 1
+    res = subprocess.run(
+        [
+            IP,
+            "netns",
+            "exec",
+            lab.topo.client.netns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://{node1.ip}:{hc}/healthz",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert res.stdout == "503"
+
+
+def test_service_without_endpoints_refuses_at_once(lab: Lab) -> None:
+    vip = _cip(lab, "nobody")
+    client = _pod_on(lab, "node1")
+    t0 = time.monotonic()
+    code, _ = _curl(lab, client, f"http://{vip}/", timeout=5)
+    assert code == 7  # connection refused
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_scaling_updates_the_data_path_quickly(lab: Lab) -> None:
+    vip = _cip(lab, "web")
+    client = _pod_on(lab, "node1")
+    try:
+        lab.kubectl("scale", "deployment", "web", "--replicas=1")
+        _wait_endpoints(lab, "web", 1)
+        t0 = time.monotonic()
+        pods = {json.loads(_curl(lab, client, f"http://{vip}/")[1])["pod"] for _ in range(10)}
+        assert len(pods) == 1
+        assert time.monotonic() - t0 < 5
+    finally:
+        lab.kubectl("scale", "deployment", "web", "--replicas=3")
+    lab.wait_pods_ready("app=web", 3)
+    _wait_endpoints(lab, "web", 3)
+    seen: set[str] = set()
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end and len(seen) < 3:
+        seen.add(json.loads(_curl(lab, client, f"http://{vip}/")[1])["pod"])
+    assert len(seen) == 3  # within a second of the slices showing 3 endpoints, all 3 receive traffic
+
+
+UDP_CLIENT = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 40999))  # one fixed source port: one conntrack entry, as a DNS client library keeps
+s.settimeout(0.3)
+ok = fail = 0
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    s.sendto(b"q", (sys.argv[1], 53))
+    try:
+        s.recv(100); ok += 1; fail = 0
+    except OSError:
+        fail += 1
+    time.sleep(0.05)
+print(ok, fail)
+"""
+
+
+def test_udp_service_keeps_answering_across_an_endpoint_change(lab: Lab) -> None:
+    vip = _cip(lab, "web")
+    client = _pod_on(lab, "node3")
+    ns = lab.netns_of(client)
+    proc = subprocess.Popen(
+        [IP, "netns", "exec", ns, sys.executable, "-c", UDP_CLIENT, vip, "6"], stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(1.0)
+    # Delete every web pod but the client's own: whichever the client's conntrack entry points at goes away.
+    victims = [p["metadata"]["name"] for p in lab.pods("app=web") if p["metadata"]["name"] != client]
+    lab.kubectl("delete", "pod", *victims, "--wait=false")
+    out, _ = proc.communicate(timeout=30)
+    ok, trailing_failures = (int(x) for x in out.split())
+    assert ok > 20
+    assert trailing_failures == 0  # answering again at the end: the stale entry was flushed
+    lab.wait_pods_ready("app=web", 3)

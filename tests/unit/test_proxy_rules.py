@@ -1,0 +1,156 @@
+"""The service proxy's rules for representative services, checked with the packet tracer (no privileges)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kwire.agent.proxy import ruleset
+from kwire.agent.proxy.model import service_ports
+from kwire.agent.proxy.tracer import trace
+
+CLUSTER = "10.42.0.0/16"
+SVC_CIDR = "10.43.0.0/16"
+NODE1 = "192.168.77.11"
+OUTSIDE = "192.168.77.200"
+
+
+def svc(name: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"clusterIP": "10.43.0.50", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+    base.update(spec)
+    return {"metadata": {"namespace": "default", "name": name}, "spec": base}
+
+
+def slice_(
+    name: str, eps: list[tuple[str, str, dict[str, bool]]], port: int = 8080, proto: str = "TCP"
+) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "default", "name": f"{name}-abc", "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": proto}],
+        "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": cond} for ip, node, cond in eps],
+    }
+
+
+READY = {"ready": True, "serving": True, "terminating": False}
+THREE = [("10.42.0.5", "node1", READY), ("10.42.1.5", "node2", READY), ("10.42.2.5", "node3", READY)]
+
+
+def build(*services: tuple[dict[str, Any], list[dict[str, Any]]], node: str = "node1") -> ruleset.Ruleset:
+    ports = [sp for s, sl in services for sp in service_ports(s, sl)]
+    return ruleset.build(ports, node=node, node_ips=(NODE1,), cluster_cidr=CLUSTER, service_cidr=SVC_CIDR)
+
+
+def test_cluster_ip_balances_over_ready_endpoints() -> None:
+    rs = build((svc("web"), [slice_("web", THREE)]))
+    t = trace(rs, src="10.42.1.9", dst="10.43.0.50", proto="tcp", port=80)
+    assert t.verdict == "dnat" and sorted(t.endpoints) == ["10.42.0.5:8080", "10.42.1.5:8080", "10.42.2.5:8080"]
+    assert not t.masquerade  # pod-to-service keeps the pod's source IP
+    from_node = trace(rs, src=NODE1, dst="10.43.0.50", proto="tcp", port=80)
+    assert from_node.verdict == "dnat" and from_node.masquerade  # from outside the cluster CIDR
+    hairpin = trace(rs, src="10.42.0.5", dst="10.43.0.50", proto="tcp", port=80)
+    assert hairpin.masquerade  # a pod reaching itself through its service
+
+
+def test_no_endpoints_rejects_and_service_cidr_is_guarded() -> None:
+    rs = build((svc("empty", clusterIP="10.43.0.60"), []), (svc("web"), [slice_("web", THREE)]))
+    assert trace(rs, src="10.42.1.9", dst="10.43.0.60", proto="tcp", port=80).verdict == "reject"
+    assert trace(rs, src="10.42.1.9", dst="10.43.0.50", proto="tcp", port=81).verdict == "reject"  # wrong port
+    assert trace(rs, src="10.42.1.9", dst="10.43.9.9", proto="tcp", port=80).verdict == "drop"  # unallocated
+    assert trace(rs, src="10.42.1.9", dst="1.1.1.1", proto="tcp", port=80).verdict == "accept"  # not a service
+
+
+def test_terminating_serving_endpoints_only_when_none_ready() -> None:
+    term = {"ready": False, "serving": True, "terminating": True}
+    gone = {"ready": False, "serving": False, "terminating": True}
+    rs = build((svc("web"), [slice_("web", [("10.42.0.5", "node1", term), ("10.42.1.5", "node2", gone)])]))
+    assert trace(rs, src="10.42.1.9", dst="10.43.0.50", proto="tcp", port=80).endpoints == ["10.42.0.5:8080"]
+    rs = build((svc("web"), [slice_("web", [("10.42.0.5", "node1", term), ("10.42.1.5", "node2", READY)])]))
+    assert trace(rs, src="10.42.1.9", dst="10.43.0.50", proto="tcp", port=80).endpoints == ["10.42.1.5:8080"]
+
+
+def test_node_port_cluster_and_local_policies() -> None:
+    np = svc("np", type="NodePort", ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}])
+    rs = build((np, [slice_("np", THREE)]))
+    t = trace(rs, src=OUTSIDE, dst=NODE1, proto="tcp", port=30080)
+    assert t.verdict == "dnat" and len(t.endpoints) == 3 and t.masquerade
+    local = svc(
+        "loc",
+        type="NodePort",
+        externalTrafficPolicy="Local",
+        healthCheckNodePort=32000,
+        ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30081}],
+    )
+    rs = build((local, [slice_("loc", THREE)]), node="node2")
+    t = trace(rs, src=OUTSIDE, dst=NODE1, proto="tcp", port=30081)
+    assert t.endpoints == ["10.42.1.5:8080"] and not t.masquerade  # local endpoint only, client IP kept
+    pod = trace(rs, src="10.42.2.9", dst=NODE1, proto="tcp", port=30081)
+    assert len(pod.endpoints) == 3  # pods get Cluster behaviour (kube-proxy's short-circuit)
+    rs = build((local, [slice_("loc", [THREE[1]])]), node="node3")
+    assert trace(rs, src=OUTSIDE, dst=NODE1, proto="tcp", port=30081).verdict == "drop"  # none on this node
+    rs = build((local, []), node="node3")
+    assert trace(rs, src=OUTSIDE, dst=NODE1, proto="tcp", port=30081).verdict == "reject"  # none anywhere
+
+
+def test_internal_traffic_policy_local() -> None:
+    rs = build((svc("itp", internalTrafficPolicy="Local"), [slice_("itp", THREE)]), node="node3")
+    assert trace(rs, src="10.42.2.9", dst="10.43.0.50", proto="tcp", port=80).endpoints == ["10.42.2.5:8080"]
+    rs = build((svc("itp", internalTrafficPolicy="Local"), [slice_("itp", THREE[:2])]), node="node3")
+    assert trace(rs, src="10.42.2.9", dst="10.43.0.50", proto="tcp", port=80).verdict == "drop"
+
+
+def test_client_ip_affinity() -> None:
+    s = svc("sticky", sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}})
+    rs = build((s, [slice_("sticky", THREE)]))
+    sets = rs.services["default/sticky/tcp/http"].affinity_sets
+    assert len(sets) == 3 and set(sets.values()) == {60}
+    chosen = sorted(sets)[1]
+    t = trace(rs, src="10.42.1.9", dst="10.43.0.50", proto="tcp", port=80, affinity={chosen: {"10.42.1.9"}})
+    assert len(t.endpoints) == 1 and t.sticky.endswith(chosen.removeprefix("affinity-"))
+    full = ruleset.render_full(rs)
+    assert "flags dynamic,timeout; timeout 60s;" in full and "update @affinity-" in full
+
+
+def test_external_ips_load_balancer_ips_udp_and_headless() -> None:
+    lb = svc(
+        "lb",
+        type="LoadBalancer",
+        externalIPs=["192.168.77.50"],
+        ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30090}],
+    )
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "192.168.77.240"}]}}
+    dns = svc("dns", clusterIP="10.43.0.10", ports=[{"name": "http", "port": 53, "protocol": "UDP"}])
+    headless = svc("hl", clusterIP="None")
+    ext = {"metadata": {"namespace": "default", "name": "ext"}, "spec": {"type": "ExternalName", "externalName": "x.y"}}
+    rs = build(
+        (lb, [slice_("lb", THREE)]),
+        (dns, [slice_("dns", THREE, port=5353, proto="UDP")]),
+        (headless, [slice_("hl", THREE)]),
+        (ext, []),
+    )
+    for vip in ("192.168.77.50", "192.168.77.240"):
+        t = trace(rs, src=OUTSIDE, dst=vip, proto="tcp", port=80)
+        assert t.verdict == "dnat" and t.masquerade
+    assert trace(rs, src="10.42.0.9", dst="10.43.0.10", proto="udp", port=53).endpoints[0].endswith(":5353")
+    assert set(rs.services) == {"default/lb/tcp/http", "default/dns/udp/http"}  # headless, ExternalName: nothing
+
+
+def test_render_full_and_partial() -> None:
+    old = build((svc("web"), [slice_("web", THREE)]), (svc("other", clusterIP="10.43.0.70"), [slice_("other", THREE)]))
+    full = ruleset.render_full(old)
+    assert full.startswith("add table ip kwire-proxy\ndelete table ip kwire-proxy\n")
+    assert "add element ip kwire-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-" in full
+    assert "numgen random mod 3 vmap { 0 : goto endpoint-" in full
+    assert "meta l4proto tcp dnat to 10.42.0.5:8080" in full
+    new = build(
+        (svc("web"), [slice_("web", THREE[:1])]), (svc("other", clusterIP="10.43.0.70"), [slice_("other", THREE)])
+    )
+    changed = {k for k in new.services if new.services[k] != old.services.get(k)}
+    assert changed == {"default/web/tcp/http"}
+    part = ruleset.render_partial(old, new, changed)
+    assert "10.43.0.70" not in part  # the unchanged service is not touched
+    assert part.count("delete chain ip kwire-proxy endpoint-") == 2  # two endpoints went away
+    assert "numgen random mod 1 vmap" in part
+    gone = build((svc("other", clusterIP="10.43.0.70"), [slice_("other", THREE)]))
+    part = ruleset.render_partial(old, gone, {"default/web/tcp/http"})
+    assert "delete element ip kwire-proxy service-ips { 10.43.0.50 . tcp . 80 }" in part
+    assert "delete element ip kwire-proxy cluster-ips { 10.43.0.50 }" in part
