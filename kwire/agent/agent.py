@@ -230,6 +230,7 @@ async def start(cfg: AgentConfig) -> Agent:
     )
     await flannel.setup()
     _bridge_netfilter()
+    proxier.pod_cidr = proxier.current.pod_cidr = flannel.subnet
     proxier.start()
     cni_dir = data_dir / "cni"
     conflist = cni_dir / "net.d" / "10-flannel.conflist"

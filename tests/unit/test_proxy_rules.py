@@ -37,7 +37,10 @@ THREE = [("10.42.0.5", "node1", READY), ("10.42.1.5", "node2", READY), ("10.42.2
 
 def build(*services: tuple[dict[str, Any], list[dict[str, Any]]], node: str = "node1") -> ruleset.Ruleset:
     ports = [sp for s, sl in services for sp in service_ports(s, sl)]
-    return ruleset.build(ports, node=node, node_ips=(NODE1,), cluster_cidr=CLUSTER, service_cidr=SVC_CIDR)
+    pod_cidr = {"node1": "10.42.0.0/24", "node2": "10.42.1.0/24", "node3": "10.42.2.0/24"}[node]
+    return ruleset.build(
+        ports, node=node, node_ips=(NODE1,), cluster_cidr=CLUSTER, service_cidr=SVC_CIDR, pod_cidr=pod_cidr
+    )
 
 
 def test_cluster_ip_balances_over_ready_endpoints() -> None:
@@ -138,9 +141,11 @@ def test_render_full_and_partial() -> None:
     old = build((svc("web"), [slice_("web", THREE)]), (svc("other", clusterIP="10.43.0.70"), [slice_("other", THREE)]))
     full = ruleset.render_full(old)
     assert full.startswith("add table ip kwire-proxy\ndelete table ip kwire-proxy\n")
-    assert "add element ip kwire-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-" in full
-    assert "numgen random mod 3 vmap { 0 : goto endpoint-" in full
-    assert "meta l4proto tcp dnat to 10.42.0.5:8080" in full
+    assert "10.43.0.50 . tcp . 80 : goto service-" in full
+    assert "numgen random mod 3 == 0 meta l4proto tcp dnat to 10.42.0.5:8080" in full
+    assert "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.42.1.5:8080" in full
+    assert "\n    meta l4proto tcp dnat to 10.42.2.5:8080" in full
+    assert "10.42.0.254 . 10.42.0.254" in full and "ct status dnat ip saddr . ip daddr @hairpin masquerade" in full
     new = build(
         (svc("web"), [slice_("web", THREE[:1])]), (svc("other", clusterIP="10.43.0.70"), [slice_("other", THREE)])
     )
@@ -148,8 +153,9 @@ def test_render_full_and_partial() -> None:
     assert changed == {"default/web/tcp/http"}
     part = ruleset.render_partial(old, new, changed)
     assert "10.43.0.70" not in part  # the unchanged service is not touched
-    assert part.count("delete chain ip kwire-proxy endpoint-") == 2  # two endpoints went away
-    assert "numgen random mod 1 vmap" in part
+    assert "add chain" not in part.replace("add chain ip kwire-proxy service-", "")  # refilled in place
+    assert "flush chain ip kwire-proxy service-" in part
+    assert "numgen" not in part  # a single endpoint: a plain DNAT
     gone = build((svc("other", clusterIP="10.43.0.70"), [slice_("other", THREE)]))
     part = ruleset.render_partial(old, gone, {"default/web/tcp/http"})
     assert "delete element ip kwire-proxy service-ips { 10.43.0.50 . tcp . 80 }" in part

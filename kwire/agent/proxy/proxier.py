@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import subprocess
@@ -62,6 +63,7 @@ class Proxier:
         node_ips: tuple[str, ...],
         cluster_cidr: str,
         service_cidr: str,
+        pod_cidr: str = "",
         min_sync_period: float = 0.05,
         apply: bool = True,
     ) -> None:
@@ -73,7 +75,8 @@ class Proxier:
         self.service_cidr = service_cidr
         self.min_sync_period = min_sync_period
         self.apply = apply  # False in unit tests: compute and render only
-        self.current = ruleset.Ruleset(cluster_cidr, service_cidr, node_ips)
+        self.pod_cidr = pod_cidr
+        self.current = ruleset.Ruleset(cluster_cidr, service_cidr, node_ips, pod_cidr)
         self.ports: dict[str, list[ServicePort]] = {}  # service key -> its ports as last synced
         self._dirty: set[str] = set()
         self._need_full = True
@@ -143,7 +146,13 @@ class Proxier:
 
     def compute(self, keys: set[str]) -> tuple[ruleset.Ruleset, set[str], dict[str, list[ServicePort]]]:
         """The new ruleset after recomputing services `keys`, and which service-port keys changed."""
-        new = ruleset.Ruleset(self.cluster_cidr, self.service_cidr, self.node_ips, dict(self.current.services))
+        new = ruleset.Ruleset(
+            cluster_cidr=self.cluster_cidr,
+            service_cidr=self.service_cidr,
+            node_ips=self.node_ips,
+            pod_cidr=self.pod_cidr,
+            services=dict(self.current.services),
+        )
         changed: set[str] = set()
         new_ports: dict[str, list[ServicePort]] = {}
         for key in keys:
@@ -181,7 +190,7 @@ class Proxier:
             script = ""
         if script and self.apply:
             try:
-                await asyncio.to_thread(nft.apply, script)
+                await asyncio.to_thread(functools.partial(nft.apply, script, use_library=True))
             except nft.NftError:
                 self._dirty |= keys
                 raise

@@ -2,10 +2,10 @@
 
 One table, `ip kwire-proxy`. A packet's destination (ip . proto . port) is looked up in the verdict map
 `service-ips` (ClusterIPs, external IPs, load-balancer IPs) or, for the node's own addresses, `service-nodeports`;
-the verdict jumps to the service port's chain, which picks an endpoint chain at random (`numgen random`) and the
-endpoint chain DNATs. Masquerading is by mark (0x4000) and happens in postrouting: for traffic to a ClusterIP from
-outside the cluster CIDR, for external traffic under externalTrafficPolicy Cluster, and for hairpin (a pod reaching
-itself through its service). Service ports without usable endpoints are in `no-endpoint-services` /
+the verdict jumps to the service port's chain, which DNATs to an endpoint chosen at random (`numgen random mod N ==
+0` rules, iptables' statistic style). Masquerading is by mark (0x4000) and happens in postrouting: for traffic to a
+ClusterIP from outside the cluster CIDR and for external traffic under externalTrafficPolicy Cluster; hairpin (a pod
+reaching itself through its service) is matched in postrouting by the (source . destination) pair. Service ports without usable endpoints are in `no-endpoint-services` /
 `no-endpoint-nodeports` (filter hooks) and rejected at once (TCP: ICMP port-unreachable → ECONNREFUSED). ClientIP
 affinity uses one dynamic set per endpoint with the affinity timeout.
 
@@ -38,7 +38,7 @@ class Rule:
     update_set: str = ""  # affinity: add/refresh the source in this set
     dnat: tuple[str, int] | None = None
     proto: str = ""  # with dnat
-    numgen: tuple[str, ...] = ()  # goto one of these chains at random
+    random_mod: int = 0  # match with probability 1/N: `numgen random mod N == 0`
     drop: bool = False
     comment: str = ""
 
@@ -52,6 +52,8 @@ class Rule:
             m.append("fib saddr type local")
         if self.saddr_in_set:
             m.append(f"ip saddr @{self.saddr_in_set}")
+        if self.random_mod:
+            m.append(f"numgen random mod {self.random_mod} == 0")
         if self.update_set:
             m.append(f"update @{self.update_set} {{ ip saddr }}")
         if self.mark_masq:
@@ -62,10 +64,6 @@ class Rule:
             a = f"goto {self.goto}"
         elif self.dnat is not None:
             a = f"meta l4proto {self.proto} dnat to {self.dnat[0]}:{self.dnat[1]}"
-        elif self.numgen:
-            n = len(self.numgen)
-            branches = ", ".join(f"{i} : goto {c}" for i, c in enumerate(self.numgen))
-            a = f"numgen random mod {n} vmap {{ {branches} }}"
         elif self.drop:
             a = "drop"
         else:
@@ -95,6 +93,7 @@ class Ruleset:
     cluster_cidr: str
     service_cidr: str
     node_ips: tuple[str, ...]
+    pod_cidr: str = ""  # this node's pod subnet: a pod here reaching itself through a service is hairpin
     services: dict[str, ServiceRules] = field(default_factory=dict)
 
 
@@ -107,11 +106,24 @@ def _affinity_set(sp: ServicePort, ep: Endpoint) -> str:
 
 
 def _pick(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[Rule]:
-    """Affinity checks first (an existing client sticks), then a random endpoint."""
+    """Affinity checks first (an existing client sticks), then a random endpoint.
+
+    Uniform choice as iptables' statistic rules make it: endpoint i of n is taken with probability 1/(n-i) if none
+    before it was. kube-proxy's nftables mode uses one anonymous `numgen ... vmap` per service and a chain per
+    endpoint instead; on this kernel every such map makes the transaction revalidate the table (a 10,000-service
+    sync took 25 s), and every chain makes nft's cache fetch (paid by each partial sync) longer. So the DNAT is
+    inline, hairpin is matched in postrouting by the `hairpin` set, and only services with ClientIP affinity (which
+    need a per-endpoint `update @set`) get endpoint chains.
+    """
     rules = []
+    n = len(eps)
     if sp.affinity_timeout:
         rules += [Rule(saddr_in_set=_affinity_set(sp, e), goto=_endpoint_chain(sp, e)) for e in eps]
-    rules.append(Rule(numgen=tuple(_endpoint_chain(sp, e) for e in eps)))
+        for i, e in enumerate(eps):
+            rules.append(Rule(random_mod=n - i if i < n - 1 else 0, goto=_endpoint_chain(sp, e)))
+        return rules
+    for i, e in enumerate(eps):
+        rules.append(Rule(random_mod=n - i if i < n - 1 else 0, dnat=(e.ip, e.port), proto=sp.proto))
     return rules
 
 
@@ -126,14 +138,14 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
     external_eps = local_eps if sp.external_local else cluster_eps
     reject = "goto reject-chain"
 
-    # Endpoint chains: hairpin masquerade, affinity bookkeeping, DNAT.
-    for ep in {*internal_eps, *external_eps}:
-        rules = [Rule(saddr=ep.ip, mark_masq=True, comment="hairpin")]
-        if sp.affinity_timeout:
-            rules.append(Rule(update_set=_affinity_set(sp, ep)))
+    # Endpoint chains, for ClientIP affinity only: refresh the client in the endpoint's set, then DNAT.
+    if sp.affinity_timeout:
+        for ep in {*internal_eps, *external_eps}:
             out.affinity_sets[_affinity_set(sp, ep)] = sp.affinity_timeout
-        rules.append(Rule(dnat=(ep.ip, ep.port), proto=sp.proto))
-        out.chains[_endpoint_chain(sp, ep)] = rules
+            out.chains[_endpoint_chain(sp, ep)] = [
+                Rule(update_set=_affinity_set(sp, ep)),
+                Rule(dnat=(ep.ip, ep.port), proto=sp.proto),
+            ]
 
     # ClusterIP.
     if sp.cluster_ip:
@@ -184,9 +196,15 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
 
 
 def build(
-    ports: list[ServicePort], *, node: str, node_ips: tuple[str, ...], cluster_cidr: str, service_cidr: str
+    ports: list[ServicePort],
+    *,
+    node: str,
+    node_ips: tuple[str, ...],
+    cluster_cidr: str,
+    service_cidr: str,
+    pod_cidr: str = "",
 ) -> Ruleset:
-    rs = Ruleset(cluster_cidr=cluster_cidr, service_cidr=service_cidr, node_ips=node_ips)
+    rs = Ruleset(cluster_cidr=cluster_cidr, service_cidr=service_cidr, node_ips=node_ips, pod_cidr=pod_cidr)
     for sp in ports:
         rs.services[sp.key] = service_rules(sp, node=node, cluster_cidr=cluster_cidr)
     return rs
@@ -207,16 +225,39 @@ def _np_key(k: tuple[str, int]) -> str:
     return f"{k[0]} . {k[1]}"
 
 
+def _map_elements(rs: Ruleset, attr: str, key: str) -> str:
+    items: list[str] = []
+    for sr in rs.services.values():
+        for k, v in getattr(sr, attr).items():
+            items.append(f"{_ip_key(k) if key == 'ip' else _np_key(k)} : {v}")
+    return f" elements = {{ {_elems(sorted(items))} }}" if items else ""
+
+
+def _hairpin(rs: Ruleset) -> str:
+    """(ip . ip) for every address of this node's pod subnet: after DNAT, source == destination is hairpin."""
+    if not rs.pod_cidr:
+        return ""
+    import ipaddress
+
+    net = ipaddress.ip_network(rs.pod_cidr, strict=False)
+    if net.num_addresses > 4096:
+        return ""
+    return " elements = { " + ", ".join(f"{a} . {a}" for a in net.hosts()) + " }"
+
+
 def _static(rs: Ruleset) -> str:
-    """Chains and maps that do not depend on any service."""
+    """The table's fixed chains plus its sets and verdict maps (with every element, for a full sync)."""
     node_ips = _elems(list(rs.node_ips)) or "127.0.0.1"
+    ips = _cluster_ips(rs)
+    cluster_ips = f" elements = {{ {_elems(ips)} }}" if ips else ""
     return f"""
   set nodeport-ips {{ type ipv4_addr; elements = {{ {node_ips} }} }}
-  set cluster-ips {{ type ipv4_addr; }}
-  map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
-  map service-nodeports {{ type inet_proto . inet_service : verdict; }}
-  map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
-  map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}
+  set cluster-ips {{ type ipv4_addr;{cluster_ips} }}
+  set hairpin {{ type ipv4_addr . ipv4_addr;{_hairpin(rs)} }}
+  map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict;{_map_elements(rs, "service_ips", "ip")} }}
+  map service-nodeports {{ type inet_proto . inet_service : verdict;{_map_elements(rs, "nodeports", "np")} }}
+  map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict;{_map_elements(rs, "no_endpoint_ips", "ip")} }}
+  map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict;{_map_elements(rs, "no_endpoint_nodeports", "np")} }}
 
   chain mark-for-masquerade {{ meta mark set meta mark | {MASQ_MARK:#x}; }}
   chain masquerading {{
@@ -246,7 +287,11 @@ def _static(rs: Ruleset) -> str:
   }}
   chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}
   chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
-  chain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump masquerading; }}
+  chain nat-postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a pod reaching itself via a service"
+    jump masquerading
+  }}
 
   chain service-endpoints-check {{ ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
   chain nodeport-endpoints-check {{ ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports; }}
@@ -308,17 +353,26 @@ def _cluster_ips(rs: Ruleset) -> list[str]:
 
 
 def render_full(rs: Ruleset) -> str:
-    """One transaction that replaces the whole table (existing connections keep their conntrack NAT)."""
-    out = [f"add table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{", _static(rs), "}"]
-    ips = _cluster_ips(rs)
-    if ips:
-        out.append(f"add element ip {TABLE} cluster-ips {{ {_elems(ips)} }}")
+    """One transaction that replaces the whole table (existing connections keep their conntrack NAT).
+
+    Everything is declared inside one `table { }` block, chains with their rules and maps with their elements:
+    nft parses and sends that as a handful of large batches, far faster than one command per rule or element.
+    """
+    out = [f"add table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{"]
     for sr in rs.services.values():
-        out += _service_decl(sr)
+        for name, timeout in sorted(sr.affinity_sets.items()):
+            out.append(f"  set {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}")
+    # Chains are declared before the maps and the chains that jump to them.
     for sr in rs.services.values():
-        out += _service_body(sr)
+        for name in sorted(sr.chains):
+            out.append(f"  chain {name} {{ }}")
+    out.append(_static(rs))
     for sr in rs.services.values():
-        out += _service_elements(sr, "add")
+        for name, rules in sorted(sr.chains.items()):
+            out.append(f"  chain {name} {{")
+            out += [f"    {r.render()}" for r in rules]
+            out.append("  }")
+    out.append("}")
     return "\n".join(out) + "\n"
 
 

@@ -87,6 +87,7 @@ def trace(
     for _ in range(16):  # chains nest at most external -> service/local -> endpoint
         t.chains.append(name)
         nxt = ""
+        branches: list[str] = []
         for r in chains.get(name, []):
             if r.saddr and not _in(src, r.saddr):
                 continue
@@ -102,35 +103,40 @@ def trace(
                 continue
             if r.update_set:
                 continue
+            if r.random_mod or (branches and (r.goto or r.jump or r.dnat)):
+                # A random branch: every one is possible (an inline DNAT, or an endpoint chain that DNATs).
+                branches.append(f"{r.dnat[0]}:{r.dnat[1]}" if r.dnat else (r.goto or r.jump))
+                if r.random_mod:
+                    continue
+                for b in branches:
+                    t.endpoints.append(b if ":" in b else trace_endpoint(chains.get(b, []), src))
+                t.chains.extend(b for b in branches if ":" not in b)
+                return _hairpin(rs, t, src)
             if r.goto or r.jump:
                 nxt = r.goto or r.jump
                 if r.saddr_in_set:
                     t.sticky = nxt
                 break
-            if r.numgen:
-                # Every branch is possible: follow each endpoint chain for its DNAT and hairpin mark.
-                for c in r.numgen:
-                    sub = trace_endpoint(chains.get(c, []), src)
-                    t.endpoints.append(sub[0])
-                    t.masquerade = t.masquerade or sub[1]
-                t.chains.extend(r.numgen)
-                return t
             if r.dnat is not None:
                 t.endpoints = [f"{r.dnat[0]}:{r.dnat[1]}"]
-                return t
+                return _hairpin(rs, t, src)
         if not nxt:
             return Trace("accept", chains=t.chains)
         name = nxt
     raise RuntimeError("chain loop in the proxy ruleset")
 
 
-def trace_endpoint(rules: list[Rule], src: str) -> tuple[str, bool]:
-    masq = False
+def trace_endpoint(rules: list[Rule], src: str) -> str:
     for r in rules:
         if r.saddr and not _in(src, r.saddr):
             continue
-        if r.mark_masq:
-            masq = True
         if r.dnat is not None:
-            return f"{r.dnat[0]}:{r.dnat[1]}", masq
-    return "", masq
+            return f"{r.dnat[0]}:{r.dnat[1]}"
+    return ""
+
+
+def _hairpin(rs: Ruleset, t: Trace, src: str) -> Trace:
+    """The postrouting `hairpin` set: a local pod whose connection was DNATed back to itself is masqueraded."""
+    if rs.pod_cidr and _in(src, rs.pod_cidr) and any(e.split(":")[0] == src for e in t.endpoints):
+        t.masquerade = True
+    return t
