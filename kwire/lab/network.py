@@ -50,6 +50,10 @@ def _ensure_host(topo: Topology, host: Host) -> None:
         if host.ip not in have:
             ipr.addr("add", index=idx, address=host.ip, prefixlen=topo.prefix_len)
         ipr.link("set", index=idx, state="up")
+        # A default route (on-link: the LAN has no router) as every real host has one: the kernel must find a route
+        # for a Service IP before the nat OUTPUT hook can DNAT a node's own connection to it.
+        if not any(r["dst_len"] == 0 for r in ipr.get_routes(family=2, table=254)):
+            ipr.route("add", dst="0.0.0.0/0", oif=idx, scope=253)
     if not host.is_client:
         # A node routes pod traffic (as a K3s node does with net.ipv4.ip_forward=1).
         _sysctl(host.netns, "net.ipv4.ip_forward", "1")

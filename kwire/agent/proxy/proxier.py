@@ -194,7 +194,7 @@ class Proxier:
             except nft.NftError:
                 self._dirty |= keys
                 raise
-        old_ports = self.ports
+        old_ports = dict(self.ports)  # a copy: self.ports is updated in place below
         self.current = new
         for key, ports in new_ports.items():
             if ports:
