@@ -1,0 +1,144 @@
+"""The proxy's sync loop without a kernel: events collapse into one sync, partial syncs touch only changed
+services, a failed apply makes the next sync a full one, and stale UDP endpoints are noticed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kwire.agent.proxy import proxier as proxier_mod
+from kwire.agent.proxy.proxier import Proxier
+from kwire.kernel import nft
+
+Obj = dict[str, Any]
+
+
+class FakeInformer:
+    def __init__(self) -> None:
+        self.objs: dict[str, Obj] = {}
+        self.handlers: dict[str, list[Callable[..., Any]]] = {"add": [], "update": [], "delete": []}
+        self.indexers: dict[str, Callable[[Obj], list[str]]] = {}
+
+    def add_indexer(self, name: str, fn: Callable[[Obj], list[str]]) -> None:
+        self.indexers[name] = fn
+
+    def on_add(self, fn: Callable[..., Any]) -> None:
+        self.handlers["add"].append(fn)
+
+    def on_update(self, fn: Callable[..., Any]) -> None:
+        self.handlers["update"].append(fn)
+
+    def on_delete(self, fn: Callable[..., Any]) -> None:
+        self.handlers["delete"].append(fn)
+
+    def get(self, ns: str | None, name: str) -> Obj | None:
+        return self.objs.get(f"{ns}/{name}")
+
+    def items(self) -> list[Obj]:
+        return list(self.objs.values())
+
+    def by_index(self, name: str, value: str) -> list[Obj]:
+        return [o for o in self.objs.values() if value in self.indexers[name](o)]
+
+    async def put(self, obj: Obj) -> None:
+        key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        old = self.objs.get(key)
+        self.objs[key] = obj
+        for fn in self.handlers["update" if old else "add"]:
+            await (fn(old, obj) if old else fn(obj))
+
+    async def remove(self, ns: str, name: str) -> None:
+        obj = self.objs.pop(f"{ns}/{name}")
+        for fn in self.handlers["delete"]:
+            await fn(obj)
+
+
+def _svc(name: str, ip: str, proto: str = "TCP") -> Obj:
+    return {
+        "metadata": {"namespace": "default", "name": name},
+        "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 53, "protocol": proto}]},
+    }
+
+
+def _slice(name: str, ips: list[str], proto: str = "TCP") -> Obj:
+    return {
+        "metadata": {"namespace": "default", "name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "p", "port": 5353, "protocol": proto}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node2"} for ip in ips],
+    }
+
+
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    scripts: list[str] = []
+
+    def fake_apply(script: str, **_: Any) -> None:
+        if "FAIL" in scripts:
+            scripts.remove("FAIL")
+            raise nft.NftError("injected failure")
+        scripts.append(script)
+
+    monkeypatch.setattr(proxier_mod.nft, "apply", fake_apply)
+    return scripts
+
+
+async def _settle(p: Proxier) -> None:
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        if not p._dirty and not p._kick.is_set():
+            return
+
+
+async def test_events_collapse_partial_syncs_and_failure_forces_full(
+    applied: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cleared: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: Any) -> None:
+        cleared.append(cmd)
+
+    monkeypatch.setattr(proxier_mod.subprocess, "run", fake_run)
+    svcs, slices = FakeInformer(), FakeInformer()
+    await svcs.put(_svc("a", "10.43.0.20"))
+    await slices.put(_slice("a", ["10.42.1.2", "10.42.1.3"]))
+    p = Proxier(
+        services=svcs,  # type: ignore[arg-type]
+        slices=slices,  # type: ignore[arg-type]
+        node="node1",
+        node_ips=("192.168.77.11",),
+        cluster_cidr="10.42.0.0/16",
+        service_cidr="10.43.0.0/16",
+        pod_cidr="10.42.0.0/24",
+        min_sync_period=0.1,
+    )
+    p.start()
+    try:
+        await _settle(p)
+        assert len(applied) == 1 and applied[0].startswith("add table ip kwire-proxy")  # the first sync is full
+        # Many events inside one min-sync-period: one partial sync that touches only service b.
+        await svcs.put(_svc("b", "10.43.0.21", "UDP"))
+        for n in range(5):
+            await slices.put(_slice("b", [f"10.42.2.{i}" for i in range(2, 3 + n)], "UDP"))
+        await _settle(p)
+        assert len(applied) == 2
+        assert "10.43.0.21" in applied[1] and "10.43.0.20" not in applied[1]
+        assert "delete table" not in applied[1]
+        # A failing apply: the next sync is a full one.
+        applied.append("FAIL")
+        await slices.put(_slice("b", ["10.42.2.2"], "UDP"))
+        await asyncio.sleep(1.5)
+        await _settle(p)
+        assert p.stats.failed == 1
+        assert applied[-1].startswith("add table ip kwire-proxy") and "10.43.0.20" in applied[-1]
+        # Removed UDP endpoints get their conntrack entries deleted.
+        assert any("--dst-nat" in c and "10.42.2.6" in c for c in cleared)
+        # Deleting the service removes it in a partial sync.
+        await svcs.remove("default", "b")
+        await _settle(p)
+        assert "delete element ip kwire-proxy service-ips { 10.43.0.21 . udp . 53 }" in applied[-1]
+    finally:
+        await p.stop()
