@@ -229,16 +229,28 @@ def _service(o: Obj, now: dt.datetime) -> Cells:
     ]
 
 
+def _join_host_port(ip: str, port: Any) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def _endpoints(o: Obj, now: dt.datetime) -> Cells:
+    """printEndpoints / formatEndpoints: the ready addresses as ip:port, at most 3 then " + N more..."; "<none>"
+    without subsets, "" when there are subsets but no ready address."""
+    subsets = o.get("subsets") or []
+    age = humanize_age(o["metadata"].get("creationTimestamp"), now=now)
+    if not subsets:
+        return ["<none>", age]
     items: list[str] = []
-    for ss in o.get("subsets") or []:
+    for ss in subsets:
         addrs = [a.get("ip", "") for a in ss.get("addresses") or []]
         ports = ss.get("ports") or []
         if not ports:
-            items.extend(addrs)
+            items.extend(addrs)  # a headless Service may have no ports
         for p in ports:
-            items.extend(f"{a}:{p.get('port')}" for a in addrs)
-    return [_more(items), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+            items.extend(_join_host_port(a, p.get("port")) for a in addrs)
+    if len(items) > 3:
+        return [",".join(items[:3]) + f" + {len(items) - 3} more...", age]
+    return [",".join(items), age]
 
 
 def _configmap(o: Obj, now: dt.datetime) -> Cells:
@@ -331,19 +343,26 @@ def _daemonset(o: Obj, now: dt.datetime) -> Cells:
     ]
 
 
+def _list_with_more(items: list[str], limit: int = 3) -> str:
+    """listWithMoreString: up to `limit` items, " + N more..." for the rest, "<unset>" for none."""
+    if len(items) > limit:
+        return ",".join(items[:limit]) + f" + {len(items) - limit} more..."
+    return ",".join(items) or "<unset>"
+
+
 def _endpointslice(o: Obj, now: dt.datetime) -> Cells:
-    ports = o.get("ports")
-    if ports is None:
-        port_s = "<unset>"
-    elif not ports:
-        port_s = "<unset>"
-    else:
-        port_s = ",".join(str(p["port"]) if p.get("port") is not None else "<unset>" for p in ports)
-    addrs = [a for e in o.get("endpoints") or [] for a in e.get("addresses") or []]
+    """printEndpointSlice: formatDiscoveryPorts (a port without a number shows its name, else "*") and
+    formatDiscoveryEndpoints (every address of every endpoint)."""
+    ports = [p for p in o.get("ports") or [] if isinstance(p, dict)]
+    port_s = [
+        str(p["port"]) if p.get("port") is not None else (str(p["name"]) if p.get("name") is not None else "*")
+        for p in ports
+    ]
+    addrs = [str(a) for e in o.get("endpoints") or [] if isinstance(e, dict) for a in e.get("addresses") or []]
     return [
         o.get("addressType", ""),
-        port_s,
-        _more(addrs),
+        _list_with_more(port_s),
+        _list_with_more(addrs),
         humanize_age(o["metadata"].get("creationTimestamp"), now=now),
     ]
 

@@ -14,6 +14,8 @@ from kwire.client import ApiClient, Config, Informers
 from kwire.controllers.common import EventRecorder
 from kwire.controllers.daemonset import DaemonSetController
 from kwire.controllers.deployment import DeploymentController
+from kwire.controllers.endpoints import EndpointsController
+from kwire.controllers.endpointslices import EndpointSliceController
 from kwire.controllers.ipam import NodeIpam
 from kwire.controllers.nodelifecycle import NodeLifecycle
 from kwire.controllers.podgc import PodGC
@@ -59,6 +61,8 @@ class ControllerManager:
             DaemonSetController(
                 self.client, self.informers, recorder=EventRecorder(self.client, component="daemonset-controller")
             ),
+            EndpointSliceController(self.client, self.informers),
+            EndpointsController(self.client, self.informers),
             NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),
             PodGC(self.client, self.informers),
         ]
