@@ -25,6 +25,7 @@ from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ServerConfig
+from kwire.controllers.addons import AddonSettings
 from kwire.controllers.manager import ControllerManager
 from kwire.store.sqlite import SQLiteStore
 
@@ -216,6 +217,9 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         cluster_cidr=str(cfg.cluster_cidr),
         node_cidr_mask_size=int(cfg.node_cidr_mask_size),
         node_monitor_grace_period=float(cfg.node_monitor_grace_period),
+        addons=AddonSettings(
+            cluster_dns=str(cfg.cluster_dns), cluster_domain=str(cfg.cluster_domain), disable=tuple(cfg.disable)
+        ),
     )
     server.controllers.start()
     log.info("kwire server listening on %s:%d (kubeconfig %s)", cfg.bind_address, port, kubeconfig)

@@ -86,7 +86,14 @@ def load_kubeconfig(path: str | Path, *, context: str | None = None) -> Config:
     )
 
 
-def in_cluster_config(env: Mapping[str, str] = os.environ, sa_dir: Path = SA_DIR) -> Config:
+def in_cluster_config(env: Mapping[str, str] = os.environ, sa_dir: Path | None = None) -> Config:
+    """The API and credentials a pod uses: KUBERNETES_SERVICE_HOST/PORT and the service account's token and CA.
+
+    kwire pods have no mount namespace of their own, so the kubelet points KWIRE_SERVICEACCOUNT_DIR at the files
+    instead of mounting them at /var/run/secrets/kubernetes.io/serviceaccount.
+    """
+    if sa_dir is None:
+        sa_dir = Path(env.get("KWIRE_SERVICEACCOUNT_DIR") or SA_DIR)
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
     if not host or not port:
         raise KubeconfigError("not running in a cluster: KUBERNETES_SERVICE_HOST/PORT are not set")

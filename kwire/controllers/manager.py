@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from kwire.client import ApiClient, Config, Informers
+from kwire.controllers.addons import AddonController, AddonSettings
 from kwire.controllers.common import EventRecorder
 from kwire.controllers.daemonset import DaemonSetController
 from kwire.controllers.deployment import DeploymentController
@@ -34,6 +35,7 @@ class ControllerManager:
         cluster_cidr: str = "10.42.0.0/16",
         node_cidr_mask_size: int = 24,
         node_monitor_grace_period: float = 40.0,
+        addons: AddonSettings | None = None,
     ) -> None:
         self.client = ApiClient(config)
         self.informers = Informers(self.client)
@@ -65,6 +67,7 @@ class ControllerManager:
             EndpointsController(self.client, self.informers),
             NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),
             PodGC(self.client, self.informers),
+            AddonController(self.client, self.informers, settings=addons or AddonSettings()),
         ]
         self._starter: asyncio.Task[None] | None = None
         self.started = asyncio.Event()

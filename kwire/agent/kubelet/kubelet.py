@@ -296,8 +296,29 @@ class Kubelet:
     async def _ensure_runtime(self, pod: Obj, st: PodState) -> None:
         errors = [p for p in podspec.plan(pod) if p.kind == "error"]
         st.error = "; ".join(p.error for p in errors)
-        body = podspec.runtime_spec(pod, node=self.node_name, pod_ip=st.pod_ip, host_ip=self.node_ip, netns=st.netns)
+        sa_dir = self._service_account(st) if podspec.needs_service_account(pod) else ""
+        body = podspec.runtime_spec(
+            pod, node=self.node_name, pod_ip=st.pod_ip, host_ip=self.node_ip, netns=st.netns, sa_dir=sa_dir
+        )
         await self.runtime.put_pod(st.uid, body)
+
+    def _service_account(self, st: PodState) -> str:
+        """token, ca.crt and namespace for a pod's in-cluster client (kwire's built-in images)."""
+        d = self.state_dir / st.uid / "serviceaccount"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        files = {
+            "token": self.client.config.token or "",
+            "ca.crt": (self.client.config.ca_data or b"").decode(),
+            "namespace": st.namespace,
+        }
+        for name, text in files.items():
+            p = d / name
+            if not p.exists() or p.read_text() != text:
+                tmp = d / f".{name}.tmp"
+                tmp.write_text(text)
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, p)
+        return str(d)
 
     # -- probes -----------------------------------------------------------------------------------------------
     def _ensure_probes(self, pod: Obj, st: PodState) -> None:
@@ -512,4 +533,5 @@ class Kubelet:
             shutil.rmtree(ETC_NETNS / st.netns, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / f"{uid}.json").unlink()
+        shutil.rmtree(self.state_dir / uid, ignore_errors=True)
         log.info("kubelet: pod %s/%s torn down", st.namespace, st.name)

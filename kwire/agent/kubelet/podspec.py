@@ -15,10 +15,13 @@ from typing import Any
 Obj = dict[str, Any]
 
 HOST_IMAGE = "kwire/host"
-# Built-in images: image name (without tag) -> argv after `python -m kwire`. Later parts of kwire add theirs here.
-BUILTIN_IMAGES: dict[str, list[str]] = {
-    "kwire/responder": [],
+# Built-in images: image name (without tag) -> the Python module its container runs (`python -m MODULE ARGS...`);
+# "" means the responder (the same as any non-kwire image).
+BUILTIN_IMAGES: dict[str, str] = {
+    "kwire/responder": "",
+    "kwire/coredns": "kwire.dns",
 }
+SA_ENV = "KWIRE_SERVICEACCOUNT_DIR"  # where in-cluster clients find token and ca.crt (no mount namespace here)
 
 
 def image_name(image: str) -> str:
@@ -168,7 +171,7 @@ def _env(c: Obj, pod: Obj, *, pod_ip: str, host_ip: str) -> dict[str, str]:
     return env
 
 
-def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str) -> Obj:
+def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str, sa_dir: str = "") -> Obj:
     """The body of the runtime's PUT /pods/{uid}."""
     m, sp = meta(pod), spec(pod)
     ports: list[list[Any]] = []
@@ -187,8 +190,11 @@ def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str) 
             if img == HOST_IMAGE:
                 argv = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
             else:
-                argv = [sys.executable, "-m", "kwire", *BUILTIN_IMAGES[img], *[str(x) for x in c.get("args") or []]]
-            processes.append({"name": p.name, "argv": argv, "env": _env(c, pod, pod_ip=pod_ip, host_ip=host_ip)})
+                argv = [sys.executable, "-m", BUILTIN_IMAGES[img], *[str(x) for x in c.get("args") or []]]
+            env = _env(c, pod, pod_ip=pod_ip, host_ip=host_ip)
+            if sa_dir:
+                env[SA_ENV] = sa_dir
+            processes.append({"name": p.name, "argv": argv, "env": env})
     return {
         "pod": {"name": m.get("name"), "namespace": m.get("namespace"), "node": node, "podIP": pod_ip, "netns": netns},
         "ports": ports,
@@ -240,3 +246,8 @@ def bandwidth(pod: Obj) -> Obj:
     except ValueError:
         return {}
     return out
+
+
+def needs_service_account(pod: Obj) -> bool:
+    """kwire's built-in images are in-cluster API clients (the DNS server reads Services and EndpointSlices)."""
+    return any(image_name(str(c.get("image", ""))) in BUILTIN_IMAGES for c in spec(pod).get("containers") or [])

@@ -1,0 +1,222 @@
+"""Add-ons deployed as pods, as K3s deploys its packaged manifests: cluster DNS (the CoreDNS role).
+
+Unless `disable: [coredns]`: ConfigMap kube-system/coredns (a Corefile describing the configuration, K3s's, and
+`NodeHosts`: `<InternalIP> <nodeName>` per node, kept current as nodes come and go), Service kube-system/kube-dns
+with clusterIP = cluster-dns (10.43.0.10) and ports 53/UDP, 53/TCP, 9153/TCP, and Deployment kube-system/coredns
+(image `kwire/coredns`, pods labelled k8s-app=kube-dns, probes on :8181/ready and :8080/health). Objects carry
+the label `kwire.io/addon` and an annotation with a hash of what kwire wrote: a changed manifest (e.g. a new
+cluster-domain) is re-applied; with the add-on disabled, the labelled objects are removed, as K3s removes a
+disabled packaged component. The optional ConfigMap `coredns-custom` belongs to the user and is never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kwire.client import ApiClient, Informers, Invalid, NotFound
+from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, NODES, SERVICES, Resource
+from kwire.controllers.queue import Controller
+
+Obj = dict[str, Any]
+NS = "kube-system"
+ADDON_LABEL = "kwire.io/addon"
+HASH_ANNOTATION = "kwire.io/addon-hash"
+COREDNS = "coredns"
+
+COREFILE = """.:53 {{
+    errors
+    health
+    ready
+    kubernetes {domain} in-addr.arpa ip6.arpa {{
+      pods insecure
+      fallthrough in-addr.arpa ip6.arpa
+    }}
+    hosts /etc/coredns/NodeHosts {{
+      ttl 60
+      reload 15s
+      fallthrough
+    }}
+    prometheus :9153
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    reload
+    loadbalance
+    import /etc/coredns/custom/*.override
+}}
+import /etc/coredns/custom/*.server
+"""
+
+
+@dataclass(frozen=True)
+class AddonSettings:
+    cluster_dns: str = "10.43.0.10"
+    cluster_domain: str = "cluster.local"
+    disable: tuple[str, ...] = ()
+
+
+def _hash(obj: Obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _meta(name: str, extra_labels: dict[str, str] | None = None) -> Obj:
+    return {"name": name, "namespace": NS, "labels": {ADDON_LABEL: COREDNS, **(extra_labels or {})}}
+
+
+def coredns_objects(s: AddonSettings, node_hosts: str) -> list[tuple[Resource, Obj]]:
+    labels = {"k8s-app": "kube-dns"}
+    service = {
+        "metadata": _meta(
+            "kube-dns", {**labels, "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"}
+        ),
+        "spec": {
+            "selector": labels,
+            "clusterIP": s.cluster_dns,
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
+            ],
+        },
+    }
+    container = {
+        "name": "coredns",
+        "image": "kwire/coredns:latest",
+        "args": ["--cluster-domain", s.cluster_domain, "--resolv-conf", "/etc/resolv.conf"],
+        "ports": [
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": 8080},
+            "initialDelaySeconds": 60,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+    }
+    deployment = {
+        "metadata": _meta(COREDNS, labels),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": "25%"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "priorityClassName": "system-cluster-critical",
+                    "dnsPolicy": "Default",
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "tolerations": [
+                        {"key": "CriticalAddonsOnly", "operator": "Exists"},
+                        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+                    ],
+                    "containers": [container],
+                },
+            },
+        },
+    }
+    configmap = {
+        "metadata": _meta(COREDNS),
+        "data": {"Corefile": COREFILE.format(domain=s.cluster_domain), "NodeHosts": node_hosts},
+    }
+    return [(CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
+
+
+def node_hosts(nodes: list[Obj]) -> str:
+    lines = []
+    for n in sorted(nodes, key=lambda o: str((o.get("metadata") or {}).get("name"))):
+        addrs = (n.get("status") or {}).get("addresses") or []
+        ip = next((a.get("address") for a in addrs if a.get("type") == "InternalIP"), None)
+        if ip:
+            lines.append(f"{ip} {n['metadata']['name']}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+class AddonController(Controller):
+    name = "addons"
+
+    def __init__(self, client: ApiClient, informers: Informers, *, settings: AddonSettings) -> None:
+        super().__init__(client, informers)
+        self.settings = settings
+        self.nodes = informers.get(NODES)
+        self.nodes.on_add(self._kick)
+        self.nodes.on_update(self._kick2)
+        self.nodes.on_delete(self._kick)
+
+    async def _kick(self, _obj: Obj) -> None:
+        self.enqueue(COREDNS)
+
+    async def _kick2(self, _old: Obj, _new: Obj) -> None:
+        self.enqueue(COREDNS)
+
+    async def prepare(self) -> None:
+        self.enqueue(COREDNS)
+
+    async def sync(self, key: str) -> float | None:
+        if key != COREDNS:
+            return None
+        objs = coredns_objects(self.settings, node_hosts(self.nodes.items()))
+        if COREDNS in self.settings.disable:
+            for res, obj in objs:
+                await self._remove(res, obj["metadata"]["name"])
+            return None
+        for res, obj in objs:
+            await self._ensure(res, obj)
+        return None
+
+    async def _remove(self, res: Resource, name: str) -> None:
+        try:
+            cur = await self.client.get(res, name, NS)
+        except NotFound:
+            return
+        if ((cur.get("metadata") or {}).get("labels") or {}).get(ADDON_LABEL) == COREDNS:
+            await self.client.delete(res, name, NS, propagation_policy="Background")
+            self.log.info("addons: removed disabled %s %s/%s", res.kind, NS, name)
+
+    async def _ensure(self, res: Resource, desired: Obj) -> None:
+        name = desired["metadata"]["name"]
+        # NodeHosts changes with the nodes; it is applied as data, not as a new manifest version.
+        manifest = {k: v for k, v in desired.items() if k != "data"} | (
+            {"data": {"Corefile": desired["data"]["Corefile"]}} if "data" in desired else {}
+        )
+        h = _hash(manifest)
+        desired["metadata"]["annotations"] = {HASH_ANNOTATION: h}
+        try:
+            cur = await self.client.get(res, name, NS)
+        except NotFound:
+            await self.client.create(res, desired, NS)
+            self.log.info("addons: created %s %s/%s", res.kind, NS, name)
+            return
+        meta = cur.get("metadata") or {}
+        changed = (meta.get("annotations") or {}).get(HASH_ANNOTATION) != h
+        if res is CONFIGMAPS and (cur.get("data") or {}).get("NodeHosts") != desired["data"]["NodeHosts"]:
+            cur["data"] = {**(cur.get("data") or {}), "NodeHosts": desired["data"]["NodeHosts"]}
+            if not changed:
+                await self.client.update(res, cur)
+                return
+        if not changed:
+            return
+        new = {**cur, **{k: v for k, v in desired.items() if k != "metadata"}}
+        new["metadata"] = {
+            **meta,
+            "labels": {**(meta.get("labels") or {}), **desired["metadata"]["labels"]},
+            "annotations": {**(meta.get("annotations") or {}), HASH_ANNOTATION: h},
+        }
+        if res is SERVICES:
+            # Allocated fields (clusterIPs, ipFamilies...) stay as the API set them.
+            new["spec"] = {**(cur.get("spec") or {}), **desired["spec"]}
+        try:
+            await self.client.update(res, new)
+        except Invalid:
+            if res is not SERVICES:
+                raise
+            # spec.clusterIP is immutable: a changed cluster-dns means a new kube-dns Service.
+            await self.client.delete(res, name, NS)
+            await self.client.create(res, desired, NS)
+        self.log.info("addons: updated %s %s/%s", res.kind, NS, name)
