@@ -376,8 +376,7 @@ def exec_target(name: str, target: str, *, namespace: str = "default") -> str:
     return ns
 
 
-def node_stop(name: str, node: str) -> None:
-    """Simulate a node failing: its agent stops and its LAN cable is unplugged (its pods keep running)."""
+def _node(name: str, node: str) -> tuple[LabState, Topology, topology.Host]:
     st = LabState.load(name)
     if st is None:
         raise LabError(f"lab {name} is not up")
@@ -385,18 +384,18 @@ def node_stop(name: str, node: str) -> None:
     host = topo.host(node)
     if host is None or host.is_client:
         raise LabError(f"{node} is not a node of lab {name}")
+    return st, topo, host
+
+
+def node_stop(name: str, node: str) -> None:
+    """Simulate a node failing: its agent stops and its LAN cable is unplugged (its pods keep running)."""
+    st, topo, host = _node(name, node)
     procs.stop([st.pids.get(node, 0)])
     network.set_link(topo, host, up=False)
 
 
 def node_start(name: str, node: str) -> None:
-    st = LabState.load(name)
-    if st is None:
-        raise LabError(f"lab {name} is not up")
-    topo = _topo(st)
-    host = topo.host(node)
-    if host is None or host.is_client:
-        raise LabError(f"{node} is not a node of lab {name}")
+    st, topo, host = _node(name, node)
     network.set_link(topo, host, up=True)
     if not procs.alive(st.pids.get(node, 0)):
         st.pids[node] = _start_agent(topo, st, node)

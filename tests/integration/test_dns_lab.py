@@ -1,0 +1,159 @@
+"""Cluster DNS in a real lab, asked from inside pods with the K3s troubleshooting commands (nslookup, dig)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.labkit import IP, Lab, wait_for
+
+pytestmark = pytest.mark.lab
+
+APPS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: nginx, ports: [{containerPort: 8080, name: http}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, labels: {app: db}}
+spec:
+  hostname: db-0
+  subdomain: db
+  containers: [{name: c, image: postgres, ports: [{containerPort: 5432}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, labels: {app: db}}
+spec:
+  hostname: db-1
+  subdomain: db
+  containers: [{name: c, image: postgres, ports: [{containerPort: 5432}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec:
+  type: ExternalName
+  externalName: www.example.test
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  containers: [{name: c, image: kwire/host, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns-custom, namespace: kube-system}
+data:
+  forward: |
+    example.test 192.168.77.200
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    lab_ = Lab("kwt-dns", 3, "vxlan")
+    upstream: subprocess.Popen[bytes] | None = None
+    try:
+        lab_.up()
+        # An upstream resolver outside the cluster, on the lab's client host (a LAN DNS server).
+        upstream = subprocess.Popen(
+            [
+                IP,
+                "netns",
+                "exec",
+                lab_.topo.client.netns,
+                dnsmasq,
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={lab_.topo.client.ip}",
+                "--port=53",
+                "--host-record=www.example.test,192.0.2.44",
+                "--pid-file=",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        lab_.apply(APPS)
+        lab_.wait_pods_ready("k8s-app=kube-dns", 1, namespace="kube-system", timeout=60)
+        lab_.wait_pods_ready("app=web", 2)
+        lab_.wait_pods_ready("app=db", 2)
+        wait_for(lambda: lab_.get("pod", "client")["status"].get("phase") == "Running", what="client pod")
+        yield lab_
+    finally:
+        if upstream is not None:
+            upstream.terminate()
+            upstream.wait(timeout=10)
+        lab_.down()
+
+
+def dig(lab_: Lab, *args: str) -> str:
+    return lab_.run("client", "dig", "+short", "+time=2", "+tries=2", *args)
+
+
+def test_nslookup_kubernetes_default(lab: Lab) -> None:
+    out = wait_for(lambda: lab.run("client", "nslookup", "kubernetes.default"), what="nslookup kubernetes.default")
+    assert "10.43.0.10" in out  # the server that answered: kube-dns
+    assert "kubernetes.default.svc.cluster.local" in out and "10.43.0.1" in out
+
+
+def test_service_names_srv_and_reverse(lab: Lab) -> None:
+    vip = lab.get("svc", "web")["spec"]["clusterIP"]
+    assert dig(lab, "web.default.svc.cluster.local").split() == [vip]
+    assert vip in lab.run("client", "nslookup", "web.default")
+    assert vip in lab.run("client", "nslookup", "web")  # the search path
+    srv = dig(lab, "SRV", "_http._tcp.web.default.svc.cluster.local")
+    assert srv.split() == ["0", "100", "80", "web.default.svc.cluster.local."]
+    assert dig(lab, "-x", vip).strip() == "web.default.svc.cluster.local."
+
+
+def test_headless_service_with_hostnames(lab: Lab) -> None:
+    ips = sorted(p["status"]["podIP"] for p in lab.pods("app=db"))
+    assert sorted(dig(lab, "db.default.svc.cluster.local").split()) == ips
+    db0 = lab.get("pod", "db-0")["status"]["podIP"]
+    assert dig(lab, "db-0.db.default.svc.cluster.local").split() == [db0]
+
+
+def test_external_name_pods_and_outside_names(lab: Lab) -> None:
+    out = dig(lab, "ext.default.svc.cluster.local")
+    assert "www.example.test." in out
+    assert dig(lab, "www.example.test").split() == ["192.0.2.44"]  # forwarded to the lab's upstream
+    assert dig(lab, "10-42-0-5.default.pod.cluster.local").split() == ["10.42.0.5"]
+    status = lab.run("client", "dig", "+time=2", "nosuch.default.svc.cluster.local")
+    assert "status: NXDOMAIN" in status and "SOA" in status
+
+
+def test_node_hosts(lab: Lab) -> None:
+    node2 = lab.topo.host("node2")
+    assert node2 is not None
+    assert dig(lab, "node2").split() == [node2.ip]
