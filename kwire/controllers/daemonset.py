@@ -39,7 +39,6 @@ from kwire.controllers.common import (
     lst,
     meta,
     name_of,
-    namespace_of,
     parse_time,
     pod_available,
     pod_ready,
@@ -49,7 +48,6 @@ from kwire.controllers.common import (
     taints_of,
     template_hash,
     terminating,
-    uid_of,
     untolerated_taint,
     update_with_retry,
 )
@@ -60,10 +58,12 @@ from kwire.controllers.workloads import (
     BURST,
     Expectations,
     claim,
-    delete_pods,
+    create_owned_pods,
+    delete_owned_pods,
+    owner_key,
     pod_from_template,
+    selecting_owner_keys,
     selector_of,
-    slow_start,
 )
 
 log = logging.getLogger(__name__)
@@ -145,19 +145,13 @@ class DaemonSetController(Controller):
             self._all()
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = controller_ref(pod)
-        if not ref or ref.get("kind") != "DaemonSet":
-            return None
-        ds = self.ds.get(namespace_of(pod), str(ref.get("name") or ""))
-        return key_of(ds) if ds is not None and uid_of(ds) == ref.get("uid") else None
+        return owner_key(self.ds, pod, "DaemonSet")
 
     def _orphan_owners(self, pod: Obj) -> None:
         if controller_ref(pod) is not None:
             return
-        for ds in self.ds.by_index(BY_NAMESPACE, namespace_of(pod)):
-            sel = selector_of(ds)
-            if sel is not None and sel.matches(labels_of(pod)):
-                self.enqueue(key_of(ds))
+        for key in selecting_owner_keys(self.ds, pod):
+            self.enqueue(key)
 
     def _on_pod_add(self, pod: Obj) -> None:
         owner = self._owner_key(pod)
@@ -253,34 +247,35 @@ class DaemonSetController(Controller):
         self.expectations.expect(key, adds=len(create_on), deletes={key_of(p) for p in delete})
         problems: list[str] = []
         if delete:
-            err = await delete_pods(
-                self.client, PODS, delete, on_gone=lambda p: self.expectations.observe_delete(key, key_of(p))
+            err = await delete_owned_pods(
+                self.client, PODS, ds, delete, recorder=self.recorder, expectations=self.expectations
             )
-            for p in delete:
-                await self.recorder.event(ds, "Normal", "SuccessfulDelete", f"Deleted pod: {name_of(p)}")
             if err is not None:
                 problems.append(f"deleting pods: {getattr(err, 'message', None) or err}")
         if create_on:
             queue = list(create_on)
 
-            async def create_one() -> None:
-                node_name = queue.pop(0)
+            def make_pod() -> Obj:
                 pod = pod_from_template(
                     ds,
                     owner_api_version="apps/v1",
                     owner_kind="DaemonSet",
                     extra_labels={HASH_LABEL: current_hash},
-                    node_name=node_name,
+                    node_name=queue.pop(0),
                 )
                 pod["spec"]["tolerations"] = daemon_tolerations(pod["spec"])
-                out = await self.client.create(PODS, pod, namespace_of(ds))
-                await self.recorder.event(ds, "Normal", "SuccessfulCreate", f"Created pod: {name_of(out)}")
+                return pod
 
-            done, err = await slow_start(len(create_on), create_one)
-            if err is not None:
-                self.expectations.lower_adds(key, len(create_on) - done)
-                msg = getattr(err, "message", None) or str(err)
-                await self.recorder.event(ds, "Warning", "FailedCreate", f"Error creating: {msg}")
+            msg = await create_owned_pods(
+                self.client,
+                PODS,
+                ds,
+                len(create_on),
+                make_pod,
+                recorder=self.recorder,
+                expectations=self.expectations,
+            )
+            if msg is not None:
                 problems.append(f"creating pods: {msg}")
         return "; ".join(problems) or None
 

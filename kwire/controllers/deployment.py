@@ -29,7 +29,6 @@ from kwire.controllers.common import (
     d,
     int_field,
     key_of,
-    labels_of,
     lst,
     meta,
     name_of,
@@ -47,7 +46,7 @@ from kwire.controllers.common import (
     update_with_retry,
 )
 from kwire.controllers.queue import Controller, RetryLater
-from kwire.controllers.workloads import claim, selector_of
+from kwire.controllers.workloads import claim, owner_key, selecting_owner_keys, selector_of
 
 log = logging.getLogger(__name__)
 
@@ -234,21 +233,15 @@ class DeploymentController(Controller):
 
     # -- event handlers ----------------------------------------------------------------------------------------
     def _owner_key(self, rs: Obj) -> str | None:
-        ref = controller_ref(rs)
-        if not ref or ref.get("kind") != "Deployment":
-            return None
-        dep = self.deployments.get(namespace_of(rs), str(ref.get("name") or ""))
-        return key_of(dep) if dep is not None and uid_of(dep) == ref.get("uid") else None
+        return owner_key(self.deployments, rs, "Deployment")
 
     def _on_rs(self, rs: Obj) -> None:
         owner = self._owner_key(rs)
         if owner:
             self.enqueue(owner)
         elif controller_ref(rs) is None:
-            for dep in self.deployments.by_index(BY_NAMESPACE, namespace_of(rs)):
-                sel = selector_of(dep)
-                if sel is not None and sel.matches(labels_of(rs)):
-                    self.enqueue(key_of(dep))
+            for key in selecting_owner_keys(self.deployments, rs):
+                self.enqueue(key)
 
     def _on_rs_update(self, old: Obj, new: Obj) -> None:
         old_owner = self._owner_key(old)

@@ -30,8 +30,6 @@ from typing import Any
 from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
 from kwire.client.client import ENDPOINTS, PODS, SERVICES
 from kwire.controllers.common import (
-    BY_NAMESPACE,
-    add_indexes,
     d,
     key_of,
     labels_of,
@@ -52,14 +50,13 @@ from kwire.controllers.endpointsutil import (
     ip_family,
     is_headless,
     pod_ips,
-    selects,
+    selected_pods,
     service_ports,
     service_selector,
-    services_for_pod_change,
-    services_selecting,
     should_be_in_endpoints,
     should_set_hostname,
     target_ref,
+    watch_services_and_pods,
 )
 from kwire.controllers.queue import Controller, RetryLater
 
@@ -237,14 +234,7 @@ class EndpointsController(Controller):
         self.services = informers.get(SERVICES)
         self.pods = informers.get(PODS)
         self.endpoints = informers.get(ENDPOINTS)
-        add_indexes(self.services)
-        add_indexes(self.pods)
-        self.services.on_add(lambda o: self.enqueue(key_of(o)))
-        self.services.on_update(lambda old, new: self.enqueue(key_of(new)))
-        self.services.on_delete(lambda o: self.enqueue(key_of(o)))
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(self._on_pod_update)
-        self.pods.on_delete(self._on_pod)
+        watch_services_and_pods(self.services, self.pods, self.enqueue)
         self.endpoints.on_add(lambda o: self._on_endpoints(o, deleted=False))
         self.endpoints.on_update(lambda old, new: self._on_endpoints(new, deleted=False))
         self.endpoints.on_delete(lambda o: self._on_endpoints(o, deleted=True))
@@ -256,14 +246,6 @@ class EndpointsController(Controller):
                 self.enqueue(key_of(ep))
 
     # -- event handlers ----------------------------------------------------------------------------------------
-    def _on_pod(self, pod: Obj) -> None:
-        for key in services_selecting(self.services, pod):
-            self.enqueue(key)
-
-    def _on_pod_update(self, old: Obj, new: Obj) -> None:
-        for key in services_for_pod_change(self.services, old, new):
-            self.enqueue(key)
-
     def _on_endpoints(self, ep: Obj, *, deleted: bool) -> None:
         key = key_of(ep)
         echo = self.tracker.observed(key, ep, deleted=deleted)
@@ -296,7 +278,7 @@ class EndpointsController(Controller):
         selector = service_selector(svc)
         if selector is None:
             return None
-        pods = [p for p in self.pods.by_index(BY_NAMESPACE, ns or "") if selects(selector, labels_of(p))]
+        pods = selected_pods(self.pods, ns, selector)
         subsets = desired_subsets(svc, pods)
         truncated = truncate(subsets)
         labels = endpoints_labels(svc)

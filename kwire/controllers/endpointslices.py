@@ -39,8 +39,6 @@ from typing import Any
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import ENDPOINTSLICES, NODES, PODS, SERVICES
 from kwire.controllers.common import (
-    BY_NAMESPACE,
-    add_indexes,
     d,
     key_of,
     labels_of,
@@ -64,14 +62,13 @@ from kwire.controllers.endpointsutil import (
     ip_family,
     is_headless,
     pod_ips,
-    selects,
+    selected_pods,
     service_ports,
     service_selector,
-    services_for_pod_change,
-    services_selecting,
     should_be_in_endpoints,
     should_set_hostname,
     target_ref,
+    watch_services_and_pods,
 )
 from kwire.controllers.queue import Controller, RetryLater
 
@@ -422,28 +419,13 @@ class EndpointSliceController(Controller):
         self.pods = informers.get(PODS)
         self.nodes = informers.get(NODES)
         self.slices = informers.get(ENDPOINTSLICES)
-        add_indexes(self.services)
-        add_indexes(self.pods)
+        watch_services_and_pods(self.services, self.pods, self.enqueue)
         self.slices.add_indexer(BY_SERVICE, _service_key_index)
-        self.services.on_add(lambda o: self.enqueue(key_of(o)))
-        self.services.on_update(lambda old, new: self.enqueue(key_of(new)))
-        self.services.on_delete(lambda o: self.enqueue(key_of(o)))
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(self._on_pod_update)
-        self.pods.on_delete(self._on_pod)
         self.slices.on_add(lambda o: self._on_slice(o, deleted=False))
         self.slices.on_update(self._on_slice_update)
         self.slices.on_delete(lambda o: self._on_slice(o, deleted=True))
 
     # -- event handlers ----------------------------------------------------------------------------------------
-    def _on_pod(self, pod: Obj) -> None:
-        for key in services_selecting(self.services, pod):
-            self.enqueue(key)
-
-    def _on_pod_update(self, old: Obj, new: Obj) -> None:
-        for key in services_for_pod_change(self.services, old, new):
-            self.enqueue(key)
-
     def _on_slice(self, sl: Obj, *, deleted: bool) -> None:
         key = slice_service_key(sl)
         if key is None or self.tracker.observed(key, sl, deleted=deleted):
@@ -472,7 +454,7 @@ class EndpointSliceController(Controller):
         if self.tracker.stale(key, {name_of(s): s for s in cached}):
             return 0.05  # the cache does not show our last writes yet: look again shortly
         existing = [s for s in cached if not terminating(s)]
-        pods = [p for p in self.pods.by_index(BY_NAMESPACE, ns or "") if selects(selector, labels_of(p))]
+        pods = selected_pods(self.pods, ns, selector)
         plan = plan_slices(
             svc,
             pods,

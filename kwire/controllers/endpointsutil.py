@@ -1,5 +1,6 @@
 """What the Endpoints and EndpointSlice controllers share (kube's pkg/controller/util/endpointslice and
-pkg/api/v1/pod in small): which Services select a pod, which pods belong in endpoints, a pod's address for an
+pkg/api/v1/pod in small): the Service and pod handlers that queue Services, which Services select a pod and
+which pods a Service selects, which pods belong in endpoints, a pod's address for an
 IP family, a Service port's target port resolved in a pod, and the tracker of this controller's own writes
 that keeps a lagging informer cache from making it act twice.
 
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kwire.client import Informer
 from kwire.controllers.common import (
     BY_NAMESPACE,
+    add_indexes,
     d,
     key_of,
     labels_of,
@@ -94,6 +96,34 @@ def services_selecting(services: Informer, pod: Obj) -> set[str]:
         for svc in services.by_index(BY_NAMESPACE, namespace_of(pod))
         if selects(service_selector(svc), labels)
     }
+
+
+def selected_pods(pods: Informer, namespace: str | None, selector: dict[str, str] | None) -> list[Obj]:
+    """The pods of the namespace whose labels the Service selector matches."""
+    return [p for p in pods.by_index(BY_NAMESPACE, namespace or "") if selects(selector, labels_of(p))]
+
+
+def watch_services_and_pods(services: Informer, pods: Informer, enqueue: Callable[[str], None]) -> None:
+    """Register the handlers both controllers queue Services by (their work queues are keyed by Service):
+    a Service added, updated or deleted queues itself; a pod added or deleted queues the Services selecting
+    it, a pod updated the Services `services_for_pod_change` names."""
+    add_indexes(services)
+    add_indexes(pods)
+
+    def on_pod(pod: Obj) -> None:
+        for key in services_selecting(services, pod):
+            enqueue(key)
+
+    def on_pod_update(old: Obj, new: Obj) -> None:
+        for key in services_for_pod_change(services, old, new):
+            enqueue(key)
+
+    services.on_add(lambda o: enqueue(key_of(o)))
+    services.on_update(lambda old, new: enqueue(key_of(new)))
+    services.on_delete(lambda o: enqueue(key_of(o)))
+    pods.on_add(on_pod)
+    pods.on_update(on_pod_update)
+    pods.on_delete(on_pod)
 
 
 def _endpoint_view(pod: Obj) -> tuple[Any, ...]:

@@ -27,8 +27,6 @@ from kwire.controllers.common import (
     labels_of,
     lst,
     meta,
-    name_of,
-    namespace_of,
     now_rfc3339,
     parse_time,
     pod_active,
@@ -38,7 +36,6 @@ from kwire.controllers.common import (
     split_key,
     status,
     terminating,
-    uid_of,
     update_with_retry,
 )
 from kwire.controllers.queue import Controller, RetryLater
@@ -46,10 +43,12 @@ from kwire.controllers.workloads import (
     BURST,
     Expectations,
     claim,
-    delete_pods,
+    create_owned_pods,
+    delete_owned_pods,
+    owner_key,
     pod_from_template,
+    selecting_owner_keys,
     selector_of,
-    slow_start,
 )
 
 log = logging.getLogger(__name__)
@@ -95,21 +94,7 @@ class ReplicaSetController(Controller):
 
     # -- event handlers ----------------------------------------------------------------------------------------
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = controller_ref(pod)
-        if not ref or ref.get("kind") != "ReplicaSet" or not ref.get("name"):
-            return None
-        rs = self.rs.get(namespace_of(pod), str(ref["name"]))
-        if rs is None or uid_of(rs) != ref.get("uid"):
-            return None
-        return key_of(rs)
-
-    def _matching_rs(self, pod: Obj) -> list[str]:
-        out = []
-        for rs in self.rs.by_index(BY_NAMESPACE, namespace_of(pod)):
-            sel = selector_of(rs)
-            if sel is not None and sel.matches(labels_of(pod)):
-                out.append(key_of(rs))
-        return out
+        return owner_key(self.rs, pod, "ReplicaSet")
 
     def _on_rs_delete(self, rs: Obj) -> None:
         self.expectations.forget(key_of(rs))
@@ -123,7 +108,7 @@ class ReplicaSetController(Controller):
             self.expectations.observe_add(owner)
             self.enqueue(owner)
         elif controller_ref(pod) is None:
-            for key in self._matching_rs(pod):
+            for key in selecting_owner_keys(self.rs, pod):
                 self.enqueue(key)
 
     def _on_pod_update(self, old: Obj, new: Obj) -> None:
@@ -137,7 +122,7 @@ class ReplicaSetController(Controller):
         if new_owner:
             self.enqueue(new_owner)
         elif controller_ref(new) is None:
-            for key in self._matching_rs(new):
+            for key in selecting_owner_keys(self.rs, new):
                 self.enqueue(key)
 
     def _on_pod_delete(self, pod: Obj) -> None:
@@ -178,25 +163,17 @@ class ReplicaSetController(Controller):
             n = min(-diff, BURST)
             self.expectations.expect(key, adds=n)
             pod = pod_from_template(rs, owner_api_version="apps/v1", owner_kind="ReplicaSet")
-
-            async def create_one() -> None:
-                out = await self.client.create(PODS, pod, namespace_of(rs))
-                await self.recorder.event(rs, "Normal", "SuccessfulCreate", f"Created pod: {name_of(out)}")
-
-            done, err = await slow_start(n, create_one)
-            if err is not None:
-                self.expectations.lower_adds(key, n - done)
-                msg = getattr(err, "message", None) or str(err)
-                await self.recorder.event(rs, "Warning", "FailedCreate", f"Error creating: {msg}")
+            msg = await create_owned_pods(
+                self.client, PODS, rs, n, lambda: pod, recorder=self.recorder, expectations=self.expectations
+            )
+            if msg is not None:
                 return ("FailedCreate", msg)
         elif diff > 0:
             victims = sorted(active, key=deletion_order)[: min(diff, BURST)]
             self.expectations.expect(key, deletes={key_of(p) for p in victims})
-            err = await delete_pods(
-                self.client, PODS, victims, on_gone=lambda p: self.expectations.observe_delete(key, key_of(p))
+            err = await delete_owned_pods(
+                self.client, PODS, rs, victims, recorder=self.recorder, expectations=self.expectations
             )
-            for p in victims:
-                await self.recorder.event(rs, "Normal", "SuccessfulDelete", f"Deleted pod: {name_of(p)}")
             if err is not None:
                 msg = getattr(err, "message", None) or str(err)
                 await self.recorder.event(rs, "Warning", "FailedDelete", f"Error deleting: {msg}")

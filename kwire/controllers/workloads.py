@@ -1,6 +1,7 @@
-"""What the workload controllers (ReplicaSet, Deployment, DaemonSet) share: expectations, claiming objects by
+"""What the workload controllers (ReplicaSet, Deployment, DaemonSet) share: expectations, finding the owner
+of an object (its controllerRef, or the owners whose selector matches an orphan), claiming objects by
 selector and controllerRef (adopting orphans, releasing what no longer matches), pods from a template, and
-creating pods in slow-start batches.
+creating and deleting an owner's pods (slow-start batches, expectations, Events).
 
 Expectations are kube's ControllerExpectations: after a controller asks for N creations or deletions, it does
 not act on that owner again until the informer has shown them (or a timeout passed), so a cache that lags a
@@ -18,13 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kwire.base.labels import Selector, SelectorError, from_label_selector
-from kwire.client import ApiClient, NotFound, Resource
+from kwire.client import ApiClient, Informer, NotFound, Resource
 from kwire.controllers.common import (
+    BY_NAMESPACE,
+    EventRecorder,
     controller_ref,
     d,
+    key_of,
     labels_of,
     lst,
     meta,
+    name_of,
+    namespace_of,
     owner_reference,
     pod_active,
     spec,
@@ -93,6 +99,30 @@ def selector_of(obj: Obj) -> Selector | None:
         return from_label_selector(sel)
     except (SelectorError, AttributeError, TypeError):
         return None
+
+
+def owner_key(owners: Informer, obj: Obj, kind: str) -> str | None:
+    """The key of the `kind` object in `owners` that controls `obj` (its controllerRef names it and has its
+    uid), or None when there is none or the cache does not show it."""
+    ref = controller_ref(obj)
+    if not ref or ref.get("kind") != kind or not ref.get("name"):
+        return None
+    owner = owners.get(namespace_of(obj), str(ref["name"]))
+    if owner is None or uid_of(owner) != ref.get("uid"):
+        return None
+    return key_of(owner)
+
+
+def selecting_owner_keys(owners: Informer, obj: Obj) -> list[str]:
+    """Keys of the objects in `owners` of `obj`'s namespace whose spec.selector matches `obj`'s labels (the
+    owners that may adopt it when it is an orphan)."""
+    labels = labels_of(obj)
+    out = []
+    for owner in owners.by_index(BY_NAMESPACE, namespace_of(obj)):
+        sel = selector_of(owner)
+        if sel is not None and sel.matches(labels):
+            out.append(key_of(owner))
+    return out
 
 
 async def claim(
@@ -212,6 +242,51 @@ async def slow_start(count: int, create: Callable[[], Awaitable[Any]]) -> tuple[
             return done, err if isinstance(err, Exception) else RuntimeError(str(err))
         batch *= 2
     return done, None
+
+
+async def create_owned_pods(
+    client: ApiClient,
+    pods_res: Resource,
+    owner: Obj,
+    count: int,
+    make_pod: Callable[[], Obj],
+    *,
+    recorder: EventRecorder,
+    expectations: Expectations,
+) -> str | None:
+    """Create `count` pods of `owner`, each built by `make_pod`, in slow-start batches, with a SuccessfulCreate
+    Event for each. After a failure the creations not made are taken off the owner's expected adds and a
+    FailedCreate Event is recorded; returns the error's message then, else None."""
+
+    async def create_one() -> None:
+        out = await client.create(pods_res, make_pod(), namespace_of(owner))
+        await recorder.event(owner, "Normal", "SuccessfulCreate", f"Created pod: {name_of(out)}")
+
+    done, err = await slow_start(count, create_one)
+    if err is None:
+        return None
+    expectations.lower_adds(key_of(owner), count - done)
+    msg = getattr(err, "message", None) or str(err)
+    await recorder.event(owner, "Warning", "FailedCreate", f"Error creating: {msg}")
+    return msg
+
+
+async def delete_owned_pods(
+    client: ApiClient,
+    pods_res: Resource,
+    owner: Obj,
+    pods: list[Obj],
+    *,
+    recorder: EventRecorder,
+    expectations: Expectations,
+) -> Exception | None:
+    """Delete pods of `owner` (`delete_pods`), observing the owner's expected deletion of each pod that is gone
+    already or failed, with a SuccessfulDelete Event for each. Returns the first error."""
+    key = key_of(owner)
+    err = await delete_pods(client, pods_res, pods, on_gone=lambda p: expectations.observe_delete(key, key_of(p)))
+    for p in pods:
+        await recorder.event(owner, "Normal", "SuccessfulDelete", f"Deleted pod: {name_of(p)}")
+    return err
 
 
 async def delete_pods(
