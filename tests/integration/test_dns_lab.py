@@ -64,7 +64,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: client}
+metadata: {name: probe}
 spec:
   containers: [{name: c, image: kwire/host, command: [sleep, "3600"]}]
 ---
@@ -108,7 +108,7 @@ def lab() -> Iterator[Lab]:
         lab_.wait_pods_ready("k8s-app=kube-dns", 1, namespace="kube-system", timeout=60)
         lab_.wait_pods_ready("app=web", 2)
         lab_.wait_pods_ready("app=db", 2)
-        wait_for(lambda: lab_.get("pod", "client")["status"].get("phase") == "Running", what="client pod")
+        wait_for(lambda: lab_.get("pod", "probe")["status"].get("phase") == "Running", what="probe pod")
         yield lab_
     finally:
         if upstream is not None:
@@ -118,11 +118,11 @@ def lab() -> Iterator[Lab]:
 
 
 def dig(lab_: Lab, *args: str) -> str:
-    return lab_.run("client", "dig", "+short", "+time=2", "+tries=2", *args)
+    return lab_.run("probe", "dig", "+short", "+time=2", "+tries=2", *args)
 
 
 def test_nslookup_kubernetes_default(lab: Lab) -> None:
-    out = wait_for(lambda: lab.run("client", "nslookup", "kubernetes.default"), what="nslookup kubernetes.default")
+    out = wait_for(lambda: lab.run("probe", "nslookup", "kubernetes.default"), what="nslookup kubernetes.default")
     assert "10.43.0.10" in out  # the server that answered: kube-dns
     assert "kubernetes.default.svc.cluster.local" in out and "10.43.0.1" in out
 
@@ -130,8 +130,8 @@ def test_nslookup_kubernetes_default(lab: Lab) -> None:
 def test_service_names_srv_and_reverse(lab: Lab) -> None:
     vip = lab.get("svc", "web")["spec"]["clusterIP"]
     assert dig(lab, "web.default.svc.cluster.local").split() == [vip]
-    assert vip in lab.run("client", "nslookup", "web.default")
-    assert vip in lab.run("client", "nslookup", "web")  # the search path
+    assert vip in lab.run("probe", "nslookup", "web.default")
+    assert vip in lab.run("probe", "nslookup", "web")  # the search path
     srv = dig(lab, "SRV", "_http._tcp.web.default.svc.cluster.local")
     assert srv.split() == ["0", "100", "80", "web.default.svc.cluster.local."]
     assert dig(lab, "-x", vip).strip() == "web.default.svc.cluster.local."
@@ -149,7 +149,7 @@ def test_external_name_pods_and_outside_names(lab: Lab) -> None:
     assert "www.example.test." in out
     assert dig(lab, "www.example.test").split() == ["192.0.2.44"]  # forwarded to the lab's upstream
     assert dig(lab, "10-42-0-5.default.pod.cluster.local").split() == ["10.42.0.5"]
-    status = lab.run("client", "dig", "+time=2", "nosuch.default.svc.cluster.local")
+    status = lab.run("probe", "dig", "+time=2", "nosuch.default.svc.cluster.local")
     assert "status: NXDOMAIN" in status and "SOA" in status
 
 
