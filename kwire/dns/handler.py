@@ -280,12 +280,16 @@ class DnsHandler:
                     fast.clear()
                 end = q.qname_end
                 lower = data[12:end].lower()  # the exact-bytes key is the lower-case question's
+                if ans.cached_as:  # served again from the precomputed response = a cache hit
+                    stat_again = self.stats.stat(type_label(q.qtype), rcode_label(ans.rcode), "cache", ans.cached_as)
+                else:
+                    stat_again = stat
                 fast[fk[0]] = Entry(
                     wires[0][2:12],
                     tuple(w[end:] for w in wires),
                     tuple(w[2:12] + lower + w[end:] for w in wires),
                     ans.expires,
-                    stat,
+                    stat_again,
                 )
         sstats.observe(stat, time.perf_counter() - t0)
         return wires[0]
@@ -418,6 +422,7 @@ class DnsHandler:
         ans = item.answer_at(now)
         ans.plugin = "forward"
         ans.cache = None
+        ans.cached_as = kind
         return ans
 
     def _cache_duration(self, rcode: int, answer: list[RR], authority: list[RR], additional: list[RR]) -> int | None:

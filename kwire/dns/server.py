@@ -175,7 +175,7 @@ class DnsServer:
         server_host = "" if cfg.listen in ("0.0.0.0", "::") else cfg.listen
         self.stats = Stats(f"dns://{server_host}:{cfg.port}")
         self.records = ClusterRecords(cfg.cluster_domain, cfg.ttl, split_ref(cfg.dns_service))
-        self.forwarder = Forwarder(timeout=cfg.forward_timeout, attempt_timeout=min(1.0, cfg.forward_timeout))
+        self.forwarder = Forwarder(timeout=cfg.forward_timeout, attempt_timeout=cfg.forward_timeout / 2)
         self.handler = DnsHandler(
             self.records,
             self.forwarder,
@@ -254,13 +254,19 @@ class DnsServer:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Serve, and follow the API (list, then watch) through informers."""
+        await self.open()
+        self._start_informers()
+
+    async def open(self) -> None:
+        """Read the upstreams and open the DNS and HTTP sockets; the records stay empty (unsynced) until
+        `start()`'s informers fill them (tests fill `records` directly)."""
         cfg = self.cfg
         ups = read_resolv_conf(cfg.resolv_conf)
         self.handler.upstreams = usable_upstreams(ups, cfg.resolv_conf, allow_loopback=cfg.allow_loopback_upstream)
         log.info("upstreams from %s: %s", cfg.resolv_conf, ", ".join(map(str, self.handler.upstreams)) or "none")
         await self._open_dns()
         await self._open_http()
-        self._start_informers()
         log.info(
             "kwire DNS serving %s on %s:%d (udp+tcp); health :%d, ready :%d, metrics :%d",
             cfg.cluster_domain,

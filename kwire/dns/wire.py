@@ -259,6 +259,8 @@ class Answer:
     expires: float = 0.0
     # "success"/"denial" when the answer came out of the forward cache.
     cache: str | None = None
+    # "success"/"denial" when the answer (fresh from upstream) was put in the forward cache: repeats are hits.
+    cached_as: str | None = None
 
 
 # -- queries -------------------------------------------------------------------------------------------------
