@@ -22,7 +22,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,7 @@ from kwire.dns.wire import (
     encode_reject,
     encode_response,
     fast_key,
+    ip_from_reverse,
     name_wire,
     parse_query,
     rcode_label,
@@ -204,6 +205,7 @@ class DnsHandler:
         self.fast_size = fast_size
         self.fast_udp: dict[bytes, Entry] = {}
         self.fast_tcp: dict[bytes, Entry] = {}
+        self._by_tag: dict[Hashable, set[bytes]] = {}  # change tag -> keys of the responses depending on it
         self.node_hosts = HostsTable(source="NodeHosts")
         self.custom = CustomConfig()
         self.fcache: dict[tuple[Any, ...], CacheItem] = {}
@@ -213,9 +215,17 @@ class DnsHandler:
         records.on_change(self.invalidate)
 
     # -- configuration -------------------------------------------------------------------------------------
-    def invalidate(self) -> None:
-        self.fast_udp.clear()
-        self.fast_tcp.clear()
+    def invalidate(self, tags: set[Hashable] | None = None) -> None:
+        """Drop the precomputed responses that depend on `tags` (None: all of them)."""
+        if tags is None:
+            self.fast_udp.clear()
+            self.fast_tcp.clear()
+            self._by_tag.clear()
+            return
+        for tag in tags:
+            for key in self._by_tag.pop(tag, ()):
+                self.fast_udp.pop(key, None)
+                self.fast_tcp.pop(key, None)
 
     def set_node_hosts(self, text: str) -> None:
         self.node_hosts = HostsTable(text, source="NodeHosts")
@@ -277,7 +287,9 @@ class DnsHandler:
             if fk is not None and fk[1] == q.qname_end:
                 fast = self.fast_tcp if tcp else self.fast_udp
                 if len(fast) >= self.fast_size:
-                    fast.clear()
+                    self.invalidate()
+                for tag in ans.deps:
+                    self._by_tag.setdefault(tag, set()).add(fk[0])
                 end = q.qname_end
                 lower = data[12:end].lower()  # the exact-bytes key is the lower-case question's
                 if ans.cached_as:  # served again from the precomputed response = a cache hit
@@ -332,6 +344,9 @@ class DnsHandler:
     async def _resolve_async(self, q: Query, name: Labels, r: Answer | _Forward) -> Answer:
         if isinstance(r, _Forward):
             ans = await self.forward(r.upstreams, name, q.qtype, q.qclass, do=q.do, cd=q.cd)
+            ip = ip_from_reverse(name)
+            if ip is not None:  # the address may become a cluster address: then the cluster answers it
+                ans.deps = (("ip", ip),)
         else:
             ans = r
             hops = 0
@@ -346,7 +361,14 @@ class DnsHandler:
                 if sub.rcode not in (NOERROR, NXDOMAIN):
                     # The target failed: answer the CNAME alone, briefly.
                     ans = Answer(
-                        NOERROR, ans.answer, [], [], aa=ans.aa, plugin=ans.plugin, expires=time.monotonic() + 5
+                        NOERROR,
+                        ans.answer,
+                        [],
+                        [],
+                        aa=ans.aa,
+                        plugin=ans.plugin,
+                        expires=time.monotonic() + 5,
+                        deps=ans.deps,
                     )
                     break
                 sub_exp = sub.expires
@@ -362,6 +384,7 @@ class DnsHandler:
                     plugin=ans.plugin,
                     chase=sub.chase,
                     expires=expires,
+                    deps=ans.deps + sub.deps,
                 )
             ans.chase = None
         return _renamed(ans, name, q.labels) if name != q.labels else ans
@@ -445,7 +468,7 @@ class DnsHandler:
 def _with(ans: Answer, answer: list[RR]) -> Answer:
     if answer is ans.answer:
         return ans
-    return Answer(ans.rcode, answer, ans.authority, ans.additional, aa=ans.aa, plugin=ans.plugin)
+    return Answer(ans.rcode, answer, ans.authority, ans.additional, aa=ans.aa, plugin=ans.plugin, deps=ans.deps)
 
 
 def _rotations(ans: Answer) -> list[list[RR]]:
@@ -482,4 +505,6 @@ def _renamed(ans: Answer, name: Labels, orig: Labels) -> Answer:
         chase=ans.chase,
         expires=ans.expires,
         cache=ans.cache,
+        cached_as=ans.cached_as,
+        deps=ans.deps,
     )

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 SvcKey = tuple[str, str]  # (namespace, name)
+# Change tags: ("svc", ns, name), ("ns", ns), ("ip", address), APEX (the zone's own records, the SOA serial).
+Tag = Hashable
+APEX: Tag = ("apex",)
 
 SCHEMA_VERSION = "1.1.0"
 VERSION_TTL = 28800  # CoreDNS's TTL for dns-version (the spec's example)
@@ -189,27 +192,30 @@ class ClusterRecords:
         self._eps: dict[SvcKey, list[Endpoint]] = {}  # ready (or published) endpoints per Service, computed lazily
         self._by_cluster_ip: dict[IP, set[SvcKey]] = {}
         self._by_endpoint_ip: dict[IP, set[SvcKey]] = {}
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[set[Tag] | None], None]] = []
         z = self.zone
         self._svc_zone = (b"svc", *z)
         self._pod_zone = (b"pod", *z)
         self._soa_rr: RR | None = None
 
     # -- updates -------------------------------------------------------------------------------------------
-    def on_change(self, fn: Callable[[], None]) -> None:
+    def on_change(self, fn: Callable[[set[Tag] | None], None]) -> None:
+        """`fn(tags)` after every change: the tags of the answers it may have changed (None: all of them)."""
         self._listeners.append(fn)
 
-    def _changed(self) -> None:
+    def _changed(self, tags: set[Tag] | None) -> None:
         now = int(time.time())
         self.serial = now if now > self.serial else self.serial + 1
         self._soa_rr = None
+        if tags is not None:
+            tags.add(APEX)  # the SOA serial
         for fn in self._listeners:
-            fn()
+            fn(tags)
 
     def set_synced(self, synced: bool = True) -> None:
         if synced != self.synced:
             self.synced = synced
-            self._changed()
+            self._changed(None)
 
     def set_service(self, obj: Obj) -> None:
         info = service_info(obj)
@@ -219,13 +225,16 @@ class ClusterRecords:
         old = self.services.get(key)
         if old == info:
             return
+        tags: set[Tag] = {("svc", *key)}
         if old is not None:
             self._unindex_cluster_ips(key, old)
+            tags.update(("ip", ip) for ip in old.cluster_ips)
         self.services[key] = info
         for ip in info.cluster_ips:
             self._by_cluster_ip.setdefault(ip, set()).add(key)
-        self._reindex_endpoints(key)
-        self._changed()
+        tags.update(("ip", ip) for ip in info.cluster_ips)
+        tags.update(("ip", ip) for ip in self._reindex_endpoints(key))
+        self._changed(tags)
 
     def delete_service(self, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
@@ -234,8 +243,10 @@ class ClusterRecords:
         if old is None:
             return
         self._unindex_cluster_ips(key, old)
-        self._reindex_endpoints(key)
-        self._changed()
+        tags: set[Tag] = {("svc", *key)}
+        tags.update(("ip", ip) for ip in old.cluster_ips)
+        tags.update(("ip", ip) for ip in self._reindex_endpoints(key))
+        self._changed(tags)
 
     def _unindex_cluster_ips(self, key: SvcKey, info: ServiceInfo) -> None:
         for ip in info.cluster_ips:
@@ -263,9 +274,11 @@ class ClusterRecords:
         if owner is not None:
             self._slices_by_svc.setdefault(owner, set()).add(skey)
             touched.add(owner)
+        tags: set[Tag] = set()
         for key in touched:
-            self._reindex_endpoints(key)
-        self._changed()
+            tags.add(("svc", *key))
+            tags.update(("ip", ip) for ip in self._reindex_endpoints(key))
+        self._changed(tags)
 
     def delete_slice(self, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
@@ -273,30 +286,35 @@ class ClusterRecords:
         old = self._slices.pop(skey, None)
         if old is None:
             return
+        tags: set[Tag] = set()
         if old[0] is not None:
             s = self._slices_by_svc.get(old[0])
             if s is not None:
                 s.discard(skey)
                 if not s:
                     del self._slices_by_svc[old[0]]
-            self._reindex_endpoints(old[0])
-        self._changed()
+            tags.add(("svc", *old[0]))
+            tags.update(("ip", ip) for ip in self._reindex_endpoints(old[0]))
+        self._changed(tags)
 
     def set_namespace(self, obj: Obj) -> None:
         name = str((obj.get("metadata") or {}).get("name") or "").lower()
         if name and name not in self.namespaces:
             self.namespaces.add(name)
-            self._changed()
+            self._changed({("ns", name)})
 
     def delete_namespace(self, obj: Obj) -> None:
         name = str((obj.get("metadata") or {}).get("name") or "").lower()
         if name in self.namespaces:
             self.namespaces.discard(name)
-            self._changed()
+            self._changed({("ns", name)})
 
-    def _reindex_endpoints(self, key: SvcKey) -> None:
+    def _reindex_endpoints(self, key: SvcKey) -> set[IP]:
+        """Recompute the Service's published endpoints; returns the addresses that were or are in them."""
+        touched: set[IP] = set()
         old = self._eps.pop(key, None)
         for ep in old or ():
+            touched.add(ep.ip)
             s = self._by_endpoint_ip.get(ep.ip)
             if s is not None:
                 s.discard(key)
@@ -304,17 +322,19 @@ class ClusterRecords:
                     del self._by_endpoint_ip[ep.ip]
         info = self.services.get(key)
         if info is None or info.is_external:
-            return
+            return touched
         eps: list[Endpoint] = []
         for skey in sorted(self._slices_by_svc.get(key, ())):
             for ep in self._slices[skey][1]:
                 if ep.ready or info.publish_not_ready:
                     eps.append(ep)
         if not eps:
-            return
+            return touched
         self._eps[key] = eps
         for ep in eps:
+            touched.add(ep.ip)
             self._by_endpoint_ip.setdefault(ep.ip, set()).add(key)
+        return touched
 
     # -- lookups -------------------------------------------------------------------------------------------
     def endpoints(self, key: SvcKey) -> list[Endpoint]:
@@ -341,7 +361,36 @@ class ClusterRecords:
         return is_subdomain(labels, self.zone)
 
     def lookup(self, labels: Labels, qtype: int, depth: int = 0) -> Answer | None:
-        """The cluster's answer, or None when the name is not the cluster's (the server falls through)."""
+        """The cluster's answer, or None when the name is not the cluster's (the server falls through).
+
+        The answer's `deps` say which changes can alter it; negative answers expire after the TTL (they carry
+        the SOA, whose serial changes with every update)."""
+        ans = self._lookup(labels, qtype, depth)
+        if ans is not None and ans.rcode != SERVFAIL:
+            if not ans.deps:
+                ans.deps = self._deps(labels)
+            if ans.authority and not ans.answer:
+                ans.expires = time.monotonic() + self.ttl
+        return ans
+
+    def _deps(self, labels: Labels) -> tuple[Tag, ...]:
+        z = len(self.zone)
+        if not is_subdomain(labels, self.zone):
+            ip = ip_from_reverse(labels)
+            return (("ip", ip),) if ip is not None else ()
+        rel = labels[: len(labels) - z][::-1]
+        if not rel:
+            return (APEX,)
+        if rel[0] == b"dns":
+            return (("svc", *self.dns_service),)
+        if rel[0] not in (b"svc", b"pod") or len(rel) < 2:
+            return ()
+        ns = rel[1].decode("latin-1")
+        if rel[0] == b"pod" or len(rel) == 2:
+            return (("ns", ns),)
+        return (("svc", ns, rel[2].decode("latin-1")),)
+
+    def _lookup(self, labels: Labels, qtype: int, depth: int) -> Answer | None:
         z = len(self.zone)
         if not is_subdomain(labels, self.zone):
             ip = ip_from_reverse(labels)
@@ -454,9 +503,18 @@ class ClusterRecords:
                 return Answer(NOERROR, [cname])
             if self.in_zone(target) and depth < MAX_CNAME_CHAIN:
                 sub = self.lookup(target, qtype, depth + 1)
+                own = ("svc", info.namespace, info.name)
                 if sub is None or sub.rcode == SERVFAIL:
-                    return Answer(NOERROR, [cname])
-                return Answer(sub.rcode, [cname, *sub.answer], sub.authority, sub.additional, chase=sub.chase)
+                    return Answer(NOERROR, [cname], deps=(own, *self._deps(target)))
+                return Answer(
+                    sub.rcode,
+                    [cname, *sub.answer],
+                    sub.authority,
+                    sub.additional,
+                    chase=sub.chase,
+                    expires=sub.expires,
+                    deps=(own, *sub.deps),
+                )
             return Answer(NOERROR, [cname], chase=target)
         if info.headless:
             eps = self.endpoints(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 Labels = tuple[bytes, ...]
@@ -261,6 +262,8 @@ class Answer:
     cache: str | None = None
     # "success"/"denial" when the answer (fresh from upstream) was put in the forward cache: repeats are hits.
     cached_as: str | None = None
+    # What the answer depends on (records.py's change tags): its precomputed response is dropped when one changes.
+    deps: tuple[Hashable, ...] = ()
 
 
 # -- queries -------------------------------------------------------------------------------------------------

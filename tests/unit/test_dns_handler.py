@@ -340,3 +340,29 @@ def test_concurrent_identical_misses_share_one_upstream_query() -> None:
     results = asyncio.run(go())
     assert len(h.forwarder.calls) == 1  # type: ignore[attr-defined]
     assert [dns.message.from_wire(r).id for r in results if r] == [0, 1, 2, 3, 4]
+
+
+def test_targeted_invalidation() -> None:
+    h = handler(svc("a", ip="10.43.0.1"), svc("b", ip="10.43.0.2"))
+    assert answers(ask(h, "a.default.svc.cluster.local.")) == ["10.43.0.1"]
+    assert answers(ask(h, "b.default.svc.cluster.local.")) == ["10.43.0.2"]
+    assert ask(h, "c.default.svc.cluster.local.").rcode() == dns.rcode.NXDOMAIN
+    assert ask(h, "newns.svc.cluster.local.").rcode() == dns.rcode.NXDOMAIN
+    assert ask(h, "9.9.43.10.in-addr.arpa.", "PTR").rcode() == dns.rcode.NXDOMAIN  # forwarded
+    assert len(h.fast_udp) == 5
+    # A change to Service a drops a's response only (and the reverse names of its addresses).
+    h.records.set_service(svc("a", ip="10.43.0.3"))
+    assert len(h.fast_udp) == 4
+    assert answers(ask(h, "a.default.svc.cluster.local.")) == ["10.43.0.3"]
+    # Created objects replace the negative answers about them.
+    h.records.set_service(svc("c", ip="10.43.9.9"))
+    assert answers(ask(h, "c.default.svc.cluster.local.")) == ["10.43.9.9"]
+    assert answers(ask(h, "9.9.43.10.in-addr.arpa.", "PTR")) == ["c.default.svc.cluster.local."]
+    h.records.set_namespace({"metadata": {"name": "newns"}})
+    m = ask(h, "newns.svc.cluster.local.")
+    assert m.rcode() == dns.rcode.NOERROR and not m.answer
+    # Negative answers carry the SOA: they are recomputed after the TTL, so its serial follows the updates.
+    for e in h.fast_udp.values():
+        if e.exp:
+            assert e.exp <= time.monotonic() + 5
+    assert sum(1 for e in h.fast_udp.values() if not e.exp) >= 3
