@@ -10,8 +10,9 @@ script and the API server, idle during the runs), with the same query file (A qu
 `<svc>.bench.svc.cluster.local`, in order) and the same duration. Each server gets a 2 s warm-up run first
 (kwire's first answer for a name is computed, later ones come from its precomputed responses).
 
-Prints queries per second, the kwire/dnsmasq ratio, and latency: dnsperf's average and standard deviation, and
-p50/p99 computed from dnsperf's per-query report (-v). Everything started is stopped at the end, and the whole
+Prints queries per second, the kwire/dnsmasq ratio, latency (dnsperf's average and standard deviation, and
+p50/p99 computed from dnsperf's per-query report, -v) and the share of its core each server used (a server
+below 100% was waiting for dnsperf, which then is the limit). Everything started is stopped at the end, and the whole
 run is bounded (about 2 x rounds x (duration + 3 s) plus set-up).
 """
 
@@ -73,6 +74,17 @@ class Result:
     p99_ms: float
     lost: int
     sent: int
+    cpu: float = 0.0  # share of its core the server used during the run
+
+    @property
+    def us_per_query(self) -> float:
+        """Server CPU time per answered query (user + system): its capacity, whatever limits the client."""
+        return self.cpu / self.qps * 1e6 if self.qps else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def dnsperf(port: int, queries: Path, seconds: float, out: Path, name: str) -> Result:
@@ -272,13 +284,17 @@ async def main() -> int:
         results: dict[str, list[Result]] = {"kwire": [], "dnsmasq": []}
         for name, port in (("kwire", kport), ("dnsmasq", dport)):
             await asyncio.to_thread(dnsperf, port, queries, 2, tmp / "warmup.txt", name)
+        pids = {"kwire": kwire_dns.pid, "dnsmasq": dnsmasq.pid}
         for _ in range(args.rounds):
             for name, port in (("kwire", kport), ("dnsmasq", dport)):
+                c0, t0 = cpu_seconds(pids[name]), time.monotonic()
                 r = await asyncio.to_thread(dnsperf, port, queries, args.duration, tmp / f"{name}.txt", name)
+                r.cpu = (cpu_seconds(pids[name]) - c0) / (time.monotonic() - t0)
                 results[name].append(r)
                 print(
                     f"  {name:8s} {r.qps:10.0f} qps  avg {r.avg_ms:.3f} ms  sd {r.std_ms:.3f} ms  "
-                    f"p50 {r.p50_ms:.3f} ms  p99 {r.p99_ms:.3f} ms  lost {r.lost}/{r.sent}"
+                    f"p50 {r.p50_ms:.3f} ms  p99 {r.p99_ms:.3f} ms  lost {r.lost}/{r.sent}  "
+                    f"cpu {r.cpu:.0%} = {r.us_per_query:.2f} us/query"
                 )
         metrics = await asyncio.to_thread(fetch, f"http://127.0.0.1:{hport}/metrics")
         served = sum(
@@ -292,13 +308,22 @@ async def main() -> int:
         k, d = results["kwire"], results["dnsmasq"]
         print()
         print(f"{args.services} Services, {args.duration:.0f} s per run, {args.rounds} round(s), server on core 1")
-        print(f"{'':10s}{'qps':>10s}{'avg ms':>9s}{'sd ms':>8s}{'p50 ms':>9s}{'p99 ms':>9s}")
+        print(f"{'':10s}{'qps':>10s}{'avg ms':>9s}{'sd ms':>8s}{'p50 ms':>9s}{'p99 ms':>9s}{'cpu':>6s}{'us/q':>7s}")
         for name, rs in (("kwire", k), ("dnsmasq", d)):
             print(
                 f"{name:10s}{med(rs, 'qps'):10.0f}{med(rs, 'avg_ms'):9.3f}{med(rs, 'std_ms'):8.3f}"
-                f"{med(rs, 'p50_ms'):9.3f}{med(rs, 'p99_ms'):9.3f}"
+                f"{med(rs, 'p50_ms'):9.3f}{med(rs, 'p99_ms'):9.3f}{med(rs, 'cpu'):6.0%}{med(rs, 'us_per_query'):7.2f}"
             )
         print(f"ratio kwire/dnsmasq: {med(k, 'qps') / med(d, 'qps'):.2f}x  (goal >= 0.8x)")
+        print(
+            f"capacity ratio (server CPU per query, dnsmasq/kwire): "
+            f"{med(d, 'us_per_query') / med(k, 'us_per_query'):.2f}x"
+            + (
+                "  (dnsperf was the limit: a server used < 95% of its core)"
+                if min(med(k, "cpu"), med(d, "cpu")) < 0.95
+                else ""
+            )
+        )
         print(f"kwire's coredns_dns_requests_total (udp): {served:.0f}")
         return 0
     finally:
