@@ -41,7 +41,9 @@ from kwire.dns.wire import (
     CLASS_ANY,
     CLASS_IN,
     CNAME,
+    FORMERR,
     NOERROR,
+    NOTIMP,
     NS,
     NXDOMAIN,
     PTR,
@@ -61,6 +63,7 @@ from kwire.dns.wire import (
     encode_response,
     fast_key,
     ip_from_reverse,
+    name_text,
     name_wire,
     parse_query,
     rcode_label,
@@ -72,6 +75,7 @@ log = logging.getLogger(__name__)
 MAX_VARIANTS = 8  # rotations kept per answer
 MAX_CHASE = 8
 NO_UPSTREAM_LOG_EVERY = 60.0
+NO_ANSWER_LOG_EVERY = 10.0
 
 
 class Entry:
@@ -211,6 +215,7 @@ class DnsHandler:
         self.fcache: dict[tuple[Any, ...], CacheItem] = {}
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Answer]] = {}
         self._no_upstream_logged = 0.0
+        self._no_answer_logged = 0.0
         self.tasks: set[asyncio.Task[Any]] = set()
         records.on_change(self.invalidate)
 
@@ -425,8 +430,22 @@ class DnsHandler:
         query = build_query(0, labels, qtype, qclass, do=do, cd=cd)
         question = name_wire(labels) + struct.pack("!HH", qtype, qclass)
         resp = await self.forwarder.exchange(ups, query, question)
+        if resp is not None and resp[3] & 0xF in (FORMERR, NOTIMP) and not do:
+            # An upstream that does not speak EDNS (RFC 6891 section 7): ask again without it.
+            plain = build_query(0, labels, qtype, qclass, cd=cd, edns=False)
+            resp = await self.forwarder.exchange(ups, plain, question) or resp
         if resp is None:
-            log.debug("forward: no answer for %s type %d", labels, qtype)
+            now = time.monotonic()
+            if now - self._no_answer_logged > NO_ANSWER_LOG_EVERY:
+                self._no_answer_logged = now
+                log.warning(
+                    "forward: no answer from %s for %s type %d within %.1fs: SERVFAIL (logged once per %.0fs)",
+                    ", ".join(map(str, ups)),
+                    name_text(labels),
+                    qtype,
+                    self.forwarder.timeout,
+                    NO_ANSWER_LOG_EVERY,
+                )
             return Answer(SERVFAIL, aa=False, plugin="forward")
         try:
             rcode, answer, authority, additional, tc = _upstream_answer(resp)

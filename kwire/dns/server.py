@@ -38,6 +38,7 @@ BATCH = 64
 TCP_IDLE = 10.0
 RECV_SIZE = 65535
 SYNC_LOG_EVERY = 30.0
+PANIC_LOG_EVERY = 10.0
 
 
 def _version() -> str:
@@ -207,6 +208,7 @@ class DnsServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sync_task: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
+        self._panic_logged = 0.0
 
     @property
     def ready(self) -> bool:
@@ -228,8 +230,7 @@ class DnsServer:
         try:
             out = self.handler.handle(data, tcp, sstats, t0)
         except Exception:
-            self.stats.panics += 1
-            log.exception("query handling failed")
+            self._panic()
             out = servfail_for(data)
         if out is None:
             return
@@ -240,14 +241,22 @@ class DnsServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _panic(self) -> None:
+        """An unexpected error answering a query: SERVFAIL, counted (coredns_panics_total), logged with its
+        traceback at most every PANIC_LOG_EVERY seconds."""
+        self.stats.panics += 1
+        now = time.monotonic()
+        if now - self._panic_logged > PANIC_LOG_EVERY:
+            self._panic_logged = now
+            log.exception("query handling failed (%d so far); answered SERVFAIL", self.stats.panics)
+
     async def _later(self, coro: Coroutine[Any, Any, bytes | None], data: bytes, addr: Any, reply: Any) -> None:
         try:
             out = await coro
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.stats.panics += 1
-            log.exception("query handling failed")
+            self._panic()
             out = servfail_for(data)
         if out is not None:
             reply(out, addr)

@@ -183,6 +183,7 @@ class TinyUpstream:
         self.ttl = ttl
         self.truncate: set[str] = set()
         self.silent = False
+        self.no_edns = False  # answer FORMERR to queries with EDNS (an old server)
         self.udp_queries: list[str] = []
         self.tcp_queries: list[str] = []
         self.port = 0
@@ -196,6 +197,11 @@ class TinyUpstream:
         if self.silent and not tcp:
             return None
         r = dns.message.make_response(q)
+        if self.no_edns and q.edns >= 0:
+            r = dns.message.make_response(q)
+            r.use_edns(False)
+            r.set_rcode(dns.rcode.FORMERR)
+            return r.to_wire()
         rdtype = dns.rdatatype.to_text(q.question[0].rdtype)
         if name not in self.table:
             r.set_rcode(dns.rcode.NXDOMAIN)

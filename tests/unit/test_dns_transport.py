@@ -130,7 +130,7 @@ async def test_tcp_pipelining_and_garbage(server: DnsServer) -> None:
 
 async def test_forwarding_tc_retry_failover_and_deadline(server: DnsServer) -> None:
     server.records.set_synced()
-    good = TinyUpstream({"example.com.": ["192.0.2.1"], "big.example.": ["192.0.2.9"]})
+    good = TinyUpstream({"example.com.": ["192.0.2.1"], "big.example.": ["192.0.2.9"], "old.example.": ["192.0.2.1"]})
     dead = TinyUpstream({})
     dead.silent = True
     await good.start()
@@ -147,6 +147,12 @@ async def test_forwarding_tc_retry_failover_and_deadline(server: DnsServer) -> N
         n = len(good.udp_queries)
         assert answers(await udp(server, "example.com.")) == ["192.0.2.1"]
         assert len(good.udp_queries) == n
+        # An upstream that rejects EDNS is asked again without it.
+        good.no_edns = True
+        n = len(good.udp_queries)
+        assert answers(await udp(server, "old.example.", "A", use_edns=0)) == ["192.0.2.1"]
+        assert good.udp_queries[n:] == ["old.example.", "old.example."]
+        good.no_edns = False
         # A dead upstream first: the next one answers, within the deadline.
         server.handler.fcache.clear()
         server.handler.invalidate()
