@@ -25,10 +25,11 @@ from pyroute2 import IPRoute
 from kwire.agent.flannel.flannel import Flannel
 from kwire.agent.kubelet.kubelet import Kubelet
 from kwire.agent.kubelet.runtime_client import RuntimeClient
+from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.client import ApiClient, ApiStatusError, Config, Informers, load_kubeconfig
-from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NODES, PODS, SERVICES
+from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 from kwire.cni import invoke as cni
 from kwire.config import AgentConfig
 
@@ -126,6 +127,7 @@ class ClusterSettings:
     cluster_dns: str
     cluster_domain: str
     flannel_backend: str
+    disable_network_policy: bool = False
 
 
 async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> ClusterSettings:
@@ -141,6 +143,7 @@ async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> Clus
                 cluster_dns=d.get("cluster-dns", "10.43.0.10"),
                 cluster_domain=d.get("cluster-domain", "cluster.local"),
                 flannel_backend=d.get("flannel-backend", "vxlan"),
+                disable_network_policy=d.get("disable-network-policy", "false") == "true",
             )
         except (ApiStatusError, OSError, TimeoutError) as exc:
             if loop.time() > end:
@@ -175,8 +178,11 @@ class Agent:
     kubelet: Kubelet
     runtime: RuntimeClient
     proxier: Proxier
+    netpol: NetworkPolicyController | None = None
 
     async def close(self) -> None:
+        if self.netpol is not None:
+            await self.netpol.stop()
         await self.proxier.stop()
         await self.kubelet.stop()
         await self.flannel.stop()
@@ -216,6 +222,15 @@ async def start(cfg: AgentConfig) -> Agent:
         cluster_cidr=settings.cluster_cidr,
         service_cidr=settings.service_cidr,
     )
+    netpol = None
+    if not settings.disable_network_policy:
+        netpol = NetworkPolicyController(
+            pods=informers.get(PODS),
+            namespaces=informers.get(NAMESPACES),
+            policies=informers.get(NETWORKPOLICIES),
+            node=node_name,
+            node_ips=(node_ip,),
+        )
     informers.start()
     await informers.wait_synced()
     reg.current_node = lambda: nodes.get(None, node_name)
@@ -232,6 +247,10 @@ async def start(cfg: AgentConfig) -> Agent:
     _bridge_netfilter()
     proxier.pod_cidr = proxier.current.pod_cidr = flannel.subnet
     proxier.start()
+    if netpol is not None:
+        netpol.start()
+    else:
+        await asyncio.to_thread(delete_table)
     cni_dir = data_dir / "cni"
     conflist = cni_dir / "net.d" / "10-flannel.conflist"
     await asyncio.to_thread(cni.write_conflist, conflist, subnet_file=flannel.subnet_env, data_dir=cni_dir / "flannel")
@@ -255,7 +274,7 @@ async def start(cfg: AgentConfig) -> Agent:
     reg.set_ready(True)
     await reg.post_status(force=True)
     log.info("agent: node %s (%s on %s) is Ready", node_name, node_ip, iface)
-    return Agent(client, informers, reg, flannel, kubelet, runtime, proxier)
+    return Agent(client, informers, reg, flannel, kubelet, runtime, proxier, netpol)
 
 
 async def run(cfg: AgentConfig) -> None:
