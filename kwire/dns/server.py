@@ -433,8 +433,11 @@ class DnsServer:
             with contextlib.suppress(Exception):
                 await self._tcp_server.wait_closed()
             self._tcp_server = None
-        for t in list(self._tasks):
+        pending = list(self._tasks)
+        for t in pending:
             t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         for r in self._runners:
             await r.cleanup()
         self._runners.clear()
