@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import os
 import socket
 import struct
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +41,18 @@ TCP_IDLE = 10.0
 RECV_SIZE = 65535
 SYNC_LOG_EVERY = 30.0
 PANIC_LOG_EVERY = 10.0
+SA_DIR_ENV = "KWIRE_SERVICEACCOUNT_DIR"
+
+
+def kube_config(cfg: DnsConfig, environ: Mapping[str, str] = os.environ) -> Config:
+    """--kubeconfig, else the in-cluster service account: its files are in $KWIRE_SERVICEACCOUNT_DIR when kwire's
+    kubelet runs the pod (no mount namespace there), else in /var/run/secrets/kubernetes.io/serviceaccount."""
+    if cfg.kubeconfig:
+        return load_kubeconfig(cfg.kubeconfig)
+    sa_dir = environ.get(SA_DIR_ENV)
+    if sa_dir:
+        return in_cluster_config(environ, Path(sa_dir))
+    return in_cluster_config(environ)
 
 
 def _version() -> str:
@@ -362,9 +376,7 @@ class DnsServer:
 
     def _start_informers(self) -> None:
         cfg = self.cfg
-        kube = self.kube
-        if kube is None:
-            kube = load_kubeconfig(cfg.kubeconfig) if cfg.kubeconfig else in_cluster_config()
+        kube = self.kube or kube_config(cfg)
         self.client = ApiClient(kube)
         inf = self.informers = Informers(self.client)
         rec = self.records

@@ -170,3 +170,21 @@ async def test_forwarding_tc_retry_failover_and_deadline(server: DnsServer) -> N
     finally:
         await good.stop()
         await dead.stop()
+
+
+def test_kube_config_sources(tmp_path: Path) -> None:
+    from kwire.dns.server import kube_config
+
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("tok\n")
+    (sa / "ca.crt").write_text("CA")
+    env = {
+        "KUBERNETES_SERVICE_HOST": "10.43.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "KWIRE_SERVICEACCOUNT_DIR": str(sa),
+    }
+    c = kube_config(DnsConfig(), env)
+    assert (c.server, c.token, c.ca_data) == ("https://10.43.0.1:443", "tok", b"CA")
+    with pytest.raises(ValueError):
+        kube_config(DnsConfig(), {})  # not in a cluster, no --kubeconfig
