@@ -87,10 +87,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def dnsperf(port: int, queries: Path, seconds: float, out: Path, name: str) -> Result:
+def dnsperf(port: int, queries: Path, seconds: float, out: Path, name: str, edns: bool = False) -> Result:
     cmd = [
         "taskset", "-c", str(CLIENT_CORE), "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries),
-        "-l", str(seconds), "-t", "2", "-v",
+        "-l", str(seconds), "-t", "2", "-v", *(["-e"] if edns else []),
     ]  # fmt: skip
     with out.open("wb") as f:
         subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=seconds + 30, check=True)
@@ -188,6 +188,7 @@ async def main() -> int:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=1, help="alternating kwire/dnsmasq runs per server")
+    ap.add_argument("--edns", action="store_true", help="queries with EDNS (dnsperf -e)")
     args = ap.parse_args()
     for tool in ("dnsperf", "dnsmasq", "taskset"):
         if shutil.which(tool) is None:
@@ -283,12 +284,12 @@ async def main() -> int:
 
         results: dict[str, list[Result]] = {"kwire": [], "dnsmasq": []}
         for name, port in (("kwire", kport), ("dnsmasq", dport)):
-            await asyncio.to_thread(dnsperf, port, queries, 2, tmp / "warmup.txt", name)
+            await asyncio.to_thread(dnsperf, port, queries, 2, tmp / "warmup.txt", name, args.edns)
         pids = {"kwire": kwire_dns.pid, "dnsmasq": dnsmasq.pid}
         for _ in range(args.rounds):
             for name, port in (("kwire", kport), ("dnsmasq", dport)):
                 c0, t0 = cpu_seconds(pids[name]), time.monotonic()
-                r = await asyncio.to_thread(dnsperf, port, queries, args.duration, tmp / f"{name}.txt", name)
+                r = await asyncio.to_thread(dnsperf, port, queries, args.duration, tmp / f"{name}.txt", name, args.edns)
                 r.cpu = (cpu_seconds(pids[name]) - c0) / (time.monotonic() - t0)
                 results[name].append(r)
                 print(
@@ -307,7 +308,10 @@ async def main() -> int:
 
         k, d = results["kwire"], results["dnsmasq"]
         print()
-        print(f"{args.services} Services, {args.duration:.0f} s per run, {args.rounds} round(s), server on core 1")
+        print(
+            f"{args.services} Services, {args.duration:.0f} s per run, {args.rounds} round(s), server on core 1"
+            + (", EDNS queries" if args.edns else "")
+        )
         print(f"{'':10s}{'qps':>10s}{'avg ms':>9s}{'sd ms':>8s}{'p50 ms':>9s}{'p99 ms':>9s}{'cpu':>6s}{'us/q':>7s}")
         for name, rs in (("kwire", k), ("dnsmasq", d)):
             print(
