@@ -38,10 +38,12 @@ from kwire.dns.metrics import SockStats, Stats
 from kwire.dns.records import ClusterRecords
 from kwire.dns.wire import (
     AAAA,
+    AXFR,
     CLASS_ANY,
     CLASS_IN,
     CNAME,
     FORMERR,
+    IXFR,
     NOERROR,
     NOTIMP,
     NS,
@@ -313,6 +315,8 @@ class DnsHandler:
 
     # -- resolution ----------------------------------------------------------------------------------------
     def resolve(self, q: Query) -> Answer | Awaitable[Answer]:
+        if q.qtype in (AXFR, IXFR):
+            return Answer(REFUSED, aa=False, plugin="")  # no zone transfers (K3s's Corefile has no `transfer`)
         target = self.custom.rewrite.get(q.labels)
         name = target or q.labels
         r = self._local(name, q.qtype, q.qclass)

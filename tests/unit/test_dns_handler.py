@@ -263,6 +263,13 @@ def test_no_usable_upstream(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     assert read_resolv_conf(tmp_path / "missing") == []
 
 
+def test_zone_transfers_refused() -> None:
+    h = handler(svc("web"))
+    for t in ("AXFR", "IXFR"):
+        assert ask(h, "cluster.local.", t, tcp=True).rcode() == dns.rcode.REFUSED
+    assert not h.fast_tcp
+
+
 def test_classes() -> None:
     h = handler(svc("web"), table=FWD)
     q = dns.message.make_query("web.default.svc.cluster.local.", "A", rdclass="CH")
