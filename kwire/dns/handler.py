@@ -9,16 +9,18 @@ A query is answered as CoreDNS's chain in K3s's Corefile answers it (plugins in 
     and `loadbalance` on the way out (the A/AAAA records of an answer rotate from one response to the next).
 
 Fast path: every answer that does not depend on who asks is kept as encoded responses (one per rotation of its
-address records) in a dict keyed by the query's raw bytes as `wire.fast_key` takes them. A hit costs a dict
-lookup and a concatenation: the client's ID and question bytes (its own letter case) between the stored
-header and tail. The dict is cleared whenever the cluster data, the hosts or coredns-custom change (answers
-are recomputed on the next query); answers out of the forward cache expire from it with their TTL, at least
-every second so that cached TTLs count down.
+address records) in a dict keyed by `wire.fast_key` (the query after its ID, question name lower-cased, EDNS
+options left out). The server's UDP loop looks up `data[2:]` itself, which is that key for a lower-case query
+without EDNS options, and sends the client's ID + the stored rest; other queries come here and are answered
+from the same entry with the client's own question bytes spliced in. Cluster answers carry change tags and are
+dropped when an informer event touches one of them (hosts and coredns-custom changes drop everything); answers
+out of the forward cache expire with their TTL, at least every second so that cached TTLs count down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import struct
 import time
@@ -259,9 +261,10 @@ class DnsHandler:
 
     # -- entry point ---------------------------------------------------------------------------------------
     def handle(
-        self, data: bytes, tcp: bool, sstats: SockStats, t0: float
+        self, data: bytes, tcp: bool, sstats: SockStats, t0: float, *, may_wait: bool = True
     ) -> bytes | None | Coroutine[Any, Any, bytes | None]:
-        """Answer one query that missed the fast path: bytes now, None (drop), or a coroutine to await."""
+        """Answer one query that missed the fast path: bytes now, None (drop), or a coroutine to await. With
+        `may_wait` False (too many queries waiting already), one that needs an upstream is REFUSED."""
         e = lookup_fast(self.fast_tcp if tcp else self.fast_udp, data, time.monotonic())
         if e is not None:
             # A cached question asked with upper-case letters (the lower-case form misses the exact-bytes path).
@@ -277,6 +280,11 @@ class DnsHandler:
         r = self.resolve(q)
         if isinstance(r, Answer):
             return self.finish(data, q, r, tcp, sstats, t0)
+        if not may_wait:
+            if inspect.iscoroutine(r):
+                r.close()
+            self.stats.overloaded += 1
+            return self.finish(data, q, Answer(REFUSED, aa=False, plugin="forward"), tcp, sstats, t0)
         return self._finish_later(data, q, r, tcp, sstats, t0)
 
     async def _finish_later(

@@ -58,6 +58,7 @@ class Stats:
         self.sockets: list[SockStats] = []
         self.cache_misses = 0
         self.panics = 0
+        self.overloaded = 0  # queries refused because MAX_PENDING were waiting for upstreams
 
     def socket(self, proto: str, family: str) -> SockStats:
         s = SockStats(proto, family, len(self.combos))
@@ -203,6 +204,12 @@ class DnsCollector(Collector):
         for (to, rcode), c in sorted(self.forward_responses().items()):
             fresp.add_metric([to, rcode], c)
         yield fresp
+        over = CounterMetricFamily(
+            "coredns_forward_max_concurrent_rejects",
+            "Counter of the number of queries rejected because the concurrent queries were at maximum.",
+        )
+        over.add_metric([], st.overloaded)
+        yield over
         panics = CounterMetricFamily("coredns_panics", "A metrics that counts the number of panics.")
         panics.add_metric([], st.panics)
         yield panics

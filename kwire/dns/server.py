@@ -41,6 +41,8 @@ TCP_IDLE = 10.0
 RECV_SIZE = 65535
 SYNC_LOG_EVERY = 30.0
 PANIC_LOG_EVERY = 10.0
+MAX_PENDING = 10000  # queries waiting for upstreams at once
+MAX_TCP_CONNECTIONS = 1000
 SA_DIR_ENV = "KWIRE_SERVICEACCOUNT_DIR"
 
 
@@ -143,6 +145,9 @@ class _Tcp(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if len(self.srv.tcp_conns) >= MAX_TCP_CONNECTIONS:
+            transport.close()
+            return
         self.srv.tcp_conns.add(self)
         self._arm()
 
@@ -242,7 +247,8 @@ class DnsServer:
 
     def slow(self, data: bytes, addr: Any, tcp: bool, sstats: SockStats, t0: float, reply: Any) -> None:
         try:
-            out = self.handler.handle(data, tcp, sstats, t0)
+            # As CoreDNS's forward `max_concurrent`: with MAX_PENDING queries waiting for upstreams, REFUSED.
+            out = self.handler.handle(data, tcp, sstats, t0, may_wait=len(self._tasks) < MAX_PENDING)
         except Exception:
             self._panic()
             out = servfail_for(data)

@@ -556,12 +556,13 @@ def encode_reject(r: Reject) -> bytes:
     return struct.pack("!HHHHHH", r.id, flags, 0, 0, 0, 0)
 
 
-def servfail_for(data: bytes) -> bytes | None:
-    """A SERVFAIL for whatever query `data` is, if it has a header (used when something unexpected failed)."""
+def servfail_for(data: bytes, rcode: int = SERVFAIL) -> bytes | None:
+    """A bare SERVFAIL (or `rcode`) for whatever query `data` is, if it has a header (something unexpected
+    failed, or the server is overloaded)."""
     if len(data) < 12 or data[2] & 0x80:
         return None
     qid, flags = struct.unpack_from("!HH", data)
-    return struct.pack("!HHHHHH", qid, _flags(flags, SERVFAIL, False, False), 0, 0, 0, 0)
+    return struct.pack("!HHHHHH", qid, _flags(flags, rcode, False, False), 0, 0, 0, 0)
 
 
 def build_query(

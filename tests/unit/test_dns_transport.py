@@ -188,3 +188,28 @@ def test_kube_config_sources(tmp_path: Path) -> None:
     assert (c.server, c.token, c.ca_data) == ("https://10.43.0.1:443", "tok", b"CA")
     with pytest.raises(ValueError):
         kube_config(DnsConfig(), {})  # not in a cluster, no --kubeconfig
+
+
+async def test_overload_limits(server: DnsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kwire.dns.server as srvmod
+
+    server.records.set_synced()
+    dead = TinyUpstream({})
+    dead.silent = True
+    await dead.start()
+    try:
+        server.handler.upstreams = [Upstream("127.0.0.1", dead.port)]
+        monkeypatch.setattr(srvmod, "MAX_PENDING", 2)
+        replies = await asyncio.gather(*(udp(server, f"n{i}.example.") for i in range(4)))
+        rcodes = sorted(m.rcode() for m in replies)
+        assert rcodes == [dns.rcode.SERVFAIL] * 2 + [dns.rcode.REFUSED] * 2
+        assert server.stats.overloaded == 2
+        monkeypatch.setattr(srvmod, "MAX_TCP_CONNECTIONS", 1)
+        r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.sleep(0.05)
+        r2, w2 = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(r2.read(), 2) == b""  # closed at once
+        w1.close()
+        w2.close()
+    finally:
+        await dead.stop()
