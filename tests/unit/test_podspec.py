@@ -131,3 +131,14 @@ def test_node_taint_flags() -> None:
         {"key": "dedicated", "value": "edge", "effect": "NoSchedule"},
         {"key": "gpu", "effect": "NoExecute"},
     ]
+
+
+def test_node_resolv_conf_avoids_loopback_stubs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    etc, systemd = tmp_path / "resolv.conf", tmp_path / "systemd.conf"
+    etc.write_text("nameserver 192.168.1.1\n")
+    assert podspec.node_resolv_conf(etc, systemd) == "nameserver 192.168.1.1\n"
+    etc.write_text("nameserver 127.0.0.53\noptions edns0\n")
+    systemd.write_text("nameserver 10.0.0.2\n")
+    assert podspec.node_resolv_conf(etc, systemd) == "nameserver 10.0.0.2\n"
+    systemd.write_text("nameserver ::1\n")
+    assert podspec.node_resolv_conf(etc, systemd) == "nameserver 8.8.8.8\n"

@@ -274,10 +274,7 @@ class Kubelet:
     async def _write_files(self, pod: Obj, st: PodState) -> None:
         if st.host_network:
             return
-        try:
-            host_resolv = Path("/etc/resolv.conf").read_text()
-        except OSError:
-            host_resolv = ""
+        host_resolv = podspec.node_resolv_conf()
         d = ETC_NETNS / st.netns
         d.mkdir(parents=True, exist_ok=True)
         files = {

@@ -8,8 +8,10 @@ as an image error); any other image gets a responder on every declared container
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 Obj = dict[str, Any]
@@ -251,3 +253,32 @@ def bandwidth(pod: Obj) -> Obj:
 def needs_service_account(pod: Obj) -> bool:
     """kwire's built-in images are in-cluster API clients (the DNS server reads Services and EndpointSlices)."""
     return any(image_name(str(c.get("image", ""))) in BUILTIN_IMAGES for c in spec(pod).get("containers") or [])
+
+
+SYSTEMD_RESOLV = Path("/run/systemd/resolve/resolv.conf")
+
+
+def _has_usable_nameserver(text: str) -> bool:
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                if not ipaddress.ip_address(parts[1].split("%")[0]).is_loopback:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def node_resolv_conf(etc: Path = Path("/etc/resolv.conf"), systemd: Path = SYSTEMD_RESOLV) -> str:
+    """The resolv.conf pods with dnsPolicy Default get (and so cluster DNS's upstreams), as K3s picks it: the node's
+    /etc/resolv.conf unless all its nameservers are loopback (a local stub such as systemd-resolved, unreachable
+    from a pod's namespace, and a DNS loop for CoreDNS); then systemd-resolved's real upstreams; else 8.8.8.8."""
+    for path in (etc, systemd):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if _has_usable_nameserver(text):
+            return text
+    return "nameserver 8.8.8.8\n"
