@@ -515,7 +515,7 @@ def test_incremental_updates_equal_a_fresh_compile(seed: int) -> None:
     compilers = {n: w.compile(n) for n in NODE_SUBNET}
     current = {n: c.build() for n, c in compilers.items()}
     for step in range(60):
-        kind = rnd.choice(["label", "ns", "policy", "delete-policy", "pod-ip", "pod-node", "delete-pod"])
+        kind = rnd.choice(["label", "ns", "policy", "delete-policy", "pod-ip", "pod-node", "delete-pod", "ports"])
         changed_pods: list[str] = []
         changed_ns: list[str] = []
         changed_pol: list[str] = []
@@ -545,6 +545,12 @@ def test_incremental_updates_equal_a_fresh_compile(seed: int) -> None:
             node = rnd.choice(sorted(NODE_SUBNET))
             w.pods[key]["spec"]["nodeName"] = node
             w.pods[key]["status"]["podIP"] = f"10.42.{NODE_SUBNET[node]}.{150 + step}"
+            changed_pods.append(key)
+        elif kind == "ports":
+            key = rnd.choice(sorted(w.pods))
+            for p in w.pods[key]["spec"]["containers"][0]["ports"]:
+                if p["name"] in ("serve-80-tcp", "serve-81-udp", "serve-81-tcp"):
+                    p["containerPort"] = rnd.choice([80, 81, 8000 + step])
             changed_pods.append(key)
         elif kind == "delete-pod" and len(w.pods) > 3:
             key = rnd.choice(sorted(w.pods))
@@ -582,7 +588,7 @@ def test_partial_render_orders_references_safely() -> None:
     mid = c.build()
     add = ruleset.render_partial(old, mid).splitlines()
     set_add = next(i for i, ln in enumerate(add) if ln.startswith("add set"))
-    rule_use = next(i for i, ln in enumerate(add) if "@pol-in-" in ln)
+    rule_use = next(i for i, ln in enumerate(add) if "@peers-" in ln)
     elem = next(i for i, ln in enumerate(add) if ln.startswith("add element ip kwire-netpol ingress-pods"))
     last_rule = max(i for i, ln in enumerate(add) if ln.startswith("add rule"))
     assert set_add < rule_use < elem and last_rule < elem
@@ -625,3 +631,24 @@ def test_policy_counters_from_nft_json() -> None:
         "x/web": {"allowed_packets": 10, "denied_packets": 5},
         "x/deny": {"allowed_packets": 0, "denied_packets": 7},
     }
+
+
+def test_rules_with_the_same_peers_share_one_set() -> None:
+    w = World()
+    from_y = [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]
+    from_b = [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]
+    w.add(
+        policy("x", "one", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": from_y}),
+        policy("x", "two", {"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": from_y + from_b}),
+        policy("y", "three", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": from_b}),
+    )
+    rs = w.compile("n1").build()
+    peer_sets = sorted(s.elements for s in rs.sets.values() if s.kind == ruleset.ADDR)
+    # from_y once (x/one and x/two); pod=b in namespace x (x/two); pod=b of y is not needed on n1 (y/a runs on n2).
+    assert peer_sets == sorted([tuple(sorted((w.ips[k] for k in ns_pods("y")), key=_ip)), (w.ips["x/b"],)])
+    rs2 = w.compile("n2").build()
+    assert sorted(s.elements for s in rs2.sets.values() if s.kind == ruleset.ADDR) == [(w.ips["y/b"],)]
+
+
+def _ip(ip: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in ip.split("."))

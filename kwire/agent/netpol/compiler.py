@@ -16,11 +16,13 @@ pieces dirty as objects change:
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 
 from kwire.agent.netpol import ruleset as rs_mod
 from kwire.agent.netpol.model import EGRESS, INGRESS, Cluster, PodInfo, Policy, PolicyRule, block_networks
 from kwire.agent.netpol.ruleset import ADDR, ADDR_PORT, NamedSet, Rule, Ruleset
+from kwire.base.labels import Selector
 
 
 class PolicyRules:
@@ -41,13 +43,47 @@ class PodRules:
         self.egress = egress
 
 
-def _addr_elements(ips: Iterable[str], blocks: Iterable[ipaddress.IPv4Network]) -> tuple[str, ...]:
-    nets = [ipaddress.IPv4Network(ip) for ip in ips]
-    nets += list(blocks)
-    out = []
-    for n in ipaddress.collapse_addresses(nets):
-        out.append(str(n.network_address) if n.prefixlen == 32 else str(n))
-    return tuple(out)
+def _ip_int(ip: str) -> int:
+    return int.from_bytes(socket.inet_aton(ip), "big")
+
+
+def _addr_elements(ips: Iterable[str], blocks: list[ipaddress.IPv4Network]) -> tuple[str, ...]:
+    """Interval-set elements for pod IPs plus ipBlocks, sorted and disjoint: the blocks are collapsed, and an IP
+    inside a block is left to the block (overlapping elements would make the transaction fail)."""
+    items: list[tuple[int, str]] = []
+    ranges: list[tuple[int, int]] = []
+    for n in ipaddress.collapse_addresses(blocks):
+        lo = int(n.network_address)
+        ranges.append((lo, int(n.broadcast_address)))
+        items.append((lo, str(n.network_address) if n.prefixlen == 32 else str(n)))
+    for ip in set(ips):
+        v = _ip_int(ip)
+        if not any(lo <= v <= hi for lo, hi in ranges):
+            items.append((v, ip))
+    items.sort()
+    return tuple(text for _, text in items)
+
+
+def _selector_key(sel: Selector | None) -> str:
+    if sel is None:
+        return "-"
+    if sel.match_nothing:
+        return "!"
+    return ",".join(f"{r.key}{r.op}{'|'.join(sorted(r.values))}" for r in sel.requirements)
+
+
+def peers_key(pol: Policy, rule: PolicyRule) -> str:
+    """What a rule's peers mean, independent of the policy they are written in: rules with the same peers (a pod
+    selector counts in the policy's namespace) share one set, e.g. every policy allowing "from namespace monitoring"."""
+    parts = []
+    for p in rule.peers:
+        if p.ns_selector is not None:
+            parts.append(f"ns[{_selector_key(p.ns_selector)}]pod[{_selector_key(p.pod_selector)}]")
+        elif p.pod_selector is not None:
+            parts.append(f"in[{pol.namespace}]pod[{_selector_key(p.pod_selector)}]")
+        else:
+            parts.append(f"cidr[{p.cidr}-{'|'.join(sorted(p.excepts))}]")
+    return ";".join(sorted(set(parts)))
 
 
 def compile_policy(cluster: Cluster, pol: Policy, selected: frozenset[str]) -> PolicyRules:
@@ -75,7 +111,7 @@ def _compile_rule(
     pods = cluster.pods
     comment = f"{pol.key} {direction} {index}"
     peer_set = ""
-    peer_pods: set[str] = set()
+    peer_pods: frozenset[str] = frozenset()
     if rule.peers:
         blocks: list[ipaddress.IPv4Network] = []
         for peer in rule.peers:
@@ -83,8 +119,12 @@ def _compile_rule(
                 peer_pods |= cluster.peer_pods(pol, peer)
             elif peer.cidr:
                 blocks += block_networks(peer.cidr, peer.excepts)
-        peer_set = rs_mod.rule_set(pol.key, direction, index)
-        sets[peer_set] = NamedSet(ADDR, _addr_elements(sorted({pods[k].ip for k in peer_pods}), blocks))
+        peer_set = rs_mod.peer_set(peers_key(pol, rule))
+        memo_key = (frozenset(peer_pods), tuple(blocks))
+        elems = cluster.elements_memo.get(memo_key)
+        if elems is None:
+            elems = cluster.elements_memo[memo_key] = _addr_elements([pods[k].ip for k in peer_pods], blocks)
+        sets[peer_set] = NamedSet(ADDR, elems)
     ingress = direction == INGRESS
     base = Rule(saddr_set=peer_set) if ingress else Rule(daddr_set=peer_set)
     out: list[Rule] = []
@@ -115,15 +155,15 @@ def _compile_rule(
             targets = peer_pods
         else:
             targets = pods.keys()
-        elems = set()
+        np_elems = set()
         for k in targets:
             pod = pods[k]
             for p in named:
                 port = pod.port_named(p.name, p.proto)
                 if port is not None:
-                    elems.add(f"{pod.ip} . {p.proto} . {port}")
+                    np_elems.add(f"{pod.ip} . {p.proto} . {port}")
         np_set = rs_mod.rule_set(pol.key, direction, index, "-np")
-        sets[np_set] = NamedSet(ADDR_PORT, tuple(sorted(elems)))
+        sets[np_set] = NamedSet(ADDR_PORT, tuple(sorted(np_elems)))
         out.append(
             Rule(
                 saddr_set=base.saddr_set,
@@ -202,7 +242,7 @@ class Compiler:
         for pk in self.selected:
             if pk not in self.dirty_policies:
                 pol = c.policies[pk]
-                if c.mentions(pol, old) or c.mentions(pol, new):
+                if c.peers_changed(pol, old, new):
                     self.dirty_policies.add(pk)
 
     def set_namespace(self, name: str, labels: dict[str, str] | None) -> None:

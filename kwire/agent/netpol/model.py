@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from kwire.base.labels import EVERYTHING, Selector, SelectorError, from_label_selector
@@ -215,11 +216,12 @@ def parse_policy(obj: Obj) -> Policy:
 # -- the cluster view ------------------------------------------------------------------------------------------
 
 
-def block_networks(cidr: str, excepts: Iterable[str]) -> list[ipaddress.IPv4Network]:
+@lru_cache(maxsize=16384)
+def block_networks(cidr: str, excepts: tuple[str, ...]) -> tuple[ipaddress.IPv4Network, ...]:
     """cidr minus the excepts, as disjoint networks (IPv6 blocks contribute nothing to an `ip` table)."""
     net = ipaddress.ip_network(cidr, strict=False)
     if not isinstance(net, ipaddress.IPv4Network):
-        return []
+        return ()
     nets = [net]
     for e in excepts:
         ex = ipaddress.ip_network(e, strict=False)
@@ -232,7 +234,7 @@ def block_networks(cidr: str, excepts: Iterable[str]) -> list[ipaddress.IPv4Netw
             elif not n.subnet_of(ex):
                 out.append(n)
         nets = out
-    return nets
+    return tuple(nets)
 
 
 class Cluster:
@@ -247,6 +249,9 @@ class Cluster:
         self.policies: dict[str, Policy] = {}
         self.policies_by_ns: dict[str, set[str]] = {}
         self._memo: dict[tuple[str | None, Selector], frozenset[str]] = {}
+        self._peer_memo: dict[tuple[str, Peer], frozenset[str]] = {}
+        # The compiler's memo of peer-set elements by (pods, blocks); valid while no pod changes.
+        self.elements_memo: dict[tuple[frozenset[str], tuple[Any, ...]], tuple[str, ...]] = {}
 
     # -- updates -----------------------------------------------------------------------------------------------
     def set_pod(self, key: str, info: PodInfo | None) -> PodInfo | None:
@@ -265,12 +270,15 @@ class Cluster:
             for kv in info.labels.items():
                 self.by_label.setdefault(kv, set()).add(key)
         self._memo.clear()
+        self._peer_memo.clear()
+        self.elements_memo.clear()
         return old
 
     def set_namespace(self, name: str, labels: dict[str, str] | None) -> dict[str, str] | None:
         old = self.namespaces.pop(name, None)
         if labels is not None:
             self.namespaces[name] = labels
+        self._peer_memo.clear()
         return old
 
     def set_policy(self, key: str, policy: Policy | None) -> Policy | None:
@@ -320,16 +328,21 @@ class Cluster:
         )
 
     def peer_pods(self, policy: Policy, peer: Peer) -> frozenset[str]:
+        memo_key = ("" if peer.ns_selector is not None else policy.namespace, peer)
+        hit = self._peer_memo.get(memo_key)
+        if hit is not None:
+            return hit
+        out: frozenset[str] = frozenset()
         if peer.ns_selector is not None:
-            names = set(self.namespaces) | set(self.by_ns)
-            out: set[str] = set()
-            for ns in names:
+            found: set[str] = set()
+            for ns in set(self.namespaces) | set(self.by_ns):
                 if peer.ns_selector.matches(self.ns_labels(ns)):
-                    out |= self.select(ns, peer.pod_selector if peer.pod_selector is not None else EVERYTHING)
-            return frozenset(out)
-        if peer.pod_selector is not None:
-            return self.select(policy.namespace, peer.pod_selector)
-        return frozenset()
+                    found |= self.select(ns, peer.pod_selector if peer.pod_selector is not None else EVERYTHING)
+            out = frozenset(found)
+        elif peer.pod_selector is not None:
+            out = self.select(policy.namespace, peer.pod_selector)
+        self._peer_memo[memo_key] = out
+        return out
 
     def peer_matches(self, policy: Policy, peer: Peer, pod: PodInfo) -> bool:
         if peer.ns_selector is not None:
@@ -340,15 +353,20 @@ class Cluster:
             return pod.namespace == policy.namespace and peer.pod_selector.matches(pod.labels)
         return False
 
-    def mentions(self, policy: Policy, pod: PodInfo | None) -> bool:
-        """Whether `pod` can appear in one of the policy's peer sets (so a change to it changes the policy's sets)."""
-        if pod is None:
+    def peers_changed(self, policy: Policy, old: PodInfo | None, new: PodInfo | None) -> bool:
+        """Whether a pod going from `old` to `new` changes one of the policy's peer or named-port sets: it joins or
+        leaves a rule's peers, or it is (still) a peer and its IP or named ports changed."""
+        if old is None and new is None:
             return False
+        moved = old is None or new is None or old.ip != new.ip or old.named_ports != new.named_ports
         for d in policy.types:
             for r in policy.rules(d):
                 if r.peers:
-                    if any(self.peer_matches(policy, p, pod) for p in r.peers if p.selects_pods):
+                    pod_peers = [p for p in r.peers if p.selects_pods]
+                    was = old is not None and any(self.peer_matches(policy, p, old) for p in pod_peers)
+                    now = new is not None and any(self.peer_matches(policy, p, new) for p in pod_peers)
+                    if was != now or (now and moved):
                         return True
-                elif d == EGRESS and r.named_ports:
+                elif d == EGRESS and r.named_ports and moved:
                     return True  # egress to a named port of any pod
         return False

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from base64 import b32encode
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 TABLE = "kwire-netpol"
 LOG_PREFIX = "kwire-netpol-deny "
@@ -31,6 +32,7 @@ ADDR = "addr"  # set type ipv4_addr, flags interval
 ADDR_PORT = "addr_port"  # set type ipv4_addr . inet_proto . inet_service
 
 
+@lru_cache(maxsize=65536)
 def short_id(*parts: str) -> str:
     """A stable, readable, length-bounded name part (kube-proxy's hashAndTruncate idea)."""
     text = "/".join(parts)
@@ -45,6 +47,11 @@ def policy_chain(key: str, direction: str) -> str:
 
 def pod_chain(key: str, direction: str) -> str:
     return f"pod-{direction[:2]}-{short_id(key)}"
+
+
+def peer_set(peers_key: str) -> str:
+    """The set of a rule's peers, named by what they mean so that identical peers share one set."""
+    return "peers-" + b32encode(hashlib.sha256(peers_key.encode()).digest()).decode()[:16].lower()
 
 
 def rule_set(key: str, direction: str, index: int, suffix: str = "") -> str:
