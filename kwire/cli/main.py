@@ -61,6 +61,16 @@ def _cmd_runtime(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_netpol(ns: argparse.Namespace) -> int:
+    import json
+
+    from kwire.agent.netpol.stats import policy_counters
+
+    # Run on a node (e.g. `kwire lab exec node1 -- kwire netpol counters`): the table is per network namespace.
+    print(json.dumps(policy_counters(), indent=2, sort_keys=True))
+    return 0
+
+
 def _print_lab_up(st: Any, seconds: float) -> None:
     from kwire.lab import lab, topology
 
@@ -142,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runtime", help="the node's pod runtime (started by the agent)")
     p.add_argument("--state-dir", required=True)
     p.set_defaults(func=_cmd_runtime)
+
+    p = sub.add_parser("netpol", help="NetworkPolicy enforcement on this node")
+    np_sub = p.add_subparsers(dest="netpol_cmd", required=True)
+    np_sub.add_parser("counters", help="per-policy allowed/denied packet counters of this node, as JSON").set_defaults(
+        func=_cmd_netpol
+    )
 
     lab = sub.add_parser("lab", help="a multi-node cluster on this machine, in network namespaces")
     lsub = lab.add_subparsers(dest="lab_cmd", required=True)
