@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 
 from kwire.agent.flannel.flannel import Flannel
 from kwire.agent.kubelet.kubelet import Kubelet
+from kwire.agent.kubelet.logs import LogServer
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
@@ -179,8 +180,11 @@ class Agent:
     runtime: RuntimeClient
     proxier: Proxier
     netpol: NetworkPolicyController | None = None
+    logs: LogServer | None = None
 
     async def close(self) -> None:
+        if self.logs is not None:
+            await self.logs.close()
         if self.netpol is not None:
             await self.netpol.stop()
         await self.proxier.stop()
@@ -271,10 +275,12 @@ async def start(cfg: AgentConfig) -> Agent:
         runtime=runtime,
     )
     await kubelet.start()
+    logs = LogServer(logs_dir=data_dir / "runtime" / "logs", token=client.config.token or "", host=node_ip)
+    await logs.start()
     reg.set_ready(True)
     await reg.post_status(force=True)
     log.info("agent: node %s (%s on %s) is Ready", node_name, node_ip, iface)
-    return Agent(client, informers, reg, flannel, kubelet, runtime, proxier, netpol)
+    return Agent(client, informers, reg, flannel, kubelet, runtime, proxier, netpol, logs)
 
 
 async def run(cfg: AgentConfig) -> None:

@@ -18,7 +18,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, protobuf, scale, tables
+from kwire.api import discovery, podlogs, protobuf, scale, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -95,6 +95,7 @@ class ApiServer:
     def __init__(self, resources: Resources, *, tokens: set[str], server_address: str, ca_pem: bytes = b"") -> None:
         self.resources = resources
         self.ca_pem = ca_pem
+        self.log_token = next(iter(tokens), "")  # presented to kubelets when proxying pods/log
         self.tokens = tokens
         self.server_address = server_address
         self.ready = True
@@ -143,6 +144,12 @@ class ApiServer:
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if target.kind.kind == "Pod" and target.subresource == "log" and target.name:
+            if request.method != "GET":
+                raise method_not_allowed()
+            return await podlogs.pod_log(
+                request, self.resources, namespace=target.namespace or "", name=target.name, token=self.log_token
+            )
         if (
             target.subresource
             and target.subresource not in target.kind.subresources

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pyroute2 import IPRoute
 from kwire.kernel import netns
 from kwire.lab import lab as labmod
 from kwire.lab import procs
+from tests.integration.apiserver import KUBECTL
 from tests.integration.labkit import Lab, Listener, leftovers, udp_echo, wait_for
 
 pytestmark = pytest.mark.lab
@@ -352,3 +354,37 @@ def test_probes_host_network_and_host_port(vx: Lab) -> None:
         assert body["pod"] == "hostport"
     finally:
         vx.kubectl("delete", "pod", "never-ready", "ready-http", "not-alive", "hostnet", "hostport", "--wait=true")
+
+
+def test_kubectl_logs(vx: Lab) -> None:
+    vx.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: talker}\nspec:\n  nodeName: node3\n  containers:\n"
+        "  - name: sh\n    image: kwire/host\n"
+        '    command: [sh, -c, "echo hello from $HOSTNAME; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]\n'
+    )
+    try:
+        out = wait_for(
+            lambda: "tick 3" in vx.kubectl("logs", "talker").stdout and vx.kubectl("logs", "talker").stdout,
+            what="kubectl logs",
+        )
+        assert out.startswith("hello from talker\n")
+        tail = vx.kubectl("logs", "talker", "--tail=1").stdout
+        assert tail.count("\n") == 1 and tail.startswith("tick ")
+        # --follow streams new lines as they are written (bounded: the test stops it after a few lines).
+        proc = subprocess.Popen(
+            [KUBECTL, "logs", "-f", "--tail=0", "talker"],
+            env={"KUBECONFIG": str(vx.topo.kubeconfig), "HOME": "/tmp", "PATH": "/usr/bin:/bin"},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline() for _ in range(3)]
+            assert all(line.startswith("tick ") for line in lines)
+        finally:
+            proc.kill()
+            proc.wait()
+        bad = vx.kubectl("logs", "talker", "-c", "nope", check=False)
+        assert bad.returncode != 0 and "container nope is not valid for pod talker" in bad.stderr
+    finally:
+        vx.kubectl("delete", "pod", "talker", "--wait=true")

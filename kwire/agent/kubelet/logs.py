@@ -1,0 +1,95 @@
+"""The kubelet's log endpoint: `GET /containerLogs/{namespace}/{pod}/{container}` on the node's port 10250.
+
+The API server's `pods/log` subresource (what `kubectl logs` calls) proxies here, as kube-apiserver proxies to the
+kubelet. Containers' output is in the pod runtime's log files; `tailLines`, `limitBytes` and `follow` are honoured.
+Requests carry the cluster token (HTTP on the node's address; kube's kubelet serves HTTPS with its own certificate,
+which kwire's agents do not have yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+KUBELET_PORT = 10250
+FOLLOW_POLL = 0.2
+
+
+def _tail(data: bytes, lines: int) -> bytes:
+    if lines < 0:
+        return data
+    parts = data.splitlines(keepends=True)
+    return b"".join(parts[-lines:]) if lines else b""
+
+
+class LogServer:
+    def __init__(self, *, logs_dir: Path, token: str, host: str, port: int = KUBELET_PORT) -> None:
+        self.logs_dir = logs_dir
+        self.token = token
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    def _path(self, namespace: str, pod: str, container: str) -> Path:
+        for part in (namespace, pod, container):
+            if not part or "/" in part or part.startswith("."):
+                raise web.HTTPBadRequest(text="invalid name")
+        return self.logs_dir / f"{namespace}_{pod}_{container}.log"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        if not (auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), self.token.encode())):
+            raise web.HTTPUnauthorized(text="Unauthorized")
+        m = request.match_info
+        path = self._path(m["namespace"], m["pod"], m["container"])
+        try:
+            tail = int(request.query.get("tailLines", "-1"))
+            limit = int(request.query.get("limitBytes", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="tailLines and limitBytes must be integers") from None
+        follow = request.query.get("follow") in ("true", "1")
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            data = b""  # a responder container writes no output
+        offset = len(data)
+        data = _tail(data, tail)
+        if limit > 0:
+            data = data[:limit]
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        await resp.write(data)
+        while follow:
+            await asyncio.sleep(FOLLOW_POLL)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size > offset:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read(size - offset)
+                offset = size
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, host=self.host, port=self.port, reuse_address=True).start()
+        except OSError as exc:
+            log.warning("kubelet: cannot serve logs on %s:%d: %s", self.host, self.port, exc)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
