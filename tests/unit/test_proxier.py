@@ -87,9 +87,14 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def _settle(p: Proxier) -> None:
-    for _ in range(50):
+    """Until nothing is pending and no sync has finished for a while (a sync runs its apply in a thread)."""
+    quiet, last = 0, -1
+    for _ in range(200):
         await asyncio.sleep(0.02)
-        if not p._dirty and not p._kick.is_set():
+        done = p.stats.full + p.stats.partial + p.stats.failed
+        quiet = quiet + 1 if (done == last and not p._dirty and not p._kick.is_set()) else 0
+        last = done
+        if quiet >= 8:
             return
 
 
