@@ -12,7 +12,6 @@ whole table in one transaction. Connections already accepted are never cut by a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -22,6 +21,7 @@ from typing import Any
 from kwire.agent.netpol import ruleset
 from kwire.agent.netpol.compiler import Compiler
 from kwire.agent.netpol.model import key_of, namespace_labels, parse_policy, pod_info
+from kwire.agent.syncrunner import SyncRunner
 from kwire.client import Informer
 from kwire.kernel import nft
 
@@ -79,8 +79,14 @@ class NetworkPolicyController:
         self._pending_since: float | None = None
         self._need_full = True
         self._last_full = 0.0
-        self._kick = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.runner = SyncRunner(
+            name="netpol",
+            sync=self._periodic_sync,
+            on_failure=self._failed,
+            min_period=min_sync_period,
+            max_period=full_resync_period,
+        )
+        self._kick = self.runner.event
 
     # -- change tracking --------------------------------------------------------------------------------------
     def _mark(self, dirty: set[str], key: str) -> None:
@@ -108,37 +114,20 @@ class NetworkPolicyController:
             inf.on_update(fn)
             inf.on_delete(fn)
         self._need_full = True
-        self._kick.set()
-        self._task = asyncio.create_task(self._run())
+        self.runner.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await self.runner.stop()
 
     # -- the runner ---------------------------------------------------------------------------------------------
-    async def _run(self) -> None:
-        last = 0.0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=self.full_resync_period)
-            if time.monotonic() - self._last_full >= self.full_resync_period:
-                self._need_full = True
-            wait = self.min_sync_period - (time.monotonic() - last)
-            if wait > 0:
-                await asyncio.sleep(wait)  # rate limit: events arriving meanwhile join this sync
-            self._kick.clear()
-            last = time.monotonic()
-            try:
-                await self.sync()
-            except Exception as exc:
-                self.stats.failed += 1
-                self._need_full = True
-                log.warning("netpol: sync failed (%s); the next sync is a full one", exc)
-                await asyncio.sleep(1.0)
-                self._kick.set()
+    async def _periodic_sync(self) -> None:
+        if time.monotonic() - self._last_full >= self.full_resync_period:
+            self._need_full = True  # kube-router's periodic full sync
+        await self.sync()
+
+    def _failed(self, _exc: Exception) -> None:
+        self.stats.failed += 1
+        self._need_full = True
 
     def _feed_pod(self, key: str) -> None:
         ns, _, name = key.partition("/")

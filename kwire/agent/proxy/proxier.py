@@ -11,7 +11,6 @@ one transaction too, which leaves established connections alone (their NAT lives
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 from kwire.agent.proxy import ruleset
 from kwire.agent.proxy.health import HealthChecks
 from kwire.agent.proxy.model import ServicePort, service_ports
+from kwire.agent.syncrunner import SyncRunner
 from kwire.client import Informer
 from kwire.kernel import nft
 
@@ -80,8 +80,8 @@ class Proxier:
         self.ports: dict[str, list[ServicePort]] = {}  # service key -> its ports as last synced
         self._dirty: set[str] = set()
         self._need_full = True
-        self._kick = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.runner = SyncRunner(name="proxy", sync=self.sync, on_failure=self._failed, min_period=min_sync_period)
+        self._kick = self.runner.event
         self.stats = SyncStats()
         self.health = HealthChecks(node_ip=node_ips[0] if node_ips else "0.0.0.0")
         self.synced = asyncio.Event()
@@ -115,34 +115,15 @@ class Proxier:
         self.slices.on_delete(self._on_slice)
         for svc in self.services.items():
             self.mark(_svc_key(svc))
-        self._kick.set()
-        self._task = asyncio.create_task(self._run())
+        self.runner.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self.runner.stop()
         await self.health.close()
 
-    # -- the runner ---------------------------------------------------------------------------------------------
-    async def _run(self) -> None:
-        last = 0.0
-        while True:
-            await self._kick.wait()
-            wait = self.min_sync_period - (time.monotonic() - last)
-            if wait > 0:
-                await asyncio.sleep(wait)  # rate limit: events arriving meanwhile join this sync
-            self._kick.clear()
-            last = time.monotonic()
-            try:
-                await self.sync()
-            except Exception as exc:
-                self.stats.failed += 1
-                self._need_full = True
-                log.warning("proxy: sync failed (%s); the next sync is a full one", exc)
-                await asyncio.sleep(1.0)
-                self._kick.set()
+    def _failed(self, _exc: Exception) -> None:
+        self.stats.failed += 1
+        self._need_full = True
 
     def compute(self, keys: set[str]) -> tuple[ruleset.Ruleset, set[str], dict[str, list[ServicePort]]]:
         """The new ruleset after recomputing services `keys`, and which service-port keys changed."""
