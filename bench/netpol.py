@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kwire.agent.netpol import ruleset  # noqa: E402
 from kwire.agent.netpol.controller import NetworkPolicyController  # noqa: E402
+from kwire.client.fake import FakeInformer  # noqa: E402
 from kwire.kernel import netns  # noqa: E402
 
 NS = "kwire-bench-netpol"
@@ -43,37 +44,6 @@ KUBE_ROUTER = (
     "large clusters' (kube-router 1.2, #873)"
 )
 CILIUM = "Cilium: no comparable published policy-change-to-enforcement latency found"
-
-
-class Informer:
-    """The part of kwire.client.Informer the controller uses, over a dict."""
-
-    def __init__(self) -> None:
-        self.objs: dict[str, Obj] = {}
-        self.handlers: dict[str, list[Callable[..., Any]]] = {"add": [], "update": [], "delete": []}
-
-    def on_add(self, fn: Callable[..., Any]) -> None:
-        self.handlers["add"].append(fn)
-
-    def on_update(self, fn: Callable[..., Any]) -> None:
-        self.handlers["update"].append(fn)
-
-    def on_delete(self, fn: Callable[..., Any]) -> None:
-        self.handlers["delete"].append(fn)
-
-    def get(self, ns: str | None, name: str) -> Obj | None:
-        return self.objs.get(f"{ns}/{name}" if ns else name)
-
-    def items(self) -> list[Obj]:
-        return list(self.objs.values())
-
-    def put(self, obj: Obj) -> None:
-        m = obj["metadata"]
-        key = f"{m['namespace']}/{m['name']}" if m.get("namespace") else m["name"]
-        old = self.objs.get(key)
-        self.objs[key] = obj
-        for fn in self.handlers["update" if old else "add"]:
-            fn(old, obj) if old else fn(obj)
 
 
 def _pod(i: int) -> Obj:
@@ -141,7 +111,7 @@ def _pct(xs: list[float], p: float) -> float:
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    pods, namespaces, policies = Informer(), Informer(), Informer()
+    pods, namespaces, policies = FakeInformer(), FakeInformer(), FakeInformer()
     namespaces.put({"metadata": {"name": "bench", "labels": {"team": "ops"}}})
     for i in range(args.pods):
         pods.put(_pod(i))

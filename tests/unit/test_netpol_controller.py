@@ -5,54 +5,16 @@ disabled setting removes the table."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from kwire.agent.netpol import controller as ctrl_mod
 from kwire.agent.netpol.controller import NetworkPolicyController
+from kwire.client.fake import FakeInformer
 from kwire.kernel import nft
 
 Obj = dict[str, Any]
-
-
-class FakeInformer:
-    def __init__(self) -> None:
-        self.objs: dict[str, Obj] = {}
-        self.handlers: dict[str, list[Callable[..., Any]]] = {"add": [], "update": [], "delete": []}
-
-    def on_add(self, fn: Callable[..., Any]) -> None:
-        self.handlers["add"].append(fn)
-
-    def on_update(self, fn: Callable[..., Any]) -> None:
-        self.handlers["update"].append(fn)
-
-    def on_delete(self, fn: Callable[..., Any]) -> None:
-        self.handlers["delete"].append(fn)
-
-    def get(self, ns: str | None, name: str) -> Obj | None:
-        return self.objs.get(f"{ns}/{name}" if ns else name)
-
-    def items(self) -> list[Obj]:
-        return list(self.objs.values())
-
-    @staticmethod
-    def _key(obj: Obj) -> str:
-        m = obj["metadata"]
-        return f"{m['namespace']}/{m['name']}" if m.get("namespace") else m["name"]
-
-    def put(self, obj: Obj) -> None:
-        key = self._key(obj)
-        old = self.objs.get(key)
-        self.objs[key] = obj
-        for fn in self.handlers["update" if old else "add"]:
-            fn(old, obj) if old else fn(obj)
-
-    def remove(self, obj: Obj) -> None:
-        self.objs.pop(self._key(obj))
-        for fn in self.handlers["delete"]:
-            fn(obj)
 
 
 def _pod(ns: str, name: str, ip: str, node: str = "n1", **labels: str) -> Obj:

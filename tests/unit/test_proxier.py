@@ -4,56 +4,16 @@ services, a failed apply makes the next sync a full one, and stale UDP endpoints
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from kwire.agent.proxy import proxier as proxier_mod
 from kwire.agent.proxy.proxier import Proxier
+from kwire.client.fake import FakeInformer
 from kwire.kernel import nft
 
 Obj = dict[str, Any]
-
-
-class FakeInformer:
-    def __init__(self) -> None:
-        self.objs: dict[str, Obj] = {}
-        self.handlers: dict[str, list[Callable[..., Any]]] = {"add": [], "update": [], "delete": []}
-        self.indexers: dict[str, Callable[[Obj], list[str]]] = {}
-
-    def add_indexer(self, name: str, fn: Callable[[Obj], list[str]]) -> None:
-        self.indexers[name] = fn
-
-    def on_add(self, fn: Callable[..., Any]) -> None:
-        self.handlers["add"].append(fn)
-
-    def on_update(self, fn: Callable[..., Any]) -> None:
-        self.handlers["update"].append(fn)
-
-    def on_delete(self, fn: Callable[..., Any]) -> None:
-        self.handlers["delete"].append(fn)
-
-    def get(self, ns: str | None, name: str) -> Obj | None:
-        return self.objs.get(f"{ns}/{name}")
-
-    def items(self) -> list[Obj]:
-        return list(self.objs.values())
-
-    def by_index(self, name: str, value: str) -> list[Obj]:
-        return [o for o in self.objs.values() if value in self.indexers[name](o)]
-
-    async def put(self, obj: Obj) -> None:
-        key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-        old = self.objs.get(key)
-        self.objs[key] = obj
-        for fn in self.handlers["update" if old else "add"]:
-            await (fn(old, obj) if old else fn(obj))
-
-    async def remove(self, ns: str, name: str) -> None:
-        obj = self.objs.pop(f"{ns}/{name}")
-        for fn in self.handlers["delete"]:
-            await fn(obj)
 
 
 def _svc(name: str, ip: str, proto: str = "TCP") -> Obj:
@@ -108,8 +68,8 @@ async def test_events_collapse_partial_syncs_and_failure_forces_full(
 
     monkeypatch.setattr(proxier_mod.subprocess, "run", fake_run)
     svcs, slices = FakeInformer(), FakeInformer()
-    await svcs.put(_svc("a", "10.43.0.20"))
-    await slices.put(_slice("a", ["10.42.1.2", "10.42.1.3"]))
+    await svcs.aput(_svc("a", "10.43.0.20"))
+    await slices.aput(_slice("a", ["10.42.1.2", "10.42.1.3"]))
     p = Proxier(
         services=svcs,  # type: ignore[arg-type]
         slices=slices,  # type: ignore[arg-type]
@@ -125,16 +85,16 @@ async def test_events_collapse_partial_syncs_and_failure_forces_full(
         await _settle(p)
         assert len(applied) == 1 and applied[0].startswith("add table ip kwire-proxy")  # the first sync is full
         # Many events inside one min-sync-period: one partial sync that touches only service b.
-        await svcs.put(_svc("b", "10.43.0.21", "UDP"))
+        await svcs.aput(_svc("b", "10.43.0.21", "UDP"))
         for n in range(5):
-            await slices.put(_slice("b", [f"10.42.2.{i}" for i in range(2, 3 + n)], "UDP"))
+            await slices.aput(_slice("b", [f"10.42.2.{i}" for i in range(2, 3 + n)], "UDP"))
         await _settle(p)
         assert len(applied) == 2
         assert "10.43.0.21" in applied[1] and "10.43.0.20" not in applied[1]
         assert "delete table" not in applied[1]
         # A failing apply: the next sync is a full one.
         applied.append("FAIL")
-        await slices.put(_slice("b", ["10.42.2.2"], "UDP"))
+        await slices.aput(_slice("b", ["10.42.2.2"], "UDP"))
         await asyncio.sleep(1.5)
         await _settle(p)
         assert p.stats.failed == 1
@@ -142,7 +102,7 @@ async def test_events_collapse_partial_syncs_and_failure_forces_full(
         # Removed UDP endpoints get their conntrack entries deleted.
         assert any("--dst-nat" in c and "10.42.2.6" in c for c in cleared)
         # Deleting the service removes it in a partial sync.
-        await svcs.remove("default", "b")
+        await svcs.aremove({"metadata": {"namespace": "default", "name": "b"}})
         await _settle(p)
         assert "delete element ip kwire-proxy service-ips { 10.43.0.21 . udp . 53 }" in applied[-1]
     finally:
