@@ -10,10 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
-import os
 import secrets
 import ssl
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kwire.base.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,6 @@ ALWAYS_DNS = (
     "kubernetes.default.svc.cluster.local",
 )
 ALWAYS_IP = ("127.0.0.1",)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -107,8 +95,8 @@ def ensure_pki(data_dir: Path, *, sans_dns: list[str], sans_ip: list[str]) -> Pk
             .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
             .sign(ca_key, hashes.SHA256())
         )
-        _atomic_write(pki.ca_key, _key_pem(ca_key), 0o600)
-        _atomic_write(pki.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(pki.ca_key, _key_pem(ca_key), mode=0o600)
+        atomic_write(pki.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
         log.info("generated cluster CA %s", pki.ca_cert)
 
     want_dns = set(ALWAYS_DNS) | {d for d in sans_dns if d}
@@ -138,8 +126,8 @@ def ensure_pki(data_dir: Path, *, sans_dns: list[str], sans_ip: list[str]) -> Pk
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    _atomic_write(pki.serving_key, _key_pem(key), 0o600)
-    _atomic_write(pki.serving_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(pki.serving_key, _key_pem(key), mode=0o600)
+    atomic_write(pki.serving_cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     log.info("issued serving certificate for %s", ", ".join(sorted(want_dns | want_ip)))
     return pki
 
@@ -149,12 +137,12 @@ def ensure_token(data_dir: Path, token: str | None) -> str:
     path = Path(data_dir) / "token"
     if token:
         if not path.exists() or path.read_text().strip() != token:
-            _atomic_write(path, token.encode() + b"\n", 0o600)
+            atomic_write(path, token.encode() + b"\n", mode=0o600)
         return token
     if path.exists():
         stored = path.read_text().strip()
         if stored:
             return stored
     new = secrets.token_hex(24)
-    _atomic_write(path, new.encode() + b"\n", 0o600)
+    atomic_write(path, new.encode() + b"\n", mode=0o600)
     return new

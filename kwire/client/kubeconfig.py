@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from kwire.base.files import atomic_write
+
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -132,12 +134,4 @@ def write_kubeconfig(
         "preferences": {},
         "users": [{"name": user, "user": {"token": token}}],
     }
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, yaml.safe_dump(doc, sort_keys=False).encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, p)
+    atomic_write(path, yaml.safe_dump(doc, sort_keys=False), mode=mode)

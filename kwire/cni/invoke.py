@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kwire.base.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
@@ -140,7 +142,7 @@ def k3s_conflist(*, subnet_file: PathLike, data_dir: PathLike) -> Obj:
 def write_conflist(path: PathLike, *, subnet_file: PathLike, data_dir: PathLike) -> Obj:
     """Write the K3s-style conflist to `path` (atomically, parents created) and return it."""
     conf = k3s_conflist(subnet_file=subnet_file, data_dir=data_dir)
-    _write_atomic(Path(path), (json.dumps(conf, indent=2) + "\n").encode(), mode=0o644)
+    atomic_write(Path(path), (json.dumps(conf, indent=2) + "\n").encode(), mode=0o644)
     return conf
 
 
@@ -158,7 +160,7 @@ def install_plugin_shim(bin_dir: PathLike) -> Path:
         f'exec {shlex.quote(sys.executable)} -S -m kwire.cni "$@"\n'
     )
     target = Path(bin_dir) / "flannel"
-    _write_atomic(target, script.encode(), mode=0o755)
+    atomic_write(target, script.encode(), mode=0o755)
     return target
 
 
@@ -268,25 +270,6 @@ def _cache_path(cache_dir: PathLike, network: str, container_id: str, ifname: st
     return Path(cache_dir) / "results" / f"{network}-{container_id}-{ifname}"
 
 
-def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(data):x}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(path: Path) -> Obj | None:
     try:
         cached = json.loads(path.read_bytes())
@@ -368,7 +351,7 @@ def add_network(
         "capabilityArgs": caps,
         "result": result,
     }
-    _write_atomic(
+    atomic_write(
         _cache_path(cache_dir, conflist["name"], container_id, ifname), json.dumps(cached).encode(), mode=0o600
     )
     return result

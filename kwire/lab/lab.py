@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import secrets
 import shutil
 import socket
@@ -26,6 +25,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from kwire.base.files import atomic_write
 from kwire.client import ApiClient, load_kubeconfig, write_kubeconfig
 from kwire.client.client import NODES, PODS
 from kwire.kernel import netns
@@ -59,11 +59,7 @@ class LabState:
         return topology.STATE_ROOT / name / "state.json"
 
     def save(self) -> None:
-        p = self.path(self.name)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, p)
+        atomic_write(self.path(self.name), json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, name: str) -> LabState | None:

@@ -20,13 +20,13 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 from kwire.agent.flannel.backends import HostGwBackend, NoneBackend, Remote, VxlanBackend
 from kwire.agent.node import NodeRegistration
+from kwire.base.files import atomic_write
 from kwire.client import Informer
 from kwire.kernel import nft
 
@@ -36,13 +36,6 @@ Obj = dict[str, Any]
 ANN = "flannel.alpha.coreos.com/"
 NFT_TABLE = "kwire-flannel"
 RESYNC = 5.0
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_vtep_mac(path: Path) -> str:
@@ -56,7 +49,7 @@ def load_vtep_mac(path: Path) -> str:
     octets = [random.randint(0, 255) for _ in range(6)]
     octets[0] = (octets[0] & 0xFC) | 0x02
     mac = ":".join(f"{o:02x}" for o in octets)
-    _atomic_write(path, mac + "\n")
+    atomic_write(path, mac + "\n")
     return mac
 
 
@@ -159,7 +152,7 @@ class Flannel:
             await asyncio.to_thread(backend.ensure_device)
         await self.reg.annotate(annotations)
         net = ipaddress.ip_network(self.subnet)
-        _atomic_write(
+        atomic_write(
             self.subnet_env,
             f"FLANNEL_NETWORK={self.cluster_cidr}\nFLANNEL_SUBNET={net.network_address + 1}/{net.prefixlen}\n"
             f"FLANNEL_MTU={self.mtu}\nFLANNEL_IPMASQ=true\n",

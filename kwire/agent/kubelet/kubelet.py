@@ -16,7 +16,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 from kwire.agent.kubelet import podspec
 from kwire.agent.kubelet.probes import ProbeState, run_probe
 from kwire.agent.kubelet.runtime_client import RuntimeClient
+from kwire.base.files import atomic_write, write_if_changed
 from kwire.client import ApiClient, ApiStatusError, Conflict, Informer, NotFound
 from kwire.client.client import EVENTS, PODS
 from kwire.cni import invoke as cni
@@ -130,10 +130,7 @@ class Kubelet:
             self._keys[st.uid] = f"{st.namespace}/{st.name}"
 
     def _save(self, st: PodState) -> None:
-        path = self.state_dir / f"{st.uid}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st.record()))
-        os.replace(tmp, path)
+        atomic_write(self.state_dir / f"{st.uid}.json", json.dumps(st.record()))
 
     async def start(self, *, workers: int = 4) -> None:
         self._load_records()
@@ -284,11 +281,7 @@ class Kubelet:
             "hosts": podspec.hosts_file(pod, pod_ip=st.pod_ip, cluster_domain=self.cluster_domain),
         }
         for fname, text in files.items():
-            p = d / fname
-            if not p.exists() or p.read_text() != text:
-                tmp = d / f".{fname}.tmp"
-                tmp.write_text(text)
-                os.replace(tmp, p)
+            write_if_changed(d / fname, text)
 
     async def _ensure_runtime(self, pod: Obj, st: PodState) -> None:
         errors = [p for p in podspec.plan(pod) if p.kind == "error"]
@@ -309,12 +302,7 @@ class Kubelet:
             "namespace": st.namespace,
         }
         for name, text in files.items():
-            p = d / name
-            if not p.exists() or p.read_text() != text:
-                tmp = d / f".{name}.tmp"
-                tmp.write_text(text)
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, p)
+            write_if_changed(d / name, text, mode=0o600)
         return str(d)
 
     # -- probes -----------------------------------------------------------------------------------------------
