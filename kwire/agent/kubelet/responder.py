@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from aiohttp import web
 
+from kwire.base import http11
 from kwire.kernel import netns
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class PodIdentity:
 @dataclass
 class _PodServers:
     ident: PodIdentity
-    runners: list[web.AppRunner] = field(default_factory=list)
+    servers: list[http11.HttpServer] = field(default_factory=list)
     transports: list[asyncio.BaseTransport] = field(default_factory=list)
     ports: list[tuple[int, str]] = field(default_factory=list)
 
@@ -52,9 +52,9 @@ class _Echo(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
 
-def _http_app(ident: PodIdentity, port: int) -> web.Application:
-    async def handle(request: web.Request) -> web.Response:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+def _http_handler(ident: PodIdentity, port: int) -> http11.Handler:
+    async def handle(request: http11.Request) -> http11.Response:
+        peer = request.peer
         body: dict[str, Any] = {
             "pod": ident.name,
             "namespace": ident.namespace,
@@ -64,20 +64,21 @@ def _http_app(ident: PodIdentity, port: int) -> web.Application:
             "clientIP": peer[0] if peer else None,
             "clientPort": peer[1] if peer else None,
             "method": request.method,
-            "path": request.path_qs,
-            "headers": {str(k): v for k, v in request.headers.items()},
+            "path": request.target,
+            "headers": dict(request.headers),
         }
-        return web.Response(body=orjson.dumps(body) + b"\n", content_type="application/json")
+        return http11.Response(200, orjson.dumps(body) + b"\n")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
+    return handle
 
 
 class Responders:
     """The set of responders of one node, keyed by pod uid."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, bind_host: str = "0.0.0.0") -> None:
+        # bind_host is 0.0.0.0 in a pod's namespace (as a container listens); tests in the machine's own
+        # namespace use 127.0.0.1.
+        self.bind_host = bind_host
         self._pods: dict[str, _PodServers] = {}
 
     def pods(self) -> dict[str, list[tuple[int, str]]]:
@@ -96,16 +97,19 @@ class Responders:
         for port, proto in ports:
             try:
                 if proto == "UDP":
-                    sock = netns.open_socket(ident.netns, socket.AF_INET, socket.SOCK_DGRAM, bind=("0.0.0.0", port))
+                    sock = netns.open_socket(
+                        ident.netns, socket.AF_INET, socket.SOCK_DGRAM, bind=(self.bind_host, port)
+                    )
                     transport, _ = await loop.create_datagram_endpoint(_Echo, sock=sock)
                     servers.transports.append(transport)
                 elif proto == "TCP":
-                    sock = netns.open_socket(ident.netns, socket.AF_INET, socket.SOCK_STREAM, bind=("0.0.0.0", port))
+                    sock = netns.open_socket(
+                        ident.netns, socket.AF_INET, socket.SOCK_STREAM, bind=(self.bind_host, port)
+                    )
                     sock.listen(128)
-                    runner = web.AppRunner(_http_app(ident, port), access_log=None, handle_signals=False)
-                    await runner.setup()
-                    await web.SockSite(runner, sock).start()
-                    servers.runners.append(runner)
+                    srv = http11.HttpServer(_http_handler(ident, port))
+                    await srv.start_socket(sock)
+                    servers.servers.append(srv)
                 else:
                     log.warning(
                         "responder: %s/%s port %d/%s: protocol not served", ident.namespace, ident.name, port, proto
@@ -122,8 +126,8 @@ class Responders:
             return
         for t in servers.transports:
             t.close()
-        for r in servers.runners:
-            await r.cleanup()
+        for srv in servers.servers:
+            await srv.close()
 
     async def close(self) -> None:
         for uid in list(self._pods):

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from kwire.agent.kubelet.responder import PodIdentity, Responders
+from kwire.base import http11
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,11 @@ class PodRecord:
 
 
 class Runtime:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, responders: Responders | None = None) -> None:
         self.state_dir = state_dir
         self.logs = state_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.responders = Responders()
+        self.responders = responders or Responders()
         self.pods: dict[str, PodRecord] = {}
 
     async def ensure_pod(self, uid: str, spec: dict[str, Any]) -> None:
@@ -178,35 +178,33 @@ class Runtime:
         await self.responders.close()
 
     # -- control API --------------------------------------------------------------------------------------
-    def app(self) -> web.Application:
-        async def put(request: web.Request) -> web.Response:
-            spec = orjson.loads(await request.read())
-            await self.ensure_pod(request.match_info["uid"], spec)
-            return web.json_response(self.status().get(request.match_info["uid"], {}))
-
-        async def delete(request: web.Request) -> web.Response:
-            await self.remove_pod(request.match_info["uid"])
-            return web.json_response({})
-
-        async def get(request: web.Request) -> web.Response:
-            return web.Response(body=orjson.dumps(self.status()), content_type="application/json")
-
-        app = web.Application()
-        app.router.add_put("/pods/{uid}", put)
-        app.router.add_delete("/pods/{uid}", delete)
-        app.router.add_get("/pods", get)
-        return app
+    async def handle(self, request: http11.Request) -> http11.Response:
+        """The control API (see the module docstring); a bad request is a 4xx, never a dead runtime."""
+        parts = [p for p in request.path.split("/") if p]
+        if parts == ["pods"] and request.method == "GET":
+            return http11.Response(200, orjson.dumps(self.status()))
+        if len(parts) == 2 and parts[0] == "pods" and request.method in ("PUT", "DELETE"):
+            uid = parts[1]
+            if request.method == "DELETE":
+                await self.remove_pod(uid)
+                return http11.Response(200, b"{}")
+            try:
+                spec = orjson.loads(request.body)
+                if not isinstance(spec, dict) or not isinstance(spec.get("pod"), dict):
+                    raise ValueError("the body must be an object with a 'pod' object")
+                await self.ensure_pod(uid, spec)
+            except (ValueError, KeyError, TypeError) as exc:
+                return http11.Response(400, orjson.dumps({"error": f"bad pod spec: {exc}"}))
+            return http11.Response(200, orjson.dumps(self.status().get(uid, {})))
+        return http11.Response(404, orjson.dumps({"error": f"no route for {request.method} {request.path}"}))
 
 
 async def serve(state_dir: Path, socket_path: Path) -> None:
     """Run the runtime until SIGTERM/SIGINT."""
     runtime = Runtime(state_dir)
     socket_path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
-    runner = web.AppRunner(runtime.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.UnixSite(runner, str(socket_path)).start()
+    api = http11.HttpServer(runtime.handle)
+    await api.start_unix(str(socket_path))
     os.chmod(socket_path, 0o600)
     pid_file = state_dir / "runtime.pid"
     pid_file.write_text(f"{os.getpid()}\n")
@@ -216,7 +214,7 @@ async def serve(state_dir: Path, socket_path: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("runtime serving on %s", socket_path)
     await stop.wait()
-    await runner.cleanup()
+    await api.close()
     await runtime.close()
     with contextlib.suppress(FileNotFoundError):
         pid_file.unlink()

@@ -1,6 +1,6 @@
 """The agent's side of the pod runtime: starting the runtime process if it is not running, and its JSON API.
 
-The runtime is a separate, long-lived process (`kwire runtime`), started detached from the agent so that an agent
+The runtime is a separate, long-lived process (`python -m kwire.agent.kubelet.runtime_main`), started detached from the agent so that an agent
 restart leaves pods' processes and sockets alone (as containerd outlives the kubelet).
 """
 
@@ -53,7 +53,7 @@ class RuntimeClient:
             return False
 
     async def ensure_running(self, *, timeout: float = 10.0) -> None:
-        """Start `kwire runtime` (detached, in this namespace) unless one already answers on the socket."""
+        """Start the runtime (detached, in this namespace) unless one already answers on the socket."""
         if await self.alive():
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ class RuntimeClient:
         with open(log_path, "ab") as logf:
             # Popen, not asyncio: the runtime must outlive this agent, so nothing here waits on it.
             proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "kwire", "runtime", "--state-dir", str(self.state_dir)],
+                [sys.executable, "-m", "kwire.agent.kubelet.runtime_main", "--state-dir", str(self.state_dir)],
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -1,0 +1,164 @@
+"""The pod runtime without privileges: its small HTTP server, the responders and the control API, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from kwire.agent.kubelet.responder import Responders
+from kwire.agent.kubelet.runtime import Runtime
+from kwire.base import http11
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _raw(port: int, data: bytes, *, until_close: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    out = await asyncio.wait_for(reader.read(-1) if until_close else reader.read(65536), 5)
+    writer.close()
+    return out
+
+
+async def _echo_server(handler: http11.Handler) -> tuple[http11.HttpServer, int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    srv = http11.HttpServer(handler)
+    await srv.start_socket(sock)
+    return srv, int(sock.getsockname()[1])
+
+
+async def _echo(req: http11.Request) -> http11.Response:
+    if req.path == "/boom":
+        raise RuntimeError("handler bug")
+    return http11.Response(200, json.dumps({"m": req.method, "t": req.target, "n": len(req.body)}).encode())
+
+
+async def test_keepalive_head_and_100_continue() -> None:
+    srv, port = await _echo_server(_echo)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for i in range(3):  # one pooled connection, three requests
+                async with s.post(f"http://127.0.0.1:{port}/x?i={i}", data=b"abc") as r:
+                    assert r.status == 200 and await r.json() == {"m": "POST", "t": f"/x?i={i}", "n": 3}
+            async with s.head(f"http://127.0.0.1:{port}/h") as r:
+                assert r.status == 200 and r.headers["Content-Length"] != "0" and await r.read() == b""
+        reply = await _raw(
+            port,
+            b"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            until_close=False,
+        )
+        assert reply.startswith(b"HTTP/1.1 100 ")
+    finally:
+        await srv.close()
+
+
+async def test_bad_requests_get_4xx_and_the_server_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http11, "MAX_BODY", 10)
+    srv, port = await _echo_server(_echo)
+    try:
+        assert (await _raw(port, b"NOT HTTP AT ALL\r\n\r\n")).startswith(b"HTTP/1.1 400 Bad Request")
+        big = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+        assert (await _raw(port, big)).startswith(b"HTTP/1.1 413 ")
+        boom = await _raw(port, b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert boom.startswith(b"HTTP/1.1 500 ")
+        ok = await _raw(port, b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200 OK") and b'"/fine"' in ok
+    finally:
+        await srv.close()
+
+
+async def test_close_ends_keepalive_connections() -> None:
+    srv, port = await _echo_server(_echo)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await reader.read(65536)).startswith(b"HTTP/1.1 200 ")
+    await asyncio.wait_for(srv.close(), 5)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the server closed the idle keep-alive connection
+    writer.close()
+
+
+def _spec(name: str, ports: list[list[object]], processes: list[dict[str, object]] | None = None) -> dict[str, object]:
+    return {
+        "pod": {"name": name, "namespace": "default", "node": "n1", "podIP": "127.0.0.1", "netns": ""},
+        "ports": ports,
+        "processes": processes or [],
+        "restartPolicy": "Never",
+    }
+
+
+async def test_responders_answer_tcp_with_the_pod_and_echo_udp(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
+    tcp, udp = _free_port(), _free_port(socket.SOCK_DGRAM)
+    try:
+        await rt.ensure_pod("u1", _spec("web-1", [[tcp, "TCP"], [udp, "UDP"]]))
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{tcp}/hello?a=1", headers={"X-Test": "yes"}) as r,
+        ):
+            body = await r.json()
+        assert body["pod"] == "web-1" and body["namespace"] == "default" and body["port"] == tcp
+        assert body["path"] == "/hello?a=1" and body["clientIP"] == "127.0.0.1" and body["headers"]["X-Test"] == "yes"
+
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                got.set_result(data)
+
+        transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", udp))
+        transport.sendto(b"ping")
+        assert await asyncio.wait_for(got, 5) == b"ping"
+        transport.close()
+
+        assert rt.status()["u1"]["ports"] == [[tcp, "TCP"], [udp, "UDP"]]
+        await rt.remove_pod("u1")
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", tcp)
+    finally:
+        await rt.close()
+
+
+async def test_control_api_and_process_exit_codes(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
+    api = http11.HttpServer(rt.handle)
+    sock_path = str(tmp_path / "rt.sock")
+    await api.start_unix(sock_path)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock_path)) as s:
+            spec = _spec("job-1", [], [{"name": "c", "argv": ["sh", "-c", "echo hi; exit 3"], "env": {}}])
+            async with s.put("http://rt/pods/u2", data=json.dumps(spec)) as r:
+                assert r.status == 200
+            for _ in range(100):
+                async with s.get("http://rt/pods") as r:
+                    st = (await r.json())["u2"]["containers"]["c"]
+                if not st["running"] and st["exitCode"] is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert st["exitCode"] == 3 and st["restartCount"] == 0  # restartPolicy Never
+            assert (tmp_path / "logs" / "default_job-1_c.log").read_text() == "hi\n"
+            async with s.put("http://rt/pods/u3", data=b"[1, 2]") as r:
+                assert r.status == 400
+            async with s.put("http://rt/pods/u3", data=b"{not json") as r:
+                assert r.status == 400
+            async with s.post("http://rt/elsewhere") as r:
+                assert r.status == 404
+            async with s.delete("http://rt/pods/u2") as r:
+                assert r.status == 200
+            async with s.get("http://rt/pods") as r:
+                assert await r.json() == {}
+    finally:
+        await api.close()
+        await rt.close()
