@@ -162,3 +162,16 @@ async def test_control_api_and_process_exit_codes(tmp_path: Path) -> None:
     finally:
         await api.close()
         await rt.close()
+
+
+def test_runtime_process_imports_stay_small() -> None:
+    """The runtime runs on every node for as long as its pods do: none of the heavy imports may creep back in."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, kwire.agent.kubelet.runtime_main; "
+        "print(sorted(m for m in ('ssl', 'aiohttp', 'pyroute2', 'yaml', 'uvloop', 'cryptography') if sys.modules.get(m) is not None))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.strip() == "[]"
