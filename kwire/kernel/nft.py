@@ -113,6 +113,12 @@ def list_table(family: str, table: str) -> dict[str, Any] | None:
     return data
 
 
+def table_exists(family: str, table: str) -> bool:
+    """Whether the table is there. kube-proxy's iptables mode keeps canary chains to notice that someone flushed
+    its rules (a host firewall's `flush ruleset`, say); an nft table of our own is its own canary."""
+    return (family, table) in table_names()
+
+
 def table_names() -> list[tuple[str, str]]:
     res = subprocess.run([NFT, "-j", "list", "tables"], capture_output=True, text=True)
     if res.returncode != 0:

@@ -323,3 +323,22 @@ def test_agent_restart_keeps_connections_through_a_service(lab: Lab) -> None:
         assert b"through-service" in request()
     finally:
         sock.close()
+
+
+def test_a_flushed_ruleset_is_restored_within_seconds(lab: Lab) -> None:
+    """A host firewall's `nft flush ruleset` (Debian's nftables.service does one on restart) takes the proxy's,
+    the policy's and flannel's tables away: each agent notices within its table check period and restores them."""
+    node2 = lab.topo.host("node2")
+    assert node2 is not None
+    code, _ = _curl(lab, "client", f"http://{node2.ip}:30080/")
+    assert code == 0
+    lab.run("node2", "nft", "flush", "ruleset")
+    assert "kwire-proxy" not in lab.run("node2", "nft", "list", "tables")
+
+    def restored() -> bool:
+        tables = lab.run("node2", "nft", "list", "tables")
+        return all(t in tables for t in ("kwire-proxy", "kwire-netpol", "kwire-flannel"))
+
+    wait_for(restored, timeout=20, what="node2's nft tables restored")
+    code, out = _curl(lab, "client", f"http://{node2.ip}:30080/")
+    assert code == 0 and json.loads(out)["port"] == 8080

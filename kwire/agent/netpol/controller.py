@@ -56,6 +56,7 @@ class NetworkPolicyController:
         node_ips: tuple[str, ...],
         min_sync_period: float = 0.03,
         full_resync_period: float = 300.0,
+        table_check_period: float = 5.0,
         log_denied: bool = True,
         apply: bool = True,
     ) -> None:
@@ -79,12 +80,14 @@ class NetworkPolicyController:
         self._pending_since: float | None = None
         self._need_full = True
         self._last_full = 0.0
+        self.table_check_period = table_check_period
+        self._last_table_check = time.monotonic()
         self.runner = SyncRunner(
             name="netpol",
             sync=self._periodic_sync,
             on_failure=self._failed,
             min_period=min_sync_period,
-            max_period=full_resync_period,
+            max_period=min(full_resync_period, table_check_period),
         )
         self._kick = self.runner.event
 
@@ -121,8 +124,17 @@ class NetworkPolicyController:
 
     # -- the runner ---------------------------------------------------------------------------------------------
     async def _periodic_sync(self) -> None:
-        if time.monotonic() - self._last_full >= self.full_resync_period:
+        now = time.monotonic()
+        if now - self._last_full >= self.full_resync_period:
             self._need_full = True  # kube-router's periodic full sync
+        elif self.apply and now - self._last_table_check >= self.table_check_period:
+            # Every few seconds: a flushed table would leave every pod unisolated until the 5-minute resync.
+            self._last_table_check = now
+            if not await asyncio.to_thread(nft.table_exists, "ip", ruleset.TABLE):
+                log.warning("netpol: table ip %s is gone (flushed by someone else?); restoring it", ruleset.TABLE)
+                self._need_full = True
+        if not self._need_full and not (self._dirty_pods or self._dirty_namespaces or self._dirty_policies):
+            return  # a periodic wake-up with nothing to do
         await self.sync()
 
     def _failed(self, _exc: Exception) -> None:

@@ -65,6 +65,7 @@ class Proxier:
         service_cidr: str,
         pod_cidr: str = "",
         min_sync_period: float = 0.05,
+        table_check_period: float = 5.0,
         apply: bool = True,
     ) -> None:
         self.services = services
@@ -80,7 +81,15 @@ class Proxier:
         self.ports: dict[str, list[ServicePort]] = {}  # service key -> its ports as last synced
         self._dirty: set[str] = set()
         self._need_full = True
-        self.runner = SyncRunner(name="proxy", sync=self.sync, on_failure=self._failed, min_period=min_sync_period)
+        self.table_check_period = table_check_period
+        self._last_table_check = time.monotonic()
+        self.runner = SyncRunner(
+            name="proxy",
+            sync=self.sync,
+            on_failure=self._failed,
+            min_period=min_sync_period,
+            max_period=table_check_period,
+        )
         self._kick = self.runner.event
         self.stats = SyncStats()
         self.health = HealthChecks(node_ip=node_ips[0] if node_ips else "0.0.0.0")
@@ -155,8 +164,23 @@ class Proxier:
                     changed.add(k)
         return new, changed, new_ports
 
+    async def _table_gone(self) -> bool:
+        """At most every `table_check_period`: has our table been removed behind our back?"""
+        now = time.monotonic()
+        if not self.apply or now - self._last_table_check < self.table_check_period:
+            return False
+        self._last_table_check = now
+        if await asyncio.to_thread(nft.table_exists, "ip", ruleset.TABLE):
+            return False
+        log.warning("proxy: table ip %s is gone (flushed by someone else?); restoring it", ruleset.TABLE)
+        return True
+
     async def sync(self) -> None:
         t0 = time.monotonic()
+        if not self._need_full and await self._table_gone():
+            self._need_full = True
+        if not self._need_full and not self._dirty:
+            return  # a periodic wake-up with nothing to do
         full = self._need_full
         keys = set(self._dirty)
         self._dirty.clear()
