@@ -342,3 +342,54 @@ def test_a_flushed_ruleset_is_restored_within_seconds(lab: Lab) -> None:
     wait_for(restored, timeout=20, what="node2's nft tables restored")
     code, out = _curl(lab, "client", f"http://{node2.ip}:30080/")
     assert code == 0 and json.loads(out)["port"] == 8080
+
+
+LISTENER = """
+apiVersion: v1
+kind: Pod
+metadata: {name: listener, labels: {app: listener}}
+spec:
+  nodeName: NODE
+  containers: [{name: nc, image: kwire/host, command: [sh, -c, "exec nc -lk 7313"]}]
+"""
+
+
+def test_a_killed_pod_runtime_is_replaced_and_its_pods_come_back(lab: Lab) -> None:
+    import os
+    import signal
+
+    web = lab.wait_pods_ready("app=web", 3)[0]  # (earlier tests scaled the Deployment: take a node it runs on)
+    node, web_ip = web["spec"]["nodeName"], web["status"]["podIP"]
+    lab.apply(LISTENER.replace("NODE", node))
+    try:
+        lab.wait_pods_ready("app=listener", 1)
+        pid_file = lab.topo.state_dir / node / "runtime" / "runtime.pid"
+
+        def listeners() -> list[str]:
+            return subprocess.run(["pgrep", "-f", "nc -lk 7313"], capture_output=True, text=True).stdout.split()
+
+        wait_for(lambda: len(listeners()) == 1, timeout=10, what="the listener running")
+        old_listener = listeners()
+        old = int(pid_file.read_text())
+        os.kill(old, signal.SIGKILL)
+
+        def new_runtime_serves() -> bool:
+            try:
+                pid = int(pid_file.read_text())
+            except (OSError, ValueError):
+                return False
+            return pid != old and _curl(lab, node, f"http://{web_ip}:8080/")[0] == 0
+
+        wait_for(new_runtime_serves, timeout=30, what=f"a new runtime on {node} serving its pods again")
+
+        # The old runtime's orphaned container was ended and the pod's container started again, once.
+        wait_for(
+            lambda: len(now := listeners()) == 1 and now != old_listener, timeout=20, what="one new listener process"
+        )
+        wait_for(
+            lambda: lab.get("pod", "listener")["status"]["containerStatuses"][0]["restartCount"] >= 1,
+            timeout=20,
+            what="the listener's restart counted",
+        )
+    finally:
+        lab.kubectl("delete", "pod", "listener", "--wait=false", check=False)

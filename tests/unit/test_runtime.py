@@ -175,3 +175,34 @@ def test_runtime_process_imports_stay_small() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30)
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_new_runtime_ends_what_a_killed_one_left_running(tmp_path: Path) -> None:
+    import os
+
+    from kwire.agent.kubelet import runtime as rtmod
+
+    rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
+    try:
+        await rt.ensure_pod("u4", _spec("long-1", [], [{"name": "c", "argv": ["sleep", "60"], "env": {}}]))
+        await asyncio.sleep(0.2)
+        pid = rt.status()["u4"]["containers"]["c"]["pid"]
+        recorded = json.loads((tmp_path / "containers.json").read_text())
+        assert recorded == {str(pid): rtmod._start_time(pid)}
+        # A process that merely reuses a recorded PID (another start time) must be left alone.
+        other = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
+        recorded[str(other.pid)] = "1"
+        (tmp_path / "containers.json").write_text(json.dumps(recorded))
+
+        # As if the runtime had been SIGKILLed: its container is still running; a successor reaps it.
+        assert await asyncio.to_thread(rtmod.reap_orphans, tmp_path) == 1
+        for _ in range(50):
+            if rt.status()["u4"]["containers"]["c"]["running"] is False:
+                break
+            await asyncio.sleep(0.05)
+        assert rt.status()["u4"]["containers"]["c"]["running"] is False
+        assert other.returncode is None and not (tmp_path / "containers.json").exists()
+        os.kill(other.pid, 9)
+        await other.wait()
+    finally:
+        await rt.close()

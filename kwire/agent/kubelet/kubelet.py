@@ -152,6 +152,29 @@ class Kubelet:
                 await self._poll_runtime()
             except Exception as exc:
                 log.warning("kubelet: runtime poll failed: %s", exc)
+                await self._recover_runtime()
+
+    async def _recover_runtime(self) -> None:
+        """A runtime that no longer answers (killed, crashed) is replaced and handed every pod again. The new one
+        ends what the old one left running, so each pod's containers start afresh, as when kubelet finds a pod's
+        sandbox dead: each container counts a restart."""
+        if await self.runtime.alive():
+            return
+        try:
+            await self.runtime.ensure_running()
+        except RuntimeError as exc:
+            log.warning("kubelet: cannot restart the pod runtime: %s", exc)
+            return
+        log.warning("kubelet: the pod runtime was gone; started a new one and handing it %d pods", len(self.states))
+        for st in list(self.states.values()):
+            pod = self._current(st.uid)
+            if pod is None:
+                continue
+            for c in podspec.spec(pod).get("containers") or []:
+                name = str(c.get("name", ""))
+                st.restarts[name] = st.restarts.get(name, 0) + 1
+            self._save(st)
+            self._enqueue(st.uid)
 
     async def stop(self) -> None:
         for st in self.states.values():

@@ -10,6 +10,11 @@ pod's sockets or kills its processes. The agent drives it over a unix socket wit
 Processes run through `ip netns exec <pod netns>`, which also gives them the pod's /etc/resolv.conf and
 /etc/hosts (bind-mounted from /etc/netns/<name>/, the iproute2 convention). A container whose process exits is
 restarted per restartPolicy with kubelet's back-off (10 s doubling to 5 min, reset after 10 min of running).
+
+Container processes run in sessions of their own, so they would outlive a runtime that is killed; the runtime
+keeps their PIDs (with their start times, against PID reuse) in `containers.json`, and a new runtime first ends
+what a previous one left behind. The agent, finding the runtime gone, starts a new one and hands it every pod
+again: as when a pod sandbox dies under kubelet, the containers start afresh.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import orjson
 
 from kwire.agent.kubelet.responder import PodIdentity, Responders
 from kwire.base import http11
+from kwire.base.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,45 @@ IP = shutil.which("ip") or "/usr/sbin/ip"
 BACKOFF_START = 10.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET = 600.0
+ORPHAN_GRACE = 2.0
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot): a PID plus this names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing parenthesis.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def reap_orphans(state_dir: Path) -> int:
+    """End the container processes a previous runtime recorded and left running; how many were found."""
+    path = state_dir / "containers.json"
+    try:
+        recorded = orjson.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return 0
+    alive = []
+    for pid_s, started in recorded.items() if isinstance(recorded, dict) else []:
+        with contextlib.suppress(ValueError):
+            pid = int(pid_s)
+            if started and _start_time(pid) == started:
+                alive.append(pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        deadline = time.monotonic() + ORPHAN_GRACE
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_start_time(p) for p in alive):
+            time.sleep(0.05)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    if alive:
+        log.warning("runtime: ended %d container process(es) left by a previous runtime", len(alive))
+    return len(alive)
 
 
 @dataclass
@@ -79,6 +124,15 @@ class Runtime:
         self.responders = responders or Responders()
         self.pods: dict[str, PodRecord] = {}
 
+    def _record_pids(self) -> None:
+        """containers.json: the running container processes, for a successor runtime to end (see the docstring)."""
+        pids = {}
+        for rec in self.pods.values():
+            for c in rec.containers.values():
+                if c.proc is not None and c.proc.returncode is None and (started := _start_time(c.proc.pid)):
+                    pids[str(c.proc.pid)] = started
+        atomic_write(self.state_dir / "containers.json", orjson.dumps(pids))
+
     async def ensure_pod(self, uid: str, spec: dict[str, Any]) -> None:
         rec = self.pods.get(uid)
         if rec is not None and rec.spec == spec:
@@ -118,6 +172,7 @@ class Runtime:
             )
         c.started_at = time.time()
         c.exit_code = None
+        self._record_pids()
 
     async def _supervise(self, c: Container) -> None:
         while not c.stopping:
@@ -202,6 +257,7 @@ class Runtime:
 async def serve(state_dir: Path, socket_path: Path) -> None:
     """Run the runtime until SIGTERM/SIGINT."""
     runtime = Runtime(state_dir)
+    await asyncio.to_thread(reap_orphans, state_dir)  # before the API answers and the agent hands pods over
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     api = http11.HttpServer(runtime.handle)
     await api.start_unix(str(socket_path))
