@@ -275,7 +275,12 @@ async def start(cfg: AgentConfig) -> Agent:
         runtime=runtime,
     )
     await kubelet.start()
-    logs = LogServer(logs_dir=data_dir / "runtime" / "logs", token=client.config.token or "", host=node_ip)
+    logs = LogServer(
+        logs_dir=data_dir / "runtime" / "logs",
+        token=client.config.token or "",
+        host=node_ip,
+        exec_target=kubelet.pod_netns,
+    )
     await logs.start()
     reg.set_ready(True)
     await reg.post_status(force=True)

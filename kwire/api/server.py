@@ -18,7 +18,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, podlogs, protobuf, scale, tables
+from kwire.api import discovery, kubeletproxy, protobuf, scale, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -95,7 +95,7 @@ class ApiServer:
     def __init__(self, resources: Resources, *, tokens: set[str], server_address: str, ca_pem: bytes = b"") -> None:
         self.resources = resources
         self.ca_pem = ca_pem
-        self.log_token = next(iter(tokens), "")  # presented to kubelets when proxying pods/log
+        self.log_token = next(iter(tokens), "")  # presented to kubelets when proxying pods/log and pods/exec
         self.tokens = tokens
         self.server_address = server_address
         self.ready = True
@@ -147,7 +147,13 @@ class ApiServer:
         if target.kind.kind == "Pod" and target.subresource == "log" and target.name:
             if request.method != "GET":
                 raise method_not_allowed()
-            return await podlogs.pod_log(
+            return await kubeletproxy.pod_log(
+                request, self.resources, namespace=target.namespace or "", name=target.name, token=self.log_token
+            )
+        if target.kind.kind == "Pod" and target.subresource == "exec" and target.name:
+            if request.method not in ("GET", "POST"):
+                raise method_not_allowed()
+            return await kubeletproxy.pod_exec(
                 request, self.resources, namespace=target.namespace or "", name=target.name, token=self.log_token
             )
         if (

@@ -157,3 +157,51 @@ def test_node_hosts(lab: Lab) -> None:
     node2 = lab.topo.host("node2")
     assert node2 is not None
     assert dig(lab, "node2").split() == [node2.ip]
+
+
+def test_kubectl_exec_as_the_k3s_guides_use_it(lab: Lab) -> None:
+    """`kubectl exec pod -- nslookup kubernetes.default` and friends: the command runs in the pod's network, with
+    its resolv.conf; stdin, the exit code and a terminal all reach kubectl."""
+    out = lab.kubectl("exec", "probe", "--", "nslookup", "kubernetes.default").stdout
+    assert "10.43.0.10" in out and "10.43.0.1" in out
+    assert "nameserver 10.43.0.10" in lab.kubectl("exec", "probe", "--", "cat", "/etc/resolv.conf").stdout
+    web_ip = lab.pods("app=web")[0]["status"]["podIP"]
+    body = lab.kubectl("exec", "probe", "--", "curl", "-s", "-m", "3", f"http://{web_ip}:8080/").stdout
+    assert '"pod"' in body
+    assert lab.kubectl("exec", "-i", "probe", "--", "cat", input="from stdin\n").stdout == "from stdin\n"
+    failed = lab.kubectl("exec", "probe", "--", "sh", "-c", "echo oops >&2; exit 3", check=False)
+    assert failed.returncode == 3 and "oops" in failed.stderr
+    # -it as the guides type it, under a real terminal (util-linux `script` provides one).
+    env = {"KUBECONFIG": str(lab.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    from tests.integration.apiserver import KUBECTL
+
+    tty = subprocess.run(
+        ["script", "-qec", f"{KUBECTL} exec -it probe -- sh -c 'tty; echo done'", "/dev/null"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert tty.returncode == 0 and "/dev/pts/" in tty.stdout and "done" in tty.stdout, tty.stdout + tty.stderr
+    missing = lab.kubectl("exec", "nosuchpod", "--", "true", check=False)
+    assert missing.returncode != 0 and 'pods "nosuchpod" not found' in missing.stderr
+
+
+def test_python_client_exec_stream(lab: Lab) -> None:
+    """The official client's `stream()` speaks the v4 channel protocol."""
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+
+    api = client.CoreV1Api(config.new_client_from_config(str(lab.topo.kubeconfig)))
+    out = stream(
+        api.connect_get_namespaced_pod_exec,
+        "probe",
+        "default",
+        command=["sh", "-c", "echo hello from $HOSTNAME"],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+    )
+    assert out == "hello from probe\n"

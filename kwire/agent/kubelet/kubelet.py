@@ -213,6 +213,13 @@ class Kubelet:
                     log.warning("kubelet: sync of pod %s failed: %s; retrying", self._keys.get(uid, uid), exc)
                     asyncio.get_running_loop().call_later(2.0, self._enqueue, uid)
 
+    def pod_netns(self, namespace: str, name: str) -> str | None:
+        """The network namespace of a pod this node runs ("" for hostNetwork), None if it runs no such pod."""
+        for st in self.states.values():
+            if st.namespace == namespace and st.name == name and self._current(st.uid) is not None:
+                return st.netns
+        return None
+
     def _current(self, uid: str) -> Obj | None:
         key = self._keys.get(uid)
         if not key:

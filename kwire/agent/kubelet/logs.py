@@ -1,7 +1,9 @@
-"""The kubelet's log endpoint: `GET /containerLogs/{namespace}/{pod}/{container}` on the node's port 10250.
+"""The kubelet's API on the node's port 10250: `GET /containerLogs/{namespace}/{pod}/{container}` and
+`/exec/{namespace}/{pod}/{container}` (a WebSocket, see execstream.py).
 
-The API server's `pods/log` subresource (what `kubectl logs` calls) proxies here, as kube-apiserver proxies to the
-kubelet. Containers' output is in the pod runtime's log files; `tailLines`, `limitBytes` and `follow` are honoured.
+The API server's `pods/log` and `pods/exec` subresources (what `kubectl logs` and `kubectl exec` call) proxy here,
+as kube-apiserver proxies to the kubelet. Containers' output is in the pod runtime's log files; `tailLines`,
+`limitBytes` and `follow` are honoured.
 Requests carry the cluster token (HTTP on the node's address; kube's kubelet serves HTTPS with its own certificate,
 which kwire's agents do not have yet).
 """
@@ -11,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
+
+from kwire.agent.kubelet.execstream import serve_exec
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,17 @@ def _tail(data: bytes, lines: int) -> bytes:
 
 
 class LogServer:
-    def __init__(self, *, logs_dir: Path, token: str, host: str, port: int = KUBELET_PORT) -> None:
+    def __init__(
+        self,
+        *,
+        logs_dir: Path,
+        token: str,
+        host: str,
+        port: int = KUBELET_PORT,
+        exec_target: Callable[[str, str], str | None] | None = None,
+    ) -> None:
+        # exec_target(namespace, pod) -> the pod's network namespace ("" for hostNetwork), None if not on this node
+        self.exec_target = exec_target
         self.logs_dir = logs_dir
         self.token = token
         self.host = host
@@ -42,10 +57,21 @@ class LogServer:
                 raise web.HTTPBadRequest(text="invalid name")
         return self.logs_dir / f"{namespace}_{pod}_{container}.log"
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    def _check_auth(self, request: web.Request) -> None:
         auth = request.headers.get("Authorization", "")
         if not (auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), self.token.encode())):
             raise web.HTTPUnauthorized(text="Unauthorized")
+
+    async def _exec(self, request: web.Request) -> web.StreamResponse:
+        self._check_auth(request)
+        m = request.match_info
+        netns = self.exec_target(m["namespace"], m["pod"]) if self.exec_target else None
+        if netns is None:
+            raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
+        return await serve_exec(request, netns=netns, pod=m["pod"])
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self._check_auth(request)
         m = request.match_info
         path = self._path(m["namespace"], m["pod"], m["container"])
         try:
@@ -83,6 +109,7 @@ class LogServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._handle)
+        app.router.add_route("*", "/exec/{namespace}/{pod}/{container}", self._exec)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:

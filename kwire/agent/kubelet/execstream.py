@@ -1,0 +1,203 @@
+"""The kubelet's exec endpoint: `GET /exec/{namespace}/{pod}/{container}?command=..&stdin=..&tty=..` (WebSocket).
+
+What `kubectl exec` reaches through the API server's `pods/exec`. The command runs in the pod's network namespace
+through `ip netns exec` (so it sees the pod's network, resolv.conf and hosts, as the pod's containers do), with
+pipes, or a pseudo-terminal when `tty` is set. The stream protocol is Kubernetes' channel protocol over WebSocket
+(`v5.channel.k8s.io`, or `v4.channel.k8s.io` as the Python client speaks): every binary message starts with a
+channel byte (0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal resize; v5 adds 255 = "close this
+stream", used for stdin's end), and the session ends with a metav1.Status on channel 3 carrying the exit code.
+The environment is PATH, HOME, HOSTNAME (the pod's name) and TERM for a terminal, not the container's own env.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import termios
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger(__name__)
+
+IP = shutil.which("ip") or "/usr/sbin/ip"
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+READ_CHUNK = 32 * 1024
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    v = request.query.get(name)
+    return default if v is None else v.lower() in ("1", "true", "yes")
+
+
+def status(exit_code: int | None, *, error: str = "") -> dict[str, Any]:
+    """The metav1.Status kube's kubelet sends last (kubectl exits with the code it carries)."""
+    if error:
+        return {"metadata": {}, "status": "Failure", "message": error, "reason": "InternalError"}
+    if exit_code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: exit status {exit_code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]},
+    }
+
+
+def _set_winsize(fd: int, payload: bytes) -> None:
+    try:
+        size = json.loads(payload)
+        rows, cols = int(size.get("Height", 0)), int(size.get("Width", 0))
+    except (ValueError, TypeError, AttributeError):
+        return
+    if rows > 0 and cols > 0:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSocketResponse:
+    """Run the request's command in `netns` ("" = the node's own, for hostNetwork pods) and stream it."""
+    command = request.query.getall("command", [])
+    stdin, tty = _flag(request, "stdin", False), _flag(request, "tty", False)
+    want_out, want_err = _flag(request, "stdout", True), _flag(request, "stderr", True) and not tty
+    ws = web.WebSocketResponse(protocols=PROTOCOLS, heartbeat=30)
+    await ws.prepare(request)
+    v5 = ws.ws_protocol == "v5.channel.k8s.io"
+    if not command:
+        await ws.send_bytes(bytes([ERROR]) + json.dumps(status(None, error="you must specify a command")).encode())
+        await ws.close()
+        return ws
+    argv = [IP, "netns", "exec", netns, *command] if netns else list(command)
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "HOSTNAME": pod,
+    }
+    master = -1
+    try:
+        if tty:
+            # A pseudo-terminal whose slave is the command's stdin/stdout/stderr and controlling terminal (a
+            # shell's job control and ^C need one), as the container runtime gives `kubectl exec -t`. util-linux
+            # `setsid --ctty` makes the session and takes the terminal: uvloop, the agent's loop, runs no
+            # preexec_fn after the child's stdio is in place.
+            master, slave = os.openpty()
+            env["TERM"] = "xterm"
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    SETSID, "--ctty", "--wait", *argv, stdin=slave, stdout=slave, stderr=slave, env=env
+                )
+            finally:
+                os.close(slave)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+    except (OSError, subprocess.SubprocessError) as exc:
+        if master >= 0:
+            os.close(master)
+        await ws.send_bytes(bytes([ERROR]) + json.dumps(status(None, error=f"cannot run {command[0]}: {exc}")).encode())
+        await ws.close()
+        return ws
+
+    loop = asyncio.get_running_loop()
+
+    async def pump_pipe(reader: asyncio.StreamReader | None, channel: int, wanted: bool) -> None:
+        if reader is None:
+            return
+        while chunk := await reader.read(READ_CHUNK):
+            if wanted and not ws.closed:
+                await ws.send_bytes(bytes([channel]) + chunk)
+
+    async def pump_pty() -> None:
+        # The master reads EIO once the command (and everything holding the slave) has exited.
+        readable = asyncio.Event()
+        loop.add_reader(master, readable.set)
+        try:
+            while True:
+                await readable.wait()
+                readable.clear()
+                try:
+                    chunk = os.read(master, READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                if want_out and not ws.closed:
+                    await ws.send_bytes(bytes([STDOUT]) + chunk)
+        finally:
+            loop.remove_reader(master)
+
+    async def from_client() -> None:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY or not msg.data:
+                continue
+            channel, payload = msg.data[0], msg.data[1:]
+            if channel == STDIN and payload:
+                if tty:
+                    await asyncio.to_thread(os.write, master, payload)
+                elif proc.stdin is not None and not proc.stdin.is_closing():
+                    proc.stdin.write(payload)
+                    with contextlib.suppress(ConnectionError):
+                        await proc.stdin.drain()
+            elif channel == RESIZE and tty:
+                _set_winsize(master, payload)
+            elif channel == CLOSE and v5 and payload[:1] == bytes([STDIN]):
+                if tty:
+                    await asyncio.to_thread(os.write, master, b"\x04")  # EOF at the terminal's line discipline
+                elif proc.stdin is not None:
+                    proc.stdin.close()
+
+    if tty:
+        os.set_blocking(master, False)
+        outputs = [asyncio.create_task(pump_pty())]
+    else:
+        outputs = [
+            asyncio.create_task(pump_pipe(proc.stdout, STDOUT, want_out)),
+            asyncio.create_task(pump_pipe(proc.stderr, STDERR, want_err)),
+        ]
+    client = asyncio.create_task(from_client())
+
+    async def all_output() -> None:
+        await asyncio.gather(*outputs)
+
+    output_done = asyncio.create_task(all_output())
+    try:
+        done, _ = await asyncio.wait([client, output_done], return_when=asyncio.FIRST_COMPLETED)
+        if client in done:  # the client went away first: end the command, as the kubelet does
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+        code = await proc.wait()
+        await asyncio.gather(*outputs, return_exceptions=True)
+        if not ws.closed:
+            await ws.send_bytes(bytes([ERROR]) + json.dumps(status(code)).encode())
+            await ws.close()
+    finally:
+        client.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await client
+        for t in (*outputs, output_done):
+            t.cancel()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            await proc.wait()
+        if master >= 0:
+            os.close(master)
+    return ws

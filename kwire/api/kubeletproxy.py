@@ -1,0 +1,129 @@
+"""`pods/log` and `pods/exec` (what `kubectl logs` and `kubectl exec` call): proxied to the kubelet of the pod's
+node, as kube-apiserver does, at the node's InternalIP port 10250 (`/containerLogs/...`, `/exec/...`).
+
+Logs stream as plain HTTP (when `follow`); exec is a WebSocket (Kubernetes' channel protocol, v5 or v4) relayed
+message by message between the client and the kubelet, with the sub-protocol the kubelet chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from kwire.api.errors import ApiError, bad_request
+from kwire.api.registry import by_path
+from kwire.api.resources import Resources
+
+log = logging.getLogger(__name__)
+
+KUBELET_PORT = 10250
+PASSED_LOG_PARAMS = ("tailLines", "limitBytes", "follow", "timestamps", "previous", "sinceSeconds")
+PASSED_EXEC_PARAMS = ("command", "stdin", "stdout", "stderr", "tty")
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+
+
+async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: str, name: str) -> tuple[str, str, str]:
+    """(node name, node InternalIP, container) for a request on pod `name`, with kube-apiserver's errors."""
+    pods, nodes = by_path("", "v1", "pods"), by_path("", "v1", "nodes")
+    assert pods and nodes
+    pod = await resources.get(pods, namespace, name)
+    containers = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
+    container = request.query.get("container") or ""
+    if not container:
+        if len(containers) != 1:
+            raise bad_request(
+                f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
+            )
+        container = containers[0]
+    elif container not in containers:
+        raise bad_request(f"container {container} is not valid for pod {name}")
+    node_name = (pod.get("spec") or {}).get("nodeName")
+    if not node_name:
+        raise bad_request(f"pod {name} does not have a host assigned")
+    node = await resources.get(nodes, None, str(node_name))
+    addrs = (node.get("status") or {}).get("addresses") or []
+    ip = next((a.get("address") for a in addrs if a.get("type") == "InternalIP"), None)
+    if not ip:
+        raise ApiError(500, "InternalError", f"node {node_name} has no InternalIP")
+    return str(node_name), str(ip), container
+
+
+async def pod_log(
+    request: web.Request, resources: Resources, *, namespace: str, name: str, token: str
+) -> web.StreamResponse:
+    node_name, ip, container = await _kubelet_of(request, resources, namespace=namespace, name=name)
+    params = {k: request.query[k] for k in PASSED_LOG_PARAMS if k in request.query}
+    url = f"http://{ip}:{KUBELET_PORT}/containerLogs/{namespace}/{name}/{container}"
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            async with s.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as r:
+                if r.status != 200:
+                    raise ApiError(502, "InternalError", f"kubelet on {node_name}: {r.status} {await r.text()}")
+                resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+                await resp.prepare(request)
+                async for chunk in r.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+    except aiohttp.ClientError as exc:
+        raise ApiError(500, "InternalError", f'Get "{url}": {exc}') from None
+
+
+_WS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _relay(src: _WS, dst: _WS) -> None:
+    async for msg in src:
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif msg.type == aiohttp.WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+
+
+async def pod_exec(
+    request: web.Request, resources: Resources, *, namespace: str, name: str, token: str
+) -> web.StreamResponse:
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        # kube-apiserver answers a plain request the same way; kubectl always upgrades.
+        raise bad_request("Upgrade request required")
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    protocols = [p for p in offered if p in EXEC_PROTOCOLS]
+    if not protocols:
+        raise bad_request(f"none of the offered stream protocols {offered} is supported; use one of {EXEC_PROTOCOLS}")
+    node_name, ip, container = await _kubelet_of(request, resources, namespace=namespace, name=name)
+    params = [(k, v) for k, v in request.query.items() if k in PASSED_EXEC_PARAMS]
+    url = f"http://{ip}:{KUBELET_PORT}/exec/{namespace}/{name}/{container}"
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+    try:
+        try:
+            upstream = await session.ws_connect(
+                url, params=params, protocols=protocols, headers={"Authorization": f"Bearer {token}"}, heartbeat=30
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ApiError(
+                404 if exc.status == 404 else 502,
+                "NotFound" if exc.status == 404 else "InternalError",
+                f"kubelet on {node_name}: {exc.status} {exc.message}",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ApiError(500, "InternalError", f"error dialing backend: {exc}") from None
+        ws = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else [], heartbeat=30)
+        await ws.prepare(request)
+        # Both directions until either side ends; the kubelet ends a session after its status message.
+        tasks = [asyncio.create_task(_relay(ws, upstream)), asyncio.create_task(_relay(upstream, ws))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await upstream.close()
+        await ws.close()
+        return ws
+    finally:
+        await session.close()

@@ -1,0 +1,136 @@
+"""The kubelet's exec endpoint without privileges: commands run in the test's own namespace (a hostNetwork pod's
+case), spoken to in Kubernetes' channel protocol over WebSocket as kubectl (v5) and the Python client (v4) do."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvloop
+
+from kwire.agent.kubelet.logs import LogServer
+
+TOKEN = "t0ken"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def _kubelet(tmp_path: Path) -> AsyncIterator[str]:
+    port = _free_port()
+    srv = LogServer(
+        logs_dir=tmp_path,
+        token=TOKEN,
+        host="127.0.0.1",
+        port=port,
+        exec_target=lambda ns, pod: "" if (ns, pod) == ("default", "web") else None,
+    )
+    await srv.start()
+    try:
+        yield f"http://127.0.0.1:{port}/exec/default/web/c"
+    finally:
+        await srv.close()
+
+
+@pytest.fixture
+async def kubelet(tmp_path: Path) -> AsyncIterator[str]:
+    async with _kubelet(tmp_path) as url:
+        yield url
+
+
+async def _session(
+    url: str,
+    command: list[str],
+    *,
+    protocol: str = "v5.channel.k8s.io",
+    stdin: bool = False,
+    tty: bool = False,
+    send: list[bytes] | None = None,
+) -> tuple[dict[int, bytes], dict[str, Any]]:
+    params = [("command", c) for c in command] + [("stdout", "true"), ("stderr", "true")]
+    params += [("stdin", "true")] if stdin else []
+    params += [("tty", "true")] if tty else []
+    out: dict[int, bytes] = {}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(url, params=params, protocols=[protocol], headers={"Authorization": f"Bearer {TOKEN}"}) as ws,
+    ):
+        assert ws.protocol == protocol
+        for frame in send or []:
+            await ws.send_bytes(frame)
+        async for msg in ws:
+            assert msg.type == aiohttp.WSMsgType.BINARY
+            out[msg.data[0]] = out.get(msg.data[0], b"") + msg.data[1:]
+    return out, json.loads(out.get(3, b"{}"))
+
+
+async def test_output_streams_and_the_exit_code(kubelet: str) -> None:
+    out, status = await _session(kubelet, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert out[1] == b"out\n" and out[2] == b"err\n"
+    assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+    _, ok = await _session(kubelet, ["true"])
+    assert ok == {"metadata": {}, "status": "Success"}
+
+
+async def test_stdin_and_its_end_v5(kubelet: str) -> None:
+    out, status = await _session(kubelet, ["cat"], stdin=True, send=[b"\x00hello ", b"\x00world", b"\xff\x00"])
+    assert out[1] == b"hello world" and status["status"] == "Success"
+
+
+async def test_v4_as_the_python_client_speaks_it(kubelet: str) -> None:
+    out, status = await _session(kubelet, ["echo", "four"], protocol="v4.channel.k8s.io")
+    assert out[1] == b"four\n" and status["status"] == "Success"
+
+
+async def _tty_with_resize(kubelet: str) -> None:
+    resize = b"\x04" + json.dumps({"Width": 100, "Height": 40}).encode()
+    out, status = await _session(
+        kubelet, ["sh", "-c", "read x; tty; stty size"], stdin=True, tty=True, send=[resize, b"\x00go\n"]
+    )
+    text = out[1].decode()
+    assert "/dev/pts/" in text and "40 100" in text and 2 not in out  # a terminal has no separate stderr
+    assert status["status"] == "Success"
+
+
+async def test_tty_with_resize(kubelet: str) -> None:
+    await _tty_with_resize(kubelet)
+
+
+def test_under_uvloop_the_agents_loop(tmp_path: Path) -> None:
+    """uvloop spawns processes its own way (no preexec_fn after the child's stdio is set up): the terminal and
+    the pipes must work there too."""
+
+    async def scenario() -> None:
+        async with _kubelet(tmp_path) as url:
+            await _tty_with_resize(url)
+            out, status = await _session(url, ["cat"], stdin=True, send=[b"\x00uv", b"\xff\x00"])
+            assert out[1] == b"uv" and status["status"] == "Success"
+
+    uvloop.run(scenario())
+
+
+async def test_refusals(kubelet: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await s.ws_connect(kubelet + "?command=true", protocols=["v5.channel.k8s.io"])
+        assert e.value.status == 401
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await s.ws_connect(
+                kubelet.replace("/web/", "/other/") + "?command=true",
+                protocols=["v5.channel.k8s.io"],
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+        assert e.value.status == 404
+    _, status = await _session(kubelet, ["/no/such/program"])
+    assert status["status"] == "Failure"
