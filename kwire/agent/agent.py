@@ -280,6 +280,7 @@ async def start(cfg: AgentConfig) -> Agent:
         token=client.config.token or "",
         host=node_ip,
         exec_target=kubelet.pod_netns,
+        attach_target=kubelet.container_state,
     )
     await logs.start()
     reg.set_ready(True)

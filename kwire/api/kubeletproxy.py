@@ -1,7 +1,8 @@
-"""`pods/log` and `pods/exec` (what `kubectl logs` and `kubectl exec` call): proxied to the kubelet of the pod's
-node, as kube-apiserver does, at the node's InternalIP port 10250 (`/containerLogs/...`, `/exec/...`).
+"""`pods/log`, `pods/exec` and `pods/attach` (what `kubectl logs`, `exec`, `attach` and `run -it` call): proxied to
+the kubelet of the pod's node, as kube-apiserver does, at the node's InternalIP port 10250 (`/containerLogs/...`,
+`/exec/...`, `/attach/...`).
 
-Logs stream as plain HTTP (when `follow`); exec is a WebSocket (Kubernetes' channel protocol, v5 or v4) relayed
+Logs stream as plain HTTP (when `follow`); exec and attach are a WebSocket (Kubernetes' channel protocol, v5 or v4) relayed
 message by message between the client and the kubelet, with the sub-protocol the kubelet chose.
 """
 
@@ -86,8 +87,9 @@ async def _relay(src: _WS, dst: _WS) -> None:
 
 
 async def pod_exec(
-    request: web.Request, resources: Resources, *, namespace: str, name: str, token: str
+    request: web.Request, resources: Resources, *, namespace: str, name: str, token: str, verb: str = "exec"
 ) -> web.StreamResponse:
+    """pods/exec and pods/attach (verb "attach"): the same relay to the kubelet's /exec or /attach."""
     if request.headers.get("Upgrade", "").lower() != "websocket":
         # kube-apiserver answers a plain request the same way; kubectl always upgrades.
         raise bad_request("Upgrade request required")
@@ -97,7 +99,7 @@ async def pod_exec(
         raise bad_request(f"none of the offered stream protocols {offered} is supported; use one of {EXEC_PROTOCOLS}")
     node_name, ip, container = await _kubelet_of(request, resources, namespace=namespace, name=name)
     params = [(k, v) for k, v in request.query.items() if k in PASSED_EXEC_PARAMS]
-    url = f"http://{ip}:{KUBELET_PORT}/exec/{namespace}/{name}/{container}"
+    url = f"http://{ip}:{KUBELET_PORT}/{verb}/{namespace}/{name}/{container}"
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
     try:
         try:

@@ -150,11 +150,16 @@ class ApiServer:
             return await kubeletproxy.pod_log(
                 request, self.resources, namespace=target.namespace or "", name=target.name, token=self.log_token
             )
-        if target.kind.kind == "Pod" and target.subresource == "exec" and target.name:
+        if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed()
             return await kubeletproxy.pod_exec(
-                request, self.resources, namespace=target.namespace or "", name=target.name, token=self.log_token
+                request,
+                self.resources,
+                namespace=target.namespace or "",
+                name=target.name,
+                token=self.log_token,
+                verb=target.subresource,
             )
         if (
             target.subresource

@@ -205,3 +205,44 @@ def test_python_client_exec_stream(lab: Lab) -> None:
         tty=False,
     )
     assert out == "hello from probe\n"
+
+
+def test_kubectl_run_it_rm_dnsutils_as_in_the_k3s_guides(lab: Lab) -> None:
+    """`kubectl run dnsutils --image=tutum/dnsutils -it --rm -- nslookup ...`: a tool container runs its command,
+    kubectl attaches to its output and exit code, then deletes the pod."""
+    from tests.integration.apiserver import KUBECTL
+
+    env = {"KUBECONFIG": str(lab.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    cmd = f"{KUBECTL} run dnsutils --image=tutum/dnsutils -it --rm --restart=Never -- nslookup web.default"
+    # stdin stays open (as a user's terminal would) while kubectl attaches; `script` gives kubectl a terminal.
+    feeder = subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE)
+    try:
+        res = subprocess.run(
+            ["script", "-qec", cmd, "/dev/null"],
+            stdin=feeder.stdout,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        feeder.kill()
+        feeder.wait()
+    vip = lab.get("svc", "web")["spec"]["clusterIP"]
+    assert res.returncode == 0 and f"Address: {vip}" in res.stdout, res.stdout + res.stderr
+    assert 'pod "dnsutils" deleted' in res.stdout
+    failing = lab.kubectl(
+        "run",
+        "nx",
+        "--image=busybox",
+        "-i",
+        "--rm",
+        "--restart=Never",
+        "--",
+        "nslookup",
+        "nosuch.default.svc.cluster.local.",
+        check=False,
+    )
+    # kubectl takes the exit code from the pod's status; the output is shown once (attach did not fail).
+    assert failing.returncode == 1 and failing.stdout.count("NXDOMAIN") == 1, failing.stdout + failing.stderr
+    assert "falling back" not in failing.stderr

@@ -3,6 +3,7 @@ case), spoken to in Kubernetes' channel protocol over WebSocket as kubectl (v5) 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -17,6 +18,11 @@ import uvloop
 from kwire.agent.kubelet.logs import LogServer
 
 TOKEN = "t0ken"
+ATTACHED: dict[str, Any] = {}
+
+
+async def _attach_state() -> dict[str, Any] | None:
+    return dict(ATTACHED) or None
 
 
 def _free_port() -> int:
@@ -34,6 +40,7 @@ async def _kubelet(tmp_path: Path) -> AsyncIterator[str]:
         host="127.0.0.1",
         port=port,
         exec_target=lambda ns, pod: "" if (ns, pod) == ("default", "web") else None,
+        attach_target=lambda ns, pod, c: _attach_state if (ns, pod, c) == ("default", "web", "c") else None,
     )
     await srv.start()
     try:
@@ -134,3 +141,28 @@ async def test_refusals(kubelet: str) -> None:
         assert e.value.status == 404
     _, status = await _session(kubelet, ["/no/such/program"])
     assert status["status"] == "Failure"
+
+
+async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_path: Path) -> None:
+    log = tmp_path / "default_web_c.log"
+    log.write_bytes(b"an earlier run\n")
+    ATTACHED.clear()
+    ATTACHED.update(running=True, exitCode=None, logOffset=len(b"an earlier run\n"))
+    url = kubelet.replace("/exec/", "/attach/") + "?stdin=true&stdout=true&tty=true"
+    out: dict[int, bytes] = {}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(url, protocols=["v5.channel.k8s.io"], headers={"Authorization": f"Bearer {TOKEN}"}) as ws,
+    ):
+        with log.open("ab") as f:
+            f.write(b"Server: 10.43.0.10\n")
+        await ws.send_bytes(b"\x00ignored input")
+        await asyncio.sleep(0.3)
+        with log.open("ab") as f:
+            f.write(b"Address: 10.43.0.1\n")
+        ATTACHED.update(running=False, exitCode=1)
+        async for msg in ws:
+            out[msg.data[0]] = out.get(msg.data[0], b"") + msg.data[1:]
+    assert out[1] == b"Server: 10.43.0.10\r\nAddress: 10.43.0.1\r\n"  # this run only; a terminal's line ends
+    # Success even for exit code 1, as the CRI streaming server ends an attach (kubectl reads the pod's status).
+    assert json.loads(out[3]) == {"metadata": {}, "status": "Success"}

@@ -142,3 +142,23 @@ def test_node_resolv_conf_avoids_loopback_stubs(tmp_path) -> None:  # type: igno
     assert podspec.node_resolv_conf(etc, systemd) == "nameserver 10.0.0.2\n"
     systemd.write_text("nameserver ::1\n")
     assert podspec.node_resolv_conf(etc, systemd) == "nameserver 8.8.8.8\n"
+
+
+def test_tool_containers_of_other_images_run_their_command() -> None:
+    """busybox/dnsutils-style debug containers (a command this node has, no ports) run it; a server image with
+    ports, or a command the node does not have, keeps the responder."""
+
+    def pod_with(**c: object) -> dict[str, object]:
+        return {"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c", **c}]}}
+
+    dnsutils = pod_with(image="tutum/dnsutils", args=["nslookup", "grafana.monitoring"])
+    assert [p.kind for p in podspec.plan(dnsutils)] == ["process"]
+    rs = podspec.runtime_spec(dnsutils, node="n", pod_ip="10.42.0.9", host_ip="192.168.77.11", netns="ns")
+    assert rs["processes"][0]["argv"] == ["nslookup", "grafana.monitoring"] and rs["ports"] == []
+    busybox = pod_with(image="busybox:1.36", command=["sh", "-c", "while true; do wget -qO- http://web; done"])
+    assert [p.kind for p in podspec.plan(busybox)] == ["process"]
+    served = pod_with(image="redis", command=["redis-server"], ports=[{"containerPort": 6379}])
+    assert [p.kind for p in podspec.plan(served)] == ["responder"]
+    unknown = pod_with(image="example/app", command=["/app/server", "--port=8080"])
+    assert [p.kind for p in podspec.plan(unknown)] == ["responder"]
+    assert not podspec.is_tool_container({"image": "x", "args": ["-s", "http://x"]})  # an entrypoint's arguments

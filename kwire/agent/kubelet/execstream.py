@@ -1,4 +1,5 @@
-"""The kubelet's exec endpoint: `GET /exec/{namespace}/{pod}/{container}?command=..&stdin=..&tty=..` (WebSocket).
+"""The kubelet's exec and attach endpoints: `GET /exec/{namespace}/{pod}/{container}?command=..&stdin=..&tty=..`
+and `GET /attach/{namespace}/{pod}/{container}` (WebSockets; attach is described at serve_attach).
 
 What `kubectl exec` reaches through the API server's `pods/exec`. The command runs in the pod's network namespace
 through `ip netns exec` (so it sees the pod's network, resolv.conf and hosts, as the pod's containers do), with
@@ -21,6 +22,8 @@ import shutil
 import struct
 import subprocess
 import termios
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -200,4 +203,58 @@ async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSo
             await proc.wait()
         if master >= 0:
             os.close(master)
+    return ws
+
+
+ATTACH_POLL = 0.1
+
+
+async def serve_attach(
+    request: web.Request,
+    *,
+    log_path: Path,
+    state: Callable[[], Awaitable[dict[str, Any] | None]],
+) -> web.WebSocketResponse:
+    """`kubectl attach` / `kubectl run -it`: the container's output from the start of its current run, until it
+    ends. The runtime keeps each container's output in its log file, so attach follows that file (from
+    the run's first byte, so a short command's output is not lost before the client attaches) and polls the
+    runtime for the container's end. Input is not forwarded: the runtime gives containers no stdin (use
+    `kubectl exec -it` for a shell). A container that is not a process (a responder) has no output: the session
+    lasts until the client leaves."""
+    tty = _flag(request, "tty", False)
+    ws = web.WebSocketResponse(protocols=PROTOCOLS, heartbeat=30)
+    await ws.prepare(request)
+
+    async def drain_client() -> None:
+        async for _ in ws:  # stdin and resize messages are read and dropped; the loop ends when the client leaves
+            pass
+
+    client = asyncio.create_task(drain_client())
+    st = await state()
+    offset = int((st or {}).get("logOffset") or 0)
+    try:
+        while not client.done():
+            try:
+                with open(log_path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                offset += len(chunk)
+                # A terminal's line discipline turns \n into \r\n (onlcr); kubectl's terminal is in raw mode.
+                await ws.send_bytes(bytes([STDOUT]) + (chunk.replace(b"\n", b"\r\n") if tty else chunk))
+                continue
+            st = await state()
+            if st is not None and not st.get("running") and st.get("exitCode") is not None:
+                # Success whatever the exit code, as the CRI streaming server ends an attach: kubectl takes the
+                # code from the pod's status (a failure here would make it retry with `logs`, printing twice).
+                await ws.send_bytes(bytes([ERROR]) + json.dumps(status(0)).encode())
+                break
+            await asyncio.sleep(ATTACH_POLL)
+    finally:
+        client.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await client
+        await ws.close()
     return ws

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,12 +214,36 @@ class Kubelet:
                     log.warning("kubelet: sync of pod %s failed: %s; retrying", self._keys.get(uid, uid), exc)
                     asyncio.get_running_loop().call_later(2.0, self._enqueue, uid)
 
-    def pod_netns(self, namespace: str, name: str) -> str | None:
-        """The network namespace of a pod this node runs ("" for hostNetwork), None if it runs no such pod."""
+    def _running(self, namespace: str, name: str) -> PodState | None:
         for st in self.states.values():
             if st.namespace == namespace and st.name == name and self._current(st.uid) is not None:
-                return st.netns
+                return st
         return None
+
+    def pod_netns(self, namespace: str, name: str) -> str | None:
+        """The network namespace of a pod this node runs ("" for hostNetwork), None if it runs no such pod."""
+        st = self._running(namespace, name)
+        return st.netns if st is not None else None
+
+    def container_state(
+        self, namespace: str, name: str, container: str
+    ) -> Callable[[], Awaitable[dict[str, Any] | None]] | None:
+        """For attach: a function returning the runtime's view of a container of a pod this node runs (None for a
+        container that is not a process), or None if the node runs no such pod."""
+        st = self._running(namespace, name)
+        if st is None:
+            return None
+        uid = st.uid
+
+        async def state() -> dict[str, Any] | None:
+            try:
+                pods = await self.runtime.pods()
+            except Exception:  # the runtime restarting: no news this time
+                return None
+            found: dict[str, Any] | None = ((pods.get(uid) or {}).get("containers") or {}).get(container)
+            return found
+
+        return state
 
     def _current(self, uid: str) -> Obj | None:
         key = self._keys.get(uid)

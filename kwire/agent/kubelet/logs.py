@@ -1,7 +1,8 @@
-"""The kubelet's API on the node's port 10250: `GET /containerLogs/{namespace}/{pod}/{container}` and
-`/exec/{namespace}/{pod}/{container}` (a WebSocket, see execstream.py).
+"""The kubelet's API on the node's port 10250: `GET /containerLogs/{namespace}/{pod}/{container}`,
+`/exec/{namespace}/{pod}/{container}` and `/attach/...` (WebSockets, see execstream.py).
 
-The API server's `pods/log` and `pods/exec` subresources (what `kubectl logs` and `kubectl exec` call) proxy here,
+The API server's `pods/log`, `pods/exec` and `pods/attach` subresources (what `kubectl logs`, `kubectl exec` and
+`kubectl attach`/`run -it` call) proxy here,
 as kube-apiserver proxies to the kubelet. Containers' output is in the pod runtime's log files; `tailLines`,
 `limitBytes` and `follow` are honoured.
 Requests carry the cluster token (HTTP on the node's address; kube's kubelet serves HTTPS with its own certificate,
@@ -13,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from kwire.agent.kubelet.execstream import serve_exec
+from kwire.agent.kubelet.execstream import serve_attach, serve_exec
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,10 @@ class LogServer:
         host: str,
         port: int = KUBELET_PORT,
         exec_target: Callable[[str, str], str | None] | None = None,
+        attach_target: Callable[[str, str, str], Callable[[], Awaitable[dict[str, Any] | None]] | None] | None = None,
     ) -> None:
+        # attach_target(namespace, pod, container) -> the container's runtime state function, None if not here
+        self.attach_target = attach_target
         # exec_target(namespace, pod) -> the pod's network namespace ("" for hostNetwork), None if not on this node
         self.exec_target = exec_target
         self.logs_dir = logs_dir
@@ -69,6 +74,15 @@ class LogServer:
         if netns is None:
             raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
         return await serve_exec(request, netns=netns, pod=m["pod"])
+
+    async def _attach(self, request: web.Request) -> web.StreamResponse:
+        self._check_auth(request)
+        m = request.match_info
+        path = self._path(m["namespace"], m["pod"], m["container"])
+        state = self.attach_target(m["namespace"], m["pod"], m["container"]) if self.attach_target else None
+        if state is None:
+            raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
+        return await serve_attach(request, log_path=path, state=state)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self._check_auth(request)
@@ -110,6 +124,7 @@ class LogServer:
         app = web.Application()
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._handle)
         app.router.add_route("*", "/exec/{namespace}/{pod}/{container}", self._exec)
+        app.router.add_route("*", "/attach/{namespace}/{pod}/{container}", self._attach)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:

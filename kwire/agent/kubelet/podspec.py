@@ -3,13 +3,19 @@ runtime runs for it, CNI arguments, and the pod status the kubelet reports.
 
 What runs in a pod is decided by its image (DESIGN.md "Pods"): `kwire/host` runs the container's command/args
 from the machine's filesystem; other `kwire/*` images are kwire's built-in programs (an unknown one is reported
-as an image error); any other image gets a responder on every declared containerPort.
+as an image error); any other image gets a responder on every declared containerPort, except a *tool container*:
+one that declares no ports and whose command (or first argument) is a program this node has, such as
+`busybox -- wget ...`, `kubectl run dnsutils --image=tutum/dnsutils -- nslookup x` or `sleep 3600`. Those run
+that command from the machine's filesystem, as kwire/host would: debug pods do what their manifests say.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +139,24 @@ class ContainerPlan:
     error: str = ""
 
 
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the runtime's PATH for containers
+
+
+def _host_argv(c: Obj) -> list[str]:
+    return [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+
+
+def is_tool_container(c: Obj, *, which: Callable[..., str | None] = shutil.which) -> bool:
+    """A container of a non-kwire image that kwire runs as a host command (see the module docstring)."""
+    argv = _host_argv(c)
+    if not argv or c.get("ports"):
+        return False
+    prog = argv[0]
+    if "/" in prog:
+        return os.path.isfile(prog) and os.access(prog, os.X_OK)
+    return which(prog, path=HOST_PATH) is not None
+
+
 def plan(pod: Obj) -> list[ContainerPlan]:
     out = []
     for c in spec(pod).get("containers") or []:
@@ -146,6 +170,8 @@ def plan(pod: Obj) -> list[ContainerPlan]:
         elif img.startswith("kwire/") and img not in BUILTIN_IMAGES:
             out.append(ContainerPlan(name, image, "error", f"kwire has no built-in image {img}"))
         elif img.startswith("kwire/") and BUILTIN_IMAGES[img]:
+            out.append(ContainerPlan(name, image, "process"))
+        elif not img.startswith("kwire/") and is_tool_container(c):
             out.append(ContainerPlan(name, image, "process"))
         else:
             out.append(ContainerPlan(name, image, "responder"))
@@ -189,8 +215,8 @@ def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str, 
                     ports.append(entry)
         elif p.kind == "process":
             img = image_name(p.image)
-            if img == HOST_IMAGE:
-                argv = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+            if img == HOST_IMAGE or not img.startswith("kwire/"):
+                argv = _host_argv(c)
             else:
                 argv = [sys.executable, "-m", BUILTIN_IMAGES[img], *[str(x) for x in c.get("args") or []]]
             env = _env(c, pod, pod_ip=pod_ip, host_ip=host_ip)

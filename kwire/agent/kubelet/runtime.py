@@ -93,6 +93,7 @@ class Container:
     restart_policy: str
     proc: asyncio.subprocess.Process | None = None
     restart_count: int = 0
+    log_offset: int = 0  # where this run's output starts in log_path (the file keeps earlier runs' output too)
     exit_code: int | None = None
     started_at: float = 0.0
     backoff: float = BACKOFF_START
@@ -107,6 +108,7 @@ class Container:
             "restartCount": self.restart_count,
             "pid": self.proc.pid if running and self.proc else None,
             "startedAt": self.started_at,
+            "logOffset": self.log_offset,
         }
 
 
@@ -161,6 +163,7 @@ class Runtime:
         # A hostNetwork pod has no namespace of its own: its processes run in the runtime's (the node's).
         prefix = [IP, "netns", "exec", c.netns] if c.netns else []
         with open(c.log_path, "ab") as logf:
+            c.log_offset = logf.tell()
             c.proc = await asyncio.create_subprocess_exec(
                 *prefix,
                 *c.argv,
