@@ -1,6 +1,8 @@
 """The DaemonSet controller: one pod of each DaemonSet on every node that should run it.
 
-Owns the pods of DaemonSets (named `<ds>-<5 random>`, bound by setting spec.nodeName directly, labelled
+Owns the pods of DaemonSets (named `<ds>-<5 random>`, bound by setting spec.nodeName directly, except when a
+hostPort they ask for is already taken on the node: such a pod is created unbound with kube's node affinity
+`matchFields metadata.name In [node]`, so the scheduler keeps it Pending until the port is free; labelled
 controller-revision-hash with a hash of the template) and DaemonSet status (desiredNumberScheduled,
 currentNumberScheduled, numberReady, numberAvailable, numberUnavailable, updatedNumberScheduled,
 numberMisscheduled, observedGeneration).
@@ -25,6 +27,7 @@ from kwire.client import ApiClient, Informers
 from kwire.client.client import DAEMONSETS, NODES, PODS
 from kwire.controllers.common import (
     BY_NAMESPACE,
+    BY_NODE,
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
     TAINT_UNSCHEDULABLE,
@@ -53,7 +56,7 @@ from kwire.controllers.common import (
 )
 from kwire.controllers.deployment import scaled_value
 from kwire.controllers.queue import Controller, RetryLater
-from kwire.controllers.scheduler import matches_node_affinity
+from kwire.controllers.scheduler import host_ports, matches_node_affinity, ports_conflict
 from kwire.controllers.workloads import (
     BURST,
     Expectations,
@@ -106,6 +109,19 @@ def should_run(ds: Obj, node: Obj) -> tuple[bool, bool]:
     if untolerated_taint(taints, tolerations, effects=("NoSchedule", "NoExecute")) is not None:
         return False, untolerated_taint(taints, tolerations, effects=("NoExecute",)) is None
     return True, True
+
+
+def affinity_node(pod: Obj) -> str:
+    """The node an unbound daemon pod is meant for (its `matchFields metadata.name In [node]`), or ""."""
+    aff = ((spec(pod).get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in aff.get("nodeSelectorTerms") or []:
+        for e in (term or {}).get("matchFields") or []:
+            vals = (e or {}).get("values") or []
+            if (e or {}).get("key") == "metadata.name" and (e or {}).get("operator") == "In" and len(vals) == 1:
+                return str(vals[0])
+    return ""
 
 
 def _created(pod: Obj) -> float:
@@ -206,7 +222,7 @@ class DaemonSetController(Controller):
         nodes = {name_of(n): n for n in self.nodes.items()}
         by_node: dict[str, list[Obj]] = {}
         for pod in owned:
-            by_node.setdefault(str(spec(pod).get("nodeName") or ""), []).append(pod)
+            by_node.setdefault(str(spec(pod).get("nodeName") or affinity_node(pod)), []).append(pod)
         current_hash = template_hash(spec(ds).get("template"))
         error: str | None = None
         if self.expectations.satisfied(key):
@@ -215,6 +231,18 @@ class DaemonSetController(Controller):
         if error is not None:
             raise RetryLater(f"daemonset {key}: {error}")
         return later
+
+    def _ports_taken(self, pod: Obj, node_name: str) -> bool:
+        wanted = host_ports(pod)
+        if not wanted:
+            return False
+        used = [
+            hp
+            for other in self.pods.by_index(BY_NODE, node_name)
+            if not terminating(other) and status(other).get("phase") not in ("Succeeded", "Failed")
+            for hp in host_ports(other)
+        ]
+        return ports_conflict(wanted, used)
 
     async def _manage(
         self, ds: Obj, nodes: dict[str, Obj], by_node: dict[str, list[Obj]], current_hash: str
@@ -256,14 +284,26 @@ class DaemonSetController(Controller):
             queue = list(create_on)
 
             def make_pod() -> Obj:
+                node_name = queue.pop(0)
                 pod = pod_from_template(
                     ds,
                     owner_api_version="apps/v1",
                     owner_kind="DaemonSet",
                     extra_labels={HASH_LABEL: current_hash},
-                    node_name=queue.pop(0),
+                    node_name=node_name,
                 )
                 pod["spec"]["tolerations"] = daemon_tolerations(pod["spec"])
+                if self._ports_taken(pod, node_name):
+                    # Leave it to the scheduler, pinned to the node as kube's DaemonSet controller pins every pod:
+                    # it stays Pending (NodePorts) while another pod holds the port.
+                    del pod["spec"]["nodeName"]
+                    pod["spec"].setdefault("affinity", {})["nodeAffinity"] = {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}
+                            ]
+                        }
+                    }
                 return pod
 
             msg = await create_owned_pods(

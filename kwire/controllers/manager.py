@@ -23,6 +23,7 @@ from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
 from kwire.controllers.replicaset import ReplicaSetController
 from kwire.controllers.scheduler import Scheduler
+from kwire.controllers.servicelb import ServiceLB
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class ControllerManager:
             PodGC(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),
         ]
+        if "servicelb" not in (addons or AddonSettings()).disable:
+            self.controllers.append(ServiceLB(self.client, self.informers))
         self._starter: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 

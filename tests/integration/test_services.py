@@ -393,3 +393,42 @@ def test_a_killed_pod_runtime_is_replaced_and_its_pods_come_back(lab: Lab) -> No
         )
     finally:
         lab.kubectl("delete", "pod", "listener", "--wait=false", check=False)
+
+
+LB = """
+apiVersion: v1
+kind: Service
+metadata: {name: NAME}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 8088, targetPort: 8080}]
+"""
+
+
+def test_servicelb_gives_load_balancers_the_node_ips_as_k3s_does(lab: Lab) -> None:
+    """`type: LoadBalancer` -> svclb pods on every node, EXTERNAL-IP = the node IPs, reachable from outside; a
+    second Service on the same port stays <pending> until the first is gone."""
+
+    def ingress(name: str) -> list[str]:
+        lb = lab.get("svc", name).get("status", {}).get("loadBalancer") or {}
+        return sorted(i["ip"] for i in lb.get("ingress") or [])
+
+    node_ips = sorted(n.ip for n in lab.topo.nodes)
+    lab.apply(LB.replace("NAME", "lb1"))
+    try:
+        wait_for(lambda: ingress("lb1") == node_ips, timeout=30, what="lb1's ingress = the node IPs")
+        for ip in node_ips:
+            code, out = _curl(lab, "client", f"http://{ip}:8088/")
+            assert code == 0 and json.loads(out)["port"] == 8080, out
+        lab.apply(LB.replace("NAME", "lb2"))
+        time.sleep(3)
+        assert ingress("lb2") == []  # port 8088 is taken on every node: its svclb pods stay Pending
+        pending = [p for p in lab.pods(namespace="kube-system") if p["metadata"]["name"].startswith("svclb-lb2-")]
+        assert len(pending) == 3 and all(p["status"].get("phase") == "Pending" for p in pending)
+        lab.kubectl("delete", "svc", "lb1")
+        wait_for(lambda: ingress("lb2") == node_ips, timeout=30, what="lb2 takes the port over")
+        ds = lab.kubectl("get", "ds", "-n", "kube-system", "-o", "name").stdout
+        assert "svclb-lb1-" not in ds and "svclb-lb2-" in ds
+    finally:
+        lab.kubectl("delete", "svc", "lb1", "lb2", "--ignore-not-found", check=False)

@@ -1,0 +1,205 @@
+"""ServiceLB, K3s's embedded load balancer (the Klipper role; k3s `pkg/cloudprovider/servicelb.go`).
+
+For every Service of type LoadBalancer without a loadBalancerClass: a DaemonSet `svclb-<name>-<uid8>` in
+kube-system whose pods hold one hostPort per service port (image `kwire/servicelb`: inside the pod, klipper-lb's
+DNAT from that port to the ClusterIP, in nft), on the nodes labelled `svccontroller.k3s.cattle.io/enablelb=true`
+if any node is, and of the Service's `svccontroller.k3s.cattle.io/lbpool` when it names one. The Service's
+status.loadBalancer.ingress lists the nodes whose svclb pod is Ready (a node's ExternalIP if it has one, else its
+InternalIP), sorted. A port another LoadBalancer already holds leaves the new pods Pending (the scheduler's
+hostPort check), so that Service stays <pending>. DaemonSets whose Service is gone or no longer a LoadBalancer are
+deleted. `disable: [servicelb]` leaves this controller out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kwire.client import ApiClient, Informers, NotFound
+from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICES
+from kwire.controllers.queue import Controller
+
+Obj = dict[str, Any]
+NS = "kube-system"
+IMAGE = "kwire/servicelb:latest"
+SVCNAME = "svccontroller.k3s.cattle.io/svcname"
+SVCNAMESPACE = "svccontroller.k3s.cattle.io/svcnamespace"
+ENABLELB = "svccontroller.k3s.cattle.io/enablelb"
+LBPOOL = "svccontroller.k3s.cattle.io/lbpool"
+HASH_ANNOTATION = "kwire.io/servicelb-hash"
+
+
+def _meta(o: Obj) -> Obj:
+    return o.get("metadata") or {}
+
+
+def is_servicelb(svc: Obj | None) -> bool:
+    spec = (svc or {}).get("spec") or {}
+    return spec.get("type") == "LoadBalancer" and not spec.get("loadBalancerClass")
+
+
+def daemonset_name(svc: Obj) -> str:
+    m = _meta(svc)
+    suffix = "-" + str(m.get("uid", ""))[:8]
+    return ("svclb-" + str(m.get("name", "")))[: 63 - len(suffix)] + suffix
+
+
+def daemonset(svc: Obj, nodes: list[Obj]) -> Obj:
+    """The svclb DaemonSet for a LoadBalancer Service, as K3s's ServiceLB makes it."""
+    m, spec = _meta(svc), svc.get("spec") or {}
+    name = daemonset_name(svc)
+    labels = {"app": name, SVCNAME: str(m.get("name")), SVCNAMESPACE: str(m.get("namespace"))}
+    ranges = ",".join(spec.get("loadBalancerSourceRanges") or ["0.0.0.0/0"])
+    containers = []
+    for p in spec.get("ports") or []:
+        proto = str(p.get("protocol") or "TCP")
+        port = int(p["port"])
+        containers.append(
+            {
+                "name": f"lb-{proto.lower()}-{port}",
+                "image": IMAGE,
+                "env": [
+                    {"name": "SRC_PORT", "value": str(port)},
+                    {"name": "SRC_RANGES", "value": ranges},
+                    {"name": "DEST_PROTO", "value": proto},
+                    {"name": "DEST_PORT", "value": str(port)},
+                    {"name": "DEST_IPS", "value": " ".join(spec.get("clusterIPs") or [spec.get("clusterIP", "")])},
+                ],
+                "ports": [
+                    {"name": f"lb-{proto.lower()}-{port}", "containerPort": port, "hostPort": port, "protocol": proto}
+                ],
+                "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}},
+            }
+        )
+    node_selector: dict[str, str] = {}
+    if any((_meta(n).get("labels") or {}).get(ENABLELB) == "true" for n in nodes):
+        node_selector[ENABLELB] = "true"
+    pool = (m.get("labels") or {}).get(LBPOOL)
+    if pool:
+        node_selector[LBPOOL] = str(pool)
+    pod_spec: Obj = {
+        "containers": containers,
+        "priorityClassName": "system-node-critical",
+        "tolerations": [
+            {"key": "CriticalAddonsOnly", "operator": "Exists"},
+            {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+        ],
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    ds: Obj = {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+    digest = hashlib.sha256(json.dumps(ds["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    ds["metadata"]["annotations"] = {HASH_ANNOTATION: digest}
+    return ds
+
+
+def _ready(pod: Obj) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def ingress(ds_name: str, pods: list[Obj], nodes: dict[str, Obj]) -> list[Obj]:
+    """status.loadBalancer.ingress: the IPs of the nodes whose svclb pod is Ready, ExternalIP before InternalIP."""
+    ips = set()
+    for pod in pods:
+        if (_meta(pod).get("labels") or {}).get("app") != ds_name or not _ready(pod):
+            continue
+        node = nodes.get(str((pod.get("spec") or {}).get("nodeName")))
+        addrs = ((node or {}).get("status") or {}).get("addresses") or []
+        by_type = {a.get("type"): a.get("address") for a in addrs}
+        ip = by_type.get("ExternalIP") or by_type.get("InternalIP")
+        if ip:
+            ips.add(str(ip))
+    return [{"ip": ip} for ip in sorted(ips)]
+
+
+class ServiceLB(Controller):
+    name = "servicelb"
+
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
+        super().__init__(client, informers)
+        self.services = informers.get(SERVICES)
+        self.nodes = informers.get(NODES)
+        self.daemonsets = informers.get(DAEMONSETS)
+        self.pods = informers.get(PODS)
+        self.services.on_add(self._on_service)
+        self.services.on_update(lambda _o, n: self._on_service(n))
+        self.services.on_delete(self._on_service)
+        for inf in (self.daemonsets, self.pods):
+            inf.on_add(self._on_svclb)
+            inf.on_update(lambda _o, n: self._on_svclb(n))
+            inf.on_delete(self._on_svclb)
+        self.nodes.on_add(self._on_node)
+        self.nodes.on_update(lambda _o, n: self._on_node(n))
+        self.nodes.on_delete(self._on_node)
+
+    async def _on_service(self, svc: Obj) -> None:
+        m = _meta(svc)
+        self.enqueue(f"{m.get('namespace')}/{m.get('name')}")
+
+    async def _on_svclb(self, obj: Obj) -> None:
+        labels = _meta(obj).get("labels") or {}
+        if _meta(obj).get("namespace") == NS and SVCNAME in labels:
+            self.enqueue(f"{labels.get(SVCNAMESPACE)}/{labels[SVCNAME]}")
+
+    async def _on_node(self, _node: Obj) -> None:
+        for svc in self.services.items():
+            if is_servicelb(svc):
+                await self._on_service(svc)
+
+    async def prepare(self) -> None:
+        for svc in self.services.items():
+            await self._on_service(svc)
+        for ds in self.daemonsets.items():
+            await self._on_svclb(ds)
+
+    async def sync(self, key: str) -> float | None:
+        ns, _, name = key.partition("/")
+        svc = self.services.get(ns, name)
+        want = daemonset(svc, self.nodes.items()) if svc is not None and is_servicelb(svc) else None
+        for ds in self.daemonsets.items():
+            labels = _meta(ds).get("labels") or {}
+            if _meta(ds).get("namespace") != NS or (labels.get(SVCNAMESPACE), labels.get(SVCNAME)) != (ns, name):
+                continue
+            if want is None or _meta(ds).get("name") != want["metadata"]["name"]:
+                try:
+                    await self.client.delete(DAEMONSETS, str(_meta(ds).get("name")), NS)
+                    self.log.info("servicelb: deleted DaemonSet %s/%s", NS, _meta(ds).get("name"))
+                except NotFound:
+                    pass
+        if want is None or svc is None:
+            return None
+        ds_name = want["metadata"]["name"]
+        cur = self.daemonsets.get(NS, ds_name)
+        if cur is None:
+            await self.client.create(DAEMONSETS, want, NS)
+            self.log.info("servicelb: created DaemonSet %s/%s for %s", NS, ds_name, key)
+        elif (_meta(cur).get("annotations") or {}).get(HASH_ANNOTATION) != want["metadata"]["annotations"][
+            HASH_ANNOTATION
+        ]:
+            new = {**cur, "spec": want["spec"]}
+            new["metadata"] = {
+                **_meta(cur),
+                "labels": want["metadata"]["labels"],
+                "annotations": {**(_meta(cur).get("annotations") or {}), **want["metadata"]["annotations"]},
+            }
+            await self.client.update(DAEMONSETS, new)
+        nodes = {str(_meta(n).get("name")): n for n in self.nodes.items()}
+        pods = [p for p in self.pods.items() if _meta(p).get("namespace") == NS]
+        ing = ingress(ds_name, pods, nodes)
+        lb: Obj = {"ingress": ing} if ing else {}
+        status = svc.get("status") or {}
+        if (status.get("loadBalancer") or {}) != lb:
+            await self.client.update_status(SERVICES, {**svc, "status": {**status, "loadBalancer": lb}})
+            self.log.info("servicelb: %s ingress %s", key, [i["ip"] for i in ing] or "<pending>")
+        return None
