@@ -86,7 +86,7 @@ async def _relay(src: _WS, dst: _WS) -> None:
             await dst.send_str(msg.data)
 
 
-async def pod_exec(
+async def pod_stream(
     request: web.Request, resources: Resources, *, namespace: str, name: str, token: str, verb: str = "exec"
 ) -> web.StreamResponse:
     """pods/exec and pods/attach (verb "attach"): the same relay to the kubelet's /exec or /attach."""

@@ -153,7 +153,7 @@ class ApiServer:
         if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed()
-            return await kubeletproxy.pod_exec(
+            return await kubeletproxy.pod_stream(
                 request,
                 self.resources,
                 namespace=target.namespace or "",
