@@ -280,7 +280,7 @@ async def start(cfg: AgentConfig) -> Agent:
         token=client.config.token or "",
         host=node_ip,
         exec_target=kubelet.pod_netns,
-        attach_target=kubelet.container_state,
+        attach_target=kubelet.attach_target,
     )
     await logs.start()
     reg.set_ready(True)

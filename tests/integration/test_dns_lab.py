@@ -246,3 +246,28 @@ def test_kubectl_run_it_rm_dnsutils_as_in_the_k3s_guides(lab: Lab) -> None:
     # kubectl takes the exit code from the pod's status; the output is shown once (attach did not fail).
     assert failing.returncode == 1 and failing.stdout.count("NXDOMAIN") == 1, failing.stdout + failing.stderr
     assert "falling back" not in failing.stderr
+
+
+def test_kubectl_run_it_an_interactive_shell(lab: Lab) -> None:
+    """`kubectl run -it --rm --image=busybox -- sh`: typed input reaches the shell on its terminal, the output
+    comes back, and kubectl exits with the shell's code."""
+    from tests.integration.apiserver import KUBECTL
+
+    env = {"KUBECONFIG": str(lab.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    typing = "sleep 6; printf 'nslookup web.default\\n'; sleep 2; printf 'exit 3\\n'; sleep 20"
+    feeder = subprocess.Popen(["sh", "-c", typing], stdout=subprocess.PIPE)
+    try:
+        res = subprocess.run(
+            ["script", "-qec", f"{KUBECTL} run shell --image=busybox -it --rm --restart=Never -- sh", "/dev/null"],
+            stdin=feeder.stdout,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        feeder.kill()
+        feeder.wait()
+    vip = lab.get("svc", "web")["spec"]["clusterIP"]
+    assert f"Address: {vip}" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 3 and 'pod "shell" deleted' in res.stdout

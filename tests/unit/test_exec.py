@@ -15,14 +15,23 @@ import aiohttp
 import pytest
 import uvloop
 
+from kwire.agent.kubelet.execstream import AttachTarget
 from kwire.agent.kubelet.logs import LogServer
 
 TOKEN = "t0ken"
 ATTACHED: dict[str, Any] = {}
 
 
+WRITTEN: list[tuple[bytes, bool]] = []
+
+
 async def _attach_state() -> dict[str, Any] | None:
     return dict(ATTACHED) or None
+
+
+async def _attach_write(data: bytes, close: bool) -> bool:
+    WRITTEN.append((data, close))
+    return True
 
 
 def _free_port() -> int:
@@ -40,7 +49,11 @@ async def _kubelet(tmp_path: Path) -> AsyncIterator[str]:
         host="127.0.0.1",
         port=port,
         exec_target=lambda ns, pod: "" if (ns, pod) == ("default", "web") else None,
-        attach_target=lambda ns, pod, c: _attach_state if (ns, pod, c) == ("default", "web", "c") else None,
+        attach_target=lambda ns, pod, c: (
+            AttachTarget(state=_attach_state, write=_attach_write, stdin_once=True)
+            if (ns, pod, c) == ("default", "web", "c")
+            else None
+        ),
     )
     await srv.start()
     try:
@@ -147,6 +160,7 @@ async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_p
     log = tmp_path / "default_web_c.log"
     log.write_bytes(b"an earlier run\n")
     ATTACHED.clear()
+    WRITTEN.clear()
     ATTACHED.update(running=True, exitCode=None, logOffset=len(b"an earlier run\n"))
     url = kubelet.replace("/exec/", "/attach/") + "?stdin=true&stdout=true&tty=true"
     out: dict[int, bytes] = {}
@@ -156,7 +170,7 @@ async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_p
     ):
         with log.open("ab") as f:
             f.write(b"Server: 10.43.0.10\n")
-        await ws.send_bytes(b"\x00ignored input")
+        await ws.send_bytes(b"\x00some input")
         await asyncio.sleep(0.3)
         with log.open("ab") as f:
             f.write(b"Address: 10.43.0.1\n")
@@ -166,3 +180,5 @@ async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_p
     assert out[1] == b"Server: 10.43.0.10\r\nAddress: 10.43.0.1\r\n"  # this run only; a terminal's line ends
     # Success even for exit code 1, as the CRI streaming server ends an attach (kubectl reads the pod's status).
     assert json.loads(out[3]) == {"metadata": {}, "status": "Success"}
+    # Input reached the container; stdinOnce closed it when the session ended.
+    assert WRITTEN == [(b"some input", False), (b"", True)]

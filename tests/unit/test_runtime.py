@@ -206,3 +206,35 @@ async def test_a_new_runtime_ends_what_a_killed_one_left_running(tmp_path: Path)
         await other.wait()
     finally:
         await rt.close()
+
+
+async def test_stdin_and_tty_containers_take_input_for_attach(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
+    try:
+        spec = _spec("cat-1", [], [{"name": "c", "argv": ["cat"], "env": {}, "stdin": True}])
+        await rt.ensure_pod("u5", spec)
+        await asyncio.sleep(0.2)
+        assert rt.status()["u5"]["containers"]["c"]["stdin"] is True
+        assert await rt.write_stdin("u5", "c", b"through the pipe\n", close=True)
+        for _ in range(100):
+            if rt.status()["u5"]["containers"]["c"]["exitCode"] is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert rt.status()["u5"]["containers"]["c"]["exitCode"] == 0  # EOF ended cat
+        assert (tmp_path / "logs" / "default_cat-1_c.log").read_text() == "through the pipe\n"
+        assert not await rt.write_stdin("u5", "c", b"too late")
+
+        sh = _spec("sh-1", [], [{"name": "c", "argv": ["sh"], "env": {}, "stdin": True, "tty": True}])
+        await rt.ensure_pod("u6", sh)
+        await asyncio.sleep(0.3)
+        assert rt.status()["u6"]["containers"]["c"]["tty"] is True
+        assert await rt.write_stdin("u6", "c", b"tty; exit 4\n")
+        for _ in range(100):
+            if rt.status()["u6"]["containers"]["c"]["exitCode"] is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert rt.status()["u6"]["containers"]["c"]["exitCode"] == 4
+        await asyncio.sleep(0.1)
+        assert "/dev/pts/" in (tmp_path / "logs" / "default_sh-1_c.log").read_text()
+    finally:
+        await rt.close()

@@ -23,6 +23,7 @@ import struct
 import subprocess
 import termios
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,29 +210,43 @@ async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSo
 ATTACH_POLL = 0.1
 
 
-async def serve_attach(
-    request: web.Request,
-    *,
-    log_path: Path,
-    state: Callable[[], Awaitable[dict[str, Any] | None]],
-) -> web.WebSocketResponse:
+@dataclass(frozen=True)
+class AttachTarget:
+    """A container to attach to: its runtime state, its input, and whether input ends with the first session."""
+
+    state: Callable[[], Awaitable[dict[str, Any] | None]]
+    write: Callable[[bytes, bool], Awaitable[bool]]  # (data, close) -> whether the container took it
+    stdin_once: bool = False
+
+
+async def serve_attach(request: web.Request, *, log_path: Path, target: AttachTarget) -> web.WebSocketResponse:
     """`kubectl attach` / `kubectl run -it`: the container's output from the start of its current run, until it
     ends. The runtime keeps each container's output in its log file, so attach follows that file (from
     the run's first byte, so a short command's output is not lost before the client attaches) and polls the
-    runtime for the container's end. Input is not forwarded: the runtime gives containers no stdin (use
-    `kubectl exec -it` for a shell). A container that is not a process (a responder) has no output: the session
-    lasts until the client leaves."""
-    tty = _flag(request, "tty", False)
+    runtime for the container's end. Input goes to the container when its spec has `stdin: true` (the runtime
+    keeps a pipe, or the terminal of a `tty: true` container, for it; v5's close signal ends it, and so does the
+    end of the first session with `stdinOnce`). A container that is not a process (a responder) has no output:
+    the session lasts until the client leaves."""
     ws = web.WebSocketResponse(protocols=PROTOCOLS, heartbeat=30)
     await ws.prepare(request)
+    v5 = ws.ws_protocol == "v5.channel.k8s.io"
 
-    async def drain_client() -> None:
-        async for _ in ws:  # stdin and resize messages are read and dropped; the loop ends when the client leaves
-            pass
+    async def from_client() -> None:
+        async for msg in ws:  # the loop ends when the client leaves
+            if msg.type != WSMsgType.BINARY or not msg.data:
+                continue
+            channel, payload = msg.data[0], msg.data[1:]
+            if channel == STDIN and payload:
+                await target.write(payload, False)
+            elif channel == CLOSE and v5 and payload[:1] == bytes([STDIN]):
+                await target.write(b"", True)
 
-    client = asyncio.create_task(drain_client())
-    st = await state()
+    client = asyncio.create_task(from_client())
+    st = await target.state()
     offset = int((st or {}).get("logOffset") or 0)
+    # A terminal's line discipline turns \n into \r\n (onlcr) and kubectl's terminal is in raw mode: a container
+    # that has no terminal of its own gets that translation here.
+    tty = _flag(request, "tty", False) and not (st or {}).get("tty")
     try:
         while not client.done():
             try:
@@ -242,10 +257,9 @@ async def serve_attach(
                 chunk = b""
             if chunk:
                 offset += len(chunk)
-                # A terminal's line discipline turns \n into \r\n (onlcr); kubectl's terminal is in raw mode.
                 await ws.send_bytes(bytes([STDOUT]) + (chunk.replace(b"\n", b"\r\n") if tty else chunk))
                 continue
-            st = await state()
+            st = await target.state()
             if st is not None and not st.get("running") and st.get("exitCode") is not None:
                 # Success whatever the exit code, as the CRI streaming server ends an attach: kubectl takes the
                 # code from the pod's status (a failure here would make it retry with `logs`, printing twice).
@@ -256,5 +270,7 @@ async def serve_attach(
         client.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await client
+        if target.stdin_once:
+            await target.write(b"", True)
         await ws.close()
     return ws

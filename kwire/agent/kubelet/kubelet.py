@@ -17,12 +17,12 @@ import datetime as dt
 import json
 import logging
 import shutil
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kwire.agent.kubelet import podspec
+from kwire.agent.kubelet.execstream import AttachTarget
 from kwire.agent.kubelet.probes import ProbeState, run_probe
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.base.files import atomic_write, write_if_changed
@@ -225,15 +225,17 @@ class Kubelet:
         st = self._running(namespace, name)
         return st.netns if st is not None else None
 
-    def container_state(
-        self, namespace: str, name: str, container: str
-    ) -> Callable[[], Awaitable[dict[str, Any] | None]] | None:
-        """For attach: a function returning the runtime's view of a container of a pod this node runs (None for a
-        container that is not a process), or None if the node runs no such pod."""
+    def attach_target(self, namespace: str, name: str, container: str) -> AttachTarget | None:
+        """What attach needs of a container of a pod this node runs (its state is None for a container that is not
+        a process), or None if the node runs no such pod."""
         st = self._running(namespace, name)
-        if st is None:
+        pod = self._current(st.uid) if st is not None else None
+        if st is None or pod is None:
             return None
         uid = st.uid
+        spec: dict[str, Any] = next(
+            (c for c in podspec.spec(pod).get("containers") or [] if c.get("name") == container), {}
+        )
 
         async def state() -> dict[str, Any] | None:
             try:
@@ -243,7 +245,10 @@ class Kubelet:
             found: dict[str, Any] | None = ((pods.get(uid) or {}).get("containers") or {}).get(container)
             return found
 
-        return state
+        async def write(data: bytes, close: bool) -> bool:
+            return await self.runtime.write_stdin(uid, container, data, close=close)
+
+        return AttachTarget(state=state, write=write, stdin_once=bool(spec.get("stdinOnce")))
 
     def _current(self, uid: str) -> Obj | None:
         key = self._keys.get(uid)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from kwire.agent.kubelet.execstream import serve_attach, serve_exec
+from kwire.agent.kubelet.execstream import AttachTarget, serve_attach, serve_exec
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,9 @@ class LogServer:
         host: str,
         port: int = KUBELET_PORT,
         exec_target: Callable[[str, str], str | None] | None = None,
-        attach_target: Callable[[str, str, str], Callable[[], Awaitable[dict[str, Any] | None]] | None] | None = None,
+        attach_target: Callable[[str, str, str], AttachTarget | None] | None = None,
     ) -> None:
-        # attach_target(namespace, pod, container) -> the container's runtime state function, None if not here
+        # attach_target(namespace, pod, container) -> what attach needs of that container, None if not here
         self.attach_target = attach_target
         # exec_target(namespace, pod) -> the pod's network namespace ("" for hostNetwork), None if not on this node
         self.exec_target = exec_target
@@ -79,10 +78,10 @@ class LogServer:
         self._check_auth(request)
         m = request.match_info
         path = self._path(m["namespace"], m["pod"], m["container"])
-        state = self.attach_target(m["namespace"], m["pod"], m["container"]) if self.attach_target else None
-        if state is None:
+        target = self.attach_target(m["namespace"], m["pod"], m["container"]) if self.attach_target else None
+        if target is None:
             raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
-        return await serve_attach(request, log_path=path, state=state)
+        return await serve_attach(request, log_path=path, target=target)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self._check_auth(request)

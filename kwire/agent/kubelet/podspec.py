@@ -266,7 +266,12 @@ def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str, 
                 argv = [sys.executable, "-m", BUILTIN_IMAGES[img], *[str(x) for x in c.get("args") or []]]
             if sa_dir:
                 env[SA_ENV] = sa_dir
-            processes.append({"name": p.name, "argv": argv, "env": env})
+            proc_entry: Obj = {"name": p.name, "argv": argv, "env": env}
+            if c.get("stdin"):
+                proc_entry["stdin"] = True
+            if c.get("tty"):
+                proc_entry["tty"] = True
+            processes.append(proc_entry)
     return {
         "pod": {"name": m.get("name"), "namespace": m.get("namespace"), "node": node, "podIP": pod_ip, "netns": netns},
         "ports": ports,

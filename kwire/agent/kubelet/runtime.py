@@ -6,6 +6,7 @@ pod's sockets or kills its processes. The agent drives it over a unix socket wit
     PUT    /pods/{uid}   {"pod": {...identity...}, "ports": [[80, "TCP"]], "processes": [...], "restartPolicy": ...}
     DELETE /pods/{uid}
     GET    /pods         {uid: {"ports": [...], "containers": {name: {"running", "exitCode", "restartCount", "pid"}}}}
+    POST   /pods/{uid}/stdin/{container}[?close=1]   input for a container started with stdin (attach)
 
 Processes run through `ip netns exec <pod netns>`, which also gives them the pod's /etc/resolv.conf and
 /etc/hosts (bind-mounted from /etc/netns/<name>/, the iproute2 convention). A container whose process exits is
@@ -43,6 +44,31 @@ BACKOFF_START = 10.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET = 600.0
 ORPHAN_GRACE = 2.0
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+
+
+async def _copy_pty(master: int, log_path: Path) -> None:
+    """A terminal's output into the container's log, until the terminal closes (EIO once the process is gone)."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    os.set_blocking(master, False)
+    loop.add_reader(master, readable.set)
+    try:
+        with open(log_path, "ab", buffering=0) as out:
+            while True:
+                await readable.wait()
+                readable.clear()
+                try:
+                    chunk = os.read(master, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                out.write(chunk)
+    finally:
+        loop.remove_reader(master)
 
 
 def _start_time(pid: int) -> str | None:
@@ -94,6 +120,10 @@ class Container:
     proc: asyncio.subprocess.Process | None = None
     restart_count: int = 0
     log_offset: int = 0  # where this run's output starts in log_path (the file keeps earlier runs' output too)
+    stdin: bool = False  # the container spec's stdin: its input stays open for `kubectl attach`
+    tty: bool = False  # the container spec's tty: it runs on a pseudo-terminal whose output goes to log_path
+    input_fd: int = -1  # the pty master (tty) or the write end of the stdin pipe, while running
+    pump: asyncio.Task[None] | None = None  # tty: copies the pty's output into log_path
     exit_code: int | None = None
     started_at: float = 0.0
     backoff: float = BACKOFF_START
@@ -109,6 +139,8 @@ class Container:
             "pid": self.proc.pid if running and self.proc else None,
             "startedAt": self.started_at,
             "logOffset": self.log_offset,
+            "tty": self.tty,
+            "stdin": self.input_fd >= 0,
         }
 
 
@@ -154,6 +186,8 @@ class Runtime:
                 netns=pod["netns"],
                 log_path=self.logs / f"{pod['namespace']}_{pod['name']}_{proc['name']}.log",
                 restart_policy=spec.get("restartPolicy", "Always"),
+                stdin=bool(proc.get("stdin")),
+                tty=bool(proc.get("tty")),
             )
             rec.containers[c.name] = c
             c.task = asyncio.create_task(self._supervise(c))
@@ -162,20 +196,80 @@ class Runtime:
         env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), **c.env}
         # A hostNetwork pod has no namespace of its own: its processes run in the runtime's (the node's).
         prefix = [IP, "netns", "exec", c.netns] if c.netns else []
+        self._close_input(c)
         with open(c.log_path, "ab") as logf:
             c.log_offset = logf.tell()
-            c.proc = await asyncio.create_subprocess_exec(
-                *prefix,
-                *c.argv,
-                stdout=logf,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
+            if c.tty:
+                # `tty: true` (kubectl run -it): a pseudo-terminal is the process's stdin/stdout/stderr and its
+                # controlling terminal (util-linux setsid --ctty, in a session of its own); the runtime copies
+                # its output into the log, which attach and logs read.
+                master, slave = os.openpty()
+                try:
+                    c.proc = await asyncio.create_subprocess_exec(
+                        SETSID,
+                        "--ctty",
+                        "--wait",
+                        *prefix,
+                        *c.argv,
+                        stdin=slave,
+                        stdout=slave,
+                        stderr=slave,
+                        env={**env, "TERM": "xterm"},
+                    )
+                finally:
+                    os.close(slave)
+                c.input_fd = master
+                c.pump = asyncio.create_task(_copy_pty(master, c.log_path))
+            else:
+                # `stdin: true`: a pipe whose write end the runtime keeps for attach (closed at EOF).
+                read_end, write_end = os.pipe() if c.stdin else (-1, -1)
+                try:
+                    c.proc = await asyncio.create_subprocess_exec(
+                        *prefix,
+                        *c.argv,
+                        stdout=logf,
+                        stderr=asyncio.subprocess.STDOUT,
+                        stdin=read_end if c.stdin else asyncio.subprocess.DEVNULL,
+                        env=env,
+                        start_new_session=True,
+                    )
+                except BaseException:
+                    if c.stdin:
+                        os.close(write_end)
+                    raise
+                finally:
+                    if c.stdin:
+                        os.close(read_end)
+                c.input_fd = write_end
         c.started_at = time.time()
         c.exit_code = None
         self._record_pids()
+
+    @staticmethod
+    def _close_input(c: Container) -> None:
+        if c.input_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(c.input_fd)
+            c.input_fd = -1
+
+    async def write_stdin(self, uid: str, name: str, data: bytes, *, close: bool = False) -> bool:
+        """Input for an attached container (False if it has none open). `close` ends it: EOF on a pipe, ^D on a
+        terminal's line discipline."""
+        rec = self.pods.get(uid)
+        c = rec.containers.get(name) if rec else None
+        if c is None or c.input_fd < 0 or c.proc is None or c.proc.returncode is not None:
+            return False
+        try:
+            if data:
+                await asyncio.to_thread(os.write, c.input_fd, data)
+            if close:
+                if c.tty:
+                    await asyncio.to_thread(os.write, c.input_fd, b"\x04")
+                else:
+                    self._close_input(c)
+        except OSError:
+            return False
+        return True
 
     async def _supervise(self, c: Container) -> None:
         while not c.stopping:
@@ -187,6 +281,10 @@ class Runtime:
             else:
                 assert c.proc is not None
                 c.exit_code = await c.proc.wait()
+                if c.pump is not None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(c.pump, 2.0)  # the last output, up to the terminal's EIO
+                    self._close_input(c)
             if c.stopping:
                 return
             ran = time.time() - c.started_at
@@ -220,6 +318,9 @@ class Runtime:
                     await c.proc.wait()
             if c.task is not None:
                 c.task.cancel()
+            if c.pump is not None:
+                c.pump.cancel()
+            self._close_input(c)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -241,6 +342,11 @@ class Runtime:
         parts = [p for p in request.path.split("/") if p]
         if parts == ["pods"] and request.method == "GET":
             return http11.Response(200, orjson.dumps(self.status()))
+        if len(parts) == 4 and parts[0] == "pods" and parts[2] == "stdin" and request.method == "POST":
+            close = request.target.endswith("?close=1")
+            if await self.write_stdin(parts[1], parts[3], request.body, close=close):
+                return http11.Response(200, b"{}")
+            return http11.Response(409, orjson.dumps({"error": "the container has no open input"}))
         if len(parts) == 2 and parts[0] == "pods" and request.method in ("PUT", "DELETE"):
             uid = parts[1]
             if request.method == "DELETE":

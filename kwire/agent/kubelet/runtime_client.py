@@ -36,7 +36,7 @@ class RuntimeClient:
             await self._session.close()
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else orjson.dumps(body)
+        data = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
         async with self._sess().request(
             method, f"http://runtime{path}", data=data, timeout=aiohttp.ClientTimeout(total=30)
         ) as r:
@@ -89,3 +89,11 @@ class RuntimeClient:
 
     async def delete_pod(self, uid: str) -> None:
         await self._call("DELETE", f"/pods/{uid}")
+
+    async def write_stdin(self, uid: str, container: str, data: bytes, *, close: bool = False) -> bool:
+        """Input for an attached container; False when it has none open."""
+        try:
+            await self._call("POST", f"/pods/{uid}/stdin/{container}" + ("?close=1" if close else ""), data)
+        except RuntimeError:
+            return False
+        return True
