@@ -207,18 +207,16 @@ def test_python_client_exec_stream(lab: Lab) -> None:
     assert out == "hello from probe\n"
 
 
-def test_kubectl_run_it_rm_dnsutils_as_in_the_k3s_guides(lab: Lab) -> None:
-    """`kubectl run dnsutils --image=tutum/dnsutils -it --rm -- nslookup ...`: a tool container runs its command,
-    kubectl attaches to its output and exit code, then deletes the pod."""
+def _in_terminal(lab_: Lab, kubectl_args: str, *, typing: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl ARGS` on a terminal (util-linux `script` provides one) with what the shell command `typing` prints
+    as the user's keystrokes."""
     from tests.integration.apiserver import KUBECTL
 
-    env = {"KUBECONFIG": str(lab.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
-    cmd = f"{KUBECTL} run dnsutils --image=tutum/dnsutils -it --rm --restart=Never -- nslookup web.default"
-    # stdin stays open (as a user's terminal would) while kubectl attaches; `script` gives kubectl a terminal.
-    feeder = subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE)
+    env = {"KUBECONFIG": str(lab_.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    feeder = subprocess.Popen(["sh", "-c", typing], stdout=subprocess.PIPE)
     try:
-        res = subprocess.run(
-            ["script", "-qec", cmd, "/dev/null"],
+        return subprocess.run(
+            ["script", "-qec", f"{KUBECTL} {kubectl_args}", "/dev/null"],
             stdin=feeder.stdout,
             capture_output=True,
             text=True,
@@ -228,6 +226,15 @@ def test_kubectl_run_it_rm_dnsutils_as_in_the_k3s_guides(lab: Lab) -> None:
     finally:
         feeder.kill()
         feeder.wait()
+
+
+def test_kubectl_run_it_rm_dnsutils_as_in_the_k3s_guides(lab: Lab) -> None:
+    """`kubectl run dnsutils --image=tutum/dnsutils -it --rm -- nslookup ...`: a tool container runs its command,
+    kubectl attaches to its output and exit code, then deletes the pod."""
+    # stdin stays open (as a user's terminal would) while kubectl attaches.
+    res = _in_terminal(
+        lab, "run dnsutils --image=tutum/dnsutils -it --rm --restart=Never -- nslookup web.default", typing="sleep 60"
+    )
     vip = lab.get("svc", "web")["spec"]["clusterIP"]
     assert res.returncode == 0 and f"Address: {vip}" in res.stdout, res.stdout + res.stderr
     assert 'pod "dnsutils" deleted' in res.stdout
@@ -251,23 +258,8 @@ def test_kubectl_run_it_rm_dnsutils_as_in_the_k3s_guides(lab: Lab) -> None:
 def test_kubectl_run_it_an_interactive_shell(lab: Lab) -> None:
     """`kubectl run -it --rm --image=busybox -- sh`: typed input reaches the shell on its terminal, the output
     comes back, and kubectl exits with the shell's code."""
-    from tests.integration.apiserver import KUBECTL
-
-    env = {"KUBECONFIG": str(lab.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
     typing = "sleep 6; printf 'nslookup web.default\\n'; sleep 2; printf 'exit 3\\n'; sleep 20"
-    feeder = subprocess.Popen(["sh", "-c", typing], stdout=subprocess.PIPE)
-    try:
-        res = subprocess.run(
-            ["script", "-qec", f"{KUBECTL} run shell --image=busybox -it --rm --restart=Never -- sh", "/dev/null"],
-            stdin=feeder.stdout,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-    finally:
-        feeder.kill()
-        feeder.wait()
+    res = _in_terminal(lab, "run shell --image=busybox -it --rm --restart=Never -- sh", typing=typing)
     vip = lab.get("svc", "web")["spec"]["clusterIP"]
     assert f"Address: {vip}" in res.stdout, res.stdout + res.stderr
     assert res.returncode == 3 and 'pod "shell" deleted' in res.stdout

@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from kwire.base import pty
+
 log = logging.getLogger(__name__)
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
@@ -118,8 +120,6 @@ async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSo
         await ws.close()
         return ws
 
-    loop = asyncio.get_running_loop()
-
     async def pump_pipe(reader: asyncio.StreamReader | None, channel: int, wanted: bool) -> None:
         if reader is None:
             return
@@ -128,25 +128,9 @@ async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSo
                 await ws.send_bytes(bytes([channel]) + chunk)
 
     async def pump_pty() -> None:
-        # The master reads EIO once the command (and everything holding the slave) has exited.
-        readable = asyncio.Event()
-        loop.add_reader(master, readable.set)
-        try:
-            while True:
-                await readable.wait()
-                readable.clear()
-                try:
-                    chunk = os.read(master, READ_CHUNK)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                if want_out and not ws.closed:
-                    await ws.send_bytes(bytes([STDOUT]) + chunk)
-        finally:
-            loop.remove_reader(master)
+        async for chunk in pty.read_master(master):
+            if want_out and not ws.closed:
+                await ws.send_bytes(bytes([STDOUT]) + chunk)
 
     async def from_client() -> None:
         async for msg in ws:
@@ -169,7 +153,6 @@ async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSo
                     proc.stdin.close()
 
     if tty:
-        os.set_blocking(master, False)
         outputs = [asyncio.create_task(pump_pty())]
     else:
         outputs = [

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from kwire.agent.kubelet.responder import PodIdentity, Responders
-from kwire.base import http11
+from kwire.base import http11, pty
 from kwire.base.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -48,27 +48,10 @@ SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
 
 async def _copy_pty(master: int, log_path: Path) -> None:
-    """A terminal's output into the container's log, until the terminal closes (EIO once the process is gone)."""
-    loop = asyncio.get_running_loop()
-    readable = asyncio.Event()
-    os.set_blocking(master, False)
-    loop.add_reader(master, readable.set)
-    try:
-        with open(log_path, "ab", buffering=0) as out:
-            while True:
-                await readable.wait()
-                readable.clear()
-                try:
-                    chunk = os.read(master, 65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                out.write(chunk)
-    finally:
-        loop.remove_reader(master)
+    """A terminal's output into the container's log, until the terminal closes."""
+    with open(log_path, "ab", buffering=0) as out:
+        async for chunk in pty.read_master(master):
+            out.write(chunk)
 
 
 def _start_time(pid: int) -> str | None:
