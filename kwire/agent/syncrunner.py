@@ -14,6 +14,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from kwire.kernel import nft
+
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE = 1.0
@@ -68,3 +70,28 @@ class SyncRunner:
                 log.warning("%s: sync failed (%s); the next sync is a full one", self.name, exc)
                 await asyncio.sleep(RETRY_AFTER_FAILURE)
                 self.event.set()
+
+
+class TableCheck:
+    """Notices, at most every `period` seconds, that an nft table of ours was removed behind our back (a host
+    firewall's `flush ruleset`, say); the owner then makes its next sync a full one. kube-proxy's iptables mode
+    keeps canary chains for this; a table of our own is its own canary."""
+
+    def __init__(self, family: str, table: str, *, period: float, owner: str) -> None:
+        self.family = family
+        self.table = table
+        self.period = period
+        self.owner = owner
+        self._last = time.monotonic()
+
+    async def gone(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.period:
+            return False
+        self._last = now
+        if await asyncio.to_thread(nft.table_exists, self.family, self.table):
+            return False
+        log.warning(
+            "%s: table %s %s is gone (flushed by someone else?); restoring it", self.owner, self.family, self.table
+        )
+        return True

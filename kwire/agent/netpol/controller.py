@@ -21,7 +21,7 @@ from typing import Any
 from kwire.agent.netpol import ruleset
 from kwire.agent.netpol.compiler import Compiler
 from kwire.agent.netpol.model import key_of, namespace_labels, parse_policy, pod_info
-from kwire.agent.syncrunner import SyncRunner
+from kwire.agent.syncrunner import SyncRunner, TableCheck
 from kwire.client import Informer
 from kwire.kernel import nft
 
@@ -80,8 +80,7 @@ class NetworkPolicyController:
         self._pending_since: float | None = None
         self._need_full = True
         self._last_full = 0.0
-        self.table_check_period = table_check_period
-        self._last_table_check = time.monotonic()
+        self.table_check = TableCheck("ip", ruleset.TABLE, period=table_check_period, owner="netpol")
         self.runner = SyncRunner(
             name="netpol",
             sync=self._periodic_sync,
@@ -127,12 +126,9 @@ class NetworkPolicyController:
         now = time.monotonic()
         if now - self._last_full >= self.full_resync_period:
             self._need_full = True  # kube-router's periodic full sync
-        elif self.apply and now - self._last_table_check >= self.table_check_period:
-            # Every few seconds: a flushed table would leave every pod unisolated until the 5-minute resync.
-            self._last_table_check = now
-            if not await asyncio.to_thread(nft.table_exists, "ip", ruleset.TABLE):
-                log.warning("netpol: table ip %s is gone (flushed by someone else?); restoring it", ruleset.TABLE)
-                self._need_full = True
+        elif self.apply and await self.table_check.gone():
+            # Checked every few seconds: a flushed table would leave every pod unisolated until the periodic sync.
+            self._need_full = True
         if not self._need_full and not (self._dirty_pods or self._dirty_namespaces or self._dirty_policies):
             return  # a periodic wake-up with nothing to do
         await self.sync()

@@ -22,7 +22,7 @@ from typing import Any
 from kwire.agent.proxy import ruleset
 from kwire.agent.proxy.health import HealthChecks
 from kwire.agent.proxy.model import ServicePort, service_ports
-from kwire.agent.syncrunner import SyncRunner
+from kwire.agent.syncrunner import SyncRunner, TableCheck
 from kwire.client import Informer
 from kwire.kernel import nft
 
@@ -81,8 +81,7 @@ class Proxier:
         self.ports: dict[str, list[ServicePort]] = {}  # service key -> its ports as last synced
         self._dirty: set[str] = set()
         self._need_full = True
-        self.table_check_period = table_check_period
-        self._last_table_check = time.monotonic()
+        self.table_check = TableCheck("ip", ruleset.TABLE, period=table_check_period, owner="proxy")
         self.runner = SyncRunner(
             name="proxy",
             sync=self.sync,
@@ -164,20 +163,9 @@ class Proxier:
                     changed.add(k)
         return new, changed, new_ports
 
-    async def _table_gone(self) -> bool:
-        """At most every `table_check_period`: has our table been removed behind our back?"""
-        now = time.monotonic()
-        if not self.apply or now - self._last_table_check < self.table_check_period:
-            return False
-        self._last_table_check = now
-        if await asyncio.to_thread(nft.table_exists, "ip", ruleset.TABLE):
-            return False
-        log.warning("proxy: table ip %s is gone (flushed by someone else?); restoring it", ruleset.TABLE)
-        return True
-
     async def sync(self) -> None:
         t0 = time.monotonic()
-        if not self._need_full and await self._table_gone():
+        if not self._need_full and self.apply and await self.table_check.gone():
             self._need_full = True
         if not self._need_full and not self._dirty:
             return  # a periodic wake-up with nothing to do
