@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,12 @@ from tests.integration.apiserver import KUBECTL, free_port
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 T = TypeVar("T")
+# Appended to every test lab's name, so test runs in several checkouts on one machine never share a lab.
+TEST_ID = os.environ.get("KWIRE_TEST_ID", "")
+
+
+def lab_name(base: str) -> str:
+    return f"{base}-{TEST_ID}" if TEST_ID else base
 
 
 def wait_for(fn: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> T:
@@ -44,6 +51,9 @@ class Lab:
     api_port: int = 0
     bringup_seconds: float = 0.0
     config_file: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = lab_name(self.name)
 
     @property
     def topo(self) -> topology.Topology:

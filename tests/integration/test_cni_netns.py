@@ -26,7 +26,7 @@ from kwire.cni import invoke
 pytestmark = pytest.mark.lab
 
 ROOT = str(Path(kwire.__file__).resolve().parents[1])
-PREFIX = "kwire-cnitest-"
+PREFIX = f"kwire-cnitest{os.environ.get('KWIRE_TEST_ID', '')}-"
 NODE, POD1, POD2 = f"{PREFIX}node", f"{PREFIX}pod1", f"{PREFIX}pod2"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 NFT = shutil.which("nft") or "/usr/sbin/nft"

@@ -37,7 +37,7 @@ from tests.integration.apiserver import free_port
 from tests.unit.dns_helpers import TinyUpstream
 
 UP1, UP2 = "127.0.53.2", "127.0.53.3"
-NS = "kwire-dnstest"
+NS = f"kwire-dnstest{os.environ.get('KWIRE_TEST_ID', '')}"
 ZONE = "cluster.local"
 DIG = shutil.which("dig")
 

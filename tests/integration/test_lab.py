@@ -240,7 +240,7 @@ def test_host_gw_backend_and_clean_teardown() -> None:
         assert "mtu 1500" in hg.run(a["name"], "ip", "-o", "link", "show", "eth0")
     finally:
         hg.down()
-    left = leftovers("kwt-hg")
+    left = leftovers(hg.name)
     assert left == {"root_links": [], "root_nft": [], "netns": [], "etc_netns": [], "state": [], "processes": []}
     assert hg.down() == []  # idempotent
 
@@ -274,7 +274,7 @@ def test_node_failure_goes_not_ready_and_recovers_then_down_cleans_killed_lab(tm
             os.kill(pid, signal.SIGKILL)
     finally:
         k.down()
-    left = leftovers("kwt-kill")
+    left = leftovers(k.name)
     assert left == {"root_links": [], "root_nft": [], "netns": [], "etc_netns": [], "state": [], "processes": []}
 
 
