@@ -253,6 +253,8 @@ class Resources:
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
         if kind.custom is not None:
+            if "status" in kind.subresources:
+                obj.pop("status", None)  # the CR strategy's PrepareForCreate: status is written through /status
             custom.prepare_write(kind, obj)
         errors = validation.validate_create(kind, obj)
         if kind.custom is not None:
