@@ -28,6 +28,10 @@ class CustomVersion:
     preserve_unknown: bool = False
     selectable_fields: tuple[str, ...] = ()
     singular: str = ""
+    # Derived from `schema` once when the CRD is served (kwire.api.crd.custom.derive), not per request:
+    body_schema: dict[str, Any] | None = None  # schema without apiVersion/kind/metadata
+    has_defaults: bool = False
+    has_rules: bool = False
 
 
 @dataclass(frozen=True)

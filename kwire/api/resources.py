@@ -101,6 +101,7 @@ class Resources:
         self.store = store
         self.allocator = allocator
         self._after_write: list[Callable[[], None]] = []
+        self._terminating_crds: set[str] = set()  # CRDs being deleted: their kinds refuse creates
 
     async def load(self) -> None:
         assert SERVICES is not None and CRDS is not None
@@ -108,7 +109,7 @@ class Resources:
         self.allocator.load([decode(kv) for kv in res.items])
         for kv in (await self.store.range(CRDS.prefix())).items:
             crd = decode(kv)
-            set_custom_kinds(crd["metadata"]["name"], definition.served_kinds(crd))
+            self._serve_crd(crd, crd["metadata"]["name"])
 
     # -- custom resources and their definitions ----------------------------------------------------------------
     def _decode(self, kind: Kind, kv: KV) -> Obj:
@@ -132,14 +133,16 @@ class Resources:
             definition.compute_status(obj, await self._other_crds(str(obj["metadata"].get("name") or "")))
         return errs
 
-    @staticmethod
-    def _serve_crd(obj: Obj | None, name: str) -> None:
+    def _serve_crd(self, obj: Obj | None, name: str) -> None:
         set_custom_kinds(name, definition.served_kinds(obj) if obj is not None else ())
+        if obj is not None and obj["metadata"].get("deletionTimestamp"):
+            self._terminating_crds.add(name)
+        else:
+            self._terminating_crds.discard(name)
 
     def _check_custom_create(self, kind: Kind, name: str) -> None:
-        assert kind.custom is not None and CRDS is not None
-        crd = self.get_or_none(CRDS, None, kind.custom.crd_name)
-        if crd is None or crd["metadata"].get("deletionTimestamp"):
+        assert kind.custom is not None
+        if kind.custom.crd_name in self._terminating_crds:
             raise ApiError(
                 405,
                 "MethodNotAllowed",
@@ -533,6 +536,8 @@ class Resources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             ) from None
         obj["metadata"]["resourceVersion"] = str(rev)
+        if kind is CRDS:
+            self._serve_crd(obj, str(obj["metadata"].get("name") or ""))
         return obj
 
     async def _remove(self, kind: Kind, kv: KV, obj: Obj) -> None:

@@ -8,15 +8,17 @@ Conversion between versions is `None` (kube's nopConverter): only `apiVersion` c
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from kwire.api.crd import cel, schema
+from kwire.api.crd.schema import Schema
 from kwire.api.errors import FieldError
-from kwire.api.registry import Kind
+from kwire.api.registry import CustomVersion, Kind
 
 Obj = dict[str, Any]
 
-_HAS_DEFAULTS: dict[int, bool] = {}
+_GENERIC = ("metadata", "apiVersion", "kind")
 
 
 def _has_defaults(s: Any) -> bool:
@@ -29,12 +31,17 @@ def _has_defaults(s: Any) -> bool:
     return _has_defaults(s.get("items")) or _has_defaults(s.get("additionalProperties"))
 
 
-def has_defaults(kind: Kind) -> bool:
-    assert kind.custom is not None
-    key = id(kind.custom)
-    if key not in _HAS_DEFAULTS:
-        _HAS_DEFAULTS[key] = _has_defaults(kind.custom.schema)
-    return _HAS_DEFAULTS[key]
+def derive(version: CustomVersion) -> CustomVersion:
+    """`version` with what every request needs precomputed: the body schema, whether it defaults, has CEL."""
+    s = version.schema
+    if s is None:
+        return version
+    body: Schema = {k: v for k, v in s.items() if k not in ("required", "properties")}
+    required = [r for r in s.get("required") or [] if r not in _GENERIC]
+    if required:
+        body["required"] = required
+    body["properties"] = {k: v for k, v in (s.get("properties") or {}).items() if k not in _GENERIC}
+    return dataclasses.replace(version, body_schema=body, has_defaults=_has_defaults(s), has_rules=cel.has_rules(body))
 
 
 def storage_api_version(kind: Kind) -> str:
@@ -48,7 +55,7 @@ def prepare_write(kind: Kind, obj: Obj) -> None:
     s = kind.custom.schema
     if s is None:
         return
-    if has_defaults(kind):
+    if kind.custom.has_defaults:
         schema.apply_defaults(s, obj)
     if not kind.custom.preserve_unknown:
         schema.prune(s, obj, root=True)
@@ -57,20 +64,13 @@ def prepare_write(kind: Kind, obj: Obj) -> None:
 def validate(kind: Kind, obj: Obj, old: Obj | None) -> list[FieldError]:
     """Schema and CEL errors of `obj` (metadata is validated by the generic path)."""
     assert kind.custom is not None
-    s = kind.custom.schema
-    if s is None:
+    body_schema = kind.custom.body_schema
+    if body_schema is None:
         return []
-    body = {k: v for k, v in obj.items() if k not in ("metadata", "apiVersion", "kind")}
-    schema_for_body = {k: v for k, v in s.items() if k != "required"}
-    required = [r for r in s.get("required") or [] if r not in ("metadata", "apiVersion", "kind")]
-    if required:
-        schema_for_body["required"] = required
-    props = dict(s.get("properties") or {})
-    for k in ("metadata", "apiVersion", "kind"):
-        props.pop(k, None)
-    schema_for_body["properties"] = props
-    errs = schema.validate(schema_for_body, body, "")
-    errs += cel.validate(schema_for_body, body, old if old is not None else None, "")
+    body = {k: v for k, v in obj.items() if k not in _GENERIC}
+    errs = schema.validate(body_schema, body, "")
+    if kind.custom.has_rules:
+        errs += cel.validate(body_schema, body, old, "")
     return errs
 
 
@@ -79,7 +79,7 @@ def present(kind: Kind, obj: Obj) -> Obj:
     assert kind.custom is not None
     if obj.get("apiVersion") != kind.api_version:
         obj["apiVersion"] = kind.api_version
-    if kind.custom.schema is not None and has_defaults(kind):
+    if kind.custom.schema is not None and kind.custom.has_defaults:
         schema.apply_defaults(kind.custom.schema, obj)
     return obj
 

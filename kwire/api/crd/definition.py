@@ -16,7 +16,7 @@ import datetime as dt
 from typing import Any
 
 from kwire.api import validation
-from kwire.api.crd import cel
+from kwire.api.crd import cel, custom
 from kwire.api.errors import FieldError, RawValue, forbidden, invalid, not_supported, required
 from kwire.api.registry import CustomVersion, Kind, all_kinds, by_path, version_priority
 
@@ -370,7 +370,7 @@ def served_kinds(obj: Obj) -> tuple[Kind, ...]:
         schema = version_schema(v)
         for rule in cel.skipped_rules(schema):
             del rule  # compiled (and logged) now, once per CRD version
-        custom = CustomVersion(
+        served = CustomVersion(
             crd_name=crd_name,
             storage_version=storage,
             schema=schema,
@@ -396,7 +396,7 @@ def served_kinds(obj: Obj) -> tuple[Kind, ...]:
                 categories=tuple(names.get("categories") or ()),
                 subresources=subresources,
                 list_kind=str(names.get("listKind") or ""),
-                custom=custom,
+                custom=custom.derive(served),
             )
         )
     return tuple(out)
