@@ -383,3 +383,25 @@ def test_namespace_deletion_and_crd_deletion_remove_objects(server: ServerProces
         assert time.monotonic() < deadline, res.stderr
         time.sleep(0.5)
     assert "No resources found" in res.stderr
+
+
+def test_cluster_scoped_kind_survives_restart(server: ServerProcess) -> None:
+    crd = widget_crd(name="realms", kind="Realm", short=["rlm"])
+    crd["spec"]["scope"] = "Cluster"
+    server.kubectl("apply", "-f", "-", input=json.dumps(crd))
+    realm = {"apiVersion": "kwire.test/v1beta1", "kind": "Realm", "metadata": {"name": "north"}, "spec": {"size": "l"}}
+    deadline = time.monotonic() + 30
+    while server.kubectl("apply", "-f", "-", input=json.dumps(realm), check=False).returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    err = _fails(server, "get", "--raw", "/apis/kwire.test/v1/namespaces/default/realms")
+    assert "NotFound" in err
+    server.stop()
+    server.start(timeout=60)
+    out = server.kubectl("get", "rlm").stdout.splitlines()
+    assert out[0].split() == ["NAME", "SIZE", "REPLICAS", "AGE"] and out[1].split()[:2] == ["north", "l"]
+    got = json.loads(server.kubectl("get", "realms.v1beta1.kwire.test", "north", "-o", "json").stdout)
+    assert got["apiVersion"] == "kwire.test/v1beta1" and got["spec"] == {"size": "l", "color": "blue"}
+    assert "namespace" not in got["metadata"]
+    server.kubectl("delete", "crd", "realms.kwire.test", "--timeout=60s")
+    assert "realms" not in server.kubectl("api-resources", "--api-group=kwire.test").stdout
