@@ -138,6 +138,13 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if request.method == "GET" and path in ("/api", "/apis"):
+            agg = discovery.aggregated_version(request.headers.get("Accept", ""))
+            if agg is not None:
+                doc = discovery.aggregated_discovery(core=path == "/api", version=agg)
+                return web.Response(
+                    body=orjson.dumps(doc), headers={"Content-Type": discovery.aggregated_content_type(agg)}
+                )
         if request.method == "GET":
             static = self._static(path)
             if static is not None:

@@ -5,8 +5,10 @@ status and scale subresources, several versions, name clashes, garbage collectio
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,27 @@ def test_upstream_crds_established_and_discoverable(server: ServerProcess) -> No
         )
     )
     assert "widgets" in server.kubectl("api-resources", "--api-group=kwire.test").stdout
+    # aggregated discovery (what kubectl 1.32 asks for first) carries CRD kinds too
+    accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+    req = urllib.request.Request(
+        f"{server.url}/apis", headers={"Authorization": f"Bearer {server.token}", "Accept": accept}
+    )
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        assert r.headers["Content-Type"] == "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        doc = json.loads(r.read())
+    groups = {g["metadata"]["name"]: g for g in doc["items"]}
+    widgets = next(x for x in groups["kwire.test"]["versions"][0]["resources"] if x["resource"] == "widgets")
+    assert [v["version"] for v in groups["kwire.test"]["versions"]] == ["v1", "v1beta1"]
+    assert widgets["responseKind"] == {"group": "kwire.test", "version": "v1", "kind": "Widget"}
+    assert (widgets["scope"], widgets["singularResource"], widgets["shortNames"]) == ("Namespaced", "widget", ["wd"])
+    assert {s["subresource"]: s["responseKind"]["kind"] for s in widgets["subresources"]} == {
+        "status": "Widget",
+        "scale": "Scale",
+    }
+    assert [v["version"] for v in groups["metallb.io"]["versions"]] == ["v1beta2", "v1beta1"]
 
 
 def test_metallb_objects_columns_defaults_pruning_and_errors(server: ServerProcess) -> None:
