@@ -126,11 +126,16 @@ class Resources:
         return [o for o in (decode(kv) for kv in res.items) if o["metadata"].get("name") != name]
 
     async def _prepare_crd(self, obj: Obj, old: Obj | None) -> list[Any]:
-        """Default, validate and set the status of a CRD being written (the naming/establishing controllers)."""
-        definition.apply_defaults(obj)
+        """Validate and set the status of a CRD being written (the naming/establishing controllers).
+
+        The cleanup finalizer is kept on every write until deletion starts, so a `kubectl replace` without it
+        cannot leave a CRD whose deletion would strand its objects."""
         errs = definition.validate_crd(obj, old)
         if not errs:
             definition.compute_status(obj, await self._other_crds(str(obj["metadata"].get("name") or "")))
+            meta = obj["metadata"]
+            if not meta.get("deletionTimestamp") and definition.FINALIZER not in (meta.get("finalizers") or []):
+                meta["finalizers"] = [*(meta.get("finalizers") or []), definition.FINALIZER]
         return errs
 
     def _serve_crd(self, obj: Obj | None, name: str) -> None:
@@ -264,8 +269,6 @@ class Resources:
             errors += custom.validate(kind, obj, None)
         if kind is CRDS:
             errors += await self._prepare_crd(obj, None)
-            if not errors and definition.FINALIZER not in (meta.get("finalizers") or []):
-                meta["finalizers"] = [*(meta.get("finalizers") or []), definition.FINALIZER]
         name = str(meta.get("name") or "")
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)

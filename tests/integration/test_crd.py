@@ -428,3 +428,18 @@ def test_cluster_scoped_kind_survives_restart(server: ServerProcess) -> None:
     assert "namespace" not in got["metadata"]
     server.kubectl("delete", "crd", "realms.kwire.test", "--timeout=60s")
     assert "realms" not in server.kubectl("api-resources", "--api-group=kwire.test").stdout
+
+
+def test_reapplying_unchanged_manifests_changes_nothing(server: ServerProcess) -> None:
+    crds = [d for d in yaml.safe_load_all(METALLB.read_text()) if d and d["kind"] == "CustomResourceDefinition"]
+    before = json.loads(server.kubectl("get", "crd", "ipaddresspools.metallb.io", "-o", "json").stdout)
+    out = server.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds)).stdout
+    assert out.count("unchanged") == len(crds), out
+    server.kubectl("replace", "-f", "-", input=yaml.safe_dump_all([c for c in crds if "ipaddresspools" in str(c)]))
+    after = json.loads(server.kubectl("get", "crd", "ipaddresspools.metallb.io", "-o", "json").stdout)
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["status"]["conditions"] == before["status"]["conditions"]
+    assert after["metadata"]["finalizers"] == ["customresourcecleanup.apiextensions.k8s.io"]
+    server.kubectl("apply", "-f", str(EXAMPLES / "metallb.yaml"))
+    out = server.kubectl("apply", "-f", str(EXAMPLES / "metallb.yaml")).stdout
+    assert "ipaddresspool.metallb.io/picluster-pool unchanged" in out

@@ -170,6 +170,21 @@ def test_cel_rules_self_old_self_message_expression_and_skipped() -> None:
     new = {"spec": {"min": 1, "max": 2, "fixed": "b"}}
     assert _msgs(cel.validate(s, new, old, "")) == ['spec.fixed: Invalid value: "string": Value is immutable']
     assert cel.validate(s, old, old, "") == []
+    listed = {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+        "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "v": {"type": "string"}},
+            "x-kubernetes-validations": [{"rule": "self.v == oldSelf.v", "message": "v is immutable"}],
+        },
+    }
+    old_list = [{"name": "a", "v": "1"}, {"name": "b", "v": "2"}]
+    new_list = [{"name": "b", "v": "2"}, {"name": "c", "v": "9"}, {"name": "a", "v": "changed"}]
+    assert _msgs(cel.validate(listed, new_list, old_list, "spec.items")) == [
+        'spec.items[2]: Invalid value: "object": v is immutable'
+    ]
 
 
 def test_printer_column_jsonpath_subset() -> None:

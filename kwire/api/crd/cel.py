@@ -2,7 +2,8 @@
 
 Mirrors apiextensions-apiserver's `cel.Validator`: each rule runs with `self` bound to the value at its schema
 node; a rule that mentions `oldSelf` is a transition rule and runs on update only, where the old object has a
-value at the same place (correlated through object properties and map keys, as kube does for those). A false
+value at the same place (correlated through object properties, additionalProperties keys and the keys of
+`x-kubernetes-list-type: map` lists, as kube does; items of other lists have no old value). A false
 result is `<path>: Invalid value: "<schema type>": <message>` (or `failed rule: <rule>`); `messageExpression`,
 `fieldPath` and `reason` are honoured.
 
@@ -110,9 +111,18 @@ def validate(schema: Schema | None, value: Any, old: Any, path: str) -> list[Fie
                 sub_path = child(path, k) if k in props else f"{path}[{k}]"
                 errs += validate(sub, v, old_map.get(k, _MISSING), sub_path)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        old_items: dict[str, Any] = {}
+        if schema.get("x-kubernetes-list-type") == "map" and isinstance(old, list):
+            old_items = {_map_key(o, keys): o for o in old if isinstance(o, dict)}
         for i, v in enumerate(value):
-            errs += validate(schema["items"], v, _MISSING, f"{path}[{i}]")
+            prev = old_items.get(_map_key(v, keys), _MISSING) if old_items and isinstance(v, dict) else _MISSING
+            errs += validate(schema["items"], v, prev, f"{path}[{i}]")
     return errs
+
+
+def _map_key(item: dict[str, Any], keys: list[str]) -> str:
+    return repr([item.get(k) for k in keys])
 
 
 def has_rules(schema: Schema | None) -> bool:
