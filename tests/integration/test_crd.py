@@ -124,6 +124,9 @@ def test_upstream_crds_established_and_discoverable(server: ServerProcess) -> No
     assert conds == {"NamesAccepted": ("True", "NoConflicts"), "Established": ("True", "InitialNamesAccepted")}
     assert crd["status"]["storedVersions"] == ["v1beta1"]
     assert crd["metadata"]["finalizers"] == ["customresourcecleanup.apiextensions.k8s.io"]
+    table = server.kubectl("get", "crd", "ipaddresspools.metallb.io").stdout.splitlines()
+    assert table[0].split() == ["NAME", "CREATED", "AT"]
+    assert table[1].split() == ["ipaddresspools.metallb.io", crd["metadata"]["creationTimestamp"]]
     out = server.kubectl("api-resources", "--api-group=traefik.io", "-o", "name").stdout.split()
     assert sorted(out) == sorted(
         f"{p}.traefik.io"
