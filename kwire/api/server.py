@@ -305,12 +305,15 @@ class ApiServer:
         return tables.table(kind, objs, now=now, resource_version=resource_version, continue_token=continue_token)
 
     @staticmethod
-    def _selectors(request: web.Request) -> tuple[Selector, FieldSelector]:
+    def _selectors(request: web.Request, kind: Kind) -> tuple[Selector, FieldSelector]:
         try:
             labels = parse(request.query.get("labelSelector"))
         except SelectorError as exc:
             raise bad_request(f"unable to parse requirement: {exc}") from None
-        return labels, parse_fields(request.query.get("fieldSelector"))
+        fields = parse_fields(request.query.get("fieldSelector"))
+        if kind.custom is not None:
+            custom.check_field_selector(kind, fields)
+        return labels, fields
 
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
@@ -319,7 +322,7 @@ class ApiServer:
         return self._object_response(request, target.kind, obj, 201)
 
     async def _list(self, request: web.Request, target: Target) -> web.Response:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         try:
             limit = int(request.query.get("limit") or 0)
         except ValueError:
@@ -378,7 +381,7 @@ class ApiServer:
         return _json(obj)
 
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         opts = await self._delete_options(request)
         res = await self.resources.list(target.kind, target.namespace, labels=labels, fields=fields)
         deleted: list[Obj] = []
@@ -404,7 +407,7 @@ class ApiServer:
     # -- watch -----------------------------------------------------------------------------------------------
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         kind = target.kind
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, kind)
         if target.name:  # /namespaces/x/pods/name?watch=1 is the deprecated single-object watch
             fields = parse_fields(
                 ",".join(filter(None, [request.query.get("fieldSelector"), f"metadata.name={target.name}"]))

@@ -57,6 +57,7 @@ def widget_crd(*, name: str = "widgets", kind: str = "Widget", short: list[str] 
     version = {
         "served": True,
         "schema": {"openAPIV3Schema": WIDGET_SCHEMA},
+        "selectableFields": [{"jsonPath": ".spec.size"}],
         "subresources": {
             "status": {},
             "scale": {
@@ -267,6 +268,10 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
     # label and field selectors
     assert "w1" in server.kubectl("get", "wd", "-l", "app=w").stdout
     assert "No resources found" in server.kubectl("get", "wd", "--field-selector", "metadata.name=other").stderr
+    assert "w1" in server.kubectl("get", "wd", "--field-selector", "spec.size=m").stdout  # a selectableField
+    assert "No resources found" in server.kubectl("get", "wd", "--field-selector", "spec.size=s").stderr
+    err = _fails(server, "get", "wd", "--field-selector", "spec.color=blue")
+    assert "field label not supported: spec.color" in err
     # status subresource: the main endpoint ignores status, /status changes only status
     server.kubectl(
         "patch", "wd", "w1", "--subresource=status", "--type=merge", "-p",

@@ -3,7 +3,8 @@
 Mirrors apiextensions-apiserver's customresource handler around the generic store: on write the object is
 defaulted and pruned against the version's structural schema, validated (schema, CEL rules, metadata), and
 stored at the CRD's storage version; on read it is defaulted again and answered at the requested version.
-Conversion between versions is `None` (kube's nopConverter): only `apiVersion` changes.
+Conversion between versions is `None` (kube's nopConverter): only `apiVersion` changes. Field selectors are
+limited to what kube's crConverter allows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 from kwire.api.crd import cel, schema
 from kwire.api.crd.schema import Schema
-from kwire.api.errors import FieldError
+from kwire.api.errors import FieldError, bad_request
+from kwire.api.fields import FieldSelector
 from kwire.api.registry import CustomVersion, Kind
 
 Obj = dict[str, Any]
@@ -90,3 +92,16 @@ def to_storage(kind: Kind, obj: Obj) -> Obj:
     if obj.get("apiVersion") == want:
         return obj
     return {**obj, "apiVersion": want}
+
+
+def check_field_selector(kind: Kind, fields: FieldSelector) -> None:
+    """Field selectors on custom resources: metadata.name, metadata.namespace (namespaced kinds) and the CRD's
+    selectableFields only, refused with 400 as kube's crConverter.ConvertFieldLabel does."""
+    assert kind.custom is not None
+    allowed = {"metadata.name", *(f.lstrip(".") for f in kind.custom.selectable_fields)}
+    if kind.namespaced:
+        allowed.add("metadata.namespace")
+    for req in fields.requirements:
+        label = ".".join(req.path)
+        if label not in allowed:
+            raise bad_request(f"field label not supported: {label}")

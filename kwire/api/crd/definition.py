@@ -191,6 +191,13 @@ def validate_crd(obj: Obj, old: Obj | None) -> Errs:
                     errs.append(
                         invalid(f"{p}.subresources.scale.{field}", path, "should be a json path starting with .")
                     )
+        for j, sel in enumerate(v.get("selectableFields") or []):
+            sp = f"{p}.selectableFields[{j}].jsonPath"
+            path = sel.get("jsonPath") if isinstance(sel, dict) else None
+            if not path:
+                errs.append(required(sp, ""))
+            elif not str(path).startswith("."):
+                errs.append(invalid(sp, path, "must be a simple json path starting with ."))
         for j, col in enumerate(v.get("additionalPrinterColumns") or []):
             cp = f"{p}.additionalPrinterColumns[{j}]"
             if not isinstance(col, dict):
