@@ -29,6 +29,7 @@ TRAEFIK = UPSTREAM / "traefik-crds-v34.5.0"
 
 WIDGET_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "x-kubernetes-validations": [{"rule": "self.metadata.name != 'taken'", "message": "that name is taken"}],
     "properties": {
         "spec": {
             "type": "object",
@@ -287,6 +288,8 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
     assert got["spec"]["replicas"] == 5 and got["metadata"]["generation"] == 2
     scale = json.loads(server.kubectl("get", "--raw", "/apis/kwire.test/v1/namespaces/default/widgets/w1/scale").stdout)
     assert scale["spec"] == {"replicas": 5} and scale["status"] == {"replicas": 2, "selector": "app=w"}
+    server.kubectl("patch", "wd", "w1", "--type=json", "-p", '[{"op": "replace", "path": "/spec/size", "value": "l"}]')
+    assert json.loads(server.kubectl("get", "wd", "w1", "-o", "json").stdout)["spec"]["size"] == "l"
     # strategic merge patch is refused for custom resources, as in kube
     err = _fails(server, "patch", "wd", "w1", "--type=strategic", "-p", '{"spec": {"size": "l"}}')
     assert "UnsupportedMediaType" in err or "unknown format" in err
@@ -297,6 +300,9 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
         "kwire.test/v1"
     )
     # CEL rule and enum
+    taken = {**w, "metadata": {"name": "taken", "namespace": "default"}}
+    err = _fails(server, "apply", "-f", "-", input=json.dumps(taken))
+    assert '<nil>: Invalid value: "object": that name is taken' in err
     err = _fails(server, "patch", "wd", "w2", "--type=merge", "-p", '{"spec": {"size": "xxl"}}')
     assert 'spec: Invalid value: "object": xxl is sold out' in err
     err = _fails(server, "patch", "wd", "w2", "--type=merge", "-p", '{"spec": {"size": "xl", "replicas": -1}}')

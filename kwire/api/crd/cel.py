@@ -86,7 +86,8 @@ def validate(schema: Schema | None, value: Any, old: Any, path: str) -> list[Fie
         result = _evaluate(prog, activation)
         if isinstance(result, celpy.celtypes.BoolType) and bool(result):
             continue
-        where = path + str(spec.get("fieldPath") or "")
+        # a rule at the root has no field path: kube prints a nil *field.Path as "<nil>"
+        where = (path + str(spec.get("fieldPath") or "")).lstrip(".") or "<nil>"
         if not isinstance(result, celpy.celtypes.BoolType):
             errs.append(invalid(where, schema.get("type", "object"), f"{rule}: evaluation error: {result}"))
             continue

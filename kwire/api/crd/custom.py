@@ -71,8 +71,8 @@ def validate(kind: Kind, obj: Obj, old: Obj | None) -> list[FieldError]:
         return []
     body = {k: v for k, v in obj.items() if k not in _GENERIC}
     errs = schema.validate(body_schema, body, "")
-    if kind.custom.has_rules:
-        errs += cel.validate(body_schema, body, old, "")
+    if kind.custom.has_rules:  # a root rule sees the whole object, metadata included, as in kube
+        errs += cel.validate(body_schema, obj, old, "")
     return errs
 
 
