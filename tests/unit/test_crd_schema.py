@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from kwire.api.crd import cel, columns, definition, schema
@@ -321,3 +322,45 @@ def test_upstream_crds_are_valid_and_their_schemas_published() -> None:
     finally:
         for crd in crds:
             set_custom_kinds(crd["metadata"]["name"], ())
+
+
+async def test_storage_version_and_defaults_applied_on_read(tmp_path: Path) -> None:
+    from kwire.api.allocator import ServiceAllocator
+    from kwire.api.registry import by_path
+    from kwire.api.resources import CRDS, Resources
+    from kwire.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "state.db")
+    res = Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(30000, 32767)))
+    try:
+        await res.load()
+        ns = by_path("", "v1", "namespaces")
+        assert ns is not None and CRDS is not None
+        await res.create(ns, None, {"metadata": {"name": "default"}})
+        crd = _crd(plural="gears", group="store.test")
+        crd["spec"]["versions"] = [
+            {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": S}},
+            {"name": "v1beta1", "served": True, "storage": False, "schema": {"openAPIV3Schema": S}},
+        ]
+        await res.create(CRDS, None, crd)
+        beta = by_path("store.test", "v1beta1", "gears")
+        assert beta is not None
+        obj = {"apiVersion": "store.test/v1beta1", "kind": "Widget", "metadata": {"name": "g"}, "spec": {"name": "ab"}}
+        created = await res.create(beta, "default", obj)
+        assert created["apiVersion"] == "store.test/v1beta1"
+        raw = store.get_now("/registry/store.test/gears/default/g")
+        assert raw is not None and orjson.loads(raw.value)["apiVersion"] == "store.test/v1"  # the storage version
+        # a default added to the schema later shows on read, without a write
+        crd = await res.get(CRDS, None, "gears.store.test")
+        for v in crd["spec"]["versions"]:
+            props = v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            props["note"] = {"type": "string", "default": "added later"}
+        await res.update(CRDS, None, "gears.store.test", crd)
+        v1 = by_path("store.test", "v1", "gears")
+        assert v1 is not None
+        got = await res.get(v1, "default", "g")
+        assert got["apiVersion"] == "store.test/v1" and got["spec"]["note"] == "added later"
+        assert "note" not in orjson.loads(store.get_now("/registry/store.test/gears/default/g").value)["spec"]  # type: ignore[union-attr]
+    finally:
+        set_custom_kinds("gears.store.test", ())
+        await store.close()
