@@ -126,6 +126,8 @@ def test_upstream_crds_established_and_discoverable(server: ServerProcess) -> No
     assert conds == {"NamesAccepted": ("True", "NoConflicts"), "Established": ("True", "InitialNamesAccepted")}
     assert crd["status"]["storedVersions"] == ["v1beta1"]
     assert crd["metadata"]["finalizers"] == ["customresourcecleanup.apiextensions.k8s.io"]
+    out = server.kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd/l2advertisements.metallb.io")
+    assert "condition met" in out.stdout
     table = server.kubectl("get", "crd", "ipaddresspools.metallb.io").stdout.splitlines()
     assert table[0].split() == ["NAME", "CREATED", "AT"]
     assert table[1].split() == ["ipaddresspools.metallb.io", crd["metadata"]["creationTimestamp"]]

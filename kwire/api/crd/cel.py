@@ -13,6 +13,7 @@ not block the CRD: the rule is skipped and logged once, as the report lists; kub
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -24,20 +25,18 @@ from kwire.api.errors import DUPLICATE, FORBIDDEN, REQUIRED, FieldError, invalid
 log = logging.getLogger(__name__)
 
 _ENV = celpy.Environment()
-_PROGRAMS: dict[str, Any] = {}  # rule text -> compiled program, or None when it cannot be compiled
 _MISSING = object()
 _REASONS = {"FieldValueForbidden": FORBIDDEN, "FieldValueRequired": REQUIRED, "FieldValueDuplicate": DUPLICATE}
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: rule texts come from users' CRDs
 def program(rule: str) -> Any:
-    """The compiled rule, or None (logged once) when cel-python cannot compile it."""
-    if rule not in _PROGRAMS:
-        try:
-            _PROGRAMS[rule] = _ENV.program(_ENV.compile(rule))
-        except Exception as exc:  # noqa: BLE001 - any compile failure means: skip this rule
-            log.warning("CEL rule skipped (cel-python cannot compile it): %r: %s", rule, exc)
-            _PROGRAMS[rule] = None
-    return _PROGRAMS[rule]
+    """The compiled rule, or None (logged when compiled) when cel-python cannot compile it."""
+    try:
+        return _ENV.program(_ENV.compile(rule))
+    except Exception as exc:  # noqa: BLE001 - any compile failure means: skip this rule
+        log.warning("CEL rule skipped (cel-python cannot compile it): %r: %s", rule, exc)
+        return None
 
 
 def skipped_rules(schema: Schema | None) -> list[str]:
