@@ -23,16 +23,6 @@ Obj = dict[str, Any]
 _GENERIC = ("metadata", "apiVersion", "kind")
 
 
-def _has_defaults(s: Any) -> bool:
-    if not isinstance(s, dict):
-        return False
-    if "default" in s:
-        return True
-    if any(_has_defaults(v) for v in (s.get("properties") or {}).values()):
-        return True
-    return _has_defaults(s.get("items")) or _has_defaults(s.get("additionalProperties"))
-
-
 def derive(version: CustomVersion) -> CustomVersion:
     """`version` with what every request needs precomputed: the body schema, whether it defaults, has CEL."""
     s = version.schema
@@ -43,7 +33,9 @@ def derive(version: CustomVersion) -> CustomVersion:
     if required:
         body["required"] = required
     body["properties"] = {k: v for k, v in (s.get("properties") or {}).items() if k not in _GENERIC}
-    return dataclasses.replace(version, body_schema=body, has_defaults=_has_defaults(s), has_rules=cel.has_rules(body))
+    return dataclasses.replace(
+        version, body_schema=body, defaults=schema.defaults_only(s), has_rules=cel.has_rules(body)
+    )
 
 
 def storage_api_version(kind: Kind) -> str:
@@ -57,8 +49,8 @@ def prepare_write(kind: Kind, obj: Obj) -> None:
     s = kind.custom.schema
     if s is None:
         return
-    if kind.custom.has_defaults:
-        schema.apply_defaults(s, obj)
+    if kind.custom.defaults is not None:
+        schema.apply_defaults(kind.custom.defaults, obj)
     if not kind.custom.preserve_unknown:
         schema.prune(s, obj, root=True)
 
@@ -81,8 +73,8 @@ def present(kind: Kind, obj: Obj) -> Obj:
     assert kind.custom is not None
     if obj.get("apiVersion") != kind.api_version:
         obj["apiVersion"] = kind.api_version
-    if kind.custom.schema is not None and kind.custom.has_defaults:
-        schema.apply_defaults(kind.custom.schema, obj)
+    if kind.custom.defaults is not None:
+        schema.apply_defaults(kind.custom.defaults, obj)
     return obj
 
 
