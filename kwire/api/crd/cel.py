@@ -24,7 +24,13 @@ from kwire.api.errors import DUPLICATE, FORBIDDEN, REQUIRED, FieldError, invalid
 
 log = logging.getLogger(__name__)
 
-_ENV = celpy.Environment()
+
+@functools.cache
+def _env() -> Any:
+    """The CEL environment, built on first use (building its parser takes a few hundred ms)."""
+    return celpy.Environment()
+
+
 _MISSING = object()
 _REASONS = {"FieldValueForbidden": FORBIDDEN, "FieldValueRequired": REQUIRED, "FieldValueDuplicate": DUPLICATE}
 
@@ -33,7 +39,7 @@ _REASONS = {"FieldValueForbidden": FORBIDDEN, "FieldValueRequired": REQUIRED, "F
 def program(rule: str) -> Any:
     """The compiled rule, or None (logged when compiled) when cel-python cannot compile it."""
     try:
-        return _ENV.program(_ENV.compile(rule))
+        return _env().program(_env().compile(rule))
     except Exception as exc:  # noqa: BLE001 - any compile failure means: skip this rule
         log.warning("CEL rule skipped (cel-python cannot compile it): %r: %s", rule, exc)
         return None
