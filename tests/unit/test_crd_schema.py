@@ -264,6 +264,29 @@ def test_crd_validation_words() -> None:
         "spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value: "
         "must not be empty for specified object fields"
     ]
+    bad_default = _crd()
+    bad_default["spec"]["versions"][0]["schema"] = {
+        "openAPIV3Schema": {
+            "type": "object",
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "properties": {
+                        "n": {"type": "integer", "default": "three"},
+                        "o": {"type": "object", "properties": {"a": {"type": "string"}}, "default": {"b": "x"}},
+                        "ok": {"type": "integer", "default": 3},
+                    },
+                }
+            },
+        }
+    }
+    definition.apply_defaults(bad_default)
+    assert _msgs(definition.validate_crd(bad_default, None)) == [
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[n].default: Invalid value: "
+        '"string": spec.n in body must be of type integer: "string"',
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[o].default: Invalid value: "
+        "...: must not have unknown fields",
+    ]
 
 
 def test_crd_status_names_accepted_and_clash() -> None:
