@@ -184,6 +184,27 @@ class Resources:
         else:
             self._terminating_crds.discard(name)
 
+    async def _renew_names(self, changed: Obj) -> None:
+        """After a CRD changed or went away, CRDs of its group whose names were refused get another look (kube's
+        naming controller requeues the whole group): a name freed by one CRD is accepted for the next."""
+        assert CRDS is not None
+        group = (changed.get("spec") or {}).get("group")
+        for kv in (await self.store.range(CRDS.prefix())).items:
+            crd = decode(kv)
+            if (crd.get("spec") or {}).get("group") != group or definition.established(crd):
+                continue
+            name = str(crd["metadata"].get("name") or "")
+            before = copy.deepcopy(crd.get("status"))
+            definition.compute_status(crd, await self._other_crds(name))
+            if crd.get("status") == before:
+                continue
+            try:
+                rev = await self.store.update(kv.key, encode(crd), expected_revision=kv.mod_revision)
+            except (RevisionMismatch, KeyNotFound):
+                continue  # written meanwhile: that write computed the status itself
+            crd["metadata"]["resourceVersion"] = str(rev)
+            self._serve_crd(crd, name)
+
     def _check_custom_create(self, kind: Kind, name: str) -> None:
         assert kind.custom is not None
         if kind.custom.crd_name in self._terminating_crds:
@@ -452,6 +473,7 @@ class Resources:
         meta["resourceVersion"] = str(rev)
         if kind is CRDS:
             self._serve_crd(new, name)
+            await self._renew_names(new)
         return new
 
     async def patch(
@@ -600,6 +622,7 @@ class Resources:
             self.allocator.release_for(obj)
         if kind is CRDS:
             self._serve_crd(None, str(obj["metadata"].get("name") or ""))
+            await self._renew_names(obj)
 
     # -- pods/binding -----------------------------------------------------------------------------------------
     async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:

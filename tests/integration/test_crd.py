@@ -321,6 +321,17 @@ def test_name_clash_is_not_accepted(server: ServerProcess) -> None:
     assert conds["Established"]["status"] == "False"
     assert "gizmos" not in server.kubectl("api-resources", "--api-group=kwire.test").stdout
     server.kubectl("delete", "crd", "gizmos.kwire.test")
+    # a name freed by one CRD is accepted for the CRD that was refused it (the naming controller requeues)
+    server.kubectl("apply", "-f", "-", input=json.dumps(widget_crd(name="cogs", kind="Cog", short=["zz"])))
+    server.kubectl("apply", "-f", "-", input=json.dumps(widget_crd(name="gears", kind="Gear", short=["zz"])))
+    gears = json.loads(server.kubectl("get", "crd", "gears.kwire.test", "-o", "json").stdout)
+    assert {c["type"]: c["status"] for c in gears["status"]["conditions"]}["NamesAccepted"] == "False"
+    server.kubectl("delete", "crd", "cogs.kwire.test", "--timeout=60s")
+    server.kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd/gears.kwire.test")
+    gears = json.loads(server.kubectl("get", "crd", "gears.kwire.test", "-o", "json").stdout)
+    assert gears["status"]["acceptedNames"]["shortNames"] == ["zz"]
+    assert "gears" in server.kubectl("api-resources", "--api-group=kwire.test").stdout
+    server.kubectl("delete", "crd", "gears.kwire.test", "--timeout=60s")
 
 
 def test_watch_gc_and_python_clients(server: ServerProcess) -> None:
