@@ -387,3 +387,9 @@ async def test_storage_version_and_defaults_applied_on_read(tmp_path: Path) -> N
     finally:
         set_custom_kinds("gears.store.test", ())
         await store.close()
+
+
+def test_prune_reports_the_unknown_fields_it_drops() -> None:
+    obj = {"apiVersion": "x/v1", "kind": "X", "metadata": {}, "spec": {"name": "a", "x": 1, "tags": []}, "y": 2}
+    obj["spec"]["ports"] = [{"name": "p", "zz": 1}]
+    assert schema.prune(S, obj, root=True) == ["spec.x", "spec.ports[0].zz", "y"]

@@ -119,10 +119,12 @@ def defaults_only(schema: Any) -> Schema | None:
 
 
 # -- pruning ----------------------------------------------------------------------------------------------------
-def prune(schema: Schema | None, value: Any, *, root: bool = False) -> None:
-    """Drop fields the schema does not specify (structuralpruning.Prune), in place."""
+def prune(schema: Schema | None, value: Any, *, root: bool = False, path: str = "") -> list[str]:
+    """Drop fields the schema does not specify (structuralpruning.Prune), in place; returns the paths of the
+    unknown fields dropped (`spec.bogus`, `spec.ports[0].x`), which fieldValidation Strict/Warn report."""
     if schema is None:
-        return
+        return []
+    dropped: list[str] = []
     if isinstance(value, dict):
         props = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
@@ -137,16 +139,18 @@ def prune(schema: Schema | None, value: Any, *, root: bool = False) -> None:
             if sub is None:
                 if not preserve and extra is not True:
                     del value[k]
+                    dropped.append(child(path, k))
                 continue
             if value[k] is None and not sub.get("nullable") and "default" not in sub:
-                del value[k]  # PruneNonNullableNullsWithoutDefaults
+                del value[k]  # PruneNonNullableNullsWithoutDefaults (not an unknown field)
                 continue
-            prune(sub, value[k])
+            dropped += prune(sub, value[k], path=child(path, k))
     elif isinstance(value, list):
         items = schema.get("items")
         if isinstance(items, dict):
-            for v in value:
-                prune(items, v)
+            for i, v in enumerate(value):
+                dropped += prune(items, v, path=f"{path}[{i}]")
+    return dropped
 
 
 # -- formats (kube-openapi's strfmt registry as apiextensions enables it) -------------------------------------
