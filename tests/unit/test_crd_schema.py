@@ -171,6 +171,33 @@ def test_cel_rules_self_old_self_message_expression_and_skipped() -> None:
     new = {"spec": {"min": 1, "max": 2, "fixed": "b"}}
     assert _msgs(cel.validate(s, new, old, "")) == ['spec.fixed: Invalid value: "string": Value is immutable']
     assert cel.validate(s, old, old, "") == []
+    lib = {
+        "type": "object",
+        "x-kubernetes-validations": [
+            {"rule": "self.name.lowerAscii() == self.name", "message": "lower case only"},
+            {"rule": "self.tags.join(',').split(',').size() == self.tags.size()", "message": "no commas"},
+            {"rule": "self.name.indexOf('-') != 0 && self.tags.isSorted()", "message": "sorted tags"},
+            {"rule": "isURL(self.home)", "message": "home must be a URL"},
+            {"rule": "quantity(self.size).isGreaterThan(quantity('1'))", "message": "unsupported: never enforced"},
+            {"rule": "self.missing == 1"},
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "home": {"type": "string"},
+            "size": {"type": "string"},
+        },
+    }
+    ok = {"name": "abc", "tags": ["a", "b"], "home": "https://x.example/", "size": "2", "missing": 1}
+    assert cel.validate(lib, ok, None, "spec") == []
+    bad = {"name": "aBc", "tags": ["b,c", "a"], "home": "not a url", "size": "0"}
+    assert _msgs(cel.validate(lib, bad, None, "spec")) == [
+        'spec: Invalid value: "object": lower case only',
+        'spec: Invalid value: "object": no commas',
+        'spec: Invalid value: "object": sorted tags',
+        'spec: Invalid value: "object": home must be a URL',
+        'spec: Invalid value: "object": no such key: missing evaluating rule: self.missing == 1',
+    ]
     listed = {
         "type": "array",
         "x-kubernetes-list-type": "map",
