@@ -314,6 +314,14 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
 
 
 def test_name_clash_is_not_accepted(server: ServerProcess) -> None:
+    wrong = widget_crd(name="bolts", kind="Bolt", short=[])
+    wrong["metadata"]["name"] = "screws.kwire.test"
+    wrong["spec"]["versions"][1]["storage"] = True
+    err = _fails(server, "apply", "-f", "-", input=json.dumps(wrong))
+    assert 'The CustomResourceDefinition "screws.kwire.test" is invalid:' in err
+    assert '* metadata.name: Invalid value: "screws.kwire.test": must be spec.names.plural+"."+spec.group' in err
+    assert "must have exactly one version marked as storage version" in err
+    assert server.kubectl("get", "crd", "screws.kwire.test", check=False).returncode != 0
     server.kubectl("apply", "-f", "-", input=json.dumps(widget_crd(name="gizmos", kind="Gizmo", short=["wd"])))
     crd = json.loads(server.kubectl("get", "crd", "gizmos.kwire.test", "-o", "json").stdout)
     conds = {c["type"]: c for c in crd["status"]["conditions"]}
