@@ -21,8 +21,7 @@ import orjson
 from kwire.api.crd import definition
 from kwire.api.errors import ApiError, FieldError
 from kwire.api.registry import Kind, set_custom_kinds
-from kwire.store.base import KV, KeyNotFound, RevisionMismatch
-from kwire.store.sqlite import SQLiteStore
+from kwire.store.base import KV, KeyNotFound, RevisionMismatch, Store
 
 Obj = dict[str, Any]
 
@@ -39,7 +38,7 @@ def _dump(obj: Obj) -> bytes:
 
 
 class CrdServing:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._terminating: set[str] = set()  # CRDs being deleted: their kinds refuse creates
 
