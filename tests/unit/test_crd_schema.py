@@ -106,6 +106,29 @@ def test_every_error_at_once_with_kube_words_and_paths() -> None:
     assert schema.validate(S, ok, "") == []
 
 
+def test_value_validation_combinators() -> None:
+    s = {
+        "type": "object",
+        "properties": {
+            "port": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "mode": {"type": "string", "anyOf": [{"enum": ["a"]}, {"pattern": "^x-"}]},
+            "one": {"type": "integer", "oneOf": [{"minimum": 0}, {"maximum": 10}]},
+            "nope": {"type": "string", "not": {"enum": ["forbidden"]}},
+            "both": {"type": "string", "allOf": [{"minLength": 2}, {"pattern": "^[a-z]+$"}]},
+        },
+    }
+    ok = {"port": "http", "mode": "x-1", "one": 20, "nope": "fine", "both": "ab"}
+    assert schema.validate(s, ok, "spec") == []
+    bad = {"port": 8080, "mode": "b", "one": 5, "nope": "forbidden", "both": "A"}
+    assert _msgs(schema.validate(s, bad, "spec")) == [
+        'spec.mode: Invalid value: "b": spec.mode in body must validate at least one schema (anyOf)',
+        "spec.one: Invalid value: 5: spec.one in body must validate one and only one schema (oneOf)",
+        'spec.nope: Invalid value: "forbidden": spec.nope in body must not validate the schema (not)',
+        'spec.both: Invalid value: "A": spec.both in body should be at least 2 chars long',
+        "spec.both: Invalid value: \"A\": spec.both in body should match '^[a-z]+$'",
+    ]
+
+
 def test_defaulting_and_pruning() -> None:
     obj = {
         "apiVersion": "x.io/v1",
