@@ -57,7 +57,10 @@ def encode(obj: Obj) -> bytes:
         meta = dict(meta)
         del meta["resourceVersion"]
         obj = {**obj, "metadata": meta}
-    return orjson.dumps(obj)
+    # orjson hands back its 4 KB output buffer unshrunk: a stored value (kept live and in the watch history)
+    # would cost 4 KB however small. A copy to the exact size (~1 us) made 60k writes of small ConfigMaps cost
+    # the server +240 MB of RSS instead of a bounded history.
+    return bytes(memoryview(orjson.dumps(obj)))
 
 
 def decode(kv: KV | None = None, *, value: bytes | None = None, revision: int = 0) -> Obj:
