@@ -24,6 +24,7 @@ from kwire.controllers.queue import Controller
 from kwire.controllers.replicaset import ReplicaSetController
 from kwire.controllers.scheduler import Scheduler
 from kwire.controllers.servicelb import ServiceLB
+from kwire.controllers.statefulset import StatefulSetController
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class ControllerManager:
             ),
             DaemonSetController(
                 self.client, self.informers, recorder=EventRecorder(self.client, component="daemonset-controller")
+            ),
+            StatefulSetController(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="statefulset-controller")
             ),
             EndpointSliceController(self.client, self.informers),
             EndpointsController(self.client, self.informers),

@@ -1,0 +1,173 @@
+"""StatefulSets, Jobs and CronJobs against a real in-process server with simulated nodes, driven by the real
+kubectl 1.32 where a user would use it (apply, rollout status/history/undo, scale, wait)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import yaml
+
+from kwire.client.client import CONTROLLERREVISIONS, STATEFULSETS
+from tests.integration.test_controllers import (  # noqa: F401 (fixtures)
+    HAVE_KUBECTL,
+    Cluster,
+    FakeKubelet,
+    cluster,
+    cluster_factory,
+    until,
+)
+
+Obj = dict[str, Any]
+pytestmark = pytest.mark.skipif(not HAVE_KUBECTL, reason="needs kubectl 1.32 at /usr/bin/kubectl")
+
+STS = """
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 80, name: http}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: nginx, image: "nginx:1.25"}]
+"""
+
+
+async def kubectl_ok(cl: Cluster, *args: str) -> str:
+    code, out = await cl.kubectl(*args)
+    assert code == 0, out
+    return out
+
+
+async def apply(cl: Cluster, manifest: str) -> str:
+    path = f"{cl.server.cfg.data_dir}/manifest-{abs(hash(manifest))}.yaml"
+    with open(path, "w") as f:
+        f.write(manifest)
+    return await kubectl_ok(cl, "apply", "-f", path)
+
+
+async def test_statefulset_ordered_identity_rollout_history_undo_and_scale(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    await cl.add_node("n1")
+    # Pods come up one at a time: while web-0 is not Ready there is no web-1.
+    slow = FakeKubelet(cl, ready=False, delete_delay=0.2)
+    async with slow:
+        await apply(cl, STS)
+        first = await until(lambda: cl.pods(selector="app=web"), what="web-0")
+        await asyncio.sleep(1.0)
+        assert [p["metadata"]["name"] for p in await cl.pods(selector="app=web")] == ["web-0"]
+        p0 = first[0]
+        assert p0["spec"]["hostname"] == "web-0" and p0["spec"]["subdomain"] == "web"
+        labels = p0["metadata"]["labels"]
+        assert labels["statefulset.kubernetes.io/pod-name"] == "web-0"
+        assert labels["apps.kubernetes.io/pod-index"] == "0"
+        assert labels["controller-revision-hash"].startswith("web-")
+        await cl.mark_ready(p0)
+
+        async def two() -> bool:
+            return {p["metadata"]["name"] for p in await cl.pods(selector="app=web")} == {"web-0", "web-1"}
+
+        await until(two, what="web-1 after web-0 is ready")
+    async with FakeKubelet(cl, delete_delay=0.2):
+        out = await kubectl_ok(cl, "rollout", "status", "sts/web", "--timeout=30s")
+        # kubectl prints this for every RollingUpdate set, since kube defaults the partition to 0.
+        assert "partitioned roll out complete: 3 new pods have been updated..." in out
+        sts = await cl.c.get(STATEFULSETS, "web", "default")
+        rev1 = sts["status"]["currentRevision"]
+        assert sts["status"]["readyReplicas"] == 3 and sts["status"]["updateRevision"] == rev1
+        table = await kubectl_ok(cl, "get", "sts", "web")
+        assert table.split("\n")[0].split() == ["NAME", "READY", "AGE"] and table.split("\n")[1].split()[1] == "3/3"
+
+        # A template change replaces pods from the highest ordinal down.
+        deleted: list[str] = []
+        watch_task = asyncio.create_task(_record_deletions(cl, deleted))
+        await kubectl_ok(cl, "set", "image", "sts/web", "nginx=nginx:1.27")
+        await kubectl_ok(cl, "rollout", "status", "sts/web", "--timeout=60s")
+        watch_task.cancel()
+        assert deleted[:3] == ["web-2", "web-1", "web-0"], deleted
+        sts = await cl.c.get(STATEFULSETS, "web", "default")
+        assert sts["status"]["currentRevision"] == sts["status"]["updateRevision"] != rev1
+        pods = await cl.pods(selector="app=web")
+        assert {p["spec"]["containers"][0]["image"] for p in pods} == {"nginx:1.27"}
+
+        history = await kubectl_ok(cl, "rollout", "history", "sts/web")
+        assert history.split("\n")[0].strip() == "statefulset.apps/web"
+        assert [ln.split()[0] for ln in history.strip().split("\n")[2:]] == ["1", "2"]
+        revs = (await cl.c.list(CONTROLLERREVISIONS, "default"))["items"]
+        assert sorted(r["revision"] for r in revs) == [1, 2]
+        crs = await kubectl_ok(cl, "get", "controllerrevisions")
+        assert "statefulset.apps/web" in crs
+
+        await kubectl_ok(cl, "rollout", "undo", "sts/web")
+        await kubectl_ok(cl, "rollout", "status", "sts/web", "--timeout=60s")
+        pods = await cl.pods(selector="app=web")
+        assert {p["spec"]["containers"][0]["image"] for p in pods} == {"nginx:1.25"}
+        # The rollback renumbers the old revision (kube's behaviour): revisions 2 and 3 remain.
+        revs = (await cl.c.list(CONTROLLERREVISIONS, "default"))["items"]
+        assert sorted(r["revision"] for r in revs) == [2, 3]
+        assert {r["metadata"]["name"] for r in revs if r["revision"] == 3} == {rev1}
+
+        # Scale down removes the highest ordinals.
+        await kubectl_ok(cl, "scale", "sts/web", "--replicas=1")
+
+        async def one() -> bool:
+            return [p["metadata"]["name"] for p in await cl.pods(selector="app=web", live=False)] == ["web-0"]
+
+        await until(one, timeout=30, what="scale down to web-0")
+
+
+async def _record_deletions(cl: Cluster, out: list[str]) -> None:
+    seen: set[str] = set()
+    while True:
+        for p in await cl.pods(selector="app=web", live=False):
+            uid = p["metadata"]["uid"]
+            if p["metadata"].get("deletionTimestamp") and uid not in seen:
+                seen.add(uid)
+                out.append(p["metadata"]["name"])
+        await asyncio.sleep(0.05)
+
+
+async def test_statefulset_parallel_partition_and_validation(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    await cl.add_node("n1")
+    manifest = STS.replace("replicas: 3", "replicas: 3\n  podManagementPolicy: Parallel").replace(
+        "serviceName: web", "serviceName: web\n  updateStrategy: {rollingUpdate: {partition: 2}}"
+    )
+    async with FakeKubelet(cl, ready=False):
+        await apply(cl, manifest)
+
+        async def three() -> bool:
+            return len(await cl.pods(selector="app=web")) == 3
+
+        await until(three, what="all three pods at once (Parallel)")
+    async with FakeKubelet(cl, delete_delay=0.1):
+        await kubectl_ok(cl, "rollout", "status", "sts/web", "--timeout=30s")
+        await kubectl_ok(cl, "set", "image", "sts/web", "nginx=nginx:1.27")
+        out = await kubectl_ok(cl, "rollout", "status", "sts/web", "--timeout=30s")
+        assert "partitioned roll out complete: 1 new pods have been updated" in out
+        images = {p["metadata"]["name"]: p["spec"]["containers"][0]["image"] for p in await cl.pods()}
+        assert images == {"web-0": "nginx:1.25", "web-1": "nginx:1.25", "web-2": "nginx:1.27"}
+    code, out = await cl.kubectl("patch", "sts", "web", "-p", '{"spec":{"serviceName":"other"}}')
+    assert code != 0
+    assert "spec: Forbidden: updates to statefulset spec for fields other than 'replicas'" in out
+    bad = yaml.safe_load(STS.split("---")[1])
+    bad["metadata"]["name"] = "bad"
+    bad["spec"]["template"]["spec"]["restartPolicy"] = "Never"
+    path = f"{cl.server.cfg.data_dir}/bad.yaml"
+    with open(path, "w") as f:
+        yaml.safe_dump(bad, f)
+    code, out = await cl.kubectl("create", "-f", path)
+    assert code != 0
+    assert 'spec.template.spec.restartPolicy: Unsupported value: "Never": supported values: "Always"' in out
