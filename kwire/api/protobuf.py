@@ -159,6 +159,33 @@ SCHEMAS: dict[str, dict[int, F]] = {
     ),
     "DeploymentStrategy": _m(f1=F("type", "s"), f2=F("rollingUpdate", "m", "RollingUpdateDeployment")),
     "RollingUpdateDeployment": _m(f1=F("maxUnavailable", "ios"), f2=F("maxSurge", "ios")),
+    # batch/v1 (kubectl create job / cronjob / job --from=cronjob)
+    "Job": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
+    "JobSpec": _m(
+        f1=F("parallelism", "i", keep_zero=True),
+        f2=F("completions", "i", keep_zero=True),
+        f3=F("activeDeadlineSeconds", "i"),
+        f4=F("selector", "m", "LabelSelector"),
+        f5=F("manualSelector", "b"),
+        f6=F("template", "m", "PodTemplateSpec"),
+        f7=F("backoffLimit", "i", keep_zero=True),
+        f8=F("ttlSecondsAfterFinished", "i", keep_zero=True),
+        f9=F("completionMode", "s"),
+        f10=F("suspend", "b"),
+        f14=F("podReplacementPolicy", "s"),
+    ),
+    "CronJob": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "CronJobSpec")),
+    "CronJobSpec": _m(
+        f1=F("schedule", "s"),
+        f2=F("startingDeadlineSeconds", "i", keep_zero=True),
+        f3=F("concurrencyPolicy", "s"),
+        f4=F("suspend", "b"),
+        f5=F("jobTemplate", "m", "JobTemplateSpec"),
+        f6=F("successfulJobsHistoryLimit", "i", keep_zero=True),
+        f7=F("failedJobsHistoryLimit", "i", keep_zero=True),
+        f8=F("timeZone", "s"),
+    ),
+    "JobTemplateSpec": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
     # networking.k8s.io/v1
     "Ingress": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "IngressSpec")),
     "IngressSpec": _m(
@@ -186,6 +213,8 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("v1", "Service"): "Service",
     ("apps/v1", "Deployment"): "Deployment",
     ("networking.k8s.io/v1", "Ingress"): "Ingress",
+    ("batch/v1", "Job"): "Job",
+    ("batch/v1", "CronJob"): "CronJob",
 }
 
 

@@ -419,7 +419,14 @@ class Resources:
             finalizers.append("foregroundDeletion")
         if propagation == "Orphan" and "orphan" not in finalizers:
             finalizers.append("orphan")
-        graceful = kind is PODS and bool((obj.get("spec") or {}).get("nodeName")) and grace_period != 0
+        # CheckGracefulDelete: only a pod a kubelet still has to stop is deleted gracefully; an unbound or
+        # finished (Succeeded/Failed) pod goes at once.
+        graceful = (
+            kind is PODS
+            and bool((obj.get("spec") or {}).get("nodeName"))
+            and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and grace_period != 0
+        )
         if kind is NAMESPACES:
             if meta.get("deletionTimestamp"):
                 return obj

@@ -18,6 +18,7 @@ from kwire.controllers.deployment import DeploymentController
 from kwire.controllers.endpoints import EndpointsController
 from kwire.controllers.endpointslices import EndpointSliceController
 from kwire.controllers.ipam import NodeIpam
+from kwire.controllers.job import JobController
 from kwire.controllers.nodelifecycle import NodeLifecycle
 from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
@@ -68,6 +69,7 @@ class ControllerManager:
             StatefulSetController(
                 self.client, self.informers, recorder=EventRecorder(self.client, component="statefulset-controller")
             ),
+            JobController(self.client, self.informers, recorder=EventRecorder(self.client, component="job-controller")),
             EndpointSliceController(self.client, self.informers),
             EndpointsController(self.client, self.informers),
             NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),

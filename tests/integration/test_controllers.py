@@ -150,7 +150,8 @@ class Cluster:
 
 
 class FakeKubelet:
-    """The node agents' part in pod lifecycles, for the nodes that exist: pods bound to them get Ready=True;
+    """The node agents' part in pod lifecycles, for the nodes that exist: pods bound to them get Ready=True (unless
+    they have finished);
     terminating pods are confirmed deleted (grace period 0) after `delete_delay` seconds. Pods on a node that
     is gone are left alone, as no agent is there to act on them."""
 
@@ -182,8 +183,13 @@ class FakeKubelet:
                 self._deleting.add(meta["uid"])
                 await asyncio.sleep(self.delete_delay)
                 await self.cluster.c.delete(PODS, meta["name"], meta["namespace"], grace_period=0)
-            elif self.ready and not any(
-                c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or []
+            elif (
+                self.ready
+                and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                and not any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in pod.get("status", {}).get("conditions") or []
+                )
             ):
                 await self.cluster.mark_ready(pod)
         except (NotFound, Conflict):

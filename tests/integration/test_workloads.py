@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kwire.client.client import CONTROLLERREVISIONS, STATEFULSETS
+from kwire.client import NotFound
+from kwire.client.client import CONTROLLERREVISIONS, JOBS, PODS, STATEFULSETS
 from tests.integration.test_controllers import (  # noqa: F401 (fixtures)
     HAVE_KUBECTL,
     Cluster,
@@ -171,3 +172,179 @@ async def test_statefulset_parallel_partition_and_validation(cluster: Cluster) -
     code, out = await cl.kubectl("create", "-f", path)
     assert code != 0
     assert 'spec.template.spec.restartPolicy: Unsupported value: "Never": supported values: "Always"' in out
+
+
+# -- Jobs ----------------------------------------------------------------------------------------------------------
+async def finish(cl: Cluster, pod: Obj, phase: str) -> None:
+    """What the kubelet reports when a Job pod's containers exit (restartPolicy Never)."""
+    code = 0 if phase == "Succeeded" else 1
+    reason = "Completed" if code == 0 else "Error"
+    await cl.c.patch(
+        PODS,
+        pod["metadata"]["name"],
+        {
+            "status": {
+                "phase": phase,
+                "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+                "containerStatuses": [
+                    {"name": "c", "ready": False, "state": {"terminated": {"exitCode": code, "reason": reason}}}
+                ],
+            }
+        },
+        namespace=pod["metadata"]["namespace"],
+        subresource="status",
+    )
+
+
+async def running(cl: Cluster, selector: str, n: int) -> list[Obj]:
+    async def get() -> list[Obj] | None:
+        pods = [
+            p
+            for p in await cl.pods(selector=selector)
+            if p["status"].get("phase") == "Running"
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+        ]
+        return pods if len(pods) == n else None
+
+    return list(await until(get, timeout=30, what=f"{n} running pods of {selector}"))
+
+
+async def test_job_completions_parallelism_and_kubectl_wait(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    await cl.add_node("n1")
+    async with FakeKubelet(cl):
+        await kubectl_ok(cl, "create", "job", "pi", "--image=busybox:1.36", "--", "true")
+        job = await cl.c.get(JOBS, "pi", "default")
+        uid = job["metadata"]["uid"]
+        assert job["spec"]["selector"] == {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+        assert job["spec"]["backoffLimit"] == 6 and job["spec"]["completionMode"] == "NonIndexed"
+        await kubectl_ok(cl, "patch", "job", "pi", "-p", '{"spec":{"parallelism":2}}')
+        # completions 1 (the default) caps the pods at one even with parallelism 2.
+        pods = await running(cl, "job-name=pi", 1)
+        labels = pods[0]["metadata"]["labels"]
+        assert labels["batch.kubernetes.io/job-name"] == "pi" and labels["controller-uid"] == uid
+        assert "batch.kubernetes.io/job-tracking" in pods[0]["metadata"]["finalizers"]
+        await finish(cl, pods[0], "Succeeded")
+        await kubectl_ok(cl, "wait", "--for=condition=complete", "job/pi", "--timeout=30s")
+        job = await cl.c.get(JOBS, "pi", "default")
+        types = [c["type"] for c in job["status"]["conditions"]]
+        assert types == ["SuccessCriteriaMet", "Complete"]
+        assert job["status"]["succeeded"] == 1 and job["status"].get("completionTime")
+        assert job["status"]["uncountedTerminatedPods"] == {}
+        # The pod lost its tracking finalizer once counted.
+        p = (await cl.pods(selector="job-name=pi"))[0]
+        assert "batch.kubernetes.io/job-tracking" not in (p["metadata"].get("finalizers") or [])
+        table = await kubectl_ok(cl, "get", "job", "pi")
+        head, row = table.strip().split("\n")
+        assert head.split() == ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
+        assert row.split()[:3] == ["pi", "Complete", "1/1"]
+
+
+async def test_job_backoff_limit_fails_after_backoff(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    await cl.add_node("n1")
+    manifest = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: bad}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox, command: ["false"]}]
+"""
+    async with FakeKubelet(cl):
+        await apply(cl, manifest)
+        first = (await running(cl, "job-name=bad", 1))[0]
+        loop = asyncio.get_running_loop()
+        await finish(cl, first, "Failed")
+        t0 = loop.time()
+        second = (await running(cl, "job-name=bad", 1))[0]
+        # The replacement waits for kube's back-off (10 s after the first failure).
+        assert loop.time() - t0 >= 9.0, loop.time() - t0
+        assert second["metadata"]["uid"] != first["metadata"]["uid"]
+        await finish(cl, second, "Failed")
+        await kubectl_ok(cl, "wait", "--for=condition=failed", "job/bad", "--timeout=30s")
+        job = await cl.c.get(JOBS, "bad", "default")
+        failed = {c["type"]: c for c in job["status"]["conditions"]}
+        assert failed["Failed"]["reason"] == "BackoffLimitExceeded"
+        assert failed["Failed"]["message"] == "Job has reached the specified backoff limit"
+        assert failed["FailureTarget"]["reason"] == "BackoffLimitExceeded"
+        assert job["status"]["failed"] == 2 and "completionTime" not in job["status"]
+        events = await cl.events(reason="BackoffLimitExceeded", name="bad")
+        assert events and events[0]["type"] == "Warning"
+
+
+async def test_job_indexed_deadline_and_ttl(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    await cl.add_node("n1")
+    indexed = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: idx}
+spec:
+  completions: 3
+  parallelism: 2
+  completionMode: Indexed
+  ttlSecondsAfterFinished: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox, command: ["true"]}]
+"""
+    deadline = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: slow}
+spec:
+  activeDeadlineSeconds: 2
+  template:
+    spec:
+      restartPolicy: OnFailure
+      containers: [{name: c, image: busybox, command: ["sleep", "100"]}]
+"""
+    async with FakeKubelet(cl, delete_delay=0.1):
+        await apply(cl, indexed)
+        await apply(cl, deadline)
+        pods = await running(cl, "job-name=idx", 2)
+        idx = sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods)
+        assert idx == ["0", "1"]
+        p0 = next(p for p in pods if p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == "0")
+        assert p0["metadata"]["name"].startswith("idx-0-") and p0["spec"]["hostname"] == "idx-0"
+        env = p0["spec"]["containers"][0]["env"]
+        assert env == [
+            {
+                "name": "JOB_COMPLETION_INDEX",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+                },
+            }
+        ]
+        await finish(cl, p0, "Succeeded")
+
+        async def index2() -> list[Obj] | None:
+            live = await running(cl, "job-name=idx", 2)
+            got = sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in live)
+            return live if got == ["1", "2"] else None
+
+        for p in await until(index2, what="index 2 after index 0 succeeded"):
+            await finish(cl, p, "Succeeded")
+        await kubectl_ok(cl, "wait", "--for=condition=complete", "job/idx", "--timeout=30s")
+        job = await cl.c.get(JOBS, "idx", "default")
+        assert job["status"]["completedIndexes"] == "0-2" and job["status"]["succeeded"] == 3
+
+        # activeDeadlineSeconds: the running pod is deleted, the Job fails with DeadlineExceeded.
+        await kubectl_ok(cl, "wait", "--for=condition=failed", "job/slow", "--timeout=30s")
+        slow = await cl.c.get(JOBS, "slow", "default")
+        assert {c["type"]: c["reason"] for c in slow["status"]["conditions"]}["Failed"] == "DeadlineExceeded"
+
+        # ttlSecondsAfterFinished: the finished Job and its pods go.
+        async def gone() -> bool:
+            try:
+                await cl.c.get(JOBS, "idx", "default")
+            except NotFound:
+                return not await cl.pods(selector="job-name=idx", live=False)
+            return False
+
+        await until(gone, timeout=30, what="the Job deleted after its TTL")
