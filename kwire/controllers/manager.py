@@ -13,6 +13,7 @@ import logging
 from kwire.client import ApiClient, Config, Informers
 from kwire.controllers.addons import AddonController, AddonSettings
 from kwire.controllers.common import EventRecorder
+from kwire.controllers.cronjob import CronJobController
 from kwire.controllers.daemonset import DaemonSetController
 from kwire.controllers.deployment import DeploymentController
 from kwire.controllers.endpoints import EndpointsController
@@ -70,6 +71,9 @@ class ControllerManager:
                 self.client, self.informers, recorder=EventRecorder(self.client, component="statefulset-controller")
             ),
             JobController(self.client, self.informers, recorder=EventRecorder(self.client, component="job-controller")),
+            CronJobController(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="cronjob-controller")
+            ),
             EndpointSliceController(self.client, self.informers),
             EndpointsController(self.client, self.informers),
             NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),

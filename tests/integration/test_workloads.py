@@ -4,13 +4,16 @@ kubectl 1.32 where a user would use it (apply, rollout status/history/undo, scal
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from typing import Any
 
 import pytest
 import yaml
 
 from kwire.client import NotFound
-from kwire.client.client import CONTROLLERREVISIONS, JOBS, PODS, STATEFULSETS
+from kwire.client.client import CONTROLLERREVISIONS, CRONJOBS, JOBS, PODS, STATEFULSETS
+from kwire.controllers.cronjob import CronJobController
 from tests.integration.test_controllers import (  # noqa: F401 (fixtures)
     HAVE_KUBECTL,
     Cluster,
@@ -348,3 +351,91 @@ spec:
             return False
 
         await until(gone, timeout=30, what="the Job deleted after its TTL")
+
+
+# -- CronJobs ------------------------------------------------------------------------------------------------------
+async def test_cronjob_fires_on_an_injected_clock_with_policies_and_history(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    await cl.add_node("n1")
+    assert cl.server.controllers is not None
+    ctrl = next(c for c in cl.server.controllers.controllers if isinstance(c, CronJobController))
+    clock = {"now": time.time()}
+    ctrl.clock = lambda: clock["now"]
+    manifest = """
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "*/1 * * * *"
+  concurrencyPolicy: Forbid
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: c, image: busybox, command: ["date"]}]
+"""
+    async with FakeKubelet(cl):
+        await apply(cl, manifest)
+        head = (await kubectl_ok(cl, "get", "cronjob", "tick")).split("\n")
+        assert head[0].split() == ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "SCHEDULE", "AGE"]
+        assert head[1].split()[1:7] == ["*/1", "*", "*", "*", "*", "<none>"]
+
+        async def jobs() -> list[Obj]:
+            return list((await cl.c.list(JOBS, "default"))["items"])
+
+        async def tick(seconds: float) -> None:
+            clock["now"] += seconds
+            ctrl.enqueue("default/tick")
+
+        await tick(61)
+        first = (await until(jobs, what="the first scheduled Job"))[0]
+        scheduled = int(clock["now"]) // 60 * 60
+        assert first["metadata"]["name"] == f"tick-{scheduled // 60}"
+        assert first["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+        ann = first["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+        assert ann == dt.datetime.fromtimestamp(scheduled, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        async def status_written() -> Obj | None:
+            got = await cl.c.get(CRONJOBS, "tick", "default")
+            return got if got.get("status", {}).get("active") else None
+
+        cj = await until(status_written, what="status.active")
+        assert cj["status"]["active"][0]["name"] == first["metadata"]["name"]
+        assert cj["status"]["lastScheduleTime"] == ann
+
+        # Forbid: while the first Job runs, the next minute's run is skipped.
+        await tick(60)
+        await asyncio.sleep(1.0)
+        assert [j["metadata"]["name"] for j in await jobs()] == [first["metadata"]["name"]]
+        pods = await running(cl, f"job-name={first['metadata']['name']}", 1)
+        await finish(cl, pods[0], "Succeeded")
+
+        # Once it finished, the skipped run starts late (no startingDeadlineSeconds), as kube does.
+        second_name = f"tick-{int(clock['now']) // 60}"
+
+        async def recorded() -> Obj | None:
+            got = await cl.c.get(CRONJOBS, "tick", "default")
+            active = [r["name"] for r in got["status"].get("active") or []]
+            return got if got["status"].get("lastSuccessfulTime") and active == [second_name] else None
+
+        await until(recorded, timeout=20, what="lastSuccessfulTime and the skipped run active")
+        # When the second finishes, the history limit of 1 removes the first.
+        pods = await running(cl, f"job-name={second_name}", 1)
+        await finish(cl, pods[0], "Succeeded")
+
+        async def history() -> list[str] | None:
+            names = [j["metadata"]["name"] for j in await jobs() if not j["metadata"].get("deletionTimestamp")]
+            return names if names == [second_name] else None
+
+        await until(history, timeout=20, what="only the newest finished Job kept")
+
+        # kubectl create job --from=cronjob works (a manual run, owned by the CronJob).
+        await kubectl_ok(cl, "create", "job", "manual", "--from=cronjob/tick")
+        manual = await cl.c.get(JOBS, "manual", "default")
+        assert manual["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"] == "manual"
+        assert manual["spec"]["template"]["spec"]["containers"][0]["command"] == ["date"]
+
+    code, out = await cl.kubectl("create", "cronjob", "bad", "--image=busybox", "--schedule=61 * * * *")
+    assert code != 0 and 'spec.schedule: Invalid value: "61 * * * *"' in out, out
