@@ -77,9 +77,11 @@ def sort_key(revision: Obj) -> tuple[int, float, str]:
     )
 
 
-def new_revision(owner: Obj, *, api_version: str, kind: str, number: int, collision_count: int) -> Obj:
+def new_revision(
+    owner: Obj, *, api_version: str, kind: str, number: int, collision_count: int, name_hash: str | None = None
+) -> Obj:
     data = revision_data(owner)
-    h = hash_revision(data, collision_count)
+    h = name_hash or hash_revision(data, collision_count)
     labels = {str(k): str(v) for k, v in d(d(d(spec(owner).get("template")).get("metadata")).get("labels")).items()}
     labels[HASH_LABEL] = h
     m: Obj = {
@@ -110,9 +112,12 @@ async def reconcile_revisions(
     kind: str,
     current_name: str,
     collision_count: int,
+    name_hash: str | None = None,
 ) -> Revisions:
     """kube's getStatefulSetRevisions / constructHistory: the current and update revisions of `owner` from the
-    revisions it controls (`owned`), creating or renumbering the update revision as needed."""
+    revisions it controls (`owned`), creating or renumbering the update revision as needed. A new revision is
+    named `<owner>-<hash of its data>`, or `<owner>-<name_hash>` when given (DaemonSets name it by the hash
+    their pods are labelled with)."""
     revisions = sorted(owned, key=sort_key)
     number = (int_field(revisions[-1].get("revision")) if revisions else 0) + 1
     want = revision_data(owner)
@@ -148,6 +153,8 @@ async def reconcile_revisions(
                 if existing.get("data") == want and ref is not None and ref.get("uid") == uid_of(owner):
                     update = existing
                     break
+                if name_hash is not None:
+                    raise RuntimeError(f"controller revision {name_of(rev)} exists with other data") from None
                 collision_count += 1  # the name is taken by other data: kube's collisionCount
         revisions.append(update)
     current = next((r for r in revisions if name_of(r) == current_name), update)

@@ -439,3 +439,54 @@ spec:
 
     code, out = await cl.kubectl("create", "cronjob", "bad", "--image=busybox", "--schedule=61 * * * *")
     assert code != 0 and 'spec.schedule: Invalid value: "61 * * * *"' in out, out
+
+
+# -- DaemonSet history and the Deployment's change-cause -----------------------------------------------------------
+DS = """
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: a, image: "busybox:1.35"}]
+"""
+
+
+async def test_daemonset_rollout_history_undo_and_deployment_change_cause(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    await cl.add_node("n1")
+    async with FakeKubelet(cl, delete_delay=0.1):
+        await apply(cl, DS)
+        await kubectl_ok(cl, "rollout", "status", "ds/agent", "--timeout=30s")
+        await kubectl_ok(cl, "set", "image", "ds/agent", "a=busybox:1.36")
+        await kubectl_ok(cl, "rollout", "status", "ds/agent", "--timeout=30s")
+        history = await kubectl_ok(cl, "rollout", "history", "ds/agent")
+        assert history.split("\n")[0].strip() == "daemonset.apps/agent"
+        assert [ln.split()[0] for ln in history.strip().split("\n")[2:]] == ["1", "2"]
+        detail = await kubectl_ok(cl, "rollout", "history", "ds/agent", "--revision=1")
+        assert "busybox:1.35" in detail
+        await kubectl_ok(cl, "rollout", "undo", "ds/agent")
+
+        async def rolled_back() -> bool:
+            pods = await cl.pods(selector="app=agent")
+            return [p["spec"]["containers"][0]["image"] for p in pods] == ["busybox:1.35"]
+
+        await until(rolled_back, timeout=30, what="the DaemonSet's pods back at busybox:1.35")
+        revs = [r for r in (await cl.c.list(CONTROLLERREVISIONS, "default"))["items"]]
+        assert sorted(r["revision"] for r in revs) == [2, 3]
+        assert all(r["metadata"]["name"].startswith("agent-") for r in revs)
+
+        # kubernetes.io/change-cause on a Deployment shows in its rollout history (copied to the ReplicaSet).
+        await kubectl_ok(cl, "create", "deployment", "web", "--image=nginx:1.25")
+        await kubectl_ok(cl, "rollout", "status", "deploy/web", "--timeout=30s")
+        await kubectl_ok(cl, "annotate", "deploy/web", "kubernetes.io/change-cause=first release")
+
+        async def cause() -> str | None:
+            out = await kubectl_ok(cl, "rollout", "history", "deploy/web")
+            return out if "first release" in out else None
+
+        out = await until(cause, timeout=20, what="the change-cause in rollout history")
+        assert out.strip().split("\n")[-1].split(None, 1) == ["1", "first release"]
