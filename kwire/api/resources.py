@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from kwire.api import defaults, validation
+from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.errors import (
     ApiError,
@@ -95,9 +96,10 @@ def decode_continue(token: str) -> str:
 
 
 class Resources:
-    def __init__(self, store: SQLiteStore, *, allocator: ServiceAllocator) -> None:
+    def __init__(self, store: SQLiteStore, *, allocator: ServiceAllocator, admission: Admission | None = None) -> None:
         self.store = store
         self.allocator = allocator
+        self.admission = admission or Admission()
         self._after_write: list[Callable[[], None]] = []
 
     async def load(self) -> None:
@@ -211,6 +213,7 @@ class Resources:
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
+        self.admission.admit_create(kind.kind, obj)
         errors = validation.validate_create(kind, obj)
         name = str(meta.get("name") or "")
         if errors:

@@ -27,6 +27,7 @@ from kwire.controllers.replicaset import ReplicaSetController
 from kwire.controllers.scheduler import Scheduler
 from kwire.controllers.servicelb import ServiceLB
 from kwire.controllers.statefulset import StatefulSetController
+from kwire.controllers.taintmanager import TaintManager
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class ControllerManager:
             EndpointSliceController(self.client, self.informers),
             EndpointsController(self.client, self.informers),
             NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),
+            TaintManager(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="taint-eviction-controller")
+            ),
             PodGC(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),
         ]

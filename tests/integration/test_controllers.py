@@ -165,10 +165,11 @@ class FakeKubelet:
         self.informer.on_update(lambda old, new: self._seen(new))
         self._tasks: set[asyncio.Task[None]] = set()
         self._deleting: set[str] = set()
+        self.stopped: set[str] = set()  # nodes whose agent is down: their pods are left alone
 
     def _seen(self, pod: Obj) -> None:
         node = pod["spec"].get("nodeName")
-        if not node or self.nodes.get(None, node) is None:
+        if not node or self.nodes.get(None, node) is None or node in self.stopped:
             return
         task = asyncio.create_task(self._handle(pod))
         self._tasks.add(task)
@@ -780,7 +781,12 @@ async def test_node_lifecycle_marks_silent_nodes(cluster_factory: Callable[..., 
         assert ready is not None
         assert ready["reason"] == "NodeStatusUnknown"
         assert ready["message"] == "Kubelet stopped posting node status."
-        assert node["spec"]["taints"] == [{"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}]
+        taints = node["spec"]["taints"]
+        assert [(t["key"], t["effect"]) for t in taints] == [
+            ("node.kubernetes.io/unreachable", "NoSchedule"),
+            ("node.kubernetes.io/unreachable", "NoExecute"),
+        ]
+        assert "timeAdded" in taints[1]
 
         async def pod_not_ready() -> bool:
             ready = cond(await c.get(PODS, "on-quiet", "default"), "Ready")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -490,3 +491,91 @@ async def test_daemonset_rollout_history_undo_and_deployment_change_cause(cluste
 
         out = await until(cause, timeout=20, what="the change-cause in rollout history")
         assert out.strip().split("\n")[-1].split(None, 1) == ["1", "first release"]
+
+
+# -- NoExecute taints: node failure and user taints ----------------------------------------------------------------
+async def test_noexecute_eviction_of_a_dead_nodes_pods_and_user_taints(
+    cluster_factory: Callable[..., Awaitable[Cluster]],  # noqa: F811
+) -> None:
+    cl = await cluster_factory(node_monitor_grace_period=2, default_unreachable_toleration_seconds=3)
+    c = cl.c
+    for n in ("alive", "dying"):
+        await cl.add_node(n)
+    stop = asyncio.Event()
+
+    async def heartbeat(node: str) -> None:
+        while not stop.is_set():
+            await cl.renew(node)
+            await asyncio.sleep(0.5)
+
+    beats = {n: asyncio.create_task(heartbeat(n)) for n in ("alive", "dying")}
+    try:
+        async with FakeKubelet(cl, delete_delay=0.1) as kubelet:
+            await kubectl_ok(cl, "create", "deployment", "web", "--image=nginx:1.25", "--replicas=2")
+            await kubectl_ok(cl, "rollout", "status", "deploy/web", "--timeout=30s")
+            pods = await cl.pods(selector="app=web")
+            assert sorted(p["spec"]["nodeName"] for p in pods) == ["alive", "dying"]
+            # DefaultTolerationSeconds: every pod tolerates not-ready (300 s, the default) and unreachable (3 s here).
+            tols = {t["key"]: t for t in pods[0]["spec"]["tolerations"]}
+            assert tols["node.kubernetes.io/not-ready"] == {
+                "key": "node.kubernetes.io/not-ready",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            }
+            assert tols["node.kubernetes.io/unreachable"]["tolerationSeconds"] == 3
+            doomed = next(p for p in pods if p["spec"]["nodeName"] == "dying")
+
+            # The node's agent dies: no more heartbeats, nobody confirms deletions there.
+            kubelet.stopped.add("dying")
+            beats["dying"].cancel()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+
+            async def replaced() -> list[Obj] | None:
+                live = await cl.pods(selector="app=web")
+                return live if sorted(p["spec"].get("nodeName", "") for p in live) == ["alive", "alive"] else None
+
+            await until(replaced, timeout=30, what="the dying node's pod replaced on the other node")
+            # Not before grace period (2 s) + toleration (3 s), less up to 1 s: timeAdded has whole seconds, as in kube.
+            assert loop.time() - t0 >= 4.0, loop.time() - t0
+            gone = await c.get(PODS, doomed["metadata"]["name"], "default")
+            assert gone["metadata"].get("deletionTimestamp")  # stays Terminating: no kubelet confirms it
+            dt_cond = next(x for x in gone["status"]["conditions"] if x["type"] == "DisruptionTarget")
+            assert dt_cond["reason"] == "DeletionByTaintManager"
+            events = await cl.events(reason="TaintManagerEviction", name=doomed["metadata"]["name"])
+            assert events[0]["message"] == f"Marking for deletion Pod default/{doomed['metadata']['name']}"
+
+            # A user's NoExecute taint evicts what does not tolerate it at once; a toleration with seconds delays it.
+            await c.create(
+                PODS,
+                {
+                    "metadata": {"name": "patient"},
+                    "spec": {
+                        "nodeName": "alive",
+                        "containers": [{"name": "c", "image": "busybox"}],
+                        "tolerations": [
+                            {"key": "maint", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}
+                        ],
+                    },
+                },
+                "default",
+            )
+            await kubectl_ok(cl, "taint", "node", "alive", "maint=now:NoExecute")
+
+            async def evicted(name: str) -> bool:
+                try:
+                    await c.get(PODS, name, "default")
+                except NotFound:
+                    return True
+                return False
+
+            web = [p["metadata"]["name"] for p in await cl.pods(selector="app=web")]
+            for name in web:
+                await until(lambda n=name: evicted(n), timeout=10, what=f"{name} evicted by the user's taint")
+            assert not await evicted("patient")
+            await until(lambda: evicted("patient"), timeout=10, what="the tolerating pod evicted after 2 s")
+    finally:
+        stop.set()
+        for t in beats.values():
+            t.cancel()

@@ -133,3 +133,26 @@ def test_cron_job_names_and_template() -> None:
     }
     assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
     assert job["spec"] == {"template": {"spec": {"containers": []}}}
+
+
+def test_noexecute_eviction_delay() -> None:
+    from kwire.controllers.taintmanager import eviction_delay
+
+    unreachable = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
+    default_tols = [
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+    ]
+    assert eviction_delay([], [], since=NOW, now=NOW) is None
+    assert eviction_delay([unreachable], [], since=NOW, now=NOW) == 0.0  # not tolerated: at once
+    assert eviction_delay([unreachable], default_tols, since=NOW, now=NOW + 100) == 200.0
+    assert eviction_delay([unreachable], default_tols, since=NOW, now=NOW + 400) == 0.0
+    forever = [{"operator": "Exists"}]  # tolerates everything, with no tolerationSeconds
+    assert eviction_delay([unreachable], forever, since=NOW, now=NOW) is None
+    # Two taints: every one must be tolerated, and the smallest tolerationSeconds counts.
+    maint = {"key": "maint", "value": "x", "effect": "NoExecute"}
+    both = [
+        *default_tols,
+        {"key": "maint", "operator": "Equal", "value": "x", "effect": "NoExecute", "tolerationSeconds": 5},
+    ]
+    assert eviction_delay([unreachable, maint], default_tols, since=NOW, now=NOW) == 0.0
+    assert eviction_delay([unreachable, maint], both, since=NOW, now=NOW + 1) == 4.0
