@@ -186,6 +186,23 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f8=F("timeZone", "s"),
     ),
     "JobTemplateSpec": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
+    # policy/v1 (kubectl drain)
+    "Eviction": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("deleteOptions", "m", "DeleteOptions")),
+    "DeleteOptions": _m(
+        f1=F("gracePeriodSeconds", "i", keep_zero=True),
+        f2=F("preconditions", "m", "Preconditions"),
+        f3=F("orphanDependents", "b"),
+        f4=F("propagationPolicy", "s"),
+        f5=F("dryRun", "s", repeated=True),
+    ),
+    "Preconditions": _m(f1=F("uid", "s"), f2=F("resourceVersion", "s")),
+    "PodDisruptionBudget": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodDisruptionBudgetSpec")),
+    "PodDisruptionBudgetSpec": _m(
+        f1=F("minAvailable", "ios"),
+        f2=F("selector", "m", "LabelSelector"),
+        f3=F("maxUnavailable", "ios"),
+        f4=F("unhealthyPodEvictionPolicy", "s"),
+    ),
     # networking.k8s.io/v1
     "Ingress": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "IngressSpec")),
     "IngressSpec": _m(
@@ -215,6 +232,8 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "Ingress"): "Ingress",
     ("batch/v1", "Job"): "Job",
     ("batch/v1", "CronJob"): "CronJob",
+    ("policy/v1", "Eviction"): "Eviction",
+    ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
 }
 
 

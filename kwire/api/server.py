@@ -18,7 +18,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, kubeletproxy, protobuf, scale, tables
+from kwire.api import discovery, eviction, kubeletproxy, protobuf, scale, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -172,6 +172,17 @@ class ApiServer:
         m = request.method
         if target.subresource == "scale" and target.name is not None:
             return await self._scale(request, target)
+        if target.subresource == "eviction" and target.name is not None:
+            if m != "POST":
+                raise method_not_allowed()
+            status = await eviction.evict(
+                self.resources,
+                target.namespace or "",
+                target.name,
+                await self._body(request),
+                dry_run=_dry_run(request),
+            )
+            return _json(status, 201)
         if target.subresource == "binding" and target.name is not None:
             if m != "POST":
                 raise method_not_allowed()

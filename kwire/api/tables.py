@@ -420,6 +420,16 @@ def _cronjob(o: Obj, now: dt.datetime) -> Cells:
     ]
 
 
+def _pdb(o: Obj, now: dt.datetime) -> Cells:
+    spec, st = o.get("spec") or {}, o.get("status") or {}
+    return [
+        str(spec["minAvailable"]) if "minAvailable" in spec else "N/A",
+        str(spec["maxUnavailable"]) if "maxUnavailable" in spec else "N/A",
+        int(st.get("disruptionsAllowed") or 0),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
+
+
 def _list_with_more(items: list[str], limit: int = 3) -> str:
     """listWithMoreString: up to `limit` items, " + N more..." for the rest, "<unset>" for none."""
     if len(items) > limit:
@@ -621,6 +631,10 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
             _col("Selector", priority=1),
         ],
         _cronjob,
+    ),
+    "PodDisruptionBudget": (
+        [_col("Min Available"), _col("Max Unavailable"), _col("Allowed Disruptions", type_=_I), AGE],
+        _pdb,
     ),
     "EndpointSlice": ([_col("AddressType"), _col("Ports"), _col("Endpoints"), AGE], _endpointslice),
     "Ingress": ([_col("Class"), _col("Hosts"), _col("Address"), _col("Ports"), AGE], _ingress),

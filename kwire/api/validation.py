@@ -749,6 +749,41 @@ def _cronjob(obj: Obj, old: Obj | None) -> Errs:
     return errs
 
 
+def _int_or_percent(value: Any, path: str) -> Errs:
+    """ValidatePositiveIntOrPercent / IsValidPercent for PDB fields."""
+    if isinstance(value, bool) or value is None:
+        return [invalid(path, value, "must be an integer or percentage (e.g '5%')")]
+    if isinstance(value, int):
+        return [] if value >= 0 else [invalid(path, value, "must be greater than or equal to 0")]
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+%", value):
+        return [] if int(value[:-1]) <= 100 else [invalid(path, value, "must not be greater than 100%")]
+    return [
+        invalid(
+            path,
+            value,
+            "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+        )
+    ]
+
+
+def _pdb(obj: Obj, old: Obj | None) -> Errs:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return []
+    errs: Errs = []
+    if "minAvailable" in spec and "maxUnavailable" in spec:
+        errs.append(invalid("spec", spec, "minAvailable and maxUnavailable cannot be both set"))
+    for f in ("minAvailable", "maxUnavailable"):
+        if f in spec:
+            errs += _int_or_percent(spec[f], f"spec.{f}")
+    if spec.get("selector") is not None:
+        errs += validate_label_selector(spec["selector"], "spec.selector")
+    policy = spec.get("unhealthyPodEvictionPolicy")
+    if policy is not None and policy not in ("IfHealthyBudget", "AlwaysAllow"):
+        errs.append(not_supported("spec.unhealthyPodEvictionPolicy", policy, ("AlwaysAllow", "IfHealthyBudget")))
+    return errs
+
+
 def _render_selector(sel: Any) -> Any:
     from kwire.api.errors import RawValue
 
@@ -1000,6 +1035,7 @@ _VALIDATORS: dict[str, Callable[[Obj, Obj | None], Errs]] = {
     "StatefulSet": _statefulset,
     "Job": _job,
     "CronJob": _cronjob,
+    "PodDisruptionBudget": _pdb,
     "Endpoints": _endpoints,
     "EndpointSlice": _endpointslice,
     "Ingress": _ingress,

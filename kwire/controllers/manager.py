@@ -16,6 +16,7 @@ from kwire.controllers.common import EventRecorder
 from kwire.controllers.cronjob import CronJobController
 from kwire.controllers.daemonset import DaemonSetController
 from kwire.controllers.deployment import DeploymentController
+from kwire.controllers.disruption import DisruptionController
 from kwire.controllers.endpoints import EndpointsController
 from kwire.controllers.endpointslices import EndpointSliceController
 from kwire.controllers.ipam import NodeIpam
@@ -82,6 +83,7 @@ class ControllerManager:
                 self.client, self.informers, recorder=EventRecorder(self.client, component="taint-eviction-controller")
             ),
             PodGC(self.client, self.informers),
+            DisruptionController(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),
         ]
         if "servicelb" not in (addons or AddonSettings()).disable:

@@ -12,8 +12,16 @@ from typing import Any
 import pytest
 import yaml
 
-from kwire.client import NotFound
-from kwire.client.client import CONTROLLERREVISIONS, CRONJOBS, JOBS, PODS, STATEFULSETS
+from kwire.client import ApiStatusError, NotFound
+from kwire.client.client import (
+    CONTROLLERREVISIONS,
+    CRONJOBS,
+    JOBS,
+    NODES,
+    PODDISRUPTIONBUDGETS,
+    PODS,
+    STATEFULSETS,
+)
 from kwire.controllers.cronjob import CronJobController
 from tests.integration.test_controllers import (  # noqa: F401 (fixtures)
     HAVE_KUBECTL,
@@ -579,3 +587,84 @@ async def test_noexecute_eviction_of_a_dead_nodes_pods_and_user_taints(
         stop.set()
         for t in beats.values():
             t.cancel()
+
+
+# -- kubectl drain: evictions and PodDisruptionBudgets -------------------------------------------------------------
+async def test_drain_evicts_replaces_elsewhere_and_a_pdb_blocks(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    for n in ("n1", "n2"):
+        await cl.add_node(n)
+    async with FakeKubelet(cl, delete_delay=0.2):
+        await kubectl_ok(cl, "create", "deployment", "web", "--image=nginx:1.25", "--replicas=2")
+        await kubectl_ok(cl, "rollout", "status", "deploy/web", "--timeout=30s")
+        pods = await cl.pods(selector="app=web")
+        assert sorted(p["spec"]["nodeName"] for p in pods) == ["n1", "n2"]
+        on_n1 = next(p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == "n1")
+
+        out = await kubectl_ok(cl, "drain", "n1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s")
+        assert "node/n1 cordoned" in out
+        assert f"evicting pod default/{on_n1}" in out and f"pod/{on_n1} evicted" in out
+        assert "node/n1 drained" in out
+        assert (await cl.c.get(NODES, "n1"))["spec"]["unschedulable"] is True
+
+        async def all_on_n2() -> bool:
+            live = await cl.pods(selector="app=web")
+            return sorted(p["spec"].get("nodeName", "") for p in live) == ["n2", "n2"]
+
+        await until(all_on_n2, timeout=30, what="the evicted pod replaced on n2")
+        await kubectl_ok(cl, "rollout", "status", "deploy/web", "--timeout=30s")
+        await kubectl_ok(cl, "uncordon", "n1")
+
+        # A PodDisruptionBudget that allows no disruption blocks the drain; kubectl retries with kube's words.
+        await kubectl_ok(cl, "create", "pdb", "web", "--selector=app=web", "--min-available=2")
+
+        async def budget() -> Obj | None:
+            got = await cl.c.get(PODDISRUPTIONBUDGETS, "web", "default")
+            st = got.get("status", {})
+            return got if st.get("currentHealthy") == 2 and st.get("observedGeneration") == 1 else None
+
+        pdb = await until(budget, what="the PDB's status")
+        assert pdb["status"]["desiredHealthy"] == 2 and pdb["status"]["disruptionsAllowed"] == 0
+        assert pdb["status"]["expectedPods"] == 2
+        table = (await kubectl_ok(cl, "get", "pdb", "web")).split("\n")
+        assert table[0].split() == ["NAME", "MIN", "AVAILABLE", "MAX", "UNAVAILABLE", "ALLOWED", "DISRUPTIONS", "AGE"]
+        assert table[1].split()[:4] == ["web", "2", "N/A", "0"]
+        code, out = await cl.kubectl("drain", "n2", "--ignore-daemonsets", "--timeout=7s")
+        assert code != 0
+        assert "(will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget." in out, out
+        assert len(await cl.pods(selector="app=web")) == 2
+
+        # With room for one disruption, one eviction succeeds and the next is refused until the pod is replaced.
+        await kubectl_ok(cl, "uncordon", "n2")
+        await kubectl_ok(
+            cl, "patch", "pdb", "web", "--type=json", "-p", '[{"op":"replace","path":"/spec/minAvailable","value":1}]'
+        )
+
+        async def one_allowed() -> bool:
+            st = (await cl.c.get(PODDISRUPTIONBUDGETS, "web", "default")).get("status", {})
+            return st.get("disruptionsAllowed") == 1 and st.get("observedGeneration") == 2
+
+        await until(one_allowed, what="one disruption allowed")
+        kubelet_pods = await cl.pods(selector="app=web")
+        first = await cl.c.request(
+            "POST",
+            f"/api/v1/namespaces/default/pods/{kubelet_pods[0]['metadata']['name']}/eviction",
+            body={
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": kubelet_pods[0]["metadata"]["name"]},
+            },
+        )
+        assert first["status"] == "Success"
+        with pytest.raises(ApiStatusError) as refused:
+            await cl.c.request(
+                "POST",
+                f"/api/v1/namespaces/default/pods/{kubelet_pods[1]['metadata']['name']}/eviction",
+                body={
+                    "apiVersion": "policy/v1",
+                    "kind": "Eviction",
+                    "metadata": {"name": kubelet_pods[1]["metadata"]["name"]},
+                },
+            )
+        assert refused.value.code == 429
+        assert refused.value.message == "Cannot evict pod as it would violate the pod's disruption budget."
