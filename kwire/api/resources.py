@@ -213,6 +213,8 @@ class Resources:
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
+        if "status" in kind.subresources and not isinstance(obj.get("status"), dict):
+            obj["status"] = {}  # kube encodes a (zero) status struct for every kind that has one
         self.admission.admit_create(kind.kind, obj)
         errors = validation.validate_create(kind, obj)
         name = str(meta.get("name") or "")

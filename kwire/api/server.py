@@ -378,7 +378,18 @@ class ApiServer:
             preconditions=opts.get("preconditions"),
             dry_run=_dry_run(request),
         )
-        return _json(obj)
+        meta = obj.get("metadata") or {}
+        still = self.resources.get_or_none(target.kind, target.namespace, target.name)
+        pending = bool(meta.get("deletionTimestamp")) and (
+            _dry_run(request) or (still is not None and (still.get("metadata") or {}).get("uid") == meta.get("uid"))
+        )
+        if pending:
+            return _json(obj)  # graceful or waiting on finalizers: the object, with its deletionTimestamp
+        # Deleted at once: kube-apiserver answers with a Status naming what went.
+        details = {"name": target.name, "kind": target.kind.plural, "uid": meta.get("uid", "")}
+        if target.kind.group:
+            details["group"] = target.kind.group
+        return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
         labels, fields = self._selectors(request)

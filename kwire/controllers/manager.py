@@ -26,6 +26,7 @@ from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
 from kwire.controllers.replicaset import ReplicaSetController
 from kwire.controllers.scheduler import Scheduler
+from kwire.controllers.serviceaccounts import ServiceAccountsController
 from kwire.controllers.servicelb import ServiceLB
 from kwire.controllers.statefulset import StatefulSetController
 from kwire.controllers.taintmanager import TaintManager
@@ -84,6 +85,7 @@ class ControllerManager:
             ),
             PodGC(self.client, self.informers),
             DisruptionController(self.client, self.informers),
+            ServiceAccountsController(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),
         ]
         if "servicelb" not in (addons or AddonSettings()).disable:

@@ -20,6 +20,8 @@ from kwire.client.client import (
     NODES,
     PODDISRUPTIONBUDGETS,
     PODS,
+    REPLICASETS,
+    SERVICEACCOUNTS,
     STATEFULSETS,
 )
 from kwire.controllers.cronjob import CronJobController
@@ -668,3 +670,72 @@ async def test_drain_evicts_replaces_elsewhere_and_a_pdb_blocks(cluster: Cluster
             )
         assert refused.value.code == 429
         assert refused.value.message == "Cannot evict pod as it would violate the pod's disruption budget."
+
+
+# -- cascading deletion, delete responses, default ServiceAccounts, fresh status ------------------------------------
+async def test_foreground_deletion_python_client_responses_and_default_serviceaccount(cluster: Cluster) -> None:  # noqa: F811
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
+    cl = cluster
+    await cl.add_node("n1")
+    api = k8s_config.new_client_from_config(config_file=str(cl.server.kubeconfig))
+    apps, core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
+    try:
+        async with FakeKubelet(cl, delete_delay=0.5):
+            # A fresh Deployment carries a status, as kube's does.
+            body = {
+                "metadata": {"name": "fg"},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": {"app": "fg"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "fg"}},
+                        "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]},
+                    },
+                },
+            }
+            created = await asyncio.to_thread(apps.create_namespaced_deployment, "default", body)
+            assert created.status is not None
+            read = await asyncio.to_thread(apps.read_namespaced_deployment, "fg", "default")
+            assert read.status is not None
+            await kubectl_ok(cl, "rollout", "status", "deploy/fg", "--timeout=30s")
+
+            # kubectl delete --cascade=foreground returns once the pods and the ReplicaSet are gone.
+            out = await kubectl_ok(cl, "delete", "deploy", "fg", "--cascade=foreground", "--timeout=30s")
+            assert 'deployment.apps "fg" deleted' in out
+            assert not await cl.pods(selector="app=fg", live=False)
+            assert (await cl.c.list(REPLICASETS, "default"))["items"] == []
+
+            # Immediate deletions answer with a Status; a graceful one with the object and its deletionTimestamp.
+            await asyncio.to_thread(core.create_namespaced_config_map, "default", {"metadata": {"name": "cm"}})
+            gone = await asyncio.to_thread(core.delete_namespaced_config_map, "cm", "default")
+            # (this client version hands the DELETE response back as a plain dict)
+            assert gone["kind"] == "Status" and gone["status"] == "Success"
+            assert gone["details"]["name"] == "cm" and gone["details"]["kind"] == "configmaps"
+            await asyncio.to_thread(
+                core.create_namespaced_pod,
+                "default",
+                {
+                    "metadata": {"name": "bound"},
+                    "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+                },
+            )
+            pending = await asyncio.to_thread(core.delete_namespaced_pod, "bound", "default")
+            assert pending.kind == "Pod" and pending.metadata.deletion_timestamp is not None
+
+        # The default ServiceAccount exists in every namespace and comes back when deleted.
+        await kubectl_ok(cl, "create", "namespace", "team")
+
+        async def default_sa() -> bool:
+            return bool(await cl.c.get(SERVICEACCOUNTS, "default", "team"))
+
+        await until(default_sa, what="default ServiceAccount in a new namespace")
+        await kubectl_ok(cl, "delete", "serviceaccount", "default", "-n", "team")
+        await until(default_sa, what="default ServiceAccount recreated")
+        sas = await kubectl_ok(cl, "get", "sa", "-A")
+        assert {"default", "kube-system", "kube-public", "kube-node-lease", "team"} <= {
+            ln.split()[0] for ln in sas.strip().split("\n")[1:]
+        }
+    finally:
+        api.close()
