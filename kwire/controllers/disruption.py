@@ -75,7 +75,9 @@ def desired_healthy(pdb: Obj, *, pod_count: int, controller_scale: int) -> tuple
         expected = controller_scale
         unavailable = int_or_percent(sp["maxUnavailable"], expected, round_up=True) or 0
         return expected, max(0, expected - unavailable)
-    min_available = sp.get("minAvailable", 1)
+    if "minAvailable" not in sp:
+        return 0, 0  # policy/v1 has no default: neither set means no requirement (kube's getExpectedPodCount)
+    min_available = sp["minAvailable"]
     if isinstance(min_available, int) and not isinstance(min_available, bool):
         return pod_count, min_available
     expected = controller_scale

@@ -156,3 +156,16 @@ def test_noexecute_eviction_delay() -> None:
     ]
     assert eviction_delay([unreachable, maint], default_tols, since=NOW, now=NOW) == 0.0
     assert eviction_delay([unreachable, maint], both, since=NOW, now=NOW + 1) == 4.0
+
+
+def test_pdb_expected_and_desired_healthy() -> None:
+    from kwire.controllers.disruption import desired_healthy
+
+    def pdb(**sp: Any) -> Obj:
+        return {"spec": sp}
+
+    assert desired_healthy(pdb(minAvailable=2), pod_count=3, controller_scale=5) == (3, 2)  # int: counts pods
+    assert desired_healthy(pdb(minAvailable="50%"), pod_count=3, controller_scale=5) == (5, 3)  # rounded up
+    assert desired_healthy(pdb(maxUnavailable=1), pod_count=3, controller_scale=4) == (4, 3)
+    assert desired_healthy(pdb(maxUnavailable="30%"), pod_count=3, controller_scale=4) == (4, 2)  # 1.2 -> 2
+    assert desired_healthy(pdb(), pod_count=3, controller_scale=4) == (0, 0)  # policy/v1: no default
