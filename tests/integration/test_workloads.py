@@ -555,6 +555,17 @@ async def test_noexecute_eviction_of_a_dead_nodes_pods_and_user_taints(
             assert dt_cond["reason"] == "DeletionByTaintManager"
             events = await cl.events(reason="TaintManagerEviction", name=doomed["metadata"]["name"])
             assert events[0]["message"] == f"Marking for deletion Pod default/{doomed['metadata']['name']}"
+            # An admin marks the dead node out-of-service: pod GC force-deletes its terminating pods.
+            await kubectl_ok(cl, "taint", "node", "dying", "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute")
+
+            async def released() -> bool:
+                try:
+                    await c.get(PODS, doomed["metadata"]["name"], "default")
+                except NotFound:
+                    return True
+                return False
+
+            await until(released, timeout=15, what="the terminating pod force-deleted from the out-of-service node")
 
             # A user's NoExecute taint evicts what does not tolerate it at once; a toleration with seconds delays it.
             await c.create(

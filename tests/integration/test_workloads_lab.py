@@ -88,6 +88,46 @@ def test_statefulset_pods_resolve_by_stable_name(lab: Lab) -> None:
     assert "partitioned roll out complete: 2 new pods have been updated..." in out
 
 
+JOBS = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: ok}
+spec:
+  completions: 2
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector: {kubernetes.io/hostname: node1}
+      containers: [{name: c, image: busybox, command: [sh, -c, "echo done"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: broken}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector: {kubernetes.io/hostname: node1}
+      containers: [{name: c, image: busybox, command: [sh, -c, "exit 3"]}]
+"""
+
+
+def test_jobs_run_to_completion_and_failure_on_the_real_kubelet(lab: Lab) -> None:
+    lab.apply(JOBS)
+    lab.kubectl("wait", "--for=condition=complete", "job/ok", "--timeout=60s")
+    lab.kubectl("wait", "--for=condition=failed", "job/broken", "--timeout=60s")
+    ok = lab.get("job", "ok")
+    assert ok["status"]["succeeded"] == 2
+    phases = sorted(p["status"]["phase"] for p in lab.pods("job-name=ok"))
+    assert phases == ["Succeeded", "Succeeded"]
+    broken = lab.get("job", "broken")
+    assert broken["status"]["failed"] == 1
+    assert {c["type"]: c["reason"] for c in broken["status"]["conditions"]}["Failed"] == "BackoffLimitExceeded"
+    assert lab.kubectl("logs", "job/ok").stdout.strip() == "done"
+    lab.kubectl("delete", "job", "ok", "broken")
+
+
 def test_pods_of_a_stopped_node_are_replaced_elsewhere(lab: Lab) -> None:
     pods = lab.pods("app=spread")
     nodes = sorted(p["spec"]["nodeName"] for p in pods)
