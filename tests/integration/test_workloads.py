@@ -160,6 +160,10 @@ async def test_statefulset_parallel_partition_and_validation(cluster: Cluster) -
     manifest = STS.replace("replicas: 3", "replicas: 3\n  podManagementPolicy: Parallel").replace(
         "serviceName: web", "serviceName: web\n  updateStrategy: {rollingUpdate: {partition: 2}}"
     )
+    manifest += """  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"""
     async with FakeKubelet(cl, ready=False):
         await apply(cl, manifest)
 
@@ -167,6 +171,15 @@ async def test_statefulset_parallel_partition_and_validation(cluster: Cluster) -
             return len(await cl.pods(selector="app=web")) == 3
 
         await until(three, what="all three pods at once (Parallel)")
+        web0 = await cl.c.get(PODS, "web-0", "default")
+        assert {"name": "data", "persistentVolumeClaim": {"claimName": "data-web-0"}} in web0["spec"]["volumes"]
+        if not any(g["name"] == "persistentvolumeclaims" for g in (await cl.c.request("GET", "/api/v1"))["resources"]):
+            # Without PersistentVolumeClaims in the API the claim is skipped, and an Event says so.
+            skipped = await until(lambda: cl.events(reason="FailedCreate", name="web"), what="claim skipped event")
+            assert "create Claim data-web-0 for Pod web-0 in StatefulSet web skipped" in skipped[0]["message"]
+        else:
+            claim = await cl.c.request("GET", "/api/v1/namespaces/default/persistentvolumeclaims/data-web-0")
+            assert claim["metadata"]["labels"] == {"app": "web"}
     async with FakeKubelet(cl, delete_delay=0.1):
         await kubectl_ok(cl, "rollout", "status", "sts/web", "--timeout=30s")
         await kubectl_ok(cl, "set", "image", "sts/web", "nginx=nginx:1.27")
