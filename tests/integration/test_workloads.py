@@ -122,6 +122,8 @@ async def test_statefulset_ordered_identity_rollout_history_undo_and_scale(clust
         assert [ln.split()[0] for ln in history.strip().split("\n")[2:]] == ["1", "2"]
         revs = (await cl.c.list(CONTROLLERREVISIONS, "default"))["items"]
         assert sorted(r["revision"] for r in revs) == [1, 2]
+        described = await kubectl_ok(cl, "describe", "sts", "web")
+        assert "Pods Status:        3 Running / 0 Waiting / 0 Succeeded / 0 Failed" in described, described
         crs = await kubectl_ok(cl, "get", "controllerrevisions")
         assert "statefulset.apps/web" in crs
 
@@ -261,10 +263,26 @@ async def test_job_completions_parallelism_and_kubectl_wait(cluster: Cluster) ->
         # The pod lost its tracking finalizer once counted.
         p = (await cl.pods(selector="job-name=pi"))[0]
         assert "batch.kubernetes.io/job-tracking" not in (p["metadata"].get("finalizers") or [])
+        described = await kubectl_ok(cl, "describe", "job", "pi")
+        assert "Pods Statuses:    0 Active (0 Ready) / 1 Succeeded / 0 Failed" in described, described
         table = await kubectl_ok(cl, "get", "job", "pi")
         head, row = table.strip().split("\n")
         assert head.split() == ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
         assert row.split()[:3] == ["pi", "Complete", "1/1"]
+
+
+async def test_deleting_a_running_job_removes_its_pods(cluster: Cluster) -> None:  # noqa: F811
+    cl = cluster
+    await cl.add_node("n1")
+    async with FakeKubelet(cl, delete_delay=0.2):
+        await kubectl_ok(cl, "create", "job", "busy", "--image=busybox", "--", "sleep", "100")
+        await running(cl, "job-name=busy", 1)
+        await kubectl_ok(cl, "delete", "job", "busy", "--timeout=30s")
+
+        async def no_pods() -> bool:
+            return not await cl.pods(selector="job-name=busy", live=False)
+
+        await until(no_pods, timeout=20, what="the deleted Job's pods gone (tracking finalizer released)")
 
 
 async def test_job_backoff_limit_fails_after_backoff(cluster: Cluster) -> None:  # noqa: F811
@@ -455,6 +473,8 @@ spec:
 
         await until(history, timeout=20, what="only the newest finished Job kept")
 
+        described = await kubectl_ok(cl, "describe", "cronjob", "tick")
+        assert "Concurrency Policy:            Forbid" in described, described
         # kubectl create job --from=cronjob works (a manual run, owned by the CronJob).
         await kubectl_ok(cl, "create", "job", "manual", "--from=cronjob/tick")
         manual = await cl.c.get(JOBS, "manual", "default")
@@ -652,10 +672,12 @@ async def test_drain_evicts_replaces_elsewhere_and_a_pdb_blocks(cluster: Cluster
         pdb = await until(budget, what="the PDB's status")
         assert pdb["status"]["desiredHealthy"] == 2 and pdb["status"]["disruptionsAllowed"] == 0
         assert pdb["status"]["expectedPods"] == 2
+        described = await kubectl_ok(cl, "describe", "pdb", "web")
+        assert "Allowed disruptions:  0" in described, described
         table = (await kubectl_ok(cl, "get", "pdb", "web")).split("\n")
         assert table[0].split() == ["NAME", "MIN", "AVAILABLE", "MAX", "UNAVAILABLE", "ALLOWED", "DISRUPTIONS", "AGE"]
         assert table[1].split()[:4] == ["web", "2", "N/A", "0"]
-        code, out = await cl.kubectl("drain", "n2", "--ignore-daemonsets", "--timeout=7s")
+        code, out = await cl.kubectl("drain", "n2", "--ignore-daemonsets", "--timeout=3s")
         assert code != 0
         assert "(will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget." in out, out
         assert len(await cl.pods(selector="app=web")) == 2
