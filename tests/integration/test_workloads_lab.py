@@ -1,11 +1,14 @@
-"""Workload controllers in a real lab: a StatefulSet's stable DNS names through the headless Service, and a
-Deployment's pod replaced on another node after its node dies (NoExecute eviction with a shortened
-`default-unreachable-toleration-seconds`)."""
+"""Workload controllers in a real lab: a StatefulSet's stable DNS names through the headless Service, Jobs on the
+real kubelet, a Deployment's pod replaced on another node after its node dies (NoExecute eviction with a
+shortened `default-unreachable-toleration-seconds`), and a CronJob firing on the wall clock (applied first, checked
+last, so its minute mostly passes while the other tests run)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +56,19 @@ spec:
     metadata: {labels: {app: spread}}
     spec:
       containers: [{name: c, image: nginx}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "*/1 * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          nodeSelector: {kubernetes.io/hostname: node1}
+          containers: [{name: c, image: busybox, command: [sh, -c, "echo tick"]}]
 """
 
 
@@ -64,7 +80,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     try:
         lab_.up()
         lab_.apply(APPS)
-        lab_.wait_pods_ready("k8s-app=kube-dns", 1, namespace="kube-system", timeout=60)
+        lab_.wait_pods_ready("k8s-app=kube-dns", 2, namespace="kube-system", timeout=60)  # two nodes: two replicas
         lab_.wait_pods_ready("app=web", 2, timeout=60)
         lab_.wait_pods_ready("app=spread", 2, timeout=60)
         wait_for(lambda: lab_.get("pod", "probe")["status"].get("phase") == "Running", what="probe pod")
@@ -151,3 +167,19 @@ def test_pods_of_a_stopped_node_are_replaced_elsewhere(lab: Lab) -> None:
         assert reasons == {"DeletionByTaintManager"}
     finally:
         labmod.node_start(lab.name, "node2")
+
+
+def test_cronjob_fires_on_the_minute(lab: Lab) -> None:
+    def succeeded() -> dict[str, Any] | None:
+        cj = lab.get("cronjob", "tick")
+        return cj if cj.get("status", {}).get("lastSuccessfulTime") else None
+
+    cj = wait_for(succeeded, timeout=90, interval=1, what="the CronJob's first run to succeed")
+    jobs = [j for j in lab.get("jobs")["items"] if j["metadata"]["name"].startswith("tick-")]
+    assert jobs, "no Job made by the CronJob"
+    job = jobs[0]
+    scheduled = job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+    minute = int(dt.datetime.fromisoformat(scheduled.replace("Z", "+00:00")).timestamp()) // 60
+    assert job["metadata"]["name"] == f"tick-{minute}"
+    assert cj["status"]["lastScheduleTime"] >= scheduled
+    assert lab.kubectl("logs", f"job/{job['metadata']['name']}").stdout.strip() == "tick"
