@@ -481,8 +481,40 @@ spec:
         assert manual["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"] == "manual"
         assert manual["spec"]["template"]["spec"]["containers"][0]["command"] == ["date"]
 
+        async def scheduled_jobs() -> list[str]:
+            return sorted(
+                j["metadata"]["name"]
+                for j in await jobs()
+                if not j["metadata"].get("deletionTimestamp") and j["metadata"]["name"].startswith("tick-")
+            )
+
+        # suspend: no new run while it is set.
+        before = await scheduled_jobs()
+        await kubectl_ok(cl, "patch", "cronjob", "tick", "-p", '{"spec":{"suspend":true}}')
+        await tick(60)
+        await asyncio.sleep(1.0)
+        assert await scheduled_jobs() == before
+        # Replace: the next run deletes the still-active one and takes its place.
+        await kubectl_ok(
+            cl, "patch", "cronjob", "tick", "-p", '{"spec":{"suspend":false,"concurrencyPolicy":"Replace"}}'
+        )
+        third = f"tick-{int(clock['now']) // 60}"
+        await until(lambda: _has(scheduled_jobs, third), what="the run after resuming")
+        await tick(60)
+        fourth = f"tick-{int(clock['now']) // 60}"
+
+        async def replaced() -> bool:
+            names = await scheduled_jobs()
+            return fourth in names and third not in names
+
+        await until(replaced, timeout=20, what="Replace deleting the active Job for the next run")
+
     code, out = await cl.kubectl("create", "cronjob", "bad", "--image=busybox", "--schedule=61 * * * *")
     assert code != 0 and 'spec.schedule: Invalid value: "61 * * * *"' in out, out
+
+
+async def _has(fn: Callable[[], Awaitable[list[str]]], name: str) -> bool:
+    return name in await fn()
 
 
 # -- DaemonSet history and the Deployment's change-cause -----------------------------------------------------------
