@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from kwire.api import defaults, validation
+from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.errors import (
     ApiError,
@@ -125,9 +126,10 @@ def decode_continue(token: str) -> str:
 
 
 class Resources:
-    def __init__(self, store: Store, *, allocator: ServiceAllocator) -> None:
+    def __init__(self, store: Store, *, allocator: ServiceAllocator, admission: Admission | None = None) -> None:
         self.store = store
         self.allocator = allocator
+        self.admission = admission or Admission()
         self._after_write: list[Callable[[], None]] = []
 
     async def load(self) -> None:
@@ -242,6 +244,9 @@ class Resources:
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
+        if "status" in kind.subresources and not isinstance(obj.get("status"), dict):
+            obj["status"] = {}  # kube encodes a (zero) status struct for every kind that has one
+        self.admission.admit_create(kind.kind, obj)
         errors = validation.validate_create(kind, obj)
         name = str(meta.get("name") or "")
         if errors:
@@ -450,7 +455,14 @@ class Resources:
             finalizers.append("foregroundDeletion")
         if propagation == "Orphan" and "orphan" not in finalizers:
             finalizers.append("orphan")
-        graceful = kind is PODS and bool((obj.get("spec") or {}).get("nodeName")) and grace_period != 0
+        # CheckGracefulDelete: only a pod a kubelet still has to stop is deleted gracefully; an unbound or
+        # finished (Succeeded/Failed) pod goes at once.
+        graceful = (
+            kind is PODS
+            and bool((obj.get("spec") or {}).get("nodeName"))
+            and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and grace_period != 0
+        )
         if kind is NAMESPACES:
             if meta.get("deletionTimestamp"):
                 return obj
