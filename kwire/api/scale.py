@@ -1,5 +1,5 @@
-"""The `scale` subresource (autoscaling/v1 Scale) of Deployments, ReplicaSets and custom resources whose CRD
-declares one, which `kubectl scale` uses.
+"""The `scale` subresource (autoscaling/v1 Scale) of Deployments, ReplicaSets, StatefulSets and custom resources
+whose CRD declares one, which `kubectl scale` uses.
 
 GET answers a Scale built from the object; PUT and PATCH change only the replicas of the parent object, through
 the normal update path (validation, optimistic concurrency on the Scale's resourceVersion, generation bump).
@@ -17,7 +17,7 @@ from kwire.api.registry import Kind
 
 Obj = dict[str, Any]
 
-SCALE_KINDS = ("Deployment", "ReplicaSet")
+SCALE_KINDS = ("Deployment", "ReplicaSet", "StatefulSet")
 
 
 def _selector_string(sel: Any) -> str:
