@@ -279,7 +279,7 @@ async def start(cfg: AgentConfig) -> Agent:
         logs_dir=data_dir / "runtime" / "logs",
         token=client.config.token or "",
         host=node_ip,
-        exec_target=kubelet.pod_netns,
+        exec_target=kubelet.exec_target,
         attach_target=kubelet.attach_target,
     )
     await logs.start()

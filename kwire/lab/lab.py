@@ -28,7 +28,7 @@ from pyroute2 import IPRoute
 from kwire.base.files import atomic_write
 from kwire.client import ApiClient, load_kubeconfig, write_kubeconfig
 from kwire.client.client import NODES, PODS
-from kwire.kernel import netns
+from kwire.kernel import netns, utsns
 from kwire.lab import network, procs, topology
 from kwire.lab.topology import Topology
 
@@ -298,6 +298,7 @@ def down(name: str = topology.DEFAULT_LAB) -> list[str]:
     removed = network.down(topo)
     for d in ETC_NETNS.glob(f"{topo.netns_prefix}*"):
         shutil.rmtree(d, ignore_errors=True)
+    utsns.remove_prefixed(topo.netns_prefix)  # the pods' UTS namespaces (hostnames)
     shutil.rmtree(topo.state_dir, ignore_errors=True)
     return removed
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import uvloop
 
-from kwire.agent.kubelet.execstream import AttachTarget
+from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
 from kwire.agent.kubelet.logs import LogServer
 
 TOKEN = "t0ken"
@@ -48,7 +48,9 @@ async def _kubelet(tmp_path: Path) -> AsyncIterator[str]:
         token=TOKEN,
         host="127.0.0.1",
         port=port,
-        exec_target=lambda ns, pod: "" if (ns, pod) == ("default", "web") else None,
+        exec_target=lambda ns, pod, _c: (
+            ExecTarget("", env={"FROM_SPEC": "yes"}) if (ns, pod) == ("default", "web") else None
+        ),
         attach_target=lambda ns, pod, c: (
             AttachTarget(state=_attach_state, write=_attach_write, stdin_once=True)
             if (ns, pod, c) == ("default", "web", "c")

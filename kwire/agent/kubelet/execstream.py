@@ -7,7 +7,9 @@ pipes, or a pseudo-terminal when `tty` is set. The stream protocol is Kubernetes
 (`v5.channel.k8s.io`, or `v4.channel.k8s.io` as the Python client speaks): every binary message starts with a
 channel byte (0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal resize; v5 adds 255 = "close this
 stream", used for stdin's end), and the session ends with a metav1.Status on channel 3 carrying the exit code.
-The environment is PATH, HOME, HOSTNAME (the pod's name) and TERM for a terminal, not the container's own env.
+The command also enters the pod's UTS namespace (`hostname` prints the pod's hostname) and gets the container's
+environment (its `env` and `envFrom`, as the CRI runtime gives exec the container's env), plus HOME and TERM for a
+terminal.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import struct
 import subprocess
 import termios
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 READ_CHUNK = 32 * 1024
@@ -71,8 +74,18 @@ def _set_winsize(fd: int, payload: bytes) -> None:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSocketResponse:
-    """Run the request's command in `netns` ("" = the node's own, for hostNetwork pods) and stream it."""
+@dataclass(frozen=True)
+class ExecTarget:
+    """Where an exec'd command runs: the pod's network namespace ("" = the node's own, for hostNetwork pods), its
+    UTS namespace file ("" = the node's), and the container's environment."""
+
+    netns: str
+    uts: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> web.WebSocketResponse:
+    """Run the request's command in the target's namespaces and stream it."""
     command = request.query.getall("command", [])
     stdin, tty = _flag(request, "stdin", False), _flag(request, "tty", False)
     want_out, want_err = _flag(request, "stdout", True), _flag(request, "stderr", True) and not tty
@@ -83,11 +96,16 @@ async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSo
         await ws.send_bytes(bytes([ERROR]) + json.dumps(status(None, error="you must specify a command")).encode())
         await ws.close()
         return ws
-    argv = [IP, "netns", "exec", netns, *command] if netns else list(command)
+    argv = list(command)
+    if target.uts:
+        argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
+    if target.netns:
+        argv = [IP, "netns", "exec", target.netns, *argv]
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
         "HOSTNAME": pod,
+        **target.env,
     }
     master = -1
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kwire.agent.kubelet.execstream import AttachTarget, serve_attach, serve_exec
+from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, serve_attach, serve_exec
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,12 @@ class LogServer:
         token: str,
         host: str,
         port: int = KUBELET_PORT,
-        exec_target: Callable[[str, str], str | None] | None = None,
+        exec_target: Callable[[str, str, str], ExecTarget | None] | None = None,
         attach_target: Callable[[str, str, str], AttachTarget | None] | None = None,
     ) -> None:
         # attach_target(namespace, pod, container) -> what attach needs of that container, None if not here
         self.attach_target = attach_target
-        # exec_target(namespace, pod) -> the pod's network namespace ("" for hostNetwork), None if not on this node
+        # exec_target(namespace, pod, container) -> where exec runs, None if the pod is not on this node
         self.exec_target = exec_target
         self.logs_dir = logs_dir
         self.token = token
@@ -69,10 +69,10 @@ class LogServer:
     async def _exec(self, request: web.Request) -> web.StreamResponse:
         self._check_auth(request)
         m = request.match_info
-        netns = self.exec_target(m["namespace"], m["pod"]) if self.exec_target else None
-        if netns is None:
+        target = self.exec_target(m["namespace"], m["pod"], m["container"]) if self.exec_target else None
+        if target is None:
             raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
-        return await serve_exec(request, netns=netns, pod=m["pod"])
+        return await serve_exec(request, target=target, pod=m["pod"])
 
     async def _attach(self, request: web.Request) -> web.StreamResponse:
         self._check_auth(request)

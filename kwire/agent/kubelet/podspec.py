@@ -238,8 +238,21 @@ def _env(c: Obj, pod: Obj, *, pod_ip: str, host_ip: str) -> dict[str, str]:
     return env
 
 
-def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str, sa_dir: str = "") -> Obj:
-    """The body of the runtime's PUT /pods/{uid}."""
+def runtime_spec(
+    pod: Obj,
+    *,
+    node: str,
+    pod_ip: str,
+    host_ip: str,
+    netns: str,
+    sa_dir: str = "",
+    uts: str = "",
+    envs: dict[str, dict[str, str]] | None = None,
+    skip: frozenset[str] = frozenset(),
+) -> Obj:
+    """The body of the runtime's PUT /pods/{uid}. `envs` holds each container's resolved environment (see
+    envconfig.py; the literal and fieldRef part is computed here when it is missing); containers in `skip` (their
+    configuration is not resolvable yet) are not run."""
     m, sp = meta(pod), spec(pod)
     ports: list[list[Any]] = []
     processes: list[Obj] = []
@@ -252,9 +265,9 @@ def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str, 
                 entry = [int(port["containerPort"]), proto]
                 if entry not in ports:
                     ports.append(entry)
-        elif p.kind == "process":
+        elif p.kind == "process" and p.name not in skip:
             img = image_name(p.image)
-            env = _env(c, pod, pod_ip=pod_ip, host_ip=host_ip)
+            env = dict((envs or {}).get(p.name) or _env(c, pod, pod_ip=pod_ip, host_ip=host_ip))
             if img == HOST_IMAGE or not img.startswith("kwire/"):
                 argv = _host_argv(c)
             elif img == SERVICELB_IMAGE:
@@ -273,7 +286,14 @@ def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str, 
                 proc_entry["tty"] = True
             processes.append(proc_entry)
     return {
-        "pod": {"name": m.get("name"), "namespace": m.get("namespace"), "node": node, "podIP": pod_ip, "netns": netns},
+        "pod": {
+            "name": m.get("name"),
+            "namespace": m.get("namespace"),
+            "node": node,
+            "podIP": pod_ip,
+            "netns": netns,
+            "uts": uts,
+        },
         "ports": ports,
         "processes": processes,
         "restartPolicy": sp.get("restartPolicy") or "Always",
