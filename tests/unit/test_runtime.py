@@ -238,3 +238,45 @@ async def test_stdin_and_tty_containers_take_input_for_attach(tmp_path: Path) ->
         assert "/dev/pts/" in (tmp_path / "logs" / "default_sh-1_c.log").read_text()
     finally:
         await rt.close()
+
+
+async def _until(rt: Runtime, uid: str, name: str, pred: object, timeout: float = 10.0) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        st: dict[str, object] = rt.status()[uid]["containers"][name]
+        if pred(st):  # type: ignore[operator]
+            return st
+        assert loop.time() < end, st
+        await asyncio.sleep(0.05)
+
+
+async def test_crash_loop_back_off_start_errors_and_the_last_termination(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
+    try:
+        spec = _spec("crash-1", [], [{"name": "c", "argv": ["sh", "-c", "echo run; exit 2"], "env": {}}])
+        spec["restartPolicy"] = "Always"
+        await rt.ensure_pod("u7", spec)
+        # kubelet: the first restart is at once, the next waits 10 s (CrashLoopBackOff), doubling to 5 min
+        st = await _until(rt, "u7", "c", lambda s: s["restartCount"] == 1 and s["backoffUntil"])
+        assert st["backoffSeconds"] == 10.0 and st["exitCode"] == 2 and st["reason"] == "Error"
+        last = st["lastTermination"]
+        assert isinstance(last, dict) and last["exitCode"] == 2 and last["finishedAt"] >= last["startedAt"] > 0
+        assert st["prevLogOffset"] == 0 and st["logOffset"] == 4  # each run's output, for logs --previous
+
+        missing = _spec("crash-2", [], [{"name": "c", "argv": ["/nonexistent/prog"], "env": {}}])
+        await rt.ensure_pod("u8", missing)
+        st = await _until(rt, "u8", "c", lambda s: s["exitCode"] == 128)
+        assert st["reason"] == "StartError" and not st["running"] and st["done"]
+        assert 'exec: "/nonexistent/prog": stat /nonexistent/prog: no such file or directory' in str(st["message"])
+
+        # Only the changed container restarts when a pod's processes change.
+        two = _spec("two-1", [], [{"name": "a", "argv": ["sleep", "60"], "env": {}}])
+        await rt.ensure_pod("u9", two)
+        pid_a = (await _until(rt, "u9", "a", lambda s: s["pid"]))["pid"]
+        two2 = {**two, "processes": [*two["processes"], {"name": "b", "argv": ["sleep", "60"], "env": {}}]}  # type: ignore[list-item,misc]
+        await rt.ensure_pod("u9", two2)
+        await _until(rt, "u9", "b", lambda s: s["pid"])
+        assert rt.status()["u9"]["containers"]["a"]["pid"] == pid_a
+    finally:
+        await rt.close()

@@ -53,6 +53,7 @@ class PodWork:
     runs_seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # container -> (restarts, startedAt)
     backoff_seen: dict[str, float] = field(default_factory=dict)  # container -> the back-off already reported
     responders_reported: bool = False
+    phase: str = ""  # the phase last computed
 
 
 def _field_path(pod: Obj, container: str) -> str:
@@ -99,6 +100,7 @@ class Kubelet:
         self.work: dict[str, PodWork] = {}
         self.workers = workers
         self._keys: dict[str, str] = {}  # uid -> namespace/name, for pods the informer showed or this node runs
+        self.finished: set[str] = set()  # pods that ended here (Succeeded/Failed): their sandbox is gone
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- start-up -----------------------------------------------------------------------------------------------
@@ -252,6 +254,7 @@ class Kubelet:
         pod = self._current(uid)
         if pod is None or podspec.spec(pod).get("nodeName") != self.node_name:
             await self.teardown(uid, pod)
+            self.finished.discard(uid)
             return True
         m = podspec.meta(pod)
         if m.get("deletionTimestamp"):
@@ -259,7 +262,9 @@ class Kubelet:
             with contextlib.suppress(NotFound, Conflict):
                 await self.client.delete(PODS, m["name"], m["namespace"], grace_period=0, preconditions={"uid": uid})
             return True
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.work:
+        if uid in self.finished or (
+            (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.work
+        ):
             return True
         w = self.work.get(uid)
         if w is None:
@@ -281,6 +286,10 @@ class Kubelet:
             on_liveness_failure=lambda c: self._restart_container(uid, c),
         )
         await self._report(pod, w)
+        if w.phase in ("Succeeded", "Failed"):
+            # A pod that ended keeps its status and logs, but not its sandbox: kubelet kills it and the IP is freed.
+            self.finished.add(uid)
+            await self.teardown(uid, pod, stopping_events=False)
         return settled
 
     async def _get_config(self, kind: str, namespace: str, name: str) -> Obj | None:
@@ -373,6 +382,8 @@ class Kubelet:
             pod = self._current(uid)
             if pod is not None and not podspec.meta(pod).get("deletionTimestamp"):
                 await self._report(pod, w, rt.get(uid))
+                if w.phase in ("Succeeded", "Failed"):
+                    self.queue.add(uid)
 
     async def _container_events(self, pod: Obj, w: PodWork, rt: Obj | None) -> None:
         """kubelet's container events, from what changed in the runtime since the last look."""
@@ -457,6 +468,7 @@ class Kubelet:
             rt = (await self.runtime.pods()).get(w.sandbox.uid)
         await self._container_events(pod, w, rt)
         new = self.compute_status(pod, w, rt)
+        w.phase = str(new["phase"])
         old = pod.get("status") or {}
         # Compared with what the API shows (as kubelet's status manager does), not only with what was last sent:
         # the node lifecycle controller marks pods unready while a node is unreachable, and that must be undone.
@@ -468,13 +480,13 @@ class Kubelet:
             await self.client.patch(PODS, m["name"], {"status": new}, namespace=m["namespace"], subresource="status")
 
     # -- teardown -----------------------------------------------------------------------------------------------
-    async def teardown(self, uid: str, pod: Obj | None) -> None:
+    async def teardown(self, uid: str, pod: Obj | None, *, stopping_events: bool = True) -> None:
         w = self.work.get(uid)
         if w is None:
             return
         await w.probes.stop()
         grace = self._grace(pod) if pod is not None else 2.0
-        if pod is not None:
+        if pod is not None and stopping_events:
             plans = {p.name: p for p in podspec.plan(pod)}
             for c in podspec.spec(pod).get("containers") or []:
                 name = str(c.get("name", ""))
