@@ -139,7 +139,10 @@ async def test_env_from_configmaps_and_secrets_with_kubelets_errors() -> None:
     pod = _pod()
     c = {
         "name": "c0",
-        "envFrom": [{"prefix": "CFG_", "configMapRef": {"name": "cfg"}}, {"secretRef": {"name": "gone", "optional": True}}],
+        "envFrom": [
+            {"prefix": "CFG_", "configMapRef": {"name": "cfg"}},
+            {"secretRef": {"name": "gone", "optional": True}},
+        ],
         "env": [
             {"name": "G", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
             {"name": "P", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},

@@ -7,7 +7,8 @@ pipes, or a pseudo-terminal when `tty` is set. The stream protocol is Kubernetes
 (`v5.channel.k8s.io`, or `v4.channel.k8s.io` as the Python client speaks): every binary message starts with a
 channel byte (0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal resize; v5 adds 255 = "close this
 stream", used for stdin's end), and the session ends with a metav1.Status on channel 3 carrying the exit code.
-The command also enters the pod's UTS namespace (`hostname` prints the pod's hostname) and gets the container's
+A container that runs a process is entered as runc exec enters it (`nsenter -t <pid>`: its mount namespace with its
+volumes, its UTS and network namespaces, its root). The command also enters the pod's UTS namespace (`hostname` prints the pod's hostname) and gets the container's
 environment (its `env` and `envFrom`, as the CRI runtime gives exec the container's env), plus HOME and TERM for a
 terminal.
 """
@@ -82,6 +83,7 @@ class ExecTarget:
     netns: str
     uts: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    pid: int = 0  # the container's process, when it runs one: exec enters all its namespaces and its root
 
 
 async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> web.WebSocketResponse:
@@ -97,10 +99,14 @@ async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> w
         await ws.close()
         return ws
     argv = list(command)
-    if target.uts:
-        argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
-    if target.netns:
-        argv = [IP, "netns", "exec", target.netns, *argv]
+    if target.pid:
+        # as runc exec: the container's mount (its volumes), UTS and network namespaces, its root and cwd
+        argv = [NSENTER, "-t", str(target.pid), "-m", "-u", "-n", "-r", "-w", "--", *argv]
+    else:
+        if target.uts:
+            argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
+        if target.netns:
+            argv = [IP, "netns", "exec", target.netns, *argv]
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kwire.agent.kubelet import podspec, status
+from kwire.agent.kubelet import podspec, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
 from kwire.agent.kubelet.prober import PodProbes
@@ -30,7 +30,7 @@ from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
 from kwire.base.files import write_if_changed
 from kwire.base.workqueue import ShutDown, WorkQueue
-from kwire.client import ApiClient, Conflict, Informer, NotFound
+from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.client import CONFIGMAPS, PODS, SECRETS
 from kwire.client.events import EventRecorder
 
@@ -40,6 +40,11 @@ Obj = dict[str, Any]
 RUNTIME_POLL = 1.0
 KUBELET_CONDITIONS = frozenset({"PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"})
 DEFAULT_GRACE = 30.0
+VOLUME_RESYNC = 10.0  # seconds: configMap/secret/downwardAPI volumes follow their objects within this
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+PVS = Resource("", "v1", "persistentvolumes", "PersistentVolume", namespaced=False)
+KINDS = {"configmap": CONFIGMAPS, "secret": SECRETS, "persistentvolumeclaim": PVCS, "persistentvolume": PVS}
 
 
 @dataclass
@@ -50,6 +55,8 @@ class PodWork:
     probes: PodProbes = field(default_factory=PodProbes)
     config_errors: dict[str, str] = field(default_factory=dict)  # container -> CreateContainerConfigError message
     envs: dict[str, dict[str, str]] = field(default_factory=dict)  # container -> resolved env
+    volumes: dict[str, str] | None = None  # volume -> path on the node, once they are all set up
+    pids: dict[str, int] = field(default_factory=dict)  # container -> its running process (for exec)
     runs_seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # container -> (restarts, startedAt)
     backoff_seen: dict[str, float] = field(default_factory=dict)  # container -> the back-off already reported
     responders_reported: bool = False
@@ -220,7 +227,12 @@ class Kubelet:
         if found is None:
             return None
         w, _ = found
-        return ExecTarget(netns=w.sandbox.netns, uts=w.sandbox.uts, env=dict(w.envs.get(container) or {}))
+        return ExecTarget(
+            netns=w.sandbox.netns,
+            uts=w.sandbox.uts,
+            env=dict(w.envs.get(container) or {}),
+            pid=w.pids.get(container, 0),
+        )
 
     def attach_target(self, namespace: str, name: str, container: str) -> AttachTarget | None:
         """What attach needs of a container of a pod this node runs (its state is None for a container that is not
@@ -276,6 +288,22 @@ class Kubelet:
             w = self.work[uid] = PodWork(sb)
         self.sandboxes.write_files(pod, w.sandbox)
         settled = await self._resolve_config(pod, w)
+        try:
+            w.volumes = await volumes.setup(
+                pod,
+                pod_dir=self.sandboxes.pod_dir(uid),
+                get=self._get_config,
+                pod_ip=w.sandbox.pod_ip,
+                host_ip=self.node_ip,
+            )
+        except (volumes.MountError, OSError) as exc:
+            # kubelet waits for the volumes before it starts any container: the pod stays ContainerCreating
+            await self.recorder.event(pod, "Warning", "FailedMount", str(exc))
+            if w.volumes is None:
+                await self._report(pod, w)
+                return False
+        if volumes.needs_resync(pod):
+            self.queue.add_after(uid, VOLUME_RESYNC)
         await self._ensure_runtime(pod, w)
         w.probes.start(
             podspec.spec(pod).get("containers") or [],
@@ -293,8 +321,10 @@ class Kubelet:
         return settled
 
     async def _get_config(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A ConfigMap, Secret, PVC or PV (None if it does not exist). GETs, not informers: a node reads only the
+        few objects its pods name (kubelet's configMapManager in its Get strategy)."""
         try:
-            return await self.client.get(CONFIGMAPS if kind == "configmap" else SECRETS, name, namespace)
+            return await self.client.get(KINDS[kind], name, namespace or None)
         except NotFound:
             return None
 
@@ -316,6 +346,27 @@ class Kubelet:
         w.config_errors = errors
         return not errors
 
+    def _mounts(self, pod: Obj, w: PodWork, sa_dir: str) -> dict[str, list[list[Any]]]:
+        """Each container's binds: its volumeMounts (subPath too) and the service-account directory."""
+        out: dict[str, list[list[Any]]] = {}
+        vols = w.volumes or {}
+        for c in podspec.spec(pod).get("containers") or []:
+            binds: list[list[Any]] = []
+            for vm in c.get("volumeMounts") or []:
+                src = vols.get(str(vm.get("name") or ""))
+                dst = str(vm.get("mountPath") or "")
+                if src is None or not dst.startswith("/"):
+                    continue
+                sub = str(vm.get("subPath") or "")
+                if sub and not sub.startswith("/") and ".." not in sub.split("/"):
+                    src = f"{src}/{sub}"
+                binds.append([src, dst, bool(vm.get("readOnly"))])
+            if sa_dir and not host_network_pod(pod):
+                binds.append([sa_dir, SA_MOUNT, True])
+            if binds and not w.sandbox.host_network:
+                out[str(c.get("name", ""))] = binds
+        return out
+
     async def _ensure_runtime(self, pod: Obj, w: PodWork) -> None:
         sa_dir = self._service_account(w.sandbox) if podspec.needs_service_account(pod) else ""
         body = podspec.runtime_spec(
@@ -328,6 +379,8 @@ class Kubelet:
             uts=w.sandbox.uts,
             envs=w.envs,
             skip=frozenset(w.config_errors),
+            mounts=self._mounts(pod, w, sa_dir),
+            stage=str(self.sandboxes.pod_dir(w.sandbox.uid) / "stage"),
         )
         await self.runtime.put_pod(w.sandbox.uid, body)
 
@@ -467,6 +520,12 @@ class Kubelet:
         if rt is None and fetch:
             rt = (await self.runtime.pods()).get(w.sandbox.uid)
         await self._container_events(pod, w, rt)
+        # (a tty container's recorded process is util-linux setsid, outside the pod: exec it the plain way)
+        w.pids = {
+            str(n): int(c["pid"])
+            for n, c in ((rt or {}).get("containers") or {}).items()
+            if c.get("pid") and c.get("running") and not c.get("tty")
+        }
         new = self.compute_status(pod, w, rt)
         w.phase = str(new["phase"])
         old = pod.get("status") or {}
@@ -497,6 +556,10 @@ class Kubelet:
         await self.runtime.delete_pod(uid, grace=grace)
         await self.sandboxes.remove(w.sandbox)  # raises (and the queue retries) while CNI DEL fails
         self.work.pop(uid, None)
+
+
+def host_network_pod(pod: Obj) -> bool:
+    return bool(podspec.spec(pod).get("hostNetwork"))
 
 
 def _pulled(image: str) -> str:

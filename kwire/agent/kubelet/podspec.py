@@ -249,10 +249,13 @@ def runtime_spec(
     uts: str = "",
     envs: dict[str, dict[str, str]] | None = None,
     skip: frozenset[str] = frozenset(),
+    mounts: dict[str, list[list[Any]]] | None = None,
+    stage: str = "",
 ) -> Obj:
     """The body of the runtime's PUT /pods/{uid}. `envs` holds each container's resolved environment (see
     envconfig.py; the literal and fieldRef part is computed here when it is missing); containers in `skip` (their
-    configuration is not resolvable yet) are not run."""
+    configuration is not resolvable yet) are not run. `mounts` holds each container's [source, mountPath, readOnly]
+    binds (see mounts.py), made in the mount namespace under `stage`."""
     m, sp = meta(pod), spec(pod)
     ports: list[list[Any]] = []
     processes: list[Obj] = []
@@ -280,6 +283,8 @@ def runtime_spec(
             if sa_dir:
                 env[SA_ENV] = sa_dir
             proc_entry: Obj = {"name": p.name, "argv": argv, "env": env}
+            if (mounts or {}).get(p.name):
+                proc_entry["mounts"] = (mounts or {})[p.name]
             if c.get("stdin"):
                 proc_entry["stdin"] = True
             if c.get("tty"):
@@ -293,6 +298,7 @@ def runtime_spec(
             "podIP": pod_ip,
             "netns": netns,
             "uts": uts,
+            "stage": stage,
         },
         "ports": ports,
         "processes": processes,

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ BACKOFF_RESET = 600.0
 ORPHAN_GRACE = 2.0
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+MOUNTS_SCRIPT = str(Path(__file__).with_name("mounts.py"))
 MAX_GRACE = 3600.0
 CONTAINERD_START = (
     "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: "
@@ -140,6 +142,8 @@ class Container:
     input_fd: int = -1  # the pty master (tty) or the write end of the stdin pipe, while running
     pump: asyncio.Task[None] | None = None  # tty: copies the pty's output into log_path
     uts: str = ""  # the pod's UTS namespace file ("" = the runtime's own, for hostNetwork pods)
+    mounts: list[list[Any]] = field(default_factory=list)  # [source, mountPath, readOnly]: see mounts.py
+    stage: str = ""  # a private directory mounts.py builds the container's view in
     exit_code: int | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -214,6 +218,8 @@ class Runtime:
             env={str(k): str(v) for k, v in (proc.get("env") or {}).items()},
             netns=pod["netns"],
             uts=str(pod.get("uts") or ""),
+            mounts=[list(m) for m in proc.get("mounts") or []],
+            stage=str(pod.get("stage") or ""),
             log_path=self.logs / f"{pod['namespace']}_{pod['name']}_{proc['name']}.log",
             restart_policy=restart_policy,
             stdin=bool(proc.get("stdin")),
@@ -264,6 +270,11 @@ class Runtime:
         prefix = [IP, "netns", "exec", c.netns] if c.netns else []
         if c.uts:
             prefix += [NSENTER, f"--uts={c.uts}", "--"]
+        if c.mounts and c.stage:
+            # the container's volumes at their mountPaths, in the mount namespace `ip netns exec` made (mounts.py)
+            Path(c.stage).mkdir(parents=True, exist_ok=True, mode=0o700)
+            spec = orjson.dumps({"stage": c.stage, "mounts": c.mounts}).decode()
+            prefix += [sys.executable, "-S", MOUNTS_SCRIPT, spec, "--"]
         self._close_input(c)
         with open(c.log_path, "ab") as logf:
             if c.started_at:
