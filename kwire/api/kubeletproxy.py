@@ -22,7 +22,7 @@ from kwire.api.resources import Resources
 log = logging.getLogger(__name__)
 
 KUBELET_PORT = 10250
-PASSED_LOG_PARAMS = ("tailLines", "limitBytes", "follow", "timestamps", "previous", "sinceSeconds")
+PASSED_LOG_PARAMS = ("tailLines", "limitBytes", "follow", "timestamps", "previous", "sinceSeconds", "sinceTime")
 PASSED_EXEC_PARAMS = ("command", "stdin", "stdout", "stderr", "tty")
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 
@@ -63,6 +63,8 @@ async def pod_log(
     try:
         async with aiohttp.ClientSession(timeout=timeout) as s:
             async with s.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as r:
+                if r.status == 400:  # the kubelet's own refusal (`previous terminated container ... not found`)
+                    raise bad_request(await r.text())
                 if r.status != 200:
                     raise ApiError(502, "InternalError", f"kubelet on {node_name}: {r.status} {await r.text()}")
                 resp = web.StreamResponse(headers={"Content-Type": "text/plain"})

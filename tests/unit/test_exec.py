@@ -160,10 +160,11 @@ async def test_refusals(kubelet: str) -> None:
 
 async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_path: Path) -> None:
     log = tmp_path / "default_web_c.log"
-    log.write_bytes(b"an earlier run\n")
+    earlier = b"2024-01-02T03:04:05.000000001Z stdout F an earlier run\n"
+    log.write_bytes(earlier)
     ATTACHED.clear()
     WRITTEN.clear()
-    ATTACHED.update(running=True, exitCode=None, logOffset=len(b"an earlier run\n"))
+    ATTACHED.update(running=True, exitCode=None, logOffset=len(earlier))
     url = kubelet.replace("/exec/", "/attach/") + "?stdin=true&stdout=true&tty=true"
     out: dict[int, bytes] = {}
     async with (
@@ -171,11 +172,11 @@ async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_p
         s.ws_connect(url, protocols=["v5.channel.k8s.io"], headers={"Authorization": f"Bearer {TOKEN}"}) as ws,
     ):
         with log.open("ab") as f:
-            f.write(b"Server: 10.43.0.10\n")
+            f.write(b"2024-01-02T03:04:06Z stdout F Server: 10.43.0.10\n")
         await ws.send_bytes(b"\x00some input")
         await asyncio.sleep(0.3)
         with log.open("ab") as f:
-            f.write(b"Address: 10.43.0.1\n")
+            f.write(b"2024-01-02T03:04:07Z stdout P Address: \n2024-01-02T03:04:07Z stdout F 10.43.0.1\n")
         ATTACHED.update(running=False, exitCode=1)
         async for msg in ws:
             out[msg.data[0]] = out.get(msg.data[0], b"") + msg.data[1:]
@@ -184,3 +185,49 @@ async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_p
     assert json.loads(out[3]) == {"metadata": {}, "status": "Success"}
     # Input reached the container; stdinOnce closed it when the session ended.
     assert WRITTEN == [(b"some input", False), (b"", True)]
+
+
+async def test_logs_as_kubelet_serves_them(kubelet: str, tmp_path: Path) -> None:
+    """CRI-format files: the current run, previous, since-time, tail, timestamps, limit-bytes, follow to the end."""
+    base = kubelet.replace("/exec/", "/containerLogs/")
+    prev = b"2024-01-02T03:00:00.5Z stdout F first run\n"
+    cur = (
+        b"2024-01-02T03:04:05.000000001Z stdout F one\n"
+        b"2024-01-02T03:04:06Z stderr F two\n"
+        b"2024-01-02T03:04:07Z stdout P thr\n"
+        b"2024-01-02T03:04:07Z stdout F ee\n"
+    )
+    log = tmp_path / "default_web_c.log"
+    log.write_bytes(prev + cur)
+    ATTACHED.clear()
+    ATTACHED.update(running=False, exitCode=0, logOffset=len(prev), prevLogOffset=0)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as s:
+
+        async def get(query: str) -> tuple[int, str]:
+            async with s.get(f"{base}?{query}") as r:
+                return r.status, await r.text()
+
+        assert await get("") == (200, "one\ntwo\nthree\n")
+        assert await get("previous=true") == (200, "first run\n")
+        assert await get("tailLines=1") == (200, "three\n")
+        assert await get("sinceTime=2024-01-02T03:04:06Z") == (200, "two\nthree\n")
+        assert await get("limitBytes=5") == (200, "one\nt")
+        _, stamped = await get("timestamps=true&tailLines=2")
+        assert stamped == "2024-01-02T03:04:06Z two\n2024-01-02T03:04:07Z three\n"
+        ATTACHED.update(prevLogOffset=-1)
+        status, text = await get("previous=true")
+        assert status == 400 and text == 'previous terminated container "c" in pod "web" not found'
+        # follow: new output streams until the run ends
+        ATTACHED.update(running=True, exitCode=None)
+
+        async def finish() -> None:
+            await asyncio.sleep(0.4)
+            with log.open("ab") as f:
+                f.write(b"2024-01-02T03:04:09Z stdout F four\n")
+            await asyncio.sleep(0.4)
+            ATTACHED.update(running=False, exitCode=0)
+
+        task = asyncio.create_task(finish())
+        assert await asyncio.wait_for(get("follow=true&tailLines=1"), 10) == (200, "three\nfour\n")
+        await task

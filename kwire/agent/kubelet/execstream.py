@@ -32,6 +32,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from kwire.agent.kubelet import crilog
 from kwire.base import pty
 
 log = logging.getLogger(__name__)
@@ -254,16 +255,20 @@ async def serve_attach(request: web.Request, *, log_path: Path, target: AttachTa
     # A terminal's line discipline turns \n into \r\n (onlcr) and kubectl's terminal is in raw mode: a container
     # that has no terminal of its own gets that translation here.
     tty = _flag(request, "tty", False) and not (st or {}).get("tty")
+    reader = crilog.Reader()
     try:
         while not client.done():
             try:
                 with open(log_path, "rb") as f:
                     f.seek(offset)
-                    chunk = f.read()
+                    raw = f.read()
             except FileNotFoundError:
-                chunk = b""
-            if chunk:
-                offset += len(chunk)
+                raw = b""
+            if raw:
+                offset += len(raw)
+                chunk = b"".join(e.text() for e in reader.feed(raw))
+                if not chunk:
+                    continue
                 await ws.send_bytes(bytes([STDOUT]) + (chunk.replace(b"\n", b"\r\n") if tty else chunk))
                 continue
             st = await target.state()

@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from kwire.agent.kubelet import crilog
 from kwire.agent.kubelet.responder import PodIdentity, Responders
 from kwire.base import http11, pty
 from kwire.base.files import atomic_write
@@ -82,10 +83,31 @@ def start_problem(argv: list[str], path: str) -> str:
 
 
 async def _copy_pty(master: int, log_path: Path) -> None:
-    """A terminal's output into the container's log, until the terminal closes."""
+    """A terminal's output into the container's log (CRI entries on stdout), until the terminal closes."""
     with open(log_path, "ab", buffering=0) as out:
-        async for chunk in pty.read_master(master):
-            out.write(chunk)
+        w = crilog.LineWriter(out, "stdout")
+        try:
+            async for chunk in pty.read_master(master):
+                w.write(chunk)
+        finally:
+            w.close()
+
+
+async def _copy_pipes(stdout: asyncio.StreamReader | None, stderr: asyncio.StreamReader | None, log_path: Path) -> None:
+    """The process's stdout and stderr into the container's log as CRI entries, until both end."""
+    with open(log_path, "ab", buffering=0) as out:
+
+        async def copy(reader: asyncio.StreamReader | None, stream: str) -> None:
+            if reader is None:
+                return
+            w = crilog.LineWriter(out, stream)
+            try:
+                while chunk := await reader.read(65536):
+                    w.write(chunk)
+            finally:
+                w.close()
+
+        await asyncio.gather(copy(stdout, "stdout"), copy(stderr, "stderr"))
 
 
 def _start_time(pid: int) -> str | None:
@@ -308,8 +330,8 @@ class Runtime:
                     c.proc = await asyncio.create_subprocess_exec(
                         *prefix,
                         *c.argv,
-                        stdout=logf,
-                        stderr=asyncio.subprocess.STDOUT,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE,
                         stdin=read_end if c.stdin else asyncio.subprocess.DEVNULL,
                         env=env,
                         start_new_session=True,
@@ -322,6 +344,7 @@ class Runtime:
                     if c.stdin:
                         os.close(read_end)
                 c.input_fd = write_end
+                c.pump = asyncio.create_task(_copy_pipes(c.proc.stdout, c.proc.stderr, c.log_path))
         c.started_at = time.time()
         c.finished_at = 0.0
         c.exit_code = None
@@ -370,7 +393,8 @@ class Runtime:
                 code = await c.proc.wait()
                 if c.pump is not None:
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(c.pump, 2.0)  # the last output, up to the terminal's EIO
+                        # the last output (a terminal's EIO; pipes a forked child may hold open a while)
+                        await asyncio.wait_for(c.pump, 2.0)
                     self._close_input(c)
                 # A signal's death is 128+signal, as containerd reports it (asyncio gives -signal).
                 c.exit_code = 128 - code if code < 0 else code
