@@ -121,6 +121,7 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
         "flannel-backend": str(cfg.flannel_backend),
         "service-node-port-range": str(cfg.service_node_port_range),
         "disable-network-policy": "true" if cfg.disable_network_policy else "false",
+        "disable": ",".join(sorted(str(x) for x in cfg.disable)),  # packaged components left out (lab up waits)
     }
     current = resources.get_or_none(cm_kind, "kube-system", CLUSTER_CONFIG)
     if current is None:
