@@ -1,0 +1,276 @@
+"""The kubelet as users see it, in a real lab with the real kubectl: configuration from ConfigMaps and Secrets,
+volumes, hostnames, container states and kubelet's events, logs, phases of run-to-completion pods, and cluster DNS
+answering right after `lab up` returns."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.labkit import Lab, wait_for
+
+pytestmark = pytest.mark.lab
+
+DNS_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-at-once}
+spec:
+  restartPolicy: Never
+  nodeName: node2
+  containers: [{name: q, image: busybox, command: [nslookup, kubernetes.default]}]
+"""
+
+CONFIG = f"""
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: app}}
+data: {{greeting: hello, color: blue, app.conf: "port=8080"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+data: {{password: {base64.b64encode(b"s3cret").decode()}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: configured, labels: {{app: configured}}}}
+spec:
+  hostname: box
+  subdomain: group
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, "3600"]
+    env:
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: app, key: greeting}}}}}}
+    - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}}}
+    - {{name: BOTH, value: "$(GREETING)-$(PASSWORD)"}}
+    envFrom: [{{prefix: APP_, configMapRef: {{name: app}}}}]
+    volumeMounts:
+    - {{name: cfg, mountPath: /etc/app}}
+    - {{name: creds, mountPath: /etc/creds, readOnly: true}}
+    - {{name: info, mountPath: /etc/podinfo}}
+    - {{name: scratch, mountPath: /scratch}}
+  volumes:
+  - {{name: cfg, configMap: {{name: app}}}}
+  - {{name: creds, secret: {{secretName: creds}}}}
+  - name: info
+    downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}
+  - {{name: scratch, emptyDir: {{}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: waits-for-config}}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, "3600"]
+    env: [{{name: LATER, valueFrom: {{configMapKeyRef: {{name: later, key: value}}}}}}]
+"""
+
+STATES = """
+apiVersion: v1
+kind: Pod
+metadata: {name: no-binary}
+spec:
+  containers: [{name: main, image: kwire/host, command: [/nonexistent/server]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - {name: main, image: kwire/host, command: [sh, -c, "echo run at $(date +%s%N); echo oops >&2; sleep 1; exit 3"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: job-ok}
+spec:
+  restartPolicy: Never
+  containers: [{name: main, image: kwire/host, command: [sh, -c, "echo start; sleep 2; echo done"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: job-fail}
+spec:
+  restartPolicy: Never
+  containers: [{name: main, image: kwire/host, command: [sh, -c, "exit 7"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unready}
+spec:
+  containers:
+  - name: web
+    image: nginx
+    ports: [{containerPort: 8080}]
+    readinessProbe: {tcpSocket: {port: 81}, periodSeconds: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab_ = Lab("kwt-kubelet", 2, "vxlan")
+    try:
+        lab_.up()
+        # Right after `up` returns, before anything else: a pod on the second node resolves a name at once.
+        lab_.apply(DNS_POD.replace("node2", lab_.topo.nodes[1].name))
+        lab_.apply(CONFIG)
+        lab_.apply(STATES)
+        yield lab_
+    finally:
+        lab_.down()
+
+
+def _pod(lab: Lab, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = lab.get("pod", name)
+    return out
+
+
+def _events(lab: Lab, pod: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = lab.get("events", "--field-selector", f"involvedObject.name={pod}")["items"]
+    return items
+
+
+def _state(lab: Lab, pod: str) -> dict[str, Any]:
+    statuses = _pod(lab, pod).get("status", {}).get("containerStatuses") or [{}]
+    out: dict[str, Any] = statuses[0]
+    return out
+
+
+def test_cluster_dns_answers_right_after_lab_up(lab: Lab) -> None:
+    wait_for(lambda: _pod(lab, "dns-at-once")["status"].get("phase") in ("Succeeded", "Failed"), timeout=40)
+    out = lab.kubectl("logs", "dns-at-once").stdout
+    assert _pod(lab, "dns-at-once")["status"]["phase"] == "Succeeded", out
+    assert "kubernetes.default.svc.cluster.local" in out and "10.43.0.1" in out
+
+
+def test_env_volumes_and_hostname_from_the_pod(lab: Lab) -> None:
+    lab.wait_pods_ready("app=configured", 1, timeout=40)
+    env = dict(
+        line.split("=", 1) for line in lab.kubectl("exec", "configured", "--", "env").stdout.splitlines() if "=" in line
+    )
+    assert env["GREETING"] == "hello" and env["PASSWORD"] == "s3cret" and env["BOTH"] == "hello-s3cret"
+    assert env["APP_color"] == "blue" and env["APP_greeting"] == "hello"
+    assert lab.kubectl("exec", "configured", "--", "hostname").stdout.strip() == "box"
+    hosts = lab.kubectl("exec", "configured", "--", "cat", "/etc/hosts").stdout
+    ip = _pod(lab, "configured")["status"]["podIP"]
+    assert f"{ip}\tbox.group.default.svc.cluster.local\tbox" in hosts
+    script = "cat /etc/app/app.conf; echo; cat /etc/creds/password; echo; cat /etc/podinfo/labels; touch /scratch/x"
+    out = lab.kubectl("exec", "configured", "--", "sh", "-c", script).stdout
+    assert out.splitlines() == ["port=8080", "s3cret", 'app="configured"']
+    ro = lab.kubectl("exec", "configured", "--", "touch", "/etc/creds/x", check=False)
+    assert ro.returncode != 0 and "Read-only file system" in ro.stderr
+    # The volume follows the ConfigMap (kubelet's AtomicWriter swap), while the env it started with stays.
+    lab.kubectl("patch", "configmap", "app", "--type", "merge", "-p", '{"data":{"color":"green"}}')
+    wait_for(
+        lambda: lab.kubectl("exec", "configured", "--", "cat", "/etc/app/color").stdout == "green",
+        timeout=40,
+        what="the ConfigMap change in the volume",
+    )
+    assert "APP_color=blue" in lab.kubectl("exec", "configured", "--", "env").stdout
+
+
+def test_missing_config_waits_with_kubelets_reason_then_starts(lab: Lab) -> None:
+    def waiting() -> dict[str, Any] | None:
+        w = _state(lab, "waits-for-config").get("state", {}).get("waiting")
+        return w if w and w.get("reason") == "CreateContainerConfigError" else None
+
+    w = wait_for(waiting, timeout=30, what="CreateContainerConfigError")
+    assert w["message"] == 'configmap "later" not found'
+    assert any(
+        e["reason"] == "Failed" and e["message"] == 'Error: configmap "later" not found'
+        for e in _events(lab, "waits-for-config")
+    )
+    lab.kubectl("create", "configmap", "later", "--from-literal=other=1")
+    wait_for(
+        lambda: (
+            (_state(lab, "waits-for-config").get("state", {}).get("waiting") or {}).get("message")
+            == "couldn't find key value in ConfigMap default/later"
+        ),
+        timeout=40,
+    )
+    lab.kubectl("patch", "configmap", "later", "--type", "merge", "-p", '{"data":{"value":"now"}}')
+    wait_for(lambda: "running" in _state(lab, "waits-for-config").get("state", {}), timeout=60, what="running")
+    assert "LATER=now" in lab.kubectl("exec", "waits-for-config", "--", "env").stdout
+
+
+def test_a_missing_program_is_crash_loop_back_off_with_kubelets_events(lab: Lab) -> None:
+    def backing_off() -> dict[str, Any] | None:
+        st = _state(lab, "no-binary")
+        return st if (st.get("state", {}).get("waiting") or {}).get("reason") == "CrashLoopBackOff" else None
+
+    st = wait_for(backing_off, timeout=40, what="CrashLoopBackOff")
+    uid = _pod(lab, "no-binary")["metadata"]["uid"]
+    assert st["state"]["waiting"]["message"].endswith(f"restarting failed container=main pod=no-binary_default({uid})")
+    last = st["lastState"]["terminated"]
+    assert last["exitCode"] == 128 and last["reason"] == "StartError"
+    assert 'exec: "/nonexistent/server": stat /nonexistent/server: no such file or directory' in last["message"]
+    assert st["restartCount"] >= 1
+    reasons = {e["reason"]: e for e in _events(lab, "no-binary")}
+    assert reasons["Pulled"]["message"] == 'Container image "kwire/host" already present on machine'
+    assert reasons["Created"]["message"] == "Created container: main"
+    assert reasons["Failed"]["message"].startswith("Error: failed to create containerd task")
+    assert reasons["BackOff"]["message"] == f"Back-off restarting failed container main in pod no-binary_default({uid})"
+    assert reasons["BackOff"]["involvedObject"]["fieldPath"] == "spec.containers{main}"
+    assert reasons["Failed"]["source"] == {"component": "kubelet", "host": _pod(lab, "no-binary")["spec"]["nodeName"]}
+    row = lab.kubectl("get", "pod", "no-binary", "--no-headers").stdout.split()
+    assert row[2] in ("CrashLoopBackOff", "RunContainerError")
+
+
+def test_restarts_logs_previous_and_timestamps(lab: Lab) -> None:
+    wait_for(lambda: _state(lab, "crasher").get("restartCount", 0) >= 1, timeout=40, what="a restart")
+    st = wait_for(lambda: _state(lab, "crasher") if _state(lab, "crasher").get("lastState") else None, timeout=20)
+    last = st["lastState"]["terminated"]
+    assert last["exitCode"] == 3 and last["reason"] == "Error" and last["startedAt"] <= last["finishedAt"]
+    prev = lab.kubectl("logs", "crasher", "--previous").stdout.splitlines()
+    assert prev[0].startswith("run at ") and prev[1] == "oops"
+    stamped = lab.kubectl("logs", "crasher", "--previous", "--timestamps").stdout.splitlines()
+    assert stamped[1].endswith("Z oops") and stamped[1][:4].isdigit()
+    assert lab.kubectl("logs", "crasher", "--previous", "--tail=1").stdout == "oops\n"
+    bad = lab.kubectl("logs", "job-fail", "--previous", check=False)
+    assert bad.returncode != 0 and 'previous terminated container "main" in pod "job-fail" not found' in bad.stderr
+
+
+def test_run_to_completion_pods_and_logs_follow_ends(lab: Lab) -> None:
+    wait_for(lambda: _pod(lab, "job-ok")["status"].get("phase") in ("Running", "Succeeded"), timeout=40)
+    t = time.monotonic()
+    follow = subprocess.run(
+        ["timeout", "30", *_kubectl_argv(lab), "logs", "-f", "job-ok"], capture_output=True, text=True, check=False
+    )
+    assert follow.returncode == 0 and follow.stdout == "start\ndone\n" and time.monotonic() - t < 25
+    wait_for(lambda: _pod(lab, "job-ok")["status"].get("phase") == "Succeeded", timeout=20, what="Succeeded")
+    ok = _state(lab, "job-ok")["state"]["terminated"]
+    assert ok["exitCode"] == 0 and ok["reason"] == "Completed"
+    wait_for(lambda: _pod(lab, "job-fail")["status"].get("phase") == "Failed", timeout=40, what="Failed")
+    failed = _state(lab, "job-fail")["state"]["terminated"]
+    assert failed["exitCode"] == 7 and failed["reason"] == "Error"
+    rows = {r.split()[0]: r.split()[2] for r in lab.kubectl("get", "pods", "--no-headers").stdout.splitlines()}
+    assert rows["job-ok"] == "Completed" and rows["job-fail"] == "Error"
+
+
+def test_a_failed_readiness_probe_is_an_event_with_kubelets_text(lab: Lab) -> None:
+    ip = wait_for(lambda: _pod(lab, "unready")["status"].get("podIP"), timeout=40, what="a pod IP")
+
+    def unhealthy() -> dict[str, Any] | None:
+        return next((e for e in _events(lab, "unready") if e["reason"] == "Unhealthy"), None)
+
+    ev = wait_for(unhealthy, timeout=30, what="Unhealthy")
+    assert ev["message"] == f"Readiness probe failed: dial tcp {ip}:81: connect: connection refused"
+    assert ev["type"] == "Warning"
+    wait_for(lambda: (unhealthy() or {}).get("count", 0) >= 2, timeout=30, what="an aggregated repeat")
+    assert "x" in lab.kubectl("describe", "pod", "unready").stdout.split("Unhealthy", 1)[1].splitlines()[0]
+    assert not _state(lab, "unready")["ready"]
+
+
+def _kubectl_argv(lab: Lab) -> list[str]:
+    from tests.integration.apiserver import KUBECTL
+
+    return [KUBECTL, "--kubeconfig", str(lab.topo.kubeconfig)]
