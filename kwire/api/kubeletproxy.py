@@ -32,7 +32,9 @@ async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: 
     pods, nodes = by_path("", "v1", "pods"), by_path("", "v1", "nodes")
     assert pods and nodes
     pod = await resources.get(pods, namespace, name)
-    containers = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
+    spec = pod.get("spec") or {}
+    containers = [str(c.get("name")) for c in spec.get("containers") or []]
+    others = [str(c.get("name")) for k in ("initContainers", "ephemeralContainers") for c in spec.get(k) or []]
     container = request.query.get("container") or ""
     if not container:
         if len(containers) != 1:
@@ -40,7 +42,7 @@ async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: 
                 f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
             )
         container = containers[0]
-    elif container not in containers:
+    elif container not in containers + others:
         raise bad_request(f"container {container} is not valid for pod {name}")
     node_name = (pod.get("spec") or {}).get("nodeName")
     if not node_name:

@@ -112,6 +112,23 @@ spec:
     image: nginx
     ports: [{containerPort: 8080}]
     readinessProbe: {tcpSocket: {port: 81}, periodSeconds: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: inits}
+spec:
+  initContainers:
+  - {name: first, image: busybox, command: [sh, -c, "sleep 4; echo first done"]}
+  - {name: sidecar, image: busybox, restartPolicy: Always, command: [sleep, "3600"]}
+  containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: init-fails}
+spec:
+  restartPolicy: Never
+  initContainers: [{name: bad, image: busybox, command: [sh, -c, "exit 2"]}]
+  containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
 """
 
 
@@ -274,3 +291,28 @@ def _kubectl_argv(lab: Lab) -> list[str]:
     from tests.integration.apiserver import KUBECTL
 
     return [KUBECTL, "--kubeconfig", str(lab.topo.kubeconfig)]
+
+
+def test_init_containers_in_order_then_the_pod_runs(lab: Lab) -> None:
+    seen: set[str] = set()
+
+    def running() -> bool:
+        row = lab.kubectl("get", "pod", "inits", "--no-headers").stdout.split()
+        seen.add(row[2])
+        return row[2] == "Running"
+
+    wait_for(running, timeout=60, interval=0.3, what="inits Running")
+    assert "Init:0/2" in seen, seen
+    pod = _pod(lab, "inits")
+    init = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    assert init["first"]["state"]["terminated"]["reason"] == "Completed"
+    assert "running" in init["sidecar"]["state"] and init["sidecar"]["started"]
+    conds = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert conds["Initialized"] == "True"
+    assert lab.kubectl("logs", "inits", "-c", "first").stdout == "first done\n"
+    assert lab.kubectl("get", "pod", "inits", "--no-headers").stdout.split()[1] == "2/2"  # the sidecar counts
+
+    wait_for(lambda: _pod(lab, "init-fails")["status"].get("phase") == "Failed", timeout=40, what="Failed")
+    assert lab.kubectl("get", "pod", "init-fails", "--no-headers").stdout.split()[2] == "Init:Error"
+    main = _state(lab, "init-fails")
+    assert main["state"] == {"waiting": {"reason": "PodInitializing"}}

@@ -57,6 +57,8 @@ class PodWork:
     envs: dict[str, dict[str, str]] = field(default_factory=dict)  # container -> resolved env
     volumes: dict[str, str] | None = None  # volume -> path on the node, once they are all set up
     pids: dict[str, int] = field(default_factory=dict)  # container -> its running process (for exec)
+    rt: Obj = field(default_factory=dict)  # the runtime's last status of the pod's containers
+    running: frozenset[str] = frozenset()  # the containers handed to the runtime (init containers reached, ...)
     runs_seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # container -> (restarts, startedAt)
     backoff_seen: dict[str, float] = field(default_factory=dict)  # container -> the back-off already reported
     responders_reported: bool = False
@@ -304,6 +306,8 @@ class Kubelet:
                 return False
         if volumes.needs_resync(pod):
             self.queue.add_after(uid, VOLUME_RESYNC)
+        # what the runtime runs now decides which init containers are done (see _to_run)
+        w.rt = dict(((await self.runtime.pods()).get(uid) or {}).get("containers") or {})
         await self._ensure_runtime(pod, w)
         w.probes.start(
             podspec.spec(pod).get("containers") or [],
@@ -331,7 +335,7 @@ class Kubelet:
     async def _resolve_config(self, pod: Obj, w: PodWork) -> bool:
         """Each container's environment, or its CreateContainerConfigError (with kubelet's Failed event)."""
         errors: dict[str, str] = {}
-        for c in podspec.spec(pod).get("containers") or []:
+        for c in _all_containers(pod):
             name = str(c.get("name", ""))
             if name in w.envs:
                 continue  # a started container keeps the environment it started with, as in Kubernetes
@@ -350,7 +354,7 @@ class Kubelet:
         """Each container's binds: its volumeMounts (subPath too) and the service-account directory."""
         out: dict[str, list[list[Any]]] = {}
         vols = w.volumes or {}
-        for c in podspec.spec(pod).get("containers") or []:
+        for c in _all_containers(pod):
             binds: list[list[Any]] = []
             for vm in c.get("volumeMounts") or []:
                 src = vols.get(str(vm.get("name") or ""))
@@ -367,8 +371,35 @@ class Kubelet:
                 out[str(c.get("name", ""))] = binds
         return out
 
+    @staticmethod
+    def _to_run(pod: Obj, w: PodWork) -> tuple[list[Obj], dict[str, str]]:
+        """The containers to run now and their own restart policies: init containers in order, each once the one
+        before has completed (a sidecar, `restartPolicy: Always`, once it is running), then the regular ones.
+        An init container kwire has no program for (it would be a responder) counts as completed at once."""
+        sp = podspec.spec(pod)
+        init_policy = "Never" if sp.get("restartPolicy") == "Never" else "OnFailure"
+        run: list[Obj] = []
+        policies: dict[str, str] = {}
+        inits = sp.get("initContainers") or []
+        plans = {p.name: p for p in podspec.plan(pod, inits)}
+        for c in inits:
+            name = str(c.get("name", ""))
+            sidecar = status.is_sidecar(c)
+            run.append(c)
+            policies[name] = "Always" if sidecar else init_policy
+            if plans[name].kind != "process":
+                continue
+            rc = w.rt.get(name) or {}
+            if sidecar and not rc.get("running"):
+                return run, policies
+            if not sidecar and not (rc.get("done") and rc.get("exitCode") == 0):
+                return run, policies
+        return run + list(sp.get("containers") or []), policies
+
     async def _ensure_runtime(self, pod: Obj, w: PodWork) -> None:
         sa_dir = self._service_account(w.sandbox) if podspec.needs_service_account(pod) else ""
+        run, policies = self._to_run(pod, w)
+        w.running = frozenset(str(c.get("name", "")) for c in run)
         body = podspec.runtime_spec(
             pod,
             node=self.node_name,
@@ -381,6 +412,8 @@ class Kubelet:
             skip=frozenset(w.config_errors),
             mounts=self._mounts(pod, w, sa_dir),
             stage=str(self.sandboxes.pod_dir(w.sandbox.uid) / "stage"),
+            containers=run,
+            restart_policies=policies,
         )
         await self.runtime.put_pod(w.sandbox.uid, body)
 
@@ -429,28 +462,26 @@ class Kubelet:
 
     # -- status and events ----------------------------------------------------------------------------------------
     async def _poll_runtime(self) -> None:
-        """Container starts, exits and restarts happen in the runtime; reflect them in events and the pod status."""
+        """Container starts, exits and restarts happen in the runtime: a pod whose containers changed there is
+        synced again (by the queue's worker, so one pod's status is never written by two hands at once)."""
         rt = await self.runtime.pods()
         for uid, w in list(self.work.items()):
-            pod = self._current(uid)
-            if pod is not None and not podspec.meta(pod).get("deletionTimestamp"):
-                await self._report(pod, w, rt.get(uid))
-                if w.phase in ("Succeeded", "Failed"):
-                    self.queue.add(uid)
+            if dict((rt.get(uid) or {}).get("containers") or {}) != w.rt:
+                self.queue.add(uid)
 
     async def _container_events(self, pod: Obj, w: PodWork, rt: Obj | None) -> None:
         """kubelet's container events, from what changed in the runtime since the last look."""
         rcs = (rt or {}).get("containers") or {}
-        plans = {p.name: p for p in podspec.plan(pod)}
+        plans = {p.name: p for p in podspec.plan(pod, _all_containers(pod))}
         now = time.time()
-        for c in podspec.spec(pod).get("containers") or []:
+        for c in _all_containers(pod):
             name, image = str(c.get("name", "")), str(c.get("image", ""))
             fp = _field_path(pod, name)
             plan = plans.get(name)
             if plan is None or plan.kind == "error":
                 continue
             if plan.kind == "responder":
-                if not w.responders_reported and rt is not None:
+                if not w.responders_reported and rt is not None and name in w.running:
                     await self._started_events(pod, name, image, fp)
                 continue
             rc = rcs.get(name)
@@ -487,38 +518,50 @@ class Kubelet:
 
     def compute_status(self, pod: Obj, w: PodWork, rt: Obj | None) -> Obj:
         rcs = (rt or {}).get("containers") or {}
-        plans = {p.name: p for p in podspec.plan(pod)}
-        views = []
-        for c in podspec.spec(pod).get("containers") or []:
-            name = str(c.get("name", ""))
-            plan = plans[name]
-            views.append(
-                status.ContainerView(
-                    name=name,
-                    image=str(c.get("image", "")),
-                    cid=f"kwire://{w.sandbox.uid[:8]}-{name}",
-                    kind=plan.kind,
-                    runtime=rcs.get(name),
-                    config_error=w.config_errors.get(name, ""),
-                    image_error=plan.error,
-                    ready_probe=w.probes.ready(name),
-                    extra_restarts=w.sandbox.restarts.get(name, 0),
-                    sandbox_started=w.sandbox.started_at,
+
+        def views(containers: list[Obj], *, init: bool) -> list[status.ContainerView]:
+            plans = {p.name: p for p in podspec.plan(pod, containers)}
+            out = []
+            for c in containers:
+                name = str(c.get("name", ""))
+                plan = plans[name]
+                kind = plan.kind
+                if init and kind == "responder" and name in w.running:
+                    kind = "completed"  # see _to_run
+                elif name not in w.running and plan.kind != "error":
+                    kind = "initializing"
+                out.append(
+                    status.ContainerView(
+                        name=name,
+                        image=str(c.get("image", "")),
+                        cid=f"kwire://{w.sandbox.uid[:8]}-{name}",
+                        kind=kind,
+                        runtime=rcs.get(name),
+                        config_error=w.config_errors.get(name, ""),
+                        image_error=plan.error,
+                        ready_probe=None if init else w.probes.ready(name),
+                        extra_restarts=w.sandbox.restarts.get(name, 0),
+                        sandbox_started=w.sandbox.started_at,
+                    )
                 )
-            )
+            return out
+
+        sp = podspec.spec(pod)
         return status.pod_status(
             status.PodView(
                 pod=pod,
                 host_ip=self.node_ip,
                 pod_ip=w.sandbox.pod_ip,
                 started_at=w.sandbox.started_at,
-                containers=views,
+                init=views(list(sp.get("initContainers") or []), init=True),
+                containers=views(list(sp.get("containers") or []), init=False),
             )
         )
 
     async def _report(self, pod: Obj, w: PodWork, rt: Obj | None = None, *, fetch: bool = True) -> None:
         if rt is None and fetch:
             rt = (await self.runtime.pods()).get(w.sandbox.uid)
+        w.rt = dict((rt or {}).get("containers") or {})
         await self._container_events(pod, w, rt)
         # (a tty container's recorded process is util-linux setsid, outside the pod: exec it the plain way)
         w.pids = {
@@ -556,6 +599,11 @@ class Kubelet:
         await self.runtime.delete_pod(uid, grace=grace)
         await self.sandboxes.remove(w.sandbox)  # raises (and the queue retries) while CNI DEL fails
         self.work.pop(uid, None)
+
+
+def _all_containers(pod: Obj) -> list[Obj]:
+    sp = podspec.spec(pod)
+    return list(sp.get("initContainers") or []) + list(sp.get("containers") or [])
 
 
 def host_network_pod(pod: Obj) -> bool:

@@ -194,9 +194,10 @@ def servicelb_argv(env: dict[str, str]) -> list[str]:
     return ["sh", "-c", shell]
 
 
-def plan(pod: Obj) -> list[ContainerPlan]:
+def plan(pod: Obj, containers: list[Obj] | None = None) -> list[ContainerPlan]:
+    """What runs for each container (of `containers`, by default the pod's regular ones)."""
     out = []
-    for c in spec(pod).get("containers") or []:
+    for c in (spec(pod).get("containers") or []) if containers is None else containers:
         name, image = str(c.get("name", "")), str(c.get("image", ""))
         img = image_name(image)
         if img == HOST_IMAGE:
@@ -251,17 +252,22 @@ def runtime_spec(
     skip: frozenset[str] = frozenset(),
     mounts: dict[str, list[list[Any]]] | None = None,
     stage: str = "",
+    containers: list[Obj] | None = None,
+    restart_policies: dict[str, str] | None = None,
 ) -> Obj:
     """The body of the runtime's PUT /pods/{uid}. `envs` holds each container's resolved environment (see
     envconfig.py; the literal and fieldRef part is computed here when it is missing); containers in `skip` (their
     configuration is not resolvable yet) are not run. `mounts` holds each container's [source, mountPath, readOnly]
-    binds (see mounts.py), made in the mount namespace under `stage`."""
+    binds (see mounts.py), made in the mount namespace under `stage`. `containers` are those to run now (by default
+    the regular ones; the kubelet passes the init containers it has reached first), `restart_policies` a
+    container's own policy (init containers: OnFailure or Never; sidecars: Always)."""
     m, sp = meta(pod), spec(pod)
     ports: list[list[Any]] = []
     processes: list[Obj] = []
-    containers = {str(c.get("name", "")): c for c in sp.get("containers") or []}
-    for p in plan(pod):
-        c = containers[p.name]
+    run = (sp.get("containers") or []) if containers is None else containers
+    by_name = {str(c.get("name", "")): c for c in run}
+    for p in plan(pod, run):
+        c = by_name[p.name]
         if p.kind == "responder":
             for port in c.get("ports") or []:
                 proto = str(port.get("protocol") or "TCP")
@@ -283,6 +289,8 @@ def runtime_spec(
             if sa_dir:
                 env[SA_ENV] = sa_dir
             proc_entry: Obj = {"name": p.name, "argv": argv, "env": env}
+            if (restart_policies or {}).get(p.name):
+                proc_entry["restartPolicy"] = (restart_policies or {})[p.name]
             if (mounts or {}).get(p.name):
                 proc_entry["mounts"] = (mounts or {})[p.name]
             if c.get("stdin"):

@@ -243,7 +243,7 @@ class Runtime:
             mounts=[list(m) for m in proc.get("mounts") or []],
             stage=str(pod.get("stage") or ""),
             log_path=self.logs / f"{pod['namespace']}_{pod['name']}_{proc['name']}.log",
-            restart_policy=restart_policy,
+            restart_policy=str(proc.get("restartPolicy") or restart_policy),
             stdin=bool(proc.get("stdin")),
             tty=bool(proc.get("tty")),
         )

@@ -47,7 +47,9 @@ class ContainerView:
     name: str
     image: str
     cid: str
-    kind: str  # "responder" | "process" | "error" (an image kwire cannot run)
+    # "responder" | "process" | "error" (an image kwire cannot run) | "initializing" (waits for init containers)
+    # | "completed" (an init container kwire has no program for: done at once)
+    kind: str
     runtime: Obj | None = None  # the runtime's status of the process, if it has one
     config_error: str = ""  # CreateContainerConfigError's message
     image_error: str = ""
@@ -64,6 +66,11 @@ def container_status(v: ContainerView, pod: Obj, *, now: float | None = None) ->
     last: Obj = {}
     if v.kind == "error":
         state: Obj = {"waiting": {"reason": "ErrImagePull", "message": v.image_error}}
+    elif v.kind == "initializing":
+        state = {"waiting": {"reason": "PodInitializing"}}
+    elif v.kind == "completed":
+        t = {"exitCode": 0, "reason": "Completed", "startedAt": v.sandbox_started, "finishedAt": v.sandbox_started}
+        state = {"terminated": {**t, "containerID": v.cid}}
     elif v.config_error:
         state = {"waiting": {"reason": "CreateContainerConfigError", "message": v.config_error}}
     elif v.kind == "responder":
