@@ -8,6 +8,7 @@ import base64
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -316,3 +317,52 @@ def test_init_containers_in_order_then_the_pod_runs(lab: Lab) -> None:
     assert lab.kubectl("get", "pod", "init-fails", "--no-headers").stdout.split()[2] == "Init:Error"
     main = _state(lab, "init-fails")
     assert main["state"] == {"waiting": {"reason": "PodInitializing"}}
+
+
+HOOKS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, "trap 'echo got TERM >> /out/log; exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts: [{name: out, mountPath: /out}]
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "echo poststart $(hostname) >> /out/log"]}}
+      preStop: {exec: {command: [sh, -c, "echo prestop >> /out/log"]}}
+  volumes: [{name: out, hostPath: {path: OUT, type: DirectoryOrCreate}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: badhook}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, "3600"]
+    lifecycle: {postStart: {exec: {command: [sh, -c, "echo nope; exit 3"]}}}
+"""
+
+
+def test_lifecycle_hooks_and_the_grace_period(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "hooks"
+    lab.apply(HOOKS.replace("OUT", str(out)))
+    wait_for(lambda: "running" in _state(lab, "hooked").get("state", {}), timeout=40, what="hooked running")
+    wait_for(lambda: (out / "log").read_text() == "poststart hooked\n", timeout=10, what="postStart")
+    lab.kubectl("delete", "pod", "hooked", "--wait=false")
+    # preStop first, then SIGTERM (the trap), all within terminationGracePeriodSeconds
+    wait_for(lambda: (out / "log").read_text().splitlines()[1:] == ["prestop", "got TERM"], timeout=30, what="preStop")
+
+    def failed_hook() -> dict[str, Any] | None:
+        return next((e for e in _events(lab, "badhook") if e["reason"] == "FailedPostStartHook"), None)
+
+    ev = wait_for(failed_hook, timeout=40, what="FailedPostStartHook")
+    uid = _pod(lab, "badhook")["metadata"]["uid"]
+    assert ev["message"].startswith(
+        f'Exec lifecycle hook ([sh -c echo nope; exit 3]) for Container "main" in Pod "badhook_default({uid})" failed'
+        " - error: command 'sh -c echo nope; exit 3' exited with 3: nope"
+    )
+    assert any(e["reason"] == "Killing" and e["message"] == "FailedPostStartHook" for e in _events(lab, "badhook"))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kwire.agent.kubelet import podspec, status, volumes
+from kwire.agent.kubelet import hooks, podspec, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
 from kwire.agent.kubelet.prober import PodProbes
@@ -498,6 +498,9 @@ class Kubelet:
                     )
                 else:
                     await self._started_events(pod, name, image, fp)
+                    handler = (c.get("lifecycle") or {}).get("postStart")
+                    if isinstance(handler, dict) and rc.get("running") and rc.get("pid"):
+                        await self._post_start(pod, w, c, handler, int(rc["pid"]))
             until = float(rc.get("backoffUntil") or 0)
             if until > now and w.backoff_seen.get(name) != until:
                 w.backoff_seen[name] = until
@@ -510,6 +513,43 @@ class Kubelet:
                 )
         if rt is not None:
             w.responders_reported = True
+
+    def _target(self, w: PodWork, name: str, pid: int = 0) -> ExecTarget:
+        return ExecTarget(
+            netns=w.sandbox.netns, uts=w.sandbox.uts, env=dict(w.envs.get(name) or {}), pid=pid or w.pids.get(name, 0)
+        )
+
+    async def _post_start(self, pod: Obj, w: PodWork, c: Obj, handler: Obj, pid: int) -> None:
+        """kubelet: a failed postStart hook is an event, and the container is killed (its policy restarts it)."""
+        name = str(c.get("name", ""))
+        msg = await hooks.run(
+            handler, pod=pod, container=c, target=self._target(w, name, pid), pod_ip=w.sandbox.pod_ip, timeout=30
+        )
+        if not msg:
+            return
+        fp = _field_path(pod, name)
+        await self.recorder.event(pod, "Warning", "FailedPostStartHook", msg, field_path=fp)
+        await self.recorder.event(pod, "Normal", "Killing", "FailedPostStartHook", field_path=fp)
+        with contextlib.suppress(RuntimeError):
+            await self.runtime.kill(w.sandbox.uid, name)
+
+    async def _pre_stop(self, pod: Obj, w: PodWork, grace: float) -> float:
+        """Run the preStop hooks (at most `grace` seconds in all); the grace that is left for SIGTERM."""
+        start = time.monotonic()
+        for c in _all_containers(pod):
+            name = str(c.get("name", ""))
+            handler = (c.get("lifecycle") or {}).get("preStop")
+            if not isinstance(handler, dict) or name not in w.pids:
+                continue
+            left = grace - (time.monotonic() - start)
+            if left <= 0:
+                break
+            msg = await hooks.run(
+                handler, pod=pod, container=c, target=self._target(w, name), pod_ip=w.sandbox.pod_ip, timeout=left
+            )
+            if msg:
+                await self.recorder.event(pod, "Warning", "FailedPreStopHook", msg, field_path=_field_path(pod, name))
+        return max(0.0, grace - (time.monotonic() - start))
 
     async def _started_events(self, pod: Obj, name: str, image: str, fp: str) -> None:
         await self.recorder.event(pod, "Normal", "Pulled", _pulled(image), field_path=fp)
@@ -596,6 +636,8 @@ class Kubelet:
                     await self.recorder.event(
                         pod, "Normal", "Killing", f"Stopping container {name}", field_path=_field_path(pod, name)
                     )
+        if pod is not None and stopping_events:
+            grace = await self._pre_stop(pod, w, grace)
         await self.runtime.delete_pod(uid, grace=grace)
         await self.sandboxes.remove(w.sandbox)  # raises (and the queue retries) while CNI DEL fails
         self.work.pop(uid, None)

@@ -134,6 +134,12 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         sys.stderr.write(f"kwire: cannot set up the container's mounts: {exc}\n")
         return 128
+    ready = int(spec.get("readyFd", -1))
+    if ready >= 0:
+        try:
+            os.set_inheritable(ready, False)  # closed by the exec below: the runtime then knows the program runs
+        except OSError:
+            pass
     try:
         os.execvp(argv[2], argv[2:])
     except OSError as exc:

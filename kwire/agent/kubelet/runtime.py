@@ -8,6 +8,7 @@ pod's sockets or kills its processes. The agent drives it over a unix socket wit
     GET    /pods         {uid: {"ports": [...], "containers": {name: {"running", "exitCode", "restartCount", "pid",
                               "reason", "startedAt", "finishedAt", "lastTermination", "backoffUntil", ...}}}}
     POST   /pods/{uid}/stdin/{container}[?close=1]   input for a container started with stdin (attach)
+    POST   /pods/{uid}/kill/{container}   SIGKILL the container's run (a failed postStart hook); its policy decides
 
 Processes run through `ip netns exec <pod netns>`, which also gives them the pod's /etc/resolv.conf and
 /etc/hosts (bind-mounted from /etc/netns/<name>/, the iproute2 convention), and, when the pod has one, `nsenter
@@ -108,6 +109,11 @@ async def _copy_pipes(stdout: asyncio.StreamReader | None, stderr: asyncio.Strea
                 w.close()
 
         await asyncio.gather(copy(stdout, "stdout"), copy(stderr, "stderr"))
+
+
+def _wait_eof(fd: int) -> None:
+    while os.read(fd, 64):
+        pass
 
 
 def _start_time(pid: int) -> str | None:
@@ -292,10 +298,14 @@ class Runtime:
         prefix = [IP, "netns", "exec", c.netns] if c.netns else []
         if c.uts:
             prefix += [NSENTER, f"--uts={c.uts}", "--"]
+        ready_r = ready_w = -1
         if c.mounts and c.stage:
-            # the container's volumes at their mountPaths, in the mount namespace `ip netns exec` made (mounts.py)
+            # the container's volumes at their mountPaths, in the mount namespace `ip netns exec` made (mounts.py);
+            # it closes `readyFd` when it execs the program, so the run counts as started (and a postStart hook
+            # runs) only once the container sees its volumes
             Path(c.stage).mkdir(parents=True, exist_ok=True, mode=0o700)
-            spec = orjson.dumps({"stage": c.stage, "mounts": c.mounts}).decode()
+            ready_r, ready_w = os.pipe()
+            spec = orjson.dumps({"stage": c.stage, "mounts": c.mounts, "readyFd": ready_w}).decode()
             prefix += [sys.executable, "-S", MOUNTS_SCRIPT, spec, "--"]
         self._close_input(c)
         with open(c.log_path, "ab") as logf:
@@ -318,6 +328,7 @@ class Runtime:
                         stdout=slave,
                         stderr=slave,
                         env={**env, "TERM": "xterm"},
+                        pass_fds=(ready_w,) if ready_w >= 0 else (),
                     )
                 finally:
                     os.close(slave)
@@ -335,16 +346,25 @@ class Runtime:
                         stdin=read_end if c.stdin else asyncio.subprocess.DEVNULL,
                         env=env,
                         start_new_session=True,
+                        pass_fds=(ready_w,) if ready_w >= 0 else (),
                     )
                 except BaseException:
                     if c.stdin:
                         os.close(write_end)
+                    if ready_w >= 0:
+                        os.close(ready_r)
+                        os.close(ready_w)
                     raise
                 finally:
                     if c.stdin:
                         os.close(read_end)
                 c.input_fd = write_end
                 c.pump = asyncio.create_task(_copy_pipes(c.proc.stdout, c.proc.stderr, c.log_path))
+        if ready_w >= 0:
+            os.close(ready_w)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(_wait_eof, ready_r), 10.0)
+            os.close(ready_r)
         c.started_at = time.time()
         c.finished_at = 0.0
         c.exit_code = None
@@ -464,6 +484,14 @@ class Runtime:
         parts = [p for p in request.path.split("/") if p]
         if parts == ["pods"] and request.method == "GET":
             return http11.Response(200, orjson.dumps(self.status()))
+        if len(parts) == 4 and parts[0] == "pods" and parts[2] == "kill" and request.method == "POST":
+            rec = self.pods.get(parts[1])
+            c = rec.containers.get(parts[3]) if rec else None
+            if c is None or c.proc is None or c.proc.returncode is not None:
+                return http11.Response(409, orjson.dumps({"error": "the container is not running"}))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(c.proc.pid, signal.SIGKILL)
+            return http11.Response(200, b"{}")
         if len(parts) == 4 and parts[0] == "pods" and parts[2] == "stdin" and request.method == "POST":
             close = request.target.endswith("?close=1")
             if await self.write_stdin(parts[1], parts[3], request.body, close=close):

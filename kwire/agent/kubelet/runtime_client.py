@@ -91,6 +91,10 @@ class RuntimeClient:
         """Stop the pod's processes: SIGTERM, then SIGKILL after `grace` seconds (terminationGracePeriodSeconds)."""
         await self._call("DELETE", f"/pods/{uid}?grace={grace:g}", timeout=grace + 30)
 
+    async def kill(self, uid: str, container: str) -> None:
+        """End a container's current run at once (SIGKILL); its restart policy decides what follows."""
+        await self._call("POST", f"/pods/{uid}/kill/{container}", b"")
+
     async def write_stdin(self, uid: str, container: str, data: bytes, *, close: bool = False) -> bool:
         """Input for an attached container; False when it has none open."""
         try:
