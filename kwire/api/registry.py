@@ -67,6 +67,7 @@ def _k(
     status: bool = False,
     scale: bool = False,
     binding: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> Kind:
     return Kind(
         group=group,
@@ -78,14 +79,25 @@ def _k(
         categories=categories,
         subresources=(("status",) if status else ())
         + (("scale",) if scale else ())
-        + (("binding",) if binding else ()),
+        + (("binding",) if binding else ())
+        + extra,
     )
 
 
 KINDS: tuple[Kind, ...] = (
     _k("", "v1", "Namespace", "namespaces", namespaced=False, short=("ns",), status=True),
     _k("", "v1", "Node", "nodes", namespaced=False, short=("no",), status=True),
-    _k("", "v1", "Pod", "pods", short=("po",), categories=("all",), status=True, binding=True),
+    _k(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        short=("po",),
+        categories=("all",),
+        status=True,
+        binding=True,
+        extra=("ephemeralcontainers",),
+    ),
     _k("", "v1", "Service", "services", short=("svc",), categories=("all",), status=True),
     _k("", "v1", "Endpoints", "endpoints", short=("ep",)),
     _k("", "v1", "ConfigMap", "configmaps", short=("cm",)),

@@ -113,23 +113,6 @@ spec:
     image: nginx
     ports: [{containerPort: 8080}]
     readinessProbe: {tcpSocket: {port: 81}, periodSeconds: 2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: inits}
-spec:
-  initContainers:
-  - {name: first, image: busybox, command: [sh, -c, "sleep 4; echo first done"]}
-  - {name: sidecar, image: busybox, restartPolicy: Always, command: [sleep, "3600"]}
-  containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: init-fails}
-spec:
-  restartPolicy: Never
-  initContainers: [{name: bad, image: busybox, command: [sh, -c, "exit 2"]}]
-  containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
 """
 
 
@@ -294,7 +277,28 @@ def _kubectl_argv(lab: Lab) -> list[str]:
     return [KUBECTL, "--kubeconfig", str(lab.topo.kubeconfig)]
 
 
+INITS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: inits}
+spec:
+  initContainers:
+  - {name: first, image: busybox, command: [sh, -c, "sleep 4; echo first done"]}
+  - {name: sidecar, image: busybox, restartPolicy: Always, command: [sleep, "3600"]}
+  containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: init-fails}
+spec:
+  restartPolicy: Never
+  initContainers: [{name: bad, image: busybox, command: [sh, -c, "exit 2"]}]
+  containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
+"""
+
+
 def test_init_containers_in_order_then_the_pod_runs(lab: Lab) -> None:
+    lab.apply(INITS)
     seen: set[str] = set()
 
     def running() -> bool:
@@ -366,3 +370,83 @@ def test_lifecycle_hooks_and_the_grace_period(lab: Lab, tmp_path: Path) -> None:
         " - error: command 'sh -c echo nope; exit 3' exited with 3: nope"
     )
     assert any(e["reason"] == "Killing" and e["message"] == "FailedPostStartHook" for e in _events(lab, "badhook"))
+
+
+NODE_DEBUGGER = """
+apiVersion: v1
+kind: Pod
+metadata: {name: node-debugger}
+spec:
+  nodeName: NODE
+  hostNetwork: true
+  hostPID: true
+  restartPolicy: Never
+  containers:
+  - {name: debugger, image: busybox, stdin: true, tty: true, volumeMounts: [{name: host-root, mountPath: /host}]}
+  volumes: [{name: host-root, hostPath: {path: /}}]
+"""
+
+
+def test_kubectl_debug_adds_an_ephemeral_container_in_the_pods_namespaces(lab: Lab) -> None:
+    lab.kubectl("run", "target", "--image=nginx", "--port=8080")
+    lab.wait_pods_ready("run=target", 1, timeout=40)
+    script = 'hostname; wget -qO- http://127.0.0.1:8080/ | grep -o \'"pod":"[a-z]*"\'\n'
+    res = subprocess.run(
+        [*_kubectl_argv(lab), "debug", "-i", "target", "--image=busybox", "--container=dbg", "--", "sh"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    # the debug shell sees the pod's hostname and its network (the responder on the pod's localhost)
+    assert "target\n" in res.stdout and '"pod":"target"' in res.stdout
+    assert [c["name"] for c in _pod(lab, "target")["spec"]["ephemeralContainers"]] == ["dbg"]
+
+    def ended() -> dict[str, Any] | None:
+        sts = _pod(lab, "target")["status"].get("ephemeralContainerStatuses") or []
+        return next((s for s in sts if "terminated" in s["state"]), None)
+
+    st = wait_for(ended, timeout=30, what="the debug container to end")
+    assert st["name"] == "dbg" and st["state"]["terminated"]["exitCode"] == 0 and not st["ready"]
+    # ephemeral containers are added, never changed
+    patch = '{"spec":{"ephemeralContainers":[{"name":"dbg","image":"other"}]}}'
+    bad = lab.kubectl("patch", "pod", "target", "--subresource=ephemeralcontainers", "-p", patch, check=False)
+    assert bad.returncode != 0 and "may not be changed" in bad.stderr, bad.stderr
+
+
+def test_a_node_debugging_pod_sees_the_node(lab: Lab) -> None:
+    """The pod `kubectl debug node/NAME` creates: hostNetwork, the node's root at /host, a shell."""
+    node = lab.topo.nodes[0]
+    lab.apply(NODE_DEBUGGER.replace("NODE", node.name))
+    wait_for(lambda: "running" in _state(lab, "node-debugger").get("state", {}), timeout=40, what="debugger running")
+    out = lab.kubectl("exec", "node-debugger", "--", "sh", "-c", "ls /host/etc/os-release; ip -4 -o addr").stdout
+    assert "/host/etc/os-release" in out and node.ip in out
+
+
+def test_python_client_write_stdin_reaches_the_process(lab: Lab) -> None:
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+
+    lab.wait_pods_ready("app=configured", 1, timeout=40)
+    api = client.CoreV1Api(config.new_client_from_config(str(lab.topo.kubeconfig)))
+    resp = stream(
+        api.connect_get_namespaced_pod_exec,
+        "configured",
+        "default",
+        command=["sh", "-c", "read line; echo got $line from $(hostname) with $GREETING"],
+        stdin=True,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        _preload_content=False,
+    )
+    resp.write_stdin("hello\n")
+    out = ""
+    end = time.monotonic() + 20
+    while resp.is_open() and time.monotonic() < end:
+        resp.update(timeout=1)
+        out += resp.read_stdout() if resp.peek_stdout() else ""
+    resp.close()
+    assert out == "got hello from box with hello\n"

@@ -77,7 +77,7 @@ async def _session(
     protocol: str = "v5.channel.k8s.io",
     stdin: bool = False,
     tty: bool = False,
-    send: list[bytes] | None = None,
+    send: list[bytes | str] | None = None,
 ) -> tuple[dict[int, bytes], dict[str, Any]]:
     params = [("command", c) for c in command] + [("stdout", "true"), ("stderr", "true")]
     params += [("stdin", "true")] if stdin else []
@@ -89,7 +89,10 @@ async def _session(
     ):
         assert ws.protocol == protocol
         for frame in send or []:
-            await ws.send_bytes(frame)
+            if isinstance(frame, str):
+                await ws.send_str(frame)
+            else:
+                await ws.send_bytes(frame)
         async for msg in ws:
             assert msg.type == aiohttp.WSMsgType.BINARY
             out[msg.data[0]] = out.get(msg.data[0], b"") + msg.data[1:]
@@ -108,6 +111,13 @@ async def test_output_streams_and_the_exit_code(kubelet: str) -> None:
 async def test_stdin_and_its_end_v5(kubelet: str) -> None:
     out, status = await _session(kubelet, ["cat"], stdin=True, send=[b"\x00hello ", b"\x00world", b"\xff\x00"])
     assert out[1] == b"hello world" and status["status"] == "Success"
+
+
+async def test_text_frames_as_the_python_clients_write_stdin_sends_them(kubelet: str) -> None:
+    """`stream(...).write_stdin("text")` sends a text frame whose first character is the channel."""
+    cmd = ["sh", "-c", "read a; echo got $a; echo env $FROM_SPEC"]
+    out, status = await _session(kubelet, cmd, protocol="v4.channel.k8s.io", stdin=True, send=["\x00hello\n"])
+    assert out[1] == b"got hello\nenv yes\n" and status["status"] == "Success"  # the container's env too
 
 
 async def test_v4_as_the_python_client_speaks_it(kubelet: str) -> None:

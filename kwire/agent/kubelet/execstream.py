@@ -50,6 +50,16 @@ def _flag(request: web.Request, name: str, default: bool) -> bool:
     return default if v is None else v.lower() in ("1", "true", "yes")
 
 
+def _frame(msg: Any) -> bytes:
+    """A client message's bytes: binary frames as kubectl sends them, or text frames, which the Python client's
+    `write_stdin("text")` sends (the channel is then the first character, chr(0) for stdin)."""
+    if msg.type == WSMsgType.BINARY:
+        return bytes(msg.data)
+    if msg.type == WSMsgType.TEXT:
+        return str(msg.data).encode("utf-8")
+    return b""
+
+
 def status(exit_code: int | None, *, error: str = "") -> dict[str, Any]:
     """The metav1.Status kube's kubelet sends last (kubectl exits with the code it carries)."""
     if error:
@@ -159,9 +169,10 @@ async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> w
 
     async def from_client() -> None:
         async for msg in ws:
-            if msg.type != WSMsgType.BINARY or not msg.data:
+            data = _frame(msg)
+            if not data:
                 continue
-            channel, payload = msg.data[0], msg.data[1:]
+            channel, payload = data[0], data[1:]
             if channel == STDIN and payload:
                 if tty:
                     await asyncio.to_thread(os.write, master, payload)
@@ -241,9 +252,10 @@ async def serve_attach(request: web.Request, *, log_path: Path, target: AttachTa
 
     async def from_client() -> None:
         async for msg in ws:  # the loop ends when the client leaves
-            if msg.type != WSMsgType.BINARY or not msg.data:
+            data = _frame(msg)
+            if not data:
                 continue
-            channel, payload = msg.data[0], msg.data[1:]
+            channel, payload = data[0], data[1:]
             if channel == STDIN and payload:
                 await target.write(payload, False)
             elif channel == CLOSE and v5 and payload[:1] == bytes([STDIN]):

@@ -66,9 +66,10 @@ class PodWork:
 
 
 def _field_path(pod: Obj, container: str) -> str:
-    for c in podspec.spec(pod).get("initContainers") or []:
-        if c.get("name") == container:
-            return f"spec.initContainers{{{container}}}"
+    for key in ("initContainers", "ephemeralContainers"):
+        for c in podspec.spec(pod).get(key) or []:
+            if c.get("name") == container:
+                return f"spec.{key}{{{container}}}"
     return f"spec.containers{{{container}}}"
 
 
@@ -244,9 +245,7 @@ class Kubelet:
             return None
         w, pod = found
         uid = w.sandbox.uid
-        spec: dict[str, Any] = next(
-            (c for c in podspec.spec(pod).get("containers") or [] if c.get("name") == container), {}
-        )
+        spec: dict[str, Any] = next((c for c in _all_containers(pod) if c.get("name") == container), {})
 
         async def state() -> dict[str, Any] | None:
             try:
@@ -365,9 +364,9 @@ class Kubelet:
                 if sub and not sub.startswith("/") and ".." not in sub.split("/"):
                     src = f"{src}/{sub}"
                 binds.append([src, dst, bool(vm.get("readOnly"))])
-            if sa_dir and not host_network_pod(pod):
+            if sa_dir:
                 binds.append([sa_dir, SA_MOUNT, True])
-            if binds and not w.sandbox.host_network:
+            if binds:
                 out[str(c.get("name", ""))] = binds
         return out
 
@@ -394,7 +393,10 @@ class Kubelet:
                 return run, policies
             if not sidecar and not (rc.get("done") and rc.get("exitCode") == 0):
                 return run, policies
-        return run + list(sp.get("containers") or []), policies
+        ephemeral = list(sp.get("ephemeralContainers") or [])
+        for c in ephemeral:
+            policies[str(c.get("name", ""))] = "Never"  # ephemeral containers are never restarted
+        return run + list(sp.get("containers") or []) + ephemeral, policies
 
     async def _ensure_runtime(self, pod: Obj, w: PodWork) -> None:
         sa_dir = self._service_account(w.sandbox) if podspec.needs_service_account(pod) else ""
@@ -595,6 +597,7 @@ class Kubelet:
                 started_at=w.sandbox.started_at,
                 init=views(list(sp.get("initContainers") or []), init=True),
                 containers=views(list(sp.get("containers") or []), init=False),
+                ephemeral=views(list(sp.get("ephemeralContainers") or []), init=False),
             )
         )
 
@@ -603,11 +606,10 @@ class Kubelet:
             rt = (await self.runtime.pods()).get(w.sandbox.uid)
         w.rt = dict((rt or {}).get("containers") or {})
         await self._container_events(pod, w, rt)
-        # (a tty container's recorded process is util-linux setsid, outside the pod: exec it the plain way)
         w.pids = {
             str(n): int(c["pid"])
             for n, c in ((rt or {}).get("containers") or {}).items()
-            if c.get("pid") and c.get("running") and not c.get("tty")
+            if c.get("pid") and c.get("running")
         }
         new = self.compute_status(pod, w, rt)
         w.phase = str(new["phase"])
@@ -645,11 +647,7 @@ class Kubelet:
 
 def _all_containers(pod: Obj) -> list[Obj]:
     sp = podspec.spec(pod)
-    return list(sp.get("initContainers") or []) + list(sp.get("containers") or [])
-
-
-def host_network_pod(pod: Obj) -> bool:
-    return bool(podspec.spec(pod).get("hostNetwork"))
+    return [*(sp.get("initContainers") or []), *(sp.get("containers") or []), *(sp.get("ephemeralContainers") or [])]
 
 
 def _pulled(image: str) -> str:

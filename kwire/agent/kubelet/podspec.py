@@ -143,8 +143,16 @@ class ContainerPlan:
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the runtime's PATH for containers
 
 
+DEBUG_SHELL = ["sh"]  # what a terminal container without a command runs (the debug images' entrypoint)
+
+
 def _host_argv(c: Obj) -> list[str]:
-    return [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+    """The container's command and args; a container that asks for a terminal (stdin or tty, as `kubectl debug
+    -it` and `kubectl run -it` make) and names no command gets the node's shell, as busybox's image would run."""
+    argv = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+    if not argv and (c.get("stdin") or c.get("tty")) and not c.get("ports"):
+        return list(DEBUG_SHELL)
+    return argv
 
 
 def is_tool_container(c: Obj, *, which: Callable[..., str | None] = shutil.which) -> bool:

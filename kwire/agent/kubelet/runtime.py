@@ -54,6 +54,7 @@ BACKOFF_RESET = 600.0
 ORPHAN_GRACE = 2.0
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 MOUNTS_SCRIPT = str(Path(__file__).with_name("mounts.py"))
 MAX_GRACE = 3600.0
 CONTAINERD_START = (
@@ -299,6 +300,9 @@ class Runtime:
         if c.uts:
             prefix += [NSENTER, f"--uts={c.uts}", "--"]
         ready_r = ready_w = -1
+        if c.mounts and c.stage and not c.netns:
+            # a hostNetwork pod has no `ip netns exec` to give it a mount namespace: one of its own, first
+            prefix += [UNSHARE, "--mount", "--propagation", "slave", "--"]
         if c.mounts and c.stage:
             # the container's volumes at their mountPaths, in the mount namespace `ip netns exec` made (mounts.py);
             # it closes `readyFd` when it execs the program, so the run counts as started (and a postStart hook

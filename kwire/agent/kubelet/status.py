@@ -183,6 +183,7 @@ class PodView:
     started_at: str
     init: list[ContainerView] = field(default_factory=list)
     containers: list[ContainerView] = field(default_factory=list)
+    ephemeral: list[ContainerView] = field(default_factory=list)
 
 
 def pod_status(v: PodView, *, now: float | None = None) -> Obj:
@@ -240,6 +241,11 @@ def pod_status(v: PodView, *, now: float | None = None) -> Obj:
     }
     if init:
         out["initContainerStatuses"] = init
+    if v.ephemeral:
+        # ephemeral containers have no readiness: kubelet reports them not ready
+        out["ephemeralContainerStatuses"] = [
+            {**container_status(c, v.pod, now=now), "ready": False} for c in v.ephemeral
+        ]
     return out
 
 
@@ -266,6 +272,7 @@ def summary(status: Obj, types: frozenset[str]) -> tuple[Any, ...]:
         conds,
         cs(status.get("containerStatuses") or []),
         cs(status.get("initContainerStatuses") or []),
+        cs(status.get("ephemeralContainerStatuses") or []),
     )
 
 
