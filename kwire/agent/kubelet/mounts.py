@@ -98,7 +98,7 @@ class View:
         self.ensure(parent, is_dir=True)
         if parent not in self.ours:
             self._mirror(parent)
-            real = self._real(path)
+        real = self._real(path)  # the view may have a new root now
         if is_dir:
             os.mkdir(real)
             self.ours.add(path)
