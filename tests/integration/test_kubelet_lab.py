@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.labkit import Lab, wait_for
+from tests.integration.labkit import Lab, in_terminal, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -414,6 +414,15 @@ def test_kubectl_debug_adds_an_ephemeral_container_in_the_pods_namespaces(lab: L
     patch = '{"spec":{"ephemeralContainers":[{"name":"dbg","image":"other"}]}}'
     bad = lab.kubectl("patch", "pod", "target", "--subresource=ephemeralcontainers", "-p", patch, check=False)
     assert bad.returncode != 0 and "may not be changed" in bad.stderr, bad.stderr
+
+
+def test_kubectl_debug_it_is_a_shell_on_a_terminal(lab: Lab) -> None:
+    """`kubectl debug -it POD --image=busybox`: no command, so busybox's shell, on a terminal, in the pod."""
+    lab.wait_pods_ready("app=configured", 1, timeout=40)
+    typing = "sleep 6; printf 'echo I am $(hostname) with $GREETING\\n'; sleep 2; printf 'exit\\n'; sleep 20"
+    res = in_terminal(lab, "debug -it configured --image=busybox --container=shell", typing=typing)
+    assert "I am box with" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0
 
 
 def test_a_node_debugging_pod_sees_the_node(lab: Lab) -> None:
