@@ -277,6 +277,7 @@ async def start(cfg: AgentConfig) -> Agent:
         conflist=conflist,
         cni_bin_dir=cni_dir / "bin",
         runtime=runtime,
+        logs_dir=data_dir / "runtime" / "logs",
     )
     await kubelet.start()
     logs = LogServer(

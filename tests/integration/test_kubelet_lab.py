@@ -255,6 +255,12 @@ def test_run_to_completion_pods_and_logs_follow_ends(lab: Lab) -> None:
     assert failed["exitCode"] == 7 and failed["reason"] == "Error"
     rows = {r.split()[0]: r.split()[2] for r in lab.kubectl("get", "pods", "--no-headers").stdout.splitlines()}
     assert rows["job-ok"] == "Completed" and rows["job-fail"] == "Error"
+    # an ended pod keeps its logs until it is deleted; then they go, as kubelet removes a pod's log directory
+    node = _pod(lab, "job-ok")["spec"]["nodeName"]
+    log = lab.topo.state_dir / node / "runtime" / "logs" / "default_job-ok_main.log"
+    assert log.exists()
+    lab.kubectl("delete", "pod", "job-ok")
+    wait_for(lambda: not log.exists(), timeout=20, what="the deleted pod's log file to go")
 
 
 def test_a_failed_readiness_probe_is_an_event_with_kubelets_text(lab: Lab) -> None:

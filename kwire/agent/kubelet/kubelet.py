@@ -88,6 +88,7 @@ class Kubelet:
         conflist: Path,
         cni_bin_dir: Path,
         runtime: RuntimeClient,
+        logs_dir: Path | None = None,
         workers: int = 4,
     ) -> None:
         self.client = client
@@ -95,6 +96,7 @@ class Kubelet:
         self.node_name = node_name
         self.node_ip = node_ip
         self.runtime = runtime
+        self.logs_dir = logs_dir  # the runtime's container logs (removed with their pod, as kubelet does)
         self.sandboxes = Sandboxes(
             state_dir=data_dir / "pods",
             netns_prefix=netns_prefix,
@@ -267,11 +269,16 @@ class Kubelet:
         pod = self._current(uid)
         if pod is None or podspec.spec(pod).get("nodeName") != self.node_name:
             await self.teardown(uid, pod)
+            if uid in self.finished and uid in self._keys:  # an ended pod's logs, kept until it was deleted
+                ns, _, name = self._keys[uid].partition("/")
+                self._remove_logs(ns, name, uid)
             self.finished.discard(uid)
             return True
         m = podspec.meta(pod)
         if m.get("deletionTimestamp"):
             await self.teardown(uid, pod)
+            if uid in self.finished:
+                self._remove_logs(str(m.get("namespace")), str(m.get("name")), uid)
             with contextlib.suppress(NotFound, Conflict):
                 await self.client.delete(PODS, m["name"], m["namespace"], grace_period=0, preconditions={"uid": uid})
             return True
@@ -643,6 +650,23 @@ class Kubelet:
         await self.runtime.delete_pod(uid, grace=grace)
         await self.sandboxes.remove(w.sandbox)  # raises (and the queue retries) while CNI DEL fails
         self.work.pop(uid, None)
+        if stopping_events:
+            self._remove_logs(w.sandbox.namespace, w.sandbox.name, uid)
+
+    def _remove_logs(self, namespace: str, name: str, uid: str) -> None:
+        """A deleted pod's container logs go with it (a pod that merely ended keeps them for `kubectl logs`);
+        not while another pod of the same name runs here."""
+        if self.logs_dir is None:
+            return
+        current = self.pods.get(namespace, name)
+        if current is not None and podspec.meta(current).get("uid") != uid:
+            return
+        if any(w.sandbox.namespace == namespace and w.sandbox.name == name for w in self.work.values()):
+            return
+        prefix = f"{namespace}_{name}_"
+        for p in self.logs_dir.glob(f"{prefix}*.log"):
+            if "_" not in p.name[len(prefix) :]:  # names have no '_': exactly this pod's containers
+                p.unlink(missing_ok=True)
 
 
 def _all_containers(pod: Obj) -> list[Obj]:
