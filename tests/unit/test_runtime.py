@@ -293,3 +293,21 @@ async def test_crash_loop_back_off_start_errors_and_the_last_termination(tmp_pat
         assert rt.status()["u9"]["containers"]["a"]["pid"] == pid_a
     finally:
         await rt.close()
+
+
+async def test_sigterm_then_sigkill_after_the_grace_period(tmp_path: Path) -> None:
+    import time
+
+    rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
+    try:
+        stubborn = "trap 'echo TERM' TERM; while true; do sleep 0.1; done"
+        await rt.ensure_pod("u10", _spec("stubborn-1", [], [{"name": "c", "argv": ["sh", "-c", stubborn], "env": {}}]))
+        await _until(rt, "u10", "c", lambda s: s["pid"])
+        await asyncio.sleep(0.2)
+        t = time.monotonic()
+        await rt.remove_pod("u10", grace=1.0)
+        took = time.monotonic() - t
+        assert 0.9 < took < 5, took  # it ignored SIGTERM, so it was killed once the grace ran out
+        assert "TERM" in _log(tmp_path / "logs" / "default_stubborn-1_c.log")
+    finally:
+        await rt.close()
