@@ -161,6 +161,7 @@ def test_env_volumes_and_hostname_from_the_pod(lab: Lab) -> None:
     assert env["GREETING"] == "hello" and env["PASSWORD"] == "s3cret" and env["BOTH"] == "hello-s3cret"
     assert env["APP_color"] == "blue" and env["APP_greeting"] == "hello"
     assert lab.kubectl("exec", "configured", "--", "hostname").stdout.strip() == "box"
+    assert lab.kubectl("exec", "configured", "--", "cat", "/etc/hostname").stdout == "box\n"
     hosts = lab.kubectl("exec", "configured", "--", "cat", "/etc/hosts").stdout
     ip = _pod(lab, "configured")["status"]["podIP"]
     assert f"{ip}\tbox.group.default.svc.cluster.local\tbox" in hosts

@@ -2,8 +2,8 @@
 
 A sandbox is a network namespace `<prefix><uid12>` wired by CNI ADD through the node's conflist, a UTS namespace
 whose hostname is the pod's (kubelet's GeneratePodHostNameAndDomain: `spec.hostname`, else the pod name cut to 63
-characters), and the pod's /etc/netns/<ns>/{resolv.conf,hosts} (what `ip netns exec` shows the pod's processes as
-/etc/resolv.conf and /etc/hosts). hostNetwork pods get none of these: they share the node's, as in Kubernetes.
+characters), and the pod's /etc/netns/<ns>/{resolv.conf,hosts,hostname} (what `ip netns exec` shows the pod's
+processes as /etc/resolv.conf, /etc/hosts and /etc/hostname). hostNetwork pods get none of these: they share the node's, as in Kubernetes.
 
 Each sandbox is recorded in `<data-dir>/pods/<uid>.json`, so a restarted agent adopts its pods (namespaces, IPs and
 processes are left alone) and tears down those deleted while it was away. Removal is CNI DEL (retried by the caller
@@ -204,6 +204,7 @@ class Sandboxes:
         )
         write_if_changed(d / "resolv.conf", resolv)
         write_if_changed(d / "hosts", podspec.hosts_file(pod, pod_ip=sb.pod_ip, cluster_domain=self.cluster_domain))
+        write_if_changed(d / "hostname", pod_hostname(pod) + "\n")  # kubelet's /etc/hostname
 
     async def remove(self, sb: Sandbox) -> None:
         """CNI DEL, then the namespaces, files and record. Raises RuntimeError when CNI DEL fails (retry it)."""
