@@ -126,6 +126,7 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
         "flannel-backend": str(cfg.flannel_backend),
         "service-node-port-range": str(cfg.service_node_port_range),
         "disable-network-policy": "true" if cfg.disable_network_policy else "false",
+        "disable": ",".join(sorted(str(x) for x in cfg.disable)),  # packaged components left out (lab up waits)
         # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
         "node-monitor-grace-period": str(int(cfg.node_monitor_grace_period)),
     }

@@ -96,6 +96,7 @@ def _k(
     scale: bool = False,
     binding: bool = False,
     eviction: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> Kind:
     return Kind(
         group=group,
@@ -108,14 +109,26 @@ def _k(
         subresources=(("status",) if status else ())
         + (("scale",) if scale else ())
         + (("binding",) if binding else ())
-        + (("eviction",) if eviction else ()),
+        + (("eviction",) if eviction else ())
+        + extra,
     )
 
 
 KINDS: tuple[Kind, ...] = (
     _k("", "v1", "Namespace", "namespaces", namespaced=False, short=("ns",), status=True),
     _k("", "v1", "Node", "nodes", namespaced=False, short=("no",), status=True),
-    _k("", "v1", "Pod", "pods", short=("po",), categories=("all",), status=True, binding=True, eviction=True),
+    _k(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        short=("po",),
+        categories=("all",),
+        status=True,
+        binding=True,
+        eviction=True,
+        extra=("ephemeralcontainers",),
+    ),
     _k("", "v1", "Service", "services", short=("svc",), categories=("all",), status=True),
     _k("", "v1", "Endpoints", "endpoints", short=("ep",)),
     _k("", "v1", "ConfigMap", "configmaps", short=("cm",)),

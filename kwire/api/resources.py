@@ -350,6 +350,11 @@ class Resources:
         return await self._write_update(kind, namespace, name, kv, old, new, dry_run=dry_run)
 
     def _merge_update(self, kind: Kind, old: Obj, obj: Obj, *, subresource: str | None) -> Obj:
+        if subresource == "ephemeralcontainers":
+            # pods/ephemeralcontainers (kubectl debug): only spec.ephemeralContainers is taken from the body
+            new = copy.deepcopy(old)
+            new.setdefault("spec", {})["ephemeralContainers"] = (obj.get("spec") or {}).get("ephemeralContainers") or []
+            return new
         if subresource == "status":
             new = copy.deepcopy(old)
             new["status"] = obj.get("status", {})
@@ -363,6 +368,12 @@ class Resources:
                 meta[k] = old_meta[k]
             else:
                 meta.pop(k, None)
+        if "ephemeralcontainers" in kind.subresources and isinstance(new.get("spec"), dict):
+            # written only through the ephemeralcontainers subresource, as kube-apiserver's pod strategy keeps them
+            if (old.get("spec") or {}).get("ephemeralContainers"):
+                new["spec"]["ephemeralContainers"] = old["spec"]["ephemeralContainers"]
+            else:
+                new["spec"].pop("ephemeralContainers", None)
         if "status" in kind.subresources:
             if "status" in old:
                 new["status"] = old["status"]

@@ -216,9 +216,7 @@ class ApiServer:
             return self._object_response(request, target.kind, obj)
         if m == "PUT":
             body = await self._body(request)
-            sub = "status" if target.subresource == "status" else None
-            if target.subresource == "finalize":
-                sub = None
+            sub = target.subresource if target.subresource in ("status", "ephemeralcontainers") else None
             obj = await self.resources.update(
                 target.kind, target.namespace, target.name, body, subresource=sub, dry_run=_dry_run(request)
             )

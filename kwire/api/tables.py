@@ -148,17 +148,52 @@ def _pod(o: Obj, now: dt.datetime) -> Cells:
     spec = o.get("spec") or {}
     status = o.get("status") or {}
     meta = o["metadata"]
-    total = len(spec.get("containers") or [])
+    inits = {str(c.get("name")): c for c in spec.get("initContainers") or []}
+    sidecars = [n for n, c in inits.items() if c.get("restartPolicy") == "Always"]
+    total = len(spec.get("containers") or []) + len(sidecars)
     ready = 0
     restarts = 0
     last_restart: dt.datetime | None = None
     reason = status.get("reason") or status.get("phase") or ""
-    for cs in status.get("containerStatuses") or []:
-        restarts += int(cs.get("restartCount") or 0)
+
+    def note_restart(cs: Obj) -> None:
+        nonlocal last_restart
         term = (cs.get("lastState") or {}).get("terminated") or {}
         fin = _parse_time(term.get("finishedAt"))
         if fin and (last_restart is None or fin > last_restart):
             last_restart = fin
+
+    # kubectl's printPod: the first init container that has not completed names the status (Init:1/3,
+    # Init:Error, Init:CrashLoopBackOff); started sidecars count as containers.
+    initializing = False
+    for i, cs in enumerate(status.get("initContainerStatuses") or []):
+        restarts += int(cs.get("restartCount") or 0)
+        note_restart(cs)
+        state = cs.get("state") or {}
+        term = state.get("terminated")
+        waiting = state.get("waiting") or {}
+        if term is not None and term.get("exitCode") == 0:
+            continue
+        if cs.get("name") in sidecars and cs.get("started"):
+            ready += 1 if cs.get("ready") else 0
+            continue
+        if term is not None:
+            reason = "Init:" + (
+                term.get("reason")
+                or (f"Signal:{term['signal']}" if term.get("signal") else f"ExitCode:{term.get('exitCode', 0)}")
+            )
+        elif waiting.get("reason") and waiting["reason"] != "PodInitializing":
+            reason = "Init:" + waiting["reason"]
+        else:
+            reason = f"Init:{i}/{len(inits)}"
+        initializing = True
+        break
+    initialized = any(
+        c.get("type") == "Initialized" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    for cs in status.get("containerStatuses") or [] if (not initializing or initialized) else []:
+        restarts += int(cs.get("restartCount") or 0)
+        note_restart(cs)
         state = cs.get("state") or {}
         if state.get("waiting", {}).get("reason"):
             reason = state["waiting"]["reason"]

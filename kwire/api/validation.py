@@ -359,7 +359,9 @@ def _pod(obj: Obj, old: Obj | None) -> Errs:
         new_spec, old_spec = dict(obj.get("spec") or {}), dict(old.get("spec") or {})
         # Mutable pod fields (pkg/apis/core/validation ValidatePodUpdate): images, activeDeadlineSeconds,
         # tolerations (additions), and nodeName only while unset (the binding).
+        errs += _ephemeral_update(new_spec, old_spec)
         for s in (new_spec, old_spec):
+            s.pop("ephemeralContainers", None)  # changed only through pods/ephemeralcontainers (checked above)
             s.pop("activeDeadlineSeconds", None)
             s.pop("tolerations", None)
             s["containers"] = [
@@ -382,6 +384,47 @@ def _pod(obj: Obj, old: Obj | None) -> Errs:
                     "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
                 )
             )
+    return errs
+
+
+EPHEMERAL_FORBIDDEN = ("ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "resources")
+
+
+def _ephemeral_update(new_spec: Obj, old_spec: Obj) -> Errs:
+    """ValidatePodEphemeralContainersUpdate: existing ephemeral containers stay as they are; new ones need a
+    unique name and an image, and may not declare ports, probes, lifecycle hooks or resources."""
+    errs: Errs = []
+    new = [c for c in new_spec.get("ephemeralContainers") or [] if isinstance(c, dict)]
+    old = {str(c.get("name")): c for c in old_spec.get("ephemeralContainers") or [] if isinstance(c, dict)}
+    by_name = {str(c.get("name")): c for c in new}
+    for name, c in old.items():
+        if by_name.get(name) != c:
+            errs.append(
+                forbidden("spec.ephemeralContainers", f'existing ephemeral containers "{name}" may not be changed')
+            )
+    taken = {
+        str(c.get("name"))
+        for k in ("containers", "initContainers")
+        for c in new_spec.get(k) or []
+        if isinstance(c, dict)
+    }
+    seen: set[str] = set()
+    for i, c in enumerate(new):
+        path = f"spec.ephemeralContainers[{i}]"
+        name = str(c.get("name") or "")
+        if name in old:
+            seen.add(name)
+            continue
+        if not name:
+            errs.append(required(f"{path}.name"))
+        elif name in taken or name in seen:
+            errs.append(duplicate(f"{path}.name", name))
+        seen.add(name)
+        if not c.get("image"):
+            errs.append(required(f"{path}.image"))
+        for f in EPHEMERAL_FORBIDDEN:
+            if c.get(f):
+                errs.append(forbidden(f"{path}.{f}", "cannot be set for an Ephemeral Container"))
     return errs
 
 
