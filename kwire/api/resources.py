@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import yaml
 
-from kwire.api import defaults, validation
+from kwire.api import defaults, fieldset, managedfields, validation
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.errors import (
     ApiError,
@@ -32,7 +33,7 @@ from kwire.api.errors import (
     required,
 )
 from kwire.api.fields import FieldSelector
-from kwire.api.patch import apply_patch
+from kwire.api.patch import APPLY_YAML, apply_patch, unsupported_patch_type
 from kwire.api.registry import KINDS, Kind, by_path
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch
@@ -198,19 +199,33 @@ class Resources:
                     f"{namespace} because it is being terminated",
                 )
 
-    async def create(self, kind: Kind, namespace: str | None, obj: Obj, *, dry_run: bool = False) -> Obj:
-        """Create `obj`, which the caller hands over (it is filled in place and returned)."""
+    async def create(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        obj: Obj,
+        *,
+        dry_run: bool = False,
+        manager: str | None = None,
+        applied: bool = False,
+    ) -> Obj:
+        """Create `obj`, which the caller hands over (it is filled in place and returned). `manager` records an
+        Update entry in managedFields; `applied` keeps the Apply entry server-side apply already put there."""
         self._check_type(kind, obj)
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = str(meta["generateName"]) + "".join(random.choice(_NAME_CHARS) for _ in range(5))
         self._check_namespace(kind, namespace, obj, creating=True)
-        for k in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"):
+        for k in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
             meta.pop(k, None)
+        if not applied:
+            meta.pop("managedFields", None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
+        if manager and not applied:
+            self._track(kind, None, obj, manager=manager, subresource="")
         errors = validation.validate_create(kind, obj)
         name = str(meta.get("name") or "")
         if errors:
@@ -250,8 +265,12 @@ class Resources:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        manager: str | None = None,
+        tracked_subresource: str = "",
     ) -> Obj:
-        """Replace an object with `obj`, which the caller hands over (it may be changed in place)."""
+        """Replace an object with `obj`, which the caller hands over (it may be changed in place). `manager`
+        (the request's fieldManager) records the write in managedFields, under `tracked_subresource` when the
+        write came through one that is stored as the main object (scale)."""
         self._check_type(kind, obj)
         meta = obj["metadata"]
         if meta.get("name") and meta["name"] != name:
@@ -269,16 +288,46 @@ class Resources:
             )
         old = decode(kv)
         new = self._merge_update(kind, old, obj, subresource=subresource)
+        if manager:
+            self._track(kind, old, new, manager=manager, subresource=subresource or tracked_subresource)
         if new == old:
             return old  # a no-op update writes nothing and keeps the resourceVersion, as kube-apiserver does
         return await self._write_update(kind, namespace, name, kv, old, new, dry_run=dry_run)
 
+    @staticmethod
+    def _track(kind: Kind, old: Obj | None, new: Obj, *, manager: str, subresource: str) -> None:
+        managedfields.record_update(
+            old,
+            new,
+            node=fieldset.schema_for(kind.kind),
+            api_version=kind.api_version,
+            manager=manager,
+            subresource=subresource,
+            status_separate="status" in kind.subresources,
+        )
+
+    @staticmethod
+    def _managed_fields(old: Obj, obj: Obj) -> Any:
+        """The managedFields a write keeps: the request's when it sends any (`[]` resets them, as in kube),
+        else the stored ones."""
+        sent = (obj.get("metadata") or {}).get("managedFields")
+        return old["metadata"].get("managedFields") if sent is None else sent
+
     def _merge_update(self, kind: Kind, old: Obj, obj: Obj, *, subresource: str | None) -> Obj:
+        managed = self._managed_fields(old, obj)
         if subresource == "status":
             new = copy.deepcopy(old)
             new["status"] = obj.get("status", {})
             # Metadata other than labels/annotations is not writable through status (kube keeps it).
-            return new
+        else:
+            new = self._merge_main(kind, old, obj)
+        if managed:
+            new["metadata"]["managedFields"] = managed
+        else:
+            new["metadata"].pop("managedFields", None)
+        return new
+
+    def _merge_main(self, kind: Kind, old: Obj, obj: Obj) -> Obj:
         new = obj
         meta = new["metadata"]
         old_meta = old["metadata"]
@@ -351,11 +400,62 @@ class Resources:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        manager: str | None = None,
+        force: bool = False,
     ) -> Obj:
+        """PATCH: JSON/merge/strategic patches are an Update by `manager`; `application/apply-patch+yaml` is a
+        server-side apply by `manager` (required), which creates the object when it does not exist."""
+        ctype = content_type.split(";")[0].strip().lower()
+        applying = ctype == APPLY_YAML
+        if ctype.startswith("application/apply-patch"):
+            if not applying:
+                raise unsupported_patch_type(kind)  # apply-patch+cbor is behind a feature gate upstream
+            if not manager:
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                    details={
+                        "group": "meta.k8s.io",
+                        "kind": "PatchOptions",
+                        "causes": [
+                            {
+                                "reason": "FieldValueRequired",
+                                "message": "Required value: is required for apply patch",
+                                "field": "fieldManager",
+                            }
+                        ],
+                    },
+                )
+            config = self._applied_config(kind, name, body)
         for _ in range(20):
-            kv = self._current(kind, namespace, name)
+            kv = self.store.get_now(kind.key(namespace, name))
+            if kv is None:
+                if applying and not subresource:
+                    try:
+                        return await self._apply_create(kind, namespace, config, manager or "", dry_run=dry_run)
+                    except ApiError as err:
+                        if err.reason == "AlreadyExists":
+                            continue  # created meanwhile: apply to it instead
+                        raise
+                raise not_found(kind.group, kind.plural, name)
             old = decode(kv)
-            patched = apply_patch(kind, old, body, content_type)
+            if applying:
+                patched = managedfields.apply(
+                    old,
+                    config,
+                    node=fieldset.schema_for(kind.kind),
+                    api_version=kind.api_version,
+                    manager=manager or "",
+                    force=force,
+                    subresource=subresource if subresource == "status" else "",
+                    status_separate="status" in kind.subresources,
+                )
+                patched["metadata"]["resourceVersion"] = (config.get("metadata") or {}).get("resourceVersion") or (
+                    old["metadata"]["resourceVersion"]
+                )
+            else:
+                patched = apply_patch(kind, old, body, content_type)
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not an object")
             self._check_type(kind, patched)
@@ -374,6 +474,8 @@ class Resources:
             pmeta["name"] = name
             self._check_namespace(kind, namespace, patched, creating=False)
             new = self._merge_update(kind, old, patched, subresource=subresource)
+            if manager and not applying:
+                self._track(kind, old, new, manager=manager, subresource=subresource or "")
             if new == old:
                 return old
             try:
@@ -383,6 +485,43 @@ class Resources:
                     continue  # lost a race with another writer: re-apply the patch on the newer object
                 raise
         raise conflict(kind.group, kind.plural, name, "too many concurrent updates")
+
+    def _applied_config(self, kind: Kind, name: str, body: bytes) -> Obj:
+        try:
+            config = yaml.safe_load(body)
+        except yaml.YAMLError as exc:
+            raise bad_request(f"error decoding YAML: {exc}") from None
+        if not isinstance(config, dict):
+            raise bad_request("the body of the request must be a JSON or YAML object")
+        for field in ("apiVersion", "kind"):
+            if not config.get(field):
+                raise bad_request(f"{field} must be set in an applied configuration")
+        self._check_type(kind, config)
+        meta = config["metadata"]
+        if meta.get("managedFields") is not None:
+            raise bad_request("metadata.managedFields must be nil")
+        if meta.get("name", name) != name:
+            raise bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
+            )
+        meta["name"] = name
+        return config
+
+    async def _apply_create(
+        self, kind: Kind, namespace: str | None, config: Obj, manager: str, *, dry_run: bool
+    ) -> Obj:
+        created = managedfields.apply(
+            None,
+            config,
+            node=fieldset.schema_for(kind.kind),
+            api_version=kind.api_version,
+            manager=manager,
+            force=True,
+            status_separate="status" in kind.subresources,
+        )
+        if "status" in kind.subresources:
+            created.pop("status", None)
+        return await self.create(kind, namespace, created, dry_run=dry_run, applied=True)
 
     # -- delete ------------------------------------------------------------------------------------------------
     async def delete(

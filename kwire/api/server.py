@@ -18,7 +18,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, kubeletproxy, protobuf, scale, tables
+from kwire.api import discovery, kubeletproxy, managedfields, protobuf, scale, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -89,6 +89,21 @@ def _bool_param(request: web.Request, name: str) -> bool:
 
 def _dry_run(request: web.Request) -> bool:
     return "All" in request.query.getall("dryRun", [])
+
+
+def _field_manager(request: web.Request) -> str:
+    """The request's field manager: `?fieldManager=`, else the User-Agent's prefix (kube's default)."""
+    name = request.query.get("fieldManager")
+    if name is None:
+        return managedfields.manager_from_user_agent(request.headers.get("User-Agent", ""))
+    if len(name) > managedfields.MAX_MANAGER_LENGTH:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Too long: may not be more than '
+            f"{managedfields.MAX_MANAGER_LENGTH} bytes",
+        )
+    return name
 
 
 class ApiServer:
@@ -200,12 +215,28 @@ class ApiServer:
             if target.subresource == "finalize":
                 sub = None
             obj = await self.resources.update(
-                target.kind, target.namespace, target.name, body, subresource=sub, dry_run=_dry_run(request)
+                target.kind,
+                target.namespace,
+                target.name,
+                body,
+                subresource=sub,
+                dry_run=_dry_run(request),
+                manager=_field_manager(request),
             )
             return self._object_response(request, target.kind, obj)
         if m == "PATCH":
             raw = await request.read()
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+            force = request.query.get("force")
+            if force is not None and not ctype.startswith("application/apply-patch"):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified for non-apply patch',
+                )
+            created = ctype.startswith("application/apply-patch") and (
+                self.resources.get_or_none(target.kind, target.namespace, target.name) is None
+            )
             obj = await self.resources.patch(
                 target.kind,
                 target.namespace,
@@ -214,8 +245,10 @@ class ApiServer:
                 ctype,
                 subresource=target.subresource,
                 dry_run=_dry_run(request),
+                manager=_field_manager(request) if "fieldManager" in request.query or "apply" not in ctype else None,
+                force=(force or "").lower() == "true",
             )
-            return self._object_response(request, target.kind, obj)
+            return self._object_response(request, target.kind, obj, 201 if created else 200)
         if m == "DELETE":
             return await self._delete(request, target)
         raise method_not_allowed()
@@ -235,7 +268,13 @@ class ApiServer:
             raise method_not_allowed()
         new = scale.apply_scale(target.kind, obj, wanted)
         updated = await self.resources.update(
-            target.kind, target.namespace, target.name or "", new, dry_run=_dry_run(request)
+            target.kind,
+            target.namespace,
+            target.name or "",
+            new,
+            dry_run=_dry_run(request),
+            manager=_field_manager(request),
+            tracked_subresource="scale",
         )
         return _json(scale.to_scale(updated))
 
@@ -307,7 +346,9 @@ class ApiServer:
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
         body = await self._body(request)
-        obj = await self.resources.create(target.kind, target.namespace, body, dry_run=_dry_run(request))
+        obj = await self.resources.create(
+            target.kind, target.namespace, body, dry_run=_dry_run(request), manager=_field_manager(request)
+        )
         return self._object_response(request, target.kind, obj, 201)
 
     async def _list(self, request: web.Request, target: Target) -> web.Response:
