@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kwire.api.admission import WebhookAdmission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.certs import ensure_pki, ensure_token
 from kwire.api.errors import ApiError
@@ -151,6 +152,8 @@ class Server:
             t.cancel()
         self.api.stop_watches()
         await self.lifecycle.stop()
+        if self.resources.admission is not None:
+            await self.resources.admission.stop()
         await self.runner.cleanup()
         await self.store.close()
 
@@ -187,6 +190,9 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     await bootstrap(resources, cfg, address=address)
     lifecycle = Lifecycle(resources)
     await lifecycle.start()
+    admission = WebhookAdmission(store, lookup=resources, namespace_labels=resources.namespace_labels)
+    await admission.start()
+    resources.admission = admission
 
     sans_ip = sorted(
         {"127.0.0.1", address, str(cfg.api_service_ip)}

@@ -103,6 +103,8 @@ SCHEMAS: dict[str, Node] = {
     ),
     "Namespace": _struct(metadata=_META, status=_struct(conditions=_CONDITIONS)),
     "NetworkPolicy": _struct(metadata=_META, spec=_struct(podSelector=ATOMIC)),
+    "ValidatingWebhookConfiguration": _struct(metadata=_META, webhooks=_listmap("name")),
+    "MutatingWebhookConfiguration": _struct(metadata=_META, webhooks=_listmap("name")),
 }
 
 # Free-form maps: a new one is owned as a whole by the Update that creates it (`.` in fieldsV1), as in kube.

@@ -70,6 +70,8 @@ _SCHEMAS: dict[str, Schema] = {
         "status": _obj({"conditions": _ml("type"), "addresses": _ml("type")}),
     },
     "Namespace": {"metadata": _META, "status": _obj({"conditions": _ml("type")})},
+    "ValidatingWebhookConfiguration": {"metadata": _META, "webhooks": _ml("name")},
+    "MutatingWebhookConfiguration": {"metadata": _META, "webhooks": _ml("name")},
 }
 
 

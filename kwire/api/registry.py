@@ -100,6 +100,22 @@ KINDS: tuple[Kind, ...] = (
     _k("networking.k8s.io", "v1", "IngressClass", "ingressclasses", namespaced=False),
     _k("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", short=("netpol",)),
     _k("coordination.k8s.io", "v1", "Lease", "leases"),
+    _k(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        namespaced=False,
+        categories=("api-extensions",),
+    ),
+    _k(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        namespaced=False,
+        categories=("api-extensions",),
+    ),
     _k("metallb.io", "v1beta1", "IPAddressPool", "ipaddresspools", status=True),
     _k("metallb.io", "v1beta1", "L2Advertisement", "l2advertisements", status=True),
 )

@@ -21,6 +21,7 @@ import orjson
 import yaml
 
 from kwire.api import defaults, fieldset, managedfields, validation
+from kwire.api.admission import Attributes, WebhookAdmission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.errors import (
     ApiError,
@@ -100,11 +101,53 @@ class Resources:
         self.store = store
         self.allocator = allocator
         self._after_write: list[Callable[[], None]] = []
+        self.admission: WebhookAdmission | None = None  # set by the server once webhook configurations are loaded
 
     async def load(self) -> None:
         assert SERVICES is not None
         res = await self.store.range(SERVICES.prefix())
         self.allocator.load([decode(kv) for kv in res.items])
+
+    # -- admission ---------------------------------------------------------------------------------------------
+    def service(self, namespace: str, name: str) -> Obj | None:
+        assert SERVICES is not None
+        return self.get_or_none(SERVICES, namespace, name)
+
+    def endpoints(self, namespace: str, name: str) -> Obj | None:
+        kind = by_path("", "v1", "endpoints")
+        assert kind is not None
+        return self.get_or_none(kind, namespace, name)
+
+    def namespace_labels(self, name: str) -> dict[str, str] | None:
+        assert NAMESPACES is not None
+        ns = self.get_or_none(NAMESPACES, None, name)
+        return None if ns is None else dict(ns["metadata"].get("labels") or {})
+
+    async def _mutate(self, attrs: Attributes) -> Obj:
+        """Mutating admission; returns the object to store (the patched one)."""
+        assert attrs.object is not None
+        if self.admission is None:
+            return attrs.object
+        patched = await self.admission.mutate(attrs)
+        if patched is None or patched is attrs.object:
+            return attrs.object
+        self._check_type(attrs.kind, patched)
+        patched["metadata"]["name"] = attrs.name or patched["metadata"].get("name")
+        self._check_namespace(attrs.kind, attrs.namespace or None, patched, creating=False)
+        attrs.object = patched
+        return patched
+
+    async def _validate_admission(self, attrs: Attributes) -> None:
+        if self.admission is not None:
+            await self.admission.validate(attrs)
+
+    async def connect(self, kind: Kind, namespace: str, name: str, subresource: str, options: Obj) -> None:
+        """Admission of a CONNECT request (pods/exec, pods/attach): the webhooks see the options object."""
+        if self.admission is None:
+            return
+        attrs = Attributes(kind, "CONNECT", namespace, name, subresource, object=options)
+        await self.admission.mutate(attrs)
+        await self.admission.validate(attrs)
 
     # -- reads -------------------------------------------------------------------------------------------------
     def _current(self, kind: Kind, namespace: str | None, name: str) -> KV:
@@ -226,10 +269,14 @@ class Resources:
         defaults.apply_defaults(kind, obj)
         if manager and not applied:
             self._track(kind, None, obj, manager=manager, subresource="")
+        attrs = Attributes(kind, "CREATE", namespace or "", str(meta.get("name") or ""), object=obj, dry_run=dry_run)
+        obj = await self._mutate(attrs)
+        meta = obj["metadata"]
         errors = validation.validate_create(kind, obj)
         name = str(meta.get("name") or "")
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
+        await self._validate_admission(attrs)
         key = kind.key(namespace, name)
         if self.store.get_now(key) is not None:
             raise already_exists(kind.group, kind.plural, name)
@@ -292,7 +339,7 @@ class Resources:
             self._track(kind, old, new, manager=manager, subresource=subresource or tracked_subresource)
         if new == old:
             return old  # a no-op update writes nothing and keeps the resourceVersion, as kube-apiserver does
-        return await self._write_update(kind, namespace, name, kv, old, new, dry_run=dry_run)
+        return await self._write_update(kind, namespace, name, kv, old, new, dry_run=dry_run, subresource=subresource)
 
     @staticmethod
     def _track(kind: Kind, old: Obj | None, new: Obj, *, manager: str, subresource: str) -> None:
@@ -347,11 +394,28 @@ class Resources:
         return new
 
     async def _write_update(
-        self, kind: Kind, namespace: str | None, name: str, kv: KV, old: Obj, new: Obj, *, dry_run: bool
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        kv: KV,
+        old: Obj,
+        new: Obj,
+        *,
+        dry_run: bool,
+        subresource: str | None = None,
+        admit: bool = True,
     ) -> Obj:
+        attrs = Attributes(
+            kind, "UPDATE", namespace or "", name, subresource or "", object=new, old_object=old, dry_run=dry_run
+        )
+        if admit:
+            new = await self._mutate(attrs)
         errors = validation.validate_update(kind, new, old)
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
+        if admit:
+            await self._validate_admission(attrs)
         new["metadata"].pop("resourceVersion", None)
         meta = new["metadata"]
         # An object being deleted whose last finalizer went away is deleted for real.
@@ -479,7 +543,9 @@ class Resources:
             if new == old:
                 return old
             try:
-                return await self._write_update(kind, namespace, name, kv, old, new, dry_run=dry_run)
+                return await self._write_update(
+                    kind, namespace, name, kv, old, new, dry_run=dry_run, subresource=subresource
+                )
             except ApiError as e:
                 if e.reason == "Conflict" and self.store.get_now(kv.key) is not None:
                     continue  # lost a race with another writer: re-apply the patch on the newer object
@@ -537,6 +603,15 @@ class Resources:
     ) -> Obj:
         kv = self._current(kind, namespace, name)
         obj = decode(kv)
+        if self.admission is not None:
+            options: Obj = {"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"}
+            if propagation:
+                options["propagationPolicy"] = propagation
+            if grace_period is not None:
+                options["gracePeriodSeconds"] = grace_period
+            attrs = Attributes(kind, "DELETE", namespace or "", name, old_object=obj, dry_run=dry_run, options=options)
+            await self.admission.mutate(attrs)
+            await self.admission.validate(attrs)
         meta = obj["metadata"]
         pre = preconditions or {}
         if pre.get("uid") and pre["uid"] != meta.get("uid"):
@@ -667,7 +742,8 @@ class Resources:
             {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": now_rfc3339()}
         )
         status["conditions"] = conds
-        await self._write_update(PODS, namespace, name, kv, old, new, dry_run=dry_run)
+        # pods/binding is a CREATE of a Binding upstream; it is not offered to webhooks here.
+        await self._write_update(PODS, namespace, name, kv, old, new, dry_run=dry_run, admit=False)
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
     async def finish_namespace(self, name: str) -> None:

@@ -91,6 +91,20 @@ def _dry_run(request: web.Request) -> bool:
     return "All" in request.query.getall("dryRun", [])
 
 
+def _connect_options(request: web.Request, subresource: str) -> Obj:
+    """The PodExecOptions/PodAttachOptions object CONNECT admission sees, from the query."""
+    q = request.query
+    opts: Obj = {"kind": "PodExecOptions" if subresource == "exec" else "PodAttachOptions", "apiVersion": "v1"}
+    for flag in ("stdin", "stdout", "stderr", "tty"):
+        if q.get(flag, "").lower() in ("1", "true"):
+            opts[flag] = True
+    if q.get("container"):
+        opts["container"] = q["container"]
+    if subresource == "exec":
+        opts["command"] = q.getall("command", [])
+    return opts
+
+
 def _field_manager(request: web.Request) -> str:
     """The request's field manager: `?fieldManager=`, else the User-Agent's prefix (kube's default)."""
     name = request.query.get("fieldManager")
@@ -168,6 +182,13 @@ class ApiServer:
         if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed()
+            await self.resources.connect(
+                target.kind,
+                target.namespace or "",
+                target.name,
+                target.subresource,
+                _connect_options(request, target.subresource),
+            )
             return await kubeletproxy.pod_stream(
                 request,
                 self.resources,
