@@ -181,13 +181,6 @@ def _networkpolicy(obj: Obj) -> None:
                         p.setdefault("protocol", "TCP")
 
 
-def _ipaddresspool(obj: Obj) -> None:
-    spec = obj.setdefault("spec", {})
-    if isinstance(spec, dict):
-        spec.setdefault("autoAssign", True)
-        spec.setdefault("avoidBuggyIPs", False)
-
-
 def _node(obj: Obj) -> None:
     obj.setdefault("spec", {})
     obj.setdefault("status", {})
@@ -203,7 +196,6 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "Secret": _secret,
     "EndpointSlice": _endpointslice,
     "NetworkPolicy": _networkpolicy,
-    "IPAddressPool": _ipaddresspool,
     "Node": _node,
 }
 

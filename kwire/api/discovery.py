@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from kwire.api.registry import KINDS, Kind, groups, kinds_in
+from kwire.api.registry import Kind, all_kinds, groups, kinds_in
 
 VERSION = {
     "major": "1",
@@ -134,24 +134,28 @@ def _gv_doc(group: str, version: str) -> dict[str, Any]:
     }
 
 
-def _gv_bytes() -> dict[str, bytes]:
+_DOCS_CACHE: tuple[tuple[Kind, ...], dict[str, bytes]] | None = None
+
+
+def openapi_v3_docs() -> dict[str, bytes]:
+    """One document per served group version; rebuilt when the set of kinds changes (a CRD came or went)."""
+    global _DOCS_CACHE
+    kinds = all_kinds()
+    if _DOCS_CACHE is not None and _DOCS_CACHE[0] is kinds:
+        return _DOCS_CACHE[1]
     out: dict[str, bytes] = {}
-    seen: set[tuple[str, str]] = set()
-    for k in KINDS:
-        if (k.group, k.version) in seen:
-            continue
-        seen.add((k.group, k.version))
-        out[_gv_path(k.group, k.version)] = orjson.dumps(_gv_doc(k.group, k.version))
+    for k in kinds:
+        path = _gv_path(k.group, k.version)
+        if path not in out:
+            out[path] = orjson.dumps(_gv_doc(k.group, k.version))
+    _DOCS_CACHE = (kinds, out)
     return out
-
-
-OPENAPI_V3_DOCS: dict[str, bytes] = _gv_bytes()
 
 
 def openapi_v3_root() -> dict[str, Any]:
     return {
         "paths": {
             path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={hashlib.sha512(doc).hexdigest()[:32].upper()}"}
-            for path, doc in OPENAPI_V3_DOCS.items()
+            for path, doc in openapi_v3_docs().items()
         }
     }

@@ -23,6 +23,7 @@ import yaml
 from kwire.api import defaults, fieldset, managedfields, validation
 from kwire.api.admission import Attributes, WebhookAdmission
 from kwire.api.allocator import ServiceAllocator
+from kwire.api.crd import custom, definition
 from kwire.api.errors import (
     ApiError,
     already_exists,
@@ -35,7 +36,7 @@ from kwire.api.errors import (
 )
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import APPLY_YAML, apply_patch, unsupported_patch_type
-from kwire.api.registry import KINDS, Kind, by_path
+from kwire.api.registry import Kind, by_path, set_custom_kinds, storage_kind_for_key
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch
 from kwire.store.sqlite import SQLiteStore
@@ -48,6 +49,7 @@ _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's SimpleNameGenerato
 NAMESPACES = by_path("", "v1", "namespaces")
 SERVICES = by_path("", "v1", "services")
 PODS = by_path("", "v1", "pods")
+CRDS = definition.CRDS
 
 
 def now_rfc3339() -> str:
@@ -102,11 +104,53 @@ class Resources:
         self.allocator = allocator
         self._after_write: list[Callable[[], None]] = []
         self.admission: WebhookAdmission | None = None  # set by the server once webhook configurations are loaded
+        self._terminating_crds: set[str] = set()  # CRDs being deleted: their kinds refuse creates
 
     async def load(self) -> None:
-        assert SERVICES is not None
+        assert SERVICES is not None and CRDS is not None
         res = await self.store.range(SERVICES.prefix())
         self.allocator.load([decode(kv) for kv in res.items])
+        for kv in (await self.store.range(CRDS.prefix())).items:
+            crd = decode(kv)
+            self._serve_crd(crd, crd["metadata"]["name"])
+
+    # -- custom resources and their definitions ----------------------------------------------------------------
+    def _decode(self, kind: Kind, kv: KV) -> Obj:
+        obj = decode(kv)
+        return custom.present(kind, obj) if kind.custom is not None else obj
+
+    @staticmethod
+    def _encode(kind: Kind, obj: Obj) -> bytes:
+        return encode(custom.to_storage(kind, obj) if kind.custom is not None else obj)
+
+    async def _other_crds(self, name: str) -> list[Obj]:
+        assert CRDS is not None
+        res = await self.store.range(CRDS.prefix())
+        return [o for o in (decode(kv) for kv in res.items) if o["metadata"].get("name") != name]
+
+    async def _prepare_crd(self, obj: Obj, old: Obj | None) -> list[Any]:
+        """Default, validate and set the status of a CRD being written (the naming/establishing controllers)."""
+        definition.apply_defaults(obj)
+        errs = definition.validate_crd(obj, old)
+        if not errs:
+            definition.compute_status(obj, await self._other_crds(str(obj["metadata"].get("name") or "")))
+        return errs
+
+    def _serve_crd(self, obj: Obj | None, name: str) -> None:
+        set_custom_kinds(name, definition.served_kinds(obj) if obj is not None else ())
+        if obj is not None and obj["metadata"].get("deletionTimestamp"):
+            self._terminating_crds.add(name)
+        else:
+            self._terminating_crds.discard(name)
+
+    def _check_custom_create(self, kind: Kind, name: str) -> None:
+        assert kind.custom is not None
+        if kind.custom.crd_name in self._terminating_crds:
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "create not allowed while custom resource definition is terminating",
+            )
 
     # -- admission ---------------------------------------------------------------------------------------------
     def service(self, namespace: str, name: str) -> Obj | None:
@@ -157,11 +201,11 @@ class Resources:
         return kv
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
-        return decode(self._current(kind, namespace, name))
+        return self._decode(kind, self._current(kind, namespace, name))
 
     def get_or_none(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
         kv = self.store.get_now(kind.key(namespace, name))
-        return decode(kv) if kv else None
+        return self._decode(kind, kv) if kv else None
 
     async def list(
         self,
@@ -186,7 +230,7 @@ class Resources:
             res = await self.store.range(prefix, start_after=cursor, limit=batch)
             revision = res.revision
             for i, kv in enumerate(res.items):
-                obj = decode(kv)
+                obj = self._decode(kind, kv)
                 if filtered and not self._matches(obj, labels, fields):
                     continue
                 out.append(obj)
@@ -267,12 +311,22 @@ class Resources:
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
+        if kind.custom is not None:
+            if "status" in kind.subresources:
+                obj.pop("status", None)  # the CR strategy's PrepareForCreate: status is written through /status
+            custom.prepare_write(kind, obj)
         if manager and not applied:
             self._track(kind, None, obj, manager=manager, subresource="")
         attrs = Attributes(kind, "CREATE", namespace or "", str(meta.get("name") or ""), object=obj, dry_run=dry_run)
         obj = await self._mutate(attrs)
         meta = obj["metadata"]
         errors = validation.validate_create(kind, obj)
+        if kind.custom is not None:
+            errors += custom.validate(kind, obj, None)
+        if kind is CRDS:
+            errors += await self._prepare_crd(obj, None)
+            if not errors and definition.FINALIZER not in (meta.get("finalizers") or []):
+                meta["finalizers"] = [*(meta.get("finalizers") or []), definition.FINALIZER]
         name = str(meta.get("name") or "")
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
@@ -280,6 +334,8 @@ class Resources:
         key = kind.key(namespace, name)
         if self.store.get_now(key) is not None:
             raise already_exists(kind.group, kind.plural, name)
+        if kind.custom is not None:
+            self._check_custom_create(kind, name)
         alloc = None
         if kind is SERVICES:
             alloc, errs = self.allocator.allocate(obj, None)
@@ -290,7 +346,7 @@ class Resources:
                 self.allocator.rollback(alloc)
             return obj
         try:
-            rev = await self.store.create(key, encode(obj))
+            rev = await self.store.create(key, self._encode(kind, obj))
         except KeyExists:
             if alloc:
                 self.allocator.rollback(alloc)
@@ -300,6 +356,8 @@ class Resources:
                 self.allocator.rollback(alloc)
             raise
         meta["resourceVersion"] = str(rev)
+        if kind is CRDS:
+            self._serve_crd(obj, name)
         return obj
 
     # -- update ------------------------------------------------------------------------------------------------
@@ -333,7 +391,7 @@ class Resources:
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        old = decode(kv)
+        old = self._decode(kind, kv)
         new = self._merge_update(kind, old, obj, subresource=subresource)
         if manager:
             self._track(kind, old, new, manager=manager, subresource=subresource or tracked_subresource)
@@ -389,7 +447,12 @@ class Resources:
             else:
                 new.pop("status", None)
         defaults.apply_defaults(kind, new)
-        if _body_only(new) != _body_only(old):
+        if kind.custom is not None:
+            custom.prepare_write(kind, new)
+        changed = _body_only(new) != _body_only(old)
+        if kind.custom is not None and "status" not in kind.subresources:
+            changed = changed or new.get("status") != old.get("status")
+        if changed:
             meta["generation"] = int(old_meta.get("generation") or 1) + 1
         return new
 
@@ -412,6 +475,10 @@ class Resources:
         if admit:
             new = await self._mutate(attrs)
         errors = validation.validate_update(kind, new, old)
+        if kind.custom is not None:
+            errors += custom.validate(kind, new, old)
+        if kind is CRDS:
+            errors += await self._prepare_crd(new, old)
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
         if admit:
@@ -439,7 +506,7 @@ class Resources:
                 self.allocator.rollback(alloc)
             return new
         try:
-            rev = await self.store.update(kv.key, encode(new), expected_revision=kv.mod_revision)
+            rev = await self.store.update(kv.key, self._encode(kind, new), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             if alloc:
                 self.allocator.rollback(alloc)
@@ -452,6 +519,8 @@ class Resources:
         if alloc:
             self.allocator.commit_release(alloc)
         meta["resourceVersion"] = str(rev)
+        if kind is CRDS:
+            self._serve_crd(new, name)
         return new
 
     async def patch(
@@ -503,7 +572,7 @@ class Resources:
                             continue  # created meanwhile: apply to it instead
                         raise
                 raise not_found(kind.group, kind.plural, name)
-            old = decode(kv)
+            old = self._decode(kind, kv)
             if applying:
                 patched = managedfields.apply(
                     old,
@@ -602,7 +671,7 @@ class Resources:
         dry_run: bool = False,
     ) -> Obj:
         kv = self._current(kind, namespace, name)
-        obj = decode(kv)
+        obj = self._decode(kind, kv)
         if self.admission is not None:
             options: Obj = {"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"}
             if propagation:
@@ -668,8 +737,10 @@ class Resources:
     async def _stamp(self, kind: Kind, kv: KV, obj: Obj, *, dry_run: bool) -> Obj:
         if dry_run:
             return obj
+        if kind is CRDS:  # a terminating CRD says so in its conditions
+            definition.compute_status(obj, await self._other_crds(str(obj["metadata"].get("name") or "")))
         try:
-            rev = await self.store.update(kv.key, encode(obj), expected_revision=kv.mod_revision)
+            rev = await self.store.update(kv.key, self._encode(kind, obj), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             name = obj["metadata"].get("name", "")
             raise conflict(
@@ -679,6 +750,8 @@ class Resources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             ) from None
         obj["metadata"]["resourceVersion"] = str(rev)
+        if kind is CRDS:
+            self._serve_crd(obj, str(obj["metadata"].get("name") or ""))
         return obj
 
     async def _remove(self, kind: Kind, kv: KV, obj: Obj) -> None:
@@ -695,6 +768,8 @@ class Resources:
             ) from None
         if kind is SERVICES:
             self.allocator.release_for(obj)
+        if kind is CRDS:
+            self._serve_crd(None, str(obj["metadata"].get("name") or ""))
 
     # -- pods/binding -----------------------------------------------------------------------------------------
     async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:
@@ -756,8 +831,5 @@ class Resources:
 
 
 def kind_for_key(key: str) -> Kind | None:
-    """The kind whose store prefix holds `key`."""
-    for k in KINDS:
-        if key.startswith(k.prefix()):
-            return k
-    return None
+    """The kind whose store prefix holds `key` (a CRD-defined kind at its storage version)."""
+    return storage_kind_for_key(key)

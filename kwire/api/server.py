@@ -19,6 +19,7 @@ import yaml
 from aiohttp import web
 
 from kwire.api import discovery, kubeletproxy, managedfields, protobuf, scale, tables
+from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -277,14 +278,14 @@ class ApiServer:
     async def _scale(self, request: web.Request, target: Target) -> web.StreamResponse:
         obj = await self.resources.get(target.kind, target.namespace, target.name or "")
         if request.method == "GET":
-            return _json(scale.to_scale(obj))
+            return _json(scale.to_scale(obj, target.kind))
         if request.method == "PUT":
             wanted = await self._body(request)
         elif request.method == "PATCH":
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             if ctype == "application/strategic-merge-patch+json":
                 ctype = "application/merge-patch+json"  # Scale has no list fields: SMP is a merge patch here
-            wanted = apply_patch(target.kind, scale.to_scale(obj), await request.read(), ctype)
+            wanted = apply_patch(target.kind, scale.to_scale(obj, target.kind), await request.read(), ctype)
         else:
             raise method_not_allowed()
         new = scale.apply_scale(target.kind, obj, wanted)
@@ -297,7 +298,7 @@ class ApiServer:
             manager=_field_manager(request),
             tracked_subresource="scale",
         )
-        return _json(scale.to_scale(updated))
+        return _json(scale.to_scale(updated, target.kind))
 
     def _static(self, path: str) -> web.Response | None:
         if path == "/cacerts" and self.ca_pem:
@@ -314,7 +315,7 @@ class ApiServer:
         if path == "/openapi/v3":
             return _json(discovery.openapi_v3_root())
         if path.startswith("/openapi/v3/"):
-            doc = discovery.OPENAPI_V3_DOCS.get(path[len("/openapi/v3/") :])
+            doc = discovery.openapi_v3_docs().get(path[len("/openapi/v3/") :])
             if doc is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return web.Response(body=doc, content_type=JSON)
@@ -538,7 +539,7 @@ class ApiServer:
                     except StopAsyncIteration:
                         break
                     events.extend(watch.ready())
-                out = [b for ev in events for b in self._event_lines(ev, line, matches)]
+                out = [b for ev in events for b in self._event_lines(kind, ev, line, matches)]
                 if out:
                     await resp.write(b"".join(out))
         except (ConnectionResetError, asyncio.CancelledError):
@@ -549,19 +550,27 @@ class ApiServer:
         return resp
 
     @staticmethod
-    def _event_lines(ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]) -> list[bytes]:
+    def _event_lines(
+        kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
+    ) -> list[bytes]:
         obj = decode(value=ev.value, revision=ev.revision)
+        if kind.custom is not None:
+            obj = custom.present(kind, obj)
         if ev.type == DELETED:
             return [line(DELETED, obj)] if matches(obj) else []
         now = matches(obj)
         if ev.type == ADDED:
             return [line(ADDED, obj)] if now else []
-        before = matches(decode(value=ev.prev_value, revision=ev.revision)) if ev.prev_value else False
+        prev = decode(value=ev.prev_value, revision=ev.revision) if ev.prev_value else None
+        if prev is not None and kind.custom is not None:
+            prev = custom.present(kind, prev)
+        before = matches(prev) if prev is not None else False
         if now and before:
             return [line(MODIFIED, obj)]
         if now:
             return [line(ADDED, obj)]
         if before:
             # The object left the selector: watchers see it deleted (kube's cacher sends the previous state).
-            return [line(DELETED, decode(value=ev.prev_value, revision=ev.revision))]
+            assert prev is not None
+            return [line(DELETED, prev)]
         return []

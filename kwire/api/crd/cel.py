@@ -1,0 +1,119 @@
+"""`x-kubernetes-validations`: CEL rules of a CRD schema, evaluated with `cel-python` (module `celpy`).
+
+Mirrors apiextensions-apiserver's `cel.Validator`: each rule runs with `self` bound to the value at its schema
+node; a rule that mentions `oldSelf` is a transition rule and runs on update only, where the old object has a
+value at the same place (correlated through object properties and map keys, as kube does for those). A false
+result is `<path>: Invalid value: "<schema type>": <message>` (or `failed rule: <rule>`); `messageExpression`,
+`fieldPath` and `reason` are honoured.
+
+A rule cel-python cannot compile (it implements the CEL spec, not every Kubernetes CEL library function) does
+not block the CRD: the rule is skipped and logged once, as the report lists; kube would enforce it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import celpy
+
+from kwire.api.crd.schema import Schema, child
+from kwire.api.errors import DUPLICATE, FORBIDDEN, REQUIRED, FieldError, invalid
+
+log = logging.getLogger(__name__)
+
+_ENV = celpy.Environment()
+_PROGRAMS: dict[str, Any] = {}  # rule text -> compiled program, or None when it cannot be compiled
+_MISSING = object()
+_REASONS = {"FieldValueForbidden": FORBIDDEN, "FieldValueRequired": REQUIRED, "FieldValueDuplicate": DUPLICATE}
+
+
+def program(rule: str) -> Any:
+    """The compiled rule, or None (logged once) when cel-python cannot compile it."""
+    if rule not in _PROGRAMS:
+        try:
+            _PROGRAMS[rule] = _ENV.program(_ENV.compile(rule))
+        except Exception as exc:  # noqa: BLE001 - any compile failure means: skip this rule
+            log.warning("CEL rule skipped (cel-python cannot compile it): %r: %s", rule, exc)
+            _PROGRAMS[rule] = None
+    return _PROGRAMS[rule]
+
+
+def skipped_rules(schema: Schema | None) -> list[str]:
+    """The rules of `schema` that will not be enforced (compiling them now, so the log says so at CRD time)."""
+    out: list[str] = []
+    for rule in _rules(schema):
+        if program(rule) is None:
+            out.append(rule)
+    return out
+
+
+def _rules(schema: Any) -> list[str]:
+    if not isinstance(schema, dict):
+        return []
+    out = [str(v.get("rule")) for v in schema.get("x-kubernetes-validations") or [] if isinstance(v, dict)]
+    for sub in (schema.get("properties") or {}).values():
+        out += _rules(sub)
+    for key in ("items", "additionalProperties"):
+        out += _rules(schema.get(key))
+    return out
+
+
+def _evaluate(prog: Any, activation: dict[str, Any]) -> Any:
+    try:
+        return prog.evaluate({k: celpy.json_to_cel(v) for k, v in activation.items()})
+    except Exception as exc:  # noqa: BLE001 - a runtime error is reported, as kube reports it
+        return exc
+
+
+def validate(schema: Schema | None, value: Any, old: Any, path: str) -> list[FieldError]:
+    """Errors of every CEL rule under `schema` for `value` (`old` is the previous value, or _MISSING/None)."""
+    if not isinstance(schema, dict) or value is None:
+        return []
+    errs: list[FieldError] = []
+    for spec in schema.get("x-kubernetes-validations") or []:
+        if not isinstance(spec, dict) or not spec.get("rule"):
+            continue
+        rule = str(spec["rule"])
+        transition = "oldSelf" in rule
+        if transition and (old is None or old is _MISSING):
+            continue
+        prog = program(rule)
+        if prog is None:
+            continue
+        activation = {"self": value, **({"oldSelf": old} if transition else {})}
+        result = _evaluate(prog, activation)
+        if isinstance(result, celpy.celtypes.BoolType) and bool(result):
+            continue
+        where = path + str(spec.get("fieldPath") or "")
+        if not isinstance(result, celpy.celtypes.BoolType):
+            errs.append(invalid(where, schema.get("type", "object"), f"{rule}: evaluation error: {result}"))
+            continue
+        message = str(spec.get("message") or f"failed rule: {rule}")
+        if spec.get("messageExpression"):
+            mprog = program(str(spec["messageExpression"]))
+            out = _evaluate(mprog, activation) if mprog is not None else None
+            if isinstance(out, str) and out.strip():
+                message = str(out)
+        reason = _REASONS.get(str(spec.get("reason") or ""))
+        if reason is not None:
+            errs.append(FieldError(reason, where, message))
+        else:
+            errs.append(invalid(where, schema.get("type", "object"), message))
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        old_map = old if isinstance(old, dict) else {}
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if isinstance(sub, dict):
+                sub_path = child(path, k) if k in props else f"{path}[{k}]"
+                errs += validate(sub, v, old_map.get(k, _MISSING), sub_path)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(value):
+            errs += validate(schema["items"], v, _MISSING, f"{path}[{i}]")
+    return errs
+
+
+def has_rules(schema: Schema | None) -> bool:
+    return bool(_rules(schema))

@@ -1,0 +1,92 @@
+"""What the generic storage does differently for a custom resource (a kind a CRD defines).
+
+Mirrors apiextensions-apiserver's customresource handler around the generic store: on write the object is
+defaulted and pruned against the version's structural schema, validated (schema, CEL rules, metadata), and
+stored at the CRD's storage version; on read it is defaulted again and answered at the requested version.
+Conversion between versions is `None` (kube's nopConverter): only `apiVersion` changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from kwire.api.crd import cel, schema
+from kwire.api.crd.schema import Schema
+from kwire.api.errors import FieldError
+from kwire.api.registry import CustomVersion, Kind
+
+Obj = dict[str, Any]
+
+_GENERIC = ("metadata", "apiVersion", "kind")
+
+
+def _has_defaults(s: Any) -> bool:
+    if not isinstance(s, dict):
+        return False
+    if "default" in s:
+        return True
+    if any(_has_defaults(v) for v in (s.get("properties") or {}).values()):
+        return True
+    return _has_defaults(s.get("items")) or _has_defaults(s.get("additionalProperties"))
+
+
+def derive(version: CustomVersion) -> CustomVersion:
+    """`version` with what every request needs precomputed: the body schema, whether it defaults, has CEL."""
+    s = version.schema
+    if s is None:
+        return version
+    body: Schema = {k: v for k, v in s.items() if k not in ("required", "properties")}
+    required = [r for r in s.get("required") or [] if r not in _GENERIC]
+    if required:
+        body["required"] = required
+    body["properties"] = {k: v for k, v in (s.get("properties") or {}).items() if k not in _GENERIC}
+    return dataclasses.replace(version, body_schema=body, has_defaults=_has_defaults(s), has_rules=cel.has_rules(body))
+
+
+def storage_api_version(kind: Kind) -> str:
+    assert kind.custom is not None
+    return f"{kind.group}/{kind.custom.storage_version}"
+
+
+def prepare_write(kind: Kind, obj: Obj) -> None:
+    """Default, then prune unknown fields (in place), as the CR handler does before validation."""
+    assert kind.custom is not None
+    s = kind.custom.schema
+    if s is None:
+        return
+    if kind.custom.has_defaults:
+        schema.apply_defaults(s, obj)
+    if not kind.custom.preserve_unknown:
+        schema.prune(s, obj, root=True)
+
+
+def validate(kind: Kind, obj: Obj, old: Obj | None) -> list[FieldError]:
+    """Schema and CEL errors of `obj` (metadata is validated by the generic path)."""
+    assert kind.custom is not None
+    body_schema = kind.custom.body_schema
+    if body_schema is None:
+        return []
+    body = {k: v for k, v in obj.items() if k not in _GENERIC}
+    errs = schema.validate(body_schema, body, "")
+    if kind.custom.has_rules:
+        errs += cel.validate(body_schema, body, old, "")
+    return errs
+
+
+def present(kind: Kind, obj: Obj) -> Obj:
+    """A stored object as read through `kind`'s version: that apiVersion, schema defaults applied."""
+    assert kind.custom is not None
+    if obj.get("apiVersion") != kind.api_version:
+        obj["apiVersion"] = kind.api_version
+    if kind.custom.schema is not None and kind.custom.has_defaults:
+        schema.apply_defaults(kind.custom.schema, obj)
+    return obj
+
+
+def to_storage(kind: Kind, obj: Obj) -> Obj:
+    """`obj` as stored: at the CRD's storage version (a shallow copy when that differs)."""
+    want = storage_api_version(kind)
+    if obj.get("apiVersion") == want:
+        return obj
+    return {**obj, "apiVersion": want}
