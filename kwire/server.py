@@ -154,6 +154,7 @@ class Server:
         await self.lifecycle.stop()
         if self.resources.admission is not None:
             await self.resources.admission.stop()
+        await self.resources.conversion.close()
         await self.runner.cleanup()
         await self.store.close()
 

@@ -24,6 +24,7 @@ from kwire.api import defaults, fieldset, managedfields, validation
 from kwire.api.admission import Attributes, WebhookAdmission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.crd import custom, definition
+from kwire.api.crd.conversion import WebhookConverter
 from kwire.api.errors import (
     ApiError,
     already_exists,
@@ -105,6 +106,7 @@ class Resources:
         self._after_write: list[Callable[[], None]] = []
         self.admission: WebhookAdmission | None = None  # set by the server once webhook configurations are loaded
         self._terminating_crds: set[str] = set()  # CRDs being deleted: their kinds refuse creates
+        self.conversion = WebhookConverter(crd=self._crd, lookup=self)
 
     async def load(self) -> None:
         assert SERVICES is not None and CRDS is not None
@@ -122,6 +124,30 @@ class Resources:
     @staticmethod
     def _encode(kind: Kind, obj: Obj) -> bytes:
         return encode(custom.to_storage(kind, obj) if kind.custom is not None else obj)
+
+    def _crd(self, name: str) -> Obj | None:
+        assert CRDS is not None
+        return self.get_or_none(CRDS, None, name)
+
+    async def present(self, kind: Kind, obj: Obj) -> Obj:
+        """A stored object as read through `kind`: converted by the CRD's conversion webhook when it is held
+        in another version and the strategy is Webhook, then as `custom.present` gives it."""
+        if kind.custom is None:
+            return obj
+        if obj.get("apiVersion") != kind.api_version and self.conversion.webhook_for(kind) is not None:
+            obj = (await self.conversion.convert(kind, [obj], kind.api_version))[0]
+        return custom.present(kind, obj)
+
+    async def _read(self, kind: Kind, kv: KV) -> Obj:
+        return await self.present(kind, decode(kv))
+
+    async def _storable(self, kind: Kind, obj: Obj) -> bytes:
+        """The stored form of `obj`: at the CRD's storage version, through its conversion webhook if it has one."""
+        if kind.custom is not None and self.conversion.webhook_for(kind) is not None:
+            want = custom.storage_api_version(kind)
+            if obj.get("apiVersion") != want:
+                return encode((await self.conversion.convert(kind, [obj], want))[0])
+        return self._encode(kind, obj)
 
     async def _other_crds(self, name: str) -> list[Obj]:
         assert CRDS is not None
@@ -201,7 +227,7 @@ class Resources:
         return kv
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
-        return self._decode(kind, self._current(kind, namespace, name))
+        return await self._read(kind, self._current(kind, namespace, name))
 
     def get_or_none(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
         kv = self.store.get_now(kind.key(namespace, name))
@@ -230,7 +256,7 @@ class Resources:
             res = await self.store.range(prefix, start_after=cursor, limit=batch)
             revision = res.revision
             for i, kv in enumerate(res.items):
-                obj = self._decode(kind, kv)
+                obj = await self._read(kind, kv)
                 if filtered and not self._matches(obj, labels, fields):
                     continue
                 out.append(obj)
@@ -346,7 +372,7 @@ class Resources:
                 self.allocator.rollback(alloc)
             return obj
         try:
-            rev = await self.store.create(key, self._encode(kind, obj))
+            rev = await self.store.create(key, await self._storable(kind, obj))
         except KeyExists:
             if alloc:
                 self.allocator.rollback(alloc)
@@ -391,7 +417,7 @@ class Resources:
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        old = self._decode(kind, kv)
+        old = await self._read(kind, kv)
         new = self._merge_update(kind, old, obj, subresource=subresource)
         if manager:
             self._track(kind, old, new, manager=manager, subresource=subresource or tracked_subresource)
@@ -506,7 +532,7 @@ class Resources:
                 self.allocator.rollback(alloc)
             return new
         try:
-            rev = await self.store.update(kv.key, self._encode(kind, new), expected_revision=kv.mod_revision)
+            rev = await self.store.update(kv.key, await self._storable(kind, new), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             if alloc:
                 self.allocator.rollback(alloc)
@@ -572,7 +598,7 @@ class Resources:
                             continue  # created meanwhile: apply to it instead
                         raise
                 raise not_found(kind.group, kind.plural, name)
-            old = self._decode(kind, kv)
+            old = await self._read(kind, kv)
             if applying:
                 patched = managedfields.apply(
                     old,
@@ -671,7 +697,7 @@ class Resources:
         dry_run: bool = False,
     ) -> Obj:
         kv = self._current(kind, namespace, name)
-        obj = self._decode(kind, kv)
+        obj = await self._read(kind, kv)
         if self.admission is not None:
             options: Obj = {"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"}
             if propagation:
@@ -740,7 +766,7 @@ class Resources:
         if kind is CRDS:  # a terminating CRD says so in its conditions
             definition.compute_status(obj, await self._other_crds(str(obj["metadata"].get("name") or "")))
         try:
-            rev = await self.store.update(kv.key, self._encode(kind, obj), expected_revision=kv.mod_revision)
+            rev = await self.store.update(kv.key, await self._storable(kind, obj), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             name = obj["metadata"].get("name", "")
             raise conflict(

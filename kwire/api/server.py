@@ -19,7 +19,6 @@ import yaml
 from aiohttp import web
 
 from kwire.api import discovery, kubeletproxy, managedfields, protobuf, scale, tables
-from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -539,7 +538,7 @@ class ApiServer:
                     except StopAsyncIteration:
                         break
                     events.extend(watch.ready())
-                out = [b for ev in events for b in self._event_lines(kind, ev, line, matches)]
+                out = [b for ev in events for b in await self._event_lines(kind, ev, line, matches)]
                 if out:
                     await resp.write(b"".join(out))
         except (ConnectionResetError, asyncio.CancelledError):
@@ -549,13 +548,12 @@ class ApiServer:
             watch.close()
         return resp
 
-    @staticmethod
-    def _event_lines(
-        kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
+    async def _event_lines(
+        self, kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
     ) -> list[bytes]:
         obj = decode(value=ev.value, revision=ev.revision)
         if kind.custom is not None:
-            obj = custom.present(kind, obj)
+            obj = await self.resources.present(kind, obj)
         if ev.type == DELETED:
             return [line(DELETED, obj)] if matches(obj) else []
         now = matches(obj)
@@ -563,7 +561,7 @@ class ApiServer:
             return [line(ADDED, obj)] if now else []
         prev = decode(value=ev.prev_value, revision=ev.revision) if ev.prev_value else None
         if prev is not None and kind.custom is not None:
-            prev = custom.present(kind, prev)
+            prev = await self.resources.present(kind, prev)
         before = matches(prev) if prev is not None else False
         if now and before:
             return [line(MODIFIED, obj)]

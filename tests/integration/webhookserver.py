@@ -1,5 +1,7 @@
-"""An HTTPS admission webhook server for tests: a throwaway CA, a serving certificate for 127.0.0.1 and
-`hook.default.svc`, and handlers chosen by path (allow, deny, mutate, slow) that record every AdmissionReview."""
+"""An HTTPS webhook server for tests: a throwaway CA, a serving certificate for 127.0.0.1 and
+`hook.default.svc`, admission handlers chosen by path (allow, deny, mutate, slow) and a CRD conversion handler
+(`/convert`: CronTab v1 `spec.cronSpec` <-> v2 `spec.schedule`; `/convert-fail` refuses); every request is
+recorded."""
 
 from __future__ import annotations
 
@@ -92,9 +94,15 @@ class WebhookServer:
 
             def do_POST(self) -> None:  # noqa: N802 - BaseHTTPRequestHandler's name
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                server.reviews.append({"path": self.path.split("?")[0], **body["request"]})
-                answer = server.respond(self.path.split("?")[0], body["request"])
-                data = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": answer})
+                path = self.path.split("?")[0]
+                server.reviews.append({"path": path, **body["request"]})
+                if body.get("kind") == "ConversionReview":
+                    answer = server.convert(path, body["request"])
+                    review = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview", "response": answer}
+                else:
+                    answer = server.respond(path, body["request"])
+                    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": answer}
+                data = json.dumps(review)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -131,6 +139,22 @@ class WebhookServer:
         if path == "/slow":
             time.sleep(3)
         return {"uid": uid, "allowed": True}
+
+    def convert(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
+        uid = request["uid"]
+        if path == "/convert-fail":
+            return {"uid": uid, "result": {"status": "Failure", "message": "cannot convert"}}
+        desired = request["desiredAPIVersion"]
+        out = []
+        for obj in request["objects"]:
+            spec = dict(obj.get("spec") or {})
+            if desired.endswith("/v2") and "cronSpec" in spec:
+                spec["schedule"] = spec.pop("cronSpec")
+            elif desired.endswith("/v1") and "schedule" in spec:
+                spec["cronSpec"] = spec.pop("schedule")
+            labels = {**(obj["metadata"].get("labels") or {}), "converted-to": desired.split("/")[1]}
+            out.append({**obj, "apiVersion": desired, "spec": spec, "metadata": {**obj["metadata"], "labels": labels}})
+        return {"uid": uid, "result": {"status": "Success"}, "convertedObjects": out}
 
     def seen(self, path: str) -> list[dict[str, Any]]:
         return [r for r in self.reviews if r["path"] == path]
