@@ -235,8 +235,8 @@ _MISSING = object()
 def compare(old: Any, new: Any, node: Node, prefix: Path = (), into: Comparison | None = None) -> Comparison:
     """What changed from `old` to `new` (SMD Compare); `_MISSING` stands for an absent value."""
     out = into if into is not None else Comparison()
-    if old is _MISSING and new is _MISSING:
-        return out
+    if old is new or (old is not _MISSING and new is not _MISSING and type(old) is type(new) and old == new):
+        return out  # an unchanged subtree (equality is checked in C, far cheaper than walking it)
     if old is _MISSING:
         out.added |= _subtree(new, node, prefix)
         return out

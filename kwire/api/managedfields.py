@@ -19,6 +19,7 @@ Entries are sorted as kube sorts them (operation, time, manager).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,12 @@ class Entry:
     time: str
     fields: FieldSet
     subresource: str = ""
+    raw: Obj | None = None  # the stored fieldsV1, written back as is while `fields` is unchanged
+
+    def set_fields(self, fields: FieldSet) -> None:
+        if fields != self.fields:
+            self.fields = fields
+            self.raw = None
 
     def identity(self) -> tuple[str, str, str, str]:
         return (self.manager, self.operation, self.subresource, "" if self.operation == APPLY else self.api_version)
@@ -77,7 +84,7 @@ class Entry:
             "apiVersion": self.api_version,
             "time": self.time,
             "fieldsType": "FieldsV1",
-            "fieldsV1": fieldset.encode(self.fields),
+            "fieldsV1": self.raw if self.raw is not None else fieldset.encode(self.fields),
         }
         if self.subresource:
             out["subresource"] = self.subresource
@@ -102,19 +109,27 @@ def manager_from_user_agent(user_agent: str) -> str:
     return user_agent.split("/", 1)[0][:MAX_MANAGER_LENGTH]
 
 
+@functools.lru_cache(maxsize=4096)
+def _decoded(fields_v1: bytes) -> frozenset[Path]:
+    # Objects are written far more often than their managers change: most entries decode from this cache.
+    return frozenset(fieldset.decode(orjson.loads(fields_v1)))
+
+
 def read_entries(obj: Obj) -> list[Entry]:
     out = []
     for raw in (obj.get("metadata") or {}).get("managedFields") or []:
         if not isinstance(raw, dict):
             continue
+        fields_v1 = raw.get("fieldsV1") or {}
         out.append(
             Entry(
                 manager=str(raw.get("manager", "")),
                 operation=str(raw.get("operation") or UPDATE),
                 api_version=str(raw.get("apiVersion") or ""),
                 time=str(raw.get("time") or ""),
-                fields=fieldset.decode(raw.get("fieldsV1") or {}),
+                fields=set(_decoded(orjson.dumps(fields_v1, option=orjson.OPT_SORT_KEYS))),
                 subresource=str(raw.get("subresource") or ""),
+                raw=fields_v1 if isinstance(fields_v1, dict) else None,
             )
         )
     return out
@@ -141,7 +156,18 @@ def _tracked(fields: FieldSet, *, subresource: str, status_separate: bool) -> Fi
 
 
 def _comparison(old: Obj | None, new: Obj, node: Node, *, subresource: str, status_separate: bool) -> Comparison:
-    raw = fieldset.compare(fieldset._MISSING if old is None else old, new, node)  # noqa: SLF001
+    missing = fieldset._MISSING  # noqa: SLF001
+    if subresource == "status":  # only status can be owned: compare just that subtree
+        before = missing if old is None else old.get("status", missing)
+        raw = fieldset.compare(before, new.get("status", missing), node.child("status"), _STATUS)
+    elif status_separate:
+        raw = fieldset.compare(
+            missing if old is None else {k: v for k, v in old.items() if k != "status"},
+            {k: v for k, v in new.items() if k != "status"},
+            node,
+        )
+    else:
+        raw = fieldset.compare(missing if old is None else old, new, node)
     return Comparison(
         added=_tracked(raw.added, subresource=subresource, status_separate=status_separate),
         modified=_tracked(raw.modified, subresource=subresource, status_separate=status_separate),
@@ -175,8 +201,8 @@ def record_update(
         mine = entry
     for other in entries:
         if other is not mine:
-            other.fields -= cmp.changed | cmp.removed
-    mine.fields = (mine.fields - cmp.removed) | cmp.changed
+            other.set_fields(other.fields - (cmp.changed | cmp.removed))
+    mine.set_fields((mine.fields - cmp.removed) | cmp.changed)
     mine.time = entry.time
     write_entries(new, entries)
 
@@ -236,7 +262,7 @@ def apply(
     last = _find(entries, identity)
     for e in entries:
         if e.identity() != identity:
-            e.fields -= cmp.changed
+            e.set_fields(e.fields - cmp.changed)
     others: FieldSet = set().union(*(e.fields for e in entries if e.identity() != identity))
     if last is not None:
         owned = others | config_set
@@ -247,7 +273,7 @@ def apply(
             fieldset.remove(merged, path, node)
             removed.append(path)
             _drop_empty_parents(merged, path, node, owned)
-        last.fields = config_set
+        last.set_fields(config_set)
         last.time = now()
         last.api_version = api_version
     else:
