@@ -68,7 +68,8 @@ class WebhookServer:
     other_ca_bundle: str = ""
     _httpd: ThreadingHTTPServer | None = None
 
-    def start(self, directory: Path) -> None:
+    def write_certificates(self, directory: Path) -> None:
+        """A new CA (`ca_bundle`), `hook.crt`/`hook.key` signed by it, and an unrelated CA (`other_ca_bundle`)."""
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca = _cert("kwire-test-webhook-ca", ca_key, None, [])
         key = ec.generate_private_key(ec.SECP256R1())
@@ -84,6 +85,9 @@ class WebhookServer:
         (directory / "hook.key").chmod(0o600)
         self.ca_bundle = base64.b64encode(_pem(ca)).decode()
         self.other_ca_bundle = base64.b64encode(_pem(other)).decode()
+
+    def start(self, directory: Path) -> None:
+        self.write_certificates(directory)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(directory / "hook.crt", directory / "hook.key")
         server = self
