@@ -184,3 +184,26 @@ def test_python_client_server_side_apply(server: ServerProcess) -> None:
     assert json.loads(err.value.body)["details"]["causes"][0]["reason"] == "FieldManagerConflict"
     applied = deployments.server_side_apply(body=body, namespace="default", field_manager="other", force_conflicts=True)
     assert applied.spec.replicas == 2
+
+
+def test_apply_to_the_status_subresource(server: ServerProcess) -> None:
+    server.kubectl("create", "namespace", "ssa-status")
+    body = (
+        b'{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"ssa-status","labels":{"ignored":"yes"}},'
+        b'"status":{"conditions":[{"type":"Custom","status":"True","reason":"Test"}]}}'
+    )
+    code, obj = patch_raw(
+        server, "/api/v1/namespaces/ssa-status/status?fieldManager=st", body, "application/apply-patch+yaml"
+    )
+    assert code == 200, obj
+    assert [c["type"] for c in obj["status"]["conditions"]] == ["Custom"]
+    assert "ignored" not in (obj["metadata"].get("labels") or {})  # the status subresource writes status only
+    entry = next(e for e in obj["metadata"]["managedFields"] if e["manager"] == "st")
+    assert (entry["operation"], entry["subresource"]) == ("Apply", "status")
+    assert entry["fieldsV1"] == {
+        "f:status": {
+            "f:conditions": {
+                'k:{"type":"Custom"}': {".": {}, "f:reason": {}, "f:status": {}, "f:type": {}},
+            }
+        }
+    }
