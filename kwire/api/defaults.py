@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from kwire.api.crd import definition
 from kwire.api.registry import Kind
 
 Obj = dict[str, Any]
@@ -197,6 +198,7 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "EndpointSlice": _endpointslice,
     "NetworkPolicy": _networkpolicy,
     "Node": _node,
+    "CustomResourceDefinition": definition.apply_defaults,
 }
 
 

@@ -30,7 +30,7 @@ class CustomVersion:
     singular: str = ""
     # Derived from `schema` once when the CRD is served (kwire.api.crd.custom.derive), not per request:
     body_schema: dict[str, Any] | None = None  # schema without apiVersion/kind/metadata
-    has_defaults: bool = False
+    defaults: dict[str, Any] | None = None  # the schema's subtrees that lead to a `default`
     has_rules: bool = False
 
 

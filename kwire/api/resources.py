@@ -100,10 +100,10 @@ class Scan:
         *,
         matches: Callable[[Obj], bool] | None,
         limit: int,
-        read: Callable[[KV], Obj] = decode,
+        present: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self._kvs = kvs
-        self._read = read
+        self._present = present  # a custom resource as read through the requested version
         self.revision = revision
         self._matches = matches
         self._limit = max(limit, 0)
@@ -113,7 +113,9 @@ class Scan:
         count = 0
         last = len(self._kvs) - 1
         for i, kv in enumerate(self._kvs):
-            obj = self._read(kv)
+            obj = decode(kv)
+            if self._present is not None:
+                obj = self._present(obj)
             if self._matches is not None and not self._matches(obj):
                 continue
             yield obj
@@ -192,11 +194,16 @@ class Resources:
         return [o for o in (decode(kv) for kv in res.items) if o["metadata"].get("name") != name]
 
     async def _prepare_crd(self, obj: Obj, old: Obj | None) -> list[Any]:
-        """Default, validate and set the status of a CRD being written (the naming/establishing controllers)."""
-        definition.apply_defaults(obj)
+        """Validate and set the status of a CRD being written (the naming/establishing controllers).
+
+        The cleanup finalizer is kept on every write until deletion starts, so a `kubectl replace` without it
+        cannot leave a CRD whose deletion would strand its objects."""
         errs = definition.validate_crd(obj, old)
         if not errs:
             definition.compute_status(obj, await self._other_crds(str(obj["metadata"].get("name") or "")))
+            meta = obj["metadata"]
+            if not meta.get("deletionTimestamp") and definition.FINALIZER not in (meta.get("finalizers") or []):
+                meta["finalizers"] = [*(meta.get("finalizers") or []), definition.FINALIZER]
         return errs
 
     def _serve_crd(self, obj: Obj | None, name: str) -> None:
@@ -205,6 +212,27 @@ class Resources:
             self._terminating_crds.add(name)
         else:
             self._terminating_crds.discard(name)
+
+    async def _renew_names(self, changed: Obj) -> None:
+        """After a CRD changed or went away, CRDs of its group whose names were refused get another look (kube's
+        naming controller requeues the whole group): a name freed by one CRD is accepted for the next."""
+        assert CRDS is not None
+        group = (changed.get("spec") or {}).get("group")
+        for kv in (await self.store.range(CRDS.prefix())).items:
+            crd = decode(kv)
+            if (crd.get("spec") or {}).get("group") != group or definition.established(crd):
+                continue
+            name = str(crd["metadata"].get("name") or "")
+            before = copy.deepcopy(crd.get("status"))
+            definition.compute_status(crd, await self._other_crds(name))
+            if crd.get("status") == before:
+                continue
+            try:
+                rev = await self.store.update(kv.key, encode(crd), expected_revision=kv.mod_revision)
+            except (RevisionMismatch, KeyNotFound):
+                continue  # written meanwhile: that write computed the status itself
+            crd["metadata"]["resourceVersion"] = str(rev)
+            self._serve_crd(crd, name)
 
     def _check_custom_create(self, kind: Kind, name: str) -> None:
         assert kind.custom is not None
@@ -291,9 +319,18 @@ class Resources:
         matches = (lambda obj: self._matches(obj, labels, fields)) if filtered else None
         if kind.custom is not None and self.conversion.webhook_for(kind) is not None:
             # A conversion webhook is called per object before the scan (kube converts a page in memory too).
-            converted = {kv.key: await self._read(kind, kv) for kv in res.items}
-            return Scan(res.items, res.revision, matches=matches, limit=limit, read=lambda kv: converted[kv.key])
-        return Scan(res.items, res.revision, matches=matches, limit=limit, read=lambda kv: self._decode(kind, kv))
+            converted: dict[tuple[str, str], Obj] = {}
+            for kv in res.items:
+                obj = await self._read(kind, kv)
+                converted[(obj["metadata"].get("namespace") or "", obj["metadata"].get("name") or "")] = obj
+
+            def present_converted(obj: Obj) -> Obj:
+                meta = obj["metadata"]
+                return converted[(meta.get("namespace") or "", meta.get("name") or "")]
+
+            return Scan(res.items, res.revision, matches=matches, limit=limit, present=present_converted)
+        present = (lambda obj: custom.present(kind, obj)) if kind.custom is not None else None
+        return Scan(res.items, res.revision, matches=matches, limit=limit, present=present)
 
     async def list(
         self,
@@ -393,8 +430,6 @@ class Resources:
             errors += custom.validate(kind, obj, None)
         if kind is CRDS:
             errors += await self._prepare_crd(obj, None)
-            if not errors and definition.FINALIZER not in (meta.get("finalizers") or []):
-                meta["finalizers"] = [*(meta.get("finalizers") or []), definition.FINALIZER]
         name = str(meta.get("name") or "")
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
@@ -589,6 +624,7 @@ class Resources:
         meta["resourceVersion"] = str(rev)
         if kind is CRDS:
             self._serve_crd(new, name)
+            await self._renew_names(new)
         return new
 
     async def patch(
@@ -838,6 +874,7 @@ class Resources:
             self.allocator.release_for(obj)
         if kind is CRDS:
             self._serve_crd(None, str(obj["metadata"].get("name") or ""))
+            await self._renew_names(obj)
 
     # -- pods/binding -----------------------------------------------------------------------------------------
     async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:

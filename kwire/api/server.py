@@ -19,6 +19,7 @@ import yaml
 from aiohttp import web
 
 from kwire.api import discovery, kubeletproxy, managedfields, protobuf, scale, streaming, tables
+from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -168,6 +169,13 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if request.method == "GET" and path in ("/api", "/apis"):
+            agg = discovery.aggregated_version(request.headers.get("Accept", ""))
+            if agg is not None:
+                doc = discovery.aggregated_discovery(core=path == "/api", version=agg)
+                return web.Response(
+                    body=orjson.dumps(doc), headers={"Content-Type": discovery.aggregated_content_type(agg)}
+                )
         if request.method == "GET":
             static = self._static(path)
             if static is not None:
@@ -359,12 +367,15 @@ class ApiServer:
         return tables.table(kind, objs, now=now, resource_version=resource_version, continue_token=continue_token)
 
     @staticmethod
-    def _selectors(request: web.Request) -> tuple[Selector, FieldSelector]:
+    def _selectors(request: web.Request, kind: Kind) -> tuple[Selector, FieldSelector]:
         try:
             labels = parse(request.query.get("labelSelector"))
         except SelectorError as exc:
             raise bad_request(f"unable to parse requirement: {exc}") from None
-        return labels, parse_fields(request.query.get("fieldSelector"))
+        fields = parse_fields(request.query.get("fieldSelector"))
+        if kind.custom is not None:
+            custom.check_field_selector(kind, fields)
+        return labels, fields
 
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
@@ -375,7 +386,7 @@ class ApiServer:
         return self._object_response(request, target.kind, obj, 201)
 
     async def _list(self, request: web.Request, target: Target) -> web.StreamResponse:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         try:
             limit = int(request.query.get("limit") or 0)
         except ValueError:
@@ -439,7 +450,7 @@ class ApiServer:
         return _json(obj)
 
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         opts = await self._delete_options(request)
         res = await self.resources.list(target.kind, target.namespace, labels=labels, fields=fields)
         deleted: list[Obj] = []
@@ -465,7 +476,7 @@ class ApiServer:
     # -- watch -----------------------------------------------------------------------------------------------
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         kind = target.kind
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, kind)
         if target.name:  # /namespaces/x/pods/name?watch=1 is the deprecated single-object watch
             fields = parse_fields(
                 ",".join(filter(None, [request.query.get("fieldSelector"), f"metadata.name={target.name}"]))

@@ -409,6 +409,10 @@ def _lease(o: Obj, now: dt.datetime) -> Cells:
     ]
 
 
+def _crd(o: Obj, now: dt.datetime) -> Cells:
+    return [o["metadata"].get("creationTimestamp") or "<unknown>"]
+
+
 def _default(o: Obj, now: dt.datetime) -> Cells:
     return [humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
 
@@ -510,6 +514,17 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
     "IngressClass": ([_col("Controller"), _col("Parameters"), AGE], _ingressclass),
     "NetworkPolicy": ([_col("Pod-Selector"), AGE], _netpol),
     "Lease": ([_col("Holder"), AGE], _lease),
+    # apiextensions-apiserver prints the creation time itself, not an age
+    "CustomResourceDefinition": (
+        [
+            _col(
+                "Created At",
+                type_="date",
+                desc="CreationTimestamp is a timestamp representing the server time when this object was created.",
+            )
+        ],
+        _crd,
+    ),
 }
 
 

@@ -5,8 +5,10 @@ status and scale subresources, several versions, name clashes, garbage collectio
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ TRAEFIK = UPSTREAM / "traefik-crds-v34.5.0"
 
 WIDGET_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "x-kubernetes-validations": [{"rule": "self.metadata.name != 'taken'", "message": "that name is taken"}],
     "properties": {
         "spec": {
             "type": "object",
@@ -55,6 +58,7 @@ def widget_crd(*, name: str = "widgets", kind: str = "Widget", short: list[str] 
     version = {
         "served": True,
         "schema": {"openAPIV3Schema": WIDGET_SCHEMA},
+        "selectableFields": [{"jsonPath": ".spec.size"}],
         "subresources": {
             "status": {},
             "scale": {
@@ -122,6 +126,11 @@ def test_upstream_crds_established_and_discoverable(server: ServerProcess) -> No
     assert conds == {"NamesAccepted": ("True", "NoConflicts"), "Established": ("True", "InitialNamesAccepted")}
     assert crd["status"]["storedVersions"] == ["v1beta1"]
     assert crd["metadata"]["finalizers"] == ["customresourcecleanup.apiextensions.k8s.io"]
+    out = server.kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd/l2advertisements.metallb.io")
+    assert "condition met" in out.stdout
+    table = server.kubectl("get", "crd", "ipaddresspools.metallb.io").stdout.splitlines()
+    assert table[0].split() == ["NAME", "CREATED", "AT"]
+    assert table[1].split() == ["ipaddresspools.metallb.io", crd["metadata"]["creationTimestamp"]]
     out = server.kubectl("api-resources", "--api-group=traefik.io", "-o", "name").stdout.split()
     assert sorted(out) == sorted(
         f"{p}.traefik.io"
@@ -139,6 +148,27 @@ def test_upstream_crds_established_and_discoverable(server: ServerProcess) -> No
         )
     )
     assert "widgets" in server.kubectl("api-resources", "--api-group=kwire.test").stdout
+    # aggregated discovery (what kubectl 1.32 asks for first) carries CRD kinds too
+    accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+    req = urllib.request.Request(
+        f"{server.url}/apis", headers={"Authorization": f"Bearer {server.token}", "Accept": accept}
+    )
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        assert r.headers["Content-Type"] == "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        doc = json.loads(r.read())
+    groups = {g["metadata"]["name"]: g for g in doc["items"]}
+    widgets = next(x for x in groups["kwire.test"]["versions"][0]["resources"] if x["resource"] == "widgets")
+    assert [v["version"] for v in groups["kwire.test"]["versions"]] == ["v1", "v1beta1"]
+    assert widgets["responseKind"] == {"group": "kwire.test", "version": "v1", "kind": "Widget"}
+    assert (widgets["scope"], widgets["singularResource"], widgets["shortNames"]) == ("Namespaced", "widget", ["wd"])
+    assert {s["subresource"]: s["responseKind"]["kind"] for s in widgets["subresources"]} == {
+        "status": "Widget",
+        "scale": "Scale",
+    }
+    assert [v["version"] for v in groups["metallb.io"]["versions"]] == ["v1beta2", "v1beta1"]
 
 
 def test_metallb_objects_columns_defaults_pruning_and_errors(server: ServerProcess) -> None:
@@ -241,6 +271,10 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
     # label and field selectors
     assert "w1" in server.kubectl("get", "wd", "-l", "app=w").stdout
     assert "No resources found" in server.kubectl("get", "wd", "--field-selector", "metadata.name=other").stderr
+    assert "w1" in server.kubectl("get", "wd", "--field-selector", "spec.size=m").stdout  # a selectableField
+    assert "No resources found" in server.kubectl("get", "wd", "--field-selector", "spec.size=s").stderr
+    err = _fails(server, "get", "wd", "--field-selector", "spec.color=blue")
+    assert "field label not supported: spec.color" in err
     # status subresource: the main endpoint ignores status, /status changes only status
     server.kubectl(
         "patch", "wd", "w1", "--subresource=status", "--type=merge", "-p",
@@ -256,6 +290,8 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
     assert got["spec"]["replicas"] == 5 and got["metadata"]["generation"] == 2
     scale = json.loads(server.kubectl("get", "--raw", "/apis/kwire.test/v1/namespaces/default/widgets/w1/scale").stdout)
     assert scale["spec"] == {"replicas": 5} and scale["status"] == {"replicas": 2, "selector": "app=w"}
+    server.kubectl("patch", "wd", "w1", "--type=json", "-p", '[{"op": "replace", "path": "/spec/size", "value": "l"}]')
+    assert json.loads(server.kubectl("get", "wd", "w1", "-o", "json").stdout)["spec"]["size"] == "l"
     # strategic merge patch is refused for custom resources, as in kube
     err = _fails(server, "patch", "wd", "w1", "--type=strategic", "-p", '{"spec": {"size": "l"}}')
     assert "UnsupportedMediaType" in err or "unknown format" in err
@@ -266,6 +302,9 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
         "kwire.test/v1"
     )
     # CEL rule and enum
+    taken = {**w, "metadata": {"name": "taken", "namespace": "default"}}
+    err = _fails(server, "apply", "-f", "-", input=json.dumps(taken))
+    assert '<nil>: Invalid value: "object": that name is taken' in err
     err = _fails(server, "patch", "wd", "w2", "--type=merge", "-p", '{"spec": {"size": "xxl"}}')
     assert 'spec: Invalid value: "object": xxl is sold out' in err
     err = _fails(server, "patch", "wd", "w2", "--type=merge", "-p", '{"spec": {"size": "xl", "replicas": -1}}')
@@ -282,6 +321,17 @@ def test_name_clash_is_not_accepted(server: ServerProcess) -> None:
     assert conds["Established"]["status"] == "False"
     assert "gizmos" not in server.kubectl("api-resources", "--api-group=kwire.test").stdout
     server.kubectl("delete", "crd", "gizmos.kwire.test")
+    # a name freed by one CRD is accepted for the CRD that was refused it (the naming controller requeues)
+    server.kubectl("apply", "-f", "-", input=json.dumps(widget_crd(name="cogs", kind="Cog", short=["zz"])))
+    server.kubectl("apply", "-f", "-", input=json.dumps(widget_crd(name="gears", kind="Gear", short=["zz"])))
+    gears = json.loads(server.kubectl("get", "crd", "gears.kwire.test", "-o", "json").stdout)
+    assert {c["type"]: c["status"] for c in gears["status"]["conditions"]}["NamesAccepted"] == "False"
+    server.kubectl("delete", "crd", "cogs.kwire.test", "--timeout=60s")
+    server.kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd/gears.kwire.test")
+    gears = json.loads(server.kubectl("get", "crd", "gears.kwire.test", "-o", "json").stdout)
+    assert gears["status"]["acceptedNames"]["shortNames"] == ["zz"]
+    assert "gears" in server.kubectl("api-resources", "--api-group=kwire.test").stdout
+    server.kubectl("delete", "crd", "gears.kwire.test", "--timeout=60s")
 
 
 def test_watch_gc_and_python_clients(server: ServerProcess) -> None:
@@ -383,3 +433,40 @@ def test_namespace_deletion_and_crd_deletion_remove_objects(server: ServerProces
         assert time.monotonic() < deadline, res.stderr
         time.sleep(0.5)
     assert "No resources found" in res.stderr
+
+
+def test_cluster_scoped_kind_survives_restart(server: ServerProcess) -> None:
+    crd = widget_crd(name="realms", kind="Realm", short=["rlm"])
+    crd["spec"]["scope"] = "Cluster"
+    server.kubectl("apply", "-f", "-", input=json.dumps(crd))
+    realm = {"apiVersion": "kwire.test/v1beta1", "kind": "Realm", "metadata": {"name": "north"}, "spec": {"size": "l"}}
+    deadline = time.monotonic() + 30
+    while server.kubectl("apply", "-f", "-", input=json.dumps(realm), check=False).returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    err = _fails(server, "get", "--raw", "/apis/kwire.test/v1/namespaces/default/realms")
+    assert "NotFound" in err
+    server.stop()
+    server.start(timeout=60)
+    out = server.kubectl("get", "rlm").stdout.splitlines()
+    assert out[0].split() == ["NAME", "SIZE", "REPLICAS", "AGE"] and out[1].split()[:2] == ["north", "l"]
+    got = json.loads(server.kubectl("get", "realms.v1beta1.kwire.test", "north", "-o", "json").stdout)
+    assert got["apiVersion"] == "kwire.test/v1beta1" and got["spec"] == {"size": "l", "color": "blue"}
+    assert "namespace" not in got["metadata"]
+    server.kubectl("delete", "crd", "realms.kwire.test", "--timeout=60s")
+    assert "realms" not in server.kubectl("api-resources", "--api-group=kwire.test").stdout
+
+
+def test_reapplying_unchanged_manifests_changes_nothing(server: ServerProcess) -> None:
+    crds = [d for d in yaml.safe_load_all(METALLB.read_text()) if d and d["kind"] == "CustomResourceDefinition"]
+    before = json.loads(server.kubectl("get", "crd", "ipaddresspools.metallb.io", "-o", "json").stdout)
+    out = server.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds)).stdout
+    assert out.count("unchanged") == len(crds), out
+    server.kubectl("replace", "-f", "-", input=yaml.safe_dump_all([c for c in crds if "ipaddresspools" in str(c)]))
+    after = json.loads(server.kubectl("get", "crd", "ipaddresspools.metallb.io", "-o", "json").stdout)
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["status"]["conditions"] == before["status"]["conditions"]
+    assert after["metadata"]["finalizers"] == ["customresourcecleanup.apiextensions.k8s.io"]
+    server.kubectl("apply", "-f", str(EXAMPLES / "metallb.yaml"))
+    out = server.kubectl("apply", "-f", str(EXAMPLES / "metallb.yaml")).stdout
+    assert "ipaddresspool.metallb.io/picluster-pool unchanged" in out

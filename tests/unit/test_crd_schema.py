@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from kwire.api.crd import cel, columns, definition, schema
@@ -170,6 +171,21 @@ def test_cel_rules_self_old_self_message_expression_and_skipped() -> None:
     new = {"spec": {"min": 1, "max": 2, "fixed": "b"}}
     assert _msgs(cel.validate(s, new, old, "")) == ['spec.fixed: Invalid value: "string": Value is immutable']
     assert cel.validate(s, old, old, "") == []
+    listed = {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+        "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "v": {"type": "string"}},
+            "x-kubernetes-validations": [{"rule": "self.v == oldSelf.v", "message": "v is immutable"}],
+        },
+    }
+    old_list = [{"name": "a", "v": "1"}, {"name": "b", "v": "2"}]
+    new_list = [{"name": "b", "v": "2"}, {"name": "c", "v": "9"}, {"name": "a", "v": "changed"}]
+    assert _msgs(cel.validate(listed, new_list, old_list, "spec.items")) == [
+        'spec.items[2]: Invalid value: "object": v is immutable'
+    ]
 
 
 def test_printer_column_jsonpath_subset() -> None:
@@ -248,6 +264,29 @@ def test_crd_validation_words() -> None:
         "spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value: "
         "must not be empty for specified object fields"
     ]
+    bad_default = _crd()
+    bad_default["spec"]["versions"][0]["schema"] = {
+        "openAPIV3Schema": {
+            "type": "object",
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "properties": {
+                        "n": {"type": "integer", "default": "three"},
+                        "o": {"type": "object", "properties": {"a": {"type": "string"}}, "default": {"b": "x"}},
+                        "ok": {"type": "integer", "default": 3},
+                    },
+                }
+            },
+        }
+    }
+    definition.apply_defaults(bad_default)
+    assert _msgs(definition.validate_crd(bad_default, None)) == [
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[n].default: Invalid value: "
+        '"string": spec.n in body must be of type integer: "string"',
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[o].default: Invalid value: "
+        "...: must not have unknown fields",
+    ]
 
 
 def test_crd_status_names_accepted_and_clash() -> None:
@@ -306,3 +345,45 @@ def test_upstream_crds_are_valid_and_their_schemas_published() -> None:
     finally:
         for crd in crds:
             set_custom_kinds(crd["metadata"]["name"], ())
+
+
+async def test_storage_version_and_defaults_applied_on_read(tmp_path: Path) -> None:
+    from kwire.api.allocator import ServiceAllocator
+    from kwire.api.registry import by_path
+    from kwire.api.resources import CRDS, Resources
+    from kwire.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "state.db")
+    res = Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(30000, 32767)))
+    try:
+        await res.load()
+        ns = by_path("", "v1", "namespaces")
+        assert ns is not None and CRDS is not None
+        await res.create(ns, None, {"metadata": {"name": "default"}})
+        crd = _crd(plural="gears", group="store.test")
+        crd["spec"]["versions"] = [
+            {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": S}},
+            {"name": "v1beta1", "served": True, "storage": False, "schema": {"openAPIV3Schema": S}},
+        ]
+        await res.create(CRDS, None, crd)
+        beta = by_path("store.test", "v1beta1", "gears")
+        assert beta is not None
+        obj = {"apiVersion": "store.test/v1beta1", "kind": "Widget", "metadata": {"name": "g"}, "spec": {"name": "ab"}}
+        created = await res.create(beta, "default", obj)
+        assert created["apiVersion"] == "store.test/v1beta1"
+        raw = store.get_now("/registry/store.test/gears/default/g")
+        assert raw is not None and orjson.loads(raw.value)["apiVersion"] == "store.test/v1"  # the storage version
+        # a default added to the schema later shows on read, without a write
+        crd = await res.get(CRDS, None, "gears.store.test")
+        for v in crd["spec"]["versions"]:
+            props = v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            props["note"] = {"type": "string", "default": "added later"}
+        await res.update(CRDS, None, "gears.store.test", crd)
+        v1 = by_path("store.test", "v1", "gears")
+        assert v1 is not None
+        got = await res.get(v1, "default", "g")
+        assert got["apiVersion"] == "store.test/v1" and got["spec"]["note"] == "added later"
+        assert "note" not in orjson.loads(store.get_now("/registry/store.test/gears/default/g").value)["spec"]  # type: ignore[union-attr]
+    finally:
+        set_custom_kinds("gears.store.test", ())
+        await store.close()

@@ -2,7 +2,8 @@
 
 Mirrors apiextensions-apiserver's `cel.Validator`: each rule runs with `self` bound to the value at its schema
 node; a rule that mentions `oldSelf` is a transition rule and runs on update only, where the old object has a
-value at the same place (correlated through object properties and map keys, as kube does for those). A false
+value at the same place (correlated through object properties, additionalProperties keys and the keys of
+`x-kubernetes-list-type: map` lists, as kube does; items of other lists have no old value). A false
 result is `<path>: Invalid value: "<schema type>": <message>` (or `failed rule: <rule>`); `messageExpression`,
 `fieldPath` and `reason` are honoured.
 
@@ -12,6 +13,7 @@ not block the CRD: the rule is skipped and logged once, as the report lists; kub
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -22,21 +24,25 @@ from kwire.api.errors import DUPLICATE, FORBIDDEN, REQUIRED, FieldError, invalid
 
 log = logging.getLogger(__name__)
 
-_ENV = celpy.Environment()
-_PROGRAMS: dict[str, Any] = {}  # rule text -> compiled program, or None when it cannot be compiled
+
+@functools.cache
+def _env() -> Any:
+    """The CEL environment, built on first use (building its parser takes a few hundred ms)."""
+    return celpy.Environment()
+
+
 _MISSING = object()
 _REASONS = {"FieldValueForbidden": FORBIDDEN, "FieldValueRequired": REQUIRED, "FieldValueDuplicate": DUPLICATE}
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: rule texts come from users' CRDs
 def program(rule: str) -> Any:
-    """The compiled rule, or None (logged once) when cel-python cannot compile it."""
-    if rule not in _PROGRAMS:
-        try:
-            _PROGRAMS[rule] = _ENV.program(_ENV.compile(rule))
-        except Exception as exc:  # noqa: BLE001 - any compile failure means: skip this rule
-            log.warning("CEL rule skipped (cel-python cannot compile it): %r: %s", rule, exc)
-            _PROGRAMS[rule] = None
-    return _PROGRAMS[rule]
+    """The compiled rule, or None (logged when compiled) when cel-python cannot compile it."""
+    try:
+        return _env().program(_env().compile(rule))
+    except Exception as exc:  # noqa: BLE001 - any compile failure means: skip this rule
+        log.warning("CEL rule skipped (cel-python cannot compile it): %r: %s", rule, exc)
+        return None
 
 
 def skipped_rules(schema: Schema | None) -> list[str]:
@@ -85,7 +91,8 @@ def validate(schema: Schema | None, value: Any, old: Any, path: str) -> list[Fie
         result = _evaluate(prog, activation)
         if isinstance(result, celpy.celtypes.BoolType) and bool(result):
             continue
-        where = path + str(spec.get("fieldPath") or "")
+        # a rule at the root has no field path: kube prints a nil *field.Path as "<nil>"
+        where = (path + str(spec.get("fieldPath") or "")).lstrip(".") or "<nil>"
         if not isinstance(result, celpy.celtypes.BoolType):
             errs.append(invalid(where, schema.get("type", "object"), f"{rule}: evaluation error: {result}"))
             continue
@@ -110,9 +117,18 @@ def validate(schema: Schema | None, value: Any, old: Any, path: str) -> list[Fie
                 sub_path = child(path, k) if k in props else f"{path}[{k}]"
                 errs += validate(sub, v, old_map.get(k, _MISSING), sub_path)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        old_items: dict[str, Any] = {}
+        if schema.get("x-kubernetes-list-type") == "map" and isinstance(old, list):
+            old_items = {_map_key(o, keys): o for o in old if isinstance(o, dict)}
         for i, v in enumerate(value):
-            errs += validate(schema["items"], v, _MISSING, f"{path}[{i}]")
+            prev = old_items.get(_map_key(v, keys), _MISSING) if old_items and isinstance(v, dict) else _MISSING
+            errs += validate(schema["items"], v, prev, f"{path}[{i}]")
     return errs
+
+
+def _map_key(item: dict[str, Any], keys: list[str]) -> str:
+    return repr([item.get(k) for k in keys])
 
 
 def has_rules(schema: Schema | None) -> bool:

@@ -3,7 +3,8 @@
 Mirrors apiextensions-apiserver's customresource handler around the generic store: on write the object is
 defaulted and pruned against the version's structural schema, validated (schema, CEL rules, metadata), and
 stored at the CRD's storage version; on read it is defaulted again and answered at the requested version.
-Conversion between versions is `None` (kube's nopConverter): only `apiVersion` changes.
+Conversion between versions is `None` (kube's nopConverter): only `apiVersion` changes. Field selectors are
+limited to what kube's crConverter allows.
 """
 
 from __future__ import annotations
@@ -13,22 +14,13 @@ from typing import Any
 
 from kwire.api.crd import cel, schema
 from kwire.api.crd.schema import Schema
-from kwire.api.errors import FieldError
+from kwire.api.errors import FieldError, bad_request
+from kwire.api.fields import FieldSelector
 from kwire.api.registry import CustomVersion, Kind
 
 Obj = dict[str, Any]
 
 _GENERIC = ("metadata", "apiVersion", "kind")
-
-
-def _has_defaults(s: Any) -> bool:
-    if not isinstance(s, dict):
-        return False
-    if "default" in s:
-        return True
-    if any(_has_defaults(v) for v in (s.get("properties") or {}).values()):
-        return True
-    return _has_defaults(s.get("items")) or _has_defaults(s.get("additionalProperties"))
 
 
 def derive(version: CustomVersion) -> CustomVersion:
@@ -41,7 +33,9 @@ def derive(version: CustomVersion) -> CustomVersion:
     if required:
         body["required"] = required
     body["properties"] = {k: v for k, v in (s.get("properties") or {}).items() if k not in _GENERIC}
-    return dataclasses.replace(version, body_schema=body, has_defaults=_has_defaults(s), has_rules=cel.has_rules(body))
+    return dataclasses.replace(
+        version, body_schema=body, defaults=schema.defaults_only(s), has_rules=cel.has_rules(body)
+    )
 
 
 def storage_api_version(kind: Kind) -> str:
@@ -55,8 +49,8 @@ def prepare_write(kind: Kind, obj: Obj) -> None:
     s = kind.custom.schema
     if s is None:
         return
-    if kind.custom.has_defaults:
-        schema.apply_defaults(s, obj)
+    if kind.custom.defaults is not None:
+        schema.apply_defaults(kind.custom.defaults, obj)
     if not kind.custom.preserve_unknown:
         schema.prune(s, obj, root=True)
 
@@ -69,8 +63,8 @@ def validate(kind: Kind, obj: Obj, old: Obj | None) -> list[FieldError]:
         return []
     body = {k: v for k, v in obj.items() if k not in _GENERIC}
     errs = schema.validate(body_schema, body, "")
-    if kind.custom.has_rules:
-        errs += cel.validate(body_schema, body, old, "")
+    if kind.custom.has_rules:  # a root rule sees the whole object, metadata included, as in kube
+        errs += cel.validate(body_schema, obj, old, "")
     return errs
 
 
@@ -79,8 +73,8 @@ def present(kind: Kind, obj: Obj) -> Obj:
     assert kind.custom is not None
     if obj.get("apiVersion") != kind.api_version:
         obj["apiVersion"] = kind.api_version
-    if kind.custom.schema is not None and kind.custom.has_defaults:
-        schema.apply_defaults(kind.custom.schema, obj)
+    if kind.custom.defaults is not None:
+        schema.apply_defaults(kind.custom.defaults, obj)
     return obj
 
 
@@ -90,3 +84,16 @@ def to_storage(kind: Kind, obj: Obj) -> Obj:
     if obj.get("apiVersion") == want:
         return obj
     return {**obj, "apiVersion": want}
+
+
+def check_field_selector(kind: Kind, fields: FieldSelector) -> None:
+    """Field selectors on custom resources: metadata.name, metadata.namespace (namespaced kinds) and the CRD's
+    selectableFields only, refused with 400 as kube's crConverter.ConvertFieldLabel does."""
+    assert kind.custom is not None
+    allowed = {"metadata.name", *(f.lstrip(".") for f in kind.custom.selectable_fields)}
+    if kind.namespaced:
+        allowed.add("metadata.namespace")
+    for req in fields.requirements:
+        label = ".".join(req.path)
+        if label not in allowed:
+            raise bad_request(f"field label not supported: {label}")

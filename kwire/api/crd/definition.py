@@ -12,11 +12,13 @@ write path, so a CRD is served as soon as its create returns.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from typing import Any
 
 from kwire.api import validation
 from kwire.api.crd import cel, custom
+from kwire.api.crd import schema as schema_mod
 from kwire.api.errors import FieldError, RawValue, forbidden, invalid, not_supported, required
 from kwire.api.registry import CustomVersion, Kind, all_kinds, by_path, version_priority
 
@@ -94,7 +96,21 @@ def _check_names(names: Obj, path: str) -> Errs:
     return errs
 
 
-def _structural(schema: Any, path: str, *, root: bool = False) -> Errs:
+def _default_errors(schema: Obj, path: str, data_path: str) -> Errs:
+    """A `default` must validate against its own schema and survive pruning (kube's validateDefaults)."""
+    default = copy.deepcopy(schema["default"])
+    errs = [
+        FieldError(e.type, f"{path}.default", e.detail, e.value, e.supported)
+        for e in schema_mod.validate(schema, default, data_path)
+    ]
+    pruned = copy.deepcopy(default)
+    schema_mod.prune(schema, pruned)
+    if pruned != default:
+        errs.append(invalid(f"{path}.default", RawValue("..."), "must not have unknown fields"))
+    return errs
+
+
+def _structural(schema: Any, path: str, *, root: bool = False, data_path: str = "") -> Errs:
     """The structural-schema rules kube enforces for v1 CRDs (the parts that matter for serving)."""
     if not isinstance(schema, dict):
         return [invalid(path, RawValue("null"), "must be an object")]
@@ -116,12 +132,16 @@ def _structural(schema: Any, path: str, *, root: bool = False) -> Errs:
         errs.append(forbidden(f"{path}.additionalProperties", "must not be used in structural schemas"))
     if stype == "array" and not isinstance(schema.get("items"), dict):
         errs.append(required(f"{path}.items", "must be specified"))
+    if "default" in schema and not root:
+        errs += _default_errors(schema, path, data_path)
     for name, sub in (schema.get("properties") or {}).items():
-        errs += _structural(sub, f"{path}.properties[{name}]")
+        errs += _structural(sub, f"{path}.properties[{name}]", data_path=f"{data_path}.{name}" if data_path else name)
     if isinstance(schema.get("items"), dict):
-        errs += _structural(schema["items"], f"{path}.items")
+        errs += _structural(schema["items"], f"{path}.items", data_path=f"{data_path}[0]")
     if isinstance(schema.get("additionalProperties"), dict):
-        errs += _structural(schema["additionalProperties"], f"{path}.additionalProperties")
+        errs += _structural(
+            schema["additionalProperties"], f"{path}.additionalProperties", data_path=f"{data_path}[key]"
+        )
     if schema.get("x-kubernetes-list-type") == "map" and not schema.get("x-kubernetes-list-map-keys"):
         errs.append(
             required(f"{path}.x-kubernetes-list-map-keys", "must not be empty if x-kubernetes-list-type is map")
@@ -191,6 +211,13 @@ def validate_crd(obj: Obj, old: Obj | None) -> Errs:
                     errs.append(
                         invalid(f"{p}.subresources.scale.{field}", path, "should be a json path starting with .")
                     )
+        for j, sel in enumerate(v.get("selectableFields") or []):
+            sp = f"{p}.selectableFields[{j}].jsonPath"
+            path = sel.get("jsonPath") if isinstance(sel, dict) else None
+            if not path:
+                errs.append(required(sp, ""))
+            elif not str(path).startswith("."):
+                errs.append(invalid(sp, path, "must be a simple json path starting with ."))
         for j, col in enumerate(v.get("additionalPrinterColumns") or []):
             cp = f"{p}.additionalPrinterColumns[{j}]"
             if not isinstance(col, dict):

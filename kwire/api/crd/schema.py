@@ -44,31 +44,25 @@ def child(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+_TYPE_NAMES: dict[type, str] = {
+    type(None): "null",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
+
+
 def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    return _TYPE_NAMES.get(type(value)) or type(value).__name__
 
 
-def _type_ok(schema_type: str, value: Any) -> bool:
-    actual = _type_name(value)
+def _type_ok(schema_type: str, actual: str) -> bool:
     if schema_type == "number":
         return actual in ("integer", "number")
-    if schema_type == "integer" and isinstance(value, float) and value.is_integer():
-        return False  # Go's JSON decoding keeps 1.0 a float64: kube rejects it for an integer field
-    return actual == schema_type
+    return actual == schema_type  # a float is never an integer: Go's JSON decoding keeps 1.0 a float64
 
 
 def _num(value: float) -> str:
@@ -87,10 +81,9 @@ def apply_defaults(schema: Schema | None, value: Any) -> None:
         for name, sub in props.items():
             if not isinstance(sub, dict):
                 continue
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            elif value.get(name) is None and name in value and "default" in sub and not sub.get("nullable"):
-                value[name] = copy.deepcopy(sub["default"])
+            if "default" in sub and (name not in value or (value[name] is None and not sub.get("nullable"))):
+                d = sub["default"]
+                value[name] = copy.deepcopy(d) if isinstance(d, (dict, list)) else d
             if name in value:
                 apply_defaults(sub, value[name])
         extra = schema.get("additionalProperties")
@@ -103,6 +96,26 @@ def apply_defaults(schema: Schema | None, value: Any) -> None:
         if isinstance(items, dict):
             for v in value:
                 apply_defaults(items, v)
+
+
+def defaults_only(schema: Any) -> Schema | None:
+    """The part of `schema` that leads to a `default` (None when there is none): what `apply_defaults` needs to
+    walk, so objects are not walked through subtrees that never default."""
+    if not isinstance(schema, dict):
+        return None
+    out: Schema = {}
+    if "default" in schema:
+        out["default"] = schema["default"]
+        if schema.get("nullable"):
+            out["nullable"] = True
+    props = {k: d for k, v in (schema.get("properties") or {}).items() if (d := defaults_only(v)) is not None}
+    if props:
+        out["properties"] = props
+    for key in ("items", "additionalProperties"):
+        sub = defaults_only(schema.get(key))
+        if sub is not None:
+            out[key] = sub
+    return out or None  # structural schemas never have both properties and additionalProperties
 
 
 # -- pruning ----------------------------------------------------------------------------------------------------
@@ -250,9 +263,10 @@ def validate(schema: Schema | None, value: Any, path: str) -> Errs:
             return [invalid(path, t, f'{where} in body must be of type integer,string: "{t}"')]
     else:
         stype = schema.get("type")
-        if stype and not _type_ok(stype, value):
+        if stype:
             t = _type_name(value)
-            return [invalid(path, t, f'{where} in body must be of type {stype}: "{t}"')]
+            if not _type_ok(stype, t):
+                return [invalid(path, t, f'{where} in body must be of type {stype}: "{t}"')]
     enum = schema.get("enum")
     if enum is not None and value not in enum:
         errs.append(not_supported(path, value, tuple(_go_value(e).strip('"') for e in enum)))
