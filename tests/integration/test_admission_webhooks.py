@@ -325,3 +325,26 @@ def test_crd_conversion_webhook(server: ServerProcess, hook: WebhookServer) -> N
     )
     server.kubectl("get", "crontabs.v1.stable.example.com", "nightly")
     server.kubectl("delete", "crd", "crontabs.stable.example.com", "--wait=false")
+
+
+def test_connect_exec_is_admitted(server: ServerProcess, hook: WebhookServer) -> None:
+    namespace(server, "noexec")
+    server.kubectl("-n", "noexec", "run", "target", "--image=nginx")
+    config = yaml.safe_load(
+        configuration(
+            "ValidatingWebhookConfiguration",
+            "noexec.example.com",
+            "noexec",
+            url(hook, "/deny"),
+            resources="pods/exec",
+            operations=["CONNECT"],
+        )
+    )
+    server.kubectl("apply", "-f", "-", input=yaml.safe_dump(config))
+    res = server.kubectl("-n", "noexec", "exec", "target", "--", "ls", check=False)
+    assert res.returncode != 0
+    assert 'admission webhook "noexec.example.com" denied the request' in res.stderr, res.stderr
+    review = hook.seen("/deny")[-1]
+    assert (review["operation"], review["subResource"], review["name"]) == ("CONNECT", "exec", "target")
+    assert review["object"]["kind"] == "PodExecOptions" and review["object"]["command"] == ["ls"]
+    server.kubectl("delete", "validatingwebhookconfiguration", "noexec.example.com")
