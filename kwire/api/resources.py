@@ -39,8 +39,7 @@ from kwire.api.fields import FieldSelector
 from kwire.api.patch import APPLY_YAML, apply_patch, unsupported_patch_type
 from kwire.api.registry import Kind, by_path, set_custom_kinds, storage_kind_for_key
 from kwire.base.labels import Selector
-from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch
-from kwire.store.sqlite import SQLiteStore
+from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ def decode_continue(token: str) -> str:
 
 
 class Resources:
-    def __init__(self, store: SQLiteStore, *, allocator: ServiceAllocator) -> None:
+    def __init__(self, store: Store, *, allocator: ServiceAllocator) -> None:
         self.store = store
         self.allocator = allocator
         self._after_write: list[Callable[[], None]] = []
