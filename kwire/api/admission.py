@@ -39,8 +39,7 @@ from kwire.api.errors import ApiError
 from kwire.api.registry import Kind
 from kwire.api.webhookclient import Lookup, WebhookCallError
 from kwire.base.labels import SelectorError, from_label_selector
-from kwire.store.base import DELETED, Compacted
-from kwire.store.sqlite import SQLiteStore
+from kwire.store.base import DELETED, Compacted, Store
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ def call_failed(name: str, reason: str) -> ApiError:
 class WebhookAdmission:
     """The two admission plugins over the live webhook configurations."""
 
-    def __init__(self, store: SQLiteStore, lookup: Lookup, namespace_labels: Callable[[str], dict[str, str] | None]):
+    def __init__(self, store: Store, lookup: Lookup, namespace_labels: Callable[[str], dict[str, str] | None]):
         self.store = store
         self.lookup = lookup
         self.namespace_labels = namespace_labels
@@ -237,18 +236,18 @@ class WebhookAdmission:
                     else:
                         self._configs[ev.key] = orjson.loads(ev.value)
                     delay = 0.5
-                return
+                log.warning("admission: webhook configuration watch ended (cut off by the store); relisting")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any watch failure: relist, as informers do
                 if not isinstance(exc, Compacted):
                     log.warning("admission: webhook configuration watch failed: %s; relisting", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                try:
-                    revision = await self._relist()
-                except Exception:  # noqa: BLE001
-                    log.exception("admission: relisting webhook configurations failed")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            try:
+                revision = await self._relist()
+            except Exception:  # noqa: BLE001
+                log.exception("admission: relisting webhook configurations failed")
 
     def _hooks(self, prefix: str, attrs: Attributes) -> list[Obj]:
         if attrs.kind.group == GROUP:
