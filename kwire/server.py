@@ -17,7 +17,6 @@ from typing import Any
 
 from aiohttp import web
 
-from kwire.api.admission import WebhookAdmission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.certs import ensure_pki, ensure_token
 from kwire.api.errors import ApiError
@@ -25,6 +24,7 @@ from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ConfigError, ServerConfig

@@ -21,7 +21,6 @@ import orjson
 import yaml
 
 from kwire.api import defaults, fieldset, managedfields, validation
-from kwire.api.admission import Attributes, WebhookAdmission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.crd import custom, definition
 from kwire.api.crd.conversion import WebhookConverter
@@ -38,6 +37,7 @@ from kwire.api.errors import (
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import APPLY_YAML, apply_patch, unsupported_patch_type
 from kwire.api.registry import Kind, by_path, set_custom_kinds, storage_kind_for_key
+from kwire.api.webhookadmission import Attributes, WebhookAdmission
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
 

@@ -1,13 +1,13 @@
-"""Which webhooks a request is sent to (kwire/api/admission.py), as kube-apiserver's rules.Matcher and
+"""Which webhooks a request is sent to (kwire/api/webhookadmission.py), as kube-apiserver's rules.Matcher and
 namespace/object selectors decide, and the denial texts of webhookerrors.ToStatusErr."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kwire.api import admission
-from kwire.api.admission import Attributes
+from kwire.api import webhookadmission as admission
 from kwire.api.registry import by_path
+from kwire.api.webhookadmission import Attributes
 
 PODS = by_path("", "v1", "pods")
 NAMESPACES = by_path("", "v1", "namespaces")

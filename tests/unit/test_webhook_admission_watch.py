@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 import kwire.store.live as live_mod
-from kwire.api.admission import WebhookAdmission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.errors import ApiError
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
+from kwire.api.webhookadmission import WebhookAdmission
 from kwire.store.sqlite import SQLiteStore
 from tests.integration.apiserver import free_port
 
