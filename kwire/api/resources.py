@@ -24,6 +24,7 @@ from kwire.api import defaults, fieldset, managedfields, validation
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.crd import custom, definition
 from kwire.api.crd.conversion import WebhookConverter
+from kwire.api.crd.serving import CrdServing
 from kwire.api.errors import (
     ApiError,
     already_exists,
@@ -36,7 +37,7 @@ from kwire.api.errors import (
 )
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import APPLY_YAML, apply_patch, unsupported_patch_type
-from kwire.api.registry import Kind, by_path, set_custom_kinds, storage_kind_for_key
+from kwire.api.registry import Kind, by_path, storage_kind_for_key
 from kwire.api.webhookadmission import Attributes, WebhookAdmission
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
@@ -143,7 +144,7 @@ class Resources:
         self.allocator = allocator
         self._after_write: list[Callable[[], None]] = []
         self.admission: WebhookAdmission | None = None  # set by the server once webhook configurations are loaded
-        self._terminating_crds: set[str] = set()  # CRDs being deleted: their kinds refuse creates
+        self.crds = CrdServing(store)
         self.conversion = WebhookConverter(crd=self._crd, lookup=self)
 
     async def load(self) -> None:
@@ -152,7 +153,7 @@ class Resources:
         self.allocator.load([decode(kv) for kv in res.items])
         for kv in (await self.store.range(CRDS.prefix())).items:
             crd = decode(kv)
-            self._serve_crd(crd, crd["metadata"]["name"])
+            self.crds.serve(crd, crd["metadata"]["name"])
 
     # -- custom resources and their definitions ----------------------------------------------------------------
     def _decode(self, kind: Kind, kv: KV) -> Obj:
@@ -186,61 +187,6 @@ class Resources:
             if obj.get("apiVersion") != want:
                 return encode((await self.conversion.convert(kind, [obj], want))[0])
         return self._encode(kind, obj)
-
-    async def _other_crds(self, name: str) -> list[Obj]:
-        assert CRDS is not None
-        res = await self.store.range(CRDS.prefix())
-        return [o for o in (decode(kv) for kv in res.items) if o["metadata"].get("name") != name]
-
-    async def _prepare_crd(self, obj: Obj, old: Obj | None) -> list[Any]:
-        """Validate and set the status of a CRD being written (the naming/establishing controllers).
-
-        The cleanup finalizer is kept on every write until deletion starts, so a `kubectl replace` without it
-        cannot leave a CRD whose deletion would strand its objects."""
-        errs = definition.validate_crd(obj, old)
-        if not errs:
-            definition.compute_status(obj, await self._other_crds(str(obj["metadata"].get("name") or "")))
-            meta = obj["metadata"]
-            if not meta.get("deletionTimestamp") and definition.FINALIZER not in (meta.get("finalizers") or []):
-                meta["finalizers"] = [*(meta.get("finalizers") or []), definition.FINALIZER]
-        return errs
-
-    def _serve_crd(self, obj: Obj | None, name: str) -> None:
-        set_custom_kinds(name, definition.served_kinds(obj) if obj is not None else ())
-        if obj is not None and obj["metadata"].get("deletionTimestamp"):
-            self._terminating_crds.add(name)
-        else:
-            self._terminating_crds.discard(name)
-
-    async def _renew_names(self, changed: Obj) -> None:
-        """After a CRD changed or went away, CRDs of its group whose names were refused get another look (kube's
-        naming controller requeues the whole group): a name freed by one CRD is accepted for the next."""
-        assert CRDS is not None
-        group = (changed.get("spec") or {}).get("group")
-        for kv in (await self.store.range(CRDS.prefix())).items:
-            crd = decode(kv)
-            if (crd.get("spec") or {}).get("group") != group or definition.established(crd):
-                continue
-            name = str(crd["metadata"].get("name") or "")
-            before = copy.deepcopy(crd.get("status"))
-            definition.compute_status(crd, await self._other_crds(name))
-            if crd.get("status") == before:
-                continue
-            try:
-                rev = await self.store.update(kv.key, encode(crd), expected_revision=kv.mod_revision)
-            except (RevisionMismatch, KeyNotFound):
-                continue  # written meanwhile: that write computed the status itself
-            crd["metadata"]["resourceVersion"] = str(rev)
-            self._serve_crd(crd, name)
-
-    def _check_custom_create(self, kind: Kind, name: str) -> None:
-        assert kind.custom is not None
-        if kind.custom.crd_name in self._terminating_crds:
-            raise ApiError(
-                405,
-                "MethodNotAllowed",
-                "create not allowed while custom resource definition is terminating",
-            )
 
     # -- admission ---------------------------------------------------------------------------------------------
     def service(self, namespace: str, name: str) -> Obj | None:
@@ -428,7 +374,7 @@ class Resources:
         if kind.custom is not None:
             errors += custom.validate(kind, obj, None)
         if kind is CRDS:
-            errors += await self._prepare_crd(obj, None)
+            errors += await self.crds.prepare(obj, None)
         name = str(meta.get("name") or "")
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
@@ -437,7 +383,7 @@ class Resources:
         if self.store.get_now(key) is not None:
             raise already_exists(kind.group, kind.plural, name)
         if kind.custom is not None:
-            self._check_custom_create(kind, name)
+            self.crds.check_create(kind)
         alloc = None
         if kind is SERVICES:
             alloc, errs = self.allocator.allocate(obj, None)
@@ -459,7 +405,7 @@ class Resources:
             raise
         meta["resourceVersion"] = str(rev)
         if kind is CRDS:
-            self._serve_crd(obj, name)
+            self.crds.serve(obj, name)
         return obj
 
     # -- update ------------------------------------------------------------------------------------------------
@@ -580,7 +526,7 @@ class Resources:
         if kind.custom is not None:
             errors += custom.validate(kind, new, old)
         if kind is CRDS:
-            errors += await self._prepare_crd(new, old)
+            errors += await self.crds.prepare(new, old)
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
         if admit:
@@ -622,8 +568,8 @@ class Resources:
             self.allocator.commit_release(alloc)
         meta["resourceVersion"] = str(rev)
         if kind is CRDS:
-            self._serve_crd(new, name)
-            await self._renew_names(new)
+            self.crds.serve(new, name)
+            await self.crds.renew_names(new)
         return new
 
     async def patch(
@@ -841,7 +787,7 @@ class Resources:
         if dry_run:
             return obj
         if kind is CRDS:  # a terminating CRD says so in its conditions
-            definition.compute_status(obj, await self._other_crds(str(obj["metadata"].get("name") or "")))
+            await self.crds.refresh_status(obj)
         try:
             rev = await self.store.update(kv.key, await self._storable(kind, obj), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
@@ -854,7 +800,7 @@ class Resources:
             ) from None
         obj["metadata"]["resourceVersion"] = str(rev)
         if kind is CRDS:
-            self._serve_crd(obj, str(obj["metadata"].get("name") or ""))
+            self.crds.serve(obj, str(obj["metadata"].get("name") or ""))
         return obj
 
     async def _remove(self, kind: Kind, kv: KV, obj: Obj) -> None:
@@ -872,8 +818,8 @@ class Resources:
         if kind is SERVICES:
             self.allocator.release_for(obj)
         if kind is CRDS:
-            self._serve_crd(None, str(obj["metadata"].get("name") or ""))
-            await self._renew_names(obj)
+            self.crds.serve(None, str(obj["metadata"].get("name") or ""))
+            await self.crds.renew_names(obj)
 
     # -- pods/binding -----------------------------------------------------------------------------------------
     async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:

@@ -181,7 +181,7 @@ def test_metallb_objects_columns_defaults_pruning_and_errors(server: ServerProce
         "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pruned, namespace: metallb-system}\n"
         "spec: {addresses: [192.0.2.0/28], bogus: 1}\n"
     )
-    server.kubectl("apply", "-f", "-", input=pool)
+    server.kubectl("apply", "--validate=false", "-f", "-", input=pool)
     got = yaml.safe_load(server.kubectl("get", "ipaddresspool", "pruned", "-n", "metallb-system", "-o", "yaml").stdout)
     assert got["spec"] == {"addresses": ["192.0.2.0/28"], "autoAssign": True, "avoidBuggyIPs": False}
     bad = (
@@ -251,11 +251,12 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
     w = {
         "apiVersion": "kwire.test/v1",
         "kind": "Widget",
-        "metadata": {"name": "w1", "namespace": "default", "labels": {"app": "w"}},
+        "metadata": {"name": "w1", "namespace": "default", "labels": {"app": "w"}, "bogus": "dropped"},
         "spec": {"size": "m", "replicas": 2, "unknown": "dropped"},
         "status": {"phase": "ignored on create"},
     }
-    server.kubectl("apply", "-f", "-", input=json.dumps(w))
+    # --validate=false: fieldValidation=Ignore, so unknown fields are pruned silently (Strict would refuse them)
+    server.kubectl("apply", "--validate=false", "-f", "-", input=json.dumps(w))
     for name in ("widgets", "widget", "wd", "kwiretest"):
         out = server.kubectl("get", name).stdout.splitlines()
         assert out[0].split() == ["NAME", "SIZE", "REPLICAS", "AGE"], name
@@ -265,7 +266,7 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
     assert wide[1].split()[:4] == ["w1", "m", "2", "blue"]
     got = json.loads(server.kubectl("get", "wd", "w1", "-o", "json").stdout)
     assert got["spec"] == {"size": "m", "replicas": 2, "color": "blue"} and "status" not in got
-    assert got["metadata"]["generation"] == 1
+    assert got["metadata"]["generation"] == 1 and "bogus" not in got["metadata"]
     beta = json.loads(server.kubectl("get", "widgets.v1beta1.kwire.test", "w1", "-o", "json").stdout)
     assert beta["apiVersion"] == "kwire.test/v1beta1" and beta["spec"] == got["spec"]
     # label and field selectors
@@ -297,13 +298,13 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
     assert "UnsupportedMediaType" in err or "unknown format" in err
     # written through v1beta1, stored at v1, read back at either version
     wb = {**w, "apiVersion": "kwire.test/v1beta1", "metadata": {"name": "w2", "namespace": "default"}}
-    server.kubectl("apply", "-f", "-", input=json.dumps(wb))
+    server.kubectl("apply", "--validate=false", "-f", "-", input=json.dumps(wb))
     assert json.loads(server.kubectl("get", "widgets.v1.kwire.test", "w2", "-o", "json").stdout)["apiVersion"] == (
         "kwire.test/v1"
     )
     # CEL rule and enum
     taken = {**w, "metadata": {"name": "taken", "namespace": "default"}}
-    err = _fails(server, "apply", "-f", "-", input=json.dumps(taken))
+    err = _fails(server, "apply", "--validate=false", "-f", "-", input=json.dumps(taken))
     assert '<nil>: Invalid value: "object": that name is taken' in err
     err = _fails(server, "patch", "wd", "w2", "--type=merge", "-p", '{"spec": {"size": "xxl"}}')
     assert 'spec: Invalid value: "object": xxl is sold out' in err
@@ -313,6 +314,14 @@ def test_names_columns_versions_status_scale_and_cel(server: ServerProcess) -> N
 
 
 def test_name_clash_is_not_accepted(server: ServerProcess) -> None:
+    wrong = widget_crd(name="bolts", kind="Bolt", short=[])
+    wrong["metadata"]["name"] = "screws.kwire.test"
+    wrong["spec"]["versions"][1]["storage"] = True
+    err = _fails(server, "apply", "-f", "-", input=json.dumps(wrong))
+    assert 'The CustomResourceDefinition "screws.kwire.test" is invalid:' in err
+    assert '* metadata.name: Invalid value: "screws.kwire.test": must be spec.names.plural+"."+spec.group' in err
+    assert "must have exactly one version marked as storage version" in err
+    assert server.kubectl("get", "crd", "screws.kwire.test", check=False).returncode != 0
     server.kubectl("apply", "-f", "-", input=json.dumps(widget_crd(name="gizmos", kind="Gizmo", short=["wd"])))
     crd = json.loads(server.kubectl("get", "crd", "gizmos.kwire.test", "-o", "json").stdout)
     conds = {c["type"]: c for c in crd["status"]["conditions"]}

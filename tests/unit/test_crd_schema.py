@@ -106,6 +106,29 @@ def test_every_error_at_once_with_kube_words_and_paths() -> None:
     assert schema.validate(S, ok, "") == []
 
 
+def test_value_validation_combinators() -> None:
+    s = {
+        "type": "object",
+        "properties": {
+            "port": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "mode": {"type": "string", "anyOf": [{"enum": ["a"]}, {"pattern": "^x-"}]},
+            "one": {"type": "integer", "oneOf": [{"minimum": 0}, {"maximum": 10}]},
+            "nope": {"type": "string", "not": {"enum": ["forbidden"]}},
+            "both": {"type": "string", "allOf": [{"minLength": 2}, {"pattern": "^[a-z]+$"}]},
+        },
+    }
+    ok = {"port": "http", "mode": "x-1", "one": 20, "nope": "fine", "both": "ab"}
+    assert schema.validate(s, ok, "spec") == []
+    bad = {"port": 8080, "mode": "b", "one": 5, "nope": "forbidden", "both": "A"}
+    assert _msgs(schema.validate(s, bad, "spec")) == [
+        'spec.mode: Invalid value: "b": spec.mode in body must validate at least one schema (anyOf)',
+        "spec.one: Invalid value: 5: spec.one in body must validate one and only one schema (oneOf)",
+        'spec.nope: Invalid value: "forbidden": spec.nope in body must not validate the schema (not)',
+        'spec.both: Invalid value: "A": spec.both in body should be at least 2 chars long',
+        "spec.both: Invalid value: \"A\": spec.both in body should match '^[a-z]+$'",
+    ]
+
+
 def test_defaulting_and_pruning() -> None:
     obj = {
         "apiVersion": "x.io/v1",
@@ -171,6 +194,33 @@ def test_cel_rules_self_old_self_message_expression_and_skipped() -> None:
     new = {"spec": {"min": 1, "max": 2, "fixed": "b"}}
     assert _msgs(cel.validate(s, new, old, "")) == ['spec.fixed: Invalid value: "string": Value is immutable']
     assert cel.validate(s, old, old, "") == []
+    lib = {
+        "type": "object",
+        "x-kubernetes-validations": [
+            {"rule": "self.name.lowerAscii() == self.name", "message": "lower case only"},
+            {"rule": "self.tags.join(',').split(',').size() == self.tags.size()", "message": "no commas"},
+            {"rule": "self.name.indexOf('-') != 0 && self.tags.isSorted()", "message": "sorted tags"},
+            {"rule": "isURL(self.home)", "message": "home must be a URL"},
+            {"rule": "quantity(self.size).isGreaterThan(quantity('1'))", "message": "unsupported: never enforced"},
+            {"rule": "self.missing == 1"},
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "home": {"type": "string"},
+            "size": {"type": "string"},
+        },
+    }
+    ok = {"name": "abc", "tags": ["a", "b"], "home": "https://x.example/", "size": "2", "missing": 1}
+    assert cel.validate(lib, ok, None, "spec") == []
+    bad = {"name": "aBc", "tags": ["b,c", "a"], "home": "not a url", "size": "0"}
+    assert _msgs(cel.validate(lib, bad, None, "spec")) == [
+        'spec: Invalid value: "object": lower case only',
+        'spec: Invalid value: "object": no commas',
+        'spec: Invalid value: "object": sorted tags',
+        'spec: Invalid value: "object": home must be a URL',
+        'spec: Invalid value: "object": no such key: missing evaluating rule: self.missing == 1',
+    ]
     listed = {
         "type": "array",
         "x-kubernetes-list-type": "map",
@@ -387,3 +437,9 @@ async def test_storage_version_and_defaults_applied_on_read(tmp_path: Path) -> N
     finally:
         set_custom_kinds("gears.store.test", ())
         await store.close()
+
+
+def test_prune_reports_the_unknown_fields_it_drops() -> None:
+    obj = {"apiVersion": "x/v1", "kind": "X", "metadata": {}, "spec": {"name": "a", "x": 1, "tags": []}, "y": 2}
+    obj["spec"]["ports"] = [{"name": "p", "zz": 1}]
+    assert schema.prune(S, obj, root=True) == ["spec.x", "spec.ports[0].zz", "y"]

@@ -7,18 +7,22 @@ value at the same place (correlated through object properties, additionalPropert
 result is `<path>: Invalid value: "<schema type>": <message>` (or `failed rule: <rule>`); `messageExpression`,
 `fieldPath` and `reason` are honoured.
 
-A rule cel-python cannot compile (it implements the CEL spec, not every Kubernetes CEL library function) does
-not block the CRD: the rule is skipped and logged once, as the report lists; kube would enforce it.
+A rule cel-python cannot compile does not block the CRD: the rule is skipped and logged. Kubernetes' CEL library
+functions come from `cellib`; a rule calling one that neither provides is found when it first runs and is not
+enforced from then on (logged once); kube would enforce both kinds. A runtime error (a missing key) is reported
+as kube words it: `no such key: x evaluating rule: <rule>`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Any
 
 import celpy
 
+from kwire.api.crd import cellib
 from kwire.api.crd.schema import Schema, child
 from kwire.api.errors import DUPLICATE, FORBIDDEN, REQUIRED, FieldError, invalid
 
@@ -39,7 +43,7 @@ _REASONS = {"FieldValueForbidden": FORBIDDEN, "FieldValueRequired": REQUIRED, "F
 def program(rule: str) -> Any:
     """The compiled rule, or None (logged when compiled) when cel-python cannot compile it."""
     try:
-        return _env().program(_env().compile(rule))
+        return _env().program(_env().compile(rule), functions=cellib.FUNCTIONS)
     except Exception as exc:  # noqa: BLE001 - any compile failure means: skip this rule
         log.warning("CEL rule skipped (cel-python cannot compile it): %r: %s", rule, exc)
         return None
@@ -94,7 +98,9 @@ def validate(schema: Schema | None, value: Any, old: Any, path: str) -> list[Fie
         # a rule at the root has no field path: kube prints a nil *field.Path as "<nil>"
         where = (path + str(spec.get("fieldPath") or "")).lstrip(".") or "<nil>"
         if not isinstance(result, celpy.celtypes.BoolType):
-            errs.append(invalid(where, schema.get("type", "object"), f"{rule}: evaluation error: {result}"))
+            detail = _runtime_error(rule, result)
+            if detail is not None:
+                errs.append(invalid(where, schema.get("type", "object"), f"{detail} evaluating rule: {rule}"))
             continue
         message = str(spec.get("message") or f"failed rule: {rule}")
         if spec.get("messageExpression"):
@@ -129,6 +135,25 @@ def validate(schema: Schema | None, value: Any, old: Any, path: str) -> list[Fie
 
 def _map_key(item: dict[str, Any], keys: list[str]) -> str:
     return repr([item.get(k) for k in keys])
+
+
+_NO_KEY = re.compile(r"no such member in mapping: '([^']*)'")
+
+
+def _runtime_error(rule: str, result: Any) -> str | None:
+    """kube's words for a rule that failed to evaluate, or None when the rule uses a function outside the
+    Kubernetes CEL library cel-python and `cellib` provide (the rule is then not enforced, logged once)."""
+    text = str(result.args[0]) if getattr(result, "args", None) else str(result)
+    if "undeclared reference" in text:
+        _log_unsupported(rule, text.split("(in activation")[0].strip())
+        return None
+    m = _NO_KEY.search(text)
+    return f"no such key: {m.group(1)}" if m else text
+
+
+@functools.lru_cache(maxsize=1024)  # once per rule (bounded)
+def _log_unsupported(rule: str, why: str) -> None:
+    log.warning("CEL rule not enforced (cel-python lacks a function it uses): %r: %s", rule, why)
 
 
 def has_rules(schema: Schema | None) -> bool:

@@ -43,16 +43,46 @@ def storage_api_version(kind: Kind) -> str:
     return f"{kind.group}/{kind.custom.storage_version}"
 
 
-def prepare_write(kind: Kind, obj: Obj) -> None:
-    """Default, then prune unknown fields (in place), as the CR handler does before validation."""
+_OBJECT_META = frozenset(
+    {
+        "name",
+        "generateName",
+        "namespace",
+        "selfLink",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "labels",
+        "annotations",
+        "ownerReferences",
+        "finalizers",
+        "managedFields",
+    }
+)
+
+
+def prepare_write(kind: Kind, obj: Obj) -> list[str]:
+    """Default, then prune unknown fields (in place), as the CR handler does before validation; metadata keeps
+    only ObjectMeta's fields (kube round-trips it through the typed ObjectMeta). Returns the paths of the unknown
+    fields dropped (`metadata.x`, `spec.y`): what fieldValidation=Strict refuses and Warn warns about."""
     assert kind.custom is not None
+    dropped: list[str] = []
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        for k in [k for k in meta if k not in _OBJECT_META]:
+            del meta[k]
+            dropped.append(f"metadata.{k}")
     s = kind.custom.schema
     if s is None:
-        return
+        return dropped
     if kind.custom.defaults is not None:
         schema.apply_defaults(kind.custom.defaults, obj)
     if not kind.custom.preserve_unknown:
-        schema.prune(s, obj, root=True)
+        dropped += schema.prune(s, obj, root=True)
+    return dropped
 
 
 def validate(kind: Kind, obj: Obj, old: Obj | None) -> list[FieldError]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import logging
 from typing import Any
 
 from kwire.api import validation
@@ -21,6 +22,8 @@ from kwire.api.crd import cel, custom
 from kwire.api.crd import schema as schema_mod
 from kwire.api.errors import FieldError, RawValue, forbidden, invalid, not_supported, required
 from kwire.api.registry import CustomVersion, Kind, all_kinds, by_path, version_priority
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 Errs = list[FieldError]
@@ -395,8 +398,9 @@ def served_kinds(obj: Obj) -> tuple[Kind, ...]:
         scale = sub.get("scale") if isinstance(sub.get("scale"), dict) else None
         subresources = (("status",) if "status" in sub else ()) + (("scale",) if scale else ())
         schema = version_schema(v)
-        for rule in cel.skipped_rules(schema):
-            del rule  # compiled (and logged) now, once per CRD version
+        skipped = cel.skipped_rules(schema)  # compiled now, so a rule cel-python cannot run is reported at once
+        if skipped:
+            log.warning("CRD %s %s: CEL rules not enforced: %s", crd_name, v.get("name"), skipped)
         served = CustomVersion(
             crd_name=crd_name,
             storage_version=storage,

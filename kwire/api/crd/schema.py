@@ -119,10 +119,12 @@ def defaults_only(schema: Any) -> Schema | None:
 
 
 # -- pruning ----------------------------------------------------------------------------------------------------
-def prune(schema: Schema | None, value: Any, *, root: bool = False) -> None:
-    """Drop fields the schema does not specify (structuralpruning.Prune), in place."""
+def prune(schema: Schema | None, value: Any, *, root: bool = False, path: str = "") -> list[str]:
+    """Drop fields the schema does not specify (structuralpruning.Prune), in place; returns the paths of the
+    unknown fields dropped (`spec.bogus`, `spec.ports[0].x`), which fieldValidation Strict/Warn report."""
     if schema is None:
-        return
+        return []
+    dropped: list[str] = []
     if isinstance(value, dict):
         props = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
@@ -137,16 +139,18 @@ def prune(schema: Schema | None, value: Any, *, root: bool = False) -> None:
             if sub is None:
                 if not preserve and extra is not True:
                     del value[k]
+                    dropped.append(child(path, k))
                 continue
             if value[k] is None and not sub.get("nullable") and "default" not in sub:
-                del value[k]  # PruneNonNullableNullsWithoutDefaults
+                del value[k]  # PruneNonNullableNullsWithoutDefaults (not an unknown field)
                 continue
-            prune(sub, value[k])
+            dropped += prune(sub, value[k], path=child(path, k))
     elif isinstance(value, list):
         items = schema.get("items")
         if isinstance(items, dict):
-            for v in value:
-                prune(items, v)
+            for i, v in enumerate(value):
+                dropped += prune(items, v, path=f"{path}[{i}]")
+    return dropped
 
 
 # -- formats (kube-openapi's strfmt registry as apiextensions enables it) -------------------------------------
@@ -270,6 +274,7 @@ def validate(schema: Schema | None, value: Any, path: str) -> Errs:
     enum = schema.get("enum")
     if enum is not None and value not in enum:
         errs.append(not_supported(path, value, tuple(_go_value(e).strip('"') for e in enum)))
+    errs += _validate_combinators(schema, value, path, where)
     if isinstance(value, str):
         errs += _validate_string(schema, value, path, where)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -278,6 +283,23 @@ def validate(schema: Schema | None, value: Any, path: str) -> Errs:
         errs += _validate_array(schema, value, path, where)
     elif isinstance(value, dict):
         errs += _validate_object(schema, value, path, where)
+    return errs
+
+
+def _validate_combinators(schema: Schema, value: Any, path: str, where: str) -> Errs:
+    """allOf / anyOf / oneOf / not: value validations a structural schema may carry (kube-openapi's words)."""
+    errs: Errs = []
+    for sub in schema.get("allOf") or []:
+        errs += validate(sub, value, path)
+    any_of = schema.get("anyOf")
+    if any_of and all(validate(sub, value, path) for sub in any_of):
+        errs.append(invalid(path, value, f"{where} in body must validate at least one schema (anyOf)"))
+    one_of = schema.get("oneOf")
+    if one_of and sum(1 for sub in one_of if not validate(sub, value, path)) != 1:
+        errs.append(invalid(path, value, f"{where} in body must validate one and only one schema (oneOf)"))
+    not_schema = schema.get("not")
+    if isinstance(not_schema, dict) and not validate(not_schema, value, path):
+        errs.append(invalid(path, value, f"{where} in body must not validate the schema (not)"))
     return errs
 
 
