@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from kwire.api.registry import Kind
+
 Obj = dict[str, Any]
 Element = tuple[str, str]
 Path = tuple[Element, ...]
@@ -36,9 +38,10 @@ class Node:
     fields: dict[str, Node] = field(default_factory=dict)
     keys: tuple[tuple[str, Any], ...] = ()
     items: Node | None = None
+    elements: Node | None = None  # the schema of every other key (a map's values: additionalProperties)
 
     def child(self, name: str) -> Node:
-        return self.fields.get(name, DEFAULT)
+        return self.fields.get(name) or self.elements or DEFAULT
 
 
 DEFAULT = Node()
@@ -113,6 +116,53 @@ _MAP_FIELDS = frozenset({"labels", "annotations", "data", "binaryData", "stringD
 
 def schema_for(kind_name: str) -> Node:
     return SCHEMAS.get(kind_name, _struct(metadata=_META))
+
+
+_FROM_OPENAPI: dict[int, Node] = {}
+
+
+def schema_for_kind(kind: Kind) -> Node:
+    """The built-in table's schema, or a custom resource's from its CRD's openAPIV3Schema (cached per version)."""
+    if kind.custom is None or not isinstance(kind.custom.schema, dict):
+        return schema_for(kind.kind)
+    key = id(kind.custom)
+    node = _FROM_OPENAPI.get(key)
+    if node is None:
+        if len(_FROM_OPENAPI) > 1024:
+            _FROM_OPENAPI.clear()
+        root = from_openapi(kind.custom.schema)
+        if root.type == "struct":  # metadata is ObjectMeta whatever the CRD says of it
+            node = Node("struct", {**root.fields, "metadata": _META}, elements=root.elements)
+        else:
+            node = _struct(metadata=_META)
+        _FROM_OPENAPI[key] = node
+    return node
+
+
+def from_openapi(schema: Any) -> Node:
+    """A structural schema's SSA markers, as SMD reads them: `x-kubernetes-list-type` map (with
+    `x-kubernetes-list-map-keys`, their `default`s) / set / atomic (a list without one is atomic), and
+    `x-kubernetes-map-type: atomic`; `additionalProperties` gives a map's values."""
+    if not isinstance(schema, dict):
+        return DEFAULT
+    if schema.get("type") == "array":
+        list_type = schema.get("x-kubernetes-list-type")
+        raw_items = schema.get("items")
+        items: Obj = raw_items if isinstance(raw_items, dict) else {}
+        if list_type == "set":
+            return SET
+        if list_type == "map":
+            props = items.get("properties") or {}
+            keys = tuple(
+                (str(k), (props.get(k) or {}).get("default")) for k in schema.get("x-kubernetes-list-map-keys") or []
+            )
+            return Node("map", keys=keys, items=from_openapi(items))
+        return ATOMIC
+    if schema.get("x-kubernetes-map-type") == "atomic":
+        return ATOMIC
+    fields = {str(k): from_openapi(v) for k, v in (schema.get("properties") or {}).items()}
+    extra = schema.get("additionalProperties")
+    return Node("struct", fields, elements=from_openapi(extra) if isinstance(extra, dict) else None)
 
 
 # -- path elements -------------------------------------------------------------------------------------------

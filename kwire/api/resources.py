@@ -452,7 +452,7 @@ class Resources:
         managedfields.record_update(
             old,
             new,
-            node=fieldset.schema_for(kind.kind),
+            node=fieldset.schema_for_kind(kind),
             api_version=kind.api_version,
             manager=manager,
             subresource=subresource,
@@ -626,7 +626,7 @@ class Resources:
                 patched = managedfields.apply(
                     old,
                     config,
-                    node=fieldset.schema_for(kind.kind),
+                    node=fieldset.schema_for_kind(kind),
                     api_version=kind.api_version,
                     manager=manager or "",
                     force=force,
@@ -697,7 +697,7 @@ class Resources:
         created = managedfields.apply(
             None,
             config,
-            node=fieldset.schema_for(kind.kind),
+            node=fieldset.schema_for_kind(kind),
             api_version=kind.api_version,
             manager=manager,
             force=True,

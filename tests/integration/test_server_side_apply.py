@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -207,3 +208,76 @@ def test_apply_to_the_status_subresource(server: ServerProcess) -> None:
             }
         }
     }
+
+
+def test_apply_to_a_custom_resource_merges_by_its_schema(server: ServerProcess) -> None:
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gates.ssa.example.com"},
+        "spec": {
+            "group": "ssa.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "gates", "singular": "gate", "kind": "Gate"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {
+                                        "rules": {
+                                            "type": "array",
+                                            "x-kubernetes-list-type": "map",
+                                            "x-kubernetes-list-map-keys": ["name"],
+                                            "items": {
+                                                "type": "object",
+                                                "required": ["name"],
+                                                "properties": {
+                                                    "name": {"type": "string"},
+                                                    "allow": {"type": "boolean"},
+                                                },
+                                            },
+                                        }
+                                    },
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    server.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(crd))
+    server.kubectl("wait", "--for=condition=established", "crd/gates.ssa.example.com", "--timeout=30s")
+
+    def gate(rule: str) -> str:
+        return json.dumps(
+            {
+                "apiVersion": "ssa.example.com/v1",
+                "kind": "Gate",
+                "metadata": {"name": "g"},
+                "spec": {"rules": [{"name": rule, "allow": True}]},
+            }
+        )
+
+    for manager, rule in (("team-a", "a"), ("team-b", "b")):
+        deadline = time.monotonic() + 30
+        while True:  # kubectl may need a moment to discover the new group
+            res = server.kubectl(
+                "apply", "--server-side", f"--field-manager={manager}", "-f", "-", input=gate(rule), check=False
+            )
+            if res.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert res.returncode == 0, res.stderr
+    obj = get(server, "gates.ssa.example.com", "g")
+    assert [r["name"] for r in obj["spec"]["rules"]] == ["a", "b"]  # merged by the list-map key, not replaced
+    owned = {e["manager"]: e["fieldsV1"] for e in obj["metadata"]["managedFields"]}
+    assert 'k:{"name":"b"}' in owned["team-b"]["f:spec"]["f:rules"]
+    server.kubectl("delete", "crd", "gates.ssa.example.com", "--wait=false")

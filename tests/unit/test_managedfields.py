@@ -208,3 +208,44 @@ def test_client_side_apply_upgrade_lets_kubectl_take_its_own_fields() -> None:
 def test_manager_from_user_agent() -> None:
     assert managedfields.manager_from_user_agent("kubectl/v1.32.0 (linux/amd64) kubernetes/abc") == "kubectl"
     assert managedfields.manager_from_user_agent("OpenAPI-Generator/31.0.0/python") == "OpenAPI-Generator"
+
+
+def test_custom_resource_schema_markers() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "ports": {
+                        "type": "array",
+                        "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["port", "protocol"],
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "port": {"type": "integer"},
+                                "protocol": {"type": "string", "default": "TCP"},
+                            },
+                        },
+                    },
+                    "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+                    "hosts": {"type": "array", "items": {"type": "string"}},
+                    "selector": {"type": "object", "x-kubernetes-map-type": "atomic"},
+                },
+            }
+        },
+    }
+    node = fieldset.from_openapi(schema)
+    live = {"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "tags": ["a"], "hosts": ["x"], "selector": {"a": "1"}}}
+    config = {"spec": {"ports": [{"port": 443}], "tags": ["b"], "hosts": ["y"], "selector": {"b": "2"}}}
+    merged = fieldset.merge(live, config, node)
+    assert merged["spec"] == {
+        "ports": [{"port": 80, "protocol": "TCP"}, {"port": 443}],  # merged by key (protocol defaults to TCP)
+        "tags": ["a", "b"],  # a set: union
+        "hosts": ["y"],  # no list type: atomic
+        "selector": {"b": "2"},  # an atomic map is replaced
+    }
+    fields = fieldset.to_field_set(config, node)
+    assert (("f", "spec"), ("f", "ports"), ("k", '{"port":443,"protocol":"TCP"}')) in fields
+    assert (("f", "spec"), ("f", "hosts")) in fields
