@@ -305,6 +305,14 @@ def test_crd_validation_words() -> None:
     assert _msgs(definition.validate_crd(nogroup, None)) == [
         'spec.group: Invalid value: "nodot": should be a domain with at least one dot'
     ]
+    protected = _crd(group="x.k8s.io")
+    definition.apply_defaults(protected)
+    assert _msgs(definition.validate_crd(protected, None)) == [
+        "metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval "
+        'annotation "api-approved.kubernetes.io", see https://github.com/kubernetes/enhancements/pull/1111'
+    ]
+    protected["metadata"]["annotations"] = {"api-approved.kubernetes.io": "https://github.com/kubernetes/x/pull/1"}
+    assert definition.validate_crd(protected, None) == []
     unstructural = _crd()
     unstructural["spec"]["versions"][0]["schema"] = {
         "openAPIV3Schema": {"type": "object", "properties": {"spec": {"properties": {"a": {"type": "string"}}}}}

@@ -30,6 +30,7 @@ Errs = list[FieldError]
 
 GROUP = "apiextensions.k8s.io"
 FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
+APPROVAL = "api-approved.kubernetes.io"  # required on CRDs of *.k8s.io / *.kubernetes.io groups
 CRDS = by_path(GROUP, "v1", "customresourcedefinitions")
 DEFAULT_COLUMNS: tuple[dict[str, Any], ...] = (
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -171,6 +172,16 @@ def validate_crd(obj: Obj, old: Obj | None) -> Errs:
             errs.append(invalid("spec.group", group, ",".join(msgs)))
         if "." not in group:
             errs.append(invalid("spec.group", group, "should be a domain with at least one dot"))
+    if group == "k8s.io" or group.endswith((".k8s.io", ".kubernetes.io")) or group == "kubernetes.io":
+        ann = (obj.get("metadata") or {}).get("annotations") or {}
+        if not ann.get(APPROVAL):
+            errs.append(
+                required(
+                    f"metadata.annotations[{APPROVAL}]",
+                    f'protected groups must have approval annotation "{APPROVAL}", see '
+                    "https://github.com/kubernetes/enhancements/pull/1111",
+                )
+            )
     scope = spec.get("scope")
     if not scope:
         errs.append(required("spec.scope", ""))
