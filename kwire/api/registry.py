@@ -149,6 +149,22 @@ KINDS: tuple[Kind, ...] = (
     _k("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", short=("netpol",)),
     _k("coordination.k8s.io", "v1", "Lease", "leases"),
     _k(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        namespaced=False,
+        categories=("api-extensions",),
+    ),
+    _k(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        namespaced=False,
+        categories=("api-extensions",),
+    ),
+    _k(
         "apiextensions.k8s.io",
         "v1",
         "CustomResourceDefinition",

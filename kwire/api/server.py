@@ -18,7 +18,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, eviction, kubeletproxy, protobuf, scale, streaming, tables
+from kwire.api import discovery, eviction, kubeletproxy, managedfields, protobuf, scale, streaming, tables
 from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
@@ -65,7 +65,8 @@ def parse_target(path: str) -> Target | None:
     if not rest:
         return None
     namespace: str | None = None
-    if rest[0] == "namespaces" and len(rest) >= 3:
+    # /api/v1/namespaces/NAME/{status,finalize} are a Namespace's subresources, not a resource in namespace NAME.
+    if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
         namespace, rest = rest[1], rest[2:]
     plural = rest[0]
     kind = by_path(group, version, plural)
@@ -91,6 +92,35 @@ def _bool_param(request: web.Request, name: str) -> bool:
 
 def _dry_run(request: web.Request) -> bool:
     return "All" in request.query.getall("dryRun", [])
+
+
+def _connect_options(request: web.Request, subresource: str) -> Obj:
+    """The PodExecOptions/PodAttachOptions object CONNECT admission sees, from the query."""
+    q = request.query
+    opts: Obj = {"kind": "PodExecOptions" if subresource == "exec" else "PodAttachOptions", "apiVersion": "v1"}
+    for flag in ("stdin", "stdout", "stderr", "tty"):
+        if q.get(flag, "").lower() in ("1", "true"):
+            opts[flag] = True
+    if q.get("container"):
+        opts["container"] = q["container"]
+    if subresource == "exec":
+        opts["command"] = q.getall("command", [])
+    return opts
+
+
+def _field_manager(request: web.Request) -> str:
+    """The request's field manager: `?fieldManager=`, else the User-Agent's prefix (kube's default)."""
+    name = request.query.get("fieldManager")
+    if name is None:
+        return managedfields.manager_from_user_agent(request.headers.get("User-Agent", ""))
+    if len(name) > managedfields.MAX_MANAGER_LENGTH:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Too long: may not be more than '
+            f"{managedfields.MAX_MANAGER_LENGTH} bytes",
+        )
+    return name
 
 
 class ApiServer:
@@ -162,6 +192,13 @@ class ApiServer:
         if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed()
+            await self.resources.connect(
+                target.kind,
+                target.namespace or "",
+                target.name,
+                target.subresource,
+                _connect_options(request, target.subresource),
+            )
             return await kubeletproxy.pod_stream(
                 request,
                 self.resources,
@@ -218,12 +255,28 @@ class ApiServer:
             body = await self._body(request)
             sub = target.subresource if target.subresource in ("status", "ephemeralcontainers") else None
             obj = await self.resources.update(
-                target.kind, target.namespace, target.name, body, subresource=sub, dry_run=_dry_run(request)
+                target.kind,
+                target.namespace,
+                target.name,
+                body,
+                subresource=sub,
+                dry_run=_dry_run(request),
+                manager=_field_manager(request),
             )
             return self._object_response(request, target.kind, obj)
         if m == "PATCH":
             raw = await request.read()
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+            force = request.query.get("force")
+            if force is not None and not ctype.startswith("application/apply-patch"):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified for non-apply patch',
+                )
+            created = ctype.startswith("application/apply-patch") and (
+                self.resources.get_or_none(target.kind, target.namespace, target.name) is None
+            )
             obj = await self.resources.patch(
                 target.kind,
                 target.namespace,
@@ -232,8 +285,10 @@ class ApiServer:
                 ctype,
                 subresource=target.subresource,
                 dry_run=_dry_run(request),
+                manager=_field_manager(request) if "fieldManager" in request.query or "apply" not in ctype else None,
+                force=(force or "").lower() == "true",
             )
-            return self._object_response(request, target.kind, obj)
+            return self._object_response(request, target.kind, obj, 201 if created else 200)
         if m == "DELETE":
             return await self._delete(request, target)
         raise method_not_allowed()
@@ -253,7 +308,13 @@ class ApiServer:
             raise method_not_allowed()
         new = scale.apply_scale(target.kind, obj, wanted)
         updated = await self.resources.update(
-            target.kind, target.namespace, target.name or "", new, dry_run=_dry_run(request)
+            target.kind,
+            target.namespace,
+            target.name or "",
+            new,
+            dry_run=_dry_run(request),
+            manager=_field_manager(request),
+            tracked_subresource="scale",
         )
         return _json(scale.to_scale(updated, target.kind))
 
@@ -328,7 +389,9 @@ class ApiServer:
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
         body = await self._body(request)
-        obj = await self.resources.create(target.kind, target.namespace, body, dry_run=_dry_run(request))
+        obj = await self.resources.create(
+            target.kind, target.namespace, body, dry_run=_dry_run(request), manager=_field_manager(request)
+        )
         return self._object_response(request, target.kind, obj, 201)
 
     async def _list(self, request: web.Request, target: Target) -> web.StreamResponse:
@@ -520,7 +583,7 @@ class ApiServer:
                     except StopAsyncIteration:
                         break
                     events.extend(watch.ready())
-                out = [b for ev in events for b in self._event_lines(kind, ev, line, matches)]
+                out = [b for ev in events for b in await self._event_lines(kind, ev, line, matches)]
                 if out:
                     await resp.write(b"".join(out))
                     last_sent = loop.time()
@@ -531,13 +594,12 @@ class ApiServer:
             watch.close()
         return resp
 
-    @staticmethod
-    def _event_lines(
-        kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
+    async def _event_lines(
+        self, kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
     ) -> list[bytes]:
         obj = decode(value=ev.value, revision=ev.revision)
         if kind.custom is not None:
-            obj = custom.present(kind, obj)
+            obj = await self.resources.present(kind, obj)
         if ev.type == DELETED:
             return [line(DELETED, obj)] if matches(obj) else []
         now = matches(obj)
@@ -545,7 +607,7 @@ class ApiServer:
             return [line(ADDED, obj)] if now else []
         prev = decode(value=ev.prev_value, revision=ev.revision) if ev.prev_value else None
         if prev is not None and kind.custom is not None:
-            prev = custom.present(kind, prev)
+            prev = await self.resources.present(kind, prev)
         before = matches(prev) if prev is not None else False
         if now and before:
             return [line(MODIFIED, obj)]
