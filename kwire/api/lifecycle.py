@@ -213,7 +213,7 @@ class Lifecycle:
     async def _empty_namespace(self, ns: str) -> None:
         remaining = 0
         for kind in KINDS:
-            if not kind.namespaced:
+            if not kind.namespaced or kind.stored_as is not None:
                 continue
             res = await self.resources.store.range(kind.prefix(ns))
             for kv in res.items:

@@ -175,6 +175,89 @@ SCHEMAS: dict[str, dict[int, F]] = {
     "IngressRuleValue": _m(f1=F("http", "m", "HTTPIngressRuleValue")),
     "HTTPIngressRuleValue": _m(f1=F("paths", "m", "HTTPIngressPath", repeated=True)),
     "HTTPIngressPath": _m(f1=F("path", "s"), f2=F("backend", "m", "IngressBackend"), f3=F("pathType", "s")),
+    # rbac.authorization.k8s.io/v1
+    "PolicyRule": _m(
+        f1=F("verbs", "s", repeated=True),
+        f2=F("apiGroups", "s", repeated=True),
+        f3=F("resources", "s", repeated=True),
+        f4=F("resourceNames", "s", repeated=True),
+        f5=F("nonResourceURLs", "s", repeated=True),
+    ),
+    "Role": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("rules", "m", "PolicyRule", repeated=True)),
+    "ClusterRole": _m(
+        f1=F("metadata", "m", "ObjectMeta"),
+        f2=F("rules", "m", "PolicyRule", repeated=True),
+        f3=F("aggregationRule", "m", "AggregationRule"),
+    ),
+    "AggregationRule": _m(f1=F("clusterRoleSelectors", "m", "LabelSelector", repeated=True)),
+    "Subject": _m(f1=F("kind", "s"), f2=F("apiGroup", "s"), f3=F("name", "s"), f4=F("namespace", "s")),
+    "RoleRef": _m(f1=F("apiGroup", "s"), f2=F("kind", "s"), f3=F("name", "s")),
+    "RoleBinding": _m(
+        f1=F("metadata", "m", "ObjectMeta"),
+        f2=F("subjects", "m", "Subject", repeated=True),
+        f3=F("roleRef", "m", "RoleRef"),
+    ),
+    # scheduling.k8s.io/v1
+    "PriorityClass": _m(
+        f1=F("metadata", "m", "ObjectMeta"),
+        f2=F("value", "i", keep_zero=True),
+        f3=F("globalDefault", "b"),
+        f4=F("description", "s"),
+        f5=F("preemptionPolicy", "s"),
+    ),
+    # core/v1 ResourceQuota
+    "ResourceQuota": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "ResourceQuotaSpec")),
+    "ResourceQuotaSpec": _m(
+        f1=F("hard", "mq"), f2=F("scopes", "s", repeated=True), f3=F("scopeSelector", "m", "ScopeSelector")
+    ),
+    "ScopeSelector": _m(f1=F("matchExpressions", "m", "ScopedResourceSelectorRequirement", repeated=True)),
+    "ScopedResourceSelectorRequirement": _m(
+        f1=F("scopeName", "s"), f2=F("operator", "s"), f3=F("values", "s", repeated=True)
+    ),
+    # policy/v1
+    "PodDisruptionBudget": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodDisruptionBudgetSpec")),
+    "PodDisruptionBudgetSpec": _m(
+        f1=F("minAvailable", "ios"),
+        f2=F("selector", "m", "LabelSelector"),
+        f3=F("maxUnavailable", "ios"),
+        f4=F("unhealthyPodEvictionPolicy", "s"),
+    ),
+    "Eviction": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("deleteOptions", "m", "DeleteOptions")),
+    # meta/v1
+    "DeleteOptions": _m(
+        f1=F("gracePeriodSeconds", "i", keep_zero=True),
+        f2=F("preconditions", "m", "Preconditions"),
+        f3=F("orphanDependents", "b", keep_zero=True),
+        f4=F("propagationPolicy", "s"),
+        f5=F("dryRun", "s", repeated=True),
+    ),
+    "Preconditions": _m(f1=F("uid", "s"), f2=F("resourceVersion", "s")),
+    # batch/v1
+    "Job": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
+    "JobSpec": _m(
+        f1=F("parallelism", "i", keep_zero=True),
+        f2=F("completions", "i", keep_zero=True),
+        f3=F("activeDeadlineSeconds", "i", keep_zero=True),
+        f4=F("selector", "m", "LabelSelector"),
+        f5=F("manualSelector", "b", keep_zero=True),
+        f6=F("template", "m", "PodTemplateSpec"),
+        f7=F("backoffLimit", "i", keep_zero=True),
+        f8=F("ttlSecondsAfterFinished", "i", keep_zero=True),
+        f9=F("completionMode", "s"),
+        f10=F("suspend", "b", keep_zero=True),
+    ),
+    "JobTemplateSpec": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
+    "CronJob": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "CronJobSpec")),
+    "CronJobSpec": _m(
+        f1=F("schedule", "s"),
+        f2=F("startingDeadlineSeconds", "i", keep_zero=True),
+        f3=F("concurrencyPolicy", "s"),
+        f4=F("suspend", "b", keep_zero=True),
+        f5=F("jobTemplate", "m", "JobTemplateSpec"),
+        f6=F("successfulJobsHistoryLimit", "i", keep_zero=True),
+        f7=F("failedJobsHistoryLimit", "i", keep_zero=True),
+        f8=F("timeZone", "s"),
+    ),
 }
 
 # The top-level kinds whose bodies we accept, by (apiVersion, kind).
@@ -186,6 +269,19 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("v1", "Service"): "Service",
     ("apps/v1", "Deployment"): "Deployment",
     ("networking.k8s.io/v1", "Ingress"): "Ingress",
+    ("v1", "ResourceQuota"): "ResourceQuota",
+    ("rbac.authorization.k8s.io/v1", "Role"): "Role",
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "ClusterRole",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "RoleBinding",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "RoleBinding",  # same fields as RoleBinding
+    ("scheduling.k8s.io/v1", "PriorityClass"): "PriorityClass",
+    ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
+    ("policy/v1", "Eviction"): "Eviction",
+    ("batch/v1", "Job"): "Job",
+    ("batch/v1", "CronJob"): "CronJob",
+    # client-go sends DeleteOptions in the group version of the resource being deleted
+    ("v1", "DeleteOptions"): "DeleteOptions",
+    ("meta.k8s.io/v1", "DeleteOptions"): "DeleteOptions",
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from kwire.api import defaults, validation
+from kwire.api import convert, defaults, validation
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.errors import (
     ApiError,
@@ -33,7 +33,7 @@ from kwire.api.errors import (
 )
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import apply_patch
-from kwire.api.registry import KINDS, Kind, by_path
+from kwire.api.registry import KINDS, Kind, by_path, storage_kind
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch
 from kwire.store.sqlite import SQLiteStore
@@ -113,11 +113,11 @@ class Resources:
         return kv
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
-        return decode(self._current(kind, namespace, name))
+        return convert.from_storage(kind, decode(self._current(kind, namespace, name)))
 
     def get_or_none(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
         kv = self.store.get_now(kind.key(namespace, name))
-        return decode(kv) if kv else None
+        return convert.from_storage(kind, decode(kv)) if kv else None
 
     async def list(
         self,
@@ -129,6 +129,17 @@ class Resources:
         limit: int = 0,
         continue_token: str = "",
     ) -> ListResult:
+        if kind.stored_as is not None:
+            stored = await self.list(
+                storage_kind(kind),
+                namespace,
+                labels=labels,
+                fields=fields,
+                limit=limit,
+                continue_token=continue_token,
+            )
+            stored.items = [convert.from_storage(kind, o) for o in stored.items]
+            return stored
         prefix = kind.prefix(namespace)
         start = decode_continue(continue_token) if continue_token else ""
         if start and not start.startswith(prefix):
@@ -200,6 +211,10 @@ class Resources:
 
     async def create(self, kind: Kind, namespace: str | None, obj: Obj, *, dry_run: bool = False) -> Obj:
         """Create `obj`, which the caller hands over (it is filled in place and returned)."""
+        if kind.stored_as is not None:
+            self._check_type(kind, obj)
+            made = await self.create(storage_kind(kind), namespace, convert.to_storage(kind, obj), dry_run=dry_run)
+            return convert.from_storage(kind, made)
         self._check_type(kind, obj)
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
@@ -211,6 +226,7 @@ class Resources:
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
+        await self._admit(kind, obj)
         errors = validation.validate_create(kind, obj)
         name = str(meta.get("name") or "")
         if errors:
@@ -240,6 +256,32 @@ class Resources:
         meta["resourceVersion"] = str(rev)
         return obj
 
+    async def _admit(self, kind: Kind, obj: Obj) -> None:
+        """Mutating admission kube-apiserver runs by default that kwire needs: DefaultStorageClass (a claim
+        without `storageClassName` gets the default class, the newest one when several are marked)."""
+        if kind.kind == "PersistentVolumeClaim" and kind.group == "":
+            spec = obj.get("spec")
+            if isinstance(spec, dict) and spec.get("storageClassName") is None:
+                default = await self.default_storage_class()
+                if default is not None:
+                    spec["storageClassName"] = default
+
+    async def default_storage_class(self) -> str | None:
+        sc_kind = by_path("storage.k8s.io", "v1", "storageclasses")
+        assert sc_kind is not None
+        best: tuple[str, str] | None = None
+        for kv in (await self.store.range(sc_kind.prefix())).items:
+            sc = decode(kv)
+            anns = sc["metadata"].get("annotations") or {}
+            marked = anns.get("storageclass.kubernetes.io/is-default-class") or anns.get(
+                "storageclass.beta.kubernetes.io/is-default-class"
+            )
+            if marked == "true":
+                cand = (str(sc["metadata"].get("creationTimestamp", "")), sc["metadata"]["name"])
+                if best is None or cand > best:
+                    best = cand
+        return best[1] if best else None
+
     # -- update ------------------------------------------------------------------------------------------------
     async def update(
         self,
@@ -252,6 +294,17 @@ class Resources:
         dry_run: bool = False,
     ) -> Obj:
         """Replace an object with `obj`, which the caller hands over (it may be changed in place)."""
+        if kind.stored_as is not None:
+            self._check_type(kind, obj)
+            done = await self.update(
+                storage_kind(kind),
+                namespace,
+                name,
+                convert.to_storage(kind, obj),
+                subresource=subresource,
+                dry_run=dry_run,
+            )
+            return convert.from_storage(kind, done)
         self._check_type(kind, obj)
         meta = obj["metadata"]
         if meta.get("name") and meta["name"] != name:
@@ -278,6 +331,19 @@ class Resources:
             new = copy.deepcopy(old)
             new["status"] = obj.get("status", {})
             # Metadata other than labels/annotations is not writable through status (kube keeps it).
+            return new
+        if subresource == "approval":
+            # certificates' approval subresource: only status.conditions change (kube's csrApprovalStrategy).
+            new = copy.deepcopy(old)
+            conds = []
+            for c in (obj.get("status") or {}).get("conditions") or []:
+                if isinstance(c, dict):
+                    c = {**c}
+                    c.setdefault("status", "True")
+                    c.setdefault("lastUpdateTime", now_rfc3339())
+                    c.setdefault("lastTransitionTime", c["lastUpdateTime"])
+                conds.append(c)
+            new.setdefault("status", {})["conditions"] = conds
             return new
         new = obj
         meta = new["metadata"]
@@ -352,6 +418,10 @@ class Resources:
         subresource: str | None = None,
         dry_run: bool = False,
     ) -> Obj:
+        if kind.stored_as is not None:
+            return await self._patch_converted(
+                kind, namespace, name, body, content_type, subresource=subresource, dry_run=dry_run
+            )
         for _ in range(20):
             kv = self._current(kind, namespace, name)
             old = decode(kv)
@@ -384,6 +454,42 @@ class Resources:
                 raise
         raise conflict(kind.group, kind.plural, name, "too many concurrent updates")
 
+    async def _patch_converted(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        body: bytes,
+        content_type: str,
+        *,
+        subresource: str | None,
+        dry_run: bool,
+    ) -> Obj:
+        """A patch in a converted version: applied to the object in that version, written back with its
+        resourceVersion (so a concurrent writer is a conflict, retried on the newer object)."""
+        for _ in range(20):
+            old = await self.get(kind, namespace, name)
+            rv = old["metadata"].get("resourceVersion")
+            patched = apply_patch(kind, old, body, content_type)
+            if not isinstance(patched, dict):
+                raise bad_request("the patched object is not an object")
+            pmeta = patched.setdefault("metadata", {})
+            if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(rv):
+                raise conflict(
+                    kind.group,
+                    kind.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )
+            pmeta["resourceVersion"] = rv
+            try:
+                return await self.update(kind, namespace, name, patched, subresource=subresource, dry_run=dry_run)
+            except ApiError as e:
+                if e.reason == "Conflict" and self.store.get_now(kind.key(namespace, name)) is not None:
+                    continue
+                raise
+        raise conflict(kind.group, kind.plural, name, "too many concurrent updates")
+
     # -- delete ------------------------------------------------------------------------------------------------
     async def delete(
         self,
@@ -396,6 +502,17 @@ class Resources:
         preconditions: dict[str, Any] | None = None,
         dry_run: bool = False,
     ) -> Obj:
+        if kind.stored_as is not None:
+            gone_obj = await self.delete(
+                storage_kind(kind),
+                namespace,
+                name,
+                propagation=propagation,
+                grace_period=grace_period,
+                preconditions=preconditions,
+                dry_run=dry_run,
+            )
+            return convert.from_storage(kind, gone_obj)
         kv = self._current(kind, namespace, name)
         obj = decode(kv)
         meta = obj["metadata"]
@@ -543,6 +660,6 @@ class Resources:
 def kind_for_key(key: str) -> Kind | None:
     """The kind whose store prefix holds `key`."""
     for k in KINDS:
-        if key.startswith(k.prefix()):
+        if k.stored_as is None and key.startswith(k.prefix()):
             return k
     return None

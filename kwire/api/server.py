@@ -18,7 +18,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, kubeletproxy, protobuf, scale, tables
+from kwire.api import convert, discovery, kubeletproxy, protobuf, scale, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -196,7 +196,7 @@ class ApiServer:
             return self._object_response(request, target.kind, obj)
         if m == "PUT":
             body = await self._body(request)
-            sub = "status" if target.subresource == "status" else None
+            sub = target.subresource if target.subresource in ("status", "approval") else None
             if target.subresource == "finalize":
                 sub = None
             obj = await self.resources.update(
@@ -339,7 +339,11 @@ class ApiServer:
         opts: Obj = {}
         if request.can_read_body:
             raw = await request.read()
-            if raw.strip():
+            if "protobuf" in request.headers.get("Content-Type", "") and raw:
+                # kubectl drain's fallback and the typed clients send DeleteOptions as protobuf
+                decoded = protobuf.decode(raw)
+                opts = {k: v for k, v in decoded.items() if k not in ("apiVersion", "kind")}
+            elif raw.strip():
                 try:
                     loaded = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
@@ -476,7 +480,7 @@ class ApiServer:
                     except StopAsyncIteration:
                         break
                     events.extend(watch.ready())
-                out = [b for ev in events for b in self._event_lines(ev, line, matches)]
+                out = [b for ev in events for b in self._event_lines(kind, ev, line, matches)]
                 if out:
                     await resp.write(b"".join(out))
         except (ConnectionResetError, asyncio.CancelledError):
@@ -487,19 +491,21 @@ class ApiServer:
         return resp
 
     @staticmethod
-    def _event_lines(ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]) -> list[bytes]:
+    def _event_lines(
+        kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
+    ) -> list[bytes]:
         obj = decode(value=ev.value, revision=ev.revision)
         if ev.type == DELETED:
-            return [line(DELETED, obj)] if matches(obj) else []
+            return [line(DELETED, convert.from_storage(kind, obj))] if matches(obj) else []
         now = matches(obj)
         if ev.type == ADDED:
-            return [line(ADDED, obj)] if now else []
+            return [line(ADDED, convert.from_storage(kind, obj))] if now else []
         before = matches(decode(value=ev.prev_value, revision=ev.revision)) if ev.prev_value else False
         if now and before:
-            return [line(MODIFIED, obj)]
+            return [line(MODIFIED, convert.from_storage(kind, obj))]
         if now:
-            return [line(ADDED, obj)]
+            return [line(ADDED, convert.from_storage(kind, obj))]
         if before:
             # The object left the selector: watchers see it deleted (kube's cacher sends the previous state).
-            return [line(DELETED, decode(value=ev.prev_value, revision=ev.revision))]
+            return [line(DELETED, convert.from_storage(kind, decode(value=ev.prev_value, revision=ev.revision)))]
         return []
