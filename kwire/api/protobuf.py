@@ -16,6 +16,7 @@ Responses are always JSON: kubectl accepts it alongside protobuf.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"k8s\x00"
 
 # Field kinds: s string, i integer, b bool, y bytes (base64 in JSON), m message, ms map<string,string>,
-# my map<string,bytes>, mq map<string,Quantity>, ios IntOrString.
+# my map<string,bytes>, mq map<string,Quantity>, ios IntOrString, t metav1.Time.
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,43 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f5=F("dryRun", "s", repeated=True),
     ),
     "Preconditions": _m(f1=F("uid", "s"), f2=F("resourceVersion", "s")),
+    # autoscaling/v1 (kubectl autoscale)
+    "HorizontalPodAutoscaler": _m(
+        f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "HorizontalPodAutoscalerSpec")
+    ),
+    "HorizontalPodAutoscalerSpec": _m(
+        f1=F("scaleTargetRef", "m", "CrossVersionObjectReference"),
+        f2=F("minReplicas", "i", keep_zero=True),
+        f3=F("maxReplicas", "i", keep_zero=True),
+        f4=F("targetCPUUtilizationPercentage", "i", keep_zero=True),
+    ),
+    "CrossVersionObjectReference": _m(f1=F("kind", "s"), f2=F("name", "s"), f3=F("apiVersion", "s")),
+    # certificates.k8s.io/v1 (kubectl certificate approve|deny send the whole object)
+    "CertificateSigningRequest": _m(
+        f1=F("metadata", "m", "ObjectMeta"),
+        f2=F("spec", "m", "CertificateSigningRequestSpec"),
+        f3=F("status", "m", "CertificateSigningRequestStatus"),
+    ),
+    "CertificateSigningRequestSpec": _m(
+        f1=F("request", "y"),
+        f2=F("username", "s"),
+        f3=F("uid", "s"),
+        f4=F("groups", "s", repeated=True),
+        f5=F("usages", "s", repeated=True),
+        f7=F("signerName", "s"),
+        f8=F("expirationSeconds", "i", keep_zero=True),
+    ),
+    "CertificateSigningRequestStatus": _m(
+        f1=F("conditions", "m", "CertificateSigningRequestCondition", repeated=True), f2=F("certificate", "y")
+    ),
+    "CertificateSigningRequestCondition": _m(
+        f1=F("type", "s"),
+        f2=F("reason", "s"),
+        f3=F("message", "s"),
+        f4=F("lastUpdateTime", "t"),
+        f5=F("lastTransitionTime", "t"),
+        f6=F("status", "s"),
+    ),
     # batch/v1
     "Job": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
     "JobSpec": _m(
@@ -277,6 +315,8 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("scheduling.k8s.io/v1", "PriorityClass"): "PriorityClass",
     ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
     ("policy/v1", "Eviction"): "Eviction",
+    ("autoscaling/v1", "HorizontalPodAutoscaler"): "HorizontalPodAutoscaler",
+    ("certificates.k8s.io/v1", "CertificateSigningRequest"): "CertificateSigningRequest",
     ("batch/v1", "Job"): "Job",
     ("batch/v1", "CronJob"): "CronJob",
     # client-go sends DeleteOptions in the group version of the resource being deleted
@@ -383,6 +423,18 @@ def _scalar(f: F, v: int | bytes) -> Any:
         if not isinstance(v, bytes):
             raise DecodeError(f"{f.name}: expected a message")
         return decode_message(f.msg, v)
+    if f.kind == "t":
+        # metav1.Time is {1: seconds, 2: nanos}; JSON has it as RFC 3339 in whole seconds.
+        if not isinstance(v, bytes):
+            raise DecodeError(f"{f.name}: expected a Time")
+        seconds = next((_signed(x) for n, _w, x in fields_of(v) if n == 1 and isinstance(x, int)), None)
+        if seconds is None:
+            return None  # a zero Time is marshalled as an empty message: JSON null, dropped
+        try:
+            when = dt.datetime.fromtimestamp(seconds, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise DecodeError(f"{f.name}: time out of range") from None
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
     raise DecodeError(f"unknown field kind {f.kind}")
 
 

@@ -24,7 +24,12 @@ def test_role_rules() -> None:
     )
     assert obj["rules"] == [
         {"verbs": ["get", "list", "watch"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["x"]},
-        {"verbs": ["get", "list", "watch"], "apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["x"]},
+        {
+            "verbs": ["get", "list", "watch"],
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "resourceNames": ["x"],
+        },
     ]
 
 
@@ -70,7 +75,10 @@ def test_job_and_cronjob_templates() -> None:
     job = _load("job.pb")
     assert job["spec"] == {
         "template": {
-            "spec": {"containers": [{"name": "job1", "image": "busybox", "command": ["echo", "hi"]}], "restartPolicy": "Never"}
+            "spec": {
+                "containers": [{"name": "job1", "image": "busybox", "command": ["echo", "hi"]}],
+                "restartPolicy": "Never",
+            }
         }
     }
     cj = _load("cronjob.pb")
@@ -85,3 +93,26 @@ def test_secret_types_and_delete_options() -> None:
     reg = _load("secret-docker-registry.pb")
     assert reg["type"] == "kubernetes.io/dockerconfigjson" and list(reg["data"]) == [".dockerconfigjson"]
     assert _load("deleteoptions.pb") == {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 5}
+
+
+def test_autoscale_hpa_v1() -> None:
+    hpa = _load("hpa-autoscaling-v1.pb")
+    assert (hpa["apiVersion"], hpa["kind"]) == ("autoscaling/v1", "HorizontalPodAutoscaler")
+    assert hpa["spec"] == {
+        "scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"},
+        "minReplicas": 2,
+        "maxReplicas": 5,
+        "targetCPUUtilizationPercentage": 70,
+    }
+
+
+def test_certificate_approve_sends_the_whole_csr_with_times() -> None:
+    csr = _load("csr-approve.pb")
+    assert csr["metadata"]["name"] == "jane" and csr["metadata"]["resourceVersion"] == "75"
+    assert csr["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client"
+    assert csr["spec"]["expirationSeconds"] == 86400
+    assert csr["spec"]["request"].startswith("LS0tLS1CRUdJTiBDRVJU")  # base64 of the PEM CSR
+    (cond,) = csr["status"]["conditions"]
+    assert cond["type"] == "Approved" and cond["status"] == "True" and cond["reason"] == "KubectlApprove"
+    assert cond["lastUpdateTime"] == "2026-11-30T16:09:39Z"
+    assert "lastTransitionTime" not in cond  # a zero metav1.Time is an empty message: omitted, as in JSON

@@ -1,0 +1,216 @@
+"""Defaulting, validation (kube-apiserver's field paths and messages) and version conversion of the built-in
+kinds manifests carry: RBAC, Secret types, PriorityClass, storage, quota/limits, HPA, CSR, webhooks, Events."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kwire.api import convert, defaults, quantity, validation
+from kwire.api.registry import by_path
+
+Obj = dict[str, Any]
+
+
+def _kind(group: str, version: str, plural: str) -> Any:
+    kind = by_path(group, version, plural)
+    assert kind is not None
+    return kind
+
+
+def _errors(group: str, version: str, plural: str, obj: Obj, old: Obj | None = None) -> list[str]:
+    kind = _kind(group, version, plural)
+    obj = {"metadata": {"name": "x", "namespace": "default"}, **obj}
+    defaults.apply_defaults(kind, obj)
+    if old is None:
+        return [str(e) for e in validation.validate_create(kind, obj)]
+    old = {"metadata": {"name": "x", "namespace": "default"}, **old}
+    defaults.apply_defaults(kind, old)
+    return [str(e) for e in validation.validate_update(kind, obj, old)]
+
+
+RBAC = "rbac.authorization.k8s.io"
+
+
+def test_role_rules_in_kube_words() -> None:
+    errs = _errors(RBAC, "v1", "roles", {"rules": [{"apiGroups": [""]}, {"verbs": ["get"], "nonResourceURLs": ["/x"]}]})
+    assert errs == [
+        "rules[0].verbs: Required value: verbs must contain at least one value",
+        "rules[0].resources: Required value: resource rules must supply at least one resource",
+        'rules[1].nonResourceURLs: Invalid value: []string{"/x"}: namespaced rules cannot apply to non-resource URLs',
+    ]
+    assert _errors(RBAC, "v1", "clusterroles", {"rules": [{"verbs": ["get"], "nonResourceURLs": ["/healthz"]}]}) == []
+    assert _errors(RBAC, "v1", "clusterroles", {"aggregationRule": {"clusterRoleSelectors": []}}) == [
+        "aggregationRule.clusterRoleSelectors: Required value: at least one clusterRoleSelector required if "
+        "aggregationRule is non-nil"
+    ]
+    assert _errors(RBAC, "v1", "roles", {"metadata": {"name": "a/b", "namespace": "default"}}) == [
+        "metadata.name: Invalid value: \"a/b\": may not contain '/'"
+    ]
+
+
+def test_bindings_role_ref_and_subjects() -> None:
+    ref = {"apiGroup": RBAC, "kind": "Role", "name": "r"}
+    errs = _errors(
+        RBAC,
+        "v1",
+        "clusterrolebindings",
+        {"roleRef": ref, "subjects": [{"kind": "ServiceAccount", "name": "sa"}, {"kind": "Robot", "name": "r"}]},
+    )
+    assert errs == [
+        'roleRef.kind: Unsupported value: "Role": supported values: "ClusterRole"',
+        "subjects[0].namespace: Required value",
+        'subjects[1].kind: Unsupported value: "Robot": supported values: "ServiceAccount", "User", "Group"',
+    ]
+    rb = {"roleRef": ref, "subjects": [{"kind": "User", "name": "alice"}]}
+    kind = _kind(RBAC, "v1", "rolebindings")
+    defaults.apply_defaults(kind, rb)
+    assert rb["subjects"][0]["apiGroup"] == RBAC  # SetDefaults_Subject
+    changed = copy.deepcopy(rb)
+    changed["roleRef"] = {**ref, "name": "other"}
+    assert _errors(RBAC, "v1", "rolebindings", changed, rb) == [
+        'roleRef: Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"Role", Name:"other"}: '
+        "cannot change roleRef"
+    ]
+
+
+def test_secret_types_string_data_and_immutable() -> None:
+    assert _errors("", "v1", "secrets", {"type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}}) == [
+        "data[tls.key]: Required value"
+    ]
+    assert _errors("", "v1", "secrets", {"type": "kubernetes.io/basic-auth"}) == [
+        "data[username]: Required value",
+        "data[password]: Required value",
+    ]
+    assert _errors("", "v1", "secrets", {"type": "kubernetes.io/ssh-auth"}) == ["data[ssh-privatekey]: Required value"]
+    assert _errors("", "v1", "secrets", {"type": "kubernetes.io/service-account-token"}) == [
+        "metadata.annotations[kubernetes.io/service-account.name]: Required value"
+    ]
+    bad_json = _errors(
+        "", "v1", "secrets", {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e25vcGU="}}
+    )
+    assert bad_json and bad_json[0].startswith('data[.dockerconfigjson]: Invalid value: "<secret contents redacted>"')
+    secret: Obj = {"data": {"a": "eA=="}, "stringData": {"a": "override", "b": "new"}}
+    defaults.apply_defaults(_kind("", "v1", "secrets"), secret)
+    assert secret == {"type": "Opaque", "data": {"a": "b3ZlcnJpZGU=", "b": "bmV3"}}
+    old = {"immutable": True, "data": {"a": "eA=="}}
+    assert _errors("", "v1", "secrets", {"immutable": True, "data": {"a": "eQ=="}}, old) == [
+        "data: Forbidden: field is immutable when `immutable` is set"
+    ]
+
+
+def test_priority_class_rules() -> None:
+    pcs = ("scheduling.k8s.io", "v1", "priorityclasses")
+    assert _errors(*pcs, {"value": 2_000_000_000}) == [
+        "value: Forbidden: maximum allowed value of a user defined priority is 1000000000"
+    ]
+    assert _errors(*pcs, {"metadata": {"name": "system-mine"}, "value": 1}) == [
+        "metadata.name: Forbidden: priority class names with 'system-' prefix are reserved"
+    ]
+    assert _errors(*pcs, {"value": 2}, {"value": 1}) == ["value: Forbidden: may not be changed in an update."]
+
+
+def test_storage_class_and_claims() -> None:
+    scs = ("storage.k8s.io", "v1", "storageclasses")
+    assert _errors(*scs, {"volumeBindingMode": "Later"}) == [
+        "provisioner: Required value",
+        'volumeBindingMode: Unsupported value: "Later": supported values: "Immediate", "WaitForFirstConsumer"',
+    ]
+    assert _errors(*scs, {"provisioner": "b"}, {"provisioner": "a"}) == [
+        "provisioner: Forbidden: updates to provisioner are forbidden."
+    ]
+    claim = {"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    assert _errors("", "v1", "persistentvolumeclaims", claim) == []
+    assert _errors("", "v1", "persistentvolumeclaims", {"spec": {}}) == [
+        "spec.accessModes: Required value: at least 1 access mode is required",
+        "spec.resources[storage]: Required value",
+    ]
+    bound = copy.deepcopy(claim)
+    bound["spec"]["volumeName"] = "pv1"  # set once by the binder: allowed
+    assert _errors("", "v1", "persistentvolumeclaims", bound, claim) == []
+    grown = copy.deepcopy(claim)
+    grown["spec"]["accessModes"] = ["ReadWriteMany"]
+    assert _errors("", "v1", "persistentvolumeclaims", grown, claim) == [
+        "spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName "
+        "for bound claims"
+    ]
+    assert _errors("", "v1", "persistentvolumes", {"spec": {"accessModes": ["ReadWriteOnce"]}}) == [
+        "spec.capacity: Required value",
+        "spec: Required value: must specify a volume type",
+    ]
+
+
+def test_limit_range_quota_hpa_csr_webhooks() -> None:
+    lr = {"spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}, "min": {"cpu": "2"}}]}}
+    errs = _errors("", "v1", "limitranges", lr)
+    assert 'spec.limits[0].min[cpu]: Invalid value: "2": min value 2 is greater than max value 1' in errs
+    filled: Obj = {"spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}}
+    defaults.apply_defaults(_kind("", "v1", "limitranges"), filled)
+    assert filled["spec"]["limits"][0]["default"] == {"cpu": "1"}
+    assert filled["spec"]["limits"][0]["defaultRequest"] == {"cpu": "1"}
+    assert _errors("", "v1", "resourcequotas", {"spec": {"hard": {"pods": "-1"}}}) == [
+        'spec.hard[pods]: Invalid value: "-1": must be greater than or equal to 0'
+    ]
+    hpa = {"spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 3, "maxReplicas": 2}}
+    assert _errors("autoscaling", "v2", "horizontalpodautoscalers", hpa) == [
+        "spec.maxReplicas: Invalid value: 2: must be greater than or equal to `minReplicas`"
+    ]
+    csr = {
+        "spec": {"request": "eA==", "signerName": "s"},
+        "status": {"conditions": [{"type": "Approved"}, {"type": "Denied"}]},
+    }
+    assert _errors("certificates.k8s.io", "v1", "certificatesigningrequests", csr) == [
+        'spec.request: Invalid value: "<redacted>": PEM block type must be CERTIFICATE REQUEST',
+        'status.conditions[1].type: Invalid value: "Denied": Approved and Denied conditions are mutually exclusive',
+    ]
+    hook = {"webhooks": [{"name": "a.b.c", "clientConfig": {"url": "https://x"}, "admissionReviewVersions": ["v1"]}]}
+    assert _errors("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", hook) == [
+        "webhooks[0].sideEffects: Required value: must specify one of None, NoneOnDryRun"
+    ]
+
+
+def test_events_k8s_io_and_hpa_v1_round_trip_through_storage() -> None:
+    ev_kind = _kind("events.k8s.io", "v1", "events")
+    new_style = {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": "e"},
+        "regarding": {"kind": "Pod", "name": "p"},
+        "note": "hi",
+        "reportingController": "me",
+        "deprecatedCount": 3,
+    }
+    core = convert.to_storage(ev_kind, new_style)
+    assert core["apiVersion"] == "v1" and core["involvedObject"] == {"kind": "Pod", "name": "p"}
+    assert (core["message"], core["reportingComponent"], core["count"]) == ("hi", "me", 3)
+    assert convert.from_storage(ev_kind, core) == new_style
+    v1_kind = _kind("autoscaling", "v1", "horizontalpodautoscalers")
+    v2 = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "h"},
+        "spec": {
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}},
+                },
+                {
+                    "type": "Pods",
+                    "pods": {"metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "1k"}},
+                },
+            ],
+        },
+    }
+    v1 = convert.from_storage(v1_kind, v2)
+    assert v1["spec"] == {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": 50}
+    assert "autoscaling.alpha.kubernetes.io/metrics" in v1["metadata"]["annotations"]
+    assert convert.to_storage(v1_kind, v1) == v2  # nothing lost through v1
+
+
+def test_quantities() -> None:
+    assert quantity.parse("100m") == quantity.parse("0.1")
+    assert quantity.parse("1Gi") == 2**30 and quantity.parse("1G") == 10**9 and quantity.parse("1e3") == 1000
+    assert quantity.parse("ten") is None and quantity.parse("1Gb") is None
