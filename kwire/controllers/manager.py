@@ -12,12 +12,14 @@ import logging
 
 from kwire.client import ApiClient, Config, Informers
 from kwire.controllers.addons import AddonController, AddonSettings
+from kwire.controllers.clusterroleaggregation import ClusterRoleAggregation
 from kwire.controllers.common import EventRecorder
 from kwire.controllers.daemonset import DaemonSetController
 from kwire.controllers.deployment import DeploymentController
 from kwire.controllers.endpoints import EndpointsController
 from kwire.controllers.endpointslices import EndpointSliceController
 from kwire.controllers.ipam import NodeIpam
+from kwire.controllers.localpath import LocalPathProvisioner
 from kwire.controllers.nodelifecycle import NodeLifecycle
 from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
@@ -69,7 +71,10 @@ class ControllerManager:
             NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),
             PodGC(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),
+            ClusterRoleAggregation(self.client, self.informers),
         ]
+        if "local-storage" not in (addons or AddonSettings()).disable:
+            self.controllers.append(LocalPathProvisioner(self.client, self.informers))
         if "servicelb" not in (addons or AddonSettings()).disable:
             self.controllers.append(ServiceLB(self.client, self.informers))
         self._starter: asyncio.Task[None] | None = None
