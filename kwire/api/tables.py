@@ -780,17 +780,23 @@ def column_definitions(kind: Kind) -> list[dict[str, Any]]:
     return [NAME, *cols]
 
 
-def row(kind: Kind, obj: Obj, *, now: dt.datetime) -> dict[str, Any]:
+INCLUDE_OBJECT = ("None", "Metadata", "Object")
+
+
+def row(kind: Kind, obj: Obj, *, now: dt.datetime, include: str = "Metadata") -> dict[str, Any]:
+    """One row; its `object` is the whole object, its PartialObjectMetadata or absent (`includeObject`)."""
     _, fn = _PRINTERS.get(kind.kind, ([AGE], _default))
     meta = obj.get("metadata") or {}
     name = meta.get("name", "")
     if kind.kind == "StorageClass" and _is_default_class(obj):
         name += " (default)"  # printStorageClass marks the default class in the name cell
     printed = convert.to_storage(kind, obj)  # kube prints the internal version: one printer per kind
-    return {
-        "cells": [name, *fn(printed, now)],
-        "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
-    }
+    out: dict[str, Any] = {"cells": [name, *fn(printed, now)]}
+    if include == "Object":
+        out["object"] = obj
+    elif include != "None":
+        out["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}
+    return out
 
 
 def table(
@@ -801,6 +807,7 @@ def table(
     resource_version: str,
     continue_token: str = "",
     remaining: int | None = None,
+    include: str = "Metadata",
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"resourceVersion": resource_version}
     if continue_token:
@@ -812,5 +819,5 @@ def table(
         "apiVersion": "meta.k8s.io/v1",
         "metadata": meta,
         "columnDefinitions": column_definitions(kind),
-        "rows": [row(kind, o, now=now) for o in objs],
+        "rows": [row(kind, o, now=now, include=include) for o in objs],
     }
