@@ -19,7 +19,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import convert, discovery, kubeletproxy, protobuf, scale, tables
+from kwire.api import convert, discovery, kubeletproxy, protobuf, proxy, scale, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
 from kwire.api.fields import check as fields_check
@@ -92,6 +92,10 @@ def request_info(request: web.Request) -> RequestInfo:
     target = parse_target(request.path.rstrip("/"))
     dry = "All" if "All" in request.query.getall("dryRun", []) else ""
     if target is None:
+        via = proxy.parse(request.rel_url.raw_path)
+        if via is not None:
+            scope = "resource" if via.namespace is None else "namespace"
+            return RequestInfo("CONNECT", "", "v1", via.resource, "proxy", scope, dry)
         return RequestInfo(verb=request.method, dry_run=dry)
     named = target.name is not None
     if named:
@@ -233,6 +237,9 @@ class ApiServer:
             static = self._static(path)
             if static is not None:
                 return static
+        proxy_target = proxy.parse(request.rel_url.raw_path)
+        if proxy_target is not None:
+            return await proxy.handle(request, self.resources, proxy_target, token=self.log_token)
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
