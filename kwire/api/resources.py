@@ -8,6 +8,7 @@ Everything HTTP-specific lives in `kwire.api.server`; in-process controllers cal
 from __future__ import annotations
 
 import base64
+import builtins
 import copy
 import datetime as dt
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from kwire.api import convert, defaults, validation
+from kwire.api import admission, convert, defaults, validation
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.errors import (
     ApiError,
@@ -226,7 +227,7 @@ class Resources:
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
-        await self._admit(kind, obj)
+        await admission.admit_create(kind, obj, list_objects=self._list_objects)
         errors = validation.validate_create(kind, obj)
         name = str(meta.get("name") or "")
         if errors:
@@ -256,31 +257,8 @@ class Resources:
         meta["resourceVersion"] = str(rev)
         return obj
 
-    async def _admit(self, kind: Kind, obj: Obj) -> None:
-        """Mutating admission kube-apiserver runs by default that kwire needs: DefaultStorageClass (a claim
-        without `storageClassName` gets the default class, the newest one when several are marked)."""
-        if kind.kind == "PersistentVolumeClaim" and kind.group == "":
-            spec = obj.get("spec")
-            if isinstance(spec, dict) and spec.get("storageClassName") is None:
-                default = await self.default_storage_class()
-                if default is not None:
-                    spec["storageClassName"] = default
-
-    async def default_storage_class(self) -> str | None:
-        sc_kind = by_path("storage.k8s.io", "v1", "storageclasses")
-        assert sc_kind is not None
-        best: tuple[str, str] | None = None
-        for kv in (await self.store.range(sc_kind.prefix())).items:
-            sc = decode(kv)
-            anns = sc["metadata"].get("annotations") or {}
-            marked = anns.get("storageclass.kubernetes.io/is-default-class") or anns.get(
-                "storageclass.beta.kubernetes.io/is-default-class"
-            )
-            if marked == "true":
-                cand = (str(sc["metadata"].get("creationTimestamp", "")), sc["metadata"]["name"])
-                if best is None or cand > best:
-                    best = cand
-        return best[1] if best else None
+    async def _list_objects(self, kind: Kind) -> builtins.list[Obj]:
+        return [decode(kv) for kv in (await self.store.range(kind.prefix())).items]
 
     # -- update ------------------------------------------------------------------------------------------------
     async def update(
@@ -366,6 +344,7 @@ class Resources:
     async def _write_update(
         self, kind: Kind, namespace: str | None, name: str, kv: KV, old: Obj, new: Obj, *, dry_run: bool
     ) -> Obj:
+        await admission.admit_update(kind, new, list_objects=self._list_objects)
         errors = validation.validate_update(kind, new, old)
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)

@@ -214,3 +214,72 @@ def test_quantities() -> None:
     assert quantity.parse("100m") == quantity.parse("0.1")
     assert quantity.parse("1Gi") == 2**30 and quantity.parse("1G") == 10**9 and quantity.parse("1e3") == 1000
     assert quantity.parse("ten") is None and quantity.parse("1Gb") is None
+
+
+async def test_admission_priority_and_default_storage_class() -> None:
+    from kwire.api import admission
+    from kwire.api.errors import ApiError
+
+    stored: dict[str, list[Obj]] = {
+        "priorityclasses": [
+            {
+                "metadata": {"name": "system-node-critical"},
+                "value": 2000001000,
+                "preemptionPolicy": "PreemptLowerPriority",
+            },
+            {"metadata": {"name": "low"}, "value": 10, "globalDefault": True, "preemptionPolicy": "Never"},
+        ],
+        "storageclasses": [
+            {
+                "metadata": {
+                    "name": "old",
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "annotations": {admission.DEFAULT_CLASS_ANNOTATIONS[0]: "true"},
+                }
+            },
+            {
+                "metadata": {
+                    "name": "new",
+                    "creationTimestamp": "2026-02-01T00:00:00Z",
+                    "annotations": {admission.DEFAULT_CLASS_ANNOTATIONS[0]: "true"},
+                }
+            },
+        ],
+    }
+
+    async def list_objects(kind: Any) -> list[Obj]:
+        return stored.get(kind.plural, [])
+
+    pods = _kind("", "v1", "pods")
+    critical: Obj = {"metadata": {"name": "p"}, "spec": {"priorityClassName": "system-node-critical"}}
+    await admission.admit_create(pods, critical, list_objects=list_objects)
+    assert critical["spec"]["priority"] == 2000001000
+    plain: Obj = {"metadata": {"name": "p"}, "spec": {}}
+    await admission.admit_create(pods, plain, list_objects=list_objects)
+    assert (plain["spec"]["priorityClassName"], plain["spec"]["priority"], plain["spec"]["preemptionPolicy"]) == (
+        "low",
+        10,
+        "Never",
+    )
+    try:
+        await admission.admit_create(
+            pods, {"metadata": {"name": "p"}, "spec": {"priorityClassName": "nope"}}, list_objects=list_objects
+        )
+        raise AssertionError("an unknown PriorityClass must be refused")
+    except ApiError as err:
+        assert err.code == 403 and err.message == 'pods "p" is forbidden: no PriorityClass with name nope was found'
+    try:
+        await admission.admit_create(
+            _kind("scheduling.k8s.io", "v1", "priorityclasses"),
+            {"metadata": {"name": "also"}, "value": 1, "globalDefault": True},
+            list_objects=list_objects,
+        )
+        raise AssertionError("a second global default must be refused")
+    except ApiError as err:
+        assert "PriorityClass low is already marked as default. Only one default can exist" in err.message
+    claim: Obj = {"metadata": {"name": "c"}, "spec": {}}
+    await admission.admit_create(_kind("", "v1", "persistentvolumeclaims"), claim, list_objects=list_objects)
+    assert claim["spec"]["storageClassName"] == "new"
+    explicit_none: Obj = {"metadata": {"name": "c"}, "spec": {"storageClassName": ""}}
+    await admission.admit_create(_kind("", "v1", "persistentvolumeclaims"), explicit_none, list_objects=list_objects)
+    assert explicit_none["spec"]["storageClassName"] == ""  # "" asks for no class: left alone
