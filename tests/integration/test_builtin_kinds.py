@@ -256,6 +256,9 @@ def test_hpa_both_versions_storage_csr_webhooks_events(server: ServerProcess, tm
     core = json.loads(k("get", "--raw", "/api/v1/namespaces/default/events/ev1").stdout)
     assert (core["message"], core["involvedObject"]["name"], core["reportingComponent"]) == ("hello", "p1", "tester")
     assert "ev1" in k("get", "events").stdout
+    listed = json.loads(k("get", "--raw", "/apis/events.k8s.io/v1/namespaces/default/events").stdout)["items"]
+    (mine,) = [e for e in listed if e["metadata"]["name"] == "ev1"]
+    assert (mine["apiVersion"], mine["note"], mine["regarding"]["name"]) == ("events.k8s.io/v1", "hello", "p1")
 
 
 def test_sort_by_and_field_selectors(server: ServerProcess) -> None:
