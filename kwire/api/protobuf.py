@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"k8s\x00"
 
 # Field kinds: s string, i integer, b bool, y bytes (base64 in JSON), m message, ms map<string,string>,
-# my map<string,bytes>, mq map<string,Quantity>, ios IntOrString, t metav1.Time.
+# my map<string,bytes>, mq map<string,Quantity>, q Quantity, ios IntOrString, t metav1.Time.
 
 
 @dataclass(frozen=True)
@@ -118,17 +118,30 @@ SCHEMAS: dict[str, dict[int, F]] = {
     ),
     "PodTemplateSpec": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodSpec")),
     "PodSpec": _m(
+        f1=F("volumes", "m", "Volume", repeated=True),
         f2=F("containers", "m", "Container", repeated=True),
         f3=F("restartPolicy", "s"),
         f4=F("terminationGracePeriodSeconds", "i", keep_zero=True),
+        f5=F("activeDeadlineSeconds", "i", keep_zero=True),
         f6=F("dnsPolicy", "s"),
         f7=F("nodeSelector", "ms"),
         f8=F("serviceAccountName", "s"),
         f10=F("nodeName", "s"),
         f11=F("hostNetwork", "b"),
+        f12=F("hostPID", "b"),
+        f13=F("hostIPC", "b"),
+        f15=F("imagePullSecrets", "m", "LocalObjectReference", repeated=True),
         f16=F("hostname", "s"),
         f17=F("subdomain", "s"),
+        f19=F("schedulerName", "s"),
         f20=F("initContainers", "m", "Container", repeated=True),
+        f21=F("automountServiceAccountToken", "b", keep_zero=True),
+        f22=F("tolerations", "m", "Toleration", repeated=True),
+        f24=F("priorityClassName", "s"),
+        f25=F("priority", "i", keep_zero=True),
+        f27=F("shareProcessNamespace", "b", keep_zero=True),
+        f30=F("enableServiceLinks", "b", keep_zero=True),
+        f31=F("preemptionPolicy", "s"),
     ),
     "Container": _m(
         f1=F("name", "s"),
@@ -139,8 +152,56 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f6=F("ports", "m", "ContainerPort", repeated=True),
         f7=F("env", "m", "EnvVar", repeated=True),
         f8=F("resources", "m", "ResourceRequirements"),
+        f9=F("volumeMounts", "m", "VolumeMount", repeated=True),
+        f13=F("terminationMessagePath", "s"),
         f14=F("imagePullPolicy", "s"),
+        f15=F("securityContext", "m", "SecurityContext"),
+        f16=F("stdin", "b"),
+        f17=F("stdinOnce", "b"),
+        f18=F("tty", "b"),
+        f20=F("terminationMessagePolicy", "s"),
     ),
+    "SecurityContext": _m(
+        f2=F("privileged", "b", keep_zero=True),
+        f4=F("runAsUser", "i", keep_zero=True),
+        f5=F("runAsNonRoot", "b", keep_zero=True),
+        f6=F("readOnlyRootFilesystem", "b", keep_zero=True),
+        f7=F("allowPrivilegeEscalation", "b", keep_zero=True),
+        f8=F("runAsGroup", "i", keep_zero=True),
+    ),
+    "VolumeMount": _m(
+        f1=F("name", "s"),
+        f2=F("readOnly", "b"),
+        f3=F("mountPath", "s"),
+        f4=F("subPath", "s"),
+        f5=F("mountPropagation", "s"),
+        f6=F("subPathExpr", "s"),
+    ),
+    "Volume": _m(f1=F("name", "s"), f2=F("source", "m", "VolumeSource", inline=True)),
+    "VolumeSource": _m(
+        f1=F("hostPath", "m", "HostPathVolumeSource"),
+        f2=F("emptyDir", "m", "EmptyDirVolumeSource", keep_zero=True),
+        f6=F("secret", "m", "SecretVolumeSource"),
+        f10=F("persistentVolumeClaim", "m", "PersistentVolumeClaimVolumeSource"),
+        f19=F("configMap", "m", "ConfigMapVolumeSource"),
+    ),
+    "HostPathVolumeSource": _m(f1=F("path", "s"), f2=F("type", "s")),
+    "EmptyDirVolumeSource": _m(f1=F("medium", "s"), f2=F("sizeLimit", "q")),
+    "SecretVolumeSource": _m(f1=F("secretName", "s"), f3=F("defaultMode", "i", keep_zero=True), f4=F("optional", "b")),
+    "PersistentVolumeClaimVolumeSource": _m(f1=F("claimName", "s"), f2=F("readOnly", "b")),
+    "ConfigMapVolumeSource": _m(
+        f1=F("ref", "m", "LocalObjectReference", inline=True),
+        f3=F("defaultMode", "i", keep_zero=True),
+        f4=F("optional", "b"),
+    ),
+    "Toleration": _m(
+        f1=F("key", "s"),
+        f2=F("operator", "s"),
+        f3=F("value", "s"),
+        f4=F("effect", "s"),
+        f5=F("tolerationSeconds", "i", keep_zero=True),
+    ),
+    "Pod": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodSpec")),
     "ContainerPort": _m(
         f1=F("name", "s"), f2=F("hostPort", "i"), f3=F("containerPort", "i"), f4=F("protocol", "s"), f5=F("hostIP", "s")
     ),
@@ -308,6 +369,7 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "Deployment",
     ("networking.k8s.io/v1", "Ingress"): "Ingress",
     ("v1", "ResourceQuota"): "ResourceQuota",
+    ("v1", "Pod"): "Pod",  # kubectl debug node/... and --copy-to
     ("rbac.authorization.k8s.io/v1", "Role"): "Role",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "ClusterRole",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "RoleBinding",
@@ -423,6 +485,11 @@ def _scalar(f: F, v: int | bytes) -> Any:
         if not isinstance(v, bytes):
             raise DecodeError(f"{f.name}: expected a message")
         return decode_message(f.msg, v)
+    if f.kind == "q":
+        # resource.Quantity is {1: string}.
+        if not isinstance(v, bytes):
+            raise DecodeError(f"{f.name}: expected a Quantity")
+        return next((_str(x) for n, _w, x in fields_of(v) if n == 1), "")
     if f.kind == "t":
         # metav1.Time is {1: seconds, 2: nanos}; JSON has it as RFC 3339 in whole seconds.
         if not isinstance(v, bytes):

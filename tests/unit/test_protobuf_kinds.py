@@ -116,3 +116,25 @@ def test_certificate_approve_sends_the_whole_csr_with_times() -> None:
     assert cond["type"] == "Approved" and cond["status"] == "True" and cond["reason"] == "KubectlApprove"
     assert cond["lastUpdateTime"] == "2026-11-30T16:09:39Z"
     assert "lastTransitionTime" not in cond  # a zero metav1.Time is an empty message: omitted, as in JSON
+
+
+def test_kubectl_debug_pods() -> None:
+    node_debug = _load("pod-debug-node.pb")  # kubectl debug node/n2 --image=busybox -- true
+    spec = node_debug["spec"]
+    assert node_debug["metadata"] == {"name": "node-debugger-n2-qgr7x"}
+    assert spec["volumes"] == [{"name": "host-root", "hostPath": {"path": "/"}}]
+    assert spec["containers"] == [
+        {
+            "name": "debugger",
+            "image": "busybox",
+            "command": ["true"],
+            "volumeMounts": [{"name": "host-root", "mountPath": "/host"}],
+            "terminationMessagePolicy": "File",
+        }
+    ]
+    assert (spec["nodeName"], spec["hostNetwork"], spec["hostPID"], spec["hostIPC"]) == ("n2", True, True, True)
+    assert spec["tolerations"] == [{"operator": "Exists"}] and spec["restartPolicy"] == "Never"
+    copy = _load("pod-debug-copy.pb")  # kubectl debug zz --copy-to=zz-copy --image=busybox -- true
+    assert [c["name"] for c in copy["spec"]["containers"]] == ["zz", "debugger-bpdk8"]
+    assert copy["spec"]["enableServiceLinks"] is True and copy["spec"]["terminationGracePeriodSeconds"] == 30
+    assert "hostNetwork" not in copy["spec"]  # false is omitted, as JSON's omitempty
