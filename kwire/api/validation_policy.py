@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from kwire.api import quantity
 from kwire.api.errors import FieldError, duplicate, forbidden, invalid, not_supported, required
 from kwire.api.validation import dns1123_subdomain, validate_label_selector
+from kwire.base import quantity
 
 Obj = dict[str, Any]
 Errs = list[FieldError]

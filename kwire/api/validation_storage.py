@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kwire.api import quantity
 from kwire.api.errors import FieldError, forbidden, invalid, not_supported, required
+from kwire.base import quantity
 
 Obj = dict[str, Any]
 Errs = list[FieldError]

@@ -24,6 +24,7 @@ from kwire.controllers.nodelifecycle import NodeLifecycle
 from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
 from kwire.controllers.replicaset import ReplicaSetController
+from kwire.controllers.resourcequota import ResourceQuotaController
 from kwire.controllers.scheduler import Scheduler
 from kwire.controllers.servicelb import ServiceLB
 
@@ -72,6 +73,7 @@ class ControllerManager:
             PodGC(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),
             ClusterRoleAggregation(self.client, self.informers),
+            ResourceQuotaController(self.client, self.informers),
         ]
         if "local-storage" not in (addons or AddonSettings()).disable:
             self.controllers.append(LocalPathProvisioner(self.client, self.informers))

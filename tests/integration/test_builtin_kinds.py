@@ -171,6 +171,27 @@ def test_priorityclass_quota_limitrange(server: ServerProcess) -> None:
         "apply",
         "-f",
         "-",
+        input="apiVersion: v1\nkind: Pod\nmetadata: {name: sized}\nspec:\n  containers:\n"
+        "  - {name: c, image: nginx, resources: {requests: {cpu: 250m}, limits: {cpu: 250m, memory: 256Mi}}}\n",
+    )
+
+    def used() -> dict:
+        return json.loads(k("get", "quota", "compute", "-o", "json").stdout).get("status", {}).get("used") or {}
+
+    wait_for(
+        lambda: used() == {"pods": "1", "requests.cpu": "250m", "limits.memory": "256Mi"},
+        timeout=30,
+        what="quota status.used",
+    )
+    assert (
+        " ".join(_table(server, "quota", "compute")[1][2:])
+        == "pods: 1/10, requests.cpu: 250m/2 limits.memory: 256Mi/1Gi"
+    )
+    k("delete", "pod", "sized", "--wait=false")
+    k(
+        "apply",
+        "-f",
+        "-",
         input="apiVersion: v1\nkind: LimitRange\nmetadata: {name: lr}\nspec:\n  limits:\n"
         "  - {type: Container, max: {cpu: '1'}}\n",
     )

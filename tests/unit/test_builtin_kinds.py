@@ -6,8 +6,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kwire.api import convert, defaults, quantity, validation
+from kwire.api import convert, defaults, validation
 from kwire.api.registry import by_path
+from kwire.base import quantity
 
 Obj = dict[str, Any]
 
@@ -283,3 +284,40 @@ async def test_admission_priority_and_default_storage_class() -> None:
     explicit_none: Obj = {"metadata": {"name": "c"}, "spec": {"storageClassName": ""}}
     await admission.admit_create(_kind("", "v1", "persistentvolumeclaims"), explicit_none, list_objects=list_objects)
     assert explicit_none["spec"]["storageClassName"] == ""  # "" asks for no class: left alone
+
+
+def test_quota_usage() -> None:
+    from kwire.controllers.resourcequota import usage
+
+    def pod(cpu: str | None, mem: str | None, phase: str = "Running") -> Obj:
+        requests = {k: v for k, v in (("cpu", cpu), ("memory", mem)) if v}
+        res = {"requests": requests, "limits": requests} if requests else {}
+        return {"spec": {"containers": [{"name": "c", "resources": res}]}, "status": {"phase": phase}}
+
+    objects = {
+        "pods": [pod("250m", "256Mi"), pod("250m", "256Mi"), pod(None, None), pod("4", "1Gi", phase="Succeeded")],
+        "services": [{"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}}],
+        "persistentvolumeclaims": [
+            {"spec": {"storageClassName": "local-path", "resources": {"requests": {"storage": "1Gi"}}}}
+        ],
+        "configmaps": [{}, {}],
+    }
+    hard = {
+        "pods": "10",
+        "requests.cpu": "2",
+        "limits.memory": "1Gi",
+        "services.nodeports": "5",
+        "requests.storage": "10Gi",
+        "local-path.storageclass.storage.k8s.io/persistentvolumeclaims": "3",
+        "count/configmaps": "9",
+    }
+    assert usage(hard, [], objects) == {
+        "pods": "3",
+        "requests.cpu": "500m",
+        "limits.memory": "512Mi",
+        "services.nodeports": "2",
+        "requests.storage": "1Gi",
+        "local-path.storageclass.storage.k8s.io/persistentvolumeclaims": "1",
+        "count/configmaps": "2",
+    }
+    assert usage({"pods": "5"}, ["BestEffort"], objects) == {"pods": "1"}

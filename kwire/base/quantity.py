@@ -37,3 +37,27 @@ def parse(value: object) -> Fraction | None:
     if suffix[:1] in ("e", "E"):
         return number * Fraction(10) ** int(suffix[1:])
     return number * _DECIMAL[suffix]
+
+
+def format_like(value: Fraction, example: str) -> str:
+    """`value` written in the style of `example` (kube keeps a sum in its first operand's format): binary
+    suffixes for a binary example, millis when not whole, else a plain or decimal-suffixed number."""
+    binary = any(example.endswith(s) for s in _BINARY)
+    if value.denominator != 1 or (value < 1000 and example.endswith("m")):
+        milli = value * 1000
+        if milli.denominator == 1:
+            return f"{milli.numerator}m"
+        return f"{float(value):g}"
+    whole = value.numerator
+    if whole == 0:
+        return "0"
+    if binary:
+        for suffix, size in reversed(_BINARY.items()):
+            if whole % size == 0:
+                return f"{whole // size}{suffix}"
+        return str(whole)
+    for suffix in ("E", "P", "T", "G", "M", "k"):
+        size = int(_DECIMAL[suffix])
+        if whole % size == 0 and any(example.endswith(s) for s in ("E", "P", "T", "G", "M", "k")):
+            return f"{whole // size}{suffix}"
+    return str(whole)
