@@ -163,31 +163,39 @@ def test_priorityclass_quota_limitrange(server: ServerProcess) -> None:
     ]
     res = k("create", "priorityclass", "too-high", "--value=2000000000", check=False)
     assert "value: Forbidden: maximum allowed value of a user defined priority is 1000000000" in res.stderr
-    k("create", "quota", "compute", "--hard=pods=10,requests.cpu=2,limits.memory=1Gi")
-    header, row = _table(server, "quota", "compute")
+    k("create", "namespace", "quota")
+    k("create", "quota", "compute", "-n", "quota", "--hard=pods=2,requests.cpu=2,limits.memory=1Gi")
+    header, row = _table(server, "quota", "compute", "-n", "quota")
     assert header == ["NAME", "AGE", "REQUEST", "LIMIT"]
-    assert " ".join(row[2:]) == "pods: 0/10, requests.cpu: 0/2 limits.memory: 0/1Gi"
-    k(
-        "apply",
-        "-f",
-        "-",
-        input="apiVersion: v1\nkind: Pod\nmetadata: {name: sized}\nspec:\n  containers:\n"
-        "  - {name: c, image: nginx, resources: {requests: {cpu: 250m}, limits: {cpu: 250m, memory: 256Mi}}}\n",
+    assert " ".join(row[2:]) == "pods: 0/2, requests.cpu: 0/2 limits.memory: 0/1Gi"
+    sized = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME, namespace: quota}\nspec:\n  containers:\n"
+        "  - {name: c, image: nginx, resources: {requests: {cpu: 250m}, limits: {cpu: 250m, memory: 256Mi}}}\n"
     )
+    k("apply", "-f", "-", input=sized.replace("NAME", "sized"))
 
     def used() -> dict:
-        return json.loads(k("get", "quota", "compute", "-o", "json").stdout).get("status", {}).get("used") or {}
+        quota = json.loads(k("get", "quota", "compute", "-n", "quota", "-o", "json").stdout)
+        return quota.get("status", {}).get("used") or {}
 
     wait_for(
         lambda: used() == {"pods": "1", "requests.cpu": "250m", "limits.memory": "256Mi"},
         timeout=30,
         what="quota status.used",
     )
+    row = _table(server, "quota", "compute", "-n", "quota")[1]
+    assert " ".join(row[2:]) == "pods: 1/2, requests.cpu: 250m/2 limits.memory: 256Mi/1Gi"
+    res = k("run", "bare", "-n", "quota", "--image=nginx", check=False)
     assert (
-        " ".join(_table(server, "quota", "compute")[1][2:])
-        == "pods: 1/10, requests.cpu: 250m/2 limits.memory: 256Mi/1Gi"
+        'pods "bare" is forbidden: failed quota: compute: must specify limits.memory for: bare; requests.cpu for: bare'
+        in res.stderr
     )
-    k("delete", "pod", "sized", "--wait=false")
+    k("apply", "-f", "-", input=sized.replace("NAME", "second"))
+    res = k("apply", "-f", "-", input=sized.replace("NAME", "third"), check=False)
+    assert (
+        'pods "third" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2'
+        in res.stderr
+    )
     k(
         "apply",
         "-f",
@@ -344,7 +352,8 @@ def test_health_checks_and_metrics(server: ServerProcess) -> None:
     )
     assert 'apiserver_request_duration_seconds_bucket{component="apiserver",dry_run="",group="",le="0.005"' in metrics
     assert 'apiserver_current_inflight_requests{request_kind="readOnly"}' in metrics
-    assert 'apiserver_storage_objects{resource="namespaces"} 4.0' in metrics
+    namespaces = len(server.kubectl("get", "namespaces", "-o", "name").stdout.split())
+    assert f'apiserver_storage_objects{{resource="namespaces"}} {namespaces}.0' in metrics
 
 
 def test_proxy_answers_and_unknown_kinds_404(server: ServerProcess) -> None:

@@ -287,7 +287,7 @@ async def test_admission_priority_and_default_storage_class() -> None:
 
 
 def test_quota_usage() -> None:
-    from kwire.controllers.resourcequota import usage
+    from kwire.base.quota import usage
 
     def pod(cpu: str | None, mem: str | None, phase: str = "Running") -> Obj:
         requests = {k: v for k, v in (("cpu", cpu), ("memory", mem)) if v}
@@ -321,3 +321,43 @@ def test_quota_usage() -> None:
         "count/configmaps": "2",
     }
     assert usage({"pods": "5"}, ["BestEffort"], objects) == {"pods": "1"}
+
+
+async def test_quota_admission_refuses_over_hard_and_unstated_requests() -> None:
+    from kwire.api import admission
+    from kwire.api.errors import ApiError
+
+    quota = {"metadata": {"name": "compute", "namespace": "ns"}, "spec": {"hard": {"pods": "1", "requests.cpu": "1"}}}
+    running = {
+        "metadata": {"name": "a", "namespace": "ns"},
+        "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]},
+        "status": {"phase": "Running"},
+    }
+    stored: dict[str, list[Obj]] = {"resourcequotas": [quota], "pods": [running]}
+
+    async def list_objects(kind: Any) -> list[Obj]:
+        return stored.get(kind.plural, []) if kind.group in ("", "apps") else []
+
+    pods = _kind("", "v1", "pods")
+    new = {
+        "metadata": {"name": "b", "namespace": "ns"},
+        "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "250m"}}}]},
+    }
+    try:
+        await admission.admit_create(pods, new, list_objects=list_objects)
+        raise AssertionError("over quota must be refused")
+    except ApiError as err:
+        assert err.code == 403
+        assert err.message == (
+            'pods "b" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=1, limited: pods=1'
+        )
+    stored["pods"] = []
+    bare = {"metadata": {"name": "b", "namespace": "ns"}, "spec": {"containers": [{"name": "c"}]}}
+    try:
+        await admission.admit_create(pods, bare, list_objects=list_objects)
+        raise AssertionError("a pod without the limited requests must be refused")
+    except ApiError as err:
+        assert err.message == 'pods "b" is forbidden: failed quota: compute: must specify requests.cpu for: c'
+    await admission.admit_create(pods, new, list_objects=list_objects)  # fits: admitted
+    cm = {"metadata": {"name": "x", "namespace": "ns"}}
+    await admission.admit_create(_kind("", "v1", "configmaps"), cm, list_objects=list_objects)  # not limited
