@@ -71,6 +71,28 @@ def decode(kv: KV | None = None, *, value: bytes | None = None, revision: int = 
     return obj
 
 
+_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def base64_error(value: Any) -> int | None:
+    """Where Go's base64.StdEncoding (what decodes []byte fields in JSON) fails on `value`, or None."""
+    if not isinstance(value, str):
+        return 0
+    data = value.replace("\r", "").replace("\n", "").encode()
+    for i, ch in enumerate(data):
+        if ch == ord("="):
+            want = {2: b"==", 3: b"="}.get(i % 4)
+            if want is None or data[i : i + len(want)] != want:
+                return i
+            end = i + len(want)
+            return end if len(data) > end else None  # nothing may follow the padding
+        if ch not in _B64:
+            return i
+    if len(data) % 4:
+        return len(data) - len(data) % 4
+    return None
+
+
 def _body_only(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
@@ -215,6 +237,15 @@ class Resources:
         obj["kind"] = kind.kind
         if not isinstance(obj.setdefault("metadata", {}), dict):
             raise bad_request("metadata must be an object")
+        field = {"Secret": "data", "ConfigMap": "binaryData"}.get(kind.kind) if kind.group == "" else None
+        if field and isinstance(obj.get(field), dict):
+            for value in obj[field].values():
+                bad = base64_error(value)
+                if bad is not None:
+                    raise bad_request(
+                        f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                        f"illegal base64 data at input byte {bad}"
+                    )
 
     def _check_namespace(self, kind: Kind, namespace: str | None, obj: Obj, *, creating: bool) -> None:
         meta = obj["metadata"]

@@ -361,3 +361,10 @@ async def test_quota_admission_refuses_over_hard_and_unstated_requests() -> None
     await admission.admit_create(pods, new, list_objects=list_objects)  # fits: admitted
     cm = {"metadata": {"name": "x", "namespace": "ns"}}
     await admission.admit_create(_kind("", "v1", "configmaps"), cm, list_objects=list_objects)  # not limited
+
+
+def test_base64_errors_as_go_reports_them() -> None:
+    from kwire.api.resources import base64_error
+
+    assert [base64_error(v) for v in ("YWJj", "YWI=", "YQ==", "YWJjZA==\n", "")] == [None] * 5
+    assert [base64_error(v) for v in ("YWJjZA", "a!bc", "Y===", "YQ==YQ==", 7)] == [4, 1, 1, 4, 0]
