@@ -171,10 +171,11 @@ def test_priorityclass_quota_limitrange(server: ServerProcess) -> None:
     res = k("create", "priorityclass", "too-high", "--value=2000000000", check=False)
     assert "value: Forbidden: maximum allowed value of a user defined priority is 1000000000" in res.stderr
     k("create", "namespace", "quota")
-    k("create", "quota", "compute", "-n", "quota", "--hard=pods=2,requests.cpu=2,limits.memory=1Gi")
+    k("create", "quota", "compute", "-n", "quota", "--hard=pods=2,requests.cpu=2,limits.memory=1Gi,configmaps=3")
     header, row = _table(server, "quota", "compute", "-n", "quota")
     assert header == ["NAME", "AGE", "REQUEST", "LIMIT"]
-    assert " ".join(row[2:]) == "pods: 0/2, requests.cpu: 0/2 limits.memory: 0/1Gi"
+    assert " ".join(row[2:]) == "configmaps: 0/3, pods: 0/2, requests.cpu: 0/2 limits.memory: 0/1Gi"
+    k("create", "configmap", "one", "-n", "quota", "--from-literal=a=b")
     sized = (
         "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME, namespace: quota}\nspec:\n  containers:\n"
         "  - {name: c, image: nginx, resources: {requests: {cpu: 250m}, limits: {cpu: 250m, memory: 256Mi}}}\n"
@@ -186,12 +187,12 @@ def test_priorityclass_quota_limitrange(server: ServerProcess) -> None:
         return quota.get("status", {}).get("used") or {}
 
     wait_for(
-        lambda: used() == {"pods": "1", "requests.cpu": "250m", "limits.memory": "256Mi"},
+        lambda: used() == {"configmaps": "1", "pods": "1", "requests.cpu": "250m", "limits.memory": "256Mi"},
         timeout=30,
         what="quota status.used",
     )
     row = _table(server, "quota", "compute", "-n", "quota")[1]
-    assert " ".join(row[2:]) == "pods: 1/2, requests.cpu: 250m/2 limits.memory: 256Mi/1Gi"
+    assert " ".join(row[2:]) == "configmaps: 1/3, pods: 1/2, requests.cpu: 250m/2 limits.memory: 256Mi/1Gi"
     res = k("run", "bare", "-n", "quota", "--image=nginx", check=False)
     assert (
         'pods "bare" is forbidden: failed quota: compute: must specify limits.memory for: bare; requests.cpu for: bare'
