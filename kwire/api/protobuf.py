@@ -153,13 +153,60 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f7=F("env", "m", "EnvVar", repeated=True),
         f8=F("resources", "m", "ResourceRequirements"),
         f9=F("volumeMounts", "m", "VolumeMount", repeated=True),
+        f10=F("livenessProbe", "m", "Probe"),
+        f11=F("readinessProbe", "m", "Probe"),
         f13=F("terminationMessagePath", "s"),
         f14=F("imagePullPolicy", "s"),
         f15=F("securityContext", "m", "SecurityContext"),
         f16=F("stdin", "b"),
         f17=F("stdinOnce", "b"),
         f18=F("tty", "b"),
+        f19=F("envFrom", "m", "EnvFromSource", repeated=True),
         f20=F("terminationMessagePolicy", "s"),
+        f22=F("startupProbe", "m", "Probe"),
+    ),
+    "Probe": _m(
+        f1=F("handler", "m", "ProbeHandler", inline=True),
+        f2=F("initialDelaySeconds", "i"),
+        f3=F("timeoutSeconds", "i"),
+        f4=F("periodSeconds", "i"),
+        f5=F("successThreshold", "i"),
+        f6=F("failureThreshold", "i"),
+        f7=F("terminationGracePeriodSeconds", "i", keep_zero=True),
+    ),
+    "ProbeHandler": _m(
+        f1=F("exec", "m", "ExecAction"),
+        f2=F("httpGet", "m", "HTTPGetAction"),
+        f3=F("tcpSocket", "m", "TCPSocketAction"),
+    ),
+    "ExecAction": _m(f1=F("command", "s", repeated=True)),
+    "HTTPGetAction": _m(
+        f1=F("path", "s"),
+        f2=F("port", "ios", keep_zero=True),
+        f3=F("host", "s"),
+        f4=F("scheme", "s"),
+        f5=F("httpHeaders", "m", "HTTPHeader", repeated=True),
+    ),
+    "HTTPHeader": _m(f1=F("name", "s"), f2=F("value", "s")),
+    "TCPSocketAction": _m(f1=F("port", "ios", keep_zero=True), f2=F("host", "s")),
+    "EnvFromSource": _m(
+        f1=F("prefix", "s"),
+        f2=F("configMapRef", "m", "ConfigMapEnvSource"),
+        f3=F("secretRef", "m", "ConfigMapEnvSource"),
+    ),
+    "ConfigMapEnvSource": _m(
+        f1=F("ref", "m", "LocalObjectReference", inline=True), f2=F("optional", "b", keep_zero=True)
+    ),
+    "EnvVarSource": _m(
+        f1=F("fieldRef", "m", "ObjectFieldSelector"),
+        f2=F("resourceFieldRef", "m", "ResourceFieldSelector"),
+        f3=F("configMapKeyRef", "m", "KeySelector"),
+        f4=F("secretKeyRef", "m", "KeySelector"),
+    ),
+    "ObjectFieldSelector": _m(f1=F("apiVersion", "s"), f2=F("fieldPath", "s")),
+    "ResourceFieldSelector": _m(f1=F("containerName", "s"), f2=F("resource", "s"), f3=F("divisor", "q")),
+    "KeySelector": _m(
+        f1=F("ref", "m", "LocalObjectReference", inline=True), f2=F("key", "s"), f3=F("optional", "b", keep_zero=True)
     ),
     "SecurityContext": _m(
         f2=F("privileged", "b", keep_zero=True),
@@ -205,7 +252,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
     "ContainerPort": _m(
         f1=F("name", "s"), f2=F("hostPort", "i"), f3=F("containerPort", "i"), f4=F("protocol", "s"), f5=F("hostIP", "s")
     ),
-    "EnvVar": _m(f1=F("name", "s"), f2=F("value", "s")),
+    "EnvVar": _m(f1=F("name", "s"), f2=F("value", "s"), f3=F("valueFrom", "m", "EnvVarSource")),
     "ResourceRequirements": _m(f1=F("limits", "mq"), f2=F("requests", "mq")),
     # apps/v1
     "Deployment": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "DeploymentSpec")),

@@ -138,3 +138,34 @@ def test_kubectl_debug_pods() -> None:
     assert [c["name"] for c in copy["spec"]["containers"]] == ["zz", "debugger-bpdk8"]
     assert copy["spec"]["enableServiceLinks"] is True and copy["spec"]["terminationGracePeriodSeconds"] == 30
     assert "hostNetwork" not in copy["spec"]  # false is omitted, as JSON's omitempty
+
+
+def test_debug_copy_keeps_probes_env_sources_and_volumes() -> None:
+    # kubectl debug rich --copy-to=rich-copy of a pod with probes, env sources and volumes
+    pod = _load("pod-debug-copy-probes-env.pb")
+    c = pod["spec"]["containers"][0]
+    assert c["env"] == [
+        {"name": "A", "value": "x"},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw", "optional": True}}},
+        {"name": "CM", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}},
+        {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+    ]
+    assert c["envFrom"] == [
+        {"prefix": "P_", "configMapRef": {"name": "cm"}},
+        {"secretRef": {"name": "s", "optional": False}},
+    ]
+    assert c["readinessProbe"] == {
+        "httpGet": {"path": "/ready", "port": "http", "scheme": "HTTP", "httpHeaders": [{"name": "X", "value": "yes"}]},
+        "timeoutSeconds": 1,
+        "periodSeconds": 5,
+        "successThreshold": 1,
+        "failureThreshold": 3,
+    }
+    assert c["livenessProbe"]["tcpSocket"] == {"port": 8080} and c["livenessProbe"]["failureThreshold"] == 4
+    assert c["startupProbe"]["exec"] == {"command": ["cat", "/tmp/ok"]}
+    assert pod["spec"]["volumes"] == [
+        {"name": "e", "emptyDir": {}},
+        {"name": "c", "configMap": {"name": "cm", "defaultMode": 420}},
+        {"name": "s", "secret": {"secretName": "s", "defaultMode": 420}},
+    ]
