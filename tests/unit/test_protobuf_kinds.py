@@ -167,5 +167,5 @@ def test_debug_copy_keeps_probes_env_sources_and_volumes() -> None:
     assert pod["spec"]["volumes"] == [
         {"name": "e", "emptyDir": {}},
         {"name": "c", "configMap": {"name": "cm", "defaultMode": 420}},
-        {"name": "s", "secret": {"secretName": "s", "defaultMode": 420}},
+        {"name": "s", "secret": {"secretName": "s"}},
     ]
