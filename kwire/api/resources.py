@@ -272,6 +272,10 @@ class Resources:
         """Create `obj`, which the caller hands over (it is filled in place and returned)."""
         if kind.stored_as is not None:
             self._check_type(kind, obj)
+            if kind.api_version == "events.k8s.io/v1":
+                errs = validation.validate_events_v1_create(obj)
+                if errs:
+                    raise invalid_object(kind.group, kind.kind, str(obj["metadata"].get("name") or ""), errs)
             made = await self.create(storage_kind(kind), namespace, convert.to_storage(kind, obj), dry_run=dry_run)
             return convert.from_storage(kind, made)
         self._check_type(kind, obj)

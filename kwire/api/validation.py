@@ -858,6 +858,31 @@ def _event(obj: Obj, old: Obj | None) -> Errs:
     return []
 
 
+def validate_events_v1_create(obj: Obj) -> Errs:
+    """ValidateEventCreate's strict part for events.k8s.io/v1 (paths in that version's field names)."""
+    errs: Errs = []
+    if not obj.get("eventTime"):
+        errs.append(required("eventTime"))
+    if obj.get("type") not in ("Normal", "Warning"):
+        errs.append(invalid("type", "", f"has invalid value: {obj.get('type') or ''}"))
+    for field in ("deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount", "deprecatedSource"):
+        if obj.get(field):
+            errs.append(invalid(field, "", "needs to be unset"))
+    if obj.get("eventTime"):
+        for field in ("reportingController", "reportingInstance", "action", "reason"):
+            if not obj.get(field):
+                errs.append(required(field))
+        if obj.get("reportingController"):
+            errs += [
+                invalid("reportingController", obj["reportingController"], m)
+                for m in qualified_name(str(obj["reportingController"]))
+            ]
+        for field, limit in (("reportingInstance", 128), ("action", 128), ("reason", 128), ("note", 1024)):
+            if len(str(obj.get(field) or "")) > limit:
+                errs.append(invalid(field, "", f"can have at most {limit} characters"))
+    return errs
+
+
 def _range_or_cidr(value: str) -> bool:
     try:
         if "-" in value:

@@ -368,3 +368,23 @@ def test_base64_errors_as_go_reports_them() -> None:
 
     assert [base64_error(v) for v in ("YWJj", "YWI=", "YQ==", "YWJjZA==\n", "")] == [None] * 5
     assert [base64_error(v) for v in ("YWJjZA", "a!bc", "Y===", "YQ==YQ==", 7)] == [4, 1, 1, 4, 0]
+
+
+def test_events_k8s_io_create_rules() -> None:
+    good = {
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "type": "Normal",
+        "reportingController": "example.com/ctl",
+        "reportingInstance": "ctl-1",
+        "action": "Sync",
+        "reason": "Synced",
+    }
+    assert validation.validate_events_v1_create(good) == []
+    errs = [str(e) for e in validation.validate_events_v1_create({"type": "Odd", "deprecatedCount": 2})]
+    assert errs == [
+        "eventTime: Required value",
+        'type: Invalid value: "": has invalid value: Odd',
+        'deprecatedCount: Invalid value: "": needs to be unset',
+    ]
+    errs = [str(e) for e in validation.validate_events_v1_create({**good, "action": ""})]
+    assert errs == ["action: Required value"]
