@@ -72,7 +72,11 @@ def test_service_and_pod_proxy_return_the_responders_answer(lab: Lab) -> None:
 
 
 def test_cluster_info_dns_url_answers_like_kube(lab: Lab) -> None:
-    lab.wait_pods_ready("k8s-app=kube-dns", 1, namespace="kube-system", timeout=60)
+    def dns_endpoint() -> bool:
+        eps = lab.get("endpoints", "kube-dns", "-n", "kube-system")
+        return any(subset.get("addresses") for subset in eps.get("subsets") or [])
+
+    wait_for(dns_endpoint, timeout=60, what="a ready CoreDNS endpoint")
     url = "/api/v1/namespaces/kube-system/services/kube-dns:dns/proxy"
     assert url in lab.kubectl("cluster-info").stdout
     res = lab.kubectl("get", "--raw", url, check=False)
