@@ -3,13 +3,13 @@
 - `apiserver_request_total{verb,dry_run,group,version,resource,subresource,scope,component,code}`
 - `apiserver_request_duration_seconds{verb,dry_run,group,version,resource,subresource,scope,component}`, with
   kube-apiserver's buckets
-- `apiserver_current_inflight_requests{request_kind}` (readOnly / mutating; long-running watches are not counted,
-  as in kube's max-in-flight filter)
+- `apiserver_current_inflight_requests{request_kind}` (readOnly / mutating; long-running requests — watches,
+  logs, exec, attach, proxy — are not counted, as in kube's max-in-flight filter)
 - `apiserver_storage_objects{resource}`: stored objects per resource (`pods`, `deployments.apps`), counted when
   scraped.
 
 Verbs are kube's metric verbs: GET, LIST, WATCH, POST, PUT, PATCH, DELETE, DELETECOLLECTION (`CONNECT` for the
-proxy, exec, attach and log subresources).
+proxy, exec, attach and portforward subresources).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ DURATION_BUCKETS = (
     60.0,
 )
 _LABELS = ("verb", "dry_run", "group", "version", "resource", "subresource", "scope", "component")
-CONNECT_SUBRESOURCES = frozenset({"proxy", "exec", "attach", "log", "portforward"})
+CONNECT_SUBRESOURCES = frozenset({"proxy", "exec", "attach", "portforward"})
+LONG_RUNNING_SUBRESOURCES = CONNECT_SUBRESOURCES | {"log"}  # kube's BasicLongRunningRequestCheck
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class RequestInfo:
     subresource: str = ""
     scope: str = ""
     dry_run: str = ""
+
+    @property
+    def long_running(self) -> bool:
+        return self.verb == "WATCH" or self.subresource in LONG_RUNNING_SUBRESOURCES
 
     @property
     def mutating(self) -> bool:

@@ -181,7 +181,7 @@ class ApiServer:
             return _error(unauthorized())
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
-        counted = info.verb != "WATCH"  # long-running requests are outside kube's in-flight limit
+        counted = not info.long_running  # long-running requests are outside kube's in-flight limit
         if counted:
             self._inflight[kind] += 1
             self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
