@@ -69,6 +69,14 @@ def test_service_and_pod_proxy_return_the_responders_answer(lab: Lab) -> None:
     assert named["pod"] == pod["metadata"]["name"]
     via_pod = lab.kubectl("get", "--raw", f"/api/v1/namespaces/default/pods/{pod['metadata']['name']}:8080/proxy/")
     assert json.loads(via_pod.stdout)["node"] == pod["spec"]["nodeName"]
+    # nodes/proxy reaches the pod's kubelet (a responder container logs nothing: an empty 200)
+    node, name = pod["spec"]["nodeName"], pod["metadata"]["name"]
+    logs = lab.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/containerLogs/default/{name}/c", check=False)
+    assert logs.returncode == 0, logs.stderr
+    unserved = lab.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/no-such-kubelet-path", check=False)
+    assert unserved.returncode != 0 and "NotFound" in unserved.stderr  # the kubelet's own 404, passed through
+    no_node = lab.kubectl("get", "--raw", "/api/v1/nodes/nope/proxy/", check=False)
+    assert 'nodes "nope" not found' in no_node.stderr
 
 
 def test_cluster_info_dns_url_answers_like_kube(lab: Lab) -> None:
