@@ -331,7 +331,6 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f3=F("maxUnavailable", "ios"),
         f4=F("unhealthyPodEvictionPolicy", "s"),
     ),
-    "Eviction": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("deleteOptions", "m", "DeleteOptions")),
     # meta/v1
     "DeleteOptions": _m(
         f1=F("gracePeriodSeconds", "i", keep_zero=True),
@@ -423,7 +422,6 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "RoleBinding",  # same fields as RoleBinding
     ("scheduling.k8s.io/v1", "PriorityClass"): "PriorityClass",
     ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
-    ("policy/v1", "Eviction"): "Eviction",
     ("autoscaling/v1", "HorizontalPodAutoscaler"): "HorizontalPodAutoscaler",
     ("certificates.k8s.io/v1", "CertificateSigningRequest"): "CertificateSigningRequest",
     ("batch/v1", "Job"): "Job",
