@@ -11,12 +11,14 @@ import copy
 import logging
 import signal
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.certs import ensure_pki, ensure_token
 from kwire.api.errors import ApiError
@@ -26,9 +28,11 @@ from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
 from kwire.base import memory
 from kwire.client.kubeconfig import Config, write_kubeconfig
-from kwire.config import ServerConfig
+from kwire.config import ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
 from kwire.controllers.manager import ControllerManager
+from kwire.store.base import Store
+from kwire.store.etcd import EtcdStore
 from kwire.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -162,6 +166,7 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
         "flannel-backend": str(cfg.flannel_backend),
         "service-node-port-range": str(cfg.service_node_port_range),
         "disable-network-policy": "true" if cfg.disable_network_policy else "false",
+        "disable": ",".join(sorted(str(x) for x in cfg.disable)),  # packaged components left out (lab up waits)
         # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
         "node-monitor-grace-period": str(int(cfg.node_monitor_grace_period)),
     }
@@ -175,7 +180,7 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
 @dataclass
 class Server:
     cfg: ServerConfig
-    store: SQLiteStore
+    store: Store
     resources: Resources
     api: ApiServer
     lifecycle: Lifecycle
@@ -208,7 +213,7 @@ def _self_url(cfg: ServerConfig) -> str:
     return f"https://{host}:{int(cfg.https_listen_port)}"
 
 
-async def _compactor(store: SQLiteStore) -> None:
+async def _compactor(store: Store) -> None:
     while True:
         await asyncio.sleep(COMPACT_INTERVAL)
         try:
@@ -217,14 +222,36 @@ async def _compactor(store: SQLiteStore) -> None:
             log.exception("compaction failed")
 
 
+async def open_store(cfg: ServerConfig, data_dir: Path) -> Store:
+    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3, nothing is embedded SQLite."""
+    endpoint = str(cfg.datastore_endpoint)
+    if not endpoint:
+        return SQLiteStore(data_dir / "db" / "state.db")
+    urls = [u.strip() for u in endpoint.split(",") if u.strip()]
+    if not all(u.startswith(("http://", "https://")) for u in urls):
+        raise ConfigError(f"datastore-endpoint {endpoint!r}: only etcd (http:// or https:// URLs) is supported")
+    ctx = None
+    if any(u.startswith("https://") for u in urls):
+        ctx = ssl.create_default_context(cafile=str(cfg.datastore_cafile) or None)
+        if cfg.datastore_certfile:
+            ctx.load_cert_chain(str(cfg.datastore_certfile), str(cfg.datastore_keyfile) or None)
+    etcd = EtcdStore(urls, ssl_context=ctx)
+    await etcd.start()
+    return etcd
+
+
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
     data_dir = Path(cfg.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(data_dir / "db" / "state.db")
+    store = await open_store(cfg, data_dir)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
-    resources = Resources(store, allocator=allocator)
+    admission = Admission(
+        not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
+        unreachable_toleration_seconds=cfg.default_unreachable_toleration_seconds,
+    )
+    resources = Resources(store, allocator=allocator, admission=admission)
     await resources.load()
     address = _node_address(cfg)
     await bootstrap(resources, cfg, address=address)

@@ -56,6 +56,8 @@ def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
             entry.update({"kind": "Scale", "group": "autoscaling", "version": "v1"})
         if sub == "binding":
             entry.update({"kind": "Binding", "verbs": ["create"]})
+        if sub == "eviction":  # kubectl drain looks for exactly this entry before it evicts
+            entry.update({"kind": "Eviction", "group": "policy", "version": "v1", "verbs": ["create"]})
         out.append(entry)
     if kind.api_version == "v1" and kind.kind in PROXIED:
         # the proxy subresources (kwire.api.proxy), listed as kube-apiserver lists them

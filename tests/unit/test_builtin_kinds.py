@@ -218,7 +218,7 @@ def test_quantities() -> None:
 
 
 async def test_admission_priority_and_default_storage_class() -> None:
-    from kwire.api import admission
+    from kwire.api import admission_plugins as admission
     from kwire.api.errors import ApiError
 
     stored: dict[str, list[Obj]] = {
@@ -324,7 +324,7 @@ def test_quota_usage() -> None:
 
 
 async def test_quota_admission_refuses_over_hard_and_unstated_requests() -> None:
-    from kwire.api import admission
+    from kwire.api import admission_plugins as admission
     from kwire.api.errors import ApiError
 
     quota = {"metadata": {"name": "compute", "namespace": "ns"}, "spec": {"hard": {"pods": "1", "requests.cpu": "1"}}}
