@@ -104,11 +104,6 @@ def _meta(obj: Obj) -> Obj:
     return m if isinstance(m, dict) else {}
 
 
-def key_of(obj: Obj) -> str:
-    m = _meta(obj)
-    return f"{m.get('namespace')}/{m.get('name')}"
-
-
 def pod_info(obj: Obj | None) -> PodInfo | None:
     """The parts of a Pod that policies look at; None for pods policies ignore."""
     if not obj:
