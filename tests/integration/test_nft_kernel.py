@@ -120,7 +120,7 @@ def test_proxy_tables_in_the_kernel(ns: str) -> None:
             if p.get("nodePort"):
                 p["nodePort"] = 30100 + i
         sl = [{**s, "metadata": {**s["metadata"], "labels": {"kubernetes.io/service-name": f"svc{i}"}}} for s in slices]
-        for sp in proxy_cases.service_ports(obj, sl):
+        for sp in proxy_cases.ports_of(obj, sl):
             pt.set(ruleset.service_rules(sp, node="node1", cluster_cidr=proxy_cases.CLUSTER))
         steps.append(pt.table())
     for key in sorted(pt.services)[::2]:
@@ -160,7 +160,7 @@ def test_stale_udp_conntrack_entries_are_deleted_over_netlink(ns: str) -> None:
     pt = ruleset.ProxyTable(
         cluster_cidr="10.42.0.0/16", service_cidr="10.43.0.0/16", node_ips=("10.42.0.2",), pod_cidr=""
     )
-    sp = proxy_cases.service_ports(
+    sp = proxy_cases.ports_of(
         proxy_cases.svc("dns", clusterIP="10.43.0.10", ports=[{"name": "http", "port": 53, "protocol": "UDP"}]),
         [proxy_cases.slice_("dns", [("10.42.0.2", "node1", proxy_cases.READY)], port=5353, proto="UDP")],
     )[0]

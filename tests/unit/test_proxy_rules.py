@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kwire.agent.proxy import ruleset
-from kwire.agent.proxy.model import service_ports
+from kwire.agent.proxy.model import ServicePort, service_ports, service_view, slice_view
 from kwire.agent.proxy.tracer import trace
 from kwire.kernel import nft
 from tests.unit import golden
@@ -38,8 +38,13 @@ READY = {"ready": True, "serving": True, "terminating": False}
 THREE = [("10.42.0.5", "node1", READY), ("10.42.1.5", "node2", READY), ("10.42.2.5", "node3", READY)]
 
 
+def ports_of(service: dict[str, Any], slices: list[dict[str, Any]]) -> list[ServicePort]:
+    """The typed views the proxy makes of the objects, then the service ports."""
+    return service_ports(service_view(service), [slice_view(s) for s in slices])
+
+
 def build(*services: tuple[dict[str, Any], list[dict[str, Any]]], node: str = "node1") -> ruleset.ProxyTable:
-    ports = [sp for s, sl in services for sp in service_ports(s, sl)]
+    ports = [sp for s, sl in services for sp in ports_of(s, sl)]
     pod_cidr = {"node1": "10.42.0.0/24", "node2": "10.42.1.0/24", "node3": "10.42.2.0/24"}[node]
     return ruleset.build(
         ports, node=node, node_ips=(NODE1,), cluster_cidr=CLUSTER, service_cidr=SVC_CIDR, pod_cidr=pod_cidr
@@ -235,3 +240,20 @@ def test_fixed_chains_and_hairpin_as_a_whole_transaction() -> None:
         build((svc("web"), [slice_("web", THREE[:1])])).table(), src="10.42.0.5", dst="10.43.0.50", proto="tcp", port=80
     )
     assert t.endpoints == ["10.42.0.5:8080"] and t.masquerade  # a pod reaching itself through its service
+
+
+def test_typed_views_keep_only_what_the_data_path_uses() -> None:
+    s = svc("web", ports=[{"name": "a", "port": 80, "protocol": "ICMP"}, {"name": "b", "port": 81}])
+    view = service_view(s)
+    assert [p.port for p in view.ports] == [81] and view.key == "default/web"
+    assert service_view(svc("hl", clusterIP="None")).cluster_ip == ""
+    try:
+        service_view(svc("bad", ports=[{"name": "x", "port": "eighty"}]))
+        raise AssertionError("a malformed port must be refused")
+    except ValueError:
+        pass
+    v6 = {**slice_("web", THREE), "addressType": "IPv6"}
+    assert slice_view(v6).endpoints == ()
+    odd = slice_("web", [("not-an-ip", "node1", READY), ("10.42.0.5", "node1", READY)])
+    assert [e.addresses for e in slice_view(odd).endpoints] == [(), ("10.42.0.5",)]
+    assert slice_view(odd).service == "default/web"

@@ -30,16 +30,17 @@ LOG_PREFIX = "kwire-netpol-deny "
 LOG_LIMIT = "deny-log"
 
 
-def short_id(*parts: str) -> str:
-    return nft.object_id(*parts, length=48)
+def _id(key: str) -> str:
+    """The one naming scheme (`nft.object_id`), 48 characters so that prefixes and rule suffixes fit."""
+    return nft.object_id(key, length=48)
 
 
 def policy_chain(key: str, direction: str) -> str:
-    return f"pol-{direction[:2]}-{short_id(key)}"
+    return f"pol-{direction[:2]}-{_id(key)}"
 
 
 def pod_chain(key: str, direction: str) -> str:
-    return f"pod-{direction[:2]}-{short_id(key)}"
+    return f"pod-{direction[:2]}-{_id(key)}"
 
 
 def peer_set(peers_key: str) -> str:
@@ -48,7 +49,7 @@ def peer_set(peers_key: str) -> str:
 
 
 def rule_set(key: str, direction: str, index: int, suffix: str = "") -> str:
-    return f"pol-{direction[:2]}-{short_id(key)}-r{index}{suffix}"
+    return f"pol-{direction[:2]}-{_id(key)}-r{index}{suffix}"
 
 
 @dataclass(frozen=True)

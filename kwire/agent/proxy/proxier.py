@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from kwire.agent.nftsync import NftReconciler
 from kwire.agent.proxy import ruleset
 from kwire.agent.proxy.health import HealthChecks
-from kwire.agent.proxy.model import ServicePort, service_ports
+from kwire.agent.proxy.model import ServicePort, ServiceView, SliceView, service_ports, service_view, slice_view
 from kwire.base.keys import key_of
 from kwire.client import Informer
 from kwire.kernel import nft
@@ -25,15 +26,7 @@ from kwire.kernel.conntrack import Conntrack, NetlinkConntrack, StaleUdp
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, object]
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
-
-def _slice_service_key(obj: Obj) -> str:
-    m = obj.get("metadata")
-    meta = m if isinstance(m, dict) else {}
-    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    return f"{meta.get('namespace')}/{name}" if name else ""
+Obj = dict[str, Any]
 
 
 def stale_udp(old: list[ServicePort], new: list[ServicePort]) -> list[StaleUdp]:
@@ -84,6 +77,10 @@ class Proxier:
         self.ports: dict[str, list[ServicePort]] = {}  # service key -> its ports as last computed
         # Service key -> its ports as last applied, for services whose change is not in the kernel yet.
         self._unapplied: dict[str, list[ServicePort]] = {}
+        # Typed views of the informers' objects, made when an event hands them over.
+        self._services: dict[str, ServiceView] = {}
+        self._slices: dict[str, SliceView] = {}  # slice key -> view
+        self._slices_of: dict[str, set[str]] = {}  # service key -> its slices' keys (entries go with their slices)
         self.conntrack = conntrack if conntrack is not None else NetlinkConntrack()
         self.reconciler = NftReconciler(
             name="proxy",
@@ -99,7 +96,6 @@ class Proxier:
         self.stats = self.reconciler.stats
         self.health = HealthChecks(node_ip=node_ips[0] if node_ips else "0.0.0.0")
         self.synced = self.reconciler.committed
-        slices.add_indexer("service", lambda o: [k] if (k := _slice_service_key(o)) else [])
 
     def set_pod_cidr(self, pod_cidr: str) -> None:
         """This node's pod subnet (known once Flannel has its lease; before `start`): hairpin pairs come from it."""
@@ -120,28 +116,71 @@ class Proxier:
         if key and key != "/":
             self.reconciler.mark(key)
 
-    async def _on_svc(self, obj: Obj) -> None:
-        self.mark(key_of(obj))
+    def _put_service(self, obj: Obj) -> None:
+        key = key_of(obj)
+        try:
+            self._services[key] = service_view(obj)
+        except (ValueError, TypeError) as exc:
+            log.warning("proxy: ignoring malformed service %s: %s", key, exc)
+            self._services.pop(key, None)
+        self.mark(key)
 
-    async def _on_svc_update(self, old: Obj, new: Obj) -> None:
-        self.mark(key_of(new))
+    def _drop_service(self, obj: Obj) -> None:
+        key = key_of(obj)
+        self._services.pop(key, None)
+        self.mark(key)
+
+    def _put_slice(self, obj: Obj) -> None:
+        key = key_of(obj)
+        self._drop_slice(obj)
+        try:
+            view = slice_view(obj)
+        except (ValueError, TypeError) as exc:
+            log.warning("proxy: ignoring malformed EndpointSlice %s: %s", key, exc)
+            return
+        self._slices[key] = view
+        if view.service:
+            self._slices_of.setdefault(view.service, set()).add(key)
+            self.mark(view.service)
+
+    def _drop_slice(self, obj: Obj) -> None:
+        old = self._slices.pop(key_of(obj), None)
+        if old is not None and old.service:
+            keys = self._slices_of.get(old.service, set())
+            keys.discard(old.key)
+            if not keys:
+                self._slices_of.pop(old.service, None)
+            self.mark(old.service)
+
+    async def _on_svc(self, obj: Obj) -> None:
+        self._put_service(obj)
+
+    async def _on_svc_update(self, _old: Obj, new: Obj) -> None:
+        self._put_service(new)
+
+    async def _on_svc_delete(self, obj: Obj) -> None:
+        self._drop_service(obj)
 
     async def _on_slice(self, obj: Obj) -> None:
-        self.mark(_slice_service_key(obj))
+        self._put_slice(obj)
 
-    async def _on_slice_update(self, old: Obj, new: Obj) -> None:
-        self.mark(_slice_service_key(old))
-        self.mark(_slice_service_key(new))
+    async def _on_slice_update(self, _old: Obj, new: Obj) -> None:
+        self._put_slice(new)
+
+    async def _on_slice_delete(self, obj: Obj) -> None:
+        self._drop_slice(obj)
 
     def start(self) -> None:
         self.services.on_add(self._on_svc)
         self.services.on_update(self._on_svc_update)
-        self.services.on_delete(self._on_svc)
+        self.services.on_delete(self._on_svc_delete)
         self.slices.on_add(self._on_slice)
         self.slices.on_update(self._on_slice_update)
-        self.slices.on_delete(self._on_slice)
+        self.slices.on_delete(self._on_slice_delete)
+        for sl in self.slices.items():
+            self._put_slice(sl)
         for svc in self.services.items():
-            self.mark(key_of(svc))
+            self._put_service(svc)
         self.reconciler.start()
 
     async def stop(self) -> None:
@@ -150,18 +189,15 @@ class Proxier:
 
     # -- the desired table --------------------------------------------------------------------------------------
     def _service(self, key: str) -> list[ServicePort]:
-        ns, _, name = key.partition("/")
-        svc = self.services.get(ns, name)
-        try:
-            return service_ports(svc, self.slices.by_index("service", key)) if svc else []
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("proxy: ignoring malformed service %s: %s", key, exc)
+        svc = self._services.get(key)
+        if svc is None:
             return []
+        return service_ports(svc, (self._slices[k] for k in sorted(self._slices_of.get(key, ()))))
 
     def compute(self, keys: set[str], *, resync: bool) -> nft.Table:
         """The desired table after recomputing services `keys` (every service on a resync)."""
         if resync:
-            keys = keys | {key_of(s) for s in self.services.items()} | set(self.ports)
+            keys = keys | set(self._services) | set(self.ports)
         for key in keys:
             old = self.ports.get(key, [])
             ports = self._service(key)
