@@ -31,6 +31,7 @@ from kwire.agent.flannel.backends import HostGwBackend, NoneBackend, Remote, Vxl
 from kwire.agent.nftsync import NftReconciler
 from kwire.agent.node import NodeRegistration
 from kwire.base.files import atomic_write
+from kwire.base.keys import key_of
 from kwire.base.workqueue import ShutDown, WorkQueue
 from kwire.client import Informer
 from kwire.kernel import nft
@@ -124,6 +125,7 @@ class Flannel:
         self.backend: VxlanBackend | HostGwBackend | NoneBackend = NoneBackend()
         self.queue: WorkQueue[str] = WorkQueue(name="flannel", base_delay=0.2, max_delay=RESYNC)
         self._task: asyncio.Task[None] | None = None
+        self._remotes: dict[str, Remote] = {}  # node name -> its typed view (remote nodes only)
         self.masquerade = NftReconciler(
             name="flannel",
             family="ip",
@@ -176,6 +178,8 @@ class Flannel:
             f"FLANNEL_NETWORK={self.cluster_cidr}\nFLANNEL_SUBNET={net.network_address + 1}/{net.prefixlen}\n"
             f"FLANNEL_MTU={self.mtu}\nFLANNEL_IPMASQ=true\n",
         )
+        for node in self.nodes.items():
+            self._put_node(node)
         await self.sync()
         if self.backend_type != "none":
             await self.masquerade.sync()  # in place before the first pod starts
@@ -183,27 +187,34 @@ class Flannel:
         log.info("flannel: %s backend up, subnet %s, mtu %d", self.backend_type, self.subnet, self.mtu)
         self.nodes.on_add(self._on_node)
         self.nodes.on_update(self._on_node_update)
-        self.nodes.on_delete(self._on_node)
+        self.nodes.on_delete(self._on_node_delete)
         self._task = asyncio.create_task(self._loop())
 
     def _desired_table(self, keys: set[str], *, resync: bool) -> nft.Table:
         return masquerade_table(cluster_cidr=self.cluster_cidr, subnet=self.subnet)
 
-    async def _on_node(self, _obj: Obj) -> None:
+    def _put_node(self, node: Obj) -> None:
+        """The typed view of a Node, made on receipt: its `Remote` (None until it has a lease and a public IP)."""
+        name = key_of(node)
+        r = remote_from_node(node) if name != self.node_name else None
+        if r is None:
+            self._remotes.pop(name, None)
+        else:
+            self._remotes[name] = r
         self.queue.add(ROUTES)
 
-    async def _on_node_update(self, _old: Obj, _new: Obj) -> None:
+    async def _on_node(self, obj: Obj) -> None:
+        self._put_node(obj)
+
+    async def _on_node_update(self, _old: Obj, new: Obj) -> None:
+        self._put_node(new)
+
+    async def _on_node_delete(self, obj: Obj) -> None:
+        self._remotes.pop(key_of(obj), None)
         self.queue.add(ROUTES)
 
     def remotes(self) -> list[Remote]:
-        out = []
-        for node in self.nodes.items():
-            if (node.get("metadata") or {}).get("name") == self.node_name:
-                continue
-            r = remote_from_node(node)
-            if r is not None:
-                out.append(r)
-        return sorted(out)
+        return sorted(self._remotes.values())
 
     async def sync(self) -> None:
         """Routes, FDB and neighbour entries for every remote node (the backend reconciles the whole state)."""
