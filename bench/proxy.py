@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kwire.agent.proxy import ruleset  # noqa: E402
-from kwire.agent.proxy.model import Endpoint, ServicePort  # noqa: E402
+from kwire.agent.proxy.model import Endpoint, ServicePort, ServiceView  # noqa: E402
 from kwire.kernel import netns, nft  # noqa: E402
 
 NS = "kwire-bench-proxy"
@@ -41,9 +41,7 @@ def _sp(i: int, *, local: bool = False) -> ServicePort:
             Endpoint(f"10.42.{i % 200 + 1}.9", 8080, "node3"),
         )
     )
-    return ServicePort(
-        namespace="bench", name=f"svc-{i}", port_name="http", protocol="TCP", port=80, cluster_ip=vip, endpoints=eps
-    )
+    return ServicePort(ServiceView("bench", f"svc-{i}", cluster_ip=vip), "http", "TCP", 80, endpoints=eps)
 
 
 def _apply(script: str) -> None:

@@ -4,7 +4,7 @@ check -> metrics. kube-proxy's BoundedFrequencyRunner plus its nftables proxier'
 
 - `mark(key)` records what changed (any number of events for a key collapse into one) and asks for a sync; the
   reconciler syncs at most once per `min_period` (events arriving meanwhile join that sync), and wakes at least once
-  per `max_period` for the presence check and the owner's own periodic work.
+  per `max_period` (by default the presence check's period) for the presence check and periodic resyncs.
 - The owner's `compute(keys, resync=...)` returns the whole desired `Table` from its caches; `resync` asks it to
   recompute everything, and the table is then replaced whole (first sync, after a failure, after the table vanished,
   and every `resync_period` when one is given: kube-router's periodic full sync). The owner never tracks what was
@@ -52,10 +52,8 @@ class NftReconciler:
         self,
         *,
         name: str,
-        family: str,
-        table: str,
         compute: Compute,
-        applier: nft.Applier,
+        applier: nft.Applier | None = None,
         min_period: float,
         max_period: float | None = None,
         table_check_period: float = 5.0,
@@ -63,12 +61,10 @@ class NftReconciler:
         after: Callable[[nft.Table, nft.Transaction], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
-        self.family = family
-        self.table = table
         self._compute = compute
-        self.applier = applier
+        self.applier: nft.Applier = applier if applier is not None else nft.KernelApplier()
         self.min_period = min_period
-        self.max_period = max_period
+        self.max_period = max_period if max_period is not None else table_check_period
         self.table_check_period = table_check_period
         self.resync_period = resync_period
         self._after = after
@@ -137,11 +133,10 @@ class NftReconciler:
         if self.applied is None or now - self._last_check < self.table_check_period:
             return False
         self._last_check = now
-        if await asyncio.to_thread(self.applier.exists, self.family, self.table):
+        family, table = self.applied.ident
+        if await asyncio.to_thread(self.applier.exists, family, table):
             return False
-        log.warning(
-            "%s: table %s %s is gone (flushed by someone else?); restoring it", self.name, self.family, self.table
-        )
+        log.warning("%s: table %s %s is gone (flushed by someone else?); restoring it", self.name, family, table)
         return True
 
     async def sync(self) -> None:

@@ -23,8 +23,6 @@ async def test_reconciler_applies_once_and_restores_a_vanished_table() -> None:
     want = masquerade_table(cluster_cidr="10.42.0.0/16", subnet="10.42.3.0/24")
     r = NftReconciler(
         name="flannel",
-        family="ip",
-        table=NFT_TABLE,
         compute=lambda keys, *, resync: want,
         applier=rec,
         min_period=0.01,

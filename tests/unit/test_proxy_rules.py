@@ -255,5 +255,5 @@ def test_typed_views_keep_only_what_the_data_path_uses() -> None:
     v6 = {**slice_("web", THREE), "addressType": "IPv6"}
     assert slice_view(v6).endpoints == ()
     odd = slice_("web", [("not-an-ip", "node1", READY), ("10.42.0.5", "node1", READY)])
-    assert [e.addresses for e in slice_view(odd).endpoints] == [(), ("10.42.0.5",)]
+    assert [(e.ip, e.port) for e in slice_view(odd).endpoints] == [("10.42.0.5", 0)]  # the port comes by name
     assert slice_view(odd).service == "default/web"

@@ -128,12 +128,9 @@ class Flannel:
         self._remotes: dict[str, Remote] = {}  # node name -> its typed view (remote nodes only)
         self.masquerade = NftReconciler(
             name="flannel",
-            family="ip",
-            table=NFT_TABLE,
             compute=self._desired_table,
-            applier=applier if applier is not None else nft.KernelApplier(),
+            applier=applier,
             min_period=0.05,
-            max_period=table_check_period,
             table_check_period=table_check_period,
         )
 

@@ -61,10 +61,8 @@ class NetworkPolicyController:
         self.current = ruleset.Ruleset(node_ips=node_ips, log=log_denied)  # as last computed
         self.reconciler = NftReconciler(
             name="netpol",
-            family="ip",
-            table=ruleset.TABLE,
             compute=self.compute,
-            applier=applier if applier is not None else nft.KernelApplier(),
+            applier=applier,
             min_period=min_sync_period,
             max_period=min(full_resync_period, table_check_period),
             table_check_period=table_check_period,

@@ -74,39 +74,27 @@ class Rule:
     comment: str = ""
 
     def render(self) -> str:
-        m = []
-        if self.ct_established:
-            m.append("ct state established,related")
-        if self.fib_saddr_local:
-            m.append("fib saddr type local")
-        if self.saddr_set:
-            m.append(f"ip saddr @{self.saddr_set}")
-        if self.daddr_set:
-            m.append(f"ip daddr @{self.daddr_set}")
-        if self.daddr_port_set:
-            m.append(f"ip daddr . meta l4proto . th dport @{self.daddr_port_set}")
-        if self.proto:
-            m.append(f"meta l4proto {self.proto}")
-            if self.dport:
-                m.append(f"th dport {self.dport}-{self.dport_end}" if self.dport_end else f"th dport {self.dport}")
-        if self.log:
-            m.append(f'limit name "{LOG_LIMIT}" log prefix "{LOG_PREFIX}"')
-        if self.counter:
-            m.append("counter")
-        if self.jump:
-            m.append(f"jump {self.jump}")
-        elif self.vmap_saddr:
-            m.append(f"ip saddr vmap @{self.vmap_saddr}")
-        elif self.vmap_daddr:
-            m.append(f"ip daddr vmap @{self.vmap_daddr}")
-        elif self.accept:
-            m.append("accept")
-        elif self.drop:
-            m.append("drop")
-        text = " ".join(m)
-        if self.comment:
-            text += f' comment "{nft.comment_text(self.comment)}"'
-        return text
+        ports = ""
+        if self.proto and self.dport:
+            ports = f"th dport {self.dport}-{self.dport_end}" if self.dport_end else f"th dport {self.dport}"
+        return nft.rule_text(
+            "ct state established,related" if self.ct_established else "",
+            "fib saddr type local" if self.fib_saddr_local else "",
+            self.saddr_set and f"ip saddr @{self.saddr_set}",
+            self.daddr_set and f"ip daddr @{self.daddr_set}",
+            self.daddr_port_set and f"ip daddr . meta l4proto . th dport @{self.daddr_port_set}",
+            self.proto and f"meta l4proto {self.proto}",
+            ports,
+            f'limit name "{LOG_LIMIT}" log prefix "{LOG_PREFIX}"' if self.log else "",
+            "counter" if self.counter else "",
+            # The verdict: at most one is set.
+            self.jump and f"jump {self.jump}",
+            self.vmap_saddr and f"ip saddr vmap @{self.vmap_saddr}",
+            self.vmap_daddr and f"ip daddr vmap @{self.vmap_daddr}",
+            "accept" if self.accept else "",
+            "drop" if self.drop else "",
+            comment=self.comment,
+        )
 
 
 ADDR_TYPE = "ipv4_addr"

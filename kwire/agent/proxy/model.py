@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 Obj = dict[str, Any]
@@ -30,25 +30,19 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class ServicePort:
-    namespace: str
-    name: str
+    """One port of a Service with its endpoints: the unit the proxy's rules are computed for."""
+
+    service: ServiceView
     port_name: str
     protocol: str  # TCP | UDP | SCTP
     port: int
-    cluster_ip: str = ""
     node_port: int = 0
-    external_ips: tuple[str, ...] = ()
-    lb_ips: tuple[str, ...] = ()
-    affinity_timeout: int = 0  # 0: no ClientIP affinity
-    external_local: bool = False  # externalTrafficPolicy: Local (NodePort/LB/external IPs only)
-    internal_local: bool = False  # internalTrafficPolicy: Local
-    health_check_node_port: int = 0
     endpoints: tuple[Endpoint, ...] = ()
 
     @property
     def key(self) -> str:
         """kube-proxy's ServicePortName: namespace/name:port, protocol-qualified."""
-        return f"{self.namespace}/{self.name}/{self.protocol.lower()}/{self.port_name}"
+        return f"{self.service.key}/{self.protocol.lower()}/{self.port_name}"
 
     @property
     def proto(self) -> str:
@@ -56,7 +50,7 @@ class ServicePort:
 
     @property
     def has_external(self) -> bool:
-        return bool(self.node_port or self.external_ips or self.lb_ips)
+        return bool(self.node_port or self.service.external_ips or self.service.lb_ips)
 
     def usable(self, *, local_node: str | None = None) -> tuple[Endpoint, ...]:
         """Endpoints traffic may go to: ready ones; if none, serving-terminating ones (KEP-1669)."""
@@ -106,21 +100,12 @@ class ServiceView:
 
 
 @dataclass(frozen=True)
-class EndpointView:
-    addresses: tuple[str, ...]
-    node: str = ""
-    ready: bool = True
-    serving: bool = True
-    terminating: bool = False
-
-
-@dataclass(frozen=True)
 class SliceView:
     namespace: str
     name: str
     service: str  # the owning Service's key (its kubernetes.io/service-name label), "" when unlabelled
     ports: tuple[tuple[str, str, int], ...] = ()  # (name, protocol, port)
-    endpoints: tuple[EndpointView, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()  # port 0: a service port takes it from `ports` by name
 
     @property
     def key(self) -> str:
@@ -180,21 +165,15 @@ def slice_view(sl: Obj) -> SliceView:
             continue
         cond = _map(e.get("conditions"))
         ready = cond.get("ready") is not False  # nil means ready (discovery/v1)
-        addrs = []
+        serving = cond.get("serving", ready) is not False
         for addr in _list(e.get("addresses")):
             try:
-                addrs.append(str(ipaddress.IPv4Address(addr)))
+                ip = str(ipaddress.IPv4Address(addr))
             except ValueError:
                 continue
-        endpoints.append(
-            EndpointView(
-                addresses=tuple(addrs),
-                node=str(e.get("nodeName") or ""),
-                ready=ready,
-                serving=cond.get("serving", ready) is not False,
-                terminating=bool(cond.get("terminating")),
+            endpoints.append(
+                Endpoint(ip, 0, str(e.get("nodeName") or ""), ready, serving, bool(cond.get("terminating")))
             )
-        )
     return SliceView(
         namespace=ns,
         name=str(meta.get("name", "")),
@@ -214,27 +193,7 @@ def service_ports(svc: ServiceView, slices: Iterable[SliceView]) -> list[Service
         eps: set[Endpoint] = set()
         for sl in slices:
             target = next((port for name, proto, port in sl.ports if name == p.name and proto == p.protocol), 0)
-            if not target:
-                continue
-            for e in sl.endpoints:
-                for addr in e.addresses:
-                    eps.add(Endpoint(addr, target, e.node, e.ready, e.serving, e.terminating))
-        out.append(
-            ServicePort(
-                namespace=svc.namespace,
-                name=svc.name,
-                port_name=p.name,
-                protocol=p.protocol,
-                port=p.port,
-                cluster_ip=svc.cluster_ip,
-                node_port=p.node_port,
-                external_ips=svc.external_ips,
-                lb_ips=svc.lb_ips,
-                affinity_timeout=svc.affinity_timeout,
-                external_local=svc.external_local,
-                internal_local=svc.internal_local,
-                health_check_node_port=svc.health_check_node_port,
-                endpoints=tuple(sorted(eps)),
-            )
-        )
+            if target:
+                eps.update(replace(e, port=target) for e in sl.endpoints)
+        out.append(ServicePort(svc, p.name, p.protocol, p.port, p.node_port, tuple(sorted(eps))))
     return out

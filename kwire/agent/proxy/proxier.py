@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kwire.agent.nftsync import NftReconciler
 from kwire.agent.proxy import ruleset
@@ -27,6 +28,16 @@ from kwire.kernel.conntrack import Conntrack, NetlinkConntrack, StaleUdp
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+V = TypeVar("V")
+
+
+def _parse(kind: str, obj: Obj, parse: Callable[[Obj], V]) -> V | None:
+    """The typed view of an object, or None (logged) when it is malformed."""
+    try:
+        return parse(obj)
+    except (ValueError, TypeError) as exc:
+        log.warning("proxy: ignoring malformed %s %s: %s", kind, key_of(obj), exc)
+        return None
 
 
 def stale_udp(old: list[ServicePort], new: list[ServicePort]) -> list[StaleUdp]:
@@ -40,7 +51,7 @@ def stale_udp(old: list[ServicePort], new: list[ServicePort]) -> list[StaleUdp]:
         prev = before.get(sp.key)
         prev_eps = {e.ip for e in prev.usable()} if prev else set()
         now_eps = {e.ip for e in sp.usable()}
-        vips = [v for v in (sp.cluster_ip, *sp.external_ips, *sp.lb_ips) if v]
+        vips = [v for v in (sp.service.cluster_ip, *sp.service.external_ips, *sp.service.lb_ips) if v]
         for ip in sorted(prev_eps - now_eps):
             out += [StaleUdp(orig_dst=vip, dnat_to=ip) for vip in vips]
             if sp.node_port:
@@ -84,12 +95,9 @@ class Proxier:
         self.conntrack = conntrack if conntrack is not None else NetlinkConntrack()
         self.reconciler = NftReconciler(
             name="proxy",
-            family="ip",
-            table=ruleset.TABLE,
             compute=self.compute,
-            applier=applier if applier is not None else nft.KernelApplier(),
+            applier=applier,
             min_period=min_sync_period,
-            max_period=table_check_period,
             table_check_period=table_check_period,
             after=self._after_sync,
         )
@@ -118,11 +126,11 @@ class Proxier:
 
     def _put_service(self, obj: Obj) -> None:
         key = key_of(obj)
-        try:
-            self._services[key] = service_view(obj)
-        except (ValueError, TypeError) as exc:
-            log.warning("proxy: ignoring malformed service %s: %s", key, exc)
+        view = _parse("Service", obj, service_view)
+        if view is None:
             self._services.pop(key, None)
+        else:
+            self._services[key] = view
         self.mark(key)
 
     def _drop_service(self, obj: Obj) -> None:
@@ -131,16 +139,13 @@ class Proxier:
         self.mark(key)
 
     def _put_slice(self, obj: Obj) -> None:
-        key = key_of(obj)
         self._drop_slice(obj)
-        try:
-            view = slice_view(obj)
-        except (ValueError, TypeError) as exc:
-            log.warning("proxy: ignoring malformed EndpointSlice %s: %s", key, exc)
+        view = _parse("EndpointSlice", obj, slice_view)
+        if view is None:
             return
-        self._slices[key] = view
+        self._slices[view.key] = view
         if view.service:
-            self._slices_of.setdefault(view.service, set()).add(key)
+            self._slices_of.setdefault(view.service, set()).add(view.key)
             self.mark(view.service)
 
     def _drop_slice(self, obj: Obj) -> None:

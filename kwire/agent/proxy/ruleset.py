@@ -62,50 +62,30 @@ class Rule:
     comment: str = ""
 
     def render(self) -> str:
-        m = []
-        if self.ct_new:
-            m.append("ct state new")
-        if self.ct_dnat:
-            m.append("ct status dnat")
-        if self.saddr:
-            m.append(f"ip saddr {self.saddr}")
-        if self.saddr_not:
-            m.append(f"ip saddr != {self.saddr_not}")
-        if self.daddr:
-            m.append(f"ip daddr {self.daddr}")
-        if self.daddr_set:
-            m.append(f"ip daddr @{self.daddr_set}")
-        if self.saddr_daddr_set:
-            m.append(f"ip saddr . ip daddr @{self.saddr_daddr_set}")
-        if self.fib_saddr_local:
-            m.append("fib saddr type local")
-        if self.saddr_in_set:
-            m.append(f"ip saddr @{self.saddr_in_set}")
-        if self.random_mod:
-            m.append(f"numgen random mod {self.random_mod} == 0")
-        if self.update_set:
-            m.append(f"update @{self.update_set} {{ ip saddr }}")
-        if self.vmap:
-            key = "meta l4proto . th dport" if self.vmap_by_port else "ip daddr . meta l4proto . th dport"
-            m.append(f"{key} vmap @{self.vmap}")
-        elif self.mark_masq:
-            m.append("jump mark-for-masquerade")
-        elif self.jump:
-            m.append(f"jump {self.jump}")
-        elif self.goto:
-            m.append(f"goto {self.goto}")
-        elif self.dnat is not None:
-            m.append(f"meta l4proto {self.proto} dnat to {self.dnat[0]}:{self.dnat[1]}")
-        elif self.reject:
-            m.append("reject")
-        elif self.drop:
-            m.append("drop")
-        elif self.masquerade:
-            m.append("masquerade")
-        text = " ".join(m)
-        if self.comment:
-            text += f' comment "{nft.comment_text(self.comment)}"'
-        return text
+        vmap_key = "meta l4proto . th dport" if self.vmap_by_port else "ip daddr . meta l4proto . th dport"
+        return nft.rule_text(
+            "ct state new" if self.ct_new else "",
+            "ct status dnat" if self.ct_dnat else "",
+            self.saddr and f"ip saddr {self.saddr}",
+            self.saddr_not and f"ip saddr != {self.saddr_not}",
+            self.daddr and f"ip daddr {self.daddr}",
+            self.daddr_set and f"ip daddr @{self.daddr_set}",
+            self.saddr_daddr_set and f"ip saddr . ip daddr @{self.saddr_daddr_set}",
+            "fib saddr type local" if self.fib_saddr_local else "",
+            self.saddr_in_set and f"ip saddr @{self.saddr_in_set}",
+            f"numgen random mod {self.random_mod} == 0" if self.random_mod else "",
+            self.update_set and f"update @{self.update_set} {{ ip saddr }}",
+            # The action: at most one is set.
+            self.vmap and f"{vmap_key} vmap @{self.vmap}",
+            "jump mark-for-masquerade" if self.mark_masq else "",
+            self.jump and f"jump {self.jump}",
+            self.goto and f"goto {self.goto}",
+            f"meta l4proto {self.proto} dnat to {self.dnat[0]}:{self.dnat[1]}" if self.dnat is not None else "",
+            "reject" if self.reject else "",
+            "drop" if self.drop else "",
+            "masquerade" if self.masquerade else "",
+            comment=self.comment,
+        )
 
 
 def addr_key(ip: str, proto: str, port: int) -> str:
@@ -169,7 +149,7 @@ def _pick(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[Rule]:
     """
     rules = []
     n = len(eps)
-    if sp.affinity_timeout:
+    if sp.service.affinity_timeout:
         rules += [Rule(saddr_in_set=_affinity_set(sp, e), goto=_endpoint_chain(sp, e)) for e in eps]
         for i, e in enumerate(eps):
             rules.append(Rule(random_mod=n - i if i < n - 1 else 0, goto=_endpoint_chain(sp, e)))
@@ -180,35 +160,37 @@ def _pick(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[Rule]:
 
 
 def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRules:
-    out = ServiceRules(key=sp.key, cluster_ip=sp.cluster_ip)
+    out = ServiceRules(key=sp.key, cluster_ip=sp.service.cluster_ip)
     svc_chain = "service-" + _ids(sp)
     ext_chain = "external-" + _ids(sp)
     local_chain = "local-" + _ids(sp)
     chains: dict[str, list[Rule]] = {}
     cluster_eps = sp.usable()
     local_eps = sp.usable(local_node=node)
-    internal_eps = local_eps if sp.internal_local else cluster_eps
-    external_eps = local_eps if sp.external_local else cluster_eps
+    internal_eps = local_eps if sp.service.internal_local else cluster_eps
+    external_eps = local_eps if sp.service.external_local else cluster_eps
     reject = "goto reject-chain"
 
     # Endpoint chains, for ClientIP affinity only: refresh the client in the endpoint's set, then DNAT.
-    if sp.affinity_timeout:
+    if sp.service.affinity_timeout:
         for ep in {*internal_eps, *external_eps}:
             name = _affinity_set(sp, ep)
-            out.affinity_sets[name] = nft.Set(name, "ipv4_addr", ("dynamic", "timeout"), timeout=sp.affinity_timeout)
+            out.affinity_sets[name] = nft.Set(
+                name, "ipv4_addr", ("dynamic", "timeout"), timeout=sp.service.affinity_timeout
+            )
             chains[_endpoint_chain(sp, ep)] = [
                 Rule(update_set=_affinity_set(sp, ep)),
                 Rule(dnat=(ep.ip, ep.port), proto=sp.proto),
             ]
 
     # ClusterIP.
-    if sp.cluster_ip:
-        addr = addr_key(sp.cluster_ip, sp.proto, sp.port)
+    if sp.service.cluster_ip:
+        addr = addr_key(sp.service.cluster_ip, sp.proto, sp.port)
         if internal_eps:
             rules = [Rule(saddr_not=cluster_cidr, mark_masq=True, comment="cluster IP from outside the pod network")]
             chains[svc_chain] = rules + _pick(sp, tuple(sorted(internal_eps)))
             out.service_ips[addr] = f"goto {svc_chain}"
-        elif sp.internal_local and cluster_eps:
+        elif sp.service.internal_local and cluster_eps:
             out.no_endpoint_ips[addr] = "drop"  # kube-proxy: internalTrafficPolicy Local with no local endpoint
         else:
             out.no_endpoint_ips[addr] = reject
@@ -217,7 +199,7 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
     if sp.has_external:
         if external_eps:
             ext: list[Rule] = []
-            if sp.external_local:
+            if sp.service.external_local:
                 # kube-proxy: pods and the node itself reaching an ETP=Local service get Cluster behaviour; real
                 # external clients go to local endpoints only, unmasqueraded (their source IP is kept).
                 ext.append(Rule(saddr=cluster_cidr, goto=svc_chain if internal_eps else local_chain))
@@ -227,22 +209,22 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
                 chains[local_chain] = _pick(sp, tuple(sorted(external_eps)))
             else:
                 ext.append(Rule(mark_masq=True, comment="external traffic is masqueraded (policy Cluster)"))
-                if internal_eps and not sp.internal_local:
+                if internal_eps and not sp.service.internal_local:
                     ext.append(Rule(goto=svc_chain))
                 else:
                     chains[local_chain] = _pick(sp, tuple(sorted(external_eps)))
                     ext.append(Rule(goto=local_chain))
             chains[ext_chain] = ext
             verdict = f"goto {ext_chain}"
-            for ip in (*sp.external_ips, *sp.lb_ips):
+            for ip in (*sp.service.external_ips, *sp.service.lb_ips):
                 out.service_ips[addr_key(ip, sp.proto, sp.port)] = verdict
             if sp.node_port:
                 out.nodeports[port_key(sp.proto, sp.node_port)] = verdict
         else:
             # No endpoint for external traffic: reject when the service has none at all; drop under policy
             # Local when only this node has none (the load balancer's health check steers clients away).
-            verdict = "drop" if (sp.external_local and cluster_eps) else reject
-            for ip in (*sp.external_ips, *sp.lb_ips):
+            verdict = "drop" if (sp.service.external_local and cluster_eps) else reject
+            for ip in (*sp.service.external_ips, *sp.service.lb_ips):
                 out.no_endpoint_ips[addr_key(ip, sp.proto, sp.port)] = verdict
             if sp.node_port:
                 out.no_endpoint_nodeports[port_key(sp.proto, sp.node_port)] = verdict

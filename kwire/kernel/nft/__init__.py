@@ -7,7 +7,20 @@ The names most callers need are re-exported here.
 from kwire.kernel.nft.applier import Applier, KernelApplier, RecordingApplier
 from kwire.kernel.nft.diff import Transaction, delete, diff, replace
 from kwire.kernel.nft.kernel import NftError, apply, list_table, table_exists, table_names
-from kwire.kernel.nft.model import Chain, Hook, Map, Rule, Set, Table, Text, comment_text, digest, object_id, table
+from kwire.kernel.nft.model import (
+    Chain,
+    Hook,
+    Map,
+    Rule,
+    Set,
+    Table,
+    Text,
+    comment_text,
+    digest,
+    object_id,
+    rule_text,
+    table,
+)
 
 __all__ = [
     "Applier",
@@ -30,6 +43,7 @@ __all__ = [
     "list_table",
     "object_id",
     "replace",
+    "rule_text",
     "table",
     "table_exists",
     "table_names",

@@ -36,7 +36,7 @@ class Text:
     comment: str = ""
 
     def render(self) -> str:
-        return f'{self.text} comment "{comment_text(self.comment)}"' if self.comment else self.text
+        return rule_text(self.text, comment=self.comment)
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,13 @@ def table(
         maps={m.name: m for m in maps},
         limits=dict(limits or {}),
     )
+
+
+def rule_text(*parts: str, comment: str = "") -> str:
+    """A rule's text from its statements in order (empty ones left out) and an optional comment: what the typed
+    `Rule`s of the proxy and NetworkPolicy render through."""
+    text = " ".join(p for p in parts if p)
+    return f'{text} comment "{comment_text(comment)}"' if comment else text
 
 
 def comment_text(text: str) -> str:
