@@ -101,7 +101,7 @@ def main() -> int:
         # 100 services: first-packet latency.
         ports = [_sp(0, local=True)] + [_sp(i) for i in range(1, 100)]
         _apply(nft.replace(_build(ports).table()).render())
-        lat_small = _connect_latency(ports[0].cluster_ip)
+        lat_small = _connect_latency(ports[0].service.cluster_ip)
 
         # 10,000 services: full sync.
         ports = [_sp(0, local=True)] + [_sp(i) for i in range(1, args.services)]
@@ -112,7 +112,7 @@ def main() -> int:
         t_render = time.perf_counter() - t0
         _apply(script)
         t_full = time.perf_counter() - t0
-        lat_big = _connect_latency(ports[0].cluster_ip)
+        lat_big = _connect_latency(ports[0].service.cluster_ip)
 
         # One more service: partial sync (median of 5 additions).
         adds = []
@@ -129,7 +129,7 @@ def main() -> int:
             capture_output=True,
             text=True,
         ).stdout
-        assert _sp(args.services + 4).cluster_ip in visible
+        assert _sp(args.services + 4).service.cluster_ip in visible
         listener.close()
     finally:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True)

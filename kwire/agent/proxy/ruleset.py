@@ -62,7 +62,11 @@ class Rule:
     comment: str = ""
 
     def render(self) -> str:
-        vmap_key = "meta l4proto . th dport" if self.vmap_by_port else "ip daddr . meta l4proto . th dport"
+        vmap_key = (
+            ("meta l4proto . th dport" if self.vmap_by_port else "ip daddr . meta l4proto . th dport")
+            if self.vmap
+            else ""
+        )
         return nft.rule_text(
             "ct state new" if self.ct_new else "",
             "ct status dnat" if self.ct_dnat else "",

@@ -73,11 +73,12 @@ def replace(desired: Table) -> Transaction:
     out += [f"  limit {n} {{ {spec} }}" for n, spec in sorted(desired.limits.items())]
     out += [_set_decl(s, indent="  ") for _, s in sorted(desired.sets.items())]
     # Chains are declared (empty) before the maps whose verdicts name them and the rules that jump to them.
-    out += [f"  {_chain_head(c)}" for _, c in sorted(desired.chains.items())]
+    chains = [desired.chains[n] for n in sorted(desired.chains)]
+    out += [f"  {_chain_head(c)}" for c in chains]
     out += [_map_decl(m, indent="  ") for _, m in sorted(desired.maps.items())]
-    for cname, c in sorted(desired.chains.items()):
+    for c in chains:
         if c.rules:
-            out.append(f"  chain {cname} {{")
+            out.append(f"  chain {c.name} {{")
             out += [f"    {r.render()}" for r in c.rules]
             out.append("  }")
     out.append("}")

@@ -143,7 +143,7 @@ def table(
 def rule_text(*parts: str, comment: str = "") -> str:
     """A rule's text from its statements in order (empty ones left out) and an optional comment: what the typed
     `Rule`s of the proxy and NetworkPolicy render through."""
-    text = " ".join(p for p in parts if p)
+    text = " ".join(filter(None, parts))
     return f'{text} comment "{comment_text(comment)}"' if comment else text
 
 
