@@ -125,7 +125,7 @@ def _compile_rule(
         memo_key = (frozenset(peer_pods), tuple(blocks))
         elems = cluster.elements_memo.get(memo_key)
         if elems is None:
-            elems = cluster.elements_memo[memo_key] = _addr_elements([pods[k].ip for k in peer_pods], blocks)
+            elems = cluster.elements_memo[memo_key] = frozenset(_addr_elements([pods[k].ip for k in peer_pods], blocks))
         sets[peer_set] = rs_mod.addr_set(peer_set, elems)
     ingress = direction == INGRESS
     base = Rule(saddr_set=peer_set) if ingress else Rule(daddr_set=peer_set)

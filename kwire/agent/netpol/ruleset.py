@@ -22,6 +22,7 @@ one naming scheme, `nft.object_id`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from kwire.kernel import nft
 
@@ -30,6 +31,7 @@ LOG_PREFIX = "kwire-netpol-deny "
 LOG_LIMIT = "deny-log"
 
 
+@lru_cache(maxsize=65536)
 def _id(key: str) -> str:
     """The one naming scheme (`nft.object_id`), 48 characters so that prefixes and rule suffixes fit."""
     return nft.object_id(key, length=48)
