@@ -23,6 +23,7 @@ from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.base import memory
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ServerConfig
 from kwire.controllers.addons import AddonSettings
@@ -121,6 +122,8 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
         "flannel-backend": str(cfg.flannel_backend),
         "service-node-port-range": str(cfg.service_node_port_range),
         "disable-network-policy": "true" if cfg.disable_network_policy else "false",
+        # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
+        "node-monitor-grace-period": str(int(cfg.node_monitor_grace_period)),
     }
     current = resources.get_or_none(cm_kind, "kube-system", CLUSTER_CONFIG)
     if current is None:
@@ -211,6 +214,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig)
     server.tasks.append(asyncio.create_task(_compactor(store)))
+    server.tasks.append(asyncio.create_task(memory.trim_periodically()))
     # The controllers are API clients of this server, over its own HTTPS endpoint.
     server.controllers = ControllerManager(
         Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem),

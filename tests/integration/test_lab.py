@@ -258,12 +258,32 @@ def test_node_failure_goes_not_ready_and_recovers_then_down_cleans_killed_lab(tm
             conds = k.get("node", node)["status"]["conditions"]
             return next(c["status"] for c in conds if c["type"] == "Ready")
 
+        # Cluster DNS is no single point of failure: with two nodes there are two replicas, one on each.
+        dns = k.wait_pods_ready("k8s-app=kube-dns", 2, namespace="kube-system", timeout=60)
+        assert sorted(p["spec"]["nodeName"] for p in dns) == ["node1", "node2"]
+        pod1 = next(p["metadata"]["name"] for p in k.pods("app=web") if p["spec"]["nodeName"] == "node1")
+
         labmod.node_stop(k.name, "node2")
         wait_for(lambda: ready("node2") == "Unknown", timeout=15, what="node2 NotReady after its lease expired")
         pod2 = next(p for p in k.pods("app=web") if p["spec"]["nodeName"] == "node2")
         conds = {c["type"]: c["status"] for c in pod2["status"]["conditions"]}
         assert conds["Ready"] == "False"
         assert "NotReady" in k.kubectl("get", "node", "node2").stdout
+        # Its DNS replica left the kube-dns endpoints with the node; every query is answered by the other one.
+        wait_for(
+            lambda: len(k.get("endpoints", "kube-dns", "-n", "kube-system")["subsets"][0]["addresses"]) == 1,
+            timeout=15,
+            what="kube-dns down to the replica on node1",
+        )
+
+        def answer() -> str:
+            return k.run(
+                pod1, "dig", "+short", "+time=1", "+tries=1", "@10.43.0.10", "kubernetes.default.svc.cluster.local"
+            )
+
+        wait_for(lambda: answer().strip() == "10.43.0.1", timeout=10, what="the service proxy to follow the endpoints")
+        for _ in range(10):
+            assert answer().strip() == "10.43.0.1"
         labmod.node_start(k.name, "node2")
         wait_for(lambda: ready("node2") == "True", timeout=15, what="node2 Ready again")
         k.wait_pods_ready("app=web", 2)
