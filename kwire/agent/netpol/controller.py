@@ -1,9 +1,10 @@
 """The NetworkPolicy controller (kube-router's network policy controller, on nftables): Pods, Namespaces and
 NetworkPolicies -> the desired `ip kwire-netpol` table, kept up to date by the agent's one nft reconciler.
 
-Informer events (all Pods, Namespaces, NetworkPolicies) only mark an object dirty (`pod:ns/name`, `ns:name`,
+Informer events (all Pods, Namespaces, NetworkPolicies) are turned into typed views on receipt (`PodInfo`,
+namespace labels, `Policy`; None for a deleted object) and mark a key dirty (`pod:ns/name`, `ns:name`,
 `policy:ns/name`); the reconciler (`kwire/agent/nftsync.py`) syncs at most once per `min_sync_period` (30 ms) and
-asks `compute` for the desired table: the dirty objects, read from the informer caches, are fed to the `Compiler`,
+asks `compute` for the desired table: the views received since the last sync are fed to the `Compiler`,
 which recompiles only the pieces they can affect; the reconciler applies the difference from what it applied last
 as ONE transaction (through the long-lived libnftables context). A resync (the first sync, after a failure, when
 the table vanished) and one every `full_resync_period` (kube-router's 5-minute periodic sync) rebuild everything
@@ -18,7 +19,7 @@ from typing import Any
 
 from kwire.agent.netpol import ruleset
 from kwire.agent.netpol.compiler import Compiler
-from kwire.agent.netpol.model import namespace_labels, parse_policy, pod_info
+from kwire.agent.netpol.model import PodInfo, Policy, namespace_labels, parse_policy, pod_info
 from kwire.agent.nftsync import NftReconciler
 from kwire.base.keys import key_of
 from kwire.client import Informer
@@ -28,6 +29,14 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 POD, NAMESPACE, POLICY = "pod:", "ns:", "policy:"
+
+
+def _policy_view(obj: Obj) -> Policy | None:
+    try:
+        return parse_policy(obj)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("netpol: ignoring malformed NetworkPolicy %s: %s", key_of(obj), exc)
+        return None
 
 
 def delete_table(applier: nft.Applier | None = None) -> None:
@@ -59,6 +68,10 @@ class NetworkPolicyController:
         self.log_denied = log_denied
         self.compiler = Compiler(node, node_ips=node_ips, log=log_denied)
         self.current = ruleset.Ruleset(node_ips=node_ips, log=log_denied)  # as last computed
+        # Typed views received since the last sync, by key (None: the object is gone); bounded by the objects.
+        self._pods_in: dict[str, PodInfo | None] = {}
+        self._namespaces_in: dict[str, dict[str, str] | None] = {}
+        self._policies_in: dict[str, Policy | None] = {}
         self.reconciler = NftReconciler(
             name="netpol",
             compute=self.compute,
@@ -72,65 +85,67 @@ class NetworkPolicyController:
         self.stats = self.reconciler.stats
         self.committed = self.reconciler.committed
 
-    # -- change tracking --------------------------------------------------------------------------------------
+    # -- change tracking: typed views made on receipt -----------------------------------------------------------
     def _on_pod(self, obj: Obj, new: Obj | None = None) -> None:
-        self.reconciler.mark(POD + key_of(new if new is not None else obj))
+        o = new if new is not None else obj
+        self._pods_in[key_of(o)] = pod_info(o)
+        self.reconciler.mark(POD + key_of(o))
+
+    def _on_pod_delete(self, obj: Obj) -> None:
+        self._pods_in[key_of(obj)] = None
+        self.reconciler.mark(POD + key_of(obj))
 
     def _on_namespace(self, obj: Obj, new: Obj | None = None) -> None:
-        self.reconciler.mark(NAMESPACE + key_of(new if new is not None else obj))
+        o = new if new is not None else obj
+        self._namespaces_in[key_of(o)] = namespace_labels(o)
+        self.reconciler.mark(NAMESPACE + key_of(o))
+
+    def _on_namespace_delete(self, obj: Obj) -> None:
+        self._namespaces_in[key_of(obj)] = None
+        self.reconciler.mark(NAMESPACE + key_of(obj))
 
     def _on_policy(self, obj: Obj, new: Obj | None = None) -> None:
-        self.reconciler.mark(POLICY + key_of(new if new is not None else obj))
+        o = new if new is not None else obj
+        self._policies_in[key_of(o)] = _policy_view(o)
+        self.reconciler.mark(POLICY + key_of(o))
+
+    def _on_policy_delete(self, obj: Obj) -> None:
+        self._policies_in[key_of(obj)] = None
+        self.reconciler.mark(POLICY + key_of(obj))
 
     def start(self) -> None:
-        for inf, fn in (
-            (self.pods, self._on_pod),
-            (self.namespaces, self._on_namespace),
-            (self.policies, self._on_policy),
+        for inf, fn, gone in (
+            (self.pods, self._on_pod, self._on_pod_delete),
+            (self.namespaces, self._on_namespace, self._on_namespace_delete),
+            (self.policies, self._on_policy, self._on_policy_delete),
         ):
             inf.on_add(fn)
             inf.on_update(fn)
-            inf.on_delete(fn)
+            inf.on_delete(gone)
         self.reconciler.start()
 
     async def stop(self) -> None:
         await self.reconciler.stop()
 
     # -- the desired table --------------------------------------------------------------------------------------
-    def _feed_pod(self, key: str) -> None:
-        ns, _, name = key.partition("/")
-        self.compiler.set_pod(key, pod_info(self.pods.get(ns, name)))
-
-    def _feed_namespace(self, name: str) -> None:
-        self.compiler.set_namespace(name, namespace_labels(self.namespaces.get(None, name)))
-
-    def _feed_policy(self, key: str) -> None:
-        ns, _, name = key.partition("/")
-        obj = self.policies.get(ns, name)
-        try:
-            pol = parse_policy(obj) if obj is not None else None
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("netpol: ignoring malformed NetworkPolicy %s: %s", key, exc)
-            pol = None
-        self.compiler.set_policy(key, pol)
-
     def compute(self, keys: set[str], *, resync: bool) -> nft.Table:
-        """Feed the dirty objects (or, on a resync and every `full_resync_period`, every object) to the compiler."""
+        """Feed the views received since the last sync (on a resync: every object, from the caches) to the
+        compiler and build the table. `keys` only say that something changed; the views carry what."""
         if resync:
             self.compiler = Compiler(self.node, node_ips=self.node_ips, log=self.log_denied)
-            keys = {NAMESPACE + key_of(o) for o in self.namespaces.items()}
-            keys |= {POD + key_of(o) for o in self.pods.items()}
-            keys |= {POLICY + key_of(o) for o in self.policies.items()}
+            self._namespaces_in = {key_of(o): namespace_labels(o) for o in self.namespaces.items()}
+            self._pods_in = {key_of(o): pod_info(o) for o in self.pods.items()}
+            self._policies_in = {key_of(o): _policy_view(o) for o in self.policies.items()}
+        namespaces, self._namespaces_in = self._namespaces_in, {}
+        pods, self._pods_in = self._pods_in, {}
+        policies, self._policies_in = self._policies_in, {}
         # Namespaces and pods first, so a policy's first selection already sees them.
-        for key in keys:
-            if key.startswith(NAMESPACE):
-                self._feed_namespace(key.removeprefix(NAMESPACE))
-        for key in keys:
-            if key.startswith(POD):
-                self._feed_pod(key.removeprefix(POD))
-        for key in keys:
-            if key.startswith(POLICY):
-                self._feed_policy(key.removeprefix(POLICY))
+        for name, labels in namespaces.items():
+            self.compiler.set_namespace(name, labels)
+        for key, info in pods.items():
+            self.compiler.set_pod(key, info)
+        for key, pol in policies.items():
+            self.compiler.set_policy(key, pol)
         self.current = self.compiler.build()
         return self.current.table()
 
