@@ -15,7 +15,8 @@ from the caches. Connections already accepted are never cut by a sync: the base 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 from kwire.agent.netpol import ruleset
 from kwire.agent.netpol.compiler import Compiler
@@ -28,7 +29,39 @@ from kwire.kernel import nft
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-POD, NAMESPACE, POLICY = "pod:", "ns:", "policy:"
+V = TypeVar("V")
+
+
+class Inbox(Generic[V]):
+    """Typed views of one informer's objects received since the last sync, by key (None: the object is gone), made
+    on receipt (CoreDNS's object.ToService idea); bounded by the number of objects."""
+
+    def __init__(self, prefix: str, view: Callable[[Obj], V | None]) -> None:
+        self.prefix = prefix
+        self.view = view
+        self.views: dict[str, V | None] = {}
+
+    def watch(self, informer: Informer, mark: Callable[[str], None]) -> None:
+        def put(obj: Obj, new: Obj | None = None) -> None:
+            o = new if new is not None else obj
+            self.views[key_of(o)] = self.view(o)
+            mark(self.prefix + key_of(o))
+
+        def gone(obj: Obj) -> None:
+            self.views[key_of(obj)] = None
+            mark(self.prefix + key_of(obj))
+
+        informer.on_add(put)
+        informer.on_update(put)
+        informer.on_delete(gone)
+
+    def refill(self, objs: Iterable[Obj]) -> None:
+        """Every object of the cache (a resync)."""
+        self.views = {key_of(o): self.view(o) for o in objs}
+
+    def take(self) -> dict[str, V | None]:
+        out, self.views = self.views, {}
+        return out
 
 
 def _policy_view(obj: Obj) -> Policy | None:
@@ -68,10 +101,9 @@ class NetworkPolicyController:
         self.log_denied = log_denied
         self.compiler = Compiler(node, node_ips=node_ips, log=log_denied)
         self.current = ruleset.Ruleset(node_ips=node_ips, log=log_denied)  # as last computed
-        # Typed views received since the last sync, by key (None: the object is gone); bounded by the objects.
-        self._pods_in: dict[str, PodInfo | None] = {}
-        self._namespaces_in: dict[str, dict[str, str] | None] = {}
-        self._policies_in: dict[str, Policy | None] = {}
+        self._pods_in: Inbox[PodInfo] = Inbox("pod:", pod_info)
+        self._namespaces_in: Inbox[dict[str, str]] = Inbox("ns:", namespace_labels)
+        self._policies_in: Inbox[Policy] = Inbox("policy:", _policy_view)
         self.reconciler = NftReconciler(
             name="netpol",
             compute=self.compute,
@@ -85,43 +117,13 @@ class NetworkPolicyController:
         self.stats = self.reconciler.stats
         self.committed = self.reconciler.committed
 
-    # -- change tracking: typed views made on receipt -----------------------------------------------------------
-    def _on_pod(self, obj: Obj, new: Obj | None = None) -> None:
-        o = new if new is not None else obj
-        self._pods_in[key_of(o)] = pod_info(o)
-        self.reconciler.mark(POD + key_of(o))
-
-    def _on_pod_delete(self, obj: Obj) -> None:
-        self._pods_in[key_of(obj)] = None
-        self.reconciler.mark(POD + key_of(obj))
-
-    def _on_namespace(self, obj: Obj, new: Obj | None = None) -> None:
-        o = new if new is not None else obj
-        self._namespaces_in[key_of(o)] = namespace_labels(o)
-        self.reconciler.mark(NAMESPACE + key_of(o))
-
-    def _on_namespace_delete(self, obj: Obj) -> None:
-        self._namespaces_in[key_of(obj)] = None
-        self.reconciler.mark(NAMESPACE + key_of(obj))
-
-    def _on_policy(self, obj: Obj, new: Obj | None = None) -> None:
-        o = new if new is not None else obj
-        self._policies_in[key_of(o)] = _policy_view(o)
-        self.reconciler.mark(POLICY + key_of(o))
-
-    def _on_policy_delete(self, obj: Obj) -> None:
-        self._policies_in[key_of(obj)] = None
-        self.reconciler.mark(POLICY + key_of(obj))
-
     def start(self) -> None:
-        for inf, fn, gone in (
-            (self.pods, self._on_pod, self._on_pod_delete),
-            (self.namespaces, self._on_namespace, self._on_namespace_delete),
-            (self.policies, self._on_policy, self._on_policy_delete),
+        for inf, inbox in (
+            (self.pods, self._pods_in),
+            (self.namespaces, self._namespaces_in),
+            (self.policies, self._policies_in),
         ):
-            inf.on_add(fn)
-            inf.on_update(fn)
-            inf.on_delete(gone)
+            inbox.watch(inf, self.reconciler.mark)
         self.reconciler.start()
 
     async def stop(self) -> None:
@@ -133,12 +135,10 @@ class NetworkPolicyController:
         compiler and build the table. `keys` only say that something changed; the views carry what."""
         if resync:
             self.compiler = Compiler(self.node, node_ips=self.node_ips, log=self.log_denied)
-            self._namespaces_in = {key_of(o): namespace_labels(o) for o in self.namespaces.items()}
-            self._pods_in = {key_of(o): pod_info(o) for o in self.pods.items()}
-            self._policies_in = {key_of(o): _policy_view(o) for o in self.policies.items()}
-        namespaces, self._namespaces_in = self._namespaces_in, {}
-        pods, self._pods_in = self._pods_in, {}
-        policies, self._policies_in = self._policies_in, {}
+            self._namespaces_in.refill(self.namespaces.items())
+            self._pods_in.refill(self.pods.items())
+            self._policies_in.refill(self.policies.items())
+        namespaces, pods, policies = self._namespaces_in.take(), self._pods_in.take(), self._policies_in.take()
         # Namespaces and pods first, so a policy's first selection already sees them.
         for name, labels in namespaces.items():
             self.compiler.set_namespace(name, labels)
