@@ -284,9 +284,33 @@ def test_node_failure_goes_not_ready_and_recovers_then_down_cleans_killed_lab(tm
         wait_for(lambda: answer().strip() == "10.43.0.1", timeout=10, what="the service proxy to follow the endpoints")
         for _ in range(10):
             assert answer().strip() == "10.43.0.1"
+        # A stopped node stays stopped (the supervisor leaves it), until `node start`, which returns once Ready.
+        time.sleep(1.5)
+        st = labmod.LabState.load(k.name)
+        assert st is not None and "node2" in st.stopped and not procs.alive(st.pids["node2"])
         labmod.node_start(k.name, "node2")
-        wait_for(lambda: ready("node2") == "True", timeout=15, what="node2 Ready again")
+        assert ready("node2") == "True"
         k.wait_pods_ready("app=web", 2)
+
+        # Processes are supervised as systemd's Restart=always does for K3s: a killed server or agent is back
+        # within 2 s, with the same API address.
+        for proc in ("server", "node2"):
+            st = labmod.LabState.load(k.name)
+            assert st is not None
+            old = st.pids[proc]
+            os.kill(old, signal.SIGKILL)
+            t0 = time.monotonic()
+
+            def restarted(proc: str = proc, old: int = old) -> int:
+                now = labmod.LabState.load(k.name)
+                pid = now.pids.get(proc, 0) if now else 0
+                return pid if pid != old and procs.alive(pid) else 0
+
+            wait_for(restarted, timeout=5, interval=0.05, what=f"{proc} restarted")
+            assert time.monotonic() - t0 <= 2.0, f"{proc} took {time.monotonic() - t0:.1f}s to come back"
+        assert "died; restarted as pid" in (k.topo.state_dir / "logs" / "supervisor.log").read_text()
+        wait_for(lambda: ready("node2") == "True" and ready("node1") == "True", timeout=30, what="nodes Ready again")
+        assert "node2" in k.kubectl("get", "nodes").stdout
 
         st = labmod.LabState.load(k.name)
         assert st is not None
@@ -408,3 +432,22 @@ def test_kubectl_logs(vx: Lab) -> None:
         assert bad.returncode != 0 and "container nope is not valid for pod talker" in bad.stderr
     finally:
         vx.kubectl("delete", "pod", "talker", "--wait=true")
+
+
+def test_no_secret_on_a_command_line_and_state_is_private(vx: Lab) -> None:
+    st = labmod.LabState.load(vx.name)
+    assert st is not None and st.token
+    path = labmod.LabState.path(vx.name)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    seen = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"kwire" in cmdline:
+            seen += 1
+            assert st.token.encode() not in cmdline, cmdline.replace(b"\0", b" ")[:200]
+    assert seen >= 4  # the server, the agents and the supervisor were looked at
