@@ -123,6 +123,12 @@ def test_proxy_tables_in_the_kernel(ns: str) -> None:
         for sp in proxy_cases.ports_of(obj, sl):
             pt.set(ruleset.service_rules(sp, node="node1", cluster_cidr=proxy_cases.CLUSTER))
         steps.append(pt.table())
+    long = "a-very-long-service-name-" + "x" * 40  # a truncated chain name: the key goes into the chain comment
+    for sp in proxy_cases.ports_of(
+        proxy_cases.svc(long, clusterIP="10.43.2.1"), [proxy_cases.slice_(long, proxy_cases.THREE)]
+    ):
+        pt.set(ruleset.service_rules(sp, node="node1", cluster_cidr=proxy_cases.CLUSTER))
+    steps.append(pt.table())
     for key in sorted(pt.services)[::2]:
         pt.remove(key)
         steps.append(pt.table())

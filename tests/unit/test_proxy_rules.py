@@ -257,3 +257,14 @@ def test_typed_views_keep_only_what_the_data_path_uses() -> None:
     odd = slice_("web", [("not-an-ip", "node1", READY), ("10.42.0.5", "node1", READY)])
     assert [(e.ip, e.port) for e in slice_view(odd).endpoints] == [("10.42.0.5", 0)]  # the port comes by name
     assert slice_view(odd).service == "default/web"
+
+
+def test_a_truncated_chain_name_keeps_the_full_key_in_its_comment() -> None:
+    long = "a-very-long-service-name-" + "x" * 40
+    pt = build((svc(long), [slice_(long, THREE[:1])]))
+    (chain,) = pt.services[f"default/{long}/tcp/http"].chains.values()
+    assert f"default/{long}/tcp/http" not in chain.name.replace("_", "/")  # truncated...
+    assert chain.comment == f"default/{long}/tcp/http"  # ...and reversible
+    short = build((svc("web"), [slice_("web", THREE)])).table()
+    assert not [c.name for c in short.chains.values() if c.comment]  # an untruncated name spells its key
+    golden.check("proxy-long-name", nft.diff(build().table(), pt.table()))

@@ -97,7 +97,7 @@ def compile_policy(cluster: Cluster, pol: Policy, selected: frozenset[str]) -> P
         for i, rule in enumerate(pol.rules(direction)):
             rules += _compile_rule(cluster, pol, direction, i, rule, selected, sets)
         name = rs_mod.policy_chain(pol.key, direction)
-        chains[name] = nft.Chain(name, tuple(rules))
+        chains[name] = nft.Chain(name, tuple(rules), comment=rs_mod.chain_comment(pol.key))
     return PolicyRules(chains, sets)
 
 
@@ -189,7 +189,7 @@ def compile_pod(pod: PodInfo, ingress: list[str], egress: list[str], *, log: boo
             rules.append(Rule(log=True))
         rules.append(Rule(counter=True, drop=True, comment=f"{pod.key} {direction}"))
         name = rs_mod.pod_chain(pod.key, direction)
-        chains[name] = nft.Chain(name, tuple(rules))
+        chains[name] = nft.Chain(name, tuple(rules), comment=rs_mod.chain_comment(pod.key))
         names[direction] = name
     return PodRules(pod, chains, names[INGRESS], names[EGRESS])
 

@@ -37,6 +37,11 @@ def _id(key: str) -> str:
     return nft.object_id(key, length=48)
 
 
+def chain_comment(key: str) -> str:
+    """The full key, when the chain's name had to truncate it (`nft.key_comment`)."""
+    return nft.key_comment(_id(key), key)
+
+
 def policy_chain(key: str, direction: str) -> str:
     return f"pol-{direction[:2]}-{_id(key)}"
 

@@ -169,6 +169,8 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
     ext_chain = "external-" + _ids(sp)
     local_chain = "local-" + _ids(sp)
     chains: dict[str, list[Rule]] = {}
+    # A chain whose name had to truncate the service port's key carries the full key as its comment.
+    comments: dict[str, str] = {}
     cluster_eps = sp.usable()
     local_eps = sp.usable(local_node=node)
     internal_eps = local_eps if sp.service.internal_local else cluster_eps
@@ -186,6 +188,7 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
                 Rule(update_set=_affinity_set(sp, ep)),
                 Rule(dnat=(ep.ip, ep.port), proto=sp.proto),
             ]
+            comments[_endpoint_chain(sp, ep)] = nft.key_comment(_ids(sp, ep), sp.key, f"{ep.ip}:{ep.port}")
 
     # ClusterIP.
     if sp.service.cluster_ip:
@@ -232,7 +235,10 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
                 out.no_endpoint_ips[addr_key(ip, sp.proto, sp.port)] = verdict
             if sp.node_port:
                 out.no_endpoint_nodeports[port_key(sp.proto, sp.node_port)] = verdict
-    out.chains = {name: nft.Chain(name, tuple(rules)) for name, rules in chains.items()}
+    svc_comment = nft.key_comment(_ids(sp), sp.key)
+    out.chains = {
+        name: nft.Chain(name, tuple(rules), comment=comments.get(name, svc_comment)) for name, rules in chains.items()
+    }
     return out
 
 

@@ -22,7 +22,7 @@ from itertools import compress
 from operator import is_not, ne
 from typing import TypeVar
 
-from kwire.kernel.nft.model import Chain, Map, Set, Table
+from kwire.kernel.nft.model import Chain, Map, Set, Table, comment_text
 
 V = TypeVar("V")
 
@@ -62,8 +62,17 @@ def _map_decl(m: Map, *, indent: str = "") -> str:
     return f"{indent}map {m.name} {{ {m.declaration()}{elems} }}"
 
 
+def _chain_spec(c: Chain) -> str:
+    """What goes inside a chain's braces when it is declared: its hook and its comment."""
+    parts = [c.hook.render()] if c.hook is not None else []
+    if c.comment:
+        parts.append(f'comment "{comment_text(c.comment)}";')
+    return " ".join(parts)
+
+
 def _chain_head(c: Chain) -> str:
-    return f"chain {c.name} {{ {c.hook.render()} }}" if c.hook is not None else f"chain {c.name} {{ }}"
+    spec = _chain_spec(c)
+    return f"chain {c.name} {{ {spec} }}" if spec else f"chain {c.name} {{ }}"
 
 
 def replace(desired: Table) -> Transaction:
@@ -110,7 +119,10 @@ def _needs_replace(cur: Table, new: Table, touched: list[str]) -> bool:
         return True
     for n in touched:
         o, c = cur.chains.get(n), new.chains[n]
-        if (o.hook if o is not None else None) != c.hook:
+        if o is None:
+            if c.hook is not None:
+                return True
+        elif o.hook != c.hook or o.comment != c.comment:
             return True
     if any(cur.chains[n].hook is not None for n in cur.chains.keys() - new.chains.keys()):
         return True
@@ -166,7 +178,11 @@ def diff(current: Table | None, desired: Table) -> Transaction:
             changed.append(name)
     changed.sort()
     for name in changed:
-        out.append(f"add chain {pre} {name}" if name not in current.chains else f"flush chain {pre} {name}")
+        if name in current.chains:
+            out.append(f"flush chain {pre} {name}")
+        else:
+            spec = _chain_spec(desired.chains[name])
+            out.append(f"add chain {pre} {name} {{ {spec} }}" if spec else f"add chain {pre} {name}")
     # 3. Map elements that go or change go first (they may name chains about to be deleted).
     added: list[tuple[str, dict[str, str]]] = []
     for name, m in sorted(desired.maps.items()):

@@ -57,6 +57,7 @@ class Chain:
     name: str
     rules: tuple[Rule, ...] = ()
     hook: Hook | None = None  # None: a regular chain, entered only by jump/goto/vmap
+    comment: str = ""  # the full key of the object the chain is for, when its name had to truncate it
 
     @property
     def is_base(self) -> bool:
@@ -152,7 +153,10 @@ def comment_text(text: str) -> str:
     return text.replace('"', "'").encode()[:127].decode(errors="ignore")
 
 
-def digest(text: str, length: int = 8) -> str:
+_DIGEST_LEN = 8
+
+
+def digest(text: str, length: int = _DIGEST_LEN) -> str:
     """A stable, name-safe hash of `text` (lowercase base32 of its SHA-256)."""
     return b32encode(hashlib.sha256(text.encode()).digest()).decode()[:length].lower()
 
@@ -161,7 +165,19 @@ def digest(text: str, length: int = 8) -> str:
 def object_id(*parts: str, length: int = 60) -> str:
     """The one naming scheme for per-object chains and sets (kube-proxy's hashAndTruncate): a stable hash of the
     object key, then as much of the key as fits. The name is stable across restarts and readable; the full key is
-    kept in the rule comments that mention the object, so a truncated name can always be traced back."""
+    kept in the chain's comment (`Chain.comment`, see `key_comment`) when the name had to truncate it."""
     text = "/".join(parts)
-    readable = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in text)
-    return f"{digest(text)}-{readable}"[:length]
+    return f"{digest(text)}-{_readable(text)}"[:length]
+
+
+def _readable(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in text)
+
+
+def key_comment(ident: str, *parts: str) -> str:
+    """The comment that makes an `object_id` reversible: the full key when the id had to truncate it, else "" (an
+    untruncated id spells the key: Kubernetes names and port names never contain "_", the separator). Only long
+    keys pay for a comment, which keeps a 10,000-service table as cheap to load as before."""
+    text = "/".join(parts)
+    # The readable part spells the key one character for one: the id is whole exactly when it has its full length.
+    return "" if len(ident) == _DIGEST_LEN + 1 + len(text) else text
