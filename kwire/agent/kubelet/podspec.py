@@ -28,6 +28,7 @@ HOST_IMAGE = "kwire/host"
 BUILTIN_IMAGES: dict[str, str] = {
     "kwire/responder": "",
     "kwire/coredns": "kwire.dns",
+    "kwire/ingress": "kwire.ingress",  # the traefik add-on: ingress controller driving nginx in the pod
 }
 SERVICELB_IMAGE = "kwire/servicelb"  # ServiceLB's svclb pods (klipper-lb's role); see servicelb_argv
 SA_ENV = "KWIRE_SERVICEACCOUNT_DIR"  # where in-cluster clients find token and ca.crt (no mount namespace here)
