@@ -189,13 +189,57 @@ def build(ingresses: list[Obj], classes: list[Obj]) -> Table:
             t.problems[src] = problems
     # Host-less rules and default backends serve every host, after the host's own routes.
     t.hosts.setdefault("", [])
-    for routes in t.hosts.values():
+    for host, routes in t.hosts.items():
         have = {(r.path, r.kind, r.entrypoints) for r in routes}
         for r in host_less + defaults[:1]:
             if (r.path, r.kind, r.entrypoints) not in have:
                 routes.append(r)
                 have.add((r.path, r.kind, r.entrypoints))
+        t.hosts[host] = apply_priorities(host, routes)
     return t
+
+
+def rule_text(host: str, r: Route) -> str:
+    """The Traefik rule of an Ingress path, whose length is the router's default priority."""
+    if r.priority < 0:  # defaultBackend: Traefik gives it the lowest priority
+        return ""
+    path = f"Path(`{r.path}`)" if r.kind == "Exact" else f"PathPrefix(`{r.path}`)"
+    return f"Host(`{host}`) && {path}" if host and not r.host_less else path
+
+
+def priority(host: str, r: Route) -> int:
+    """`router.priority` when set, else the rule's length (Traefik's default)."""
+    return r.priority if r.priority > 0 else len(rule_text(host, r))
+
+
+def covers(a: Route, b: Route) -> bool:
+    """Every request path `b` matches, `a` matches too (prefix trees: matches are nested or disjoint)."""
+    if a.kind == "Exact":
+        return b.kind == "Exact" and a.path == b.path
+    if a.path == "/":
+        return True
+    return b.path == a.path or b.path.startswith(a.path + "/")
+
+
+def apply_priorities(host: str, routes: list[Route]) -> list[Route]:
+    """Drop the routes a higher-priority route on the same entrypoint shadows entirely.
+
+    Without `router.priority` the Ingress rules hold (longest path, Exact before Prefix), which nginx's location
+    matching gives. Where `router.priority` makes a route win over a longer one it covers, the longer one never
+    gets a request in Traefik: removing it makes nginx's longest-match choice Traefik's."""
+    out = []
+    for b in routes:
+        shadowed = any(
+            a is not b
+            and (a.priority > 0 or b.priority > 0)
+            and covers(a, b)
+            and priority(host, a) > priority(host, b)
+            and set(b.entrypoints) <= set(a.entrypoints)
+            for a in routes
+        )
+        if not shadowed:
+            out.append(b)
+    return out
 
 
 def host_matches(pattern: str, host: str) -> bool:

@@ -11,6 +11,7 @@ import base64
 import datetime
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -434,3 +435,127 @@ spec:
         t.join(30)
     assert count > 20 and errors == [], (count, errors[:5])
     assert added < 10, added
+
+
+WS_SERVER = """
+from aiohttp import web
+async def handle(request):
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        await ws.send_str("echo:" + msg.data)
+    return ws
+app = web.Application()
+app.router.add_get("/ws", handle)
+web.run_app(app, port=8765, print=None)
+"""
+
+WS_CLIENT = """
+import asyncio, sys, aiohttp
+async def main():
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(sys.argv[1], headers={"Host": "ws.example.com"}, ssl=False) as ws:
+            await ws.send_str("hello")
+            msg = await ws.receive(timeout=5)
+            print(msg.data)
+asyncio.run(main())
+"""
+
+
+def test_websocket_passes_on_80_and_443(lab: Lab) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "ws", "labels": {"app": "ws"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "ws",
+                    "image": "kwire/host",
+                    "command": [sys.executable, "-c", WS_SERVER],
+                    "ports": [{"containerPort": 8765}],
+                }
+            ]
+        },
+    }
+    lab.apply(json.dumps(pod))
+    lab.apply("""
+apiVersion: v1
+kind: Service
+metadata: {name: ws}
+spec:
+  selector: {app: ws}
+  ports: [{port: 80, targetPort: 8765}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: ws}
+spec:
+  rules:
+  - host: ws.example.com
+    http:
+      paths:
+      - {path: /ws, pathType: Exact, backend: {service: {name: ws, port: {number: 80}}}}
+""")
+    ip = node_ips(lab)[1]
+    for url in (f"http://{ip}/ws", f"https://{ip}/ws"):
+        out = wait_for(lambda url=url: lab.run("client", sys.executable, "-c", WS_CLIENT, url).strip(), timeout=40,
+                       what=f"a websocket echo through {url}")  # fmt: skip
+        assert out == "echo:hello"
+
+
+def test_traefik_annotations_entrypoints_tls_priority(lab: Lab) -> None:
+    lab.apply("""
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: only-web
+  annotations: {traefik.ingress.kubernetes.io/router.entrypoints: web}
+spec:
+  rules:
+  - host: ep.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: svc-a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: only-tls
+  annotations: {traefik.ingress.kubernetes.io/router.tls: "true"}
+spec:
+  rules:
+  - host: tls-only.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: svc-b, port: {number: 8080}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: prio-high
+  annotations: {traefik.ingress.kubernetes.io/router.priority: "1000"}
+spec:
+  rules:
+  - host: prio.example.com
+    http:
+      paths:
+      - {path: /api, pathType: Prefix, backend: {service: {name: svc-a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: prio-low}
+spec:
+  rules:
+  - host: prio.example.com
+    http:
+      paths:
+      - {path: /api/v1, pathType: Prefix, backend: {service: {name: svc-b, port: {number: 8080}}}}
+""")
+    ip = node_ips(lab)[0]
+    wait_for(lambda: served_by(lab, "ep.example.com", "/", ip) == "a", timeout=20, what="only-web served")
+    assert served_by(lab, "ep.example.com", "/", ip, https=True) == "404"
+    wait_for(lambda: served_by(lab, "tls-only.example.com", "/", ip, https=True) == "b", timeout=20, what="only-tls")
+    assert served_by(lab, "tls-only.example.com", "/", ip) == "404"
+    wait_for(lambda: served_by(lab, "prio.example.com", "/api/v1/x", ip) == "a", timeout=20,
+             what="router.priority 1000 wins over the longer path")  # fmt: skip
