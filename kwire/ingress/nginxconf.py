@@ -5,9 +5,11 @@ workers take new connections, old ones finish theirs). Endpoints are not: every 
 its backend key and proxies to one upstream whose `balancer_by_lua` picks the next ready endpoint (round-robin per
 worker) from a shared dict, which the controller fills through a control socket (`POST /backends`, one line per
 backend: `<key> <ip:port> <ip:port>...`), so endpoint changes never reload, as ingress-nginx's dynamic
-configuration does. A backend with no ready endpoint answers 503; an unknown Service 404; no matching route 404.
+configuration does. A backend with no ready endpoint is sent to a 127.0.0.1 listener answering 503 (Traefik's "no
+available server"); an unknown Service answers 404; no matching route 404.
 
-Server blocks: port 80 (Traefik's `web`) and 443 (`websecure`, TLS with HTTP/2 by ALPN) per host; exact names
+Server blocks: one per host listening on 80 (Traefik's `web`) and 443 (`websecure`, TLS with HTTP/2 by ALPN), or
+one per port when the host has routes restricted to one entrypoint; exact names
 as `server_name`, `*.foo.com` as a regex covering exactly one label; the default server of each port holds the
 routes of every host (host-less rules, defaultBackend). Paths: Exact -> `location = /p`; Prefix /p ->
 `location = /p` + `location /p/` (element-wise); Prefix / -> `location /`. nginx picks exact matches first and
@@ -44,8 +46,7 @@ BALANCER_LUA = r"""
       local key = ngx.var.kwire_backend
       local peers = kw_peers[key]
       if not peers or #peers == 0 then
-        ngx.var.kwire_noep = "1"
-        return ngx.exit(ngx.ERROR)
+        return kw_balancer.set_current_peer("127.0.0.1", NOEP_PORT)
       end
       local i = (kw_rr[key] or 0) % #peers + 1
       kw_rr[key] = i
@@ -115,6 +116,7 @@ class Render:
     http_port: int = 80
     https_port: int = 443
     ping_port: int = 9000
+    noep_port: int = 9001  # 127.0.0.1 only: answers 503 for backends without a ready endpoint
     workers: int = 1
 
 
@@ -210,7 +212,7 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  map $http_upgrade $kwire_connection { default upgrade; '' ''; }",
         "  upstream kwire_upstream {",
         "    server 0.0.0.1;",
-        "    balancer_by_lua_block {" + BALANCER_LUA + "    }",
+        "    balancer_by_lua_block {" + BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + "    }",
         "    keepalive 512;",
         "    keepalive_requests 100000;",
         "  }",
@@ -230,7 +232,6 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  proxy_set_header X-Forwarded-Port $server_port;",
         "  proxy_set_header X-Forwarded-Server $hostname;",
         "  proxy_set_header X-Real-Ip $remote_addr;",
-        "  error_page 500 502 = @kwire_error;",
         "  server {",
         f"    listen unix:{paths.control};",
         "    location = /backends { content_by_lua_block {" + CONTROL_LUA + "    } }",
@@ -242,25 +243,33 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "    } }",
         "    location / { return 404; }",
         "  }",
+        "  server {",
+        f"    listen 127.0.0.1:{rd.noep_port};",
+        '    location / { return 503 "no available server\\n"; }',
+        "  }",
     ]
-    error_loc = "location @kwire_error { if ($kwire_noep) { return 503; } return 502; }"
     hosts = sorted(h for h in table.hosts if valid_host(h))
-    for ep, port in ((WEB, rd.http_port), (WEBSECURE, rd.https_port)):
-        for host in hosts:
-            routes = table.hosts[host]
+    for host in hosts:
+        routes = table.hosts[host]
+        both = all(set(r.entrypoints) == {WEB, WEBSECURE} for r in routes)
+        # One server block serves both ports when every route of the host does (most hosts): nginx's per-server
+        # memory (~40 KB with the Lua module loaded) then counts once per host, not twice.
+        for eps in ((WEB, WEBSECURE),) if both else ((WEB,), (WEBSECURE,)):
             default = " default_server" if not host else ""
             lines.append("  server {")
-            if ep == WEBSECURE:
-                lines.append(f"    listen {port} ssl http2{default};")
+            if WEB in eps:
+                lines.append(f"    listen {rd.http_port}{default};")
+            if WEBSECURE in eps:
+                lines.append(f"    listen {rd.https_port} ssl http2{default};")
+                # Only the default server and hosts with their own certificate name one: nginx makes an SSL
+                # context per server that has a certificate, and a server without one keeps the default
+                # server's context, i.e. serves the default certificate, which is what it should serve.
                 cert = _cert_for(host, rd, paths)
-                lines.append(f"    ssl_certificate {cert};")
-                lines.append(f"    ssl_certificate_key {cert};")
-            else:
-                lines.append(f"    listen {port}{default};")
+                if not host or cert != paths.default_cert:
+                    lines.append(f"    ssl_certificate {cert};")
+                    lines.append(f"    ssl_certificate_key {cert};")
             lines.append(f"    server_name {_server_name(host)};")
-            lines.append('    set $kwire_noep "";')
-            lines.append(f"    {error_loc}")
-            lines.extend("    " + loc for loc in _locations(routes, ep, rd))
+            lines.extend("    " + loc for loc in _locations(routes, eps[0], rd))
             lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
