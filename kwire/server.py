@@ -10,6 +10,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,13 @@ from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.base import memory
 from kwire.client.kubeconfig import Config, write_kubeconfig
-from kwire.config import ServerConfig
+from kwire.config import ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
 from kwire.controllers.manager import ControllerManager
+from kwire.store.base import Store
+from kwire.store.etcd import EtcdStore
 from kwire.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -121,6 +125,8 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
         "flannel-backend": str(cfg.flannel_backend),
         "service-node-port-range": str(cfg.service_node_port_range),
         "disable-network-policy": "true" if cfg.disable_network_policy else "false",
+        # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
+        "node-monitor-grace-period": str(int(cfg.node_monitor_grace_period)),
     }
     current = resources.get_or_none(cm_kind, "kube-system", CLUSTER_CONFIG)
     if current is None:
@@ -132,7 +138,7 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
 @dataclass
 class Server:
     cfg: ServerConfig
-    store: SQLiteStore
+    store: Store
     resources: Resources
     api: ApiServer
     lifecycle: Lifecycle
@@ -165,7 +171,7 @@ def _self_url(cfg: ServerConfig) -> str:
     return f"https://{host}:{int(cfg.https_listen_port)}"
 
 
-async def _compactor(store: SQLiteStore) -> None:
+async def _compactor(store: Store) -> None:
     while True:
         await asyncio.sleep(COMPACT_INTERVAL)
         try:
@@ -174,12 +180,30 @@ async def _compactor(store: SQLiteStore) -> None:
             log.exception("compaction failed")
 
 
+async def open_store(cfg: ServerConfig, data_dir: Path) -> Store:
+    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3, nothing is embedded SQLite."""
+    endpoint = str(cfg.datastore_endpoint)
+    if not endpoint:
+        return SQLiteStore(data_dir / "db" / "state.db")
+    urls = [u.strip() for u in endpoint.split(",") if u.strip()]
+    if not all(u.startswith(("http://", "https://")) for u in urls):
+        raise ConfigError(f"datastore-endpoint {endpoint!r}: only etcd (http:// or https:// URLs) is supported")
+    ctx = None
+    if any(u.startswith("https://") for u in urls):
+        ctx = ssl.create_default_context(cafile=str(cfg.datastore_cafile) or None)
+        if cfg.datastore_certfile:
+            ctx.load_cert_chain(str(cfg.datastore_certfile), str(cfg.datastore_keyfile) or None)
+    etcd = EtcdStore(urls, ssl_context=ctx)
+    await etcd.start()
+    return etcd
+
+
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
     data_dir = Path(cfg.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(data_dir / "db" / "state.db")
+    store = await open_store(cfg, data_dir)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
     resources = Resources(store, allocator=allocator)
     await resources.load()
@@ -211,6 +235,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig)
     server.tasks.append(asyncio.create_task(_compactor(store)))
+    server.tasks.append(asyncio.create_task(memory.trim_periodically()))
     # The controllers are API clients of this server, over its own HTTPS endpoint.
     server.controllers = ControllerManager(
         Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem),
