@@ -502,8 +502,10 @@ async def main() -> int:
             took = time.monotonic() - t0
             await asyncio.sleep(5)  # old workers of the last reloads finish
             rss, pss = tree_memory(ctl.pid)
+            nrss, npss = tree_memory(nginx_pid(ctl.pid))
             print(f"{a.ingresses} Ingresses created and all served in {took:.1f} s; add-on memory (controller + "
-                  f"nginx): RSS {rss:.0f} MB, PSS {pss:.0f} MB   (goal RSS <= 120 MB)")  # fmt: skip
+                  f"nginx): RSS {rss:.0f} MB, PSS {pss:.0f} MB   (goal RSS <= 120 MB); of which nginx (master + "
+                  f"workers) RSS {nrss:.0f} MB, PSS {npss:.0f} MB")  # fmt: skip
         return 0
     except Exception:
         log.flush()
