@@ -365,7 +365,7 @@ def test_tls_by_sni_default_certificate_rotation_and_http2(lab: Lab) -> None:
     assert (code, version) == (0, "2")
     secret, serial = tls_secret("secure-tls", "secure.example.com")
     lab.apply(secret)
-    wait_for(lambda: served_cert(lab, ips[0], "secure.example.com")[1] == serial, timeout=20,
+    wait_for(lambda: int(served_cert(lab, ips[0], "secure.example.com")[1] or "0", 16) == int(serial, 16), timeout=20,
              what="the rotated certificate served")  # fmt: skip
 
 
