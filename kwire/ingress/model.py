@@ -13,7 +13,8 @@ Mirrors what Traefik's `kubernetesIngress` provider derives from networking.k8s.
   reported, not served twice).
 - Traefik's Ingress annotations: `traefik.ingress.kubernetes.io/router.entrypoints` (web, websecure),
   `router.tls` ("true": HTTPS only), `router.priority` (higher first), `router.middlewares`
-  (`<ns>-<name>@kubernetescrd`, kept as references). An Ingress with `spec.tls` is served over HTTPS only, as
+  (`<ns>-<name>@kubernetescrd`: no Middleware can exist yet, so, as Traefik does with a missing middleware, the
+  Ingress's routes are not served, and the reason is reported). An Ingress with `spec.tls` is served over HTTPS only, as
   Traefik makes its routers TLS routers.
 - TLS: `spec.tls[].hosts` -> secret, chosen by SNI; other names get the default certificate.
 """
@@ -155,6 +156,15 @@ def build(ingresses: list[Obj], classes: list[Obj]) -> Table:
         t.served.append(src)
         problems: list[str] = []
         eps, prio, mws = _annotations(ing, problems)
+        if mws:
+            # Traefik leaves a router whose middleware does not exist unserved (404). No Middleware can exist
+            # here yet (its CRD is not served), and serving the routes without, say, a basicAuth would expose them.
+            problems.append(
+                f"router.middlewares {', '.join(mws)}: middleware not found (Traefik's Middleware CRD is not served"
+                " yet); the routes of this Ingress are not served"
+            )
+            t.problems[src] = problems
+            continue
         sp = ing.get("spec") or {}
         for tls in sp.get("tls") or []:
             if tls.get("secretName"):

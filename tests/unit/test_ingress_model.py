@@ -120,6 +120,13 @@ def test_annotations_entrypoints_tls_and_priority() -> None:
     assert "unknown entrypoints" in t.problems["default/bad"][0]
 
 
+def test_a_middleware_that_cannot_exist_leaves_the_routes_unserved_and_says_why() -> None:
+    mw = {model.ANN + "router.middlewares": "default-auth@kubernetescrd"}
+    t = model.build([ing("mw", [rule("m.com", ("/", "Prefix", "m"))], annotations=mw)], [TRAEFIK_CLASS])
+    assert route_for(t, "m.com", "/") is None
+    assert "default-auth@kubernetescrd: middleware not found" in t.problems["default/mw"][0]
+
+
 def test_default_backend_serves_every_host_after_its_rules() -> None:
     t = model.build(
         [
