@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RuntimeError) as exc:
         logging.getLogger("kwire.ingress").error("cannot serve: %s", exc)
         return 1
+    finally:
+        if not a.state_dir:  # the temporary directory made for this run (configuration, certificates, socket)
+            shutil.rmtree(settings.state_dir, ignore_errors=True)
     return 0
 
 
