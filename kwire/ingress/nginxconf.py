@@ -1,8 +1,8 @@
 """The routing table -> nginx.conf for Debian's nginx with its Lua module (the data plane, as ingress-nginx drives it).
 
 Routes (hosts, paths, TLS certificates) are the configuration file: a change is a graceful reload (SIGHUP: new
-workers take new connections, old ones finish theirs). Endpoints are not: every location sets `$kwire_backend` to
-its backend key and proxies to one upstream whose `balancer_by_lua` picks the next ready endpoint (round-robin per
+workers take new connections, old ones finish theirs). Endpoints are not: every location proxies to its backend's
+upstream (one per Service port in use) whose `balancer_by_lua` picks the next ready endpoint (round-robin per
 worker) from a shared dict, which the controller fills through a control socket (`POST /backends`, one line per
 backend: `<key> <ip:port> <ip:port>...`), so endpoint changes never reload, as ingress-nginx's dynamic
 configuration does. A backend with no ready endpoint is sent to a 127.0.0.1 listener answering 503 (Traefik's "no
@@ -30,6 +30,8 @@ HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-
 PATH_RE = re.compile(r"^/[A-Za-z0-9._~!&'()*+,;=:@%/-]*$")  # no `$` (nginx variables), no quotes/spaces
 
 BALANCER_LUA = r"""
+    kw_version = -1; kw_peers = {}; kw_rr = {}; kw_balancer = require "ngx.balancer"
+    function kw_pick(key)
       local d = ngx.shared.kwire
       local v = d:get("version") or 0
       if v ~= kw_version then
@@ -43,7 +45,6 @@ BALANCER_LUA = r"""
         end
         kw_version = v
       end
-      local key = ngx.var.kwire_backend
       local peers = kw_peers[key]
       if not peers or #peers == 0 then
         return kw_balancer.set_current_peer("127.0.0.1", NOEP_PORT)
@@ -54,6 +55,7 @@ BALANCER_LUA = r"""
       if n > 1 and not kw_balancer.get_last_failure() then kw_balancer.set_more_tries(n - 1) end
       local ok, err = kw_balancer.set_current_peer(peers[i][1], peers[i][2])
       if not ok then ngx.log(ngx.ERR, "kwire: ", err) end
+    end
 """
 
 CONTROL_LUA = r"""
@@ -141,13 +143,18 @@ def _server_name(host: str) -> str:
     return host.lower()
 
 
-def _location_body(r: Route, rd: Render) -> list[str]:
-    if r.backend.key not in rd.known_backends:
+def upstream_names(rd: Render) -> dict[str, str]:
+    """One upstream per known backend (its balancer knows its key, so a request reads no variable)."""
+    return {key: f"kwire_b{i}" for i, key in enumerate(sorted(rd.known_backends))}
+
+
+def _location_body(r: Route, names: dict[str, str]) -> list[str]:
+    if r.backend.key not in names:
         return ["return 404;"]
-    return [f"set $kwire_backend {_q(r.backend.key)};", "proxy_pass http://kwire_upstream;"]
+    return [f"proxy_pass http://{names[r.backend.key]};"]
 
 
-def _locations(routes: list[Route], entrypoint: str, rd: Render) -> list[str]:
+def _locations(routes: list[Route], entrypoint: str, names: dict[str, str]) -> list[str]:
     out: list[str] = []
     exact: set[str] = set()
     prefix: set[str] = set()
@@ -155,12 +162,12 @@ def _locations(routes: list[Route], entrypoint: str, rd: Render) -> list[str]:
     for r in chosen:
         if r.kind == "Exact" and r.path not in exact:
             exact.add(r.path)
-            out.append(f"location = {_q(r.path)} {{ {' '.join(_location_body(r, rd))} }}")
+            out.append(f"location = {_q(r.path)} {{ {' '.join(_location_body(r, names))} }}")
     for r in chosen:
         if r.kind != "Prefix" or r.path in prefix:
             continue
         prefix.add(r.path)
-        body = " ".join(_location_body(r, rd))
+        body = " ".join(_location_body(r, names))
         if r.path == "/":
             out.append(f"location / {{ {body} }}")
             continue
@@ -208,14 +215,20 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  variables_hash_bucket_size 128;",
         "  keepalive_requests 100000;",
         "  client_max_body_size 0;",
-        "  init_worker_by_lua_block { kw_version = -1; kw_peers = {}; kw_rr = {}; kw_balancer = require 'ngx.balancer' }",
+        "  init_worker_by_lua_block {" + BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + "  }",
         "  map $http_upgrade $kwire_connection { default upgrade; '' ''; }",
-        "  upstream kwire_upstream {",
-        "    server 0.0.0.1;",
-        "    balancer_by_lua_block {" + BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + "    }",
-        "    keepalive 512;",
-        "    keepalive_requests 100000;",
-        "  }",
+    ]
+    names = upstream_names(rd)
+    for key, name in names.items():
+        lines += [
+            f"  upstream {name} {{",
+            "    server 0.0.0.1;",
+            f"    balancer_by_lua_block {{ kw_pick({_q(key)}) }}",
+            "    keepalive 512;",
+            "    keepalive_requests 100000;",
+            "  }",
+        ]
+    lines += [
         "  proxy_http_version 1.1;",
         "  proxy_buffering off;",
         "  proxy_request_buffering off;",
@@ -269,7 +282,7 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
                     lines.append(f"    ssl_certificate {cert};")
                     lines.append(f"    ssl_certificate_key {cert};")
             lines.append(f"    server_name {_server_name(host)};")
-            lines.extend("    " + loc for loc in _locations(routes, eps[0], rd))
+            lines.extend("    " + loc for loc in _locations(routes, eps[0], names))
             lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
