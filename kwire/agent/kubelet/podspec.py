@@ -30,8 +30,10 @@ HOST_IMAGE = "kwire/host"
 BUILTIN_IMAGES: dict[str, str] = {
     "kwire/responder": "",
     "kwire/coredns": "kwire.dns",
+    "kwire/ingress": "kwire.ingress",  # the traefik add-on: ingress controller driving nginx in the pod
 }
 SERVICELB_IMAGE = "kwire/servicelb"  # ServiceLB's svclb pods (klipper-lb's role); see kwire/agent/svclb.py
+KWIRE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding this `kwire` package
 SA_ENV = "KWIRE_SERVICEACCOUNT_DIR"  # where in-cluster clients find token and ca.crt (no mount namespace here)
 
 
@@ -260,6 +262,9 @@ def runtime_spec(
                     argv = ["sh", "-c", f"echo 'servicelb: bad environment: {exc}' | tr -d \"'\" >&2; exit 1"]
             else:
                 argv = [sys.executable, "-m", BUILTIN_IMAGES[img], *[str(x) for x in c.get("args") or []]]
+                # a built-in image runs this node's kwire (the checkout the agent runs from, not whatever
+                # `kwire` the interpreter would find first)
+                env.setdefault("PYTHONPATH", KWIRE_ROOT)
             if sa_dir:
                 env[SA_ENV] = sa_dir
             proc_entry: Obj = {"name": p.name, "argv": argv, "env": env}
