@@ -5,15 +5,15 @@ is not running yet."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests import UPSTREAM
 from tests.integration.apiserver import ServerProcess, free_port
 
 pytestmark = pytest.mark.kubectl
 
-METALLB = Path("/work/shared/upstream/metallb-native-v0.14.9.yaml")
+METALLB = UPSTREAM / "metallb-native-v0.14.9.yaml"
 
 
 @pytest.fixture(scope="module")
