@@ -1,18 +1,11 @@
-"""Discovery documents (/api, /apis, group versions, /version) and the OpenAPI v3 index kubectl consults.
-
-The OpenAPI v3 documents are minimal: one PATCH operation per kind carrying `x-kubernetes-group-version-kind`
-and the `fieldValidation` parameter. That is what kubectl checks to decide that the server validates fields
-itself (so it skips downloading a full schema), and nothing more is claimed.
-"""
+"""Discovery documents (/api, /apis, group versions, /version); the OpenAPI documents live in `openapi.py`."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
-import orjson
-
-from kwire.api.registry import KINDS, Kind, groups, kinds_in
+from kwire.api.registry import Kind, groups, kinds_in
 
 VERSION = {
     "major": "1",
@@ -99,59 +92,4 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
         "apiVersion": "v1",
         "groupVersion": f"{group}/{version}" if group else version,
         "resources": resources,
-    }
-
-
-def _gv_path(group: str, version: str) -> str:
-    return f"api/{version}" if not group else f"apis/{group}/{version}"
-
-
-def _gv_doc(group: str, version: str) -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for k in kinds_in(group, version):
-        base = "/" + _gv_path(group, version)
-        item = f"{base}/namespaces/{{namespace}}/{k.plural}/{{name}}" if k.namespaced else f"{base}/{k.plural}/{{name}}"
-        gvk = {"group": k.group, "version": k.version, "kind": k.kind}
-        params = [
-            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-        ]
-        op = {
-            "operationId": f"patch{k.kind}",
-            "parameters": params,
-            "x-kubernetes-action": "patch",
-            "x-kubernetes-group-version-kind": gvk,
-        }
-        paths[item] = {"patch": op}
-        coll = f"{base}/namespaces/{{namespace}}/{k.plural}" if k.namespaced else f"{base}/{k.plural}"
-        paths[coll] = {"post": {**op, "operationId": f"create{k.kind}", "x-kubernetes-action": "post"}}
-    return {
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": VERSION["gitVersion"]},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }
-
-
-def _gv_bytes() -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    seen: set[tuple[str, str]] = set()
-    for k in KINDS:
-        if (k.group, k.version) in seen:
-            continue
-        seen.add((k.group, k.version))
-        out[_gv_path(k.group, k.version)] = orjson.dumps(_gv_doc(k.group, k.version))
-    return out
-
-
-OPENAPI_V3_DOCS: dict[str, bytes] = _gv_bytes()
-
-
-def openapi_v3_root() -> dict[str, Any]:
-    return {
-        "paths": {
-            path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={hashlib.sha512(doc).hexdigest()[:32].upper()}"}
-            for path, doc in OPENAPI_V3_DOCS.items()
-        }
     }

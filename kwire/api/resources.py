@@ -52,13 +52,22 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# etcd's default --max-request-bytes (1.5 MiB): kube-apiserver's write fails with "etcdserver: request is too
+# large". K3s's kine has no such limit; kwire keeps etcd's so objects stay portable to etcd-backed clusters.
+MAX_OBJECT_BYTES = 1536 * 1024
+
+
 def encode(obj: Obj) -> bytes:
+    """The stored form of `obj`; refuses (413) an object over etcd's request limit."""
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "resourceVersion" in meta:
         meta = dict(meta)
         del meta["resourceVersion"]
         obj = {**obj, "metadata": meta}
-    return orjson.dumps(obj)
+    data = orjson.dumps(obj)
+    if len(data) > MAX_OBJECT_BYTES:
+        raise ApiError(413, "RequestEntityTooLarge", "etcdserver: request is too large")
+    return data
 
 
 def decode(kv: KV | None = None, *, value: bytes | None = None, revision: int = 0) -> Obj:
@@ -326,7 +335,13 @@ class Resources:
                 self.allocator.rollback(alloc)
             return new
         try:
-            rev = await self.store.update(kv.key, encode(new), expected_revision=kv.mod_revision)
+            data = encode(new)
+        except ApiError:
+            if alloc:
+                self.allocator.rollback(alloc)
+            raise
+        try:
+            rev = await self.store.update(kv.key, data, expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             if alloc:
                 self.allocator.rollback(alloc)
@@ -351,13 +366,17 @@ class Resources:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        check: Callable[[Obj], None] | None = None,
     ) -> Obj:
+        """Patch an object; `check` sees the patched object first (field validation drops unknown fields)."""
         for _ in range(20):
             kv = self._current(kind, namespace, name)
             old = decode(kv)
             patched = apply_patch(kind, old, body, content_type)
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not an object")
+            if check is not None:
+                check(patched)
             self._check_type(kind, patched)
             pmeta = patched["metadata"]
             if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(kv.mod_revision):

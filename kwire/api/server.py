@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import yaml
 from aiohttp import web
 
-from kwire.api import discovery, kubeletproxy, protobuf, scale, tables
+from kwire.api import decoding, discovery, kubeletproxy, openapi, scale, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
-from kwire.api.patch import apply_patch
+from kwire.api.patch import MERGE_PATCH, apply_patch
+from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
 from kwire.base.labels import Selector, SelectorError, parse
@@ -34,6 +34,7 @@ Obj = dict[str, Any]
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/cacerts"})
 BOOKMARK_INTERVAL = 5.0
 JSON = "application/json"
+WARNINGS = "kwire.warnings"  # request key: fieldValidation=Warn messages, sent as Warning headers
 
 
 @dataclass
@@ -117,7 +118,11 @@ class ApiServer:
         if request.path not in PUBLIC_PATHS and not self._authenticated(request):
             return _error(unauthorized())
         try:
-            return await handler(request)
+            resp = await handler(request)
+            for warning in request.get(WARNINGS, ()):
+                if not resp.prepared:
+                    resp.headers.add("Warning", decoding.warning_header(warning))
+            return resp
         except ApiError as err:
             return _error(err)
         except web.HTTPException:
@@ -138,7 +143,7 @@ class ApiServer:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
         if request.method == "GET":
-            static = self._static(path)
+            static = self._static(path, request)
             if static is not None:
                 return static
         target = parse_target(path)
@@ -195,7 +200,7 @@ class ApiServer:
             obj = await self.resources.get(target.kind, target.namespace, target.name)
             return self._object_response(request, target.kind, obj)
         if m == "PUT":
-            body = await self._body(request)
+            body = await self._body(request, target.kind)
             sub = "status" if target.subresource == "status" else None
             if target.subresource == "finalize":
                 sub = None
@@ -204,7 +209,7 @@ class ApiServer:
             )
             return self._object_response(request, target.kind, obj)
         if m == "PATCH":
-            raw = await request.read()
+            raw = await decoding.read_body(request)
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             obj = await self.resources.patch(
                 target.kind,
@@ -214,6 +219,7 @@ class ApiServer:
                 ctype,
                 subresource=target.subresource,
                 dry_run=_dry_run(request),
+                check=self._patch_check(request, target.kind, raw, ctype.lower()),
             )
             return self._object_response(request, target.kind, obj)
         if m == "DELETE":
@@ -230,7 +236,7 @@ class ApiServer:
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             if ctype == "application/strategic-merge-patch+json":
                 ctype = "application/merge-patch+json"  # Scale has no list fields: SMP is a merge patch here
-            wanted = apply_patch(target.kind, scale.to_scale(obj), await request.read(), ctype)
+            wanted = apply_patch(target.kind, scale.to_scale(obj), await decoding.read_body(request), ctype)
         else:
             raise method_not_allowed()
         new = scale.apply_scale(target.kind, obj, wanted)
@@ -239,7 +245,7 @@ class ApiServer:
         )
         return _json(scale.to_scale(updated))
 
-    def _static(self, path: str) -> web.Response | None:
+    def _static(self, path: str, request: web.Request) -> web.Response | None:
         if path == "/cacerts" and self.ca_pem:
             # K3s serves its CA bundle unauthenticated; agents pin it by the hash carried in a K10 token.
             return web.Response(body=self.ca_pem, content_type="text/plain")
@@ -251,13 +257,17 @@ class ApiServer:
             return _json(discovery.api_versions(self.server_address))
         if path == "/apis":
             return _json(discovery.api_group_list())
+        if path == "/openapi/v2":
+            if "protobuf" in request.headers.get("Accept", "") and "json" not in request.headers.get("Accept", ""):
+                raise ApiError(406, "NotAcceptable", "only application/json is served for /openapi/v2")
+            return web.Response(body=openapi.v2_document(), content_type=JSON)
         if path == "/openapi/v3":
-            return _json(discovery.openapi_v3_root())
+            return _json(openapi.v3_root())
         if path.startswith("/openapi/v3/"):
-            doc = discovery.OPENAPI_V3_DOCS.get(path[len("/openapi/v3/") :])
+            doc = openapi.v3_document(path[len("/openapi/v3/") :])
             if doc is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            return web.Response(body=doc, content_type=JSON)
+            return web.Response(body=doc, content_type=JSON, headers={"Cache-Control": "no-cache, private"})
         parts = [p for p in path.split("/") if p]
         if len(parts) == 2 and parts[0] == "api":
             rl = discovery.resource_list("", parts[1])
@@ -271,21 +281,26 @@ class ApiServer:
         return None
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    async def _body(self, request: web.Request) -> Obj:
-        raw = await request.read()
-        ctype = request.headers.get("Content-Type", JSON)
-        if "protobuf" in ctype:
-            return protobuf.decode(raw)
-        try:
-            if "yaml" in ctype:
-                body = yaml.safe_load(raw)
-            else:
-                body = orjson.loads(raw)
-        except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-            raise bad_request(f"the body of the request could not be decoded: {exc}") from None
-        if not isinstance(body, dict):
-            raise bad_request("the body of the request must be a JSON object")
-        return body
+    async def _body(self, request: web.Request, kind: Kind | None = None) -> Obj:
+        """The decoded body; with `kind`, fieldValidation applies (unknown fields dropped, Strict refuses)."""
+        raw = await decoding.read_body(request)
+        mode = decoding.validation_mode(request)
+        decoded = decoding.decode_object(raw, decoding.media_type(request), kind=kind, mode=mode)
+        if decoded.warnings:
+            request.setdefault(WARNINGS, []).extend(decoded.warnings)
+        return decoded.obj
+
+    def _patch_check(self, request: web.Request, kind: Kind, raw: bytes, ctype: str) -> Callable[[Obj], None]:
+        """fieldValidation for a patch: duplicate keys in the patch body, unknown fields in the patched object."""
+        mode = decoding.validation_mode(request)
+        dups: list[str] = []
+        if mode != decoding.IGNORE and ctype in (MERGE_PATCH, STRATEGIC_PATCH):
+            dups = decoding.loads_json(raw, duplicates=True)[1]
+
+        def check(patched: Obj) -> None:
+            request[WARNINGS] = decoding.apply_field_validation(kind, patched, mode=mode, duplicates=dups)
+
+        return check
 
     def _object_response(self, request: web.Request, kind: Kind, obj: Obj, status: int = 200) -> web.Response:
         if _wants_table(request):
@@ -306,7 +321,7 @@ class ApiServer:
 
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
-        body = await self._body(request)
+        body = await self._body(request, target.kind)
         obj = await self.resources.create(target.kind, target.namespace, body, dry_run=_dry_run(request))
         return self._object_response(request, target.kind, obj, 201)
 
@@ -338,7 +353,7 @@ class ApiServer:
     async def _delete_options(self, request: web.Request) -> Obj:
         opts: Obj = {}
         if request.can_read_body:
-            raw = await request.read()
+            raw = await decoding.read_body(request)
             if raw.strip():
                 try:
                     loaded = orjson.loads(raw)

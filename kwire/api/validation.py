@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from kwire.api.errors import FieldError, duplicate, forbidden, invalid, not_supported, required
+from kwire.api.errors import TOO_LONG, FieldError, duplicate, forbidden, invalid, not_supported, required
 from kwire.api.registry import Kind
 
 Obj = dict[str, Any]
@@ -508,8 +508,29 @@ def _data_keys(obj: Obj, fields: tuple[str, ...]) -> Errs:
     return errs
 
 
+MAX_SECRET_SIZE = 1024 * 1024  # core.MaxSecretSize: the data of a ConfigMap or Secret
+
+
+def _data_size(values: Any, *, base64_encoded: bool) -> int:
+    if not isinstance(values, dict):
+        return 0
+    total = 0
+    for v in values.values():
+        if isinstance(v, str):
+            # stored base64 (Secret data, binaryData): the decoded length is what kube counts
+            total += len(v) * 3 // 4 - v[-2:].count("=") if base64_encoded else len(v.encode())
+    return total
+
+
+def _too_big(path: str) -> FieldError:
+    return FieldError(TOO_LONG, path, f"must have at most {MAX_SECRET_SIZE} bytes")
+
+
 def _configmap(obj: Obj, old: Obj | None) -> Errs:
     errs = _data_keys(obj, ("data", "binaryData"))
+    size = _data_size(obj.get("data"), base64_encoded=False) + _data_size(obj.get("binaryData"), base64_encoded=True)
+    if size > MAX_SECRET_SIZE:
+        errs.append(_too_big("[]"))  # kube: the error refers to the whole object
     if (
         old is not None
         and old.get("immutable")
@@ -521,6 +542,9 @@ def _configmap(obj: Obj, old: Obj | None) -> Errs:
 
 def _secret(obj: Obj, old: Obj | None) -> Errs:
     errs = _data_keys(obj, ("data", "stringData"))
+    size = _data_size(obj.get("data"), base64_encoded=True) + _data_size(obj.get("stringData"), base64_encoded=False)
+    if size > MAX_SECRET_SIZE:
+        errs.append(_too_big("data"))
     if old is not None and old.get("type") != obj.get("type"):
         errs.append(invalid("type", obj.get("type"), "field is immutable"))
     return errs
