@@ -19,6 +19,7 @@ Hand-written because no maintained library offers go-yaml's alias accounting or 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from aiohttp import web
 from kwire.api import fieldcheck, protobuf
 from kwire.api.errors import ApiError, bad_request
 from kwire.api.registry import Kind
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
@@ -169,8 +172,13 @@ def check_aliases(root: yaml.Node) -> int:
     return alias_count
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that records duplicate mapping keys (go-yaml: `line N: key "x" already set in map`)."""
+# libyaml's parser (C, refuses nesting deeper than 1000) when PyYAML was built with it; the pure-Python parser
+# is quadratic in the nesting depth of flow collections, which a 3 MiB body of "[" would exploit.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """Safe loader that records duplicate mapping keys (go-yaml: `line N: key "x" already set in map`)."""
 
     duplicates: list[str]
 
@@ -231,6 +239,8 @@ def apply_field_validation(kind: Kind, obj: Obj, *, mode: str, duplicates: list[
     if found.type_error:
         raise _cannot_handle(kind, found.type_error)
     problems = [*duplicates, *(f'unknown field "{p}"' for p in found.unknown)]
+    if problems:
+        log.debug("%s %s: %s (fieldValidation=%s)", kind.kind, (obj.get("metadata") or {}).get("name"), problems, mode)
     if not problems or mode == IGNORE:
         return []
     if mode == STRICT:

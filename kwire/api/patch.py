@@ -5,6 +5,10 @@ Strategic merge patch follows apimachinery's `strategicpatch` for the directives
 deletes a key). Which lists merge, and by which key, comes from the `patchStrategy`/`patchMergeKey` tags of the
 upstream Go types for the kinds we serve (the table below); every other list is replaced whole. Custom kinds
 (metallb.io) do not support strategic merge patch, as for CRDs in kube-apiserver.
+
+JSON patches are bounded as kube-apiserver bounds them (`apply_json_patch`): 10,000 operations, and `copy`
+operations adding at most the request body limit in total. Merge and strategic patches cannot amplify: their
+result is at most the stored object plus the (3 MiB-bounded) body, and the store refuses objects over 1.5 MiB.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ Schema = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
+
+MAX_JSON_PATCH_OPERATIONS = 10_000  # kube-apiserver's maxJSONPatchOperations
+MAX_COPY_BYTES = 3 * 1024 * 1024  # the request body limit, which kube passes as json-patch's copy limit
 
 
 def _ml(key: str, items: Schema | None = None) -> Schema:
@@ -197,6 +204,36 @@ def merge_patch(current: Any, patch: Any) -> Any:
     return result
 
 
+class CopySizeError(ValueError):
+    """evanphx/json-patch's AccumulatedCopySizeError."""
+
+
+def apply_json_patch(current: Obj, ops: list[Any], *, copy_limit: int = MAX_COPY_BYTES) -> Any:
+    """RFC 6902 with kube-apiserver's bounds: at most 10,000 operations (413), and `copy` operations may add at
+    most `copy_limit` bytes in total (json-patch's AccumulatedCopySizeLimit, which kube sets to the request
+    body limit), so a short patch that doubles the document with each copy fails after a few steps."""
+    if len(ops) > MAX_JSON_PATCH_OPERATIONS:
+        raise ApiError(
+            413,
+            "RequestEntityTooLarge",
+            f"Request entity too large: The allowed maximum operations in a JSON patch is "
+            f"{MAX_JSON_PATCH_OPERATIONS}, got {len(ops)}",
+        )
+    doc: Any = copy.deepcopy(current)
+    copied = 0
+    for op in ops:
+        if isinstance(op, dict) and op.get("op") == "copy":
+            value = jsonpatch.JsonPointer(str(op.get("from", ""))).resolve(doc)
+            copied += len(orjson.dumps(value))
+            if copied > copy_limit:
+                raise CopySizeError(
+                    f"Unable to complete the copy, the accumulated size increase of copy is {copied}, "
+                    f"exceeding the limit {copy_limit}"
+                )
+        doc = jsonpatch.JsonPatch([op]).apply(doc, in_place=True)
+    return doc
+
+
 def apply_patch(kind: Kind, current: Obj, patch_body: bytes, content_type: str) -> Obj:
     """The object after applying `patch_body` of `content_type` to `current` (which is not modified)."""
     ctype = content_type.split(";")[0].strip().lower()
@@ -217,7 +254,7 @@ def apply_patch(kind: Kind, current: Obj, patch_body: bytes, content_type: str) 
         if not isinstance(patch, list):
             raise bad_request("json patch must be a list of operations")
         try:
-            result = jsonpatch.apply_patch(current, patch, in_place=False)
+            result = apply_json_patch(current, patch)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, KeyError, TypeError, ValueError) as exc:
             raise ApiError(
                 422, "Invalid", f"the server rejected our request due to an error in our request: {exc}"

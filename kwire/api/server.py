@@ -34,7 +34,7 @@ Obj = dict[str, Any]
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/cacerts"})
 BOOKMARK_INTERVAL = 5.0
 JSON = "application/json"
-WARNINGS = "kwire.warnings"  # request key: fieldValidation=Warn messages, sent as Warning headers
+WARNINGS = web.RequestKey("kwire.warnings", list[str])  # fieldValidation=Warn messages, sent as Warning headers
 
 
 @dataclass
