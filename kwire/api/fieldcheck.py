@@ -46,6 +46,20 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
+@dataclass(slots=True, eq=False)
+class _Node:
+    """A schema compiled for the walk: refs resolved, the type check reduced to one code."""
+
+    check: str  # "" (anything), int32, int64, number, bool, string, array, object, intstr, quantity
+    go: str  # the Go type encoding/json names in its errors
+    struct: str  # the Go struct name when this is a named definition, else ""
+    preserve: bool = False
+    accepts: frozenset[type] = frozenset()  # scalar types that need no further look (the walk's fast path)
+    props: dict[str, _Node] | None = None
+    additional: _Node | None = None
+    items: _Node | None = None
+
+
 def _go_type(schema: Schema, ref: str | None) -> str:
     """The Go type encoding/json names in its error (`int32`, `string`, `v1.PodTemplateSpec`, `[]v1.Container`)."""
     if ref:
@@ -70,100 +84,172 @@ def _go_type(schema: Schema, ref: str | None) -> str:
     return "interface {}"
 
 
-def _type_error(value: Any, schema: Schema, ref: str | None) -> bool:
-    """True when `value` cannot be decoded into the type `schema` declares (null always can)."""
-    if value is None:
-        return False
+def _check_code(schema: Schema, ref: str | None) -> str:
     if ref and ref.endswith(_QUANTITY):
-        return not isinstance(value, str | int | float) or isinstance(value, bool)
+        return "quantity"
     t = schema.get("type")
     fmt = schema.get("format")
     if fmt == "int-or-string":
-        return not (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)))
+        return "intstr"
     if t == "integer":
+        return "int32" if fmt == "int32" else "int64"
+    return {"number": "number", "boolean": "bool", "string": "string", "array": "array", "object": "object"}.get(
+        str(t), ""
+    )
+
+
+def _bad_value(code: str, value: Any) -> bool:
+    """True when `value` (not None) cannot be decoded into the type `code` stands for."""
+    if code == "":
+        return False
+    if code == "string":
+        return not isinstance(value, str)
+    if code == "object":
+        return not isinstance(value, dict)
+    if code == "array":
+        return not isinstance(value, list)
+    if code == "bool":
+        return not isinstance(value, bool)
+    if code in ("int32", "int64"):
         if isinstance(value, bool) or not isinstance(value, int):
             return True
-        lo, hi = (INT32_MIN, INT32_MAX) if fmt == "int32" else (INT64_MIN, INT64_MAX)
+        lo, hi = (INT32_MIN, INT32_MAX) if code == "int32" else (INT64_MIN, INT64_MAX)
         return not lo <= value <= hi
-    if t == "number":
+    if code == "number":
         return isinstance(value, bool) or not isinstance(value, int | float)
-    if t == "boolean":
-        return not isinstance(value, bool)
-    if t == "string":
-        return not isinstance(value, str)
-    if t == "array":
-        return not isinstance(value, list)
-    if t == "object":
-        return not isinstance(value, dict)
+    if code == "intstr":
+        return not (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)))
+    if code == "quantity":
+        return isinstance(value, bool) or not isinstance(value, str | int | float)
     return False
 
 
-def _deref(schema: Schema) -> tuple[Schema, str | None]:
+_ACCEPTS: dict[str, frozenset[type]] = {
+    "": frozenset({str, int, float, bool}),
+    "string": frozenset({str}),
+    "bool": frozenset({bool}),
+    "intstr": frozenset({str}),
+    "quantity": frozenset({str, float}),
+    "number": frozenset({float}),
+}
+
+
+def _ref_of(schema: Schema) -> str | None:
     ref = schema.get("$ref")
     if isinstance(ref, str):
-        return schemas.resolve(ref), ref
+        return ref
     all_of = schema.get("allOf")
-    if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict) and "$ref" in all_of[0]:
-        ref = all_of[0]["$ref"]
-        return schemas.resolve(ref), ref
-    return schema, None
+    if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
+        inner = all_of[0].get("$ref")
+        return inner if isinstance(inner, str) else None
+    return None
 
 
-def _struct_name(ref: str | None) -> str:
-    return ref.rsplit(".", 1)[-1] if ref else ""
+class _Compiler:
+    """Compiles schemas into `_Node`s; a named definition is compiled once (recursive ones included)."""
+
+    def __init__(self) -> None:
+        self.named: dict[str, _Node] = {}
+
+    def node(self, schema: Schema) -> _Node:
+        ref = _ref_of(schema)
+        if ref is None:
+            return self._build(schema, None)
+        hit = self.named.get(ref)
+        if hit is None:
+            hit = self._build(schemas.resolve(ref), ref)
+        return hit
+
+    def _build(self, schema: Schema, ref: str | None) -> _Node:
+        n = _Node(
+            check=_check_code(schema, ref),
+            go=_go_type(schema, ref),
+            struct=ref.rsplit(".", 1)[-1] if ref else "",
+            preserve=bool(schema.get("x-kubernetes-preserve-unknown-fields")),
+        )
+        n.accepts = _ACCEPTS.get(n.check, frozenset())
+        if ref:
+            self.named[ref] = n  # before the children, so a recursive definition finds itself
+        props = schema.get("properties")
+        if isinstance(props, dict):
+            n.props = {k: self.node(v) for k, v in props.items() if isinstance(v, dict)}
+        add = schema.get("additionalProperties")
+        if isinstance(add, dict):
+            n.additional = self.node(add)
+        items = schema.get("items")
+        if isinstance(items, dict):
+            n.items = self.node(items)
+        return n
+
+
+_builtin = _Compiler()
+_builtin_roots: dict[int, _Node] = {}
+
+
+def _root(schema: Schema, *, builtin: bool) -> _Node:
+    if not builtin:
+        return _Compiler().node(schema)  # CRD schemas change: compile per use (they are small)
+    hit = _builtin_roots.get(id(schema))
+    if hit is None:
+        hit = _builtin_roots[id(schema)] = _builtin.node(schema)
+    return hit
 
 
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def check(schema: Schema, obj: Any, *, types: bool) -> Findings:
+def check(schema: Schema, obj: Any, *, types: bool, builtin: bool = False) -> Findings:
     """Walks `obj` (changed in place: unknown fields are removed) against `schema`.
 
     `types` also checks JSON types and integer ranges (built-in kinds: Go decoding); custom resources leave
-    that to their schema validation.
+    that to their schema validation. `builtin` caches the compiled schema (it must be a long-lived object).
     """
     found = Findings()
-    # (value, schema, field path with indices, Go path without indices, enclosing struct name)
-    stack: list[tuple[Any, Schema, str, str, str]] = [(obj, schema, "", "", "")]
+    # (value, node, field path with indices, Go path without indices, enclosing struct name)
+    stack: list[tuple[Any, _Node, str, str, str]] = [(obj, _root(schema, builtin=builtin), "", "", "")]
     while stack:
-        value, sch, path, gopath, struct = stack.pop()
-        sch, ref = _deref(sch)
-        if types and _type_error(value, sch, ref):
+        value, node, path, gopath, struct = stack.pop()
+        if value is None:
+            continue
+        if types and node.check and _bad_value(node.check, value):
             where = f"Go struct field {struct}.{gopath}" if struct else "Go value"
+            kind = _json_type(value)
             found.type_error = (
-                f"json: cannot unmarshal {_json_type(value)}"
-                + (f" {value}" if _json_type(value) == "number" else "")
-                + f" into {where} of type {_go_type(sch, ref)}"
+                f"json: cannot unmarshal {kind}"
+                + (f" {value}" if kind == "number" else "")
+                + f" into {where} of type {node.go}"
             )
             return found
-        if value is None or sch.get("x-kubernetes-preserve-unknown-fields"):
+        if node.preserve:
             continue
         if isinstance(value, dict):
-            props = sch.get("properties")
-            add = sch.get("additionalProperties")
-            here = _struct_name(ref) or struct
-            if isinstance(props, dict):
+            props = node.props
+            add = node.additional
+            here = node.struct or struct
+            if props is not None:
                 children = []
                 for key in list(value):
                     sub = props.get(key)
                     if sub is None:
-                        if isinstance(add, dict):
-                            sub = add
-                        else:
+                        if add is None:
                             found.unknown.append(_join(path, key))
                             del value[key]
                             continue
-                    children.append((value[key], sub, _join(path, key), _join(gopath, key), here))
+                        sub = add
+                    child = value[key]
+                    if child is None or type(child) in sub.accepts:
+                        continue  # a scalar of the right type: nothing below it
+                    children.append((child, sub, _join(path, key), _join(gopath, key), here))
                 stack.extend(reversed(children))
-            elif isinstance(add, dict):
-                children = [(v, add, f"{path}[{k}]", gopath, here) for k, v in value.items()]
-                stack.extend(reversed(children))
-        elif isinstance(value, list):
-            items = sch.get("items")
-            if isinstance(items, dict):
-                stack.extend(reversed([(v, items, f"{path}[{i}]", gopath, struct) for i, v in enumerate(value)]))
-    found.unknown.sort(key=lambda p: 0)  # stable: document order is already kept
+            elif add is not None:
+                ok = add.accepts
+                stack.extend(
+                    reversed([(v, add, f"{path}[{k}]", gopath, here) for k, v in value.items() if type(v) not in ok])
+                )
+        elif isinstance(value, list) and node.items is not None:
+            items = node.items
+            stack.extend(reversed([(v, items, f"{path}[{i}]", gopath, struct) for i, v in enumerate(value)]))
     return found
 
 

@@ -119,8 +119,8 @@ class ApiServer:
             return _error(unauthorized())
         try:
             resp = await handler(request)
-            for warning in request.get(WARNINGS, ()):
-                if not resp.prepared:
+            if not resp.prepared:
+                for warning in decoding.bounded_warnings(request.get(WARNINGS, [])):
                     resp.headers.add("Warning", decoding.warning_header(warning))
             return resp
         except ApiError as err:

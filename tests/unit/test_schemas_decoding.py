@@ -211,6 +211,11 @@ def test_deep_nesting_does_not_recurse() -> None:
 def test_json_and_yaml_duplicate_keys() -> None:
     _, dups = decoding.loads_json(b'{"spec": {"replicas": 1, "replicas": 2}}', duplicates=True)
     assert dups == ['duplicate field "replicas"']
+    # The cheap pre-count must not be fooled by spacing, escaped quotes or \u escapes.
+    assert decoding.loads_json(b'{"a" :1, "b":2, "b" \n: 3}', duplicates=True)[1] == ['duplicate field "b"']
+    assert decoding.loads_json(b'{"a": "\\"x\\": ", "b": 1}', duplicates=True)[1] == []
+    tricky = b'{"a" :1, "c":"\\u0022x\\": ", "b":2, "b":3}'
+    assert decoding.loads_json(tricky, duplicates=True)[1] == ['duplicate field "b"']
     value, dups = decoding.loads_yaml(b"spec:\n  replicas: 1\n  replicas: 2\n")
     assert value == {"spec": {"replicas": 2}}
     assert dups == ['yaml: unmarshal errors:\n  line 3: key "replicas" already set in map']
@@ -245,6 +250,15 @@ def test_deep_nesting_is_a_bad_request(loader: str) -> None:
         else:
             decoding.loads_yaml(raw)
     assert err.value.code == 400
+
+
+def test_warnings_are_bounded() -> None:
+    few = ['unknown field "a"', 'unknown field "a"', 'unknown field "b"']
+    assert decoding.bounded_warnings(few) == ['unknown field "a"', 'unknown field "b"']
+    many = [f'unknown field "spec.{i:04d}{"x" * 300}"' for i in range(1000)]
+    out = decoding.bounded_warnings(many)
+    assert 10 < len(out) <= 16 and all(len(w) == 256 for w in out)
+    assert decoding.warning_header('unknown field "a"') == '299 - "unknown field \\"a\\""'
 
 
 def test_unsupported_media_type() -> None:
