@@ -215,11 +215,9 @@ def check(schema: Schema, obj: Any, *, types: bool, builtin: bool = False) -> Fi
         if types and node.check and _bad_value(node.check, value):
             where = f"Go struct field {struct}.{gopath}" if struct else "Go value"
             kind = _json_type(value)
-            found.type_error = (
-                f"json: cannot unmarshal {kind}"
-                + (f" {value}" if kind == "number" else "")
-                + f" into {where} of type {node.go}"
-            )
+            # encoding/json names the number only when it does not fit an integer type (overflow, 1.5)
+            shown = f"number {value}" if kind == "number" and node.check in ("int32", "int64") else kind
+            found.type_error = f"json: cannot unmarshal {shown} into {where} of type {node.go}"
             return found
         if node.preserve:
             continue

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from kwire.api import decoding, fieldcheck, openapi, registry, schemas, validation
 from kwire.api.errors import ApiError
@@ -89,6 +90,30 @@ def test_every_builtin_kind_served_has_a_schema_and_every_ref_resolves() -> None
         {"group": "apps", "kind": "Deployment", "version": "v1"}
     ]
     assert "enum" not in defs["io.k8s.api.apps.v1.Deployment"]["properties"]["kind"]
+
+
+def _upstream_dir() -> Path:
+    for shared in (ROOT.parent / "shared", Path("/work/shared")):
+        if (shared / "upstream").is_dir():
+            return shared / "upstream"
+    raise AssertionError("shared/upstream (the manifests tests apply unchanged) is missing")
+
+
+def test_upstream_manifests_decode_strictly() -> None:
+    """MetalLB's and Traefik's release manifests (CRDs, RBAC, workloads, webhooks) have no unknown fields."""
+    up = _upstream_dir()
+    docs = 0
+    for path in [up / "metallb-native-v0.14.9.yaml", *sorted((up / "traefik-crds-v34.5.0").glob("*.yaml"))]:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            group, _, version = doc["apiVersion"].rpartition("/")
+            schema = schemas.builtin_schema(group, version, doc["kind"])
+            assert schema is not None, doc["kind"]
+            found = fieldcheck.check(schema, doc, types=True, builtin=True)
+            assert (found.unknown, found.type_error) == ([], None), (path.name, doc["metadata"]["name"])
+            docs += 1
+    assert docs >= 30
 
 
 # -- OpenAPI documents ----------------------------------------------------------------------------------------
@@ -179,7 +204,11 @@ def test_unknown_fields_strict_warn_ignore() -> None:
             {"replicas": "2"},
             "json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32",
         ),
-        ({"paused": 1}, "json: cannot unmarshal number 1 into Go struct field DeploymentSpec.spec.paused of type bool"),
+        ({"paused": 1}, "json: cannot unmarshal number into Go struct field DeploymentSpec.spec.paused of type bool"),
+        (
+            {"replicas": 1.5},
+            "json: cannot unmarshal number 1.5 into Go struct field DeploymentSpec.spec.replicas of type int32",
+        ),
     ],
 )
 def test_wrong_types_fail_decoding_in_every_mode(spec: dict[str, Any], message: str) -> None:
@@ -188,6 +217,16 @@ def test_wrong_types_fail_decoding_in_every_mode(spec: dict[str, Any], message: 
             decoding.apply_field_validation(DEPLOY, _deployment(**spec), mode=mode, duplicates=[])
         assert err.value.code == 400
         assert err.value.message == f'Deployment in version "v1" cannot be handled as a Deployment: {message}'
+
+
+def test_type_error_names_the_innermost_struct_and_the_path_without_indices() -> None:
+    body = _deployment()
+    body["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "PORT", "value": 443}]
+    with pytest.raises(ApiError) as err:
+        decoding.apply_field_validation(DEPLOY, body, mode="Ignore", duplicates=[])
+    assert err.value.message.endswith(
+        "json: cannot unmarshal number into Go struct field EnvVar.spec.template.spec.containers.env.value of type string"
+    )
 
 
 def test_int_or_string_quantity_and_free_form_fields_are_accepted() -> None:
