@@ -23,6 +23,7 @@ from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.base import memory
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ServerConfig
 from kwire.controllers.addons import AddonSettings
@@ -211,6 +212,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig)
     server.tasks.append(asyncio.create_task(_compactor(store)))
+    server.tasks.append(asyncio.create_task(memory.trim_periodically()))
     # The controllers are API clients of this server, over its own HTTPS endpoint.
     server.controllers = ControllerManager(
         Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem),

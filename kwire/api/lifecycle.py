@@ -41,16 +41,47 @@ class Lifecycle:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self._relist()  # the first index is built before start() returns
+        self._task = asyncio.create_task(self._supervise())
+
+    async def _relist(self) -> Any:
+        """Index every stored object afresh, queue each one for a look, and return a watch from that revision."""
         store = self.resources.store
         rev = store.revision
         res = await store.range("/registry/")
+        self._uid_key.clear()
+        self._key_uid.clear()
+        self._dependents.clear()
+        self._owners_of.clear()
+        self._terminating.clear()
         for kv in res.items:
             self._index(kv.key, orjson.loads(kv.value))
-        # Anything already dangling or terminating from before a restart is looked at once.
+        # Anything dangling or terminating (from before a restart, or missed while the watch was gone) is looked at.
         for key in list(self._key_uid):
             self._queue.put_nowait(key)
-        watch = store.watch("/registry/", from_revision=rev)
-        self._task = asyncio.create_task(self._run(watch))
+        return store.watch("/registry/", from_revision=rev)
+
+    async def _supervise(self) -> None:
+        """Follow the revision log for good: a watch that ends (a burst of writes overflowed it) or an unexpected
+        error means a relist and a new watch, with back-off, never a garbage collector that silently stops."""
+        watch = None
+        delay = 0.1
+        while True:
+            try:
+                if watch is None:
+                    watch = await self._relist()
+                await self._run(watch)
+                log.warning("lifecycle: the store watch ended (a writer burst overflowed it); relisting")
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lifecycle: follow loop failed; relisting in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            if watch is not None:
+                watch.close()
+            watch = None
 
     async def stop(self) -> None:
         if self._task:

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,34 @@ class ListResult:
     remaining: int | None
 
 
+class Scan:
+    """The objects of one list request, decoded lazily from a snapshot of the store (see `Resources.scan`).
+
+    `continue_token` is known once iteration has stopped at the limit (kube's rule: a token whenever keys remain
+    after the last returned object, even if none of them would match)."""
+
+    def __init__(self, kvs: list[KV], revision: int, *, matches: Callable[[Obj], bool] | None, limit: int) -> None:
+        self._kvs = kvs
+        self.revision = revision
+        self._matches = matches
+        self._limit = max(limit, 0)
+        self.continue_token = ""
+
+    def __iter__(self) -> Iterator[Obj]:
+        count = 0
+        last = len(self._kvs) - 1
+        for i, kv in enumerate(self._kvs):
+            obj = decode(kv)
+            if self._matches is not None and not self._matches(obj):
+                continue
+            yield obj
+            count += 1
+            if self._limit and count >= self._limit:
+                if i < last:
+                    self.continue_token = encode_continue(self.revision, kv.key)
+                return
+
+
 def encode_continue(revision: int, key: str) -> str:
     return base64.urlsafe_b64encode(orjson.dumps({"v": "meta.k8s.io/v1", "rv": revision, "start": key})).decode()
 
@@ -128,6 +156,27 @@ class Resources:
         kv = self.store.get_now(kind.key(namespace, name))
         return decode(kv) if kv else None
 
+    async def scan(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        *,
+        labels: Selector | None = None,
+        fields: FieldSelector | None = None,
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> Scan:
+        """A list as a lazy scan over one consistent snapshot: objects are decoded one at a time as the caller
+        iterates, so a huge list or a watch's initial events never hold every decoded object at once."""
+        prefix = kind.prefix(namespace)
+        start = decode_continue(continue_token) if continue_token else ""
+        if start and not start.startswith(prefix):
+            raise bad_request("continue key is not valid: not for this resource")
+        res = await self.store.range(prefix, start_after=start)
+        filtered = (labels is not None and not labels.empty) or (fields is not None and not fields.empty)
+        matches = (lambda obj: self._matches(obj, labels, fields)) if filtered else None
+        return Scan(res.items, res.revision, matches=matches, limit=limit)
+
     async def list(
         self,
         kind: Kind,
@@ -138,31 +187,11 @@ class Resources:
         limit: int = 0,
         continue_token: str = "",
     ) -> ListResult:
-        prefix = kind.prefix(namespace)
-        start = decode_continue(continue_token) if continue_token else ""
-        if start and not start.startswith(prefix):
-            raise bad_request("continue key is not valid: not for this resource")
-        out: list[Obj] = []
-        filtered = (labels is not None and not labels.empty) or (fields is not None and not fields.empty)
-        batch = max(limit, 500) if limit else 0
-        cursor = start
-        revision = self.store.revision
-        while True:
-            res = await self.store.range(prefix, start_after=cursor, limit=batch)
-            revision = res.revision
-            for i, kv in enumerate(res.items):
-                obj = decode(kv)
-                if filtered and not self._matches(obj, labels, fields):
-                    continue
-                out.append(obj)
-                if limit and len(out) >= limit:
-                    more = i < len(res.items) - 1 or res.more
-                    if more:
-                        return ListResult(out, revision, encode_continue(revision, kv.key), None)
-                    return ListResult(out, revision, "", None)
-            if not res.more:
-                return ListResult(out, revision, "", None)
-            cursor = res.items[-1].key
+        scan = await self.scan(
+            kind, namespace, labels=labels, fields=fields, limit=limit, continue_token=continue_token
+        )
+        items = list(scan)
+        return ListResult(items, scan.revision, scan.continue_token, None)
 
     @staticmethod
     def _matches(obj: Obj, labels: Selector | None, fields: FieldSelector | None) -> bool:

@@ -10,14 +10,14 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from kwire.api import decoding, discovery, kubeletproxy, openapi, scale, tables
+from kwire.api import decoding, discovery, kubeletproxy, openapi, scale, streaming, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import MERGE_PATCH, apply_patch
@@ -33,6 +33,7 @@ Obj = dict[str, Any]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/cacerts"})
 BOOKMARK_INTERVAL = 5.0
+IDLE_CHECK = 1.0  # how often an idle watch checks that its client is still there
 JSON = "application/json"
 WARNINGS = web.RequestKey("kwire.warnings", list[str])  # fieldValidation=Warn messages, sent as Warning headers
 
@@ -325,13 +326,13 @@ class ApiServer:
         obj = await self.resources.create(target.kind, target.namespace, body, dry_run=_dry_run(request))
         return self._object_response(request, target.kind, obj, 201)
 
-    async def _list(self, request: web.Request, target: Target) -> web.Response:
+    async def _list(self, request: web.Request, target: Target) -> web.StreamResponse:
         labels, fields = self._selectors(request)
         try:
             limit = int(request.query.get("limit") or 0)
         except ValueError:
             raise bad_request("limit must be an integer") from None
-        res = await self.resources.list(
+        scan = await self.resources.scan(
             target.kind,
             target.namespace,
             labels=labels,
@@ -339,15 +340,20 @@ class ApiServer:
             limit=max(limit, 0),
             continue_token=request.query.get("continue", ""),
         )
-        rv = str(res.resource_version)
+        rv = str(scan.revision)
         if _wants_table(request):
-            return _json(self._table(target.kind, res.items, resource_version=rv, continue_token=res.continue_token))
-        meta: Obj = {"resourceVersion": rv}
-        if res.continue_token:
-            meta["continue"] = res.continue_token
+            items = list(scan)
+            return _json(self._table(target.kind, items, resource_version=rv, continue_token=scan.continue_token))
+
+        def metadata() -> Obj:
+            meta: Obj = {"resourceVersion": rv}
+            if scan.continue_token:
+                meta["continue"] = scan.continue_token
+            return meta
+
         kind = target.kind
-        return _json(
-            {"kind": kind.list_kind_name, "apiVersion": kind.api_version, "metadata": meta, "items": res.items}
+        return await streaming.write_list(
+            request, kind=kind.list_kind_name, api_version=kind.api_version, items=scan, metadata=metadata
         )
 
     async def _delete_options(self, request: web.Request) -> Obj:
@@ -424,10 +430,10 @@ class ApiServer:
         store = self.resources.store
         prefix = kind.prefix(target.namespace)
 
-        initial: list[Obj] = []
+        initial: Iterable[Obj] = ()
         if rv_param in ("", "0") or send_initial:
-            res = await self.resources.list(kind, target.namespace, labels=labels, fields=fields)
-            initial, start = res.items, res.resource_version
+            scan = await self.resources.scan(kind, target.namespace, labels=labels, fields=fields)
+            initial, start = scan, scan.revision
         else:
             try:
                 start = int(rv_param)
@@ -462,11 +468,15 @@ class ApiServer:
         deadline = loop.time() + timeout
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            chunk = [line(ADDED, obj) for obj in initial]
+            # Initial events go out a bounded batch at a time (decoded lazily), never as one list.
+            initial_out = streaming.ChunkWriter(resp)
+            for obj in initial:
+                await initial_out.add(line(ADDED, obj))
             if send_initial and bookmarks:
-                chunk.append(line("BOOKMARK", bookmark(start, initial_end=True)))
-            if chunk:
-                await resp.write(b"".join(chunk))
+                await initial_out.add(line("BOOKMARK", bookmark(start, initial_end=True)))
+            await initial_out.flush()
+            initial_out.done()
+            last_sent = loop.time()
             while True:
                 left = deadline - loop.time()
                 if left <= 0:
@@ -476,15 +486,18 @@ class ApiServer:
                 if not events:
                     nxt = asyncio.ensure_future(anext(watch))
                     done, _ = await asyncio.wait(
-                        {nxt, stop}, timeout=min(left, BOOKMARK_INTERVAL), return_when=asyncio.FIRST_COMPLETED
+                        {nxt, stop}, timeout=min(left, IDLE_CHECK), return_when=asyncio.FIRST_COMPLETED
                     )
                     if stop in done:
                         nxt.cancel()
                         break
                     if nxt not in done:
                         nxt.cancel()
-                        if bookmarks:
+                        if request.transport is None or request.transport.is_closing():
+                            break  # the client went away; aiohttp does not cancel the handler for us
+                        if bookmarks and loop.time() - last_sent >= BOOKMARK_INTERVAL:
                             await resp.write(line("BOOKMARK", bookmark(store.revision)))
+                            last_sent = loop.time()
                         continue
                     try:
                         events = [nxt.result()]
@@ -494,6 +507,7 @@ class ApiServer:
                 out = [b for ev in events for b in self._event_lines(ev, line, matches)]
                 if out:
                     await resp.write(b"".join(out))
+                    last_sent = loop.time()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

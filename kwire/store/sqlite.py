@@ -46,7 +46,15 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
+# A watcher this far behind (in events, or in bytes of the values its queue keeps alive) is ended, as
+# kube-apiserver's cacher ends an unresponsive watcher; the client watches again from its last resourceVersion
+# (or relists on 410). Events are shared by all watchers, so what a slow watcher costs is what it keeps alive.
 _MAX_PENDING = 50000
+_MAX_PENDING_BYTES = 64 * 1024 * 1024
+
+
+def _size(event: Event) -> int:
+    return len(event.value) + (len(event.prev_value) if event.prev_value else 0)
 
 
 class _Watch:
@@ -58,18 +66,19 @@ class _Watch:
         self._last = from_revision
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._overflowed = False
+        self._pending_bytes = 0
         self._backlog: deque[Event] = deque(store._history(prefix, from_revision))
         store._watchers.append(self)
 
     def _offer(self, event: Event) -> None:
         if self._overflowed or not event.key.startswith(self._prefix):
             return
-        if self._queue.qsize() >= _MAX_PENDING:
-            # A watcher this far behind is ended, as kube-apiserver ends slow watchers; the client
-            # re-watches from its last resourceVersion (or relists on 410).
+        size = _size(event)
+        if self._queue.qsize() >= _MAX_PENDING or self._pending_bytes + size > _MAX_PENDING_BYTES:
             self._overflowed = True
             self._queue.put_nowait(None)
             return
+        self._pending_bytes += size
         self._queue.put_nowait(event)
 
     def __aiter__(self) -> _Watch:
@@ -84,6 +93,7 @@ class _Watch:
                 if got is None:
                     raise StopAsyncIteration
                 event = got
+                self._pending_bytes -= _size(event)
             # Live events written while the backlog was read arrive twice; the revision orders them.
             if event.revision <= self._last:
                 continue
@@ -102,6 +112,7 @@ class _Watch:
                     self._queue.put_nowait(None)  # keep the end marker for __anext__
                     break
                 event = got
+                self._pending_bytes -= _size(event)
             if event.revision > self._last:
                 self._last = event.revision
                 out.append(event)

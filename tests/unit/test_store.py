@@ -122,3 +122,28 @@ async def test_slow_watcher_is_ended_not_unbounded(store: SQLiteStore, monkeypat
         await store.create(f"/s/{i}", b"v")
     got = [e async for e in w]
     assert len(got) == 3
+
+
+async def test_slow_watcher_is_ended_by_the_bytes_it_keeps_alive(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kwire.store.sqlite as mod
+
+    monkeypatch.setattr(mod, "_MAX_PENDING_BYTES", 2500)
+    w = store.watch("/s/", from_revision=store.revision)
+    for i in range(10):
+        await store.create(f"/s/{i}", b"v" * 1000)
+    got = [e async for e in w]
+    assert len(got) == 2  # the third 1000-byte event would pass 2500 bytes: the watcher ends there
+
+
+async def test_pending_bytes_drain_as_a_watcher_reads(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kwire.store.sqlite as mod
+
+    monkeypatch.setattr(mod, "_MAX_PENDING_BYTES", 2500)
+    w = store.watch("/s/", from_revision=store.revision)
+    for i in range(10):  # 10 KB in all, but never more than 1 KB waiting: the watcher keeps up
+        await store.create(f"/s/{i}", b"v" * 1000)
+        assert len(w.ready()) == 1
+    await store.create("/s/last", b"v")
+    w.close()

@@ -1,0 +1,59 @@
+"""The in-server garbage collector and namespace deletion keep working after a burst of writes ends their store
+watch (issue 17: after 60k creates in 15 s they used to stop for good until the server restarted)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import kwire.store.sqlite as sqlite_mod
+from kwire.api.allocator import ServiceAllocator
+from kwire.api.lifecycle import Lifecycle
+from kwire.api.registry import by_path
+from kwire.api.resources import Resources
+from kwire.store.sqlite import SQLiteStore
+
+CONFIGMAPS = by_path("", "v1", "configmaps")
+NAMESPACES = by_path("", "v1", "namespaces")
+
+
+async def _wait_gone(res: Resources, ns: str, name: str, *, kind=CONFIGMAPS, timeout: float = 5.0) -> None:
+    assert kind is not None
+    end = asyncio.get_running_loop().time() + timeout
+    while res.get_or_none(kind, ns, name) is not None:
+        assert asyncio.get_running_loop().time() < end, f"{ns}/{name} was never deleted"
+        await asyncio.sleep(0.02)
+
+
+async def test_gc_and_namespace_deletion_survive_an_overflowed_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert CONFIGMAPS is not None and NAMESPACES is not None
+    monkeypatch.setattr(sqlite_mod, "_MAX_PENDING", 50)  # the same overflow as 50,000 pending events, sooner
+    store = SQLiteStore(tmp_path / "state.db")
+    res = Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(30000, 32767)))
+    await res.load()
+    lc = Lifecycle(res)
+    await lc.start()
+    try:
+        await res.create(NAMESPACES, None, {"metadata": {"name": "burst"}})
+        owner = await res.create(CONFIGMAPS, "burst", {"metadata": {"name": "owner"}})
+        ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+        # A burst of writes with ownerReferences in one go, without yielding: far more than the watch buffers.
+        for i in range(400):
+            await res.create(CONFIGMAPS, "burst", {"metadata": {"name": f"dep{i}", "ownerReferences": [ref]}})
+        await asyncio.sleep(0.2)
+        # The garbage collector still acts: deleting the owner removes every dependent.
+        await res.delete(CONFIGMAPS, "burst", "owner")
+        for i in range(400):
+            await _wait_gone(res, "burst", f"dep{i}")
+        # And namespace deletion still acts.
+        await res.create(CONFIGMAPS, "burst", {"metadata": {"name": "left"}})
+        await res.delete(NAMESPACES, None, "burst")
+        await _wait_gone(res, "burst", "left")
+        await _wait_gone(res, None, "burst", kind=NAMESPACES)  # type: ignore[arg-type]
+    finally:
+        await lc.stop()
+        store._db.close()
