@@ -256,7 +256,7 @@ def kind_schema(kind: Kind) -> tuple[Schema, bool] | None:
     builtin = schemas.builtin_schema(kind.group, kind.version, kind.kind)
     if builtin is not None:
         return builtin, True
-    custom = schemas.custom_schemas().get((kind.group, kind.version, kind.kind))
+    custom = schemas.crd_schema(kind)
     if custom is None:
         return None
     props = dict(custom.get("properties") or {})

@@ -153,7 +153,7 @@ _cache = _Cache()
 
 
 def _refresh() -> _Cache:
-    custom = schemas.custom_schemas()
+    custom = schemas.served_crd_schemas()
     served = _served()
     fingerprint = orjson.dumps([served, [[*gvk, s] for gvk, s in custom.items()]], option=orjson.OPT_SORT_KEYS)
     if fingerprint == _cache.fingerprint:
