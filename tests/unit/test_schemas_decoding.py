@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = registry.by_kind("apps/v1", "Deployment")
 CM = registry.by_kind("v1", "ConfigMap")
 SECRET = registry.by_kind("v1", "Secret")
-POOL = registry.by_kind("metallb.io/v1beta1", "IPAddressPool")
-assert DEPLOY and CM and SECRET and POOL
+assert DEPLOY and CM and SECRET
 
 # The 9x9 "billion laughs" of CVE-2019-11253: ~350 bytes that expand to 9^9 strings.
 YAML_BOMB = b'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + b"".join(
@@ -134,40 +133,54 @@ def test_v3_documents_are_self_contained_and_v2_has_every_definition() -> None:
     assert v2["swagger"] == "2.0" and "io.k8s.api.core.v1.Pod" in v2["definitions"]
 
 
-def test_crd_schemas_appear_and_change_the_hash() -> None:
-    before = openapi.v3_root()["paths"]["apis/metallb.io/v1beta1"]["serverRelativeURL"]
-    schema = {
-        "type": "object",
-        "properties": {
-            "spec": {
-                "type": "object",
-                "description": "IPAddressPoolSpec defines the desired state of IPAddressPool.",
-                "properties": {"addresses": {"type": "array", "items": {"type": "string"}}},
-            }
-        },
-    }
+WIDGET = registry.Kind(group="kwire-test.example.com", version="v1", kind="Widget", plural="widgets", namespaced=True)
+WIDGET_GV = "apis/kwire-test.example.com/v1"
+
+
+def test_crd_schemas_appear_and_change_the_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A served custom kind: its CRD schema is in /openapi/v3 (new hash on change) and prunes/refuses fields."""
+    real_groups, real_kinds_in = registry.groups, registry.kinds_in
+
+    def groups() -> dict[str, list[str]]:
+        return {**real_groups(), WIDGET.group: [WIDGET.version]}
+
+    def kinds_in(group: str, version: str) -> list[registry.Kind]:
+        return [WIDGET] if (group, version) == (WIDGET.group, WIDGET.version) else real_kinds_in(group, version)
+
+    for module in (openapi, schemas):
+        monkeypatch.setattr(module, "groups", groups)
+        monkeypatch.setattr(module, "kinds_in", kinds_in)
+    before = openapi.v3_root()["paths"][WIDGET_GV]["serverRelativeURL"]  # served, no schema yet
+    spec = {"type": "object", "description": "WidgetSpec.", "properties": {"size": {"type": "integer"}}}
+    schema: schemas.Schema = {"type": "object", "properties": {"spec": spec}}
 
     def source() -> dict[schemas.GVK, schemas.Schema]:
-        return {("metallb.io", "v1beta1", "IPAddressPool"): schema}
+        return {(WIDGET.group, WIDGET.version, WIDGET.kind): schema}
 
     schemas.register_custom_source(source)
     try:
-        after = openapi.v3_root()["paths"]["apis/metallb.io/v1beta1"]["serverRelativeURL"]
+        after = openapi.v3_root()["paths"][WIDGET_GV]["serverRelativeURL"]
         assert after != before
-        doc = orjson.loads(openapi.v3_document("apis/metallb.io/v1beta1") or b"")
-        pool = doc["components"]["schemas"]["io.metallb.v1beta1.IPAddressPool"]
-        assert pool["x-kubernetes-group-version-kind"] == [
-            {"group": "metallb.io", "version": "v1beta1", "kind": "IPAddressPool"}
+        doc = orjson.loads(openapi.v3_document(WIDGET_GV) or b"")
+        widget = doc["components"]["schemas"]["com.example.kwire-test.v1.Widget"]
+        assert widget["x-kubernetes-group-version-kind"] == [
+            {"group": "kwire-test.example.com", "version": "v1", "kind": "Widget"}
         ]
+        assert widget["properties"]["spec"]["properties"]["size"] == {"type": "integer"}
         assert "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta" in doc["components"]["schemas"]
-        obj = {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool", "metadata": {"name": "p"}}
-        obj["spec"] = {"addresses": ["10.0.0.0/24"], "autoAssign": True}
+        spec["properties"]["color"] = {"type": "string"}  # the CRD changes: a new document, a new hash
+        assert openapi.v3_root()["paths"][WIDGET_GV]["serverRelativeURL"] not in (before, after)
+        obj = {"apiVersion": "kwire-test.example.com/v1", "kind": "Widget", "metadata": {"name": "w", "x": 1}}
+        obj["spec"] = {"size": 1, "shape": "round"}
         with pytest.raises(ApiError) as err:
-            decoding.apply_field_validation(POOL, obj, mode=decoding.STRICT, duplicates=[])
-        assert 'strict decoding error: unknown field "spec.autoAssign"' in err.value.message
+            decoding.apply_field_validation(WIDGET, obj, mode=decoding.STRICT, duplicates=[])
+        assert err.value.message == (
+            'Widget in version "v1" cannot be handled as a Widget: strict decoding error: '
+            'unknown field "metadata.x", unknown field "spec.shape"'
+        )
     finally:
         schemas.unregister_custom_source(source)
-    assert openapi.v3_root()["paths"]["apis/metallb.io/v1beta1"]["serverRelativeURL"] == before
+    assert openapi.v3_root()["paths"][WIDGET_GV]["serverRelativeURL"] == before
 
 
 # -- field validation ------------------------------------------------------------------------------------------
