@@ -2,9 +2,10 @@
 
 Strategic merge patch follows apimachinery's `strategicpatch` for the directives `kubectl apply` sends
 (`$patch: replace|delete|merge`, `$retainKeys`, `$deleteFromPrimitiveList/<f>`, `$setElementOrder/<f>`, null
-deletes a key). Which lists merge, and by which key, comes from the `patchStrategy`/`patchMergeKey` tags of the
-upstream Go types for the kinds we serve (the table below); every other list is replaced whole. Custom kinds
-(metallb.io) do not support strategic merge patch, as for CRDs in kube-apiserver.
+deletes a key). Which lists merge, and by which key, comes from the `x-kubernetes-patch-strategy` /
+`x-kubernetes-patch-merge-key` extensions (the Go types' `patchStrategy`/`patchMergeKey` tags) in the generated
+schemas (`kwire.api.schemas`), for every built-in kind; every other list is replaced whole. Kinds without a
+built-in schema (CRD kinds) do not support strategic merge patch, as in kube-apiserver.
 
 JSON patches are bounded as kube-apiserver bounds them (`apply_json_patch`): 10,000 operations, and `copy`
 operations adding at most the request body limit in total. Merge and strategic patches cannot amplify: their
@@ -19,6 +20,7 @@ from typing import Any
 import jsonpatch
 import orjson
 
+from kwire.api import schemas
 from kwire.api.errors import ApiError, bad_request
 from kwire.api.registry import Kind
 
@@ -33,54 +35,57 @@ MAX_JSON_PATCH_OPERATIONS = 10_000  # kube-apiserver's maxJSONPatchOperations
 MAX_COPY_BYTES = 3 * 1024 * 1024  # the request body limit, which kube passes as json-patch's copy limit
 
 
-def _ml(key: str, items: Schema | None = None) -> Schema:
-    """A list merged by `key` (patchStrategy=merge, patchMergeKey=key)."""
-    return {"merge_key": key, "items": items or {}}
+_META_FIELDS: Schema = {"finalizers": {"primitive_merge": True}, "ownerReferences": {"merge_key": "uid", "items": {}}}
+
+# Definition name -> its merge metadata: {field: {"fields": {...}} for objects, {"merge_key": k, "items": {...}}
+# for lists merged by key, {"primitive_merge": True} for merged scalar lists}. Built lazily and shared, so
+# recursive definitions (JSONSchemaProps) are cyclic dicts rather than endless ones.
+_SMP_FIELDS: dict[str, Schema] = {}
 
 
-_PRIM: Schema = {"primitive_merge": True}
+def _smp_fields(name: str) -> Schema:
+    hit = _SMP_FIELDS.get(name)
+    if hit is not None:
+        return hit
+    fields: Schema = {}
+    _SMP_FIELDS[name] = fields
+    for prop, sub in (schemas.definitions()[name].get("properties") or {}).items():
+        node = _smp_node(sub)
+        if node is not None:
+            fields[prop] = node
+    return fields
 
 
-def _obj(fields: Schema) -> Schema:
-    return {"fields": fields}
+def _ref_name(schema: Schema) -> str | None:
+    ref = schema.get("$ref")
+    return ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
 
 
-_META = _obj({"finalizers": _PRIM, "ownerReferences": _ml("uid")})
-_CONTAINER: Schema = {
-    "ports": _ml("containerPort"),
-    "env": _ml("name"),
-    "volumeMounts": _ml("mountPath"),
-    "volumeDevices": _ml("devicePath"),
-}
-_POD_SPEC: Schema = {
-    "containers": _ml("name", _CONTAINER),
-    "initContainers": _ml("name", _CONTAINER),
-    "ephemeralContainers": _ml("name", _CONTAINER),
-    "volumes": _ml("name"),
-    "imagePullSecrets": _ml("name"),
-    "hostAliases": _ml("ip"),
-}
-_CONDITIONS = _obj({"conditions": _ml("type")})
-_TEMPLATE = _obj({"metadata": _META, "spec": _obj(_POD_SPEC)})
-_WORKLOAD: Schema = {"metadata": _META, "spec": _obj({"template": _TEMPLATE}), "status": _CONDITIONS}
+def _smp_node(schema: Schema) -> Schema | None:
+    name = _ref_name(schema)
+    if name is not None:
+        return {"fields": _smp_fields(name)}
+    if schema.get("type") != "array":
+        return None  # scalars and maps merge generically
+    if "merge" not in str(schema.get("x-kubernetes-patch-strategy", "")).split(","):
+        return None  # replaced whole
+    key = schema.get("x-kubernetes-patch-merge-key")
+    if not key:
+        return {"primitive_merge": True}
+    item = _ref_name(schema.get("items") or {})
+    return {"merge_key": key, "items": _smp_fields(item) if item else {}}
 
-_SCHEMAS: dict[str, Schema] = {
-    "Pod": {"metadata": _META, "spec": _obj(_POD_SPEC), "status": _obj({"conditions": _ml("type")})},
-    "Deployment": _WORKLOAD,
-    "ReplicaSet": _WORKLOAD,
-    "DaemonSet": _WORKLOAD,
-    "Service": {"metadata": _META, "spec": _obj({"ports": _ml("port")}), "status": _obj({"conditions": _ml("type")})},
-    "Node": {
-        "metadata": _META,
-        "spec": _obj({"podCIDRs": _PRIM}),
-        "status": _obj({"conditions": _ml("type"), "addresses": _ml("type")}),
-    },
-    "Namespace": {"metadata": _META, "status": _obj({"conditions": _ml("type")})},
-}
+
+def smp_fields(kind: Kind) -> Schema:
+    """Which lists of `kind` merge and by which key: the `x-kubernetes-patch-*` extensions of its schema (the
+    `patchStrategy`/`patchMergeKey` Go tags), from the same generated definitions as OpenAPI."""
+    name = schemas.definition_name(kind.group, kind.version, kind.kind)
+    return _smp_fields(name) if name else {"metadata": {"fields": _META_FIELDS}}
 
 
 def smp_supported(kind: Kind) -> bool:
-    return kind.group != "metallb.io"
+    """Strategic merge patch needs Go struct tags: only built-in kinds have them (not CRD kinds, as in kube)."""
+    return schemas.definition_name(kind.group, kind.version, kind.kind) is not None
 
 
 class _Delete:
@@ -185,7 +190,7 @@ def _merge_map(original: Any, patch: Obj, fields: Schema) -> Any:
 
 
 def strategic_merge(kind: Kind, current: Obj, patch: Obj) -> Obj:
-    merged = _merge_map(current, patch, _SCHEMAS.get(kind.kind, {"metadata": _META}))
+    merged = _merge_map(current, patch, smp_fields(kind))
     if merged is _DELETE:
         raise bad_request("a strategic merge patch cannot delete the whole object")
     return merged  # type: ignore[no-any-return]

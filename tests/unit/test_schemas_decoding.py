@@ -15,7 +15,7 @@ import yaml
 
 from kwire.api import decoding, fieldcheck, openapi, registry, schemas, validation
 from kwire.api.errors import ApiError
-from kwire.api.patch import CopySizeError, apply_json_patch
+from kwire.api.patch import CopySizeError, apply_json_patch, smp_supported, strategic_merge
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = registry.by_kind("apps/v1", "Deployment")
@@ -351,3 +351,46 @@ def test_json_patch_limits() -> None:
     assert err.value.code == 413
     assert err.value.message.endswith("The allowed maximum operations in a JSON patch is 10000, got 10001")
     assert apply_json_patch({"a": 1}, [{"op": "test", "path": "/a", "value": 1}] * 10_000) == {"a": 1}
+
+
+# -- strategic merge patch from the schemas --------------------------------------------------------------------
+def test_strategic_merge_keys_come_from_the_schemas_for_every_builtin_kind() -> None:
+    sts = registry.Kind(group="apps", version="v1", kind="StatefulSet", plural="statefulsets", namespaced=True)
+    current = {
+        "metadata": {"name": "db", "finalizers": ["a"]},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "db", "image": "pg:15", "env": [{"name": "A", "value": "1"}]},
+                        {"name": "sidecar", "image": "x"},
+                    ],
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                }
+            }
+        },
+    }
+    patch = {
+        "metadata": {"finalizers": ["b"]},
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"name": "db", "image": "pg:16", "env": [{"name": "B", "value": "2"}]}]}
+            }
+        },
+    }
+    out = strategic_merge(sts, current, patch)
+    containers = out["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["db", "sidecar"]
+    assert containers[0]["image"] == "pg:16" and [e["name"] for e in containers[0]["env"]] == ["A", "B"]
+    assert out["metadata"]["finalizers"] == ["a", "b"] and out["spec"]["template"]["spec"]["volumes"]
+    # A recursive definition (CRD schemas nest JSONSchemaProps) is handled without recursing forever.
+    crd = registry.Kind(
+        group="apiextensions.k8s.io",
+        version="v1",
+        kind="CustomResourceDefinition",
+        plural="customresourcedefinitions",
+        namespaced=False,
+    )
+    assert strategic_merge(crd, {"spec": {"group": "a"}}, {"spec": {"group": "b"}}) == {"spec": {"group": "b"}}
+    pool = registry.Kind(group="metallb.io", version="v1beta1", kind="IPAddressPool", plural="ps", namespaced=True)
+    assert not smp_supported(pool) and smp_supported(sts)
