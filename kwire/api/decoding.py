@@ -18,6 +18,7 @@ Hand-written because no maintained library offers go-yaml's alias accounting or 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -247,15 +248,25 @@ def _cannot_handle(kind: Kind, detail: str) -> ApiError:
     return bad_request(f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: {detail}')
 
 
-def apply_field_validation(kind: Kind, obj: Obj, *, mode: str, duplicates: list[str]) -> list[str]:
-    """Drops unknown fields from `obj`; raises for Strict (or a type error); returns Warn's warnings."""
+def apply_field_validation(
+    kind: Kind, obj: Obj, *, mode: str, duplicates: list[str], stored: Obj | None = None
+) -> list[str]:
+    """Drops unknown fields from `obj`; raises for Strict (or a type error); returns Warn's warnings.
+
+    `stored` (patches) is the object the patch applied to: unknown fields it already carried (written before
+    kwire validated fields) are dropped but not held against the patch, which did not send them.
+    """
     found = fieldcheck.Findings()
     spec = fieldcheck.kind_schema(kind)
     if spec is not None:
         found = fieldcheck.check(spec[0], obj, types=spec[1], builtin=spec[1])
     if found.type_error:
         raise _cannot_handle(kind, found.type_error)
-    problems = [*duplicates, *(f'unknown field "{p}"' for p in found.unknown)]
+    unknown = found.unknown
+    if unknown and stored is not None and spec is not None:
+        inherited = set(fieldcheck.check(spec[0], copy.deepcopy(stored), types=False, builtin=spec[1]).unknown)
+        unknown = [p for p in unknown if p not in inherited]
+    problems = [*duplicates, *(f'unknown field "{p}"' for p in unknown)]
     if problems:
         log.debug("%s %s: %s (fieldValidation=%s)", kind.kind, (obj.get("metadata") or {}).get("name"), problems, mode)
     if not problems or mode == IGNORE:

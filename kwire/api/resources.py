@@ -395,9 +395,9 @@ class Resources:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
-        check: Callable[[Obj], None] | None = None,
+        check: Callable[[Obj, Obj], None] | None = None,
     ) -> Obj:
-        """Patch an object; `check` sees the patched object first (field validation drops unknown fields)."""
+        """Patch an object; `check(patched, old)` sees it first (field validation drops unknown fields)."""
         for _ in range(20):
             kv = self._current(kind, namespace, name)
             old = decode(kv)
@@ -405,7 +405,7 @@ class Resources:
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not an object")
             if check is not None:
-                check(patched)
+                check(patched, old)
             self._check_type(kind, patched)
             pmeta = patched["metadata"]
             if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(kv.mod_revision):

@@ -296,15 +296,15 @@ class ApiServer:
             request.setdefault(WARNINGS, []).extend(decoded.warnings)
         return decoded.obj
 
-    def _patch_check(self, request: web.Request, kind: Kind, raw: bytes, ctype: str) -> Callable[[Obj], None]:
+    def _patch_check(self, request: web.Request, kind: Kind, raw: bytes, ctype: str) -> Callable[[Obj, Obj], None]:
         """fieldValidation for a patch: duplicate keys in the patch body, unknown fields in the patched object."""
         mode = decoding.validation_mode(request)
         dups: list[str] = []
         if mode != decoding.IGNORE and ctype in (MERGE_PATCH, STRATEGIC_PATCH):
             dups = decoding.loads_json(raw, duplicates=True)[1]
 
-        def check(patched: Obj) -> None:
-            request[WARNINGS] = decoding.apply_field_validation(kind, patched, mode=mode, duplicates=dups)
+        def check(patched: Obj, old: Obj) -> None:
+            request[WARNINGS] = decoding.apply_field_validation(kind, patched, mode=mode, duplicates=dups, stored=old)
 
         return check
 

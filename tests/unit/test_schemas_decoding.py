@@ -206,6 +206,17 @@ def test_unknown_fields_strict_warn_ignore() -> None:
     assert "imagePullPolicyy" not in ignored["spec"]["template"]["spec"]["containers"][0]
 
 
+def test_a_patch_is_not_blamed_for_unknown_fields_already_stored() -> None:
+    stored = _deployment(replica=2)  # written by an older kwire that did not validate fields
+    patched = _deployment(replica=2, paused=True, pausd=True)
+    with pytest.raises(ApiError) as err:
+        decoding.apply_field_validation(DEPLOY, patched, mode="Strict", duplicates=[], stored=stored)
+    assert err.value.message.endswith('strict decoding error: unknown field "spec.pausd"')
+    patched = _deployment(replica=2, paused=True)
+    assert decoding.apply_field_validation(DEPLOY, patched, mode="Strict", duplicates=[], stored=stored) == []
+    assert "replica" not in patched["spec"]  # dropped all the same
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
