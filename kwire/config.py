@@ -33,6 +33,7 @@ class ServerConfig:
     advertise_address: str = ""
     https_listen_port: int = 6443
     token: str = ""
+    token_file: str = ""
     write_kubeconfig: str = "/etc/kwire/kwire.yaml"
     write_kubeconfig_mode: str = "0600"
     cluster_cidr: str = "10.42.0.0/16"
@@ -80,6 +81,7 @@ class ServerConfig:
 class AgentConfig:
     server: str = ""
     token: str = ""
+    token_file: str = ""
     data_dir: str = "/var/lib/kwire/agent"
     node_name: str = ""
     node_ip: str = ""
@@ -187,6 +189,28 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
             raise ConfigError("node-monitor-grace-period must be at least 1 second")
 
 
+# K3s's environment variables (K3S_TOKEN, K3S_TOKEN_FILE, K3S_URL...) under kwire's name: each sets its key when
+# neither a flag nor a config file did. Secrets belong there or in a token file, never on a command line.
+ENV_KEYS = {
+    "KWIRE_TOKEN": "token",
+    "KWIRE_TOKEN_FILE": "token-file",
+    "KWIRE_URL": "server",
+    "KWIRE_DATA_DIR": "data-dir",
+}
+
+
+def _resolve_token_file(values: dict[str, Any]) -> None:
+    if values.get("token") or not values.get("token-file"):
+        return
+    path = Path(str(values["token-file"]))
+    try:
+        values["token"] = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"token-file {path}: {exc.strerror or exc}") from None
+    if not values["token"]:
+        raise ConfigError(f"token-file {path} is empty")
+
+
 def load_config(
     *, cls: type[C], flags: Mapping[str, Any], config_file: str | None, env: Mapping[str, str] = os.environ
 ) -> C:
@@ -209,6 +233,10 @@ def load_config(
         if k not in fields:
             raise ConfigError(f"unknown flag --{k}")
         values[k] = value
+    for var, k in ENV_KEYS.items():
+        if k in fields and var in env and not values.get(k):
+            values[k] = env[var]
+    _resolve_token_file(values)
     kwargs = {fields[k].name: _coerce(fields[k], v, "config") for k, v in values.items()}
     cfg = cls(**kwargs)
     _validate(cfg)

@@ -122,6 +122,8 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
         "flannel-backend": str(cfg.flannel_backend),
         "service-node-port-range": str(cfg.service_node_port_range),
         "disable-network-policy": "true" if cfg.disable_network_policy else "false",
+        # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
+        "node-monitor-grace-period": str(int(cfg.node_monitor_grace_period)),
     }
     current = resources.get_or_none(cm_kind, "kube-system", CLUSTER_CONFIG)
     if current is None:

@@ -129,6 +129,7 @@ class ClusterSettings:
     cluster_domain: str
     flannel_backend: str
     disable_network_policy: bool = False
+    node_monitor_grace_period: int = 40
 
 
 async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> ClusterSettings:
@@ -145,6 +146,7 @@ async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> Clus
                 cluster_domain=d.get("cluster-domain", "cluster.local"),
                 flannel_backend=d.get("flannel-backend", "vxlan"),
                 disable_network_policy=d.get("disable-network-policy", "false") == "true",
+                node_monitor_grace_period=int(d.get("node-monitor-grace-period") or 40),
             )
         except (ApiStatusError, OSError, TimeoutError) as exc:
             if loop.time() > end:
@@ -210,7 +212,9 @@ async def start(cfg: AgentConfig) -> Agent:
         labels=parse_labels(cfg.node_label),
         taints=parse_taints(cfg.node_taint),
     )
-    reg = NodeRegistration(client, ident, lease_duration=cfg.node_lease_duration_seconds)
+    # A lease longer than the server's grace period would let the node go NotReady between two renewals.
+    lease_duration = max(1, min(int(cfg.node_lease_duration_seconds), settings.node_monitor_grace_period))
+    reg = NodeRegistration(client, ident, lease_duration=lease_duration)
     await reg.register()
     reg.start()
     informers = Informers(client)

@@ -122,12 +122,35 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
         elif ns.lab_cmd == "node":
             if ns.action == "stop":
                 lab.node_stop(ns.name, ns.node)
+                print(f"{ns.node} stopped")
             else:
                 lab.node_start(ns.name, ns.node)
-            print(f"{ns.node} {ns.action}ped" if ns.action == "stop" else f"{ns.node} started")
+                print(f"{ns.node} started (Ready)")
+        elif ns.lab_cmd == "supervise":
+            from kwire.lab import supervisor
+
+            return supervisor.run(ns.name, listen_fd=ns.listen_fd)
     except (lab.LabError, ValueError) as exc:
         print(f"kwire lab: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_install(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kwire import install
+
+    args = list(ns.args)
+    if args and args[0] == "--":
+        args = args[1:]
+    try:
+        written = install.install(ns.role, args=args, root=Path(ns.root), start=not ns.no_start)
+    except (ValueError, OSError) as exc:
+        print(f"kwire install: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
@@ -159,10 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_netpol
     )
 
+    p = sub.add_parser("install", help="write (and start) a systemd unit for this host, as K3s's install script")
+    p.add_argument("role", choices=("server", "agent"))
+    p.add_argument("--root", default="/", help="write under this directory instead of / (nothing is started)")
+    p.add_argument("--no-start", action="store_true", help="write the files only")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="-- flags for ExecStart (tokens go in KWIRE_TOKEN)")
+    p.set_defaults(func=_cmd_install)
+
     lab = sub.add_parser("lab", help="a multi-node cluster on this machine, in network namespaces")
     lsub = lab.add_subparsers(dest="lab_cmd", required=True)
-    for cmd in ("up", "down", "status", "exec", "node"):
-        lp = lsub.add_parser(cmd)
+    for cmd in ("up", "down", "status", "exec", "node", "supervise"):
+        # `supervise` is the lab's own supervisor process, started by `up`.
+        lp = lsub.add_parser(cmd, help=argparse.SUPPRESS) if cmd == "supervise" else lsub.add_parser(cmd)
         lp.add_argument("--name", default="default", help="lab name (several labs can coexist)")
         lp.set_defaults(func=_cmd_lab)
         if cmd == "up":
@@ -178,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif cmd == "node":
             lp.add_argument("action", choices=("stop", "start"))
             lp.add_argument("node")
+        elif cmd == "supervise":
+            lp.add_argument("--listen-fd", type=int, required=True)
     return parser
 
 

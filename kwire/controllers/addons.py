@@ -7,12 +7,19 @@ with clusterIP = cluster-dns (10.43.0.10) and ports 53/UDP, 53/TCP, 9153/TCP, an
 the label `kwire.io/addon` and an annotation with a hash of what kwire wrote: a changed manifest (e.g. a new
 cluster-domain) is re-applied; with the add-on disabled, the labelled objects are removed, as K3s removes a
 disabled packaged component. The optional ConfigMap `coredns-custom` belongs to the user and is never touched.
+
+Cluster DNS is not a single point of failure (K3s runs one CoreDNS replica): the replica count follows the nodes
+as kube's dns-horizontal-autoscaler (cluster-proportional-autoscaler, linear mode: one replica per 16 schedulable
+nodes or 256 cores, at least one, and with `preventSinglePointFailure` at least two once there are two nodes), and
+a topology spread constraint (maxSkew 1 over `kubernetes.io/hostname`, as K3s's coredns manifest has) puts the
+replicas on different nodes, so losing any one node leaves cluster DNS answering.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +73,24 @@ def _meta(name: str, extra_labels: dict[str, str] | None = None) -> Obj:
     return {"name": name, "namespace": NS, "labels": {ADDON_LABEL: COREDNS, **(extra_labels or {})}}
 
 
-def coredns_objects(s: AddonSettings, node_hosts: str) -> list[tuple[Resource, Obj]]:
+NODES_PER_REPLICA = 16
+CORES_PER_REPLICA = 256
+
+
+def dns_replicas(nodes: list[Obj]) -> int:
+    """cluster-proportional-autoscaler's linear mode with preventSinglePointFailure, over schedulable nodes."""
+    schedulable = [n for n in nodes if not (n.get("spec") or {}).get("unschedulable")]
+    cores = 0
+    for n in schedulable:
+        try:
+            cores += int(str(((n.get("status") or {}).get("capacity") or {}).get("cpu") or 0))
+        except ValueError:
+            pass
+    replicas = max(1, math.ceil(cores / CORES_PER_REPLICA), math.ceil(len(schedulable) / NODES_PER_REPLICA))
+    return max(replicas, 2) if len(schedulable) > 1 else replicas
+
+
+def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> list[tuple[Resource, Obj]]:
     labels = {"k8s-app": "kube-dns"}
     service = {
         "metadata": _meta(
@@ -102,7 +126,7 @@ def coredns_objects(s: AddonSettings, node_hosts: str) -> list[tuple[Resource, O
     deployment = {
         "metadata": _meta(COREDNS, labels),
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": labels},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": "25%"}},
             "template": {
@@ -115,6 +139,14 @@ def coredns_objects(s: AddonSettings, node_hosts: str) -> list[tuple[Resource, O
                         {"key": "CriticalAddonsOnly", "operator": "Exists"},
                         {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
                         {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+                    ],
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "DoNotSchedule",
+                            "labelSelector": {"matchLabels": labels},
+                        }
                     ],
                     "containers": [container],
                 },
@@ -161,7 +193,8 @@ class AddonController(Controller):
     async def sync(self, key: str) -> float | None:
         if key != COREDNS:
             return None
-        objs = coredns_objects(self.settings, node_hosts(self.nodes.items()))
+        nodes = self.nodes.items()
+        objs = coredns_objects(self.settings, node_hosts(nodes), replicas=dns_replicas(nodes))
         if COREDNS in self.settings.disable:
             for res, obj in objs:
                 await self._remove(res, obj["metadata"]["name"])

@@ -9,8 +9,11 @@ Filters, in kube-scheduler's order, each node failing on the first that rejects 
   True carries node.kubernetes.io/not-ready (False) or node.kubernetes.io/unreachable (Unknown), as the taints
   kube's node lifecycle controller adds;
 - NodeAffinity: `spec.nodeSelector` and required node affinity (nodeSelectorTerms);
-- NodePorts: a hostPort already used on the node with the same protocol and an overlapping hostIP.
-Score: fewest pods of the same owner on the node, then fewest pods, then node name.
+- NodePorts: a hostPort already used on the node with the same protocol and an overlapping hostIP;
+- NodeResourcesFit (pod count against `status.allocatable.pods`), InterPodAffinity (required anti-affinity) and
+  PodTopologySpread (`DoNotSchedule`), in `topology.py`.
+Score: fewest matching pods in the node's spread domains, then fewest pods of the same owner on the node, then
+fewest pods, then node name.
 
 Pods that fit nowhere are tried again when a node is added or changes in a way that matters (labels, taints,
 unschedulable, readiness), when a bound pod goes away, and once a minute.
@@ -50,6 +53,15 @@ from kwire.controllers.common import (
     update_with_retry,
 )
 from kwire.controllers.queue import Controller
+from kwire.controllers.topology import (
+    REASON_ANTI_AFFINITY,
+    REASON_SPREAD,
+    REASON_TOO_MANY_PODS,
+    anti_affinity_violated,
+    max_pods,
+    spread_score,
+    spread_violated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +276,17 @@ class Scheduler(Controller):
         by_node = self._pods_by_node()
         reasons: Counter[str] = Counter()
         feasible: list[Obj] = []
+        # Spread domains count the nodes the pod may go to by node affinity (kube's nodeAffinityPolicy Honor).
+        eligible = [n for n in nodes if matches_node_affinity(pod, n)]
         for node in nodes:
-            reason = filter_node(pod, node, by_node.get(name_of(node), []))
+            here = by_node.get(name_of(node), [])
+            reason = filter_node(pod, node, here)
+            if reason is None and len(here) >= max_pods(node):
+                reason = REASON_TOO_MANY_PODS
+            if reason is None and anti_affinity_violated(pod, node, by_node, nodes):
+                reason = REASON_ANTI_AFFINITY
+            if reason is None and spread_violated(pod, node, eligible, by_node):
+                reason = REASON_SPREAD
             if reason is None:
                 feasible.append(node)
             else:
@@ -277,10 +298,10 @@ class Scheduler(Controller):
         owner = controller_ref(pod)
         owner_uid = owner.get("uid") if owner else None
 
-        def score(node: Obj) -> tuple[int, int, str]:
+        def score(node: Obj) -> tuple[int, int, int, str]:
             here = by_node.get(name_of(node), [])
             same = sum(1 for p in here if owner_uid and (controller_ref(p) or {}).get("uid") == owner_uid)
-            return (same, len(here), name_of(node))
+            return (spread_score(pod, node, eligible, by_node), same, len(here), name_of(node))
 
         target = min(feasible, key=score)
         node_name = name_of(target)

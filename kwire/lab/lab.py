@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 ETC_NETNS = Path("/etc/netns")
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SERVER_PORT = 6443
+SUPERVISOR = "supervisor"  # its PID's key in LabState.pids
 
 
 class LabError(RuntimeError):
@@ -53,13 +56,31 @@ class LabState:
     config_file: str = ""
     pids: dict[str, int] = field(default_factory=dict)
     created: float = 0.0
+    stopped: list[str] = field(default_factory=list)  # nodes stopped on purpose: the supervisor leaves them
 
     @staticmethod
     def path(name: str) -> Path:
         return topology.STATE_ROOT / name / "state.json"
 
     def save(self) -> None:
-        atomic_write(self.path(self.name), json.dumps(asdict(self), indent=2))
+        """state.json holds the cluster token: readable by root only, in a directory only root can enter."""
+        path = self.path(self.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        atomic_write(path, json.dumps(asdict(self), indent=2), mode=0o600)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def locked(name: str) -> Iterator[None]:
+        """Hold the lab's lock for a read-modify-write of its state (the supervisor writes it too)."""
+        lock = topology.STATE_ROOT / name / "state.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @classmethod
     def load(cls, name: str) -> LabState | None:
@@ -90,7 +111,7 @@ def _listen_loopback(port: int) -> socket.socket:
     return s
 
 
-def _start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
+def start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
     srv = topo.server
     sdir = topo.state_dir / "server"
     args = [
@@ -101,8 +122,6 @@ def _start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
         "0.0.0.0",
         "--https-listen-port",
         str(SERVER_PORT),
-        "--token",
-        st.token,
         "--node-ip",
         srv.ip,
         "--write-kubeconfig",
@@ -114,7 +133,13 @@ def _start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
     ]
     if st.config_file:
         args += ["--config", st.config_file]
-    return procs.spawn(srv.netns, args, log_path=topo.state_dir / "logs" / "server.log", pass_fds=(lsock.fileno(),))
+    return procs.spawn(
+        srv.netns,
+        args,
+        log_path=topo.state_dir / "logs" / "server.log",
+        pass_fds=(lsock.fileno(),),
+        secret_env={"KWIRE_TOKEN": st.token},
+    )
 
 
 def _agent_token(topo: Topology, st: LabState) -> str:
@@ -123,15 +148,13 @@ def _agent_token(topo: Topology, st: LabState) -> str:
     return f"K10{hashlib.sha256(ca).hexdigest()}::server:{st.token}"
 
 
-def _start_agent(topo: Topology, st: LabState, node: str) -> int:
+def start_agent(topo: Topology, st: LabState, node: str) -> int:
     host = topo.host(node)
     assert host is not None
     args = [
         "agent",
         "--server",
         f"https://{topo.server.ip}:{SERVER_PORT}",
-        "--token",
-        _agent_token(topo, st),
         "--node-name",
         host.name,
         "--node-ip",
@@ -150,7 +173,12 @@ def _start_agent(topo: Topology, st: LabState, node: str) -> int:
             "--node-label",
             "node-role.kubernetes.io/master=true",
         ]
-    return procs.spawn(host.netns, args, log_path=topo.state_dir / "logs" / f"{host.name}.log")
+    return procs.spawn(
+        host.netns,
+        args,
+        log_path=topo.state_dir / "logs" / f"{host.name}.log",
+        secret_env={"KWIRE_TOKEN": _agent_token(topo, st)},
+    )
 
 
 def _write_kubeconfig(topo: Topology, st: LabState, *, timeout: float = 20.0) -> None:
@@ -261,16 +289,19 @@ def up(
     lsock = _listen_loopback(api_port)
     try:
         network.up(topo)
-        st.save()
-        st.pids["server"] = _start_server(topo, st, lsock)
-        st.save()
-    finally:
-        lsock.close()  # the server process holds its own copy
-    try:
+        with LabState.locked(name):
+            st.save()
+            st.pids["server"] = start_server(topo, st, lsock)
+            st.save()
         _write_kubeconfig(topo, st)
-        for host in topo.nodes:
-            st.pids[host.name] = _start_agent(topo, st, host.name)
-        st.save()
+        with LabState.locked(name):
+            for host in topo.nodes:
+                st.pids[host.name] = start_agent(topo, st, host.name)
+            st.pids[SUPERVISOR] = _start_supervisor(topo, lsock)
+            st.save()
+    finally:
+        lsock.close()  # the server and the supervisor hold their own copies
+    try:
         asyncio.run(_wait_ready(topo, st, timeout=timeout))
         end = time.monotonic() + timeout
         while not _pod_network_works(topo, st):
@@ -283,12 +314,20 @@ def up(
     return st, time.monotonic() - t0
 
 
+def _start_supervisor(topo: Topology, lsock: socket.socket) -> int:
+    """The lab's supervisor (kwire/lab/supervisor.py), in the machine's namespace, holding the API listener."""
+    args = ["lab", "supervise", "--name", topo.name, "--listen-fd", str(lsock.fileno())]
+    return procs.spawn(None, args, log_path=topo.state_dir / "logs" / "supervisor.log", pass_fds=(lsock.fileno(),))
+
+
 def down(name: str = topology.DEFAULT_LAB) -> list[str]:
     """Stop every process of the lab, remove its namespaces, /etc/netns entries and state; idempotent."""
     topology.validate_name(name)
     st = LabState.load(name)
     nodes = st.nodes if st else 50
     topo = topology.build(name, nodes=nodes)
+    if st:  # first the supervisor, or it would start again what is being stopped
+        procs.stop([st.pids.get(SUPERVISOR, 0)], grace=3.0)
     pids = list(st.pids.values()) if st else []
     for d in topo.state_dir.glob("*/runtime/runtime.pid"):
         pids.append(procs.read_pid(d))
@@ -384,15 +423,54 @@ def _node(name: str, node: str) -> tuple[LabState, Topology, topology.Host]:
 
 
 def node_stop(name: str, node: str) -> None:
-    """Simulate a node failing: its agent stops and its LAN cable is unplugged (its pods keep running)."""
-    st, topo, host = _node(name, node)
-    procs.stop([st.pids.get(node, 0)])
+    """Simulate a node failing: its agent stops and its LAN cable is unplugged (its pods keep running).
+    The supervisor leaves it stopped until `node_start`."""
+    with LabState.locked(name):
+        st, topo, host = _node(name, node)
+        if node not in st.stopped:
+            st.stopped.append(node)
+            st.save()
+        procs.stop([st.pids.get(node, 0)])
     network.set_link(topo, host, up=False)
 
 
-def node_start(name: str, node: str) -> None:
-    st, topo, host = _node(name, node)
-    network.set_link(topo, host, up=True)
-    if not procs.alive(st.pids.get(node, 0)):
-        st.pids[node] = _start_agent(topo, st, node)
+def node_start(name: str, node: str, *, timeout: float = 60.0) -> None:
+    """Plug the node back in and start its agent (and the server, on the server's node, should it be dead with
+    nobody supervising it); returns once the node reports Ready, or raises LabError saying what is wrong."""
+    with LabState.locked(name):
+        st, topo, host = _node(name, node)
+        if node in st.stopped:
+            st.stopped.remove(node)
+        network.set_link(topo, host, up=True)
+        if not procs.alive(st.pids.get(SUPERVISOR, 0)):
+            if host == topo.server and not procs.alive(st.pids.get("server", 0)):
+                lsock = _listen_loopback(st.api_port)
+                try:
+                    st.pids["server"] = start_server(topo, st, lsock)
+                    st.pids[SUPERVISOR] = _start_supervisor(topo, lsock)
+                finally:
+                    lsock.close()
+            else:
+                log.warning("lab %s has no supervisor: dead processes will not be restarted", name)
+        if not procs.alive(st.pids.get(node, 0)):
+            st.pids[node] = start_agent(topo, st, node)
         st.save()
+    try:
+        asyncio.run(_wait_node_ready(topo, node, timeout=timeout))
+    except TimeoutError:
+        raise LabError(f"{node} did not become Ready within {timeout:.0f}s; see {topo.state_dir / 'logs'}") from None
+
+
+async def _wait_node_ready(topo: Topology, node: str, *, timeout: float) -> None:
+    client = ApiClient(load_kubeconfig(topo.kubeconfig))
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                with contextlib.suppress(Exception):  # the server may be starting: ask again
+                    obj = await client.get(NODES, node)
+                    conds = (obj.get("status") or {}).get("conditions") or []
+                    if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+                        return
+                await asyncio.sleep(0.3)
+    finally:
+        await client.close()

@@ -24,13 +24,27 @@ log = logging.getLogger(__name__)
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 
 
-def spawn(ns: str, args: list[str], *, log_path: Path, pass_fds: tuple[int, ...] = ()) -> int:
-    """Start `python -m kwire <args>` inside network namespace `ns`, detached; returns its PID."""
+def spawn(
+    ns: str | None,
+    args: list[str],
+    *,
+    log_path: Path,
+    pass_fds: tuple[int, ...] = (),
+    secret_env: dict[str, str] | None = None,
+) -> int:
+    """Start `python -m kwire <args>` inside network namespace `ns` (None: the machine's own, for the lab's
+    supervisor, which only holds the 127.0.0.1 listener), detached; returns its PID. Secrets go in `secret_env`
+    (e.g. KWIRE_TOKEN): a process's environment is readable by its owner only, its command line by everyone."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "PYTHONUNBUFFERED": "1",
+        **(secret_env or {}),
+    }
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
-            [NSENTER, f"--net={netns.path(ns)}", "--", sys.executable, "-m", "kwire", *args],
+            [*([NSENTER, f"--net={netns.path(ns)}", "--"] if ns else []), sys.executable, "-m", "kwire", *args],
             stdout=logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -54,6 +68,13 @@ def alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def reap_children() -> None:
+    """Collect every child of ours that has ended (a supervisor's restarted processes), so none stays a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
 
 
 def _reap(pid: int) -> None:

@@ -258,15 +258,59 @@ def test_node_failure_goes_not_ready_and_recovers_then_down_cleans_killed_lab(tm
             conds = k.get("node", node)["status"]["conditions"]
             return next(c["status"] for c in conds if c["type"] == "Ready")
 
+        # Cluster DNS is no single point of failure: with two nodes there are two replicas, one on each.
+        dns = k.wait_pods_ready("k8s-app=kube-dns", 2, namespace="kube-system", timeout=60)
+        assert sorted(p["spec"]["nodeName"] for p in dns) == ["node1", "node2"]
+        pod1 = next(p["metadata"]["name"] for p in k.pods("app=web") if p["spec"]["nodeName"] == "node1")
+
         labmod.node_stop(k.name, "node2")
         wait_for(lambda: ready("node2") == "Unknown", timeout=15, what="node2 NotReady after its lease expired")
         pod2 = next(p for p in k.pods("app=web") if p["spec"]["nodeName"] == "node2")
         conds = {c["type"]: c["status"] for c in pod2["status"]["conditions"]}
         assert conds["Ready"] == "False"
         assert "NotReady" in k.kubectl("get", "node", "node2").stdout
+        # Its DNS replica left the kube-dns endpoints with the node; every query is answered by the other one.
+        wait_for(
+            lambda: len(k.get("endpoints", "kube-dns", "-n", "kube-system")["subsets"][0]["addresses"]) == 1,
+            timeout=15,
+            what="kube-dns down to the replica on node1",
+        )
+
+        def answer() -> str:
+            return k.run(
+                pod1, "dig", "+short", "+time=1", "+tries=1", "@10.43.0.10", "kubernetes.default.svc.cluster.local"
+            )
+
+        wait_for(lambda: answer().strip() == "10.43.0.1", timeout=10, what="the service proxy to follow the endpoints")
+        for _ in range(10):
+            assert answer().strip() == "10.43.0.1"
+        # A stopped node stays stopped (the supervisor leaves it), until `node start`, which returns once Ready.
+        time.sleep(1.5)
+        st = labmod.LabState.load(k.name)
+        assert st is not None and "node2" in st.stopped and not procs.alive(st.pids["node2"])
         labmod.node_start(k.name, "node2")
-        wait_for(lambda: ready("node2") == "True", timeout=15, what="node2 Ready again")
+        assert ready("node2") == "True"
         k.wait_pods_ready("app=web", 2)
+
+        # Processes are supervised as systemd's Restart=always does for K3s: a killed server or agent is back
+        # within 2 s, with the same API address.
+        for proc in ("server", "node2"):
+            st = labmod.LabState.load(k.name)
+            assert st is not None
+            old = st.pids[proc]
+            os.kill(old, signal.SIGKILL)
+            t0 = time.monotonic()
+
+            def restarted(proc: str = proc, old: int = old) -> int:
+                now = labmod.LabState.load(k.name)
+                pid = now.pids.get(proc, 0) if now else 0
+                return pid if pid != old and procs.alive(pid) else 0
+
+            wait_for(restarted, timeout=5, interval=0.05, what=f"{proc} restarted")
+            assert time.monotonic() - t0 <= 2.0, f"{proc} took {time.monotonic() - t0:.1f}s to come back"
+        assert "died; restarted as pid" in (k.topo.state_dir / "logs" / "supervisor.log").read_text()
+        wait_for(lambda: ready("node2") == "True" and ready("node1") == "True", timeout=30, what="nodes Ready again")
+        assert "node2" in k.kubectl("get", "nodes").stdout
 
         st = labmod.LabState.load(k.name)
         assert st is not None
@@ -388,3 +432,22 @@ def test_kubectl_logs(vx: Lab) -> None:
         assert bad.returncode != 0 and "container nope is not valid for pod talker" in bad.stderr
     finally:
         vx.kubectl("delete", "pod", "talker", "--wait=true")
+
+
+def test_no_secret_on_a_command_line_and_state_is_private(vx: Lab) -> None:
+    st = labmod.LabState.load(vx.name)
+    assert st is not None and st.token
+    path = labmod.LabState.path(vx.name)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    seen = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"kwire" in cmdline:
+            seen += 1
+            assert st.token.encode() not in cmdline, cmdline.replace(b"\0", b" ")[:200]
+    assert seen >= 4  # the server, the agents and the supervisor were looked at
