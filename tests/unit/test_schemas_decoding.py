@@ -23,9 +23,13 @@ CM = registry.by_kind("v1", "ConfigMap")
 SECRET = registry.by_kind("v1", "Secret")
 assert DEPLOY and CM and SECRET
 
-# The 9x9 "billion laughs" of CVE-2019-11253: ~350 bytes that expand to 9^9 strings.
-YAML_BOMB = b'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + b"".join(
-    f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]\n".encode() for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+# CVE-2019-11253's ConfigMap: ~450 bytes whose aliases expand to 9^9 strings.
+YAML_BOMB = (
+    b'apiVersion: v1\ndata:\n  a: &a ["web","web","web","web","web","web","web","web","web"]\n'
+    + b"".join(
+        f"  {n}: &{n} [{','.join([f'*{p}'] * 9)}]\n".encode() for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + b"kind: ConfigMap\nmetadata:\n  name: yaml-bomb\n  namespace: default\n"
 )
 
 
