@@ -308,6 +308,11 @@ def test_yaml_alias_bomb_is_refused_fast_with_a_small_memory_peak() -> None:
     assert value == {"a": {"b": 1}, "c": {"b": 1}} and value["a"] is not value["c"]
 
 
+def test_yaml_bodies_use_libyaml() -> None:
+    # PyYAML's wheels bundle libyaml; without it a 3 MiB body of "[" would cost minutes (quadratic parser).
+    assert decoding._BaseLoader is yaml.CSafeLoader
+
+
 @pytest.mark.parametrize("loader", ["json", "yaml"])
 def test_deep_nesting_is_a_bad_request(loader: str) -> None:
     raw = b"[" * 10_001 + b"]" * 10_001
