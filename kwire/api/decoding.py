@@ -5,7 +5,8 @@ Mirrors k8s.io/apiserver's handlers (`limitedReadBody`, the negotiated serialize
 - a body over `--max-request-bytes` (3 MiB) is refused with 413 `Request entity too large: limit is 3145728`
   after reading at most that many bytes (Content-Length is checked first);
 - Content-Type must be JSON, YAML or protobuf (415 `Unsupported Media Type` with kube's list otherwise);
-- JSON: nesting deeper than kube's limit is a 400, never a 500; duplicate keys are detected;
+- JSON: nesting deeper than orjson's 1,024 levels is a 400, never a 500 (kube's limit is 10,000: no real object
+  comes near either); duplicate keys are detected;
 - YAML: go-yaml's alias-expansion bound (CVE-2019-11253, "billion laughs"): aliases are counted as go-yaml's
   decoder counts them, on the composed node graph, and a document whose expansion ratio passes go-yaml's
   `allowedAliasRatio` is refused before anything is expanded; duplicate keys are detected with their line;
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 MAX_REQUEST_BYTES = 3 * 1024 * 1024  # kube-apiserver --max-request-bytes default
-MAX_JSON_DEPTH = 10_000  # k8s.io/apimachinery/pkg/util/json maxDepth (orjson stops at 1024 first)
 STRICT, WARN, IGNORE = "Strict", "Warn", "Ignore"
 
 JSON = "application/json"
@@ -134,8 +134,7 @@ def loads_json(raw: bytes, *, duplicates: bool) -> tuple[Any, list[str]]:
     dup = _Dup()
     try:
         json.loads(raw, object_pairs_hook=dup.hook)
-    except (ValueError, RecursionError) as exc:  # orjson accepted it; keep its answer
-        del exc
+    except (ValueError, RecursionError):  # orjson accepted the body; its answer stands
         return value, []
     return value, dup.found
 
@@ -211,6 +210,11 @@ class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
                     self.duplicates.append(f'line {key_node.start_mark.line + 1}: key "{key}" already set in map')
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# go-yaml keeps an unquoted timestamp (`2024-01-01`) as the string it is when decoding into JSON; PyYAML would
+# build a datetime, which no string field accepts.
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
 
 
 def loads_yaml(raw: bytes) -> tuple[Any, list[str]]:

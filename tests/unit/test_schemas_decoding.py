@@ -288,6 +288,12 @@ def test_json_and_yaml_duplicate_keys() -> None:
     assert dups == ['yaml: unmarshal errors:\n  line 3: key "replicas" already set in map']
 
 
+def test_yaml_timestamps_stay_strings_as_in_go_yaml() -> None:
+    body = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: t\n  annotations: {since: 2024-01-01}\n"
+    decoded = decoding.decode_object(body, "application/yaml", kind=CM, mode="Strict")
+    assert decoded.obj["metadata"]["annotations"] == {"since": "2024-01-01"}
+
+
 def test_yaml_alias_bomb_is_refused_fast_with_a_small_memory_peak() -> None:
     assert len(YAML_BOMB) < 450
     tracemalloc.start()
