@@ -34,6 +34,11 @@ class ServerConfig:
     https_listen_port: int = 6443
     token: str = ""
     token_file: str = ""
+    # K3s's datastore flags: empty = the embedded SQLite store; http(s)://host:2379[,...] = etcd v3.
+    datastore_endpoint: str = ""
+    datastore_cafile: str = ""
+    datastore_certfile: str = ""
+    datastore_keyfile: str = ""
     write_kubeconfig: str = "/etc/kwire/kwire.yaml"
     write_kubeconfig_mode: str = "0600"
     cluster_cidr: str = "10.42.0.0/16"

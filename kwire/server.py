@@ -10,6 +10,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
 from kwire.base import memory
 from kwire.client.kubeconfig import Config, write_kubeconfig
-from kwire.config import ServerConfig
+from kwire.config import ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
 from kwire.controllers.manager import ControllerManager
+from kwire.store.base import Store
+from kwire.store.etcd import EtcdStore
 from kwire.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -135,7 +138,7 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
 @dataclass
 class Server:
     cfg: ServerConfig
-    store: SQLiteStore
+    store: Store
     resources: Resources
     api: ApiServer
     lifecycle: Lifecycle
@@ -168,7 +171,7 @@ def _self_url(cfg: ServerConfig) -> str:
     return f"https://{host}:{int(cfg.https_listen_port)}"
 
 
-async def _compactor(store: SQLiteStore) -> None:
+async def _compactor(store: Store) -> None:
     while True:
         await asyncio.sleep(COMPACT_INTERVAL)
         try:
@@ -177,12 +180,30 @@ async def _compactor(store: SQLiteStore) -> None:
             log.exception("compaction failed")
 
 
+async def open_store(cfg: ServerConfig, data_dir: Path) -> Store:
+    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3, nothing is embedded SQLite."""
+    endpoint = str(cfg.datastore_endpoint)
+    if not endpoint:
+        return SQLiteStore(data_dir / "db" / "state.db")
+    urls = [u.strip() for u in endpoint.split(",") if u.strip()]
+    if not all(u.startswith(("http://", "https://")) for u in urls):
+        raise ConfigError(f"datastore-endpoint {endpoint!r}: only etcd (http:// or https:// URLs) is supported")
+    ctx = None
+    if any(u.startswith("https://") for u in urls):
+        ctx = ssl.create_default_context(cafile=str(cfg.datastore_cafile) or None)
+        if cfg.datastore_certfile:
+            ctx.load_cert_chain(str(cfg.datastore_certfile), str(cfg.datastore_keyfile) or None)
+    etcd = EtcdStore(urls, ssl_context=ctx)
+    await etcd.start()
+    return etcd
+
+
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
     data_dir = Path(cfg.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(data_dir / "db" / "state.db")
+    store = await open_store(cfg, data_dir)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
     resources = Resources(store, allocator=allocator)
     await resources.load()

@@ -35,8 +35,7 @@ from kwire.api.fields import FieldSelector
 from kwire.api.patch import apply_patch
 from kwire.api.registry import KINDS, Kind, by_path
 from kwire.base.labels import Selector
-from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch
-from kwire.store.sqlite import SQLiteStore
+from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ def decode_continue(token: str) -> str:
 
 
 class Resources:
-    def __init__(self, store: SQLiteStore, *, allocator: ServiceAllocator) -> None:
+    def __init__(self, store: Store, *, allocator: ServiceAllocator) -> None:
         self.store = store
         self.allocator = allocator
         self._after_write: list[Callable[[], None]] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -71,6 +72,18 @@ class Compacted(StoreError):
         self.compacted = compacted
 
 
+class WatchStream(Protocol):
+    """Events of one watch: iterate them (ends when the watcher is cut off), or take what is ready now."""
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def __anext__(self) -> Event: ...
+
+    def ready(self) -> list[Event]: ...
+
+    def close(self) -> None: ...
+
+
 class Store(abc.ABC):
     """A revisioned KV store. All methods run on the owner's event loop."""
 
@@ -86,6 +99,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get(self, key: str) -> KV | None: ...
+
+    @abc.abstractmethod
+    def get_now(self, key: str) -> KV | None:
+        """Synchronous read of the live state (every backend mirrors it in memory)."""
 
     @abc.abstractmethod
     async def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> RangeResult:
@@ -104,7 +121,7 @@ class Store(abc.ABC):
         """Delete a key (CAS when expected_revision != 0); raises KeyNotFound/RevisionMismatch."""
 
     @abc.abstractmethod
-    def watch(self, prefix: str, *, from_revision: int) -> AsyncIterator[Event]:
+    def watch(self, prefix: str, *, from_revision: int) -> WatchStream:
         """Events under prefix with revision > from_revision, then live ones; raises Compacted."""
 
     @abc.abstractmethod

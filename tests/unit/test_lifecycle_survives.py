@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import kwire.store.sqlite as sqlite_mod
+import kwire.store.live as live_mod
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
@@ -31,7 +31,7 @@ async def test_gc_and_namespace_deletion_survive_an_overflowed_watch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert CONFIGMAPS is not None and NAMESPACES is not None
-    monkeypatch.setattr(sqlite_mod, "_MAX_PENDING", 50)  # the same overflow as 50,000 pending events, sooner
+    monkeypatch.setattr(live_mod, "_MAX_PENDING", 50)  # the same overflow as 50,000 pending events, sooner
     store = SQLiteStore(tmp_path / "state.db")
     res = Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(30000, 32767)))
     await res.load()

@@ -114,7 +114,7 @@ async def test_watch_from_disk_after_restart_and_compaction(tmp_path: Path) -> N
 
 
 async def test_slow_watcher_is_ended_not_unbounded(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kwire.store.sqlite as mod
+    import kwire.store.live as mod
 
     monkeypatch.setattr(mod, "_MAX_PENDING", 3)
     w = store.watch("/s/", from_revision=store.revision)
@@ -127,7 +127,7 @@ async def test_slow_watcher_is_ended_not_unbounded(store: SQLiteStore, monkeypat
 async def test_slow_watcher_is_ended_by_the_bytes_it_keeps_alive(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import kwire.store.sqlite as mod
+    import kwire.store.live as mod
 
     monkeypatch.setattr(mod, "_MAX_PENDING_BYTES", 2500)
     w = store.watch("/s/", from_revision=store.revision)
@@ -138,7 +138,7 @@ async def test_slow_watcher_is_ended_by_the_bytes_it_keeps_alive(
 
 
 async def test_pending_bytes_drain_as_a_watcher_reads(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kwire.store.sqlite as mod
+    import kwire.store.live as mod
 
     monkeypatch.setattr(mod, "_MAX_PENDING_BYTES", 2500)
     w = store.watch("/s/", from_revision=store.revision)

@@ -1,0 +1,341 @@
+"""etcd v3 backend of the revisioned store (`--datastore-endpoint http(s)://...`), as kube-apiserver uses etcd.
+
+The client is etcd's own JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, `/v3/kv/deleterange`, `/v3/kv/compaction`,
+`/v3/watch`), spoken over aiohttp, which kwire already depends on. Why not a gRPC client: the maintained Python
+ones pull in grpcio and generated protobufs (tens of MB per process) or are unmaintained (python-etcd3 pins
+protobuf 3); the gateway is part of every etcd server (Debian's etcd-server 3.4 included) and carries the same
+semantics. Keys and values travel base64-encoded; int64 fields are JSON strings.
+
+Revisions are etcd's: a write's resourceVersion is the etcd revision of its transaction, a watch resumes from a
+revision, compaction is etcd's (older revisions: 410 Gone). Writes are transactions with compare-and-swap on
+`create_revision` (create), `mod_revision` (update, delete). As kube-apiserver's watch cache does, the server keeps
+the live state in memory (`LiveState`), fed only by one etcd watch on the whole prefix, so reads, lists and
+watches never wait for etcd; a write returns once the watch has delivered it, so a client reads its own writes
+and a list's resourceVersion is always one the watch has passed (other servers' writes arrive the same way). If
+the watch falls off the compaction window (etcd compacted past it), the state is reloaded and every local watcher
+ends, so clients relist. Events' TTL leases are not used (kwire keeps Events like any object).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import ssl
+from typing import Any
+
+import aiohttp
+import orjson
+
+from kwire.store.base import (
+    ADDED,
+    DELETED,
+    KV,
+    MODIFIED,
+    Event,
+    KeyExists,
+    KeyNotFound,
+    RangeResult,
+    RevisionMismatch,
+    Store,
+    StoreError,
+)
+from kwire.store.live import LiveState, Watch
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/registry/"
+PAGE = 1000  # keys per range request while loading
+WRITE_VISIBLE_TIMEOUT = 10.0  # a write not seen on the watch by then: the caller gets a StoreError
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _unb64(data: str | None) -> bytes:
+    return base64.b64decode(data) if data else b""
+
+
+def _prefix_end(prefix: str) -> str:
+    """etcd's range end for every key starting with `prefix` (its last byte plus one)."""
+    raw = prefix.encode()
+    return _b64(raw[:-1] + bytes([raw[-1] + 1]))
+
+
+def _kv(obj: dict[str, Any]) -> KV:
+    return KV(
+        _unb64(obj["key"]).decode(),
+        _unb64(obj.get("value")),
+        int(obj.get("mod_revision", 0)),
+        int(obj.get("create_revision", 0)),
+    )
+
+
+class EtcdStore(Store):
+    def __init__(
+        self,
+        endpoints: list[str],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        history: int = 20000,
+        prefix: str = PREFIX,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        self._endpoints = [e.rstrip("/") for e in endpoints]
+        self._current = 0
+        self._ssl = ssl_context
+        self._prefix = prefix
+        self._state = LiveState(history=history)
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._progress = asyncio.Condition()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    async def start(self, *, timeout: float = 30.0) -> None:
+        """Connect (trying every endpoint), load the live state, and follow it."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl else False),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        )
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            try:
+                await self._load()
+                break
+            except (aiohttp.ClientError, OSError, StoreError) as exc:
+                if loop.time() > end:
+                    raise StoreError(f"etcd at {', '.join(self._endpoints)} did not answer: {exc}") from exc
+                await asyncio.sleep(0.5)
+        self._task = asyncio.create_task(self._follow())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._state.close_watchers()
+        if self._session:
+            await self._session.close()
+
+    # -- HTTP --------------------------------------------------------------------------------------------------
+    async def _call(self, path: str, body: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
+        assert self._session is not None, "EtcdStore.start() first"
+        last: Exception | None = None
+        for _ in range(len(self._endpoints)):
+            url = self._endpoints[self._current] + path
+            try:
+                async with self._session.post(
+                    url, data=orjson.dumps(body), timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as r:
+                    data = await r.read()
+                    if r.status != 200:
+                        raise StoreError(f"etcd {path}: {r.status} {data[:200]!r}")
+                    out: dict[str, Any] = orjson.loads(data)
+                    return out
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                last = exc
+                self._current = (self._current + 1) % len(self._endpoints)  # the next member
+        raise StoreError(f"etcd unreachable: {last}")
+
+    async def _load(self) -> None:
+        kvs: list[KV] = []
+        key = _b64(self._prefix)
+        end = _prefix_end(self._prefix)
+        revision = 0
+        while True:
+            body: dict[str, Any] = {"key": key, "range_end": end, "limit": PAGE}
+            if revision:
+                body["revision"] = revision  # every page at the first page's revision: one consistent snapshot
+            res = await self._call("/v3/kv/range", body)
+            revision = revision or int(res["header"]["revision"])
+            page = [_kv(o) for o in res.get("kvs", [])]
+            kvs.extend(page)
+            if not res.get("more") or not page:
+                break
+            key = _b64(page[-1].key.encode() + b"\0")
+        self._state.close_watchers()  # watchers of a previous state cannot be continued
+        self._state.load(kvs, revision=revision)
+        log.info("etcd store loaded: %d keys at revision %d", len(kvs), revision)
+
+    # -- the watch that feeds the state ----------------------------------------------------------------------
+    async def _follow(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._watch_once()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except _CompactedAway as exc:
+                log.warning("etcd compacted past revision %d (now %d): reloading", self._state.revision, exc.compacted)
+                self._state.compacted = exc.compacted
+                await self._load()
+            except Exception as exc:  # noqa: BLE001 - etcd restarts, a member goes away: watch again
+                log.warning("etcd watch ended (%s); resuming from revision %d", exc, self._state.revision)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._current = (self._current + 1) % len(self._endpoints)
+
+    async def _watch_once(self) -> None:
+        assert self._session is not None
+        body = {
+            "create_request": {
+                "key": _b64(self._prefix),
+                "range_end": _prefix_end(self._prefix),
+                "start_revision": self._state.revision + 1,
+                "prev_kv": True,
+                "progress_notify": True,
+            }
+        }
+        url = self._endpoints[self._current] + "/v3/watch"
+        forever = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+        async with self._session.post(url, data=orjson.dumps(body), timeout=forever) as r:
+            if r.status != 200:
+                raise StoreError(f"etcd watch: {r.status}")
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        await self._on_watch_message(orjson.loads(line))
+        raise StoreError("watch stream closed")
+
+    async def _on_watch_message(self, msg: dict[str, Any]) -> None:
+        if "error" in msg:
+            raise StoreError(f"etcd watch error: {msg['error']}")
+        result = msg.get("result") or {}
+        compact = int(result.get("compact_revision") or 0)
+        if compact:
+            raise _CompactedAway(compact)
+        if result.get("canceled"):
+            raise StoreError(f"etcd canceled the watch: {result.get('cancel_reason', '')}")
+        for ev in result.get("events") or []:
+            kv = _kv(ev["kv"])
+            prev = ev.get("prev_kv")
+            if ev.get("type") == "DELETE":
+                value = _unb64(prev.get("value")) if prev else b""
+                self._state.remove(kv.key)
+                self._state.publish(Event(DELETED, kv.key, kv.mod_revision, value, value))
+            else:
+                self._state.put(kv)
+                kind = ADDED if kv.create_revision == kv.mod_revision else MODIFIED
+                self._state.publish(
+                    Event(kind, kv.key, kv.mod_revision, kv.value, _unb64(prev.get("value")) if prev else None)
+                )
+        header_rev = int((result.get("header") or {}).get("revision") or 0)
+        if not result.get("events") and header_rev > self._state.revision and not result.get("created"):
+            self._state.revision = header_rev  # a progress notification: nothing under our prefix until then
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _visible(self, revision: int) -> None:
+        """Wait until the watch has applied `revision` (read-your-writes for the caller)."""
+        try:
+            async with asyncio.timeout(WRITE_VISIBLE_TIMEOUT):
+                async with self._progress:
+                    await self._progress.wait_for(lambda: self._state.revision >= revision)
+        except TimeoutError:
+            raise StoreError(
+                f"etcd write {revision} was not seen on the watch within {WRITE_VISIBLE_TIMEOUT}s"
+            ) from None
+
+    # -- Store -------------------------------------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        return self._state.revision
+
+    @property
+    def compacted_revision(self) -> int:
+        return self._state.compacted
+
+    async def get(self, key: str) -> KV | None:
+        return self._state.get(key)
+
+    def get_now(self, key: str) -> KV | None:
+        return self._state.get(key)
+
+    async def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> RangeResult:
+        return self._state.range(prefix, start_after=start_after, limit=limit)
+
+    async def _txn(self, key: str, compare: dict[str, Any], success: dict[str, Any]) -> tuple[bool, int, KV | None]:
+        body = {
+            "compare": [{"key": _b64(key), "result": "EQUAL", **compare}],
+            "success": [success],
+            "failure": [{"request_range": {"key": _b64(key)}}],
+        }
+        res = await self._call("/v3/kv/txn", body)
+        rev = int(res["header"]["revision"])
+        if res.get("succeeded"):
+            return True, rev, None
+        kvs = ((res.get("responses") or [{}])[0].get("response_range") or {}).get("kvs") or []
+        return False, rev, _kv(kvs[0]) if kvs else None
+
+    async def create(self, key: str, value: bytes) -> int:
+        ok, rev, _ = await self._txn(
+            key,
+            {"target": "CREATE", "create_revision": 0},
+            {"request_put": {"key": _b64(key), "value": _b64(value)}},
+        )
+        if not ok:
+            raise KeyExists(key)
+        await self._visible(rev)
+        return rev
+
+    async def update(self, key: str, value: bytes, *, expected_revision: int) -> int:
+        if expected_revision:
+            compare = {"target": "MOD", "mod_revision": expected_revision}
+        else:  # unconditional, but only an existing key: its create_revision is not 0
+            cur = self._state.get(key)
+            if cur is None:
+                raise KeyNotFound(key)
+            compare = {"target": "CREATE", "create_revision": cur.create_revision}
+        ok, rev, current = await self._txn(key, compare, {"request_put": {"key": _b64(key), "value": _b64(value)}})
+        if not ok:
+            if current is None:
+                raise KeyNotFound(key)
+            raise RevisionMismatch(key, current)
+        await self._visible(rev)
+        return rev
+
+    async def delete(self, key: str, *, expected_revision: int = 0) -> int:
+        if expected_revision:
+            compare = {"target": "MOD", "mod_revision": expected_revision}
+        else:
+            cur = self._state.get(key)
+            if cur is None:
+                raise KeyNotFound(key)
+            compare = {"target": "CREATE", "create_revision": cur.create_revision}
+        ok, rev, current = await self._txn(key, compare, {"request_delete_range": {"key": _b64(key)}})
+        if not ok:
+            if current is None:
+                raise KeyNotFound(key)
+            raise RevisionMismatch(key, current)
+        await self._visible(rev)
+        return rev
+
+    def watch(self, prefix: str, *, from_revision: int) -> Watch:
+        return self._state.watch(prefix, from_revision=from_revision)
+
+    async def compact(self, revision: int) -> None:
+        revision = min(revision, self._state.revision)
+        if revision <= self._state.compacted:
+            return
+        try:
+            await self._call("/v3/kv/compaction", {"revision": revision}, timeout=60)
+        except StoreError as exc:
+            if "compacted" not in str(exc):  # another server compacted further already
+                raise
+        self._state.compacted = revision
+        log.info("etcd compacted at revision %d", revision)
+
+
+class _CompactedAway(Exception):
+    def __init__(self, compacted: int) -> None:
+        super().__init__(f"compacted at {compacted}")
+        self.compacted = compacted
