@@ -147,7 +147,7 @@ class ApiServer:
             # Building the documents takes 0.1-0.3 s when kinds or CRDs changed: off the event loop.
             return await asyncio.to_thread(self._openapi, path, request.headers.get("Accept", ""))
         if request.method == "GET":
-            static = self._static(path, request)
+            static = self._static(path)
             if static is not None:
                 return static
         target = parse_target(path)
@@ -262,7 +262,7 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return web.Response(body=doc, content_type=JSON, headers={"Cache-Control": "no-cache, private"})
 
-    def _static(self, path: str, request: web.Request) -> web.Response | None:
+    def _static(self, path: str) -> web.Response | None:
         if path == "/cacerts" and self.ca_pem:
             # K3s serves its CA bundle unauthenticated; agents pin it by the hash carried in a K10 token.
             return web.Response(body=self.ca_pem, content_type="text/plain")
