@@ -59,6 +59,10 @@ class ServerConfig:
     # kube-controller-manager's --node-monitor-grace-period, in seconds: a node whose Lease is not renewed for
     # this long is marked Ready=Unknown and tainted node.kubernetes.io/unreachable.
     node_monitor_grace_period: int = 40
+    # kube-apiserver's DefaultTolerationSeconds admission: how long a new pod tolerates a node being not-ready /
+    # unreachable (NoExecute) before the taint manager evicts it.
+    default_not_ready_toleration_seconds: int = 300
+    default_unreachable_toleration_seconds: int = 300
 
     @property
     def service_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.certs import ensure_pki, ensure_token
 from kwire.api.errors import ApiError
@@ -125,6 +126,7 @@ async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> No
         "flannel-backend": str(cfg.flannel_backend),
         "service-node-port-range": str(cfg.service_node_port_range),
         "disable-network-policy": "true" if cfg.disable_network_policy else "false",
+        "disable": ",".join(sorted(str(x) for x in cfg.disable)),  # packaged components left out (lab up waits)
         # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
         "node-monitor-grace-period": str(int(cfg.node_monitor_grace_period)),
     }
@@ -205,7 +207,11 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(cfg, data_dir)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
-    resources = Resources(store, allocator=allocator)
+    admission = Admission(
+        not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
+        unreachable_toleration_seconds=cfg.default_unreachable_toleration_seconds,
+    )
+    resources = Resources(store, allocator=allocator, admission=admission)
     await resources.load()
     address = _node_address(cfg)
     await bootstrap(resources, cfg, address=address)

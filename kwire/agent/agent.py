@@ -277,13 +277,14 @@ async def start(cfg: AgentConfig) -> Agent:
         conflist=conflist,
         cni_bin_dir=cni_dir / "bin",
         runtime=runtime,
+        logs_dir=data_dir / "runtime" / "logs",
     )
     await kubelet.start()
     logs = LogServer(
         logs_dir=data_dir / "runtime" / "logs",
         token=client.config.token or "",
         host=node_ip,
-        exec_target=kubelet.pod_netns,
+        exec_target=kubelet.exec_target,
         attach_target=kubelet.attach_target,
     )
     await logs.start()

@@ -108,6 +108,90 @@ def _daemonset(obj: Obj) -> None:
     _template(obj)
 
 
+def _statefulset(obj: Obj) -> None:
+    """SetDefaults_StatefulSet (apps/v1)."""
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("replicas", 1)
+    spec.setdefault("podManagementPolicy", "OrderedReady")
+    spec.setdefault("revisionHistoryLimit", 10)
+    strategy = spec.setdefault("updateStrategy", {})
+    if isinstance(strategy, dict):
+        strategy.setdefault("type", "RollingUpdate")
+        if strategy["type"] == "RollingUpdate":
+            ru = strategy.setdefault("rollingUpdate", {})
+            if isinstance(ru, dict):
+                ru.setdefault("partition", 0)
+    retention = spec.setdefault("persistentVolumeClaimRetentionPolicy", {})
+    if isinstance(retention, dict):
+        retention.setdefault("whenDeleted", "Retain")
+        retention.setdefault("whenScaled", "Retain")
+    for pvc in spec.get("volumeClaimTemplates") or []:
+        if isinstance(pvc, dict):
+            pvc.setdefault("apiVersion", "v1")
+            pvc.setdefault("kind", "PersistentVolumeClaim")
+            pvc_spec = pvc.setdefault("spec", {})
+            if isinstance(pvc_spec, dict):
+                pvc_spec.setdefault("volumeMode", "Filesystem")
+            pvc.setdefault("status", {"phase": "Pending"})
+    _template(obj)
+
+
+def _job_spec(spec: Obj, *, meta: Obj) -> None:
+    """SetDefaults_Job, plus the selector and labels the Job strategy generates (batch/v1 generateSelector) from
+    the Job's metadata (it has its uid by the time defaults run)."""
+    if "completions" not in spec and "parallelism" not in spec:
+        spec["completions"] = 1
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("backoffLimit", 2147483647 if spec.get("backoffLimitPerIndex") is not None else 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    spec.setdefault("podReplacementPolicy", "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed")
+    tmpl = spec.get("template")
+    if isinstance(tmpl, dict) and isinstance(tmpl.get("spec"), dict):
+        _pod_spec(tmpl["spec"])
+        tmpl.setdefault("metadata", {})
+    if spec.get("manualSelector") is True or not isinstance(tmpl, dict):
+        return
+    uid, name = str(meta.get("uid") or ""), str(meta.get("name") or "")
+    tmeta = tmpl.setdefault("metadata", {})
+    if not isinstance(tmeta, dict) or not uid:
+        return
+    labels = tmeta.setdefault("labels", {})
+    if isinstance(labels, dict):
+        labels.setdefault("batch.kubernetes.io/controller-uid", uid)
+        labels.setdefault("batch.kubernetes.io/job-name", name)
+        labels.setdefault("controller-uid", uid)
+        labels.setdefault("job-name", name)
+    spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+
+
+def _job(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    meta = obj.setdefault("metadata", {})
+    if not isinstance(spec, dict) or not isinstance(meta, dict):
+        return
+    _job_spec(spec, meta=meta)
+    tmpl_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels")
+    if not meta.get("labels") and isinstance(tmpl_labels, dict) and tmpl_labels:
+        meta["labels"] = dict(tmpl_labels)
+
+
+def _cronjob(obj: Obj) -> None:
+    """SetDefaults_CronJob."""
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("concurrencyPolicy", "Allow")
+    spec.setdefault("suspend", False)
+    spec.setdefault("successfulJobsHistoryLimit", 3)
+    spec.setdefault("failedJobsHistoryLimit", 1)
+    jt = spec.get("jobTemplate")
+    if isinstance(jt, dict):
+        _template({"spec": jt.get("spec")})  # only the pod template is defaulted: SetDefaults_Job is for Jobs
+
+
 def _service(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     if not isinstance(spec, dict):
@@ -198,6 +282,9 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "Deployment": _deployment,
     "ReplicaSet": _replicaset,
     "DaemonSet": _daemonset,
+    "StatefulSet": _statefulset,
+    "Job": _job,
+    "CronJob": _cronjob,
     "Service": _service,
     "Namespace": _namespace,
     "Secret": _secret,

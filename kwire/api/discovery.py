@@ -48,6 +48,8 @@ def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
             entry.update({"kind": "Scale", "group": "autoscaling", "version": "v1"})
         if sub == "binding":
             entry.update({"kind": "Binding", "verbs": ["create"]})
+        if sub == "eviction":  # kubectl drain looks for exactly this entry before it evicts
+            entry.update({"kind": "Eviction", "group": "policy", "version": "v1", "verbs": ["create"]})
         out.append(entry)
     return out
 

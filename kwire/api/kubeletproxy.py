@@ -22,7 +22,7 @@ from kwire.api.resources import Resources
 log = logging.getLogger(__name__)
 
 KUBELET_PORT = 10250
-PASSED_LOG_PARAMS = ("tailLines", "limitBytes", "follow", "timestamps", "previous", "sinceSeconds")
+PASSED_LOG_PARAMS = ("tailLines", "limitBytes", "follow", "timestamps", "previous", "sinceSeconds", "sinceTime")
 PASSED_EXEC_PARAMS = ("command", "stdin", "stdout", "stderr", "tty")
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 
@@ -32,7 +32,9 @@ async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: 
     pods, nodes = by_path("", "v1", "pods"), by_path("", "v1", "nodes")
     assert pods and nodes
     pod = await resources.get(pods, namespace, name)
-    containers = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
+    spec = pod.get("spec") or {}
+    containers = [str(c.get("name")) for c in spec.get("containers") or []]
+    others = [str(c.get("name")) for k in ("initContainers", "ephemeralContainers") for c in spec.get(k) or []]
     container = request.query.get("container") or ""
     if not container:
         if len(containers) != 1:
@@ -40,7 +42,7 @@ async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: 
                 f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
             )
         container = containers[0]
-    elif container not in containers:
+    elif container not in containers + others:
         raise bad_request(f"container {container} is not valid for pod {name}")
     node_name = (pod.get("spec") or {}).get("nodeName")
     if not node_name:
@@ -63,6 +65,8 @@ async def pod_log(
     try:
         async with aiohttp.ClientSession(timeout=timeout) as s:
             async with s.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as r:
+                if r.status == 400:  # the kubelet's own refusal (`previous terminated container ... not found`)
+                    raise bad_request(await r.text())
                 if r.status != 200:
                     raise ApiError(502, "InternalError", f"kubelet on {node_name}: {r.status} {await r.text()}")
                 resp = web.StreamResponse(headers={"Content-Type": "text/plain"})

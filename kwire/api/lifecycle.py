@@ -150,6 +150,11 @@ class Lifecycle:
             except StopAsyncIteration:
                 return
             if ev.type == DELETED:
+                # An owner waiting in the foreground for its dependents is looked at again when one goes.
+                for owner_uid in self._owners_of.get(ev.key, []):
+                    owner_key = self._uid_key.get(owner_uid)
+                    if owner_key:
+                        pending.add(owner_key)
                 uid = self._forget(ev.key)
                 if uid:
                     pending.update(self._dependents.get(uid, set()))

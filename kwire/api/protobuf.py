@@ -159,6 +159,50 @@ SCHEMAS: dict[str, dict[int, F]] = {
     ),
     "DeploymentStrategy": _m(f1=F("type", "s"), f2=F("rollingUpdate", "m", "RollingUpdateDeployment")),
     "RollingUpdateDeployment": _m(f1=F("maxUnavailable", "ios"), f2=F("maxSurge", "ios")),
+    # batch/v1 (kubectl create job / cronjob / job --from=cronjob)
+    "Job": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
+    "JobSpec": _m(
+        f1=F("parallelism", "i", keep_zero=True),
+        f2=F("completions", "i", keep_zero=True),
+        f3=F("activeDeadlineSeconds", "i"),
+        f4=F("selector", "m", "LabelSelector"),
+        f5=F("manualSelector", "b"),
+        f6=F("template", "m", "PodTemplateSpec"),
+        f7=F("backoffLimit", "i", keep_zero=True),
+        f8=F("ttlSecondsAfterFinished", "i", keep_zero=True),
+        f9=F("completionMode", "s"),
+        f10=F("suspend", "b"),
+        f14=F("podReplacementPolicy", "s"),
+    ),
+    "CronJob": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "CronJobSpec")),
+    "CronJobSpec": _m(
+        f1=F("schedule", "s"),
+        f2=F("startingDeadlineSeconds", "i", keep_zero=True),
+        f3=F("concurrencyPolicy", "s"),
+        f4=F("suspend", "b"),
+        f5=F("jobTemplate", "m", "JobTemplateSpec"),
+        f6=F("successfulJobsHistoryLimit", "i", keep_zero=True),
+        f7=F("failedJobsHistoryLimit", "i", keep_zero=True),
+        f8=F("timeZone", "s"),
+    ),
+    "JobTemplateSpec": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
+    # policy/v1 (kubectl drain)
+    "Eviction": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("deleteOptions", "m", "DeleteOptions")),
+    "DeleteOptions": _m(
+        f1=F("gracePeriodSeconds", "i", keep_zero=True),
+        f2=F("preconditions", "m", "Preconditions"),
+        f3=F("orphanDependents", "b"),
+        f4=F("propagationPolicy", "s"),
+        f5=F("dryRun", "s", repeated=True),
+    ),
+    "Preconditions": _m(f1=F("uid", "s"), f2=F("resourceVersion", "s")),
+    "PodDisruptionBudget": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodDisruptionBudgetSpec")),
+    "PodDisruptionBudgetSpec": _m(
+        f1=F("minAvailable", "ios"),
+        f2=F("selector", "m", "LabelSelector"),
+        f3=F("maxUnavailable", "ios"),
+        f4=F("unhealthyPodEvictionPolicy", "s"),
+    ),
     # networking.k8s.io/v1
     "Ingress": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "IngressSpec")),
     "IngressSpec": _m(
@@ -186,6 +230,10 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("v1", "Service"): "Service",
     ("apps/v1", "Deployment"): "Deployment",
     ("networking.k8s.io/v1", "Ingress"): "Ingress",
+    ("batch/v1", "Job"): "Job",
+    ("batch/v1", "CronJob"): "CronJob",
+    ("policy/v1", "Eviction"): "Eviction",
+    ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
 }
 
 

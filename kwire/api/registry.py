@@ -67,6 +67,8 @@ def _k(
     status: bool = False,
     scale: bool = False,
     binding: bool = False,
+    eviction: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> Kind:
     return Kind(
         group=group,
@@ -78,14 +80,27 @@ def _k(
         categories=categories,
         subresources=(("status",) if status else ())
         + (("scale",) if scale else ())
-        + (("binding",) if binding else ()),
+        + (("binding",) if binding else ())
+        + (("eviction",) if eviction else ())
+        + extra,
     )
 
 
 KINDS: tuple[Kind, ...] = (
     _k("", "v1", "Namespace", "namespaces", namespaced=False, short=("ns",), status=True),
     _k("", "v1", "Node", "nodes", namespaced=False, short=("no",), status=True),
-    _k("", "v1", "Pod", "pods", short=("po",), categories=("all",), status=True, binding=True),
+    _k(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        short=("po",),
+        categories=("all",),
+        status=True,
+        binding=True,
+        eviction=True,
+        extra=("ephemeralcontainers",),
+    ),
     _k("", "v1", "Service", "services", short=("svc",), categories=("all",), status=True),
     _k("", "v1", "Endpoints", "endpoints", short=("ep",)),
     _k("", "v1", "ConfigMap", "configmaps", short=("cm",)),
@@ -95,6 +110,11 @@ KINDS: tuple[Kind, ...] = (
     _k("apps", "v1", "Deployment", "deployments", short=("deploy",), categories=("all",), status=True, scale=True),
     _k("apps", "v1", "ReplicaSet", "replicasets", short=("rs",), categories=("all",), status=True, scale=True),
     _k("apps", "v1", "DaemonSet", "daemonsets", short=("ds",), categories=("all",), status=True),
+    _k("apps", "v1", "StatefulSet", "statefulsets", short=("sts",), categories=("all",), status=True, scale=True),
+    _k("apps", "v1", "ControllerRevision", "controllerrevisions"),
+    _k("batch", "v1", "Job", "jobs", categories=("all",), status=True),
+    _k("batch", "v1", "CronJob", "cronjobs", short=("cj",), categories=("all",), status=True),
+    _k("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", short=("pdb",), status=True),
     _k("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     _k("networking.k8s.io", "v1", "Ingress", "ingresses", short=("ing",), status=True),
     _k("networking.k8s.io", "v1", "IngressClass", "ingressclasses", namespaced=False),

@@ -1,4 +1,4 @@
-"""The `scale` subresource of Deployments and ReplicaSets (autoscaling/v1 Scale), which `kubectl scale` uses.
+"""The `scale` subresource of Deployments, ReplicaSets and StatefulSets (autoscaling/v1 Scale), which `kubectl scale` uses.
 
 GET answers a Scale built from the object; PUT and PATCH change only spec.replicas of the parent object, through
 the normal update path (validation, optimistic concurrency on the Scale's resourceVersion, generation bump).
@@ -14,7 +14,7 @@ from kwire.api.registry import Kind
 
 Obj = dict[str, Any]
 
-SCALE_KINDS = ("Deployment", "ReplicaSet")
+SCALE_KINDS = ("Deployment", "ReplicaSet", "StatefulSet")
 
 
 def _selector_string(sel: Any) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kwire.api import decoding, discovery, kubeletproxy, openapi, scale, streaming, tables
+from kwire.api import decoding, discovery, eviction, kubeletproxy, openapi, scale, streaming, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import MERGE_PATCH, apply_patch
@@ -181,6 +181,17 @@ class ApiServer:
         m = request.method
         if target.subresource == "scale" and target.name is not None:
             return await self._scale(request, target)
+        if target.subresource == "eviction" and target.name is not None:
+            if m != "POST":
+                raise method_not_allowed()
+            status = await eviction.evict(
+                self.resources,
+                target.namespace or "",
+                target.name,
+                await self._body(request),
+                dry_run=_dry_run(request),
+            )
+            return _json(status, 201)
         if target.subresource == "binding" and target.name is not None:
             if m != "POST":
                 raise method_not_allowed()
@@ -205,9 +216,7 @@ class ApiServer:
             return self._object_response(request, target.kind, obj)
         if m == "PUT":
             body = await self._body(request, target.kind)
-            sub = "status" if target.subresource == "status" else None
-            if target.subresource == "finalize":
-                sub = None
+            sub = target.subresource if target.subresource in ("status", "ephemeralcontainers") else None
             obj = await self.resources.update(
                 target.kind, target.namespace, target.name, body, subresource=sub, dry_run=_dry_run(request)
             )
@@ -393,7 +402,18 @@ class ApiServer:
             preconditions=opts.get("preconditions"),
             dry_run=_dry_run(request),
         )
-        return _json(obj)
+        meta = obj.get("metadata") or {}
+        still = self.resources.get_or_none(target.kind, target.namespace, target.name)
+        pending = bool(meta.get("deletionTimestamp")) and (
+            _dry_run(request) or (still is not None and (still.get("metadata") or {}).get("uid") == meta.get("uid"))
+        )
+        if pending:
+            return _json(obj)  # graceful or waiting on finalizers: the object, with its deletionTimestamp
+        # Deleted at once: kube-apiserver answers with a Status naming what went.
+        details = {"name": target.name, "kind": target.kind.plural, "uid": meta.get("uid", "")}
+        if target.kind.group:
+            details["group"] = target.kind.group
+        return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
         labels, fields = self._selectors(request)

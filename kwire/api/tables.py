@@ -147,17 +147,52 @@ def _pod(o: Obj, now: dt.datetime) -> Cells:
     spec = o.get("spec") or {}
     status = o.get("status") or {}
     meta = o["metadata"]
-    total = len(spec.get("containers") or [])
+    inits = {str(c.get("name")): c for c in spec.get("initContainers") or []}
+    sidecars = [n for n, c in inits.items() if c.get("restartPolicy") == "Always"]
+    total = len(spec.get("containers") or []) + len(sidecars)
     ready = 0
     restarts = 0
     last_restart: dt.datetime | None = None
     reason = status.get("reason") or status.get("phase") or ""
-    for cs in status.get("containerStatuses") or []:
-        restarts += int(cs.get("restartCount") or 0)
+
+    def note_restart(cs: Obj) -> None:
+        nonlocal last_restart
         term = (cs.get("lastState") or {}).get("terminated") or {}
         fin = _parse_time(term.get("finishedAt"))
         if fin and (last_restart is None or fin > last_restart):
             last_restart = fin
+
+    # kubectl's printPod: the first init container that has not completed names the status (Init:1/3,
+    # Init:Error, Init:CrashLoopBackOff); started sidecars count as containers.
+    initializing = False
+    for i, cs in enumerate(status.get("initContainerStatuses") or []):
+        restarts += int(cs.get("restartCount") or 0)
+        note_restart(cs)
+        state = cs.get("state") or {}
+        term = state.get("terminated")
+        waiting = state.get("waiting") or {}
+        if term is not None and term.get("exitCode") == 0:
+            continue
+        if cs.get("name") in sidecars and cs.get("started"):
+            ready += 1 if cs.get("ready") else 0
+            continue
+        if term is not None:
+            reason = "Init:" + (
+                term.get("reason")
+                or (f"Signal:{term['signal']}" if term.get("signal") else f"ExitCode:{term.get('exitCode', 0)}")
+            )
+        elif waiting.get("reason") and waiting["reason"] != "PodInitializing":
+            reason = "Init:" + waiting["reason"]
+        else:
+            reason = f"Init:{i}/{len(inits)}"
+        initializing = True
+        break
+    initialized = any(
+        c.get("type") == "Initialized" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    for cs in status.get("containerStatuses") or [] if (not initializing or initialized) else []:
+        restarts += int(cs.get("restartCount") or 0)
+        note_restart(cs)
         state = cs.get("state") or {}
         if state.get("waiting", {}).get("reason"):
             reason = state["waiting"]["reason"]
@@ -343,6 +378,93 @@ def _daemonset(o: Obj, now: dt.datetime) -> Cells:
     ]
 
 
+def _statefulset(o: Obj, now: dt.datetime) -> Cells:
+    spec, st = o.get("spec") or {}, o.get("status") or {}
+    names, images = _containers(o)
+    return [
+        f"{int(st.get('readyReplicas') or 0)}/{int(spec.get('replicas') or 0)}",
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        names,
+        images,
+    ]
+
+
+def _controllerrevision(o: Obj, now: dt.datetime) -> Cells:
+    ref = next((r for r in o["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+    controller = "<none>"
+    if ref:
+        group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+        gk = f"{ref.get('kind', '')}.{group}" if group else str(ref.get("kind", ""))
+        controller = f"{gk.lower()}/{ref.get('name', '')}"
+    return [controller, int(o.get("revision") or 0), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+
+
+def _job_status(o: Obj) -> str:
+    """printJob's Status column (kubectl 1.32)."""
+    conds = {c.get("type") for c in (o.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+    for ctype, text in (("Complete", "Complete"), ("Failed", "Failed")):
+        if ctype in conds:
+            return text
+    if o["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    for ctype in ("Suspended", "FailureTarget", "SuccessCriteriaMet"):
+        if ctype in conds:
+            return ctype
+    return "Running"
+
+
+def _job(o: Obj, now: dt.datetime) -> Cells:
+    spec, st = o.get("spec") or {}, o.get("status") or {}
+    tmpl = {"spec": {"template": spec.get("template")}}
+    names, images = _containers(tmpl)
+    succeeded = int(st.get("succeeded") or 0)
+    if spec.get("completions") is not None:
+        completions = f"{succeeded}/{spec['completions']}"
+    elif int(spec.get("parallelism") or 0) > 1:
+        completions = f"{succeeded}/1 of {spec['parallelism']}"
+    else:
+        completions = f"{succeeded}/1"
+    start, end = _parse_time(st.get("startTime")), _parse_time(st.get("completionTime"))
+    duration = "" if start is None else human_duration((end or now) - start)
+    return [
+        _job_status(o),
+        completions,
+        duration,
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        names,
+        images,
+        format_label_selector(spec.get("selector")),
+    ]
+
+
+def _cronjob(o: Obj, now: dt.datetime) -> Cells:
+    spec, st = o.get("spec") or {}, o.get("status") or {}
+    job_spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    names, images = _containers({"spec": job_spec})
+    last = _parse_time(st.get("lastScheduleTime"))
+    return [
+        str(spec.get("schedule", "")),
+        str(spec.get("timeZone") or "<none>"),
+        "True" if spec.get("suspend") else "False",
+        len(st.get("active") or []),
+        "<none>" if last is None else human_duration(now - last),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        names,
+        images,
+        format_label_selector(job_spec.get("selector")),
+    ]
+
+
+def _pdb(o: Obj, now: dt.datetime) -> Cells:
+    spec, st = o.get("spec") or {}, o.get("status") or {}
+    return [
+        str(spec["minAvailable"]) if "minAvailable" in spec else "N/A",
+        str(spec["maxUnavailable"]) if "maxUnavailable" in spec else "N/A",
+        int(st.get("disruptionsAllowed") or 0),
+        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+    ]
+
+
 def _list_with_more(items: list[str], limit: int = 3) -> str:
     """listWithMoreString: up to `limit` items, " + N more..." for the rest, "<unset>" for none."""
     if len(items) > limit:
@@ -513,6 +635,41 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
             _col("Selector", priority=1),
         ],
         _daemonset,
+    ),
+    "StatefulSet": (
+        [_col("Ready"), AGE, _col("Containers", priority=1), _col("Images", priority=1)],
+        _statefulset,
+    ),
+    "ControllerRevision": ([_col("Controller"), _col("Revision", type_=_I), AGE], _controllerrevision),
+    "Job": (
+        [
+            _col("Status"),
+            _col("Completions"),
+            _col("Duration"),
+            AGE,
+            _col("Containers", priority=1),
+            _col("Images", priority=1),
+            _col("Selector", priority=1),
+        ],
+        _job,
+    ),
+    "CronJob": (
+        [
+            _col("Schedule"),
+            _col("Timezone"),
+            _col("Suspend", type_="boolean"),
+            _col("Active", type_=_I),
+            _col("Last Schedule"),
+            AGE,
+            _col("Containers", priority=1),
+            _col("Images", priority=1),
+            _col("Selector", priority=1),
+        ],
+        _cronjob,
+    ),
+    "PodDisruptionBudget": (
+        [_col("Min Available"), _col("Max Unavailable"), _col("Allowed Disruptions", type_=_I), AGE],
+        _pdb,
     ),
     "EndpointSlice": ([_col("AddressType"), _col("Ports"), _col("Endpoints"), AGE], _endpointslice),
     "Ingress": ([_col("Class"), _col("Hosts"), _col("Address"), _col("Ports"), AGE], _ingress),

@@ -359,7 +359,9 @@ def _pod(obj: Obj, old: Obj | None) -> Errs:
         new_spec, old_spec = dict(obj.get("spec") or {}), dict(old.get("spec") or {})
         # Mutable pod fields (pkg/apis/core/validation ValidatePodUpdate): images, activeDeadlineSeconds,
         # tolerations (additions), and nodeName only while unset (the binding).
+        errs += _ephemeral_update(new_spec, old_spec)
         for s in (new_spec, old_spec):
+            s.pop("ephemeralContainers", None)  # changed only through pods/ephemeralcontainers (checked above)
             s.pop("activeDeadlineSeconds", None)
             s.pop("tolerations", None)
             s["containers"] = [
@@ -382,6 +384,47 @@ def _pod(obj: Obj, old: Obj | None) -> Errs:
                     "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
                 )
             )
+    return errs
+
+
+EPHEMERAL_FORBIDDEN = ("ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "resources")
+
+
+def _ephemeral_update(new_spec: Obj, old_spec: Obj) -> Errs:
+    """ValidatePodEphemeralContainersUpdate: existing ephemeral containers stay as they are; new ones need a
+    unique name and an image, and may not declare ports, probes, lifecycle hooks or resources."""
+    errs: Errs = []
+    new = [c for c in new_spec.get("ephemeralContainers") or [] if isinstance(c, dict)]
+    old = {str(c.get("name")): c for c in old_spec.get("ephemeralContainers") or [] if isinstance(c, dict)}
+    by_name = {str(c.get("name")): c for c in new}
+    for name, c in old.items():
+        if by_name.get(name) != c:
+            errs.append(
+                forbidden("spec.ephemeralContainers", f'existing ephemeral containers "{name}" may not be changed')
+            )
+    taken = {
+        str(c.get("name"))
+        for k in ("containers", "initContainers")
+        for c in new_spec.get(k) or []
+        if isinstance(c, dict)
+    }
+    seen: set[str] = set()
+    for i, c in enumerate(new):
+        path = f"spec.ephemeralContainers[{i}]"
+        name = str(c.get("name") or "")
+        if name in old:
+            seen.add(name)
+            continue
+        if not name:
+            errs.append(required(f"{path}.name"))
+        elif name in taken or name in seen:
+            errs.append(duplicate(f"{path}.name", name))
+        seen.add(name)
+        if not c.get("image"):
+            errs.append(required(f"{path}.image"))
+        for f in EPHEMERAL_FORBIDDEN:
+            if c.get(f):
+                errs.append(forbidden(f"{path}.{f}", "cannot be set for an Ephemeral Container"))
     return errs
 
 
@@ -606,6 +649,205 @@ def _workload(obj: Obj, old: Obj | None, *, replicas: bool) -> Errs:
         osel = (old.get("spec") or {}).get("selector")
         if osel != sel:
             errs.append(invalid("spec.selector", _render_selector(sel), "field is immutable"))
+    return errs
+
+
+_STS_MUTABLE = (
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+    "revisionHistoryLimit",
+)
+
+
+def _statefulset(obj: Obj, old: Obj | None) -> Errs:
+    """ValidateStatefulSet / ValidateStatefulSetUpdate (apps/validation)."""
+    errs = _workload(obj, old, replicas=True)
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return errs
+    policy = spec.get("podManagementPolicy")
+    if policy not in ("OrderedReady", "Parallel"):
+        errs.append(not_supported("spec.podManagementPolicy", policy, ("OrderedReady", "Parallel")))
+    strategy = spec.get("updateStrategy") or {}
+    stype = strategy.get("type") if isinstance(strategy, dict) else None
+    if stype not in ("RollingUpdate", "OnDelete"):
+        errs.append(not_supported("spec.updateStrategy.type", stype, ("OnDelete", "RollingUpdate")))
+    elif stype == "OnDelete" and strategy.get("rollingUpdate"):
+        errs.append(
+            invalid(
+                "spec.updateStrategy.rollingUpdate",
+                strategy["rollingUpdate"],
+                "only allowed for updateStrategy 'RollingUpdate'",
+            )
+        )
+    elif stype == "RollingUpdate":
+        partition = (strategy.get("rollingUpdate") or {}).get("partition", 0)
+        if not isinstance(partition, int) or partition < 0:
+            errs.append(
+                invalid("spec.updateStrategy.rollingUpdate.partition", partition, "must be greater than or equal to 0")
+            )
+    policy_restart = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy")
+    if isinstance(spec.get("template"), dict) and policy_restart != "Always":
+        errs.append(not_supported("spec.template.spec.restartPolicy", policy_restart, ("Always",)))
+    for i, tpl in enumerate(spec.get("volumeClaimTemplates") or []):
+        name = ((tpl or {}).get("metadata") or {}).get("name") if isinstance(tpl, dict) else None
+        if not name:
+            errs.append(required(f"spec.volumeClaimTemplates[{i}].metadata.name", "name or generateName is required"))
+    if old is not None:
+        ospec = old.get("spec") or {}
+        if any(spec.get(k) != ospec.get(k) for k in spec.keys() | ospec.keys() if k not in _STS_MUTABLE):
+            errs.append(
+                forbidden(
+                    "spec",
+                    "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', "
+                    "'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+                )
+            )
+    return errs
+
+
+def _job_spec(spec: Any, path: str) -> Errs:
+    """ValidateJobSpec: counts, modes and the template's restartPolicy."""
+    if not isinstance(spec, dict):
+        return [required(path)]
+    errs: Errs = []
+    for f in ("parallelism", "completions", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished"):
+        v = spec.get(f)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            errs.append(invalid(f"{path}.{f}", v, "must be greater than or equal to 0"))
+    ads = spec.get("activeDeadlineSeconds")
+    if isinstance(ads, int) and ads == 0:
+        errs.append(invalid(f"{path}.activeDeadlineSeconds", ads, "must be greater than 0"))
+    mode = spec.get("completionMode")
+    if mode not in (None, "NonIndexed", "Indexed"):
+        errs.append(not_supported(f"{path}.completionMode", mode, ("NonIndexed", "Indexed")))
+    if mode == "Indexed" and spec.get("completions") is None:
+        errs.append(required(f"{path}.completions", "when completion mode is Indexed"))
+    tmpl = spec.get("template")
+    if not isinstance(tmpl, dict):
+        errs.append(required(f"{path}.template"))
+        return errs
+    errs += validate_labels((tmpl.get("metadata") or {}).get("labels") or {}, f"{path}.template.metadata.labels")
+    errs += validate_pod_spec(tmpl.get("spec"), f"{path}.template.spec")
+    restart = (tmpl.get("spec") or {}).get("restartPolicy")
+    if restart not in ("OnFailure", "Never"):
+        errs.append(not_supported(f"{path}.template.spec.restartPolicy", restart, ("OnFailure", "Never")))
+    return errs
+
+
+def _job(obj: Obj, old: Obj | None) -> Errs:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [required("spec")]
+    errs = _job_spec(spec, "spec")
+    sel = spec.get("selector")
+    if not isinstance(sel, dict) or not (sel.get("matchLabels") or sel.get("matchExpressions")):
+        errs.append(required("spec.selector"))
+    else:
+        errs += validate_label_selector(sel, "spec.selector")
+        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        if isinstance(labels, dict) and not _selector_matches(sel, labels):
+            errs.append(invalid("spec.template.metadata.labels", labels, "`selector` does not match template `labels`"))
+    if old is not None:
+        ospec = old.get("spec") or {}
+        for f in ("selector", "template", "completionMode"):
+            if f in ospec and spec.get(f) != ospec.get(f):
+                errs.append(invalid(f"spec.{f}", spec.get(f), "field is immutable"))
+    return errs
+
+
+def cron_error(schedule: str) -> str | None:
+    """Why `schedule` is not a standard 5-field cron expression or @descriptor (as robfig/cron's standard
+    parser kube uses says it), or None when it parses. croniter does the parsing."""
+    from croniter import croniter
+
+    text = schedule.strip()
+    if "TZ=" in text:
+        return "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+    if text.startswith("@"):
+        if text not in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"):
+            return f"unrecognized descriptor: {text}"
+        return None
+    fields = text.split()
+    if len(fields) != 5:
+        return f"expected exactly 5 fields, found {len(fields)}: [{' '.join(fields)}]"
+    if not croniter.is_valid(text):
+        return f"failed to parse cron expression: {text}"
+    return None
+
+
+def _cronjob(obj: Obj, old: Obj | None) -> Errs:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [required("spec")]
+    errs: Errs = []
+    name = str((obj.get("metadata") or {}).get("name") or "")
+    if len(name) > 52:
+        errs.append(invalid("metadata.name", name, "must be no more than 52 characters"))
+    schedule = spec.get("schedule")
+    if not isinstance(schedule, str) or not schedule:
+        errs.append(required("spec.schedule"))
+    elif (why := cron_error(schedule)) is not None:
+        errs.append(invalid("spec.schedule", schedule, why))
+    tz = spec.get("timeZone")
+    if tz is not None:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(str(tz))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            errs.append(invalid("spec.timeZone", tz, f"unknown time zone {tz}"))
+    policy = spec.get("concurrencyPolicy")
+    if policy not in ("Allow", "Forbid", "Replace"):
+        errs.append(not_supported("spec.concurrencyPolicy", policy, ("Allow", "Forbid", "Replace")))
+    for f in ("startingDeadlineSeconds", "successfulJobsHistoryLimit", "failedJobsHistoryLimit"):
+        v = spec.get(f)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            errs.append(invalid(f"spec.{f}", v, "must be greater than or equal to 0"))
+    jt = spec.get("jobTemplate")
+    if not isinstance(jt, dict):
+        errs.append(required("spec.jobTemplate"))
+    else:
+        errs += _job_spec(jt.get("spec"), "spec.jobTemplate.spec")
+    return errs
+
+
+def _int_or_percent(value: Any, path: str) -> Errs:
+    """ValidatePositiveIntOrPercent / IsValidPercent for PDB fields."""
+    if isinstance(value, bool) or value is None:
+        return [invalid(path, value, "must be an integer or percentage (e.g '5%')")]
+    if isinstance(value, int):
+        return [] if value >= 0 else [invalid(path, value, "must be greater than or equal to 0")]
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+%", value):
+        return [] if int(value[:-1]) <= 100 else [invalid(path, value, "must not be greater than 100%")]
+    return [
+        invalid(
+            path,
+            value,
+            "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+        )
+    ]
+
+
+def _pdb(obj: Obj, old: Obj | None) -> Errs:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return []
+    errs: Errs = []
+    if "minAvailable" in spec and "maxUnavailable" in spec:
+        errs.append(invalid("spec", spec, "minAvailable and maxUnavailable cannot be both set"))
+    for f in ("minAvailable", "maxUnavailable"):
+        if f in spec:
+            errs += _int_or_percent(spec[f], f"spec.{f}")
+    if spec.get("selector") is not None:
+        errs += validate_label_selector(spec["selector"], "spec.selector")
+    policy = spec.get("unhealthyPodEvictionPolicy")
+    if policy is not None and policy not in ("IfHealthyBudget", "AlwaysAllow"):
+        errs.append(not_supported("spec.unhealthyPodEvictionPolicy", policy, ("AlwaysAllow", "IfHealthyBudget")))
     return errs
 
 
@@ -857,6 +1099,10 @@ _VALIDATORS: dict[str, Callable[[Obj, Obj | None], Errs]] = {
     "Deployment": lambda o, old: _workload(o, old, replicas=True),
     "ReplicaSet": lambda o, old: _workload(o, old, replicas=True),
     "DaemonSet": lambda o, old: _workload(o, old, replicas=False),
+    "StatefulSet": _statefulset,
+    "Job": _job,
+    "CronJob": _cronjob,
+    "PodDisruptionBudget": _pdb,
     "Endpoints": _endpoints,
     "EndpointSlice": _endpointslice,
     "Ingress": _ingress,

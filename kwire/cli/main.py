@@ -71,13 +71,44 @@ def _cmd_netpol(ns: argparse.Namespace) -> int:
     return 0
 
 
+class _LabProgress:
+    """`lab up`'s progress: a spinner on the current stage and a line per finished stage with its time (rich, on
+    a terminal; plain lines otherwise)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.status: Any = None
+
+    def __enter__(self) -> _LabProgress:
+        if self.console.is_terminal:
+            self.status = self.console.status("starting")
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def start(self, stage: str) -> None:
+        if self.status is not None:
+            self.status.update(f"{stage} ...")
+
+    def done(self, stage: str, seconds: float) -> None:
+        if self.console.is_terminal:
+            self.console.print(f"[green]✓[/green] {stage} [dim]({seconds:.1f}s)[/dim]")
+        else:
+            print(f"  {stage} ({seconds:.1f}s)", file=sys.stderr, flush=True)
+
+
 def _print_lab_up(st: Any, seconds: float) -> None:
     from kwire.lab import lab, topology
 
     topo = topology.build(st.name, nodes=st.nodes)
     flag = "" if st.name == topology.DEFAULT_LAB else f" --name {st.name}"
     print(
-        f"lab {st.name}: {st.nodes} nodes Ready ({st.flannel_backend}) in {seconds:.1f}s"
+        f"lab {st.name}: {st.nodes} nodes ({st.flannel_backend}) up in {seconds:.1f}s"
         if seconds
         else f"lab {st.name} is already up"
     )
@@ -97,14 +128,17 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
 
     try:
         if ns.lab_cmd == "up":
-            st, seconds = lab.up(
-                ns.name,
-                nodes=ns.nodes,
-                flannel_backend=ns.flannel_backend,
-                config_file=ns.config or "",
-                api_port=ns.api_port,
-                timeout=ns.timeout,
-            )
+            with _LabProgress() as progress:
+                st, seconds = lab.up(
+                    ns.name,
+                    nodes=ns.nodes,
+                    flannel_backend=ns.flannel_backend,
+                    config_file=ns.config or "",
+                    api_port=ns.api_port,
+                    timeout=ns.timeout,
+                    wait=not ns.no_wait,
+                    progress=progress,
+                )
             _print_lab_up(st, seconds)
         elif ns.lab_cmd == "down":
             removed = lab.down(ns.name)
@@ -202,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
             lp.add_argument("--config", default=None, help="server config file (K3s keys)")
             lp.add_argument("--api-port", type=int, default=6443, help="the API's port on the machine's 127.0.0.1")
             lp.add_argument("--timeout", type=float, default=60.0)
+            lp.add_argument(
+                "--no-wait",
+                action="store_true",
+                help="return once nodes are Ready, without waiting for cluster DNS and the add-ons",
+            )
         elif cmd == "exec":
             lp.add_argument("-n", "--namespace", default="default", help="namespace of a POD target")
             lp.add_argument("target", help="node1..nodeN, client, or a pod name")

@@ -1,5 +1,5 @@
 """Helpers the controllers share: reading Kubernetes objects (conditions, owners, readiness, taints and
-tolerations), writing them with optimistic concurrency, the Event recorder, and the shared informer indexes.
+tolerations), writing them with optimistic concurrency, and the shared informer indexes.
 
 Everything here reads plain dicts defensively: a field of the wrong type counts as absent, so one malformed
 object never stops a controller.
@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
-from kwire.client.client import EVENTS
+from kwire.client.events import EventRecorder as EventRecorder  # re-exported; it lives in the client layer
 
 log = logging.getLogger(__name__)
 
@@ -293,61 +292,3 @@ async def update_with_retry(
             except NotFound:
                 return None
     return None
-
-
-# -- events ------------------------------------------------------------------------------------------------------
-class EventRecorder:
-    """Writes core/v1 Events as client-go's recorder does, with its correlation: an event repeated for the same
-    object, reason and message bumps `count` and `lastTimestamp` of the existing Event instead of adding one.
-    Events of cluster-scoped objects (Nodes) go to the `default` namespace. Failures are logged, never raised.
-    """
-
-    def __init__(self, client: ApiClient, *, component: str) -> None:
-        self.client = client
-        self.component = component
-        self._seen: dict[tuple[str, ...], tuple[str, str, int, float]] = {}  # -> (namespace, name, count, when)
-
-    async def event(self, obj: Obj, etype: str, reason: str, message: str) -> None:
-        kind = str(obj.get("kind") or "")
-        api_version = str(obj.get("apiVersion") or "v1")
-        ns = namespace_of(obj) or "default"
-        ident = (ns, kind, namespace_of(obj), name_of(obj), uid_of(obj), etype, reason, message)
-        now = now_rfc3339()
-        seen = self._seen.get(ident)
-        try:
-            if seen is not None and time.monotonic() - seen[3] < 600:
-                ens, ename, count, _ = seen
-                try:
-                    await self.client.patch(
-                        EVENTS, ename, {"count": count + 1, "lastTimestamp": now}, namespace=ens, patch_type="merge"
-                    )
-                    self._seen[ident] = (ens, ename, count + 1, time.monotonic())
-                    return
-                except NotFound:
-                    self._seen.pop(ident, None)  # the Event was deleted: record a new one
-            ev = {
-                "metadata": {"name": f"{name_of(obj)}.{time.time_ns():x}", "namespace": ns},
-                "involvedObject": {
-                    "kind": kind,
-                    "apiVersion": api_version,
-                    "name": name_of(obj),
-                    "uid": uid_of(obj),
-                    "resourceVersion": str(meta(obj).get("resourceVersion") or ""),
-                    **({"namespace": namespace_of(obj)} if namespace_of(obj) else {}),
-                },
-                "reason": reason,
-                "message": message,
-                "type": etype,
-                "source": {"component": self.component},
-                "reportingComponent": self.component,
-                "reportingInstance": "",
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "count": 1,
-            }
-            out = await self.client.create(EVENTS, ev, ns)
-            if len(self._seen) > 4096:
-                self._seen.clear()
-            self._seen[ident] = (ns, name_of(out), 1, time.monotonic())
-        except Exception as exc:  # an event is best effort: it must never fail a reconcile
-            log.warning("event %s %s on %s: %s", etype, reason, key_of(obj), exc)

@@ -24,8 +24,9 @@ import time
 from typing import Any
 
 from kwire.client import ApiClient, Informers
-from kwire.client.client import DAEMONSETS, NODES, PODS
+from kwire.client.client import CONTROLLERREVISIONS, DAEMONSETS, NODES, PODS
 from kwire.controllers.common import (
+    BY_CONTROLLER,
     BY_NAMESPACE,
     BY_NODE,
     TAINT_NOT_READY,
@@ -51,10 +52,12 @@ from kwire.controllers.common import (
     taints_of,
     template_hash,
     terminating,
+    uid_of,
     untolerated_taint,
     update_with_retry,
 )
 from kwire.controllers.deployment import scaled_value
+from kwire.controllers.history import reconcile_revisions, truncate_history
 from kwire.controllers.queue import Controller, RetryLater
 from kwire.controllers.scheduler import host_ports, matches_node_affinity, ports_conflict
 from kwire.controllers.workloads import (
@@ -138,6 +141,9 @@ class DaemonSetController(Controller):
         self.expectations = Expectations()
         self.ds = informers.get(DAEMONSETS)
         self.pods = informers.get(PODS)
+        self.revisions = informers.get(CONTROLLERREVISIONS)
+        add_indexes(self.revisions)
+        self.revisions.on_delete(lambda r: self.enqueue(owner_key(self.ds, r, "DaemonSet")))
         self.nodes = informers.get(NODES)
         add_indexes(self.ds)
         add_indexes(self.pods)
@@ -224,6 +230,18 @@ class DaemonSetController(Controller):
         for pod in owned:
             by_node.setdefault(str(spec(pod).get("nodeName") or affinity_node(pod)), []).append(pod)
         current_hash = template_hash(spec(ds).get("template"))
+        # ControllerRevisions `<ds>-<hash>` record the template history for `kubectl rollout history/undo ds`.
+        revisions = await reconcile_revisions(
+            self.client,
+            ds,
+            self.revisions.by_index(BY_CONTROLLER, uid_of(ds)),
+            api_version="apps/v1",
+            kind="DaemonSet",
+            current_name=f"{name}-{current_hash}",
+            collision_count=0,
+            name_hash=current_hash,
+        )
+        await truncate_history(self.client, ds, revisions, {labels_of(p).get(HASH_LABEL, "") for p in owned})
         error: str | None = None
         if self.expectations.satisfied(key):
             error = await self._manage(ds, nodes, by_node, current_hash)

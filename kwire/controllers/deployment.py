@@ -300,11 +300,23 @@ class DeploymentController(Controller):
         created = ""
         if new_rs is not None:
             wanted_min_ready = int_field(spec(dep).get("minReadySeconds"))
-            if revision(new_rs) < next_revision or int_field(spec(new_rs).get("minReadySeconds")) != wanted_min_ready:
+            # copyDeploymentAnnotationsToReplicaSet: the new RS follows the Deployment's annotations (a
+            # kubernetes.io/change-cause set after the rollout shows in `kubectl rollout history`).
+            copied = {k: v for k, v in d(meta(dep).get("annotations")).items() if k not in _NOT_COPIED}
+            rs_ann = d(meta(new_rs).get("annotations"))
+            if (
+                revision(new_rs) < next_revision
+                or int_field(spec(new_rs).get("minReadySeconds")) != wanted_min_ready
+                or any(rs_ann.get(k) != v for k, v in copied.items())
+            ):
 
                 def bump(o: Obj) -> bool:
                     ann = o.setdefault("metadata", {}).setdefault("annotations", {})
                     changed = False
+                    for k, v in copied.items():
+                        if ann.get(k) != v:
+                            ann[k] = v
+                            changed = True
                     if int_field(ann.get(REVISION)) < next_revision:
                         ann[REVISION] = str(next_revision)
                         changed = True

@@ -13,17 +13,23 @@ import logging
 from kwire.client import ApiClient, Config, Informers
 from kwire.controllers.addons import AddonController, AddonSettings
 from kwire.controllers.common import EventRecorder
+from kwire.controllers.cronjob import CronJobController
 from kwire.controllers.daemonset import DaemonSetController
 from kwire.controllers.deployment import DeploymentController
+from kwire.controllers.disruption import DisruptionController
 from kwire.controllers.endpoints import EndpointsController
 from kwire.controllers.endpointslices import EndpointSliceController
 from kwire.controllers.ipam import NodeIpam
+from kwire.controllers.job import JobController
 from kwire.controllers.nodelifecycle import NodeLifecycle
 from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
 from kwire.controllers.replicaset import ReplicaSetController
 from kwire.controllers.scheduler import Scheduler
+from kwire.controllers.serviceaccounts import ServiceAccountsController
 from kwire.controllers.servicelb import ServiceLB
+from kwire.controllers.statefulset import StatefulSetController
+from kwire.controllers.taintmanager import TaintManager
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +70,22 @@ class ControllerManager:
             DaemonSetController(
                 self.client, self.informers, recorder=EventRecorder(self.client, component="daemonset-controller")
             ),
+            StatefulSetController(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="statefulset-controller")
+            ),
+            JobController(self.client, self.informers, recorder=EventRecorder(self.client, component="job-controller")),
+            CronJobController(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="cronjob-controller")
+            ),
             EndpointSliceController(self.client, self.informers),
             EndpointsController(self.client, self.informers),
             NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),
+            TaintManager(
+                self.client, self.informers, recorder=EventRecorder(self.client, component="taint-eviction-controller")
+            ),
             PodGC(self.client, self.informers),
+            DisruptionController(self.client, self.informers),
+            ServiceAccountsController(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),
         ]
         if "servicelb" not in (addons or AddonSettings()).disable:

@@ -1,8 +1,10 @@
-"""The node lifecycle controller: notices nodes whose agent stopped reporting (kube's node lifecycle controller,
-without eviction).
+"""The node lifecycle controller: notices nodes whose agent stopped reporting (kube's node lifecycle controller;
+the eviction itself is the taint manager's, `taintmanager.py`).
 
-Owns, on Nodes, the Ready condition's switch to Unknown and the taint node.kubernetes.io/unreachable:NoSchedule,
-and the Ready=False condition of the pods on such nodes.
+Owns, on Nodes, the Ready condition's switch to Unknown and the taints kube derives from the Ready condition:
+`node.kubernetes.io/unreachable` (Ready Unknown: no heartbeat) and `node.kubernetes.io/not-ready` (Ready False),
+each with effect NoSchedule and NoExecute (the NoExecute one stamped with `timeAdded`); and the Ready=False
+condition of the pods on an unreachable node.
 
 A node's heartbeat is its Lease in kube-node-lease (same name as the node; spec.renewTime) or a new
 lastHeartbeatTime on its Ready condition. As kube does, the controller times heartbeats with its own clock
@@ -11,10 +13,12 @@ started watching gets a full grace period. When no heartbeat came for node-monit
 - the Ready condition becomes status Unknown, reason NodeStatusUnknown, "Kubelet stopped posting node status."
   (MemoryPressure, DiskPressure and PIDPressure too; a node that never reported gets Ready=Unknown with reason
   NodeStatusNeverUpdated);
-- the node gets the taint node.kubernetes.io/unreachable with effect NoSchedule;
+- the node gets the taint node.kubernetes.io/unreachable with effects NoSchedule and NoExecute (pods that do not
+  tolerate it are evicted by the taint manager, the others after their tolerationSeconds, 300 s by default);
 - every pod on it gets its Ready condition set to False (status subresource), including pods that report
   Ready again while the node stays silent.
-When heartbeats come back the taint is removed; the agent sets Ready=True itself.
+When heartbeats come back the taints are removed; the agent sets Ready=True itself. A node that reports
+Ready=False gets the not-ready taints instead, until it reports Ready=True.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from kwire.client import ApiClient, Informers
 from kwire.client.client import LEASES, NODES, PODS
 from kwire.controllers.common import (
     BY_NODE,
+    TAINT_NOT_READY,
     TAINT_UNREACHABLE,
     add_indexes,
     condition,
     lst,
     name_of,
+    node_ready_status,
     now_rfc3339,
     pod_ready,
     spec,
@@ -129,15 +135,13 @@ class NodeLifecycle(Controller):
             self._observe(key, heartbeat=_heartbeat_of_node(node))
         silent = self.silent_for(key)
         if silent < self.grace_period:
-            if any(t.get("key") == TAINT_UNREACHABLE and t.get("effect") == "NoSchedule" for t in taints_of(node)):
-                await self._set_taint(node, present=False)
-                log.info("node %s: heartbeats are back; removed the %s taint", key, TAINT_UNREACHABLE)
+            want = {TAINT_NOT_READY} if node_ready_status(node) == "False" else set()
+            await self._set_taints(node, want)
             return self.grace_period - silent + 0.05
         if (condition(node, "Ready") or {}).get("status") != "Unknown":
             log.warning("node %s: no heartbeat for %.0fs: marking it NotReady (Unknown)", key, silent)
             await self._mark_unknown(node)
-        if not any(t.get("key") == TAINT_UNREACHABLE and t.get("effect") == "NoSchedule" for t in taints_of(node)):
-            await self._set_taint(node, present=True)
+        await self._set_taints(node, {TAINT_UNREACHABLE})
         for pod in self.pods.by_index(BY_NODE, key):
             if pod_ready(pod):
                 await self._pod_not_ready(pod)
@@ -177,26 +181,34 @@ class NodeLifecycle(Controller):
 
         await update_with_retry(self.client, NODES, node, apply, subresource_status=True)
 
-    async def _set_taint(self, node: Obj, *, present: bool) -> None:
+    async def _set_taints(self, node: Obj, want: set[str]) -> None:
+        """Make the node's lifecycle taints (not-ready / unreachable, NoSchedule + NoExecute) exactly `want`'s keys;
+        every other taint is left as it is."""
+        lifecycle = (TAINT_NOT_READY, TAINT_UNREACHABLE)
+
         def apply(o: Obj) -> bool:
             s = o.setdefault("spec", {})
             taints = [t for t in lst(s.get("taints")) if isinstance(t, dict)]
-            has = any(t.get("key") == TAINT_UNREACHABLE and t.get("effect") == "NoSchedule" for t in taints)
-            if has == present:
+            kept = [t for t in taints if t.get("key") not in lifecycle or t.get("key") in want]
+            have = {(t.get("key"), t.get("effect")) for t in kept}
+            for key in sorted(want):
+                if (key, "NoSchedule") not in have:
+                    kept.append({"key": key, "effect": "NoSchedule"})
+                if (key, "NoExecute") not in have:
+                    kept.append({"key": key, "effect": "NoExecute", "timeAdded": now_rfc3339()})
+            if kept == taints:
                 return False
-            if present:
-                taints.append({"key": TAINT_UNREACHABLE, "effect": "NoSchedule"})
-            else:
-                taints = [
-                    t for t in taints if not (t.get("key") == TAINT_UNREACHABLE and t.get("effect") == "NoSchedule")
-                ]
-            if taints:
-                s["taints"] = taints
+            if kept:
+                s["taints"] = kept
             else:
                 s.pop("taints", None)
+            for key in lifecycle:
+                if (key in want) != any(t.get("key") == key for t in taints):
+                    log.info("node %s: %s the %s taints", name_of(o), "adding" if key in want else "removing", key)
             return True
 
-        await update_with_retry(self.client, NODES, node, apply)
+        if any(t.get("key") in lifecycle for t in taints_of(node)) or want:
+            await update_with_retry(self.client, NODES, node, apply)
 
     async def _pod_not_ready(self, pod: Obj) -> None:
         def apply(o: Obj) -> bool:

@@ -1,4 +1,6 @@
-"""Pod garbage collection of orphaned pods (kube's PodGC, gcOrphaned): pods bound to a Node that does not exist.
+"""Pod garbage collection (kube's PodGC): gcOrphaned — pods bound to a Node that does not exist — and
+gcTerminating — terminating pods on a node that is not Ready and carries the `node.kubernetes.io/out-of-service`
+taint (what an admin adds to say a dead node will not come back, so its pods may be released).
 
 Owns nothing but their removal. A bound pod is deleted gracefully: it keeps a deletionTimestamp until the
 agent of its node confirms it is stopped. When the node itself is gone nobody ever will, so such pods are
@@ -13,12 +15,32 @@ from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import NODES, PODS
-from kwire.controllers.common import BY_NODE, add_indexes, key_of, name_of, spec, split_key, uid_of
+from kwire.controllers.common import (
+    BY_NODE,
+    add_indexes,
+    key_of,
+    name_of,
+    node_ready_status,
+    spec,
+    split_key,
+    taints_of,
+    terminating,
+    uid_of,
+)
 from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+
+TAINT_OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+
+
+def out_of_service(node: Obj) -> bool:
+    """Not Ready and tainted node.kubernetes.io/out-of-service:NoExecute (kube's gcTerminating condition)."""
+    return node_ready_status(node) != "True" and any(
+        t.get("key") == TAINT_OUT_OF_SERVICE and t.get("effect") == "NoExecute" for t in taints_of(node)
+    )
 
 
 class PodGC(Controller):
@@ -32,11 +54,21 @@ class PodGC(Controller):
         self.pods.on_add(self._on_pod)
         self.pods.on_update(lambda old, new: self._on_pod(new))
         self.nodes.on_delete(self._on_node_delete)
+        self.nodes.on_update(self._on_node_update)
 
     def _on_pod(self, pod: Obj) -> None:
         node = spec(pod).get("nodeName")
-        if node and self.nodes.has_synced and self.nodes.get(None, str(node)) is None:
+        if not node or not self.nodes.has_synced:
+            return
+        known = self.nodes.get(None, str(node))
+        if known is None or (terminating(pod) and out_of_service(known)):
             self.enqueue(key_of(pod))
+
+    def _on_node_update(self, old: Obj, new: Obj) -> None:
+        if out_of_service(new) and not out_of_service(old):
+            for pod in self.pods.by_index(BY_NODE, name_of(new)):
+                if terminating(pod):
+                    self.enqueue(key_of(pod))
 
     def _on_node_delete(self, node: Obj) -> None:
         for pod in self.pods.by_index(BY_NODE, name_of(node)):
@@ -52,7 +84,16 @@ class PodGC(Controller):
         if pod is None:
             return None
         node = str(spec(pod).get("nodeName") or "")
-        if not node or self.nodes.get(None, node) is not None:
+        if not node:
+            return None
+        known = self.nodes.get(None, node)
+        if known is not None:
+            if terminating(pod) and out_of_service(known):
+                log.info("pod GC: force-deleting %s: terminating on out-of-service node %s", key, node)
+                try:
+                    await self.client.delete(PODS, name, ns, grace_period=0, preconditions={"uid": uid_of(pod)})
+                except NotFound:
+                    pass
             return None
         try:
             await self.client.get(NODES, node)

@@ -23,15 +23,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pyroute2 import IPRoute
 
 from kwire.base.files import atomic_write
 from kwire.client import ApiClient, load_kubeconfig, write_kubeconfig
 from kwire.client.client import NODES, PODS
-from kwire.kernel import netns
-from kwire.lab import network, procs, topology
+from kwire.kernel import netns, utsns
+from kwire.lab import network, procs, topology, usable
 from kwire.lab.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,45 @@ def _routes_present(topo: Topology) -> bool:
     return True
 
 
+class Progress(Protocol):
+    """What `up` reports: each stage as it starts and when it is done (with its seconds)."""
+
+    def start(self, stage: str) -> None: ...
+
+    def done(self, stage: str, seconds: float) -> None: ...
+
+
+class _Silent:
+    def start(self, stage: str) -> None:
+        pass
+
+    def done(self, stage: str, seconds: float) -> None:
+        log.info("lab: %s in %.1fs", stage, seconds)
+
+
+@contextlib.contextmanager
+def _stage(progress: Progress, name: str) -> Iterator[None]:
+    t = time.monotonic()
+    progress.start(name)
+    yield
+    progress.done(name, time.monotonic() - t)
+
+
+async def _wait_usable(topo: Topology, *, timeout: float, progress: Progress) -> None:
+    async with ApiClient(load_kubeconfig(str(topo.kubeconfig)), timeout=5) as client:
+        settings = await usable.cluster_settings(client)
+        if "coredns" not in settings.get("disable", "").split(","):
+            with _stage(progress, "cluster DNS answers on every node"):
+                await usable.wait_dns(
+                    topo,
+                    server=settings.get("cluster-dns", "10.43.0.10"),
+                    domain=settings.get("cluster-domain", "cluster.local"),
+                    timeout=timeout,
+                )
+        with _stage(progress, "add-ons serving"):
+            await usable.wait_addons(client, timeout=timeout)
+
+
 def up(
     name: str = topology.DEFAULT_LAB,
     *,
@@ -268,8 +307,14 @@ def up(
     config_file: str = "",
     api_port: int = 6443,
     timeout: float = 60.0,
+    wait: bool = True,
+    progress: Progress | None = None,
 ) -> tuple[LabState, float]:
-    """Bring a lab up (a running lab of the same name is reused); returns its state and the seconds it took."""
+    """Bring a lab up (a running lab of the same name is reused); returns its state and the seconds it took.
+    With `wait` (the default) it returns once the cluster is usable: nodes Ready, the pod network carrying
+    traffic, cluster DNS answering on every node and every add-on serving (usable.py); without, once the nodes
+    are Ready and the pod network works."""
+    progress = progress or _Silent()
     t0 = time.monotonic()
     existing = LabState.load(name)
     if existing and all(procs.alive(p) for p in existing.pids.values()):
@@ -288,12 +333,14 @@ def up(
     )
     lsock = _listen_loopback(api_port)
     try:
-        network.up(topo)
+        with _stage(progress, "LAN and node namespaces"):
+            network.up(topo)
         with LabState.locked(name):
             st.save()
             st.pids["server"] = start_server(topo, st, lsock)
             st.save()
-        _write_kubeconfig(topo, st)
+        with _stage(progress, "API server"):
+            _write_kubeconfig(topo, st)  # once the server has made its CA
         with LabState.locked(name):
             for host in topo.nodes:
                 st.pids[host.name] = start_agent(topo, st, host.name)
@@ -302,12 +349,19 @@ def up(
     finally:
         lsock.close()  # the server and the supervisor hold their own copies
     try:
-        asyncio.run(_wait_ready(topo, st, timeout=timeout))
-        end = time.monotonic() + timeout
-        while not _pod_network_works(topo, st):
-            if time.monotonic() > end:
-                raise LabError("the pod network does not carry traffic between nodes")
-            time.sleep(0.1)
+        with _stage(progress, f"{nodes} node{'s' if nodes > 1 else ''} Ready"):
+            asyncio.run(_wait_ready(topo, st, timeout=timeout))
+        with _stage(progress, "pod network between nodes"):
+            end = time.monotonic() + timeout
+            while not _pod_network_works(topo, st):
+                if time.monotonic() > end:
+                    raise LabError("the pod network does not carry traffic between nodes")
+                time.sleep(0.1)
+        if wait:
+            try:
+                asyncio.run(_wait_usable(topo, timeout=timeout, progress=progress))
+            except TimeoutError as exc:
+                raise LabError(str(exc)) from None
     except BaseException:
         log.error("lab %s failed to come up; logs are in %s", name, topo.state_dir / "logs")
         raise
@@ -337,6 +391,7 @@ def down(name: str = topology.DEFAULT_LAB) -> list[str]:
     removed = network.down(topo)
     for d in ETC_NETNS.glob(f"{topo.netns_prefix}*"):
         shutil.rmtree(d, ignore_errors=True)
+    utsns.remove_prefixed(topo.netns_prefix)  # the pods' UTS namespaces (hostnames)
     shutil.rmtree(topo.state_dir, ignore_errors=True)
     return removed
 

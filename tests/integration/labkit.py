@@ -173,3 +173,22 @@ def leftovers(name: str) -> dict[str, list[str]]:
         "state": [str(topology.STATE_ROOT / name)] if (topology.STATE_ROOT / name).exists() else [],
         "processes": procs,
     }
+
+
+def in_terminal(lab_: Lab, kubectl_args: str, *, typing: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl ARGS` on a terminal (util-linux `script` provides one) with what the shell command `typing` prints
+    as the user's keystrokes."""
+    env = {"KUBECONFIG": str(lab_.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    feeder = subprocess.Popen(["sh", "-c", typing], stdout=subprocess.PIPE)
+    try:
+        return subprocess.run(
+            ["script", "-qec", f"{KUBECTL} {kubectl_args}", "/dev/null"],
+            stdin=feeder.stdout,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        feeder.kill()
+        feeder.wait()

@@ -150,7 +150,8 @@ class Cluster:
 
 
 class FakeKubelet:
-    """The node agents' part in pod lifecycles, for the nodes that exist: pods bound to them get Ready=True;
+    """The node agents' part in pod lifecycles, for the nodes that exist: pods bound to them get Ready=True (unless
+    they have finished);
     terminating pods are confirmed deleted (grace period 0) after `delete_delay` seconds. Pods on a node that
     is gone are left alone, as no agent is there to act on them."""
 
@@ -164,10 +165,11 @@ class FakeKubelet:
         self.informer.on_update(lambda old, new: self._seen(new))
         self._tasks: set[asyncio.Task[None]] = set()
         self._deleting: set[str] = set()
+        self.stopped: set[str] = set()  # nodes whose agent is down: their pods are left alone
 
     def _seen(self, pod: Obj) -> None:
         node = pod["spec"].get("nodeName")
-        if not node or self.nodes.get(None, node) is None:
+        if not node or self.nodes.get(None, node) is None or node in self.stopped:
             return
         task = asyncio.create_task(self._handle(pod))
         self._tasks.add(task)
@@ -182,8 +184,13 @@ class FakeKubelet:
                 self._deleting.add(meta["uid"])
                 await asyncio.sleep(self.delete_delay)
                 await self.cluster.c.delete(PODS, meta["name"], meta["namespace"], grace_period=0)
-            elif self.ready and not any(
-                c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or []
+            elif (
+                self.ready
+                and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                and not any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in pod.get("status", {}).get("conditions") or []
+                )
             ):
                 await self.cluster.mark_ready(pod)
         except (NotFound, Conflict):
@@ -774,7 +781,12 @@ async def test_node_lifecycle_marks_silent_nodes(cluster_factory: Callable[..., 
         assert ready is not None
         assert ready["reason"] == "NodeStatusUnknown"
         assert ready["message"] == "Kubelet stopped posting node status."
-        assert node["spec"]["taints"] == [{"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}]
+        taints = node["spec"]["taints"]
+        assert [(t["key"], t["effect"]) for t in taints] == [
+            ("node.kubernetes.io/unreachable", "NoSchedule"),
+            ("node.kubernetes.io/unreachable", "NoExecute"),
+        ]
+        assert "timeAdded" in taints[1]
 
         async def pod_not_ready() -> bool:
             ready = cond(await c.get(PODS, "on-quiet", "default"), "Ready")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.labkit import IP, Lab, wait_for
+from tests.integration.labkit import IP, Lab, in_terminal, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -105,7 +105,8 @@ def lab() -> Iterator[Lab]:
             stderr=subprocess.DEVNULL,
         )
         lab_.apply(APPS)
-        lab_.wait_pods_ready("k8s-app=kube-dns", 1, namespace="kube-system", timeout=60)
+        dns = lab_.get("deployment", "coredns", "-n", "kube-system")["spec"]["replicas"]  # >= 2 from two nodes
+        lab_.wait_pods_ready("k8s-app=kube-dns", dns, namespace="kube-system", timeout=60)
         lab_.wait_pods_ready("app=web", 2)
         lab_.wait_pods_ready("app=db", 2)
         wait_for(lambda: lab_.get("pod", "probe")["status"].get("phase") == "Running", what="probe pod")
@@ -207,32 +208,11 @@ def test_python_client_exec_stream(lab: Lab) -> None:
     assert out == "hello from probe\n"
 
 
-def _in_terminal(lab_: Lab, kubectl_args: str, *, typing: str) -> subprocess.CompletedProcess[str]:
-    """`kubectl ARGS` on a terminal (util-linux `script` provides one) with what the shell command `typing` prints
-    as the user's keystrokes."""
-    from tests.integration.apiserver import KUBECTL
-
-    env = {"KUBECONFIG": str(lab_.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
-    feeder = subprocess.Popen(["sh", "-c", typing], stdout=subprocess.PIPE)
-    try:
-        return subprocess.run(
-            ["script", "-qec", f"{KUBECTL} {kubectl_args}", "/dev/null"],
-            stdin=feeder.stdout,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-    finally:
-        feeder.kill()
-        feeder.wait()
-
-
 def test_kubectl_run_it_rm_dnsutils_as_in_the_k3s_guides(lab: Lab) -> None:
     """`kubectl run dnsutils --image=tutum/dnsutils -it --rm -- nslookup ...`: a tool container runs its command,
     kubectl attaches to its output and exit code, then deletes the pod."""
     # stdin stays open (as a user's terminal would) while kubectl attaches.
-    res = _in_terminal(
+    res = in_terminal(
         lab, "run dnsutils --image=tutum/dnsutils -it --rm --restart=Never -- nslookup web.default", typing="sleep 60"
     )
     vip = lab.get("svc", "web")["spec"]["clusterIP"]
@@ -259,7 +239,7 @@ def test_kubectl_run_it_an_interactive_shell(lab: Lab) -> None:
     """`kubectl run -it --rm --image=busybox -- sh`: typed input reaches the shell on its terminal, the output
     comes back, and kubectl exits with the shell's code."""
     typing = "sleep 6; printf 'nslookup web.default\\n'; sleep 2; printf 'exit 3\\n'; sleep 20"
-    res = _in_terminal(lab, "run shell --image=busybox -it --rm --restart=Never -- sh", typing=typing)
+    res = in_terminal(lab, "run shell --image=busybox -it --rm --restart=Never -- sh", typing=typing)
     vip = lab.get("svc", "web")["spec"]["clusterIP"]
     assert f"Address: {vip}" in res.stdout, res.stdout + res.stderr
     assert res.returncode == 3 and 'pod "shell" deleted' in res.stdout

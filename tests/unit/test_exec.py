@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import uvloop
 
-from kwire.agent.kubelet.execstream import AttachTarget
+from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
 from kwire.agent.kubelet.logs import LogServer
 
 TOKEN = "t0ken"
@@ -48,7 +48,9 @@ async def _kubelet(tmp_path: Path) -> AsyncIterator[str]:
         token=TOKEN,
         host="127.0.0.1",
         port=port,
-        exec_target=lambda ns, pod: "" if (ns, pod) == ("default", "web") else None,
+        exec_target=lambda ns, pod, _c: (
+            ExecTarget("", env={"FROM_SPEC": "yes"}) if (ns, pod) == ("default", "web") else None
+        ),
         attach_target=lambda ns, pod, c: (
             AttachTarget(state=_attach_state, write=_attach_write, stdin_once=True)
             if (ns, pod, c) == ("default", "web", "c")
@@ -75,7 +77,7 @@ async def _session(
     protocol: str = "v5.channel.k8s.io",
     stdin: bool = False,
     tty: bool = False,
-    send: list[bytes] | None = None,
+    send: list[bytes | str] | None = None,
 ) -> tuple[dict[int, bytes], dict[str, Any]]:
     params = [("command", c) for c in command] + [("stdout", "true"), ("stderr", "true")]
     params += [("stdin", "true")] if stdin else []
@@ -87,7 +89,10 @@ async def _session(
     ):
         assert ws.protocol == protocol
         for frame in send or []:
-            await ws.send_bytes(frame)
+            if isinstance(frame, str):
+                await ws.send_str(frame)
+            else:
+                await ws.send_bytes(frame)
         async for msg in ws:
             assert msg.type == aiohttp.WSMsgType.BINARY
             out[msg.data[0]] = out.get(msg.data[0], b"") + msg.data[1:]
@@ -106,6 +111,13 @@ async def test_output_streams_and_the_exit_code(kubelet: str) -> None:
 async def test_stdin_and_its_end_v5(kubelet: str) -> None:
     out, status = await _session(kubelet, ["cat"], stdin=True, send=[b"\x00hello ", b"\x00world", b"\xff\x00"])
     assert out[1] == b"hello world" and status["status"] == "Success"
+
+
+async def test_text_frames_as_the_python_clients_write_stdin_sends_them(kubelet: str) -> None:
+    """`stream(...).write_stdin("text")` sends a text frame whose first character is the channel."""
+    cmd = ["sh", "-c", "read a; echo got $a; echo env $FROM_SPEC"]
+    out, status = await _session(kubelet, cmd, protocol="v4.channel.k8s.io", stdin=True, send=["\x00hello\n"])
+    assert out[1] == b"got hello\nenv yes\n" and status["status"] == "Success"  # the container's env too
 
 
 async def test_v4_as_the_python_client_speaks_it(kubelet: str) -> None:
@@ -158,10 +170,11 @@ async def test_refusals(kubelet: str) -> None:
 
 async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_path: Path) -> None:
     log = tmp_path / "default_web_c.log"
-    log.write_bytes(b"an earlier run\n")
+    earlier = b"2024-01-02T03:04:05.000000001Z stdout F an earlier run\n"
+    log.write_bytes(earlier)
     ATTACHED.clear()
     WRITTEN.clear()
-    ATTACHED.update(running=True, exitCode=None, logOffset=len(b"an earlier run\n"))
+    ATTACHED.update(running=True, exitCode=None, logOffset=len(earlier))
     url = kubelet.replace("/exec/", "/attach/") + "?stdin=true&stdout=true&tty=true"
     out: dict[int, bytes] = {}
     async with (
@@ -169,11 +182,11 @@ async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_p
         s.ws_connect(url, protocols=["v5.channel.k8s.io"], headers={"Authorization": f"Bearer {TOKEN}"}) as ws,
     ):
         with log.open("ab") as f:
-            f.write(b"Server: 10.43.0.10\n")
+            f.write(b"2024-01-02T03:04:06Z stdout F Server: 10.43.0.10\n")
         await ws.send_bytes(b"\x00some input")
         await asyncio.sleep(0.3)
         with log.open("ab") as f:
-            f.write(b"Address: 10.43.0.1\n")
+            f.write(b"2024-01-02T03:04:07Z stdout P Address: \n2024-01-02T03:04:07Z stdout F 10.43.0.1\n")
         ATTACHED.update(running=False, exitCode=1)
         async for msg in ws:
             out[msg.data[0]] = out.get(msg.data[0], b"") + msg.data[1:]
@@ -182,3 +195,49 @@ async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_p
     assert json.loads(out[3]) == {"metadata": {}, "status": "Success"}
     # Input reached the container; stdinOnce closed it when the session ended.
     assert WRITTEN == [(b"some input", False), (b"", True)]
+
+
+async def test_logs_as_kubelet_serves_them(kubelet: str, tmp_path: Path) -> None:
+    """CRI-format files: the current run, previous, since-time, tail, timestamps, limit-bytes, follow to the end."""
+    base = kubelet.replace("/exec/", "/containerLogs/")
+    prev = b"2024-01-02T03:00:00.5Z stdout F first run\n"
+    cur = (
+        b"2024-01-02T03:04:05.000000001Z stdout F one\n"
+        b"2024-01-02T03:04:06Z stderr F two\n"
+        b"2024-01-02T03:04:07Z stdout P thr\n"
+        b"2024-01-02T03:04:07Z stdout F ee\n"
+    )
+    log = tmp_path / "default_web_c.log"
+    log.write_bytes(prev + cur)
+    ATTACHED.clear()
+    ATTACHED.update(running=False, exitCode=0, logOffset=len(prev), prevLogOffset=0)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as s:
+
+        async def get(query: str) -> tuple[int, str]:
+            async with s.get(f"{base}?{query}") as r:
+                return r.status, await r.text()
+
+        assert await get("") == (200, "one\ntwo\nthree\n")
+        assert await get("previous=true") == (200, "first run\n")
+        assert await get("tailLines=1") == (200, "three\n")
+        assert await get("sinceTime=2024-01-02T03:04:06Z") == (200, "two\nthree\n")
+        assert await get("limitBytes=5") == (200, "one\nt")
+        _, stamped = await get("timestamps=true&tailLines=2")
+        assert stamped == "2024-01-02T03:04:06Z two\n2024-01-02T03:04:07Z three\n"
+        ATTACHED.update(prevLogOffset=-1)
+        status, text = await get("previous=true")
+        assert status == 400 and text == 'previous terminated container "c" in pod "web" not found'
+        # follow: new output streams until the run ends
+        ATTACHED.update(running=True, exitCode=None)
+
+        async def finish() -> None:
+            await asyncio.sleep(0.4)
+            with log.open("ab") as f:
+                f.write(b"2024-01-02T03:04:09Z stdout F four\n")
+            await asyncio.sleep(0.4)
+            ATTACHED.update(running=False, exitCode=0)
+
+        task = asyncio.create_task(finish())
+        assert await asyncio.wait_for(get("follow=true&tailLines=1"), 10) == (200, "three\nfour\n")
+        await task

@@ -78,7 +78,15 @@ def test_image_decides_what_runs() -> None:
     assert rs["ports"] == [[80, "TCP"]]
     assert rs["processes"][0]["argv"] == ["sleep", "100"]
     assert rs["processes"][0]["env"]["IP"] == "10.42.0.7" and rs["processes"][0]["env"]["A"] == "b"
-    assert rs["pod"] == {"name": "web-1", "namespace": "shop", "node": "node1", "podIP": "10.42.0.7", "netns": "ns1"}
+    assert rs["pod"] == {
+        "name": "web-1",
+        "namespace": "shop",
+        "node": "node1",
+        "podIP": "10.42.0.7",
+        "netns": "ns1",
+        "uts": "",
+        "stage": "",
+    }
 
 
 def test_cni_capabilities_from_host_ports_and_bandwidth() -> None:

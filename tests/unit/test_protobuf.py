@@ -63,8 +63,8 @@ def test_secret_data_is_base64_as_in_json() -> None:
 
 
 def test_unknown_kind_is_415_and_garbage_is_400() -> None:
-    # runtime.Unknown{typeMeta{apiVersion "batch/v1", kind "Job"}}
-    tm = b"\x0a\x08batch/v1" + b"\x12\x03Job"
+    # runtime.Unknown{typeMeta{apiVersion "example.com/v1", kind "Widget"}}
+    tm = b"\x0a\x0eexample.com/v1" + b"\x12\x06Widget"
     with pytest.raises(ApiError) as e:
         decode(MAGIC + b"\x0a" + bytes([len(tm)]) + tm)
     assert e.value.code == 415

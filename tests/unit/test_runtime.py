@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from kwire.agent.kubelet import crilog
 from kwire.agent.kubelet.responder import Responders
 from kwire.agent.kubelet.runtime import Runtime
 from kwire.base import http11
@@ -89,6 +90,14 @@ async def test_close_ends_keepalive_connections() -> None:
     writer.close()
 
 
+def _log(path: Path) -> str:
+    """A CRI log file's output, checking every line is a CRI entry."""
+    raw = path.read_bytes()
+    entries = [crilog.parse(line) for line in raw.splitlines()]
+    assert all(e is not None for e in entries), raw
+    return b"".join(e.text() for e in entries if e is not None).decode()
+
+
 def _spec(name: str, ports: list[list[object]], processes: list[dict[str, object]] | None = None) -> dict[str, object]:
     return {
         "pod": {"name": name, "namespace": "default", "node": "n1", "podIP": "127.0.0.1", "netns": ""},
@@ -148,7 +157,7 @@ async def test_control_api_and_process_exit_codes(tmp_path: Path) -> None:
                     break
                 await asyncio.sleep(0.05)
             assert st["exitCode"] == 3 and st["restartCount"] == 0  # restartPolicy Never
-            assert (tmp_path / "logs" / "default_job-1_c.log").read_text() == "hi\n"
+            assert _log(tmp_path / "logs" / "default_job-1_c.log") == "hi\n"
             async with s.put("http://rt/pods/u3", data=b"[1, 2]") as r:
                 assert r.status == 400
             async with s.put("http://rt/pods/u3", data=b"{not json") as r:
@@ -221,7 +230,7 @@ async def test_stdin_and_tty_containers_take_input_for_attach(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.05)
         assert rt.status()["u5"]["containers"]["c"]["exitCode"] == 0  # EOF ended cat
-        assert (tmp_path / "logs" / "default_cat-1_c.log").read_text() == "through the pipe\n"
+        assert _log(tmp_path / "logs" / "default_cat-1_c.log") == "through the pipe\n"
         assert not await rt.write_stdin("u5", "c", b"too late")
 
         sh = _spec("sh-1", [], [{"name": "c", "argv": ["sh"], "env": {}, "stdin": True, "tty": True}])
@@ -235,6 +244,70 @@ async def test_stdin_and_tty_containers_take_input_for_attach(tmp_path: Path) ->
             await asyncio.sleep(0.05)
         assert rt.status()["u6"]["containers"]["c"]["exitCode"] == 4
         await asyncio.sleep(0.1)
-        assert "/dev/pts/" in (tmp_path / "logs" / "default_sh-1_c.log").read_text()
+        assert "/dev/pts/" in _log(tmp_path / "logs" / "default_sh-1_c.log")
+    finally:
+        await rt.close()
+
+
+async def _until(rt: Runtime, uid: str, name: str, pred: object, timeout: float = 10.0) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        st: dict[str, object] = rt.status()[uid]["containers"][name]
+        if pred(st):  # type: ignore[operator]
+            return st
+        assert loop.time() < end, st
+        await asyncio.sleep(0.05)
+
+
+async def test_crash_loop_back_off_start_errors_and_the_last_termination(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
+    try:
+        spec = _spec("crash-1", [], [{"name": "c", "argv": ["sh", "-c", "echo run; exit 2"], "env": {}}])
+        spec["restartPolicy"] = "Always"
+        await rt.ensure_pod("u7", spec)
+        # kubelet: the first restart is at once, the next waits 10 s (CrashLoopBackOff), doubling to 5 min
+        st = await _until(rt, "u7", "c", lambda s: s["restartCount"] == 1 and s["backoffUntil"])
+        assert st["backoffSeconds"] == 10.0 and st["exitCode"] == 2 and st["reason"] == "Error"
+        last = st["lastTermination"]
+        assert isinstance(last, dict) and last["exitCode"] == 2 and last["finishedAt"] >= last["startedAt"] > 0
+        # each run's output has its place in the file, for logs --previous
+        assert (
+            st["prevLogOffset"] == 0
+            and st["logOffset"] == len((tmp_path / "logs" / "default_crash-1_c.log").read_bytes()) // 2
+        )
+
+        missing = _spec("crash-2", [], [{"name": "c", "argv": ["/nonexistent/prog"], "env": {}}])
+        await rt.ensure_pod("u8", missing)
+        st = await _until(rt, "u8", "c", lambda s: s["exitCode"] == 128)
+        assert st["reason"] == "StartError" and not st["running"] and st["done"]
+        assert 'exec: "/nonexistent/prog": stat /nonexistent/prog: no such file or directory' in str(st["message"])
+
+        # Only the changed container restarts when a pod's processes change.
+        two = _spec("two-1", [], [{"name": "a", "argv": ["sleep", "60"], "env": {}}])
+        await rt.ensure_pod("u9", two)
+        pid_a = (await _until(rt, "u9", "a", lambda s: s["pid"]))["pid"]
+        two2 = {**two, "processes": [*two["processes"], {"name": "b", "argv": ["sleep", "60"], "env": {}}]}  # type: ignore[list-item,misc]
+        await rt.ensure_pod("u9", two2)
+        await _until(rt, "u9", "b", lambda s: s["pid"])
+        assert rt.status()["u9"]["containers"]["a"]["pid"] == pid_a
+    finally:
+        await rt.close()
+
+
+async def test_sigterm_then_sigkill_after_the_grace_period(tmp_path: Path) -> None:
+    import time
+
+    rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
+    try:
+        stubborn = "trap 'echo TERM' TERM; while true; do sleep 0.1; done"
+        await rt.ensure_pod("u10", _spec("stubborn-1", [], [{"name": "c", "argv": ["sh", "-c", stubborn], "env": {}}]))
+        await _until(rt, "u10", "c", lambda s: s["pid"])
+        await asyncio.sleep(0.2)
+        t = time.monotonic()
+        await rt.remove_pod("u10", grace=1.0)
+        took = time.monotonic() - t
+        assert 0.9 < took < 5, took  # it ignored SIGTERM, so it was killed once the grace ran out
+        assert "TERM" in _log(tmp_path / "logs" / "default_stubborn-1_c.log")
     finally:
         await rt.close()

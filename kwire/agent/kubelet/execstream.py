@@ -7,7 +7,10 @@ pipes, or a pseudo-terminal when `tty` is set. The stream protocol is Kubernetes
 (`v5.channel.k8s.io`, or `v4.channel.k8s.io` as the Python client speaks): every binary message starts with a
 channel byte (0 stdin, 1 stdout, 2 stderr, 3 the final status, 4 terminal resize; v5 adds 255 = "close this
 stream", used for stdin's end), and the session ends with a metav1.Status on channel 3 carrying the exit code.
-The environment is PATH, HOME, HOSTNAME (the pod's name) and TERM for a terminal, not the container's own env.
+A container that runs a process is entered as runc exec enters it (`nsenter -t <pid>`: its mount namespace with its
+volumes, its UTS and network namespaces, its root). The command also enters the pod's UTS namespace (`hostname` prints the pod's hostname) and gets the container's
+environment (its `env` and `envFrom`, as the CRI runtime gives exec the container's env), plus HOME and TERM for a
+terminal.
 """
 
 from __future__ import annotations
@@ -23,18 +26,20 @@ import struct
 import subprocess
 import termios
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from kwire.agent.kubelet import crilog
 from kwire.base import pty
 
 log = logging.getLogger(__name__)
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 READ_CHUNK = 32 * 1024
@@ -43,6 +48,16 @@ READ_CHUNK = 32 * 1024
 def _flag(request: web.Request, name: str, default: bool) -> bool:
     v = request.query.get(name)
     return default if v is None else v.lower() in ("1", "true", "yes")
+
+
+def _frame(msg: Any) -> bytes:
+    """A client message's bytes: binary frames as kubectl sends them, or text frames, which the Python client's
+    `write_stdin("text")` sends (the channel is then the first character, chr(0) for stdin)."""
+    if msg.type == WSMsgType.BINARY:
+        return bytes(msg.data)
+    if msg.type == WSMsgType.TEXT:
+        return str(msg.data).encode("utf-8")
+    return b""
 
 
 def status(exit_code: int | None, *, error: str = "") -> dict[str, Any]:
@@ -71,8 +86,19 @@ def _set_winsize(fd: int, payload: bytes) -> None:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSocketResponse:
-    """Run the request's command in `netns` ("" = the node's own, for hostNetwork pods) and stream it."""
+@dataclass(frozen=True)
+class ExecTarget:
+    """Where an exec'd command runs: the pod's network namespace ("" = the node's own, for hostNetwork pods), its
+    UTS namespace file ("" = the node's), and the container's environment."""
+
+    netns: str
+    uts: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    pid: int = 0  # the container's process, when it runs one: exec enters all its namespaces and its root
+
+
+async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> web.WebSocketResponse:
+    """Run the request's command in the target's namespaces and stream it."""
     command = request.query.getall("command", [])
     stdin, tty = _flag(request, "stdin", False), _flag(request, "tty", False)
     want_out, want_err = _flag(request, "stdout", True), _flag(request, "stderr", True) and not tty
@@ -83,11 +109,20 @@ async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSo
         await ws.send_bytes(bytes([ERROR]) + json.dumps(status(None, error="you must specify a command")).encode())
         await ws.close()
         return ws
-    argv = [IP, "netns", "exec", netns, *command] if netns else list(command)
+    argv = list(command)
+    if target.pid:
+        # as runc exec: the container's mount (its volumes), UTS and network namespaces, its root and cwd
+        argv = [NSENTER, "-t", str(target.pid), "-m", "-u", "-n", "-r", "-w", "--", *argv]
+    else:
+        if target.uts:
+            argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
+        if target.netns:
+            argv = [IP, "netns", "exec", target.netns, *argv]
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
         "HOSTNAME": pod,
+        **target.env,
     }
     master = -1
     try:
@@ -134,9 +169,10 @@ async def serve_exec(request: web.Request, *, netns: str, pod: str) -> web.WebSo
 
     async def from_client() -> None:
         async for msg in ws:
-            if msg.type != WSMsgType.BINARY or not msg.data:
+            data = _frame(msg)
+            if not data:
                 continue
-            channel, payload = msg.data[0], msg.data[1:]
+            channel, payload = data[0], data[1:]
             if channel == STDIN and payload:
                 if tty:
                     await asyncio.to_thread(os.write, master, payload)
@@ -216,9 +252,10 @@ async def serve_attach(request: web.Request, *, log_path: Path, target: AttachTa
 
     async def from_client() -> None:
         async for msg in ws:  # the loop ends when the client leaves
-            if msg.type != WSMsgType.BINARY or not msg.data:
+            data = _frame(msg)
+            if not data:
                 continue
-            channel, payload = msg.data[0], msg.data[1:]
+            channel, payload = data[0], data[1:]
             if channel == STDIN and payload:
                 await target.write(payload, False)
             elif channel == CLOSE and v5 and payload[:1] == bytes([STDIN]):
@@ -230,16 +267,20 @@ async def serve_attach(request: web.Request, *, log_path: Path, target: AttachTa
     # A terminal's line discipline turns \n into \r\n (onlcr) and kubectl's terminal is in raw mode: a container
     # that has no terminal of its own gets that translation here.
     tty = _flag(request, "tty", False) and not (st or {}).get("tty")
+    reader = crilog.Reader()
     try:
         while not client.done():
             try:
                 with open(log_path, "rb") as f:
                     f.seek(offset)
-                    chunk = f.read()
+                    raw = f.read()
             except FileNotFoundError:
-                chunk = b""
-            if chunk:
-                offset += len(chunk)
+                raw = b""
+            if raw:
+                offset += len(raw)
+                chunk = b"".join(e.text() for e in reader.feed(raw))
+                if not chunk:
+                    continue
                 await ws.send_bytes(bytes([STDOUT]) + (chunk.replace(b"\n", b"\r\n") if tty else chunk))
                 continue
             st = await target.state()

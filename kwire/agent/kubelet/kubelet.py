@@ -1,76 +1,76 @@
-"""The kubelet part of the agent: pods bound to this node become sandboxes, processes and status.
+"""The kubelet part of the agent: pods bound to this node become sandboxes, processes, events and status.
 
-For each pod (keyed by uid): a network namespace `<prefix><uid12>`, CNI ADD through the node's conflist, the
-pod's /etc/netns/<ns>/resolv.conf and hosts (what `ip netns exec` shows the pod's processes), the runtime's
-processes/responders, probes, and the pod status. A pod being deleted is stopped, CNI DEL'd, its namespace
-removed, and then its API object is deleted for good (grace period 0), as the kubelet confirms a deletion.
+One reconcile shape, as kubelet's pod workers: informer events put the pod's uid on a `WorkQueue` (client-go
+semantics: deduplicated, one worker per key at a time, per-key exponential back-off on failure, forgotten on
+success); `sync_pod` makes the node match the pod: the sandbox (sandbox.py), each container's configuration
+(envconfig.py: env from ConfigMaps and Secrets, or CreateContainerConfigError until they exist), the runtime's
+processes, the probes (prober.py) and the status (status.py). A pod being deleted is stopped (SIGTERM, SIGKILL
+after its terminationGracePeriodSeconds), its sandbox removed, and its API object then deleted for good (grace 0),
+as the kubelet confirms a deletion. Everything kept per pod (`PodWork`) goes with the pod.
 
-What the kubelet has set up is recorded in `<data-dir>/pods/<uid>.json`, so a restarted agent adopts running
-pods (their namespace, IP and processes are left alone) and tears down pods deleted while it was away.
+The runtime is polled every second: container starts, exits, restarts and back-offs become kubelet's events
+(Pulled, Created, Started, BackOff, Failed; aggregated by the EventRecorder) and the pod's status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import logging
-import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kwire.agent.kubelet import podspec
-from kwire.agent.kubelet.execstream import AttachTarget
-from kwire.agent.kubelet.probes import ProbeState, run_probe
+from kwire.agent.kubelet import hooks, podspec, status, volumes
+from kwire.agent.kubelet.envconfig import ConfigError, container_env
+from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
+from kwire.agent.kubelet.prober import PodProbes
 from kwire.agent.kubelet.runtime_client import RuntimeClient
-from kwire.base.files import atomic_write, write_if_changed
-from kwire.client import ApiClient, ApiStatusError, Conflict, Informer, NotFound
-from kwire.client.client import EVENTS, PODS
-from kwire.cni import invoke as cni
-from kwire.kernel import netns
+from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
+from kwire.base.files import write_if_changed
+from kwire.base.workqueue import ShutDown, WorkQueue
+from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
+from kwire.client.client import CONFIGMAPS, PODS, SECRETS
+from kwire.client.events import EventRecorder
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-ETC_NETNS = Path("/etc/netns")
-CNI_PLUGIN_DIR = "/usr/lib/cni"
 RUNTIME_POLL = 1.0
 KUBELET_CONDITIONS = frozenset({"PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"})
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+DEFAULT_GRACE = 30.0
+VOLUME_RESYNC = 10.0  # seconds: configMap/secret/downwardAPI volumes follow their objects within this
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+PVS = Resource("", "v1", "persistentvolumes", "PersistentVolume", namespaced=False)
+KINDS = {"configmap": CONFIGMAPS, "secret": SECRETS, "persistentvolumeclaim": PVCS, "persistentvolume": PVS}
 
 
 @dataclass
-class PodState:
-    uid: str
-    namespace: str
-    name: str
-    netns: str  # "" for hostNetwork pods
-    pod_ip: str
-    started_at: str
-    host_network: bool = False
-    readiness: dict[str, ProbeState] = field(default_factory=dict)
-    liveness: dict[str, ProbeState] = field(default_factory=dict)
-    restarts: dict[str, int] = field(default_factory=dict)
-    probe_tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    last_status: Obj | None = None
-    error: str = ""
+class PodWork:
+    """What the kubelet keeps about one pod while it runs here (dropped at teardown)."""
 
-    def record(self) -> Obj:
-        return {
-            "uid": self.uid,
-            "namespace": self.namespace,
-            "name": self.name,
-            "netns": self.netns,
-            "podIP": self.pod_ip,
-            "startedAt": self.started_at,
-            "hostNetwork": self.host_network,
-            "restarts": self.restarts,
-        }
+    sandbox: Sandbox
+    probes: PodProbes = field(default_factory=PodProbes)
+    config_errors: dict[str, str] = field(default_factory=dict)  # container -> CreateContainerConfigError message
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)  # container -> resolved env
+    volumes: dict[str, str] | None = None  # volume -> path on the node, once they are all set up
+    pids: dict[str, int] = field(default_factory=dict)  # container -> its running process (for exec)
+    rt: Obj = field(default_factory=dict)  # the runtime's last status of the pod's containers
+    running: frozenset[str] = frozenset()  # the containers handed to the runtime (init containers reached, ...)
+    runs_seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # container -> (restarts, startedAt)
+    backoff_seen: dict[str, float] = field(default_factory=dict)  # container -> the back-off already reported
+    responders_reported: bool = False
+    phase: str = ""  # the phase last computed
+
+
+def _field_path(pod: Obj, container: str) -> str:
+    for key in ("initContainers", "ephemeralContainers"):
+        for c in podspec.spec(pod).get(key) or []:
+            if c.get("name") == container:
+                return f"spec.{key}{{{container}}}"
+    return f"spec.containers{{{container}}}"
 
 
 class Kubelet:
@@ -88,65 +88,50 @@ class Kubelet:
         conflist: Path,
         cni_bin_dir: Path,
         runtime: RuntimeClient,
+        logs_dir: Path | None = None,
+        workers: int = 4,
     ) -> None:
         self.client = client
         self.pods = pods
         self.node_name = node_name
         self.node_ip = node_ip
-        self.state_dir = data_dir / "pods"
-        self.netns_prefix = netns_prefix
-        self.cluster_dns = cluster_dns
-        self.cluster_domain = cluster_domain
-        self.conflist_path = conflist
-        self.cni_path = [str(cni_bin_dir), CNI_PLUGIN_DIR]
-        self.cni_cache = data_dir / "cni" / "cache"
         self.runtime = runtime
-        self.states: dict[str, PodState] = {}
-        self._keys: dict[str, str] = {}  # uid -> namespace/name
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.logs_dir = logs_dir  # the runtime's container logs (removed with their pod, as kubelet does)
+        self.sandboxes = Sandboxes(
+            state_dir=data_dir / "pods",
+            netns_prefix=netns_prefix,
+            node_ip=node_ip,
+            conflist=conflist,
+            cni_bin_dir=cni_bin_dir,
+            cni_cache=data_dir / "cni" / "cache",
+            cluster_dns=cluster_dns,
+            cluster_domain=cluster_domain,
+        )
+        self.recorder = EventRecorder(client, component="kubelet", host=node_name)
+        self.queue: WorkQueue[str] = WorkQueue(name="kubelet", base_delay=0.5, max_delay=30.0)
+        self.work: dict[str, PodWork] = {}
+        self.workers = workers
+        self._keys: dict[str, str] = {}  # uid -> namespace/name, for pods the informer showed or this node runs
+        self.finished: set[str] = set()  # pods that ended here (Succeeded/Failed): their sandbox is gone
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- start-up -----------------------------------------------------------------------------------------------
-    def _load_records(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        for p in self.state_dir.glob("*.json"):
-            try:
-                r = json.loads(p.read_text())
-                st = PodState(
-                    uid=r["uid"],
-                    namespace=r["namespace"],
-                    name=r["name"],
-                    netns=r["netns"],
-                    pod_ip=r["podIP"],
-                    started_at=r["startedAt"],
-                    host_network=bool(r.get("hostNetwork")),
-                    restarts={str(k): int(v) for k, v in (r.get("restarts") or {}).items()},
-                )
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("kubelet: ignoring unreadable pod record %s: %s", p, exc)
-                continue
-            self.states[st.uid] = st
-            self._keys[st.uid] = f"{st.namespace}/{st.name}"
-
-    def _save(self, st: PodState) -> None:
-        atomic_write(self.state_dir / f"{st.uid}.json", json.dumps(st.record()))
-
-    async def start(self, *, workers: int = 4) -> None:
-        self._load_records()
+    async def start(self) -> None:
+        for uid, sb in self.sandboxes.load().items():
+            self.work[uid] = PodWork(sb)
+            self._keys[uid] = f"{sb.namespace}/{sb.name}"
         self.pods.on_add(self._on_pod)
         self.pods.on_update(self._on_pod_update)
         self.pods.on_delete(self._on_pod)
-        for _ in range(workers):
+        for _ in range(self.workers):
             self._tasks.append(asyncio.create_task(self._worker()))
         self._tasks.append(asyncio.create_task(self._adopt_then_poll()))
 
     async def _adopt_then_poll(self) -> None:
         await self.pods.wait_synced()
         # Pods recorded here that the API no longer has (deleted while the agent was away) are torn down.
-        for uid in list(self.states):
-            self._enqueue(uid)
+        for uid in list(self.work):
+            self.queue.add(uid)
         while True:
             await asyncio.sleep(RUNTIME_POLL)
             try:
@@ -166,76 +151,103 @@ class Kubelet:
         except RuntimeError as exc:
             log.warning("kubelet: cannot restart the pod runtime: %s", exc)
             return
-        log.warning("kubelet: the pod runtime was gone; started a new one and handing it %d pods", len(self.states))
-        for st in list(self.states.values()):
-            pod = self._current(st.uid)
+        log.warning("kubelet: the pod runtime was gone; started a new one and handing it %d pods", len(self.work))
+        for uid, w in list(self.work.items()):
+            pod = self._current(uid)
             if pod is None:
                 continue
             for c in podspec.spec(pod).get("containers") or []:
                 name = str(c.get("name", ""))
-                st.restarts[name] = st.restarts.get(name, 0) + 1
-            self._save(st)
-            self._enqueue(st.uid)
+                w.sandbox.restarts[name] = w.sandbox.restarts.get(name, 0) + 1
+            self.sandboxes.save(w.sandbox)
+            self.queue.add(uid)
 
     async def stop(self) -> None:
-        for st in self.states.values():
-            for t in st.probe_tasks:
-                t.cancel()
+        self.queue.shutdown()
+        for w in self.work.values():
+            await w.probes.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 
-    # -- events -------------------------------------------------------------------------------------------------
-    def _enqueue(self, uid: str) -> None:
-        if uid and uid not in self._queued:
-            self._queued.add(uid)
-            self._queue.put_nowait(uid)
-
+    # -- the queue ----------------------------------------------------------------------------------------------
     async def _on_pod(self, pod: Obj) -> None:
         m = podspec.meta(pod)
         uid = str(m.get("uid", ""))
+        if not uid:
+            return
         self._keys[uid] = f"{m.get('namespace')}/{m.get('name')}"
-        self._enqueue(uid)
+        self.queue.add(uid)
 
     async def _on_pod_update(self, _old: Obj, new: Obj) -> None:
         await self._on_pod(new)
 
     async def _worker(self) -> None:
         while True:
-            uid = await self._queue.get()
-            self._queued.discard(uid)
-            lock = self._locks.setdefault(uid, asyncio.Lock())
-            async with lock:
-                try:
-                    await self.sync_pod(uid)
-                except Exception as exc:
-                    log.warning("kubelet: sync of pod %s failed: %s; retrying", self._keys.get(uid, uid), exc)
-                    asyncio.get_running_loop().call_later(2.0, self._enqueue, uid)
+            try:
+                uid = await self.queue.get()
+            except ShutDown:
+                return
+            try:
+                settled = await self.sync_pod(uid)
+            except Exception as exc:
+                delay = self.queue.add_rate_limited(uid)
+                log.warning(
+                    "kubelet: sync of pod %s failed: %s; retrying in %.1fs", self._keys.get(uid, uid), exc, delay
+                )
+            else:
+                if settled:
+                    self.queue.forget(uid)
+                else:
+                    self.queue.add_rate_limited(uid)  # e.g. a ConfigMap that does not exist yet: look again
+            finally:
+                self.queue.done(uid)
+                if uid not in self.work and self._current(uid) is None:
+                    self._keys.pop(uid, None)
 
-    def _running(self, namespace: str, name: str) -> PodState | None:
-        for st in self.states.values():
-            if st.namespace == namespace and st.name == name and self._current(st.uid) is not None:
-                return st
+    def _current(self, uid: str) -> Obj | None:
+        key = self._keys.get(uid)
+        if not key:
+            return None
+        ns, _, name = key.partition("/")
+        pod = self.pods.get(ns, name)
+        if pod is None or podspec.meta(pod).get("uid") != uid:
+            return None
+        return pod
+
+    # -- what the node's API (logs, exec, attach) asks ------------------------------------------------------------
+    def _running(self, namespace: str, name: str) -> tuple[PodWork, Obj] | None:
+        for uid, w in self.work.items():
+            if w.sandbox.namespace == namespace and w.sandbox.name == name:
+                pod = self._current(uid)
+                if pod is not None:
+                    return w, pod
         return None
 
-    def pod_netns(self, namespace: str, name: str) -> str | None:
-        """The network namespace of a pod this node runs ("" for hostNetwork), None if it runs no such pod."""
-        st = self._running(namespace, name)
-        return st.netns if st is not None else None
+    def exec_target(self, namespace: str, name: str, container: str) -> ExecTarget | None:
+        """Where `kubectl exec` runs in a pod this node runs (None if it runs no such pod)."""
+        found = self._running(namespace, name)
+        if found is None:
+            return None
+        w, _ = found
+        return ExecTarget(
+            netns=w.sandbox.netns,
+            uts=w.sandbox.uts,
+            env=dict(w.envs.get(container) or {}),
+            pid=w.pids.get(container, 0),
+        )
 
     def attach_target(self, namespace: str, name: str, container: str) -> AttachTarget | None:
         """What attach needs of a container of a pod this node runs (its state is None for a container that is not
         a process), or None if the node runs no such pod."""
-        st = self._running(namespace, name)
-        pod = self._current(st.uid) if st is not None else None
-        if st is None or pod is None:
+        found = self._running(namespace, name)
+        if found is None:
             return None
-        uid = st.uid
-        spec: dict[str, Any] = next(
-            (c for c in podspec.spec(pod).get("containers") or [] if c.get("name") == container), {}
-        )
+        w, pod = found
+        uid = w.sandbox.uid
+        spec: dict[str, Any] = next((c for c in _all_containers(pod) if c.get("name") == container), {})
 
         async def state() -> dict[str, Any] | None:
             try:
@@ -250,333 +262,417 @@ class Kubelet:
 
         return AttachTarget(state=state, write=write, stdin_once=bool(spec.get("stdinOnce")))
 
-    def _current(self, uid: str) -> Obj | None:
-        key = self._keys.get(uid)
-        if not key:
-            return None
-        ns, _, name = key.partition("/")
-        pod = self.pods.get(ns, name)
-        if pod is None or podspec.meta(pod).get("uid") != uid:
-            return None
-        return pod
-
     # -- sync -----------------------------------------------------------------------------------------------
-    async def sync_pod(self, uid: str) -> None:
+    async def sync_pod(self, uid: str) -> bool:
+        """Make the node match the pod; False when something must be looked at again later (a container's
+        configuration that cannot be resolved yet)."""
         pod = self._current(uid)
         if pod is None or podspec.spec(pod).get("nodeName") != self.node_name:
-            await self.teardown(uid)
-            return
-        if podspec.meta(pod).get("deletionTimestamp"):
-            await self.teardown(uid)
-            m = podspec.meta(pod)
+            await self.teardown(uid, pod)
+            if uid in self.finished and uid in self._keys:  # an ended pod's logs, kept until it was deleted
+                ns, _, name = self._keys[uid].partition("/")
+                self._remove_logs(ns, name, uid)
+            self.finished.discard(uid)
+            return True
+        m = podspec.meta(pod)
+        if m.get("deletionTimestamp"):
+            await self.teardown(uid, pod)
+            if uid in self.finished:
+                self._remove_logs(str(m.get("namespace")), str(m.get("name")), uid)
             with contextlib.suppress(NotFound, Conflict):
                 await self.client.delete(PODS, m["name"], m["namespace"], grace_period=0, preconditions={"uid": uid})
-            return
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.states:
-            return
-        st = self.states.get(uid) or await self._create_sandbox(pod)
-        if st is None:
-            return
-        await self._write_files(pod, st)
-        await self._ensure_runtime(pod, st)
-        self._ensure_probes(pod, st)
-        await self.post_status(pod, st)
-
-    async def _create_sandbox(self, pod: Obj) -> PodState | None:
-        m, sp = podspec.meta(pod), podspec.spec(pod)
-        uid = str(m["uid"])
-        if sp.get("hostNetwork"):
-            st = PodState(uid, m["namespace"], m["name"], "", self.node_ip, _now(), host_network=True)
-        else:
-            name = podspec.netns_name(self.netns_prefix, uid)
-            await asyncio.to_thread(netns.create, name)
-            args = {
-                "IgnoreUnknown": "1",
-                "K8S_POD_NAMESPACE": m["namespace"],
-                "K8S_POD_NAME": m["name"],
-                "K8S_POD_INFRA_CONTAINER_ID": uid,
-                "K8S_POD_UID": uid,
-            }
-            caps: Obj = {}
-            if pm := podspec.port_mappings(pod):
-                caps["portMappings"] = pm
-            if bw := podspec.bandwidth(pod):
-                caps["bandwidth"] = bw
-            conflist = await asyncio.to_thread(cni.load_conflist, self.conflist_path)
+            return True
+        if uid in self.finished or (
+            (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.work
+        ):
+            return True
+        w = self.work.get(uid)
+        if w is None:
             try:
-                result = await asyncio.to_thread(
-                    cni.add_network,
-                    conflist,
-                    container_id=uid,
-                    netns_path=netns.path(name),
-                    ifname="eth0",
-                    cni_path=self.cni_path,
-                    args=args,
-                    capability_args=caps,
-                    cache_dir=self.cni_cache,
-                )
-            except cni.CniError as exc:
-                await self._event(pod, "Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
-                await asyncio.to_thread(netns.remove, name)
+                sb = await self.sandboxes.create(pod)
+            except SandboxError as exc:
+                await self.recorder.event(pod, "Warning", "FailedCreatePodSandBox", str(exc))
                 raise
-            ips = [str(ip.get("address", "")).split("/")[0] for ip in result.get("ips") or []]
-            if not ips:
-                raise RuntimeError(f"CNI ADD for {m['namespace']}/{m['name']} returned no IP")
-            st = PodState(uid, m["namespace"], m["name"], name, ips[0], _now())
-        self.states[uid] = st
-        self._save(st)
-        log.info("kubelet: pod %s/%s sandbox ready (%s)", st.namespace, st.name, st.pod_ip)
-        return st
-
-    async def _write_files(self, pod: Obj, st: PodState) -> None:
-        if st.host_network:
-            return
-        host_resolv = podspec.node_resolv_conf()
-        d = ETC_NETNS / st.netns
-        d.mkdir(parents=True, exist_ok=True)
-        files = {
-            "resolv.conf": podspec.resolv_conf(
-                pod, cluster_dns=self.cluster_dns, cluster_domain=self.cluster_domain, host_resolv=host_resolv
-            ),
-            "hosts": podspec.hosts_file(pod, pod_ip=st.pod_ip, cluster_domain=self.cluster_domain),
-        }
-        for fname, text in files.items():
-            write_if_changed(d / fname, text)
-
-    async def _ensure_runtime(self, pod: Obj, st: PodState) -> None:
-        errors = [p for p in podspec.plan(pod) if p.kind == "error"]
-        st.error = "; ".join(p.error for p in errors)
-        sa_dir = self._service_account(st) if podspec.needs_service_account(pod) else ""
-        body = podspec.runtime_spec(
-            pod, node=self.node_name, pod_ip=st.pod_ip, host_ip=self.node_ip, netns=st.netns, sa_dir=sa_dir
+            w = self.work[uid] = PodWork(sb)
+        self.sandboxes.write_files(pod, w.sandbox)
+        settled = await self._resolve_config(pod, w)
+        try:
+            w.volumes = await volumes.setup(
+                pod,
+                pod_dir=self.sandboxes.pod_dir(uid),
+                get=self._get_config,
+                pod_ip=w.sandbox.pod_ip,
+                host_ip=self.node_ip,
+            )
+        except (volumes.MountError, OSError) as exc:
+            # kubelet waits for the volumes before it starts any container: the pod stays ContainerCreating
+            await self.recorder.event(pod, "Warning", "FailedMount", str(exc))
+            if w.volumes is None:
+                await self._report(pod, w)
+                return False
+        if volumes.needs_resync(pod):
+            self.queue.add_after(uid, VOLUME_RESYNC)
+        # what the runtime runs now decides which init containers are done (see _to_run)
+        w.rt = dict(((await self.runtime.pods()).get(uid) or {}).get("containers") or {})
+        await self._ensure_runtime(pod, w)
+        w.probes.start(
+            podspec.spec(pod).get("containers") or [],
+            pod_ip=w.sandbox.pod_ip,
+            netns=w.sandbox.netns,
+            on_failure=lambda c, what, msg: self._probe_failed(uid, c, what, msg),
+            on_flip=lambda: self.queue.add(uid),
+            on_liveness_failure=lambda c: self._restart_container(uid, c),
         )
-        await self.runtime.put_pod(st.uid, body)
+        await self._report(pod, w)
+        if w.phase in ("Succeeded", "Failed"):
+            # A pod that ended keeps its status and logs, but not its sandbox: kubelet kills it and the IP is freed.
+            self.finished.add(uid)
+            await self.teardown(uid, pod, stopping_events=False)
+        return settled
 
-    def _service_account(self, st: PodState) -> str:
+    async def _get_config(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A ConfigMap, Secret, PVC or PV (None if it does not exist). GETs, not informers: a node reads only the
+        few objects its pods name (kubelet's configMapManager in its Get strategy)."""
+        try:
+            return await self.client.get(KINDS[kind], name, namespace or None)
+        except NotFound:
+            return None
+
+    async def _resolve_config(self, pod: Obj, w: PodWork) -> bool:
+        """Each container's environment, or its CreateContainerConfigError (with kubelet's Failed event)."""
+        errors: dict[str, str] = {}
+        for c in _all_containers(pod):
+            name = str(c.get("name", ""))
+            if name in w.envs:
+                continue  # a started container keeps the environment it started with, as in Kubernetes
+            try:
+                w.envs[name] = await container_env(
+                    c, pod, get=self._get_config, pod_ip=w.sandbox.pod_ip, host_ip=self.node_ip
+                )
+            except ConfigError as exc:
+                errors[name] = str(exc)
+                # every attempt is an event, aggregated by the recorder (`x8 over 8s`), as kubelet's
+                await self.recorder.event(pod, "Warning", "Failed", f"Error: {exc}", field_path=_field_path(pod, name))
+        w.config_errors = errors
+        return not errors
+
+    def _mounts(self, pod: Obj, w: PodWork, sa_dir: str) -> dict[str, list[list[Any]]]:
+        """Each container's binds: its volumeMounts (subPath too) and the service-account directory."""
+        out: dict[str, list[list[Any]]] = {}
+        vols = w.volumes or {}
+        for c in _all_containers(pod):
+            binds: list[list[Any]] = []
+            for vm in c.get("volumeMounts") or []:
+                src = vols.get(str(vm.get("name") or ""))
+                dst = str(vm.get("mountPath") or "")
+                if src is None or not dst.startswith("/"):
+                    continue
+                sub = str(vm.get("subPath") or "")
+                if sub and not sub.startswith("/") and ".." not in sub.split("/"):
+                    src = f"{src}/{sub}"
+                binds.append([src, dst, bool(vm.get("readOnly"))])
+            if sa_dir:
+                binds.append([sa_dir, SA_MOUNT, True])
+            if binds:
+                out[str(c.get("name", ""))] = binds
+        return out
+
+    @staticmethod
+    def _to_run(pod: Obj, w: PodWork) -> tuple[list[Obj], dict[str, str]]:
+        """The containers to run now and their own restart policies: init containers in order, each once the one
+        before has completed (a sidecar, `restartPolicy: Always`, once it is running), then the regular ones.
+        An init container kwire has no program for (it would be a responder) counts as completed at once."""
+        sp = podspec.spec(pod)
+        init_policy = "Never" if sp.get("restartPolicy") == "Never" else "OnFailure"
+        run: list[Obj] = []
+        policies: dict[str, str] = {}
+        inits = sp.get("initContainers") or []
+        plans = {p.name: p for p in podspec.plan(pod, inits)}
+        for c in inits:
+            name = str(c.get("name", ""))
+            sidecar = status.is_sidecar(c)
+            run.append(c)
+            policies[name] = "Always" if sidecar else init_policy
+            if plans[name].kind != "process":
+                continue
+            rc = w.rt.get(name) or {}
+            if sidecar and not rc.get("running"):
+                return run, policies
+            if not sidecar and not (rc.get("done") and rc.get("exitCode") == 0):
+                return run, policies
+        ephemeral = list(sp.get("ephemeralContainers") or [])
+        for c in ephemeral:
+            policies[str(c.get("name", ""))] = "Never"  # ephemeral containers are never restarted
+        return run + list(sp.get("containers") or []) + ephemeral, policies
+
+    async def _ensure_runtime(self, pod: Obj, w: PodWork) -> None:
+        sa_dir = self._service_account(w.sandbox) if podspec.needs_service_account(pod) else ""
+        run, policies = self._to_run(pod, w)
+        w.running = frozenset(str(c.get("name", "")) for c in run)
+        body = podspec.runtime_spec(
+            pod,
+            node=self.node_name,
+            pod_ip=w.sandbox.pod_ip,
+            host_ip=self.node_ip,
+            netns=w.sandbox.netns,
+            sa_dir=sa_dir,
+            uts=w.sandbox.uts,
+            envs=w.envs,
+            skip=frozenset(w.config_errors),
+            mounts=self._mounts(pod, w, sa_dir),
+            stage=str(self.sandboxes.pod_dir(w.sandbox.uid) / "stage"),
+            containers=run,
+            restart_policies=policies,
+        )
+        await self.runtime.put_pod(w.sandbox.uid, body)
+
+    def _service_account(self, sb: Sandbox) -> str:
         """token, ca.crt and namespace for a pod's in-cluster client (kwire's built-in images)."""
-        d = self.state_dir / st.uid / "serviceaccount"
+        d = self.sandboxes.pod_dir(sb.uid) / "serviceaccount"
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         files = {
             "token": self.client.config.token or "",
             "ca.crt": (self.client.config.ca_data or b"").decode(),
-            "namespace": st.namespace,
+            "namespace": sb.namespace,
         }
         for name, text in files.items():
             write_if_changed(d / name, text, mode=0o600)
         return str(d)
 
     # -- probes -----------------------------------------------------------------------------------------------
-    def _ensure_probes(self, pod: Obj, st: PodState) -> None:
-        if st.probe_tasks:
-            return
-        for c in podspec.spec(pod).get("containers") or []:
-            name = str(c.get("name", ""))
-            if c.get("readinessProbe"):
-                st.readiness[name] = ProbeState(c["readinessProbe"], initial=False)
-                st.probe_tasks.append(asyncio.create_task(self._probe_loop(st, c, st.readiness[name], "Readiness")))
-            if c.get("livenessProbe"):
-                st.liveness[name] = ProbeState(c["livenessProbe"], initial=True)
-                st.probe_tasks.append(asyncio.create_task(self._probe_loop(st, c, st.liveness[name], "Liveness")))
+    async def _probe_failed(self, uid: str, container: str, what: str, message: str) -> None:
+        pod = self._current(uid)
+        if pod is not None:
+            await self.recorder.event(
+                pod, "Warning", "Unhealthy", f"{what} probe failed: {message}", field_path=_field_path(pod, container)
+            )
 
-    async def _probe_loop(self, st: PodState, container: Obj, ps: ProbeState, what: str) -> None:
-        await asyncio.sleep(ps.initial_delay)
-        while True:
-            ok, msg = await run_probe(ps.probe, container=container, pod_ip=st.pod_ip, netns=st.netns)
-            flipped = ps.record(ok, msg)
-            pod = self._current(st.uid)
-            if not ok and pod is not None:
-                await self._event(pod, "Warning", "Unhealthy", f"{what} probe failed: {msg}")
-            if flipped and pod is not None:
-                if what == "Liveness" and not ps.result:
-                    await self._restart_container(pod, st, str(container.get("name", "")))
-                    ps.reset()
-                    await asyncio.sleep(ps.initial_delay)
-                self._enqueue(st.uid)
-            await asyncio.sleep(ps.period)
-
-    async def _restart_container(self, pod: Obj, st: PodState, name: str) -> None:
+    async def _restart_container(self, uid: str, name: str) -> None:
         """Liveness failure: kill and start the pod's processes/responders again (the runtime is per pod)."""
-        await self._event(pod, "Normal", "Killing", f"Container {name} failed liveness probe, will be restarted")
-        st.restarts[name] = st.restarts.get(name, 0) + 1
-        self._save(st)
-        await self.runtime.delete_pod(st.uid)
-        await self._ensure_runtime(pod, st)
-        for rs in st.readiness.values():
-            rs.reset()
-
-    # -- status -----------------------------------------------------------------------------------------------
-    async def _poll_runtime(self) -> None:
-        """Container exits and restarts happen in the runtime; reflect them in the pod status."""
-        status = await self.runtime.pods()
-        for uid, st in list(self.states.items()):
-            pod = self._current(uid)
-            if pod is not None and st.last_status is not None:
-                await self.post_status(pod, st, runtime_status=status.get(uid))
-
-    def compute_status(self, pod: Obj, st: PodState, rt: Obj | None) -> Obj:
-        containers = podspec.spec(pod).get("containers") or []
-        rt_containers = (rt or {}).get("containers") or {}
-        plans = {p.name: p for p in podspec.plan(pod)}
-        statuses = []
-        all_ready = True
-        terminated = 0
-        failed = 0
-        for c in containers:
-            name = str(c.get("name", ""))
-            plan = plans[name]
-            rc = rt_containers.get(name) or {}
-            restarts = st.restarts.get(name, 0) + int(rc.get("restartCount", 0))
-            cid = f"kwire://{st.uid[:8]}-{name}"
-            base: Obj = {"name": name, "image": c.get("image", ""), "imageID": "", "restartCount": restarts}
-            if plan.kind == "error":
-                state: Obj = {"waiting": {"reason": "ErrImagePull", "message": plan.error}}
-                ready = False
-            elif plan.kind == "process" and rc and not rc.get("running"):
-                code = rc.get("exitCode")
-                if code is None:
-                    state = {"waiting": {"reason": "ContainerCreating"}}
-                elif (podspec.spec(pod).get("restartPolicy") or "Always") == "Always" or (
-                    podspec.spec(pod).get("restartPolicy") == "OnFailure" and code != 0
-                ):
-                    state = {"waiting": {"reason": "CrashLoopBackOff", "message": f"exited with {code}"}}
-                else:
-                    state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
-                    terminated += 1
-                    failed += 1 if code else 0
-                ready = False
-            elif plan.kind == "process" and not rc:
-                state = {"waiting": {"reason": "ContainerCreating"}}
-                ready = False
-            else:
-                state = {"running": {"startedAt": st.started_at}}
-                rp = st.readiness.get(name)
-                ready = rp.result if rp is not None else True
-            all_ready = all_ready and ready
-            statuses.append({**base, "containerID": cid, "ready": ready, "started": "running" in state, "state": state})
-        if containers and terminated == len(containers):
-            phase = "Failed" if failed else "Succeeded"
-            all_ready = False
-        else:
-            phase = "Running"
-        now = _now()
-
-        def cond(typ: str, ok: bool, reason: str = "") -> Obj:
-            c: Obj = {
-                "type": typ,
-                "status": "True" if ok else "False",
-                "lastProbeTime": None,
-                "lastTransitionTime": now,
-            }
-            if reason and not ok:
-                c["reason"] = reason
-            return c
-
-        conditions = [
-            cond("PodReadyToStartContainers", True),
-            cond("Initialized", True),
-            cond("Ready", all_ready, "ContainersNotReady"),
-            cond("ContainersReady", all_ready, "ContainersNotReady"),
-            cond("PodScheduled", True),
-        ]
-        return {
-            "phase": phase,
-            "conditions": conditions,
-            "hostIP": self.node_ip,
-            "hostIPs": [{"ip": self.node_ip}],
-            "podIP": st.pod_ip,
-            "podIPs": [{"ip": st.pod_ip}],
-            "startTime": st.started_at,
-            "qosClass": "BestEffort",
-            "containerStatuses": statuses,
-        }
+        pod, w = self._current(uid), self.work.get(uid)
+        if pod is None or w is None:
+            return
+        await self.recorder.event(
+            pod,
+            "Normal",
+            "Killing",
+            f"Container {name} failed liveness probe, will be restarted",
+            field_path=_field_path(pod, name),
+        )
+        w.sandbox.restarts[name] = w.sandbox.restarts.get(name, 0) + 1
+        self.sandboxes.save(w.sandbox)
+        await self.runtime.delete_pod(uid, grace=self._grace(pod))
+        await self._ensure_runtime(pod, w)
 
     @staticmethod
-    def _summary(status: Obj, types: frozenset[str] = KUBELET_CONDITIONS) -> tuple[Any, ...]:
-        """What the kubelet owns in a pod status, without timestamps."""
-        conds = tuple(
-            sorted(
-                (str(c.get("type")), str(c.get("status")))
-                for c in status.get("conditions") or []
-                if c.get("type") in types
+    def _grace(pod: Obj) -> float:
+        g = podspec.spec(pod).get("terminationGracePeriodSeconds")
+        return float(g) if isinstance(g, int) and g >= 0 else DEFAULT_GRACE
+
+    # -- status and events ----------------------------------------------------------------------------------------
+    async def _poll_runtime(self) -> None:
+        """Container starts, exits and restarts happen in the runtime: a pod whose containers changed there is
+        synced again (by the queue's worker, so one pod's status is never written by two hands at once)."""
+        rt = await self.runtime.pods()
+        for uid, w in list(self.work.items()):
+            if dict((rt.get(uid) or {}).get("containers") or {}) != w.rt:
+                self.queue.add(uid)
+
+    async def _container_events(self, pod: Obj, w: PodWork, rt: Obj | None) -> None:
+        """kubelet's container events, from what changed in the runtime since the last look."""
+        rcs = (rt or {}).get("containers") or {}
+        plans = {p.name: p for p in podspec.plan(pod, _all_containers(pod))}
+        now = time.time()
+        for c in _all_containers(pod):
+            name, image = str(c.get("name", "")), str(c.get("image", ""))
+            fp = _field_path(pod, name)
+            plan = plans.get(name)
+            if plan is None or plan.kind == "error":
+                continue
+            if plan.kind == "responder":
+                if not w.responders_reported and rt is not None and name in w.running:
+                    await self._started_events(pod, name, image, fp)
+                continue
+            rc = rcs.get(name)
+            if not rc:
+                continue
+            run = (int(rc.get("restartCount") or 0), float(rc.get("startedAt") or 0))
+            if run[1] and w.runs_seen.get(name) != run:
+                w.runs_seen[name] = run
+                if rc.get("reason") == "StartError":
+                    await self.recorder.event(pod, "Normal", "Pulled", _pulled(image), field_path=fp)
+                    await self.recorder.event(pod, "Normal", "Created", f"Created container: {name}", field_path=fp)
+                    await self.recorder.event(
+                        pod, "Warning", "Failed", f"Error: {rc.get('message', '')}", field_path=fp
+                    )
+                else:
+                    await self._started_events(pod, name, image, fp)
+                    handler = (c.get("lifecycle") or {}).get("postStart")
+                    if isinstance(handler, dict) and rc.get("running") and rc.get("pid"):
+                        await self._post_start(pod, w, c, handler, int(rc["pid"]))
+            until = float(rc.get("backoffUntil") or 0)
+            if until > now and w.backoff_seen.get(name) != until:
+                w.backoff_seen[name] = until
+                await self.recorder.event(
+                    pod,
+                    "Warning",
+                    "BackOff",
+                    f"Back-off restarting failed container {name} in pod {status.pod_ref(pod)}",
+                    field_path=fp,
+                )
+        if rt is not None:
+            w.responders_reported = True
+
+    def _target(self, w: PodWork, name: str, pid: int = 0) -> ExecTarget:
+        return ExecTarget(
+            netns=w.sandbox.netns, uts=w.sandbox.uts, env=dict(w.envs.get(name) or {}), pid=pid or w.pids.get(name, 0)
+        )
+
+    async def _post_start(self, pod: Obj, w: PodWork, c: Obj, handler: Obj, pid: int) -> None:
+        """kubelet: a failed postStart hook is an event, and the container is killed (its policy restarts it)."""
+        name = str(c.get("name", ""))
+        msg = await hooks.run(
+            handler, pod=pod, container=c, target=self._target(w, name, pid), pod_ip=w.sandbox.pod_ip, timeout=30
+        )
+        if not msg:
+            return
+        fp = _field_path(pod, name)
+        await self.recorder.event(pod, "Warning", "FailedPostStartHook", msg, field_path=fp)
+        await self.recorder.event(pod, "Normal", "Killing", "FailedPostStartHook", field_path=fp)
+        with contextlib.suppress(RuntimeError):
+            await self.runtime.kill(w.sandbox.uid, name)
+
+    async def _pre_stop(self, pod: Obj, w: PodWork, grace: float) -> float:
+        """Run the preStop hooks (at most `grace` seconds in all); the grace that is left for SIGTERM."""
+        start = time.monotonic()
+        for c in _all_containers(pod):
+            name = str(c.get("name", ""))
+            handler = (c.get("lifecycle") or {}).get("preStop")
+            if not isinstance(handler, dict) or name not in w.pids:
+                continue
+            left = grace - (time.monotonic() - start)
+            if left <= 0:
+                break
+            msg = await hooks.run(
+                handler, pod=pod, container=c, target=self._target(w, name), pod_ip=w.sandbox.pod_ip, timeout=left
+            )
+            if msg:
+                await self.recorder.event(pod, "Warning", "FailedPreStopHook", msg, field_path=_field_path(pod, name))
+        return max(0.0, grace - (time.monotonic() - start))
+
+    async def _started_events(self, pod: Obj, name: str, image: str, fp: str) -> None:
+        await self.recorder.event(pod, "Normal", "Pulled", _pulled(image), field_path=fp)
+        await self.recorder.event(pod, "Normal", "Created", f"Created container: {name}", field_path=fp)
+        await self.recorder.event(pod, "Normal", "Started", f"Started container {name}", field_path=fp)
+
+    def compute_status(self, pod: Obj, w: PodWork, rt: Obj | None) -> Obj:
+        rcs = (rt or {}).get("containers") or {}
+
+        def views(containers: list[Obj], *, init: bool) -> list[status.ContainerView]:
+            plans = {p.name: p for p in podspec.plan(pod, containers)}
+            out = []
+            for c in containers:
+                name = str(c.get("name", ""))
+                plan = plans[name]
+                kind = plan.kind
+                if init and kind == "responder" and name in w.running:
+                    kind = "completed"  # see _to_run
+                elif name not in w.running and plan.kind != "error":
+                    kind = "initializing"
+                out.append(
+                    status.ContainerView(
+                        name=name,
+                        image=str(c.get("image", "")),
+                        cid=f"kwire://{w.sandbox.uid[:8]}-{name}",
+                        kind=kind,
+                        runtime=rcs.get(name),
+                        config_error=w.config_errors.get(name, ""),
+                        image_error=plan.error,
+                        ready_probe=None if init else w.probes.ready(name),
+                        extra_restarts=w.sandbox.restarts.get(name, 0),
+                        sandbox_started=w.sandbox.started_at,
+                    )
+                )
+            return out
+
+        sp = podspec.spec(pod)
+        return status.pod_status(
+            status.PodView(
+                pod=pod,
+                host_ip=self.node_ip,
+                pod_ip=w.sandbox.pod_ip,
+                started_at=w.sandbox.started_at,
+                init=views(list(sp.get("initContainers") or []), init=True),
+                containers=views(list(sp.get("containers") or []), init=False),
+                ephemeral=views(list(sp.get("ephemeralContainers") or []), init=False),
             )
         )
-        containers = tuple(
-            (c.get("name"), c.get("ready"), c.get("restartCount"), tuple(sorted((c.get("state") or {}).keys())))
-            for c in status.get("containerStatuses") or []
-        )
-        return (status.get("phase"), status.get("podIP"), status.get("hostIP"), conds, containers)
 
-    async def post_status(self, pod: Obj, st: PodState, *, runtime_status: Obj | None = None) -> None:
-        if runtime_status is None:
-            runtime_status = (await self.runtime.pods()).get(st.uid)
-        new = self.compute_status(pod, st, runtime_status)
+    async def _report(self, pod: Obj, w: PodWork, rt: Obj | None = None, *, fetch: bool = True) -> None:
+        if rt is None and fetch:
+            rt = (await self.runtime.pods()).get(w.sandbox.uid)
+        w.rt = dict((rt or {}).get("containers") or {})
+        await self._container_events(pod, w, rt)
+        w.pids = {
+            str(n): int(c["pid"])
+            for n, c in ((rt or {}).get("containers") or {}).items()
+            if c.get("pid") and c.get("running")
+        }
+        new = self.compute_status(pod, w, rt)
+        w.phase = str(new["phase"])
+        old = pod.get("status") or {}
         # Compared with what the API shows (as kubelet's status manager does), not only with what was last sent:
         # the node lifecycle controller marks pods unready while a node is unreachable, and that must be undone.
-        if self._summary(new) == self._summary(pod.get("status") or {}):
-            st.last_status = new
+        if status.summary(new, KUBELET_CONDITIONS) == status.summary(old, KUBELET_CONDITIONS):
             return
-        old_conds = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
-        for c in new["conditions"]:
-            prev = old_conds.get(c["type"])
-            if prev and prev.get("status") == c["status"] and prev.get("lastTransitionTime"):
-                c["lastTransitionTime"] = prev["lastTransitionTime"]
+        status.keep_transitions(new, old)
         m = podspec.meta(pod)
-        try:
+        with contextlib.suppress(NotFound):
             await self.client.patch(PODS, m["name"], {"status": new}, namespace=m["namespace"], subresource="status")
-        except NotFound:
-            return
-        st.last_status = new
-
-    async def _event(self, pod: Obj, typ: str, reason: str, message: str) -> None:
-        m = podspec.meta(pod)
-        body = {
-            "metadata": {"generateName": f"{m.get('name')}.", "namespace": m.get("namespace")},
-            "involvedObject": {
-                "kind": "Pod",
-                "namespace": m.get("namespace"),
-                "name": m.get("name"),
-                "uid": m.get("uid"),
-                "apiVersion": "v1",
-            },
-            "reason": reason,
-            "message": message,
-            "type": typ,
-            "source": {"component": "kubelet", "host": self.node_name},
-            "firstTimestamp": _now(),
-            "lastTimestamp": _now(),
-            "count": 1,
-        }
-        with contextlib.suppress(ApiStatusError, OSError):
-            await self.client.create(EVENTS, body, m.get("namespace"))
 
     # -- teardown -----------------------------------------------------------------------------------------------
-    async def teardown(self, uid: str) -> None:
-        st = self.states.pop(uid, None)
-        if st is None:
+    async def teardown(self, uid: str, pod: Obj | None, *, stopping_events: bool = True) -> None:
+        w = self.work.get(uid)
+        if w is None:
             return
-        for t in st.probe_tasks:
-            t.cancel()
-        await self.runtime.delete_pod(uid)
-        if not st.host_network:
-            try:
-                conflist = await asyncio.to_thread(cni.load_conflist, self.conflist_path)
-                await asyncio.to_thread(
-                    cni.del_network,
-                    conflist,
-                    container_id=uid,
-                    netns_path=netns.path(st.netns),
-                    ifname="eth0",
-                    cni_path=self.cni_path,
-                    args={"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": st.namespace, "K8S_POD_NAME": st.name},
-                    cache_dir=self.cni_cache,
-                )
-            except (cni.CniError, OSError) as exc:
-                # CNI DEL must be retried until it succeeds, or the IP stays allocated (kubelet does the same).
-                self.states[uid] = st
-                raise RuntimeError(f"CNI DEL failed: {exc}") from exc
-            await asyncio.to_thread(netns.remove, st.netns)
-            shutil.rmtree(ETC_NETNS / st.netns, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / f"{uid}.json").unlink()
-        shutil.rmtree(self.state_dir / uid, ignore_errors=True)
-        log.info("kubelet: pod %s/%s torn down", st.namespace, st.name)
+        await w.probes.stop()
+        grace = self._grace(pod) if pod is not None else 2.0
+        if pod is not None and stopping_events:
+            plans = {p.name: p for p in podspec.plan(pod)}
+            for c in podspec.spec(pod).get("containers") or []:
+                name = str(c.get("name", ""))
+                if name in plans and plans[name].kind != "error" and name not in w.config_errors:
+                    await self.recorder.event(
+                        pod, "Normal", "Killing", f"Stopping container {name}", field_path=_field_path(pod, name)
+                    )
+        if pod is not None and stopping_events:
+            grace = await self._pre_stop(pod, w, grace)
+        await self.runtime.delete_pod(uid, grace=grace)
+        await self.sandboxes.remove(w.sandbox)  # raises (and the queue retries) while CNI DEL fails
+        self.work.pop(uid, None)
+        if stopping_events:
+            self._remove_logs(w.sandbox.namespace, w.sandbox.name, uid)
+
+    def _remove_logs(self, namespace: str, name: str, uid: str) -> None:
+        """A deleted pod's container logs go with it (a pod that merely ended keeps them for `kubectl logs`);
+        not while another pod of the same name runs here."""
+        if self.logs_dir is None:
+            return
+        current = self.pods.get(namespace, name)
+        if current is not None and podspec.meta(current).get("uid") != uid:
+            return
+        if any(w.sandbox.namespace == namespace and w.sandbox.name == name for w in self.work.values()):
+            return
+        prefix = f"{namespace}_{name}_"
+        for p in self.logs_dir.glob(f"{prefix}*.log"):
+            if "_" not in p.name[len(prefix) :]:  # names have no '_': exactly this pod's containers
+                p.unlink(missing_ok=True)
+
+
+def _all_containers(pod: Obj) -> list[Obj]:
+    sp = podspec.spec(pod)
+    return [*(sp.get("initContainers") or []), *(sp.get("containers") or []), *(sp.get("ephemeralContainers") or [])]
+
+
+def _pulled(image: str) -> str:
+    return f'Container image "{image}" already present on machine'

@@ -3,8 +3,9 @@
 
 The API server's `pods/log`, `pods/exec` and `pods/attach` subresources (what `kubectl logs`, `kubectl exec` and
 `kubectl attach`/`run -it` call) proxy here,
-as kube-apiserver proxies to the kubelet. Containers' output is in the pod runtime's log files; `tailLines`,
-`limitBytes` and `follow` are honoured.
+as kube-apiserver proxies to the kubelet. Containers' output is in the pod runtime's log files, in the CRI format (crilog.py);
+`tailLines`, `limitBytes`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous` and `follow` (which ends when
+the container's run does) are honoured.
 Requests carry the cluster token (HTTP on the node's address; kube's kubelet serves HTTPS with its own certificate,
 which kwire's agents do not have yet).
 """
@@ -14,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from kwire.agent.kubelet.execstream import AttachTarget, serve_attach, serve_exec
+from kwire.agent.kubelet import crilog
+from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, serve_attach, serve_exec
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +30,8 @@ KUBELET_PORT = 10250
 FOLLOW_POLL = 0.2
 
 
-def _tail(data: bytes, lines: int) -> bytes:
-    if lines < 0:
-        return data
-    parts = data.splitlines(keepends=True)
-    return b"".join(parts[-lines:]) if lines else b""
+def _true(value: str | None) -> bool:
+    return value is not None and value.lower() in ("true", "1")
 
 
 class LogServer:
@@ -42,12 +42,12 @@ class LogServer:
         token: str,
         host: str,
         port: int = KUBELET_PORT,
-        exec_target: Callable[[str, str], str | None] | None = None,
+        exec_target: Callable[[str, str, str], ExecTarget | None] | None = None,
         attach_target: Callable[[str, str, str], AttachTarget | None] | None = None,
     ) -> None:
         # attach_target(namespace, pod, container) -> what attach needs of that container, None if not here
         self.attach_target = attach_target
-        # exec_target(namespace, pod) -> the pod's network namespace ("" for hostNetwork), None if not on this node
+        # exec_target(namespace, pod, container) -> where exec runs, None if the pod is not on this node
         self.exec_target = exec_target
         self.logs_dir = logs_dir
         self.token = token
@@ -69,10 +69,10 @@ class LogServer:
     async def _exec(self, request: web.Request) -> web.StreamResponse:
         self._check_auth(request)
         m = request.match_info
-        netns = self.exec_target(m["namespace"], m["pod"]) if self.exec_target else None
-        if netns is None:
+        target = self.exec_target(m["namespace"], m["pod"], m["container"]) if self.exec_target else None
+        if target is None:
             raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
-        return await serve_exec(request, netns=netns, pod=m["pod"])
+        return await serve_exec(request, target=target, pod=m["pod"])
 
     async def _attach(self, request: web.Request) -> web.StreamResponse:
         self._check_auth(request)
@@ -84,38 +84,75 @@ class LogServer:
         return await serve_attach(request, log_path=path, target=target)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """kubelet's containerLogs: the current run's output (or the previous run's with `previous`), filtered by
+        sinceSeconds/sinceTime, cut to tailLines entries and limitBytes bytes, with their times (`timestamps`);
+        `follow` streams new output until the container's run ends."""
         self._check_auth(request)
         m = request.match_info
+        q = request.query
         path = self._path(m["namespace"], m["pod"], m["container"])
         try:
-            tail = int(request.query.get("tailLines", "-1"))
-            limit = int(request.query.get("limitBytes", "0"))
+            tail = int(q.get("tailLines", "-1"))
+            limit = int(q.get("limitBytes", "0"))
+            since_seconds = int(q.get("sinceSeconds", "0"))
         except ValueError:
-            raise web.HTTPBadRequest(text="tailLines and limitBytes must be integers") from None
-        follow = request.query.get("follow") in ("true", "1")
+            raise web.HTTPBadRequest(text="tailLines, limitBytes and sinceSeconds must be integers") from None
+        since = time.time() - since_seconds if since_seconds > 0 else 0.0
+        if q.get("sinceTime"):
+            t = crilog.parse_time(q["sinceTime"])
+            if t is None:
+                raise web.HTTPBadRequest(text=f"sinceTime {q['sinceTime']!r} is not an RFC 3339 time")
+            since = max(since, t)
+        follow, stamps = _true(q.get("follow")), _true(q.get("timestamps"))
+        target = self.attach_target(m["namespace"], m["pod"], m["container"]) if self.attach_target else None
+        st = await target.state() if target is not None else None
+        start, end = int((st or {}).get("logOffset") or 0), -1
+        if _true(q.get("previous")):
+            prev = int((st or {}).get("prevLogOffset", -1) if st else -1)
+            if prev < 0:
+                raise web.HTTPBadRequest(
+                    text=f'previous terminated container "{m["container"]}" in pod "{m["pod"]}" not found'
+                )
+            start, end, follow = prev, start, False
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read() if end < 0 else f.read(max(0, end - start))
         except FileNotFoundError:
             data = b""  # a responder container writes no output
-        offset = len(data)
-        data = _tail(data, tail)
-        if limit > 0:
-            data = data[:limit]
+        offset = start + len(data)
+        reader = crilog.Reader()
+        entries = crilog.select(reader.feed(data), since=since, tail=tail)
+        out = crilog.render(entries, timestamps=stamps)
+        sent = 0
+
+        def cut(chunk: bytes) -> bytes:
+            nonlocal sent
+            if limit > 0:
+                chunk = chunk[: max(0, limit - sent)]
+            sent += len(chunk)
+            return chunk
+
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)
-        await resp.write(data)
-        while follow:
+        await resp.write(cut(out))
+        while follow and not (limit > 0 and sent >= limit):
             await asyncio.sleep(FOLLOW_POLL)
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
-                continue
+                size = offset
             if size > offset:
                 with open(path, "rb") as f:
                     f.seek(offset)
                     chunk = f.read(size - offset)
                 offset = size
-                await resp.write(chunk)
+                await resp.write(cut(crilog.render(reader.feed(chunk), timestamps=stamps)))
+                continue
+            # kubelet ends a follow when the container's run ends (or the pod is gone from the node)
+            st = await target.state() if target is not None else None
+            if st is None or (not st.get("running") and st.get("exitCode") is not None):
+                break
         await resp.write_eof()
         return resp
 

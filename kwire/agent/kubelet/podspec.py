@@ -143,8 +143,16 @@ class ContainerPlan:
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the runtime's PATH for containers
 
 
+DEBUG_SHELL = ["sh"]  # what a terminal container without a command runs (the debug images' entrypoint)
+
+
 def _host_argv(c: Obj) -> list[str]:
-    return [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+    """The container's command and args; a container that asks for a terminal (stdin or tty, as `kubectl debug
+    -it` and `kubectl run -it` make) and names no command gets the node's shell, as busybox's image would run."""
+    argv = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+    if not argv and (c.get("stdin") or c.get("tty")) and not c.get("ports"):
+        return list(DEBUG_SHELL)
+    return argv
 
 
 def is_tool_container(c: Obj, *, which: Callable[..., str | None] = shutil.which) -> bool:
@@ -194,9 +202,10 @@ def servicelb_argv(env: dict[str, str]) -> list[str]:
     return ["sh", "-c", shell]
 
 
-def plan(pod: Obj) -> list[ContainerPlan]:
+def plan(pod: Obj, containers: list[Obj] | None = None) -> list[ContainerPlan]:
+    """What runs for each container (of `containers`, by default the pod's regular ones)."""
     out = []
-    for c in spec(pod).get("containers") or []:
+    for c in (spec(pod).get("containers") or []) if containers is None else containers:
         name, image = str(c.get("name", "")), str(c.get("image", ""))
         img = image_name(image)
         if img == HOST_IMAGE:
@@ -238,23 +247,44 @@ def _env(c: Obj, pod: Obj, *, pod_ip: str, host_ip: str) -> dict[str, str]:
     return env
 
 
-def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str, sa_dir: str = "") -> Obj:
-    """The body of the runtime's PUT /pods/{uid}."""
+def runtime_spec(
+    pod: Obj,
+    *,
+    node: str,
+    pod_ip: str,
+    host_ip: str,
+    netns: str,
+    sa_dir: str = "",
+    uts: str = "",
+    envs: dict[str, dict[str, str]] | None = None,
+    skip: frozenset[str] = frozenset(),
+    mounts: dict[str, list[list[Any]]] | None = None,
+    stage: str = "",
+    containers: list[Obj] | None = None,
+    restart_policies: dict[str, str] | None = None,
+) -> Obj:
+    """The body of the runtime's PUT /pods/{uid}. `envs` holds each container's resolved environment (see
+    envconfig.py; the literal and fieldRef part is computed here when it is missing); containers in `skip` (their
+    configuration is not resolvable yet) are not run. `mounts` holds each container's [source, mountPath, readOnly]
+    binds (see mounts.py), made in the mount namespace under `stage`. `containers` are those to run now (by default
+    the regular ones; the kubelet passes the init containers it has reached first), `restart_policies` a
+    container's own policy (init containers: OnFailure or Never; sidecars: Always)."""
     m, sp = meta(pod), spec(pod)
     ports: list[list[Any]] = []
     processes: list[Obj] = []
-    containers = {str(c.get("name", "")): c for c in sp.get("containers") or []}
-    for p in plan(pod):
-        c = containers[p.name]
+    run = (sp.get("containers") or []) if containers is None else containers
+    by_name = {str(c.get("name", "")): c for c in run}
+    for p in plan(pod, run):
+        c = by_name[p.name]
         if p.kind == "responder":
             for port in c.get("ports") or []:
                 proto = str(port.get("protocol") or "TCP")
                 entry = [int(port["containerPort"]), proto]
                 if entry not in ports:
                     ports.append(entry)
-        elif p.kind == "process":
+        elif p.kind == "process" and p.name not in skip:
             img = image_name(p.image)
-            env = _env(c, pod, pod_ip=pod_ip, host_ip=host_ip)
+            env = dict((envs or {}).get(p.name) or _env(c, pod, pod_ip=pod_ip, host_ip=host_ip))
             if img == HOST_IMAGE or not img.startswith("kwire/"):
                 argv = _host_argv(c)
             elif img == SERVICELB_IMAGE:
@@ -267,13 +297,25 @@ def runtime_spec(pod: Obj, *, node: str, pod_ip: str, host_ip: str, netns: str, 
             if sa_dir:
                 env[SA_ENV] = sa_dir
             proc_entry: Obj = {"name": p.name, "argv": argv, "env": env}
+            if (restart_policies or {}).get(p.name):
+                proc_entry["restartPolicy"] = (restart_policies or {})[p.name]
+            if (mounts or {}).get(p.name):
+                proc_entry["mounts"] = (mounts or {})[p.name]
             if c.get("stdin"):
                 proc_entry["stdin"] = True
             if c.get("tty"):
                 proc_entry["tty"] = True
             processes.append(proc_entry)
     return {
-        "pod": {"name": m.get("name"), "namespace": m.get("namespace"), "node": node, "podIP": pod_ip, "netns": netns},
+        "pod": {
+            "name": m.get("name"),
+            "namespace": m.get("namespace"),
+            "node": node,
+            "podIP": pod_ip,
+            "netns": netns,
+            "uts": uts,
+            "stage": stage,
+        },
         "ports": ports,
         "processes": processes,
         "restartPolicy": sp.get("restartPolicy") or "Always",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from typing import Any
@@ -31,40 +32,65 @@ def _port(value: Any, container: Obj) -> int:
     raise ValueError(f"port {value!r} is not a containerPort of {container.get('name')}")
 
 
+def _dial_error(exc: BaseException, addr: str) -> str:
+    """A connection failure in Go's net words, as kubelet's probe messages carry them."""
+    if isinstance(exc, ConnectionRefusedError):
+        return f"dial tcp {addr}: connect: connection refused"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return f"dial tcp {addr}: i/o timeout"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"dial tcp {addr}: connect: {os.strerror(exc.errno).lower()}"
+    return f"dial tcp {addr}: connect: {exc.__class__.__name__}"
+
+
 async def run_probe(probe: Obj, *, container: Obj, pod_ip: str, netns: str) -> tuple[bool, str]:
-    """One probe attempt: (success, message)."""
+    """One probe attempt: (success, kubelet's failure message)."""
     timeout = float(probe.get("timeoutSeconds") or 1)
     try:
         if "httpGet" in probe:
             h = probe["httpGet"]
             scheme = str(h.get("scheme") or "HTTP").lower()
             host = h.get("host") or pod_ip
-            url = f"{scheme}://{host}:{_port(h.get('port'), container)}{h.get('path') or '/'}"
+            port = _port(h.get("port"), container)
+            url = f"{scheme}://{host}:{port}{h.get('path') or '/'}"
             headers = {str(x["name"]): str(x["value"]) for x in h.get("httpHeaders") or []}
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-                async with s.get(url, headers=headers, ssl=False, allow_redirects=False) as r:
-                    ok = 200 <= r.status < 400
-                    return ok, f"HTTP probe failed with statuscode: {r.status}" if not ok else ""
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+                    async with s.get(url, headers=headers, ssl=False, allow_redirects=False) as r:
+                        ok = 200 <= r.status < 400
+                        return ok, f"HTTP probe failed with statuscode: {r.status}" if not ok else ""
+            except aiohttp.ClientConnectorError as exc:
+                return False, f'Get "{url}": {_dial_error(exc.os_error, f"{host}:{port}")}'
+            except TimeoutError:
+                return False, f'Get "{url}": context deadline exceeded (Client.Timeout exceeded while awaiting headers)'
+            except aiohttp.ClientError as exc:
+                return False, f'Get "{url}": {exc.__class__.__name__}'
         if "tcpSocket" in probe:
             t = probe["tcpSocket"]
             port = _port(t.get("port"), container)
-            _, writer = await asyncio.wait_for(asyncio.open_connection(t.get("host") or pod_ip, port), timeout)
+            host = t.get("host") or pod_ip
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            except (OSError, TimeoutError) as exc:
+                return False, _dial_error(exc, f"{host}:{port}")
             writer.close()
             return True, ""
         if "exec" in probe:
             argv = [str(x) for x in (probe["exec"].get("command") or [])]
             prefix = [IP, "netns", "exec", netns] if netns else []
             proc = await asyncio.create_subprocess_exec(
-                *prefix, *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+                *prefix, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
             )
             try:
-                rc = await asyncio.wait_for(proc.wait(), timeout)
+                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-                return False, f"command timed out after {timeout:g}s"
-            return rc == 0, f"command exited with {rc}" if rc else ""
-    except (OSError, TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                return False, f"command {argv!r} timed out"
+            rc = proc.returncode
+            # kubelet's exec probe message is the command's output
+            return rc == 0, out[:10240].decode("utf-8", "replace") if rc else ""
+    except (OSError, ValueError) as exc:
         return False, str(exc) or exc.__class__.__name__
     return False, "probe has no handler"
 

@@ -4,13 +4,19 @@ It outlives agent restarts (as containerd outlives the kubelet), so restarting `
 pod's sockets or kills its processes. The agent drives it over a unix socket with a tiny JSON API:
 
     PUT    /pods/{uid}   {"pod": {...identity...}, "ports": [[80, "TCP"]], "processes": [...], "restartPolicy": ...}
-    DELETE /pods/{uid}
-    GET    /pods         {uid: {"ports": [...], "containers": {name: {"running", "exitCode", "restartCount", "pid"}}}}
+    DELETE /pods/{uid}[?grace=SECONDS]
+    GET    /pods         {uid: {"ports": [...], "containers": {name: {"running", "exitCode", "restartCount", "pid",
+                              "reason", "startedAt", "finishedAt", "lastTermination", "backoffUntil", ...}}}}
     POST   /pods/{uid}/stdin/{container}[?close=1]   input for a container started with stdin (attach)
+    POST   /pods/{uid}/kill/{container}   SIGKILL the container's run (a failed postStart hook); its policy decides
 
 Processes run through `ip netns exec <pod netns>`, which also gives them the pod's /etc/resolv.conf and
-/etc/hosts (bind-mounted from /etc/netns/<name>/, the iproute2 convention). A container whose process exits is
-restarted per restartPolicy with kubelet's back-off (10 s doubling to 5 min, reset after 10 min of running).
+/etc/hosts (bind-mounted from /etc/netns/<name>/, the iproute2 convention), and, when the pod has one, `nsenter
+--uts=<file>` into the pod's UTS namespace (its hostname). A container whose process exits is restarted per
+restartPolicy with kubelet's back-off (the first restart at once, then 10 s doubling to 5 min; reset after 10 min
+of running). A program that cannot be started is a start error (exit code 128, reason StartError, containerd's
+message), as containerd reports it. Each run's end is kept as the next run's `lastTermination`, and where each run's
+output starts in the log file, for `kubectl logs --previous`.
 
 Container processes run in sessions of their own, so they would outlive a runtime that is killed; the runtime
 keeps their PIDs (with their start times, against PID reuse) in `containers.json`, and a new runtime first ends
@@ -26,6 +32,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from kwire.agent.kubelet import crilog
 from kwire.agent.kubelet.responder import PodIdentity, Responders
 from kwire.base import http11, pty
 from kwire.base.files import atomic_write
@@ -45,13 +53,68 @@ BACKOFF_MAX = 300.0
 BACKOFF_RESET = 600.0
 ORPHAN_GRACE = 2.0
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+MOUNTS_SCRIPT = str(Path(__file__).with_name("mounts.py"))
+MAX_GRACE = 3600.0
+CONTAINERD_START = (
+    "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: "
+    "unable to start container process: error during container init"
+)
+
+
+class StartError(Exception):
+    """The container's program cannot be started (containerd's StartError)."""
+
+
+def start_problem(argv: list[str], path: str) -> str:
+    """Why `argv` cannot be started, in containerd's words ("" if it can): what kubelet shows as the message of
+    RunContainerError and of the terminated state's StartError."""
+    if not argv:
+        return f"{CONTAINERD_START}: no command specified: unknown"
+    prog = argv[0]
+    if "/" in prog:
+        if not os.path.exists(prog):
+            return f'{CONTAINERD_START}: exec: "{prog}": stat {prog}: no such file or directory: unknown'
+        if not (os.path.isfile(prog) and os.access(prog, os.X_OK)):
+            return f'{CONTAINERD_START}: exec: "{prog}": permission denied: unknown'
+        return ""
+    if shutil.which(prog, path=path) is None:
+        return f'{CONTAINERD_START}: exec: "{prog}": executable file not found in $PATH: unknown'
+    return ""
 
 
 async def _copy_pty(master: int, log_path: Path) -> None:
-    """A terminal's output into the container's log, until the terminal closes."""
+    """A terminal's output into the container's log (CRI entries on stdout), until the terminal closes."""
     with open(log_path, "ab", buffering=0) as out:
-        async for chunk in pty.read_master(master):
-            out.write(chunk)
+        w = crilog.LineWriter(out, "stdout")
+        try:
+            async for chunk in pty.read_master(master):
+                w.write(chunk)
+        finally:
+            w.close()
+
+
+async def _copy_pipes(stdout: asyncio.StreamReader | None, stderr: asyncio.StreamReader | None, log_path: Path) -> None:
+    """The process's stdout and stderr into the container's log as CRI entries, until both end."""
+    with open(log_path, "ab", buffering=0) as out:
+
+        async def copy(reader: asyncio.StreamReader | None, stream: str) -> None:
+            if reader is None:
+                return
+            w = crilog.LineWriter(out, stream)
+            try:
+                while chunk := await reader.read(65536):
+                    w.write(chunk)
+            finally:
+                w.close()
+
+        await asyncio.gather(copy(stdout, "stdout"), copy(stderr, "stderr"))
+
+
+def _wait_eof(fd: int) -> None:
+    while os.read(fd, 64):
+        pass
 
 
 def _start_time(pid: int) -> str | None:
@@ -107,21 +170,48 @@ class Container:
     tty: bool = False  # the container spec's tty: it runs on a pseudo-terminal whose output goes to log_path
     input_fd: int = -1  # the pty master (tty) or the write end of the stdin pipe, while running
     pump: asyncio.Task[None] | None = None  # tty: copies the pty's output into log_path
+    uts: str = ""  # the pod's UTS namespace file ("" = the runtime's own, for hostNetwork pods)
+    mounts: list[list[Any]] = field(default_factory=list)  # [source, mountPath, readOnly]: see mounts.py
+    stage: str = ""  # a private directory mounts.py builds the container's view in
     exit_code: int | None = None
     started_at: float = 0.0
-    backoff: float = BACKOFF_START
+    finished_at: float = 0.0
+    reason: str = ""  # how the last run ended: Completed, Error, StartError
+    message: str = ""
+    last: dict[str, Any] | None = None  # the run before the current one, as it ended
+    prev_log_offset: int = -1  # where the previous run's output starts in log_path (-1: no previous run)
+    backoff: float = 0.0  # the next restart's delay (kubelet: none for the first, then 10 s doubling)
+    backoff_until: float = 0.0  # while > now, the container waits in CrashLoopBackOff
+    done: bool = False  # ended for good (restartPolicy Never, or OnFailure after success)
     task: asyncio.Task[None] | None = None
     stopping: bool = False
 
+    def termination(self) -> dict[str, Any]:
+        return {
+            "exitCode": self.exit_code,
+            "reason": self.reason,
+            "message": self.message,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+        }
+
     def status(self) -> dict[str, Any]:
-        running = self.proc is not None and self.proc.returncode is None
+        running = self.proc is not None and self.proc.returncode is None and self.finished_at == 0.0
         return {
             "running": running,
             "exitCode": self.exit_code,
+            "reason": self.reason,
+            "message": self.message,
             "restartCount": self.restart_count,
             "pid": self.proc.pid if running and self.proc else None,
             "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "lastTermination": self.last,
+            "backoffUntil": self.backoff_until,
+            "backoffSeconds": self.backoff,
+            "done": self.done,
             "logOffset": self.log_offset,
+            "prevLogOffset": self.prev_log_offset,
             "tty": self.tty,
             "stdin": self.input_fd >= 0,
         }
@@ -150,9 +240,43 @@ class Runtime:
                     pids[str(c.proc.pid)] = started
         atomic_write(self.state_dir / "containers.json", orjson.dumps(pids))
 
+    def _container(self, pod: dict[str, Any], proc: dict[str, Any], restart_policy: str) -> Container:
+        return Container(
+            name=proc["name"],
+            argv=list(proc["argv"]),
+            env={str(k): str(v) for k, v in (proc.get("env") or {}).items()},
+            netns=pod["netns"],
+            uts=str(pod.get("uts") or ""),
+            mounts=[list(m) for m in proc.get("mounts") or []],
+            stage=str(pod.get("stage") or ""),
+            log_path=self.logs / f"{pod['namespace']}_{pod['name']}_{proc['name']}.log",
+            restart_policy=str(proc.get("restartPolicy") or restart_policy),
+            stdin=bool(proc.get("stdin")),
+            tty=bool(proc.get("tty")),
+        )
+
     async def ensure_pod(self, uid: str, spec: dict[str, Any]) -> None:
+        """Make the pod run `spec`. When only its processes changed (a container whose configuration became
+        available, an ephemeral container), only those containers are started or stopped: the others go on."""
         rec = self.pods.get(uid)
         if rec is not None and rec.spec == spec:
+            return
+
+        def frame(s: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in s.items() if k != "processes"}
+
+        if rec is not None and frame(rec.spec) == frame(spec):
+            old = {p["name"]: p for p in rec.spec.get("processes", [])}
+            new = {p["name"]: p for p in spec.get("processes", [])}
+            for name, proc in old.items():
+                if new.get(name) != proc and name in rec.containers:
+                    await self._stop_containers([rec.containers.pop(name)], grace=float(spec.get("grace", 5.0)))
+            rec.spec = spec
+            for name, proc in new.items():
+                if old.get(name) != proc:
+                    c = self._container(spec["pod"], proc, spec.get("restartPolicy", "Always"))
+                    rec.containers[name] = c
+                    c.task = asyncio.create_task(self._supervise(c))
             return
         if rec is not None:
             await self.remove_pod(uid)
@@ -162,25 +286,35 @@ class Runtime:
         rec = PodRecord(spec)
         self.pods[uid] = rec
         for proc in spec.get("processes", []):
-            c = Container(
-                name=proc["name"],
-                argv=list(proc["argv"]),
-                env={str(k): str(v) for k, v in (proc.get("env") or {}).items()},
-                netns=pod["netns"],
-                log_path=self.logs / f"{pod['namespace']}_{pod['name']}_{proc['name']}.log",
-                restart_policy=spec.get("restartPolicy", "Always"),
-                stdin=bool(proc.get("stdin")),
-                tty=bool(proc.get("tty")),
-            )
+            c = self._container(pod, proc, spec.get("restartPolicy", "Always"))
             rec.containers[c.name] = c
             c.task = asyncio.create_task(self._supervise(c))
 
     async def _start(self, c: Container) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), **c.env}
+        problem = start_problem(c.argv, env.get("PATH", ""))
+        if problem:
+            raise StartError(problem)
         # A hostNetwork pod has no namespace of its own: its processes run in the runtime's (the node's).
         prefix = [IP, "netns", "exec", c.netns] if c.netns else []
+        if c.uts:
+            prefix += [NSENTER, f"--uts={c.uts}", "--"]
+        ready_r = ready_w = -1
+        if c.mounts and c.stage and not c.netns:
+            # a hostNetwork pod has no `ip netns exec` to give it a mount namespace: one of its own, first
+            prefix += [UNSHARE, "--mount", "--propagation", "slave", "--"]
+        if c.mounts and c.stage:
+            # the container's volumes at their mountPaths, in the mount namespace `ip netns exec` made (mounts.py);
+            # it closes `readyFd` when it execs the program, so the run counts as started (and a postStart hook
+            # runs) only once the container sees its volumes
+            Path(c.stage).mkdir(parents=True, exist_ok=True, mode=0o700)
+            ready_r, ready_w = os.pipe()
+            spec = orjson.dumps({"stage": c.stage, "mounts": c.mounts, "readyFd": ready_w}).decode()
+            prefix += [sys.executable, "-S", MOUNTS_SCRIPT, spec, "--"]
         self._close_input(c)
         with open(c.log_path, "ab") as logf:
+            if c.started_at:
+                c.prev_log_offset = c.log_offset
             c.log_offset = logf.tell()
             if c.tty:
                 # `tty: true` (kubectl run -it): a pseudo-terminal is the process's stdin/stdout/stderr and its
@@ -198,6 +332,7 @@ class Runtime:
                         stdout=slave,
                         stderr=slave,
                         env={**env, "TERM": "xterm"},
+                        pass_fds=(ready_w,) if ready_w >= 0 else (),
                     )
                 finally:
                     os.close(slave)
@@ -210,22 +345,34 @@ class Runtime:
                     c.proc = await asyncio.create_subprocess_exec(
                         *prefix,
                         *c.argv,
-                        stdout=logf,
-                        stderr=asyncio.subprocess.STDOUT,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE,
                         stdin=read_end if c.stdin else asyncio.subprocess.DEVNULL,
                         env=env,
                         start_new_session=True,
+                        pass_fds=(ready_w,) if ready_w >= 0 else (),
                     )
                 except BaseException:
                     if c.stdin:
                         os.close(write_end)
+                    if ready_w >= 0:
+                        os.close(ready_r)
+                        os.close(ready_w)
                     raise
                 finally:
                     if c.stdin:
                         os.close(read_end)
                 c.input_fd = write_end
+                c.pump = asyncio.create_task(_copy_pipes(c.proc.stdout, c.proc.stderr, c.log_path))
+        if ready_w >= 0:
+            os.close(ready_w)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(_wait_eof, ready_r), 10.0)
+            os.close(ready_r)
         c.started_at = time.time()
+        c.finished_at = 0.0
         c.exit_code = None
+        c.reason = c.message = ""
         self._record_pids()
 
     @staticmethod
@@ -256,42 +403,51 @@ class Runtime:
 
     async def _supervise(self, c: Container) -> None:
         while not c.stopping:
+            if c.finished_at:
+                c.last = c.termination()  # the run that ended becomes lastState
             try:
                 await self._start(c)
-            except OSError as exc:
+            except (OSError, StartError) as exc:
                 log.warning("runtime: cannot start %s: %s", c.name, exc)
-                c.exit_code = 128
+                c.started_at = c.finished_at = time.time()
+                c.exit_code, c.reason = 128, "StartError"
+                c.message = str(exc) if isinstance(exc, StartError) else f"{CONTAINERD_START}: {exc}: unknown"
             else:
                 assert c.proc is not None
-                c.exit_code = await c.proc.wait()
+                code = await c.proc.wait()
                 if c.pump is not None:
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(c.pump, 2.0)  # the last output, up to the terminal's EIO
+                        # the last output (a terminal's EIO; pipes a forked child may hold open a while)
+                        await asyncio.wait_for(c.pump, 2.0)
                     self._close_input(c)
+                # A signal's death is 128+signal, as containerd reports it (asyncio gives -signal).
+                c.exit_code = 128 - code if code < 0 else code
+                c.finished_at = time.time()
+                c.reason = "Completed" if c.exit_code == 0 else "Error"
             if c.stopping:
                 return
-            ran = time.time() - c.started_at
             if c.restart_policy == "Never" or (c.restart_policy == "OnFailure" and c.exit_code == 0):
+                c.done = True
                 return
-            if ran > BACKOFF_RESET:
-                c.backoff = BACKOFF_START
-            log.info("runtime: %s exited with %s; restarting in %.0fs", c.name, c.exit_code, c.backoff)
-            await asyncio.sleep(c.backoff)
-            c.backoff = min(c.backoff * 2, BACKOFF_MAX)
+            if c.finished_at - c.started_at > BACKOFF_RESET:
+                c.backoff = 0.0
+            if c.backoff:
+                log.info("runtime: %s exited with %s; restarting in %.0fs", c.name, c.exit_code, c.backoff)
+                c.backoff_until = time.time() + c.backoff
+                await asyncio.sleep(c.backoff)
+                c.backoff_until = 0.0
+            c.backoff = min(max(c.backoff * 2, BACKOFF_START), BACKOFF_MAX)
             c.restart_count += 1
 
-    async def remove_pod(self, uid: str, *, grace: float = 5.0) -> None:
-        rec = self.pods.pop(uid, None)
-        await self.responders.remove(uid)
-        if rec is None:
-            return
-        for c in rec.containers.values():
+    async def _stop_containers(self, containers: list[Container], *, grace: float) -> None:
+        """SIGTERM to each container's process group, SIGKILL to those still running after `grace` seconds."""
+        for c in containers:
             c.stopping = True
             if c.proc is not None and c.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(c.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for c in rec.containers.values():
+        for c in containers:
             if c.proc is not None and c.proc.returncode is None:
                 try:
                     await asyncio.wait_for(c.proc.wait(), max(0.1, deadline - time.monotonic()))
@@ -304,6 +460,13 @@ class Runtime:
             if c.pump is not None:
                 c.pump.cancel()
             self._close_input(c)
+
+    async def remove_pod(self, uid: str, *, grace: float = 5.0) -> None:
+        rec = self.pods.pop(uid, None)
+        await self.responders.remove(uid)
+        if rec is None:
+            return
+        await self._stop_containers(list(rec.containers.values()), grace=grace)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -325,6 +488,14 @@ class Runtime:
         parts = [p for p in request.path.split("/") if p]
         if parts == ["pods"] and request.method == "GET":
             return http11.Response(200, orjson.dumps(self.status()))
+        if len(parts) == 4 and parts[0] == "pods" and parts[2] == "kill" and request.method == "POST":
+            rec = self.pods.get(parts[1])
+            c = rec.containers.get(parts[3]) if rec else None
+            if c is None or c.proc is None or c.proc.returncode is not None:
+                return http11.Response(409, orjson.dumps({"error": "the container is not running"}))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(c.proc.pid, signal.SIGKILL)
+            return http11.Response(200, b"{}")
         if len(parts) == 4 and parts[0] == "pods" and parts[2] == "stdin" and request.method == "POST":
             close = request.target.endswith("?close=1")
             if await self.write_stdin(parts[1], parts[3], request.body, close=close):
@@ -333,7 +504,11 @@ class Runtime:
         if len(parts) == 2 and parts[0] == "pods" and request.method in ("PUT", "DELETE"):
             uid = parts[1]
             if request.method == "DELETE":
-                await self.remove_pod(uid)
+                grace = 5.0
+                if "?grace=" in request.target:
+                    with contextlib.suppress(ValueError):
+                        grace = max(0.0, min(float(request.target.split("?grace=", 1)[1]), MAX_GRACE))
+                await self.remove_pod(uid, grace=grace)
                 return http11.Response(200, b"{}")
             try:
                 spec = orjson.loads(request.body)

@@ -35,10 +35,10 @@ class RuntimeClient:
         if self._session is not None:
             await self._session.close()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0) -> Any:
         data = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
         async with self._sess().request(
-            method, f"http://runtime{path}", data=data, timeout=aiohttp.ClientTimeout(total=30)
+            method, f"http://runtime{path}", data=data, timeout=aiohttp.ClientTimeout(total=timeout)
         ) as r:
             raw = await r.read()
             if r.status >= 400:
@@ -87,8 +87,13 @@ class RuntimeClient:
         result: dict[str, Any] = await self._call("PUT", f"/pods/{uid}", spec)
         return result
 
-    async def delete_pod(self, uid: str) -> None:
-        await self._call("DELETE", f"/pods/{uid}")
+    async def delete_pod(self, uid: str, *, grace: float = 5.0) -> None:
+        """Stop the pod's processes: SIGTERM, then SIGKILL after `grace` seconds (terminationGracePeriodSeconds)."""
+        await self._call("DELETE", f"/pods/{uid}?grace={grace:g}", timeout=grace + 30)
+
+    async def kill(self, uid: str, container: str) -> None:
+        """End a container's current run at once (SIGKILL); its restart policy decides what follows."""
+        await self._call("POST", f"/pods/{uid}/kill/{container}", b"")
 
     async def write_stdin(self, uid: str, container: str, data: bytes, *, close: bool = False) -> bool:
         """Input for an attached container; False when it has none open."""
