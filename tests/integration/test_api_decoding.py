@@ -115,6 +115,8 @@ def test_kubectl_explain_prints_descriptions_and_types(server: ServerProcess) ->
     assert "targetPort\t<string>" in out and "Number or name of the port to access" in out  # IntOrString is a string
     out = server.kubectl("explain", "pods", "--recursive").stdout
     assert "    containers\t<[]Container> -required-" in out and "      imagePullPolicy\t<string>" in out
+    out = server.kubectl("explain", "cronjob.spec.jobTemplate.spec.backoffLimit").stdout
+    assert "GROUP:      batch" in out and "FIELD: backoffLimit <integer>" in out
     res = server.kubectl("explain", "deployment.spec.replica", check=False)
     assert res.returncode != 0 and 'field "replica" does not exist' in res.stderr
 
