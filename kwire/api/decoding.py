@@ -61,8 +61,10 @@ def unsupported_media_type() -> ApiError:
 
 async def read_body(request: web.Request, *, limit: int = MAX_REQUEST_BYTES) -> bytes:
     """The request body, refusing (413) anything over `limit` without buffering more than `limit` + one chunk."""
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise too_large(limit)
+        return await request.read()  # the length is known and within the limit: one read
     chunks: list[bytes] = []
     size = 0
     while True:
