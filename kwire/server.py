@@ -25,6 +25,7 @@ from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ConfigError, ServerConfig
@@ -159,6 +160,9 @@ class Server:
             t.cancel()
         self.api.stop_watches()
         await self.lifecycle.stop()
+        if self.resources.admission is not None:
+            await self.resources.admission.stop()
+        await self.resources.conversion.close()
         await self.runner.cleanup()
         await self.store.close()
 
@@ -207,16 +211,19 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(cfg, data_dir)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
-    admission = Admission(
+    plugins = Admission(
         not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
         unreachable_toleration_seconds=cfg.default_unreachable_toleration_seconds,
     )
-    resources = Resources(store, allocator=allocator, admission=admission)
+    resources = Resources(store, allocator=allocator, plugins=plugins)
     await resources.load()
     address = _node_address(cfg)
     await bootstrap(resources, cfg, address=address)
     lifecycle = Lifecycle(resources)
     await lifecycle.start()
+    admission = WebhookAdmission(store, lookup=resources, namespace_labels=resources.namespace_labels)
+    await admission.start()
+    resources.admission = admission
 
     sans_ip = sorted(
         {"127.0.0.1", address, str(cfg.api_service_ip)}

@@ -1,4 +1,9 @@
-"""Discovery documents (/api, /apis, group versions, /version); the OpenAPI documents live in `openapi.py`."""
+"""Discovery documents (/api, /apis, group versions, /version); the OpenAPI documents live in `openapi.py`.
+
+/api and /apis also answer aggregated discovery (apidiscovery.k8s.io v2 and v2beta1 `APIGroupDiscoveryList`,
+kube-apiserver's default since 1.30) when the Accept header asks for it, as kubectl 1.32 does: one request
+then describes every group, version and resource, built-in and CRD-defined alike.
+"""
 
 from __future__ import annotations
 
@@ -94,4 +99,78 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
         "apiVersion": "v1",
         "groupVersion": f"{group}/{version}" if group else version,
         "resources": resources,
+    }
+
+
+# -- aggregated discovery ----------------------------------------------------------------------------------------
+_AGGREGATED = "application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList"
+
+
+def aggregated_version(accept: str) -> str | None:
+    """ "v2" or "v2beta1" when the Accept header asks for aggregated discovery (the first one it lists)."""
+    for part in accept.split(","):
+        params = {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in part.split(";")[1:] if "=" in p}
+        if params.get("g") == "apidiscovery.k8s.io" and params.get("as") == "APIGroupDiscoveryList":
+            if params.get("v") in ("v2", "v2beta1"):
+                return params["v"]
+    return None
+
+
+def aggregated_content_type(version: str) -> str:
+    return _AGGREGATED.format(v=version)
+
+
+def _aggregated_resource(kind: Kind) -> dict[str, Any]:
+    main, *subs = _resource_entries(kind)
+    out: dict[str, Any] = {
+        "resource": kind.plural,
+        "responseKind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
+        "scope": "Namespaced" if kind.namespaced else "Cluster",
+        "singularResource": kind.singular,
+        "verbs": main["verbs"],
+    }
+    if kind.short_names:
+        out["shortNames"] = list(kind.short_names)
+    if kind.categories:
+        out["categories"] = list(kind.categories)
+    if subs:
+        out["subresources"] = [
+            {
+                "subresource": sub["name"].split("/", 1)[1],
+                "responseKind": {
+                    "group": sub.get("group", kind.group),
+                    "version": sub.get("version", kind.version),
+                    "kind": sub["kind"],
+                },
+                "verbs": sub["verbs"],
+            }
+            for sub in subs
+        ]
+    return out
+
+
+def aggregated_discovery(*, core: bool, version: str = "v2") -> dict[str, Any]:
+    """The APIGroupDiscoveryList for /api (core=True) or /apis."""
+    items = []
+    for group, versions in groups().items():
+        if bool(group) == core:
+            continue
+        items.append(
+            {
+                "metadata": {"name": group},
+                "versions": [
+                    {
+                        "version": v,
+                        "resources": [_aggregated_resource(k) for k in kinds_in(group, v)],
+                        "freshness": "Current",
+                    }
+                    for v in versions
+                ],
+            }
+        )
+    return {
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": f"apidiscovery.k8s.io/{version}",
+        "metadata": {},
+        "items": items,
     }

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kwire.api import decoding, discovery, eviction, kubeletproxy, openapi, scale, streaming, tables
+from kwire.api import decoding, discovery, eviction, kubeletproxy, managedfields, openapi, scale, streaming, tables
+from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import MERGE_PATCH, apply_patch
@@ -65,7 +66,8 @@ def parse_target(path: str) -> Target | None:
     if not rest:
         return None
     namespace: str | None = None
-    if rest[0] == "namespaces" and len(rest) >= 3:
+    # /api/v1/namespaces/NAME/{status,finalize} are a Namespace's subresources, not a resource in namespace NAME.
+    if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
         namespace, rest = rest[1], rest[2:]
     plural = rest[0]
     kind = by_path(group, version, plural)
@@ -91,6 +93,35 @@ def _bool_param(request: web.Request, name: str) -> bool:
 
 def _dry_run(request: web.Request) -> bool:
     return "All" in request.query.getall("dryRun", [])
+
+
+def _connect_options(request: web.Request, subresource: str) -> Obj:
+    """The PodExecOptions/PodAttachOptions object CONNECT admission sees, from the query."""
+    q = request.query
+    opts: Obj = {"kind": "PodExecOptions" if subresource == "exec" else "PodAttachOptions", "apiVersion": "v1"}
+    for flag in ("stdin", "stdout", "stderr", "tty"):
+        if q.get(flag, "").lower() in ("1", "true"):
+            opts[flag] = True
+    if q.get("container"):
+        opts["container"] = q["container"]
+    if subresource == "exec":
+        opts["command"] = q.getall("command", [])
+    return opts
+
+
+def _field_manager(request: web.Request) -> str:
+    """The request's field manager: `?fieldManager=`, else the User-Agent's prefix (kube's default)."""
+    name = request.query.get("fieldManager")
+    if name is None:
+        return managedfields.manager_from_user_agent(request.headers.get("User-Agent", ""))
+    if len(name) > managedfields.MAX_MANAGER_LENGTH:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Too long: may not be more than '
+            f"{managedfields.MAX_MANAGER_LENGTH} bytes",
+        )
+    return name
 
 
 class ApiServer:
@@ -143,6 +174,13 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if request.method == "GET" and path in ("/api", "/apis"):
+            agg = discovery.aggregated_version(request.headers.get("Accept", ""))
+            if agg is not None:
+                doc = discovery.aggregated_discovery(core=path == "/api", version=agg)
+                return web.Response(
+                    body=orjson.dumps(doc), headers={"Content-Type": discovery.aggregated_content_type(agg)}
+                )
         if request.method == "GET" and (path == "/openapi/v2" or path.startswith("/openapi/v3")):
             # Building the documents takes 0.1-0.3 s when kinds or CRDs changed: off the event loop.
             return await asyncio.to_thread(self._openapi, path, request.headers.get("Accept", ""))
@@ -162,6 +200,13 @@ class ApiServer:
         if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed()
+            await self.resources.connect(
+                target.kind,
+                target.namespace or "",
+                target.name,
+                target.subresource,
+                _connect_options(request, target.subresource),
+            )
             return await kubeletproxy.pod_stream(
                 request,
                 self.resources,
@@ -218,12 +263,28 @@ class ApiServer:
             body = await self._body(request, target.kind)
             sub = target.subresource if target.subresource in ("status", "ephemeralcontainers") else None
             obj = await self.resources.update(
-                target.kind, target.namespace, target.name, body, subresource=sub, dry_run=_dry_run(request)
+                target.kind,
+                target.namespace,
+                target.name,
+                body,
+                subresource=sub,
+                dry_run=_dry_run(request),
+                manager=_field_manager(request),
             )
             return self._object_response(request, target.kind, obj)
         if m == "PATCH":
             raw = await decoding.read_body(request)
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+            force = request.query.get("force")
+            if force is not None and not ctype.startswith("application/apply-patch"):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified for non-apply patch',
+                )
+            created = ctype.startswith("application/apply-patch") and (
+                self.resources.get_or_none(target.kind, target.namespace, target.name) is None
+            )
             obj = await self.resources.patch(
                 target.kind,
                 target.namespace,
@@ -233,8 +294,10 @@ class ApiServer:
                 subresource=target.subresource,
                 dry_run=_dry_run(request),
                 check=self._patch_check(request, target.kind, raw, ctype.lower()),
+                manager=_field_manager(request) if "fieldManager" in request.query or "apply" not in ctype else None,
+                force=(force or "").lower() == "true",
             )
-            return self._object_response(request, target.kind, obj)
+            return self._object_response(request, target.kind, obj, 201 if created else 200)
         if m == "DELETE":
             return await self._delete(request, target)
         raise method_not_allowed()
@@ -242,21 +305,29 @@ class ApiServer:
     async def _scale(self, request: web.Request, target: Target) -> web.StreamResponse:
         obj = await self.resources.get(target.kind, target.namespace, target.name or "")
         if request.method == "GET":
-            return _json(scale.to_scale(obj))
+            return _json(scale.to_scale(obj, target.kind))
         if request.method == "PUT":
             wanted = await self._body(request)
         elif request.method == "PATCH":
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             if ctype == "application/strategic-merge-patch+json":
                 ctype = "application/merge-patch+json"  # Scale has no list fields: SMP is a merge patch here
-            wanted = apply_patch(target.kind, scale.to_scale(obj), await decoding.read_body(request), ctype)
+            wanted = apply_patch(
+                target.kind, scale.to_scale(obj, target.kind), await decoding.read_body(request), ctype
+            )
         else:
             raise method_not_allowed()
         new = scale.apply_scale(target.kind, obj, wanted)
         updated = await self.resources.update(
-            target.kind, target.namespace, target.name or "", new, dry_run=_dry_run(request)
+            target.kind,
+            target.namespace,
+            target.name or "",
+            new,
+            dry_run=_dry_run(request),
+            manager=_field_manager(request),
+            tracked_subresource="scale",
         )
-        return _json(scale.to_scale(updated))
+        return _json(scale.to_scale(updated, target.kind))
 
     @staticmethod
     def _openapi(path: str, accept: str) -> web.Response:
@@ -327,21 +398,26 @@ class ApiServer:
         return tables.table(kind, objs, now=now, resource_version=resource_version, continue_token=continue_token)
 
     @staticmethod
-    def _selectors(request: web.Request) -> tuple[Selector, FieldSelector]:
+    def _selectors(request: web.Request, kind: Kind) -> tuple[Selector, FieldSelector]:
         try:
             labels = parse(request.query.get("labelSelector"))
         except SelectorError as exc:
             raise bad_request(f"unable to parse requirement: {exc}") from None
-        return labels, parse_fields(request.query.get("fieldSelector"))
+        fields = parse_fields(request.query.get("fieldSelector"))
+        if kind.custom is not None:
+            custom.check_field_selector(kind, fields)
+        return labels, fields
 
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
         body = await self._body(request, target.kind)
-        obj = await self.resources.create(target.kind, target.namespace, body, dry_run=_dry_run(request))
+        obj = await self.resources.create(
+            target.kind, target.namespace, body, dry_run=_dry_run(request), manager=_field_manager(request)
+        )
         return self._object_response(request, target.kind, obj, 201)
 
     async def _list(self, request: web.Request, target: Target) -> web.StreamResponse:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         try:
             limit = int(request.query.get("limit") or 0)
         except ValueError:
@@ -416,7 +492,7 @@ class ApiServer:
         return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         opts = await self._delete_options(request)
         res = await self.resources.list(target.kind, target.namespace, labels=labels, fields=fields)
         deleted: list[Obj] = []
@@ -442,7 +518,7 @@ class ApiServer:
     # -- watch -----------------------------------------------------------------------------------------------
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         kind = target.kind
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, kind)
         if target.name:  # /namespaces/x/pods/name?watch=1 is the deprecated single-object watch
             fields = parse_fields(
                 ",".join(filter(None, [request.query.get("fieldSelector"), f"metadata.name={target.name}"]))
@@ -529,7 +605,7 @@ class ApiServer:
                     except StopAsyncIteration:
                         break
                     events.extend(watch.ready())
-                out = [b for ev in events for b in self._event_lines(ev, line, matches)]
+                out = [b for ev in events for b in await self._event_lines(kind, ev, line, matches)]
                 if out:
                     await resp.write(b"".join(out))
                     last_sent = loop.time()
@@ -540,20 +616,27 @@ class ApiServer:
             watch.close()
         return resp
 
-    @staticmethod
-    def _event_lines(ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]) -> list[bytes]:
+    async def _event_lines(
+        self, kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
+    ) -> list[bytes]:
         obj = decode(value=ev.value, revision=ev.revision)
+        if kind.custom is not None:
+            obj = await self.resources.present(kind, obj)
         if ev.type == DELETED:
             return [line(DELETED, obj)] if matches(obj) else []
         now = matches(obj)
         if ev.type == ADDED:
             return [line(ADDED, obj)] if now else []
-        before = matches(decode(value=ev.prev_value, revision=ev.revision)) if ev.prev_value else False
+        prev = decode(value=ev.prev_value, revision=ev.revision) if ev.prev_value else None
+        if prev is not None and kind.custom is not None:
+            prev = await self.resources.present(kind, prev)
+        before = matches(prev) if prev is not None else False
         if now and before:
             return [line(MODIFIED, obj)]
         if now:
             return [line(ADDED, obj)]
         if before:
             # The object left the selector: watchers see it deleted (kube's cacher sends the previous state).
-            return [line(DELETED, decode(value=ev.prev_value, revision=ev.revision))]
+            assert prev is not None
+            return [line(DELETED, prev)]
         return []
