@@ -254,3 +254,59 @@ def test_openapi_v2_json_and_protobuf(server: ServerProcess) -> None:
     assert 'ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: unknown field "dta"' in (
         res.stderr
     )
+
+
+GADGET_CRD = """apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gizmos.kwire-d.example.com}
+spec:
+  group: kwire-d.example.com
+  scope: Namespaced
+  names: {plural: gizmos, singular: gizmo, kind: Gizmo}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            description: GizmoSpec is what a gizmo should be.
+            properties:
+              size: {type: integer, description: How big the gizmo is.}
+"""
+
+
+def test_crd_schemas_in_explain_and_strict_decoding(server: ServerProcess) -> None:
+    server.kubectl("apply", "-f", "-", input=GADGET_CRD)
+    out = ""
+    for _ in range(100):  # the CRD becomes Established and its schema reaches /openapi/v3
+        res = server.kubectl("explain", "gizmos.spec", check=False)
+        out = res.stdout
+        if res.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert "GROUP:      kwire-d.example.com" in out and "GizmoSpec is what a gizmo should be." in out
+    assert "size\t<integer>" in out and "How big the gizmo is." in out
+    # A new field in the CRD: a new document hash, and explain shows it.
+    server.kubectl(
+        "apply", "-f", "-", input=GADGET_CRD + "              color: {type: string, description: Its color.}\n"
+    )
+    for _ in range(100):
+        out = server.kubectl("explain", "gizmos.spec").stdout
+        if "color\t<string>" in out:
+            break
+        time.sleep(0.2)
+    assert "color\t<string>" in out and "Its color." in out
+    cr = "apiVersion: kwire-d.example.com/v1\nkind: Gizmo\nmetadata: {name: g1}\nspec: {size: 2, shape: round}\n"
+    res = server.kubectl("apply", "-f", "-", input=cr, check=False)
+    assert res.returncode == 1
+    assert (
+        'Gizmo in version "v1" cannot be handled as a Gizmo: strict decoding error: unknown field "spec.shape"'
+        in res.stderr
+    )
+    server.kubectl("apply", "--validate=false", "-f", "-", input=cr)
+    stored = json.loads(server.kubectl("get", "gizmo", "g1", "-o", "json").stdout)
+    assert stored["spec"] == {"size": 2}
