@@ -8,6 +8,7 @@ Everything HTTP-specific lives in `kwire.api.server`; in-process controllers cal
 from __future__ import annotations
 
 import base64
+import builtins
 import copy
 import datetime as dt
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 import orjson
 import yaml
 
-from kwire.api import defaults, fieldset, managedfields, validation
+from kwire.api import admission_plugins, convert, defaults, fieldset, managedfields, validation
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.crd import custom, definition
@@ -38,7 +39,7 @@ from kwire.api.errors import (
 )
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import APPLY_YAML, apply_patch, unsupported_patch_type
-from kwire.api.registry import Kind, by_path, storage_kind_for_key
+from kwire.api.registry import Kind, by_path, storage_kind, storage_kind_for_key
 from kwire.api.webhookadmission import Attributes, WebhookAdmission
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
@@ -88,6 +89,28 @@ def decode(kv: KV | None = None, *, value: bytes | None = None, revision: int = 
     return obj
 
 
+_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def base64_error(value: Any) -> int | None:
+    """Where Go's base64.StdEncoding (what decodes []byte fields in JSON) fails on `value`, or None."""
+    if not isinstance(value, str):
+        return 0
+    data = value.replace("\r", "").replace("\n", "").encode()
+    for i, ch in enumerate(data):
+        if ch == ord("="):
+            want = {2: b"==", 3: b"="}.get(i % 4)
+            if want is None or data[i : i + len(want)] != want:
+                return i
+            end = i + len(want)
+            return end if len(data) > end else None  # nothing may follow the padding
+        if ch not in _B64:
+            return i
+    if len(data) % 4:
+        return len(data) - len(data) % 4
+    return None
+
+
 def _body_only(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
@@ -114,12 +137,14 @@ class Scan:
         matches: Callable[[Obj], bool] | None,
         limit: int,
         present: Callable[[Obj], Obj] | None = None,
+        kind: Kind | None = None,
     ) -> None:
         self._kvs = kvs
         self._present = present  # a custom resource as read through the requested version
         self.revision = revision
         self._matches = matches
         self._limit = max(limit, 0)
+        self._kind = kind if kind is not None and kind.stored_as is not None else None
         self.continue_token = ""
 
     def __iter__(self) -> Iterator[Obj]:
@@ -131,7 +156,7 @@ class Scan:
                 obj = self._present(obj)
             if self._matches is not None and not self._matches(obj):
                 continue
-            yield obj
+            yield obj if self._kind is None else convert.from_storage(self._kind, obj)
             count += 1
             if self._limit and count >= self._limit:
                 if i < last:
@@ -251,11 +276,11 @@ class Resources:
         return kv
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
-        return await self._read(kind, self._current(kind, namespace, name))
+        return convert.from_storage(kind, await self._read(kind, self._current(kind, namespace, name)))
 
     def get_or_none(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
         kv = self.store.get_now(kind.key(namespace, name))
-        return self._decode(kind, kv) if kv else None
+        return convert.from_storage(kind, self._decode(kind, kv)) if kv else None
 
     async def scan(
         self,
@@ -287,9 +312,9 @@ class Resources:
                 meta = obj["metadata"]
                 return converted[(meta.get("namespace") or "", meta.get("name") or "")]
 
-            return Scan(res.items, res.revision, matches=matches, limit=limit, present=present_converted)
+            return Scan(res.items, res.revision, matches=matches, limit=limit, present=present_converted, kind=kind)
         present = (lambda obj: custom.present(kind, obj)) if kind.custom is not None else None
-        return Scan(res.items, res.revision, matches=matches, limit=limit, present=present)
+        return Scan(res.items, res.revision, matches=matches, limit=limit, present=present, kind=kind)
 
     async def list(
         self,
@@ -328,6 +353,15 @@ class Resources:
         obj["kind"] = kind.kind
         if not isinstance(obj.setdefault("metadata", {}), dict):
             raise bad_request("metadata must be an object")
+        field = {"Secret": "data", "ConfigMap": "binaryData"}.get(kind.kind) if kind.group == "" else None
+        if field and isinstance(obj.get(field), dict):
+            for value in obj[field].values():
+                bad = base64_error(value)
+                if bad is not None:
+                    raise bad_request(
+                        f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                        f"illegal base64 data at input byte {bad}"
+                    )
 
     def _check_namespace(self, kind: Kind, namespace: str | None, obj: Obj, *, creating: bool) -> None:
         meta = obj["metadata"]
@@ -362,6 +396,16 @@ class Resources:
     ) -> Obj:
         """Create `obj`, which the caller hands over (it is filled in place and returned). `manager` records an
         Update entry in managedFields; `applied` keeps the Apply entry server-side apply already put there."""
+        if kind.stored_as is not None:
+            self._check_type(kind, obj)
+            if kind.api_version == "events.k8s.io/v1":
+                errs = validation.validate_events_v1_create(obj)
+                if errs:
+                    raise invalid_object(kind.group, kind.kind, str(obj["metadata"].get("name") or ""), errs)
+            made = await self.create(
+                storage_kind(kind), namespace, convert.to_storage(kind, obj), dry_run=dry_run, manager=manager
+            )
+            return convert.from_storage(kind, made)
         self._check_type(kind, obj)
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
@@ -382,6 +426,7 @@ class Resources:
         elif "status" in kind.subresources and not isinstance(obj.get("status"), dict):
             obj["status"] = {}  # kube encodes a (zero) status struct for every kind that has one
         self.plugins.admit_create(kind.kind, obj)  # built-in mutating plugins run before the webhooks
+        await admission_plugins.admit_create(kind, obj, list_objects=self._list_objects)
         if manager and not applied:
             self._track(kind, None, obj, manager=manager, subresource="")
         attrs = Attributes(kind, "CREATE", namespace or "", str(meta.get("name") or ""), object=obj, dry_run=dry_run)
@@ -425,6 +470,9 @@ class Resources:
             self.crds.serve(obj, name)
         return obj
 
+    async def _list_objects(self, kind: Kind) -> builtins.list[Obj]:
+        return [decode(kv) for kv in (await self.store.range(kind.prefix())).items]
+
     # -- update ------------------------------------------------------------------------------------------------
     async def update(
         self,
@@ -441,6 +489,17 @@ class Resources:
         """Replace an object with `obj`, which the caller hands over (it may be changed in place). `manager`
         (the request's fieldManager) records the write in managedFields, under `tracked_subresource` when the
         write came through one that is stored as the main object (scale)."""
+        if kind.stored_as is not None:
+            self._check_type(kind, obj)
+            done = await self.update(
+                storage_kind(kind),
+                namespace,
+                name,
+                convert.to_storage(kind, obj),
+                subresource=subresource,
+                dry_run=dry_run,
+            )
+            return convert.from_storage(kind, done)
         self._check_type(kind, obj)
         meta = obj["metadata"]
         if meta.get("name") and meta["name"] != name:
@@ -494,6 +553,18 @@ class Resources:
             new = copy.deepcopy(old)
             new["status"] = obj.get("status", {})
             # Metadata other than labels/annotations is not writable through status (kube keeps it).
+        elif subresource == "approval":
+            # certificates' approval subresource: only status.conditions change (kube's csrApprovalStrategy).
+            new = copy.deepcopy(old)
+            conds = []
+            for c in (obj.get("status") or {}).get("conditions") or []:
+                if isinstance(c, dict):
+                    c = {**c}
+                    c.setdefault("status", "True")
+                    c.setdefault("lastUpdateTime", now_rfc3339())
+                    c.setdefault("lastTransitionTime", c["lastUpdateTime"])
+                conds.append(c)
+            new.setdefault("status", {})["conditions"] = conds
         else:
             new = self._merge_main(kind, old, obj)
         if managed:
@@ -545,6 +616,7 @@ class Resources:
         subresource: str | None = None,
         admit: bool = True,
     ) -> Obj:
+        await admission_plugins.admit_update(kind, new, list_objects=self._list_objects)
         attrs = Attributes(
             kind, "UPDATE", namespace or "", name, subresource or "", object=new, old_object=old, dry_run=dry_run
         )
@@ -620,6 +692,10 @@ class Resources:
         manager: str | None = None,
         force: bool = False,
     ) -> Obj:
+        if kind.stored_as is not None:
+            return await self._patch_converted(
+                kind, namespace, name, body, content_type, subresource=subresource, dry_run=dry_run
+            )
         """PATCH: JSON/merge/strategic patches are an Update by `manager`; `application/apply-patch+yaml` is a
         server-side apply by `manager` (required), which creates the object when it does not exist."""
         ctype = content_type.split(";")[0].strip().lower()
@@ -744,6 +820,42 @@ class Resources:
             created.pop("status", None)
         return await self.create(kind, namespace, created, dry_run=dry_run, applied=True)
 
+    async def _patch_converted(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        body: bytes,
+        content_type: str,
+        *,
+        subresource: str | None,
+        dry_run: bool,
+    ) -> Obj:
+        """A patch in a converted version: applied to the object in that version, written back with its
+        resourceVersion (so a concurrent writer is a conflict, retried on the newer object)."""
+        for _ in range(20):
+            old = await self.get(kind, namespace, name)
+            rv = old["metadata"].get("resourceVersion")
+            patched = apply_patch(kind, old, body, content_type)
+            if not isinstance(patched, dict):
+                raise bad_request("the patched object is not an object")
+            pmeta = patched.setdefault("metadata", {})
+            if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(rv):
+                raise conflict(
+                    kind.group,
+                    kind.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )
+            pmeta["resourceVersion"] = rv
+            try:
+                return await self.update(kind, namespace, name, patched, subresource=subresource, dry_run=dry_run)
+            except ApiError as e:
+                if e.reason == "Conflict" and self.store.get_now(kind.key(namespace, name)) is not None:
+                    continue
+                raise
+        raise conflict(kind.group, kind.plural, name, "too many concurrent updates")
+
     # -- delete ------------------------------------------------------------------------------------------------
     async def delete(
         self,
@@ -756,6 +868,17 @@ class Resources:
         preconditions: dict[str, Any] | None = None,
         dry_run: bool = False,
     ) -> Obj:
+        if kind.stored_as is not None:
+            gone_obj = await self.delete(
+                storage_kind(kind),
+                namespace,
+                name,
+                propagation=propagation,
+                grace_period=grace_period,
+                preconditions=preconditions,
+                dry_run=dry_run,
+            )
+            return convert.from_storage(kind, gone_obj)
         kv = self._current(kind, namespace, name)
         obj = await self._read(kind, kv)
         if self.admission is not None:

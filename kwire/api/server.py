@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +18,26 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kwire.api import decoding, discovery, eviction, kubeletproxy, managedfields, openapi, scale, streaming, tables
+from kwire.api import (
+    convert,
+    decoding,
+    discovery,
+    eviction,
+    kubeletproxy,
+    managedfields,
+    openapi,
+    protobuf,
+    proxy,
+    scale,
+    streaming,
+    tables,
+)
 from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
-from kwire.api.fields import FieldSelector, parse_fields
+from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
+from kwire.api.fields import check as fields_check
+from kwire.api.health import ENDPOINTS, Health
+from kwire.api.metrics import ApiMetrics, RequestInfo, metric_verb
 from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
@@ -82,9 +99,53 @@ def parse_target(path: str) -> Target | None:
     return Target(kind, namespace, name, sub)
 
 
+def _public(path: str) -> bool:
+    """What kube's system:public-info-viewer may read unauthenticated (health checks and their sub-checks)."""
+    return path in PUBLIC_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/"))
+
+
+def request_info(request: web.Request) -> RequestInfo:
+    """kube's RequestInfo in the shape the request metrics label it."""
+    target = parse_target(request.path.rstrip("/"))
+    dry = "All" if "All" in request.query.getall("dryRun", []) else ""
+    if target is None:
+        via = proxy.parse(request.rel_url.raw_path)
+        if via is not None:
+            scope = "resource" if via.namespace is None else "namespace"
+            return RequestInfo("CONNECT", "", "v1", via.resource, "proxy", scope, dry)
+        return RequestInfo(verb=request.method, dry_run=dry)
+    named = target.name is not None
+    if named:
+        scope = "resource"
+    elif target.namespace is not None:
+        scope = "namespace"
+    else:
+        scope = "cluster"
+    sub = target.subresource or ""
+    return RequestInfo(
+        verb=metric_verb(request.method, named=named, watch=_bool_param(request, "watch"), subresource=sub),
+        group=target.kind.group,
+        version=target.kind.version,
+        resource=target.kind.plural,
+        subresource=sub,
+        scope=scope,
+        dry_run=dry,
+    )
+
+
 def _wants_table(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return "as=Table" in accept
+
+
+def _include_object(request: web.Request) -> str:
+    """The `includeObject` of a Table request (kubectl's --sort-by asks for Object); Metadata by default."""
+    value = request.query.get("includeObject") or "Metadata"
+    if value not in tables.INCLUDE_OBJECT:
+        raise bad_request(
+            f'includeObject: Unsupported value: "{value}": supported values: "Metadata", "None", "Object"'
+        )
+    return value
 
 
 def _bool_param(request: web.Request, name: str) -> bool:
@@ -133,6 +194,20 @@ class ApiServer:
         self.server_address = server_address
         self.ready = True
         self._stopping = asyncio.Event()
+        self.health = Health()
+        for name in ("ping", "log"):
+            self.health.add(name, lambda: True)
+        self.health.add("etcd", self._store_answers)
+        self.health.add("etcd-readiness", self._store_answers, ready_only=True)
+        self.health.add("shutdown", lambda: self.ready and not self._stopping.is_set(), ready_only=True)
+        self.metrics = ApiMetrics(count_objects=self._count_objects)
+        self._inflight = {"readOnly": 0, "mutating": 0}
+
+    def _store_answers(self) -> bool:
+        return self.resources.store.healthy()
+
+    async def _count_objects(self, prefix: str) -> int:
+        return len((await self.resources.store.range(prefix)).items)
 
     # -- app -------------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -147,23 +222,39 @@ class ApiServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS and not self._authenticated(request):
+        if not _public(request.path) and not self._authenticated(request):
             return _error(unauthorized())
+        info = request_info(request)
+        kind = "mutating" if info.mutating else "readOnly"
+        counted = not info.long_running  # long-running requests are outside kube's in-flight limit
+        if counted:
+            self._inflight[kind] += 1
+            self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
+        started = time.monotonic()
+        code = 500
         try:
             resp = await handler(request)
+            code = resp.status
             if not resp.prepared:
                 for warning in decoding.bounded_warnings(request.get(WARNINGS, [])):
                     resp.headers.add("Warning", decoding.warning_header(warning))
             return resp
         except ApiError as err:
+            code = err.code
             return _error(err)
-        except web.HTTPException:
+        except web.HTTPException as exc:
+            code = exc.status
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad request must never take the server down
             log.exception("internal error on %s %s", request.method, request.path)
             return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
+        finally:
+            if counted:
+                self._inflight[kind] -= 1
+                self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
+            self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
 
     def _authenticated(self, request: web.Request) -> bool:
         auth = request.headers.get("Authorization", "")
@@ -174,6 +265,23 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        parts = path.strip("/").split("/")
+        if request.method == "GET" and parts[0] in ENDPOINTS and len(parts) <= 3:
+            answer = self.health.answer(
+                parts[0],
+                sub="/".join(parts[1:]),
+                verbose="verbose" in request.query,
+                exclude=request.query.getall("exclude", []),
+            )
+            if answer is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return web.Response(text=answer[1], status=answer[0], content_type="text/plain")
+        if request.method == "GET" and path == "/metrics":
+            return web.Response(
+                body=await self.metrics.exposition(),
+                content_type="text/plain",
+                headers={"X-Content-Type-Options": "nosniff"},
+            )
         if request.method == "GET" and path in ("/api", "/apis"):
             agg = discovery.aggregated_version(request.headers.get("Accept", ""))
             if agg is not None:
@@ -188,6 +296,9 @@ class ApiServer:
             static = self._static(path)
             if static is not None:
                 return static
+        proxy_target = proxy.parse(request.rel_url.raw_path)
+        if proxy_target is not None:
+            return await proxy.handle(request, self.resources, proxy_target, token=self.log_token)
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -261,7 +372,7 @@ class ApiServer:
             return self._object_response(request, target.kind, obj)
         if m == "PUT":
             body = await self._body(request, target.kind)
-            sub = target.subresource if target.subresource in ("status", "ephemeralcontainers") else None
+            sub = target.subresource if target.subresource in ("status", "approval", "ephemeralcontainers") else None
             obj = await self.resources.update(
                 target.kind,
                 target.namespace,
@@ -346,8 +457,6 @@ class ApiServer:
         if path == "/cacerts" and self.ca_pem:
             # K3s serves its CA bundle unauthenticated; agents pin it by the hash carried in a K10 token.
             return web.Response(body=self.ca_pem, content_type="text/plain")
-        if path in ("/healthz", "/livez", "/readyz"):
-            return web.Response(text="ok" if self.ready else "not ready", status=200 if self.ready else 500)
         if path == "/version":
             return _json(discovery.VERSION)
         if path == "/api":
@@ -390,12 +499,22 @@ class ApiServer:
 
     def _object_response(self, request: web.Request, kind: Kind, obj: Obj, status: int = 200) -> web.Response:
         if _wants_table(request):
-            return _json(self._table(kind, [obj]), status)
+            return _json(self._table(kind, [obj], include=_include_object(request)), status)
         return _json(obj, status)
 
-    def _table(self, kind: Kind, objs: list[Obj], *, resource_version: str = "", continue_token: str = "") -> Obj:
+    def _table(
+        self,
+        kind: Kind,
+        objs: list[Obj],
+        *,
+        resource_version: str = "",
+        continue_token: str = "",
+        include: str = "Metadata",
+    ) -> Obj:
         now = dt.datetime.now(dt.UTC)
-        return tables.table(kind, objs, now=now, resource_version=resource_version, continue_token=continue_token)
+        return tables.table(
+            kind, objs, now=now, resource_version=resource_version, continue_token=continue_token, include=include
+        )
 
     @staticmethod
     def _selectors(request: web.Request, kind: Kind) -> tuple[Selector, FieldSelector]:
@@ -406,7 +525,8 @@ class ApiServer:
         fields = parse_fields(request.query.get("fieldSelector"))
         if kind.custom is not None:
             custom.check_field_selector(kind, fields)
-        return labels, fields
+            return labels, fields
+        return labels, fields_check(fields, kind=kind.kind, namespaced=kind.namespaced)
 
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
@@ -433,7 +553,15 @@ class ApiServer:
         rv = str(scan.revision)
         if _wants_table(request):
             items = list(scan)
-            return _json(self._table(target.kind, items, resource_version=rv, continue_token=scan.continue_token))
+            return _json(
+                self._table(
+                    target.kind,
+                    items,
+                    resource_version=rv,
+                    continue_token=scan.continue_token,
+                    include=_include_object(request),
+                )
+            )
 
         def metadata() -> Obj:
             meta: Obj = {"resourceVersion": rv}
@@ -450,7 +578,11 @@ class ApiServer:
         opts: Obj = {}
         if request.can_read_body:
             raw = await decoding.read_body(request)
-            if raw.strip():
+            if "protobuf" in request.headers.get("Content-Type", "") and raw:
+                # kubectl drain's fallback and the typed clients send DeleteOptions as protobuf
+                decoded = protobuf.decode(raw)
+                opts = {k: v for k, v in decoded.items() if k not in ("apiVersion", "kind")}
+            elif raw.strip():
                 try:
                     loaded = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
@@ -518,16 +650,15 @@ class ApiServer:
     # -- watch -----------------------------------------------------------------------------------------------
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         kind = target.kind
-        labels, fields = self._selectors(request, kind)
+        labels, fields = self._selectors(request, target.kind)
         if target.name:  # /namespaces/x/pods/name?watch=1 is the deprecated single-object watch
-            fields = parse_fields(
-                ",".join(filter(None, [request.query.get("fieldSelector"), f"metadata.name={target.name}"]))
-            )
+            fields = FieldSelector((*fields.requirements, FieldRequirement(("metadata", "name"), target.name, False)))
         rv_param = request.query.get("resourceVersion", "")
         bookmarks = _bool_param(request, "allowWatchBookmarks")
         send_initial = _bool_param(request, "sendInitialEvents")
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         as_table = _wants_table(request)
+        include = _include_object(request)
         store = self.resources.store
         prefix = kind.prefix(target.namespace)
 
@@ -546,7 +677,9 @@ class ApiServer:
 
         def line(etype: str, obj: Obj) -> bytes:
             if as_table and etype in (ADDED, MODIFIED, DELETED):
-                obj = self._table(kind, [obj], resource_version=obj["metadata"].get("resourceVersion", ""))
+                obj = self._table(
+                    kind, [obj], resource_version=obj["metadata"].get("resourceVersion", ""), include=include
+                )
             return orjson.dumps({"type": etype, "object": obj}) + b"\n"
 
         try:
@@ -623,20 +756,20 @@ class ApiServer:
         if kind.custom is not None:
             obj = await self.resources.present(kind, obj)
         if ev.type == DELETED:
-            return [line(DELETED, obj)] if matches(obj) else []
+            return [line(DELETED, convert.from_storage(kind, obj))] if matches(obj) else []
         now = matches(obj)
         if ev.type == ADDED:
-            return [line(ADDED, obj)] if now else []
+            return [line(ADDED, convert.from_storage(kind, obj))] if now else []
         prev = decode(value=ev.prev_value, revision=ev.revision) if ev.prev_value else None
         if prev is not None and kind.custom is not None:
             prev = await self.resources.present(kind, prev)
         before = matches(prev) if prev is not None else False
         if now and before:
-            return [line(MODIFIED, obj)]
+            return [line(MODIFIED, convert.from_storage(kind, obj))]
         if now:
-            return [line(ADDED, obj)]
+            return [line(ADDED, convert.from_storage(kind, obj))]
         if before:
             # The object left the selector: watchers see it deleted (kube's cacher sends the previous state).
             assert prev is not None
-            return [line(DELETED, prev)]
+            return [line(DELETED, convert.from_storage(kind, prev))]
         return []
