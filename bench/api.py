@@ -26,7 +26,10 @@ import aiohttp
 import orjson
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout first, and not bench/ itself: bench/dns.py would shadow dnspython's `dns` package.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 from tests.integration.apiserver import ServerProcess, free_port  # noqa: E402
 
 
@@ -35,7 +38,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-METALLB = Path("/work/shared/upstream/metallb-native-v0.14.9.yaml")
+METALLB = Path(__file__).resolve().parents[1].parent / "shared" / "upstream" / "metallb-native-v0.14.9.yaml"
 Body = Callable[[str, int], dict[str, Any]]
 
 
