@@ -16,6 +16,7 @@ import yaml
 from kwire.api import decoding, fieldcheck, openapi, registry, schemas, validation
 from kwire.api.errors import ApiError
 from kwire.api.patch import CopySizeError, apply_json_patch, smp_supported, strategic_merge
+from tests import UPSTREAM
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = registry.by_kind("apps/v1", "Deployment")
@@ -95,16 +96,9 @@ def test_every_builtin_kind_served_has_a_schema_and_every_ref_resolves() -> None
     assert "enum" not in defs["io.k8s.api.apps.v1.Deployment"]["properties"]["kind"]
 
 
-def _upstream_dir() -> Path:
-    for shared in (ROOT.parent / "shared", Path("/work/shared")):
-        if (shared / "upstream").is_dir():
-            return shared / "upstream"
-    raise AssertionError("shared/upstream (the manifests tests apply unchanged) is missing")
-
-
 def test_upstream_manifests_decode_strictly() -> None:
     """MetalLB's and Traefik's release manifests (CRDs, RBAC, workloads, webhooks) have no unknown fields."""
-    up = _upstream_dir()
+    up = UPSTREAM
     docs = 0
     for path in [up / "metallb-native-v0.14.9.yaml", *sorted((up / "traefik-crds-v34.5.0").glob("*.yaml"))]:
         for doc in yaml.safe_load_all(path.read_text()):
