@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from kwire.api.crd import definition
 from kwire.api.registry import Kind
 
 Obj = dict[str, Any]
@@ -265,13 +266,6 @@ def _networkpolicy(obj: Obj) -> None:
                         p.setdefault("protocol", "TCP")
 
 
-def _ipaddresspool(obj: Obj) -> None:
-    spec = obj.setdefault("spec", {})
-    if isinstance(spec, dict):
-        spec.setdefault("autoAssign", True)
-        spec.setdefault("avoidBuggyIPs", False)
-
-
 def _node(obj: Obj) -> None:
     obj.setdefault("spec", {})
     obj.setdefault("status", {})
@@ -290,8 +284,8 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "Secret": _secret,
     "EndpointSlice": _endpointslice,
     "NetworkPolicy": _networkpolicy,
-    "IPAddressPool": _ipaddresspool,
     "Node": _node,
+    "CustomResourceDefinition": definition.apply_defaults,
 }
 
 

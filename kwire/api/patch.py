@@ -4,7 +4,7 @@ Strategic merge patch follows apimachinery's `strategicpatch` for the directives
 (`$patch: replace|delete|merge`, `$retainKeys`, `$deleteFromPrimitiveList/<f>`, `$setElementOrder/<f>`, null
 deletes a key). Which lists merge, and by which key, comes from the `patchStrategy`/`patchMergeKey` tags of the
 upstream Go types for the kinds we serve (the table below); every other list is replaced whole. Custom kinds
-(metallb.io) do not support strategic merge patch, as for CRDs in kube-apiserver.
+(CRD-defined kinds) do not support strategic merge patch, as for CRDs in kube-apiserver.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ _SCHEMAS: dict[str, Schema] = {
 
 
 def smp_supported(kind: Kind) -> bool:
-    return kind.group != "metallb.io"
+    """Strategic merge patch needs Go struct tags: custom resources (CRD kinds) do not support it, as in kube."""
+    return kind.custom is None
 
 
 class _Delete:

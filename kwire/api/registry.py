@@ -1,12 +1,37 @@
-"""The registry of kinds the API serves.
+"""The registry of kinds the API serves: the built-in `KINDS` plus kinds CustomResourceDefinitions add at run time.
 
-Adding a kind is one `Kind(...)` entry in `KINDS`; routing, discovery, OpenAPI v3 stubs, storage keys and
-watch all derive from it.
+Adding a built-in kind is one `Kind(...)` entry in `KINDS`; routing, discovery, OpenAPI v3 stubs, storage keys
+and watch all derive from it. `set_custom_kinds` replaces the kinds one CRD serves (one `Kind` per served
+version, each carrying its `CustomVersion`), as kube-apiserver's apiextensions handler swaps its serving
+info when a CRD changes; every lookup here sees built-in and custom kinds alike.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CustomVersion:
+    """What a CRD says about one served version: its schema, printer columns and scale subresource paths."""
+
+    crd_name: str
+    storage_version: str
+    schema: dict[str, Any] | None
+    printer_columns: tuple[dict[str, Any], ...] = ()
+    spec_replicas_path: str = ""
+    status_replicas_path: str = ""
+    label_selector_path: str = ""
+    preserve_unknown: bool = False
+    selectable_fields: tuple[str, ...] = ()
+    singular: str = ""
+    # Derived from `schema` once when the CRD is served (kwire.api.crd.custom.derive), not per request:
+    body_schema: dict[str, Any] | None = None  # schema without apiVersion/kind/metadata
+    defaults: dict[str, Any] | None = None  # the schema's subtrees that lead to a `default`
+    has_rules: bool = False
 
 
 @dataclass(frozen=True)
@@ -21,9 +46,12 @@ class Kind:
     subresources: tuple[str, ...] = ()
     list_kind: str = ""
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    custom: CustomVersion | None = field(default=None, compare=False, hash=False)
 
     @property
     def singular(self) -> str:
+        if self.custom is not None and self.custom.singular:
+            return self.custom.singular
         return self.kind.lower()
 
     @property
@@ -120,12 +148,59 @@ KINDS: tuple[Kind, ...] = (
     _k("networking.k8s.io", "v1", "IngressClass", "ingressclasses", namespaced=False),
     _k("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", short=("netpol",)),
     _k("coordination.k8s.io", "v1", "Lease", "leases"),
-    _k("metallb.io", "v1beta1", "IPAddressPool", "ipaddresspools", status=True),
-    _k("metallb.io", "v1beta1", "L2Advertisement", "l2advertisements", status=True),
+    _k(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        namespaced=False,
+        short=("crd", "crds"),
+        categories=("api-extensions",),
+        status=True,
+    ),
 )
 
-_BY_PATH: dict[tuple[str, str, str], Kind] = {(k.group, k.version, k.plural): k for k in KINDS}
-_BY_KIND: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in KINDS}
+_lock = threading.Lock()
+_CUSTOM: dict[str, tuple[Kind, ...]] = {}  # CRD name -> the kinds it serves (one per served version)
+_ALL: tuple[Kind, ...] = KINDS
+_BY_PATH: dict[tuple[str, str, str], Kind] = {}
+_BY_KIND: dict[tuple[str, str], Kind] = {}
+_BY_PREFIX: dict[str, Kind] = {}  # store prefix -> the kind at its storage version
+
+
+def _rebuild() -> None:
+    global _ALL, _BY_PATH, _BY_KIND, _BY_PREFIX
+    kinds = KINDS + tuple(k for ks in _CUSTOM.values() for k in ks)
+    by_path = {(k.group, k.version, k.plural): k for k in kinds}
+    by_kind = {(k.api_version, k.kind): k for k in kinds}
+    by_prefix: dict[str, Kind] = {}
+    for k in kinds:
+        if k.custom is None or k.custom.storage_version == k.version or k.prefix() not in by_prefix:
+            by_prefix[k.prefix()] = k
+    # Readers see either the old or the new maps, never a half-built one.
+    _ALL, _BY_PATH, _BY_KIND, _BY_PREFIX = kinds, by_path, by_kind, by_prefix
+
+
+_rebuild()
+
+
+def set_custom_kinds(crd_name: str, kinds: tuple[Kind, ...]) -> None:
+    """Serve `kinds` for the CRD `crd_name` (an empty tuple stops serving it)."""
+    with _lock:
+        if kinds:
+            _CUSTOM[crd_name] = kinds
+        else:
+            _CUSTOM.pop(crd_name, None)
+        _rebuild()
+
+
+def custom_kinds(crd_name: str) -> tuple[Kind, ...]:
+    return _CUSTOM.get(crd_name, ())
+
+
+def all_kinds() -> tuple[Kind, ...]:
+    """Every kind served right now: built-in first, then CRD-defined ones."""
+    return _ALL
 
 
 def by_path(group: str, version: str, plural: str) -> Kind | None:
@@ -136,15 +211,37 @@ def by_kind(api_version: str, kind: str) -> Kind | None:
     return _BY_KIND.get((api_version, kind))
 
 
+def storage_kind_for_key(key: str) -> Kind | None:
+    """The kind (at its storage version) whose store prefix holds `key` (`/registry/<group>/<plural>/...`)."""
+    parts = key.split("/", 4)
+    if len(parts) < 4:
+        return None
+    return _BY_PREFIX.get(f"/registry/{parts[2]}/{parts[3]}/")
+
+
 def groups() -> dict[str, list[str]]:
-    """Group name -> versions served (core group under "")."""
+    """Group name -> versions served (core group under ""), the preferred version first."""
     out: dict[str, list[str]] = {}
-    for k in KINDS:
+    for k in _ALL:
         versions = out.setdefault(k.group, [])
         if k.version not in versions:
             versions.append(k.version)
+    for g, versions in out.items():
+        if any(k.custom for k in _ALL if k.group == g):
+            versions.sort(key=version_priority)
     return out
 
 
 def kinds_in(group: str, version: str) -> list[Kind]:
-    return [k for k in KINDS if k.group == group and k.version == version]
+    return [k for k in _ALL if k.group == group and k.version == version]
+
+
+def version_priority(version: str) -> tuple[int, int, int, str]:
+    """kube's version ordering (GA before beta before alpha, higher numbers first, then others by name)."""
+    m = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
+    if not m:
+        return (3, 0, 0, version)
+    major = int(m.group(1))
+    stage = {None: 0, "beta": 1, "alpha": 2}[m.group(2)]
+    minor = int(m.group(3) or 0)
+    return (stage, -major, -minor, "")

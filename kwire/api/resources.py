@@ -22,6 +22,8 @@ import orjson
 from kwire.api import defaults, validation
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
+from kwire.api.crd import custom, definition
+from kwire.api.crd.serving import CrdServing
 from kwire.api.errors import (
     ApiError,
     already_exists,
@@ -34,7 +36,7 @@ from kwire.api.errors import (
 )
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import apply_patch
-from kwire.api.registry import KINDS, Kind, by_path
+from kwire.api.registry import Kind, by_path, storage_kind_for_key
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
 
@@ -46,6 +48,7 @@ _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's SimpleNameGenerato
 NAMESPACES = by_path("", "v1", "namespaces")
 SERVICES = by_path("", "v1", "services")
 PODS = by_path("", "v1", "pods")
+CRDS = definition.CRDS
 
 
 def now_rfc3339() -> str:
@@ -91,8 +94,17 @@ class Scan:
     `continue_token` is known once iteration has stopped at the limit (kube's rule: a token whenever keys remain
     after the last returned object, even if none of them would match)."""
 
-    def __init__(self, kvs: list[KV], revision: int, *, matches: Callable[[Obj], bool] | None, limit: int) -> None:
+    def __init__(
+        self,
+        kvs: list[KV],
+        revision: int,
+        *,
+        matches: Callable[[Obj], bool] | None,
+        limit: int,
+        present: Callable[[Obj], Obj] | None = None,
+    ) -> None:
         self._kvs = kvs
+        self._present = present  # a custom resource as read through the requested version
         self.revision = revision
         self._matches = matches
         self._limit = max(limit, 0)
@@ -103,6 +115,8 @@ class Scan:
         last = len(self._kvs) - 1
         for i, kv in enumerate(self._kvs):
             obj = decode(kv)
+            if self._present is not None:
+                obj = self._present(obj)
             if self._matches is not None and not self._matches(obj):
                 continue
             yield obj
@@ -131,11 +145,24 @@ class Resources:
         self.allocator = allocator
         self.admission = admission or Admission()
         self._after_write: list[Callable[[], None]] = []
+        self.crds = CrdServing(store)
 
     async def load(self) -> None:
-        assert SERVICES is not None
+        assert SERVICES is not None and CRDS is not None
         res = await self.store.range(SERVICES.prefix())
         self.allocator.load([decode(kv) for kv in res.items])
+        for kv in (await self.store.range(CRDS.prefix())).items:
+            crd = decode(kv)
+            self.crds.serve(crd, crd["metadata"]["name"])
+
+    # -- custom resources and their definitions ----------------------------------------------------------------
+    def _decode(self, kind: Kind, kv: KV) -> Obj:
+        obj = decode(kv)
+        return custom.present(kind, obj) if kind.custom is not None else obj
+
+    @staticmethod
+    def _encode(kind: Kind, obj: Obj) -> bytes:
+        return encode(custom.to_storage(kind, obj) if kind.custom is not None else obj)
 
     # -- reads -------------------------------------------------------------------------------------------------
     def _current(self, kind: Kind, namespace: str | None, name: str) -> KV:
@@ -145,11 +172,11 @@ class Resources:
         return kv
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
-        return decode(self._current(kind, namespace, name))
+        return self._decode(kind, self._current(kind, namespace, name))
 
     def get_or_none(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
         kv = self.store.get_now(kind.key(namespace, name))
-        return decode(kv) if kv else None
+        return self._decode(kind, kv) if kv else None
 
     async def scan(
         self,
@@ -170,7 +197,8 @@ class Resources:
         res = await self.store.range(prefix, start_after=start)
         filtered = (labels is not None and not labels.empty) or (fields is not None and not fields.empty)
         matches = (lambda obj: self._matches(obj, labels, fields)) if filtered else None
-        return Scan(res.items, res.revision, matches=matches, limit=limit)
+        present = (lambda obj: custom.present(kind, obj)) if kind.custom is not None else None
+        return Scan(res.items, res.revision, matches=matches, limit=limit, present=present)
 
     async def list(
         self,
@@ -244,16 +272,26 @@ class Resources:
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
         defaults.apply_defaults(kind, obj)
-        if "status" in kind.subresources and not isinstance(obj.get("status"), dict):
+        if kind.custom is not None:
+            if "status" in kind.subresources:
+                obj.pop("status", None)  # the CR strategy's PrepareForCreate: status is written through /status
+            custom.prepare_write(kind, obj)
+        if "status" in kind.subresources and not isinstance(obj.get("status"), dict) and kind.custom is None:
             obj["status"] = {}  # kube encodes a (zero) status struct for every kind that has one
         self.admission.admit_create(kind.kind, obj)
         errors = validation.validate_create(kind, obj)
+        if kind.custom is not None:
+            errors += custom.validate(kind, obj, None)
+        if kind is CRDS:
+            errors += await self.crds.prepare(obj, None)
         name = str(meta.get("name") or "")
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
         key = kind.key(namespace, name)
         if self.store.get_now(key) is not None:
             raise already_exists(kind.group, kind.plural, name)
+        if kind.custom is not None:
+            self.crds.check_create(kind)
         alloc = None
         if kind is SERVICES:
             alloc, errs = self.allocator.allocate(obj, None)
@@ -264,7 +302,7 @@ class Resources:
                 self.allocator.rollback(alloc)
             return obj
         try:
-            rev = await self.store.create(key, encode(obj))
+            rev = await self.store.create(key, self._encode(kind, obj))
         except KeyExists:
             if alloc:
                 self.allocator.rollback(alloc)
@@ -274,6 +312,8 @@ class Resources:
                 self.allocator.rollback(alloc)
             raise
         meta["resourceVersion"] = str(rev)
+        if kind is CRDS:
+            self.crds.serve(obj, name)
         return obj
 
     # -- update ------------------------------------------------------------------------------------------------
@@ -303,7 +343,7 @@ class Resources:
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        old = decode(kv)
+        old = self._decode(kind, kv)
         new = self._merge_update(kind, old, obj, subresource=subresource)
         if new == old:
             return old  # a no-op update writes nothing and keeps the resourceVersion, as kube-apiserver does
@@ -340,7 +380,12 @@ class Resources:
             else:
                 new.pop("status", None)
         defaults.apply_defaults(kind, new)
-        if _body_only(new) != _body_only(old):
+        if kind.custom is not None:
+            custom.prepare_write(kind, new)
+        changed = _body_only(new) != _body_only(old)
+        if kind.custom is not None and "status" not in kind.subresources:
+            changed = changed or new.get("status") != old.get("status")
+        if changed:
             meta["generation"] = int(old_meta.get("generation") or 1) + 1
         return new
 
@@ -348,6 +393,10 @@ class Resources:
         self, kind: Kind, namespace: str | None, name: str, kv: KV, old: Obj, new: Obj, *, dry_run: bool
     ) -> Obj:
         errors = validation.validate_update(kind, new, old)
+        if kind.custom is not None:
+            errors += custom.validate(kind, new, old)
+        if kind is CRDS:
+            errors += await self.crds.prepare(new, old)
         if errors:
             raise invalid_object(kind.group, kind.kind, name, errors)
         new["metadata"].pop("resourceVersion", None)
@@ -373,7 +422,7 @@ class Resources:
                 self.allocator.rollback(alloc)
             return new
         try:
-            rev = await self.store.update(kv.key, encode(new), expected_revision=kv.mod_revision)
+            rev = await self.store.update(kv.key, self._encode(kind, new), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             if alloc:
                 self.allocator.rollback(alloc)
@@ -386,6 +435,9 @@ class Resources:
         if alloc:
             self.allocator.commit_release(alloc)
         meta["resourceVersion"] = str(rev)
+        if kind is CRDS:
+            self.crds.serve(new, name)
+            await self.crds.renew_names(new)
         return new
 
     async def patch(
@@ -401,7 +453,7 @@ class Resources:
     ) -> Obj:
         for _ in range(20):
             kv = self._current(kind, namespace, name)
-            old = decode(kv)
+            old = self._decode(kind, kv)
             patched = apply_patch(kind, old, body, content_type)
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not an object")
@@ -444,7 +496,7 @@ class Resources:
         dry_run: bool = False,
     ) -> Obj:
         kv = self._current(kind, namespace, name)
-        obj = decode(kv)
+        obj = self._decode(kind, kv)
         meta = obj["metadata"]
         pre = preconditions or {}
         if pre.get("uid") and pre["uid"] != meta.get("uid"):
@@ -508,8 +560,10 @@ class Resources:
     async def _stamp(self, kind: Kind, kv: KV, obj: Obj, *, dry_run: bool) -> Obj:
         if dry_run:
             return obj
+        if kind is CRDS:  # a terminating CRD says so in its conditions
+            await self.crds.refresh_status(obj)
         try:
-            rev = await self.store.update(kv.key, encode(obj), expected_revision=kv.mod_revision)
+            rev = await self.store.update(kv.key, self._encode(kind, obj), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             name = obj["metadata"].get("name", "")
             raise conflict(
@@ -519,6 +573,8 @@ class Resources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             ) from None
         obj["metadata"]["resourceVersion"] = str(rev)
+        if kind is CRDS:
+            self.crds.serve(obj, str(obj["metadata"].get("name") or ""))
         return obj
 
     async def _remove(self, kind: Kind, kv: KV, obj: Obj) -> None:
@@ -535,6 +591,9 @@ class Resources:
             ) from None
         if kind is SERVICES:
             self.allocator.release_for(obj)
+        if kind is CRDS:
+            self.crds.serve(None, str(obj["metadata"].get("name") or ""))
+            await self.crds.renew_names(obj)
 
     # -- pods/binding -----------------------------------------------------------------------------------------
     async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:
@@ -595,8 +654,5 @@ class Resources:
 
 
 def kind_for_key(key: str) -> Kind | None:
-    """The kind whose store prefix holds `key`."""
-    for k in KINDS:
-        if key.startswith(k.prefix()):
-            return k
-    return None
+    """The kind whose store prefix holds `key` (a CRD-defined kind at its storage version)."""
+    return storage_kind_for_key(key)

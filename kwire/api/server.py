@@ -19,6 +19,7 @@ import yaml
 from aiohttp import web
 
 from kwire.api import discovery, eviction, kubeletproxy, protobuf, scale, streaming, tables
+from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -138,6 +139,13 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if request.method == "GET" and path in ("/api", "/apis"):
+            agg = discovery.aggregated_version(request.headers.get("Accept", ""))
+            if agg is not None:
+                doc = discovery.aggregated_discovery(core=path == "/api", version=agg)
+                return web.Response(
+                    body=orjson.dumps(doc), headers={"Content-Type": discovery.aggregated_content_type(agg)}
+                )
         if request.method == "GET":
             static = self._static(path)
             if static is not None:
@@ -233,21 +241,21 @@ class ApiServer:
     async def _scale(self, request: web.Request, target: Target) -> web.StreamResponse:
         obj = await self.resources.get(target.kind, target.namespace, target.name or "")
         if request.method == "GET":
-            return _json(scale.to_scale(obj))
+            return _json(scale.to_scale(obj, target.kind))
         if request.method == "PUT":
             wanted = await self._body(request)
         elif request.method == "PATCH":
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             if ctype == "application/strategic-merge-patch+json":
                 ctype = "application/merge-patch+json"  # Scale has no list fields: SMP is a merge patch here
-            wanted = apply_patch(target.kind, scale.to_scale(obj), await request.read(), ctype)
+            wanted = apply_patch(target.kind, scale.to_scale(obj, target.kind), await request.read(), ctype)
         else:
             raise method_not_allowed()
         new = scale.apply_scale(target.kind, obj, wanted)
         updated = await self.resources.update(
             target.kind, target.namespace, target.name or "", new, dry_run=_dry_run(request)
         )
-        return _json(scale.to_scale(updated))
+        return _json(scale.to_scale(updated, target.kind))
 
     def _static(self, path: str) -> web.Response | None:
         if path == "/cacerts" and self.ca_pem:
@@ -264,7 +272,7 @@ class ApiServer:
         if path == "/openapi/v3":
             return _json(discovery.openapi_v3_root())
         if path.startswith("/openapi/v3/"):
-            doc = discovery.OPENAPI_V3_DOCS.get(path[len("/openapi/v3/") :])
+            doc = discovery.openapi_v3_docs().get(path[len("/openapi/v3/") :])
             if doc is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return web.Response(body=doc, content_type=JSON)
@@ -307,12 +315,15 @@ class ApiServer:
         return tables.table(kind, objs, now=now, resource_version=resource_version, continue_token=continue_token)
 
     @staticmethod
-    def _selectors(request: web.Request) -> tuple[Selector, FieldSelector]:
+    def _selectors(request: web.Request, kind: Kind) -> tuple[Selector, FieldSelector]:
         try:
             labels = parse(request.query.get("labelSelector"))
         except SelectorError as exc:
             raise bad_request(f"unable to parse requirement: {exc}") from None
-        return labels, parse_fields(request.query.get("fieldSelector"))
+        fields = parse_fields(request.query.get("fieldSelector"))
+        if kind.custom is not None:
+            custom.check_field_selector(kind, fields)
+        return labels, fields
 
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
@@ -321,7 +332,7 @@ class ApiServer:
         return self._object_response(request, target.kind, obj, 201)
 
     async def _list(self, request: web.Request, target: Target) -> web.StreamResponse:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         try:
             limit = int(request.query.get("limit") or 0)
         except ValueError:
@@ -396,7 +407,7 @@ class ApiServer:
         return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         opts = await self._delete_options(request)
         res = await self.resources.list(target.kind, target.namespace, labels=labels, fields=fields)
         deleted: list[Obj] = []
@@ -422,7 +433,7 @@ class ApiServer:
     # -- watch -----------------------------------------------------------------------------------------------
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         kind = target.kind
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, kind)
         if target.name:  # /namespaces/x/pods/name?watch=1 is the deprecated single-object watch
             fields = parse_fields(
                 ",".join(filter(None, [request.query.get("fieldSelector"), f"metadata.name={target.name}"]))
@@ -509,7 +520,7 @@ class ApiServer:
                     except StopAsyncIteration:
                         break
                     events.extend(watch.ready())
-                out = [b for ev in events for b in self._event_lines(ev, line, matches)]
+                out = [b for ev in events for b in self._event_lines(kind, ev, line, matches)]
                 if out:
                     await resp.write(b"".join(out))
                     last_sent = loop.time()
@@ -521,19 +532,27 @@ class ApiServer:
         return resp
 
     @staticmethod
-    def _event_lines(ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]) -> list[bytes]:
+    def _event_lines(
+        kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
+    ) -> list[bytes]:
         obj = decode(value=ev.value, revision=ev.revision)
+        if kind.custom is not None:
+            obj = custom.present(kind, obj)
         if ev.type == DELETED:
             return [line(DELETED, obj)] if matches(obj) else []
         now = matches(obj)
         if ev.type == ADDED:
             return [line(ADDED, obj)] if now else []
-        before = matches(decode(value=ev.prev_value, revision=ev.revision)) if ev.prev_value else False
+        prev = decode(value=ev.prev_value, revision=ev.revision) if ev.prev_value else None
+        if prev is not None and kind.custom is not None:
+            prev = custom.present(kind, prev)
+        before = matches(prev) if prev is not None else False
         if now and before:
             return [line(MODIFIED, obj)]
         if now:
             return [line(ADDED, obj)]
         if before:
             # The object left the selector: watchers see it deleted (kube's cacher sends the previous state).
-            return [line(DELETED, decode(value=ev.prev_value, revision=ev.revision))]
+            assert prev is not None
+            return [line(DELETED, prev)]
         return []

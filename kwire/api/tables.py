@@ -1,7 +1,7 @@
 """Server-side printing (`as=Table`): the columns and cells kube-apiserver's printers produce.
 
 Mirrors kubernetes `pkg/printers/internalversion/printers.go` for the kinds we serve (priority-1 columns are
-what `-o wide` adds) and the metallb CRDs' additionalPrinterColumns.
+what `-o wide` adds); custom resources get their CRD's additionalPrinterColumns (`kwire.api.crd.columns`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from kwire.api.crd import columns
 from kwire.api.registry import Kind
 
 Obj = dict[str, Any]
@@ -530,14 +531,8 @@ def _lease(o: Obj, now: dt.datetime) -> Cells:
     ]
 
 
-def _pool(o: Obj, now: dt.datetime) -> Cells:
-    spec = o.get("spec") or {}
-    return [
-        bool(spec.get("autoAssign", True)),
-        bool(spec.get("avoidBuggyIPs", False)),
-        "[" + " ".join(spec.get("addresses") or []) + "]",
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
-    ]
+def _crd(o: Obj, now: dt.datetime) -> Cells:
+    return [o["metadata"].get("creationTimestamp") or "<unknown>"]
 
 
 def _default(o: Obj, now: dt.datetime) -> Cells:
@@ -676,23 +671,36 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
     "IngressClass": ([_col("Controller"), _col("Parameters"), AGE], _ingressclass),
     "NetworkPolicy": ([_col("Pod-Selector"), AGE], _netpol),
     "Lease": ([_col("Holder"), AGE], _lease),
-    "IPAddressPool": (
-        [_col("Auto Assign", type_="boolean"), _col("Avoid Buggy IPs", type_="boolean"), _col("Addresses"), AGE],
-        _pool,
+    # apiextensions-apiserver prints the creation time itself, not an age
+    "CustomResourceDefinition": (
+        [
+            _col(
+                "Created At",
+                type_="date",
+                desc="CreationTimestamp is a timestamp representing the server time when this object was created.",
+            )
+        ],
+        _crd,
     ),
 }
 
 
 def column_definitions(kind: Kind) -> list[dict[str, Any]]:
+    if kind.custom is not None:
+        return columns.column_definitions(kind)
     cols, _ = _PRINTERS.get(kind.kind, ([AGE], _default))
     return [NAME, *cols]
 
 
 def row(kind: Kind, obj: Obj, *, now: dt.datetime) -> dict[str, Any]:
-    _, fn = _PRINTERS.get(kind.kind, ([AGE], _default))
     meta = obj.get("metadata") or {}
+    if kind.custom is not None:
+        cells = columns.cells(kind, obj, now=now)
+    else:
+        _, fn = _PRINTERS.get(kind.kind, ([AGE], _default))
+        cells = [meta.get("name", ""), *fn(obj, now)]
     return {
-        "cells": [meta.get("name", ""), *fn(obj, now)],
+        "cells": cells,
         "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
     }
 

@@ -1038,34 +1038,6 @@ def _event(obj: Obj, old: Obj | None) -> Errs:
     return []
 
 
-def _range_or_cidr(value: str) -> bool:
-    try:
-        if "-" in value:
-            a, b = (ipaddress.ip_address(x.strip()) for x in value.split("-", 1))
-            return a.version == b.version and a <= b  # type: ignore[operator]
-        ipaddress.ip_network(value, strict=False)
-        return True
-    except ValueError:
-        return False
-
-
-def _ipaddresspool(obj: Obj, old: Obj | None) -> Errs:
-    errs: Errs = []
-    addrs = (obj.get("spec") or {}).get("addresses")
-    if not addrs:
-        errs.append(required("spec.addresses"))
-    for i, a in enumerate(addrs or []):
-        if not _range_or_cidr(str(a)):
-            errs.append(
-                invalid(
-                    f"spec.addresses[{i}]",
-                    a,
-                    "invalid CIDR or range (expected a CIDR such as 192.168.10.0/24 or a range such as 192.168.10.1-192.168.10.20)",
-                )
-            )
-    return errs
-
-
 _VALIDATORS: dict[str, Callable[[Obj, Obj | None], Errs]] = {
     "Pod": _pod,
     "Service": _service,
@@ -1085,7 +1057,6 @@ _VALIDATORS: dict[str, Callable[[Obj, Obj | None], Errs]] = {
     "IngressClass": _ingressclass,
     "NetworkPolicy": _netpol,
     "Event": _event,
-    "IPAddressPool": _ipaddresspool,
 }
 
 
