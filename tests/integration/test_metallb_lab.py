@@ -1,0 +1,167 @@
+"""MetalLB layer 2 in a 3-node lab, the seed's flow: MetalLB's own manifest applied unchanged, the example pool
+and advertisement, a LoadBalancer Service gets the first pool IP, the client host on the LAN reaches it and its
+neighbour table holds the leader's MAC; a requested IP is honoured, one outside every pool stays pending with an
+AllocationFailed event; and when the leader's node stops, the IP moves to another node."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.labkit import Lab, wait_for
+
+pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = Path("/work/shared/upstream/metallb-native-v0.14.9.yaml")
+NOT_SERVED = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingWebhookConfiguration")
+
+APP = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: nginx, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: asked}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 192.168.77.110
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 10.9.9.9
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+@pytest.fixture(scope="module")
+def mlb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    cfg = tmp_path_factory.mktemp("metallb") / "config.yaml"
+    cfg.write_text("disable:\n  - servicelb\n")
+    lab = Lab("mlb", nodes=3, backend="vxlan", config_file=str(cfg))
+    try:
+        lab.up()
+        res = lab.kubectl("apply", "--validate=false", "-f", str(MANIFEST), check=False)
+        # Everything applies except kinds this branch's API server does not serve yet (RBAC, webhook configs).
+        for line in res.stderr.splitlines():
+            m = re.search(r'no matches for kind "(\w+)"', line)
+            if m:
+                assert m.group(1) in NOT_SERVED, line
+            else:
+                assert "ensure CRDs are installed first" in line or not line.strip(), line
+        lab.wait_pods_ready("component=controller", 1, namespace="metallb-system", timeout=90)
+        lab.wait_pods_ready("component=speaker", 3, namespace="metallb-system", timeout=90)
+        wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb-lab.yaml")), timeout=30, what="pool")
+        lab.apply(APP)
+        lab.wait_pods_ready("app=web", 3, timeout=60)
+        yield lab
+    finally:
+        lab.down()
+
+
+def ingress_ip(lab: Lab, name: str) -> str:
+    svc = lab.get("svc", name)
+    ing = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    assert ing, f"{name} has no IP yet"
+    return str(ing[0]["ip"])
+
+
+def mac_of(lab: Lab, node: str) -> str:
+    out = lab.run(node, "cat", "/sys/class/net/eth0/address")
+    return out.strip()
+
+
+def leader(ip: str, nodes: list[str]) -> str:
+    return sorted(nodes, key=lambda n: hashlib.sha256(f"{n}#{ip}".encode()).digest())[0]
+
+
+def client_neigh_mac(lab: Lab, ip: str) -> str:
+    out = lab.run("client", "ip", "neigh", "show", ip)
+    m = re.search(r"lladdr ([0-9a-f:]{17})", out)
+    assert m, out
+    return m.group(1)
+
+
+def curl_ok(lab: Lab, ip: str) -> dict[str, object]:
+    return lab.curl_json("client", f"http://{ip}/")
+
+
+def test_seed_flow_first_pool_ip_reached_from_client_through_leader(mlb: Lab) -> None:
+    ip = wait_for(lambda: ingress_ip(mlb, "web"), timeout=30, what="web gets an IP")
+    assert ip == "192.168.77.100"
+    svc = mlb.get("svc", "web")
+    assert svc["metadata"]["annotations"]["metallb.io/ip-allocated-from-pool"] == "first-pool"
+    assert ip in mlb.kubectl("get", "svc", "web").stdout
+    wait_for(lambda: curl_ok(mlb, ip), timeout=30, what="client reaches the LB IP")
+    want = leader(ip, ["node1", "node2", "node3"])
+    assert client_neigh_mac(mlb, ip) == mac_of(mlb, want)
+    events = mlb.kubectl("describe", "svc", "web").stdout
+    assert "IPAllocated" in events and "nodeAssigned" in events
+
+
+def test_requested_ip_honoured_and_outside_ip_pending_with_event(mlb: Lab) -> None:
+    assert wait_for(lambda: ingress_ip(mlb, "asked"), timeout=30, what="asked IP") == "192.168.77.110"
+    wait_for(lambda: curl_ok(mlb, "192.168.77.110"), timeout=30, what="client reaches the asked IP")
+
+    def failed() -> str:
+        out = mlb.kubectl("describe", "svc", "outside").stdout
+        assert "AllocationFailed" in out, out
+        return out
+
+    out = wait_for(failed, timeout=30, what="AllocationFailed event")
+    assert '"10.9.9.9" is not allowed in config' in out.replace("'", '"')
+    assert "<pending>" in mlb.kubectl("get", "svc", "outside").stdout
+
+
+def test_leader_stopped_ip_moves(mlb: Lab) -> None:
+    ip = wait_for(lambda: ingress_ip(mlb, "web"), timeout=30, what="web IP")
+    wait_for(lambda: curl_ok(mlb, ip), timeout=30, what="client reaches the LB IP")
+    old = leader(ip, ["node1", "node2", "node3"])
+    if old == "node1":
+        pytest.fail("the server's node leads this IP in the 3-node lab; stopping it would stop the API")
+    survivors = [n for n in ("node1", "node2", "node3") if n != old]
+    new = leader(ip, survivors)
+    subprocess.run(
+        ["python", "-m", "kwire", "lab", "node", "stop", "--name", mlb.name, old], check=True, cwd=ROOT, timeout=60
+    )
+    start = time.monotonic()
+    try:
+        wait_for(lambda: curl_ok(mlb, ip), timeout=20, interval=0.2, what="client reaches the IP via the new leader")
+        took = time.monotonic() - start
+        assert client_neigh_mac(mlb, ip) == mac_of(mlb, new)
+        assert took < 10, took
+    finally:
+        subprocess.run(
+            ["python", "-m", "kwire", "lab", "node", "start", "--name", mlb.name, old],
+            check=False,
+            cwd=ROOT,
+            timeout=90,
+        )
