@@ -130,8 +130,15 @@ def main() -> int:
             wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb-lab.yaml")), timeout=30)
             lab.apply(APP.format(ip=ip))
             lab.wait_pods_ready("app=web", 3, timeout=90)
+            mac = lab.run(old, "cat", "/sys/class/net/eth0/address").strip()
             loop = RequestLoop(lab, ip)
-            wait_for(lambda: loop.since(time.monotonic() - 0.3)[-1][1] or None, timeout=60, what="first reply")
+
+            def answering() -> bool | None:
+                recent = loop.since(time.monotonic() - 0.5)
+                return True if recent and recent[-1][1] else None
+
+            wait_for(answering, timeout=60, what="first reply")
+            wait_for(lambda: mac in lab.run("client", IP, "neigh", "show", ip) or None, timeout=60, what="leader's MAC")
             print(f"LB IP {ip}: leader {old}, next {new}; {args.rounds} leader stops")
             took: list[float] = []
             lost: list[int] = []
@@ -144,11 +151,18 @@ def main() -> int:
                     return ok[0] if ok else None
 
                 first = wait_for(recovered, timeout=30, interval=0.05, what="a reply through the new leader")
+                assert first is not None
                 took.append(first - t0)
-                lost.append(sum(1 for t, good in loop.since(t0) if t < first and not good))
+                lost.append(len([t for t, good in loop.since(t0) if t < first and not good]))
                 print(f"  round {r + 1}: {took[-1]:.2f} s, {lost[-1]} requests lost", flush=True)
                 labmod.node_start(lab.name, old, timeout=90)
-                time.sleep(3)  # the old leader announces again; let the client's neighbour entry settle
+                # The old leader leads again once it is heard: wait until the client sends to it once more.
+                wait_for(
+                    lambda: mac in lab.run("client", IP, "neigh", "show", ip) or None,
+                    timeout=60,
+                    what="old leader back",
+                )
+                wait_for(answering, timeout=60, what="replies through the old leader")
             print(
                 f"failover: min {min(took):.2f} s, median {statistics.median(took):.2f} s, max {max(took):.2f} s; "
                 f"requests lost per stop: min {min(lost)}, median {statistics.median(lost):.0f}, max {max(lost)} "

@@ -6,7 +6,7 @@ with a class belongs to someone else and is left alone) gets IPs from the IPAddr
 `AllocationFailed` (with the reason) and `ClearAssignment` go on the Service as MetalLB writes them. IPs survive a
 controller restart: on start the IPs Services already hold are taken back first (MetalLB's startup pass), so a
 new Service cannot take them. A Service that stops being a LoadBalancer gets its status cleared. The controller
-also creates the `memberlist` Secret the speaker pods mount (as MetalLB's controller does), serves /metrics on
+also serves MetalLB's validating webhook (`webhook.py`, port 9443), creates the `memberlist` Secret the speaker pods mount (as MetalLB's controller does), serves /metrics on
 --port (its readiness probe), and says once, in a log line and an event, when K3s's ServiceLB also claims the
 same Services (the fix: `disable: [servicelb]`).
 """
@@ -39,7 +39,7 @@ from kwire.client.client import (
 from kwire.client.events import EventRecorder
 from kwire.client.informer import key_of
 from kwire.client.kubeconfig import SA_DIR, in_cluster_config
-from kwire.metallb import pools
+from kwire.metallb import pools, webhook
 from kwire.metallb.pools import AllocationError, Allocator, PoolError
 
 log = logging.getLogger("kwire.metallb.controller")
@@ -72,6 +72,7 @@ class MetallbController:
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
         self._queued: set[str] = set()
         self._warned_servicelb = False
+        self._webhook_runner: web.AppRunner | None = None
 
     def enqueue(self, key: str) -> None:
         if key not in self._queued and not self.queue.full():
@@ -115,7 +116,9 @@ class MetallbController:
         self._reload_pools()
         self._restore()
         await self._ensure_memberlist_secret()
+        webhook_task = asyncio.create_task(self._webhook(), name="webhook")
         self.enqueue_all()
+        assert webhook_task is not None
         while True:
             key = await self.queue.get()
             self._queued.discard(key)
@@ -124,6 +127,20 @@ class MetallbController:
             except Exception as exc:  # an API error or a connection drop: look again after a pause
                 log.info("sync %s: %s (retrying)", key, exc)
                 asyncio.get_running_loop().call_later(1.0, self.enqueue, key)
+
+    async def _webhook(self) -> None:
+        """Serve the validating webhook once its certificate is in place (retried with back-off)."""
+        attempt = 0
+        while True:
+            try:
+                certs = await webhook.ensure_certs(self.client, self.namespace)
+                self._webhook_runner = await webhook.serve(certs, self.pools_inf.items)
+                log.info("webhook serving on :%d", webhook.PORT)
+                return
+            except Exception as exc:  # API errors, a busy port: try again
+                attempt += 1
+                log.warning("webhook not served yet: %s", exc)
+                await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
 
     def _restore(self) -> None:
         """Take back the IPs Services hold from before a restart, before anything new is assigned."""
@@ -268,6 +285,8 @@ async def _main(args: argparse.Namespace) -> None:
     except asyncio.CancelledError:
         log.info("stopping")
     finally:
+        if ctl._webhook_runner is not None:
+            await ctl._webhook_runner.cleanup()
         await ctl.informers.stop()
         await client.close()
         await runner.cleanup()

@@ -3,7 +3,8 @@ runs; the pod is hostNetwork, so this process lives in the node's network namesp
 
 After a quiet start (2 s: it first hears the other speakers), every 0.1 s it recomputes, from its informer caches and the live speakers (`members.py`), which assigned IPs this
 node leads (`election.py`), answers ARP for exactly those (`arp.py`) on the node's LAN interface (the one holding
-METALLB_HOST), and on taking an IP over sends gratuitous ARP at once and then every 1.1 s for 5 s, records the
+METALLB_HOST), and on taking an IP over (or when a speaker joins or rejoins, e.g. this node after a partition)
+sends gratuitous ARP at once and then every 1.1 s for 5 s, records the
 `nodeAssigned` event on the Service and writes the Service's ServiceL2Status (`l2-<hash of node and service>` in the
 speaker's namespace, status.node/serviceName/serviceNamespace/interfaces) as MetalLB's speaker does. The node's service proxy
 already accepts traffic for load-balancer IPs. Interfaces listed in the `metallb-excludel2` ConfigMap are never
@@ -95,6 +96,7 @@ class Speaker:
         self._garp_next: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._quiet_until = time.monotonic() + 2 * DEAD_AFTER
+        self._last_alive: set[str] = set()
 
     @staticmethod
     def _slice_service(sl: Obj) -> list[str]:
@@ -172,6 +174,7 @@ class Speaker:
         self.informers.start()
         await self.informers.wait_synced(timeout=120)
         self._quiet_until = time.monotonic() + 2 * DEAD_AFTER
+        self._last_alive = {self.node}
         loop = asyncio.get_running_loop()
         members = asyncio.create_task(self.members.run(), name="members")
         arp = ArpResponder(self.interface, self.mac, lambda: set(self.leading))
@@ -194,6 +197,14 @@ class Speaker:
         if now < self._quiet_until:
             return  # just started: hear the other speakers first, or every node would claim every IP at once
         want = self.compute()
+        alive = self.members.alive()
+        if alive - self._last_alive:
+            # A speaker (re)joined, e.g. this node after a partition: announce again what we lead, so clients
+            # that moved to another node while we were unreachable come back at once.
+            for ip in set(want) & set(self.leading):
+                self._garp_until[ip] = now + GARP_FOR
+                self._garp_next[ip] = now
+        self._last_alive = alive
         for ip in set(self.leading) - set(want):
             log.info("stop announcing %s (%s)", ip, self.leading[ip])
             self._spawn(self._withdrawn(self.leading[ip]))
