@@ -10,9 +10,10 @@ import sys
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from kwire.agent.kubelet import podspec
-from kwire.metallb import arp, election, pools
+from kwire.metallb import arp, election, pools, webhook
 
 Obj = dict[str, Any]
 
@@ -168,3 +169,32 @@ def test_arp_request_parsed_and_reply_framed() -> None:
     assert len(req) == 42 and ipaddress.ip_address(socket.inet_ntoa(reply[28:32])) == ipaddress.ip_address(
         "192.168.77.100"
     )
+
+
+def test_webhook_refuses_overlapping_and_malformed_pools_and_unknown_pool_references() -> None:
+    existing = {"metadata": {"name": "first"}, "spec": {"addresses": ["192.168.77.100-192.168.77.120"]}}
+    overlapping = {"metadata": {"name": "second"}, "spec": {"addresses": ["192.168.77.0/25"]}}
+    why = webhook.review_pool(overlapping, [existing])
+    assert why == (
+        "CIDR 192.168.77.0-192.168.77.127 in pool second overlaps with already defined CIDR "
+        "192.168.77.100-192.168.77.120 (pool first)"
+    )
+    assert webhook.review_pool(existing, [existing]) == ""  # an update of the same pool
+    bad = {"metadata": {"name": "bad"}, "spec": {"addresses": ["192.168.77.9-192.168.77.1"]}}
+    assert "is after end" in webhook.review_pool(bad, [])
+    adv = {"metadata": {"name": "l2"}, "spec": {"ipAddressPools": ["first", "nope"]}}
+    assert "'nope'" in webhook.review_l2(adv, {"first"})
+    review = {"request": {"uid": "u-1"}}
+    assert webhook.admission_response(review, "no")["response"] == {
+        "uid": "u-1",
+        "allowed": False,
+        "status": {"code": 403, "message": "no", "reason": "Forbidden"},
+    }
+
+
+def test_webhook_certificate_names_the_service_and_is_signed_by_its_ca() -> None:
+    certs = webhook.make_certs("metallb-system")
+    assert webhook._valid_for(certs, "metallb-system") and not webhook._valid_for(certs, "other")
+    ca = x509.load_pem_x509_certificate(certs["ca.crt"])
+    cert = x509.load_pem_x509_certificate(certs["tls.crt"])
+    cert.verify_directly_issued_by(ca)
