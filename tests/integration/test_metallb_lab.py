@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kwire.lab import lab as labmod
 from tests.integration.labkit import Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -141,6 +142,121 @@ def test_requested_ip_honoured_and_outside_ip_pending_with_event(mlb: Lab) -> No
     assert "<pending>" in mlb.kubectl("get", "svc", "outside").stdout
 
 
+SHARED = """
+apiVersion: v1
+kind: Service
+metadata: {name: share-a, annotations: {metallb.io/allow-shared-ip: k}}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 192.168.77.115
+  selector: {app: web}
+  ports: [{port: 81, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: share-b, annotations: {metallb.universe.tf/allow-shared-ip: k}}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 192.168.77.115
+  selector: {app: web}
+  ports: [{port: 82, targetPort: 8080}]
+"""
+
+
+def test_ip_sharing_with_the_same_key(mlb: Lab) -> None:
+    mlb.apply(SHARED)
+    assert wait_for(lambda: ingress_ip(mlb, "share-a"), timeout=30, what="share-a") == "192.168.77.115"
+    assert wait_for(lambda: ingress_ip(mlb, "share-b"), timeout=30, what="share-b") == "192.168.77.115"
+    wait_for(lambda: mlb.curl_json("client", "http://192.168.77.115:81/"), timeout=30, what="port 81")
+    wait_for(lambda: mlb.curl_json("client", "http://192.168.77.115:82/"), timeout=30, what="port 82")
+
+
+LOCAL = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: one}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: one}}
+  template:
+    metadata: {labels: {app: one}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: node2}
+      containers: [{name: c, image: nginx, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  loadBalancerIP: 192.168.77.%d
+  selector: {app: one}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+def test_etp_local_leader_is_a_node_with_an_endpoint(mlb: Lab) -> None:
+    # An IP that node2 would not lead by hash among all nodes, so only the endpoint rule puts it there.
+    last = next(i for i in range(111, 121) if leader(f"192.168.77.{i}", ["node1", "node2", "node3"]) != "node2")
+    ip = f"192.168.77.{last}"
+    mlb.apply(LOCAL % last)
+    mlb.wait_pods_ready("app=one", 1, timeout=60)
+    assert wait_for(lambda: ingress_ip(mlb, "local"), timeout=30, what="local IP") == ip
+    wait_for(lambda: curl_ok(mlb, ip), timeout=30, what="client reaches the Local service")
+    assert client_neigh_mac(mlb, ip) == mac_of(mlb, "node2")
+
+
+PINNED = """
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: pinned, namespace: metallb-system}
+spec:
+  addresses: [192.168.77.130/31]
+  autoAssign: false
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: pinned, namespace: metallb-system}
+spec:
+  ipAddressPools: [pinned]
+  nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node3}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pinned, annotations: {metallb.io/address-pool: pinned}}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+def test_node_selectors_respected_and_pool_deletion_withdraws(mlb: Lab) -> None:
+    mlb.apply(PINNED)
+    ip = wait_for(lambda: ingress_ip(mlb, "pinned"), timeout=30, what="pinned IP")
+    assert ip == "192.168.77.130"
+    wait_for(lambda: curl_ok(mlb, ip), timeout=30, what="client reaches the pinned IP")
+    assert client_neigh_mac(mlb, ip) == mac_of(mlb, "node3")
+    mlb.kubectl("delete", "ipaddresspool", "pinned", "-n", "metallb-system")
+
+    def withdrawn() -> bool:
+        svc = mlb.get("svc", "pinned")
+        assert not ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress"), svc["status"]
+        return True
+
+    wait_for(withdrawn, timeout=30, what="the IP withdrawn")
+    out = mlb.kubectl("describe", "svc", "pinned").stdout
+    assert "ClearAssignment" in out and "AllocationFailed" in out
+    mlb.run("client", "ip", "neigh", "flush", "dev", "eth0")
+    res = subprocess.run(
+        ["ip", "netns", "exec", mlb.netns_of("client"), "curl", "-s", "-m", "2", f"http://{ip}/"],
+        capture_output=True,
+        timeout=10,
+    )
+    assert res.returncode != 0  # nobody answers ARP for it any more
+
+
 def test_leader_stopped_ip_moves(mlb: Lab) -> None:
     ip = wait_for(lambda: ingress_ip(mlb, "web"), timeout=30, what="web IP")
     wait_for(lambda: curl_ok(mlb, ip), timeout=30, what="client reaches the LB IP")
@@ -149,9 +265,7 @@ def test_leader_stopped_ip_moves(mlb: Lab) -> None:
         pytest.fail("the server's node leads this IP in the 3-node lab; stopping it would stop the API")
     survivors = [n for n in ("node1", "node2", "node3") if n != old]
     new = leader(ip, survivors)
-    subprocess.run(
-        ["python", "-m", "kwire", "lab", "node", "stop", "--name", mlb.name, old], check=True, cwd=ROOT, timeout=60
-    )
+    labmod.node_stop(mlb.name, old)  # what `kwire lab node stop` does: agent killed, LAN cable unplugged
     start = time.monotonic()
     try:
         wait_for(lambda: curl_ok(mlb, ip), timeout=20, interval=0.2, what="client reaches the IP via the new leader")
@@ -159,9 +273,4 @@ def test_leader_stopped_ip_moves(mlb: Lab) -> None:
         assert client_neigh_mac(mlb, ip) == mac_of(mlb, new)
         assert took < 10, took
     finally:
-        subprocess.run(
-            ["python", "-m", "kwire", "lab", "node", "start", "--name", mlb.name, old],
-            check=False,
-            cwd=ROOT,
-            timeout=90,
-        )
+        labmod.node_start(mlb.name, old, timeout=90)
