@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 import socket
@@ -25,6 +26,7 @@ from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ConfigError, ServerConfig
@@ -69,6 +71,7 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
             await resources.create(ns_kind, None, {"metadata": {"name": ns}})
     port = int(cfg.https_listen_port)
     await _publish_cluster_config(resources, cfg)
+    await _bootstrap_classes(resources, local_storage=not cfg.disabled("local-storage"))
     if resources.get_or_none(svc_kind, "default", "kubernetes") is None:
         await resources.create(
             svc_kind,
@@ -109,6 +112,44 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
                 await resources.update(kind, "default", "kubernetes", merged)
             except ApiError as err:
                 log.warning("bootstrap: updating %s default/kubernetes: %s", kind.plural, err.message)
+
+
+SYSTEM_PRIORITY_CLASSES = {
+    # kube-apiserver's scheduling bootstrap (pkg/apis/scheduling: SystemPriorityClasses)
+    "system-node-critical": (
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    "system-cluster-critical": (
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+}
+LOCAL_PATH_CLASS: dict[str, Any] = {
+    # K3s's local-storage manifest (the local-path-provisioner's StorageClass)
+    "metadata": {
+        "name": "local-path",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        "labels": {"objectset.rio.cattle.io/hash": "kwire-local-storage"},
+    },
+    "provisioner": "rancher.io/local-path",
+    "volumeBindingMode": "WaitForFirstConsumer",
+    "reclaimPolicy": "Delete",
+}
+
+
+async def _bootstrap_classes(resources: Resources, *, local_storage: bool) -> None:
+    """The two system PriorityClasses (kube-apiserver creates them) and K3s's `local-path` StorageClass."""
+    pc_kind = by_path("scheduling.k8s.io", "v1", "priorityclasses")
+    sc_kind = by_path("storage.k8s.io", "v1", "storageclasses")
+    assert pc_kind and sc_kind
+    for name, (value, description) in SYSTEM_PRIORITY_CLASSES.items():
+        if resources.get_or_none(pc_kind, None, name) is None:
+            await resources.create(
+                pc_kind, None, {"metadata": {"name": name}, "value": value, "description": description}
+            )
+    if local_storage and resources.get_or_none(sc_kind, None, "local-path") is None:
+        await resources.create(sc_kind, None, copy.deepcopy(LOCAL_PATH_CLASS))
 
 
 CLUSTER_CONFIG = "kwire-config"
@@ -159,6 +200,9 @@ class Server:
             t.cancel()
         self.api.stop_watches()
         await self.lifecycle.stop()
+        if self.resources.admission is not None:
+            await self.resources.admission.stop()
+        await self.resources.conversion.close()
         await self.runner.cleanup()
         await self.store.close()
 
@@ -207,16 +251,19 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(cfg, data_dir)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
-    admission = Admission(
+    plugins = Admission(
         not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
         unreachable_toleration_seconds=cfg.default_unreachable_toleration_seconds,
     )
-    resources = Resources(store, allocator=allocator, admission=admission)
+    resources = Resources(store, allocator=allocator, plugins=plugins)
     await resources.load()
     address = _node_address(cfg)
     await bootstrap(resources, cfg, address=address)
     lifecycle = Lifecycle(resources)
     await lifecycle.start()
+    admission = WebhookAdmission(store, lookup=resources, namespace_labels=resources.namespace_labels)
+    await admission.start()
+    resources.admission = admission
 
     sans_ip = sorted(
         {"127.0.0.1", address, str(cfg.api_service_ip)}

@@ -30,6 +30,7 @@ VERSION = {
     "platform": "linux/amd64",
 }
 
+PROXIED = ("Pod", "Service", "Node")
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -62,6 +63,17 @@ def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
         if sub == "eviction":  # kubectl drain looks for exactly this entry before it evicts
             entry.update({"kind": "Eviction", "group": "policy", "version": "v1", "verbs": ["create"]})
         out.append(entry)
+    if kind.api_version == "v1" and kind.kind in PROXIED:
+        # the proxy subresources (kwire.api.proxy), listed as kube-apiserver lists them
+        out.append(
+            {
+                "name": f"{kind.plural}/proxy",
+                "singularName": "",
+                "namespaced": kind.namespaced,
+                "kind": f"{kind.kind}ProxyOptions",
+                "verbs": ["create", "delete", "get", "patch", "update"],
+            }
+        )
     return out
 
 

@@ -277,7 +277,7 @@ class Lifecycle:
     async def _empty_namespace(self, ns: str) -> None:
         remaining = 0
         for kind in all_kinds():
-            if not kind.namespaced or kind_for_key(kind.prefix()) is not kind:
+            if not kind.namespaced or kind_for_key(kind.prefix()) is not kind or kind.stored_as is not None:
                 continue
             res = await self.resources.store.range(kind.prefix(ns))
             for kv in res.items:

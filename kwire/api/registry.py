@@ -45,6 +45,9 @@ class Kind:
     categories: tuple[str, ...] = ()
     subresources: tuple[str, ...] = ()
     list_kind: str = ""
+    # Kinds kube stores in another version's shape (events.k8s.io/v1 Event as a core Event, autoscaling/v1 HPA as
+    # autoscaling/v2): the (group, plural) whose storage they share; `kwire.api.convert` converts on the way.
+    stored_as: tuple[str, str] | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     custom: CustomVersion | None = field(default=None, compare=False, hash=False)
 
@@ -64,19 +67,25 @@ class Kind:
 
     @property
     def store_group(self) -> str:
+        if self.stored_as is not None:
+            return self.stored_as[0] or "core"
         return self.group or "core"
+
+    @property
+    def store_plural(self) -> str:
+        return self.stored_as[1] if self.stored_as is not None else self.plural
 
     def prefix(self, namespace: str | None = None) -> str:
         """The store key prefix of this kind's objects (all namespaces when namespace is None)."""
-        base = f"/registry/{self.store_group}/{self.plural}/"
+        base = f"/registry/{self.store_group}/{self.store_plural}/"
         if self.namespaced and namespace:
             return f"{base}{namespace}/"
         return base
 
     def key(self, namespace: str | None, name: str) -> str:
         if self.namespaced:
-            return f"/registry/{self.store_group}/{self.plural}/{namespace}/{name}"
-        return f"/registry/{self.store_group}/{self.plural}/{name}"
+            return f"/registry/{self.store_group}/{self.store_plural}/{namespace}/{name}"
+        return f"/registry/{self.store_group}/{self.store_plural}/{name}"
 
     @property
     def list_kind_name(self) -> str:
@@ -95,6 +104,8 @@ def _k(
     status: bool = False,
     scale: bool = False,
     binding: bool = False,
+    approval: bool = False,
+    stored_as: tuple[str, str] | None = None,
     eviction: bool = False,
     extra: tuple[str, ...] = (),
 ) -> Kind:
@@ -109,8 +120,10 @@ def _k(
         subresources=(("status",) if status else ())
         + (("scale",) if scale else ())
         + (("binding",) if binding else ())
+        + (("approval",) if approval else ())
         + (("eviction",) if eviction else ())
         + extra,
+        stored_as=stored_as,
     )
 
 
@@ -148,6 +161,32 @@ KINDS: tuple[Kind, ...] = (
     _k("networking.k8s.io", "v1", "IngressClass", "ingressclasses", namespaced=False),
     _k("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", short=("netpol",)),
     _k("coordination.k8s.io", "v1", "Lease", "leases"),
+    _k("", "v1", "LimitRange", "limitranges", short=("limits",)),
+    _k("", "v1", "ResourceQuota", "resourcequotas", short=("quota",), status=True),
+    _k("", "v1", "PersistentVolume", "persistentvolumes", namespaced=False, short=("pv",), status=True),
+    _k("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", short=("pvc",), status=True),
+    _k("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+    _k("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", namespaced=False),
+    _k("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
+    _k("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
+    _k("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", namespaced=False, short=("pc",)),
+    _k("storage.k8s.io", "v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",)),
+    _k(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        namespaced=False,
+        categories=("api-extensions",),
+    ),
+    _k(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        namespaced=False,
+        categories=("api-extensions",),
+    ),
     _k(
         "apiextensions.k8s.io",
         "v1",
@@ -157,6 +196,36 @@ KINDS: tuple[Kind, ...] = (
         short=("crd", "crds"),
         categories=("api-extensions",),
         status=True,
+    ),
+    _k("events.k8s.io", "v1", "Event", "events", short=("ev",), stored_as=("", "events")),
+    _k(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        short=("hpa",),
+        categories=("all",),
+        status=True,
+    ),
+    _k(
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        short=("hpa",),
+        categories=("all",),
+        status=True,
+        stored_as=("autoscaling", "horizontalpodautoscalers"),
+    ),
+    _k(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        namespaced=False,
+        short=("csr",),
+        status=True,
+        approval=True,
     ),
 )
 
@@ -175,6 +244,8 @@ def _rebuild() -> None:
     by_kind = {(k.api_version, k.kind): k for k in kinds}
     by_prefix: dict[str, Kind] = {}
     for k in kinds:
+        if k.stored_as is not None:
+            continue  # stored in another kind's shape: that kind owns the prefix
         if k.custom is None or k.custom.storage_version == k.version or k.prefix() not in by_prefix:
             by_prefix[k.prefix()] = k
     # Readers see either the old or the new maps, never a half-built one.
@@ -230,6 +301,17 @@ def groups() -> dict[str, list[str]]:
         if any(k.custom for k in _ALL if k.group == g):
             versions.sort(key=version_priority)
     return out
+
+
+def storage_kind(kind: Kind) -> Kind:
+    """The kind whose shape is stored for `kind` (itself unless it is a converted version)."""
+    if kind.stored_as is None:
+        return kind
+    group, plural = kind.stored_as
+    for k in KINDS:
+        if k.group == group and k.plural == plural and k.stored_as is None:
+            return k
+    raise KeyError(kind.api_version)
 
 
 def kinds_in(group: str, version: str) -> list[Kind]:

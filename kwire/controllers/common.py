@@ -79,6 +79,10 @@ def split_key(key: str) -> tuple[str | None, str]:
     return (ns or None), name
 
 
+def annotations_of(obj: Obj) -> dict[str, str]:
+    return d(meta(obj).get("annotations"))
+
+
 def labels_of(obj: Obj) -> dict[str, str]:
     return {str(k): str(v) for k, v in d(meta(obj).get("labels")).items()}
 

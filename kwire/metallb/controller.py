@@ -136,11 +136,17 @@ class MetallbController:
                 certs = await webhook.ensure_certs(self.client, self.namespace)
                 self._webhook_runner = await webhook.serve(certs, self.pools_inf.items)
                 log.info("webhook serving on :%d", webhook.PORT)
-                return
+                break
             except Exception as exc:  # API errors, a busy port: try again
                 attempt += 1
                 log.warning("webhook not served yet: %s", exc)
                 await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+        while True:  # as upstream's cert-rotator: a configuration applied (or replaced) later gets the CA too
+            await asyncio.sleep(5.0)
+            try:
+                await webhook.patch_ca_bundle(self.client, certs["ca.crt"])
+            except Exception as exc:
+                log.info("caBundle not patched: %s", exc)
 
     def _restore(self) -> None:
         """Take back the IPs Services hold from before a restart, before anything new is assigned."""

@@ -129,8 +129,8 @@ async def ensure_certs(client: ApiClient, namespace: str) -> dict[str, bytes]:
 async def patch_ca_bundle(client: ApiClient, ca: bytes) -> None:
     try:
         cfg = await client.get(VALIDATING, CONFIG_NAME)
-    except ApiStatusError as exc:  # not installed, or a server without admissionregistration
-        log.info("no %s to patch: %s", CONFIG_NAME, exc)
+    except ApiStatusError as exc:  # not installed (yet), or a server without admissionregistration
+        log.debug("no %s to patch: %s", CONFIG_NAME, exc)
         return
     bundle = base64.b64encode(ca).decode()
     hooks = cfg.get("webhooks") or []
