@@ -257,6 +257,31 @@ def test_node_selectors_respected_and_pool_deletion_withdraws(mlb: Lab) -> None:
     assert res.returncode != 0  # nobody answers ARP for it any more
 
 
+OVERLAP = """
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: overlapping, namespace: metallb-system}
+spec:
+  addresses: [192.168.77.96/28]
+"""
+
+
+def test_webhook_refuses_an_overlapping_pool(mlb: Lab) -> None:
+    cfg = mlb.get("validatingwebhookconfiguration", "metallb-webhook-configuration")
+    assert all(h["clientConfig"].get("caBundle") for h in cfg["webhooks"])  # patched by the controller
+    res = mlb.kubectl("apply", "-f", "-", input=OVERLAP, check=False)
+    assert res.returncode != 0
+    assert 'admission webhook "ipaddresspoolvalidationwebhook.metallb.io" denied the request' in res.stderr
+    assert "overlaps with already defined CIDR 192.168.77.100-192.168.77.120 (pool first-pool)" in res.stderr
+    bad = mlb.kubectl(
+        "apply", "-f", "-", input=OVERLAP.replace("192.168.77.96/28", "192.168.77.9-192.168.77.1"), check=False
+    )
+    assert "is after end" in bad.stderr
+    adv = "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: x, namespace: metallb-system}\nspec: {ipAddressPools: [nope]}\n"
+    ref = mlb.kubectl("apply", "-f", "-", input=adv, check=False)
+    assert "invalid pool reference 'nope'" in ref.stderr
+
+
 def test_leader_stopped_ip_moves(mlb: Lab) -> None:
     ip = wait_for(lambda: ingress_ip(mlb, "web"), timeout=30, what="web IP")
     wait_for(lambda: curl_ok(mlb, ip), timeout=30, what="client reaches the LB IP")
