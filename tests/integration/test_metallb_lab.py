@@ -1,7 +1,9 @@
 """MetalLB layer 2 in a 3-node lab, the seed's flow: MetalLB's own manifest applied unchanged, the example pool
 and advertisement, a LoadBalancer Service gets the first pool IP, the client host on the LAN reaches it and its
 neighbour table holds the leader's MAC; a requested IP is honoured, one outside every pool stays pending with an
-AllocationFailed event; and when the leader's node stops, the IP moves to another node."""
+AllocationFailed event; IPs are shared by key, an ETP Local Service is announced from a node with an endpoint,
+nodeSelectors hold, deleting a pool withdraws its IPs, MetalLB's webhook refuses bad pools, IPs survive a
+controller restart, and when the leader's node stops, the IP moves to another node."""
 
 from __future__ import annotations
 
@@ -280,6 +282,18 @@ def test_webhook_refuses_an_overlapping_pool(mlb: Lab) -> None:
     adv = "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: x, namespace: metallb-system}\nspec: {ipAddressPools: [nope]}\n"
     ref = mlb.kubectl("apply", "-f", "-", input=adv, check=False)
     assert "invalid pool reference 'nope'" in ref.stderr
+
+
+def test_ips_kept_across_controller_restart(mlb: Lab) -> None:
+    before = {n: wait_for(lambda n=n: ingress_ip(mlb, n), timeout=30, what=n) for n in ("web", "asked")}
+    mlb.kubectl("delete", "pod", "-n", "metallb-system", "-l", "component=controller", "--wait=false")
+    mlb.kubectl("delete", "svc", "share-b")  # frees nothing the others hold
+    late = "apiVersion: v1\nkind: Service\nmetadata: {name: late}\nspec: {type: LoadBalancer, selector: {app: web}, ports: [{port: 80}]}\n"
+    mlb.apply(late)
+    mlb.wait_pods_ready("component=controller", 1, namespace="metallb-system", timeout=90)
+    got = wait_for(lambda: ingress_ip(mlb, "late"), timeout=60, what="late gets an IP from the new controller")
+    assert got not in before.values()
+    assert {n: ingress_ip(mlb, n) for n in before} == before
 
 
 def test_leader_stopped_ip_moves(mlb: Lab) -> None:
