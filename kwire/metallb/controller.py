@@ -59,8 +59,9 @@ def status_ips(svc: Obj) -> list[str]:
 
 
 class MetallbController:
-    def __init__(self, client: ApiClient, *, namespace: str) -> None:
+    def __init__(self, client: ApiClient, *, namespace: str, webhook_port: int | None = webhook.PORT) -> None:
         self.client = client
+        self.webhook_port = webhook_port  # None: no webhook (tests that run the controller outside a pod)
         self.namespace = namespace
         self.informers = Informers(client)
         self.services = self.informers.get(SERVICES)
@@ -73,6 +74,7 @@ class MetallbController:
         self._queued: set[str] = set()
         self._warned_servicelb = False
         self._webhook_runner: web.AppRunner | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
 
     def enqueue(self, key: str) -> None:
         if key not in self._queued and not self.queue.full():
@@ -116,9 +118,9 @@ class MetallbController:
         self._reload_pools()
         self._restore()
         await self._ensure_memberlist_secret()
-        webhook_task = asyncio.create_task(self._webhook(), name="webhook")
+        webhook_task = asyncio.create_task(self._webhook(), name="webhook") if self.webhook_port else None
         self.enqueue_all()
-        assert webhook_task is not None
+        self._webhook_task = webhook_task
         while True:
             key = await self.queue.get()
             self._queued.discard(key)
@@ -134,8 +136,8 @@ class MetallbController:
         while True:
             try:
                 certs = await webhook.ensure_certs(self.client, self.namespace)
-                self._webhook_runner = await webhook.serve(certs, self.pools_inf.items)
-                log.info("webhook serving on :%d", webhook.PORT)
+                self._webhook_runner = await webhook.serve(certs, self.pools_inf.items, port=self.webhook_port or 0)
+                log.info("webhook serving on :%d", self.webhook_port)
                 break
             except Exception as exc:  # API errors, a busy port: try again
                 attempt += 1
