@@ -82,7 +82,9 @@ def mlb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 assert "ensure CRDs are installed first" in line or not line.strip(), line
         lab.wait_pods_ready("component=controller", 1, namespace="metallb-system", timeout=90)
         lab.wait_pods_ready("component=speaker", 3, namespace="metallb-system", timeout=90)
-        wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb-lab.yaml")), timeout=30, what="pool")
+        wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb-lab.yaml")), timeout=60, what="pool")
+        # The traefik add-on's LoadBalancer exists before the pool: it gets the first IP, as in the seed.
+        wait_for(lambda: ingress_ip(lab, "traefik", "kube-system"), timeout=60, what="traefik's IP")
         lab.apply(APP)
         lab.wait_pods_ready("app=web", 3, timeout=60)
         yield lab
@@ -90,8 +92,8 @@ def mlb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.down()
 
 
-def ingress_ip(lab: Lab, name: str) -> str:
-    svc = lab.get("svc", name)
+def ingress_ip(lab: Lab, name: str, namespace: str = "default") -> str:
+    svc = lab.get("svc", name, "-n", namespace)
     ing = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     assert ing, f"{name} has no IP yet"
     return str(ing[0]["ip"])
@@ -118,14 +120,28 @@ def curl_ok(lab: Lab, ip: str) -> dict[str, object]:
 
 
 def test_seed_flow_first_pool_ip_reached_from_client_through_leader(mlb: Lab) -> None:
+    first = ingress_ip(mlb, "traefik", "kube-system")
+    assert first == "192.168.77.100"
+    assert first in mlb.kubectl("get", "svc", "-n", "kube-system", "traefik").stdout
+    code = wait_for(
+        lambda: (
+            mlb.run("client", "curl", "-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}", f"http://{first}/")
+            .strip()
+            .strip("0")
+            or None
+        ),
+        timeout=30,
+        what="traefik answers on the first pool IP",
+    )
+    assert code  # an HTTP answer (404: no Ingress yet), not a timeout
+    assert client_neigh_mac(mlb, first) == mac_of(mlb, leader(first, ["node1", "node2", "node3"]))
     ip = wait_for(lambda: ingress_ip(mlb, "web"), timeout=30, what="web gets an IP")
-    assert ip == "192.168.77.100"
+    assert ip == "192.168.77.101"
     svc = mlb.get("svc", "web")
     assert svc["metadata"]["annotations"]["metallb.io/ip-allocated-from-pool"] == "first-pool"
     assert ip in mlb.kubectl("get", "svc", "web").stdout
     wait_for(lambda: curl_ok(mlb, ip), timeout=30, what="client reaches the LB IP")
-    want = leader(ip, ["node1", "node2", "node3"])
-    assert client_neigh_mac(mlb, ip) == mac_of(mlb, want)
+    assert client_neigh_mac(mlb, ip) == mac_of(mlb, leader(ip, ["node1", "node2", "node3"]))
     events = mlb.kubectl("describe", "svc", "web").stdout
     assert "IPAllocated" in events and "nodeAssigned" in events
 
