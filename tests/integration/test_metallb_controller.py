@@ -75,7 +75,8 @@ class ControllerThread:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("metallb"), free_port())
+    # traefik's add-on Service would take the pool's first IP; ServiceLB stays on (the conflict under test)
+    s = ServerProcess(tmp_path_factory.mktemp("metallb"), free_port(), extra_args=["--disable", "traefik"])
     s.start()
     ctl: ControllerThread | None = None
     try:
