@@ -35,7 +35,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-METALLB = Path("/work/shared/upstream/metallb-native-v0.14.9.yaml")
+METALLB = Path(__file__).resolve().parents[1].parent / "shared" / "upstream" / "metallb-native-v0.14.9.yaml"
 Body = Callable[[str, int], dict[str, Any]]
 
 

@@ -415,7 +415,7 @@ class Resources:
                 obj.pop("status", None)  # the CR strategy's PrepareForCreate: status is written through /status
             custom.prepare_write(kind, obj)
         elif "status" in kind.subresources and not isinstance(obj.get("status"), dict):
-            obj["status"] = {}  # kube encodes a (zero) status struct for every kind that has one
+            obj["status"] = {}  # kube encodes a (zero) status struct for every built-in kind that has one
         self.plugins.admit_create(kind.kind, obj)  # built-in mutating plugins run before the webhooks
         await admission_plugins.admit_create(kind, obj, list_objects=self._list_objects)
         if manager and not applied:

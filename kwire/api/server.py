@@ -678,15 +678,14 @@ class ApiServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         stop = asyncio.ensure_future(self._stopping.wait())
+        # Initial events go out a bounded batch at a time (decoded lazily), never as one list.
+        initial_out = streaming.ChunkWriter(resp)
         try:
-            # Initial events go out a bounded batch at a time (decoded lazily), never as one list.
-            initial_out = streaming.ChunkWriter(resp)
             for obj in initial:
                 await initial_out.add(line(ADDED, obj))
             if send_initial and bookmarks:
                 await initial_out.add(line("BOOKMARK", bookmark(start, initial_end=True)))
             await initial_out.flush()
-            initial_out.done()
             last_sent = loop.time()
             while True:
                 left = deadline - loop.time()
@@ -724,6 +723,7 @@ class ApiServer:
         finally:
             stop.cancel()
             watch.close()
+            initial_out.done()  # the connection's buffers are freed only now: a large watch ends with a trim
         return resp
 
     async def _event_lines(

@@ -79,7 +79,7 @@ async def _health_probe(c: aiohttp.ClientSession, s: ServerProcess, worst: list[
         await asyncio.sleep(0.01)
 
 
-async def _settled_rss(pid: int, bound: float, *, timeout: float = 15.0) -> float:
+async def _settled_rss(pid: int, bound: float, *, timeout: float = 30.0) -> float:
     """The server's RSS once it is at or below `bound`, or its last value after `timeout` seconds."""
     end = time.monotonic() + timeout
     while True:

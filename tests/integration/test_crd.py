@@ -18,11 +18,11 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from tests import UPSTREAM
 from tests.integration.apiserver import ServerProcess, free_port
 
 pytestmark = pytest.mark.kubectl
 
-UPSTREAM = Path("/work/shared/upstream")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 METALLB = UPSTREAM / "metallb-native-v0.14.9.yaml"
 TRAEFIK = UPSTREAM / "traefik-crds-v34.5.0"

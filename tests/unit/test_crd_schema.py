@@ -13,8 +13,7 @@ import yaml
 
 from kwire.api.crd import cel, columns, definition, schema
 from kwire.api.registry import set_custom_kinds
-
-UPSTREAM = Path("/work/shared/upstream")
+from tests import UPSTREAM
 
 
 def _msgs(errs: list[Any]) -> list[str]:
