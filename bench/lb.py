@@ -30,7 +30,7 @@ from kwire.lab import lab as labmod  # noqa: E402
 from tests.integration.labkit import IP, Lab, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = Path("/work/shared/upstream/metallb-native-v0.14.9.yaml")
+MANIFEST = ROOT.parent / "shared" / "upstream" / "metallb-native-v0.14.9.yaml"  # beside the checkout
 POOL = [f"192.168.77.{i}" for i in range(100, 121)]
 
 APP = """

@@ -14,10 +14,11 @@ import yaml
 
 from kwire.client import ApiClient, load_kubeconfig
 from kwire.metallb.controller import MetallbController
+from tests import UPSTREAM
 from tests.integration.apiserver import ServerProcess, free_port
 from tests.integration.labkit import wait_for
 
-MANIFEST = Path("/work/shared/upstream/metallb-native-v0.14.9.yaml")
+MANIFEST = UPSTREAM / "metallb-native-v0.14.9.yaml"
 
 OBJECTS = """
 apiVersion: metallb.io/v1beta1

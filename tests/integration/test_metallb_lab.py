@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 
 from kwire.lab import lab as labmod
+from tests import UPSTREAM
 from tests.integration.labkit import Lab, wait_for
 
 pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = Path("/work/shared/upstream/metallb-native-v0.14.9.yaml")
+MANIFEST = UPSTREAM / "metallb-native-v0.14.9.yaml"
 NOT_SERVED = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingWebhookConfiguration")
 
 APP = """
