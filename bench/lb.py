@@ -1,6 +1,6 @@
 """MetalLB layer 2 failover: leader stops under a steady client request loop.
 
-    .venv/bin/python bench/lb.py [--rounds 10] [--nodes 3]
+    .venv/bin/python bench/lb.py [--rounds 10] [--nodes 3] [--manifest ../shared/upstream/metallb-native-v0.14.9.yaml]
 
 Brings up a lab of its own (`kwire-<name>-*` namespaces, ServiceLB disabled, removed at the end even on failure),
 applies MetalLB's published manifest, the lab pool (examples/metallb-lab.yaml), a 3-replica Deployment and a
@@ -112,6 +112,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--manifest", type=Path, default=MANIFEST, help="MetalLB's published manifest")
     args = ap.parse_args()
     nodes = [f"node{i}" for i in range(1, args.nodes + 1)]
     ip = next(x for x in POOL if leader(x, nodes) != "node1")
@@ -124,7 +125,7 @@ def main() -> int:
         loop: RequestLoop | None = None
         try:
             lab.up()
-            lab.kubectl("apply", "--validate=false", "-f", str(MANIFEST), check=False)
+            lab.kubectl("apply", "--validate=false", "-f", str(args.manifest), check=False)
             lab.wait_pods_ready("component=speaker", args.nodes, namespace="metallb-system", timeout=120)
             lab.wait_pods_ready("component=controller", 1, namespace="metallb-system", timeout=120)
             wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb-lab.yaml")), timeout=30)

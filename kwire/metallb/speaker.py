@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -65,6 +66,19 @@ def lan_interface(host_ip: str) -> tuple[str, bytes]:
     raise RuntimeError(f"no interface holds {host_ip}")
 
 
+def memberlist_key() -> bytes | None:
+    """The memberlist Secret's key the pod mounts (METALLB_ML_SECRET_KEY_PATH/secretkey), if it is there."""
+    base = os.environ.get("METALLB_ML_SECRET_KEY_PATH", "")
+    if not base:
+        return None
+    try:
+        key = (Path(base) / "secretkey").read_bytes().strip()
+    except OSError as exc:
+        log.warning("memberlist key not readable (%s): heartbeats are not authenticated", exc)
+        return None
+    return key or None
+
+
 def _pod_running(pod: Obj) -> bool:
     """A speaker pod that is running and not going away. Its Ready condition is not asked: a restarted node agent
     re-runs the readiness probe's initial delay, and the IP would flap away and back; that the speaker is alive
@@ -88,7 +102,7 @@ class Speaker:
         self.speakers = self.informers.get(PODS, namespace=namespace, label_selector=SPEAKER_LABELS)
         self.configmaps = self.informers.get(CONFIGMAPS, namespace=namespace)
         self.slices.add_indexer("service", self._slice_service)
-        self.members = Members(node, self._peers)
+        self.members = Members(node, self._peers, key=memberlist_key())
         self.events = EventRecorder(client, component="metallb-speaker", host=node)
         self.interface, self.mac = "", b""
         self.leading: dict[str, str] = {}  # ip -> service key
@@ -179,7 +193,13 @@ class Speaker:
         members = asyncio.create_task(self.members.run(), name="members")
         arp = ArpResponder(self.interface, self.mac, lambda: set(self.leading))
         loop.add_reader(arp.fileno(), arp.on_readable)
-        log.info("speaker on %s: layer 2 on %s (%s)", self.node, self.interface, self.mac.hex(":"))
+        log.info(
+            "speaker on %s: layer 2 on %s (%s); heartbeats %s",
+            self.node,
+            self.interface,
+            self.mac.hex(":"),
+            "authenticated with the memberlist key" if self.members.key else "not authenticated",
+        )
         try:
             while True:
                 if members.done():

@@ -145,6 +145,8 @@ def test_seed_flow_first_pool_ip_reached_from_client_through_leader(mlb: Lab) ->
     assert client_neigh_mac(mlb, ip) == mac_of(mlb, leader(ip, ["node1", "node2", "node3"]))
     events = mlb.kubectl("describe", "svc", "web").stdout
     assert "IPAllocated" in events and "nodeAssigned" in events
+    logs = mlb.kubectl("logs", "-n", "metallb-system", "ds/speaker").stdout
+    assert "heartbeats authenticated with the memberlist key" in logs  # the Secret the controller made, mounted
 
 
 def test_requested_ip_honoured_and_outside_ip_pending_with_event(mlb: Lab) -> None:

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from kwire.agent.kubelet import podspec
-from kwire.metallb import arp, election, pools, webhook
+from kwire.metallb import arp, election, members, pools, webhook
 
 Obj = dict[str, Any]
 
@@ -198,3 +198,18 @@ def test_webhook_certificate_names_the_service_and_is_signed_by_its_ca() -> None
     ca = x509.load_pem_x509_certificate(certs["ca.crt"])
     cert = x509.load_pem_x509_certificate(certs["tls.crt"])
     cert.verify_directly_issued_by(ca)
+
+
+def test_heartbeats_authenticated_with_the_memberlist_key_and_replays_dropped() -> None:
+    a = members.Members("node1", dict, key=b"k1")
+    b = members.Members("node2", dict, key=b"k1")
+    msg = a.message()
+    assert b.sender(msg) == "node1"
+    assert b.sender(msg) is None  # the same heartbeat again: a replay
+    assert b.sender(a.message()) == "node1"
+    forged = members.Members("node1", dict, key=b"other").message()
+    assert b.sender(forged) is None
+    assert b.sender(msg.replace(b"node1", b"node3")) is None  # a changed name breaks the MAC
+    plain = members.Members("node2", dict)
+    assert plain.sender(members.Members("node1", dict).message()) == "node1"
+    assert "node1" not in b.alive() and b.alive() == {"node2"}
