@@ -101,7 +101,7 @@ def test_sharing_rules() -> None:
             "default/e", svc("e", ann=share, ports=[81], loadBalancerIP="10.0.0.1", externalTrafficPolicy="Local"), None
         )
     auto = al.assign("default/f", svc("f", ann=share, ports=[22]), None)
-    assert str(auto.ips[0]) == "10.0.0.1"  # auto-assignment joins a compatible sharer first
+    assert str(auto.ips[0]) == "10.0.0.1"  # the first address held by a compatible sharer
     assert al.still_valid("default/a", svc("a", ann=share, ports=[80], loadBalancerIP="10.0.0.1"), None)
 
 
