@@ -26,7 +26,10 @@ import aiohttp
 import orjson
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout first, and not bench/ itself: bench/dns.py would shadow dnspython's `dns` package.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 from tests.integration.apiserver import ServerProcess, free_port  # noqa: E402
 
 

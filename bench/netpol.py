@@ -27,7 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout first, and not bench/ itself: bench/dns.py would shadow dnspython's `dns` package.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 from kwire.agent.netpol import ruleset  # noqa: E402
 from kwire.agent.netpol.controller import NetworkPolicyController  # noqa: E402
 from kwire.client.fake import FakeInformer  # noqa: E402

@@ -21,7 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout first, and not bench/ itself: bench/dns.py would shadow dnspython's `dns` package.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 from kwire.agent.proxy import ruleset  # noqa: E402
 from kwire.agent.proxy.model import Endpoint, ServicePort, ServiceView  # noqa: E402
 from kwire.kernel import netns, nft  # noqa: E402

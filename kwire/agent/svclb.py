@@ -5,6 +5,8 @@ at DEST_PORT, and masquerade it so replies come back through the pod. klipper-lb
 environment variables; here the table is computed like every other kwire table and rendered by the one
 replace path (`nft.replace`). The pod runs it once with `nft -f -` (it lives as long as the pod's namespace) and then
 holds the pod open, so no reconciler is involved: the pod is recreated, not resynced, when the Service changes.
+Each container (one per Service port) owns its own table, `kwire-lb-<proto>-<port>`: the containers of one pod
+share its namespace, and replacing one shared table would leave only the last container's port.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def servicelb_table(env: dict[str, str]) -> nft.Table:
         post.append(nft.Text(f"ip daddr {d} {proto} dport {dest_port} masquerade"))
     return nft.table(
         "ip",
-        TABLE,
+        f"{TABLE}-{proto}-{src_port}",
         chains=[
             nft.Chain("prerouting", tuple(pre), nft.Hook("nat", "prerouting", "dstnat")),
             nft.Chain("postrouting", tuple(post), nft.Hook("nat", "postrouting", "srcnat")),

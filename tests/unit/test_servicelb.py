@@ -122,3 +122,14 @@ async def test_disable_servicelb_leaves_the_controller_out() -> None:
         return {type(c).__name__ for c in cm.controllers}
 
     assert "ServiceLB" in names(()) and "ServiceLB" not in names(("servicelb",))
+
+
+def test_each_svclb_container_owns_its_table() -> None:
+    """The containers of one svclb pod (one per port) share its namespace: replacing one shared table left only
+    the last container's port (port 443 of the traefik Service was refused while 80 worked)."""
+    from kwire.agent.svclb import servicelb_table
+
+    env = {"SRC_PORT": "80", "DEST_PORT": "80", "DEST_PROTO": "TCP", "DEST_IPS": "10.43.0.20"}
+    web = servicelb_table(env)
+    websecure = servicelb_table({**env, "SRC_PORT": "443", "DEST_PORT": "443"})
+    assert web.name != websecure.name and {web.name, websecure.name} == {"kwire-lb-tcp-80", "kwire-lb-tcp-443"}
