@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path | str, *, durable: bool = False, history: int = 20000) -> None:
+    def __init__(self, path: Path | str, *, durable: bool = False, history: int = 2000) -> None:
         self._path = str(path)
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)

@@ -298,7 +298,8 @@ def test_agent_restart_keeps_connections_through_a_service(lab: Lab) -> None:
     from kwire.lab import procs
 
     vip = _cip(lab, "web")
-    client = _pod_on(lab, "node1")
+    first = lab.wait_pods_ready("app=web", 3)[0]  # a client pod on whichever node it runs: that agent restarts
+    client, node = first["metadata"]["name"], first["spec"]["nodeName"]
     sock = netns.open_socket(lab.netns_of(client), socket.AF_INET, socket.SOCK_STREAM, reuse=False)
     sock.settimeout(5)
     sock.connect((vip, 80))
@@ -316,9 +317,9 @@ def test_agent_restart_keeps_connections_through_a_service(lab: Lab) -> None:
         assert b"through-service" in request()
         st = labmod.LabState.load(lab.name)
         assert st is not None
-        procs.stop([st.pids["node1"]])
-        labmod.node_start(lab.name, "node1")
-        wait_for(lambda: "node1" in lab.kubectl("get", "nodes").stdout, what="node1 back")
+        procs.stop([st.pids[node]])
+        labmod.node_start(lab.name, node)  # returns once the node is Ready again
+        wait_for(lambda: node in lab.kubectl("get", "nodes").stdout, what=f"{node} back")
         time.sleep(1.5)  # the restarted agent has replaced the proxy table (a full sync) by now
         assert b"through-service" in request()
     finally:
