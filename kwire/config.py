@@ -39,6 +39,13 @@ class ServerConfig:
     datastore_cafile: str = ""
     datastore_certfile: str = ""
     datastore_keyfile: str = ""
+    # K3s's --cluster-init: start and supervise an embedded etcd (Debian's etcd-server) and keep the cluster in it.
+    # A server whose data dir already holds an embedded etcd keeps using it without the flag (as K3s does).
+    cluster_init: bool = False
+    # kwire-specific: the embedded etcd's client and peer ports (K3s fixes 2379/2380; several kwire servers on
+    # one machine, as in tests, need their own).
+    etcd_client_port: int = 2379
+    etcd_peer_port: int = 2380
     write_kubeconfig: str = "/etc/kwire/kwire.yaml"
     write_kubeconfig_mode: str = "0600"
     cluster_cidr: str = "10.42.0.0/16"
@@ -194,6 +201,8 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
                 f"node-cidr-mask-size {cfg.node_cidr_mask_size} is smaller than the cluster-cidr prefix "
                 f"/{cfg.cluster_network.prefixlen}: no node subnet fits in {cfg.cluster_cidr}"
             )
+        if cfg.cluster_init and cfg.datastore_endpoint:
+            raise ConfigError("cluster-init: an embedded etcd cannot be combined with datastore-endpoint")
         if cfg.node_monitor_grace_period < 1:
             raise ConfigError("node-monitor-grace-period must be at least 1 second")
 

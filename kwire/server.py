@@ -19,7 +19,7 @@ from aiohttp import web
 
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
-from kwire.api.certs import ensure_pki, ensure_token
+from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
 from kwire.api.errors import ApiError
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.registry import by_path
@@ -31,7 +31,9 @@ from kwire.config import ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
 from kwire.controllers.manager import ControllerManager
 from kwire.store.base import Store
+from kwire.store.embedded import EmbeddedEtcd
 from kwire.store.etcd import EtcdStore
+from kwire.store.migrate import migrate_sqlite
 from kwire.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,7 @@ class Server:
     kubeconfig: Path
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     controllers: ControllerManager | None = None
+    etcd: EmbeddedEtcd | None = None  # --cluster-init: the etcd member this server supervises
 
     async def close(self) -> None:
         if self.controllers is not None:
@@ -161,6 +164,8 @@ class Server:
         await self.lifecycle.stop()
         await self.runner.cleanup()
         await self.store.close()
+        if self.etcd is not None:
+            await self.etcd.stop()
 
 
 def _self_url(cfg: ServerConfig) -> str:
@@ -182,11 +187,15 @@ async def _compactor(store: Store) -> None:
             log.exception("compaction failed")
 
 
-async def open_store(cfg: ServerConfig, data_dir: Path) -> Store:
-    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3, nothing is embedded SQLite."""
+async def open_store(cfg: ServerConfig, data_dir: Path, *, address: str) -> tuple[Store, EmbeddedEtcd | None]:
+    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3; `--cluster-init` (or a data dir
+    that already holds an embedded etcd) starts and uses an embedded etcd member; otherwise embedded SQLite."""
+    db_dir = data_dir / "db"
     endpoint = str(cfg.datastore_endpoint)
+    if not endpoint and (cfg.cluster_init or EmbeddedEtcd.exists(db_dir)):
+        return await _open_embedded_etcd(cfg, data_dir, address=address)
     if not endpoint:
-        return SQLiteStore(data_dir / "db" / "state.db")
+        return SQLiteStore(db_dir / "state.db"), None
     urls = [u.strip() for u in endpoint.split(",") if u.strip()]
     if not all(u.startswith(("http://", "https://")) for u in urls):
         raise ConfigError(f"datastore-endpoint {endpoint!r}: only etcd (http:// or https:// URLs) is supported")
@@ -197,7 +206,41 @@ async def open_store(cfg: ServerConfig, data_dir: Path) -> Store:
             ctx.load_cert_chain(str(cfg.datastore_certfile), str(cfg.datastore_keyfile) or None)
     etcd = EtcdStore(urls, ssl_context=ctx)
     await etcd.start()
-    return etcd
+    return etcd, None
+
+
+async def _open_embedded_etcd(cfg: ServerConfig, data_dir: Path, *, address: str) -> tuple[Store, EmbeddedEtcd]:
+    tls = ensure_etcd_tls(data_dir, sans_ip=[address])
+    member = EmbeddedEtcd(
+        data_dir / "db",
+        node_name=str(cfg.node_name) or socket.gethostname(),
+        address=address,
+        client_port=int(cfg.etcd_client_port),
+        peer_port=int(cfg.etcd_peer_port),
+        tls=tls,
+    )
+    await member.start()
+    store = EtcdStore([member.client_url], ssl_context=tls.client_ssl_context())
+    try:
+        await store.start()
+        await migrate_sqlite(data_dir / "db" / "state.db", store)
+    except BaseException:
+        await store.close()
+        await member.stop()
+        raise
+    return store, member
+
+
+def _pki(cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
+    sans_ip = sorted(
+        {"127.0.0.1", address, str(cfg.api_service_ip)}
+        | ({str(cfg.bind_address)} if cfg.bind_address not in ("0.0.0.0", "::", "") else set())
+    )
+    return ensure_pki(
+        data_dir,
+        sans_dns=["kubernetes", f"kubernetes.default.svc.{cfg.cluster_domain}", socket.gethostname()],
+        sans_ip=sans_ip,
+    )
 
 
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
@@ -205,7 +248,9 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
     data_dir = Path(cfg.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_store(cfg, data_dir)
+    address = _node_address(cfg)
+    pki = _pki(cfg, data_dir, address=address)  # before the store: the embedded etcd's TLS comes from its CA
+    store, etcd_member = await open_store(cfg, data_dir, address=address)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
     admission = Admission(
         not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
@@ -213,20 +258,10 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     )
     resources = Resources(store, allocator=allocator, admission=admission)
     await resources.load()
-    address = _node_address(cfg)
     await bootstrap(resources, cfg, address=address)
     lifecycle = Lifecycle(resources)
     await lifecycle.start()
 
-    sans_ip = sorted(
-        {"127.0.0.1", address, str(cfg.api_service_ip)}
-        | ({str(cfg.bind_address)} if cfg.bind_address not in ("0.0.0.0", "::", "") else set())
-    )
-    pki = ensure_pki(
-        data_dir,
-        sans_dns=["kubernetes", f"kubernetes.default.svc.{cfg.cluster_domain}", socket.gethostname()],
-        sans_ip=sans_ip,
-    )
     token = ensure_token(data_dir, cfg.token)
     port = int(cfg.https_listen_port)
     api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}", ca_pem=pki.ca_pem)
@@ -239,7 +274,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     url = f"https://127.0.0.1:{port}"
     kubeconfig = Path(cfg.write_kubeconfig) if cfg.write_kubeconfig else data_dir / "cred" / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
-    server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig)
+    server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig, etcd=etcd_member)
     server.tasks.append(asyncio.create_task(_compactor(store)))
     server.tasks.append(asyncio.create_task(memory.trim_periodically()))
     # The controllers are API clients of this server, over its own HTTPS endpoint.
