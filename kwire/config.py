@@ -70,6 +70,11 @@ class ServerConfig:
     # unreachable (NoExecute) before the taint manager evicts it.
     default_not_ready_toleration_seconds: int = 300
     default_unreachable_toleration_seconds: int = 300
+    # kube-controller-manager's --leader-elect-lease-duration/-renew-deadline/-retry-period, in seconds: every
+    # server campaigns for the kube-system/kube-controller-manager Lease; only its holder runs controllers.
+    leader_elect_lease_duration: int = 15
+    leader_elect_renew_deadline: int = 10
+    leader_elect_retry_period: int = 2
 
     @property
     def service_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -200,6 +205,12 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
             raise ConfigError(
                 f"node-cidr-mask-size {cfg.node_cidr_mask_size} is smaller than the cluster-cidr prefix "
                 f"/{cfg.cluster_network.prefixlen}: no node subnet fits in {cfg.cluster_cidr}"
+            )
+        if not cfg.leader_elect_lease_duration > cfg.leader_elect_renew_deadline > cfg.leader_elect_retry_period >= 1:
+            raise ConfigError(
+                "leader-elect: lease-duration > renew-deadline > retry-period >= 1 is required "
+                f"(got {cfg.leader_elect_lease_duration}, {cfg.leader_elect_renew_deadline}, "
+                f"{cfg.leader_elect_retry_period})"
             )
         if cfg.cluster_init and cfg.datastore_endpoint:
             raise ConfigError("cluster-init: an embedded etcd cannot be combined with datastore-endpoint")

@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import ssl
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,12 @@ from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
 from kwire.base import memory
+from kwire.base.files import atomic_write
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
+from kwire.controllers.elected import ElectedControllers
+from kwire.controllers.leaderelection import ElectionTiming
 from kwire.controllers.manager import ControllerManager
 from kwire.store.base import Store
 from kwire.store.embedded import EmbeddedEtcd
@@ -152,12 +156,17 @@ class Server:
     url: str
     kubeconfig: Path
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    controllers: ControllerManager | None = None
+    election: ElectedControllers | None = None
     etcd: EmbeddedEtcd | None = None  # --cluster-init: the etcd member this server supervises
 
+    @property
+    def controllers(self) -> ControllerManager | None:
+        """This server's controller manager while it holds the kube-controller-manager Lease, else None."""
+        return self.election.current if self.election is not None else None
+
     async def close(self) -> None:
-        if self.controllers is not None:
-            await self.controllers.stop()
+        if self.election is not None:
+            await self.election.stop()
         for t in self.tasks:
             t.cancel()
         self.api.stop_watches()
@@ -176,6 +185,17 @@ def _self_url(cfg: ServerConfig) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"https://{host}:{int(cfg.https_listen_port)}"
+
+
+def _leader_identity(cfg: ServerConfig, data_dir: Path) -> str:
+    """kube-controller-manager's `<hostname>_<uuid>`, kept in the data dir: a restarted server is the same
+    candidate and re-takes a lease it still holds at once instead of waiting for it to expire."""
+    path = data_dir / "cred" / "leader-identity"
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    identity = f"{cfg.node_name or socket.gethostname()}_{uuid.uuid4()}"
+    atomic_write(path, identity.encode() + b"\n", mode=0o644)
+    return identity
 
 
 async def _compactor(store: Store) -> None:
@@ -277,17 +297,31 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig, etcd=etcd_member)
     server.tasks.append(asyncio.create_task(_compactor(store)))
     server.tasks.append(asyncio.create_task(memory.trim_periodically()))
-    # The controllers are API clients of this server, over its own HTTPS endpoint.
-    server.controllers = ControllerManager(
-        Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem),
-        cluster_cidr=str(cfg.cluster_cidr),
-        node_cidr_mask_size=int(cfg.node_cidr_mask_size),
-        node_monitor_grace_period=float(cfg.node_monitor_grace_period),
-        addons=AddonSettings(
-            cluster_dns=str(cfg.cluster_dns), cluster_domain=str(cfg.cluster_domain), disable=tuple(cfg.disable)
+    # The controllers are API clients of this server, over its own HTTPS endpoint, on the elected server only.
+    client_config = Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem)
+
+    def build_controllers() -> ControllerManager:
+        return ControllerManager(
+            client_config,
+            cluster_cidr=str(cfg.cluster_cidr),
+            node_cidr_mask_size=int(cfg.node_cidr_mask_size),
+            node_monitor_grace_period=float(cfg.node_monitor_grace_period),
+            addons=AddonSettings(
+                cluster_dns=str(cfg.cluster_dns), cluster_domain=str(cfg.cluster_domain), disable=tuple(cfg.disable)
+            ),
+        )
+
+    server.election = ElectedControllers(
+        client_config,
+        identity=_leader_identity(cfg, data_dir),
+        build=build_controllers,
+        timing=ElectionTiming(
+            lease_duration=float(cfg.leader_elect_lease_duration),
+            renew_deadline=float(cfg.leader_elect_renew_deadline),
+            retry_period=float(cfg.leader_elect_retry_period),
         ),
     )
-    server.controllers.start()
+    await server.election.start()
     log.info("kwire server listening on %s:%d (kubeconfig %s)", cfg.bind_address, port, kubeconfig)
     return server
 

@@ -1,0 +1,121 @@
+"""Several servers on one etcd: every server serves the API, only the holder of the kube-system/
+kube-controller-manager Lease runs controllers (kube-controller-manager's --leader-elect); kill -9 of the leader
+hands the Lease to another server, which acts on new Deployments; a clean stop gives the Lease up at once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.apiserver import ServerProcess, free_port
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+TIMING = [
+    "--leader-elect-lease-duration",
+    "4",
+    "--leader-elect-renew-deadline",
+    "3",
+    "--leader-elect-retry-period",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("kwire-etcd-le")
+    client, peer = free_port(), free_port()
+    cmd = [
+        ETCD,
+        "--name=kwire-le",
+        f"--data-dir={data / 'data'}",
+        f"--listen-client-urls=http://127.0.0.1:{client}",
+        f"--advertise-client-urls=http://127.0.0.1:{client}",
+        f"--listen-peer-urls=http://127.0.0.1:{peer}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+        f"--initial-cluster=kwire-le=http://127.0.0.1:{peer}",
+    ]
+    with open(data / "etcd.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{client}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _lease(s: ServerProcess) -> dict[str, object]:
+    out = s.kubectl("get", "lease", "-n", "kube-system", "kube-controller-manager", "-o", "json").stdout
+    spec: dict[str, object] = json.loads(out)["spec"]
+    return spec
+
+
+def _identity(s: ServerProcess) -> str:
+    return (s.data_dir / "cred" / "leader-identity").read_text().strip()
+
+
+def _wait_holder(s: ServerProcess, identity: str, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if _lease(s).get("holderIdentity") == identity:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    raise AssertionError(f"{identity} did not take the lease in {timeout}s: {_lease(s)}")
+
+
+def _wait_replicaset(s: ServerProcess, deployment: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = s.kubectl("get", "replicasets", "-l", f"app={deployment}", "-o", "name").stdout.split()
+        if out:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no controller made a ReplicaSet for deployment {deployment} in {timeout}s")
+
+
+def test_one_leader_runs_controllers_and_the_lease_fails_over(etcd: str, tmp_path: Path) -> None:
+    args = ["--datastore-endpoint", etcd, "--disable", "coredns,servicelb,traefik,metrics-server", *TIMING]
+    a = ServerProcess(data_dir=tmp_path / "a", port=free_port(), extra_args=args)
+    b = ServerProcess(data_dir=tmp_path / "b", port=free_port(), extra_args=args)
+    a.data_dir.mkdir()
+    b.data_dir.mkdir()
+    a.start(timeout=60)
+    b.start(timeout=60)
+    try:
+        lease = _lease(b)  # every server serves the API: B shows the Lease A holds
+        assert lease["holderIdentity"] == _identity(a)
+        assert lease["leaseDurationSeconds"] == 4
+        time.sleep(2.5)  # B campaigns meanwhile, but A keeps renewing
+        assert _lease(a)["holderIdentity"] == _identity(a)
+        b.kubectl("create", "deployment", "first", "--image=registry.k8s.io/pause:3.9")
+        _wait_replicaset(b, "first", 20)
+        assert "controller manager: started" not in b.log_path.read_text(), "a follower ran controllers"
+
+        # kill -9 of the leader: B takes the Lease once A's renewals stop for a lease duration, and acts.
+        transitions = int(str(_lease(b).get("leaseTransitions") or 0))
+        a.stop(sig=signal.SIGKILL)
+        took = _wait_holder(b, _identity(b), 20)
+        assert took <= 4 + 2 + 2, f"B took the lease {took:.1f}s after the kill"
+        assert int(str(_lease(b)["leaseTransitions"])) == transitions + 1
+        assert "became the leader" in b.log_path.read_text()
+        b.kubectl("create", "deployment", "second", "--image=registry.k8s.io/pause:3.9")
+        _wait_replicaset(b, "second", 20)
+
+        # A comes back as a follower; B stops cleanly and gives the Lease up: A takes it without waiting it out.
+        a.start(timeout=60)
+        time.sleep(2.5)
+        assert _lease(a)["holderIdentity"] == _identity(b)
+        b.stop()
+        took = _wait_holder(a, _identity(a), 10)
+        assert took < 3, f"A took a released lease only after {took:.1f}s"
+        a.kubectl("create", "deployment", "third", "--image=registry.k8s.io/pause:3.9")
+        _wait_replicaset(a, "third", 20)
+    finally:
+        a.stop()
+        b.stop()
