@@ -35,6 +35,7 @@ from kwire.api.errors import (
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import apply_patch
 from kwire.api.registry import KINDS, Kind, by_path
+from kwire.api.reservations import ReservedAllocator
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
 
@@ -129,13 +130,15 @@ class Resources:
     def __init__(self, store: Store, *, allocator: ServiceAllocator, admission: Admission | None = None) -> None:
         self.store = store
         self.allocator = allocator
+        assert SERVICES is not None
+        self.service_allocation = ReservedAllocator(store, allocator, services_prefix=SERVICES.prefix())
         self.admission = admission or Admission()
         self._after_write: list[Callable[[], None]] = []
 
     async def load(self) -> None:
         assert SERVICES is not None
         res = await self.store.range(SERVICES.prefix())
-        self.allocator.load([decode(kv) for kv in res.items])
+        await self.service_allocation.load([decode(kv) for kv in res.items])
 
     # -- reads -------------------------------------------------------------------------------------------------
     def _current(self, kind: Kind, namespace: str | None, name: str) -> KV:
@@ -256,22 +259,24 @@ class Resources:
             raise already_exists(kind.group, kind.plural, name)
         alloc = None
         if kind is SERVICES:
-            alloc, errs = self.allocator.allocate(obj, None)
+            alloc, errs = await self.service_allocation.allocate(
+                obj, None, owner=f"{namespace}/{name}", dry_run=dry_run
+            )
             if errs:
                 raise invalid_object(kind.group, kind.kind, name, errs)
         if dry_run:
             if alloc:
-                self.allocator.rollback(alloc)
+                self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return obj
         try:
             rev = await self.store.create(key, encode(obj))
         except KeyExists:
             if alloc:
-                self.allocator.rollback(alloc)
+                await self.service_allocation.rollback(alloc)
             raise already_exists(kind.group, kind.plural, name) from None
         except Exception:
             if alloc:
-                self.allocator.rollback(alloc)
+                await self.service_allocation.rollback(alloc)
             raise
         meta["resourceVersion"] = str(rev)
         return obj
@@ -365,18 +370,18 @@ class Resources:
             return new
         alloc = None
         if kind is SERVICES:
-            alloc, errs = self.allocator.allocate(new, old)
+            alloc, errs = await self.service_allocation.allocate(new, old, owner=f"{namespace}/{name}", dry_run=dry_run)
             if errs:
                 raise invalid_object(kind.group, kind.kind, name, errs)
         if dry_run:
             if alloc:
-                self.allocator.rollback(alloc)
+                self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return new
         try:
             rev = await self.store.update(kv.key, encode(new), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             if alloc:
-                self.allocator.rollback(alloc)
+                await self.service_allocation.rollback(alloc)
             raise conflict(
                 kind.group,
                 kind.plural,
@@ -384,7 +389,7 @@ class Resources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             ) from None
         if alloc:
-            self.allocator.commit_release(alloc)
+            await self.service_allocation.commit_release(alloc)
         meta["resourceVersion"] = str(rev)
         return new
 
@@ -534,7 +539,7 @@ class Resources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             ) from None
         if kind is SERVICES:
-            self.allocator.release_for(obj)
+            await self.service_allocation.release_for(obj)
 
     # -- pods/binding -----------------------------------------------------------------------------------------
     async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:

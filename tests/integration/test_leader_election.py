@@ -1,9 +1,11 @@
 """Several servers on one etcd: every server serves the API, only the holder of the kube-system/
 kube-controller-manager Lease runs controllers (kube-controller-manager's --leader-elect); kill -9 of the leader
-hands the Lease to another server, which acts on new Deployments; a clean stop gives the Lease up at once."""
+hands the Lease to another server, which acts on new Deployments; a clean stop gives the Lease up at once.
+ClusterIPs and NodePorts stay unique while both servers allocate from a small range at the same time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from kwire.client import ApiClient, load_kubeconfig
+from kwire.client.client import SERVICES, ApiStatusError
 from tests.integration.apiserver import ServerProcess, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -27,7 +31,7 @@ TIMING = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("kwire-etcd-le")
     client, peer = free_port(), free_port()
@@ -117,5 +121,71 @@ def test_one_leader_runs_controllers_and_the_lease_fails_over(etcd: str, tmp_pat
         a.kubectl("create", "deployment", "third", "--image=registry.k8s.io/pause:3.9")
         _wait_replicaset(a, "third", 20)
     finally:
+        a.stop()
+        b.stop()
+
+
+def _nodeport_service(name: str, cluster_ip: str = "") -> dict[str, object]:
+    spec: dict[str, object] = {"type": "NodePort", "selector": {"app": name}, "ports": [{"port": 80}]}
+    if cluster_ip:
+        spec["clusterIP"] = cluster_ip
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}
+
+
+async def test_two_servers_allocate_unique_cluster_ips_and_node_ports(etcd: str, tmp_path: Path) -> None:
+    # 10.43.0.0/27: 15 addresses in the dynamic band (kube-apiserver's KEP-3070 split), 20 NodePorts: two servers
+    # picking at random from their own views would collide almost surely without the shared reservations.
+    args = [
+        "--datastore-endpoint",
+        etcd,
+        "--disable",
+        "coredns,servicelb,traefik,metrics-server",
+        "--service-cidr",
+        "10.43.0.0/27",
+        "--service-node-port-range",
+        "30000-30019",
+        *TIMING,
+    ]
+    a = ServerProcess(data_dir=tmp_path / "a", port=free_port(), extra_args=args)
+    b = ServerProcess(data_dir=tmp_path / "b", port=free_port(), extra_args=args)
+    a.data_dir.mkdir()
+    b.data_dir.mkdir()
+    a.start(timeout=60)
+    b.start(timeout=60)
+    ca, cb = ApiClient(load_kubeconfig(a.kubeconfig)), ApiClient(load_kubeconfig(b.kubeconfig))
+    try:
+        names = [f"svc-{i}" for i in range(16)]
+        made = await asyncio.gather(
+            *(
+                (ca if i % 2 else cb).create(SERVICES, _nodeport_service(name), "default")
+                for i, name in enumerate(names)
+            )
+        )
+        ips = [m["spec"]["clusterIP"] for m in made]
+        ports = [m["spec"]["ports"][0]["nodePort"] for m in made]
+        assert len(set(ips)) == len(ips), f"a ClusterIP was given twice: {sorted(ips)}"
+        assert len(set(ports)) == len(ports), f"a NodePort was given twice: {sorted(ports)}"
+        assert "10.43.0.1" not in ips  # the kubernetes Service's
+
+        # An IP server B handed out is refused when asked of server A, in kube-apiserver's words.
+        with pytest.raises(ApiStatusError) as err:
+            await ca.create(SERVICES, _nodeport_service("taken", cluster_ip=ips[0]), "default")
+        assert err.value.code == 422
+        assert "provided IP is already allocated" in err.value.message
+        # Deleted through B, the IP is free for A (once A's store watch has delivered the release).
+        await cb.delete(SERVICES, names[0], "default")
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                again = await ca.create(SERVICES, _nodeport_service("taken", cluster_ip=ips[0]), "default")
+                break
+            except ApiStatusError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        assert again["spec"]["clusterIP"] == ips[0]
+    finally:
+        await ca.close()
+        await cb.close()
         a.stop()
         b.stop()
