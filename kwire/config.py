@@ -42,8 +42,12 @@ class ServerConfig:
     # K3s's --cluster-init: start and supervise an embedded etcd (Debian's etcd-server) and keep the cluster in it.
     # A server whose data dir already holds an embedded etcd keeps using it without the flag (as K3s does).
     cluster_init: bool = False
+    # K3s's --server for servers: join the embedded-etcd cluster of the server at this URL (with --token).
+    server: str = ""
     # kwire-specific: the embedded etcd's client and peer ports (K3s fixes 2379/2380; several kwire servers on
     # one machine, as in tests, need their own).
+    # K3s's --etcd-arg KEY=VALUE (repeatable): extra flags for the embedded etcd, after kwire's own (so they win).
+    etcd_arg: tuple[str, ...] = ()
     etcd_client_port: int = 2379
     etcd_peer_port: int = 2380
     write_kubeconfig: str = "/etc/kwire/kwire.yaml"
@@ -212,6 +216,8 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
                 f"(got {cfg.leader_elect_lease_duration}, {cfg.leader_elect_renew_deadline}, "
                 f"{cfg.leader_elect_retry_period})"
             )
+        if cfg.server and not cfg.token:
+            raise ConfigError("server: joining a cluster needs its token (--token, --token-file or KWIRE_TOKEN)")
         if cfg.cluster_init and cfg.datastore_endpoint:
             raise ConfigError("cluster-init: an embedded etcd cannot be combined with datastore-endpoint")
         if cfg.node_monitor_grace_period < 1:

@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
+from kwire.api.bootstrap import Bootstrap, JoinError, fetch_bootstrap
 from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
 from kwire.api.errors import ApiError
 from kwire.api.lifecycle import Lifecycle
@@ -37,6 +39,7 @@ from kwire.controllers.manager import ControllerManager
 from kwire.store.base import Store
 from kwire.store.embedded import EmbeddedEtcd
 from kwire.store.etcd import EtcdStore
+from kwire.store.etcdcluster import member_add, member_list
 from kwire.store.migrate import migrate_sqlite
 from kwire.store.sqlite import SQLiteStore
 
@@ -207,13 +210,16 @@ async def _compactor(store: Store) -> None:
             log.exception("compaction failed")
 
 
-async def open_store(cfg: ServerConfig, data_dir: Path, *, address: str) -> tuple[Store, EmbeddedEtcd | None]:
-    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3; `--cluster-init` (or a data dir
-    that already holds an embedded etcd) starts and uses an embedded etcd member; otherwise embedded SQLite."""
+async def open_store(
+    cfg: ServerConfig, data_dir: Path, *, address: str, join: Bootstrap | None = None
+) -> tuple[Store, EmbeddedEtcd | None]:
+    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3; `--cluster-init`, `--server`
+    (joining) or a data dir that already holds an embedded etcd start and use an embedded etcd member; otherwise
+    embedded SQLite."""
     db_dir = data_dir / "db"
     endpoint = str(cfg.datastore_endpoint)
-    if not endpoint and (cfg.cluster_init or EmbeddedEtcd.exists(db_dir)):
-        return await _open_embedded_etcd(cfg, data_dir, address=address)
+    if not endpoint and (cfg.cluster_init or join is not None or EmbeddedEtcd.exists(db_dir)):
+        return await _open_embedded_etcd(cfg, data_dir, address=address, join=join)
     if not endpoint:
         return SQLiteStore(db_dir / "state.db"), None
     urls = [u.strip() for u in endpoint.split(",") if u.strip()]
@@ -229,7 +235,9 @@ async def open_store(cfg: ServerConfig, data_dir: Path, *, address: str) -> tupl
     return etcd, None
 
 
-async def _open_embedded_etcd(cfg: ServerConfig, data_dir: Path, *, address: str) -> tuple[Store, EmbeddedEtcd]:
+async def _open_embedded_etcd(
+    cfg: ServerConfig, data_dir: Path, *, address: str, join: Bootstrap | None
+) -> tuple[Store, EmbeddedEtcd]:
     tls = ensure_etcd_tls(data_dir, sans_ip=[address])
     member = EmbeddedEtcd(
         data_dir / "db",
@@ -238,17 +246,55 @@ async def _open_embedded_etcd(cfg: ServerConfig, data_dir: Path, *, address: str
         client_port=int(cfg.etcd_client_port),
         peer_port=int(cfg.etcd_peer_port),
         tls=tls,
+        extra_args=tuple(cfg.etcd_arg),
     )
+    if join is not None:  # a new member of the cluster the bootstrap came from (etcdctl member add, then start)
+        members = await member_add(
+            join.etcd_client_urls, name=member.name, peer_url=member.peer_url, ssl_context=tls.client_ssl_context()
+        )
+        member.join(members)
+        if len(members) % 2 == 0:  # K3s's warning
+            log.warning(
+                "this server is a part of a cluster with an even number (%d) of etcd members: an odd number is "
+                "recommended (losing one of %d members leaves no more fault tolerance than one fewer)",
+                len(members),
+                len(members),
+            )
     await member.start()
     store = EtcdStore([member.client_url], ssl_context=tls.client_ssl_context())
     try:
         await store.start()
-        await migrate_sqlite(data_dir / "db" / "state.db", store)
+        if join is None:
+            await migrate_sqlite(data_dir / "db" / "state.db", store)
     except BaseException:
         await store.close()
         await member.stop()
         raise
     return store, member
+
+
+def _install_ca(data_dir: Path, join: Bootstrap) -> None:
+    """A joining server takes the cluster's CA (K3s servers share theirs); a different CA already in the data dir
+    is an error, not something to overwrite."""
+    tls = data_dir / "tls"
+    crt, key = tls / "server-ca.crt", tls / "server-ca.key"
+    if crt.exists():
+        if crt.read_bytes() != join.ca_cert:
+            raise JoinError(f"{crt} holds a different cluster CA than the server being joined; use a fresh data dir")
+        return
+    atomic_write(key, join.ca_key, mode=0o600)
+    atomic_write(crt, join.ca_cert, mode=0o644)
+
+
+def _bootstrap_provider(pki: Pki, member: EmbeddedEtcd) -> Callable[[], Awaitable[dict[str, Any]]]:
+    tls_ctx = member.tls.client_ssl_context()
+
+    async def provide() -> dict[str, Any]:
+        members = await member_list([member.client_url], ssl_context=tls_ctx)
+        urls = [u for m in members for u in m.client_urls]
+        return Bootstrap(pki.ca_pem, pki.ca_key.read_bytes(), urls).to_json()
+
+    return provide
 
 
 def _pki(cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
@@ -269,8 +315,12 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     data_dir = Path(cfg.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     address = _node_address(cfg)
+    join = None
+    if cfg.server and not cfg.datastore_endpoint and not EmbeddedEtcd.exists(data_dir / "db"):
+        join = await asyncio.to_thread(fetch_bootstrap, str(cfg.server), str(cfg.token))
+        _install_ca(data_dir, join)
     pki = _pki(cfg, data_dir, address=address)  # before the store: the embedded etcd's TLS comes from its CA
-    store, etcd_member = await open_store(cfg, data_dir, address=address)
+    store, etcd_member = await open_store(cfg, data_dir, address=address, join=join)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
     admission = Admission(
         not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
@@ -285,6 +335,8 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     token = ensure_token(data_dir, cfg.token)
     port = int(cfg.https_listen_port)
     api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}", ca_pem=pki.ca_pem)
+    if etcd_member is not None:
+        api.server_bootstrap = _bootstrap_provider(pki, etcd_member)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     ssl_ctx = pki.server_ssl_context()

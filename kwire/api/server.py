@@ -18,7 +18,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import discovery, eviction, kubeletproxy, protobuf, scale, streaming, tables
+from kwire.api import bootstrap, discovery, eviction, kubeletproxy, protobuf, scale, streaming, tables
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldSelector, parse_fields
 from kwire.api.patch import apply_patch
@@ -101,6 +101,8 @@ class ApiServer:
         self.server_address = server_address
         self.ready = True
         self._stopping = asyncio.Event()
+        # Set by a server running an embedded etcd: the data a joining server fetches (`bootstrap.py`).
+        self.server_bootstrap: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
     # -- app -------------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -138,6 +140,12 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if path == bootstrap.PATH and request.method == "GET":
+            if self.server_bootstrap is None:
+                raise ApiError(
+                    404, "NotFound", "this server does not run an embedded etcd (start it with --cluster-init)"
+                )
+            return _json(await self.server_bootstrap())
         if request.method == "GET":
             static = self._static(path)
             if static is not None:

@@ -32,10 +32,15 @@ def _cmd_server(ns: argparse.Namespace) -> int:
     import socket
 
     from kwire import server
+    from kwire.api.bootstrap import JoinError
 
     cfg = config.load_config(cls=config.ServerConfig, flags=config.flags_from_namespace(ns), config_file=ns.config)
     sockets = [socket.socket(fileno=int(fd)) for fd in ns.listen_fd or []]
-    _run(server.run(cfg, sockets=sockets))
+    try:
+        _run(server.run(cfg, sockets=sockets))
+    except JoinError as exc:
+        print(f"kwire server: joining the cluster failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,7 +3,8 @@
 K3s runs etcd inside its own process; kwire runs Debian's /usr/bin/etcd as a child instead and mirrors K3s's
 layout and settings: data under `<data-dir>/db/etcd`, client URL https://<node-ip>:2379 plus 127.0.0.1,
 peer URL https://<node-ip>:2380, mutual TLS on both from the cluster CA (`--client-cert-auth`,
-`--peer-client-cert-auth`), heartbeat 500 ms / election timeout 5 s and snapshot-count 10000 as K3s sets them.
+`--peer-client-cert-auth`), heartbeat 500 ms / election timeout 5 s and snapshot-count 10000 as K3s sets them;
+`--etcd-arg KEY=VALUE` (K3s's flag) adds or overrides etcd flags (e.g. election-timeout=1000 for faster fail-over).
 The member's name (`<node>-<random>`, as K3s names members) is kept in `db/etcd/name`.
 
 The child is started with PR_SET_PDEATHSIG=SIGKILL, so it dies with the server even on kill -9 (as K3s's
@@ -71,6 +72,7 @@ class EmbeddedEtcd:
         client_port: int,
         peer_port: int,
         tls: EtcdTls,
+        extra_args: tuple[str, ...] = (),
         binary: str = ETCD_BINARY,
     ) -> None:
         self.data_dir = Path(db_dir) / "etcd"
@@ -78,9 +80,12 @@ class EmbeddedEtcd:
         self._address = address
         self._client_port = client_port
         self._peer_port = peer_port
-        self._tls = tls
+        self.tls = tls
         self._binary = binary
+        self._extra = [f"--{a.lstrip('-')}" for a in extra_args]  # K3s's --etcd-arg takes them without dashes
         self.name = self._member_name(node_name)
+        self._initial_cluster = f"{self.name}={self.peer_url}"
+        self._cluster_state = "new"
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -117,7 +122,7 @@ class EmbeddedEtcd:
         client_urls = [self.client_url]
         if self._address != "127.0.0.1":
             client_urls.append(self.advertise_client_url)
-        t = self._tls
+        t = self.tls
         return [
             self._binary,
             f"--name={self.name}",
@@ -126,8 +131,8 @@ class EmbeddedEtcd:
             f"--advertise-client-urls={self.advertise_client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--initial-cluster={self.name}={self.peer_url}",
-            "--initial-cluster-state=new",
+            f"--initial-cluster={self._initial_cluster}",
+            f"--initial-cluster-state={self._cluster_state}",
             "--client-cert-auth",
             f"--trusted-ca-file={t.ca_cert}",
             f"--cert-file={t.server_cert}",
@@ -141,6 +146,7 @@ class EmbeddedEtcd:
             "--snapshot-count=10000",
             "--logger=zap",
             "--log-level=warn",
+            *self._extra,
         ]
 
     async def _spawn(self) -> asyncio.subprocess.Process:
@@ -160,6 +166,12 @@ class EmbeddedEtcd:
         log.info("embedded etcd %s started (pid %d), client %s", self.name, proc.pid, self.advertise_client_url)
         return proc
 
+    def join(self, members: list[tuple[str, str]]) -> None:
+        """Start as a member added to an existing cluster: `members` are (name, peer URL) of every member, this one
+        included (etcd's --initial-cluster-state=existing). Only the first start of a member uses it."""
+        self._initial_cluster = ",".join(f"{name}={url}" for name, url in members)
+        self._cluster_state = "existing"
+
     async def start(self, *, timeout: float = 60.0) -> None:
         """Start the member and wait until it answers /health (a member of a healthy cluster)."""
         self._proc = await self._spawn()
@@ -169,7 +181,7 @@ class EmbeddedEtcd:
     async def _wait_healthy(self, *, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        ctx = self._tls.client_ssl_context()
+        ctx = self.tls.client_ssl_context()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while True:
                 assert self._proc is not None

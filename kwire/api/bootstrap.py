@@ -1,0 +1,77 @@
+"""Server bootstrap for joining servers: what a server started with `--server URL --token T` fetches from a
+running server before it starts its own etcd member (K3s's `/v1-k3s/server-bootstrap` and `/db/info` in one).
+
+The answer carries the cluster CA (certificate and key: every server issues its serving, etcd peer and client
+certificates from the same CA, as K3s servers share theirs) and the etcd members' client URLs. It is served
+only to a caller presenting the cluster token (the API's bearer-token check; a wrong token gets 401, which the
+joining server reports and exits on), and only by a server running an embedded etcd. The joining side trusts the
+server's CA on first use, or pins it when the token is K3s's `K10<sha256 of the CA>::...` form, as agents do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+PATH = "/v1-kwire/server-bootstrap"
+
+
+class JoinError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    ca_cert: bytes
+    ca_key: bytes
+    etcd_client_urls: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "caCert": self.ca_cert.decode(),
+            "caKey": self.ca_key.decode(),
+            "etcdClientURLs": list(self.etcd_client_urls),
+        }
+
+
+def _plain_token(token: str) -> str:
+    if token.startswith("K10") and "::" in token:
+        rest = token.split("::", 1)[1]
+        return rest.split(":", 1)[1] if ":" in rest else rest
+    return token
+
+
+def fetch_bootstrap(server: str, token: str, *, timeout: float = 15.0) -> Bootstrap:
+    """Blocking: the first server's CA (pinned by a K10 token, else trusted on first use) and bootstrap data."""
+    base = server.rstrip("/")
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(base + "/cacerts", context=insecure, timeout=timeout) as r:  # noqa: S310
+            ca = bytes(r.read())
+    except OSError as exc:
+        raise JoinError(f"cannot reach the server {base}: {exc}") from None
+    if token.startswith("K10") and "::" in token:
+        want = token[3:].split("::", 1)[0]
+        if hashlib.sha256(ca).hexdigest() != want:
+            raise JoinError(f"the server {base}'s CA does not match the token's hash {want}")
+    ctx = ssl.create_default_context(cadata=ca.decode())
+    ctx.check_hostname = False  # the URL may name any of the server's addresses; the CA is what is checked
+    req = urllib.request.Request(base + PATH, headers={"Authorization": f"Bearer {_plain_token(token)}"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:  # noqa: S310
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise JoinError(f"the server {base} refused the token (401 Unauthorized)") from None
+        detail = exc.read()[:300].decode(errors="replace")
+        raise JoinError(f"the server {base} answered {exc.code}: {detail}") from None
+    except OSError as exc:
+        raise JoinError(f"cannot fetch bootstrap data from {base}: {exc}") from None
+    return Bootstrap(body["caCert"].encode(), body["caKey"].encode(), list(body.get("etcdClientURLs") or []))
