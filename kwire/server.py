@@ -23,8 +23,8 @@ from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.bootstrap import Bootstrap, JoinError, fetch_bootstrap
 from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
-from kwire.api.errors import ApiError
 from kwire.api.lifecycle import Lifecycle
+from kwire.api.masterleases import MasterLeases
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
@@ -70,9 +70,7 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
     """Objects every cluster has (kube-apiserver's bootstrap controller), reconciled on every start."""
     ns_kind = by_path("", "v1", "namespaces")
     svc_kind = by_path("", "v1", "services")
-    ep_kind = by_path("", "v1", "endpoints")
-    eps_kind = by_path("discovery.k8s.io", "v1", "endpointslices")
-    assert ns_kind and svc_kind and ep_kind and eps_kind
+    assert ns_kind and svc_kind
     for ns in NAMESPACES:
         if resources.get_or_none(ns_kind, None, ns) is None:
             await resources.create(ns_kind, None, {"metadata": {"name": ns}})
@@ -91,33 +89,7 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
                 },
             },
         )
-    endpoints: dict[str, Any] = {
-        "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
-    }
-    slice_: dict[str, Any] = {
-        "metadata": {
-            "name": "kubernetes",
-            "labels": {
-                "kubernetes.io/service-name": "kubernetes",
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-            },
-        },
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [address], "conditions": {"ready": True, "serving": True, "terminating": False}}],
-        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-    }
-    for kind, desired in ((ep_kind, endpoints), (eps_kind, slice_)):
-        current = resources.get_or_none(kind, "default", "kubernetes")
-        if current is None:
-            await resources.create(kind, "default", desired)
-        else:
-            merged = {**current, **{k: v for k, v in desired.items() if k != "metadata"}}
-            merged["metadata"] = {**current["metadata"], "labels": desired["metadata"]["labels"]}
-            try:
-                await resources.update(kind, "default", "kubernetes", merged)
-            except ApiError as err:
-                log.warning("bootstrap: updating %s default/kubernetes: %s", kind.plural, err.message)
+    # default/kubernetes Endpoints: every live server's address, kept by `MasterLeases` (kwire/api/masterleases.py).
 
 
 CLUSTER_CONFIG = "kwire-config"
@@ -159,6 +131,7 @@ class Server:
     url: str
     kubeconfig: Path
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    master_leases: MasterLeases | None = None
     election: ElectedControllers | None = None
     etcd: EmbeddedEtcd | None = None  # --cluster-init: the etcd member this server supervises
 
@@ -173,6 +146,8 @@ class Server:
         for t in self.tasks:
             t.cancel()
         self.api.stop_watches()
+        if self.master_leases is not None:
+            await self.master_leases.stop()
         await self.lifecycle.stop()
         await self.runner.cleanup()
         await self.store.close()
@@ -329,6 +304,8 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     resources = Resources(store, allocator=allocator, admission=admission)
     await resources.load()
     await bootstrap(resources, cfg, address=address)
+    master_leases = MasterLeases(resources, address=address, port=int(cfg.https_listen_port))
+    await master_leases.start()
     lifecycle = Lifecycle(resources)
     await lifecycle.start()
 
@@ -347,6 +324,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     kubeconfig = Path(cfg.write_kubeconfig) if cfg.write_kubeconfig else data_dir / "cred" / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig, etcd=etcd_member)
+    server.master_leases = master_leases
     server.tasks.append(asyncio.create_task(_compactor(store)))
     server.tasks.append(asyncio.create_task(memory.trim_periodically()))
     # The controllers are API clients of this server, over its own HTTPS endpoint, on the elected server only.

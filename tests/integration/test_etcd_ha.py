@@ -31,9 +31,11 @@ BASE = ["--disable", "coredns,servicelb,traefik,metrics-server", *TIMING, *ETCD_
 
 
 class Member:
-    def __init__(self, root: Path, name: str, join: str | None) -> None:
+    def __init__(self, root: Path, name: str, join: str | None, *, address: str) -> None:
         self.client, self.peer = free_port(), free_port()
+        self.address = address  # each server its own loopback address, as each would have its own node IP
         args = [*BASE, "--etcd-client-port", str(self.client), "--etcd-peer-port", str(self.peer)]
+        args += ["--advertise-address", address]
         args += ["--server", join] if join else ["--cluster-init"]
         (root / name).mkdir()
         self.server = ServerProcess(data_dir=root / name, port=free_port(), extra_args=args)
@@ -58,12 +60,12 @@ class Member:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Member]]:
     root = tmp_path_factory.mktemp("kwire-ha")
-    first = Member(root, "s1", None)
+    first = Member(root, "s1", None, address="127.0.0.11")
     members = [first]
     try:
         first.server.start(timeout=90)
-        for name in ("s2", "s3"):
-            m = Member(root, name, first.server.url)
+        for i, name in ((12, "s2"), (13, "s3")):
+            m = Member(root, name, first.server.url, address=f"127.0.0.{i}")
             members.append(m)
             m.server.start(timeout=120)
         yield members
@@ -89,6 +91,11 @@ def _eventually(what: str, check: object, timeout: float) -> float:
             last = exc
         time.sleep(0.2)
     raise AssertionError(f"{what} not within {timeout}s: {last}")
+
+
+def _endpoints(s: ServerProcess) -> list[str]:
+    out = s.kubectl("get", "endpoints", "kubernetes", "-o", "jsonpath={.subsets[0].addresses[*].ip}").stdout
+    return sorted(out.split())
 
 
 def _has_replicaset(s: ServerProcess, app: str) -> bool:
@@ -119,6 +126,8 @@ def test_three_servers_serve_one_cluster(cluster: list[Member]) -> None:
         )
     holder = _lease_holder(cluster[2].server)
     assert holder in {m.identity() for m in cluster}
+    # The kubernetes Endpoints list every server (kube-apiserver's lease reconciler), as agents learn them.
+    assert _endpoints(cluster[1].server) == ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
 
 
 def test_kill_the_etcd_leader_then_the_controller_leader(cluster: list[Member]) -> None:
@@ -148,6 +157,12 @@ def test_kill_the_etcd_leader_then_the_controller_leader(cluster: list[Member]) 
     for s in survivors:
         names = s.server.kubectl("get", "configmaps", "-o", "name").stdout.split()
         assert {f"configmap/{n}" for n in acked} <= set(names), "an acknowledged write is missing"
+    # The killed server leaves the kubernetes Endpoints once its lease is stale (15 s, kube-apiserver's TTL).
+    _eventually(
+        "the killed server out of the kubernetes Endpoints",
+        lambda: _endpoints(survivors[0].server) == sorted(m.address for m in survivors),
+        30,
+    )
     survivors[1].server.kubectl("create", "deployment", "after-etcd-kill", "--image=registry.k8s.io/pause:3.9")
     _eventually(
         "a ReplicaSet made by the controllers", lambda: _has_replicaset(survivors[0].server, "after-etcd-kill"), 30
