@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from kwire.agent.servers import server_urls
 from kwire.client import ApiClient, load_kubeconfig
-from kwire.client.client import SERVICES, ApiStatusError
+from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, SERVICES, ApiStatusError
 from tests.integration.apiserver import ServerProcess, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -187,5 +188,47 @@ async def test_two_servers_allocate_unique_cluster_ips_and_node_ports(etcd: str,
     finally:
         await ca.close()
         await cb.close()
+        a.stop()
+        b.stop()
+
+
+async def test_api_client_fails_over_to_a_live_server(etcd: str, tmp_path: Path) -> None:
+    """What agents do with the servers the kubernetes EndpointSlice lists (K3s's agent load balancer): requests
+    and watches go to the next server when theirs cannot be connected to."""
+    args = ["--datastore-endpoint", etcd, "--disable", "coredns,servicelb,traefik,metrics-server", *TIMING]
+    a = ServerProcess(
+        data_dir=tmp_path / "a", port=free_port(), extra_args=[*args, "--advertise-address", "127.0.0.21"]
+    )
+    b = ServerProcess(
+        data_dir=tmp_path / "b", port=free_port(), extra_args=[*args, "--advertise-address", "127.0.0.22"]
+    )
+    a.data_dir.mkdir()
+    b.data_dir.mkdir()
+    a.start(timeout=60)
+    (b.data_dir / "tls").mkdir()
+    for f in ("server-ca.crt", "server-ca.key"):  # one cluster CA, as joined servers share it
+        shutil.copy2(a.data_dir / "tls" / f, b.data_dir / "tls" / f)
+    b.start(timeout=60)
+    client = ApiClient(load_kubeconfig(a.kubeconfig))
+    try:
+        slice_ = await client.get(ENDPOINTSLICES, "kubernetes", "default")
+        # Both servers advertise themselves; the test reaches them on 127.0.0.1 at their own ports.
+        assert sorted(e["addresses"][0] for e in slice_["endpoints"]) == ["127.0.0.21", "127.0.0.22"]
+        port = slice_["ports"][0]["port"]  # (real servers share one port; these two differ)
+        assert server_urls(slice_) == [f"https://127.0.0.21:{port}", f"https://127.0.0.22:{port}"]
+        client.set_servers([a.url, b.url])
+        await client.create(CONFIGMAPS, {"metadata": {"name": "before"}, "data": {"k": "v"}}, "default")
+        a.stop(sig=signal.SIGKILL)
+        got = await client.get(CONFIGMAPS, "before", "default")  # through B now
+        assert got["data"] == {"k": "v"}
+        assert client.server == b.url
+        await client.create(CONFIGMAPS, {"metadata": {"name": "after"}}, "default")
+        listed = await client.list(CONFIGMAPS, "default")
+        async for _etype, _obj in client.watch(
+            CONFIGMAPS, "default", resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=5
+        ):
+            break  # the watch stream opens on B (no event needed: the loop ends with the stream)
+    finally:
+        await client.close()
         a.stop()
         b.stop()
