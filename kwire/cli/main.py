@@ -118,7 +118,10 @@ def _print_lab_up(st: Any, seconds: float) -> None:
         else f"lab {st.name} is already up"
     )
     print(f"  LAN {topo.lan_cidr}: " + ", ".join(f"{h.name} {h.ip}" for h in topo.hosts))
-    print(f"  API https://127.0.0.1:{st.api_port}  (server in {topo.server.name}, {topo.server.ip}:{lab.SERVER_PORT})")
+    where = ", ".join(f"{h.name} {h.ip}" for h in topo.nodes if h.name in lab.server_procs(st).values())
+    print(
+        f"  API https://127.0.0.1:{st.api_port}  (server{'s' if st.servers > 1 else ''} in {where}:{lab.SERVER_PORT})"
+    )
     print(f"  export KUBECONFIG={topo.kubeconfig}")
     print("  kubectl get nodes -o wide")
     print(f"  kwire lab exec{flag} node1 -- ip route      kwire lab exec{flag} -n default POD -- curl ...")
@@ -143,6 +146,7 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
                     timeout=ns.timeout,
                     wait=not ns.no_wait,
                     progress=progress,
+                    servers=ns.servers,
                 )
             _print_lab_up(st, seconds)
         elif ns.lab_cmd == "down":
@@ -237,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         lp.set_defaults(func=_cmd_lab)
         if cmd == "up":
             lp.add_argument("--nodes", type=int, default=3)
+            lp.add_argument(
+                "--servers",
+                type=int,
+                default=1,
+                help="servers on nodes 1..N: 1 on SQLite, or an HA control plane on embedded etcd (3 recommended)",
+            )
             lp.add_argument("--flannel-backend", default="vxlan", choices=config.BACKENDS)
             lp.add_argument("--config", default=None, help="server config file (K3s keys)")
             lp.add_argument("--api-port", type=int, default=6443, help="the API's port on the machine's 127.0.0.1")
