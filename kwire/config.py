@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from croniter import croniter
 
 DEFAULT_CONFIG_FILE = "/etc/kwire/config.yaml"
 BACKENDS = ("vxlan", "host-gw", "none")
@@ -46,6 +47,16 @@ class ServerConfig:
     server: str = ""
     # kwire-specific: the embedded etcd's client and peer ports (K3s fixes 2379/2380; several kwire servers on
     # one machine, as in tests, need their own).
+    # K3s's snapshot flags: scheduled snapshots of the embedded etcd into etcd-snapshot-dir (default
+    # <data-dir>/db/snapshots), the newest etcd-snapshot-retention kept; croniter syntax (6 fields: seconds last).
+    etcd_disable_snapshots: bool = False
+    etcd_snapshot_schedule_cron: str = "0 */12 * * *"
+    etcd_snapshot_retention: int = 5
+    etcd_snapshot_dir: str = ""
+    # K3s's --cluster-reset [--cluster-reset-restore-path FILE]: make the embedded etcd a one-member cluster again
+    # (restored from FILE when given), then exit; the server is started again without the flag.
+    cluster_reset: bool = False
+    cluster_reset_restore_path: str = ""
     # K3s's --etcd-arg KEY=VALUE (repeatable): extra flags for the embedded etcd, after kwire's own (so they win).
     etcd_arg: tuple[str, ...] = ()
     etcd_client_port: int = 2379
@@ -216,6 +227,14 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
                 f"(got {cfg.leader_elect_lease_duration}, {cfg.leader_elect_renew_deadline}, "
                 f"{cfg.leader_elect_retry_period})"
             )
+        if not croniter.is_valid(cfg.etcd_snapshot_schedule_cron):
+            raise ConfigError(
+                f"etcd-snapshot-schedule-cron: {cfg.etcd_snapshot_schedule_cron!r} is not a cron schedule"
+            )
+        if cfg.etcd_snapshot_retention < 1:
+            raise ConfigError("etcd-snapshot-retention must be at least 1")
+        if cfg.cluster_reset_restore_path and not cfg.cluster_reset:
+            raise ConfigError("cluster-reset-restore-path needs --cluster-reset")
         if cfg.server and not cfg.token:
             raise ConfigError("server: joining a cluster needs its token (--token, --token-file or KWIRE_TOKEN)")
         if cfg.cluster_init and cfg.datastore_endpoint:

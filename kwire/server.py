@@ -36,8 +36,9 @@ from kwire.controllers.addons import AddonSettings
 from kwire.controllers.elected import ElectedControllers
 from kwire.controllers.leaderelection import ElectionTiming
 from kwire.controllers.manager import ControllerManager
+from kwire.store import snapshots
 from kwire.store.base import Store
-from kwire.store.embedded import EmbeddedEtcd
+from kwire.store.embedded import EmbeddedEtcd, EtcdTls
 from kwire.store.etcd import EtcdStore
 from kwire.store.etcdcluster import member_add, member_list
 from kwire.store.migrate import migrate_sqlite
@@ -210,11 +211,8 @@ async def open_store(
     return etcd, None
 
 
-async def _open_embedded_etcd(
-    cfg: ServerConfig, data_dir: Path, *, address: str, join: Bootstrap | None
-) -> tuple[Store, EmbeddedEtcd]:
-    tls = ensure_etcd_tls(data_dir, sans_ip=[address])
-    member = EmbeddedEtcd(
+def _member(cfg: ServerConfig, data_dir: Path, *, address: str, tls: EtcdTls) -> EmbeddedEtcd:
+    return EmbeddedEtcd(
         data_dir / "db",
         node_name=str(cfg.node_name) or socket.gethostname(),
         address=address,
@@ -223,6 +221,41 @@ async def _open_embedded_etcd(
         tls=tls,
         extra_args=tuple(cfg.etcd_arg),
     )
+
+
+def snapshot_dir(cfg: ServerConfig) -> Path:
+    return Path(cfg.etcd_snapshot_dir) if cfg.etcd_snapshot_dir else Path(cfg.data_dir) / "db" / "snapshots"
+
+
+async def cluster_reset(cfg: ServerConfig) -> str:
+    """K3s's --cluster-reset: the embedded etcd becomes a one-member cluster again, restored from
+    --cluster-reset-restore-path when given (else keeping its data, etcd's --force-new-cluster)."""
+    data_dir = Path(cfg.data_dir)
+    address = _node_address(cfg)
+    _pki(cfg, data_dir, address=address)
+    member = _member(cfg, data_dir, address=address, tls=ensure_etcd_tls(data_dir, sans_ip=[address]))
+    if cfg.cluster_reset_restore_path:
+        old = snapshots.restore(
+            Path(cfg.cluster_reset_restore_path), etcd_dir=member.data_dir, name=member.name, peer_url=member.peer_url
+        )
+        log.info("etcd restored from %s; the previous member data is in %s", cfg.cluster_reset_restore_path, old)
+    else:
+        if not EmbeddedEtcd.exists(data_dir / "db"):
+            raise ConfigError(f"cluster-reset: {data_dir / 'db' / 'etcd'} holds no etcd member")
+        member.force_new_cluster()
+    await member.start()  # a one-member cluster now; started once so the reset is committed
+    await member.stop()
+    return (
+        "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. "
+        f"Backup and delete {data_dir / 'db'} on each peer etcd server and rejoin the nodes."
+    )
+
+
+async def _open_embedded_etcd(
+    cfg: ServerConfig, data_dir: Path, *, address: str, join: Bootstrap | None
+) -> tuple[Store, EmbeddedEtcd]:
+    tls = ensure_etcd_tls(data_dir, sans_ip=[address])
+    member = _member(cfg, data_dir, address=address, tls=tls)
     if join is not None:  # a new member of the cluster the bootstrap came from (etcdctl member add, then start)
         members = await member_add(
             join.etcd_client_urls, name=member.name, peer_url=member.peer_url, ssl_context=tls.client_ssl_context()
@@ -325,6 +358,19 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig, etcd=etcd_member)
     server.master_leases = master_leases
+    if etcd_member is not None and not cfg.etcd_disable_snapshots:
+        server.tasks.append(
+            asyncio.create_task(
+                snapshots.run_schedule(
+                    cron=str(cfg.etcd_snapshot_schedule_cron),
+                    retention=int(cfg.etcd_snapshot_retention),
+                    directory=snapshot_dir(cfg),
+                    node=str(cfg.node_name) or socket.gethostname(),
+                    client_url=etcd_member.client_url,
+                    ssl_context=etcd_member.tls.client_ssl_context(),
+                )
+            )
+        )
     server.tasks.append(asyncio.create_task(_compactor(store)))
     server.tasks.append(asyncio.create_task(memory.trim_periodically()))
     # The controllers are API clients of this server, over its own HTTPS endpoint, on the elected server only.
@@ -357,6 +403,9 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
 
 
 async def run(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> None:
+    if cfg.cluster_reset:
+        print(await cluster_reset(cfg), flush=True)
+        return
     server = await start(cfg, sockets=sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -200,12 +200,11 @@ def _ensure_leaf(
     log.info("issued %s for %s", cert_path.name, ", ".join(sorted(sans_dns | sans_ip)) or common_name)
 
 
-def ensure_etcd_tls(data_dir: Path, *, sans_ip: list[str]) -> EtcdTls:
-    """Issue (or keep) the embedded etcd's server, peer and client certificates from the cluster CA, which
-    `ensure_pki` must have created. Every etcd listener demands a client certificate from the same CA."""
+def etcd_tls_files(data_dir: Path) -> EtcdTls:
+    """Where `ensure_etcd_tls` keeps the embedded etcd's TLS files (for clients such as `kwire etcd-snapshot`)."""
     tls = Path(data_dir) / "tls"
     etcd = tls / "etcd"
-    out = EtcdTls(
+    return EtcdTls(
         tls / "server-ca.crt",
         etcd / "server-client.crt",
         etcd / "server-client.key",
@@ -214,6 +213,12 @@ def ensure_etcd_tls(data_dir: Path, *, sans_ip: list[str]) -> EtcdTls:
         etcd / "client.crt",
         etcd / "client.key",
     )
+
+
+def ensure_etcd_tls(data_dir: Path, *, sans_ip: list[str]) -> EtcdTls:
+    """Issue (or keep) the embedded etcd's server, peer and client certificates from the cluster CA, which
+    `ensure_pki` must have created. Every etcd listener demands a client certificate from the same CA."""
+    out = etcd_tls_files(data_dir)
     ca = _load_ca(data_dir)
     ips = set(ALWAYS_IP) | {i for i in sans_ip if i}
     dns = {"localhost"}

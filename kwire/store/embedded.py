@@ -86,6 +86,7 @@ class EmbeddedEtcd:
         self.name = self._member_name(node_name)
         self._initial_cluster = f"{self.name}={self.peer_url}"
         self._cluster_state = "new"
+        self._force_new_cluster = False
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -146,6 +147,7 @@ class EmbeddedEtcd:
             "--snapshot-count=10000",
             "--logger=zap",
             "--log-level=warn",
+            *(["--force-new-cluster"] if self._force_new_cluster else []),
             *self._extra,
         ]
 
@@ -171,6 +173,11 @@ class EmbeddedEtcd:
         included (etcd's --initial-cluster-state=existing). Only the first start of a member uses it."""
         self._initial_cluster = ",".join(f"{name}={url}" for name, url in members)
         self._cluster_state = "existing"
+
+    def force_new_cluster(self) -> None:
+        """Start as the only member of its cluster, keeping its data (etcd's --force-new-cluster; K3s's
+        --cluster-reset without a snapshot)."""
+        self._force_new_cluster = True
 
     async def start(self, *, timeout: float = 60.0) -> None:
         """Start the member and wait until it answers /health (a member of a healthy cluster)."""
