@@ -5,7 +5,10 @@ clients while one watcher follows the namespace, and prints writes/s and watch d
 latency is measured from the moment a create request is sent to the moment its ADDED event is read (so it
 includes the request's own time: an upper bound).
 
-    .venv/bin/python bench/api.py [--objects 10000] [--clients 16]
+    .venv/bin/python bench/api.py [--objects 10000] [--clients 16] [--datastore sqlite|etcd]
+
+`--datastore etcd` runs the server on a one-member embedded etcd (`--cluster-init`); bench/ha.py compares SQLite,
+one and three etcd members in one run.
 """
 
 from __future__ import annotations
@@ -98,15 +101,21 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--datastore", choices=("sqlite", "etcd"), default="sqlite")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kwire-bench-") as tmp:
-        srv = ServerProcess(Path(tmp), free_port())
-        srv.start()
+        extra = []
+        if args.datastore == "etcd":
+            extra = ["--cluster-init", "--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port())]
+        srv = ServerProcess(Path(tmp), free_port(), extra_args=extra)
+        srv.start(timeout=90)
         try:
             res = asyncio.run(_bench(srv, args.objects, args.clients))
         finally:
             srv.stop()
-    print(f"api bench: {res['objects']} creates with {res['clients']} clients in {res['seconds']:.2f}s")
+    print(
+        f"api bench ({args.datastore}): {res['objects']} creates with {res['clients']} clients in {res['seconds']:.2f}s"
+    )
     print(f"  writes/s        {res['writes_per_s']:.0f}   (goal >= 2000)")
     print(f"  watch p50       {res['watch_p50_ms']:.1f} ms")
     print(f"  watch p99       {res['watch_p99_ms']:.1f} ms   (goal < 50)")

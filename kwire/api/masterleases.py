@@ -26,6 +26,7 @@ from kwire.store.base import KeyExists, KeyNotFound, RevisionMismatch, StoreErro
 log = logging.getLogger(__name__)
 
 PREFIX = "/registry/masterleases/"
+LEAVE_TIMEOUT = 2.0  # seconds a stopping server spends taking itself out of the endpoints
 
 
 async def write_kubernetes_endpoints(resources: Resources, *, addresses: list[str], port: int) -> None:
@@ -147,9 +148,10 @@ class MasterLeases:
                 pass
         store = self.resources.store
         try:
-            await store.delete(self._key)
-            remaining = sorted(k.key[len(PREFIX) :] for k in (await store.range(PREFIX)).items)
-            if remaining:
-                await write_kubernetes_endpoints(self.resources, addresses=remaining, port=self.port)
-        except (StoreError, ApiError) as exc:
-            log.warning("apiserver endpoint reconciler: leaving: %s", exc)
+            async with asyncio.timeout(LEAVE_TIMEOUT):  # a cluster shutting down may have lost its quorum
+                await store.delete(self._key)
+                remaining = sorted(k.key[len(PREFIX) :] for k in (await store.range(PREFIX)).items)
+                if remaining:
+                    await write_kubernetes_endpoints(self.resources, addresses=remaining, port=self.port)
+        except (StoreError, ApiError, TimeoutError) as exc:
+            log.warning("apiserver endpoint reconciler: leaving: %s", exc or "timed out")
