@@ -25,7 +25,7 @@ import orjson
 _HERE = Path(__file__).resolve().parent  # off the path: bench/dns.py would shadow dnspython (kwire.lab uses it)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
-from bench.api import _bench  # noqa: E402
+from bench.api import _bench, _configmap  # noqa: E402
 from kwire.lab import lab  # noqa: E402
 from tests.integration.apiserver import ServerProcess, free_port  # noqa: E402
 
@@ -40,6 +40,13 @@ def _etcd_server(root: Path, name: str, join: str | None) -> ServerProcess:
     return ServerProcess(data_dir=root / name, port=free_port(), extra_args=args)
 
 
+CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+
+
+def _run(srv: ServerProcess, objects: int, clients: int) -> dict[str, float]:
+    return asyncio.run(_bench(srv, objects, clients, path=CONFIGMAPS, make=_configmap))
+
+
 def store_benches(objects: int, clients: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="kwire-bench-ha-") as tmp:
@@ -48,13 +55,13 @@ def store_benches(objects: int, clients: int) -> dict[str, dict[str, float]]:
         srv = ServerProcess(data_dir=root / "sqlite", port=free_port(), extra_args=BASE)
         srv.start(timeout=60)
         try:
-            out["sqlite"] = asyncio.run(_bench(srv, objects, clients))
+            out["sqlite"] = _run(srv, objects, clients)
         finally:
             srv.stop()
         one = _etcd_server(root, "etcd1", None)
         one.start(timeout=90)
         try:
-            out["etcd, 1 member"] = asyncio.run(_bench(one, objects, clients))
+            out["etcd, 1 member"] = _run(one, objects, clients)
         finally:
             one.stop()
         servers = [_etcd_server(root, "s1", None)]
@@ -63,7 +70,7 @@ def store_benches(objects: int, clients: int) -> dict[str, dict[str, float]]:
             for name in ("s2", "s3"):
                 servers.append(_etcd_server(root, name, servers[0].url))
                 servers[-1].start(timeout=120)
-            out["etcd, 3 members"] = asyncio.run(_bench(servers[0], objects, clients))
+            out["etcd, 3 members"] = _run(servers[0], objects, clients)
         finally:
             for s in servers:
                 s.stop()

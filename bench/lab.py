@@ -19,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout first, and not bench/ itself: bench/dns.py would shadow dnspython's `dns` package.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 from kwire.lab import lab as labmod  # noqa: E402
 from kwire.lab import procs  # noqa: E402
 from tests.integration.labkit import IP, Lab, wait_for  # noqa: E402

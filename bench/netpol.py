@@ -27,11 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout first, and not bench/ itself: bench/dns.py would shadow dnspython's `dns` package.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 from kwire.agent.netpol import ruleset  # noqa: E402
 from kwire.agent.netpol.controller import NetworkPolicyController  # noqa: E402
 from kwire.client.fake import FakeInformer  # noqa: E402
-from kwire.kernel import netns  # noqa: E402
+from kwire.kernel import netns, nft  # noqa: E402
 
 NS = "kwire-bench-netpol"
 NODE = "node1"
@@ -133,15 +136,15 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     rs = ctrl.current
     out["size"] = (
         len(rs.chains),
-        sum(len(c) for c in rs.chains.values()),
+        sum(len(c.rules) for c in rs.chains.values()),
         len(rs.sets),
         sum(len(s.elements) for s in rs.sets.values()),
         len(rs.ingress_pods) + len(rs.egress_pods),
     )
     c0 = time.perf_counter()
-    new = ctrl.compute(full=True)
+    new = ctrl.compute(set(), resync=True)
     c1 = time.perf_counter()
-    script = ruleset.render_full(new)
+    script = nft.replace(new).render()
     c2 = time.perf_counter()
     out["compile"], out["render"], out["script_kb"] = c1 - c0, c2 - c1, len(script) / 1024
     await asyncio.sleep(0.1)
@@ -157,7 +160,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             await ctrl.committed.wait()
             ext.append(time.perf_counter() - t)
             assert len(ctrl.stats.latencies) == before + 1
-        return ext, ctrl.stats.latencies[-n:]
+        return ext, list(ctrl.stats.latencies)[-n:]
 
     ext, internal = await changes(lambda k: policies.put(_policy(k * 20, port=1000 + k)), args.changes)
     out["policy_ext"], out["policy_int"] = ext, internal

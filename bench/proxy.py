@@ -21,9 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The checkout first, and not bench/ itself: bench/dns.py would shadow dnspython's `dns` package.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 from kwire.agent.proxy import ruleset  # noqa: E402
-from kwire.agent.proxy.model import Endpoint, ServicePort  # noqa: E402
+from kwire.agent.proxy.model import Endpoint, ServicePort, ServiceView  # noqa: E402
 from kwire.kernel import netns, nft  # noqa: E402
 
 NS = "kwire-bench-proxy"
@@ -41,9 +44,7 @@ def _sp(i: int, *, local: bool = False) -> ServicePort:
             Endpoint(f"10.42.{i % 200 + 1}.9", 8080, "node3"),
         )
     )
-    return ServicePort(
-        namespace="bench", name=f"svc-{i}", port_name="http", protocol="TCP", port=80, cluster_ip=vip, endpoints=eps
-    )
+    return ServicePort(ServiceView("bench", f"svc-{i}", cluster_ip=vip), "http", "TCP", 80, endpoints=eps)
 
 
 def _apply(script: str) -> None:
@@ -51,7 +52,7 @@ def _apply(script: str) -> None:
     netns.run_in(NS, lambda: nft.apply(script, use_library=True))
 
 
-def _build(ports: list[ServicePort]) -> ruleset.Ruleset:
+def _build(ports: list[ServicePort]) -> ruleset.ProxyTable:
     return ruleset.build(
         ports, node="node1", node_ips=("192.168.77.11",), cluster_cidr="10.42.0.0/16", service_cidr="10.43.0.0/16"
     )
@@ -102,41 +103,36 @@ def main() -> int:
 
         # 100 services: first-packet latency.
         ports = [_sp(0, local=True)] + [_sp(i) for i in range(1, 100)]
-        _apply(ruleset.render_full(_build(ports)))
-        lat_small = _connect_latency(ports[0].cluster_ip)
+        _apply(nft.replace(_build(ports).table()).render())
+        lat_small = _connect_latency(ports[0].service.cluster_ip)
 
         # 10,000 services: full sync.
         ports = [_sp(0, local=True)] + [_sp(i) for i in range(1, args.services)]
         t0 = time.perf_counter()
-        rs = _build(ports)
-        script = ruleset.render_full(rs)
+        pt = _build(ports)
+        applied = pt.table()
+        script = nft.replace(applied).render()
         t_render = time.perf_counter() - t0
         _apply(script)
         t_full = time.perf_counter() - t0
-        lat_big = _connect_latency(ports[0].cluster_ip)
+        lat_big = _connect_latency(ports[0].service.cluster_ip)
 
         # One more service: partial sync (median of 5 additions).
         adds = []
         for k in range(5):
             sp = _sp(args.services + k)
             t0 = time.perf_counter()
-            new = ruleset.Ruleset(
-                cluster_cidr=rs.cluster_cidr,
-                service_cidr=rs.service_cidr,
-                node_ips=rs.node_ips,
-                pod_cidr=rs.pod_cidr,
-                services=dict(rs.services),
-            )
-            new.services[sp.key] = ruleset.service_rules(sp, node="node1", cluster_cidr=rs.cluster_cidr)
-            _apply(ruleset.render_partial(rs, new, {sp.key}))
+            pt.set(ruleset.service_rules(sp, node="node1", cluster_cidr=pt.cluster_cidr))
+            desired = pt.table()
+            _apply(nft.diff(applied, desired).render())
             adds.append(time.perf_counter() - t0)
-            rs = new
+            applied = desired
         visible = subprocess.run(
             ["ip", "netns", "exec", NS, "nft", "list", "map", "ip", "kwire-proxy", "service-ips"],
             capture_output=True,
             text=True,
         ).stdout
-        assert _sp(args.services + 4).cluster_ip in visible
+        assert _sp(args.services + 4).service.cluster_ip in visible
         listener.close()
     finally:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True)

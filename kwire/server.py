@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 import socket
@@ -28,6 +29,7 @@ from kwire.api.masterleases import MasterLeases
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
 from kwire.base.files import atomic_write
 from kwire.client.kubeconfig import Config, write_kubeconfig
@@ -77,6 +79,7 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
             await resources.create(ns_kind, None, {"metadata": {"name": ns}})
     port = int(cfg.https_listen_port)
     await _publish_cluster_config(resources, cfg)
+    await _bootstrap_classes(resources, local_storage=not cfg.disabled("local-storage"))
     if resources.get_or_none(svc_kind, "default", "kubernetes") is None:
         await resources.create(
             svc_kind,
@@ -91,6 +94,44 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
             },
         )
     # default/kubernetes Endpoints: every live server's address, kept by `MasterLeases` (kwire/api/masterleases.py).
+
+
+SYSTEM_PRIORITY_CLASSES = {
+    # kube-apiserver's scheduling bootstrap (pkg/apis/scheduling: SystemPriorityClasses)
+    "system-node-critical": (
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    "system-cluster-critical": (
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+}
+LOCAL_PATH_CLASS: dict[str, Any] = {
+    # K3s's local-storage manifest (the local-path-provisioner's StorageClass)
+    "metadata": {
+        "name": "local-path",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        "labels": {"objectset.rio.cattle.io/hash": "kwire-local-storage"},
+    },
+    "provisioner": "rancher.io/local-path",
+    "volumeBindingMode": "WaitForFirstConsumer",
+    "reclaimPolicy": "Delete",
+}
+
+
+async def _bootstrap_classes(resources: Resources, *, local_storage: bool) -> None:
+    """The two system PriorityClasses (kube-apiserver creates them) and K3s's `local-path` StorageClass."""
+    pc_kind = by_path("scheduling.k8s.io", "v1", "priorityclasses")
+    sc_kind = by_path("storage.k8s.io", "v1", "storageclasses")
+    assert pc_kind and sc_kind
+    for name, (value, description) in SYSTEM_PRIORITY_CLASSES.items():
+        if resources.get_or_none(pc_kind, None, name) is None:
+            await resources.create(
+                pc_kind, None, {"metadata": {"name": name}, "value": value, "description": description}
+            )
+    if local_storage and resources.get_or_none(sc_kind, None, "local-path") is None:
+        await resources.create(sc_kind, None, copy.deepcopy(LOCAL_PATH_CLASS))
 
 
 CLUSTER_CONFIG = "kwire-config"
@@ -150,6 +191,9 @@ class Server:
         if self.master_leases is not None:
             await self.master_leases.stop()
         await self.lifecycle.stop()
+        if self.resources.admission is not None:
+            await self.resources.admission.stop()
+        await self.resources.conversion.close()
         await self.runner.cleanup()
         await self.store.close()
         if self.etcd is not None:
@@ -330,17 +374,20 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     pki = _pki(cfg, data_dir, address=address)  # before the store: the embedded etcd's TLS comes from its CA
     store, etcd_member = await open_store(cfg, data_dir, address=address, join=join)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
-    admission = Admission(
+    plugins = Admission(
         not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
         unreachable_toleration_seconds=cfg.default_unreachable_toleration_seconds,
     )
-    resources = Resources(store, allocator=allocator, admission=admission)
+    resources = Resources(store, allocator=allocator, plugins=plugins)
     await resources.load()
     await bootstrap(resources, cfg, address=address)
     master_leases = MasterLeases(resources, address=address, port=int(cfg.https_listen_port))
     await master_leases.start()
     lifecycle = Lifecycle(resources)
     await lifecycle.start()
+    admission = WebhookAdmission(store, lookup=resources, namespace_labels=resources.namespace_labels)
+    await admission.start()
+    resources.admission = admission
 
     token = ensure_token(data_dir, cfg.token)
     port = int(cfg.https_listen_port)

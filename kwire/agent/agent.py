@@ -255,7 +255,7 @@ async def start(cfg: AgentConfig) -> Agent:
     )
     await flannel.setup()
     _bridge_netfilter()
-    proxier.pod_cidr = proxier.current.pod_cidr = flannel.subnet
+    proxier.set_pod_cidr(flannel.subnet)
     proxier.start()
     if netpol is not None:
         netpol.start()

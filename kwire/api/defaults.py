@@ -6,9 +6,11 @@ defaulted field does not look like a change.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
+from kwire.api.crd import definition
 from kwire.api.registry import Kind
 
 Obj = dict[str, Any]
@@ -239,7 +241,110 @@ def _namespace(obj: Obj) -> None:
 
 
 def _secret(obj: Obj) -> None:
+    """Secret type Opaque; `stringData` is write-only: merged into `data` base64-encoded (its keys win) and
+    dropped, as kube's v1 conversion does."""
     obj.setdefault("type", "Opaque")
+    string_data = obj.pop("stringData", None)
+    if isinstance(string_data, dict) and string_data:
+        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        for k, v in string_data.items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+        obj["data"] = data
+
+
+def _binding(obj: Obj) -> None:
+    """SetDefaults_Subject: User and Group subjects are in the RBAC group."""
+    for s in obj.get("subjects") or []:
+        if isinstance(s, dict) and not s.get("apiGroup") and s.get("kind") in ("User", "Group"):
+            s["apiGroup"] = "rbac.authorization.k8s.io"
+
+
+def _priorityclass(obj: Obj) -> None:
+    obj.setdefault("preemptionPolicy", "PreemptLowerPriority")
+
+
+def _storageclass(obj: Obj) -> None:
+    obj.setdefault("reclaimPolicy", "Delete")
+    obj.setdefault("volumeBindingMode", "Immediate")
+
+
+def _pv(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("persistentVolumeReclaimPolicy", "Retain")
+        spec.setdefault("volumeMode", "Filesystem")
+    status = obj.setdefault("status", {})
+    if isinstance(status, dict):
+        status.setdefault("phase", "Pending")
+
+
+def _pvc(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("volumeMode", "Filesystem")
+    status = obj.setdefault("status", {})
+    if isinstance(status, dict):
+        status.setdefault("phase", "Pending")
+
+
+def _limitrange(obj: Obj) -> None:
+    """SetDefaults_LimitRangeItem: a Container limit's default is its max, its defaultRequest the default."""
+    for item in (obj.get("spec") or {}).get("limits") or []:
+        if not isinstance(item, dict) or item.get("type") != "Container":
+            continue
+        dflt = item.setdefault("default", {})
+        for res, value in (item.get("max") or {}).items():
+            dflt.setdefault(res, value)
+        req = item.setdefault("defaultRequest", {})
+        for res, value in dflt.items():
+            req.setdefault(res, value)
+        for field in ("default", "defaultRequest"):
+            if not item[field]:
+                del item[field]
+
+
+def _hpa(obj: Obj) -> None:
+    """autoscaling/v2 SetDefaults_HorizontalPodAutoscaler: minReplicas 1, an 80% CPU target without metrics."""
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("minReplicas", 1)
+    if not spec.get("metrics"):
+        spec["metrics"] = [
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+            }
+        ]
+
+
+def _webhooks(obj: Obj, *, mutating: bool) -> None:
+    for hook in obj.get("webhooks") or []:
+        if not isinstance(hook, dict):
+            continue
+        hook.setdefault("failurePolicy", "Fail")
+        hook.setdefault("matchPolicy", "Equivalent")
+        hook.setdefault("namespaceSelector", {})
+        hook.setdefault("objectSelector", {})
+        hook.setdefault("timeoutSeconds", 10)
+        if mutating:
+            hook.setdefault("reinvocationPolicy", "Never")
+        svc = (hook.get("clientConfig") or {}).get("service")
+        if isinstance(svc, dict):
+            svc.setdefault("port", 443)
+        for rule in hook.get("rules") or []:
+            if isinstance(rule, dict):
+                rule.setdefault("scope", "*")
+
+
+def _csr(obj: Obj) -> None:
+    """The requester fields kube-apiserver fills from the authenticated user (here always the admin)."""
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("username", "system:admin")
+        spec.setdefault("groups", ["system:masters", "system:authenticated"])
+    obj.setdefault("status", {})
 
 
 def _endpointslice(obj: Obj) -> None:
@@ -265,13 +370,6 @@ def _networkpolicy(obj: Obj) -> None:
                         p.setdefault("protocol", "TCP")
 
 
-def _ipaddresspool(obj: Obj) -> None:
-    spec = obj.setdefault("spec", {})
-    if isinstance(spec, dict):
-        spec.setdefault("autoAssign", True)
-        spec.setdefault("avoidBuggyIPs", False)
-
-
 def _node(obj: Obj) -> None:
     obj.setdefault("spec", {})
     obj.setdefault("status", {})
@@ -290,8 +388,19 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "Secret": _secret,
     "EndpointSlice": _endpointslice,
     "NetworkPolicy": _networkpolicy,
-    "IPAddressPool": _ipaddresspool,
     "Node": _node,
+    "CustomResourceDefinition": definition.apply_defaults,
+    "RoleBinding": _binding,
+    "ClusterRoleBinding": _binding,
+    "PriorityClass": _priorityclass,
+    "StorageClass": _storageclass,
+    "PersistentVolume": _pv,
+    "PersistentVolumeClaim": _pvc,
+    "LimitRange": _limitrange,
+    "HorizontalPodAutoscaler": _hpa,
+    "ValidatingWebhookConfiguration": lambda o: _webhooks(o, mutating=False),
+    "MutatingWebhookConfiguration": lambda o: _webhooks(o, mutating=True),
+    "CertificateSigningRequest": _csr,
 }
 
 

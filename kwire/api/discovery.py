@@ -1,5 +1,9 @@
 """Discovery documents (/api, /apis, group versions, /version) and the OpenAPI v3 index kubectl consults.
 
+/api and /apis also answer aggregated discovery (apidiscovery.k8s.io v2 and v2beta1 `APIGroupDiscoveryList`,
+kube-apiserver's default since 1.30) when the Accept header asks for it, as kubectl 1.32 does: one request
+then describes every group, version and resource, built-in and CRD-defined alike.
+
 The OpenAPI v3 documents are minimal: one PATCH operation per kind carrying `x-kubernetes-group-version-kind`
 and the `fieldValidation` parameter. That is what kubectl checks to decide that the server validates fields
 itself (so it skips downloading a full schema), and nothing more is claimed.
@@ -12,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from kwire.api.registry import KINDS, Kind, groups, kinds_in
+from kwire.api.registry import Kind, all_kinds, groups, kinds_in
 
 VERSION = {
     "major": "1",
@@ -26,6 +30,7 @@ VERSION = {
     "platform": "linux/amd64",
 }
 
+PROXIED = ("Pod", "Service", "Node")
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -58,6 +63,17 @@ def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
         if sub == "eviction":  # kubectl drain looks for exactly this entry before it evicts
             entry.update({"kind": "Eviction", "group": "policy", "version": "v1", "verbs": ["create"]})
         out.append(entry)
+    if kind.api_version == "v1" and kind.kind in PROXIED:
+        # the proxy subresources (kwire.api.proxy), listed as kube-apiserver lists them
+        out.append(
+            {
+                "name": f"{kind.plural}/proxy",
+                "singularName": "",
+                "namespaced": kind.namespaced,
+                "kind": f"{kind.kind}ProxyOptions",
+                "verbs": ["create", "delete", "get", "patch", "update"],
+            }
+        )
     return out
 
 
@@ -136,24 +152,102 @@ def _gv_doc(group: str, version: str) -> dict[str, Any]:
     }
 
 
-def _gv_bytes() -> dict[str, bytes]:
+_DOCS_CACHE: tuple[tuple[Kind, ...], dict[str, bytes]] | None = None
+
+
+def openapi_v3_docs() -> dict[str, bytes]:
+    """One document per served group version; rebuilt when the set of kinds changes (a CRD came or went)."""
+    global _DOCS_CACHE
+    kinds = all_kinds()
+    if _DOCS_CACHE is not None and _DOCS_CACHE[0] is kinds:
+        return _DOCS_CACHE[1]
     out: dict[str, bytes] = {}
-    seen: set[tuple[str, str]] = set()
-    for k in KINDS:
-        if (k.group, k.version) in seen:
-            continue
-        seen.add((k.group, k.version))
-        out[_gv_path(k.group, k.version)] = orjson.dumps(_gv_doc(k.group, k.version))
+    for k in kinds:
+        path = _gv_path(k.group, k.version)
+        if path not in out:
+            out[path] = orjson.dumps(_gv_doc(k.group, k.version))
+    _DOCS_CACHE = (kinds, out)
     return out
-
-
-OPENAPI_V3_DOCS: dict[str, bytes] = _gv_bytes()
 
 
 def openapi_v3_root() -> dict[str, Any]:
     return {
         "paths": {
             path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={hashlib.sha512(doc).hexdigest()[:32].upper()}"}
-            for path, doc in OPENAPI_V3_DOCS.items()
+            for path, doc in openapi_v3_docs().items()
         }
+    }
+
+
+# -- aggregated discovery ----------------------------------------------------------------------------------------
+_AGGREGATED = "application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList"
+
+
+def aggregated_version(accept: str) -> str | None:
+    """ "v2" or "v2beta1" when the Accept header asks for aggregated discovery (the first one it lists)."""
+    for part in accept.split(","):
+        params = {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in part.split(";")[1:] if "=" in p}
+        if params.get("g") == "apidiscovery.k8s.io" and params.get("as") == "APIGroupDiscoveryList":
+            if params.get("v") in ("v2", "v2beta1"):
+                return params["v"]
+    return None
+
+
+def aggregated_content_type(version: str) -> str:
+    return _AGGREGATED.format(v=version)
+
+
+def _aggregated_resource(kind: Kind) -> dict[str, Any]:
+    main, *subs = _resource_entries(kind)
+    out: dict[str, Any] = {
+        "resource": kind.plural,
+        "responseKind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
+        "scope": "Namespaced" if kind.namespaced else "Cluster",
+        "singularResource": kind.singular,
+        "verbs": main["verbs"],
+    }
+    if kind.short_names:
+        out["shortNames"] = list(kind.short_names)
+    if kind.categories:
+        out["categories"] = list(kind.categories)
+    if subs:
+        out["subresources"] = [
+            {
+                "subresource": sub["name"].split("/", 1)[1],
+                "responseKind": {
+                    "group": sub.get("group", kind.group),
+                    "version": sub.get("version", kind.version),
+                    "kind": sub["kind"],
+                },
+                "verbs": sub["verbs"],
+            }
+            for sub in subs
+        ]
+    return out
+
+
+def aggregated_discovery(*, core: bool, version: str = "v2") -> dict[str, Any]:
+    """The APIGroupDiscoveryList for /api (core=True) or /apis."""
+    items = []
+    for group, versions in groups().items():
+        if bool(group) == core:
+            continue
+        items.append(
+            {
+                "metadata": {"name": group},
+                "versions": [
+                    {
+                        "version": v,
+                        "resources": [_aggregated_resource(k) for k in kinds_in(group, v)],
+                        "freshness": "Current",
+                    }
+                    for v in versions
+                ],
+            }
+        )
+    return {
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": f"apidiscovery.k8s.io/{version}",
+        "metadata": {},
+        "items": items,
     }

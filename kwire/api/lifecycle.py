@@ -7,6 +7,8 @@ on stored objects, so kwire runs them beside the store and follows its revision 
 - Foreground (`foregroundDeletion` finalizer): dependents are deleted first, then the owner.
 - Orphan (`orphan` finalizer): dependents lose the ownerReference, then the owner goes.
 - A namespace with a deletionTimestamp has every object in it deleted, then itself.
+- A CustomResourceDefinition with a deletionTimestamp has every object of its kind deleted, then its
+  `customresourcecleanup.apiextensions.k8s.io` finalizer removed (apiextensions' finalizer controller).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 
 import orjson
 
+from kwire.api.crd.definition import FINALIZER
 from kwire.api.errors import ApiError
-from kwire.api.registry import KINDS, Kind
-from kwire.api.resources import NAMESPACES, Resources, decode, kind_for_key
+from kwire.api.registry import Kind, all_kinds
+from kwire.api.resources import CRDS, NAMESPACES, Resources, decode, kind_for_key
 from kwire.store.base import DELETED
 
 log = logging.getLogger(__name__)
@@ -160,6 +163,8 @@ class Lifecycle:
                     pending.update(self._dependents.get(uid, set()))
                     obj = orjson.loads(ev.value)
                     ns_kind = kind_for_key(ev.key)
+                    if ns_kind is not None and ns_kind.custom is not None:  # a terminating CRD may be done now
+                        pending.add(CRDS.key(None, ns_kind.custom.crd_name))  # type: ignore[union-attr]
                     if ns_kind is not None and ns_kind.namespaced:
                         ns = (obj.get("metadata") or {}).get("namespace")
                         if ns and NAMESPACES.key(None, ns) in self._terminating:  # type: ignore[union-attr]
@@ -186,6 +191,9 @@ class Lifecycle:
         if kind is NAMESPACES:
             if meta.get("deletionTimestamp"):
                 await self._empty_namespace(meta["name"])
+            return
+        if kind is CRDS and meta.get("deletionTimestamp") and FINALIZER in (meta.get("finalizers") or []):
+            await self._clean_up_crd(obj)
             return
         if meta.get("deletionTimestamp"):
             finalizers = list(meta.get("finalizers") or [])
@@ -246,10 +254,30 @@ class Lifecycle:
             del meta["finalizers"]
         await self.resources.update(kind, meta.get("namespace"), meta["name"], obj)
 
+    async def _clean_up_crd(self, crd: Obj) -> None:
+        """Delete every object of a terminating CRD's kind; once none is left, drop the cleanup finalizer."""
+        spec = crd.get("spec") or {}
+        names = (crd.get("status") or {}).get("acceptedNames") or spec.get("names") or {}
+        prefix = f"/registry/{spec.get('group')}/{names.get('plural')}/"
+        kind = kind_for_key(prefix)
+        res = await self.resources.store.range(prefix)
+        for kv in res.items:
+            meta = orjson.loads(kv.value).get("metadata") or {}
+            if kind is None or meta.get("deletionTimestamp"):
+                continue
+            try:
+                await self.resources.delete(kind, meta.get("namespace"), meta["name"], propagation="Background")
+            except ApiError as err:
+                if err.code != 404:
+                    raise
+        if not (await self.resources.store.range(prefix, limit=1)).items:
+            log.info("customresourcedefinition %s: all objects deleted", crd["metadata"]["name"])
+            await self._remove_finalizer(CRDS, crd, FINALIZER)  # type: ignore[arg-type]
+
     async def _empty_namespace(self, ns: str) -> None:
         remaining = 0
-        for kind in KINDS:
-            if not kind.namespaced:
+        for kind in all_kinds():
+            if not kind.namespaced or kind_for_key(kind.prefix()) is not kind or kind.stored_as is not None:
                 continue
             res = await self.resources.store.range(kind.prefix(ns))
             for kv in res.items:

@@ -4,7 +4,7 @@ Strategic merge patch follows apimachinery's `strategicpatch` for the directives
 (`$patch: replace|delete|merge`, `$retainKeys`, `$deleteFromPrimitiveList/<f>`, `$setElementOrder/<f>`, null
 deletes a key). Which lists merge, and by which key, comes from the `patchStrategy`/`patchMergeKey` tags of the
 upstream Go types for the kinds we serve (the table below); every other list is replaced whole. Custom kinds
-(metallb.io) do not support strategic merge patch, as for CRDs in kube-apiserver.
+(CRD-defined kinds) do not support strategic merge patch, as for CRDs in kube-apiserver.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ Schema = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
+APPLY_YAML = "application/apply-patch+yaml"
 
 
 def _ml(key: str, items: Schema | None = None) -> Schema:
@@ -69,11 +70,14 @@ _SCHEMAS: dict[str, Schema] = {
         "status": _obj({"conditions": _ml("type"), "addresses": _ml("type")}),
     },
     "Namespace": {"metadata": _META, "status": _obj({"conditions": _ml("type")})},
+    "ValidatingWebhookConfiguration": {"metadata": _META, "webhooks": _ml("name")},
+    "MutatingWebhookConfiguration": {"metadata": _META, "webhooks": _ml("name")},
 }
 
 
 def smp_supported(kind: Kind) -> bool:
-    return kind.group != "metallb.io"
+    """Strategic merge patch needs Go struct tags: custom resources (CRD kinds) do not support it, as in kube."""
+    return kind.custom is None
 
 
 class _Delete:
@@ -197,18 +201,25 @@ def merge_patch(current: Any, patch: Any) -> Any:
     return result
 
 
+def unsupported_patch_type(kind: Kind) -> ApiError:
+    """kube-apiserver's 415 for a PATCH content type it does not take (apply-patch+cbor included)."""
+    accepted = "application/json-patch+json, application/merge-patch+json"
+    if smp_supported(kind):
+        accepted += ", application/strategic-merge-patch+json"
+    accepted += ", application/apply-patch+yaml"
+    return ApiError(
+        415,
+        "UnsupportedMediaType",
+        f"the body of the request was in an unknown format - accepted media types include: {accepted}",
+    )
+
+
 def apply_patch(kind: Kind, current: Obj, patch_body: bytes, content_type: str) -> Obj:
-    """The object after applying `patch_body` of `content_type` to `current` (which is not modified)."""
+    """The object after applying `patch_body` of `content_type` to `current` (which is not modified).
+    Server-side apply (`application/apply-patch+yaml`) is `managedfields.apply`, called by the storage layer."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype not in (JSON_PATCH, MERGE_PATCH, STRATEGIC) or (ctype == STRATEGIC and not smp_supported(kind)):
-        accepted = "application/json-patch+json, application/merge-patch+json"
-        if smp_supported(kind):
-            accepted += ", application/strategic-merge-patch+json"
-        raise ApiError(
-            415,
-            "UnsupportedMediaType",
-            f"the body of the request was in an unknown format - accepted media types include: {accepted}",
-        )
+        raise unsupported_patch_type(kind)
     try:
         patch = orjson.loads(patch_body)
     except orjson.JSONDecodeError as exc:

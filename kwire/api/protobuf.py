@@ -16,6 +16,7 @@ Responses are always JSON: kubectl accepts it alongside protobuf.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"k8s\x00"
 
 # Field kinds: s string, i integer, b bool, y bytes (base64 in JSON), m message, ms map<string,string>,
-# my map<string,bytes>, mq map<string,Quantity>, ios IntOrString.
+# my map<string,bytes>, mq map<string,Quantity>, q Quantity, ios IntOrString, t metav1.Time.
 
 
 @dataclass(frozen=True)
@@ -117,17 +118,30 @@ SCHEMAS: dict[str, dict[int, F]] = {
     ),
     "PodTemplateSpec": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodSpec")),
     "PodSpec": _m(
+        f1=F("volumes", "m", "Volume", repeated=True),
         f2=F("containers", "m", "Container", repeated=True),
         f3=F("restartPolicy", "s"),
         f4=F("terminationGracePeriodSeconds", "i", keep_zero=True),
+        f5=F("activeDeadlineSeconds", "i", keep_zero=True),
         f6=F("dnsPolicy", "s"),
         f7=F("nodeSelector", "ms"),
         f8=F("serviceAccountName", "s"),
         f10=F("nodeName", "s"),
         f11=F("hostNetwork", "b"),
+        f12=F("hostPID", "b"),
+        f13=F("hostIPC", "b"),
+        f15=F("imagePullSecrets", "m", "LocalObjectReference", repeated=True),
         f16=F("hostname", "s"),
         f17=F("subdomain", "s"),
+        f19=F("schedulerName", "s"),
         f20=F("initContainers", "m", "Container", repeated=True),
+        f21=F("automountServiceAccountToken", "b", keep_zero=True),
+        f22=F("tolerations", "m", "Toleration", repeated=True),
+        f24=F("priorityClassName", "s"),
+        f25=F("priority", "i", keep_zero=True),
+        f27=F("shareProcessNamespace", "b", keep_zero=True),
+        f30=F("enableServiceLinks", "b", keep_zero=True),
+        f31=F("preemptionPolicy", "s"),
     ),
     "Container": _m(
         f1=F("name", "s"),
@@ -138,12 +152,107 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f6=F("ports", "m", "ContainerPort", repeated=True),
         f7=F("env", "m", "EnvVar", repeated=True),
         f8=F("resources", "m", "ResourceRequirements"),
+        f9=F("volumeMounts", "m", "VolumeMount", repeated=True),
+        f10=F("livenessProbe", "m", "Probe"),
+        f11=F("readinessProbe", "m", "Probe"),
+        f13=F("terminationMessagePath", "s"),
         f14=F("imagePullPolicy", "s"),
+        f15=F("securityContext", "m", "SecurityContext"),
+        f16=F("stdin", "b"),
+        f17=F("stdinOnce", "b"),
+        f18=F("tty", "b"),
+        f19=F("envFrom", "m", "EnvFromSource", repeated=True),
+        f20=F("terminationMessagePolicy", "s"),
+        f22=F("startupProbe", "m", "Probe"),
     ),
+    "Probe": _m(
+        f1=F("handler", "m", "ProbeHandler", inline=True),
+        f2=F("initialDelaySeconds", "i"),
+        f3=F("timeoutSeconds", "i"),
+        f4=F("periodSeconds", "i"),
+        f5=F("successThreshold", "i"),
+        f6=F("failureThreshold", "i"),
+        f7=F("terminationGracePeriodSeconds", "i", keep_zero=True),
+    ),
+    "ProbeHandler": _m(
+        f1=F("exec", "m", "ExecAction"),
+        f2=F("httpGet", "m", "HTTPGetAction"),
+        f3=F("tcpSocket", "m", "TCPSocketAction"),
+    ),
+    "ExecAction": _m(f1=F("command", "s", repeated=True)),
+    "HTTPGetAction": _m(
+        f1=F("path", "s"),
+        f2=F("port", "ios", keep_zero=True),
+        f3=F("host", "s"),
+        f4=F("scheme", "s"),
+        f5=F("httpHeaders", "m", "HTTPHeader", repeated=True),
+    ),
+    "HTTPHeader": _m(f1=F("name", "s"), f2=F("value", "s")),
+    "TCPSocketAction": _m(f1=F("port", "ios", keep_zero=True), f2=F("host", "s")),
+    "EnvFromSource": _m(
+        f1=F("prefix", "s"),
+        f2=F("configMapRef", "m", "ConfigMapEnvSource"),
+        f3=F("secretRef", "m", "ConfigMapEnvSource"),
+    ),
+    "ConfigMapEnvSource": _m(
+        f1=F("ref", "m", "LocalObjectReference", inline=True), f2=F("optional", "b", keep_zero=True)
+    ),
+    "EnvVarSource": _m(
+        f1=F("fieldRef", "m", "ObjectFieldSelector"),
+        f2=F("resourceFieldRef", "m", "ResourceFieldSelector"),
+        f3=F("configMapKeyRef", "m", "KeySelector"),
+        f4=F("secretKeyRef", "m", "KeySelector"),
+    ),
+    "ObjectFieldSelector": _m(f1=F("apiVersion", "s"), f2=F("fieldPath", "s")),
+    "ResourceFieldSelector": _m(f1=F("containerName", "s"), f2=F("resource", "s"), f3=F("divisor", "q")),
+    "KeySelector": _m(
+        f1=F("ref", "m", "LocalObjectReference", inline=True), f2=F("key", "s"), f3=F("optional", "b", keep_zero=True)
+    ),
+    "SecurityContext": _m(
+        f2=F("privileged", "b", keep_zero=True),
+        f4=F("runAsUser", "i", keep_zero=True),
+        f5=F("runAsNonRoot", "b", keep_zero=True),
+        f6=F("readOnlyRootFilesystem", "b", keep_zero=True),
+        f7=F("allowPrivilegeEscalation", "b", keep_zero=True),
+        f8=F("runAsGroup", "i", keep_zero=True),
+    ),
+    "VolumeMount": _m(
+        f1=F("name", "s"),
+        f2=F("readOnly", "b"),
+        f3=F("mountPath", "s"),
+        f4=F("subPath", "s"),
+        f5=F("mountPropagation", "s"),
+        f6=F("subPathExpr", "s"),
+    ),
+    "Volume": _m(f1=F("name", "s"), f2=F("source", "m", "VolumeSource", inline=True)),
+    "VolumeSource": _m(
+        f1=F("hostPath", "m", "HostPathVolumeSource"),
+        f2=F("emptyDir", "m", "EmptyDirVolumeSource", keep_zero=True),
+        f6=F("secret", "m", "SecretVolumeSource"),
+        f10=F("persistentVolumeClaim", "m", "PersistentVolumeClaimVolumeSource"),
+        f19=F("configMap", "m", "ConfigMapVolumeSource"),
+    ),
+    "HostPathVolumeSource": _m(f1=F("path", "s"), f2=F("type", "s")),
+    "EmptyDirVolumeSource": _m(f1=F("medium", "s"), f2=F("sizeLimit", "q")),
+    "SecretVolumeSource": _m(f1=F("secretName", "s"), f3=F("defaultMode", "i", keep_zero=True), f4=F("optional", "b")),
+    "PersistentVolumeClaimVolumeSource": _m(f1=F("claimName", "s"), f2=F("readOnly", "b")),
+    "ConfigMapVolumeSource": _m(
+        f1=F("ref", "m", "LocalObjectReference", inline=True),
+        f3=F("defaultMode", "i", keep_zero=True),
+        f4=F("optional", "b"),
+    ),
+    "Toleration": _m(
+        f1=F("key", "s"),
+        f2=F("operator", "s"),
+        f3=F("value", "s"),
+        f4=F("effect", "s"),
+        f5=F("tolerationSeconds", "i", keep_zero=True),
+    ),
+    "Pod": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodSpec")),
     "ContainerPort": _m(
         f1=F("name", "s"), f2=F("hostPort", "i"), f3=F("containerPort", "i"), f4=F("protocol", "s"), f5=F("hostIP", "s")
     ),
-    "EnvVar": _m(f1=F("name", "s"), f2=F("value", "s")),
+    "EnvVar": _m(f1=F("name", "s"), f2=F("value", "s"), f3=F("valueFrom", "m", "EnvVarSource")),
     "ResourceRequirements": _m(f1=F("limits", "mq"), f2=F("requests", "mq")),
     # apps/v1
     "Deployment": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "DeploymentSpec")),
@@ -219,6 +328,82 @@ SCHEMAS: dict[str, dict[int, F]] = {
     "IngressRuleValue": _m(f1=F("http", "m", "HTTPIngressRuleValue")),
     "HTTPIngressRuleValue": _m(f1=F("paths", "m", "HTTPIngressPath", repeated=True)),
     "HTTPIngressPath": _m(f1=F("path", "s"), f2=F("backend", "m", "IngressBackend"), f3=F("pathType", "s")),
+    # rbac.authorization.k8s.io/v1
+    "PolicyRule": _m(
+        f1=F("verbs", "s", repeated=True),
+        f2=F("apiGroups", "s", repeated=True),
+        f3=F("resources", "s", repeated=True),
+        f4=F("resourceNames", "s", repeated=True),
+        f5=F("nonResourceURLs", "s", repeated=True),
+    ),
+    "Role": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("rules", "m", "PolicyRule", repeated=True)),
+    "ClusterRole": _m(
+        f1=F("metadata", "m", "ObjectMeta"),
+        f2=F("rules", "m", "PolicyRule", repeated=True),
+        f3=F("aggregationRule", "m", "AggregationRule"),
+    ),
+    "AggregationRule": _m(f1=F("clusterRoleSelectors", "m", "LabelSelector", repeated=True)),
+    "Subject": _m(f1=F("kind", "s"), f2=F("apiGroup", "s"), f3=F("name", "s"), f4=F("namespace", "s")),
+    "RoleRef": _m(f1=F("apiGroup", "s"), f2=F("kind", "s"), f3=F("name", "s")),
+    "RoleBinding": _m(
+        f1=F("metadata", "m", "ObjectMeta"),
+        f2=F("subjects", "m", "Subject", repeated=True),
+        f3=F("roleRef", "m", "RoleRef"),
+    ),
+    # scheduling.k8s.io/v1
+    "PriorityClass": _m(
+        f1=F("metadata", "m", "ObjectMeta"),
+        f2=F("value", "i", keep_zero=True),
+        f3=F("globalDefault", "b"),
+        f4=F("description", "s"),
+        f5=F("preemptionPolicy", "s"),
+    ),
+    # core/v1 ResourceQuota
+    "ResourceQuota": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "ResourceQuotaSpec")),
+    "ResourceQuotaSpec": _m(
+        f1=F("hard", "mq"), f2=F("scopes", "s", repeated=True), f3=F("scopeSelector", "m", "ScopeSelector")
+    ),
+    "ScopeSelector": _m(f1=F("matchExpressions", "m", "ScopedResourceSelectorRequirement", repeated=True)),
+    "ScopedResourceSelectorRequirement": _m(
+        f1=F("scopeName", "s"), f2=F("operator", "s"), f3=F("values", "s", repeated=True)
+    ),
+    # autoscaling/v1 (kubectl autoscale)
+    "HorizontalPodAutoscaler": _m(
+        f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "HorizontalPodAutoscalerSpec")
+    ),
+    "HorizontalPodAutoscalerSpec": _m(
+        f1=F("scaleTargetRef", "m", "CrossVersionObjectReference"),
+        f2=F("minReplicas", "i", keep_zero=True),
+        f3=F("maxReplicas", "i", keep_zero=True),
+        f4=F("targetCPUUtilizationPercentage", "i", keep_zero=True),
+    ),
+    "CrossVersionObjectReference": _m(f1=F("kind", "s"), f2=F("name", "s"), f3=F("apiVersion", "s")),
+    # certificates.k8s.io/v1 (kubectl certificate approve|deny send the whole object)
+    "CertificateSigningRequest": _m(
+        f1=F("metadata", "m", "ObjectMeta"),
+        f2=F("spec", "m", "CertificateSigningRequestSpec"),
+        f3=F("status", "m", "CertificateSigningRequestStatus"),
+    ),
+    "CertificateSigningRequestSpec": _m(
+        f1=F("request", "y"),
+        f2=F("username", "s"),
+        f3=F("uid", "s"),
+        f4=F("groups", "s", repeated=True),
+        f5=F("usages", "s", repeated=True),
+        f7=F("signerName", "s"),
+        f8=F("expirationSeconds", "i", keep_zero=True),
+    ),
+    "CertificateSigningRequestStatus": _m(
+        f1=F("conditions", "m", "CertificateSigningRequestCondition", repeated=True), f2=F("certificate", "y")
+    ),
+    "CertificateSigningRequestCondition": _m(
+        f1=F("type", "s"),
+        f2=F("reason", "s"),
+        f3=F("message", "s"),
+        f4=F("lastUpdateTime", "t"),
+        f5=F("lastTransitionTime", "t"),
+        f6=F("status", "s"),
+    ),
 }
 
 # The top-level kinds whose bodies we accept, by (apiVersion, kind).
@@ -230,10 +415,22 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("v1", "Service"): "Service",
     ("apps/v1", "Deployment"): "Deployment",
     ("networking.k8s.io/v1", "Ingress"): "Ingress",
+    ("v1", "ResourceQuota"): "ResourceQuota",
+    ("v1", "Pod"): "Pod",  # kubectl debug node/... and --copy-to
+    ("rbac.authorization.k8s.io/v1", "Role"): "Role",
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "ClusterRole",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "RoleBinding",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "RoleBinding",  # same fields as RoleBinding
+    ("scheduling.k8s.io/v1", "PriorityClass"): "PriorityClass",
+    ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
+    ("autoscaling/v1", "HorizontalPodAutoscaler"): "HorizontalPodAutoscaler",
+    ("certificates.k8s.io/v1", "CertificateSigningRequest"): "CertificateSigningRequest",
     ("batch/v1", "Job"): "Job",
     ("batch/v1", "CronJob"): "CronJob",
     ("policy/v1", "Eviction"): "Eviction",
-    ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
+    # client-go sends DeleteOptions in the group version of the resource being deleted
+    ("v1", "DeleteOptions"): "DeleteOptions",
+    ("meta.k8s.io/v1", "DeleteOptions"): "DeleteOptions",
 }
 
 
@@ -335,6 +532,23 @@ def _scalar(f: F, v: int | bytes) -> Any:
         if not isinstance(v, bytes):
             raise DecodeError(f"{f.name}: expected a message")
         return decode_message(f.msg, v)
+    if f.kind == "q":
+        # resource.Quantity is {1: string}.
+        if not isinstance(v, bytes):
+            raise DecodeError(f"{f.name}: expected a Quantity")
+        return next((_str(x) for n, _w, x in fields_of(v) if n == 1), "")
+    if f.kind == "t":
+        # metav1.Time is {1: seconds, 2: nanos}; JSON has it as RFC 3339 in whole seconds.
+        if not isinstance(v, bytes):
+            raise DecodeError(f"{f.name}: expected a Time")
+        seconds = next((_signed(x) for n, _w, x in fields_of(v) if n == 1 and isinstance(x, int)), None)
+        if seconds is None:
+            return None  # a zero Time is marshalled as an empty message: JSON null, dropped
+        try:
+            when = dt.datetime.fromtimestamp(seconds, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise DecodeError(f"{f.name}: time out of range") from None
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
     raise DecodeError(f"unknown field kind {f.kind}")
 
 

@@ -1,7 +1,10 @@
-"""The `scale` subresource of Deployments, ReplicaSets and StatefulSets (autoscaling/v1 Scale), which `kubectl scale` uses.
+"""The `scale` subresource (autoscaling/v1 Scale) of Deployments, ReplicaSets, StatefulSets and custom resources
+whose CRD declares one, which `kubectl scale` uses.
 
-GET answers a Scale built from the object; PUT and PATCH change only spec.replicas of the parent object, through
+GET answers a Scale built from the object; PUT and PATCH change only the replicas of the parent object, through
 the normal update path (validation, optimistic concurrency on the Scale's resourceVersion, generation bump).
+For a custom resource the CRD's specReplicasPath, statusReplicasPath and labelSelectorPath say where the
+numbers and the selector string live (apiextensions-apiserver's scale subresource).
 """
 
 from __future__ import annotations
@@ -34,10 +37,45 @@ def _selector_string(sel: Any) -> str:
     return ",".join(parts)
 
 
-def to_scale(obj: Obj) -> Obj:
+def _get_path(obj: Any, path: str) -> Any:
+    for part in [p for p in path.split(".") if p]:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _set_path(obj: Obj, path: str, value: Any) -> None:
+    parts = [p for p in path.split(".") if p]
+    for part in parts[:-1]:
+        nxt = obj.get(part)
+        if not isinstance(nxt, dict):
+            nxt = obj[part] = {}
+        obj = nxt
+    obj[parts[-1]] = value
+
+
+def to_scale(obj: Obj, kind: Kind | None = None) -> Obj:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
+    if kind is not None and kind.custom is not None:
+        c = kind.custom
+        replicas = _get_path(obj, c.spec_replicas_path)
+        current = _get_path(obj, c.status_replicas_path)
+        selector = _get_path(obj, c.label_selector_path) if c.label_selector_path else None
+        scale_status: Obj = {"replicas": int(current) if isinstance(current, int) else 0}
+        if isinstance(selector, str) and selector:
+            scale_status["selector"] = selector
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
+            },
+            "spec": {"replicas": int(replicas) if isinstance(replicas, int) else 0},
+            "status": scale_status,
+        }
     return {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -61,7 +99,10 @@ def apply_scale(kind: Kind, obj: Obj, scale: Obj) -> Obj:
             [invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
         )
     out = copy.deepcopy(obj)
-    out.setdefault("spec", {})["replicas"] = replicas
+    if kind.custom is not None:
+        _set_path(out, kind.custom.spec_replicas_path, replicas)
+    else:
+        out.setdefault("spec", {})["replicas"] = replicas
     rv = (scale.get("metadata") or {}).get("resourceVersion")
     if rv:
         out["metadata"]["resourceVersion"] = str(rv)

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,25 @@ import orjson
 import yaml
 from aiohttp import web
 
-from kwire.api import bootstrap, discovery, eviction, kubeletproxy, protobuf, scale, streaming, tables
+from kwire.api import (
+    bootstrap,
+    convert,
+    discovery,
+    eviction,
+    kubeletproxy,
+    managedfields,
+    protobuf,
+    proxy,
+    scale,
+    streaming,
+    tables,
+)
+from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
-from kwire.api.fields import FieldSelector, parse_fields
+from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
+from kwire.api.fields import check as fields_check
+from kwire.api.health import ENDPOINTS, Health
+from kwire.api.metrics import ApiMetrics, RequestInfo, metric_verb
 from kwire.api.patch import apply_patch
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
@@ -64,7 +81,8 @@ def parse_target(path: str) -> Target | None:
     if not rest:
         return None
     namespace: str | None = None
-    if rest[0] == "namespaces" and len(rest) >= 3:
+    # /api/v1/namespaces/NAME/{status,finalize} are a Namespace's subresources, not a resource in namespace NAME.
+    if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
         namespace, rest = rest[1], rest[2:]
     plural = rest[0]
     kind = by_path(group, version, plural)
@@ -79,9 +97,53 @@ def parse_target(path: str) -> Target | None:
     return Target(kind, namespace, name, sub)
 
 
+def _public(path: str) -> bool:
+    """What kube's system:public-info-viewer may read unauthenticated (health checks and their sub-checks)."""
+    return path in PUBLIC_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/"))
+
+
+def request_info(request: web.Request) -> RequestInfo:
+    """kube's RequestInfo in the shape the request metrics label it."""
+    target = parse_target(request.path.rstrip("/"))
+    dry = "All" if "All" in request.query.getall("dryRun", []) else ""
+    if target is None:
+        via = proxy.parse(request.rel_url.raw_path)
+        if via is not None:
+            scope = "resource" if via.namespace is None else "namespace"
+            return RequestInfo("CONNECT", "", "v1", via.resource, "proxy", scope, dry)
+        return RequestInfo(verb=request.method, dry_run=dry)
+    named = target.name is not None
+    if named:
+        scope = "resource"
+    elif target.namespace is not None:
+        scope = "namespace"
+    else:
+        scope = "cluster"
+    sub = target.subresource or ""
+    return RequestInfo(
+        verb=metric_verb(request.method, named=named, watch=_bool_param(request, "watch"), subresource=sub),
+        group=target.kind.group,
+        version=target.kind.version,
+        resource=target.kind.plural,
+        subresource=sub,
+        scope=scope,
+        dry_run=dry,
+    )
+
+
 def _wants_table(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return "as=Table" in accept
+
+
+def _include_object(request: web.Request) -> str:
+    """The `includeObject` of a Table request (kubectl's --sort-by asks for Object); Metadata by default."""
+    value = request.query.get("includeObject") or "Metadata"
+    if value not in tables.INCLUDE_OBJECT:
+        raise bad_request(
+            f'includeObject: Unsupported value: "{value}": supported values: "Metadata", "None", "Object"'
+        )
+    return value
 
 
 def _bool_param(request: web.Request, name: str) -> bool:
@@ -90,6 +152,35 @@ def _bool_param(request: web.Request, name: str) -> bool:
 
 def _dry_run(request: web.Request) -> bool:
     return "All" in request.query.getall("dryRun", [])
+
+
+def _connect_options(request: web.Request, subresource: str) -> Obj:
+    """The PodExecOptions/PodAttachOptions object CONNECT admission sees, from the query."""
+    q = request.query
+    opts: Obj = {"kind": "PodExecOptions" if subresource == "exec" else "PodAttachOptions", "apiVersion": "v1"}
+    for flag in ("stdin", "stdout", "stderr", "tty"):
+        if q.get(flag, "").lower() in ("1", "true"):
+            opts[flag] = True
+    if q.get("container"):
+        opts["container"] = q["container"]
+    if subresource == "exec":
+        opts["command"] = q.getall("command", [])
+    return opts
+
+
+def _field_manager(request: web.Request) -> str:
+    """The request's field manager: `?fieldManager=`, else the User-Agent's prefix (kube's default)."""
+    name = request.query.get("fieldManager")
+    if name is None:
+        return managedfields.manager_from_user_agent(request.headers.get("User-Agent", ""))
+    if len(name) > managedfields.MAX_MANAGER_LENGTH:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Too long: may not be more than '
+            f"{managedfields.MAX_MANAGER_LENGTH} bytes",
+        )
+    return name
 
 
 class ApiServer:
@@ -103,6 +194,20 @@ class ApiServer:
         self._stopping = asyncio.Event()
         # Set by a server running an embedded etcd: the data a joining server fetches (`bootstrap.py`).
         self.server_bootstrap: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        self.health = Health()
+        for name in ("ping", "log"):
+            self.health.add(name, lambda: True)
+        self.health.add("etcd", self._store_answers)
+        self.health.add("etcd-readiness", self._store_answers, ready_only=True)
+        self.health.add("shutdown", lambda: self.ready and not self._stopping.is_set(), ready_only=True)
+        self.metrics = ApiMetrics(count_objects=self._count_objects)
+        self._inflight = {"readOnly": 0, "mutating": 0}
+
+    def _store_answers(self) -> bool:
+        return self.resources.store.healthy()
+
+    async def _count_objects(self, prefix: str) -> int:
+        return len((await self.resources.store.range(prefix)).items)
 
     # -- app -------------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -117,19 +222,36 @@ class ApiServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS and not self._authenticated(request):
+        if not _public(request.path) and not self._authenticated(request):
             return _error(unauthorized())
+        info = request_info(request)
+        kind = "mutating" if info.mutating else "readOnly"
+        counted = not info.long_running  # long-running requests are outside kube's in-flight limit
+        if counted:
+            self._inflight[kind] += 1
+            self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
+        started = time.monotonic()
+        code = 500
         try:
-            return await handler(request)
+            resp = await handler(request)
+            code = resp.status
+            return resp
         except ApiError as err:
+            code = err.code
             return _error(err)
-        except web.HTTPException:
+        except web.HTTPException as exc:
+            code = exc.status
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad request must never take the server down
             log.exception("internal error on %s %s", request.method, request.path)
             return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
+        finally:
+            if counted:
+                self._inflight[kind] -= 1
+                self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
+            self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
 
     def _authenticated(self, request: web.Request) -> bool:
         auth = request.headers.get("Authorization", "")
@@ -146,10 +268,37 @@ class ApiServer:
                     404, "NotFound", "this server does not run an embedded etcd (start it with --cluster-init)"
                 )
             return _json(await self.server_bootstrap())
+        parts = path.strip("/").split("/")
+        if request.method == "GET" and parts[0] in ENDPOINTS and len(parts) <= 3:
+            answer = self.health.answer(
+                parts[0],
+                sub="/".join(parts[1:]),
+                verbose="verbose" in request.query,
+                exclude=request.query.getall("exclude", []),
+            )
+            if answer is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return web.Response(text=answer[1], status=answer[0], content_type="text/plain")
+        if request.method == "GET" and path == "/metrics":
+            return web.Response(
+                body=await self.metrics.exposition(),
+                content_type="text/plain",
+                headers={"X-Content-Type-Options": "nosniff"},
+            )
+        if request.method == "GET" and path in ("/api", "/apis"):
+            agg = discovery.aggregated_version(request.headers.get("Accept", ""))
+            if agg is not None:
+                doc = discovery.aggregated_discovery(core=path == "/api", version=agg)
+                return web.Response(
+                    body=orjson.dumps(doc), headers={"Content-Type": discovery.aggregated_content_type(agg)}
+                )
         if request.method == "GET":
             static = self._static(path)
             if static is not None:
                 return static
+        proxy_target = proxy.parse(request.rel_url.raw_path)
+        if proxy_target is not None:
+            return await proxy.handle(request, self.resources, proxy_target, token=self.log_token)
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -162,6 +311,13 @@ class ApiServer:
         if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed()
+            await self.resources.connect(
+                target.kind,
+                target.namespace or "",
+                target.name,
+                target.subresource,
+                _connect_options(request, target.subresource),
+            )
             return await kubeletproxy.pod_stream(
                 request,
                 self.resources,
@@ -216,14 +372,30 @@ class ApiServer:
             return self._object_response(request, target.kind, obj)
         if m == "PUT":
             body = await self._body(request)
-            sub = target.subresource if target.subresource in ("status", "ephemeralcontainers") else None
+            sub = target.subresource if target.subresource in ("status", "approval", "ephemeralcontainers") else None
             obj = await self.resources.update(
-                target.kind, target.namespace, target.name, body, subresource=sub, dry_run=_dry_run(request)
+                target.kind,
+                target.namespace,
+                target.name,
+                body,
+                subresource=sub,
+                dry_run=_dry_run(request),
+                manager=_field_manager(request),
             )
             return self._object_response(request, target.kind, obj)
         if m == "PATCH":
             raw = await request.read()
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+            force = request.query.get("force")
+            if force is not None and not ctype.startswith("application/apply-patch"):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified for non-apply patch',
+                )
+            created = ctype.startswith("application/apply-patch") and (
+                self.resources.get_or_none(target.kind, target.namespace, target.name) is None
+            )
             obj = await self.resources.patch(
                 target.kind,
                 target.namespace,
@@ -232,8 +404,10 @@ class ApiServer:
                 ctype,
                 subresource=target.subresource,
                 dry_run=_dry_run(request),
+                manager=_field_manager(request) if "fieldManager" in request.query or "apply" not in ctype else None,
+                force=(force or "").lower() == "true",
             )
-            return self._object_response(request, target.kind, obj)
+            return self._object_response(request, target.kind, obj, 201 if created else 200)
         if m == "DELETE":
             return await self._delete(request, target)
         raise method_not_allowed()
@@ -241,28 +415,32 @@ class ApiServer:
     async def _scale(self, request: web.Request, target: Target) -> web.StreamResponse:
         obj = await self.resources.get(target.kind, target.namespace, target.name or "")
         if request.method == "GET":
-            return _json(scale.to_scale(obj))
+            return _json(scale.to_scale(obj, target.kind))
         if request.method == "PUT":
             wanted = await self._body(request)
         elif request.method == "PATCH":
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             if ctype == "application/strategic-merge-patch+json":
                 ctype = "application/merge-patch+json"  # Scale has no list fields: SMP is a merge patch here
-            wanted = apply_patch(target.kind, scale.to_scale(obj), await request.read(), ctype)
+            wanted = apply_patch(target.kind, scale.to_scale(obj, target.kind), await request.read(), ctype)
         else:
             raise method_not_allowed()
         new = scale.apply_scale(target.kind, obj, wanted)
         updated = await self.resources.update(
-            target.kind, target.namespace, target.name or "", new, dry_run=_dry_run(request)
+            target.kind,
+            target.namespace,
+            target.name or "",
+            new,
+            dry_run=_dry_run(request),
+            manager=_field_manager(request),
+            tracked_subresource="scale",
         )
-        return _json(scale.to_scale(updated))
+        return _json(scale.to_scale(updated, target.kind))
 
     def _static(self, path: str) -> web.Response | None:
         if path == "/cacerts" and self.ca_pem:
             # K3s serves its CA bundle unauthenticated; agents pin it by the hash carried in a K10 token.
             return web.Response(body=self.ca_pem, content_type="text/plain")
-        if path in ("/healthz", "/livez", "/readyz"):
-            return web.Response(text="ok" if self.ready else "not ready", status=200 if self.ready else 500)
         if path == "/version":
             return _json(discovery.VERSION)
         if path == "/api":
@@ -272,7 +450,7 @@ class ApiServer:
         if path == "/openapi/v3":
             return _json(discovery.openapi_v3_root())
         if path.startswith("/openapi/v3/"):
-            doc = discovery.OPENAPI_V3_DOCS.get(path[len("/openapi/v3/") :])
+            doc = discovery.openapi_v3_docs().get(path[len("/openapi/v3/") :])
             if doc is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return web.Response(body=doc, content_type=JSON)
@@ -307,29 +485,45 @@ class ApiServer:
 
     def _object_response(self, request: web.Request, kind: Kind, obj: Obj, status: int = 200) -> web.Response:
         if _wants_table(request):
-            return _json(self._table(kind, [obj]), status)
+            return _json(self._table(kind, [obj], include=_include_object(request)), status)
         return _json(obj, status)
 
-    def _table(self, kind: Kind, objs: list[Obj], *, resource_version: str = "", continue_token: str = "") -> Obj:
+    def _table(
+        self,
+        kind: Kind,
+        objs: list[Obj],
+        *,
+        resource_version: str = "",
+        continue_token: str = "",
+        include: str = "Metadata",
+    ) -> Obj:
         now = dt.datetime.now(dt.UTC)
-        return tables.table(kind, objs, now=now, resource_version=resource_version, continue_token=continue_token)
+        return tables.table(
+            kind, objs, now=now, resource_version=resource_version, continue_token=continue_token, include=include
+        )
 
     @staticmethod
-    def _selectors(request: web.Request) -> tuple[Selector, FieldSelector]:
+    def _selectors(request: web.Request, kind: Kind) -> tuple[Selector, FieldSelector]:
         try:
             labels = parse(request.query.get("labelSelector"))
         except SelectorError as exc:
             raise bad_request(f"unable to parse requirement: {exc}") from None
-        return labels, parse_fields(request.query.get("fieldSelector"))
+        fields = parse_fields(request.query.get("fieldSelector"))
+        if kind.custom is not None:
+            custom.check_field_selector(kind, fields)
+            return labels, fields
+        return labels, fields_check(fields, kind=kind.kind, namespaced=kind.namespaced)
 
     # -- verbs -----------------------------------------------------------------------------------------------
     async def _create(self, request: web.Request, target: Target) -> web.Response:
         body = await self._body(request)
-        obj = await self.resources.create(target.kind, target.namespace, body, dry_run=_dry_run(request))
+        obj = await self.resources.create(
+            target.kind, target.namespace, body, dry_run=_dry_run(request), manager=_field_manager(request)
+        )
         return self._object_response(request, target.kind, obj, 201)
 
     async def _list(self, request: web.Request, target: Target) -> web.StreamResponse:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         try:
             limit = int(request.query.get("limit") or 0)
         except ValueError:
@@ -345,7 +539,15 @@ class ApiServer:
         rv = str(scan.revision)
         if _wants_table(request):
             items = list(scan)
-            return _json(self._table(target.kind, items, resource_version=rv, continue_token=scan.continue_token))
+            return _json(
+                self._table(
+                    target.kind,
+                    items,
+                    resource_version=rv,
+                    continue_token=scan.continue_token,
+                    include=_include_object(request),
+                )
+            )
 
         def metadata() -> Obj:
             meta: Obj = {"resourceVersion": rv}
@@ -362,7 +564,11 @@ class ApiServer:
         opts: Obj = {}
         if request.can_read_body:
             raw = await request.read()
-            if raw.strip():
+            if "protobuf" in request.headers.get("Content-Type", "") and raw:
+                # kubectl drain's fallback and the typed clients send DeleteOptions as protobuf
+                decoded = protobuf.decode(raw)
+                opts = {k: v for k, v in decoded.items() if k not in ("apiVersion", "kind")}
+            elif raw.strip():
                 try:
                     loaded = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
@@ -404,7 +610,7 @@ class ApiServer:
         return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         opts = await self._delete_options(request)
         res = await self.resources.list(target.kind, target.namespace, labels=labels, fields=fields)
         deleted: list[Obj] = []
@@ -430,16 +636,15 @@ class ApiServer:
     # -- watch -----------------------------------------------------------------------------------------------
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         kind = target.kind
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         if target.name:  # /namespaces/x/pods/name?watch=1 is the deprecated single-object watch
-            fields = parse_fields(
-                ",".join(filter(None, [request.query.get("fieldSelector"), f"metadata.name={target.name}"]))
-            )
+            fields = FieldSelector((*fields.requirements, FieldRequirement(("metadata", "name"), target.name, False)))
         rv_param = request.query.get("resourceVersion", "")
         bookmarks = _bool_param(request, "allowWatchBookmarks")
         send_initial = _bool_param(request, "sendInitialEvents")
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         as_table = _wants_table(request)
+        include = _include_object(request)
         store = self.resources.store
         prefix = kind.prefix(target.namespace)
 
@@ -458,7 +663,9 @@ class ApiServer:
 
         def line(etype: str, obj: Obj) -> bytes:
             if as_table and etype in (ADDED, MODIFIED, DELETED):
-                obj = self._table(kind, [obj], resource_version=obj["metadata"].get("resourceVersion", ""))
+                obj = self._table(
+                    kind, [obj], resource_version=obj["metadata"].get("resourceVersion", ""), include=include
+                )
             return orjson.dumps({"type": etype, "object": obj}) + b"\n"
 
         try:
@@ -480,15 +687,14 @@ class ApiServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         stop = asyncio.ensure_future(self._stopping.wait())
+        # Initial events go out a bounded batch at a time (decoded lazily), never as one list.
+        initial_out = streaming.ChunkWriter(resp)
         try:
-            # Initial events go out a bounded batch at a time (decoded lazily), never as one list.
-            initial_out = streaming.ChunkWriter(resp)
             for obj in initial:
                 await initial_out.add(line(ADDED, obj))
             if send_initial and bookmarks:
                 await initial_out.add(line("BOOKMARK", bookmark(start, initial_end=True)))
             await initial_out.flush()
-            initial_out.done()
             last_sent = loop.time()
             while True:
                 left = deadline - loop.time()
@@ -517,7 +723,7 @@ class ApiServer:
                     except StopAsyncIteration:
                         break
                     events.extend(watch.ready())
-                out = [b for ev in events for b in self._event_lines(ev, line, matches)]
+                out = [b for ev in events for b in await self._event_lines(kind, ev, line, matches)]
                 if out:
                     await resp.write(b"".join(out))
                     last_sent = loop.time()
@@ -526,22 +732,30 @@ class ApiServer:
         finally:
             stop.cancel()
             watch.close()
+            initial_out.done()  # the connection's buffers are freed only now: a large watch ends with a trim
         return resp
 
-    @staticmethod
-    def _event_lines(ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]) -> list[bytes]:
+    async def _event_lines(
+        self, kind: Kind, ev: Any, line: Callable[[str, Obj], bytes], matches: Callable[[Obj], bool]
+    ) -> list[bytes]:
         obj = decode(value=ev.value, revision=ev.revision)
+        if kind.custom is not None:
+            obj = await self.resources.present(kind, obj)
         if ev.type == DELETED:
-            return [line(DELETED, obj)] if matches(obj) else []
+            return [line(DELETED, convert.from_storage(kind, obj))] if matches(obj) else []
         now = matches(obj)
         if ev.type == ADDED:
-            return [line(ADDED, obj)] if now else []
-        before = matches(decode(value=ev.prev_value, revision=ev.revision)) if ev.prev_value else False
+            return [line(ADDED, convert.from_storage(kind, obj))] if now else []
+        prev = decode(value=ev.prev_value, revision=ev.revision) if ev.prev_value else None
+        if prev is not None and kind.custom is not None:
+            prev = await self.resources.present(kind, prev)
+        before = matches(prev) if prev is not None else False
         if now and before:
-            return [line(MODIFIED, obj)]
+            return [line(MODIFIED, convert.from_storage(kind, obj))]
         if now:
-            return [line(ADDED, obj)]
+            return [line(ADDED, convert.from_storage(kind, obj))]
         if before:
             # The object left the selector: watchers see it deleted (kube's cacher sends the previous state).
-            return [line(DELETED, decode(value=ev.prev_value, revision=ev.revision))]
+            assert prev is not None
+            return [line(DELETED, convert.from_storage(kind, prev))]
         return []

@@ -1,7 +1,7 @@
 """Server-side printing (`as=Table`): the columns and cells kube-apiserver's printers produce.
 
 Mirrors kubernetes `pkg/printers/internalversion/printers.go` for the kinds we serve (priority-1 columns are
-what `-o wide` adds) and the metallb CRDs' additionalPrinterColumns.
+what `-o wide` adds); custom resources get their CRD's additionalPrinterColumns (`kwire.api.crd.columns`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from kwire.api import convert
+from kwire.api.crd import columns
 from kwire.api.registry import Kind
 
 Obj = dict[str, Any]
@@ -530,14 +532,177 @@ def _lease(o: Obj, now: dt.datetime) -> Cells:
     ]
 
 
-def _pool(o: Obj, now: dt.datetime) -> Cells:
-    spec = o.get("spec") or {}
+def _crd(o: Obj, now: dt.datetime) -> Cells:
+    return [o["metadata"].get("creationTimestamp") or "<unknown>"]
+
+
+def _age(o: Obj, now: dt.datetime) -> str:
+    return humanize_age(o["metadata"].get("creationTimestamp"), now=now)
+
+
+def _created_at(o: Obj, now: dt.datetime) -> Cells:
+    """printRole/printClusterRole/printLimitRange: the creation time as RFC 3339."""
+    return [o["metadata"].get("creationTimestamp", "")]
+
+
+def _binding(o: Obj, now: dt.datetime) -> Cells:
+    ref = o.get("roleRef") or {}
+    users, groups, sas = [], [], []
+    for s in o.get("subjects") or []:
+        if s.get("kind") == "User":
+            users.append(s.get("name", ""))
+        elif s.get("kind") == "Group":
+            groups.append(s.get("name", ""))
+        elif s.get("kind") == "ServiceAccount":
+            sas.append(f"{s.get('namespace', '')}:{s.get('name', '')}")
     return [
-        bool(spec.get("autoAssign", True)),
-        bool(spec.get("avoidBuggyIPs", False)),
-        "[" + " ".join(spec.get("addresses") or []) + "]",
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        f"{ref.get('kind', '')}/{ref.get('name', '')}",
+        _age(o, now),
+        ", ".join(users),
+        ", ".join(groups),
+        ", ".join(sas),
     ]
+
+
+def _priorityclass(o: Obj, now: dt.datetime) -> Cells:
+    return [int(o.get("value") or 0), bool(o.get("globalDefault")), _age(o, now), o.get("preemptionPolicy", "")]
+
+
+def _is_default_class(o: Obj) -> bool:
+    anns = o["metadata"].get("annotations") or {}
+    return "true" in (
+        anns.get("storageclass.kubernetes.io/is-default-class"),
+        anns.get("storageclass.beta.kubernetes.io/is-default-class"),
+    )
+
+
+def _storageclass(o: Obj, now: dt.datetime) -> Cells:
+    return [
+        o.get("provisioner", ""),
+        o.get("reclaimPolicy", "Delete"),
+        o.get("volumeBindingMode", "Immediate"),
+        bool(o.get("allowVolumeExpansion")),
+        _age(o, now),
+    ]
+
+
+_ACCESS_SHORT = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX", "ReadWriteOncePod": "RWOP"}
+
+
+def _access_modes(modes: list[str] | None) -> str:
+    """helper.GetAccessModesAsString: each mode once, in kube's order."""
+    present = set(modes or [])
+    return ",".join(short for mode, short in _ACCESS_SHORT.items() if mode in present)
+
+
+def _pv(o: Obj, now: dt.datetime) -> Cells:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    ref = spec.get("claimRef") or {}
+    claim = f"{ref.get('namespace', '')}/{ref.get('name', '')}" if ref else ""
+    return [
+        (spec.get("capacity") or {}).get("storage", ""),
+        _access_modes(spec.get("accessModes")),
+        spec.get("persistentVolumeReclaimPolicy", ""),
+        status.get("phase", ""),
+        claim,
+        spec.get("storageClassName", ""),
+        spec.get("volumeAttributesClassName") or "<unset>",
+        status.get("reason", ""),
+        _age(o, now),
+        spec.get("volumeMode", "Filesystem"),
+    ]
+
+
+def _pvc(o: Obj, now: dt.datetime) -> Cells:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    phase = status.get("phase", "")
+    if o["metadata"].get("deletionTimestamp"):
+        phase = "Terminating"
+    bound = bool(spec.get("volumeName"))
+    return [
+        phase,
+        spec.get("volumeName", ""),
+        (status.get("capacity") or {}).get("storage", "") if bound else "",
+        _access_modes(status.get("accessModes")) if bound else "",
+        spec.get("storageClassName", ""),
+        spec.get("volumeAttributesClassName") or "<unset>",
+        _age(o, now),
+        spec.get("volumeMode", "Filesystem"),
+    ]
+
+
+def _quota(o: Obj, now: dt.datetime) -> Cells:
+    """printResourceQuota: `name: used/hard` pairs sorted by name, limits.* in LIMIT, the rest in REQUEST."""
+    hard = (o.get("status") or {}).get("hard") or (o.get("spec") or {}).get("hard") or {}
+    used = (o.get("status") or {}).get("used") or {}
+    requests: list[str] = []
+    limits: list[str] = []
+    for name in sorted(hard):
+        text = f"{name}: {used.get(name, '0')}/{hard[name]}"
+        (limits if name.startswith("limits.") else requests).append(text)
+    return [_age(o, now), ", ".join(requests), ", ".join(limits)]
+
+
+def _hpa_targets(o: Obj) -> str:
+    """formatHPAMetrics for the metric kinds manifests use (Resource utilization/average value, Pods, Object)."""
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    current = status.get("currentMetrics") or []
+    out = []
+    for i, m in enumerate(spec.get("metrics") or []):
+        typ = m.get("type")
+        cur = current[i] if i < len(current) else {}
+        if typ == "Resource":
+            res = m.get("resource") or {}
+            target = res.get("target") or {}
+            now_val = ((cur.get("resource") or {}).get("current")) or {}
+            if target.get("type") == "Utilization":
+                have = f"{now_val['averageUtilization']}%" if "averageUtilization" in now_val else "<unknown>"
+                out.append(f"{res.get('name', '')}: {have}/{target.get('averageUtilization')}%")
+            else:
+                have = now_val.get("averageValue", "<unknown>")
+                out.append(f"{res.get('name', '')}: {have}/{target.get('averageValue', target.get('value', ''))}")
+        else:
+            key = str(typ or "")[:1].lower() + str(typ or "")[1:]
+            target = (m.get(key) or {}).get("target") or {}
+            want = target.get("averageValue", target.get("value", ""))
+            out.append(f"<unknown>/{want}")
+    if not out:
+        return "<none>"
+    if len(out) > 2:
+        return ", ".join(out[:2]) + f" + {len(out) - 2} more..."
+    return ", ".join(out)
+
+
+def _hpa(o: Obj, now: dt.datetime) -> Cells:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    ref = spec.get("scaleTargetRef") or {}
+    return [
+        f"{ref.get('kind', '')}/{ref.get('name', '')}",
+        _hpa_targets(o),
+        str(spec.get("minReplicas")) if spec.get("minReplicas") is not None else "<unset>",
+        int(spec.get("maxReplicas") or 0),
+        int(status.get("currentReplicas") or 0),
+        _age(o, now),
+    ]
+
+
+def _csr(o: Obj, now: dt.datetime) -> Cells:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    conds = [c.get("type", "") for c in status.get("conditions") or [] if c.get("status", "True") == "True"]
+    if status.get("certificate"):
+        conds.append("Issued")
+    duration = spec.get("expirationSeconds")
+    return [
+        _age(o, now),
+        spec.get("signerName", ""),
+        spec.get("username", ""),
+        human_duration(dt.timedelta(seconds=int(duration))) if duration else "<none>",
+        ",".join(conds) or "Pending",
+    ]
+
+
+def _webhooks(o: Obj, now: dt.datetime) -> Cells:
+    return [len(o.get("webhooks") or []), _age(o, now)]
 
 
 def _default(o: Obj, now: dt.datetime) -> Cells:
@@ -676,25 +841,127 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
     "IngressClass": ([_col("Controller"), _col("Parameters"), AGE], _ingressclass),
     "NetworkPolicy": ([_col("Pod-Selector"), AGE], _netpol),
     "Lease": ([_col("Holder"), AGE], _lease),
-    "IPAddressPool": (
-        [_col("Auto Assign", type_="boolean"), _col("Avoid Buggy IPs", type_="boolean"), _col("Addresses"), AGE],
-        _pool,
+    # apiextensions-apiserver prints the creation time itself, not an age
+    "CustomResourceDefinition": (
+        [
+            _col(
+                "Created At",
+                type_="date",
+                desc="CreationTimestamp is a timestamp representing the server time when this object was created.",
+            )
+        ],
+        _crd,
     ),
 }
 
 
+_BINDING_COLS = [
+    _col("Role"),
+    AGE,
+    _col("Users", priority=1),
+    _col("Groups", priority=1),
+    _col("ServiceAccounts", priority=1),
+]
+_CREATED_AT = [_col("Created At", type_="date")]
+_PRINTERS.update(
+    {
+        "Role": (_CREATED_AT, _created_at),
+        "ClusterRole": (_CREATED_AT, _created_at),
+        "RoleBinding": (_BINDING_COLS, _binding),
+        "ClusterRoleBinding": (_BINDING_COLS, _binding),
+        "PriorityClass": (
+            [_col("Value", type_=_I), _col("Global-Default", type_="boolean"), AGE, _col("PreemptionPolicy")],
+            _priorityclass,
+        ),
+        "StorageClass": (
+            [
+                _col("Provisioner"),
+                _col("ReclaimPolicy"),
+                _col("VolumeBindingMode"),
+                _col("AllowVolumeExpansion"),
+                AGE,
+            ],
+            _storageclass,
+        ),
+        "PersistentVolume": (
+            [
+                _col("Capacity"),
+                _col("Access Modes"),
+                _col("Reclaim Policy"),
+                _col("Status"),
+                _col("Claim"),
+                _col("StorageClass"),
+                _col("VolumeAttributesClass"),
+                _col("Reason"),
+                AGE,
+                _col("VolumeMode", priority=1),
+            ],
+            _pv,
+        ),
+        "PersistentVolumeClaim": (
+            [
+                _col("Status"),
+                _col("Volume"),
+                _col("Capacity"),
+                _col("Access Modes"),
+                _col("StorageClass"),
+                _col("VolumeAttributesClass"),
+                AGE,
+                _col("VolumeMode", priority=1),
+            ],
+            _pvc,
+        ),
+        "LimitRange": (_CREATED_AT, _created_at),
+        "ResourceQuota": ([AGE, _col("Request"), _col("Limit")], _quota),
+        "HorizontalPodAutoscaler": (
+            [
+                _col("Reference"),
+                _col("Targets"),
+                _col("MinPods"),
+                _col("MaxPods", type_=_I),
+                _col("Replicas", type_=_I),
+                AGE,
+            ],
+            _hpa,
+        ),
+        "CertificateSigningRequest": (
+            [AGE, _col("SignerName"), _col("Requestor"), _col("RequestedDuration"), _col("Condition")],
+            _csr,
+        ),
+        "ValidatingWebhookConfiguration": ([_col("Webhooks", type_=_I), AGE], _webhooks),
+        "MutatingWebhookConfiguration": ([_col("Webhooks", type_=_I), AGE], _webhooks),
+    }
+)
+
+
 def column_definitions(kind: Kind) -> list[dict[str, Any]]:
+    if kind.custom is not None:
+        return columns.column_definitions(kind)
     cols, _ = _PRINTERS.get(kind.kind, ([AGE], _default))
     return [NAME, *cols]
 
 
-def row(kind: Kind, obj: Obj, *, now: dt.datetime) -> dict[str, Any]:
-    _, fn = _PRINTERS.get(kind.kind, ([AGE], _default))
+INCLUDE_OBJECT = ("None", "Metadata", "Object")
+
+
+def row(kind: Kind, obj: Obj, *, now: dt.datetime, include: str = "Metadata") -> dict[str, Any]:
+    """One row; its `object` is the whole object, its PartialObjectMetadata or absent (`includeObject`)."""
     meta = obj.get("metadata") or {}
-    return {
-        "cells": [meta.get("name", ""), *fn(obj, now)],
-        "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
-    }
+    if kind.custom is not None:
+        cells = columns.cells(kind, obj, now=now)
+    else:
+        _, fn = _PRINTERS.get(kind.kind, ([AGE], _default))
+        name = meta.get("name", "")
+        if kind.kind == "StorageClass" and _is_default_class(obj):
+            name += " (default)"  # printStorageClass marks the default class in the name cell
+        printed = convert.to_storage(kind, obj)  # kube prints the internal version: one printer per kind
+        cells = [name, *fn(printed, now)]
+    out: dict[str, Any] = {"cells": cells}
+    if include == "Object":
+        out["object"] = obj
+    elif include != "None":
+        out["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}
+    return out
 
 
 def table(
@@ -705,6 +972,7 @@ def table(
     resource_version: str,
     continue_token: str = "",
     remaining: int | None = None,
+    include: str = "Metadata",
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"resourceVersion": resource_version}
     if continue_token:
@@ -716,5 +984,5 @@ def table(
         "apiVersion": "meta.k8s.io/v1",
         "metadata": meta,
         "columnDefinitions": column_definitions(kind),
-        "rows": [row(kind, o, now=now) for o in objs],
+        "rows": [row(kind, o, now=now, include=include) for o in objs],
     }

@@ -7,12 +7,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kwire.base.keys import key_of
+
 Obj = dict[str, Any]
-
-
-def _key(obj: Obj) -> str:
-    m = obj["metadata"]
-    return f"{m['namespace']}/{m['name']}" if m.get("namespace") else str(m["name"])
 
 
 class FakeInformer:
@@ -54,13 +51,13 @@ class FakeInformer:
 
     def put(self, obj: Obj) -> list[Awaitable[Any]]:
         """Add or update `obj` and call the handlers; returns what async handlers still have to run."""
-        key = _key(obj)
+        key = key_of(obj)
         old = self.objs.get(key)
         self.objs[key] = obj
         return self._fire("update", old, obj) if old is not None else self._fire("add", obj)
 
     def remove(self, obj: Obj) -> list[Awaitable[Any]]:
-        gone = self.objs.pop(_key(obj))
+        gone = self.objs.pop(key_of(obj))
         return self._fire("delete", gone)
 
     async def aput(self, obj: Obj) -> None:

@@ -14,18 +14,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from kwire.base.keys import key_of
 from kwire.client.client import ApiClient, ApiStatusError, Gone, Resource
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 Handler = Callable[..., Any]
-
-
-def key_of(obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
 
 
 class Informer:

@@ -1,4 +1,5 @@
-"""Add-ons deployed as pods, as K3s deploys its packaged manifests: cluster DNS (the CoreDNS role).
+"""Add-ons deployed as pods, as K3s deploys its packaged manifests: cluster DNS (the CoreDNS role) and the
+ingress controller (the Traefik role).
 
 Unless `disable: [coredns]`: ConfigMap kube-system/coredns (a Corefile describing the configuration, K3s's, and
 `NodeHosts`: `<InternalIP> <nodeName>` per node, kept current as nodes come and go), Service kube-system/kube-dns
@@ -13,6 +14,12 @@ as kube's dns-horizontal-autoscaler (cluster-proportional-autoscaler, linear mod
 nodes or 256 cores, at least one, and with `preventSinglePointFailure` at least two once there are two nodes), and
 a topology spread constraint (maxSkew 1 over `kubernetes.io/hostname`, as K3s's coredns manifest has) puts the
 replicas on different nodes, so losing any one node leaves cluster DNS answering.
+
+Unless `disable: [traefik]`: Deployment kube-system/traefik (image `kwire/ingress`, readiness GET :9000/ping, which
+answers 200 once the controller has listed the cluster and nginx serves its first configuration), Service
+kube-system/traefik of type LoadBalancer with ports `web` 80 and `websecure` 443 (ServiceLB gives it the node
+IPs), IngressClass `traefik` (controller `traefik.io/ingress-controller`, the default class), as K3s's traefik
+chart installs them.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kwire.client import ApiClient, Informers, Invalid, NotFound
-from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, NODES, SERVICES, Resource
+from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, INGRESSCLASSES, NODES, SERVICES, Resource
 from kwire.controllers.queue import Controller
 
 Obj = dict[str, Any]
@@ -32,6 +39,7 @@ NS = "kube-system"
 ADDON_LABEL = "kwire.io/addon"
 HASH_ANNOTATION = "kwire.io/addon-hash"
 COREDNS = "coredns"
+TRAEFIK = "traefik"
 
 COREFILE = """.:53 {{
     errors
@@ -69,8 +77,8 @@ def _hash(obj: Obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _meta(name: str, extra_labels: dict[str, str] | None = None) -> Obj:
-    return {"name": name, "namespace": NS, "labels": {ADDON_LABEL: COREDNS, **(extra_labels or {})}}
+def _meta(name: str, extra_labels: dict[str, str] | None = None, *, addon: str = COREDNS) -> Obj:
+    return {"name": name, "namespace": NS, "labels": {ADDON_LABEL: addon, **(extra_labels or {})}}
 
 
 NODES_PER_REPLICA = 16
@@ -160,6 +168,69 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
     return [(CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
 
 
+def traefik_objects() -> list[tuple[Resource, Obj]]:
+    """What K3s's traefik chart installs (the parts kwire serves): IngressClass, Service, Deployment."""
+    labels = {"app.kubernetes.io/name": TRAEFIK, "app.kubernetes.io/instance": "traefik-kube-system"}
+    ingress_class = {
+        "metadata": {
+            "name": TRAEFIK,
+            "labels": {ADDON_LABEL: TRAEFIK, **labels},
+            "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
+        },
+        "spec": {"controller": "traefik.io/ingress-controller"},
+    }
+    service = {
+        "metadata": _meta(TRAEFIK, labels, addon=TRAEFIK),
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": labels,
+            "ports": [
+                {"name": "web", "port": 80, "protocol": "TCP", "targetPort": "web"},
+                {"name": "websecure", "port": 443, "protocol": "TCP", "targetPort": "websecure"},
+            ],
+        },
+    }
+    container = {
+        "name": TRAEFIK,
+        "image": "kwire/ingress:latest",
+        "args": ["--service", f"{NS}/{TRAEFIK}"],
+        "ports": [
+            {"name": "web", "containerPort": 80, "protocol": "TCP"},
+            {"name": "websecure", "containerPort": 443, "protocol": "TCP"},
+            {"name": "traefik", "containerPort": 9000, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/ping", "port": 9000}, "periodSeconds": 2, "failureThreshold": 1},
+        "livenessProbe": {
+            "httpGet": {"path": "/ping", "port": 9000},
+            "initialDelaySeconds": 60,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+    }
+    deployment = {
+        "metadata": _meta(TRAEFIK, labels, addon=TRAEFIK),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "priorityClassName": "system-cluster-critical",
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "tolerations": [
+                        {"key": "CriticalAddonsOnly", "operator": "Exists"},
+                        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+                    ],
+                    "containers": [container],
+                },
+            },
+        },
+    }
+    return [(INGRESSCLASSES, ingress_class), (SERVICES, service), (DEPLOYMENTS, deployment)]
+
+
 def node_hosts(nodes: list[Obj]) -> str:
     lines = []
     for n in sorted(nodes, key=lambda o: str((o.get("metadata") or {}).get("name"))):
@@ -189,26 +260,30 @@ class AddonController(Controller):
 
     async def prepare(self) -> None:
         self.enqueue(COREDNS)
+        self.enqueue(TRAEFIK)
 
     async def sync(self, key: str) -> float | None:
-        if key != COREDNS:
+        if key == COREDNS:
+            nodes = self.nodes.items()
+            objs = coredns_objects(self.settings, node_hosts(nodes), replicas=dns_replicas(nodes))
+        elif key == TRAEFIK:
+            objs = traefik_objects()
+        else:
             return None
-        nodes = self.nodes.items()
-        objs = coredns_objects(self.settings, node_hosts(nodes), replicas=dns_replicas(nodes))
-        if COREDNS in self.settings.disable:
+        if key in self.settings.disable:
             for res, obj in objs:
-                await self._remove(res, obj["metadata"]["name"])
+                await self._remove(res, obj["metadata"]["name"], key)
             return None
         for res, obj in objs:
             await self._ensure(res, obj)
         return None
 
-    async def _remove(self, res: Resource, name: str) -> None:
+    async def _remove(self, res: Resource, name: str, addon: str) -> None:
         try:
             cur = await self.client.get(res, name, NS)
         except NotFound:
             return
-        if ((cur.get("metadata") or {}).get("labels") or {}).get(ADDON_LABEL) == COREDNS:
+        if ((cur.get("metadata") or {}).get("labels") or {}).get(ADDON_LABEL) == addon:
             await self.client.delete(res, name, NS, propagation_policy="Background")
             self.log.info("addons: removed disabled %s %s/%s", res.kind, NS, name)
 
@@ -219,7 +294,7 @@ class AddonController(Controller):
             {"data": {"Corefile": desired["data"]["Corefile"]}} if "data" in desired else {}
         )
         h = _hash(manifest)
-        desired["metadata"]["annotations"] = {HASH_ANNOTATION: h}
+        desired["metadata"]["annotations"] = {**(desired["metadata"].get("annotations") or {}), HASH_ANNOTATION: h}
         try:
             cur = await self.client.get(res, name, NS)
         except NotFound:
@@ -239,7 +314,7 @@ class AddonController(Controller):
         new["metadata"] = {
             **meta,
             "labels": {**(meta.get("labels") or {}), **desired["metadata"]["labels"]},
-            "annotations": {**(meta.get("annotations") or {}), HASH_ANNOTATION: h},
+            "annotations": {**(meta.get("annotations") or {}), **desired["metadata"]["annotations"]},
         }
         if res is SERVICES:
             # Allocated fields (clusterIPs, ipFamilies...) stay as the API set them.

@@ -15,6 +15,9 @@ from typing import Any
 
 import orjson
 
+from kwire.base.keys import key_of as key_of  # re-exported: the controllers' one spelling
+from kwire.base.keys import pod_ready as pod_ready
+from kwire.base.keys import split_key as split_key
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.events import EventRecorder as EventRecorder  # re-exported; it lives in the client layer
 
@@ -69,14 +72,8 @@ def uid_of(obj: Obj) -> str:
     return str(meta(obj).get("uid") or "")
 
 
-def key_of(obj: Obj) -> str:
-    ns, name = namespace_of(obj), name_of(obj)
-    return f"{ns}/{name}" if ns else name
-
-
-def split_key(key: str) -> tuple[str | None, str]:
-    ns, _, name = key.rpartition("/")
-    return (ns or None), name
+def annotations_of(obj: Obj) -> dict[str, str]:
+    return d(meta(obj).get("annotations"))
 
 
 def labels_of(obj: Obj) -> dict[str, str]:
@@ -170,11 +167,6 @@ def add_indexes(inf: Informer) -> None:
 
 
 # -- pods --------------------------------------------------------------------------------------------------------
-def pod_ready(pod: Obj) -> bool:
-    c = condition(pod, "Ready")
-    return bool(c and c.get("status") == "True")
-
-
 def pod_available(pod: Obj, min_ready_seconds: int, now: float) -> bool:
     """Ready for at least min_ready_seconds (podutil.IsPodAvailable)."""
     if not pod_ready(pod):

@@ -12,6 +12,7 @@ import logging
 
 from kwire.client import ApiClient, Config, Informers
 from kwire.controllers.addons import AddonController, AddonSettings
+from kwire.controllers.clusterroleaggregation import ClusterRoleAggregation
 from kwire.controllers.common import EventRecorder
 from kwire.controllers.cronjob import CronJobController
 from kwire.controllers.daemonset import DaemonSetController
@@ -21,10 +22,12 @@ from kwire.controllers.endpoints import EndpointsController
 from kwire.controllers.endpointslices import EndpointSliceController
 from kwire.controllers.ipam import NodeIpam
 from kwire.controllers.job import JobController
+from kwire.controllers.localpath import LocalPathProvisioner
 from kwire.controllers.nodelifecycle import NodeLifecycle
 from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
 from kwire.controllers.replicaset import ReplicaSetController
+from kwire.controllers.resourcequota import ResourceQuotaController
 from kwire.controllers.scheduler import Scheduler
 from kwire.controllers.serviceaccounts import ServiceAccountsController
 from kwire.controllers.servicelb import ServiceLB
@@ -87,7 +90,11 @@ class ControllerManager:
             DisruptionController(self.client, self.informers),
             ServiceAccountsController(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),
+            ClusterRoleAggregation(self.client, self.informers),
+            ResourceQuotaController(self.client, self.informers),
         ]
+        if "local-storage" not in (addons or AddonSettings()).disable:
+            self.controllers.append(LocalPathProvisioner(self.client, self.informers))
         if "servicelb" not in (addons or AddonSettings()).disable:
             self.controllers.append(ServiceLB(self.client, self.informers))
         self._starter: asyncio.Task[None] | None = None

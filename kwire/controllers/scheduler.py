@@ -27,7 +27,7 @@ from collections import Counter
 from typing import Any
 
 from kwire.client import ApiClient, Conflict, Informers, NotFound
-from kwire.client.client import NODES, PODS
+from kwire.client.client import NODES, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, PODS, STORAGECLASSES
 from kwire.controllers.common import (
     BY_NODE,
     TAINT_NOT_READY,
@@ -35,6 +35,7 @@ from kwire.controllers.common import (
     TAINT_UNSCHEDULABLE,
     EventRecorder,
     add_indexes,
+    annotations_of,
     condition,
     controller_ref,
     d,
@@ -42,6 +43,7 @@ from kwire.controllers.common import (
     labels_of,
     lst,
     name_of,
+    namespace_of,
     node_ready_status,
     pod_finished,
     set_condition,
@@ -74,6 +76,9 @@ ASSUME_TTL = 30.0
 REASON_UNSCHEDULABLE = "node(s) were unschedulable"
 REASON_AFFINITY = "node(s) didn't match Pod's node affinity/selector"
 REASON_PORTS = "node(s) didn't have free ports for the requested pod ports"
+REASON_VOLUME_AFFINITY = "node(s) had volume node affinity conflict"
+ANN_SELECTED_NODE = "volume.kubernetes.io/selected-node"
+RETRY_VOLUME_BINDING = 1.0
 
 
 def _wants_us(pod: Obj) -> bool:
@@ -143,6 +148,18 @@ def matches_node_affinity(pod: Obj, node: Obj) -> bool:
     return False
 
 
+def volume_fits(pv: Obj, node: Obj) -> bool:
+    """A PersistentVolume's spec.nodeAffinity.required against a node (terms ORed, expressions ANDed)."""
+    required = d(d(spec(pv).get("nodeAffinity")).get("required"))
+    terms = [t for t in lst(required.get("nodeSelectorTerms")) if isinstance(t, dict)]
+    if not terms:
+        return True
+    labels = labels_of(node)
+    return any(
+        all(_match_expression(e, labels.get(str(e.get("key")))) for e in lst(t.get("matchExpressions"))) for t in terms
+    )
+
+
 def host_ports(pod: Obj) -> list[tuple[str, str, int]]:
     """(protocol, hostIP, hostPort) of every container port that asks for a host port."""
     out = []
@@ -201,6 +218,9 @@ class Scheduler(Controller):
         self.recorder = recorder
         self.pods = informers.get(PODS)
         self.nodes = informers.get(NODES)
+        self.claims = informers.get(PERSISTENTVOLUMECLAIMS)
+        self.volumes = informers.get(PERSISTENTVOLUMES)
+        self.classes = informers.get(STORAGECLASSES)
         add_indexes(self.pods)
         # Pods bound by us that the cache does not show bound yet: key -> (node, pod, when).
         self._assumed: dict[str, tuple[str, Obj, float]] = {}
@@ -276,6 +296,13 @@ class Scheduler(Controller):
         by_node = self._pods_by_node()
         reasons: Counter[str] = Counter()
         feasible: list[Obj] = []
+        claims = self._claims(pod)
+        if isinstance(claims, str):
+            await self._unschedulable(pod, f"0/{len(nodes)} nodes are available: {claims}.")
+            self._pending.add(key)
+            return RETRY_UNSCHEDULABLE
+        bound_volumes, waiting = claims
+        selected = {annotations_of(c).get(ANN_SELECTED_NODE) for c in waiting} - {None}
         # Spread domains count the nodes the pod may go to by node affinity (kube's nodeAffinityPolicy Honor).
         eligible = [n for n in nodes if matches_node_affinity(pod, n)]
         for node in nodes:
@@ -283,6 +310,10 @@ class Scheduler(Controller):
             reason = filter_node(pod, node, here)
             if reason is None and len(here) >= max_pods(node):
                 reason = REASON_TOO_MANY_PODS
+            if reason is None and (
+                not all(volume_fits(pv, node) for pv in bound_volumes) or (selected and selected != {name_of(node)})
+            ):
+                reason = REASON_VOLUME_AFFINITY
             if reason is None and anti_affinity_violated(pod, node, by_node, nodes):
                 reason = REASON_ANTI_AFFINITY
             if reason is None and spread_violated(pod, node, eligible, by_node):
@@ -305,6 +336,13 @@ class Scheduler(Controller):
 
         target = min(feasible, key=score)
         node_name = name_of(target)
+        if waiting:
+            # VolumeBinding's PreBind: WaitForFirstConsumer claims learn the node; the pod is bound once they are.
+            for claim in waiting:
+                if not annotations_of(claim).get(ANN_SELECTED_NODE):
+                    await self._select_node(claim, node_name)
+            self._pending.add(key)
+            return RETRY_VOLUME_BINDING
         binding = {
             "apiVersion": "v1",
             "kind": "Binding",
@@ -324,6 +362,45 @@ class Scheduler(Controller):
         log.info("scheduler: %s -> %s", key, node_name)
         await self.recorder.event(pod, "Normal", "Scheduled", f"Successfully assigned {ns}/{name} to {node_name}")
         return None
+
+    def _claims(self, pod: Obj) -> str | tuple[list[Obj], list[Obj]]:
+        """The pod's claims as kube's VolumeBinding plugin sees them: the PVs of bound claims and the unbound
+        WaitForFirstConsumer claims, or why the pod cannot be scheduled yet."""
+        ns = namespace_of(pod)
+        bound: list[Obj] = []
+        waiting: list[Obj] = []
+        for vol in lst(spec(pod).get("volumes")):
+            claim_name = d(d(vol).get("persistentVolumeClaim")).get("claimName")
+            if not claim_name:
+                continue
+            claim = self.claims.get(ns, str(claim_name))
+            if claim is None:
+                return f'persistentvolumeclaim "{claim_name}" not found'
+            if claim["metadata"].get("deletionTimestamp"):
+                return f'persistentvolumeclaim "{claim_name}" is being deleted'
+            volume = str(spec(claim).get("volumeName") or "")
+            if volume:
+                pv = self.volumes.get(None, volume)
+                if pv is None:
+                    return f'persistentvolume "{volume}" not found'
+                bound.append(pv)
+                continue
+            cls = self.classes.get(None, str(spec(claim).get("storageClassName") or ""))
+            if cls is None or cls.get("volumeBindingMode") != "WaitForFirstConsumer":
+                return "pod has unbound immediate PersistentVolumeClaims"
+            waiting.append(claim)
+        return bound, waiting
+
+    async def _select_node(self, claim: Obj, node: str) -> None:
+        def mark(obj: Obj) -> bool:
+            anns = obj["metadata"].setdefault("annotations", {})
+            if anns.get(ANN_SELECTED_NODE):
+                return False
+            anns[ANN_SELECTED_NODE] = node
+            return True
+
+        log.info("scheduler: claim %s will be provisioned on %s", key_of(claim), node)
+        await update_with_retry(self.client, PERSISTENTVOLUMECLAIMS, claim, mark)
 
     async def _unschedulable(self, pod: Obj, message: str) -> None:
         log.info("scheduler: %s: %s", key_of(pod), message)

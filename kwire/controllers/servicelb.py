@@ -16,6 +16,7 @@ import hashlib
 import json
 from typing import Any
 
+from kwire.base.keys import pod_ready
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICES
 from kwire.controllers.queue import Controller
@@ -103,16 +104,11 @@ def daemonset(svc: Obj, nodes: list[Obj]) -> Obj:
     return ds
 
 
-def _ready(pod: Obj) -> bool:
-    conds = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-
-
 def ingress(ds_name: str, pods: list[Obj], nodes: dict[str, Obj]) -> list[Obj]:
     """status.loadBalancer.ingress: the IPs of the nodes whose svclb pod is Ready, ExternalIP before InternalIP."""
     ips = set()
     for pod in pods:
-        if (_meta(pod).get("labels") or {}).get("app") != ds_name or not _ready(pod):
+        if (_meta(pod).get("labels") or {}).get("app") != ds_name or not pod_ready(pod):
             continue
         node = nodes.get(str((pod.get("spec") or {}).get("nodeName")))
         addrs = ((node or {}).get("status") or {}).get("addresses") or []

@@ -128,5 +128,9 @@ class Store(abc.ABC):
     async def compact(self, revision: int) -> None:
         """Drop history at or below `revision` (the latest value of each live key is kept)."""
 
+    def healthy(self) -> bool:
+        """Whether the backend answers (the API server's `etcd` health check); backends refine it."""
+        return True
+
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -111,6 +111,10 @@ class EtcdStore(Store):
                 await asyncio.sleep(0.5)
         self._task = asyncio.create_task(self._follow())
 
+    def healthy(self) -> bool:
+        """The watch that mirrors etcd's state is running (it retries etcd on its own)."""
+        return self._task is not None and not self._task.done()
+
     async def close(self) -> None:
         if self._task:
             self._task.cancel()

@@ -179,6 +179,11 @@ class SQLiteStore(Store):
         self._state.compacted = revision
         log.info("store compacted at revision %d", revision)
 
+    def healthy(self) -> bool:
+        """The database answers (the API server's `etcd` health check)."""
+        self._db.execute("SELECT 1").fetchone()
+        return True
+
     async def close(self) -> None:
         self._state.close_watchers()
         self._db.close()

@@ -442,6 +442,15 @@ async def test_scheduler_filters_and_failed_scheduling(cluster: Cluster) -> None
     await c.delete(PODS, "hp-tcp", "default", grace_period=0)
     assert await node_of("hp-clash") == "n1"
 
+    # max-pods: a node full by its allocatable pod count takes no more (kube-scheduler's "Too many pods").
+    await c.patch(NODES, "n2", {"status": {"allocatable": {"pods": "2"}}}, subresource="status")
+    full = pod("one-too-many", nodeSelector={"kubernetes.io/hostname": "n2"}, tolerations=[{"operator": "Exists"}])
+    await c.create(PODS, full, "default")
+    too_many = await until(
+        lambda: cluster.events(reason="FailedScheduling", name="one-too-many"), what="FailedScheduling for max-pods"
+    )
+    assert "1 Too many pods" in too_many[0]["message"]
+
     # pods/binding, which the scheduler binds through, refuses a pod that is already assigned.
     binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "ssd"}, "target": {"name": "n2"}}
     with pytest.raises(Conflict) as err:

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests import UPSTREAM
 from tests.integration.apiserver import KUBECTL, ServerProcess, free_port
 
 pytestmark = pytest.mark.kubectl
@@ -39,6 +41,10 @@ def test_bootstrap_objects(server: ServerProcess) -> None:
 
 
 def test_apply_examples_and_table_columns(server: ServerProcess) -> None:
+    # MetalLB's kinds come from its CRDs (applied unchanged from the upstream manifest), as on a real cluster.
+    upstream = UPSTREAM / "metallb-native-v0.14.9.yaml"
+    crds = [d for d in yaml.safe_load_all(upstream.read_text()) if d and d["kind"] == "CustomResourceDefinition"]
+    server.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds))
     for name in (
         "services.yaml",
         "deployment.yaml",

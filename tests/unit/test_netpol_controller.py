@@ -1,18 +1,18 @@
-"""The NetworkPolicy sync loop without a kernel: the first sync replaces the table, events collapse into one partial
-transaction, unrelated objects produce no transaction, a failed apply makes the next sync a full one, and the
-disabled setting removes the table."""
+"""The NetworkPolicy controller on the recording applier (no kernel, nothing patched): the first sync replaces the
+table, events collapse into one partial transaction, unrelated objects produce no transaction, a failed apply makes
+the next sync a full one, a vanished table is restored, and the disabled setting removes the table. Transactions
+are asserted whole, against golden files."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-import pytest
-
 from kwire.agent.netpol import controller as ctrl_mod
 from kwire.agent.netpol.controller import NetworkPolicyController
 from kwire.client.fake import FakeInformer
 from kwire.kernel import nft
+from tests.unit import golden
 
 Obj = dict[str, Any]
 
@@ -29,26 +29,13 @@ def _deny(ns: str, name: str = "deny") -> Obj:
     return {"metadata": {"namespace": ns, "name": name}, "spec": {"podSelector": {}}}
 
 
-class Applied(list[str]):
-    """The scripts the controller applied; `fail_next` makes the next apply fail as nft would."""
-
-    fail_next = False
-
-    def __call__(self, script: str, **_: Any) -> None:
-        if self.fail_next:
-            self.fail_next = False
-            raise nft.NftError("nft failed: injected")
-        self.append(script)
-
-
-@pytest.fixture
-def applied(monkeypatch: pytest.MonkeyPatch) -> Applied:
-    out = Applied()
-    monkeypatch.setattr(ctrl_mod.nft, "apply", out)
-    return out
-
-
 def _controller() -> tuple[NetworkPolicyController, FakeInformer, FakeInformer, FakeInformer]:
+    return _controller_with(nft.RecordingApplier())
+
+
+def _controller_with(
+    applier: nft.RecordingApplier, *, table_check_period: float = 5.0
+) -> tuple[NetworkPolicyController, FakeInformer, FakeInformer, FakeInformer]:
     pods, namespaces, policies = FakeInformer(), FakeInformer(), FakeInformer()
     for ns in ("x", "y"):
         namespaces.put({"metadata": {"name": ns}})
@@ -62,6 +49,8 @@ def _controller() -> tuple[NetworkPolicyController, FakeInformer, FakeInformer, 
         node="n1",
         node_ips=("192.168.77.11",),
         min_sync_period=0.01,
+        table_check_period=table_check_period,
+        applier=applier,
     )
     return c, pods, namespaces, policies
 
@@ -74,52 +63,82 @@ async def _settle(c: NetworkPolicyController, syncs: int) -> None:
     raise AssertionError(f"only {c.stats.full + c.stats.partial} syncs")
 
 
-async def test_sync_loop_full_then_partial_collapsing_events(applied: Applied) -> None:
+def _recorder(c: NetworkPolicyController) -> nft.RecordingApplier:
+    assert isinstance(c.reconciler.applier, nft.RecordingApplier)
+    return c.reconciler.applier
+
+
+async def test_sync_loop_full_then_partial_collapsing_events() -> None:
     c, pods, _, policies = _controller()
+    rec = _recorder(c)
     policies.put(_deny("x"))
     c.start()
     try:
         await _settle(c, 1)
-        assert c.stats.full == 1 and applied[0].startswith("add table ip kwire-netpol\ndelete table")
-        assert "10.42.0.10 : jump pod-in-" in applied[0]
+        (first,) = rec.take()
+        assert c.stats.full == 1 and first.kind == "replace"
+        golden.check("netpol-controller-first", first)
         # Three events before the loop runs: one transaction.
         policies.put(_deny("y"))
         pods.put(_pod("y", "b", "10.42.0.12"))
         pods.put(_pod("y", "c", "10.42.0.13"))
         await _settle(c, 2)
         await asyncio.sleep(0.05)
-        assert c.stats.partial == 1 and len(applied) == 2
-        assert "add element ip kwire-netpol ingress-pods" in applied[1] and "10.42.0.12" in applied[1]
-        assert "10.42.0.13" in applied[1] and "add table" not in applied[1]
+        (second,) = rec.take()
+        assert c.stats.partial == 1 and second.kind == "update"
+        golden.check("netpol-controller-partial", second)
         assert c.stats.latencies and c.stats.latencies[-1] < 1.0
         # A pod on another node selected by nothing here: a sync, but no transaction.
         pods.put(_pod("y", "far", "10.42.1.99", node="n2"))
         await _settle(c, 3)
-        assert len(applied) == 2
+        assert rec.take() == []
     finally:
         await c.stop()
 
 
-async def test_a_failed_apply_makes_the_next_sync_full(applied: Applied) -> None:
+async def test_a_failed_apply_makes_the_next_sync_full() -> None:
     c, pods, _, policies = _controller()
+    rec = _recorder(c)
     c.start()
     try:
         await _settle(c, 1)
-        applied.fail_next = True
+        rec.take()
+        rec.fail_next()
         policies.put(_deny("x"))
         for _ in range(300):
-            if c.stats.failed and len(applied) >= 2:
+            if c.stats.failed and rec.transactions:
                 break
             await asyncio.sleep(0.01)
         assert c.stats.failed == 1
-        assert applied[-1].startswith("add table ip kwire-netpol\ndelete table")  # replaced whole after the failure
-        assert "10.42.0.10 : jump pod-in-" in applied[-1]
+        (txn,) = rec.take()
+        assert txn.kind == "replace"  # replaced whole after the failure, with the change in it
+        assert txn == nft.replace(c.current.table())
+        assert "10.42.0.10 : jump pod-in-" in txn.render()
     finally:
         await c.stop()
 
 
-async def test_malformed_policy_is_ignored(applied: Applied) -> None:
+async def test_a_vanished_table_is_restored() -> None:
+    rec = nft.RecordingApplier()
+    c, _, _, policies = _controller_with(rec, table_check_period=0.05)
+    policies.put(_deny("x"))
+    c.start()
+    try:
+        await _settle(c, 1)
+        (first,) = rec.take()
+        rec.lose("ip", "kwire-netpol")  # a host firewall's `flush ruleset`
+        for _ in range(300):
+            if rec.transactions:
+                break
+            await asyncio.sleep(0.01)
+        assert rec.take() == [first] and rec.exists("ip", "kwire-netpol")
+    finally:
+        await c.stop()
+
+
+async def test_malformed_policy_is_ignored() -> None:
     c, _, _, policies = _controller()
+    rec = _recorder(c)
     policies.put(
         {
             "metadata": {"namespace": "x", "name": "bad"},
@@ -130,13 +149,16 @@ async def test_malformed_policy_is_ignored(applied: Applied) -> None:
     c.start()
     try:
         await _settle(c, 1)
-        assert "10.42.0.11 : jump pod-in-" in applied[0] and "10.42.0.10" not in applied[0]
+        text = rec.take()[0].render()
+        assert "10.42.0.11 : jump pod-in-" in text and "10.42.0.10" not in text
     finally:
         await c.stop()
 
 
-def test_delete_table_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    scripts: list[str] = []
-    monkeypatch.setattr(ctrl_mod.nft, "apply", lambda s, **_: scripts.append(s))
-    ctrl_mod.delete_table()
-    assert scripts == ["add table ip kwire-netpol\ndelete table ip kwire-netpol\n"]
+def test_delete_table_when_disabled() -> None:
+    rec = nft.RecordingApplier()
+    rec.apply(nft.replace(nft.table("ip", "kwire-netpol")))
+    rec.take()
+    ctrl_mod.delete_table(rec)
+    assert [t.render() for t in rec.take()] == ["add table ip kwire-netpol\ndelete table ip kwire-netpol\n"]
+    assert not rec.exists("ip", "kwire-netpol")

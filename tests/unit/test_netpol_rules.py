@@ -13,6 +13,8 @@ from kwire.agent.netpol import ruleset, tracer
 from kwire.agent.netpol.compiler import Compiler
 from kwire.agent.netpol.model import namespace_labels, parse_policy, pod_info
 from kwire.agent.netpol.stats import policy_counters
+from kwire.kernel import nft
+from tests.unit import golden
 
 Obj = dict[str, Any]
 NAMESPACES = ("x", "y", "z")
@@ -222,8 +224,8 @@ def test_ip_block_with_except() -> None:
     set_to(want, ["x/a"], False, ["y/b", "y/c", "z/a"])
     check(w, want)
     rs = w.compile("n1").build()
-    (peer_set,) = [s for s in rs.sets.values() if s.kind == ruleset.ADDR]
-    assert peer_set.elements == (
+    (peer_set,) = [s for s in rs.sets.values() if "interval" in s.flags]
+    assert peer_set.elements == {
         "10.42.0.0/23",
         "10.42.3.0/24",
         "10.42.4.0/22",
@@ -232,7 +234,7 @@ def test_ip_block_with_except() -> None:
         "10.42.32.0/19",
         "10.42.64.0/18",
         "10.42.128.0/17",
-    )
+    }
 
 
 def test_ip_block_egress_to_a_single_pod() -> None:
@@ -314,7 +316,9 @@ def test_protocol_only_and_sctp() -> None:
     check(w, expect(), "sctp", 9999)
     check(w, deny_x, "tcp", 80)
     assert any(
-        "meta l4proto sctp counter accept" in r.render() for c in w.compile("n1").build().chains.values() for r in c
+        "meta l4proto sctp counter accept" in r.render()
+        for c in w.compile("n1").build().chains.values()
+        for r in c.rules
     )
 
 
@@ -403,8 +407,8 @@ def test_host_network_pods_are_never_selected_nor_peers() -> None:
     )
     rs = w.compile("n1").build()
     assert set(rs.ingress_pods) == {w.ips["x/a"]}  # not the node address of the hostNetwork pod
-    peer_sets = [s for s in rs.sets.values() if s.kind == ruleset.ADDR]
-    assert [s.elements for s in peer_sets] == [(w.ips["x/a"],)]
+    peer_sets = [s for s in rs.sets.values() if "interval" in s.flags]
+    assert [s.elements for s in peer_sets] == [frozenset({w.ips["x/a"]})]
 
 
 def test_pods_without_ip_or_finished_are_skipped() -> None:
@@ -444,14 +448,7 @@ def test_rendering_shape() -> None:
             },
         )
     )
-    text = ruleset.render_full(w.compile("n1").build())
-    assert text.startswith("add table ip kwire-netpol\ndelete table ip kwire-netpol\ntable ip kwire-netpol {\n")
-    assert "type filter hook forward priority 0; policy accept;\n    ct state established,related accept" in text
-    assert 'limit name "deny-log" log prefix "kwire-netpol-deny "' in text
-    assert "limit deny-log { rate 5/second }" in text
-    assert 'meta l4proto tcp th dport 80 counter accept comment "x/web ingress 0"' in text
-    assert f"elements = {{ {w.ips['x/a']} . tcp . 81, {w.ips['x/b']} . tcp . 81 }}" in text
-    assert 'counter drop comment "x/a ingress"' in text
+    golden.check("netpol-full-web", nft.replace(w.compile("n1").build().table()))
 
 
 # -- incremental compilation ----------------------------------------------------------------------------------
@@ -567,8 +564,9 @@ def test_incremental_updates_equal_a_fresh_compile(seed: int) -> None:
             new = c.build()
             fresh = w.compile(n).build()
             _same(new, fresh)
-            partial = ruleset.render_partial(current[n], new)
-            assert (partial == "") == (
+            partial = nft.diff(current[n].table(), new.table())
+            assert partial.kind == "update"
+            assert partial.empty == (
                 current[n].chains == new.chains
                 and current[n].sets == new.sets
                 and current[n].ingress_pods == new.ingress_pods
@@ -586,14 +584,14 @@ def test_partial_render_orders_references_safely() -> None:
     )
     c.set_policy("x/deny", parse_policy(p))
     mid = c.build()
-    add = ruleset.render_partial(old, mid).splitlines()
+    add = nft.diff(old.table(), mid.table()).lines
     set_add = next(i for i, ln in enumerate(add) if ln.startswith("add set"))
     rule_use = next(i for i, ln in enumerate(add) if "@peers-" in ln)
     elem = next(i for i, ln in enumerate(add) if ln.startswith("add element ip kwire-netpol ingress-pods"))
     last_rule = max(i for i, ln in enumerate(add) if ln.startswith("add rule"))
     assert set_add < rule_use < elem and last_rule < elem
     c.set_policy("x/deny", None)
-    gone = ruleset.render_partial(mid, c.build()).splitlines()
+    gone = nft.diff(mid.table(), c.build().table()).lines
     assert gone[0].startswith("delete element ip kwire-netpol ingress-pods")
     first_delete_chain = next(i for i, ln in enumerate(gone) if ln.startswith("delete chain"))
     assert all(ln.startswith("flush chain") for ln in gone[1:first_delete_chain])
@@ -643,12 +641,74 @@ def test_rules_with_the_same_peers_share_one_set() -> None:
         policy("y", "three", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": from_b}),
     )
     rs = w.compile("n1").build()
-    peer_sets = sorted(s.elements for s in rs.sets.values() if s.kind == ruleset.ADDR)
+    peer_sets = sorted(sorted(s.elements, key=_ip) for s in rs.sets.values() if "interval" in s.flags)
     # from_y once (x/one and x/two); pod=b in namespace x (x/two); pod=b of y is not needed on n1 (y/a runs on n2).
-    assert peer_sets == sorted([tuple(sorted((w.ips[k] for k in ns_pods("y")), key=_ip)), (w.ips["x/b"],)])
+    assert peer_sets == sorted([sorted((w.ips[k] for k in ns_pods("y")), key=_ip), [w.ips["x/b"]]])
     rs2 = w.compile("n2").build()
-    assert sorted(s.elements for s in rs2.sets.values() if s.kind == ruleset.ADDR) == [(w.ips["y/b"],)]
+    assert [sorted(s.elements) for s in rs2.sets.values() if "interval" in s.flags] == [[w.ips["y/b"]]]
 
 
 def _ip(ip: str) -> tuple[int, ...]:
     return tuple(int(x) for x in ip.split("."))
+
+
+# -- whole transactions ---------------------------------------------------------------------------------------
+
+
+def test_upstream_model_transactions_golden() -> None:
+    """The transactions node n1 is given for upstream model cases (deny all, allow from a namespace, ipBlock with
+    except, named ports, egress), each as the difference from the previous step, from an empty table."""
+    w = World()
+    c = w.compile("n1")
+    steps: list[tuple[str, Obj]] = [
+        ("deny-all-ingress", policy("x", "deny", {"podSelector": {}})),
+        (
+            "allow-from-namespace-y",
+            policy(
+                "x",
+                "from-y",
+                {
+                    "podSelector": {"matchLabels": {"pod": "a"}},
+                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}],
+                },
+            ),
+        ),
+        (
+            "ip-block-except-named-port",
+            policy(
+                "x",
+                "cidr",
+                {
+                    "podSelector": {"matchLabels": {"pod": "b"}},
+                    "ingress": [
+                        {
+                            "from": [{"ipBlock": {"cidr": "10.42.0.0/16", "except": ["10.42.2.0/24"]}}],
+                            "ports": [{"port": "serve-81-tcp"}, {"protocol": "UDP", "port": 53, "endPort": 60}],
+                        }
+                    ],
+                },
+            ),
+        ),
+        (
+            "egress-to-pods",
+            policy(
+                "z",
+                "eg",
+                {
+                    "podSelector": {"matchLabels": {"pod": "b"}},
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "c"}}}], "ports": [{"port": 81}]}],
+                },
+            ),
+        ),
+    ]
+    applied = c.build().table()
+    golden.check("netpol-empty", nft.replace(applied))
+    for name, p in steps:
+        c.set_policy(f"{p['metadata']['namespace']}/{p['metadata']['name']}", parse_policy(p))
+        desired = c.build().table()
+        golden.check(f"netpol-{name}", nft.diff(applied, desired))
+        applied = desired
+    c.set_policy("x/deny", None)
+    desired = c.build().table()
+    golden.check("netpol-delete-deny-all", nft.diff(applied, desired))

@@ -6,8 +6,11 @@ from typing import Any
 
 import pytest
 
+from kwire.agent import svclb
 from kwire.agent.kubelet import podspec
 from kwire.controllers import servicelb
+from kwire.kernel import nft
+from tests.unit import golden
 
 SVC: dict[str, Any] = {
     "metadata": {"name": "web", "namespace": "shop", "uid": "2bb6a943-1111-2222-3333-444455556666", "labels": {}},
@@ -75,20 +78,21 @@ def test_ingress_lists_nodes_with_a_ready_svclb_pod() -> None:
 
 
 def test_the_svclb_pod_program_is_klipper_in_nft() -> None:
-    argv = podspec.servicelb_argv(
-        {
-            "SRC_PORT": "80",
-            "DEST_PORT": "80",
-            "DEST_PROTO": "TCP",
-            "DEST_IPS": "10.43.74.49",
-            "SRC_RANGES": "10.0.0.0/8,192.168.0.0/16",
-        }
+    env = {
+        "SRC_PORT": "80",
+        "DEST_PORT": "80",
+        "DEST_PROTO": "TCP",
+        "DEST_IPS": "10.43.74.49",
+        "SRC_RANGES": "10.0.0.0/8,192.168.0.0/16",
+    }
+    txn = nft.replace(svclb.servicelb_table(env))
+    golden.check("servicelb-tcp-80", txn)
+    script = podspec.servicelb_argv(env)[2]
+    assert script == (
+        "echo 1 > /proc/sys/net/ipv4/ip_forward && nft -f - <<'KWIRE_EOF'\n"
+        + txn.render()
+        + "KWIRE_EOF\nexec sleep infinity\n"
     )
-    script = argv[2]
-    assert (
-        "ip saddr != 10.43.74.49 ip saddr { 10.0.0.0/8, 192.168.0.0/16 } tcp dport 80 dnat to 10.43.74.49:80" in script
-    )
-    assert "ip daddr 10.43.74.49 tcp dport 80 masquerade" in script and script.endswith("exec sleep infinity\n")
     for bad in (
         {"SRC_PORT": "80; rm -rf /"},
         {"SRC_PORT": "80", "DEST_PORT": "80", "DEST_PROTO": "icmp"},
@@ -118,3 +122,14 @@ async def test_disable_servicelb_leaves_the_controller_out() -> None:
         return {type(c).__name__ for c in cm.controllers}
 
     assert "ServiceLB" in names(()) and "ServiceLB" not in names(("servicelb",))
+
+
+def test_each_svclb_container_owns_its_table() -> None:
+    """The containers of one svclb pod (one per port) share its namespace: replacing one shared table left only
+    the last container's port (port 443 of the traefik Service was refused while 80 worked)."""
+    from kwire.agent.svclb import servicelb_table
+
+    env = {"SRC_PORT": "80", "DEST_PORT": "80", "DEST_PROTO": "TCP", "DEST_IPS": "10.43.0.20"}
+    web = servicelb_table(env)
+    websecure = servicelb_table({**env, "SRC_PORT": "443", "DEST_PORT": "443"})
+    assert web.name != websecure.name and {web.name, websecure.name} == {"kwire-lb-tcp-80", "kwire-lb-tcp-443"}

@@ -10,8 +10,11 @@
   reads it.
 - Masquerade in table `ip kwire-flannel`, flannel's FLANNEL-POSTRTG rules: pod-to-pod traffic is never
   masqueraded; pod traffic leaving the cluster network is (fully random); and a forward chain accepting pod
-  traffic (flannel's FLANNEL-FWD).
-A full sync runs on every node change and every few seconds, so a deleted `flannel.1` or route comes back.
+  traffic (flannel's FLANNEL-FWD). The table is computed as an `nft.Table` and kept by the agent's one nft
+  reconciler (`kwire/agent/nftsync.py`), which restores it when it vanishes.
+- Routes, FDB and neighbour entries: one reconcile of the whole backend state, run from a work queue
+  (`kwire/base/workqueue.py`, one key) on every node change and every few seconds, with exponential back-off after
+  a failure; so a deleted `flannel.1` or route comes back.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from kwire.agent.flannel.backends import HostGwBackend, NoneBackend, Remote, VxlanBackend
+from kwire.agent.nftsync import NftReconciler
 from kwire.agent.node import NodeRegistration
 from kwire.base.files import atomic_write
+from kwire.base.keys import key_of
+from kwire.base.workqueue import ShutDown, WorkQueue
 from kwire.client import Informer
 from kwire.kernel import nft
 
@@ -36,6 +42,7 @@ Obj = dict[str, Any]
 ANN = "flannel.alpha.coreos.com/"
 NFT_TABLE = "kwire-flannel"
 RESYNC = 5.0
+ROUTES = "routes"  # the routes work queue's one key: the backend reconciles every remote at once
 
 
 def load_vtep_mac(path: Path) -> str:
@@ -53,25 +60,27 @@ def load_vtep_mac(path: Path) -> str:
     return mac
 
 
-def masquerade_rules(*, cluster_cidr: str, subnet: str) -> str:
-    """flannel's FLANNEL-POSTRTG / FLANNEL-FWD rules as one nft table body."""
+def masquerade_table(*, cluster_cidr: str, subnet: str) -> nft.Table:
+    """flannel's FLANNEL-POSTRTG / FLANNEL-FWD rules as the `ip kwire-flannel` table."""
     net = cluster_cidr
-    return f"""
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    meta mark & 0x4000 == 0x4000 return comment "kube-proxy already masquerades marked packets"
-    ip saddr {subnet} ip daddr {net} return comment "pod to pod: keep the pod IP"
-    ip saddr {net} ip daddr {subnet} return comment "pod to pod: keep the pod IP"
-    ip saddr != {net} ip daddr {subnet} return comment "outside to local pods: keep the source"
-    ip saddr {net} ip daddr != 224.0.0.0/4 masquerade fully-random comment "pods leaving the cluster network"
-    ip saddr != {net} ip daddr {net} masquerade fully-random comment "host to remote pods"
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    ip saddr {net} accept
-    ip daddr {net} accept
-  }}
-"""
+    T = nft.Text
+    postrouting = (
+        T("meta mark & 0x4000 == 0x4000 return", "kube-proxy already masquerades marked packets"),
+        T(f"ip saddr {subnet} ip daddr {net} return", "pod to pod: keep the pod IP"),
+        T(f"ip saddr {net} ip daddr {subnet} return", "pod to pod: keep the pod IP"),
+        T(f"ip saddr != {net} ip daddr {subnet} return", "outside to local pods: keep the source"),
+        T(f"ip saddr {net} ip daddr != 224.0.0.0/4 masquerade fully-random", "pods leaving the cluster network"),
+        T(f"ip saddr != {net} ip daddr {net} masquerade fully-random", "host to remote pods"),
+    )
+    forward = (T(f"ip saddr {net} accept"), T(f"ip daddr {net} accept"))
+    return nft.table(
+        "ip",
+        NFT_TABLE,
+        chains=[
+            nft.Chain("postrouting", postrouting, nft.Hook("nat", "postrouting", "srcnat")),
+            nft.Chain("forward", forward, nft.Hook("filter", "forward", "filter")),
+        ],
+    )
 
 
 def remote_from_node(node: Obj) -> Remote | None:
@@ -101,6 +110,8 @@ class Flannel:
         backend_type: str,
         iface: str,
         cluster_cidr: str,
+        applier: nft.Applier | None = None,
+        table_check_period: float = RESYNC,
     ) -> None:
         self.reg = registration
         self.nodes = nodes
@@ -112,9 +123,16 @@ class Flannel:
         self.subnet = ""
         self.mtu = 1500
         self.backend: VxlanBackend | HostGwBackend | NoneBackend = NoneBackend()
-        self._kick = asyncio.Event()
+        self.queue: WorkQueue[str] = WorkQueue(name="flannel", base_delay=0.2, max_delay=RESYNC)
         self._task: asyncio.Task[None] | None = None
-        self._full = True
+        self._remotes: dict[str, Remote] = {}  # node name -> its typed view (remote nodes only)
+        self.masquerade = NftReconciler(
+            name="flannel",
+            compute=self._desired_table,
+            applier=applier,
+            min_period=0.05,
+            table_check_period=table_check_period,
+        )
 
     @property
     def node_name(self) -> str:
@@ -157,54 +175,70 @@ class Flannel:
             f"FLANNEL_NETWORK={self.cluster_cidr}\nFLANNEL_SUBNET={net.network_address + 1}/{net.prefixlen}\n"
             f"FLANNEL_MTU={self.mtu}\nFLANNEL_IPMASQ=true\n",
         )
+        for node in self.nodes.items():
+            self._put_node(node)
         await self.sync()
+        if self.backend_type != "none":
+            await self.masquerade.sync()  # in place before the first pod starts
+            self.masquerade.start()
         log.info("flannel: %s backend up, subnet %s, mtu %d", self.backend_type, self.subnet, self.mtu)
         self.nodes.on_add(self._on_node)
         self.nodes.on_update(self._on_node_update)
-        self.nodes.on_delete(self._on_node)
+        self.nodes.on_delete(self._on_node_delete)
         self._task = asyncio.create_task(self._loop())
 
-    async def _on_node(self, _obj: Obj) -> None:
-        self._kick.set()
+    def _desired_table(self, keys: set[str], *, resync: bool) -> nft.Table:
+        return masquerade_table(cluster_cidr=self.cluster_cidr, subnet=self.subnet)
 
-    async def _on_node_update(self, _old: Obj, _new: Obj) -> None:
-        self._kick.set()
+    def _put_node(self, node: Obj) -> None:
+        """The typed view of a Node, made on receipt: its `Remote` (None until it has a lease and a public IP)."""
+        name = key_of(node)
+        r = remote_from_node(node) if name != self.node_name else None
+        if r is None:
+            self._remotes.pop(name, None)
+        else:
+            self._remotes[name] = r
+        self.queue.add(ROUTES)
+
+    async def _on_node(self, obj: Obj) -> None:
+        self._put_node(obj)
+
+    async def _on_node_update(self, _old: Obj, new: Obj) -> None:
+        self._put_node(new)
+
+    async def _on_node_delete(self, obj: Obj) -> None:
+        self._remotes.pop(key_of(obj), None)
+        self.queue.add(ROUTES)
 
     def remotes(self) -> list[Remote]:
-        out = []
-        for node in self.nodes.items():
-            if (node.get("metadata") or {}).get("name") == self.node_name:
-                continue
-            r = remote_from_node(node)
-            if r is not None:
-                out.append(r)
-        return sorted(out)
+        return sorted(self._remotes.values())
 
     async def sync(self) -> None:
-        remotes = self.remotes()
-        await asyncio.to_thread(self.backend.sync, remotes)
-        if self.backend_type != "none":
-            script = nft.replace_table(
-                "ip", NFT_TABLE, masquerade_rules(cluster_cidr=self.cluster_cidr, subnet=self.subnet)
-            )
-            if self._full or not await asyncio.to_thread(nft.list_table, "ip", NFT_TABLE):
-                await asyncio.to_thread(nft.apply, script)
-                self._full = False
+        """Routes, FDB and neighbour entries for every remote node (the backend reconciles the whole state)."""
+        await asyncio.to_thread(self.backend.sync, self.remotes())
 
     async def _loop(self) -> None:
+        """The routes' work queue: one key, re-queued every RESYNC seconds (drift repair) and after a failure with
+        exponential back-off."""
+        self.queue.add_after(ROUTES, RESYNC)
         while True:
             try:
-                await asyncio.wait_for(self._kick.wait(), RESYNC)
-            except TimeoutError:
-                pass
-            self._kick.clear()
+                key = await self.queue.get()
+            except ShutDown:
+                return
             try:
                 await self.sync()
-            except Exception as exc:  # a failed sync makes the next one full
-                self._full = True
-                log.warning("flannel: sync failed: %s", exc)
+                self.queue.forget(key)
+                self.queue.add_after(key, RESYNC)
+            except Exception as exc:
+                delay = self.queue.add_rate_limited(key)
+                log.warning("flannel: sync failed (%s); retrying in %.1f s", exc, delay)
+            finally:
+                self.queue.done(key)
 
     async def stop(self) -> None:
+        self.queue.shutdown()
+        await self.masquerade.stop()
         if self._task is not None:
             self._task.cancel()
             try:

@@ -129,6 +129,10 @@ class Kubelet:
 
     async def _adopt_then_poll(self) -> None:
         await self.pods.wait_synced()
+        # Pods the informer listed before the handlers above were registered (the agent starts its informers
+        # first, so pods bound before this node's kubelet started, e.g. DaemonSet pods, came in no add event).
+        for pod in self.pods.items():
+            await self._on_pod(pod)
         # Pods recorded here that the API no longer has (deleted while the agent was away) are torn down.
         for uid in list(self.work):
             self.queue.add(uid)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kwire.agent.svclb import servicelb_argv
+
 Obj = dict[str, Any]
 
 HOST_IMAGE = "kwire/host"
@@ -28,8 +30,10 @@ HOST_IMAGE = "kwire/host"
 BUILTIN_IMAGES: dict[str, str] = {
     "kwire/responder": "",
     "kwire/coredns": "kwire.dns",
+    "kwire/ingress": "kwire.ingress",  # the traefik add-on: ingress controller driving nginx in the pod
 }
-SERVICELB_IMAGE = "kwire/servicelb"  # ServiceLB's svclb pods (klipper-lb's role); see servicelb_argv
+SERVICELB_IMAGE = "kwire/servicelb"  # ServiceLB's svclb pods (klipper-lb's role); see kwire/agent/svclb.py
+KWIRE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding this `kwire` package
 SA_ENV = "KWIRE_SERVICEACCOUNT_DIR"  # where in-cluster clients find token and ca.crt (no mount namespace here)
 
 
@@ -166,42 +170,6 @@ def is_tool_container(c: Obj, *, which: Callable[..., str | None] = shutil.which
     return which(prog, path=HOST_PATH) is not None
 
 
-def servicelb_argv(env: dict[str, str]) -> list[str]:
-    """What klipper-lb's entry script does, in nft: inside the svclb pod's own namespace, DNAT what arrives on
-    SRC_PORT (from SRC_RANGES) to DEST_IPS:DEST_PORT and masquerade it, so replies come back through the pod; then
-    hold the pod open. Raises ValueError on malformed values (the container then fails, visibly)."""
-    proto = env.get("DEST_PROTO", "TCP").lower()
-    if proto not in ("tcp", "udp", "sctp"):
-        raise ValueError(f"DEST_PROTO {proto!r}")
-    src_port, dest_port = int(env.get("SRC_PORT", "")), int(env.get("DEST_PORT", ""))
-    ranges = [str(ipaddress.ip_network(r.strip(), strict=False)) for r in env.get("SRC_RANGES", "0.0.0.0/0").split(",")]
-    v4_ranges = [r for r in ranges if ":" not in r] or ["0.0.0.0/0"]
-    dests = [str(ipaddress.ip_address(d)) for d in env.get("DEST_IPS", "").split() if d]
-    rules_pre, rules_post = [], []
-    for d in dests:
-        if ":" in d:
-            continue  # IPv6 ClusterIPs: the lab's pod network is IPv4
-        rules_pre.append(
-            f"ip saddr != {d} ip saddr {{ {', '.join(v4_ranges)} }} {proto} dport {src_port} dnat to {d}:{dest_port}"
-        )
-        rules_post.append(f"ip daddr {d} {proto} dport {dest_port} masquerade")
-    script = (
-        "table ip kwire-lb {\n"
-        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n"
-        + "".join(f"    {r}\n" for r in rules_pre)
-        + "  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n"
-        + "".join(f"    {r}\n" for r in rules_post)
-        + "  }\n}\n"
-    )
-    shell = (
-        "echo 1 > /proc/sys/net/ipv4/ip_forward && nft -f - <<'KWIRE_EOF'\n"
-        + script
-        + "KWIRE_EOF\n"
-        + "exec sleep infinity\n"
-    )
-    return ["sh", "-c", shell]
-
-
 def plan(pod: Obj, containers: list[Obj] | None = None) -> list[ContainerPlan]:
     """What runs for each container (of `containers`, by default the pod's regular ones)."""
     out = []
@@ -294,6 +262,9 @@ def runtime_spec(
                     argv = ["sh", "-c", f"echo 'servicelb: bad environment: {exc}' | tr -d \"'\" >&2; exit 1"]
             else:
                 argv = [sys.executable, "-m", BUILTIN_IMAGES[img], *[str(x) for x in c.get("args") or []]]
+                # a built-in image runs this node's kwire (the checkout the agent runs from, not whatever
+                # `kwire` the interpreter would find first)
+                env.setdefault("PYTHONPATH", KWIRE_ROOT)
             if sa_dir:
                 env[SA_ENV] = sa_dir
             proc_entry: Obj = {"name": p.name, "argv": argv, "env": env}

@@ -10,7 +10,7 @@ pieces dirty as objects change:
 - a policy change recomputes its selection and dirties the pods it selected before or selects now.
 
 `build()` recompiles the dirty pieces and assembles the Ruleset; unchanged pieces are the same objects as before, so
-`ruleset.render_partial` skips them by identity.
+`nft.diff` skips them by identity.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ from collections.abc import Iterable
 
 from kwire.agent.netpol import ruleset as rs_mod
 from kwire.agent.netpol.model import EGRESS, INGRESS, Cluster, PodInfo, Policy, PolicyRule, block_networks
-from kwire.agent.netpol.ruleset import ADDR, ADDR_PORT, NamedSet, Rule, Ruleset
+from kwire.agent.netpol.ruleset import Rule, Ruleset
 from kwire.base.labels import Selector
+from kwire.kernel import nft
 
 
 class PolicyRules:
     __slots__ = ("chains", "sets")
 
-    def __init__(self, chains: dict[str, tuple[Rule, ...]], sets: dict[str, NamedSet]) -> None:
+    def __init__(self, chains: dict[str, nft.Chain], sets: dict[str, nft.Set]) -> None:
         self.chains = chains
         self.sets = sets
 
@@ -36,7 +37,7 @@ class PolicyRules:
 class PodRules:
     __slots__ = ("pod", "chains", "ingress", "egress")
 
-    def __init__(self, pod: PodInfo, chains: dict[str, tuple[Rule, ...]], ingress: str, egress: str) -> None:
+    def __init__(self, pod: PodInfo, chains: dict[str, nft.Chain], ingress: str, egress: str) -> None:
         self.pod = pod
         self.chains = chains
         self.ingress = ingress  # the pod's ingress chain, "" when not isolated for ingress
@@ -87,15 +88,16 @@ def peers_key(pol: Policy, rule: PolicyRule) -> str:
 
 
 def compile_policy(cluster: Cluster, pol: Policy, selected: frozenset[str]) -> PolicyRules:
-    chains: dict[str, tuple[Rule, ...]] = {}
-    sets: dict[str, NamedSet] = {}
+    chains: dict[str, nft.Chain] = {}
+    sets: dict[str, nft.Set] = {}
     for direction in (INGRESS, EGRESS):
         if direction not in pol.types:
             continue
         rules: list[Rule] = []
         for i, rule in enumerate(pol.rules(direction)):
             rules += _compile_rule(cluster, pol, direction, i, rule, selected, sets)
-        chains[rs_mod.policy_chain(pol.key, direction)] = tuple(rules)
+        name = rs_mod.policy_chain(pol.key, direction)
+        chains[name] = nft.Chain(name, tuple(rules), comment=rs_mod.chain_comment(pol.key))
     return PolicyRules(chains, sets)
 
 
@@ -106,7 +108,7 @@ def _compile_rule(
     index: int,
     rule: PolicyRule,
     selected: frozenset[str],
-    sets: dict[str, NamedSet],
+    sets: dict[str, nft.Set],
 ) -> list[Rule]:
     pods = cluster.pods
     comment = f"{pol.key} {direction} {index}"
@@ -123,8 +125,8 @@ def _compile_rule(
         memo_key = (frozenset(peer_pods), tuple(blocks))
         elems = cluster.elements_memo.get(memo_key)
         if elems is None:
-            elems = cluster.elements_memo[memo_key] = _addr_elements([pods[k].ip for k in peer_pods], blocks)
-        sets[peer_set] = NamedSet(ADDR, elems)
+            elems = cluster.elements_memo[memo_key] = frozenset(_addr_elements([pods[k].ip for k in peer_pods], blocks))
+        sets[peer_set] = rs_mod.addr_set(peer_set, elems)
     ingress = direction == INGRESS
     base = Rule(saddr_set=peer_set) if ingress else Rule(daddr_set=peer_set)
     out: list[Rule] = []
@@ -163,7 +165,7 @@ def _compile_rule(
                 if port is not None:
                     np_elems.add(f"{pod.ip} . {p.proto} . {port}")
         np_set = rs_mod.rule_set(pol.key, direction, index, "-np")
-        sets[np_set] = NamedSet(ADDR_PORT, tuple(sorted(np_elems)))
+        sets[np_set] = rs_mod.addr_port_set(np_set, frozenset(np_elems))
         out.append(
             Rule(
                 saddr_set=base.saddr_set,
@@ -177,7 +179,7 @@ def _compile_rule(
 
 
 def compile_pod(pod: PodInfo, ingress: list[str], egress: list[str], *, log: bool) -> PodRules:
-    chains: dict[str, tuple[Rule, ...]] = {}
+    chains: dict[str, nft.Chain] = {}
     names = {INGRESS: "", EGRESS: ""}
     for direction, policies in ((INGRESS, ingress), (EGRESS, egress)):
         if not policies:
@@ -187,7 +189,7 @@ def compile_pod(pod: PodInfo, ingress: list[str], egress: list[str], *, log: boo
             rules.append(Rule(log=True))
         rules.append(Rule(counter=True, drop=True, comment=f"{pod.key} {direction}"))
         name = rs_mod.pod_chain(pod.key, direction)
-        chains[name] = tuple(rules)
+        chains[name] = nft.Chain(name, tuple(rules), comment=rs_mod.chain_comment(pod.key))
         names[direction] = name
     return PodRules(pod, chains, names[INGRESS], names[EGRESS])
 

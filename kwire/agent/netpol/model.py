@@ -104,11 +104,6 @@ def _meta(obj: Obj) -> Obj:
     return m if isinstance(m, dict) else {}
 
 
-def key_of(obj: Obj) -> str:
-    m = _meta(obj)
-    return f"{m.get('namespace')}/{m.get('name')}"
-
-
 def pod_info(obj: Obj | None) -> PodInfo | None:
     """The parts of a Pod that policies look at; None for pods policies ignore."""
     if not obj:
@@ -251,7 +246,7 @@ class Cluster:
         self._memo: dict[tuple[str | None, Selector], frozenset[str]] = {}
         self._peer_memo: dict[tuple[str, Peer], frozenset[str]] = {}
         # The compiler's memo of peer-set elements by (pods, blocks); valid while no pod changes.
-        self.elements_memo: dict[tuple[frozenset[str], tuple[Any, ...]], tuple[str, ...]] = {}
+        self.elements_memo: dict[tuple[frozenset[str], tuple[Any, ...]], frozenset[str]] = {}
 
     # -- updates -----------------------------------------------------------------------------------------------
     def set_pod(self, key: str, info: PodInfo | None) -> PodInfo | None:

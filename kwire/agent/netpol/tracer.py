@@ -1,11 +1,12 @@
-"""A packet tracer over the NetworkPolicy ruleset (as data, before it is rendered): is a new connection from A to
-B:port/proto allowed on this node?
+"""A packet tracer over the NetworkPolicy table (`Ruleset.table()`, the very data the kernel is given): is a new
+connection from A to B:port/proto allowed on this node?
 
-It walks the same path the kernel does through `ip kwire-netpol` for the first packet of a connection (conntrack's
-`established,related` accept only concerns later packets): on the forward hook the `egress` base chain (source
-pod's egress chain via the `egress-pods` map) and then the `ingress` base chain (the node's own addresses are
-accepted, then the destination pod's ingress chain via `ingress-pods`); for a destination that is one of the node's
-addresses, the input hook's `egress-input` chain. A rule's `accept` ends only its base chain; `drop` ends the packet.
+It walks the table's base chains for the first packet of a connection, in priority order, on the hook the kernel
+would use: `input` when the destination is one of the node's addresses, `forward` otherwise. Every rule is
+evaluated from its typed fields: `ct state established,related` does not match a first packet, `fib saddr type
+local` matches the node's own addresses, verdict maps are looked up by address, sets by membership (interval sets
+by containment). An `accept` ends only its base chain (the next base chain still sees the packet); `drop` ends the
+packet.
 
 `trace_path` runs the trace on every node a connection crosses (the source's and the destination's).
 """
@@ -17,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from kwire.agent.netpol.ruleset import ADDR, NamedSet, Rule, Ruleset
+from kwire.agent.netpol.ruleset import Rule, Ruleset
+from kwire.kernel import nft
 
 
 @dataclass
@@ -33,49 +35,74 @@ class Trace:
 
 
 @lru_cache(maxsize=4096)
-def _networks(elements: tuple[str, ...]) -> tuple[ipaddress.IPv4Network, ...]:
+def _networks(elements: frozenset[str]) -> tuple[ipaddress.IPv4Network, ...]:
     return tuple(ipaddress.IPv4Network(e) for e in elements)
 
 
-def _in_set(s: NamedSet | None, value: str) -> bool:
+def _in_set(s: nft.Set | None, value: str) -> bool:
     if s is None:
         return False
-    if s.kind == ADDR:
+    if "interval" in s.flags:
         addr = ipaddress.IPv4Address(value)
         return any(addr in n for n in _networks(s.elements))
     return value in s.elements
 
 
-def _matches(rs: Ruleset, r: Rule, src: str, dst: str, proto: str, port: int) -> bool:
-    if r.saddr_set and not _in_set(rs.sets.get(r.saddr_set), src):
+@dataclass(frozen=True)
+class _Packet:
+    src: str
+    dst: str
+    proto: str
+    port: int
+    src_local: bool
+
+
+def _matches(tbl: nft.Table, r: Rule, p: _Packet) -> bool:
+    if r.ct_established:
+        return False  # the first packet of a connection
+    if r.fib_saddr_local and not p.src_local:
         return False
-    if r.daddr_set and not _in_set(rs.sets.get(r.daddr_set), dst):
+    if r.saddr_set and not _in_set(tbl.sets.get(r.saddr_set), p.src):
         return False
-    if r.daddr_port_set and not _in_set(rs.sets.get(r.daddr_port_set), f"{dst} . {proto} . {port}"):
+    if r.daddr_set and not _in_set(tbl.sets.get(r.daddr_set), p.dst):
+        return False
+    if r.daddr_port_set and not _in_set(tbl.sets.get(r.daddr_port_set), f"{p.dst} . {p.proto} . {p.port}"):
         return False
     if r.proto:
-        if r.proto != proto:
+        if r.proto != p.proto:
             return False
-        if r.dport and not (r.dport <= port <= (r.dport_end or r.dport)):
+        if r.dport and not (r.dport <= p.port <= (r.dport_end or r.dport)):
             return False
     return True
 
 
-def _chain(rs: Ruleset, name: str, pkt: tuple[str, str, str, int], t: Trace, depth: int = 0) -> str:
+def _lookup(tbl: nft.Table, name: str, key: str) -> str:
+    m = tbl.maps.get(name)
+    verdict = m.elements.get(key, "") if m is not None else ""
+    return verdict.removeprefix("jump ") if verdict.startswith("jump ") else ""
+
+
+def _chain(tbl: nft.Table, name: str, p: _Packet, t: Trace, depth: int = 0) -> str:
     """The verdict of chain `name`: "accept", "drop", or "" (the chain returned)."""
     if depth > 8:
-        raise RuntimeError("chain loop in the netpol ruleset")
+        raise RuntimeError("chain loop in the netpol table")
     t.chains.append(name)
-    for r in rs.chains.get(name, ()):
-        if not _matches(rs, r, *pkt):
+    for r in tbl.chains[name].rules:
+        if not isinstance(r, Rule) or not _matches(tbl, r, p):
             continue
-        if r.jump:
-            v = _chain(rs, r.jump, pkt, t, depth + 1)
+        target = r.jump
+        if r.vmap_saddr:
+            target = _lookup(tbl, r.vmap_saddr, p.src)
+        elif r.vmap_daddr:
+            target = _lookup(tbl, r.vmap_daddr, p.dst)
+        if target:
+            v = _chain(tbl, target, p, t, depth + 1)
             if v:
                 return v
             continue
         if r.accept:
-            t.allowed_by.append(r.comment)
+            if r.comment:
+                t.allowed_by.append(r.comment)
             return "accept"
         if r.drop:
             t.dropped_by = name
@@ -83,22 +110,20 @@ def _chain(rs: Ruleset, name: str, pkt: tuple[str, str, str, int], t: Trace, dep
     return ""
 
 
+def _priority(c: nft.Chain) -> int:
+    return int(c.hook.priority) if c.hook is not None else 0
+
+
 def trace(rs: Ruleset, *, src: str, dst: str, proto: str = "tcp", port: int = 80) -> Trace:
     """The fate on this node of the first packet of a `proto` connection from `src` to `dst:port`."""
-    proto = proto.lower()
-    pkt = (src, dst, proto, port)
+    tbl = rs.table()
+    p = _Packet(src, dst, proto.lower(), port, src_local=src in rs.node_ips)
+    hook = "input" if dst in rs.node_ips else "forward"
     t = Trace()
-    egress = rs.egress_pods.get(src)
-    if egress and _chain(rs, egress, pkt, t) == "drop":
-        t.verdict = "drop"
-        return t
-    if dst in rs.node_ips:
-        return t  # input hook: only the source's egress is checked
-    if src in rs.node_ips:
-        return t  # `fib saddr type local accept`
-    ingress = rs.ingress_pods.get(dst)
-    if ingress and _chain(rs, ingress, pkt, t) == "drop":
-        t.verdict = "drop"
+    for c in sorted((c for c in tbl.base_chains() if c.hook is not None and c.hook.hook == hook), key=_priority):
+        if _chain(tbl, c.name, p, t) == "drop":
+            t.verdict = "drop"
+            return t
     return t
 
 

@@ -42,10 +42,14 @@ class HealthChecks:
         want: dict[int, tuple[str, str, int]] = {}
         for ports in all_ports:
             for sp in ports:
-                if sp.external_local and sp.health_check_node_port:
+                if sp.service.external_local and sp.service.health_check_node_port:
                     count = len({e.ip for e in sp.usable(local_node=node)})
-                    prev = want.get(sp.health_check_node_port)
-                    want[sp.health_check_node_port] = (sp.namespace, sp.name, max(count, prev[2] if prev else 0))
+                    prev = want.get(sp.service.health_check_node_port)
+                    want[sp.service.health_check_node_port] = (
+                        sp.service.namespace,
+                        sp.service.name,
+                        max(count, prev[2] if prev else 0),
+                    )
         self.local = want
         for port in set(self._runners) - set(want):
             await self._runners.pop(port).cleanup()

@@ -1,16 +1,17 @@
-"""The service proxy's view of the cluster: service ports and their endpoints, built from Services and
-EndpointSlices (kube-proxy's ServicePortMap and EndpointsMap), as plain immutable data.
+"""The service proxy's view of the cluster as plain immutable data.
 
-Only what the data path needs is kept; two snapshots compare equal exactly when the rules for that service
-port would be the same, which is what lets a partial sync touch only changed services.
+- `ServiceView` / `SliceView`: what the proxy reads of a Service and an EndpointSlice, made once when the
+  informer hands the object over (CoreDNS's `object.ToService` idea); nothing after this module touches API dicts.
+- `ServicePort`: one service port with its endpoints (kube-proxy's ServicePortMap and EndpointsMap entries). Two
+  snapshots compare equal exactly when the rules for that service port would be the same, which is what lets a
+  partial sync touch only changed services.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-from base64 import b32encode
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 Obj = dict[str, Any]
@@ -29,25 +30,19 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class ServicePort:
-    namespace: str
-    name: str
+    """One port of a Service with its endpoints: the unit the proxy's rules are computed for."""
+
+    service: ServiceView
     port_name: str
     protocol: str  # TCP | UDP | SCTP
     port: int
-    cluster_ip: str = ""
     node_port: int = 0
-    external_ips: tuple[str, ...] = ()
-    lb_ips: tuple[str, ...] = ()
-    affinity_timeout: int = 0  # 0: no ClientIP affinity
-    external_local: bool = False  # externalTrafficPolicy: Local (NodePort/LB/external IPs only)
-    internal_local: bool = False  # internalTrafficPolicy: Local
-    health_check_node_port: int = 0
     endpoints: tuple[Endpoint, ...] = ()
 
     @property
     def key(self) -> str:
         """kube-proxy's ServicePortName: namespace/name:port, protocol-qualified."""
-        return f"{self.namespace}/{self.name}/{self.protocol.lower()}/{self.port_name}"
+        return f"{self.service.key}/{self.protocol.lower()}/{self.port_name}"
 
     @property
     def proto(self) -> str:
@@ -55,7 +50,7 @@ class ServicePort:
 
     @property
     def has_external(self) -> bool:
-        return bool(self.node_port or self.external_ips or self.lb_ips)
+        return bool(self.node_port or self.service.external_ips or self.service.lb_ips)
 
     def usable(self, *, local_node: str | None = None) -> tuple[Endpoint, ...]:
         """Endpoints traffic may go to: ready ones; if none, serving-terminating ones (KEP-1669)."""
@@ -66,96 +61,139 @@ class ServicePort:
         return tuple(e for e in eps if e.serving and e.terminating)
 
 
-def chain_id(*parts: str) -> str:
-    """kube-proxy's hashAndTruncate idea: a stable, readable, length-bounded chain name."""
-    text = "/".join(parts)
-    digest = b32encode(hashlib.sha256(text.encode()).digest()).decode()[:8]
-    readable = text.replace("/", "_").replace(":", "_")
-    return f"{digest}-{readable}"[:60]
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
-def _ports_of(svc: Obj) -> list[Obj]:
-    return [p for p in (svc.get("spec") or {}).get("ports") or [] if isinstance(p, dict)]
+def _map(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
-def service_ports(svc: Obj, slices: list[Obj]) -> list[ServicePort]:
-    """Every port of a Service with the endpoints its EndpointSlices list for that port name and protocol."""
-    meta = svc.get("metadata") or {}
-    spec = svc.get("spec") or {}
-    typ = spec.get("type") or "ClusterIP"
-    if typ == "ExternalName":
-        return []  # DNS handles it (a CNAME); no rules
-    cluster_ip = spec.get("clusterIP") or ""
-    headless = cluster_ip in ("", "None")
-    status_lb = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    lb_ips = (
-        tuple(sorted(i["ip"] for i in status_lb if isinstance(i, dict) and i.get("ip")))
-        if typ == "LoadBalancer"
-        else ()
-    )
-    external_ips = tuple(sorted(str(x) for x in spec.get("externalIPs") or []))
-    timeout = 0
-    if spec.get("sessionAffinity") == "ClientIP":
-        timeout = int(
-            (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")) or 10800
-        )
-    out = []
-    for p in _ports_of(svc):
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+@dataclass(frozen=True)
+class PortView:
+    name: str
+    protocol: str  # TCP | UDP | SCTP
+    port: int
+    node_port: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    namespace: str
+    name: str
+    type: str = "ClusterIP"
+    cluster_ip: str = ""  # "" for headless
+    ports: tuple[PortView, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    lb_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress IPs (LoadBalancer only)
+    affinity_timeout: int = 0
+    external_local: bool = False
+    internal_local: bool = False
+    health_check_node_port: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class SliceView:
+    namespace: str
+    name: str
+    service: str  # the owning Service's key (its kubernetes.io/service-name label), "" when unlabelled
+    ports: tuple[tuple[str, str, int], ...] = ()  # (name, protocol, port)
+    endpoints: tuple[Endpoint, ...] = ()  # port 0: a service port takes it from `ports` by name
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def service_view(svc: Obj) -> ServiceView:
+    """The proxy's view of a Service. Raises ValueError/TypeError on malformed values (the caller logs and skips)."""
+    meta, spec = _map(svc.get("metadata")), _map(svc.get("spec"))
+    typ = str(spec.get("type") or "ClusterIP")
+    node_ports = typ in ("NodePort", "LoadBalancer")
+    ports = []
+    for p in _list(spec.get("ports")):
+        if not isinstance(p, dict):
+            continue
         proto = str(p.get("protocol") or "TCP")
         if proto not in PROTOCOLS:
             continue
-        pname = str(p.get("name") or "")
+        node_port = int(p.get("nodePort") or 0) if node_ports else 0
+        ports.append(PortView(str(p.get("name") or ""), proto, int(p.get("port") or 0), node_port))
+    cluster_ip = str(spec.get("clusterIP") or "")
+    ingress = _list(_map(_map(svc.get("status")).get("loadBalancer")).get("ingress"))
+    lb_ips = tuple(sorted(str(i["ip"]) for i in ingress if isinstance(i, dict) and i.get("ip")))
+    timeout = 0
+    if spec.get("sessionAffinity") == "ClientIP":
+        client_ip = _map(_map(spec.get("sessionAffinityConfig")).get("clientIP"))
+        timeout = int(client_ip.get("timeoutSeconds") or 10800)
+    return ServiceView(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        type=typ,
+        cluster_ip="" if cluster_ip == "None" else cluster_ip,
+        ports=tuple(ports),
+        external_ips=tuple(sorted(str(x) for x in _list(spec.get("externalIPs")))),
+        lb_ips=lb_ips if typ == "LoadBalancer" else (),
+        affinity_timeout=timeout,
+        external_local=spec.get("externalTrafficPolicy") == "Local" and node_ports,
+        internal_local=spec.get("internalTrafficPolicy") == "Local",
+        health_check_node_port=int(spec.get("healthCheckNodePort") or 0),
+    )
+
+
+def slice_view(sl: Obj) -> SliceView:
+    """The proxy's view of an EndpointSlice: IPv4 addresses only (the lab's pod network is IPv4)."""
+    meta = _map(sl.get("metadata"))
+    ns = str(meta.get("namespace", ""))
+    svc_name = _map(meta.get("labels")).get(SERVICE_NAME_LABEL)
+    ipv4 = sl.get("addressType", "IPv4") == "IPv4"
+    ports = tuple(
+        (str(sp.get("name") or ""), str(sp.get("protocol") or "TCP"), int(sp.get("port") or 0))
+        for sp in _list(sl.get("ports"))
+        if isinstance(sp, dict)
+    )
+    endpoints = []
+    for e in _list(sl.get("endpoints")) if ipv4 else []:
+        if not isinstance(e, dict):
+            continue
+        cond = _map(e.get("conditions"))
+        ready = cond.get("ready") is not False  # nil means ready (discovery/v1)
+        serving = cond.get("serving", ready) is not False
+        for addr in _list(e.get("addresses")):
+            try:
+                ip = str(ipaddress.IPv4Address(addr))
+            except ValueError:
+                continue
+            endpoints.append(
+                Endpoint(ip, 0, str(e.get("nodeName") or ""), ready, serving, bool(cond.get("terminating")))
+            )
+    return SliceView(
+        namespace=ns,
+        name=str(meta.get("name", "")),
+        service=f"{ns}/{svc_name}" if svc_name else "",
+        ports=ports,
+        endpoints=tuple(endpoints),
+    )
+
+
+def service_ports(svc: ServiceView, slices: Iterable[SliceView]) -> list[ServicePort]:
+    """Every port of a Service with the endpoints its EndpointSlices list for that port name and protocol."""
+    if svc.type == "ExternalName" or not svc.cluster_ip:
+        return []  # ExternalName: DNS answers a CNAME; headless: DNS answers with the endpoints. No rules.
+    slices = list(slices)
+    out = []
+    for p in svc.ports:
         eps: set[Endpoint] = set()
         for sl in slices:
-            if sl.get("addressType", "IPv4") != "IPv4":
-                continue
-            sport = next(
-                (
-                    sp
-                    for sp in sl.get("ports") or []
-                    if str(sp.get("name") or "") == pname and str(sp.get("protocol") or "TCP") == proto
-                ),
-                None,
-            )
-            if sport is None or not sport.get("port"):
-                continue
-            for e in sl.get("endpoints") or []:
-                cond = e.get("conditions") or {}
-                ready = cond.get("ready") is not False  # nil means ready (discovery/v1)
-                serving = cond.get("serving", ready) is not False
-                for addr in e.get("addresses") or []:
-                    try:
-                        ipaddress.IPv4Address(addr)
-                    except ValueError:
-                        continue
-                    eps.add(
-                        Endpoint(
-                            ip=addr,
-                            port=int(sport["port"]),
-                            node=str(e.get("nodeName") or ""),
-                            ready=ready,
-                            serving=serving,
-                            terminating=bool(cond.get("terminating")),
-                        )
-                    )
-        if headless:
-            continue  # headless: no virtual IP, no rules (DNS answers with the endpoints)
-        out.append(
-            ServicePort(
-                namespace=str(meta.get("namespace", "")),
-                name=str(meta.get("name", "")),
-                port_name=pname,
-                protocol=proto,
-                port=int(p.get("port") or 0),
-                cluster_ip=cluster_ip,
-                node_port=int(p.get("nodePort") or 0) if typ in ("NodePort", "LoadBalancer") else 0,
-                external_ips=external_ips,
-                lb_ips=lb_ips,
-                affinity_timeout=timeout,
-                external_local=spec.get("externalTrafficPolicy") == "Local" and typ in ("NodePort", "LoadBalancer"),
-                internal_local=spec.get("internalTrafficPolicy") == "Local",
-                health_check_node_port=int(spec.get("healthCheckNodePort") or 0),
-                endpoints=tuple(sorted(eps)),
-            )
-        )
+            target = next((port for name, proto, port in sl.ports if name == p.name and proto == p.protocol), 0)
+            if target:
+                eps.update(replace(e, port=target) for e in sl.endpoints)
+        out.append(ServicePort(svc, p.name, p.protocol, p.port, p.node_port, tuple(sorted(eps))))
     return out

@@ -1,56 +1,64 @@
-"""The service proxy's sync loop (kube-proxy's proxier): change tracking, one nft transaction per sync,
-partial syncs for changed services, full syncs after a failure, stale UDP conntrack cleanup, health checks.
+"""The service proxy (kube-proxy's proxier): Services and EndpointSlices -> the desired `ip kwire-proxy` table,
+kept up to date by the agent's one nft reconciler; stale UDP conntrack cleanup; health check servers.
 
-Events from the Service and EndpointSlice informers only mark a service dirty (the change tracker collapses any
-number of events into one entry); the runner syncs at most once per `min_sync_period`. A sync recomputes the
-rules of the dirty services, diffs them against what was applied, and applies the difference as ONE `nft -f`
-transaction; if that fails, the next sync replaces the whole table. Restarting the agent replaces the table in
-one transaction too, which leaves established connections alone (their NAT lives in conntrack).
+Informer events only mark a service dirty (any number of events for a service collapse into one key); the
+reconciler (`kwire/agent/nftsync.py`) syncs at most once per `min_sync_period`, asks `compute` for the desired
+table, and applies the difference from what it applied last as ONE transaction through the long-lived libnftables
+context; after a failure or when the table vanished it replaces the whole table in one transaction (established
+connections keep their NAT in conntrack). `compute` recomputes only the dirty services' rules and merges them
+into the `ProxyTable`, which is what keeps one more Service at 10,000 cheap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import shutil
-import subprocess
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from kwire.agent.nftsync import NftReconciler
 from kwire.agent.proxy import ruleset
 from kwire.agent.proxy.health import HealthChecks
-from kwire.agent.proxy.model import ServicePort, service_ports
-from kwire.agent.syncrunner import SyncRunner, TableCheck
+from kwire.agent.proxy.model import ServicePort, ServiceView, SliceView, service_ports, service_view, slice_view
+from kwire.base.keys import key_of
 from kwire.client import Informer
 from kwire.kernel import nft
+from kwire.kernel.conntrack import Conntrack, NetlinkConntrack, StaleUdp
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-CONNTRACK = shutil.which("conntrack") or "/usr/sbin/conntrack"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+V = TypeVar("V")
 
 
-@dataclass
-class SyncStats:
-    full: int = 0
-    partial: int = 0
-    failed: int = 0
-    last_seconds: float = 0.0
-    history: list[float] = field(default_factory=list)
+def _parse(kind: str, obj: Obj, parse: Callable[[Obj], V]) -> V | None:
+    """The typed view of an object, or None (logged) when it is malformed."""
+    try:
+        return parse(obj)
+    except (ValueError, TypeError) as exc:
+        log.warning("proxy: ignoring malformed %s %s: %s", kind, key_of(obj), exc)
+        return None
 
 
-def _svc_key(obj: Obj) -> str:
-    m = obj.get("metadata") or {}
-    return f"{m.get('namespace')}/{m.get('name')}"
-
-
-def _slice_service_key(obj: Obj) -> str:
-    m = obj.get("metadata") or {}
-    name = (m.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    return f"{m.get('namespace')}/{name}" if name else ""
+def stale_udp(old: list[ServicePort], new: list[ServicePort]) -> list[StaleUdp]:
+    """kube-proxy's stale UDP cleanup for one service: entries that still point at a removed endpoint, and entries
+    made while the service had no endpoint (they hold the reject), would black-hole clients until they expire."""
+    out: list[StaleUdp] = []
+    before = {sp.key: sp for sp in old}
+    for sp in new:
+        if sp.protocol != "UDP":
+            continue
+        prev = before.get(sp.key)
+        prev_eps = {e.ip for e in prev.usable()} if prev else set()
+        now_eps = {e.ip for e in sp.usable()}
+        vips = [v for v in (sp.service.cluster_ip, *sp.service.external_ips, *sp.service.lb_ips) if v]
+        for ip in sorted(prev_eps - now_eps):
+            out += [StaleUdp(orig_dst=vip, dnat_to=ip) for vip in vips]
+            if sp.node_port:
+                out.append(StaleUdp(orig_dport=sp.node_port, dnat_to=ip))
+        if now_eps and not prev_eps:
+            out += [StaleUdp(orig_dst=vip, orig_dport=sp.port) for vip in vips]
+    return out
 
 
 class Proxier:
@@ -66,7 +74,8 @@ class Proxier:
         pod_cidr: str = "",
         min_sync_period: float = 0.05,
         table_check_period: float = 5.0,
-        apply: bool = True,
+        applier: nft.Applier | None = None,
+        conntrack: Conntrack | None = None,
     ) -> None:
         self.services = services
         self.slices = slices
@@ -74,166 +83,148 @@ class Proxier:
         self.node_ips = node_ips
         self.cluster_cidr = cluster_cidr
         self.service_cidr = service_cidr
-        self.min_sync_period = min_sync_period
-        self.apply = apply  # False in unit tests: compute and render only
         self.pod_cidr = pod_cidr
-        self.current = ruleset.Ruleset(cluster_cidr, service_cidr, node_ips, pod_cidr)
-        self.ports: dict[str, list[ServicePort]] = {}  # service key -> its ports as last synced
-        self._dirty: set[str] = set()
-        self._need_full = True
-        self.table_check = TableCheck("ip", ruleset.TABLE, period=table_check_period, owner="proxy")
-        self.runner = SyncRunner(
+        self.desired = self._empty()
+        self.ports: dict[str, list[ServicePort]] = {}  # service key -> its ports as last computed
+        # Service key -> its ports as last applied, for services whose change is not in the kernel yet.
+        self._unapplied: dict[str, list[ServicePort]] = {}
+        # Typed views of the informers' objects, made when an event hands them over.
+        self._services: dict[str, ServiceView] = {}
+        self._slices: dict[str, SliceView] = {}  # slice key -> view
+        self._slices_of: dict[str, set[str]] = {}  # service key -> its slices' keys (entries go with their slices)
+        self.conntrack = conntrack if conntrack is not None else NetlinkConntrack()
+        self.reconciler = NftReconciler(
             name="proxy",
-            sync=self.sync,
-            on_failure=self._failed,
+            compute=self.compute,
+            applier=applier,
             min_period=min_sync_period,
-            max_period=table_check_period,
+            table_check_period=table_check_period,
+            after=self._after_sync,
         )
-        self._kick = self.runner.event
-        self.stats = SyncStats()
+        self.stats = self.reconciler.stats
         self.health = HealthChecks(node_ip=node_ips[0] if node_ips else "0.0.0.0")
-        self.synced = asyncio.Event()
-        slices.add_indexer("service", lambda o: [k] if (k := _slice_service_key(o)) else [])
+        self.synced = self.reconciler.committed
 
-    # -- change tracking --------------------------------------------------------------------------------------
-    def mark(self, key: str) -> None:
-        if key and key != "/":
-            self._dirty.add(key)
-            self._kick.set()
+    def set_pod_cidr(self, pod_cidr: str) -> None:
+        """This node's pod subnet (known once Flannel has its lease; before `start`): hairpin pairs come from it."""
+        self.pod_cidr = pod_cidr
+        self.desired = self._empty()
+        self.ports.clear()
 
-    async def _on_svc(self, obj: Obj) -> None:
-        self.mark(_svc_key(obj))
-
-    async def _on_svc_update(self, old: Obj, new: Obj) -> None:
-        self.mark(_svc_key(new))
-
-    async def _on_slice(self, obj: Obj) -> None:
-        self.mark(_slice_service_key(obj))
-
-    async def _on_slice_update(self, old: Obj, new: Obj) -> None:
-        self.mark(_slice_service_key(old))
-        self.mark(_slice_service_key(new))
-
-    def start(self) -> None:
-        self.services.on_add(self._on_svc)
-        self.services.on_update(self._on_svc_update)
-        self.services.on_delete(self._on_svc)
-        self.slices.on_add(self._on_slice)
-        self.slices.on_update(self._on_slice_update)
-        self.slices.on_delete(self._on_slice)
-        for svc in self.services.items():
-            self.mark(_svc_key(svc))
-        self.runner.start()
-
-    async def stop(self) -> None:
-        await self.runner.stop()
-        await self.health.close()
-
-    def _failed(self, _exc: Exception) -> None:
-        self.stats.failed += 1
-        self._need_full = True
-
-    def compute(self, keys: set[str]) -> tuple[ruleset.Ruleset, set[str], dict[str, list[ServicePort]]]:
-        """The new ruleset after recomputing services `keys`, and which service-port keys changed."""
-        new = ruleset.Ruleset(
+    def _empty(self) -> ruleset.ProxyTable:
+        return ruleset.ProxyTable(
             cluster_cidr=self.cluster_cidr,
             service_cidr=self.service_cidr,
             node_ips=self.node_ips,
             pod_cidr=self.pod_cidr,
-            services=dict(self.current.services),
         )
-        changed: set[str] = set()
-        new_ports: dict[str, list[ServicePort]] = {}
-        for key in keys:
-            ns, _, name = key.partition("/")
-            svc = self.services.get(ns, name)
-            try:
-                ports = service_ports(svc, self.slices.by_index("service", key)) if svc else []
-            except (ValueError, TypeError, KeyError) as exc:
-                log.warning("proxy: ignoring malformed service %s: %s", key, exc)
-                ports = []
-            new_ports[key] = ports
-            old_keys = {sp.key for sp in self.ports.get(key, [])}
-            for k in old_keys:
-                new.services.pop(k, None)
-            for sp in ports:
-                new.services[sp.key] = ruleset.service_rules(sp, node=self.node, cluster_cidr=self.cluster_cidr)
-            for k in old_keys | {sp.key for sp in ports}:
-                if self.current.services.get(k) != new.services.get(k):
-                    changed.add(k)
-        return new, changed, new_ports
 
-    async def sync(self) -> None:
-        t0 = time.monotonic()
-        if not self._need_full and self.apply and await self.table_check.gone():
-            self._need_full = True
-        if not self._need_full and not self._dirty:
-            return  # a periodic wake-up with nothing to do
-        full = self._need_full
-        keys = set(self._dirty)
-        self._dirty.clear()
-        if full:
-            keys |= {_svc_key(s) for s in self.services.items()} | set(self.ports)
-        new, changed, new_ports = self.compute(keys)
-        if full:
-            script = ruleset.render_full(new)
-        elif changed:
-            script = ruleset.render_partial(self.current, new, changed)
+    # -- change tracking --------------------------------------------------------------------------------------
+    def mark(self, key: str) -> None:
+        if key and key != "/":
+            self.reconciler.mark(key)
+
+    def _put_service(self, obj: Obj) -> None:
+        key = key_of(obj)
+        view = _parse("Service", obj, service_view)
+        if view is None:
+            self._services.pop(key, None)
         else:
-            script = ""
-        if script and self.apply:
-            try:
-                await asyncio.to_thread(functools.partial(nft.apply, script, use_library=True))
-            except nft.NftError:
-                self._dirty |= keys
-                raise
-        old_ports = dict(self.ports)  # a copy: self.ports is updated in place below
-        self.current = new
-        for key, ports in new_ports.items():
+            self._services[key] = view
+        self.mark(key)
+
+    def _drop_service(self, obj: Obj) -> None:
+        key = key_of(obj)
+        self._services.pop(key, None)
+        self.mark(key)
+
+    def _put_slice(self, obj: Obj) -> None:
+        self._drop_slice(obj)
+        view = _parse("EndpointSlice", obj, slice_view)
+        if view is None:
+            return
+        self._slices[view.key] = view
+        if view.service:
+            self._slices_of.setdefault(view.service, set()).add(view.key)
+            self.mark(view.service)
+
+    def _drop_slice(self, obj: Obj) -> None:
+        old = self._slices.pop(key_of(obj), None)
+        if old is not None and old.service:
+            keys = self._slices_of.get(old.service, set())
+            keys.discard(old.key)
+            if not keys:
+                self._slices_of.pop(old.service, None)
+            self.mark(old.service)
+
+    async def _on_svc(self, obj: Obj) -> None:
+        self._put_service(obj)
+
+    async def _on_svc_update(self, _old: Obj, new: Obj) -> None:
+        self._put_service(new)
+
+    async def _on_svc_delete(self, obj: Obj) -> None:
+        self._drop_service(obj)
+
+    async def _on_slice(self, obj: Obj) -> None:
+        self._put_slice(obj)
+
+    async def _on_slice_update(self, _old: Obj, new: Obj) -> None:
+        self._put_slice(new)
+
+    async def _on_slice_delete(self, obj: Obj) -> None:
+        self._drop_slice(obj)
+
+    def start(self) -> None:
+        self.services.on_add(self._on_svc)
+        self.services.on_update(self._on_svc_update)
+        self.services.on_delete(self._on_svc_delete)
+        self.slices.on_add(self._on_slice)
+        self.slices.on_update(self._on_slice_update)
+        self.slices.on_delete(self._on_slice_delete)
+        for sl in self.slices.items():
+            self._put_slice(sl)
+        for svc in self.services.items():
+            self._put_service(svc)
+        self.reconciler.start()
+
+    async def stop(self) -> None:
+        await self.reconciler.stop()
+        await self.health.close()
+
+    # -- the desired table --------------------------------------------------------------------------------------
+    def _service(self, key: str) -> list[ServicePort]:
+        svc = self._services.get(key)
+        if svc is None:
+            return []
+        return service_ports(svc, (self._slices[k] for k in sorted(self._slices_of.get(key, ()))))
+
+    def compute(self, keys: set[str], *, resync: bool) -> nft.Table:
+        """The desired table after recomputing services `keys` (every service on a resync)."""
+        if resync:
+            keys = keys | set(self._services) | set(self.ports)
+        for key in keys:
+            old = self.ports.get(key, [])
+            ports = self._service(key)
+            if ports == old:
+                continue
+            self._unapplied.setdefault(key, old)
+            for sp in old:
+                self.desired.remove(sp.key)
+            for sp in ports:
+                self.desired.set(ruleset.service_rules(sp, node=self.node, cluster_cidr=self.cluster_cidr))
             if ports:
                 self.ports[key] = ports
             else:
                 self.ports.pop(key, None)
-        self._need_full = False
-        if self.apply:
-            await self._clear_udp_conntrack(old_ports, new_ports)
-        await self.health.sync(self.ports.values(), node=self.node)
-        dt = time.monotonic() - t0
-        self.stats.last_seconds = dt
-        self.stats.history.append(dt)
-        del self.stats.history[:-100]
-        if full:
-            self.stats.full += 1
-        else:
-            self.stats.partial += 1
-        self.synced.set()
-        if script:
-            log.debug(
-                "proxy: %s sync of %d service ports in %.1f ms", "full" if full else "partial", len(changed), dt * 1e3
-            )
+        return self.desired.table()
 
-    # -- conntrack -----------------------------------------------------------------------------------------------
-    async def _clear_udp_conntrack(self, old: dict[str, list[ServicePort]], new: dict[str, list[ServicePort]]) -> None:
-        """kube-proxy's stale UDP cleanup: UDP has no connection to end, so conntrack entries that still point at
-        a removed endpoint (or were made while the service had none) would black-hole clients until they expire."""
-        cmds: list[list[str]] = []
-        for key, ports in new.items():
-            before = {sp.key: sp for sp in old.get(key, [])}
-            for sp in ports:
-                if sp.protocol != "UDP":
-                    continue
-                prev = before.get(sp.key)
-                prev_eps = {(e.ip, e.port) for e in prev.usable()} if prev else set()
-                now_eps = {(e.ip, e.port) for e in sp.usable()}
-                vips = [v for v in (sp.cluster_ip, *sp.external_ips, *sp.lb_ips) if v]
-                for ip, _port in prev_eps - now_eps:
-                    for vip in vips:
-                        cmds.append(["-D", "-p", "udp", "--orig-dst", vip, "--dst-nat", ip])
-                    if sp.node_port:
-                        cmds.append(["-D", "-p", "udp", "--orig-port-dst", str(sp.node_port), "--dst-nat", ip])
-                if now_eps and not prev_eps:
-                    for vip in vips:
-                        cmds.append(["-D", "-p", "udp", "--orig-dst", vip, "--orig-port-dst", str(sp.port)])
-        for args in cmds:
-            # Exit status 1 means "no entries matched": normal.
-            await asyncio.to_thread(subprocess.run, [CONNTRACK, *args], capture_output=True, check=False)
+    async def _after_sync(self, _table: nft.Table, _txn: nft.Transaction) -> None:
+        changed, self._unapplied = self._unapplied, {}
+        flows = [f for key, old in changed.items() for f in stale_udp(old, self.ports.get(key, []))]
+        if flows:
+            try:
+                await asyncio.to_thread(self.conntrack.delete_udp, flows)
+            except OSError as exc:
+                log.warning("proxy: conntrack cleanup failed: %s", exc)
+        await self.health.sync(self.ports.values(), node=self.node)

@@ -1,108 +1,144 @@
-"""The service proxy's nftables ruleset, in the design of kube-proxy's nftables mode (KEP-3866), as data.
+"""The service proxy's nftables table, in the design of kube-proxy's nftables mode (KEP-3866), as `nft.Table` data.
 
 One table, `ip kwire-proxy`. A packet's destination (ip . proto . port) is looked up in the verdict map
 `service-ips` (ClusterIPs, external IPs, load-balancer IPs) or, for the node's own addresses, `service-nodeports`;
 the verdict jumps to the service port's chain, which DNATs to an endpoint chosen at random (`numgen random mod N ==
 0` rules, iptables' statistic style). Masquerading is by mark (0x4000) and happens in postrouting: for traffic to a
 ClusterIP from outside the cluster CIDR and for external traffic under externalTrafficPolicy Cluster; hairpin (a pod
-reaching itself through its service) is matched in postrouting by the (source . destination) pair. Service ports without usable endpoints are in `no-endpoint-services` /
-`no-endpoint-nodeports` (filter hooks) and rejected at once (TCP: ICMP port-unreachable → ECONNREFUSED). ClientIP
-affinity uses one dynamic set per endpoint with the affinity timeout.
+reaching itself through its service) is matched in postrouting by the (source . destination) pair. Service ports
+without usable endpoints are in `no-endpoint-services` / `no-endpoint-nodeports` (filter hooks) and rejected at
+once (TCP: ICMP port-unreachable -> ECONNREFUSED). ClientIP affinity uses one dynamic set per endpoint with the
+affinity timeout.
 
-`Ruleset` holds the per-service parts as data so that (1) the whole table can be rendered for a full sync,
-(2) only the changed services' chains and map elements for a partial sync, and (3) `tracer.py` can answer where a
-packet goes without a kernel.
+Every rule, the fixed chains' included, is a typed `Rule`, so `tracer.py` walks the very table the kernel is
+given, from its base chains. `ProxyTable` keeps each service port's contribution (`ServiceRules`) and the merged
+chains, sets and map elements, updated per changed service port, so that producing the desired `nft.Table` of a
+10,000-service node for a one-service change costs a few dictionary copies; `kwire.kernel.nft.diff` then writes
+only the difference.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections import Counter
 from dataclasses import dataclass, field
 
-from kwire.agent.proxy.model import Endpoint, ServicePort, chain_id
+from kwire.agent.proxy.model import Endpoint, ServicePort
+from kwire.kernel import nft
 
 TABLE = "kwire-proxy"
 MASQ_MARK = 0x4000
+ADDR_PROTO_PORT = "ipv4_addr . inet_proto . inet_service"
+PROTO_PORT = "inet_proto . inet_service"
+MAP_NAMES = ("service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports")
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule of a service or endpoint chain. Matches are ANDed; exactly one action is set."""
+    """One rule of the table. Matches are ANDed in the order below; at most one action."""
 
+    ct_new: bool = False  # ct state new
+    ct_dnat: bool = False  # ct status dnat
     saddr: str = ""  # an address or CIDR the source must be in
     saddr_not: str = ""  # a CIDR the source must NOT be in
-    saddr_in_set: str = ""  # affinity: source is in this dynamic set
+    daddr: str = ""  # an address or CIDR the destination must be in
+    daddr_set: str = ""  # ip daddr @set
+    saddr_daddr_set: str = ""  # ip saddr . ip daddr @set (hairpin)
     fib_saddr_local: bool = False  # the source is an address of this node
+    saddr_in_set: str = ""  # affinity: source is in this dynamic set
+    random_mod: int = 0  # match with probability 1/N: `numgen random mod N == 0`
+    update_set: str = ""  # affinity: add/refresh the source in this set
+    # Actions.
+    vmap: str = ""  # a verdict map lookup: `ip daddr . meta l4proto . th dport vmap @m` (or by port only)
+    vmap_by_port: bool = False  # the key is `meta l4proto . th dport` (node ports)
     jump: str = ""
     goto: str = ""
     mark_masq: bool = False
-    update_set: str = ""  # affinity: add/refresh the source in this set
     dnat: tuple[str, int] | None = None
     proto: str = ""  # with dnat
-    random_mod: int = 0  # match with probability 1/N: `numgen random mod N == 0`
+    reject: bool = False
     drop: bool = False
+    masquerade: bool = False
     comment: str = ""
 
     def render(self) -> str:
-        m = []
-        if self.saddr:
-            m.append(f"ip saddr {self.saddr}")
-        if self.saddr_not:
-            m.append(f"ip saddr != {self.saddr_not}")
-        if self.fib_saddr_local:
-            m.append("fib saddr type local")
-        if self.saddr_in_set:
-            m.append(f"ip saddr @{self.saddr_in_set}")
-        if self.random_mod:
-            m.append(f"numgen random mod {self.random_mod} == 0")
-        if self.update_set:
-            m.append(f"update @{self.update_set} {{ ip saddr }}")
-        if self.mark_masq:
-            a = "jump mark-for-masquerade"
-        elif self.jump:
-            a = f"jump {self.jump}"
-        elif self.goto:
-            a = f"goto {self.goto}"
-        elif self.dnat is not None:
-            a = f"meta l4proto {self.proto} dnat to {self.dnat[0]}:{self.dnat[1]}"
-        elif self.drop:
-            a = "drop"
-        else:
-            a = ""
-        text = " ".join([*m, a]).strip()
-        if self.comment:
-            text += f' comment "{self.comment}"'
-        return text
+        vmap_key = (
+            ("meta l4proto . th dport" if self.vmap_by_port else "ip daddr . meta l4proto . th dport")
+            if self.vmap
+            else ""
+        )
+        return nft.rule_text(
+            "ct state new" if self.ct_new else "",
+            "ct status dnat" if self.ct_dnat else "",
+            self.saddr and f"ip saddr {self.saddr}",
+            self.saddr_not and f"ip saddr != {self.saddr_not}",
+            self.daddr and f"ip daddr {self.daddr}",
+            self.daddr_set and f"ip daddr @{self.daddr_set}",
+            self.saddr_daddr_set and f"ip saddr . ip daddr @{self.saddr_daddr_set}",
+            "fib saddr type local" if self.fib_saddr_local else "",
+            self.saddr_in_set and f"ip saddr @{self.saddr_in_set}",
+            f"numgen random mod {self.random_mod} == 0" if self.random_mod else "",
+            self.update_set and f"update @{self.update_set} {{ ip saddr }}",
+            # The action: at most one is set.
+            self.vmap and f"{vmap_key} vmap @{self.vmap}",
+            "jump mark-for-masquerade" if self.mark_masq else "",
+            self.jump and f"jump {self.jump}",
+            self.goto and f"goto {self.goto}",
+            f"meta l4proto {self.proto} dnat to {self.dnat[0]}:{self.dnat[1]}" if self.dnat is not None else "",
+            "reject" if self.reject else "",
+            "drop" if self.drop else "",
+            "masquerade" if self.masquerade else "",
+            comment=self.comment,
+        )
+
+
+def addr_key(ip: str, proto: str, port: int) -> str:
+    """The element key of `service-ips` / `no-endpoint-services`."""
+    return f"{ip} . {proto} . {port}"
+
+
+def port_key(proto: str, port: int) -> str:
+    """The element key of `service-nodeports` / `no-endpoint-nodeports`."""
+    return f"{proto} . {port}"
 
 
 @dataclass
 class ServiceRules:
-    """Everything one service port contributes: chains, map elements, affinity sets."""
+    """Everything one service port contributes: chains, verdict map elements, affinity sets."""
 
     key: str
-    chains: dict[str, list[Rule]] = field(default_factory=dict)
-    service_ips: dict[tuple[str, str, int], str] = field(default_factory=dict)  # (ip, proto, port) -> verdict
-    nodeports: dict[tuple[str, int], str] = field(default_factory=dict)  # (proto, port) -> verdict
-    no_endpoint_ips: dict[tuple[str, str, int], str] = field(default_factory=dict)
-    no_endpoint_nodeports: dict[tuple[str, int], str] = field(default_factory=dict)
-    affinity_sets: dict[str, int] = field(default_factory=dict)  # set name -> timeout seconds
+    chains: dict[str, nft.Chain] = field(default_factory=dict)
+    maps: dict[str, dict[str, str]] = field(default_factory=lambda: {m: {} for m in MAP_NAMES})
+    affinity_sets: dict[str, nft.Set] = field(default_factory=dict)
     cluster_ip: str = ""
 
+    @property
+    def service_ips(self) -> dict[str, str]:
+        return self.maps["service-ips"]
 
-@dataclass
-class Ruleset:
-    cluster_cidr: str
-    service_cidr: str
-    node_ips: tuple[str, ...]
-    pod_cidr: str = ""  # this node's pod subnet: a pod here reaching itself through a service is hairpin
-    services: dict[str, ServiceRules] = field(default_factory=dict)
+    @property
+    def nodeports(self) -> dict[str, str]:
+        return self.maps["service-nodeports"]
+
+    @property
+    def no_endpoint_ips(self) -> dict[str, str]:
+        return self.maps["no-endpoint-services"]
+
+    @property
+    def no_endpoint_nodeports(self) -> dict[str, str]:
+        return self.maps["no-endpoint-nodeports"]
+
+
+def _ids(sp: ServicePort, ep: Endpoint | None = None) -> str:
+    return nft.object_id(sp.key, f"{ep.ip}:{ep.port}") if ep is not None else nft.object_id(sp.key)
 
 
 def _endpoint_chain(sp: ServicePort, ep: Endpoint) -> str:
-    return "endpoint-" + chain_id(sp.key, f"{ep.ip}:{ep.port}")
+    return "endpoint-" + _ids(sp, ep)
 
 
 def _affinity_set(sp: ServicePort, ep: Endpoint) -> str:
-    return "affinity-" + chain_id(sp.key, f"{ep.ip}:{ep.port}")
+    return "affinity-" + _ids(sp, ep)
 
 
 def _pick(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[Rule]:
@@ -117,7 +153,7 @@ def _pick(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[Rule]:
     """
     rules = []
     n = len(eps)
-    if sp.affinity_timeout:
+    if sp.service.affinity_timeout:
         rules += [Rule(saddr_in_set=_affinity_set(sp, e), goto=_endpoint_chain(sp, e)) for e in eps]
         for i, e in enumerate(eps):
             rules.append(Rule(random_mod=n - i if i < n - 1 else 0, goto=_endpoint_chain(sp, e)))
@@ -128,33 +164,40 @@ def _pick(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[Rule]:
 
 
 def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRules:
-    out = ServiceRules(key=sp.key, cluster_ip=sp.cluster_ip)
-    svc_chain = "service-" + chain_id(sp.key)
-    ext_chain = "external-" + chain_id(sp.key)
-    local_chain = "local-" + chain_id(sp.key)
+    out = ServiceRules(key=sp.key, cluster_ip=sp.service.cluster_ip)
+    svc_chain = "service-" + _ids(sp)
+    ext_chain = "external-" + _ids(sp)
+    local_chain = "local-" + _ids(sp)
+    chains: dict[str, list[Rule]] = {}
+    # A chain whose name had to truncate the service port's key carries the full key as its comment.
+    comments: dict[str, str] = {}
     cluster_eps = sp.usable()
     local_eps = sp.usable(local_node=node)
-    internal_eps = local_eps if sp.internal_local else cluster_eps
-    external_eps = local_eps if sp.external_local else cluster_eps
+    internal_eps = local_eps if sp.service.internal_local else cluster_eps
+    external_eps = local_eps if sp.service.external_local else cluster_eps
     reject = "goto reject-chain"
 
     # Endpoint chains, for ClientIP affinity only: refresh the client in the endpoint's set, then DNAT.
-    if sp.affinity_timeout:
+    if sp.service.affinity_timeout:
         for ep in {*internal_eps, *external_eps}:
-            out.affinity_sets[_affinity_set(sp, ep)] = sp.affinity_timeout
-            out.chains[_endpoint_chain(sp, ep)] = [
+            name = _affinity_set(sp, ep)
+            out.affinity_sets[name] = nft.Set(
+                name, "ipv4_addr", ("dynamic", "timeout"), timeout=sp.service.affinity_timeout
+            )
+            chains[_endpoint_chain(sp, ep)] = [
                 Rule(update_set=_affinity_set(sp, ep)),
                 Rule(dnat=(ep.ip, ep.port), proto=sp.proto),
             ]
+            comments[_endpoint_chain(sp, ep)] = nft.key_comment(_ids(sp, ep), sp.key, f"{ep.ip}:{ep.port}")
 
     # ClusterIP.
-    if sp.cluster_ip:
-        addr = (sp.cluster_ip, sp.proto, sp.port)
+    if sp.service.cluster_ip:
+        addr = addr_key(sp.service.cluster_ip, sp.proto, sp.port)
         if internal_eps:
             rules = [Rule(saddr_not=cluster_cidr, mark_masq=True, comment="cluster IP from outside the pod network")]
-            out.chains[svc_chain] = rules + _pick(sp, tuple(sorted(internal_eps)))
+            chains[svc_chain] = rules + _pick(sp, tuple(sorted(internal_eps)))
             out.service_ips[addr] = f"goto {svc_chain}"
-        elif sp.internal_local and cluster_eps:
+        elif sp.service.internal_local and cluster_eps:
             out.no_endpoint_ips[addr] = "drop"  # kube-proxy: internalTrafficPolicy Local with no local endpoint
         else:
             out.no_endpoint_ips[addr] = reject
@@ -163,36 +206,185 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
     if sp.has_external:
         if external_eps:
             ext: list[Rule] = []
-            if sp.external_local:
+            if sp.service.external_local:
                 # kube-proxy: pods and the node itself reaching an ETP=Local service get Cluster behaviour; real
                 # external clients go to local endpoints only, unmasqueraded (their source IP is kept).
                 ext.append(Rule(saddr=cluster_cidr, goto=svc_chain if internal_eps else local_chain))
                 ext.append(Rule(fib_saddr_local=True, mark_masq=True))
                 ext.append(Rule(fib_saddr_local=True, goto=svc_chain if internal_eps else local_chain))
                 ext.append(Rule(goto=local_chain))
-                out.chains[local_chain] = _pick(sp, tuple(sorted(external_eps)))
+                chains[local_chain] = _pick(sp, tuple(sorted(external_eps)))
             else:
                 ext.append(Rule(mark_masq=True, comment="external traffic is masqueraded (policy Cluster)"))
-                if internal_eps and not sp.internal_local:
+                if internal_eps and not sp.service.internal_local:
                     ext.append(Rule(goto=svc_chain))
                 else:
-                    out.chains[local_chain] = _pick(sp, tuple(sorted(external_eps)))
+                    chains[local_chain] = _pick(sp, tuple(sorted(external_eps)))
                     ext.append(Rule(goto=local_chain))
-            out.chains[ext_chain] = ext
+            chains[ext_chain] = ext
             verdict = f"goto {ext_chain}"
-            for ip in (*sp.external_ips, *sp.lb_ips):
-                out.service_ips[(ip, sp.proto, sp.port)] = verdict
+            for ip in (*sp.service.external_ips, *sp.service.lb_ips):
+                out.service_ips[addr_key(ip, sp.proto, sp.port)] = verdict
             if sp.node_port:
-                out.nodeports[(sp.proto, sp.node_port)] = verdict
+                out.nodeports[port_key(sp.proto, sp.node_port)] = verdict
         else:
             # No endpoint for external traffic: reject when the service has none at all; drop under policy
             # Local when only this node has none (the load balancer's health check steers clients away).
-            verdict = "drop" if (sp.external_local and cluster_eps) else reject
-            for ip in (*sp.external_ips, *sp.lb_ips):
-                out.no_endpoint_ips[(ip, sp.proto, sp.port)] = verdict
+            verdict = "drop" if (sp.service.external_local and cluster_eps) else reject
+            for ip in (*sp.service.external_ips, *sp.service.lb_ips):
+                out.no_endpoint_ips[addr_key(ip, sp.proto, sp.port)] = verdict
             if sp.node_port:
-                out.no_endpoint_nodeports[(sp.proto, sp.node_port)] = verdict
+                out.no_endpoint_nodeports[port_key(sp.proto, sp.node_port)] = verdict
+    svc_comment = nft.key_comment(_ids(sp), sp.key)
+    out.chains = {
+        name: nft.Chain(name, tuple(rules), comment=comments.get(name, svc_comment)) for name, rules in chains.items()
+    }
     return out
+
+
+# -- the fixed part of the table ------------------------------------------------------------------------------
+
+
+def _filter(hook: str, priority: int) -> nft.Hook:
+    return nft.Hook("filter", hook, str(priority))
+
+
+def fixed_chains(*, service_cidr: str) -> list[nft.Chain]:
+    """The base chains and the chains they jump to, which do not depend on any service."""
+    new = True
+    return [
+        nft.Chain("mark-for-masquerade", (nft.Text(f"meta mark set meta mark | {MASQ_MARK:#x}"),)),
+        nft.Chain(
+            "masquerading",
+            (
+                nft.Text(f"meta mark & {MASQ_MARK:#x} == 0 return"),
+                nft.Text(f"meta mark set meta mark ^ {MASQ_MARK:#x}"),
+                nft.Text("masquerade fully-random"),
+            ),
+        ),
+        nft.Chain("reject-chain", (Rule(reject=True, comment="service has no endpoints"),)),
+        nft.Chain(
+            "filter-input",
+            (Rule(ct_new=new, jump="nodeport-endpoints-check"), Rule(ct_new=new, jump="service-endpoints-check")),
+            _filter("input", -110),
+        ),
+        nft.Chain(
+            "filter-forward",
+            (Rule(ct_new=new, jump="service-endpoints-check"), Rule(ct_new=new, jump="cluster-ips-check")),
+            _filter("forward", -110),
+        ),
+        nft.Chain("filter-output", (Rule(ct_new=new, jump="service-endpoints-check"),), _filter("output", -110)),
+        nft.Chain("filter-output-post-dnat", (Rule(ct_new=new, jump="cluster-ips-check"),), _filter("output", -90)),
+        nft.Chain("nat-prerouting", (Rule(jump="services"),), nft.Hook("nat", "prerouting", "dstnat")),
+        nft.Chain("nat-output", (Rule(jump="services"),), nft.Hook("nat", "output", "-100")),
+        nft.Chain(
+            "nat-postrouting",
+            (
+                Rule(
+                    ct_dnat=True,
+                    saddr_daddr_set="hairpin",
+                    masquerade=True,
+                    comment="hairpin: a pod reaching itself via a service",
+                ),
+                Rule(jump="masquerading"),
+            ),
+            nft.Hook("nat", "postrouting", "srcnat"),
+        ),
+        nft.Chain("service-endpoints-check", (Rule(vmap="no-endpoint-services"),)),
+        nft.Chain(
+            "nodeport-endpoints-check",
+            (Rule(daddr_set="nodeport-ips", vmap="no-endpoint-nodeports", vmap_by_port=True),),
+        ),
+        nft.Chain(
+            "cluster-ips-check",
+            (
+                Rule(daddr_set="cluster-ips", reject=True, comment="reject traffic to invalid ports of ClusterIPs"),
+                Rule(daddr=service_cidr, drop=True, comment="drop traffic to unallocated ClusterIPs"),
+            ),
+        ),
+        nft.Chain(
+            "services",
+            (Rule(vmap="service-ips"), Rule(daddr_set="nodeport-ips", vmap="service-nodeports", vmap_by_port=True)),
+        ),
+    ]
+
+
+def hairpin_pairs(pod_cidr: str) -> frozenset[str]:
+    """(ip . ip) for every address of this node's pod subnet: after DNAT, source == destination is hairpin."""
+    if not pod_cidr:
+        return frozenset()
+    net = ipaddress.ip_network(pod_cidr, strict=False)
+    if net.num_addresses > 4096:
+        return frozenset()
+    return frozenset(f"{a} . {a}" for a in net.hosts())
+
+
+class ProxyTable:
+    """The desired `ip kwire-proxy` table, kept per service port and merged as service ports change."""
+
+    def __init__(self, *, cluster_cidr: str, service_cidr: str, node_ips: tuple[str, ...], pod_cidr: str = "") -> None:
+        self.cluster_cidr = cluster_cidr
+        self.service_cidr = service_cidr
+        self.node_ips = node_ips
+        self.pod_cidr = pod_cidr
+        self.services: dict[str, ServiceRules] = {}
+        self._fixed = {c.name: c for c in fixed_chains(service_cidr=service_cidr)}
+        self._chains: dict[str, nft.Chain] = dict(self._fixed)
+        self._sets: dict[str, nft.Set] = {
+            "nodeport-ips": nft.Set("nodeport-ips", "ipv4_addr", elements=frozenset(node_ips or ("127.0.0.1",))),
+            "hairpin": nft.Set("hairpin", "ipv4_addr . ipv4_addr", elements=hairpin_pairs(pod_cidr)),
+        }
+        self._elements: dict[str, dict[str, str]] = {m: {} for m in MAP_NAMES}
+        self._cluster_ips: Counter[str] = Counter()
+        # The snapshots last handed out, reused while their part is unchanged (the diff then skips them by identity).
+        self._maps: dict[str, nft.Map] = {}
+        self._cluster_ip_set: nft.Set | None = None
+
+    def set(self, sr: ServiceRules) -> None:
+        """Add or replace one service port's rules."""
+        self.remove(sr.key)
+        self.services[sr.key] = sr
+        self._chains.update(sr.chains)
+        self._sets.update(sr.affinity_sets)
+        for m, elems in sr.maps.items():
+            if elems:
+                self._elements[m].update(elems)
+                self._maps.pop(m, None)
+        if sr.cluster_ip:
+            self._cluster_ips[sr.cluster_ip] += 1
+            self._cluster_ip_set = None
+
+    def remove(self, key: str) -> None:
+        sr = self.services.pop(key, None)
+        if sr is None:
+            return
+        for name in sr.chains:
+            self._chains.pop(name, None)
+        for name in sr.affinity_sets:
+            self._sets.pop(name, None)
+        for m, elems in sr.maps.items():
+            if elems:
+                merged = self._elements[m]
+                for k in elems:
+                    merged.pop(k, None)
+                self._maps.pop(m, None)
+        if sr.cluster_ip:
+            self._cluster_ip_set = None
+            self._cluster_ips[sr.cluster_ip] -= 1
+            if self._cluster_ips[sr.cluster_ip] <= 0:
+                del self._cluster_ips[sr.cluster_ip]
+
+    def table(self) -> nft.Table:
+        """A snapshot of the desired table (later changes to this ProxyTable do not alter it)."""
+        if self._cluster_ip_set is None:
+            self._cluster_ip_set = nft.Set("cluster-ips", "ipv4_addr", elements=frozenset(self._cluster_ips))
+        sets = dict(self._sets)
+        sets["cluster-ips"] = self._cluster_ip_set
+        for name in MAP_NAMES:
+            if name not in self._maps:
+                key_type = PROTO_PORT if name.endswith("nodeports") else ADDR_PROTO_PORT
+                self._maps[name] = nft.Map(name, key_type, elements=dict(self._elements[name]))
+        return nft.Table("ip", TABLE, chains=dict(self._chains), sets=sets, maps=dict(self._maps))
 
 
 def build(
@@ -203,225 +395,8 @@ def build(
     cluster_cidr: str,
     service_cidr: str,
     pod_cidr: str = "",
-) -> Ruleset:
-    rs = Ruleset(cluster_cidr=cluster_cidr, service_cidr=service_cidr, node_ips=node_ips, pod_cidr=pod_cidr)
+) -> ProxyTable:
+    pt = ProxyTable(cluster_cidr=cluster_cidr, service_cidr=service_cidr, node_ips=node_ips, pod_cidr=pod_cidr)
     for sp in ports:
-        rs.services[sp.key] = service_rules(sp, node=node, cluster_cidr=cluster_cidr)
-    return rs
-
-
-# -- rendering ------------------------------------------------------------------------------------------------
-
-
-def _elems(items: list[str]) -> str:
-    return ", ".join(items)
-
-
-def _ip_key(k: tuple[str, str, int]) -> str:
-    return f"{k[0]} . {k[1]} . {k[2]}"
-
-
-def _np_key(k: tuple[str, int]) -> str:
-    return f"{k[0]} . {k[1]}"
-
-
-def _map_elements(rs: Ruleset, attr: str, key: str) -> str:
-    items: list[str] = []
-    for sr in rs.services.values():
-        for k, v in getattr(sr, attr).items():
-            items.append(f"{_ip_key(k) if key == 'ip' else _np_key(k)} : {v}")
-    return f" elements = {{ {_elems(sorted(items))} }}" if items else ""
-
-
-def _hairpin(rs: Ruleset) -> str:
-    """(ip . ip) for every address of this node's pod subnet: after DNAT, source == destination is hairpin."""
-    if not rs.pod_cidr:
-        return ""
-    import ipaddress
-
-    net = ipaddress.ip_network(rs.pod_cidr, strict=False)
-    if net.num_addresses > 4096:
-        return ""
-    return " elements = { " + ", ".join(f"{a} . {a}" for a in net.hosts()) + " }"
-
-
-def _static(rs: Ruleset) -> str:
-    """The table's fixed chains plus its sets and verdict maps (with every element, for a full sync)."""
-    node_ips = _elems(list(rs.node_ips)) or "127.0.0.1"
-    ips = _cluster_ips(rs)
-    cluster_ips = f" elements = {{ {_elems(ips)} }}" if ips else ""
-    return f"""
-  set nodeport-ips {{ type ipv4_addr; elements = {{ {node_ips} }} }}
-  set cluster-ips {{ type ipv4_addr;{cluster_ips} }}
-  set hairpin {{ type ipv4_addr . ipv4_addr;{_hairpin(rs)} }}
-  map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict;{_map_elements(rs, "service_ips", "ip")} }}
-  map service-nodeports {{ type inet_proto . inet_service : verdict;{_map_elements(rs, "nodeports", "np")} }}
-  map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict;{_map_elements(rs, "no_endpoint_ips", "ip")} }}
-  map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict;{_map_elements(rs, "no_endpoint_nodeports", "np")} }}
-
-  chain mark-for-masquerade {{ meta mark set meta mark | {MASQ_MARK:#x}; }}
-  chain masquerading {{
-    meta mark & {MASQ_MARK:#x} == 0 return
-    meta mark set meta mark ^ {MASQ_MARK:#x}
-    masquerade fully-random
-  }}
-  chain reject-chain {{ reject comment "service has no endpoints"; }}
-
-  chain filter-input {{
-    type filter hook input priority -110; policy accept;
-    ct state new jump nodeport-endpoints-check
-    ct state new jump service-endpoints-check
-  }}
-  chain filter-forward {{
-    type filter hook forward priority -110; policy accept;
-    ct state new jump service-endpoints-check
-    ct state new jump cluster-ips-check
-  }}
-  chain filter-output {{
-    type filter hook output priority -110; policy accept;
-    ct state new jump service-endpoints-check
-  }}
-  chain filter-output-post-dnat {{
-    type filter hook output priority -90; policy accept;
-    ct state new jump cluster-ips-check
-  }}
-  chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}
-  chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
-  chain nat-postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a pod reaching itself via a service"
-    jump masquerading
-  }}
-
-  chain service-endpoints-check {{ ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
-  chain nodeport-endpoints-check {{ ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports; }}
-  chain cluster-ips-check {{
-    ip daddr @cluster-ips reject comment "reject traffic to invalid ports of ClusterIPs"
-    ip daddr {rs.service_cidr} drop comment "drop traffic to unallocated ClusterIPs"
-  }}
-  chain services {{
-    ip daddr . meta l4proto . th dport vmap @service-ips
-    ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
-  }}
-"""
-
-
-def _service_decl(sr: ServiceRules) -> list[str]:
-    lines = []
-    for name, timeout in sorted(sr.affinity_sets.items()):
-        lines.append(f"add set ip {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}")
-    for name in sorted(sr.chains):
-        lines.append(f"add chain ip {TABLE} {name}")
-    return lines
-
-
-def _service_body(sr: ServiceRules) -> list[str]:
-    lines = []
-    for name, rules in sorted(sr.chains.items()):
-        for r in rules:
-            lines.append(f"add rule ip {TABLE} {name} {r.render()}")
-    return lines
-
-
-def _service_elements(sr: ServiceRules, verb: str) -> list[str]:
-    t = TABLE
-    lines = []
-    for k, v in sorted(sr.service_ips.items()):
-        lines.append(f"{verb} element ip {t} service-ips {{ {_ip_key(k)} : {v} }}")
-    for k2, v in sorted(sr.nodeports.items()):
-        lines.append(f"{verb} element ip {t} service-nodeports {{ {_np_key(k2)} : {v} }}")
-    for k, v in sorted(sr.no_endpoint_ips.items()):
-        lines.append(f"{verb} element ip {t} no-endpoint-services {{ {_ip_key(k)} : {v} }}")
-    for k2, v in sorted(sr.no_endpoint_nodeports.items()):
-        lines.append(f"{verb} element ip {t} no-endpoint-nodeports {{ {_np_key(k2)} : {v} }}")
-    return lines
-
-
-def _delete_elements(sr: ServiceRules) -> list[str]:
-    t = TABLE
-    lines = [f"delete element ip {t} service-ips {{ {_ip_key(k)} }}" for k in sorted(sr.service_ips)]
-    lines += [f"delete element ip {t} service-nodeports {{ {_np_key(k)} }}" for k in sorted(sr.nodeports)]
-    lines += [f"delete element ip {t} no-endpoint-services {{ {_ip_key(k)} }}" for k in sorted(sr.no_endpoint_ips)]
-    lines += [
-        f"delete element ip {t} no-endpoint-nodeports {{ {_np_key(k)} }}" for k in sorted(sr.no_endpoint_nodeports)
-    ]
-    return lines
-
-
-def _cluster_ips(rs: Ruleset) -> list[str]:
-    return sorted({sr.cluster_ip for sr in rs.services.values() if sr.cluster_ip})
-
-
-def render_full(rs: Ruleset) -> str:
-    """One transaction that replaces the whole table (existing connections keep their conntrack NAT).
-
-    Everything is declared inside one `table { }` block, chains with their rules and maps with their elements:
-    nft parses and sends that as a handful of large batches, far faster than one command per rule or element.
-    """
-    out = [f"add table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{"]
-    for sr in rs.services.values():
-        for name, timeout in sorted(sr.affinity_sets.items()):
-            out.append(f"  set {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}")
-    # Chains are declared before the maps and the chains that jump to them.
-    for sr in rs.services.values():
-        for name in sorted(sr.chains):
-            out.append(f"  chain {name} {{ }}")
-    out.append(_static(rs))
-    for sr in rs.services.values():
-        for name, rules in sorted(sr.chains.items()):
-            out.append(f"  chain {name} {{")
-            out += [f"    {r.render()}" for r in rules]
-            out.append("  }")
-    out.append("}")
-    return "\n".join(out) + "\n"
-
-
-def render_partial(old: Ruleset, new: Ruleset, changed: set[str]) -> str:
-    """One transaction that updates only the service ports in `changed` (added, modified or removed).
-
-    Map elements are deleted and re-added, changed chains are flushed and refilled, chains no longer used are
-    deleted after the elements that referenced them; the order inside the transaction keeps every reference valid.
-    """
-    t = TABLE
-    out: list[str] = []
-    # 1. Remove the old map elements of changed services.
-    for key in sorted(changed):
-        if key in old.services:
-            out += _delete_elements(old.services[key])
-    # 2. Declare new chains/sets, flush the kept ones.
-    for key in sorted(changed):
-        n = new.services.get(key)
-        o = old.services.get(key)
-        if n is None:
-            continue
-        for name, timeout in sorted(n.affinity_sets.items()):
-            if o is None or name not in o.affinity_sets:
-                out.append(f"add set ip {t} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}")
-        for name in sorted(n.chains):
-            out.append(f"add chain ip {t} {name}")
-            if o is not None and name in o.chains:
-                out.append(f"flush chain ip {t} {name}")
-    # 3. Fill the chains and add the elements.
-    for key in sorted(changed):
-        n = new.services.get(key)
-        if n is not None:
-            out += _service_body(n)
-            out += _service_elements(n, "add")
-    # 4. Delete what is no longer referenced (after the elements that referenced it are gone).
-    for key in sorted(changed):
-        o = old.services.get(key)
-        if o is None:
-            continue
-        n = new.services.get(key)
-        gone = set(o.chains) - set(n.chains if n else {})
-        # Flush first: chains may jump to each other (external -> service -> endpoint).
-        out += [f"flush chain ip {t} {name}" for name in sorted(gone)]
-        out += [f"delete chain ip {t} {name}" for name in sorted(gone)]
-        for name in sorted(set(o.affinity_sets) - set(n.affinity_sets if n else {})):
-            out.append(f"delete set ip {t} {name}")
-    old_ips, new_ips = set(_cluster_ips(old)), set(_cluster_ips(new))
-    if new_ips - old_ips:
-        out.append(f"add element ip {t} cluster-ips {{ {_elems(sorted(new_ips - old_ips))} }}")
-    if old_ips - new_ips:
-        out.append(f"delete element ip {t} cluster-ips {{ {_elems(sorted(old_ips - new_ips))} }}")
-    return "\n".join(out) + ("\n" if out else "")
+        pt.set(service_rules(sp, node=node, cluster_cidr=cluster_cidr))
+    return pt

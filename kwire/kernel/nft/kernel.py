@@ -1,7 +1,5 @@
-"""nftables transactions: a whole ruleset text applied with one `nft -f -` (atomic: all of it or none of it).
-
-Each kwire concern owns one table (`kwire-proxy`, `kwire-flannel`, ...). A full sync re-creates its table in one
-transaction (`add table` + `delete table` + the new contents), so no partial state is ever visible.
+"""The binding to the kernel's nftables: an nft script run as one transaction (atomic: all of it or none of it)
+through libnftables (ctypes) or the `nft` command, and table listing. Scripts come from `diff.py` only.
 """
 
 from __future__ import annotations
@@ -92,16 +90,6 @@ def apply(script: str, *, check_only: bool = False, use_library: bool = False) -
     res = subprocess.run(cmd, input=script, capture_output=True, text=True)
     if res.returncode != 0:
         raise NftError(f"nft failed ({res.returncode}): {res.stderr.strip()}")
-
-
-def replace_table(family: str, table: str, body: str) -> str:
-    """The script that atomically replaces table `family table` with `body` (its chains, sets, maps)."""
-    # `add table` first makes `delete table` safe when the table does not exist yet.
-    return f"add table {family} {table}\ndelete table {family} {table}\ntable {family} {table} {{\n{body}\n}}\n"
-
-
-def delete_table_script(family: str, table: str) -> str:
-    return f"add table {family} {table}\ndelete table {family} {table}\n"
 
 
 def list_table(family: str, table: str) -> dict[str, Any] | None:

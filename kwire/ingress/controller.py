@@ -1,0 +1,287 @@
+"""The ingress controller (the Traefik role): informers -> routing table -> nginx configuration, endpoints, status.
+
+Runs in the `traefik` pod with its service account. It watches Ingresses, IngressClasses, Services,
+EndpointSlices and Secrets (informers: list, then watch, relisting with back-off on errors); any change marks the
+state dirty and one sync loop (at most one sync at a time, coalescing bursts) does:
+- build the table (`model.build`), resolve each backend (Service exists, port by number or name) and its ready
+  endpoints from EndpointSlices (ready and not terminating, as Traefik: terminating endpoints are drained);
+- render the configuration (`nginxconf.render`): if it changed, write it and reload nginx gracefully; then push
+  the endpoints through the control socket (no reload for endpoint changes);
+- set `status.loadBalancer.ingress` of every Ingress it serves to the `traefik` Service's load-balancer
+  addresses (Ingresses of another class get nothing);
+- report problems as Warning events on the Ingress (once per distinct message): an unknown Service or port (its
+  paths answer 404, everything else keeps serving), a TLS secret that is missing or malformed (the default
+  certificate serves that host), an invalid host or path, a conflicting path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from kwire.base.memory import trim_soon
+from kwire.client import ApiClient, ApiStatusError, Informers, NotFound
+from kwire.client.client import ENDPOINTSLICES, EVENTS, INGRESSCLASSES, INGRESSES, SECRETS, SERVICES
+from kwire.ingress import model
+from kwire.ingress.nginx import Nginx
+from kwire.ingress.nginxconf import Paths, Render, backend_lines, render, valid_host, valid_path
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+COMPONENT = "traefik"
+
+
+@dataclass(frozen=True)
+class Settings:
+    service_namespace: str = "kube-system"
+    service_name: str = "traefik"  # whose load-balancer addresses become the Ingresses' status
+    state_dir: Path = Path("/run/kwire-ingress")
+    http_port: int = 80
+    https_port: int = 443
+    ping_port: int = 9000
+    workers: int = 1
+    coalesce: float = 0.005  # seconds to wait for more events before a sync (a burst becomes one sync)
+    reload_interval: float = 0.2  # at most one nginx reload per this many seconds (Traefik's throttle is 2 s)
+
+
+def _m(o: Obj) -> Obj:
+    m: Obj = o.get("metadata") or {}
+    return m
+
+
+def slice_index(o: Obj) -> list[str]:
+    svc = (_m(o).get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return [f"{_m(o).get('namespace')}/{svc}"] if svc else []
+
+
+def resolve(b: model.Backend, service: Obj | None, slices: list[Obj]) -> list[str] | None:
+    """Ready `ip:port`s of a backend; None when the Service or its port does not exist."""
+    if service is None:
+        return None
+    ports = (service.get("spec") or {}).get("ports") or []
+    sp = next(
+        (p for p in ports if (str(p.get("port")) == b.port if b.port.isdigit() else p.get("name") == b.port)),
+        None,
+    )
+    if sp is None or (sp.get("protocol") or "TCP") != "TCP":
+        return None
+    name = sp.get("name") or ""
+    out: list[str] = []
+    for s in slices:
+        if s.get("addressType", "IPv4") != "IPv4":
+            continue
+        port = next((p.get("port") for p in s.get("ports") or [] if (p.get("name") or "") == name), None)
+        if port is None:
+            continue
+        for ep in s.get("endpoints") or []:
+            cond = ep.get("conditions") or {}
+            if cond.get("ready") is False or cond.get("terminating"):
+                continue
+            for addr in ep.get("addresses") or []:
+                out.append(f"{addr}:{port}")
+    return sorted(set(out))
+
+
+def combined_pem(secret: Obj) -> bytes | None:
+    """tls.crt + tls.key of a Secret as one PEM, or None when either is missing or does not parse."""
+    data = secret.get("data") or {}
+    try:
+        crt = base64.b64decode(data.get("tls.crt") or "")
+        key = base64.b64decode(data.get("tls.key") or "")
+        x509.load_pem_x509_certificates(crt)
+        load_pem_private_key(key, None)
+    except ValueError:
+        return None
+    return crt.rstrip(b"\n") + b"\n" + key.rstrip(b"\n") + b"\n"
+
+
+class IngressController:
+    def __init__(self, client: ApiClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.informers = Informers(client)
+        self.ingresses = self.informers.get(INGRESSES)
+        self.classes = self.informers.get(INGRESSCLASSES)
+        self.services = self.informers.get(SERVICES)
+        self.slices = self.informers.get(ENDPOINTSLICES)
+        self.secrets = self.informers.get(SECRETS)
+        self.slices.add_indexer("service", slice_index)
+        self.paths = Paths(settings.state_dir)
+        self.nginx = Nginx(self.paths)
+        self._dirty = asyncio.Event()
+        self._reported: dict[str, set[str]] = {}
+        self._pushed: bytes | None = None
+        self.syncs = 0
+        for inf in (self.ingresses, self.classes, self.services, self.slices, self.secrets):
+            inf.on_add(self._kick)
+            inf.on_update(self._kick2)
+            inf.on_delete(self._kick)
+
+    async def _kick(self, _obj: Obj) -> None:
+        self._dirty.set()
+
+    async def _kick2(self, _old: Obj, _new: Obj) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        self.nginx.prepare()
+        self.informers.start()
+        try:
+            await self.informers.wait_synced(timeout=120)
+            attempt = 0
+            while True:
+                try:
+                    reloaded = await self.sync()
+                    attempt = 0
+                    if reloaded:
+                        # Every reload forks new workers from a master that keeps growing with each cycle: a
+                        # burst of changes (1,000 Ingresses created at once) is applied in a few reloads.
+                        await asyncio.sleep(self.settings.reload_interval)
+                except (ApiStatusError, OSError, RuntimeError) as exc:
+                    attempt += 1
+                    log.warning("ingress sync failed (attempt %d): %s", attempt, exc)
+                    self._pushed = None
+                    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                    self._dirty.set()
+                if not self.nginx.running() and self.nginx.proc is not None:
+                    raise RuntimeError(f"nginx exited with {self.nginx.proc.returncode}")
+                try:
+                    await asyncio.wait_for(self._dirty.wait(), timeout=5.0)
+                except TimeoutError:
+                    continue
+                await asyncio.sleep(self.settings.coalesce)
+        finally:
+            await self.nginx.stop()
+            await self.informers.stop()
+
+    async def sync(self) -> bool:
+        """One pass; True when nginx was reloaded."""
+        self._dirty.clear()
+        t0 = time.monotonic()
+        s = self.settings
+        table = model.build(self.ingresses.items(), self.classes.items())
+        problems: dict[str, list[str]] = {k: list(v) for k, v in table.problems.items()}
+        for host, routes in table.hosts.items():
+            for r in routes:
+                if not valid_host(host):
+                    problems.setdefault(r.source, []).append(f"host {host!r} is not a valid DNS name")
+                if not valid_path(r.path):
+                    problems.setdefault(r.source, []).append(f"path {r.path!r} is not served")
+        endpoints: dict[str, list[str]] = {}
+        known: set[str] = set()
+        for b in table.backends():
+            eps = resolve(
+                b,
+                self.services.get(b.namespace, b.service),
+                self.slices.by_index("service", f"{b.namespace}/{b.service}"),
+            )
+            if eps is None:
+                for src in {r.source for routes in table.hosts.values() for r in routes if r.backend == b}:
+                    problems.setdefault(src, []).append(f"Service {b.namespace}/{b.service} port {b.port} not found")
+                continue
+            known.add(b.key)
+            endpoints[b.key] = eps
+        certs: dict[str, Path] = {}
+        for host, (ns, name, src) in table.tls.items():
+            secret = self.secrets.get(ns, name)
+            pem = combined_pem(secret) if secret else None
+            if pem is None:
+                problems.setdefault(src, []).append(
+                    f"TLS secret {ns}/{name} for {host} is missing or has no valid tls.crt/tls.key"
+                )
+                continue
+            certs[host.lower()] = self.nginx.write_cert(pem)
+        rd = Render(
+            known_backends=known,
+            certs=certs,
+            http_port=s.http_port,
+            https_port=s.https_port,
+            ping_port=s.ping_port,
+            workers=s.workers,
+        )
+        reloaded = await self.nginx.apply(render(table, rd, self.paths))
+        body = backend_lines(endpoints)
+        if body != self._pushed:
+            await self.nginx.push(body)
+            self._pushed = body
+        if reloaded:
+            self.nginx.prune_certs(set(certs.values()))
+        await self._statuses(table)
+        await self._events(problems)
+        self.syncs += 1
+        trim_soon()  # each sync rebuilds the table: give the freed heap back (a burst of 1,000 changes left ~60 MB)
+        return reloaded
+        log.debug("ingress sync %.1f ms (reload=%s)", (time.monotonic() - t0) * 1000, reloaded)
+
+    async def _statuses(self, table: model.Table) -> None:
+        svc = self.services.get(self.settings.service_namespace, self.settings.service_name)
+        lb = [
+            {k: v for k, v in i.items() if k in ("ip", "hostname")}
+            for i in ((svc or {}).get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+        ]
+        want = {"loadBalancer": {"ingress": lb}} if lb else {"loadBalancer": {}}
+        for src in table.served:
+            ns, name = src.split("/", 1)
+            ing = self.ingresses.get(ns, name)
+            if ing is None:
+                continue
+            cur = (ing.get("status") or {}).get("loadBalancer") or {}
+            if (cur.get("ingress") or []) == (want["loadBalancer"].get("ingress") or []):
+                continue
+            try:
+                await self.client.update_status(INGRESSES, {**ing, "status": want})
+            except NotFound:
+                continue
+
+    async def _events(self, problems: dict[str, list[str]]) -> None:
+        for src, msgs in problems.items():
+            seen = self._reported.setdefault(src, set())
+            for msg in msgs:
+                if msg in seen:
+                    continue
+                seen.add(msg)
+                log.warning("Ingress %s: %s", src, msg)
+                await self._event(src, msg)
+        for src in list(self._reported):
+            if src not in problems:
+                del self._reported[src]  # fixed: report again if it comes back
+
+    async def _event(self, src: str, msg: str) -> None:
+        ns, name = src.split("/", 1)
+        ing = self.ingresses.get(ns, name)
+        if ing is None:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        event = {
+            "metadata": {"generateName": f"{name}.", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "name": name,
+                "namespace": ns,
+                "uid": _m(ing).get("uid"),
+                "resourceVersion": _m(ing).get("resourceVersion"),
+            },
+            "reason": "ServiceNotFound" if msg.startswith("Service ") else "InvalidIngress",
+            "message": msg,
+            "type": "Warning",
+            "source": {"component": COMPONENT},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": COMPONENT,
+        }
+        try:
+            await self.client.create(EVENTS, event, ns)
+        except ApiStatusError as exc:
+            log.warning("cannot record event for %s: %s", src, exc)

@@ -1,0 +1,270 @@
+"""Ingress v1 objects -> the routing table the proxy serves, as pure functions (Traefik's Kubernetes Ingress provider).
+
+Mirrors what Traefik's `kubernetesIngress` provider derives from networking.k8s.io/v1 Ingresses, as K3s runs it:
+- Class: an Ingress is ours when `spec.ingressClassName` names an IngressClass whose controller is
+  `traefik.io/ingress-controller`, when the `kubernetes.io/ingress.class` annotation says `traefik`, or when it has
+  neither and our class is the default (`ingressclass.kubernetes.io/is-default-class: "true"`). Others are ignored.
+- Hosts: exact names, `*.foo.com` covering exactly one label, and rules without host (every host).
+- Paths: Exact, Prefix (element-wise: `/foo` matches `/foo`, `/foo/`, `/foo/bar`, never `/foobar`; a trailing
+  slash is ignored) and ImplementationSpecific (as Prefix). The longest path wins; Exact before Prefix on the same
+  path. A host's routes also carry the host-less rules and `defaultBackend` (Traefik gives those routers rules
+  matching every host, with lower priority than any Host rule of the same path).
+- Several Ingresses merge on one host; for the same host, path and type the oldest Ingress wins (a conflict is
+  reported, not served twice).
+- Traefik's Ingress annotations: `traefik.ingress.kubernetes.io/router.entrypoints` (web, websecure),
+  `router.tls` ("true": HTTPS only), `router.priority` (higher first), `router.middlewares`
+  (`<ns>-<name>@kubernetescrd`: no Middleware can exist yet, so, as Traefik does with a missing middleware, the
+  Ingress's routes are not served, and the reason is reported). An Ingress with `spec.tls` is served over HTTPS only, as
+  Traefik makes its routers TLS routers.
+- TLS: `spec.tls[].hosts` -> secret, chosen by SNI; other names get the default certificate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Obj = dict[str, Any]
+
+CONTROLLER_NAME = "traefik.io/ingress-controller"
+CLASS_NAME = "traefik"
+CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
+ANN = "traefik.ingress.kubernetes.io/"
+WEB = "web"
+WEBSECURE = "websecure"
+ENTRYPOINTS = (WEB, WEBSECURE)
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """A Service port an Ingress path points at: `port` is the number or the port name, as written."""
+
+    namespace: str
+    service: str
+    port: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.service}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One path of one host: `kind` Exact or Prefix, `path` normalized ("/" or no trailing slash)."""
+
+    path: str
+    kind: str
+    backend: Backend
+    source: str  # "<ns>/<ingress>"
+    entrypoints: tuple[str, ...] = ENTRYPOINTS
+    priority: int = 0
+    middlewares: tuple[str, ...] = ()
+    host_less: bool = False
+
+
+@dataclass
+class Table:
+    """hosts ("" = any host) -> routes; TLS secrets per host name; problems to report per Ingress."""
+
+    hosts: dict[str, list[Route]] = field(default_factory=dict)
+    tls: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # host -> (namespace, secret, source)
+    problems: dict[str, list[str]] = field(default_factory=dict)  # "<ns>/<ingress>" -> messages
+    served: list[str] = field(default_factory=list)  # "<ns>/<ingress>" of the Ingresses that are ours
+
+    def backends(self) -> set[Backend]:
+        return {r.backend for routes in self.hosts.values() for r in routes}
+
+
+def _meta(o: Obj) -> Obj:
+    m: Obj = o.get("metadata") or {}
+    return m
+
+
+def is_ours(ing: Obj, classes: list[Obj]) -> bool:
+    """Whether the Traefik role serves this Ingress (see the module docstring)."""
+    ours = {str(_meta(c).get("name")) for c in classes if (c.get("spec") or {}).get("controller") == CONTROLLER_NAME}
+    name = (ing.get("spec") or {}).get("ingressClassName")
+    if name:
+        return str(name) in ours
+    ann = (_meta(ing).get("annotations") or {}).get(CLASS_ANNOTATION)
+    if ann is not None:
+        return str(ann) == CLASS_NAME or str(ann) in ours
+    return any(
+        (_meta(c).get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"
+        and (c.get("spec") or {}).get("controller") == CONTROLLER_NAME
+        for c in classes
+    )
+
+
+def normalize_path(path: str) -> str:
+    if not path:
+        return "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    return path.rstrip("/") or "/"
+
+
+def _backend(namespace: str, b: Obj) -> Backend | None:
+    svc = b.get("service") or {}
+    if not svc.get("name"):
+        return None
+    port = svc.get("port") or {}
+    p = port.get("number") if port.get("number") is not None else port.get("name")
+    return Backend(namespace, str(svc["name"]), str(p if p is not None else ""))
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+def _annotations(ing: Obj, problems: list[str]) -> tuple[tuple[str, ...], int, tuple[str, ...]]:
+    ann = _meta(ing).get("annotations") or {}
+    eps = _split(str(ann.get(ANN + "router.entrypoints", ""))) or ENTRYPOINTS
+    unknown = [e for e in eps if e not in ENTRYPOINTS]
+    if unknown:
+        problems.append(f"unknown entrypoints {unknown} (this cluster has web and websecure)")
+        eps = tuple(e for e in eps if e in ENTRYPOINTS)
+    tls_only = str(ann.get(ANN + "router.tls", "")).lower() == "true" or bool((ing.get("spec") or {}).get("tls"))
+    if tls_only:
+        eps = tuple(e for e in eps if e == WEBSECURE)
+    try:
+        prio = int(str(ann.get(ANN + "router.priority", "0")) or "0")
+    except ValueError:
+        problems.append(f"router.priority {ann.get(ANN + 'router.priority')!r} is not a number")
+        prio = 0
+    mws = _split(str(ann.get(ANN + "router.middlewares", "")))
+    return eps, prio, mws
+
+
+def _age(ing: Obj) -> tuple[str, str, str]:
+    m = _meta(ing)
+    return (str(m.get("creationTimestamp") or ""), str(m.get("namespace") or ""), str(m.get("name") or ""))
+
+
+def build(ingresses: list[Obj], classes: list[Obj]) -> Table:
+    """The routing table for every Ingress that is ours."""
+    t = Table()
+    seen: dict[tuple[str, str, str, tuple[str, ...]], str] = {}
+    host_less: list[Route] = []
+    defaults: list[Route] = []
+    for ing in sorted(ingresses, key=_age):
+        if not is_ours(ing, classes):
+            continue
+        ns = str(_meta(ing).get("namespace") or "default")
+        src = f"{ns}/{_meta(ing).get('name')}"
+        t.served.append(src)
+        problems: list[str] = []
+        eps, prio, mws = _annotations(ing, problems)
+        if mws:
+            # Traefik leaves a router whose middleware does not exist unserved (404). No Middleware can exist
+            # here yet (its CRD is not served), and serving the routes without, say, a basicAuth would expose them.
+            problems.append(
+                f"router.middlewares {', '.join(mws)}: middleware not found (Traefik's Middleware CRD is not served"
+                " yet); the routes of this Ingress are not served"
+            )
+            t.problems[src] = problems
+            continue
+        sp = ing.get("spec") or {}
+        for tls in sp.get("tls") or []:
+            if tls.get("secretName"):
+                for h in tls.get("hosts") or []:
+                    t.tls.setdefault(str(h).lower(), (ns, str(tls["secretName"]), src))
+        if sp.get("defaultBackend"):
+            b = _backend(ns, sp["defaultBackend"])
+            if b is None:
+                problems.append("spec.defaultBackend: only service backends are supported")
+            else:
+                defaults.append(Route("/", "Prefix", b, src, eps, -1, mws, host_less=True))
+        for ri, rule in enumerate(sp.get("rules") or []):
+            host = str(rule.get("host") or "")
+            for pi, p in enumerate((rule.get("http") or {}).get("paths") or []):
+                b = _backend(ns, p.get("backend") or {})
+                if b is None:
+                    problems.append(f"spec.rules[{ri}].http.paths[{pi}].backend: only service backends are supported")
+                    continue
+                kind = "Exact" if p.get("pathType") == "Exact" else "Prefix"
+                path = normalize_path(str(p.get("path") or "/"))
+                r = Route(path, kind, b, src, eps, prio, mws, host_less=not host)
+                k = (host, path, kind, eps)
+                if k in seen and seen[k] != src:
+                    problems.append(f"{host or '*'}{path} ({kind}) is already served by Ingress {seen[k]}")
+                    continue
+                seen[k] = src
+                if host:
+                    t.hosts.setdefault(host, []).append(r)
+                else:
+                    host_less.append(r)
+        if problems:
+            t.problems[src] = problems
+    # Host-less rules and default backends serve every host, after the host's own routes.
+    t.hosts.setdefault("", [])
+    for host, routes in t.hosts.items():
+        have = {(r.path, r.kind, r.entrypoints) for r in routes}
+        for r in host_less + defaults[:1]:
+            if (r.path, r.kind, r.entrypoints) not in have:
+                routes.append(r)
+                have.add((r.path, r.kind, r.entrypoints))
+        t.hosts[host] = apply_priorities(host, routes)
+    return t
+
+
+def rule_text(host: str, r: Route) -> str:
+    """The Traefik rule of an Ingress path, whose length is the router's default priority."""
+    if r.priority < 0:  # defaultBackend: Traefik gives it the lowest priority
+        return ""
+    path = f"Path(`{r.path}`)" if r.kind == "Exact" else f"PathPrefix(`{r.path}`)"
+    return f"Host(`{host}`) && {path}" if host and not r.host_less else path
+
+
+def priority(host: str, r: Route) -> int:
+    """`router.priority` when set, else the rule's length (Traefik's default)."""
+    return r.priority if r.priority > 0 else len(rule_text(host, r))
+
+
+def covers(a: Route, b: Route) -> bool:
+    """Every request path `b` matches, `a` matches too (prefix trees: matches are nested or disjoint)."""
+    if a.kind == "Exact":
+        return b.kind == "Exact" and a.path == b.path
+    if a.path == "/":
+        return True
+    return b.path == a.path or b.path.startswith(a.path + "/")
+
+
+def apply_priorities(host: str, routes: list[Route]) -> list[Route]:
+    """Drop the routes a higher-priority route on the same entrypoint shadows entirely.
+
+    Without `router.priority` the Ingress rules hold (longest path, Exact before Prefix), which nginx's location
+    matching gives. Where `router.priority` makes a route win over a longer one it covers, the longer one never
+    gets a request in Traefik: removing it makes nginx's longest-match choice Traefik's."""
+    out = []
+    for b in routes:
+        shadowed = any(
+            a is not b
+            and (a.priority > 0 or b.priority > 0)
+            and covers(a, b)
+            and priority(host, a) > priority(host, b)
+            and set(b.entrypoints) <= set(a.entrypoints)
+            for a in routes
+        )
+        if not shadowed:
+            out.append(b)
+    return out
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Ingress host matching: exact (case-insensitive), or `*.foo.com` = exactly one label before foo.com."""
+    host = host.lower().split(":", 1)[0]
+    pattern = pattern.lower()
+    if pattern.startswith("*."):
+        first, _, rest = host.partition(".")
+        return bool(first) and rest == pattern[2:]
+    return host == pattern
+
+
+def path_matches(route: Route, path: str) -> bool:
+    if route.kind == "Exact":
+        return path == route.path
+    if route.path == "/":
+        return True
+    return path == route.path or path.startswith(route.path + "/")

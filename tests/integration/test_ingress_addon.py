@@ -1,0 +1,50 @@
+"""The traefik add-on as K3s manages it: IngressClass, LoadBalancer Service and Deployment created on start,
+removed with `disable: [traefik]`, restored when the key is removed again (an in-process server, no nodes)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from kwire.client import ApiClient, NotFound, load_kubeconfig
+from kwire.client.client import DEPLOYMENTS, INGRESSCLASSES, SERVICES
+from kwire.server import start
+from tests.integration.apiserver import free_port
+from tests.integration.test_addons import _cfg, until
+
+OBJECTS = ((DEPLOYMENTS, "traefik"), (SERVICES, "traefik"), (INGRESSCLASSES, "traefik"))
+
+
+async def _present(c: ApiClient) -> bool:
+    for res, name in OBJECTS:
+        await c.get(res, name, "kube-system")
+    return True
+
+
+async def _gone(c: ApiClient) -> bool:
+    for res, name in OBJECTS:
+        try:
+            await c.get(res, name, "kube-system")
+            return False
+        except NotFound:
+            pass
+    return True
+
+
+async def test_disable_traefik_removes_the_addon_and_enabling_restores_it(tmp_path: Path) -> None:
+    port = free_port()
+    for disable, check in (((), _present), (("traefik",), _gone), ((), _present)):
+        srv = await start(_cfg(tmp_path, port, disable=disable))
+        try:
+            async with ApiClient(load_kubeconfig(str(tmp_path / "kubeconfig"))) as c:
+                await until(partial(check, c), timeout=20, what=f"traefik with disable={disable}")
+                if check is _present:
+                    svc = await c.get(SERVICES, "traefik", "kube-system")
+                    assert svc["spec"]["type"] == "LoadBalancer"
+                    assert [p["port"] for p in svc["spec"]["ports"]] == [80, 443]
+                    dep = await c.get(DEPLOYMENTS, "traefik", "kube-system")
+                    container = dep["spec"]["template"]["spec"]["containers"][0]
+                    assert container["image"] == "kwire/ingress:latest"
+                    assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
+        finally:
+            await srv.close()
