@@ -22,7 +22,7 @@ from aiohttp import web
 
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
-from kwire.api.bootstrap import Bootstrap, JoinError, fetch_bootstrap
+from kwire.api.bootstrap import DATASTORE_KEY, Bootstrap, JoinError, fetch_bootstrap, seal, unseal
 from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
@@ -39,7 +39,7 @@ from kwire.controllers.elected import ElectedControllers
 from kwire.controllers.leaderelection import ElectionTiming
 from kwire.controllers.manager import ControllerManager
 from kwire.store import snapshots
-from kwire.store.base import Store
+from kwire.store.base import KeyExists, Store
 from kwire.store.embedded import EmbeddedEtcd, EtcdTls
 from kwire.store.etcd import EtcdStore
 from kwire.store.etcdcluster import member_add, member_list
@@ -338,6 +338,24 @@ def _install_ca(data_dir: Path, join: Bootstrap) -> None:
     atomic_write(crt, join.ca_cert, mode=0o644)
 
 
+async def _shared_ca(store: Store, cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
+    """Servers on one external datastore share one CA (K3s keeps its bootstrap data there): the first server
+    stores its CA sealed with the token; the others take it (a wrong token is refused)."""
+    token = ensure_token(data_dir, cfg.token)
+    key = DATASTORE_KEY
+    kv = store.get_now(key)
+    if kv is not None:
+        ca_cert, ca_key = unseal(token, kv.value)
+        _install_ca(data_dir, Bootstrap(ca_cert, ca_key, []))
+    pki = _pki(cfg, data_dir, address=address)
+    if kv is None:
+        try:
+            await store.create(key, seal(token, ca_cert=pki.ca_pem, ca_key=pki.ca_key.read_bytes()))
+        except KeyExists:
+            raise JoinError("another server stored its CA in the datastore at the same moment; start again") from None
+    return pki
+
+
 def _bootstrap_provider(pki: Pki, member: EmbeddedEtcd) -> Callable[[], Awaitable[dict[str, Any]]]:
     tls_ctx = member.tls.client_ssl_context()
 
@@ -371,8 +389,16 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     if cfg.server and not cfg.datastore_endpoint and not EmbeddedEtcd.exists(data_dir / "db"):
         join = await asyncio.to_thread(fetch_bootstrap, str(cfg.server), str(cfg.token))
         _install_ca(data_dir, join)
-    pki = _pki(cfg, data_dir, address=address)  # before the store: the embedded etcd's TLS comes from its CA
-    store, etcd_member = await open_store(cfg, data_dir, address=address, join=join)
+    if cfg.datastore_endpoint:  # an external datastore: the CA is shared through it
+        store, etcd_member = await open_store(cfg, data_dir, address=address)
+        try:
+            pki = await _shared_ca(store, cfg, data_dir, address=address)
+        except BaseException:
+            await store.close()
+            raise
+    else:
+        pki = _pki(cfg, data_dir, address=address)  # before the store: the embedded etcd's TLS comes from its CA
+        store, etcd_member = await open_store(cfg, data_dir, address=address, join=join)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
     plugins = Admission(
         not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,

@@ -10,8 +10,10 @@ server's CA on first use, or pins it when the token is K3s's `K10<sha256 of the 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import ssl
 import urllib.error
 import urllib.request
@@ -75,3 +77,43 @@ def fetch_bootstrap(server: str, token: str, *, timeout: float = 15.0) -> Bootst
     except OSError as exc:
         raise JoinError(f"cannot fetch bootstrap data from {base}: {exc}") from None
     return Bootstrap(body["caCert"].encode(), body["caKey"].encode(), list(body.get("etcdClientURLs") or []))
+
+
+# -- the CA in an external datastore ----------------------------------------------------------------------------
+# Servers sharing an external datastore (--datastore-endpoint) share the cluster CA through it, as K3s keeps its
+# bootstrap data in the datastore: sealed with a key derived from the cluster token (PBKDF2-HMAC-SHA256, AES-GCM),
+# so only servers started with the same token can read it, and one started with another token is refused.
+DATASTORE_KEY = "/registry/kwire-bootstrap/ca"
+PBKDF2_ROUNDS = 200_000
+
+
+def _aead(token: str, salt: bytes) -> Any:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=PBKDF2_ROUNDS)
+    return AESGCM(kdf.derive(_plain_token(token).encode()))
+
+
+def seal(token: str, *, ca_cert: bytes, ca_key: bytes) -> bytes:
+    """The CA as stored in the datastore: JSON, since everything under /registry/ is."""
+    salt, nonce = os.urandom(16), os.urandom(12)
+    plain = json.dumps({"caCert": ca_cert.decode(), "caKey": ca_key.decode()}).encode()
+    sealed = _aead(token, salt).encrypt(nonce, plain, None)
+    return json.dumps({"salt": salt.hex(), "nonce": nonce.hex(), "sealed": base64.b64encode(sealed).decode()}).encode()
+
+
+def unseal(token: str, value: bytes) -> tuple[bytes, bytes]:
+    """(CA certificate, CA key) from the datastore; JoinError when the token is not the one that sealed it."""
+    from cryptography.exceptions import InvalidTag
+
+    doc = json.loads(value)
+    try:
+        plain = _aead(token, bytes.fromhex(doc["salt"])).decrypt(
+            bytes.fromhex(doc["nonce"]), base64.b64decode(doc["sealed"]), None
+        )
+    except InvalidTag:
+        raise JoinError("the datastore's bootstrap data was sealed with a different token") from None
+    data = json.loads(plain)
+    return data["caCert"].encode(), data["caKey"].encode()

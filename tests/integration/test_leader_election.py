@@ -205,10 +205,13 @@ async def test_api_client_fails_over_to_a_live_server(etcd: str, tmp_path: Path)
     a.data_dir.mkdir()
     b.data_dir.mkdir()
     a.start(timeout=60)
-    (b.data_dir / "tls").mkdir()
-    for f in ("server-ca.crt", "server-ca.key"):  # one cluster CA, as joined servers share it
-        shutil.copy2(a.data_dir / "tls" / f, b.data_dir / "tls" / f)
     b.start(timeout=60)
+    # One CA for both: B took the one A sealed into the datastore with the token (K3s's bootstrap data).
+    assert (a.data_dir / "tls" / "server-ca.crt").read_bytes() == (b.data_dir / "tls" / "server-ca.crt").read_bytes()
+    intruder = ServerProcess(data_dir=tmp_path / "c", port=free_port(), token="another-token", extra_args=args)
+    intruder.data_dir.mkdir()
+    with pytest.raises(RuntimeError, match="sealed with a different token"):
+        intruder.start(timeout=60)
     client = ApiClient(load_kubeconfig(a.kubeconfig))
     try:
         slice_ = await client.get(ENDPOINTSLICES, "kubernetes", "default")
