@@ -9,8 +9,8 @@ Load, all at once, each loop bounded and stopping by itself at the end:
 - exec: `kubectl exec` of a command in a pod every 2 s;
 - DNS: `dig` of a Service name from a pod every 0.5 s;
 - policy churn: a NetworkPolicy created and deleted every 2 s.
-Once a minute one kwire process is killed with SIGKILL, picked at random among the server, the agents, the pod
-runtimes and the cluster DNS pods' processes; the lab's supervisor, the agents and the Deployment bring it back.
+Once a minute one kwire process is killed with SIGKILL: the server, an agent, a pod runtime or a cluster DNS pod's
+process, each kind in turn in a random order (so each is killed at least once in four minutes); the lab's supervisor, the agents and the Deployment bring it back.
 
 Printed: requests and failures per kind, acknowledged writes lost (checked at the end: every acknowledged
 ConfigMap must be there with the last acknowledged value; goal 0), p99 latency per minute, and the server's and
@@ -231,11 +231,23 @@ async def soak(lab: Lab, *, minutes: float, seed: int) -> int:
 
         async def killer() -> None:
             kills = 0
+            order: list[str] = []
             while time.monotonic() + 60 < end:
                 await asyncio.sleep(60)
+                if not order:  # every kind of process in turn, in a random order: each is killed at least once
+                    order.extend(rng.sample(["server", "agent", "runtime", "dns-pod"], 4))
+                kind = order.pop(0)
                 pids = lab_pids()
                 dns_pids = [p for p in procs.pids_in_namespaces(_dns_netns(lab)) if "kwire.dns" in _cmdline(p)]
-                choices = [(k, p) for k, p in pids.items() if p > 0] + [("dns-pod", p) for p in dns_pids]
+                by_kind = {
+                    "server": [("server", pids.get("server", 0))],
+                    "agent": [(k, p) for k, p in pids.items() if k.startswith("node")],
+                    "runtime": [(k, p) for k, p in pids.items() if k.startswith("runtime")],
+                    "dns-pod": [("dns-pod", p) for p in dns_pids],
+                }
+                choices = [(k, p) for k, p in by_kind[kind] if p > 0]
+                if not choices:
+                    continue
                 what, pid = rng.choice(choices)
                 if procs.alive(pid):
                     os.kill(pid, signal.SIGKILL)

@@ -1,12 +1,8 @@
-"""Discovery documents (/api, /apis, group versions, /version) and the OpenAPI v3 index kubectl consults.
+"""Discovery documents (/api, /apis, group versions, /version); the OpenAPI documents live in `openapi.py`.
 
 /api and /apis also answer aggregated discovery (apidiscovery.k8s.io v2 and v2beta1 `APIGroupDiscoveryList`,
 kube-apiserver's default since 1.30) when the Accept header asks for it, as kubectl 1.32 does: one request
 then describes every group, version and resource, built-in and CRD-defined alike.
-
-The OpenAPI v3 documents are minimal: one PATCH operation per kind carrying `x-kubernetes-group-version-kind`
-and the `fieldValidation` parameter. That is what kubectl checks to decide that the server validates fields
-itself (so it skips downloading a full schema), and nothing more is claimed.
 """
 
 from __future__ import annotations
@@ -14,9 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import orjson
-
-from kwire.api.registry import Kind, all_kinds, groups, kinds_in
+from kwire.api.registry import Kind, groups, kinds_in
 
 VERSION = {
     "major": "1",
@@ -117,65 +111,6 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
         "apiVersion": "v1",
         "groupVersion": f"{group}/{version}" if group else version,
         "resources": resources,
-    }
-
-
-def _gv_path(group: str, version: str) -> str:
-    return f"api/{version}" if not group else f"apis/{group}/{version}"
-
-
-def _gv_doc(group: str, version: str) -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for k in kinds_in(group, version):
-        base = "/" + _gv_path(group, version)
-        item = f"{base}/namespaces/{{namespace}}/{k.plural}/{{name}}" if k.namespaced else f"{base}/{k.plural}/{{name}}"
-        gvk = {"group": k.group, "version": k.version, "kind": k.kind}
-        params = [
-            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-        ]
-        op = {
-            "operationId": f"patch{k.kind}",
-            "parameters": params,
-            "x-kubernetes-action": "patch",
-            "x-kubernetes-group-version-kind": gvk,
-        }
-        paths[item] = {"patch": op}
-        coll = f"{base}/namespaces/{{namespace}}/{k.plural}" if k.namespaced else f"{base}/{k.plural}"
-        paths[coll] = {"post": {**op, "operationId": f"create{k.kind}", "x-kubernetes-action": "post"}}
-    return {
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": VERSION["gitVersion"]},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }
-
-
-_DOCS_CACHE: tuple[tuple[Kind, ...], dict[str, bytes]] | None = None
-
-
-def openapi_v3_docs() -> dict[str, bytes]:
-    """One document per served group version; rebuilt when the set of kinds changes (a CRD came or went)."""
-    global _DOCS_CACHE
-    kinds = all_kinds()
-    if _DOCS_CACHE is not None and _DOCS_CACHE[0] is kinds:
-        return _DOCS_CACHE[1]
-    out: dict[str, bytes] = {}
-    for k in kinds:
-        path = _gv_path(k.group, k.version)
-        if path not in out:
-            out[path] = orjson.dumps(_gv_doc(k.group, k.version))
-    _DOCS_CACHE = (kinds, out)
-    return out
-
-
-def openapi_v3_root() -> dict[str, Any]:
-    return {
-        "paths": {
-            path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={hashlib.sha512(doc).hexdigest()[:32].upper()}"}
-            for path, doc in openapi_v3_docs().items()
-        }
     }
 
 

@@ -2,9 +2,14 @@
 
 Strategic merge patch follows apimachinery's `strategicpatch` for the directives `kubectl apply` sends
 (`$patch: replace|delete|merge`, `$retainKeys`, `$deleteFromPrimitiveList/<f>`, `$setElementOrder/<f>`, null
-deletes a key). Which lists merge, and by which key, comes from the `patchStrategy`/`patchMergeKey` tags of the
-upstream Go types for the kinds we serve (the table below); every other list is replaced whole. Custom kinds
-(CRD-defined kinds) do not support strategic merge patch, as for CRDs in kube-apiserver.
+deletes a key). Which lists merge, and by which key, comes from the `x-kubernetes-patch-strategy` /
+`x-kubernetes-patch-merge-key` extensions (the Go types' `patchStrategy`/`patchMergeKey` tags) in the generated
+schemas (`kwire.api.schemas`), for every built-in kind; every other list is replaced whole. Kinds without a
+built-in schema (CRD kinds) do not support strategic merge patch, as in kube-apiserver.
+
+JSON patches are bounded as kube-apiserver bounds them (`apply_json_patch`): 10,000 operations, and `copy`
+operations adding at most the request body limit in total. Merge and strategic patches cannot amplify: their
+result is at most the stored object plus the (3 MiB-bounded) body, and the store refuses objects over 1.5 MiB.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import jsonpatch
 import orjson
 
+from kwire.api import schemas
 from kwire.api.errors import ApiError, bad_request
 from kwire.api.registry import Kind
 
@@ -26,58 +32,61 @@ MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 APPLY_YAML = "application/apply-patch+yaml"
 
-
-def _ml(key: str, items: Schema | None = None) -> Schema:
-    """A list merged by `key` (patchStrategy=merge, patchMergeKey=key)."""
-    return {"merge_key": key, "items": items or {}}
+MAX_JSON_PATCH_OPERATIONS = 10_000  # kube-apiserver's maxJSONPatchOperations
+MAX_COPY_BYTES = 3 * 1024 * 1024  # the request body limit, which kube passes as json-patch's copy limit
 
 
-_PRIM: Schema = {"primitive_merge": True}
+_META_FIELDS: Schema = {"finalizers": {"primitive_merge": True}, "ownerReferences": {"merge_key": "uid", "items": {}}}
+
+# Definition name -> its merge metadata: {field: {"fields": {...}} for objects, {"merge_key": k, "items": {...}}
+# for lists merged by key, {"primitive_merge": True} for merged scalar lists}. Built lazily and shared, so
+# recursive definitions (JSONSchemaProps) are cyclic dicts rather than endless ones.
+_SMP_FIELDS: dict[str, Schema] = {}
 
 
-def _obj(fields: Schema) -> Schema:
-    return {"fields": fields}
+def _smp_fields(name: str) -> Schema:
+    hit = _SMP_FIELDS.get(name)
+    if hit is not None:
+        return hit
+    fields: Schema = {}
+    _SMP_FIELDS[name] = fields
+    for prop, sub in (schemas.definitions()[name].get("properties") or {}).items():
+        node = _smp_node(sub)
+        if node is not None:
+            fields[prop] = node
+    return fields
 
 
-_META = _obj({"finalizers": _PRIM, "ownerReferences": _ml("uid")})
-_CONTAINER: Schema = {
-    "ports": _ml("containerPort"),
-    "env": _ml("name"),
-    "volumeMounts": _ml("mountPath"),
-    "volumeDevices": _ml("devicePath"),
-}
-_POD_SPEC: Schema = {
-    "containers": _ml("name", _CONTAINER),
-    "initContainers": _ml("name", _CONTAINER),
-    "ephemeralContainers": _ml("name", _CONTAINER),
-    "volumes": _ml("name"),
-    "imagePullSecrets": _ml("name"),
-    "hostAliases": _ml("ip"),
-}
-_CONDITIONS = _obj({"conditions": _ml("type")})
-_TEMPLATE = _obj({"metadata": _META, "spec": _obj(_POD_SPEC)})
-_WORKLOAD: Schema = {"metadata": _META, "spec": _obj({"template": _TEMPLATE}), "status": _CONDITIONS}
+def _ref_name(schema: Schema) -> str | None:
+    ref = schema.get("$ref")
+    return ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
 
-_SCHEMAS: dict[str, Schema] = {
-    "Pod": {"metadata": _META, "spec": _obj(_POD_SPEC), "status": _obj({"conditions": _ml("type")})},
-    "Deployment": _WORKLOAD,
-    "ReplicaSet": _WORKLOAD,
-    "DaemonSet": _WORKLOAD,
-    "Service": {"metadata": _META, "spec": _obj({"ports": _ml("port")}), "status": _obj({"conditions": _ml("type")})},
-    "Node": {
-        "metadata": _META,
-        "spec": _obj({"podCIDRs": _PRIM}),
-        "status": _obj({"conditions": _ml("type"), "addresses": _ml("type")}),
-    },
-    "Namespace": {"metadata": _META, "status": _obj({"conditions": _ml("type")})},
-    "ValidatingWebhookConfiguration": {"metadata": _META, "webhooks": _ml("name")},
-    "MutatingWebhookConfiguration": {"metadata": _META, "webhooks": _ml("name")},
-}
+
+def _smp_node(schema: Schema) -> Schema | None:
+    name = _ref_name(schema)
+    if name is not None:
+        return {"fields": _smp_fields(name)}
+    if schema.get("type") != "array":
+        return None  # scalars and maps merge generically
+    if "merge" not in str(schema.get("x-kubernetes-patch-strategy", "")).split(","):
+        return None  # replaced whole
+    key = schema.get("x-kubernetes-patch-merge-key")
+    if not key:
+        return {"primitive_merge": True}
+    item = _ref_name(schema.get("items") or {})
+    return {"merge_key": key, "items": _smp_fields(item) if item else {}}
+
+
+def smp_fields(kind: Kind) -> Schema:
+    """Which lists of `kind` merge and by which key: the `x-kubernetes-patch-*` extensions of its schema (the
+    `patchStrategy`/`patchMergeKey` Go tags), from the same generated definitions as OpenAPI."""
+    name = schemas.definition_name(kind.group, kind.version, kind.kind)
+    return _smp_fields(name) if name else {"metadata": {"fields": _META_FIELDS}}
 
 
 def smp_supported(kind: Kind) -> bool:
-    """Strategic merge patch needs Go struct tags: custom resources (CRD kinds) do not support it, as in kube."""
-    return kind.custom is None
+    """Strategic merge patch needs Go struct tags: only built-in kinds have them (not CRD kinds, as in kube)."""
+    return schemas.definition_name(kind.group, kind.version, kind.kind) is not None
 
 
 class _Delete:
@@ -182,7 +191,7 @@ def _merge_map(original: Any, patch: Obj, fields: Schema) -> Any:
 
 
 def strategic_merge(kind: Kind, current: Obj, patch: Obj) -> Obj:
-    merged = _merge_map(current, patch, _SCHEMAS.get(kind.kind, {"metadata": _META}))
+    merged = _merge_map(current, patch, smp_fields(kind))
     if merged is _DELETE:
         raise bad_request("a strategic merge patch cannot delete the whole object")
     return merged  # type: ignore[no-any-return]
@@ -199,6 +208,36 @@ def merge_patch(current: Any, patch: Any) -> Any:
         else:
             result[k] = merge_patch(result.get(k), v)
     return result
+
+
+class CopySizeError(ValueError):
+    """evanphx/json-patch's AccumulatedCopySizeError."""
+
+
+def apply_json_patch(current: Obj, ops: list[Any], *, copy_limit: int = MAX_COPY_BYTES) -> Any:
+    """RFC 6902 with kube-apiserver's bounds: at most 10,000 operations (413), and `copy` operations may add at
+    most `copy_limit` bytes in total (json-patch's AccumulatedCopySizeLimit, which kube sets to the request
+    body limit), so a short patch that doubles the document with each copy fails after a few steps."""
+    if len(ops) > MAX_JSON_PATCH_OPERATIONS:
+        raise ApiError(
+            413,
+            "RequestEntityTooLarge",
+            f"Request entity too large: The allowed maximum operations in a JSON patch is "
+            f"{MAX_JSON_PATCH_OPERATIONS}, got {len(ops)}",
+        )
+    doc: Any = copy.deepcopy(current)
+    copied = 0
+    for op in ops:
+        if isinstance(op, dict) and op.get("op") == "copy":
+            value = jsonpatch.JsonPointer(str(op.get("from", ""))).resolve(doc)
+            copied += len(orjson.dumps(value))
+            if copied > copy_limit:
+                raise CopySizeError(
+                    f"Unable to complete the copy, the accumulated size increase of copy is {copied}, "
+                    f"exceeding the limit {copy_limit}"
+                )
+        doc = jsonpatch.JsonPatch([op]).apply(doc, in_place=True)
+    return doc
 
 
 def unsupported_patch_type(kind: Kind) -> ApiError:
@@ -228,7 +267,7 @@ def apply_patch(kind: Kind, current: Obj, patch_body: bytes, content_type: str) 
         if not isinstance(patch, list):
             raise bad_request("json patch must be a list of operations")
         try:
-            result = jsonpatch.apply_patch(current, patch, in_place=False)
+            result = apply_json_patch(current, patch)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, KeyError, TypeError, ValueError) as exc:
             raise ApiError(
                 422, "Invalid", f"the server rejected our request due to an error in our request: {exc}"

@@ -60,7 +60,13 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# etcd's default --max-request-bytes (1.5 MiB): kube-apiserver's write fails with "etcdserver: request is too
+# large". K3s's kine has no such limit; kwire keeps etcd's so objects stay portable to etcd-backed clusters.
+MAX_OBJECT_BYTES = 1536 * 1024
+
+
 def encode(obj: Obj) -> bytes:
+    """The stored form of `obj`; refuses (413) an object over etcd's request limit."""
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "resourceVersion" in meta:
         meta = dict(meta)
@@ -69,7 +75,10 @@ def encode(obj: Obj) -> bytes:
     # orjson hands back its 4 KB output buffer unshrunk: a stored value (kept live and in the watch history)
     # would cost 4 KB however small. A copy to the exact size (~1 us) made 60k writes of small ConfigMaps cost
     # the server +240 MB of RSS instead of a bounded history.
-    return bytes(memoryview(orjson.dumps(obj)))
+    data = bytes(memoryview(orjson.dumps(obj)))
+    if len(data) > MAX_OBJECT_BYTES:
+        raise ApiError(413, "RequestEntityTooLarge", "etcdserver: request is too large")
+    return data
 
 
 def decode(kv: KV | None = None, *, value: bytes | None = None, revision: int = 0) -> Obj:
@@ -650,7 +659,13 @@ class Resources:
                 self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return new
         try:
-            rev = await self.store.update(kv.key, await self._storable(kind, new), expected_revision=kv.mod_revision)
+            data = await self._storable(kind, new)
+        except ApiError:
+            if alloc:
+                self.allocator.rollback(alloc)
+            raise
+        try:
+            rev = await self.store.update(kv.key, data, expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             if alloc:
                 await self.service_allocation.rollback(alloc)
@@ -678,6 +693,7 @@ class Resources:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        check: Callable[[Obj, Obj], None] | None = None,
         manager: str | None = None,
         force: bool = False,
     ) -> Obj:
@@ -740,6 +756,8 @@ class Resources:
                 patched = apply_patch(kind, old, body, content_type)
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not an object")
+            if check is not None:
+                check(patched, old)
             self._check_type(kind, patched)
             pmeta = patched["metadata"]
             if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(kv.mod_revision):

@@ -565,8 +565,29 @@ def _data_keys(obj: Obj, fields: tuple[str, ...]) -> Errs:
     return errs
 
 
+MAX_SECRET_SIZE = 1024 * 1024  # core.MaxSecretSize: the data of a ConfigMap or Secret
+
+
+def _data_size(values: Any, *, base64_encoded: bool) -> int:
+    if not isinstance(values, dict):
+        return 0
+    total = 0
+    for v in values.values():
+        if isinstance(v, str):
+            # stored base64 (Secret data, binaryData): the decoded length is what kube counts
+            total += len(v) * 3 // 4 - v[-2:].count("=") if base64_encoded else len(v.encode())
+    return total
+
+
+def _too_big(path: str) -> FieldError:
+    return FieldError(TOO_LONG, path, f"must have at most {MAX_SECRET_SIZE} bytes")
+
+
 def _configmap(obj: Obj, old: Obj | None) -> Errs:
     errs = _data_keys(obj, ("data", "binaryData"))
+    size = _data_size(obj.get("data"), base64_encoded=False) + _data_size(obj.get("binaryData"), base64_encoded=True)
+    if size > MAX_SECRET_SIZE:
+        errs.append(_too_big("[]"))  # kube: the error refers to the whole object
     if (
         old is not None
         and old.get("immutable")
@@ -574,9 +595,6 @@ def _configmap(obj: Obj, old: Obj | None) -> Errs:
     ):
         errs.append(forbidden("data", "field is immutable when `immutable` is set"))
     return errs
-
-
-SECRET_MAX_BYTES = 1024 * 1024
 
 
 def _secret_value(data: Obj, key: str) -> bytes | None:
@@ -595,8 +613,8 @@ def _secret(obj: Obj, old: Obj | None) -> Errs:
     data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
     assert isinstance(data, dict)
     size = sum(len(_secret_value(data, k) or b"") for k in data)
-    if size > SECRET_MAX_BYTES:
-        errs.append(FieldError(TOO_LONG, "data", f"must have at most {SECRET_MAX_BYTES} bytes"))
+    if size > MAX_SECRET_SIZE:
+        errs.append(_too_big("data"))
     typ = obj.get("type")
     anns = (obj.get("metadata") or {}).get("annotations") or {}
     if typ == "kubernetes.io/service-account-token":

@@ -441,6 +441,24 @@ def test_a_node_debugging_pod_sees_the_node(lab: Lab) -> None:
     assert "/host/etc/os-release" in out and node.ip in out
 
 
+def test_kubectl_debug_node_makes_that_pod(lab: Lab) -> None:
+    """The real `kubectl debug node/NAME` (which sends its Pod as protobuf): a running pod on that node, in the
+    node's network, with the node's root at /host."""
+    node = lab.topo.nodes[-1]
+    out = lab.kubectl("debug", f"node/{node.name}", "--image=busybox", "--", "sleep", "3600").stdout
+    name = next(w for w in out.split() if w.startswith(f"node-debugger-{node.name}"))
+
+    def running() -> bool:
+        return "running" in _state(lab, name).get("state", {})
+
+    wait_for(running, timeout=40, what="the node debugger running")
+    pod = lab.get("pod", name)
+    assert pod["spec"]["nodeName"] == node.name and pod["spec"]["hostNetwork"] is True
+    seen = lab.kubectl("exec", name, "--", "sh", "-c", "ls /host/etc/os-release; ip -4 -o addr").stdout
+    assert "/host/etc/os-release" in seen and node.ip in seen
+    lab.kubectl("delete", "pod", name, "--grace-period=0", "--force")
+
+
 def test_python_client_write_stdin_reaches_the_process(lab: Lab) -> None:
     from kubernetes import client, config
     from kubernetes.stream import stream

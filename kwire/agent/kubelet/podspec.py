@@ -7,6 +7,8 @@ as an image error); any other image gets a responder on every declared container
 one that declares no ports and whose command (or first argument) is a program this node has, such as
 `busybox -- wget ...`, `kubectl run dnsutils --image=tutum/dnsutils -- nslookup x` or `sleep 3600`. Those run
 that command from the machine's filesystem, as kwire/host would: debug pods do what their manifests say.
+Images whose role kwire implements (ROLE_IMAGES: `quay.io/metallb/controller` and `quay.io/metallb/speaker`, tag
+v0.13 or later) run kwire's implementation of that role (`kwire.metallb`) with the pod's ServiceAccount.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ BUILTIN_IMAGES: dict[str, str] = {
     "kwire/coredns": "kwire.dns",
     "kwire/ingress": "kwire.ingress",  # the traefik add-on: ingress controller driving nginx in the pod
 }
+# Third-party images whose role kwire implements (as kwire/coredns is CoreDNS's): image name -> (module, the
+# oldest tag kwire's implementation speaks for). MetalLB v0.13 introduced the CRD configuration kwire reads.
+ROLE_IMAGES: dict[str, tuple[str, tuple[int, int]]] = {
+    "quay.io/metallb/controller": ("kwire.metallb.controller", (0, 13)),
+    "quay.io/metallb/speaker": ("kwire.metallb.speaker", (0, 13)),
+}
 SERVICELB_IMAGE = "kwire/servicelb"  # ServiceLB's svclb pods (klipper-lb's role); see kwire/agent/svclb.py
 KWIRE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding this `kwire` package
 SA_ENV = "KWIRE_SERVICEACCOUNT_DIR"  # where in-cluster clients find token and ca.crt (no mount namespace here)
@@ -47,6 +55,33 @@ def image_name(image: str) -> str:
         if name.startswith(prefix):
             name = name[len(prefix) :]
     return name
+
+
+def image_tag(image: str) -> str:
+    """`quay.io/metallb/speaker:v0.14.9` -> `v0.14.9`; "" when the image names no tag."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else ""
+
+
+def role_image_error(image: str) -> str:
+    """Why a role image (ROLE_IMAGES) cannot run, or "" when it can: its tag must be `latest`, `main` or a
+    version at least the oldest one kwire implements."""
+    module_min = ROLE_IMAGES.get(image_name(image))
+    if module_min is None:
+        return ""
+    tag = image_tag(image)
+    if tag in ("", "latest", "main"):
+        return ""
+    parts = tag.lstrip("v").split(".")
+    try:
+        version = (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
+    except ValueError:
+        return f"kwire cannot tell the version of {image}"
+    want = module_min[1]
+    if version < want:
+        return f"kwire implements {image_name(image)} from v{want[0]}.{want[1]} on, not {tag}"
+    return ""
 
 
 def netns_name(prefix: str, uid: str) -> str:
@@ -183,6 +218,9 @@ def plan(pod: Obj, containers: list[Obj] | None = None) -> list[ContainerPlan]:
                 out.append(ContainerPlan(name, image, "process"))
         elif img == SERVICELB_IMAGE:
             out.append(ContainerPlan(name, image, "process"))
+        elif img in ROLE_IMAGES:
+            err = role_image_error(image)
+            out.append(ContainerPlan(name, image, "error", err) if err else ContainerPlan(name, image, "process"))
         elif img.startswith("kwire/") and img not in BUILTIN_IMAGES:
             out.append(ContainerPlan(name, image, "error", f"kwire has no built-in image {img}"))
         elif img.startswith("kwire/") and BUILTIN_IMAGES[img]:
@@ -253,7 +291,9 @@ def runtime_spec(
         elif p.kind == "process" and p.name not in skip:
             img = image_name(p.image)
             env = dict((envs or {}).get(p.name) or _env(c, pod, pod_ip=pod_ip, host_ip=host_ip))
-            if img == HOST_IMAGE or not img.startswith("kwire/"):
+            if img in ROLE_IMAGES:
+                argv = [sys.executable, "-m", ROLE_IMAGES[img][0], *[str(x) for x in c.get("args") or []]]
+            elif img == HOST_IMAGE or not img.startswith("kwire/"):
                 argv = _host_argv(c)
             elif img == SERVICELB_IMAGE:
                 try:
@@ -262,7 +302,8 @@ def runtime_spec(
                     argv = ["sh", "-c", f"echo 'servicelb: bad environment: {exc}' | tr -d \"'\" >&2; exit 1"]
             else:
                 argv = [sys.executable, "-m", BUILTIN_IMAGES[img], *[str(x) for x in c.get("args") or []]]
-                # a built-in image runs this node's kwire (the checkout the agent runs from, not whatever
+            if argv[:2] == [sys.executable, "-m"]:
+                # a built-in or role image runs this node's kwire (the checkout the agent runs from, not whatever
                 # `kwire` the interpreter would find first)
                 env.setdefault("PYTHONPATH", KWIRE_ROOT)
             if sa_dir:
@@ -340,7 +381,10 @@ def bandwidth(pod: Obj) -> Obj:
 
 def needs_service_account(pod: Obj) -> bool:
     """kwire's built-in images are in-cluster API clients (the DNS server reads Services and EndpointSlices)."""
-    return any(image_name(str(c.get("image", ""))) in BUILTIN_IMAGES for c in spec(pod).get("containers") or [])
+    return any(
+        image_name(str(c.get("image", ""))) in (BUILTIN_IMAGES.keys() | ROLE_IMAGES.keys())
+        for c in spec(pod).get("containers") or []
+    )
 
 
 SYSTEMD_RESOLV = Path("/run/systemd/resolve/resolv.conf")
