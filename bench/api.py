@@ -6,7 +6,10 @@ latency is measured from the moment a create request is sent to the moment its A
 includes the request's own time: an upper bound). Then the same for N MetalLB IPAddressPools (the upstream CRD:
 schema validation, defaulting and pruning on every write), and the custom/built-in writes/s ratio (goal >= 0.8).
 
-    .venv/bin/python bench/api.py [--objects 10000] [--clients 16] [--rounds 3]
+    .venv/bin/python bench/api.py [--objects 10000] [--clients 16] [--rounds 3] [--datastore sqlite|etcd]
+
+`--datastore etcd` runs the server on a one-member embedded etcd (`--cluster-init`); bench/ha.py compares SQLite,
+one and three etcd members in one run.
 """
 
 from __future__ import annotations
@@ -139,11 +142,15 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--datastore", choices=("sqlite", "etcd"), default="sqlite")
     ap.add_argument("--rounds", type=int, default=1, help="alternate built-in/custom rounds; the best of each counts")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kwire-bench-") as tmp:
-        srv = ServerProcess(Path(tmp), free_port())
-        srv.start()
+        extra = []
+        if args.datastore == "etcd":
+            extra = ["--cluster-init", "--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port())]
+        srv = ServerProcess(Path(tmp), free_port(), extra_args=extra)
+        srv.start(timeout=90)
         try:
             asyncio.run(_install_crd(srv))
             rounds: list[tuple[dict[str, float], dict[str, float]]] = []
@@ -173,7 +180,9 @@ def main() -> int:
             custom = max((c for _, c in rounds), key=lambda x: x["writes_per_s"])
         finally:
             srv.stop()
-    print(f"api bench: {res['objects']} creates with {res['clients']} clients in {res['seconds']:.2f}s")
+    print(
+        f"api bench ({args.datastore}): {res['objects']} creates with {res['clients']} clients in {res['seconds']:.2f}s"
+    )
     print(f"  writes/s        {res['writes_per_s']:.0f}   (goal >= 2000)")
     print(f"  watch p50       {res['watch_p50_ms']:.1f} ms")
     print(f"  watch p99       {res['watch_p99_ms']:.1f} ms   (goal < 50)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from croniter import croniter
 
 DEFAULT_CONFIG_FILE = "/etc/kwire/config.yaml"
 BACKENDS = ("vxlan", "host-gw", "none")
@@ -39,6 +40,27 @@ class ServerConfig:
     datastore_cafile: str = ""
     datastore_certfile: str = ""
     datastore_keyfile: str = ""
+    # K3s's --cluster-init: start and supervise an embedded etcd (Debian's etcd-server) and keep the cluster in it.
+    # A server whose data dir already holds an embedded etcd keeps using it without the flag (as K3s does).
+    cluster_init: bool = False
+    # K3s's --server for servers: join the embedded-etcd cluster of the server at this URL (with --token).
+    server: str = ""
+    # kwire-specific: the embedded etcd's client and peer ports (K3s fixes 2379/2380; several kwire servers on
+    # one machine, as in tests, need their own).
+    # K3s's snapshot flags: scheduled snapshots of the embedded etcd into etcd-snapshot-dir (default
+    # <data-dir>/db/snapshots), the newest etcd-snapshot-retention kept; croniter syntax (6 fields: seconds last).
+    etcd_disable_snapshots: bool = False
+    etcd_snapshot_schedule_cron: str = "0 */12 * * *"
+    etcd_snapshot_retention: int = 5
+    etcd_snapshot_dir: str = ""
+    # K3s's --cluster-reset [--cluster-reset-restore-path FILE]: make the embedded etcd a one-member cluster again
+    # (restored from FILE when given), then exit; the server is started again without the flag.
+    cluster_reset: bool = False
+    cluster_reset_restore_path: str = ""
+    # K3s's --etcd-arg KEY=VALUE (repeatable): extra flags for the embedded etcd, after kwire's own (so they win).
+    etcd_arg: tuple[str, ...] = ()
+    etcd_client_port: int = 2379
+    etcd_peer_port: int = 2380
     write_kubeconfig: str = "/etc/kwire/kwire.yaml"
     write_kubeconfig_mode: str = "0600"
     cluster_cidr: str = "10.42.0.0/16"
@@ -63,6 +85,11 @@ class ServerConfig:
     # unreachable (NoExecute) before the taint manager evicts it.
     default_not_ready_toleration_seconds: int = 300
     default_unreachable_toleration_seconds: int = 300
+    # kube-controller-manager's --leader-elect-lease-duration/-renew-deadline/-retry-period, in seconds: every
+    # server campaigns for the kube-system/kube-controller-manager Lease; only its holder runs controllers.
+    leader_elect_lease_duration: int = 15
+    leader_elect_renew_deadline: int = 10
+    leader_elect_retry_period: int = 2
 
     @property
     def service_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -194,6 +221,24 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
                 f"node-cidr-mask-size {cfg.node_cidr_mask_size} is smaller than the cluster-cidr prefix "
                 f"/{cfg.cluster_network.prefixlen}: no node subnet fits in {cfg.cluster_cidr}"
             )
+        if not cfg.leader_elect_lease_duration > cfg.leader_elect_renew_deadline > cfg.leader_elect_retry_period >= 1:
+            raise ConfigError(
+                "leader-elect: lease-duration > renew-deadline > retry-period >= 1 is required "
+                f"(got {cfg.leader_elect_lease_duration}, {cfg.leader_elect_renew_deadline}, "
+                f"{cfg.leader_elect_retry_period})"
+            )
+        if not croniter.is_valid(cfg.etcd_snapshot_schedule_cron):
+            raise ConfigError(
+                f"etcd-snapshot-schedule-cron: {cfg.etcd_snapshot_schedule_cron!r} is not a cron schedule"
+            )
+        if cfg.etcd_snapshot_retention < 1:
+            raise ConfigError("etcd-snapshot-retention must be at least 1")
+        if cfg.cluster_reset_restore_path and not cfg.cluster_reset:
+            raise ConfigError("cluster-reset-restore-path needs --cluster-reset")
+        if cfg.server and not cfg.token:
+            raise ConfigError("server: joining a cluster needs its token (--token, --token-file or KWIRE_TOKEN)")
+        if cfg.cluster_init and cfg.datastore_endpoint:
+            raise ConfigError("cluster-init: an embedded etcd cannot be combined with datastore-endpoint")
         if cfg.node_monitor_grace_period < 1:
             raise ConfigError("node-monitor-grace-period must be at least 1 second")
 

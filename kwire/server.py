@@ -12,6 +12,8 @@ import logging
 import signal
 import socket
 import ssl
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,20 +22,28 @@ from aiohttp import web
 
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
-from kwire.api.certs import ensure_pki, ensure_token
-from kwire.api.errors import ApiError
+from kwire.api.bootstrap import DATASTORE_KEY, Bootstrap, JoinError, fetch_bootstrap, seal, unseal
+from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
 from kwire.api.lifecycle import Lifecycle
+from kwire.api.masterleases import MasterLeases
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
 from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
+from kwire.base.files import atomic_write
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
+from kwire.controllers.elected import ElectedControllers
+from kwire.controllers.leaderelection import ElectionTiming
 from kwire.controllers.manager import ControllerManager
-from kwire.store.base import Store
+from kwire.store import snapshots
+from kwire.store.base import KeyExists, Store
+from kwire.store.embedded import EmbeddedEtcd, EtcdTls
 from kwire.store.etcd import EtcdStore
+from kwire.store.etcdcluster import member_add, member_list
+from kwire.store.migrate import migrate_sqlite
 from kwire.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -63,9 +73,7 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
     """Objects every cluster has (kube-apiserver's bootstrap controller), reconciled on every start."""
     ns_kind = by_path("", "v1", "namespaces")
     svc_kind = by_path("", "v1", "services")
-    ep_kind = by_path("", "v1", "endpoints")
-    eps_kind = by_path("discovery.k8s.io", "v1", "endpointslices")
-    assert ns_kind and svc_kind and ep_kind and eps_kind
+    assert ns_kind and svc_kind
     for ns in NAMESPACES:
         if resources.get_or_none(ns_kind, None, ns) is None:
             await resources.create(ns_kind, None, {"metadata": {"name": ns}})
@@ -85,33 +93,7 @@ async def bootstrap(resources: Resources, cfg: ServerConfig, *, address: str) ->
                 },
             },
         )
-    endpoints: dict[str, Any] = {
-        "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
-    }
-    slice_: dict[str, Any] = {
-        "metadata": {
-            "name": "kubernetes",
-            "labels": {
-                "kubernetes.io/service-name": "kubernetes",
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-            },
-        },
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [address], "conditions": {"ready": True, "serving": True, "terminating": False}}],
-        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-    }
-    for kind, desired in ((ep_kind, endpoints), (eps_kind, slice_)):
-        current = resources.get_or_none(kind, "default", "kubernetes")
-        if current is None:
-            await resources.create(kind, "default", desired)
-        else:
-            merged = {**current, **{k: v for k, v in desired.items() if k != "metadata"}}
-            merged["metadata"] = {**current["metadata"], "labels": desired["metadata"]["labels"]}
-            try:
-                await resources.update(kind, "default", "kubernetes", merged)
-            except ApiError as err:
-                log.warning("bootstrap: updating %s default/kubernetes: %s", kind.plural, err.message)
+    # default/kubernetes Endpoints: every live server's address, kept by `MasterLeases` (kwire/api/masterleases.py).
 
 
 SYSTEM_PRIORITY_CLASSES = {
@@ -191,20 +173,31 @@ class Server:
     url: str
     kubeconfig: Path
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    controllers: ControllerManager | None = None
+    master_leases: MasterLeases | None = None
+    election: ElectedControllers | None = None
+    etcd: EmbeddedEtcd | None = None  # --cluster-init: the etcd member this server supervises
+
+    @property
+    def controllers(self) -> ControllerManager | None:
+        """This server's controller manager while it holds the kube-controller-manager Lease, else None."""
+        return self.election.current if self.election is not None else None
 
     async def close(self) -> None:
-        if self.controllers is not None:
-            await self.controllers.stop()
+        if self.election is not None:
+            await self.election.stop()
         for t in self.tasks:
             t.cancel()
         self.api.stop_watches()
+        if self.master_leases is not None:
+            await self.master_leases.stop()
         await self.lifecycle.stop()
         if self.resources.admission is not None:
             await self.resources.admission.stop()
         await self.resources.conversion.close()
         await self.runner.cleanup()
         await self.store.close()
+        if self.etcd is not None:
+            await self.etcd.stop()
 
 
 def _self_url(cfg: ServerConfig) -> str:
@@ -217,6 +210,17 @@ def _self_url(cfg: ServerConfig) -> str:
     return f"https://{host}:{int(cfg.https_listen_port)}"
 
 
+def _leader_identity(cfg: ServerConfig, data_dir: Path) -> str:
+    """kube-controller-manager's `<hostname>_<uuid>`, kept in the data dir: a restarted server is the same
+    candidate and re-takes a lease it still holds at once instead of waiting for it to expire."""
+    path = data_dir / "cred" / "leader-identity"
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    identity = f"{cfg.node_name or socket.gethostname()}_{uuid.uuid4()}"
+    atomic_write(path, identity.encode() + b"\n", mode=0o644)
+    return identity
+
+
 async def _compactor(store: Store) -> None:
     while True:
         await asyncio.sleep(COMPACT_INTERVAL)
@@ -226,11 +230,18 @@ async def _compactor(store: Store) -> None:
             log.exception("compaction failed")
 
 
-async def open_store(cfg: ServerConfig, data_dir: Path) -> Store:
-    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3, nothing is embedded SQLite."""
+async def open_store(
+    cfg: ServerConfig, data_dir: Path, *, address: str, join: Bootstrap | None = None
+) -> tuple[Store, EmbeddedEtcd | None]:
+    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3; `--cluster-init`, `--server`
+    (joining) or a data dir that already holds an embedded etcd start and use an embedded etcd member; otherwise
+    embedded SQLite."""
+    db_dir = data_dir / "db"
     endpoint = str(cfg.datastore_endpoint)
+    if not endpoint and (cfg.cluster_init or join is not None or EmbeddedEtcd.exists(db_dir)):
+        return await _open_embedded_etcd(cfg, data_dir, address=address, join=join)
     if not endpoint:
-        return SQLiteStore(data_dir / "db" / "state.db")
+        return SQLiteStore(db_dir / "state.db"), None
     urls = [u.strip() for u in endpoint.split(",") if u.strip()]
     if not all(u.startswith(("http://", "https://")) for u in urls):
         raise ConfigError(f"datastore-endpoint {endpoint!r}: only etcd (http:// or https:// URLs) is supported")
@@ -241,7 +252,131 @@ async def open_store(cfg: ServerConfig, data_dir: Path) -> Store:
             ctx.load_cert_chain(str(cfg.datastore_certfile), str(cfg.datastore_keyfile) or None)
     etcd = EtcdStore(urls, ssl_context=ctx)
     await etcd.start()
-    return etcd
+    return etcd, None
+
+
+def _member(cfg: ServerConfig, data_dir: Path, *, address: str, tls: EtcdTls) -> EmbeddedEtcd:
+    return EmbeddedEtcd(
+        data_dir / "db",
+        node_name=str(cfg.node_name) or socket.gethostname(),
+        address=address,
+        client_port=int(cfg.etcd_client_port),
+        peer_port=int(cfg.etcd_peer_port),
+        tls=tls,
+        extra_args=tuple(cfg.etcd_arg),
+    )
+
+
+def snapshot_dir(cfg: ServerConfig) -> Path:
+    return Path(cfg.etcd_snapshot_dir) if cfg.etcd_snapshot_dir else Path(cfg.data_dir) / "db" / "snapshots"
+
+
+async def cluster_reset(cfg: ServerConfig) -> str:
+    """K3s's --cluster-reset: the embedded etcd becomes a one-member cluster again, restored from
+    --cluster-reset-restore-path when given (else keeping its data, etcd's --force-new-cluster)."""
+    data_dir = Path(cfg.data_dir)
+    address = _node_address(cfg)
+    _pki(cfg, data_dir, address=address)
+    member = _member(cfg, data_dir, address=address, tls=ensure_etcd_tls(data_dir, sans_ip=[address]))
+    if cfg.cluster_reset_restore_path:
+        old = snapshots.restore(
+            Path(cfg.cluster_reset_restore_path), etcd_dir=member.data_dir, name=member.name, peer_url=member.peer_url
+        )
+        log.info("etcd restored from %s; the previous member data is in %s", cfg.cluster_reset_restore_path, old)
+    else:
+        if not EmbeddedEtcd.exists(data_dir / "db"):
+            raise ConfigError(f"cluster-reset: {data_dir / 'db' / 'etcd'} holds no etcd member")
+        member.force_new_cluster()
+    await member.start()  # a one-member cluster now; started once so the reset is committed
+    await member.stop()
+    return (
+        "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. "
+        f"Backup and delete {data_dir / 'db'} on each peer etcd server and rejoin the nodes."
+    )
+
+
+async def _open_embedded_etcd(
+    cfg: ServerConfig, data_dir: Path, *, address: str, join: Bootstrap | None
+) -> tuple[Store, EmbeddedEtcd]:
+    tls = ensure_etcd_tls(data_dir, sans_ip=[address])
+    member = _member(cfg, data_dir, address=address, tls=tls)
+    if join is not None:  # a new member of the cluster the bootstrap came from (etcdctl member add, then start)
+        members = await member_add(
+            join.etcd_client_urls, name=member.name, peer_url=member.peer_url, ssl_context=tls.client_ssl_context()
+        )
+        member.join(members)
+        if len(members) % 2 == 0:  # K3s's warning
+            log.warning(
+                "this server is a part of a cluster with an even number (%d) of etcd members: an odd number is "
+                "recommended (losing one of %d members leaves no more fault tolerance than one fewer)",
+                len(members),
+                len(members),
+            )
+    await member.start()
+    store = EtcdStore([member.client_url], ssl_context=tls.client_ssl_context())
+    try:
+        await store.start()
+        if join is None:
+            await migrate_sqlite(data_dir / "db" / "state.db", store)
+    except BaseException:
+        await store.close()
+        await member.stop()
+        raise
+    return store, member
+
+
+def _install_ca(data_dir: Path, join: Bootstrap) -> None:
+    """A joining server takes the cluster's CA (K3s servers share theirs); a different CA already in the data dir
+    is an error, not something to overwrite."""
+    tls = data_dir / "tls"
+    crt, key = tls / "server-ca.crt", tls / "server-ca.key"
+    if crt.exists():
+        if crt.read_bytes() != join.ca_cert:
+            raise JoinError(f"{crt} holds a different cluster CA than the server being joined; use a fresh data dir")
+        return
+    atomic_write(key, join.ca_key, mode=0o600)
+    atomic_write(crt, join.ca_cert, mode=0o644)
+
+
+async def _shared_ca(store: Store, cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
+    """Servers on one external datastore share one CA (K3s keeps its bootstrap data there): the first server
+    stores its CA sealed with the token; the others take it (a wrong token is refused)."""
+    token = ensure_token(data_dir, cfg.token)
+    key = DATASTORE_KEY
+    kv = store.get_now(key)
+    if kv is not None:
+        ca_cert, ca_key = unseal(token, kv.value)
+        _install_ca(data_dir, Bootstrap(ca_cert, ca_key, []))
+    pki = _pki(cfg, data_dir, address=address)
+    if kv is None:
+        try:
+            await store.create(key, seal(token, ca_cert=pki.ca_pem, ca_key=pki.ca_key.read_bytes()))
+        except KeyExists:
+            raise JoinError("another server stored its CA in the datastore at the same moment; start again") from None
+    return pki
+
+
+def _bootstrap_provider(pki: Pki, member: EmbeddedEtcd) -> Callable[[], Awaitable[dict[str, Any]]]:
+    tls_ctx = member.tls.client_ssl_context()
+
+    async def provide() -> dict[str, Any]:
+        members = await member_list([member.client_url], ssl_context=tls_ctx)
+        urls = [u for m in members for u in m.client_urls]
+        return Bootstrap(pki.ca_pem, pki.ca_key.read_bytes(), urls).to_json()
+
+    return provide
+
+
+def _pki(cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
+    sans_ip = sorted(
+        {"127.0.0.1", address, str(cfg.api_service_ip)}
+        | ({str(cfg.bind_address)} if cfg.bind_address not in ("0.0.0.0", "::", "") else set())
+    )
+    return ensure_pki(
+        data_dir,
+        sans_dns=["kubernetes", f"kubernetes.default.svc.{cfg.cluster_domain}", socket.gethostname()],
+        sans_ip=sans_ip,
+    )
 
 
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
@@ -249,7 +384,21 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
     data_dir = Path(cfg.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_store(cfg, data_dir)
+    address = _node_address(cfg)
+    join = None
+    if cfg.server and not cfg.datastore_endpoint and not EmbeddedEtcd.exists(data_dir / "db"):
+        join = await asyncio.to_thread(fetch_bootstrap, str(cfg.server), str(cfg.token))
+        _install_ca(data_dir, join)
+    if cfg.datastore_endpoint:  # an external datastore: the CA is shared through it
+        store, etcd_member = await open_store(cfg, data_dir, address=address)
+        try:
+            pki = await _shared_ca(store, cfg, data_dir, address=address)
+        except BaseException:
+            await store.close()
+            raise
+    else:
+        pki = _pki(cfg, data_dir, address=address)  # before the store: the embedded etcd's TLS comes from its CA
+        store, etcd_member = await open_store(cfg, data_dir, address=address, join=join)
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
     plugins = Admission(
         not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
@@ -257,26 +406,20 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     )
     resources = Resources(store, allocator=allocator, plugins=plugins)
     await resources.load()
-    address = _node_address(cfg)
     await bootstrap(resources, cfg, address=address)
+    master_leases = MasterLeases(resources, address=address, port=int(cfg.https_listen_port))
+    await master_leases.start()
     lifecycle = Lifecycle(resources)
     await lifecycle.start()
     admission = WebhookAdmission(store, lookup=resources, namespace_labels=resources.namespace_labels)
     await admission.start()
     resources.admission = admission
 
-    sans_ip = sorted(
-        {"127.0.0.1", address, str(cfg.api_service_ip)}
-        | ({str(cfg.bind_address)} if cfg.bind_address not in ("0.0.0.0", "::", "") else set())
-    )
-    pki = ensure_pki(
-        data_dir,
-        sans_dns=["kubernetes", f"kubernetes.default.svc.{cfg.cluster_domain}", socket.gethostname()],
-        sans_ip=sans_ip,
-    )
     token = ensure_token(data_dir, cfg.token)
     port = int(cfg.https_listen_port)
     api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}", ca_pem=pki.ca_pem)
+    if etcd_member is not None:
+        api.server_bootstrap = _bootstrap_provider(pki, etcd_member)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     ssl_ctx = pki.server_ssl_context()
@@ -286,25 +429,56 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     url = f"https://127.0.0.1:{port}"
     kubeconfig = Path(cfg.write_kubeconfig) if cfg.write_kubeconfig else data_dir / "cred" / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
-    server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig)
+    server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig, etcd=etcd_member)
+    server.master_leases = master_leases
+    if etcd_member is not None and not cfg.etcd_disable_snapshots:
+        server.tasks.append(
+            asyncio.create_task(
+                snapshots.run_schedule(
+                    cron=str(cfg.etcd_snapshot_schedule_cron),
+                    retention=int(cfg.etcd_snapshot_retention),
+                    directory=snapshot_dir(cfg),
+                    node=str(cfg.node_name) or socket.gethostname(),
+                    client_url=etcd_member.client_url,
+                    ssl_context=etcd_member.tls.client_ssl_context(),
+                )
+            )
+        )
     server.tasks.append(asyncio.create_task(_compactor(store)))
     server.tasks.append(asyncio.create_task(memory.trim_periodically()))
-    # The controllers are API clients of this server, over its own HTTPS endpoint.
-    server.controllers = ControllerManager(
-        Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem),
-        cluster_cidr=str(cfg.cluster_cidr),
-        node_cidr_mask_size=int(cfg.node_cidr_mask_size),
-        node_monitor_grace_period=float(cfg.node_monitor_grace_period),
-        addons=AddonSettings(
-            cluster_dns=str(cfg.cluster_dns), cluster_domain=str(cfg.cluster_domain), disable=tuple(cfg.disable)
+    # The controllers are API clients of this server, over its own HTTPS endpoint, on the elected server only.
+    client_config = Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem)
+
+    def build_controllers() -> ControllerManager:
+        return ControllerManager(
+            client_config,
+            cluster_cidr=str(cfg.cluster_cidr),
+            node_cidr_mask_size=int(cfg.node_cidr_mask_size),
+            node_monitor_grace_period=float(cfg.node_monitor_grace_period),
+            addons=AddonSettings(
+                cluster_dns=str(cfg.cluster_dns), cluster_domain=str(cfg.cluster_domain), disable=tuple(cfg.disable)
+            ),
+        )
+
+    server.election = ElectedControllers(
+        client_config,
+        identity=_leader_identity(cfg, data_dir),
+        build=build_controllers,
+        timing=ElectionTiming(
+            lease_duration=float(cfg.leader_elect_lease_duration),
+            renew_deadline=float(cfg.leader_elect_renew_deadline),
+            retry_period=float(cfg.leader_elect_retry_period),
         ),
     )
-    server.controllers.start()
+    await server.election.start()
     log.info("kwire server listening on %s:%d (kubeconfig %s)", cfg.bind_address, port, kubeconfig)
     return server
 
 
 async def run(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> None:
+    if cfg.cluster_reset:
+        print(await cluster_reset(cfg), flush=True)
+        return
     server = await start(cfg, sockets=sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -29,6 +29,7 @@ from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
+from kwire.agent.servers import follow_servers
 from kwire.client import ApiClient, ApiStatusError, Config, Informers, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 from kwire.cni import invoke as cni
@@ -222,6 +223,7 @@ async def start(cfg: AgentConfig) -> Agent:
     pods = informers.get(PODS, field_selector=f"spec.nodeName={node_name}")
     services = informers.get(SERVICES)
     slices = informers.get(ENDPOINTSLICES)
+    follow_servers(client, slices)
     proxier = Proxier(
         services=services,
         slices=slices,

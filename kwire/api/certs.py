@@ -2,7 +2,8 @@
 
 Files live under `<data-dir>/tls/` with K3s's names (server-ca.crt/.key, serving-kube-apiserver.crt/.key).
 When the serving certificate lacks a SAN the server now needs (a new node IP, say) it is re-issued from the
-same CA, so clients that trust the CA keep working. Also the cluster token, kept in `<data-dir>/token`.
+same CA, so clients that trust the CA keep working. Also the cluster token, kept in `<data-dir>/token`, and the
+embedded etcd's server, peer and client certificates under `tls/etcd/` (K3s's names), issued by the same CA.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kwire.base.files import atomic_write
+from kwire.store.embedded import EtcdTls
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +148,92 @@ def ensure_token(data_dir: Path, token: str | None) -> str:
     new = secrets.token_hex(24)
     atomic_write(path, new.encode() + b"\n", mode=0o600)
     return new
+
+
+def _load_ca(data_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    tls = Path(data_dir) / "tls"
+    ca_cert = x509.load_pem_x509_certificate((tls / "server-ca.crt").read_bytes())
+    loaded = serialization.load_pem_private_key((tls / "server-ca.key").read_bytes(), password=None)
+    assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+    return ca_cert, loaded
+
+
+def _ensure_leaf(
+    cert_path: Path,
+    key_path: Path,
+    *,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    common_name: str,
+    sans_dns: set[str],
+    sans_ip: set[str],
+    usages: list[x509.ObjectIdentifier],
+) -> None:
+    """A certificate from the CA with these SANs and usages: kept when it still covers them, else re-issued."""
+    ca_cert, ca_key = ca
+    now = dt.datetime.now(dt.UTC)
+    if cert_path.exists() and key_path.exists():
+        cur = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        have_dns, have_ip = _sans(cur)
+        fresh = cur.not_valid_after_utc > now + dt.timedelta(days=30)
+        if fresh and sans_dns <= have_dns and sans_ip <= have_ip and cur.issuer == ca_cert.subject:
+            return
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt = [x509.DNSName(d) for d in sorted(sans_dns)] + [
+        x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(sans_ip)
+    ]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if alt:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    atomic_write(key_path, _key_pem(key), mode=0o600)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    log.info("issued %s for %s", cert_path.name, ", ".join(sorted(sans_dns | sans_ip)) or common_name)
+
+
+def etcd_tls_files(data_dir: Path) -> EtcdTls:
+    """Where `ensure_etcd_tls` keeps the embedded etcd's TLS files (for clients such as `kwire etcd-snapshot`)."""
+    tls = Path(data_dir) / "tls"
+    etcd = tls / "etcd"
+    return EtcdTls(
+        tls / "server-ca.crt",
+        etcd / "server-client.crt",
+        etcd / "server-client.key",
+        etcd / "peer-server-client.crt",
+        etcd / "peer-server-client.key",
+        etcd / "client.crt",
+        etcd / "client.key",
+    )
+
+
+def ensure_etcd_tls(data_dir: Path, *, sans_ip: list[str]) -> EtcdTls:
+    """Issue (or keep) the embedded etcd's server, peer and client certificates from the cluster CA, which
+    `ensure_pki` must have created. Every etcd listener demands a client certificate from the same CA."""
+    out = etcd_tls_files(data_dir)
+    ca = _load_ca(data_dir)
+    ips = set(ALWAYS_IP) | {i for i in sans_ip if i}
+    dns = {"localhost"}
+    both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    _ensure_leaf(
+        out.server_cert, out.server_key, ca=ca, common_name="etcd-server", sans_dns=dns, sans_ip=ips, usages=both
+    )
+    _ensure_leaf(out.peer_cert, out.peer_key, ca=ca, common_name="etcd-peer", sans_dns=dns, sans_ip=ips, usages=both)
+    _ensure_leaf(
+        out.client_cert,
+        out.client_key,
+        ca=ca,
+        common_name="etcd-client",
+        sans_dns=set(),
+        sans_ip=set(),
+        usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    return out

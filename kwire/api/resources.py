@@ -40,6 +40,7 @@ from kwire.api.errors import (
 from kwire.api.fields import FieldSelector
 from kwire.api.patch import APPLY_YAML, apply_patch, unsupported_patch_type
 from kwire.api.registry import Kind, by_path, storage_kind, storage_kind_for_key
+from kwire.api.reservations import ReservedAllocator
 from kwire.api.webhookadmission import Attributes, WebhookAdmission
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
@@ -180,6 +181,8 @@ class Resources:
     def __init__(self, store: Store, *, allocator: ServiceAllocator, plugins: Admission | None = None) -> None:
         self.store = store
         self.allocator = allocator
+        assert SERVICES is not None
+        self.service_allocation = ReservedAllocator(store, allocator, services_prefix=SERVICES.prefix())
         self.plugins = plugins or Admission()  # built-in admission plugins (kwire/api/admission.py)
         self._after_write: list[Callable[[], None]] = []
         self.admission: WebhookAdmission | None = None  # set by the server once webhook configurations are loaded
@@ -189,7 +192,7 @@ class Resources:
     async def load(self) -> None:
         assert SERVICES is not None and CRDS is not None
         res = await self.store.range(SERVICES.prefix())
-        self.allocator.load([decode(kv) for kv in res.items])
+        await self.service_allocation.load([decode(kv) for kv in res.items])
         for kv in (await self.store.range(CRDS.prefix())).items:
             crd = decode(kv)
             self.crds.serve(crd, crd["metadata"]["name"])
@@ -448,22 +451,24 @@ class Resources:
             self.crds.check_create(kind)
         alloc = None
         if kind is SERVICES:
-            alloc, errs = self.allocator.allocate(obj, None)
+            alloc, errs = await self.service_allocation.allocate(
+                obj, None, owner=f"{namespace}/{name}", dry_run=dry_run
+            )
             if errs:
                 raise invalid_object(kind.group, kind.kind, name, errs)
         if dry_run:
             if alloc:
-                self.allocator.rollback(alloc)
+                self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return obj
         try:
             rev = await self.store.create(key, await self._storable(kind, obj))
         except KeyExists:
             if alloc:
-                self.allocator.rollback(alloc)
+                await self.service_allocation.rollback(alloc)
             raise already_exists(kind.group, kind.plural, name) from None
         except Exception:
             if alloc:
-                self.allocator.rollback(alloc)
+                await self.service_allocation.rollback(alloc)
             raise
         meta["resourceVersion"] = str(rev)
         if kind is CRDS:
@@ -646,12 +651,12 @@ class Resources:
             return new
         alloc = None
         if kind is SERVICES:
-            alloc, errs = self.allocator.allocate(new, old)
+            alloc, errs = await self.service_allocation.allocate(new, old, owner=f"{namespace}/{name}", dry_run=dry_run)
             if errs:
                 raise invalid_object(kind.group, kind.kind, name, errs)
         if dry_run:
             if alloc:
-                self.allocator.rollback(alloc)
+                self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return new
         try:
             data = await self._storable(kind, new)
@@ -663,7 +668,7 @@ class Resources:
             rev = await self.store.update(kv.key, data, expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             if alloc:
-                self.allocator.rollback(alloc)
+                await self.service_allocation.rollback(alloc)
             raise conflict(
                 kind.group,
                 kind.plural,
@@ -671,7 +676,7 @@ class Resources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             ) from None
         if alloc:
-            self.allocator.commit_release(alloc)
+            await self.service_allocation.commit_release(alloc)
         meta["resourceVersion"] = str(rev)
         if kind is CRDS:
             self.crds.serve(new, name)
@@ -983,7 +988,7 @@ class Resources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             ) from None
         if kind is SERVICES:
-            self.allocator.release_for(obj)
+            await self.service_allocation.release_for(obj)
         if kind is CRDS:
             self.crds.serve(None, str(obj["metadata"].get("name") or ""))
             await self.crds.renew_names(obj)

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from kwire.api import (
+    bootstrap,
     convert,
     decoding,
     discovery,
@@ -194,6 +195,8 @@ class ApiServer:
         self.server_address = server_address
         self.ready = True
         self._stopping = asyncio.Event()
+        # Set by a server running an embedded etcd: the data a joining server fetches (`bootstrap.py`).
+        self.server_bootstrap: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.health = Health()
         for name in ("ping", "log"):
             self.health.add(name, lambda: True)
@@ -265,6 +268,12 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if path == bootstrap.PATH and request.method == "GET":
+            if self.server_bootstrap is None:
+                raise ApiError(
+                    404, "NotFound", "this server does not run an embedded etcd (start it with --cluster-init)"
+                )
+            return _json(await self.server_bootstrap())
         parts = path.strip("/").split("/")
         if request.method == "GET" and parts[0] in ENDPOINTS and len(parts) <= 3:
             answer = self.health.answer(

@@ -32,10 +32,15 @@ def _cmd_server(ns: argparse.Namespace) -> int:
     import socket
 
     from kwire import server
+    from kwire.api.bootstrap import JoinError
 
     cfg = config.load_config(cls=config.ServerConfig, flags=config.flags_from_namespace(ns), config_file=ns.config)
     sockets = [socket.socket(fileno=int(fd)) for fd in ns.listen_fd or []]
-    _run(server.run(cfg, sockets=sockets))
+    try:
+        _run(server.run(cfg, sockets=sockets))
+    except JoinError as exc:
+        print(f"kwire server: joining the cluster failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -47,6 +52,51 @@ def _cmd_agent(ns: argparse.Namespace) -> int:
         _run(agent.run(cfg))
     except agent.AgentError as exc:
         print(f"kwire agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_etcd_snapshot(ns: argparse.Namespace) -> int:
+    """K3s's `etcd-snapshot save|ls|delete|prune`, against the embedded etcd of the server in --data-dir."""
+    import datetime as dt
+    import socket
+    from pathlib import Path
+
+    from kwire.api.certs import etcd_tls_files
+    from kwire.store import snapshots
+    from kwire.store.base import StoreError
+
+    data_dir = Path(ns.data_dir)
+    directory = Path(ns.dir) if ns.dir else data_dir / "db" / "snapshots"
+    try:
+        if ns.action == "save":
+            tls = etcd_tls_files(data_dir)
+            if not tls.client_cert.exists():
+                print(f"kwire etcd-snapshot: {data_dir} has no embedded etcd (start the server with --cluster-init)")
+                return 1
+            path = directory / snapshots.snapshot_name(ns.name, ns.node_name or socket.gethostname())
+            size = asyncio.run(
+                snapshots.save(
+                    f"https://127.0.0.1:{ns.etcd_client_port}", ssl_context=tls.client_ssl_context(), path=path
+                )
+            )
+            print(f"Snapshot {path.name} saved ({size} bytes) to {path}")
+        elif ns.action in ("ls", "list"):
+            print(f"{'Name':<48} {'Location':<70} {'Size':>10} Created")
+            for snap in snapshots.list_snapshots(directory):
+                created = dt.datetime.fromtimestamp(snap.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                print(f"{snap.name:<48} {'file://' + str(snap.path):<70} {snap.size:>10} {created}")
+        elif ns.action == "delete":
+            if not ns.names:
+                print("kwire etcd-snapshot delete: name the snapshots to delete", file=sys.stderr)
+                return 1
+            for name in snapshots.delete(directory, list(ns.names)):
+                print(f"Snapshot {name} deleted")
+        else:  # prune
+            for name in snapshots.prune(directory, prefix=ns.name, retention=ns.snapshot_retention):
+                print(f"Snapshot {name} pruned")
+    except (StoreError, OSError, ValueError) as exc:
+        print(f"kwire etcd-snapshot: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -113,7 +163,10 @@ def _print_lab_up(st: Any, seconds: float) -> None:
         else f"lab {st.name} is already up"
     )
     print(f"  LAN {topo.lan_cidr}: " + ", ".join(f"{h.name} {h.ip}" for h in topo.hosts))
-    print(f"  API https://127.0.0.1:{st.api_port}  (server in {topo.server.name}, {topo.server.ip}:{lab.SERVER_PORT})")
+    where = ", ".join(f"{h.name} {h.ip}" for h in topo.nodes if h.name in lab.server_procs(st).values())
+    print(
+        f"  API https://127.0.0.1:{st.api_port}  (server{'s' if st.servers > 1 else ''} in {where}:{lab.SERVER_PORT})"
+    )
     print(f"  export KUBECONFIG={topo.kubeconfig}")
     print("  kubectl get nodes -o wide")
     print(f"  kwire lab exec{flag} node1 -- ip route      kwire lab exec{flag} -n default POD -- curl ...")
@@ -138,6 +191,7 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
                     timeout=ns.timeout,
                     wait=not ns.no_wait,
                     progress=progress,
+                    servers=ns.servers,
                 )
             _print_lab_up(st, seconds)
         elif ns.lab_cmd == "down":
@@ -195,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("etcd-snapshot", help="snapshots of a server's embedded etcd (K3s's etcd-snapshot)")
+    p.add_argument("action", choices=("save", "ls", "list", "delete", "prune"))
+    p.add_argument("names", nargs="*", help="delete: the snapshots' names")
+    p.add_argument("--data-dir", "-d", default=config.ServerConfig.data_dir, help="the server's data dir")
+    p.add_argument("--dir", "--etcd-snapshot-dir", dest="dir", default="", help="default <data-dir>/db/snapshots")
+    p.add_argument("--name", default="on-demand", help="save: the name's prefix; prune: which snapshots")
+    p.add_argument("--snapshot-retention", "--etcd-snapshot-retention", type=int, default=5)
+    p.add_argument("--etcd-client-port", type=int, default=2379)
+    p.add_argument("--node-name", default="", help="in the snapshot's name (default: the host name)")
+    p.set_defaults(func=_cmd_etcd_snapshot)
+
     p = sub.add_parser("server", help="run the control plane (API server, store, controllers)")
     p.add_argument("-c", "--config", default=None, help="config file (K3s keys); default /etc/kwire/config.yaml")
     config.add_arguments(p, config.ServerConfig)
@@ -232,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         lp.set_defaults(func=_cmd_lab)
         if cmd == "up":
             lp.add_argument("--nodes", type=int, default=3)
+            lp.add_argument(
+                "--servers",
+                type=int,
+                default=1,
+                help="servers on nodes 1..N: 1 on SQLite, or an HA control plane on embedded etcd (3 recommended)",
+            )
             lp.add_argument("--flannel-backend", default="vxlan", choices=config.BACKENDS)
             lp.add_argument("--config", default=None, help="server config file (K3s keys)")
             lp.add_argument("--api-port", type=int, default=6443, help="the API's port on the machine's 127.0.0.1")

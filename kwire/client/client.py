@@ -141,6 +141,42 @@ class ApiClient:
         self.config = config
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        # Servers to fail over between (K3s's agent load balancer): the configured one until `set_servers`.
+        self._servers: list[str] = [config.server.rstrip("/")]
+
+    @property
+    def server(self) -> str:
+        """The server requests go to now."""
+        return self._servers[0]
+
+    @property
+    def servers(self) -> list[str]:
+        return list(self._servers)
+
+    def set_servers(self, urls: list[str]) -> None:
+        """Fail over between these servers (and the configured one, kept as K3s keeps its default server); the
+        current server stays first while it is listed."""
+        want = [u.rstrip("/") for u in urls]
+        first = self.server if self.server in want or not want else want[0]
+        self._servers = list(dict.fromkeys([first, *want, self.config.server.rstrip("/")]))
+
+    def _fail_over(self, failed: str) -> None:
+        if self._servers[0] == failed and len(self._servers) > 1:
+            self._servers = [*self._servers[1:], failed]
+            log.warning("API server %s unreachable; switching to %s", failed, self._servers[0])
+
+    async def _open(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        """Send a request to the current server; one that cannot be connected to (refused, unreachable: nothing
+        was sent, so any method may be retried) is rotated to the back and the next one tried."""
+        for attempt in range(len(self._servers)):
+            server = self.server
+            try:
+                return await self._sess().request(method, server + path, **kwargs)
+            except aiohttp.ClientConnectorError:
+                if attempt == len(self._servers) - 1:
+                    raise
+                self._fail_over(server)
+        raise AssertionError("unreachable")
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -173,10 +209,10 @@ class ApiClient:
     ) -> Obj:
         data = None if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
         headers = {"Content-Type": content_type} if data is not None else None
-        url = self.config.server + path
-        async with self._sess().request(
-            method, url, params=params, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)
-        ) as r:
+        resp = await self._open(
+            method, path, params=params, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)
+        )
+        async with resp as r:
             raw = await r.read()
             if r.status >= 400:
                 raise error_from(r.status, raw)
@@ -305,9 +341,9 @@ class ApiClient:
             params["fieldSelector"] = field_selector
         if timeout_seconds:
             params["timeoutSeconds"] = str(timeout_seconds)
-        url = self.config.server + res.path(namespace)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=(timeout_seconds or 300) + 30)
-        async with self._sess().get(url, params=params, timeout=timeout) as r:
+        resp = await self._open("GET", res.path(namespace), params=params, timeout=timeout)
+        async with resp as r:
             if r.status >= 400:
                 raise error_from(r.status, await r.read())
             buf = b""

@@ -2,7 +2,9 @@
 
 up: the LAN and host namespaces (network.py), `kwire server` in node 1's namespace (also listening on the
 machine's 127.0.0.1:<api-port> through a socket the lab opens and hands over), `kwire agent` in every node's
-namespace, then it waits for every node to be Ready and for the pod network to carry traffic.
+namespace, then it waits for every node to be Ready and for the pod network to carry traffic. With `--servers N`
+node 1's server runs `--cluster-init` (embedded etcd) and nodes 2..N's join it with `--server`, one after the
+other; all of them accept on the same 127.0.0.1 listener, so kubectl reaches whichever is alive.
 State (PIDs, token, settings) lives in /var/lib/kwire/labs/<name>/state.json; `down` works from it and from
 the namespaces' names alone, so it also cleans a lab whose processes were killed.
 """
@@ -57,6 +59,7 @@ class LabState:
     pids: dict[str, int] = field(default_factory=dict)
     created: float = 0.0
     stopped: list[str] = field(default_factory=list)  # nodes stopped on purpose: the supervisor leaves them
+    servers: int = 1  # servers on nodes 1..servers: one on SQLite, or several on embedded etcd (K3s HA)
 
     @staticmethod
     def path(name: str) -> Path:
@@ -111,9 +114,22 @@ def _listen_loopback(port: int) -> socket.socket:
     return s
 
 
-def start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
-    srv = topo.server
-    sdir = topo.state_dir / "server"
+def server_procs(st: LabState) -> dict[str, str]:
+    """Process key -> node of every server: `server` on node1 (the first, `--cluster-init` when there are
+    several), `server2`... on node2... (joined with `--server`)."""
+    return {("server" if i == 1 else f"server{i}"): f"node{i}" for i in range(1, st.servers + 1)}
+
+
+def _server_dir(topo: Topology, proc: str) -> Path:
+    return topo.state_dir / proc
+
+
+def start_server(topo: Topology, st: LabState, lsock: socket.socket, proc: str = "server") -> int:
+    """Start a server; every server gets the same 127.0.0.1 listener, so kubectl's connections are accepted by
+    whichever servers are alive (the kernel hands each one to one of the processes accepting on it)."""
+    host = topo.host(server_procs(st)[proc])
+    assert host is not None
+    sdir = _server_dir(topo, proc)
     args = [
         "server",
         "--data-dir",
@@ -123,7 +139,9 @@ def start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
         "--https-listen-port",
         str(SERVER_PORT),
         "--node-ip",
-        srv.ip,
+        host.ip,
+        "--node-name",
+        host.name,
         "--write-kubeconfig",
         str(sdir / "admin.kubeconfig"),
         "--flannel-backend",
@@ -131,15 +149,43 @@ def start_server(topo: Topology, st: LabState, lsock: socket.socket) -> int:
         "--listen-fd",
         str(lsock.fileno()),
     ]
+    if st.servers > 1:
+        args += ["--cluster-init"] if proc == "server" else ["--server", f"https://{topo.server.ip}:{SERVER_PORT}"]
+        args += [
+            # kube-controller-manager's lease timing shortened as the issue's fail-over goal needs (15/10/2 s).
+            "--leader-elect-lease-duration",
+            "4",
+            "--leader-elect-renew-deadline",
+            "3",
+            "--leader-elect-retry-period",
+            "1",
+            "--etcd-arg",
+            "heartbeat-interval=100",
+            "--etcd-arg",
+            "election-timeout=1000",
+        ]
     if st.config_file:
         args += ["--config", st.config_file]
     return procs.spawn(
-        srv.netns,
+        host.netns,
         args,
-        log_path=topo.state_dir / "logs" / "server.log",
+        log_path=topo.state_dir / "logs" / f"{proc}.log",
         pass_fds=(lsock.fileno(),),
         secret_env={"KWIRE_TOKEN": st.token},
     )
+
+
+def _wait_server_ready(topo: Topology, st: LabState, proc: str, *, timeout: float) -> None:
+    """A server prints `kwire server ready` once it serves (a joined one: once its etcd member is in)."""
+    log_path = topo.state_dir / "logs" / f"{proc}.log"
+    end = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if "kwire server ready" in log_path.read_text(errors="replace"):
+                return
+        if time.monotonic() > end or not procs.alive(st.pids.get(proc, 0)):
+            raise LabError(f"{proc} did not start; see {log_path}")
+        time.sleep(0.1)
 
 
 def _agent_token(topo: Topology, st: LabState) -> str:
@@ -166,7 +212,7 @@ def start_agent(topo: Topology, st: LabState, node: str) -> int:
         "--pod-netns-prefix",
         f"kwire-{topo.name}-pod-",
     ]
-    if host == topo.server:
+    if host.name in server_procs(st).values():
         args += [
             "--node-label",
             "node-role.kubernetes.io/control-plane=true",
@@ -309,6 +355,7 @@ def up(
     timeout: float = 60.0,
     wait: bool = True,
     progress: Progress | None = None,
+    servers: int = 1,
 ) -> tuple[LabState, float]:
     """Bring a lab up (a running lab of the same name is reused); returns its state and the seconds it took.
     With `wait` (the default) it returns once the cluster is usable: nodes Ready, the pod network carrying
@@ -321,10 +368,13 @@ def up(
         return existing, 0.0
     if existing:
         down(name)
+    if not 1 <= servers <= nodes:
+        raise LabError(f"--servers {servers}: a lab runs 1 to --nodes ({nodes}) servers, one per node")
     topo = topology.build(name, nodes=nodes)
     st = LabState(
         name=name,
         nodes=nodes,
+        servers=servers,
         api_port=api_port,
         token=secrets.token_hex(16),
         flannel_backend=flannel_backend,
@@ -341,6 +391,13 @@ def up(
             st.save()
         with _stage(progress, "API server"):
             _write_kubeconfig(topo, st)  # once the server has made its CA
+        for proc in list(server_procs(st))[1:]:
+            with _stage(progress, f"{proc} joined"):
+                _wait_server_ready(topo, st, "server", timeout=timeout)
+                with LabState.locked(name):
+                    st.pids[proc] = start_server(topo, st, lsock, proc)
+                    st.save()
+                _wait_server_ready(topo, st, proc, timeout=timeout)
         with LabState.locked(name):
             for host in topo.nodes:
                 st.pids[host.name] = start_agent(topo, st, host.name)
@@ -485,7 +542,8 @@ def node_stop(name: str, node: str) -> None:
         if node not in st.stopped:
             st.stopped.append(node)
             st.save()
-        procs.stop([st.pids.get(node, 0)])
+        on_node = [p for p, n in server_procs(st).items() if n == node and st.servers > 1]
+        procs.stop([st.pids.get(node, 0), *(st.pids.get(p, 0) for p in on_node)])
     network.set_link(topo, host, up=False)
 
 
@@ -507,6 +565,7 @@ def node_start(name: str, node: str, *, timeout: float = 60.0) -> None:
                     lsock.close()
             else:
                 log.warning("lab %s has no supervisor: dead processes will not be restarted", name)
+        # A server on this node (several servers) is started again by the supervisor now the node is not stopped.
         if not procs.alive(st.pids.get(node, 0)):
             st.pids[node] = start_agent(topo, st, node)
         st.save()

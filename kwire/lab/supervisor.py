@@ -1,8 +1,8 @@
 """The lab's process supervisor: what systemd's `Restart=always` is for K3s on a real host.
 
 One supervisor process per lab (`kwire lab supervise`, started by `lab up`, in the machine's own namespace) holds
-the lab's 127.0.0.1 API listener and checks every `INTERVAL` seconds that the server and every node's agent are
-alive. A dead one (killed, crashed) is started again (the server with the same listener, so kubectl's address
+the lab's 127.0.0.1 API listener and checks every `INTERVAL` seconds that the servers (one, or several with
+`--servers N`: a server on a node stopped on purpose is left alone) and every node's agent are alive. A dead one (killed, crashed) is started again (the server with the same listener, so kubectl's address
 never changes) and the restart is logged to `logs/supervisor.log` and recorded in `state.json`. Nodes stopped on
 purpose (`kwire lab node stop`) are left alone until `node start`. Each agent in turn replaces its own pod
 runtime when that dies. Every read-modify-write of `state.json` holds the lab's lock (`LabState.locked`), so a
@@ -45,7 +45,9 @@ def run(name: str, *, listen_fd: int) -> int:
                 log.info("lab %s is gone; supervisor ends", name)
                 return 0
             topo = lab.topology.build(st.name, nodes=st.nodes)
-            wanted = ["server", *(h.name for h in topo.nodes if h.name not in st.stopped)]
+            servers = lab.server_procs(st)
+            wanted = [p for p, node in servers.items() if st.servers == 1 or node not in st.stopped]
+            wanted += [h.name for h in topo.nodes if h.name not in st.stopped]
             changed = False
             for proc in wanted:
                 pid = st.pids.get(proc, 0)
@@ -57,7 +59,7 @@ def run(name: str, *, listen_fd: int) -> int:
                 wait = min(BACKOFF_MAX, 0.0 if count == 0 else 2.0 ** (count - 1))
                 if time.monotonic() - last < wait:
                     continue
-                new = lab.start_server(topo, st, lsock) if proc == "server" else lab.start_agent(topo, st, proc)
+                new = lab.start_server(topo, st, lsock, proc) if proc in servers else lab.start_agent(topo, st, proc)
                 st.pids[proc] = new
                 restarts[proc] = (count + 1, time.monotonic())
                 changed = True

@@ -51,6 +51,7 @@ class Lab:
     api_port: int = 0
     bringup_seconds: float = 0.0
     config_file: str = ""
+    servers: int = 1
 
     def __post_init__(self) -> None:
         self.name = lab_name(self.name)
@@ -68,6 +69,7 @@ class Lab:
             api_port=self.api_port,
             timeout=60,
             config_file=self.config_file,
+            servers=self.servers,
         )
 
     def down(self) -> list[str]:
