@@ -78,6 +78,7 @@ class ServerProcess:
             except OSError:
                 pass
             time.sleep(0.1)
+        self.stop()  # never leave a server behind that the test will not stop
         raise RuntimeError(f"kwire server did not become ready:\n{self.log_path.read_text()}")
 
     def stop(self, *, sig: int = signal.SIGTERM) -> None:

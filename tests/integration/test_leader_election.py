@@ -202,18 +202,20 @@ async def test_api_client_fails_over_to_a_live_server(etcd: str, tmp_path: Path)
     b = ServerProcess(
         data_dir=tmp_path / "b", port=free_port(), extra_args=[*args, "--advertise-address", "127.0.0.22"]
     )
-    a.data_dir.mkdir()
-    b.data_dir.mkdir()
-    a.start(timeout=60)
-    b.start(timeout=60)
-    # One CA for both: B took the one A sealed into the datastore with the token (K3s's bootstrap data).
-    assert (a.data_dir / "tls" / "server-ca.crt").read_bytes() == (b.data_dir / "tls" / "server-ca.crt").read_bytes()
     intruder = ServerProcess(data_dir=tmp_path / "c", port=free_port(), token="another-token", extra_args=args)
-    intruder.data_dir.mkdir()
-    with pytest.raises(RuntimeError, match="sealed with a different token"):
-        intruder.start(timeout=60)
-    client = ApiClient(load_kubeconfig(a.kubeconfig))
+    for s in (a, b, intruder):
+        s.data_dir.mkdir()
+    client: ApiClient | None = None
     try:
+        a.start(timeout=60)
+        b.start(timeout=60)
+        # One CA for both: B took the one A sealed into the datastore with the token (K3s's bootstrap data).
+        assert (a.data_dir / "tls" / "server-ca.crt").read_bytes() == (
+            b.data_dir / "tls" / "server-ca.crt"
+        ).read_bytes()
+        with pytest.raises(RuntimeError, match="sealed with a different token"):
+            intruder.start(timeout=60)
+        client = ApiClient(load_kubeconfig(a.kubeconfig))
         slice_ = await client.get(ENDPOINTSLICES, "kubernetes", "default")
         # Both servers advertise themselves; the test reaches them on 127.0.0.1 at their own ports.
         assert sorted(e["addresses"][0] for e in slice_["endpoints"]) == ["127.0.0.21", "127.0.0.22"]
@@ -232,6 +234,7 @@ async def test_api_client_fails_over_to_a_live_server(etcd: str, tmp_path: Path)
         ):
             break  # the watch stream opens on B (no event needed: the loop ends with the stream)
     finally:
-        await client.close()
-        a.stop()
-        b.stop()
+        if client is not None:
+            await client.close()
+        for s in (a, b, intruder):
+            s.stop()
