@@ -35,12 +35,10 @@ from kwire.store.base import (
     Event,
     KeyExists,
     KeyNotFound,
-    RangeResult,
     RevisionMismatch,
-    Store,
     StoreError,
 )
-from kwire.store.live import LiveState, Watch
+from kwire.store.live import LiveState, MirroredStore
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,7 @@ def _kv(obj: dict[str, Any]) -> KV:
     )
 
 
-class EtcdStore(Store):
+class EtcdStore(MirroredStore):
     def __init__(
         self,
         endpoints: list[str],
@@ -250,23 +248,6 @@ class EtcdStore(Store):
             ) from None
 
     # -- Store -------------------------------------------------------------------------------------------------
-    @property
-    def revision(self) -> int:
-        return self._state.revision
-
-    @property
-    def compacted_revision(self) -> int:
-        return self._state.compacted
-
-    async def get(self, key: str) -> KV | None:
-        return self._state.get(key)
-
-    def get_now(self, key: str) -> KV | None:
-        return self._state.get(key)
-
-    async def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> RangeResult:
-        return self._state.range(prefix, start_after=start_after, limit=limit)
-
     async def _txn(self, key: str, compare: dict[str, Any], success: dict[str, Any]) -> tuple[bool, int, KV | None]:
         body = {
             "compare": [{"key": _b64(key), "result": "EQUAL", **compare}],
@@ -322,9 +303,6 @@ class EtcdStore(Store):
             raise RevisionMismatch(key, current)
         await self._visible(rev)
         return rev
-
-    def watch(self, prefix: str, *, from_revision: int) -> Watch:
-        return self._state.watch(prefix, from_revision=from_revision)
 
     async def compact(self, revision: int) -> None:
         revision = min(revision, self._state.revision)

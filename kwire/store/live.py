@@ -12,7 +12,7 @@ import bisect
 from collections import deque
 from collections.abc import Callable
 
-from kwire.store.base import KV, Compacted, Event, RangeResult
+from kwire.store.base import KV, Compacted, Event, RangeResult, Store
 
 # A watcher this far behind (in events, or in bytes of the values its queue keeps alive) is ended, as
 # kube-apiserver's cacher ends an unresponsive watcher; the client watches again from its last resourceVersion
@@ -170,3 +170,30 @@ class LiveState:
     def close_watchers(self) -> None:
         for w in list(self.watchers):
             w.close()
+
+
+class MirroredStore(Store):
+    """A store whose live state is mirrored in a `LiveState` (`self._state`): reads, ranges and watches are
+    answered from it; the backend implements the writes, compaction and how the mirror is fed."""
+
+    _state: LiveState
+
+    @property
+    def revision(self) -> int:
+        return self._state.revision
+
+    @property
+    def compacted_revision(self) -> int:
+        return self._state.compacted
+
+    async def get(self, key: str) -> KV | None:
+        return self._state.get(key)
+
+    def get_now(self, key: str) -> KV | None:
+        return self._state.get(key)
+
+    async def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> RangeResult:
+        return self._state.range(prefix, start_after=start_after, limit=limit)
+
+    def watch(self, prefix: str, *, from_revision: int) -> Watch:
+        return self._state.watch(prefix, from_revision=from_revision)

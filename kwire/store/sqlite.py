@@ -21,11 +21,9 @@ from kwire.store.base import (
     Event,
     KeyExists,
     KeyNotFound,
-    RangeResult,
     RevisionMismatch,
-    Store,
 )
-from kwire.store.live import LiveState, Watch
+from kwire.store.live import LiveState, MirroredStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
-class SQLiteStore(Store):
+class SQLiteStore(MirroredStore):
     def __init__(self, path: Path | str, *, durable: bool = False, history: int = 2000) -> None:
         self._path = str(path)
         if self._path != ":memory:":
@@ -69,23 +67,6 @@ class SQLiteStore(Store):
         self._state.load(kvs, revision=revision)
         self._state.compacted = compacted
         log.info("store %s loaded: %d keys at revision %d", self._path, len(kvs), revision)
-
-    @property
-    def revision(self) -> int:
-        return self._state.revision
-
-    @property
-    def compacted_revision(self) -> int:
-        return self._state.compacted
-
-    async def get(self, key: str) -> KV | None:
-        return self._state.get(key)
-
-    def get_now(self, key: str) -> KV | None:
-        return self._state.get(key)
-
-    async def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> RangeResult:
-        return self._state.range(prefix, start_after=start_after, limit=limit)
 
     def _write(self, key: str, value: bytes, *, create_revision: int, prev_revision: int, deleted: bool) -> int:
         revision = self._state.revision + 1
@@ -150,9 +131,6 @@ class SQLiteStore(Store):
                 kind = MODIFIED
             out.append(Event(kind, key, revision, bytes(value), prev))
         return out
-
-    def watch(self, prefix: str, *, from_revision: int) -> Watch:
-        return self._state.watch(prefix, from_revision=from_revision)
 
     async def compact(self, revision: int) -> None:
         revision = min(revision, self._state.revision)
