@@ -68,6 +68,31 @@ def _sans(cert: x509.Certificate) -> tuple[set[str], set[str]]:
     return set(ext.get_values_for_type(x509.DNSName)), {str(ip) for ip in ext.get_values_for_type(x509.IPAddress)}
 
 
+def _new_ca(
+    cert_path: Path, key_path: Path, *, common_name: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new self-signed CA (ten years), written 0600 (key) / 0644 (certificate)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    atomic_write(key_path, _key_pem(ca_key), mode=0o600)
+    atomic_write(cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    log.info("generated CA %s", cert_path)
+    return ca_cert, ca_key
+
+
 def ensure_pki(data_dir: Path, *, sans_dns: list[str], sans_ip: list[str]) -> Pki:
     tls = Path(data_dir) / "tls"
     pki = Pki(
@@ -83,23 +108,7 @@ def ensure_pki(data_dir: Path, *, sans_dns: list[str], sans_ip: list[str]) -> Pk
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)
         ca_key = loaded
     else:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"kwire-server-ca@{int(now.timestamp())}")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-            .sign(ca_key, hashes.SHA256())
-        )
-        atomic_write(pki.ca_key, _key_pem(ca_key), mode=0o600)
-        atomic_write(pki.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-        log.info("generated cluster CA %s", pki.ca_cert)
+        ca_cert, ca_key = _new_ca(pki.ca_cert, pki.ca_key, common_name=f"kwire-server-ca@{int(now.timestamp())}")
 
     want_dns = set(ALWAYS_DNS) | {d for d in sans_dns if d}
     want_ip = set(ALWAYS_IP) | {i for i in sans_ip if i}
@@ -167,15 +176,18 @@ def _ensure_leaf(
     sans_dns: set[str],
     sans_ip: set[str],
     usages: list[x509.ObjectIdentifier],
+    organizations: tuple[str, ...] = (),
 ) -> None:
     """A certificate from the CA with these SANs and usages: kept when it still covers them, else re-issued."""
     ca_cert, ca_key = ca
     now = dt.datetime.now(dt.UTC)
+    subject = _subject(common_name, organizations)
     if cert_path.exists() and key_path.exists():
         cur = x509.load_pem_x509_certificate(cert_path.read_bytes())
         have_dns, have_ip = _sans(cur)
         fresh = cur.not_valid_after_utc > now + dt.timedelta(days=30)
-        if fresh and sans_dns <= have_dns and sans_ip <= have_ip and cur.issuer == ca_cert.subject:
+        same_subject = cur.subject == subject
+        if fresh and same_subject and sans_dns <= have_dns and sans_ip <= have_ip and cur.issuer == ca_cert.subject:
             return
     key = ec.generate_private_key(ec.SECP256R1())
     alt = [x509.DNSName(d) for d in sorted(sans_dns)] + [
@@ -183,7 +195,7 @@ def _ensure_leaf(
     ]
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -198,6 +210,59 @@ def _ensure_leaf(
     atomic_write(key_path, _key_pem(key), mode=0o600)
     atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     log.info("issued %s for %s", cert_path.name, ", ".join(sorted(sans_dns | sans_ip)) or common_name)
+
+
+def _subject(common_name: str, organizations: tuple[str, ...]) -> x509.Name:
+    """CN and O as kube reads them from a client certificate: user name and groups."""
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+@dataclass(frozen=True)
+class ClientCa:
+    """The client CA (K3s's `client-ca.crt`/`.key`): it signs every client certificate the API server accepts
+    (admin, controllers, nodes, the API server's own kubelet-client certificate); the cluster (server) CA signs
+    serving certificates."""
+
+    cert: Path
+    key: Path
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.read_bytes()
+
+    def load(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
+        loaded = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        return cert, loaded
+
+
+def ensure_client_ca(data_dir: Path) -> ClientCa:
+    """The client CA under `<data-dir>/tls/`, created on first use and kept."""
+    tls = Path(data_dir) / "tls"
+    ca = ClientCa(tls / "client-ca.crt", tls / "client-ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        now = dt.datetime.now(dt.UTC)
+        _new_ca(ca.cert, ca.key, common_name=f"kwire-client-ca@{int(now.timestamp())}")
+    return ca
+
+
+def ensure_client_cert(
+    ca: ClientCa, *, cert_path: Path, key_path: Path, common_name: str, organizations: tuple[str, ...] = ()
+) -> None:
+    """A client certificate from the client CA for user `common_name` in groups `organizations` (CN/O, as
+    kube-apiserver's x509 authenticator reads them); kept while it still matches and is not near expiry."""
+    _ensure_leaf(
+        cert_path,
+        key_path,
+        ca=ca.load(),
+        common_name=common_name,
+        organizations=organizations,
+        sans_dns=set(),
+        sans_ip=set(),
+        usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
 
 
 def etcd_tls_files(data_dir: Path) -> EtcdTls:

@@ -43,6 +43,7 @@ from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
+from kwire.api.user import ADMIN, USER_KEY, UserInfo
 from kwire.base.labels import Selector, SelectorError, parse
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted
 
@@ -225,7 +226,10 @@ class ApiServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not _public(request.path) and not self._authenticated(request):
+        user = self._authenticate(request)
+        if user is not None:
+            request[USER_KEY] = user
+        elif not _public(request.path):
             return _error(unauthorized())
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
@@ -259,12 +263,15 @@ class ApiServer:
                 self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
             self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
 
-    def _authenticated(self, request: web.Request) -> bool:
+    def _authenticate(self, request: web.Request) -> UserInfo | None:
+        """The user a request is from, or None (anonymous)."""
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
-            return False
+            return None
         presented = auth[7:].strip().encode()
-        return any(hmac.compare_digest(presented, t.encode()) for t in self.tokens)
+        if any(hmac.compare_digest(presented, t.encode()) for t in self.tokens):
+            return ADMIN
+        return None
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"

@@ -1,0 +1,64 @@
+"""Who a request is from: kube's `user.Info` (name, uid, groups, extra), as authentication leaves it on a request.
+
+Authentication (bearer tokens, client certificates, service-account JWTs) puts a `UserInfo` on every request under
+`USER_KEY`; authorization, admission (webhooks' `userInfo`, CSR's `spec.username`) and audit read it from there.
+Mirrors k8s.io/apiserver/pkg/authentication/user: the `system:authenticated` group is added to every
+authenticated user, `system:unauthenticated` to the anonymous one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+USER_KEY = "kwire.user"
+
+AUTHENTICATED = "system:authenticated"
+UNAUTHENTICATED = "system:unauthenticated"
+MASTERS = "system:masters"
+NODES = "system:nodes"
+NODE_PREFIX = "system:node:"
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+SERVICE_ACCOUNTS = "system:serviceaccounts"
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def as_review(self) -> dict[str, Any]:
+        """The `userInfo` of an AdmissionReview / the `user` fields of a SubjectAccessReview status."""
+        out: dict[str, Any] = {"username": self.name, "groups": list(self.groups)}
+        if self.uid:
+            out["uid"] = self.uid
+        if self.extra:
+            out["extra"] = {k: list(v) for k, v in self.extra.items()}
+        return out
+
+    @property
+    def node_name(self) -> str | None:
+        """The node this identity is (`system:node:<name>` in group `system:nodes`), else None."""
+        if NODES in self.groups and self.name.startswith(NODE_PREFIX):
+            return self.name[len(NODE_PREFIX) :]
+        return None
+
+
+def authenticated(name: str, groups: tuple[str, ...] = (), *, uid: str = "") -> UserInfo:
+    """A user as an authenticator returns it: `system:authenticated` added once."""
+    return UserInfo(name=name, groups=(*[g for g in groups if g != AUTHENTICATED], AUTHENTICATED), uid=uid)
+
+
+ADMIN = authenticated("system:admin", (MASTERS,))
+ANONYMOUS = UserInfo(name="system:anonymous", groups=(UNAUTHENTICATED,))
+
+
+def user_of(request: web.Request) -> UserInfo:
+    """The authenticated user of `request` (anonymous when authentication left none)."""
+    user = request.get(USER_KEY)
+    return user if isinstance(user, UserInfo) else ANONYMOUS
