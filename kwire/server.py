@@ -22,6 +22,10 @@ from aiohttp import web
 
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
+from kwire.api.authz.chain import Authorization
+from kwire.api.authz.escalation import EscalationCheck
+from kwire.api.authz.noderestriction import NodeRestriction
+from kwire.api.authz.reconcile import reconcile as reconcile_rbac
 from kwire.api.bootstrap import DATASTORE_KEY, Bootstrap, JoinError, fetch_bootstrap, seal, unseal
 from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
 from kwire.api.lifecycle import Lifecycle
@@ -191,6 +195,7 @@ class Server:
         if self.master_leases is not None:
             await self.master_leases.stop()
         await self.lifecycle.stop()
+        await self.api.authorization.stop()
         if self.resources.admission is not None:
             await self.resources.admission.stop()
         await self.resources.conversion.close()
@@ -407,6 +412,10 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     resources = Resources(store, allocator=allocator, plugins=plugins)
     await resources.load()
     await bootstrap(resources, cfg, address=address)
+    await reconcile_rbac(resources)
+    authorization = Authorization(store)
+    await authorization.start()
+    resources.guards.extend([NodeRestriction(), EscalationCheck(authorization)])
     master_leases = MasterLeases(resources, address=address, port=int(cfg.https_listen_port))
     await master_leases.start()
     lifecycle = Lifecycle(resources)
@@ -417,7 +426,13 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
 
     token = ensure_token(data_dir, cfg.token)
     port = int(cfg.https_listen_port)
-    api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}", ca_pem=pki.ca_pem)
+    api = ApiServer(
+        resources,
+        tokens={token},
+        server_address=f"{address}:{port}",
+        authorization=authorization,
+        ca_pem=pki.ca_pem,
+    )
     if etcd_member is not None:
         api.server_bootstrap = _bootstrap_provider(pki, etcd_member)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)

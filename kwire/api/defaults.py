@@ -12,6 +12,7 @@ from typing import Any
 
 from kwire.api.crd import definition
 from kwire.api.registry import Kind
+from kwire.api.user import UserInfo, current_user
 
 Obj = dict[str, Any]
 
@@ -339,12 +340,29 @@ def _webhooks(obj: Obj, *, mutating: bool) -> None:
 
 
 def _csr(obj: Obj) -> None:
-    """The requester fields kube-apiserver fills from the authenticated user (here always the admin)."""
+    """The requester fields kube-apiserver fills from the authenticated user (`csr_requester` on create)."""
     spec = obj.setdefault("spec", {})
-    if isinstance(spec, dict):
-        spec.setdefault("username", "system:admin")
-        spec.setdefault("groups", ["system:masters", "system:authenticated"])
+    if isinstance(spec, dict) and "username" not in spec:
+        csr_requester(obj, current_user())
     obj.setdefault("status", {})
+
+
+def csr_requester(obj: Obj, user: UserInfo) -> None:
+    """kube's CSR strategy PrepareForCreate: username, uid, groups and extra are the requesting user's, whatever
+    the request said."""
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec["username"] = user.name
+    spec["groups"] = list(user.groups)
+    if user.uid:
+        spec["uid"] = user.uid
+    else:
+        spec.pop("uid", None)
+    if user.extra:
+        spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+    else:
+        spec.pop("extra", None)
 
 
 def _endpointslice(obj: Obj) -> None:

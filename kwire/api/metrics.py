@@ -54,6 +54,11 @@ LONG_RUNNING_SUBRESOURCES = CONNECT_SUBRESOURCES | {"log"}  # kube's BasicLongRu
 
 @dataclass(frozen=True)
 class RequestInfo:
+    """kube's RequestInfo: the metric labels (`verb` is the metric verb, e.g. LIST) and what authorization reads
+    (`api_*`: the lowercase verb kube authorizes — get, list, watch, create, update, patch, delete,
+    deletecollection, or for a non-resource request the lowercase HTTP method — and the group, resource and
+    subresource as the path names them, served or not; the metric labels stay blank for resources not served)."""
+
     verb: str
     group: str = ""
     version: str = ""
@@ -61,6 +66,14 @@ class RequestInfo:
     subresource: str = ""
     scope: str = ""
     dry_run: str = ""
+    api_verb: str = ""
+    api_group: str = ""
+    api_resource: str = ""
+    api_subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    path: str = ""
+    resource_request: bool = False
 
     @property
     def long_running(self) -> bool:

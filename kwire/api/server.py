@@ -12,7 +12,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -33,6 +33,9 @@ from kwire.api import (
     streaming,
     tables,
 )
+from kwire.api.authz import attributes as authz_attributes
+from kwire.api.authz import impersonation, reviews
+from kwire.api.authz.chain import Authorization
 from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
@@ -43,7 +46,7 @@ from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
-from kwire.api.user import ADMIN, USER_KEY, UserInfo
+from kwire.api.user import ADMIN, MASTERS, USER_KEY, UserInfo, reset_current_user, set_current_user, user_of
 from kwire.base.labels import Selector, SelectorError, parse
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted
 
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/cacerts"})
+UNAUTHORIZED_PATHS = frozenset({"/cacerts", bootstrap.PATH})  # served by K3s's supervisor, not kube-apiserver
 BOOKMARK_INTERVAL = 5.0
 IDLE_CHECK = 1.0  # how often an idle watch checks that its client is still there
 JSON = "application/json"
@@ -106,16 +110,87 @@ def _public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/"))
 
 
+_METHOD_VERBS = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
+
+
+@dataclass(frozen=True)
+class _ApiPath:
+    """What kube's RequestInfoFactory reads from a resource path (without consulting the served kinds)."""
+
+    verb: str
+    group: str
+    version: str
+    namespace: str
+    resource: str
+    name: str
+    subresource: str
+
+
+def _api_path(request: web.Request) -> _ApiPath | None:
+    """kube's RequestInfoFactory.NewRequestInfo for `/api/v1/...` and `/apis/G/V/...`; None for anything else
+    (a non-resource request: discovery, health, /metrics, /openapi, ...)."""
+    parts = [p for p in request.path.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    verb = _METHOD_VERBS.get(request.method, request.method.lower())
+    if rest[0] == "watch":  # the deprecated /api/v1/watch/... paths
+        verb, rest = "watch", rest[1:]
+        if not rest:
+            return None
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) > 1:
+        namespace = rest[1]
+        if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
+            rest = rest[2:]
+    name = rest[1] if len(rest) >= 2 else ""
+    sub = rest[2] if len(rest) >= 3 else ""
+    if not name:
+        if verb == "get":
+            verb = "watch" if _bool_param(request, "watch") else "list"
+        elif verb == "delete":
+            verb = "deletecollection"
+    elif verb == "get" and _bool_param(request, "watch"):
+        verb = "watch"
+    if verb in ("list", "watch") and not name:
+        # A list or watch of one name (fieldSelector metadata.name=X) is authorized as that name, as kube does.
+        for term in (request.query.get("fieldSelector") or "").split(","):
+            key, eq, value = term.partition("=")
+            if eq and key.strip() == "metadata.name":
+                name = value.lstrip("=").strip()
+    return _ApiPath(verb, group, version, namespace, rest[0], name, sub)
+
+
 def request_info(request: web.Request) -> RequestInfo:
-    """kube's RequestInfo in the shape the request metrics label it."""
-    target = parse_target(request.path.rstrip("/"))
+    """kube's RequestInfo: the labels the request metrics carry and the attributes authorization reads."""
     dry = "All" if "All" in request.query.getall("dryRun", []) else ""
+    api = _api_path(request)
+    if api is None:
+        return RequestInfo(verb=request.method, dry_run=dry, api_verb=request.method.lower(), path=request.path)
+    authz = RequestInfo(
+        verb=request.method,
+        dry_run=dry,
+        api_verb=api.verb,
+        api_group=api.group,
+        api_resource=api.resource,
+        api_subresource=api.subresource,
+        namespace=api.namespace,
+        name=api.name,
+        path=request.path,
+        resource_request=True,
+    )
+    target = parse_target(request.path.rstrip("/"))
     if target is None:
         via = proxy.parse(request.rel_url.raw_path)
         if via is not None:
             scope = "resource" if via.namespace is None else "namespace"
-            return RequestInfo("CONNECT", "", "v1", via.resource, "proxy", scope, dry)
-        return RequestInfo(verb=request.method, dry_run=dry)
+            return replace(authz, verb="CONNECT", version="v1", resource=via.resource, subresource="proxy", scope=scope)
+        # A resource kwire does not serve: authorized as kube would (then 404), not labelled in the metrics.
+        return authz
     named = target.name is not None
     if named:
         scope = "resource"
@@ -124,14 +199,14 @@ def request_info(request: web.Request) -> RequestInfo:
     else:
         scope = "cluster"
     sub = target.subresource or ""
-    return RequestInfo(
+    return replace(
+        authz,
         verb=metric_verb(request.method, named=named, watch=_bool_param(request, "watch"), subresource=sub),
         group=target.kind.group,
         version=target.kind.version,
         resource=target.kind.plural,
         subresource=sub,
         scope=scope,
-        dry_run=dry,
     )
 
 
@@ -188,8 +263,17 @@ def _field_manager(request: web.Request) -> str:
 
 
 class ApiServer:
-    def __init__(self, resources: Resources, *, tokens: set[str], server_address: str, ca_pem: bytes = b"") -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        *,
+        tokens: set[str],
+        server_address: str,
+        authorization: Authorization,
+        ca_pem: bytes = b"",
+    ) -> None:
         self.resources = resources
+        self.authorization = authorization
         self.ca_pem = ca_pem
         self.log_token = next(iter(tokens), "")  # presented to kubelets when proxying pods/log and pods/exec
         self.tokens = tokens
@@ -227,9 +311,7 @@ class ApiServer:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         user = self._authenticate(request)
-        if user is not None:
-            request[USER_KEY] = user
-        elif not _public(request.path):
+        if user is None and not _public(request.path):
             return _error(unauthorized())
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
@@ -239,7 +321,12 @@ class ApiServer:
             self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
         started = time.monotonic()
         code = 500
+        context = None
         try:
+            if user is not None:
+                user = self._authorize(request, user, info)
+                request[USER_KEY] = user
+                context = set_current_user(user)
             resp = await handler(request)
             code = resp.status
             if not resp.prepared:
@@ -258,10 +345,21 @@ class ApiServer:
             log.exception("internal error on %s %s", request.method, request.path)
             return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
         finally:
+            if context is not None:
+                reset_current_user(context)
             if counted:
                 self._inflight[kind] -= 1
                 self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
             self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
+
+    def _authorize(self, request: web.Request, user: UserInfo, info: RequestInfo) -> UserInfo:
+        """kube's WithImpersonation then WithAuthorization: the user the request acts as, or a 403/400."""
+        if impersonation.requested(request.headers):
+            user = impersonation.impersonate(request.headers, user, self.authorization)
+        if MASTERS in user.groups or request.path in UNAUTHORIZED_PATHS:
+            return user  # kube's privileged group; K3s's own supervisor endpoints check the token themselves
+        self.authorization.check(authz_attributes.from_request(user, info))
+        return user
 
     def _authenticate(self, request: web.Request) -> UserInfo | None:
         """The user a request is from, or None (anonymous)."""
@@ -318,6 +416,14 @@ class ApiServer:
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if target.kind.group == reviews.GROUP and target.kind.kind in reviews.KINDS:
+            if request.method != "POST" or target.name is not None:
+                raise method_not_allowed()
+            body = await self._body(request, target.kind)
+            reviewed = reviews.review(
+                target.kind.kind, target.namespace, body, user=user_of(request), authz=self.authorization
+            )
+            return _json(reviewed, 201)
         if target.kind.kind == "Pod" and target.subresource == "log" and target.name:
             if request.method != "GET":
                 raise method_not_allowed()

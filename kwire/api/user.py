@@ -9,6 +9,7 @@ authenticated user, `system:unauthenticated` to the anonymous one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,26 @@ def authenticated(name: str, groups: tuple[str, ...] = (), *, uid: str = "") -> 
 
 ADMIN = authenticated("system:admin", (MASTERS,))
 ANONYMOUS = UserInfo(name="system:anonymous", groups=(UNAUTHENTICATED,))
+# The API server's own writes outside any request (bootstrap, garbage collection, namespace cleanup): kube's
+# loopback identity.
+APISERVER = authenticated("system:apiserver", (MASTERS,))
+
+_CURRENT: ContextVar[UserInfo] = ContextVar("kwire_current_user", default=APISERVER)
+
+
+def current_user() -> UserInfo:
+    """The user of the request being served (admission reads it in the write path: webhooks' `userInfo`,
+    NodeRestriction, RBAC escalation checks); the API server itself outside a request."""
+    return _CURRENT.get()
+
+
+def set_current_user(user: UserInfo) -> Token[UserInfo]:
+    """Set by the API's middleware for the request's task (each aiohttp request runs in its own context)."""
+    return _CURRENT.set(user)
+
+
+def reset_current_user(token: Token[UserInfo]) -> None:
+    _CURRENT.reset(token)
 
 
 def user_of(request: web.Request) -> UserInfo:
