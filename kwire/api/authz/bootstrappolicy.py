@@ -171,7 +171,6 @@ def _edit() -> list[Rule]:
         rule(WRITE, (BATCH,), ("jobs", "cronjobs")),
         rule(WRITE, (POLICY,), ("poddisruptionbudgets",)),
         rule(WRITE, (NETWORKING,), ("networkpolicies", "ingresses")),
-        rule(WRITE, (COORDINATION,), ("leases",)),
     ]
 
 
