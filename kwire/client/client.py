@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
 
 from kwire.client.kubeconfig import Config
 
@@ -75,6 +76,11 @@ PERSISTENTVOLUMES = Resource("", "v1", "persistentvolumes", "PersistentVolume", 
 PERSISTENTVOLUMECLAIMS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 STORAGECLASSES = Resource("storage.k8s.io", "v1", "storageclasses", "StorageClass", namespaced=False)
 CLUSTERROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
+CLUSTERROLEBINDINGS = Resource(
+    "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False
+)
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 IPADDRESSPOOLS = Resource("metallb.io", "v1beta1", "ipaddresspools", "IPAddressPool")
 L2ADVERTISEMENTS = Resource("metallb.io", "v1beta1", "l2advertisements", "L2Advertisement")
 
@@ -186,9 +192,13 @@ class ApiClient:
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Accept": "application/json", "User-Agent": "kwire"}
+            headers = CIMultiDict({"Accept": "application/json", "User-Agent": "kwire"})
             if self.config.token:
                 headers["Authorization"] = f"Bearer {self.config.token}"
+            if self.config.impersonate_user:
+                headers["Impersonate-User"] = self.config.impersonate_user
+                for group in self.config.impersonate_groups:
+                    headers.add("Impersonate-Group", group)
             conn = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=64)
             self._session = aiohttp.ClientSession(base_url=None, headers=headers, connector=conn)
         return self._session

@@ -30,6 +30,9 @@ class Config:
     client_cert: bytes | None = None
     client_key: bytes | None = None
     insecure: bool = False
+    # kubeconfig's `as` / `as-groups` (kubectl's --as/--as-group): sent as Impersonate-User / Impersonate-Group
+    impersonate_user: str | None = None
+    impersonate_groups: tuple[str, ...] = ()
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https://"):
@@ -85,6 +88,8 @@ def load_kubeconfig(path: str | Path, *, context: str | None = None) -> Config:
         client_cert=_data_or_file(user, "client-certificate", p.parent),
         client_key=_data_or_file(user, "client-key", p.parent),
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        impersonate_user=str(user["as"]) if user.get("as") else None,
+        impersonate_groups=tuple(str(g) for g in user.get("as-groups") or ()),
     )
 
 

@@ -7,7 +7,8 @@ if any node is, and of the Service's `svccontroller.k3s.cattle.io/lbpool` when i
 status.loadBalancer.ingress lists the nodes whose svclb pod is Ready (a node's ExternalIP if it has one, else its
 InternalIP), sorted. A port another LoadBalancer already holds leaves the new pods Pending (the scheduler's
 hostPort check), so that Service stays <pending>. DaemonSets whose Service is gone or no longer a LoadBalancer are
-deleted. `disable: [servicelb]` leaves this controller out.
+deleted. `disable: [servicelb]` leaves this controller out. The pods run as ServiceAccount `svclb` (created in
+kube-system when missing) with no token mounted, as K3s's: they never talk to the API.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import json
 from typing import Any
 
 from kwire.base.keys import pod_ready
-from kwire.client import ApiClient, Informers, NotFound
-from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICES
+from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
+from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICEACCOUNTS, SERVICES
 from kwire.controllers.queue import Controller
 
 Obj = dict[str, Any]
@@ -28,6 +29,7 @@ SVCNAME = "svccontroller.k3s.cattle.io/svcname"
 SVCNAMESPACE = "svccontroller.k3s.cattle.io/svcnamespace"
 ENABLELB = "svccontroller.k3s.cattle.io/enablelb"
 LBPOOL = "svccontroller.k3s.cattle.io/lbpool"
+SERVICE_ACCOUNT = "svclb"
 HASH_ANNOTATION = "kwire.io/servicelb-hash"
 
 
@@ -81,6 +83,8 @@ def daemonset(svc: Obj, nodes: list[Obj]) -> Obj:
         node_selector[LBPOOL] = str(pool)
     pod_spec: Obj = {
         "containers": containers,
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "automountServiceAccountToken": False,
         "priorityClassName": "system-node-critical",
         "tolerations": [
             {"key": "CriticalAddonsOnly", "operator": "Exists"},
@@ -159,6 +163,15 @@ class ServiceLB(Controller):
         for ds in self.daemonsets.items():
             await self._on_svclb(ds)
 
+    async def _ensure_service_account(self) -> None:
+        try:
+            await self.client.get(SERVICEACCOUNTS, SERVICE_ACCOUNT, NS)
+        except NotFound:
+            try:
+                await self.client.create(SERVICEACCOUNTS, {"metadata": {"name": SERVICE_ACCOUNT}}, NS)
+            except AlreadyExists:
+                pass
+
     async def sync(self, key: str) -> float | None:
         ns, _, name = key.partition("/")
         svc = self.services.get(ns, name)
@@ -178,11 +191,13 @@ class ServiceLB(Controller):
         ds_name = want["metadata"]["name"]
         cur = self.daemonsets.get(NS, ds_name)
         if cur is None:
+            await self._ensure_service_account()
             await self.client.create(DAEMONSETS, want, NS)
             self.log.info("servicelb: created DaemonSet %s/%s for %s", NS, ds_name, key)
         elif (_meta(cur).get("annotations") or {}).get(HASH_ANNOTATION) != want["metadata"]["annotations"][
             HASH_ANNOTATION
         ]:
+            await self._ensure_service_account()
             new = {**cur, "spec": want["spec"]}
             new["metadata"] = {
                 **_meta(cur),
