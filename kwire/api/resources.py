@@ -568,7 +568,15 @@ class Resources:
         if subresource == "status":
             new = copy.deepcopy(old)
             new["status"] = obj.get("status", {})
-            # Metadata other than labels/annotations is not writable through status (kube keeps it).
+            # Metadata is kept (kube's ResetObjectMetaForStatus), except for Services: kube's service status
+            # strategy only resets the spec, so labels and annotations written with the status stay (MetalLB's
+            # controller, allowed only services/status, records its pool annotation that way).
+            if kind.group == "" and kind.plural == "services" and isinstance(obj.get("metadata"), dict):
+                for field in ("labels", "annotations"):
+                    if field in obj["metadata"]:
+                        new["metadata"][field] = obj["metadata"][field]
+                    else:
+                        new["metadata"].pop(field, None)
         elif subresource == "approval":
             # certificates' approval subresource: only status.conditions change (kube's csrApprovalStrategy).
             new = copy.deepcopy(old)

@@ -19,7 +19,10 @@ import dns.query
 import pytest
 import yaml
 
+from tests import UPSTREAM
 from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.labkit import wait_for
+from tests.integration.test_metallb_controller import ControllerThread
 
 pytestmark = pytest.mark.kubectl
 
@@ -30,7 +33,8 @@ SA_GROUPS = ["system:serviceaccounts", "system:serviceaccounts:kube-system"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
+    # ServiceLB off: MetalLB's controller (run below as its ServiceAccount) is the only one writing LB status
+    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port(), extra_args=["--disable", "servicelb"])
     srv.start()
     try:
         deadline = time.monotonic() + 60
@@ -66,11 +70,11 @@ def test_addon_roles_are_k3s_manifests(server: ServerProcess) -> None:
         assert spec == sa
 
 
-def _kubeconfig_as(server: ServerProcess, path: Path, user: str) -> Path:
+def _kubeconfig_as(server: ServerProcess, path: Path, user: str, groups: list[str] = SA_GROUPS) -> Path:
     doc = yaml.safe_load(server.kubeconfig.read_text())
     for entry in doc["users"]:
         entry["user"]["as"] = user
-        entry["user"]["as-groups"] = SA_GROUPS
+        entry["user"]["as-groups"] = groups
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -127,3 +131,49 @@ def test_dns_without_the_role_never_gets_ready(server: ServerProcess, tmp_path: 
             time.sleep(0.5)
     finally:
         _stop(proc)
+
+
+def test_metallb_controller_works_with_its_upstream_role(server: ServerProcess, tmp_path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all((UPSTREAM / "metallb-native-v0.14.9.yaml").read_text()) if d]
+    wanted = ("CustomResourceDefinition", "Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding")
+    server.kubectl(
+        "apply", "-f", "-", input=yaml.safe_dump_all([d for d in docs if d["kind"] in (*wanted, "ClusterRoleBinding")])
+    )
+    wait_for(lambda: server.kubectl("get", "ipaddresspools", "-A"), timeout=20, what="MetalLB CRDs served")
+    server.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input="""
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: p, namespace: metallb-system}
+spec: {addresses: [10.0.0.100-10.0.0.103]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: default}
+spec: {type: LoadBalancer, ports: [{port: 80}]}
+""",
+    )
+    sa = "system:serviceaccount:metallb-system:controller"
+    kubeconfig = _kubeconfig_as(
+        server, tmp_path / "ctl.kubeconfig", sa, ["system:serviceaccounts", "system:serviceaccounts:metallb-system"]
+    )
+    ctl = ControllerThread(kubeconfig)
+    try:
+
+        def ip() -> str:
+            out = server.kubectl(
+                "get", "svc", "lb", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}"
+            ).stdout.strip()
+            assert out, "no IP yet"
+            return out
+
+        assert wait_for(ip, timeout=40, what="an IP from MetalLB's controller").startswith("10.0.0.10")
+        ann = server.kubectl("get", "svc", "lb", "-o", "jsonpath={.metadata.annotations}").stdout
+        assert '"metallb.io/ip-allocated-from-pool":"p"' in ann
+        assert "IPAllocated" in server.kubectl("describe", "svc", "lb").stdout
+        assert server.kubectl("-n", "metallb-system", "get", "secret", "memberlist").returncode == 0
+    finally:
+        ctl.stop()
