@@ -4,6 +4,7 @@ cannot read unrelated Secrets or touch another Node, upstream MetalLB RBAC takin
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import time
@@ -286,3 +287,25 @@ def test_upstream_metallb_rbac_applies_and_takes_effect(server: ServerProcess) -
     assert can_i(server, "create", "servicel2statuses.metallb.io", "-n", "metallb-system", who=speaker)
     assert can_i(server, "list", "pods", "-n", "metallb-system", who=speaker)
     assert not can_i(server, "list", "pods", "-n", "default", who=speaker)
+
+
+def test_csr_requester_is_the_requesting_user(server: ServerProcess) -> None:
+    pem = (
+        "-----BEGIN CERTIFICATE REQUEST-----\nMIHJMHECAQAwDzENMAsGA1UEAwwEamFuZTBZMBMGByqGSM49AgEGCCqGSM49AwEH\n"
+        "-----END CERTIFICATE REQUEST-----\n"
+    )
+    csr = {
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": "from-jane"},
+        # what the request claims is overwritten with who sent it, as kube's CSR strategy does
+        "spec": {
+            "request": base64.b64encode(pem.encode()).decode(),
+            "signerName": "kubernetes.io/kube-apiserver-client",
+            "usages": ["client auth"],
+            "username": "system:admin",
+        },
+    }
+    server.kubectl("apply", "-f", "-", "--as", "jane", "--as-group", "system:masters", input=yaml.safe_dump(csr))
+    spec = json.loads(server.kubectl("get", "csr", "from-jane", "-o", "json").stdout)["spec"]
+    assert spec["username"] == "jane" and spec["groups"] == ["system:masters", "system:authenticated"]
