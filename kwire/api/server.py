@@ -12,7 +12,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -114,30 +114,18 @@ _METHOD_VERBS = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update",
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 
 
-@dataclass(frozen=True)
-class _ApiPath:
-    """What kube's RequestInfoFactory reads from a resource path (without consulting the served kinds)."""
-
-    verb: str
-    group: str
-    version: str
-    namespace: str
-    resource: str
-    name: str
-    subresource: str
-
-
-def _api_path(request: web.Request) -> _ApiPath | None:
-    """kube's RequestInfoFactory.NewRequestInfo for `/api/v1/...` and `/apis/G/V/...`; None for anything else
-    (a non-resource request: discovery, health, /metrics, /openapi, ...)."""
-    parts = [p for p in request.path.split("/") if p]
+def _api_path(method: str, path: str, query: Any) -> tuple[str, str, str, str, str, str, str] | None:
+    """kube's RequestInfoFactory.NewRequestInfo for `/api/v1/...` and `/apis/G/V/...`, as (verb, group, version,
+    namespace, resource, name, subresource), without consulting the served kinds; None for anything else (a
+    non-resource request: discovery, health, /metrics, /openapi, ...)."""
+    parts = [p for p in path.split("/") if p]
     if len(parts) >= 3 and parts[0] == "api":
         group, version, rest = "", parts[1], parts[2:]
     elif len(parts) >= 4 and parts[0] == "apis":
         group, version, rest = parts[1], parts[2], parts[3:]
     else:
         return None
-    verb = _METHOD_VERBS.get(request.method, request.method.lower())
+    verb = _METHOD_VERBS.get(method) or method.lower()
     if rest[0] == "watch":  # the deprecated /api/v1/watch/... paths
         verb, rest = "watch", rest[1:]
         if not rest:
@@ -149,64 +137,63 @@ def _api_path(request: web.Request) -> _ApiPath | None:
             rest = rest[2:]
     name = rest[1] if len(rest) >= 2 else ""
     sub = rest[2] if len(rest) >= 3 else ""
-    if not name:
+    if verb == "get" and (query.get("watch") or "").lower() in ("1", "true"):
+        verb = "watch"
+    elif not name:
         if verb == "get":
-            verb = "watch" if _bool_param(request, "watch") else "list"
+            verb = "list"
         elif verb == "delete":
             verb = "deletecollection"
-    elif verb == "get" and _bool_param(request, "watch"):
-        verb = "watch"
-    if verb in ("list", "watch") and not name:
+    if not name and verb in ("list", "watch"):
         # A list or watch of one name (fieldSelector metadata.name=X) is authorized as that name, as kube does.
-        for term in (request.query.get("fieldSelector") or "").split(","):
+        for term in (query.get("fieldSelector") or "").split(","):
             key, eq, value = term.partition("=")
             if eq and key.strip() == "metadata.name":
                 name = value.lstrip("=").strip()
-    return _ApiPath(verb, group, version, namespace, rest[0], name, sub)
+    return verb, group, version, namespace, rest[0], name, sub
 
 
 def request_info(request: web.Request) -> RequestInfo:
     """kube's RequestInfo: the labels the request metrics carry and the attributes authorization reads."""
-    dry = "All" if "All" in request.query.getall("dryRun", []) else ""
-    api = _api_path(request)
+    query = request.query
+    path = request.path
+    dry = "All" if "dryRun" in query and "All" in query.getall("dryRun") else ""
+    api = _api_path(request.method, path, query)
     if api is None:
-        return RequestInfo(verb=request.method, dry_run=dry, api_verb=request.method.lower(), path=request.path)
-    authz = RequestInfo(
-        verb=request.method,
-        dry_run=dry,
-        api_verb=api.verb,
-        api_group=api.group,
-        api_resource=api.resource,
-        api_subresource=api.subresource,
-        namespace=api.namespace,
-        name=api.name,
-        path=request.path,
-        resource_request=True,
-    )
-    target = parse_target(request.path.rstrip("/"))
+        return RequestInfo(verb=request.method, dry_run=dry, api_verb=request.method.lower(), path=path)
+    api_verb, api_group, api_version, namespace, resource, name, sub = api
+    target = parse_target(path.rstrip("/"))
     if target is None:
         via = proxy.parse(request.rel_url.raw_path)
-        if via is not None:
+        if via is None:
+            # A resource kwire does not serve: authorized as kube would (then 404), not labelled in the metrics.
+            metric = (request.method, "", api_version, "", "", "")
+        else:
             scope = "resource" if via.namespace is None else "namespace"
-            return replace(authz, verb="CONNECT", version="v1", resource=via.resource, subresource="proxy", scope=scope)
-        # A resource kwire does not serve: authorized as kube would (then 404), not labelled in the metrics.
-        return authz
-    named = target.name is not None
-    if named:
-        scope = "resource"
-    elif target.namespace is not None:
-        scope = "namespace"
+            metric = ("CONNECT", "", "v1", via.resource, "proxy", scope)
     else:
-        scope = "cluster"
-    sub = target.subresource or ""
-    return replace(
-        authz,
-        verb=metric_verb(request.method, named=named, watch=_bool_param(request, "watch"), subresource=sub),
-        group=target.kind.group,
-        version=target.kind.version,
-        resource=target.kind.plural,
-        subresource=sub,
-        scope=scope,
+        named = target.name is not None
+        scope = "resource" if named else ("namespace" if target.namespace is not None else "cluster")
+        metric_sub = target.subresource or ""
+        metric = (
+            metric_verb(request.method, named=named, watch=api_verb == "watch", subresource=metric_sub),
+            target.kind.group,
+            target.kind.version,
+            target.kind.plural,
+            metric_sub,
+            scope,
+        )
+    return RequestInfo(
+        *metric,
+        dry_run=dry,
+        api_verb=api_verb,
+        api_group=api_group,
+        api_resource=resource,
+        api_subresource=sub,
+        namespace=namespace,
+        name=name,
+        path=path,
+        resource_request=True,
     )
 
 
