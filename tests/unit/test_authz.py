@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.authz import impersonation, reviews
-from kwire.api.authz.attributes import Attributes
+from kwire.api.authz.attributes import Attributes, from_request
 from kwire.api.authz.bootstrappolicy import cluster_role_bindings, cluster_roles
 from kwire.api.authz.chain import Authorization, forbidden
 from kwire.api.authz.escalation import EscalationCheck
@@ -23,6 +24,7 @@ from kwire.api.authz.rules import Rule, allows, compact, compact_string, missing
 from kwire.api.errors import ApiError
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
+from kwire.api.server import request_info
 from kwire.api.user import ADMIN, authenticated, reset_current_user, set_current_user
 from kwire.api.webhookadmission import Attributes as AdmissionAttributes
 from kwire.store.sqlite import SQLiteStore
@@ -472,3 +474,35 @@ def test_reviews() -> None:
         "nonResourceRules"
     ]
     assert rules["incomplete"] is False
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "want"),
+    [
+        ("GET", "/api/v1/namespaces/a/pods", ("list", "", "pods", "", "a", "")),
+        ("GET", "/api/v1/namespaces/a/pods?watch=true", ("watch", "", "pods", "", "a", "")),
+        ("GET", "/api/v1/pods?watch=1&fieldSelector=metadata.name%3Dp", ("watch", "", "pods", "", "", "p")),
+        ("POST", "/api/v1/namespaces/a/pods/p/eviction", ("create", "", "pods", "eviction", "a", "p")),
+        ("DELETE", "/apis/apps/v1/namespaces/a/deployments", ("deletecollection", "apps", "deployments", "", "a", "")),
+        (
+            "PATCH",
+            "/apis/apps/v1/namespaces/a/deployments/d/scale",
+            ("patch", "apps", "deployments", "scale", "a", "d"),
+        ),
+        ("PUT", "/api/v1/namespaces/a/finalize", ("update", "", "namespaces", "finalize", "a", "a")),
+        ("GET", "/api/v1/namespaces/a", ("get", "", "namespaces", "", "a", "a")),
+        ("GET", "/api/v1/nodes/n1/proxy/metrics", ("get", "", "nodes", "proxy", "", "n1")),
+        ("GET", "/apis/example.com/v1/widgets", ("list", "example.com", "widgets", "", "", "")),  # not served
+        ("GET", "/api/v1/watch/namespaces/a/pods", ("watch", "", "pods", "", "a", "")),
+    ],
+)
+def test_request_attributes_as_kubes_request_info(method: str, url: str, want: tuple[str, ...]) -> None:
+    a = from_request(JANE, request_info(make_mocked_request(method, url)))
+    assert a.resource_request
+    assert (a.verb, a.api_group, a.resource, a.subresource, a.namespace, a.name) == want
+
+
+def test_non_resource_attributes() -> None:
+    for url in ("/metrics", "/apis", "/api/v1", "/openapi/v3/apis/apps/v1", "/readyz/etcd"):
+        a = from_request(JANE, request_info(make_mocked_request("GET", url)))
+        assert not a.resource_request and a.verb == "get" and a.path == url.split("?")[0]
