@@ -237,6 +237,8 @@ def _walk_chain(
     for rule in rs.rules.get(key, []):
         matches = [e["match"] for e in rule.get("expr") or [] if isinstance(e, dict) and "match" in e]
         results = [_match(m, probe, rs.sets, (family, table)) for m in matches]
+        if any(isinstance(e, dict) and "xt" in e for e in rule.get("expr") or []):
+            results.append(None)  # an iptables-nft extension match nft cannot show: it may or may not hold
         if any(r is False for r in results):
             continue
         sure = certain and all(r is True for r in results)

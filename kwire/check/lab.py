@@ -50,15 +50,14 @@ def node_command(host: topology.Host, topo: topology.Topology, st: cluster.Setti
     ]
 
 
-async def _cluster(topo: topology.Topology, running: list[topology.Host]) -> cluster.ClusterReport:
-    async with ApiClient(load_kubeconfig(str(topo.kubeconfig)), timeout=20) as client:
-        return await cluster.run(client, node_dirs={h.name: topo.state_dir / h.name for h in running})
-
-
 def run(name: str) -> list[Finding]:
     state = lab.LabState.load(name)
     if state is None:
         raise LabCheckError(f"no lab named {name} (kwire lab up --name {name})")
+    return asyncio.run(_run(state))
+
+
+async def _run(state: lab.LabState) -> list[Finding]:
     topo = topology.build(state.name, nodes=state.nodes)
     running = [h for h in topo.nodes if h.name not in state.stopped]
     findings: list[Finding] = [
@@ -66,34 +65,45 @@ def run(name: str) -> list[Finding]:
         for h in topo.nodes
         if h.name in state.stopped
     ]
-    report = asyncio.run(_cluster(topo, running))
-    findings += report.findings
-    backend = report.settings.backend or state.flannel_backend
-    procs = {
-        h.name: subprocess.Popen(
-            node_command(h, topo, report.settings, backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for h in running
-    }
-    links: dict[str, mtu.Links] = {}
-    for node, proc in procs.items():
-        try:
-            out, err = proc.communicate(timeout=NODE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            findings.append(Finding("error", "nodes", node, f"the node's checks did not finish in {NODE_TIMEOUT:.0f}s"))
-            continue
-        try:
-            doc = json.loads(out)
-        except ValueError:
-            findings.append(
-                Finding(
-                    "error", "nodes", node, f"the node's checks failed (exit {proc.returncode}): {err.strip()[-300:]}"
-                )
+    async with ApiClient(load_kubeconfig(str(topo.kubeconfig)), timeout=20) as client:
+        settings = await cluster.settings(client)
+        backend = settings.backend or state.flannel_backend
+        # The nodes' checks run while the cluster's are read: each is a process in its node's namespace.
+        procs = {
+            h.name: await asyncio.create_subprocess_exec(
+                *node_command(h, topo, settings, backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
-            continue
-        findings += [Finding.from_json(f) for f in doc.get("findings") or []]
-        links[node] = mtu.Links.from_json(doc.get("links") or {})
+            for h in running
+        }
+        try:
+            report = await cluster.run(client, node_dirs={h.name: topo.state_dir / h.name for h in running})
+        finally:
+            outputs = await asyncio.gather(*(_collect(node, proc) for node, proc in procs.items()))
+    findings += report.findings
+    links: dict[str, mtu.Links] = {}
+    for node, node_findings, node_links in outputs:
+        findings += node_findings
+        if node_links is not None:
+            links[node] = node_links
     findings += mtu.check_across(links)
     return findings
+
+
+async def _collect(node: str, proc: asyncio.subprocess.Process) -> tuple[str, list[Finding], mtu.Links | None]:
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), NODE_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return node, [Finding("error", "nodes", node, f"the node's checks did not finish in {NODE_TIMEOUT:.0f}s")], None
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        why = err.decode(errors="replace").strip()[-300:]
+        return (
+            node,
+            [Finding("error", "nodes", node, f"the node's checks failed (exit {proc.returncode}): {why}")],
+            None,
+        )
+    found = [Finding.from_json(f) for f in doc.get("findings") or []]
+    return node, found, mtu.Links.from_json(doc.get("links") or {})
