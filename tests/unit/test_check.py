@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from kwire.check import dns, firewall, flannel, hairpin, kernel, loadbalancers, mtu, offload, services, sysctls
 from kwire.check.finding import Finding, exit_status, ordered
 from kwire.check.render import to_json, to_text
