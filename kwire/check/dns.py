@@ -46,8 +46,8 @@ def check_dns_pod_resolv(text: str, *, pod: str, node: str) -> list[Finding]:
                 f"{pod} on {node}",
                 f"the cluster DNS pod forwards to loopback {', '.join(loop)} from its resolv.conf: inside the pod "
                 "that is the DNS server itself (a loop) or nothing, so names outside the cluster fail",
-                "remove loopback nameservers from the node's /etc/resolv.conf (or point it at "
-                "/run/systemd/resolve/resolv.conf, K3s's --resolv-conf fix), then "
+                "list only real nameservers in the node's /etc/resolv.conf (K3s users pass --resolv-conf; kwire's "
+                "kubelet takes systemd-resolved's upstreams when every nameserver is loopback), then "
                 "kubectl -n kube-system delete pod -l k8s-app=kube-dns",
             )
         ]
