@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 from kwire.check.finding import Finding
+from kwire.check.vethpods import label
 
 BRIF = Path("/sys/class/net/cni0/brif")
 
 
-def check(ports: dict[str, bool], *, node: str) -> list[Finding]:
+def check(ports: dict[str, bool], *, node: str, pods: dict[str, str] | None = None) -> list[Finding]:
     off = sorted(p for p, on in ports.items() if not on)
     if not off:
         return []
@@ -22,7 +23,7 @@ def check(ports: dict[str, bool], *, node: str) -> list[Finding]:
             "warning",
             "hairpin",
             f"{node}/cni0",
-            f"hairpin mode is off on cni0 port{'s' if len(off) > 1 else ''} {', '.join(off)}: a pod behind "
+            f"hairpin mode is off on cni0 port{'s' if len(off) > 1 else ''} {', '.join(label(p, pods or {}) for p in off)}: a pod behind "
             "such a port cannot reach itself through a Service",
             " ; ".join(f"bridge link set dev {p} hairpin on" for p in off[:3]) + (" ..." if len(off) > 3 else ""),
         )

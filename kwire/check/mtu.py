@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kwire.check.finding import Finding
+from kwire.check.vethpods import label as pod_label
 
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8 (flannel's pkg/backend/vxlan)
 VXLAN_DEVICE = "flannel.1"
@@ -51,7 +52,7 @@ class Links:
 RECREATE = "restart the agent (it sets flannel.1 and subnet.env from the uplink), then delete the pods of this node"
 
 
-def check(links: Links, *, node: str) -> list[Finding]:
+def check(links: Links, *, node: str, pods: dict[str, str] | None = None) -> list[Finding]:
     """One node's MTUs."""
     findings: list[Finding] = []
     if not links.uplink:
@@ -93,7 +94,7 @@ def check(links: Links, *, node: str) -> list[Finding]:
                 "error",
                 "mtu",
                 f"{node}/{bigger[0][0] if len(bigger) == 1 else BRIDGE + ' ports'}",
-                f"{_describe(bigger)} larger than {carrier}'s {pod_mtu}: pods send packets the node cannot carry "
+                f"{_describe(bigger, pods or {})} larger than {carrier}'s {pod_mtu}: pods send packets the node cannot carry "
                 "to other nodes, so large transfers stall while small requests work",
                 RECREATE,
             )
@@ -104,7 +105,7 @@ def check(links: Links, *, node: str) -> list[Finding]:
                 "warning",
                 "mtu",
                 f"{node}/{smaller[0][0] if len(smaller) == 1 else BRIDGE + ' ports'}",
-                f"{_describe(smaller)} below {carrier}'s {pod_mtu}: pods use smaller packets than needed",
+                f"{_describe(smaller, pods or {})} below {carrier}'s {pod_mtu}: pods use smaller packets than needed",
                 RECREATE,
             )
         )
@@ -122,13 +123,14 @@ def check(links: Links, *, node: str) -> list[Finding]:
     return findings
 
 
-def _describe(links: list[tuple[str, int]]) -> str:
+def _describe(links: list[tuple[str, int]], pods: dict[str, str]) -> str:
     """ "cni0 (MTU 1450) and 2 pod veths (veth1 1450, veth2 1450) are" / "veth1 (pod veth, MTU 1450) is"."""
-    named = [f"{n} {m}" for n, m in links[:4]] + (["..."] if len(links) > 4 else [])
+    named = [f"{pod_label(n, pods)} {m}" for n, m in links[:4]] + (["..."] if len(links) > 4 else [])
     if len(links) == 1:
         name, value = links[0]
         what = "the pods' bridge" if name == BRIDGE else "a pod veth"
-        return f"{name} ({what}) MTU {value} is"
+        pod = f" of pod {pods[name]}" if name in pods else ""
+        return f"{name} ({what}{pod}) MTU {value} is"
     return f"MTUs of {', '.join(named)} (the pods' bridge and veths) are"
 
 

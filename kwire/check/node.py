@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kwire.check import dns, firewall, hairpin, kernel, mtu, offload, sysctls
+from kwire.check import dns, firewall, hairpin, kernel, mtu, offload, sysctls, vethpods
 from kwire.check.finding import Finding
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,11 @@ def run(opts: NodeOptions) -> NodeReport:
                 )
             )
 
+    pods = vethpods.gather(opts.data_dir)
+
     def do_mtu() -> list[Finding]:
         report.links = mtu.gather(uplink_hint=opts.flannel_iface, subnet_env=subnet_env)
-        return mtu.check(report.links, node=node)
+        return mtu.check(report.links, node=node, pods=pods)
 
     _guard(report, node, "mtu", do_mtu)
     _guard(report, node, "offload", lambda: offload.check(offload.gather(uplink=report.links.uplink), node=node))
@@ -79,7 +81,7 @@ def run(opts: NodeOptions) -> NodeReport:
         return firewall.check_legacy(save, node=node, probes=probes) if save else []
 
     _guard(report, node, "firewall", legacy)
-    _guard(report, node, "hairpin", lambda: hairpin.check(hairpin.gather(), node=node))
+    _guard(report, node, "hairpin", lambda: hairpin.check(hairpin.gather(), node=node, pods=pods))
     _guard(report, node, "dns", lambda: dns.check_node_resolv(dns.local_resolv(), node=node))
     name = f"kubernetes.default.svc.{opts.cluster_domain}."
     _guard(

@@ -2,7 +2,9 @@
 routed), net.bridge.bridge-nf-call-iptables (bridged pod-to-pod traffic passes netfilter: Service replies are
 un-NATed and NetworkPolicy sees it; K3s and kube-proxy require it), and reverse-path filtering on flannel.1 and
 cni0 (strict mode, 1, drops tunnelled or hairpinned packets whose reverse route is elsewhere; the effective value
-is the larger of `conf.all` and the interface's, as the kernel computes it)."""
+is the larger of `conf.all` and the interface's, as the kernel computes it), and the conntrack table filling up
+(net.netfilter.nf_conntrack_count against nf_conntrack_max: a full table drops new connections, the K3s guides'
+"increase conntrack limits")."""
 
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ PROC_SYS = Path("/proc/sys")
 IP_FORWARD = "net.ipv4.ip_forward"
 BRIDGE_NF = "net.bridge.bridge-nf-call-iptables"
 RP_IFACES = ("flannel.1", "cni0")
+CT_COUNT = "net.netfilter.nf_conntrack_count"
+CT_MAX = "net.netfilter.nf_conntrack_max"
+CT_FULL = 0.9
 
 
 def names(ifaces: tuple[str, ...] = RP_IFACES) -> list[str]:
-    out = [IP_FORWARD, BRIDGE_NF, "net.ipv4.conf.all.rp_filter"]
+    out = [IP_FORWARD, BRIDGE_NF, "net.ipv4.conf.all.rp_filter", CT_COUNT, CT_MAX]
     out += [f"net.ipv4.conf.{i}.rp_filter" for i in ifaces]
     return out
 
@@ -82,6 +87,18 @@ def check(values: dict[str, str | None], *, node: str) -> list[Finding]:
                     f"sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{iface.replace('.', '/')}.rp_filter=2 (loose)",
                 )
             )
+    count, limit = _int(values.get(CT_COUNT)), _int(values.get(CT_MAX))
+    if limit and count >= CT_FULL * limit:
+        findings.append(
+            Finding(
+                "warning" if count < limit else "error",
+                "sysctl",
+                f"{node}/{CT_COUNT}",
+                f"the conntrack table holds {count} of {limit} entries: when it is full new connections are dropped "
+                "(dmesg: nf_conntrack: table full, dropping packet)",
+                f"sysctl -w {CT_MAX}={limit * 2} (and persist it in /etc/sysctl.d/)",
+            )
+        )
     return findings
 
 

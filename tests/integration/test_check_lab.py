@@ -10,10 +10,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kwire.client import write_kubeconfig
+from kwire.lab.lab import LabState
 from tests.integration.labkit import IP, Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -89,6 +92,24 @@ def test_a_healthy_lab_has_no_error(lab: Lab) -> None:
     """First, so every other test starts from a lab the check calls healthy (no false positives)."""
     rc, findings = until(lab, lambda rc, fs: (rc, fs) if rc == 0 else None, "a healthy lab to check clean")
     assert rc == 0
+    assert not [f for f in findings if f["severity"] != "info"], findings
+
+
+def test_kwire_check_on_a_node(lab: Lab, tmp_path: Path) -> None:
+    """`kwire check` as a user runs it on a node: this node's checks plus the cluster's, through a kubeconfig that
+    reaches the server from the node (a 0600 file, as K3s writes its kubeconfigs)."""
+    state = LabState.load(lab.name)
+    assert state is not None
+    kubeconfig = tmp_path / "node.kubeconfig"
+    ca = (lab.topo.state_dir / "server" / "tls" / "server-ca.crt").read_bytes()
+    write_kubeconfig(kubeconfig, server=f"https://{lab.topo.server.ip}:6443", ca_pem=ca, token=state.token)
+    host = lab.topo.host("node2")
+    assert host is not None
+    cmd = [IP, "netns", "exec", host.netns, sys.executable, "-m", "kwire", "check", "--node", "node2"]
+    cmd += ["--data-dir", str(lab.topo.state_dir / "node2"), "--kubeconfig", str(kubeconfig), "-o", "json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    findings = json.loads(res.stdout)
     assert not [f for f in findings if f["severity"] != "info"], findings
 
 

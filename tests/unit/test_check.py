@@ -7,7 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kwire.check import dns, firewall, flannel, hairpin, kernel, loadbalancers, mtu, offload, services, sysctls
+from kwire.check import (
+    dns,
+    firewall,
+    flannel,
+    hairpin,
+    kernel,
+    loadbalancers,
+    mtu,
+    offload,
+    services,
+    sysctls,
+    vethpods,
+)
 from kwire.check.finding import Finding, exit_status, ordered
 from kwire.check.render import to_json, to_text
 
@@ -127,6 +139,14 @@ def test_sysctls_strict_rp_filter_through_conf_all() -> None:
     [f] = sysctls.check(values, node="n1")
     assert (f.severity, f.subject) == ("warning", "n1/flannel.1")
     assert "net.ipv4.conf.flannel/1.rp_filter=2" in f.fix
+
+
+def test_conntrack_table_filling_up() -> None:
+    assert sysctls.check({**HEALTHY_SYSCTLS, sysctls.CT_COUNT: "100", sysctls.CT_MAX: "262144"}, node="n1") == []
+    [f] = sysctls.check({**HEALTHY_SYSCTLS, sysctls.CT_COUNT: "240000", sysctls.CT_MAX: "262144"}, node="n1")
+    assert f.severity == "warning" and "240000 of 262144" in f.message and "nf_conntrack_max=524288" in f.fix
+    [f] = sysctls.check({**HEALTHY_SYSCTLS, sysctls.CT_COUNT: "262144", sysctls.CT_MAX: "262144"}, node="n1")
+    assert f.severity == "error"
 
 
 def test_sysctl_paths() -> None:
@@ -308,6 +328,30 @@ def test_dns_answer() -> None:
     assert dns.check_answer("", node="n1", server="10.43.0.10", name="kubernetes.default.svc.cluster.local.") == []
     [f] = dns.check_answer("no answer (timed out)", node="n1", server="10.43.0.10", name="k.")
     assert f.severity == "error" and "k8s-app=kube-dns" in f.fix
+
+
+def test_veth_to_pod_from_the_cni_cache(tmp_path: Path) -> None:
+    doc = {
+        "kind": "cniCacheV1",
+        "cniArgs": [["IgnoreUnknown", "1"], ["K8S_POD_NAMESPACE", "default"], ["K8S_POD_NAME", "web-1"]],
+        "result": {
+            "interfaces": [
+                {"name": "cni0", "mac": "x"},
+                {"name": "veth853e7149", "mac": "y"},
+                {"name": "eth0", "mac": "z", "sandbox": "/run/netns/p"},
+            ]
+        },
+    }
+    results = tmp_path / "cni" / "cache" / "results"
+    results.mkdir(parents=True)
+    (results / "cbr0-uid-eth0").write_text(json.dumps(doc))
+    (results / "broken").write_text("{")
+    pods = vethpods.gather(tmp_path)
+    assert pods == {"veth853e7149": "default/web-1"}
+    [f] = hairpin.check({"veth853e7149": False}, node="n1", pods=pods)
+    assert "veth853e7149 (pod default/web-1)" in f.message
+    [f] = mtu.check(mtu.Links("eth0", 1500, 1450, 1450, {"veth853e7149": 9000}), node="n1", pods=pods)
+    assert "veth853e7149 (a pod veth of pod default/web-1) MTU 9000" in f.message
 
 
 def test_hairpin(tmp_path: Path) -> None:
