@@ -24,6 +24,7 @@ ETC_NETNS = Path("/etc/netns")
 class Settings:
     cluster_dns: str = "10.43.0.10"
     cluster_domain: str = "cluster.local"
+    cluster_cidr: str = "10.42.0.0/16"
     backend: str = "vxlan"
     disabled: frozenset[str] = frozenset()
 
@@ -41,6 +42,7 @@ async def settings(client: ApiClient) -> Settings:
         return Settings(
             cluster_dns=data.get("cluster-dns", "10.43.0.10"),
             cluster_domain=data.get("cluster-domain", "cluster.local"),
+            cluster_cidr=data.get("cluster-cidr", "10.42.0.0/16"),
             backend=data.get("flannel-backend", "vxlan"),
             disabled=frozenset(x for x in data.get("disable", "").split(",") if x),
         )

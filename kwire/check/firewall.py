@@ -14,6 +14,7 @@ beside nftables (`iptables-legacy-save`) are invisible to `nft list ruleset` and
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -67,6 +68,7 @@ KUBELET = Probe(
     "ufw allow 10250/tcp",
     "firewall-cmd --permanent --add-port=10250/tcp",
 )
+DEFAULT_CLUSTER_CIDR = "10.42.0.0/16"
 FORWARD = Probe(
     "forward",
     "tcp",
@@ -217,46 +219,84 @@ class Hit:
 
 
 def walk(rs: Ruleset, probe: Probe) -> list[Hit]:
-    """The drops a new connection of `probe` may meet in the foreign base chains of its hook."""
+    """The drops a new connection of `probe` may meet in the foreign base chains of its hook (each base chain
+    decides on its own: an accept in one does not spare the packet another's drop)."""
     hits: list[Hit] = []
     for base in rs.base_chains(probe.hook):
         family, table = base["family"], base["table"]
-        outcome = _walk_chain(rs, probe, (family, table, base["name"]), hits, certain=True, depth=0)
+        state = _State()
+        outcome = _walk_chain(rs, probe, (family, table, base["name"]), hits, state, depth=0)
         if outcome is None and base.get("policy") == "drop":
-            hits.append(Hit(True, family, table, base["name"], 0, "policy drop"))
+            hits.append(Hit(state.sure, family, table, base["name"], 0, "policy drop"))
     return hits
 
 
-def _walk_chain(
-    rs: Ruleset, probe: Probe, key: tuple[str, str, str], hits: list[Hit], *, certain: bool, depth: int
-) -> str | None:
-    """'accept' / 'drop' when the chain certainly ends the packet's walk that way, None when it falls through."""
+@dataclass
+class _State:
+    sure: bool = True  # the packet surely reaches the current rule: no earlier rule may have ended its walk
+
+
+def _results(rule: dict[str, Any], probe: Probe, rs: Ruleset, table: tuple[str, str]) -> list[bool | None]:
+    results = [
+        _match(e["match"], probe, rs.sets, table)
+        for e in rule.get("expr") or []
+        if isinstance(e, dict) and "match" in e
+    ]
+    for e in rule.get("expr") or []:
+        if isinstance(e, dict) and isinstance(e.get("xt"), dict) and e["xt"].get("type") == "match":
+            # An iptables-nft extension match nft cannot show. `conntrack`/`state` are taken as the idiom every
+            # iptables firewall (ufw included) uses them for, RELATED,ESTABLISHED accepts and INVALID drops: they do
+            # not hold for a new, valid connection. Any other may or may not hold.
+            results.append(False if e["xt"].get("name") in ("conntrack", "state") else None)
+    return results
+
+
+def _may_accept(rs: Ruleset, probe: Probe, key: tuple[str, str, str], depth: int = 0) -> bool:
+    """Whether a rule of this chain (or of one it jumps to) may accept the probe."""
     if depth > MAX_DEPTH:
+        return True
+    for rule in rs.rules.get(key, []):
+        if any(r is False for r in _results(rule, probe, rs, key[:2])):
+            continue
+        verdict, target = _rule_verdict(rule)
+        if verdict == "accept" or (
+            verdict in ("jump", "goto") and _may_accept(rs, probe, (*key[:2], target), depth + 1)
+        ):
+            return True
+    return False
+
+
+def _walk_chain(
+    rs: Ruleset, probe: Probe, key: tuple[str, str, str], hits: list[Hit], state: _State, *, depth: int
+) -> str | None:
+    """'accept' / 'drop' when the chain surely ends the packet's walk that way, None when it falls through."""
+    if depth > MAX_DEPTH:
+        state.sure = False
         return None
     family, table, chain = key
     for rule in rs.rules.get(key, []):
-        matches = [e["match"] for e in rule.get("expr") or [] if isinstance(e, dict) and "match" in e]
-        results = [_match(m, probe, rs.sets, (family, table)) for m in matches]
-        if any(isinstance(e, dict) and "xt" in e for e in rule.get("expr") or []):
-            results.append(None)  # an iptables-nft extension match nft cannot show: it may or may not hold
+        results = _results(rule, probe, rs, (family, table))
         if any(r is False for r in results):
             continue
-        sure = certain and all(r is True for r in results)
+        sure = state.sure and all(r is True for r in results)
         verdict, target = _rule_verdict(rule)
         if verdict in ("drop", "reject"):
             hits.append(Hit(sure, family, table, chain, int(rule.get("handle") or 0), verdict))
             if sure:
                 return "drop"
-        elif verdict == "accept" and sure:
-            return "accept"
-        elif verdict == "return" and sure:
-            return None
+        elif verdict in ("accept", "return"):
+            if sure:
+                return "accept" if verdict == "accept" else None
+            state.sure = False  # it may have ended here
         elif verdict in ("jump", "goto"):
-            sub = _walk_chain(rs, probe, (family, table, target), hits, certain=sure, depth=depth + 1)
-            if sub is not None and sure:
+            before = state.sure
+            state.sure = sure
+            sub = _walk_chain(rs, probe, (family, table, target), hits, state, depth=depth + 1)
+            if sure and (sub is not None or verdict == "goto"):
                 return sub
-            if verdict == "goto" and sure:
-                return None
+            if sure:
+                continue  # state.sure is what the sub-chain left: False if it may have accepted
+            state.sure = before and verdict == "jump" and not _may_accept(rs, probe, (family, table, target))
     return None
 
 
@@ -288,7 +328,12 @@ def check_nft(doc: dict[str, Any], *, node: str, probes: list[Probe]) -> list[Fi
                 fix = f"nft delete rule {hit.family} {hit.table} {hit.chain} handle {hit.handle} (or accept it before)"
             by = f"{tool} ({where})" if tool else f"another firewall ({where})"
             sev: Severity = "error" if hit.certain else "warning"
-            verb = f"{what} {probe.what}" if hit.certain else f"{what} {probe.what} when its other matches hold"
+            if hit.certain:
+                verb = f"{what} {probe.what}"
+            elif hit.verdict == "policy drop":
+                verb = f"{what} {probe.what} unless a rule before its end accepts it (that depends on addresses)"
+            else:
+                verb = f"{what} {probe.what} when its other matches hold"
             findings.append(
                 Finding(
                     sev,
@@ -382,8 +427,17 @@ def listening_tcp(port: int, proc_net: tuple[str, ...] = ("/proc/net/tcp", "/pro
     return False
 
 
-def probes_for_node(*, vxlan: bool) -> list[Probe]:
-    out = [FORWARD]
+def forward_probe(cluster_cidr: str) -> Probe:
+    """FORWARD with the cluster's pod CIDR in the ufw and firewalld commands."""
+    return dataclasses.replace(
+        FORWARD,
+        ufw=FORWARD.ufw.replace(DEFAULT_CLUSTER_CIDR, cluster_cidr),
+        firewalld=FORWARD.firewalld.replace(DEFAULT_CLUSTER_CIDR, cluster_cidr),
+    )
+
+
+def probes_for_node(*, vxlan: bool, cluster_cidr: str = "10.42.0.0/16") -> list[Probe]:
+    out = [forward_probe(cluster_cidr)]
     if vxlan:
         out.append(VXLAN)
     if listening_tcp(API.dport):

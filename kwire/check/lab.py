@@ -43,6 +43,8 @@ def node_command(host: topology.Host, topo: topology.Topology, st: cluster.Setti
         st.cluster_dns,
         "--cluster-domain",
         st.cluster_domain,
+        "--cluster-cidr",
+        st.cluster_cidr,
         "--flannel-iface",
         network.HOST_IFACE,
         "--flannel-backend",

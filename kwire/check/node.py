@@ -22,6 +22,7 @@ class NodeOptions:
     data_dir: Path | None = None  # the agent's --data-dir (subnet.env); None: not known here
     cluster_dns: str = "10.43.0.10"
     cluster_domain: str = "cluster.local"
+    cluster_cidr: str = "10.42.0.0/16"
     flannel_iface: str = ""
     backend: str = "vxlan"
 
@@ -73,7 +74,7 @@ def run(opts: NodeOptions) -> NodeReport:
     _guard(report, node, "mtu", do_mtu)
     _guard(report, node, "offload", lambda: offload.check(offload.gather(uplink=report.links.uplink), node=node))
     vxlan = report.links.flannel_mtu is not None
-    probes = firewall.probes_for_node(vxlan=vxlan)
+    probes = firewall.probes_for_node(vxlan=vxlan, cluster_cidr=opts.cluster_cidr)
     _guard(report, node, "firewall", lambda: firewall.check_nft(firewall.gather_nft(), node=node, probes=probes))
 
     def legacy() -> list[Finding]:

@@ -164,6 +164,7 @@ def _cmd_check(ns: argparse.Namespace) -> int:
             data_dir=Path(ns.data_dir) if ns.data_dir else None,
             cluster_dns=ns.cluster_dns or (settings.cluster_dns if settings else "10.43.0.10"),
             cluster_domain=ns.cluster_domain or (settings.cluster_domain if settings else "cluster.local"),
+            cluster_cidr=ns.cluster_cidr or (settings.cluster_cidr if settings else "10.42.0.0/16"),
             flannel_iface=ns.flannel_iface,
             backend=ns.flannel_backend or (settings.backend if settings else "vxlan"),
         )
@@ -415,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=("all", "node", "cluster"), default="all", help="node: no API; cluster: API only")
     p.add_argument("--cluster-dns", default="", help="default: the cluster's (kube-system/kwire-config)")
     p.add_argument("--cluster-domain", default="")
+    p.add_argument("--cluster-cidr", default="", help="default: the cluster's")
     p.add_argument("--flannel-iface", default="", help="default: flannel.1's underlay, else the default route's")
     p.add_argument("--flannel-backend", default="", choices=("", *config.BACKENDS))
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")

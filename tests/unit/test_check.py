@@ -236,6 +236,9 @@ def test_foreign_nft_table_dropping_vxlan_and_the_kubelet() -> None:
     assert [f.severity for f in by_probe[10250]] == ["error"]
     [f] = by_probe[80]
     assert f.severity == "error" and "policy drops forwarded pod traffic" in f.message
+    [f] = firewall.check_nft(doc, node="n2", probes=[firewall.forward_probe("10.52.0.0/16")])
+    assert f.severity == "error"  # a plain nft table: the fix is nft's, the CIDR is in ufw's and firewalld's
+    assert "10.52.0.0/16" in firewall.forward_probe("10.52.0.0/16").ufw
 
 
 def test_uncertain_matches_are_warnings_and_other_ports_pass() -> None:
@@ -256,6 +259,53 @@ def test_ufw_policy_drop_is_named_with_ufw_commands() -> None:
     assert f.severity == "error" and f.message.startswith("ufw (table ip filter, chain INPUT)")
     assert f.fix == "ufw allow 8472/udp"
     assert firewall.check_nft(doc, node="n1", probes=[firewall.Probe("input", "tcp", 22, "x", "y", "", "")]) == []
+
+
+def chain(name: str, hook: str = "", policy: str = "accept") -> dict[str, Any]:
+    c: dict[str, Any] = {"family": "ip", "table": "filter", "name": name}
+    if hook:
+        c.update(type="filter", hook=hook, prio=0, policy=policy)
+    return {"chain": c}
+
+
+def rule(chain_name: str, handle: int, *expr: dict[str, Any]) -> dict[str, Any]:
+    return {"rule": {"family": "ip", "table": "filter", "chain": chain_name, "handle": handle, "expr": list(expr)}}
+
+
+SADDR_PODS = {
+    "match": {
+        "op": "==",
+        "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+        "right": {"prefix": {"addr": "10.42.0.0", "len": 16}},
+    }
+}
+
+
+def test_an_accept_that_depends_on_addresses_makes_a_later_drop_uncertain() -> None:
+    """Docker's FORWARD policy drop with flannel's `-s 10.42.0.0/16 -j ACCEPT` before it: not a certain drop."""
+    doc = {"nftables": [chain("FORWARD", "forward", "drop"), rule("FORWARD", 3, SADDR_PODS, {"accept": None})]}
+    [f] = firewall.check_nft(doc, node="n1", probes=[firewall.FORWARD])
+    assert f.severity == "warning" and "unless a rule before its end accepts it" in f.message
+    # The same accept behind an uncertain jump: the chain it jumps to may accept, so the drop stays uncertain.
+    doc = {
+        "nftables": [
+            chain("FORWARD", "forward", "drop"),
+            chain("FLANNEL-FWD"),
+            rule("FORWARD", 3, SADDR_PODS, {"jump": {"target": "FLANNEL-FWD"}}),
+            rule("FLANNEL-FWD", 4, {"accept": None}),
+        ]
+    }
+    [f] = firewall.check_nft(doc, node="n1", probes=[firewall.FORWARD])
+    assert f.severity == "warning"
+    # A jump to a chain that only drops something else cannot accept: the policy drop is certain.
+    doc["nftables"][-1] = rule(
+        "FLANNEL-FWD",
+        4,
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}},
+        {"drop": None},
+    )
+    [f] = firewall.check_nft(doc, node="n1", probes=[firewall.FORWARD])
+    assert f.severity == "error" and "its policy drops forwarded pod traffic" in f.message
 
 
 def test_kwire_own_tables_are_not_foreign() -> None:
