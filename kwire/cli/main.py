@@ -150,7 +150,7 @@ def _cmd_check(ns: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - an unreachable API is a finding, the node's checks still run
             findings.append(
                 finding.Finding(
-                    "warning",
+                    "error" if ns.scope == "cluster" else "warning",
                     "api",
                     kubeconfig,
                     f"cannot read the cluster through {kubeconfig}: {exc}",
