@@ -146,7 +146,7 @@ def test_foreign_nft_table_dropping_vxlan(lab: Lab) -> None:
         assert f["fix"].startswith("nft delete rule inet kwire-test-fw input handle ")
     finally:
         node_exec(lab, "node2", "nft", "delete", "table", "inet", "kwire-test-fw")
-    assert subprocess.run(ping, capture_output=True).returncode == 0
+    wait_for(lambda: subprocess.run(ping, capture_output=True).returncode == 0, what="VXLAN to node2 again")
 
 
 def test_loopback_resolver_for_cluster_dns(lab: Lab) -> None:
