@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kwire.check import dns, firewall, hairpin, kernel, mtu, offload, sysctls, vethpods
+from kwire.check import cni, dns, firewall, hairpin, kernel, mtu, offload, sysctls, vethpods
 from kwire.check.finding import Finding
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ def run(opts: NodeOptions) -> NodeReport:
                 )
             )
 
+        text, where = cni.read(opts.data_dir)
+        _guard(report, node, "cni", lambda: cni.check(text, node=node, path=where))
     pods = vethpods.gather(opts.data_dir)
 
     def do_mtu() -> list[Finding]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kwire.check import (
+    cni,
     dns,
     firewall,
     flannel,
@@ -402,6 +403,24 @@ def test_veth_to_pod_from_the_cni_cache(tmp_path: Path) -> None:
     assert "veth853e7149 (pod default/web-1)" in f.message
     [f] = mtu.check(mtu.Links("eth0", 1500, 1450, 1450, {"veth853e7149": 9000}), node="n1", pods=pods)
     assert "veth853e7149 (a pod veth of pod default/web-1) MTU 9000" in f.message
+
+
+def test_cni_conflist() -> None:
+    good = {
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "plugins": [{"type": "flannel", "delegate": {"hairpinMode": True}}, {"type": "portmap"}, {"type": "bandwidth"}],
+    }
+    assert cni.check(json.dumps(good), node="n1", path="p") == []
+    [f] = cni.check(None, node="n1", path="/x/10-flannel.conflist")
+    assert f.severity == "error" and "/x/10-flannel.conflist does not exist" in f.message
+    [f] = cni.check("{", node="n1", path="p")
+    assert f.severity == "error"
+    no_hairpin = {**good, "plugins": [{"type": "flannel", "delegate": {"hairpinMode": False}}, {"type": "portmap"}]}
+    [f] = cni.check(json.dumps(no_hairpin), node="n1", path="p")
+    assert f.severity == "warning" and "hairpinMode" in f.message
+    [a, b] = cni.check(json.dumps({"plugins": [{"type": "bridge"}]}), node="n1", path="p")
+    assert (a.severity, b.severity) == ("error", "warning") and "not flannel" in a.message and "portmap" in b.message
 
 
 def test_hairpin(tmp_path: Path) -> None:
