@@ -399,3 +399,29 @@ def cluster_role_bindings() -> list[Obj]:
         ),
         _binding("system:kwire-controllers", "cluster-admin", users=("system:kube-controller-manager",)),
     ]
+
+
+def namespaced_roles() -> list[Obj]:
+    """kwire's: an agent reads the cluster's settings (cluster/service CIDR, cluster DNS, flannel backend) from the
+    ConfigMap kube-system/kwire-config, which no pod references (K3s's agents get them from the supervisor)."""
+    return [
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "Role",
+            "metadata": {
+                "name": "system:kwire-node-config",
+                "namespace": "kube-system",
+                "labels": {BOOTSTRAPPING: "rbac-defaults"},
+                "annotations": {AUTOUPDATE: "true"},
+            },
+            "rules": [rule(("get",), (CORE,), ("configmaps",), names=("kwire-config",)).as_dict()],
+        }
+    ]
+
+
+def namespaced_role_bindings() -> list[Obj]:
+    binding = _binding("system:kwire-node-config", "", groups=("system:nodes",))
+    binding["kind"] = "RoleBinding"
+    binding["metadata"]["namespace"] = "kube-system"
+    binding["roleRef"] = {"apiGroup": RBAC, "kind": "Role", "name": "system:kwire-node-config"}
+    return [binding]

@@ -50,7 +50,7 @@ class EscalationCheck:
         ref = _dict(obj.get("roleRef"))
         role_kind, role_name = str(ref.get("kind") or ""), str(ref.get("name") or "")
         role_plural = CLUSTER_ROLES if role_kind == "ClusterRole" else ROLES
-        if self._may(user, "bind", role_plural, ns if role_plural == ROLES else ns, role_name):
+        if self._may(user, "bind", role_plural, ns, role_name):  # kube asks in the binding's namespace
             return
         if role_plural == CLUSTER_ROLES:
             rules = self.authz.index.cluster_roles.get(role_name)

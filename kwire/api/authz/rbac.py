@@ -85,7 +85,12 @@ class RbacIndex:
         self._ns_by_subject: dict[tuple[str, str], dict[str, Binding]] = {}
 
     def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        """Forget everything (before a relist)."""
+        self.cluster_roles.clear()
+        self.roles.clear()
+        self.bindings.clear()
+        self._cluster_by_subject.clear()
+        self._ns_by_subject.clear()
 
     def apply(self, key: str, obj: dict[str, Any] | None) -> None:
         """One stored object written (obj) or deleted (None)."""

@@ -1,4 +1,4 @@
-"""Reconciles the bootstrap ClusterRoles and ClusterRoleBindings at server start (kube's RBAC post-start hook).
+"""Reconciles the bootstrap ClusterRoles and ClusterRoleBindings (and kwire's one Role and RoleBinding) at server start (kube's RBAC post-start hook).
 
 A missing object is created; one annotated `rbac.authorization.kubernetes.io/autoupdate: "true"` gets the rules,
 aggregation rule, labels and subjects it lacks added (kube's reconciliation with union semantics, so what an
@@ -12,7 +12,13 @@ import copy
 import logging
 from typing import Any
 
-from kwire.api.authz.bootstrappolicy import AUTOUPDATE, cluster_role_bindings, cluster_roles
+from kwire.api.authz.bootstrappolicy import (
+    AUTOUPDATE,
+    cluster_role_bindings,
+    cluster_roles,
+    namespaced_role_bindings,
+    namespaced_roles,
+)
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources
@@ -43,25 +49,34 @@ def _merged(current: Obj, wanted: Obj) -> Obj | None:
 
 async def _reconcile_one(resources: Resources, kind: Kind, wanted: Obj) -> str:
     name = wanted["metadata"]["name"]
-    current = resources.get_or_none(kind, None, name)
+    namespace = wanted["metadata"].get("namespace")
+    current = resources.get_or_none(kind, namespace, name)
     if current is None:
-        await resources.create(kind, None, copy.deepcopy(wanted))
+        await resources.create(kind, namespace, copy.deepcopy(wanted))
         return "created"
     if ((current.get("metadata") or {}).get("annotations") or {}).get(AUTOUPDATE) != "true":
         return "kept"
     new = _merged(current, wanted)
     if new is None:
         return "unchanged"
-    await resources.update(kind, None, name, new)
+    await resources.update(kind, namespace, name, new)
     return "updated"
 
 
 async def reconcile(resources: Resources) -> None:
-    roles = by_path("rbac.authorization.k8s.io", "v1", "clusterroles")
-    bindings = by_path("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
-    assert roles is not None and bindings is not None
+    kinds = [
+        by_path("rbac.authorization.k8s.io", "v1", p)
+        for p in ("clusterroles", "clusterrolebindings", "roles", "rolebindings")
+    ]
+    croles, cbindings, roles, bindings = kinds
+    assert croles is not None and cbindings is not None and roles is not None and bindings is not None
     counts: dict[str, int] = {}
-    for kind, objs in ((roles, cluster_roles()), (bindings, cluster_role_bindings())):
+    for kind, objs in (
+        (croles, cluster_roles()),
+        (cbindings, cluster_role_bindings()),
+        (roles, namespaced_roles()),
+        (bindings, namespaced_role_bindings()),
+    ):
         for obj in objs:
             try:
                 outcome = await _reconcile_one(resources, kind, obj)
