@@ -15,8 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-USER_KEY = "kwire.user"
-
 AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
 MASTERS = "system:masters"
@@ -48,6 +46,9 @@ class UserInfo:
         if NODES in self.groups and self.name.startswith(NODE_PREFIX):
             return self.name[len(NODE_PREFIX) :]
         return None
+
+
+USER_KEY = web.RequestKey("kwire.user", UserInfo)
 
 
 def authenticated(name: str, groups: tuple[str, ...] = (), *, uid: str = "") -> UserInfo:
