@@ -52,7 +52,7 @@ CONNECT_SUBRESOURCES = frozenset({"proxy", "exec", "attach", "portforward"})
 LONG_RUNNING_SUBRESOURCES = CONNECT_SUBRESOURCES | {"log"}  # kube's BasicLongRunningRequestCheck
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built on every request, and a frozen dataclass's __init__ is slower
 class RequestInfo:
     """kube's RequestInfo: the metric labels (`verb` is the metric verb, e.g. LIST) and what authorization reads
     (`api_*`: the lowercase verb kube authorizes — get, list, watch, create, update, patch, delete,

@@ -83,9 +83,11 @@ class RbacIndex:
         # subject key -> ClusterRoleBindings; (namespace, subject key) -> RoleBindings
         self._cluster_by_subject: dict[str, dict[str, Binding]] = {}
         self._ns_by_subject: dict[tuple[str, str], dict[str, Binding]] = {}
+        self.generation = 0  # bumped on every change: what the authorizer cached is stale
 
     def reset(self) -> None:
         """Forget everything (before a relist)."""
+        self.generation += 1
         self.cluster_roles.clear()
         self.roles.clear()
         self.bindings.clear()
@@ -97,6 +99,7 @@ class RbacIndex:
         where = _split_key(key)
         if where is None:
             return
+        self.generation += 1
         plural, ns, name = where
         if plural == CLUSTER_ROLES:
             if obj is None:
@@ -189,22 +192,49 @@ class RbacIndex:
         return (namespace, name) in self.roles
 
 
+Resolved = tuple[tuple[tuple[Binding, tuple[Rule, ...]], ...], tuple[str, ...]]
+CACHE_SIZE = 4096
+
+
 class RbacAuthorizer:
+    """Decides from the index; what a (user, groups, namespace) holds is resolved once and cached until the index
+    changes (any RBAC write), so a decision is one dict lookup and a walk of that user's rules."""
+
     def __init__(self, index: RbacIndex) -> None:
         self.index = index
+        self._cache: dict[tuple[str, tuple[str, ...], str], Resolved] = {}
+        self._generation = -1
 
-    def authorize(self, a: Attributes) -> Decision:
+    def _resolved(self, user: UserInfo, namespace: str) -> Resolved:
+        if self._generation != self.index.generation:
+            self._cache.clear()
+            self._generation = self.index.generation
+        key = (user.name, user.groups, namespace)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        granted: list[tuple[Binding, tuple[Rule, ...]]] = []
         errors: list[str] = []
-        for b in self.index.bindings_for(a.user, a.namespace if a.resource_request else ""):
-            granted, err = self.index.role_rules(b)
+        for b in self.index.bindings_for(user, namespace):
+            rules, err = self.index.role_rules(b)
             if err:
                 errors.append(err)
-                continue
-            for r in granted:
+            elif rules:
+                granted.append((b, rules))
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        resolved = (tuple(granted), tuple(errors))
+        self._cache[key] = resolved
+        return resolved
+
+    def authorize(self, a: Attributes) -> Decision:
+        granted, errors = self._resolved(a.user, a.namespace if a.resource_request else "")
+        for b, rules in granted:
+            for r in rules:
                 if allows(r, a):
                     return Decision(Verdict.ALLOW, _allow_reason(b))
         if errors:
-            return Decision(Verdict.NO_OPINION, "RBAC: " + _aggregate(errors))
+            return Decision(Verdict.NO_OPINION, "RBAC: " + _aggregate(list(errors)))
         return NO_OPINION
 
 
