@@ -17,6 +17,7 @@ a mismatch is 403, as K3s answers).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -146,7 +147,8 @@ class NodeCerts:
         current = self.resources.get_or_none(secrets, "kube-system", name)
         if current is not None:
             stored = base64.b64decode((current.get("data") or {}).get("hash") or "").decode(errors="replace")
-            if not verify_password(stored, password):
+            # scrypt is deliberately slow (tens of ms): off the event loop
+            if not await asyncio.to_thread(verify_password, stored, password):
                 raise ApiError(403, "Forbidden", f"unable to verify password for node {node}: hash does not match")
             return
         secret: dict[str, Any] = {
@@ -155,7 +157,7 @@ class NodeCerts:
             "metadata": {"name": name, "namespace": "kube-system"},
             "immutable": True,
             "type": "Opaque",
-            "data": {"hash": base64.b64encode(hash_password(password).encode()).decode()},
+            "data": {"hash": base64.b64encode((await asyncio.to_thread(hash_password, password)).encode()).decode()},
         }
         try:
             await self.resources.create(secrets, "kube-system", secret, manager="kwire-node-password")
