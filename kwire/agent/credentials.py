@@ -196,15 +196,14 @@ class NodeCredentials:
 
     async def ensure(self, *, token: str | None) -> list[str]:
         """Fetch the client CA and every stale certificate (with the agent token at join, else the node's own
-        certificate); returns what was (re)issued."""
+        certificate); returns what was (re)issued, nothing when every certificate is current."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         atomic_write(self.server_ca_path, self.server_ca, mode=0o600)
         if token is None and not self.cert_path(KUBELET_CLIENT).exists():
             raise CredentialsError("no kubelet certificate to renew with, and no token")
-        stale = self.stale()
-        if not stale and self.client_ca_path.exists():
-            return []
+        # The client CA is fetched every time (one small request): certificates from a CA the server no longer
+        # trusts are then seen as stale and replaced.
         session, headers = self._session(token)
         async with session:
             client_ca = await self._call(session, "GET", "client-ca.crt", headers=headers)
