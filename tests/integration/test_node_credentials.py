@@ -4,6 +4,7 @@ keeps another machine from taking the node's name; renewal needs no token."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import stat
@@ -156,3 +157,17 @@ async def test_malformed_requests_get_400(server: ServerProcess, tmp_path: Path)
             f"{server.url}/v1-k3s/client-ca.crt", ssl=False, headers={"K3s-Node-Name": "n7", "K3s-Node-Password": "x"}
         ) as r:
             assert r.status == 401
+
+
+async def test_deleting_the_node_frees_its_name(server: ServerProcess, tmp_path: Path) -> None:
+    """As K3s: the password Secret goes with the Node, so another machine may then register that name."""
+    await _creds(server, tmp_path / "old", "n8").ensure(token=server.token)
+    server.kubectl("create", "-f", "-", input='{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n8"}}')
+    server.kubectl("get", "secret", "-n", "kube-system", "n8.node-password.k3s")
+    server.kubectl("delete", "node", "n8")
+    deadline = asyncio.get_running_loop().time() + 30
+    while server.kubectl("get", "secret", "-n", "kube-system", "n8.node-password.k3s", check=False).returncode == 0:
+        assert asyncio.get_running_loop().time() < deadline, "the node's password secret outlived the node"
+        await asyncio.sleep(0.2)
+    new = _creds(server, tmp_path / "new", "n8")
+    assert KUBELET_CLIENT in await new.ensure(token=server.token)
