@@ -152,14 +152,33 @@ class NodeCredentials:
         )
 
     def stale(self) -> list[str]:
-        """The components whose certificate is missing, from another CA or due for renewal."""
+        """The components whose certificate is missing, from another CA, due for renewal, or no longer naming
+        this node (a new node name, or a node IP the serving certificate lacks)."""
         out = []
         for comp in COMPONENTS:
             crt, key = self.cert_path(comp), self.key_path(comp)
             ca = self.server_ca if comp == KUBELET_SERVING else self._client_ca_or_empty()
-            if not (crt.exists() and key.exists()) or not ca or needs_renewal(crt.read_bytes(), ca_pem=ca):
+            if not (crt.exists() and key.exists()) or not ca:
+                out.append(comp)
+                continue
+            pem = crt.read_bytes()
+            if needs_renewal(pem, ca_pem=ca) or not self._names_this_node(comp, pem):
                 out.append(comp)
         return out
+
+    def _names_this_node(self, component: str, pem: bytes) -> bool:
+        cert = x509.load_pem_x509_certificate(pem)
+        if component == KUBELET_CLIENT:
+            cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            return bool(cns) and cns[0].value == f"system:node:{self.node_name}"
+        if component == KUBELET_SERVING:
+            try:
+                sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            except x509.ExtensionNotFound:
+                return False
+            ips = {str(i) for i in sans.get_values_for_type(x509.IPAddress)}
+            return self.node_name in sans.get_values_for_type(x509.DNSName) and set(self.node_ips) <= ips
+        return True
 
     def _client_ca_or_empty(self) -> bytes:
         return self.client_ca_path.read_bytes() if self.client_ca_path.exists() else b""

@@ -171,3 +171,14 @@ async def test_deleting_the_node_frees_its_name(server: ServerProcess, tmp_path:
         await asyncio.sleep(0.2)
     new = _creds(server, tmp_path / "new", "n8")
     assert KUBELET_CLIENT in await new.ensure(token=server.token)
+
+
+async def test_a_new_node_ip_or_name_gets_new_certificates(server: ServerProcess, tmp_path: Path) -> None:
+    await _creds(server, tmp_path, "n9", ip="10.0.0.9").ensure(token=server.token)
+    moved = _creds(server, tmp_path, "n9", ip="10.0.0.10")
+    assert await moved.ensure(token=None) == [KUBELET_SERVING]
+    sans = _cert(moved.cert_path(KUBELET_SERVING)).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert "10.0.0.10" in [str(i) for i in sans.value.get_values_for_type(x509.IPAddress)]
+    renamed = _creds(server, tmp_path, "n9b", ip="10.0.0.10")
+    assert await renamed.ensure(token=server.token) == [KUBELET_CLIENT, KUBELET_SERVING]
+    assert _subject(_cert(renamed.cert_path(KUBELET_CLIENT))) == ("system:node:n9b", ["system:nodes"])
