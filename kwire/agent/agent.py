@@ -41,14 +41,12 @@ from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
-from kwire.client import ApiClient, ApiStatusError, Informers
-from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
+from kwire.client import ApiClient, Informers
+from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 from kwire.cni import invoke as cni
 from kwire.config import AgentConfig
 
 log = logging.getLogger(__name__)
-
-CLUSTER_CONFIG = "kwire-config"
 
 
 class AgentError(RuntimeError):
@@ -144,13 +142,14 @@ class ClusterSettings:
     node_monitor_grace_period: int = 40
 
 
-async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> ClusterSettings:
+async def _cluster_settings(creds: NodeCredentials, *, timeout: float = 60.0) -> ClusterSettings:
+    """The cluster's settings as K3s's agent gets them: from the server's /v1-k3s/config (the data of the
+    kube-system/kwire-config ConfigMap the server publishes), asked as this node."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while True:
         try:
-            cm = await client.get(CONFIGMAPS, CLUSTER_CONFIG, "kube-system")
-            d = cm.get("data") or {}
+            d = await creds.cluster_settings()
             return ClusterSettings(
                 cluster_cidr=d.get("cluster-cidr", "10.42.0.0/16"),
                 service_cidr=d.get("service-cidr", "10.43.0.0/16"),
@@ -160,7 +159,7 @@ async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> Clus
                 disable_network_policy=d.get("disable-network-policy", "false") == "true",
                 node_monitor_grace_period=int(d.get("node-monitor-grace-period") or 40),
             )
-        except (ApiStatusError, OSError, TimeoutError) as exc:
+        except (CredentialsError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             if loop.time() > end:
                 raise AgentError(f"cannot read the cluster settings from the server: {exc}") from None
             await asyncio.sleep(0.2)
@@ -260,7 +259,7 @@ async def start(cfg: AgentConfig) -> Agent:
     proxy_client = ApiClient(creds.client_config(KUBE_PROXY_CLIENT))
     controller_client = ApiClient(creds.client_config(CONTROLLER_CLIENT))
     clients = {KUBELET_CLIENT: client, KUBE_PROXY_CLIENT: proxy_client, CONTROLLER_CLIENT: controller_client}
-    settings = await _cluster_settings(client)
+    settings = await _cluster_settings(creds)
     ident = NodeIdentity(
         name=node_name,
         ip=node_ip,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import logging
 import os
 import secrets
@@ -236,6 +237,16 @@ class NodeCredentials:
                 atomic_write(self.cert_path(comp), pem, mode=0o600)
                 log.info("agent: %s issued for node %s", comp, self.node_name)
         return stale
+
+    async def cluster_settings(self) -> dict[str, str]:
+        """The cluster settings from the server (`/v1-k3s/config`), asked with the node's kubelet certificate."""
+        session, headers = self._session(None)
+        async with session:
+            body = await self._call(session, "GET", "config", headers=headers)
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise CredentialsError("the server's /v1-k3s/config is not a JSON object")
+        return {str(k): str(v) for k, v in data.items()}
 
 
 class CertReloader:

@@ -1,6 +1,8 @@
 """Node credentials at join: the certificates an agent exchanges its (agent) token for, as K3s's server hands
 them out on `/v1-k3s/client-kubelet.crt`, `/v1-k3s/serving-kubelet.crt`, `/v1-k3s/client-kube-proxy.crt` and
-`/v1-k3s/client-k3s-controller.crt`, plus the CAs an agent needs (`/v1-k3s/client-ca.crt`, `/v1-k3s/server-ca.crt`).
+`/v1-k3s/client-k3s-controller.crt`, plus the CAs an agent needs (`/v1-k3s/client-ca.crt`, `/v1-k3s/server-ca.crt`)
+and the cluster settings agents run with (`/v1-k3s/config`, K3s's agent config endpoint: the data of
+`kube-system/kwire-config`, so reading them needs no RBAC grant on ConfigMaps).
 
 Mirrors K3s's node-cert handlers (pkg/server/router.go) with one difference the brief asks for: the agent POSTs
 a PKCS#10 request for a key it generated itself, so private keys never leave the node (K3s's server generates the
@@ -50,6 +52,8 @@ KUBELET_SERVING = "serving-kubelet.crt"
 KUBE_PROXY_CLIENT = "client-kube-proxy.crt"
 CONTROLLER_CLIENT = "client-k3s-controller.crt"
 CERT_NAMES = (KUBELET_CLIENT, KUBELET_SERVING, KUBE_PROXY_CLIENT, CONTROLLER_CLIENT)
+CONFIG = "config"
+CLUSTER_CONFIG = "kwire-config"  # the ConfigMap kwire/server.py publishes the agents' cluster settings in
 KUBE_PROXY_USER = "system:kube-proxy"
 CONTROLLER_USER = "system:k3s-controller"
 
@@ -166,11 +170,20 @@ class NodeCerts:
                 raise
             await self._check_password(node, password)  # another join of this node won the race: check it
 
+    def _cluster_settings(self) -> dict[str, str]:
+        """What an agent needs of the cluster's settings (cluster/service CIDRs, DNS, flannel backend, ...)."""
+        configmaps = by_path("", "v1", "configmaps")
+        assert configmaps is not None
+        cm = self.resources.get_or_none(configmaps, "kube-system", CLUSTER_CONFIG)
+        if cm is None:
+            raise ApiError(503, "ServiceUnavailable", "the cluster settings are not published yet")
+        return {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
+
     async def handle(self, request: web.Request, *, user: UserInfo | None) -> web.Response:
         name = request.path[len(PREFIX) :]
         node = request.headers.get(NAME_HEADER, "")
         password = request.headers.get(PASSWORD_HEADER, "")
-        if name not in (*CERT_NAMES, "client-ca.crt", "server-ca.crt"):
+        if name not in (*CERT_NAMES, "client-ca.crt", "server-ca.crt", CONFIG):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not _valid_node_name(node):
             raise bad_request(f"{NAME_HEADER} must be a node name (DNS-1123 subdomain), got {node!r}")
@@ -184,6 +197,8 @@ class NodeCerts:
             return web.Response(body=a.client_ca_cert.read_bytes(), content_type="text/plain")
         if name == "server-ca.crt":
             return web.Response(body=a.server_ca_cert.read_bytes(), content_type="text/plain")
+        if name == CONFIG:
+            return web.json_response(self._cluster_settings())
         if request.method != "POST":
             raise ApiError(405, "MethodNotAllowed", f"POST a PEM certificate request to {request.path}")
         csr = await request.content.read(MAX_CSR_BYTES + 1)

@@ -11,6 +11,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -139,8 +140,6 @@ async def test_renewal_needs_the_nodes_own_certificate_not_the_token(server: Ser
 
 
 async def test_malformed_requests_get_400(server: ServerProcess, tmp_path: Path) -> None:
-    import aiohttp
-
     creds = _creds(server, tmp_path, "n7")
     await creds.ensure(token=server.token)
     session, headers = creds._session(server.token)
@@ -182,3 +181,16 @@ async def test_a_new_node_ip_or_name_gets_new_certificates(server: ServerProcess
     renamed = _creds(server, tmp_path, "n9b", ip="10.0.0.10")
     assert await renamed.ensure(token=server.token) == [KUBELET_CLIENT, KUBELET_SERVING]
     assert _subject(_cert(renamed.cert_path(KUBELET_CLIENT))) == ("system:node:n9b", ["system:nodes"])
+
+
+async def test_a_node_reads_the_cluster_settings_as_itself(server: ServerProcess, tmp_path: Path) -> None:
+    """K3s's /v1-k3s/config: what an agent needs of the cluster, for the node's own certificate (no RBAC grant on
+    ConfigMaps needed); the anonymous get 401."""
+    creds = _creds(server, tmp_path, "n10")
+    await creds.ensure(token=server.token)
+    settings = await creds.cluster_settings()
+    assert settings["cluster-cidr"] == "10.42.0.0/16" and settings["cluster-dns"] == "10.43.0.10"
+    async with aiohttp.ClientSession() as anon:
+        headers = {"K3s-Node-Name": "n10", "K3s-Node-Password": "x"}
+        async with anon.get(f"{server.url}/v1-k3s/config", ssl=False, headers=headers) as r:
+            assert r.status == 401
