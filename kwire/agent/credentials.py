@@ -232,7 +232,7 @@ class NodeCredentials:
             for comp in stale:
                 key = ec.generate_private_key(ec.SECP256R1())
                 pem = await self._call(session, "POST", f"{comp}.crt", headers=headers, data=_csr(key, comp))
-                # the key first: a reader that sees the new certificate must find its key
+                # nothing reads the pair meanwhile: live contexts reload only once `ensure` has returned
                 atomic_write(self.key_path(comp), _key_pem(key), mode=0o600)
                 atomic_write(self.cert_path(comp), pem, mode=0o600)
                 log.info("agent: %s issued for node %s", comp, self.node_name)
