@@ -100,6 +100,14 @@ def trace_table(name: str, proto: str, fl: list[Flow]) -> str:
     return f"table ip {name} {{\n{chains}}}\n"
 
 
+def _is_kwire_node(ns: str) -> bool:
+    """Whether a namespace is a kwire node's (its agent's proxy table is there): the probe adds its tracing table
+    nowhere else, so it can never touch a namespace kwire does not run in."""
+    cmd = [NFT, "list", "table", "ip", "kwire-proxy"]
+    res = subprocess.run(cmd if not ns else [IP, "netns", "exec", ns, *cmd], capture_output=True, timeout=10)
+    return res.returncode == 0
+
+
 def _nft(ns: str, script: str) -> None:
     cmd = [NFT, "-f", "-"] if not ns else [IP, "netns", "exec", ns, NFT, "-f", "-"]
     res = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=10)
@@ -143,6 +151,10 @@ def tracing(namespaces: dict[str, str], proto: str, fl: list[Flow]) -> Iterator[
     monitors: list[_Monitor] = []
     try:
         for node, ns in namespaces.items():
+            if not _is_kwire_node(ns):
+                raise RuntimeError(
+                    f"node {node}: {ns or 'this namespace'} holds no kwire-proxy table (not a kwire node)"
+                )
             _nft(ns, trace_table(name, proto, fl))
             added.append(ns)
             monitors.append(_Monitor(node, ns))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,7 +218,10 @@ def trace(where: Where, src_text: str, dst_text: str, *, do_probe: bool = False,
             node_ns = where.node_ns(n) if n else None
             if node_ns is not None:
                 spaces[n] = node_ns
-        result.observation = probe.run(pred, src_ns=src_ns, namespaces=spaces, timeout=timeout)
+        try:
+            result.observation = probe.run(pred, src_ns=src_ns, namespaces=spaces, timeout=timeout)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            raise TraceError(f"--probe: {exc}") from None
     return result
 
 

@@ -227,3 +227,26 @@ def test_probe_leaves_nothing_behind(tl: TraceLab) -> None:
         ).stdout
         assert "kwire-trace-" not in tables
     assert netns.exists(tl.lab.topo.client.netns)
+
+
+def test_on_a_node_with_a_kubeconfig(tl: TraceLab) -> None:
+    """Node mode (`--kubeconfig`, no lab) predicts the same path; its probe adds a tracing table only to a
+    namespace holding kwire's proxy table, so from this machine's own namespace it refuses and changes nothing."""
+    base = [sys.executable, "-m", "kwire", "trace", "--kubeconfig", str(tl.lab.topo.kubeconfig), "--node", "node1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([*base, "default/a", "default/b:80", "-o", "json"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["verdict"] == "DELIVERED" and "route bridge cni0 on node node1 (same node)" in [
+        h["text"] for h in out["hops"]
+    ]
+    before = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    prefix = f"kwire-{tl.lab.name}-pod-"
+    res = subprocess.run(
+        [*base, "--pod-netns-prefix", prefix, "default/a", "default/b:80", "--probe"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert res.returncode == 1 and "not a kwire node" in res.stderr, res.stderr
+    assert subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout == before
