@@ -34,7 +34,7 @@ from kwire.agent.proxy import tracer as proxy_tracer
 from kwire.agent.proxy.model import ServicePort, service_ports, service_view, slice_view
 from kwire.kernel import nft
 from kwire.trace.state import ClusterState
-from kwire.trace.targets import Place, by_ip, node_ip
+from kwire.trace.targets import Place, by_ip, node_ip, pod_place
 
 Obj = dict[str, Any]
 DELIVERED, DROPPED, REJECTED, REFUSED, UNREACHABLE, DEPENDS = (
@@ -85,6 +85,8 @@ class Prediction:
     legs: list[Leg]
     entry_node: str = ""  # where the proxy rules first see the packet
     nodes: list[str] = field(default_factory=list)  # every node the packet may cross
+    via: list[str] = field(default_factory=list)  # DNATs on the way before the endpoint's (a hostPort's "ip:port")
+    relay: str = ""  # the address a relaying pod (svclb) sends from, "" without one
 
     @property
     def verdict(self) -> str:
@@ -480,6 +482,71 @@ def _leg(
     return leg
 
 
+SVCLB_NAME = "svccontroller.k3s.cattle.io/svcname"
+SVCLB_NAMESPACE = "svccontroller.k3s.cattle.io/svcnamespace"
+
+
+def host_port(m: Model, node: str, proto: str, port: int) -> tuple[Obj, int] | None:
+    """A running pod of `node` holding hostPort `port`/`proto` (CNI portmap DNATs the node's addresses to it), with
+    its containerPort."""
+    for p in m.state.pods:
+        spec, st = p.get("spec") or {}, p.get("status") or {}
+        if spec.get("nodeName") != node or spec.get("hostNetwork") or st.get("phase") != "Running":
+            continue
+        for c in spec.get("containers") or []:
+            for cp in (c or {}).get("ports") or []:
+                if int(cp.get("hostPort") or 0) == port and str(cp.get("protocol") or "TCP").lower() == proto:
+                    return p, int(cp.get("containerPort") or port)
+    return None
+
+
+def _via_host_port(m: Model, pred: Prediction, src: Place, holder: Obj, cport: int, *, client_ip: str) -> Prediction:
+    """The node's address and port belong to a pod's hostPort: Debian's portmap plugin DNATs them to the pod in
+    table `ip nat` (whose prerouting chain runs before kwire-proxy's on kwire's nodes). A ServiceLB (svclb) pod
+    relays to its Service's ClusterIP, masquerading (klipper-lb's entry); the path goes on from there."""
+    pod = pod_place(holder)
+    pred.via.append(f"{pod.ip}:{cport}")
+    pred.head.append(
+        Hop(
+            "hostport",
+            f"hostPort {pred.port}/{pred.proto} on node {pred.entry_node} -> DNAT to {pod.label} {pod.ip}:{cport} "
+            "(CNI portmap, table ip nat)",
+        )
+    )
+    labels = (holder.get("metadata") or {}).get("labels") or {}
+    if SVCLB_NAME not in labels:
+        pred.legs = [
+            _leg(
+                m,
+                src,
+                src.ip,
+                entry=pred.entry_node,
+                ep_ip=pod.ip,
+                ep_port=cport,
+                proto=pred.proto,
+                endpoint=f"{pod.ip}:{cport}",
+                mark_masq=False,
+                client_ip=client_ip,
+            )
+        ]
+        pred.nodes = [pred.entry_node]
+        return pred
+    key = f"{labels.get(SVCLB_NAMESPACE, 'default')}/{labels[SVCLB_NAME]}"
+    svc = next((s for s in m.state.services if f"{_meta(s).get('namespace')}/{_meta(s).get('name')}" == key), None)
+    cluster_ip = str(((svc or {}).get("spec") or {}).get("clusterIP") or "")
+    pred.head.append(
+        Hop("hostport", f"svclb relays to svc {key} ClusterIP {cluster_ip}:{cport}, masqueraded (source {pod.ip})")
+    )
+    inner = predict(
+        m, pod, by_ip(m.state, cluster_ip), dst_ip=cluster_ip, port=cport, proto=pred.proto, client_ip=client_ip
+    )
+    pred.head += inner.head[1:]
+    pred.legs = inner.legs
+    pred.nodes = sorted({pred.entry_node, *inner.nodes})
+    pred.relay = pod.ip
+    return pred
+
+
 def source_ip(m: Model, src: Place) -> str:
     return src.ip
 
@@ -536,6 +603,9 @@ def predict(
             )
         ]
         return pred
+    holder = host_port(m, entry, proto, port) if m.node_of_ip(dst_ip) is not None else None
+    if holder is not None and m.nodes[entry].ip == dst_ip:
+        return _via_host_port(m, pred, src, holder[0], holder[1], client_ip=client_ip)
     tbl = m.proxy_table(entry)
     t = proxy_tracer.trace(tbl, src=src_ip, dst=dst_ip, proto=proto, port=port)
     sp, how = m.find_port(dst_ip, proto, port)

@@ -65,7 +65,8 @@ class Hit:
 class Observation:
     outcome: str  # connected | echoed | refused | timeout | unreachable | error: ...
     verdict: str
-    endpoint: str = ""  # the DNAT the trace shows
+    endpoint: str = ""  # the DNAT the trace shows (the first, or the first to a predicted candidate)
+    dnats: list[str] = field(default_factory=list)
     dropped: Hit | None = None
     hits: list[Hit] = field(default_factory=list)
     bugs: list[str] = field(default_factory=list)
@@ -74,6 +75,11 @@ class Observation:
 
 def flows(pred: Prediction) -> list[Flow]:
     out = [Flow(pred.src.ip, pred.dst_ip, pred.port)]
+    for via in pred.via:
+        ip, port = via.rsplit(":", 1)
+        out.append(Flow(pred.src.ip, ip, int(port)))
+    if pred.relay:
+        out.append(Flow(pred.relay, "", 0))
     for leg in pred.legs:
         if leg.endpoint:
             ip, port = leg.endpoint.rsplit(":", 1)
@@ -89,8 +95,8 @@ def trace_table(name: str, proto: str, fl: list[Flow]) -> str:
     """The nft script of the temporary tracing table."""
     first = "tcp flags & (syn | ack) == syn " if proto == "tcp" else ""
     rules = "".join(
-        f"    {'ip saddr ' + f.src + ' ' if f.src else ''}ip daddr {f.dst} meta l4proto {proto} th dport {f.port} "
-        f"{first}meta nftrace set 1\n"
+        f"    {'ip saddr ' + f.src + ' ' if f.src else ''}{'ip daddr ' + f.dst + ' ' if f.dst else ''}"
+        f"meta l4proto {proto} {'th dport ' + str(f.port) + ' ' if f.port else ''}{first}meta nftrace set 1\n"
         for f in fl
     )
     chains = "".join(
@@ -219,10 +225,11 @@ def observe(outcome: str, hits: list[Hit]) -> Observation:
     obs = Observation(outcome, "", hits=hits)
     for h in hits:
         d = _DNAT.search(h.rule)
-        if d is not None and not obs.endpoint:
-            obs.endpoint = d.group("ep")
+        if d is not None and d.group("ep") not in obs.dnats:
+            obs.dnats.append(d.group("ep"))
         if h.verdict in ("drop", "policy drop") and obs.dropped is None:
             obs.dropped = h
+    obs.endpoint = obs.dnats[0] if obs.dnats else ""
     rejected = any("reject" in h.rule.split() for h in hits if h.table == "kwire-proxy")
     if outcome in ("connected", "echoed"):
         obs.verdict = DELIVERED
@@ -243,13 +250,13 @@ _REASON_TABLE = {"netpol": "kwire-netpol", "proxy": "kwire-proxy"}
 def compare(pred: Prediction, obs: Observation) -> list[str]:
     """BUG lines: every way the observation differs from the prediction."""
     bugs = []
-    leg = next((i for i, leg in enumerate(pred.legs) if leg.endpoint and leg.endpoint == obs.endpoint), None)
     candidates = [leg.endpoint for leg in pred.legs if leg.endpoint]
-    if obs.endpoint and obs.endpoint not in candidates:
-        bugs.append(
-            f"BUG: the kernel DNATed to {obs.endpoint}; predicted candidates: {', '.join(candidates) or 'none'}"
-        )
-    if not obs.endpoint and candidates and obs.verdict == DELIVERED:
+    obs.endpoint = next((d for d in obs.dnats if d in candidates), obs.endpoint)
+    leg = next((i for i, leg in enumerate(pred.legs) if leg.endpoint and leg.endpoint == obs.endpoint), None)
+    for d in obs.dnats:
+        if d not in candidates and d not in pred.via:
+            bugs.append(f"BUG: the kernel DNATed to {d}; predicted: {', '.join(pred.via + candidates) or 'none'}")
+    if obs.endpoint not in candidates and candidates and obs.verdict == DELIVERED:
         bugs.append(f"BUG: delivered without the predicted DNAT to {', '.join(candidates)}")
     predicted = pred.verdict
     step, hop = pred.deciding(leg or 0)

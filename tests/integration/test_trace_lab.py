@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kwire.kernel import netns
-from tests.integration.labkit import IP, Lab, wait_for
+from tests.integration.labkit import IP, Lab, udp_echo, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -82,6 +82,24 @@ apiVersion: v1
 kind: Service
 metadata: {name: np}
 spec: {type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec: {type: LoadBalancer, selector: {app: web}, ports: [{port: 8088, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: u, labels: {app: u}}
+spec: {nodeName: node2, containers: [{name: c, image: nginx, ports: [{containerPort: 5353, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: u}
+spec:
+  selector: {app: u}
+  sessionAffinity: ClientIP
+  ports: [{name: dns, port: 53, targetPort: 5353, protocol: UDP}]
 """
 
 
@@ -100,9 +118,15 @@ def tl() -> Iterator[TraceLab]:
     try:
         lab_.up()
         lab_.apply(MANIFEST)
-        pods = lab_.wait_pods_ready("app in (a,b,hp,web)", 4, timeout=60)
+        pods = lab_.wait_pods_ready("app in (a,b,hp,web,u)", 5, timeout=60)
         lab_.wait_pods_ready("app=db", 1, namespace="locked", timeout=60)
         ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+        # ServiceLB: the svclb pods are Ready and the node IPs published.
+        wait_for(
+            lambda: lab_.get("service", "lb").get("status", {}).get("loadBalancer", {}).get("ingress"),
+            timeout=60,
+            what="the lb Service's EXTERNAL-IP",
+        )
         svcs = {s["metadata"]["name"]: s for s in lab_.get("services")["items"]}
         nodes = {n["metadata"]["name"]: n for n in lab_.get("nodes")["items"]}
         yield TraceLab(
@@ -218,6 +242,25 @@ def test_nodeport_from_the_client(tl: TraceLab) -> None:
     out = check(tl, "client", f"node/node1:{port}", f"http://{tl.node_ips['node1']}:{port}/", verdict="DELIVERED")
     assert any(h["kind"] == "masquerade" and "external traffic" in h["text"] for h in out["hops"])
     assert out["answer"]["pod"] == "web"
+
+
+def test_load_balancer_from_the_client_through_svclb(tl: TraceLab) -> None:
+    """ServiceLB: node1's address and port are a svclb pod's hostPort (portmap DNAT), which relays to the
+    ClusterIP masqueraded; the endpoint sees the svclb pod's address."""
+    out = check(tl, "client", "svc/default/lb", f"http://{tl.node_ips['node1']}:8088/", verdict="DELIVERED")
+    texts = [h["text"] for h in out["hops"]]
+    assert texts[1].startswith("hostPort 8088/tcp on node node1 -> DNAT to pod kube-system/svclb-lb-")
+    assert texts[2].startswith("svclb relays to svc default/lb ClusterIP")
+    assert out["answer"]["pod"] == "web"
+
+
+def test_udp_with_session_affinity(tl: TraceLab) -> None:
+    """A UDP datagram through a ClientIP-affinity Service, echoed by the pod; the probe agrees."""
+    rc, out = kwire_trace(tl, "a", "svc/default/u:53/udp")
+    assert out["verdict"] == "DELIVERED" and rc == 0, out["probe"]["bugs"]
+    assert "sessionAffinity ClientIP" in out["hops"][1]["text"]
+    assert out["probe"]["outcome"] == "echoed" and out["probe"]["endpoint"] == f"{tl.ips['u']}:5353"
+    assert udp_echo(tl.lab, "a", tl.cluster_ips["u"], 53) == b"ping"
 
 
 def test_probe_leaves_nothing_behind(tl: TraceLab) -> None:

@@ -320,7 +320,7 @@ def test_probe_parses_the_trace_and_compares() -> None:
     # A DNAT to an endpoint the prediction did not have.
     pred = trace(cluster(), "default/h", "svc/default/hp")
     bugs = probe.compare(pred, probe.observe("connected", probe.parse("node1", TRACE_LINES[:3])))
-    assert bugs[0] == "BUG: the kernel DNATed to 10.42.1.4:8080; predicted candidates: 10.42.0.7:8080"
+    assert bugs[0] == "BUG: the kernel DNATed to 10.42.1.4:8080; predicted: 10.42.0.7:8080"
 
 
 def test_probe_trace_table_matches_every_form_of_the_flow() -> None:
@@ -338,3 +338,33 @@ def test_probe_trace_table_matches_every_form_of_the_flow() -> None:
         "ip saddr 10.42.0.0 ip daddr 10.42.1.4 meta l4proto tcp th dport 8080 tcp flags & (syn | ack) == syn "
         "meta nftrace set 1" in script
     )
+
+
+def test_load_balancer_through_a_svclb_host_port() -> None:
+    st = cluster()
+    lb, _ = service("lb", "10.43.0.26", port=8088, type="LoadBalancer")
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "192.168.77.11"}, {"ip": "192.168.77.12"}]}}
+    st.services.append(lb)
+    st.slices.append(slice_("lb", 8080, [("10.42.1.4", "node2", "web1")]))
+    svclb = pod("svclb-lb-1", "10.42.0.30", "node1", ns="kube-system", ports=())
+    svclb["metadata"]["labels"] = {
+        "svccontroller.k3s.cattle.io/svcname": "lb",
+        "svccontroller.k3s.cattle.io/svcnamespace": "default",
+    }
+    svclb["spec"]["containers"][0]["ports"] = [{"containerPort": 8088, "hostPort": 8088, "protocol": "TCP"}]
+    st.pods.append(svclb)
+    p = trace(st, "client", "node/node1:8088")
+    assert p.verdict == path.DELIVERED
+    assert texts(p)[1] == (
+        "hostPort 8088/tcp on node node1 -> DNAT to pod kube-system/svclb-lb-1 10.42.0.30:8088 (CNI portmap, table ip nat)"
+    )
+    assert texts(p)[2] == "svclb relays to svc default/lb ClusterIP 10.43.0.26:8088, masqueraded (source 10.42.0.30)"
+    assert p.via == ["10.42.0.30:8088"] and p.legs[0].endpoint == "10.42.1.4:8080"
+    assert p.legs[0].src_seen == "10.42.0.30" and p.nodes == ["node1", "node2"]
+    # The probe accepts the hostPort DNAT on the way and matches the endpoint's.
+    obs = probe.observe("connected", [])
+    obs.dnats = ["10.42.0.30:8088", "10.42.1.4:8080"]
+    assert probe.compare(p, obs) == []
+    # Node2 has no svclb pod: the proxy's load-balancer rule answers there.
+    p = trace(st, "client", "node/node2:8088")
+    assert "proxy svc default/lb port 8088/tcp (external IP 192.168.77.12) -> DNAT to 10.42.1.4:8080" in texts(p)[1]
