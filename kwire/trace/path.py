@@ -54,6 +54,7 @@ class Hop:
     text: str
     end: str = ""  # the verdict this hop decides ("" = the packet goes on)
     reason: str = ""  # what decided it ("netpol ingress", "proxy reject", ...)
+    node: str = ""  # the node whose rules decided it
 
 
 @dataclass
@@ -259,6 +260,7 @@ def _netpol_hop(
             f"{name}: DENIED by {', '.join(policies)} ({why}; no rule allows {peer})",
             end=DROPPED,
             reason=f"netpol {direction}",
+            node=node,
         )
     allowed = [c for c in t.allowed_by if c.split(" ")[1:2] == [direction]]
     by = ", ".join(f"{c.rsplit(' ', 2)[0]} ({direction} rule {c.rsplit(' ', 1)[1]})" for c in allowed)
@@ -295,7 +297,7 @@ def _proxy_hop(
             text = f"proxy {svc}: internalTrafficPolicy Local and node {entry} has no local endpoint -> DROP"
         else:
             text = f"proxy {dst_ip}:{port}: an unallocated ClusterIP -> DROP (as kube-proxy)"
-        return Hop("proxy", text, end=DROPPED, reason="proxy drop")
+        return Hop("proxy", text, end=DROPPED, reason="proxy drop", node=entry)
     assert sp is not None
     n = len(t.endpoints)
     notes = [f"{n} candidate{'s' if n != 1 else ''}, random" if n > 1 else "the only endpoint"]
@@ -303,7 +305,9 @@ def _proxy_hop(
         notes.append(f"externalTrafficPolicy Local: endpoints on node {entry} only")
     elif how == "cluster" and sp.service.internal_local:
         notes.append(f"internalTrafficPolicy Local: endpoints on node {entry} only")
-    if sp.service.affinity_timeout:
+    if t.sticky:
+        notes = [f"pinned: the kernel's affinity set already holds this client for {t.endpoints[0]}"]
+    elif sp.service.affinity_timeout:
         notes.append(
             f"sessionAffinity ClientIP: later connections from this client stick to its endpoint for "
             f"{sp.service.affinity_timeout}s"
@@ -500,7 +504,16 @@ def host_port(m: Model, node: str, proto: str, port: int) -> tuple[Obj, int] | N
     return None
 
 
-def _via_host_port(m: Model, pred: Prediction, src: Place, holder: Obj, cport: int, *, client_ip: str) -> Prediction:
+def _via_host_port(
+    m: Model,
+    pred: Prediction,
+    src: Place,
+    holder: Obj,
+    cport: int,
+    *,
+    client_ip: str,
+    affinity: Mapping[str, Mapping[str, set[str]]] | None,
+) -> Prediction:
     """The node's address and port belong to a pod's hostPort: Debian's portmap plugin DNATs them to the pod in
     table `ip nat` (whose prerouting chain runs before kwire-proxy's on kwire's nodes). A ServiceLB (svclb) pod
     relays to its Service's ClusterIP, masquerading (klipper-lb's entry); the path goes on from there."""
@@ -538,7 +551,14 @@ def _via_host_port(m: Model, pred: Prediction, src: Place, holder: Obj, cport: i
         Hop("hostport", f"svclb relays to svc {key} ClusterIP {cluster_ip}:{cport}, masqueraded (source {pod.ip})")
     )
     inner = predict(
-        m, pod, by_ip(m.state, cluster_ip), dst_ip=cluster_ip, port=cport, proto=pred.proto, client_ip=client_ip
+        m,
+        pod,
+        by_ip(m.state, cluster_ip),
+        dst_ip=cluster_ip,
+        port=cport,
+        proto=pred.proto,
+        client_ip=client_ip,
+        affinity=affinity,
     )
     pred.head += inner.head[1:]
     pred.legs = inner.legs
@@ -570,7 +590,10 @@ def predict(
     proto: str,
     dns: tuple[str, list[str]] | None = None,
     client_ip: str = "",
+    affinity: Mapping[str, Mapping[str, set[str]]] | None = None,
 ) -> Prediction:
+    """The path of a new `proto` connection from `src` to `dst_ip:port`. `affinity`: per node, the proxy's
+    affinity set -> the clients it holds (read back from the kernel; without it a random pick is shown)."""
     proto = proto.lower()
     src_ip = source_ip(m, src)
     head = [Hop("source", f"{src.label} ({src_ip}{', node ' + src.node if src.node else ''})")]
@@ -605,9 +628,10 @@ def predict(
         return pred
     holder = host_port(m, entry, proto, port) if m.node_of_ip(dst_ip) is not None else None
     if holder is not None and m.nodes[entry].ip == dst_ip:
-        return _via_host_port(m, pred, src, holder[0], holder[1], client_ip=client_ip)
+        return _via_host_port(m, pred, src, holder[0], holder[1], client_ip=client_ip, affinity=affinity)
     tbl = m.proxy_table(entry)
-    t = proxy_tracer.trace(tbl, src=src_ip, dst=dst_ip, proto=proto, port=port)
+    pinned = {k: set(v) for k, v in ((affinity or {}).get(entry) or {}).items()}
+    t = proxy_tracer.trace(tbl, src=src_ip, dst=dst_ip, proto=proto, port=port, affinity=pinned)
     sp, how = m.find_port(dst_ip, proto, port)
     if t.verdict != "accept" or sp is not None or dst.kind == "service":
         head.append(_proxy_hop(m, sp, how, t, entry=entry, dst_ip=dst_ip, port=port))
@@ -618,7 +642,9 @@ def predict(
     if t.verdict == "dnat":
         # The mark alone (the hairpin set holds every local pod pair: it would mark any pod reaching itself).
         no_hairpin = dataclasses.replace(tbl, sets={**tbl.sets, "hairpin": nft.Set("hairpin", "ipv4_addr . ipv4_addr")})
-        mark_masq = proxy_tracer.trace(no_hairpin, src=src_ip, dst=dst_ip, proto=proto, port=port).masquerade
+        mark_masq = proxy_tracer.trace(
+            no_hairpin, src=src_ip, dst=dst_ip, proto=proto, port=port, affinity=pinned
+        ).masquerade
         targets = [(ep.rsplit(":", 1)[0], int(ep.rsplit(":", 1)[1]), ep) for ep in t.endpoints]
     else:
         targets = [(dst_ip, port, "")]

@@ -247,7 +247,7 @@ def observe(outcome: str, hits: list[Hit]) -> Observation:
 _REASON_TABLE = {"netpol": "kwire-netpol", "proxy": "kwire-proxy"}
 
 
-def compare(pred: Prediction, obs: Observation) -> list[str]:
+def compare(pred: Prediction, obs: Observation, *, traced: set[str] | None = None) -> list[str]:
     """BUG lines: every way the observation differs from the prediction."""
     bugs = []
     candidates = [leg.endpoint for leg in pred.legs if leg.endpoint]
@@ -271,6 +271,11 @@ def compare(pred: Prediction, obs: Observation) -> list[str]:
         want = _REASON_TABLE.get(hop.reason.split(" ")[0], "")
         if want and obs.dropped.table != want:
             bugs.append(f"BUG: predicted the drop in {want} ({hop.reason}), observed {obs.dropped.text()}")
+    elif predicted == DROPPED == obs.verdict and hop is not None and hop.node in (traced or set()):
+        bugs.append(
+            f"BUG: predicted a drop by {hop.reason} on node {hop.node}, but no rule there dropped it: the packet was "
+            "lost elsewhere (a node down, a route, the MTU?)"
+        )
     return bugs
 
 
@@ -282,7 +287,7 @@ def run(pred: Prediction, *, src_ns: str, namespaces: dict[str, str], timeout: f
     hits = [h for m in monitors for h in parse(m.node, m.lines)]
     obs = observe(outcome, hits)
     obs.seconds = time.monotonic() - start
-    obs.bugs = compare(pred, obs)
+    obs.bugs = compare(pred, obs, traced=set(namespaces))
     return obs
 
 

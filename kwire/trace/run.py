@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dns.message
@@ -27,7 +27,7 @@ from kwire.client import ApiClient, load_kubeconfig
 from kwire.kernel import netns
 from kwire.lab import lab as lab_mod
 from kwire.lab import topology
-from kwire.trace import path, probe, render, state, targets
+from kwire.trace import path, probe, readback, render, state, targets
 from kwire.trace.targets import Place, TargetError
 
 DEFAULT_KUBECONFIG = "/etc/kwire/kwire.yaml"
@@ -127,19 +127,29 @@ def resolve_dns(name: str, *, server: str, domain: str, namespace: str, from_ns:
 class Result:
     prediction: path.Prediction
     observation: probe.Observation | None = None
+    kernel: dict[str, list[str]] = field(default_factory=dict)  # node -> differences from the computed tables
+
+    def kernel_lines(self) -> list[str]:
+        out = []
+        for node, diffs in sorted(self.kernel.items()):
+            if not diffs:
+                out.append(f"kernel {node}: kwire's tables hold what its agent computes for this path")
+            out += [f"kernel {node}: DIFFERS: {d}" for d in diffs]
+        return out
 
     @property
     def exit_code(self) -> int:
         return 2 if self.observation is not None and self.observation.bugs else 0
 
     def text(self) -> str:
-        out = render.text(self.prediction)
+        out = "\n".join([render.text(self.prediction), *self.kernel_lines()])
         if self.observation is not None:
             out += "\n" + probe.text(self.observation)
         return out
 
     def as_json(self) -> dict[str, Any]:
         out = render.as_json(self.prediction)
+        out["kernel"] = {node: {"inSync": not diffs, "differences": diffs} for node, diffs in self.kernel.items()}
         if self.observation is not None:
             o = self.observation
             out["probe"] = {
@@ -205,10 +215,24 @@ def trace(where: Where, src_text: str, dst_text: str, *, do_probe: bool = False,
     except TargetError as exc:
         raise TraceError(str(exc)) from None
     model = path.Model(snap, mtu=mtus(where, where_nodes(snap)))
+    kernel = read_kernel(where, where_nodes(snap), with_netpol=snap.settings.network_policy)
     pred = path.predict(
-        model, src, dst, dst_ip=dst_ip, port=port, proto=dst_spec.proto, dns=dns_answer, client_ip=where.client_ip
+        model,
+        src,
+        dst,
+        dst_ip=dst_ip,
+        port=port,
+        proto=dst_spec.proto,
+        dns=dns_answer,
+        client_ip=where.client_ip,
+        affinity={n: readback.affinity(k.get("kwire-proxy")) for n, k in kernel.items()},
     )
     result = Result(pred)
+    for n in sorted({*pred.nodes, pred.entry_node} & set(kernel)):
+        tables = {"kwire-proxy": model.proxy_table(n)}
+        if snap.settings.network_policy:
+            tables["kwire-netpol"] = model.netpol(n).table()
+        result.kernel[n] = readback.node_report(tables, kernel[n])
     if do_probe:
         src_ns = where.source_ns(src)
         if src_ns is None:
@@ -223,6 +247,23 @@ def trace(where: Where, src_text: str, dst_text: str, *, do_probe: bool = False,
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             raise TraceError(f"--probe: {exc}") from None
     return result
+
+
+def read_kernel(
+    where: Where, nodes: list[str], *, with_netpol: bool
+) -> dict[str, dict[str, readback.KernelTable | None]]:
+    """kwire's tables as each reachable node's kernel holds them."""
+    out: dict[str, dict[str, readback.KernelTable | None]] = {}
+    for n in nodes:
+        ns = where.node_ns(n)
+        if ns is None:
+            continue
+        names = ["kwire-proxy", *(["kwire-netpol"] if with_netpol else [])]
+        try:
+            out[n] = {t: readback.read(ns, t) for t in names}
+        except (OSError, ValueError, subprocess.SubprocessError):
+            continue
+    return out
 
 
 def where_nodes(snap: state.ClusterState) -> list[str]:

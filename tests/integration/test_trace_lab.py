@@ -181,6 +181,8 @@ def check(tl: TraceLab, src: str, dst: str, url: str, *, verdict: str, namespace
     assert out["verdict"] == verdict, f"predicted {out['verdict']}, a real connection was {verdict}:\n{text}"
     probe = out["probe"]
     assert probe["agrees"] and rc == 0, f"{probe['bugs']}\n{text}"
+    # Read back from every node the path crosses, the kernel holds what the trace computed.
+    assert out["kernel"] and all(k["inSync"] for k in out["kernel"].values()), out["kernel"]
     assert probe["verdict"] == verdict
     if verdict == "DELIVERED":
         leg = out["candidates"][0]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kwire.trace import path, probe, render, targets
+from kwire.trace import path, probe, readback, render, targets
 from kwire.trace.state import ClusterState, Settings
 
 CLIENT = "192.168.77.200"
@@ -368,3 +368,56 @@ def test_load_balancer_through_a_svclb_host_port() -> None:
     # Node2 has no svclb pod: the proxy's load-balancer rule answers there.
     p = trace(st, "client", "node/node2:8088")
     assert "proxy svc default/lb port 8088/tcp (external IP 192.168.77.12) -> DNAT to 10.42.1.4:8080" in texts(p)[1]
+
+
+def test_probe_flags_a_drop_that_no_predicted_rule_made() -> None:
+    pred = trace(cluster(), "default/a", "locked/db:80")
+    hop = pred.deciding()[1]
+    assert hop is not None and hop.node == "node2"
+    # Timed out, and node2 (traced) shows no drop: the packet was lost before it got there.
+    bugs = probe.compare(pred, probe.observe("timeout", []), traced={"node1", "node2"})
+    assert len(bugs) == 1 and "no rule there dropped it" in bugs[0]
+    # node2 not traced (a node mode probe): nothing to say.
+    assert probe.compare(pred, probe.observe("timeout", []), traced={"node1"}) == []
+
+
+def test_kernel_readback_differences_and_affinity() -> None:
+    st = cluster()
+    m = path.Model(st)
+    desired = m.netpol("node2").table()
+    kernel = readback.parse(
+        [
+            {"chain": {"name": c}}
+            for c in desired.chains
+            if not c.startswith("pod-in-")  # the agent has not programmed the pod chain yet
+        ]
+        + [{"map": {"name": "ingress-pods", "elem": []}}, {"map": {"name": "egress-pods"}}]
+    )
+    diffs = readback.differences(desired, kernel)
+    assert diffs[0].startswith("kwire-netpol: chains missing in the kernel: pod-in-")
+    assert diffs[1].startswith("kwire-netpol map ingress-pods: missing in the kernel: 10.42.1.6 : jump pod-in-")
+    assert readback.differences(desired, None) == ["table ip kwire-netpol is missing"]
+    # The proxy's maps as nft -j prints them, and a client pinned by ClientIP affinity.
+    proxy = m.proxy_table("node1")
+    sticky = next(n for n in proxy.sets if n.startswith("affinity-"))
+    objs: list[dict[str, Any]] = [{"chain": {"name": c}} for c in proxy.chains]
+    for name, mp in proxy.maps.items():
+        elems = []
+        for k, v in mp.elements.items():
+            parts = k.split(" . ")
+            key: Any = (
+                {"concat": [parts[0], parts[1], int(parts[2])]}
+                if len(parts) == 3
+                else {"concat": [parts[0], int(parts[1])]}
+            )
+            kind, _, target = v.partition(" ")
+            elems.append([key, {kind: {"target": target}} if target else {kind: None}])
+        objs.append({"map": {"name": name, "elem": elems}})
+    objs.append({"set": {"name": sticky, "elem": [{"elem": {"val": "10.42.0.5", "expires": 10}}]}})
+    kt = readback.parse(objs)
+    assert readback.differences(proxy, kt) == []
+    assert readback.affinity(kt) == {sticky: {"10.42.0.5"}}
+    src = targets.resolve(st, targets.parse("default/a"))
+    dst = targets.resolve(st, targets.parse("svc/default/sticky"))
+    p = path.predict(m, src, dst, dst_ip=dst.ip, port=80, proto="tcp", affinity={"node1": readback.affinity(kt)})
+    assert "pinned: the kernel's affinity set already holds this client for 10.42.1.4:8080" in texts(p)[1]
