@@ -421,3 +421,16 @@ def test_kernel_readback_differences_and_affinity() -> None:
     dst = targets.resolve(st, targets.parse("svc/default/sticky"))
     p = path.predict(m, src, dst, dst_ip=dst.ip, port=80, proto="tcp", affinity={"node1": readback.affinity(kt)})
     assert "pinned: the kernel's affinity set already holds this client for 10.42.1.4:8080" in texts(p)[1]
+
+
+def test_internal_traffic_policy_local() -> None:
+    st = cluster()
+    itp, _ = service("itp", "10.43.0.27", internalTrafficPolicy="Local")
+    st.services.append(itp)
+    st.slices.append(slice_("itp", 8080, [("10.42.1.4", "node2", "web1")]))
+    p = trace(st, "default/a", "svc/default/itp")  # a runs on node1, the only endpoint on node2
+    step, hop = p.deciding()
+    assert p.verdict == path.DROPPED and hop is not None and hop.reason == "proxy drop" and hop.node == "node1"
+    assert "internalTrafficPolicy Local and node node1 has no local endpoint -> DROP" in hop.text
+    p = trace(st, "locked/db", "svc/default/itp")  # db runs on node2
+    assert p.verdict == path.DELIVERED and "internalTrafficPolicy Local: endpoints on node node2 only" in texts(p)[1]
