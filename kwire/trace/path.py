@@ -312,8 +312,13 @@ def _proxy_hop(
             f"sessionAffinity ClientIP: later connections from this client stick to its endpoint for "
             f"{sp.service.affinity_timeout}s"
         )
-    eps = ", ".join(t.endpoints)
+    eps = ", ".join(f"{ep} ({_who(m, ep.rsplit(':', 1)[0])})" for ep in t.endpoints)
     return Hop("proxy", f"proxy {svc}{via} -> DNAT to {eps} [{'; '.join(notes)}]")
+
+
+def _who(m: Model, ip: str) -> str:
+    place = by_ip(m.state, ip)
+    return f"{place.label}, node {place.node}" if place.node else place.label
 
 
 def _out_addr(m: Model, at: str, dst_node: str) -> str:

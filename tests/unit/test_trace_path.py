@@ -214,7 +214,10 @@ def test_service_with_two_endpoints_each_leg() -> None:
         }
     )
     p = trace(st, "default/a", "svc/default/web")
-    assert "DNAT to 10.42.0.8:8080, 10.42.1.4:8080 [2 candidates, random]" in texts(p)[1]
+    assert (
+        "DNAT to 10.42.0.8:8080 (pod default/web2, node node1), 10.42.1.4:8080 (pod default/web1, node node2) "
+        "[2 candidates, random]"
+    ) in texts(p)[1]
     verdicts = {leg.endpoint: leg.verdict for leg in p.legs}
     # The ipBlock allows node1's pods: from a (node1) both endpoints accept.
     assert verdicts == {"10.42.0.8:8080": path.DELIVERED, "10.42.1.4:8080": path.DELIVERED}
