@@ -54,9 +54,8 @@ class Pki:
         return self.ca_cert.read_bytes()
 
     def server_ssl_context(self, *, client_ca: Path | None = None) -> ssl.SSLContext:
-        """The API's TLS: its serving certificate; with `client_ca`, a client certificate signed by that CA is
-        asked for (optional, as kube-apiserver's --client-ca-file: requests without one go on to the other
-        authenticators) and one from another CA fails the handshake."""
+        """The API's TLS: its serving certificate; with `client_ca`, an optional client certificate is requested
+        and verified against it (kube-apiserver's --client-ca-file; a client without one may still use a token)."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.serving_cert, self.serving_key)
