@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -44,11 +45,21 @@ from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
 from kwire.api.fields import check as fields_check
 from kwire.api.health import ENDPOINTS, Health
 from kwire.api.metrics import ApiMetrics, RequestInfo, metric_verb
+from kwire.api.nodecerts import NodeCerts
 from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
-from kwire.api.user import ADMIN, MASTERS, USER_KEY, UserInfo, reset_current_user, set_current_user, user_of
+from kwire.api.user import (
+    ADMIN,
+    MASTERS,
+    USER_KEY,
+    UserInfo,
+    from_peercert,
+    reset_current_user,
+    set_current_user,
+    user_of,
+)
 from kwire.base.labels import Selector, SelectorError, parse
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted
 
@@ -260,11 +271,16 @@ class ApiServer:
         server_address: str,
         authorization: Authorization,
         ca_pem: bytes = b"",
+        kubelet_ssl: ssl.SSLContext | None = None,
+        node_certs: NodeCerts | None = None,
     ) -> None:
         self.resources = resources
         self.authorization = authorization
         self.ca_pem = ca_pem
-        self.log_token = next(iter(tokens), "")  # presented to kubelets when proxying pods/log and pods/exec
+        # The API server's kubelet-client credentials (client-kube-apiserver.crt) and trust in the kubelets'
+        # serving certificates (the cluster CA), for pods/log, exec, attach and nodes/proxy.
+        self.kubelet_ssl = kubelet_ssl
+        self.node_certs = node_certs  # the /v1-k3s/ node-credential endpoints (nodecerts.py)
         self.tokens = tokens
         self.server_address = server_address
         self.ready = True
@@ -302,8 +318,8 @@ class ApiServer:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         user = self._authenticate(request)
-        if user is None and not _public(request.path):
-            return _error(unauthorized())
+        if user is None and not _public(request.path) and not NodeCerts.handles(request.path):
+            return _error(unauthorized())  # the /v1-k3s/ endpoints authenticate nodes themselves
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
         counted = not info.long_running  # long-running requests are outside kube's in-flight limit
@@ -347,13 +363,18 @@ class ApiServer:
         """kube's WithImpersonation then WithAuthorization: the user the request acts as, or a 403/400."""
         if impersonation.requested(request.headers):
             user = impersonation.impersonate(request.headers, user, self.authorization)
-        if MASTERS in user.groups or request.path in UNAUTHORIZED_PATHS:
+        if MASTERS in user.groups or request.path in UNAUTHORIZED_PATHS or NodeCerts.handles(request.path):
             return user  # kube's privileged group; K3s's own supervisor endpoints check the token themselves
         self.authorization.check(authz_attributes.from_request(user, info))
         return user
 
     def _authenticate(self, request: web.Request) -> UserInfo | None:
-        """The user a request is from, or None (anonymous)."""
+        """The user a request is from, or None (anonymous): a client certificate the TLS layer verified against
+        the client CA, else the bearer token."""
+        if request.transport is not None:
+            user = from_peercert(request.transport.get_extra_info("peercert"))
+            if user is not None:
+                return user
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             return None
@@ -384,6 +405,8 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if self.node_certs is not None and NodeCerts.handles(path):
+            return await self.node_certs.handle(request, user=request.get(USER_KEY))
         if path == bootstrap.PATH and request.method == "GET":
             if self.server_bootstrap is None:
                 raise ApiError(
@@ -425,7 +448,7 @@ class ApiServer:
                 return static
         proxy_target = proxy.parse(request.rel_url.raw_path)
         if proxy_target is not None:
-            return await proxy.handle(request, self.resources, proxy_target, token=self.log_token)
+            return await proxy.handle(request, self.resources, proxy_target, kubelet_ssl=self.kubelet_ssl)
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -441,7 +464,11 @@ class ApiServer:
             if request.method != "GET":
                 raise method_not_allowed()
             return await kubeletproxy.pod_log(
-                request, self.resources, namespace=target.namespace or "", name=target.name, token=self.log_token
+                request,
+                self.resources,
+                namespace=target.namespace or "",
+                name=target.name,
+                kubelet_ssl=self.kubelet_ssl,
             )
         if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
@@ -458,7 +485,7 @@ class ApiServer:
                 self.resources,
                 namespace=target.namespace or "",
                 name=target.name,
-                token=self.log_token,
+                kubelet_ssl=self.kubelet_ssl,
                 verb=target.subresource,
             )
         if (

@@ -8,7 +8,9 @@ status kube-apiserver uses (NotFound, Conflict, AlreadyExists, Gone, Invalid).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from kwire.client.kubeconfig import Config
+from kwire.client.kubeconfig import Config, load_client_cert
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ class ApiClient:
         self.config = config
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool = False
         # Servers to fail over between (K3s's agent load balancer): the configured one until `set_servers`.
         self._servers: list[str] = [config.server.rstrip("/")]
 
@@ -199,9 +202,16 @@ class ApiClient:
                 headers["Impersonate-User"] = self.config.impersonate_user
                 for group in self.config.impersonate_groups:
                     headers.add("Impersonate-Group", group)
-            conn = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=64)
+            self._ssl = self.config.ssl_context()
+            conn = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
             self._session = aiohttp.ClientSession(base_url=None, headers=headers, connector=conn)
         return self._session
+
+    def renew_client_cert(self, *, cert: bytes, key: bytes) -> None:
+        """Use a renewed client certificate from the next TLS handshake on; open connections (watches) stay."""
+        self.config = dataclasses.replace(self.config, client_cert=cert, client_key=key)
+        if isinstance(self._ssl, ssl.SSLContext):
+            load_client_cert(self._ssl, cert=cert, key=key)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -282,9 +282,15 @@ def test_node_graph_and_authorizer() -> None:
     assert not a.authorize(res(NODE1, "list", "secrets", ns="prod")).allowed
     assert a.authorize(res(NODE1, "create", "serviceaccounts", sub="token", ns="prod", name="bot")).allowed
     assert not a.authorize(res(NODE1, "create", "serviceaccounts", sub="token", ns="prod", name="default")).allowed
-    # the system:node rules for the rest; the k3s-controller and node-proxier bindings for the agent's informers
+    # the system:node rules for the rest; NetworkPolicies are the agent controllers' (system:k3s-controller)
     assert a.authorize(res(NODE1, "watch", "services")).allowed
-    assert a.authorize(res(NODE1, "list", "networkpolicies", group="networking.k8s.io")).allowed
+    assert not a.authorize(res(NODE1, "list", "networkpolicies", group="networking.k8s.io")).allowed
+    k3s = authenticated("system:k3s-controller")
+    assert a.authorize(res(k3s, "watch", "networkpolicies", group="networking.k8s.io")).allowed
+    assert not a.authorize(res(k3s, "get", "secrets", ns="prod", name="env-secret")).allowed
+    proxy = authenticated("system:kube-proxy")
+    assert a.authorize(res(proxy, "watch", "endpointslices", group="discovery.k8s.io")).allowed
+    assert not a.authorize(res(proxy, "list", "pods")).allowed
     assert a.authorize(res(NODE1, "patch", "nodes", sub="status", name="n1")).allowed
     assert not a.authorize(res(NODE1, "create", "deployments", group="apps", ns="prod")).allowed
     # one pod goes: the other still references the secret; both gone: nothing is readable

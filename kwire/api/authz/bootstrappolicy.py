@@ -9,10 +9,9 @@ lacks added, as `kubectl auth reconcile` would; one a user set to autoupdate=fal
 network-policy controller and the tunnel read on agents). `system:coredns` comes with the coredns add-on, as in
 K3s's coredns manifest (kwire.controllers.addons).
 
-kwire's one-process-per-role layout shows in the bindings: the agent is one process with the node's identity that
-runs the kubelet, kube-proxy, flannel and the policy controller, so `system:nodes` is bound to
-`system:node-proxier` and `system:k3s-controller` besides what the Node authorizer gives it; and the controllers
-run as one identity, `system:kube-controller-manager`, that also applies the packaged add-on manifests (K3s's
+As in K3s, an agent's parts use their own identities (kwire.agent.agent): the kubelet `system:node:<name>`
+(the Node authorizer), kube-proxy `system:kube-proxy` (`system:node-proxier`), flannel and the policy controller
+`system:k3s-controller`. kwire's controllers run as one identity, `system:kube-controller-manager`, that also applies the packaged add-on manifests (K3s's
 deploy controller runs with the supervisor's admin credentials), so it is bound to `cluster-admin` by
 `system:kwire-controllers`.
 """
@@ -384,7 +383,7 @@ def cluster_role_bindings() -> list[Obj]:
         _binding("system:discovery", "system:discovery", groups=(authenticated,)),
         _binding("system:basic-user", "system:basic-user", groups=(authenticated,)),
         _binding("system:public-info-viewer", "system:public-info-viewer", groups=(authenticated, unauthenticated)),
-        _binding("system:node-proxier", "system:node-proxier", users=("system:kube-proxy",), groups=("system:nodes",)),
+        _binding("system:node-proxier", "system:node-proxier", users=("system:kube-proxy",)),
         _binding(
             "system:kube-controller-manager",
             "system:kube-controller-manager",
@@ -394,34 +393,6 @@ def cluster_role_bindings() -> list[Obj]:
         _binding("system:kube-dns", "system:kube-dns", service_accounts=(("kube-system", "kube-dns"),)),
         _binding("system:node", "system:node"),  # no subjects: the Node authorizer grants nodes this (kube >= 1.8)
         _binding("kube-apiserver-kubelet-admin", "system:kubelet-api-admin", users=("kube-apiserver",)),
-        _binding(
-            "system:k3s-controller", "system:k3s-controller", users=("system:k3s-controller",), groups=("system:nodes",)
-        ),
+        _binding("system:k3s-controller", "system:k3s-controller", users=("system:k3s-controller",)),
         _binding("system:kwire-controllers", "cluster-admin", users=("system:kube-controller-manager",)),
     ]
-
-
-def namespaced_roles() -> list[Obj]:
-    """kwire's: an agent reads the cluster's settings (cluster/service CIDR, cluster DNS, flannel backend) from the
-    ConfigMap kube-system/kwire-config, which no pod references (K3s's agents get them from the supervisor)."""
-    return [
-        {
-            "apiVersion": f"{RBAC}/v1",
-            "kind": "Role",
-            "metadata": {
-                "name": "system:kwire-node-config",
-                "namespace": "kube-system",
-                "labels": {BOOTSTRAPPING: "rbac-defaults"},
-                "annotations": {AUTOUPDATE: "true"},
-            },
-            "rules": [rule(("get",), (CORE,), ("configmaps",), names=("kwire-config",)).as_dict()],
-        }
-    ]
-
-
-def namespaced_role_bindings() -> list[Obj]:
-    binding = _binding("system:kwire-node-config", "", groups=("system:nodes",))
-    binding["kind"] = "RoleBinding"
-    binding["metadata"]["namespace"] = "kube-system"
-    binding["roleRef"] = {"apiGroup": RBAC, "kind": "Role", "name": "system:kwire-node-config"}
-    return [binding]

@@ -1,4 +1,4 @@
-"""Reconciles the bootstrap ClusterRoles and ClusterRoleBindings (and kwire's one Role and RoleBinding) at server start (kube's RBAC post-start hook).
+"""Reconciles the bootstrap ClusterRoles and ClusterRoleBindings at server start (kube's RBAC post-start hook).
 
 A missing object is created; one annotated `rbac.authorization.kubernetes.io/autoupdate: "true"` gets the rules,
 aggregation rule, labels and subjects it lacks added (kube's reconciliation with union semantics, so what an
@@ -12,13 +12,7 @@ import copy
 import logging
 from typing import Any
 
-from kwire.api.authz.bootstrappolicy import (
-    AUTOUPDATE,
-    cluster_role_bindings,
-    cluster_roles,
-    namespaced_role_bindings,
-    namespaced_roles,
-)
+from kwire.api.authz.bootstrappolicy import AUTOUPDATE, cluster_role_bindings, cluster_roles
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources
@@ -64,19 +58,11 @@ async def _reconcile_one(resources: Resources, kind: Kind, wanted: Obj) -> str:
 
 
 async def reconcile(resources: Resources) -> None:
-    kinds = [
-        by_path("rbac.authorization.k8s.io", "v1", p)
-        for p in ("clusterroles", "clusterrolebindings", "roles", "rolebindings")
-    ]
-    croles, cbindings, roles, bindings = kinds
-    assert croles is not None and cbindings is not None and roles is not None and bindings is not None
+    croles = by_path("rbac.authorization.k8s.io", "v1", "clusterroles")
+    cbindings = by_path("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
+    assert croles is not None and cbindings is not None
     counts: dict[str, int] = {}
-    for kind, objs in (
-        (croles, cluster_roles()),
-        (cbindings, cluster_role_bindings()),
-        (roles, namespaced_roles()),
-        (bindings, namespaced_role_bindings()),
-    ):
+    for kind, objs in ((croles, cluster_roles()), (cbindings, cluster_role_bindings())):
         for obj in objs:
             try:
                 outcome = await _reconcile_one(resources, kind, obj)
