@@ -147,8 +147,8 @@ class ApiMetrics:
 
     async def exposition(self) -> bytes:
         for kind in KINDS:
-            if kind.stored_as is not None:
-                continue
+            if kind.stored_as is not None or (kind.verbs and "list" not in kind.verbs):
+                continue  # stored as another kind, or never stored (the authorization reviews)
             resource = f"{kind.plural}.{kind.group}" if kind.group else kind.plural
             self.storage_objects.labels(resource=resource).set(await self._count_objects(kind.prefix()))
         return generate_latest(self.registry)
