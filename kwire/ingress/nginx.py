@@ -137,6 +137,16 @@ class Nginx:
             if resp.status != 200:
                 raise RuntimeError(f"nginx control socket answered {resp.status}")
 
+    async def push_routes(self, chunk: str) -> None:
+        """Send the Lua router's chunk (lua.py); nginx compiles it once and refuses one that does not compile."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.paths.control)))
+        async with self._session.post(
+            "http://kwire/routes", data=chunk.encode(), timeout=aiohttp.ClientTimeout(total=10)
+        ) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"nginx refused the routes ({resp.status}): {(await resp.text()).strip()[:500]}")
+
     async def stop(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -24,7 +24,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kwire.ingress.lua import ROUTER_LUA, ROUTES_CONTROL_LUA
 from kwire.ingress.model import WEB, WEBSECURE, Route, Table, host_matches
+from kwire.ingress.rules import lua_str
 
 HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 PATH_RE = re.compile(r"^/[A-Za-z0-9._~!&'()*+,;=:@%/-]*$")  # no `$` (nginx variables), no quotes/spaces
@@ -45,14 +47,36 @@ BALANCER_LUA = r"""
         end
         kw_version = v
       end
-      local peers = kw_peers[key]
+      local ctx = ngx.ctx
+      key = key or ctx.kw_b
+      local peers = key and kw_peers[key]
       if not peers or #peers == 0 then
         return kw_balancer.set_current_peer("127.0.0.1", NOEP_PORT)
       end
-      local i = (kw_rr[key] or 0) % #peers + 1
-      kw_rr[key] = i
       local n = #peers
-      if n > 1 and not kw_balancer.get_last_failure() then kw_balancer.set_more_tries(n - 1) end
+      local failed = kw_balancer.get_last_failure()
+      local sticky = ctx.kw_sticky
+      local i
+      if sticky and not failed then
+        local want = ngx.var["cookie_" .. sticky.name]
+        if want then
+          for j = 1, n do
+            local p = peers[j]
+            if not p[3] then p[3] = ngx.md5(p[1] .. ":" .. p[2]):sub(1, 16) end
+            if p[3] == want then i = j; break end
+          end
+        end
+      end
+      if not i then
+        i = (kw_rr[key] or 0) % n + 1
+        kw_rr[key] = i
+        if sticky then
+          local p = peers[i]
+          if not p[3] then p[3] = ngx.md5(p[1] .. ":" .. p[2]):sub(1, 16) end
+          ctx.kw_cookie = kw_cookie(sticky, p[3])
+        end
+      end
+      if n > 1 and not failed then kw_balancer.set_more_tries(n - 1) end
       local ok, err = kw_balancer.set_current_peer(peers[i][1], peers[i][2])
       if not ok then ngx.log(ngx.ERR, "kwire: ", err) end
     end
@@ -120,6 +144,7 @@ class Render:
     ping_port: int = 9000
     noep_port: int = 9001  # 127.0.0.1 only: answers 503 for backends without a ready endpoint
     workers: int = 1
+    routes_on: bool = False  # IngressRoutes exist: every host server runs the Lua router first (lua.py)
 
 
 def _q(s: str) -> str:
@@ -148,13 +173,25 @@ def upstream_names(rd: Render) -> dict[str, str]:
     return {key: f"kwire_b{i}" for i, key in enumerate(sorted(rd.known_backends))}
 
 
-def _location_body(r: Route, names: dict[str, str]) -> list[str]:
+def _not_found(rd: Render) -> str:
+    # `return` runs in the rewrite phase before rewrite_by_lua (the Lua router): answer in the content phase then.
+    return "content_by_lua_block { ngx.exit(404) }" if rd.routes_on else "return 404;"
+
+
+def _location_body(r: Route, names: dict[str, str], rd: Render) -> list[str]:
     if r.backend.key not in names:
-        return ["return 404;"]
-    return [f"proxy_pass http://{names[r.backend.key]};"]
+        return [_not_found(rd)]
+    out = []
+    if r.middlewares:
+        ids = ", ".join(lua_str(m) for m in r.middlewares)
+        out += [
+            f"rewrite_by_lua_block {{ kw_ir() kw_mw_run({{{ids}}}) }}",
+            "header_filter_by_lua_block { kw_hf() }",
+        ]
+    return [*out, f"proxy_pass http://{names[r.backend.key]};"]
 
 
-def _locations(routes: list[Route], entrypoint: str, names: dict[str, str]) -> list[str]:
+def _locations(routes: list[Route], entrypoint: str, names: dict[str, str], rd: Render) -> list[str]:
     out: list[str] = []
     exact: set[str] = set()
     prefix: set[str] = set()
@@ -162,12 +199,12 @@ def _locations(routes: list[Route], entrypoint: str, names: dict[str, str]) -> l
     for r in chosen:
         if r.kind == "Exact" and r.path not in exact:
             exact.add(r.path)
-            out.append(f"location = {_q(r.path)} {{ {' '.join(_location_body(r, names))} }}")
+            out.append(f"location = {_q(r.path)} {{ {' '.join(_location_body(r, names, rd))} }}")
     for r in chosen:
         if r.kind != "Prefix" or r.path in prefix:
             continue
         prefix.add(r.path)
-        body = " ".join(_location_body(r, names))
+        body = " ".join(_location_body(r, names, rd))
         if r.path == "/":
             out.append(f"location / {{ {body} }}")
             continue
@@ -176,7 +213,15 @@ def _locations(routes: list[Route], entrypoint: str, names: dict[str, str]) -> l
             out.append(f"location = {_q(r.path)} {{ {body} }}")
         out.append(f"location {_q(r.path + '/')} {{ {body} }}")
     if "/" not in prefix:
-        out.append("location / { return 404; }")
+        out.append(f"location / {{ {_not_found(rd)} }}")
+    if rd.routes_on:
+        out += [
+            "location @kwire_ir {",
+            "  rewrite_by_lua_block { kw_ir_run() }",
+            "  header_filter_by_lua_block { kw_hf() }",
+            "  proxy_pass http://kwire_dyn;",
+            "}",
+        ]
     return out
 
 
@@ -205,6 +250,7 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  server_tokens off;",
         "  default_type text/plain;",
         "  lua_shared_dict kwire 32m;",
+        "  lua_shared_dict kwire_rl 10m;",
         f"  client_body_temp_path {paths.root}/body;",
         f"  proxy_temp_path {paths.root}/proxy;",
         f"  fastcgi_temp_path {paths.root}/fastcgi;",
@@ -215,7 +261,7 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  variables_hash_bucket_size 128;",
         "  keepalive_requests 100000;",
         "  client_max_body_size 0;",
-        "  init_worker_by_lua_block {" + BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + "  }",
+        "  init_worker_by_lua_block {" + BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + ROUTER_LUA + "  }",
         "  map $http_upgrade $kwire_connection { default upgrade; '' ''; }",
     ]
     names = upstream_names(rd)
@@ -229,6 +275,12 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
             "  }",
         ]
     lines += [
+        "  upstream kwire_dyn {",  # IngressRoute services: the backend key is in ngx.ctx (lua.py)
+        "    server 0.0.0.1;",
+        "    balancer_by_lua_block { kw_pick(nil) }",
+        "    keepalive 512;",
+        "    keepalive_requests 100000;",
+        "  }",
         "  proxy_http_version 1.1;",
         "  proxy_buffering off;",
         "  proxy_request_buffering off;",
@@ -248,6 +300,7 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  server {",
         f"    listen unix:{paths.control};",
         "    location = /backends { content_by_lua_block {" + CONTROL_LUA + "    } }",
+        "    location = /routes { content_by_lua_block {" + ROUTES_CONTROL_LUA + "    } }",
         "  }",
         "  server {",
         f"    listen {rd.ping_port};",
@@ -282,7 +335,9 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
                     lines.append(f"    ssl_certificate {cert};")
                     lines.append(f"    ssl_certificate_key {cert};")
             lines.append(f"    server_name {_server_name(host)};")
-            lines.extend("    " + loc for loc in _locations(routes, eps[0], names))
+            if rd.routes_on:
+                lines += ['    set $kw_route "";', "    rewrite_by_lua_block { kw_ir() }"]
+            lines.extend("    " + loc for loc in _locations(routes, eps[0], names, rd))
             lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
