@@ -299,6 +299,10 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  proxy_set_header X-Real-Ip $remote_addr;",
         "  server {",
         f"    listen unix:{paths.control};",
+        # Bodies stay in memory: a temporary file would be written by a worker (an unprivileged user) into the
+        # private 0700 directory, which it cannot; the shared dict bounds what they hold anyway.
+        "    client_body_buffer_size 32m;",
+        "    client_max_body_size 32m;",
         "    location = /backends { content_by_lua_block {" + CONTROL_LUA + "    } }",
         "    location = /routes { content_by_lua_block {" + ROUTES_CONTROL_LUA + "    } }",
         "  }",

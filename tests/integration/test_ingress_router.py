@@ -380,10 +380,13 @@ async def test_what_cannot_be_served_is_reported_and_not_served(plane: Plane) ->
 
 async def test_a_route_change_needs_no_reload(plane: Plane) -> None:
     new = obj("IngressRoute", "new", {"routes": [route("Host(`new.test`)", svc("svc-b", "http"))]})
+    # 300 more: the chunk (~100 KB) is larger than nginx's in-memory body buffer by default.
+    many = [obj("IngressRoute", f"n{i}", {"routes": [route(f"Host(`n{i}.test`)")]}) for i in range(300)]
     try:
-        reloaded = await plane.apply([*ROUTES, new], [INGRESS])
+        reloaded = await plane.apply([*ROUTES, new, *many], [INGRESS])
         assert not reloaded
         assert who("new.test", "/") == "b"
+        assert who("n299.test", "/") == "a"
     finally:
         await plane.apply(ROUTES, [INGRESS])
     assert who("new.test", "/") == "404"
