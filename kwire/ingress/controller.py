@@ -8,10 +8,12 @@ coalescing bursts) does:
 - build the table (`model.build`) and compile the IngressRoutes and Middlewares (`crd.build`), resolve each backend
   (Service exists, port by number or name) and its ready endpoints from EndpointSlices (ready and not
   terminating, as Traefik: terminating endpoints are drained);
-- push the endpoints through the control socket, then the Lua router's chunk (IngressRoutes, Middlewares) when it
-  changed, then render the configuration (`nginxconf.render`) and, if it changed, reload nginx gracefully: so
-  endpoint, IngressRoute and Middleware changes never reload, and a reloaded configuration finds its backends and
-  middlewares already loaded;
+- push the endpoints through the control socket, then the Lua router's chunk (IngressRoutes, Middlewares, and the
+  routes of the hosts an Ingress change touched, which serve from the old workers until the reload lands:
+  fastpath.py) when it changed, then render the configuration (`nginxconf.render`) and, if it changed, reload nginx
+  gracefully (at most one reload per `reload_interval`; a change within it is served by the pushed routes and
+  reloaded when the interval ends): endpoint, IngressRoute and Middleware changes never reload, an Ingress change
+  serves before its reload, and a reloaded configuration finds its backends and middlewares already loaded;
 - set `status.loadBalancer.ingress` of every Ingress it serves to the `traefik` Service's load-balancer
   addresses (Ingresses of another class get nothing);
 - report problems as Warning events on the Ingress, IngressRoute or Middleware (once per distinct message): an
@@ -45,9 +47,9 @@ from kwire.client.client import (
     SECRETS,
     SERVICES,
 )
-from kwire.ingress import crd, model
+from kwire.ingress import crd, fastpath, model
 from kwire.ingress.nginx import Nginx
-from kwire.ingress.nginxconf import Paths, Render, backend_lines, render, valid_host, valid_path
+from kwire.ingress.nginxconf import GEN_MARK, Paths, Render, backend_lines, cert_for, render, valid_host, valid_path
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,13 @@ class IngressController:
         self._reported: dict[str, set[str]] = {}
         self._pushed: bytes | None = None
         self._routes_pushed: str | None = None
+        self._gen = 0  # generation of the configuration last applied (its workers' `kw_gen`)
+        self._applied: str | None = None  # that configuration, rendered with generation 0
+        self._applied_hosts: dict[str, list[model.Route]] | None = None  # and its routes
+        self._pending: list[str] = []  # Lua routes bridging the applied configuration to the newest (fastpath.py)
+        self._pending_gen = 0
+        self._last_reload = 0.0
+        self._deferred: asyncio.TimerHandle | None = None
         self.syncs = 0
         for inf in (self.ingresses, self.classes, self.services, self.slices, self.secrets, self.routes,
                     self.middlewares):  # fmt: skip
@@ -165,12 +174,8 @@ class IngressController:
             attempt = 0
             while True:
                 try:
-                    reloaded = await self.sync()
+                    await self.sync()
                     attempt = 0
-                    if reloaded:
-                        # Every reload forks new workers from a master that keeps growing with each cycle: a
-                        # burst of changes (1,000 Ingresses created at once) is applied in a few reloads.
-                        await asyncio.sleep(self.settings.reload_interval)
                 except (ApiStatusError, OSError, RuntimeError) as exc:
                     attempt += 1
                     log.warning("ingress sync failed (attempt %d): %s", attempt, exc)
@@ -254,15 +259,26 @@ class IngressController:
             https_port=s.https_port,
             ping_port=s.ping_port,
             workers=s.workers,
-            routes_on=bool(compiled.routes),
         )
         # Endpoints first, then the router, then the file: what a new route or worker refers to is already loaded
         # (backends dropped here belong only to routes being removed). nginx's first start comes before.
-        conf = render(table, rd, self.paths)
-        starting = not self.nginx.running()
-        reloaded = await self.nginx.apply(conf) if starting else False
+        base = render(table, rd, self.paths)
+        reloaded = False
+        if not self.nginx.running():
+            reloaded = await self._apply(base, table)
+        changed = base != self._applied
+        if changed:
+            bridged = {h for h in table.hosts if h and not h.startswith("*.") and valid_host(h)
+                       and cert_for(h, rd, self.paths) == self.paths.default_cert}  # fmt: skip
+            self._pending = fastpath.pending_routes(
+                self._applied_hosts, table.hosts, gen=self._gen + 1, known_backends=known, bridged=bridged
+            )
+            self._pending_gen = self._gen + 1
+        elif self._pending_gen > self._gen:
+            self._pending = []  # a change undone before its reload: the applied configuration is the newest
         body = backend_lines(endpoints)
-        lua = crd.lua_config(compiled, known)
+        lua = crd.lua_config(compiled, known, self._pending)
+        tb = time.monotonic()
         if lua != self._routes_pushed:
             if body != self._pushed:
                 await self.nginx.push(body, full=False)  # the new route's backends, before the route
@@ -272,16 +288,35 @@ class IngressController:
             await self.nginx.push(body)
             self._pushed = body
         t1 = time.monotonic()
-        if not starting:
-            reloaded = await self.nginx.apply(conf)
+        if changed:
+            # Every reload forks new workers from a master that keeps growing with each cycle: a burst of changes
+            # (1,000 Ingresses created at once) is applied in a few reloads; meanwhile the pushed routes serve.
+            wait = self._last_reload + s.reload_interval - time.monotonic()
+            if wait <= 0:
+                reloaded = await self._apply(base, table)
+            elif self._deferred is None:
+                self._deferred = asyncio.get_running_loop().call_later(wait, self._reload_due)
         if reloaded:
             self.nginx.prune_certs(set(certs.values()))
         await self._statuses(table)
         await self._events(problems)
         self.syncs += 1
         trim_soon()  # each sync rebuilds the table: give the freed heap back (a burst of 1,000 changes left ~60 MB)
-        log.debug("ingress sync %.1f ms (build+push %.1f ms, reload=%s)", (time.monotonic() - t0) * 1000,
-                  (t1 - t0) * 1000, reloaded)  # fmt: skip
+        log.debug("ingress sync %.1f ms (build+push %.1f ms, build %.1f ms, reload=%s)", (time.monotonic() - t0) * 1000,
+                  (t1 - t0) * 1000, (tb - t0) * 1000, reloaded)  # fmt: skip
+        return reloaded
+
+    def _reload_due(self) -> None:
+        self._deferred = None
+        self._dirty.set()
+
+    async def _apply(self, base: str, table: model.Table) -> bool:
+        """Start or reload nginx with this configuration as the next generation."""
+        self._gen += 1
+        conf = base.replace(f"{GEN_MARK}0\n", f"{GEN_MARK}{self._gen}\n", 1)
+        reloaded = await self.nginx.apply(conf)
+        self._applied, self._applied_hosts = base, table.hosts
+        self._last_reload = time.monotonic()
         return reloaded
 
     async def _statuses(self, table: model.Table) -> None:

@@ -436,8 +436,9 @@ def build(ingressroutes: list[Obj], middlewares: list[Obj], secrets: dict[str, O
     return out, mws
 
 
-def lua_config(c: Compiled, known_backends: set[str]) -> str:
-    """The Lua chunk the router loads: routes (priority order) with their compiled rules, and middlewares."""
+def lua_config(c: Compiled, known_backends: set[str], pending: list[str] | None = None) -> str:
+    """The Lua chunk the router loads: routes (priority order) with their compiled rules, then `pending` (Ingress
+    routes not yet in every worker's configuration, fastpath.py), and middlewares."""
     lines = ["local K = kw_K", "local R = {}", "R.routes = {"]
     for r in c.routes:
         if not all(s.backend.key in known_backends for s in r.services):
@@ -451,6 +452,7 @@ def lua_config(c: Compiled, known_backends: set[str]) -> str:
             f" m = function(r) return {rules.to_lua(r.expr)} end,"
             f" mw = {{{', '.join(lua_str(m) for m in r.middlewares)}}}, svc = {{{svcs}}}}},"
         )
+    lines += pending or []
     lines.append("}")
     lines.append("R.mw = {")
     for mid, lua in sorted(c.middlewares.items()):

@@ -71,7 +71,7 @@ ROUTER_LUA = r"""
       return parts[#parts - depth + 1]
     end
 
-    kw_cfg_v = -1; kw_cfg = {routes = {}, mw = {}, by_id = {}}; kw_wrr = {}
+    kw_cfg_v = -1; kw_cfg = {routes = {}, active = {}, mw = {}, by_id = {}}; kw_wrr = {}
     function kw_config()
       local d = ngx.shared.kwire
       local v = d:get("routes_v") or 0
@@ -80,8 +80,12 @@ ROUTER_LUA = r"""
         local ok, res = false, err
         if f then ok, res = pcall(f) end
         if ok then
-          res.by_id = {}
-          for _, rt in ipairs(res.routes) do res.by_id[rt.id] = rt end
+          res.by_id = {}; res.active = {}
+          for _, rt in ipairs(res.routes) do
+            res.by_id[rt.id] = rt
+            -- routes bridging a reload (fastpath.py): only for workers of an older configuration
+            if not rt.gen or rt.gen > kw_gen then res.active[#res.active + 1] = rt end
+          end
           kw_cfg = res
         else
           ngx.log(ngx.ERR, "kwire: routes: ", res)
@@ -100,7 +104,7 @@ ROUTER_LUA = r"""
     end
 
     function kw_ir()
-      local routes = kw_config().routes
+      local routes = kw_config().active
       -- A worker of a configuration from before the first IngressRoute has no $kw_route (nor @kwire_ir) yet.
       if #routes == 0 or ngx.var.kw_route == nil then return end
       local ep = ngx.var.https == "on" and "websecure" or "web"
@@ -134,7 +138,7 @@ ROUTER_LUA = r"""
 
     function kw_ir_run()
       local rt = kw_config().by_id[ngx.var.kw_route]
-      if not rt then return ngx.exit(404) end
+      if not rt or rt.nf then return ngx.exit(404) end
       kw_mw_run(rt.mw)
       local svc = kw_pick_service(rt)
       if not svc then return kw_reply(503, "no available server\n") end

@@ -31,6 +31,7 @@ from kwire.ingress.rules import lua_str
 HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 PATH_RE = re.compile(r"^/[A-Za-z0-9._~!&'()*+,;=:@%/-]*$")  # no `$` (nginx variables), no quotes/spaces
 
+GEN_MARK = "kw_gen = "  # init_worker's first line: the configuration's generation
 BALANCER_LUA = r"""
     kw_version = -1; kw_peers = {}; kw_rr = {}; kw_balancer = require "ngx.balancer"
     function kw_pick(key)
@@ -144,7 +145,8 @@ class Render:
     ping_port: int = 9000
     noep_port: int = 9001  # 127.0.0.1 only: answers 503 for backends without a ready endpoint
     workers: int = 1
-    routes_on: bool = False  # IngressRoutes exist: every host server runs the Lua router first (lua.py)
+    routes_on: bool = True  # every host server runs the Lua router first (lua.py); off: plain nginx routing
+    generation: int = 0  # the configuration's generation (`kw_gen`: fastpath.py)
 
 
 def _q(s: str) -> str:
@@ -225,7 +227,7 @@ def _locations(routes: list[Route], entrypoint: str, names: dict[str, str], rd: 
     return out
 
 
-def _cert_for(host: str, rd: Render, paths: Paths) -> Path:
+def cert_for(host: str, rd: Render, paths: Paths) -> Path:
     if host in rd.certs:
         return rd.certs[host]
     for pattern, f in sorted(rd.certs.items()):
@@ -261,7 +263,9 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  variables_hash_bucket_size 128;",
         "  keepalive_requests 100000;",
         "  client_max_body_size 0;",
-        "  init_worker_by_lua_block {" + BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + ROUTER_LUA + "  }",
+        "  init_worker_by_lua_block {",
+        f"    {GEN_MARK}{rd.generation}",
+        BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + ROUTER_LUA + "  }",
         "  map $http_upgrade $kwire_connection { default upgrade; '' ''; }",
     ]
     names = upstream_names(rd)
@@ -334,7 +338,7 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
                 # Only the default server and hosts with their own certificate name one: nginx makes an SSL
                 # context per server that has a certificate, and a server without one keeps the default
                 # server's context, i.e. serves the default certificate, which is what it should serve.
-                cert = _cert_for(host, rd, paths)
+                cert = cert_for(host, rd, paths)
                 if not host or cert != paths.default_cert:
                     lines.append(f"    ssl_certificate {cert};")
                     lines.append(f"    ssl_certificate_key {cert};")

@@ -16,6 +16,7 @@ a dependency and would not report errors in Traefik's terms. Errors carry the 1-
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -222,6 +223,7 @@ def _check(m: Matcher, pos: int) -> None:
             raise RuleError(f"ClientIP: IPv6 range {a[0]!r} is not supported (this cluster is IPv4)", pos)
 
 
+@functools.lru_cache(maxsize=4096)  # a sync re-reads every rule; most are unchanged (bounded)
 def parse(rule: str) -> Expr:
     """The rule's syntax tree, or RuleError."""
     return _Parser(rule).parse()
@@ -241,6 +243,7 @@ def hosts(e: Expr) -> list[str]:
     return hosts(e.left) + hosts(e.right)
 
 
+@functools.lru_cache(maxsize=16384)
 def lua_str(s: str) -> str:
     """A Lua string literal: every byte that is not plainly safe as a decimal escape (no injection possible)."""
     safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ./_-:*@"
@@ -254,6 +257,7 @@ def cidr_lua(cidr: str) -> str:
     return f"{int(net.network_address) >> (32 - bits)}, {bits}"
 
 
+@functools.lru_cache(maxsize=4096)
 def to_lua(e: Expr) -> str:
     """A Lua expression over the request table `r` and helpers `K` (see lua.py's K functions)."""
     if isinstance(e, Not):

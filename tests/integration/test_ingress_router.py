@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from kwire.ingress import crd, model
+from kwire.ingress import crd, fastpath, model
 from kwire.ingress.nginx import Nginx
 from kwire.ingress.nginxconf import Paths, Render, backend_lines, render
 
@@ -390,3 +390,47 @@ async def test_a_route_change_needs_no_reload(plane: Plane) -> None:
     finally:
         await plane.apply(ROUTES, [INGRESS])
     assert who("new.test", "/") == "404"
+
+
+def ingress(name: str, host: str, *paths: tuple[str, str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"rules": [{"host": host, "http": {"paths": [
+            {"path": p, "pathType": t, "backend": {"service": {"name": s, "port": {"number": 80}}}}
+            for p, t, s in paths]}}]},
+    }  # fmt: skip
+
+
+async def test_an_ingress_change_serves_before_its_reload_and_the_reload_takes_over(plane: Plane) -> None:
+    """The workers of the running configuration (generation 0) get the new host's routes from the Lua router
+    (fastpath.py) before any reload; a configuration of that generation has them as locations and skips them."""
+    new = ingress(
+        "fast", "fast.test", ("/e", "Exact", "svc-ac"), ("/foo", "Prefix", "svc-a"), ("/foo/b", "Prefix", "x")
+    )
+    compiled, _ = crd.build(ROUTES, MIDDLEWARES, SECRETS)
+    known = set(ENDPOINTS)
+    served = model.build([INGRESS], [TRAEFIK_CLASS], middlewares=lambda refs: ["default/strip", "default/hdr"])
+    table = model.build([INGRESS, new], [TRAEFIK_CLASS], middlewares=lambda refs: ["default/strip", "default/hdr"])
+    cases = [("/e", "a|c"), ("/e/", "404"), ("/foo", "a"), ("/foo/x", "a"), ("/foobar", "404"), ("/foo/b/1", "404"),
+             ("/", "404")]  # fmt: skip
+
+    def answers() -> list[tuple[str, str]]:
+        return [(p, "a|c" if (w := who("fast.test", p)) in ("a", "c") and p == "/e" else w) for p, _ in cases]
+
+    pending = fastpath.pending_routes(served.hosts, table.hosts, gen=2, known_backends=known, bridged={"fast.test"})
+    await plane.nginx.push_routes(crd.lua_config(compiled, known, pending))
+    assert answers() == cases  # no reload happened: the running workers answer from the pushed routes
+    assert who("ing.test", "/strip/x") == "a"  # other hosts unchanged
+    # The reload to generation 2 serves the same from its locations; pending routes of generation 2 are skipped
+    # there (proved by pushing wrong ones: a worker of generation 2 must not use them).
+    rd = Render(known_backends=known, http_port=HTTP, https_port=HTTPS, ping_port=PING, noep_port=NOEP, generation=2)
+    assert await plane.nginx.apply(render(table, rd, plane.paths))
+    wrong = fastpath.pending_routes({"": table.hosts[""]}, {"": table.hosts[""], "fast.test": [
+        model.Route("/", "Prefix", model.Backend("default", "svc-b", "http"), "x")]}, gen=2, known_backends=known,
+        bridged={"fast.test"})  # fmt: skip
+    await plane.nginx.push_routes(crd.lua_config(compiled, known, wrong))
+    deadline = time.monotonic() + 20
+    while answers() != cases:
+        assert time.monotonic() < deadline, answers()
+        await asyncio.sleep(0.2)
+    await plane.nginx.push_routes(crd.lua_config(compiled, known))
