@@ -528,6 +528,8 @@ async def route_changes(c: ApiClient, ns: str, changes: int, d: Path, log: IO[by
         print(f"\nroute change ({kind}) -> serving: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
               f"max {max(lat):.1f} ms over {len(lat)} changes   (goal p99 <= 100 ms)")  # fmt: skip
         syncs = sync_times(d, log)[before:]
+        if os.environ.get("KWIRE_BENCH_VERBOSE"):
+            print("  each change (ms):", " ".join(f"{x:.0f}" for x in lat))
         if syncs:
             whole, push, build = ([x[i] for x in syncs] for i in range(3))
             print(f"  controller syncs: {len(syncs)}, whole p50 {pct(whole, 50):.1f} / p99 {pct(whole, 99):.1f} ms, "

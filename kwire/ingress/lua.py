@@ -6,8 +6,8 @@ control socket (`/routes`): it is compiled there once (a chunk that does not com
 old one keeps serving), stored in the shared dict, and each worker loads it when the dict's `routes_v` changes. A
 route change is therefore never an nginx reload.
 
-Per request (when any IngressRoute exists, every host server block runs `kw_ir()` in its rewrite phase): the
-routes of the request's entrypoint (websecure when TLS, else web) are tried in priority order; the first whose rule
+Per request (every host server block runs `kw_ir()` in its rewrite phase; with no route it returns after one
+shared-dict read): the routes of the request's entrypoint (websecure when TLS, else web) are tried in priority order; the first whose rule
 matches wins: its id goes into `$kw_route` and the request jumps to the server's `@kwire_ir` location, which runs
 the route's middlewares in order (`kw_mw_run`: each may answer itself: a redirect, 401, 403, 429, or change the
 request: path, headers), picks a service by smooth weighted round-robin (as Traefik's WRR), and proxies to the
@@ -16,7 +16,8 @@ honouring a sticky cookie (value: a hash of the endpoint, as Traefik v3 hashes t
 stale). Response headers of `headers` middlewares and the sticky cookie are set in the header filter. IngressRoutes
 are tried before Ingress paths (Traefik orders both kinds by priority together; here the IngressRoute wins a tie
 or a conflict). Ingress paths whose `router.middlewares` annotation names Middlewares run `kw_mw_run` in their
-location.
+location. Routes carrying a generation (`gen`, fastpath.py: an Ingress change bridged until its reload lands) are
+used only by workers whose configuration is older (`kw_gen`); a route marked `nf` answers 404.
 
 basicAuth hashes: apr1 (MD5-crypt, computed here with ngx.md5_bin), {SHA} (SHA-1), and bcrypt/MD5/SHA-crypt
 through glibc's libxcrypt `crypt()` (LuaJIT FFI; nginx links it for auth_basic); a successful check is cached per

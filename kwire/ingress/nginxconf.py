@@ -16,6 +16,11 @@ routes of every host (host-less rules, defaultBackend). Paths: Exact -> `locatio
 then the longest prefix, which is the Ingress rule (longest wins, Exact before Prefix on the same path).
 Request headers to backends as Traefik sets them: Host unchanged, X-Forwarded-For/-Proto/-Host/-Port/-Server,
 X-Real-Ip; WebSocket upgrades pass (HTTP/1.1 upstream with Upgrade/Connection).
+Before its locations, every host server block runs the Lua router (lua.py: IngressRoutes, Ingress routes bridging a
+reload) in its rewrite phase, with a `@kwire_ir` location proxying to the `kwire_dyn` upstream for what it
+matches; 404s are then answered in the content phase (`return` would run before the router). Ingress paths with
+`router.middlewares` run them in Lua in their location. The control socket also takes the router's chunk
+(`POST /routes`). The configuration carries its generation (`kw_gen`, the first line of init_worker).
 """
 
 from __future__ import annotations
