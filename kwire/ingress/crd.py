@@ -33,6 +33,8 @@ from kwire.ingress.rules import lua_str
 Obj = dict[str, Any]
 PROVIDER = "@kubernetescrd"
 COOKIE_NAME_RE = re.compile(r"[^A-Za-z0-9_]")
+TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
+REALM_RE = re.compile(r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$")  # printable ASCII but `"` and `\`
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)$")
 UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 SAMESITE = {"none": "None", "lax": "Lax", "strict": "Strict"}
@@ -188,6 +190,10 @@ def compile_middleware(mw: Obj, secrets: dict[str, Obj]) -> tuple[str | None, li
             lua = _lua_map({"t": "replacepath", "path": str(c.get("path") or "/")})
         case "headers":
             problems += _unsupported(c, {"customRequestHeaders", "customResponseHeaders"}, kind)
+            for field_ in ("customRequestHeaders", "customResponseHeaders"):
+                for k, v in (c.get(field_) or {}).items():
+                    if not TOKEN_RE.match(str(k)) or any(ch in str(v) for ch in "\r\n\0"):
+                        problems.append(f"headers.{field_}: {str(k)[:64]!r} is not a valid header name and value")
 
             def pairs(d: Obj | None) -> str:
                 return "{" + ", ".join(f"{{{lua_str(str(k))}, {lua_str(str(v))}}}" for k, v in (d or {}).items()) + "}"
@@ -198,6 +204,8 @@ def compile_middleware(mw: Obj, secrets: dict[str, Obj]) -> tuple[str | None, li
             )
         case "basicAuth":
             problems += _unsupported(c, {"secret", "realm", "removeHeader", "headerField"}, kind)
+            if not REALM_RE.match(str(c.get("realm") or "traefik")):
+                problems.append("basicAuth.realm: only printable characters without quotes or backslashes")
             users = _secret_users(secrets.get(f"{ns}/{c.get('secret')}")) if c.get("secret") else "no secret"
             if isinstance(users, str):
                 problems.append(f"basicAuth secret {ns}/{c.get('secret')}: {users}")

@@ -118,6 +118,9 @@ def test_middleware_compilation(spec: dict[str, Any], lua: str) -> None:
         ({"basicAuth": {"secret": "missing"}}, "basicAuth secret default/missing: secret not found"),
         ({"basicAuth": {"secret": "users"}}, "hash format not supported"),
         ({"redirectScheme": {"scheme": "ftp"}}, "only http and https"),
+        ({"headers": {"customResponseHeaders": {"X-A": "1\r\nSet-Cookie: x=1"}}}, "not a valid header name and value"),
+        ({"headers": {"customRequestHeaders": {"X A": "1"}}}, "not a valid header name and value"),
+        ({"basicAuth": {"secret": "users", "realm": 'a" b'}}, "basicAuth.realm: only printable characters"),
         ({"stripPrefix": {"prefixes": ["/a"]}, "addPrefix": {"prefix": "/b"}}, "exactly one type"),
     ],
 )
