@@ -7,17 +7,18 @@ old one keeps serving), stored in the shared dict, and each worker loads it when
 route change is therefore never an nginx reload.
 
 Per request (every host server block runs `kw_ir()` in its rewrite phase; with no route it returns after one
-shared-dict read): the routes of the request's entrypoint (websecure when TLS, else web) are tried in priority order; the first whose rule
-matches wins: its id goes into `$kw_route` and the request jumps to the server's `@kwire_ir` location, which runs
-the route's middlewares in order (`kw_mw_run`: each may answer itself: a redirect, 401, 403, 429, or change the
-request: path, headers), picks a service by smooth weighted round-robin (as Traefik's WRR), and proxies to the
-`kwire_dyn` upstream, whose balancer takes the service's endpoints from the same shared dict as Ingress backends,
-honouring a sticky cookie (value: a hash of the endpoint, as Traefik v3 hashes the server URL; set when absent or
-stale). Response headers of `headers` middlewares and the sticky cookie are set in the header filter. IngressRoutes
-are tried before Ingress paths (Traefik orders both kinds by priority together; here the IngressRoute wins a tie
-or a conflict). Ingress paths whose `router.middlewares` annotation names Middlewares run `kw_mw_run` in their
-location. Routes carrying a generation (`gen`, fastpath.py: an Ingress change bridged until its reload lands) are
-used only by workers whose configuration is older (`kw_gen`); a route marked `nf` answers 404.
+shared-dict read): the routes of the request's entrypoint (websecure when TLS, else web) are tried in priority
+order; the first whose rule matches wins: its middlewares run in order (`kw_mw_run`: each may answer itself: a
+redirect, 401, 403, 429, or change the request: path, headers), a service is picked by smooth weighted
+round-robin (as Traefik's WRR) and put in ngx.ctx, and the request proxies from whatever location it is in: every
+balancer takes ngx.ctx's backend first (nginxconf.py), its endpoints from the same shared dict as Ingress
+backends, honouring a sticky cookie (value: a hash of the endpoint, as Traefik v3 hashes the server URL; set when
+absent or stale). Response headers of `headers` middlewares and the sticky cookie are set in the server's header
+filter. IngressRoutes are tried before Ingress paths (Traefik orders both kinds by priority together; here the
+IngressRoute wins a tie or a conflict). Ingress paths whose `router.middlewares` annotation names Middlewares run
+`kw_mw_run` in their location when the router chose nothing. Routes carrying a generation (`gen`, fastpath.py: an
+Ingress change bridged until its reload lands) are used only by workers whose configuration is older (`kw_gen`);
+a route marked `nf` answers 404.
 
 basicAuth hashes: apr1 (MD5-crypt, computed here with ngx.md5_bin), {SHA} (SHA-1), and bcrypt/MD5/SHA-crypt
 through glibc's libxcrypt `crypt()` (LuaJIT FFI; nginx links it for auth_basic); a successful check is cached per
@@ -72,7 +73,7 @@ ROUTER_LUA = r"""
       return parts[#parts - depth + 1]
     end
 
-    kw_cfg_v = -1; kw_cfg = {routes = {}, active = {}, mw = {}, by_id = {}}; kw_wrr = {}
+    kw_cfg_v = -1; kw_cfg = {routes = {}, active = {}, mw = {}}; kw_wrr = {}
     function kw_config()
       local d = ngx.shared.kwire
       local v = d:get("routes_v") or 0
@@ -81,9 +82,8 @@ ROUTER_LUA = r"""
         local ok, res = false, err
         if f then ok, res = pcall(f) end
         if ok then
-          res.by_id = {}; res.active = {}
+          res.active = {}
           for _, rt in ipairs(res.routes) do
-            res.by_id[rt.id] = rt
             -- routes bridging a reload (fastpath.py): only for workers of an older configuration
             if not rt.gen or rt.gen > kw_gen then res.active[#res.active + 1] = rt end
           end
@@ -106,17 +106,22 @@ ROUTER_LUA = r"""
 
     function kw_ir()
       local routes = kw_config().active
-      -- A worker of a configuration from before the first IngressRoute has no $kw_route (nor @kwire_ir) yet.
-      if #routes == 0 or ngx.var.kw_route == nil then return end
+      if #routes == 0 then return false end
       local ep = ngx.var.https == "on" and "websecure" or "web"
       local r = {host = (ngx.var.host or ""):lower(), path = ngx.var.uri, method = ngx.req.get_method()}
       for i = 1, #routes do
         local rt = routes[i]
         if rt[ep] and rt.m(r) then
-          ngx.var.kw_route = rt.id
-          return ngx.exec("@kwire_ir")
+          if rt.nf then return ngx.exit(404) end
+          kw_mw_run(rt.mw)
+          local svc = kw_pick_service(rt)
+          if not svc then return kw_reply(503, "no available server\n") end
+          ngx.ctx.kw_b = svc.b
+          ngx.ctx.kw_sticky = svc.sticky
+          return true
         end
       end
+      return false
     end
 
     function kw_pick_service(rt)
@@ -135,16 +140,6 @@ ROUTER_LUA = r"""
       if not bi then return nil end
       st[bi] = st[bi] - total
       return s[bi]
-    end
-
-    function kw_ir_run()
-      local rt = kw_config().by_id[ngx.var.kw_route]
-      if not rt or rt.nf then return ngx.exit(404) end
-      kw_mw_run(rt.mw)
-      local svc = kw_pick_service(rt)
-      if not svc then return kw_reply(503, "no available server\n") end
-      ngx.ctx.kw_b = svc.b
-      ngx.ctx.kw_sticky = svc.sticky
     end
 
     local ffi = require "ffi"

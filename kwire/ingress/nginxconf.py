@@ -17,9 +17,11 @@ then the longest prefix, which is the Ingress rule (longest wins, Exact before P
 Request headers to backends as Traefik sets them: Host unchanged, X-Forwarded-For/-Proto/-Host/-Port/-Server,
 X-Real-Ip; WebSocket upgrades pass (HTTP/1.1 upstream with Upgrade/Connection).
 Before its locations, every host server block runs the Lua router (lua.py: IngressRoutes, Ingress routes bridging a
-reload) in its rewrite phase, with a `@kwire_ir` location proxying to the `kwire_dyn` upstream for what it
-matches; 404s are then answered in the content phase (`return` would run before the router). Ingress paths with
-`router.middlewares` run them in Lua in their location. The control socket also takes the router's chunk
+reload) in its rewrite phase; what it chooses is in ngx.ctx, which every balancer honours first, so whichever
+location the request is in proxies there (no internal redirect, no extra location per server). With the router
+on, every location proxies: a path without a backend goes to the `kwire_dyn` upstream, which sends what the
+router did not choose to a 127.0.0.1 listener answering 404 (a `return` would run before the router). Ingress
+paths with `router.middlewares` run them in Lua in their location. The control socket also takes the router's chunk
 (`POST /routes`). The configuration carries its generation (`kw_gen`, the first line of init_worker).
 """
 
@@ -54,8 +56,9 @@ BALANCER_LUA = r"""
         kw_version = v
       end
       local ctx = ngx.ctx
-      key = key or ctx.kw_b
-      local peers = key and kw_peers[key]
+      key = ctx.kw_b or key  -- the Lua router's choice (lua.py) wins over the location's own backend
+      if not key then return kw_balancer.set_current_peer("127.0.0.1", NOTFOUND_PORT) end
+      local peers = kw_peers[key]
       if not peers or #peers == 0 then
         return kw_balancer.set_current_peer("127.0.0.1", NOEP_PORT)
       end
@@ -149,6 +152,7 @@ class Render:
     https_port: int = 443
     ping_port: int = 9000
     noep_port: int = 9001  # 127.0.0.1 only: answers 503 for backends without a ready endpoint
+    notfound_port: int = 9002  # 127.0.0.1 only: answers 404 (what no route matches, with the Lua router on)
     workers: int = 1
     routes_on: bool = True  # every host server runs the Lua router first (lua.py); off: plain nginx routing
     generation: int = 0  # the configuration's generation (`kw_gen`: fastpath.py)
@@ -181,8 +185,9 @@ def upstream_names(rd: Render) -> dict[str, str]:
 
 
 def _not_found(rd: Render) -> str:
-    # `return` runs in the rewrite phase before rewrite_by_lua (the Lua router): answer in the content phase then.
-    return "content_by_lua_block { ngx.exit(404) }" if rd.routes_on else "return 404;"
+    # `return` runs in the rewrite phase before rewrite_by_lua (the Lua router); with the router on, such a
+    # location proxies like any other: to what the router chose, else to the 127.0.0.1 listener answering 404.
+    return "proxy_pass http://kwire_dyn;" if rd.routes_on else "return 404;"
 
 
 def _location_body(r: Route, names: dict[str, str], rd: Render) -> list[str]:
@@ -190,11 +195,9 @@ def _location_body(r: Route, names: dict[str, str], rd: Render) -> list[str]:
         return [_not_found(rd)]
     out = []
     if r.middlewares:
+        # (overrides the server's rewrite handler: the router first, the path's middlewares if it chose nothing)
         ids = ", ".join(lua_str(m) for m in r.middlewares)
-        out += [
-            f"rewrite_by_lua_block {{ kw_ir() kw_mw_run({{{ids}}}) }}",
-            "header_filter_by_lua_block { kw_hf() }",
-        ]
+        out.append(f"rewrite_by_lua_block {{ if not kw_ir() then kw_mw_run({{{ids}}}) end }}")
     return [*out, f"proxy_pass http://{names[r.backend.key]};"]
 
 
@@ -221,14 +224,6 @@ def _locations(routes: list[Route], entrypoint: str, names: dict[str, str], rd: 
         out.append(f"location {_q(r.path + '/')} {{ {body} }}")
     if "/" not in prefix:
         out.append(f"location / {{ {_not_found(rd)} }}")
-    if rd.routes_on:
-        out += [
-            "location @kwire_ir {",
-            "  rewrite_by_lua_block { kw_ir_run() }",
-            "  header_filter_by_lua_block { kw_hf() }",
-            "  proxy_pass http://kwire_dyn;",
-            "}",
-        ]
     return out
 
 
@@ -270,7 +265,9 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  client_max_body_size 0;",
         "  init_worker_by_lua_block {",
         f"    {GEN_MARK}{rd.generation}",
-        BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + ROUTER_LUA + "  }",
+        BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)).replace("NOTFOUND_PORT", str(rd.notfound_port))
+        + ROUTER_LUA
+        + "  }",
         "  map $http_upgrade $kwire_connection { default upgrade; '' ''; }",
     ]
     names = upstream_names(rd)
@@ -326,6 +323,10 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         f"    listen 127.0.0.1:{rd.noep_port};",
         '    location / { return 503 "no available server\\n"; }',
         "  }",
+        "  server {",
+        f"    listen 127.0.0.1:{rd.notfound_port};",
+        "    location / { return 404; }",
+        "  }",
     ]
     hosts = sorted(h for h in table.hosts if valid_host(h))
     for host in hosts:
@@ -349,7 +350,7 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
                     lines.append(f"    ssl_certificate_key {cert};")
             lines.append(f"    server_name {_server_name(host)};")
             if rd.routes_on:
-                lines += ['    set $kw_route "";', "    rewrite_by_lua_block { kw_ir() }"]
+                lines += ["    rewrite_by_lua_block { kw_ir() }", "    header_filter_by_lua_block { kw_hf() }"]
             lines.extend("    " + loc for loc in _locations(routes, eps[0], names, rd))
             lines.append("  }")
     lines.append("}")

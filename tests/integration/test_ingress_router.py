@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]  # lab:
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 NS = f"kwire-irt{os.environ.get('KWIRE_TEST_ID', '')}{os.getpid() % 10000}"
-HTTP, HTTPS, PING, NOEP = 18180, 18443, 18900, 18901
+HTTP, HTTPS, PING, NOEP, NOTFOUND = 18180, 18443, 18900, 18901, 18902
 PORT_A, PORT_B, PORT_C = 18201, 18202, 18203
 ECHO = """
 import json, sys
@@ -210,7 +210,7 @@ class Plane:
 
         table = model.build(ingresses, [TRAEFIK_CLASS], middlewares=resolve)
         known = set(ENDPOINTS)
-        rd = Render(known_backends=known, http_port=HTTP, https_port=HTTPS, ping_port=PING, noep_port=NOEP,
+        rd = Render(known_backends=known, http_port=HTTP, https_port=HTTPS, ping_port=PING, noep_port=NOEP, notfound_port=NOTFOUND,
                     routes_on=bool(compiled.routes))  # fmt: skip
         conf = render(table, rd, self.paths)
         if not self.nginx.running():
@@ -423,7 +423,15 @@ async def test_an_ingress_change_serves_before_its_reload_and_the_reload_takes_o
     assert who("ing.test", "/strip/x") == "a"  # other hosts unchanged
     # The reload to generation 2 serves the same from its locations; pending routes of generation 2 are skipped
     # there (proved by pushing wrong ones: a worker of generation 2 must not use them).
-    rd = Render(known_backends=known, http_port=HTTP, https_port=HTTPS, ping_port=PING, noep_port=NOEP, generation=2)
+    rd = Render(
+        known_backends=known,
+        http_port=HTTP,
+        https_port=HTTPS,
+        ping_port=PING,
+        noep_port=NOEP,
+        notfound_port=NOTFOUND,
+        generation=2,
+    )
     assert await plane.nginx.apply(render(table, rd, plane.paths))
     wrong = fastpath.pending_routes({"": table.hosts[""]}, {"": table.hosts[""], "fast.test": [
         model.Route("/", "Prefix", model.Backend("default", "svc-b", "http"), "x")]}, gen=2, known_backends=known,
