@@ -501,12 +501,30 @@ async def main() -> int:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def sync_times(d: Path, log: IO[bytes]) -> list[tuple[float, float, float]]:
-    """(whole sync, build + push, build) in ms of the controller's syncs so far (its -v log lines)."""
+def sync_times(d: Path, log: IO[bytes]) -> list[tuple[float, ...]]:
+    """(whole sync, build + push, build in ms; first event, sync start, push done as monotonic seconds) of the
+    controller's syncs so far (its -v log lines)."""
     log.flush()
-    pat = re.compile(r"ingress sync ([0-9.]+) ms \(build\+push ([0-9.]+) ms, build ([0-9.]+) ms")
+    pat = re.compile(r"ingress sync ([0-9.]+) ms \(build\+push ([0-9.]+) ms, build ([0-9.]+) ms, reload=\w+\) "
+                     r"event_at=([0-9.]+) start_at=([0-9.]+) pushed_at=([0-9.]+)")  # fmt: skip
     text = (d / "log").read_text(errors="replace")
-    return [(float(m.group(1)), float(m.group(2)), float(m.group(3))) for m in pat.finditer(text)]
+    return [tuple(float(x) for x in m.groups()) for m in pat.finditer(text)]
+
+
+def breakdown(changes: list[tuple[float, float]], syncs: list[tuple[float, ...]]) -> str:
+    """Where each change's time went: create call -> the controller's first event (watch), -> its sync start
+    (coalescing, a sync in progress), -> endpoints and router pushed (build + push), -> served (the data plane:
+    the reload, or the workers reading the shared dict, and the client's polling)."""
+    parts: dict[str, list[float]] = {"watch": [], "queue": [], "build+push": [], "serve": []}
+    for t0, t4 in changes:
+        s = next((x for x in syncs if x[3] >= t0 - 0.0005), None)
+        if s is None:
+            continue
+        parts["watch"].append((s[3] - t0) * 1000)
+        parts["queue"].append((s[4] - s[3]) * 1000)
+        parts["build+push"].append((s[5] - s[4]) * 1000)
+        parts["serve"].append((t4 - s[5]) * 1000)
+    return ", ".join(f"{k} p50 {pct(v, 50):.1f} / p99 {pct(v, 99):.1f} ms" for k, v in parts.items() if v)
 
 
 async def route_changes(c: ApiClient, ns: str, changes: int, d: Path, log: IO[bytes]) -> None:
@@ -516,6 +534,7 @@ async def route_changes(c: ApiClient, ns: str, changes: int, d: Path, log: IO[by
     for kind in ("Ingress", "IngressRoute"):
         before = len(sync_times(d, log))
         lat = []
+        spans: list[tuple[float, float]] = []
         for i in range(changes):
             await asyncio.sleep(CHANGE_SPACING)
             t0 = time.monotonic()
@@ -525,12 +544,14 @@ async def route_changes(c: ApiClient, ns: str, changes: int, d: Path, log: IO[by
                 await c.create(INGRESSROUTES, ingressroute(f"q{i}", f"q{i}.bench.local"), NS)
             await wait_status(ns, 8090, f"{'r' if kind == 'Ingress' else 'q'}{i}.bench.local", 200)
             lat.append((time.monotonic() - t0) * 1000)
+            spans.append((t0, time.monotonic()))
         print(f"\nroute change ({kind}) -> serving: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
               f"max {max(lat):.1f} ms over {len(lat)} changes   (goal p99 <= 100 ms)")  # fmt: skip
         syncs = sync_times(d, log)[before:]
         if os.environ.get("KWIRE_BENCH_VERBOSE"):
             print("  each change (ms):", " ".join(f"{x:.0f}" for x in lat))
         if syncs:
+            print("  where the time went:", breakdown(spans, syncs))
             whole, push, build = ([x[i] for x in syncs] for i in range(3))
             print(f"  controller syncs: {len(syncs)}, whole p50 {pct(whole, 50):.1f} / p99 {pct(whole, 99):.1f} ms, "
                   f"build + push p50 {pct(push, 50):.1f} / p99 {pct(push, 99):.1f} ms, "
