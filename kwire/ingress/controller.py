@@ -277,6 +277,8 @@ class IngressController:
         if changed:
             bridged = {h for h in table.hosts if h and not h.startswith("*.") and valid_host(h)
                        and cert_for(h, rd, self.paths) == self.paths.default_cert}  # fmt: skip
+            bridged |= {h for h in self._applied_hosts or {} if h not in table.hosts and h and not h.startswith("*.")
+                        and valid_host(h)}  # fmt: skip
             self._pending = fastpath.pending_routes(
                 self._applied_hosts, table.hosts, gen=self._gen + 1, known_backends=known, bridged=bridged
             )

@@ -9,7 +9,8 @@ Configurations carry a generation (`kw_gen` in each worker); these routes carry 
 configuration that has them as locations, and a worker of that generation or later skips them (it has the real
 locations). For each changed host the whole route list is given, in nginx's order (Exact paths, then Prefix paths
 longest first, the element-wise Prefix match of the Ingress rule), followed by a 404 for anything else on that
-host: exactly what the new locations will answer, so the two agree while both exist. Left to the reload alone:
+host: exactly what the new locations will answer, so the two agree while both exist; a host gone gets the
+host-less routes and a 404, as the new default server answers it. Left to the reload alone:
 wildcard hosts (nginx prefers an exact server name, which a Lua check here would not know), hosts with their own
 certificate (SNI picks it from server blocks), and any change of the host-less routes (they are on every host).
 """
@@ -53,14 +54,17 @@ def pending_routes(
 ) -> list[str]:
     """Lua route entries (lua.py's route table) bridging the configuration `served` to `new` (generation `gen`).
 
-    `bridged` are the hosts this may cover (valid exact names without their own certificate)."""
+    `bridged` are the hosts this may cover (valid exact names without their own certificate, or gone)."""
     if served is None or served.get("") != new.get(""):
         return []
     out: list[str] = []
-    for host in sorted(new):
-        if host not in bridged or served.get(host) == new[host]:
+    # A host gone falls to the default server: the host-less routes (unchanged here), then 404.
+    changed = {h: new[h] for h in new if served.get(h) != new[h]}
+    changed |= {h: new.get("", []) for h in served if h not in new}
+    for host in sorted(changed):
+        if host not in bridged:
             continue
-        for i, r in enumerate(_ordered([r for r in new[host] if valid_path(r.path)])):
+        for i, r in enumerate(_ordered([r for r in changed[host] if valid_path(r.path)])):
             if r.backend.key in known_backends:
                 mws = ", ".join(lua_str(m) for m in r.middlewares)
                 body = f"mw = {{{mws}}}, svc = {{{{b = {lua_str(r.backend.key)}, w = 1}}}}"

@@ -421,6 +421,12 @@ async def test_an_ingress_change_serves_before_its_reload_and_the_reload_takes_o
     await plane.nginx.push_routes(crd.lua_config(compiled, known, pending))
     assert answers() == cases  # no reload happened: the running workers answer from the pushed routes
     assert who("ing.test", "/strip/x") == "a"  # other hosts unchanged
+    # A host gone answers as the default server will (no host-less routes here: 404), also before the reload.
+    gone = fastpath.pending_routes(served.hosts, {"": served.hosts[""]}, gen=2, known_backends=known,
+                                   bridged={"ing.test"})  # fmt: skip
+    await plane.nginx.push_routes(crd.lua_config(compiled, known, gone))
+    assert who("ing.test", "/strip/x") == "404"
+    await plane.nginx.push_routes(crd.lua_config(compiled, known, pending))
     # The reload to generation 2 serves the same from its locations; pending routes of generation 2 are skipped
     # there (proved by pushing wrong ones: a worker of generation 2 must not use them).
     rd = Render(
