@@ -73,7 +73,7 @@ ROUTER_LUA = r"""
       return parts[#parts - depth + 1]
     end
 
-    kw_cfg_v = -1; kw_cfg = {routes = {}, active = {}, mw = {}}; kw_wrr = {}
+    kw_cfg_v = -1; kw_cfg = {routes = {}, active = {}, mw = {}, uses_ctx = false}; kw_wrr = {}
     function kw_config()
       local d = ngx.shared.kwire
       local v = d:get("routes_v") or 0
@@ -83,6 +83,7 @@ ROUTER_LUA = r"""
         if f then ok, res = pcall(f) end
         if ok then
           res.active = {}
+          res.uses_ctx = #res.routes > 0 or next(res.mw) ~= nil
           for _, rt in ipairs(res.routes) do
             -- routes bridging a reload (fastpath.py): only for workers of an older configuration
             if not rt.gen or rt.gen > kw_gen then res.active[#res.active + 1] = rt end
@@ -297,6 +298,7 @@ ROUTER_LUA = r"""
     end
 
     function kw_hf()
+      if not kw_cfg.uses_ctx then return end
       local ctx = ngx.ctx
       for _, kv in ipairs(ctx.kw_rh or {}) do
         if kv[2] == "" then ngx.header[kv[1]] = nil else ngx.header[kv[1]] = kv[2] end

@@ -40,7 +40,7 @@ PATH_RE = re.compile(r"^/[A-Za-z0-9._~!&'()*+,;=:@%/-]*$")  # no `$` (nginx vari
 
 GEN_MARK = "kw_gen = "  # init_worker's first line: the configuration's generation
 BALANCER_LUA = r"""
-    kw_version = -1; kw_peers = {}; kw_rr = {}; kw_balancer = require "ngx.balancer"
+    kw_version = -1; kw_peers = {}; kw_rr = {}; kw_balancer = require "ngx.balancer"; kw_no_ctx = {}
     function kw_pick(key)
       local d = ngx.shared.kwire
       local v = d:get("version") or 0
@@ -55,8 +55,10 @@ BALANCER_LUA = r"""
         end
         kw_version = v
       end
-      local ctx = ngx.ctx
-      key = ctx.kw_b or key  -- the Lua router's choice (lua.py) wins over the location's own backend
+      -- the Lua router's choice (lua.py) wins over the location's own backend; ngx.ctx (a table made per request)
+      -- is looked at only when the router or a middleware can have written it
+      local ctx = kw_cfg.uses_ctx and ngx.ctx or kw_no_ctx
+      key = ctx.kw_b or key
       if not key then return kw_balancer.set_current_peer("127.0.0.1", NOTFOUND_PORT) end
       local peers = kw_peers[key]
       if not peers or #peers == 0 then
