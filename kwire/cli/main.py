@@ -301,6 +301,37 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_trace(ns: argparse.Namespace) -> int:
+    import json
+
+    from kwire.trace import run
+
+    lab_name = getattr(ns, "lab", "") or (ns.name if getattr(ns, "lab_cmd", "") == "trace" else "")
+    where = run.Where(lab=lab_name, kubeconfig=ns.kubeconfig, node=ns.node, pod_netns_prefix=ns.pod_netns_prefix)
+    try:
+        result = run.trace(where, ns.source, ns.destination, do_probe=ns.probe, timeout=ns.timeout)
+    except run.TraceError as exc:
+        print(f"kwire trace: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_json(), indent=2) if ns.output == "json" else result.text())
+    return result.exit_code
+
+
+def _trace_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="FROM", help="ns/pod, svc/ns/name, node/NAME, client (lab) or an IP")
+    p.add_argument(
+        "destination",
+        metavar="TO",
+        help="as FROM, or a DNS name; optionally :PORT and /tcp or /udp (e.g. svc/default/web:80/tcp)",
+    )
+    p.add_argument("--probe", action="store_true", help="send a real packet with nft tracing on and compare")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--timeout", type=float, default=2.0, help="the probe's timeout in seconds")
+    p.add_argument("--kubeconfig", default="", help="on a node: default /etc/kwire/kwire.yaml")
+    p.add_argument("--node", default="", help="on a node: this node's name (default: the host name)")
+    p.add_argument("--pod-netns-prefix", default="kwire-pod-", help="on a node: the agent's --pod-netns-prefix")
+
+
 def _cmd_install(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -430,9 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="-- flags for ExecStart (tokens go in KWIRE_TOKEN)")
     p.set_defaults(func=_cmd_install)
 
+    p = sub.add_parser(
+        "trace", help="the path a connection takes, hop by hop, from kwire's state (--probe: and a real packet)"
+    )
+    _trace_arguments(p)
+    p.add_argument("--lab", default="", help="trace in this lab (same as `kwire lab trace --name LAB`)")
+    p.set_defaults(func=_cmd_trace)
+
     lab = sub.add_parser("lab", help="a multi-node cluster on this machine, in network namespaces")
     lsub = lab.add_subparsers(dest="lab_cmd", required=True)
-    for cmd in ("up", "down", "status", "exec", "node", "check", "supervise"):
+    for cmd in ("up", "down", "status", "exec", "node", "check", "trace", "supervise"):
         # `supervise` is the lab's own supervisor process, started by `up`.
         lp = lsub.add_parser(cmd, help=argparse.SUPPRESS) if cmd == "supervise" else lsub.add_parser(cmd)
         lp.add_argument("--name", default="default", help="lab name (several labs can coexist)")
@@ -463,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
             lp.add_argument("node")
         elif cmd == "check":
             lp.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        elif cmd == "trace":
+            _trace_arguments(lp)
+            lp.set_defaults(func=_cmd_trace)
         elif cmd == "supervise":
             lp.add_argument("--listen-fd", type=int, required=True)
     return parser
