@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from kwire.api.admission import Admission
+from kwire.api.aggregator import Aggregator
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.bootstrap import DATASTORE_KEY, Bootstrap, JoinError, fetch_bootstrap, seal, unseal
 from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
@@ -191,6 +192,8 @@ class Server:
         if self.master_leases is not None:
             await self.master_leases.stop()
         await self.lifecycle.stop()
+        if self.api.aggregator is not None:
+            await self.api.aggregator.stop()
         if self.resources.admission is not None:
             await self.resources.admission.stop()
         await self.resources.conversion.close()
@@ -418,6 +421,8 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     token = ensure_token(data_dir, cfg.token)
     port = int(cfg.https_listen_port)
     api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}", ca_pem=pki.ca_pem)
+    api.aggregator = Aggregator(resources)
+    api.aggregator.start()
     if etcd_member is not None:
         api.server_bootstrap = _bootstrap_provider(pki, etcd_member)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)

@@ -288,6 +288,7 @@ async def start(cfg: AgentConfig) -> Agent:
         host=node_ip,
         exec_target=kubelet.exec_target,
         attach_target=kubelet.attach_target,
+        resource_containers=kubelet.resource_containers,
     )
     await logs.start()
     reg.set_ready(True)

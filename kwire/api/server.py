@@ -33,6 +33,7 @@ from kwire.api import (
     streaming,
     tables,
 )
+from kwire.api.aggregator import Aggregator
 from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
@@ -41,7 +42,7 @@ from kwire.api.health import ENDPOINTS, Health
 from kwire.api.metrics import ApiMetrics, RequestInfo, metric_verb
 from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
-from kwire.api.registry import Kind, by_path
+from kwire.api.registry import Kind, by_path, kinds_in
 from kwire.api.resources import Resources, decode
 from kwire.api.user import ADMIN, USER_KEY, UserInfo
 from kwire.base.labels import Selector, SelectorError, parse
@@ -198,6 +199,8 @@ class ApiServer:
         self._stopping = asyncio.Event()
         # Set by a server running an embedded etcd: the data a joining server fetches (`bootstrap.py`).
         self.server_bootstrap: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        # The aggregation layer (APIServices served by a Service's pods), set by the server role.
+        self.aggregator: Aggregator | None = None
         self.health = Health()
         for name in ("ping", "log"):
             self.health.add(name, lambda: True)
@@ -308,6 +311,14 @@ class ApiServer:
         if request.method == "GET" and (path == "/openapi/v2" or path.startswith("/openapi/v3")):
             # Building the documents takes 0.1-0.3 s when kinds or CRDs changed: off the event loop.
             return await asyncio.to_thread(self._openapi, path, request.headers.get("Accept", ""))
+        if (
+            len(parts) >= 3
+            and parts[0] == "apis"
+            and self.aggregator is not None
+            and not kinds_in(parts[1], parts[2])
+            and self.aggregator.serves(parts[1], parts[2])
+        ):
+            return await self.aggregator.proxy(request, parts[1], parts[2])
         if request.method == "GET":
             static = self._static(path)
             if static is not None:

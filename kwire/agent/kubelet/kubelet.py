@@ -26,6 +26,7 @@ from kwire.agent.kubelet import hooks, podspec, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
 from kwire.agent.kubelet.prober import PodProbes
+from kwire.agent.kubelet.resourcemetrics import ContainerRef
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
 from kwire.base.files import write_if_changed
@@ -242,6 +243,18 @@ class Kubelet:
             env=dict(w.envs.get(container) or {}),
             pid=w.pids.get(container, 0),
         )
+
+    def resource_containers(self) -> list[ContainerRef]:
+        """Every container of the pods this node runs, with its process when it has one (`/metrics/resource`)."""
+        out = []
+        for uid, w in list(self.work.items()):
+            pod = self._current(uid)
+            if pod is None or w.phase in ("Succeeded", "Failed"):
+                continue
+            for c in podspec.spec(pod).get("containers") or []:
+                name = str(c.get("name", ""))
+                out.append(ContainerRef(w.sandbox.namespace, w.sandbox.name, name, pid=w.pids.get(name, 0)))
+        return out
 
     def attach_target(self, namespace: str, name: str, container: str) -> AttachTarget | None:
         """What attach needs of a container of a pod this node runs (its state is None for a container that is not

@@ -8,7 +8,8 @@ one that declares no ports and whose command (or first argument) is a program th
 `busybox -- wget ...`, `kubectl run dnsutils --image=tutum/dnsutils -- nslookup x` or `sleep 3600`. Those run
 that command from the machine's filesystem, as kwire/host would: debug pods do what their manifests say.
 Images whose role kwire implements (ROLE_IMAGES: `quay.io/metallb/controller` and `quay.io/metallb/speaker`, tag
-v0.13 or later) run kwire's implementation of that role (`kwire.metallb`) with the pod's ServiceAccount.
+v0.13 or later; K3s's `rancher/mirrored-metrics-server` and upstream's metrics-server image, v0.6 or later) run
+kwire's implementation of that role (`kwire.metallb`, `kwire.metricsserver`) with the pod's ServiceAccount.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ BUILTIN_IMAGES: dict[str, str] = {
 ROLE_IMAGES: dict[str, tuple[str, tuple[int, int]]] = {
     "quay.io/metallb/controller": ("kwire.metallb.controller", (0, 13)),
     "quay.io/metallb/speaker": ("kwire.metallb.speaker", (0, 13)),
+    # K3s's packaged metrics-server and upstream's image; v0.6 is the first to scrape /metrics/resource
+    "rancher/mirrored-metrics-server": ("kwire.metricsserver", (0, 6)),
+    "registry.k8s.io/metrics-server/metrics-server": ("kwire.metricsserver", (0, 6)),
 }
 SERVICELB_IMAGE = "kwire/servicelb"  # ServiceLB's svclb pods (klipper-lb's role); see kwire/agent/svclb.py
 KWIRE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding this `kwire` package
