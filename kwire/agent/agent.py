@@ -289,6 +289,7 @@ async def start(cfg: AgentConfig) -> Agent:
         exec_target=kubelet.exec_target,
         attach_target=kubelet.attach_target,
         resource_containers=kubelet.resource_containers,
+        forward_target=kubelet.forward_target,
     )
     await logs.start()
     reg.set_ready(True)

@@ -353,6 +353,22 @@ class ApiServer:
                 token=self.log_token,
                 verb=target.subresource,
             )
+        if target.kind.kind == "Pod" and target.subresource == "portforward" and target.name:
+            if request.method not in ("GET", "POST"):
+                raise method_not_allowed()
+            options: Obj = {"kind": "PodPortForwardOptions", "apiVersion": "v1"}
+            ports = [int(p) for p in request.query.getall("ports", []) if p.isdigit()]
+            if ports:
+                options["ports"] = ports
+            await self.resources.connect(target.kind, target.namespace or "", target.name, "portforward", options)
+            return await kubeletproxy.pod_stream(
+                request,
+                self.resources,
+                namespace=target.namespace or "",
+                name=target.name,
+                token=self.log_token,
+                verb="portForward",
+            )
         if (
             target.subresource
             and target.subresource not in target.kind.subresources

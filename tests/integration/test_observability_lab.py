@@ -4,11 +4,19 @@ pods and services, label-selected logs, events for what kwire does, and kube-pro
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import subprocess
+import threading
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
+from tests.integration.apiserver import KUBECTL
 from tests.integration.labkit import Lab, wait_for
 
 BURNER = """
@@ -76,3 +84,82 @@ def test_kubectl_top_nodes_and_pods(lab: Lab) -> None:
     assert [ln.split()[0] for ln in selected[1:]] == ["burn"]
     missing = lab.kubectl("top", "pod", "nosuchpod", check=False)
     assert missing.returncode != 0 and 'podmetrics.metrics.k8s.io "default/nosuchpod" not found' in missing.stderr
+
+
+WEB = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers:
+  - {name: web, image: nginx, ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+@contextlib.contextmanager
+def port_forward(lab: Lab, *args: str, ports: int = 1) -> Iterator[tuple[list[int], subprocess.Popen[str]]]:
+    """`kubectl port-forward ARGS` running; the local ports it printed (IPv4), in order."""
+    env = {"KUBECONFIG": str(lab.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    proc = subprocess.Popen(
+        [KUBECTL, "port-forward", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        found: list[int] = []
+        timer = threading.Timer(60, proc.kill)  # a kubectl that never prints its ports must not hang the test
+        timer.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) ->", line)
+            if m:
+                found.append(int(m.group(1)))
+                if len(found) == ports:
+                    break
+        timer.cancel()
+        assert len(found) == ports, (
+            f"kubectl port-forward printed no ports: {proc.stderr.read() if proc.stderr else ''}"
+        )
+        yield found, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _get(port: int, path: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=20) as resp:
+        out: dict[str, Any] = json.loads(resp.read())
+        return out
+
+
+def test_port_forward_to_pods_and_services(lab: Lab) -> None:
+    lab.apply(WEB)
+    lab.wait_pods_ready("app=web", 1, timeout=60)
+    with port_forward(lab, "pod/web", "0:8080") as (ports, _):
+        answer = _get(ports[0], "/through-pod")
+        assert answer["pod"] == "web" and answer["path"] == "/through-pod"
+        assert answer["clientIP"] == "127.0.0.1"  # the kubelet connects from inside the pod's namespace
+    with port_forward(lab, "svc/web", "0:80") as (ports, _):
+        assert _get(ports[0], "/through-service")["pod"] == "web"
+    # two ports in one session, eight connections at once over them
+    with port_forward(lab, "pod/web", "0:8080", "0:8080", ports=2) as (ports, _):
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: _get(ports[i % 2], f"/c{i}"), range(8)))
+        assert sorted(a["path"] for a in answers) == [f"/c{i}" for i in range(8)]
+
+
+def test_port_forward_to_a_port_nobody_listens_on(lab: Lab) -> None:
+    lab.wait_pods_ready("app=web", 1, timeout=60)
+    with port_forward(lab, "pod/web", "0:9999") as (ports, proc):
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/", timeout=20)
+        # kubectl 1.32 reports the kubelet's error and ends the forward, as with containerd
+        proc.wait(timeout=30)
+        err = proc.stderr.read() if proc.stderr else ""
+        assert "an error occurred forwarding" in err and "-> 9999" in err
+        assert "dial tcp4 127.0.0.1:9999: connect: connection refused" in err

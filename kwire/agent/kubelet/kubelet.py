@@ -25,6 +25,7 @@ from typing import Any
 from kwire.agent.kubelet import hooks, podspec, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
+from kwire.agent.kubelet.portforward import ForwardTarget
 from kwire.agent.kubelet.prober import PodProbes
 from kwire.agent.kubelet.resourcemetrics import ContainerRef
 from kwire.agent.kubelet.runtime_client import RuntimeClient
@@ -243,6 +244,14 @@ class Kubelet:
             env=dict(w.envs.get(container) or {}),
             pid=w.pids.get(container, 0),
         )
+
+    def forward_target(self, namespace: str, name: str) -> ForwardTarget | None:
+        """Where `kubectl port-forward` connects for a pod this node runs (None if it runs no such pod)."""
+        found = self._running(namespace, name)
+        if found is None:
+            return None
+        w, _ = found
+        return ForwardTarget(netns=w.sandbox.netns, pod_uid=w.sandbox.uid)
 
     def resource_containers(self) -> list[ContainerRef]:
         """Every container of the pods this node runs, with its process when it has one (`/metrics/resource`)."""

@@ -1,6 +1,6 @@
 """The kubelet's API on the node's port 10250: `GET /containerLogs/{namespace}/{pod}/{container}`,
-`/exec/{namespace}/{pod}/{container}` and `/attach/...` (WebSockets, see execstream.py), and `/metrics/resource`
-(metrics-server's source, see resourcemetrics.py).
+`/exec/{namespace}/{pod}/{container}` and `/attach/...` (WebSockets, see execstream.py), `/portForward/{namespace}/{pod}`
+(portforward.py) and `/metrics/resource` (metrics-server's source, see resourcemetrics.py).
 
 The API server's `pods/log`, `pods/exec` and `pods/attach` subresources (what `kubectl logs`, `kubectl exec` and
 `kubectl attach`/`run -it` call) proxy here,
@@ -24,6 +24,7 @@ from aiohttp import web
 
 from kwire.agent.kubelet import crilog
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, serve_attach, serve_exec
+from kwire.agent.kubelet.portforward import ForwardTarget, serve_port_forward
 from kwire.agent.kubelet.resourcemetrics import ContainerRef, exposition
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,10 @@ class LogServer:
         exec_target: Callable[[str, str, str], ExecTarget | None] | None = None,
         attach_target: Callable[[str, str, str], AttachTarget | None] | None = None,
         resource_containers: Callable[[], list[ContainerRef]] | None = None,
+        forward_target: Callable[[str, str], ForwardTarget | None] | None = None,
     ) -> None:
+        # forward_target(namespace, pod) -> the pod's network namespace for port-forward, None if not here
+        self.forward_target = forward_target
         # resource_containers() -> the containers `/metrics/resource` reports (resourcemetrics.py)
         self.resource_containers = resource_containers
         # attach_target(namespace, pod, container) -> what attach needs of that container, None if not here
@@ -161,6 +165,14 @@ class LogServer:
         await resp.write_eof()
         return resp
 
+    async def _port_forward(self, request: web.Request) -> web.StreamResponse:
+        self._check_auth(request)
+        m = request.match_info
+        target = self.forward_target(m["namespace"], m["pod"]) if self.forward_target else None
+        if target is None:
+            raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
+        return await serve_port_forward(request, target=target)
+
     async def _resource_metrics(self, request: web.Request) -> web.StreamResponse:
         self._check_auth(request)
         refs = self.resource_containers() if self.resource_containers else []  # read on the loop: kubelet state
@@ -170,6 +182,7 @@ class LogServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics/resource", self._resource_metrics)
+        app.router.add_route("*", "/portForward/{namespace}/{pod}", self._port_forward)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._handle)
         app.router.add_route("*", "/exec/{namespace}/{pod}/{container}", self._exec)
         app.router.add_route("*", "/attach/{namespace}/{pod}/{container}", self._attach)
