@@ -26,12 +26,14 @@ from kwire.agent.flannel.flannel import Flannel
 from kwire.agent.kubelet.kubelet import Kubelet
 from kwire.agent.kubelet.logs import LogServer
 from kwire.agent.kubelet.runtime_client import RuntimeClient
+from kwire.agent.metrics import DEFAULT_BIND, AgentMetrics, AgentMetricsServer
 from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
 from kwire.client import ApiClient, ApiStatusError, Config, Informers, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
+from kwire.client.events import EventRecorder
 from kwire.cni import invoke as cni
 from kwire.config import AgentConfig
 
@@ -184,8 +186,11 @@ class Agent:
     proxier: Proxier
     netpol: NetworkPolicyController | None = None
     logs: LogServer | None = None
+    metrics: AgentMetricsServer | None = None
 
     async def close(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.logs is not None:
             await self.logs.close()
         if self.netpol is not None:
@@ -197,6 +202,18 @@ class Agent:
         await self.informers.stop()
         await self.runtime.close()
         await self.client.close()
+
+
+def _metrics_bind(cfg: AgentConfig) -> str:
+    """kube-proxy's metrics-bind-address from `--kube-proxy-arg` (K3s's flag), else kube-proxy's default."""
+    bind = DEFAULT_BIND
+    for arg in cfg.kube_proxy_arg:
+        key, _, value = arg.lstrip("-").partition("=")
+        if key == "metrics-bind-address" and value:
+            bind = value
+        else:
+            log.info("agent: kube-proxy-arg %r is not used by kwire's service proxy", arg)
+    return bind
 
 
 async def start(cfg: AgentConfig) -> Agent:
@@ -224,7 +241,9 @@ async def start(cfg: AgentConfig) -> Agent:
     services = informers.get(SERVICES)
     slices = informers.get(ENDPOINTSLICES)
     follow_servers(client, slices)
+    metrics = AgentMetrics()
     proxier = Proxier(
+        metrics=metrics.proxy,
         services=services,
         slices=slices,
         node=node_name,
@@ -240,6 +259,7 @@ async def start(cfg: AgentConfig) -> Agent:
             policies=informers.get(NETWORKPOLICIES),
             node=node_name,
             node_ips=(node_ip,),
+            observer=metrics.netpol,
         )
     informers.start()
     await informers.wait_synced()
@@ -292,10 +312,29 @@ async def start(cfg: AgentConfig) -> Agent:
         forward_target=kubelet.forward_target,
     )
     await logs.start()
+    metrics_server = AgentMetricsServer(metrics, bind=_metrics_bind(cfg))
+    await metrics_server.start()
+    node_events = EventRecorder(client, component="kube-proxy", host=node_name)
+    # kube-proxy's and kubelet's node reference: the Node's uid is its name
+    node_ref = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": node_name, "uid": node_name}}
+
+    async def proxy_failed(exc: Exception) -> None:
+        await node_events.event(node_ref, "Warning", "SyncProxyRulesFailed", f"nftables sync failed: {exc}")
+
+    proxier.reconciler.on_failure = proxy_failed
+    if netpol is not None:
+        policy_events = EventRecorder(client, component="network-policy-controller", host=node_name)
+
+        async def netpol_failed(exc: Exception) -> None:
+            await policy_events.event(
+                node_ref, "Warning", "SyncNetworkPolicyFailed", f"NetworkPolicy nftables sync failed: {exc}"
+            )
+
+        netpol.reconciler.on_failure = netpol_failed
     reg.set_ready(True)
     await reg.post_status(force=True)
     log.info("agent: node %s (%s on %s) is Ready", node_name, node_ip, iface)
-    return Agent(client, informers, reg, flannel, kubelet, runtime, proxier, netpol, logs)
+    return Agent(client, informers, reg, flannel, kubelet, runtime, proxier, netpol, logs, metrics_server)
 
 
 async def run(cfg: AgentConfig) -> None:

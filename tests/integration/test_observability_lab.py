@@ -163,3 +163,122 @@ def test_port_forward_to_a_port_nobody_listens_on(lab: Lab) -> None:
         err = proc.stderr.read() if proc.stderr else ""
         assert "an error occurred forwarding" in err and "-> 9999" in err
         assert "dial tcp4 127.0.0.1:9999: connect: connection refused" in err
+
+
+def test_label_selected_dns_logs(lab: Lab) -> None:
+    """The seeds' `kubectl logs -l k8s-app=kube-dns -n kube-system`: every replica's log, with its problems."""
+    lab.apply(
+        """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns-custom, namespace: kube-system}
+data:
+  forward: |
+    example.test not-an-address
+"""
+    )
+
+    def logged() -> str | None:
+        out = lab.kubectl("logs", "-l", "k8s-app=kube-dns", "-n", "kube-system", "--prefix", "--tail=50").stdout
+        pods = {
+            m.group(1) for m in re.finditer(r"^\[pod/(coredns-[\w-]+)/coredns\] .*forward line 1 skipped", out, re.M)
+        }
+        return out if len(pods) == 2 else None  # one replica per node, both read the ConfigMap
+
+    out = wait_for(logged, timeout=60, interval=1, what="both DNS replicas logging the bad coredns-custom line")
+    assert (
+        "kwire DNS serving cluster.local"
+        in lab.kubectl("logs", "-l", "k8s-app=kube-dns", "-n", "kube-system", "--prefix").stdout
+    )
+    assert "'example.test not-an-address'" in out
+    lab.kubectl("delete", "configmap", "coredns-custom", "-n", "kube-system")
+
+
+def _events(lab: Lab, name: str, namespace: str = "default") -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = lab.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")[
+        "items"
+    ]
+    return items
+
+
+def _reasons(lab: Lab, name: str) -> set[str]:
+    return {e["reason"] for e in _events(lab, name)}
+
+
+def test_events_for_scheduling_load_balancers_and_dns(lab: Lab) -> None:
+    lab.apply(
+        """
+apiVersion: v1
+kind: Pod
+metadata: {name: nowhere}
+spec:
+  nodeSelector: {disk: ssd}
+  containers: [{name: c, image: busybox, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: resolvers, labels: {app: resolvers}}
+spec:
+  dnsConfig: {nameservers: [192.0.2.1, 192.0.2.2, 192.0.2.3]}
+  containers: [{name: c, image: nginx, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  selector: {app: resolvers}
+  ports: [{port: 8181, targetPort: 8080}]
+"""
+    )
+    wait_for(lambda: "FailedScheduling" in _reasons(lab, "nowhere"), timeout=30, what="FailedScheduling")
+    failed = next(e for e in _events(lab, "nowhere") if e["reason"] == "FailedScheduling")
+    assert failed["type"] == "Warning" and failed["source"]["component"] == "default-scheduler"
+    assert "node(s) didn't match Pod's node affinity/selector" in failed["message"]
+
+    wanted = {"Scheduled", "DNSConfigForming", "Started"}
+    wait_for(lambda: wanted <= _reasons(lab, "resolvers"), timeout=60, what=f"{wanted} on pod/resolvers")
+    dns = next(e for e in _events(lab, "resolvers") if e["reason"] == "DNSConfigForming")
+    assert dns["type"] == "Warning" and dns["source"]["component"] == "kubelet"
+    assert dns["message"] == (
+        "Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: "
+        "10.43.0.10 192.0.2.1 192.0.2.2"
+    )
+
+    lb = {"EnsuringLoadBalancer", "AppliedDaemonSet", "UpdatedLoadBalancer", "EnsuredLoadBalancer"}
+    wait_for(lambda: lb <= _reasons(lab, "lb"), timeout=60, what=f"{lb} on service/lb")
+    by_reason = {e["reason"]: e for e in _events(lab, "lb")}
+    assert by_reason["EnsuringLoadBalancer"]["message"] == "Ensuring load balancer"
+    assert by_reason["EnsuringLoadBalancer"]["source"]["component"] == "service-controller"
+    assert re.fullmatch(
+        r"Applied LoadBalancer DaemonSet kube-system/svclb-lb-\w+", by_reason["AppliedDaemonSet"]["message"]
+    )
+    described = lab.kubectl("describe", "service", "lb").stdout
+    assert re.search(r"Updated LoadBalancer with new IPs: \[.*\] -> \[192\.168\.77\.\d+", described)
+    # ServiceLB's events when the Service stops being a LoadBalancer
+    lab.kubectl("patch", "service", "lb", "-p", '{"spec":{"type":"NodePort"}}')
+    gone = {"DeletingLoadBalancer", "DeletedLoadBalancer"}
+    wait_for(lambda: gone <= _reasons(lab, "lb"), timeout=30, what=f"{gone} on service/lb")
+    table = lab.kubectl("get", "events", "--field-selector", "involvedObject.name=lb").stdout
+    assert "service/lb" in table and "Deleted load balancer" in table
+
+
+def test_kube_proxy_metrics_in_the_node_namespace(lab: Lab) -> None:
+    text = lab.run("node2", "curl", "-s", "-m", "5", "http://127.0.0.1:10249/metrics")
+    samples = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#") and "{" not in line.split()[0]
+    }
+    assert samples["kubeproxy_sync_proxy_rules_duration_seconds_count"] > 0
+    assert samples["kubeproxy_sync_proxy_rules_last_timestamp_seconds"] > 0
+    assert samples["kubeproxy_sync_proxy_rules_endpoint_changes_total"] > 0
+    assert samples["kubeproxy_sync_proxy_rules_service_changes_total"] > 0
+    assert samples["kubeproxy_network_programming_duration_seconds_count"] > 0
+    assert samples["kubeproxy_sync_proxy_rules_nftables_sync_failures_total"] == 0
+    assert samples["kube_router_controller_iptables_sync_time_count"] > 0
+    assert samples["kube_router_controller_policy_chains"] > 0
+    assert 'kubeproxy_sync_proxy_rules_duration_seconds_bucket{le="0.001"}' in text
+    # kube-proxy's default bind: the node's loopback only, not its LAN address
+    with pytest.raises(subprocess.CalledProcessError):
+        lab.run("node1", "curl", "-s", "-m", "3", "http://192.168.77.12:10249/metrics")

@@ -320,6 +320,8 @@ class Kubelet:
                 await self.recorder.event(pod, "Warning", "FailedCreatePodSandBox", str(exc))
                 raise
             w = self.work[uid] = PodWork(sb)
+            for message in self.sandboxes.dns_warnings(pod):
+                await self.recorder.event(pod, "Warning", "DNSConfigForming", message)
         self.sandboxes.write_files(pod, w.sandbox)
         settled = await self._resolve_config(pod, w)
         try:

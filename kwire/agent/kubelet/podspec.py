@@ -106,8 +106,60 @@ def host_network(pod: Obj) -> bool:
     return bool(spec(pod).get("hostNetwork"))
 
 
+MAX_NAMESERVERS = 3  # kubelet's validation.MaxDNSNameservers
+MAX_SEARCH_PATHS = 32  # validation.MaxDNSSearchPaths
+MAX_SEARCH_CHARS = 2048  # validation.MaxDNSSearchListChars
+
+
 def resolv_conf(pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv: str) -> str:
     """The pod's /etc/resolv.conf per dnsPolicy (kubelet's dns.Configurer)."""
+    nameservers, searches, options = _dns_parts(
+        pod, cluster_dns=cluster_dns, cluster_domain=cluster_domain, host_resolv=host_resolv
+    )
+    lines = [f"nameserver {n}" for n in nameservers[:MAX_NAMESERVERS]]
+    if searches:
+        lines.append("search " + " ".join(_applied_searches(searches)))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def _applied_searches(searches: list[str]) -> list[str]:
+    """kubelet's search-line trimming: at most 32 paths and 2048 characters."""
+    out: list[str] = []
+    chars = 0
+    for s in searches[:MAX_SEARCH_PATHS]:
+        chars += len(s) + (1 if out else 0)
+        if chars > MAX_SEARCH_CHARS:
+            break
+        out.append(s)
+    return out
+
+
+def dns_config_warnings(pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv: str) -> list[str]:
+    """kubelet's DNSConfigForming event messages for what resolv.conf had to leave out."""
+    nameservers, searches, _ = _dns_parts(
+        pod, cluster_dns=cluster_dns, cluster_domain=cluster_domain, host_resolv=host_resolv
+    )
+    out = []
+    if len(nameservers) > MAX_NAMESERVERS:
+        out.append(
+            "Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: "
+            + " ".join(nameservers[:MAX_NAMESERVERS])
+        )
+    applied = _applied_searches(searches)
+    if len(applied) < len(searches):
+        out.append(
+            "Search Line limits were exceeded, some search paths have been omitted, the applied search line is: "
+            + " ".join(applied)
+        )
+    return out
+
+
+def _dns_parts(
+    pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv: str
+) -> tuple[list[str], list[str], list[str]]:
+    """nameservers, search paths and options before kubelet's limits."""
     sp = spec(pod)
     policy = sp.get("dnsPolicy") or "ClusterFirst"
     if policy == "ClusterFirst" and host_network(pod):
@@ -142,12 +194,7 @@ def resolv_conf(pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv:
             continue
         options = [o for o in options if o.split(":", 1)[0] != name]
         options.append(f"{name}:{opt['value']}" if opt.get("value") is not None else name)
-    lines = [f"nameserver {n}" for n in nameservers[:3]]
-    if searches:
-        lines.append("search " + " ".join(searches[:32]))
-    if options:
-        lines.append("options " + " ".join(options))
-    return "\n".join(lines) + "\n"
+    return nameservers, searches, options
 
 
 def hosts_file(pod: Obj, *, pod_ip: str, cluster_domain: str) -> str:
