@@ -242,6 +242,50 @@ def _cmd_install(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_secrets_encrypt(ns: argparse.Namespace) -> int:
+    """K3s's `secrets-encrypt status|rotate-keys`, through the server (as its admin kubeconfig's user)."""
+    import json
+    from pathlib import Path
+
+    from kwire.api import encryptionkeys
+    from kwire.client.client import ApiClient, ApiStatusError
+    from kwire.client.kubeconfig import load_kubeconfig
+
+    path = Path(ns.kubeconfig) if ns.kubeconfig else Path(ns.data_dir) / "cred" / "admin.kubeconfig"
+    try:
+        cfg = load_kubeconfig(path)
+    except OSError as exc:
+        print(f"kwire secrets-encrypt: {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    async def call() -> dict[str, Any]:
+        client = ApiClient(cfg)
+        try:
+            if ns.action == "status":
+                return await client.request("GET", encryptionkeys.STATUS_PATH)
+            return await client.request("POST", encryptionkeys.ROTATE_PATH, body={})
+        finally:
+            await client.close()
+
+    try:
+        doc: dict[str, Any] = {}
+
+        async def run() -> None:
+            doc.update(await call())
+
+        _run(run())
+    except (ApiStatusError, OSError) as exc:
+        print(f"kwire secrets-encrypt: {exc}", file=sys.stderr)
+        return 1
+    if ns.output == "json":
+        print(json.dumps(doc, indent=2))
+    elif ns.action == "status":
+        print(encryptionkeys.format_status(doc))
+    else:
+        print(f"keys rotated to {doc['key']}; {doc['reencrypted']} secrets re-encrypted")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kwire", description="The K3s cluster networking stack, on real Linux networking."
@@ -259,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd-client-port", type=int, default=2379)
     p.add_argument("--node-name", default="", help="in the snapshot's name (default: the host name)")
     p.set_defaults(func=_cmd_etcd_snapshot)
+
+    p = sub.add_parser("secrets-encrypt", help="Secrets encryption at rest (K3s's secrets-encrypt)")
+    p.add_argument("action", choices=("status", "rotate-keys"))
+    p.add_argument("--data-dir", "-d", default=config.ServerConfig.data_dir, help="the server's data dir")
+    p.add_argument("--kubeconfig", default="", help="default <data-dir>/cred/admin.kubeconfig")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=_cmd_secrets_encrypt)
 
     p = sub.add_parser("server", help="run the control plane (API server, store, controllers)")
     p.add_argument("-c", "--config", default=None, help="config file (K3s keys); default /etc/kwire/config.yaml")
