@@ -5,7 +5,8 @@ the kubelet of the pod's node, as kube-apiserver does, at the node's InternalIP 
 Logs stream as plain HTTP (when `follow`); exec and attach are a WebSocket (Kubernetes' channel protocol, v5 or v4) relayed
 message by message between the client and the kubelet, with the sub-protocol the kubelet chose. `pods/portforward`
 (`kubectl port-forward`) is the same relay to the kubelet's `/portForward/{namespace}/{pod}` for kubectl's
-`SPDY/3.1+portforward.k8s.io` WebSocket: the SPDY inside is the kubelet's business (kwire/agent/kubelet/portforward.py).
+`SPDY/3.1+portforward.k8s.io` WebSocket (and the Python client's `v4.channel.k8s.io` one, with its `ports` query):
+what flows inside is the kubelet's business (kwire/agent/kubelet/portforward.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ KUBELET_PORT = 10250
 PASSED_LOG_PARAMS = ("tailLines", "limitBytes", "follow", "timestamps", "previous", "sinceSeconds", "sinceTime")
 PASSED_EXEC_PARAMS = ("command", "stdin", "stdout", "stderr", "tty")
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
-PORTFORWARD_PROTOCOLS = ("SPDY/3.1+portforward.k8s.io",)
+PORTFORWARD_PROTOCOLS = ("SPDY/3.1+portforward.k8s.io", "v4.channel.k8s.io")
 
 
 async def _kubelet_of(

@@ -383,7 +383,7 @@ class ApiServer:
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed()
             options: Obj = {"kind": "PodPortForwardOptions", "apiVersion": "v1"}
-            ports = [int(p) for p in request.query.getall("ports", []) if p.isdigit()]
+            ports = [int(p) for v in request.query.getall("ports", []) for p in v.split(",") if p.strip().isdigit()]
             if ports:
                 options["ports"] = ports
             await self.resources.connect(target.kind, target.namespace or "", target.name, "portforward", options)

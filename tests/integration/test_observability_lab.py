@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from kubernetes import client, config
+from kubernetes.stream import portforward
 
 from tests.integration.apiserver import KUBECTL
 from tests.integration.labkit import Lab, wait_for
@@ -282,3 +284,24 @@ def test_kube_proxy_metrics_in_the_node_namespace(lab: Lab) -> None:
     # kube-proxy's default bind: the node's loopback only, not its LAN address
     with pytest.raises(subprocess.CalledProcessError):
         lab.run("node1", "curl", "-s", "-m", "3", "http://192.168.77.12:10249/metrics")
+
+
+def test_python_client_port_forward(lab: Lab) -> None:
+    """The official Python client's `portforward()` (the `v4.channel.k8s.io` WebSocket, ports in the query)."""
+    lab.wait_pods_ready("app=web", 1, timeout=60)
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(lab.topo.kubeconfig)))
+    pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default", ports="8080,9999")
+    try:
+        sock = pf.socket(8080)
+        sock.setblocking(True)
+        sock.settimeout(20)
+        sock.sendall(b"GET /py HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK")
+        assert json.loads(data.split(b"\r\n\r\n", 1)[1])["path"] == "/py"
+        wait_for(lambda: pf.error(9999), timeout=20, what="the error channel of port 9999")
+        assert "dial tcp4 127.0.0.1:9999: connect: connection refused" in pf.error(9999)
+    finally:
+        pf.close()

@@ -13,6 +13,9 @@ A connection that cannot be made is reported on the error stream in containerd's
 `an error occurred forwarding 8080 -> 80: error forwarding port 80 to pod ...: connect: connection refused`; the
 session stays up for the next connection. PINGs are answered; GOAWAY or the WebSocket's end ends the session and
 every forward in it. Buffers are bounded: at most `QUEUE` chunks wait per direction.
+
+The Python client's `portforward()` asks for `v4.channel.k8s.io` instead, kubelet's older WebSocket port-forward:
+`ChannelSession` (ports in the query, two channels per port, one connection per port made at once).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from kwire.kernel import netns
 log = logging.getLogger(__name__)
 
 PROTOCOL = "SPDY/3.1+portforward.k8s.io"
+CHANNEL_PROTOCOL = "v4.channel.k8s.io"
 CHUNK = 32 * 1024
 QUEUE = 64
 HALF_CLOSE_GRACE = 1.0
@@ -230,14 +234,108 @@ class Session:
         await self.send("data", pair.error, fin=True)
 
 
+class ChannelSession:
+    """kubelet's WebSocket port-forward in the channel protocol (`v4.channel.k8s.io`, what the Python client's
+    `portforward()` speaks): the ports come in the query (`ports=8080,9090`); port i has data channel 2i and error
+    channel 2i+1, each opened by a frame carrying the port number (2 bytes, little-endian); one connection per port
+    is made at once, and the session ends when every one of them has ended or the WebSocket closes."""
+
+    def __init__(self, ws: web.WebSocketResponse, target: ForwardTarget, ports: list[int]) -> None:
+        self.ws = ws
+        self.target = target
+        self.ports = ports
+        self.inboxes: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(QUEUE) for _ in ports]
+        self.lock = asyncio.Lock()
+
+    async def _send(self, channel: int, payload: bytes) -> None:
+        async with self.lock:
+            await self.ws.send_bytes(bytes([channel]) + payload)
+
+    async def _forward(self, i: int, port: int) -> None:
+        try:
+            reader, writer = await dial(self.target, port)
+        except (OSError, TimeoutError) as exc:
+            await self._send(2 * i + 1, dial_error(self.target, port, exc).encode())
+            return
+
+        async def to_client() -> None:
+            while chunk := await reader.read(CHUNK):
+                await self._send(2 * i, chunk)
+
+        async def to_pod() -> None:
+            while (chunk := await self.inboxes[i].get()) is not None:
+                writer.write(chunk)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(to_client()), asyncio.create_task(to_pod())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def run(self) -> None:
+        for i, port in enumerate(self.ports):
+            for channel in (2 * i, 2 * i + 1):
+                await self._send(channel, port.to_bytes(2, "little"))
+
+        async def forward_all() -> None:
+            await asyncio.gather(*(self._forward(i, p) for i, p in enumerate(self.ports)))
+
+        forwards = asyncio.create_task(forward_all())
+        reader = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait([forwards, reader], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            forwards.cancel()
+            await asyncio.gather(reader, forwards, return_exceptions=True)
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
+                continue
+            channel, payload = msg.data[0], msg.data[1:]
+            if channel % 2 == 0 and channel // 2 < len(self.inboxes) and payload:
+                await self.inboxes[channel // 2].put(payload)
+        for q in self.inboxes:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(None)
+
+
+def query_ports(request: web.Request) -> list[int]:
+    """`ports=8080,9090` (or repeated): the remote ports of a channel-protocol session."""
+    out: list[int] = []
+    for value in request.query.getall("ports", []):
+        for part in value.split(","):
+            if not part.strip().isdigit() or not 0 < int(part) < 65536:
+                raise web.HTTPBadRequest(text=f"invalid port {part!r}")
+            out.append(int(part))
+    return out
+
+
 async def serve_port_forward(request: web.Request, *, target: ForwardTarget) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise web.HTTPBadRequest(text=f"port-forward needs a WebSocket with sub-protocol {PROTOCOL}")
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-    if PROTOCOL not in offered:
-        raise web.HTTPBadRequest(text=f"none of the offered sub-protocols {offered} is supported; use {PROTOCOL}")
-    ws = web.WebSocketResponse(protocols=[PROTOCOL], heartbeat=30, max_msg_size=4 * 1024 * 1024)
-    await ws.prepare(request)
-    await Session(ws, target).run()
+    if PROTOCOL in offered:
+        ws = web.WebSocketResponse(protocols=[PROTOCOL], heartbeat=30, max_msg_size=4 * 1024 * 1024)
+        await ws.prepare(request)
+        await Session(ws, target).run()
+    elif CHANNEL_PROTOCOL in offered:
+        ports = query_ports(request)
+        if not ports:
+            raise web.HTTPBadRequest(text='query parameter "ports" is required')
+        ws = web.WebSocketResponse(protocols=[CHANNEL_PROTOCOL], heartbeat=30, max_msg_size=4 * 1024 * 1024)
+        await ws.prepare(request)
+        await ChannelSession(ws, target, ports).run()
+    else:
+        raise web.HTTPBadRequest(
+            text=f"none of the offered sub-protocols {offered} is supported; use {PROTOCOL} or {CHANNEL_PROTOCOL}"
+        )
     await ws.close()
     return ws
