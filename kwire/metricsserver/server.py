@@ -1,7 +1,7 @@
 """The metrics-server process: a scrape loop and the HTTPS API the aggregation layer proxies to.
 
-Every `--metric-resolution` (K3s: 15 s) it lists the Nodes and Pods and fetches each node's kubelet
-`/metrics/resource` through the API server's `nodes/{name}/proxy` (the kubelet credentials stay with the API
+Nodes and Pods are followed by informers (list + watch, relisting with back-off, as upstream's informers); every
+`--metric-resolution` (K3s: 15 s) it fetches each node's kubelet `/metrics/resource` through the API server's `nodes/{name}/proxy` (the kubelet credentials stay with the API
 server; upstream metrics-server dials each kubelet itself with its own client certificate), all nodes at once with
 a per-node timeout; a node that fails is logged and skipped for that round. A failed round (API unreachable) is
 retried with back-off up to the resolution.
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kwire.base import labels as labelsel
-from kwire.client import ApiClient
+from kwire.client import ApiClient, Informer, Informers
 from kwire.client.client import NODES, PODS, ApiStatusError
 from kwire.metricsserver import model
 
@@ -96,6 +96,9 @@ class MetricsServer:
         self.client = client
         self.settings = settings
         self.storage = model.Storage()
+        self.informers = Informers(client)
+        self.nodes: Informer = self.informers.get(NODES)
+        self.pods: Informer = self.informers.get(PODS)
         self.node_labels: dict[str, dict[str, str]] = {}
         self.pod_labels: dict[tuple[str, str], dict[str, str]] = {}
         self.ready = False
@@ -110,8 +113,7 @@ class MetricsServer:
         return model.parse_scrape(text, now=time.time())
 
     async def scrape_once(self) -> None:
-        nodes = (await self.client.list(NODES)).get("items") or []
-        pods = (await self.client.list(PODS)).get("items") or []
+        nodes, pods = self.nodes.items(), self.pods.items()
         self.node_labels = {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in nodes}
         self.pod_labels = {
             (p["metadata"]["namespace"], p["metadata"]["name"]): dict(p["metadata"].get("labels") or {}) for p in pods
@@ -122,6 +124,13 @@ class MetricsServer:
         self.ready = True
 
     async def scrape_loop(self) -> None:
+        self.informers.start()
+        while True:  # the informers relist with back-off themselves; this only waits for their first list
+            try:
+                await self.informers.wait_synced(timeout=30.0)
+                break
+            except TimeoutError:
+                log.warning("still waiting for the first list of nodes and pods")
         delay = 1.0
         while True:
             started = time.monotonic()
@@ -222,5 +231,6 @@ async def run(client: ApiClient, settings: Settings) -> None:
     try:
         await server.scrape_loop()
     finally:
+        await server.informers.stop()
         await runner.cleanup()
         await client.close()
