@@ -16,9 +16,9 @@ of scrapes has been stored). Errors are metav1.Status objects as the API server 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import ssl
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,15 +28,11 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from kwire.base import labels as labelsel
 from kwire.client import ApiClient, Informer, Informers
 from kwire.client.client import NODES, PODS, ApiStatusError
-from kwire.metricsserver import model
+from kwire.metricsserver import CERT_FILE, KEY_FILE, model
 
 log = logging.getLogger("kwire.metricsserver")
 
@@ -50,35 +46,6 @@ class Settings:
     secure_port: int = 10250
     resolution: float = 15.0
     cert_dir: str = ""
-
-
-def self_signed(cert_dir: Path) -> tuple[Path, Path]:
-    """A serving certificate for `metrics-server.kube-system.svc`, written 0600 in `cert_dir`."""
-    now = dt.datetime.now(dt.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "metrics-server@" + str(int(now.timestamp())))])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("metrics-server.kube-system.svc"), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    crt, pem = cert_dir / "apiserver.crt", cert_dir / "apiserver.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.touch(mode=0o600)
-    pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return crt, pem
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
@@ -219,7 +186,11 @@ def _field_selector(text: str) -> dict[str, str]:
 async def run(client: ApiClient, settings: Settings) -> None:
     server = MetricsServer(client, settings)
     cert_dir = Path(settings.cert_dir) if settings.cert_dir else Path(tempfile.mkdtemp(prefix="kwire-metrics-"))
-    crt, key = self_signed(cert_dir)
+    # In a child process: the cryptography package would stay in this long-lived process's memory (~8 MB).
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "kwire.metricsserver.selfsigned", str(cert_dir))
+    if await proc.wait() != 0:
+        raise OSError(f"could not write a serving certificate in {cert_dir}")
+    crt, key = cert_dir / CERT_FILE, cert_dir / KEY_FILE
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(crt, key)
     app = web.Application()
