@@ -42,6 +42,7 @@ CHUNK = 32 * 1024
 QUEUE = 64
 HALF_CLOSE_GRACE = 1.0
 CONNECT_TIMEOUT = 10.0
+MAX_PENDING_PAIRS = 256  # streams waiting for their partner (kubectl opens the two back to back)
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,12 @@ class Session:
             if kind not in ("error", "data"):
                 await self.send("rst", frame.stream_id, spdy.RST_PROTOCOL_ERROR.to_bytes(4, "big"))
                 return True
-            await self.send("reply", frame.stream_id)
             key = headers.get("requestid") or f"port:{port}"
+            if key not in self.pairs and len(self.pairs) >= MAX_PENDING_PAIRS:
+                # half-opened pairs are bounded: a client that never completes them gets resets
+                await self.send("rst", frame.stream_id, spdy.RST_REFUSED_STREAM.to_bytes(4, "big"))
+                return True
+            await self.send("reply", frame.stream_id)
             pair = self.pairs.setdefault(key, _Pair(port=port))
             if kind == "error":
                 pair.error = frame.stream_id

@@ -18,6 +18,7 @@ VERSION = 3
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDATE = 1, 2, 3, 4, 6, 7, 8, 9
 FLAG_FIN = 0x01
 RST_PROTOCOL_ERROR = 1
+RST_REFUSED_STREAM = 3
 MAX_FRAME = 1 << 24  # a frame's length field has 24 bits
 MAX_HEADER_BLOCK = 1 << 20  # a decoded header block larger than this is refused
 
