@@ -9,7 +9,8 @@ retried with back-off up to the resolution.
 It serves, on `--secure-port` over TLS with a self-signed certificate (upstream's default when no `--tls-cert-file`
 is given; K3s's APIService sets `insecureSkipTLSVerify`): `/apis/metrics.k8s.io/v1beta1` (discovery),
 `.../nodes[/NAME]`, `.../pods` (all namespaces), `.../namespaces/NS/pods[/NAME]` with `labelSelector` and
-`metadata.name`/`metadata.namespace` field selectors, and `/healthz`, `/livez`, `/readyz` (ready once one round
+`metadata.name`/`metadata.namespace` field selectors, as a metav1 Table when asked (`kubectl get nodemetrics`:
+NAME CPU MEMORY WINDOW), and `/healthz`, `/livez`, `/readyz` (ready once one round
 of scrapes has been stored). Errors are metav1.Status objects as the API server sends them.
 """
 
@@ -56,6 +57,14 @@ def _status(code: int, reason: str, message: str) -> web.Response:
 
 def _json(obj: Obj) -> web.Response:
     return web.Response(body=orjson.dumps(obj), content_type="application/json")
+
+
+def _answer(request: web.Request, obj: Obj) -> web.Response:
+    """The object, or the Table kubectl asks for (`Accept: application/json;as=Table;...;g=meta.k8s.io`)."""
+    if "as=Table" not in request.headers.get("Accept", ""):
+        return _json(obj)
+    items = obj["items"] if obj["kind"].endswith("List") else [obj]
+    return _json(model.table(items, include_object=request.query.get("includeObject", "Metadata")))
 
 
 class MetricsServer:
@@ -155,23 +164,23 @@ class MetricsServer:
         if not parts:
             return _json(model.resource_list())
         if parts == ["nodes"]:
-            return _json(model.metrics_list("NodeMetrics", self._node_items(request)))
+            return _answer(request, model.metrics_list("NodeMetrics", self._node_items(request)))
         if len(parts) == 2 and parts[0] == "nodes":
             u = self.storage.node_usage(parts[1])
             if u is None or parts[1] not in self.node_labels:
                 return _status(404, "NotFound", f'nodemetrics.metrics.k8s.io "{parts[1]}" not found')
-            return _json(model.node_metrics(parts[1], u, labels=self.node_labels[parts[1]], now=time.time()))
+            return _answer(request, model.node_metrics(parts[1], u, labels=self.node_labels[parts[1]], now=time.time()))
         if parts == ["pods"]:
-            return _json(model.metrics_list("PodMetrics", self._pod_items(request, None)))
+            return _answer(request, model.metrics_list("PodMetrics", self._pod_items(request, None)))
         if len(parts) == 3 and parts[0] == "namespaces" and parts[2] == "pods":
-            return _json(model.metrics_list("PodMetrics", self._pod_items(request, parts[1])))
+            return _answer(request, model.metrics_list("PodMetrics", self._pod_items(request, parts[1])))
         if len(parts) == 4 and parts[0] == "namespaces" and parts[2] == "pods":
             ns, name = parts[1], parts[3]
             containers = self.storage.pod_usage(ns, name)
             lab = self.pod_labels.get((ns, name))
             if containers is None or lab is None:
                 return _status(404, "NotFound", f'podmetrics.metrics.k8s.io "{ns}/{name}" not found')
-            return _json(model.pod_metrics(ns, name, containers, labels=lab, now=time.time()))
+            return _answer(request, model.pod_metrics(ns, name, containers, labels=lab, now=time.time()))
         return _status(404, "NotFound", "the server could not find the requested resource")
 
 

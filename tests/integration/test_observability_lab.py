@@ -84,6 +84,8 @@ def test_kubectl_top_nodes_and_pods(lab: Lab) -> None:
     assert "burn" in names and any(n.startswith("coredns-") for n in names)
     selected = lab.kubectl("top", "pods", "-l", "app=burn").stdout.splitlines()
     assert [ln.split()[0] for ln in selected[1:]] == ["burn"]
+    table = lab.kubectl("get", "nodemetrics").stdout.splitlines()
+    assert table[0].split() == ["NAME", "CPU", "MEMORY", "WINDOW"] and len(table) == 3
     missing = lab.kubectl("top", "pod", "nosuchpod", check=False)
     assert missing.returncode != 0 and 'podmetrics.metrics.k8s.io "default/nosuchpod" not found' in missing.stderr
 

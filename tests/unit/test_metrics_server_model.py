@@ -73,3 +73,13 @@ def test_kubelet_resource_metrics_count_a_busy_process_tree() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_table_for_kubectl_get() -> None:
+    u = model.Usage(ts=10.0, window=15.0, nanocores=2_000_000, memory=4096 * 1024)
+    pod = model.pod_metrics("ns", "p", {"a": u, "b": u}, labels={}, now=0)
+    t = model.table([pod])
+    assert [c["name"] for c in t["columnDefinitions"]] == ["Name", "CPU", "Memory", "Window"]
+    assert t["rows"][0]["cells"] == ["p", "4000000n", "8192Ki", "15s"]  # a pod's usage: its containers' sum
+    assert t["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+    assert "object" not in model.table([pod], include_object="None")["rows"][0]
