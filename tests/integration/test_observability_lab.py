@@ -307,3 +307,35 @@ def test_python_client_port_forward(lab: Lab) -> None:
         assert "dial tcp4 127.0.0.1:9999: connect: connection refused" in pf.error(9999)
     finally:
         pf.close()
+
+
+def test_a_failing_proxy_sync_is_an_event_on_the_node(lab: Lab) -> None:
+    """Break node1's service proxy on purpose: another process takes `ip kwire-proxy` with nftables' `owner` flag,
+    so every transaction of the agent is refused (EPERM) until that process ends."""
+    ns = lab.netns_of("node1")
+    holder = subprocess.Popen(["ip", "netns", "exec", ns, "nft", "-i"], stdin=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdin is not None
+        holder.stdin.write("delete table ip kwire-proxy\nadd table ip kwire-proxy { flags owner; }\n")
+        holder.stdin.flush()
+        lab.apply("apiVersion: v1\nkind: Service\nmetadata: {name: nudge}\nspec: {ports: [{port: 81}]}\n")
+
+        def failed() -> list[dict[str, Any]]:
+            return [e for e in _events(lab, "node1") if e["reason"] == "SyncProxyRulesFailed"]
+
+        event = wait_for(failed, timeout=60, interval=1, what="SyncProxyRulesFailed on node1")[0]
+        assert event["type"] == "Warning" and event["involvedObject"]["kind"] == "Node"
+        assert event["source"] == {"component": "kube-proxy", "host": "node1"}
+        assert event["message"].startswith("nftables sync failed: ")
+        text = lab.run("node1", "curl", "-s", "-m", "5", "http://127.0.0.1:10249/metrics")
+        assert re.search(r"^kubeproxy_sync_proxy_rules_nftables_sync_failures_total [1-9]", text, re.M)
+    finally:
+        holder.kill()  # its netlink socket closes and the owned table goes with it
+        holder.wait()
+    # the agent replaces the table on its next attempt
+    wait_for(
+        lambda: "service-ips" in lab.run("node1", "nft", "list", "table", "ip", "kwire-proxy"),
+        timeout=30,
+        what="node1's proxy table restored",
+    )
+    lab.kubectl("delete", "service", "nudge")
