@@ -32,11 +32,15 @@ serving certificate into its emptyDir /tmp and reads the service-account token t
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from kwire.client import ApiClient, Informers, Invalid, NotFound
 from kwire.client.client import (
@@ -44,6 +48,7 @@ from kwire.client.client import (
     CLUSTERROLEBINDINGS,
     CLUSTERROLES,
     CONFIGMAPS,
+    CRDS,
     DEPLOYMENTS,
     INGRESSCLASSES,
     NODES,
@@ -189,8 +194,28 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
     return [(CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
 
 
+@functools.cache
+def _traefik_crd_manifests() -> tuple[str, ...]:
+    files = importlib.resources.files("kwire.controllers.traefik_crds")
+    return tuple(f.read_text() for f in sorted(files.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml"))
+
+
+def traefik_crds() -> list[tuple[Resource, Obj]]:
+    """The CRDs of K3s's traefik-crd chart (Traefik's chart v34.5.0), labelled as this add-on's."""
+    out: list[tuple[Resource, Obj]] = []
+    for text in _traefik_crd_manifests():
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            meta = doc["metadata"]
+            meta["labels"] = {**(meta.get("labels") or {}), ADDON_LABEL: TRAEFIK}
+            out.append((CRDS, {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "status")}))
+    return out
+
+
 def traefik_objects() -> list[tuple[Resource, Obj]]:
-    """What K3s's traefik chart installs (the parts kwire serves): IngressClass, Service, Deployment."""
+    """What K3s's traefik-crd and traefik charts install (the parts kwire serves): the CRDs, IngressClass, Service,
+    Deployment."""
     labels = {"app.kubernetes.io/name": TRAEFIK, "app.kubernetes.io/instance": "traefik-kube-system"}
     ingress_class = {
         "metadata": {
@@ -249,7 +274,7 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
             },
         },
     }
-    return [(INGRESSCLASSES, ingress_class), (SERVICES, service), (DEPLOYMENTS, deployment)]
+    return [*traefik_crds(), (INGRESSCLASSES, ingress_class), (SERVICES, service), (DEPLOYMENTS, deployment)]
 
 
 def metrics_server_objects() -> list[tuple[Resource, Obj]]:
