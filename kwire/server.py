@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from kwire.api.admission import Admission
+from kwire.api.aggregator import Aggregator
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.authz.chain import Authorization
 from kwire.api.authz.escalation import EscalationCheck
@@ -208,6 +209,8 @@ class Server:
             await self.master_leases.stop()
         await self.lifecycle.stop()
         await self.api.authorization.stop()
+        if self.api.aggregator is not None:
+            await self.api.aggregator.stop()
         if self.resources.admission is not None:
             await self.resources.admission.stop()
         await self.resources.conversion.close()
@@ -472,6 +475,8 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
             token_ok=lambda presented: hmac.compare_digest(presented.encode(), token.encode()),
         ),
     )
+    api.aggregator = Aggregator(resources)
+    api.aggregator.start()
     api.encryption = encryption
     if etcd_member is not None:
         api.server_bootstrap = _bootstrap_provider(pki, etcd_member)

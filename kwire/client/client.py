@@ -83,6 +83,10 @@ CLUSTERROLEBINDINGS = Resource(
 )
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+APISERVICES = Resource("apiregistration.k8s.io", "v1", "apiservices", "APIService", namespaced=False)
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
+INGRESSROUTES = Resource("traefik.io", "v1alpha1", "ingressroutes", "IngressRoute")
+MIDDLEWARES = Resource("traefik.io", "v1alpha1", "middlewares", "Middleware")
 IPADDRESSPOOLS = Resource("metallb.io", "v1beta1", "ipaddresspools", "IPAddressPool")
 L2ADVERTISEMENTS = Resource("metallb.io", "v1beta1", "l2advertisements", "L2Advertisement")
 
@@ -237,6 +241,15 @@ class ApiClient:
             if r.status >= 400:
                 raise error_from(r.status, raw)
             return orjson.loads(raw) if raw else {}
+
+    async def get_text(self, path: str, *, timeout: float | None = None) -> str:
+        """A GET whose answer is not JSON (a proxied kubelet's metrics); API errors raise as in `request`."""
+        resp = await self._open("GET", path, timeout=aiohttp.ClientTimeout(total=timeout or self._timeout))
+        async with resp as r:
+            raw = await r.read()
+            if r.status >= 400:
+                raise error_from(r.status, raw)
+            return raw.decode("utf-8", "replace")
 
     @staticmethod
     def _ns(res: Resource, obj: Obj | None, namespace: str | None) -> str | None:

@@ -367,9 +367,10 @@ def cluster_roles() -> list[Obj]:
             "system:k3s-controller",
             [
                 rule(("get", "list", "watch"), (CORE,), ("nodes",)),
-                rule(("list", "watch"), (CORE,), ("namespaces",)),
-                rule(("list", "watch"), (NETWORKING,), ("networkpolicies",)),
-                rule(("list", "get", "watch"), (CORE,), ("endpoints", "pods")),
+                rule(("list", "get", "watch"), (CORE,), ("namespaces", "pods", "endpoints", "services")),
+                rule(("list", "get", "watch"), (NETWORKING,), ("networkpolicies",)),
+                rule(("list", "get", "watch"), (DISCOVERY,), ("endpointslices",)),
+                _events(),  # kwire's policy controller reports a failed sync as a Node event
             ],
         ),
     ]
