@@ -86,6 +86,8 @@ def test_image_decides_what_runs() -> None:
         "netns": "ns1",
         "uts": "",
         "stage": "",
+        "masks": [],
+        "hostPID": False,
     }
 
 

@@ -24,6 +24,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+CONTAIN_SCRIPT = str(Path(__file__).with_name("contain.py"))
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 READ_CHUNK = 32 * 1024
@@ -95,6 +97,23 @@ class ExecTarget:
     uts: str = ""
     env: dict[str, str] = field(default_factory=dict)
     pid: int = 0  # the container's process, when it runs one: exec enters all its namespaces and its root
+    security: dict[str, Any] = field(default_factory=dict)  # the container's identity and capabilities (security.py)
+
+
+def enter_argv(target: ExecTarget, command: list[str]) -> list[str]:
+    """`command` as it runs in the target: in a running container as runc exec runs it (`nsenter -t <pid>` into
+    its mount, UTS, network and PID namespaces, its root and cwd, then contain.py's exec mode for its uid, groups,
+    capabilities and no_new_privs); otherwise in the pod's network and UTS namespaces."""
+    if target.pid:
+        spec = json.dumps({**target.security, "mode": "exec"})
+        inner = [sys.executable, "-S", CONTAIN_SCRIPT, spec, "--"] if target.security else []
+        return [NSENTER, "-t", str(target.pid), "-m", "-u", "-n", "-p", "-r", "-w", "--", *inner, *command]
+    argv = list(command)
+    if target.uts:
+        argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
+    if target.netns:
+        argv = [IP, "netns", "exec", target.netns, *argv]
+    return argv
 
 
 async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> web.WebSocketResponse:
@@ -109,15 +128,7 @@ async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> w
         await ws.send_bytes(bytes([ERROR]) + json.dumps(status(None, error="you must specify a command")).encode())
         await ws.close()
         return ws
-    argv = list(command)
-    if target.pid:
-        # as runc exec: the container's mount (its volumes), UTS and network namespaces, its root and cwd
-        argv = [NSENTER, "-t", str(target.pid), "-m", "-u", "-n", "-r", "-w", "--", *argv]
-    else:
-        if target.uts:
-            argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
-        if target.netns:
-            argv = [IP, "netns", "exec", target.netns, *argv]
+    argv = enter_argv(target, list(command))
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",

@@ -55,7 +55,7 @@ ORPHAN_GRACE = 2.0
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
-MOUNTS_SCRIPT = str(Path(__file__).with_name("mounts.py"))
+CONTAIN_SCRIPT = str(Path(__file__).with_name("contain.py"))
 MAX_GRACE = 3600.0
 CONTAINERD_START = (
     "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: "
@@ -155,6 +155,27 @@ def reap_orphans(state_dir: Path) -> int:
     return len(alive)
 
 
+def _inner_pid(pid: int) -> int:
+    """The first process below `pid` in another PID namespace than the runtime's: the container's init, which
+    `unshare --pid --fork` started (`pid` itself if there is none, e.g. it failed to start)."""
+    try:
+        ours = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return pid
+    todo, seen = [pid], 0
+    while todo and seen < 16:
+        p = todo.pop(0)
+        seen += 1
+        try:
+            if os.readlink(f"/proc/{p}/ns/pid") != ours:
+                return p
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        todo += [int(x) for x in children]
+    return pid
+
+
 @dataclass
 class Container:
     name: str
@@ -172,7 +193,11 @@ class Container:
     pump: asyncio.Task[None] | None = None  # tty: copies the pty's output into log_path
     uts: str = ""  # the pod's UTS namespace file ("" = the runtime's own, for hostNetwork pods)
     mounts: list[list[Any]] = field(default_factory=list)  # [source, mountPath, readOnly]: see mounts.py
-    stage: str = ""  # a private directory mounts.py builds the container's view in
+    stage: str = ""  # a private directory contain.py builds the container's view in ("": run unconfined)
+    masks: list[str] = field(default_factory=list)  # paths the container must not see (contain.py)
+    security: dict[str, Any] = field(default_factory=dict)  # uid, gid, groups, caps, ... (security.py)
+    pidns: bool = False  # a PID namespace of its own (not hostPID)
+    init_pid: int = 0  # the container's own first process (inside its namespaces), for exec to enter
     exit_code: int | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -203,7 +228,7 @@ class Container:
             "reason": self.reason,
             "message": self.message,
             "restartCount": self.restart_count,
-            "pid": self.proc.pid if running and self.proc else None,
+            "pid": (self.init_pid or self.proc.pid) if running and self.proc else None,
             "startedAt": self.started_at,
             "finishedAt": self.finished_at,
             "lastTermination": self.last,
@@ -249,6 +274,9 @@ class Runtime:
             uts=str(pod.get("uts") or ""),
             mounts=[list(m) for m in proc.get("mounts") or []],
             stage=str(pod.get("stage") or ""),
+            masks=[str(m) for m in pod.get("masks") or []],
+            security=dict(proc.get("security") or {}),
+            pidns=bool(pod.get("stage")) and not pod.get("hostPID"),
             log_path=self.logs / f"{pod['namespace']}_{pod['name']}_{proc['name']}.log",
             restart_policy=str(proc.get("restartPolicy") or restart_policy),
             stdin=bool(proc.get("stdin")),
@@ -300,17 +328,26 @@ class Runtime:
         if c.uts:
             prefix += [NSENTER, f"--uts={c.uts}", "--"]
         ready_r = ready_w = -1
-        if c.mounts and c.stage and not c.netns:
-            # a hostNetwork pod has no `ip netns exec` to give it a mount namespace: one of its own, first
-            prefix += [UNSHARE, "--mount", "--propagation", "slave", "--"]
-        if c.mounts and c.stage:
-            # the container's volumes at their mountPaths, in the mount namespace `ip netns exec` made (mounts.py);
-            # it closes `readyFd` when it execs the program, so the run counts as started (and a postStart hook
-            # runs) only once the container sees its volumes
+        if c.stage:
+            # The container's confinement (contain.py): its mounts, PID namespace, identity and capabilities. A
+            # hostNetwork pod has no `ip netns exec` to give it a mount namespace: one of its own, first.
+            if not c.netns:
+                prefix += [UNSHARE, "--mount", "--propagation", "slave", "--"]
+            if c.pidns:
+                prefix += [UNSHARE, "--pid", "--fork", "--"]
+            # contain.py closes `readyFd` when it execs the program, so the run counts as started (and a postStart
+            # hook runs) only once the container sees its volumes
             Path(c.stage).mkdir(parents=True, exist_ok=True, mode=0o700)
             ready_r, ready_w = os.pipe()
-            spec = orjson.dumps({"stage": c.stage, "mounts": c.mounts, "readyFd": ready_w}).decode()
-            prefix += [sys.executable, "-S", MOUNTS_SCRIPT, spec, "--"]
+            spec = {
+                **c.security,
+                "stage": c.stage,
+                "mounts": c.mounts,
+                "masks": c.masks,
+                "pidns": c.pidns,
+                "readyFd": ready_w,
+            }
+            prefix += [sys.executable, "-S", CONTAIN_SCRIPT, orjson.dumps(spec).decode(), "--"]
         self._close_input(c)
         with open(c.log_path, "ab") as logf:
             if c.started_at:
@@ -369,6 +406,7 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.to_thread(_wait_eof, ready_r), 10.0)
             os.close(ready_r)
+        c.init_pid = _inner_pid(c.proc.pid) if c.pidns else c.proc.pid
         c.started_at = time.time()
         c.finished_at = 0.0
         c.exit_code = None
