@@ -223,9 +223,18 @@ def build_view(spec: dict[str, Any]) -> None:
         os.chdir("/")
 
 
+def held() -> set[int]:
+    """The capabilities this process holds (what it can keep; the node's runtime may lack some itself)."""
+    for line in open("/proc/self/status"):  # noqa: SIM115 - read once at start-up
+        if line.startswith("CapBnd:"):
+            bits = int(line.split()[1], 16)
+            return {c for c in range(64) if bits >> c & 1}
+    return set()
+
+
 def become(spec: dict[str, Any]) -> None:
     """Step 6: groups, gid, capabilities, uid, no_new_privs."""
-    keep = {int(c) for c in spec.get("caps") or []}
+    keep = {int(c) for c in spec.get("caps") or []} & held()
     last = int(open("/proc/sys/kernel/cap_last_cap").read())  # noqa: SIM115 - read once at start-up
     for cap in range(last + 1):
         if cap not in keep:
@@ -260,8 +269,11 @@ def main(argv: list[str]) -> int:
         return 128
     ready = int(spec.get("readyFd", -1))
     if ready >= 0:
+        # the runtime counts the run as started from here (a forking `unshare` above holds the pipe open too, so
+        # the end of the pipe would come only when the container ends)
         try:
-            os.set_inheritable(ready, False)  # closed by the exec below: the runtime then knows the program runs
+            os.write(ready, b"1")
+            os.close(ready)
         except OSError:
             pass
     if spec.get("mode") != "exec" and spec.get("pidns") and os.getpid() == 1:

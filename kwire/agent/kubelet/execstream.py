@@ -42,6 +42,7 @@ IP = shutil.which("ip") or "/usr/sbin/ip"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 CONTAIN_SCRIPT = str(Path(__file__).with_name("contain.py"))
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 READ_CHUNK = 32 * 1024
@@ -98,17 +99,26 @@ class ExecTarget:
     env: dict[str, str] = field(default_factory=dict)
     pid: int = 0  # the container's process, when it runs one: exec enters all its namespaces and its root
     security: dict[str, Any] = field(default_factory=dict)  # the container's identity and capabilities (security.py)
+    contain: dict[str, Any] = field(default_factory=dict)  # contain.py's spec for a command in a container of its own
 
 
 def enter_argv(target: ExecTarget, command: list[str]) -> list[str]:
     """`command` as it runs in the target: in a running container as runc exec runs it (`nsenter -t <pid>` into
     its mount, UTS, network and PID namespaces, its root and cwd, then contain.py's exec mode for its uid, groups,
-    capabilities and no_new_privs); otherwise in the pod's network and UTS namespaces."""
+    capabilities and no_new_privs); otherwise (no process runs there) in the pod's network and UTS namespaces and
+    a confinement of its own, as the container's would be (`contain`)."""
     if target.pid:
         spec = json.dumps({**target.security, "mode": "exec"})
         inner = [sys.executable, "-S", CONTAIN_SCRIPT, spec, "--"] if target.security else []
         return [NSENTER, "-t", str(target.pid), "-m", "-u", "-n", "-p", "-r", "-w", "--", *inner, *command]
     argv = list(command)
+    if target.contain:
+        Path(target.contain["stage"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        argv = [sys.executable, "-S", CONTAIN_SCRIPT, json.dumps(target.contain), "--", *argv]
+        if target.contain.get("pidns"):
+            argv = [UNSHARE, "--pid", "--fork", "--", *argv]
+        if not target.netns:
+            argv = [UNSHARE, "--mount", "--propagation", "slave", "--", *argv]
     if target.uts:
         argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
     if target.netns:

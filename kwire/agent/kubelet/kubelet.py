@@ -24,7 +24,7 @@ from typing import Any
 
 from kwire.agent.kubelet import hooks, podspec, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
-from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
+from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, enter_argv
 from kwire.agent.kubelet.prober import PodProbes
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
@@ -336,6 +336,7 @@ class Kubelet:
             on_failure=lambda c, what, msg: self._probe_failed(uid, c, what, msg),
             on_flip=lambda: self.queue.add(uid),
             on_liveness_failure=lambda c: self._restart_container(uid, c),
+            enter=lambda c, argv: enter_argv(self._target(w, c, pod=self._current(uid) or pod), argv),
         )
         await self._report(pod, w)
         if w.phase in ("Succeeded", "Failed"):
@@ -548,12 +549,25 @@ class Kubelet:
 
     def _target(self, w: PodWork, name: str, pid: int = 0, *, pod: Obj) -> ExecTarget:
         spec = next((c for c in _all_containers(pod) if c.get("name") == name), {})
+        security = runtime_security(pod, spec)
+        # a container with no process running (a responder, one not started): the command gets a confinement of
+        # its own, as the container's would be (contain.py's spec, without the runtime's ready pipe)
+        sa_dir = str(self.sandboxes.pod_dir(w.sandbox.uid) / "serviceaccount")
+        mounts = self._mounts(pod, w, sa_dir if podspec.needs_service_account(pod) else "").get(name, [])
+        contain = {
+            **security,
+            "stage": str(self.sandboxes.pod_dir(w.sandbox.uid) / "stage"),
+            "mounts": mounts,
+            "masks": self.masks,
+            "pidns": not podspec.spec(pod).get("hostPID"),
+        }
         return ExecTarget(
             netns=w.sandbox.netns,
             uts=w.sandbox.uts,
             env=dict(w.envs.get(name) or {}),
             pid=pid or w.pids.get(name, 0),
-            security=runtime_security(pod, spec),
+            security=security,
+            contain=contain,
         )
 
     async def _post_start(self, pod: Obj, w: PodWork, c: Obj, handler: Obj, pid: int) -> None:

@@ -112,9 +112,9 @@ async def _copy_pipes(stdout: asyncio.StreamReader | None, stderr: asyncio.Strea
         await asyncio.gather(copy(stdout, "stdout"), copy(stderr, "stderr"))
 
 
-def _wait_eof(fd: int) -> None:
-    while os.read(fd, 64):
-        pass
+def _wait_ready(fd: int) -> None:
+    """Until contain.py says it execs the program (a byte) or every writer is gone (it failed before)."""
+    os.read(fd, 1)
 
 
 def _start_time(pid: int) -> str | None:
@@ -335,7 +335,7 @@ class Runtime:
                 prefix += [UNSHARE, "--mount", "--propagation", "slave", "--"]
             if c.pidns:
                 prefix += [UNSHARE, "--pid", "--fork", "--"]
-            # contain.py closes `readyFd` when it execs the program, so the run counts as started (and a postStart
+            # contain.py writes to `readyFd` as it execs the program, so the run counts as started (and a postStart
             # hook runs) only once the container sees its volumes
             Path(c.stage).mkdir(parents=True, exist_ok=True, mode=0o700)
             ready_r, ready_w = os.pipe()
@@ -404,7 +404,7 @@ class Runtime:
         if ready_w >= 0:
             os.close(ready_w)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.to_thread(_wait_eof, ready_r), 10.0)
+                await asyncio.wait_for(asyncio.to_thread(_wait_ready, ready_r), 10.0)
             os.close(ready_r)
         c.init_pid = _inner_pid(c.proc.pid) if c.pidns else c.proc.pid
         c.started_at = time.time()
