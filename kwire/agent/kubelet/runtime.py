@@ -157,11 +157,11 @@ def reap_orphans(state_dir: Path) -> int:
 
 def _inner_pid(pid: int) -> int:
     """The first process below `pid` in another PID namespace than the runtime's: the container's init, which
-    `unshare --pid --fork` started (`pid` itself if there is none, e.g. it failed to start)."""
+    `unshare --pid --fork` started (0 if there is none: it failed to start)."""
     try:
         ours = os.readlink("/proc/self/ns/pid")
     except OSError:
-        return pid
+        return 0
     todo, seen = [pid], 0
     while todo and seen < 16:
         p = todo.pop(0)
@@ -173,7 +173,7 @@ def _inner_pid(pid: int) -> int:
         except OSError:
             continue
         todo += [int(x) for x in children]
-    return pid
+    return 0
 
 
 @dataclass
@@ -228,7 +228,8 @@ class Container:
             "reason": self.reason,
             "message": self.message,
             "restartCount": self.restart_count,
-            "pid": (self.init_pid or self.proc.pid) if running and self.proc else None,
+            # the container's init once it is known (exec enters its namespaces): not `unshare --fork`'s parent
+            "pid": (self.init_pid or None) if running and self.proc else None,
             "startedAt": self.started_at,
             "finishedAt": self.finished_at,
             "lastTermination": self.last,
@@ -349,6 +350,7 @@ class Runtime:
             }
             prefix += [sys.executable, "-S", CONTAIN_SCRIPT, orjson.dumps(spec).decode(), "--"]
         self._close_input(c)
+        c.init_pid = 0
         with open(c.log_path, "ab") as logf:
             if c.started_at:
                 c.prev_log_offset = c.log_offset
