@@ -152,7 +152,8 @@ async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> w
             # shell's job control and ^C need one), as the container runtime gives `kubectl exec -t`. util-linux
             # `setsid --ctty` makes the session and takes the terminal: uvloop, the agent's loop, runs no
             # preexec_fn after the child's stdio is in place.
-            master, slave = os.openpty()
+            # a container's command gets a terminal of the container's own devpts (`tty` names it)
+            master, slave = pty.open_pty(f"/proc/{target.pid}/root" if target.pid else "/")
             env["TERM"] = "xterm"
             try:
                 proc = await asyncio.create_subprocess_exec(
