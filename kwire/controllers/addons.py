@@ -123,6 +123,12 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
             {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
         ],
+        # K3s's coredns.yaml: only the capability to bind :53, a read-only root, no privilege escalation
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["all"]},
+            "readOnlyRootFilesystem": True,
+        },
         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {
             "httpGet": {"path": "/health", "port": 8080},
@@ -199,6 +205,16 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
             {"name": "websecure", "containerPort": 443, "protocol": "TCP"},
             {"name": "traefik", "containerPort": 9000, "protocol": "TCP"},
         ],
+        # the traefik chart's: no privilege escalation, a read-only root with emptyDirs at /data and /tmp, every
+        # capability dropped but (kwire's data plane is nginx, root master and workers listening on :80 and :443
+        # themselves, where traefik as uid 65532 listens on :8000/:8443) binding low ports and switching the
+        # workers' user
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN"]},
+            "readOnlyRootFilesystem": True,
+        },
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
         "readinessProbe": {"httpGet": {"path": "/ping", "port": 9000}, "periodSeconds": 2, "failureThreshold": 1},
         "livenessProbe": {
             "httpGet": {"path": "/ping", "port": 9000},
@@ -224,6 +240,7 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
                         {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
                     ],
                     "containers": [container],
+                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
                 },
             },
         },
