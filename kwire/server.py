@@ -31,7 +31,7 @@ from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
 from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
-from kwire.base.files import atomic_write
+from kwire.base.files import atomic_write, private_dir
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
@@ -382,8 +382,7 @@ def _pki(cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
-    data_dir = Path(cfg.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(cfg.data_dir, "cred", "db", "tls")  # 0700, as K3s's server dir: keys, tokens, store
     address = _node_address(cfg)
     join = None
     if cfg.server and not cfg.datastore_endpoint and not EmbeddedEtcd.exists(data_dir / "db"):

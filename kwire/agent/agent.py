@@ -30,6 +30,7 @@ from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
+from kwire.base.files import private_dir
 from kwire.client import ApiClient, ApiStatusError, Config, Informers, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 from kwire.cni import invoke as cni
@@ -200,8 +201,8 @@ class Agent:
 
 
 async def start(cfg: AgentConfig) -> Agent:
-    data_dir = Path(cfg.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # 0700: credentials, pods' service-account files and volumes, container logs (pods see theirs through mounts)
+    data_dir = private_dir(cfg.data_dir)
     node_ip, iface = await asyncio.to_thread(_node_ip_and_iface, cfg)
     node_name = cfg.node_name or socket.gethostname()
     client = ApiClient(await _client_config(cfg))

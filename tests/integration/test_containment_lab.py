@@ -183,3 +183,17 @@ def test_run_as_non_root_with_uid_0_is_refused_in_kubelets_words(lab: Lab) -> No
         assert w["message"] == f'{text} (pod: "{name}_default({uid})", container: main)'
         events = lab.get("events", "--field-selector", f"involvedObject.name={name}")["items"]
         assert any(e["reason"] == "Failed" and e["message"] == f"Error: {w['message']}" for e in events)
+
+
+def test_kwires_files_on_the_machine_are_private(lab: Lab) -> None:
+    """As K3s keeps them: data dirs 0700; keys, tokens, the datastore and the lab's state file 0600."""
+    state = lab.topo.state_dir
+    dirs = [state, state / "server", state / "server" / "db", state / "server" / "tls", state / "server" / "cred"]
+    dirs += [state / n.name for n in lab.topo.nodes]
+    for d in dirs:
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    files = [state / "state.json", state / "server" / "token", *(state / "server" / "tls").glob("*.key")]
+    files += sorted((state / "server" / "db").glob("state.db*"))
+    assert len(files) >= 5, files
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600, f
