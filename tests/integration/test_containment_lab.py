@@ -56,6 +56,22 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: shared}
+spec:
+  shareProcessNamespace: true
+  containers:
+  - {name: a, image: busybox, command: [sleep, "3601"]}
+  - {name: b, image: busybox, command: [sleep, "3602"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostpid}
+spec:
+  hostPID: true
+  containers: [{name: main, image: busybox, command: [sleep, "3603"]}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: nonroot}
 spec:
   securityContext: {runAsNonRoot: true}
@@ -76,7 +92,7 @@ def lab() -> Iterator[Lab]:
     try:
         lab_.up()
         lab_.apply(PODS)
-        for name in ("plain", "restricted", "privileged"):
+        for name in ("plain", "restricted", "privileged", "shared", "hostpid"):
             wait_for(lambda n=name: _running(lab_, n), timeout=60, what=f"{name} running")  # type: ignore[misc]
         yield lab_
     finally:
@@ -127,6 +143,18 @@ def test_a_pod_sees_only_its_own_processes(lab: Lab) -> None:
     procs = [line.split() for line in out if line.strip()]
     assert procs[0] == ["1", "tini"] and ["2", "sleep"] in procs, procs
     assert {comm for _, comm in procs} <= {"tini", "sleep", "ps"}, procs
+
+
+def test_share_process_namespace_and_host_pid_as_the_spec_says(lab: Lab) -> None:
+    out = lab.kubectl("exec", "shared", "-c", "a", "--", "ps", "-e", "-o", "pid=,args=").stdout
+    procs = [line.split(None, 1) for line in out.splitlines() if line.strip()]
+    # the pod's PID namespace is held by its pause (tini), and holds both containers' processes
+    assert procs[0][0] == "1" and "tini" in procs[0][1], procs
+    assert {"sleep 3601", "sleep 3602"} <= {args for _, args in procs}, procs
+    # hostPID: the node's processes (the lab's kwire agents among them)
+    out = lab.kubectl("exec", "hostpid", "--", "ps", "-e", "-o", "args=").stdout
+    assert "sleep 3603" in out and "kwire" in out and len(out.splitlines()) > 20
+    assert "kwire agent" not in lab.kubectl("exec", "plain", "--", "ps", "-e", "-o", "args=").stdout
 
 
 def test_the_default_identity_is_root_with_containerds_capabilities(lab: Lab) -> None:

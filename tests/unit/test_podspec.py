@@ -88,6 +88,7 @@ def test_image_decides_what_runs() -> None:
         "stage": "",
         "masks": [],
         "hostPID": False,
+        "sharePid": False,
     }
 
 

@@ -330,6 +330,7 @@ def runtime_spec(
             "stage": stage,
             "masks": list(masks or []),
             "hostPID": bool(sp.get("hostPID")),
+            "sharePid": bool(sp.get("shareProcessNamespace")),
         },
         "ports": ports,
         "processes": processes,

@@ -55,6 +55,7 @@ ORPHAN_GRACE = 2.0
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+TINI = shutil.which("tini") or "/usr/bin/tini"
 CONTAIN_SCRIPT = str(Path(__file__).with_name("contain.py"))
 MAX_GRACE = 3600.0
 CONTAINERD_START = (
@@ -198,6 +199,7 @@ class Container:
     security: dict[str, Any] = field(default_factory=dict)  # uid, gid, groups, caps, ... (security.py)
     pidns: bool = False  # a PID namespace of its own (not hostPID)
     init_pid: int = 0  # the container's own first process (inside its namespaces), for exec to enter
+    pod_pidns: int = 0  # shareProcessNamespace: a process in the pod's PID namespace (the pause's init)
     exit_code: int | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -247,6 +249,9 @@ class Container:
 class PodRecord:
     spec: dict[str, Any]
     containers: dict[str, Container] = field(default_factory=dict)
+    # shareProcessNamespace: the pod's PID namespace, kept by a pause process (tini as its PID 1, which reaps)
+    pause: asyncio.subprocess.Process | None = None
+    pause_init: int = 0  # the pause's PID 1, as the node sees it: containers join its PID namespace
 
 
 class Runtime:
@@ -264,6 +269,8 @@ class Runtime:
             for c in rec.containers.values():
                 if c.proc is not None and c.proc.returncode is None and (started := _start_time(c.proc.pid)):
                     pids[str(c.proc.pid)] = started
+            if rec.pause is not None and rec.pause.returncode is None and (started := _start_time(rec.pause.pid)):
+                pids[str(rec.pause.pid)] = started
         atomic_write(self.state_dir / "containers.json", orjson.dumps(pids))
 
     def _container(self, pod: dict[str, Any], proc: dict[str, Any], restart_policy: str) -> Container:
@@ -304,6 +311,7 @@ class Runtime:
             for name, proc in new.items():
                 if old.get(name) != proc:
                     c = self._container(spec["pod"], proc, spec.get("restartPolicy", "Always"))
+                    c.pod_pidns = rec.pause_init
                     rec.containers[name] = c
                     c.task = asyncio.create_task(self._supervise(c))
             return
@@ -314,8 +322,11 @@ class Runtime:
         await self.responders.ensure(uid, ident, [(int(p), str(proto)) for p, proto in spec.get("ports", [])])
         rec = PodRecord(spec)
         self.pods[uid] = rec
+        if pod.get("sharePid") and pod.get("stage") and not pod.get("hostPID"):
+            await self._start_pause(rec)
         for proc in spec.get("processes", []):
             c = self._container(pod, proc, spec.get("restartPolicy", "Always"))
+            c.pod_pidns = rec.pause_init
             rec.containers[c.name] = c
             c.task = asyncio.create_task(self._supervise(c))
 
@@ -334,7 +345,9 @@ class Runtime:
             # hostNetwork pod has no `ip netns exec` to give it a mount namespace: one of its own, first.
             if not c.netns:
                 prefix += [UNSHARE, "--mount", "--propagation", "slave", "--"]
-            if c.pidns:
+            if c.pidns and c.pod_pidns:
+                prefix += [NSENTER, f"--pid=/proc/{c.pod_pidns}/ns/pid", "--"]  # forks into the pod's namespace
+            elif c.pidns:
                 prefix += [UNSHARE, "--pid", "--fork", "--"]
             # contain.py writes to `readyFd` as it execs the program, so the run counts as started (and a postStart
             # hook runs) only once the container sees its volumes
@@ -507,6 +520,28 @@ class Runtime:
         if rec is None:
             return
         await self._stop_containers(list(rec.containers.values()), grace=grace)
+        if rec.pause is not None and rec.pause.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec.pause.pid, signal.SIGKILL)
+            await rec.pause.wait()
+
+    async def _start_pause(self, rec: PodRecord) -> None:
+        """The pod's shared PID namespace (shareProcessNamespace), as the pause container holds it in Kubernetes:
+        tini as its PID 1 (`sleep infinity` under it), in the pod's network and UTS namespaces."""
+        pod = rec.spec["pod"]
+        argv = [IP, "netns", "exec", pod["netns"]] if pod.get("netns") else []
+        if pod.get("uts"):
+            argv += [NSENTER, f"--uts={pod['uts']}", "--"]
+        argv += [UNSHARE, "--pid", "--fork", "--", TINI, "--", "sleep", "infinity"]
+        rec.pause = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 10.0
+        while not rec.pause_init and time.monotonic() < deadline and rec.pause.returncode is None:
+            await asyncio.sleep(0.02)
+            rec.pause_init = _inner_pid(rec.pause.pid)
+        if not rec.pause_init:
+            log.warning("runtime: the shared PID namespace of pod %s did not start", pod.get("name"))
 
     def status(self) -> dict[str, Any]:
         return {
