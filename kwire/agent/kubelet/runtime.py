@@ -12,7 +12,10 @@ pod's sockets or kills its processes. The agent drives it over a unix socket wit
 
 Processes run through `ip netns exec <pod netns>`, which also gives them the pod's /etc/resolv.conf and
 /etc/hosts (bind-mounted from /etc/netns/<name>/, the iproute2 convention), and, when the pod has one, `nsenter
---uts=<file>` into the pod's UTS namespace (its hostname). A container whose process exits is restarted per
+--uts=<file>` into the pod's UTS namespace (its hostname), then in a PID namespace of their own (`unshare --pid
+--fork`; the pod's pause's with shareProcessNamespace; the node's with hostPID) through contain.py, which confines
+them as runc would (mounts, masks, identity, capabilities; see there). A spec without a `stage` runs its
+processes unconfined (the runtime's own tests). A container whose process exits is restarted per
 restartPolicy with kubelet's back-off (the first restart at once, then 10 s doubling to 5 min; reset after 10 min
 of running). A program that cannot be started is a start error (exit code 128, reason StartError, containerd's
 message), as containerd reports it. Each run's end is kept as the next run's `lastTermination`, and where each run's
