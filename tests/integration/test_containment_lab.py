@@ -225,3 +225,25 @@ def test_kwires_files_on_the_machine_are_private(lab: Lab) -> None:
     assert len(files) >= 5, files
     for f in files:
         assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def test_no_new_privs_that_privileged_would_defeat_is_refused_in_kube_apiservers_words(lab: Lab) -> None:
+    bad = """
+apiVersion: v1
+kind: Pod
+metadata: {name: contradictory}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, "1"]
+    securityContext: {privileged: true, allowPrivilegeEscalation: false, runAsUser: -1}
+"""
+    res = lab.kubectl("apply", "-f", "-", input=bad, check=False)
+    assert res.returncode != 0
+    assert 'The Pod "contradictory" is invalid' in res.stderr
+    assert "spec.containers[0].securityContext: Invalid value:" in res.stderr
+    assert "cannot set `allowPrivilegeEscalation` to false and `privileged` to true" in res.stderr
+    assert "spec.containers[0].securityContext.runAsUser: Invalid value: -1: must be between 0 and 2147483647" in (
+        res.stderr
+    )
