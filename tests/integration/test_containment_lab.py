@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.labkit import Lab, wait_for
+from tests.integration.labkit import Lab, in_terminal, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -247,3 +247,15 @@ spec:
     assert "spec.containers[0].securityContext.runAsUser: Invalid value: -1: must be between 0 and 2147483647" in (
         res.stderr
     )
+
+
+def test_terminals_come_from_the_containers_own_devpts(lab: Lab) -> None:
+    """`kubectl run -it` and `kubectl exec -it`: the program's terminal is in the container's /dev/pts (runc's
+    console), so `tty` names it, and the shell is the foreground of its own session."""
+    res = in_terminal(
+        lab, "run ttycheck --image=busybox -it --rm --restart=Never -- sh -c 'tty; ls /dev/pts'", typing="sleep 30"
+    )
+    assert "/dev/pts/0" in res.stdout and "not a tty" not in res.stdout, res.stdout + res.stderr
+    res = in_terminal(lab, "exec -it plain -- tty", typing="sleep 20")
+    assert res.stdout.strip().endswith("/dev/pts/0") or "/dev/pts/" in res.stdout, res.stdout + res.stderr
+    assert "not a tty" not in res.stdout

@@ -28,11 +28,15 @@ namespace and, unless the pod has hostPID, as PID 1 of a PID namespace of its ow
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import shutil
+import socket
 import stat
+import struct
 import sys
+import termios
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,6 +62,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 TINI = shutil.which("tini") or "/usr/bin/tini"
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")  # runc's default devices (with ptmx and pts)
 PROC_MASKED = (
     "/proc/acpi",
@@ -223,6 +229,24 @@ def build_view(spec: dict[str, Any]) -> None:
         os.chdir("/")
 
 
+def open_console() -> int:
+    """`tty: true`: a terminal of the container's devpts as this process's stdin, stdout, stderr and controlling
+    terminal, in a session of its own; its master, for the runtime (as runc's console socket hands it over).
+    (kwire/base/pty.py's open_pty does the same for exec; this script imports nothing of kwire.)"""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR)
+    try:
+        os.setsid()
+    except PermissionError:
+        pass  # already a session leader (the first process of the runtime's new session)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+    return master
+
+
 def held() -> set[int]:
     """The capabilities this process holds (what it can keep; the node's runtime may lack some itself)."""
     for line in open("/proc/self/status"):  # noqa: SIM115 - read once at start-up
@@ -260,22 +284,27 @@ def main(argv: list[str]) -> int:
         return 2
     spec = json.loads(argv[0])
     program = argv[2:]
+    console = -1
     try:
         if spec.get("mode") != "exec":
             build_view(spec)
+            if spec.get("console"):
+                console = open_console()
         become(spec)
     except OSError as exc:
         sys.stderr.write(f"kwire: cannot set up the container: {exc}\n")
         return 128
     ready = int(spec.get("readyFd", -1))
     if ready >= 0:
-        # the runtime counts the run as started from here (a forking `unshare` above holds the pipe open too, so
-        # the end of the pipe would come only when the container ends)
+        # the runtime counts the run as started from here (a forking `unshare` above holds the socket open too,
+        # so its end would come only when the container ends), and takes the terminal's master
         try:
-            os.write(ready, b"1")
-            os.close(ready)
+            with socket.socket(fileno=ready) as sock:
+                socket.send_fds(sock, [b"1"], [console] if console >= 0 else [])
         except OSError:
             pass
+        if console >= 0:
+            os.close(console)
     if spec.get("mode") != "exec" and spec.get("pidns") and os.getpid() == 1:
         program = [TINI, "-g", "--", *program]
     try:

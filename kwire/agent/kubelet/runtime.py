@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -116,9 +117,19 @@ async def _copy_pipes(stdout: asyncio.StreamReader | None, stderr: asyncio.Strea
         await asyncio.gather(copy(stdout, "stdout"), copy(stderr, "stderr"))
 
 
-def _wait_ready(fd: int) -> None:
-    """Until contain.py says it execs the program (a byte) or every writer is gone (it failed before)."""
-    os.read(fd, 1)
+def _wait_ready(sock: socket.socket) -> int:
+    """Until contain.py says it execs the program (a byte) or every writer is gone (it failed before); the
+    terminal's master it sent along, or -1."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    except OSError:
+        return -1
+    return fds[0] if fds else -1
+
+
+async def _copy_console(master: int, log_path: Path, pipes: asyncio.Task[None] | None) -> None:
+    """A contained terminal container's output: its terminal, and the pipes its wrappers write errors to."""
+    await asyncio.gather(_copy_pty(master, log_path), *([pipes] if pipes is not None else []))
 
 
 def _start_time(pid: int) -> str | None:
@@ -342,7 +353,8 @@ class Runtime:
         prefix = [IP, "netns", "exec", c.netns] if c.netns else []
         if c.uts:
             prefix += [NSENTER, f"--uts={c.uts}", "--"]
-        ready_r = ready_w = -1
+        ready_r: socket.socket | None = None
+        ready_w: socket.socket | None = None
         if c.stage:
             # The container's confinement (contain.py): its mounts, PID namespace, identity and capabilities. A
             # hostNetwork pod has no `ip netns exec` to give it a mount namespace: one of its own, first.
@@ -355,14 +367,18 @@ class Runtime:
             # contain.py writes to `readyFd` as it execs the program, so the run counts as started (and a postStart
             # hook runs) only once the container sees its volumes
             Path(c.stage).mkdir(parents=True, exist_ok=True, mode=0o700)
-            ready_r, ready_w = os.pipe()
+            ready_r, ready_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # a byte, and a terminal
+            ready_r.set_inheritable(False)
             spec = {
                 **c.security,
                 "stage": c.stage,
                 "mounts": c.mounts,
                 "masks": c.masks,
                 "pidns": c.pidns,
-                "readyFd": ready_w,
+                "readyFd": ready_w.fileno(),
+                # `tty: true`: contain.py opens the terminal in the container's own devpts and sends its master
+                # back with the ready byte (runc's console socket)
+                "console": c.tty,
             }
             prefix += [sys.executable, "-S", CONTAIN_SCRIPT, orjson.dumps(spec).decode(), "--"]
         self._close_input(c)
@@ -371,7 +387,7 @@ class Runtime:
             if c.started_at:
                 c.prev_log_offset = c.log_offset
             c.log_offset = logf.tell()
-            if c.tty:
+            if c.tty and not c.stage:
                 # `tty: true` (kubectl run -it): a pseudo-terminal is the process's stdin/stdout/stderr and its
                 # controlling terminal (util-linux setsid --ctty, in a session of its own); the runtime copies
                 # its output into the log, which attach and logs read.
@@ -387,7 +403,6 @@ class Runtime:
                         stdout=slave,
                         stderr=slave,
                         env={**env, "TERM": "xterm"},
-                        pass_fds=(ready_w,) if ready_w >= 0 else (),
                     )
                 finally:
                     os.close(slave)
@@ -395,35 +410,42 @@ class Runtime:
                 c.pump = asyncio.create_task(_copy_pty(master, c.log_path))
             else:
                 # `stdin: true`: a pipe whose write end the runtime keeps for attach (closed at EOF).
-                read_end, write_end = os.pipe() if c.stdin else (-1, -1)
+                # A contained `tty: true` container's terminal comes from contain.py (below); the pipes then carry
+                # only what goes wrong before it execs.
+                read_end, write_end = os.pipe() if c.stdin and not c.tty else (-1, -1)
                 try:
                     c.proc = await asyncio.create_subprocess_exec(
                         *prefix,
                         *c.argv,
                         stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.PIPE,
-                        stdin=read_end if c.stdin else asyncio.subprocess.DEVNULL,
-                        env=env,
+                        stdin=read_end if read_end >= 0 else asyncio.subprocess.DEVNULL,
+                        env={**env, "TERM": "xterm"} if c.tty else env,
                         start_new_session=True,
-                        pass_fds=(ready_w,) if ready_w >= 0 else (),
+                        pass_fds=(ready_w.fileno(),) if ready_w is not None else (),
                     )
                 except BaseException:
-                    if c.stdin:
+                    if write_end >= 0:
                         os.close(write_end)
-                    if ready_w >= 0:
-                        os.close(ready_r)
-                        os.close(ready_w)
+                    if ready_r is not None and ready_w is not None:
+                        ready_r.close()
+                        ready_w.close()
                     raise
                 finally:
-                    if c.stdin:
+                    if read_end >= 0:
                         os.close(read_end)
                 c.input_fd = write_end
                 c.pump = asyncio.create_task(_copy_pipes(c.proc.stdout, c.proc.stderr, c.log_path))
-        if ready_w >= 0:
-            os.close(ready_w)
+        if ready_r is not None and ready_w is not None:
+            ready_w.close()
+            master = -1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.to_thread(_wait_ready, ready_r), 10.0)
-            os.close(ready_r)
+                master = await asyncio.wait_for(asyncio.to_thread(_wait_ready, ready_r), 10.0)
+            ready_r.close()
+            if master >= 0:
+                c.input_fd = master
+                pipes = c.pump
+                c.pump = asyncio.create_task(_copy_console(master, c.log_path, pipes))
         c.init_pid = _inner_pid(c.proc.pid) if c.pidns else c.proc.pid
         c.started_at = time.time()
         c.finished_at = 0.0
