@@ -23,6 +23,13 @@ namespace and, unless the pod has hostPID, as PID 1 of a PID namespace of its ow
    forwarded and orphans reaped.
 
 `"mode": "exec"` applies only step 6, for `kubectl exec`, hooks and exec probes entered with `nsenter -t PID`.
+With `"console": true` (a `tty: true` container) the terminal is opened in the container's own devpts and its
+master sent to the runtime with the ready byte, as runc's console socket does.
+
+Hand-written with ctypes (prctl, capset, mount_setattr, pivot_root) rather than python-prctl or libcap bindings:
+this script runs as `python -S` with the stdlib only, for a ~20 ms start per container, and those bindings are
+compiled extensions of a package last released years ago; util-linux `setpriv` could drop capabilities but not
+build the mounts, and one more exec per start buys nothing.
 """
 
 from __future__ import annotations
