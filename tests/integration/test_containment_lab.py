@@ -259,3 +259,10 @@ def test_terminals_come_from_the_containers_own_devpts(lab: Lab) -> None:
     res = in_terminal(lab, "exec -it plain -- tty", typing="sleep 20")
     assert res.stdout.strip().endswith("/dev/pts/0") or "/dev/pts/" in res.stdout, res.stdout + res.stderr
     assert "not a tty" not in res.stdout
+
+
+def test_kubectl_debug_target_shares_the_target_containers_processes(lab: Lab) -> None:
+    res = lab.kubectl(
+        "debug", "plain", "-i", "--image=busybox", "--container=peek", "--target=main", "--", "ps", "-e", "-o", "args="
+    )
+    assert "sleep 3600" in res.stdout, res.stdout + res.stderr

@@ -314,6 +314,8 @@ def runtime_spec(
                 proc_entry["restartPolicy"] = (restart_policies or {})[p.name]
             if (mounts or {}).get(p.name):
                 proc_entry["mounts"] = (mounts or {})[p.name]
+            if c.get("targetContainerName"):
+                proc_entry["target"] = str(c["targetContainerName"])  # `kubectl debug --target`: its PID namespace
             if c.get("stdin"):
                 proc_entry["stdin"] = True
             if c.get("tty"):

@@ -326,6 +326,9 @@ class Runtime:
                 if old.get(name) != proc:
                     c = self._container(spec["pod"], proc, spec.get("restartPolicy", "Always"))
                     c.pod_pidns = rec.pause_init
+                    target = rec.containers.get(str(proc.get("target") or ""))
+                    if target is not None and target.init_pid and target.pidns:
+                        c.pod_pidns = target.init_pid  # an ephemeral container joins its target's PID namespace
                     rec.containers[name] = c
                     c.task = asyncio.create_task(self._supervise(c))
             return
