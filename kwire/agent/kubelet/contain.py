@@ -60,6 +60,7 @@ MS_NOEXEC = 8
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 1
+MOUNT_ATTR_NODEV = 4
 SYS_MOUNT_SETATTR = 442  # x86_64 and arm64 alike (the unified syscall table)
 SYS_PIVOT_ROOT = 155 if os.uname().machine == "x86_64" else 41
 MNT_DETACH = 2
@@ -112,9 +113,11 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def set_readonly(path: str, *, readonly: bool) -> None:
-    """Make the mount at `path` and every mount below it read-only (or writable again)."""
-    attr = MountAttr(MOUNT_ATTR_RDONLY if readonly else 0, 0 if readonly else MOUNT_ATTR_RDONLY, 0, 0)
+def set_readonly(path: str, *, readonly: bool, nodev: bool = False) -> None:
+    """Make the mount at `path` and every mount below it read-only (or writable again), and with `nodev` unable
+    to open device nodes (what the device cgroup ensures under runc: kwire has none)."""
+    flag = MOUNT_ATTR_NODEV if nodev else 0
+    attr = MountAttr((MOUNT_ATTR_RDONLY if readonly else 0) | flag, 0 if readonly else MOUNT_ATTR_RDONLY, 0, 0)
     rc = _libc.syscall(
         SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
     )
@@ -138,6 +141,7 @@ def make_dev(stage: str, real: str) -> None:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")):
         os.symlink(target, os.path.join(dev, name))
     os.symlink("/proc/self/fd/2", os.path.join(dev, "stderr"))
+    _mount(dev, dev, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID, "mode=755,size=65536k")  # no new device nodes
     _mount(dev, real, None, MS_BIND | MS_REC)
 
 
@@ -193,7 +197,7 @@ def build_view(spec: dict[str, Any]) -> None:
         for src, dst, ro in spec.get("mounts") or []
     ]
     set_readonly("/", readonly=True)
-    _mount("tmpfs", stage, "tmpfs", 0, "mode=700")
+    _mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=700")  # the mirrors' home (a new root's too)
     stage = f"/proc/self/fd/{os.open(stage, os.O_PATH | os.O_DIRECTORY)}"  # reachable whatever covers its path
     if privileged:
         set_readonly("/dev", readonly=False)
@@ -210,8 +214,10 @@ def build_view(spec: dict[str, Any]) -> None:
     for fd, dst, ro in sources:
         view.bind(f"/proc/self/fd/{fd}", dst, read_only=ro)
         os.close(fd)
-        if not ro:  # the bind copied the read-only flag step 1 gave every mount: a writable volume is writable
-            set_readonly(view._real(view.resolve(dst)), readonly=False)
+        # the bind copied the read-only flag step 1 gave every mount: a writable volume is writable again; a device
+        # node made in a volume opens only in a privileged container
+        if not ro or not privileged:
+            set_readonly(view._real(view.resolve(dst)), readonly=ro, nodev=not privileged)
     masks = [str(m) for m in spec.get("masks") or []]
     if not privileged:
         masks += PROC_MASKED
