@@ -10,7 +10,8 @@ namespace and, unless the pod has hostPID, as PID 1 of a PID namespace of its ow
 2. A fresh /proc for the PID namespace; /dev a tmpfs with runc's default devices (null, zero, full, random,
    urandom, tty, a new devpts instance with ptmx, shm); /sys read-only. A privileged container keeps the node's
    /dev and a writable /sys, as runc gives it.
-3. The container's volumes at their mountPaths (mounts.py).
+3. The container's volumes at their mountPaths (mounts.py), nodev unless privileged (with /dev read-only, a
+   device node made with CAP_MKNOD never opens: runc leaves that to the device cgroup, and kwire has none).
 4. Masked paths, as runc's maskedPaths/readonlyPaths: kwire's data, the node's namespaces and other pods' files
    (the `masks` the kubelet names: /var/lib/kwire, /etc/kwire, /run/netns, the agent's data dir, ...) and /proc's
    kcore, keys, timer_list, sysrq-trigger, ... get an empty read-only tmpfs (a file gets /dev/null).
