@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hmac
 import logging
 import signal
 import socket
@@ -23,13 +24,23 @@ from aiohttp import web
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.bootstrap import DATASTORE_KEY, Bootstrap, JoinError, fetch_bootstrap, seal, unseal
-from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
+from kwire.api.certs import (
+    ClientCa,
+    Pki,
+    ensure_client_ca,
+    ensure_client_cert,
+    ensure_etcd_tls,
+    ensure_pki,
+    ensure_token,
+)
 from kwire.api.encryptionkeys import open_encryption
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
+from kwire.api.nodecerts import NodeCertAuthority, NodeCerts
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.api.user import MASTERS
 from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
 from kwire.base.files import atomic_write, private_dir
@@ -382,6 +393,17 @@ def _pki(cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
     )
 
 
+def _kubelet_client_ssl(data_dir: Path, pki: Pki, client_ca: ClientCa) -> ssl.SSLContext:
+    """The API server's credentials towards kubelets: K3s's `client-kube-apiserver.crt` (CN `system:apiserver`,
+    O `system:masters`) from the client CA; kubelets' serving certificates are verified against the cluster CA."""
+    tls = data_dir / "tls"
+    crt, key = tls / "client-kube-apiserver.crt", tls / "client-kube-apiserver.key"
+    ensure_client_cert(client_ca, cert_path=crt, key_path=key, common_name="system:apiserver", organizations=(MASTERS,))
+    ctx = ssl.create_default_context(cadata=pki.ca_pem.decode())
+    ctx.load_cert_chain(crt, key)
+    return ctx
+
+
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
@@ -426,13 +448,25 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     resources.admission = admission
 
     port = int(cfg.https_listen_port)
-    api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}", ca_pem=pki.ca_pem)
+    client_ca = ensure_client_ca(data_dir)
+    api = ApiServer(
+        resources,
+        tokens={token},
+        server_address=f"{address}:{port}",
+        ca_pem=pki.ca_pem,
+        kubelet_ssl=_kubelet_client_ssl(data_dir, pki, client_ca),
+        node_certs=NodeCerts(
+            resources,
+            authority=NodeCertAuthority(client_ca.cert, client_ca.key, pki.ca_cert, pki.ca_key),
+            token_ok=lambda presented: hmac.compare_digest(presented.encode(), token.encode()),
+        ),
+    )
     api.encryption = encryption
     if etcd_member is not None:
         api.server_bootstrap = _bootstrap_provider(pki, etcd_member)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    ssl_ctx = pki.server_ssl_context()
+    ssl_ctx = pki.server_ssl_context(client_ca=client_ca.cert)
     await web.TCPSite(runner, host=str(cfg.bind_address), port=port, ssl_context=ssl_ctx, reuse_address=True).start()
     for sock in sockets or []:
         await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()

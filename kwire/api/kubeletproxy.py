@@ -1,6 +1,8 @@
 """`pods/log`, `pods/exec` and `pods/attach` (what `kubectl logs`, `exec`, `attach` and `run -it` call): proxied to
 the kubelet of the pod's node, as kube-apiserver does, at the node's InternalIP port 10250 (`/containerLogs/...`,
-`/exec/...`, `/attach/...`).
+`/exec/...`, `/attach/...`), over HTTPS: the API server presents its kubelet-client certificate (K3s's
+`client-kube-apiserver.crt`, `system:apiserver` in `system:masters`) and verifies the kubelet's serving certificate
+against the cluster CA, as kube-apiserver's --kubelet-client-certificate and --kubelet-certificate-authority do.
 
 Logs stream as plain HTTP (when `follow`); exec and attach are a WebSocket (Kubernetes' channel protocol, v5 or v4) relayed
 message by message between the client and the kubelet, with the sub-protocol the kubelet chose.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 
 import aiohttp
 from aiohttp import web
@@ -55,16 +58,23 @@ async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: 
     return str(node_name), str(ip), container
 
 
+def _ssl(ctx: ssl.SSLContext | None) -> ssl.SSLContext:
+    """The kubelet-client context; a server without one (no client CA yet) cannot authenticate to kubelets."""
+    if ctx is None:
+        raise ApiError(500, "InternalError", "the API server has no kubelet client certificate")
+    return ctx
+
+
 async def pod_log(
-    request: web.Request, resources: Resources, *, namespace: str, name: str, token: str
+    request: web.Request, resources: Resources, *, namespace: str, name: str, kubelet_ssl: ssl.SSLContext | None
 ) -> web.StreamResponse:
     node_name, ip, container = await _kubelet_of(request, resources, namespace=namespace, name=name)
     params = {k: request.query[k] for k in PASSED_LOG_PARAMS if k in request.query}
-    url = f"http://{ip}:{KUBELET_PORT}/containerLogs/{namespace}/{name}/{container}"
+    url = f"https://{ip}:{KUBELET_PORT}/containerLogs/{namespace}/{name}/{container}"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as s:
-            async with s.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as r:
+            async with s.get(url, params=params, ssl=_ssl(kubelet_ssl)) as r:
                 if r.status == 400:  # the kubelet's own refusal (`previous terminated container ... not found`)
                     raise bad_request(await r.text())
                 if r.status != 200:
@@ -91,7 +101,13 @@ async def _relay(src: _WS, dst: _WS) -> None:
 
 
 async def pod_stream(
-    request: web.Request, resources: Resources, *, namespace: str, name: str, token: str, verb: str = "exec"
+    request: web.Request,
+    resources: Resources,
+    *,
+    namespace: str,
+    name: str,
+    kubelet_ssl: ssl.SSLContext | None,
+    verb: str = "exec",
 ) -> web.StreamResponse:
     """pods/exec and pods/attach (verb "attach"): the same relay to the kubelet's /exec or /attach."""
     if request.headers.get("Upgrade", "").lower() != "websocket":
@@ -103,12 +119,12 @@ async def pod_stream(
         raise bad_request(f"none of the offered stream protocols {offered} is supported; use one of {EXEC_PROTOCOLS}")
     node_name, ip, container = await _kubelet_of(request, resources, namespace=namespace, name=name)
     params = [(k, v) for k, v in request.query.items() if k in PASSED_EXEC_PARAMS]
-    url = f"http://{ip}:{KUBELET_PORT}/{verb}/{namespace}/{name}/{container}"
+    url = f"https://{ip}:{KUBELET_PORT}/{verb}/{namespace}/{name}/{container}"
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
     try:
         try:
             upstream = await session.ws_connect(
-                url, params=params, protocols=protocols, headers={"Authorization": f"Bearer {token}"}, heartbeat=30
+                url, params=params, protocols=protocols, ssl=_ssl(kubelet_ssl), heartbeat=30
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise ApiError(

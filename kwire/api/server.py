@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -41,11 +42,12 @@ from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
 from kwire.api.fields import check as fields_check
 from kwire.api.health import ENDPOINTS, Health
 from kwire.api.metrics import ApiMetrics, RequestInfo, metric_verb
+from kwire.api.nodecerts import NodeCerts
 from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
-from kwire.api.user import ADMIN, MASTERS, USER_KEY, UserInfo, user_of
+from kwire.api.user import ADMIN, MASTERS, USER_KEY, UserInfo, from_peercert, user_of
 from kwire.base.labels import Selector, SelectorError, parse
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted
 
@@ -190,10 +192,22 @@ def _field_manager(request: web.Request) -> str:
 
 
 class ApiServer:
-    def __init__(self, resources: Resources, *, tokens: set[str], server_address: str, ca_pem: bytes = b"") -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        *,
+        tokens: set[str],
+        server_address: str,
+        ca_pem: bytes = b"",
+        kubelet_ssl: ssl.SSLContext | None = None,
+        node_certs: NodeCerts | None = None,
+    ) -> None:
         self.resources = resources
         self.ca_pem = ca_pem
-        self.log_token = next(iter(tokens), "")  # presented to kubelets when proxying pods/log and pods/exec
+        # The API server's kubelet-client credentials (client-kube-apiserver.crt) and trust in the kubelets'
+        # serving certificates (the cluster CA), for pods/log, exec, attach and nodes/proxy.
+        self.kubelet_ssl = kubelet_ssl
+        self.node_certs = node_certs  # the /v1-k3s/ node-credential endpoints (nodecerts.py)
         self.tokens = tokens
         self.server_address = server_address
         self.ready = True
@@ -233,8 +247,8 @@ class ApiServer:
         user = self._authenticate(request)
         if user is not None:
             request[USER_KEY] = user
-        elif not _public(request.path):
-            return _error(unauthorized())
+        elif not _public(request.path) and not NodeCerts.handles(request.path):
+            return _error(unauthorized())  # the /v1-k3s/ endpoints authenticate nodes themselves
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
         counted = not info.long_running  # long-running requests are outside kube's in-flight limit
@@ -268,7 +282,12 @@ class ApiServer:
             self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
 
     def _authenticate(self, request: web.Request) -> UserInfo | None:
-        """The user a request is from, or None (anonymous)."""
+        """The user a request is from, or None (anonymous): a client certificate the TLS layer verified against
+        the client CA, else the bearer token."""
+        if request.transport is not None:
+            user = from_peercert(request.transport.get_extra_info("peercert"))
+            if user is not None:
+                return user
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             return None
@@ -299,6 +318,8 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if self.node_certs is not None and NodeCerts.handles(path):
+            return await self.node_certs.handle(request, user=request.get(USER_KEY))
         if path == bootstrap.PATH and request.method == "GET":
             if self.server_bootstrap is None:
                 raise ApiError(
@@ -340,7 +361,7 @@ class ApiServer:
                 return static
         proxy_target = proxy.parse(request.rel_url.raw_path)
         if proxy_target is not None:
-            return await proxy.handle(request, self.resources, proxy_target, token=self.log_token)
+            return await proxy.handle(request, self.resources, proxy_target, kubelet_ssl=self.kubelet_ssl)
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -348,7 +369,11 @@ class ApiServer:
             if request.method != "GET":
                 raise method_not_allowed()
             return await kubeletproxy.pod_log(
-                request, self.resources, namespace=target.namespace or "", name=target.name, token=self.log_token
+                request,
+                self.resources,
+                namespace=target.namespace or "",
+                name=target.name,
+                kubelet_ssl=self.kubelet_ssl,
             )
         if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
@@ -365,7 +390,7 @@ class ApiServer:
                 self.resources,
                 namespace=target.namespace or "",
                 name=target.name,
-                token=self.log_token,
+                kubelet_ssl=self.kubelet_ssl,
                 verb=target.subresource,
             )
         if (

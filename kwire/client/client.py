@@ -8,7 +8,9 @@ status kube-apiserver uses (NotFound, Conflict, AlreadyExists, Gone, Invalid).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from kwire.client.kubeconfig import Config
+from kwire.client.kubeconfig import Config, load_client_cert
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,9 @@ PERSISTENTVOLUMES = Resource("", "v1", "persistentvolumes", "PersistentVolume", 
 PERSISTENTVOLUMECLAIMS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 STORAGECLASSES = Resource("storage.k8s.io", "v1", "storageclasses", "StorageClass", namespaced=False)
 CLUSTERROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
+INGRESSROUTES = Resource("traefik.io", "v1alpha1", "ingressroutes", "IngressRoute")
+MIDDLEWARES = Resource("traefik.io", "v1alpha1", "middlewares", "Middleware")
 IPADDRESSPOOLS = Resource("metallb.io", "v1beta1", "ipaddresspools", "IPAddressPool")
 L2ADVERTISEMENTS = Resource("metallb.io", "v1beta1", "l2advertisements", "L2Advertisement")
 
@@ -141,6 +146,7 @@ class ApiClient:
         self.config = config
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool = False
         # Servers to fail over between (K3s's agent load balancer): the configured one until `set_servers`.
         self._servers: list[str] = [config.server.rstrip("/")]
 
@@ -189,9 +195,16 @@ class ApiClient:
             headers = {"Accept": "application/json", "User-Agent": "kwire"}
             if self.config.token:
                 headers["Authorization"] = f"Bearer {self.config.token}"
-            conn = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=64)
+            self._ssl = self.config.ssl_context()
+            conn = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
             self._session = aiohttp.ClientSession(base_url=None, headers=headers, connector=conn)
         return self._session
+
+    def renew_client_cert(self, *, cert: bytes, key: bytes) -> None:
+        """Use a renewed client certificate from the next TLS handshake on; open connections (watches) stay."""
+        self.config = dataclasses.replace(self.config, client_cert=cert, client_key=key)
+        if isinstance(self._ssl, ssl.SSLContext):
+            load_client_cert(self._ssl, cert=cert, key=key)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -19,19 +19,26 @@ Unless `disable: [traefik]`: Deployment kube-system/traefik (image `kwire/ingres
 answers 200 once the controller has listed the cluster and nginx serves its first configuration), Service
 kube-system/traefik of type LoadBalancer with ports `web` 80 and `websecure` 443 (ServiceLB gives it the node
 IPs), IngressClass `traefik` (controller `traefik.io/ingress-controller`, the default class), as K3s's traefik
-chart installs them.
+chart installs them, and before them the Traefik CRDs (traefik.io: IngressRoute, Middleware, TraefikService, TLSOption,
+... the ten of Traefik's chart v34.5.0, vendored unchanged in `traefik_crds/`), as K3s's traefik-crd chart installs
+them. K3s ships both charts in one manifest (`traefik.yaml`), so `disable: [traefik]` removes the CRDs too (and with
+them the IngressRoutes and Middlewares stored), as the helm uninstall of traefik-crd does.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from kwire.client import ApiClient, Informers, Invalid, NotFound
-from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, INGRESSCLASSES, NODES, SERVICES, Resource
+from kwire.client.client import CONFIGMAPS, CRDS, DEPLOYMENTS, INGRESSCLASSES, NODES, SERVICES, Resource
 from kwire.controllers.queue import Controller
 
 Obj = dict[str, Any]
@@ -174,8 +181,28 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
     return [(CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
 
 
+@functools.cache
+def _traefik_crd_manifests() -> tuple[str, ...]:
+    files = importlib.resources.files("kwire.controllers.traefik_crds")
+    return tuple(f.read_text() for f in sorted(files.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml"))
+
+
+def traefik_crds() -> list[tuple[Resource, Obj]]:
+    """The CRDs of K3s's traefik-crd chart (Traefik's chart v34.5.0), labelled as this add-on's."""
+    out: list[tuple[Resource, Obj]] = []
+    for text in _traefik_crd_manifests():
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            meta = doc["metadata"]
+            meta["labels"] = {**(meta.get("labels") or {}), ADDON_LABEL: TRAEFIK}
+            out.append((CRDS, {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "status")}))
+    return out
+
+
 def traefik_objects() -> list[tuple[Resource, Obj]]:
-    """What K3s's traefik chart installs (the parts kwire serves): IngressClass, Service, Deployment."""
+    """What K3s's traefik-crd and traefik charts install (the parts kwire serves): the CRDs, IngressClass, Service,
+    Deployment."""
     labels = {"app.kubernetes.io/name": TRAEFIK, "app.kubernetes.io/instance": "traefik-kube-system"}
     ingress_class = {
         "metadata": {
@@ -245,7 +272,7 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
             },
         },
     }
-    return [(INGRESSCLASSES, ingress_class), (SERVICES, service), (DEPLOYMENTS, deployment)]
+    return [*traefik_crds(), (INGRESSCLASSES, ingress_class), (SERVICES, service), (DEPLOYMENTS, deployment)]
 
 
 def node_hosts(nodes: list[Obj]) -> str:

@@ -103,8 +103,13 @@ class Kubelet:
         runtime: RuntimeClient,
         logs_dir: Path | None = None,
         workers: int = 4,
+        pod_api_token: str = "",
     ) -> None:
         self.client = client
+        # What pods' service-account `token` file holds for kwire's built-in images: the token the agent joined
+        # with, as before node credentials existed (the kubelet's own client certificate is not for pods). The
+        # TokenRequest-issued, pod-bound tokens of issue 15's authentication part replace it.
+        self.pod_api_token = pod_api_token
         self.pods = pods
         self.node_name = node_name
         self.node_ip = node_ip
@@ -455,7 +460,7 @@ class Kubelet:
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(0o755)
         files = {
-            "token": self.client.config.token or "",
+            "token": self.pod_api_token,
             "ca.crt": (self.client.config.ca_data or b"").decode(),
             "namespace": sb.namespace,
         }
