@@ -302,9 +302,11 @@ async def soak(lab: Lab, *, minutes: float, seed: int) -> int:
         print(
             f"  RSS {k:8s} {s:6.0f} MB -> {e:6.0f} MB ({(e / s - 1) * 100 if s else 0:+.0f} %; restarted processes start anew)"
         )
-    # The growth that matters: the longest life of each kind of process, from its first sample to its last.
+    # The growth that matters: the longest life of each kind of process, from its first sample after a minute of
+    # warm-up (a restarted server reloads its state and caches) to its last.
     for k in sorted(start_rss):
-        mine = [v for (kind, _pid), v in lives.items() if kind == k and len(v) >= 2]
+        warm = [[x for x in v if x[0] >= v[0][0] + 60] for (kind, _pid), v in lives.items() if kind == k]
+        mine = [v for v in warm if len(v) >= 2]
         if not mine:
             continue
         life = max(mine, key=lambda v: v[-1][0] - v[0][0])

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from kwire.api.admission import Admission
+from kwire.api.aggregator import Aggregator
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.bootstrap import DATASTORE_KEY, Bootstrap, JoinError, fetch_bootstrap, seal, unseal
 from kwire.api.certs import (
@@ -203,6 +204,8 @@ class Server:
         if self.master_leases is not None:
             await self.master_leases.stop()
         await self.lifecycle.stop()
+        if self.api.aggregator is not None:
+            await self.api.aggregator.stop()
         if self.resources.admission is not None:
             await self.resources.admission.stop()
         await self.resources.conversion.close()
@@ -461,6 +464,8 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
             token_ok=lambda presented: hmac.compare_digest(presented.encode(), token.encode()),
         ),
     )
+    api.aggregator = Aggregator(resources)
+    api.aggregator.start()
     api.encryption = encryption
     if etcd_member is not None:
         api.server_bootstrap = _bootstrap_provider(pki, etcd_member)

@@ -37,6 +37,7 @@ from kwire.agent.kubelet.kubelet import Kubelet
 from kwire.agent.kubelet.kubeletauth import KubeletAuth
 from kwire.agent.kubelet.logs import LogServer
 from kwire.agent.kubelet.runtime_client import RuntimeClient
+from kwire.agent.metrics import DEFAULT_BIND, AgentMetrics, AgentMetricsServer
 from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
@@ -44,6 +45,7 @@ from kwire.agent.servers import follow_servers
 from kwire.base.files import private_dir
 from kwire.client import ApiClient, Informers
 from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
+from kwire.client.events import EventRecorder
 from kwire.cni import invoke as cni
 from kwire.config import AgentConfig
 
@@ -222,6 +224,7 @@ class Agent:
     proxier: Proxier
     netpol: NetworkPolicyController | None = None
     logs: LogServer | None = None
+    metrics: AgentMetricsServer | None = None
     clients: list[ApiClient] = field(default_factory=list)  # kube-proxy's and the controllers' (besides `client`)
     informer_sets: list[Informers] = field(default_factory=list)
     renewal: asyncio.Task[None] | None = None
@@ -231,6 +234,8 @@ class Agent:
             self.renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.renewal
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.logs is not None:
             await self.logs.close()
         if self.netpol is not None:
@@ -246,6 +251,18 @@ class Agent:
         await self.client.close()
         for client in self.clients:
             await client.close()
+
+
+def _metrics_bind(cfg: AgentConfig) -> str:
+    """kube-proxy's metrics-bind-address from `--kube-proxy-arg` (K3s's flag), else kube-proxy's default."""
+    bind = DEFAULT_BIND
+    for arg in cfg.kube_proxy_arg:
+        key, _, value = arg.lstrip("-").partition("=")
+        if key == "metrics-bind-address" and value:
+            bind = value
+        else:
+            log.info("agent: kube-proxy-arg %r is not used by kwire's service proxy", arg)
+    return bind
 
 
 async def start(cfg: AgentConfig) -> Agent:
@@ -288,7 +305,9 @@ async def start(cfg: AgentConfig) -> Agent:
     follow_servers(slices, apply=servers_learned)
     controller_informers = Informers(controller_client)
     nodes = controller_informers.get(NODES)
+    metrics = AgentMetrics()
     proxier = Proxier(
+        metrics=metrics.proxy,
         services=services,
         slices=slices,
         node=node_name,
@@ -304,6 +323,7 @@ async def start(cfg: AgentConfig) -> Agent:
             policies=controller_informers.get(NETWORKPOLICIES),
             node=node_name,
             node_ips=(node_ip,),
+            observer=metrics.netpol,
         )
     for group in (informers, proxy_informers, controller_informers):
         group.start()
@@ -367,8 +387,29 @@ async def start(cfg: AgentConfig) -> Agent:
         host=node_ip,
         exec_target=kubelet.exec_target,
         attach_target=kubelet.attach_target,
+        resource_containers=kubelet.resource_containers,
+        forward_target=kubelet.forward_target,
     )
     await logs.start()
+    metrics_server = AgentMetricsServer(metrics, bind=_metrics_bind(cfg))
+    await metrics_server.start()
+    # kube-proxy's and kubelet's node reference: the Node's uid is its name
+    node_ref = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": node_name, "uid": node_name}}
+    proxy_events = EventRecorder(proxy_client, component="kube-proxy", host=node_name)
+
+    async def proxy_failed(exc: Exception) -> None:
+        await proxy_events.event(node_ref, "Warning", "SyncProxyRulesFailed", f"nftables sync failed: {exc}")
+
+    proxier.reconciler.on_failure = proxy_failed
+    if netpol is not None:
+        policy_events = EventRecorder(controller_client, component="network-policy-controller", host=node_name)
+
+        async def netpol_failed(exc: Exception) -> None:
+            await policy_events.event(
+                node_ref, "Warning", "SyncNetworkPolicyFailed", f"NetworkPolicy nftables sync failed: {exc}"
+            )
+
+        netpol.reconciler.on_failure = netpol_failed
     reg.set_ready(True)
     await reg.post_status(force=True)
     log.info("agent: node %s (%s on %s) is Ready", node_name, node_ip, iface)
@@ -382,6 +423,7 @@ async def start(cfg: AgentConfig) -> Agent:
         proxier,
         netpol,
         logs,
+        metrics=metrics_server,
         clients=[proxy_client, controller_client],
         informer_sets=[proxy_informers, controller_informers],
         renewal=asyncio.create_task(reloader.run()),

@@ -5,7 +5,10 @@ the kubelet of the pod's node, as kube-apiserver does, at the node's InternalIP 
 against the cluster CA, as kube-apiserver's --kubelet-client-certificate and --kubelet-certificate-authority do.
 
 Logs stream as plain HTTP (when `follow`); exec and attach are a WebSocket (Kubernetes' channel protocol, v5 or v4) relayed
-message by message between the client and the kubelet, with the sub-protocol the kubelet chose.
+message by message between the client and the kubelet, with the sub-protocol the kubelet chose. `pods/portforward`
+(`kubectl port-forward`) is the same relay to the kubelet's `/portForward/{namespace}/{pod}` for kubectl's
+`SPDY/3.1+portforward.k8s.io` WebSocket (and the Python client's `v4.channel.k8s.io` one, with its `ports` query):
+what flows inside is the kubelet's business (kwire/agent/kubelet/portforward.py).
 """
 
 from __future__ import annotations
@@ -28,13 +31,20 @@ KUBELET_PORT = 10250
 PASSED_LOG_PARAMS = ("tailLines", "limitBytes", "follow", "timestamps", "previous", "sinceSeconds", "sinceTime")
 PASSED_EXEC_PARAMS = ("command", "stdin", "stdout", "stderr", "tty")
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+PORTFORWARD_PROTOCOLS = ("SPDY/3.1+portforward.k8s.io", "v4.channel.k8s.io")
 
 
-async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: str, name: str) -> tuple[str, str, str]:
+async def _kubelet_of(
+    request: web.Request, resources: Resources, *, namespace: str, name: str, container_needed: bool = True
+) -> tuple[str, str, str]:
     """(node name, node InternalIP, container) for a request on pod `name`, with kube-apiserver's errors."""
     pods, nodes = by_path("", "v1", "pods"), by_path("", "v1", "nodes")
     assert pods and nodes
     pod = await resources.get(pods, namespace, name)
+    if not container_needed:
+        if ((pod.get("status") or {}).get("phase")) != "Running":
+            raise bad_request(f"pod {name} is not running")  # kube's portforward REST: only running pods
+        return (*(await _node_address(resources, pod, name)), "")
     spec = pod.get("spec") or {}
     containers = [str(c.get("name")) for c in spec.get("containers") or []]
     others = [str(c.get("name")) for k in ("initContainers", "ephemeralContainers") for c in spec.get(k) or []]
@@ -47,7 +57,14 @@ async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: 
         container = containers[0]
     elif container not in containers + others:
         raise bad_request(f"container {container} is not valid for pod {name}")
-    node_name = (pod.get("spec") or {}).get("nodeName")
+    return (*(await _node_address(resources, pod, name)), container)
+
+
+async def _node_address(resources: Resources, pod: dict[str, object], name: str) -> tuple[str, str]:
+    nodes = by_path("", "v1", "nodes")
+    assert nodes
+    spec = pod.get("spec")
+    node_name = spec.get("nodeName") if isinstance(spec, dict) else None
     if not node_name:
         raise bad_request(f"pod {name} does not have a host assigned")
     node = await resources.get(nodes, None, str(node_name))
@@ -55,7 +72,7 @@ async def _kubelet_of(request: web.Request, resources: Resources, *, namespace: 
     ip = next((a.get("address") for a in addrs if a.get("type") == "InternalIP"), None)
     if not ip:
         raise ApiError(500, "InternalError", f"node {node_name} has no InternalIP")
-    return str(node_name), str(ip), container
+    return str(node_name), str(ip)
 
 
 def _ssl(ctx: ssl.SSLContext | None) -> ssl.SSLContext:
@@ -109,17 +126,26 @@ async def pod_stream(
     kubelet_ssl: ssl.SSLContext | None,
     verb: str = "exec",
 ) -> web.StreamResponse:
-    """pods/exec and pods/attach (verb "attach"): the same relay to the kubelet's /exec or /attach."""
+    """pods/exec, pods/attach (verb "attach") and pods/portforward (verb "portForward"): the same relay to the
+    kubelet's /exec, /attach or /portForward."""
     if request.headers.get("Upgrade", "").lower() != "websocket":
         # kube-apiserver answers a plain request the same way; kubectl always upgrades.
         raise bad_request("Upgrade request required")
+    supported = PORTFORWARD_PROTOCOLS if verb == "portForward" else EXEC_PROTOCOLS
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    protocols = [p for p in offered if p in EXEC_PROTOCOLS]
+    protocols = [p for p in offered if p in supported]
     if not protocols:
-        raise bad_request(f"none of the offered stream protocols {offered} is supported; use one of {EXEC_PROTOCOLS}")
-    node_name, ip, container = await _kubelet_of(request, resources, namespace=namespace, name=name)
-    params = [(k, v) for k, v in request.query.items() if k in PASSED_EXEC_PARAMS]
-    url = f"https://{ip}:{KUBELET_PORT}/{verb}/{namespace}/{name}/{container}"
+        raise bad_request(f"none of the offered stream protocols {offered} is supported; use one of {supported}")
+    forward = verb == "portForward"
+    node_name, ip, container = await _kubelet_of(
+        request, resources, namespace=namespace, name=name, container_needed=not forward
+    )
+    if forward:
+        params = [(k, v) for k, v in request.query.items() if k == "ports"]
+        url = f"https://{ip}:{KUBELET_PORT}/portForward/{namespace}/{name}"
+    else:
+        params = [(k, v) for k, v in request.query.items() if k in PASSED_EXEC_PARAMS]
+        url = f"https://{ip}:{KUBELET_PORT}/{verb}/{namespace}/{name}/{container}"
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
     try:
         try:

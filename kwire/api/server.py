@@ -35,6 +35,7 @@ from kwire.api import (
     streaming,
     tables,
 )
+from kwire.api.aggregator import Aggregator
 from kwire.api.crd import custom
 from kwire.api.encryptionkeys import EncryptionKeys
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
@@ -45,7 +46,7 @@ from kwire.api.metrics import ApiMetrics, RequestInfo, metric_verb
 from kwire.api.nodecerts import NodeCerts
 from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
-from kwire.api.registry import Kind, by_path
+from kwire.api.registry import Kind, by_path, kinds_in
 from kwire.api.resources import Resources, decode
 from kwire.api.user import ADMIN, MASTERS, USER_KEY, UserInfo, from_peercert, user_of
 from kwire.base.labels import Selector, SelectorError, parse
@@ -214,6 +215,8 @@ class ApiServer:
         self._stopping = asyncio.Event()
         # Set by a server running an embedded etcd: the data a joining server fetches (`bootstrap.py`).
         self.server_bootstrap: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        # The aggregation layer (APIServices served by a Service's pods), set by the server role.
+        self.aggregator: Aggregator | None = None
         # Set when Secrets are encrypted at rest: answers `kwire secrets-encrypt` (encryptionkeys.py).
         self.encryption: EncryptionKeys | None = None
         self.health = Health()
@@ -355,6 +358,14 @@ class ApiServer:
         if request.method == "GET" and (path == "/openapi/v2" or path.startswith("/openapi/v3")):
             # Building the documents takes 0.1-0.3 s when kinds or CRDs changed: off the event loop.
             return await asyncio.to_thread(self._openapi, path, request.headers.get("Accept", ""))
+        if (
+            len(parts) >= 3
+            and parts[0] == "apis"
+            and self.aggregator is not None
+            and not kinds_in(parts[1], parts[2])
+            and self.aggregator.serves(parts[1], parts[2])
+        ):
+            return await self.aggregator.proxy(request, parts[1], parts[2])
         if request.method == "GET":
             static = self._static(path)
             if static is not None:
@@ -392,6 +403,22 @@ class ApiServer:
                 name=target.name,
                 kubelet_ssl=self.kubelet_ssl,
                 verb=target.subresource,
+            )
+        if target.kind.kind == "Pod" and target.subresource == "portforward" and target.name:
+            if request.method not in ("GET", "POST"):
+                raise method_not_allowed()
+            options: Obj = {"kind": "PodPortForwardOptions", "apiVersion": "v1"}
+            ports = [int(p) for v in request.query.getall("ports", []) for p in v.split(",") if p.strip().isdigit()]
+            if ports:
+                options["ports"] = ports
+            await self.resources.connect(target.kind, target.namespace or "", target.name, "portforward", options)
+            return await kubeletproxy.pod_stream(
+                request,
+                self.resources,
+                namespace=target.namespace or "",
+                name=target.name,
+                kubelet_ssl=self.kubelet_ssl,
+                verb="portForward",
             )
         if (
             target.subresource

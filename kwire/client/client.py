@@ -77,6 +77,10 @@ PERSISTENTVOLUMES = Resource("", "v1", "persistentvolumes", "PersistentVolume", 
 PERSISTENTVOLUMECLAIMS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 STORAGECLASSES = Resource("storage.k8s.io", "v1", "storageclasses", "StorageClass", namespaced=False)
 CLUSTERROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
+CLUSTERROLEBINDINGS = Resource(
+    "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False
+)
+APISERVICES = Resource("apiregistration.k8s.io", "v1", "apiservices", "APIService", namespaced=False)
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
 INGRESSROUTES = Resource("traefik.io", "v1alpha1", "ingressroutes", "IngressRoute")
 MIDDLEWARES = Resource("traefik.io", "v1alpha1", "middlewares", "Middleware")
@@ -230,6 +234,15 @@ class ApiClient:
             if r.status >= 400:
                 raise error_from(r.status, raw)
             return orjson.loads(raw) if raw else {}
+
+    async def get_text(self, path: str, *, timeout: float | None = None) -> str:
+        """A GET whose answer is not JSON (a proxied kubelet's metrics); API errors raise as in `request`."""
+        resp = await self._open("GET", path, timeout=aiohttp.ClientTimeout(total=timeout or self._timeout))
+        async with resp as r:
+            raw = await r.read()
+            if r.status >= 400:
+                raise error_from(r.status, raw)
+            return raw.decode("utf-8", "replace")
 
     @staticmethod
     def _ns(res: Resource, obj: Obj | None, namespace: str | None) -> str | None:

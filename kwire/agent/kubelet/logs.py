@@ -1,5 +1,6 @@
 """The kubelet's API on the node's port 10250: `GET /containerLogs/{namespace}/{pod}/{container}`,
-`/exec/{namespace}/{pod}/{container}` and `/attach/...` (WebSockets, see execstream.py).
+`/exec/{namespace}/{pod}/{container}` and `/attach/...` (WebSockets, see execstream.py), `/portForward/{namespace}/{pod}`
+(portforward.py) and `/metrics/resource` (metrics-server's source, see resourcemetrics.py).
 
 The API server's `pods/log`, `pods/exec` and `pods/attach` subresources (what `kubectl logs`, `kubectl exec` and
 `kubectl attach`/`run -it` call) proxy here,
@@ -25,6 +26,8 @@ from aiohttp import web
 from kwire.agent.kubelet import crilog
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, serve_attach, serve_exec
 from kwire.agent.kubelet.kubeletauth import KubeletAuth
+from kwire.agent.kubelet.portforward import ForwardTarget, serve_port_forward
+from kwire.agent.kubelet.resourcemetrics import ContainerRef, exposition
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,13 @@ class LogServer:
         port: int = KUBELET_PORT,
         exec_target: Callable[[str, str, str], ExecTarget | None] | None = None,
         attach_target: Callable[[str, str, str], AttachTarget | None] | None = None,
+        resource_containers: Callable[[], list[ContainerRef]] | None = None,
+        forward_target: Callable[[str, str], ForwardTarget | None] | None = None,
     ) -> None:
+        # forward_target(namespace, pod) -> the pod's network namespace for port-forward, None if not here
+        self.forward_target = forward_target
+        # resource_containers() -> the containers `/metrics/resource` reports (resourcemetrics.py)
+        self.resource_containers = resource_containers
         # attach_target(namespace, pod, container) -> what attach needs of that container, None if not here
         self.attach_target = attach_target
         # exec_target(namespace, pod, container) -> where exec runs, None if the pod is not on this node
@@ -152,6 +161,18 @@ class LogServer:
         await resp.write_eof()
         return resp
 
+    async def _port_forward(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        target = self.forward_target(m["namespace"], m["pod"]) if self.forward_target else None
+        if target is None:
+            raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
+        return await serve_port_forward(request, target=target)
+
+    async def _resource_metrics(self, request: web.Request) -> web.StreamResponse:
+        refs = self.resource_containers() if self.resource_containers else []  # read on the loop: kubelet state
+        body = await asyncio.to_thread(exposition, lambda: refs)  # /proc scan off the loop
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
     @web.middleware
     async def _authorized(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -162,6 +183,8 @@ class LogServer:
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._authorized])
+        app.router.add_get("/metrics/resource", self._resource_metrics)
+        app.router.add_route("*", "/portForward/{namespace}/{pod}", self._port_forward)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._handle)
         app.router.add_route("*", "/exec/{namespace}/{pod}/{container}", self._exec)
         app.router.add_route("*", "/attach/{namespace}/{pod}/{container}", self._attach)
