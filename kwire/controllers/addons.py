@@ -26,8 +26,9 @@ Service `kube-system/metrics-server` (image `rancher/mirrored-metrics-server`, w
 `kwire.metricsserver`; container port 10250 `https`, Service port 443), APIService `v1beta1.metrics.k8s.io`
 (insecureSkipTLSVerify, as K3s's), and the ClusterRoles `system:metrics-server` (which also grants `nodes/proxy`:
 kwire's metrics-server reads kubelets through the API server) and `system:aggregated-metrics-reader` with the
-binding. The manifest's securityContext (runAsUser 1000, read-only root) is left out: the container writes its
-serving certificate into its emptyDir /tmp and reads the service-account token the kubelet writes for root.
+binding. With the manifest's securityContext (uid 1000, runAsNonRoot, read-only root, no privilege escalation):
+the container writes its serving certificate into its emptyDir /tmp and reads the service-account files, which
+the kubelet writes 0644 as kube's kube-api-access volume.
 """
 
 from __future__ import annotations
@@ -349,6 +350,12 @@ def metrics_server_objects() -> list[tuple[Resource, Obj]]:
             "initialDelaySeconds": 60,
         },
         "volumeMounts": [{"name": "tmp-dir", "mountPath": "/tmp"}],
+        "securityContext": {
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "allowPrivilegeEscalation": False,
+        },
     }
     deployment = {
         "metadata": _meta(METRICS_SERVER, labels, addon=METRICS_SERVER),
