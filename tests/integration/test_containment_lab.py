@@ -269,3 +269,23 @@ def test_kubectl_debug_target_shares_the_target_containers_processes(lab: Lab) -
         "debug", "plain", "-i", "--image=busybox", "--container=peek", "--target=main", "--", "ps", "-e", "-o", "args="
     )
     assert "sleep 3600" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_add_ons_run_with_their_upstream_security_context(lab: Lab) -> None:
+    """CoreDNS with NET_BIND_SERVICE only, no_new_privs and a read-only root (K3s's coredns.yaml), and it answers;
+    traefik's nginx without CAP_NET_ADMIN or SYS_ADMIN."""
+    st = {
+        k: v.strip()
+        for k, _, v in (
+            line.partition(":")
+            for line in lab.kubectl(
+                "-n", "kube-system", "exec", "deploy/coredns", "--", "cat", "/proc/1/status"
+            ).stdout.splitlines()
+        )
+    }
+    assert st["CapEff"] == "0000000000000400" and st["NoNewPrivs"] == "1", st
+    out = lab.kubectl("exec", "plain", "--", "nslookup", "kubernetes.default").stdout
+    assert "10.43.0.1" in out, out
+    caps = lab.kubectl("-n", "kube-system", "exec", "deploy/traefik", "--", "grep", "CapBnd", "/proc/1/status").stdout
+    bits = int(caps.split()[1], 16)
+    assert not bits & (1 << 12) and not bits & (1 << 21) and bits & (1 << 10), caps  # NET_ADMIN, SYS_ADMIN; NET_BIND
