@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kwire.api import frontproxy
 from kwire.api.admission import Admission
 from kwire.api.aggregator import Aggregator
 from kwire.api.allocator import ServiceAllocator
@@ -35,6 +36,7 @@ from kwire.api.certs import (
     ensure_token,
 )
 from kwire.api.encryptionkeys import open_encryption
+from kwire.api.frontproxy import FrontProxy
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
 from kwire.api.nodecerts import NodeCertAuthority, NodeCerts
@@ -464,7 +466,11 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
             token_ok=lambda presented: hmac.compare_digest(presented.encode(), token.encode()),
         ),
     )
-    api.aggregator = Aggregator(resources)
+    front_proxy = FrontProxy(data_dir)
+    await frontproxy.publish(
+        resources, client_ca_pem=client_ca.pem.decode(), request_header_ca_pem=front_proxy.ca.pem.decode()
+    )
+    api.aggregator = Aggregator(resources, proxy=front_proxy)
     api.aggregator.start()
     api.encryption = encryption
     if etcd_member is not None:
