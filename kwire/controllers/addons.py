@@ -517,10 +517,29 @@ def metrics_server_objects() -> list[tuple[Resource, Obj]]:
             "versionPriority": 100,
         },
     }
+    # As K3s's manifest: the metrics-server authenticates the API server's front proxy from the ConfigMap this
+    # Role reads, and authorizes each request with SubjectAccessReviews (system:auth-delegator).
+    sa_subject = [{"kind": "ServiceAccount", "name": METRICS_SERVER, "namespace": NS}]
+    auth_reader = {
+        "metadata": _meta("metrics-server-auth-reader", labels, addon=METRICS_SERVER),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "extension-apiserver-authentication-reader",
+        },
+        "subjects": sa_subject,
+    }
+    delegator = {
+        "metadata": cluster_meta("metrics-server:system:auth-delegator"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+        "subjects": sa_subject,
+    }
     return [
         (CLUSTERROLES, reader),
         (CLUSTERROLES, role),
         (CLUSTERROLEBINDINGS, binding),
+        (CLUSTERROLEBINDINGS, delegator),
+        (ROLEBINDINGS, auth_reader),
         (SERVICEACCOUNTS, account),
         (DEPLOYMENTS, deployment),
         (SERVICES, service),

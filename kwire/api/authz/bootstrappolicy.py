@@ -376,6 +376,25 @@ def cluster_roles() -> list[Obj]:
     ]
 
 
+def namespaced_roles() -> list[Obj]:
+    """kube's bootstrap Roles in kube-system: `extension-apiserver-authentication-reader` lets aggregated API
+    servers (metrics-server) read whom the API server's front proxy is."""
+    reader = _role(
+        "extension-apiserver-authentication-reader",
+        [
+            Rule(
+                verbs=("get", "list", "watch"),
+                api_groups=(CORE,),
+                resources=("configmaps",),
+                resource_names=("extension-apiserver-authentication",),
+            )
+        ],
+    )
+    reader["kind"] = "Role"
+    reader["metadata"]["namespace"] = "kube-system"
+    return [reader]
+
+
 def cluster_role_bindings() -> list[Obj]:
     authenticated, unauthenticated = "system:authenticated", "system:unauthenticated"
     return [

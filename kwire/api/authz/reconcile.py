@@ -12,7 +12,7 @@ import copy
 import logging
 from typing import Any
 
-from kwire.api.authz.bootstrappolicy import AUTOUPDATE, cluster_role_bindings, cluster_roles
+from kwire.api.authz.bootstrappolicy import AUTOUPDATE, cluster_role_bindings, cluster_roles, namespaced_roles
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources
@@ -60,9 +60,10 @@ async def _reconcile_one(resources: Resources, kind: Kind, wanted: Obj) -> str:
 async def reconcile(resources: Resources) -> None:
     croles = by_path("rbac.authorization.k8s.io", "v1", "clusterroles")
     cbindings = by_path("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
-    assert croles is not None and cbindings is not None
+    roles = by_path("rbac.authorization.k8s.io", "v1", "roles")
+    assert croles is not None and cbindings is not None and roles is not None
     counts: dict[str, int] = {}
-    for kind, objs in ((croles, cluster_roles()), (cbindings, cluster_role_bindings())):
+    for kind, objs in ((croles, cluster_roles()), (cbindings, cluster_role_bindings()), (roles, namespaced_roles())):
         for obj in objs:
             try:
                 outcome = await _reconcile_one(resources, kind, obj)
