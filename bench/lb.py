@@ -3,7 +3,7 @@
     .venv/bin/python bench/lb.py [--rounds 10] [--nodes 3] [--manifest ../shared/upstream/metallb-native-v0.14.9.yaml]
 
 Brings up a lab of its own (`kwire-<name>-*` namespaces, ServiceLB disabled, removed at the end even on failure),
-applies MetalLB's published manifest, the lab pool (examples/metallb-lab.yaml), a 3-replica Deployment and a
+applies MetalLB's published manifest, the lab pool (examples/metallb.yaml), a 3-replica Deployment and a
 LoadBalancer Service whose IP is led by a node other than the server's (so stopping the leader never stops the
 API). The lab's client host then sends one HTTP request every 50 ms (timeout 0.3 s) to the IP. Each round stops
 the leader's node (`kwire lab node stop`: agent killed, LAN cable unplugged), measures the time from the start
@@ -130,7 +130,7 @@ def main() -> int:
             lab.kubectl("apply", "--validate=false", "-f", str(args.manifest), check=False)
             lab.wait_pods_ready("component=speaker", args.nodes, namespace="metallb-system", timeout=120)
             lab.wait_pods_ready("component=controller", 1, namespace="metallb-system", timeout=120)
-            wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb-lab.yaml")), timeout=30)
+            wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb.yaml")), timeout=30)
             lab.apply(APP.format(ip=ip))
             lab.wait_pods_ready("app=web", 3, timeout=90)
             wait_for(lambda: ip in json.dumps(lab.get("svc", "web").get("status")) or None, timeout=60, what="web's IP")

@@ -77,7 +77,7 @@ def mlb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.kubectl("apply", "-f", str(MANIFEST))
         lab.wait_pods_ready("component=controller", 1, namespace="metallb-system", timeout=90)
         lab.wait_pods_ready("component=speaker", 3, namespace="metallb-system", timeout=90)
-        wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb-lab.yaml")), timeout=60, what="pool")
+        wait_for(lambda: lab.kubectl("apply", "-f", str(ROOT / "examples/metallb.yaml")), timeout=60, what="pool")
         # The traefik add-on's LoadBalancer exists before the pool: it gets the first IP, as in the seed.
         wait_for(lambda: ingress_ip(lab, "traefik", "kube-system"), timeout=60, what="traefik's IP")
         lab.apply(APP)
@@ -133,7 +133,7 @@ def test_seed_flow_first_pool_ip_reached_from_client_through_leader(mlb: Lab) ->
     ip = wait_for(lambda: ingress_ip(mlb, "web"), timeout=30, what="web gets an IP")
     assert ip == "192.168.77.101"
     svc = mlb.get("svc", "web")
-    assert svc["metadata"]["annotations"]["metallb.io/ip-allocated-from-pool"] == "first-pool"
+    assert svc["metadata"]["annotations"]["metallb.io/ip-allocated-from-pool"] == "picluster-pool"
     assert ip in mlb.kubectl("get", "svc", "web").stdout
     wait_for(lambda: curl_ok(mlb, ip), timeout=30, what="client reaches the LB IP")
     assert client_neigh_mac(mlb, ip) == mac_of(mlb, leader(ip, ["node1", "node2", "node3"]))
@@ -150,11 +150,11 @@ def test_seed_flow_first_pool_ip_reached_from_client_through_leader(mlb: Lab) ->
     in_pool = {
         ing["ip"]
         for s in svcs
-        if (s["metadata"].get("annotations") or {}).get("metallb.io/ip-allocated-from-pool") == "first-pool"
+        if (s["metadata"].get("annotations") or {}).get("metallb.io/ip-allocated-from-pool") == "picluster-pool"
         for ing in s["status"]["loadBalancer"].get("ingress") or []
     }
-    assert f'metallb_allocator_addresses_in_use_total{{pool="first-pool"}} {float(len(in_pool))}' in text, text
-    assert 'metallb_allocator_addresses_total{pool="first-pool"}' in text
+    assert f'metallb_allocator_addresses_in_use_total{{pool="picluster-pool"}} {float(len(in_pool))}' in text, text
+    assert 'metallb_allocator_addresses_total{pool="picluster-pool"}' in text
     text = mlb.run(leader(ip, ["node1", "node2", "node3"]), "curl", "-s", "-m", "5", "http://127.0.0.1:7472/metrics")
     assert (
         f'metallb_speaker_announced{{ip="{ip}",node="{leader(ip, ["node1", "node2", "node3"])}",protocol="layer2",service="default/web"}} 1.0'
@@ -307,7 +307,7 @@ def test_webhook_refuses_an_overlapping_pool(mlb: Lab) -> None:
     res = mlb.kubectl("apply", "-f", "-", input=OVERLAP, check=False)
     assert res.returncode != 0
     assert 'admission webhook "ipaddresspoolvalidationwebhook.metallb.io" denied the request' in res.stderr
-    assert "overlaps with already defined CIDR 192.168.77.100-192.168.77.120 (pool first-pool)" in res.stderr
+    assert "overlaps with already defined CIDR 192.168.77.100-192.168.77.120 (pool picluster-pool)" in res.stderr
     bad = mlb.kubectl(
         "apply", "-f", "-", input=OVERLAP.replace("192.168.77.96/28", "192.168.77.9-192.168.77.1"), check=False
     )
