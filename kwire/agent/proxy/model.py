@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 Obj = dict[str, Any]
@@ -39,12 +40,14 @@ class ServicePort:
     node_port: int = 0
     endpoints: tuple[Endpoint, ...] = ()
 
-    @property
+    # Cached: a full sync reads each several times per service port (the dataclass is frozen, its fields never
+    # change, and the cache lives in the instance's __dict__, outside equality and hashing).
+    @cached_property
     def key(self) -> str:
         """kube-proxy's ServicePortName: namespace/name:port, protocol-qualified."""
         return f"{self.service.key}/{self.protocol.lower()}/{self.port_name}"
 
-    @property
+    @cached_property
     def proto(self) -> str:
         return self.protocol.lower()
 
@@ -94,7 +97,7 @@ class ServiceView:
     internal_local: bool = False
     health_check_node_port: int = 0
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 

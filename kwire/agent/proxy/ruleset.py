@@ -33,9 +33,12 @@ PROTO_PORT = "inet_proto . inet_service"
 MAP_NAMES = ("service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Rule:
-    """One rule of the table. Matches are ANDed in the order below; at most one action."""
+    """One rule of the table. Matches are ANDed in the order below; at most one action.
+
+    Treated as immutable (hashed by its fields, never changed once made) but not `frozen`: a frozen dataclass sets
+    each of these 20 fields through object.__setattr__, which made building a 10,000-service table 30 % slower."""
 
     ct_new: bool = False  # ct state new
     ct_dnat: bool = False  # ct status dnat
@@ -165,9 +168,10 @@ def _pick(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[Rule]:
 
 def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRules:
     out = ServiceRules(key=sp.key, cluster_ip=sp.service.cluster_ip)
-    svc_chain = "service-" + _ids(sp)
-    ext_chain = "external-" + _ids(sp)
-    local_chain = "local-" + _ids(sp)
+    ident = _ids(sp)
+    svc_chain = "service-" + ident
+    ext_chain = "external-" + ident
+    local_chain = "local-" + ident
     chains: dict[str, list[Rule]] = {}
     # A chain whose name had to truncate the service port's key carries the full key as its comment.
     comments: dict[str, str] = {}
@@ -235,7 +239,7 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
                 out.no_endpoint_ips[addr_key(ip, sp.proto, sp.port)] = verdict
             if sp.node_port:
                 out.no_endpoint_nodeports[port_key(sp.proto, sp.node_port)] = verdict
-    svc_comment = nft.key_comment(_ids(sp), sp.key)
+    svc_comment = nft.key_comment(ident, sp.key)
     out.chains = {
         name: nft.Chain(name, tuple(rules), comment=comments.get(name, svc_comment)) for name, rules in chains.items()
     }
