@@ -22,8 +22,27 @@ from aiohttp import web
 
 from kwire.api.admission import Admission
 from kwire.api.allocator import ServiceAllocator
-from kwire.api.bootstrap import DATASTORE_KEY, Bootstrap, JoinError, fetch_bootstrap, seal, unseal
-from kwire.api.certs import Pki, ensure_etcd_tls, ensure_pki, ensure_token
+from kwire.api.authn import Authenticator, lookup_in
+from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator, ensure_signing_key, issuer_for
+from kwire.api.authn.tokens import JoinTokens, ensure_agent_token
+from kwire.api.bootstrap import (
+    DATASTORE_KEY,
+    SHARED_FILES,
+    Bootstrap,
+    JoinError,
+    fetch_bootstrap,
+    seal,
+    unseal,
+)
+from kwire.api.certs import (
+    ClientCa,
+    Pki,
+    ensure_client_ca,
+    ensure_client_cert,
+    ensure_etcd_tls,
+    ensure_pki,
+    ensure_token,
+)
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
 from kwire.api.registry import by_path
@@ -326,16 +345,31 @@ async def _open_embedded_etcd(
 
 
 def _install_ca(data_dir: Path, join: Bootstrap) -> None:
-    """A joining server takes the cluster's CA (K3s servers share theirs); a different CA already in the data dir
-    is an error, not something to overwrite."""
+    """A joining server takes the cluster's CA and shared keys (K3s servers share theirs); a different CA already
+    in the data dir is an error, not something to overwrite."""
     tls = data_dir / "tls"
     crt, key = tls / "server-ca.crt", tls / "server-ca.key"
     if crt.exists():
         if crt.read_bytes() != join.ca_cert:
             raise JoinError(f"{crt} holds a different cluster CA than the server being joined; use a fresh data dir")
-        return
-    atomic_write(key, join.ca_key, mode=0o600)
-    atomic_write(crt, join.ca_cert, mode=0o644)
+    else:
+        atomic_write(key, join.ca_key, mode=0o600)
+        atomic_write(crt, join.ca_cert, mode=0o644)
+    for name, content in join.shared.items():
+        path = tls / name
+        if not path.exists() or path.read_bytes() != content:
+            atomic_write(path, content, mode=0o644 if name.endswith(".crt") else 0o600)
+
+
+def _shared_files(data_dir: Path) -> dict[str, bytes]:
+    """The keys every server of the cluster shares (client CA, service-account key), as this server has them."""
+    tls = data_dir / "tls"
+    return {name: (tls / name).read_bytes() for name in SHARED_FILES if (tls / name).exists()}
+
+
+def _ensure_shared(data_dir: Path) -> tuple[ClientCa, bytes]:
+    """The client CA and the service-account signing key (kept, or made on a cluster's first server)."""
+    return ensure_client_ca(data_dir), ensure_signing_key(data_dir)
 
 
 async def _shared_ca(store: Store, cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
@@ -345,26 +379,42 @@ async def _shared_ca(store: Store, cfg: ServerConfig, data_dir: Path, *, address
     key = DATASTORE_KEY
     kv = store.get_now(key)
     if kv is not None:
-        ca_cert, ca_key = unseal(token, kv.value)
-        _install_ca(data_dir, Bootstrap(ca_cert, ca_key, []))
+        _install_ca(data_dir, unseal(token, kv.value))
     pki = _pki(cfg, data_dir, address=address)
+    _ensure_shared(data_dir)
     if kv is None:
         try:
-            await store.create(key, seal(token, ca_cert=pki.ca_pem, ca_key=pki.ca_key.read_bytes()))
+            sealed = seal(token, ca_cert=pki.ca_pem, ca_key=pki.ca_key.read_bytes(), shared=_shared_files(data_dir))
+            await store.create(key, sealed)
         except KeyExists:
             raise JoinError("another server stored its CA in the datastore at the same moment; start again") from None
     return pki
 
 
-def _bootstrap_provider(pki: Pki, member: EmbeddedEtcd) -> Callable[[], Awaitable[dict[str, Any]]]:
+def _bootstrap_provider(pki: Pki, member: EmbeddedEtcd, data_dir: Path) -> Callable[[], Awaitable[dict[str, Any]]]:
     tls_ctx = member.tls.client_ssl_context()
 
     async def provide() -> dict[str, Any]:
         members = await member_list([member.client_url], ssl_context=tls_ctx)
         urls = [u for m in members for u in m.client_urls]
-        return Bootstrap(pki.ca_pem, pki.ca_key.read_bytes(), urls).to_json()
+        return Bootstrap(pki.ca_pem, pki.ca_key.read_bytes(), urls, _shared_files(data_dir)).to_json()
 
     return provide
+
+
+def api_audiences(cluster_domain: str) -> tuple[str, ...]:
+    """kube-apiserver's --api-audiences as K3s sets them: the issuer and `k3s`."""
+    return (issuer_for(cluster_domain), "k3s")
+
+
+def _client_identity(
+    data_dir: Path, ca: ClientCa, name: str, *, common_name: str, organizations: tuple[str, ...] = ()
+) -> tuple[bytes, bytes]:
+    """(certificate, key) PEM of one of the server's client identities, K3s's `tls/client-<name>.crt/.key`."""
+    tls = data_dir / "tls"
+    cert, key = tls / f"client-{name}.crt", tls / f"client-{name}.key"
+    ensure_client_cert(ca, cert_path=cert, key_path=key, common_name=common_name, organizations=organizations)
+    return cert.read_bytes(), key.read_bytes()
 
 
 def _pki(cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
@@ -416,19 +466,40 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     resources.admission = admission
 
     token = ensure_token(data_dir, cfg.token)
+    ensure_agent_token(data_dir, cfg.agent_token)
+    join_tokens = JoinTokens(data_dir)
+    client_ca, sa_key = _ensure_shared(data_dir)
+    issuer = TokenIssuer(
+        sa_key, issuer=issuer_for(str(cfg.cluster_domain)), audiences=api_audiences(str(cfg.cluster_domain))
+    )
+    validator = TokenValidator(
+        issuer.public_pem, issuer=issuer.issuer, audiences=issuer.audiences, lookup=lookup_in(resources)
+    )
     port = int(cfg.https_listen_port)
-    api = ApiServer(resources, tokens={token}, server_address=f"{address}:{port}", ca_pem=pki.ca_pem)
+    api = ApiServer(
+        resources,
+        server_address=f"{address}:{port}",
+        ca_pem=pki.ca_pem,
+        authn=Authenticator(tokens=validator),
+        join_tokens=join_tokens,
+        kubelet_token=join_tokens.agent,
+        issuer=issuer,
+        validator=validator,
+    )
     if etcd_member is not None:
-        api.server_bootstrap = _bootstrap_provider(pki, etcd_member)
+        api.server_bootstrap = _bootstrap_provider(pki, etcd_member, data_dir)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    ssl_ctx = pki.server_ssl_context()
+    ssl_ctx = pki.server_ssl_context(client_ca=client_ca.cert)
     await web.TCPSite(runner, host=str(cfg.bind_address), port=port, ssl_context=ssl_ctx, reuse_address=True).start()
     for sock in sockets or []:
         await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
     url = f"https://127.0.0.1:{port}"
     kubeconfig = Path(cfg.write_kubeconfig) if cfg.write_kubeconfig else data_dir / "cred" / "admin.kubeconfig"
-    write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
+    admin = _client_identity(
+        data_dir, client_ca, "admin", common_name="system:admin", organizations=("system:masters",)
+    )
+    write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, client_cert=admin[0], client_key=admin[1])
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig, etcd=etcd_member)
     server.master_leases = master_leases
     if etcd_member is not None and not cfg.etcd_disable_snapshots:
@@ -447,7 +518,10 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     server.tasks.append(asyncio.create_task(_compactor(store)))
     server.tasks.append(asyncio.create_task(memory.trim_periodically()))
     # The controllers are API clients of this server, over its own HTTPS endpoint, on the elected server only.
-    client_config = Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem)
+    controller = _client_identity(data_dir, client_ca, "controller", common_name="system:kube-controller-manager")
+    client_config = Config(
+        server=_self_url(cfg), ca_data=pki.ca_pem, client_cert=controller[0], client_key=controller[1]
+    )
 
     def build_controllers() -> ControllerManager:
         return ControllerManager(

@@ -53,10 +53,15 @@ class Pki:
     def ca_pem(self) -> bytes:
         return self.ca_cert.read_bytes()
 
-    def server_ssl_context(self) -> ssl.SSLContext:
+    def server_ssl_context(self, *, client_ca: Path | None = None) -> ssl.SSLContext:
+        """The API's TLS: its serving certificate; with `client_ca`, an optional client certificate is requested
+        and verified against it (kube-apiserver's --client-ca-file; a client without one may still use a token)."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.serving_cert, self.serving_key)
+        if client_ca is not None:
+            ctx.load_verify_locations(cafile=str(client_ca))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
 
 

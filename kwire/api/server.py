@@ -1,4 +1,4 @@
-"""The HTTPS API: Kubernetes REST paths, bearer-token auth, content negotiation (JSON, Table), watch streams.
+"""The HTTPS API: Kubernetes REST paths, authentication (kwire/api/authn), content negotiation (JSON, Table), watch streams.
 
 Paths are parsed by hand from the registry (one catch-all route) so a new kind needs no routing code:
 `/api/v1[/namespaces/NS]/PLURAL[/NAME[/SUB]]` and `/apis/GROUP/VERSION[/namespaces/NS]/PLURAL[/NAME[/SUB]]`.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,6 +32,9 @@ from kwire.api import (
     streaming,
     tables,
 )
+from kwire.api.authn import Authenticator, bearer_token, lookup_in, reviews
+from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator
+from kwire.api.authn.tokens import JoinTokens
 from kwire.api.crd import custom
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
@@ -43,7 +45,7 @@ from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
-from kwire.api.user import ADMIN, USER_KEY, UserInfo
+from kwire.api.user import USER_KEY, user_of
 from kwire.base.labels import Selector, SelectorError, parse
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted
 
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/cacerts"})
+# Paths that check their own credential (the cluster join token), not the API's authentication.
+JOIN_PATHS = frozenset({bootstrap.PATH})
 BOOKMARK_INTERVAL = 5.0
 IDLE_CHECK = 1.0  # how often an idle watch checks that its client is still there
 JSON = "application/json"
@@ -188,11 +192,25 @@ def _field_manager(request: web.Request) -> str:
 
 
 class ApiServer:
-    def __init__(self, resources: Resources, *, tokens: set[str], server_address: str, ca_pem: bytes = b"") -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        *,
+        server_address: str,
+        ca_pem: bytes = b"",
+        authn: Authenticator | None = None,
+        join_tokens: JoinTokens | None = None,
+        kubelet_token: str = "",
+        issuer: TokenIssuer | None = None,
+        validator: TokenValidator | None = None,
+    ) -> None:
         self.resources = resources
         self.ca_pem = ca_pem
-        self.log_token = next(iter(tokens), "")  # presented to kubelets when proxying pods/log and pods/exec
-        self.tokens = tokens
+        self.authn = authn or Authenticator(tokens=validator)
+        self.join_tokens = join_tokens  # who may fetch the server bootstrap (the server token)
+        self.log_token = kubelet_token  # presented to kubelets when proxying pods/log and pods/exec
+        self.issuer = issuer  # signs TokenRequest tokens
+        self.validator = validator  # answers TokenReviews
         self.server_address = server_address
         self.ready = True
         self._stopping = asyncio.Event()
@@ -226,11 +244,15 @@ class ApiServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        user = self._authenticate(request)
-        if user is not None:
-            request[USER_KEY] = user
-        elif not _public(request.path):
-            return _error(unauthorized())
+        if request.path not in JOIN_PATHS:
+            try:
+                user = self.authn.authenticate(request)  # the request's user is set here, for everything after
+            except ApiError as err:
+                return _error(err)
+            if user is not None:
+                request[USER_KEY] = user
+            elif not _public(request.path):
+                return _error(unauthorized())
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
         counted = not info.long_running  # long-running requests are outside kube's in-flight limit
@@ -263,19 +285,12 @@ class ApiServer:
                 self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
             self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
 
-    def _authenticate(self, request: web.Request) -> UserInfo | None:
-        """The user a request is from, or None (anonymous)."""
-        auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer "):
-            return None
-        presented = auth[7:].strip().encode()
-        if any(hmac.compare_digest(presented, t.encode()) for t in self.tokens):
-            return ADMIN
-        return None
-
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
         if path == bootstrap.PATH and request.method == "GET":
+            presented = bearer_token(request) or ""
+            if self.join_tokens is None or not self.join_tokens.server_may_join(presented):
+                raise unauthorized()
             if self.server_bootstrap is None:
                 raise ApiError(
                     404, "NotFound", "this server does not run an embedded etcd (start it with --cluster-init)"
@@ -312,6 +327,10 @@ class ApiServer:
             static = self._static(path)
             if static is not None:
                 return static
+        if request.method == "POST":
+            authn_answer = await self._authentication_api(request, path)
+            if authn_answer is not None:
+                return authn_answer
         proxy_target = proxy.parse(request.rel_url.raw_path)
         if proxy_target is not None:
             return await proxy.handle(request, self.resources, proxy_target, token=self.log_token)
@@ -428,6 +447,24 @@ class ApiServer:
         if m == "DELETE":
             return await self._delete(request, target)
         raise method_not_allowed()
+
+    async def _authentication_api(self, request: web.Request, path: str) -> web.Response | None:
+        """TokenRequest, TokenReview and SelfSubjectReview (authn/reviews.py), or None for any other path."""
+        if path == reviews.SELF_SUBJECT_REVIEWS:
+            await self._body(request)
+            return _json(reviews.self_subject_review(user_of(request)), 201)
+        if path == reviews.TOKEN_REVIEWS:
+            return _json(reviews.token_review(await self._body(request), validator=self.validator), 201)
+        sa = reviews.token_request_path(path)
+        if sa is None:
+            return None
+        if self.issuer is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        body = await self._body(request)
+        answer = reviews.token_request(
+            body, namespace=sa[0], name=sa[1], issuer=self.issuer, lookup=lookup_in(self.resources)
+        )
+        return _json(answer, 201)
 
     async def _scale(self, request: web.Request, target: Target) -> web.StreamResponse:
         obj = await self.resources.get(target.kind, target.namespace, target.name or "")

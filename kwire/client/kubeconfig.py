@@ -114,12 +114,21 @@ def write_kubeconfig(
     *,
     server: str,
     ca_pem: bytes,
-    token: str,
+    token: str = "",
+    client_cert: bytes = b"",
+    client_key: bytes = b"",
     cluster_name: str = "default",
     user: str = "default",
     mode: int = 0o600,
 ) -> None:
-    """Write a kubeconfig laid out as K3s's /etc/rancher/k3s/k3s.yaml (atomically)."""
+    """Write a kubeconfig laid out as K3s's /etc/rancher/k3s/k3s.yaml (atomically): a client certificate
+    (client-certificate-data/client-key-data, as K3s writes the admin's) or a bearer token."""
+    creds: dict[str, str] = {}
+    if client_cert and client_key:
+        creds["client-certificate-data"] = base64.b64encode(client_cert).decode()
+        creds["client-key-data"] = base64.b64encode(client_key).decode()
+    if token:
+        creds["token"] = token
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -132,6 +141,6 @@ def write_kubeconfig(
         "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": user}}],
         "current-context": cluster_name,
         "preferences": {},
-        "users": [{"name": user, "user": {"token": token}}],
+        "users": [{"name": user, "user": creds}],
     }
     atomic_write(path, yaml.safe_dump(doc, sort_keys=False), mode=mode)
