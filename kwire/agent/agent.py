@@ -284,7 +284,8 @@ async def start(cfg: AgentConfig) -> Agent:
     await kubelet.start()
     logs = LogServer(
         logs_dir=data_dir / "runtime" / "logs",
-        token=client.config.token or "",
+        # the kubelet API's credential until it serves HTTPS: the join token the server presents (sc's work)
+        token=_plain_token(cfg.token) if cfg.token else (client.config.token or ""),
         host=node_ip,
         exec_target=kubelet.exec_target,
         attach_target=kubelet.attach_target,

@@ -30,6 +30,9 @@ class Config:
     client_cert: bytes | None = None
     client_key: bytes | None = None
     insecure: bool = False
+    # A file the bearer token is read from, again whenever it may have changed (a pod's service-account token,
+    # which the kubelet rotates; client-go's cachingTokenSource re-reads it the same way).
+    token_file: str | None = None
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https://"):
@@ -76,8 +79,10 @@ def load_kubeconfig(path: str | Path, *, context: str | None = None) -> Config:
     cluster = _named(doc.get("clusters", []), ctx.get("cluster", ""), "cluster")
     user = _named(doc.get("users", []), ctx.get("user", ""), "user") if ctx.get("user") else {}
     token = user.get("token")
+    token_file = None
     if not token and user.get("tokenFile"):
-        token = Path(user["tokenFile"]).read_text().strip()
+        token_file = str(user["tokenFile"])
+        token = Path(token_file).read_text().strip()
     return Config(
         server=str(cluster.get("server", "")).rstrip("/"),
         token=token,
@@ -85,6 +90,7 @@ def load_kubeconfig(path: str | Path, *, context: str | None = None) -> Config:
         client_cert=_data_or_file(user, "client-certificate", p.parent),
         client_key=_data_or_file(user, "client-key", p.parent),
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        token_file=token_file,
     )
 
 
@@ -106,6 +112,7 @@ def in_cluster_config(env: Mapping[str, str] = os.environ, sa_dir: Path | None =
         server=f"https://{host}:{port}",
         token=(sa_dir / "token").read_text().strip(),
         ca_data=ca.read_bytes() if ca.exists() else None,
+        token_file=str(sa_dir / "token"),
     )
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kwire.client import ApiClient, Informers, Invalid, NotFound
-from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, INGRESSCLASSES, NODES, SERVICES, Resource
+from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, INGRESSCLASSES, NODES, SERVICEACCOUNTS, SERVICES, Resource
 from kwire.controllers.queue import Controller
 
 Obj = dict[str, Any]
@@ -141,6 +141,7 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
                 "metadata": {"labels": labels},
                 "spec": {
                     "priorityClassName": "system-cluster-critical",
+                    "serviceAccountName": COREDNS,
                     "dnsPolicy": "Default",
                     "nodeSelector": {"kubernetes.io/os": "linux"},
                     "tolerations": [
@@ -165,7 +166,8 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
         "metadata": _meta(COREDNS),
         "data": {"Corefile": COREFILE.format(domain=s.cluster_domain), "NodeHosts": node_hosts},
     }
-    return [(CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
+    account = {"metadata": _meta(COREDNS)}  # K3s's coredns ServiceAccount: the DNS pod's API identity
+    return [(SERVICEACCOUNTS, account), (CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
 
 
 def traefik_objects() -> list[tuple[Resource, Obj]]:

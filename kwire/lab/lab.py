@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import secrets
@@ -29,6 +28,8 @@ from typing import Any, Protocol
 
 from pyroute2 import IPRoute
 
+from kwire.api.authn.tokens import secure_form
+from kwire.api.certs import ClientCa, ensure_client_cert
 from kwire.base.files import atomic_write
 from kwire.client import ApiClient, load_kubeconfig, write_kubeconfig
 from kwire.client.client import NODES, PODS
@@ -191,7 +192,32 @@ def _wait_server_ready(topo: Topology, st: LabState, proc: str, *, timeout: floa
 def _agent_token(topo: Topology, st: LabState) -> str:
     """K3s's secure token format, `K10<sha256 of the cluster CA>::server:<token>`: agents pin the CA by it."""
     ca = (topo.state_dir / "server" / "tls" / "server-ca.crt").read_bytes()
-    return f"K10{hashlib.sha256(ca).hexdigest()}::server:{st.token}"
+    return secure_form(st.token, ca_pem=ca)
+
+
+def _node_kubeconfig(topo: Topology, node: str) -> Path:
+    """The node's own credentials: a client certificate `system:node:<name>` / `system:nodes` from the cluster's
+    client CA (the identity K3s's agents get at join) in a 0600 kubeconfig for the agent; never the admin's."""
+    tls = topo.state_dir / "server" / "tls"
+    cred = _node_dir(topo, node) / "cred"
+    cred.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cert, key = cred / "client-kubelet.crt", cred / "client-kubelet.key"
+    ensure_client_cert(
+        ClientCa(tls / "client-ca.crt", tls / "client-ca.key"),
+        cert_path=cert,
+        key_path=key,
+        common_name=f"system:node:{node}",
+        organizations=("system:nodes",),
+    )
+    path = cred / "kubelet.kubeconfig"
+    write_kubeconfig(
+        path,
+        server=f"https://{topo.server.ip}:{SERVER_PORT}",
+        ca_pem=(tls / "server-ca.crt").read_bytes(),
+        client_cert=cert.read_bytes(),
+        client_key=key.read_bytes(),
+    )
+    return path
 
 
 def start_agent(topo: Topology, st: LabState, node: str) -> int:
@@ -211,6 +237,8 @@ def start_agent(topo: Topology, st: LabState, node: str) -> int:
         str(_node_dir(topo, host.name)),
         "--pod-netns-prefix",
         f"kwire-{topo.name}-pod-",
+        "--kubeconfig",
+        str(_node_kubeconfig(topo, host.name)),
     ]
     if host.name in server_procs(st).values():
         args += [
@@ -228,15 +256,17 @@ def start_agent(topo: Topology, st: LabState, node: str) -> int:
 
 
 def _write_kubeconfig(topo: Topology, st: LabState, *, timeout: float = 20.0) -> None:
-    ca_path = topo.state_dir / "server" / "tls" / "server-ca.crt"
-    end = time.monotonic() + timeout
-    while not ca_path.exists():
-        if time.monotonic() > end or not procs.alive(st.pids.get("server", 0)):
-            raise LabError(f"the server did not start; see {topo.state_dir / 'logs' / 'server.log'}")
-        time.sleep(0.05)
-    time.sleep(0.05)
+    """The lab's kubeconfig: the server's admin credentials (client certificate system:admin/system:masters, as
+    K3s writes its k3s.yaml) for the 127.0.0.1 listener."""
+    _wait_server_ready(topo, st, "server", timeout=timeout)
+    admin = load_kubeconfig(_server_dir(topo, "server") / "admin.kubeconfig")
+    assert admin.ca_data and admin.client_cert and admin.client_key
     write_kubeconfig(
-        topo.kubeconfig, server=f"https://127.0.0.1:{st.api_port}", ca_pem=ca_path.read_bytes(), token=st.token
+        topo.kubeconfig,
+        server=f"https://127.0.0.1:{st.api_port}",
+        ca_pem=admin.ca_data,
+        client_cert=admin.client_cert,
+        client_key=admin.client_key,
     )
 
 
@@ -390,7 +420,7 @@ def up(
             st.pids["server"] = start_server(topo, st, lsock)
             st.save()
         with _stage(progress, "API server"):
-            _write_kubeconfig(topo, st)  # once the server has made its CA
+            _write_kubeconfig(topo, st)  # once the server serves
         for proc in list(server_procs(st))[1:]:
             with _stage(progress, f"{proc} joined"):
                 _wait_server_ready(topo, st, "server", timeout=timeout)

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kwire.agent.kubelet import hooks, podspec, status, volumes
+from kwire.agent.kubelet import hooks, podspec, satoken, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
 from kwire.agent.kubelet.prober import PodProbes
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
-from kwire.base.files import write_if_changed
 from kwire.base.workqueue import ShutDown, WorkQueue
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.client import CONFIGMAPS, PODS, SECRETS
@@ -108,6 +107,7 @@ class Kubelet:
             cluster_domain=cluster_domain,
         )
         self.recorder = EventRecorder(client, component="kubelet", host=node_name)
+        self.sa_tokens = satoken.ServiceAccountTokens(client, ca_pem=client.config.ca_data or b"")
         self.queue: WorkQueue[str] = WorkQueue(name="kubelet", base_delay=0.5, max_delay=30.0)
         self.work: dict[str, PodWork] = {}
         self.workers = workers
@@ -316,6 +316,19 @@ class Kubelet:
                 return False
         if volumes.needs_resync(pod):
             self.queue.add_after(uid, VOLUME_RESYNC)
+        if satoken.mounts_token(pod):
+            try:
+                self.queue.add_after(uid, await self.sa_tokens.ensure(pod, self._sa_dir(uid)))
+            except Exception as exc:
+                # kubelet does not start a pod whose kube-api-access volume cannot be set up
+                await self.recorder.event(
+                    pod,
+                    "Warning",
+                    "FailedMount",
+                    f'MountVolume.SetUp failed for volume "kube-api-access" : failed to fetch token: {exc}',
+                )
+                await self._report(pod, w)
+                return False
         # what the runtime runs now decides which init containers are done (see _to_run)
         w.rt = dict(((await self.runtime.pods()).get(uid) or {}).get("containers") or {})
         await self._ensure_runtime(pod, w)
@@ -410,7 +423,7 @@ class Kubelet:
         return run + list(sp.get("containers") or []) + ephemeral, policies
 
     async def _ensure_runtime(self, pod: Obj, w: PodWork) -> None:
-        sa_dir = self._service_account(w.sandbox) if podspec.needs_service_account(pod) else ""
+        sa_dir = str(self._sa_dir(w.sandbox.uid)) if satoken.mounts_token(pod) else ""
         run, policies = self._to_run(pod, w)
         w.running = frozenset(str(c.get("name", "")) for c in run)
         body = podspec.runtime_spec(
@@ -430,18 +443,9 @@ class Kubelet:
         )
         await self.runtime.put_pod(w.sandbox.uid, body)
 
-    def _service_account(self, sb: Sandbox) -> str:
-        """token, ca.crt and namespace for a pod's in-cluster client (kwire's built-in images)."""
-        d = self.sandboxes.pod_dir(sb.uid) / "serviceaccount"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        files = {
-            "token": self.client.config.token or "",
-            "ca.crt": (self.client.config.ca_data or b"").decode(),
-            "namespace": sb.namespace,
-        }
-        for name, text in files.items():
-            write_if_changed(d / name, text, mode=0o600)
-        return str(d)
+    def _sa_dir(self, uid: str) -> Path:
+        """Where the pod's service-account files (satoken.py) live on the node."""
+        return self.sandboxes.pod_dir(uid) / "serviceaccount"
 
     # -- probes -----------------------------------------------------------------------------------------------
     async def _probe_failed(self, uid: str, container: str, what: str, message: str) -> None:
@@ -654,6 +658,7 @@ class Kubelet:
         await self.runtime.delete_pod(uid, grace=grace)
         await self.sandboxes.remove(w.sandbox)  # raises (and the queue retries) while CNI DEL fails
         self.work.pop(uid, None)
+        self.sa_tokens.forget(uid)
         if stopping_events:
             self._remove_logs(w.sandbox.namespace, w.sandbox.name, uid)
 
