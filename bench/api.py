@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ssl
 import statistics
 import sys
 import tempfile
@@ -69,10 +68,8 @@ async def _install_crd(srv: ServerProcess) -> None:
         for d in yaml.safe_load_all(METALLB.read_text())
         if d and d["kind"] == "CustomResourceDefinition" and d["metadata"]["name"] == "ipaddresspools.metallb.io"
     )
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    headers = {"Authorization": f"Bearer {srv.token}", "Content-Type": "application/json"}
+    ctx = srv.admin_ssl_context(verify=False)  # the admin's client certificate
+    headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), headers=headers) as session:
         url = f"{srv.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
         async with session.post(url, data=orjson.dumps(crd)) as r:
@@ -83,10 +80,8 @@ async def _install_crd(srv: ServerProcess) -> None:
 async def _bench(
     srv: ServerProcess, objects: int, clients: int, *, path: str, make: Body, prefix: str = "bench"
 ) -> dict[str, float]:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    headers = {"Authorization": f"Bearer {srv.token}", "Content-Type": "application/json"}
+    ctx = srv.admin_ssl_context(verify=False)  # the admin's client certificate
+    headers = {"Content-Type": "application/json"}
     url = f"{srv.url}{path}"
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}

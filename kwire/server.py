@@ -523,6 +523,9 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         server=_self_url(cfg), ca_data=pki.ca_pem, client_cert=controller[0], client_key=controller[1]
     )
 
+    def sign_legacy(namespace: str, account: str, account_uid: str, secret: str) -> str:
+        return issuer.issue_legacy(namespace=namespace, service_account=(account, account_uid), secret=secret)
+
     def build_controllers() -> ControllerManager:
         return ControllerManager(
             client_config,
@@ -532,6 +535,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
             addons=AddonSettings(
                 cluster_dns=str(cfg.cluster_dns), cluster_domain=str(cfg.cluster_domain), disable=tuple(cfg.disable)
             ),
+            legacy_tokens=(sign_legacy, pki.ca_pem),
         )
 
     server.election = ElectedControllers(

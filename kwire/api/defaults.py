@@ -12,6 +12,7 @@ from typing import Any
 
 from kwire.api.crd import definition
 from kwire.api.registry import Kind
+from kwire.api.user import current_user
 
 Obj = dict[str, Any]
 
@@ -338,12 +339,23 @@ def _webhooks(obj: Obj, *, mutating: bool) -> None:
                 rule.setdefault("scope", "*")
 
 
-def _csr(obj: Obj) -> None:
-    """The requester fields kube-apiserver fills from the authenticated user (here always the admin)."""
+def csr_requester(obj: Obj) -> None:
+    """On create, the requester fields are the authenticated user's, whatever the client sent (the certificates
+    strategy's PrepareForCreate); updates keep the stored ones."""
     spec = obj.setdefault("spec", {})
     if isinstance(spec, dict):
-        spec.setdefault("username", "system:admin")
-        spec.setdefault("groups", ["system:masters", "system:authenticated"])
+        user = current_user()
+        for key in ("username", "uid", "groups", "extra"):
+            spec.pop(key, None)
+        spec["username"] = user.name
+        spec["groups"] = list(user.groups)
+        if user.uid:
+            spec["uid"] = user.uid
+        if user.extra:
+            spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+
+
+def _csr(obj: Obj) -> None:
     obj.setdefault("status", {})
 
 

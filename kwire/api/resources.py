@@ -421,6 +421,8 @@ class Resources:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
+        if kind.kind == "CertificateSigningRequest" and kind.group == "certificates.k8s.io":
+            defaults.csr_requester(obj)  # the requester is who sent the request, not what the body says
         defaults.apply_defaults(kind, obj)
         if kind.custom is not None:
             if "status" in kind.subresources:

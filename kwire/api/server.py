@@ -45,7 +45,7 @@ from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
-from kwire.api.user import USER_KEY, user_of
+from kwire.api.user import ANONYMOUS, USER_KEY, set_current_user, user_of
 from kwire.base.labels import Selector, SelectorError, parse
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted
 
@@ -244,6 +244,7 @@ class ApiServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        set_current_user(None)
         if request.path not in JOIN_PATHS:
             try:
                 user = self.authn.authenticate(request)  # the request's user is set here, for everything after
@@ -253,6 +254,7 @@ class ApiServer:
                 request[USER_KEY] = user
             elif not _public(request.path):
                 return _error(unauthorized())
+            set_current_user(user if user is not None else ANONYMOUS)
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
         counted = not info.long_running  # long-running requests are outside kube's in-flight limit

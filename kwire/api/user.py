@@ -9,6 +9,7 @@ authenticated user, `system:unauthenticated` to the anonymous one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,21 @@ def authenticated(name: str, groups: tuple[str, ...] = (), *, uid: str = "") -> 
 
 ADMIN = authenticated("system:admin", (MASTERS,))
 ANONYMOUS = UserInfo(name="system:anonymous", groups=(UNAUTHENTICATED,))
+
+
+# The user of the request being served, for code that sees no request (admission's userInfo, CSR's requester):
+# set by the API's middleware in the request's own task, so concurrent requests never see each other's.
+_CURRENT: ContextVar[UserInfo | None] = ContextVar("kwire.current_user", default=None)
+
+
+def set_current_user(user: UserInfo | None) -> None:
+    _CURRENT.set(user)
+
+
+def current_user() -> UserInfo:
+    """The user of the request being served; the admin for the server's own work outside any request (None set)."""
+    user = _CURRENT.get()
+    return user if user is not None else ADMIN
 
 
 def user_of(request: web.Request) -> UserInfo:

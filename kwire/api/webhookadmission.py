@@ -37,6 +37,7 @@ import orjson
 from kwire.api import webhookclient
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind
+from kwire.api.user import current_user
 from kwire.api.webhookclient import Lookup, WebhookCallError
 from kwire.base.labels import SelectorError, from_label_selector
 from kwire.store.base import DELETED, Compacted, Store
@@ -49,7 +50,6 @@ GROUP = "admissionregistration.k8s.io"
 MUTATING_PREFIX = f"/registry/{GROUP}/mutatingwebhookconfigurations/"
 VALIDATING_PREFIX = f"/registry/{GROUP}/validatingwebhookconfigurations/"
 _OPTIONS_KIND = {"CREATE": "CreateOptions", "UPDATE": "UpdateOptions", "DELETE": "DeleteOptions"}
-ADMIN_USER: Obj = {"username": "system:admin", "groups": ["system:masters", "system:authenticated"]}
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Attributes:
     old_object: Obj | None = None
     dry_run: bool = False
     options: Obj | None = None
-    user: Obj = field(default_factory=lambda: dict(ADMIN_USER))
+    user: Obj = field(default_factory=lambda: current_user().as_review())  # the request's user
 
 
 # -- matching ------------------------------------------------------------------------------------------------------
