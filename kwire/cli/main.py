@@ -242,6 +242,36 @@ def _cmd_install(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_token(ns: argparse.Namespace) -> int:
+    """K3s's `k3s token`: print the server's join tokens in the secure K10 form, or rotate one. A new token comes
+    from --new-token-file or KWIRE_NEW_TOKEN (never the command line), else it is random."""
+    import os
+    from pathlib import Path
+
+    from kwire.api.authn import tokens
+
+    data_dir = Path(ns.data_dir)
+    ca_path = data_dir / "tls" / "server-ca.crt"
+    if not (data_dir / tokens.SERVER_FILE).exists() or not ca_path.exists():
+        print(
+            f"kwire token: {data_dir} holds no server (start `kwire server --data-dir {data_dir}` first)",
+            file=sys.stderr,
+        )
+        return 1
+    if ns.action == "rotate":
+        new = (
+            Path(ns.new_token_file).read_text().strip() if ns.new_token_file else os.environ.get("KWIRE_NEW_TOKEN", "")
+        )
+        tokens.rotate(data_dir, agent=ns.agent, new=new)
+        which = "agent" if ns.agent else "server"
+        print(f"kwire token: the {which} token was rotated; nodes joining from now on need the new one:")
+    join = tokens.JoinTokens(data_dir)
+    ca = ca_path.read_bytes()
+    print(f"server token: {tokens.secure_form(join.server, ca_pem=ca)}")
+    print(f"agent token:  {tokens.secure_form(join.agent, ca_pem=ca, user='node')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kwire", description="The K3s cluster networking stack, on real Linux networking."
@@ -259,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd-client-port", type=int, default=2379)
     p.add_argument("--node-name", default="", help="in the snapshot's name (default: the host name)")
     p.set_defaults(func=_cmd_etcd_snapshot)
+
+    p = sub.add_parser("token", help="print or rotate the server's join tokens (K3s's `k3s token`)")
+    p.add_argument("action", nargs="?", choices=("show", "rotate"), default="show")
+    p.add_argument("--data-dir", "-d", default=config.ServerConfig.data_dir, help="the server's data dir")
+    p.add_argument("--agent", action="store_true", help="rotate: the agent token instead of the server token")
+    p.add_argument("--new-token-file", default="", help="rotate: read the new token from this file")
+    p.set_defaults(func=_cmd_token)
 
     p = sub.add_parser("server", help="run the control plane (API server, store, controllers)")
     p.add_argument("-c", "--config", default=None, help="config file (K3s keys); default /etc/kwire/config.yaml")

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
+import os
 import ssl
 import stat
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.integration.apiserver import KUBECTL, ServerProcess, free_port
+
+BOOTSTRAP = "/v1-kwire/server-bootstrap"
 
 pytestmark = pytest.mark.kubectl
 
@@ -237,3 +242,39 @@ def test_legacy_token_secret_is_filled_and_authenticates(server: ServerProcess, 
         assert time.monotonic() < deadline, "the token Secret of a deleted ServiceAccount was not deleted"
         time.sleep(0.3)
     assert _request(server, "/api/v1/namespaces", token=token)[0] == 401
+
+
+def _kwire_token(server: ServerProcess, *args: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    res = subprocess.run(
+        [sys.executable, "-m", "kwire", "token", *args, "--data-dir", str(server.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=True,
+    )
+    pairs = (
+        line.split(":", 1) for line in res.stdout.splitlines() if line.startswith(("server token:", "agent token:"))
+    )
+    return {k: v.strip() for k, v in pairs}
+
+
+def test_kwire_token_prints_and_rotates_the_join_tokens(server: ServerProcess) -> None:
+    ca_hash = hashlib.sha256((server.data_dir / "tls" / "server-ca.crt").read_bytes()).hexdigest()
+    shown = _kwire_token(server)
+    assert shown["server token"] == f"K10{ca_hash}::server:{server.token}"
+    assert shown["agent token"] == f"K10{ca_hash}::node:{server.token}"  # no separate agent token yet
+    # the server token opens the bootstrap endpoint only (404 here: no embedded etcd), never the API
+    assert _request(server, BOOTSTRAP, token=server.token)[0] == 404
+    assert _request(server, BOOTSTRAP, token="wrong")[0] == 401
+    assert _request(server, BOOTSTRAP)[0] == 401
+    rotated = _kwire_token(server, "rotate", env={"KWIRE_NEW_TOKEN": "rotated-secret"})
+    assert rotated["server token"] == f"K10{ca_hash}::server:rotated-secret"
+    try:
+        assert _request(server, BOOTSTRAP, token=server.token)[0] == 401  # the running server took the new one
+        assert _request(server, BOOTSTRAP, token=rotated["server token"])[0] == 404
+        assert _request(server, "/api/v1/namespaces", token="rotated-secret")[0] == 401
+    finally:
+        _kwire_token(server, "rotate", env={"KWIRE_NEW_TOKEN": server.token})
+    agent = _kwire_token(server, "rotate", "--agent")["agent token"]
+    assert agent.startswith(f"K10{ca_hash}::node:") and not agent.endswith(server.token)
