@@ -499,7 +499,14 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     admin = _client_identity(
         data_dir, client_ca, "admin", common_name="system:admin", organizations=("system:masters",)
     )
-    write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, client_cert=admin[0], client_key=admin[1])
+    write_kubeconfig(
+        kubeconfig,
+        server=url,
+        ca_pem=pki.ca_pem,
+        client_cert=admin[0],
+        client_key=admin[1],
+        mode=int(str(cfg.write_kubeconfig_mode or "0600"), 8),  # K3s's --write-kubeconfig-mode
+    )
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig, etcd=etcd_member)
     server.master_leases = master_leases
     if etcd_member is not None and not cfg.etcd_disable_snapshots:

@@ -15,7 +15,7 @@ import logging
 from aiohttp import web
 
 from kwire.api.authn.serviceaccount import InvalidToken, Lookup, Obj, TokenValidator
-from kwire.api.authn.x509 import peer_certificate, user_from_peercert
+from kwire.api.authn.x509 import certificate_user
 from kwire.api.errors import unauthorized
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
@@ -41,7 +41,7 @@ class Authenticator:
 
     def authenticate(self, request: web.Request) -> UserInfo | None:
         """The request's user; None when it brings no credentials; kube's 401 ApiError when they are invalid."""
-        user = user_from_peercert(peer_certificate(request))
+        user = certificate_user(request)
         if user is not None:
             return user
         token = bearer_token(request)

@@ -8,6 +8,7 @@ groups = its Organization values in order, plus `system:authenticated` (x509's C
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,13 +35,26 @@ def user_from_peercert(cert: Mapping[str, Any] | None) -> UserInfo | None:
     return authenticated(name, tuple(groups))
 
 
-def peer_certificate(request: web.Request) -> dict[str, Any] | None:
-    """The verified client certificate of the request's TLS connection, if any."""
+# The user of each TLS connection, worked out once (a connection's certificate never changes; keep-alive clients
+# send many requests on one), dropped with the connection.
+_BY_CONNECTION: weakref.WeakKeyDictionary[Any, UserInfo | None] = weakref.WeakKeyDictionary()
+
+
+def _ssl_object(request: web.Request) -> Any:
     transport = request.transport
-    if transport is None:
-        return None
-    ssl_object = transport.get_extra_info("ssl_object")
+    return None if transport is None else transport.get_extra_info("ssl_object")
+
+
+def certificate_user(request: web.Request) -> UserInfo | None:
+    """The user the request's verified client certificate names (cached per connection), or None."""
+    ssl_object = _ssl_object(request)
     if ssl_object is None:
         return None
+    try:
+        return _BY_CONNECTION[ssl_object]
+    except KeyError:
+        pass
     cert = ssl_object.getpeercert()
-    return dict(cert) if cert else None
+    user = user_from_peercert(dict(cert) if cert else None)
+    _BY_CONNECTION[ssl_object] = user
+    return user
