@@ -59,6 +59,8 @@ class ServerConfig:
     # K3s's --cluster-reset [--cluster-reset-restore-path FILE]: make the embedded etcd a one-member cluster again
     # (restored from FILE when given), then exit; the server is started again without the flag.
     cluster_reset: bool = False
+    # K3s's --secrets-encryption: Secrets encrypted at rest (aescbc), keys in <data-dir>/cred/encryption-config.json.
+    secrets_encryption: bool = False
     cluster_reset_restore_path: str = ""
     # K3s's --etcd-arg KEY=VALUE (repeatable): extra flags for the embedded etcd, after kwire's own (so they win).
     etcd_arg: tuple[str, ...] = ()

@@ -43,6 +43,7 @@ from kwire.api.certs import (
     ensure_pki,
     ensure_token,
 )
+from kwire.api.encryptionkeys import open_encryption
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
 from kwire.api.registry import by_path
@@ -214,6 +215,8 @@ class Server:
             await self.resources.admission.stop()
         await self.resources.conversion.close()
         await self.runner.cleanup()
+        if self.api.encryption is not None:
+            await self.api.encryption.stop()
         await self.store.close()
         if self.etcd is not None:
             await self.etcd.stop()
@@ -449,6 +452,14 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     else:
         pki = _pki(cfg, data_dir, address=address)  # before the store: the embedded etcd's TLS comes from its CA
         store, etcd_member = await open_store(cfg, data_dir, address=address, join=join)
+    token = ensure_token(data_dir, cfg.token)
+    try:
+        store, encryption = await open_encryption(
+            store, data_dir=data_dir, token=token, enabled=bool(cfg.secrets_encryption)
+        )
+    except BaseException:
+        await store.close()
+        raise
     allocator = ServiceAllocator(service_cidr=str(cfg.service_cidr), node_port_range=cfg.node_port_range)
     plugins = Admission(
         not_ready_toleration_seconds=cfg.default_not_ready_toleration_seconds,
@@ -465,7 +476,6 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     await admission.start()
     resources.admission = admission
 
-    token = ensure_token(data_dir, cfg.token)
     ensure_agent_token(data_dir, cfg.agent_token)
     join_tokens = JoinTokens(data_dir)
     client_ca, sa_key = _ensure_shared(data_dir)
@@ -486,6 +496,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         issuer=issuer,
         validator=validator,
     )
+    api.encryption = encryption
     if etcd_member is not None:
         api.server_bootstrap = _bootstrap_provider(pki, etcd_member, data_dir)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)

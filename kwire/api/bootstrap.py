@@ -109,21 +109,15 @@ def _aead(token: str, salt: bytes) -> Any:
     return AESGCM(kdf.derive(_plain_token(token).encode()))
 
 
-def seal(token: str, *, ca_cert: bytes, ca_key: bytes, shared: dict[str, bytes] | None = None) -> bytes:
-    """The CA (and the shared keys) as stored in the datastore: JSON, since everything under /registry/ is."""
+def seal_json(token: str, payload: dict[str, Any]) -> bytes:
+    """`payload` as stored in the datastore, sealed with the token: JSON, since everything under /registry/ is."""
     salt, nonce = os.urandom(16), os.urandom(12)
-    doc = {
-        "caCert": ca_cert.decode(),
-        "caKey": ca_key.decode(),
-        "shared": {k: v.decode() for k, v in (shared or {}).items()},
-    }
-    plain = json.dumps(doc).encode()
-    sealed = _aead(token, salt).encrypt(nonce, plain, None)
+    sealed = _aead(token, salt).encrypt(nonce, json.dumps(payload).encode(), None)
     return json.dumps({"salt": salt.hex(), "nonce": nonce.hex(), "sealed": base64.b64encode(sealed).decode()}).encode()
 
 
-def unseal(token: str, value: bytes) -> Bootstrap:
-    """The CA and shared keys from the datastore; JoinError when the token is not the one that sealed it."""
+def unseal_json(token: str, value: bytes) -> dict[str, Any]:
+    """What `seal_json` stored; JoinError when the token is not the one that sealed it."""
     from cryptography.exceptions import InvalidTag
 
     doc = json.loads(value)
@@ -134,4 +128,23 @@ def unseal(token: str, value: bytes) -> Bootstrap:
     except InvalidTag:
         raise JoinError("the datastore's bootstrap data was sealed with a different token") from None
     data = json.loads(plain)
+    assert isinstance(data, dict)
+    return data
+
+
+def seal(token: str, *, ca_cert: bytes, ca_key: bytes, shared: dict[str, bytes] | None = None) -> bytes:
+    """The CA and the shared keys as stored in the datastore."""
+    return seal_json(
+        token,
+        {
+            "caCert": ca_cert.decode(),
+            "caKey": ca_key.decode(),
+            "shared": {k: v.decode() for k, v in (shared or {}).items()},
+        },
+    )
+
+
+def unseal(token: str, value: bytes) -> Bootstrap:
+    """The CA and shared keys from the datastore; JoinError when the token is not the one that sealed it."""
+    data = unseal_json(token, value)
     return Bootstrap(data["caCert"].encode(), data["caKey"].encode(), [], _shared(data))

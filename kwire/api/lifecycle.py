@@ -44,8 +44,8 @@ class Lifecycle:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._relist()  # the first index is built before start() returns
-        self._task = asyncio.create_task(self._supervise())
+        first = await self._relist()  # the first index is built before start() returns; its watch is followed
+        self._task = asyncio.create_task(self._supervise(first))
 
     async def _relist(self) -> Any:
         """Index every stored object afresh, queue each one for a look, and return a watch from that revision."""
@@ -64,10 +64,9 @@ class Lifecycle:
             self._queue.put_nowait(key)
         return store.watch("/registry/", from_revision=rev)
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, watch: Any = None) -> None:
         """Follow the revision log for good: a watch that ends (a burst of writes overflowed it) or an unexpected
         error means a relist and a new watch, with back-off, never a garbage collector that silently stops."""
-        watch = None
         delay = 0.1
         while True:
             try:
@@ -77,6 +76,8 @@ class Lifecycle:
                 log.warning("lifecycle: the store watch ended (a writer burst overflowed it); relisting")
                 delay = 0.1
             except asyncio.CancelledError:
+                if watch is not None:
+                    watch.close()
                 raise
             except Exception:
                 log.exception("lifecycle: follow loop failed; relisting in %.1f s", delay)

@@ -22,6 +22,7 @@ from kwire.api import (
     convert,
     decoding,
     discovery,
+    encryptionkeys,
     eviction,
     kubeletproxy,
     managedfields,
@@ -36,6 +37,7 @@ from kwire.api.authn import Authenticator, bearer_token, lookup_in, reviews
 from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator
 from kwire.api.authn.tokens import JoinTokens
 from kwire.api.crd import custom
+from kwire.api.encryptionkeys import EncryptionKeys
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
 from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
 from kwire.api.fields import check as fields_check
@@ -45,7 +47,7 @@ from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources, decode
-from kwire.api.user import ANONYMOUS, USER_KEY, set_current_user, user_of
+from kwire.api.user import ANONYMOUS, MASTERS, USER_KEY, set_current_user, user_of
 from kwire.base.labels import Selector, SelectorError, parse
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted
 
@@ -216,6 +218,8 @@ class ApiServer:
         self._stopping = asyncio.Event()
         # Set by a server running an embedded etcd: the data a joining server fetches (`bootstrap.py`).
         self.server_bootstrap: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        # Set when Secrets are encrypted at rest: answers `kwire secrets-encrypt` (encryptionkeys.py).
+        self.encryption: EncryptionKeys | None = None
         self.health = Health()
         for name in ("ping", "log"):
             self.health.add(name, lambda: True)
@@ -287,6 +291,26 @@ class ApiServer:
                 self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
             self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
 
+    async def _secrets_encrypt(self, request: web.Request, path: str) -> web.StreamResponse:
+        """K3s's `secrets-encrypt status|rotate-keys`, for cluster admins (system:masters) only."""
+        user = user_of(request)
+        if MASTERS not in user.groups:
+            raise ApiError(
+                403, "Forbidden", f'forbidden: User "{user.name}" cannot {request.method.lower()} path "{path}"'
+            )
+        want = "GET" if path == encryptionkeys.STATUS_PATH else "POST"
+        if request.method != want:
+            raise method_not_allowed()
+        if self.encryption is None:
+            if path == encryptionkeys.STATUS_PATH:
+                return _json({"enable": False, "stage": "", "hashMatch": True, "keys": []})
+            raise ApiError(
+                400, "BadRequest", "secrets encryption is not enabled (start the server with --secrets-encryption)"
+            )
+        if path == encryptionkeys.STATUS_PATH:
+            return _json(await self.encryption.status())
+        return _json(await self.encryption.rotate())
+
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
         if path == bootstrap.PATH and request.method == "GET":
@@ -298,6 +322,8 @@ class ApiServer:
                     404, "NotFound", "this server does not run an embedded etcd (start it with --cluster-init)"
                 )
             return _json(await self.server_bootstrap())
+        if path in (encryptionkeys.STATUS_PATH, encryptionkeys.ROTATE_PATH):
+            return await self._secrets_encrypt(request, path)
         parts = path.strip("/").split("/")
         if request.method == "GET" and parts[0] in ENDPOINTS and len(parts) <= 3:
             answer = self.health.answer(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from kwire.api import matchconditions
 from kwire.api.errors import FieldError, duplicate, forbidden, invalid, not_supported, required
 from kwire.api.validation import dns1123_subdomain, validate_label_selector
 from kwire.base import quantity
@@ -301,6 +302,7 @@ def _webhooks(obj: Obj, old: Obj | None, *, mutating: bool) -> Errs:
                     errs.append(not_supported(f"{path}.rules[{j}].operations[{k}]", op, OPERATIONS))
         for sel in ("namespaceSelector", "objectSelector"):
             errs += validate_label_selector(hook.get(sel), f"{path}.{sel}")
+        errs += matchconditions.validate(hook.get("matchConditions"), f"{path}.matchConditions")
         if mutating and hook.get("reinvocationPolicy") not in ("IfNeeded", "Never"):
             errs.append(
                 not_supported(f"{path}.reinvocationPolicy", hook.get("reinvocationPolicy") or "", ("IfNeeded", "Never"))

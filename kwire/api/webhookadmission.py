@@ -34,7 +34,7 @@ import aiohttp
 import jsonpatch
 import orjson
 
-from kwire.api import webhookclient
+from kwire.api import matchconditions, webhookclient
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind
 from kwire.api.user import current_user
@@ -280,6 +280,14 @@ class WebhookAdmission:
         name = str(hook.get("name", ""))
         timeout = webhookclient.timeout_of(hook)
         body = review(attrs, obj)
+        match = matchconditions.evaluate(hook.get("matchConditions") or [], request=body["request"])
+        if match.error:
+            if hook.get("failurePolicy") == "Ignore":
+                log.warning('admission: webhook "%s" skipped, match conditions failed (Ignore): %s', name, match.error)
+                return None
+            raise call_failed(name, f"failed evaluating match conditions, failing closed: {match.error}")
+        if not match.matches:
+            return None
         try:
             _, answer = await webhookclient.post(
                 hook.get("clientConfig") or {}, body, lookup=self.lookup, timeout=timeout, session=self._http()
@@ -300,25 +308,35 @@ class WebhookAdmission:
         return response
 
     async def mutate(self, attrs: Attributes) -> Obj | None:
-        """Run the mutating webhooks; returns the (possibly patched) object."""
+        """Run the mutating webhooks; returns the (possibly patched) object. As kube-apiserver's reinvocation:
+        when a later webhook changed the object, the webhooks with `reinvocationPolicy: IfNeeded` that ran before
+        that change are called once more, in order."""
         obj = attrs.object
-        for hook in self._hooks(MUTATING_PREFIX, attrs):
-            response = await self._call(hook, attrs, obj)
-            if response is None:
-                continue
-            if not response.get("allowed"):
-                raise denied(str(hook.get("name", "")), response.get("status"))
-            patch = response.get("patch")
-            if patch and obj is not None and attrs.operation in ("CREATE", "UPDATE"):
-                if response.get("patchType") != "JSONPatch":
-                    raise call_failed(
-                        str(hook.get("name", "")), f"unsupported patch type {response.get('patchType')!r}"
-                    )
-                try:
-                    ops = orjson.loads(base64.b64decode(patch))
-                    obj = jsonpatch.apply_patch(obj, ops, in_place=False)
-                except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                    raise call_failed(str(hook.get("name", "")), f"JSON patch could not be applied: {exc}") from None
+        hooks = self._hooks(MUTATING_PREFIX, attrs)
+        seen: list[tuple[Obj, Obj | None]] = []  # each hook and the object as it left it
+        for hook in hooks:
+            obj = await self._mutate_once(hook, attrs, obj)
+            seen.append((hook, obj))
+        again = [h for h, left in seen if h.get("reinvocationPolicy") == "IfNeeded" and left != obj]
+        for hook in again:
+            obj = await self._mutate_once(hook, attrs, obj)
+        return obj
+
+    async def _mutate_once(self, hook: Obj, attrs: Attributes, obj: Obj | None) -> Obj | None:
+        response = await self._call(hook, attrs, obj)
+        if response is None:
+            return obj
+        if not response.get("allowed"):
+            raise denied(str(hook.get("name", "")), response.get("status"))
+        patch = response.get("patch")
+        if patch and obj is not None and attrs.operation in ("CREATE", "UPDATE"):
+            if response.get("patchType") != "JSONPatch":
+                raise call_failed(str(hook.get("name", "")), f"unsupported patch type {response.get('patchType')!r}")
+            try:
+                ops = orjson.loads(base64.b64decode(patch))
+                obj = jsonpatch.apply_patch(obj, ops, in_place=False)
+            except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise call_failed(str(hook.get("name", "")), f"JSON patch could not be applied: {exc}") from None
         return obj
 
     async def validate(self, attrs: Attributes) -> None:

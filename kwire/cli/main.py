@@ -121,6 +121,81 @@ def _cmd_netpol(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(ns: argparse.Namespace) -> int:
+    """`kwire check` on a node: its kernel, sysctls, links, firewalls and DNS, plus the cluster's objects when a
+    kubeconfig is readable. Exit 1 when any finding is an error."""
+    import json
+    import os
+    import socket
+    from pathlib import Path
+
+    from kwire.check import finding, node, render
+
+    findings: list[finding.Finding] = []
+    settings = None
+    if ns.scope in ("all", "cluster"):
+        from kwire.check import cluster
+        from kwire.client import ApiClient, load_kubeconfig
+
+        kubeconfig = ns.kubeconfig or os.environ.get("KUBECONFIG") or "/etc/kwire/kwire.yaml"
+
+        async def api() -> cluster.ClusterReport:
+            async with ApiClient(load_kubeconfig(kubeconfig), timeout=20) as client:
+                return await cluster.run(client, node_dirs={ns.node: Path(ns.data_dir)})
+
+        try:
+            report = asyncio.run(api())
+            findings += report.findings
+            settings = report.settings
+        except Exception as exc:  # noqa: BLE001 - an unreachable API is a finding, the node's checks still run
+            findings.append(
+                finding.Finding(
+                    "error" if ns.scope == "cluster" else "warning",
+                    "api",
+                    kubeconfig,
+                    f"cannot read the cluster through {kubeconfig}: {exc}",
+                    "pass --kubeconfig (the server's /etc/kwire/kwire.yaml)",
+                )
+            )
+    links = None
+    if ns.scope in ("all", "node"):
+        opts = node.NodeOptions(
+            node=ns.node or socket.gethostname(),
+            data_dir=Path(ns.data_dir) if ns.data_dir else None,
+            cluster_dns=ns.cluster_dns or (settings.cluster_dns if settings else "10.43.0.10"),
+            cluster_domain=ns.cluster_domain or (settings.cluster_domain if settings else "cluster.local"),
+            cluster_cidr=ns.cluster_cidr or (settings.cluster_cidr if settings else "10.42.0.0/16"),
+            flannel_iface=ns.flannel_iface,
+            backend=ns.flannel_backend or (settings.backend if settings else "vxlan"),
+        )
+        nr = node.run(opts)
+        findings += nr.findings
+        links = nr.links
+    if ns.report:  # for `kwire lab check`: the findings and the facts it compares across nodes
+        print(json.dumps({"findings": [f.to_json() for f in findings], "links": links.to_json() if links else {}}))
+    elif ns.output == "json":
+        print(render.to_json(findings))
+    else:
+        print(render.to_text(findings), end="")
+    return finding.exit_status(findings)
+
+
+def _cmd_lab_check(name: str, output: str) -> int:
+    from kwire.check import finding, render
+    from kwire.check import lab as labcheck
+
+    try:
+        findings = labcheck.run(name)
+    except labcheck.LabCheckError as exc:
+        print(f"kwire lab check: {exc}", file=sys.stderr)
+        return 1
+    if output == "json":
+        print(render.to_json(findings))
+    else:
+        print(render.to_text(findings, checked=f"lab {name}"), end="")
+    return finding.exit_status(findings)
+
+
 class _LabProgress:
     """`lab up`'s progress: a spinner on the current stage and a line per finished stage with its time (rich, on
     a terminal; plain lines otherwise)."""
@@ -214,6 +289,8 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
             else:
                 lab.node_start(ns.name, ns.node)
                 print(f"{ns.node} started (Ready)")
+        elif ns.lab_cmd == "check":
+            return _cmd_lab_check(ns.name, ns.output)
         elif ns.lab_cmd == "supervise":
             from kwire.lab import supervisor
 
@@ -222,6 +299,37 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
         print(f"kwire lab: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_trace(ns: argparse.Namespace) -> int:
+    import json
+
+    from kwire.trace import run
+
+    lab_name = getattr(ns, "lab", "") or (ns.name if getattr(ns, "lab_cmd", "") == "trace" else "")
+    where = run.Where(lab=lab_name, kubeconfig=ns.kubeconfig, node=ns.node, pod_netns_prefix=ns.pod_netns_prefix)
+    try:
+        result = run.trace(where, ns.source, ns.destination, do_probe=ns.probe, timeout=ns.timeout)
+    except run.TraceError as exc:
+        print(f"kwire trace: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_json(), indent=2) if ns.output == "json" else result.text())
+    return result.exit_code
+
+
+def _trace_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="FROM", help="ns/pod, svc/ns/name, node/NAME, client (lab) or an IP")
+    p.add_argument(
+        "destination",
+        metavar="TO",
+        help="as FROM, or a DNS name; optionally :PORT and /tcp or /udp (e.g. svc/default/web:80/tcp)",
+    )
+    p.add_argument("--probe", action="store_true", help="send a real packet with nft tracing on and compare")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--timeout", type=float, default=2.0, help="the probe's timeout in seconds")
+    p.add_argument("--kubeconfig", default="", help="on a node: default /etc/kwire/kwire.yaml")
+    p.add_argument("--node", default="", help="on a node: this node's name (default: the host name)")
+    p.add_argument("--pod-netns-prefix", default="kwire-pod-", help="on a node: the agent's --pod-netns-prefix")
 
 
 def _cmd_install(ns: argparse.Namespace) -> int:
@@ -243,8 +351,8 @@ def _cmd_install(ns: argparse.Namespace) -> int:
 
 
 def _cmd_token(ns: argparse.Namespace) -> int:
-    """K3s's `k3s token`: print the server's join tokens in the secure K10 form, or rotate one. A new token comes
-    from --new-token-file or KWIRE_NEW_TOKEN (never the command line), else it is random."""
+    """K3s's `k3s token`: print the server's join tokens in the secure K10 form, or rotate the agent token. A new
+    token comes from --new-token-file or KWIRE_NEW_TOKEN (never the command line), else it is random."""
     import os
     from pathlib import Path
 
@@ -259,16 +367,64 @@ def _cmd_token(ns: argparse.Namespace) -> int:
         )
         return 1
     if ns.action == "rotate":
+        if not ns.agent:
+            # The server token seals the datastore's bootstrap data and encryption keys: rotating it means re-sealing
+            # those with every server's cooperation (K3s's `token rotate`), which kwire does not do yet.
+            print("kwire token rotate: only the agent token can be rotated (--agent) for now", file=sys.stderr)
+            return 1
         new = (
             Path(ns.new_token_file).read_text().strip() if ns.new_token_file else os.environ.get("KWIRE_NEW_TOKEN", "")
         )
-        tokens.rotate(data_dir, agent=ns.agent, new=new)
-        which = "agent" if ns.agent else "server"
-        print(f"kwire token: the {which} token was rotated; nodes joining from now on need the new one:")
+        tokens.rotate(data_dir, agent=True, new=new)
+        print("kwire token: the agent token was rotated; nodes joining from now on need the new one:")
     join = tokens.JoinTokens(data_dir)
     ca = ca_path.read_bytes()
     print(f"server token: {tokens.secure_form(join.server, ca_pem=ca)}")
     print(f"agent token:  {tokens.secure_form(join.agent, ca_pem=ca, user='node')}")
+    return 0
+
+
+def _cmd_secrets_encrypt(ns: argparse.Namespace) -> int:
+    """K3s's `secrets-encrypt status|rotate-keys`, through the server (as its admin kubeconfig's user)."""
+    import json
+    from pathlib import Path
+
+    from kwire.api import encryptionkeys
+    from kwire.client.client import ApiClient, ApiStatusError
+    from kwire.client.kubeconfig import load_kubeconfig
+
+    path = Path(ns.kubeconfig) if ns.kubeconfig else Path(ns.data_dir) / "cred" / "admin.kubeconfig"
+    try:
+        cfg = load_kubeconfig(path)
+    except OSError as exc:
+        print(f"kwire secrets-encrypt: {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    async def call() -> dict[str, Any]:
+        client = ApiClient(cfg)
+        try:
+            if ns.action == "status":
+                return await client.request("GET", encryptionkeys.STATUS_PATH)
+            return await client.request("POST", encryptionkeys.ROTATE_PATH, body={})
+        finally:
+            await client.close()
+
+    try:
+        doc: dict[str, Any] = {}
+
+        async def run() -> None:
+            doc.update(await call())
+
+        _run(run())
+    except (ApiStatusError, OSError) as exc:
+        print(f"kwire secrets-encrypt: {exc}", file=sys.stderr)
+        return 1
+    if ns.output == "json":
+        print(json.dumps(doc, indent=2))
+    elif ns.action == "status":
+        print(encryptionkeys.format_status(doc))
+    else:
+        print(f"keys rotated to {doc['key']}; {doc['reencrypted']} secrets re-encrypted")
     return 0
 
 
@@ -293,9 +449,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("token", help="print or rotate the server's join tokens (K3s's `k3s token`)")
     p.add_argument("action", nargs="?", choices=("show", "rotate"), default="show")
     p.add_argument("--data-dir", "-d", default=config.ServerConfig.data_dir, help="the server's data dir")
-    p.add_argument("--agent", action="store_true", help="rotate: the agent token instead of the server token")
+    p.add_argument("--agent", action="store_true", help="rotate: the agent token (the only one rotatable yet)")
     p.add_argument("--new-token-file", default="", help="rotate: read the new token from this file")
     p.set_defaults(func=_cmd_token)
+
+    p = sub.add_parser("secrets-encrypt", help="Secrets encryption at rest (K3s's secrets-encrypt)")
+    p.add_argument("action", choices=("status", "rotate-keys"))
+    p.add_argument("--data-dir", "-d", default=config.ServerConfig.data_dir, help="the server's data dir")
+    p.add_argument("--kubeconfig", default="", help="default <data-dir>/cred/admin.kubeconfig")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=_cmd_secrets_encrypt)
 
     p = sub.add_parser("server", help="run the control plane (API server, store, controllers)")
     p.add_argument("-c", "--config", default=None, help="config file (K3s keys); default /etc/kwire/config.yaml")
@@ -318,6 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_netpol
     )
 
+    p = sub.add_parser("check", help="find what breaks the cluster network on this node (exit 1 on an error)")
+    p.add_argument("--node", default="", help="this node's name (default: the host name)")
+    p.add_argument("--data-dir", default=config.AgentConfig.data_dir, help="the agent's data dir")
+    p.add_argument("--kubeconfig", default="", help="default $KUBECONFIG, else /etc/kwire/kwire.yaml")
+    p.add_argument("--scope", choices=("all", "node", "cluster"), default="all", help="node: no API; cluster: API only")
+    p.add_argument("--cluster-dns", default="", help="default: the cluster's (kube-system/kwire-config)")
+    p.add_argument("--cluster-domain", default="")
+    p.add_argument("--cluster-cidr", default="", help="default: the cluster's")
+    p.add_argument("--flannel-iface", default="", help="default: flannel.1's underlay, else the default route's")
+    p.add_argument("--flannel-backend", default="", choices=("", *config.BACKENDS))
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--report", action="store_true", help=argparse.SUPPRESS)  # kwire lab check's node runs
+    p.set_defaults(func=_cmd_check)
+
     p = sub.add_parser("install", help="write (and start) a systemd unit for this host, as K3s's install script")
     p.add_argument("role", choices=("server", "agent"))
     p.add_argument("--root", default="/", help="write under this directory instead of / (nothing is started)")
@@ -325,9 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="-- flags for ExecStart (tokens go in KWIRE_TOKEN)")
     p.set_defaults(func=_cmd_install)
 
+    p = sub.add_parser(
+        "trace", help="the path a connection takes, hop by hop, from kwire's state (--probe: and a real packet)"
+    )
+    _trace_arguments(p)
+    p.add_argument("--lab", default="", help="trace in this lab (same as `kwire lab trace --name LAB`)")
+    p.set_defaults(func=_cmd_trace)
+
     lab = sub.add_parser("lab", help="a multi-node cluster on this machine, in network namespaces")
     lsub = lab.add_subparsers(dest="lab_cmd", required=True)
-    for cmd in ("up", "down", "status", "exec", "node", "supervise"):
+    for cmd in ("up", "down", "status", "exec", "node", "check", "trace", "supervise"):
         # `supervise` is the lab's own supervisor process, started by `up`.
         lp = lsub.add_parser(cmd, help=argparse.SUPPRESS) if cmd == "supervise" else lsub.add_parser(cmd)
         lp.add_argument("--name", default="default", help="lab name (several labs can coexist)")
@@ -356,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
         elif cmd == "node":
             lp.add_argument("action", choices=("stop", "start"))
             lp.add_argument("node")
+        elif cmd == "check":
+            lp.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        elif cmd == "trace":
+            _trace_arguments(lp)
+            lp.set_defaults(func=_cmd_trace)
         elif cmd == "supervise":
             lp.add_argument("--listen-fd", type=int, required=True)
     return parser

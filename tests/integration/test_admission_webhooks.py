@@ -348,3 +348,79 @@ def test_connect_exec_is_admitted(server: ServerProcess, hook: WebhookServer) ->
     assert (review["operation"], review["subResource"], review["name"]) == ("CONNECT", "exec", "target")
     assert review["object"]["kind"] == "PodExecOptions" and review["object"]["command"] == ["ls"]
     server.kubectl("delete", "validatingwebhookconfiguration", "noexec.example.com")
+
+
+def test_match_conditions_decide_whether_a_webhook_is_called(server: ServerProcess, hook: WebhookServer) -> None:
+    namespace(server, "matchcond")
+    conditions = [
+        {"name": "labelled", "expression": "has(object.metadata.labels) && 'deny-me' in object.metadata.labels"}
+    ]
+    cfg = configuration(
+        "ValidatingWebhookConfiguration",
+        "match.example.com",
+        "matchcond",
+        url(hook, "/deny"),
+        matchConditions=conditions,
+    )
+    server.kubectl("apply", "-f", "-", input=cfg)
+    before = len(hook.seen("/deny"))
+    server.kubectl("-n", "matchcond", "create", "configmap", "quiet")  # condition false: never called
+    assert len(hook.seen("/deny")) == before
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: loud, labels: {deny-me: 'yes'}}\n"
+    res = server.kubectl("-n", "matchcond", "apply", "-f", "-", input=manifest, check=False)
+    assert res.returncode != 0 and 'admission webhook "match.example.com" denied the request' in res.stderr
+    assert len(hook.seen("/deny")) == before + 1
+
+    # A condition that fails to evaluate follows the failure policy.
+    broken = [{"name": "missing", "expression": "object.metadata.labels['absent'] == 'x'"}]
+    for policy, ok in (("Ignore", True), ("Fail", False)):
+        cfg = configuration(
+            "ValidatingWebhookConfiguration",
+            "match.example.com",
+            "matchcond",
+            url(hook, "/deny"),
+            matchConditions=broken,
+            failurePolicy=policy,
+        )
+        server.kubectl("apply", "-f", "-", input=cfg)
+        time.sleep(0.5)
+        res = server.kubectl("-n", "matchcond", "create", "configmap", f"eval-{policy.lower()}", check=False)
+        assert (res.returncode == 0) == ok, res.stderr
+        if not ok:
+            assert "failed evaluating match conditions" in res.stderr
+    assert len(hook.seen("/deny")) == before + 1  # the webhook itself was never called for those
+
+    # An expression that does not compile is refused when written, with the field path.
+    bad = [{"name": "syntax", "expression": "object.metadata.(("}]
+    cfg = configuration(
+        "ValidatingWebhookConfiguration", "match.example.com", "matchcond", url(hook, "/deny"), matchConditions=bad
+    )
+    res = server.kubectl("apply", "-f", "-", input=cfg, check=False)
+    assert res.returncode != 0 and "webhooks[0].matchConditions[0].expression: Invalid value" in res.stderr
+    server.kubectl("delete", "validatingwebhookconfiguration", "match.example.com")
+
+
+def test_reinvocation_if_needed(server: ServerProcess, hook: WebhookServer) -> None:
+    """A webhook with reinvocationPolicy IfNeeded runs again when a later webhook changed the object."""
+    namespace(server, "reinvoke")
+    for policy, calls in (("IfNeeded", 2), ("Never", 1)):
+        first = configuration(
+            "MutatingWebhookConfiguration",
+            "a-first.example.com",
+            "reinvoke",
+            url(hook, "/mutate"),
+            reinvocationPolicy=policy,
+        )
+        second = configuration(
+            "MutatingWebhookConfiguration", "b-second.example.com", "reinvoke", url(hook, "/mutate-second")
+        )
+        server.kubectl("apply", "-f", "-", input=first + "---\n" + second)
+        time.sleep(0.5)
+        before = len(hook.seen("/mutate"))
+        server.kubectl("-n", "reinvoke", "create", "configmap", f"cm-{policy.lower()}")
+        assert len(hook.seen("/mutate")) - before == calls, policy
+        got = json.loads(
+            server.kubectl("-n", "reinvoke", "get", "configmap", f"cm-{policy.lower()}", "-o", "json").stdout
+        )
+        assert got["metadata"]["labels"] == {"mutated-by": "hook", "second": "hook"}
+    server.kubectl("delete", "mutatingwebhookconfiguration", "a-first.example.com", "b-second.example.com")

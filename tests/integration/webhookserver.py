@@ -1,5 +1,5 @@
 """An HTTPS webhook server for tests: a throwaway CA, a serving certificate for 127.0.0.1 and
-`hook.default.svc`, admission handlers chosen by path (allow, deny, mutate, slow) and a CRD conversion handler
+`hook.default.svc`, admission handlers chosen by path (allow, deny, mutate, mutate-second, slow) and a CRD conversion handler
 (`/convert`: CronTab v1 `spec.cronSpec` <-> v2 `spec.schedule`; `/convert-fail` refuses); every request is
 recorded."""
 
@@ -134,10 +134,11 @@ class WebhookServer:
                 "allowed": False,
                 "status": {"code": 403, "reason": "Forbidden", "message": f"configmap {name} is not welcome"},
             }
-        if path == "/mutate":
+        if path in ("/mutate", "/mutate-second"):
             labels = ((request.get("object") or {}).get("metadata") or {}).get("labels")
             ops = [{"op": "add", "path": "/metadata/labels", "value": {}}] if labels is None else []
-            ops.append({"op": "add", "path": "/metadata/labels/mutated-by", "value": "hook"})
+            label = "mutated-by" if path == "/mutate" else "second"
+            ops.append({"op": "add", "path": f"/metadata/labels/{label}", "value": "hook"})
             patch = base64.b64encode(json.dumps(ops).encode()).decode()
             return {"uid": uid, "allowed": True, "patchType": "JSONPatch", "patch": patch}
         if path == "/slow":

@@ -57,3 +57,28 @@ async def test_gc_and_namespace_deletion_survive_an_overflowed_watch(
     finally:
         await lc.stop()
         store._db.close()
+
+
+async def test_lifecycle_keeps_exactly_one_store_watch_and_reads_it(tmp_path: Path) -> None:
+    """The soak bench's server memory leak: start() used to open a watch it never read, which kept every write's
+    event (value and previous value) until 50,000 events or 64 MB were pending. One watch, caught up, and none
+    left once stopped."""
+    assert CONFIGMAPS is not None
+    store = SQLiteStore(tmp_path / "state.db")
+    res = Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(30000, 32767)))
+    await res.load()
+    lc = Lifecycle(res)
+    await lc.start()
+    try:
+        assert NAMESPACES is not None
+        await res.create(NAMESPACES, None, {"metadata": {"name": "steady"}})
+        for i in range(300):
+            await res.create(CONFIGMAPS, "steady", {"metadata": {"name": f"cm{i}"}})
+        await asyncio.sleep(0.2)
+        watchers = [w for w in store._state.watchers if w._prefix == "/registry/"]
+        assert len(watchers) == 1
+        assert watchers[0]._queue.qsize() == 0
+    finally:
+        await lc.stop()
+    assert [w for w in store._state.watchers if w._prefix == "/registry/"] == []
+    store._db.close()

@@ -1,0 +1,68 @@
+"""The cluster as `kwire trace` sees it: one snapshot of the API objects the agents' data path is computed from
+(Pods, Services, EndpointSlices, Nodes, Namespaces, NetworkPolicies) and the cluster-wide settings the server
+publishes in `kube-system/kwire-config` (what every agent reads at start: cluster-cidr, service-cidr, cluster-dns,
+flannel-backend, disable-network-policy).
+
+A snapshot is plain data, so the path computation (`path.py`) is a pure function of it and unit tests craft one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from kwire.client import ApiClient, NotFound
+from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
+
+Obj = dict[str, Any]
+CLUSTER_CONFIG = "kwire-config"  # the agents' source of cluster-wide settings (kwire/agent/agent.py)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster_cidr: str = "10.42.0.0/16"
+    service_cidr: str = "10.43.0.0/16"
+    cluster_dns: str = "10.43.0.10"
+    cluster_domain: str = "cluster.local"
+    flannel_backend: str = "vxlan"
+    network_policy: bool = True
+
+    @staticmethod
+    def from_configmap(data: dict[str, str]) -> Settings:
+        return Settings(
+            cluster_cidr=data.get("cluster-cidr", "10.42.0.0/16"),
+            service_cidr=data.get("service-cidr", "10.43.0.0/16"),
+            cluster_dns=data.get("cluster-dns", "10.43.0.10"),
+            cluster_domain=data.get("cluster-domain", "cluster.local"),
+            flannel_backend=data.get("flannel-backend", "vxlan"),
+            network_policy=data.get("disable-network-policy", "false") != "true",
+        )
+
+
+@dataclass
+class ClusterState:
+    settings: Settings = field(default_factory=Settings)
+    pods: list[Obj] = field(default_factory=list)
+    services: list[Obj] = field(default_factory=list)
+    slices: list[Obj] = field(default_factory=list)
+    nodes: list[Obj] = field(default_factory=list)
+    namespaces: list[Obj] = field(default_factory=list)
+    policies: list[Obj] = field(default_factory=list)
+
+
+async def fetch(client: ApiClient) -> ClusterState:
+    """One list of every kind the data path depends on (paged), and the settings."""
+
+    async def items(res: Any) -> list[Obj]:
+        return list((await client.list_all(res)).get("items") or [])
+
+    try:
+        cm = await client.get(CONFIGMAPS, CLUSTER_CONFIG, "kube-system")
+        settings = Settings.from_configmap(dict(cm.get("data") or {}))
+    except NotFound:
+        settings = Settings()
+    pods, services, slices, nodes, namespaces, policies = await asyncio.gather(
+        items(PODS), items(SERVICES), items(ENDPOINTSLICES), items(NODES), items(NAMESPACES), items(NETWORKPOLICIES)
+    )
+    return ClusterState(settings, pods, services, slices, nodes, namespaces, policies)
