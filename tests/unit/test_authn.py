@@ -221,3 +221,64 @@ def test_join_tokens_are_checked_and_rotated(tmp_path: Path) -> None:
     assert new != "agent-secret" and join.agent_may_join(new) and not join.agent_may_join("agent-secret")
     assert tokens.ca_hash(tokens.secure_form("s", ca_pem=b"CA")) == hashlib.sha256(b"CA").hexdigest()
     assert tokens.ca_hash("plain") is None and tokens.plain("K10ab::server:s") == "s"
+
+
+def test_kubeconfig_client_certificates_in_data_and_file_forms(tmp_path: Path) -> None:
+    from kwire.client.kubeconfig import load_kubeconfig, write_kubeconfig
+
+    write_kubeconfig(
+        tmp_path / "data.yaml", server="https://s:6443", ca_pem=b"CA", client_cert=b"CERT", client_key=b"KEY"
+    )
+    assert oct((tmp_path / "data.yaml").stat().st_mode & 0o777) == "0o600"
+    cfg = load_kubeconfig(tmp_path / "data.yaml")
+    assert (cfg.client_cert, cfg.client_key, cfg.token) == (b"CERT", b"KEY", None)
+    (tmp_path / "c.pem").write_bytes(b"FILE-CERT")
+    (tmp_path / "k.pem").write_bytes(b"FILE-KEY")
+    (tmp_path / "files.yaml").write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'https://s:6443'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {client-certificate: c.pem, client-key: k.pem}}]\n"
+    )
+    cfg = load_kubeconfig(tmp_path / "files.yaml")  # relative to the kubeconfig, as kubectl resolves them
+    assert (cfg.client_cert, cfg.client_key) == (b"FILE-CERT", b"FILE-KEY")
+
+
+async def test_an_in_cluster_client_picks_up_its_rotated_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet rewrites a pod's token before it expires; the pod's client sends the new one (client-go's
+    cachingTokenSource re-reads the file every minute)."""
+    from aiohttp import web
+
+    from kwire.client import client as client_mod
+    from kwire.client.kubeconfig import in_cluster_config
+
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"kind": "NamespaceList", "items": [], "metadata": {}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("first\n")
+    cfg = in_cluster_config({"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}, sa)
+    cfg = client_mod.Config(server=f"http://127.0.0.1:{port}", token=cfg.token, token_file=cfg.token_file)
+    try:
+        async with client_mod.ApiClient(cfg) as c:
+            await c.request("GET", "/api/v1/namespaces")
+            (sa / "token").write_text("second\n")
+            await c.request("GET", "/api/v1/namespaces")  # within the period: the cached token
+            monkeypatch.setattr(client_mod, "TOKEN_FILE_PERIOD", 0.0)
+            await c.request("GET", "/api/v1/namespaces")
+    finally:
+        await runner.cleanup()
+    assert seen == ["Bearer first", "Bearer first", "Bearer second"]
