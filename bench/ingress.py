@@ -1,6 +1,7 @@
 """Ingress benchmark: kwire's ingress (controller + nginx) vs nginx configured by hand vs HAProxy, and the goals.
 
     .venv/bin/python bench/ingress.py [--duration 5] [--rounds 3] [--connections 64] [--changes 100] [--ingresses 1000]
+                                      [--parts throughput,changes,scale,memory]
 
 Everything runs in one network namespace of our own (`kwire-bi<pid>`, loopback only; removed at the end), plus an
 in-process kwire API server listening on 127.0.0.1 (of the machine and of that namespace):
@@ -13,8 +14,8 @@ in-process kwire API server listening on 127.0.0.1 (of the machine and of that n
   * `haproxy`: HAProxy 2.6 with 16 `server-template` slots filled through its runtime API (`set server ... addr`,
                `state ready`), as haproxytech's kubernetes-ingress does, keep-alive and `http-reuse always`;
 - the client: wrk, 1 thread, N keep-alive connections, pinned to core 1 with the backends.
-Then, on kwire's ingress: route changes (a new Ingress created -> its host answers 200; p50/p99; one change every
-0.25 s), the backend scaling 10 -> 2 -> 10 under wrk load (failed requests counted; as with pods, an endpoint
+Then, on kwire's ingress: route changes (a new Ingress created -> its host answers 200, which reloads nginx; then
+a new IngressRoute, which the Lua router takes without a reload; p50/p99; one change every 0.25 s), the backend scaling 10 -> 2 -> 10 under wrk load (failed requests counted; as with pods, an endpoint
 leaves the EndpointSlice first and its backend stops once the proxy no longer sends to it, and a new backend is
 added once it listens), and the memory of controller + nginx after N Ingresses (RSS and PSS summed over the
 process tree).
@@ -43,9 +44,17 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kwire.client import ApiClient, load_kubeconfig  # noqa: E402
-from kwire.client.client import ENDPOINTSLICES, INGRESSCLASSES, INGRESSES, NAMESPACES, SERVICES  # noqa: E402
+from kwire.client import ApiClient, ApiStatusError, load_kubeconfig  # noqa: E402
+from kwire.client.client import (  # noqa: E402
+    ENDPOINTSLICES,
+    INGRESSCLASSES,
+    INGRESSES,
+    INGRESSROUTES,
+    NAMESPACES,
+    SERVICES,
+)
 from kwire.config import ServerConfig  # noqa: E402
+from kwire.controllers.addons import traefik_crds  # noqa: E402
 from kwire.kernel import netns  # noqa: E402
 from kwire.server import start as start_api  # noqa: E402
 
@@ -331,6 +340,15 @@ def per_port_slices(ports: list[int]) -> list[dict[str, Any]]:
     return out
 
 
+def ingressroute(name: str, host: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "routes": [{"kind": "Rule", "match": f"Host(`{host}`)", "services": [{"name": "web", "port": "http"}]}]
+        },
+    }
+
+
 def ingress(name: str, host: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name},
@@ -384,7 +402,9 @@ async def main() -> int:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--changes", type=int, default=100, help="route changes timed")
     ap.add_argument("--ingresses", type=int, default=1000, help="Ingresses for the memory figure")
+    ap.add_argument("--parts", default="throughput,changes,scale,memory", help="which parts to run (comma-separated)")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     for tool in ("wrk", "taskset", "curl"):
         if not shutil.which(tool):
             print(f"{tool} is required")
@@ -417,6 +437,14 @@ async def main() -> int:
             )
             await set_endpoints(c, BACKEND_PORTS)
             await c.create(INGRESSES, ingress("bench", "bench.local"), NS)
+            for res, crd in traefik_crds():  # as the traefik add-on installs them
+                await c.create(res, crd, None)
+            for _ in range(200):  # until the IngressRoute kind is served
+                try:
+                    await c.list(INGRESSROUTES, NS)
+                    break
+                except ApiStatusError:
+                    await asyncio.sleep(0.05)
             ctl = start_controller(ns, d, log)
             fill_haproxy(d / "haproxy.sock")
             await wait_status(ns, 8090, "bench.local", 200)
@@ -430,7 +458,7 @@ async def main() -> int:
             # 1. Throughput, side by side.
             results: dict[str, list[float]] = {k: [] for k in legs}
             cpu_us: dict[str, list[float]] = {k: [] for k in legs}
-            for r in range(a.rounds):
+            for r in range(a.rounds if "throughput" in parts else 0):
                 for name, p in legs.items():
                     c0 = tree_cpu(pids[name])
                     rps, n = await asyncio.to_thread(wrk, ns, p, a.duration, a.connections)
@@ -438,74 +466,23 @@ async def main() -> int:
                     results[name].append(rps)
                     cpu_us[name].append(us)
                     print(f"round {r + 1} {name:8s} {rps:10.0f} req/s  proxy CPU {us:6.2f} us/request", flush=True)
-            med = {k: statistics.median(v) for k, v in results.items()}
-            cpu = {k: statistics.median(v) for k, v in cpu_us.items()}
+            med = {k: statistics.median(v) if v else 0.0 for k, v in results.items()}
+            cpu = {k: statistics.median(v) if v else 0.0 for k, v in cpu_us.items()}
             print()
-            for k, v in med.items():
+            for k, v in med.items() if "throughput" in parts else ():
                 print(f"{k:8s} median {v:10.0f} req/s, {cpu[k]:6.2f} us CPU/request  "
                       f"(runs: {', '.join(f'{x:.0f}' for x in results[k])})")  # fmt: skip
-            print(f"kwire / hand   = {med['kwire'] / med['hand']:.3f} by req/s, {cpu['hand'] / cpu['kwire']:.3f} by CPU "
-                  "per request   (goal >= 0.95)")  # fmt: skip
-            print(f"haproxy / hand = {med['haproxy'] / med['hand']:.3f} by req/s, "
-                  f"{cpu['hand'] / cpu['haproxy']:.3f} by CPU per request")  # fmt: skip
-
-            # 2. Route changes: a new Ingress (a new host) until it answers 200 from inside the namespace.
-            lat = []
-            for i in range(a.changes):
-                await asyncio.sleep(CHANGE_SPACING)
-                t0 = time.monotonic()
-                await c.create(INGRESSES, ingress(f"r{i}", f"r{i}.bench.local"), NS)
-                await wait_status(ns, 8090, f"r{i}.bench.local", 200)
-                lat.append((time.monotonic() - t0) * 1000)
-            print(f"\nroute change -> serving: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
-                  f"max {max(lat):.1f} ms over {len(lat)} changes   (goal p99 <= 100 ms)")  # fmt: skip
-            for i in range(a.changes):
-                await c.delete(INGRESSES, f"r{i}", NS)
-            # Reloads close idle keep-alive client connections (nginx's graceful reload); let them settle so the
-            # scaling below measures endpoint changes alone (those never reload).
-            await wait_status(ns, 8090, f"r{a.changes - 1}.bench.local", 404)
-            await asyncio.sleep(3)
-
-            # 3. Scale 10 -> 2 -> 10 under load: endpoints leave before their backends stop, as a pod's do
-            # (removed from the slice on deletion, process stopped after), and come back after they start.
-            async def scale() -> None:
-                await asyncio.sleep(2)
-                await set_endpoints(c, BACKEND_PORTS[:2])
-                await asyncio.sleep(1)
-                for p in BACKEND_PORTS[2:]:
-                    backends[p].send_signal(signal.SIGQUIT)  # nginx's graceful stop
-                await asyncio.sleep(2)
-                for p in BACKEND_PORTS[2:]:
-                    await asyncio.to_thread(backends[p].wait)
-                    backends[p] = start_backend(ns, d, p, log)
-                await asyncio.sleep(1)
-                await set_endpoints(c, BACKEND_PORTS)
-
-            if os.environ.get("KWIRE_BENCH_VERBOSE"):
-                log.flush()
-                print("\n".join(x for x in (d / "log").read_text().splitlines() if "ingress sync" in x)[-3000:])
-            scaler = asyncio.create_task(scale())
-            failed, total = await asyncio.to_thread(wrk, ns, 8090, 10, a.connections, check=False)
-            await scaler
-            print(f"scale 10 -> 2 -> 10 under load: {int(failed)} failed of {total} requests   (goal 0)")
-
-            # 4. Memory with many Ingresses.
-            sem = asyncio.Semaphore(16)
-
-            async def one(i: int) -> None:
-                async with sem:
-                    await c.create(INGRESSES, ingress(f"m{i}", f"m{i}.bench.local"), NS)
-
-            t0 = time.monotonic()
-            await asyncio.gather(*(one(i) for i in range(a.ingresses)))
-            await wait_status(ns, 8090, f"m{a.ingresses - 1}.bench.local", 200, timeout=120)
-            took = time.monotonic() - t0
-            await asyncio.sleep(5)  # old workers of the last reloads finish
-            rss, pss = tree_memory(ctl.pid)
-            nrss, npss = tree_memory(nginx_pid(ctl.pid))
-            print(f"{a.ingresses} Ingresses created and all served in {took:.1f} s; add-on memory (controller + "
-                  f"nginx): RSS {rss:.0f} MB, PSS {pss:.0f} MB   (goal RSS <= 120 MB); of which nginx (master + "
-                  f"workers) RSS {nrss:.0f} MB, PSS {npss:.0f} MB")  # fmt: skip
+            if "throughput" in parts:
+                print(f"kwire / hand   = {med['kwire'] / med['hand']:.3f} by req/s, {cpu['hand'] / cpu['kwire']:.3f} "
+                      "by CPU per request   (goal >= 0.95)")  # fmt: skip
+                print(f"haproxy / hand = {med['haproxy'] / med['hand']:.3f} by req/s, "
+                      f"{cpu['hand'] / cpu['haproxy']:.3f} by CPU per request")  # fmt: skip
+            if "changes" in parts:
+                await route_changes(c, ns, a.changes, d, log)
+            if "scale" in parts:
+                await scaling(c, ns, d, log, backends, a.connections)
+            if "memory" in parts:
+                await memory(c, ns, ctl.pid, a.ingresses)
         return 0
     except Exception:
         log.flush()
@@ -522,6 +499,118 @@ async def main() -> int:
         cleanup(ns)
         log.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def sync_times(d: Path, log: IO[bytes]) -> list[tuple[float, ...]]:
+    """(whole sync, build + push, build in ms; first event, sync start, push done as monotonic seconds) of the
+    controller's syncs so far (its -v log lines)."""
+    log.flush()
+    pat = re.compile(r"ingress sync ([0-9.]+) ms \(build\+push ([0-9.]+) ms, build ([0-9.]+) ms, reload=\w+\) "
+                     r"event_at=([0-9.]+) start_at=([0-9.]+) pushed_at=([0-9.]+)")  # fmt: skip
+    text = (d / "log").read_text(errors="replace")
+    return [tuple(float(x) for x in m.groups()) for m in pat.finditer(text)]
+
+
+def breakdown(changes: list[tuple[float, float]], syncs: list[tuple[float, ...]]) -> str:
+    """Where each change's time went: create call -> the controller's first event (watch), -> its sync start
+    (coalescing, a sync in progress), -> endpoints and router pushed (build + push), -> served (the data plane:
+    the reload, or the workers reading the shared dict, and the client's polling)."""
+    parts: dict[str, list[float]] = {"watch": [], "queue": [], "build+push": [], "serve": []}
+    for t0, t4 in changes:
+        s = next((x for x in syncs if x[3] >= t0 - 0.0005), None)
+        if s is None:
+            continue
+        parts["watch"].append((s[3] - t0) * 1000)
+        parts["queue"].append((s[4] - s[3]) * 1000)
+        parts["build+push"].append((s[5] - s[4]) * 1000)
+        parts["serve"].append((t4 - s[5]) * 1000)
+    return ", ".join(f"{k} p50 {pct(v, 50):.1f} / p99 {pct(v, 99):.1f} ms" for k, v in parts.items() if v)
+
+
+async def route_changes(c: ApiClient, ns: str, changes: int, d: Path, log: IO[bytes]) -> None:
+    """A new Ingress (a new host; nginx reloads), then a new IngressRoute (the Lua router, no reload), each timed
+    from its create call until its host answers 200 from inside the namespace. With KWIRE_BENCH_VERBOSE, where
+    the time goes: the controller's syncs (build + push, then the reload's signal)."""
+    for kind in ("Ingress", "IngressRoute"):
+        before = len(sync_times(d, log))
+        lat = []
+        spans: list[tuple[float, float]] = []
+        for i in range(changes):
+            await asyncio.sleep(CHANGE_SPACING)
+            t0 = time.monotonic()
+            if kind == "Ingress":
+                await c.create(INGRESSES, ingress(f"r{i}", f"r{i}.bench.local"), NS)
+            else:
+                await c.create(INGRESSROUTES, ingressroute(f"q{i}", f"q{i}.bench.local"), NS)
+            await wait_status(ns, 8090, f"{'r' if kind == 'Ingress' else 'q'}{i}.bench.local", 200)
+            lat.append((time.monotonic() - t0) * 1000)
+            spans.append((t0, time.monotonic()))
+        print(f"\nroute change ({kind}) -> serving: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
+              f"max {max(lat):.1f} ms over {len(lat)} changes   (goal p99 <= 100 ms)")  # fmt: skip
+        syncs = sync_times(d, log)[before:]
+        if os.environ.get("KWIRE_BENCH_VERBOSE"):
+            print("  each change (ms):", " ".join(f"{x:.0f}" for x in lat))
+        if syncs:
+            print("  where the time went:", breakdown(spans, syncs))
+            whole, push, build = ([x[i] for x in syncs] for i in range(3))
+            print(f"  controller syncs: {len(syncs)}, whole p50 {pct(whole, 50):.1f} / p99 {pct(whole, 99):.1f} ms, "
+                  f"build + push p50 {pct(push, 50):.1f} / p99 {pct(push, 99):.1f} ms, "
+                  f"build p50 {pct(build, 50):.1f} / p99 {pct(build, 99):.1f} ms")  # fmt: skip
+    for i in range(changes):
+        await c.delete(INGRESSES, f"r{i}", NS)
+        await c.delete(INGRESSROUTES, f"q{i}", NS)
+    # Reloads close idle keep-alive client connections (nginx's graceful reload); let them settle so the
+    # scaling below measures endpoint changes alone (those never reload).
+    await wait_status(ns, 8090, f"r{changes - 1}.bench.local", 404)
+    await asyncio.sleep(3)
+
+
+async def scaling(
+    c: ApiClient, ns: str, d: Path, log: IO[bytes], backends: dict[int, subprocess.Popen[bytes]], connections: int
+) -> None:
+    """Scale 10 -> 2 -> 10 under load: endpoints leave before their backends stop, as a pod's do (removed from the
+    slice on deletion, process stopped after), and come back after they start."""
+
+    async def scale() -> None:
+        await asyncio.sleep(2)
+        await set_endpoints(c, BACKEND_PORTS[:2])
+        await asyncio.sleep(1)
+        for p in BACKEND_PORTS[2:]:
+            backends[p].send_signal(signal.SIGQUIT)  # nginx's graceful stop
+        await asyncio.sleep(2)
+        for p in BACKEND_PORTS[2:]:
+            await asyncio.to_thread(backends[p].wait)
+            backends[p] = start_backend(ns, d, p, log)
+        await asyncio.sleep(1)
+        await set_endpoints(c, BACKEND_PORTS)
+
+    if os.environ.get("KWIRE_BENCH_VERBOSE"):
+        log.flush()
+        print("\n".join(x for x in (d / "log").read_text().splitlines() if "ingress sync" in x)[-3000:])
+    scaler = asyncio.create_task(scale())
+    failed, total = await asyncio.to_thread(wrk, ns, 8090, 10, connections, check=False)
+    await scaler
+    print(f"scale 10 -> 2 -> 10 under load: {int(failed)} failed of {total} requests   (goal 0)")
+
+
+async def memory(c: ApiClient, ns: str, ctl_pid: int, ingresses: int) -> None:
+    """Memory of controller + nginx with many Ingresses."""
+    sem = asyncio.Semaphore(16)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await c.create(INGRESSES, ingress(f"m{i}", f"m{i}.bench.local"), NS)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(ingresses)))
+    await wait_status(ns, 8090, f"m{ingresses - 1}.bench.local", 200, timeout=120)
+    took = time.monotonic() - t0
+    await asyncio.sleep(5)  # old workers of the last reloads finish
+    rss, pss = tree_memory(ctl_pid)
+    nrss, npss = tree_memory(nginx_pid(ctl_pid))
+    print(f"{ingresses} Ingresses created and all served in {took:.1f} s; add-on memory (controller + "
+          f"nginx): RSS {rss:.0f} MB, PSS {pss:.0f} MB   (goal RSS <= 120 MB); of which nginx (master + "
+          f"workers) RSS {nrss:.0f} MB, PSS {npss:.0f} MB")  # fmt: skip
 
 
 def start_controller(ns: str, d: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -138,6 +138,9 @@ class AgentConfig:
     # kwire-specific: the name prefix of pod network namespaces (the lab sets `kwire-<lab>-pod-`).
     pod_netns_prefix: str = "kwire-pod-"
     node_lease_duration_seconds: int = 40
+    # K3s's `--kube-proxy-arg KEY=VALUE`: kwire's service proxy honours `metrics-bind-address` (default
+    # 127.0.0.1:10249, kube-proxy's); other keys are logged as ignored.
+    kube_proxy_arg: tuple[str, ...] = ()
 
 
 C = TypeVar("C", ServerConfig, AgentConfig)

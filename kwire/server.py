@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from kwire.api.admission import Admission
+from kwire.api.aggregator import Aggregator
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.authn import Authenticator, lookup_in
 from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator, ensure_signing_key, issuer_for
@@ -46,9 +47,11 @@ from kwire.api.certs import (
 from kwire.api.encryptionkeys import open_encryption
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
+from kwire.api.nodecerts import NodeCertAuthority, NodeCerts
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
+from kwire.api.user import MASTERS
 from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
 from kwire.base.files import atomic_write
@@ -211,6 +214,8 @@ class Server:
         if self.master_leases is not None:
             await self.master_leases.stop()
         await self.lifecycle.stop()
+        if self.api.aggregator is not None:
+            await self.api.aggregator.stop()
         if self.resources.admission is not None:
             await self.resources.admission.stop()
         await self.resources.conversion.close()
@@ -432,6 +437,17 @@ def _pki(cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
     )
 
 
+def _kubelet_client_ssl(data_dir: Path, pki: Pki, client_ca: ClientCa) -> ssl.SSLContext:
+    """The API server's credentials towards kubelets: K3s's `client-kube-apiserver.crt` (CN `system:apiserver`,
+    O `system:masters`) from the client CA; kubelets' serving certificates are verified against the cluster CA."""
+    tls = data_dir / "tls"
+    crt, key = tls / "client-kube-apiserver.crt", tls / "client-kube-apiserver.key"
+    ensure_client_cert(client_ca, cert_path=crt, key_path=key, common_name="system:apiserver", organizations=(MASTERS,))
+    ctx = ssl.create_default_context(cadata=pki.ca_pem.decode())
+    ctx.load_cert_chain(crt, key)
+    return ctx
+
+
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
@@ -492,10 +508,17 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         ca_pem=pki.ca_pem,
         authn=Authenticator(tokens=validator),
         join_tokens=join_tokens,
-        kubelet_token=join_tokens.agent,
         issuer=issuer,
         validator=validator,
+        kubelet_ssl=_kubelet_client_ssl(data_dir, pki, client_ca),
+        node_certs=NodeCerts(
+            resources,
+            authority=NodeCertAuthority(client_ca.cert, client_ca.key, pki.ca_cert, pki.ca_key),
+            token_ok=join_tokens.agent_may_join,  # the agent token (or the server token), K3s's node join
+        ),
     )
+    api.aggregator = Aggregator(resources)
+    api.aggregator.start()
     api.encryption = encryption
     if etcd_member is not None:
         api.server_bootstrap = _bootstrap_provider(pki, etcd_member, data_dir)

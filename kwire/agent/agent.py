@@ -17,27 +17,38 @@ import socket
 import ssl
 import subprocess
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from pyroute2 import IPRoute
 
+from kwire.agent.credentials import (
+    CONTROLLER_CLIENT,
+    KUBE_PROXY_CLIENT,
+    KUBELET_CLIENT,
+    KUBELET_SERVING,
+    CertReloader,
+    CredentialsError,
+    NodeCredentials,
+)
 from kwire.agent.flannel.flannel import Flannel
 from kwire.agent.kubelet.kubelet import Kubelet
+from kwire.agent.kubelet.kubeletauth import KubeletAuth
 from kwire.agent.kubelet.logs import LogServer
 from kwire.agent.kubelet.runtime_client import RuntimeClient
+from kwire.agent.metrics import DEFAULT_BIND, AgentMetrics, AgentMetricsServer
 from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
-from kwire.client import ApiClient, ApiStatusError, Config, Informers, load_kubeconfig
-from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
+from kwire.client import ApiClient, Informers
+from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
+from kwire.client.events import EventRecorder
 from kwire.cni import invoke as cni
 from kwire.config import AgentConfig
 
 log = logging.getLogger(__name__)
-
-CLUSTER_CONFIG = "kwire-config"
 
 
 class AgentError(RuntimeError):
@@ -133,13 +144,14 @@ class ClusterSettings:
     node_monitor_grace_period: int = 40
 
 
-async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> ClusterSettings:
+async def _cluster_settings(creds: NodeCredentials, *, timeout: float = 60.0) -> ClusterSettings:
+    """The cluster's settings as K3s's agent gets them: from the server's /v1-k3s/config (the data of the
+    kube-system/kwire-config ConfigMap the server publishes), asked as this node."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while True:
         try:
-            cm = await client.get(CONFIGMAPS, CLUSTER_CONFIG, "kube-system")
-            d = cm.get("data") or {}
+            d = await creds.cluster_settings()
             return ClusterSettings(
                 cluster_cidr=d.get("cluster-cidr", "10.42.0.0/16"),
                 service_cidr=d.get("service-cidr", "10.43.0.0/16"),
@@ -149,28 +161,55 @@ async def _cluster_settings(client: ApiClient, *, timeout: float = 60.0) -> Clus
                 disable_network_policy=d.get("disable-network-policy", "false") == "true",
                 node_monitor_grace_period=int(d.get("node-monitor-grace-period") or 40),
             )
-        except (ApiStatusError, OSError, TimeoutError) as exc:
+        except (CredentialsError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             if loop.time() > end:
                 raise AgentError(f"cannot read the cluster settings from the server: {exc}") from None
             await asyncio.sleep(0.2)
 
 
-async def _client_config(cfg: AgentConfig) -> Config:
-    if cfg.kubeconfig:
-        return load_kubeconfig(cfg.kubeconfig)
-    if not cfg.server or not cfg.token:
-        raise AgentError("kwire agent needs --server and --token (or --kubeconfig)")
+async def _server_ca(cfg: AgentConfig) -> bytes:
+    """The cluster CA, pinned by a K10 token, retried while the server is not up yet (60 s)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + 60
     while True:
         try:
-            ca = await asyncio.to_thread(_fetch_ca, cfg.server, cfg.token)
-            break
+            return await asyncio.to_thread(_fetch_ca, cfg.server, cfg.token)
         except OSError as exc:
             if loop.time() > end:
                 raise AgentError(f"cannot reach the server at {cfg.server}: {exc}") from None
             await asyncio.sleep(0.2)
-    return Config(server=cfg.server.rstrip("/"), token=_plain_token(cfg.token), ca_data=ca)
+
+
+async def _node_credentials(cfg: AgentConfig, *, node_name: str, node_ip: str) -> NodeCredentials:
+    """Join: the agent token (presented once) for this node's own certificates (credentials.py)."""
+    if cfg.kubeconfig:
+        raise AgentError(
+            "--kubeconfig is not supported: an agent joins with --server and --token for its own certificates"
+        )
+    if not cfg.server or not cfg.token:
+        raise AgentError("kwire agent needs --server and --token")
+    creds = NodeCredentials(
+        data_dir=Path(cfg.data_dir),
+        server=cfg.server.rstrip("/"),
+        node_name=node_name,
+        node_ips=tuple(i for i in (node_ip, cfg.node_external_ip) if i),
+        server_ca=await _server_ca(cfg),
+    )
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 60
+    while True:
+        try:
+            issued = await creds.ensure(token=_plain_token(cfg.token))
+            break
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            if loop.time() > end:
+                raise AgentError(f"cannot get node certificates from {cfg.server}: {exc}") from None
+            await asyncio.sleep(0.5)
+        except CredentialsError as exc:
+            raise AgentError(str(exc)) from None
+    if issued:
+        log.info("agent: node certificates issued: %s", ", ".join(issued))
+    return creds
 
 
 @dataclass
@@ -184,8 +223,18 @@ class Agent:
     proxier: Proxier
     netpol: NetworkPolicyController | None = None
     logs: LogServer | None = None
+    metrics: AgentMetricsServer | None = None
+    clients: list[ApiClient] = field(default_factory=list)  # kube-proxy's and the controllers' (besides `client`)
+    informer_sets: list[Informers] = field(default_factory=list)
+    renewal: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self.renewal is not None:
+            self.renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.renewal
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.logs is not None:
             await self.logs.close()
         if self.netpol is not None:
@@ -195,8 +244,24 @@ class Agent:
         await self.flannel.stop()
         await self.registration.stop()
         await self.informers.stop()
+        for informers in self.informer_sets:
+            await informers.stop()
         await self.runtime.close()
         await self.client.close()
+        for client in self.clients:
+            await client.close()
+
+
+def _metrics_bind(cfg: AgentConfig) -> str:
+    """kube-proxy's metrics-bind-address from `--kube-proxy-arg` (K3s's flag), else kube-proxy's default."""
+    bind = DEFAULT_BIND
+    for arg in cfg.kube_proxy_arg:
+        key, _, value = arg.lstrip("-").partition("=")
+        if key == "metrics-bind-address" and value:
+            bind = value
+        else:
+            log.info("agent: kube-proxy-arg %r is not used by kwire's service proxy", arg)
+    return bind
 
 
 async def start(cfg: AgentConfig) -> Agent:
@@ -204,8 +269,14 @@ async def start(cfg: AgentConfig) -> Agent:
     data_dir.mkdir(parents=True, exist_ok=True)
     node_ip, iface = await asyncio.to_thread(_node_ip_and_iface, cfg)
     node_name = cfg.node_name or socket.gethostname()
-    client = ApiClient(await _client_config(cfg))
-    settings = await _cluster_settings(client)
+    creds = await _node_credentials(cfg, node_name=node_name, node_ip=node_ip)
+    # One identity per component, as K3s's agent: the kubelet (Node, Lease, pods, their status and volumes),
+    # kube-proxy (Services, EndpointSlices) and the agent's controllers (flannel's node watch, NetworkPolicy).
+    client = ApiClient(creds.client_config(KUBELET_CLIENT))
+    proxy_client = ApiClient(creds.client_config(KUBE_PROXY_CLIENT))
+    controller_client = ApiClient(creds.client_config(CONTROLLER_CLIENT))
+    clients = {KUBELET_CLIENT: client, KUBE_PROXY_CLIENT: proxy_client, CONTROLLER_CLIENT: controller_client}
+    settings = await _cluster_settings(creds)
     ident = NodeIdentity(
         name=node_name,
         ip=node_ip,
@@ -219,12 +290,23 @@ async def start(cfg: AgentConfig) -> Agent:
     await reg.register()
     reg.start()
     informers = Informers(client)
-    nodes = informers.get(NODES)
     pods = informers.get(PODS, field_selector=f"spec.nodeName={node_name}")
-    services = informers.get(SERVICES)
-    slices = informers.get(ENDPOINTSLICES)
-    follow_servers(client, slices)
+    proxy_informers = Informers(proxy_client)
+    services = proxy_informers.get(SERVICES)
+    slices = proxy_informers.get(ENDPOINTSLICES)
+
+    def servers_learned(urls: list[str]) -> None:
+        for c in clients.values():
+            c.set_servers(urls)
+        creds.servers = client.servers
+        log.info("API servers: %s", ", ".join(client.servers))
+
+    follow_servers(slices, apply=servers_learned)
+    controller_informers = Informers(controller_client)
+    nodes = controller_informers.get(NODES)
+    metrics = AgentMetrics()
     proxier = Proxier(
+        metrics=metrics.proxy,
         services=services,
         slices=slices,
         node=node_name,
@@ -235,14 +317,17 @@ async def start(cfg: AgentConfig) -> Agent:
     netpol = None
     if not settings.disable_network_policy:
         netpol = NetworkPolicyController(
-            pods=informers.get(PODS),
-            namespaces=informers.get(NAMESPACES),
-            policies=informers.get(NETWORKPOLICIES),
+            pods=controller_informers.get(PODS),
+            namespaces=controller_informers.get(NAMESPACES),
+            policies=controller_informers.get(NETWORKPOLICIES),
             node=node_name,
             node_ips=(node_ip,),
+            observer=metrics.netpol,
         )
-    informers.start()
-    await informers.wait_synced()
+    for group in (informers, proxy_informers, controller_informers):
+        group.start()
+    for group in (informers, proxy_informers, controller_informers):
+        await group.wait_synced()
     reg.current_node = lambda: nodes.get(None, node_name)
 
     flannel = Flannel(
@@ -282,19 +367,65 @@ async def start(cfg: AgentConfig) -> Agent:
         logs_dir=data_dir / "runtime" / "logs",
     )
     await kubelet.start()
+    reloader = CertReloader(creds)
+    serving = creds.kubelet_serving_context()
+    reloader.track(KUBELET_SERVING, serving)
+
+    def renewed(component: str) -> None:
+        if component in clients:
+            clients[component].renew_client_cert(
+                cert=creds.cert_path(component).read_bytes(), key=creds.key_path(component).read_bytes()
+            )
+
+    reloader.on_renew(renewed)
     logs = LogServer(
         logs_dir=data_dir / "runtime" / "logs",
-        # the kubelet API's credential until it serves HTTPS: the join token the server presents (sc's work)
-        token=_plain_token(cfg.token) if cfg.token else (client.config.token or ""),
+        auth=KubeletAuth(client, node=node_name),
+        ssl_context=serving,
         host=node_ip,
         exec_target=kubelet.exec_target,
         attach_target=kubelet.attach_target,
+        resource_containers=kubelet.resource_containers,
+        forward_target=kubelet.forward_target,
     )
     await logs.start()
+    metrics_server = AgentMetricsServer(metrics, bind=_metrics_bind(cfg))
+    await metrics_server.start()
+    # kube-proxy's and kubelet's node reference: the Node's uid is its name
+    node_ref = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": node_name, "uid": node_name}}
+    proxy_events = EventRecorder(proxy_client, component="kube-proxy", host=node_name)
+
+    async def proxy_failed(exc: Exception) -> None:
+        await proxy_events.event(node_ref, "Warning", "SyncProxyRulesFailed", f"nftables sync failed: {exc}")
+
+    proxier.reconciler.on_failure = proxy_failed
+    if netpol is not None:
+        policy_events = EventRecorder(controller_client, component="network-policy-controller", host=node_name)
+
+        async def netpol_failed(exc: Exception) -> None:
+            await policy_events.event(
+                node_ref, "Warning", "SyncNetworkPolicyFailed", f"NetworkPolicy nftables sync failed: {exc}"
+            )
+
+        netpol.reconciler.on_failure = netpol_failed
     reg.set_ready(True)
     await reg.post_status(force=True)
     log.info("agent: node %s (%s on %s) is Ready", node_name, node_ip, iface)
-    return Agent(client, informers, reg, flannel, kubelet, runtime, proxier, netpol, logs)
+    return Agent(
+        client,
+        informers,
+        reg,
+        flannel,
+        kubelet,
+        runtime,
+        proxier,
+        netpol,
+        logs,
+        metrics=metrics_server,
+        clients=[proxy_client, controller_client],
+        informer_sets=[proxy_informers, controller_informers],
+        renewal=asyncio.create_task(reloader.run()),
+    )
 
 
 async def run(cfg: AgentConfig) -> None:

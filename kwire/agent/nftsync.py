@@ -10,6 +10,8 @@ check -> metrics. kube-proxy's BoundedFrequencyRunner plus its nftables proxier'
   and every `resync_period` when one is given: kube-router's periodic full sync). The owner never tracks what was
   applied: the reconciler keeps the last applied Table, and a failed transaction simply makes the next one a
   whole-table replace (`applied` is forgotten) after `RETRY_AFTER_FAILURE`.
+- After each sync attempt the `observer` (kwire/agent/metrics.py: kube-proxy's or kube-router's metrics) hears of
+  it, and a failed one is handed to `on_failure` (the agent records it as an Event on its Node).
 - Every `table_check_period` the reconciler asks the applier whether the table is still there (kube-proxy's canary
   chains; a table of our own is its own canary); a vanished table is restored by a replace.
 """
@@ -36,6 +38,15 @@ class Compute(Protocol):
     def __call__(self, keys: set[str], *, resync: bool) -> nft.Table: ...
 
 
+class SyncObserver(Protocol):
+    """Told of every sync attempt: a committed one (whole-table or partial, its duration, the seconds since the
+    first change it picked up was marked, the table's chain count) or a failed one."""
+
+    def synced(self, *, full: bool, seconds: float, latency: float | None, rules: int) -> None: ...
+
+    def failed(self) -> None: ...
+
+
 @dataclass
 class SyncStats:
     full: int = 0
@@ -59,7 +70,10 @@ class NftReconciler:
         table_check_period: float = 5.0,
         resync_period: float | None = None,
         after: Callable[[nft.Table, nft.Transaction], Awaitable[None]] | None = None,
+        observer: SyncObserver | None = None,
     ) -> None:
+        self.observer = observer
+        self.on_failure: Callable[[Exception], Awaitable[None]] | None = None
         self.name = name
         self._compute = compute
         self.applier: nft.Applier = applier if applier is not None else nft.KernelApplier()
@@ -125,6 +139,11 @@ class NftReconciler:
                 self.applied = None
                 self._resync = True
                 log.warning("%s: sync failed (%s); the next sync replaces the whole table", self.name, exc)
+                if self.observer is not None:
+                    self.observer.failed()
+                if self.on_failure is not None:
+                    with contextlib.suppress(Exception):  # reporting must never stop the loop
+                        await self.on_failure(exc)
                 await asyncio.sleep(RETRY_AFTER_FAILURE)
                 self.event.set()
 
@@ -177,6 +196,9 @@ class NftReconciler:
             self.stats.full += 1
         else:
             self.stats.partial += 1
+        if self.observer is not None and not txn.empty:
+            latency = done - since if since is not None else None
+            self.observer.synced(full=txn.kind == "replace", seconds=dt, latency=latency, rules=len(desired.chains))
         if self._after is not None:
             await self._after(desired, txn)
         self.committed.set()

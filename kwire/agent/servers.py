@@ -1,6 +1,6 @@
 """The agent's list of API servers, learned from the `kubernetes` EndpointSlice, as K3s's agent load balancer
 learns the servers from the `kubernetes` Endpoints: with several servers the agent's API client fails over to
-another one when its server cannot be connected to (`ApiClient.set_servers`), so pods keep running and service
+another one when its server cannot be connected to (`ApiClient.set_servers`, on each component's client), so pods keep running and service
 rules stay in place while a server is down; the configured `--server` stays in the list as K3s keeps it.
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from kwire.client import ApiClient, Informer
+from kwire.client import Informer
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ def server_urls(slice_: Obj) -> list[str]:
     return urls
 
 
-def follow_servers(client: ApiClient, slices: Informer) -> None:
-    """Keep `client`'s fail-over list equal to the servers the kubernetes EndpointSlice names."""
+def follow_servers(slices: Informer, *, apply: Callable[[list[str]], None]) -> None:
+    """Call `apply` with the servers the kubernetes EndpointSlice names whenever they change."""
     learned: list[str] = []
 
     def changed(*objs: Obj) -> None:
@@ -48,8 +49,7 @@ def follow_servers(client: ApiClient, slices: Informer) -> None:
         urls = server_urls(obj)
         if urls and urls != learned:
             learned[:] = urls
-            client.set_servers(urls)
-            log.info("API servers: %s", ", ".join(client.servers))
+            apply(urls)
 
     slices.on_add(changed)
     slices.on_update(changed)

@@ -307,3 +307,66 @@ def ensure_etcd_tls(data_dir: Path, *, sans_ip: list[str]) -> EtcdTls:
         usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
     )
     return out
+
+
+# -- certificates for a node, from its own key ----------------------------------------------------------------
+CERT_DAYS = 365
+
+
+def sign_csr(
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    csr_pem: bytes,
+    *,
+    common_name: str,
+    organizations: tuple[str, ...] = (),
+    sans_dns: tuple[str, ...] = (),
+    sans_ip: tuple[str, ...] = (),
+    server: bool = False,
+    days: int = CERT_DAYS,
+) -> bytes:
+    """A certificate (PEM) for the public key of a PKCS#10 request, with the subject and SANs the signer decides
+    (a node's request names only its key: the server sets CN/O from the node name, as K3s's node-cert handlers
+    do). Client authentication, or server authentication with `server`. ValueError when the request is not a
+    valid, self-signed CSR."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise ValueError(f"not a PEM certificate request: {exc}") from None
+    if not csr.is_signature_valid:
+        raise ValueError("the certificate request's signature is not valid")
+    ca_cert, ca_key = ca
+    now = dt.datetime.now(dt.UTC)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_subject(common_name, organizations))
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    alt = [x509.DNSName(d) for d in sorted(set(sans_dns))] + [
+        x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(set(sans_ip))
+    ]
+    if alt:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA's certificate and key from their files."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+    return cert, loaded
+
+
+def subject_of(cert_pem: bytes) -> tuple[str, tuple[str, ...]]:
+    """(CN, Os) of a PEM certificate: the user and groups kube reads from a client certificate."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    cn = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    orgs = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+    return (cn[0] if cn else ""), orgs

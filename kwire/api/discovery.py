@@ -2,7 +2,9 @@
 
 /api and /apis also answer aggregated discovery (apidiscovery.k8s.io v2 and v2beta1 `APIGroupDiscoveryList`,
 kube-apiserver's default since 1.30) when the Accept header asks for it, as kubectl 1.32 does: one request
-then describes every group, version and resource, built-in and CRD-defined alike.
+then describes every group, version and resource, built-in and CRD-defined alike. Group versions served by
+another server through an APIService (`aggregator.py`) are listed once it is Available, with the resources that
+server's own discovery document lists, as kube-aggregator merges them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,24 @@ VERSION = {
 }
 
 PROXIED = ("Pod", "Service", "Node")
+
+# Aggregated group versions (group -> version -> that server's APIResourceList), set by kwire.api.aggregator.
+_AGGREGATED_APIS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def set_aggregated(apis: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Replace the aggregated group versions discovery lists (only Available APIServices)."""
+    global _AGGREGATED_APIS
+    _AGGREGATED_APIS = {g: dict(vs) for g, vs in apis.items()}
+
+
+def _all_groups() -> dict[str, list[str]]:
+    out = {g: list(vs) for g, vs in groups().items()}
+    for g, vs in _AGGREGATED_APIS.items():
+        out.setdefault(g, []).extend(v for v in vs if v not in out[g])
+    return out
+
+
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -88,12 +108,12 @@ def api_group_list() -> dict[str, Any]:
     return {
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": [_group(g, vs) for g, vs in groups().items() if g],
+        "groups": [_group(g, vs) for g, vs in _all_groups().items() if g],
     }
 
 
 def api_group(name: str) -> dict[str, Any] | None:
-    vs = groups().get(name)
+    vs = _all_groups().get(name)
     if not name or vs is None:
         return None
     return {"kind": "APIGroup", "apiVersion": "v1", **_group(name, vs)}
@@ -102,7 +122,7 @@ def api_group(name: str) -> dict[str, Any] | None:
 def resource_list(group: str, version: str) -> dict[str, Any] | None:
     kinds = kinds_in(group, version)
     if not kinds:
-        return None
+        return _AGGREGATED_APIS.get(group, {}).get(version)
     resources: list[dict[str, Any]] = []
     for k in kinds:
         resources.extend(_resource_entries(k))
@@ -161,25 +181,43 @@ def _aggregated_resource(kind: Kind) -> dict[str, Any]:
     return out
 
 
+def _aggregated_from_list(rl: dict[str, Any], group: str, version: str) -> list[dict[str, Any]]:
+    """An aggregated server's APIResourceList in aggregated discovery's form (kube-aggregator's conversion)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rl.get("resources") or []:
+        name = str(r.get("name", ""))
+        base, _, sub = name.partition("/")
+        kind = {"group": r.get("group", group), "version": r.get("version", version), "kind": r.get("kind", "")}
+        if not sub:
+            out[base] = {
+                "resource": base,
+                "responseKind": kind,
+                "scope": "Namespaced" if r.get("namespaced") else "Cluster",
+                "singularResource": r.get("singularName") or str(r.get("kind", "")).lower(),
+                "verbs": list(r.get("verbs") or []),
+            }
+        elif base in out:
+            out[base].setdefault("subresources", []).append(
+                {"subresource": sub, "responseKind": kind, "verbs": list(r.get("verbs") or [])}
+            )
+    return list(out.values())
+
+
 def aggregated_discovery(*, core: bool, version: str = "v2") -> dict[str, Any]:
     """The APIGroupDiscoveryList for /api (core=True) or /apis."""
     items = []
-    for group, versions in groups().items():
+    for group, versions in _all_groups().items():
         if bool(group) == core:
             continue
-        items.append(
-            {
-                "metadata": {"name": group},
-                "versions": [
-                    {
-                        "version": v,
-                        "resources": [_aggregated_resource(k) for k in kinds_in(group, v)],
-                        "freshness": "Current",
-                    }
-                    for v in versions
-                ],
-            }
-        )
+        entries = []
+        for v in versions:
+            kinds = kinds_in(group, v)
+            if kinds:
+                resources = [_aggregated_resource(k) for k in kinds]
+            else:
+                resources = _aggregated_from_list(_AGGREGATED_APIS.get(group, {}).get(v) or {}, group, v)
+            entries.append({"version": v, "resources": resources, "freshness": "Current"})
+        items.append({"metadata": {"name": group}, "versions": entries})
     return {
         "kind": "APIGroupDiscoveryList",
         "apiVersion": f"apidiscovery.k8s.io/{version}",

@@ -4,7 +4,8 @@
 (kube's service ResourceLocation: a port number is turned into the Service port's name, then a random address of
 an Endpoints subset carrying a port of that name); `pods/[SCHEME:]NAME[:PORT]/proxy/PATH` to the pod IP (the
 first container port when none is given); `nodes/NAME[:PORT]/proxy/PATH` to the node's kubelet (InternalIP,
-port 10250, with the server's token, as kube-apiserver presents its kubelet client credentials). The request
+port 10250, over HTTPS with the API server's kubelet-client certificate, verifying the kubelet's serving
+certificate against the cluster CA, as kube-apiserver presents its kubelet client credentials). The request
 (method, query, body, headers but the hop-by-hop ones and the user's Authorization) is sent over the cluster
 network, which the API server reaches from where it runs (node1's namespace in a lab), and the answer streams
 back. A backend that cannot be reached or does not speak HTTP (CoreDNS's `dns` port, which `kubectl
@@ -14,6 +15,7 @@ cluster-info` prints) is kube's 503 `error trying to reach service: ...`. WebSoc
 from __future__ import annotations
 
 import random
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,11 +158,12 @@ def node_location(resources: Resources, ident: str) -> URL:
     ip = next((a.get("address") for a in addrs if a.get("type") == "InternalIP"), None)
     if not ip:
         raise _unavailable(f"no preferred addresses found; known addresses: {addrs}")
-    # kwire's kubelet serves plain HTTP on its port; kube's kubelet would be https.
-    return URL.build(scheme="http", host=str(ip), port=int(port) if port.isdigit() else KUBELET_PORT)
+    return URL.build(scheme="https", host=str(ip), port=int(port) if port.isdigit() else KUBELET_PORT)
 
 
-async def handle(request: web.Request, resources: Resources, target: ProxyTarget, *, token: str) -> web.StreamResponse:
+async def handle(
+    request: web.Request, resources: Resources, target: ProxyTarget, *, kubelet_ssl: ssl.SSLContext | None
+) -> web.StreamResponse:
     if target.resource == "services":
         base = service_location(resources, target.namespace or "", target.id)
     elif target.resource == "pods":
@@ -169,14 +172,19 @@ async def handle(request: web.Request, resources: Resources, target: ProxyTarget
         base = node_location(resources, target.id)
     url = base.with_path(target.path or "/", encoded=True).with_query(request.rel_url.query_string)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    # A node's kubelet gets the API server's client certificate and its serving certificate is verified; pods
+    # and services are reached as kube-apiserver does, without verifying their certificates.
+    tls: ssl.SSLContext | bool = False
     if target.resource == "nodes":
-        headers["Authorization"] = f"Bearer {token}"
+        if kubelet_ssl is None:
+            raise _unavailable("error trying to reach node: the API server has no kubelet client certificate")
+        tls = kubelet_ssl
     body = await request.read() if request.can_read_body else None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     try:
         async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
             async with session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False, ssl=False
+                request.method, url, headers=headers, data=body, allow_redirects=False, ssl=tls
             ) as upstream:
                 out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
                 resp = web.StreamResponse(status=upstream.status, headers=out)

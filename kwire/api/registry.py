@@ -197,6 +197,15 @@ KINDS: tuple[Kind, ...] = (
         categories=("api-extensions",),
         status=True,
     ),
+    _k(
+        "apiregistration.k8s.io",
+        "v1",
+        "APIService",
+        "apiservices",
+        namespaced=False,
+        categories=("api-extensions",),
+        status=True,
+    ),
     _k("events.k8s.io", "v1", "Event", "events", short=("ev",), stored_as=("", "events")),
     _k(
         "autoscaling",

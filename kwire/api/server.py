@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from kwire.api import (
     streaming,
     tables,
 )
+from kwire.api.aggregator import Aggregator
 from kwire.api.authn import Authenticator, bearer_token, lookup_in, reviews
 from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator
 from kwire.api.authn.tokens import JoinTokens
@@ -43,9 +45,10 @@ from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
 from kwire.api.fields import check as fields_check
 from kwire.api.health import ENDPOINTS, Health
 from kwire.api.metrics import ApiMetrics, RequestInfo, metric_verb
+from kwire.api.nodecerts import NodeCerts
 from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
-from kwire.api.registry import Kind, by_path
+from kwire.api.registry import Kind, by_path, kinds_in
 from kwire.api.resources import Resources, decode
 from kwire.api.user import ANONYMOUS, MASTERS, USER_KEY, set_current_user, user_of
 from kwire.base.labels import Selector, SelectorError, parse
@@ -202,22 +205,28 @@ class ApiServer:
         ca_pem: bytes = b"",
         authn: Authenticator | None = None,
         join_tokens: JoinTokens | None = None,
-        kubelet_token: str = "",
         issuer: TokenIssuer | None = None,
         validator: TokenValidator | None = None,
+        kubelet_ssl: ssl.SSLContext | None = None,
+        node_certs: NodeCerts | None = None,
     ) -> None:
         self.resources = resources
         self.ca_pem = ca_pem
         self.authn = authn or Authenticator(tokens=validator)
         self.join_tokens = join_tokens  # who may fetch the server bootstrap (the server token)
-        self.log_token = kubelet_token  # presented to kubelets when proxying pods/log and pods/exec
         self.issuer = issuer  # signs TokenRequest tokens
         self.validator = validator  # answers TokenReviews
+        # The API server's kubelet-client credentials (client-kube-apiserver.crt) and trust in the kubelets'
+        # serving certificates (the cluster CA), for pods/log, exec, attach and nodes/proxy.
+        self.kubelet_ssl = kubelet_ssl
+        self.node_certs = node_certs  # the /v1-k3s/ node-credential endpoints (nodecerts.py)
         self.server_address = server_address
         self.ready = True
         self._stopping = asyncio.Event()
         # Set by a server running an embedded etcd: the data a joining server fetches (`bootstrap.py`).
         self.server_bootstrap: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        # The aggregation layer (APIServices served by a Service's pods), set by the server role.
+        self.aggregator: Aggregator | None = None
         # Set when Secrets are encrypted at rest: answers `kwire secrets-encrypt` (encryptionkeys.py).
         self.encryption: EncryptionKeys | None = None
         self.health = Health()
@@ -253,10 +262,12 @@ class ApiServer:
             try:
                 user = self.authn.authenticate(request)  # the request's user is set here, for everything after
             except ApiError as err:
-                return _error(err)
+                if not NodeCerts.handles(request.path):
+                    return _error(err)
+                user = None  # the /v1-k3s/ endpoints authenticate nodes themselves (the agent token)
             if user is not None:
                 request[USER_KEY] = user
-            elif not _public(request.path):
+            elif not _public(request.path) and not NodeCerts.handles(request.path):
                 return _error(unauthorized())
             set_current_user(user if user is not None else ANONYMOUS)
         info = request_info(request)
@@ -313,6 +324,8 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if self.node_certs is not None and NodeCerts.handles(path):
+            return await self.node_certs.handle(request, user=request.get(USER_KEY))
         if path == bootstrap.PATH and request.method == "GET":
             presented = bearer_token(request) or ""
             if self.join_tokens is None or not self.join_tokens.server_may_join(presented):
@@ -351,6 +364,14 @@ class ApiServer:
         if request.method == "GET" and (path == "/openapi/v2" or path.startswith("/openapi/v3")):
             # Building the documents takes 0.1-0.3 s when kinds or CRDs changed: off the event loop.
             return await asyncio.to_thread(self._openapi, path, request.headers.get("Accept", ""))
+        if (
+            len(parts) >= 3
+            and parts[0] == "apis"
+            and self.aggregator is not None
+            and not kinds_in(parts[1], parts[2])
+            and self.aggregator.serves(parts[1], parts[2])
+        ):
+            return await self.aggregator.proxy(request, parts[1], parts[2])
         if request.method == "GET":
             static = self._static(path)
             if static is not None:
@@ -361,7 +382,7 @@ class ApiServer:
                 return authn_answer
         proxy_target = proxy.parse(request.rel_url.raw_path)
         if proxy_target is not None:
-            return await proxy.handle(request, self.resources, proxy_target, token=self.log_token)
+            return await proxy.handle(request, self.resources, proxy_target, kubelet_ssl=self.kubelet_ssl)
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -369,7 +390,11 @@ class ApiServer:
             if request.method != "GET":
                 raise method_not_allowed()
             return await kubeletproxy.pod_log(
-                request, self.resources, namespace=target.namespace or "", name=target.name, token=self.log_token
+                request,
+                self.resources,
+                namespace=target.namespace or "",
+                name=target.name,
+                kubelet_ssl=self.kubelet_ssl,
             )
         if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
             if request.method not in ("GET", "POST"):
@@ -386,8 +411,24 @@ class ApiServer:
                 self.resources,
                 namespace=target.namespace or "",
                 name=target.name,
-                token=self.log_token,
+                kubelet_ssl=self.kubelet_ssl,
                 verb=target.subresource,
+            )
+        if target.kind.kind == "Pod" and target.subresource == "portforward" and target.name:
+            if request.method not in ("GET", "POST"):
+                raise method_not_allowed()
+            options: Obj = {"kind": "PodPortForwardOptions", "apiVersion": "v1"}
+            ports = [int(p) for v in request.query.getall("ports", []) for p in v.split(",") if p.strip().isdigit()]
+            if ports:
+                options["ports"] = ports
+            await self.resources.connect(target.kind, target.namespace or "", target.name, "portforward", options)
+            return await kubeletproxy.pod_stream(
+                request,
+                self.resources,
+                namespace=target.namespace or "",
+                name=target.name,
+                kubelet_ssl=self.kubelet_ssl,
+                verb="portForward",
             )
         if (
             target.subresource

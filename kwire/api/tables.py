@@ -532,6 +532,19 @@ def _lease(o: Obj, now: dt.datetime) -> Cells:
     ]
 
 
+def _apiservice(o: Obj, now: dt.datetime) -> Cells:
+    """kube-aggregator's printer: the Service (or Local) and the Available condition, with its reason when not True."""
+    svc = (o.get("spec") or {}).get("service")
+    where = f"{svc.get('namespace', '')}/{svc.get('name', '')}" if svc else "Local"
+    cond = next((c for c in (o.get("status") or {}).get("conditions") or [] if c.get("type") == "Available"), None)
+    available = "Unknown"
+    if cond is not None:
+        available = str(cond.get("status"))
+        if available != "True":
+            available += f" ({cond.get('reason', '')})"
+    return [where, available, _age(o, now)]
+
+
 def _crd(o: Obj, now: dt.datetime) -> Cells:
     return [o["metadata"].get("creationTimestamp") or "<unknown>"]
 
@@ -841,6 +854,7 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
     "IngressClass": ([_col("Controller"), _col("Parameters"), AGE], _ingressclass),
     "NetworkPolicy": ([_col("Pod-Selector"), AGE], _netpol),
     "Lease": ([_col("Holder"), AGE], _lease),
+    "APIService": ([_col("Service"), _col("Available"), AGE], _apiservice),
     # apiextensions-apiserver prints the creation time itself, not an age
     "CustomResourceDefinition": (
         [

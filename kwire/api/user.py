@@ -78,3 +78,18 @@ def user_of(request: web.Request) -> UserInfo:
     """The authenticated user of `request` (anonymous when authentication left none)."""
     user = request.get(USER_KEY)
     return user if isinstance(user, UserInfo) else ANONYMOUS
+
+
+def from_peercert(peercert: Any) -> UserInfo | None:
+    """The user of a verified TLS client certificate (`ssl.SSLSocket.getpeercert()`'s dict): CN the name, each
+    O a group, as kube-apiserver's x509 authenticator reads them. None without a certificate or a CN."""
+    if not isinstance(peercert, dict):
+        return None
+    cn, groups = "", []
+    for rdn in peercert.get("subject") or ():
+        for key, value in rdn:
+            if key == "commonName":
+                cn = str(value)
+            elif key == "organizationName":
+                groups.append(str(value))
+    return authenticated(cn, tuple(groups)) if cn else None

@@ -8,7 +8,9 @@ status kube-apiserver uses (NotFound, Conflict, AlreadyExists, Gone, Invalid).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from kwire.client.kubeconfig import Config
+from kwire.client.kubeconfig import Config, load_client_cert
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,13 @@ PERSISTENTVOLUMES = Resource("", "v1", "persistentvolumes", "PersistentVolume", 
 PERSISTENTVOLUMECLAIMS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 STORAGECLASSES = Resource("storage.k8s.io", "v1", "storageclasses", "StorageClass", namespaced=False)
 CLUSTERROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
+CLUSTERROLEBINDINGS = Resource(
+    "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False
+)
+APISERVICES = Resource("apiregistration.k8s.io", "v1", "apiservices", "APIService", namespaced=False)
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
+INGRESSROUTES = Resource("traefik.io", "v1alpha1", "ingressroutes", "IngressRoute")
+MIDDLEWARES = Resource("traefik.io", "v1alpha1", "middlewares", "Middleware")
 IPADDRESSPOOLS = Resource("metallb.io", "v1beta1", "ipaddresspools", "IPAddressPool")
 L2ADVERTISEMENTS = Resource("metallb.io", "v1beta1", "l2advertisements", "L2Advertisement")
 
@@ -145,6 +154,7 @@ class ApiClient:
         self.config = config
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool = False
         # Servers to fail over between (K3s's agent load balancer): the configured one until `set_servers`.
         self._servers: list[str] = [config.server.rstrip("/")]
         self._token = config.token or ""
@@ -209,9 +219,16 @@ class ApiClient:
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             headers = {"Accept": "application/json", "User-Agent": "kwire"}
-            conn = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=64)
+            self._ssl = self.config.ssl_context()
+            conn = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
             self._session = aiohttp.ClientSession(base_url=None, headers=headers, connector=conn)
         return self._session
+
+    def renew_client_cert(self, *, cert: bytes, key: bytes) -> None:
+        """Use a renewed client certificate from the next TLS handshake on; open connections (watches) stay."""
+        self.config = dataclasses.replace(self.config, client_cert=cert, client_key=key)
+        if isinstance(self._ssl, ssl.SSLContext):
+            load_client_cert(self._ssl, cert=cert, key=key)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -237,6 +254,15 @@ class ApiClient:
             if r.status >= 400:
                 raise error_from(r.status, raw)
             return orjson.loads(raw) if raw else {}
+
+    async def get_text(self, path: str, *, timeout: float | None = None) -> str:
+        """A GET whose answer is not JSON (a proxied kubelet's metrics); API errors raise as in `request`."""
+        resp = await self._open("GET", path, timeout=aiohttp.ClientTimeout(total=timeout or self._timeout))
+        async with resp as r:
+            raw = await r.read()
+            if r.status >= 400:
+                raise error_from(r.status, raw)
+            return raw.decode("utf-8", "replace")
 
     @staticmethod
     def _ns(res: Resource, obj: Obj | None, namespace: str | None) -> str | None:

@@ -42,12 +42,18 @@ class Config:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         if self.client_cert and self.client_key:
-            with tempfile.TemporaryDirectory() as tmp:
-                cert, key = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
-                cert.write_bytes(self.client_cert)
-                key.write_bytes(self.client_key)
-                ctx.load_cert_chain(cert, key)
+            load_client_cert(ctx, cert=self.client_cert, key=self.client_key)
         return ctx
+
+
+def load_client_cert(ctx: ssl.SSLContext, *, cert: bytes, key: bytes) -> None:
+    """Load a PEM certificate and key into `ctx` (ssl reads only files: a private temporary directory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(key)
+        cert_path.write_bytes(cert)
+        ctx.load_cert_chain(cert_path, key_path)
 
 
 def _data_or_file(entry: Mapping[str, Any], key: str, base: Path) -> bytes | None:

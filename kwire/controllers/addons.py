@@ -20,18 +20,42 @@ answers 200 once the controller has listed the cluster and nginx serves its firs
 kube-system/traefik of type LoadBalancer with ports `web` 80 and `websecure` 443 (ServiceLB gives it the node
 IPs), IngressClass `traefik` (controller `traefik.io/ingress-controller`, the default class), as K3s's traefik
 chart installs them.
+
+Unless `disable: [metrics-server]`: what K3s's metrics-server manifests install: ServiceAccount, Deployment and
+Service `kube-system/metrics-server` (image `rancher/mirrored-metrics-server`, which kwire runs as its own
+`kwire.metricsserver`; container port 10250 `https`, Service port 443), APIService `v1beta1.metrics.k8s.io`
+(insecureSkipTLSVerify, as K3s's), and the ClusterRoles `system:metrics-server` (which also grants `nodes/proxy`:
+kwire's metrics-server reads kubelets through the API server) and `system:aggregated-metrics-reader` with the
+binding. The manifest's securityContext (runAsUser 1000, read-only root) is left out: the container writes its
+serving certificate into its emptyDir /tmp and reads the service-account token the kubelet writes for root.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from kwire.client import ApiClient, Informers, Invalid, NotFound
-from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, INGRESSCLASSES, NODES, SERVICEACCOUNTS, SERVICES, Resource
+from kwire.client.client import (
+    APISERVICES,
+    CLUSTERROLEBINDINGS,
+    CLUSTERROLES,
+    CONFIGMAPS,
+    CRDS,
+    DEPLOYMENTS,
+    INGRESSCLASSES,
+    NODES,
+    SERVICEACCOUNTS,
+    SERVICES,
+    Resource,
+)
 from kwire.controllers.queue import Controller
 
 Obj = dict[str, Any]
@@ -40,6 +64,8 @@ ADDON_LABEL = "kwire.io/addon"
 HASH_ANNOTATION = "kwire.io/addon-hash"
 COREDNS = "coredns"
 TRAEFIK = "traefik"
+METRICS_SERVER = "metrics-server"
+METRICS_SERVER_IMAGE = "rancher/mirrored-metrics-server:v0.7.2"  # what K3s 1.32 deploys
 
 COREFILE = """.:53 {{
     errors
@@ -170,8 +196,28 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
     return [(SERVICEACCOUNTS, account), (CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
 
 
+@functools.cache
+def _traefik_crd_manifests() -> tuple[str, ...]:
+    files = importlib.resources.files("kwire.controllers.traefik_crds")
+    return tuple(f.read_text() for f in sorted(files.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml"))
+
+
+def traefik_crds() -> list[tuple[Resource, Obj]]:
+    """The CRDs of K3s's traefik-crd chart (Traefik's chart v34.5.0), labelled as this add-on's."""
+    out: list[tuple[Resource, Obj]] = []
+    for text in _traefik_crd_manifests():
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            meta = doc["metadata"]
+            meta["labels"] = {**(meta.get("labels") or {}), ADDON_LABEL: TRAEFIK}
+            out.append((CRDS, {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "status")}))
+    return out
+
+
 def traefik_objects() -> list[tuple[Resource, Obj]]:
-    """What K3s's traefik chart installs (the parts kwire serves): IngressClass, Service, Deployment."""
+    """What K3s's traefik-crd and traefik charts install (the parts kwire serves): the CRDs, IngressClass, Service,
+    Deployment."""
     labels = {"app.kubernetes.io/name": TRAEFIK, "app.kubernetes.io/instance": "traefik-kube-system"}
     ingress_class = {
         "metadata": {
@@ -230,7 +276,118 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
             },
         },
     }
-    return [(INGRESSCLASSES, ingress_class), (SERVICES, service), (DEPLOYMENTS, deployment)]
+    return [*traefik_crds(), (INGRESSCLASSES, ingress_class), (SERVICES, service), (DEPLOYMENTS, deployment)]
+
+
+def metrics_server_objects() -> list[tuple[Resource, Obj]]:
+    """K3s's manifests/metrics-server: ServiceAccount, RBAC, Deployment, Service, APIService."""
+    labels = {"k8s-app": METRICS_SERVER}
+
+    def cluster_meta(name: str, extra: dict[str, str] | None = None) -> Obj:
+        return {"name": name, "labels": {ADDON_LABEL: METRICS_SERVER, **(extra or {})}}
+
+    reader = {
+        "metadata": cluster_meta(
+            "system:aggregated-metrics-reader",
+            {
+                "rbac.authorization.k8s.io/aggregate-to-view": "true",
+                "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+                "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+            },
+        ),
+        "rules": [{"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}],
+    }
+    role = {
+        "metadata": cluster_meta("system:metrics-server"),
+        "rules": [
+            {"apiGroups": [""], "resources": ["nodes/metrics", "nodes/proxy"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]},
+        ],
+    }
+    binding = {
+        "metadata": cluster_meta("system:metrics-server"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:metrics-server"},
+        "subjects": [{"kind": "ServiceAccount", "name": METRICS_SERVER, "namespace": NS}],
+    }
+    account = {"metadata": _meta(METRICS_SERVER, labels, addon=METRICS_SERVER)}
+    container = {
+        "name": METRICS_SERVER,
+        "image": METRICS_SERVER_IMAGE,
+        "args": [
+            "--cert-dir=/tmp",
+            "--secure-port=10250",
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+            "--kubelet-use-node-status-port",
+            "--metric-resolution=15s",
+        ],
+        "ports": [{"name": "https", "containerPort": 10250, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+            "initialDelaySeconds": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/livez", "port": "https", "scheme": "HTTPS"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "initialDelaySeconds": 60,
+        },
+        "volumeMounts": [{"name": "tmp-dir", "mountPath": "/tmp"}],
+    }
+    deployment = {
+        "metadata": _meta(METRICS_SERVER, labels, addon=METRICS_SERVER),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": labels, "name": METRICS_SERVER},
+                "spec": {
+                    "priorityClassName": "system-node-critical",
+                    "serviceAccountName": METRICS_SERVER,
+                    "tolerations": [
+                        {"key": "CriticalAddonsOnly", "operator": "Exists"},
+                        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+                    ],
+                    "volumes": [{"name": "tmp-dir", "emptyDir": {}}],
+                    "containers": [container],
+                },
+            },
+        },
+    }
+    service = {
+        "metadata": _meta(
+            METRICS_SERVER,
+            {"kubernetes.io/cluster-service": "true", "kubernetes.io/name": "Metrics-server"},
+            addon=METRICS_SERVER,
+        ),
+        "spec": {
+            "selector": labels,
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"}],
+        },
+    }
+    apiservice = {
+        "metadata": cluster_meta("v1beta1.metrics.k8s.io", labels),
+        "spec": {
+            "service": {"name": METRICS_SERVER, "namespace": NS, "port": 443},
+            "group": "metrics.k8s.io",
+            "version": "v1beta1",
+            "insecureSkipTLSVerify": True,
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100,
+        },
+    }
+    return [
+        (CLUSTERROLES, reader),
+        (CLUSTERROLES, role),
+        (CLUSTERROLEBINDINGS, binding),
+        (SERVICEACCOUNTS, account),
+        (DEPLOYMENTS, deployment),
+        (SERVICES, service),
+        (APISERVICES, apiservice),
+    ]
 
 
 def node_hosts(nodes: list[Obj]) -> str:
@@ -263,6 +420,7 @@ class AddonController(Controller):
     async def prepare(self) -> None:
         self.enqueue(COREDNS)
         self.enqueue(TRAEFIK)
+        self.enqueue(METRICS_SERVER)
 
     async def sync(self, key: str) -> float | None:
         if key == COREDNS:
@@ -270,6 +428,8 @@ class AddonController(Controller):
             objs = coredns_objects(self.settings, node_hosts(nodes), replicas=dns_replicas(nodes))
         elif key == TRAEFIK:
             objs = traefik_objects()
+        elif key == METRICS_SERVER:
+            objs = metrics_server_objects()
         else:
             return None
         if key in self.settings.disable:

@@ -24,6 +24,7 @@ from kwire.controllers.ipam import NodeIpam
 from kwire.controllers.job import JobController
 from kwire.controllers.localpath import LocalPathProvisioner
 from kwire.controllers.nodelifecycle import NodeLifecycle
+from kwire.controllers.nodepassword import NodePasswordController
 from kwire.controllers.podgc import PodGC
 from kwire.controllers.queue import Controller
 from kwire.controllers.replicaset import ReplicaSetController
@@ -90,6 +91,7 @@ class ControllerManager:
                 self.client, self.informers, recorder=EventRecorder(self.client, component="taint-eviction-controller")
             ),
             PodGC(self.client, self.informers),
+            NodePasswordController(self.client, self.informers),
             DisruptionController(self.client, self.informers),
             ServiceAccountsController(self.client, self.informers),
             AddonController(self.client, self.informers, settings=addons or AddonSettings()),

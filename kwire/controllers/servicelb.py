@@ -8,6 +8,12 @@ status.loadBalancer.ingress lists the nodes whose svclb pod is Ready (a node's E
 InternalIP), sorted. A port another LoadBalancer already holds leaves the new pods Pending (the scheduler's
 hostPort check), so that Service stays <pending>. DaemonSets whose Service is gone or no longer a LoadBalancer are
 deleted. `disable: [servicelb]` leaves this controller out.
+
+Events on the Service, as K3s's cluster shows them: kube's service-controller's `EnsuringLoadBalancer` ("Ensuring
+load balancer") when the DaemonSet is created or changed, `EnsuredLoadBalancer` once the Service has addresses, and
+`DeletingLoadBalancer`/`DeletedLoadBalancer` when it stops being a LoadBalancer; K3s's servicelb's own
+`AppliedDaemonSet` ("Applied LoadBalancer DaemonSet kube-system/svclb-...") and `UpdatedLoadBalancer` ("Updated
+LoadBalancer with new IPs: [old] -> [new]").
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 from kwire.base.keys import pod_ready
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICES
+from kwire.client.events import EventRecorder
 from kwire.controllers.queue import Controller
 
 Obj = dict[str, Any]
@@ -124,6 +131,8 @@ class ServiceLB(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
+        self.events = EventRecorder(client, component="service-controller")  # kube's service controller
+        self.lb_events = EventRecorder(client, component="service-lb-controller")  # K3s's servicelb
         self.services = informers.get(SERVICES)
         self.nodes = informers.get(NODES)
         self.daemonsets = informers.get(DAEMONSETS)
@@ -168,21 +177,32 @@ class ServiceLB(Controller):
             if _meta(ds).get("namespace") != NS or (labels.get(SVCNAMESPACE), labels.get(SVCNAME)) != (ns, name):
                 continue
             if want is None or _meta(ds).get("name") != want["metadata"]["name"]:
+                # no longer a LoadBalancer (a deleted Service gets no events)
+                gone = _as_service(svc) if svc is not None and want is None else None
+                if gone is not None:
+                    await self.events.event(gone, "Normal", "DeletingLoadBalancer", "Deleting load balancer")
                 try:
                     await self.client.delete(DAEMONSETS, str(_meta(ds).get("name")), NS)
                     self.log.info("servicelb: deleted DaemonSet %s/%s", NS, _meta(ds).get("name"))
                 except NotFound:
                     pass
+                if gone is not None:
+                    await self.events.event(gone, "Normal", "DeletedLoadBalancer", "Deleted load balancer")
         if want is None or svc is None:
             return None
         ds_name = want["metadata"]["name"]
         cur = self.daemonsets.get(NS, ds_name)
+        changed = (
+            cur is None
+            or (_meta(cur).get("annotations") or {}).get(HASH_ANNOTATION)
+            != want["metadata"]["annotations"][HASH_ANNOTATION]
+        )
+        if changed:
+            await self.events.event(_as_service(svc), "Normal", "EnsuringLoadBalancer", "Ensuring load balancer")
         if cur is None:
             await self.client.create(DAEMONSETS, want, NS)
             self.log.info("servicelb: created DaemonSet %s/%s for %s", NS, ds_name, key)
-        elif (_meta(cur).get("annotations") or {}).get(HASH_ANNOTATION) != want["metadata"]["annotations"][
-            HASH_ANNOTATION
-        ]:
+        elif changed:
             new = {**cur, "spec": want["spec"]}
             new["metadata"] = {
                 **_meta(cur),
@@ -190,12 +210,32 @@ class ServiceLB(Controller):
                 "annotations": {**(_meta(cur).get("annotations") or {}), **want["metadata"]["annotations"]},
             }
             await self.client.update(DAEMONSETS, new)
+        if changed:
+            await self.lb_events.event(
+                _as_service(svc), "Normal", "AppliedDaemonSet", f"Applied LoadBalancer DaemonSet {NS}/{ds_name}"
+            )
         nodes = {str(_meta(n).get("name")): n for n in self.nodes.items()}
         pods = [p for p in self.pods.items() if _meta(p).get("namespace") == NS]
         ing = ingress(ds_name, pods, nodes)
         lb: Obj = {"ingress": ing} if ing else {}
         status = svc.get("status") or {}
-        if (status.get("loadBalancer") or {}) != lb:
+        old = status.get("loadBalancer") or {}
+        if old != lb:
             await self.client.update_status(SERVICES, {**svc, "status": {**status, "loadBalancer": lb}})
             self.log.info("servicelb: %s ingress %s", key, [i["ip"] for i in ing] or "<pending>")
+            before = " ".join(str(i.get("ip") or i.get("hostname") or "") for i in old.get("ingress") or [])
+            after = " ".join(str(i.get("ip") or "") for i in ing)
+            await self.lb_events.event(
+                _as_service(svc),
+                "Normal",
+                "UpdatedLoadBalancer",
+                f"Updated LoadBalancer with new IPs: [{before}] -> [{after}]",
+            )
+            if ing:
+                await self.events.event(_as_service(svc), "Normal", "EnsuredLoadBalancer", "Ensured load balancer")
         return None
+
+
+def _as_service(svc: Obj) -> Obj:
+    """The Service as an event's involved object (informer items may lack kind and apiVersion)."""
+    return {**svc, "kind": "Service", "apiVersion": "v1"}

@@ -13,14 +13,15 @@ Mirrors what Traefik's `kubernetesIngress` provider derives from networking.k8s.
   reported, not served twice).
 - Traefik's Ingress annotations: `traefik.ingress.kubernetes.io/router.entrypoints` (web, websecure),
   `router.tls` ("true": HTTPS only), `router.priority` (higher first), `router.middlewares`
-  (`<ns>-<name>@kubernetescrd`: no Middleware can exist yet, so, as Traefik does with a missing middleware, the
-  Ingress's routes are not served, and the reason is reported). An Ingress with `spec.tls` is served over HTTPS only, as
-  Traefik makes its routers TLS routers.
+  (`<ns>-<name>@kubernetescrd`, resolved to Middleware ids by the caller (crd.annotation_ids); a middleware that is
+  missing or cannot be served leaves the Ingress's routes unserved, as Traefik does, and the reason is reported).
+  An Ingress with `spec.tls` is served over HTTPS only, as Traefik makes its routers TLS routers.
 - TLS: `spec.tls[].hosts` -> secret, chosen by SNI; other names get the default certificate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,8 +143,22 @@ def _age(ing: Obj) -> tuple[str, str, str]:
     return (str(m.get("creationTimestamp") or ""), str(m.get("namespace") or ""), str(m.get("name") or ""))
 
 
-def build(ingresses: list[Obj], classes: list[Obj]) -> Table:
-    """The routing table for every Ingress that is ours."""
+MiddlewareResolver = Callable[[tuple[str, ...]], "list[str] | str"]
+
+
+def _no_middlewares(refs: tuple[str, ...]) -> list[str] | str:
+    return f"middleware {refs[0]} not found"
+
+
+def build(
+    ingresses: list[Obj],
+    classes: list[Obj],
+    *,
+    middlewares: MiddlewareResolver = _no_middlewares,
+    extra_hosts: Iterable[str] = (),
+) -> Table:
+    """The routing table for every Ingress that is ours. `middlewares` turns `router.middlewares` references into
+    middleware ids (or the problem); `extra_hosts` get server blocks too (IngressRoute TLS hosts)."""
     t = Table()
     seen: dict[tuple[str, str, str, tuple[str, ...]], str] = {}
     host_less: list[Route] = []
@@ -155,16 +170,17 @@ def build(ingresses: list[Obj], classes: list[Obj]) -> Table:
         src = f"{ns}/{_meta(ing).get('name')}"
         t.served.append(src)
         problems: list[str] = []
-        eps, prio, mws = _annotations(ing, problems)
-        if mws:
-            # Traefik leaves a router whose middleware does not exist unserved (404). No Middleware can exist
-            # here yet (its CRD is not served), and serving the routes without, say, a basicAuth would expose them.
-            problems.append(
-                f"router.middlewares {', '.join(mws)}: middleware not found (Traefik's Middleware CRD is not served"
-                " yet); the routes of this Ingress are not served"
-            )
-            t.problems[src] = problems
-            continue
+        eps, prio, refs = _annotations(ing, problems)
+        mws: tuple[str, ...] = ()
+        if refs:
+            resolved = middlewares(refs)
+            if isinstance(resolved, str):
+                # Traefik leaves a router whose middleware is missing or broken unserved (404): serving the routes
+                # without, say, a basicAuth would expose them.
+                problems.append(f"router.middlewares: {resolved}; the routes of this Ingress are not served")
+                t.problems[src] = problems
+                continue
+            mws = tuple(resolved)
         sp = ing.get("spec") or {}
         for tls in sp.get("tls") or []:
             if tls.get("secretName"):
@@ -199,6 +215,8 @@ def build(ingresses: list[Obj], classes: list[Obj]) -> Table:
             t.problems[src] = problems
     # Host-less rules and default backends serve every host, after the host's own routes.
     t.hosts.setdefault("", [])
+    for h in extra_hosts:
+        t.hosts.setdefault(h, [])
     for host, routes in t.hosts.items():
         have = {(r.path, r.kind, r.entrypoints) for r in routes}
         for r in host_less + defaults[:1]:

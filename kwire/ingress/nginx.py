@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -118,12 +119,21 @@ class Nginx:
         self.paths.control.unlink(missing_ok=True)
         self.proc = self._spawn()
         for _ in range(2400):  # a large configuration on a busy machine takes seconds
-            if self.paths.control.exists():
+            if self.paths.control.exists() and self._control_accepts():
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited with {self.proc.returncode}")
             await asyncio.sleep(0.025)
         raise RuntimeError("nginx did not open its control socket within 60 s")
+
+    def _control_accepts(self) -> bool:
+        """The socket file exists between nginx's bind and listen: accepted only once a connection is."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.paths.control))
+            except OSError:
+                return False
+        return True
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen([*self.command_prefix, NGINX, "-c", str(self.paths.conf), "-p", str(self.paths.root)])
@@ -136,6 +146,16 @@ class Nginx:
         async with self._session.post(url, data=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"nginx control socket answered {resp.status}")
+
+    async def push_routes(self, chunk: str) -> None:
+        """Send the Lua router's chunk (lua.py); nginx compiles it once and refuses one that does not compile."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.paths.control)))
+        async with self._session.post(
+            "http://kwire/routes", data=chunk.encode(), timeout=aiohttp.ClientTimeout(total=10)
+        ) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"nginx refused the routes ({resp.status}): {(await resp.text()).strip()[:500]}")
 
     async def stop(self) -> None:
         if self._session is not None:

@@ -16,6 +16,13 @@ routes of every host (host-less rules, defaultBackend). Paths: Exact -> `locatio
 then the longest prefix, which is the Ingress rule (longest wins, Exact before Prefix on the same path).
 Request headers to backends as Traefik sets them: Host unchanged, X-Forwarded-For/-Proto/-Host/-Port/-Server,
 X-Real-Ip; WebSocket upgrades pass (HTTP/1.1 upstream with Upgrade/Connection).
+Before its locations, every host server block runs the Lua router (lua.py: IngressRoutes, Ingress routes bridging a
+reload) in its rewrite phase; what it chooses is in ngx.ctx, which every balancer honours first, so whichever
+location the request is in proxies there (no internal redirect, no extra location per server). With the router
+on, every location proxies: a path without a backend goes to the `kwire_dyn` upstream, which sends what the
+router did not choose to a 127.0.0.1 listener answering 404 (a `return` would run before the router). Ingress
+paths with `router.middlewares` run them in Lua in their location. The control socket also takes the router's chunk
+(`POST /routes`). The configuration carries its generation (`kw_gen`, the first line of init_worker).
 """
 
 from __future__ import annotations
@@ -24,13 +31,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kwire.ingress.lua import ROUTER_LUA, ROUTES_CONTROL_LUA
 from kwire.ingress.model import WEB, WEBSECURE, Route, Table, host_matches
+from kwire.ingress.rules import lua_str
 
 HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 PATH_RE = re.compile(r"^/[A-Za-z0-9._~!&'()*+,;=:@%/-]*$")  # no `$` (nginx variables), no quotes/spaces
 
+GEN_MARK = "kw_gen = "  # init_worker's first line: the configuration's generation
 BALANCER_LUA = r"""
-    kw_version = -1; kw_peers = {}; kw_rr = {}; kw_balancer = require "ngx.balancer"
+    kw_version = -1; kw_peers = {}; kw_rr = {}; kw_balancer = require "ngx.balancer"; kw_no_ctx = {}
     function kw_pick(key)
       local d = ngx.shared.kwire
       local v = d:get("version") or 0
@@ -45,14 +55,39 @@ BALANCER_LUA = r"""
         end
         kw_version = v
       end
+      -- the Lua router's choice (lua.py) wins over the location's own backend; ngx.ctx (a table made per request)
+      -- is looked at only when the router or a middleware can have written it
+      local ctx = kw_cfg.uses_ctx and ngx.ctx or kw_no_ctx
+      key = ctx.kw_b or key
+      if not key then return kw_balancer.set_current_peer("127.0.0.1", NOTFOUND_PORT) end
       local peers = kw_peers[key]
       if not peers or #peers == 0 then
         return kw_balancer.set_current_peer("127.0.0.1", NOEP_PORT)
       end
-      local i = (kw_rr[key] or 0) % #peers + 1
-      kw_rr[key] = i
       local n = #peers
-      if n > 1 and not kw_balancer.get_last_failure() then kw_balancer.set_more_tries(n - 1) end
+      local failed = kw_balancer.get_last_failure()
+      local sticky = ctx.kw_sticky
+      local i
+      if sticky and not failed then
+        local want = ngx.var["cookie_" .. sticky.name]
+        if want then
+          for j = 1, n do
+            local p = peers[j]
+            if not p[3] then p[3] = ngx.md5(p[1] .. ":" .. p[2]):sub(1, 16) end
+            if p[3] == want then i = j; break end
+          end
+        end
+      end
+      if not i then
+        i = (kw_rr[key] or 0) % n + 1
+        kw_rr[key] = i
+        if sticky then
+          local p = peers[i]
+          if not p[3] then p[3] = ngx.md5(p[1] .. ":" .. p[2]):sub(1, 16) end
+          ctx.kw_cookie = kw_cookie(sticky, p[3])
+        end
+      end
+      if n > 1 and not failed then kw_balancer.set_more_tries(n - 1) end
       local ok, err = kw_balancer.set_current_peer(peers[i][1], peers[i][2])
       if not ok then ngx.log(ngx.ERR, "kwire: ", err) end
     end
@@ -119,7 +154,10 @@ class Render:
     https_port: int = 443
     ping_port: int = 9000
     noep_port: int = 9001  # 127.0.0.1 only: answers 503 for backends without a ready endpoint
+    notfound_port: int = 9002  # 127.0.0.1 only: answers 404 (what no route matches, with the Lua router on)
     workers: int = 1
+    routes_on: bool = True  # every host server runs the Lua router first (lua.py); off: plain nginx routing
+    generation: int = 0  # the configuration's generation (`kw_gen`: fastpath.py)
 
 
 def _q(s: str) -> str:
@@ -148,13 +186,24 @@ def upstream_names(rd: Render) -> dict[str, str]:
     return {key: f"kwire_b{i}" for i, key in enumerate(sorted(rd.known_backends))}
 
 
-def _location_body(r: Route, names: dict[str, str]) -> list[str]:
+def _not_found(rd: Render) -> str:
+    # `return` runs in the rewrite phase before rewrite_by_lua (the Lua router); with the router on, such a
+    # location proxies like any other: to what the router chose, else to the 127.0.0.1 listener answering 404.
+    return "proxy_pass http://kwire_dyn;" if rd.routes_on else "return 404;"
+
+
+def _location_body(r: Route, names: dict[str, str], rd: Render) -> list[str]:
     if r.backend.key not in names:
-        return ["return 404;"]
-    return [f"proxy_pass http://{names[r.backend.key]};"]
+        return [_not_found(rd)]
+    out = []
+    if r.middlewares:
+        # (overrides the server's rewrite handler: the router first, the path's middlewares if it chose nothing)
+        ids = ", ".join(lua_str(m) for m in r.middlewares)
+        out.append(f"rewrite_by_lua_block {{ if not kw_ir() then kw_mw_run({{{ids}}}) end }}")
+    return [*out, f"proxy_pass http://{names[r.backend.key]};"]
 
 
-def _locations(routes: list[Route], entrypoint: str, names: dict[str, str]) -> list[str]:
+def _locations(routes: list[Route], entrypoint: str, names: dict[str, str], rd: Render) -> list[str]:
     out: list[str] = []
     exact: set[str] = set()
     prefix: set[str] = set()
@@ -162,12 +211,12 @@ def _locations(routes: list[Route], entrypoint: str, names: dict[str, str]) -> l
     for r in chosen:
         if r.kind == "Exact" and r.path not in exact:
             exact.add(r.path)
-            out.append(f"location = {_q(r.path)} {{ {' '.join(_location_body(r, names))} }}")
+            out.append(f"location = {_q(r.path)} {{ {' '.join(_location_body(r, names, rd))} }}")
     for r in chosen:
         if r.kind != "Prefix" or r.path in prefix:
             continue
         prefix.add(r.path)
-        body = " ".join(_location_body(r, names))
+        body = " ".join(_location_body(r, names, rd))
         if r.path == "/":
             out.append(f"location / {{ {body} }}")
             continue
@@ -176,11 +225,11 @@ def _locations(routes: list[Route], entrypoint: str, names: dict[str, str]) -> l
             out.append(f"location = {_q(r.path)} {{ {body} }}")
         out.append(f"location {_q(r.path + '/')} {{ {body} }}")
     if "/" not in prefix:
-        out.append("location / { return 404; }")
+        out.append(f"location / {{ {_not_found(rd)} }}")
     return out
 
 
-def _cert_for(host: str, rd: Render, paths: Paths) -> Path:
+def cert_for(host: str, rd: Render, paths: Paths) -> Path:
     if host in rd.certs:
         return rd.certs[host]
     for pattern, f in sorted(rd.certs.items()):
@@ -205,6 +254,7 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  server_tokens off;",
         "  default_type text/plain;",
         "  lua_shared_dict kwire 32m;",
+        "  lua_shared_dict kwire_rl 10m;",
         f"  client_body_temp_path {paths.root}/body;",
         f"  proxy_temp_path {paths.root}/proxy;",
         f"  fastcgi_temp_path {paths.root}/fastcgi;",
@@ -215,7 +265,11 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  variables_hash_bucket_size 128;",
         "  keepalive_requests 100000;",
         "  client_max_body_size 0;",
-        "  init_worker_by_lua_block {" + BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + "  }",
+        "  init_worker_by_lua_block {",
+        f"    {GEN_MARK}{rd.generation}",
+        BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)).replace("NOTFOUND_PORT", str(rd.notfound_port))
+        + ROUTER_LUA
+        + "  }",
         "  map $http_upgrade $kwire_connection { default upgrade; '' ''; }",
     ]
     names = upstream_names(rd)
@@ -229,6 +283,12 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
             "  }",
         ]
     lines += [
+        "  upstream kwire_dyn {",  # IngressRoute services: the backend key is in ngx.ctx (lua.py)
+        "    server 0.0.0.1;",
+        "    balancer_by_lua_block { kw_pick(nil) }",
+        "    keepalive 512;",
+        "    keepalive_requests 100000;",
+        "  }",
         "  proxy_http_version 1.1;",
         "  proxy_buffering off;",
         "  proxy_request_buffering off;",
@@ -247,7 +307,12 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  proxy_set_header X-Real-Ip $remote_addr;",
         "  server {",
         f"    listen unix:{paths.control};",
+        # Bodies stay in memory: a temporary file would be written by a worker (an unprivileged user) into the
+        # private 0700 directory, which it cannot; the shared dict bounds what they hold anyway.
+        "    client_body_buffer_size 32m;",
+        "    client_max_body_size 32m;",
         "    location = /backends { content_by_lua_block {" + CONTROL_LUA + "    } }",
+        "    location = /routes { content_by_lua_block {" + ROUTES_CONTROL_LUA + "    } }",
         "  }",
         "  server {",
         f"    listen {rd.ping_port};",
@@ -259,6 +324,10 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
         "  server {",
         f"    listen 127.0.0.1:{rd.noep_port};",
         '    location / { return 503 "no available server\\n"; }',
+        "  }",
+        "  server {",
+        f"    listen 127.0.0.1:{rd.notfound_port};",
+        "    location / { return 404; }",
         "  }",
     ]
     hosts = sorted(h for h in table.hosts if valid_host(h))
@@ -277,12 +346,14 @@ def render(table: Table, rd: Render, paths: Paths) -> str:
                 # Only the default server and hosts with their own certificate name one: nginx makes an SSL
                 # context per server that has a certificate, and a server without one keeps the default
                 # server's context, i.e. serves the default certificate, which is what it should serve.
-                cert = _cert_for(host, rd, paths)
+                cert = cert_for(host, rd, paths)
                 if not host or cert != paths.default_cert:
                     lines.append(f"    ssl_certificate {cert};")
                     lines.append(f"    ssl_certificate_key {cert};")
             lines.append(f"    server_name {_server_name(host)};")
-            lines.extend("    " + loc for loc in _locations(routes, eps[0], names))
+            if rd.routes_on:
+                lines += ["    rewrite_by_lua_block { kw_ir() }", "    header_filter_by_lua_block { kw_hf() }"]
+            lines.extend("    " + loc for loc in _locations(routes, eps[0], names, rd))
             lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -29,7 +29,6 @@ from typing import Any, Protocol
 from pyroute2 import IPRoute
 
 from kwire.api.authn.tokens import secure_form
-from kwire.api.certs import ClientCa, ensure_client_cert
 from kwire.base.files import atomic_write
 from kwire.client import ApiClient, load_kubeconfig, write_kubeconfig
 from kwire.client.client import NODES, PODS
@@ -195,31 +194,6 @@ def _agent_token(topo: Topology, st: LabState) -> str:
     return secure_form(st.token, ca_pem=ca)
 
 
-def _node_kubeconfig(topo: Topology, node: str) -> Path:
-    """The node's own credentials: a client certificate `system:node:<name>` / `system:nodes` from the cluster's
-    client CA (the identity K3s's agents get at join) in a 0600 kubeconfig for the agent; never the admin's."""
-    tls = topo.state_dir / "server" / "tls"
-    cred = _node_dir(topo, node) / "cred"
-    cred.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cert, key = cred / "client-kubelet.crt", cred / "client-kubelet.key"
-    ensure_client_cert(
-        ClientCa(tls / "client-ca.crt", tls / "client-ca.key"),
-        cert_path=cert,
-        key_path=key,
-        common_name=f"system:node:{node}",
-        organizations=("system:nodes",),
-    )
-    path = cred / "kubelet.kubeconfig"
-    write_kubeconfig(
-        path,
-        server=f"https://{topo.server.ip}:{SERVER_PORT}",
-        ca_pem=(tls / "server-ca.crt").read_bytes(),
-        client_cert=cert.read_bytes(),
-        client_key=key.read_bytes(),
-    )
-    return path
-
-
 def start_agent(topo: Topology, st: LabState, node: str) -> int:
     host = topo.host(node)
     assert host is not None
@@ -237,8 +211,6 @@ def start_agent(topo: Topology, st: LabState, node: str) -> int:
         str(_node_dir(topo, host.name)),
         "--pod-netns-prefix",
         f"kwire-{topo.name}-pod-",
-        "--kubeconfig",
-        str(_node_kubeconfig(topo, host.name)),
     ]
     if host.name in server_procs(st).values():
         args += [

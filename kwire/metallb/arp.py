@@ -14,6 +14,10 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kwire.metallb.metrics import Metrics
 
 log = logging.getLogger("kwire.metallb.arp")
 
@@ -43,7 +47,10 @@ class ArpResponder:
     """Answers ARP requests for `announced()` IPs on one interface. Non-blocking; the owner calls `on_readable`
     when the socket is readable (asyncio's add_reader)."""
 
-    def __init__(self, interface: str, mac: bytes, announced: Callable[[], set[str]]) -> None:
+    def __init__(
+        self, interface: str, mac: bytes, announced: Callable[[], set[str]], *, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics
         self.interface = interface
         self.mac = mac
         self.announced = announced
@@ -69,10 +76,14 @@ class ArpResponder:
             sha, spa, tpa = req
             if tpa not in self.announced():
                 continue
+            if self.metrics is not None:
+                self.metrics.requests.inc(tpa)
             reply = _frame(sha, self.mac, 2, self.mac, socket.inet_aton(tpa), sha, socket.inet_aton(spa))
             try:
                 self.sock.send(reply)
                 self.replies += 1
+                if self.metrics is not None:
+                    self.metrics.responses.inc(tpa)
             except OSError as exc:
                 log.debug("arp reply for %s: %s", tpa, exc)
 
@@ -83,6 +94,8 @@ class ArpResponder:
         for op in (1, 2):
             try:
                 self.sock.send(_frame(BROADCAST, self.mac, op, self.mac, pa, b"\x00" * 6 if op == 1 else BROADCAST, pa))
+                if self.metrics is not None:
+                    self.metrics.gratuitous.inc(ip)
             except OSError as exc:
                 log.debug("gratuitous arp for %s: %s", ip, exc)
 

@@ -6,8 +6,8 @@ with a class belongs to someone else and is left alone) gets IPs from the IPAddr
 `AllocationFailed` (with the reason) and `ClearAssignment` go on the Service as MetalLB writes them. IPs survive a
 controller restart: on start the IPs Services already hold are taken back first (MetalLB's startup pass), so a
 new Service cannot take them. A Service that stops being a LoadBalancer gets its status cleared. The controller
-also serves MetalLB's validating webhook (`webhook.py`, port 9443), creates the `memberlist` Secret the speaker pods mount (as MetalLB's controller does), serves /metrics on
---port (its readiness probe), and says once, in a log line and an event, when K3s's ServiceLB also claims the
+also serves MetalLB's validating webhook (`webhook.py`, port 9443), creates the `memberlist` Secret the speaker pods mount (as MetalLB's controller does), serves MetalLB's
+metrics (`metrics.py`: per-pool addresses in use and usable) on --port (also its readiness probe), and says once, in a log line and an event, when K3s's ServiceLB also claims the
 same Services (the fix: `disable: [servicelb]`).
 """
 
@@ -40,6 +40,7 @@ from kwire.client.events import EventRecorder
 from kwire.client.informer import key_of
 from kwire.client.kubeconfig import SA_DIR, in_cluster_config
 from kwire.metallb import pools, webhook
+from kwire.metallb.metrics import Metrics, serve
 from kwire.metallb.pools import AllocationError, Allocator, PoolError
 
 log = logging.getLogger("kwire.metallb.controller")
@@ -70,6 +71,7 @@ class MetallbController:
         self.svclb = self.informers.get(DAEMONSETS, namespace="kube-system")
         self.events = EventRecorder(client, component=COMPONENT)
         self.alloc = Allocator()
+        self.metrics = Metrics()
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
         self._queued: set[str] = set()
         self._warned_servicelb = False
@@ -96,6 +98,11 @@ class MetallbController:
                 continue
             parsed[p.name] = p
         self.alloc.pools = parsed
+        self.metrics.config_loaded.set(1)
+        self._count_pools()
+
+    def _count_pools(self) -> None:
+        self.metrics.set_pools({name: self.alloc.counts(p) for name, p in self.alloc.pools.items()})
 
     def _ns_labels(self, svc: Obj) -> dict[str, str]:
         ns = self.namespaces.get(None, str((svc.get("metadata") or {}).get("namespace") or ""))
@@ -103,9 +110,11 @@ class MetallbController:
 
     async def run(self) -> None:
         async def on_svc(obj: Obj, *_: Obj) -> None:
+            self.metrics.updates.inc()
             self.enqueue(key_of(obj))
 
         async def on_pool(*_: Obj) -> None:
+            self.metrics.updates.inc()
             self.enqueue_all()
 
         self.services.on_add(on_svc)
@@ -129,6 +138,7 @@ class MetallbController:
             except Exception as exc:  # an API error or a connection drop: look again after a pause
                 log.info("sync %s: %s (retrying)", key, exc)
                 asyncio.get_running_loop().call_later(1.0, self.enqueue, key)
+            self._count_pools()
 
     async def _webhook(self) -> None:
         """Serve the validating webhook once its certificate is in place (retried with back-off)."""
@@ -247,20 +257,6 @@ class MetallbController:
                 return
 
 
-async def serve_metrics(port: int) -> web.AppRunner:
-    """/metrics on `port` (MetalLB's probes ask for it)."""
-
-    async def metrics(_req: web.Request) -> web.Response:
-        return web.Response(text="# kwire metallb\nmetallb_up 1\n", content_type="text/plain")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
-    return runner
-
-
 def pod_namespace(default: str = "metallb-system") -> str:
     path = Path(os.environ.get("KWIRE_SERVICEACCOUNT_DIR") or SA_DIR) / "namespace"
     try:
@@ -285,9 +281,9 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
-    runner = await serve_metrics(args.port)
     client = ApiClient(in_cluster_config())
     ctl = MetallbController(client, namespace=args.namespace or pod_namespace())
+    runner = await serve(ctl.metrics, args.port)
     try:
         await ctl.run()
     except asyncio.CancelledError:

@@ -56,15 +56,26 @@ class Pool:
         inside = any(lo.version == ip.version and int(lo) <= int(ip) <= int(hi) for lo, hi in self.ranges)
         return inside and not (self.avoid_buggy_ips and _buggy(ip))
 
-    def addresses(self) -> Iterator[IPAddr]:
+    def addresses(self, *, version: int | None = None) -> Iterator[IPAddr]:
         for lo, hi in self.ranges:
+            if version is not None and lo.version != version:
+                continue  # never walk an IPv6 range address by address looking for IPv4 ones
             for n in range(int(lo), int(hi) + 1):
                 ip = type(lo)(n)
                 if not (self.avoid_buggy_ips and _buggy(ip)):
                     yield ip
 
     def size(self) -> int:
-        return sum(1 for _ in self.addresses()) if len(self.ranges) < 64 else 0
+        """Usable IPv4 addresses, counted arithmetically (a pool may be a huge range)."""
+        total = 0
+        for lo, hi in self.ranges:
+            if lo.version != 4:
+                continue
+            a, b = int(lo), int(hi)
+            total += b - a + 1
+            if self.avoid_buggy_ips:  # minus the .0 and .255 addresses of the range
+                total -= sum((b - r) // 256 - (a - 1 - r) // 256 for r in (0, 255))
+        return total
 
     def sort_key(self) -> tuple[int, int, str]:
         return (0, self.priority, self.name) if self.priority is not None else (1, 0, self.name)
@@ -262,9 +273,7 @@ class Allocator:
         if not candidates:
             raise AllocationError("no available IPs")
         for pool in candidates:
-            for ip in pool.addresses():
-                if ip.version != 4:
-                    continue
+            for ip in pool.addresses(version=4):
                 users = self.users(ip, besides=key)
                 if users and (not shape.sharing_key or self.sharing_error(key, ip, shape)):
                     continue

@@ -44,8 +44,9 @@ from kwire.client.informer import key_of
 from kwire.client.kubeconfig import in_cluster_config
 from kwire.metallb import election, pools
 from kwire.metallb.arp import ArpResponder
-from kwire.metallb.controller import is_ours, pod_namespace, serve_metrics, status_ips
+from kwire.metallb.controller import is_ours, pod_namespace, status_ips
 from kwire.metallb.members import DEAD_AFTER, Members
+from kwire.metallb.metrics import Metrics, serve
 
 log = logging.getLogger("kwire.metallb.speaker")
 Obj = dict[str, Any]
@@ -106,6 +107,7 @@ class Speaker:
         self.events = EventRecorder(client, component="metallb-speaker", host=node)
         self.interface, self.mac = "", b""
         self.leading: dict[str, str] = {}  # ip -> service key
+        self.metrics = Metrics()
         self._garp_until: dict[str, float] = {}
         self._garp_next: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -191,7 +193,7 @@ class Speaker:
         self._last_alive = {self.node}
         loop = asyncio.get_running_loop()
         members = asyncio.create_task(self.members.run(), name="members")
-        arp = ArpResponder(self.interface, self.mac, lambda: set(self.leading))
+        arp = ArpResponder(self.interface, self.mac, lambda: set(self.leading), metrics=self.metrics)
         loop.add_reader(arp.fileno(), arp.on_readable)
         log.info(
             "speaker on %s: layer 2 on %s (%s); heartbeats %s",
@@ -227,6 +229,7 @@ class Speaker:
         self._last_alive = alive
         for ip in set(self.leading) - set(want):
             log.info("stop announcing %s (%s)", ip, self.leading[ip])
+            self.metrics.announced.remove(ip, self.node, "layer2", self.leading[ip])
             self._spawn(self._withdrawn(self.leading[ip]))
             self._garp_until.pop(ip, None)
         for ip, key in want.items():
@@ -235,6 +238,9 @@ class Speaker:
                 self._garp_until[ip] = now + GARP_FOR
                 self._garp_next[ip] = now
                 self._spawn(self._announced(ip, key))
+            elif self.leading[ip] != key:
+                self.metrics.announced.remove(ip, self.node, "layer2", self.leading[ip])
+            self.metrics.announced.labels(ip=ip, node=self.node, protocol="layer2", service=key).set(1)
         self.leading = want
         for ip, until in list(self._garp_until.items()):
             if now >= self._garp_next.get(ip, 0.0):
@@ -324,9 +330,9 @@ async def _main(args: argparse.Namespace) -> None:
     host_ip = os.environ.get("METALLB_HOST", "")
     if not node or not host_ip:
         raise SystemExit("speaker: METALLB_NODE_NAME and METALLB_HOST must be set (the pod's fieldRefs)")
-    runner = await serve_metrics(args.port)
     client = ApiClient(in_cluster_config())
     sp = Speaker(client, node=node, host_ip=host_ip, namespace=pod_namespace())
+    runner = await serve(sp.metrics, args.port)
     try:
         await sp.run()
     except asyncio.CancelledError:

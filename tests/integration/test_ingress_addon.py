@@ -1,5 +1,6 @@
-"""The traefik add-on as K3s manages it: IngressClass, LoadBalancer Service and Deployment created on start,
-removed with `disable: [traefik]`, restored when the key is removed again (an in-process server, no nodes)."""
+"""The traefik add-on as K3s manages it: the Traefik CRDs (K3s's traefik-crd chart), IngressClass, LoadBalancer
+Service and Deployment created on start, removed with `disable: [traefik]`, restored when the key is removed again
+(an in-process server, no nodes)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,26 @@ from functools import partial
 from pathlib import Path
 
 from kwire.client import ApiClient, NotFound, load_kubeconfig
-from kwire.client.client import DEPLOYMENTS, INGRESSCLASSES, SERVICES
+from kwire.client.client import CRDS, DEPLOYMENTS, INGRESSCLASSES, MIDDLEWARES, SERVICES
 from kwire.server import start
 from tests.integration.apiserver import free_port
 from tests.integration.test_addons import _cfg, until
 
-OBJECTS = ((DEPLOYMENTS, "traefik"), (SERVICES, "traefik"), (INGRESSCLASSES, "traefik"))
+OBJECTS = (
+    (DEPLOYMENTS, "traefik"),
+    (SERVICES, "traefik"),
+    (INGRESSCLASSES, "traefik"),
+    (CRDS, "ingressroutes.traefik.io"),
+    (CRDS, "middlewares.traefik.io"),
+    (CRDS, "traefikservices.traefik.io"),
+)
+TRAEFIK_CRDS = {
+    f"{p}.traefik.io"
+    for p in (
+        "ingressroutes ingressroutetcps ingressrouteudps middlewares middlewaretcps serverstransports"
+        " serverstransporttcps tlsoptions tlsstores traefikservices"
+    ).split()
+}
 
 
 async def _present(c: ApiClient) -> bool:
@@ -31,6 +46,17 @@ async def _gone(c: ApiClient) -> bool:
     return True
 
 
+async def _served(c: ApiClient, mw: dict[str, object]) -> bool:
+    try:
+        await c.get(MIDDLEWARES, "strip", "default")
+    except NotFound:
+        try:
+            await c.create(MIDDLEWARES, mw, "default")
+        except NotFound:
+            return False  # the kind is not served yet
+    return True
+
+
 async def test_disable_traefik_removes_the_addon_and_enabling_restores_it(tmp_path: Path) -> None:
     port = free_port()
     for disable, check in (((), _present), (("traefik",), _gone), ((), _present)):
@@ -46,5 +72,15 @@ async def test_disable_traefik_removes_the_addon_and_enabling_restores_it(tmp_pa
                     container = dep["spec"]["template"]["spec"]["containers"][0]
                     assert container["image"] == "kwire/ingress:latest"
                     assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
+                    crds = {c["metadata"]["name"] for c in (await c.list(CRDS)).get("items") or []}
+                    assert TRAEFIK_CRDS <= crds, crds
+                    # Served with their structural schemas: a Middleware is created and its schema prunes.
+                    mw = {
+                        "metadata": {"name": "strip"},
+                        "spec": {"stripPrefix": {"prefixes": ["/a"]}, "unknownField": 1},
+                    }
+                    await until(partial(_served, c, mw), timeout=20, what="Middleware kind served")
+                    got = await c.get(MIDDLEWARES, "strip", "default")
+                    assert got["spec"] == {"stripPrefix": {"prefixes": ["/a"]}}
         finally:
             await srv.close()

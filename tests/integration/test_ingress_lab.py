@@ -3,7 +3,9 @@
 every node IP (`--resolve`), on 80 and 443: exact and wildcard hosts, Exact/Prefix/ImplementationSpecific paths,
 longest match, port names, merging, defaultBackend, class filtering, 404/503, unknown Services (404 + event,
 the rest keeps serving), forwarded headers, TLS by SNI with the default certificate otherwise, a rotated secret,
-HTTP/2, status.loadBalancer, and live changes under a request loop that sees no error."""
+HTTP/2, status.loadBalancer, and live changes under a request loop that sees no error. Traefik's IngressRoute and
+Middleware end to end: rules, tls.secretName by SNI, redirect http->https, weights, a sticky cookie, an invalid
+rule's event, and basicAuth through an Ingress's router.middlewares."""
 
 from __future__ import annotations
 
@@ -559,3 +561,119 @@ spec:
     assert served_by(lab, "tls-only.example.com", "/", ip) == "404"
     wait_for(lambda: served_by(lab, "prio.example.com", "/api/v1/x", ip) == "a", timeout=20,
              what="router.priority 1000 wins over the longer path")  # fmt: skip
+
+
+CRD_OBJECTS = """
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: to-https}
+spec:
+  redirectScheme: {scheme: https, permanent: true}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: auth}
+spec:
+  basicAuth: {secret: basic}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: basic}
+type: kubernetes.io/basic-auth
+stringData: {username: ann, password: apple}
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: web-redirect}
+spec:
+  entryPoints: [web]
+  routes:
+  - kind: Rule
+    match: Host(`ir.example.com`)
+    middlewares: [{name: to-https}]
+    services: [{name: svc-a, port: 80}]
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: secure-routes}
+spec:
+  entryPoints: [websecure]
+  tls: {secretName: ir-tls}
+  routes:
+  - kind: Rule
+    match: Host(`ir.example.com`) && PathPrefix(`/api`)
+    services: [{name: svc-b, port: web}]
+  - kind: Rule
+    match: Host(`ir.example.com`) && !PathPrefix(`/api`)
+    services: [{name: svc-a, port: http, sticky: {cookie: {name: pin}}}]
+  - kind: Rule
+    match: Host(`ir.example.com`) && Header(`X-Split`, `1`)
+    priority: 500
+    services: [{name: svc-a, port: 80, weight: 1}, {name: svc-b, port: 8080, weight: 1}]
+  - kind: Rule
+    match: Host(`ir.example.com`) && Method(`DELETE`) || Hots(`x`)
+    services: [{name: svc-a, port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: with-auth
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: default-auth@kubernetescrd}
+spec:
+  rules:
+  - host: auth.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: svc-a, port: {number: 80}}}}
+"""
+
+
+def test_ingressroute_rules_tls_redirect_weights_sticky_and_an_invalid_rule(lab: Lab) -> None:
+    secret, _ = tls_secret("ir-tls", "ir.example.com")
+    lab.apply(secret)
+    lab.apply(CRD_OBJECTS)
+    ips = node_ips(lab)
+    wait_for(lambda: served_by(lab, "ir.example.com", "/api/x", ips[0], https=True) == "b", timeout=30,
+             what="an IngressRoute served on websecure")  # fmt: skip
+    for ip in ips:
+        # tls.secretName by SNI (the route serves at once through the Lua router; its certificate's server block
+        # comes with the reload that follows)
+        wait_for(lambda ip=ip: served_cert(lab, ip, "ir.example.com")[0] == "ir.example.com", timeout=20,
+                 what="the IngressRoute's certificate served by SNI")  # fmt: skip
+        assert served_by(lab, "ir.example.com", "/api/x", ip, https=True) == "b"  # Host && PathPrefix
+        assert served_by(lab, "ir.example.com", "/web", ip, https=True) == "a"  # Host && !PathPrefix
+        # web: redirectScheme https, permanent (GET 301, other methods 308)
+        res = subprocess.run(
+            [IP, "netns", "exec", lab.topo.client.netns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+             "--resolve", f"ir.example.com:80:{ip}", "http://ir.example.com/p?q=1"],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        assert res.stdout == "301 https://ir.example.com/p?q=1"
+        assert curl(lab, "ir.example.com", "/p", ip, extra=("-X", "PUT"))[0] == 308
+    # Header with priority 500 beats both; its two services share requests 1:1.
+    split = [served_by(lab, "ir.example.com", "/api", ips[0], https=True, extra=("-H", "X-Split: 1")) for _ in range(6)]
+    assert sorted(split) == ["a"] * 3 + ["b"] * 3, split
+    # Sticky cookie: the first answer pins the client to one of app-a's two pods.
+    res = subprocess.run(
+        [IP, "netns", "exec", lab.topo.client.netns, "curl", "-s", "-k", "-D", "/dev/stderr",
+         "--resolve", f"ir.example.com:443:{ips[0]}", "https://ir.example.com/web"],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    cookie = next(ln.split(":", 1)[1].strip().split(";")[0] for ln in res.stderr.splitlines()
+                  if ln.lower().startswith("set-cookie:"))  # fmt: skip
+    assert cookie.startswith("pin=")
+    pods = {curl(lab, "ir.example.com", "/web", ips[0], https=True, extra=("-H", f"Cookie: {cookie}"))[1]["pod"]
+            for _ in range(6)}  # fmt: skip
+    assert pods == {json.loads(res.stdout)["pod"]}
+
+    # The invalid rule is reported on its IngressRoute; its other routes serve (above).
+    def warned() -> bool:
+        events = lab.get("events", "--field-selector", "involvedObject.name=secure-routes")["items"]
+        return any("unsupported function: Hots" in e["message"] and e["involvedObject"]["kind"] == "IngressRoute"
+                   for e in events)  # fmt: skip
+
+    wait_for(warned, timeout=20, what="a Warning event on IngressRoute secure-routes")
+    # An Ingress's router.middlewares names a Middleware: basicAuth from a kubernetes.io/basic-auth secret.
+    wait_for(lambda: curl(lab, "auth.example.com", "/", ips[1])[0] == 401, timeout=20, what="basicAuth on an Ingress")
+    assert served_by(lab, "auth.example.com", "/", ips[1], extra=("-u", "ann:apple")) == "a"
+    assert curl(lab, "auth.example.com", "/", ips[1], extra=("-u", "ann:pear"))[0] == 401

@@ -8,6 +8,7 @@ controller restart, and when the leader's node stops, the IP moves to another no
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import time
@@ -140,6 +141,26 @@ def test_seed_flow_first_pool_ip_reached_from_client_through_leader(mlb: Lab) ->
     assert "IPAllocated" in events and "nodeAssigned" in events
     logs = mlb.kubectl("logs", "-n", "metallb-system", "ds/speaker").stdout
     assert "heartbeats authenticated with the memberlist key" in logs  # the Secret the controller made, mounted
+    # MetalLB's metrics with upstream's names: the pool counters (v0.14's pool status is empty) and announcements.
+    ctl_ip = mlb.kubectl(
+        "get", "pods", "-n", "metallb-system", "-l", "component=controller", "-o", "jsonpath={.items[0].status.podIP}"
+    ).stdout.strip()
+    text = mlb.run("node1", "curl", "-s", "-m", "5", f"http://{ctl_ip}:7472/metrics")
+    svcs = json.loads(mlb.kubectl("get", "svc", "-A", "-o", "json").stdout)["items"]
+    in_pool = {
+        ing["ip"]
+        for s in svcs
+        if (s["metadata"].get("annotations") or {}).get("metallb.io/ip-allocated-from-pool") == "first-pool"
+        for ing in s["status"]["loadBalancer"].get("ingress") or []
+    }
+    assert f'metallb_allocator_addresses_in_use_total{{pool="first-pool"}} {float(len(in_pool))}' in text, text
+    assert 'metallb_allocator_addresses_total{pool="first-pool"}' in text
+    text = mlb.run(leader(ip, ["node1", "node2", "node3"]), "curl", "-s", "-m", "5", "http://127.0.0.1:7472/metrics")
+    assert (
+        f'metallb_speaker_announced{{ip="{ip}",node="{leader(ip, ["node1", "node2", "node3"])}",protocol="layer2",service="default/web"}} 1.0'
+        in text
+    ), text
+    assert f'metallb_layer2_responses_sent{{ip="{ip}"}}' in text
 
 
 def test_requested_ip_honoured_and_outside_ip_pending_with_event(mlb: Lab) -> None:

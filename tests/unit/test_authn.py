@@ -23,8 +23,8 @@ from kwire.api.authn.serviceaccount import (
     ensure_signing_key,
     issuer_for,
 )
-from kwire.api.authn.x509 import user_from_peercert
 from kwire.api.errors import ApiError
+from kwire.api.user import from_peercert as user_from_peercert
 
 Obj = dict[str, Any]
 ISSUER = issuer_for("cluster.local")

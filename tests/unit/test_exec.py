@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import pytest
 import uvloop
 
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
+from kwire.agent.kubelet.kubeletauth import KubeletAuth
 from kwire.agent.kubelet.logs import LogServer
+from tests.unit.kubelet_helpers import FakeApi, kubelet_auth, kubelet_tls, make_pki
 
 TOKEN = "t0ken"
 ATTACHED: dict[str, Any] = {}
@@ -40,12 +43,34 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CLIENT_TLS: list[ssl.SSLContext] = []  # trusts the kubelet's serving certificate (set by _kubelet)
+
+
+def _client(**kw: Any) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=CLIENT_TLS[-1]), **kw)
+
+
 @contextlib.asynccontextmanager
 async def _kubelet(tmp_path: Path) -> AsyncIterator[str]:
+    """The kubelet API over HTTPS; TOKEN is the API server's (system:masters, allowed by the stand-in API)."""
     port = _free_port()
+    pki = make_pki(tmp_path / "pki")
+    CLIENT_TLS.append(pki.client_context())
+    api = FakeApi(
+        allow=lambda spec: "system:masters" in spec["groups"],
+        tokens={TOKEN: {"username": "system:apiserver", "groups": ["system:masters"]}},
+    )
+    async with api.serve() as api_client:
+        async with _log_server(tmp_path, port, kubelet_auth(api_client), kubelet_tls(pki)):
+            yield f"https://127.0.0.1:{port}/exec/default/web/c"
+
+
+@contextlib.asynccontextmanager
+async def _log_server(tmp_path: Path, port: int, auth: KubeletAuth, tls: ssl.SSLContext) -> AsyncIterator[None]:
     srv = LogServer(
         logs_dir=tmp_path,
-        token=TOKEN,
+        auth=auth,
+        ssl_context=tls,
         host="127.0.0.1",
         port=port,
         exec_target=lambda ns, pod, _c: (
@@ -59,7 +84,7 @@ async def _kubelet(tmp_path: Path) -> AsyncIterator[str]:
     )
     await srv.start()
     try:
-        yield f"http://127.0.0.1:{port}/exec/default/web/c"
+        yield
     finally:
         await srv.close()
 
@@ -84,7 +109,7 @@ async def _session(
     params += [("tty", "true")] if tty else []
     out: dict[int, bytes] = {}
     async with (
-        aiohttp.ClientSession() as s,
+        _client() as s,
         s.ws_connect(url, params=params, protocols=[protocol], headers={"Authorization": f"Bearer {TOKEN}"}) as ws,
     ):
         assert ws.protocol == protocol
@@ -153,7 +178,7 @@ def test_under_uvloop_the_agents_loop(tmp_path: Path) -> None:
 
 
 async def test_refusals(kubelet: str) -> None:
-    async with aiohttp.ClientSession() as s:
+    async with _client() as s:
         with pytest.raises(aiohttp.WSServerHandshakeError) as e:
             await s.ws_connect(kubelet + "?command=true", protocols=["v5.channel.k8s.io"])
         assert e.value.status == 401
@@ -178,7 +203,7 @@ async def test_attach_follows_this_runs_output_until_it_ends(kubelet: str, tmp_p
     url = kubelet.replace("/exec/", "/attach/") + "?stdin=true&stdout=true&tty=true"
     out: dict[int, bytes] = {}
     async with (
-        aiohttp.ClientSession() as s,
+        _client() as s,
         s.ws_connect(url, protocols=["v5.channel.k8s.io"], headers={"Authorization": f"Bearer {TOKEN}"}) as ws,
     ):
         with log.open("ab") as f:
@@ -212,7 +237,7 @@ async def test_logs_as_kubelet_serves_them(kubelet: str, tmp_path: Path) -> None
     ATTACHED.clear()
     ATTACHED.update(running=False, exitCode=0, logOffset=len(prev), prevLogOffset=0)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with aiohttp.ClientSession(headers=headers) as s:
+    async with _client(headers=headers) as s:
 
         async def get(query: str) -> tuple[int, str]:
             async with s.get(f"{base}?{query}") as r:

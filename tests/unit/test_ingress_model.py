@@ -124,7 +124,7 @@ def test_a_middleware_that_cannot_exist_leaves_the_routes_unserved_and_says_why(
     mw = {model.ANN + "router.middlewares": "default-auth@kubernetescrd"}
     t = model.build([ing("mw", [rule("m.com", ("/", "Prefix", "m"))], annotations=mw)], [TRAEFIK_CLASS])
     assert route_for(t, "m.com", "/") is None
-    assert "default-auth@kubernetescrd: middleware not found" in t.problems["default/mw"][0]
+    assert "middleware default-auth@kubernetescrd not found" in t.problems["default/mw"][0]
 
 
 def test_default_backend_serves_every_host_after_its_rules() -> None:

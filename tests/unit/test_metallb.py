@@ -86,6 +86,32 @@ def test_assignment_requests_pools_and_priority() -> None:
     assert al.counts(al.pools["low"]) == (2, 0)
 
 
+def test_pool_counters_as_metallbs_metrics_and_ipv6_ranges_never_walked() -> None:
+    """MetalLB v0.14's pool counters are Prometheus gauges (its IPAddressPool status is empty); a huge IPv6 range is
+    counted and skipped arithmetically (walking a /64 address by address never ends)."""
+    from kwire.metallb.metrics import Metrics
+
+    big = pool("big", "10.0.0.0/16", "fd00::/64", avoidBuggyIPs=True)
+    assert big.size() == 65536 - 2 * 256
+    al = pools.Allocator(pools={"big": big, "v6": pool("v6", "fd01::/64")})
+    assert str(al.assign("default/a", svc("a"), None).ips[0]) == "10.0.0.1"
+    with pytest.raises(pools.AllocationError, match="no available IPs"):
+        al.assign("default/b", svc("b", ann={"metallb.io/address-pool": "v6"}), None)
+    m = Metrics()
+    m.set_pools({name: al.counts(p) for name, p in al.pools.items()})
+    text = m.exposition().decode()
+    assert 'metallb_allocator_addresses_in_use_total{pool="big"} 1.0' in text
+    assert 'metallb_allocator_addresses_total{pool="big"} 65024.0' in text
+    m.set_pools({"v6": (0, 0)})  # pool "big" deleted: its series go
+    text = m.exposition().decode()
+    assert 'pool="big"' not in text and 'metallb_allocator_addresses_total{pool="v6"} 0.0' in text
+    m.responses.inc("10.0.0.1")
+    m.responses.inc("10.0.0.1")
+    text = m.exposition().decode()
+    assert "# TYPE metallb_layer2_responses_sent untyped" in text  # upstream's name, no _total added
+    assert 'metallb_layer2_responses_sent{ip="10.0.0.1"} 2.0' in text
+
+
 def test_sharing_rules() -> None:
     al = pools.Allocator(pools={"p": pool("p", "10.0.0.1-10.0.0.2")})
     share = {"metallb.io/allow-shared-ip": "k"}

@@ -25,7 +25,9 @@ from typing import Any
 from kwire.agent.kubelet import hooks, podspec, satoken, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
+from kwire.agent.kubelet.portforward import ForwardTarget
 from kwire.agent.kubelet.prober import PodProbes
+from kwire.agent.kubelet.resourcemetrics import ContainerRef
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
 from kwire.base.workqueue import ShutDown, WorkQueue
@@ -243,6 +245,26 @@ class Kubelet:
             pid=w.pids.get(container, 0),
         )
 
+    def forward_target(self, namespace: str, name: str) -> ForwardTarget | None:
+        """Where `kubectl port-forward` connects for a pod this node runs (None if it runs no such pod)."""
+        found = self._running(namespace, name)
+        if found is None:
+            return None
+        w, _ = found
+        return ForwardTarget(netns=w.sandbox.netns, pod_uid=w.sandbox.uid)
+
+    def resource_containers(self) -> list[ContainerRef]:
+        """Every container of the pods this node runs, with its process when it has one (`/metrics/resource`)."""
+        out = []
+        for uid, w in list(self.work.items()):
+            pod = self._current(uid)
+            if pod is None or w.phase in ("Succeeded", "Failed"):
+                continue
+            for c in podspec.spec(pod).get("containers") or []:
+                name = str(c.get("name", ""))
+                out.append(ContainerRef(w.sandbox.namespace, w.sandbox.name, name, pid=w.pids.get(name, 0)))
+        return out
+
     def attach_target(self, namespace: str, name: str, container: str) -> AttachTarget | None:
         """What attach needs of a container of a pod this node runs (its state is None for a container that is not
         a process), or None if the node runs no such pod."""
@@ -298,6 +320,8 @@ class Kubelet:
                 await self.recorder.event(pod, "Warning", "FailedCreatePodSandBox", str(exc))
                 raise
             w = self.work[uid] = PodWork(sb)
+            for message in self.sandboxes.dns_warnings(pod):
+                await self.recorder.event(pod, "Warning", "DNSConfigForming", message)
         self.sandboxes.write_files(pod, w.sandbox)
         settled = await self._resolve_config(pod, w)
         try:

@@ -1,28 +1,33 @@
 """The kubelet's API on the node's port 10250: `GET /containerLogs/{namespace}/{pod}/{container}`,
-`/exec/{namespace}/{pod}/{container}` and `/attach/...` (WebSockets, see execstream.py).
+`/exec/{namespace}/{pod}/{container}` and `/attach/...` (WebSockets, see execstream.py), `/portForward/{namespace}/{pod}`
+(portforward.py) and `/metrics/resource` (metrics-server's source, see resourcemetrics.py).
 
 The API server's `pods/log`, `pods/exec` and `pods/attach` subresources (what `kubectl logs`, `kubectl exec` and
 `kubectl attach`/`run -it` call) proxy here,
 as kube-apiserver proxies to the kubelet. Containers' output is in the pod runtime's log files, in the CRI format (crilog.py);
 `tailLines`, `limitBytes`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous` and `follow` (which ends when
 the container's run does) are honoured.
-Requests carry the cluster token (HTTP on the node's address; kube's kubelet serves HTTPS with its own certificate,
-which kwire's agents do not have yet).
+Served over HTTPS on the node's address with the node's serving certificate (serving-kubelet.crt, from the
+cluster CA); every request is authenticated and authorized by `KubeletAuth` (kubeletauth.py) first, so an anonymous
+caller gets 401 and one without the right to `nodes/proxy` 403, never logs or a shell.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from kwire.agent.kubelet import crilog
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, serve_attach, serve_exec
+from kwire.agent.kubelet.kubeletauth import KubeletAuth
+from kwire.agent.kubelet.portforward import ForwardTarget, serve_port_forward
+from kwire.agent.kubelet.resourcemetrics import ContainerRef, exposition
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +44,26 @@ class LogServer:
         self,
         *,
         logs_dir: Path,
-        token: str,
+        auth: KubeletAuth,
+        ssl_context: ssl.SSLContext,
         host: str,
         port: int = KUBELET_PORT,
         exec_target: Callable[[str, str, str], ExecTarget | None] | None = None,
         attach_target: Callable[[str, str, str], AttachTarget | None] | None = None,
+        resource_containers: Callable[[], list[ContainerRef]] | None = None,
+        forward_target: Callable[[str, str], ForwardTarget | None] | None = None,
     ) -> None:
+        # forward_target(namespace, pod) -> the pod's network namespace for port-forward, None if not here
+        self.forward_target = forward_target
+        # resource_containers() -> the containers `/metrics/resource` reports (resourcemetrics.py)
+        self.resource_containers = resource_containers
         # attach_target(namespace, pod, container) -> what attach needs of that container, None if not here
         self.attach_target = attach_target
         # exec_target(namespace, pod, container) -> where exec runs, None if the pod is not on this node
         self.exec_target = exec_target
         self.logs_dir = logs_dir
-        self.token = token
+        self.auth = auth
+        self.ssl_context = ssl_context
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -61,13 +74,7 @@ class LogServer:
                 raise web.HTTPBadRequest(text="invalid name")
         return self.logs_dir / f"{namespace}_{pod}_{container}.log"
 
-    def _check_auth(self, request: web.Request) -> None:
-        auth = request.headers.get("Authorization", "")
-        if not (auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), self.token.encode())):
-            raise web.HTTPUnauthorized(text="Unauthorized")
-
     async def _exec(self, request: web.Request) -> web.StreamResponse:
-        self._check_auth(request)
         m = request.match_info
         target = self.exec_target(m["namespace"], m["pod"], m["container"]) if self.exec_target else None
         if target is None:
@@ -75,7 +82,6 @@ class LogServer:
         return await serve_exec(request, target=target, pod=m["pod"])
 
     async def _attach(self, request: web.Request) -> web.StreamResponse:
-        self._check_auth(request)
         m = request.match_info
         path = self._path(m["namespace"], m["pod"], m["container"])
         target = self.attach_target(m["namespace"], m["pod"], m["container"]) if self.attach_target else None
@@ -87,7 +93,6 @@ class LogServer:
         """kubelet's containerLogs: the current run's output (or the previous run's with `previous`), filtered by
         sinceSeconds/sinceTime, cut to tailLines entries and limitBytes bytes, with their times (`timestamps`);
         `follow` streams new output until the container's run ends."""
-        self._check_auth(request)
         m = request.match_info
         q = request.query
         path = self._path(m["namespace"], m["pod"], m["container"])
@@ -156,15 +161,40 @@ class LogServer:
         await resp.write_eof()
         return resp
 
+    async def _port_forward(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        target = self.forward_target(m["namespace"], m["pod"]) if self.forward_target else None
+        if target is None:
+            raise web.HTTPNotFound(text=f"pod {m['namespace']}/{m['pod']} is not running on this node")
+        return await serve_port_forward(request, target=target)
+
+    async def _resource_metrics(self, request: web.Request) -> web.StreamResponse:
+        refs = self.resource_containers() if self.resource_containers else []  # read on the loop: kubelet state
+        body = await asyncio.to_thread(exposition, lambda: refs)  # /proc scan off the loop
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    @web.middleware
+    async def _authorized(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Every path, known or not, is authenticated and authorized first, as kubelet's filter chain does."""
+        await self.auth.check(request)
+        return await handler(request)
+
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._authorized])
+        app.router.add_get("/metrics/resource", self._resource_metrics)
+        app.router.add_route("*", "/portForward/{namespace}/{pod}", self._port_forward)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._handle)
         app.router.add_route("*", "/exec/{namespace}/{pod}/{container}", self._exec)
         app.router.add_route("*", "/attach/{namespace}/{pod}/{container}", self._attach)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, host=self.host, port=self.port, reuse_address=True).start()
+            site = web.TCPSite(
+                self._runner, host=self.host, port=self.port, ssl_context=self.ssl_context, reuse_address=True
+            )
+            await site.start()
         except OSError as exc:
             log.warning("kubelet: cannot serve logs on %s:%d: %s", self.host, self.port, exc)
 

@@ -8,7 +8,8 @@ one that declares no ports and whose command (or first argument) is a program th
 `busybox -- wget ...`, `kubectl run dnsutils --image=tutum/dnsutils -- nslookup x` or `sleep 3600`. Those run
 that command from the machine's filesystem, as kwire/host would: debug pods do what their manifests say.
 Images whose role kwire implements (ROLE_IMAGES: `quay.io/metallb/controller` and `quay.io/metallb/speaker`, tag
-v0.13 or later) run kwire's implementation of that role (`kwire.metallb`) with the pod's ServiceAccount.
+v0.13 or later; K3s's `rancher/mirrored-metrics-server` and upstream's metrics-server image, v0.6 or later) run
+kwire's implementation of that role (`kwire.metallb`, `kwire.metricsserver`) with the pod's ServiceAccount.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ BUILTIN_IMAGES: dict[str, str] = {
 ROLE_IMAGES: dict[str, tuple[str, tuple[int, int]]] = {
     "quay.io/metallb/controller": ("kwire.metallb.controller", (0, 13)),
     "quay.io/metallb/speaker": ("kwire.metallb.speaker", (0, 13)),
+    # K3s's packaged metrics-server and upstream's image; v0.6 is the first to scrape /metrics/resource
+    "rancher/mirrored-metrics-server": ("kwire.metricsserver", (0, 6)),
+    "registry.k8s.io/metrics-server/metrics-server": ("kwire.metricsserver", (0, 6)),
 }
 SERVICELB_IMAGE = "kwire/servicelb"  # ServiceLB's svclb pods (klipper-lb's role); see kwire/agent/svclb.py
 KWIRE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding this `kwire` package
@@ -102,8 +106,60 @@ def host_network(pod: Obj) -> bool:
     return bool(spec(pod).get("hostNetwork"))
 
 
+MAX_NAMESERVERS = 3  # kubelet's validation.MaxDNSNameservers
+MAX_SEARCH_PATHS = 32  # validation.MaxDNSSearchPaths
+MAX_SEARCH_CHARS = 2048  # validation.MaxDNSSearchListChars
+
+
 def resolv_conf(pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv: str) -> str:
     """The pod's /etc/resolv.conf per dnsPolicy (kubelet's dns.Configurer)."""
+    nameservers, searches, options = _dns_parts(
+        pod, cluster_dns=cluster_dns, cluster_domain=cluster_domain, host_resolv=host_resolv
+    )
+    lines = [f"nameserver {n}" for n in nameservers[:MAX_NAMESERVERS]]
+    if searches:
+        lines.append("search " + " ".join(_applied_searches(searches)))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def _applied_searches(searches: list[str]) -> list[str]:
+    """kubelet's search-line trimming: at most 32 paths and 2048 characters."""
+    out: list[str] = []
+    chars = 0
+    for s in searches[:MAX_SEARCH_PATHS]:
+        chars += len(s) + (1 if out else 0)
+        if chars > MAX_SEARCH_CHARS:
+            break
+        out.append(s)
+    return out
+
+
+def dns_config_warnings(pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv: str) -> list[str]:
+    """kubelet's DNSConfigForming event messages for what resolv.conf had to leave out."""
+    nameservers, searches, _ = _dns_parts(
+        pod, cluster_dns=cluster_dns, cluster_domain=cluster_domain, host_resolv=host_resolv
+    )
+    out = []
+    if len(nameservers) > MAX_NAMESERVERS:
+        out.append(
+            "Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: "
+            + " ".join(nameservers[:MAX_NAMESERVERS])
+        )
+    applied = _applied_searches(searches)
+    if len(applied) < len(searches):
+        out.append(
+            "Search Line limits were exceeded, some search paths have been omitted, the applied search line is: "
+            + " ".join(applied)
+        )
+    return out
+
+
+def _dns_parts(
+    pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv: str
+) -> tuple[list[str], list[str], list[str]]:
+    """nameservers, search paths and options before kubelet's limits."""
     sp = spec(pod)
     policy = sp.get("dnsPolicy") or "ClusterFirst"
     if policy == "ClusterFirst" and host_network(pod):
@@ -138,12 +194,7 @@ def resolv_conf(pod: Obj, *, cluster_dns: str, cluster_domain: str, host_resolv:
             continue
         options = [o for o in options if o.split(":", 1)[0] != name]
         options.append(f"{name}:{opt['value']}" if opt.get("value") is not None else name)
-    lines = [f"nameserver {n}" for n in nameservers[:3]]
-    if searches:
-        lines.append("search " + " ".join(searches[:32]))
-    if options:
-        lines.append("options " + " ".join(options))
-    return "\n".join(lines) + "\n"
+    return nameservers, searches, options
 
 
 def hosts_file(pod: Obj, *, pod_ip: str, cluster_domain: str) -> str:

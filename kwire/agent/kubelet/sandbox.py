@@ -190,6 +190,17 @@ class Sandboxes:
         log.info("kubelet: pod %s/%s sandbox ready (%s)", sb.namespace, sb.name, sb.pod_ip)
         return sb
 
+    def dns_warnings(self, pod: Obj) -> list[str]:
+        """What kubelet reports as DNSConfigForming for this pod (limits its resolv.conf had to apply)."""
+        if podspec.host_network(pod):
+            return []
+        return podspec.dns_config_warnings(
+            pod,
+            cluster_dns=self.cluster_dns,
+            cluster_domain=self.cluster_domain,
+            host_resolv=podspec.node_resolv_conf(),
+        )
+
     def write_files(self, pod: Obj, sb: Sandbox) -> None:
         """The pod's resolv.conf and hosts (rewritten only when they change)."""
         if sb.host_network:

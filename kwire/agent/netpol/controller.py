@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 from kwire.agent.netpol import ruleset
 from kwire.agent.netpol.compiler import Compiler
 from kwire.agent.netpol.model import PodInfo, Policy, namespace_labels, parse_policy, pod_info
-from kwire.agent.nftsync import NftReconciler
+from kwire.agent.nftsync import NftReconciler, SyncObserver
 from kwire.base.keys import key_of
 from kwire.client import Informer
 from kwire.kernel import nft
@@ -91,6 +91,7 @@ class NetworkPolicyController:
         table_check_period: float = 5.0,
         log_denied: bool = True,
         applier: nft.Applier | None = None,
+        observer: SyncObserver | None = None,
     ) -> None:
         self.pods = pods
         self.namespaces = namespaces
@@ -113,6 +114,7 @@ class NetworkPolicyController:
             table_check_period=table_check_period,
             resync_period=full_resync_period,  # kube-router's periodic full sync
             after=self._after_sync,
+            observer=observer,  # kube-router's metrics (kwire/agent/metrics.py)
         )
         self.stats = self.reconciler.stats
         self.committed = self.reconciler.committed

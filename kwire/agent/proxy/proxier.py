@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kwire.agent.metrics import ProxyMetrics
 from kwire.agent.nftsync import NftReconciler
 from kwire.agent.proxy import ruleset
 from kwire.agent.proxy.health import HealthChecks
@@ -76,7 +77,9 @@ class Proxier:
         table_check_period: float = 5.0,
         applier: nft.Applier | None = None,
         conntrack: Conntrack | None = None,
+        metrics: ProxyMetrics | None = None,
     ) -> None:
+        self.metrics = metrics  # kube-proxy's metrics (kwire/agent/metrics.py)
         self.services = services
         self.slices = slices
         self.node = node
@@ -100,6 +103,7 @@ class Proxier:
             min_period=min_sync_period,
             table_check_period=table_check_period,
             after=self._after_sync,
+            observer=metrics,
         )
         self.stats = self.reconciler.stats
         self.health = HealthChecks(node_ip=node_ips[0] if node_ips else "0.0.0.0")
@@ -157,22 +161,32 @@ class Proxier:
                 self._slices_of.pop(old.service, None)
             self.mark(old.service)
 
+    def _changed(self, what: str) -> None:
+        if self.metrics is not None:
+            (self.metrics.service_changed if what == "service" else self.metrics.endpoints_changed)()
+
     async def _on_svc(self, obj: Obj) -> None:
+        self._changed("service")
         self._put_service(obj)
 
     async def _on_svc_update(self, _old: Obj, new: Obj) -> None:
+        self._changed("service")
         self._put_service(new)
 
     async def _on_svc_delete(self, obj: Obj) -> None:
+        self._changed("service")
         self._drop_service(obj)
 
     async def _on_slice(self, obj: Obj) -> None:
+        self._changed("endpoints")
         self._put_slice(obj)
 
     async def _on_slice_update(self, _old: Obj, new: Obj) -> None:
+        self._changed("endpoints")
         self._put_slice(new)
 
     async def _on_slice_delete(self, obj: Obj) -> None:
+        self._changed("endpoints")
         self._drop_slice(obj)
 
     def start(self) -> None:

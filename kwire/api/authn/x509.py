@@ -3,37 +3,18 @@
 The TLS layer requests an optional client certificate and verifies it against the client CA (a certificate from
 another CA fails the handshake; Python's ssl module cannot request a certificate without verifying it, so such a
 client sees a TLS alert rather than kube's 401). What reaches here is verified: user = the subject's CommonName,
-groups = its Organization values in order, plus `system:authenticated` (x509's CommonNameUserConversion).
+groups = its Organization values in order, plus `system:authenticated` (x509's CommonNameUserConversion,
+`kwire.api.user.from_peercert`, which the kubelet's API uses too).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from kwire.api.user import UserInfo, authenticated
-
-
-def user_from_peercert(cert: Mapping[str, Any] | None) -> UserInfo | None:
-    """The user a verified peer certificate (as `ssl.SSLObject.getpeercert()` returns it) names; None without one
-    or without a CommonName (kube refuses a certificate with an empty CN)."""
-    if not cert:
-        return None
-    name = ""
-    groups: list[str] = []
-    for rdn in cert.get("subject") or ():
-        for key, value in rdn:
-            if key == "commonName" and not name:
-                name = str(value)
-            elif key == "organizationName":
-                groups.append(str(value))
-    if not name:
-        return None
-    return authenticated(name, tuple(groups))
-
+from kwire.api.user import UserInfo, from_peercert
 
 # The user of each TLS connection, worked out once (a connection's certificate never changes; keep-alive clients
 # send many requests on one), dropped with the connection.
@@ -55,6 +36,6 @@ def certificate_user(request: web.Request) -> UserInfo | None:
     except KeyError:
         pass
     cert = ssl_object.getpeercert()
-    user = user_from_peercert(dict(cert) if cert else None)
+    user = from_peercert(dict(cert) if cert else None)
     _BY_CONNECTION[ssl_object] = user
     return user

@@ -1,0 +1,227 @@
+"""The aggregation layer (kube-aggregator's role inside kube-apiserver): APIServices (apiregistration.k8s.io/v1)
+that name a Service have their group version served by that Service's pods.
+
+- `AvailabilityChecker` (kube-aggregator's AvailableConditionController): every `CHECK_PERIOD` seconds, for each
+  APIService with `spec.service`, the Service must exist, its Endpoints must have a ready address with the port
+  the Service port maps to, and `GET /apis/<group>/<version>` there must answer 200 within 5 s; the `Available`
+  condition says which (reasons `Passed`, `ServiceNotFound`, `ServicePortError`, `MissingEndpoints`,
+  `FailedDiscoveryCheck`, with kube's messages; `Local` for APIServices without a service). The discovery document
+  fetched by the check is what `/apis` lists for that group version (kube-aggregator's discovery merging), and only
+  Available group versions are listed.
+- `proxy`: any request under `/apis/<group>/<version>` of an aggregated group version is sent to a ready endpoint
+  of the Service (kube's `--enable-aggregator-routing` resolution, as admission webhooks are dialled; the
+  ClusterIP would only route inside a node's namespace) over TLS, verified with `caBundle` unless
+  `insecureSkipTLSVerify`, and the answer streams back. The caller's identity goes along in kube's front-proxy
+  headers (`X-Remote-User`, `X-Remote-Group`); kwire has no front-proxy client certificate, so the backend cannot
+  verify them. An unavailable backend is kube's 503 `the server is currently unable to handle the request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from kwire.api import discovery
+from kwire.api.errors import ApiError
+from kwire.api.registry import Kind, by_path
+from kwire.api.resources import Resources
+from kwire.api.user import user_of
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+CHECK_PERIOD = 5.0
+CHECK_TIMEOUT = 5.0
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
+    | {"authorization", "x-remote-user", "x-remote-group", "proxy-authorization"}
+)
+
+
+def _kind() -> Kind:
+    k = by_path("apiregistration.k8s.io", "v1", "apiservices")
+    assert k is not None
+    return k
+
+
+@dataclass(frozen=True)
+class Backend:
+    url: str  # https://<endpoint ip>:<port>
+    ssl: ssl.SSLContext | bool
+
+
+class Unavailable(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _ssl(spec: Obj) -> ssl.SSLContext | bool:
+    if spec.get("insecureSkipTLSVerify"):
+        return False
+    ca = spec.get("caBundle") or ""
+    try:
+        ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else ssl.create_default_context()
+    except (ValueError, ssl.SSLError, UnicodeDecodeError) as exc:
+        raise Unavailable("FailedDiscoveryCheck", f"caBundle cannot be used: {exc}") from None
+    ctx.check_hostname = False  # verified against the Service's DNS name by kube; dialled by endpoint IP here
+    return ctx
+
+
+def backend(resources: Resources, apiservice: Obj) -> Backend:
+    """Where an APIService's requests go, or Unavailable with kube's condition reason and message."""
+    spec = apiservice.get("spec") or {}
+    ref = spec.get("service") or {}
+    ns, name, port = str(ref.get("namespace", "")), str(ref.get("name", "")), int(ref.get("port") or 443)
+    svc = resources.service(ns, name)
+    if svc is None:
+        raise Unavailable("ServiceNotFound", f'service/{name} in "{ns}" is not present')
+    svc_port = next((p for p in (svc.get("spec") or {}).get("ports") or [] if int(p.get("port") or 0) == port), None)
+    if svc_port is None:
+        raise Unavailable("ServicePortError", f'service/{name} in "{ns}" is not listening on port {port}')
+    port_name = str(svc_port.get("name") or "")
+    for subset in (resources.endpoints(ns, name) or {}).get("subsets") or []:
+        ports = [p for p in subset.get("ports") or [] if str(p.get("name") or "") == port_name]
+        if subset.get("addresses") and ports:
+            ip = subset["addresses"][0]["ip"]
+            host = f"[{ip}]" if ":" in ip else ip
+            return Backend(f"https://{host}:{int(ports[0]['port'])}", _ssl(spec))
+    raise Unavailable(
+        "MissingEndpoints", f'endpoints for service/{name} in "{ns}" have no addresses with port name "{port_name}"'
+    )
+
+
+def _group_version(apiservice: Obj) -> tuple[str, str]:
+    spec = apiservice.get("spec") or {}
+    return str(spec.get("group") or ""), str(spec.get("version") or "")
+
+
+class Aggregator:
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.available: dict[tuple[str, str], Obj] = {}  # (group, version) -> the APIService, when Available
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="aggregator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        delay = CHECK_PERIOD
+        while True:
+            try:
+                await self.check_all()
+                delay = CHECK_PERIOD
+            except Exception:  # a failed round is retried with back-off, never ends the loop
+                log.exception("aggregator: availability check failed")
+                delay = min(delay * 2, 60.0)
+            await asyncio.sleep(delay)
+
+    async def check_all(self) -> None:
+        items = (await self.resources.list(_kind(), None)).items
+        available: dict[tuple[str, str], Obj] = {}
+        lists: dict[str, dict[str, Obj]] = {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT)) as session:
+            results = await asyncio.gather(*(self._check(session, a) for a in items))
+        for apiservice, (status, reason, message, rl) in zip(items, results, strict=True):
+            group, version = _group_version(apiservice)
+            if rl is not None:
+                available[(group, version)] = apiservice
+                lists.setdefault(group, {})[version] = rl
+            await self._set_condition(apiservice, status, reason, message)
+        self.available = available
+        discovery.set_aggregated(lists)
+
+    async def _check(self, session: aiohttp.ClientSession, apiservice: Obj) -> tuple[str, str, str, Obj | None]:
+        if not (apiservice.get("spec") or {}).get("service"):
+            return "True", "Local", "Local APIServices are always available", None
+        group, version = _group_version(apiservice)
+        try:
+            be = backend(self.resources, apiservice)
+        except Unavailable as exc:
+            return "False", exc.reason, str(exc), None
+        url = f"{be.url}/apis/{group}/{version}"
+        try:
+            async with session.get(url, ssl=be.ssl) as r:
+                body = await r.read()
+                if r.status != 200:
+                    raise ValueError(f"bad status from {url}: {r.status}")
+                rl = orjson.loads(body)
+                if not isinstance(rl, dict):
+                    raise ValueError("not a discovery document")
+        except (aiohttp.ClientError, TimeoutError, ValueError, orjson.JSONDecodeError) as exc:
+            return "False", "FailedDiscoveryCheck", f"failing or missing response from {url}: {exc}", None
+        return "True", "Passed", "all checks passed", rl
+
+    async def _set_condition(self, apiservice: Obj, status: str, reason: str, message: str) -> None:
+        conds = list((apiservice.get("status") or {}).get("conditions") or [])
+        old = next((c for c in conds if c.get("type") == "Available"), None)
+        if old is not None and (old.get("status"), old.get("reason"), old.get("message")) == (status, reason, message):
+            return
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        new = {"type": "Available", "status": status, "reason": reason, "message": message}
+        new["lastTransitionTime"] = old["lastTransitionTime"] if old and old.get("status") == status else now
+        apiservice["status"] = {"conditions": [c for c in conds if c.get("type") != "Available"] + [new]}
+        name = str(apiservice["metadata"]["name"])
+        try:
+            await self.resources.update(_kind(), None, name, apiservice, subresource="status", manager="kube-apiserver")
+        except ApiError as exc:  # changed or deleted meanwhile: the next round sees the new object
+            log.info("aggregator: status of APIService %s not written: %s", name, exc)
+
+    # -- serving ------------------------------------------------------------------------------------------------
+    def serves(self, group: str, version: str) -> bool:
+        """Whether an APIService with a service names this group version (APIServices are named version.group)."""
+        apiservice = self.resources.get_or_none(_kind(), None, f"{version}.{group}")
+        return bool(apiservice and (apiservice.get("spec") or {}).get("service"))
+
+    async def proxy(self, request: web.Request, group: str, version: str) -> web.StreamResponse:
+        apiservice = self.available.get((group, version))
+        if apiservice is None:
+            raise ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request")
+        try:
+            be = backend(self.resources, apiservice)
+        except Unavailable:
+            raise ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request") from None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        user = user_of(request)
+        headers["X-Remote-User"] = user.name
+        body = await request.read() if request.can_read_body else None
+        url = (
+            be.url + request.rel_url.raw_path + (f"?{request.rel_url.raw_query_string}" if request.query_string else "")
+        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+                async with session.request(
+                    request.method,
+                    url,
+                    headers=[*headers.items(), *(("X-Remote-Group", g) for g in user.groups)],
+                    data=body,
+                    ssl=be.ssl,
+                    allow_redirects=False,
+                ) as upstream:
+                    out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+                    resp = web.StreamResponse(status=upstream.status, headers=out)
+                    await resp.prepare(request)
+                    async for chunk in upstream.content.iter_any():
+                        await resp.write(chunk)
+                    await resp.write_eof()
+                    return resp
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("aggregator: %s %s: %s", request.method, url, exc)
+            raise ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request") from None
