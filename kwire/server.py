@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kwire.api import frontproxy
 from kwire.api.admission import Admission
 from kwire.api.aggregator import Aggregator
 from kwire.api.allocator import ServiceAllocator
@@ -45,6 +46,7 @@ from kwire.api.certs import (
     ensure_token,
 )
 from kwire.api.encryptionkeys import open_encryption
+from kwire.api.frontproxy import FrontProxy
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
 from kwire.api.nodecerts import NodeCertAuthority, NodeCerts
@@ -54,7 +56,7 @@ from kwire.api.server import ApiServer
 from kwire.api.user import MASTERS
 from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory
-from kwire.base.files import atomic_write
+from kwire.base.files import atomic_write, private_dir
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
@@ -451,8 +453,7 @@ def _kubelet_client_ssl(data_dir: Path, pki: Pki, client_ca: ClientCa) -> ssl.SS
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
-    data_dir = Path(cfg.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(cfg.data_dir, "cred", "db", "tls")  # 0700, as K3s's server dir: keys, tokens, store
     address = _node_address(cfg)
     join = None
     if cfg.server and not cfg.datastore_endpoint and not EmbeddedEtcd.exists(data_dir / "db"):
@@ -517,7 +518,11 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
             token_ok=join_tokens.agent_may_join,  # the agent token (or the server token), K3s's node join
         ),
     )
-    api.aggregator = Aggregator(resources)
+    front_proxy = FrontProxy(data_dir)
+    await frontproxy.publish(
+        resources, client_ca_pem=client_ca.pem.decode(), request_header_ca_pem=front_proxy.ca.pem.decode()
+    )
+    api.aggregator = Aggregator(resources, proxy=front_proxy)
     api.aggregator.start()
     api.encryption = encryption
     if etcd_member is not None:

@@ -42,6 +42,7 @@ from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
+from kwire.base.files import private_dir
 from kwire.client import ApiClient, Informers
 from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 from kwire.client.events import EventRecorder
@@ -265,8 +266,8 @@ def _metrics_bind(cfg: AgentConfig) -> str:
 
 
 async def start(cfg: AgentConfig) -> Agent:
-    data_dir = Path(cfg.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # 0700: credentials, pods' service-account files and volumes, container logs (pods see theirs through mounts)
+    data_dir = private_dir(cfg.data_dir)
     node_ip, iface = await asyncio.to_thread(_node_ip_and_iface, cfg)
     node_name = cfg.node_name or socket.gethostname()
     creds = await _node_credentials(cfg, node_name=node_name, node_ip=node_ip)

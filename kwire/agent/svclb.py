@@ -49,12 +49,11 @@ def servicelb_table(env: dict[str, str]) -> nft.Table:
 
 
 def servicelb_argv(env: dict[str, str]) -> list[str]:
-    """The svclb container's command: enable forwarding, apply the table in one transaction, hold the pod open."""
+    """The svclb container's command: check forwarding is on (the pod's net.ipv4.ip_forward sysctl, as klipper-lb's
+    entry checks it: /proc/sys is read-only in a container), apply the table in one transaction, hold the pod open."""
     script = nft.replace(servicelb_table(env)).render()
     shell = (
-        "echo 1 > /proc/sys/net/ipv4/ip_forward && nft -f - <<'KWIRE_EOF'\n"
-        + script
-        + "KWIRE_EOF\n"
-        + "exec sleep infinity\n"
+        "[ \"$(cat /proc/sys/net/ipv4/ip_forward)\" = 1 ] || { echo 'ip_forward is not 1' >&2; exit 1; }\n"
+        "nft -f - <<'KWIRE_EOF'\n" + script + "KWIRE_EOF\n" + "exec sleep infinity\n"
     )
     return ["sh", "-c", shell]

@@ -12,8 +12,8 @@ that name a Service have their group version served by that Service's pods.
   of the Service (kube's `--enable-aggregator-routing` resolution, as admission webhooks are dialled; the
   ClusterIP would only route inside a node's namespace) over TLS, verified with `caBundle` unless
   `insecureSkipTLSVerify`, and the answer streams back. The caller's identity goes along in kube's front-proxy
-  headers (`X-Remote-User`, `X-Remote-Group`); kwire has no front-proxy client certificate, so the backend cannot
-  verify them. An unavailable backend is kube's 503 `the server is currently unable to handle the request`.
+  headers (`X-Remote-User`, `X-Remote-Group`, `X-Remote-Extra-<key>`) on a connection where the API server presents
+  its front-proxy client certificate (`frontproxy.py`), which is what lets the backend believe them. An unavailable backend is kube's 503 `the server is currently unable to handle the request`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -33,6 +34,7 @@ from aiohttp import web
 
 from kwire.api import discovery
 from kwire.api.errors import ApiError
+from kwire.api.frontproxy import FrontProxy
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources
 from kwire.api.user import user_of
@@ -46,6 +48,8 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
     | {"authorization", "x-remote-user", "x-remote-group", "proxy-authorization"}
 )
+# Never passed on from the caller: only the API server says who the caller is.
+_IDENTITY_PREFIXES = ("x-remote-", "impersonate-")
 
 
 def _kind() -> Kind:
@@ -57,7 +61,7 @@ def _kind() -> Kind:
 @dataclass(frozen=True)
 class Backend:
     url: str  # https://<endpoint ip>:<port>
-    ssl: ssl.SSLContext | bool
+    ssl: ssl.SSLContext
 
 
 class Unavailable(Exception):
@@ -66,19 +70,24 @@ class Unavailable(Exception):
         self.reason = reason
 
 
-def _ssl(spec: Obj) -> ssl.SSLContext | bool:
+def _ssl(spec: Obj, proxy: FrontProxy | None = None) -> ssl.SSLContext:
     if spec.get("insecureSkipTLSVerify"):
-        return False
-    ca = spec.get("caBundle") or ""
-    try:
-        ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else ssl.create_default_context()
-    except (ValueError, ssl.SSLError, UnicodeDecodeError) as exc:
-        raise Unavailable("FailedDiscoveryCheck", f"caBundle cannot be used: {exc}") from None
-    ctx.check_hostname = False  # verified against the Service's DNS name by kube; dialled by endpoint IP here
-    return ctx
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ca = spec.get("caBundle") or ""
+        try:
+            ctx = (
+                ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else ssl.create_default_context()
+            )
+        except (ValueError, ssl.SSLError, UnicodeDecodeError) as exc:
+            raise Unavailable("FailedDiscoveryCheck", f"caBundle cannot be used: {exc}") from None
+        ctx.check_hostname = False  # verified against the Service's DNS name by kube; dialled by endpoint IP here
+    return proxy.present(ctx) if proxy is not None else ctx
 
 
-def backend(resources: Resources, apiservice: Obj) -> Backend:
+def backend(resources: Resources, apiservice: Obj, proxy: FrontProxy | None = None) -> Backend:
     """Where an APIService's requests go, or Unavailable with kube's condition reason and message."""
     spec = apiservice.get("spec") or {}
     ref = spec.get("service") or {}
@@ -95,7 +104,7 @@ def backend(resources: Resources, apiservice: Obj) -> Backend:
         if subset.get("addresses") and ports:
             ip = subset["addresses"][0]["ip"]
             host = f"[{ip}]" if ":" in ip else ip
-            return Backend(f"https://{host}:{int(ports[0]['port'])}", _ssl(spec))
+            return Backend(f"https://{host}:{int(ports[0]['port'])}", _ssl(spec, proxy))
     raise Unavailable(
         "MissingEndpoints", f'endpoints for service/{name} in "{ns}" have no addresses with port name "{port_name}"'
     )
@@ -107,8 +116,9 @@ def _group_version(apiservice: Obj) -> tuple[str, str]:
 
 
 class Aggregator:
-    def __init__(self, resources: Resources) -> None:
+    def __init__(self, resources: Resources, *, proxy: FrontProxy | None = None) -> None:
         self.resources = resources
+        self.front_proxy = proxy
         self.available: dict[tuple[str, str], Obj] = {}  # (group, version) -> the APIService, when Available
         self._task: asyncio.Task[None] | None = None
 
@@ -152,12 +162,14 @@ class Aggregator:
             return "True", "Local", "Local APIServices are always available", None
         group, version = _group_version(apiservice)
         try:
-            be = backend(self.resources, apiservice)
+            be = backend(self.resources, apiservice, self.front_proxy)
         except Unavailable as exc:
             return "False", exc.reason, str(exc), None
         url = f"{be.url}/apis/{group}/{version}"
         try:
-            async with session.get(url, ssl=be.ssl) as r:
+            # As kube-aggregator's availability check: through the front proxy, as system:kube-aggregator.
+            hdrs = {"X-Remote-User": "system:kube-aggregator", "X-Remote-Group": "system:masters"}
+            async with session.get(url, ssl=be.ssl, headers=hdrs) as r:
                 body = await r.read()
                 if r.status != 200:
                     raise ValueError(f"bad status from {url}: {r.status}")
@@ -194,12 +206,19 @@ class Aggregator:
         if apiservice is None:
             raise ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request")
         try:
-            be = backend(self.resources, apiservice)
+            be = backend(self.resources, apiservice, self.front_proxy)
         except Unavailable:
             raise ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request") from None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in HOP_BY_HOP and not k.lower().startswith(_IDENTITY_PREFIXES)
+        }
         user = user_of(request)
         headers["X-Remote-User"] = user.name
+        for key, values in user.extra.items():
+            for value in values:
+                headers.setdefault(f"X-Remote-Extra-{quote(key, safe='')}", value)
         body = await request.read() if request.can_read_body else None
         url = (
             be.url + request.rel_url.raw_path + (f"?{request.rel_url.raw_query_string}" if request.query_string else "")

@@ -253,6 +253,17 @@ def ensure_client_ca(data_dir: Path) -> ClientCa:
     return ca
 
 
+def ensure_request_header_ca(data_dir: Path) -> ClientCa:
+    """The front-proxy CA (K3s's `request-header-ca.crt`/`.key`): it signs only the certificate the API server
+    presents to aggregated API servers, which trust the X-Remote-User headers of requests carrying it."""
+    tls = Path(data_dir) / "tls"
+    ca = ClientCa(tls / "request-header-ca.crt", tls / "request-header-ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        now = dt.datetime.now(dt.UTC)
+        _new_ca(ca.cert, ca.key, common_name=f"kwire-request-header-ca@{int(now.timestamp())}")
+    return ca
+
+
 def ensure_client_cert(
     ca: ClientCa, *, cert_path: Path, key_path: Path, common_name: str, organizations: tuple[str, ...] = ()
 ) -> None:

@@ -318,6 +318,8 @@ def _container(c: Any, path: str, names: set[str]) -> Errs:
     for j, e in enumerate(c.get("env") or []):
         if not (isinstance(e, dict) and e.get("name")):
             errs.append(required(f"{path}.env[{j}].name"))
+    if isinstance(c.get("securityContext"), dict):
+        errs += _security_context(c["securityContext"], f"{path}.securityContext")
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         pr = c.get(probe)
         if isinstance(pr, dict):
@@ -329,6 +331,23 @@ def _container(c: Any, path: str, names: set[str]) -> Errs:
             for h in ("httpGet", "tcpSocket"):
                 if isinstance(pr.get(h), dict):
                     errs += _int_or_name_port(pr[h].get("port"), f"{path}.{probe}.{h}.port")
+    return errs
+
+
+def _security_context(sc: Obj, path: str) -> Errs:
+    """ValidateSecurityContext: ids in range, and no_new_privs that privileged or CAP_SYS_ADMIN would defeat."""
+    errs: Errs = []
+    for f in ("runAsUser", "runAsGroup"):
+        v = sc.get(f)
+        if v is not None and (not isinstance(v, int) or not 0 <= v <= 2147483647):
+            errs.append(invalid(f"{path}.{f}", v, "must be between 0 and 2147483647, inclusive"))
+    if sc.get("allowPrivilegeEscalation") is False:
+        if sc.get("privileged") is True:
+            errs.append(invalid(path, sc, "cannot set `allowPrivilegeEscalation` to false and `privileged` to true"))
+        if "CAP_SYS_ADMIN" in ((sc.get("capabilities") or {}).get("add") or []):
+            errs.append(
+                invalid(path, sc, "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN")
+            )
     return errs
 
 

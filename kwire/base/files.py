@@ -1,4 +1,5 @@
-"""Writing files so that readers never see half of one: a temporary file in the same directory, fsync, rename."""
+"""Writing files so that readers never see half of one: a temporary file in the same directory, fsync, rename; and
+private directories and files (0700/0600, as K3s keeps its data dir, keys, tokens and datastore)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,21 @@ def write_if_changed(path: str | Path, data: bytes | str, *, mode: int = 0o644) 
         pass
     atomic_write(p, raw, mode=mode)
     return True
+
+
+def private_dir(path: str | Path, *subdirs: str) -> Path:
+    """`path` (created if missing) and each of `subdirs` under it, readable by their owner only (0700)."""
+    p = Path(path)
+    for d in (p, *(p / s for s in subdirs)):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+    return p
+
+
+def private_file(path: str | Path, *siblings: str) -> None:
+    """Create `path` empty if missing, and make it and the `siblings` that exist (`-wal`, `-shm` suffixes) 0600."""
+    p = Path(path)
+    os.close(os.open(p, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    for f in (p, *(Path(f"{p}{s}") for s in siblings)):
+        with contextlib.suppress(FileNotFoundError):
+            f.chmod(0o600)

@@ -6,7 +6,7 @@ short-lived buffers (a watch storm's initial events, a huge list) the freed memo
 fragmented free space: RSS measured after the burst keeps its peak for good. `malloc_trim(0)` releases the free
 pages inside the heaps too. Each call walks the heaps (a few milliseconds for hundreds of MB), so it runs rarely:
 `trim_soon()` after a large response has been freed (at most one trim a second), and `trim_periodically` as a
-daemon's background safety net.
+daemon's background safety net. `pin_mmap_threshold()` keeps big buffers out of the heaps in the first place.
 """
 
 from __future__ import annotations
@@ -30,6 +30,27 @@ def _libc_trim() -> ctypes._NamedFuncPointer | None:
 
 
 _TRIM = _libc_trim()
+
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc's malloc.h)
+MMAP_THRESHOLD = 1 << 20
+
+
+def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Allocations of `threshold` bytes or more always come from their own mmap and go back on free.
+
+    glibc raises its mmap threshold each time such a chunk is freed (up to 32 MB), after which big buffers are
+    carved from the heaps and their arenas; a thread's arena keeps them even through `malloc_trim`. The node
+    password check's scrypt (16 MB per call, in worker threads) left the server ~50 MB larger for good that way,
+    and a burst of large responses does the same. Setting the threshold explicitly turns the adjustment off.
+    Called once at start by every kwire process; False where the C library has no mallopt."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def trim() -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from kwire import config
+from kwire.base import memory
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> None:
@@ -551,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.pin_mmap_threshold()
     parser = build_parser()
     ns = parser.parse_args(argv)
     _setup_logging(ns.verbose)

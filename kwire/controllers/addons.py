@@ -26,8 +26,9 @@ Service `kube-system/metrics-server` (image `rancher/mirrored-metrics-server`, w
 `kwire.metricsserver`; container port 10250 `https`, Service port 443), APIService `v1beta1.metrics.k8s.io`
 (insecureSkipTLSVerify, as K3s's), and the ClusterRoles `system:metrics-server` (which also grants `nodes/proxy`:
 kwire's metrics-server reads kubelets through the API server) and `system:aggregated-metrics-reader` with the
-binding. The manifest's securityContext (runAsUser 1000, read-only root) is left out: the container writes its
-serving certificate into its emptyDir /tmp and reads the service-account token the kubelet writes for root.
+binding. With the manifest's securityContext (uid 1000, runAsNonRoot, read-only root, no privilege escalation):
+the container writes its serving certificate into its emptyDir /tmp and reads the service-account files, which
+the kubelet writes 0644 as kube's kube-api-access volume.
 """
 
 from __future__ import annotations
@@ -149,6 +150,12 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
             {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
         ],
+        # K3s's coredns.yaml: only the capability to bind :53, a read-only root, no privilege escalation
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["all"]},
+            "readOnlyRootFilesystem": True,
+        },
         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {
             "httpGet": {"path": "/health", "port": 8080},
@@ -247,6 +254,16 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
             {"name": "websecure", "containerPort": 443, "protocol": "TCP"},
             {"name": "traefik", "containerPort": 9000, "protocol": "TCP"},
         ],
+        # the traefik chart's: no privilege escalation, a read-only root with emptyDirs at /data and /tmp, every
+        # capability dropped but (kwire's data plane is nginx, root master and workers listening on :80 and :443
+        # themselves, where traefik as uid 65532 listens on :8000/:8443) binding low ports and switching the
+        # workers' user
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN"]},
+            "readOnlyRootFilesystem": True,
+        },
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
         "readinessProbe": {"httpGet": {"path": "/ping", "port": 9000}, "periodSeconds": 2, "failureThreshold": 1},
         "livenessProbe": {
             "httpGet": {"path": "/ping", "port": 9000},
@@ -272,6 +289,7 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
                         {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
                     ],
                     "containers": [container],
+                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
                 },
             },
         },
@@ -334,6 +352,12 @@ def metrics_server_objects() -> list[tuple[Resource, Obj]]:
             "initialDelaySeconds": 60,
         },
         "volumeMounts": [{"name": "tmp-dir", "mountPath": "/tmp"}],
+        "securityContext": {
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "allowPrivilegeEscalation": False,
+        },
     }
     deployment = {
         "metadata": _meta(METRICS_SERVER, labels, addon=METRICS_SERVER),

@@ -88,6 +88,8 @@ def daemonset(svc: Obj, nodes: list[Obj]) -> Obj:
         node_selector[LBPOOL] = str(pool)
     pod_spec: Obj = {
         "containers": containers,
+        # as K3s's ServiceLB: forwarding in the pod's namespace is a sandbox sysctl (/proc/sys is read-only inside)
+        "securityContext": {"sysctls": [{"name": "net.ipv4.ip_forward", "value": "1"}]},
         "priorityClassName": "system-node-critical",
         "tolerations": [
             {"key": "CriticalAddonsOnly", "operator": "Exists"},

@@ -9,6 +9,7 @@ import sys
 
 import uvloop
 
+from kwire.base import memory
 from kwire.dns.config import DnsConfig, from_args
 from kwire.dns.server import run
 
@@ -26,6 +27,7 @@ async def _main(cfg: DnsConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.pin_mmap_threshold()
     cfg = from_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvloop
 
+from kwire.base import memory
 from kwire.client import ApiClient, in_cluster_config, load_kubeconfig
 from kwire.client.kubeconfig import Config
 from kwire.ingress.controller import IngressController, Settings
@@ -70,6 +71,7 @@ async def _main(a: argparse.Namespace, settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.pin_mmap_threshold()
     a, settings = parse(argv)
     level = logging.DEBUG if a.verbose else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

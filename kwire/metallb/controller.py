@@ -27,6 +27,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from kwire.base import memory
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import (
     DAEMONSETS,
@@ -297,6 +298,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.pin_mmap_threshold()
     args = parse_args(argv)
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -28,6 +28,7 @@ from typing import Any
 import uvloop
 from pyroute2 import IPRoute
 
+from kwire.base import memory
 from kwire.client import AlreadyExists, ApiClient, ApiStatusError, Informers
 from kwire.client.client import (
     CONFIGMAPS,
@@ -344,6 +345,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.pin_mmap_threshold()
     args = parse_args(argv)
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

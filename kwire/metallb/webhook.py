@@ -17,10 +17,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import os
 import ssl
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -209,12 +208,16 @@ def app(pool_objects: Callable[[], list[Obj]]) -> web.Application:
 async def serve(certs: dict[str, bytes], pool_objects: Callable[[], list[Obj]], *, port: int = PORT) -> web.AppRunner:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory() as tmp:  # ssl loads from files only; 0700 directory, removed at once
-        crt, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-        crt.write_bytes(certs["tls.crt"])
-        key.touch(mode=0o600)
-        key.write_bytes(certs["tls.key"])
-        ctx.load_cert_chain(crt, key)
+    # ssl loads from files only: anonymous in-memory files (the container's root filesystem is read-only, as
+    # MetalLB's manifest asks, and the key never touches a disk)
+    fds = [os.memfd_create(name) for name in ("tls.crt", "tls.key")]
+    try:
+        for fd, name in zip(fds, ("tls.crt", "tls.key"), strict=True):
+            os.write(fd, certs[name])
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    finally:
+        for fd in fds:
+            os.close(fd)
     runner = web.AppRunner(app(pool_objects), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port, ssl_context=ctx).start()

@@ -15,6 +15,7 @@ import sys
 
 import uvloop
 
+from kwire.base import memory
 from kwire.client import ApiClient, in_cluster_config
 from kwire.metricsserver.server import Settings, run
 
@@ -51,6 +52,7 @@ async def _main(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.pin_mmap_threshold()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, ignored = parse(argv)
     if ignored:

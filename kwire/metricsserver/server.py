@@ -11,7 +11,9 @@ is given; K3s's APIService sets `insecureSkipTLSVerify`): `/apis/metrics.k8s.io/
 `.../nodes[/NAME]`, `.../pods` (all namespaces), `.../namespaces/NS/pods[/NAME]` with `labelSelector` and
 `metadata.name`/`metadata.namespace` field selectors, as a metav1 Table when asked (`kubectl get nodemetrics`:
 NAME CPU MEMORY WINDOW), and `/healthz`, `/livez`, `/readyz` (ready once one round
-of scrapes has been stored). Errors are metav1.Status objects as the API server sends them.
+of scrapes has been stored). Errors are metav1.Status objects as the API server sends them. Callers are
+authenticated and authorized as upstream's delegated auth does (`delegated.py`): only the API server's front proxy
+(or a client certificate of the cluster) gets in, and each read is a SubjectAccessReview.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from kwire.base import labels as labelsel
 from kwire.client import ApiClient, Informer, Informers
 from kwire.client.client import NODES, PODS, ApiStatusError
 from kwire.metricsserver import CERT_FILE, KEY_FILE, model
+from kwire.metricsserver.delegated import Caller, DelegatedAuth, forbidden_message
 
 log = logging.getLogger("kwire.metricsserver")
 
@@ -78,6 +81,7 @@ class MetricsServer:
         self.node_labels: dict[str, dict[str, str]] = {}
         self.pod_labels: dict[tuple[str, str], dict[str, str]] = {}
         self.ready = False
+        self.auth: DelegatedAuth | None = None
 
     # -- scraping ---------------------------------------------------------------------------------------------
     async def _scrape_node(self, name: str) -> model.NodeScrape | None:
@@ -150,15 +154,37 @@ class MetricsServer:
             return web.Response(text="ok")
         if path == "/readyz":
             return web.Response(text="ok") if self.ready else web.Response(status=500, text="not ready")
+        caller = self.auth.authenticate(request) if self.auth is not None else None
+        if self.auth is not None and caller is None:
+            return _status(401, "Unauthorized", "Unauthorized")
         if request.method != "GET":
             return _status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         if not path.startswith(PREFIX):
             return _status(404, "NotFound", "the server could not find the requested resource")
         parts = [p for p in path[len(PREFIX) :].split("/") if p]
+        if caller is not None and parts:
+            denied = await self._authorize(request, caller, parts)
+            if denied is not None:
+                return denied
         try:
             return self._route(request, parts)
         except labelsel.SelectorError as exc:
             return _status(400, "BadRequest", f"unable to parse requirement: {exc}")
+
+    async def _authorize(self, request: web.Request, caller: Caller, parts: list[str]) -> web.Response | None:
+        """403 unless the API server's SubjectAccessReview allows the caller this read."""
+        assert self.auth is not None
+        namespace = parts[1] if len(parts) >= 3 and parts[0] == "namespaces" else ""
+        rest = parts[2:] if namespace else parts
+        resource = rest[0] if rest else ""
+        name = rest[1] if len(rest) > 1 else ""
+        if resource not in ("nodes", "pods"):
+            return None  # answered 404 by the router
+        verb = "get" if name else ("watch" if request.query.get("watch") in ("1", "true") else "list")
+        allowed, _ = await self.auth.authorize(caller, verb=verb, resource=resource, namespace=namespace, name=name)
+        if allowed:
+            return None
+        return _status(403, "Forbidden", forbidden_message(caller, verb=verb, resource=resource, namespace=namespace))
 
     def _route(self, request: web.Request, parts: list[str]) -> web.Response:
         if not parts:
@@ -202,6 +228,12 @@ async def run(client: ApiClient, settings: Settings) -> None:
     crt, key = cert_dir / CERT_FILE, cert_dir / KEY_FILE
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(crt, key)
+    server.auth = DelegatedAuth(client, ctx)
+    try:
+        await server.auth.load()  # trust the API server's front proxy before serving anything
+    except (ApiStatusError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        log.warning("kube-system/extension-apiserver-authentication not read yet: %s", exc)
+    follow = asyncio.create_task(server.auth.follow(), name="requestheader-config")
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -211,6 +243,7 @@ async def run(client: ApiClient, settings: Settings) -> None:
     try:
         await server.scrape_loop()
     finally:
+        follow.cancel()
         await server.informers.stop()
         await runner.cleanup()
         await client.close()

@@ -13,6 +13,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+from kwire.base.files import private_file
 from kwire.store.base import (
     ADDED,
     DELETED,
@@ -46,6 +47,8 @@ class SQLiteStore(MirroredStore):
         self._path = str(path)
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            # the datastore holds every Secret: 0600, as K3s's state.db (SQLite gives -wal and -shm its mode)
+            private_file(self._path, "-wal", "-shm")
         self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")

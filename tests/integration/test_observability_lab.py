@@ -89,6 +89,25 @@ def test_kubectl_top_nodes_and_pods(lab: Lab) -> None:
     missing = lab.kubectl("top", "pod", "nosuchpod", check=False)
     assert missing.returncode != 0 and 'podmetrics.metrics.k8s.io "default/nosuchpod" not found' in missing.stderr
 
+    # Only the API server's front proxy gets in: someone reaching the metrics-server pod directly and naming
+    # themselves cluster admin in the front-proxy headers is anonymous there (upstream's delegated authentication).
+    ms_ip = lab.kubectl(
+        "get", "pods", "-n", "kube-system", "-l", "k8s-app=metrics-server", "-o", "jsonpath={.items[0].status.podIP}"
+    ).stdout.strip()
+    forged = lab.run(
+        "node1",
+        "curl",
+        "-sk",
+        "-m",
+        "5",
+        "-H",
+        "X-Remote-User: system:admin",
+        "-H",
+        "X-Remote-Group: system:masters",
+        f"https://{ms_ip}:10250/apis/metrics.k8s.io/v1beta1/pods",
+    )
+    assert '"code":401' in forged and "PodMetrics" not in forged, forged
+
 
 WEB = """
 apiVersion: v1

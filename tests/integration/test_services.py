@@ -367,7 +367,8 @@ def test_a_killed_pod_runtime_is_replaced_and_its_pods_come_back(lab: Lab) -> No
         pid_file = lab.topo.state_dir / node / "runtime" / "runtime.pid"
 
         def listeners() -> list[str]:
-            return subprocess.run(["pgrep", "-f", "nc -lk 7313"], capture_output=True, text=True).stdout.split()
+            # the program itself (its command line starts with it), not the runtime's wrappers that name it
+            return subprocess.run(["pgrep", "-f", "^nc -lk 7313"], capture_output=True, text=True).stdout.split()
 
         wait_for(lambda: len(listeners()) == 1, timeout=10, what="the listener running")
         old_listener = listeners()

@@ -69,15 +69,13 @@ def test_service_referenced_webhook_in_the_cluster(lab: Lab, tmp_path: Path) -> 
                     {
                         "name": "hook",
                         "image": "kwire/host",
-                        "command": [
-                            "python3",
-                            str(tmp_path / "hook.py"),
-                            str(tmp_path / "hook.crt"),
-                            str(tmp_path / "hook.key"),
-                        ],
+                        # the files reach the pod as a hostPath volume: a container's /tmp is its own
+                        "command": ["python3", "/hook/hook.py", "/hook/hook.crt", "/hook/hook.key"],
                         "ports": [{"containerPort": 8443}],
+                        "volumeMounts": [{"name": "hook", "mountPath": "/hook", "readOnly": True}],
                     }
-                ]
+                ],
+                "volumes": [{"name": "hook", "hostPath": {"path": str(tmp_path), "type": "Directory"}}],
             },
         },
         {

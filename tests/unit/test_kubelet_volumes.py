@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kwire.agent.kubelet import mounts, volumes
+from kwire.agent.kubelet import contain, security, volumes
 
 OBJS: dict[tuple[str, str], dict[str, Any]] = {
     ("configmap", "app"): {"data": {"a.conf": "x=1", "mode": "prod"}},
@@ -91,6 +91,7 @@ def test_mounts_show_volumes_at_their_paths_and_create_nothing_on_the_node(tmp_p
             [str(vol), "/kwire-test-top/deeper", False],
             [str(vol), "/var/run/secrets/kwire-test", True],
         ],
+        "caps": [security.CAPABILITIES.index(c) for c in security.DEFAULT_CAPABILITIES],
     }
     script = (
         "cat /etc/kwire-test-volume/f /kwire-test-top/deeper/f /var/run/secrets/kwire-test/f; "
@@ -104,7 +105,7 @@ def test_mounts_show_volumes_at_their_paths_and_create_nothing_on_the_node(tmp_p
             "slave",
             sys.executable,
             "-S",
-            mounts.__file__,
+            contain.__file__,
             json.dumps(spec),
             "--",
             "sh",
@@ -120,3 +121,18 @@ def test_mounts_show_volumes_at_their_paths_and_create_nothing_on_the_node(tmp_p
     assert res.stdout == "hellohellohello read-only\n"
     for p in ("/etc/kwire-test-volume", "/kwire-test-top", "/run/secrets/kwire-test"):
         assert not os.path.exists(p)
+
+
+def test_fs_group_owns_the_volumes_files_as_kubelet_sets_them(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    (secret / "..data").mkdir(parents=True)
+    (secret / "..data" / "key").write_text("s")
+    os.chmod(secret / "..data" / "key", 0o400)
+    volumes.set_ownership(secret, 4000, writable=False)
+    st = os.stat(secret / "..data" / "key")
+    assert st.st_gid == 4000 and st.st_mode & 0o777 == 0o440
+    assert os.stat(secret / "..data").st_mode & 0o2000  # setgid: new files get the group too
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o777)
+    volumes.set_ownership(scratch, 4000, writable=True)
+    assert os.stat(scratch).st_gid == 4000 and os.stat(scratch).st_mode & 0o2770 == 0o2770

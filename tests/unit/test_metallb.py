@@ -40,10 +40,11 @@ def test_metallb_images_run_kwires_roles_from_v0_13() -> None:
     }
     assert [p.kind for p in podspec.plan(pod)] == ["process"]
     assert satoken.mounts_token(pod)  # the speaker reads the API with its service-account token
-    rs = podspec.runtime_spec(pod, node="n", pod_ip="1.2.3.4", host_ip="1.2.3.4", netns="ns", sa_dir="/sa")
+    rs = podspec.runtime_spec(pod, node="n", pod_ip="1.2.3.4", host_ip="1.2.3.4", netns="ns")
     proc = rs["processes"][0]
     assert proc["argv"] == [sys.executable, "-m", "kwire.metallb.speaker", "--port=7472"]
-    assert proc["env"][podspec.SA_ENV] == "/sa" and proc["env"]["PYTHONPATH"] == podspec.KWIRE_ROOT
+    # the service-account files are mounted at the standard path: nothing points the client elsewhere
+    assert podspec.SA_ENV not in proc["env"] and proc["env"]["PYTHONPATH"] == podspec.KWIRE_ROOT
     pod["spec"]["containers"][0]["image"] = "quay.io/metallb/controller:v0.12.1"
     plans = podspec.plan(pod)
     assert plans[0].kind == "error" and "from v0.13 on" in plans[0].error

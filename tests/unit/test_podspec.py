@@ -86,6 +86,9 @@ def test_image_decides_what_runs() -> None:
         "netns": "ns1",
         "uts": "",
         "stage": "",
+        "masks": [],
+        "hostPID": False,
+        "sharePid": False,
     }
 
 

@@ -89,9 +89,8 @@ def test_the_svclb_pod_program_is_klipper_in_nft() -> None:
     golden.check("servicelb-tcp-80", txn)
     script = podspec.servicelb_argv(env)[2]
     assert script == (
-        "echo 1 > /proc/sys/net/ipv4/ip_forward && nft -f - <<'KWIRE_EOF'\n"
-        + txn.render()
-        + "KWIRE_EOF\nexec sleep infinity\n"
+        "[ \"$(cat /proc/sys/net/ipv4/ip_forward)\" = 1 ] || { echo 'ip_forward is not 1' >&2; exit 1; }\n"
+        "nft -f - <<'KWIRE_EOF'\n" + txn.render() + "KWIRE_EOF\nexec sleep infinity\n"
     )
     for bad in (
         {"SRC_PORT": "80; rm -rf /"},

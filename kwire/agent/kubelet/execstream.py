@@ -24,6 +24,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+CONTAIN_SCRIPT = str(Path(__file__).with_name("contain.py"))
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 READ_CHUNK = 32 * 1024
@@ -95,6 +98,32 @@ class ExecTarget:
     uts: str = ""
     env: dict[str, str] = field(default_factory=dict)
     pid: int = 0  # the container's process, when it runs one: exec enters all its namespaces and its root
+    security: dict[str, Any] = field(default_factory=dict)  # the container's identity and capabilities (security.py)
+    contain: dict[str, Any] = field(default_factory=dict)  # contain.py's spec for a command in a container of its own
+
+
+def enter_argv(target: ExecTarget, command: list[str]) -> list[str]:
+    """`command` as it runs in the target: in a running container as runc exec runs it (`nsenter -t <pid>` into
+    its mount, UTS, network and PID namespaces, its root and cwd, then contain.py's exec mode for its uid, groups,
+    capabilities and no_new_privs); otherwise (no process runs there) in the pod's network and UTS namespaces and
+    a confinement of its own, as the container's would be (`contain`)."""
+    if target.pid:
+        spec = json.dumps({**target.security, "mode": "exec"})
+        inner = [sys.executable, "-S", CONTAIN_SCRIPT, spec, "--"] if target.security else []
+        return [NSENTER, "-t", str(target.pid), "-m", "-u", "-n", "-p", "-r", "-w", "--", *inner, *command]
+    argv = list(command)
+    if target.contain:
+        Path(target.contain["stage"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        argv = [sys.executable, "-S", CONTAIN_SCRIPT, json.dumps(target.contain), "--", *argv]
+        if target.contain.get("pidns"):
+            argv = [UNSHARE, "--pid", "--fork", "--", *argv]
+        if not target.netns:
+            argv = [UNSHARE, "--mount", "--propagation", "slave", "--", *argv]
+    if target.uts:
+        argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
+    if target.netns:
+        argv = [IP, "netns", "exec", target.netns, *argv]
+    return argv
 
 
 async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> web.WebSocketResponse:
@@ -109,15 +138,7 @@ async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> w
         await ws.send_bytes(bytes([ERROR]) + json.dumps(status(None, error="you must specify a command")).encode())
         await ws.close()
         return ws
-    argv = list(command)
-    if target.pid:
-        # as runc exec: the container's mount (its volumes), UTS and network namespaces, its root and cwd
-        argv = [NSENTER, "-t", str(target.pid), "-m", "-u", "-n", "-r", "-w", "--", *argv]
-    else:
-        if target.uts:
-            argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
-        if target.netns:
-            argv = [IP, "netns", "exec", target.netns, *argv]
+    argv = enter_argv(target, list(command))
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
@@ -131,7 +152,8 @@ async def serve_exec(request: web.Request, *, target: ExecTarget, pod: str) -> w
             # shell's job control and ^C need one), as the container runtime gives `kubectl exec -t`. util-linux
             # `setsid --ctty` makes the session and takes the terminal: uvloop, the agent's loop, runs no
             # preexec_fn after the child's stdio is in place.
-            master, slave = os.openpty()
+            # a container's command gets a terminal of the container's own devpts (`tty` names it)
+            master, slave = pty.open_pty(f"/proc/{target.pid}/root" if target.pid else "/")
             env["TERM"] = "xterm"
             try:
                 proc = await asyncio.create_subprocess_exec(

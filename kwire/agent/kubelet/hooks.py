@@ -10,29 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from typing import Any
 
 import aiohttp
 
-from kwire.agent.kubelet.execstream import ExecTarget
+from kwire.agent.kubelet.execstream import ExecTarget, enter_argv
 from kwire.agent.kubelet.status import pod_ref
 
 Obj = dict[str, Any]
-IP = shutil.which("ip") or "/usr/sbin/ip"
-NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 MAX_OUTPUT = 10 * 1024
-
-
-def _argv(target: ExecTarget, command: list[str]) -> list[str]:
-    if target.pid:
-        return [NSENTER, "-t", str(target.pid), "-m", "-u", "-n", "-r", "-w", "--", *command]
-    argv = list(command)
-    if target.uts:
-        argv = [NSENTER, f"--uts={target.uts}", "--", *argv]
-    if target.netns:
-        argv = [IP, "netns", "exec", target.netns, *argv]
-    return argv
 
 
 async def run(handler: Obj, *, pod: Obj, container: Obj, target: ExecTarget, pod_ip: str, timeout: float) -> str:
@@ -43,7 +29,7 @@ async def run(handler: Obj, *, pod: Obj, container: Obj, target: ExecTarget, pod
         head = f"Exec lifecycle hook ([{' '.join(command)}]) for Container {json.dumps(name)} in Pod {json.dumps(pod_ref(pod))} failed"
         try:
             proc = await asyncio.create_subprocess_exec(
-                *_argv(target, command),
+                *enter_argv(target, command),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **target.env},

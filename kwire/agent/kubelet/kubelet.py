@@ -24,12 +24,13 @@ from typing import Any
 
 from kwire.agent.kubelet import hooks, podspec, satoken, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
-from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
+from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, enter_argv
 from kwire.agent.kubelet.portforward import ForwardTarget
 from kwire.agent.kubelet.prober import PodProbes
 from kwire.agent.kubelet.resourcemetrics import ContainerRef
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
+from kwire.agent.kubelet.security import nonroot_error, runtime_security
 from kwire.base.workqueue import ShutDown, WorkQueue
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.client import CONFIGMAPS, PODS, SECRETS
@@ -43,6 +44,18 @@ KUBELET_CONDITIONS = frozenset({"PodReadyToStartContainers", "Initialized", "Rea
 DEFAULT_GRACE = 30.0
 VOLUME_RESYNC = 10.0  # seconds: configMap/secret/downwardAPI volumes follow their objects within this
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+NODE_MASKS = (
+    "/var/lib/kwire",
+    "/etc/kwire",
+    "/run/kwire",
+    "/run/netns",
+    "/var/run/netns",
+    "/etc/netns",
+    "/var/lib/cni",
+    "/etc/rancher",
+    "/var/lib/rancher",
+    "/root",
+)
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 PVS = Resource("", "v1", "persistentvolumes", "PersistentVolume", namespaced=False)
 KINDS = {"configmap": CONFIGMAPS, "secret": SECRETS, "persistentvolumeclaim": PVCS, "persistentvolume": PVS}
@@ -97,6 +110,8 @@ class Kubelet:
         self.node_name = node_name
         self.node_ip = node_ip
         self.runtime = runtime
+        # what no container sees (contain.py masks them): kwire's data, the node's namespaces, other pods' files
+        self.masks = [*NODE_MASKS, str(data_dir.resolve()), *([str(logs_dir.resolve())] if logs_dir else [])]
         self.logs_dir = logs_dir  # the runtime's container logs (removed with their pod, as kubelet does)
         self.sandboxes = Sandboxes(
             state_dir=data_dir / "pods",
@@ -237,13 +252,8 @@ class Kubelet:
         found = self._running(namespace, name)
         if found is None:
             return None
-        w, _ = found
-        return ExecTarget(
-            netns=w.sandbox.netns,
-            uts=w.sandbox.uts,
-            env=dict(w.envs.get(container) or {}),
-            pid=w.pids.get(container, 0),
-        )
+        w, pod = found
+        return self._target(w, container, pod=pod)
 
     def forward_target(self, namespace: str, name: str) -> ForwardTarget | None:
         """Where `kubectl port-forward` connects for a pod this node runs (None if it runs no such pod)."""
@@ -363,6 +373,7 @@ class Kubelet:
             on_failure=lambda c, what, msg: self._probe_failed(uid, c, what, msg),
             on_flip=lambda: self.queue.add(uid),
             on_liveness_failure=lambda c: self._restart_container(uid, c),
+            enter=lambda c, argv: enter_argv(self._target(w, c, pod=self._current(uid) or pod), argv),
         )
         await self._report(pod, w)
         if w.phase in ("Succeeded", "Failed"):
@@ -386,6 +397,12 @@ class Kubelet:
             name = str(c.get("name", ""))
             if name in w.envs:
                 continue  # a started container keeps the environment it started with, as in Kubernetes
+            if refused := nonroot_error(pod, c):
+                errors[name] = refused  # kuberuntime's verifyRunAsNonRoot, before the container is created
+                await self.recorder.event(
+                    pod, "Warning", "Failed", f"Error: {refused}", field_path=_field_path(pod, name)
+                )
+                continue
             try:
                 w.envs[name] = await container_env(
                     c, pod, get=self._get_config, pod_ip=w.sandbox.pod_ip, host_ip=self.node_ip
@@ -456,12 +473,12 @@ class Kubelet:
             pod_ip=w.sandbox.pod_ip,
             host_ip=self.node_ip,
             netns=w.sandbox.netns,
-            sa_dir=sa_dir,
             uts=w.sandbox.uts,
             envs=w.envs,
             skip=frozenset(w.config_errors),
             mounts=self._mounts(pod, w, sa_dir),
             stage=str(self.sandboxes.pod_dir(w.sandbox.uid) / "stage"),
+            masks=self.masks,
             containers=run,
             restart_policies=policies,
         )
@@ -555,16 +572,39 @@ class Kubelet:
         if rt is not None:
             w.responders_reported = True
 
-    def _target(self, w: PodWork, name: str, pid: int = 0) -> ExecTarget:
+    def _target(self, w: PodWork, name: str, pid: int = 0, *, pod: Obj) -> ExecTarget:
+        spec = next((c for c in _all_containers(pod) if c.get("name") == name), {})
+        security = runtime_security(pod, spec)
+        # a container with no process running (a responder, one not started): the command gets a confinement of
+        # its own, as the container's would be (contain.py's spec, without the runtime's ready pipe)
+        sa_dir = str(self._sa_dir(w.sandbox.uid)) if satoken.mounts_token(pod) else ""
+        mounts = self._mounts(pod, w, sa_dir).get(name, [])
+        contain = {
+            **security,
+            "stage": str(self.sandboxes.pod_dir(w.sandbox.uid) / "stage"),
+            "mounts": mounts,
+            "masks": self.masks,
+            "pidns": not podspec.spec(pod).get("hostPID"),
+        }
         return ExecTarget(
-            netns=w.sandbox.netns, uts=w.sandbox.uts, env=dict(w.envs.get(name) or {}), pid=pid or w.pids.get(name, 0)
+            netns=w.sandbox.netns,
+            uts=w.sandbox.uts,
+            env=dict(w.envs.get(name) or {}),
+            pid=pid or w.pids.get(name, 0),
+            security=security,
+            contain=contain,
         )
 
     async def _post_start(self, pod: Obj, w: PodWork, c: Obj, handler: Obj, pid: int) -> None:
         """kubelet: a failed postStart hook is an event, and the container is killed (its policy restarts it)."""
         name = str(c.get("name", ""))
         msg = await hooks.run(
-            handler, pod=pod, container=c, target=self._target(w, name, pid), pod_ip=w.sandbox.pod_ip, timeout=30
+            handler,
+            pod=pod,
+            container=c,
+            target=self._target(w, name, pid, pod=pod),
+            pod_ip=w.sandbox.pod_ip,
+            timeout=30,
         )
         if not msg:
             return
@@ -586,7 +626,12 @@ class Kubelet:
             if left <= 0:
                 break
             msg = await hooks.run(
-                handler, pod=pod, container=c, target=self._target(w, name), pod_ip=w.sandbox.pod_ip, timeout=left
+                handler,
+                pod=pod,
+                container=c,
+                target=self._target(w, name, pod=pod),
+                pod_ip=w.sandbox.pod_ip,
+                timeout=left,
             )
             if msg:
                 await self.recorder.event(pod, "Warning", "FailedPreStopHook", msg, field_path=_field_path(pod, name))

@@ -1,24 +1,21 @@
-"""A pod container's filesystem view: its volumes bind-mounted at their `mountPath`, in a mount namespace of its
-own, then exec of the container's program. What the OCI runtime's mounts are to a Kubernetes container.
+"""A pod container's volumes bind-mounted at their `mountPath` in its own mount namespace: what the OCI runtime's
+mounts are to a Kubernetes container.
 
-The runtime runs a container with volume mounts as `ip netns exec <ns> [nsenter --uts=..] python3 -S <this file>
-<json> -- <argv>`: `ip netns exec` has already made a private mount namespace (mounts there do not propagate to
-the node: `/` is rslave) with the pod's /etc/resolv.conf and /etc/hosts bound in. Here each mount is a bind mount
-(read-only when asked). A container has no image root of its own in kwire (it sees the node's filesystem), so a
-mountPath whose directory does not exist on the node is made *in this namespace only*: the nearest existing
-parent is replaced by a tmpfs "mirror" that bind-mounts each of its entries and adds the missing directory (for
-`/` itself, the mirror becomes the process's root with chroot). Nothing is created on the node's filesystem.
+contain.py applies it in the container's private mount namespace (`/` is rslave there: mounts do not propagate
+to the node). Each mount is a bind mount (read-only when asked). The container's root is the node's filesystem, so a
+mountPath whose directory does not exist on the node is made *in this namespace only*: the nearest existing parent
+is replaced by a tmpfs "mirror" that bind-mounts each of its entries and adds the missing directory (for `/`
+itself, the mirror becomes the container's root, which contain.py pivots into). Nothing is created on the node's
+filesystem.
 
-Stdlib only, run as a script (`python -S`): it starts in ~20 ms and needs no import path.
+Stdlib only: contain.py, a script run with `python -S`, imports it from beside itself.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import stat
-import sys
 
 MS_RDONLY = 1
 MS_REMOUNT = 32
@@ -118,34 +115,3 @@ class View:
         if self.root:
             os.chroot(self.root)
         os.chdir("/")
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: mounts.py SPEC_JSON -- PROGRAM [ARGS...]\n")
-        return 2
-    spec = json.loads(argv[0])
-    view = View(str(spec["stage"]))
-    _mount("tmpfs", view.stage, "tmpfs", 0, "mode=700")
-    try:
-        for src, dst, ro in spec.get("mounts") or []:
-            view.bind(str(src), os.path.normpath(str(dst)), read_only=bool(ro))
-        view.enter()
-    except OSError as exc:
-        sys.stderr.write(f"kwire: cannot set up the container's mounts: {exc}\n")
-        return 128
-    ready = int(spec.get("readyFd", -1))
-    if ready >= 0:
-        try:
-            os.set_inheritable(ready, False)  # closed by the exec below: the runtime then knows the program runs
-        except OSError:
-            pass
-    try:
-        os.execvp(argv[2], argv[2:])
-    except OSError as exc:
-        sys.stderr.write(f'exec: "{argv[2]}": {exc.strerror}\n')
-        return 128
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kwire.agent.kubelet.security import runtime_security
 from kwire.agent.svclb import servicelb_argv
 
 Obj = dict[str, Any]
@@ -46,7 +47,7 @@ ROLE_IMAGES: dict[str, tuple[str, tuple[int, int]]] = {
 }
 SERVICELB_IMAGE = "kwire/servicelb"  # ServiceLB's svclb pods (klipper-lb's role); see kwire/agent/svclb.py
 KWIRE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding this `kwire` package
-SA_ENV = "KWIRE_SERVICEACCOUNT_DIR"  # where in-cluster clients find token and ca.crt (no mount namespace here)
+SA_ENV = "KWIRE_SERVICEACCOUNT_DIR"  # overrides the standard path for kwire's in-cluster clients run by hand
 
 
 def image_name(image: str) -> str:
@@ -311,19 +312,19 @@ def runtime_spec(
     pod_ip: str,
     host_ip: str,
     netns: str,
-    sa_dir: str = "",
     uts: str = "",
     envs: dict[str, dict[str, str]] | None = None,
     skip: frozenset[str] = frozenset(),
     mounts: dict[str, list[list[Any]]] | None = None,
     stage: str = "",
+    masks: list[str] | None = None,
     containers: list[Obj] | None = None,
     restart_policies: dict[str, str] | None = None,
 ) -> Obj:
     """The body of the runtime's PUT /pods/{uid}. `envs` holds each container's resolved environment (see
     envconfig.py; the literal and fieldRef part is computed here when it is missing); containers in `skip` (their
     configuration is not resolvable yet) are not run. `mounts` holds each container's [source, mountPath, readOnly]
-    binds (see mounts.py), made in the mount namespace under `stage`. `containers` are those to run now (by default
+    binds (see mounts.py), made in the mount namespace under `stage`, where `masks` are hidden (contain.py). `containers` are those to run now (by default
     the regular ones; the kubelet passes the init containers it has reached first), `restart_policies` a
     container's own policy (init containers: OnFailure or Never; sidecars: Always)."""
     m, sp = meta(pod), spec(pod)
@@ -357,13 +358,15 @@ def runtime_spec(
                 # a built-in or role image runs this node's kwire (the checkout the agent runs from, not whatever
                 # `kwire` the interpreter would find first)
                 env.setdefault("PYTHONPATH", KWIRE_ROOT)
-            if sa_dir:
-                env[SA_ENV] = sa_dir
-            proc_entry: Obj = {"name": p.name, "argv": argv, "env": env}
+            # the service-account files are mounted at the standard path (kubelet.py), where in-cluster clients
+            # look: nothing points into the node's own directories
+            proc_entry: Obj = {"name": p.name, "argv": argv, "env": env, "security": runtime_security(pod, c)}
             if (restart_policies or {}).get(p.name):
                 proc_entry["restartPolicy"] = (restart_policies or {})[p.name]
             if (mounts or {}).get(p.name):
                 proc_entry["mounts"] = (mounts or {})[p.name]
+            if c.get("targetContainerName"):
+                proc_entry["target"] = str(c["targetContainerName"])  # `kubectl debug --target`: its PID namespace
             if c.get("stdin"):
                 proc_entry["stdin"] = True
             if c.get("tty"):
@@ -378,6 +381,9 @@ def runtime_spec(
             "netns": netns,
             "uts": uts,
             "stage": stage,
+            "masks": list(masks or []),
+            "hostPID": bool(sp.get("hostPID")),
+            "sharePid": bool(sp.get("shareProcessNamespace")),
         },
         "ports": ports,
         "processes": processes,

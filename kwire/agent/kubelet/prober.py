@@ -40,9 +40,11 @@ class PodProbes:
         on_failure: Callable[[str, str, str], Awaitable[None]],
         on_flip: Callable[[], None],
         on_liveness_failure: Callable[[str], Awaitable[None]],
+        enter: Callable[[str, list[str]], list[str]] | None = None,
     ) -> None:
         """Start the workers once; `on_failure(container, "Readiness"|"Liveness", message)` is called for every
-        failed attempt, `on_flip()` when a result changes, `on_liveness_failure(container)` to restart one."""
+        failed attempt, `on_flip()` when a result changes, `on_liveness_failure(container)` to restart one;
+        `enter(container, command)` is the argv an exec probe runs (in the container, as `kubectl exec`)."""
         if self.tasks:
             return
         for c in containers:
@@ -59,7 +61,8 @@ class PodProbes:
                 async def loop(c: Obj = c, ps: ProbeState = ps, what: str = what, name: str = name) -> None:
                     await asyncio.sleep(ps.initial_delay)
                     while True:
-                        ok, msg = await run_probe(ps.probe, container=c, pod_ip=pod_ip, netns=netns)
+                        into = (lambda argv, name=name: enter(name, argv)) if enter else None
+                        ok, msg = await run_probe(ps.probe, container=c, pod_ip=pod_ip, netns=netns, enter=into)
                         flipped = ps.record(ok, msg)
                         if not ok:
                             await on_failure(name, what, msg)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,11 @@ def _dial_error(exc: BaseException, addr: str) -> str:
     return f"dial tcp {addr}: connect: {exc.__class__.__name__}"
 
 
-async def run_probe(probe: Obj, *, container: Obj, pod_ip: str, netns: str) -> tuple[bool, str]:
-    """One probe attempt: (success, kubelet's failure message)."""
+async def run_probe(
+    probe: Obj, *, container: Obj, pod_ip: str, netns: str, enter: Callable[[list[str]], list[str]] | None = None
+) -> tuple[bool, str]:
+    """One probe attempt: (success, kubelet's failure message). An exec probe's command runs in the container as
+    `kubectl exec` does (`enter` makes its argv: the kubelet's), else in the pod's network namespace."""
     timeout = float(probe.get("timeoutSeconds") or 1)
     try:
         if "httpGet" in probe:
@@ -79,7 +83,9 @@ async def run_probe(probe: Obj, *, container: Obj, pod_ip: str, netns: str) -> t
             argv = [str(x) for x in (probe["exec"].get("command") or [])]
             prefix = [IP, "netns", "exec", netns] if netns else []
             proc = await asyncio.create_subprocess_exec(
-                *prefix, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+                *(enter(argv) if enter else [*prefix, *argv]),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
             )
             try:
                 out, _ = await asyncio.wait_for(proc.communicate(), timeout)

@@ -12,7 +12,10 @@ pod's sockets or kills its processes. The agent drives it over a unix socket wit
 
 Processes run through `ip netns exec <pod netns>`, which also gives them the pod's /etc/resolv.conf and
 /etc/hosts (bind-mounted from /etc/netns/<name>/, the iproute2 convention), and, when the pod has one, `nsenter
---uts=<file>` into the pod's UTS namespace (its hostname). A container whose process exits is restarted per
+--uts=<file>` into the pod's UTS namespace (its hostname), then in a PID namespace of their own (`unshare --pid
+--fork`; the pod's pause's with shareProcessNamespace; the node's with hostPID) through contain.py, which confines
+them as runc would (mounts, masks, identity, capabilities; see there). A spec without a `stage` runs its
+processes unconfined (the runtime's own tests). A container whose process exits is restarted per
 restartPolicy with kubelet's back-off (the first restart at once, then 10 s doubling to 5 min; reset after 10 min
 of running). A program that cannot be started is a start error (exit code 128, reason StartError, containerd's
 message), as containerd reports it. Each run's end is kept as the next run's `lastTermination`, and where each run's
@@ -32,6 +35,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -55,7 +59,8 @@ ORPHAN_GRACE = 2.0
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
-MOUNTS_SCRIPT = str(Path(__file__).with_name("mounts.py"))
+TINI = shutil.which("tini") or "/usr/bin/tini"
+CONTAIN_SCRIPT = str(Path(__file__).with_name("contain.py"))
 MAX_GRACE = 3600.0
 CONTAINERD_START = (
     "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: "
@@ -112,9 +117,19 @@ async def _copy_pipes(stdout: asyncio.StreamReader | None, stderr: asyncio.Strea
         await asyncio.gather(copy(stdout, "stdout"), copy(stderr, "stderr"))
 
 
-def _wait_eof(fd: int) -> None:
-    while os.read(fd, 64):
-        pass
+def _wait_ready(sock: socket.socket) -> int:
+    """Until contain.py says it execs the program (a byte) or every writer is gone (it failed before); the
+    terminal's master it sent along, or -1."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    except OSError:
+        return -1
+    return fds[0] if fds else -1
+
+
+async def _copy_console(master: int, log_path: Path, pipes: asyncio.Task[None] | None) -> None:
+    """A contained terminal container's output: its terminal, and the pipes its wrappers write errors to."""
+    await asyncio.gather(_copy_pty(master, log_path), *([pipes] if pipes is not None else []))
 
 
 def _start_time(pid: int) -> str | None:
@@ -155,6 +170,27 @@ def reap_orphans(state_dir: Path) -> int:
     return len(alive)
 
 
+def _inner_pid(pid: int) -> int:
+    """The first process below `pid` in another PID namespace than the runtime's: the container's init, which
+    `unshare --pid --fork` started (0 if there is none: it failed to start)."""
+    try:
+        ours = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return 0
+    todo, seen = [pid], 0
+    while todo and seen < 16:
+        p = todo.pop(0)
+        seen += 1
+        try:
+            if os.readlink(f"/proc/{p}/ns/pid") != ours:
+                return p
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        todo += [int(x) for x in children]
+    return 0
+
+
 @dataclass
 class Container:
     name: str
@@ -172,7 +208,12 @@ class Container:
     pump: asyncio.Task[None] | None = None  # tty: copies the pty's output into log_path
     uts: str = ""  # the pod's UTS namespace file ("" = the runtime's own, for hostNetwork pods)
     mounts: list[list[Any]] = field(default_factory=list)  # [source, mountPath, readOnly]: see mounts.py
-    stage: str = ""  # a private directory mounts.py builds the container's view in
+    stage: str = ""  # a private directory contain.py builds the container's view in ("": run unconfined)
+    masks: list[str] = field(default_factory=list)  # paths the container must not see (contain.py)
+    security: dict[str, Any] = field(default_factory=dict)  # uid, gid, groups, caps, ... (security.py)
+    pidns: bool = False  # a PID namespace of its own (not hostPID)
+    init_pid: int = 0  # the container's own first process (inside its namespaces), for exec to enter
+    pod_pidns: int = 0  # shareProcessNamespace: a process in the pod's PID namespace (the pause's init)
     exit_code: int | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -203,7 +244,8 @@ class Container:
             "reason": self.reason,
             "message": self.message,
             "restartCount": self.restart_count,
-            "pid": self.proc.pid if running and self.proc else None,
+            # the container's init once it is known (exec enters its namespaces): not `unshare --fork`'s parent
+            "pid": (self.init_pid or None) if running and self.proc else None,
             "startedAt": self.started_at,
             "finishedAt": self.finished_at,
             "lastTermination": self.last,
@@ -221,6 +263,9 @@ class Container:
 class PodRecord:
     spec: dict[str, Any]
     containers: dict[str, Container] = field(default_factory=dict)
+    # shareProcessNamespace: the pod's PID namespace, kept by a pause process (tini as its PID 1, which reaps)
+    pause: asyncio.subprocess.Process | None = None
+    pause_init: int = 0  # the pause's PID 1, as the node sees it: containers join its PID namespace
 
 
 class Runtime:
@@ -238,6 +283,8 @@ class Runtime:
             for c in rec.containers.values():
                 if c.proc is not None and c.proc.returncode is None and (started := _start_time(c.proc.pid)):
                     pids[str(c.proc.pid)] = started
+            if rec.pause is not None and rec.pause.returncode is None and (started := _start_time(rec.pause.pid)):
+                pids[str(rec.pause.pid)] = started
         atomic_write(self.state_dir / "containers.json", orjson.dumps(pids))
 
     def _container(self, pod: dict[str, Any], proc: dict[str, Any], restart_policy: str) -> Container:
@@ -249,6 +296,9 @@ class Runtime:
             uts=str(pod.get("uts") or ""),
             mounts=[list(m) for m in proc.get("mounts") or []],
             stage=str(pod.get("stage") or ""),
+            masks=[str(m) for m in pod.get("masks") or []],
+            security=dict(proc.get("security") or {}),
+            pidns=bool(pod.get("stage")) and not pod.get("hostPID"),
             log_path=self.logs / f"{pod['namespace']}_{pod['name']}_{proc['name']}.log",
             restart_policy=str(proc.get("restartPolicy") or restart_policy),
             stdin=bool(proc.get("stdin")),
@@ -275,6 +325,10 @@ class Runtime:
             for name, proc in new.items():
                 if old.get(name) != proc:
                     c = self._container(spec["pod"], proc, spec.get("restartPolicy", "Always"))
+                    c.pod_pidns = rec.pause_init
+                    target = rec.containers.get(str(proc.get("target") or ""))
+                    if target is not None and target.init_pid and target.pidns:
+                        c.pod_pidns = target.init_pid  # an ephemeral container joins its target's PID namespace
                     rec.containers[name] = c
                     c.task = asyncio.create_task(self._supervise(c))
             return
@@ -285,8 +339,11 @@ class Runtime:
         await self.responders.ensure(uid, ident, [(int(p), str(proto)) for p, proto in spec.get("ports", [])])
         rec = PodRecord(spec)
         self.pods[uid] = rec
+        if pod.get("sharePid") and pod.get("stage") and not pod.get("hostPID"):
+            await self._start_pause(rec)
         for proc in spec.get("processes", []):
             c = self._container(pod, proc, spec.get("restartPolicy", "Always"))
+            c.pod_pidns = rec.pause_init
             rec.containers[c.name] = c
             c.task = asyncio.create_task(self._supervise(c))
 
@@ -299,24 +356,41 @@ class Runtime:
         prefix = [IP, "netns", "exec", c.netns] if c.netns else []
         if c.uts:
             prefix += [NSENTER, f"--uts={c.uts}", "--"]
-        ready_r = ready_w = -1
-        if c.mounts and c.stage and not c.netns:
-            # a hostNetwork pod has no `ip netns exec` to give it a mount namespace: one of its own, first
-            prefix += [UNSHARE, "--mount", "--propagation", "slave", "--"]
-        if c.mounts and c.stage:
-            # the container's volumes at their mountPaths, in the mount namespace `ip netns exec` made (mounts.py);
-            # it closes `readyFd` when it execs the program, so the run counts as started (and a postStart hook
-            # runs) only once the container sees its volumes
+        ready_r: socket.socket | None = None
+        ready_w: socket.socket | None = None
+        if c.stage:
+            # The container's confinement (contain.py): its mounts, PID namespace, identity and capabilities. A
+            # hostNetwork pod has no `ip netns exec` to give it a mount namespace: one of its own, first.
+            if not c.netns:
+                prefix += [UNSHARE, "--mount", "--propagation", "slave", "--"]
+            if c.pidns and c.pod_pidns:
+                prefix += [NSENTER, f"--pid=/proc/{c.pod_pidns}/ns/pid", "--"]  # forks into the pod's namespace
+            elif c.pidns:
+                prefix += [UNSHARE, "--pid", "--fork", "--"]
+            # contain.py writes to `readyFd` as it execs the program, so the run counts as started (and a postStart
+            # hook runs) only once the container sees its volumes
             Path(c.stage).mkdir(parents=True, exist_ok=True, mode=0o700)
-            ready_r, ready_w = os.pipe()
-            spec = orjson.dumps({"stage": c.stage, "mounts": c.mounts, "readyFd": ready_w}).decode()
-            prefix += [sys.executable, "-S", MOUNTS_SCRIPT, spec, "--"]
+            ready_r, ready_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # a byte, and a terminal
+            ready_r.set_inheritable(False)
+            spec = {
+                **c.security,
+                "stage": c.stage,
+                "mounts": c.mounts,
+                "masks": c.masks,
+                "pidns": c.pidns,
+                "readyFd": ready_w.fileno(),
+                # `tty: true`: contain.py opens the terminal in the container's own devpts and sends its master
+                # back with the ready byte (runc's console socket)
+                "console": c.tty,
+            }
+            prefix += [sys.executable, "-S", CONTAIN_SCRIPT, orjson.dumps(spec).decode(), "--"]
         self._close_input(c)
+        c.init_pid = 0
         with open(c.log_path, "ab") as logf:
             if c.started_at:
                 c.prev_log_offset = c.log_offset
             c.log_offset = logf.tell()
-            if c.tty:
+            if c.tty and not c.stage:
                 # `tty: true` (kubectl run -it): a pseudo-terminal is the process's stdin/stdout/stderr and its
                 # controlling terminal (util-linux setsid --ctty, in a session of its own); the runtime copies
                 # its output into the log, which attach and logs read.
@@ -332,7 +406,6 @@ class Runtime:
                         stdout=slave,
                         stderr=slave,
                         env={**env, "TERM": "xterm"},
-                        pass_fds=(ready_w,) if ready_w >= 0 else (),
                     )
                 finally:
                     os.close(slave)
@@ -340,35 +413,43 @@ class Runtime:
                 c.pump = asyncio.create_task(_copy_pty(master, c.log_path))
             else:
                 # `stdin: true`: a pipe whose write end the runtime keeps for attach (closed at EOF).
-                read_end, write_end = os.pipe() if c.stdin else (-1, -1)
+                # A contained `tty: true` container's terminal comes from contain.py (below); the pipes then carry
+                # only what goes wrong before it execs.
+                read_end, write_end = os.pipe() if c.stdin and not c.tty else (-1, -1)
                 try:
                     c.proc = await asyncio.create_subprocess_exec(
                         *prefix,
                         *c.argv,
                         stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.PIPE,
-                        stdin=read_end if c.stdin else asyncio.subprocess.DEVNULL,
-                        env=env,
+                        stdin=read_end if read_end >= 0 else asyncio.subprocess.DEVNULL,
+                        env={**env, "TERM": "xterm"} if c.tty else env,
                         start_new_session=True,
-                        pass_fds=(ready_w,) if ready_w >= 0 else (),
+                        pass_fds=(ready_w.fileno(),) if ready_w is not None else (),
                     )
                 except BaseException:
-                    if c.stdin:
+                    if write_end >= 0:
                         os.close(write_end)
-                    if ready_w >= 0:
-                        os.close(ready_r)
-                        os.close(ready_w)
+                    if ready_r is not None and ready_w is not None:
+                        ready_r.close()
+                        ready_w.close()
                     raise
                 finally:
-                    if c.stdin:
+                    if read_end >= 0:
                         os.close(read_end)
                 c.input_fd = write_end
                 c.pump = asyncio.create_task(_copy_pipes(c.proc.stdout, c.proc.stderr, c.log_path))
-        if ready_w >= 0:
-            os.close(ready_w)
+        if ready_r is not None and ready_w is not None:
+            ready_w.close()
+            master = -1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.to_thread(_wait_eof, ready_r), 10.0)
-            os.close(ready_r)
+                master = await asyncio.wait_for(asyncio.to_thread(_wait_ready, ready_r), 10.0)
+            ready_r.close()
+            if master >= 0:
+                c.input_fd = master
+                pipes = c.pump
+                c.pump = asyncio.create_task(_copy_console(master, c.log_path, pipes))
+        c.init_pid = _inner_pid(c.proc.pid) if c.pidns else c.proc.pid
         c.started_at = time.time()
         c.finished_at = 0.0
         c.exit_code = None
@@ -467,6 +548,28 @@ class Runtime:
         if rec is None:
             return
         await self._stop_containers(list(rec.containers.values()), grace=grace)
+        if rec.pause is not None and rec.pause.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec.pause.pid, signal.SIGKILL)
+            await rec.pause.wait()
+
+    async def _start_pause(self, rec: PodRecord) -> None:
+        """The pod's shared PID namespace (shareProcessNamespace), as the pause container holds it in Kubernetes:
+        tini as its PID 1 (`sleep infinity` under it), in the pod's network and UTS namespaces."""
+        pod = rec.spec["pod"]
+        argv = [IP, "netns", "exec", pod["netns"]] if pod.get("netns") else []
+        if pod.get("uts"):
+            argv += [NSENTER, f"--uts={pod['uts']}", "--"]
+        argv += [UNSHARE, "--pid", "--fork", "--", TINI, "--", "sleep", "infinity"]
+        rec.pause = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 10.0
+        while not rec.pause_init and time.monotonic() < deadline and rec.pause.returncode is None:
+            await asyncio.sleep(0.02)
+            rec.pause_init = _inner_pid(rec.pause.pid)
+        if not rec.pause_init:
+            log.warning("runtime: the shared PID namespace of pod %s did not start", pod.get("name"))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ Obj = dict[str, Any]
 ETC_NETNS = Path("/etc/netns")
 CNI_PLUGIN_DIR = "/usr/lib/cni"
 MAX_HOSTNAME = 63
+SYSCTL_NET = re.compile(r"net(\.[A-Za-z0-9_-]+)+")  # a network-namespace sysctl (kube accepts / for . too)
 
 
 class SandboxError(Exception):
@@ -52,6 +54,25 @@ def pod_hostname(pod: Obj) -> str:
     if len(name) > MAX_HOSTNAME:
         name = name[:MAX_HOSTNAME].rstrip("-.")
     return name
+
+
+def pod_sysctls(pod: Obj) -> dict[str, str]:
+    """The pod's `securityContext.sysctls` that belong to its network namespace (net.*), as the runtime sets them
+    in the sandbox; others would change the node's kernel, and are logged and left alone."""
+    out: dict[str, str] = {}
+    for s in (podspec.spec(pod).get("securityContext") or {}).get("sysctls") or []:
+        name, value = str(s.get("name") or "").replace("/", "."), str(s.get("value") or "")
+        if SYSCTL_NET.fullmatch(name):
+            out[name] = value
+        else:
+            log.warning("kubelet: pod sysctl %s is not namespaced here; not set", name)
+    return out
+
+
+def apply_sysctls(sysctls: dict[str, str]) -> None:
+    """Write each sysctl under /proc/sys (from a thread inside the pod's network namespace)."""
+    for name, value in sysctls.items():
+        Path("/proc/sys", *name.split(".")).write_text(value)
 
 
 @dataclass
@@ -148,6 +169,8 @@ class Sandboxes:
             return sb
         name = podspec.netns_name(self.netns_prefix, uid)
         await asyncio.to_thread(netns.create, name)
+        if sysctls := pod_sysctls(pod):
+            await asyncio.to_thread(netns.run_in, name, lambda: apply_sysctls(sysctls))
         try:
             uts = await asyncio.to_thread(utsns.create, name, pod_hostname(pod))
         except OSError as exc:

@@ -3,8 +3,10 @@
 
 For every pod that mounts a service-account token (all but `automountServiceAccountToken: false`) the kubelet
 asks the TokenRequest API (`serviceaccounts/<name>/token`) for a token bound to the pod, with kubelet's lifetime
-of 3607 s, and writes `token`, `ca.crt` and `namespace` into the pod's directory (0600; the runtime bind-mounts it
-at /var/run/secrets/kubernetes.io/serviceaccount). A token is requested again once 80 % of its lifetime has
+of 3607 s, and writes `token`, `ca.crt` and `namespace` into the pod's directory (0644 in a 0755 directory, as
+kube's kube-api-access volume's defaultMode 420, so a container's non-root user reads them; on the node they sit in
+the agent's 0700 data dir; the runtime bind-mounts the directory read-only at
+/var/run/secrets/kubernetes.io/serviceaccount in the pod's mount namespace). A token is requested again once 80 % of its lifetime has
 passed (kubelet's `requiresRefresh`); a failed refresh keeps the old, still valid token and is retried. The token
 is bound to the pod, so it stops authenticating when the pod is deleted.
 """
@@ -85,14 +87,15 @@ class ServiceAccountTokens:
                     raise
                 log.warning("kubelet: refreshing the service-account token of %s failed: %s", uid, exc)
                 return RETRY
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)
         files = {
             "token": current.value,
             "ca.crt": self.ca_pem.decode(),
             "namespace": str((pod.get("metadata") or {}).get("namespace", "")),
         }
         for name, text in files.items():
-            write_if_changed(directory / name, text, mode=0o600)
+            write_if_changed(directory / name, text, mode=0o644)
         return max(1.0, current.refresh_due() - now)
 
     def forget(self, uid: str) -> None:

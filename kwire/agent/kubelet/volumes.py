@@ -21,6 +21,7 @@ import binascii
 import datetime as dt
 import os
 import shutil
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,11 @@ def atomic_write_dir(target: Path, files: dict[str, tuple[bytes, int]]) -> bool:
 
 
 async def setup(pod: Obj, *, pod_dir: Path, get: Getter, pod_ip: str, host_ip: str) -> dict[str, str]:
-    """Set up every volume of the pod; volume name -> its path on the node. Raises MountError."""
+    """Set up every volume of the pod (owned by its fsGroup, if any); volume name -> its path on the node. Raises
+    MountError."""
     ns = str(podspec.meta(pod).get("namespace") or "default")
+    fs = (podspec.spec(pod).get("securityContext") or {}).get("fsGroup")
+    fs_group = int(fs) if fs is not None else None
     out: dict[str, str] = {}
     base = pod_dir / "volumes"
     for v in podspec.spec(pod).get("volumes") or []:
@@ -206,8 +210,25 @@ async def setup(pod: Obj, *, pod_dir: Path, get: Getter, pod_ip: str, host_ip: s
             continue
         else:
             continue  # a volume type kwire does not provide: nothing to mount
+        if fs_group is not None:
+            set_ownership(path, fs_group, writable="emptyDir" in v)
         out[name] = str(path)
     return out
+
+
+def set_ownership(path: Path, gid: int, *, writable: bool) -> None:
+    """fsGroup, as kubelet's SetVolumeOwnership: everything in the volume belongs to group `gid`, readable by it
+    (and writable for a read-write volume), directories setgid so new files get the group too."""
+    mask = 0o660 if writable else 0o440
+    for root, dirs, files in os.walk(path):
+        for d in [root, *(os.path.join(root, x) for x in dirs)]:
+            if not os.path.islink(d):
+                os.chown(d, -1, gid)
+                os.chmod(d, os.stat(d).st_mode & 0o7777 | mask | 0o110 | stat.S_ISGID)
+        for f in (os.path.join(root, x) for x in files):
+            if not os.path.islink(f):
+                os.chown(f, -1, gid)
+                os.chmod(f, os.stat(f).st_mode & 0o7777 | mask)
 
 
 def _host_path(vol: str, path: str, typ: str) -> str:
