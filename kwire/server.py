@@ -27,6 +27,10 @@ from kwire.api.allocator import ServiceAllocator
 from kwire.api.authn import Authenticator, lookup_in
 from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator, ensure_signing_key, issuer_for
 from kwire.api.authn.tokens import JoinTokens, ensure_agent_token
+from kwire.api.authz.chain import Authorization
+from kwire.api.authz.escalation import EscalationCheck
+from kwire.api.authz.noderestriction import NodeRestriction
+from kwire.api.authz.reconcile import reconcile as reconcile_rbac
 from kwire.api.bootstrap import (
     DATASTORE_KEY,
     SHARED_FILES,
@@ -216,6 +220,7 @@ class Server:
         if self.master_leases is not None:
             await self.master_leases.stop()
         await self.lifecycle.stop()
+        await self.api.authorization.stop()
         if self.api.aggregator is not None:
             await self.api.aggregator.stop()
         if self.resources.admission is not None:
@@ -485,6 +490,10 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     resources = Resources(store, allocator=allocator, plugins=plugins)
     await resources.load()
     await bootstrap(resources, cfg, address=address)
+    await reconcile_rbac(resources)
+    authorization = Authorization(store)
+    await authorization.start()
+    resources.guards.extend([NodeRestriction(), EscalationCheck(authorization)])
     master_leases = MasterLeases(resources, address=address, port=int(cfg.https_listen_port))
     await master_leases.start()
     lifecycle = Lifecycle(resources)
@@ -506,6 +515,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     api = ApiServer(
         resources,
         server_address=f"{address}:{port}",
+        authorization=authorization,
         ca_pem=pki.ca_pem,
         authn=Authenticator(tokens=validator),
         join_tokens=join_tokens,

@@ -12,7 +12,7 @@ from typing import Any
 
 from kwire.api.crd import definition
 from kwire.api.registry import Kind
-from kwire.api.user import current_user
+from kwire.api.user import UserInfo, current_user
 
 Obj = dict[str, Any]
 
@@ -339,24 +339,30 @@ def _webhooks(obj: Obj, *, mutating: bool) -> None:
                 rule.setdefault("scope", "*")
 
 
-def csr_requester(obj: Obj) -> None:
-    """On create, the requester fields are the authenticated user's, whatever the client sent (the certificates
-    strategy's PrepareForCreate); updates keep the stored ones."""
-    spec = obj.setdefault("spec", {})
-    if isinstance(spec, dict):
-        user = current_user()
-        for key in ("username", "uid", "groups", "extra"):
-            spec.pop(key, None)
-        spec["username"] = user.name
-        spec["groups"] = list(user.groups)
-        if user.uid:
-            spec["uid"] = user.uid
-        if user.extra:
-            spec["extra"] = {k: list(v) for k, v in user.extra.items()}
-
-
 def _csr(obj: Obj) -> None:
+    """The requester fields kube-apiserver fills from the authenticated user (`csr_requester` on create)."""
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict) and "username" not in spec:
+        csr_requester(obj, current_user())
     obj.setdefault("status", {})
+
+
+def csr_requester(obj: Obj, user: UserInfo) -> None:
+    """kube's CSR strategy PrepareForCreate: username, uid, groups and extra are the requesting user's, whatever
+    the request said."""
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec["username"] = user.name
+    spec["groups"] = list(user.groups)
+    if user.uid:
+        spec["uid"] = user.uid
+    else:
+        spec.pop("uid", None)
+    if user.extra:
+        spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+    else:
+        spec.pop("extra", None)
 
 
 def _endpointslice(obj: Obj) -> None:

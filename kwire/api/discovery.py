@@ -54,7 +54,7 @@ def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
         "singularName": kind.singular,
         "namespaced": kind.namespaced,
         "kind": kind.kind,
-        "verbs": _VERBS,
+        "verbs": list(kind.verbs) or _VERBS,
         "storageVersionHash": hashlib.sha256(f"{kind.api_version}/{kind.kind}".encode()).hexdigest()[:12],
     }
     if kind.short_names:

@@ -52,8 +52,13 @@ CONNECT_SUBRESOURCES = frozenset({"proxy", "exec", "attach", "portforward"})
 LONG_RUNNING_SUBRESOURCES = CONNECT_SUBRESOURCES | {"log"}  # kube's BasicLongRunningRequestCheck
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built on every request, and a frozen dataclass's __init__ is slower
 class RequestInfo:
+    """kube's RequestInfo: the metric labels (`verb` is the metric verb, e.g. LIST) and what authorization reads
+    (`api_*`: the lowercase verb kube authorizes — get, list, watch, create, update, patch, delete,
+    deletecollection, or for a non-resource request the lowercase HTTP method — and the group, resource and
+    subresource as the path names them, served or not; the metric labels stay blank for resources not served)."""
+
     verb: str
     group: str = ""
     version: str = ""
@@ -61,6 +66,14 @@ class RequestInfo:
     subresource: str = ""
     scope: str = ""
     dry_run: str = ""
+    api_verb: str = ""
+    api_group: str = ""
+    api_resource: str = ""
+    api_subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    path: str = ""
+    resource_request: bool = False
 
     @property
     def long_running(self) -> bool:
@@ -134,8 +147,8 @@ class ApiMetrics:
 
     async def exposition(self) -> bytes:
         for kind in KINDS:
-            if kind.stored_as is not None:
-                continue
+            if kind.stored_as is not None or (kind.verbs and "list" not in kind.verbs):
+                continue  # stored as another kind, or never stored (the authorization reviews)
             resource = f"{kind.plural}.{kind.group}" if kind.group else kind.plural
             self.storage_objects.labels(resource=resource).set(await self._count_objects(kind.prefix()))
         return generate_latest(self.registry)

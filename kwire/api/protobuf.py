@@ -350,6 +350,34 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f2=F("subjects", "m", "Subject", repeated=True),
         f3=F("roleRef", "m", "RoleRef"),
     ),
+    # authorization.k8s.io/v1 (kubectl auth can-i sends its reviews as protobuf)
+    "ResourceAttributes": _m(
+        f1=F("namespace", "s"),
+        f2=F("verb", "s"),
+        f3=F("group", "s"),
+        f4=F("version", "s"),
+        f5=F("resource", "s"),
+        f6=F("subresource", "s"),
+        f7=F("name", "s"),
+    ),
+    "NonResourceAttributes": _m(f1=F("path", "s"), f2=F("verb", "s")),
+    "SelfSubjectAccessReviewSpec": _m(
+        f1=F("resourceAttributes", "m", "ResourceAttributes"),
+        f2=F("nonResourceAttributes", "m", "NonResourceAttributes"),
+    ),
+    "SubjectAccessReviewSpec": _m(
+        f1=F("resourceAttributes", "m", "ResourceAttributes"),
+        f2=F("nonResourceAttributes", "m", "NonResourceAttributes"),
+        f3=F("user", "s"),
+        f4=F("groups", "s", repeated=True),
+        f6=F("uid", "s"),
+    ),
+    "SelfSubjectRulesReviewSpec": _m(f1=F("namespace", "s")),
+    "SelfSubjectAccessReview": _m(
+        f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "SelfSubjectAccessReviewSpec")
+    ),
+    "SubjectAccessReview": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "SubjectAccessReviewSpec")),
+    "SelfSubjectRulesReview": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "SelfSubjectRulesReviewSpec")),
     # scheduling.k8s.io/v1
     "PriorityClass": _m(
         f1=F("metadata", "m", "ObjectMeta"),
@@ -432,6 +460,10 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "ClusterRole",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "RoleBinding",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "RoleBinding",  # same fields as RoleBinding
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): "SelfSubjectAccessReview",
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): "SelfSubjectRulesReview",
+    ("authorization.k8s.io/v1", "SubjectAccessReview"): "SubjectAccessReview",
+    ("authorization.k8s.io/v1", "LocalSubjectAccessReview"): "SubjectAccessReview",  # same fields
     ("scheduling.k8s.io/v1", "PriorityClass"): "PriorityClass",
     ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
     ("autoscaling/v1", "HorizontalPodAutoscaler"): "HorizontalPodAutoscaler",

@@ -49,6 +49,8 @@ class Kind:
     # autoscaling/v2): the (group, plural) whose storage they share; `kwire.api.convert` converts on the way.
     stored_as: tuple[str, str] | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # The verbs discovery lists when not all of them (the authorization reviews are create-only, never stored).
+    verbs: tuple[str, ...] = ()
     custom: CustomVersion | None = field(default=None, compare=False, hash=False)
 
     @property
@@ -108,6 +110,7 @@ def _k(
     stored_as: tuple[str, str] | None = None,
     eviction: bool = False,
     extra: tuple[str, ...] = (),
+    verbs: tuple[str, ...] = (),
 ) -> Kind:
     return Kind(
         group=group,
@@ -124,6 +127,7 @@ def _k(
         + (("eviction",) if eviction else ())
         + extra,
         stored_as=stored_as,
+        verbs=verbs,
     )
 
 
@@ -169,6 +173,29 @@ KINDS: tuple[Kind, ...] = (
     _k("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", namespaced=False),
     _k("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
     _k("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
+    _k(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        namespaced=False,
+        verbs=("create",),
+    ),
+    _k(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        namespaced=False,
+        verbs=("create",),
+    ),
+    _k(
+        "authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", namespaced=False, verbs=("create",)
+    ),
+    _k("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", verbs=("create",)),
+    # authentication.k8s.io: create-only, answered by kwire/api/authn/reviews.py
+    _k("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", namespaced=False, verbs=("create",)),
+    _k("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", namespaced=False, verbs=("create",)),
     _k("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", namespaced=False, short=("pc",)),
     _k("storage.k8s.io", "v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",)),
     _k(

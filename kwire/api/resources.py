@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ from kwire.api.fields import FieldSelector
 from kwire.api.patch import APPLY_YAML, apply_patch, unsupported_patch_type
 from kwire.api.registry import Kind, by_path, storage_kind, storage_kind_for_key
 from kwire.api.reservations import ReservedAllocator
+from kwire.api.user import current_user
 from kwire.api.webhookadmission import Attributes, WebhookAdmission
 from kwire.base.labels import Selector
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
@@ -186,6 +187,9 @@ class Resources:
         self.plugins = plugins or Admission()  # built-in admission plugins (kwire/api/admission.py)
         self._after_write: list[Callable[[], None]] = []
         self.admission: WebhookAdmission | None = None  # set by the server once webhook configurations are loaded
+        # Validating checks of the request's user (kwire.api.user.current_user) on every create, update and delete:
+        # NodeRestriction and RBAC escalation prevention (kwire.api.authz), set by the server.
+        self.guards: builtins.list[Callable[[Attributes], Awaitable[None]]] = []
         self.crds = CrdServing(store)
         self.conversion = WebhookConverter(crd=self._crd, lookup=self)
 
@@ -259,7 +263,12 @@ class Resources:
         attrs.object = patched
         return patched
 
+    async def _guard(self, attrs: Attributes) -> None:
+        for guard in self.guards:
+            await guard(attrs)
+
     async def _validate_admission(self, attrs: Attributes) -> None:
+        await self._guard(attrs)
         if self.admission is not None:
             await self.admission.validate(attrs)
 
@@ -421,9 +430,9 @@ class Resources:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
-        if kind.kind == "CertificateSigningRequest" and kind.group == "certificates.k8s.io":
-            defaults.csr_requester(obj)  # the requester is who sent the request, not what the body says
         defaults.apply_defaults(kind, obj)
+        if kind.kind == "CertificateSigningRequest" and kind.group == "certificates.k8s.io":
+            defaults.csr_requester(obj, current_user())
         if kind.custom is not None:
             if "status" in kind.subresources:
                 obj.pop("status", None)  # the CR strategy's PrepareForCreate: status is written through /status
@@ -559,7 +568,15 @@ class Resources:
         if subresource == "status":
             new = copy.deepcopy(old)
             new["status"] = obj.get("status", {})
-            # Metadata other than labels/annotations is not writable through status (kube keeps it).
+            # Metadata is kept (kube's ResetObjectMetaForStatus), except for Services: kube's service status
+            # strategy only resets the spec, so labels and annotations written with the status stay (MetalLB's
+            # controller, allowed only services/status, records its pool annotation that way).
+            if kind.group == "" and kind.plural == "services" and isinstance(obj.get("metadata"), dict):
+                for field in ("labels", "annotations"):
+                    if field in obj["metadata"]:
+                        new["metadata"][field] = obj["metadata"][field]
+                    else:
+                        new["metadata"].pop(field, None)
         elif subresource == "approval":
             # certificates' approval subresource: only status.conditions change (kube's csrApprovalStrategy).
             new = copy.deepcopy(old)
@@ -888,6 +905,7 @@ class Resources:
             return convert.from_storage(kind, gone_obj)
         kv = self._current(kind, namespace, name)
         obj = await self._read(kind, kv)
+        await self._guard(Attributes(kind, "DELETE", namespace or "", name, old_object=obj, dry_run=dry_run))
         if self.admission is not None:
             options: Obj = {"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"}
             if propagation:

@@ -35,9 +35,13 @@ from kwire.api import (
     tables,
 )
 from kwire.api.aggregator import Aggregator
-from kwire.api.authn import Authenticator, bearer_token, lookup_in, reviews
+from kwire.api.authn import Authenticator, bearer_token, lookup_in
+from kwire.api.authn import reviews as authn_reviews
 from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator
 from kwire.api.authn.tokens import JoinTokens
+from kwire.api.authz import attributes as authz_attributes
+from kwire.api.authz import impersonation, reviews
+from kwire.api.authz.chain import Authorization
 from kwire.api.crd import custom
 from kwire.api.encryptionkeys import EncryptionKeys
 from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, unauthorized
@@ -50,7 +54,14 @@ from kwire.api.patch import MERGE_PATCH, apply_patch
 from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path, kinds_in
 from kwire.api.resources import Resources, decode
-from kwire.api.user import ANONYMOUS, MASTERS, USER_KEY, set_current_user, user_of
+from kwire.api.user import (
+    MASTERS,
+    USER_KEY,
+    UserInfo,
+    reset_current_user,
+    set_current_user,
+    user_of,
+)
 from kwire.base.labels import Selector, SelectorError, parse
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted
 
@@ -61,6 +72,7 @@ Obj = dict[str, Any]
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/cacerts"})
 # Paths that check their own credential (the cluster join token), not the API's authentication.
 JOIN_PATHS = frozenset({bootstrap.PATH})
+UNAUTHORIZED_PATHS = frozenset({"/cacerts", bootstrap.PATH})  # served by K3s's supervisor, not kube-apiserver
 BOOKMARK_INTERVAL = 5.0
 IDLE_CHECK = 1.0  # how often an idle watch checks that its client is still there
 JSON = "application/json"
@@ -115,32 +127,90 @@ def _public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/"))
 
 
+_METHOD_VERBS = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
+
+
+def _api_path(method: str, path: str, query: Any) -> tuple[str, str, str, str, str, str, str] | None:
+    """kube's RequestInfoFactory.NewRequestInfo for `/api/v1/...` and `/apis/G/V/...`, as (verb, group, version,
+    namespace, resource, name, subresource), without consulting the served kinds; None for anything else (a
+    non-resource request: discovery, health, /metrics, /openapi, ...)."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    verb = _METHOD_VERBS.get(method) or method.lower()
+    if rest[0] == "watch":  # the deprecated /api/v1/watch/... paths
+        verb, rest = "watch", rest[1:]
+        if not rest:
+            return None
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) > 1:
+        namespace = rest[1]
+        if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
+            rest = rest[2:]
+    name = rest[1] if len(rest) >= 2 else ""
+    sub = rest[2] if len(rest) >= 3 else ""
+    if verb == "get" and (query.get("watch") or "").lower() in ("1", "true"):
+        verb = "watch"
+    elif not name:
+        if verb == "get":
+            verb = "list"
+        elif verb == "delete":
+            verb = "deletecollection"
+    if not name and verb in ("list", "watch"):
+        # A list or watch of one name (fieldSelector metadata.name=X) is authorized as that name, as kube does.
+        for term in (query.get("fieldSelector") or "").split(","):
+            key, eq, value = term.partition("=")
+            if eq and key.strip() == "metadata.name":
+                name = value.lstrip("=").strip()
+    return verb, group, version, namespace, rest[0], name, sub
+
+
 def request_info(request: web.Request) -> RequestInfo:
-    """kube's RequestInfo in the shape the request metrics label it."""
-    target = parse_target(request.path.rstrip("/"))
-    dry = "All" if "All" in request.query.getall("dryRun", []) else ""
+    """kube's RequestInfo: the labels the request metrics carry and the attributes authorization reads."""
+    query = request.query
+    path = request.path
+    dry = "All" if "dryRun" in query and "All" in query.getall("dryRun") else ""
+    api = _api_path(request.method, path, query)
+    if api is None:
+        return RequestInfo(verb=request.method, dry_run=dry, api_verb=request.method.lower(), path=path)
+    api_verb, api_group, api_version, namespace, resource, name, sub = api
+    target = parse_target(path.rstrip("/"))
     if target is None:
         via = proxy.parse(request.rel_url.raw_path)
-        if via is not None:
+        if via is None:
+            # A resource kwire does not serve: authorized as kube would (then 404), not labelled in the metrics.
+            metric = (request.method, "", api_version, "", "", "")
+        else:
             scope = "resource" if via.namespace is None else "namespace"
-            return RequestInfo("CONNECT", "", "v1", via.resource, "proxy", scope, dry)
-        return RequestInfo(verb=request.method, dry_run=dry)
-    named = target.name is not None
-    if named:
-        scope = "resource"
-    elif target.namespace is not None:
-        scope = "namespace"
+            metric = ("CONNECT", "", "v1", via.resource, "proxy", scope)
     else:
-        scope = "cluster"
-    sub = target.subresource or ""
+        named = target.name is not None
+        scope = "resource" if named else ("namespace" if target.namespace is not None else "cluster")
+        metric_sub = target.subresource or ""
+        metric = (
+            metric_verb(request.method, named=named, watch=api_verb == "watch", subresource=metric_sub),
+            target.kind.group,
+            target.kind.version,
+            target.kind.plural,
+            metric_sub,
+            scope,
+        )
     return RequestInfo(
-        verb=metric_verb(request.method, named=named, watch=_bool_param(request, "watch"), subresource=sub),
-        group=target.kind.group,
-        version=target.kind.version,
-        resource=target.kind.plural,
-        subresource=sub,
-        scope=scope,
+        *metric,
         dry_run=dry,
+        api_verb=api_verb,
+        api_group=api_group,
+        api_resource=resource,
+        api_subresource=sub,
+        namespace=namespace,
+        name=name,
+        path=path,
+        resource_request=True,
     )
 
 
@@ -202,6 +272,7 @@ class ApiServer:
         resources: Resources,
         *,
         server_address: str,
+        authorization: Authorization,
         ca_pem: bytes = b"",
         authn: Authenticator | None = None,
         join_tokens: JoinTokens | None = None,
@@ -211,6 +282,7 @@ class ApiServer:
         node_certs: NodeCerts | None = None,
     ) -> None:
         self.resources = resources
+        self.authorization = authorization
         self.ca_pem = ca_pem
         self.authn = authn or Authenticator(tokens=validator)
         self.join_tokens = join_tokens  # who may fetch the server bootstrap (the server token)
@@ -257,7 +329,7 @@ class ApiServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        set_current_user(None)
+        user: UserInfo | None = None
         if request.path not in JOIN_PATHS:
             try:
                 user = self.authn.authenticate(request)  # the request's user is set here, for everything after
@@ -265,11 +337,8 @@ class ApiServer:
                 if not NodeCerts.handles(request.path):
                     return _error(err)
                 user = None  # the /v1-k3s/ endpoints authenticate nodes themselves (the agent token)
-            if user is not None:
-                request[USER_KEY] = user
-            elif not _public(request.path) and not NodeCerts.handles(request.path):
+            if user is None and not _public(request.path) and not NodeCerts.handles(request.path):
                 return _error(unauthorized())
-            set_current_user(user if user is not None else ANONYMOUS)
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
         counted = not info.long_running  # long-running requests are outside kube's in-flight limit
@@ -278,7 +347,12 @@ class ApiServer:
             self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
         started = time.monotonic()
         code = 500
+        context = None
         try:
+            if user is not None:
+                user = self._authorize(request, user, info)
+                request[USER_KEY] = user
+                context = set_current_user(user)
             resp = await handler(request)
             code = resp.status
             if not resp.prepared:
@@ -297,10 +371,21 @@ class ApiServer:
             log.exception("internal error on %s %s", request.method, request.path)
             return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
         finally:
+            if context is not None:
+                reset_current_user(context)
             if counted:
                 self._inflight[kind] -= 1
                 self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
             self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
+
+    def _authorize(self, request: web.Request, user: UserInfo, info: RequestInfo) -> UserInfo:
+        """kube's WithImpersonation then WithAuthorization: the user the request acts as, or a 403/400."""
+        if impersonation.requested(request.headers):
+            user = impersonation.impersonate(request.headers, user, self.authorization)
+        if MASTERS in user.groups or request.path in UNAUTHORIZED_PATHS or NodeCerts.handles(request.path):
+            return user  # kube's privileged group; K3s's own supervisor endpoints check the token themselves
+        self.authorization.check(authz_attributes.from_request(user, info))
+        return user
 
     async def _secrets_encrypt(self, request: web.Request, path: str) -> web.StreamResponse:
         """K3s's `secrets-encrypt status|rotate-keys`, for cluster admins (system:masters) only."""
@@ -386,6 +471,16 @@ class ApiServer:
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if target.kind.group == authn_reviews.GROUP:
+            raise method_not_allowed()  # TokenReview, SelfSubjectReview: create only, answered above
+        if target.kind.group == reviews.GROUP and target.kind.kind in reviews.KINDS:
+            if request.method != "POST" or target.name is not None:
+                raise method_not_allowed()
+            body = await self._body(request, target.kind)
+            reviewed = reviews.review(
+                target.kind.kind, target.namespace, body, user=user_of(request), authz=self.authorization
+            )
+            return _json(reviewed, 201)
         if target.kind.kind == "Pod" and target.subresource == "log" and target.name:
             if request.method != "GET":
                 raise method_not_allowed()
@@ -519,18 +614,18 @@ class ApiServer:
 
     async def _authentication_api(self, request: web.Request, path: str) -> web.Response | None:
         """TokenRequest, TokenReview and SelfSubjectReview (authn/reviews.py), or None for any other path."""
-        if path == reviews.SELF_SUBJECT_REVIEWS:
+        if path == authn_reviews.SELF_SUBJECT_REVIEWS:
             await self._body(request)
-            return _json(reviews.self_subject_review(user_of(request)), 201)
-        if path == reviews.TOKEN_REVIEWS:
-            return _json(reviews.token_review(await self._body(request), validator=self.validator), 201)
-        sa = reviews.token_request_path(path)
+            return _json(authn_reviews.self_subject_review(user_of(request)), 201)
+        if path == authn_reviews.TOKEN_REVIEWS:
+            return _json(authn_reviews.token_review(await self._body(request), validator=self.validator), 201)
+        sa = authn_reviews.token_request_path(path)
         if sa is None:
             return None
         if self.issuer is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         body = await self._body(request)
-        answer = reviews.token_request(
+        answer = authn_reviews.token_request(
             body, namespace=sa[0], name=sa[1], issuer=self.issuer, lookup=lookup_in(self.resources)
         )
         return _json(answer, 201)

@@ -9,13 +9,11 @@ authenticated user, `system:unauthenticated` to the anonymous one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-
-USER_KEY = "kwire.user"
 
 AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
@@ -50,6 +48,9 @@ class UserInfo:
         return None
 
 
+USER_KEY = web.RequestKey("kwire.user", UserInfo)
+
+
 def authenticated(name: str, groups: tuple[str, ...] = (), *, uid: str = "") -> UserInfo:
     """A user as an authenticator returns it: `system:authenticated` added once."""
     return UserInfo(name=name, groups=(*[g for g in groups if g != AUTHENTICATED], AUTHENTICATED), uid=uid)
@@ -57,21 +58,26 @@ def authenticated(name: str, groups: tuple[str, ...] = (), *, uid: str = "") -> 
 
 ADMIN = authenticated("system:admin", (MASTERS,))
 ANONYMOUS = UserInfo(name="system:anonymous", groups=(UNAUTHENTICATED,))
+# The API server's own writes outside any request (bootstrap, garbage collection, namespace cleanup): kube's
+# loopback identity.
+APISERVER = authenticated("system:apiserver", (MASTERS,))
 
-
-# The user of the request being served, for code that sees no request (admission's userInfo, CSR's requester):
-# set by the API's middleware in the request's own task, so concurrent requests never see each other's.
-_CURRENT: ContextVar[UserInfo | None] = ContextVar("kwire.current_user", default=None)
-
-
-def set_current_user(user: UserInfo | None) -> None:
-    _CURRENT.set(user)
+_CURRENT: ContextVar[UserInfo] = ContextVar("kwire_current_user", default=APISERVER)
 
 
 def current_user() -> UserInfo:
-    """The user of the request being served; the admin for the server's own work outside any request (None set)."""
-    user = _CURRENT.get()
-    return user if user is not None else ADMIN
+    """The user of the request being served (admission reads it in the write path: webhooks' `userInfo`,
+    NodeRestriction, RBAC escalation checks); the API server itself outside a request."""
+    return _CURRENT.get()
+
+
+def set_current_user(user: UserInfo) -> Token[UserInfo]:
+    """Set by the API's middleware for the request's task (each aiohttp request runs in its own context)."""
+    return _CURRENT.set(user)
+
+
+def reset_current_user(token: Token[UserInfo]) -> None:
+    _CURRENT.reset(token)
 
 
 def user_of(request: web.Request) -> UserInfo:

@@ -65,7 +65,7 @@ class Attributes:
     old_object: Obj | None = None
     dry_run: bool = False
     options: Obj | None = None
-    user: Obj = field(default_factory=lambda: current_user().as_review())  # the request's user
+    user: Obj = field(default_factory=lambda: current_user().as_review())  # the request's user (kube's userInfo)
 
 
 # -- matching ------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
 
 from kwire.client.kubeconfig import Config, load_client_cert
 
@@ -84,6 +85,8 @@ CLUSTERROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "Clus
 CLUSTERROLEBINDINGS = Resource(
     "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False
 )
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 APISERVICES = Resource("apiregistration.k8s.io", "v1", "apiservices", "APIService", namespaced=False)
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
 INGRESSROUTES = Resource("traefik.io", "v1alpha1", "ingressroutes", "IngressRoute")
@@ -218,7 +221,11 @@ class ApiClient:
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Accept": "application/json", "User-Agent": "kwire"}
+            headers = CIMultiDict({"Accept": "application/json", "User-Agent": "kwire"})
+            if self.config.impersonate_user:
+                headers["Impersonate-User"] = self.config.impersonate_user
+                for group in self.config.impersonate_groups:
+                    headers.add("Impersonate-Group", group)
             self._ssl = self.config.ssl_context()
             conn = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
             self._session = aiohttp.ClientSession(base_url=None, headers=headers, connector=conn)

@@ -33,6 +33,9 @@ class Config:
     # A file the bearer token is read from, again whenever it may have changed (a pod's service-account token,
     # which the kubelet rotates; client-go's cachingTokenSource re-reads it the same way).
     token_file: str | None = None
+    # kubeconfig's `as` / `as-groups` (kubectl's --as/--as-group): sent as Impersonate-User / Impersonate-Group
+    impersonate_user: str | None = None
+    impersonate_groups: tuple[str, ...] = ()
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https://"):
@@ -97,6 +100,8 @@ def load_kubeconfig(path: str | Path, *, context: str | None = None) -> Config:
         client_key=_data_or_file(user, "client-key", p.parent),
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
         token_file=token_file,
+        impersonate_user=str(user["as"]) if user.get("as") else None,
+        impersonate_groups=tuple(str(g) for g in user.get("as-groups") or ()),
     )
 
 

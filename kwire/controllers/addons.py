@@ -53,6 +53,8 @@ from kwire.client.client import (
     DEPLOYMENTS,
     INGRESSCLASSES,
     NODES,
+    ROLEBINDINGS,
+    ROLES,
     SERVICEACCOUNTS,
     SERVICES,
     Resource,
@@ -106,6 +108,112 @@ def _hash(obj: Obj) -> str:
 
 def _meta(name: str, extra_labels: dict[str, str] | None = None, *, addon: str = COREDNS) -> Obj:
     return {"name": name, "namespace": NS, "labels": {ADDON_LABEL: addon, **(extra_labels or {})}}
+
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def _cluster_meta(name: str, addon: str, extra_labels: dict[str, str] | None = None) -> Obj:
+    return {"name": name, "labels": {ADDON_LABEL: addon, **(extra_labels or {})}}
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str], names: list[str] | None = None) -> Obj:
+    out: Obj = {"apiGroups": groups, "resources": resources, "verbs": verbs}
+    if names:
+        out["resourceNames"] = names
+    return out
+
+
+def service_account_rbac(
+    addon: str,
+    *,
+    account: str,
+    cluster_role: str,
+    rules: list[Obj],
+    role_labels: dict[str, str] | None = None,
+    namespaced_rules: list[Obj] | None = None,
+) -> list[tuple[Resource, Obj]]:
+    """A ServiceAccount in kube-system, a ClusterRole with `rules` bound to it (and a Role in kube-system with
+    `namespaced_rules`, when given), as the add-ons' upstream manifests declare their RBAC."""
+    subject = [{"kind": "ServiceAccount", "name": account, "namespace": NS}]
+    out: list[tuple[Resource, Obj]] = [
+        (SERVICEACCOUNTS, {"metadata": _meta(account, addon=addon)}),
+        (CLUSTERROLES, {"metadata": _cluster_meta(cluster_role, addon, role_labels), "rules": rules}),
+        (
+            CLUSTERROLEBINDINGS,
+            {
+                "metadata": _cluster_meta(cluster_role, addon, role_labels),
+                "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": cluster_role},
+                "subjects": subject,
+            },
+        ),
+    ]
+    if namespaced_rules:
+        name = f"{account}-config"
+        out.append((ROLES, {"metadata": _meta(name, addon=addon), "rules": namespaced_rules}))
+        out.append(
+            (
+                ROLEBINDINGS,
+                {
+                    "metadata": _meta(name, addon=addon),
+                    "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": name},
+                    "subjects": subject,
+                },
+            )
+        )
+    return out
+
+
+def coredns_rbac() -> list[tuple[Resource, Obj]]:
+    """K3s's coredns manifest: ServiceAccount coredns and ClusterRole/ClusterRoleBinding `system:coredns` (list and
+    watch of endpoints, services, pods, namespaces and endpointslices). kwire's DNS reads the `coredns` and
+    `coredns-custom` ConfigMaps through the API where CoreDNS mounts them, so a Role in kube-system adds reading
+    those two, by name."""
+    return service_account_rbac(
+        COREDNS,
+        account="coredns",
+        cluster_role="system:coredns",
+        role_labels={"kubernetes.io/bootstrapping": "rbac-defaults"},
+        rules=[
+            _rule([""], ["endpoints", "services", "pods", "namespaces"], ["list", "watch"]),
+            _rule(["discovery.k8s.io"], ["endpointslices"], ["list", "watch"]),
+        ],
+        namespaced_rules=[_rule([""], ["configmaps"], ["get", "list", "watch"], ["coredns", "coredns-custom"])],
+    )
+
+
+TRAEFIK_CRDS = [
+    "ingressroutes",
+    "ingressroutetcps",
+    "ingressrouteudps",
+    "middlewares",
+    "middlewaretcps",
+    "serverstransports",
+    "serverstransporttcps",
+    "tlsoptions",
+    "tlsstores",
+    "traefikservices",
+]
+
+
+def traefik_rbac() -> list[tuple[Resource, Obj]]:
+    """K3s's traefik chart (release traefik in kube-system): ServiceAccount traefik, ClusterRole and binding
+    `traefik-kube-system` reading nodes, services, endpointslices, secrets, ingresses and ingress classes, the
+    traefik.io kinds, and updating ingresses/status. kwire's controller also records Events about Ingresses it
+    cannot serve, so events create/patch is added."""
+    return service_account_rbac(
+        TRAEFIK,
+        account=TRAEFIK,
+        cluster_role="traefik-kube-system",
+        rules=[
+            _rule([""], ["nodes", "services", "secrets"], ["get", "list", "watch"]),
+            _rule(["discovery.k8s.io"], ["endpointslices"], ["list", "watch"]),
+            _rule(["extensions", "networking.k8s.io"], ["ingressclasses", "ingresses"], ["get", "list", "watch"]),
+            _rule(["extensions", "networking.k8s.io"], ["ingresses/status"], ["update"]),
+            _rule(["traefik.io"], TRAEFIK_CRDS, ["get", "list", "watch"]),
+            _rule([""], ["events"], ["create", "patch"]),
+        ],
+    )
 
 
 NODES_PER_REPLICA = 16
@@ -174,7 +282,7 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
                 "metadata": {"labels": labels},
                 "spec": {
                     "priorityClassName": "system-cluster-critical",
-                    "serviceAccountName": COREDNS,
+                    "serviceAccountName": "coredns",
                     "dnsPolicy": "Default",
                     "nodeSelector": {"kubernetes.io/os": "linux"},
                     "tolerations": [
@@ -199,8 +307,7 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
         "metadata": _meta(COREDNS),
         "data": {"Corefile": COREFILE.format(domain=s.cluster_domain), "NodeHosts": node_hosts},
     }
-    account = {"metadata": _meta(COREDNS)}  # K3s's coredns ServiceAccount: the DNS pod's API identity
-    return [(SERVICEACCOUNTS, account), (CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
+    return [*coredns_rbac(), (CONFIGMAPS, configmap), (SERVICES, service), (DEPLOYMENTS, deployment)]
 
 
 @functools.cache
@@ -282,6 +389,7 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
                 "metadata": {"labels": labels},
                 "spec": {
                     "priorityClassName": "system-cluster-critical",
+                    "serviceAccountName": TRAEFIK,
                     "nodeSelector": {"kubernetes.io/os": "linux"},
                     "tolerations": [
                         {"key": "CriticalAddonsOnly", "operator": "Exists"},
@@ -294,7 +402,13 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
             },
         },
     }
-    return [*traefik_crds(), (INGRESSCLASSES, ingress_class), (SERVICES, service), (DEPLOYMENTS, deployment)]
+    return [
+        *traefik_crds(),
+        *traefik_rbac(),
+        (INGRESSCLASSES, ingress_class),
+        (SERVICES, service),
+        (DEPLOYMENTS, deployment),
+    ]
 
 
 def metrics_server_objects() -> list[tuple[Resource, Obj]]:
@@ -403,10 +517,29 @@ def metrics_server_objects() -> list[tuple[Resource, Obj]]:
             "versionPriority": 100,
         },
     }
+    # As K3s's manifest: the metrics-server authenticates the API server's front proxy from the ConfigMap this
+    # Role reads, and authorizes each request with SubjectAccessReviews (system:auth-delegator).
+    sa_subject = [{"kind": "ServiceAccount", "name": METRICS_SERVER, "namespace": NS}]
+    auth_reader = {
+        "metadata": _meta("metrics-server-auth-reader", labels, addon=METRICS_SERVER),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "extension-apiserver-authentication-reader",
+        },
+        "subjects": sa_subject,
+    }
+    delegator = {
+        "metadata": cluster_meta("metrics-server:system:auth-delegator"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+        "subjects": sa_subject,
+    }
     return [
         (CLUSTERROLES, reader),
         (CLUSTERROLES, role),
         (CLUSTERROLEBINDINGS, binding),
+        (CLUSTERROLEBINDINGS, delegator),
+        (ROLEBINDINGS, auth_reader),
         (SERVICEACCOUNTS, account),
         (DEPLOYMENTS, deployment),
         (SERVICES, service),

@@ -7,7 +7,8 @@ if any node is, and of the Service's `svccontroller.k3s.cattle.io/lbpool` when i
 status.loadBalancer.ingress lists the nodes whose svclb pod is Ready (a node's ExternalIP if it has one, else its
 InternalIP), sorted. A port another LoadBalancer already holds leaves the new pods Pending (the scheduler's
 hostPort check), so that Service stays <pending>. DaemonSets whose Service is gone or no longer a LoadBalancer are
-deleted. `disable: [servicelb]` leaves this controller out.
+deleted. `disable: [servicelb]` leaves this controller out. The pods run as ServiceAccount `svclb` (created in
+kube-system when missing) with no token mounted, as K3s's: they never talk to the API.
 
 Events on the Service, as K3s's cluster shows them: kube's service-controller's `EnsuringLoadBalancer` ("Ensuring
 load balancer") when the DaemonSet is created or changed, `EnsuredLoadBalancer` once the Service has addresses, and
@@ -23,8 +24,8 @@ import json
 from typing import Any
 
 from kwire.base.keys import pod_ready
-from kwire.client import ApiClient, Informers, NotFound
-from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICES
+from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
+from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICEACCOUNTS, SERVICES
 from kwire.client.events import EventRecorder
 from kwire.controllers.queue import Controller
 
@@ -35,6 +36,7 @@ SVCNAME = "svccontroller.k3s.cattle.io/svcname"
 SVCNAMESPACE = "svccontroller.k3s.cattle.io/svcnamespace"
 ENABLELB = "svccontroller.k3s.cattle.io/enablelb"
 LBPOOL = "svccontroller.k3s.cattle.io/lbpool"
+SERVICE_ACCOUNT = "svclb"
 HASH_ANNOTATION = "kwire.io/servicelb-hash"
 
 
@@ -88,6 +90,8 @@ def daemonset(svc: Obj, nodes: list[Obj]) -> Obj:
         node_selector[LBPOOL] = str(pool)
     pod_spec: Obj = {
         "containers": containers,
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "automountServiceAccountToken": False,
         # as K3s's ServiceLB: forwarding in the pod's namespace is a sandbox sysctl (/proc/sys is read-only inside)
         "securityContext": {"sysctls": [{"name": "net.ipv4.ip_forward", "value": "1"}]},
         "priorityClassName": "system-node-critical",
@@ -170,6 +174,15 @@ class ServiceLB(Controller):
         for ds in self.daemonsets.items():
             await self._on_svclb(ds)
 
+    async def _ensure_service_account(self) -> None:
+        try:
+            await self.client.get(SERVICEACCOUNTS, SERVICE_ACCOUNT, NS)
+        except NotFound:
+            try:
+                await self.client.create(SERVICEACCOUNTS, {"metadata": {"name": SERVICE_ACCOUNT}}, NS)
+            except AlreadyExists:
+                pass
+
     async def sync(self, key: str) -> float | None:
         ns, _, name = key.partition("/")
         svc = self.services.get(ns, name)
@@ -202,9 +215,11 @@ class ServiceLB(Controller):
         if changed:
             await self.events.event(_as_service(svc), "Normal", "EnsuringLoadBalancer", "Ensuring load balancer")
         if cur is None:
+            await self._ensure_service_account()
             await self.client.create(DAEMONSETS, want, NS)
             self.log.info("servicelb: created DaemonSet %s/%s for %s", NS, ds_name, key)
         elif changed:
+            await self._ensure_service_account()
             new = {**cur, "spec": want["spec"]}
             new["metadata"] = {
                 **_meta(cur),

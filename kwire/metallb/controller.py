@@ -28,7 +28,7 @@ import uvloop
 from aiohttp import web
 
 from kwire.base import memory
-from kwire.client import ApiClient, Informers, NotFound
+from kwire.client import ApiClient, ApiStatusError, Informers, NotFound
 from kwire.client.client import (
     DAEMONSETS,
     IPADDRESSPOOLS,
@@ -38,7 +38,7 @@ from kwire.client.client import (
     AlreadyExists,
 )
 from kwire.client.events import EventRecorder
-from kwire.client.informer import key_of
+from kwire.client.informer import Informer, key_of
 from kwire.client.kubeconfig import SA_DIR, in_cluster_config
 from kwire.metallb import pools, webhook
 from kwire.metallb.metrics import Metrics, serve
@@ -69,7 +69,8 @@ class MetallbController:
         self.services = self.informers.get(SERVICES)
         self.pools_inf = self.informers.get(IPADDRESSPOOLS, namespace=namespace)
         self.namespaces = self.informers.get(NAMESPACES)
-        self.svclb = self.informers.get(DAEMONSETS, namespace="kube-system")
+        # K3s's svclb DaemonSets, when this identity may see them (MetalLB's own RBAC does not let it).
+        self.svclb: Informer | None = None
         self.events = EventRecorder(client, component=COMPONENT)
         self.alloc = Allocator()
         self.metrics = Metrics()
@@ -123,6 +124,8 @@ class MetallbController:
         self.services.on_delete(on_svc)
         for fn in (self.pools_inf.on_add, self.pools_inf.on_update, self.pools_inf.on_delete):
             fn(on_pool)
+        if await self._may_watch_servicelb():
+            self.svclb = self.informers.get(DAEMONSETS, namespace="kube-system")
         self.informers.start()
         await self.informers.wait_synced(timeout=120)
         self._reload_pools()
@@ -233,20 +236,36 @@ class MetallbController:
             await self.events.event(svc, "Normal", "IPAllocated", f"Assigned IP {ips!r}".replace("'", '"'))
 
     async def _write(self, svc: Obj, ips: list[str] | None, pool: str) -> None:
+        """Status and the pool annotation in one write to services/status: all MetalLB's ClusterRole allows on
+        Services besides reading them (the Service status strategy keeps annotations written with the status)."""
         meta = svc["metadata"]
-        ann = meta.get("annotations") or {}
-        if (ann.get(pools.POOL_ANNOTATION) or "") != pool:
-            patch = {"metadata": {"annotations": {pools.POOL_ANNOTATION: pool or None}}}
-            svc = await self.client.patch(SERVICES, meta["name"], patch, namespace=meta["namespace"])
+        ann = dict(meta.get("annotations") or {})
         want = [{"ip": ip, "ipMode": "VIP"} for ip in ips or []]
         have = (((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress")) or []
-        if have != want:
-            status = dict(svc.get("status") or {})
-            status["loadBalancer"] = {"ingress": want} if want else {}
-            await self.client.update_status(SERVICES, {**svc, "status": status})
+        if (ann.get(pools.POOL_ANNOTATION) or "") == pool and have == want:
+            return
+        if pool:
+            ann[pools.POOL_ANNOTATION] = pool
+        else:
+            ann.pop(pools.POOL_ANNOTATION, None)
+        status = dict(svc.get("status") or {})
+        status["loadBalancer"] = {"ingress": want} if want else {}
+        await self.client.update_status(SERVICES, {**svc, "metadata": {**meta, "annotations": ann}, "status": status})
+
+    async def _may_watch_servicelb(self) -> bool:
+        """Whether the DaemonSets in kube-system are visible (an admin identity), so K3s's ServiceLB can be
+        noticed; under MetalLB's own ClusterRole they are not, and the check is left out."""
+        try:
+            await self.client.list(DAEMONSETS, namespace="kube-system", limit=1)
+        except ApiStatusError as exc:
+            if exc.code != 403:
+                raise
+            log.info("not allowed to list DaemonSets in kube-system: K3s's ServiceLB conflict is not checked")
+            return False
+        return True
 
     async def _warn_servicelb(self, svc: Obj) -> None:
-        if self._warned_servicelb:
+        if self._warned_servicelb or self.svclb is None:
             return
         for ds in self.svclb.items():
             tmpl = (((ds.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}

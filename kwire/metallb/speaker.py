@@ -89,6 +89,40 @@ def _pod_running(pod: Obj) -> bool:
     return status.get("phase") == "Running" and not meta.get("deletionTimestamp")
 
 
+SPEAKER_LIST_INTERVAL = 5.0
+
+
+class SpeakerPods:
+    """The speaker pods of this namespace, listed every few seconds rather than watched: MetalLB's `pod-lister`
+    Role grants list and get on pods, not watch (MetalLB's speakerlist lists them too)."""
+
+    def __init__(self, client: ApiClient, *, namespace: str, interval: float = SPEAKER_LIST_INTERVAL) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.interval = interval
+        self._items: list[Obj] = []
+
+    def items(self) -> list[Obj]:
+        return list(self._items)
+
+    async def refresh(self) -> None:
+        res = await self.client.list(PODS, self.namespace, label_selector=SPEAKER_LABELS)
+        self._items = [p for p in res.get("items") or [] if isinstance(p, dict)]
+
+    async def run(self) -> None:
+        delay = self.interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.refresh()
+                delay = self.interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the API is away: keep the last list, try again later
+                log.info("listing speaker pods: %s", exc)
+                delay = min(delay * 2, 60.0)
+
+
 class Speaker:
     def __init__(self, client: ApiClient, *, node: str, host_ip: str, namespace: str) -> None:
         self.client = client
@@ -101,7 +135,7 @@ class Speaker:
         self.nodes = self.informers.get(NODES)
         self.pools = self.informers.get(IPADDRESSPOOLS, namespace=namespace)
         self.advs = self.informers.get(L2ADVERTISEMENTS, namespace=namespace)
-        self.speakers = self.informers.get(PODS, namespace=namespace, label_selector=SPEAKER_LABELS)
+        self.speakers = SpeakerPods(client, namespace=namespace)
         self.configmaps = self.informers.get(CONFIGMAPS, namespace=namespace)
         self.slices.add_indexer("service", self._slice_service)
         self.members = Members(node, self._peers, key=memberlist_key())
@@ -190,10 +224,12 @@ class Speaker:
         self.interface, self.mac = await asyncio.to_thread(lan_interface, self.host_ip)
         self.informers.start()
         await self.informers.wait_synced(timeout=120)
+        await self.speakers.refresh()
         self._quiet_until = time.monotonic() + 2 * DEAD_AFTER
         self._last_alive = {self.node}
         loop = asyncio.get_running_loop()
         members = asyncio.create_task(self.members.run(), name="members")
+        speakers = asyncio.create_task(self.speakers.run(), name="speaker pods")
         arp = ArpResponder(self.interface, self.mac, lambda: set(self.leading), metrics=self.metrics)
         loop.add_reader(arp.fileno(), arp.on_readable)
         log.info(
@@ -214,6 +250,7 @@ class Speaker:
             loop.remove_reader(arp.fileno())
             arp.close()
             members.cancel()
+            speakers.cancel()
 
     def _tick(self, arp: ArpResponder) -> None:
         now = time.monotonic()

@@ -100,7 +100,17 @@ def test_deny_with_message_and_object_selector(server: ServerProcess, hook: Webh
     assert review["operation"] == "CREATE" and review["namespace"] == "deny" and review["name"] == "bad"
     assert review["kind"] == {"group": "", "version": "v1", "kind": "ConfigMap"}
     assert review["resource"] == {"group": "", "version": "v1", "resource": "configmaps"}
-    assert review["userInfo"]["username"] and review["object"]["metadata"]["labels"] == {"policy": "deny"}
+    assert review["userInfo"] == {"username": "system:admin", "groups": ["system:masters", "system:authenticated"]}
+    assert review["object"]["metadata"]["labels"] == {"policy": "deny"}
+    # the request's user, after impersonation, is what the webhook is told
+    res = server.kubectl(
+        "-n", "deny", "apply", "-f", "-", "--as", "jane", "--as-group", "system:masters", input=cm, check=False
+    )
+    assert res.returncode != 0
+    assert hook.seen("/deny")[-1]["userInfo"] == {
+        "username": "jane",
+        "groups": ["system:masters", "system:authenticated"],
+    }
     # Labelling an existing object so that it is selected: the UPDATE is denied (the old object is sent too).
     res = server.kubectl("-n", "deny", "label", "configmap", "fine", "policy=deny", check=False)
     assert "denied the request: configmap fine is not welcome" in res.stderr

@@ -709,7 +709,8 @@ async def test_drain_evicts_replaces_elsewhere_and_a_pdb_blocks(cluster: Cluster
         table = (await kubectl_ok(cl, "get", "pdb", "web")).split("\n")
         assert table[0].split() == ["NAME", "MIN", "AVAILABLE", "MAX", "UNAVAILABLE", "ALLOWED", "DISRUPTIONS", "AGE"]
         assert table[1].split()[:4] == ["web", "2", "N/A", "0"]
-        code, out = await cl.kubectl("drain", "n2", "--ignore-daemonsets", "--timeout=3s")
+        # --delete-emptydir-data as K3s users drain: the metrics-server add-on keeps its /tmp in an emptyDir.
+        code, out = await cl.kubectl("drain", "n2", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=3s")
         assert code != 0
         assert "(will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget." in out, out
         assert len(await cl.pods(selector="app=web")) == 2

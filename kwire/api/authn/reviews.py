@@ -25,7 +25,8 @@ from kwire.api.user import UserInfo
 Obj = dict[str, Any]
 Lookup = Callable[[str, str | None, str], Obj | None]
 
-GROUP_VERSION = "authentication.k8s.io/v1"
+GROUP = "authentication.k8s.io"
+GROUP_VERSION = f"{GROUP}/v1"
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 

@@ -1,0 +1,8 @@
+"""Authorization as K3s configures kube-apiserver: `--authorization-mode=Node,RBAC`, the NodeRestriction admission
+plugin, RBAC escalation prevention, impersonation, the authorization.k8s.io reviews and the bootstrap policy.
+
+attributes (what is decided on), rules (PolicyRule matching and covering), rbac (the RBAC index and authorizer),
+node (the Node authorizer and its pod graph), chain (masters, Node, RBAC in order; kube's 403 text), follow (the
+store watches keeping the index and graph current), bootstrappolicy + reconcile (the default roles and bindings),
+escalation and noderestriction (checks in the write path), impersonation, reviews.
+"""

@@ -1,0 +1,85 @@
+"""Keeps an in-memory index current from the store: list a prefix, then follow its watch; relist with back-off.
+
+What the authorizers read (RBAC objects, pods for the node graph) comes from here, as kube-apiserver's RBAC
+authorizer reads shared informers: a decision never waits for the store. The pattern is the informers' (and
+kwire.api.webhookadmission's): a watch that ends or fails is followed by a relist after 0.5 s doubling to 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from kwire.store.base import DELETED, Compacted, Store
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[[str, dict[str, Any] | None], None]
+
+
+class Follower:
+    """Feeds `apply(key, obj | None)` with every object under `prefix`; `reset()` before each relist."""
+
+    def __init__(self, store: Store, prefix: str, *, apply: Apply, reset: Callable[[], None], name: str) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.apply = apply
+        self.reset = reset
+        self.name = name
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        revision = await self._relist()
+        self._task = asyncio.create_task(self._follow(revision))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _relist(self) -> int:
+        res = await self.store.range(self.prefix)
+        self.reset()
+        for kv in res.items:
+            self._apply(kv.key, kv.value)
+        return res.revision
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self.apply(key, None)
+            return
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            log.warning("authz: %s: undecodable value at %s", self.name, key)
+            return
+        if isinstance(obj, dict):
+            self.apply(key, obj)
+
+    async def _follow(self, revision: int) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async for ev in self.store.watch(self.prefix, from_revision=revision):
+                    revision = ev.revision
+                    self._apply(ev.key, None if ev.type == DELETED else ev.value)
+                    delay = 0.5
+                log.warning("authz: %s watch ended (cut off by the store); relisting", self.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any watch failure: relist, as informers do
+                if not isinstance(exc, Compacted):
+                    log.warning("authz: %s watch failed: %s; relisting", self.name, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            try:
+                revision = await self._relist()
+            except Exception:  # noqa: BLE001
+                log.exception("authz: relisting %s failed", self.name)
