@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import ssl
 import statistics
 import sys
 import tempfile
@@ -102,10 +101,8 @@ async def _install_crd(srv: ServerProcess, *, rbac: bool = False) -> None:
         for d in yaml.safe_load_all(METALLB.read_text())
         if d and d["kind"] == "CustomResourceDefinition" and d["metadata"]["name"] == "ipaddresspools.metallb.io"
     )
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    headers = {"Authorization": f"Bearer {srv.token}", "Content-Type": "application/json"}
+    ctx = srv.admin_ssl_context(verify=False)  # the admin's client certificate
+    headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), headers=headers) as session:
         url = f"{srv.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
         async with session.post(url, data=orjson.dumps(crd)) as r:
@@ -129,10 +126,8 @@ async def _bench(
     prefix: str = "bench",
     as_user: bool = False,
 ) -> dict[str, float]:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    headers = {"Authorization": f"Bearer {srv.token}", "Content-Type": "application/json"}
+    ctx = srv.admin_ssl_context(verify=False)  # the admin's client certificate
+    headers = {"Content-Type": "application/json"}
     if as_user:
         headers["Impersonate-User"] = "bench"
     url = f"{srv.url}{path}"

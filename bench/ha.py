@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import signal
-import ssl
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ _HERE = Path(__file__).resolve().parent  # off the path: bench/dns.py would shad
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 from bench.api import _bench, _configmap  # noqa: E402
+from kwire.client import load_kubeconfig  # noqa: E402
 from kwire.lab import lab  # noqa: E402
 from tests.integration.apiserver import ServerProcess, free_port  # noqa: E402
 
@@ -77,11 +77,9 @@ def store_benches(objects: int, clients: int) -> dict[str, dict[str, float]]:
     return out
 
 
-async def _failover(api: str, token: str) -> tuple[float, float]:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+async def _failover(api: str, kubeconfig: Path) -> tuple[float, float]:
+    ctx = load_kubeconfig(kubeconfig).ssl_context()  # the lab's admin client certificate
+    headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), headers=headers) as session:
         lease_url = f"{api}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
         async with session.get(lease_url) as r:
@@ -136,7 +134,7 @@ def lab_failover() -> tuple[float, float]:
     port = free_port()
     st, _ = lab.up(LAB, nodes=3, servers=3, api_port=port, timeout=120)
     try:
-        return asyncio.run(_failover(f"https://127.0.0.1:{port}", st.token))
+        return asyncio.run(_failover(f"https://127.0.0.1:{port}", lab.topology.build(LAB, nodes=3).kubeconfig))
     finally:
         lab.down(LAB)
 

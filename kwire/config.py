@@ -35,6 +35,9 @@ class ServerConfig:
     https_listen_port: int = 6443
     token: str = ""
     token_file: str = ""
+    # K3s's --agent-token: what agents join with (the server token when unset); never an API credential.
+    agent_token: str = ""
+    agent_token_file: str = ""
     # K3s's datastore flags: empty = the embedded SQLite store; http(s)://host:2379[,...] = etcd v3.
     datastore_endpoint: str = ""
     datastore_cafile: str = ""
@@ -253,21 +256,23 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
 ENV_KEYS = {
     "KWIRE_TOKEN": "token",
     "KWIRE_TOKEN_FILE": "token-file",
+    "KWIRE_AGENT_TOKEN": "agent-token",
+    "KWIRE_AGENT_TOKEN_FILE": "agent-token-file",
     "KWIRE_URL": "server",
     "KWIRE_DATA_DIR": "data-dir",
 }
 
 
-def _resolve_token_file(values: dict[str, Any]) -> None:
-    if values.get("token") or not values.get("token-file"):
+def _resolve_token_file(values: dict[str, Any], key: str = "token") -> None:
+    if values.get(key) or not values.get(f"{key}-file"):
         return
-    path = Path(str(values["token-file"]))
+    path = Path(str(values[f"{key}-file"]))
     try:
-        values["token"] = path.read_text().strip()
+        values[key] = path.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"token-file {path}: {exc.strerror or exc}") from None
-    if not values["token"]:
-        raise ConfigError(f"token-file {path} is empty")
+        raise ConfigError(f"{key}-file {path}: {exc.strerror or exc}") from None
+    if not values[key]:
+        raise ConfigError(f"{key}-file {path} is empty")
 
 
 def load_config(
@@ -296,6 +301,8 @@ def load_config(
         if k in fields and var in env and not values.get(k):
             values[k] = env[var]
     _resolve_token_file(values)
+    if "agent-token" in fields:
+        _resolve_token_file(values, "agent-token")
     kwargs = {fields[k].name: _coerce(fields[k], v, "config") for k, v in values.items()}
     cfg = cls(**kwargs)
     _validate(cfg)

@@ -4,8 +4,9 @@ The unit mirrors K3s's: `Restart=always` (a killed or crashed server or agent is
 `RestartSec=5s`), `KillMode=process` (stopping or restarting the agent never kills the pod runtime and the pods'
 processes, which outlive it by design), `Delegate=yes`, no limits on files, processes and tasks, br_netfilter
 loaded before start, and secrets only in `/etc/systemd/system/<unit>.service.env` (mode 0600), never on the
-command line: `KWIRE_TOKEN` (or `KWIRE_TOKEN_FILE`) and, for agents, `KWIRE_URL`, taken from the environment of
-`kwire install` as K3s takes K3S_TOKEN and K3S_URL. Flags after `--` go to the ExecStart line (no secrets there).
+command line: `KWIRE_TOKEN` (or `KWIRE_TOKEN_FILE`), for servers `KWIRE_AGENT_TOKEN` (or its `_FILE`) and, for
+agents, `KWIRE_URL`, taken from the environment of `kwire install` as K3s takes K3S_TOKEN, K3S_AGENT_TOKEN and
+K3S_URL. Flags after `--` go to the ExecStart line (no secrets there).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from kwire.base.files import atomic_write
 
-SECRET_VARS = ("KWIRE_TOKEN", "KWIRE_TOKEN_FILE", "KWIRE_URL")
+SECRET_VARS = ("KWIRE_TOKEN", "KWIRE_TOKEN_FILE", "KWIRE_AGENT_TOKEN", "KWIRE_AGENT_TOKEN_FILE", "KWIRE_URL")
 
 UNIT = """[Unit]
 Description=kwire {role} (the K3s networking stack)

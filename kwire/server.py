@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import hmac
 import logging
 import signal
 import socket
@@ -25,11 +24,22 @@ from kwire.api import frontproxy
 from kwire.api.admission import Admission
 from kwire.api.aggregator import Aggregator
 from kwire.api.allocator import ServiceAllocator
+from kwire.api.authn import Authenticator, lookup_in
+from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator, ensure_signing_key, issuer_for
+from kwire.api.authn.tokens import JoinTokens, ensure_agent_token
 from kwire.api.authz.chain import Authorization
 from kwire.api.authz.escalation import EscalationCheck
 from kwire.api.authz.noderestriction import NodeRestriction
 from kwire.api.authz.reconcile import reconcile as reconcile_rbac
-from kwire.api.bootstrap import DATASTORE_KEY, Bootstrap, JoinError, fetch_bootstrap, seal, unseal
+from kwire.api.bootstrap import (
+    DATASTORE_KEY,
+    SHARED_FILES,
+    Bootstrap,
+    JoinError,
+    fetch_bootstrap,
+    seal,
+    unseal,
+)
 from kwire.api.certs import (
     ClientCa,
     Pki,
@@ -350,16 +360,31 @@ async def _open_embedded_etcd(
 
 
 def _install_ca(data_dir: Path, join: Bootstrap) -> None:
-    """A joining server takes the cluster's CA (K3s servers share theirs); a different CA already in the data dir
-    is an error, not something to overwrite."""
+    """A joining server takes the cluster's CA and shared keys (K3s servers share theirs); a different CA already
+    in the data dir is an error, not something to overwrite."""
     tls = data_dir / "tls"
     crt, key = tls / "server-ca.crt", tls / "server-ca.key"
     if crt.exists():
         if crt.read_bytes() != join.ca_cert:
             raise JoinError(f"{crt} holds a different cluster CA than the server being joined; use a fresh data dir")
-        return
-    atomic_write(key, join.ca_key, mode=0o600)
-    atomic_write(crt, join.ca_cert, mode=0o644)
+    else:
+        atomic_write(key, join.ca_key, mode=0o600)
+        atomic_write(crt, join.ca_cert, mode=0o644)
+    for name, content in join.shared.items():
+        path = tls / name
+        if not path.exists() or path.read_bytes() != content:
+            atomic_write(path, content, mode=0o644 if name.endswith(".crt") else 0o600)
+
+
+def _shared_files(data_dir: Path) -> dict[str, bytes]:
+    """The keys every server of the cluster shares (client CA, service-account key), as this server has them."""
+    tls = data_dir / "tls"
+    return {name: (tls / name).read_bytes() for name in SHARED_FILES if (tls / name).exists()}
+
+
+def _ensure_shared(data_dir: Path) -> tuple[ClientCa, bytes]:
+    """The client CA and the service-account signing key (kept, or made on a cluster's first server)."""
+    return ensure_client_ca(data_dir), ensure_signing_key(data_dir)
 
 
 async def _shared_ca(store: Store, cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
@@ -369,26 +394,42 @@ async def _shared_ca(store: Store, cfg: ServerConfig, data_dir: Path, *, address
     key = DATASTORE_KEY
     kv = store.get_now(key)
     if kv is not None:
-        ca_cert, ca_key = unseal(token, kv.value)
-        _install_ca(data_dir, Bootstrap(ca_cert, ca_key, []))
+        _install_ca(data_dir, unseal(token, kv.value))
     pki = _pki(cfg, data_dir, address=address)
+    _ensure_shared(data_dir)
     if kv is None:
         try:
-            await store.create(key, seal(token, ca_cert=pki.ca_pem, ca_key=pki.ca_key.read_bytes()))
+            sealed = seal(token, ca_cert=pki.ca_pem, ca_key=pki.ca_key.read_bytes(), shared=_shared_files(data_dir))
+            await store.create(key, sealed)
         except KeyExists:
             raise JoinError("another server stored its CA in the datastore at the same moment; start again") from None
     return pki
 
 
-def _bootstrap_provider(pki: Pki, member: EmbeddedEtcd) -> Callable[[], Awaitable[dict[str, Any]]]:
+def _bootstrap_provider(pki: Pki, member: EmbeddedEtcd, data_dir: Path) -> Callable[[], Awaitable[dict[str, Any]]]:
     tls_ctx = member.tls.client_ssl_context()
 
     async def provide() -> dict[str, Any]:
         members = await member_list([member.client_url], ssl_context=tls_ctx)
         urls = [u for m in members for u in m.client_urls]
-        return Bootstrap(pki.ca_pem, pki.ca_key.read_bytes(), urls).to_json()
+        return Bootstrap(pki.ca_pem, pki.ca_key.read_bytes(), urls, _shared_files(data_dir)).to_json()
 
     return provide
+
+
+def api_audiences(cluster_domain: str) -> tuple[str, ...]:
+    """kube-apiserver's --api-audiences as K3s sets them: the issuer and `k3s`."""
+    return (issuer_for(cluster_domain), "k3s")
+
+
+def _client_identity(
+    data_dir: Path, ca: ClientCa, name: str, *, common_name: str, organizations: tuple[str, ...] = ()
+) -> tuple[bytes, bytes]:
+    """(certificate, key) PEM of one of the server's client identities, K3s's `tls/client-<name>.crt/.key`."""
+    tls = data_dir / "tls"
+    cert, key = tls / f"client-{name}.crt", tls / f"client-{name}.key"
+    ensure_client_cert(ca, cert_path=cert, key_path=key, common_name=common_name, organizations=organizations)
+    return cert.read_bytes(), key.read_bytes()
 
 
 def _pki(cfg: ServerConfig, data_dir: Path, *, address: str) -> Pki:
@@ -461,19 +502,30 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     await admission.start()
     resources.admission = admission
 
+    ensure_agent_token(data_dir, cfg.agent_token)
+    join_tokens = JoinTokens(data_dir)
+    client_ca, sa_key = _ensure_shared(data_dir)
+    issuer = TokenIssuer(
+        sa_key, issuer=issuer_for(str(cfg.cluster_domain)), audiences=api_audiences(str(cfg.cluster_domain))
+    )
+    validator = TokenValidator(
+        issuer.public_pem, issuer=issuer.issuer, audiences=issuer.audiences, lookup=lookup_in(resources)
+    )
     port = int(cfg.https_listen_port)
-    client_ca = ensure_client_ca(data_dir)
     api = ApiServer(
         resources,
-        tokens={token},
         server_address=f"{address}:{port}",
         authorization=authorization,
         ca_pem=pki.ca_pem,
+        authn=Authenticator(tokens=validator),
+        join_tokens=join_tokens,
+        issuer=issuer,
+        validator=validator,
         kubelet_ssl=_kubelet_client_ssl(data_dir, pki, client_ca),
         node_certs=NodeCerts(
             resources,
             authority=NodeCertAuthority(client_ca.cert, client_ca.key, pki.ca_cert, pki.ca_key),
-            token_ok=lambda presented: hmac.compare_digest(presented.encode(), token.encode()),
+            token_ok=join_tokens.agent_may_join,  # the agent token (or the server token), K3s's node join
         ),
     )
     front_proxy = FrontProxy(data_dir)
@@ -484,7 +536,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     api.aggregator.start()
     api.encryption = encryption
     if etcd_member is not None:
-        api.server_bootstrap = _bootstrap_provider(pki, etcd_member)
+        api.server_bootstrap = _bootstrap_provider(pki, etcd_member, data_dir)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     ssl_ctx = pki.server_ssl_context(client_ca=client_ca.cert)
@@ -493,7 +545,17 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
     url = f"https://127.0.0.1:{port}"
     kubeconfig = Path(cfg.write_kubeconfig) if cfg.write_kubeconfig else data_dir / "cred" / "admin.kubeconfig"
-    write_kubeconfig(kubeconfig, server=url, ca_pem=pki.ca_pem, token=token)
+    admin = _client_identity(
+        data_dir, client_ca, "admin", common_name="system:admin", organizations=("system:masters",)
+    )
+    write_kubeconfig(
+        kubeconfig,
+        server=url,
+        ca_pem=pki.ca_pem,
+        client_cert=admin[0],
+        client_key=admin[1],
+        mode=int(str(cfg.write_kubeconfig_mode or "0600"), 8),  # K3s's --write-kubeconfig-mode
+    )
     server = Server(cfg, store, resources, api, lifecycle, runner, token, pki.ca_pem, url, kubeconfig, etcd=etcd_member)
     server.master_leases = master_leases
     if etcd_member is not None and not cfg.etcd_disable_snapshots:
@@ -512,7 +574,13 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
     server.tasks.append(asyncio.create_task(_compactor(store)))
     server.tasks.append(asyncio.create_task(memory.trim_periodically()))
     # The controllers are API clients of this server, over its own HTTPS endpoint, on the elected server only.
-    client_config = Config(server=_self_url(cfg), token=token, ca_data=pki.ca_pem)
+    controller = _client_identity(data_dir, client_ca, "controller", common_name="system:kube-controller-manager")
+    client_config = Config(
+        server=_self_url(cfg), ca_data=pki.ca_pem, client_cert=controller[0], client_key=controller[1]
+    )
+
+    def sign_legacy(namespace: str, account: str, account_uid: str, secret: str) -> str:
+        return issuer.issue_legacy(namespace=namespace, service_account=(account, account_uid), secret=secret)
 
     def build_controllers() -> ControllerManager:
         return ControllerManager(
@@ -523,6 +591,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
             addons=AddonSettings(
                 cluster_dns=str(cfg.cluster_dns), cluster_domain=str(cfg.cluster_domain), disable=tuple(cfg.disable)
             ),
+            legacy_tokens=(sign_legacy, pki.ca_pem),
         )
 
     server.election = ElectedControllers(

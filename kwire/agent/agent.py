@@ -366,7 +366,6 @@ async def start(cfg: AgentConfig) -> Agent:
         cni_bin_dir=cni_dir / "bin",
         runtime=runtime,
         logs_dir=data_dir / "runtime" / "logs",
-        pod_api_token=_plain_token(cfg.token),
     )
     await kubelet.start()
     reloader = CertReloader(creds)

@@ -5,6 +5,8 @@
   `{key, operator: Exists, effect: NoExecute, tolerationSeconds: N}` for each, N from kube-apiserver's
   `--default-not-ready-toleration-seconds` / `--default-unreachable-toleration-seconds` (300 s by default), so its
   pods are evicted from a failed node that long after the taint appears.
+- ServiceAccount (plugin/pkg/admission/serviceaccount): a Pod without `serviceAccountName` runs as `default`
+  (also in the deprecated `serviceAccount` field, as kube's defaulting mirrors it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ class Admission:
     def admit_create(self, kind: str, obj: Obj) -> None:
         if kind == "Pod":
             self._default_toleration_seconds(obj)
+            self._service_account(obj)
+
+    @staticmethod
+    def _service_account(pod: Obj) -> None:
+        spec = pod.get("spec")
+        if not isinstance(spec, dict):
+            return
+        name = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        spec["serviceAccountName"] = name
+        spec["serviceAccount"] = name
 
     def _default_toleration_seconds(self, pod: Obj) -> None:
         spec = pod.get("spec")

@@ -2,9 +2,11 @@
 running server before it starts its own etcd member (K3s's `/v1-k3s/server-bootstrap` and `/db/info` in one).
 
 The answer carries the cluster CA (certificate and key: every server issues its serving, etcd peer and client
-certificates from the same CA, as K3s servers share theirs) and the etcd members' client URLs. It is served
-only to a caller presenting the cluster token (the API's bearer-token check; a wrong token gets 401, which the
-joining server reports and exits on), and only by a server running an embedded etcd. The joining side trusts the
+certificates from the same CA, as K3s servers share theirs), the other shared keys (`SHARED_FILES`: the client CA
+that signs every client certificate any server accepts, and the service-account signing key, so a token one
+server issued is valid on all) and the etcd members' client URLs. It is served only to a caller presenting the
+server token (`JoinTokens.server_may_join`; a wrong token gets 401, which the joining server reports and exits
+on), and only by a server running an embedded etcd. The joining side trusts the
 server's CA on first use, or pins it when the token is K3s's `K10<sha256 of the CA>::...` form, as agents do.
 """
 
@@ -17,10 +19,12 @@ import os
 import ssl
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PATH = "/v1-kwire/server-bootstrap"
+# Files under <data-dir>/tls/ every server of a cluster has the same copy of (besides the cluster CA).
+SHARED_FILES = ("client-ca.crt", "client-ca.key", "service.key")
 
 
 class JoinError(RuntimeError):
@@ -32,13 +36,20 @@ class Bootstrap:
     ca_cert: bytes
     ca_key: bytes
     etcd_client_urls: list[str]
+    shared: dict[str, bytes] = field(default_factory=dict)  # SHARED_FILES name -> content
 
     def to_json(self) -> dict[str, Any]:
         return {
             "caCert": self.ca_cert.decode(),
             "caKey": self.ca_key.decode(),
             "etcdClientURLs": list(self.etcd_client_urls),
+            "shared": {k: v.decode() for k, v in self.shared.items()},
         }
+
+
+def _shared(doc: dict[str, Any]) -> dict[str, bytes]:
+    raw = doc.get("shared") or {}
+    return {k: str(v).encode() for k, v in raw.items() if k in SHARED_FILES}
 
 
 def _plain_token(token: str) -> str:
@@ -76,7 +87,9 @@ def fetch_bootstrap(server: str, token: str, *, timeout: float = 15.0) -> Bootst
         raise JoinError(f"the server {base} answered {exc.code}: {detail}") from None
     except OSError as exc:
         raise JoinError(f"cannot fetch bootstrap data from {base}: {exc}") from None
-    return Bootstrap(body["caCert"].encode(), body["caKey"].encode(), list(body.get("etcdClientURLs") or []))
+    return Bootstrap(
+        body["caCert"].encode(), body["caKey"].encode(), list(body.get("etcdClientURLs") or []), _shared(body)
+    )
 
 
 # -- the CA in an external datastore ----------------------------------------------------------------------------
@@ -119,12 +132,19 @@ def unseal_json(token: str, value: bytes) -> dict[str, Any]:
     return data
 
 
-def seal(token: str, *, ca_cert: bytes, ca_key: bytes) -> bytes:
-    """The CA as stored in the datastore."""
-    return seal_json(token, {"caCert": ca_cert.decode(), "caKey": ca_key.decode()})
+def seal(token: str, *, ca_cert: bytes, ca_key: bytes, shared: dict[str, bytes] | None = None) -> bytes:
+    """The CA and the shared keys as stored in the datastore."""
+    return seal_json(
+        token,
+        {
+            "caCert": ca_cert.decode(),
+            "caKey": ca_key.decode(),
+            "shared": {k: v.decode() for k, v in (shared or {}).items()},
+        },
+    )
 
 
-def unseal(token: str, value: bytes) -> tuple[bytes, bytes]:
-    """(CA certificate, CA key) from the datastore; JoinError when the token is not the one that sealed it."""
+def unseal(token: str, value: bytes) -> Bootstrap:
+    """The CA and shared keys from the datastore; JoinError when the token is not the one that sealed it."""
     data = unseal_json(token, value)
-    return data["caCert"].encode(), data["caKey"].encode()
+    return Bootstrap(data["caCert"].encode(), data["caKey"].encode(), [], _shared(data))

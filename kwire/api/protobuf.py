@@ -432,6 +432,17 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f5=F("lastTransitionTime", "t"),
         f6=F("status", "s"),
     ),
+    # authentication.k8s.io/v1: `kubectl create token` and `kubectl auth whoami`
+    "TokenRequest": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "TokenRequestSpec")),
+    "TokenRequestSpec": _m(
+        f1=F("audiences", "s", repeated=True),
+        f3=F("boundObjectRef", "m", "BoundObjectReference"),
+        f4=F("expirationSeconds", "i", keep_zero=True),
+    ),
+    "BoundObjectReference": _m(f1=F("kind", "s"), f2=F("apiVersion", "s"), f3=F("name", "s"), f4=F("uid", "s")),
+    "TokenReview": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "TokenReviewSpec")),
+    "TokenReviewSpec": _m(f1=F("token", "s"), f2=F("audiences", "s", repeated=True)),
+    "SelfSubjectReview": _m(f1=F("metadata", "m", "ObjectMeta")),
 }
 
 # The top-level kinds whose bodies we accept, by (apiVersion, kind).
@@ -460,6 +471,9 @@ TOP_LEVEL: dict[tuple[str, str], str] = {
     ("batch/v1", "Job"): "Job",
     ("batch/v1", "CronJob"): "CronJob",
     ("policy/v1", "Eviction"): "Eviction",
+    ("authentication.k8s.io/v1", "TokenRequest"): "TokenRequest",
+    ("authentication.k8s.io/v1", "TokenReview"): "TokenReview",
+    ("authentication.k8s.io/v1", "SelfSubjectReview"): "SelfSubjectReview",
     # client-go sends DeleteOptions in the group version of the resource being deleted
     ("v1", "DeleteOptions"): "DeleteOptions",
     ("meta.k8s.io/v1", "DeleteOptions"): "DeleteOptions",

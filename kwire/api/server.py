@@ -1,4 +1,4 @@
-"""The HTTPS API: Kubernetes REST paths, bearer-token auth, content negotiation (JSON, Table), watch streams.
+"""The HTTPS API: Kubernetes REST paths, authentication (kwire/api/authn), content negotiation (JSON, Table), watch streams.
 
 Paths are parsed by hand from the registry (one catch-all route) so a new kind needs no routing code:
 `/api/v1[/namespaces/NS]/PLURAL[/NAME[/SUB]]` and `/apis/GROUP/VERSION[/namespaces/NS]/PLURAL[/NAME[/SUB]]`.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import logging
 import ssl
 import time
@@ -36,6 +35,10 @@ from kwire.api import (
     tables,
 )
 from kwire.api.aggregator import Aggregator
+from kwire.api.authn import Authenticator, bearer_token, lookup_in
+from kwire.api.authn import reviews as authn_reviews
+from kwire.api.authn.serviceaccount import TokenIssuer, TokenValidator
+from kwire.api.authn.tokens import JoinTokens
 from kwire.api.authz import attributes as authz_attributes
 from kwire.api.authz import impersonation, reviews
 from kwire.api.authz.chain import Authorization
@@ -52,11 +55,9 @@ from kwire.api.patch import STRATEGIC as STRATEGIC_PATCH
 from kwire.api.registry import Kind, by_path, kinds_in
 from kwire.api.resources import Resources, decode
 from kwire.api.user import (
-    ADMIN,
     MASTERS,
     USER_KEY,
     UserInfo,
-    from_peercert,
     reset_current_user,
     set_current_user,
     user_of,
@@ -69,6 +70,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/cacerts"})
+# Paths that check their own credential (the cluster join token), not the API's authentication.
+JOIN_PATHS = frozenset({bootstrap.PATH})
 UNAUTHORIZED_PATHS = frozenset({"/cacerts", bootstrap.PATH})  # served by K3s's supervisor, not kube-apiserver
 BOOKMARK_INTERVAL = 5.0
 IDLE_CHECK = 1.0  # how often an idle watch checks that its client is still there
@@ -268,21 +271,27 @@ class ApiServer:
         self,
         resources: Resources,
         *,
-        tokens: set[str],
         server_address: str,
         authorization: Authorization,
         ca_pem: bytes = b"",
+        authn: Authenticator | None = None,
+        join_tokens: JoinTokens | None = None,
+        issuer: TokenIssuer | None = None,
+        validator: TokenValidator | None = None,
         kubelet_ssl: ssl.SSLContext | None = None,
         node_certs: NodeCerts | None = None,
     ) -> None:
         self.resources = resources
         self.authorization = authorization
         self.ca_pem = ca_pem
+        self.authn = authn or Authenticator(tokens=validator)
+        self.join_tokens = join_tokens  # who may fetch the server bootstrap (the server token)
+        self.issuer = issuer  # signs TokenRequest tokens
+        self.validator = validator  # answers TokenReviews
         # The API server's kubelet-client credentials (client-kube-apiserver.crt) and trust in the kubelets'
         # serving certificates (the cluster CA), for pods/log, exec, attach and nodes/proxy.
         self.kubelet_ssl = kubelet_ssl
         self.node_certs = node_certs  # the /v1-k3s/ node-credential endpoints (nodecerts.py)
-        self.tokens = tokens
         self.server_address = server_address
         self.ready = True
         self._stopping = asyncio.Event()
@@ -320,9 +329,16 @@ class ApiServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        user = self._authenticate(request)
-        if user is None and not _public(request.path) and not NodeCerts.handles(request.path):
-            return _error(unauthorized())  # the /v1-k3s/ endpoints authenticate nodes themselves
+        user: UserInfo | None = None
+        if request.path not in JOIN_PATHS:
+            try:
+                user = self.authn.authenticate(request)  # the request's user is set here, for everything after
+            except ApiError as err:
+                if not NodeCerts.handles(request.path):
+                    return _error(err)
+                user = None  # the /v1-k3s/ endpoints authenticate nodes themselves (the agent token)
+            if user is None and not _public(request.path) and not NodeCerts.handles(request.path):
+                return _error(unauthorized())
         info = request_info(request)
         kind = "mutating" if info.mutating else "readOnly"
         counted = not info.long_running  # long-running requests are outside kube's in-flight limit
@@ -371,21 +387,6 @@ class ApiServer:
         self.authorization.check(authz_attributes.from_request(user, info))
         return user
 
-    def _authenticate(self, request: web.Request) -> UserInfo | None:
-        """The user a request is from, or None (anonymous): a client certificate the TLS layer verified against
-        the client CA, else the bearer token."""
-        if request.transport is not None:
-            user = from_peercert(request.transport.get_extra_info("peercert"))
-            if user is not None:
-                return user
-        auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer "):
-            return None
-        presented = auth[7:].strip().encode()
-        if any(hmac.compare_digest(presented, t.encode()) for t in self.tokens):
-            return ADMIN
-        return None
-
     async def _secrets_encrypt(self, request: web.Request, path: str) -> web.StreamResponse:
         """K3s's `secrets-encrypt status|rotate-keys`, for cluster admins (system:masters) only."""
         user = user_of(request)
@@ -411,6 +412,9 @@ class ApiServer:
         if self.node_certs is not None and NodeCerts.handles(path):
             return await self.node_certs.handle(request, user=request.get(USER_KEY))
         if path == bootstrap.PATH and request.method == "GET":
+            presented = bearer_token(request) or ""
+            if self.join_tokens is None or not self.join_tokens.server_may_join(presented):
+                raise unauthorized()
             if self.server_bootstrap is None:
                 raise ApiError(
                     404, "NotFound", "this server does not run an embedded etcd (start it with --cluster-init)"
@@ -457,12 +461,18 @@ class ApiServer:
             static = self._static(path)
             if static is not None:
                 return static
+        if request.method == "POST":
+            authn_answer = await self._authentication_api(request, path)
+            if authn_answer is not None:
+                return authn_answer
         proxy_target = proxy.parse(request.rel_url.raw_path)
         if proxy_target is not None:
             return await proxy.handle(request, self.resources, proxy_target, kubelet_ssl=self.kubelet_ssl)
         target = parse_target(path)
         if target is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if target.kind.group == authn_reviews.GROUP:
+            raise method_not_allowed()  # TokenReview, SelfSubjectReview: create only, answered above
         if target.kind.group == reviews.GROUP and target.kind.kind in reviews.KINDS:
             if request.method != "POST" or target.name is not None:
                 raise method_not_allowed()
@@ -601,6 +611,24 @@ class ApiServer:
         if m == "DELETE":
             return await self._delete(request, target)
         raise method_not_allowed()
+
+    async def _authentication_api(self, request: web.Request, path: str) -> web.Response | None:
+        """TokenRequest, TokenReview and SelfSubjectReview (authn/reviews.py), or None for any other path."""
+        if path == authn_reviews.SELF_SUBJECT_REVIEWS:
+            await self._body(request)
+            return _json(authn_reviews.self_subject_review(user_of(request)), 201)
+        if path == authn_reviews.TOKEN_REVIEWS:
+            return _json(authn_reviews.token_review(await self._body(request), validator=self.validator), 201)
+        sa = authn_reviews.token_request_path(path)
+        if sa is None:
+            return None
+        if self.issuer is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        body = await self._body(request)
+        answer = authn_reviews.token_request(
+            body, namespace=sa[0], name=sa[1], issuer=self.issuer, lookup=lookup_in(self.resources)
+        )
+        return _json(answer, 201)
 
     async def _scale(self, request: web.Request, target: Target) -> web.StreamResponse:
         obj = await self.resources.get(target.kind, target.namespace, target.name or "")

@@ -351,6 +351,40 @@ def _cmd_install(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_token(ns: argparse.Namespace) -> int:
+    """K3s's `k3s token`: print the server's join tokens in the secure K10 form, or rotate the agent token. A new
+    token comes from --new-token-file or KWIRE_NEW_TOKEN (never the command line), else it is random."""
+    import os
+    from pathlib import Path
+
+    from kwire.api.authn import tokens
+
+    data_dir = Path(ns.data_dir)
+    ca_path = data_dir / "tls" / "server-ca.crt"
+    if not (data_dir / tokens.SERVER_FILE).exists() or not ca_path.exists():
+        print(
+            f"kwire token: {data_dir} holds no server (start `kwire server --data-dir {data_dir}` first)",
+            file=sys.stderr,
+        )
+        return 1
+    if ns.action == "rotate":
+        if not ns.agent:
+            # The server token seals the datastore's bootstrap data and encryption keys: rotating it means re-sealing
+            # those with every server's cooperation (K3s's `token rotate`), which kwire does not do yet.
+            print("kwire token rotate: only the agent token can be rotated (--agent) for now", file=sys.stderr)
+            return 1
+        new = (
+            Path(ns.new_token_file).read_text().strip() if ns.new_token_file else os.environ.get("KWIRE_NEW_TOKEN", "")
+        )
+        tokens.rotate(data_dir, agent=True, new=new)
+        print("kwire token: the agent token was rotated; nodes joining from now on need the new one:")
+    join = tokens.JoinTokens(data_dir)
+    ca = ca_path.read_bytes()
+    print(f"server token: {tokens.secure_form(join.server, ca_pem=ca)}")
+    print(f"agent token:  {tokens.secure_form(join.agent, ca_pem=ca, user='node')}")
+    return 0
+
+
 def _cmd_secrets_encrypt(ns: argparse.Namespace) -> int:
     """K3s's `secrets-encrypt status|rotate-keys`, through the server (as its admin kubeconfig's user)."""
     import json
@@ -412,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd-client-port", type=int, default=2379)
     p.add_argument("--node-name", default="", help="in the snapshot's name (default: the host name)")
     p.set_defaults(func=_cmd_etcd_snapshot)
+
+    p = sub.add_parser("token", help="print or rotate the server's join tokens (K3s's `k3s token`)")
+    p.add_argument("action", nargs="?", choices=("show", "rotate"), default="show")
+    p.add_argument("--data-dir", "-d", default=config.ServerConfig.data_dir, help="the server's data dir")
+    p.add_argument("--agent", action="store_true", help="rotate: the agent token (the only one rotatable yet)")
+    p.add_argument("--new-token-file", default="", help="rotate: read the new token from this file")
+    p.set_defaults(func=_cmd_token)
 
     p = sub.add_parser("secrets-encrypt", help="Secrets encryption at rest (K3s's secrets-encrypt)")
     p.add_argument("action", choices=("status", "rotate-keys"))

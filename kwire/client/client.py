@@ -11,8 +11,10 @@ import asyncio
 import dataclasses
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +25,8 @@ from multidict import CIMultiDict
 from kwire.client.kubeconfig import Config, load_client_cert
 
 log = logging.getLogger(__name__)
+
+TOKEN_FILE_PERIOD = 60.0  # client-go's cachingTokenSource period for a token file
 
 Obj = dict[str, Any]
 
@@ -156,6 +160,8 @@ class ApiClient:
         self._ssl: ssl.SSLContext | bool = False
         # Servers to fail over between (K3s's agent load balancer): the configured one until `set_servers`.
         self._servers: list[str] = [config.server.rstrip("/")]
+        self._token = config.token or ""
+        self._token_checked = 0.0
 
     @property
     def server(self) -> str:
@@ -181,6 +187,9 @@ class ApiClient:
     async def _open(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
         """Send a request to the current server; one that cannot be connected to (refused, unreachable: nothing
         was sent, so any method may be retried) is rotated to the back and the next one tried."""
+        token = self._current_token()
+        if token:
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Bearer {token}"}
         for attempt in range(len(self._servers)):
             server = self.server
             try:
@@ -191,6 +200,19 @@ class ApiClient:
                 self._fail_over(server)
         raise AssertionError("unreachable")
 
+    def _current_token(self) -> str:
+        """The bearer token; one from a file is read again at most every TOKEN_FILE_PERIOD seconds (the kubelet
+        rewrites a pod's token well before it expires)."""
+        path = self.config.token_file
+        now = time.monotonic()
+        if path and now - self._token_checked >= TOKEN_FILE_PERIOD:
+            self._token_checked = now
+            try:
+                self._token = Path(path).read_text().strip() or self._token
+            except OSError as exc:
+                log.warning("cannot read the token file %s: %s", path, exc)
+        return self._token
+
     async def __aenter__(self) -> ApiClient:
         return self
 
@@ -200,8 +222,6 @@ class ApiClient:
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             headers = CIMultiDict({"Accept": "application/json", "User-Agent": "kwire"})
-            if self.config.token:
-                headers["Authorization"] = f"Bearer {self.config.token}"
             if self.config.impersonate_user:
                 headers["Impersonate-User"] = self.config.impersonate_user
                 for group in self.config.impersonate_groups:

@@ -30,6 +30,9 @@ class Config:
     client_cert: bytes | None = None
     client_key: bytes | None = None
     insecure: bool = False
+    # A file the bearer token is read from, again whenever it may have changed (a pod's service-account token,
+    # which the kubelet rotates; client-go's cachingTokenSource re-reads it the same way).
+    token_file: str | None = None
     # kubeconfig's `as` / `as-groups` (kubectl's --as/--as-group): sent as Impersonate-User / Impersonate-Group
     impersonate_user: str | None = None
     impersonate_groups: tuple[str, ...] = ()
@@ -85,8 +88,10 @@ def load_kubeconfig(path: str | Path, *, context: str | None = None) -> Config:
     cluster = _named(doc.get("clusters", []), ctx.get("cluster", ""), "cluster")
     user = _named(doc.get("users", []), ctx.get("user", ""), "user") if ctx.get("user") else {}
     token = user.get("token")
+    token_file = None
     if not token and user.get("tokenFile"):
-        token = Path(user["tokenFile"]).read_text().strip()
+        token_file = str(user["tokenFile"])
+        token = Path(token_file).read_text().strip()
     return Config(
         server=str(cluster.get("server", "")).rstrip("/"),
         token=token,
@@ -94,6 +99,7 @@ def load_kubeconfig(path: str | Path, *, context: str | None = None) -> Config:
         client_cert=_data_or_file(user, "client-certificate", p.parent),
         client_key=_data_or_file(user, "client-key", p.parent),
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        token_file=token_file,
         impersonate_user=str(user["as"]) if user.get("as") else None,
         impersonate_groups=tuple(str(g) for g in user.get("as-groups") or ()),
     )
@@ -117,6 +123,7 @@ def in_cluster_config(env: Mapping[str, str] = os.environ, sa_dir: Path | None =
         server=f"https://{host}:{port}",
         token=(sa_dir / "token").read_text().strip(),
         ca_data=ca.read_bytes() if ca.exists() else None,
+        token_file=str(sa_dir / "token"),
     )
 
 
@@ -125,12 +132,21 @@ def write_kubeconfig(
     *,
     server: str,
     ca_pem: bytes,
-    token: str,
+    token: str = "",
+    client_cert: bytes = b"",
+    client_key: bytes = b"",
     cluster_name: str = "default",
     user: str = "default",
     mode: int = 0o600,
 ) -> None:
-    """Write a kubeconfig laid out as K3s's /etc/rancher/k3s/k3s.yaml (atomically)."""
+    """Write a kubeconfig laid out as K3s's /etc/rancher/k3s/k3s.yaml (atomically): a client certificate
+    (client-certificate-data/client-key-data, as K3s writes the admin's) or a bearer token."""
+    creds: dict[str, str] = {}
+    if client_cert and client_key:
+        creds["client-certificate-data"] = base64.b64encode(client_cert).decode()
+        creds["client-key-data"] = base64.b64encode(client_key).decode()
+    if token:
+        creds["token"] = token
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -143,6 +159,6 @@ def write_kubeconfig(
         "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": user}}],
         "current-context": cluster_name,
         "preferences": {},
-        "users": [{"name": user, "user": {"token": token}}],
+        "users": [{"name": user, "user": creds}],
     }
     atomic_write(path, yaml.safe_dump(doc, sort_keys=False), mode=mode)

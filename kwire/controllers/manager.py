@@ -1,7 +1,7 @@
 """The controller manager: one API client and one set of shared informers for all the server-side controllers.
 
-Owns their lifecycle. The controllers talk to the API over HTTPS like any other client (the server's own URL,
-token and CA), never to the store. `start()` starts the informers and returns; once every cache has listed,
+Owns their lifecycle. The controllers talk to the API over HTTPS like any other client (the server's own URL and
+CA, and their own client certificate `system:kube-controller-manager`), never to the store. `start()` starts the informers and returns; once every cache has listed,
 each controller's `prepare()` runs (IPAM rebuilds its map of used subnets there) and then its workers start.
 """
 
@@ -34,6 +34,7 @@ from kwire.controllers.serviceaccounts import ServiceAccountsController
 from kwire.controllers.servicelb import ServiceLB
 from kwire.controllers.statefulset import StatefulSetController
 from kwire.controllers.taintmanager import TaintManager
+from kwire.controllers.tokens import LegacySigner, TokensController
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ class ControllerManager:
         node_cidr_mask_size: int = 24,
         node_monitor_grace_period: float = 40.0,
         addons: AddonSettings | None = None,
+        legacy_tokens: tuple[LegacySigner, bytes] | None = None,
     ) -> None:
+        """`legacy_tokens`: (signer, cluster CA) for the TokensController, which the server gives (it owns the key)."""
         self.client = ApiClient(config)
         self.informers = Informers(self.client)
         self.controllers: list[Controller] = []
@@ -95,6 +98,9 @@ class ControllerManager:
             ClusterRoleAggregation(self.client, self.informers),
             ResourceQuotaController(self.client, self.informers),
         ]
+        if legacy_tokens is not None:
+            sign, ca_pem = legacy_tokens
+            self.controllers.append(TokensController(self.client, self.informers, sign=sign, ca_pem=ca_pem))
         if "local-storage" not in (addons or AddonSettings()).disable:
             self.controllers.append(LocalPathProvisioner(self.client, self.informers))
         if "servicelb" not in (addons or AddonSettings()).disable:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import secrets
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 
 from pyroute2 import IPRoute
 
+from kwire.api.authn.tokens import secure_form
 from kwire.base.files import atomic_write
 from kwire.client import ApiClient, load_kubeconfig, write_kubeconfig
 from kwire.client.client import NODES, PODS
@@ -191,7 +191,7 @@ def _wait_server_ready(topo: Topology, st: LabState, proc: str, *, timeout: floa
 def _agent_token(topo: Topology, st: LabState) -> str:
     """K3s's secure token format, `K10<sha256 of the cluster CA>::server:<token>`: agents pin the CA by it."""
     ca = (topo.state_dir / "server" / "tls" / "server-ca.crt").read_bytes()
-    return f"K10{hashlib.sha256(ca).hexdigest()}::server:{st.token}"
+    return secure_form(st.token, ca_pem=ca)
 
 
 def start_agent(topo: Topology, st: LabState, node: str) -> int:
@@ -228,15 +228,17 @@ def start_agent(topo: Topology, st: LabState, node: str) -> int:
 
 
 def _write_kubeconfig(topo: Topology, st: LabState, *, timeout: float = 20.0) -> None:
-    ca_path = topo.state_dir / "server" / "tls" / "server-ca.crt"
-    end = time.monotonic() + timeout
-    while not ca_path.exists():
-        if time.monotonic() > end or not procs.alive(st.pids.get("server", 0)):
-            raise LabError(f"the server did not start; see {topo.state_dir / 'logs' / 'server.log'}")
-        time.sleep(0.05)
-    time.sleep(0.05)
+    """The lab's kubeconfig: the server's admin credentials (client certificate system:admin/system:masters, as
+    K3s writes its k3s.yaml) for the 127.0.0.1 listener."""
+    _wait_server_ready(topo, st, "server", timeout=timeout)
+    admin = load_kubeconfig(_server_dir(topo, "server") / "admin.kubeconfig")
+    assert admin.ca_data and admin.client_cert and admin.client_key
     write_kubeconfig(
-        topo.kubeconfig, server=f"https://127.0.0.1:{st.api_port}", ca_pem=ca_path.read_bytes(), token=st.token
+        topo.kubeconfig,
+        server=f"https://127.0.0.1:{st.api_port}",
+        ca_pem=admin.ca_data,
+        client_cert=admin.client_cert,
+        client_key=admin.client_key,
     )
 
 
@@ -390,7 +392,7 @@ def up(
             st.pids["server"] = start_server(topo, st, lsock)
             st.save()
         with _stage(progress, "API server"):
-            _write_kubeconfig(topo, st)  # once the server has made its CA
+            _write_kubeconfig(topo, st)  # once the server serves
         for proc in list(server_procs(st))[1:]:
             with _stage(progress, f"{proc} joined"):
                 _wait_server_ready(topo, st, "server", timeout=timeout)

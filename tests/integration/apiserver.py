@@ -35,6 +35,17 @@ class ServerProcess:
     def kubeconfig(self) -> Path:
         return self.data_dir / "admin.kubeconfig"
 
+    def admin_ssl_context(self, *, verify: bool = True) -> ssl.SSLContext:
+        """TLS as the admin: the server's CA and the admin client certificate (system:admin / system:masters),
+        the credential the server's kubeconfig carries; the cluster token is not an API credential."""
+        ctx = ssl.create_default_context(cafile=str(self.data_dir / "tls" / "server-ca.crt"))
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        tls = self.data_dir / "tls"
+        ctx.load_cert_chain(tls / "client-admin.crt", tls / "client-admin.key")
+        return ctx
+
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,11 +59,9 @@ def call(
     chunked: bool = False,
     accept: str = "application/json",
 ) -> Reply:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = srv.admin_ssl_context(verify=False)
     conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ctx, timeout=60)
-    headers = {"Authorization": f"Bearer {srv.token}", "Content-Type": ctype, "Accept": accept}
+    headers = {"Content-Type": ctype, "Accept": accept}
     started = time.monotonic()
     try:
         if chunked and body is not None:

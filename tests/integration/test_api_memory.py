@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,12 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def _session(s: ServerProcess) -> aiohttp.ClientSession:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {s.token}"}, connector=aiohttp.TCPConnector(ssl=ctx, limit=0)
-    )
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=s.admin_ssl_context(verify=False), limit=0))
 
 
 async def _create_configmaps(c: aiohttp.ClientSession, s: ServerProcess, ns: str, count: int) -> None:

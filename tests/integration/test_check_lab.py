@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from kwire.client import write_kubeconfig
-from kwire.lab.lab import LabState
+from kwire.client import load_kubeconfig, write_kubeconfig
 from tests.integration.labkit import IP, Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -98,11 +97,16 @@ def test_a_healthy_lab_has_no_error(lab: Lab) -> None:
 def test_kwire_check_on_a_node(lab: Lab, tmp_path: Path) -> None:
     """`kwire check` as a user runs it on a node: this node's checks plus the cluster's, through a kubeconfig that
     reaches the server from the node (a 0600 file, as K3s writes its kubeconfigs)."""
-    state = LabState.load(lab.name)
-    assert state is not None
+    admin = load_kubeconfig(lab.topo.kubeconfig)  # the admin's client certificate, for the node's address
+    assert admin.ca_data and admin.client_cert and admin.client_key
     kubeconfig = tmp_path / "node.kubeconfig"
-    ca = (lab.topo.state_dir / "server" / "tls" / "server-ca.crt").read_bytes()
-    write_kubeconfig(kubeconfig, server=f"https://{lab.topo.server.ip}:6443", ca_pem=ca, token=state.token)
+    write_kubeconfig(
+        kubeconfig,
+        server=f"https://{lab.topo.server.ip}:6443",
+        ca_pem=admin.ca_data,
+        client_cert=admin.client_cert,
+        client_key=admin.client_key,
+    )
     host = lab.topo.host("node2")
     assert host is not None
     cmd = [IP, "netns", "exec", host.netns, sys.executable, "-m", "kwire", "check", "--node", "node2"]

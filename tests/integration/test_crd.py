@@ -5,7 +5,6 @@ status and scale subresources, several versions, name clashes, garbage collectio
 from __future__ import annotations
 
 import json
-import ssl
 import threading
 import time
 import urllib.request
@@ -150,12 +149,8 @@ def test_upstream_crds_established_and_discoverable(server: ServerProcess) -> No
     assert "widgets" in server.kubectl("api-resources", "--api-group=kwire.test").stdout
     # aggregated discovery (what kubectl 1.32 asks for first) carries CRD kinds too
     accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
-    req = urllib.request.Request(
-        f"{server.url}/apis", headers={"Authorization": f"Bearer {server.token}", "Accept": accept}
-    )
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"{server.url}/apis", headers={"Accept": accept})
+    ctx = server.admin_ssl_context(verify=False)
     with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
         assert r.headers["Content-Type"] == "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
         doc = json.loads(r.read())

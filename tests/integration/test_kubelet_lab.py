@@ -5,6 +5,7 @@ answering right after `lab up` returns."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -178,6 +179,61 @@ def test_env_volumes_and_hostname_from_the_pod(lab: Lab) -> None:
         what="the ConfigMap change in the volume",
     )
     assert "APP_color=blue" in lab.kubectl("exec", "configured", "--", "env").stdout
+
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_PODS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: sa-holder, labels: {app: sa-holder}}
+spec:
+  containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sa-none, labels: {app: sa-none}}
+spec:
+  automountServiceAccountToken: false
+  containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
+"""
+
+
+def _review(lab: Lab, token: str, tmp_path: Path) -> dict[str, Any]:
+    body = tmp_path / "review.json"
+    body.write_text(
+        json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}})
+    )
+    out = lab.kubectl("create", "--raw", "/apis/authentication.k8s.io/v1/tokenreviews", "-f", str(body)).stdout
+    status: dict[str, Any] = json.loads(out)["status"]
+    return status
+
+
+def test_each_pod_gets_a_token_of_its_own_bound_to_it(lab: Lab, tmp_path: Path) -> None:
+    lab.apply(TOKEN_PODS)
+    lab.wait_pods_ready("app=sa-holder", 1, timeout=40)
+    lab.wait_pods_ready("app=sa-none", 1, timeout=40)
+    token = lab.kubectl("exec", "sa-holder", "--", "cat", f"{SA_DIR}/token").stdout.strip()
+    assert lab.kubectl("exec", "sa-holder", "--", "cat", f"{SA_DIR}/namespace").stdout == "default"
+    ca = lab.kubectl("exec", "sa-holder", "--", "cat", f"{SA_DIR}/ca.crt").stdout
+    assert ca == (lab.topo.state_dir / "server" / "tls" / "server-ca.crt").read_text()
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["exp"] - claims["iat"] == 3607  # kubelet's lifetime; refreshed at 80 %
+    assert claims["kubernetes.io"]["pod"]["name"] == "sa-holder"
+    status = _review(lab, token, tmp_path)
+    assert status["authenticated"] is True
+    assert status["user"]["username"] == "system:serviceaccount:default:default"
+    assert status["user"]["extra"]["authentication.kubernetes.io/pod-name"] == ["sa-holder"]
+    # the DNS pod is kube-system/coredns, not an admin
+    dns = lab.pods("k8s-app=kube-dns", namespace="kube-system")[0]["metadata"]["name"]
+    dns_token = lab.kubectl("exec", "-n", "kube-system", dns, "--", "cat", f"{SA_DIR}/token").stdout.strip()
+    assert _review(lab, dns_token, tmp_path)["user"]["username"] == "system:serviceaccount:kube-system:coredns"
+    # automountServiceAccountToken: false: no token at all
+    none = lab.kubectl("exec", "sa-none", "--", "cat", f"{SA_DIR}/token", check=False)
+    assert none.returncode != 0 and "No such file" in none.stderr
+    # the token dies with its pod
+    lab.kubectl("delete", "pod", "sa-holder", "sa-none", "--wait=true")
+    status = _review(lab, token, tmp_path)
+    assert "authenticated" not in status and "not found" in status["error"]
 
 
 def test_missing_config_waits_with_kubelets_reason_then_starts(lab: Lab) -> None:

@@ -122,7 +122,6 @@ def test_data_and_watch_survive_restart(server: ServerProcess, sig: int) -> None
 
 def test_watch_from_compacted_revision_gets_410(server: ServerProcess) -> None:
     import json
-    import ssl
     import urllib.request
 
     core = _core(server)
@@ -143,12 +142,9 @@ def test_watch_from_compacted_revision_gets_410(server: ServerProcess) -> None:
 
     compacted = asyncio.run(compact())
     server.start()
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = server.admin_ssl_context(verify=False)
     req = urllib.request.Request(
-        f"{server.url}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=2&timeoutSeconds=2",
-        headers={"Authorization": f"Bearer {server.token}"},
+        f"{server.url}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=2&timeoutSeconds=2"
     )
     with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
         first = json.loads(r.readline())

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import time
 import urllib.error
 import urllib.request
@@ -120,12 +119,12 @@ def test_client_side_apply_then_server_side(server: ServerProcess) -> None:
 
 
 def patch_raw(server: ServerProcess, path: str, body: bytes, content_type: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-    ctx = ssl.create_default_context(cafile=str(server.data_dir / "tls" / "server-ca.crt"))
+    ctx = server.admin_ssl_context()
     req = urllib.request.Request(
         server.url + path,
         data=body,
         method="PATCH",
-        headers={"Authorization": f"Bearer {server.token}", "Content-Type": content_type},
+        headers={"Content-Type": content_type},
     )
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from kwire.agent.kubelet import podspec
+from kwire.agent.kubelet import podspec, satoken
 from kwire.metallb import arp, election, members, pools, webhook
 
 Obj = dict[str, Any]
@@ -39,7 +39,7 @@ def test_metallb_images_run_kwires_roles_from_v0_13() -> None:
         },
     }
     assert [p.kind for p in podspec.plan(pod)] == ["process"]
-    assert podspec.needs_service_account(pod)
+    assert satoken.mounts_token(pod)  # the speaker reads the API with its service-account token
     rs = podspec.runtime_spec(pod, node="n", pod_ip="1.2.3.4", host_ip="1.2.3.4", netns="ns")
     proc = rs["processes"][0]
     assert proc["argv"] == [sys.executable, "-m", "kwire.metallb.speaker", "--port=7472"]

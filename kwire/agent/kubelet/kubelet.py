@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kwire.agent.kubelet import hooks, podspec, status, volumes
+from kwire.agent.kubelet import hooks, podspec, satoken, status, volumes
 from kwire.agent.kubelet.envconfig import ConfigError, container_env
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, enter_argv
 from kwire.agent.kubelet.portforward import ForwardTarget
@@ -31,7 +31,6 @@ from kwire.agent.kubelet.resourcemetrics import ContainerRef
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
 from kwire.agent.kubelet.security import nonroot_error, runtime_security
-from kwire.base.files import write_if_changed
 from kwire.base.workqueue import ShutDown, WorkQueue
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.client import CONFIGMAPS, PODS, SECRETS
@@ -105,13 +104,8 @@ class Kubelet:
         runtime: RuntimeClient,
         logs_dir: Path | None = None,
         workers: int = 4,
-        pod_api_token: str = "",
     ) -> None:
         self.client = client
-        # What pods' service-account `token` file holds for kwire's built-in images: the token the agent joined
-        # with, as before node credentials existed (the kubelet's own client certificate is not for pods). The
-        # TokenRequest-issued, pod-bound tokens of issue 15's authentication part replace it.
-        self.pod_api_token = pod_api_token
         self.pods = pods
         self.node_name = node_name
         self.node_ip = node_ip
@@ -130,6 +124,7 @@ class Kubelet:
             cluster_domain=cluster_domain,
         )
         self.recorder = EventRecorder(client, component="kubelet", host=node_name)
+        self.sa_tokens = satoken.ServiceAccountTokens(client, ca_pem=client.config.ca_data or b"")
         self.queue: WorkQueue[str] = WorkQueue(name="kubelet", base_delay=0.5, max_delay=30.0)
         self.work: dict[str, PodWork] = {}
         self.workers = workers
@@ -355,6 +350,19 @@ class Kubelet:
                 return False
         if volumes.needs_resync(pod):
             self.queue.add_after(uid, VOLUME_RESYNC)
+        if satoken.mounts_token(pod):
+            try:
+                self.queue.add_after(uid, await self.sa_tokens.ensure(pod, self._sa_dir(uid)))
+            except Exception as exc:
+                # kubelet does not start a pod whose kube-api-access volume cannot be set up
+                await self.recorder.event(
+                    pod,
+                    "Warning",
+                    "FailedMount",
+                    f'MountVolume.SetUp failed for volume "kube-api-access" : failed to fetch token: {exc}',
+                )
+                await self._report(pod, w)
+                return False
         # what the runtime runs now decides which init containers are done (see _to_run)
         w.rt = dict(((await self.runtime.pods()).get(uid) or {}).get("containers") or {})
         await self._ensure_runtime(pod, w)
@@ -456,7 +464,7 @@ class Kubelet:
         return run + list(sp.get("containers") or []) + ephemeral, policies
 
     async def _ensure_runtime(self, pod: Obj, w: PodWork) -> None:
-        sa_dir = self._service_account(w.sandbox) if podspec.needs_service_account(pod) else ""
+        sa_dir = str(self._sa_dir(w.sandbox.uid)) if satoken.mounts_token(pod) else ""
         run, policies = self._to_run(pod, w)
         w.running = frozenset(str(c.get("name", "")) for c in run)
         body = podspec.runtime_spec(
@@ -476,21 +484,9 @@ class Kubelet:
         )
         await self.runtime.put_pod(w.sandbox.uid, body)
 
-    def _service_account(self, sb: Sandbox) -> str:
-        """token, ca.crt and namespace for a pod's in-cluster client, mounted read-only at SA_MOUNT. Mode 0644 as
-        kube's kube-api-access volume (defaultMode 420), so a container's non-root user reads them; on the node
-        they are reachable only through the agent's data dir (0700)."""
-        d = self.sandboxes.pod_dir(sb.uid) / "serviceaccount"
-        d.mkdir(parents=True, exist_ok=True)
-        d.chmod(0o755)
-        files = {
-            "token": self.pod_api_token,
-            "ca.crt": (self.client.config.ca_data or b"").decode(),
-            "namespace": sb.namespace,
-        }
-        for name, text in files.items():
-            write_if_changed(d / name, text, mode=0o644)
-        return str(d)
+    def _sa_dir(self, uid: str) -> Path:
+        """Where the pod's service-account files (satoken.py) live on the node."""
+        return self.sandboxes.pod_dir(uid) / "serviceaccount"
 
     # -- probes -----------------------------------------------------------------------------------------------
     async def _probe_failed(self, uid: str, container: str, what: str, message: str) -> None:
@@ -581,8 +577,8 @@ class Kubelet:
         security = runtime_security(pod, spec)
         # a container with no process running (a responder, one not started): the command gets a confinement of
         # its own, as the container's would be (contain.py's spec, without the runtime's ready pipe)
-        sa_dir = str(self.sandboxes.pod_dir(w.sandbox.uid) / "serviceaccount")
-        mounts = self._mounts(pod, w, sa_dir if podspec.needs_service_account(pod) else "").get(name, [])
+        sa_dir = str(self._sa_dir(w.sandbox.uid)) if satoken.mounts_token(pod) else ""
+        mounts = self._mounts(pod, w, sa_dir).get(name, [])
         contain = {
             **security,
             "stage": str(self.sandboxes.pod_dir(w.sandbox.uid) / "stage"),
@@ -731,6 +727,7 @@ class Kubelet:
         await self.runtime.delete_pod(uid, grace=grace)
         await self.sandboxes.remove(w.sandbox)  # raises (and the queue retries) while CNI DEL fails
         self.work.pop(uid, None)
+        self.sa_tokens.forget(uid)
         if stopping_events:
             self._remove_logs(w.sandbox.namespace, w.sandbox.name, uid)
 

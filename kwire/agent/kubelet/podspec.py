@@ -436,14 +436,6 @@ def bandwidth(pod: Obj) -> Obj:
     return out
 
 
-def needs_service_account(pod: Obj) -> bool:
-    """kwire's built-in images are in-cluster API clients (the DNS server reads Services and EndpointSlices)."""
-    return any(
-        image_name(str(c.get("image", ""))) in (BUILTIN_IMAGES.keys() | ROLE_IMAGES.keys())
-        for c in spec(pod).get("containers") or []
-    )
-
-
 SYSTEMD_RESOLV = Path("/run/systemd/resolve/resolv.conf")
 
 
