@@ -202,9 +202,11 @@ def main() -> int:
         )
         b.wait_pods_ready("app=mem", args.pods, timeout=120)
         time.sleep(1.0)
-        names = [n for n in __import__("kwire.kernel.netns", fromlist=["list_names"]).list_names("kwire-kwb-")]
+        # b.name carries KWIRE_TEST_ID when it is set (labkit appends it), so the lab is looked up by that name.
+        prefix = f"kwire-{b.name}-"
+        names = [n for n in __import__("kwire.kernel.netns", fromlist=["list_names"]).list_names(prefix)]
         pids = procs.pids_in_namespaces(names)
-        st = labmod.LabState.load("kwb")
+        st = labmod.LabState.load(b.name)
         assert st is not None
         pids = sorted(set(pids) | {p for p in st.pids.values()})
         results["rss_mb"] = _rss_mb(pids)
