@@ -321,6 +321,18 @@ def test_crd_validation_words() -> None:
         "spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value: "
         "must not be empty for specified object fields"
     ]
+    unique = _crd()
+    unique["spec"]["versions"][0]["schema"] = {
+        "openAPIV3Schema": {
+            "type": "object",
+            "properties": {"tags": {"type": "array", "uniqueItems": True, "items": {"type": "string"}}},
+        }
+    }
+    definition.apply_defaults(unique)
+    assert _msgs(definition.validate_crd(unique, None)) == [
+        "spec.versions[0].schema.openAPIV3Schema.properties[tags].uniqueItems: Forbidden: uniqueItems cannot be set "
+        "to true since the runtime complexity becomes quadratic"
+    ]
     bad_default = _crd()
     bad_default["spec"]["versions"][0]["schema"] = {
         "openAPIV3Schema": {

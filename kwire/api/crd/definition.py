@@ -136,6 +136,13 @@ def _structural(schema: Any, path: str, *, root: bool = False, data_path: str = 
         errs.append(forbidden(f"{path}.additionalProperties", "must not be used in structural schemas"))
     if stype == "array" and not isinstance(schema.get("items"), dict):
         errs.append(required(f"{path}.items", "must be specified"))
+    if schema.get("uniqueItems") is True:  # kube never checks it: it refuses it
+        errs.append(
+            forbidden(
+                f"{path}.uniqueItems",
+                "uniqueItems cannot be set to true since the runtime complexity becomes quadratic",
+            )
+        )
     if "default" in schema and not root:
         errs += _default_errors(schema, path, data_path)
     for name, sub in (schema.get("properties") or {}).items():
