@@ -749,6 +749,8 @@ class Resources:
             kv = self.store.get_now(kind.key(namespace, name))
             if kv is None:
                 if applying and not subresource:
+                    if check is not None:  # fieldValidation applies to an apply that creates, as to one that updates
+                        check(config, {})
                     try:
                         return await self._apply_create(kind, namespace, config, manager or "", dry_run=dry_run)
                     except ApiError as err:

@@ -152,6 +152,17 @@ def test_apply_errors(server: ServerProcess) -> None:
     assert code == 201 and obj["data"] == {"k": "v"}
     code, again = patch_raw(server, path + "?fieldManager=m", body, "application/apply-patch+yaml")
     assert again["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+    # fieldValidation applies to an apply that creates (kubectl 1.32 sends Strict), as to one that updates.
+    typo = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndatta: {k: v}\n"
+    typo_path = "/api/v1/namespaces/default/configmaps/typo?fieldManager=m"
+    code, status = patch_raw(server, typo_path + "&fieldValidation=Strict", typo, "application/apply-patch+yaml")
+    assert code == 400 and 'strict decoding error: unknown field "datta"' in status["message"], status
+    res = server.kubectl("get", "configmap", "typo", check=False)
+    assert res.returncode != 0  # nothing was created
+    res = server.kubectl("apply", "--server-side", "-f", "-", input=typo.decode(), check=False)
+    assert res.returncode != 0 and 'unknown field "datta"' in res.stderr
+    code, created = patch_raw(server, typo_path + "&fieldValidation=Ignore", typo, "application/apply-patch+yaml")
+    assert code == 201 and "datta" not in created
 
 
 def test_python_client_server_side_apply(server: ServerProcess) -> None:
