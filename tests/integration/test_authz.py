@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
 import time
 import urllib.error
 import urllib.request
@@ -93,13 +92,9 @@ def test_namespaced_service_account_can_do_exactly_what_its_role_grants(server: 
 
 
 def test_forbidden_is_kubes_status_object(server: ServerProcess) -> None:
-    token = server.token
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = server.admin_ssl_context()  # the admin's client certificate (the cluster token opens no API)
     req = urllib.request.Request(
-        f"{server.url}/apis/apps/v1/namespaces/team-b/deployments/web",
-        headers={"Authorization": f"Bearer {token}", "Impersonate-User": "jane"},
+        f"{server.url}/apis/apps/v1/namespaces/team-b/deployments/web", headers={"Impersonate-User": "jane"}
     )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, context=ctx, timeout=10)

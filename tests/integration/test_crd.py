@@ -171,7 +171,7 @@ def test_metallb_objects_columns_defaults_pruning_and_errors(server: ServerProce
     lines = server.kubectl("get", "ipaddresspools", "-n", "metallb-system").stdout.splitlines()
     # columns as declared; no Age when a CRD declares columns (apiextensions serveDefaultColumnsIfEmpty)
     assert lines[0].split() == ["NAME", "AUTO", "ASSIGN", "AVOID", "BUGGY", "IPS", "ADDRESSES"]
-    assert lines[1].split()[:4] == ["picluster-pool", "true", "false", '["10.0.0.100-10.0.0.200"]']
+    assert lines[1].split()[:4] == ["picluster-pool", "true", "false", '["192.168.77.100-192.168.77.120"]']
     pool = (
         "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pruned, namespace: metallb-system}\n"
         "spec: {addresses: [192.0.2.0/28], bogus: 1}\n"

@@ -6,7 +6,8 @@ does not hold (in the role's namespace, or cluster-wide) is refused unless the u
 a binding is refused unless the user may `bind` its role or holds every rule of it. `system:masters` may always.
 The refusal is kube's 403: `clusterroles.rbac.authorization.k8s.io "x" is forbidden: user "jane"
 (groups=["system:authenticated"]) is attempting to grant RBAC permissions not currently held:` followed by one
-compact rule per line. Only a `system:masters` user may set an `aggregationRule` (kube's EscalationAllowed).
+compact rule per line. An `aggregationRule` needs `escalate` on the ClusterRole or cluster-admin's authority, * on *.* (kube's
+policybased ClusterRole storage).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+FULL_AUTHORITY = (
+    Rule(verbs=("*",), api_groups=("*",), resources=("*",)),
+    Rule(verbs=("*",), non_resource_urls=("*",)),
+)
+
+
 class EscalationCheck:
     def __init__(self, authz: Authorization) -> None:
         self.authz = authz
@@ -39,13 +46,17 @@ class EscalationCheck:
         plural, ns, obj = attrs.kind.plural, attrs.namespace, attrs.object
         name = attrs.name or str((obj.get("metadata") or {}).get("name") or "")
         if plural in (ROLES, CLUSTER_ROLES):
-            if plural == CLUSTER_ROLES and obj.get("aggregationRule"):
-                raise forbidden_error(
-                    GROUP, plural, name, "must have cluster-admin privileges to use the aggregationRule"
-                )
+            # kube's policybased storage: `escalate` on the role allows anything; otherwise the rules must be held,
+            # and an aggregationRule (which can gather anything) needs * on *.* (cluster-admin's authority).
             if self._may(user, "escalate", plural, ns, name):
                 return
             self._confirm(user, ns, parse_rules(obj.get("rules")), plural=plural, name=name)
+            if plural == CLUSTER_ROLES and obj.get("aggregationRule"):
+                owner, _ = self.authz.rules_for(user, ns)
+                if missing(owner, FULL_AUTHORITY):
+                    raise forbidden_error(
+                        GROUP, plural, name, "must have cluster-admin privileges to use the aggregationRule"
+                    )
             return
         ref = _dict(obj.get("roleRef"))
         role_kind, role_name = str(ref.get("kind") or ""), str(ref.get("name") or "")
