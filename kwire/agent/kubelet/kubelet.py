@@ -287,9 +287,11 @@ class Kubelet:
 
         async def state() -> dict[str, Any] | None:
             try:
-                pods = await self.runtime.pods()
-            except Exception:  # the runtime restarting: no news this time
+                pods = await asyncio.wait_for(self.runtime.pods(), timeout=5.0)
+            except Exception:  # the runtime restarting or slow: no news this time
                 return None
+            if uid not in pods:  # the sandbox is gone (the pod ended and was torn down): the attach is over
+                return {"running": False, "exitCode": 0}
             found: dict[str, Any] | None = ((pods.get(uid) or {}).get("containers") or {}).get(container)
             return found
 
