@@ -22,6 +22,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import functools
 import logging
 import ssl
 from dataclasses import dataclass
@@ -71,12 +72,16 @@ class Unavailable(Exception):
 
 
 def _ssl(spec: Obj, proxy: FrontProxy | None = None) -> ssl.SSLContext:
-    if spec.get("insecureSkipTLSVerify"):
+    return _context(bool(spec.get("insecureSkipTLSVerify")), str(spec.get("caBundle") or ""), proxy)
+
+
+@functools.lru_cache(maxsize=64)  # one context per caBundle: not rebuilt (CA store, proxy key) for every request
+def _context(insecure: bool, ca: str, proxy: FrontProxy | None) -> ssl.SSLContext:
+    if insecure:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
-        ca = spec.get("caBundle") or ""
         try:
             ctx = (
                 ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else ssl.create_default_context()
