@@ -14,8 +14,8 @@ in-process kwire API server listening on 127.0.0.1 (of the machine and of that n
   * `haproxy`: HAProxy 2.6 with 16 `server-template` slots filled through its runtime API (`set server ... addr`,
                `state ready`), as haproxytech's kubernetes-ingress does, keep-alive and `http-reuse always`;
 - the client: wrk, 1 thread, N keep-alive connections, pinned to core 1 with the backends.
-Then, on kwire's ingress: route changes (a new Ingress created -> its host answers 200, which reloads nginx; then
-a new IngressRoute, which the Lua router takes without a reload; p50/p99; one change every 0.25 s), the backend scaling 10 -> 2 -> 10 under wrk load (failed requests counted; as with pods, an endpoint
+Then, on kwire's ingress: route changes (a new Ingress created -> its host answers 200; then a new IngressRoute;
+both are data for the Lua router, never a reload; p50/p99; one change every 0.25 s), the backend scaling 10 -> 2 -> 10 under wrk load (failed requests counted; as with pods, an endpoint
 leaves the EndpointSlice first and its backend stops once the proxy no longer sends to it, and a new backend is
 added once it listens), and the memory of controller + nginx after N Ingresses (RSS and PSS summed over the
 process tree).
@@ -505,16 +505,20 @@ def sync_times(d: Path, log: IO[bytes]) -> list[tuple[float, ...]]:
     """(whole sync, build + push, build in ms; first event, sync start, push done as monotonic seconds) of the
     controller's syncs so far (its -v log lines)."""
     log.flush()
-    pat = re.compile(r"ingress sync ([0-9.]+) ms \(build\+push ([0-9.]+) ms, build ([0-9.]+) ms, reload=\w+\) "
+    pat = re.compile(r"ingress sync ([0-9.]+) ms \(build ([0-9.]+) ms, push ([0-9.]+) ms\) "
                      r"event_at=([0-9.]+) start_at=([0-9.]+) pushed_at=([0-9.]+)")  # fmt: skip
     text = (d / "log").read_text(errors="replace")
-    return [tuple(float(x) for x in m.groups()) for m in pat.finditer(text)]
+    out = []
+    for m in pat.finditer(text):
+        whole, build, push, *at = (float(x) for x in m.groups())
+        out.append((whole, build + push, build, *at))
+    return out
 
 
 def breakdown(changes: list[tuple[float, float]], syncs: list[tuple[float, ...]]) -> str:
     """Where each change's time went: create call -> the controller's first event (watch), -> its sync start
     (coalescing, a sync in progress), -> endpoints and router pushed (build + push), -> served (the data plane:
-    the reload, or the workers reading the shared dict, and the client's polling)."""
+    the workers reading the shared dict, and the client's polling)."""
     parts: dict[str, list[float]] = {"watch": [], "queue": [], "build+push": [], "serve": []}
     for t0, t4 in changes:
         s = next((x for x in syncs if x[3] >= t0 - 0.0005), None)
@@ -528,9 +532,9 @@ def breakdown(changes: list[tuple[float, float]], syncs: list[tuple[float, ...]]
 
 
 async def route_changes(c: ApiClient, ns: str, changes: int, d: Path, log: IO[bytes]) -> None:
-    """A new Ingress (a new host; nginx reloads), then a new IngressRoute (the Lua router, no reload), each timed
-    from its create call until its host answers 200 from inside the namespace. With KWIRE_BENCH_VERBOSE, where
-    the time goes: the controller's syncs (build + push, then the reload's signal)."""
+    """A new Ingress (a new host), then a new IngressRoute, each timed from its create call until its host answers
+    200 from inside the namespace (both are routes pushed to the Lua router, never a reload). With
+    KWIRE_BENCH_VERBOSE, where the time goes: the controller's syncs (build, push)."""
     for kind in ("Ingress", "IngressRoute"):
         before = len(sync_times(d, log))
         lat = []
@@ -559,10 +563,8 @@ async def route_changes(c: ApiClient, ns: str, changes: int, d: Path, log: IO[by
     for i in range(changes):
         await c.delete(INGRESSES, f"r{i}", NS)
         await c.delete(INGRESSROUTES, f"q{i}", NS)
-    # Reloads close idle keep-alive client connections (nginx's graceful reload); let them settle so the
-    # scaling below measures endpoint changes alone (those never reload).
     await wait_status(ns, 8090, f"r{changes - 1}.bench.local", 404)
-    await asyncio.sleep(3)
+    await asyncio.sleep(1)
 
 
 async def scaling(
@@ -605,7 +607,7 @@ async def memory(c: ApiClient, ns: str, ctl_pid: int, ingresses: int) -> None:
     await asyncio.gather(*(one(i) for i in range(ingresses)))
     await wait_status(ns, 8090, f"m{ingresses - 1}.bench.local", 200, timeout=120)
     took = time.monotonic() - t0
-    await asyncio.sleep(5)  # old workers of the last reloads finish
+    await asyncio.sleep(5)  # settle (the controller's heap trim follows its last sync)
     rss, pss = tree_memory(ctl_pid)
     nrss, npss = tree_memory(nginx_pid(ctl_pid))
     print(f"{ingresses} Ingresses created and all served in {took:.1f} s; add-on memory (controller + "

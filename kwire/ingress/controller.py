@@ -1,4 +1,4 @@
-"""The ingress controller (the Traefik role): informers -> routing table -> nginx configuration, endpoints, status.
+"""The ingress controller (the Traefik role): informers -> routers, endpoints and certificates pushed to nginx, status.
 
 Runs in the `traefik` pod with its service account. It watches Ingresses, IngressClasses, Services,
 EndpointSlices, Secrets and Traefik's IngressRoutes and Middlewares (informers: list, then watch, relisting with
@@ -8,12 +8,10 @@ coalescing bursts) does:
 - build the table (`model.build`) and compile the IngressRoutes and Middlewares (`crd.build`), resolve each backend
   (Service exists, port by number or name) and its ready endpoints from EndpointSlices (ready and not
   terminating, as Traefik: terminating endpoints are drained);
-- push the endpoints through the control socket, then the Lua router's chunk (IngressRoutes, Middlewares, and the
-  routes of the hosts an Ingress change touched, which serve from the old workers until the reload lands:
-  fastpath.py) when it changed, then render the configuration (`nginxconf.render`) and, if it changed, reload nginx
-  gracefully (at most one reload per `reload_interval`; a change within it is served by the pushed routes and
-  reloaded when the interval ends): endpoint, IngressRoute and Middleware changes never reload, an Ingress change
-  serves before its reload, and a reloaded configuration finds its backends and middlewares already loaded;
+- order every Ingress path and IngressRoute route as Traefik's routers (router.py) into the Lua router's chunk;
+- start nginx once with its constant configuration (nginxconf.py), then push through the control socket what
+  changed: the new endpoints (partially, before a new route refers to them), the certificates, the router's chunk,
+  then every endpoint (dropping the backends no route uses). No change is an nginx reload;
 - set `status.loadBalancer.ingress` of every Ingress it serves to the `traefik` Service's load-balancer
   addresses (Ingresses of another class get nothing);
 - report problems as Warning events on the Ingress, IngressRoute or Middleware (once per distinct message): an
@@ -47,9 +45,9 @@ from kwire.client.client import (
     SECRETS,
     SERVICES,
 )
-from kwire.ingress import crd, fastpath, model
+from kwire.ingress import crd, model, router
 from kwire.ingress.nginx import Nginx
-from kwire.ingress.nginxconf import GEN_MARK, Paths, Render, backend_lines, cert_for, render, valid_host, valid_path
+from kwire.ingress.nginxconf import Paths, Render, backend_lines, render, valid_host, valid_path
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,6 @@ class Settings:
     ping_port: int = 9000
     workers: int = 1
     coalesce: float = 0.005  # seconds to wait for more events before a sync (a burst becomes one sync)
-    reload_interval: float = 0.2  # at most one nginx reload per this many seconds (Traefik's throttle is 2 s)
 
 
 def _m(o: Obj) -> Obj:
@@ -141,14 +138,8 @@ class IngressController:
         self._reported: dict[str, set[str]] = {}
         self._pushed: bytes | None = None
         self._routes_pushed: str | None = None
-        self._gen = 0  # generation of the configuration last applied (its workers' `kw_gen`)
-        self._applied: str | None = None  # that configuration, rendered with generation 0
-        self._applied_hosts: dict[str, list[model.Route]] | None = None  # and its routes
-        self._pending: list[str] = []  # Lua routes bridging the applied configuration to the newest (fastpath.py)
-        self._pending_gen = 0
+        self._certs_pushed: str | None = None
         self._event_at = 0.0
-        self._last_reload = 0.0
-        self._deferred: asyncio.TimerHandle | None = None
         self.syncs = 0
         for inf in (self.ingresses, self.classes, self.services, self.slices, self.secrets, self.routes,
                     self.middlewares):  # fmt: skip
@@ -187,6 +178,7 @@ class IngressController:
                     log.warning("ingress sync failed (attempt %d): %s", attempt, exc)
                     self._pushed = None
                     self._routes_pushed = None
+                    self._certs_pushed = None
                     await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
                     self._dirty.set()
                 if not self.nginx.running() and self.nginx.proc is not None:
@@ -200,8 +192,8 @@ class IngressController:
             await self.nginx.stop()
             await self.informers.stop()
 
-    async def sync(self) -> bool:
-        """One pass; True when nginx was reloaded."""
+    async def sync(self) -> None:
+        """One pass: build everything from the informers' caches and push what changed."""
         self._dirty.clear()
         t0 = time.monotonic()
         event_at, self._event_at = self._event_at or t0, 0.0
@@ -219,11 +211,10 @@ class IngressController:
             except ValueError as exc:
                 return str(exc)
 
-        table = model.build(
-            self.ingresses.items(), self.classes.items(), middlewares=resolve_mw, extra_hosts=sorted(compiled.tls)
-        )
-        for host, tls in compiled.tls.items():
-            table.tls.setdefault(host, tls)
+        table = model.build(self.ingresses.items(), self.classes.items(), middlewares=resolve_mw)
+        tls = dict(table.tls)
+        for host, t in compiled.tls.items():
+            tls.setdefault(host, t)
         problems: dict[str, list[str]] = {k: list(v) for k, v in table.problems.items()}
         for k, v in compiled.problems.items():
             problems.setdefault(k, []).extend(v)
@@ -249,8 +240,8 @@ class IngressController:
                 continue
             known.add(b.key)
             endpoints[b.key] = eps
-        certs: dict[str, Path] = {}
-        for host, (ns, name, src) in table.tls.items():
+        certs: dict[str, bytes] = {}
+        for host, (ns, name, src) in tls.items():
             secret = self.secrets.get(ns, name)
             pem = combined_pem(secret) if secret else None
             if pem is None:
@@ -258,77 +249,38 @@ class IngressController:
                     f"TLS secret {ns}/{name} for {host} is missing or has no valid tls.crt/tls.key"
                 )
                 continue
-            certs[host.lower()] = self.nginx.write_cert(pem)
-        rd = Render(
-            known_backends=known,
-            certs=certs,
-            http_port=s.http_port,
-            https_port=s.https_port,
-            ping_port=s.ping_port,
-            workers=s.workers,
-        )
-        # Endpoints first, then the router, then the file: what a new route or worker refers to is already loaded
-        # (backends dropped here belong only to routes being removed). nginx's first start comes before.
-        base = render(table, rd, self.paths)
-        reloaded = False
-        if not self.nginx.running():
-            reloaded = await self._apply(base, table)
-        changed = base != self._applied
-        if changed:
-            bridged = {h for h in table.hosts if h and not h.startswith("*.") and valid_host(h)
-                       and cert_for(h, rd, self.paths) == self.paths.default_cert}  # fmt: skip
-            bridged |= {h for h in self._applied_hosts or {} if h not in table.hosts and h and not h.startswith("*.")
-                        and valid_host(h)}  # fmt: skip
-            self._pending = fastpath.pending_routes(
-                self._applied_hosts, table.hosts, gen=self._gen + 1, known_backends=known, bridged=bridged
-            )
-            self._pending_gen = self._gen + 1
-        elif self._pending_gen > self._gen:
-            self._pending = []  # a change undone before its reload: the applied configuration is the newest
-        body = backend_lines(endpoints)
-        lua = crd.lua_config(compiled, known, self._pending)
+            certs[host.lower()] = pem
+        routers = router.ingress_routers(table, known) + router.crd_routers(compiled, known)
+        lua = router.lua_config(routers, compiled.middlewares)
+        cert_chunk = router.certs_config(certs)
         tb = time.monotonic()
+        if not self.nginx.running():
+            await self.nginx.apply(
+                render(Render(http_port=s.http_port, https_port=s.https_port, ping_port=s.ping_port,
+                              workers=s.workers), self.paths)
+            )  # fmt: skip
+        # Endpoints first (what a new route refers to is loaded; backends dropped by the full push at the end
+        # belong only to routes being removed), then certificates (a new host's certificate before its route).
+        body = backend_lines(endpoints)
+        if lua != self._routes_pushed and body != self._pushed:
+            await self.nginx.push(body, full=False)
+        if cert_chunk != self._certs_pushed:
+            await self.nginx.push_certs(cert_chunk)
+            self._certs_pushed = cert_chunk
         if lua != self._routes_pushed:
-            if body != self._pushed:
-                await self.nginx.push(body, full=False)  # the new route's backends, before the route
             await self.nginx.push_routes(lua)
             self._routes_pushed = lua
         if body != self._pushed:
             await self.nginx.push(body)
             self._pushed = body
         t1 = time.monotonic()
-        if changed:
-            # Every reload forks new workers from a master that keeps growing with each cycle: a burst of changes
-            # (1,000 Ingresses created at once) is applied in a few reloads; meanwhile the pushed routes serve.
-            wait = self._last_reload + s.reload_interval - time.monotonic()
-            if wait <= 0:
-                reloaded = await self._apply(base, table)
-            elif self._deferred is None:
-                self._deferred = asyncio.get_running_loop().call_later(wait, self._reload_due)
-        if reloaded:
-            self.nginx.prune_certs(set(certs.values()))
         await self._statuses(table)
         await self._events(problems)
         self.syncs += 1
         trim_soon()  # each sync rebuilds the table: give the freed heap back (a burst of 1,000 changes left ~60 MB)
         # Monotonic timestamps are the machine's (CLOCK_MONOTONIC): bench/ingress.py lines them up with its own.
-        log.debug("ingress sync %.1f ms (build+push %.1f ms, build %.1f ms, reload=%s) event_at=%.4f start_at=%.4f "
-                  "pushed_at=%.4f", (time.monotonic() - t0) * 1000, (t1 - t0) * 1000, (tb - t0) * 1000, reloaded,
-                  event_at, t0, t1)  # fmt: skip
-        return reloaded
-
-    def _reload_due(self) -> None:
-        self._deferred = None
-        self._dirty.set()
-
-    async def _apply(self, base: str, table: model.Table) -> bool:
-        """Start or reload nginx with this configuration as the next generation."""
-        self._gen += 1
-        conf = base.replace(f"{GEN_MARK}0\n", f"{GEN_MARK}{self._gen}\n", 1)
-        reloaded = await self.nginx.apply(conf)
-        self._applied, self._applied_hosts = base, table.hosts
-        self._last_reload = time.monotonic()
-        return reloaded
+        log.debug("ingress sync %.1f ms (build %.1f ms, push %.1f ms) event_at=%.4f start_at=%.4f pushed_at=%.4f",
+                  (time.monotonic() - t0) * 1000, (tb - t0) * 1000, (t1 - tb) * 1000, event_at, t0, t1)  # fmt: skip
 
     async def _statuses(self, table: model.Table) -> None:
         svc = self.services.get(self.settings.service_namespace, self.settings.service_name)

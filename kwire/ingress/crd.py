@@ -442,29 +442,3 @@ def build(ingressroutes: list[Obj], middlewares: list[Obj], secrets: dict[str, O
     # Traefik: higher priority first; equal priorities in a stable order (the router's name).
     out.routes.sort(key=lambda r: (-r.priority, r.id))
     return out, mws
-
-
-def lua_config(c: Compiled, known_backends: set[str], pending: list[str] | None = None) -> str:
-    """The Lua chunk the router loads: routes (priority order) with their compiled rules, then `pending` (Ingress
-    routes not yet in every worker's configuration, fastpath.py), and middlewares."""
-    lines = ["local K = kw_K", "local R = {}", "R.routes = {"]
-    for r in c.routes:
-        if not all(s.backend.key in known_backends for s in r.services):
-            continue  # a missing Service: the controller reports it; the route is not served
-        svcs = ", ".join(
-            f"{{b = {lua_str(s.backend.key)}, w = {s.weight}, sticky = {s.sticky or 'nil'}}}" for s in r.services
-        )
-        lines.append(
-            f"  {{id = {lua_str(r.id)}, web = {'true' if 'web' in r.entrypoints else 'false'},"
-            f" websecure = {'true' if WEBSECURE in r.entrypoints else 'false'},"
-            f" m = function(r) return {rules.to_lua(r.expr)} end,"
-            f" mw = {{{', '.join(lua_str(m) for m in r.middlewares)}}}, svc = {{{svcs}}}}},"
-        )
-    lines += pending or []
-    lines.append("}")
-    lines.append("R.mw = {")
-    for mid, lua in sorted(c.middlewares.items()):
-        lines.append(f"  [{lua_str(mid)}] = {lua},")
-    lines.append("}")
-    lines.append("return R")
-    return "\n".join(lines) + "\n"

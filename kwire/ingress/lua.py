@@ -1,24 +1,24 @@
-"""The Lua router of the data plane: IngressRoute rules, Traefik's middlewares, weighted services and sticky cookies,
-run by nginx's Lua module in every worker (Traefik's HTTP muxer and middleware chain, re-done on nginx).
+"""The Lua router of the data plane: every route (Ingress paths and IngressRoute rules), Traefik's middlewares,
+weighted services, sticky cookies and the certificates chosen by SNI, run by nginx's Lua module in every worker
+(Traefik's HTTP muxer, middleware chain and TLS store, re-done on nginx).
 
-The controller compiles IngressRoutes and Middlewares (crd.py, rules.py) into one Lua chunk and POSTs it to the
+The controller turns Ingresses, IngressRoutes and Middlewares into one Lua chunk (router.py) and POSTs it to the
 control socket (`/routes`): it is compiled there once (a chunk that does not compile is refused with 400 and the
-old one keeps serving), stored in the shared dict, and each worker loads it when the dict's `routes_v` changes. A
-route change is therefore never an nginx reload.
+old one keeps serving), stored in the shared dict, and each worker loads it when the dict's `routes_v` changes,
+indexing the routers of each entrypoint by host. A route change is therefore never an nginx reload.
 
-Per request (every host server block runs `kw_ir()` in its rewrite phase; with no route it returns after one
-shared-dict read): the routes of the request's entrypoint (websecure when TLS, else web) are tried in priority
-order; the first whose rule matches wins: its middlewares run in order (`kw_mw_run`: each may answer itself: a
-redirect, 401, 403, 429, or change the request: path, headers), a service is picked by smooth weighted
-round-robin (as Traefik's WRR) and put in ngx.ctx, and the request proxies from whatever location it is in: every
-balancer takes ngx.ctx's backend first (nginxconf.py), its endpoints from the same shared dict as Ingress
-backends, honouring a sticky cookie (value: a hash of the endpoint, as Traefik v3 hashes the server URL; set when
-absent or stale). Response headers of `headers` middlewares and the sticky cookie are set in the server's header
-filter. IngressRoutes are tried before Ingress paths (Traefik orders both kinds by priority together; here the
-IngressRoute wins a tie or a conflict). Ingress paths whose `router.middlewares` annotation names Middlewares run
-`kw_mw_run` in their location when the router chose nothing. Routes carrying a generation (`gen`, fastpath.py: an
-Ingress change bridged until its reload lands) are used only by workers whose configuration is older (`kw_gen`);
-a route marked `nf` answers 404.
+Per request (each entrypoint's server runs `kw_route(ep)` in its rewrite phase): the routers of the request's
+host and the unpinned ones, merged in the chunk's priority order, are tried; the first whose rule matches wins
+(none: 404; a router whose Service does not exist, `nf`: 404): its middlewares run in order (`kw_mw_run`: each
+may answer itself: a redirect, 401, 403, 429, or change the request: path, headers), a service is picked by
+smooth weighted round-robin (as Traefik's WRR) and put in ngx.ctx, whose backend the balancer takes
+(nginxconf.py), honouring a sticky cookie (value: a hash of the endpoint, as Traefik v3 hashes the server URL;
+set when absent or stale). Response headers of `headers` middlewares and the sticky cookie are set in the
+server's header filter (which returns at once when no route has either).
+
+Certificates (`kw_cert`, the HTTPS server's `ssl_certificate_by_lua`): the controller POSTs the Secrets'
+certificates and keys (`/certs`, a chunk of host pattern -> PEM); each worker parses a PEM once (ngx.ssl) and
+serves it for the SNI names it covers; other names get the configuration's default certificate.
 
 basicAuth hashes: apr1 (MD5-crypt, computed here with ngx.md5_bin), {SHA} (SHA-1), and bcrypt/MD5/SHA-crypt
 through glibc's libxcrypt `crypt()` (LuaJIT FFI; nginx links it for auth_basic); a successful check is cached per
@@ -73,7 +73,32 @@ ROUTER_LUA = r"""
       return parts[#parts - depth + 1]
     end
 
-    kw_cfg_v = -1; kw_cfg = {routes = {}, active = {}, mw = {}, uses_ctx = false}; kw_wrr = {}
+    function K.method(r) if not r.method then r.method = ngx.req.get_method() end return r.method end
+    function K.wild(host, rest)  -- `*.rest`: exactly one label before rest
+      local dot = host:find(".", 1, true)
+      return dot ~= nil and dot > 1 and host:sub(dot + 1) == rest
+    end
+
+    local EMPTY = {}
+    local function kw_index(routes, ep)
+      local x = {hosts = {}, any = {}}
+      for i, rt in ipairs(routes) do
+        if rt[ep] then
+          if rt.h then
+            for _, h in ipairs(rt.h) do
+              local l = x.hosts[h]
+              if not l then l = {}; x.hosts[h] = l end
+              l[#l + 1] = i
+            end
+          else
+            x.any[#x.any + 1] = i
+          end
+        end
+      end
+      return x
+    end
+    kw_cfg_v = -1; kw_cfg = {routes = {}, mw = {}, hf = false, web = {hosts = {}, any = {}},
+                             websecure = {hosts = {}, any = {}}}; kw_wrr = {}
     function kw_config()
       local d = ngx.shared.kwire
       local v = d:get("routes_v") or 0
@@ -82,12 +107,12 @@ ROUTER_LUA = r"""
         local ok, res = false, err
         if f then ok, res = pcall(f) end
         if ok then
-          res.active = {}
-          res.uses_ctx = #res.routes > 0 or next(res.mw) ~= nil
-          for _, rt in ipairs(res.routes) do
-            -- routes bridging a reload (fastpath.py): only for workers of an older configuration
-            if not rt.gen or rt.gen > kw_gen then res.active[#res.active + 1] = rt end
-          end
+          res.web = kw_index(res.routes, "web")
+          res.websecure = kw_index(res.routes, "websecure")
+          -- the header filter has work only with response headers or sticky cookies
+          res.hf = false
+          for _, m in pairs(res.mw) do if m.t == "headers" and #m.resp > 0 then res.hf = true end end
+          for _, rt in ipairs(res.routes) do for _, s in ipairs(rt.svc) do if s.sticky then res.hf = true end end end
           kw_cfg = res
         else
           ngx.log(ngx.ERR, "kwire: routes: ", res)
@@ -105,24 +130,32 @@ ROUTER_LUA = r"""
       return ngx.exit(ngx.HTTP_OK)
     end
 
-    function kw_ir()
-      local routes = kw_config().active
-      if #routes == 0 then return false end
-      local ep = ngx.var.https == "on" and "websecure" or "web"
-      local r = {host = (ngx.var.host or ""):lower(), path = ngx.var.uri, method = ngx.req.get_method()}
-      for i = 1, #routes do
-        local rt = routes[i]
-        if rt[ep] and rt.m(r) then
+    -- The request's router: the first, in priority order, of its host's routers and the unpinned ones whose rule
+    -- matches; none -> 404.
+    function kw_route(ep)
+      local cfg = kw_config()
+      local routes, x = cfg.routes, cfg[ep]
+      local r = {host = ngx.var.host or "", path = ngx.var.uri}
+      local hl, al = x.hosts[r.host] or EMPTY, x.any
+      local i, j = 1, 1
+      while true do
+        local a, b = hl[i], al[j]
+        local rt
+        if a and (not b or a < b) then rt = routes[a]; i = i + 1
+        elseif b then rt = routes[b]; j = j + 1
+        else break end
+        if rt.m(r) then
           if rt.nf then return ngx.exit(404) end
-          kw_mw_run(rt.mw)
+          if #rt.mw > 0 then kw_mw_run(rt.mw) end
           local svc = kw_pick_service(rt)
           if not svc then return kw_reply(503, "no available server\n") end
-          ngx.ctx.kw_b = svc.b
-          ngx.ctx.kw_sticky = svc.sticky
-          return true
+          local ctx = ngx.ctx
+          ctx.kw_b = svc.b
+          ctx.kw_sticky = svc.sticky
+          return
         end
       end
-      return false
+      return ngx.exit(404)
     end
 
     function kw_pick_service(rt)
@@ -298,7 +331,7 @@ ROUTER_LUA = r"""
     end
 
     function kw_hf()
-      if not kw_cfg.uses_ctx then return end
+      if not kw_cfg.hf then return end
       local ctx = ngx.ctx
       for _, kv in ipairs(ctx.kw_rh or {}) do
         if kv[2] == "" then ngx.header[kv[1]] = nil else ngx.header[kv[1]] = kv[2] end
@@ -329,11 +362,51 @@ ROUTES_CONTROL_LUA = r"""
           local f = ngx.req.get_body_file()
           if f then local h = io.open(f, "rb"); body = h:read("*a"); h:close() end
         end
-        local f, err = loadstring(body or "", "=kwire-routes")
+        local f, err = loadstring(body or "", "=kwire-" .. KEY)
         if not f then ngx.status = 400; ngx.say(err); return ngx.exit(ngx.HTTP_OK) end
         local d = ngx.shared.kwire
-        local ok, serr = d:set("routes", body)
+        local ok, serr = d:set(KEY, body)
         if not ok then ngx.status = 507; ngx.say(serr); return ngx.exit(ngx.HTTP_OK) end
-        d:incr("routes_v", 1, 0)
+        d:incr(KEY .. "_v", 1, 0)
         ngx.say("ok")
+"""
+
+CERTS_LUA = r"""
+    local kw_ssl = require "ngx.ssl"
+    kw_certs_v = -1; kw_certs = {exact = {}, wild = {}, pem = {}}; kw_parsed = {}
+    -- The certificate for the client's SNI name (ssl_certificate_by_lua): an exact name, else a `*.` pattern
+    -- covering one label; none -> the configuration's default certificate. Parsed once per worker and PEM.
+    function kw_cert()
+      local d = ngx.shared.kwire
+      local v = d:get("certs_v") or 0
+      if v ~= kw_certs_v then
+        local f, err = loadstring(d:get("certs") or "return {exact = {}, wild = {}, pem = {}}", "=kwire-certs")
+        local ok, res = false, err
+        if f then ok, res = pcall(f) end
+        if ok then kw_certs = res; kw_parsed = {} else ngx.log(ngx.ERR, "kwire: certificates: ", res) end
+        kw_certs_v = v
+      end
+      local name = kw_ssl.server_name()
+      if not name then return end
+      name = name:lower()
+      local id = kw_certs.exact[name]
+      if not id then
+        local dot = name:find(".", 1, true)
+        if dot and dot > 1 then id = kw_certs.wild[name:sub(dot + 1)] end
+      end
+      if not id then return end
+      local c = kw_parsed[id]
+      if not c then
+        local pem = kw_certs.pem[id]
+        local cert, err = kw_ssl.parse_pem_cert(pem)
+        local key, kerr = kw_ssl.parse_pem_priv_key(pem)
+        if not cert or not key then ngx.log(ngx.ERR, "kwire: certificate ", id, ": ", err or kerr); return end
+        c = {cert, key}
+        kw_parsed[id] = c
+      end
+      local ok, err = kw_ssl.clear_certs()
+      if ok then ok, err = kw_ssl.set_cert(c[1]) end
+      if ok then ok, err = kw_ssl.set_priv_key(c[2]) end
+      if not ok then ngx.log(ngx.ERR, "kwire: certificate ", id, ": ", err) end
+    end
 """

@@ -6,9 +6,11 @@ Mirrors what Traefik's `kubernetesIngress` provider derives from networking.k8s.
   neither and our class is the default (`ingressclass.kubernetes.io/is-default-class: "true"`). Others are ignored.
 - Hosts: exact names, `*.foo.com` covering exactly one label, and rules without host (every host).
 - Paths: Exact, Prefix (element-wise: `/foo` matches `/foo`, `/foo/`, `/foo/bar`, never `/foobar`; a trailing
-  slash is ignored) and ImplementationSpecific (as Prefix). The longest path wins; Exact before Prefix on the same
-  path. A host's routes also carry the host-less rules and `defaultBackend` (Traefik gives those routers rules
-  matching every host, with lower priority than any Host rule of the same path).
+  slash is ignored) and ImplementationSpecific (as Prefix). Each path is one Traefik router whose rule
+  (`rule_text`) and priority (`priority`: the rule's length unless `router.priority`) order it among every other
+  router, IngressRoutes' included (router.py): the longest path wins, Exact before Prefix on the same path, and a
+  host's own paths before host-less rules of the same path; the `defaultBackend` comes last (hosts[""] holds the
+  host-less routes and the default backend).
 - Several Ingresses merge on one host; for the same host, path and type the oldest Ingress wins (a conflict is
   reported, not served twice).
 - Traefik's Ingress annotations: `traefik.ingress.kubernetes.io/router.entrypoints` (web, websecure),
@@ -21,7 +23,7 @@ Mirrors what Traefik's `kubernetesIngress` provider derives from networking.k8s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,10 +157,9 @@ def build(
     classes: list[Obj],
     *,
     middlewares: MiddlewareResolver = _no_middlewares,
-    extra_hosts: Iterable[str] = (),
 ) -> Table:
     """The routing table for every Ingress that is ours. `middlewares` turns `router.middlewares` references into
-    middleware ids (or the problem); `extra_hosts` get server blocks too (IngressRoute TLS hosts)."""
+    middleware ids (or the problem)."""
     t = Table()
     seen: dict[tuple[str, str, str, tuple[str, ...]], str] = {}
     host_less: list[Route] = []
@@ -213,61 +214,36 @@ def build(
                     host_less.append(r)
         if problems:
             t.problems[src] = problems
-    # Host-less rules and default backends serve every host, after the host's own routes.
-    t.hosts.setdefault("", [])
-    for h in extra_hosts:
-        t.hosts.setdefault(h, [])
-    for host, routes in t.hosts.items():
-        have = {(r.path, r.kind, r.entrypoints) for r in routes}
-        for r in host_less + defaults[:1]:
-            if (r.path, r.kind, r.entrypoints) not in have:
-                routes.append(r)
-                have.add((r.path, r.kind, r.entrypoints))
-        t.hosts[host] = apply_priorities(host, routes)
+    # Host-less rules and the (oldest) default backend: routes of every host, ordered with the rest by priority.
+    t.hosts.setdefault("", []).extend(host_less + defaults[:1])
     return t
 
 
+DEFAULT_BACKEND_PRIORITY = -(2**31)  # Traefik gives the defaultBackend's router math.MinInt32
+
+
 def rule_text(host: str, r: Route) -> str:
-    """The Traefik rule of an Ingress path, whose length is the router's default priority."""
-    if r.priority < 0:  # defaultBackend: Traefik gives it the lowest priority
-        return ""
+    """The Traefik rule of an Ingress path (Traefik's kubernetes Ingress provider writes the same), whose length is
+    the router's default priority: `Host(...)`, or `HostRegexp(...)` for `*.` hosts, `&&` the path matcher."""
     path = f"Path(`{r.path}`)" if r.kind == "Exact" else f"PathPrefix(`{r.path}`)"
-    return f"Host(`{host}`) && {path}" if host and not r.host_less else path
+    if not host or r.host_less:
+        return path
+    if host.startswith("*."):
+        return f"HostRegexp(`^[a-zA-Z0-9-]+{host[1:].replace('.', chr(92) + '.')}$`) && {path}"
+    return f"Host(`{host}`) && {path}"
 
 
 def priority(host: str, r: Route) -> int:
-    """`router.priority` when set, else the rule's length (Traefik's default)."""
-    return r.priority if r.priority > 0 else len(rule_text(host, r))
+    """`router.priority` when set, else the rule's length (Traefik's default); the defaultBackend lowest.
 
-
-def covers(a: Route, b: Route) -> bool:
-    """Every request path `b` matches, `a` matches too (prefix trees: matches are nested or disjoint)."""
-    if a.kind == "Exact":
-        return b.kind == "Exact" and a.path == b.path
-    if a.path == "/":
-        return True
-    return b.path == a.path or b.path.startswith(a.path + "/")
-
-
-def apply_priorities(host: str, routes: list[Route]) -> list[Route]:
-    """Drop the routes a higher-priority route on the same entrypoint shadows entirely.
-
-    Without `router.priority` the Ingress rules hold (longest path, Exact before Prefix), which nginx's location
-    matching gives. Where `router.priority` makes a route win over a longer one it covers, the longer one never
-    gets a request in Traefik: removing it makes nginx's longest-match choice Traefik's."""
-    out = []
-    for b in routes:
-        shadowed = any(
-            a is not b
-            and (a.priority > 0 or b.priority > 0)
-            and covers(a, b)
-            and priority(host, a) > priority(host, b)
-            and set(b.entrypoints) <= set(a.entrypoints)
-            for a in routes
-        )
-        if not shadowed:
-            out.append(b)
-    return out
+    One departure: an Exact path counts as long as the same rule with `PathPrefix`, plus one, so that Kubernetes'
+    "Exact before Prefix on the same path" holds (by length alone Traefik would let `PathPrefix(`/p`)` outrank
+    `Path(`/p`)`); a longer Prefix path still outranks a shorter one, as Ingress v1's longest match wants."""
+    if r.priority < 0:
+        return DEFAULT_BACKEND_PRIORITY
+    if r.priority > 0:
+        return r.priority
+    return len(rule_text(host, r)) + (len("Prefix") + 1 if r.kind == "Exact" else 0)
 
 
 def host_matches(pattern: str, host: str) -> bool:

@@ -1,26 +1,23 @@
-"""The nginx process the ingress controller drives: start, graceful reload, endpoint pushes, default certificate.
+"""The nginx process the ingress controller drives: start, the control socket's pushes, default certificate.
 
 nginx runs in the foreground (`daemon off`) as a child of the controller, in the controller's network namespace
-(the pod's), with its files in a private 0700 directory. A new configuration is written atomically and applied
-with SIGHUP (nginx's graceful reload: in-flight requests finish on the old workers). Endpoints go through the
-control socket (see nginxconf), never through a reload. The default certificate is generated once per start with
-the subject Traefik's default certificate has (`CN=TRAEFIK DEFAULT CERT`). Secrets' certificates are written as
-one PEM file (certificate + key, 0600) named by a hash of their content, so a rotated secret is a changed
-configuration and is served after the reload.
+(the pod's), with its files in a private 0700 directory. Its configuration is constant (nginxconf.py); a
+different one (other ports) is written atomically and applied with SIGHUP (nginx's graceful reload). Endpoints,
+the router's routes and the Secrets' certificates go through the control socket, never through a reload; the
+certificates therefore live only in nginx's memory, never in a file. The default certificate is generated once
+per start with the subject Traefik's default certificate has (`CN=TRAEFIK DEFAULT CERT`), in a 0600 file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-from pathlib import Path
 
 import aiohttp
 from cryptography import x509
@@ -72,18 +69,6 @@ class Nginx:
         self.paths.certs.mkdir(exist_ok=True)
         os.chmod(self.paths.certs, 0o700)
         atomic_write(self.paths.default_cert, default_certificate(), mode=0o600)
-
-    def write_cert(self, pem: bytes) -> Path:
-        """The file serving this certificate + key (content-addressed)."""
-        path = self.paths.certs / (hashlib.sha256(pem).hexdigest()[:20] + ".pem")
-        if not path.exists():
-            atomic_write(path, pem, mode=0o600)
-        return path
-
-    def prune_certs(self, keep: set[Path]) -> None:
-        for f in self.paths.certs.glob("*.pem"):
-            if f != self.paths.default_cert and f not in keep:
-                f.unlink(missing_ok=True)
 
     async def apply(self, conf: str) -> bool:
         """Write the configuration; start nginx or reload it gracefully. True when something changed."""
@@ -138,24 +123,25 @@ class Nginx:
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen([*self.command_prefix, NGINX, "-c", str(self.paths.conf), "-p", str(self.paths.root)])
 
-    async def push(self, body: bytes, *, full: bool = True) -> None:
-        """Send endpoints to every worker (the shared dict); `full` drops backends the body does not name."""
+    async def _post(self, what: str, body: bytes) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.paths.control)))
-        url = "http://kwire/backends" + ("?full=1" if full else "")
-        async with self._session.post(url, data=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"nginx control socket answered {resp.status}")
+        async with self._session.post(f"http://kwire/{what}", data=body, timeout=aiohttp.ClientTimeout(total=10)) as r:
+            if r.status != 200:
+                raise RuntimeError(f"nginx refused {what.split('?')[0]} ({r.status}): {(await r.text()).strip()[:500]}")
+
+    async def push(self, body: bytes, *, full: bool = True) -> None:
+        """Send endpoints to every worker (the shared dict); `full` drops backends the body does not name and
+        marks the proxy ready."""
+        await self._post("backends" + ("?full=1" if full else ""), body)
 
     async def push_routes(self, chunk: str) -> None:
-        """Send the Lua router's chunk (lua.py); nginx compiles it once and refuses one that does not compile."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.paths.control)))
-        async with self._session.post(
-            "http://kwire/routes", data=chunk.encode(), timeout=aiohttp.ClientTimeout(total=10)
-        ) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"nginx refused the routes ({resp.status}): {(await resp.text()).strip()[:500]}")
+        """Send the Lua router's chunk (router.py); nginx compiles it once and refuses one that does not compile."""
+        await self._post("routes", chunk.encode())
+
+    async def push_certs(self, chunk: str) -> None:
+        """Send the certificates served by SNI (router.certs_config)."""
+        await self._post("certs", chunk.encode())
 
     async def stop(self) -> None:
         if self._session is not None:

@@ -234,6 +234,21 @@ def priority(rule: str) -> int:
     return len(rule)
 
 
+def pinned_hosts(e: Expr) -> frozenset[str] | None:
+    """The exact host names a request must have for the rule to match, or None when any host may match (the
+    router indexes routes by them: a request only tries the routes of its own host and the unpinned ones)."""
+    if isinstance(e, Matcher):
+        return frozenset([e.args[0].lower().rstrip(".")]) if e.name == "Host" else None
+    if isinstance(e, Not):
+        return None
+    left, right = pinned_hosts(e.left), pinned_hosts(e.right)
+    if isinstance(e, And):
+        if left is None or right is None:
+            return right if left is None else left
+        return left & right
+    return None if left is None or right is None else left | right
+
+
 def hosts(e: Expr) -> list[str]:
     """Host(...) names the rule can match on (for SNI certificates)."""
     if isinstance(e, Matcher):
@@ -283,7 +298,7 @@ def to_lua(e: Expr) -> str:
         case "HeaderRegexp":
             return f"K.header_re(r, {a[0]}, {a[1]})"
         case "Method":
-            return f"r.method == {lua_str(e.args[0].upper())}"
+            return f"K.method(r) == {lua_str(e.args[0].upper())}"
         case "Query":
             return f"K.query(r, {a[0]}, {a[1] if len(a) > 1 else 'nil'})"
         case "QueryRegexp":

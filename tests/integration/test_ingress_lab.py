@@ -614,6 +614,26 @@ spec:
     match: Host(`ir.example.com`) && Method(`DELETE`) || Hots(`x`)
     services: [{name: svc-a, port: 80}]
 ---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: mix-route}
+spec:
+  routes:
+  - kind: Rule
+    match: Host(`mix.example.com`) && PathPrefix(`/api`)
+    services: [{name: svc-b, port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: mix-ingress}
+spec:
+  rules:
+  - host: mix.example.com
+    http:
+      paths:
+      - {path: /api/v1, pathType: Prefix, backend: {service: {name: svc-a, port: {number: 80}}}}
+      - {path: /, pathType: Prefix, backend: {service: {name: svc-a, port: {number: 80}}}}
+---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata:
@@ -677,3 +697,8 @@ def test_ingressroute_rules_tls_redirect_weights_sticky_and_an_invalid_rule(lab:
     wait_for(lambda: curl(lab, "auth.example.com", "/", ips[1])[0] == 401, timeout=20, what="basicAuth on an Ingress")
     assert served_by(lab, "auth.example.com", "/", ips[1], extra=("-u", "ann:apple")) == "a"
     assert curl(lab, "auth.example.com", "/", ips[1], extra=("-u", "ann:pear"))[0] == 401
+    # Routers of both providers in one priority order (the rule's length): the Ingress's Host && PathPrefix(/api/v1)
+    # is longer than the IngressRoute's Host && PathPrefix(/api), which is longer than the Ingress's / route.
+    wait_for(lambda: served_by(lab, "mix.example.com", "/api/x", ips[0]) == "b", timeout=20, what="mixed routers")
+    assert served_by(lab, "mix.example.com", "/api/v1/x", ips[0]) == "a"
+    assert served_by(lab, "mix.example.com", "/other", ips[0]) == "a"

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from kwire.ingress import crd, fastpath, model
+from kwire.ingress import crd, model, router
 from kwire.ingress.nginx import Nginx
 from kwire.ingress.nginxconf import Paths, Render, backend_lines, render
 
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]  # lab:
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 NS = f"kwire-irt{os.environ.get('KWIRE_TEST_ID', '')}{os.getpid() % 10000}"
-HTTP, HTTPS, PING, NOEP, NOTFOUND = 18180, 18443, 18900, 18901, 18902
+HTTP, HTTPS, PING, NOEP = 18180, 18443, 18900, 18901
 PORT_A, PORT_B, PORT_C = 18201, 18202, 18203
 ECHO = """
 import json, sys
@@ -198,7 +198,9 @@ class Plane:
     paths: Paths
     compiled: crd.Compiled
 
-    async def apply(self, routes: list[dict[str, Any]], ingresses: list[dict[str, Any]]) -> bool:
+    async def apply(
+        self, routes: list[dict[str, Any]], ingresses: list[dict[str, Any]], certs: dict[str, bytes] | None = None
+    ) -> bool:
         """What the controller's sync does with these objects; True when nginx was reloaded."""
         compiled, mws = crd.build(routes, MIDDLEWARES, SECRETS)
 
@@ -210,15 +212,14 @@ class Plane:
 
         table = model.build(ingresses, [TRAEFIK_CLASS], middlewares=resolve)
         known = set(ENDPOINTS)
-        rd = Render(known_backends=known, http_port=HTTP, https_port=HTTPS, ping_port=PING, noep_port=NOEP, notfound_port=NOTFOUND,
-                    routes_on=bool(compiled.routes))  # fmt: skip
-        conf = render(table, rd, self.paths)
-        if not self.nginx.running():
-            await self.nginx.apply(conf)
+        conf = render(Render(http_port=HTTP, https_port=HTTPS, ping_port=PING, noep_port=NOEP), self.paths)
+        reloaded = await self.nginx.apply(conf) and self.nginx.reloads > 0
         await self.nginx.push(backend_lines(ENDPOINTS))
-        await self.nginx.push_routes(crd.lua_config(compiled, known))
+        await self.nginx.push_certs(router.certs_config(certs or {}))
+        routers = router.ingress_routers(table, known) + router.crd_routers(compiled, known)
+        await self.nginx.push_routes(router.lua_config(routers, compiled.middlewares))
         self.compiled = compiled
-        return await self.nginx.apply(conf)
+        return reloaded
 
 
 @pytest.fixture(scope="module")
@@ -378,73 +379,95 @@ async def test_what_cannot_be_served_is_reported_and_not_served(plane: Plane) ->
     assert who("mw.test", "/strip") == "a"  # the rest of that IngressRoute serves
 
 
-async def test_a_route_change_needs_no_reload(plane: Plane) -> None:
-    new = obj("IngressRoute", "new", {"routes": [route("Host(`new.test`)", svc("svc-b", "http"))]})
-    # 300 more: the chunk (~100 KB) is larger than nginx's in-memory body buffer by default.
-    many = [obj("IngressRoute", f"n{i}", {"routes": [route(f"Host(`n{i}.test`)")]}) for i in range(300)]
-    try:
-        reloaded = await plane.apply([*ROUTES, new, *many], [INGRESS])
-        assert not reloaded
-        assert who("new.test", "/") == "b"
-        assert who("n299.test", "/") == "a"
-    finally:
-        await plane.apply(ROUTES, [INGRESS])
-    assert who("new.test", "/") == "404"
-
-
-def ingress(name: str, host: str, *paths: tuple[str, str, str]) -> dict[str, Any]:
+def ingress(name: str, host: str, *paths: tuple[str, str, str], **annotations: str) -> dict[str, Any]:
     return {
-        "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z",
+                     "annotations": {model.ANN + k.replace("_", "."): v for k, v in annotations.items()}},
         "spec": {"rules": [{"host": host, "http": {"paths": [
             {"path": p, "pathType": t, "backend": {"service": {"name": s, "port": {"number": 80}}}}
             for p, t, s in paths]}}]},
     }  # fmt: skip
 
 
-async def test_an_ingress_change_serves_before_its_reload_and_the_reload_takes_over(plane: Plane) -> None:
-    """The workers of the running configuration (generation 0) get the new host's routes from the Lua router
-    (fastpath.py) before any reload; a configuration of that generation has them as locations and skips them."""
-    new = ingress(
-        "fast", "fast.test", ("/e", "Exact", "svc-ac"), ("/foo", "Prefix", "svc-a"), ("/foo/b", "Prefix", "x")
-    )
-    compiled, _ = crd.build(ROUTES, MIDDLEWARES, SECRETS)
-    known = set(ENDPOINTS)
-    served = model.build([INGRESS], [TRAEFIK_CLASS], middlewares=lambda refs: ["default/strip", "default/hdr"])
-    table = model.build([INGRESS, new], [TRAEFIK_CLASS], middlewares=lambda refs: ["default/strip", "default/hdr"])
-    cases = [("/e", "a|c"), ("/e/", "404"), ("/foo", "a"), ("/foo/x", "a"), ("/foobar", "404"), ("/foo/b/1", "404"),
-             ("/", "404")]  # fmt: skip
+async def test_a_route_change_needs_no_reload(plane: Plane) -> None:
+    """IngressRoutes and Ingresses alike are data for the Lua router: nginx's configuration never changes."""
+    new = obj("IngressRoute", "new", {"routes": [route("Host(`new.test`)", svc("svc-b", "http"))]})
+    # 300 more of each: the chunk (~200 KB) is larger than nginx's in-memory body buffer by default.
+    many = [obj("IngressRoute", f"n{i}", {"routes": [route(f"Host(`n{i}.test`)")]}) for i in range(300)]
+    ings = [ingress(f"i{i}", f"i{i}.test", ("/", "Prefix", "svc-a"), ("/b", "Exact", "svc-ac")) for i in range(300)]
+    try:
+        reloaded = await plane.apply([*ROUTES, new, *many], [INGRESS, *ings])
+        assert not reloaded and plane.nginx.reloads == 0
+        assert who("new.test", "/") == "b"
+        assert who("n299.test", "/") == "a"
+        assert who("i299.test", "/x") == "a" and who("i0.test", "/b") in ("a", "c")
+    finally:
+        await plane.apply(ROUTES, [INGRESS])
+    assert who("new.test", "/") == "404" and who("i299.test", "/x") == "404"
+    assert plane.nginx.reloads == 0
 
-    def answers() -> list[tuple[str, str]]:
-        return [(p, "a|c" if (w := who("fast.test", p)) in ("a", "c") and p == "/e" else w) for p, _ in cases]
 
-    pending = fastpath.pending_routes(served.hosts, table.hosts, gen=2, known_backends=known, bridged={"fast.test"})
-    await plane.nginx.push_routes(crd.lua_config(compiled, known, pending))
-    assert answers() == cases  # no reload happened: the running workers answer from the pushed routes
-    assert who("ing.test", "/strip/x") == "a"  # other hosts unchanged
-    # A host gone answers as the default server will (no host-less routes here: 404), also before the reload.
-    gone = fastpath.pending_routes(served.hosts, {"": served.hosts[""]}, gen=2, known_backends=known,
-                                   bridged={"ing.test"})  # fmt: skip
-    await plane.nginx.push_routes(crd.lua_config(compiled, known, gone))
-    assert who("ing.test", "/strip/x") == "404"
-    await plane.nginx.push_routes(crd.lua_config(compiled, known, pending))
-    # The reload to generation 2 serves the same from its locations; pending routes of generation 2 are skipped
-    # there (proved by pushing wrong ones: a worker of generation 2 must not use them).
-    rd = Render(
-        known_backends=known,
-        http_port=HTTP,
-        https_port=HTTPS,
-        ping_port=PING,
-        noep_port=NOEP,
-        notfound_port=NOTFOUND,
-        generation=2,
-    )
-    assert await plane.nginx.apply(render(table, rd, plane.paths))
-    wrong = fastpath.pending_routes({"": table.hosts[""]}, {"": table.hosts[""], "fast.test": [
-        model.Route("/", "Prefix", model.Backend("default", "svc-b", "http"), "x")]}, gen=2, known_backends=known,
-        bridged={"fast.test"})  # fmt: skip
-    await plane.nginx.push_routes(crd.lua_config(compiled, known, wrong))
-    deadline = time.monotonic() + 20
-    while answers() != cases:
-        assert time.monotonic() < deadline, answers()
-        await asyncio.sleep(0.2)
-    await plane.nginx.push_routes(crd.lua_config(compiled, known))
+async def test_ingress_and_ingressroute_routers_share_one_priority_order(plane: Plane) -> None:
+    """Traefik puts the routers of both providers in one list ordered by priority (default: the rule's length):
+    an Ingress's longer rule wins over an IngressRoute's shorter one on the same host, and the other way round;
+    explicit priorities win; on a tie the IngressRoute wins."""
+    irs = obj("IngressRoute", "prio", {"routes": [
+        route("Host(`prio.test`) && PathPrefix(`/api`)", svc("svc-b", "http")),  # 40 characters
+        route("Host(`prio.test`) && Header(`X-Over`, `1`)", svc("svc-b", "http"), priority=1000),
+        route("Host(`tie.test`) && PathPrefix(`/`)", svc("svc-b", "http")),  # the Ingress's rule: a tie
+        route("PathPrefix(`/anyhost/deeper/than/the/host/rule`)", svc("svc-b", "http")),  # 48, no host
+    ]})  # fmt: skip
+    ings = [
+        ingress("prio", "prio.test", ("/api/v1", "Prefix", "svc-a"), ("/", "Prefix", "svc-a")),  # 43, 37
+        ingress("ann", "ann.test", ("/", "Prefix", "svc-a"), router_priority="2000"),
+        ingress("tie", "tie.test", ("/", "Prefix", "svc-a")),
+    ]
+    ann_ir = obj("IngressRoute", "ann-ir", {"routes": [
+        route("Host(`ann.test`) && PathPrefix(`/x`)", svc("svc-b", "http"), priority=1500)]})  # fmt: skip
+    try:
+        await plane.apply([*ROUTES, irs, ann_ir], [INGRESS, *ings])
+        cases = [
+            ("prio.test", "/api/v1/x", (), "a"),  # the Ingress's Host && PathPrefix(/api/v1) is longer
+            ("prio.test", "/api/x", (), "b"),  # the IngressRoute's /api is longer than the Ingress's /
+            ("prio.test", "/other", (), "a"),
+            ("prio.test", "/api/v1/x", ("-H", "X-Over: 1"), "b"),  # explicit priority 1000
+            ("ann.test", "/x", (), "a"),  # router.priority 2000 over the IngressRoute's 1500
+            ("tie.test", "/", (), "b"),  # equal priorities: the IngressRoute
+            ("prio.test", "/anyhost/deeper/than/the/host/rule", (), "b"),  # a host-less longer rule wins too
+        ]
+        got = [(h, p, e, who(h, p, *e)) for h, p, e, _ in cases]
+        assert got == cases
+    finally:
+        await plane.apply(ROUTES, [INGRESS])
+
+
+def served_cert(sni: str) -> str:
+    res = subprocess.run(
+        [IP, "netns", "exec", NS, "sh", "-c", f"openssl s_client -connect 127.0.0.1:{HTTPS} -servername {sni}"
+         " </dev/null 2>/dev/null | openssl x509 -noout -subject -nameopt RFC2253"],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    return res.stdout.strip().removeprefix("subject=").removeprefix("CN=")
+
+
+async def test_certificates_by_sni_are_data_too(plane: Plane) -> None:
+    """Secrets' certificates go to nginx's memory through the control socket: exact names, `*.` patterns covering
+    one label, the default certificate otherwise; a rotation is one push, no reload."""
+    from tests.integration.test_ingress_lab import tls_secret
+
+    def pem(name: str, host: str) -> bytes:
+        data = json.loads(tls_secret(name, host)[0])["data"]
+        return base64.b64decode(data["tls.crt"]) + base64.b64decode(data["tls.key"])
+
+    certs = {"exact.test": pem("e", "exact.test"), "*.wild.test": pem("w", "*.wild.test")}
+    try:
+        await plane.apply(ROUTES, [INGRESS], certs)
+        assert served_cert("exact.test") == "exact.test"
+        assert served_cert("a.wild.test") == "*.wild.test"
+        assert served_cert("a.b.wild.test") == "TRAEFIK DEFAULT CERT"
+        assert served_cert("other.test") == "TRAEFIK DEFAULT CERT"
+        await plane.apply(ROUTES, [INGRESS], {**certs, "exact.test": pem("e2", "rotated.test")})
+        assert served_cert("exact.test") == "rotated.test"
+        assert plane.nginx.reloads == 0
+    finally:
+        await plane.apply(ROUTES, [INGRESS])

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kwire.ingress import crd
+from kwire.ingress import crd, router
 from kwire.ingress.model import Backend
 
 
@@ -152,7 +152,7 @@ def test_lua_config_leaves_out_routes_whose_service_is_missing() -> None:
     c, _ = crd.build(
         [ir("r", rt("Host(`a.com`)"), rt("Host(`b.com`)", services=[{"name": "gone", "port": 80}]))], [], {}
     )
-    lua = crd.lua_config(c, {"default/s:80"})
+    lua = router.lua_config(router.crd_routers(c, {"default/s:80"}), c.middlewares)
     assert 'id = "default/r\\0350"' in lua and "default/r\\0351" not in lua  # ids quoted: "#" is \035
     assert crd.duration_seconds("1m") == 60 and crd.duration_seconds(5) == 5 and crd.duration_seconds("250ms") == 0.25
     assert crd.cookie_name("my cookie!", "x") == "my_cookie_" and len(crd.cookie_name("", "default-s-80")) == 6

@@ -1,6 +1,6 @@
-"""Ingress objects -> routing table -> nginx configuration (kwire.ingress.model, nginxconf), without a cluster:
-class selection, host/path matching semantics, priorities, entrypoints, validation, and the rendered file
-accepted by the real `nginx -t`."""
+"""Ingress objects -> routing table -> routers and nginx configuration (kwire.ingress.model, router, nginxconf),
+without a cluster: class selection, host/path matching semantics, priorities, entrypoints, validation, the router
+order of both providers, and the (constant) configuration accepted by the real `nginx -t`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kwire.ingress import model
+from kwire.ingress import crd, model, router
 from kwire.ingress.nginx import default_certificate
 from kwire.ingress.nginxconf import Paths, Render, backend_lines, render, valid_host, valid_path
 
@@ -40,19 +40,14 @@ def rule(host: str, *paths: tuple[str, str, str]) -> dict[str, Any]:
 
 
 def route_for(table: model.Table, host: str, path: str, entrypoint: str = model.WEB) -> str | None:
-    """The Service an nginx-like lookup picks: Exact first, then the longest Prefix, per host (exact host first,
-    then wildcard, then the catch-all), on one entrypoint."""
-    candidates = [h for h in table.hosts if h and model.host_matches(h, host)]
-    candidates.sort(key=lambda h: h.startswith("*."))
-    routes = table.hosts[candidates[0]] if candidates else table.hosts[""]
-    routes = [r for r in routes if entrypoint in r.entrypoints]
-    exact = [r for r in routes if r.kind == "Exact" and r.path == path]
-    if exact:
-        return exact[0].backend.service
-    prefixes = [r for r in routes if r.kind == "Prefix" and model.path_matches(r, path)]
-    if not prefixes:
-        return None
-    return max(prefixes, key=lambda r: len(r.path)).backend.service
+    """The Service the router picks (router.py's order, the matching of lua.py in Python): the first router in
+    priority order whose host and path match, on one entrypoint."""
+    candidates = []
+    for h, routes in table.hosts.items():
+        for r in routes:
+            if entrypoint in r.entrypoints and (not h or model.host_matches(h, host)) and model.path_matches(r, path):
+                candidates.append((-model.priority(h, r), r.source, r))
+    return min(candidates, key=lambda c: c[:2])[2].backend.service if candidates else None
 
 
 def test_class_selection() -> None:
@@ -85,6 +80,13 @@ def test_paths_hosts_and_merging() -> None:
     assert route_for(t, "x.w.com", "/z") == "w"
     assert route_for(t, "x.y.w.com", "/any") == "any"  # not the wildcard: two labels
     assert route_for(t, "other.com", "/") is None
+    text = model.rule_text
+    r = t.hosts["foo.com"][0]
+    assert text("foo.com", r) == "Host(`foo.com`) && PathPrefix(`/foo`)" and model.priority("foo.com", r) == 37
+    w = t.hosts["*.w.com"][0]
+    assert text("*.w.com", w) == "HostRegexp(`^[a-zA-Z0-9-]+\\.w\\.com$`) && PathPrefix(`/`)"  # as Traefik writes it
+    e = t.hosts["foo.com"][1]
+    assert text("foo.com", e) == "Host(`foo.com`) && Path(`/foo`)" and model.priority("foo.com", e) == 38  # 31 + 7
 
 
 def test_conflicts_oldest_wins_and_is_reported() -> None:
@@ -149,24 +151,47 @@ def test_validation_of_what_reaches_the_configuration() -> None:
 
 
 def test_rendered_configuration_passes_nginx_t(tmp_path: Path) -> None:
-    t = model.build(
-        [
-            ing(
-                "a",
-                [rule("foo.com", ("/foo", "Prefix", "p"), ("/e", "Exact", "e")), rule("*.w.com", ("/", "Prefix", "w"))],
-            ),
-            ing("bad", [rule("x;y", ("/", "Prefix", "p"))]),
-        ],
-        [TRAEFIK_CLASS],
-    )
     paths = Paths(tmp_path)
     paths.certs.mkdir()
     paths.default_cert.write_bytes(default_certificate())
-    conf = render(t, Render(known_backends={"default/p:80"}, http_port=18080, https_port=18443, ping_port=19000), paths)
-    assert "x;y" not in conf  # invalid hosts are left out (and reported by the controller)
+    conf = render(Render(http_port=18080, https_port=18443, ping_port=19000), paths)
     paths.conf.write_text(conf)
     res = subprocess.run(["nginx", "-t", "-c", str(paths.conf), "-p", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert (
         backend_lines({"default/p:80": ["10.42.0.2:80", "10.42.1.2:80"]}) == b"default/p:80 10.42.0.2:80 10.42.1.2:80\n"
     )
+
+
+def test_router_chunk_orders_both_providers_and_indexes_hosts() -> None:
+    t = model.build(
+        [
+            ing("a", [rule("foo.com", ("/foo", "Prefix", "p"), ("/gone", "Prefix", "gone")),
+                      rule("*.w.com", ("/", "Prefix", "p")), rule("", ("/any", "Prefix", "p"))]),
+            ing("bad", [rule("x;y", ("/", "Prefix", "p"))]),
+        ],
+        [TRAEFIK_CLASS],
+    )  # fmt: skip
+    c, _ = crd.build(
+        [{"metadata": {"name": "ir", "namespace": "default"}, "spec": {"routes": [
+            {"match": "Host(`foo.com`) && PathPrefix(`/f`)", "services": [{"name": "p", "port": 80}]},
+            {"match": "(Host(`a.com`) || Host(`b.com`)) && Path(`/x`)", "services": [{"name": "p", "port": 80}]},
+            {"match": "Path(`/y`) || Host(`c.com`)", "services": [{"name": "p", "port": 80}]}]}}],
+        [], {},
+    )  # fmt: skip
+    routers = router.ingress_routers(t, {"default/p:80"}) + router.crd_routers(c, {"default/p:80"})
+    got = [(r.id.split("|")[0] if r.id.startswith("ing:") else r.id, r.priority, r.hosts) for r in
+           router.ordered(routers)]  # fmt: skip
+    assert got == [
+        ("ing:default/a", 56, None),  # HostRegexp(`^[a-zA-Z0-9-]+\.w\.com$`) && PathPrefix(`/`)
+        ("default/ir#1", 46, ("a.com", "b.com")),
+        ("ing:default/a", 38, ("foo.com",)),  # /gone
+        ("ing:default/a", 37, ("foo.com",)),  # /foo
+        ("default/ir#0", 35, ("foo.com",)),
+        ("default/ir#2", 27, None),
+        ("ing:default/a", 18, None),  # host-less PathPrefix(`/any`)
+    ]
+    lua = router.lua_config(routers, {})
+    assert lua.count("nf = true") == 1  # /gone: its Service is not known (404)
+    assert "x;y" not in lua  # invalid hosts are left out (and reported by the controller)
+    assert 'K.wild(r.host, "w.com")' in lua

@@ -77,6 +77,11 @@ def test_priority_is_the_rule_length_and_hosts_are_extracted() -> None:
     rule = "Host(`a.com`) && PathPrefix(`/api`)"
     assert rules.priority(rule) == len(rule) == 35
     assert rules.hosts(parse("(Host(`A.com`) || Host(`b.com`)) && !Host(`c.com`)")) == ["a.com", "b.com"]
+    pinned = rules.pinned_hosts
+    assert pinned(parse("(Host(`A.com`) || Host(`b.com`)) && !Host(`c.com`)")) == {"a.com", "b.com"}
+    assert pinned(parse("Host(`a.com`) && Host(`b.com`)")) == set()  # matches nothing
+    assert pinned(parse("Host(`a.com`) || Path(`/`)")) is None and pinned(parse("!Host(`a.com`)")) is None
+    assert pinned(parse("Path(`/`) && Host(`a.com`)")) == {"a.com"}
 
 
 def test_lua_compilation_quotes_every_argument() -> None:
@@ -85,5 +90,5 @@ def test_lua_compilation_quotes_every_argument() -> None:
         '((r.host == "a.com" and not (K.header(r, "X\\034\\093\\093 os.exit\\040\\041", "v")))'
         " or K.cidr(r, 12625921, 24))"
     )
-    assert rules.to_lua(parse("Method(`get`)")) == 'r.method == "GET"'
+    assert rules.to_lua(parse("Method(`get`)")) == 'K.method(r) == "GET"'
     assert rules.to_lua(parse("Query(`k`)")) == 'K.query(r, "k", nil)'
