@@ -144,7 +144,7 @@ class IngressController:
         for inf in (self.ingresses, self.classes, self.services, self.slices, self.secrets, self.routes,
                     self.middlewares):  # fmt: skip
             inf.on_add(self._kick)
-            inf.on_update(self._kick2)
+            inf.on_update(self._ingress_kick if inf is self.ingresses else self._kick2)
             inf.on_delete(self._kick)
 
     async def _kick(self, _obj: Obj) -> None:
@@ -152,6 +152,12 @@ class IngressController:
 
     async def _kick2(self, _old: Obj, _new: Obj) -> None:
         self._mark()
+
+    async def _ingress_kick(self, old: Obj, new: Obj) -> None:
+        # The status this controller writes comes back as an update: it changes no route, so no sync for it (a
+        # sync per status write doubled the syncs of every Ingress change and queued the next change behind it).
+        if old.get("spec") != new.get("spec") or _m(old).get("annotations") != _m(new).get("annotations"):
+            self._mark()
 
     def _mark(self) -> None:
         if not self._dirty.is_set():

@@ -99,25 +99,30 @@ ROUTER_LUA = r"""
     end
     kw_cfg_v = -1; kw_cfg = {routes = {}, mw = {}, hf = false, web = {hosts = {}, any = {}},
                              websecure = {hosts = {}, any = {}}}; kw_wrr = {}
+    -- What a chunk's table becomes in this worker (the control socket's worker uses it at once: no second compile)
+    kw_use = {}
+    function kw_use.routes(res, v)
+      res.web = kw_index(res.routes, "web")
+      res.websecure = kw_index(res.routes, "websecure")
+      -- the header filter has work only with response headers or sticky cookies
+      res.hf = false
+      for _, m in pairs(res.mw) do if m.t == "headers" and #m.resp > 0 then res.hf = true end end
+      for _, rt in ipairs(res.routes) do for _, s in ipairs(rt.svc) do if s.sticky then res.hf = true end end end
+      kw_cfg = res; kw_cfg_v = v; kw_wrr = {}
+    end
+    -- A chunk from the shared dict (what another worker's control request stored): compiled and run here
+    function kw_load(key, v)
+      local f, err = loadstring(ngx.shared.kwire:get(key) or "return nil", "=kwire-" .. key)
+      local ok, res = false, err
+      if f then ok, res = pcall(f) end
+      if ok and type(res) == "table" then return kw_use[key](res, v) end
+      ngx.log(ngx.ERR, "kwire: ", key, ": ", res)
+    end
     function kw_config()
-      local d = ngx.shared.kwire
-      local v = d:get("routes_v") or 0
+      local v = ngx.shared.kwire:get("routes_v") or 0
       if v ~= kw_cfg_v then
-        local f, err = loadstring(d:get("routes") or "return {routes = {}, mw = {}}", "=kwire-routes")
-        local ok, res = false, err
-        if f then ok, res = pcall(f) end
-        if ok then
-          res.web = kw_index(res.routes, "web")
-          res.websecure = kw_index(res.routes, "websecure")
-          -- the header filter has work only with response headers or sticky cookies
-          res.hf = false
-          for _, m in pairs(res.mw) do if m.t == "headers" and #m.resp > 0 then res.hf = true end end
-          for _, rt in ipairs(res.routes) do for _, s in ipairs(rt.svc) do if s.sticky then res.hf = true end end end
-          kw_cfg = res
-        else
-          ngx.log(ngx.ERR, "kwire: routes: ", res)
-        end
-        kw_cfg_v = v; kw_wrr = {}
+        kw_load("routes", v)
+        kw_cfg_v = v
       end
       return kw_cfg
     end
@@ -363,27 +368,26 @@ ROUTES_CONTROL_LUA = r"""
           if f then local h = io.open(f, "rb"); body = h:read("*a"); h:close() end
         end
         local f, err = loadstring(body or "", "=kwire-" .. KEY)
-        if not f then ngx.status = 400; ngx.say(err); return ngx.exit(ngx.HTTP_OK) end
+        local ok, res = false, err
+        if f then ok, res = pcall(f) end
+        if not ok or type(res) ~= "table" then ngx.status = 400; ngx.say(res); return ngx.exit(ngx.HTTP_OK) end
         local d = ngx.shared.kwire
-        local ok, serr = d:set(KEY, body)
-        if not ok then ngx.status = 507; ngx.say(serr); return ngx.exit(ngx.HTTP_OK) end
-        d:incr(KEY .. "_v", 1, 0)
+        local sok, serr = d:set(KEY, body)
+        if not sok then ngx.status = 507; ngx.say(serr); return ngx.exit(ngx.HTTP_OK) end
+        kw_use[KEY](res, d:incr(KEY .. "_v", 1, 0))
         ngx.say("ok")
 """
 
 CERTS_LUA = r"""
     local kw_ssl = require "ngx.ssl"
     kw_certs_v = -1; kw_certs = {exact = {}, wild = {}, pem = {}}; kw_parsed = {}
+    function kw_use.certs(res, v) kw_certs = res; kw_certs_v = v; kw_parsed = {} end
     -- The certificate for the client's SNI name (ssl_certificate_by_lua): an exact name, else a `*.` pattern
     -- covering one label; none -> the configuration's default certificate. Parsed once per worker and PEM.
     function kw_cert()
-      local d = ngx.shared.kwire
-      local v = d:get("certs_v") or 0
+      local v = ngx.shared.kwire:get("certs_v") or 0
       if v ~= kw_certs_v then
-        local f, err = loadstring(d:get("certs") or "return {exact = {}, wild = {}, pem = {}}", "=kwire-certs")
-        local ok, res = false, err
-        if f then ok, res = pcall(f) end
-        if ok then kw_certs = res; kw_parsed = {} else ngx.log(ngx.ERR, "kwire: certificates: ", res) end
+        kw_load("certs", v)
         kw_certs_v = v
       end
       local name = kw_ssl.server_name()
