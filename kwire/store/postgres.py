@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -56,6 +57,7 @@ CHANNEL = "kwire_kine"
 COMPACT_KEY = "compact_rev_key"
 POLL_INTERVAL = 1.0  # kine's poll interval; a NOTIFY wakes the follower sooner
 PAGE = 2000  # rows per poll
+BATCH = 256  # writes per transaction at most (group commit)
 WRITE_VISIBLE_TIMEOUT = 10.0
 _WRITE_LOCK = 0x6B77697265  # "kwire": the advisory lock every write transaction holds until its commit
 _SCHEMA_LOCK = _WRITE_LOCK + 1
@@ -125,6 +127,13 @@ _SCHEMA = [
     $fn$""",
 ]
 
+_WRITE_ONE = "SELECT * FROM kwire_write($1, $2, $3, $4)"
+# Several writes in one statement (one transaction), in their order: each call sees the rows the earlier ones wrote.
+_WRITE_MANY = """
+    SELECT w.* FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[])
+        WITH ORDINALITY AS a(op, key, val, expected, n)
+    CROSS JOIN LATERAL kwire_write(a.op, a.key, a.val, a.expected) AS w
+    ORDER BY a.n"""
 _POLL = (
     "SELECT id, name, created, deleted, create_revision, prev_revision, value, old_value FROM kine "
     f"WHERE id > $1 OR name = '{COMPACT_KEY}' ORDER BY id LIMIT $2"
@@ -229,6 +238,9 @@ class PostgresStore(MirroredStore):
         self._state = LiveState(history=history)
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._pending: list[_Write] = []
+        self._pending_added = asyncio.Event()
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._following = False
@@ -262,6 +274,7 @@ class PostgresStore(MirroredStore):
             await self._pool.close()
             raise
         self._task = asyncio.create_task(self._follow())
+        self._writer = asyncio.create_task(self._write_batches())
 
     async def _ensure_database(self) -> None:
         """kine's createDBIfNotExist: a missing database is created through the `postgres` database."""
@@ -285,12 +298,14 @@ class PostgresStore(MirroredStore):
         return self._task is not None and not self._task.done() and self._following
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._writer):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        _fail(self._pending, StoreError("the store is closed"))
         self._state.close_watchers()
         if self._pool is not None:
             await self._pool.close()
@@ -388,13 +403,12 @@ class PostgresStore(MirroredStore):
 
     # -- Store -------------------------------------------------------------------------------------------------
     async def _write(self, op: str, key: str, value: bytes, expected: int) -> int:
-        if self._pool is None:
+        if self._writer is None:
             raise StoreError("PostgresStore.start() first")
-        try:
-            row = await self._pool.fetchrow("SELECT * FROM kwire_write($1, $2, $3, $4)", op, key, value, expected)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise StoreError(f"postgres write: {exc}") from exc
-        assert row is not None
+        done: asyncio.Future[asyncpg.Record] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Write(op, key, value, expected, done))
+        self._pending_added.set()
+        row = await done
         status = row["o_status"]
         if status == "exists":
             raise KeyExists(key)
@@ -406,6 +420,52 @@ class PostgresStore(MirroredStore):
         rev = int(row["o_id"])
         await self._visible(rev)
         return rev
+
+    async def _write_batches(self) -> None:
+        """Group commit: the writes waiting when the previous transaction ends go in the next one (a batch of
+        one is the common case when the API is quiet). Writes are one transaction at a time anyway (the advisory
+        lock), so a batch costs one commit, one fsync, instead of one each. `_pending` holds only writes whose
+        callers are awaiting them, so it is bounded by the requests in flight."""
+        while True:
+            await self._pending_added.wait()
+            self._pending_added.clear()
+            while self._pending:
+                batch = self._pending[:BATCH]
+                del self._pending[:BATCH]
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        assert self._pool is not None
+        try:
+            if len(batch) == 1:
+                w = batch[0]
+                rows = [await self._pool.fetchrow(_WRITE_ONE, w.op, w.key, w.value, w.expected)]
+            else:
+                rows = list(
+                    await self._pool.fetch(
+                        _WRITE_MANY,
+                        [w.op for w in batch],
+                        [w.key for w in batch],
+                        [w.value for w in batch],
+                        [w.expected for w in batch],
+                    )
+                )
+        except asyncpg.PostgresError as exc:
+            if len(batch) > 1:  # one bad write (e.g. a name too long) fails the transaction: each on its own
+                for w in batch:
+                    await self._commit([w])
+                return
+            _fail(batch, StoreError(f"postgres write: {exc}"))
+            return
+        except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            _fail(batch, StoreError(f"postgres write: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - the callers get it; the batcher keeps running
+            _fail(batch, StoreError(f"postgres write: {exc!r}"))
+            return
+        for w, row in zip(batch, rows, strict=True):
+            if not w.done.done():  # a caller that went away (its request was cancelled)
+                w.done.set_result(row)
 
     async def create(self, key: str, value: bytes) -> int:
         return await self._write("create", key, value, 0)
@@ -435,6 +495,21 @@ class PostgresStore(MirroredStore):
     def stats(self) -> dict[str, Any]:
         """What the follower has applied (for benchmarks and debugging)."""
         return {"revision": self._state.revision, "compacted": self._state.compacted, "keys": len(self._state.live)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    op: str
+    key: str
+    value: bytes
+    expected: int
+    done: asyncio.Future[asyncpg.Record]
+
+
+def _fail(batch: list[_Write], exc: StoreError) -> None:
+    for w in batch:
+        if not w.done.done():
+            w.done.set_exception(exc)
 
 
 class _CompactedAway(Exception):

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from kwire.api.certs import ensure_pki
-from kwire.store.base import ADDED, KeyExists, StoreError
+from kwire.store.base import ADDED, KeyExists, RevisionMismatch, StoreError
 from kwire.store.postgres import PostgresStore, prepare_dsn, redact
 from tests.integration.apiserver import ServerProcess, free_port
 from tests.integration.pgkit import PASSWORD, Postgres
@@ -97,6 +97,30 @@ async def test_two_stores_share_one_database(pg: Postgres) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_concurrent_writes_commit_together_and_keep_their_meaning(pg: Postgres) -> None:
+    """Writes waiting together go in one transaction (group commit), each with its own outcome: of 20 updates
+    with the same expected revision exactly one wins, and a write the database rejects (a name longer than kine's
+    VARCHAR(630)) fails alone."""
+    store = PostgresStore(pg.url(f"batch{next(_db)}"))
+    await store.start()
+    try:
+        rev = await store.create("/registry/b/key", b"0")
+        results = await asyncio.gather(
+            *[store.update("/registry/b/key", str(i).encode(), expected_revision=rev) for i in range(20)],
+            store.create("/registry/b/" + "x" * 700, b"too long a name"),
+            *[store.create(f"/registry/b/new-{i}", b"v") for i in range(20)],
+            return_exceptions=True,
+        )
+        updates, too_long, creates = results[:20], results[20], results[21:]
+        assert sum(isinstance(r, int) for r in updates) == 1
+        assert all(isinstance(r, RevisionMismatch) for r in updates if not isinstance(r, int))
+        assert isinstance(too_long, StoreError) and "too long" in str(too_long)
+        assert all(isinstance(r, int) for r in creates), creates
+        assert len((await store.range("/registry/b/new-")).items) == 20
+    finally:
+        await store.close()
 
 
 async def test_a_follower_overtaken_by_compaction_reloads(pg: Postgres) -> None:
