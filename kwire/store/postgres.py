@@ -31,7 +31,6 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -491,10 +490,6 @@ class PostgresStore(MirroredStore):
             raise StoreError(f"postgres compaction: {exc}") from exc
         self._state.compacted = max(self._state.compacted, revision)
         log.info("postgres compacted at revision %d", revision)
-
-    def stats(self) -> dict[str, Any]:
-        """What the follower has applied (for benchmarks and debugging)."""
-        return {"revision": self._state.revision, "compacted": self._state.compacted, "keys": len(self._state.live)}
 
 
 @dataclass(frozen=True, slots=True)

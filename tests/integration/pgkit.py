@@ -38,6 +38,13 @@ class Postgres:
     def url(self, database: str = "kubernetes", *, user: str = "postgres", password: str = PASSWORD) -> str:
         return f"postgres://{user}:{password}@127.0.0.1:{self.port}/{database}?sslmode=disable"
 
+    def config_file(self, path: Path, database: str = "kubernetes") -> Path:
+        """A kwire server config file (0600) naming this database: its URL carries the password, which belongs in
+        a file (or KWIRE_DATASTORE_ENDPOINT), not on a command line."""
+        path.write_text(f"datastore-endpoint: {self.url(database)}\n")
+        os.chmod(path, 0o600)
+        return path
+
     def _run(self, *cmd: str) -> None:
         subprocess.run(
             cmd, check=True, capture_output=True, user=self._uid, group=self._gid, extra_groups=[], cwd=self.root

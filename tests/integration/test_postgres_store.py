@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -235,13 +234,11 @@ TIMING = [
 ]
 
 
-def _server(root: Path, name: str, endpoint: str) -> ServerProcess:
+def _server(root: Path, name: str, pg: Postgres, database: str) -> ServerProcess:
     """A server whose datastore URL (with its password) is in a 0600 config file, not on its command line."""
     data = root / name
     data.mkdir(exist_ok=True)
-    conf = root / f"{name}.yaml"
-    conf.write_text(f"datastore-endpoint: {endpoint}\n")
-    os.chmod(conf, 0o600)
+    conf = pg.config_file(root / f"{name}.yaml", database)
     args = ["--config", str(conf), "--disable", "coredns,servicelb,traefik,metrics-server", *TIMING]
     return ServerProcess(data_dir=data, port=free_port(), extra_args=args)
 
@@ -268,8 +265,8 @@ def test_kwire_servers_on_postgres_with_kubectl(pg: Postgres, tmp_path: Path) ->
     """Two `kwire server --datastore-endpoint postgres://...` on one database: what kubectl wrote through one is
     read through the other; one holds the controller Lease, and after kill -9 of it the other takes the Lease and
     acts on a new Deployment; the killed server comes back with its data dir and sees everything."""
-    endpoint = pg.url(f"cluster{next(_db)}")
-    one, two = _server(tmp_path, "one", endpoint), _server(tmp_path, "two", endpoint)
+    database = f"cluster{next(_db)}"
+    one, two = _server(tmp_path, "one", pg, database), _server(tmp_path, "two", pg, database)
     one.start(timeout=90)
     try:
         two.start(timeout=90)
