@@ -133,9 +133,12 @@ _WRITE_MANY = """
         WITH ORDINALITY AS a(op, key, val, expected, n)
     CROSS JOIN LATERAL kwire_write(a.op, a.key, a.val, a.expected) AS w
     ORDER BY a.n"""
+# The rows after the last one seen and, in the same snapshot, the compaction point (two index scans: an OR of the
+# two conditions would let the planner walk the primary key from the start for the compact_rev_key row).
+_COLUMNS = "id, name, created, deleted, create_revision, prev_revision, value, old_value"
 _POLL = (
-    "SELECT id, name, created, deleted, create_revision, prev_revision, value, old_value FROM kine "
-    f"WHERE id > $1 OR name = '{COMPACT_KEY}' ORDER BY id LIMIT $2"
+    f"(SELECT {_COLUMNS} FROM kine WHERE name = '{COMPACT_KEY}') UNION ALL "
+    f"(SELECT {_COLUMNS} FROM kine WHERE id > $1 ORDER BY id LIMIT $2)"
 )
 _LIVE = (
     "SELECT id, name, created, create_revision, value FROM ("
@@ -367,25 +370,24 @@ class PostgresStore(MirroredStore):
         """Apply every row after the last one seen, in id order (a page at a time)."""
         while True:
             rows: Sequence[asyncpg.Record] = await conn.fetch(_POLL, self._state.revision, PAGE)
-            applied = 0
+            changes = [r for r in rows if r["name"] != COMPACT_KEY]
             for row in rows:
                 if row["name"] == COMPACT_KEY:
                     at = int(row["prev_revision"] or 0)
                     if at > self._state.revision:
                         raise _CompactedAway(at)  # rows this server never saw may be gone
                     self._state.compacted = max(self._state.compacted, at)
-                    continue
+            for row in changes:
                 event = _event(row)
                 if event.type == DELETED:
                     self._state.remove(event.key)
                 else:
                     self._state.put(KV(event.key, event.value, event.revision, _create_revision(row)))
                 self._state.publish(event)
-                applied += 1
-            if applied:
+            if changes:
                 async with self._progress:
                     self._progress.notify_all()
-            if len(rows) < PAGE:
+            if len(changes) < PAGE:
                 return
 
     async def _visible(self, revision: int) -> None:

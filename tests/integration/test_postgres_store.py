@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from itertools import count
@@ -224,6 +226,20 @@ async def test_clear_errors_without_the_password(pg: Postgres) -> None:
 
 
 # -- kwire server on Postgres -----------------------------------------------------------------------------------
+def test_kwire_server_refused_by_the_database_says_so(pg: Postgres, tmp_path: Path) -> None:
+    """A wrong password: `kwire server` exits 1 with the database's reason, no traceback and no password."""
+    conf = tmp_path / "wrong.yaml"
+    conf.write_text(f"datastore-endpoint: {pg.url('kubernetes', password='not-' + PASSWORD)}\n")
+    conf.chmod(0o600)
+    cmd = [sys.executable, "-m", "kwire", "server", "--data-dir", str(tmp_path / "data"), "--config", str(conf)]
+    cmd += ["--bind-address", "127.0.0.1", "--https-listen-port", str(free_port()), "--token", "t"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert "kwire server: datastore: postgres at postgres://postgres:***@127.0.0.1" in res.stderr
+    assert "password authentication failed" in res.stderr
+    assert "Traceback" not in res.stderr and PASSWORD not in res.stderr + res.stdout
+
+
 TIMING = [
     "--leader-elect-lease-duration",
     "4",
