@@ -67,7 +67,7 @@ from kwire.controllers.addons import AddonSettings
 from kwire.controllers.elected import ElectedControllers
 from kwire.controllers.leaderelection import ElectionTiming
 from kwire.controllers.manager import ControllerManager
-from kwire.store import postgres, snapshots
+from kwire.store import snapshots
 from kwire.store.base import KeyExists, Store
 from kwire.store.embedded import EmbeddedEtcd, EtcdTls
 from kwire.store.etcd import EtcdStore
@@ -277,6 +277,9 @@ async def open_store(
         return await _open_embedded_etcd(cfg, data_dir, address=address, join=join)
     if not endpoint:
         return SQLiteStore(db_dir / "state.db"), None
+    # Imported here: asyncpg costs a server that does not use it ~4.5 MB.
+    from kwire.store import postgres
+
     if endpoint.startswith(postgres.SCHEMES):  # kine's Postgres (the table is followed like etcd's watch)
         pg = postgres.PostgresStore(
             endpoint,
