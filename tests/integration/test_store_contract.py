@@ -106,6 +106,24 @@ async def test_revisions_increase_and_cas(store: Store) -> None:
         await store.delete(k(store, "a/1"))
 
 
+async def test_recreate_after_delete_and_unconditional_writes(store: Store) -> None:
+    """A key deleted and created again starts a new life (new create_revision, ADDED); an update or delete without
+    an expected revision applies to whatever is there, and a CAS delete with a stale revision is refused."""
+    r1 = await store.create(k(store, "life/x"), b"first")
+    r2 = await store.update(k(store, "life/x"), b"any", expected_revision=0)
+    with pytest.raises(RevisionMismatch):
+        await store.delete(k(store, "life/x"), expected_revision=r1)
+    r3 = await store.delete(k(store, "life/x"))
+    w = store.watch(k(store, "life/"), from_revision=r3)
+    r4 = await store.create(k(store, "life/x"), b"second")
+    assert r1 < r2 < r3 < r4
+    kv = await store.get(k(store, "life/x"))
+    assert kv is not None and (kv.value, kv.create_revision, kv.mod_revision) == (b"second", r4, r4)
+    ev = await asyncio.wait_for(anext(w), 5)  # type: ignore[arg-type]
+    assert (ev.type, ev.revision, ev.value, ev.prev_value) == (ADDED, r4, b"second", None)
+    w.close()  # type: ignore[attr-defined]
+
+
 async def test_range_prefix_limit_and_continue(store: Store) -> None:
     for i in range(5):
         await store.create(k(store, f"r/{i}"), str(i).encode())
