@@ -157,15 +157,18 @@ _COMPACT = f"""
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
+    """The URL without its password (in the user part or a `password=` parameter), for logs and errors."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in pairs):
+        query = urlencode([(n, "***" if n == "password" else v) for n, v in pairs], quote_via=quote, safe="*/")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def prepare_dsn(url: str, *, cafile: str = "", certfile: str = "", keyfile: str = "") -> str:
@@ -272,6 +275,9 @@ class PostgresStore(MirroredStore):
                 for statement in _SCHEMA:
                     await conn.execute(statement)
             await self._load()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:  # e.g. no right to create tables
+            await self._pool.close()
+            raise StoreError(f"postgres at {self._where}: {exc}") from exc
         except BaseException:
             await self._pool.close()
             raise

@@ -62,6 +62,9 @@ def test_kines_dsn_rules() -> None:
     assert "sslmode=verify-full" in dsn and "sslrootcert=%2Fca.crt" in dsn and "sslkey=%2Fc.key" in dsn
     assert "sslmode=require" in prepare_dsn("postgresql://u@db/k?sslmode=require", cafile="/ca.crt")
     assert redact("postgres://user:s3cret@db:5432/k?sslmode=disable") == "postgres://user:***@db:5432/k?sslmode=disable"
+    assert redact("postgres://user@db/k?password=s3cret&sslmode=disable") == (
+        "postgres://user@db/k?password=***&sslmode=disable"
+    )
     with pytest.raises(ValueError):
         prepare_dsn("mysql://u:p@db/k")
 
