@@ -103,6 +103,60 @@ async def test_two_stores_share_one_database(pg: Postgres) -> None:
         await second.close()
 
 
+async def test_concurrent_writers_on_two_servers_are_followed_in_order_without_gaps(pg: Postgres) -> None:
+    """Two servers writing at once: a watcher on either sees every committed row exactly once in revision order
+    (ids commit in id order, so following `id > last` misses nothing), and both mirrors end identical."""
+    url = pg.url(f"order{next(_db)}")
+    first, second = PostgresStore(url), PostgresStore(url)
+    await first.start()
+    await second.start()
+    try:
+        start = second.revision
+        watches = [s.watch("/registry/o/", from_revision=start) for s in (first, second)]
+        revs = await asyncio.gather(
+            *[first.create(f"/registry/o/a{i}", b"a") for i in range(150)],
+            *[second.create(f"/registry/o/b{i}", b"b") for i in range(150)],
+        )
+        seen = [[(await asyncio.wait_for(anext(w), 10)).revision for _ in range(300)] for w in watches]
+        conn = await asyncpg.connect(url)
+        try:
+            table = [r["id"] for r in await conn.fetch("SELECT id FROM kine WHERE id > $1 ORDER BY id", start)]
+        finally:
+            await conn.close()
+        assert sorted(revs) == table
+        assert seen[0] == table and seen[1] == table
+        assert first._state.live == second._state.live and len(first._state.live) == 300
+        for w in watches:
+            w.close()
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_row_without_notify_is_found_by_the_poll(pg: Postgres) -> None:
+    """NOTIFY only wakes the follower early: a row committed without one (a notification lost while the follower
+    reconnected, or another writer of kine's table) is applied by the next poll, within about a second."""
+    url = pg.url(f"poll{next(_db)}")
+    store = PostgresStore(url)
+    await store.start()
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            rev = await conn.fetchval(
+                "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value) "
+                "VALUES ('/registry/p/quiet', 1, 0, 0, 0, 0, 'v', NULL) RETURNING id"
+            )
+        finally:
+            await conn.close()
+        start = time.monotonic()
+        assert await _eventually(lambda: store.get_now("/registry/p/quiet") is not None, 5)
+        kv = store.get_now("/registry/p/quiet")
+        assert kv is not None and (kv.mod_revision, kv.create_revision, kv.value) == (rev, rev, b"v")
+        assert time.monotonic() - start < 2.5
+    finally:
+        await store.close()
+
+
 async def test_concurrent_writes_commit_together_and_keep_their_meaning(pg: Postgres) -> None:
     """Writes waiting together go in one transaction (group commit), each with its own outcome: of 20 updates
     with the same expected revision exactly one wins, and a write the database rejects (a name longer than kine's
