@@ -368,6 +368,9 @@ class PostgresStore(MirroredStore):
         except Exception as exc:  # noqa: BLE001 - retried by the follower's next round
             log.warning("postgres reload failed: %s", exc)
             await asyncio.sleep(delay)
+            return
+        async with self._progress:  # writes waiting to be seen may be in what was loaded
+            self._progress.notify_all()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
         self._wake.set()
