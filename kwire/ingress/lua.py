@@ -11,7 +11,7 @@ Per request (each entrypoint's server runs `kw_route(ep)` in its rewrite phase):
 host and the unpinned ones, merged in the chunk's priority order, are tried; the first whose rule matches wins
 (none: 404; a router whose Service does not exist, `nf`: 404): its middlewares run in order (`kw_mw_run`: each
 may answer itself: a redirect, 401, 403, 429, or change the request: path, headers), a service is picked by
-smooth weighted round-robin (as Traefik's WRR) and put in ngx.ctx, whose backend the balancer takes
+smooth weighted round-robin (as Traefik's WRR) and put in the `$kw_b` variable, which the balancer takes
 (nginxconf.py), honouring a sticky cookie (value: a hash of the endpoint, as Traefik v3 hashes the server URL;
 set when absent or stale). Response headers of `headers` middlewares and the sticky cookie are set in the
 server's header filter (which returns at once when no route has either).
@@ -154,9 +154,10 @@ ROUTER_LUA = r"""
           if #rt.mw > 0 then kw_mw_run(rt.mw) end
           local svc = kw_pick_service(rt)
           if not svc then return kw_reply(503, "no available server\n") end
-          local ctx = ngx.ctx
-          ctx.kw_b = svc.b
-          ctx.kw_sticky = svc.sticky
+          -- the backend goes to the balancer in a variable: ngx.ctx (a table and a cleanup handler per request) is
+          -- made only for a sticky service (and by middlewares that set response headers)
+          ngx.var.kw_b = svc.b
+          if svc.sticky then ngx.ctx.kw_sticky = svc.sticky end
           return
         end
       end

@@ -10,7 +10,7 @@ certificates served by SNI). Each worker reloads what changed on its next reques
 
 Servers: one per entrypoint, `web` on the HTTP port and `websecure` on the HTTPS port (TLS, HTTP/2 by ALPN); both
 run the Lua router (lua.py) in their rewrite phase and proxy to one upstream whose `balancer_by_lua` takes the
-backend the router chose and picks its next ready endpoint (round-robin per worker; sticky cookies). A backend
+backend the router chose (`$kw_b`) and picks its next ready endpoint (round-robin per worker; sticky cookies). A backend
 with no ready endpoint is sent to a 127.0.0.1 listener answering 503 (Traefik's "no available server"). The HTTPS
 server has the generated default certificate and swaps in a Secret's certificate by SNI
 (`ssl_certificate_by_lua`, lua.py's `kw_cert`). Request headers to backends as Traefik sets them: Host unchanged,
@@ -45,16 +45,16 @@ BALANCER_LUA = r"""
         end
         kw_version = v
       end
-      -- the Lua router's choice (lua.py)
-      local ctx = ngx.ctx
-      local key = ctx.kw_b
-      local peers = key and kw_peers[key]
+      -- the Lua router's choice (lua.py); ngx.ctx only where a sticky cookie can be involved
+      local key = ngx.var.kw_b
+      local peers = kw_peers[key]
       if not peers or #peers == 0 then
         return kw_balancer.set_current_peer("127.0.0.1", NOEP_PORT)
       end
       local n = #peers
       local failed = kw_balancer.get_last_failure()
-      local sticky = ctx.kw_sticky
+      local ctx = kw_cfg.hf and ngx.ctx
+      local sticky = ctx and ctx.kw_sticky
       local i
       if sticky and not failed then
         local want = ngx.var["cookie_" .. sticky.name]
@@ -179,7 +179,7 @@ def render(rd: Render, paths: Paths) -> str:
         "  init_worker_by_lua_block {",
         BALANCER_LUA.replace("NOEP_PORT", str(rd.noep_port)) + ROUTER_LUA + CERTS_LUA + "  }",
         "  map $http_upgrade $kwire_connection { default upgrade; '' ''; }",
-        "  upstream kwire_dyn {",  # the backend is the one the router chose (ngx.ctx)
+        "  upstream kwire_dyn {",  # the backend is the one the router chose ($kw_b)
         "    server 0.0.0.1;",
         "    balancer_by_lua_block { kw_pick() }",
         "    keepalive 512;",
@@ -225,6 +225,7 @@ def render(rd: Render, paths: Paths) -> str:
         "  server {",
         f"    listen {rd.http_port} default_server;",
         "    server_name _;",
+        '    set $kw_b "";',  # the backend the router chooses (lua.py)
         '    rewrite_by_lua_block { kw_route("web") }',
         "    header_filter_by_lua_block { kw_hf() }",
         "    location / { proxy_pass http://kwire_dyn; }",
@@ -235,6 +236,7 @@ def render(rd: Render, paths: Paths) -> str:
         f"    ssl_certificate {paths.default_cert};",
         f"    ssl_certificate_key {paths.default_cert};",
         "    ssl_certificate_by_lua_block { kw_cert() }",
+        '    set $kw_b "";',
         '    rewrite_by_lua_block { kw_route("websecure") }',
         "    header_filter_by_lua_block { kw_hf() }",
         "    location / { proxy_pass http://kwire_dyn; }",
