@@ -238,7 +238,8 @@ def priority(host: str, r: Route) -> int:
 
     One departure: an Exact path counts as long as the same rule with `PathPrefix`, plus one, so that Kubernetes'
     "Exact before Prefix on the same path" holds (by length alone Traefik would let `PathPrefix(`/p`)` outrank
-    `Path(`/p`)`); a longer Prefix path still outranks a shorter one, as Ingress v1's longest match wants."""
+    `Path(`/p`)`); a longer Prefix path still outranks a shorter one, as Ingress v1's longest match wants. As in
+    Traefik, a wildcard host's HostRegexp rule is usually longer than an exact host's, so it wins where both match."""
     if r.priority < 0:
         return DEFAULT_BACKEND_PRIORITY
     if r.priority > 0:

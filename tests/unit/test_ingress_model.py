@@ -195,3 +195,17 @@ def test_router_chunk_orders_both_providers_and_indexes_hosts() -> None:
     assert lua.count("nf = true") == 1  # /gone: its Service is not known (404)
     assert "x;y" not in lua  # invalid hosts are left out (and reported by the controller)
     assert 'K.wild(r.host, "w.com")' in lua
+
+
+def test_wildcard_host_outranks_an_exact_one_by_rule_length_as_in_traefik() -> None:
+    ann = {model.ANN + "router.priority": "100"}
+    t = model.build(
+        [
+            ing("exact", [rule("a.w.com", ("/", "Prefix", "exact"))]),
+            ing("wild", [rule("*.w.com", ("/", "Prefix", "wild"))]),
+            ing("pinned", [rule("b.w.com", ("/", "Prefix", "pinned"))], annotations=ann),
+        ],
+        [TRAEFIK_CLASS],
+    )
+    assert route_for(t, "a.w.com", "/x") == "wild"  # HostRegexp(...) && PathPrefix(`/`) is the longer rule
+    assert route_for(t, "b.w.com", "/x") == "pinned"  # router.priority decides
