@@ -1,13 +1,14 @@
 """High availability numbers (issue 16): API writes/s and watch delivery p99 on SQLite, on PostgreSQL (a private
-cluster, `--datastore-endpoint postgres://`), on a one-member embedded etcd and on a three-member embedded etcd (three servers, the bench writing to the first), all in one run; then,
-in a `kwire lab up --servers 3`, the time from kill -9 of the server holding the controller Lease to the next
+cluster, `--datastore-endpoint postgres://`), on a one-member embedded etcd and on a three-member embedded etcd
+(three servers, the bench writing to the first), all in one run; then, in a `kwire lab up --servers 3`, the time from kill -9 of the server holding the controller Lease to the next
 successful write through the lab's 127.0.0.1 address, and to the controllers acting again (a Deployment created
 after the kill getting its ReplicaSet).
 
     .venv/bin/python bench/ha.py [--objects 3000] [--clients 16] [--skip-lab] [--skip-check-perf]
 
 Besides wall-clock rates (which the load of a shared machine disturbs) it prints CPU per write of the kwire
-servers and of the etcd members (from /proc, counted per write etcd committed), and fsyncs per write from etcd's
+servers and of the datastore's processes (the etcd members, or PostgreSQL's; from /proc, counted per write etcd
+committed), and fsyncs per write from etcd's
 own metrics; and, on the same three members, the bounds kwire's numbers sit under: kwire's etcd store without the
 API, etcd's JSON gateway without kwire, and etcd's own gRPC client (`etcdctl check perf --load l`, 60 s).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -56,16 +58,26 @@ def _etcd_server(root: Path, name: str, join: str | None) -> ServerProcess:
     return ServerProcess(data_dir=root / name, port=free_port(), extra_args=args)
 
 
-def _etcd_pid(server_pid: int) -> int:
-    """The embedded etcd child of a kwire server process."""
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (an embedded etcd is its kwire server's child; PostgreSQL's
+    backends and workers are its postmaster's)."""
+    out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue
-        comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
-        if comm == "etcd" and int(rest[1]) == server_pid:
-            return int(stat.parent.name)
+        if int(text[text.rindex(")") + 2 :].split()[1]) == parent:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _etcd_pid(server_pid: int) -> int:
+    """The embedded etcd child of a kwire server process."""
+    for pid in _children(server_pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "etcd":
+                return pid
     raise RuntimeError(f"no etcd child of {server_pid}")
 
 
@@ -79,13 +91,13 @@ def _etcd_tls(srv: ServerProcess) -> EtcdTls:
 
 @dataclass
 class Cpu:
-    """CPU seconds (user+system, /proc) of the kwire and etcd processes around one measurement."""
+    """CPU seconds (user+system, /proc) of the kwire and the datastore processes around one measurement."""
 
     kwire: list[int]
-    etcd: list[int]
+    store: list[int]
 
     def take(self) -> tuple[float, float]:
-        return sum(_cpu_seconds(p) for p in self.kwire), sum(_cpu_seconds(p) for p in self.etcd)
+        return sum(_cpu_seconds(p) for p in self.kwire), sum(_cpu_seconds(p) for p in self.store)
 
 
 async def _committed(srv: ServerProcess) -> tuple[float, float, float]:
@@ -116,7 +128,7 @@ def _measured(cpu: Cpu, member: ServerProcess | None, run: Callable[[], dict[str
     m1 = asyncio.run(_committed(member)) if member else (0.0, 0.0, 0.0)
     writes = (m1[0] - m0[0]) if member else res["objects"]
     res["kwire_us"] = (after[0] - before[0]) / writes * 1e6
-    res["etcd_us"] = (after[1] - before[1]) / writes * 1e6
+    res["store_us"] = (after[1] - before[1]) / writes * 1e6
     res["fsyncs_per_write"] = (m1[1] - m0[1]) / writes if member else 0.0
     res["fsync_ms"] = (m1[2] - m0[2]) / max(m1[1] - m0[1], 1) * 1000
     res["load"] = load
@@ -208,7 +220,9 @@ def store_benches(objects: int, clients: int, *, check_perf: bool) -> dict[str, 
             pg.start()
             srv.extra_args = [*BASE, "--config", str(pg.config_file(root / "postgres.yaml"))]
             srv.start(timeout=90)
-            out["postgres"] = _run(srv, objects, clients)
+            assert srv.proc is not None and pg.proc is not None
+            cpu = Cpu([srv.proc.pid], [pg.proc.pid, *_children(pg.proc.pid)])  # its connections are made by now
+            out["postgres"] = _measured(cpu, None, _api(srv, objects, clients, "bench"))
         finally:
             srv.stop()
             pg.stop()
@@ -234,7 +248,7 @@ def store_benches(objects: int, clients: int, *, check_perf: bool) -> dict[str, 
             out[f"  {many} clients"] = _measured(cpu, first, _api(first, objects, many, "many"))
             # The bounds, on the same three members: kwire's store without the API (this process is the kwire
             # side then, and the servers' mirrors), the gateway without kwire, and etcd's own gRPC client.
-            here = Cpu([os.getpid(), *pids], cpu.etcd)
+            here = Cpu([os.getpid(), *pids], cpu.store)
             out["  store alone"] = _measured(here, first, lambda: asyncio.run(_store_writes(first, objects, clients)))
             out[f"  store, {many} at once"] = _measured(
                 here, first, lambda: asyncio.run(_store_writes(first, objects, many, tag="m"))
@@ -322,19 +336,20 @@ def main() -> int:
     cores = os.cpu_count() or 1
     print(f"ha bench: {args.objects} creates with {args.clients} clients per store, on {cores} cores")
     print(
-        f"  {'store':<20} {'writes/s':>9} {'watch p50':>10} {'watch p99':>10} {'kwire CPU':>10} {'etcd CPU':>10}"
+        f"  {'store':<20} {'writes/s':>9} {'watch p50':>10} {'watch p99':>10} {'kwire CPU':>10} {'store CPU':>10}"
         f" {'CPU bound':>10} {'fsync/write':>11} {'load':>5}"
     )
     for name, res in results.items():
         watch = f"{res['watch_p50_ms']:>8.1f}ms {res['watch_p99_ms']:>8.1f}ms" if "watch_p50_ms" in res else f"{'':>21}"
-        bound = cores * 1e6 / (res["kwire_us"] + res["etcd_us"])
+        bound = cores * 1e6 / (res["kwire_us"] + res["store_us"])
         print(
-            f"  {name:<20} {res['writes_per_s']:>9.0f} {watch} {res['kwire_us']:>8.0f}us {res['etcd_us']:>8.0f}us"
+            f"  {name:<20} {res['writes_per_s']:>9.0f} {watch} {res['kwire_us']:>8.0f}us {res['store_us']:>8.0f}us"
             f" {bound:>7.0f}/s {res['fsyncs_per_write']:>6.2f} x{res['fsync_ms']:.1f}ms {res['load']:>5.1f}"
         )
     print("  goals: 3-member etcd >= 2000 writes/s, watch p99 < 50 ms")
-    print("  CPU columns: user+system CPU per write of every kwire server (and of this process for the store row) and")
-    print("  of every etcd member; CPU bound = the writes/s those would allow if they had every core to themselves.")
+    print("  CPU columns: user+system CPU per write of every kwire server (and of this process for the store rows) and")
+    print("  of the datastore (every etcd member, or PostgreSQL's processes); CPU bound = the writes/s those would")
+    print("  allow if they had every core to themselves.")
     print("  Below the 3-member row, on the same members: the API with 4 times as many clients, kwire's etcd store")
     print("  without the API (as many writes in flight as the API had, then 4 times as many), the JSON gateway")
     print("  without kwire (the same txns from plain aiohttp), and etcd's own gRPC client (etcdctl check perf -l,")
