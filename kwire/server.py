@@ -70,7 +70,6 @@ from kwire.controllers.manager import ControllerManager
 from kwire.store import snapshots
 from kwire.store.base import KeyExists, Store
 from kwire.store.embedded import EmbeddedEtcd, EtcdTls
-from kwire.store.etcd import EtcdStore
 from kwire.store.etcdcluster import member_add, member_list
 from kwire.store.migrate import migrate_sqlite
 from kwire.store.sqlite import SQLiteStore
@@ -294,12 +293,15 @@ async def open_store(
         raise ConfigError(
             f"datastore-endpoint {postgres.redact(endpoint)!r}: not an etcd (http:// or https://) or postgres:// URL"
         )
-    ctx = None
+    # Imported here: grpcio and etcd's stubs cost a server that does not use them ~30 MB.
+    from kwire.store.etcd import ClientTls, EtcdStore
+
+    tls = None
     if any(u.startswith("https://") for u in urls):
-        ctx = ssl.create_default_context(cafile=str(cfg.datastore_cafile) or None)
-        if cfg.datastore_certfile:
-            ctx.load_cert_chain(str(cfg.datastore_certfile), str(cfg.datastore_keyfile) or None)
-    etcd = EtcdStore(urls, ssl_context=ctx)
+        tls = ClientTls.from_files(
+            str(cfg.datastore_cafile) or None, str(cfg.datastore_certfile) or None, str(cfg.datastore_keyfile) or None
+        )
+    etcd = EtcdStore(urls, tls=tls)
     await etcd.start()
     return etcd, None
 
@@ -362,7 +364,9 @@ async def _open_embedded_etcd(
                 len(members),
             )
     await member.start()
-    store = EtcdStore([member.client_url], ssl_context=tls.client_ssl_context())
+    from kwire.store.etcd import ClientTls, EtcdStore  # grpcio: only on a server that uses etcd
+
+    store = EtcdStore([member.client_url], tls=ClientTls.from_files(tls.ca_cert, tls.client_cert, tls.client_key))
     try:
         await store.start()
         if join is None:
