@@ -41,7 +41,7 @@ from kwire.api.certs import etcd_tls_files  # noqa: E402
 from kwire.client import load_kubeconfig  # noqa: E402
 from kwire.lab import lab  # noqa: E402
 from kwire.store.embedded import EtcdTls  # noqa: E402
-from kwire.store.etcd import ClientTls, EtcdStore  # noqa: E402
+from kwire.store.etcd import EtcdStore  # noqa: E402
 from tests.integration.apiserver import ServerProcess, free_port  # noqa: E402
 from tests.integration.pgkit import Postgres  # noqa: E402
 
@@ -147,8 +147,7 @@ def _value(i: int) -> bytes:
 async def _store_writes(srv: ServerProcess, objects: int, inflight: int, *, tag: str = "s") -> dict[str, float]:
     """kwire's etcd store alone (no API), in this process: creates with `inflight` at once, each returning
     once the store's own watch delivered it, as in the server."""
-    tls = _etcd_tls(srv)
-    store = EtcdStore([_client_url(srv)], tls=ClientTls.from_files(tls.ca_cert, tls.client_cert, tls.client_key))
+    store = EtcdStore([_client_url(srv)], ssl_context=_etcd_tls(srv).client_ssl_context())
     await store.start()
     try:
         counter = iter(range(objects))

@@ -70,6 +70,7 @@ from kwire.controllers.manager import ControllerManager
 from kwire.store import snapshots
 from kwire.store.base import KeyExists, Store
 from kwire.store.embedded import EmbeddedEtcd, EtcdTls
+from kwire.store.etcd import EtcdStore
 from kwire.store.etcdcluster import member_add, member_list
 from kwire.store.migrate import migrate_sqlite
 from kwire.store.sqlite import SQLiteStore
@@ -293,15 +294,12 @@ async def open_store(
         raise ConfigError(
             f"datastore-endpoint {postgres.redact(endpoint)!r}: not an etcd (http:// or https://) or postgres:// URL"
         )
-    # Imported here: grpcio and etcd's stubs cost a server that does not use them ~30 MB.
-    from kwire.store.etcd import ClientTls, EtcdStore
-
-    tls = None
+    ctx = None
     if any(u.startswith("https://") for u in urls):
-        tls = ClientTls.from_files(
-            str(cfg.datastore_cafile) or None, str(cfg.datastore_certfile) or None, str(cfg.datastore_keyfile) or None
-        )
-    etcd = EtcdStore(urls, tls=tls)
+        ctx = ssl.create_default_context(cafile=str(cfg.datastore_cafile) or None)
+        if cfg.datastore_certfile:
+            ctx.load_cert_chain(str(cfg.datastore_certfile), str(cfg.datastore_keyfile) or None)
+    etcd = EtcdStore(urls, ssl_context=ctx)
     await etcd.start()
     return etcd, None
 
@@ -364,9 +362,7 @@ async def _open_embedded_etcd(
                 len(members),
             )
     await member.start()
-    from kwire.store.etcd import ClientTls, EtcdStore  # grpcio: only on a server that uses etcd
-
-    store = EtcdStore([member.client_url], tls=ClientTls.from_files(tls.ca_cert, tls.client_cert, tls.client_key))
+    store = EtcdStore([member.client_url], ssl_context=tls.client_ssl_context())
     try:
         await store.start()
         if join is None:
