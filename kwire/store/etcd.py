@@ -3,10 +3,11 @@
 The client is etcd's own JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, `/v3/kv/deleterange`, `/v3/kv/compaction`,
 `/v3/watch`), spoken over aiohttp, which kwire already depends on; every request in flight has its own keep-alive
 connection, so concurrent writes reach etcd together and it commits them in one raft entry and fsync. Why not
-gRPC: the maintained Python clients pull in grpcio and generated protobufs (python-etcd3 is unmaintained). Measured
-(bench/ha.py, README): the gateway doubles the CPU a txn costs the member that serves it (about 0.8 ms against
-0.4 ms with a grpcio client, one member, 16 in flight) and grpcio costs about 30 MB per server process; on three
-members with the API in front that is under a fifth of the CPU of a write, so the gateway stays. Keys and values
+gRPC, by measurement: a grpcio client (stubs from the maintained aetcd package; python-etcd3 is unmaintained)
+halves the CPU a txn costs the member serving it (0.4 vs 0.8 ms, one member, 16 in flight), but this store built
+on it and run through the API against this one, alternated in one run, moved the CPU into the kwire servers
+instead (grpc.aio's cost per message in every server's watch): on three members 1.7-2.0 ms of etcd CPU per write
+against 2.2-2.4, and 1.9-2.1 ms of kwire CPU against 1.4-1.5, with 18-19 MB more RSS per server. Keys and values
 travel base64-encoded; int64 fields are JSON strings.
 
 Revisions are etcd's: a write's resourceVersion is the etcd revision of its transaction, a watch resumes from a
