@@ -112,7 +112,9 @@ ROUTER_LUA = r"""
     end
     -- A chunk from the shared dict (what another worker's control request stored): compiled and run here
     function kw_load(key, v)
-      local f, err = loadstring(ngx.shared.kwire:get(key) or "return nil", "=kwire-" .. key)
+      local chunk = ngx.shared.kwire:get(key)
+      if not chunk then return end  -- nothing pushed yet
+      local f, err = loadstring(chunk, "=kwire-" .. key)
       local ok, res = false, err
       if f then ok, res = pcall(f) end
       if ok and type(res) == "table" then return kw_use[key](res, v) end

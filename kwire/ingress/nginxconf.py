@@ -223,7 +223,7 @@ def render(rd: Render, paths: Paths) -> str:
         '    location / { return 503 "no available server\\n"; }',
         "  }",
         "  server {",
-        f"    listen {rd.http_port} default_server;",
+        f"    listen {rd.http_port} default_server reuseport;",  # a socket per worker: connections spread by the kernel
         "    server_name _;",
         '    set $kw_b "";',  # the backend the router chooses (lua.py)
         '    rewrite_by_lua_block { kw_route("web") }',
@@ -231,7 +231,7 @@ def render(rd: Render, paths: Paths) -> str:
         "    location / { proxy_pass http://kwire_dyn; }",
         "  }",
         "  server {",
-        f"    listen {rd.https_port} ssl http2 default_server;",
+        f"    listen {rd.https_port} ssl http2 default_server reuseport;",
         "    server_name _;",
         f"    ssl_certificate {paths.default_cert};",
         f"    ssl_certificate_key {paths.default_cert};",

@@ -441,9 +441,9 @@ async def test_ingress_and_ingressroute_routers_share_one_priority_order(plane: 
         await plane.apply(ROUTES, [INGRESS])
 
 
-def served_cert(sni: str) -> str:
+def served_cert(sni: str, *, port: int = HTTPS) -> str:
     res = subprocess.run(
-        [IP, "netns", "exec", NS, "sh", "-c", f"openssl s_client -connect 127.0.0.1:{HTTPS} -servername {sni}"
+        [IP, "netns", "exec", NS, "sh", "-c", f"openssl s_client -connect 127.0.0.1:{port} -servername {sni}"
          " </dev/null 2>/dev/null | openssl x509 -noout -subject -nameopt RFC2253"],
         capture_output=True, text=True, timeout=20,
     )  # fmt: skip
@@ -471,3 +471,31 @@ async def test_certificates_by_sni_are_data_too(plane: Plane) -> None:
         assert plane.nginx.reloads == 0
     finally:
         await plane.apply(ROUTES, [INGRESS])
+
+
+async def test_every_worker_serves_what_one_worker_took(netns: str) -> None:
+    """With several workers, the control request lands on one of them; the others load the stored chunks (routes and
+    certificates) on their next request: every new connection, whichever worker accepts it, is served alike."""
+    d = Path(tempfile.mkdtemp(prefix="kwire-irt2-"))
+    paths = Paths(d)
+    nginx = Nginx(paths)
+    nginx.command_prefix = [IP, "netns", "exec", netns]
+    nginx.prepare()
+    http, https = HTTP + 1000, HTTPS + 1000
+    try:
+        await nginx.apply(render(Render(http_port=http, https_port=https, ping_port=PING + 1000, noep_port=NOEP + 1000,
+                                        workers=3), paths))  # fmt: skip
+        await nginx.push(backend_lines(ENDPOINTS))
+        table = model.build([ingress("w", "workers.test", ("/", "Prefix", "svc-a"))], [TRAEFIK_CLASS])
+        await nginx.push_routes(router.lua_config(router.ingress_routers(table, set(ENDPOINTS)), {}))
+        from tests.integration.test_ingress_lab import tls_secret
+
+        data = json.loads(tls_secret("w", "workers.test")[0])["data"]
+        pem = base64.b64decode(data["tls.crt"]) + base64.b64decode(data["tls.key"])
+        await nginx.push_certs(router.certs_config({"workers.test": pem}))
+        served = [curl("workers.test", "/", port=http) for _ in range(12)]
+        assert [(code, body if code != 200 else body["port"]) for code, body, _ in served] == [(200, PORT_A)] * 12
+        assert {served_cert("workers.test", port=https) for _ in range(6)} == {"workers.test"}
+    finally:
+        await nginx.stop()
+        shutil.rmtree(d, ignore_errors=True)
