@@ -12,7 +12,9 @@ netfilter): its ratio is the kernel's own ceiling for this topology on this mach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
     p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
 ]
+from kwire.kernel.netns import path as netns_path  # noqa: E402
 from kwire.lab import lab as labmod  # noqa: E402
 from kwire.lab import procs  # noqa: E402
 from tests.integration.labkit import IP, Lab, wait_for  # noqa: E402
@@ -117,26 +120,121 @@ def _kernel_floor(prefix: str, *, seconds: int, rounds: int) -> tuple[float, flo
     return statistics.median(node_runs), statistics.median(pod_runs)
 
 
-def _mem_mb(pids: list[int], *, field: str, path: str) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+def _mem_kb(pid: int, *, field: str, path: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def _rss_mb(pids: list[int]) -> float:
-    """The sum of RSS (what the goal is stated in: it counts pages shared between processes once per process)."""
-    return _mem_mb(pids, field="VmRSS", path="status")
+# Roles the 352-357 MB row (and the code before the nft model, f1b914a^1) did not have: K3s's packaged ingress
+# (traefik, here kwire.ingress + nginx, with its ServiceLB pods) and metrics-server. The like-for-like row leaves
+# them out; the whole-lab total counts them.
+ADDED_SINCE = ("kube-system/traefik", "kube-system/svclb-traefik", "kube-system/metrics-server")
 
 
-def _pss_mb(pids: list[int]) -> float:
-    """The sum of PSS: shared pages (libpython, extension modules) divided among the processes that map them."""
-    return _mem_mb(pids, field="Pss", path="smaps_rollup")
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pod_roles(b: Lab, names: list[str]) -> dict[str, str]:
+    """Pod network namespace -> its workload (`namespace/owner`, e.g. `kube-system/coredns`), by the pod's IP."""
+    by_ip: dict[str, str] = {}
+    for pod in json.loads(b.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]:
+        meta, ip = pod["metadata"], pod.get("status", {}).get("podIP")
+        owner = (meta.get("ownerReferences") or [{"kind": "", "name": meta["name"]}])[0]
+        base = owner["name"]
+        if owner["kind"] == "ReplicaSet":
+            base = base.rsplit("-", 1)[0]  # Deployment name
+        elif owner["kind"] == "DaemonSet" and base.startswith("svclb-"):
+            base = base.rsplit("-", 1)[0]  # svclb-<service>-<hash>
+        if ip:
+            by_ip[ip] = f"{meta['namespace']}/{base}"
+    roles = {}
+    for ns in names:
+        if "-pod-" not in ns:
+            continue
+        with contextlib.suppress(subprocess.CalledProcessError, ValueError, IndexError, KeyError):
+            addrs = json.loads(_ip("-j", "-4", "-n", ns, "addr", "show", "dev", "eth0"))[0]["addr_info"]
+            roles[ns] = by_ip.get(addrs[0]["local"], "other pods")
+    return roles
+
+
+def _role_memory(b: Lab) -> dict[str, tuple[int, float, float]]:
+    """Role -> (processes, RSS MB, PSS MB) for every process of the lab: the supervisor, servers and agents (by
+    their recorded PIDs), each node's pod runtime, and each pod's processes (its tini/unshare wrappers included)
+    by the workload the pod belongs to. RSS counts pages shared between processes once per process (what the goal
+    is stated in); PSS divides shared pages (libpython, extension modules) among the processes that map them."""
+    names = __import__("kwire.kernel.netns", fromlist=["list_names"]).list_names(f"kwire-{b.name}-")
+    st = labmod.LabState.load(b.name)
+    assert st is not None
+    by_pid = {
+        pid: ("supervisor" if key == labmod.SUPERVISOR else "server" if key.startswith("server") else "agents")
+        for key, pid in st.pids.items()
+    }
+    inode_role: dict[int, str] = {}
+    pod_roles = _pod_roles(b, names)
+    for ns in names:
+        with contextlib.suppress(OSError):
+            inode_role[os.stat(netns_path(ns)).st_ino] = pod_roles.get(ns, "node")
+    out: dict[str, tuple[int, float, float]] = {}
+    for pid in sorted(set(procs.pids_in_namespaces(names)) | set(st.pids.values())):
+        role = by_pid.get(pid)
+        if role is None:
+            try:
+                role = inode_role.get(os.stat(f"/proc/{pid}/ns/net").st_ino, "node")
+            except OSError:
+                continue
+            if role == "node":
+                role = "runtimes" if "kubelet.runtime_main" in _cmdline(pid) else "node, other"
+        rss, pss = _mem_kb(pid, field="VmRSS", path="status"), _mem_kb(pid, field="Pss", path="smaps_rollup")
+        n, r, p = out.get(role, (0, 0.0, 0.0))
+        out[role] = (n + 1, r + rss / 1024, p + pss / 1024)
+    return out
+
+
+def _throughput(b: Lab, args: argparse.Namespace, results: dict[str, float]) -> None:
+    """iperf3 node-to-node vs pod-to-pod in the lab, and the same data path built by hand (the ceiling)."""
+    # Throughput: node2 -> node3 over the LAN, and pod on node2 -> pod on node3 over VXLAN, alternated
+    # `--rounds` times so both see the same machine load; the medians are compared.
+    node2, node3 = b.topo.host("node2"), b.topo.host("node3")
+    assert node2 and node3
+    b.apply(IPERF_POD.format(name="iperf-server", node="node3"))
+    b.apply(IPERF_POD.format(name="iperf-client", node="node2").replace('[iperf3, -s, -p, "5201"]', '[sleep, "3600"]'))
+    wait_for(
+        lambda: len([p for p in b.pods("bench=iperf") if p["status"].get("phase") == "Running"]) == 2,
+        what="iperf pods",
+    )
+    server_ip = b.get("pod", "iperf-server")["status"]["podIP"]
+    client_ns = b.netns_of("iperf-client")
+    node_server = subprocess.Popen(
+        [IP, "netns", "exec", node3.netns, "iperf3", "-s", "-p", "5201"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        node_runs, pod_runs = [], []
+        for _ in range(args.rounds):
+            node_runs.append(_iperf(node2.netns, node3.ip, args.seconds))
+            pod_runs.append(_iperf(client_ns, server_ip, args.seconds))
+    finally:
+        node_server.terminate()
+        node_server.wait(timeout=10)
+    results["node_gbps"] = statistics.median(node_runs)
+    results["pod_gbps"] = statistics.median(pod_runs)
+    results["ratio"] = results["pod_gbps"] / results["node_gbps"]
+    results["floor_node_gbps"], results["floor_pod_gbps"] = _kernel_floor(
+        b.topo.netns_prefix, seconds=args.seconds, rounds=args.rounds
+    )
+    results["floor_ratio"] = results["floor_pod_gbps"] / results["floor_node_gbps"]
+    b.kubectl("delete", "pod", "-l", "bench=iperf", "--wait=true")
 
 
 def main() -> int:
@@ -145,8 +243,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7, help="alternating node/pod iperf3 runs (medians compared)")
     ap.add_argument("--pods", type=int, default=30)
     ap.add_argument("--runs", type=int, default=3, help="bring-up repetitions (the median is reported)")
+    ap.add_argument("--no-throughput", action="store_true", help="bring-up and memory only (no iperf3 runs)")
     args = ap.parse_args()
     results: dict[str, float] = {}
+    roles: dict[str, tuple[int, float, float]] = {}
     b = Lab("kwb", 3, "vxlan")
     try:
         times = []
@@ -156,42 +256,8 @@ def main() -> int:
             times.append(b.bringup_seconds)
         results["bringup_s"] = sorted(times)[len(times) // 2]
 
-        # Throughput: node2 -> node3 over the LAN, and pod on node2 -> pod on node3 over VXLAN, alternated
-        # `--rounds` times so both see the same machine load; the medians are compared.
-        node2, node3 = b.topo.host("node2"), b.topo.host("node3")
-        assert node2 and node3
-        b.apply(IPERF_POD.format(name="iperf-server", node="node3"))
-        b.apply(
-            IPERF_POD.format(name="iperf-client", node="node2").replace('[iperf3, -s, -p, "5201"]', '[sleep, "3600"]')
-        )
-        wait_for(
-            lambda: len([p for p in b.pods("bench=iperf") if p["status"].get("phase") == "Running"]) == 2,
-            what="iperf pods",
-        )
-        server_ip = b.get("pod", "iperf-server")["status"]["podIP"]
-        client_ns = b.netns_of("iperf-client")
-        node_server = subprocess.Popen(
-            [IP, "netns", "exec", node3.netns, "iperf3", "-s", "-p", "5201"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(0.5)
-            node_runs, pod_runs = [], []
-            for _ in range(args.rounds):
-                node_runs.append(_iperf(node2.netns, node3.ip, args.seconds))
-                pod_runs.append(_iperf(client_ns, server_ip, args.seconds))
-        finally:
-            node_server.terminate()
-            node_server.wait(timeout=10)
-        results["node_gbps"] = statistics.median(node_runs)
-        results["pod_gbps"] = statistics.median(pod_runs)
-        results["ratio"] = results["pod_gbps"] / results["node_gbps"]
-        results["floor_node_gbps"], results["floor_pod_gbps"] = _kernel_floor(
-            b.topo.netns_prefix, seconds=args.seconds, rounds=args.rounds
-        )
-        results["floor_ratio"] = results["floor_pod_gbps"] / results["floor_node_gbps"]
-        b.kubectl("delete", "pod", "-l", "bench=iperf", "--wait=true")
+        if not args.no_throughput:
+            _throughput(b, args, results)
 
         # Memory: the whole lab with N responder pods.
         b.apply(
@@ -202,16 +268,7 @@ def main() -> int:
         )
         b.wait_pods_ready("app=mem", args.pods, timeout=120)
         time.sleep(1.0)
-        # b.name carries KWIRE_TEST_ID when it is set (labkit appends it), so the lab is looked up by that name.
-        prefix = f"kwire-{b.name}-"
-        names = [n for n in __import__("kwire.kernel.netns", fromlist=["list_names"]).list_names(prefix)]
-        pids = procs.pids_in_namespaces(names)
-        st = labmod.LabState.load(b.name)
-        assert st is not None
-        pids = sorted(set(pids) | {p for p in st.pids.values()})
-        results["rss_mb"] = _rss_mb(pids)
-        results["pss_mb"] = _pss_mb(pids)
-        results["processes"] = len(pids)
+        roles = _role_memory(b)
     finally:
         b.down()
     print(f"lab bench (3 nodes, vxlan; this machine: {__import__('os').cpu_count()} cores)")
@@ -225,10 +282,16 @@ def main() -> int:
         f"  the same data path built by hand       {results['floor_pod_gbps']:.2f} vs {results['floor_node_gbps']:.2f}"
         f" Gbit/s = ratio {results['floor_ratio']:.2f}  (veth + cni0 + VXLAN, no kwire, no netfilter)"
     )
-    print(
-        f"  memory, lab + {args.pods} responder pods      {results['rss_mb']:.0f} MB RSS in {int(results['processes'])} processes (goal < 400 MB)"
-    )
-    print(f"  the same, as PSS (shared pages counted once)  {results['pss_mb']:.0f} MB")
+    print(f"  memory, lab + {args.pods} responder pods, per role:   processes   RSS MB   PSS MB")
+    for role, (n, rss, pss) in sorted(roles.items(), key=lambda kv: -kv[1][1]):
+        print(f"    {role:40s} {n:5d}   {rss:7.1f}  {pss:7.1f}")
+    like = [v for k, v in roles.items() if not k.startswith(ADDED_SINCE)]
+    for label, rows in (
+        ("like-for-like (no traefik, svclb-traefik, metrics-server)", like),
+        ("whole lab", list(roles.values())),
+    ):
+        n, rss, pss = (sum(r[i] for r in rows) for i in range(3))
+        print(f"  {label:58s} {rss:4.0f} MB RSS, {pss:4.0f} MB PSS in {int(n)} processes (goal < 400 MB RSS)")
     return 0
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from pyroute2 import IPRoute
 
 from kwire.agent.credentials import (
     CONTROLLER_CLIENT,
@@ -48,6 +47,7 @@ from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NOD
 from kwire.client.events import EventRecorder
 from kwire.cni import invoke as cni
 from kwire.config import AgentConfig
+from kwire.kernel.pyroute import IPRoute
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,13 @@ daemon's background safety net. `pin_mmap_threshold()` keeps big buffers out of 
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncio is imported where it is used: the lab's supervisor, which has no event loop, pays
+    import asyncio  # ~9 MB of RSS for it (asyncio brings ssl, libssl and libcrypto)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ def trim_soon(*, delay: float = 1.0) -> None:
         _pending = None
         trim()
 
+    import asyncio
+
     _pending = asyncio.get_running_loop().call_later(delay, run)
 
 
@@ -83,6 +88,8 @@ async def trim_periodically(*, interval: float = 60.0) -> None:
     if _TRIM is None:
         log.debug("malloc_trim not available; freed memory is left to the C library")
         return
+    import asyncio
+
     while True:
         await asyncio.sleep(interval)
         trim()
