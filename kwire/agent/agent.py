@@ -41,6 +41,7 @@ from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
+from kwire.base import memory
 from kwire.base.files import private_dir
 from kwire.client import ApiClient, Informers
 from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
@@ -430,6 +431,7 @@ async def start(cfg: AgentConfig) -> Agent:
 
 
 async def run(cfg: AgentConfig) -> None:
+    memory.one_arena()  # before the first worker thread (kwire/base/memory.py)
     agent = await start(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

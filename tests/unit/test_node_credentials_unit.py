@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kwire.agent.credentials import needs_renewal
+from kwire.agent.certwork import needs_renewal
 from kwire.api import certs, nodecerts
 
 
