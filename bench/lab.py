@@ -28,7 +28,7 @@ sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
 from kwire.kernel.netns import path as netns_path  # noqa: E402
 from kwire.lab import lab as labmod  # noqa: E402
 from kwire.lab import procs  # noqa: E402
-from tests.integration.labkit import IP, Lab, wait_for  # noqa: E402
+from tests.integration.labkit import IP, Lab, free_port, wait_for  # noqa: E402
 
 IPERF_POD = """
 apiVersion: v1
@@ -199,6 +199,20 @@ def _role_memory(b: Lab) -> dict[str, tuple[int, float, float]]:
     return out
 
 
+class _Stages:
+    """`lab up`'s progress (its Progress protocol): when each stage ended, counted from the start."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.ends: dict[str, float] = {}
+
+    def start(self, stage: str) -> None:
+        pass
+
+    def done(self, stage: str, seconds: float) -> None:
+        self.ends[stage] = time.monotonic() - self.t0
+
+
 def _throughput(b: Lab, args: argparse.Namespace, results: dict[str, float]) -> None:
     """iperf3 node-to-node vs pod-to-pod in the lab, and the same data path built by hand (the ceiling)."""
     # Throughput: node2 -> node3 over the LAN, and pod on node2 -> pod on node3 over VXLAN, alternated
@@ -251,12 +265,16 @@ def main() -> int:
     roles: dict[str, tuple[int, float, float]] = {}
     b = Lab("kwb", 3, "vxlan")
     try:
-        times = []
+        times, ready = [], []
         for _ in range(args.runs):
             b.down()
-            b.up()
-            times.append(b.bringup_seconds)
-        results["bringup_s"] = sorted(times)[len(times) // 2]
+            b.api_port = free_port()
+            stages = _Stages()
+            _, seconds = labmod.up(b.name, nodes=3, flannel_backend="vxlan", api_port=b.api_port, progress=stages)
+            times.append(seconds)
+            ready.append(stages.ends["pod network between nodes"])
+        results["bringup_s"] = statistics.median(times)
+        results["ready_s"] = statistics.median(ready)
 
         if not args.no_throughput:
             _throughput(b, args, results)
@@ -274,9 +292,8 @@ def main() -> int:
     finally:
         b.down()
     print(f"lab bench (3 nodes, vxlan; this machine: {os.cpu_count()} cores)")
-    print(
-        f"  bring-up to all Ready + pod network   {results['bringup_s']:.2f} s   (goal <= 5 s; median of {args.runs})"
-    )
+    print(f"  bring-up to all Ready + pod network   {results['ready_s']:.2f} s   (goal <= 5 s; median of {args.runs})")
+    print(f"  bring-up to usable (DNS, add-ons)      {results['bringup_s']:.2f} s   (what `kwire lab up` waits for)")
     if "ratio" in results:
         print(f"  node-to-node TCP (iperf3, LAN)         {results['node_gbps']:.2f} Gbit/s   (median of {args.rounds})")
         print(f"  pod-to-pod TCP across nodes (VXLAN)    {results['pod_gbps']:.2f} Gbit/s   (median of {args.rounds})")
