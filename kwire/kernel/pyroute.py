@@ -30,8 +30,6 @@ def _register_without_init() -> None:
     pkg: ModuleType = importlib.util.module_from_spec(spec)
 
     def __getattr__(name: str) -> Any:  # noqa: N807 - PEP 562's name
-        if name.startswith("__"):
-            raise AttributeError(name)
         try:
             return importlib.import_module(f"pyroute2.{name}")
         except ModuleNotFoundError:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ETC_NETNS = Path("/etc/netns")
 IP = shutil.which("ip") or "/usr/sbin/ip"
+
+# Callers' `lab.X` names for what lives in state.py and start.py (modules the supervisor imports alone).
 __all__ = ["SERVER_PORT", "SUPERVISOR", "LabError", "LabState", "server_procs", "start_agent", "start_server"]
 
 

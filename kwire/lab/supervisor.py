@@ -7,6 +7,8 @@ never changes) and the restart is logged to `logs/supervisor.log` and recorded i
 purpose (`kwire lab node stop`) are left alone until `node start`. Each agent in turn replaces its own pod
 runtime when that dies. Every read-modify-write of `state.json` holds the lab's lock (`LabState.locked`), so a
 `node stop` and a restart never race. The supervisor ends when the lab's state is gone (`lab down`) or on SIGTERM.
+It lives as long as the lab and imports only state.py, start.py, procs.py and topology.py (no asyncio, no API
+client, no pyroute2): 22 MB of RSS, where importing lab.py made it 69 MB.
 """
 
 from __future__ import annotations
