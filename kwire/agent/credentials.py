@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -51,24 +52,41 @@ class CredentialsError(RuntimeError):
     pass
 
 
-async def _certwork(request: dict[str, object]) -> dict[str, Any]:
-    """certwork.check(request) in a child process (`python -m kwire.agent.certwork`), so that the agent never
-    imports cryptography (~10 MB of RSS, for work done at start and once an hour; see certwork.py)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kwire.agent.certwork",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await proc.communicate(json.dumps(request).encode())
-    if proc.returncode != 0:
-        raise CredentialsError(f"checking the node's certificates failed: {err.decode(errors='replace')[-500:]}")
-    answer: dict[str, Any] = json.loads(out)
-    return answer
+class _CertWork:
+    """certwork.check in a child process (`python -m kwire.agent.certwork`), so that the agent never imports
+    cryptography (~10 MB of RSS, for work done at start and once an hour; see certwork.py). The child is started
+    first and asked later (`answer`): it imports cryptography while the agent fetches the client CA."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls) -> _CertWork:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "kwire.agent.certwork",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        return cls(proc)
+
+    async def answer(self, request: dict[str, object]) -> dict[str, Any]:
+        out, err = await self.proc.communicate(json.dumps(request).encode())
+        if self.proc.returncode != 0:
+            raise CredentialsError(f"checking the node's certificates failed: {err.decode(errors='replace')[-500:]}")
+        answer: dict[str, Any] = json.loads(out)
+        return answer
+
+    async def cancel(self) -> None:
+        """End a child that will not be asked (the client CA could not be fetched)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
 
 
 def serving_context(*, cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
@@ -198,12 +216,17 @@ class NodeCredentials:
         # The client CA is fetched every time (one small request): certificates from a CA the server no longer
         # trusts are then seen as stale and replaced.
         session, headers = self._session(token)
+        child = await _CertWork.start()
         async with session:
-            client_ca = await self._call(session, "GET", "client-ca.crt", headers=headers)
+            try:
+                client_ca = await self._call(session, "GET", "client-ca.crt", headers=headers)
+            except BaseException:
+                await child.cancel()
+                raise
             atomic_write(self.client_ca_path, client_ca, mode=0o600)
             # The components whose certificate is missing, from another CA, due for renewal, or no longer naming
             # this node (a new node name, or a node IP the serving certificate lacks), with a new key for each.
-            work = await _certwork(self._check_request())
+            work = await child.answer(self._check_request())
             stale: list[str] = work["stale"]
             for comp in stale:
                 key, csr = work["keys"][comp]["key"].encode(), work["keys"][comp]["csr"].encode()
