@@ -462,3 +462,69 @@ def test_prune_reports_the_unknown_fields_it_drops() -> None:
     obj = {"apiVersion": "x/v1", "kind": "X", "metadata": {}, "spec": {"name": "a", "x": 1, "tags": []}, "y": 2}
     obj["spec"]["ports"] = [{"name": "p", "zz": 1}]
     assert schema.prune(S, obj, root=True) == ["spec.x", "spec.ports[0].zz", "y"]
+
+
+def _pool_kind(spec_props: dict[str, Any], *, crd: str = "pools.example.com") -> Any:
+    from kwire.api.crd import custom
+    from kwire.api.registry import CustomVersion, Kind
+
+    s = {"type": "object", "properties": {"spec": {"type": "object", "properties": spec_props}}}
+    version = CustomVersion(crd_name=crd, storage_version="v1", schema=s)
+    return Kind("example.com", "v1", "Pool", "pools", True, custom=custom.derive(version))
+
+
+def test_field_validation_follows_the_served_schema_compiled_once_per_crd_version() -> None:
+    """The decoder's unknown-field check compiles a CRD version's schema once, and a changed CRD (a new schema
+    object) is checked against its new schema, never a stale compiled one, however many CRDs come and go."""
+    from kwire.api import fieldcheck
+
+    def unknown(kind: Any, spec: dict[str, Any]) -> list[str]:
+        found = fieldcheck.kind_schema(kind)
+        assert found is not None
+        obj = {"apiVersion": "example.com/v1", "kind": "Pool", "metadata": {"name": "p", "bogus": 1}, "spec": spec}
+        return fieldcheck.check(found[0], obj, types=found[1], builtin=found[1]).unknown
+
+    before = _pool_kind({"a": {"type": "string"}})
+    assert unknown(before, {"a": "x", "b": "y"}) == ["metadata.bogus", "spec.b"]
+    assert fieldcheck.kind_schema(before) == fieldcheck.kind_schema(before)
+    after = _pool_kind({"a": {"type": "string"}, "b": {"type": "string"}})
+    assert unknown(after, {"a": "x", "b": "y"}) == ["metadata.bogus"]
+    assert unknown(before, {"a": "x", "b": "y"}) == ["metadata.bogus", "spec.b"]
+    for i in range(600):  # past the cache's bound: old entries go, answers stay right
+        assert unknown(_pool_kind({f"f{i}": {"type": "string"}}), {f"f{i}": "x", "b": "y"}) == [
+            "metadata.bogus",
+            "spec.b",
+        ]
+    assert unknown(after, {"a": "x", "b": "y", "c": 1}) == ["metadata.bogus", "spec.c"]
+
+
+def test_conversion_webhook_looked_up_once_per_crd_revision() -> None:
+    """Every custom-resource write asks whether its CRD converts through a webhook: the stored CRD is decoded
+    once per revision, and a changed or deleted CRD is seen at once."""
+    from kwire.api.crd.conversion import WebhookConverter
+    from kwire.store.base import KV
+
+    stored: dict[str, KV | None] = {}
+    reads: list[str] = []
+
+    def put(rev: int, conversion: dict[str, Any]) -> None:
+        crd = {"metadata": {"name": "pools.example.com"}, "spec": {"conversion": conversion}}
+        stored["pools.example.com"] = KV("/registry/crd/pools.example.com", orjson.dumps(crd), rev, 1)
+
+    def crd(name: str) -> KV | None:
+        reads.append(name)
+        return stored.get(name)
+
+    conv = WebhookConverter(crd=crd, lookup=None)  # type: ignore[arg-type]
+    kind = _pool_kind({})
+    put(2, {"strategy": "None"})
+    assert conv.webhook_for(kind) is None and conv.webhook_for(kind) is None
+    hook = {"clientConfig": {"url": "https://127.0.0.1:1/convert"}, "conversionReviewVersions": ["v1"]}
+    put(3, {"strategy": "Webhook", "webhook": hook})
+    assert conv.webhook_for(kind) == hook
+    assert conv.webhook_for(kind) is conv.webhook_for(kind)  # decoded once for revision 3
+    put(4, {"strategy": "None"})
+    assert conv.webhook_for(kind) is None
+    stored["pools.example.com"] = None
+    assert conv.webhook_for(kind) is None
+    assert len(reads) == 7  # the live state is asked every time
