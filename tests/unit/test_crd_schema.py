@@ -528,3 +528,18 @@ def test_conversion_webhook_looked_up_once_per_crd_revision() -> None:
     stored["pools.example.com"] = None
     assert conv.webhook_for(kind) is None
     assert len(reads) == 7  # the live state is asked every time
+
+
+def test_server_side_apply_schema_follows_each_served_crd_version() -> None:
+    """A CRD that changes a list's type is served as a new version object; the field-manager schema of the new
+    one is its own even when the old one is gone and its memory (its id) is reused."""
+    from kwire.api import fieldset
+
+    for i in range(40):
+        list_type = "set" if i % 2 else "atomic"
+        tags = {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": list_type}
+        kind = _pool_kind({"tags": tags})
+        node = fieldset.schema_for_kind(kind)
+        assert node.fields is not None
+        assert node.fields["spec"].fields["tags"].type == list_type, i
+        del kind, node
