@@ -29,8 +29,9 @@ class CustomVersion:
     selectable_fields: tuple[str, ...] = ()
     singular: str = ""
     # Derived from `schema` once when the CRD is served (kwire.api.crd.custom.derive), not per request:
-    body_schema: dict[str, Any] | None = None  # schema without apiVersion/kind/metadata
-    defaults: dict[str, Any] | None = None  # the schema's subtrees that lead to a `default`
+    body_schema: dict[str, Any] | None = None  # schema without apiVersion/kind/metadata (what CEL rules walk)
+    node: Any = None  # `schema` compiled (kwire.api.crd.schema.Node): defaulting and pruning walk it
+    body_node: Any = None  # `body_schema` compiled: validation walks it
     has_rules: bool = False
 
 

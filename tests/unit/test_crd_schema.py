@@ -543,3 +543,83 @@ def test_server_side_apply_schema_follows_each_served_crd_version() -> None:
         assert node.fields is not None
         assert node.fields["spec"].fields["tags"].type == list_type, i
         del kind, node
+
+
+def test_one_walk_defaults_then_prunes_as_two_passes_do() -> None:
+    """A write defaults and prunes in one walk of the compiled schema: each object is defaulted before it is
+    pruned, so the result and the dropped paths are those of defaulting the whole object, then pruning it."""
+    s: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "metadata": {"type": "object", "properties": {"labels": {"type": "object", "default": {"a": "b"}}}},
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "opts": {"type": "object", "default": {"keep": 1, "junk": 2}, "properties": {"keep": {}}},
+                    "nul": {"type": "string", "default": "d"},
+                    "gone": {"type": "string"},
+                    "maybe": {"type": "string", "nullable": True, "default": "m"},
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "object", "properties": {"n": {"type": "integer", "default": 7}}},
+                    },
+                    "byName": {
+                        "type": "object",
+                        "additionalProperties": {"type": "object", "properties": {"on": {"default": True}}},
+                    },
+                },
+            },
+        },
+    }
+    obj = {
+        "apiVersion": "x/v1",
+        "kind": "X",
+        "metadata": {"name": "a", "stray": 1},
+        "spec": {"nul": None, "gone": None, "maybe": None, "items": [{"x": 1}, {}], "byName": {"k": {"y": 2}}},
+        "top": 1,
+    }
+    two_passes = copy.deepcopy(obj)
+    schema.apply_defaults(s, two_passes)
+    dropped = schema.prune(s, two_passes, root=True)
+    one_walk = copy.deepcopy(obj)
+    assert schema.Node(s).prune(one_walk, root=True, defaults=True) == dropped
+    assert one_walk == two_passes
+    assert one_walk == {
+        "apiVersion": "x/v1",
+        "kind": "X",
+        "metadata": {"name": "a", "stray": 1, "labels": {"a": "b"}},  # metadata: defaulted, never pruned here
+        "spec": {
+            "nul": "d",
+            "maybe": None,
+            "items": [{"n": 7}, {"n": 7}],
+            "byName": {"k": {"on": True}},
+            "opts": {"keep": 1},
+        },
+    }
+    assert dropped == ["spec.items[0].x", "spec.byName.k.y", "spec.opts.junk", "top"]
+
+
+def test_cel_rules_below_rule_free_subtrees_still_run() -> None:
+    """The CEL walk skips subtrees without rules; a rule deep under rule-free objects and lists still runs."""
+    rule = {"rule": "self.size() <= 3", "message": "too long"}
+    s: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "free": {"type": "object", "properties": {"a": {"type": "string"}}},
+                    "list": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string", "x-kubernetes-validations": [rule]}},
+                        },
+                    },
+                },
+            }
+        },
+    }
+    obj = {"spec": {"free": {"a": "long value"}, "list": [{"name": "abc"}, {"name": "abcd"}]}}
+    assert [str(e) for e in cel.validate(s, obj, None, "")] == ['spec.list[1].name: Invalid value: "string": too long']
+    assert cel.validate(s["properties"]["spec"]["properties"]["free"], obj["spec"]["free"], None, "") == []
