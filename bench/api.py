@@ -8,15 +8,16 @@ schema validation, defaulting and pruning on every write), and the custom/built-
 and of server CPU per write (goal <= 1.25), per round and their median, with the load average.
 
     .venv/bin/python bench/api.py [--objects 10000] [--clients 16] [--rounds 3] [--warmup 300]
-                                  [--datastore sqlite|etcd] [--as-user]
+                                  [--datastore sqlite|etcd|postgres] [--as-user]
 
 Besides wall-clock numbers it prints the server's CPU time per write (from /proc, user+system), which a loaded
 machine disturbs far less than throughput. `--as-user` writes as user `bench` (impersonated by the admin), whom a
 RoleBinding allows exactly those creates: every request then goes through RBAC instead of the `system:masters`
 short cut.
 
-`--datastore etcd` runs the server on a one-member embedded etcd (`--cluster-init`); bench/ha.py compares SQLite,
-one and three etcd members in one run.
+`--datastore etcd` runs the server on a one-member embedded etcd (`--cluster-init`), `--datastore postgres` on a
+private PostgreSQL cluster (Debian's, fsync on, `tests/integration/pgkit.py`); bench/ha.py compares SQLite,
+Postgres, one and three etcd members in one run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
     p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
 ]
 from tests.integration.apiserver import ServerProcess, free_port  # noqa: E402
+from tests.integration.pgkit import Postgres  # noqa: E402
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -190,18 +192,22 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--datastore", choices=("sqlite", "etcd"), default="sqlite")
+    ap.add_argument("--datastore", choices=("sqlite", "etcd", "postgres"), default="sqlite")
     ap.add_argument("--rounds", type=int, default=1, help="alternate built-in/custom rounds; the best of each counts")
     ap.add_argument("--warmup", type=int, default=300, help="creates of each kind before the rounds, not counted")
     ap.add_argument("--as-user", action="store_true", help="write as an RBAC-authorized user, not system:masters")
     args = ap.parse_args()
+    pg = Postgres(fsync=True) if args.datastore == "postgres" else None
     with tempfile.TemporaryDirectory(prefix="kwire-bench-") as tmp:
         extra = []
         if args.datastore == "etcd":
             extra = ["--cluster-init", "--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port())]
         srv = ServerProcess(Path(tmp), free_port(), extra_args=extra)
-        srv.start(timeout=90)
         try:
+            if pg is not None:
+                pg.start()
+                srv.extra_args = ["--config", str(pg.config_file(Path(tmp) / "datastore.yaml"))]
+            srv.start(timeout=90)
             asyncio.run(_install_crd(srv, rbac=args.as_user))
             kinds = {
                 "built-in": ("/api/v1/namespaces/default/configmaps", _configmap, "cm"),
@@ -235,6 +241,8 @@ def main() -> int:
             custom = max((c for _, c in rounds), key=lambda x: x["writes_per_s"])
         finally:
             srv.stop()
+            if pg is not None:
+                pg.stop()
     print(
         f"api bench ({args.datastore}): {res['objects']} creates with {res['clients']} clients in {res['seconds']:.2f}s"
     )
