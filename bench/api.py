@@ -257,8 +257,8 @@ def main() -> int:
     print(f"  watch p50       {custom['watch_p50_ms']:.1f} ms")
     print(f"  watch p99       {custom['watch_p99_ms']:.1f} ms")
     print(f"  server CPU      {min(c['cpu_us_per_write'] for _, c in rounds):.0f} us/write")
-    # Each round runs built-in then custom back to back, so a round's ratio compares like with like even when
-    # the machine's load moves between rounds; CPU per write is the number load disturbs least.
+    # Each round runs both kinds back to back (alternating which goes first), so its ratio compares like with like
+    # even when the load moves between rounds; CPU per write is the number load disturbs least.
     cpu_ratios = [c["cpu_us_per_write"] / b["cpu_us_per_write"] for b, c in rounds]
     rate_ratios = [c["writes_per_s"] / b["writes_per_s"] for b, c in rounds]
     print("per round (built-in | custom):")
