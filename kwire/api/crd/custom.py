@@ -34,8 +34,10 @@ def derive(version: CustomVersion) -> CustomVersion:
     if required:
         body["required"] = required
     body["properties"] = {k: v for k, v in (s.get("properties") or {}).items() if k not in _GENERIC}
+    shared: dict[int, Node] = {}  # the body's spec/status nodes are the whole schema's
+    node = Node(s, shared=shared)
     return dataclasses.replace(
-        version, body_schema=body, node=Node(s), body_node=Node(body), has_rules=cel.has_rules(body)
+        version, body_schema=body, node=node, body_node=Node(body, shared=shared), has_rules=cel.has_rules(body)
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
+import functools
 import ipaddress
 import math
 import re
@@ -182,6 +183,22 @@ def _bound(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
+_NOTHING: frozenset[Any] = frozenset()
+_NO_PROPS: dict[str, Node] = {}  # shared by every node without properties: never changed
+_SCALARS = frozenset({str, int, bool})  # not float: a float is also checked for being finite
+_INT_OR_STRING = frozenset({str, int})
+
+
+@functools.cache  # a handful of type names: the frozensets are shared by every node
+def _accepts(stype: Any) -> frozenset[type]:
+    return frozenset(t for t, n in _TYPE_NAMES.items() if _type_ok(stype, n))
+
+
+@functools.cache
+def _passes(accepts: frozenset[type]) -> frozenset[type]:
+    return accepts & _SCALARS
+
+
 class Node:
     """One schema node compiled once: each keyword read and checked for its type, regexes compiled, formats
     looked up, sub-schemas compiled. Validation, defaulting and pruning walk these nodes instead of reading the
@@ -234,22 +251,32 @@ class Node:
     has_default: bool
     defaulting: bool
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, *, shared: dict[int, Node] | None = None) -> None:
+        """`shared`: nodes already compiled for sub-schemas of the same (live) schema, by id, reused instead of
+        compiled again (a CRD version's body schema shares spec and status with the whole schema)."""
         get = schema.get
+        memo: dict[int, Node] = {} if shared is None else shared
+
+        def sub(value: Schema) -> Node:
+            node = memo.get(id(value))
+            if node is None:
+                node = memo[id(value)] = Node(value, shared=memo)
+            return node
+
         self.empty = not schema
         self.nullable = bool(get("nullable"))
         self.int_or_string = bool(get("x-kubernetes-int-or-string"))
         self.stype = get("type")
         # the Python types that pass the type check at once; others are looked at by name, as before
-        self.accepts = frozenset(t for t, n in _TYPE_NAMES.items() if _type_ok(self.stype, n)) if self.stype else None
+        self.accepts = _accepts(self.stype) if self.stype else None
         self.enum = get("enum")
         enum = self.enum
         self.enum_shown = tuple(_go_value(e).strip('"') for e in enum) if isinstance(enum, (list, tuple)) else ()
-        self.all_of = [Node(sub) for sub in get("allOf") or [] if isinstance(sub, dict)]
-        self.any_of = [Node(sub) for sub in get("anyOf") or [] if isinstance(sub, dict)]
-        self.one_of = [Node(sub) for sub in get("oneOf") or [] if isinstance(sub, dict)]
+        self.all_of = tuple(sub(one) for one in get("allOf") or () if isinstance(one, dict))
+        self.any_of = tuple(sub(one) for one in get("anyOf") or () if isinstance(one, dict))
+        self.one_of = tuple(sub(one) for one in get("oneOf") or () if isinstance(one, dict))
         not_schema = get("not")
-        self.not_ = Node(not_schema) if isinstance(not_schema, dict) else None
+        self.not_ = sub(not_schema) if isinstance(not_schema, dict) else None
         self.max_len = _int(get("maxLength"))
         self.min_len = _int(get("minLength"))
         pattern = get("pattern")
@@ -271,18 +298,18 @@ class Node:
         self.max_items = _int(get("maxItems"))
         self.min_items = _int(get("minItems"))
         items = get("items")
-        self.items = Node(items) if isinstance(items, dict) else None
+        self.items = sub(items) if isinstance(items, dict) else None
         self.list_type = get("x-kubernetes-list-type")
-        self.map_keys = list(get("x-kubernetes-list-map-keys") or [])
-        self.required = list(get("required") or [])
+        self.map_keys = tuple(get("x-kubernetes-list-map-keys") or ())
+        self.required = tuple(get("required") or ())
         self.max_props = _int(get("maxProperties"))
         self.min_props = _int(get("minProperties"))
         self.embedded = bool(get("x-kubernetes-embedded-resource"))
         props = get("properties") or {}
-        self.props = {k: Node(v) for k, v in props.items() if isinstance(v, dict)}
-        self.known = frozenset(props)  # pruning keeps a property whatever its schema
+        self.props = {k: sub(v) for k, v in props.items() if isinstance(v, dict)} if props else _NO_PROPS
+        self.known = frozenset(props) if props else _NOTHING  # pruning keeps a property whatever its schema
         extra = get("additionalProperties")
-        self.extra = Node(extra) if isinstance(extra, dict) else None
+        self.extra = sub(extra) if isinstance(extra, dict) else None
         self.extra_true = extra is True
         self.extra_false = extra is False
         self.preserve = bool(get("x-kubernetes-preserve-unknown-fields"))
@@ -306,15 +333,14 @@ class Node:
             or self.minimum is not None
             or self.multiple_of is not None
         )
-        scalars = frozenset({str, int, bool})  # not float: a float is also checked for being finite
         if not plain:
-            self.passes: frozenset[type] = frozenset()
+            self.passes: frozenset[type] = _NOTHING
         elif self.int_or_string:
-            self.passes = frozenset({str, int})
+            self.passes = _INT_OR_STRING
         elif self.accepts is not None:
-            self.passes = self.accepts & scalars
+            self.passes = _passes(self.accepts)
         else:
-            self.passes = scalars
+            self.passes = _SCALARS
         # (the defaults of a map's values or a list's items are never applied: only those of their properties)
         self.defaulting = (
             any(sub.has_default or sub.defaulting for sub in self.props.values())
