@@ -169,10 +169,12 @@ async def _bench(
 
         assert srv.proc is not None
         cpu_before = _cpu_seconds(srv.proc.pid)
+        client_before = time.process_time()
         start = time.perf_counter()
         await asyncio.gather(*(writer() for _ in range(clients)))
         elapsed = time.perf_counter() - start
         cpu = _cpu_seconds(srv.proc.pid) - cpu_before
+        client_cpu = time.process_time() - client_before
         await asyncio.wait_for(all_seen.wait(), 60)
         wtask.cancel()
     lat = [(seen[n] - sent[n]) * 1000 for n in sent]
@@ -185,6 +187,7 @@ async def _bench(
         "watch_p99_ms": _pct(lat, 0.99),
         "watch_max_ms": max(lat),
         "cpu_us_per_write": cpu / objects * 1e6,
+        "client_cpu_us_per_write": client_cpu / objects * 1e6,  # this process: the clients and the watcher
     }
 
 
@@ -265,7 +268,8 @@ def main() -> int:
     for i, (b, c) in enumerate(rounds):
         print(
             f"  round {i + 1}  {b['writes_per_s']:6.0f} | {c['writes_per_s']:6.0f} writes/s ({rate_ratios[i]:.2f}x),"
-            f"  CPU {b['cpu_us_per_write']:4.0f} | {c['cpu_us_per_write']:4.0f} us/write ({cpu_ratios[i]:.2f}x)"
+            f"  CPU {b['cpu_us_per_write']:4.0f} | {c['cpu_us_per_write']:4.0f} us/write ({cpu_ratios[i]:.2f}x),"
+            f"  client CPU {b['client_cpu_us_per_write']:4.0f} | {c['client_cpu_us_per_write']:4.0f}"
         )
     print(
         f"  median          writes/s {statistics.median(rate_ratios):.2f}x (goal >= 0.8x), "
