@@ -623,3 +623,19 @@ def test_cel_rules_below_rule_free_subtrees_still_run() -> None:
     obj = {"spec": {"free": {"a": "long value"}, "list": [{"name": "abc"}, {"name": "abcd"}]}}
     assert [str(e) for e in cel.validate(s, obj, None, "")] == ['spec.list[1].name: Invalid value: "string": too long']
     assert cel.validate(s["properties"]["spec"]["properties"]["free"], obj["spec"]["free"], None, "") == []
+
+
+def test_kinds_in_follows_the_served_crds() -> None:
+    """The (group, version) index every /apis request consults sees a CRD's kinds when served and not after."""
+    from kwire.api.registry import all_kinds, kinds_in
+
+    kind = _pool_kind({}, crd="pools.example.com")
+    assert kinds_in("example.com", "v1") == []
+    set_custom_kinds("pools.example.com", (kind,))
+    try:
+        assert kinds_in("example.com", "v1") == [kind]
+        for group, version in {(k.group, k.version) for k in all_kinds()}:
+            assert kinds_in(group, version) == [k for k in all_kinds() if (k.group, k.version) == (group, version)]
+    finally:
+        set_custom_kinds("pools.example.com", ())
+    assert kinds_in("example.com", "v1") == []
