@@ -29,6 +29,7 @@ from kwire.store.base import KV
 Obj = dict[str, Any]
 
 TIMEOUT = 30  # seconds: kube-apiserver's conversion webhook client timeout
+_WEBHOOKS_MAX = 4096
 
 
 def _webhook_of(crd: Obj) -> Obj | None:
@@ -46,8 +47,8 @@ class WebhookConverter:
         self._crd = crd
         self.lookup = lookup
         self._session: aiohttp.ClientSession | None = None
-        # CRD name -> (the revision read, its webhook or None); an entry goes when its CRD does, so the cache
-        # holds at most one entry per stored CRD.
+        # CRD name -> (the revision read, its webhook or None); an entry goes when it is asked for a CRD that is
+        # gone, and all go past _WEBHOOKS_MAX names (CRDs created and deleted under ever new names).
         self._webhooks: dict[str, tuple[int, Obj | None]] = {}
 
     async def close(self) -> None:
@@ -67,6 +68,8 @@ class WebhookConverter:
         if held is not None and held[0] == kv.mod_revision:
             return held[1]
         webhook = _webhook_of(orjson.loads(kv.value))
+        if len(self._webhooks) >= _WEBHOOKS_MAX:
+            self._webhooks.clear()
         self._webhooks[name] = (kv.mod_revision, webhook)
         return webhook
 
