@@ -486,8 +486,8 @@ class Resources:
             self.crds.serve(obj, name)
         return obj
 
-    async def _list_objects(self, kind: Kind) -> builtins.list[Obj]:
-        return [decode(kv) for kv in (await self.store.range(kind.prefix())).items]
+    async def _list_objects(self, kind: Kind, /, *, namespace: str | None = None) -> builtins.list[Obj]:
+        return [decode(kv) for kv in (await self.store.range(kind.prefix(namespace))).items]
 
     # -- update ------------------------------------------------------------------------------------------------
     async def update(
