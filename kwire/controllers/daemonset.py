@@ -35,7 +35,6 @@ from kwire.controllers.common import (
     EventRecorder,
     add_indexes,
     available_in,
-    controller_ref,
     d,
     int_field,
     key_of,
@@ -63,12 +62,12 @@ from kwire.controllers.scheduler import host_ports, matches_node_affinity, ports
 from kwire.controllers.workloads import (
     BURST,
     Expectations,
+    OwnedPodEvents,
     claim,
     create_owned_pods,
     delete_owned_pods,
     owner_key,
     pod_from_template,
-    selecting_owner_keys,
     selector_of,
 )
 
@@ -150,9 +149,9 @@ class DaemonSetController(Controller):
         self.ds.on_add(lambda o: self.enqueue(key_of(o)))
         self.ds.on_update(lambda old, new: self.enqueue(key_of(new)))
         self.ds.on_delete(lambda o: self.expectations.forget(key_of(o)))
-        self.pods.on_add(self._on_pod_add)
-        self.pods.on_update(self._on_pod_update)
-        self.pods.on_delete(self._on_pod_delete)
+        OwnedPodEvents(owners=self.ds, kind="DaemonSet", expectations=self.expectations, enqueue=self.enqueue).watch(
+            self.pods
+        )
         self.nodes.on_add(lambda n: self._all())
         self.nodes.on_update(self._on_node_update)
         self.nodes.on_delete(lambda n: self._all())
@@ -165,43 +164,6 @@ class DaemonSetController(Controller):
     def _on_node_update(self, old: Obj, new: Obj) -> None:
         if (labels_of(old), taints_of(old)) != (labels_of(new), taints_of(new)):
             self._all()
-
-    def _owner_key(self, pod: Obj) -> str | None:
-        return owner_key(self.ds, pod, "DaemonSet")
-
-    def _orphan_owners(self, pod: Obj) -> None:
-        if controller_ref(pod) is not None:
-            return
-        for key in selecting_owner_keys(self.ds, pod):
-            self.enqueue(key)
-
-    def _on_pod_add(self, pod: Obj) -> None:
-        owner = self._owner_key(pod)
-        if owner:
-            self.expectations.observe_add(owner)
-            if terminating(pod):
-                self.expectations.observe_delete(owner, key_of(pod))
-            self.enqueue(owner)
-        else:
-            self._orphan_owners(pod)
-
-    def _on_pod_update(self, old: Obj, new: Obj) -> None:
-        owner = self._owner_key(new)
-        if owner:
-            if terminating(new):
-                self.expectations.observe_delete(owner, key_of(new))
-            self.enqueue(owner)
-        else:
-            self._orphan_owners(new)
-        old_owner = self._owner_key(old)
-        if old_owner and old_owner != owner:
-            self.enqueue(old_owner)
-
-    def _on_pod_delete(self, pod: Obj) -> None:
-        owner = self._owner_key(pod)
-        if owner:
-            self.expectations.observe_delete(owner, key_of(pod))
-            self.enqueue(owner)
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:

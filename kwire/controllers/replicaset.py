@@ -20,7 +20,6 @@ from kwire.controllers.common import (
     EventRecorder,
     add_indexes,
     available_in,
-    controller_ref,
     d,
     int_field,
     key_of,
@@ -42,12 +41,11 @@ from kwire.controllers.queue import Controller, RetryLater
 from kwire.controllers.workloads import (
     BURST,
     Expectations,
+    OwnedPodEvents,
     claim,
     create_owned_pods,
     delete_owned_pods,
-    owner_key,
     pod_from_template,
-    selecting_owner_keys,
     selector_of,
 )
 
@@ -87,49 +85,10 @@ class ReplicaSetController(Controller):
         add_indexes(self.pods)
         self.rs.on_add(lambda o: self.enqueue(key_of(o)))
         self.rs.on_update(lambda old, new: self.enqueue(key_of(new)))
-        self.rs.on_delete(self._on_rs_delete)
-        self.pods.on_add(self._on_pod_add)
-        self.pods.on_update(self._on_pod_update)
-        self.pods.on_delete(self._on_pod_delete)
-
-    # -- event handlers ----------------------------------------------------------------------------------------
-    def _owner_key(self, pod: Obj) -> str | None:
-        return owner_key(self.rs, pod, "ReplicaSet")
-
-    def _on_rs_delete(self, rs: Obj) -> None:
-        self.expectations.forget(key_of(rs))
-
-    def _on_pod_add(self, pod: Obj) -> None:
-        if terminating(pod):
-            self._on_pod_delete(pod)
-            return
-        owner = self._owner_key(pod)
-        if owner:
-            self.expectations.observe_add(owner)
-            self.enqueue(owner)
-        elif controller_ref(pod) is None:
-            for key in selecting_owner_keys(self.rs, pod):
-                self.enqueue(key)
-
-    def _on_pod_update(self, old: Obj, new: Obj) -> None:
-        if terminating(new) and not terminating(old):
-            owner = self._owner_key(new)
-            if owner:
-                self.expectations.observe_delete(owner, key_of(new))
-        old_owner, new_owner = self._owner_key(old), self._owner_key(new)
-        if old_owner and old_owner != new_owner:
-            self.enqueue(old_owner)
-        if new_owner:
-            self.enqueue(new_owner)
-        elif controller_ref(new) is None:
-            for key in selecting_owner_keys(self.rs, new):
-                self.enqueue(key)
-
-    def _on_pod_delete(self, pod: Obj) -> None:
-        owner = self._owner_key(pod)
-        if owner:
-            self.expectations.observe_delete(owner, key_of(pod))
-            self.enqueue(owner)
+        self.rs.on_delete(lambda o: self.expectations.forget(key_of(o)))
+        OwnedPodEvents(owners=self.rs, kind="ReplicaSet", expectations=self.expectations, enqueue=self.enqueue).watch(
+            self.pods
+        )
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
