@@ -24,6 +24,8 @@ import time
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from kwire.base.prom import ExactCounter, metrics_response
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BIND = "127.0.0.1:10249"
@@ -123,14 +125,13 @@ class NetpolMetrics:
             "Time it took for controller to sync iptables",
             registry=registry,
         )
-        # Gauges that only go up: a prometheus-client Counter would be exposed with a `_total` suffix kube-router's
-        # (Go) counters do not have, and the names are what dashboards query.
-        self.count = Gauge(
+        # kube-router's (Go) counters have no `_total` suffix, and the names are what dashboards query
+        self.count = ExactCounter(
             "kube_router_controller_iptables_sync_total_count",
             "Total number of times iptables were synced",
             registry=registry,
         )
-        self.total_time = Gauge(
+        self.total_time = ExactCounter(
             "kube_router_controller_iptables_sync_total_time",
             "Sum of time it took for controller to sync iptables",
             registry=registry,
@@ -143,7 +144,7 @@ class NetpolMetrics:
     def synced(self, *, full: bool, seconds: float, latency: float | None, rules: int) -> None:
         self.sync_time.observe(seconds)
         self.count.inc()
-        self.total_time.inc(seconds)
+        self.total_time.inc(amount=seconds)
         self.chains.set(rules)
 
     def failed(self) -> None:
@@ -178,9 +179,7 @@ class AgentMetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.exposition(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-        )
+        return metrics_response(self.metrics.registry)
 
     async def start(self) -> None:
         app = web.Application()

@@ -22,8 +22,8 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from kwire.base.prom import metrics_response
 from kwire.client import ApiClient, Informers, in_cluster_config, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, SERVICES
 from kwire.client.kubeconfig import Config
@@ -377,8 +377,7 @@ class DnsServer:
         return web.Response(status=503, text="kubernetes")
 
     async def _metrics(self, _req: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(self.registry)
 
     def _start_informers(self) -> None:
         cfg = self.cfg
