@@ -32,7 +32,6 @@ from kwire.controllers.common import (
     add_indexes,
     d,
     int_field,
-    key_of,
     lst,
     meta,
     name_of,
@@ -143,8 +142,7 @@ class CronJobController(Controller):
         self.jobs = informers.get(JOBS)
         add_indexes(self.cronjobs)
         add_indexes(self.jobs)
-        self.cronjobs.on_add(lambda o: self.enqueue(key_of(o)))
-        self.cronjobs.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.cronjobs)
         self.jobs.on_add(self._on_job)
         self.jobs.on_update(lambda old, new: self._on_job(new))
         self.jobs.on_delete(self._on_job)

@@ -146,8 +146,7 @@ class DaemonSetController(Controller):
         self.nodes = informers.get(NODES)
         add_indexes(self.ds)
         add_indexes(self.pods)
-        self.ds.on_add(lambda o: self.enqueue(key_of(o)))
-        self.ds.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.ds)
         self.ds.on_delete(lambda o: self.expectations.forget(key_of(o)))
         OwnedPodEvents(owners=self.ds, kind="DaemonSet", expectations=self.expectations, enqueue=self.enqueue).watch(
             self.pods

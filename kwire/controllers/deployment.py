@@ -224,8 +224,7 @@ class DeploymentController(Controller):
         self.pods = informers.get(PODS)
         for inf in (self.deployments, self.rs, self.pods):
             add_indexes(inf)
-        self.deployments.on_add(lambda o: self.enqueue(key_of(o)))
-        self.deployments.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.deployments)
         self.rs.on_add(self._on_rs)
         self.rs.on_update(self._on_rs_update)
         self.rs.on_delete(self._on_rs)

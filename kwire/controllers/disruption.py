@@ -96,8 +96,7 @@ class DisruptionController(Controller):
         self.sets = informers.get(STATEFULSETS)
         for inf in (self.pdbs, self.pods):
             add_indexes(inf)
-        self.pdbs.on_add(lambda o: self.enqueue(key_of(o)))
-        self.pdbs.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.pdbs)
         self.pods.on_add(self._on_pod)
         self.pods.on_update(self._on_pod_update)
         self.pods.on_delete(self._on_pod)

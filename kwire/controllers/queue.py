@@ -13,8 +13,9 @@ import logging
 
 import aiohttp
 
+from kwire.base.keys import key_of
 from kwire.base.workqueue import ShutDown, WorkQueue
-from kwire.client import ApiClient, ApiStatusError, Informers
+from kwire.client import ApiClient, ApiStatusError, Informer, Informers
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,12 @@ class Controller:
     def enqueue(self, key: str | None) -> None:
         if key:
             self.queue.add(key)
+
+    def enqueue_on_change(self, informer: Informer) -> None:
+        """Sync an object of `informer` (by its namespace/name key) whenever it is added or updated: the AddFunc
+        and UpdateFunc every kube controller registers for the kind it owns."""
+        informer.on_add(lambda obj: self.enqueue(key_of(obj)))
+        informer.on_update(lambda _old, new: self.enqueue(key_of(new)))
 
     async def _worker(self) -> None:
         while True:

@@ -83,8 +83,7 @@ class ReplicaSetController(Controller):
         self.pods = informers.get(PODS)
         add_indexes(self.rs)
         add_indexes(self.pods)
-        self.rs.on_add(lambda o: self.enqueue(key_of(o)))
-        self.rs.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.rs)
         self.rs.on_delete(lambda o: self.expectations.forget(key_of(o)))
         OwnedPodEvents(owners=self.rs, kind="ReplicaSet", expectations=self.expectations, enqueue=self.enqueue).watch(
             self.pods

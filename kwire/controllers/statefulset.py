@@ -36,7 +36,6 @@ from kwire.controllers.common import (
     controller_ref,
     d,
     int_field,
-    key_of,
     labels_of,
     lst,
     meta,
@@ -254,8 +253,7 @@ class StatefulSetController(Controller):
         self.revisions = informers.get(CONTROLLERREVISIONS)
         for inf in (self.sets, self.pods, self.revisions):
             add_indexes(inf)
-        self.sets.on_add(lambda o: self.enqueue(key_of(o)))
-        self.sets.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.sets)
         for inf in (self.pods, self.revisions):
             inf.on_add(self._on_owned)
             inf.on_update(self._on_owned_update)
