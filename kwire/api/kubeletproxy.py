@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from kwire.api.errors import ApiError, bad_request
+from kwire.api.proxy import relay
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 
@@ -96,12 +97,7 @@ async def pod_log(
                     raise bad_request(await r.text())
                 if r.status != 200:
                     raise ApiError(502, "InternalError", f"kubelet on {node_name}: {r.status} {await r.text()}")
-                resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-                await resp.prepare(request)
-                async for chunk in r.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-                return resp
+                return await relay(request, r, headers={"Content-Type": "text/plain"})
     except aiohttp.ClientError as exc:
         raise ApiError(500, "InternalError", f'Get "{url}": {exc}') from None
 

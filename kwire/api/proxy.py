@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,25 @@ HOP_BY_HOP = frozenset(
     }
 )
 Obj = dict[str, Any]
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    *,
+    hop_by_hop: frozenset[str] = HOP_BY_HOP,
+    headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Stream `upstream`'s answer back to the caller as it arrives (a follow log or a watch never ends): its
+    status, its end-to-end headers (or `headers` instead), then the body chunk by chunk."""
+    if headers is None:
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in hop_by_hop}
+    resp = web.StreamResponse(status=upstream.status, headers=headers)
+    await resp.prepare(request)
+    async for chunk in upstream.content.iter_any():
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
 
 
 @dataclass(frozen=True)
@@ -186,13 +206,7 @@ async def handle(
             async with session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False, ssl=tls
             ) as upstream:
-                out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-                resp = web.StreamResponse(status=upstream.status, headers=out)
-                await resp.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-                return resp
+                return await relay(request, upstream)
     except (TimeoutError, aiohttp.ClientError) as exc:
         what = "service" if target.resource == "services" else target.resource[:-1]
         raise _unavailable(f"error trying to reach {what}: {exc or type(exc).__name__}") from None
