@@ -20,16 +20,6 @@ pytestmark = pytest.mark.kubectl
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("admission"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
 def hook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookServer]:
     with running(tmp_path_factory.mktemp("hook")) as srv:
         yield srv

@@ -5,14 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess
 from tests.unit.test_schemas_decoding import YAML_BOMB
 
 pytestmark = pytest.mark.kubectl
@@ -29,16 +28,6 @@ spec:
     metadata: {labels: {app: NAME}}
     spec: {containers: [{name: c, image: nginx, imagePullPolicyy: Always}]}
 """
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests import UPSTREAM
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess, running_server
 
 pytestmark = pytest.mark.kubectl
 
@@ -25,15 +25,11 @@ NODE = ("--as", "system:node:n1", "--as-group", "system:nodes")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("server")) as srv:
         srv.kubectl("create", "namespace", "team-a")
         srv.kubectl("create", "namespace", "team-b")
         srv.kubectl("-n", "team-a", "create", "serviceaccount", "bot")
         yield srv
-    finally:
-        srv.stop()
 
 
 def can_i(server: ServerProcess, *args: str, who: str = BOT) -> bool:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests import UPSTREAM
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess, free_port, running_server
 from tests.integration.labkit import wait_for
 from tests.integration.test_metallb_controller import ControllerThread
 
@@ -34,16 +34,12 @@ SA_GROUPS = ["system:serviceaccounts", "system:serviceaccounts:kube-system"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # ServiceLB off: MetalLB's controller (run below as its ServiceAccount) is the only one writing LB status
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port(), extra_args=["--disable", "servicelb"])
-    srv.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("server"), extra_args=["--disable", "servicelb"]) as srv:
         deadline = time.monotonic() + 60
         while srv.kubectl("get", "clusterrolebinding", "system:coredns", "traefik-kube-system", check=False).returncode:
             assert time.monotonic() < deadline, "the add-ons' RBAC never appeared"
             time.sleep(0.5)
         yield srv
-    finally:
-        srv.stop()
 
 
 def can_i(server: ServerProcess, who: str, *args: str) -> bool:

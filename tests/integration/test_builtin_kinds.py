@@ -10,25 +10,14 @@ import json
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess
 from tests.integration.labkit import wait_for
 
 pytestmark = pytest.mark.kubectl
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start(timeout=60)
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _table(server: ServerProcess, *args: str) -> list[list[str]]:

@@ -5,28 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests import UPSTREAM
-from tests.integration.apiserver import KUBECTL, ServerProcess, free_port
+from tests.integration.apiserver import KUBECTL, ServerProcess
 
 pytestmark = pytest.mark.kubectl
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def test_bootstrap_objects(server: ServerProcess) -> None:
