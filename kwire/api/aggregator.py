@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -40,6 +39,7 @@ from kwire.api.proxy import relay
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources
 from kwire.api.user import user_of
+from kwire.base.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,7 @@ class Aggregator:
         self._task = asyncio.create_task(self._run(), name="aggregator")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         delay = CHECK_PERIOD

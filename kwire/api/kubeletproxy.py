@@ -14,7 +14,6 @@ what flows inside is the kubelet's business (kwire/agent/kubelet/portforward.py)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 
@@ -25,6 +24,7 @@ from kwire.api.errors import ApiError, bad_request
 from kwire.api.proxy import relay
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
+from kwire.base.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,7 @@ async def pod_stream(
         # Both directions until either side ends; the kubelet ends a session after its status message.
         tasks = [asyncio.create_task(_relay(ws, upstream)), asyncio.create_task(_relay(upstream, ws))]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*tasks)
         await upstream.close()
         await ws.close()
         return ws

@@ -14,6 +14,7 @@ import logging
 import aiohttp
 
 from kwire.base.keys import key_of
+from kwire.base.tasks import cancel_and_wait
 from kwire.base.workqueue import ShutDown, WorkQueue
 from kwire.client import ApiClient, ApiStatusError, Informer, Informers
 
@@ -55,13 +56,7 @@ class Controller:
 
     async def stop(self) -> None:
         self.queue.shutdown()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, ShutDown):
-                pass
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
 
     def enqueue(self, key: str | None) -> None:

@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from kwire.base.prom import metrics_response
+from kwire.base.tasks import cancel_and_wait
 from kwire.client import ApiClient, Informers, in_cluster_config, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, SERVICES
 from kwire.client.kubeconfig import Config
@@ -434,10 +435,7 @@ class DnsServer:
         )
 
     async def close(self) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+        await cancel_and_wait(self._sync_task)
         for u in self._udp:
             u.close()
         self._udp.clear()

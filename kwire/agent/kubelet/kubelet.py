@@ -31,6 +31,7 @@ from kwire.agent.kubelet.resourcemetrics import ContainerRef
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
 from kwire.agent.kubelet.security import nonroot_error, runtime_security
+from kwire.base.tasks import cancel_and_wait
 from kwire.base.workqueue import ShutDown, WorkQueue
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.client import CONFIGMAPS, PODS, SECRETS
@@ -187,11 +188,7 @@ class Kubelet:
         self.queue.shutdown()
         for w in self.work.values():
             await w.probes.stop()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*self._tasks)
 
     # -- the queue ----------------------------------------------------------------------------------------------
     async def _on_pod(self, pod: Obj) -> None:
