@@ -116,6 +116,10 @@ class ServerProcess:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         return res
 
+    def apply(self, manifest: str) -> None:
+        """`kubectl apply -f -` of a manifest (YAML or JSON); a refusal fails the test."""
+        self.kubectl("apply", "-f", "-", input=manifest)
+
 
 @contextlib.contextmanager
 def running_server(

@@ -266,7 +266,7 @@ spec:
 
 
 def test_crd_schemas_in_explain_and_strict_decoding(server: ServerProcess) -> None:
-    server.kubectl("apply", "-f", "-", input=GADGET_CRD)
+    server.apply(GADGET_CRD)
     out = ""
     for _ in range(100):  # the CRD becomes Established and its schema reaches /openapi/v3
         res = server.kubectl("explain", "gizmos.spec", check=False)
@@ -277,9 +277,7 @@ def test_crd_schemas_in_explain_and_strict_decoding(server: ServerProcess) -> No
     assert "GROUP:      kwire-d.example.com" in out and "GizmoSpec is what a gizmo should be." in out
     assert "size\t<integer>" in out and "How big the gizmo is." in out
     # A new field in the CRD: a new document hash, and explain shows it.
-    server.kubectl(
-        "apply", "-f", "-", input=GADGET_CRD + "              color: {type: string, description: Its color.}\n"
-    )
+    server.apply(GADGET_CRD + "              color: {type: string, description: Its color.}\n")
     for _ in range(100):
         out = server.kubectl("explain", "gizmos.spec").stdout
         if "color\t<string>" in out:

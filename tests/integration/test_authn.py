@@ -200,18 +200,15 @@ def test_a_pod_bound_token_is_refused_once_its_pod_is_deleted(server: ServerProc
 
 def test_legacy_token_secret_is_filled_and_authenticates(server: ServerProcess, tmp_path: Path) -> None:
     server.kubectl("create", "serviceaccount", "robot")
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=yaml.safe_dump(
+    server.apply(
+        yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "metadata": {"name": "robot-token", "annotations": {"kubernetes.io/service-account.name": "robot"}},
                 "type": "kubernetes.io/service-account-token",
             }
-        ),
+        )
     )
     deadline = time.monotonic() + 30
     secret: dict[str, Any] = {}

@@ -132,15 +132,9 @@ def test_dns_without_the_role_never_gets_ready(server: ServerProcess, tmp_path: 
 def test_metallb_controller_works_with_its_upstream_role(server: ServerProcess, tmp_path: Path) -> None:
     docs = [d for d in yaml.safe_load_all((UPSTREAM / "metallb-native-v0.14.9.yaml").read_text()) if d]
     wanted = ("CustomResourceDefinition", "Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding")
-    server.kubectl(
-        "apply", "-f", "-", input=yaml.safe_dump_all([d for d in docs if d["kind"] in (*wanted, "ClusterRoleBinding")])
-    )
+    server.apply(yaml.safe_dump_all([d for d in docs if d["kind"] in (*wanted, "ClusterRoleBinding")]))
     wait_for(lambda: server.kubectl("get", "ipaddresspools", "-A"), timeout=20, what="MetalLB CRDs served")
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input="""
+    server.apply("""
 apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
 metadata: {name: p, namespace: metallb-system}
@@ -150,8 +144,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: lb, namespace: default}
 spec: {type: LoadBalancer, ports: [{port: 80}]}
-""",
-    )
+""")
     sa = "system:serviceaccount:metallb-system:controller"
     kubeconfig = _kubeconfig_as(
         server, tmp_path / "ctl.kubeconfig", sa, ["system:serviceaccounts", "system:serviceaccounts:metallb-system"]
