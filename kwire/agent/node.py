@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kwire.base.tasks import cancel_and_wait
 from kwire.client import ApiClient, Conflict, NotFound
 from kwire.client.client import LEASES, NODES
 
@@ -287,10 +288,4 @@ class NodeRegistration:
         self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._status_loop())]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(*self._tasks)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kwire.base.tasks import cancel_and_wait
 from kwire.client import ApiClient
 from kwire.client.client import LEASES, ApiStatusError, Conflict, NotFound
 
@@ -145,12 +146,7 @@ class LeaderElector:
 
     async def stop(self) -> None:
         """Stop campaigning; a leader stops leading and gives the Lease up."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping regardless
-                pass
+        await cancel_and_wait(self._task)
         if self.leading:
             self.leading = False
             await self._on_stopped()

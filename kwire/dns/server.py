@@ -448,11 +448,7 @@ class DnsServer:
             with contextlib.suppress(Exception):
                 await self._tcp_server.wait_closed()
             self._tcp_server = None
-        pending = list(self._tasks)
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         for r in self._runners:
             await r.cleanup()
         self._runners.clear()

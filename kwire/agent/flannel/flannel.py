@@ -32,6 +32,7 @@ from kwire.agent.nftsync import NftReconciler
 from kwire.agent.node import NodeRegistration
 from kwire.base.files import atomic_write
 from kwire.base.keys import key_of
+from kwire.base.tasks import cancel_and_wait
 from kwire.base.workqueue import ShutDown, WorkQueue
 from kwire.client import Informer
 from kwire.kernel import nft
@@ -239,9 +240,4 @@ class Flannel:
     async def stop(self) -> None:
         self.queue.shutdown()
         await self.masquerade.stop()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
