@@ -284,3 +284,19 @@ async def update_with_retry(
             except NotFound:
                 return None
     return None
+
+
+async def update_status_with_retry(
+    client: ApiClient, res: Resource, cached: Obj, desired: Callable[[Obj], Obj], *, attempts: int = 5
+) -> Obj | None:
+    """Write `desired(status)` as the object's status through the status subresource (update_with_retry: on a
+    409 re-read, then `desired` is asked again with the fresh status); nothing is written when it is already so."""
+
+    def apply(obj: Obj) -> bool:
+        new = desired(status(obj))
+        if new == status(obj):
+            return False
+        obj["status"] = new
+        return True
+
+    return await update_with_retry(client, res, cached, apply, subresource_status=True, attempts=attempts)

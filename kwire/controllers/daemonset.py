@@ -53,7 +53,7 @@ from kwire.controllers.common import (
     terminating,
     uid_of,
     untolerated_taint,
-    update_with_retry,
+    update_status_with_retry,
 )
 from kwire.controllers.deployment import scaled_value
 from kwire.controllers.history import reconcile_revisions, truncate_history
@@ -368,15 +368,11 @@ class DaemonSetController(Controller):
             "observedGeneration": int_field(meta(ds).get("generation")),
         }
 
-        def apply(o: Obj) -> bool:
-            st = status(o)
+        def desired_status(st: Obj) -> Obj:
             new = {k: v for k, v in st.items() if k not in optional}
             new.update(counts)
             new.update({k: v for k, v in optional.items() if v})
-            if new == st:
-                return False
-            o["status"] = new
-            return True
+            return new
 
-        await update_with_retry(self.client, DAEMONSETS, ds, apply, subresource_status=True)
+        await update_status_with_retry(self.client, DAEMONSETS, ds, desired_status)
         return min(waits) + 0.05 if waits else None

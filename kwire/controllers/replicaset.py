@@ -35,7 +35,7 @@ from kwire.controllers.common import (
     split_key,
     status,
     terminating,
-    update_with_retry,
+    update_status_with_retry,
 )
 from kwire.controllers.queue import Controller, RetryLater
 from kwire.controllers.workloads import (
@@ -157,8 +157,7 @@ class ReplicaSetController(Controller):
         )
         generation = counts.get("observedGeneration", 0)
 
-        def apply(obj: Obj) -> bool:
-            st = status(obj)
+        def desired_status(st: Obj) -> Obj:
             new: Obj = {
                 k: v for k, v in st.items() if k not in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas")
             }
@@ -184,11 +183,8 @@ class ReplicaSetController(Controller):
                 new["conditions"] = conds
             else:
                 new.pop("conditions", None)
-            if new == st:
-                return False
-            obj["status"] = new
-            return True
+            return new
 
-        await update_with_retry(self.client, REPLICASETS, rs, apply, subresource_status=True)
+        await update_status_with_retry(self.client, REPLICASETS, rs, desired_status)
         waits = [w for p in active if (w := available_in(p, min_ready, now)) is not None]
         return min(waits) + 0.05 if waits else None

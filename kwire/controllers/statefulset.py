@@ -50,7 +50,7 @@ from kwire.controllers.common import (
     status,
     terminating,
     uid_of,
-    update_with_retry,
+    update_status_with_retry,
 )
 from kwire.controllers.history import Revisions, reconcile_revisions, template_of, truncate_history
 from kwire.controllers.queue import Controller, RetryLater
@@ -373,12 +373,4 @@ class StatefulSetController(Controller):
     async def _update_status(self, sts: Obj, pods: list[Obj], revisions: Revisions, *, now: float) -> None:
         new = compute_status(sts, pods, revisions, now=now)
 
-        def apply(obj: Obj) -> bool:
-            st = status(obj)
-            merged = {**st, **new}
-            if merged == st:
-                return False
-            obj["status"] = merged
-            return True
-
-        await update_with_retry(self.client, STATEFULSETS, sts, apply, subresource_status=True)
+        await update_status_with_retry(self.client, STATEFULSETS, sts, lambda st: {**st, **new})
