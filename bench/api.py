@@ -6,7 +6,7 @@ latency is measured from the moment a create request is sent to the moment its A
 includes the request's own time: an upper bound). Then the same for N MetalLB IPAddressPools (the upstream CRD:
 schema validation, defaulting and pruning on every write), and the custom/built-in writes/s ratio (goal >= 0.8).
 
-    .venv/bin/python bench/api.py [--objects 10000] [--clients 16] [--rounds 3] [--datastore sqlite|etcd]
+    .venv/bin/python bench/api.py [--objects 10000] [--clients 16] [--rounds 3] [--datastore sqlite|etcd|postgres]
                                   [--as-user]
 
 Besides wall-clock numbers it prints the server's CPU time per write (from /proc, user+system), which a loaded
@@ -14,8 +14,9 @@ machine disturbs far less than throughput. `--as-user` writes as user `bench` (i
 RoleBinding allows exactly those creates: every request then goes through RBAC instead of the `system:masters`
 short cut.
 
-`--datastore etcd` runs the server on a one-member embedded etcd (`--cluster-init`); bench/ha.py compares SQLite,
-one and three etcd members in one run.
+`--datastore etcd` runs the server on a one-member embedded etcd (`--cluster-init`), `--datastore postgres` on a
+private PostgreSQL cluster (Debian's, fsync on, `tests/integration/pgkit.py`); bench/ha.py compares SQLite,
+Postgres, one and three etcd members in one run.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
     p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
 ]
 from tests.integration.apiserver import ServerProcess, free_port  # noqa: E402
+from tests.integration.pgkit import Postgres  # noqa: E402
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -189,17 +191,21 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--datastore", choices=("sqlite", "etcd"), default="sqlite")
+    ap.add_argument("--datastore", choices=("sqlite", "etcd", "postgres"), default="sqlite")
     ap.add_argument("--rounds", type=int, default=1, help="alternate built-in/custom rounds; the best of each counts")
     ap.add_argument("--as-user", action="store_true", help="write as an RBAC-authorized user, not system:masters")
     args = ap.parse_args()
+    pg = Postgres(fsync=True) if args.datastore == "postgres" else None
     with tempfile.TemporaryDirectory(prefix="kwire-bench-") as tmp:
         extra = []
         if args.datastore == "etcd":
             extra = ["--cluster-init", "--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port())]
         srv = ServerProcess(Path(tmp), free_port(), extra_args=extra)
-        srv.start(timeout=90)
         try:
+            if pg is not None:
+                pg.start()
+                srv.extra_args = ["--config", str(pg.config_file(Path(tmp) / "datastore.yaml"))]
+            srv.start(timeout=90)
             asyncio.run(_install_crd(srv, rbac=args.as_user))
             rounds: list[tuple[dict[str, float], dict[str, float]]] = []
             for r in range(args.rounds):
@@ -230,6 +236,8 @@ def main() -> int:
             custom = max((c for _, c in rounds), key=lambda x: x["writes_per_s"])
         finally:
             srv.stop()
+            if pg is not None:
+                pg.stop()
     print(
         f"api bench ({args.datastore}): {res['objects']} creates with {res['clients']} clients in {res['seconds']:.2f}s"
     )

@@ -1,5 +1,5 @@
-"""High availability numbers (issue 16): API writes/s and watch delivery p99 on SQLite, on a one-member embedded
-etcd and on a three-member embedded etcd (three servers, the bench writing to the first), all in one run; then,
+"""High availability numbers (issue 16): API writes/s and watch delivery p99 on SQLite, on PostgreSQL (a private
+cluster, `--datastore-endpoint postgres://`), on a one-member embedded etcd and on a three-member embedded etcd (three servers, the bench writing to the first), all in one run; then,
 in a `kwire lab up --servers 3`, the time from kill -9 of the server holding the controller Lease to the next
 successful write through the lab's 127.0.0.1 address, and to the controllers acting again (a Deployment created
 after the kill getting its ReplicaSet).
@@ -28,6 +28,7 @@ from bench.api import _bench, _configmap  # noqa: E402
 from kwire.client import load_kubeconfig  # noqa: E402
 from kwire.lab import lab  # noqa: E402
 from tests.integration.apiserver import ServerProcess, free_port  # noqa: E402
+from tests.integration.pgkit import Postgres  # noqa: E402
 
 BASE = ["--disable", "coredns,servicelb,traefik,metrics-server", "--etcd-disable-snapshots"]
 ETCD_TIMING = ["--etcd-arg", "heartbeat-interval=100", "--etcd-arg", "election-timeout=1000"]
@@ -58,6 +59,17 @@ def store_benches(objects: int, clients: int) -> dict[str, dict[str, float]]:
             out["sqlite"] = _run(srv, objects, clients)
         finally:
             srv.stop()
+        (root / "postgres").mkdir()
+        pg = Postgres(fsync=True)  # a private cluster (Debian's PostgreSQL), durable as a user's would be
+        srv = ServerProcess(data_dir=root / "postgres", port=free_port(), extra_args=BASE)
+        try:
+            pg.start()
+            srv.extra_args = [*BASE, "--config", str(pg.config_file(root / "postgres.yaml"))]
+            srv.start(timeout=90)
+            out["postgres"] = _run(srv, objects, clients)
+        finally:
+            srv.stop()
+            pg.stop()
         one = _etcd_server(root, "etcd1", None)
         one.start(timeout=90)
         try:

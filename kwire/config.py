@@ -38,7 +38,8 @@ class ServerConfig:
     # K3s's --agent-token: what agents join with (the server token when unset); never an API credential.
     agent_token: str = ""
     agent_token_file: str = ""
-    # K3s's datastore flags: empty = the embedded SQLite store; http(s)://host:2379[,...] = etcd v3.
+    # K3s's datastore flags: empty = the embedded SQLite store; http(s)://host:2379[,...] = etcd v3;
+    # postgres://user:pass@host:5432/db (or postgresql://) = PostgreSQL in kine's layout (kwire/store/postgres.py).
     datastore_endpoint: str = ""
     datastore_cafile: str = ""
     datastore_certfile: str = ""
@@ -260,6 +261,7 @@ ENV_KEYS = {
     "KWIRE_AGENT_TOKEN_FILE": "agent-token-file",
     "KWIRE_URL": "server",
     "KWIRE_DATA_DIR": "data-dir",
+    "KWIRE_DATASTORE_ENDPOINT": "datastore-endpoint",  # K3S_DATASTORE_ENDPOINT: a URL with a password
 }
 
 

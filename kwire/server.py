@@ -265,7 +265,8 @@ async def _compactor(store: Store) -> None:
 async def open_store(
     cfg: ServerConfig, data_dir: Path, *, address: str, join: Bootstrap | None = None
 ) -> tuple[Store, EmbeddedEtcd | None]:
-    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3; `--cluster-init`, `--server`
+    """K3s's datastore choice: `--datastore-endpoint` http(s):// URLs are etcd v3, postgres:// (postgresql://)
+    PostgreSQL in kine's layout; `--cluster-init`, `--server`
     (joining) or a data dir that already holds an embedded etcd start and use an embedded etcd member; otherwise
     embedded SQLite."""
     db_dir = data_dir / "db"
@@ -274,9 +275,23 @@ async def open_store(
         return await _open_embedded_etcd(cfg, data_dir, address=address, join=join)
     if not endpoint:
         return SQLiteStore(db_dir / "state.db"), None
+    # Imported here: asyncpg costs a server that does not use it ~4.5 MB.
+    from kwire.store import postgres
+
+    if endpoint.startswith(postgres.SCHEMES):  # kine's Postgres (the table is followed like etcd's watch)
+        pg = postgres.PostgresStore(
+            endpoint,
+            cafile=str(cfg.datastore_cafile),
+            certfile=str(cfg.datastore_certfile),
+            keyfile=str(cfg.datastore_keyfile),
+        )
+        await pg.start()
+        return pg, None
     urls = [u.strip() for u in endpoint.split(",") if u.strip()]
     if not all(u.startswith(("http://", "https://")) for u in urls):
-        raise ConfigError(f"datastore-endpoint {endpoint!r}: only etcd (http:// or https:// URLs) is supported")
+        raise ConfigError(
+            f"datastore-endpoint {postgres.redact(endpoint)!r}: not an etcd (http:// or https://) or postgres:// URL"
+        )
     ctx = None
     if any(u.startswith("https://") for u in urls):
         ctx = ssl.create_default_context(cafile=str(cfg.datastore_cafile) or None)

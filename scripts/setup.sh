@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(tini etcd-server etcd-client nftables libnftables1 iproute2 iputils-ping netcat-openbsd util-linux containernetworking-plugins conntrack dnsutils iperf3 dnsmasq-base dnsperf tcpdump procps python3-venv ca-certificates curl nginx-light libnginx-mod-http-lua haproxy wrk openssl)
+APT_PACKAGES=(tini etcd-server etcd-client postgresql nftables libnftables1 iproute2 iputils-ping netcat-openbsd util-linux containernetworking-plugins conntrack dnsutils iperf3 dnsmasq-base dnsperf tcpdump procps python3-venv ca-certificates curl nginx-light libnginx-mod-http-lua haproxy wrk openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -29,9 +29,9 @@ if ((${#missing[@]})); then
   [[ -n "$own_policy" ]] && rm -f /usr/sbin/policy-rc.d
   own_policy=""
 fi
-# Never a system nginx, haproxy or etcd (kwire runs them itself where it needs them; an upgrade may enable them).
+# Never a system nginx, haproxy, etcd or PostgreSQL (kwire runs them itself where it needs them; an upgrade may enable them).
 if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-  systemctl disable --now nginx haproxy etcd >/dev/null 2>&1 || true
+  systemctl disable --now nginx haproxy etcd postgresql >/dev/null 2>&1 || true
 fi
 if command -v ss >/dev/null && ss -Hltn 'sport = :80' | grep -q .; then
   echo "setup: warning: something listens on :80 of this machine's own network namespace (kwire does not need it)" >&2

@@ -27,6 +27,7 @@ def _cmd_server(ns: argparse.Namespace) -> int:
 
     from kwire import server
     from kwire.api.bootstrap import JoinError
+    from kwire.store.base import StoreError
 
     cfg = config.load_config(cls=config.ServerConfig, flags=config.flags_from_namespace(ns), config_file=ns.config)
     sockets = [socket.socket(fileno=int(fd)) for fd in ns.listen_fd or []]
@@ -34,6 +35,9 @@ def _cmd_server(ns: argparse.Namespace) -> int:
         _run(server.run(cfg, sockets=sockets))
     except JoinError as exc:
         print(f"kwire server: joining the cluster failed: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:  # the datastore did not answer or refused us (its message names no password)
+        print(f"kwire server: datastore: {exc}", file=sys.stderr)
         return 1
     return 0
 

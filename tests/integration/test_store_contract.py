@@ -1,5 +1,6 @@
-"""One store contract, two backends: the embedded SQLite store and etcd v3 (Debian's etcd-server, run here on
-127.0.0.1). Revisions, compare-and-swap, ranges, watches that replay and follow, compaction and 410."""
+"""One store contract, three backends: the embedded SQLite store, etcd v3 (Debian's etcd-server, run here on
+127.0.0.1) and PostgreSQL (Debian's, a private cluster per module: `pgkit.Postgres`). Revisions,
+compare-and-swap, ranges, watches that replay and follow, compaction and 410."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 
 from kwire.store.base import ADDED, DELETED, MODIFIED, Compacted, KeyExists, KeyNotFound, RevisionMismatch, Store
 from kwire.store.etcd import EtcdStore
+from kwire.store.postgres import PostgresStore
 from kwire.store.sqlite import SQLiteStore
 from tests.integration.apiserver import free_port
+from tests.integration.pgkit import Postgres
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -42,13 +45,29 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(10)
 
 
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()
+
+
 _prefix_counter = iter(range(1000))
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture(params=["sqlite", "etcd", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         s: Store = SQLiteStore(tmp_path / "state.db")
+    elif request.param == "postgres":
+        pg: Postgres = request.getfixturevalue("postgres")
+        # Each test gets its own database, which the store creates (kine's createDBIfNotExist).
+        ps = PostgresStore(pg.url(f"t{next(_prefix_counter)}"))
+        await ps.start()
+        s = ps
     else:
         endpoint = request.getfixturevalue("etcd")
         # Each test gets its own key prefix in the shared etcd, as each kwire cluster would use its own etcd.
@@ -85,6 +104,24 @@ async def test_revisions_increase_and_cas(store: Store) -> None:
     assert await store.get(k(store, "a/1")) is None
     with pytest.raises(KeyNotFound):
         await store.delete(k(store, "a/1"))
+
+
+async def test_recreate_after_delete_and_unconditional_writes(store: Store) -> None:
+    """A key deleted and created again starts a new life (new create_revision, ADDED); an update or delete without
+    an expected revision applies to whatever is there, and a CAS delete with a stale revision is refused."""
+    r1 = await store.create(k(store, "life/x"), b"first")
+    r2 = await store.update(k(store, "life/x"), b"any", expected_revision=0)
+    with pytest.raises(RevisionMismatch):
+        await store.delete(k(store, "life/x"), expected_revision=r1)
+    r3 = await store.delete(k(store, "life/x"))
+    w = store.watch(k(store, "life/"), from_revision=r3)
+    r4 = await store.create(k(store, "life/x"), b"second")
+    assert r1 < r2 < r3 < r4
+    kv = await store.get(k(store, "life/x"))
+    assert kv is not None and (kv.value, kv.create_revision, kv.mod_revision) == (b"second", r4, r4)
+    ev = await asyncio.wait_for(anext(w), 5)  # type: ignore[arg-type]
+    assert (ev.type, ev.revision, ev.value, ev.prev_value) == (ADDED, r4, b"second", None)
+    w.close()  # type: ignore[attr-defined]
 
 
 async def test_range_prefix_limit_and_continue(store: Store) -> None:
