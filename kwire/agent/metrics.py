@@ -42,8 +42,14 @@ class ProxyMetrics:
     """kube-proxy's metrics; a `kwire.agent.nftsync.SyncObserver`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        def hist(name: str, doc: str) -> Histogram:
-            return Histogram(name, doc, buckets=SYNC_BUCKETS, registry=registry)
+        def hist(name: str, doc: str, buckets: tuple[float, ...] = SYNC_BUCKETS) -> Histogram:
+            return Histogram(name, doc, buckets=buckets, registry=registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, registry=registry)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, registry=registry)
 
         self.duration = hist("kubeproxy_sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds")
         self.full = hist(
@@ -53,44 +59,31 @@ class ProxyMetrics:
             "kubeproxy_sync_partial_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for partial resyncs",
         )
-        self.last = Gauge(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            registry=registry,
+        self.last = gauge(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced"
         )
-        self.queued = Gauge(
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-            registry=registry,
+        self.queued = gauge(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "The last time a sync of proxy rules was queued"
         )
-        self.programming = Histogram(
+        self.programming = hist(
             "kubeproxy_network_programming_duration_seconds",
             "In Cluster Network Programming Latency in seconds",
-            buckets=PROGRAMMING_BUCKETS,
-            registry=registry,
+            PROGRAMMING_BUCKETS,
         )
-        self.endpoint_changes = Counter(
-            "kubeproxy_sync_proxy_rules_endpoint_changes",
-            "Cumulative proxy rules Endpoint changes",
-            registry=registry,
+        self.endpoint_changes = counter(
+            "kubeproxy_sync_proxy_rules_endpoint_changes", "Cumulative proxy rules Endpoint changes"
         )
-        self.service_changes = Counter(
-            "kubeproxy_sync_proxy_rules_service_changes", "Cumulative proxy rules Service changes", registry=registry
+        self.service_changes = counter(
+            "kubeproxy_sync_proxy_rules_service_changes", "Cumulative proxy rules Service changes"
         )
-        self.endpoint_pending = Gauge(
-            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-            "Pending proxy rules Endpoint changes",
-            registry=registry,
+        self.endpoint_pending = gauge(
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending", "Pending proxy rules Endpoint changes"
         )
-        self.service_pending = Gauge(
-            "kubeproxy_sync_proxy_rules_service_changes_pending",
-            "Pending proxy rules Service changes",
-            registry=registry,
+        self.service_pending = gauge(
+            "kubeproxy_sync_proxy_rules_service_changes_pending", "Pending proxy rules Service changes"
         )
-        self.failures = Counter(
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures",
-            "Cumulative proxy nftables sync failures",
-            registry=registry,
+        self.failures = counter(
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures", "Cumulative proxy nftables sync failures"
         )
 
     def endpoints_changed(self) -> None:
