@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from kwire.base import fields
 from kwire.client.client import EVENTS, ApiClient, NotFound
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,6 @@ MAX_REMEMBERED = 4096  # bounded: the correlation cache is cleared when it grows
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _meta(obj: Obj) -> Obj:
-    m = obj.get("metadata")
-    return m if isinstance(m, dict) else {}
 
 
 class EventRecorder:
@@ -43,7 +39,7 @@ class EventRecorder:
     async def event(self, obj: Obj, etype: str, reason: str, message: str, *, field_path: str = "") -> None:
         """Record one event about `obj`; `field_path` names a part of it (`spec.containers{web}`), as kubelet's
         container events do."""
-        m = _meta(obj)
+        m = fields.meta(obj)
         name, obj_ns, uid = str(m.get("name") or ""), str(m.get("namespace") or ""), str(m.get("uid") or "")
         kind = str(obj.get("kind") or "")
         api_version = str(obj.get("apiVersion") or "v1")
@@ -92,6 +88,6 @@ class EventRecorder:
             out = await self.client.create(EVENTS, ev, ns)
             if len(self._seen) > MAX_REMEMBERED:
                 self._seen.clear()
-            self._seen[ident] = (ns, str(_meta(out).get("name") or ""), 1, time.monotonic())
+            self._seen[ident] = (ns, str(fields.meta(out).get("name") or ""), 1, time.monotonic())
         except Exception as exc:  # an event is best effort: it must never fail a reconcile
             log.warning("event %s %s on %s/%s: %s", etype, reason, obj_ns, name, exc)

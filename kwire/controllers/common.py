@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from kwire.base.fields import as_dict, as_list, meta, spec, status
 from kwire.base.keys import key_of as key_of  # re-exported: the controllers' one spelling
 from kwire.base.keys import pod_ready as pod_ready
 from kwire.base.keys import split_key as split_key
@@ -39,25 +40,9 @@ NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String / Sa
 
 
 # -- plain reads -------------------------------------------------------------------------------------------------
-def d(value: Any) -> Obj:
-    """`value` if it is a dict, else an empty dict (a malformed field counts as absent)."""
-    return value if isinstance(value, dict) else {}
-
-
-def lst(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def meta(obj: Obj) -> Obj:
-    return d(obj.get("metadata"))
-
-
-def spec(obj: Obj) -> Obj:
-    return d(obj.get("spec"))
-
-
-def status(obj: Obj) -> Obj:
-    return d(obj.get("status"))
+# The controllers' short names for kwire.base.fields' readers (a malformed field counts as absent).
+d = as_dict
+lst = as_list
 
 
 def name_of(obj: Obj) -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
+from kwire.base.fields import as_list
+
 Obj = dict[str, Any]
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
@@ -71,10 +73,6 @@ def _map(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 @dataclass(frozen=True)
 class PortView:
     name: str
@@ -121,7 +119,7 @@ def service_view(svc: Obj) -> ServiceView:
     typ = str(spec.get("type") or "ClusterIP")
     node_ports = typ in ("NodePort", "LoadBalancer")
     ports = []
-    for p in _list(spec.get("ports")):
+    for p in as_list(spec.get("ports")):
         if not isinstance(p, dict):
             continue
         proto = str(p.get("protocol") or "TCP")
@@ -130,7 +128,7 @@ def service_view(svc: Obj) -> ServiceView:
         node_port = int(p.get("nodePort") or 0) if node_ports else 0
         ports.append(PortView(str(p.get("name") or ""), proto, int(p.get("port") or 0), node_port))
     cluster_ip = str(spec.get("clusterIP") or "")
-    ingress = _list(_map(_map(svc.get("status")).get("loadBalancer")).get("ingress"))
+    ingress = as_list(_map(_map(svc.get("status")).get("loadBalancer")).get("ingress"))
     lb_ips = tuple(sorted(str(i["ip"]) for i in ingress if isinstance(i, dict) and i.get("ip")))
     timeout = 0
     if spec.get("sessionAffinity") == "ClientIP":
@@ -142,7 +140,7 @@ def service_view(svc: Obj) -> ServiceView:
         type=typ,
         cluster_ip="" if cluster_ip == "None" else cluster_ip,
         ports=tuple(ports),
-        external_ips=tuple(sorted(str(x) for x in _list(spec.get("externalIPs")))),
+        external_ips=tuple(sorted(str(x) for x in as_list(spec.get("externalIPs")))),
         lb_ips=lb_ips if typ == "LoadBalancer" else (),
         affinity_timeout=timeout,
         external_local=spec.get("externalTrafficPolicy") == "Local" and node_ports,
@@ -159,17 +157,17 @@ def slice_view(sl: Obj) -> SliceView:
     ipv4 = sl.get("addressType", "IPv4") == "IPv4"
     ports = tuple(
         (str(sp.get("name") or ""), str(sp.get("protocol") or "TCP"), int(sp.get("port") or 0))
-        for sp in _list(sl.get("ports"))
+        for sp in as_list(sl.get("ports"))
         if isinstance(sp, dict)
     )
     endpoints = []
-    for e in _list(sl.get("endpoints")) if ipv4 else []:
+    for e in as_list(sl.get("endpoints")) if ipv4 else []:
         if not isinstance(e, dict):
             continue
         cond = _map(e.get("conditions"))
         ready = cond.get("ready") is not False  # nil means ready (discovery/v1)
         serving = cond.get("serving", ready) is not False
-        for addr in _list(e.get("addresses")):
+        for addr in as_list(e.get("addresses")):
             try:
                 ip = str(ipaddress.IPv4Address(addr))
             except ValueError:
