@@ -9,7 +9,6 @@ changes and at least once a minute.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import platform
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kwire.base.tasks import cancel_and_wait
+from kwire.base.timefmt import now_micro, now_rfc3339
 from kwire.client import ApiClient, Conflict, NotFound
 from kwire.client.client import LEASES, NODES
 
@@ -28,14 +28,6 @@ Obj = dict[str, Any]
 LEASE_NAMESPACE = "kube-node-lease"
 STATUS_REFRESH = 60.0
 KUBELET_VERSION = "v1.32.4+kwire"
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def now_micro() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _meminfo_kib() -> int:

@@ -7,12 +7,12 @@ client-go's EventCorrelator: an event repeated for the same object, reason and m
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from typing import Any
 
 from kwire.base import fields
+from kwire.base.timefmt import now_rfc3339
 from kwire.client.client import EVENTS, ApiClient, NotFound
 
 log = logging.getLogger(__name__)
@@ -20,10 +20,6 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 CORRELATION_WINDOW = 600.0  # seconds: client-go aggregates repeats within ten minutes
 MAX_REMEMBERED = 4096  # bounded: the correlation cache is cleared when it grows past this
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventRecorder:
@@ -45,7 +41,7 @@ class EventRecorder:
         api_version = str(obj.get("apiVersion") or "v1")
         ns = obj_ns or "default"
         ident = (ns, kind, obj_ns, name, uid, field_path, etype, reason, message)
-        now = _now()
+        now = now_rfc3339()
         seen = self._seen.get(ident)
         try:
             if seen is not None and time.monotonic() - seen[3] < CORRELATION_WINDOW:

@@ -19,6 +19,7 @@ from kwire.base.fields import as_dict, as_list, meta, spec, status
 from kwire.base.keys import key_of as key_of  # re-exported: the controllers' one spelling
 from kwire.base.keys import pod_ready as pod_ready
 from kwire.base.keys import split_key as split_key
+from kwire.base.timefmt import now_rfc3339
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.events import EventRecorder as EventRecorder  # re-exported; it lives in the client layer
 
@@ -78,10 +79,6 @@ def int_field(value: Any, default: int = 0) -> int:
         return int(str(value))
     except (TypeError, ValueError):
         return default
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: Any) -> float | None:
