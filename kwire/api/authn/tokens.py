@@ -10,7 +10,6 @@ node join. Both live in the data dir (`token`, `agent-token`, 0600) and may be g
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
@@ -18,28 +17,13 @@ from pathlib import Path
 
 from kwire.base.files import atomic_write
 
+# The token format itself (re-exported: callers of the token store use it through this module too).
+from kwire.base.jointoken import ca_hash as ca_hash
+from kwire.base.jointoken import plain
+from kwire.base.jointoken import secure_form as secure_form
+
 SERVER_FILE = "token"
 AGENT_FILE = "agent-token"
-
-
-def plain(token: str) -> str:
-    """`K10<hash>::<user>:<secret>` -> `<secret>`; a plain token is returned as is."""
-    if token.startswith("K10") and "::" in token:
-        rest = token.split("::", 1)[1]
-        return rest.split(":", 1)[1] if ":" in rest else rest
-    return token
-
-
-def ca_hash(token: str) -> str | None:
-    """The CA hash a K10 token pins, else None."""
-    if token.startswith("K10") and "::" in token:
-        return token[3:].split("::", 1)[0]
-    return None
-
-
-def secure_form(secret: str, *, ca_pem: bytes, user: str = "server") -> str:
-    """K3s's secure token format for `secret`: `K10<sha256 of the CA certificate>::<user>:<secret>`."""
-    return f"K10{hashlib.sha256(ca_pem).hexdigest()}::{user}:{secret}"
 
 
 def _equal(a: str, b: str) -> bool:
