@@ -13,6 +13,7 @@ from typing import Any
 from kwire.api import convert
 from kwire.api.crd import columns
 from kwire.api.registry import Kind
+from kwire.base.labels import format_map
 
 Obj = dict[str, Any]
 Cells = list[Any]
@@ -74,12 +75,6 @@ def humanize_age(created: str | None, *, now: dt.datetime) -> str:
     if t is None:
         return "<unknown>"
     return human_duration(now - t)
-
-
-def _labels(m: dict[str, str] | None) -> str:
-    if not m:
-        return "<none>"
-    return ",".join(f"{k}={v}" for k, v in sorted(m.items()))
 
 
 def format_label_selector(sel: Obj | None) -> str:
@@ -267,7 +262,7 @@ def _service(o: Obj, now: dt.datetime) -> Cells:
         _svc_external(o),
         ",".join(ports) if ports else "<none>",
         _age(o, now),
-        _labels(spec.get("selector")),
+        format_map(spec.get("selector")),
     ]
 
 
@@ -376,7 +371,7 @@ def _daemonset(o: Obj, now: dt.datetime) -> Cells:
         int(st.get("numberReady") or 0),
         int(st.get("updatedNumberScheduled") or 0),
         int(st.get("numberAvailable") or 0),
-        _labels(node_sel),
+        format_map(node_sel),
         _age(o, now),
         *_workload_wide(spec),
     ]

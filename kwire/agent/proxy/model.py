@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
-from kwire.base.fields import as_list
+from kwire.base.fields import as_dict, as_list
 
 Obj = dict[str, Any]
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -69,10 +69,6 @@ class ServicePort:
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
-def _map(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 @dataclass(frozen=True)
 class PortView:
     name: str
@@ -115,7 +111,7 @@ class SliceView:
 
 def service_view(svc: Obj) -> ServiceView:
     """The proxy's view of a Service. Raises ValueError/TypeError on malformed values (the caller logs and skips)."""
-    meta, spec = _map(svc.get("metadata")), _map(svc.get("spec"))
+    meta, spec = as_dict(svc.get("metadata")), as_dict(svc.get("spec"))
     typ = str(spec.get("type") or "ClusterIP")
     node_ports = typ in ("NodePort", "LoadBalancer")
     ports = []
@@ -128,11 +124,11 @@ def service_view(svc: Obj) -> ServiceView:
         node_port = int(p.get("nodePort") or 0) if node_ports else 0
         ports.append(PortView(str(p.get("name") or ""), proto, int(p.get("port") or 0), node_port))
     cluster_ip = str(spec.get("clusterIP") or "")
-    ingress = as_list(_map(_map(svc.get("status")).get("loadBalancer")).get("ingress"))
+    ingress = as_list(as_dict(as_dict(svc.get("status")).get("loadBalancer")).get("ingress"))
     lb_ips = tuple(sorted(str(i["ip"]) for i in ingress if isinstance(i, dict) and i.get("ip")))
     timeout = 0
     if spec.get("sessionAffinity") == "ClientIP":
-        client_ip = _map(_map(spec.get("sessionAffinityConfig")).get("clientIP"))
+        client_ip = as_dict(as_dict(spec.get("sessionAffinityConfig")).get("clientIP"))
         timeout = int(client_ip.get("timeoutSeconds") or 10800)
     return ServiceView(
         namespace=str(meta.get("namespace", "")),
@@ -151,9 +147,9 @@ def service_view(svc: Obj) -> ServiceView:
 
 def slice_view(sl: Obj) -> SliceView:
     """The proxy's view of an EndpointSlice: IPv4 addresses only (the lab's pod network is IPv4)."""
-    meta = _map(sl.get("metadata"))
+    meta = as_dict(sl.get("metadata"))
     ns = str(meta.get("namespace", ""))
-    svc_name = _map(meta.get("labels")).get(SERVICE_NAME_LABEL)
+    svc_name = as_dict(meta.get("labels")).get(SERVICE_NAME_LABEL)
     ipv4 = sl.get("addressType", "IPv4") == "IPv4"
     ports = tuple(
         (str(sp.get("name") or ""), str(sp.get("protocol") or "TCP"), int(sp.get("port") or 0))
@@ -164,7 +160,7 @@ def slice_view(sl: Obj) -> SliceView:
     for e in as_list(sl.get("endpoints")) if ipv4 else []:
         if not isinstance(e, dict):
             continue
-        cond = _map(e.get("conditions"))
+        cond = as_dict(e.get("conditions"))
         ready = cond.get("ready") is not False  # nil means ready (discovery/v1)
         serving = cond.get("serving", ready) is not False
         for addr in as_list(e.get("addresses")):
