@@ -81,6 +81,11 @@ def int_field(value: Any, default: int = 0) -> int:
         return default
 
 
+def created_at(obj: Obj) -> float:
+    """The object's creationTimestamp as a Unix time (0 when missing): the sort key kube's controllers use."""
+    return parse_time(meta(obj).get("creationTimestamp")) or 0.0
+
+
 def parse_time(value: Any) -> float | None:
     """RFC 3339 (Time or MicroTime) to a UNIX timestamp; None when absent or unparsable."""
     if not isinstance(value, str) or not value:

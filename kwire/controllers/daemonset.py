@@ -35,6 +35,7 @@ from kwire.controllers.common import (
     EventRecorder,
     add_indexes,
     available_in,
+    created_at,
     d,
     int_field,
     key_of,
@@ -42,7 +43,6 @@ from kwire.controllers.common import (
     lst,
     meta,
     name_of,
-    parse_time,
     pod_available,
     pod_ready,
     spec,
@@ -124,10 +124,6 @@ def affinity_node(pod: Obj) -> str:
             if (e or {}).get("key") == "metadata.name" and (e or {}).get("operator") == "In" and len(vals) == 1:
                 return str(vals[0])
     return ""
-
-
-def _created(pod: Obj) -> float:
-    return parse_time(meta(pod).get("creationTimestamp")) or 0.0
 
 
 class DaemonSetController(Controller):
@@ -231,7 +227,7 @@ class DaemonSetController(Controller):
         delete: list[Obj] = []
         for node_name, node in sorted(nodes.items()):
             run, keep = should_run(ds, node)
-            pods = sorted(by_node.get(node_name, []), key=_created)
+            pods = sorted(by_node.get(node_name, []), key=created_at)
             live = [p for p in pods if not terminating(p)]
             if run and not pods:
                 create_on.append(node_name)
@@ -314,7 +310,7 @@ class DaemonSetController(Controller):
         unavailable = 0
         old: list[Obj] = []
         for n in sorted(desired):
-            live = sorted((p for p in by_node.get(n, []) if not terminating(p)), key=_created)
+            live = sorted((p for p in by_node.get(n, []) if not terminating(p)), key=created_at)
             if not live or not pod_available(live[0], min_ready, now):
                 unavailable += 1
             if live and labels_of(live[0]).get(HASH_LABEL) != current_hash:
@@ -338,7 +334,7 @@ class DaemonSetController(Controller):
         waits: list[float] = []
         for node_name, node in nodes.items():
             run, _ = should_run(ds, node)
-            pods = sorted(by_node.get(node_name, []), key=lambda p: (terminating(p), _created(p)))
+            pods = sorted(by_node.get(node_name, []), key=lambda p: (terminating(p), created_at(p)))
             if run:
                 desired += 1
                 if not pods:

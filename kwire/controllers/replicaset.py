@@ -20,6 +20,7 @@ from kwire.controllers.common import (
     EventRecorder,
     add_indexes,
     available_in,
+    created_at,
     d,
     int_field,
     key_of,
@@ -27,7 +28,6 @@ from kwire.controllers.common import (
     lst,
     meta,
     now_rfc3339,
-    parse_time,
     pod_active,
     pod_available,
     pod_ready,
@@ -58,7 +58,7 @@ _PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 
 def deletion_order(pod: Obj) -> tuple[int, int, int, float]:
     """Sort key: pods to delete first come first (a reduced controller.ActivePods ordering)."""
-    created = parse_time(meta(pod).get("creationTimestamp")) or 0.0
+    created = created_at(pod)
     return (
         1 if spec(pod).get("nodeName") else 0,
         _PHASE_RANK.get(str(status(pod).get("phase")), 1),
