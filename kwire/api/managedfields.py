@@ -36,26 +36,25 @@ UPDATE = "Update"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 MAX_MANAGER_LENGTH = 128
 
-_STRIPPED: tuple[Path, ...] = (
-    (("f", "apiVersion"),),
-    (("f", "kind"),),
-    *(
-        (("f", "metadata"), ("f", name))
-        for name in (
-            "name",
-            "namespace",
-            "creationTimestamp",
-            "selfLink",
-            "uid",
-            "clusterName",
-            "generation",
-            "managedFields",
-            "resourceVersion",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-        )
-    ),
+# Fields managedFields never records (the fieldmanager's stripMeta): apiVersion, kind and these of metadata.
+_STRIPPED_TOP = frozenset({("f", "apiVersion"), ("f", "kind")})
+_STRIPPED_META = frozenset(
+    ("f", name)
+    for name in (
+        "name",
+        "namespace",
+        "creationTimestamp",
+        "selfLink",
+        "uid",
+        "clusterName",
+        "generation",
+        "managedFields",
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    )
 )
+_METADATA = ("f", "metadata")
 _STATUS: Path = (("f", "status"),)
 
 
@@ -141,8 +140,15 @@ def write_entries(obj: Obj, entries: list[Entry]) -> None:
         meta.pop("managedFields", None)
 
 
+def _stripped(path: Path) -> bool:
+    """Set lookups rather than a prefix test per stripped field: this runs for every path of every write."""
+    if not path:
+        return False
+    return path[0] in _STRIPPED_TOP or (path[0] == _METADATA and len(path) > 1 and path[1] in _STRIPPED_META)
+
+
 def _tracked(fields: FieldSet, *, subresource: str, status_separate: bool) -> FieldSet:
-    out = {p for p in fields if not any(fieldset.has_prefix(p, s) for s in _STRIPPED)}
+    out = {p for p in fields if not _stripped(p)}
     out.discard((("f", "metadata"),))
     if subresource == "status":
         return {p for p in out if fieldset.has_prefix(p, _STATUS)}

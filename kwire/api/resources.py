@@ -206,9 +206,9 @@ class Resources:
     def _encode(kind: Kind, obj: Obj) -> bytes:
         return encode(custom.to_storage(kind, obj) if kind.custom is not None else obj)
 
-    def _crd(self, name: str) -> Obj | None:
+    def _crd(self, name: str) -> KV | None:
         assert CRDS is not None
-        return self.get_or_none(CRDS, None, name)
+        return self.store.get_now(CRDS.key(None, name))
 
     async def present(self, kind: Kind, obj: Obj) -> Obj:
         """A stored object as read through `kind`: converted by the CRD's conversion webhook when it is held
@@ -482,8 +482,8 @@ class Resources:
             self.crds.serve(obj, name)
         return obj
 
-    async def _list_objects(self, kind: Kind) -> builtins.list[Obj]:
-        return [decode(kv) for kv in (await self.store.range(kind.prefix())).items]
+    async def _list_objects(self, kind: Kind, /, *, namespace: str | None = None) -> builtins.list[Obj]:
+        return [decode(kv) for kv in (await self.store.range(kind.prefix(namespace))).items]
 
     # -- update ------------------------------------------------------------------------------------------------
     async def update(
