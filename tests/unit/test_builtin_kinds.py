@@ -339,6 +339,8 @@ async def test_quota_admission_refuses_over_hard_and_unstated_requests() -> None
     stored: dict[str, list[Obj]] = {"resourcequotas": [quota, tight], "pods": [running, elsewhere]}
 
     async def list_objects(kind: Any, /, *, namespace: str | None = None) -> list[Obj]:
+        if not kind.namespaced:  # priority classes
+            return []
         assert namespace == "ns", "quota admission reads only the object's namespace"
         objs = stored.get(kind.plural, []) if kind.group in ("", "apps") else []
         return [o for o in objs if o["metadata"]["namespace"] == namespace]
