@@ -1,7 +1,9 @@
-"""K3s's secure join-token format, `K10<sha256 of the cluster CA>::<user>:<secret>`, read and written.
+"""K3s's secure join-token format: `K10<sha256 of the cluster CA certificate>::<user>:<secret>`.
 
-Pure string functions, shared by the server's token store (`kwire.api.authn.tokens`) and by what joins with a
-token (a joining server's bootstrap fetch, `kwire.api.bootstrap`), without importing either side.
+A node given a token in this form pins the cluster CA by its hash before trusting the server; the server checks
+only the secret. Pure string functions (hashlib only), shared by the server's join tokens
+(kwire/api/authn/tokens.py), a joining server's bootstrap fetch (kwire/api/bootstrap.py) and the lab, which hands
+agents their token in this form.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ coroutine on uvloop until a signal cancels it (`run_daemon`). The programs that 
 main task is cancelled, its `finally` blocks close what it opened, and the process exits 0; a socket that cannot
 be bound at start is one "cannot serve" line and exit status 1, not a traceback.
 
-uvloop is imported only by `run_daemon`, so a process that keeps ssl out of its imports (the pod runtime, see
-`kwire.agent.kubelet.runtime_main`) can use the rest.
+asyncio and uvloop are imported only by the functions that run a loop: `start` costs nothing, so the lab's
+supervisor (which imports `kwire.cli.main` and nothing of asyncio) and the pod runtime (which keeps ssl, hence
+uvloop, out: `kwire.agent.kubelet.runtime_main`) use it too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
@@ -44,6 +44,8 @@ def start(*, level: str | int = logging.INFO) -> None:
 
 async def wait_for_stop_signal() -> None:
     """Return when the process receives SIGTERM or SIGINT (for a main that closes its parts in order itself)."""
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
@@ -58,6 +60,8 @@ def run_daemon(main: Callable[[], Coroutine[Any, Any, None]], *, log: logging.Lo
     A signal cancels the main task ("stopping" is logged; the coroutine's `finally` blocks clean up) and the
     status is 0; an OSError out of the loop (a port already taken) is logged as "cannot serve" and the status is 1.
     """
+    import asyncio
+
     import uvloop
 
     async def _until_signalled() -> None:

@@ -1,9 +1,12 @@
-"""`kwire` command line: argument parsing only; each command hands a config to a role's run()."""
+"""`kwire` command line: argument parsing only; each command hands a config to a role's run().
+
+A role's modules (and asyncio) are imported by its command only: `kwire lab supervise`, a process of every lab,
+imports next to nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Coroutine
@@ -14,6 +17,8 @@ from kwire.base import process
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> None:
+    import asyncio
+
     try:
         import uvloop
 
@@ -56,6 +61,7 @@ def _cmd_agent(ns: argparse.Namespace) -> int:
 
 def _cmd_etcd_snapshot(ns: argparse.Namespace) -> int:
     """K3s's `etcd-snapshot save|ls|delete|prune`, against the embedded etcd of the server in --data-dir."""
+    import asyncio
     import datetime as dt
     import socket
     from pathlib import Path
@@ -122,6 +128,7 @@ def _cmd_netpol(ns: argparse.Namespace) -> int:
 def _cmd_check(ns: argparse.Namespace) -> int:
     """`kwire check` on a node: its kernel, sysctls, links, firewalls and DNS, plus the cluster's objects when a
     kubeconfig is readable. Exit 1 when any finding is an error."""
+    import asyncio
     import json
     import os
     import socket
@@ -247,6 +254,10 @@ def _print_lab_up(st: Any, seconds: float) -> None:
 
 
 def _cmd_lab(ns: argparse.Namespace) -> int:
+    if ns.lab_cmd == "supervise":  # the lab's own long-lived process: it imports only kwire/lab/supervisor.py's needs
+        from kwire.lab import supervisor
+
+        return supervisor.run(ns.name, listen_fd=ns.listen_fd)
     import json
     import os
 
@@ -289,10 +300,6 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
                 print(f"{ns.node} started (Ready)")
         elif ns.lab_cmd == "check":
             return _cmd_lab_check(ns.name, ns.output)
-        elif ns.lab_cmd == "supervise":
-            from kwire.lab import supervisor
-
-            return supervisor.run(ns.name, listen_fd=ns.listen_fd)
     except (lab.LabError, ValueError) as exc:
         print(f"kwire lab: {exc}", file=sys.stderr)
         return 1

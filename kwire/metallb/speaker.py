@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from kwire.base import process
 from kwire.client import AlreadyExists, ApiClient, ApiStatusError, Informers
 from kwire.client.client import (
@@ -40,6 +38,7 @@ from kwire.client.client import (
 from kwire.client.events import EventRecorder
 from kwire.client.informer import key_of
 from kwire.client.kubeconfig import in_cluster_config
+from kwire.kernel.pyroute import IPRoute
 from kwire.metallb import election, pools
 from kwire.metallb.arp import ArpResponder
 from kwire.metallb.controller import is_ours, pod_namespace, status_ips

@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kwire.base.files import atomic_write
-
-# The token format itself (re-exported: callers of the token store use it through this module too).
-from kwire.base.jointoken import ca_hash as ca_hash
-from kwire.base.jointoken import plain
-from kwire.base.jointoken import secure_form as secure_form
+from kwire.base.jointoken import ca_hash, plain, secure_form
 
 SERVER_FILE = "token"
 AGENT_FILE = "agent-token"
+
+__all__ = ["AGENT_FILE", "SERVER_FILE", "JoinTokens", "ca_hash", "ensure_agent_token", "plain", "rotate", "secure_form"]
 
 
 def _equal(a: str, b: str) -> bool:
