@@ -18,7 +18,6 @@ Entries are sorted as kube sorts them (operation, time, manager).
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ import orjson
 from kwire.api import fieldset
 from kwire.api.errors import ApiError
 from kwire.api.fieldset import Comparison, FieldSet, Node, Path
+from kwire.base.timefmt import now_rfc3339
 
 Obj = dict[str, Any]
 
@@ -97,10 +97,6 @@ class Entry:
         if self.operation == APPLY:
             return text
         return f"{text} using {self.api_version}"
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def manager_from_user_agent(user_agent: str) -> str:
@@ -200,7 +196,7 @@ def record_update(
     cmp = _comparison(old, new, node, subresource=subresource, status_separate=status_separate)
     if cmp.empty():
         return
-    entry = Entry(manager, UPDATE, api_version, now(), set(), subresource)
+    entry = Entry(manager, UPDATE, api_version, now_rfc3339(), set(), subresource)
     mine = _find(entries, entry.identity())
     if mine is None:
         entries.append(entry)
@@ -280,10 +276,10 @@ def apply(
             removed.append(path)
             _drop_empty_parents(merged, path, node, owned)
         last.set_fields(config_set)
-        last.time = now()
+        last.time = now_rfc3339()
         last.api_version = api_version
     else:
-        entries.append(Entry(manager, APPLY, api_version, now(), config_set, subresource))
+        entries.append(Entry(manager, APPLY, api_version, now_rfc3339(), config_set, subresource))
     if manager == "kubectl":
         annotations = (merged.get("metadata") or {}).get("annotations") or {}
         if LAST_APPLIED in annotations:

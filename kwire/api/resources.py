@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import builtins
 import copy
-import datetime as dt
 import logging
 import random
 import uuid
@@ -44,6 +43,7 @@ from kwire.api.reservations import ReservedAllocator
 from kwire.api.user import current_user
 from kwire.api.webhookadmission import Attributes, WebhookAdmission
 from kwire.base.labels import Selector
+from kwire.base.timefmt import now_rfc3339
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,6 @@ NAMESPACES = by_path("", "v1", "namespaces")
 SERVICES = by_path("", "v1", "services")
 PODS = by_path("", "v1", "pods")
 CRDS = definition.CRDS
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # etcd's default --max-request-bytes (1.5 MiB): kube-apiserver's write fails with "etcdserver: request is too

@@ -2,7 +2,8 @@
 
 A node given a token in this form pins the cluster CA by its hash before trusting the server; the server checks
 only the secret. Pure string functions (hashlib only), shared by the server's join tokens
-(kwire/api/authn/tokens.py) and the lab, which hands agents their token in this form.
+(kwire/api/authn/tokens.py), a joining server's bootstrap fetch (kwire/api/bootstrap.py) and the lab, which hands
+agents their token in this form.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from kwire import config
-from kwire.base import memory
+from kwire.base import process
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> None:
@@ -25,13 +25,6 @@ def _run(coro: Coroutine[Any, Any, Any]) -> None:
         uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop is a dependency, but the stdlib loop works too
         asyncio.run(coro)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _cmd_server(ns: argparse.Namespace) -> int:
@@ -563,10 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    memory.pin_mmap_threshold()
     parser = build_parser()
     ns = parser.parse_args(argv)
-    _setup_logging(ns.verbose)
+    process.start(level=logging.DEBUG if ns.verbose else logging.INFO)
     try:
         return int(ns.func(ns) or 0)
     except config.ConfigError as exc:
