@@ -4,10 +4,11 @@ Starts a `kwire server` (its own process, on loopback), creates N ConfigMaps ove
 clients while one watcher follows the namespace, and prints writes/s and watch delivery p50/p99, where delivery
 latency is measured from the moment a create request is sent to the moment its ADDED event is read (so it
 includes the request's own time: an upper bound). Then the same for N MetalLB IPAddressPools (the upstream CRD:
-schema validation, defaulting and pruning on every write), and the custom/built-in writes/s ratio (goal >= 0.8).
+schema validation, defaulting and pruning on every write), and the custom/built-in ratios of writes/s (goal >= 0.8)
+and of server CPU per write (goal <= 1.25), per round and their median, with the load average.
 
-    .venv/bin/python bench/api.py [--objects 10000] [--clients 16] [--rounds 3] [--datastore sqlite|etcd|postgres]
-                                  [--as-user]
+    .venv/bin/python bench/api.py [--objects 10000] [--clients 16] [--rounds 3] [--warmup 300]
+                                  [--datastore sqlite|etcd|postgres] [--as-user]
 
 Besides wall-clock numbers it prints the server's CPU time per write (from /proc, user+system), which a loaded
 machine disturbs far less than throughput. `--as-user` writes as user `bench` (impersonated by the admin), whom a
@@ -168,10 +169,12 @@ async def _bench(
 
         assert srv.proc is not None
         cpu_before = _cpu_seconds(srv.proc.pid)
+        client_before = time.process_time()
         start = time.perf_counter()
         await asyncio.gather(*(writer() for _ in range(clients)))
         elapsed = time.perf_counter() - start
         cpu = _cpu_seconds(srv.proc.pid) - cpu_before
+        client_cpu = time.process_time() - client_before
         await asyncio.wait_for(all_seen.wait(), 60)
         wtask.cancel()
     lat = [(seen[n] - sent[n]) * 1000 for n in sent]
@@ -184,6 +187,7 @@ async def _bench(
         "watch_p99_ms": _pct(lat, 0.99),
         "watch_max_ms": max(lat),
         "cpu_us_per_write": cpu / objects * 1e6,
+        "client_cpu_us_per_write": client_cpu / objects * 1e6,  # this process: the clients and the watcher
     }
 
 
@@ -193,6 +197,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--datastore", choices=("sqlite", "etcd", "postgres"), default="sqlite")
     ap.add_argument("--rounds", type=int, default=1, help="alternate built-in/custom rounds; the best of each counts")
+    ap.add_argument("--warmup", type=int, default=300, help="creates of each kind before the rounds, not counted")
     ap.add_argument("--as-user", action="store_true", help="write as an RBAC-authorized user, not system:masters")
     args = ap.parse_args()
     pg = Postgres(fsync=True) if args.datastore == "postgres" else None
@@ -207,31 +212,34 @@ def main() -> int:
                 srv.extra_args = ["--config", str(pg.config_file(Path(tmp) / "datastore.yaml"))]
             srv.start(timeout=90)
             asyncio.run(_install_crd(srv, rbac=args.as_user))
+            kinds = {
+                "built-in": ("/api/v1/namespaces/default/configmaps", _configmap, "cm"),
+                "custom": ("/apis/metallb.io/v1beta1/namespaces/default/ipaddresspools", _pool, "pool"),
+            }
+
+            def run(which: str, objects: int, label: str) -> dict[str, float]:
+                path, make, prefix = kinds[which]
+                return asyncio.run(
+                    _bench(
+                        srv,
+                        objects,
+                        args.clients,
+                        path=path,
+                        make=make,
+                        prefix=f"{prefix}{label}",
+                        as_user=args.as_user,
+                    )
+                )
+
+            if args.warmup:  # first writes of a kind pay one-time costs: not counted
+                for which in kinds:
+                    run(which, args.warmup, "warm")
             rounds: list[tuple[dict[str, float], dict[str, float]]] = []
             for r in range(args.rounds):
-                built_in = asyncio.run(
-                    _bench(
-                        srv,
-                        args.objects,
-                        args.clients,
-                        path="/api/v1/namespaces/default/configmaps",
-                        make=_configmap,
-                        prefix=f"cm{r}",
-                        as_user=args.as_user,
-                    )
-                )
-                custom_res = asyncio.run(
-                    _bench(
-                        srv,
-                        args.objects,
-                        args.clients,
-                        path="/apis/metallb.io/v1beta1/namespaces/default/ipaddresspools",
-                        make=_pool,
-                        prefix=f"pool{r}",
-                        as_user=args.as_user,
-                    )
-                )
-                rounds.append((built_in, custom_res))
+                # alternate which kind goes first, so neither always follows the other
+                order = ("built-in", "custom") if r % 2 == 0 else ("custom", "built-in")
+                got = {which: run(which, args.objects, str(r)) for which in order}
+                rounds.append((got["built-in"], got["custom"]))
             res = max((b for b, _ in rounds), key=lambda x: x["writes_per_s"])
             custom = max((c for _, c in rounds), key=lambda x: x["writes_per_s"])
         finally:
@@ -252,6 +260,21 @@ def main() -> int:
     print(f"  watch p50       {custom['watch_p50_ms']:.1f} ms")
     print(f"  watch p99       {custom['watch_p99_ms']:.1f} ms")
     print(f"  server CPU      {min(c['cpu_us_per_write'] for _, c in rounds):.0f} us/write")
+    # Each round runs both kinds back to back (alternating which goes first), so its ratio compares like with like
+    # even when the load moves between rounds; CPU per write is the number load disturbs least.
+    cpu_ratios = [c["cpu_us_per_write"] / b["cpu_us_per_write"] for b, c in rounds]
+    rate_ratios = [c["writes_per_s"] / b["writes_per_s"] for b, c in rounds]
+    print("per round (built-in | custom):")
+    for i, (b, c) in enumerate(rounds):
+        print(
+            f"  round {i + 1}  {b['writes_per_s']:6.0f} | {c['writes_per_s']:6.0f} writes/s ({rate_ratios[i]:.2f}x),"
+            f"  CPU {b['cpu_us_per_write']:4.0f} | {c['cpu_us_per_write']:4.0f} us/write ({cpu_ratios[i]:.2f}x),"
+            f"  client CPU {b['client_cpu_us_per_write']:4.0f} | {c['client_cpu_us_per_write']:4.0f}"
+        )
+    print(
+        f"  median          writes/s {statistics.median(rate_ratios):.2f}x (goal >= 0.8x), "
+        f"CPU/write {statistics.median(cpu_ratios):.2f}x (goal <= 1.25x); load average {os.getloadavg()[0]:.1f}"
+    )
     return 0
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from croniter import croniter
 
 DEFAULT_CONFIG_FILE = "/etc/kwire/config.yaml"
 BACKENDS = ("vxlan", "host-gw", "none")
@@ -236,6 +235,8 @@ def _validate(cfg: ServerConfig | AgentConfig) -> None:
                 f"(got {cfg.leader_elect_lease_duration}, {cfg.leader_elect_renew_deadline}, "
                 f"{cfg.leader_elect_retry_period})"
             )
+        from croniter import croniter  # only a server's settings need it: ~5 MB (dateutil) for every process
+
         if not croniter.is_valid(cfg.etcd_snapshot_schedule_cron):
             raise ConfigError(
                 f"etcd-snapshot-schedule-cron: {cfg.etcd_snapshot_schedule_cron!r} is not a cron schedule"

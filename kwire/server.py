@@ -6,10 +6,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
-import signal
 import socket
 import ssl
 import uuid
@@ -59,7 +57,7 @@ from kwire.api.resources import Resources
 from kwire.api.server import ApiServer
 from kwire.api.user import MASTERS
 from kwire.api.webhookadmission import WebhookAdmission
-from kwire.base import memory
+from kwire.base import memory, process
 from kwire.base.files import atomic_write, private_dir
 from kwire.client.kubeconfig import Config, write_kubeconfig
 from kwire.config import ConfigError, ServerConfig
@@ -629,11 +627,6 @@ async def run(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) 
         print(await cluster_reset(cfg), flush=True)
         return
     server = await start(cfg, sockets=sockets)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     print(f"kwire server ready: {server.url}  kubeconfig: {server.kubeconfig}", flush=True)
-    await stop.wait()
+    await process.wait_for_stop_signal()
     await server.close()

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from pyroute2 import IPRoute
 
 from kwire.agent.credentials import (
     CONTROLLER_CLIENT,
@@ -42,12 +41,14 @@ from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
+from kwire.base import memory
 from kwire.base.files import private_dir
 from kwire.client import ApiClient, Informers
 from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 from kwire.client.events import EventRecorder
 from kwire.cni import invoke as cni
 from kwire.config import AgentConfig
+from kwire.kernel.pyroute import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +431,7 @@ async def start(cfg: AgentConfig) -> Agent:
 
 
 async def run(cfg: AgentConfig) -> None:
+    memory.one_arena()  # before the first worker thread (kwire/base/memory.py)
     agent = await start(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,8 +3,9 @@
 As K3s's agent (pkg/agent/config: getNodeNamedCrt, getServingCert, getKubeProxyCrt, getK3sControllerCrt), the
 agent asks the server's `/v1-k3s/` endpoints (kwire/api/nodecerts.py) for one client certificate per component —
 the kubelet's `system:node:<name>` in `system:nodes`, kube-proxy's `system:kube-proxy`, the agent controllers'
-`system:k3s-controller` — and the kubelet's serving certificate for :10250, each for a key generated here, so
-private keys never leave the node (it POSTs a PKCS#10 request; K3s's server sends generated keys instead). The
+`system:k3s-controller` — and the kubelet's serving certificate for :10250, each for a key generated on the node
+(certwork.py, in a short-lived child process, so the agent itself never imports cryptography), so private keys
+never leave the node (it POSTs a PKCS#10 request; K3s's server sends generated keys instead). The
 files live under `<data-dir>/tls/` (directory 0700, every file 0600) with K3s's names, alongside the client CA
 (to verify callers of :10250), the cluster CA and the node password (K3s's /etc/rancher/node/password: a random
 per-node secret the server stores hashed, so another machine cannot take this node's name). The token is sent
@@ -19,22 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
+import contextlib
 import json
 import logging
 import os
 import secrets
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from kwire.base.files import atomic_write
 from kwire.client import Config
@@ -54,36 +52,41 @@ class CredentialsError(RuntimeError):
     pass
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+class _CertWork:
+    """certwork.check in a child process (`python -m kwire.agent.certwork`), so that the agent never imports
+    cryptography (~10 MB of RSS, for work done at start and once an hour; see certwork.py). The child is started
+    first and asked later (`answer`): it imports cryptography while the agent fetches the client CA."""
 
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
 
-def _csr(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
-    """A PKCS#10 request proving possession of `key`; the server sets the real subject."""
-    req = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    )
-    return req.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    @classmethod
+    async def start(cls) -> _CertWork:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "kwire.agent.certwork",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        return cls(proc)
 
+    async def answer(self, request: dict[str, object]) -> dict[str, Any]:
+        out, err = await self.proc.communicate(json.dumps(request).encode())
+        if self.proc.returncode != 0:
+            raise CredentialsError(f"checking the node's certificates failed: {err.decode(errors='replace')[-500:]}")
+        answer: dict[str, Any] = json.loads(out)
+        return answer
 
-def needs_renewal(cert_pem: bytes, *, ca_pem: bytes, now: dt.datetime | None = None) -> bool:
-    """True when the certificate is not from this CA or less than a third of its validity is left."""
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        ca = x509.load_pem_x509_certificate(ca_pem)
-    except ValueError:
-        return True
-    if cert.issuer != ca.subject:
-        return True
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return True
-    now = now or dt.datetime.now(dt.UTC)
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    return cert.not_valid_after_utc - now < lifetime / 3
+    async def cancel(self) -> None:
+        """End a child that will not be asked (the client CA could not be fetched)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
 
 
 def serving_context(*, cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
@@ -152,34 +155,22 @@ class NodeCredentials:
             cert=self.cert_path(KUBELET_SERVING), key=self.key_path(KUBELET_SERVING), client_ca=self.client_ca_path
         )
 
-    def stale(self) -> list[str]:
-        """The components whose certificate is missing, from another CA, due for renewal, or no longer naming
-        this node (a new node name, or a node IP the serving certificate lacks)."""
-        out = []
-        for comp in COMPONENTS:
-            crt, key = self.cert_path(comp), self.key_path(comp)
-            ca = self.server_ca if comp == KUBELET_SERVING else self._client_ca_or_empty()
-            if not (crt.exists() and key.exists()) or not ca:
-                out.append(comp)
-                continue
-            pem = crt.read_bytes()
-            if needs_renewal(pem, ca_pem=ca) or not self._names_this_node(comp, pem):
-                out.append(comp)
-        return out
-
-    def _names_this_node(self, component: str, pem: bytes) -> bool:
-        cert = x509.load_pem_x509_certificate(pem)
-        if component == KUBELET_CLIENT:
-            cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-            return bool(cns) and cns[0].value == f"system:node:{self.node_name}"
-        if component == KUBELET_SERVING:
-            try:
-                sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            except x509.ExtensionNotFound:
-                return False
-            ips = {str(i) for i in sans.get_values_for_type(x509.IPAddress)}
-            return self.node_name in sans.get_values_for_type(x509.DNSName) and set(self.node_ips) <= ips
-        return True
+    def _check_request(self) -> dict[str, object]:
+        """What certwork.check needs: each component's file, the CA it must come from and what it must name."""
+        client_ca = self._client_ca_or_empty().decode()
+        names = {KUBELET_CLIENT: "node-client", KUBELET_SERVING: "node-serving"}
+        return {
+            "tls_dir": str(self.dir),
+            "node_name": self.node_name,
+            "node_ips": list(self.node_ips),
+            "components": {
+                comp: {
+                    "ca": self.server_ca.decode() if comp == KUBELET_SERVING else client_ca,
+                    "names": names.get(comp, ""),
+                }
+                for comp in COMPONENTS
+            },
+        }
 
     def _client_ca_or_empty(self) -> bytes:
         return self.client_ca_path.read_bytes() if self.client_ca_path.exists() else b""
@@ -225,15 +216,23 @@ class NodeCredentials:
         # The client CA is fetched every time (one small request): certificates from a CA the server no longer
         # trusts are then seen as stale and replaced.
         session, headers = self._session(token)
+        child = await _CertWork.start()
         async with session:
-            client_ca = await self._call(session, "GET", "client-ca.crt", headers=headers)
+            try:
+                client_ca = await self._call(session, "GET", "client-ca.crt", headers=headers)
+            except BaseException:
+                await child.cancel()
+                raise
             atomic_write(self.client_ca_path, client_ca, mode=0o600)
-            stale = self.stale()
+            # The components whose certificate is missing, from another CA, due for renewal, or no longer naming
+            # this node (a new node name, or a node IP the serving certificate lacks), with a new key for each.
+            work = await child.answer(self._check_request())
+            stale: list[str] = work["stale"]
             for comp in stale:
-                key = ec.generate_private_key(ec.SECP256R1())
-                pem = await self._call(session, "POST", f"{comp}.crt", headers=headers, data=_csr(key, comp))
+                key, csr = work["keys"][comp]["key"].encode(), work["keys"][comp]["csr"].encode()
+                pem = await self._call(session, "POST", f"{comp}.crt", headers=headers, data=csr)
                 # nothing reads the pair meanwhile: live contexts reload only once `ensure` has returned
-                atomic_write(self.key_path(comp), _key_pem(key), mode=0o600)
+                atomic_write(self.key_path(comp), key, mode=0o600)
                 atomic_write(self.cert_path(comp), pem, mode=0o600)
                 log.info("agent: %s issued for node %s", comp, self.node_name)
         return stale

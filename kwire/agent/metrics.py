@@ -24,6 +24,8 @@ import time
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from kwire.base.prom import ExactCounter, metrics_response
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BIND = "127.0.0.1:10249"
@@ -40,8 +42,14 @@ class ProxyMetrics:
     """kube-proxy's metrics; a `kwire.agent.nftsync.SyncObserver`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        def hist(name: str, doc: str) -> Histogram:
-            return Histogram(name, doc, buckets=SYNC_BUCKETS, registry=registry)
+        def hist(name: str, doc: str, buckets: tuple[float, ...] = SYNC_BUCKETS) -> Histogram:
+            return Histogram(name, doc, buckets=buckets, registry=registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, registry=registry)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, registry=registry)
 
         self.duration = hist("kubeproxy_sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds")
         self.full = hist(
@@ -51,44 +59,31 @@ class ProxyMetrics:
             "kubeproxy_sync_partial_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for partial resyncs",
         )
-        self.last = Gauge(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            registry=registry,
+        self.last = gauge(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced"
         )
-        self.queued = Gauge(
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-            registry=registry,
+        self.queued = gauge(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "The last time a sync of proxy rules was queued"
         )
-        self.programming = Histogram(
+        self.programming = hist(
             "kubeproxy_network_programming_duration_seconds",
             "In Cluster Network Programming Latency in seconds",
-            buckets=PROGRAMMING_BUCKETS,
-            registry=registry,
+            PROGRAMMING_BUCKETS,
         )
-        self.endpoint_changes = Counter(
-            "kubeproxy_sync_proxy_rules_endpoint_changes",
-            "Cumulative proxy rules Endpoint changes",
-            registry=registry,
+        self.endpoint_changes = counter(
+            "kubeproxy_sync_proxy_rules_endpoint_changes", "Cumulative proxy rules Endpoint changes"
         )
-        self.service_changes = Counter(
-            "kubeproxy_sync_proxy_rules_service_changes", "Cumulative proxy rules Service changes", registry=registry
+        self.service_changes = counter(
+            "kubeproxy_sync_proxy_rules_service_changes", "Cumulative proxy rules Service changes"
         )
-        self.endpoint_pending = Gauge(
-            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-            "Pending proxy rules Endpoint changes",
-            registry=registry,
+        self.endpoint_pending = gauge(
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending", "Pending proxy rules Endpoint changes"
         )
-        self.service_pending = Gauge(
-            "kubeproxy_sync_proxy_rules_service_changes_pending",
-            "Pending proxy rules Service changes",
-            registry=registry,
+        self.service_pending = gauge(
+            "kubeproxy_sync_proxy_rules_service_changes_pending", "Pending proxy rules Service changes"
         )
-        self.failures = Counter(
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures",
-            "Cumulative proxy nftables sync failures",
-            registry=registry,
+        self.failures = counter(
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures", "Cumulative proxy nftables sync failures"
         )
 
     def endpoints_changed(self) -> None:
@@ -123,14 +118,13 @@ class NetpolMetrics:
             "Time it took for controller to sync iptables",
             registry=registry,
         )
-        # Gauges that only go up: a prometheus-client Counter would be exposed with a `_total` suffix kube-router's
-        # (Go) counters do not have, and the names are what dashboards query.
-        self.count = Gauge(
+        # kube-router's (Go) counters have no `_total` suffix, and the names are what dashboards query
+        self.count = ExactCounter(
             "kube_router_controller_iptables_sync_total_count",
             "Total number of times iptables were synced",
             registry=registry,
         )
-        self.total_time = Gauge(
+        self.total_time = ExactCounter(
             "kube_router_controller_iptables_sync_total_time",
             "Sum of time it took for controller to sync iptables",
             registry=registry,
@@ -143,7 +137,7 @@ class NetpolMetrics:
     def synced(self, *, full: bool, seconds: float, latency: float | None, rules: int) -> None:
         self.sync_time.observe(seconds)
         self.count.inc()
-        self.total_time.inc(seconds)
+        self.total_time.inc(amount=seconds)
         self.chains.set(rules)
 
     def failed(self) -> None:
@@ -178,9 +172,7 @@ class AgentMetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.exposition(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-        )
+        return metrics_response(self.metrics.registry)
 
     async def start(self) -> None:
         app = web.Application()

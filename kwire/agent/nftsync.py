@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kwire.base.tasks import cancel_and_wait
 from kwire.kernel import nft
 
 log = logging.getLogger(__name__)
@@ -115,11 +116,8 @@ class NftReconciler:
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-nft")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # -- the loop -----------------------------------------------------------------------------------------------
     async def _run(self) -> None:

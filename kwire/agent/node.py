@@ -9,7 +9,6 @@ changes and at least once a minute.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import platform
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kwire.base.tasks import cancel_and_wait
+from kwire.base.timefmt import now_micro, now_rfc3339
 from kwire.client import ApiClient, Conflict, NotFound
 from kwire.client.client import LEASES, NODES
 
@@ -27,14 +28,6 @@ Obj = dict[str, Any]
 LEASE_NAMESPACE = "kube-node-lease"
 STATUS_REFRESH = 60.0
 KUBELET_VERSION = "v1.32.4+kwire"
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def now_micro() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _meminfo_kib() -> int:
@@ -287,10 +280,4 @@ class NodeRegistration:
         self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._status_loop())]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(*self._tasks)

@@ -11,9 +11,9 @@ this module needs no storage of its own. (`admission.py` holds the plugins that 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind, by_path
@@ -21,7 +21,13 @@ from kwire.base import quantity
 from kwire.base.quota import COMPUTE, usage
 
 Obj = dict[str, Any]
-ListObjects = Callable[[Kind], Awaitable[list[Obj]]]
+
+
+class ListObjects(Protocol):
+    """The stored objects of a kind, in one namespace or (namespace None) in all of them."""
+
+    def __call__(self, kind: Kind, /, *, namespace: str | None = None) -> Awaitable[list[Obj]]: ...
+
 
 DEFAULT_CLASS_ANNOTATIONS = (
     "storageclass.kubernetes.io/is-default-class",
@@ -138,14 +144,17 @@ def _unspecified(pod: Obj, hard: dict[str, Any]) -> str:
 
 async def _quota(kind: Kind, name: str, obj: Obj, list_objects: ListObjects) -> None:
     ns = (obj.get("metadata") or {}).get("namespace")
-    quotas = [q for q in await list_objects(_kind("", "resourcequotas")) if q["metadata"].get("namespace") == ns]
+    if not isinstance(ns, str) or not ns:
+        return
+    # Only the namespace's own keys are read: a create in a namespace without quotas costs one empty range.
+    quotas = await list_objects(_kind("", "resourcequotas"), namespace=ns)
     if not quotas:
         return
     objects: dict[str, list[Obj]] = {}
     for plural, group in QUOTA_COUNTED.items():
         counted = by_path(group, "v1", plural)
         assert counted is not None
-        objects[plural] = [o for o in await list_objects(counted) if o["metadata"].get("namespace") == ns]
+        objects[plural] = await list_objects(counted, namespace=ns)
     with_new = {**objects, kind.plural: [*objects[kind.plural], obj]}
     for q in sorted(quotas, key=lambda q: str(q["metadata"].get("name"))):
         qname = q["metadata"].get("name")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -36,9 +35,11 @@ from aiohttp import web
 from kwire.api import discovery
 from kwire.api.errors import ApiError
 from kwire.api.frontproxy import FrontProxy
+from kwire.api.proxy import relay
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources
 from kwire.api.user import user_of
+from kwire.base.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,7 @@ class Aggregator:
         self._task = asyncio.create_task(self._run(), name="aggregator")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         delay = CHECK_PERIOD
@@ -239,13 +237,7 @@ class Aggregator:
                     ssl=be.ssl,
                     allow_redirects=False,
                 ) as upstream:
-                    out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-                    resp = web.StreamResponse(status=upstream.status, headers=out)
-                    await resp.prepare(request)
-                    async for chunk in upstream.content.iter_any():
-                        await resp.write(chunk)
-                    await resp.write_eof()
-                    return resp
+                    return await relay(request, upstream, hop_by_hop=HOP_BY_HOP)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.info("aggregator: %s %s: %s", request.method, url, exc)
             raise ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request") from None

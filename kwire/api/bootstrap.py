@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from kwire.base import jointoken
+
 PATH = "/v1-kwire/server-bootstrap"
 # Files under <data-dir>/tls/ every server of a cluster has the same copy of (besides the cluster CA).
 SHARED_FILES = ("client-ca.crt", "client-ca.key", "service.key")
@@ -52,13 +54,6 @@ def _shared(doc: dict[str, Any]) -> dict[str, bytes]:
     return {k: str(v).encode() for k, v in raw.items() if k in SHARED_FILES}
 
 
-def _plain_token(token: str) -> str:
-    if token.startswith("K10") and "::" in token:
-        rest = token.split("::", 1)[1]
-        return rest.split(":", 1)[1] if ":" in rest else rest
-    return token
-
-
 def fetch_bootstrap(server: str, token: str, *, timeout: float = 15.0) -> Bootstrap:
     """Blocking: the first server's CA (pinned by a K10 token, else trusted on first use) and bootstrap data."""
     base = server.rstrip("/")
@@ -70,13 +65,13 @@ def fetch_bootstrap(server: str, token: str, *, timeout: float = 15.0) -> Bootst
             ca = bytes(r.read())
     except OSError as exc:
         raise JoinError(f"cannot reach the server {base}: {exc}") from None
-    if token.startswith("K10") and "::" in token:
-        want = token[3:].split("::", 1)[0]
+    want = jointoken.ca_hash(token)
+    if want is not None:
         if hashlib.sha256(ca).hexdigest() != want:
             raise JoinError(f"the server {base}'s CA does not match the token's hash {want}")
     ctx = ssl.create_default_context(cadata=ca.decode())
     ctx.check_hostname = False  # the URL may name any of the server's addresses; the CA is what is checked
-    req = urllib.request.Request(base + PATH, headers={"Authorization": f"Bearer {_plain_token(token)}"})
+    req = urllib.request.Request(base + PATH, headers={"Authorization": f"Bearer {jointoken.plain(token)}"})
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:  # noqa: S310
             body = json.loads(r.read())
@@ -106,7 +101,7 @@ def _aead(token: str, salt: bytes) -> Any:
     from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
     kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=PBKDF2_ROUNDS)
-    return AESGCM(kdf.derive(_plain_token(token).encode()))
+    return AESGCM(kdf.derive(jointoken.plain(token).encode()))
 
 
 def seal_json(token: str, payload: dict[str, Any]) -> bytes:

@@ -9,7 +9,6 @@ embedded etcd's server, peer and client certificates under `tls/etcd/` (K3s's na
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
 import secrets
 import ssl
@@ -17,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kwire.base import pki
 from kwire.base.files import atomic_write
 from kwire.store.embedded import EtcdTls
 
@@ -34,12 +34,6 @@ ALWAYS_DNS = (
     "kubernetes.default.svc.cluster.local",
 )
 ALWAYS_IP = ("127.0.0.1",)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 @dataclass(frozen=True)
@@ -77,75 +71,65 @@ def _new_ca(
     cert_path: Path, key_path: Path, *, common_name: str
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A new self-signed CA (ten years), written 0600 (key) / 0644 (certificate)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = pki.new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
+    ca_cert = pki.issue(
+        subject=name,
+        public_key=ca_key.public_key(),
+        issuer=name,
+        signer=ca_key,
+        days=3650,
+        ca=True,
+        key_usage=x509.KeyUsage(True, False, False, False, False, True, True, False, False),
     )
-    atomic_write(key_path, _key_pem(ca_key), mode=0o600)
-    atomic_write(cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write(key_path, pki.key_pem(ca_key), mode=0o600)
+    atomic_write(cert_path, pki.cert_pem(ca_cert), mode=0o644)
     log.info("generated CA %s", cert_path)
     return ca_cert, ca_key
 
 
 def ensure_pki(data_dir: Path, *, sans_dns: list[str], sans_ip: list[str]) -> Pki:
     tls = Path(data_dir) / "tls"
-    pki = Pki(
+    paths = Pki(
         tls / "server-ca.crt",
         tls / "server-ca.key",
         tls / "serving-kube-apiserver.crt",
         tls / "serving-kube-apiserver.key",
     )
     now = dt.datetime.now(dt.UTC)
-    if pki.ca_cert.exists() and pki.ca_key.exists():
-        ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-        loaded = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if paths.ca_cert.exists() and paths.ca_key.exists():
+        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+        loaded = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)
         ca_key = loaded
     else:
-        ca_cert, ca_key = _new_ca(pki.ca_cert, pki.ca_key, common_name=f"kwire-server-ca@{int(now.timestamp())}")
+        ca_cert, ca_key = _new_ca(paths.ca_cert, paths.ca_key, common_name=f"kwire-server-ca@{int(now.timestamp())}")
 
     want_dns = set(ALWAYS_DNS) | {d for d in sans_dns if d}
     want_ip = set(ALWAYS_IP) | {i for i in sans_ip if i}
-    if pki.serving_cert.exists() and pki.serving_key.exists():
-        cur = x509.load_pem_x509_certificate(pki.serving_cert.read_bytes())
+    if paths.serving_cert.exists() and paths.serving_key.exists():
+        cur = x509.load_pem_x509_certificate(paths.serving_cert.read_bytes())
         have_dns, have_ip = _sans(cur)
         fresh = cur.not_valid_after_utc > now + dt.timedelta(days=30)
         if fresh and want_dns <= have_dns and want_ip <= have_ip and cur.issuer == ca_cert.subject:
-            return pki
+            return paths
         want_dns |= have_dns
         want_ip |= have_ip
-    key = ec.generate_private_key(ec.SECP256R1())
-    alt = [x509.DNSName(d) for d in sorted(want_dns)] + [
-        x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(want_ip)
-    ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+    key = pki.new_key()
+    cert = pki.issue(
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
+        public_key=key.public_key(),
+        issuer=ca_cert.subject,
+        signer=ca_key,
+        days=365,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        sans_dns=want_dns,
+        sans_ip=want_ip,
     )
-    atomic_write(pki.serving_key, _key_pem(key), mode=0o600)
-    atomic_write(pki.serving_cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write(paths.serving_key, pki.key_pem(key), mode=0o600)
+    atomic_write(paths.serving_cert, pki.cert_pem(cert), mode=0o644)
     log.info("issued serving certificate for %s", ", ".join(sorted(want_dns | want_ip)))
-    return pki
+    return paths
 
 
 def ensure_token(data_dir: Path, token: str | None) -> str:
@@ -194,26 +178,19 @@ def _ensure_leaf(
         same_subject = cur.subject == subject
         if fresh and same_subject and sans_dns <= have_dns and sans_ip <= have_ip and cur.issuer == ca_cert.subject:
             return
-    key = ec.generate_private_key(ec.SECP256R1())
-    alt = [x509.DNSName(d) for d in sorted(sans_dns)] + [
-        x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(sans_ip)
-    ]
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    key = pki.new_key()
+    cert = pki.issue(
+        subject=subject,
+        public_key=key.public_key(),
+        issuer=ca_cert.subject,
+        signer=ca_key,
+        days=365,
+        usages=usages,
+        sans_dns=sans_dns,
+        sans_ip=sans_ip,
     )
-    if alt:
-        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    atomic_write(key_path, _key_pem(key), mode=0o600)
-    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write(key_path, pki.key_pem(key), mode=0o600)
+    atomic_write(cert_path, pki.cert_pem(cert), mode=0o644)
     log.info("issued %s for %s", cert_path.name, ", ".join(sorted(sans_dns | sans_ip)) or common_name)
 
 
@@ -346,25 +323,18 @@ def sign_csr(
     if not csr.is_signature_valid:
         raise ValueError("the certificate request's signature is not valid")
     ca_cert, ca_key = ca
-    now = dt.datetime.now(dt.UTC)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_subject(common_name, organizations))
-        .issuer_name(ca_cert.subject)
-        .public_key(csr.public_key())  # type: ignore[arg-type]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    cert = pki.issue(
+        subject=_subject(common_name, organizations),
+        public_key=csr.public_key(),  # type: ignore[arg-type]
+        issuer=ca_cert.subject,
+        signer=ca_key,
+        days=days,
+        usages=[usage],
+        sans_dns=sans_dns,
+        sans_ip=sans_ip,
     )
-    alt = [x509.DNSName(d) for d in sorted(set(sans_dns))] + [
-        x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(set(sans_ip))
-    ]
-    if alt:
-        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
-    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    return pki.cert_pem(cert)
 
 
 def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

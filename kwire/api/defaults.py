@@ -71,6 +71,20 @@ def _template(obj: Obj) -> None:
         tmpl.setdefault("metadata", {})
 
 
+def _rolling_update(spec: Obj, field: str, **rolling: Any) -> None:
+    """`spec.<field>`: type RollingUpdate unless set, and for RollingUpdate the `rollingUpdate` defaults given
+    (Deployment's `strategy`, DaemonSet's and StatefulSet's `updateStrategy`)."""
+    strategy = spec.setdefault(field, {})
+    if not isinstance(strategy, dict):
+        return
+    strategy.setdefault("type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        ru = strategy.setdefault("rollingUpdate", {})
+        if isinstance(ru, dict):
+            for key, value in rolling.items():
+                ru.setdefault(key, value)
+
+
 def _deployment(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     if not isinstance(spec, dict):
@@ -78,14 +92,7 @@ def _deployment(obj: Obj) -> None:
     spec.setdefault("replicas", 1)
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
-    strategy = spec.setdefault("strategy", {})
-    if isinstance(strategy, dict):
-        strategy.setdefault("type", "RollingUpdate")
-        if strategy["type"] == "RollingUpdate":
-            ru = strategy.setdefault("rollingUpdate", {})
-            if isinstance(ru, dict):
-                ru.setdefault("maxUnavailable", "25%")
-                ru.setdefault("maxSurge", "25%")
+    _rolling_update(spec, "strategy", maxUnavailable="25%", maxSurge="25%")
     _template(obj)
 
 
@@ -100,14 +107,7 @@ def _daemonset(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     if isinstance(spec, dict):
         spec.setdefault("revisionHistoryLimit", 10)
-        strategy = spec.setdefault("updateStrategy", {})
-        if isinstance(strategy, dict):
-            strategy.setdefault("type", "RollingUpdate")
-            if strategy["type"] == "RollingUpdate":
-                ru = strategy.setdefault("rollingUpdate", {})
-                if isinstance(ru, dict):
-                    ru.setdefault("maxUnavailable", 1)
-                    ru.setdefault("maxSurge", 0)
+        _rolling_update(spec, "updateStrategy", maxUnavailable=1, maxSurge=0)
     _template(obj)
 
 
@@ -119,13 +119,7 @@ def _statefulset(obj: Obj) -> None:
     spec.setdefault("replicas", 1)
     spec.setdefault("podManagementPolicy", "OrderedReady")
     spec.setdefault("revisionHistoryLimit", 10)
-    strategy = spec.setdefault("updateStrategy", {})
-    if isinstance(strategy, dict):
-        strategy.setdefault("type", "RollingUpdate")
-        if strategy["type"] == "RollingUpdate":
-            ru = strategy.setdefault("rollingUpdate", {})
-            if isinstance(ru, dict):
-                ru.setdefault("partition", 0)
+    _rolling_update(spec, "updateStrategy", partition=0)
     retention = spec.setdefault("persistentVolumeClaimRetentionPolicy", {})
     if isinstance(retention, dict):
         retention.setdefault("whenDeleted", "Retain")

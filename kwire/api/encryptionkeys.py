@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kwire.api.bootstrap import seal_json, unseal_json
+from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import Compacted, KeyExists, RevisionMismatch, Store
 from kwire.store.encryption import EncryptingStore, EncryptionConfig, load_or_create, save
 
@@ -73,9 +74,7 @@ class EncryptionKeys:
         self._task = asyncio.create_task(self._follow(), name="kwire-encryption-keys")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def _follow(self) -> None:
         """Watch the shared configuration (list, then watch from its revision; again after any error)."""

@@ -13,6 +13,7 @@ The walk is iterative (an explicit stack), so a deeply nested body cannot exhaus
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,8 +149,8 @@ def _ref_of(schema: Schema) -> str | None:
 class _Compiler:
     """Compiles schemas into `_Node`s; a named definition is compiled once (recursive ones included)."""
 
-    def __init__(self) -> None:
-        self.named: dict[str, _Node] = {}
+    def __init__(self, named: dict[str, _Node] | None = None) -> None:
+        self.named: dict[str, _Node] = {} if named is None else named
 
     def node(self, schema: Schema) -> _Node:
         ref = _ref_of(schema)
@@ -185,10 +186,30 @@ class _Compiler:
 _builtin = _Compiler()
 _builtin_roots: dict[int, _Node] = {}
 
+# Custom-resource schemas, compiled once per schema object (a served CRD version keeps its schema object until
+# the CRD changes, which serves a new one): id -> (the schema, held so its id cannot be reused, its node).
+# Bounded: the least recently compiled go first.
+_CUSTOM_ROOTS = 512
+_custom_roots: OrderedDict[int, tuple[Schema, _Node]] = OrderedDict()
+# A CRD schema wrapped as kube's CR decoder sees it (apiVersion/kind/metadata known), one per schema object.
+_wrapped: OrderedDict[int, tuple[Schema, Schema]] = OrderedDict()
+
+
+def _remember(cache: OrderedDict[int, tuple[Schema, Any]], key: Schema, value: Any) -> None:
+    cache[id(key)] = (key, value)
+    while len(cache) > _CUSTOM_ROOTS:
+        cache.popitem(last=False)
+
 
 def _root(schema: Schema, *, builtin: bool) -> _Node:
     if not builtin:
-        return _Compiler().node(schema)  # CRD schemas change: compile per use (they are small)
+        held = _custom_roots.get(id(schema))
+        if held is not None and held[0] is schema:
+            return held[1]
+        # The definitions CRD schemas reach (ObjectMeta) are the built-in ones: their nodes are shared.
+        node = _Compiler(named=_builtin.named).node(schema)
+        _remember(_custom_roots, schema, node)
+        return node
     hit = _builtin_roots.get(id(schema))
     if hit is None:
         hit = _builtin_roots[id(schema)] = _builtin.node(schema)
@@ -203,7 +224,9 @@ def check(schema: Schema, obj: Any, *, types: bool, builtin: bool = False) -> Fi
     """Walks `obj` (changed in place: unknown fields are removed) against `schema`.
 
     `types` also checks JSON types and integer ranges (built-in kinds: Go decoding); custom resources leave
-    that to their schema validation. `builtin` caches the compiled schema (it must be a long-lived object).
+    that to their schema validation. A `builtin` schema's compiled form is kept for good (it must be a long-lived
+    object); another (a CRD version's) is compiled once per schema object, in a bounded cache: a changed CRD
+    serves a new schema object, so a schema must not be changed in place once it is served.
     """
     found = Findings()
     # (value, node, field path with indices, Go path without indices, enclosing struct name)
@@ -259,9 +282,14 @@ def kind_schema(kind: Kind) -> tuple[Schema, bool] | None:
     custom = schemas.crd_schema(kind)
     if custom is None:
         return None
+    held = _wrapped.get(id(custom))
+    if held is not None and held[0] is custom:
+        return held[1], False
     props = dict(custom.get("properties") or {})
     # As kube's CR handling: apiVersion/kind/metadata are always known, metadata is ObjectMeta.
     props["apiVersion"] = {"type": "string"}
     props["kind"] = {"type": "string"}
     props["metadata"] = {"$ref": _OBJECT_META}
-    return {**custom, "type": "object", "properties": props}, False
+    wrapped = {**custom, "type": "object", "properties": props}
+    _remember(_wrapped, custom, wrapped)
+    return wrapped, False

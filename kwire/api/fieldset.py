@@ -118,7 +118,8 @@ def schema_for(kind_name: str) -> Node:
     return SCHEMAS.get(kind_name, _struct(metadata=_META))
 
 
-_FROM_OPENAPI: dict[int, Node] = {}
+# id(CustomVersion) -> (that CustomVersion, held so its id cannot be reused by a newer one, its node)
+_FROM_OPENAPI: dict[int, tuple[Any, Node]] = {}
 
 
 def schema_for_kind(kind: Kind) -> Node:
@@ -126,16 +127,17 @@ def schema_for_kind(kind: Kind) -> Node:
     if kind.custom is None or not isinstance(kind.custom.schema, dict):
         return schema_for(kind.kind)
     key = id(kind.custom)
-    node = _FROM_OPENAPI.get(key)
-    if node is None:
-        if len(_FROM_OPENAPI) > 1024:
-            _FROM_OPENAPI.clear()
-        root = from_openapi(kind.custom.schema)
-        if root.type == "struct":  # metadata is ObjectMeta whatever the CRD says of it
-            node = Node("struct", {**root.fields, "metadata": _META}, elements=root.elements)
-        else:
-            node = _struct(metadata=_META)
-        _FROM_OPENAPI[key] = node
+    held = _FROM_OPENAPI.get(key)
+    if held is not None and held[0] is kind.custom:
+        return held[1]
+    if len(_FROM_OPENAPI) > 1024:
+        _FROM_OPENAPI.clear()
+    root = from_openapi(kind.custom.schema)
+    if root.type == "struct":  # metadata is ObjectMeta whatever the CRD says of it
+        node = Node("struct", {**root.fields, "metadata": _META}, elements=root.elements)
+    else:
+        node = _struct(metadata=_META)
+    _FROM_OPENAPI[key] = (kind.custom, node)
     return node
 
 

@@ -14,7 +14,6 @@ what flows inside is the kubelet's business (kwire/agent/kubelet/portforward.py)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 
@@ -22,8 +21,10 @@ import aiohttp
 from aiohttp import web
 
 from kwire.api.errors import ApiError, bad_request
+from kwire.api.proxy import relay
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
+from kwire.base.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,7 @@ async def pod_log(
                     raise bad_request(await r.text())
                 if r.status != 200:
                     raise ApiError(502, "InternalError", f"kubelet on {node_name}: {r.status} {await r.text()}")
-                resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-                await resp.prepare(request)
-                async for chunk in r.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-                return resp
+                return await relay(request, r, headers={"Content-Type": "text/plain"})
     except aiohttp.ClientError as exc:
         raise ApiError(500, "InternalError", f'Get "{url}": {exc}') from None
 
@@ -165,11 +161,7 @@ async def pod_stream(
         # Both directions until either side ends; the kubelet ends a session after its status message.
         tasks = [asyncio.create_task(_relay(ws, upstream)), asyncio.create_task(_relay(upstream, ws))]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*tasks)
         await upstream.close()
         await ws.close()
         return ws

@@ -24,6 +24,7 @@ from kwire.api.crd.definition import FINALIZER
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind, all_kinds
 from kwire.api.resources import CRDS, NAMESPACES, Resources, decode, kind_for_key
+from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import DELETED
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,7 @@ class Lifecycle:
             watch = None
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     def _index(self, key: str, obj: Obj) -> None:
         meta = obj.get("metadata") or {}

@@ -18,7 +18,6 @@ Entries are sorted as kube sorts them (operation, time, manager).
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ import orjson
 from kwire.api import fieldset
 from kwire.api.errors import ApiError
 from kwire.api.fieldset import Comparison, FieldSet, Node, Path
+from kwire.base.timefmt import now_rfc3339
 
 Obj = dict[str, Any]
 
@@ -36,26 +36,25 @@ UPDATE = "Update"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 MAX_MANAGER_LENGTH = 128
 
-_STRIPPED: tuple[Path, ...] = (
-    (("f", "apiVersion"),),
-    (("f", "kind"),),
-    *(
-        (("f", "metadata"), ("f", name))
-        for name in (
-            "name",
-            "namespace",
-            "creationTimestamp",
-            "selfLink",
-            "uid",
-            "clusterName",
-            "generation",
-            "managedFields",
-            "resourceVersion",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-        )
-    ),
+# Fields managedFields never records (the fieldmanager's stripMeta): apiVersion, kind and these of metadata.
+_STRIPPED_TOP = frozenset({("f", "apiVersion"), ("f", "kind")})
+_STRIPPED_META = frozenset(
+    ("f", name)
+    for name in (
+        "name",
+        "namespace",
+        "creationTimestamp",
+        "selfLink",
+        "uid",
+        "clusterName",
+        "generation",
+        "managedFields",
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    )
 )
+_METADATA = ("f", "metadata")
 _STATUS: Path = (("f", "status"),)
 
 
@@ -100,10 +99,6 @@ class Entry:
         return f"{text} using {self.api_version}"
 
 
-def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def manager_from_user_agent(user_agent: str) -> str:
     """kube's default field manager: the User-Agent up to the first `/`."""
     return user_agent.split("/", 1)[0][:MAX_MANAGER_LENGTH]
@@ -145,8 +140,15 @@ def write_entries(obj: Obj, entries: list[Entry]) -> None:
         meta.pop("managedFields", None)
 
 
+def _stripped(path: Path) -> bool:
+    """Set lookups rather than a prefix test per stripped field: this runs for every path of every write."""
+    if not path:
+        return False
+    return path[0] in _STRIPPED_TOP or (path[0] == _METADATA and len(path) > 1 and path[1] in _STRIPPED_META)
+
+
 def _tracked(fields: FieldSet, *, subresource: str, status_separate: bool) -> FieldSet:
-    out = {p for p in fields if not any(fieldset.has_prefix(p, s) for s in _STRIPPED)}
+    out = {p for p in fields if not _stripped(p)}
     out.discard((("f", "metadata"),))
     if subresource == "status":
         return {p for p in out if fieldset.has_prefix(p, _STATUS)}
@@ -194,7 +196,7 @@ def record_update(
     cmp = _comparison(old, new, node, subresource=subresource, status_separate=status_separate)
     if cmp.empty():
         return
-    entry = Entry(manager, UPDATE, api_version, now(), set(), subresource)
+    entry = Entry(manager, UPDATE, api_version, now_rfc3339(), set(), subresource)
     mine = _find(entries, entry.identity())
     if mine is None:
         entries.append(entry)
@@ -274,10 +276,10 @@ def apply(
             removed.append(path)
             _drop_empty_parents(merged, path, node, owned)
         last.set_fields(config_set)
-        last.time = now()
+        last.time = now_rfc3339()
         last.api_version = api_version
     else:
-        entries.append(Entry(manager, APPLY, api_version, now(), config_set, subresource))
+        entries.append(Entry(manager, APPLY, api_version, now_rfc3339(), config_set, subresource))
     if manager == "kubectl":
         annotations = (merged.get("metadata") or {}).get("annotations") or {}
         if LAST_APPLIED in annotations:

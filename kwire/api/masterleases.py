@@ -21,6 +21,7 @@ import orjson
 from kwire.api.errors import ApiError
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
+from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import KeyExists, KeyNotFound, RevisionMismatch, StoreError
 
 log = logging.getLogger(__name__)
@@ -140,12 +141,7 @@ class MasterLeases:
 
     async def stop(self) -> None:
         """A server stopping cleanly takes itself out of the endpoints at once (kube-apiserver does the same)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         store = self.resources.store
         try:
             async with asyncio.timeout(LEAVE_TIMEOUT):  # a cluster shutting down may have lost its quorum

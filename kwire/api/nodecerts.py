@@ -84,6 +84,33 @@ def verify_password(stored: str, password: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
+class VerifiedPasswords:
+    """Which node passwords this server has already checked against which stored hash, so that a node's later
+    requests (a join fetches several certificates and files, each with the password) pay scrypt once, not each time.
+
+    Only a keyed HMAC of each password is held, under a key made at start and never stored; one entry per node
+    (a changed stored hash or a different password is checked by scrypt again), at most `limit` nodes.
+    """
+
+    def __init__(self, *, limit: int = 10_000) -> None:
+        self._key = os.urandom(32)
+        self._limit = limit
+        self._seen: dict[str, tuple[str, bytes]] = {}
+
+    def _mac(self, password: str) -> bytes:
+        return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+
+    def known(self, node: str, stored: str, password: str) -> bool:
+        entry = self._seen.get(node)
+        return entry is not None and entry[0] == stored and hmac.compare_digest(entry[1], self._mac(password))
+
+    def remember(self, node: str, stored: str, password: str) -> None:
+        self._seen.pop(node, None)
+        while len(self._seen) >= self._limit:
+            del self._seen[next(iter(self._seen))]  # the oldest entry
+        self._seen[node] = (stored, self._mac(password))
+
+
 def password_secret_name(node: str) -> str:
     return f"{node}{PASSWORD_SUFFIX}".lower()
 
@@ -122,6 +149,7 @@ class NodeCerts:
         self.resources = resources
         self.authority = authority
         self.token_ok = token_ok
+        self.verified = VerifiedPasswords()
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -151,9 +179,12 @@ class NodeCerts:
         current = self.resources.get_or_none(secrets, "kube-system", name)
         if current is not None:
             stored = base64.b64decode((current.get("data") or {}).get("hash") or "").decode(errors="replace")
+            if self.verified.known(node, stored, password):
+                return
             # scrypt is deliberately slow (tens of ms): off the event loop
             if not await asyncio.to_thread(verify_password, stored, password):
                 raise ApiError(403, "Forbidden", f"unable to verify password for node {node}: hash does not match")
+            self.verified.remember(node, stored, password)
             return
         secret: dict[str, Any] = {
             "apiVersion": "v1",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,25 @@ HOP_BY_HOP = frozenset(
     }
 )
 Obj = dict[str, Any]
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    *,
+    hop_by_hop: frozenset[str] = HOP_BY_HOP,
+    headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Stream `upstream`'s answer back to the caller as it arrives (a follow log or a watch never ends): its
+    status, its end-to-end headers (or `headers` instead), then the body chunk by chunk."""
+    if headers is None:
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in hop_by_hop}
+    resp = web.StreamResponse(status=upstream.status, headers=headers)
+    await resp.prepare(request)
+    async for chunk in upstream.content.iter_any():
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
 
 
 @dataclass(frozen=True)
@@ -95,14 +115,21 @@ def _unavailable(message: str) -> ApiError:
     return ApiError(503, "ServiceUnavailable", message)
 
 
-def service_location(resources: Resources, namespace: str, ident: str) -> URL:
+def _target(resources: Resources, plural: str, namespace: str | None, ident: str) -> tuple[str, str, str, Obj]:
+    """The `[scheme:]name[:port]` of a proxy path and the object it names: (scheme, name, port, object); 400 for
+    a malformed one, 404 when there is no such object."""
     split = split_scheme_name_port(ident)
     if split is None:
-        raise bad_request(f"invalid service request {ident!r}")
+        raise bad_request(f"invalid {plural[:-1]} request {ident!r}")
     scheme, name, port = split
-    svc = resources.get_or_none(_kind("services"), namespace, name)
-    if svc is None:
-        raise not_found("", "services", name)
+    obj = resources.get_or_none(_kind(plural), namespace, name)
+    if obj is None:
+        raise not_found("", plural, name)
+    return scheme, name, port, obj
+
+
+def service_location(resources: Resources, namespace: str, ident: str) -> URL:
+    scheme, name, port, svc = _target(resources, "services", namespace, ident)
     if port.isdigit():
         match = next((p for p in (svc.get("spec") or {}).get("ports") or [] if str(p.get("port")) == port), None)
         if match is None:
@@ -125,13 +152,7 @@ def service_location(resources: Resources, namespace: str, ident: str) -> URL:
 
 
 def pod_location(resources: Resources, namespace: str, ident: str) -> URL:
-    split = split_scheme_name_port(ident)
-    if split is None:
-        raise bad_request(f"invalid pod request {ident!r}")
-    scheme, name, port = split
-    pod = resources.get_or_none(_kind("pods"), namespace, name)
-    if pod is None:
-        raise not_found("", "pods", name)
+    scheme, name, port, pod = _target(resources, "pods", namespace, ident)
     ip = (pod.get("status") or {}).get("podIP")
     if not ip:
         raise bad_request(f"address not allowed: pod {name} has no IP")
@@ -147,13 +168,7 @@ def pod_location(resources: Resources, namespace: str, ident: str) -> URL:
 
 
 def node_location(resources: Resources, ident: str) -> URL:
-    split = split_scheme_name_port(ident)
-    if split is None:
-        raise bad_request(f"invalid node request {ident!r}")
-    _scheme, name, port = split
-    node = resources.get_or_none(_kind("nodes"), None, name)
-    if node is None:
-        raise not_found("", "nodes", name)
+    _scheme, _name, port, node = _target(resources, "nodes", None, ident)
     addrs = (node.get("status") or {}).get("addresses") or []
     ip = next((a.get("address") for a in addrs if a.get("type") == "InternalIP"), None)
     if not ip:
@@ -186,13 +201,7 @@ async def handle(
             async with session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False, ssl=tls
             ) as upstream:
-                out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-                resp = web.StreamResponse(status=upstream.status, headers=out)
-                await resp.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-                return resp
+                return await relay(request, upstream)
     except (TimeoutError, aiohttp.ClientError) as exc:
         what = "service" if target.resource == "services" else target.resource[:-1]
         raise _unavailable(f"error trying to reach {what}: {exc or type(exc).__name__}") from None

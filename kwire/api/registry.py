@@ -29,8 +29,9 @@ class CustomVersion:
     selectable_fields: tuple[str, ...] = ()
     singular: str = ""
     # Derived from `schema` once when the CRD is served (kwire.api.crd.custom.derive), not per request:
-    body_schema: dict[str, Any] | None = None  # schema without apiVersion/kind/metadata
-    defaults: dict[str, Any] | None = None  # the schema's subtrees that lead to a `default`
+    body_schema: dict[str, Any] | None = None  # schema without apiVersion/kind/metadata (what CEL rules walk)
+    node: Any = None  # `schema` compiled (kwire.api.crd.schema.Node): defaulting and pruning walk it
+    body_node: Any = None  # `body_schema` compiled: validation walks it
     has_rules: bool = False
 
 
@@ -271,10 +272,11 @@ _ALL: tuple[Kind, ...] = KINDS
 _BY_PATH: dict[tuple[str, str, str], Kind] = {}
 _BY_KIND: dict[tuple[str, str], Kind] = {}
 _BY_PREFIX: dict[str, Kind] = {}  # store prefix -> the kind at its storage version
+_BY_GROUP_VERSION: dict[tuple[str, str], tuple[Kind, ...]] = {}  # every /apis request asks (aggregation)
 
 
 def _rebuild() -> None:
-    global _ALL, _BY_PATH, _BY_KIND, _BY_PREFIX
+    global _ALL, _BY_PATH, _BY_KIND, _BY_PREFIX, _BY_GROUP_VERSION
     kinds = KINDS + tuple(k for ks in _CUSTOM.values() for k in ks)
     by_path = {(k.group, k.version, k.plural): k for k in kinds}
     by_kind = {(k.api_version, k.kind): k for k in kinds}
@@ -284,8 +286,11 @@ def _rebuild() -> None:
             continue  # stored in another kind's shape: that kind owns the prefix
         if k.custom is None or k.custom.storage_version == k.version or k.prefix() not in by_prefix:
             by_prefix[k.prefix()] = k
+    by_gv: dict[tuple[str, str], tuple[Kind, ...]] = {}
+    for k in kinds:
+        by_gv[(k.group, k.version)] = (*by_gv.get((k.group, k.version), ()), k)
     # Readers see either the old or the new maps, never a half-built one.
-    _ALL, _BY_PATH, _BY_KIND, _BY_PREFIX = kinds, by_path, by_kind, by_prefix
+    _ALL, _BY_PATH, _BY_KIND, _BY_PREFIX, _BY_GROUP_VERSION = kinds, by_path, by_kind, by_prefix, by_gv
 
 
 _rebuild()
@@ -351,7 +356,8 @@ def storage_kind(kind: Kind) -> Kind:
 
 
 def kinds_in(group: str, version: str) -> list[Kind]:
-    return [k for k in _ALL if k.group == group and k.version == version]
+    """The kinds served at group/version, in `all_kinds` order."""
+    return list(_BY_GROUP_VERSION.get((group, version), ()))
 
 
 def version_priority(version: str) -> tuple[int, int, int, str]:

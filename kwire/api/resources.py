@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import builtins
 import copy
-import datetime as dt
 import logging
 import random
 import uuid
@@ -44,6 +43,7 @@ from kwire.api.reservations import ReservedAllocator
 from kwire.api.user import current_user
 from kwire.api.webhookadmission import Attributes, WebhookAdmission
 from kwire.base.labels import Selector
+from kwire.base.timefmt import now_rfc3339
 from kwire.store.base import KV, KeyExists, KeyNotFound, RevisionMismatch, Store
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,6 @@ NAMESPACES = by_path("", "v1", "namespaces")
 SERVICES = by_path("", "v1", "services")
 PODS = by_path("", "v1", "pods")
 CRDS = definition.CRDS
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # etcd's default --max-request-bytes (1.5 MiB): kube-apiserver's write fails with "etcdserver: request is too
@@ -210,9 +206,9 @@ class Resources:
     def _encode(kind: Kind, obj: Obj) -> bytes:
         return encode(custom.to_storage(kind, obj) if kind.custom is not None else obj)
 
-    def _crd(self, name: str) -> Obj | None:
+    def _crd(self, name: str) -> KV | None:
         assert CRDS is not None
-        return self.get_or_none(CRDS, None, name)
+        return self.store.get_now(CRDS.key(None, name))
 
     async def present(self, kind: Kind, obj: Obj) -> Obj:
         """A stored object as read through `kind`: converted by the CRD's conversion webhook when it is held
@@ -486,8 +482,8 @@ class Resources:
             self.crds.serve(obj, name)
         return obj
 
-    async def _list_objects(self, kind: Kind) -> builtins.list[Obj]:
-        return [decode(kv) for kv in (await self.store.range(kind.prefix())).items]
+    async def _list_objects(self, kind: Kind, /, *, namespace: str | None = None) -> builtins.list[Obj]:
+        return [decode(kv) for kv in (await self.store.range(kind.prefix(namespace))).items]
 
     # -- update ------------------------------------------------------------------------------------------------
     async def update(

@@ -95,16 +95,22 @@ def _error(err: ApiError) -> web.Response:
     return _json(err.status(), err.code)
 
 
-def parse_target(path: str) -> Target | None:
+def _group_version_rest(path: str) -> tuple[str, str, list[str]] | None:
+    """`/api/V/REST...` and `/apis/G/V/REST...` as (group, version, REST segments, never empty); None for any other
+    path (discovery, health, /metrics, /openapi, ...)."""
     parts = [p for p in path.split("/") if p]
-    if len(parts) >= 2 and parts[0] == "api":
-        group, version, rest = "", parts[1], parts[2:]
-    elif len(parts) >= 3 and parts[0] == "apis":
-        group, version, rest = parts[1], parts[2], parts[3:]
-    else:
+    if len(parts) >= 3 and parts[0] == "api":
+        return "", parts[1], parts[2:]
+    if len(parts) >= 4 and parts[0] == "apis":
+        return parts[1], parts[2], parts[3:]
+    return None
+
+
+def parse_target(path: str) -> Target | None:
+    api = _group_version_rest(path)
+    if api is None:
         return None
-    if not rest:
-        return None
+    group, version, rest = api
     namespace: str | None = None
     # /api/v1/namespaces/NAME/{status,finalize} are a Namespace's subresources, not a resource in namespace NAME.
     if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
@@ -135,13 +141,10 @@ def _api_path(method: str, path: str, query: Any) -> tuple[str, str, str, str, s
     """kube's RequestInfoFactory.NewRequestInfo for `/api/v1/...` and `/apis/G/V/...`, as (verb, group, version,
     namespace, resource, name, subresource), without consulting the served kinds; None for anything else (a
     non-resource request: discovery, health, /metrics, /openapi, ...)."""
-    parts = [p for p in path.split("/") if p]
-    if len(parts) >= 3 and parts[0] == "api":
-        group, version, rest = "", parts[1], parts[2:]
-    elif len(parts) >= 4 and parts[0] == "apis":
-        group, version, rest = parts[1], parts[2], parts[3:]
-    else:
+    api = _group_version_rest(path)
+    if api is None:
         return None
+    group, version, rest = api
     verb = _METHOD_VERBS.get(method) or method.lower()
     if rest[0] == "watch":  # the deprecated /api/v1/watch/... paths
         verb, rest = "watch", rest[1:]

@@ -13,6 +13,7 @@ from typing import Any
 from kwire.api import convert
 from kwire.api.crd import columns
 from kwire.api.registry import Kind
+from kwire.base.labels import format_map
 
 Obj = dict[str, Any]
 Cells = list[Any]
@@ -76,12 +77,6 @@ def humanize_age(created: str | None, *, now: dt.datetime) -> str:
     return human_duration(now - t)
 
 
-def _labels(m: dict[str, str] | None) -> str:
-    if not m:
-        return "<none>"
-    return ",".join(f"{k}={v}" for k, v in sorted(m.items()))
-
-
 def format_label_selector(sel: Obj | None) -> str:
     """metav1.FormatLabelSelector."""
     if sel is None:
@@ -109,8 +104,13 @@ def _more(items: list[str], limit: int = 3) -> str:
 
 
 # -- per-kind printers: (columns, cells(obj, now)) -------------------------------------------------------------
+def _age(o: Obj, now: dt.datetime) -> str:
+    """The Age cell every printer ends or starts with."""
+    return humanize_age(o["metadata"].get("creationTimestamp"), now=now)
+
+
 def _namespace(o: Obj, now: dt.datetime) -> Cells:
-    return [(o.get("status") or {}).get("phase", ""), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [(o.get("status") or {}).get("phase", ""), _age(o, now)]
 
 
 def _node(o: Obj, now: dt.datetime) -> Cells:
@@ -135,7 +135,7 @@ def _node(o: Obj, now: dt.datetime) -> Cells:
     return [
         st,
         ",".join(roles) if roles else "<none>",
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _age(o, now),
         info.get("kubeletVersion", ""),
         addr("InternalIP"),
         addr("ExternalIP"),
@@ -261,8 +261,8 @@ def _service(o: Obj, now: dt.datetime) -> Cells:
         spec.get("clusterIP") or "<none>",
         _svc_external(o),
         ",".join(ports) if ports else "<none>",
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
-        _labels(spec.get("selector")),
+        _age(o, now),
+        format_map(spec.get("selector")),
     ]
 
 
@@ -274,7 +274,7 @@ def _endpoints(o: Obj, now: dt.datetime) -> Cells:
     """printEndpoints / formatEndpoints: the ready addresses as ip:port, at most 3 then " + N more..."; "<none>"
     without subsets, "" when there are subsets but no ready address."""
     subsets = o.get("subsets") or []
-    age = humanize_age(o["metadata"].get("creationTimestamp"), now=now)
+    age = _age(o, now)
     if not subsets:
         return ["<none>", age]
     items: list[str] = []
@@ -293,7 +293,7 @@ def _endpoints(o: Obj, now: dt.datetime) -> Cells:
 def _configmap(o: Obj, now: dt.datetime) -> Cells:
     return [
         len(o.get("data") or {}) + len(o.get("binaryData") or {}),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _age(o, now),
     ]
 
 
@@ -301,7 +301,7 @@ def _secret(o: Obj, now: dt.datetime) -> Cells:
     return [
         o.get("type", "Opaque"),
         len(o.get("data") or {}) + len(o.get("stringData") or {}),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _age(o, now),
     ]
 
 
@@ -326,45 +326,44 @@ def _event(o: Obj, now: dt.datetime) -> Cells:
 
 
 def _sa(o: Obj, now: dt.datetime) -> Cells:
-    return [len(o.get("secrets") or []), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [len(o.get("secrets") or []), _age(o, now)]
 
 
-def _containers(o: Obj) -> tuple[str, str]:
-    cs = ((((o.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")) or []
-    return ",".join(c.get("name", "") for c in cs), ",".join(c.get("image", "") for c in cs)
+def _template_cells(template: Obj | None) -> Cells:
+    """The Containers and Images cells (`-o wide`) of a kind that carries a pod template."""
+    cs = ((template or {}).get("spec") or {}).get("containers") or []
+    return [",".join(c.get("name", "") for c in cs), ",".join(c.get("image", "") for c in cs)]
+
+
+def _workload_wide(spec: Obj) -> Cells:
+    """The `-o wide` cells of Deployment, ReplicaSet, DaemonSet and Job: Containers, Images, Selector."""
+    return [*_template_cells(spec.get("template")), format_label_selector(spec.get("selector"))]
 
 
 def _deployment(o: Obj, now: dt.datetime) -> Cells:
     spec, st = o.get("spec") or {}, o.get("status") or {}
-    names, images = _containers(o)
     return [
         f"{st.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
         int(st.get("updatedReplicas") or 0),
         int(st.get("availableReplicas") or 0),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
-        names,
-        images,
-        format_label_selector(spec.get("selector")),
+        _age(o, now),
+        *_workload_wide(spec),
     ]
 
 
 def _replicaset(o: Obj, now: dt.datetime) -> Cells:
     spec, st = o.get("spec") or {}, o.get("status") or {}
-    names, images = _containers(o)
     return [
         int(spec.get("replicas") or 0),
         int(st.get("replicas") or 0),
         int(st.get("readyReplicas") or 0),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
-        names,
-        images,
-        format_label_selector(spec.get("selector")),
+        _age(o, now),
+        *_workload_wide(spec),
     ]
 
 
 def _daemonset(o: Obj, now: dt.datetime) -> Cells:
     spec, st = o.get("spec") or {}, o.get("status") or {}
-    names, images = _containers(o)
     node_sel = ((spec.get("template") or {}).get("spec") or {}).get("nodeSelector")
     return [
         int(st.get("desiredNumberScheduled") or 0),
@@ -372,22 +371,18 @@ def _daemonset(o: Obj, now: dt.datetime) -> Cells:
         int(st.get("numberReady") or 0),
         int(st.get("updatedNumberScheduled") or 0),
         int(st.get("numberAvailable") or 0),
-        _labels(node_sel),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
-        names,
-        images,
-        format_label_selector(spec.get("selector")),
+        format_map(node_sel),
+        _age(o, now),
+        *_workload_wide(spec),
     ]
 
 
 def _statefulset(o: Obj, now: dt.datetime) -> Cells:
     spec, st = o.get("spec") or {}, o.get("status") or {}
-    names, images = _containers(o)
     return [
         f"{int(st.get('readyReplicas') or 0)}/{int(spec.get('replicas') or 0)}",
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
-        names,
-        images,
+        _age(o, now),
+        *_template_cells(spec.get("template")),
     ]
 
 
@@ -398,7 +393,7 @@ def _controllerrevision(o: Obj, now: dt.datetime) -> Cells:
         group = str(ref.get("apiVersion", "")).rpartition("/")[0]
         gk = f"{ref.get('kind', '')}.{group}" if group else str(ref.get("kind", ""))
         controller = f"{gk.lower()}/{ref.get('name', '')}"
-    return [controller, int(o.get("revision") or 0), humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [controller, int(o.get("revision") or 0), _age(o, now)]
 
 
 def _job_status(o: Obj) -> str:
@@ -417,8 +412,6 @@ def _job_status(o: Obj) -> str:
 
 def _job(o: Obj, now: dt.datetime) -> Cells:
     spec, st = o.get("spec") or {}, o.get("status") or {}
-    tmpl = {"spec": {"template": spec.get("template")}}
-    names, images = _containers(tmpl)
     succeeded = int(st.get("succeeded") or 0)
     if spec.get("completions") is not None:
         completions = f"{succeeded}/{spec['completions']}"
@@ -432,17 +425,14 @@ def _job(o: Obj, now: dt.datetime) -> Cells:
         _job_status(o),
         completions,
         duration,
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
-        names,
-        images,
-        format_label_selector(spec.get("selector")),
+        _age(o, now),
+        *_workload_wide(spec),
     ]
 
 
 def _cronjob(o: Obj, now: dt.datetime) -> Cells:
     spec, st = o.get("spec") or {}, o.get("status") or {}
     job_spec = (spec.get("jobTemplate") or {}).get("spec") or {}
-    names, images = _containers({"spec": job_spec})
     last = _parse_time(st.get("lastScheduleTime"))
     return [
         str(spec.get("schedule", "")),
@@ -450,10 +440,8 @@ def _cronjob(o: Obj, now: dt.datetime) -> Cells:
         "True" if spec.get("suspend") else "False",
         len(st.get("active") or []),
         "<none>" if last is None else human_duration(now - last),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
-        names,
-        images,
-        format_label_selector(job_spec.get("selector")),
+        _age(o, now),
+        *_workload_wide(job_spec),
     ]
 
 
@@ -463,7 +451,7 @@ def _pdb(o: Obj, now: dt.datetime) -> Cells:
         str(spec["minAvailable"]) if "minAvailable" in spec else "N/A",
         str(spec["maxUnavailable"]) if "maxUnavailable" in spec else "N/A",
         int(st.get("disruptionsAllowed") or 0),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _age(o, now),
     ]
 
 
@@ -487,7 +475,7 @@ def _endpointslice(o: Obj, now: dt.datetime) -> Cells:
         o.get("addressType", ""),
         _list_with_more(port_s),
         _list_with_more(addrs),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _age(o, now),
     ]
 
 
@@ -503,7 +491,7 @@ def _ingress(o: Obj, now: dt.datetime) -> Cells:
         _more(hosts, 4) if hosts else "*",
         ",".join(x for x in lb if x),
         "80, 443" if spec.get("tls") else "80",
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _age(o, now),
     ]
 
 
@@ -515,20 +503,20 @@ def _ingressclass(o: Obj, now: dt.datetime) -> Cells:
         p = f"{params.get('kind', '')}/{params.get('name', '')}"
         if params.get("apiGroup"):
             p = f"{params['kind']}.{params['apiGroup']}/{params.get('name', '')}"
-    return [spec.get("controller", ""), p, humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [spec.get("controller", ""), p, _age(o, now)]
 
 
 def _netpol(o: Obj, now: dt.datetime) -> Cells:
     return [
         format_label_selector((o.get("spec") or {}).get("podSelector")),
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _age(o, now),
     ]
 
 
 def _lease(o: Obj, now: dt.datetime) -> Cells:
     return [
         (o.get("spec") or {}).get("holderIdentity") or "",
-        humanize_age(o["metadata"].get("creationTimestamp"), now=now),
+        _age(o, now),
     ]
 
 
@@ -547,10 +535,6 @@ def _apiservice(o: Obj, now: dt.datetime) -> Cells:
 
 def _crd(o: Obj, now: dt.datetime) -> Cells:
     return [o["metadata"].get("creationTimestamp") or "<unknown>"]
-
-
-def _age(o: Obj, now: dt.datetime) -> str:
-    return humanize_age(o["metadata"].get("creationTimestamp"), now=now)
 
 
 def _created_at(o: Obj, now: dt.datetime) -> Cells:
@@ -719,10 +703,12 @@ def _webhooks(o: Obj, now: dt.datetime) -> Cells:
 
 
 def _default(o: Obj, now: dt.datetime) -> Cells:
-    return [humanize_age(o["metadata"].get("creationTimestamp"), now=now)]
+    return [_age(o, now)]
 
 
 _I = "integer"
+_TEMPLATE_COLS = [_col("Containers", priority=1), _col("Images", priority=1)]
+_WORKLOAD_WIDE = [*_TEMPLATE_COLS, _col("Selector", priority=1)]
 _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Cells]]] = {
     "Namespace": ([_col("Status"), AGE], _namespace),
     "Node": (
@@ -781,9 +767,7 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
             _col("Up-to-date", type_=_I),
             _col("Available", type_=_I),
             AGE,
-            _col("Containers", priority=1),
-            _col("Images", priority=1),
-            _col("Selector", priority=1),
+            *_WORKLOAD_WIDE,
         ],
         _deployment,
     ),
@@ -793,9 +777,7 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
             _col("Current", type_=_I),
             _col("Ready", type_=_I),
             AGE,
-            _col("Containers", priority=1),
-            _col("Images", priority=1),
-            _col("Selector", priority=1),
+            *_WORKLOAD_WIDE,
         ],
         _replicaset,
     ),
@@ -808,14 +790,12 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
             _col("Available", type_=_I),
             _col("Node Selector"),
             AGE,
-            _col("Containers", priority=1),
-            _col("Images", priority=1),
-            _col("Selector", priority=1),
+            *_WORKLOAD_WIDE,
         ],
         _daemonset,
     ),
     "StatefulSet": (
-        [_col("Ready"), AGE, _col("Containers", priority=1), _col("Images", priority=1)],
+        [_col("Ready"), AGE, *_TEMPLATE_COLS],
         _statefulset,
     ),
     "ControllerRevision": ([_col("Controller"), _col("Revision", type_=_I), AGE], _controllerrevision),
@@ -825,9 +805,7 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
             _col("Completions"),
             _col("Duration"),
             AGE,
-            _col("Containers", priority=1),
-            _col("Images", priority=1),
-            _col("Selector", priority=1),
+            *_WORKLOAD_WIDE,
         ],
         _job,
     ),
@@ -839,9 +817,7 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
             _col("Active", type_=_I),
             _col("Last Schedule"),
             AGE,
-            _col("Containers", priority=1),
-            _col("Images", priority=1),
-            _col("Selector", priority=1),
+            *_WORKLOAD_WIDE,
         ],
         _cronjob,
     ),

@@ -15,6 +15,7 @@ from kwire.api import matchconditions
 from kwire.api.errors import FieldError, duplicate, forbidden, invalid, not_supported, required
 from kwire.api.validation import dns1123_subdomain, validate_label_selector
 from kwire.base import quantity
+from kwire.base.fields import as_dict
 
 Obj = dict[str, Any]
 Errs = list[FieldError]
@@ -24,14 +25,10 @@ SYSTEM_CLASSES = {"system-cluster-critical": 2_000_000_000, "system-node-critica
 PREEMPTION = ("Never", "PreemptLowerPriority")
 
 
-def _dict(value: Any) -> Obj:
-    return value if isinstance(value, dict) else {}
-
-
 # -- scheduling.k8s.io ---------------------------------------------------------------------------------------
 def priority_class(obj: Obj, old: Obj | None) -> Errs:
     errs: Errs = []
-    name = str(_dict(obj.get("metadata")).get("name") or "")
+    name = str(as_dict(obj.get("metadata")).get("name") or "")
     value = obj.get("value", 0)
     if not isinstance(value, int) or isinstance(value, bool):
         errs.append(invalid("value", value, "must be an integer"))
@@ -63,9 +60,9 @@ LIMIT_TYPES = ("Container", "PersistentVolumeClaim", "Pod")
 def limit_range(obj: Obj, old: Obj | None) -> Errs:
     errs: Errs = []
     seen: set[str] = set()
-    for i, item in enumerate(_dict(obj.get("spec")).get("limits") or []):
+    for i, item in enumerate(as_dict(obj.get("spec")).get("limits") or []):
         path = f"spec.limits[{i}]"
-        item = _dict(item)
+        item = as_dict(item)
         typ = item.get("type")
         if typ not in LIMIT_TYPES:
             errs.append(not_supported(f"{path}.type", typ or "", LIMIT_TYPES))
@@ -75,7 +72,7 @@ def limit_range(obj: Obj, old: Obj | None) -> Errs:
         parsed: dict[str, dict[str, Any]] = {}
         for field in ("max", "min", "default", "defaultRequest", "maxLimitRequestRatio"):
             parsed[field] = {}
-            for res, raw in _dict(item.get(field)).items():
+            for res, raw in as_dict(item.get(field)).items():
                 q = quantity.parse(raw)
                 if q is None:
                     errs.append(invalid(f"{path}.{field}[{res}]", raw, quantity.MSG))
@@ -132,9 +129,9 @@ QUOTA_SCOPES = (
 
 def resource_quota(obj: Obj, old: Obj | None) -> Errs:
     errs: Errs = []
-    spec = _dict(obj.get("spec"))
-    for path, values in (("spec.hard", spec.get("hard")), ("status.hard", _dict(obj.get("status")).get("hard"))):
-        for res, raw in _dict(values).items():
+    spec = as_dict(obj.get("spec"))
+    for path, values in (("spec.hard", spec.get("hard")), ("status.hard", as_dict(obj.get("status")).get("hard"))):
+        for res, raw in as_dict(values).items():
             q = quantity.parse(raw)
             if q is None:
                 errs.append(invalid(f"{path}[{res}]", raw, quantity.MSG))
@@ -152,8 +149,8 @@ METRIC_TYPES = ("ContainerResource", "External", "Object", "Pods", "Resource")
 
 def hpa(obj: Obj, old: Obj | None) -> Errs:
     errs: Errs = []
-    spec = _dict(obj.get("spec"))
-    ref = _dict(spec.get("scaleTargetRef"))
+    spec = as_dict(obj.get("spec"))
+    ref = as_dict(spec.get("scaleTargetRef"))
     if not ref.get("kind"):
         errs.append(required("spec.scaleTargetRef.kind"))
     if not ref.get("name"):
@@ -168,12 +165,12 @@ def hpa(obj: Obj, old: Obj | None) -> Errs:
     elif isinstance(mn, int) and mx < mn:
         errs.append(invalid("spec.maxReplicas", mx, "must be greater than or equal to `minReplicas`"))
     for i, m in enumerate(spec.get("metrics") or []):
-        typ = _dict(m).get("type")
+        typ = as_dict(m).get("type")
         if typ not in METRIC_TYPES:
             errs.append(not_supported(f"spec.metrics[{i}].type", typ or "", METRIC_TYPES))
             continue
         key = typ[0].lower() + typ[1:]
-        if not isinstance(_dict(m).get(key), dict):
+        if not isinstance(as_dict(m).get(key), dict):
             errs.append(required(f"spec.metrics[{i}].{key}", "must populate information for the given metric source"))
     return errs
 
@@ -208,7 +205,7 @@ USAGES = (
 
 def csr(obj: Obj, old: Obj | None) -> Errs:
     errs: Errs = []
-    spec = _dict(obj.get("spec"))
+    spec = as_dict(obj.get("spec"))
     raw = spec.get("request")
     try:
         pem = base64.b64decode(str(raw or ""), validate=True)
@@ -221,7 +218,7 @@ def csr(obj: Obj, old: Obj | None) -> Errs:
     for i, usage in enumerate(spec.get("usages") or []):
         if usage not in USAGES:
             errs.append(not_supported(f"spec.usages[{i}]", usage, USAGES))
-    types = [str(_dict(c).get("type")) for c in _dict(obj.get("status")).get("conditions") or []]
+    types = [str(as_dict(c).get("type")) for c in as_dict(obj.get("status")).get("conditions") or []]
     if "Approved" in types and "Denied" in types:
         errs.append(
             invalid(
@@ -251,7 +248,7 @@ def _webhooks(obj: Obj, old: Obj | None, *, mutating: bool) -> Errs:
     names: set[str] = set()
     for i, hook in enumerate(obj.get("webhooks") or []):
         path = f"webhooks[{i}]"
-        hook = _dict(hook)
+        hook = as_dict(hook)
         name = str(hook.get("name") or "")
         if not name:
             errs.append(required(f"{path}.name"))
@@ -285,19 +282,19 @@ def _webhooks(obj: Obj, old: Obj | None, *, mutating: bool) -> Errs:
             errs.append(
                 invalid(f"{path}.timeoutSeconds", timeout, "the timeout value must be between 1 and 30 seconds")
             )
-        cc = _dict(hook.get("clientConfig"))
+        cc = as_dict(hook.get("clientConfig"))
         if bool(cc.get("url")) == bool(cc.get("service")):
             errs.append(required(f"{path}.clientConfig", "exactly one of url or service is required"))
         elif cc.get("url") and not str(cc["url"]).startswith("https://"):
             errs.append(invalid(f"{path}.clientConfig.url", cc["url"], "'https' is the only allowed URL scheme"))
-        svc = _dict(cc.get("service"))
+        svc = as_dict(cc.get("service"))
         if cc.get("service") is not None:
             if not svc.get("name"):
                 errs.append(required(f"{path}.clientConfig.service.name", "service name is required"))
             if not svc.get("namespace"):
                 errs.append(required(f"{path}.clientConfig.service.namespace", "service namespace is required"))
         for j, rule in enumerate(hook.get("rules") or []):
-            for k, op in enumerate(_dict(rule).get("operations") or []):
+            for k, op in enumerate(as_dict(rule).get("operations") or []):
                 if op not in OPERATIONS:
                     errs.append(not_supported(f"{path}.rules[{j}].operations[{k}]", op, OPERATIONS))
         for sel in ("namespaceSelector", "objectSelector"):

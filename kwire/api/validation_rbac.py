@@ -11,6 +11,7 @@ from typing import Any
 
 from kwire.api.errors import FieldError, RawValue, invalid, not_supported, required
 from kwire.api.validation import dns1123_subdomain, path_segment, validate_label_selector
+from kwire.base.fields import as_list
 
 Obj = dict[str, Any]
 Errs = list[FieldError]
@@ -23,17 +24,13 @@ def go_strings(values: list[Any]) -> RawValue:
     return RawValue("[]string{" + ", ".join(f'"{v}"' for v in values) + "}")
 
 
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 def policy_rule(rule: Any, path: str, *, namespaced: bool) -> Errs:
     if not isinstance(rule, dict):
         return [invalid(path, str(rule), "must be an object")]
     errs: Errs = []
-    if not _list(rule.get("verbs")):
+    if not as_list(rule.get("verbs")):
         errs.append(required(f"{path}.verbs", "verbs must contain at least one value"))
-    urls = _list(rule.get("nonResourceURLs"))
+    urls = as_list(rule.get("nonResourceURLs"))
     if urls:
         if namespaced:
             errs.append(
@@ -41,7 +38,7 @@ def policy_rule(rule: Any, path: str, *, namespaced: bool) -> Errs:
                     f"{path}.nonResourceURLs", go_strings(urls), "namespaced rules cannot apply to non-resource URLs"
                 )
             )
-        if _list(rule.get("apiGroups")) or _list(rule.get("resources")) or _list(rule.get("resourceNames")):
+        if as_list(rule.get("apiGroups")) or as_list(rule.get("resources")) or as_list(rule.get("resourceNames")):
             errs.append(
                 invalid(
                     f"{path}.nonResourceURLs",
@@ -50,20 +47,20 @@ def policy_rule(rule: Any, path: str, *, namespaced: bool) -> Errs:
                 )
             )
         return errs
-    if not _list(rule.get("apiGroups")):
+    if not as_list(rule.get("apiGroups")):
         errs.append(required(f"{path}.apiGroups", "resource rules must supply at least one api group"))
-    if not _list(rule.get("resources")):
+    if not as_list(rule.get("resources")):
         errs.append(required(f"{path}.resources", "resource rules must supply at least one resource"))
     return errs
 
 
 def _role(obj: Obj, old: Obj | None, *, namespaced: bool) -> Errs:
     errs: Errs = []
-    for i, rule in enumerate(_list(obj.get("rules"))):
+    for i, rule in enumerate(as_list(obj.get("rules"))):
         errs += policy_rule(rule, f"rules[{i}]", namespaced=namespaced)
     agg = obj.get("aggregationRule")
     if not namespaced and agg is not None:
-        selectors = _list((agg or {}).get("clusterRoleSelectors"))
+        selectors = as_list((agg or {}).get("clusterRoleSelectors"))
         if not selectors:
             errs.append(
                 required(
@@ -122,7 +119,7 @@ def _binding(obj: Obj, old: Obj | None, *, namespaced: bool) -> Errs:
         errs.append(required("roleRef.name"))
     else:
         errs += [invalid("roleRef.name", name, m) for m in path_segment(name)]
-    for i, s in enumerate(_list(obj.get("subjects"))):
+    for i, s in enumerate(as_list(obj.get("subjects"))):
         errs += _subject(s, f"subjects[{i}]", namespaced=namespaced)
     if old is not None and old.get("roleRef") != obj.get("roleRef"):
         errs.append(invalid("roleRef", RawValue(_go_role_ref(obj.get("roleRef"))), "cannot change roleRef"))

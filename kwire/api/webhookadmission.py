@@ -40,6 +40,7 @@ from kwire.api.registry import Kind
 from kwire.api.user import current_user
 from kwire.api.webhookclient import Lookup, WebhookCallError
 from kwire.base.labels import SelectorError, from_label_selector
+from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import DELETED, Compacted, Store
 
 log = logging.getLogger(__name__)
@@ -200,12 +201,7 @@ class WebhookAdmission:
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self._session is not None:
             await self._session.close()
 

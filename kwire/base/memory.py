@@ -11,10 +11,13 @@ daemon's background safety net. `pin_mmap_threshold()` keeps big buffers out of 
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncio is imported where it is used: the lab's supervisor, which has no event loop, pays
+    import asyncio  # ~9 MB of RSS for it (asyncio brings ssl, libssl and libcrypto)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ def _libc_trim() -> ctypes._NamedFuncPointer | None:
 _TRIM = _libc_trim()
 
 
-M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc's malloc.h)
+M_MMAP_THRESHOLD = -3  # mallopt parameters (glibc's malloc.h)
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 1 << 20
 
 
@@ -75,6 +79,8 @@ def trim_soon(*, delay: float = 1.0) -> None:
         _pending = None
         trim()
 
+    import asyncio
+
     _pending = asyncio.get_running_loop().call_later(delay, run)
 
 
@@ -83,6 +89,24 @@ async def trim_periodically(*, interval: float = 60.0) -> None:
     if _TRIM is None:
         log.debug("malloc_trim not available; freed memory is left to the C library")
         return
+    import asyncio
+
     while True:
         await asyncio.sleep(interval)
         trim()
+
+
+def one_arena() -> bool:
+    """Make every thread allocate from glibc's main arena instead of up to 8 per core of its own.
+
+    glibc gives a thread that meets a locked arena an arena of its own (64 MB reserved each), and what a thread
+    once allocated there stays resident as that arena's free space. The node agent runs netlink and nftables
+    work in worker threads (network namespaces are per thread): one arena measured 6 MB less RSS per agent in a
+    3-node lab, at no cost the GIL does not already impose. Call at start, before any thread exists."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False

@@ -10,26 +10,15 @@ from fractions import Fraction
 from typing import Any
 
 from kwire.base import quantity
+from kwire.base.fields import as_dict, as_list, spec
 
 Obj = dict[str, Any]
 
 COMPUTE = ("requests.cpu", "cpu", "requests.memory", "memory", "limits.cpu", "limits.memory")
 
 
-def _d(value: Any) -> Obj:
-    return value if isinstance(value, dict) else {}
-
-
-def _lst(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def spec(obj: Obj) -> Obj:
-    return _d(obj.get("spec"))
-
-
 def pod_finished(pod: Obj) -> bool:
-    return _d(pod.get("status")).get("phase") in ("Succeeded", "Failed")
+    return as_dict(pod.get("status")).get("phase") in ("Succeeded", "Failed")
 
 
 CLASS_SUFFIX = ".storageclass.storage.k8s.io/"
@@ -38,13 +27,13 @@ CLASS_SUFFIX = ".storageclass.storage.k8s.io/"
 def pod_resources(pod: Obj, which: str) -> dict[str, Fraction]:
     """A pod's requests or limits: the sum over containers, raised to any init container's (kube's rule)."""
     total: dict[str, Fraction] = {}
-    for c in _lst(spec(pod).get("containers")):
-        for name, raw in _d(_d(_d(c).get("resources")).get(which)).items():
+    for c in as_list(spec(pod).get("containers")):
+        for name, raw in as_dict(as_dict(as_dict(c).get("resources")).get(which)).items():
             q = quantity.parse(raw)
             if q is not None:
                 total[name] = total.get(name, Fraction(0)) + q
-    for c in _lst(spec(pod).get("initContainers")):
-        for name, raw in _d(_d(_d(c).get("resources")).get(which)).items():
+    for c in as_list(spec(pod).get("initContainers")):
+        for name, raw in as_dict(as_dict(as_dict(c).get("resources")).get(which)).items():
             q = quantity.parse(raw)
             if q is not None and q > total.get(name, Fraction(0)):
                 total[name] = q
@@ -53,8 +42,8 @@ def pod_resources(pod: Obj, which: str) -> dict[str, Fraction]:
 
 def _best_effort(pod: Obj) -> bool:
     return not any(
-        _d(_d(c).get("resources")).get("requests") or _d(_d(c).get("resources")).get("limits")
-        for c in _lst(spec(pod).get("containers")) + _lst(spec(pod).get("initContainers"))
+        as_dict(as_dict(c).get("resources")).get("requests") or as_dict(as_dict(c).get("resources")).get("limits")
+        for c in as_list(spec(pod).get("containers")) + as_list(spec(pod).get("initContainers"))
     )
 
 
@@ -88,7 +77,7 @@ def usage(hard: dict[str, Any], scopes: list[str], objects: dict[str, list[Obj]]
         elif name == "services.nodeports":
             sums[name] = Fraction(
                 sum(
-                    len(_lst(spec(s).get("ports")))
+                    len(as_list(spec(s).get("ports")))
                     for s in services
                     if spec(s).get("type") in ("NodePort", "LoadBalancer")
                 )
@@ -114,7 +103,7 @@ def usage(hard: dict[str, Any], scopes: list[str], objects: dict[str, list[Obj]]
 def _storage(claims: Iterable[Obj]) -> Fraction:
     total = Fraction(0)
     for c in claims:
-        q = quantity.parse(_d(_d(spec(c).get("resources")).get("requests")).get("storage"))
+        q = quantity.parse(as_dict(as_dict(spec(c).get("resources")).get("requests")).get("storage"))
         if q is not None:
             total += q
     return total

@@ -4,13 +4,16 @@ A key that is added while already queued is queued once; a key that is added whi
 processed once more after that worker is done (never by two workers at the same time); failed keys come back after
 a per-key exponential back-off (`forget` on success clears it, so no per-key state outlives its key); `add_after`
 schedules a key for later (for things that become true with time, such as minReadySeconds or a grace period).
+
+`process` is the worker loop every user runs on it (client-go's processNextWorkItem): the controllers, the
+kubelet's pod workers and Flannel's route loop differ only in what they sync and how they report a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -111,6 +114,39 @@ class WorkQueue(Generic[K]):
             if not fut.done():
                 fut.set_result(None)
                 return
+
+    async def process(
+        self,
+        sync: Callable[[K], Awaitable[float | None]],
+        *,
+        failed: Callable[[K, Exception, float | None], None],
+        give_up: Callable[[K, Exception], bool] | None = None,
+    ) -> None:
+        """A worker: take a key, `sync(key)`, repeat until the queue is shut down; one worker holds a key at a time.
+
+        A sync that returns forgets the key's back-off, and when it returns a number of seconds the key is looked
+        at again after that long. A sync that raises puts the key back after its exponential back-off, or drops it
+        until it is added again when `give_up(key, exc)` says so; `failed(key, exc, delay)` reports it (delay None:
+        dropped), inside the `except` so that it may log the traceback."""
+        while True:
+            try:
+                key = await self.get()
+            except ShutDown:
+                return
+            try:
+                again = await sync(key)
+            except Exception as exc:
+                if give_up is not None and give_up(key, exc):
+                    self.forget(key)
+                    failed(key, exc, None)
+                else:
+                    failed(key, exc, self.add_rate_limited(key))
+            else:
+                self.forget(key)
+                if again is not None:
+                    self.add_after(key, again)
+            finally:
+                self.done(key)
 
     def shutdown(self) -> None:
         self._shutdown = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kwire.base import fields
 from kwire.check.finding import Finding
 
 Obj = dict[str, Any]
@@ -29,13 +30,8 @@ class LbState:
     events: list[Obj] = field(default_factory=list)  # Events about Services
 
 
-def _meta(obj: Obj) -> Obj:
-    m: Obj = obj.get("metadata") or {}
-    return m
-
-
 def _key(obj: Obj) -> str:
-    return f"{_meta(obj).get('namespace', '')}/{_meta(obj).get('name', '')}"
+    return f"{fields.meta(obj).get('namespace', '')}/{fields.meta(obj).get('name', '')}"
 
 
 def is_lb(svc: Obj) -> bool:
@@ -54,7 +50,7 @@ def _ports(svc: Obj) -> list[tuple[int, str]]:
 
 
 def _svclb_of(pod: Obj) -> str:
-    labels = _meta(pod).get("labels") or {}
+    labels = fields.meta(pod).get("labels") or {}
     if SVCNAME not in labels:
         return ""
     return f"{labels.get(SVCNAMESPACE, '')}/{labels[SVCNAME]}"
@@ -114,14 +110,14 @@ def _servicelb_reason(svc: Obj, key: str, state: LbState) -> list[Finding]:
     own = [p for p in state.pods if _svclb_of(p) == key and _live(p)]
     running = [p for p in own if (p.get("spec") or {}).get("nodeName")]
     waiting = [p for p in own if not (p.get("spec") or {}).get("nodeName")]
-    created = str(_meta(svc).get("creationTimestamp", ""))
+    created = str(fields.meta(svc).get("creationTimestamp", ""))
     for port, proto in _ports(svc):
         holders = []
         for other in state.services:
             if other is svc or not is_lb(other) or _key(other) == key:
                 continue
             if (port, proto) in _ports(other) and (
-                not pending(other) or str(_meta(other).get("creationTimestamp", "")) < created
+                not pending(other) or str(fields.meta(other).get("creationTimestamp", "")) < created
             ):
                 holders.append(f"LoadBalancer Service {_key(other)}")
         for pod in state.pods:
@@ -196,7 +192,7 @@ def _metallb_reason(svc: Obj, key: str, state: LbState) -> list[Finding]:
                 "add a pool that matches (namespaces, serviceSelectors, free addresses), or fix the requested IP",
             )
         ]
-    pools = ", ".join(sorted(str(_meta(p).get("name")) for p in state.pools))
+    pools = ", ".join(sorted(str(fields.meta(p).get("name")) for p in state.pools))
     return [
         Finding(
             "warning",

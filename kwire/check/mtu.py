@@ -164,7 +164,7 @@ def check_across(links: dict[str, Links]) -> list[Finding]:
 
 def gather(*, uplink_hint: str = "", subnet_env: str = "") -> Links:
     """The MTUs in the calling process's network namespace (pyroute2), plus subnet.env's FLANNEL_MTU."""
-    from pyroute2 import IPRoute
+    from kwire.kernel.pyroute import IPRoute
 
     env_mtu = None
     for line in subnet_env.splitlines():

@@ -56,7 +56,7 @@ def gather(*, uplink: str) -> OffloadFacts:
     tx: bool | None = None
     if Path("/sys/class/net/flannel.1").exists() or _has_link("flannel.1"):
         try:
-            from pyroute2.ethtool import Ethtool
+            from kwire.kernel.pyroute import Ethtool
 
             eth = Ethtool()
             try:
@@ -76,7 +76,7 @@ def gather(*, uplink: str) -> OffloadFacts:
 
 
 def _has_link(name: str) -> bool:
-    from pyroute2 import IPRoute
+    from kwire.kernel.pyroute import IPRoute
 
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=name))

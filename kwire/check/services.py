@@ -8,22 +8,18 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from kwire.base import fields
 from kwire.check.finding import Finding
 
 Obj = dict[str, Any]
 
 
-def _meta(obj: Obj) -> Obj:
-    m: Obj = obj.get("metadata") or {}
-    return m
-
-
 def _labels(obj: Obj) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (_meta(obj).get("labels") or {}).items()}
+    return {str(k): str(v) for k, v in (fields.meta(obj).get("labels") or {}).items()}
 
 
 def live(pod: Obj) -> bool:
-    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and not _meta(pod).get(
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and not fields.meta(pod).get(
         "deletionTimestamp"
     )
 
@@ -69,20 +65,22 @@ def check(services: list[Obj], pods: list[Obj]) -> list[Finding]:
     by_ns: dict[str, list[Obj]] = {}
     for pod in pods:
         if live(pod):
-            by_ns.setdefault(str(_meta(pod).get("namespace", "")), []).append(pod)
+            by_ns.setdefault(str(fields.meta(pod).get("namespace", "")), []).append(pod)
     for svc in services:
         spec = svc.get("spec") or {}
         selector = {str(k): str(v) for k, v in (spec.get("selector") or {}).items()}
         if not selector or spec.get("type") == "ExternalName":
             continue
-        ns, name = str(_meta(svc).get("namespace", "")), str(_meta(svc).get("name", ""))
+        ns, name = str(fields.meta(svc).get("namespace", "")), str(fields.meta(svc).get("name", ""))
         candidates = by_ns.get(ns, [])
         if any(all(_labels(p).get(k) == v for k, v in selector.items()) for p in candidates):
             continue
         sel = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         near, diffs = nearest(selector, candidates)
         if near:
-            names = ", ".join(sorted(str(_meta(p).get("name")) for p in near)[:3]) + (" ..." if len(near) > 3 else "")
+            names = ", ".join(sorted(str(fields.meta(p).get("name")) for p in near)[:3]) + (
+                " ..." if len(near) > 3 else ""
+            )
             findings.append(
                 Finding(
                     "error",

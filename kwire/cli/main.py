@@ -1,32 +1,30 @@
-"""`kwire` command line: argument parsing only; each command hands a config to a role's run()."""
+"""`kwire` command line: argument parsing only; each command hands a config to a role's run().
+
+A role's modules (and asyncio) are imported by its command only: `kwire lab supervise`, a process of every lab,
+imports next to nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Coroutine
 from typing import Any
 
 from kwire import config
-from kwire.base import memory
+from kwire.base import process
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> None:
+    import asyncio
+
     try:
         import uvloop
 
         uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop is a dependency, but the stdlib loop works too
         asyncio.run(coro)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _cmd_server(ns: argparse.Namespace) -> int:
@@ -63,6 +61,7 @@ def _cmd_agent(ns: argparse.Namespace) -> int:
 
 def _cmd_etcd_snapshot(ns: argparse.Namespace) -> int:
     """K3s's `etcd-snapshot save|ls|delete|prune`, against the embedded etcd of the server in --data-dir."""
+    import asyncio
     import datetime as dt
     import socket
     from pathlib import Path
@@ -129,6 +128,7 @@ def _cmd_netpol(ns: argparse.Namespace) -> int:
 def _cmd_check(ns: argparse.Namespace) -> int:
     """`kwire check` on a node: its kernel, sysctls, links, firewalls and DNS, plus the cluster's objects when a
     kubeconfig is readable. Exit 1 when any finding is an error."""
+    import asyncio
     import json
     import os
     import socket
@@ -254,6 +254,10 @@ def _print_lab_up(st: Any, seconds: float) -> None:
 
 
 def _cmd_lab(ns: argparse.Namespace) -> int:
+    if ns.lab_cmd == "supervise":  # the lab's own long-lived process: it imports only kwire/lab/supervisor.py's needs
+        from kwire.lab import supervisor
+
+        return supervisor.run(ns.name, listen_fd=ns.listen_fd)
     import json
     import os
 
@@ -296,10 +300,6 @@ def _cmd_lab(ns: argparse.Namespace) -> int:
                 print(f"{ns.node} started (Ready)")
         elif ns.lab_cmd == "check":
             return _cmd_lab_check(ns.name, ns.output)
-        elif ns.lab_cmd == "supervise":
-            from kwire.lab import supervisor
-
-            return supervisor.run(ns.name, listen_fd=ns.listen_fd)
     except (lab.LabError, ValueError) as exc:
         print(f"kwire lab: {exc}", file=sys.stderr)
         return 1
@@ -556,10 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    memory.pin_mmap_threshold()
     parser = build_parser()
     ns = parser.parse_args(argv)
-    _setup_logging(ns.verbose)
+    process.start(level=logging.DEBUG if ns.verbose else logging.INFO)
     try:
         return int(ns.func(ns) or 0)
     except config.ConfigError as exc:

@@ -7,11 +7,12 @@ client-go's EventCorrelator: an event repeated for the same object, reason and m
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from typing import Any
 
+from kwire.base import fields
+from kwire.base.timefmt import now_rfc3339
 from kwire.client.client import EVENTS, ApiClient, NotFound
 
 log = logging.getLogger(__name__)
@@ -19,15 +20,6 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 CORRELATION_WINDOW = 600.0  # seconds: client-go aggregates repeats within ten minutes
 MAX_REMEMBERED = 4096  # bounded: the correlation cache is cleared when it grows past this
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _meta(obj: Obj) -> Obj:
-    m = obj.get("metadata")
-    return m if isinstance(m, dict) else {}
 
 
 class EventRecorder:
@@ -43,13 +35,13 @@ class EventRecorder:
     async def event(self, obj: Obj, etype: str, reason: str, message: str, *, field_path: str = "") -> None:
         """Record one event about `obj`; `field_path` names a part of it (`spec.containers{web}`), as kubelet's
         container events do."""
-        m = _meta(obj)
+        m = fields.meta(obj)
         name, obj_ns, uid = str(m.get("name") or ""), str(m.get("namespace") or ""), str(m.get("uid") or "")
         kind = str(obj.get("kind") or "")
         api_version = str(obj.get("apiVersion") or "v1")
         ns = obj_ns or "default"
         ident = (ns, kind, obj_ns, name, uid, field_path, etype, reason, message)
-        now = _now()
+        now = now_rfc3339()
         seen = self._seen.get(ident)
         try:
             if seen is not None and time.monotonic() - seen[3] < CORRELATION_WINDOW:
@@ -92,6 +84,6 @@ class EventRecorder:
             out = await self.client.create(EVENTS, ev, ns)
             if len(self._seen) > MAX_REMEMBERED:
                 self._seen.clear()
-            self._seen[ident] = (ns, str(_meta(out).get("name") or ""), 1, time.monotonic())
+            self._seen[ident] = (ns, str(fields.meta(out).get("name") or ""), 1, time.monotonic())
         except Exception as exc:  # an event is best effort: it must never fail a reconcile
             log.warning("event %s %s on %s/%s: %s", etype, reason, obj_ns, name, exc)

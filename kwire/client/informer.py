@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kwire.base.keys import key_of
+from kwire.base.tasks import cancel_and_wait
 from kwire.client.client import ApiClient, ApiStatusError, Gone, Resource
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,8 @@ class Informer:
             self._task = asyncio.create_task(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 class Informers:

@@ -298,6 +298,18 @@ def _version_at_least(version: str, minimum: tuple[int, int, int]) -> bool:
         return False
 
 
+def _runtime_from_cache(
+    cached: Obj | None, args: Mapping[str, str] | None, capability_args: Mapping[str, Any] | None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """CNI_ARGS and capability args for DEL and CHECK: the caller's, or else the ones cached at ADD (libcni's
+    DelNetworkList/CheckNetworkList read them back from the cached attachment)."""
+    cached = cached or {}
+    if args is None:
+        args = {str(k): str(v) for k, v in cached.get("cniArgs") or []}
+    caps = capability_args if capability_args is not None else cached.get("capabilityArgs") or {}
+    return dict(args), dict(caps)
+
+
 # ---------------------------------------------------------------------------------------------- operations
 
 
@@ -376,23 +388,17 @@ def del_network(
     """
     path = _cache_path(cache_dir, conflist["name"], container_id, ifname)
     cached = _read_cache(path) if _version_at_least(conflist.get("cniVersion", ""), (0, 4, 0)) else None
-    if args is None:
-        args = {str(k): str(v) for k, v in (cached or {}).get("cniArgs") or []}
-    caps = dict(capability_args if capability_args is not None else (cached or {}).get("capabilityArgs") or {})
-    _validate_runtime(container_id, ifname, args)
+    run_args, caps = _runtime_from_cache(cached, args, capability_args)
+    _validate_runtime(container_id, ifname, run_args)
     prev = (cached or {}).get("result")
+    common: dict[str, Any] = {
+        "container_id": container_id,
+        "netns_path": netns_path,
+        "ifname": ifname,
+        "cni_path": cni_path,
+    }
     for plugin in reversed(conflist["plugins"]):
-        conf = _plugin_conf(conflist, plugin, prev, caps)
-        exec_plugin(
-            "DEL",
-            conf,
-            container_id=container_id,
-            netns_path=netns_path,
-            ifname=ifname,
-            cni_path=cni_path,
-            args=args,
-            timeout=timeout,
-        )
+        exec_plugin("DEL", _plugin_conf(conflist, plugin, prev, caps), args=run_args, timeout=timeout, **common)
     path.unlink(missing_ok=True)
 
 
@@ -421,25 +427,20 @@ def check_network(
         raise CniError(
             ERR_INTERNAL, f"no cached result for {container_id} on network {conflist['name']!r} (was it added?)"
         )
-    if args is None:
-        args = {str(k): str(v) for k, v in cached.get("cniArgs") or []}
-    caps = dict(capability_args if capability_args is not None else cached.get("capabilityArgs") or {})
-    _validate_runtime(container_id, ifname, args)
+    run_args, caps = _runtime_from_cache(cached, args, capability_args)
+    _validate_runtime(container_id, ifname, run_args)
+    common: dict[str, Any] = {
+        "container_id": container_id,
+        "netns_path": netns_path,
+        "ifname": ifname,
+        "cni_path": cni_path,
+    }
     for plugin in conflist["plugins"]:
         conf = _plugin_conf(conflist, plugin, cached["result"], caps)
         if _bandwidth_unconfigured(conf):
             continue
         try:
-            exec_plugin(
-                "CHECK",
-                conf,
-                container_id=container_id,
-                netns_path=netns_path,
-                ifname=ifname,
-                cni_path=cni_path,
-                args=args,
-                timeout=timeout,
-            )
+            exec_plugin("CHECK", conf, args=run_args, timeout=timeout, **common)
         except CniError as exc:
             if not _portmap_ipv6_check_bug(exc, cached["result"]):
                 raise

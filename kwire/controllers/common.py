@@ -15,9 +15,11 @@ from typing import Any
 
 import orjson
 
+from kwire.base.fields import as_dict, as_list, meta, spec, status
 from kwire.base.keys import key_of as key_of  # re-exported: the controllers' one spelling
 from kwire.base.keys import pod_ready as pod_ready
 from kwire.base.keys import split_key as split_key
+from kwire.base.timefmt import now_rfc3339
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.events import EventRecorder as EventRecorder  # re-exported; it lives in the client layer
 
@@ -39,25 +41,9 @@ NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String / Sa
 
 
 # -- plain reads -------------------------------------------------------------------------------------------------
-def d(value: Any) -> Obj:
-    """`value` if it is a dict, else an empty dict (a malformed field counts as absent)."""
-    return value if isinstance(value, dict) else {}
-
-
-def lst(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def meta(obj: Obj) -> Obj:
-    return d(obj.get("metadata"))
-
-
-def spec(obj: Obj) -> Obj:
-    return d(obj.get("spec"))
-
-
-def status(obj: Obj) -> Obj:
-    return d(obj.get("status"))
+# The controllers' short names for kwire.base.fields' readers (a malformed field counts as absent).
+d = as_dict
+lst = as_list
 
 
 def name_of(obj: Obj) -> str:
@@ -95,8 +81,9 @@ def int_field(value: Any, default: int = 0) -> int:
         return default
 
 
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def created_at(obj: Obj) -> float:
+    """The object's creationTimestamp as a Unix time (0 when missing): the sort key kube's controllers use."""
+    return parse_time(meta(obj).get("creationTimestamp")) or 0.0
 
 
 def parse_time(value: Any) -> float | None:
@@ -284,3 +271,19 @@ async def update_with_retry(
             except NotFound:
                 return None
     return None
+
+
+async def update_status_with_retry(
+    client: ApiClient, res: Resource, cached: Obj, desired: Callable[[Obj], Obj], *, attempts: int = 5
+) -> Obj | None:
+    """Write `desired(status)` as the object's status through the status subresource (update_with_retry: on a
+    409 re-read, then `desired` is asked again with the fresh status); nothing is written when it is already so."""
+
+    def apply(obj: Obj) -> bool:
+        new = desired(status(obj))
+        if new == status(obj):
+            return False
+        obj["status"] = new
+        return True
+
+    return await update_with_retry(client, res, cached, apply, subresource_status=True, attempts=attempts)

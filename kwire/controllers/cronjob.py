@@ -24,6 +24,7 @@ from typing import Any
 
 from croniter import croniter
 
+from kwire.base.timefmt import rfc3339
 from kwire.client import ApiClient, Conflict, Informers, NotFound
 from kwire.client.client import CRONJOBS, JOBS
 from kwire.controllers.common import (
@@ -32,7 +33,6 @@ from kwire.controllers.common import (
     add_indexes,
     d,
     int_field,
-    key_of,
     lst,
     meta,
     name_of,
@@ -55,10 +55,6 @@ Obj = dict[str, Any]
 
 SCHEDULED_TIMESTAMP = "batch.kubernetes.io/cronjob-scheduled-timestamp"
 MAX_MISSED = 100
-
-
-def _rfc3339(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def zone_of(cj: Obj) -> dt.tzinfo:
@@ -143,8 +139,7 @@ class CronJobController(Controller):
         self.jobs = informers.get(JOBS)
         add_indexes(self.cronjobs)
         add_indexes(self.jobs)
-        self.cronjobs.on_add(lambda o: self.enqueue(key_of(o)))
-        self.cronjobs.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.cronjobs)
         self.jobs.on_add(self._on_job)
         self.jobs.on_update(lambda old, new: self._on_job(new))
         self.jobs.on_delete(self._on_job)
@@ -189,7 +184,7 @@ class CronJobController(Controller):
             if scheduled is not None:
                 if isinstance(deadline, int) and scheduled + deadline < now:
                     await self.recorder.event(
-                        cj, "Warning", "MissSchedule", f"Missed scheduled time to start a job: {_rfc3339(scheduled)}"
+                        cj, "Warning", "MissSchedule", f"Missed scheduled time to start a job: {rfc3339(scheduled)}"
                     )
                 else:
                     active_refs, scheduled_now = await self._run(cj, scheduled, active_refs, jobs)
@@ -265,9 +260,9 @@ class CronJobController(Controller):
             else:
                 st.pop("active", None)
             if scheduled is not None:
-                st["lastScheduleTime"] = _rfc3339(scheduled)
+                st["lastScheduleTime"] = rfc3339(scheduled)
             if last_success is not None:
-                st["lastSuccessfulTime"] = _rfc3339(last_success)
+                st["lastSuccessfulTime"] = rfc3339(last_success)
             if st == status(obj):
                 return False
             obj["status"] = st

@@ -35,7 +35,7 @@ from kwire.controllers.common import (
     EventRecorder,
     add_indexes,
     available_in,
-    controller_ref,
+    created_at,
     d,
     int_field,
     key_of,
@@ -43,7 +43,6 @@ from kwire.controllers.common import (
     lst,
     meta,
     name_of,
-    parse_time,
     pod_available,
     pod_ready,
     spec,
@@ -54,7 +53,7 @@ from kwire.controllers.common import (
     terminating,
     uid_of,
     untolerated_taint,
-    update_with_retry,
+    update_status_with_retry,
 )
 from kwire.controllers.deployment import scaled_value
 from kwire.controllers.history import reconcile_revisions, truncate_history
@@ -63,12 +62,12 @@ from kwire.controllers.scheduler import host_ports, matches_node_affinity, ports
 from kwire.controllers.workloads import (
     BURST,
     Expectations,
+    OwnedPodEvents,
     claim,
     create_owned_pods,
     delete_owned_pods,
     owner_key,
     pod_from_template,
-    selecting_owner_keys,
     selector_of,
 )
 
@@ -127,10 +126,6 @@ def affinity_node(pod: Obj) -> str:
     return ""
 
 
-def _created(pod: Obj) -> float:
-    return parse_time(meta(pod).get("creationTimestamp")) or 0.0
-
-
 class DaemonSetController(Controller):
     name = "daemonset"
     workers = 2
@@ -147,12 +142,11 @@ class DaemonSetController(Controller):
         self.nodes = informers.get(NODES)
         add_indexes(self.ds)
         add_indexes(self.pods)
-        self.ds.on_add(lambda o: self.enqueue(key_of(o)))
-        self.ds.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.ds)
         self.ds.on_delete(lambda o: self.expectations.forget(key_of(o)))
-        self.pods.on_add(self._on_pod_add)
-        self.pods.on_update(self._on_pod_update)
-        self.pods.on_delete(self._on_pod_delete)
+        OwnedPodEvents(owners=self.ds, kind="DaemonSet", expectations=self.expectations, enqueue=self.enqueue).watch(
+            self.pods
+        )
         self.nodes.on_add(lambda n: self._all())
         self.nodes.on_update(self._on_node_update)
         self.nodes.on_delete(lambda n: self._all())
@@ -165,43 +159,6 @@ class DaemonSetController(Controller):
     def _on_node_update(self, old: Obj, new: Obj) -> None:
         if (labels_of(old), taints_of(old)) != (labels_of(new), taints_of(new)):
             self._all()
-
-    def _owner_key(self, pod: Obj) -> str | None:
-        return owner_key(self.ds, pod, "DaemonSet")
-
-    def _orphan_owners(self, pod: Obj) -> None:
-        if controller_ref(pod) is not None:
-            return
-        for key in selecting_owner_keys(self.ds, pod):
-            self.enqueue(key)
-
-    def _on_pod_add(self, pod: Obj) -> None:
-        owner = self._owner_key(pod)
-        if owner:
-            self.expectations.observe_add(owner)
-            if terminating(pod):
-                self.expectations.observe_delete(owner, key_of(pod))
-            self.enqueue(owner)
-        else:
-            self._orphan_owners(pod)
-
-    def _on_pod_update(self, old: Obj, new: Obj) -> None:
-        owner = self._owner_key(new)
-        if owner:
-            if terminating(new):
-                self.expectations.observe_delete(owner, key_of(new))
-            self.enqueue(owner)
-        else:
-            self._orphan_owners(new)
-        old_owner = self._owner_key(old)
-        if old_owner and old_owner != owner:
-            self.enqueue(old_owner)
-
-    def _on_pod_delete(self, pod: Obj) -> None:
-        owner = self._owner_key(pod)
-        if owner:
-            self.expectations.observe_delete(owner, key_of(pod))
-            self.enqueue(owner)
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
@@ -270,7 +227,7 @@ class DaemonSetController(Controller):
         delete: list[Obj] = []
         for node_name, node in sorted(nodes.items()):
             run, keep = should_run(ds, node)
-            pods = sorted(by_node.get(node_name, []), key=_created)
+            pods = sorted(by_node.get(node_name, []), key=created_at)
             live = [p for p in pods if not terminating(p)]
             if run and not pods:
                 create_on.append(node_name)
@@ -353,7 +310,7 @@ class DaemonSetController(Controller):
         unavailable = 0
         old: list[Obj] = []
         for n in sorted(desired):
-            live = sorted((p for p in by_node.get(n, []) if not terminating(p)), key=_created)
+            live = sorted((p for p in by_node.get(n, []) if not terminating(p)), key=created_at)
             if not live or not pod_available(live[0], min_ready, now):
                 unavailable += 1
             if live and labels_of(live[0]).get(HASH_LABEL) != current_hash:
@@ -377,7 +334,7 @@ class DaemonSetController(Controller):
         waits: list[float] = []
         for node_name, node in nodes.items():
             run, _ = should_run(ds, node)
-            pods = sorted(by_node.get(node_name, []), key=lambda p: (terminating(p), _created(p)))
+            pods = sorted(by_node.get(node_name, []), key=lambda p: (terminating(p), created_at(p)))
             if run:
                 desired += 1
                 if not pods:
@@ -407,15 +364,11 @@ class DaemonSetController(Controller):
             "observedGeneration": int_field(meta(ds).get("generation")),
         }
 
-        def apply(o: Obj) -> bool:
-            st = status(o)
+        def desired_status(st: Obj) -> Obj:
             new = {k: v for k, v in st.items() if k not in optional}
             new.update(counts)
             new.update({k: v for k, v in optional.items() if v})
-            if new == st:
-                return False
-            o["status"] = new
-            return True
+            return new
 
-        await update_with_retry(self.client, DAEMONSETS, ds, apply, subresource_status=True)
+        await update_status_with_retry(self.client, DAEMONSETS, ds, desired_status)
         return min(waits) + 0.05 if waits else None

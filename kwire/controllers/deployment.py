@@ -26,6 +26,7 @@ from kwire.controllers.common import (
     EventRecorder,
     add_indexes,
     controller_ref,
+    created_at,
     d,
     int_field,
     key_of,
@@ -124,10 +125,6 @@ def revision(rs: Obj) -> int:
     return int_field(d(meta(rs).get("annotations")).get(REVISION))
 
 
-def _created(obj: Obj) -> float:
-    return parse_time(meta(obj).get("creationTimestamp")) or 0.0
-
-
 def _strip_hash(template: Any) -> Obj:
     t = copy.deepcopy(d(template))
     m = d(t.get("metadata"))
@@ -224,8 +221,7 @@ class DeploymentController(Controller):
         self.pods = informers.get(PODS)
         for inf in (self.deployments, self.rs, self.pods):
             add_indexes(inf)
-        self.deployments.on_add(lambda o: self.enqueue(key_of(o)))
-        self.deployments.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.deployments)
         self.rs.on_add(self._on_rs)
         self.rs.on_update(self._on_rs_update)
         self.rs.on_delete(self._on_rs)
@@ -289,7 +285,7 @@ class DeploymentController(Controller):
 
     def _split(self, dep: Obj, rss: list[Obj]) -> tuple[Obj | None, list[Obj]]:
         template = spec(dep).get("template")
-        same = sorted((rs for rs in rss if equal_ignore_hash(spec(rs).get("template"), template)), key=_created)
+        same = sorted((rs for rs in rss if equal_ignore_hash(spec(rs).get("template"), template)), key=created_at)
         new_rs = same[0] if same else None
         return new_rs, [rs for rs in rss if rs is not new_rs]
 
@@ -463,7 +459,7 @@ class DeploymentController(Controller):
             return False
         # cleanupUnhealthyReplicas: old pods that are not available go first, within the budget.
         cleaned = 0
-        for rs in sorted(old_rss, key=_created):
+        for rs in sorted(old_rss, key=created_at):
             if cleaned >= max_scaled_down:
                 break
             have, avail = replicas(rs), int_field(status(rs).get("availableReplicas"))
@@ -477,7 +473,7 @@ class DeploymentController(Controller):
         scaled = 0
         if available > min_available:
             budget = available - min_available
-            for rs in sorted(old_rss, key=_created):
+            for rs in sorted(old_rss, key=created_at):
                 if scaled >= budget:
                     break
                 have = replicas(rs)
@@ -518,7 +514,7 @@ class DeploymentController(Controller):
         limit = spec(dep).get("revisionHistoryLimit")
         if not isinstance(limit, int) or isinstance(limit, bool):
             return
-        cleanable = sorted((rs for rs in old_rss if not terminating(rs)), key=lambda rs: (revision(rs), _created(rs)))
+        cleanable = sorted((rs for rs in old_rss if not terminating(rs)), key=lambda rs: (revision(rs), created_at(rs)))
         excess = len(cleanable) - max(0, limit)
         for rs in cleanable[: max(0, excess)]:
             if (

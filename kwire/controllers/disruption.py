@@ -36,9 +36,8 @@ from kwire.controllers.common import (
     pod_ready,
     spec,
     split_key,
-    status,
     terminating,
-    update_with_retry,
+    update_status_with_retry,
 )
 from kwire.controllers.queue import Controller
 
@@ -96,8 +95,7 @@ class DisruptionController(Controller):
         self.sets = informers.get(STATEFULSETS)
         for inf in (self.pdbs, self.pods):
             add_indexes(inf)
-        self.pdbs.on_add(lambda o: self.enqueue(key_of(o)))
-        self.pdbs.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.pdbs)
         self.pods.on_add(self._on_pod)
         self.pods.on_update(self._on_pod_update)
         self.pods.on_delete(self._on_pod)
@@ -177,11 +175,11 @@ class DisruptionController(Controller):
         generation = int_field(meta(pdb).get("generation"))
         disrupted: dict[str, Any] = {}
 
-        def apply(obj: Obj) -> bool:
+        def desired_status(current: Obj) -> Obj:
             # Computed from the object being written (re-read on a conflict), so an eviction's fresh entry in
             # disruptedPods is never lost to a stale cache.
             nonlocal disrupted
-            st = dict(status(obj))
+            st = dict(current)
             disrupted = {
                 k: v
                 for k, v in d(st.get("disruptedPods")).items()
@@ -219,12 +217,9 @@ class DisruptionController(Controller):
                 new["disruptedPods"] = disrupted
             else:
                 new.pop("disruptedPods", None)
-            if new == st:
-                return False
-            obj["status"] = new
-            return True
+            return new
 
-        await update_with_retry(self.client, PODDISRUPTIONBUDGETS, pdb, apply, subresource_status=True)
+        await update_status_with_retry(self.client, PODDISRUPTIONBUDGETS, pdb, desired_status)
         if disrupted:
             return min((parse_time(v) or now) + DISRUPTED_TIMEOUT - now for v in disrupted.values()) + 0.1
         return None

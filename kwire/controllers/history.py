@@ -22,13 +22,13 @@ from kwire.client import ApiClient, Conflict, NotFound
 from kwire.client.client import CONTROLLERREVISIONS
 from kwire.controllers.common import (
     controller_ref,
+    created_at,
     d,
     int_field,
     meta,
     name_of,
     namespace_of,
     owner_reference,
-    parse_time,
     safe_encode,
     spec,
     uid_of,
@@ -72,7 +72,7 @@ def sort_key(revision: Obj) -> tuple[int, float, str]:
     """SortControllerRevisions: by revision number, then creation time, then name."""
     return (
         int_field(revision.get("revision")),
-        parse_time(meta(revision).get("creationTimestamp")) or 0.0,
+        created_at(revision),
         name_of(revision),
     )
 

@@ -13,12 +13,13 @@ takes over without waiting for the lease to expire. Defaults are kube-controller
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kwire.base.tasks import cancel_and_wait
+from kwire.base.timefmt import now_micro
 from kwire.client import ApiClient
 from kwire.client.client import LEASES, ApiStatusError, Conflict, NotFound
 
@@ -32,10 +33,6 @@ class ElectionTiming:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
-
-
-def _micro_time() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -64,7 +61,7 @@ class LeaderElector:
         self._task: asyncio.Task[None] | None = None
 
     def _spec(self, current: Obj | None) -> Obj:
-        now = _micro_time()
+        now = now_micro()
         old = (current or {}).get("spec") or {}
         same = old.get("holderIdentity") == self.identity
         spec: Obj = {
@@ -145,12 +142,7 @@ class LeaderElector:
 
     async def stop(self) -> None:
         """Stop campaigning; a leader stops leading and gives the Lease up."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping regardless
-                pass
+        await cancel_and_wait(self._task)
         if self.leading:
             self.leading = False
             await self._on_stopped()
@@ -162,7 +154,7 @@ class LeaderElector:
             spec = current.get("spec") or {}
             if spec.get("holderIdentity") != self.identity:
                 return
-            released = {**spec, "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _micro_time()}
+            released = {**spec, "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": now_micro()}
             await self.client.update(LEASES, {**current, "spec": released})
         except (ApiStatusError, OSError, TimeoutError) as exc:
             log.warning("leader election: releasing %s/%s: %s", self.namespace, self.name, exc)

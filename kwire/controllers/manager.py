@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kwire.base.tasks import cancel_and_wait
 from kwire.client import ApiClient, Config, Informers
 from kwire.controllers.addons import AddonController, AddonSettings
 from kwire.controllers.clusterroleaggregation import ClusterRoleAggregation
@@ -128,12 +129,7 @@ class ControllerManager:
         await asyncio.wait_for(self.started.wait(), timeout)
 
     async def stop(self) -> None:
-        if self._starter is not None:
-            self._starter.cancel()
-            try:
-                await self._starter
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._starter)
         for c in self.controllers:
             await c.stop()
         await self.informers.stop()

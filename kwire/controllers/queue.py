@@ -13,8 +13,10 @@ import logging
 
 import aiohttp
 
-from kwire.base.workqueue import ShutDown, WorkQueue
-from kwire.client import ApiClient, ApiStatusError, Informers
+from kwire.base.keys import key_of
+from kwire.base.tasks import cancel_and_wait
+from kwire.base.workqueue import WorkQueue
+from kwire.client import ApiClient, ApiStatusError, Informer, Informers
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,10 @@ MAX_UNEXPECTED_FAILURES = 5
 
 class RetryLater(Exception):
     """Raised by a sync that made progress but must be retried with back-off (e.g. a pod could not be created)."""
+
+
+# What a sync raises when the API or the connection is in the way: retried with back-off for as long as it lasts.
+RETRIED = (RetryLater, ApiStatusError, OSError, TimeoutError, aiohttp.ClientError)
 
 
 class Controller:
@@ -54,44 +60,30 @@ class Controller:
 
     async def stop(self) -> None:
         self.queue.shutdown()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, ShutDown):
-                pass
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
 
     def enqueue(self, key: str | None) -> None:
         if key:
             self.queue.add(key)
 
+    def enqueue_on_change(self, informer: Informer) -> None:
+        """Sync an object of `informer` (by its namespace/name key) whenever it is added or updated: the AddFunc
+        and UpdateFunc every kube controller registers for the kind it owns."""
+        informer.on_add(lambda obj: self.enqueue(key_of(obj)))
+        informer.on_update(lambda _old, new: self.enqueue(key_of(new)))
+
     async def _worker(self) -> None:
-        while True:
-            try:
-                key = await self.queue.get()
-            except ShutDown:
-                return
-            try:
-                again = await self.sync(key)
-            except asyncio.CancelledError:
-                self.queue.done(key)
-                raise
-            except (RetryLater, ApiStatusError, OSError, TimeoutError, aiohttp.ClientError) as exc:
-                delay = self.queue.add_rate_limited(key)
-                self.log.info("%s: %s: %s (retrying in %.2fs)", self.name, key, exc, delay)
-            except Exception:
-                n = self.queue.failures(key)
-                if n < MAX_UNEXPECTED_FAILURES:
-                    delay = self.queue.add_rate_limited(key)
-                    self.log.exception("%s: syncing %s failed (retrying in %.2fs)", self.name, key, delay)
-                else:
-                    self.queue.forget(key)
-                    self.log.exception("%s: syncing %s failed again; dropping it until it changes", self.name, key)
-            else:
-                self.queue.forget(key)
-                if again is not None:
-                    self.queue.add_after(key, again)
-            finally:
-                self.queue.done(key)
+        await self.queue.process(self.sync, failed=self._failed, give_up=self._give_up)
+
+    def _give_up(self, key: str, exc: Exception) -> bool:
+        """API and connection errors are retried for as long as they happen; anything else a few times."""
+        return not isinstance(exc, RETRIED) and self.queue.failures(key) >= MAX_UNEXPECTED_FAILURES
+
+    def _failed(self, key: str, exc: Exception, delay: float | None) -> None:
+        if isinstance(exc, RETRIED):
+            self.log.info("%s: %s: %s (retrying in %.2fs)", self.name, key, exc, delay)
+        elif delay is not None:
+            self.log.exception("%s: syncing %s failed (retrying in %.2fs)", self.name, key, delay)
+        else:
+            self.log.exception("%s: syncing %s failed again; dropping it until it changes", self.name, key)

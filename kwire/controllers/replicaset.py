@@ -20,7 +20,7 @@ from kwire.controllers.common import (
     EventRecorder,
     add_indexes,
     available_in,
-    controller_ref,
+    created_at,
     d,
     int_field,
     key_of,
@@ -28,7 +28,6 @@ from kwire.controllers.common import (
     lst,
     meta,
     now_rfc3339,
-    parse_time,
     pod_active,
     pod_available,
     pod_ready,
@@ -36,18 +35,17 @@ from kwire.controllers.common import (
     split_key,
     status,
     terminating,
-    update_with_retry,
+    update_status_with_retry,
 )
 from kwire.controllers.queue import Controller, RetryLater
 from kwire.controllers.workloads import (
     BURST,
     Expectations,
+    OwnedPodEvents,
     claim,
     create_owned_pods,
     delete_owned_pods,
-    owner_key,
     pod_from_template,
-    selecting_owner_keys,
     selector_of,
 )
 
@@ -60,7 +58,7 @@ _PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 
 def deletion_order(pod: Obj) -> tuple[int, int, int, float]:
     """Sort key: pods to delete first come first (a reduced controller.ActivePods ordering)."""
-    created = parse_time(meta(pod).get("creationTimestamp")) or 0.0
+    created = created_at(pod)
     return (
         1 if spec(pod).get("nodeName") else 0,
         _PHASE_RANK.get(str(status(pod).get("phase")), 1),
@@ -85,51 +83,11 @@ class ReplicaSetController(Controller):
         self.pods = informers.get(PODS)
         add_indexes(self.rs)
         add_indexes(self.pods)
-        self.rs.on_add(lambda o: self.enqueue(key_of(o)))
-        self.rs.on_update(lambda old, new: self.enqueue(key_of(new)))
-        self.rs.on_delete(self._on_rs_delete)
-        self.pods.on_add(self._on_pod_add)
-        self.pods.on_update(self._on_pod_update)
-        self.pods.on_delete(self._on_pod_delete)
-
-    # -- event handlers ----------------------------------------------------------------------------------------
-    def _owner_key(self, pod: Obj) -> str | None:
-        return owner_key(self.rs, pod, "ReplicaSet")
-
-    def _on_rs_delete(self, rs: Obj) -> None:
-        self.expectations.forget(key_of(rs))
-
-    def _on_pod_add(self, pod: Obj) -> None:
-        if terminating(pod):
-            self._on_pod_delete(pod)
-            return
-        owner = self._owner_key(pod)
-        if owner:
-            self.expectations.observe_add(owner)
-            self.enqueue(owner)
-        elif controller_ref(pod) is None:
-            for key in selecting_owner_keys(self.rs, pod):
-                self.enqueue(key)
-
-    def _on_pod_update(self, old: Obj, new: Obj) -> None:
-        if terminating(new) and not terminating(old):
-            owner = self._owner_key(new)
-            if owner:
-                self.expectations.observe_delete(owner, key_of(new))
-        old_owner, new_owner = self._owner_key(old), self._owner_key(new)
-        if old_owner and old_owner != new_owner:
-            self.enqueue(old_owner)
-        if new_owner:
-            self.enqueue(new_owner)
-        elif controller_ref(new) is None:
-            for key in selecting_owner_keys(self.rs, new):
-                self.enqueue(key)
-
-    def _on_pod_delete(self, pod: Obj) -> None:
-        owner = self._owner_key(pod)
-        if owner:
-            self.expectations.observe_delete(owner, key_of(pod))
-            self.enqueue(owner)
+        self.enqueue_on_change(self.rs)
+        self.rs.on_delete(lambda o: self.expectations.forget(key_of(o)))
+        OwnedPodEvents(owners=self.rs, kind="ReplicaSet", expectations=self.expectations, enqueue=self.enqueue).watch(
+            self.pods
+        )
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
@@ -199,8 +157,7 @@ class ReplicaSetController(Controller):
         )
         generation = counts.get("observedGeneration", 0)
 
-        def apply(obj: Obj) -> bool:
-            st = status(obj)
+        def desired_status(st: Obj) -> Obj:
             new: Obj = {
                 k: v for k, v in st.items() if k not in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas")
             }
@@ -226,11 +183,8 @@ class ReplicaSetController(Controller):
                 new["conditions"] = conds
             else:
                 new.pop("conditions", None)
-            if new == st:
-                return False
-            obj["status"] = new
-            return True
+            return new
 
-        await update_with_retry(self.client, REPLICASETS, rs, apply, subresource_status=True)
+        await update_status_with_retry(self.client, REPLICASETS, rs, desired_status)
         waits = [w for p in active if (w := available_in(p, min_ready, now)) is not None]
         return min(waits) + 0.05 if waits else None

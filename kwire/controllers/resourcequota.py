@@ -58,8 +58,7 @@ class ResourceQuotaController(Controller):
         super().__init__(client, informers)
         self.quotas = informers.get(RESOURCEQUOTAS)
         self.counted = {res.plural: informers.get(res) for res in WATCHED}
-        self.quotas.on_add(lambda q: self.enqueue(key_of(q)))
-        self.quotas.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.quotas)
         for inf in self.counted.values():
             inf.on_add(self._on_object)
             inf.on_update(lambda old, new: self._on_object(new))

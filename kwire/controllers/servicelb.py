@@ -23,6 +23,7 @@ import hashlib
 import json
 from typing import Any
 
+from kwire.base import fields
 from kwire.base.keys import pod_ready
 from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
 from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICEACCOUNTS, SERVICES
@@ -40,24 +41,20 @@ SERVICE_ACCOUNT = "svclb"
 HASH_ANNOTATION = "kwire.io/servicelb-hash"
 
 
-def _meta(o: Obj) -> Obj:
-    return o.get("metadata") or {}
-
-
 def is_servicelb(svc: Obj | None) -> bool:
     spec = (svc or {}).get("spec") or {}
     return spec.get("type") == "LoadBalancer" and not spec.get("loadBalancerClass")
 
 
 def daemonset_name(svc: Obj) -> str:
-    m = _meta(svc)
+    m = fields.meta(svc)
     suffix = "-" + str(m.get("uid", ""))[:8]
     return ("svclb-" + str(m.get("name", "")))[: 63 - len(suffix)] + suffix
 
 
 def daemonset(svc: Obj, nodes: list[Obj]) -> Obj:
     """The svclb DaemonSet for a LoadBalancer Service, as K3s's ServiceLB makes it."""
-    m, spec = _meta(svc), svc.get("spec") or {}
+    m, spec = fields.meta(svc), svc.get("spec") or {}
     name = daemonset_name(svc)
     labels = {"app": name, SVCNAME: str(m.get("name")), SVCNAMESPACE: str(m.get("namespace"))}
     ranges = ",".join(spec.get("loadBalancerSourceRanges") or ["0.0.0.0/0"])
@@ -83,7 +80,7 @@ def daemonset(svc: Obj, nodes: list[Obj]) -> Obj:
             }
         )
     node_selector: dict[str, str] = {}
-    if any((_meta(n).get("labels") or {}).get(ENABLELB) == "true" for n in nodes):
+    if any((fields.meta(n).get("labels") or {}).get(ENABLELB) == "true" for n in nodes):
         node_selector[ENABLELB] = "true"
     pool = (m.get("labels") or {}).get(LBPOOL)
     if pool:
@@ -121,7 +118,7 @@ def ingress(ds_name: str, pods: list[Obj], nodes: dict[str, Obj]) -> list[Obj]:
     """status.loadBalancer.ingress: the IPs of the nodes whose svclb pod is Ready, ExternalIP before InternalIP."""
     ips = set()
     for pod in pods:
-        if (_meta(pod).get("labels") or {}).get("app") != ds_name or not pod_ready(pod):
+        if (fields.meta(pod).get("labels") or {}).get("app") != ds_name or not pod_ready(pod):
             continue
         node = nodes.get(str((pod.get("spec") or {}).get("nodeName")))
         addrs = ((node or {}).get("status") or {}).get("addresses") or []
@@ -155,12 +152,12 @@ class ServiceLB(Controller):
         self.nodes.on_delete(self._on_node)
 
     async def _on_service(self, svc: Obj) -> None:
-        m = _meta(svc)
+        m = fields.meta(svc)
         self.enqueue(f"{m.get('namespace')}/{m.get('name')}")
 
     async def _on_svclb(self, obj: Obj) -> None:
-        labels = _meta(obj).get("labels") or {}
-        if _meta(obj).get("namespace") == NS and SVCNAME in labels:
+        labels = fields.meta(obj).get("labels") or {}
+        if fields.meta(obj).get("namespace") == NS and SVCNAME in labels:
             self.enqueue(f"{labels.get(SVCNAMESPACE)}/{labels[SVCNAME]}")
 
     async def _on_node(self, _node: Obj) -> None:
@@ -188,17 +185,17 @@ class ServiceLB(Controller):
         svc = self.services.get(ns, name)
         want = daemonset(svc, self.nodes.items()) if svc is not None and is_servicelb(svc) else None
         for ds in self.daemonsets.items():
-            labels = _meta(ds).get("labels") or {}
-            if _meta(ds).get("namespace") != NS or (labels.get(SVCNAMESPACE), labels.get(SVCNAME)) != (ns, name):
+            labels = fields.meta(ds).get("labels") or {}
+            if fields.meta(ds).get("namespace") != NS or (labels.get(SVCNAMESPACE), labels.get(SVCNAME)) != (ns, name):
                 continue
-            if want is None or _meta(ds).get("name") != want["metadata"]["name"]:
+            if want is None or fields.meta(ds).get("name") != want["metadata"]["name"]:
                 # no longer a LoadBalancer (a deleted Service gets no events)
                 gone = _as_service(svc) if svc is not None and want is None else None
                 if gone is not None:
                     await self.events.event(gone, "Normal", "DeletingLoadBalancer", "Deleting load balancer")
                 try:
-                    await self.client.delete(DAEMONSETS, str(_meta(ds).get("name")), NS)
-                    self.log.info("servicelb: deleted DaemonSet %s/%s", NS, _meta(ds).get("name"))
+                    await self.client.delete(DAEMONSETS, str(fields.meta(ds).get("name")), NS)
+                    self.log.info("servicelb: deleted DaemonSet %s/%s", NS, fields.meta(ds).get("name"))
                 except NotFound:
                     pass
                 if gone is not None:
@@ -209,7 +206,7 @@ class ServiceLB(Controller):
         cur = self.daemonsets.get(NS, ds_name)
         changed = (
             cur is None
-            or (_meta(cur).get("annotations") or {}).get(HASH_ANNOTATION)
+            or (fields.meta(cur).get("annotations") or {}).get(HASH_ANNOTATION)
             != want["metadata"]["annotations"][HASH_ANNOTATION]
         )
         if changed:
@@ -222,17 +219,17 @@ class ServiceLB(Controller):
             await self._ensure_service_account()
             new = {**cur, "spec": want["spec"]}
             new["metadata"] = {
-                **_meta(cur),
+                **fields.meta(cur),
                 "labels": want["metadata"]["labels"],
-                "annotations": {**(_meta(cur).get("annotations") or {}), **want["metadata"]["annotations"]},
+                "annotations": {**(fields.meta(cur).get("annotations") or {}), **want["metadata"]["annotations"]},
             }
             await self.client.update(DAEMONSETS, new)
         if changed:
             await self.lb_events.event(
                 _as_service(svc), "Normal", "AppliedDaemonSet", f"Applied LoadBalancer DaemonSet {NS}/{ds_name}"
             )
-        nodes = {str(_meta(n).get("name")): n for n in self.nodes.items()}
-        pods = [p for p in self.pods.items() if _meta(p).get("namespace") == NS]
+        nodes = {str(fields.meta(n).get("name")): n for n in self.nodes.items()}
+        pods = [p for p in self.pods.items() if fields.meta(p).get("namespace") == NS]
         ing = ingress(ds_name, pods, nodes)
         lb: Obj = {"ingress": ing} if ing else {}
         status = svc.get("status") or {}

@@ -36,7 +36,6 @@ from kwire.controllers.common import (
     controller_ref,
     d,
     int_field,
-    key_of,
     labels_of,
     lst,
     meta,
@@ -51,7 +50,7 @@ from kwire.controllers.common import (
     status,
     terminating,
     uid_of,
-    update_with_retry,
+    update_status_with_retry,
 )
 from kwire.controllers.history import Revisions, reconcile_revisions, template_of, truncate_history
 from kwire.controllers.queue import Controller, RetryLater
@@ -254,8 +253,7 @@ class StatefulSetController(Controller):
         self.revisions = informers.get(CONTROLLERREVISIONS)
         for inf in (self.sets, self.pods, self.revisions):
             add_indexes(inf)
-        self.sets.on_add(lambda o: self.enqueue(key_of(o)))
-        self.sets.on_update(lambda old, new: self.enqueue(key_of(new)))
+        self.enqueue_on_change(self.sets)
         for inf in (self.pods, self.revisions):
             inf.on_add(self._on_owned)
             inf.on_update(self._on_owned_update)
@@ -375,12 +373,4 @@ class StatefulSetController(Controller):
     async def _update_status(self, sts: Obj, pods: list[Obj], revisions: Revisions, *, now: float) -> None:
         new = compute_status(sts, pods, revisions, now=now)
 
-        def apply(obj: Obj) -> bool:
-            st = status(obj)
-            merged = {**st, **new}
-            if merged == st:
-                return False
-            obj["status"] = merged
-            return True
-
-        await update_with_retry(self.client, STATEFULSETS, sts, apply, subresource_status=True)
+        await update_status_with_retry(self.client, STATEFULSETS, sts, lambda st: {**st, **new})

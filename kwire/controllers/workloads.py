@@ -1,7 +1,8 @@
 """What the workload controllers (ReplicaSet, Deployment, DaemonSet) share: expectations, finding the owner
 of an object (its controllerRef, or the owners whose selector matches an orphan), claiming objects by
 selector and controllerRef (adopting orphans, releasing what no longer matches), pods from a template, and
-creating and deleting an owner's pods (slow-start batches, expectations, Events).
+creating and deleting an owner's pods (slow-start batches, expectations, Events), and routing pod events to
+the owner that controls the pod (`OwnedPodEvents`).
 
 Expectations are kube's ControllerExpectations: after a controller asks for N creations or deletions, it does
 not act on that owner again until the informer has shown them (or a timeout passed), so a cache that lags a
@@ -88,6 +89,68 @@ class Expectations:
 
     def forget(self, key: str) -> None:
         self._by_key.pop(key, None)
+
+
+class OwnedPodEvents:
+    """Pod events routed to the owner that controls the pod, as kube's ReplicaSet and DaemonSet controllers'
+    addPod/updatePod/deletePod do: the owner's expectations see the pod's creation and deletion and the owner
+    is synced; an orphan wakes every owner whose selector matches it (to adopt it); a pod whose controllerRef
+    changed wakes its old owner too."""
+
+    def __init__(
+        self,
+        *,
+        owners: Informer,
+        kind: str,
+        expectations: Expectations,
+        enqueue: Callable[[str | None], None],
+    ) -> None:
+        self.owners = owners
+        self.kind = kind
+        self.expectations = expectations
+        self.enqueue = enqueue
+
+    def watch(self, pods: Informer) -> None:
+        pods.on_add(self.on_add)
+        pods.on_update(self.on_update)
+        pods.on_delete(self.on_delete)
+
+    def _owner(self, pod: Obj) -> str | None:
+        return owner_key(self.owners, pod, self.kind)
+
+    def _orphan(self, pod: Obj) -> None:
+        if controller_ref(pod) is not None:
+            return
+        for key in selecting_owner_keys(self.owners, pod):
+            self.enqueue(key)
+
+    def on_add(self, pod: Obj) -> None:
+        owner = self._owner(pod)
+        if owner:
+            self.expectations.observe_add(owner)
+            if terminating(pod):
+                self.expectations.observe_delete(owner, key_of(pod))
+            self.enqueue(owner)
+        else:
+            self._orphan(pod)
+
+    def on_update(self, old: Obj, new: Obj) -> None:
+        owner = self._owner(new)
+        if owner:
+            if terminating(new):
+                self.expectations.observe_delete(owner, key_of(new))
+            self.enqueue(owner)
+        else:
+            self._orphan(new)
+        old_owner = self._owner(old)
+        if old_owner and old_owner != owner:
+            self.enqueue(old_owner)
+
+    def on_delete(self, pod: Obj) -> None:
+        owner = self._owner(pod)
+        if owner:
+            self.expectations.observe_delete(owner, key_of(pod))
+            self.enqueue(owner)
 
 
 def selector_of(obj: Obj) -> Selector | None:

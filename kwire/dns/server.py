@@ -22,8 +22,9 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from kwire.base.prom import metrics_response
+from kwire.base.tasks import cancel_and_wait
 from kwire.client import ApiClient, Informers, in_cluster_config, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, SERVICES
 from kwire.client.kubeconfig import Config
@@ -377,8 +378,7 @@ class DnsServer:
         return web.Response(status=503, text="kubernetes")
 
     async def _metrics(self, _req: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(self.registry)
 
     def _start_informers(self) -> None:
         cfg = self.cfg
@@ -435,10 +435,7 @@ class DnsServer:
         )
 
     async def close(self) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+        await cancel_and_wait(self._sync_task)
         for u in self._udp:
             u.close()
         self._udp.clear()
@@ -451,11 +448,7 @@ class DnsServer:
             with contextlib.suppress(Exception):
                 await self._tcp_server.wait_closed()
             self._tcp_server = None
-        pending = list(self._tasks)
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         for r in self._runners:
             await r.cleanup()
         self._runners.clear()

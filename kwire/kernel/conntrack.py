@@ -45,8 +45,8 @@ class NetlinkConntrack:
     def delete_udp(self, flows: Sequence[StaleUdp]) -> int:
         if not flows:
             return 0
-        from pyroute2 import Conntrack as PyConntrack
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+        from kwire.kernel.pyroute import Conntrack as PyConntrack
+        from kwire.kernel.pyroute import NFCTAttrTuple
 
         deleted = 0
         ct: Any = PyConntrack()

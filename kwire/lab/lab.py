@@ -5,16 +5,15 @@ machine's 127.0.0.1:<api-port> through a socket the lab opens and hands over), `
 namespace, then it waits for every node to be Ready and for the pod network to carry traffic. With `--servers N`
 node 1's server runs `--cluster-init` (embedded etcd) and nodes 2..N's join it with `--server`, one after the
 other; all of them accept on the same 127.0.0.1 listener, so kubectl reaches whichever is alive.
-State (PIDs, token, settings) lives in /var/lib/kwire/labs/<name>/state.json; `down` works from it and from
-the namespaces' names alone, so it also cleans a lab whose processes were killed.
+State (PIDs, token, settings) lives in /var/lib/kwire/labs/<name>/state.json (state.py); `down` works from it and
+from the namespaces' names alone, so it also cleans a lab whose processes were killed. Starting the server and
+agent processes is start.py's, which the supervisor uses too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
 import secrets
 import shutil
@@ -22,83 +21,33 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pyroute2 import IPRoute
-
-from kwire.api.authn.tokens import secure_form
-from kwire.base.files import atomic_write
 from kwire.client import ApiClient, load_kubeconfig, write_kubeconfig
 from kwire.client.client import NODES, PODS
 from kwire.kernel import netns, utsns
+from kwire.kernel.pyroute import IPRoute
 from kwire.lab import network, procs, topology, usable
+from kwire.lab.start import SERVER_PORT, node_dir, server_dir, start_agent, start_server
+from kwire.lab.state import SUPERVISOR, LabState, server_procs
 from kwire.lab.topology import Topology
 
 log = logging.getLogger(__name__)
 
 ETC_NETNS = Path("/etc/netns")
 IP = shutil.which("ip") or "/usr/sbin/ip"
-SERVER_PORT = 6443
-SUPERVISOR = "supervisor"  # its PID's key in LabState.pids
+
+# Callers' `lab.X` names for what lives in state.py and start.py (modules the supervisor imports alone).
+__all__ = ["SERVER_PORT", "SUPERVISOR", "LabError", "LabState", "server_procs", "start_agent", "start_server"]
 
 
 class LabError(RuntimeError):
     pass
 
 
-@dataclass
-class LabState:
-    name: str
-    nodes: int
-    api_port: int
-    token: str
-    flannel_backend: str
-    config_file: str = ""
-    pids: dict[str, int] = field(default_factory=dict)
-    created: float = 0.0
-    stopped: list[str] = field(default_factory=list)  # nodes stopped on purpose: the supervisor leaves them
-    servers: int = 1  # servers on nodes 1..servers: one on SQLite, or several on embedded etcd (K3s HA)
-
-    @staticmethod
-    def path(name: str) -> Path:
-        return topology.STATE_ROOT / name / "state.json"
-
-    def save(self) -> None:
-        """state.json holds the cluster token: readable by root only, in a directory only root can enter."""
-        path = self.path(self.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
-        atomic_write(path, json.dumps(asdict(self), indent=2), mode=0o600)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def locked(name: str) -> Iterator[None]:
-        """Hold the lab's lock for a read-modify-write of its state (the supervisor writes it too)."""
-        lock = topology.STATE_ROOT / name / "state.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    @classmethod
-    def load(cls, name: str) -> LabState | None:
-        try:
-            return cls(**json.loads(cls.path(name).read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-
 def _topo(st: LabState) -> Topology:
     return topology.build(st.name, nodes=st.nodes)
-
-
-def _node_dir(topo: Topology, node: str) -> Path:
-    return topo.state_dir / node
 
 
 def _listen_loopback(port: int) -> socket.socket:
@@ -114,67 +63,6 @@ def _listen_loopback(port: int) -> socket.socket:
     return s
 
 
-def server_procs(st: LabState) -> dict[str, str]:
-    """Process key -> node of every server: `server` on node1 (the first, `--cluster-init` when there are
-    several), `server2`... on node2... (joined with `--server`)."""
-    return {("server" if i == 1 else f"server{i}"): f"node{i}" for i in range(1, st.servers + 1)}
-
-
-def _server_dir(topo: Topology, proc: str) -> Path:
-    return topo.state_dir / proc
-
-
-def start_server(topo: Topology, st: LabState, lsock: socket.socket, proc: str = "server") -> int:
-    """Start a server; every server gets the same 127.0.0.1 listener, so kubectl's connections are accepted by
-    whichever servers are alive (the kernel hands each one to one of the processes accepting on it)."""
-    host = topo.host(server_procs(st)[proc])
-    assert host is not None
-    sdir = _server_dir(topo, proc)
-    args = [
-        "server",
-        "--data-dir",
-        str(sdir),
-        "--bind-address",
-        "0.0.0.0",
-        "--https-listen-port",
-        str(SERVER_PORT),
-        "--node-ip",
-        host.ip,
-        "--node-name",
-        host.name,
-        "--write-kubeconfig",
-        str(sdir / "admin.kubeconfig"),
-        "--flannel-backend",
-        st.flannel_backend,
-        "--listen-fd",
-        str(lsock.fileno()),
-    ]
-    if st.servers > 1:
-        args += ["--cluster-init"] if proc == "server" else ["--server", f"https://{topo.server.ip}:{SERVER_PORT}"]
-        args += [
-            # kube-controller-manager's lease timing shortened as the issue's fail-over goal needs (15/10/2 s).
-            "--leader-elect-lease-duration",
-            "4",
-            "--leader-elect-renew-deadline",
-            "3",
-            "--leader-elect-retry-period",
-            "1",
-            "--etcd-arg",
-            "heartbeat-interval=100",
-            "--etcd-arg",
-            "election-timeout=1000",
-        ]
-    if st.config_file:
-        args += ["--config", st.config_file]
-    return procs.spawn(
-        host.netns,
-        args,
-        log_path=topo.state_dir / "logs" / f"{proc}.log",
-        pass_fds=(lsock.fileno(),),
-        secret_env={"KWIRE_TOKEN": st.token},
-    )
-
-
 def _wait_server_ready(topo: Topology, st: LabState, proc: str, *, timeout: float) -> None:
     """A server prints `kwire server ready` once it serves (a joined one: once its etcd member is in)."""
     log_path = topo.state_dir / "logs" / f"{proc}.log"
@@ -188,50 +76,11 @@ def _wait_server_ready(topo: Topology, st: LabState, proc: str, *, timeout: floa
         time.sleep(0.1)
 
 
-def _agent_token(topo: Topology, st: LabState) -> str:
-    """K3s's secure token format, `K10<sha256 of the cluster CA>::server:<token>`: agents pin the CA by it."""
-    ca = (topo.state_dir / "server" / "tls" / "server-ca.crt").read_bytes()
-    return secure_form(st.token, ca_pem=ca)
-
-
-def start_agent(topo: Topology, st: LabState, node: str) -> int:
-    host = topo.host(node)
-    assert host is not None
-    args = [
-        "agent",
-        "--server",
-        f"https://{topo.server.ip}:{SERVER_PORT}",
-        "--node-name",
-        host.name,
-        "--node-ip",
-        host.ip,
-        "--flannel-iface",
-        network.HOST_IFACE,
-        "--data-dir",
-        str(_node_dir(topo, host.name)),
-        "--pod-netns-prefix",
-        f"kwire-{topo.name}-pod-",
-    ]
-    if host.name in server_procs(st).values():
-        args += [
-            "--node-label",
-            "node-role.kubernetes.io/control-plane=true",
-            "--node-label",
-            "node-role.kubernetes.io/master=true",
-        ]
-    return procs.spawn(
-        host.netns,
-        args,
-        log_path=topo.state_dir / "logs" / f"{host.name}.log",
-        secret_env={"KWIRE_TOKEN": _agent_token(topo, st)},
-    )
-
-
 def _write_kubeconfig(topo: Topology, st: LabState, *, timeout: float = 20.0) -> None:
     """The lab's kubeconfig: the server's admin credentials (client certificate system:admin/system:masters, as
     K3s writes its k3s.yaml) for the 127.0.0.1 listener."""
     _wait_server_ready(topo, st, "server", timeout=timeout)
-    admin = load_kubeconfig(_server_dir(topo, "server") / "admin.kubeconfig")
+    admin = load_kubeconfig(server_dir(topo, "server") / "admin.kubeconfig")
     assert admin.ca_data and admin.client_cert and admin.client_key
     write_kubeconfig(
         topo.kubeconfig,
@@ -287,7 +136,7 @@ def _pod_network_works(topo: Topology, st: LabState) -> bool:
 def _subnets(topo: Topology) -> dict[str, str]:
     out = {}
     for node in topo.nodes:
-        env = _node_dir(topo, node.name) / "flannel" / "subnet.env"
+        env = node_dir(topo, node.name) / "flannel" / "subnet.env"
         with contextlib.suppress(OSError):
             for line in env.read_text().splitlines():
                 if line.startswith("FLANNEL_SUBNET="):

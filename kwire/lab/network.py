@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from pyroute2 import IPRoute
-
 from kwire.kernel import netns
-from kwire.lab.topology import Host, Topology
+from kwire.kernel.pyroute import IPRoute
+from kwire.lab.topology import HOST_IFACE, Host, Topology
 
 log = logging.getLogger(__name__)
-
-HOST_IFACE = "eth0"
 
 
 def _sysctl(ns: str, key: str, value: str) -> None:

@@ -7,6 +7,8 @@ never changes) and the restart is logged to `logs/supervisor.log` and recorded i
 purpose (`kwire lab node stop`) are left alone until `node start`. Each agent in turn replaces its own pod
 runtime when that dies. Every read-modify-write of `state.json` holds the lab's lock (`LabState.locked`), so a
 `node stop` and a restart never race. The supervisor ends when the lab's state is gone (`lab down`) or on SIGTERM.
+It lives as long as the lab and imports only state.py, start.py, procs.py and topology.py (no asyncio, no API
+client, no pyroute2): 22 MB of RSS, where importing lab.py made it 69 MB.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import socket
 import time
 from types import FrameType
 
-from kwire.lab import lab, procs
+from kwire.lab import procs, topology
+from kwire.lab.start import start_agent, start_server
+from kwire.lab.state import LabState, server_procs
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,13 @@ def run(name: str, *, listen_fd: int) -> int:
     log.info("supervisor for lab %s started (pid checks every %.1f s)", name, INTERVAL)
     while not stopping:
         procs.reap_children()
-        with lab.LabState.locked(name):
-            st = lab.LabState.load(name)
+        with LabState.locked(name):
+            st = LabState.load(name)
             if st is None:
                 log.info("lab %s is gone; supervisor ends", name)
                 return 0
-            topo = lab.topology.build(st.name, nodes=st.nodes)
-            servers = lab.server_procs(st)
+            topo = topology.build(st.name, nodes=st.nodes)
+            servers = server_procs(st)
             wanted = [p for p, node in servers.items() if st.servers == 1 or node not in st.stopped]
             wanted += [h.name for h in topo.nodes if h.name not in st.stopped]
             changed = False
@@ -59,7 +63,7 @@ def run(name: str, *, listen_fd: int) -> int:
                 wait = min(BACKOFF_MAX, 0.0 if count == 0 else 2.0 ** (count - 1))
                 if time.monotonic() - last < wait:
                     continue
-                new = lab.start_server(topo, st, lsock, proc) if proc in servers else lab.start_agent(topo, st, proc)
+                new = start_server(topo, st, lsock, proc) if proc in servers else start_agent(topo, st, proc)
                 st.pids[proc] = new
                 restarts[proc] = (count + 1, time.monotonic())
                 changed = True

@@ -14,6 +14,7 @@ from pathlib import Path
 DEFAULT_LAB = "default"
 DEFAULT_LAN = "192.168.77.0/24"
 STATE_ROOT = Path("/var/lib/kwire/labs")
+HOST_IFACE = "eth0"  # a host's LAN interface (flannel's --flannel-iface)
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?$")
 
 

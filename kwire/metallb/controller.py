@@ -19,15 +19,12 @@ import base64
 import logging
 import os
 import secrets
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-import uvloop
 from aiohttp import web
 
-from kwire.base import memory
+from kwire.base import process
 from kwire.client import ApiClient, ApiStatusError, Informers, NotFound
 from kwire.client.client import (
     DAEMONSETS,
@@ -296,18 +293,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     client = ApiClient(in_cluster_config())
     ctl = MetallbController(client, namespace=args.namespace or pod_namespace())
     runner = await serve(ctl.metrics, args.port)
     try:
         await ctl.run()
-    except asyncio.CancelledError:
-        log.info("stopping")
     finally:
         if ctl._webhook_runner is not None:
             await ctl._webhook_runner.cleanup()
@@ -317,12 +307,9 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    memory.pin_mmap_threshold()
     args = parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(_main(args))
-    return 0
+    process.start(level=args.log_level)
+    return process.run_daemon(lambda: _main(args), log=log)
 
 
 if __name__ == "__main__":

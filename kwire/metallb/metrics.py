@@ -13,32 +13,10 @@ Each process owns one registry (prometheus-client), served by `serve`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
 
-
-class ExactCounter:
-    """A counter per `ip` exported under exactly upstream's name. MetalLB's Go client names these counters without
-    the `_total` suffix prometheus-client's Counter always adds, and users' dashboards query upstream's names; the
-    family is exported untyped so its HELP/TYPE lines carry the same name as the samples."""
-
-    def __init__(self, name: str, documentation: str) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.values: dict[str, float] = {}
-
-    def inc(self, ip: str) -> None:
-        self.values[ip] = self.values.get(ip, 0.0) + 1.0
-
-    def collect(self) -> Iterator[Metric]:
-        family = Metric(self.name, self.documentation, "unknown")
-        for ip, value in sorted(self.values.items()):
-            family.add_sample(self.name, {"ip": ip}, value)
-        yield family
+from kwire.base.prom import ExactCounter, metrics_response
 
 
 class Metrics:
@@ -51,15 +29,19 @@ class Metrics:
         self.total = Gauge(
             "metallb_allocator_addresses_total", "Number of usable IP addresses, per pool", ["pool"], registry=r
         )
+        # MetalLB's Go client names these without `_total`: exactly upstream's names (kwire.base.prom)
         self.requests = ExactCounter(
-            "metallb_layer2_requests_received", "Number of layer2 requests received for owned IPs"
+            "metallb_layer2_requests_received", "Number of layer2 requests received for owned IPs", ("ip",), registry=r
         )
-        self.responses = ExactCounter("metallb_layer2_responses_sent", "Number of layer2 responses sent for owned IPs")
+        self.responses = ExactCounter(
+            "metallb_layer2_responses_sent", "Number of layer2 responses sent for owned IPs", ("ip",), registry=r
+        )
         self.gratuitous = ExactCounter(
-            "metallb_layer2_gratuitous_sent", "Number of gratuitous layer2 packets sent for owned IPs"
+            "metallb_layer2_gratuitous_sent",
+            "Number of gratuitous layer2 packets sent for owned IPs",
+            ("ip",),
+            registry=r,
         )
-        for counter in (self.requests, self.responses, self.gratuitous):
-            r.register(counter)
         self.announced = Gauge(
             "metallb_speaker_announced",
             "Services being announced from this node. This is desired state, it does not guarantee that the routing "
@@ -93,7 +75,7 @@ async def serve(metrics: Metrics, port: int) -> web.AppRunner:
     """/metrics on `port` (also MetalLB's readiness probe)."""
 
     async def handler(_req: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(metrics.registry)
 
     app = web.Application()
     app.router.add_get("/metrics", handler)

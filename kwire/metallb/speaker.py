@@ -19,16 +19,11 @@ import hashlib
 import ipaddress
 import logging
 import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import uvloop
-from pyroute2 import IPRoute
-
-from kwire.base import memory
+from kwire.base import process
 from kwire.client import AlreadyExists, ApiClient, ApiStatusError, Informers
 from kwire.client.client import (
     CONFIGMAPS,
@@ -43,6 +38,7 @@ from kwire.client.client import (
 from kwire.client.events import EventRecorder
 from kwire.client.informer import key_of
 from kwire.client.kubeconfig import in_cluster_config
+from kwire.kernel.pyroute import IPRoute
 from kwire.metallb import election, pools
 from kwire.metallb.arp import ArpResponder
 from kwire.metallb.controller import is_ours, pod_namespace, status_ips
@@ -359,11 +355,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     node = os.environ.get("METALLB_NODE_NAME", "")
     host_ip = os.environ.get("METALLB_HOST", "")
     if not node or not host_ip:
@@ -373,8 +364,6 @@ async def _main(args: argparse.Namespace) -> None:
     runner = await serve(sp.metrics, args.port)
     try:
         await sp.run()
-    except asyncio.CancelledError:
-        log.info("stopping")
     finally:
         await sp.informers.stop()
         await client.close()
@@ -382,12 +371,9 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    memory.pin_mmap_threshold()
     args = parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(_main(args))
-    return 0
+    process.start(level=args.log_level)
+    return process.run_daemon(lambda: _main(args), log=log)
 
 
 if __name__ == "__main__":

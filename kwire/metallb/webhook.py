@@ -24,10 +24,9 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kwire.base import pki
 from kwire.client import ApiClient, ApiStatusError, NotFound
 from kwire.client.client import SECRETS, Resource
 from kwire.metallb import pools
@@ -47,54 +46,33 @@ SERVICE_NAME = "metallb-webhook-service"
 PORT = 9443
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def make_certs(namespace: str) -> dict[str, bytes]:
     """A CA and a serving certificate for the webhook Service (ten years, as MetalLB's rotator makes them)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = pki.new_key()
     ca_name = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, "metallb-ca"),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "metallb"),
         ]
     )
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
+    ca = pki.issue(subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, signer=ca_key, days=3650, ca=True)
+    key = pki.new_key()
     dns = f"{SERVICE_NAME}.{namespace}.svc"
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(dns), x509.DNSName(f"{dns}.cluster.local")]), critical=False
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    cert = pki.issue(
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]),
+        public_key=key.public_key(),
+        issuer=ca_name,
+        signer=ca_key,
+        days=3650,
+        ca=None,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        sans_dns=[dns, f"{dns}.cluster.local"],
     )
     return {
-        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
-        "ca.key": _pem_key(ca_key),
-        "tls.crt": cert.public_bytes(serialization.Encoding.PEM),
-        "tls.key": _pem_key(key),
+        "ca.crt": pki.cert_pem(ca),
+        "ca.key": pki.key_pem(ca_key),
+        "tls.crt": pki.cert_pem(cert),
+        "tls.key": pki.key_pem(key),
     }
 
 

@@ -8,14 +8,9 @@ about dialling kubelets and TLS tuning that this implementation does not do, and
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
-import sys
 
-import uvloop
-
-from kwire.base import memory
+from kwire.base import process
 from kwire.client import ApiClient, in_cluster_config
 from kwire.metricsserver.server import Settings, run
 
@@ -39,30 +34,12 @@ def parse(argv: list[str] | None) -> tuple[Settings, list[str]]:
     return Settings(secure_port=args.secure_port, resolution=args.metric_resolution, cert_dir=args.cert_dir), unknown
 
 
-async def _main(settings: Settings) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        await run(ApiClient(in_cluster_config()), settings)
-    except asyncio.CancelledError:
-        log.info("stopping")
-
-
 def main(argv: list[str] | None = None) -> int:
-    memory.pin_mmap_threshold()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    process.start()
     settings, ignored = parse(argv)
     if ignored:
         log.info("ignoring flags kwire's metrics-server does not use: %s", " ".join(ignored))
-    try:
-        uvloop.run(_main(settings))
-    except OSError as exc:
-        log.error("cannot serve: %s", exc)
-        return 1
-    return 0
+    return process.run_daemon(lambda: run(ApiClient(in_cluster_config()), settings), log=log)
 
 
 if __name__ == "__main__":

@@ -290,6 +290,12 @@ class EtcdStore(MirroredStore):
                     heapq.heapify(self._waiters)
 
     # -- Store -------------------------------------------------------------------------------------------------
+    async def _caught_up(self, revision: int) -> None:
+        """Before a conflict is reported: the state here has reached the write that won (maybe another server's),
+        so the caller's next read, as kube's clients do on 409, gets the newer object rather than the stale one."""
+        with contextlib.suppress(StoreError):
+            await self._visible(revision)
+
     async def _txn(self, key: str, compare: dict[str, Any], success: dict[str, Any]) -> tuple[bool, int, KV | None]:
         body = {
             "compare": [{"key": _b64(key), "result": "EQUAL", **compare}],
@@ -326,6 +332,7 @@ class EtcdStore(MirroredStore):
         if not ok:
             if current is None:
                 raise KeyNotFound(key)
+            await self._caught_up(current.mod_revision)
             raise RevisionMismatch(key, current)
         await self._visible(rev)
         return rev
@@ -342,6 +349,7 @@ class EtcdStore(MirroredStore):
         if not ok:
             if current is None:
                 raise KeyNotFound(key)
+            await self._caught_up(current.mod_revision)
             raise RevisionMismatch(key, current)
         await self._visible(rev)
         return rev

@@ -28,6 +28,7 @@ events get 410 (no history is read back from the table: the ring holds 20,000 ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -426,6 +427,10 @@ class PostgresStore(MirroredStore):
             raise KeyNotFound(key)
         if status == "mismatch":
             current = KV(key, bytes(row["o_cur_value"] or b""), int(row["o_cur_id"]), int(row["o_cur_create"]))
+            # The writer that won may be another server: a caller told of the conflict then reads the newer
+            # object here, as kube's clients do on 409, instead of retrying against the stale one.
+            with contextlib.suppress(StoreError):
+                await self._visible(current.mod_revision)
             raise RevisionMismatch(key, current)
         rev = int(row["o_id"])
         await self._visible(rev)

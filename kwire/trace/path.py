@@ -32,6 +32,7 @@ from kwire.agent.netpol.ruleset import Ruleset
 from kwire.agent.proxy import ruleset as proxy_rules
 from kwire.agent.proxy import tracer as proxy_tracer
 from kwire.agent.proxy.model import ServicePort, service_ports, service_view, slice_view
+from kwire.base import fields
 from kwire.kernel import nft
 from kwire.trace.state import ClusterState
 from kwire.trace.targets import Place, by_ip, node_ip, pod_place
@@ -108,11 +109,6 @@ class Prediction:
         return 0, None
 
 
-def _meta(o: Obj) -> Obj:
-    m = o.get("metadata")
-    return m if isinstance(m, dict) else {}
-
-
 def _in(ip: str, cidr: str) -> bool:
     try:
         return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(cidr, strict=False)
@@ -140,8 +136,8 @@ class Model:
         self.settings = state.settings
         self.mtu = dict(mtu or {})
         self.nodes = {
-            str(_meta(n).get("name")): _Node(
-                str(_meta(n).get("name")), node_ip(n), str((n.get("spec") or {}).get("podCIDR") or "")
+            str(fields.meta(n).get("name")): _Node(
+                str(fields.meta(n).get("name")), node_ip(n), str((n.get("spec") or {}).get("podCIDR") or "")
             )
             for n in state.nodes
         }
@@ -181,7 +177,7 @@ class Model:
             c = Compiler(node, node_ips=(self.nodes[node].ip,), log=False)
             for ns in self.state.namespaces:
                 labels = namespace_labels(ns)
-                c.set_namespace(str(_meta(ns).get("name")), labels)
+                c.set_namespace(str(fields.meta(ns).get("name")), labels)
             for p in self.state.pods:
                 info = pod_info(p)
                 if info is not None:
@@ -197,7 +193,12 @@ class Model:
 
     def policy_obj(self, key: str) -> Obj | None:
         return next(
-            (p for p in self.state.policies if f"{_meta(p).get('namespace')}/{_meta(p).get('name')}" == key), None
+            (
+                p
+                for p in self.state.policies
+                if f"{fields.meta(p).get('namespace')}/{fields.meta(p).get('name')}" == key
+            ),
+            None,
         )
 
     def mtu_text(self, node: str) -> str:
@@ -550,7 +551,9 @@ def _via_host_port(
         pred.nodes = [pred.entry_node]
         return pred
     key = f"{labels.get(SVCLB_NAMESPACE, 'default')}/{labels[SVCLB_NAME]}"
-    svc = next((s for s in m.state.services if f"{_meta(s).get('namespace')}/{_meta(s).get('name')}" == key), None)
+    svc = next(
+        (s for s in m.state.services if f"{fields.meta(s).get('namespace')}/{fields.meta(s).get('name')}" == key), None
+    )
     cluster_ip = str(((svc or {}).get("spec") or {}).get("clusterIP") or "")
     pred.head.append(
         Hop("hostport", f"svclb relays to svc {key} ClusterIP {cluster_ip}:{cport}, masqueraded (source {pod.ip})")

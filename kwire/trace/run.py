@@ -81,7 +81,7 @@ class Where:
 
 def _mtu(ns: str) -> int:
     """flannel.1's MTU (VXLAN) in a node namespace, else the first non-loopback, non-bridge link's."""
-    from pyroute2 import IPRoute
+    from kwire.kernel.pyroute import IPRoute
 
     with IPRoute() as ipr:
         links = {str(link.get_attr("IFLA_IFNAME")): int(link.get_attr("IFLA_MTU")) for link in ipr.get_links()}

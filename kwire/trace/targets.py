@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kwire.base import fields
 from kwire.trace.state import ClusterState
 
 Obj = dict[str, Any]
@@ -82,11 +83,6 @@ class Place:
         return self.kind == "pod" and not self.host_network
 
 
-def _meta(o: Obj) -> Obj:
-    m = o.get("metadata")
-    return m if isinstance(m, dict) else {}
-
-
 def node_ip(node: Obj) -> str:
     for a in (node.get("status") or {}).get("addresses") or []:
         if a.get("type") == "InternalIP":
@@ -100,7 +96,7 @@ def live_pod(p: Obj) -> bool:
 
 
 def pod_place(p: Obj) -> Place:
-    meta, spec, st = _meta(p), p.get("spec") or {}, p.get("status") or {}
+    meta, spec, st = fields.meta(p), p.get("spec") or {}, p.get("status") or {}
     ports = tuple(
         (str(cp.get("protocol") or "TCP").lower(), int(cp.get("containerPort") or 0))
         for c in spec.get("containers") or []
@@ -121,12 +117,12 @@ def pod_place(p: Obj) -> Place:
 
 
 def node_place(n: Obj) -> Place:
-    name = str(_meta(n).get("name") or "")
+    name = str(fields.meta(n).get("name") or "")
     return Place("node", f"node {name}", node_ip(n), node=name, key=name)
 
 
 def service_place(s: Obj) -> Place:
-    meta = _meta(s)
+    meta = fields.meta(s)
     key = f"{meta.get('namespace')}/{meta.get('name')}"
     return Place("service", f"svc {key}", str((s.get("spec") or {}).get("clusterIP") or ""), key=key)
 
@@ -160,22 +156,22 @@ def resolve(state: ClusterState, spec: Spec, *, client_ip: str = "") -> Place:
         return by_ip(state, spec.name, client_ip=client_ip)
     if spec.kind == "node":
         for n in state.nodes:
-            if _meta(n).get("name") == spec.name:
+            if fields.meta(n).get("name") == spec.name:
                 return node_place(n)
         raise TargetError(f"node {spec.name} not found")
     if spec.kind == "svc":
         for s in state.services:
-            if _meta(s).get("namespace") == spec.namespace and _meta(s).get("name") == spec.name:
+            if fields.meta(s).get("namespace") == spec.namespace and fields.meta(s).get("name") == spec.name:
                 return service_place(s)
         raise TargetError(f"service {spec.namespace}/{spec.name} not found")
     if spec.kind == "pod":
         for p in state.pods:
-            if _meta(p).get("namespace") == spec.namespace and _meta(p).get("name") == spec.name:
+            if fields.meta(p).get("namespace") == spec.namespace and fields.meta(p).get("name") == spec.name:
                 if not live_pod(p):
                     raise TargetError(f"pod {spec.namespace}/{spec.name} has no IP (phase {p['status'].get('phase')})")
                 place = pod_place(p)
                 if place.host_network:
-                    n = next((n for n in state.nodes if _meta(n).get("name") == place.node), {})
+                    n = next((n for n in state.nodes if fields.meta(n).get("name") == place.node), {})
                     return Place(
                         "pod",
                         place.label + " (hostNetwork)",
@@ -192,7 +188,7 @@ def resolve(state: ClusterState, spec: Spec, *, client_ip: str = "") -> Place:
 
 def service_obj(state: ClusterState, key: str) -> Obj | None:
     for s in state.services:
-        if f"{_meta(s).get('namespace')}/{_meta(s).get('name')}" == key:
+        if f"{fields.meta(s).get('namespace')}/{fields.meta(s).get('name')}" == key:
             return s
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,3 +115,20 @@ class ServerProcess:
         if check and res.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         return res
+
+    def apply(self, manifest: str) -> None:
+        """`kubectl apply -f -` of a manifest (YAML or JSON); a refusal fails the test."""
+        self.kubectl("apply", "-f", "-", input=manifest)
+
+
+@contextlib.contextmanager
+def running_server(
+    data_dir: Path, *, extra_args: Sequence[str] = (), timeout: float = 60.0, token: str = "kwire-test-token"
+) -> Iterator[ServerProcess]:
+    """A started `kwire server` on a free port, stopped on the way out whatever happened."""
+    srv = ServerProcess(data_dir, free_port(), token=token, extra_args=list(extra_args))
+    srv.start(timeout=timeout)
+    try:
+        yield srv
+    finally:
+        srv.stop()

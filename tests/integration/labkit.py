@@ -75,6 +75,18 @@ class Lab:
     def down(self) -> list[str]:
         return lab.down(self.name)
 
+    def __enter__(self) -> Lab:
+        """`with Lab(...) as lab_:` brings the lab up and always takes it down again (also when `up` fails half-way)."""
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.down()
+
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {"KUBECONFIG": str(self.topo.kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
         res = subprocess.run([KUBECTL, *args], input=input, capture_output=True, text=True, env=env, timeout=60)

@@ -20,16 +20,6 @@ pytestmark = pytest.mark.kubectl
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("admission"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
 def hook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookServer]:
     with running(tmp_path_factory.mktemp("hook")) as srv:
         yield srv
@@ -76,18 +66,15 @@ def url(hook: WebhookServer, path: str, *, ca: str | None = None) -> dict[str, A
 
 def test_deny_with_message_and_object_selector(server: ServerProcess, hook: WebhookServer) -> None:
     namespace(server, "deny")
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=configuration(
+    server.apply(
+        configuration(
             "ValidatingWebhookConfiguration",
             "deny.example.com",
             "deny",
             url(hook, "/deny"),
             objectSelector={"matchLabels": {"policy": "deny"}},
             operations=["CREATE", "UPDATE", "DELETE"],
-        ),
+        )
     )
     before = len(hook.seen("/deny"))
     server.kubectl("-n", "deny", "create", "configmap", "fine")
@@ -124,17 +111,14 @@ def test_delete_is_admitted(server: ServerProcess, hook: WebhookServer) -> None:
     namespace(server, "nodelete")
     server.kubectl("-n", "nodelete", "create", "configmap", "keep")
     server.kubectl("-n", "nodelete", "label", "configmap", "keep", "policy=deny")
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=configuration(
+    server.apply(
+        configuration(
             "ValidatingWebhookConfiguration",
             "nodelete.example.com",
             "nodelete",
             url(hook, "/deny"),
             operations=["DELETE"],
-        ),
+        )
     )
     res = server.kubectl("-n", "nodelete", "delete", "configmap", "keep", check=False)
     assert 'admission webhook "nodelete.example.com" denied the request: configmap keep is not welcome' in res.stderr
@@ -145,12 +129,7 @@ def test_delete_is_admitted(server: ServerProcess, hook: WebhookServer) -> None:
 
 def test_mutating_webhook_patch_is_applied(server: ServerProcess, hook: WebhookServer) -> None:
     namespace(server, "mutate")
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=configuration("MutatingWebhookConfiguration", "mutate.example.com", "mutate", url(hook, "/mutate")),
-    )
+    server.apply(configuration("MutatingWebhookConfiguration", "mutate.example.com", "mutate", url(hook, "/mutate")))
     server.kubectl("-n", "mutate", "create", "configmap", "plain", "--from-literal=a=b")
     got = json.loads(server.kubectl("-n", "mutate", "get", "configmap", "plain", "-o", "json").stdout)
     assert got["metadata"]["labels"] == {"mutated-by": "hook"}
@@ -173,7 +152,7 @@ def test_failure_policy_timeout_and_ca_bundle(server: ServerProcess, hook: Webho
     }
     for name, client_config, extra in cases:
         config = configuration("ValidatingWebhookConfiguration", name, "failing", client_config, **extra)
-        server.kubectl("apply", "-f", "-", input=config)
+        server.apply(config)
         start = time.monotonic()
         res = server.kubectl("-n", "failing", "create", "configmap", f"c-{name.split('.')[0]}", check=False)
         elapsed = time.monotonic() - start
@@ -186,7 +165,7 @@ def test_failure_policy_timeout_and_ca_bundle(server: ServerProcess, hook: Webho
         ignore = configuration(
             "ValidatingWebhookConfiguration", name, "failing", client_config, failurePolicy="Ignore", **extra
         )
-        server.kubectl("apply", "-f", "-", input=ignore)
+        server.apply(ignore)
         server.kubectl("-n", "failing", "create", "configmap", f"c-{name.split('.')[0]}")
         server.kubectl("delete", "validatingwebhookconfiguration", name)
 
@@ -205,11 +184,9 @@ def test_service_reference_and_controllers_past_a_dead_webhook(server: ServerPro
         "metadata": {"name": "hook", "namespace": "default"},
         "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "https", "port": hook.port}]}],
     }
-    server.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([svc, eps]))
+    server.apply(yaml.safe_dump_all([svc, eps]))
     ref = {"service": {"namespace": "default", "name": "hook", "path": "/deny"}, "caBundle": hook.ca_bundle}
-    server.kubectl(
-        "apply", "-f", "-", input=configuration("ValidatingWebhookConfiguration", "svc.example.com", "svcref", ref)
-    )
+    server.apply(configuration("ValidatingWebhookConfiguration", "svc.example.com", "svcref", ref))
     res = server.kubectl("-n", "svcref", "create", "configmap", "viaservice", check=False)
     # Verified as hook.default.svc (the certificate has no other name that would match).
     assert 'admission webhook "svc.example.com" denied the request: configmap viaservice is not welcome' in res.stderr
@@ -217,13 +194,10 @@ def test_service_reference_and_controllers_past_a_dead_webhook(server: ServerPro
     # A Service without endpoints and failurePolicy Ignore: every write, the controllers' included, goes on.
     gone = {**svc, "metadata": {"name": "nohook", "namespace": "default"}}
     no_eps = {**eps, "metadata": {"name": "nohook", "namespace": "default"}, "subsets": []}
-    server.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([gone, no_eps]))
+    server.apply(yaml.safe_dump_all([gone, no_eps]))
     dead = {"service": {"namespace": "default", "name": "nohook"}, "caBundle": hook.ca_bundle}
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=configuration(
+    server.apply(
+        configuration(
             "ValidatingWebhookConfiguration",
             "svc.example.com",
             "svcref",
@@ -231,7 +205,7 @@ def test_service_reference_and_controllers_past_a_dead_webhook(server: ServerPro
             resources="*",
             failurePolicy="Ignore",
             timeoutSeconds=30,
-        ),
+        )
     )
     start = time.monotonic()
     server.kubectl("-n", "svcref", "create", "deployment", "web", "--image=nginx", "--replicas=2")
@@ -246,7 +220,7 @@ def test_service_reference_and_controllers_past_a_dead_webhook(server: ServerPro
     assert time.monotonic() - start < 30
     # With failurePolicy Fail the same dead webhook refuses, naming kube's reason.
     fail = configuration("ValidatingWebhookConfiguration", "svc.example.com", "svcref", dead, resources="configmaps")
-    server.kubectl("apply", "-f", "-", input=fail)
+    server.apply(fail)
     res = server.kubectl("-n", "svcref", "create", "configmap", "refused", check=False)
     assert (
         'failed calling webhook "svc.example.com": failed to call webhook: '
@@ -266,7 +240,7 @@ def test_webhook_configurations_are_not_admitted_by_webhooks(server: ServerProce
     doc = yaml.safe_load(broken)
     doc["webhooks"][0]["rules"][0].update(apiGroups=["*"], apiVersions=["*"], scope="*")
     doc["webhooks"][0].pop("namespaceSelector")
-    server.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    server.apply(yaml.safe_dump(doc))
     # It would refuse everything, yet it can still be removed.
     res = server.kubectl("create", "configmap", "blocked", check=False)
     assert 'failed calling webhook "broken.example.com"' in res.stderr
@@ -304,7 +278,7 @@ def crontab_crd(hook: WebhookServer, path: str) -> str:
 
 
 def test_crd_conversion_webhook(server: ServerProcess, hook: WebhookServer) -> None:
-    server.kubectl("apply", "-f", "-", input=crontab_crd(hook, "/convert"))
+    server.apply(crontab_crd(hook, "/convert"))
     server.kubectl("wait", "--for=condition=established", "crd/crontabs.stable.example.com", "--timeout=30s")
     cr = "apiVersion: stable.example.com/v2\nkind: CronTab\nmetadata: {name: nightly}\nspec: {schedule: '0 3 * * *'}\n"
     deadline = time.monotonic() + 30
@@ -326,7 +300,7 @@ def test_crd_conversion_webhook(server: ServerProcess, hook: WebhookServer) -> N
     listed = json.loads(server.kubectl("get", "crontabs.v2.stable.example.com", "-o", "json").stdout)
     assert [i["spec"] for i in listed["items"]] == [{"schedule": "0 3 * * *"}]
     # A webhook that refuses: reads at the other version fail in kube's words, the storage version still reads.
-    server.kubectl("apply", "-f", "-", input=crontab_crd(hook, "/convert-fail"))
+    server.apply(crontab_crd(hook, "/convert-fail"))
     res = server.kubectl("get", "crontabs.v2.stable.example.com", "nightly", check=False)
     assert res.returncode != 0
     assert (
@@ -350,7 +324,7 @@ def test_connect_exec_is_admitted(server: ServerProcess, hook: WebhookServer) ->
             operations=["CONNECT"],
         )
     )
-    server.kubectl("apply", "-f", "-", input=yaml.safe_dump(config))
+    server.apply(yaml.safe_dump(config))
     res = server.kubectl("-n", "noexec", "exec", "target", "--", "ls", check=False)
     assert res.returncode != 0
     assert 'admission webhook "noexec.example.com" denied the request' in res.stderr, res.stderr
@@ -372,7 +346,7 @@ def test_match_conditions_decide_whether_a_webhook_is_called(server: ServerProce
         url(hook, "/deny"),
         matchConditions=conditions,
     )
-    server.kubectl("apply", "-f", "-", input=cfg)
+    server.apply(cfg)
     before = len(hook.seen("/deny"))
     server.kubectl("-n", "matchcond", "create", "configmap", "quiet")  # condition false: never called
     assert len(hook.seen("/deny")) == before
@@ -392,7 +366,7 @@ def test_match_conditions_decide_whether_a_webhook_is_called(server: ServerProce
             matchConditions=broken,
             failurePolicy=policy,
         )
-        server.kubectl("apply", "-f", "-", input=cfg)
+        server.apply(cfg)
         time.sleep(0.5)
         res = server.kubectl("-n", "matchcond", "create", "configmap", f"eval-{policy.lower()}", check=False)
         assert (res.returncode == 0) == ok, res.stderr
@@ -424,7 +398,7 @@ def test_reinvocation_if_needed(server: ServerProcess, hook: WebhookServer) -> N
         second = configuration(
             "MutatingWebhookConfiguration", "b-second.example.com", "reinvoke", url(hook, "/mutate-second")
         )
-        server.kubectl("apply", "-f", "-", input=first + "---\n" + second)
+        server.apply(first + "---\n" + second)
         time.sleep(0.5)
         before = len(hook.seen("/mutate"))
         server.kubectl("-n", "reinvoke", "create", "configmap", f"cm-{policy.lower()}")

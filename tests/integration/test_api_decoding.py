@@ -5,14 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess
 from tests.unit.test_schemas_decoding import YAML_BOMB
 
 pytestmark = pytest.mark.kubectl
@@ -29,16 +28,6 @@ spec:
     metadata: {labels: {app: NAME}}
     spec: {containers: [{name: c, image: nginx, imagePullPolicyy: Always}]}
 """
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @dataclass
@@ -277,7 +266,7 @@ spec:
 
 
 def test_crd_schemas_in_explain_and_strict_decoding(server: ServerProcess) -> None:
-    server.kubectl("apply", "-f", "-", input=GADGET_CRD)
+    server.apply(GADGET_CRD)
     out = ""
     for _ in range(100):  # the CRD becomes Established and its schema reaches /openapi/v3
         res = server.kubectl("explain", "gizmos.spec", check=False)
@@ -288,9 +277,7 @@ def test_crd_schemas_in_explain_and_strict_decoding(server: ServerProcess) -> No
     assert "GROUP:      kwire-d.example.com" in out and "GizmoSpec is what a gizmo should be." in out
     assert "size\t<integer>" in out and "How big the gizmo is." in out
     # A new field in the CRD: a new document hash, and explain shows it.
-    server.kubectl(
-        "apply", "-f", "-", input=GADGET_CRD + "              color: {type: string, description: Its color.}\n"
-    )
+    server.apply(GADGET_CRD + "              color: {type: string, description: Its color.}\n")
     for _ in range(100):
         out = server.kubectl("explain", "gizmos.spec").stdout
         if "color\t<string>" in out:

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess, running_server
 
 BLOB = "x" * 100_000  # 100 KB of data per ConfigMap
 WATCHERS = 200
@@ -33,14 +33,8 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = ServerProcess(
-        data_dir=tmp_path_factory.mktemp("kwire-mem"), port=free_port(), extra_args=["--disable", "coredns"]
-    )
-    s.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("kwire-mem"), extra_args=["--disable", "coredns"]) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _session(s: ServerProcess) -> aiohttp.ClientSession:

@@ -5,7 +5,6 @@ token Secrets, TokenReview, anonymous requests, and the cluster token no longer 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import json
 import os
@@ -16,32 +15,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.integration.apiserver import KUBECTL, ServerProcess, free_port
+from kwire.base import pki
+from tests.integration.apiserver import KUBECTL, ServerProcess
 
 BOOTSTRAP = "/v1-kwire/server-bootstrap"
 
 pytestmark = pytest.mark.kubectl
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _request(
@@ -140,28 +127,16 @@ def test_cluster_token_and_wrong_credentials_are_refused(server: ServerProcess, 
     res = _kubectl_as(_token_kubeconfig(server, server.token, tmp_path / "kc"), "get", "ns")
     assert res.returncode != 0 and "You must be logged in to the server" in res.stderr  # kubectl's words for 401
     # a client certificate from another CA is refused at the TLS handshake
-    now = dt.datetime.now(dt.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = pki.new_key()
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
             x509.NameAttribute(NameOID.COMMON_NAME, "system:admin"),
         ]
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert = pki.issue(subject=name, public_key=key.public_key(), issuer=name, signer=key, days=1, ca=None)
+    (tmp_path / "c.pem").write_bytes(pki.cert_pem(cert))
+    (tmp_path / "k.pem").write_bytes(pki.key_pem(key))
     ctx = ssl.create_default_context(cafile=str(server.data_dir / "tls" / "server-ca.crt"))
     ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
@@ -211,18 +186,15 @@ def test_a_pod_bound_token_is_refused_once_its_pod_is_deleted(server: ServerProc
 
 def test_legacy_token_secret_is_filled_and_authenticates(server: ServerProcess, tmp_path: Path) -> None:
     server.kubectl("create", "serviceaccount", "robot")
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=yaml.safe_dump(
+    server.apply(
+        yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "metadata": {"name": "robot-token", "annotations": {"kubernetes.io/service-account.name": "robot"}},
                 "type": "kubernetes.io/service-account-token",
             }
-        ),
+        )
     )
     deadline = time.monotonic() + 30
     secret: dict[str, Any] = {}

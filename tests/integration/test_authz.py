@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests import UPSTREAM
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess, running_server
 
 pytestmark = pytest.mark.kubectl
 
@@ -25,15 +25,11 @@ NODE = ("--as", "system:node:n1", "--as-group", "system:nodes")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("server")) as srv:
         srv.kubectl("create", "namespace", "team-a")
         srv.kubectl("create", "namespace", "team-b")
         srv.kubectl("-n", "team-a", "create", "serviceaccount", "bot")
         yield srv
-    finally:
-        srv.stop()
 
 
 def can_i(server: ServerProcess, *args: str, who: str = BOT) -> bool:
@@ -114,11 +110,8 @@ def test_forbidden_is_kubes_status_object(server: ServerProcess) -> None:
 
 
 def test_aggregation_into_view_and_its_binding(server: ServerProcess) -> None:
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=yaml.safe_dump(
+    server.apply(
+        yaml.safe_dump(
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRole",
@@ -128,7 +121,7 @@ def test_aggregation_into_view_and_its_binding(server: ServerProcess) -> None:
                 },
                 "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list"]}],
             }
-        ),
+        )
     )
     server.kubectl("-n", "team-a", "create", "rolebinding", "viewers", "--clusterrole=view", "--user=viv")
     # view aggregates it, edit aggregates view, admin aggregates edit
@@ -207,9 +200,7 @@ def test_can_i_list(server: ServerProcess) -> None:
 
 def test_node_reads_only_what_its_pods_reference_and_writes_only_its_own(server: ServerProcess) -> None:
     for n in ("n1", "n2"):
-        server.kubectl(
-            "apply", "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}})
-        )
+        server.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
     server.kubectl("-n", "team-b", "create", "secret", "generic", "mounted", "--from-literal=k=v")
     server.kubectl("-n", "team-b", "create", "secret", "generic", "unrelated", "--from-literal=k=v")
     res = server.kubectl("-n", "team-b", "get", "secret", "mounted", *NODE, check=False)
@@ -227,7 +218,7 @@ def test_node_reads_only_what_its_pods_reference_and_writes_only_its_own(server:
             "volumes": [{"name": "s", "secret": {"secretName": "mounted"}}],
         },
     }
-    server.kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
+    server.apply(yaml.safe_dump(pod))
     eventually(lambda: server.kubectl("-n", "team-b", "get", "secret", "mounted", *NODE, check=False).returncode == 0)
     assert server.kubectl("-n", "team-b", "get", "secret", "unrelated", *NODE, check=False).returncode == 1
     n2 = ("--as", "system:node:n2", "--as-group", "system:nodes")

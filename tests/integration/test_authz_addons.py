@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests import UPSTREAM
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess, free_port, running_server
 from tests.integration.labkit import wait_for
 from tests.integration.test_metallb_controller import ControllerThread
 
@@ -34,16 +34,12 @@ SA_GROUPS = ["system:serviceaccounts", "system:serviceaccounts:kube-system"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # ServiceLB off: MetalLB's controller (run below as its ServiceAccount) is the only one writing LB status
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port(), extra_args=["--disable", "servicelb"])
-    srv.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("server"), extra_args=["--disable", "servicelb"]) as srv:
         deadline = time.monotonic() + 60
         while srv.kubectl("get", "clusterrolebinding", "system:coredns", "traefik-kube-system", check=False).returncode:
             assert time.monotonic() < deadline, "the add-ons' RBAC never appeared"
             time.sleep(0.5)
         yield srv
-    finally:
-        srv.stop()
 
 
 def can_i(server: ServerProcess, who: str, *args: str) -> bool:
@@ -136,15 +132,9 @@ def test_dns_without_the_role_never_gets_ready(server: ServerProcess, tmp_path: 
 def test_metallb_controller_works_with_its_upstream_role(server: ServerProcess, tmp_path: Path) -> None:
     docs = [d for d in yaml.safe_load_all((UPSTREAM / "metallb-native-v0.14.9.yaml").read_text()) if d]
     wanted = ("CustomResourceDefinition", "Namespace", "ServiceAccount", "Role", "ClusterRole", "RoleBinding")
-    server.kubectl(
-        "apply", "-f", "-", input=yaml.safe_dump_all([d for d in docs if d["kind"] in (*wanted, "ClusterRoleBinding")])
-    )
+    server.apply(yaml.safe_dump_all([d for d in docs if d["kind"] in (*wanted, "ClusterRoleBinding")]))
     wait_for(lambda: server.kubectl("get", "ipaddresspools", "-A"), timeout=20, what="MetalLB CRDs served")
-    server.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input="""
+    server.apply("""
 apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
 metadata: {name: p, namespace: metallb-system}
@@ -154,8 +144,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: lb, namespace: default}
 spec: {type: LoadBalancer, ports: [{port: 80}]}
-""",
-    )
+""")
     sa = "system:serviceaccount:metallb-system:controller"
     kubeconfig = _kubeconfig_as(
         server, tmp_path / "ctl.kubeconfig", sa, ["system:serviceaccounts", "system:serviceaccounts:metallb-system"]

@@ -10,25 +10,14 @@ import json
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess
 from tests.integration.labkit import wait_for
 
 pytestmark = pytest.mark.kubectl
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start(timeout=60)
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _table(server: ServerProcess, *args: str) -> list[list[str]]:
@@ -84,31 +73,17 @@ def test_clusterrole_aggregation_follows_labelled_roles(server: ServerProcess) -
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    import datetime as dt
-
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    from kwire.base import pki
+
+    key = pki.new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web.example.com")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = pki.issue(subject=name, public_key=key.public_key(), issuer=name, signer=key, days=1, ca=None)
     cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_path.write_bytes(pki.cert_pem(cert))
+    key_path.write_bytes(pki.key_pem(key))
     key_path.chmod(0o600)
     return cert_path, key_path
 

@@ -55,12 +55,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_ = Lab("kwt-check", 2, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-check", 2, "vxlan") as lab_:
         yield lab_
-    finally:
-        lab_.down()
 
 
 def check(lab_: Lab) -> tuple[int, list[dict[str, Any]]]:

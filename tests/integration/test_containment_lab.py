@@ -88,15 +88,11 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_ = Lab("kwt-contain", 1, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-contain", 1, "vxlan") as lab_:
         lab_.apply(PODS)
         for name in ("plain", "restricted", "privileged", "shared", "hostpid"):
             wait_for(lambda n=name: _running(lab_, n), timeout=60, what=f"{name} running")  # type: ignore[misc]
         yield lab_
-    finally:
-        lab_.down()
 
 
 def _running(lab: Lab, name: str) -> bool:

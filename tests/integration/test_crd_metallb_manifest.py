@@ -4,26 +4,14 @@ is not running yet."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests import UPSTREAM
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess
 
 pytestmark = pytest.mark.kubectl
 
 METALLB = UPSTREAM / "metallb-native-v0.14.9.yaml"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("metallb"), free_port())
-    srv.start(timeout=60)
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def test_whole_manifest_applies_and_its_webhook_guards_its_kinds(server: ServerProcess) -> None:

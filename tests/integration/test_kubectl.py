@@ -5,28 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests import UPSTREAM
-from tests.integration.apiserver import KUBECTL, ServerProcess, free_port
+from tests.integration.apiserver import KUBECTL, ServerProcess
 
 pytestmark = pytest.mark.kubectl
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def test_bootstrap_objects(server: ServerProcess) -> None:
@@ -44,7 +33,7 @@ def test_apply_examples_and_table_columns(server: ServerProcess) -> None:
     # MetalLB's kinds come from its CRDs (applied unchanged from the upstream manifest), as on a real cluster.
     upstream = UPSTREAM / "metallb-native-v0.14.9.yaml"
     crds = [d for d in yaml.safe_load_all(upstream.read_text()) if d and d["kind"] == "CustomResourceDefinition"]
-    server.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds))
+    server.apply(yaml.safe_dump_all(crds))
     for name in (
         "services.yaml",
         "deployment.yaml",
@@ -71,7 +60,7 @@ def test_apply_examples_and_table_columns(server: ServerProcess) -> None:
 
 def test_reapply_changed_manifest_updates(server: ServerProcess) -> None:
     manifest = (EXAMPLES / "deployment.yaml").read_text()
-    server.kubectl("apply", "-f", "-", input=manifest)
+    server.apply(manifest)
     before = json.loads(server.kubectl("get", "deploy", "my-app", "-o", "json").stdout)
     changed = manifest.replace("replicas: 3", "replicas: 5").replace("nginx:1.27", "nginx:1.28")
     res = server.kubectl("apply", "-f", "-", input=changed)
@@ -96,10 +85,10 @@ spec:
   - {name: http, port: 80, targetPort: 8080}
   - {name: https, port: 443, targetPort: 8443}
 """
-    server.kubectl("apply", "-f", "-", input=two)
+    server.apply(two)
     ip = json.loads(server.kubectl("get", "svc", "twoports", "-o", "json").stdout)["spec"]["clusterIP"]
     one = two.replace("  - {name: https, port: 443, targetPort: 8443}\n", "")
-    server.kubectl("apply", "-f", "-", input=one)
+    server.apply(one)
     svc = json.loads(server.kubectl("get", "svc", "twoports", "-o", "json").stdout)
     assert [p["port"] for p in svc["spec"]["ports"]] == [80]
     assert svc["spec"]["clusterIP"] == ip

@@ -30,14 +30,10 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_ = Lab("kwt-kapi", 2, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-kapi", 2, "vxlan") as lab_:
         lab_.apply(POD.replace("NODE", lab_.topo.nodes[1].name))
         lab_.kubectl("wait", "--for=condition=Ready", "pod/talker", "--timeout=60s")
         yield lab_
-    finally:
-        lab_.down()
 
 
 def _curl(lab: Lab, target: str, url: str, *extra: str, namespace: str = "default") -> tuple[int, str]:

@@ -119,16 +119,12 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_ = Lab("kwt-kubelet", 2, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-kubelet", 2, "vxlan") as lab_:
         # Right after `up` returns, before anything else: a pod on the second node resolves a name at once.
         lab_.apply(DNS_POD.replace("node2", lab_.topo.nodes[1].name))
         lab_.apply(CONFIG)
         lab_.apply(STATES)
         yield lab_
-    finally:
-        lab_.down()
 
 
 def _pod(lab: Lab, name: str) -> dict[str, Any]:

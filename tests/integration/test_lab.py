@@ -42,14 +42,10 @@ spec:
 
 @pytest.fixture(scope="module")
 def vx() -> Iterator[Lab]:
-    lab_ = Lab("kwt-vx", 3, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-vx", 3, "vxlan") as lab_:
         lab_.apply(DEPLOY)
         lab_.wait_pods_ready("app=web", 3)
         yield lab_
-    finally:
-        lab_.down()
 
 
 def _by_node(lab_: Lab) -> dict[str, dict[str, str]]:
@@ -223,9 +219,7 @@ def test_lab_exec_and_status(vx: Lab) -> None:
 
 
 def test_host_gw_backend_and_clean_teardown() -> None:
-    hg = Lab("kwt-hg", 2, "host-gw")
-    try:
-        hg.up()
+    with Lab("kwt-hg", 2, "host-gw") as hg:
         hg.apply(DEPLOY.replace("replicas: 3", "replicas: 2"))
         hg.wait_pods_ready("app=web", 2)
         by_node = _by_node(hg)
@@ -238,8 +232,6 @@ def test_host_gw_backend_and_clean_teardown() -> None:
         assert f"{subnet2} via {hg.topo.host('node2').ip} dev eth0" in routes  # type: ignore[union-attr]
         assert "flannel.1" not in hg.run("node1", "ip", "-o", "link")
         assert "mtu 1500" in hg.run(a["name"], "ip", "-o", "link", "show", "eth0")
-    finally:
-        hg.down()
     left = leftovers(hg.name)
     assert left == {"root_links": [], "root_nft": [], "netns": [], "etc_netns": [], "state": [], "processes": []}
     assert hg.down() == []  # idempotent
@@ -248,9 +240,7 @@ def test_host_gw_backend_and_clean_teardown() -> None:
 def test_node_failure_goes_not_ready_and_recovers_then_down_cleans_killed_lab(tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text("node-monitor-grace-period: 3\n")
-    k = Lab("kwt-kill", 2, "vxlan", config_file=str(cfg))
-    try:
-        k.up()
+    with Lab("kwt-kill", 2, "vxlan", config_file=str(cfg)) as k:
         k.apply(DEPLOY.replace("replicas: 3", "replicas: 2"))
         k.wait_pods_ready("app=web", 2)
 
@@ -316,8 +306,6 @@ def test_node_failure_goes_not_ready_and_recovers_then_down_cleans_killed_lab(tm
         assert st is not None
         for pid in st.pids.values():
             os.kill(pid, signal.SIGKILL)
-    finally:
-        k.down()
     left = leftovers(k.name)
     assert left == {"root_links": [], "root_nft": [], "netns": [], "etc_netns": [], "state": [], "processes": []}
 

@@ -21,12 +21,8 @@ SERVER_IPS = ["192.168.77.11", "192.168.77.12", "192.168.77.13"]
 
 @pytest.fixture(scope="module")
 def ha() -> Iterator[Lab]:
-    lab_ = Lab("ha", nodes=3, backend="vxlan", servers=3)
-    try:
-        lab_.up()
+    with Lab("ha", nodes=3, backend="vxlan", servers=3) as lab_:
         yield lab_
-    finally:
-        lab_.down()
 
 
 def _endpoints(lab_: Lab) -> list[str]:

@@ -83,10 +83,10 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     try:
         docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
         crds = [d for d in docs if d["kind"] in ("Namespace", "CustomResourceDefinition")]
-        s.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds))
+        s.apply(yaml.safe_dump_all(crds))
         wait_for(lambda: s.kubectl("get", "ipaddresspools", "-A"), timeout=20, what="MetalLB CRDs served")
         ctl = ControllerThread(s.kubeconfig)
-        s.kubectl("apply", "-f", "-", input=OBJECTS)
+        s.apply(OBJECTS)
         yield s
     finally:
         if ctl is not None:
@@ -129,12 +129,7 @@ def test_servicelb_conflict_said_once_naming_the_fix(srv: ServerProcess) -> None
 
     out = wait_for(warned, timeout=30, what="the ServiceLB warning")
     assert "disable: [servicelb]" in out
-    srv.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input="apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {type: LoadBalancer, ports: [{port: 81}]}\n",
-    )
+    srv.apply("apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {type: LoadBalancer, ports: [{port: 81}]}\n")
     wait_for(lambda: "IPAllocated" in srv.kubectl("describe", "svc", "b").stdout or None, timeout=30, what="b's IP")
     again = srv.kubectl("get", "events", "-A", "--field-selector", "reason=ServiceLBActive", "-o", "name").stdout
     assert len(again.split()) == 1

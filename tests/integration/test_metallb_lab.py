@@ -70,9 +70,7 @@ spec:
 def mlb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     cfg = tmp_path_factory.mktemp("metallb") / "config.yaml"
     cfg.write_text("disable:\n  - servicelb\n")
-    lab = Lab("mlb", nodes=3, backend="vxlan", config_file=str(cfg))
-    try:
-        lab.up()
+    with Lab("mlb", nodes=3, backend="vxlan", config_file=str(cfg)) as lab:
         # MetalLB's published manifest, unchanged and in full (CRDs, RBAC, Secret, webhook configuration, workloads).
         lab.kubectl("apply", "-f", str(MANIFEST))
         lab.wait_pods_ready("component=controller", 1, namespace="metallb-system", timeout=90)
@@ -83,8 +81,6 @@ def mlb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.apply(APP)
         lab.wait_pods_ready("app=web", 3, timeout=60)
         yield lab
-    finally:
-        lab.down()
 
 
 def ingress_ip(lab: Lab, name: str, namespace: str = "default") -> str:

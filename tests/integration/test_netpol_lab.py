@@ -76,9 +76,7 @@ class NetpolLab:
 
 @pytest.fixture(scope="module")
 def np_lab() -> Iterator[NetpolLab]:
-    lab_ = Lab("kwt-np", 3, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-np", 3, "vxlan") as lab_:
         lab_.apply(MODEL)
         pods: dict[str, PodRef] = {}
         for ns in NAMESPACES:
@@ -96,8 +94,6 @@ def np_lab() -> Iterator[NetpolLab]:
             print(
                 f"\nnetpol: {len(s)} policy changes enforced (matrix correct) within {s[len(s) // 2]:.2f} s median, max {s[-1]:.2f} s"
             )
-    finally:
-        lab_.down()
 
 
 # -- probing --------------------------------------------------------------------------------------------------

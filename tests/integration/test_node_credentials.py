@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -28,17 +27,7 @@ from kwire.agent.credentials import (
 )
 from kwire.client import ApiClient, ApiStatusError
 from kwire.client.client import NODES
-from tests.integration.apiserver import ServerProcess, free_port
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("nodecreds"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+from tests.integration.apiserver import ServerProcess
 
 
 def _creds(server: ServerProcess, data_dir: Path, node: str, ip: str = "10.0.0.5") -> NodeCredentials:

@@ -38,12 +38,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_ = Lab("obs", nodes=2, backend="vxlan")
-    try:
-        lab_.up()
+    with Lab("obs", nodes=2, backend="vxlan") as lab_:
         yield lab_
-    finally:
-        lab_.down()
 
 
 def _millicores(cell: str) -> int:

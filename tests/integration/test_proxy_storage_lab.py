@@ -51,14 +51,10 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_ = Lab("kwt-pxy", 2, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-pxy", 2, "vxlan") as lab_:
         lab_.apply(APP)
         lab_.wait_pods_ready("app=web", 1, timeout=60)
         yield lab_
-    finally:
-        lab_.down()
 
 
 def test_service_and_pod_proxy_return_the_responders_answer(lab: Lab) -> None:

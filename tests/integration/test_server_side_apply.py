@@ -7,13 +7,12 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from kubernetes import client, config, dynamic
 from kubernetes.client.rest import ApiException
 
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess
 
 pytestmark = pytest.mark.kubectl
 
@@ -37,16 +36,6 @@ spec:
 
 def deploy(name: str, *, replicas: int = 2, labels: str = "{app: web}") -> str:
     return DEPLOY.format(name=name, replicas=replicas, labels=labels)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("ssa"), free_port())
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def get(server: ServerProcess, *args: str) -> dict:  # type: ignore[type-arg]

@@ -96,15 +96,11 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_ = Lab("kwt-svc", 3, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-svc", 3, "vxlan") as lab_:
         lab_.apply(APP)
         lab_.wait_pods_ready("app=web", 3)
         lab_.wait_pods_ready("app=solo", 1)
         yield lab_
-    finally:
-        lab_.down()
 
 
 def _cip(lab_: Lab, name: str) -> str:

@@ -115,9 +115,7 @@ class TraceLab:
 
 @pytest.fixture(scope="module")
 def tl() -> Iterator[TraceLab]:
-    lab_ = Lab("kwt-trace", 2, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-trace", 2, "vxlan") as lab_:
         lab_.apply(MANIFEST)
         pods = lab_.wait_pods_ready("app in (a,b,hp,web,u)", 5, timeout=60)
         lab_.wait_pods_ready("app=db", 1, namespace="locked", timeout=60)
@@ -140,8 +138,6 @@ def tl() -> Iterator[TraceLab]:
                 for k, n in nodes.items()
             },
         )
-    finally:
-        lab_.down()
 
 
 def real(tl: TraceLab, src: str, url: str, namespace: str = "default") -> tuple[str, dict[str, Any]]:

@@ -46,12 +46,8 @@ HOOK = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_ = Lab("kwt-hook", 1, "vxlan")
-    try:
-        lab_.up()
+    with Lab("kwt-hook", 1, "vxlan") as lab_:
         yield lab_
-    finally:
-        lab_.down()
 
 
 def test_service_referenced_webhook_in_the_cluster(lab: Lab, tmp_path: Path) -> None:

@@ -76,17 +76,13 @@ spec:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     cfg: Path = tmp_path_factory.mktemp("wl") / "config.yaml"
     cfg.write_text("node-monitor-grace-period: 5\ndefault-unreachable-toleration-seconds: 8\n")
-    lab_ = Lab("kwt-wl", 2, "vxlan", config_file=str(cfg))
-    try:
-        lab_.up()
+    with Lab("kwt-wl", 2, "vxlan", config_file=str(cfg)) as lab_:
         lab_.apply(APPS)
         lab_.wait_pods_ready("k8s-app=kube-dns", 2, namespace="kube-system", timeout=60)  # two nodes: two replicas
         lab_.wait_pods_ready("app=web", 2, timeout=60)
         lab_.wait_pods_ready("app=spread", 2, timeout=60)
         wait_for(lambda: lab_.get("pod", "probe")["status"].get("phase") == "Running", what="probe pod")
         yield lab_
-    finally:
-        lab_.down()
 
 
 def test_statefulset_pods_resolve_by_stable_name(lab: Lab) -> None:

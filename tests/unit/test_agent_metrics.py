@@ -60,9 +60,14 @@ async def test_syncs_and_failures_reach_the_metrics_and_the_failure_hook() -> No
     assert got["kubeproxy_sync_proxy_rules_service_changes_pending"] == 0  # the sync took them
     metrics.netpol.synced(full=True, seconds=0.02, latency=None, rules=7)
     metrics.netpol.failed()
-    got = _samples(metrics.exposition().decode())
+    text = metrics.exposition().decode()
+    got = _samples(text)
     assert got["kube_router_controller_iptables_sync_time_count"] == 1
     assert got["kube_router_controller_iptables_sync_total_count"] == 1
+    assert got["kube_router_controller_iptables_sync_total_time"] == 0.02
+    # kube-router's exact names: no `_total` added to the samples or to the HELP/TYPE lines
+    assert "# TYPE kube_router_controller_iptables_sync_total_count untyped" in text
+    assert "_total_count_total" not in text and "_total_time_total" not in text
     assert got["kube_router_controller_policy_chains"] == 7
     assert got["kwire_netpol_sync_failures_total"] == 1
 

@@ -248,7 +248,7 @@ async def test_admission_priority_and_default_storage_class() -> None:
         ],
     }
 
-    async def list_objects(kind: Any) -> list[Obj]:
+    async def list_objects(kind: Any, /, *, namespace: str | None = None) -> list[Obj]:
         return stored.get(kind.plural, [])
 
     pods = _kind("", "v1", "pods")
@@ -333,10 +333,17 @@ async def test_quota_admission_refuses_over_hard_and_unstated_requests() -> None
         "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]},
         "status": {"phase": "Running"},
     }
-    stored: dict[str, list[Obj]] = {"resourcequotas": [quota], "pods": [running]}
+    # Another namespace's pods and quotas count for nothing here (and are not even read: the listing is namespaced).
+    elsewhere = {**running, "metadata": {"name": "x", "namespace": "other"}}
+    tight = {"metadata": {"name": "tight", "namespace": "other"}, "spec": {"hard": {"pods": "0"}}}
+    stored: dict[str, list[Obj]] = {"resourcequotas": [quota, tight], "pods": [running, elsewhere]}
 
-    async def list_objects(kind: Any) -> list[Obj]:
-        return stored.get(kind.plural, []) if kind.group in ("", "apps") else []
+    async def list_objects(kind: Any, /, *, namespace: str | None = None) -> list[Obj]:
+        if not kind.namespaced:  # priority classes
+            return []
+        assert namespace == "ns", "quota admission reads only the object's namespace"
+        objs = stored.get(kind.plural, []) if kind.group in ("", "apps") else []
+        return [o for o in objs if o["metadata"]["namespace"] == namespace]
 
     pods = _kind("", "v1", "pods")
     new = {

@@ -46,6 +46,42 @@ async def test_queue_backoff_grows_and_forget_resets() -> None:
     q.shutdown()
 
 
+async def test_queue_worker_retries_with_backoff_looks_again_when_asked_and_can_give_up() -> None:
+    """WorkQueue.process, the loop the controllers, the kubelet and Flannel share."""
+    q: WorkQueue[str] = WorkQueue(base_delay=0.01, max_delay=0.04)
+    calls: Counter[str] = Counter()
+    reports: list[tuple[str, str, float | None]] = []
+
+    async def sync(key: str) -> float | None:
+        calls[key] += 1
+        if key == "flaky" and calls[key] < 3:
+            raise OSError("api away")
+        if key == "broken":
+            raise ValueError("bug")
+        return 0.02 if key == "periodic" and calls[key] < 3 else None
+
+    worker = asyncio.create_task(
+        q.process(
+            sync,
+            failed=lambda key, exc, delay: reports.append((key, str(exc), delay)),
+            give_up=lambda key, exc: isinstance(exc, ValueError) and q.failures(key) >= 2,
+        )
+    )
+    for key in ("flaky", "broken", "periodic", "once"):
+        q.add(key)
+    await asyncio.sleep(0.5)
+    q.shutdown()
+    await asyncio.wait_for(worker, 1)  # shutdown ends the worker
+    assert calls == {"flaky": 3, "broken": 3, "periodic": 3, "once": 1}
+    assert ("flaky", "api away", 0.01) in reports and ("flaky", "api away", 0.02) in reports
+    assert [r for r in reports if r[0] == "broken"] == [
+        ("broken", "bug", 0.01),
+        ("broken", "bug", 0.02),
+        ("broken", "bug", None),
+    ]
+    assert q.failures("flaky") == 0 and q.failures("broken") == 0  # success and giving up both forget
+
+
 def test_cidrset_order_wraps_and_rewinds_unused_allocations() -> None:
     s = CidrSet(ipaddress.ip_network("10.42.0.0/22"), 24)
     assert s.size == 4

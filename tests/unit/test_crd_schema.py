@@ -462,3 +462,180 @@ def test_prune_reports_the_unknown_fields_it_drops() -> None:
     obj = {"apiVersion": "x/v1", "kind": "X", "metadata": {}, "spec": {"name": "a", "x": 1, "tags": []}, "y": 2}
     obj["spec"]["ports"] = [{"name": "p", "zz": 1}]
     assert schema.prune(S, obj, root=True) == ["spec.x", "spec.ports[0].zz", "y"]
+
+
+def _pool_kind(spec_props: dict[str, Any], *, crd: str = "pools.example.com") -> Any:
+    from kwire.api.crd import custom
+    from kwire.api.registry import CustomVersion, Kind
+
+    s = {"type": "object", "properties": {"spec": {"type": "object", "properties": spec_props}}}
+    version = CustomVersion(crd_name=crd, storage_version="v1", schema=s)
+    return Kind("example.com", "v1", "Pool", "pools", True, custom=custom.derive(version))
+
+
+def test_field_validation_follows_the_served_schema_compiled_once_per_crd_version() -> None:
+    """The decoder's unknown-field check compiles a CRD version's schema once, and a changed CRD (a new schema
+    object) is checked against its new schema, never a stale compiled one, however many CRDs come and go."""
+    from kwire.api import fieldcheck
+
+    def unknown(kind: Any, spec: dict[str, Any]) -> list[str]:
+        found = fieldcheck.kind_schema(kind)
+        assert found is not None
+        obj = {"apiVersion": "example.com/v1", "kind": "Pool", "metadata": {"name": "p", "bogus": 1}, "spec": spec}
+        return fieldcheck.check(found[0], obj, types=found[1], builtin=found[1]).unknown
+
+    before = _pool_kind({"a": {"type": "string"}})
+    assert unknown(before, {"a": "x", "b": "y"}) == ["metadata.bogus", "spec.b"]
+    assert fieldcheck.kind_schema(before) == fieldcheck.kind_schema(before)
+    after = _pool_kind({"a": {"type": "string"}, "b": {"type": "string"}})
+    assert unknown(after, {"a": "x", "b": "y"}) == ["metadata.bogus"]
+    assert unknown(before, {"a": "x", "b": "y"}) == ["metadata.bogus", "spec.b"]
+    for i in range(600):  # past the cache's bound: old entries go, answers stay right
+        assert unknown(_pool_kind({f"f{i}": {"type": "string"}}), {f"f{i}": "x", "b": "y"}) == [
+            "metadata.bogus",
+            "spec.b",
+        ]
+    assert unknown(after, {"a": "x", "b": "y", "c": 1}) == ["metadata.bogus", "spec.c"]
+
+
+def test_conversion_webhook_looked_up_once_per_crd_revision() -> None:
+    """Every custom-resource write asks whether its CRD converts through a webhook: the stored CRD is decoded
+    once per revision, and a changed or deleted CRD is seen at once."""
+    from kwire.api.crd.conversion import WebhookConverter
+    from kwire.store.base import KV
+
+    stored: dict[str, KV | None] = {}
+    reads: list[str] = []
+
+    def put(rev: int, conversion: dict[str, Any]) -> None:
+        crd = {"metadata": {"name": "pools.example.com"}, "spec": {"conversion": conversion}}
+        stored["pools.example.com"] = KV("/registry/crd/pools.example.com", orjson.dumps(crd), rev, 1)
+
+    def crd(name: str) -> KV | None:
+        reads.append(name)
+        return stored.get(name)
+
+    conv = WebhookConverter(crd=crd, lookup=None)  # type: ignore[arg-type]
+    kind = _pool_kind({})
+    put(2, {"strategy": "None"})
+    assert conv.webhook_for(kind) is None and conv.webhook_for(kind) is None
+    hook = {"clientConfig": {"url": "https://127.0.0.1:1/convert"}, "conversionReviewVersions": ["v1"]}
+    put(3, {"strategy": "Webhook", "webhook": hook})
+    assert conv.webhook_for(kind) == hook
+    assert conv.webhook_for(kind) is conv.webhook_for(kind)  # decoded once for revision 3
+    put(4, {"strategy": "None"})
+    assert conv.webhook_for(kind) is None
+    stored["pools.example.com"] = None
+    assert conv.webhook_for(kind) is None
+    assert len(reads) == 7  # the live state is asked every time
+
+
+def test_server_side_apply_schema_follows_each_served_crd_version() -> None:
+    """A CRD that changes a list's type is served as a new version object; the field-manager schema of the new
+    one is its own even when the old one is gone and its memory (its id) is reused."""
+    from kwire.api import fieldset
+
+    for i in range(40):
+        list_type = "set" if i % 2 else "atomic"
+        tags = {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": list_type}
+        kind = _pool_kind({"tags": tags})
+        node = fieldset.schema_for_kind(kind)
+        assert node.fields is not None
+        assert node.fields["spec"].fields["tags"].type == list_type, i
+        del kind, node
+
+
+def test_one_walk_defaults_then_prunes_as_two_passes_do() -> None:
+    """A write defaults and prunes in one walk of the compiled schema: each object is defaulted before it is
+    pruned, so the result and the dropped paths are those of defaulting the whole object, then pruning it."""
+    s: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "metadata": {"type": "object", "properties": {"labels": {"type": "object", "default": {"a": "b"}}}},
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "opts": {"type": "object", "default": {"keep": 1, "junk": 2}, "properties": {"keep": {}}},
+                    "nul": {"type": "string", "default": "d"},
+                    "gone": {"type": "string"},
+                    "maybe": {"type": "string", "nullable": True, "default": "m"},
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "object", "properties": {"n": {"type": "integer", "default": 7}}},
+                    },
+                    "byName": {
+                        "type": "object",
+                        "additionalProperties": {"type": "object", "properties": {"on": {"default": True}}},
+                    },
+                },
+            },
+        },
+    }
+    obj = {
+        "apiVersion": "x/v1",
+        "kind": "X",
+        "metadata": {"name": "a", "stray": 1},
+        "spec": {"nul": None, "gone": None, "maybe": None, "items": [{"x": 1}, {}], "byName": {"k": {"y": 2}}},
+        "top": 1,
+    }
+    two_passes = copy.deepcopy(obj)
+    schema.apply_defaults(s, two_passes)
+    dropped = schema.prune(s, two_passes, root=True)
+    one_walk = copy.deepcopy(obj)
+    assert schema.Node(s).prune(one_walk, root=True, defaults=True) == dropped
+    assert one_walk == two_passes
+    assert one_walk == {
+        "apiVersion": "x/v1",
+        "kind": "X",
+        "metadata": {"name": "a", "stray": 1, "labels": {"a": "b"}},  # metadata: defaulted, never pruned here
+        "spec": {
+            "nul": "d",
+            "maybe": None,
+            "items": [{"n": 7}, {"n": 7}],
+            "byName": {"k": {"on": True}},
+            "opts": {"keep": 1},
+        },
+    }
+    assert dropped == ["spec.items[0].x", "spec.byName.k.y", "spec.opts.junk", "top"]
+
+
+def test_cel_rules_below_rule_free_subtrees_still_run() -> None:
+    """The CEL walk skips subtrees without rules; a rule deep under rule-free objects and lists still runs."""
+    rule = {"rule": "self.size() <= 3", "message": "too long"}
+    s: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "free": {"type": "object", "properties": {"a": {"type": "string"}}},
+                    "list": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string", "x-kubernetes-validations": [rule]}},
+                        },
+                    },
+                },
+            }
+        },
+    }
+    obj = {"spec": {"free": {"a": "long value"}, "list": [{"name": "abc"}, {"name": "abcd"}]}}
+    assert [str(e) for e in cel.validate(s, obj, None, "")] == ['spec.list[1].name: Invalid value: "string": too long']
+    assert cel.validate(s["properties"]["spec"]["properties"]["free"], obj["spec"]["free"], None, "") == []
+
+
+def test_kinds_in_follows_the_served_crds() -> None:
+    """The (group, version) index every /apis request consults sees a CRD's kinds when served and not after."""
+    from kwire.api.registry import all_kinds, kinds_in
+
+    kind = _pool_kind({}, crd="pools.example.com")
+    assert kinds_in("example.com", "v1") == []
+    set_custom_kinds("pools.example.com", (kind,))
+    try:
+        assert kinds_in("example.com", "v1") == [kind]
+        for group, version in {(k.group, k.version) for k in all_kinds()}:
+            assert kinds_in(group, version) == [k for k in all_kinds() if (k.group, k.version) == (group, version)]
+    finally:
+        set_custom_kinds("pools.example.com", ())
+    assert kinds_in("example.com", "v1") == []

@@ -36,3 +36,9 @@ def _growth(mode: str) -> int:
 def test_scrypt_in_threads_leaves_no_memory_behind_once_the_threshold_is_pinned() -> None:
     assert _growth("pinned") < 16  # one scrypt's 16 MB would show if a single one stayed
     assert _growth("default") > 16  # what the pin is for: glibc's dynamic threshold keeps them in thread arenas
+
+
+def test_one_malloc_arena_can_be_asked_for() -> None:
+    probe = "from kwire.base import memory; print(memory.one_arena())"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "True"

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kwire.agent.credentials import needs_renewal
+from kwire.agent.certwork import needs_renewal
 from kwire.api import certs, nodecerts
 
 
@@ -25,6 +25,19 @@ def test_the_node_password_is_stored_as_a_salted_scrypt_hash() -> None:
     assert nodecerts.hash_password("s3cret") != stored  # a new salt each time
     assert not nodecerts.verify_password("garbage", "s3cret")
     assert not nodecerts.verify_password("$scrypt$x$8$1$AA==$AA==", "s3cret")
+
+
+def test_a_checked_node_password_is_remembered_only_for_its_node_hash_and_password() -> None:
+    seen = nodecerts.VerifiedPasswords(limit=2)
+    seen.remember("n1", "$scrypt$h1", "pw")
+    assert seen.known("n1", "$scrypt$h1", "pw")
+    assert not seen.known("n1", "$scrypt$h1", "other")  # another password: scrypt again
+    assert not seen.known("n1", "$scrypt$h2", "pw")  # the stored hash changed (node-password secret replaced)
+    assert not seen.known("n2", "$scrypt$h1", "pw")
+    assert all(b"pw" not in mac for _, mac in seen._seen.values())  # only a keyed MAC is held
+    seen.remember("n2", "$scrypt$h1", "pw")
+    seen.remember("n3", "$scrypt$h1", "pw")  # bounded: the oldest node is forgotten
+    assert not seen.known("n1", "$scrypt$h1", "pw") and seen.known("n3", "$scrypt$h1", "pw")
 
 
 def test_secret_names_and_subjects_as_k3s_has_them() -> None:

@@ -16,8 +16,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+from kwire.kernel.pyroute import NUD_PERMANENT, IPRoute
 
 log = logging.getLogger(__name__)
 

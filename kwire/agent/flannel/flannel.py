@@ -32,7 +32,8 @@ from kwire.agent.nftsync import NftReconciler
 from kwire.agent.node import NodeRegistration
 from kwire.base.files import atomic_write
 from kwire.base.keys import key_of
-from kwire.base.workqueue import ShutDown, WorkQueue
+from kwire.base.tasks import cancel_and_wait
+from kwire.base.workqueue import WorkQueue
 from kwire.client import Informer
 from kwire.kernel import nft
 
@@ -221,27 +222,17 @@ class Flannel:
         """The routes' work queue: one key, re-queued every RESYNC seconds (drift repair) and after a failure with
         exponential back-off."""
         self.queue.add_after(ROUTES, RESYNC)
-        while True:
-            try:
-                key = await self.queue.get()
-            except ShutDown:
-                return
-            try:
-                await self.sync()
-                self.queue.forget(key)
-                self.queue.add_after(key, RESYNC)
-            except Exception as exc:
-                delay = self.queue.add_rate_limited(key)
-                log.warning("flannel: sync failed (%s); retrying in %.1f s", exc, delay)
-            finally:
-                self.queue.done(key)
+
+        async def sync(_key: str) -> float:
+            await self.sync()
+            return RESYNC
+
+        def failed(_key: str, exc: Exception, delay: float | None) -> None:
+            log.warning("flannel: sync failed (%s); retrying in %.1f s", exc, delay)
+
+        await self.queue.process(sync, failed=failed)
 
     async def stop(self) -> None:
         self.queue.shutdown()
         await self.masquerade.stop()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)

@@ -31,7 +31,8 @@ from kwire.agent.kubelet.resourcemetrics import ContainerRef
 from kwire.agent.kubelet.runtime_client import RuntimeClient
 from kwire.agent.kubelet.sandbox import Sandbox, SandboxError, Sandboxes
 from kwire.agent.kubelet.security import nonroot_error, runtime_security
-from kwire.base.workqueue import ShutDown, WorkQueue
+from kwire.base.tasks import cancel_and_wait
+from kwire.base.workqueue import WorkQueue
 from kwire.client import ApiClient, Conflict, Informer, NotFound, Resource
 from kwire.client.client import CONFIGMAPS, PODS, SECRETS
 from kwire.client.events import EventRecorder
@@ -59,6 +60,10 @@ NODE_MASKS = (
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 PVS = Resource("", "v1", "persistentvolumes", "PersistentVolume", namespaced=False)
 KINDS = {"configmap": CONFIGMAPS, "secret": SECRETS, "persistentvolumeclaim": PVCS, "persistentvolume": PVS}
+
+
+class _NotSettled(Exception):
+    """A pod sync that did what it could but must look again (after the pod's back-off); not an error."""
 
 
 @dataclass
@@ -187,11 +192,7 @@ class Kubelet:
         self.queue.shutdown()
         for w in self.work.values():
             await w.probes.stop()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*self._tasks)
 
     # -- the queue ----------------------------------------------------------------------------------------------
     async def _on_pod(self, pod: Obj) -> None:
@@ -206,27 +207,19 @@ class Kubelet:
         await self._on_pod(new)
 
     async def _worker(self) -> None:
-        while True:
-            try:
-                uid = await self.queue.get()
-            except ShutDown:
-                return
-            try:
-                settled = await self.sync_pod(uid)
-            except Exception as exc:
-                delay = self.queue.add_rate_limited(uid)
-                log.warning(
-                    "kubelet: sync of pod %s failed: %s; retrying in %.1fs", self._keys.get(uid, uid), exc, delay
-                )
-            else:
-                if settled:
-                    self.queue.forget(uid)
-                else:
-                    self.queue.add_rate_limited(uid)  # e.g. a ConfigMap that does not exist yet: look again
-            finally:
-                self.queue.done(uid)
-                if uid not in self.work and self._current(uid) is None:
-                    self._keys.pop(uid, None)
+        await self.queue.process(self._sync, failed=self._failed)
+
+    async def _sync(self, uid: str) -> None:
+        try:
+            if not await self.sync_pod(uid):
+                raise _NotSettled  # e.g. a ConfigMap that does not exist yet: look again after the back-off
+        finally:
+            if uid not in self.work and self._current(uid) is None:
+                self._keys.pop(uid, None)
+
+    def _failed(self, uid: str, exc: Exception, delay: float | None) -> None:
+        if not isinstance(exc, _NotSettled):
+            log.warning("kubelet: sync of pod %s failed: %s; retrying in %.1fs", self._keys.get(uid, uid), exc, delay)
 
     def _current(self, uid: str) -> Obj | None:
         key = self._keys.get(uid)

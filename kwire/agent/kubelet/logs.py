@@ -28,6 +28,7 @@ from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget, serve_attac
 from kwire.agent.kubelet.kubeletauth import KubeletAuth
 from kwire.agent.kubelet.portforward import ForwardTarget, serve_port_forward
 from kwire.agent.kubelet.resourcemetrics import ContainerRef, exposition
+from kwire.base.prom import exposition_response
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class LogServer:
     async def _resource_metrics(self, request: web.Request) -> web.StreamResponse:
         refs = self.resource_containers() if self.resource_containers else []  # read on the loop: kubelet state
         body = await asyncio.to_thread(exposition, lambda: refs)  # /proc scan off the loop
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return exposition_response(body)
 
     @web.middleware
     async def _authorized(

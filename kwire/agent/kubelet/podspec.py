@@ -25,6 +25,7 @@ from typing import Any
 
 from kwire.agent.kubelet.security import runtime_security
 from kwire.agent.svclb import servicelb_argv
+from kwire.base.fields import meta, spec
 
 Obj = dict[str, Any]
 
@@ -91,16 +92,6 @@ def role_image_error(image: str) -> str:
 
 def netns_name(prefix: str, uid: str) -> str:
     return f"{prefix}{uid.replace('-', '')[:12]}"
-
-
-def meta(pod: Obj) -> Obj:
-    m: Obj = pod.get("metadata") or {}
-    return m
-
-
-def spec(pod: Obj) -> Obj:
-    s: Obj = pod.get("spec") or {}
-    return s
 
 
 def host_network(pod: Obj) -> bool:

@@ -26,7 +26,9 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -216,18 +218,7 @@ class Session:
             if writer.can_write_eof():
                 writer.write_eof()
 
-        tasks = [asyncio.create_task(to_client()), asyncio.create_task(to_pod())]
-        try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if pending:
-                await asyncio.wait(pending, timeout=HALF_CLOSE_GRACE)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await _pump(writer, to_client(), to_pod(), grace=HALF_CLOSE_GRACE)
         await self._finish(pair, "")
 
     async def _finish(self, pair: _Pair, message: str) -> None:
@@ -237,6 +228,30 @@ class Session:
             await self.send("data", pair.error, message.encode())
         await self.send("data", pair.data, fin=True)
         await self.send("data", pair.error, fin=True)
+
+
+async def _pump(
+    writer: asyncio.StreamWriter,
+    to_client: Coroutine[Any, Any, None],
+    to_pod: Coroutine[Any, Any, None],
+    *,
+    grace: float,
+) -> None:
+    """Both directions of one forwarded connection until one of them ends; the other then gets `grace` seconds to
+    finish (a half-close: the client's FIN reached the pod, its answer may still be on the way); then both end and
+    the connection to the pod is closed, whatever happened (a session torn down cancels this)."""
+    tasks = [asyncio.create_task(to_client), asyncio.create_task(to_pod)]
+    try:
+        _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if pending and grace > 0:
+            await asyncio.wait(pending, timeout=grace)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 class ChannelSession:
@@ -272,16 +287,7 @@ class ChannelSession:
                 writer.write(chunk)
                 await writer.drain()
 
-        tasks = [asyncio.create_task(to_client()), asyncio.create_task(to_pod())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await _pump(writer, to_client(), to_pod(), grace=0.0)
 
     async def run(self) -> None:
         for i, port in enumerate(self.ports):

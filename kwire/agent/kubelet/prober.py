@@ -8,12 +8,12 @@ the pod's sync, and a liveness probe that turns to failure restarts the containe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kwire.agent.kubelet.probes import ProbeState, run_probe
+from kwire.base.tasks import cancel_and_wait
 
 Obj = dict[str, Any]
 
@@ -79,9 +79,5 @@ class PodProbes:
                 self.tasks.append(asyncio.create_task(loop()))
 
     async def stop(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        for t in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*self.tasks)
         self.tasks.clear()

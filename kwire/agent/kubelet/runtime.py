@@ -46,7 +46,7 @@ import orjson
 
 from kwire.agent.kubelet import crilog
 from kwire.agent.kubelet.responder import PodIdentity, Responders
-from kwire.base import http11, pty
+from kwire.base import http11, process, pty
 from kwire.base.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -634,12 +634,8 @@ async def serve(state_dir: Path, socket_path: Path) -> None:
     os.chmod(socket_path, 0o600)
     pid_file = state_dir / "runtime.pid"
     pid_file.write_text(f"{os.getpid()}\n")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     log.info("runtime serving on %s", socket_path)
-    await stop.wait()
+    await process.wait_for_stop_signal()
     await api.close()
     await runtime.close()
     with contextlib.suppress(FileNotFoundError):

@@ -17,19 +17,15 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from kwire.agent.kubelet import runtime  # noqa: E402
-from kwire.base import memory  # noqa: E402
+from kwire.base import process  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    memory.pin_mmap_threshold()
     ap = argparse.ArgumentParser(prog="kwire-runtime", description=__doc__)
     ap.add_argument("--state-dir", required=True, help="where the runtime keeps its socket, pid file and pod logs")
     ap.add_argument("-v", "--verbose", action="store_true")
     ns = ap.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    process.start(level=logging.DEBUG if ns.verbose else logging.INFO)
     state = Path(ns.state_dir)
     asyncio.run(runtime.serve(state, state / "runtime.sock"))
     return 0

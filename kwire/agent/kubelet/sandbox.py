@@ -13,7 +13,6 @@ until it succeeds, or the IP would stay allocated, as kubelet does), then the na
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import re
@@ -24,6 +23,7 @@ from typing import Any
 
 from kwire.agent.kubelet import podspec
 from kwire.base.files import atomic_write, write_if_changed
+from kwire.base.timefmt import now_rfc3339
 from kwire.cni import invoke as cni
 from kwire.kernel import netns, utsns
 
@@ -38,10 +38,6 @@ SYSCTL_NET = re.compile(r"net(\.[A-Za-z0-9_-]+)+")  # a network-namespace sysctl
 
 class SandboxError(Exception):
     """The sandbox could not be created; the message is kubelet's FailedCreatePodSandBox text."""
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_hostname(pod: Obj) -> str:

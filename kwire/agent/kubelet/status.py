@@ -10,16 +10,13 @@ kubelet's message `back-off 10s restarting failed container=x pod=name_ns(uid)`)
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kwire.base.timefmt import rfc3339
+
 Obj = dict[str, Any]
-
-
-def rfc3339(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_ref(pod: Obj) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from kwire.base import fields
 from kwire.base.labels import EVERYTHING, Selector, SelectorError, from_label_selector
 
 Obj = dict[str, Any]
@@ -99,16 +100,11 @@ class Policy:
 # -- parsing ------------------------------------------------------------------------------------------------------
 
 
-def _meta(obj: Obj) -> Obj:
-    m = obj.get("metadata")
-    return m if isinstance(m, dict) else {}
-
-
 def pod_info(obj: Obj | None) -> PodInfo | None:
     """The parts of a Pod that policies look at; None for pods policies ignore."""
     if not obj:
         return None
-    m = _meta(obj)
+    m = fields.meta(obj)
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     if spec.get("hostNetwork"):
@@ -140,7 +136,7 @@ def namespace_labels(obj: Obj | None) -> dict[str, str] | None:
     """A Namespace's labels, with `kubernetes.io/metadata.name` as the API server sets it."""
     if not obj:
         return None
-    m = _meta(obj)
+    m = fields.meta(obj)
     labels = {str(k): str(v) for k, v in (m.get("labels") or {}).items()}
     labels[NAME_LABEL] = str(m.get("name") or "")
     return labels
@@ -192,7 +188,7 @@ def _rules(items: Any, peer_key: str) -> tuple[PolicyRule, ...]:
 
 def parse_policy(obj: Obj) -> Policy:
     """A NetworkPolicy; raises ValueError for what the API would have rejected."""
-    m = _meta(obj)
+    m = fields.meta(obj)
     spec = obj.get("spec") or {}
     ns, name = str(m.get("namespace") or ""), str(m.get("name") or "")
     types_in = spec.get("policyTypes") or (["Ingress", "Egress"] if spec.get("egress") else ["Ingress"])

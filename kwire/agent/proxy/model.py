@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
+from kwire.base.fields import as_dict, as_list
+
 Obj = dict[str, Any]
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
@@ -67,14 +69,6 @@ class ServicePort:
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
-def _map(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 @dataclass(frozen=True)
 class PortView:
     name: str
@@ -117,11 +111,11 @@ class SliceView:
 
 def service_view(svc: Obj) -> ServiceView:
     """The proxy's view of a Service. Raises ValueError/TypeError on malformed values (the caller logs and skips)."""
-    meta, spec = _map(svc.get("metadata")), _map(svc.get("spec"))
+    meta, spec = as_dict(svc.get("metadata")), as_dict(svc.get("spec"))
     typ = str(spec.get("type") or "ClusterIP")
     node_ports = typ in ("NodePort", "LoadBalancer")
     ports = []
-    for p in _list(spec.get("ports")):
+    for p in as_list(spec.get("ports")):
         if not isinstance(p, dict):
             continue
         proto = str(p.get("protocol") or "TCP")
@@ -130,11 +124,11 @@ def service_view(svc: Obj) -> ServiceView:
         node_port = int(p.get("nodePort") or 0) if node_ports else 0
         ports.append(PortView(str(p.get("name") or ""), proto, int(p.get("port") or 0), node_port))
     cluster_ip = str(spec.get("clusterIP") or "")
-    ingress = _list(_map(_map(svc.get("status")).get("loadBalancer")).get("ingress"))
+    ingress = as_list(as_dict(as_dict(svc.get("status")).get("loadBalancer")).get("ingress"))
     lb_ips = tuple(sorted(str(i["ip"]) for i in ingress if isinstance(i, dict) and i.get("ip")))
     timeout = 0
     if spec.get("sessionAffinity") == "ClientIP":
-        client_ip = _map(_map(spec.get("sessionAffinityConfig")).get("clientIP"))
+        client_ip = as_dict(as_dict(spec.get("sessionAffinityConfig")).get("clientIP"))
         timeout = int(client_ip.get("timeoutSeconds") or 10800)
     return ServiceView(
         namespace=str(meta.get("namespace", "")),
@@ -142,7 +136,7 @@ def service_view(svc: Obj) -> ServiceView:
         type=typ,
         cluster_ip="" if cluster_ip == "None" else cluster_ip,
         ports=tuple(ports),
-        external_ips=tuple(sorted(str(x) for x in _list(spec.get("externalIPs")))),
+        external_ips=tuple(sorted(str(x) for x in as_list(spec.get("externalIPs")))),
         lb_ips=lb_ips if typ == "LoadBalancer" else (),
         affinity_timeout=timeout,
         external_local=spec.get("externalTrafficPolicy") == "Local" and node_ports,
@@ -153,23 +147,23 @@ def service_view(svc: Obj) -> ServiceView:
 
 def slice_view(sl: Obj) -> SliceView:
     """The proxy's view of an EndpointSlice: IPv4 addresses only (the lab's pod network is IPv4)."""
-    meta = _map(sl.get("metadata"))
+    meta = as_dict(sl.get("metadata"))
     ns = str(meta.get("namespace", ""))
-    svc_name = _map(meta.get("labels")).get(SERVICE_NAME_LABEL)
+    svc_name = as_dict(meta.get("labels")).get(SERVICE_NAME_LABEL)
     ipv4 = sl.get("addressType", "IPv4") == "IPv4"
     ports = tuple(
         (str(sp.get("name") or ""), str(sp.get("protocol") or "TCP"), int(sp.get("port") or 0))
-        for sp in _list(sl.get("ports"))
+        for sp in as_list(sl.get("ports"))
         if isinstance(sp, dict)
     )
     endpoints = []
-    for e in _list(sl.get("endpoints")) if ipv4 else []:
+    for e in as_list(sl.get("endpoints")) if ipv4 else []:
         if not isinstance(e, dict):
             continue
-        cond = _map(e.get("conditions"))
+        cond = as_dict(e.get("conditions"))
         ready = cond.get("ready") is not False  # nil means ready (discovery/v1)
         serving = cond.get("serving", ready) is not False
-        for addr in _list(e.get("addresses")):
+        for addr in as_list(e.get("addresses")):
             try:
                 ip = str(ipaddress.IPv4Address(addr))
             except ValueError:

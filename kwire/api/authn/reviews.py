@@ -5,7 +5,6 @@ TokenReview and SelfSubjectReview (`kubectl auth whoami`), answered as kube-apis
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from kwire.api.authn.serviceaccount import (
 )
 from kwire.api.errors import ApiError, bad_request, invalid, invalid_object, not_found
 from kwire.api.user import UserInfo
+from kwire.base.timefmt import rfc3339
 
 Obj = dict[str, Any]
 Lookup = Callable[[str, str | None, str], Obj | None]
@@ -42,10 +42,6 @@ def token_request_path(path: str) -> tuple[str, str] | None:
 
 def _uid(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("uid", ""))
-
-
-def _rfc3339(seconds: int) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def token_request(
@@ -121,7 +117,7 @@ def token_request(
         "apiVersion": GROUP_VERSION,
         "metadata": meta,
         "spec": spec,
-        "status": {"token": issued.token, "expirationTimestamp": _rfc3339(issued.expires)},
+        "status": {"token": issued.token, "expirationTimestamp": rfc3339(issued.expires)},
     }
 
 

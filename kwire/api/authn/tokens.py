@@ -10,36 +10,18 @@ node join. Both live in the data dir (`token`, `agent-token`, 0600) and may be g
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kwire.base.files import atomic_write
+from kwire.base.jointoken import ca_hash, plain, secure_form
 
 SERVER_FILE = "token"
 AGENT_FILE = "agent-token"
 
-
-def plain(token: str) -> str:
-    """`K10<hash>::<user>:<secret>` -> `<secret>`; a plain token is returned as is."""
-    if token.startswith("K10") and "::" in token:
-        rest = token.split("::", 1)[1]
-        return rest.split(":", 1)[1] if ":" in rest else rest
-    return token
-
-
-def ca_hash(token: str) -> str | None:
-    """The CA hash a K10 token pins, else None."""
-    if token.startswith("K10") and "::" in token:
-        return token[3:].split("::", 1)[0]
-    return None
-
-
-def secure_form(secret: str, *, ca_pem: bytes, user: str = "server") -> str:
-    """K3s's secure token format for `secret`: `K10<sha256 of the CA certificate>::<user>:<secret>`."""
-    return f"K10{hashlib.sha256(ca_pem).hexdigest()}::{user}:{secret}"
+__all__ = ["AGENT_FILE", "SERVER_FILE", "JoinTokens", "ca_hash", "ensure_agent_token", "plain", "rotate", "secure_form"]
 
 
 def _equal(a: str, b: str) -> bool:

@@ -12,8 +12,6 @@ policybased ClusterRole storage).
 
 from __future__ import annotations
 
-from typing import Any
-
 from kwire.api.authz.attributes import Attributes
 from kwire.api.authz.chain import Authorization, forbidden_error
 from kwire.api.authz.rbac import CLUSTER_ROLES, GROUP, ROLE_BINDINGS, ROLES
@@ -21,11 +19,7 @@ from kwire.api.authz.rules import Rule, compact, compact_string, go_quote_list, 
 from kwire.api.errors import not_found
 from kwire.api.user import MASTERS, UserInfo, current_user
 from kwire.api.webhookadmission import Attributes as AdmissionAttributes
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
+from kwire.base.fields import as_dict
 
 FULL_AUTHORITY = (
     Rule(verbs=("*",), api_groups=("*",), resources=("*",)),
@@ -58,7 +52,7 @@ class EscalationCheck:
                         GROUP, plural, name, "must have cluster-admin privileges to use the aggregationRule"
                     )
             return
-        ref = _dict(obj.get("roleRef"))
+        ref = as_dict(obj.get("roleRef"))
         role_kind, role_name = str(ref.get("kind") or ""), str(ref.get("name") or "")
         role_plural = CLUSTER_ROLES if role_kind == "ClusterRole" else ROLES
         if self._may(user, "bind", role_plural, ns, role_name):  # kube asks in the binding's namespace

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import DELETED, Compacted, Store
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,7 @@ class Follower:
         self._task = asyncio.create_task(self._follow(revision))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     async def _relist(self) -> int:
         res = await self.store.range(self.prefix)

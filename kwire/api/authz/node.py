@@ -19,14 +19,11 @@ from typing import Any
 from kwire.api.authz.attributes import NO_OPINION, Attributes, Decision, Verdict
 from kwire.api.authz.bootstrappolicy import NODE_RULES
 from kwire.api.authz.rules import any_allows
+from kwire.base.fields import as_dict
 
 PODS_PREFIX = "/registry/core/pods/"
 Ref = tuple[str, str, str]  # (resource, namespace, name)
 GRAPHED = frozenset({"secrets", "configmaps", "persistentvolumeclaims", "persistentvolumes", "serviceaccounts"})
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _names(items: Any, field: str) -> Iterator[str]:
@@ -90,8 +87,8 @@ def _container_refs(containers: Any) -> Iterator[tuple[str, str]]:
 
 def pod_refs(pod: dict[str, Any]) -> tuple[str, frozenset[Ref]]:
     """The node a pod is bound to ("" when unscheduled) and every object it references."""
-    meta = _dict(pod.get("metadata"))
-    spec = _dict(pod.get("spec"))
+    meta = as_dict(pod.get("metadata"))
+    spec = as_dict(pod.get("spec"))
     ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     node = str(spec.get("nodeName") or "")
     found: set[tuple[str, str]] = {("serviceaccounts", str(spec.get("serviceAccountName") or "default"))}

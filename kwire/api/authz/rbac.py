@@ -21,6 +21,7 @@ from typing import Any
 from kwire.api.authz.attributes import NO_OPINION, Attributes, Decision, Verdict
 from kwire.api.authz.rules import Rule, allows, parse_rules
 from kwire.api.user import SERVICE_ACCOUNT_PREFIX, UserInfo
+from kwire.base.fields import as_dict
 
 GROUP = "rbac.authorization.k8s.io"
 PREFIX = f"/registry/{GROUP}/"
@@ -36,10 +37,6 @@ class Binding:
     role_kind: str  # Role | ClusterRole
     role_name: str
     subjects: tuple[str, ...]  # subject keys: "u:<user name>" (ServiceAccounts as their user name), "g:<group>"
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def subject_keys(raw: Any, binding_namespace: str) -> tuple[str, ...]:
@@ -118,7 +115,7 @@ class RbacIndex:
             self._unindex(old)
         if obj is None:
             return
-        ref = _dict(obj.get("roleRef"))
+        ref = as_dict(obj.get("roleRef"))
         binding = Binding(
             namespace=ns,
             name=name,

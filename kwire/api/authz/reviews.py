@@ -18,6 +18,7 @@ from kwire.api.authz.chain import Authorization
 from kwire.api.authz.rules import Rule
 from kwire.api.errors import FieldError, bad_request, invalid, invalid_object, required
 from kwire.api.user import UserInfo
+from kwire.base.fields import as_dict
 
 Obj = dict[str, Any]
 GROUP = "authorization.k8s.io"
@@ -28,10 +29,6 @@ SUBJECT, SELF, LOCAL, RULES = (
     "SelfSubjectRulesReview",
 )
 KINDS = (SUBJECT, SELF, LOCAL, RULES)
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _str(d: Obj, key: str) -> str:
@@ -53,7 +50,7 @@ def _attributes(user: UserInfo, spec: Obj) -> Attributes:
             namespace=_str(res, "namespace"),
             name=_str(res, "name"),
         )
-    non = _dict(spec.get("nonResourceAttributes"))
+    non = as_dict(spec.get("nonResourceAttributes"))
     return Attributes(user=user, verb=_str(non, "verb"), resource_request=False, path=_str(non, "path"))
 
 
@@ -79,14 +76,14 @@ def _check_attributes(spec: Obj) -> list[FieldError]:
 
 
 def _user_of_spec(spec: Obj) -> UserInfo:
-    extra_raw = _dict(spec.get("extra"))
+    extra_raw = as_dict(spec.get("extra"))
     extra = {str(k): tuple(str(x) for x in v) for k, v in extra_raw.items() if isinstance(v, list)}
     groups = tuple(g for g in spec.get("groups") or [] if isinstance(g, str))
     return UserInfo(name=_str(spec, "user"), groups=groups, uid=_str(spec, "uid"), extra=extra)
 
 
 def _answer(body: Obj, kind: str, status: Obj) -> Obj:
-    meta = _dict(body.get("metadata"))
+    meta = as_dict(body.get("metadata"))
     return {
         "kind": kind,
         "apiVersion": f"{GROUP}/v1",
@@ -106,8 +103,8 @@ def _access_status(authz: Authorization, a: Attributes) -> Obj:
 
 def review(kind: str, namespace: str | None, body: Obj, *, user: UserInfo, authz: Authorization) -> Obj:
     """Answer one review created by `user` (the request's user, after impersonation)."""
-    spec = _dict(body.get("spec"))
-    name = _str(_dict(body.get("metadata")), "name")
+    spec = as_dict(body.get("spec"))
+    name = _str(as_dict(body.get("metadata")), "name")
     if kind == RULES:
         return _answer(body, kind, rules_status(authz, user, _str(spec, "namespace")))
     errors = _check_attributes(spec)
@@ -119,7 +116,7 @@ def review(kind: str, namespace: str | None, body: Obj, *, user: UserInfo, authz
     if errors:
         raise invalid_object(GROUP, kind, name, errors)
     if kind == LOCAL:
-        ns = _str(_dict(spec.get("resourceAttributes")), "namespace")
+        ns = _str(as_dict(spec.get("resourceAttributes")), "namespace")
         if ns != (namespace or ""):
             raise bad_request(f"spec.resourceAttributes.namespace must match namespace: {namespace or ''}")
     subject = user if kind == SELF else _user_of_spec(spec)

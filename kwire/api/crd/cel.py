@@ -76,9 +76,26 @@ def _evaluate(prog: Any, activation: dict[str, Any]) -> Any:
         return exc
 
 
+# Whether a schema node has rules at or below it, per schema object (held so its id cannot be reused while
+# cached; bounded): the walk skips subtrees without rules instead of visiting every value.
+_RULES_BELOW_MAX = 4096
+_rules_below: dict[int, tuple[Schema, bool]] = {}
+
+
+def _has_rules_below(schema: Schema) -> bool:
+    held = _rules_below.get(id(schema))
+    if held is not None and held[0] is schema:
+        return held[1]
+    if len(_rules_below) >= _RULES_BELOW_MAX:
+        _rules_below.clear()
+    found = bool(_rules(schema))
+    _rules_below[id(schema)] = (schema, found)
+    return found
+
+
 def validate(schema: Schema | None, value: Any, old: Any, path: str) -> list[FieldError]:
     """Errors of every CEL rule under `schema` for `value` (`old` is the previous value, or _MISSING/None)."""
-    if not isinstance(schema, dict) or value is None:
+    if not isinstance(schema, dict) or value is None or not _has_rules_below(schema):
         return []
     errs: list[FieldError] = []
     for spec in schema.get("x-kubernetes-validations") or []:

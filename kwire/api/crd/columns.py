@@ -11,6 +11,7 @@ Hand-written: kube's subset is small, and a general JSONPath library would accep
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import Any
 
@@ -64,11 +65,18 @@ def parse_path(path: str) -> list[tuple[str, str]]:
     return steps
 
 
+@functools.lru_cache(maxsize=1024)  # bounded: paths come from users' CRDs; one parse per path, not per cell
+def _steps(path: str) -> tuple[tuple[str, str], ...] | None:
+    try:
+        return tuple(parse_path(path))
+    except ValueError:
+        return None
+
+
 def find(obj: Any, path: str) -> list[Any]:
     """Every value `path` selects in `obj` (empty when nothing matches or the path is outside the subset)."""
-    try:
-        steps = parse_path(path)
-    except ValueError:
+    steps = _steps(path)
+    if steps is None:
         return []
     current = [obj]
     for op, arg in steps:

@@ -6,8 +6,9 @@ they are held in are sent, in one ConversionReview per call, to the CRD's `conve
 answer must carry the request's uid, `result.status: Success` and as many `convertedObjects`, each at the desired
 apiVersion and of the same kind. As kube's `restoreObjectMeta` does, the converted objects keep the originals'
 metadata except labels and annotations. Any failure is kube's `conversion webhook for <group/version>,
-Kind=<Kind> failed: <reason>`, answered as a 500. The CRD is read from the store's live state per call, so a
-changed webhook applies at once. Strategy `None` stays in `custom.py` (only apiVersion changes).
+Kind=<Kind> failed: <reason>`, answered as a 500. The CRD is looked up in the store's live state per call, so a
+changed webhook applies at once; its `spec.conversion` is decoded once per CRD revision (every custom-resource
+write asks whether there is a webhook). Strategy `None` stays in `custom.py` (only apiVersion changes).
 """
 
 from __future__ import annotations
@@ -17,22 +18,38 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import orjson
 
 from kwire.api import webhookclient
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind
 from kwire.api.webhookclient import Lookup, WebhookCallError
+from kwire.store.base import KV
 
 Obj = dict[str, Any]
 
 TIMEOUT = 30  # seconds: kube-apiserver's conversion webhook client timeout
+_WEBHOOKS_MAX = 4096
+
+
+def _webhook_of(crd: Obj) -> Obj | None:
+    """The CRD's conversion webhook when its strategy is Webhook."""
+    conv = (crd.get("spec") or {}).get("conversion") or {}
+    if conv.get("strategy") != "Webhook":
+        return None
+    webhook = conv.get("webhook") or {}
+    return webhook if webhook.get("clientConfig") else None
 
 
 class WebhookConverter:
-    def __init__(self, *, crd: Callable[[str], Obj | None], lookup: Lookup) -> None:
+    def __init__(self, *, crd: Callable[[str], KV | None], lookup: Lookup) -> None:
+        """`crd` gives the stored CRD of a name (the store's live state), or None."""
         self._crd = crd
         self.lookup = lookup
         self._session: aiohttp.ClientSession | None = None
+        # CRD name -> (the revision read, its webhook or None); an entry goes when it is asked for a CRD that is
+        # gone, and all go past _WEBHOOKS_MAX names (CRDs created and deleted under ever new names).
+        self._webhooks: dict[str, tuple[int, Obj | None]] = {}
 
     async def close(self) -> None:
         if self._session is not None:
@@ -42,12 +59,19 @@ class WebhookConverter:
         """The CRD's conversion webhook when its strategy is Webhook."""
         if kind.custom is None:
             return None
-        crd = self._crd(kind.custom.crd_name)
-        conv = ((crd or {}).get("spec") or {}).get("conversion") or {}
-        if conv.get("strategy") != "Webhook":
+        name = kind.custom.crd_name
+        kv = self._crd(name)
+        if kv is None:
+            self._webhooks.pop(name, None)
             return None
-        webhook = conv.get("webhook") or {}
-        return webhook if webhook.get("clientConfig") else None
+        held = self._webhooks.get(name)
+        if held is not None and held[0] == kv.mod_revision:
+            return held[1]
+        webhook = _webhook_of(orjson.loads(kv.value))
+        if len(self._webhooks) >= _WEBHOOKS_MAX:
+            self._webhooks.clear()
+        self._webhooks[name] = (kv.mod_revision, webhook)
+        return webhook
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kwire.api.crd import cel, schema
-from kwire.api.crd.schema import Schema
+from kwire.api.crd import cel
+from kwire.api.crd.schema import Node, Schema
 from kwire.api.errors import FieldError, bad_request
 from kwire.api.fields import FieldSelector
 from kwire.api.registry import CustomVersion, Kind
@@ -24,7 +24,8 @@ _GENERIC = ("metadata", "apiVersion", "kind")
 
 
 def derive(version: CustomVersion) -> CustomVersion:
-    """`version` with what every request needs precomputed: the body schema, whether it defaults, has CEL."""
+    """`version` with what every request needs precomputed: the schema and the body schema compiled (once per
+    served CRD version, as kube builds a CRD's structural schema once), whether it has CEL rules."""
     s = version.schema
     if s is None:
         return version
@@ -33,8 +34,10 @@ def derive(version: CustomVersion) -> CustomVersion:
     if required:
         body["required"] = required
     body["properties"] = {k: v for k, v in (s.get("properties") or {}).items() if k not in _GENERIC}
+    shared: dict[int, Node] = {}  # the body's spec/status nodes are the whole schema's
+    node = Node(s, shared=shared)
     return dataclasses.replace(
-        version, body_schema=body, defaults=schema.defaults_only(s), has_rules=cel.has_rules(body)
+        version, body_schema=body, node=node, body_node=Node(body, shared=shared), has_rules=cel.has_rules(body)
     )
 
 
@@ -75,26 +78,26 @@ def prepare_write(kind: Kind, obj: Obj) -> list[str]:
         for k in [k for k in meta if k not in _OBJECT_META]:
             del meta[k]
             dropped.append(f"metadata.{k}")
-    s = kind.custom.schema
-    if s is None:
+    node: Node | None = kind.custom.node
+    if node is None:
         return dropped
-    if kind.custom.defaults is not None:
-        schema.apply_defaults(kind.custom.defaults, obj)
-    if not kind.custom.preserve_unknown:
-        dropped += schema.prune(s, obj, root=True)
+    if kind.custom.preserve_unknown:
+        node.apply_defaults(obj)
+    else:  # one walk: each object defaulted, then pruned
+        dropped += node.prune(obj, root=True, defaults=True)
     return dropped
 
 
 def validate(kind: Kind, obj: Obj, old: Obj | None) -> list[FieldError]:
     """Schema and CEL errors of `obj` (metadata is validated by the generic path)."""
     assert kind.custom is not None
-    body_schema = kind.custom.body_schema
-    if body_schema is None:
+    body_node: Node | None = kind.custom.body_node
+    if body_node is None:
         return []
     body = {k: v for k, v in obj.items() if k not in _GENERIC}
-    errs = schema.validate(body_schema, body, "")
+    errs = body_node.validate(body, "")
     if kind.custom.has_rules:  # a root rule sees the whole object, metadata included, as in kube
-        errs += cel.validate(body_schema, obj, old, "")
+        errs += cel.validate(kind.custom.body_schema, obj, old, "")
     return errs
 
 
@@ -103,8 +106,9 @@ def present(kind: Kind, obj: Obj) -> Obj:
     assert kind.custom is not None
     if obj.get("apiVersion") != kind.api_version:
         obj["apiVersion"] = kind.api_version
-    if kind.custom.defaults is not None:
-        schema.apply_defaults(kind.custom.defaults, obj)
+    node: Node | None = kind.custom.node
+    if node is not None:
+        node.apply_defaults(obj)
     return obj
 
 
