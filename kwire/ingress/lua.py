@@ -7,7 +7,10 @@ control socket (`/routes`): it is compiled there once (a chunk that does not com
 old one keeps serving), stored in the shared dict, and each worker loads it when the dict's `routes_v` changes,
 indexing the routers of each entrypoint by host. A route change is therefore never an nginx reload.
 
-Per request (each entrypoint's server runs `kw_route(ep)` in its rewrite phase): the routers of the request's
+Per request, first `kw_fast(ep)` (the server's `set_by_lua`; the versions in the shared dict are read at most once
+per millisecond tick, the rules' request table is reused): when the request's router has no middleware and no
+sticky cookie, its backend goes straight to `$kw_b` and nginx proxies; otherwise `kw_route(ep)` (the `@kw`
+location's rewrite phase) does the whole work: the routers of the request's
 host and the unpinned ones, merged in the chunk's priority order, are tried; the first whose rule matches wins
 (none: 404; a router whose Service does not exist, `nf`: 404): its middlewares run in order (`kw_mw_run`: each
 may answer itself: a redirect, 401, 403, 429, or change the request: path, headers), a service is picked by
@@ -97,11 +100,22 @@ ROUTER_LUA = r"""
       end
       return x
     end
+    -- Every route's request flags, computed once per chunk: `fast` when the router needs nothing but a backend
+    -- (no middleware, a Service that exists, no sticky cookie), `any` when its rule is `true` (Prefix /).
+    local function kw_flags(routes)
+      for _, rt in ipairs(routes) do
+        local fast = #rt.mw == 0 and not rt.nf
+        for _, s in ipairs(rt.svc) do if s.sticky then fast = false end end
+        rt.fast = fast
+      end
+    end
+
     kw_cfg_v = -1; kw_cfg = {routes = {}, mw = {}, hf = false, web = {hosts = {}, any = {}},
                              websecure = {hosts = {}, any = {}}}; kw_wrr = {}
     -- What a chunk's table becomes in this worker (the control socket's worker uses it at once: no second compile)
     kw_use = {}
     function kw_use.routes(res, v)
+      kw_flags(res.routes)
       res.web = kw_index(res.routes, "web")
       res.websecure = kw_index(res.routes, "websecure")
       -- the header filter has work only with response headers or sticky cookies
@@ -135,6 +149,39 @@ ROUTER_LUA = r"""
       for k, v in pairs(headers or {}) do ngx.header[k] = v end
       ngx.print(body)
       return ngx.exit(ngx.HTTP_OK)
+    end
+
+    -- The common path (`kw_fast`, the servers' `set_by_lua`, no coroutine, no ngx.ctx, no table made): the
+    -- request's router as kw_route finds it; when it is `fast`, its backend (weighted round-robin among its
+    -- services) is the value of $kw_b and nginx proxies at once. Anything else (no router: 404, a missing Service,
+    -- middlewares, sticky cookies, no weighted service) returns "" and the server sends the request to its `@kw`
+    -- location, where kw_route (rewrite phase) and the header filter do the whole work as before.
+    local RQ = {host = "", path = ""}  -- the rules' request table, reused: set_by_lua runs to completion
+    local var = ngx.var
+    function kw_fast(ep)
+      kw_sync()
+      local cfg = kw_cfg
+      local routes, x = cfg.routes, cfg[ep]
+      local host = var.host or ""
+      local hl, al = x.hosts[host] or EMPTY, x.any
+      local i, j = 1, 1
+      local r
+      while true do
+        local a, b = hl[i], al[j]
+        local rt
+        if a and (not b or a < b) then rt = routes[a]; i = i + 1
+        elseif b then rt = routes[b]; j = j + 1
+        else return "" end
+        if not rt.any and not r then
+          r = RQ
+          r.host = host; r.path = var.uri; r.h = nil; r.a = nil; r.method = nil
+        end
+        if rt.any or rt.m(r) then
+          if not rt.fast then return "" end
+          local svc = kw_pick_service(rt)
+          return svc and svc.b or ""
+        end
+      end
     end
 
     -- The request's router: the first, in priority order, of its host's routers and the unpinned ones whose rule
@@ -378,6 +425,7 @@ ROUTES_CONTROL_LUA = r"""
         local sok, serr = d:set(KEY, body)
         if not sok then ngx.status = 507; ngx.say(serr); return ngx.exit(ngx.HTTP_OK) end
         kw_use[KEY](res, d:incr(KEY .. "_v", 1, 0))
+        kw_tick = -1
         ngx.say("ok")
 """
 

@@ -9,8 +9,12 @@ ingress-nginx's dynamic configuration), `POST /routes` (the router's Lua chunk, 
 certificates served by SNI). Each worker reloads what changed on its next request (a version counter per kind).
 
 Servers: one per entrypoint, `web` on the HTTP port and `websecure` on the HTTPS port (TLS, HTTP/2 by ALPN); both
-run the Lua router (lua.py) in their rewrite phase and proxy to one upstream whose `balancer_by_lua` takes the
-backend the router chose (`$kw_b`) and picks its next ready endpoint (round-robin per worker; sticky cookies). A backend
+run the Lua router (lua.py) and proxy to one upstream whose `balancer_by_lua` takes the backend the router chose
+(`$kw_b`) and picks its next ready endpoint (round-robin per worker; sticky cookies). The common path (a router with
+no middleware and no sticky cookie) is decided in the server's `set_by_lua` (no Lua coroutine, no ngx.ctx, no header
+filter: what ingress-nginx's balancer.lua also keeps off its per-request path); everything else goes, by an internal
+status and `error_page`, to the `@kw` location whose rewrite phase runs the whole router and whose header filter
+sets response headers and cookies. A backend
 with no ready endpoint is sent to a 127.0.0.1 listener answering 503 (Traefik's "no available server"). The HTTPS
 server has the generated default certificate and swaps in a Secret's certificate by SNI
 (`ssl_certificate_by_lua`, lua.py's `kw_cert`). Request headers to backends as Traefik sets them: Host unchanged,
@@ -27,24 +31,38 @@ from pathlib import Path
 from kwire.ingress.lua import CERTS_LUA, ROUTER_LUA, ROUTES_CONTROL_LUA
 
 HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+SLOW_STATUS = 599  # internal only: never sent, it sends a request to the whole router (`@kw`)
 PATH_RE = re.compile(r"^/[A-Za-z0-9._~!&'()*+,;=:@%/-]*$")  # no `$` (nginx variables), no quotes/spaces
 
 BALANCER_LUA = r"""
     kw_version = -1; kw_peers = {}; kw_rr = {}; kw_balancer = require "ngx.balancer"
-    function kw_pick()
+    local function kw_load_peers(d, v)
+      kw_peers = {}
+      for _, k in ipairs(d:get_keys(0)) do
+        if k:byte(1) == 98 and k:byte(2) == 58 then
+          local list = {}
+          for host, port in (d:get(k) or ""):gmatch("([^%s:]+):(%d+)") do list[#list + 1] = {host, tonumber(port)} end
+          kw_peers[k:sub(3)] = list
+        end
+      end
+      kw_version = v
+    end
+    -- The shared dict's versions (backends, routes) are read at most once per tick of nginx's cached clock (a
+    -- millisecond; a new tick every event-loop turn under load), not twice per request: each read locks the zone.
+    -- The control requests reset the tick of their worker, so what they stored is used by its next request.
+    kw_tick = -1
+    local now = ngx.now
+    function kw_sync()
+      local t = now()
+      if t == kw_tick then return end
+      kw_tick = t
       local d = ngx.shared.kwire
       local v = d:get("version") or 0
-      if v ~= kw_version then
-        kw_peers = {}
-        for _, k in ipairs(d:get_keys(0)) do
-          if k:byte(1) == 98 and k:byte(2) == 58 then
-            local list = {}
-            for host, port in (d:get(k) or ""):gmatch("([^%s:]+):(%d+)") do list[#list + 1] = {host, tonumber(port)} end
-            kw_peers[k:sub(3)] = list
-          end
-        end
-        kw_version = v
-      end
+      if v ~= kw_version then kw_load_peers(d, v) end
+      kw_config()
+    end
+    function kw_pick()
+      kw_sync()
       -- the Lua router's choice (lua.py); ngx.ctx only where a sticky cookie can be involved
       local key = ngx.var.kw_b
       local peers = kw_peers[key]
@@ -100,6 +118,7 @@ CONTROL_LUA = r"""
           end
         end
         d:incr("version", 1, 0)
+        kw_tick = -1
         if ngx.var.arg_full == "1" then d:set("ready", true) end  -- the controller's whole first sync is in
         ngx.say("ok")
 """
@@ -149,6 +168,24 @@ def valid_host(host: str) -> bool:
 
 def valid_path(path: str) -> bool:
     return bool(PATH_RE.match(path)) and "//" not in path
+
+
+def _route_lines(ep: str) -> list[str]:
+    """An entrypoint's routing: the common path in `set_by_lua` (lua.py's `kw_fast`: the backend, or "" for
+    anything else), then nginx proxies at once; "" goes to the `@kw` location (by the error_page of an internal
+    status, which keeps method, URI and the unread body) whose rewrite phase runs the whole router (`kw_route`:
+    404, 503, middlewares, sticky cookies) and whose header filter sets response headers and cookies."""
+    return [
+        f'    set_by_lua_block $kw_b {{ return kw_fast("{ep}") }}',
+        f"    error_page {SLOW_STATUS} = @kw;",
+        f'    if ($kw_b = "") {{ return {SLOW_STATUS}; }}',
+        "    location / { proxy_pass http://kwire_dyn; }",
+        "    location @kw {",
+        f'      rewrite_by_lua_block {{ kw_route("{ep}") }}',
+        "      header_filter_by_lua_block { kw_hf() }",
+        "      proxy_pass http://kwire_dyn;",
+        "    }",
+    ]
 
 
 def render(rd: Render, paths: Paths) -> str:
@@ -225,10 +262,7 @@ def render(rd: Render, paths: Paths) -> str:
         "  server {",
         f"    listen {rd.http_port} default_server reuseport;",  # a socket per worker: connections spread by the kernel
         "    server_name _;",
-        '    set $kw_b "";',  # the backend the router chooses (lua.py)
-        '    rewrite_by_lua_block { kw_route("web") }',
-        "    header_filter_by_lua_block { kw_hf() }",
-        "    location / { proxy_pass http://kwire_dyn; }",
+        *_route_lines("web"),
         "  }",
         "  server {",
         f"    listen {rd.https_port} ssl http2 default_server reuseport;",
@@ -236,10 +270,7 @@ def render(rd: Render, paths: Paths) -> str:
         f"    ssl_certificate {paths.default_cert};",
         f"    ssl_certificate_key {paths.default_cert};",
         "    ssl_certificate_by_lua_block { kw_cert() }",
-        '    set $kw_b "";',
-        '    rewrite_by_lua_block { kw_route("websecure") }',
-        "    header_filter_by_lua_block { kw_hf() }",
-        "    location / { proxy_pass http://kwire_dyn; }",
+        *_route_lines("websecure"),
         "  }",
         "}",
     ]

@@ -107,7 +107,7 @@ def lua_config(routers: list[Router], middlewares: dict[str, str]) -> str:
         lines.append(
             f"  {{id = {lua_str(r.id)}, web = {_bool(WEB in r.entrypoints)},"
             f" websecure = {_bool(WEBSECURE in r.entrypoints)}, h = {hosts},"
-            f" m = function(r) return {r.match} end,"
+            f" m = function(r) return {r.match} end,{' any = true,' if r.match == 'true' else ''}"
             f" mw = {{{', '.join(lua_str(m) for m in r.middlewares)}}}, {body}}},"
         )
     lines.append("}")

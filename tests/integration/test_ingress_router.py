@@ -40,11 +40,12 @@ NS = f"kwire-irt{os.environ.get('KWIRE_TEST_ID', '')}{os.getpid() % 10000}"
 HTTP, HTTPS, PING, NOEP = 18180, 18443, 18900, 18901
 PORT_A, PORT_B, PORT_C = 18201, 18202, 18203
 ECHO = """
-import json, sys
+import hashlib, json, sys
 from aiohttp import web
 async def handle(request):
+    data = await request.read()
     body = {"port": int(sys.argv[1]), "path": request.path_qs, "method": request.method,
-            "headers": dict(request.headers)}
+            "headers": dict(request.headers), "body": len(data), "md5": hashlib.md5(data).hexdigest()}
     return web.json_response(body, headers={"X-Backend": sys.argv[1], "X-Drop": "me"})
 app = web.Application()
 app.router.add_route("*", "/{tail:.*}", handle)
@@ -339,6 +340,32 @@ async def test_path_and_header_middlewares(plane: Plane) -> None:
     # The Ingress annotation router.middlewares runs the same middlewares on its paths.
     code, body, headers = curl("ing.test", "/strip/i")
     assert (code, body["path"], body["headers"]["X-Added"], headers["x-resp"]) == (200, "/i", "yes", "r")
+
+
+async def test_bodies_and_forwarded_headers_on_the_common_path_and_through_middlewares(plane: Plane) -> None:
+    """A route with no middleware is proxied straight from nginx's server rewrite phase (lua.py's `kw_fast`); one
+    with middlewares goes through the whole router (`@kw`): both pass the method, a 300 kB body unread by the
+    router, and the same forwarded headers."""
+    data = os.urandom(300_000)
+    want_md5 = hashlib.md5(data).hexdigest()
+    d = Path(tempfile.mkdtemp(prefix="kwire-irt-body-"))
+    try:
+        (d / "body").write_bytes(data)
+        got = {}
+        for host, path in (("a.test", "/api/up"), ("mw.test", "/strip/up"), ("ing.test", "/up")):
+            code, body, _ = curl(host, path, "-X", "PUT", "--data-binary", f"@{d / 'body'}",
+                                 "-H", "Content-Type: application/octet-stream")  # fmt: skip
+            assert code == 200, (host, body)
+            assert (body["method"], body["body"], body["md5"]) == ("PUT", len(data), want_md5), host
+            h = {k.lower(): v for k, v in body["headers"].items()}
+            got[host] = {k: h.get(k) for k in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                                                "x-forwarded-port", "x-forwarded-server", "x-real-ip")}  # fmt: skip
+            assert got[host]["x-forwarded-host"] == host and got[host]["x-real-ip"] == "127.0.0.1", got[host]
+        assert {k: v for k, v in got["a.test"].items() if k != "x-forwarded-host"} == {
+            k: v for k, v in got["mw.test"].items() if k != "x-forwarded-host"
+        }
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 async def test_basic_auth_with_apr1_bcrypt_and_sha1(plane: Plane) -> None:
