@@ -74,8 +74,8 @@ def export(ref: str, into: Path) -> Path:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--plane":
-        ns, d, http, noep, ping = sys.argv[2:7]
-        plane_main(ns, Path(d), int(http), int(noep), int(ping))
+        pns, pdir, http, noep, ping = sys.argv[2:7]
+        plane_main(pns, Path(pdir), int(http), int(noep), int(ping))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", action="append", default=[], help="a git ref to compare with (repeatable)")
