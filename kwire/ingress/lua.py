@@ -187,7 +187,7 @@ ROUTER_LUA = r"""
     -- The request's router: the first, in priority order, of its host's routers and the unpinned ones whose rule
     -- matches; none -> 404.
     function kw_route(ep)
-      local cfg = kw_config()
+      local cfg = kw_cfg  -- as kw_fast (this request's first step) found it
       local routes, x = cfg.routes, cfg[ep]
       local r = {host = ngx.var.host or "", path = ngx.var.uri}
       local hl, al = x.hosts[r.host] or EMPTY, x.any
@@ -374,7 +374,7 @@ ROUTER_LUA = r"""
     end
 
     function kw_mw_run(list)
-      local mws = kw_config().mw
+      local mws = kw_cfg.mw  -- the chunk the router matched in
       for _, id in ipairs(list) do
         local m = mws[id]
         if not m then

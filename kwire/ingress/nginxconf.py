@@ -49,7 +49,8 @@ BALANCER_LUA = r"""
     end
     -- The shared dict's versions (backends, routes) are read at most once per tick of nginx's cached clock (a
     -- millisecond; a new tick every event-loop turn under load), not twice per request: each read locks the zone.
-    -- The control requests reset the tick of their worker, so what they stored is used by its next request.
+    -- Called once per request, by kw_fast (every request's first step); the control requests reset the tick of
+    -- their worker, so what they stored is used by its next request.
     kw_tick = -1
     local now = ngx.now
     function kw_sync()
@@ -61,8 +62,7 @@ BALANCER_LUA = r"""
       if v ~= kw_version then kw_load_peers(d, v) end
       kw_config()
     end
-    function kw_pick()
-      kw_sync()
+    function kw_pick()  -- the versions were checked by this request's kw_fast (nginxconf's set_by_lua)
       -- the Lua router's choice (lua.py); ngx.ctx only where a sticky cookie can be involved
       local key = ngx.var.kw_b
       local peers = kw_peers[key]
