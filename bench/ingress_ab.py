@@ -7,7 +7,7 @@ bench/ingress.py measures the whole add-on (controller + nginx) against nginx by
 machine its runs differ from each other as much as a change does. This one runs, in one network namespace of our own
 (`kwire-ab<pid>`, loopback only, removed at the end), the same 10 nginx backends and hand-made nginx as
 bench/ingress.py (its helpers), and one data plane per tree: this checkout and each `--against` git ref (exported
-with `git archive` into a temporary directory). A tree's data plane is its own kwire.ingress (nginxconf.render,
+with `git archive` into a temporary directory) or directory (a kwire tree, e.g. a variant made by hand). A tree's data plane is its own kwire.ingress (nginxconf.render,
 the router's chunk of one Ingress `bench.local` Prefix / -> the 10 endpoints, pushed through its control socket as
 the controller does), started by a child of this script with that tree first on PYTHONPATH; no API server, no
 controller. Every proxy has one worker pinned to core 0; wrk (1 thread, keep-alive) and the backends share core 1.
@@ -65,7 +65,9 @@ def plane_main(ns: str, d: Path, http: int, noep: int, ping: int) -> None:
 
 
 def export(ref: str, into: Path) -> Path:
-    """The tree of a git ref, exported into a directory."""
+    """The tree of a git ref, exported into a directory (a directory given is used as it is: a variant by hand)."""
+    if Path(ref).is_dir():
+        return Path(ref).resolve()
     into.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
@@ -78,7 +80,9 @@ def main() -> int:
         plane_main(pns, Path(pdir), int(http), int(noep), int(ping))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--against", action="append", default=[], help="a git ref to compare with (repeatable)")
+    ap.add_argument(
+        "--against", action="append", default=[], help="a git ref or a kwire tree to compare with (repeatable)"
+    )
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=64)
