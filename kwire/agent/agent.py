@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
-import signal
 import socket
 import ssl
 import subprocess
@@ -41,7 +40,7 @@ from kwire.agent.netpol.controller import NetworkPolicyController, delete_table
 from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse_taints
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
-from kwire.base import memory
+from kwire.base import jointoken, memory, process
 from kwire.base.files import private_dir
 from kwire.client import ApiClient, Informers
 from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
@@ -65,22 +64,14 @@ def _fetch_ca(server: str, token: str) -> bytes:
     ctx.verify_mode = ssl.CERT_NONE
     with urllib.request.urlopen(server.rstrip("/") + "/cacerts", context=ctx, timeout=5) as r:  # noqa: S310
         ca = bytes(r.read())
-    if token.startswith("K10") and "::" in token:
-        want = token[3:].split("::", 1)[0]
+    want = jointoken.ca_hash(token)
+    if want is not None:
         got = hashlib.sha256(ca).hexdigest()
         if want != got:
             raise AgentError(f"the server's CA hash {got} does not match the token's {want}")
     else:
         log.warning("agent: trusting the server CA on first use (use a K10... token to pin it)")
     return ca
-
-
-def _plain_token(token: str) -> str:
-    """`K10<hash>::server:<secret>` -> `<secret>` (K3s's secure token format); a plain token is returned as is."""
-    if token.startswith("K10") and "::" in token:
-        rest = token.split("::", 1)[1]
-        return rest.split(":", 1)[1] if ":" in rest else rest
-    return token
 
 
 def _addresses() -> list[tuple[str, str]]:
@@ -201,7 +192,7 @@ async def _node_credentials(cfg: AgentConfig, *, node_name: str, node_ip: str) -
     end = loop.time() + 60
     while True:
         try:
-            issued = await creds.ensure(token=_plain_token(cfg.token))
+            issued = await creds.ensure(token=jointoken.plain(cfg.token))
             break
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             if loop.time() > end:
@@ -433,11 +424,6 @@ async def start(cfg: AgentConfig) -> Agent:
 async def run(cfg: AgentConfig) -> None:
     memory.one_arena()  # before the first worker thread (kwire/base/memory.py)
     agent = await start(cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     print(f"kwire agent ready: node {agent.registration.ident.name}", flush=True)
-    await stop.wait()
+    await process.wait_for_stop_signal()
     await agent.close()
