@@ -15,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from kwire.lab.start import FAST_LEADER_ELECTION
 from tests.integration.apiserver import ServerProcess, free_port
 
-TIMING = [
-    "--leader-elect-lease-duration",
-    "4",
-    "--leader-elect-renew-deadline",
-    "3",
-    "--leader-elect-retry-period",
-    "1",
-]
+TIMING = list(FAST_LEADER_ELECTION)
 # etcd's own default timing (K3s's 500 ms / 5 s suits slow disks; on tmpfs-like test dirs fail-over is faster).
 ETCD_TIMING = ["--etcd-arg", "heartbeat-interval=100", "--etcd-arg", "election-timeout=1000"]
 BASE = ["--disable", "coredns,servicelb,traefik,metrics-server", *TIMING, *ETCD_TIMING]

@@ -19,17 +19,11 @@ import pytest
 from kwire.agent.servers import server_urls
 from kwire.client import ApiClient, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, SERVICES, ApiStatusError
+from kwire.lab.start import FAST_LEADER_ELECTION
 from tests.integration.apiserver import ServerProcess, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-TIMING = [
-    "--leader-elect-lease-duration",
-    "4",
-    "--leader-elect-renew-deadline",
-    "3",
-    "--leader-elect-retry-period",
-    "1",
-]
+TIMING = list(FAST_LEADER_ELECTION)
 
 
 @pytest.fixture

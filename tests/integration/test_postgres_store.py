@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from kwire.api.certs import ensure_pki
+from kwire.lab.start import FAST_LEADER_ELECTION
 from kwire.store.base import ADDED, KeyExists, RevisionMismatch, StoreError
 from kwire.store.postgres import PostgresStore, prepare_dsn, redact
 from tests.integration.apiserver import ServerProcess, free_port
@@ -297,14 +298,7 @@ def test_kwire_server_refused_by_the_database_says_so(pg: Postgres, tmp_path: Pa
     assert "Traceback" not in res.stderr and PASSWORD not in res.stderr + res.stdout
 
 
-TIMING = [
-    "--leader-elect-lease-duration",
-    "4",
-    "--leader-elect-renew-deadline",
-    "3",
-    "--leader-elect-retry-period",
-    "1",
-]
+TIMING = list(FAST_LEADER_ELECTION)
 
 
 def _server(root: Path, name: str, pg: Postgres, database: str) -> ServerProcess:
