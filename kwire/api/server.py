@@ -241,9 +241,15 @@ def _dry_run(request: web.Request) -> bool:
 
 
 def _connect_options(request: web.Request, subresource: str) -> Obj:
-    """The PodExecOptions/PodAttachOptions object CONNECT admission sees, from the query."""
+    """The PodExecOptions/PodAttachOptions/PodPortForwardOptions object CONNECT admission sees, from the query."""
     q = request.query
-    opts: Obj = {"kind": "PodExecOptions" if subresource == "exec" else "PodAttachOptions", "apiVersion": "v1"}
+    if subresource == "portforward":
+        opts: Obj = {"kind": "PodPortForwardOptions", "apiVersion": "v1"}
+        ports = [int(p) for v in q.getall("ports", []) for p in v.split(",") if p.strip().isdigit()]
+        if ports:
+            opts["ports"] = ports
+        return opts
+    opts = {"kind": "PodExecOptions" if subresource == "exec" else "PodAttachOptions", "apiVersion": "v1"}
     for flag in ("stdin", "stdout", "stderr", "tty"):
         if q.get(flag, "").lower() in ("1", "true"):
             opts[flag] = True
@@ -494,7 +500,7 @@ class ApiServer:
                 name=target.name,
                 kubelet_ssl=self.kubelet_ssl,
             )
-        if target.kind.kind == "Pod" and target.subresource in ("exec", "attach") and target.name:
+        if target.kind.kind == "Pod" and target.subresource in ("exec", "attach", "portforward") and target.name:
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed()
             await self.resources.connect(
@@ -510,23 +516,7 @@ class ApiServer:
                 namespace=target.namespace or "",
                 name=target.name,
                 kubelet_ssl=self.kubelet_ssl,
-                verb=target.subresource,
-            )
-        if target.kind.kind == "Pod" and target.subresource == "portforward" and target.name:
-            if request.method not in ("GET", "POST"):
-                raise method_not_allowed()
-            options: Obj = {"kind": "PodPortForwardOptions", "apiVersion": "v1"}
-            ports = [int(p) for v in request.query.getall("ports", []) for p in v.split(",") if p.strip().isdigit()]
-            if ports:
-                options["ports"] = ports
-            await self.resources.connect(target.kind, target.namespace or "", target.name, "portforward", options)
-            return await kubeletproxy.pod_stream(
-                request,
-                self.resources,
-                namespace=target.namespace or "",
-                name=target.name,
-                kubelet_ssl=self.kubelet_ssl,
-                verb="portForward",
+                verb="portForward" if target.subresource == "portforward" else target.subresource,
             )
         if (
             target.subresource
