@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,24 @@ async def until(fn: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what
             last = exc
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+async def all_present(c: ApiClient, *, objects: tuple[tuple[Any, str], ...]) -> bool:
+    """Every (resource, name) of an add-on is in kube-system (a missing one raises NotFound for `until`)."""
+    for res, name in objects:
+        await c.get(res, name, "kube-system")
+    return True
+
+
+async def all_gone(c: ApiClient, *, objects: tuple[tuple[Any, str], ...]) -> bool:
+    """None of an add-on's (resource, name) is left in kube-system."""
+    for res, name in objects:
+        try:
+            await c.get(res, name, "kube-system")
+            return False
+        except NotFound:
+            pass
+    return True
 
 
 def _cfg(tmp: Path, port: int, **kw: Any) -> ServerConfig:
@@ -85,17 +104,8 @@ async def test_coredns_addon_follows_nodes_and_disable_removes_it(tmp_path: Path
     srv = await start(_cfg(tmp_path, port, cluster_domain="edge.local", disable=("coredns",)))
     try:
         async with ApiClient(load_kubeconfig(str(tmp_path / "kubeconfig"))) as c:
-
-            async def gone() -> bool:
-                for res, name in ((DEPLOYMENTS, "coredns"), (SERVICES, "kube-dns"), (CONFIGMAPS, "coredns")):
-                    try:
-                        await c.get(res, name, "kube-system")
-                        return False
-                    except NotFound:
-                        pass
-                return True
-
-            await until(gone, what="coredns add-on removed")
+            coredns = ((DEPLOYMENTS, "coredns"), (SERVICES, "kube-dns"), (CONFIGMAPS, "coredns"))
+            await until(partial(all_gone, c, objects=coredns), what="coredns add-on removed")
             assert (await c.get(CONFIGMAPS, "coredns-custom", "kube-system"))["data"] == {"hosts": "1.2.3.4 x"}
     finally:
         await srv.close()

@@ -11,7 +11,7 @@ from kwire.client import ApiClient, NotFound, load_kubeconfig
 from kwire.client.client import CRDS, DEPLOYMENTS, INGRESSCLASSES, MIDDLEWARES, SERVICES
 from kwire.server import start
 from tests.integration.apiserver import free_port
-from tests.integration.test_addons import _cfg, until
+from tests.integration.test_addons import _cfg, all_gone, all_present, until
 
 OBJECTS = (
     (DEPLOYMENTS, "traefik"),
@@ -30,20 +30,8 @@ TRAEFIK_CRDS = {
 }
 
 
-async def _present(c: ApiClient) -> bool:
-    for res, name in OBJECTS:
-        await c.get(res, name, "kube-system")
-    return True
-
-
-async def _gone(c: ApiClient) -> bool:
-    for res, name in OBJECTS:
-        try:
-            await c.get(res, name, "kube-system")
-            return False
-        except NotFound:
-            pass
-    return True
+_present = partial(all_present, objects=OBJECTS)
+_gone = partial(all_gone, objects=OBJECTS)
 
 
 async def _served(c: ApiClient, mw: dict[str, object]) -> bool:

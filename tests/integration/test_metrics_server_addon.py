@@ -8,11 +8,11 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from kwire.client import ApiClient, NotFound, load_kubeconfig
+from kwire.client import ApiClient, load_kubeconfig
 from kwire.client.client import APISERVICES, CLUSTERROLES, DEPLOYMENTS, SERVICES, ApiStatusError
 from kwire.server import start
 from tests.integration.apiserver import free_port
-from tests.integration.test_addons import _cfg, until
+from tests.integration.test_addons import _cfg, all_gone, all_present, until
 
 OBJECTS = (
     (DEPLOYMENTS, "metrics-server"),
@@ -22,20 +22,8 @@ OBJECTS = (
 )
 
 
-async def _present(c: ApiClient) -> bool:
-    for res, name in OBJECTS:
-        await c.get(res, name, "kube-system")
-    return True
-
-
-async def _gone(c: ApiClient) -> bool:
-    for res, name in OBJECTS:
-        try:
-            await c.get(res, name, "kube-system")
-            return False
-        except NotFound:
-            pass
-    return True
+_present = partial(all_present, objects=OBJECTS)
+_gone = partial(all_gone, objects=OBJECTS)
 
 
 async def _condition(c: ApiClient) -> dict[str, str] | None:
