@@ -220,25 +220,25 @@ class ClientCa:
         return cert, loaded
 
 
-def ensure_client_ca(data_dir: Path) -> ClientCa:
-    """The client CA under `<data-dir>/tls/`, created on first use and kept."""
+def _ensure_ca(data_dir: Path, stem: str) -> ClientCa:
+    """`<data-dir>/tls/<stem>.crt`/`.key`, created on first use (CN `kwire-<stem>@<unix time>`) and kept."""
     tls = Path(data_dir) / "tls"
-    ca = ClientCa(tls / "client-ca.crt", tls / "client-ca.key")
+    ca = ClientCa(tls / f"{stem}.crt", tls / f"{stem}.key")
     if not (ca.cert.exists() and ca.key.exists()):
         now = dt.datetime.now(dt.UTC)
-        _new_ca(ca.cert, ca.key, common_name=f"kwire-client-ca@{int(now.timestamp())}")
+        _new_ca(ca.cert, ca.key, common_name=f"kwire-{stem}@{int(now.timestamp())}")
     return ca
+
+
+def ensure_client_ca(data_dir: Path) -> ClientCa:
+    """The client CA under `<data-dir>/tls/`, created on first use and kept."""
+    return _ensure_ca(data_dir, "client-ca")
 
 
 def ensure_request_header_ca(data_dir: Path) -> ClientCa:
     """The front-proxy CA (K3s's `request-header-ca.crt`/`.key`): it signs only the certificate the API server
     presents to aggregated API servers, which trust the X-Remote-User headers of requests carrying it."""
-    tls = Path(data_dir) / "tls"
-    ca = ClientCa(tls / "request-header-ca.crt", tls / "request-header-ca.key")
-    if not (ca.cert.exists() and ca.key.exists()):
-        now = dt.datetime.now(dt.UTC)
-        _new_ca(ca.cert, ca.key, common_name=f"kwire-request-header-ca@{int(now.timestamp())}")
-    return ca
+    return _ensure_ca(data_dir, "request-header-ca")
 
 
 def ensure_client_cert(
