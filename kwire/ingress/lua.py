@@ -7,11 +7,11 @@ control socket (`/routes`): it is compiled there once (a chunk that does not com
 old one keeps serving), stored in the shared dict, and each worker loads it when the dict's `routes_v` changes,
 indexing the routers of each entrypoint by host. A route change is therefore never an nginx reload.
 
-Per request, first `kw_fast(ep)` (the server's `set_by_lua`; the versions in the shared dict are read at most once
-per millisecond tick, the rules' request table is reused): when the request's router has no middleware and no
-sticky cookie, its backend goes straight to `$kw_b` and nginx proxies; otherwise `kw_route(ep)` (the `@kw`
-location's rewrite phase) does the whole work: the routers of the request's
-host and the unpinned ones, merged in the chunk's priority order, are tried; the first whose rule matches wins
+Per request, first `kw_fast(ep, host, uri)` (the server's `set_by_lua`, given $host and $uri; the versions in the
+shared dict are read at most once per millisecond tick, the rules' request table is reused): when the request's
+router has no middleware and no sticky cookie, its backend goes straight to `$kw_b` and nginx proxies; otherwise
+`kw_route(ep)` (the `@kw` location's rewrite phase) does the whole work: the routers of the request's host and the
+unpinned ones, merged in the chunk's priority order, are tried; the first whose rule matches wins
 (none: 404; a router whose Service does not exist, `nf`: 404): its middlewares run in order (`kw_mw_run`: each
 may answer itself: a redirect, 401, 403, 429, or change the request: path, headers), a service is picked by
 smooth weighted round-robin (as Traefik's WRR) and put in the `$kw_b` variable, which the balancer takes
@@ -156,13 +156,14 @@ ROUTER_LUA = r"""
     -- services) is the value of $kw_b and nginx proxies at once. Anything else (no router: 404, a missing Service,
     -- middlewares, sticky cookies, no weighted service) returns "" and the server sends the request to its `@kw`
     -- location, where kw_route (rewrite phase) and the header filter do the whole work as before.
+    -- `host` and `uri` are nginx's $host and $uri, passed by set_by_lua as arguments: an `ngx.var` read here would
+    -- be an FFI call from the interpreter (this function's entry is never a JIT trace: its loop aborts the root
+    -- trace, "inner loop in root trace"), which cost more than the whole routing (jit.v; bench/ingress_ab.py).
     local RQ = {host = "", path = ""}  -- the rules' request table, reused: set_by_lua runs to completion
-    local var = ngx.var
-    function kw_fast(ep)
+    function kw_fast(ep, host, uri)
       kw_sync()
       local cfg = kw_cfg
       local routes, x = cfg.routes, cfg[ep]
-      local host = var.host or ""
       local hl, al = x.hosts[host] or EMPTY, x.any
       local i, j = 1, 1
       local r
@@ -174,7 +175,7 @@ ROUTER_LUA = r"""
         else return "" end
         if not rt.any and not r then
           r = RQ
-          r.host = host; r.path = var.uri; r.h = nil; r.a = nil; r.method = nil
+          r.host = host; r.path = uri; r.h = nil; r.a = nil; r.method = nil
         end
         if rt.any or rt.m(r) then
           if not rt.fast then return "" end

@@ -171,12 +171,13 @@ def valid_path(path: str) -> bool:
 
 
 def _route_lines(ep: str) -> list[str]:
-    """An entrypoint's routing: the common path in `set_by_lua` (lua.py's `kw_fast`: the backend, or "" for
-    anything else), then nginx proxies at once; "" goes to the `@kw` location (by the error_page of an internal
+    """An entrypoint's routing: the common path in `set_by_lua` (lua.py's `kw_fast`, given $host and $uri as
+    arguments: the backend, or "" for anything else; the directive's string form, as the block form takes no
+    arguments), then nginx proxies at once; "" goes to the `@kw` location (by the error_page of an internal
     status, which keeps method, URI and the unread body) whose rewrite phase runs the whole router (`kw_route`:
     404, 503, middlewares, sticky cookies) and whose header filter sets response headers and cookies."""
     return [
-        f'    set_by_lua_block $kw_b {{ return kw_fast("{ep}") }}',
+        f"    set_by_lua $kw_b 'return kw_fast(\"{ep}\", ...)' $host $uri;",
         f"    error_page {SLOW_STATUS} = @kw;",
         f'    if ($kw_b = "") {{ return {SLOW_STATUS}; }}',
         "    location / { proxy_pass http://kwire_dyn; }",
