@@ -1,7 +1,7 @@
 """Ingress data plane A/B: the proxy CPU per request of kwire's nginx + Lua, this tree against other commits, side by
 side with nginx configured by hand, rounds alternating (the per-request cost of the Lua router and balancer).
 
-    .venv/bin/python bench/ingress_ab.py [--against REF ...] [--rounds 8] [--duration 3] [--connections 64]
+    .venv/bin/python bench/ingress_ab.py [--against REF ...] [--rounds 8] [--duration 3] [--connections 64] [--perf]
 
 bench/ingress.py measures the whole add-on (controller + nginx) against nginx by hand and HAProxy; on a shared
 machine its runs differ from each other as much as a change does. This one runs, in one network namespace of our own
@@ -13,6 +13,14 @@ the controller does), started by a child of this script with that tree first on 
 controller. Every proxy has one worker pinned to core 0; wrk (1 thread, keep-alive) and the backends share core 1.
 Each round runs every proxy once, the order reversed every other round; printed: CPU time (user + system of nginx's
 master and worker, /proc) per request per round, medians, hand/tree ratios per round, and the load average.
+
+`--perf` adds a second estimate that other work on the machine disturbs much less: after the rounds, each proxy's
+worker is sampled by `perf record -e cpu-clock` (software clock: this VM has no hardware counters) during one more
+wrk run. Every proxy makes the same system calls per request (strace: 2 writev, 2 recvfrom, 1 getsockopt), so the
+kernel's work per request is the same for all and the ratio of their kernel shares is their CPU ratio:
+hand/x = kernel share of x / kernel share of hand. Printed with the share of the worker's CPU spent in LuaJIT, the
+Lua module and JIT-compiled code (the Lua router and balancer). Two samplings of the same hand-made nginx in one
+run agreed within 0.5 %, where the rounds' CPU per request swung 0.8-1.1.
 """
 
 from __future__ import annotations
@@ -20,10 +28,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +76,33 @@ def plane_main(ns: str, d: Path, http: int, noep: int, ping: int) -> None:
     asyncio.run(run())
 
 
+def worker_pid(master: int) -> int:
+    """The nginx worker under a data plane's master (its one child process)."""
+    kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return int(kids[0]) if kids else master
+
+
+def perf_shares(pid: int, load: Callable[[], object], out: Path) -> dict[str, float]:
+    """Shares of a worker's CPU samples (perf record -e cpu-clock while `load` runs): `kernel`, and `lua` (LuaJIT,
+    the Lua module and JIT-compiled code)."""
+    rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "2000", "-o", str(out), "-p", str(pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        load()
+    finally:
+        rec.send_signal(2)
+        rec.wait(60)
+    rep = subprocess.run(["perf", "report", "-i", str(out), "--sort", "dso", "-g", "none", "-q", "--stdio"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    shares = {"kernel": 0.0, "lua": 0.0}
+    for pct, dso in re.findall(r"([\d.]+)%\s+(.+?)\s*$", rep, re.M):
+        if dso == "[kernel.kallsyms]":
+            shares["kernel"] += float(pct)
+        elif "luajit" in dso or "lua_module" in dso or dso.startswith("[JIT]"):
+            shares["lua"] += float(pct)
+    return shares
+
+
 def export(ref: str, into: Path) -> Path:
     """The tree of a git ref, exported into a directory (a directory given is used as it is: a variant by hand)."""
     if Path(ref).is_dir():
@@ -86,7 +125,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--perf", action="store_true", help="also the kernel-share estimate from perf (see above)")
     a = ap.parse_args()
+    if a.perf and not shutil.which("perf"):
+        print("--perf needs perf (Debian: linux-perf)")
+        return 2
     sys.path.insert(0, str(ROOT / "bench"))
     import ingress as bi  # bench/ingress.py: backends, hand-made nginx, wrk, CPU of a process tree
 
@@ -132,6 +175,16 @@ def main() -> int:
             print(f"{k:10s} median {statistics.median(cpu[k]):6.2f} us CPU/request, {statistics.median(rps[k]):7.0f} "
                   f"req/s; hand/{k}: {statistics.median(cpu['hand']) / statistics.median(cpu[k]):.3f} of medians, "
                   f"per round median {statistics.median(per_round):.3f} ({min(per_round):.3f}-{max(per_round):.3f})")  # fmt: skip
+        if a.perf:
+            shares = {
+                k: perf_shares(
+                    worker_pid(pids[k]), partial(bi.wrk, ns, port, a.duration, a.connections), d / f"{i}.perf"
+                )
+                for i, (k, port) in enumerate(legs.items())
+            }
+            for k, sh in shares.items():
+                print(f"{k:10s} perf: kernel {sh['kernel']:5.2f} %, Lua {sh['lua']:4.2f} % of the worker's CPU; "
+                      f"hand/{k} by kernel share {sh['kernel'] / shares['hand']['kernel']:.3f}")  # fmt: skip
         return 0
     finally:
         for pl in planes:

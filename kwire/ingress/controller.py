@@ -65,7 +65,8 @@ class Settings:
     https_port: int = 443
     ping_port: int = 9000
     workers: int = 1
-    coalesce: float = 0.005  # seconds to wait for more events before a sync (a burst becomes one sync)
+    coalesce: float = 0.005  # within a burst, seconds to wait for more events before a sync (one sync for many)
+    idle: float = 0.1  # an event this long after the last sync ends is synced at once (no coalescing wait)
 
 
 def _m(o: Obj) -> Obj:
@@ -140,6 +141,8 @@ class IngressController:
         self._routes_pushed: str | None = None
         self._certs_pushed: str | None = None
         self._event_at = 0.0
+        self._synced_at = 0.0  # when the last sync ended (monotonic)
+        self._pems: dict[str, tuple[str, bytes | None]] = {}  # Secret "<ns>/<name>" -> (resourceVersion, PEM)
         self.syncs = 0
         for inf in (self.ingresses, self.classes, self.services, self.slices, self.secrets, self.routes,
                     self.middlewares):  # fmt: skip
@@ -193,10 +196,28 @@ class IngressController:
                     await asyncio.wait_for(self._dirty.wait(), timeout=5.0)
                 except TimeoutError:
                     continue
-                await asyncio.sleep(self.settings.coalesce)
+                await asyncio.sleep(self._coalesce_wait())
         finally:
             await self.nginx.stop()
             await self.informers.stop()
+
+    def _coalesce_wait(self) -> float:
+        """How long to wait for more events before syncing: none after a quiet spell (a lone change is served at
+        once), `coalesce` when the last sync just ended (a burst of changes becomes few syncs)."""
+        quiet = time.monotonic() - self._synced_at >= self.settings.idle
+        return 0.0 if quiet else self.settings.coalesce
+
+    def _pem(self, secret: Obj) -> bytes | None:
+        """combined_pem of a Secret, parsed once per resourceVersion: loading a private key (an RSA key's
+        consistency check) costs milliseconds, and every sync would otherwise do it for every TLS Secret."""
+        key = f"{_m(secret).get('namespace')}/{_m(secret).get('name')}"
+        rv = str(_m(secret).get("resourceVersion") or "")
+        hit = self._pems.get(key)
+        if hit is not None and hit[0] == rv and rv:
+            return hit[1]
+        pem = combined_pem(secret)
+        self._pems[key] = (rv, pem)
+        return pem
 
     async def sync(self) -> None:
         """One pass: build everything from the informers' caches and push what changed."""
@@ -249,13 +270,15 @@ class IngressController:
         certs: dict[str, bytes] = {}
         for host, (ns, name, src) in tls.items():
             secret = self.secrets.get(ns, name)
-            pem = combined_pem(secret) if secret else None
+            pem = self._pem(secret) if secret else None
             if pem is None:
                 problems.setdefault(src, []).append(
                     f"TLS secret {ns}/{name} for {host} is missing or has no valid tls.crt/tls.key"
                 )
                 continue
             certs[host.lower()] = pem
+        in_use = {f"{ns}/{name}" for ns, name, _ in tls.values()}
+        self._pems = {k: v for k, v in self._pems.items() if k in in_use}  # bounded by the Secrets in use
         routers = router.ingress_routers(table, known) + router.crd_routers(compiled, known)
         lua = router.lua_config(routers, compiled.middlewares)
         cert_chunk = router.certs_config(certs)
@@ -283,6 +306,7 @@ class IngressController:
         await self._statuses(table)
         await self._events(problems)
         self.syncs += 1
+        self._synced_at = time.monotonic()
         trim_soon()  # each sync rebuilds the table: give the freed heap back (a burst of 1,000 changes left ~60 MB)
         # Monotonic timestamps are the machine's (CLOCK_MONOTONIC): bench/ingress.py lines them up with its own.
         log.debug("ingress sync %.1f ms (build %.1f ms, push %.1f ms) event_at=%.4f start_at=%.4f pushed_at=%.4f",

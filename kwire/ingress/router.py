@@ -16,6 +16,7 @@ unpinned ones, merged in list order, so 1,000 hosts cost one table lookup, not 1
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -98,18 +99,22 @@ def _bool(b: bool) -> str:
     return "true" if b else "false"
 
 
+@functools.lru_cache(maxsize=16384)  # every sync re-renders every router; most are unchanged (bounded)
+def _router_lua(r: Router) -> str:
+    hosts = "nil" if r.hosts is None else "{" + ", ".join(lua_str(h) for h in r.hosts) + "}"
+    body = f"svc = {r.services}" if r.services else "nf = true, svc = {}"
+    return (
+        f"  {{id = {lua_str(r.id)}, web = {_bool(WEB in r.entrypoints)},"
+        f" websecure = {_bool(WEBSECURE in r.entrypoints)}, h = {hosts},"
+        f" m = function(r) return {r.match} end,{' any = true,' if r.match == 'true' else ''}"
+        f" mw = {{{', '.join(lua_str(m) for m in r.middlewares)}}}, {body}}},"
+    )
+
+
 def lua_config(routers: list[Router], middlewares: dict[str, str]) -> str:
     """The Lua chunk the router loads (lua.py): routers in priority order, then the middlewares by id."""
     lines = ["local K = kw_K", "local R = {}", "R.routes = {"]
-    for r in ordered(routers):
-        hosts = "nil" if r.hosts is None else "{" + ", ".join(lua_str(h) for h in r.hosts) + "}"
-        body = f"svc = {r.services}" if r.services else "nf = true, svc = {}"
-        lines.append(
-            f"  {{id = {lua_str(r.id)}, web = {_bool(WEB in r.entrypoints)},"
-            f" websecure = {_bool(WEBSECURE in r.entrypoints)}, h = {hosts},"
-            f" m = function(r) return {r.match} end,{' any = true,' if r.match == 'true' else ''}"
-            f" mw = {{{', '.join(lua_str(m) for m in r.middlewares)}}}, {body}}},"
-        )
+    lines += [_router_lua(r) for r in ordered(routers)]
     lines.append("}")
     lines.append("R.mw = {")
     for mid, lua in sorted(middlewares.items()):
