@@ -1,7 +1,7 @@
 """Ingress benchmark: kwire's ingress (controller + nginx) vs nginx configured by hand vs HAProxy, and the goals.
 
     .venv/bin/python bench/ingress.py [--duration 5] [--rounds 3] [--connections 64] [--changes 100] [--ingresses 1000]
-                                      [--parts throughput,changes,scale,memory]
+                                      [--parts throughput,changes,scale,memory] [--tree DIR]
 
 Everything runs in one network namespace of our own (`kwire-bi<pid>`, loopback only; removed at the end), plus an
 in-process kwire API server listening on 127.0.0.1 (of the machine and of that namespace):
@@ -14,13 +14,16 @@ in-process kwire API server listening on 127.0.0.1 (of the machine and of that n
   * `haproxy`: HAProxy 2.6 with 16 `server-template` slots filled through its runtime API (`set server ... addr`,
                `state ready`), as haproxytech's kubernetes-ingress does, keep-alive and `http-reuse always`;
 - the client: wrk, 1 thread, N keep-alive connections, pinned to core 1 with the backends.
-Then, on kwire's ingress: route changes (a new Ingress created -> its host answers 200; then a new IngressRoute;
-both are data for the Lua router, never a reload; p50/p99; one change every 0.25 s), the backend scaling 10 -> 2 -> 10 under wrk load (failed requests counted; as with pods, an endpoint
+Then, on kwire's ingress: route changes (a new Ingress created -> its host answers 200, polled every 2 ms by a
+client process of its own from before the create call; then a new IngressRoute; both are data for the Lua router,
+never a reload; p50/p99; one change every 0.25 s), the backend scaling 10 -> 2 -> 10 under wrk load (failed requests counted; as with pods, an endpoint
 leaves the EndpointSlice first and its backend stops once the proxy no longer sends to it, and a new backend is
 added once it listens), and the memory of controller + nginx after N Ingresses (RSS and PSS summed over the
 process tree).
 Prints requests/s per proxy and round, the proxy's CPU time per request (master + workers, from /proc: on a
 shared machine the truer comparison, as other work steals the proxy's core), medians, and the ratios.
+`--tree DIR` runs the ingress controller of another kwire tree (e.g. `git archive REF` unpacked) against the same
+bench, for A/B runs of the controller.
 Stops by itself: about rounds x 3 x (duration + 1 s) + 10 s of scaling + the changes and creations.
 """
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(tini etcd-server etcd-client postgresql nftables libnftables1 iproute2 iputils-ping netcat-openbsd util-linux containernetworking-plugins conntrack dnsutils iperf3 dnsmasq-base dnsperf tcpdump procps python3-venv ca-certificates curl nginx-light libnginx-mod-http-lua haproxy wrk openssl)
+APT_PACKAGES=(tini etcd-server etcd-client postgresql nftables libnftables1 iproute2 iputils-ping netcat-openbsd util-linux containernetworking-plugins conntrack dnsutils iperf3 dnsmasq-base dnsperf tcpdump procps python3-venv ca-certificates curl nginx-light libnginx-mod-http-lua haproxy wrk linux-perf openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
