@@ -27,6 +27,7 @@ from kwire.api.crd import custom, definition
 from kwire.api.crd.conversion import WebhookConverter
 from kwire.api.crd.serving import CrdServing
 from kwire.api.errors import (
+    OPTIMISTIC_LOCK,
     ApiError,
     already_exists,
     bad_request,
@@ -521,12 +522,7 @@ class Resources:
         kv = self._current(kind, namespace, name)
         want_rv = meta.get("resourceVersion")
         if want_rv and str(want_rv) != str(kv.mod_revision):
-            raise conflict(
-                kind.group,
-                kind.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+            raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK)
         old = await self._read(kind, kv)
         new = self._merge_update(kind, old, obj, subresource=subresource)
         if manager:
@@ -684,12 +680,7 @@ class Resources:
         except (RevisionMismatch, KeyNotFound):
             if alloc:
                 await self.service_allocation.rollback(alloc)
-            raise conflict(
-                kind.group,
-                kind.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ) from None
+            raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK) from None
         if alloc:
             await self.service_allocation.commit_release(alloc)
         meta["resourceVersion"] = str(rev)
@@ -778,12 +769,7 @@ class Resources:
             self._check_type(kind, patched)
             pmeta = patched["metadata"]
             if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(kv.mod_revision):
-                raise conflict(
-                    kind.group,
-                    kind.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                )
+                raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK)
             if pmeta.get("name", name) != name:
                 raise bad_request(
                     f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})"
@@ -863,12 +849,7 @@ class Resources:
                 raise bad_request("the patched object is not an object")
             pmeta = patched.setdefault("metadata", {})
             if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(rv):
-                raise conflict(
-                    kind.group,
-                    kind.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                )
+                raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK)
             pmeta["resourceVersion"] = rv
             try:
                 return await self.update(kind, namespace, name, patched, subresource=subresource, dry_run=dry_run)
@@ -982,12 +963,7 @@ class Resources:
             rev = await self.store.update(kv.key, await self._storable(kind, obj), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             name = obj["metadata"].get("name", "")
-            raise conflict(
-                kind.group,
-                kind.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ) from None
+            raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK) from None
         obj["metadata"]["resourceVersion"] = str(rev)
         if kind is CRDS:
             self.crds.serve(obj, str(obj["metadata"].get("name") or ""))
@@ -999,12 +975,7 @@ class Resources:
         except KeyNotFound:
             raise not_found(kind.group, kind.plural, obj["metadata"].get("name", "")) from None
         except RevisionMismatch:
-            raise conflict(
-                kind.group,
-                kind.plural,
-                obj["metadata"].get("name", ""),
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ) from None
+            raise conflict(kind.group, kind.plural, obj["metadata"].get("name", ""), OPTIMISTIC_LOCK) from None
         if kind is SERVICES:
             await self.service_allocation.release_for(obj)
         if kind is CRDS:
