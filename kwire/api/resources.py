@@ -22,7 +22,7 @@ import yaml
 
 from kwire.api import admission_plugins, convert, defaults, fieldset, managedfields, validation
 from kwire.api.admission import Admission
-from kwire.api.allocator import ServiceAllocator
+from kwire.api.allocator import Allocation, ServiceAllocator
 from kwire.api.crd import custom, definition
 from kwire.api.crd.conversion import WebhookConverter
 from kwire.api.crd.serving import CrdServing
@@ -457,16 +457,8 @@ class Resources:
             raise already_exists(kind.group, kind.plural, name)
         if kind.custom is not None:
             self.crds.check_create(kind)
-        alloc = None
-        if kind is SERVICES:
-            alloc, errs = await self.service_allocation.allocate(
-                obj, None, owner=f"{namespace}/{name}", dry_run=dry_run
-            )
-            if errs:
-                raise invalid_object(kind.group, kind.kind, name, errs)
+        alloc = await self._allocate_service(kind, obj, None, namespace=namespace, name=name, dry_run=dry_run)
         if dry_run:
-            if alloc:
-                self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return obj
         try:
             rev = await self.store.create(key, await self._storable(kind, obj))
@@ -482,6 +474,22 @@ class Resources:
         if kind is CRDS:
             self.crds.serve(obj, name)
         return obj
+
+    async def _allocate_service(
+        self, kind: Kind, new: Obj, old: Obj | None, *, namespace: str | None, name: str, dry_run: bool
+    ) -> Allocation | None:
+        """A Service's cluster IPs and node ports (None for other kinds), 422 Invalid when they cannot be had; on a
+        dry run the allocation is checked and given back at once (nothing was reserved in the store), so None."""
+        if kind is not SERVICES:
+            return None
+        alloc, errs = await self.service_allocation.allocate(new, old, owner=f"{namespace}/{name}", dry_run=dry_run)
+        if errs:
+            raise invalid_object(kind.group, kind.kind, name, errs)
+        if dry_run:
+            if alloc:
+                self.allocator.rollback(alloc)
+            return None
+        return alloc
 
     async def _list_objects(self, kind: Kind, /, *, namespace: str | None = None) -> builtins.list[Obj]:
         return [decode(kv) for kv in (await self.store.range(kind.prefix(namespace))).items]
@@ -660,14 +668,8 @@ class Resources:
                 return new
             await self._remove(kind, kv, old)
             return new
-        alloc = None
-        if kind is SERVICES:
-            alloc, errs = await self.service_allocation.allocate(new, old, owner=f"{namespace}/{name}", dry_run=dry_run)
-            if errs:
-                raise invalid_object(kind.group, kind.kind, name, errs)
+        alloc = await self._allocate_service(kind, new, old, namespace=namespace, name=name, dry_run=dry_run)
         if dry_run:
-            if alloc:
-                self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return new
         try:
             data = await self._storable(kind, new)
