@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
+from kwire.base.ndjson import json_lines
 from kwire.client.kubeconfig import Config, load_client_cert
 
 log = logging.getLogger(__name__)
@@ -394,19 +395,12 @@ class ApiClient:
         async with resp as r:
             if r.status >= 400:
                 raise error_from(r.status, await r.read())
-            buf = b""
-            async for chunk in r.content.iter_any():
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    ev = orjson.loads(line)
-                    etype, obj = ev.get("type"), ev.get("object") or {}
-                    if etype == "ERROR":
-                        code = int(obj.get("code") or 500)
-                        raise error_from(code, orjson.dumps(obj))
-                    yield etype, obj
+            async for ev in json_lines(r.content.iter_any()):
+                etype, obj = ev.get("type"), ev.get("object") or {}
+                if etype == "ERROR":
+                    code = int(obj.get("code") or 500)
+                    raise error_from(code, orjson.dumps(obj))
+                yield etype, obj
 
 
 def _selector_params(label_selector: str | None, field_selector: str | None) -> dict[str, str]:
