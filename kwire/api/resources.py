@@ -14,7 +14,6 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -112,14 +111,6 @@ def base64_error(value: Any) -> int | None:
 
 def _body_only(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
-
-
-@dataclass
-class ListResult:
-    items: list[Obj]
-    resource_version: int
-    continue_token: str
-    remaining: int | None
 
 
 class Scan:
@@ -326,20 +317,10 @@ class Resources:
         return Scan(res.items, res.revision, matches=matches, limit=limit, present=present, kind=kind)
 
     async def list(
-        self,
-        kind: Kind,
-        namespace: str | None,
-        *,
-        labels: Selector | None = None,
-        fields: FieldSelector | None = None,
-        limit: int = 0,
-        continue_token: str = "",
-    ) -> ListResult:
-        scan = await self.scan(
-            kind, namespace, labels=labels, fields=fields, limit=limit, continue_token=continue_token
-        )
-        items = list(scan)
-        return ListResult(items, scan.revision, scan.continue_token, None)
+        self, kind: Kind, namespace: str | None, *, labels: Selector | None = None, fields: FieldSelector | None = None
+    ) -> builtins.list[Obj]:
+        """Every object that matches, decoded at once (for the server's own reads; a client's list is a `scan`)."""
+        return list(await self.scan(kind, namespace, labels=labels, fields=fields))
 
     @staticmethod
     def _matches(obj: Obj, labels: Selector | None, fields: FieldSelector | None) -> bool:
