@@ -109,6 +109,13 @@ def base64_error(value: Any) -> int | None:
     return None
 
 
+def _tracking(kind: Kind) -> managedfields.Tracking:
+    """What managedFields tracking needs of `kind`: its schema, version, and whether status is a subresource."""
+    return managedfields.Tracking(
+        fieldset.schema_for_kind(kind), kind.api_version, status_separate="status" in kind.subresources
+    )
+
+
 def _body_only(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
@@ -522,15 +529,7 @@ class Resources:
 
     @staticmethod
     def _track(kind: Kind, old: Obj | None, new: Obj, *, manager: str, subresource: str) -> None:
-        managedfields.record_update(
-            old,
-            new,
-            node=fieldset.schema_for_kind(kind),
-            api_version=kind.api_version,
-            manager=manager,
-            subresource=subresource,
-            status_separate="status" in kind.subresources,
-        )
+        managedfields.record_update(old, new, tracking=_tracking(kind), manager=manager, subresource=subresource)
 
     @staticmethod
     def _managed_fields(old: Obj, obj: Obj) -> Any:
@@ -733,12 +732,10 @@ class Resources:
                 patched = managedfields.apply(
                     old,
                     config,
-                    node=fieldset.schema_for_kind(kind),
-                    api_version=kind.api_version,
+                    tracking=_tracking(kind),
                     manager=manager or "",
                     force=force,
                     subresource=subresource if subresource == "status" else "",
-                    status_separate="status" in kind.subresources,
                 )
                 patched["metadata"]["resourceVersion"] = (config.get("metadata") or {}).get("resourceVersion") or (
                     old["metadata"]["resourceVersion"]
@@ -798,15 +795,7 @@ class Resources:
     async def _apply_create(
         self, kind: Kind, namespace: str | None, config: Obj, manager: str, *, dry_run: bool
     ) -> Obj:
-        created = managedfields.apply(
-            None,
-            config,
-            node=fieldset.schema_for_kind(kind),
-            api_version=kind.api_version,
-            manager=manager,
-            force=True,
-            status_separate="status" in kind.subresources,
-        )
+        created = managedfields.apply(None, config, tracking=_tracking(kind), manager=manager, force=True)
         if "status" in kind.subresources:
             created.pop("status", None)
         return await self.create(kind, namespace, created, dry_run=dry_run, applied=True)
