@@ -143,6 +143,41 @@ class AgentConfig:
     kube_proxy_arg: tuple[str, ...] = ()
 
 
+# The ConfigMap (in kube-system) the server publishes the cluster-wide settings in (kwire/server.py).
+CLUSTER_CONFIG = "kwire-config"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The cluster-wide settings the server publishes in `kube-system/kwire-config` (K3s agents get the same from
+    the server's /v1-k3s/config): what `kwire trace` and `kwire check` read of the cluster's configuration.
+    A key the ConfigMap lacks has the server's default."""
+
+    cluster_cidr: str = ServerConfig.cluster_cidr
+    service_cidr: str = ServerConfig.service_cidr
+    cluster_dns: str = ServerConfig.cluster_dns
+    cluster_domain: str = ServerConfig.cluster_domain
+    flannel_backend: str = ServerConfig.flannel_backend
+    disable_network_policy: bool = False
+    disable: frozenset[str] = frozenset()  # packaged components left out (`--disable`)
+    node_monitor_grace_period: int = ServerConfig.node_monitor_grace_period
+
+    @staticmethod
+    def from_configmap(data: Mapping[str, str]) -> ClusterSettings:
+        """The settings in the ConfigMap's data (its keys are the server's flag names)."""
+        d = ClusterSettings()
+        return ClusterSettings(
+            cluster_cidr=data.get("cluster-cidr", d.cluster_cidr),
+            service_cidr=data.get("service-cidr", d.service_cidr),
+            cluster_dns=data.get("cluster-dns", d.cluster_dns),
+            cluster_domain=data.get("cluster-domain", d.cluster_domain),
+            flannel_backend=data.get("flannel-backend", d.flannel_backend),
+            disable_network_policy=data.get("disable-network-policy", "false") == "true",
+            disable=frozenset(x for x in data.get("disable", "").split(",") if x),
+            node_monitor_grace_period=int(data.get("node-monitor-grace-period") or d.node_monitor_grace_period),
+        )
+
+
 C = TypeVar("C", ServerConfig, AgentConfig)
 
 
