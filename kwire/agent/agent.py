@@ -21,15 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from kwire.agent.credentials import (
-    CONTROLLER_CLIENT,
-    KUBE_PROXY_CLIENT,
-    KUBELET_CLIENT,
-    KUBELET_SERVING,
-    CertReloader,
-    CredentialsError,
-    NodeCredentials,
-)
+from kwire.agent.credentials import CertReloader, CredentialsError, NodeCredentials
 from kwire.agent.flannel.flannel import Flannel
 from kwire.agent.kubelet.kubelet import Kubelet
 from kwire.agent.kubelet.kubeletauth import KubeletAuth
@@ -42,6 +34,7 @@ from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
 from kwire.base import jointoken, memory, process
 from kwire.base.files import private_dir
+from kwire.base.k3snode import CONTROLLER_CLIENT, KUBE_PROXY_CLIENT, KUBELET_CLIENT, KUBELET_SERVING
 from kwire.client import ApiClient, Informers
 from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 from kwire.client.events import EventRecorder

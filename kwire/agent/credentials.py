@@ -35,15 +35,23 @@ from typing import Any
 import aiohttp
 
 from kwire.base.files import atomic_write
+from kwire.base.k3snode import (
+    CLIENT_CA,
+    COMPONENTS,
+    CONFIG,
+    IP_HEADER,
+    KUBELET_CLIENT,
+    KUBELET_SERVING,
+    NAME_HEADER,
+    PASSWORD_HEADER,
+    PREFIX,
+    SERVER_CA,
+    cert_file,
+)
 from kwire.client import Config
 
 log = logging.getLogger(__name__)
 
-KUBELET_CLIENT = "client-kubelet"
-KUBELET_SERVING = "serving-kubelet"
-KUBE_PROXY_CLIENT = "client-kube-proxy"
-CONTROLLER_CLIENT = "client-k3s-controller"
-COMPONENTS = (KUBELET_CLIENT, KUBELET_SERVING, KUBE_PROXY_CLIENT, CONTROLLER_CLIENT)
 PASSWORD_FILE = "node-password"
 RENEW_CHECK_SECONDS = 3600.0
 
@@ -117,18 +125,18 @@ class NodeCredentials:
         return self.data_dir / "tls"
 
     def cert_path(self, component: str) -> Path:
-        return self.dir / f"{component}.crt"
+        return self.dir / cert_file(component)
 
     def key_path(self, component: str) -> Path:
         return self.dir / f"{component}.key"
 
     @property
     def client_ca_path(self) -> Path:
-        return self.dir / "client-ca.crt"
+        return self.dir / CLIENT_CA
 
     @property
     def server_ca_path(self) -> Path:
-        return self.dir / "server-ca.crt"
+        return self.dir / SERVER_CA
 
     def password(self) -> str:
         """The node password: generated once, 0600, kept for every later join and renewal."""
@@ -179,9 +187,9 @@ class NodeCredentials:
         ctx = ssl.create_default_context(cadata=self.server_ca.decode())
         ctx.check_hostname = False  # the URL may name any server address; the pinned CA is what is checked
         headers = {
-            "K3s-Node-Name": self.node_name,
-            "K3s-Node-Password": self.password(),
-            "K3s-Node-IP": ",".join(self.node_ips),
+            NAME_HEADER: self.node_name,
+            PASSWORD_HEADER: self.password(),
+            IP_HEADER: ",".join(self.node_ips),
         }
         if token:
             headers["Authorization"] = "Basic " + base64.b64encode(f"node:{token}".encode()).decode()
@@ -193,7 +201,7 @@ class NodeCredentials:
     async def _call(self, session: aiohttp.ClientSession, method: str, name: str, **kw: object) -> bytes:
         errors = []
         for server in dict.fromkeys([*self.servers, self.server]):
-            url = f"{server.rstrip('/')}/v1-k3s/{name}"
+            url = f"{server.rstrip('/')}{PREFIX}{name}"
             try:
                 async with session.request(method, url, **kw) as r:  # type: ignore[arg-type]
                     body = await r.read()
@@ -219,7 +227,7 @@ class NodeCredentials:
         child = await _CertWork.start()
         async with session:
             try:
-                client_ca = await self._call(session, "GET", "client-ca.crt", headers=headers)
+                client_ca = await self._call(session, "GET", CLIENT_CA, headers=headers)
             except BaseException:
                 await child.cancel()
                 raise
@@ -230,7 +238,7 @@ class NodeCredentials:
             stale: list[str] = work["stale"]
             for comp in stale:
                 key, csr = work["keys"][comp]["key"].encode(), work["keys"][comp]["csr"].encode()
-                pem = await self._call(session, "POST", f"{comp}.crt", headers=headers, data=csr)
+                pem = await self._call(session, "POST", cert_file(comp), headers=headers, data=csr)
                 # nothing reads the pair meanwhile: live contexts reload only once `ensure` has returned
                 atomic_write(self.key_path(comp), key, mode=0o600)
                 atomic_write(self.cert_path(comp), pem, mode=0o600)
@@ -241,7 +249,7 @@ class NodeCredentials:
         """The cluster settings from the server (`/v1-k3s/config`), asked with the node's kubelet certificate."""
         session, headers = self._session(None)
         async with session:
-            body = await self._call(session, "GET", "config", headers=headers)
+            body = await self._call(session, "GET", CONFIG, headers=headers)
         data = json.loads(body)
         if not isinstance(data, dict):
             raise CredentialsError("the server's /v1-k3s/config is not a JSON object")

@@ -39,20 +39,26 @@ from kwire.api.errors import ApiError, bad_request, unauthorized
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.user import NODES, UserInfo
+from kwire.base.k3snode import (
+    CLIENT_CA,
+    COMPONENTS,
+    CONFIG,
+    CONTROLLER_CLIENT,
+    IP_HEADER,
+    KUBE_PROXY_CLIENT,
+    KUBELET_CLIENT,
+    KUBELET_SERVING,
+    NAME_HEADER,
+    PASSWORD_HEADER,
+    PREFIX,
+    SERVER_CA,
+    cert_file,
+)
 
-PREFIX = "/v1-k3s/"
-NAME_HEADER = "K3s-Node-Name"
-PASSWORD_HEADER = "K3s-Node-Password"
-IP_HEADER = "K3s-Node-IP"
 PASSWORD_SUFFIX = ".node-password.k3s"
 MAX_CSR_BYTES = 16 * 1024
 
-KUBELET_CLIENT = "client-kubelet.crt"
-KUBELET_SERVING = "serving-kubelet.crt"
-KUBE_PROXY_CLIENT = "client-kube-proxy.crt"
-CONTROLLER_CLIENT = "client-k3s-controller.crt"
-CERT_NAMES = (KUBELET_CLIENT, KUBELET_SERVING, KUBE_PROXY_CLIENT, CONTROLLER_CLIENT)
-CONFIG = "config"
+CERT_NAMES = tuple(cert_file(c) for c in COMPONENTS)
 CLUSTER_CONFIG = "kwire-config"  # the ConfigMap kwire/server.py publishes the agents' cluster settings in
 KUBE_PROXY_USER = "system:kube-proxy"
 CONTROLLER_USER = "system:k3s-controller"
@@ -117,11 +123,11 @@ def password_secret_name(node: str) -> str:
 
 def subject_for(cert_name: str, node: str) -> tuple[str, tuple[str, ...]]:
     """(CN, O) the server puts on each of a node's certificates."""
-    if cert_name == KUBELET_CLIENT:
+    if cert_name == cert_file(KUBELET_CLIENT):
         return f"system:node:{node}", (NODES,)
-    if cert_name == KUBE_PROXY_CLIENT:
+    if cert_name == cert_file(KUBE_PROXY_CLIENT):
         return KUBE_PROXY_USER, ()
-    if cert_name == CONTROLLER_CLIENT:
+    if cert_name == cert_file(CONTROLLER_CLIENT):
         return CONTROLLER_USER, ()
     return node, ()  # serving-kubelet.crt: K3s names it after the node
 
@@ -214,7 +220,7 @@ class NodeCerts:
         name = request.path[len(PREFIX) :]
         node = request.headers.get(NAME_HEADER, "")
         password = request.headers.get(PASSWORD_HEADER, "")
-        if name not in (*CERT_NAMES, "client-ca.crt", "server-ca.crt", CONFIG):
+        if name not in (*CERT_NAMES, CLIENT_CA, SERVER_CA, CONFIG):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not _valid_node_name(node):
             raise bad_request(f"{NAME_HEADER} must be a node name (DNS-1123 subdomain), got {node!r}")
@@ -224,9 +230,9 @@ class NodeCerts:
             raise unauthorized()
         await self._check_password(node, password)
         a = self.authority
-        if name == "client-ca.crt":
+        if name == CLIENT_CA:
             return web.Response(body=a.client_ca_cert.read_bytes(), content_type="text/plain")
-        if name == "server-ca.crt":
+        if name == SERVER_CA:
             return web.Response(body=a.server_ca_cert.read_bytes(), content_type="text/plain")
         if name == CONFIG:
             return web.json_response(self._cluster_settings())
@@ -236,7 +242,7 @@ class NodeCerts:
         if len(csr) > MAX_CSR_BYTES:
             raise ApiError(413, "RequestEntityTooLarge", "the certificate request is too large")
         cn, orgs = subject_for(name, node)
-        serving = name == KUBELET_SERVING
+        serving = name == cert_file(KUBELET_SERVING)
         ips: tuple[str, ...] = ()
         if serving:
             ips = tuple(i.strip() for i in request.headers.get(IP_HEADER, "").split(",") if i.strip())
