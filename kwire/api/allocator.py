@@ -41,6 +41,16 @@ class Allocation:
     released_ports: list[int] = field(default_factory=list)
 
 
+def _held(svc: Obj) -> tuple[list[str], list[int]]:
+    """The cluster IPs and node ports (health-check node port included) a stored Service holds."""
+    spec = svc.get("spec") or {}
+    ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    ports = [int(p["nodePort"]) for p in spec.get("ports") or [] if p.get("nodePort")]
+    if spec.get("healthCheckNodePort"):
+        ports.append(int(spec["healthCheckNodePort"]))
+    return [ip for ip in ips if ip and ip != "None"], ports
+
+
 class ServiceAllocator:
     def __init__(self, *, service_cidr: str, node_port_range: tuple[int, int]) -> None:
         self.network = ipaddress.ip_network(service_cidr)
@@ -53,15 +63,9 @@ class ServiceAllocator:
 
     def load(self, services: list[Obj]) -> None:
         for svc in services:
-            spec = svc.get("spec") or {}
-            for ip in spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []):
-                if ip and ip != "None":
-                    self.ips.add(ip)
-            for p in spec.get("ports") or []:
-                if p.get("nodePort"):
-                    self.ports.add(int(p["nodePort"]))
-            if spec.get("healthCheckNodePort"):
-                self.ports.add(int(spec["healthCheckNodePort"]))
+            ips, ports = _held(svc)
+            self.ips.update(ips)
+            self.ports.update(ports)
 
     # -- IPs ---------------------------------------------------------------------------------------------------
     def _take_ip(self, requested: str | None, alloc: Allocation) -> tuple[str | None, FieldError | None]:
@@ -151,14 +155,9 @@ class ServiceAllocator:
 
     def release_for(self, svc: Obj) -> None:
         """Free everything a deleted Service held."""
-        spec = svc.get("spec") or {}
-        for ip in spec.get("clusterIPs") or []:
-            self.ips.discard(ip)
-        for p in spec.get("ports") or []:
-            if p.get("nodePort"):
-                self.ports.discard(int(p["nodePort"]))
-        if spec.get("healthCheckNodePort"):
-            self.ports.discard(int(spec["healthCheckNodePort"]))
+        ips, ports = _held(svc)
+        self.ips.difference_update(ips)
+        self.ports.difference_update(ports)
 
     def allocate(self, svc: Obj, old: Obj | None) -> tuple[Allocation, list[FieldError]]:
         """Fill spec.clusterIP(s)/nodePorts/healthCheckNodePort of `svc` in place.
