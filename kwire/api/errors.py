@@ -128,19 +128,21 @@ def _resource_ref(group: str, plural: str) -> str:
     return f"{plural}.{group}" if group else plural
 
 
-def _about_object(code: int, reason: str, message: str, *, group: str, plural: str, name: str) -> ApiError:
-    """An error about one named object: StatusDetails carry its name, group and resource (kube's errors.New*)."""
-    return ApiError(code, reason, message, details={"name": name, "group": group, "kind": plural})
+def object_error(code: int, reason: str, message: str, *, group: str, plural: str, name: str) -> ApiError:
+    """An error about one object: its StatusDetails carry the name, group and resource (kube's errors.New*),
+    each left out when empty (StatusDetails' fields are omitempty)."""
+    details = {key: value for key, value in (("name", name), ("group", group), ("kind", plural)) if value}
+    return ApiError(code, reason, message, details=details)
 
 
 def not_found(group: str, plural: str, name: str) -> ApiError:
     ref = _resource_ref(group, plural)
-    return _about_object(404, "NotFound", f'{ref} "{name}" not found', group=group, plural=plural, name=name)
+    return object_error(404, "NotFound", f'{ref} "{name}" not found', group=group, plural=plural, name=name)
 
 
 def already_exists(group: str, plural: str, name: str) -> ApiError:
     ref = _resource_ref(group, plural)
-    return _about_object(409, "AlreadyExists", f'{ref} "{name}" already exists', group=group, plural=plural, name=name)
+    return object_error(409, "AlreadyExists", f'{ref} "{name}" already exists', group=group, plural=plural, name=name)
 
 
 # k8s.io/apiserver's registry OptimisticLockErrorMsg: a write that names an older resourceVersion.
@@ -149,7 +151,7 @@ OPTIMISTIC_LOCK = "the object has been modified; please apply your changes to th
 
 def conflict(group: str, plural: str, name: str, why: str) -> ApiError:
     message = f'Operation cannot be fulfilled on {_resource_ref(group, plural)} "{name}": {why}'
-    return _about_object(409, "Conflict", message, group=group, plural=plural, name=name)
+    return object_error(409, "Conflict", message, group=group, plural=plural, name=name)
 
 
 def invalid_object(group: str, kind: str, name: str, errors: list[FieldError]) -> ApiError:
