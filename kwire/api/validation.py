@@ -105,6 +105,11 @@ def qualified_name(value: str) -> list[str]:
     return out
 
 
+def _key_errors(key: Any, path: str) -> Errs:
+    """A label's, an annotation's or a selector's key must be a qualified name (ValidateLabelName)."""
+    return [invalid(path, key, msg) for msg in qualified_name(str(key))]
+
+
 def validate_labels(labels: Any, path: str) -> Errs:
     errs: Errs = []
     if labels is None:
@@ -112,8 +117,7 @@ def validate_labels(labels: Any, path: str) -> Errs:
     if not isinstance(labels, dict):
         return [invalid(path, str(labels), "must be a map of string keys to string values")]
     for k, v in labels.items():
-        for msg in qualified_name(str(k)):
-            errs.append(invalid(path, k, msg))
+        errs += _key_errors(k, path)
         if not isinstance(v, str):
             errs.append(invalid(f"{path}", v, "label values must be strings"))
             continue
@@ -130,8 +134,7 @@ def validate_annotations(ann: Any, path: str) -> Errs:
     errs: Errs = []
     total = 0
     for k, v in ann.items():
-        for msg in qualified_name(str(k)):
-            errs.append(invalid(path, k, msg))
+        errs += _key_errors(k, path)
         total += len(str(k)) + len(str(v))
     if total > 256 * 1024:
         errs.append(FieldError("FieldValueTooLong", path, "may not be more than 262144 bytes"))
@@ -158,8 +161,7 @@ def validate_label_selector(sel: Any, path: str) -> Errs:
                 )
         else:
             errs.append(invalid(f"{p}.operator", op, "not a valid selector operator"))
-        for msg in qualified_name(str(e.get("key", ""))):
-            errs.append(invalid(f"{p}.key", e.get("key", ""), msg))
+        errs += _key_errors(e.get("key", ""), f"{p}.key")
     return errs
 
 
