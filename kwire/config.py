@@ -161,13 +161,44 @@ class ClusterSettings:
     cluster_dns: str = ServerConfig.cluster_dns
     cluster_domain: str = ServerConfig.cluster_domain
     flannel_backend: str = ServerConfig.flannel_backend
+    service_node_port_range: str = ServerConfig.service_node_port_range
     disable_network_policy: bool = False
-    disable: frozenset[str] = frozenset()  # packaged components left out (`--disable`)
+    disable: frozenset[str] = frozenset()  # packaged components left out (`--disable`): `lab up` waits for the rest
+    # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
     node_monitor_grace_period: int = ServerConfig.node_monitor_grace_period
 
     @staticmethod
+    def of_server(cfg: ServerConfig) -> ClusterSettings:
+        """What a server with this configuration publishes."""
+        return ClusterSettings(
+            cluster_cidr=cfg.cluster_cidr,
+            service_cidr=cfg.service_cidr,
+            cluster_dns=cfg.cluster_dns,
+            cluster_domain=cfg.cluster_domain,
+            flannel_backend=cfg.flannel_backend,
+            service_node_port_range=cfg.service_node_port_range,
+            disable_network_policy=cfg.disable_network_policy,
+            disable=frozenset(cfg.disable),
+            node_monitor_grace_period=cfg.node_monitor_grace_period,
+        )
+
+    def to_configmap(self) -> dict[str, str]:
+        """The ConfigMap's data: the server's flag names as keys, every value a string."""
+        return {
+            "cluster-cidr": self.cluster_cidr,
+            "service-cidr": self.service_cidr,
+            "cluster-dns": self.cluster_dns,
+            "cluster-domain": self.cluster_domain,
+            "flannel-backend": self.flannel_backend,
+            "service-node-port-range": self.service_node_port_range,
+            "disable-network-policy": "true" if self.disable_network_policy else "false",
+            "disable": ",".join(sorted(self.disable)),
+            "node-monitor-grace-period": str(self.node_monitor_grace_period),
+        }
+
+    @staticmethod
     def from_configmap(data: Mapping[str, str]) -> ClusterSettings:
-        """The settings in the ConfigMap's data (its keys are the server's flag names)."""
+        """The settings in the ConfigMap's data (a key it lacks has the server's default)."""
         d = ClusterSettings()
         return ClusterSettings(
             cluster_cidr=data.get("cluster-cidr", d.cluster_cidr),
@@ -175,6 +206,7 @@ class ClusterSettings:
             cluster_dns=data.get("cluster-dns", d.cluster_dns),
             cluster_domain=data.get("cluster-domain", d.cluster_domain),
             flannel_backend=data.get("flannel-backend", d.flannel_backend),
+            service_node_port_range=data.get("service-node-port-range", d.service_node_port_range),
             disable_network_policy=data.get("disable-network-policy", "false") == "true",
             disable=frozenset(x for x in data.get("disable", "").split(",") if x),
             node_monitor_grace_period=int(data.get("node-monitor-grace-period") or d.node_monitor_grace_period),

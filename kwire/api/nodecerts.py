@@ -40,12 +40,12 @@ from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.user import NODES, UserInfo
 from kwire.base import k3snode
+from kwire.config import CLUSTER_CONFIG
 
 PASSWORD_SUFFIX = ".node-password.k3s"
 MAX_CSR_BYTES = 16 * 1024
 
 CERT_NAMES = tuple(k3snode.cert_file(c) for c in k3snode.COMPONENTS)
-CLUSTER_CONFIG = "kwire-config"  # the ConfigMap kwire/server.py publishes the agents' cluster settings in
 KUBE_PROXY_USER = "system:kube-proxy"
 CONTROLLER_USER = "system:k3s-controller"
 
