@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,17 +148,16 @@ class ServiceAllocator:
                 return cand, None
         return None, invalid(path, 0, "range is full")
 
+    def _free(self, ips: Iterable[str], ports: Iterable[int]) -> None:
+        self.ips.difference_update(ips)
+        self.ports.difference_update(ports)
+
     def rollback(self, alloc: Allocation) -> None:
-        for ip in alloc.ips:
-            self.ips.discard(ip)
-        for p in alloc.ports:
-            self.ports.discard(p)
+        self._free(alloc.ips, alloc.ports)
 
     def release_for(self, svc: Obj) -> None:
         """Free everything a deleted Service held."""
-        ips, ports = _held(svc)
-        self.ips.difference_update(ips)
-        self.ports.difference_update(ports)
+        self._free(*_held(svc))
 
     def allocate(self, svc: Obj, old: Obj | None) -> tuple[Allocation, list[FieldError]]:
         """Fill spec.clusterIP(s)/nodePorts/healthCheckNodePort of `svc` in place.
@@ -230,7 +230,4 @@ class ServiceAllocator:
         return alloc, errors
 
     def commit_release(self, alloc: Allocation) -> None:
-        for ip in alloc.released_ips:
-            self.ips.discard(ip)
-        for p in alloc.released_ports:
-            self.ports.discard(p)
+        self._free(alloc.released_ips, alloc.released_ports)
