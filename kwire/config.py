@@ -154,7 +154,8 @@ CLUSTER_CONFIG = "kwire-config"
 class ClusterSettings:
     """The cluster-wide settings the server publishes in `kube-system/kwire-config` (K3s agents get the same from
     the server's /v1-k3s/config): what `kwire trace` and `kwire check` read of the cluster's configuration.
-    A key the ConfigMap lacks has the server's default."""
+    Each is the server's setting of the same name; in the ConfigMap its key is the flag's name and its value as
+    the flag is written (a list comma-separated), and a key the ConfigMap lacks has the server's default."""
 
     cluster_cidr: str = ServerConfig.cluster_cidr
     service_cidr: str = ServerConfig.service_cidr
@@ -163,54 +164,37 @@ class ClusterSettings:
     flannel_backend: str = ServerConfig.flannel_backend
     service_node_port_range: str = ServerConfig.service_node_port_range
     disable_network_policy: bool = False
-    disable: frozenset[str] = frozenset()  # packaged components left out (`--disable`): `lab up` waits for the rest
+    disable: tuple[str, ...] = ()  # packaged components left out, sorted: `lab up` waits for the rest
     # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
     node_monitor_grace_period: int = ServerConfig.node_monitor_grace_period
 
     @staticmethod
     def of_server(cfg: ServerConfig) -> ClusterSettings:
         """What a server with this configuration publishes."""
-        return ClusterSettings(
-            cluster_cidr=cfg.cluster_cidr,
-            service_cidr=cfg.service_cidr,
-            cluster_dns=cfg.cluster_dns,
-            cluster_domain=cfg.cluster_domain,
-            flannel_backend=cfg.flannel_backend,
-            service_node_port_range=cfg.service_node_port_range,
-            disable_network_policy=cfg.disable_network_policy,
-            disable=frozenset(cfg.disable),
-            node_monitor_grace_period=cfg.node_monitor_grace_period,
-        )
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(ClusterSettings):
+            value = getattr(cfg, f.name)
+            values[f.name] = tuple(sorted(value)) if isinstance(value, tuple) else value
+        return ClusterSettings(**values)
 
     def to_configmap(self) -> dict[str, str]:
-        """The ConfigMap's data: the server's flag names as keys, every value a string."""
-        return {
-            "cluster-cidr": self.cluster_cidr,
-            "service-cidr": self.service_cidr,
-            "cluster-dns": self.cluster_dns,
-            "cluster-domain": self.cluster_domain,
-            "flannel-backend": self.flannel_backend,
-            "service-node-port-range": self.service_node_port_range,
-            "disable-network-policy": "true" if self.disable_network_policy else "false",
-            "disable": ",".join(sorted(self.disable)),
-            "node-monitor-grace-period": str(self.node_monitor_grace_period),
-        }
+        """The ConfigMap's data."""
+        return {_key(f.name): _flag_text(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @staticmethod
     def from_configmap(data: Mapping[str, str]) -> ClusterSettings:
-        """The settings in the ConfigMap's data (a key it lacks has the server's default)."""
-        d = ClusterSettings()
-        return ClusterSettings(
-            cluster_cidr=data.get("cluster-cidr", d.cluster_cidr),
-            service_cidr=data.get("service-cidr", d.service_cidr),
-            cluster_dns=data.get("cluster-dns", d.cluster_dns),
-            cluster_domain=data.get("cluster-domain", d.cluster_domain),
-            flannel_backend=data.get("flannel-backend", d.flannel_backend),
-            service_node_port_range=data.get("service-node-port-range", d.service_node_port_range),
-            disable_network_policy=data.get("disable-network-policy", "false") == "true",
-            disable=frozenset(x for x in data.get("disable", "").split(",") if x),
-            node_monitor_grace_period=int(data.get("node-monitor-grace-period") or d.node_monitor_grace_period),
-        )
+        """The settings in the ConfigMap's data; ConfigError on a value that is not of its setting's type."""
+        fields = _fields(ClusterSettings)
+        return ClusterSettings(**{f.name: _coerce(f, data[k], CLUSTER_CONFIG) for k, f in fields.items() if k in data})
+
+
+def _flag_text(value: Any) -> str:
+    """A setting's value as its flag is written: true/false, a list comma-separated (sorted), else as is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(sorted(value))
+    return str(value)
 
 
 C = TypeVar("C", ServerConfig, AgentConfig)

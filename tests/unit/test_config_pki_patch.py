@@ -175,6 +175,8 @@ def test_cluster_settings_round_trip_through_the_configmap_the_server_publishes(
     assert (back.cluster_cidr, back.flannel_backend, back.disable) == (
         "10.50.0.0/16",
         "host-gw",
-        {"servicelb", "traefik"},
+        ("servicelb", "traefik"),
     )
     assert ClusterSettings.from_configmap({}) == ClusterSettings.of_server(ServerConfig())
+    with pytest.raises(ConfigError, match="node-monitor-grace-period"):
+        ClusterSettings.from_configmap({"node-monitor-grace-period": "soon"})
