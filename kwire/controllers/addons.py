@@ -563,16 +563,8 @@ class AddonController(Controller):
     def __init__(self, client: ApiClient, informers: Informers, *, settings: AddonSettings) -> None:
         super().__init__(client, informers)
         self.settings = settings
-        self.nodes = informers.get(NODES)
-        self.nodes.on_add(self._kick)
-        self.nodes.on_update(self._kick2)
-        self.nodes.on_delete(self._kick)
-
-    async def _kick(self, _obj: Obj) -> None:
-        self.enqueue(COREDNS)
-
-    async def _kick2(self, _old: Obj, _new: Obj) -> None:
-        self.enqueue(COREDNS)
+        self.nodes = self.informer(NODES)
+        self.on_change(self.nodes, lambda _node: self.enqueue(COREDNS))  # NodeHosts and the replica count follow nodes
 
     async def prepare(self) -> None:
         self.enqueue(COREDNS)

@@ -38,10 +38,8 @@ class ClusterRoleAggregation(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.roles = informers.get(CLUSTERROLES)
-        self.roles.on_add(lambda r: self._requeue())
-        self.roles.on_update(lambda old, new: self._requeue())
-        self.roles.on_delete(lambda r: self._requeue())
+        self.roles = self.informer(CLUSTERROLES)
+        self.on_change(self.roles, lambda _role: self._requeue())
 
     def _requeue(self) -> None:
         for role in self.roles.items():

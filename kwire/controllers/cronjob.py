@@ -29,8 +29,6 @@ from kwire.client import ApiClient, Conflict, Informers, NotFound
 from kwire.client.client import CRONJOBS, JOBS
 from kwire.controllers.common import (
     BY_CONTROLLER,
-    EventRecorder,
-    add_indexes,
     d,
     int_field,
     lst,
@@ -123,26 +121,15 @@ def job_finished_kind(job: Obj) -> str | None:
 
 class CronJobController(Controller):
     name = "cronjob"
+    component = "cronjob-controller"
 
-    def __init__(
-        self,
-        client: ApiClient,
-        informers: Informers,
-        *,
-        recorder: EventRecorder,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, client: ApiClient, informers: Informers, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
         self.clock = clock
-        self.cronjobs = informers.get(CRONJOBS)
-        self.jobs = informers.get(JOBS)
-        add_indexes(self.cronjobs)
-        add_indexes(self.jobs)
+        self.cronjobs = self.informer(CRONJOBS, indexed=True)
+        self.jobs = self.informer(JOBS, indexed=True)
         self.enqueue_on_change(self.cronjobs)
-        self.jobs.on_add(self._on_job)
-        self.jobs.on_update(lambda old, new: self._on_job(new))
-        self.jobs.on_delete(self._on_job)
+        self.on_change(self.jobs, self._on_job)
 
     def _on_job(self, job: Obj) -> None:
         for ref in lst(meta(job).get("ownerReferences")):

@@ -32,8 +32,6 @@ from kwire.controllers.common import (
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
     TAINT_UNSCHEDULABLE,
-    EventRecorder,
-    add_indexes,
     available_in,
     created_at,
     d,
@@ -129,19 +127,16 @@ def affinity_node(pod: Obj) -> str:
 class DaemonSetController(Controller):
     name = "daemonset"
     workers = 2
+    component = "daemonset-controller"
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
         self.expectations = Expectations()
-        self.ds = informers.get(DAEMONSETS)
-        self.pods = informers.get(PODS)
-        self.revisions = informers.get(CONTROLLERREVISIONS)
-        add_indexes(self.revisions)
+        self.ds = self.informer(DAEMONSETS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
+        self.revisions = self.informer(CONTROLLERREVISIONS, indexed=True)
         self.revisions.on_delete(lambda r: self.enqueue(owner_key(self.ds, r, "DaemonSet")))
-        self.nodes = informers.get(NODES)
-        add_indexes(self.ds)
-        add_indexes(self.pods)
+        self.nodes = self.informer(NODES)
         self.enqueue_on_change(self.ds)
         self.ds.on_delete(lambda o: self.expectations.forget(key_of(o)))
         OwnedPodEvents(owners=self.ds, kind="DaemonSet", expectations=self.expectations, enqueue=self.enqueue).watch(

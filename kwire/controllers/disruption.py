@@ -21,7 +21,6 @@ from kwire.client import ApiClient, Informers
 from kwire.client.client import DEPLOYMENTS, PODDISRUPTIONBUDGETS, PODS, REPLICASETS, STATEFULSETS
 from kwire.controllers.common import (
     BY_NAMESPACE,
-    add_indexes,
     controller_ref,
     d,
     int_field,
@@ -88,13 +87,11 @@ class DisruptionController(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.pdbs = informers.get(PODDISRUPTIONBUDGETS)
-        self.pods = informers.get(PODS)
-        self.rs = informers.get(REPLICASETS)
-        self.deployments = informers.get(DEPLOYMENTS)
-        self.sets = informers.get(STATEFULSETS)
-        for inf in (self.pdbs, self.pods):
-            add_indexes(inf)
+        self.pdbs = self.informer(PODDISRUPTIONBUDGETS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
+        self.rs = self.informer(REPLICASETS)
+        self.deployments = self.informer(DEPLOYMENTS)
+        self.sets = self.informer(STATEFULSETS)
         self.enqueue_on_change(self.pdbs)
         self.pods.on_add(self._on_pod)
         self.pods.on_update(self._on_pod_update)

@@ -231,9 +231,9 @@ class EndpointsController(Controller):
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
         self.tracker = WriteTracker()
-        self.services = informers.get(SERVICES)
-        self.pods = informers.get(PODS)
-        self.endpoints = informers.get(ENDPOINTS)
+        self.services = self.informer(SERVICES)
+        self.pods = self.informer(PODS)
+        self.endpoints = self.informer(ENDPOINTS)
         watch_services_and_pods(self.services, self.pods, self.enqueue)
         self.endpoints.on_add(lambda o: self._on_endpoints(o, deleted=False))
         self.endpoints.on_update(lambda old, new: self._on_endpoints(new, deleted=False))

@@ -29,8 +29,6 @@ from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import JOBS, PODS
 from kwire.controllers.common import (
     BY_CONTROLLER,
-    EventRecorder,
-    add_indexes,
     d,
     int_field,
     key_of,
@@ -157,19 +155,15 @@ class _Backoff:
 class JobController(Controller):
     name = "job"
     workers = 2
+    component = "job-controller"
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
-        self.jobs = informers.get(JOBS)
-        self.pods = informers.get(PODS)
-        add_indexes(self.jobs)
-        add_indexes(self.pods)
+        self.jobs = self.informer(JOBS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
         self.enqueue_on_change(self.jobs)
         self.jobs.on_delete(lambda o: self._backoff.pop(key_of(o), None))
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(lambda old, new: self._on_pod(new))
-        self.pods.on_delete(self._on_pod)
+        self.on_change(self.pods, self._on_pod)
         self._backoff: dict[str, _Backoff] = {}
 
     def _on_pod(self, pod: Obj) -> None:

@@ -94,13 +94,12 @@ class LocalPathProvisioner(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.claims = informers.get(PERSISTENTVOLUMECLAIMS)
-        self.volumes = informers.get(PERSISTENTVOLUMES)
-        self.classes = informers.get(STORAGECLASSES)
+        self.claims = self.informer(PERSISTENTVOLUMECLAIMS)
+        self.volumes = self.informer(PERSISTENTVOLUMES)
+        self.classes = self.informer(STORAGECLASSES)
         self.enqueue_on_change(self.claims)
         self.claims.on_delete(self._on_claim_delete)
-        self.volumes.on_add(self._on_volume)
-        self.volumes.on_update(lambda old, new: self._on_volume(new))
+        self.on_change(self.volumes, self._on_volume, deletes=False)
 
     def _on_claim_delete(self, claim: Obj) -> None:
         for pv in self.volumes.items():

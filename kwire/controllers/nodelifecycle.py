@@ -33,7 +33,6 @@ from kwire.controllers.common import (
     BY_NODE,
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
-    add_indexes,
     condition,
     lst,
     name_of,
@@ -72,19 +71,15 @@ class NodeLifecycle(Controller):
     def __init__(self, client: ApiClient, informers: Informers, *, grace_period: float = 40.0) -> None:
         super().__init__(client, informers)
         self.grace_period = grace_period
-        self.nodes = informers.get(NODES)
-        self.leases = informers.get(LEASES, namespace=LEASE_NAMESPACE)
-        self.pods = informers.get(PODS)
-        add_indexes(self.pods)
+        self.nodes = self.informer(NODES)
+        self.leases = self.informer(LEASES, namespace=LEASE_NAMESPACE)
+        self.pods = self.informer(PODS, indexed=True)
         # node name -> (last seen lease renewTime, last seen Ready heartbeat, monotonic time of the last change)
         self._probe: dict[str, tuple[str, str, float]] = {}
-        self.nodes.on_add(self._on_node)
-        self.nodes.on_update(lambda old, new: self._on_node(new))
+        self.on_change(self.nodes, self._on_node, deletes=False)
         self.nodes.on_delete(lambda n: self._probe.pop(name_of(n), None))
-        self.leases.on_add(self._on_lease)
-        self.leases.on_update(lambda old, new: self._on_lease(new))
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(lambda old, new: self._on_pod(new))
+        self.on_change(self.leases, self._on_lease, deletes=False)
+        self.on_change(self.pods, self._on_pod, deletes=False)
 
     # -- heartbeats --------------------------------------------------------------------------------------------
     def _observe(self, node_name: str, *, renew: str | None = None, heartbeat: str | None = None) -> None:

@@ -33,7 +33,7 @@ class NodePasswordController(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.nodes = informers.get(NODES)
+        self.nodes = self.informer(NODES)
         self.nodes.on_delete(lambda node: self.enqueue(name_of(node)))
 
     async def sync(self, key: str) -> float | None:

@@ -17,7 +17,6 @@ from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import NODES, PODS
 from kwire.controllers.common import (
     BY_NODE,
-    add_indexes,
     key_of,
     name_of,
     node_ready_status,
@@ -48,11 +47,9 @@ class PodGC(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.pods = informers.get(PODS)
-        self.nodes = informers.get(NODES)
-        add_indexes(self.pods)
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(lambda old, new: self._on_pod(new))
+        self.pods = self.informer(PODS, indexed=True)
+        self.nodes = self.informer(NODES)
+        self.on_change(self.pods, self._on_pod, deletes=False)
         self.nodes.on_delete(self._on_node_delete)
         self.nodes.on_update(self._on_node_update)
 

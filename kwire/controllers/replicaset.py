@@ -17,8 +17,6 @@ from kwire.client import ApiClient, Informers
 from kwire.client.client import PODS, REPLICASETS
 from kwire.controllers.common import (
     BY_NAMESPACE,
-    EventRecorder,
-    add_indexes,
     available_in,
     created_at,
     d,
@@ -74,15 +72,13 @@ def _omit_zero(values: dict[str, int]) -> dict[str, int]:
 class ReplicaSetController(Controller):
     name = "replicaset"
     workers = 4
+    component = "replicaset-controller"
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
         self.expectations = Expectations()
-        self.rs = informers.get(REPLICASETS)
-        self.pods = informers.get(PODS)
-        add_indexes(self.rs)
-        add_indexes(self.pods)
+        self.rs = self.informer(REPLICASETS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
         self.enqueue_on_change(self.rs)
         self.rs.on_delete(lambda o: self.expectations.forget(key_of(o)))
         OwnedPodEvents(owners=self.rs, kind="ReplicaSet", expectations=self.expectations, enqueue=self.enqueue).watch(

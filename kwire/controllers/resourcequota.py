@@ -56,13 +56,11 @@ class ResourceQuotaController(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.quotas = informers.get(RESOURCEQUOTAS)
-        self.counted = {res.plural: informers.get(res) for res in WATCHED}
+        self.quotas = self.informer(RESOURCEQUOTAS)
+        self.counted = {res.plural: self.informer(res) for res in WATCHED}
         self.enqueue_on_change(self.quotas)
         for inf in self.counted.values():
-            inf.on_add(self._on_object)
-            inf.on_update(lambda old, new: self._on_object(new))
-            inf.on_delete(self._on_object)
+            self.on_change(inf, self._on_object)
 
     def _on_object(self, obj: Obj) -> None:
         ns = namespace_of(obj)

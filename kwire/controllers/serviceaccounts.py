@@ -26,10 +26,9 @@ class ServiceAccountsController(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.namespaces = informers.get(NAMESPACES)
-        self.accounts = informers.get(SERVICEACCOUNTS)
-        self.namespaces.on_add(lambda ns: self.enqueue(name_of(ns)))
-        self.namespaces.on_update(lambda old, new: self.enqueue(name_of(new)))
+        self.namespaces = self.informer(NAMESPACES)
+        self.accounts = self.informer(SERVICEACCOUNTS)
+        self.enqueue_on_change(self.namespaces)
         self.accounts.on_delete(self._on_delete)
 
     def _on_delete(self, sa: Obj) -> None:

@@ -30,8 +30,6 @@ from kwire.client.client import CONTROLLERREVISIONS, PERSISTENTVOLUMECLAIMS, POD
 from kwire.controllers.common import (
     BY_CONTROLLER,
     BY_NAMESPACE,
-    EventRecorder,
-    add_indexes,
     available_in,
     controller_ref,
     d,
@@ -244,15 +242,13 @@ def compute_status(sts: Obj, pods: list[Obj], revisions: Revisions, *, now: floa
 class StatefulSetController(Controller):
     name = "statefulset"
     workers = 2
+    component = "statefulset-controller"
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
-        self.sets = informers.get(STATEFULSETS)
-        self.pods = informers.get(PODS)
-        self.revisions = informers.get(CONTROLLERREVISIONS)
-        for inf in (self.sets, self.pods, self.revisions):
-            add_indexes(inf)
+        self.sets = self.informer(STATEFULSETS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
+        self.revisions = self.informer(CONTROLLERREVISIONS, indexed=True)
         self.enqueue_on_change(self.sets)
         for inf in (self.pods, self.revisions):
             inf.on_add(self._on_owned)
