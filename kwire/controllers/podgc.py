@@ -19,6 +19,7 @@ from kwire.controllers.common import (
     BY_NODE,
     key_of,
     name_of,
+    namespace_of,
     node_ready_status,
     spec,
     split_key,
@@ -86,20 +87,22 @@ class PodGC(Controller):
         known = self.nodes.get(None, node)
         if known is not None:
             if terminating(pod) and out_of_service(known):
-                log.info("pod GC: force-deleting %s: terminating on out-of-service node %s", key, node)
-                try:
-                    await self.client.delete(PODS, name, ns, grace_period=0, preconditions={"uid": uid_of(pod)})
-                except NotFound:
-                    pass
+                await self._force_delete(pod, f"terminating on out-of-service node {node}")
             return None
         try:
             await self.client.get(NODES, node)
             return None  # the node exists; the cache is behind
         except NotFound:
             pass
-        log.info("pod GC: deleting %s: its node %s no longer exists", key, node)
+        await self._force_delete(pod, f"its node {node} no longer exists")
+        return None
+
+    async def _force_delete(self, pod: Obj, why: str) -> None:
+        """Delete the pod now (grace period 0), only if it is still the same pod (uid precondition)."""
+        log.info("pod GC: force-deleting %s: %s", key_of(pod), why)
         try:
-            await self.client.delete(PODS, name, ns, grace_period=0, preconditions={"uid": uid_of(pod)})
+            await self.client.delete(
+                PODS, name_of(pod), namespace_of(pod), grace_period=0, preconditions={"uid": uid_of(pod)}
+            )
         except NotFound:
             pass
-        return None
