@@ -170,14 +170,7 @@ class LocalPathProvisioner(Controller):
 
     async def _bind(self, claim: Obj, pv: Obj) -> None:
         if status(pv).get("phase") != "Bound":
-
-            def bind_volume(obj: Obj) -> bool:
-                if status(obj).get("phase") == "Bound":
-                    return False
-                obj.setdefault("status", {})["phase"] = "Bound"
-                return True
-
-            await update_with_retry(self.client, PERSISTENTVOLUMES, pv, bind_volume, subresource_status=True)
+            await self._set_volume_phase(pv, "Bound")
         if spec(claim).get("volumeName") != name_of(pv):
 
             def set_volume(obj: Obj) -> bool:
@@ -225,12 +218,16 @@ class LocalPathProvisioner(Controller):
             except NotFound:
                 pass
             return None
+        await self._set_volume_phase(pv, "Released")
+        return None
 
-        def released(obj: Obj) -> bool:
-            if status(obj).get("phase") == "Released":
+    async def _set_volume_phase(self, pv: Obj, phase: str) -> None:
+        """status.phase of the PersistentVolume (status subresource), unless it already is `phase`."""
+
+        def set_phase(obj: Obj) -> bool:
+            if status(obj).get("phase") == phase:
                 return False
-            obj.setdefault("status", {})["phase"] = "Released"
+            obj.setdefault("status", {})["phase"] = phase
             return True
 
-        await update_with_retry(self.client, PERSISTENTVOLUMES, pv, released, subresource_status=True)
-        return None
+        await update_with_retry(self.client, PERSISTENTVOLUMES, pv, set_phase, subresource_status=True)
