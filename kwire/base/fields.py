@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+Obj = dict[str, Any]  # an API object as the JSON it is sent in
+
 
 def as_dict(value: Any) -> dict[str, Any]:
     """`value` if it is a dict, else an empty dict."""

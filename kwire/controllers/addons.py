@@ -39,7 +39,6 @@ import importlib.resources
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
 
@@ -59,9 +58,9 @@ from kwire.client.client import (
     SERVICES,
     Resource,
 )
+from kwire.controllers.common import Obj
 from kwire.controllers.queue import Controller
 
-Obj = dict[str, Any]
 NS = "kube-system"
 ADDON_LABEL = "kwire.io/addon"
 HASH_ANNOTATION = "kwire.io/addon-hash"

@@ -12,10 +12,8 @@ from typing import Any
 from kwire.base.labels import from_label_selector
 from kwire.client import ApiClient, Informers
 from kwire.client.client import CLUSTERROLES
-from kwire.controllers.common import d, labels_of, lst, name_of, update_with_retry
+from kwire.controllers.common import Obj, d, labels_of, lst, name_of, update_with_retry
 from kwire.controllers.queue import Controller
-
-Obj = dict[str, Any]
 
 
 def aggregated_rules(role: Obj, roles: list[Obj]) -> list[Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from kwire.base.fields import Obj as Obj  # re-exported: the controllers' one spelling
 from kwire.base.fields import as_dict, as_list, meta, spec, status
 from kwire.base.keys import key_of as key_of  # re-exported: the controllers' one spelling
 from kwire.base.keys import pod_ready as pod_ready
@@ -25,7 +26,6 @@ from kwire.client.events import EventRecorder as EventRecorder  # re-exported; i
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 # Taints the node lifecycle controller and the scheduler use (k8s.io/api/core/v1 well-known taints).
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"

@@ -20,7 +20,6 @@ import logging
 import time
 import zoneinfo
 from collections.abc import Callable
-from typing import Any
 
 from croniter import croniter
 
@@ -29,6 +28,7 @@ from kwire.client import ApiClient, Conflict, Informers, NotFound
 from kwire.client.client import CRONJOBS, JOBS
 from kwire.controllers.common import (
     BY_CONTROLLER,
+    Obj,
     d,
     int_field,
     lst,
@@ -49,7 +49,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 SCHEDULED_TIMESTAMP = "batch.kubernetes.io/cronjob-scheduled-timestamp"
 MAX_MISSED = 100

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any
 
 from kwire.client import ApiClient, Informers
 from kwire.client.client import CONTROLLERREVISIONS, DAEMONSETS, NODES, PODS
@@ -32,6 +31,7 @@ from kwire.controllers.common import (
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
     TAINT_UNSCHEDULABLE,
+    Obj,
     available_in,
     created_at,
     d,
@@ -71,7 +71,6 @@ from kwire.controllers.workloads import (
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 HASH_LABEL = "controller-revision-hash"
 

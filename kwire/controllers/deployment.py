@@ -23,6 +23,7 @@ from kwire.client.client import DEPLOYMENTS, PODS, REPLICASETS
 from kwire.controllers.common import (
     BY_CONTROLLER,
     BY_NAMESPACE,
+    Obj,
     controller_ref,
     created_at,
     d,
@@ -49,7 +50,6 @@ from kwire.controllers.workloads import claim, owner_key, selecting_owner_keys, 
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 HASH_LABEL = "pod-template-hash"
 REVISION = "deployment.kubernetes.io/revision"

@@ -21,6 +21,7 @@ from kwire.client import ApiClient, Informers
 from kwire.client.client import DEPLOYMENTS, PODDISRUPTIONBUDGETS, PODS, REPLICASETS, STATEFULSETS
 from kwire.controllers.common import (
     BY_NAMESPACE,
+    Obj,
     controller_ref,
     d,
     int_field,
@@ -42,7 +43,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 DISRUPTED_TIMEOUT = 120.0
 

@@ -30,6 +30,7 @@ from typing import Any
 from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
 from kwire.client.client import ENDPOINTS, PODS, SERVICES
 from kwire.controllers.common import (
+    Obj,
     d,
     key_of,
     labels_of,
@@ -62,7 +63,6 @@ from kwire.controllers.queue import Controller, RetryLater
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 LABEL_MANAGED_BY = "endpoints.kubernetes.io/managed-by"
 CONTROLLER_NAME = "endpoint-controller"

@@ -39,6 +39,7 @@ from typing import Any
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import ENDPOINTSLICES, NODES, PODS, SERVICES
 from kwire.controllers.common import (
+    Obj,
     d,
     key_of,
     labels_of,
@@ -74,7 +75,6 @@ from kwire.controllers.queue import Controller, RetryLater
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 MAX_ENDPOINTS_PER_SLICE = 100
 CONTROLLER_NAME = "endpointslice-controller.k8s.io"

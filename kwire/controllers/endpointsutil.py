@@ -18,6 +18,7 @@ from typing import Any
 from kwire.client import Informer
 from kwire.controllers.common import (
     BY_NAMESPACE,
+    Obj,
     add_indexes,
     d,
     key_of,
@@ -31,8 +32,6 @@ from kwire.controllers.common import (
     status,
     terminating,
 )
-
-Obj = dict[str, Any]
 
 LABEL_HEADLESS = "service.kubernetes.io/headless"
 

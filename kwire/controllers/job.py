@@ -23,12 +23,12 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import JOBS, PODS
 from kwire.controllers.common import (
     BY_CONTROLLER,
+    Obj,
     d,
     int_field,
     key_of,
@@ -51,7 +51,6 @@ from kwire.controllers.workloads import owner_key, pod_from_template, slow_start
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"

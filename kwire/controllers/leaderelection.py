@@ -16,16 +16,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from kwire.base.tasks import cancel_and_wait
 from kwire.base.timefmt import now_micro
 from kwire.client import ApiClient
 from kwire.client.client import LEASES, ApiStatusError, Conflict, NotFound
+from kwire.controllers.common import Obj
 
 log = logging.getLogger(__name__)
-
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ helper pod does it on the node).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, STORAGECLASSES
 from kwire.controllers.common import (
+    Obj,
     annotations_of,
     d,
     key_of,
@@ -34,7 +34,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 PROVISIONER = "rancher.io/local-path"
 STORAGE_ROOT = "/var/lib/kwire/storage"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from kwire.client import ApiClient, Informers
 from kwire.client.client import LEASES, NODES, PODS
@@ -33,6 +32,7 @@ from kwire.controllers.common import (
     BY_NODE,
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
+    Obj,
     condition,
     lst,
     name_of,
@@ -47,7 +47,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 LEASE_NAMESPACE = "kube-node-lease"
 UNKNOWN_REASON = "NodeStatusUnknown"

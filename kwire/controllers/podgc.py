@@ -11,12 +11,12 @@ node the cache has not seen yet is left alone.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import NODES, PODS
 from kwire.controllers.common import (
     BY_NODE,
+    Obj,
     key_of,
     name_of,
     namespace_of,
@@ -31,7 +31,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 TAINT_OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 

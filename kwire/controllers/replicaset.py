@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from kwire.client import ApiClient, Informers
 from kwire.client.client import PODS, REPLICASETS
 from kwire.controllers.common import (
     BY_NAMESPACE,
+    Obj,
     available_in,
     created_at,
     d,
@@ -49,7 +49,6 @@ from kwire.controllers.workloads import (
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 _PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 

@@ -13,8 +13,6 @@ NotTerminating filter which pods count (evaluation in `kwire/base/quota.py`, sha
 
 from __future__ import annotations
 
-from typing import Any
-
 from kwire.base.quota import usage
 from kwire.client import ApiClient, Informers
 from kwire.client.client import (
@@ -29,6 +27,7 @@ from kwire.client.client import (
     Resource,
 )
 from kwire.controllers.common import (
+    Obj,
     d,
     key_of,
     lst,
@@ -39,8 +38,6 @@ from kwire.controllers.common import (
     update_with_retry,
 )
 from kwire.controllers.queue import Controller
-
-Obj = dict[str, Any]
 
 RESOURCEQUOTAS = Resource("", "v1", "resourcequotas", "ResourceQuota")
 # Kinds other controllers watch anyway: counted from the shared caches, recounted on every change.

@@ -33,6 +33,7 @@ from kwire.controllers.common import (
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
     TAINT_UNSCHEDULABLE,
+    Obj,
     annotations_of,
     condition,
     controller_ref,
@@ -65,7 +66,6 @@ from kwire.controllers.topology import (
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 SCHEDULER_NAME = "default-scheduler"
 RETRY_UNSCHEDULABLE = 60.0

@@ -7,16 +7,14 @@ created again when someone deletes it. Like kube since 1.24, no token Secret is 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from kwire.client import ApiClient, ApiStatusError, Conflict, Informers
 from kwire.client.client import NAMESPACES, SERVICEACCOUNTS
-from kwire.controllers.common import name_of, namespace_of, status, terminating
+from kwire.controllers.common import Obj, name_of, namespace_of, status, terminating
 from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 DEFAULT = "default"
 

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 from kwire.base import fields
 from kwire.base.keys import pod_ready
 from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
 from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICEACCOUNTS, SERVICES
 from kwire.client.events import EventRecorder
+from kwire.controllers.common import Obj
 from kwire.controllers.queue import Controller
 
-Obj = dict[str, Any]
 NS = "kube-system"
 IMAGE = "kwire/servicelb:latest"
 SVCNAME = "svccontroller.k3s.cattle.io/svcname"

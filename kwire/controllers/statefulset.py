@@ -23,13 +23,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from kwire.client import ApiClient, Conflict, Informers, NotFound
 from kwire.client.client import CONTROLLERREVISIONS, PERSISTENTVOLUMECLAIMS, PODS, STATEFULSETS
 from kwire.controllers.common import (
     BY_CONTROLLER,
     BY_NAMESPACE,
+    Obj,
     available_in,
     controller_ref,
     d,
@@ -56,7 +56,6 @@ from kwire.controllers.workloads import claim, owner_key, selecting_owner_keys, 
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"

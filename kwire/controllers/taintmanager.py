@@ -23,6 +23,7 @@ from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import NODES, PODS
 from kwire.controllers.common import (
     BY_NODE,
+    Obj,
     lst,
     meta,
     name_of,
@@ -40,8 +41,6 @@ from kwire.controllers.common import (
 from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
-
-Obj = dict[str, Any]
 
 
 def no_execute_taints(node: Obj) -> list[Obj]:

@@ -14,16 +14,14 @@ import base64
 import copy
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import SECRETS, SERVICEACCOUNTS
-from kwire.controllers.common import name_of, namespace_of
+from kwire.controllers.common import Obj, name_of, namespace_of
 from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 # (namespace, service account name, service account uid, secret name) -> token
 LegacySigner = Callable[[str, str, str, str], str]
 

@@ -24,6 +24,7 @@ from kwire.client import ApiClient, Informer, NotFound, Resource
 from kwire.controllers.common import (
     BY_NAMESPACE,
     EventRecorder,
+    Obj,
     controller_ref,
     d,
     key_of,
@@ -42,7 +43,6 @@ from kwire.controllers.common import (
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 EXPECTATIONS_TTL = 60.0
 BURST = 500  # at most this many creations or deletions per sync (kube's burstReplicas)
