@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 
-from kwire.client import ApiClient, Informers
 from kwire.client.client import PODS, REPLICASETS
 from kwire.controllers.common import (
     BY_NAMESPACE,
@@ -35,14 +34,11 @@ from kwire.controllers.common import (
     terminating,
     update_status_with_retry,
 )
-from kwire.controllers.queue import Controller, RetryLater
+from kwire.controllers.queue import RetryLater
 from kwire.controllers.workloads import (
     BURST,
-    Expectations,
-    OwnedPodEvents,
+    PodOwnerController,
     claim,
-    create_owned_pods,
-    delete_owned_pods,
     pod_from_template,
     selector_of,
 )
@@ -68,26 +64,16 @@ def _omit_zero(values: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in values.items() if v}
 
 
-class ReplicaSetController(Controller):
+class ReplicaSetController(PodOwnerController):
     name = "replicaset"
     workers = 4
     component = "replicaset-controller"
-
-    def __init__(self, client: ApiClient, informers: Informers) -> None:
-        super().__init__(client, informers)
-        self.expectations = Expectations()
-        self.rs = self.informer(REPLICASETS, indexed=True)
-        self.pods = self.informer(PODS, indexed=True)
-        self.enqueue_on_change(self.rs)
-        self.rs.on_delete(lambda o: self.expectations.forget(key_of(o)))
-        OwnedPodEvents(owners=self.rs, kind="ReplicaSet", expectations=self.expectations, enqueue=self.enqueue).watch(
-            self.pods
-        )
+    owner_resource = REPLICASETS
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
         ns, name = split_key(key)
-        rs = self.rs.get(ns, name)
+        rs = self.owners.get(ns, name)
         if rs is None:
             self.expectations.forget(key)
             return None
@@ -116,17 +102,13 @@ class ReplicaSetController(Controller):
             n = min(-diff, BURST)
             self.expectations.expect(key, adds=n)
             pod = pod_from_template(rs, owner_api_version="apps/v1", owner_kind="ReplicaSet")
-            msg = await create_owned_pods(
-                self.client, PODS, rs, n, lambda: pod, recorder=self.recorder, expectations=self.expectations
-            )
+            msg = await self.create_owned_pods(rs, n, lambda: pod)
             if msg is not None:
                 return ("FailedCreate", msg)
         elif diff > 0:
             victims = sorted(active, key=deletion_order)[: min(diff, BURST)]
             self.expectations.expect(key, deletes={key_of(p) for p in victims})
-            err = await delete_owned_pods(
-                self.client, PODS, rs, victims, recorder=self.recorder, expectations=self.expectations
-            )
+            err = await self.delete_owned_pods(rs, victims)
             if err is not None:
                 msg = getattr(err, "message", None) or str(err)
                 await self.recorder.event(rs, "Warning", "FailedDelete", f"Error deleting: {msg}")
