@@ -28,7 +28,7 @@ import math
 from typing import Any
 
 from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
-from kwire.client.client import ENDPOINTS, PODS, SERVICES
+from kwire.client.client import ENDPOINTS
 from kwire.controllers.common import (
     Obj,
     d,
@@ -45,21 +45,18 @@ from kwire.controllers.common import (
 )
 from kwire.controllers.endpointsutil import (
     LABEL_HEADLESS,
-    PROTECTED,
-    WriteTracker,
+    ServiceEndpointsController,
     find_port,
     ip_family,
     is_headless,
     pod_ips,
-    selected_pods,
     service_ports,
     service_selector,
     should_be_in_endpoints,
     should_set_hostname,
     target_ref,
-    watch_services_and_pods,
 )
-from kwire.controllers.queue import Controller, RetryLater
+from kwire.controllers.queue import RetryLater
 
 log = logging.getLogger(__name__)
 
@@ -224,17 +221,12 @@ def truncate(subsets: list[Obj]) -> bool:
 
 
 # -- the controller ----------------------------------------------------------------------------------------------
-class EndpointsController(Controller):
+class EndpointsController(ServiceEndpointsController):
     name = "endpoints"
-    workers = 4
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.tracker = WriteTracker()
-        self.services = self.informer(SERVICES)
-        self.pods = self.informer(PODS)
         self.endpoints = self.informer(ENDPOINTS)
-        watch_services_and_pods(self.services, self.pods, self.enqueue)
         self.endpoints.on_add(lambda o: self._on_endpoints(o, deleted=False))
         self.endpoints.on_update(lambda old, new: self._on_endpoints(new, deleted=False))
         self.endpoints.on_delete(lambda o: self._on_endpoints(o, deleted=True))
@@ -259,8 +251,6 @@ class EndpointsController(Controller):
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
-        if key in PROTECTED:
-            return None
         ns, name = split_key(key)
         current = self.endpoints.get(ns, name)
         if self.tracker.stale(key, {name: current} if current is not None else {}):
@@ -275,10 +265,9 @@ class EndpointsController(Controller):
                 self.tracker.deleted(key, name)
                 log.debug("endpoints %s: deleted with its Service", key)
             return None
-        selector = service_selector(svc)
-        if selector is None:
+        pods = self.pods_of(svc)
+        if pods is None:
             return None
-        pods = selected_pods(self.pods, ns, selector)
         subsets = desired_subsets(svc, pods)
         truncated = truncate(subsets)
         labels = endpoints_labels(svc)
