@@ -23,10 +23,9 @@ import logging
 import time
 
 from kwire.client import ApiClient, Informers
-from kwire.client.client import CONTROLLERREVISIONS, DAEMONSETS, NODES, PODS
+from kwire.client.client import CONTROLLERREVISIONS, DAEMONSETS, NODES
 from kwire.controllers.common import (
     BY_CONTROLLER,
-    BY_NAMESPACE,
     BY_NODE,
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
@@ -60,7 +59,6 @@ from kwire.controllers.scheduler import host_ports, matches_node_affinity, ports
 from kwire.controllers.workloads import (
     BURST,
     PodOwnerController,
-    claim,
     pod_from_template,
     selector_of,
 )
@@ -156,15 +154,7 @@ class DaemonSetController(PodOwnerController):
             return None
         if terminating(ds):
             return None
-        owned = await claim(
-            self.client,
-            PODS,
-            ds,
-            self.pods.by_index(BY_NAMESPACE, ns or ""),
-            selector,
-            owner_api_version="apps/v1",
-            owner_kind="DaemonSet",
-        )
+        owned = await self.claim_pods(ds, selector)
         nodes = {name_of(n): n for n in self.nodes.items()}
         by_node: dict[str, list[Obj]] = {}
         for pod in owned:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import time
 
-from kwire.client.client import PODS, REPLICASETS
+from kwire.client.client import REPLICASETS
 from kwire.controllers.common import (
-    BY_NAMESPACE,
     Obj,
     available_in,
     created_at,
@@ -38,7 +37,6 @@ from kwire.controllers.queue import RetryLater
 from kwire.controllers.workloads import (
     BURST,
     PodOwnerController,
-    claim,
     pod_from_template,
     selector_of,
 )
@@ -81,10 +79,7 @@ class ReplicaSetController(PodOwnerController):
         if selector is None:
             log.warning("replicaset %s: spec.selector is missing or invalid; nothing to do", key)
             return None
-        candidates = self.pods.by_index(BY_NAMESPACE, ns or "")
-        owned = await claim(
-            self.client, PODS, rs, candidates, selector, owner_api_version="apps/v1", owner_kind="ReplicaSet"
-        )
+        owned = await self.claim_pods(rs, selector)
         active = [p for p in owned if pod_active(p)]
         failure: tuple[str, str] | None = None
         if self.expectations.satisfied(key) and not terminating(rs):

@@ -156,6 +156,20 @@ class PodOwnerController(Controller):
             self.enqueue(owner)
 
     # -- pod control -------------------------------------------------------------------------------------------
+    async def claim_pods(self, owner: Obj, selector: Selector) -> list[Obj]:
+        """The pods of the owner's namespace that `owner` controls, after adopting matching orphans and releasing
+        the pods that stopped matching (`claim`: their ClaimPods)."""
+        candidates = self.pods.by_index(BY_NAMESPACE, namespace_of(owner))
+        return await claim(
+            self.client,
+            PODS,
+            owner,
+            candidates,
+            selector,
+            owner_api_version=self.owner_resource.api_version,
+            owner_kind=self.kind,
+        )
+
     async def create_owned_pods(self, owner: Obj, count: int, make_pod: Callable[[], Obj]) -> str | None:
         """Create `count` pods of `owner`, each built by `make_pod`, in slow-start batches, with a SuccessfulCreate
         Event for each. After a failure the creations not made are taken off the owner's expected adds and a
