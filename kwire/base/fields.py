@@ -33,3 +33,12 @@ def spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 def status(obj: dict[str, Any]) -> dict[str, Any]:
     return as_dict(obj.get("status"))
+
+
+def set_or_omit(obj: dict[str, Any], key: str, value: Any) -> None:
+    """Write a field the way Go's `omitempty` serializes it: `obj[key] = value`, or no key at all when `value` is
+    empty (an empty list or map, "", None, 0)."""
+    if value:
+        obj[key] = value
+    else:
+        obj.pop(key, None)

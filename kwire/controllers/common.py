@@ -17,6 +17,7 @@ import orjson
 
 from kwire.base.fields import Obj as Obj  # re-exported: the controllers' one spelling
 from kwire.base.fields import as_dict, as_list, meta, spec, status
+from kwire.base.fields import set_or_omit as set_or_omit
 from kwire.base.keys import key_of as key_of  # re-exported: the controllers' one spelling
 from kwire.base.keys import pod_ready as pod_ready
 from kwire.base.keys import split_key as split_key

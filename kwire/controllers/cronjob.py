@@ -37,6 +37,7 @@ from kwire.controllers.common import (
     namespace_of,
     owner_reference,
     parse_time,
+    set_or_omit,
     spec,
     split_key,
     status,
@@ -241,10 +242,7 @@ class CronJobController(Controller):
     ) -> None:
         def apply(obj: Obj) -> bool:
             st = dict(status(obj))
-            if active:
-                st["active"] = active
-            else:
-                st.pop("active", None)
+            set_or_omit(st, "active", active)
             if scheduled is not None:
                 st["lastScheduleTime"] = rfc3339(scheduled)
             if last_success is not None:

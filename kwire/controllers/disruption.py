@@ -34,6 +34,7 @@ from kwire.controllers.common import (
     now_rfc3339,
     parse_time,
     pod_ready,
+    set_or_omit,
     spec,
     split_key,
     terminating,
@@ -210,10 +211,7 @@ class DisruptionController(Controller):
                 "expectedPods": expected,
                 "conditions": [cond],
             }
-            if disrupted:
-                new["disruptedPods"] = disrupted
-            else:
-                new.pop("disruptedPods", None)
+            set_or_omit(new, "disruptedPods", disrupted)
             return new
 
         await update_status_with_retry(self.client, PODDISRUPTIONBUDGETS, pdb, desired_status)

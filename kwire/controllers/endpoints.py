@@ -39,6 +39,7 @@ from kwire.controllers.common import (
     name_of,
     namespace_of,
     pod_ready,
+    set_or_omit,
     spec,
     split_key,
     uid_of,
@@ -213,10 +214,7 @@ def truncate(subsets: list[Obj]) -> bool:
                 ss.pop("addresses")
         else:
             kept = ss.get("notReadyAddresses", [])[:keep]
-            if kept:
-                ss["notReadyAddresses"] = kept
-            else:
-                ss.pop("notReadyAddresses", None)
+            set_or_omit(ss, "notReadyAddresses", kept)
     return True
 
 
@@ -285,14 +283,8 @@ class EndpointsController(ServiceEndpointsController):
             annotations.pop(ANNOTATION_OVER_CAPACITY, None)
             if truncated:
                 annotations[ANNOTATION_OVER_CAPACITY] = "truncated"
-            if annotations:
-                m["annotations"] = annotations
-            else:
-                m.pop("annotations", None)
-            if subsets:
-                new["subsets"] = subsets
-            else:
-                new.pop("subsets", None)
+            set_or_omit(m, "annotations", annotations)
+            set_or_omit(new, "subsets", subsets)
             out = await self.client.update(ENDPOINTS, new)
         else:
             new = {

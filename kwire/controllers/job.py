@@ -39,6 +39,7 @@ from kwire.controllers.common import (
     now_rfc3339,
     parse_time,
     pod_ready,
+    set_or_omit,
     spec,
     split_key,
     status,
@@ -418,10 +419,7 @@ class JobController(Controller):
             if TRACKING_FINALIZER not in fins:
                 return False
             kept = [f for f in fins if f != TRACKING_FINALIZER]
-            if kept:
-                o["metadata"]["finalizers"] = kept
-            else:
-                o["metadata"].pop("finalizers", None)
+            set_or_omit(o["metadata"], "finalizers", kept)
             return True
 
         for p in pods:

@@ -39,6 +39,7 @@ from kwire.controllers.common import (
     node_ready_status,
     now_rfc3339,
     pod_ready,
+    set_or_omit,
     spec,
     taints_of,
     update_with_retry,
@@ -192,10 +193,7 @@ class NodeLifecycle(Controller):
                     kept.append({"key": key, "effect": "NoExecute", "timeAdded": now_rfc3339()})
             if kept == taints:
                 return False
-            if kept:
-                s["taints"] = kept
-            else:
-                s.pop("taints", None)
+            set_or_omit(s, "taints", kept)
             for key in lifecycle:
                 if (key in want) != any(t.get("key") == key for t in taints):
                     log.info("node %s: %s the %s taints", name_of(o), "adding" if key in want else "removing", key)

@@ -27,6 +27,7 @@ from kwire.controllers.common import (
     pod_active,
     pod_available,
     pod_ready,
+    set_or_omit,
     spec,
     split_key,
     status,
@@ -151,10 +152,7 @@ class ReplicaSetController(PodOwnerController):
                         "lastTransitionTime": (old or {}).get("lastTransitionTime") or now_rfc3339(),
                     }
                 )
-            if conds:
-                new["conditions"] = conds
-            else:
-                new.pop("conditions", None)
+            set_or_omit(new, "conditions", conds)
             return new
 
         await update_status_with_retry(self.client, REPLICASETS, rs, desired_status)

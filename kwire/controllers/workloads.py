@@ -36,6 +36,7 @@ from kwire.controllers.common import (
     namespace_of,
     owner_reference,
     pod_active,
+    set_or_omit,
     spec,
     terminating,
     uid_of,
@@ -298,10 +299,7 @@ async def _release(client: ApiClient, res: Resource, obj: Obj, uid: str) -> None
         kept = [r for r in refs if not (isinstance(r, dict) and r.get("uid") == uid)]
         if len(kept) == len(refs):
             return False
-        if kept:
-            m["ownerReferences"] = kept
-        else:
-            m.pop("ownerReferences", None)
+        set_or_omit(m, "ownerReferences", kept)
         return True
 
     await update_with_retry(client, res, obj, drop_ref)
