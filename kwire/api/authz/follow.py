@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import orjson
@@ -22,16 +23,17 @@ log = logging.getLogger(__name__)
 Apply = Callable[[str, dict[str, Any] | None], None]
 
 
+@dataclass(eq=False)
 class Follower:
     """Feeds `apply(key, obj | None)` with every object under `prefix`; `reset()` before each relist."""
 
-    def __init__(self, store: Store, prefix: str, *, apply: Apply, reset: Callable[[], None], name: str) -> None:
-        self.store = store
-        self.prefix = prefix
-        self.apply = apply
-        self.reset = reset
-        self.name = name
-        self._task: asyncio.Task[None] | None = None
+    store: Store
+    prefix: str
+    _: KW_ONLY
+    apply: Apply
+    reset: Callable[[], None]
+    name: str
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         revision = await self._relist()
