@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,18 @@ def config_path(data_dir: Path) -> Path:
     return Path(data_dir) / "cred" / "encryption-config.json"
 
 
+@dataclass(eq=False)
 class EncryptionKeys:
     """One server's view of the shared keys: the wrapper store that uses them and the watch that updates them."""
 
-    def __init__(self, store: EncryptingStore, *, token: str, path: Path, enabled_by_flag: bool) -> None:
-        self.store = store
-        self.token = token
-        self.path = path
-        self.enabled_by_flag = enabled_by_flag
-        self.stage = "start"
-        self._rotating = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+    store: EncryptingStore
+    _: KW_ONLY
+    token: str = field(repr=False)  # the server token, which seals the shared copy
+    path: Path
+    enabled_by_flag: bool
+    stage: str = field(default="start", init=False)
+    _rotating: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     # -- the shared copy ---------------------------------------------------------------------------------------
     def _publish_value(self, config: EncryptionConfig) -> bytes:
