@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
+from kwire.agent.clusterconfig import ClusterSettings
 from kwire.agent.credentials import (
     CONTROLLER_CLIENT,
     KUBE_PROXY_CLIENT,
@@ -126,17 +127,6 @@ def _bridge_netfilter() -> None:
         log.warning("agent: cannot enable bridge-nf-call-iptables (%s); same-node service traffic may fail", exc)
 
 
-@dataclass
-class ClusterSettings:
-    cluster_cidr: str
-    service_cidr: str
-    cluster_dns: str
-    cluster_domain: str
-    flannel_backend: str
-    disable_network_policy: bool = False
-    node_monitor_grace_period: int = 40
-
-
 async def _cluster_settings(creds: NodeCredentials, *, timeout: float = 60.0) -> ClusterSettings:
     """The cluster's settings as K3s's agent gets them: from the server's /v1-k3s/config (the data of the
     kube-system/kwire-config ConfigMap the server publishes), asked as this node."""
@@ -144,16 +134,7 @@ async def _cluster_settings(creds: NodeCredentials, *, timeout: float = 60.0) ->
     end = loop.time() + timeout
     while True:
         try:
-            d = await creds.cluster_settings()
-            return ClusterSettings(
-                cluster_cidr=d.get("cluster-cidr", "10.42.0.0/16"),
-                service_cidr=d.get("service-cidr", "10.43.0.0/16"),
-                cluster_dns=d.get("cluster-dns", "10.43.0.10"),
-                cluster_domain=d.get("cluster-domain", "cluster.local"),
-                flannel_backend=d.get("flannel-backend", "vxlan"),
-                disable_network_policy=d.get("disable-network-policy", "false") == "true",
-                node_monitor_grace_period=int(d.get("node-monitor-grace-period") or 40),
-            )
+            return ClusterSettings.from_data(await creds.cluster_settings())
         except (CredentialsError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             if loop.time() > end:
                 raise AgentError(f"cannot read the cluster settings from the server: {exc}") from None
