@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from kwire.base.backoff import Backoff
 from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import DELETED, Compacted, Store
 
@@ -62,21 +63,20 @@ class Follower:
             self.apply(key, obj)
 
     async def _follow(self, revision: int) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while True:
             try:
                 async for ev in self.store.watch(self.prefix, from_revision=revision):
                     revision = ev.revision
                     self._apply(ev.key, None if ev.type == DELETED else ev.value)
-                    delay = 0.5
+                    backoff.reset()
                 log.warning("authz: %s watch ended (cut off by the store); relisting", self.name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any watch failure: relist, as informers do
                 if not isinstance(exc, Compacted):
                     log.warning("authz: %s watch failed: %s; relisting", self.name, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await backoff.sleep()
             try:
                 revision = await self._relist()
             except Exception:  # noqa: BLE001
