@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kwire.api.bootstrap import seal_json, unseal_json
+from kwire.base.backoff import Backoff
 from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import Compacted, KeyExists, RevisionMismatch, Store
 from kwire.store.encryption import EncryptingStore, EncryptionConfig, load_or_create, save
@@ -80,7 +80,7 @@ class EncryptionKeys:
 
     async def _follow(self) -> None:
         """Watch the shared configuration (list, then watch from its revision; again after any error)."""
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0, jitter=0.5)
         inner = self.store.inner
         while True:
             try:
@@ -90,15 +90,14 @@ class EncryptionKeys:
                 async for ev in inner.watch(DATASTORE_KEY, from_revision=inner.revision):
                     if ev.key == DATASTORE_KEY and ev.type != "DELETED":
                         self._adopt(ev.value)
-                    delay = 0.5
+                    backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Compacted:
                 pass
             except Exception:
                 log.exception("following the shared encryption configuration")
-            await asyncio.sleep(delay * (1 + random.random() / 2))
-            delay = min(delay * 2, 10.0)
+            await backoff.sleep()
 
     # -- what secrets-encrypt asks --------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
