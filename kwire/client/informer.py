@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from kwire.base.backoff import Backoff
 from kwire.base.keys import key_of
 from kwire.base.tasks import cancel_and_wait
 from kwire.client.client import ApiClient, ApiStatusError, Gone, Resource
@@ -138,7 +139,7 @@ class Informer:
         self._synced.set()
 
     async def run(self) -> None:
-        attempt = 0
+        backoff = Backoff(0.2, 5.0)
         # A restarted informer resumes from where it was; only a fresh one (or a 410) lists.
         need_list = not self.resource_version
         while True:
@@ -154,7 +155,7 @@ class Informer:
                     field_selector=self.field_selector,
                     timeout_seconds=300,
                 ):
-                    attempt = 0
+                    backoff.reset()
                     rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if rv:
                         self.resource_version = str(rv)
@@ -169,12 +170,10 @@ class Informer:
                 need_list = True
             except (TimeoutError, ApiStatusError, OSError, ValueError) as exc:
                 log.debug("informer %s: watch ended: %s", self.resource.plural, exc)
-                await asyncio.sleep(min(5.0, 0.2 * (2**attempt)))
-                attempt += 1
+                await backoff.sleep()
             except Exception as exc:  # aiohttp client errors and anything unexpected: retry, never die
                 log.warning("informer %s: %s", self.resource.plural, exc)
-                await asyncio.sleep(min(5.0, 0.2 * (2**attempt)))
-                attempt += 1
+                await backoff.sleep()
 
     def start(self) -> None:
         if self._task is None:
