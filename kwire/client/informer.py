@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from kwire.base.backoff import Backoff
@@ -25,30 +26,23 @@ Obj = dict[str, Any]
 Handler = Callable[..., Any]
 
 
+@dataclass(eq=False, repr=False)
 class Informer:
-    def __init__(
-        self,
-        client: ApiClient,
-        resource: Resource,
-        *,
-        namespace: str | None = None,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> None:
-        self.client = client
-        self.resource = resource
-        self.namespace = namespace
-        self.label_selector = label_selector
-        self.field_selector = field_selector
-        self._cache: dict[str, Obj] = {}
-        self._indexers: dict[str, Callable[[Obj], list[str]]] = {}
-        self._indices: dict[str, dict[str, set[str]]] = {}
-        self._on_add: list[Handler] = []
-        self._on_update: list[Handler] = []
-        self._on_delete: list[Handler] = []
-        self._synced = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.resource_version = ""
+    client: ApiClient
+    resource: Resource
+    _: KW_ONLY
+    namespace: str | None = None
+    label_selector: str | None = None
+    field_selector: str | None = None
+    resource_version: str = field(default="", init=False)  # the last seen: a restarted informer resumes from it
+    _cache: dict[str, Obj] = field(default_factory=dict, init=False)
+    _indexers: dict[str, Callable[[Obj], list[str]]] = field(default_factory=dict, init=False)
+    _indices: dict[str, dict[str, set[str]]] = field(default_factory=dict, init=False)
+    _on_add: list[Handler] = field(default_factory=list, init=False)
+    _on_update: list[Handler] = field(default_factory=list, init=False)
+    _on_delete: list[Handler] = field(default_factory=list, init=False)
+    _synced: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     # -- registration --------------------------------------------------------------------------------------
     def on_add(self, fn: Handler) -> None:
