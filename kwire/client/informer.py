@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from kwire.base.backoff import Backoff
@@ -34,15 +34,17 @@ class Informer:
     namespace: str | None = None
     label_selector: str | None = None
     field_selector: str | None = None
-    resource_version: str = field(default="", init=False)  # the last seen: a restarted informer resumes from it
-    _cache: dict[str, Obj] = field(default_factory=dict, init=False)
-    _indexers: dict[str, Callable[[Obj], list[str]]] = field(default_factory=dict, init=False)
-    _indices: dict[str, dict[str, set[str]]] = field(default_factory=dict, init=False)
-    _on_add: list[Handler] = field(default_factory=list, init=False)
-    _on_update: list[Handler] = field(default_factory=list, init=False)
-    _on_delete: list[Handler] = field(default_factory=list, init=False)
-    _synced: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    _task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._cache: dict[str, Obj] = {}
+        self._indexers: dict[str, Callable[[Obj], list[str]]] = {}
+        self._indices: dict[str, dict[str, set[str]]] = {}
+        self._on_add: list[Handler] = []
+        self._on_update: list[Handler] = []
+        self._on_delete: list[Handler] = []
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.resource_version = ""  # the last seen: a restarted informer resumes from it
 
     # -- registration --------------------------------------------------------------------------------------
     def on_add(self, fn: Handler) -> None:
