@@ -51,6 +51,7 @@ from kwire.api.encryptionkeys import open_encryption
 from kwire.api.frontproxy import FrontProxy
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
+from kwire.api.maxinflight import MaxInFlight, limits_from_args
 from kwire.api.nodecerts import NodeCertAuthority, NodeCerts
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
@@ -60,7 +61,7 @@ from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory, process
 from kwire.base.files import atomic_write, private_dir
 from kwire.client.kubeconfig import Config, write_kubeconfig
-from kwire.config import ConfigError, ServerConfig
+from kwire.config import CLUSTER_CONFIG, ClusterSettings, ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
 from kwire.controllers.elected import ElectedControllers
 from kwire.controllers.leaderelection import ElectionTiming
@@ -161,25 +162,11 @@ async def _bootstrap_classes(resources: Resources, *, local_storage: bool) -> No
         await resources.create(sc_kind, None, copy.deepcopy(LOCAL_PATH_CLASS))
 
 
-CLUSTER_CONFIG = "kwire-config"
-
-
 async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> None:
     """kube-system/kwire-config: the cluster-wide settings agents need (K3s agents get them from the server)."""
     cm_kind = by_path("", "v1", "configmaps")
     assert cm_kind
-    data = {
-        "cluster-cidr": str(cfg.cluster_cidr),
-        "service-cidr": str(cfg.service_cidr),
-        "cluster-dns": str(cfg.cluster_dns),
-        "cluster-domain": str(cfg.cluster_domain),
-        "flannel-backend": str(cfg.flannel_backend),
-        "service-node-port-range": str(cfg.service_node_port_range),
-        "disable-network-policy": "true" if cfg.disable_network_policy else "false",
-        "disable": ",".join(sorted(str(x) for x in cfg.disable)),  # packaged components left out (lab up waits)
-        # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
-        "node-monitor-grace-period": str(int(cfg.node_monitor_grace_period)),
-    }
+    data = ClusterSettings.of_server(cfg).to_configmap()
     current = resources.get_or_none(cm_kind, "kube-system", CLUSTER_CONFIG)
     if current is None:
         await resources.create(cm_kind, "kube-system", {"metadata": {"name": CLUSTER_CONFIG}, "data": data})
@@ -471,6 +458,7 @@ def _kubelet_client_ssl(data_dir: Path, pki: Pki, client_ca: ClientCa) -> ssl.SS
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
+    max_inflight = MaxInFlight(limits=limits_from_args(cfg.kube_apiserver_arg))  # a bad value fails here, first
     data_dir = private_dir(cfg.data_dir, "cred", "db", "tls")  # 0700, as K3s's server dir: keys, tokens, store
     address = _node_address(cfg)
     join = None
@@ -535,6 +523,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         issuer=issuer,
         validator=validator,
         kubelet_ssl=_kubelet_client_ssl(data_dir, pki, client_ca),
+        max_inflight=max_inflight,
         node_certs=NodeCerts(
             resources,
             authority=NodeCertAuthority(client_ca.cert, client_ca.key, pki.ca_cert, pki.ca_key),
