@@ -110,7 +110,7 @@ ROUTER_LUA = r"""
       end
     end
 
-    kw_cfg_v = -1; kw_cfg = {routes = {}, mw = {}, hf = false, web = {hosts = {}, any = {}},
+    kw_cfg = {routes = {}, mw = {}, hf = false, web = {hosts = {}, any = {}},
                              websecure = {hosts = {}, any = {}}}; kw_wrr = {}
     -- What a chunk's table becomes in this worker (the control socket's worker uses it at once: no second compile)
     kw_use = {}
@@ -122,7 +122,7 @@ ROUTER_LUA = r"""
       res.hf = false
       for _, m in pairs(res.mw) do if m.t == "headers" and #m.resp > 0 then res.hf = true end end
       for _, rt in ipairs(res.routes) do for _, s in ipairs(rt.svc) do if s.sticky then res.hf = true end end end
-      kw_cfg = res; kw_cfg_v = v; kw_wrr = {}
+      kw_cfg = res; kw_v.routes = v; kw_wrr = {}
     end
     -- A chunk from the shared dict (what another worker's control request stored): compiled and run here
     function kw_load(key, v)
@@ -134,12 +134,19 @@ ROUTER_LUA = r"""
       if ok and type(res) == "table" then return kw_use[key](res, v) end
       ngx.log(ngx.ERR, "kwire: ", key, ": ", res)
     end
-    function kw_config()
-      local v = ngx.shared.kwire:get("routes_v") or 0
-      if v ~= kw_cfg_v then
-        kw_load("routes", v)
-        kw_cfg_v = v
+    -- The version of each chunk this worker uses (set by kw_use); kw_fresh loads a chunk whose version in the
+    -- shared dict differs (routes: once per clock tick, from kw_sync; certificates: per TLS handshake)
+    kw_v = {routes = -1, certs = -1}
+    local VKEY = {routes = "routes_v", certs = "certs_v"}
+    function kw_fresh(key)
+      local v = ngx.shared.kwire:get(VKEY[key]) or 0
+      if v ~= kw_v[key] then
+        kw_load(key, v)
+        kw_v[key] = v
       end
+    end
+    function kw_config()
+      kw_fresh("routes")
       return kw_cfg
     end
 
@@ -432,16 +439,12 @@ ROUTES_CONTROL_LUA = r"""
 
 CERTS_LUA = r"""
     local kw_ssl = require "ngx.ssl"
-    kw_certs_v = -1; kw_certs = {exact = {}, wild = {}, pem = {}}; kw_parsed = {}
-    function kw_use.certs(res, v) kw_certs = res; kw_certs_v = v; kw_parsed = {} end
+    kw_certs = {exact = {}, wild = {}, pem = {}}; kw_parsed = {}
+    function kw_use.certs(res, v) kw_certs = res; kw_v.certs = v; kw_parsed = {} end
     -- The certificate for the client's SNI name (ssl_certificate_by_lua): an exact name, else a `*.` pattern
     -- covering one label; none -> the configuration's default certificate. Parsed once per worker and PEM.
     function kw_cert()
-      local v = ngx.shared.kwire:get("certs_v") or 0
-      if v ~= kw_certs_v then
-        kw_load("certs", v)
-        kw_certs_v = v
-      end
+      kw_fresh("certs")
       local name = kw_ssl.server_name()
       if not name then return end
       name = name:lower()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # name -> the argument counts Traefik v3 accepts
@@ -158,19 +159,19 @@ class _Parser:
             raise RuleError(f"expected && or ||, found {t.value!r}", t.pos)
         return e
 
-    def or_(self) -> Expr:
-        e = self.and_()
-        while self.peek().kind == "||":
+    def _chain(self, op: str, operand: Callable[[], Expr], node: type[Or] | type[And]) -> Expr:
+        """operand (op operand)*, grouped to the left (Go's binary expressions)."""
+        e = operand()
+        while self.peek().kind == op:
             self.i += 1
-            e = Or(e, self.and_())
+            e = node(e, operand())
         return e
 
+    def or_(self) -> Expr:
+        return self._chain("||", self.and_, Or)
+
     def and_(self) -> Expr:
-        e = self.unary()
-        while self.peek().kind == "&&":
-            self.i += 1
-            e = And(e, self.unary())
-        return e
+        return self._chain("&&", self.unary, And)
 
     def unary(self) -> Expr:
         t = self.peek()
