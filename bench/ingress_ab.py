@@ -20,7 +20,7 @@ wrk run. Every proxy makes the same system calls per request (strace: 2 writev, 
 kernel's work per request is the same for all and the ratio of their kernel shares is their CPU ratio:
 hand/x = kernel share of x / kernel share of hand. Printed with the share of the worker's CPU spent in LuaJIT, the
 Lua module and JIT-compiled code (the Lua router and balancer). Two samplings of the same hand-made nginx in one
-run agreed within 0.5 %, and one tree measured 0.91-0.95 over three runs, where its rounds' CPU per request ratios
+run agreed within 0.5 %, and one tree measured 0.91-0.95 over four runs, where its rounds' CPU per request ratios
 swung 0.78-1.11 within one run.
 """
 
