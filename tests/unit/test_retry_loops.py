@@ -15,6 +15,8 @@ import orjson
 import pytest
 
 from kwire.agent.credentials import RENEW_CHECK_SECONDS, CertReloader, CredentialsError, NodeCredentials
+from kwire.agent.flannel.flannel import masquerade_table
+from kwire.agent.nftsync import NftReconciler
 from kwire.api.aggregator import CHECK_PERIOD, Aggregator
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.follow import Follower
@@ -22,6 +24,7 @@ from kwire.api.lifecycle import Lifecycle
 from kwire.api.resources import Resources
 from kwire.api.webhookadmission import WebhookAdmission
 from kwire.client.client import ApiStatusError
+from kwire.kernel import nft
 from kwire.metricsserver.delegated import REFRESH_SECONDS, DelegatedAuth
 from kwire.metricsserver.server import MetricsServer, Settings
 from kwire.store.base import Compacted
@@ -212,3 +215,27 @@ async def test_certificate_renewal_is_retried_from_5s_doubling_to_the_hour(tmp_p
         await reloader.run()
     hour = RENEW_CHECK_SECONDS
     assert waits == [hour, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0, hour, hour, 5.0, hour]
+
+
+async def test_failed_nft_syncs_are_retried_from_1s_doubling_to_kube_proxys_sync_period() -> None:
+    rec = nft.RecordingApplier()
+    want = masquerade_table(cluster_cidr="10.42.0.0/16", subnet="10.42.3.0/24")
+    r = NftReconciler(name="proxy", compute=lambda keys, *, resync: want, applier=rec, min_period=0.01, max_period=5)
+    for _ in range(7):
+        rec.fail_next("table busy")
+    waits: list[float] = []
+    r.backoff.sleep_fn = recording(waits, stop_after=8)
+    r.start()
+    try:
+        await asyncio.wait_for(r.committed.wait(), 10)  # the eighth attempt
+        assert len(rec.transactions) == 1
+        rec.fail_next("table busy")
+        r.resync()  # a whole-table replace: a transaction the kernel refuses again
+        assert r._task is not None
+        with pytest.raises(Enough):
+            await asyncio.wait_for(r._task, 10)
+    finally:
+        if r._task is not None and not r._task.done():
+            await r.stop()
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 1.0]
+    assert r.stats.failed == 8
