@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 import pytest
 
-from kwire.agent.agent import AgentError, _retry_until, join_backoff
 from kwire.agent.credentials import RENEW_CHECK_SECONDS, CertReloader, CredentialsError, NodeCredentials
 from kwire.agent.flannel.flannel import masquerade_table
 from kwire.agent.nftsync import NftReconciler
@@ -240,22 +239,3 @@ async def test_failed_nft_syncs_are_retried_from_1s_doubling_to_kube_proxys_sync
             await r.stop()
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 1.0]
     assert r.stats.failed == 8
-
-
-async def test_joining_retries_from_its_first_wait_doubling_to_2s_with_a_tenth_of_jitter() -> None:
-    """An agent whose server is not up yet asks again after 0.2 s, doubling to 2 s (each stretched by at most 10%),
-    until the answer comes or the time is up."""
-    backoff = join_backoff(0.2)
-    waits: list[float] = []
-    backoff.sleep_fn = recording(waits, stop_after=100)
-    refused = ConnectionRefusedError("connection refused")
-    got = await _retry_until(
-        scripted([refused] * 7 + ["ca"]), retry_on=(OSError,), timeout=60, backoff=backoff, failure="no server"
-    )
-    assert got == "ca"
-    bases = [0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
-    assert len(waits) == len(bases) and all(b <= w <= b * 1.1 for w, b in zip(waits, bases, strict=True))
-    with pytest.raises(AgentError, match="^no server: connection refused$"):
-        await _retry_until(
-            scripted([refused] * 2), retry_on=(OSError,), timeout=0, backoff=backoff, failure="no server"
-        )
