@@ -21,13 +21,15 @@ from kwire.api.aggregator import CHECK_PERIOD, Aggregator
 from kwire.api.allocator import ServiceAllocator
 from kwire.api.follow import Follower
 from kwire.api.lifecycle import Lifecycle
+from kwire.api.masterleases import MasterLeases
 from kwire.api.resources import Resources
 from kwire.api.webhookadmission import WebhookAdmission
+from kwire.base.tasks import cancel_and_wait
 from kwire.client.client import ApiStatusError
 from kwire.kernel import nft
 from kwire.metricsserver.delegated import REFRESH_SECONDS, DelegatedAuth
 from kwire.metricsserver.server import MetricsServer, Settings
-from kwire.store.base import Compacted
+from kwire.store.base import Compacted, StoreError
 from kwire.store.sqlite import SQLiteStore
 
 PREFIX = "/registry/test/things/"
@@ -239,3 +241,32 @@ async def test_failed_nft_syncs_are_retried_from_1s_doubling_to_kube_proxys_sync
             await r.stop()
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 1.0]
     assert r.stats.failed == 8
+
+
+async def test_the_master_lease_reconciler_survives_any_failure(tmp_path: Path) -> None:
+    """A fixed-period loop (kube's endpoint reconciler): a failed round, expected or not, waits for the next one."""
+    store = SQLiteStore(tmp_path / "state.db")
+    leases = MasterLeases(
+        Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(1, 2))),
+        address="10.0.0.1",
+        port=6443,
+        interval=0.01,
+    )
+    rounds = asyncio.Event()
+    outcomes: list[BaseException | None] = [KeyError("unexpected"), StoreError("store away"), None]
+
+    async def reconcile_once() -> list[str]:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        rounds.set()
+        return ["10.0.0.1"]
+
+    leases.reconcile_once = reconcile_once  # type: ignore[method-assign]
+    task = asyncio.create_task(leases._run())
+    try:
+        await asyncio.wait_for(rounds.wait(), 10)  # the third round came: the first two did not end the loop
+        assert not task.done()
+    finally:
+        await cancel_and_wait(task)
+        store._db.close()
