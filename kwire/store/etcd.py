@@ -321,23 +321,17 @@ class EtcdStore(MirroredStore):
         return rev
 
     async def update(self, key: str, value: bytes, *, expected_revision: int) -> int:
-        if expected_revision:
-            compare = {"target": "MOD", "mod_revision": expected_revision}
-        else:  # unconditional, but only an existing key: its create_revision is not 0
-            cur = self._state.get(key)
-            if cur is None:
-                raise KeyNotFound(key)
-            compare = {"target": "CREATE", "create_revision": cur.create_revision}
-        ok, rev, current = await self._txn(key, compare, {"request_put": {"key": _b64(key), "value": _b64(value)}})
-        if not ok:
-            if current is None:
-                raise KeyNotFound(key)
-            await self._caught_up(current.mod_revision)
-            raise RevisionMismatch(key, current)
-        await self._visible(rev)
-        return rev
+        return await self._write_existing(
+            key, expected_revision, {"request_put": {"key": _b64(key), "value": _b64(value)}}
+        )
 
     async def delete(self, key: str, *, expected_revision: int = 0) -> int:
+        return await self._write_existing(key, expected_revision, {"request_delete_range": {"key": _b64(key)}})
+
+    async def _write_existing(self, key: str, expected_revision: int, success: dict[str, Any]) -> int:
+        """Update or delete an existing key: compare-and-swap on its mod_revision when `expected_revision` is
+        given, else only on its existence (create_revision unchanged, so a key deleted and re-created in between
+        counts as a conflict); raises KeyNotFound or RevisionMismatch (after catching up with the winner)."""
         if expected_revision:
             compare = {"target": "MOD", "mod_revision": expected_revision}
         else:
@@ -345,7 +339,7 @@ class EtcdStore(MirroredStore):
             if cur is None:
                 raise KeyNotFound(key)
             compare = {"target": "CREATE", "create_revision": cur.create_revision}
-        ok, rev, current = await self._txn(key, compare, {"request_delete_range": {"key": _b64(key)}})
+        ok, rev, current = await self._txn(key, compare, success)
         if not ok:
             if current is None:
                 raise KeyNotFound(key)
