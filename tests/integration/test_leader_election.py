@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,32 +19,15 @@ from kwire.client import ApiClient, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, SERVICES, ApiStatusError
 from kwire.lab.start import FAST_LEADER_ELECTION
 from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.etcdkit import etcd_server
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 TIMING = list(FAST_LEADER_ELECTION)
 
 
 @pytest.fixture
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("kwire-etcd-le")
-    client, peer = free_port(), free_port()
-    cmd = [
-        ETCD,
-        "--name=kwire-le",
-        f"--data-dir={data / 'data'}",
-        f"--listen-client-urls=http://127.0.0.1:{client}",
-        f"--advertise-client-urls=http://127.0.0.1:{client}",
-        f"--listen-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-cluster=kwire-le=http://127.0.0.1:{peer}",
-    ]
-    with open(data / "etcd.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield f"http://127.0.0.1:{client}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with etcd_server(tmp_path_factory.mktemp("kwire-etcd-le"), name="kwire-le") as url:
+        yield url
 
 
 def _lease(s: ServerProcess) -> dict[str, object]:
