@@ -15,6 +15,9 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from kwire.config import ServerConfig
 
 KUBECTL = shutil.which("kubectl") or str(Path(sys.prefix) / "bin" / "kubectl")
 
@@ -23,6 +26,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def server_config(tmp: Path, *, token: str, port: int = 0, **overrides: Any) -> ServerConfig:
+    """An in-process test server's config: data in `tmp/data`, HTTPS on 127.0.0.1:`port` (a free port when 0),
+    the admin kubeconfig written to `tmp/kubeconfig`; `overrides` are further ServerConfig fields."""
+    return ServerConfig(
+        data_dir=str(tmp / "data"),
+        bind_address="127.0.0.1",
+        https_listen_port=port or free_port(),
+        token=token,
+        write_kubeconfig=str(tmp / "kubeconfig"),
+        **overrides,
+    )
 
 
 @dataclass

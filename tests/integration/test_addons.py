@@ -13,7 +13,7 @@ from kwire.client import ApiClient, NotFound, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, NODES, SERVICES
 from kwire.config import ServerConfig
 from kwire.server import start
-from tests.integration.apiserver import free_port
+from tests.integration.apiserver import free_port, server_config
 
 
 async def until(fn: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition") -> Any:
@@ -49,14 +49,7 @@ async def all_gone(c: ApiClient, *, objects: tuple[tuple[Any, str], ...]) -> boo
 
 
 def _cfg(tmp: Path, port: int, **kw: Any) -> ServerConfig:
-    return ServerConfig(
-        data_dir=str(tmp / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=port,
-        token="addons-test",
-        write_kubeconfig=str(tmp / "kubeconfig"),
-        **kw,
-    )
+    return server_config(tmp, token="addons-test", port=port, **kw)
 
 
 async def test_coredns_addon_follows_nodes_and_disable_removes_it(tmp_path: Path) -> None:

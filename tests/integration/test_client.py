@@ -10,21 +10,13 @@ import pytest
 
 from kwire.client import AlreadyExists, ApiClient, Conflict, Informer, Invalid, NotFound, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, NAMESPACES
-from kwire.config import ServerConfig
 from kwire.server import Server, start
-from tests.integration.apiserver import free_port
+from tests.integration.apiserver import server_config
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    cfg = ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=free_port(),
-        token="client-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-    )
-    srv = await start(cfg)
+    srv = await start(server_config(tmp_path, token="client-test"))
     try:
         yield srv
     finally:

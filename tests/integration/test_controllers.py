@@ -21,7 +21,7 @@ from kwire.client import ApiClient, Conflict, Informer, NotFound, load_kubeconfi
 from kwire.client.client import DAEMONSETS, DEPLOYMENTS, EVENTS, LEASES, NODES, PODS, REPLICASETS
 from kwire.config import ServerConfig
 from kwire.server import Server, start
-from tests.integration.apiserver import KUBECTL, free_port
+from tests.integration.apiserver import KUBECTL, free_port, server_config
 
 Obj = dict[str, Any]
 POD_NAME = r"[bcdfghjklmnpqrstvwxz2456789]{5}"
@@ -211,14 +211,7 @@ class FakeKubelet:
 
 
 def _config(tmp_path: Path, port: int, **overrides: Any) -> ServerConfig:
-    return ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=port,
-        token="controllers-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-        **overrides,
-    )
+    return server_config(tmp_path, token="controllers-test", port=port, **overrides)
 
 
 @pytest.fixture

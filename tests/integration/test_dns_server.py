@@ -33,7 +33,7 @@ from kwire.dns import DnsConfig, DnsServer
 from kwire.dns import start as start_dns
 from kwire.server import Server
 from kwire.server import start as start_api
-from tests.integration.apiserver import free_port
+from tests.integration.apiserver import free_port, server_config
 from tests.unit.dns_helpers import TinyUpstream
 
 UP1, UP2 = "127.0.53.2", "127.0.53.3"
@@ -157,14 +157,7 @@ def dns_config(tmp: Path, **kw: object) -> DnsConfig:
 
 @pytest.fixture
 async def env(tmp_path: Path, upstreams: tuple[TinyUpstream, TinyUpstream]) -> AsyncIterator[Env]:
-    api_cfg = ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=free_port(),
-        token="dns-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-        disable=("coredns",),
-    )
+    api_cfg = server_config(tmp_path, token="dns-test", disable=("coredns",))
     api = await start_api(api_cfg)
     async with ApiClient(load_kubeconfig(api.kubeconfig)) as c:
         await c.create(NAMESPACES, {"metadata": {"name": NS}})
@@ -182,14 +175,7 @@ async def env(tmp_path: Path, upstreams: tuple[TinyUpstream, TinyUpstream]) -> A
 async def test_ready_only_after_sync_and_servfail_before(
     tmp_path: Path, upstreams: tuple[TinyUpstream, TinyUpstream]
 ) -> None:
-    api_cfg = ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=free_port(),
-        token="dns-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-        disable=("coredns",),
-    )
+    api_cfg = server_config(tmp_path, token="dns-test", disable=("coredns",))
     api = await start_api(api_cfg)  # writes the kubeconfig and CA
     await api.close()
     srv = await start_dns(dns_config(tmp_path))

@@ -17,7 +17,7 @@ from kwire.client import ApiClient, NotFound, load_kubeconfig
 from kwire.client.client import DEPLOYMENTS, ENDPOINTS, ENDPOINTSLICES, PODS, SERVICES
 from kwire.config import ServerConfig
 from kwire.server import start
-from tests.integration.apiserver import free_port
+from tests.integration.apiserver import server_config
 from tests.integration.test_controllers import HAVE_KUBECTL, Cluster, now, until
 
 Obj = dict[str, Any]
@@ -26,13 +26,7 @@ EP_MANAGED_BY = {"endpoints.kubernetes.io/managed-by": "endpoint-controller"}
 
 
 def _config(tmp_path: Path) -> ServerConfig:
-    return ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=free_port(),
-        token="endpoints-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-    )
+    return server_config(tmp_path, token="endpoints-test")
 
 
 @pytest.fixture
