@@ -28,6 +28,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_tcp_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (a DNS server listens on both)."""
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def server_config(tmp: Path, *, token: str, port: int = 0, **overrides: Any) -> ServerConfig:
     """An in-process test server's config: data in `tmp/data`, HTTPS on 127.0.0.1:`port` (a free port when 0),
     the admin kubeconfig written to `tmp/kubeconfig`; `overrides` are further ServerConfig fields."""

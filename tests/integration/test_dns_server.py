@@ -33,7 +33,7 @@ from kwire.dns import DnsConfig, DnsServer
 from kwire.dns import start as start_dns
 from kwire.server import Server
 from kwire.server import start as start_api
-from tests.integration.apiserver import free_port, server_config
+from tests.integration.apiserver import free_port, free_udp_tcp_port, server_config
 from tests.unit.dns_helpers import TinyUpstream
 
 UP1, UP2 = "127.0.53.2", "127.0.53.3"
@@ -49,19 +49,6 @@ UPSTREAM_TABLE = {
     "api.upstream.test.": ["192.0.2.82"],
     "stub.corp.test.": ["10.99.0.1"],
 }
-
-
-def udp_tcp_free_port() -> int:
-    import socket
-
-    while True:
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 @dataclass
@@ -142,7 +129,7 @@ def dns_config(tmp: Path, **kw: object) -> DnsConfig:
     args: dict[str, object] = {
         "kubeconfig": str(tmp / "kubeconfig"),
         "listen": "127.0.0.1",
-        "port": udp_tcp_free_port(),
+        "port": free_udp_tcp_port(),
         "health_port": free_port(),
         "ready_port": free_port(),
         "metrics_port": free_port(),
