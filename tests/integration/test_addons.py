@@ -3,8 +3,6 @@ with NodeHosts following the nodes; `disable: [coredns]` removes them and leaves
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,20 +12,7 @@ from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, NODES, SERVICES
 from kwire.config import ServerConfig
 from kwire.server import start
 from tests.integration.apiserver import free_port, server_config
-
-
-async def until(fn: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    end = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while asyncio.get_running_loop().time() < end:
-        try:
-            last = await fn()
-            if last:
-                return last
-        except NotFound as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+from tests.polling import until
 
 
 async def all_present(c: ApiClient, *, objects: tuple[tuple[Any, str], ...]) -> bool:

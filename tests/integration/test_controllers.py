@@ -22,6 +22,7 @@ from kwire.client.client import DAEMONSETS, DEPLOYMENTS, EVENTS, LEASES, NODES, 
 from kwire.config import ServerConfig
 from kwire.server import Server, start
 from tests.integration.apiserver import KUBECTL, free_port, server_config
+from tests.polling import until
 
 Obj = dict[str, Any]
 POD_NAME = r"[bcdfghjklmnpqrstvwxz2456789]{5}"
@@ -35,23 +36,6 @@ def now() -> str:
 
 def micro_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-async def until(fn: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `fn` until it returns something truthy; its last value is in the failure message."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await fn()
-        except NotFound as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        if loop.time() > end:
-            raise AssertionError(f"{what} not reached in {timeout}s; last value: {last!r}")
-        await asyncio.sleep(0.05)
 
 
 class Cluster:

@@ -16,7 +16,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from kwire.dns import start as start_dns
 from kwire.server import Server
 from kwire.server import start as start_api
 from tests.integration.apiserver import free_port, free_udp_tcp_port, server_config
+from tests.polling import until
 from tests.unit.dns_helpers import TinyUpstream
 
 UP1, UP2 = "127.0.53.2", "127.0.53.3"
@@ -66,20 +67,6 @@ class Env:
 
     def client(self) -> ApiClient:
         return ApiClient(load_kubeconfig(self.kubeconfig))
-
-
-async def until(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        res = cond()
-        if asyncio.iscoroutine(res):
-            res = await res
-        if res:
-            return
-        if loop.time() > end:
-            raise AssertionError(f"{what} not reached in {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 async def q(env: Env, name: str, rdtype: str = "A", *, tcp: bool = False) -> dns.message.Message:
@@ -175,7 +162,7 @@ async def test_ready_only_after_sync_and_servfail_before(
             assert (await q(env, name)).rcode() == dns.rcode.SERVFAIL  # never a false NXDOMAIN
         assert ans(await q(env, "www.upstream.test.")) == ["192.0.2.80"]  # forwarding works meanwhile
         api2 = await start_api(api_cfg)
-        await until(lambda: srv.ready, 20, "sync after the API came up")
+        await until(lambda: srv.ready, timeout=20, what="sync after the API came up")
         assert await http(srv.ready_port, "/ready") == (200, "OK")
         assert ans(await q(env, "kubernetes.default.svc.cluster.local.")) == ["10.43.0.1"]
         assert (await q(env, f"nosuch.{NS}.svc.cluster.local.")).rcode() == dns.rcode.NXDOMAIN
@@ -375,7 +362,7 @@ async def test_python_m_kwire_dns(env: Env) -> None:
             except aiohttp.ClientError:
                 return False
 
-        await until(ready, 20, "python -m kwire.dns ready")
+        await until(ready, timeout=20, what="python -m kwire.dns ready")
         m = await dns.asyncquery.udp(
             dns.message.make_query("kubernetes.default.svc.cluster.local.", "A"), "127.0.0.1", port=cfg.port, timeout=5
         )

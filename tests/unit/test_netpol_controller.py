@@ -12,6 +12,7 @@ from kwire.agent.netpol import controller as ctrl_mod
 from kwire.agent.netpol.controller import NetworkPolicyController
 from kwire.client.fake import FakeInformer
 from kwire.kernel import nft
+from tests.polling import until
 from tests.unit import golden
 
 Obj = dict[str, Any]
@@ -105,10 +106,9 @@ async def test_a_failed_apply_makes_the_next_sync_full() -> None:
         rec.take()
         rec.fail_next()
         policies.put(_deny("x"))
-        for _ in range(300):
-            if c.stats.failed and rec.transactions:
-                break
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: c.stats.failed and rec.transactions, what="a failed sync, then a transaction", interval=0.01
+        )
         assert c.stats.failed == 1
         (txn,) = rec.take()
         assert txn.kind == "replace"  # replaced whole after the failure, with the change in it
@@ -127,10 +127,7 @@ async def test_a_vanished_table_is_restored() -> None:
         await _settle(c, 1)
         (first,) = rec.take()
         rec.lose("ip", "kwire-netpol")  # a host firewall's `flush ruleset`
-        for _ in range(300):
-            if rec.transactions:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: rec.transactions, what="a transaction", interval=0.01)
         assert rec.take() == [first] and rec.exists("ip", "kwire-netpol")
     finally:
         await c.stop()
