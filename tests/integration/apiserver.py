@@ -22,8 +22,9 @@ from kwire.config import ServerConfig
 KUBECTL = shutil.which("kubectl") or str(Path(sys.prefix) / "bin" / "kubectl")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(*, udp: bool = False) -> int:
+    """A TCP port (a UDP one with `udp`) that nothing listens on at 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
