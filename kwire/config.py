@@ -64,6 +64,9 @@ class ServerConfig:
     cluster_reset_restore_path: str = ""
     # K3s's --etcd-arg KEY=VALUE (repeatable): extra flags for the embedded etcd, after kwire's own (so they win).
     etcd_arg: tuple[str, ...] = ()
+    # K3s's --kube-apiserver-arg KEY=VALUE (repeatable): kwire's API server honours max-requests-inflight and
+    # max-mutating-requests-inflight (kube's 400 / 200; api/maxinflight.py); other keys are logged as ignored.
+    kube_apiserver_arg: tuple[str, ...] = ()
     etcd_client_port: int = 2379
     etcd_peer_port: int = 2380
     write_kubeconfig: str = "/etc/kwire/kwire.yaml"

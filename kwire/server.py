@@ -51,6 +51,7 @@ from kwire.api.encryptionkeys import open_encryption
 from kwire.api.frontproxy import FrontProxy
 from kwire.api.lifecycle import Lifecycle
 from kwire.api.masterleases import MasterLeases
+from kwire.api.maxinflight import MaxInFlight, limits_from_args
 from kwire.api.nodecerts import NodeCertAuthority, NodeCerts
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
@@ -471,6 +472,7 @@ def _kubelet_client_ssl(data_dir: Path, pki: Pki, client_ca: ClientCa) -> ssl.SS
 async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None) -> Server:
     """Start the server on bind-address:https-listen-port, plus `sockets`: extra pre-opened listening sockets
     (the lab passes one it opened on the machine's 127.0.0.1, the only thing a lab adds to the root namespace)."""
+    max_inflight = MaxInFlight(limits=limits_from_args(cfg.kube_apiserver_arg))  # a bad value fails here, first
     data_dir = private_dir(cfg.data_dir, "cred", "db", "tls")  # 0700, as K3s's server dir: keys, tokens, store
     address = _node_address(cfg)
     join = None
@@ -535,6 +537,7 @@ async def start(cfg: ServerConfig, *, sockets: list[socket.socket] | None = None
         issuer=issuer,
         validator=validator,
         kubelet_ssl=_kubelet_client_ssl(data_dir, pki, client_ca),
+        max_inflight=max_inflight,
         node_certs=NodeCerts(
             resources,
             authority=NodeCertAuthority(client_ca.cert, client_ca.key, pki.ca_cert, pki.ca_key),

@@ -5,6 +5,8 @@
   kube-apiserver's buckets
 - `apiserver_current_inflight_requests{request_kind}` (readOnly / mutating; long-running requests — watches,
   logs, exec, attach, proxy — are not counted, as in kube's max-in-flight filter)
+- `apiserver_request_terminations_total{verb,group,version,resource,subresource,scope,component,code}`: requests
+  the server refused before serving them (429 past the max-in-flight limit, maxinflight.py)
 - `apiserver_storage_objects{resource}`: stored objects per resource (`pods`, `deployments.apps`), counted when
   scraped.
 
@@ -122,6 +124,12 @@ class ApiMetrics:
             ("request_kind",),
             registry=self.registry,
         )
+        self.terminations = Counter(
+            "apiserver_request_terminations",
+            "Number of requests which apiserver terminated in self-defense.",
+            ("verb", "group", "version", "resource", "subresource", "scope", "component", "code"),
+            registry=self.registry,
+        )
         self.storage_objects = Gauge(
             "apiserver_storage_objects",
             "Number of stored objects at the time of last check split by kind.",
@@ -144,6 +152,10 @@ class ApiMetrics:
         )
         self.requests.labels(*labels, str(code)).inc()
         self.duration.labels(*labels).observe(seconds)
+
+    def terminated(self, info: RequestInfo, *, code: int) -> None:
+        labels = (info.verb, info.group, info.version, info.resource, info.subresource, info.scope, "apiserver")
+        self.terminations.labels(*labels, str(code)).inc()
 
     async def exposition(self) -> bytes:
         for kind in KINDS:

@@ -48,6 +48,7 @@ from kwire.api.errors import ApiError, bad_request, gone, method_not_allowed, un
 from kwire.api.fields import FieldRequirement, FieldSelector, parse_fields
 from kwire.api.fields import check as fields_check
 from kwire.api.health import ENDPOINTS, Health
+from kwire.api.maxinflight import MUTATING, READ_ONLY, MaxInFlight, too_many_requests
 from kwire.api.metrics import ApiMetrics, RequestInfo, metric_verb
 from kwire.api.nodecerts import NodeCerts
 from kwire.api.patch import MERGE_PATCH, apply_patch
@@ -289,6 +290,7 @@ class ApiServer:
         validator: TokenValidator | None = None,
         kubelet_ssl: ssl.SSLContext | None = None,
         node_certs: NodeCerts | None = None,
+        max_inflight: MaxInFlight | None = None,
     ) -> None:
         self.resources = resources
         self.authorization = authorization
@@ -317,7 +319,7 @@ class ApiServer:
         self.health.add("etcd-readiness", self._store_answers, ready_only=True)
         self.health.add("shutdown", lambda: self.ready and not self._stopping.is_set(), ready_only=True)
         self.metrics = ApiMetrics(count_objects=self._count_objects)
-        self._inflight = {"readOnly": 0, "mutating": 0}
+        self.max_inflight = max_inflight or MaxInFlight()  # kube's --max-(mutating-)requests-inflight
 
     def _store_answers(self) -> bool:
         return self.resources.store.healthy()
@@ -349,11 +351,13 @@ class ApiServer:
             if user is None and not _public(request.path) and not NodeCerts.handles(request.path):
                 return _error(unauthorized())
         info = request_info(request)
-        kind = "mutating" if info.mutating else "readOnly"
+        kind = MUTATING if info.mutating else READ_ONLY
         counted = not info.long_running  # long-running requests are outside kube's in-flight limit
         if counted:
-            self._inflight[kind] += 1
-            self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
+            if not self.max_inflight.admit(kind, privileged=user is not None and MASTERS in user.groups):
+                self.metrics.terminated(info, code=429)
+                return too_many_requests()
+            self.metrics.inflight.labels(request_kind=kind).set(self.max_inflight.current[kind])
         started = time.monotonic()
         code = 500
         context = None
@@ -383,8 +387,8 @@ class ApiServer:
             if context is not None:
                 reset_current_user(context)
             if counted:
-                self._inflight[kind] -= 1
-                self.metrics.inflight.labels(request_kind=kind).set(self._inflight[kind])
+                self.max_inflight.release(kind)
+                self.metrics.inflight.labels(request_kind=kind).set(self.max_inflight.current[kind])
             self.metrics.observe(info, code=code, seconds=time.monotonic() - started)
 
     def _authorize(self, request: web.Request, user: UserInfo, info: RequestInfo) -> UserInfo:
