@@ -231,6 +231,15 @@ def test_build_delegate_rejects(delegate: Any, msg: str) -> None:
     assert exc.value.code == flannel.ERR_INVALID_CONFIG and msg in exc.value.msg
 
 
+@pytest.mark.parametrize("key, read", [("dataDir", flannel.data_dir), ("subnetFile", flannel.subnet_file)])
+def test_path_options_default_and_must_be_strings(key: str, read: Any) -> None:
+    assert read({}) == read({key: ""}) != ""
+    assert read({key: "/x/y"}) == "/x/y"
+    with pytest.raises(flannel.PluginError) as exc:
+        read({key: 5})
+    assert exc.value.code == flannel.ERR_INVALID_CONFIG and exc.value.msg == f"'{key}' must be a string"
+
+
 def test_subnet_env_errors() -> None:
     with pytest.raises(flannel.PluginError) as exc:
         flannel.parse_subnet_env("FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.7.1/24\n", "/x/subnet.env")
