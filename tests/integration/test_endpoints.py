@@ -59,6 +59,11 @@ def pod(name: str, labels: dict[str, str], node: str, ports: list[Obj] | None = 
     return {"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": node, "containers": [container]}}
 
 
+def pod_ref(p: Obj) -> Obj:
+    """The targetRef an endpoint carries for pod `p` (in EndpointSlices and Endpoints alike)."""
+    return {"kind": "Pod", "namespace": "default", "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}
+
+
 async def set_status(c: ApiClient, p: Obj, *, ip: str, ready: bool = True) -> Obj:
     """What the kubelet reports: Running, the pod's IP, and its Ready condition."""
     cond = {"type": "Ready", "status": "True" if ready else "False", "lastProbeTime": None, "lastTransitionTime": now()}
@@ -200,12 +205,7 @@ async def test_deployment_behind_a_service(cluster: Cluster) -> None:
             "addresses": [ip],
             "conditions": UP,
             "nodeName": p["spec"]["nodeName"],
-            "targetRef": {
-                "kind": "Pod",
-                "namespace": "default",
-                "name": p["metadata"]["name"],
-                "uid": p["metadata"]["uid"],
-            },
+            "targetRef": pod_ref(p),
         }
 
     ep = await wait_endpoints(c, "web", ips)
@@ -217,12 +217,7 @@ async def test_deployment_behind_a_service(cluster: Cluster) -> None:
                 {
                     "ip": ip,
                     "nodeName": p["spec"]["nodeName"],
-                    "targetRef": {
-                        "kind": "Pod",
-                        "namespace": "default",
-                        "name": p["metadata"]["name"],
-                        "uid": p["metadata"]["uid"],
-                    },
+                    "targetRef": pod_ref(p),
                 }
                 for p, ip in zip(pods, ips, strict=True)
             ],
