@@ -16,11 +16,14 @@ import socket
 import ssl
 import subprocess
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 
+from kwire.agent.clusterconfig import ClusterSettings
 from kwire.agent.credentials import (
     CONTROLLER_CLIENT,
     KUBE_PROXY_CLIENT,
@@ -126,51 +129,55 @@ def _bridge_netfilter() -> None:
         log.warning("agent: cannot enable bridge-nf-call-iptables (%s); same-node service traffic may fail", exc)
 
 
-@dataclass
-class ClusterSettings:
-    cluster_cidr: str
-    service_cidr: str
-    cluster_dns: str
-    cluster_domain: str
-    flannel_backend: str
-    disable_network_policy: bool = False
-    node_monitor_grace_period: int = 40
+T = TypeVar("T")
+
+
+async def _retry_until(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    retry_on: tuple[type[Exception], ...],
+    timeout: float,
+    pause: float,
+    failure: str,
+) -> T:
+    """`attempt()`, again every `pause` seconds while it raises one of `retry_on` (the server is not up yet), for
+    `timeout` seconds; then AgentError("{failure}: {the last error}"), as K3s's agent gives up joining."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        try:
+            return await attempt()
+        except retry_on as exc:
+            if loop.time() > end:
+                raise AgentError(f"{failure}: {exc}") from None
+            await asyncio.sleep(pause)
 
 
 async def _cluster_settings(creds: NodeCredentials, *, timeout: float = 60.0) -> ClusterSettings:
     """The cluster's settings as K3s's agent gets them: from the server's /v1-k3s/config (the data of the
     kube-system/kwire-config ConfigMap the server publishes), asked as this node."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        try:
-            d = await creds.cluster_settings()
-            return ClusterSettings(
-                cluster_cidr=d.get("cluster-cidr", "10.42.0.0/16"),
-                service_cidr=d.get("service-cidr", "10.43.0.0/16"),
-                cluster_dns=d.get("cluster-dns", "10.43.0.10"),
-                cluster_domain=d.get("cluster-domain", "cluster.local"),
-                flannel_backend=d.get("flannel-backend", "vxlan"),
-                disable_network_policy=d.get("disable-network-policy", "false") == "true",
-                node_monitor_grace_period=int(d.get("node-monitor-grace-period") or 40),
-            )
-        except (CredentialsError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            if loop.time() > end:
-                raise AgentError(f"cannot read the cluster settings from the server: {exc}") from None
-            await asyncio.sleep(0.2)
+
+    async def read() -> ClusterSettings:
+        return ClusterSettings.from_data(await creds.cluster_settings())
+
+    return await _retry_until(
+        read,
+        retry_on=(CredentialsError, OSError, aiohttp.ClientError, TimeoutError, ValueError),
+        timeout=timeout,
+        pause=0.2,
+        failure="cannot read the cluster settings from the server",
+    )
 
 
 async def _server_ca(cfg: AgentConfig) -> bytes:
     """The cluster CA, pinned by a K10 token, retried while the server is not up yet (60 s)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 60
-    while True:
-        try:
-            return await asyncio.to_thread(_fetch_ca, cfg.server, cfg.token)
-        except OSError as exc:
-            if loop.time() > end:
-                raise AgentError(f"cannot reach the server at {cfg.server}: {exc}") from None
-            await asyncio.sleep(0.2)
+    return await _retry_until(
+        lambda: asyncio.to_thread(_fetch_ca, cfg.server, cfg.token),
+        retry_on=(OSError,),
+        timeout=60,
+        pause=0.2,
+        failure=f"cannot reach the server at {cfg.server}",
+    )
 
 
 async def _node_credentials(cfg: AgentConfig, *, node_name: str, node_ip: str) -> NodeCredentials:
@@ -188,18 +195,16 @@ async def _node_credentials(cfg: AgentConfig, *, node_name: str, node_ip: str) -
         node_ips=tuple(i for i in (node_ip, cfg.node_external_ip) if i),
         server_ca=await _server_ca(cfg),
     )
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 60
-    while True:
-        try:
-            issued = await creds.ensure(token=jointoken.plain(cfg.token))
-            break
-        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-            if loop.time() > end:
-                raise AgentError(f"cannot get node certificates from {cfg.server}: {exc}") from None
-            await asyncio.sleep(0.5)
-        except CredentialsError as exc:
-            raise AgentError(str(exc)) from None
+    try:
+        issued = await _retry_until(
+            lambda: creds.ensure(token=jointoken.plain(cfg.token)),
+            retry_on=(OSError, aiohttp.ClientError, TimeoutError),
+            timeout=60,
+            pause=0.5,
+            failure=f"cannot get node certificates from {cfg.server}",
+        )
+    except CredentialsError as exc:  # the server refused the token: no retry
+        raise AgentError(str(exc)) from None
     if issued:
         log.info("agent: node certificates issued: %s", ", ".join(issued))
     return creds

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kwire.api.bootstrap import seal_json, unseal_json
+from kwire.base.backoff import Backoff
 from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import Compacted, KeyExists, RevisionMismatch, Store
 from kwire.store.encryption import EncryptingStore, EncryptionConfig, load_or_create, save
@@ -34,17 +35,18 @@ def config_path(data_dir: Path) -> Path:
     return Path(data_dir) / "cred" / "encryption-config.json"
 
 
+@dataclass(eq=False)
 class EncryptionKeys:
     """One server's view of the shared keys: the wrapper store that uses them and the watch that updates them."""
 
-    def __init__(self, store: EncryptingStore, *, token: str, path: Path, enabled_by_flag: bool) -> None:
-        self.store = store
-        self.token = token
-        self.path = path
-        self.enabled_by_flag = enabled_by_flag
-        self.stage = "start"
-        self._rotating = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+    store: EncryptingStore
+    _: KW_ONLY
+    token: str = field(repr=False)  # the server token, which seals the shared copy
+    path: Path
+    enabled_by_flag: bool
+    stage: str = field(default="start", init=False)
+    _rotating: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     # -- the shared copy ---------------------------------------------------------------------------------------
     def _publish_value(self, config: EncryptionConfig) -> bytes:
@@ -78,7 +80,7 @@ class EncryptionKeys:
 
     async def _follow(self) -> None:
         """Watch the shared configuration (list, then watch from its revision; again after any error)."""
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0, jitter=0.5)
         inner = self.store.inner
         while True:
             try:
@@ -88,15 +90,14 @@ class EncryptionKeys:
                 async for ev in inner.watch(DATASTORE_KEY, from_revision=inner.revision):
                     if ev.key == DATASTORE_KEY and ev.type != "DELETED":
                         self._adopt(ev.value)
-                    delay = 0.5
+                    backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Compacted:
                 pass
             except Exception:
                 log.exception("following the shared encryption configuration")
-            await asyncio.sleep(delay * (1 + random.random() / 2))
-            delay = min(delay * 2, 10.0)
+            await backoff.sleep()
 
     # -- what secrets-encrypt asks --------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import orjson
@@ -78,16 +79,15 @@ async def write_kubernetes_endpoints(resources: Resources, *, addresses: list[st
             log.info("updating %s default/kubernetes: %s", kind.plural, err.message)
 
 
+@dataclass(eq=False)
 class MasterLeases:
-    def __init__(
-        self, resources: Resources, *, address: str, port: int, interval: float = 10.0, ttl: float = 15.0
-    ) -> None:
-        self.resources = resources
-        self.address = address
-        self.port = port
-        self.interval = interval
-        self.ttl = ttl
-        self._task: asyncio.Task[None] | None = None
+    resources: Resources
+    _: KW_ONLY
+    address: str
+    port: int
+    interval: float = 10.0
+    ttl: float = 15.0
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def _key(self) -> str:

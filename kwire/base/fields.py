@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+Obj = dict[str, Any]  # an API object as the JSON it is sent in
+
 
 def as_dict(value: Any) -> dict[str, Any]:
     """`value` if it is a dict, else an empty dict."""
@@ -31,3 +33,12 @@ def spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 def status(obj: dict[str, Any]) -> dict[str, Any]:
     return as_dict(obj.get("status"))
+
+
+def set_or_omit(obj: dict[str, Any], key: str, value: Any) -> None:
+    """Write a field the way Go's `omitempty` serializes it: `obj[key] = value`, or no key at all when `value` is
+    empty (an empty list or map, "", None, 0)."""
+    if value:
+        obj[key] = value
+    else:
+        obj.pop(key, None)

@@ -54,11 +54,17 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
-def run_daemon(main: Callable[[], Coroutine[Any, Any, None]], *, log: logging.Logger) -> int:
+def run_daemon(
+    main: Callable[[], Coroutine[Any, Any, None]],
+    *,
+    log: logging.Logger,
+    fatal: tuple[type[Exception], ...] = (OSError,),
+) -> int:
     """Run `main()` on uvloop until it returns or SIGTERM/SIGINT cancels it; the process's exit status.
 
     A signal cancels the main task ("stopping" is logged; the coroutine's `finally` blocks clean up) and the
-    status is 0; an OSError out of the loop (a port already taken) is logged as "cannot serve" and the status is 1.
+    status is 0; an error of a `fatal` type out of the loop (an OSError: a port already taken; the ingress
+    controller adds RuntimeError: nginx refused to start) is logged as "cannot serve" and the status is 1.
     """
     import asyncio
 
@@ -77,7 +83,7 @@ def run_daemon(main: Callable[[], Coroutine[Any, Any, None]], *, log: logging.Lo
 
     try:
         uvloop.run(_until_signalled())
-    except OSError as exc:
+    except fatal as exc:
         log.error("cannot serve: %s", exc)
         return 1
     return 0

@@ -7,7 +7,7 @@ makes it back: small requests work while large transfers stall."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kwire.check.finding import Finding
@@ -28,14 +28,7 @@ class Links:
     subnet_env_mtu: int | None = None  # FLANNEL_MTU of the agent's subnet.env
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "uplink": self.uplink,
-            "uplink_mtu": self.uplink_mtu,
-            "flannel_mtu": self.flannel_mtu,
-            "bridge_mtu": self.bridge_mtu,
-            "ports": self.ports,
-            "subnet_env_mtu": self.subnet_env_mtu,
-        }
+        return asdict(self)  # every field, under its own name (what from_json reads)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Links:

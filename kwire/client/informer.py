@@ -12,8 +12,10 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
+from kwire.base.backoff import Backoff
 from kwire.base.keys import key_of
 from kwire.base.tasks import cancel_and_wait
 from kwire.client.client import ApiClient, ApiStatusError, Gone, Resource
@@ -24,21 +26,16 @@ Obj = dict[str, Any]
 Handler = Callable[..., Any]
 
 
+@dataclass(eq=False, repr=False)
 class Informer:
-    def __init__(
-        self,
-        client: ApiClient,
-        resource: Resource,
-        *,
-        namespace: str | None = None,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> None:
-        self.client = client
-        self.resource = resource
-        self.namespace = namespace
-        self.label_selector = label_selector
-        self.field_selector = field_selector
+    client: ApiClient
+    resource: Resource
+    _: KW_ONLY
+    namespace: str | None = None
+    label_selector: str | None = None
+    field_selector: str | None = None
+
+    def __post_init__(self) -> None:
         self._cache: dict[str, Obj] = {}
         self._indexers: dict[str, Callable[[Obj], list[str]]] = {}
         self._indices: dict[str, dict[str, set[str]]] = {}
@@ -47,7 +44,7 @@ class Informer:
         self._on_delete: list[Handler] = []
         self._synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.resource_version = ""
+        self.resource_version = ""  # the last seen: a restarted informer resumes from it
 
     # -- registration --------------------------------------------------------------------------------------
     def on_add(self, fn: Handler) -> None:
@@ -138,7 +135,7 @@ class Informer:
         self._synced.set()
 
     async def run(self) -> None:
-        attempt = 0
+        backoff = Backoff(0.2, 5.0)
         # A restarted informer resumes from where it was; only a fresh one (or a 410) lists.
         need_list = not self.resource_version
         while True:
@@ -154,7 +151,7 @@ class Informer:
                     field_selector=self.field_selector,
                     timeout_seconds=300,
                 ):
-                    attempt = 0
+                    backoff.reset()
                     rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if rv:
                         self.resource_version = str(rv)
@@ -169,12 +166,10 @@ class Informer:
                 need_list = True
             except (TimeoutError, ApiStatusError, OSError, ValueError) as exc:
                 log.debug("informer %s: watch ended: %s", self.resource.plural, exc)
-                await asyncio.sleep(min(5.0, 0.2 * (2**attempt)))
-                attempt += 1
+                await backoff.sleep()
             except Exception as exc:  # aiohttp client errors and anything unexpected: retry, never die
                 log.warning("informer %s: %s", self.resource.plural, exc)
-                await asyncio.sleep(min(5.0, 0.2 * (2**attempt)))
-                attempt += 1
+                await backoff.sleep()
 
     def start(self) -> None:
         if self._task is None:

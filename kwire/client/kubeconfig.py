@@ -127,6 +127,12 @@ def in_cluster_config(env: Mapping[str, str] = os.environ, sa_dir: Path | None =
     )
 
 
+def flag_or_in_cluster(kubeconfig: str | None, env: Mapping[str, str] = os.environ) -> Config:
+    """A pod program's `--kubeconfig FILE`, else the in-cluster service account (client-go's BuildConfigFromFlags
+    with an empty path falling back to InClusterConfig)."""
+    return load_kubeconfig(kubeconfig) if kubeconfig else in_cluster_config(env)
+
+
 def write_kubeconfig(
     path: str | Path,
     *,

@@ -39,7 +39,6 @@ import importlib.resources
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
 
@@ -59,9 +58,9 @@ from kwire.client.client import (
     SERVICES,
     Resource,
 )
+from kwire.controllers.common import Obj
 from kwire.controllers.queue import Controller
 
-Obj = dict[str, Any]
 NS = "kube-system"
 ADDON_LABEL = "kwire.io/addon"
 HASH_ANNOTATION = "kwire.io/addon-hash"
@@ -100,6 +99,26 @@ class AddonSettings:
     cluster_dns: str = "10.43.0.10"
     cluster_domain: str = "cluster.local"
     disable: tuple[str, ...] = ()
+
+
+def _addon_tolerations() -> list[Obj]:
+    """The tolerations every K3s add-on manifest gives its pods (they run on a control-plane-only cluster too)."""
+    return [
+        {"key": "CriticalAddonsOnly", "operator": "Exists"},
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+    ]
+
+
+def _http_probe(
+    path: str, port: int | str, *, period: int, failures: int = 3, delay: int = 0, https: bool = False
+) -> Obj:
+    """An httpGet probe as the add-on manifests write theirs (initialDelaySeconds only when there is one)."""
+    get: Obj = {"path": path, "port": port, **({"scheme": "HTTPS"} if https else {})}
+    probe: Obj = {"httpGet": get, "periodSeconds": period, "failureThreshold": failures}
+    if delay:
+        probe["initialDelaySeconds"] = delay
+    return probe
 
 
 def _hash(obj: Obj) -> str:
@@ -264,13 +283,8 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
             "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["all"]},
             "readOnlyRootFilesystem": True,
         },
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2, "failureThreshold": 3},
-        "livenessProbe": {
-            "httpGet": {"path": "/health", "port": 8080},
-            "initialDelaySeconds": 60,
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
+        "readinessProbe": _http_probe("/ready", 8181, period=2),
+        "livenessProbe": _http_probe("/health", 8080, period=10, delay=60),
     }
     deployment = {
         "metadata": _meta(COREDNS, labels),
@@ -285,11 +299,7 @@ def coredns_objects(s: AddonSettings, node_hosts: str, *, replicas: int = 1) -> 
                     "serviceAccountName": "coredns",
                     "dnsPolicy": "Default",
                     "nodeSelector": {"kubernetes.io/os": "linux"},
-                    "tolerations": [
-                        {"key": "CriticalAddonsOnly", "operator": "Exists"},
-                        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
-                        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
-                    ],
+                    "tolerations": _addon_tolerations(),
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,
@@ -371,13 +381,8 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
             "readOnlyRootFilesystem": True,
         },
         "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
-        "readinessProbe": {"httpGet": {"path": "/ping", "port": 9000}, "periodSeconds": 2, "failureThreshold": 1},
-        "livenessProbe": {
-            "httpGet": {"path": "/ping", "port": 9000},
-            "initialDelaySeconds": 60,
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
+        "readinessProbe": _http_probe("/ping", 9000, period=2, failures=1),
+        "livenessProbe": _http_probe("/ping", 9000, period=10, delay=60),
     }
     deployment = {
         "metadata": _meta(TRAEFIK, labels, addon=TRAEFIK),
@@ -391,11 +396,7 @@ def traefik_objects() -> list[tuple[Resource, Obj]]:
                     "priorityClassName": "system-cluster-critical",
                     "serviceAccountName": TRAEFIK,
                     "nodeSelector": {"kubernetes.io/os": "linux"},
-                    "tolerations": [
-                        {"key": "CriticalAddonsOnly", "operator": "Exists"},
-                        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
-                        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
-                    ],
+                    "tolerations": _addon_tolerations(),
                     "containers": [container],
                     "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
                 },
@@ -453,18 +454,8 @@ def metrics_server_objects() -> list[tuple[Resource, Obj]]:
             "--metric-resolution=15s",
         ],
         "ports": [{"name": "https", "containerPort": 10250, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"},
-            "periodSeconds": 2,
-            "failureThreshold": 3,
-            "initialDelaySeconds": 2,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/livez", "port": "https", "scheme": "HTTPS"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-            "initialDelaySeconds": 60,
-        },
+        "readinessProbe": _http_probe("/readyz", "https", period=2, delay=2, https=True),
+        "livenessProbe": _http_probe("/livez", "https", period=10, delay=60, https=True),
         "volumeMounts": [{"name": "tmp-dir", "mountPath": "/tmp"}],
         "securityContext": {
             "readOnlyRootFilesystem": True,
@@ -484,11 +475,7 @@ def metrics_server_objects() -> list[tuple[Resource, Obj]]:
                 "spec": {
                     "priorityClassName": "system-node-critical",
                     "serviceAccountName": METRICS_SERVER,
-                    "tolerations": [
-                        {"key": "CriticalAddonsOnly", "operator": "Exists"},
-                        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
-                        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
-                    ],
+                    "tolerations": _addon_tolerations(),
                     "volumes": [{"name": "tmp-dir", "emptyDir": {}}],
                     "containers": [container],
                 },
@@ -563,16 +550,8 @@ class AddonController(Controller):
     def __init__(self, client: ApiClient, informers: Informers, *, settings: AddonSettings) -> None:
         super().__init__(client, informers)
         self.settings = settings
-        self.nodes = informers.get(NODES)
-        self.nodes.on_add(self._kick)
-        self.nodes.on_update(self._kick2)
-        self.nodes.on_delete(self._kick)
-
-    async def _kick(self, _obj: Obj) -> None:
-        self.enqueue(COREDNS)
-
-    async def _kick2(self, _old: Obj, _new: Obj) -> None:
-        self.enqueue(COREDNS)
+        self.nodes = self.informer(NODES)
+        self.on_change(self.nodes, lambda _node: self.enqueue(COREDNS))  # NodeHosts and the replica count follow nodes
 
     async def prepare(self) -> None:
         self.enqueue(COREDNS)

@@ -12,10 +12,8 @@ from typing import Any
 from kwire.base.labels import from_label_selector
 from kwire.client import ApiClient, Informers
 from kwire.client.client import CLUSTERROLES
-from kwire.controllers.common import d, labels_of, lst, name_of, update_with_retry
+from kwire.controllers.common import Obj, d, labels_of, lst, name_of, update_with_retry
 from kwire.controllers.queue import Controller
-
-Obj = dict[str, Any]
 
 
 def aggregated_rules(role: Obj, roles: list[Obj]) -> list[Any]:
@@ -38,10 +36,8 @@ class ClusterRoleAggregation(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.roles = informers.get(CLUSTERROLES)
-        self.roles.on_add(lambda r: self._requeue())
-        self.roles.on_update(lambda old, new: self._requeue())
-        self.roles.on_delete(lambda r: self._requeue())
+        self.roles = self.informer(CLUSTERROLES)
+        self.on_change(self.roles, lambda _role: self._requeue())
 
     def _requeue(self) -> None:
         for role in self.roles.items():

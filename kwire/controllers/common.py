@@ -15,7 +15,9 @@ from typing import Any
 
 import orjson
 
+from kwire.base.fields import Obj as Obj  # re-exported: the controllers' one spelling
 from kwire.base.fields import as_dict, as_list, meta, spec, status
+from kwire.base.fields import set_or_omit as set_or_omit
 from kwire.base.keys import key_of as key_of  # re-exported: the controllers' one spelling
 from kwire.base.keys import pod_ready as pod_ready
 from kwire.base.keys import split_key as split_key
@@ -25,7 +27,6 @@ from kwire.client.events import EventRecorder as EventRecorder  # re-exported; i
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 # Taints the node lifecycle controller and the scheduler use (k8s.io/api/core/v1 well-known taints).
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"

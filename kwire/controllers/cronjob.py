@@ -20,7 +20,6 @@ import logging
 import time
 import zoneinfo
 from collections.abc import Callable
-from typing import Any
 
 from croniter import croniter
 
@@ -29,8 +28,7 @@ from kwire.client import ApiClient, Conflict, Informers, NotFound
 from kwire.client.client import CRONJOBS, JOBS
 from kwire.controllers.common import (
     BY_CONTROLLER,
-    EventRecorder,
-    add_indexes,
+    Obj,
     d,
     int_field,
     lst,
@@ -39,6 +37,7 @@ from kwire.controllers.common import (
     namespace_of,
     owner_reference,
     parse_time,
+    set_or_omit,
     spec,
     split_key,
     status,
@@ -51,7 +50,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 SCHEDULED_TIMESTAMP = "batch.kubernetes.io/cronjob-scheduled-timestamp"
 MAX_MISSED = 100
@@ -123,26 +121,15 @@ def job_finished_kind(job: Obj) -> str | None:
 
 class CronJobController(Controller):
     name = "cronjob"
+    component = "cronjob-controller"
 
-    def __init__(
-        self,
-        client: ApiClient,
-        informers: Informers,
-        *,
-        recorder: EventRecorder,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, client: ApiClient, informers: Informers, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
         self.clock = clock
-        self.cronjobs = informers.get(CRONJOBS)
-        self.jobs = informers.get(JOBS)
-        add_indexes(self.cronjobs)
-        add_indexes(self.jobs)
+        self.cronjobs = self.informer(CRONJOBS, indexed=True)
+        self.jobs = self.informer(JOBS, indexed=True)
         self.enqueue_on_change(self.cronjobs)
-        self.jobs.on_add(self._on_job)
-        self.jobs.on_update(lambda old, new: self._on_job(new))
-        self.jobs.on_delete(self._on_job)
+        self.on_change(self.jobs, self._on_job)
 
     def _on_job(self, job: Obj) -> None:
         for ref in lst(meta(job).get("ownerReferences")):
@@ -255,10 +242,7 @@ class CronJobController(Controller):
     ) -> None:
         def apply(obj: Obj) -> bool:
             st = dict(status(obj))
-            if active:
-                st["active"] = active
-            else:
-                st.pop("active", None)
+            set_or_omit(st, "active", active)
             if scheduled is not None:
                 st["lastScheduleTime"] = rfc3339(scheduled)
             if last_success is not None:

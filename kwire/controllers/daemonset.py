@@ -21,19 +21,16 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any
 
 from kwire.client import ApiClient, Informers
-from kwire.client.client import CONTROLLERREVISIONS, DAEMONSETS, NODES, PODS
+from kwire.client.client import CONTROLLERREVISIONS, DAEMONSETS, NODES
 from kwire.controllers.common import (
     BY_CONTROLLER,
-    BY_NAMESPACE,
     BY_NODE,
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
     TAINT_UNSCHEDULABLE,
-    EventRecorder,
-    add_indexes,
+    Obj,
     available_in,
     created_at,
     d,
@@ -57,23 +54,17 @@ from kwire.controllers.common import (
 )
 from kwire.controllers.deployment import scaled_value
 from kwire.controllers.history import reconcile_revisions, truncate_history
-from kwire.controllers.queue import Controller, RetryLater
+from kwire.controllers.queue import RetryLater
 from kwire.controllers.scheduler import host_ports, matches_node_affinity, ports_conflict
 from kwire.controllers.workloads import (
     BURST,
-    Expectations,
-    OwnedPodEvents,
-    claim,
-    create_owned_pods,
-    delete_owned_pods,
-    owner_key,
+    PodOwnerController,
     pod_from_template,
     selector_of,
 )
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 HASH_LABEL = "controller-revision-hash"
 
@@ -126,34 +117,24 @@ def affinity_node(pod: Obj) -> str:
     return ""
 
 
-class DaemonSetController(Controller):
+class DaemonSetController(PodOwnerController):
     name = "daemonset"
     workers = 2
+    component = "daemonset-controller"
+    owner_resource = DAEMONSETS
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
-        self.expectations = Expectations()
-        self.ds = informers.get(DAEMONSETS)
-        self.pods = informers.get(PODS)
-        self.revisions = informers.get(CONTROLLERREVISIONS)
-        add_indexes(self.revisions)
-        self.revisions.on_delete(lambda r: self.enqueue(owner_key(self.ds, r, "DaemonSet")))
-        self.nodes = informers.get(NODES)
-        add_indexes(self.ds)
-        add_indexes(self.pods)
-        self.enqueue_on_change(self.ds)
-        self.ds.on_delete(lambda o: self.expectations.forget(key_of(o)))
-        OwnedPodEvents(owners=self.ds, kind="DaemonSet", expectations=self.expectations, enqueue=self.enqueue).watch(
-            self.pods
-        )
+        self.revisions = self.informer(CONTROLLERREVISIONS, indexed=True)
+        self.revisions.on_delete(lambda r: self.enqueue(self.owner_of(r)))
+        self.nodes = self.informer(NODES)
         self.nodes.on_add(lambda n: self._all())
         self.nodes.on_update(self._on_node_update)
         self.nodes.on_delete(lambda n: self._all())
 
     # -- event handlers ----------------------------------------------------------------------------------------
     def _all(self) -> None:
-        for ds in self.ds.items():
+        for ds in self.owners.items():
             self.enqueue(key_of(ds))
 
     def _on_node_update(self, old: Obj, new: Obj) -> None:
@@ -163,7 +144,7 @@ class DaemonSetController(Controller):
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
         ns, name = split_key(key)
-        ds = self.ds.get(ns, name)
+        ds = self.owners.get(ns, name)
         if ds is None:
             self.expectations.forget(key)
             return None
@@ -173,15 +154,7 @@ class DaemonSetController(Controller):
             return None
         if terminating(ds):
             return None
-        owned = await claim(
-            self.client,
-            PODS,
-            ds,
-            self.pods.by_index(BY_NAMESPACE, ns or ""),
-            selector,
-            owner_api_version="apps/v1",
-            owner_kind="DaemonSet",
-        )
+        owned = await self.claim_pods(ds, selector)
         nodes = {name_of(n): n for n in self.nodes.items()}
         by_node: dict[str, list[Obj]] = {}
         for pod in owned:
@@ -250,9 +223,7 @@ class DaemonSetController(Controller):
         self.expectations.expect(key, adds=len(create_on), deletes={key_of(p) for p in delete})
         problems: list[str] = []
         if delete:
-            err = await delete_owned_pods(
-                self.client, PODS, ds, delete, recorder=self.recorder, expectations=self.expectations
-            )
+            err = await self.delete_owned_pods(ds, delete)
             if err is not None:
                 problems.append(f"deleting pods: {getattr(err, 'message', None) or err}")
         if create_on:
@@ -281,15 +252,7 @@ class DaemonSetController(Controller):
                     }
                 return pod
 
-            msg = await create_owned_pods(
-                self.client,
-                PODS,
-                ds,
-                len(create_on),
-                make_pod,
-                recorder=self.recorder,
-                expectations=self.expectations,
-            )
+            msg = await self.create_owned_pods(ds, len(create_on), make_pod)
             if msg is not None:
                 problems.append(f"creating pods: {msg}")
         return "; ".join(problems) or None

@@ -23,8 +23,7 @@ from kwire.client.client import DEPLOYMENTS, PODS, REPLICASETS
 from kwire.controllers.common import (
     BY_CONTROLLER,
     BY_NAMESPACE,
-    EventRecorder,
-    add_indexes,
+    Obj,
     controller_ref,
     created_at,
     d,
@@ -51,7 +50,6 @@ from kwire.controllers.workloads import claim, owner_key, selecting_owner_keys, 
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 HASH_LABEL = "pod-template-hash"
 REVISION = "deployment.kubernetes.io/revision"
@@ -212,15 +210,13 @@ def set_deployment_condition(
 class DeploymentController(Controller):
     name = "deployment"
     workers = 4
+    component = "deployment-controller"
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
-        self.deployments = informers.get(DEPLOYMENTS)
-        self.rs = informers.get(REPLICASETS)
-        self.pods = informers.get(PODS)
-        for inf in (self.deployments, self.rs, self.pods):
-            add_indexes(inf)
+        self.deployments = self.informer(DEPLOYMENTS, indexed=True)
+        self.rs = self.informer(REPLICASETS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
         self.enqueue_on_change(self.deployments)
         self.rs.on_add(self._on_rs)
         self.rs.on_update(self._on_rs_update)

@@ -21,7 +21,7 @@ from kwire.client import ApiClient, Informers
 from kwire.client.client import DEPLOYMENTS, PODDISRUPTIONBUDGETS, PODS, REPLICASETS, STATEFULSETS
 from kwire.controllers.common import (
     BY_NAMESPACE,
-    add_indexes,
+    Obj,
     controller_ref,
     d,
     int_field,
@@ -34,6 +34,7 @@ from kwire.controllers.common import (
     now_rfc3339,
     parse_time,
     pod_ready,
+    set_or_omit,
     spec,
     split_key,
     terminating,
@@ -43,7 +44,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 DISRUPTED_TIMEOUT = 120.0
 
@@ -88,13 +88,11 @@ class DisruptionController(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.pdbs = informers.get(PODDISRUPTIONBUDGETS)
-        self.pods = informers.get(PODS)
-        self.rs = informers.get(REPLICASETS)
-        self.deployments = informers.get(DEPLOYMENTS)
-        self.sets = informers.get(STATEFULSETS)
-        for inf in (self.pdbs, self.pods):
-            add_indexes(inf)
+        self.pdbs = self.informer(PODDISRUPTIONBUDGETS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
+        self.rs = self.informer(REPLICASETS)
+        self.deployments = self.informer(DEPLOYMENTS)
+        self.sets = self.informer(STATEFULSETS)
         self.enqueue_on_change(self.pdbs)
         self.pods.on_add(self._on_pod)
         self.pods.on_update(self._on_pod_update)
@@ -213,10 +211,7 @@ class DisruptionController(Controller):
                 "expectedPods": expected,
                 "conditions": [cond],
             }
-            if disrupted:
-                new["disruptedPods"] = disrupted
-            else:
-                new.pop("disruptedPods", None)
+            set_or_omit(new, "disruptedPods", disrupted)
             return new
 
         await update_status_with_retry(self.client, PODDISRUPTIONBUDGETS, pdb, desired_status)

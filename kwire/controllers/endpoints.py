@@ -28,8 +28,9 @@ import math
 from typing import Any
 
 from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
-from kwire.client.client import ENDPOINTS, PODS, SERVICES
+from kwire.client.client import ENDPOINTS
 from kwire.controllers.common import (
+    Obj,
     d,
     key_of,
     labels_of,
@@ -38,31 +39,28 @@ from kwire.controllers.common import (
     name_of,
     namespace_of,
     pod_ready,
+    set_or_omit,
     spec,
     split_key,
     uid_of,
 )
 from kwire.controllers.endpointsutil import (
     LABEL_HEADLESS,
-    PROTECTED,
-    WriteTracker,
+    ServiceEndpointsController,
     find_port,
     ip_family,
     is_headless,
     pod_ips,
-    selected_pods,
     service_ports,
     service_selector,
     should_be_in_endpoints,
     should_set_hostname,
     target_ref,
-    watch_services_and_pods,
 )
-from kwire.controllers.queue import Controller, RetryLater
+from kwire.controllers.queue import RetryLater
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 LABEL_MANAGED_BY = "endpoints.kubernetes.io/managed-by"
 CONTROLLER_NAME = "endpoint-controller"
@@ -216,25 +214,17 @@ def truncate(subsets: list[Obj]) -> bool:
                 ss.pop("addresses")
         else:
             kept = ss.get("notReadyAddresses", [])[:keep]
-            if kept:
-                ss["notReadyAddresses"] = kept
-            else:
-                ss.pop("notReadyAddresses", None)
+            set_or_omit(ss, "notReadyAddresses", kept)
     return True
 
 
 # -- the controller ----------------------------------------------------------------------------------------------
-class EndpointsController(Controller):
+class EndpointsController(ServiceEndpointsController):
     name = "endpoints"
-    workers = 4
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.tracker = WriteTracker()
-        self.services = informers.get(SERVICES)
-        self.pods = informers.get(PODS)
-        self.endpoints = informers.get(ENDPOINTS)
-        watch_services_and_pods(self.services, self.pods, self.enqueue)
+        self.endpoints = self.informer(ENDPOINTS)
         self.endpoints.on_add(lambda o: self._on_endpoints(o, deleted=False))
         self.endpoints.on_update(lambda old, new: self._on_endpoints(new, deleted=False))
         self.endpoints.on_delete(lambda o: self._on_endpoints(o, deleted=True))
@@ -259,8 +249,6 @@ class EndpointsController(Controller):
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
-        if key in PROTECTED:
-            return None
         ns, name = split_key(key)
         current = self.endpoints.get(ns, name)
         if self.tracker.stale(key, {name: current} if current is not None else {}):
@@ -275,10 +263,9 @@ class EndpointsController(Controller):
                 self.tracker.deleted(key, name)
                 log.debug("endpoints %s: deleted with its Service", key)
             return None
-        selector = service_selector(svc)
-        if selector is None:
+        pods = self.pods_of(svc)
+        if pods is None:
             return None
-        pods = selected_pods(self.pods, ns, selector)
         subsets = desired_subsets(svc, pods)
         truncated = truncate(subsets)
         labels = endpoints_labels(svc)
@@ -296,14 +283,8 @@ class EndpointsController(Controller):
             annotations.pop(ANNOTATION_OVER_CAPACITY, None)
             if truncated:
                 annotations[ANNOTATION_OVER_CAPACITY] = "truncated"
-            if annotations:
-                m["annotations"] = annotations
-            else:
-                m.pop("annotations", None)
-            if subsets:
-                new["subsets"] = subsets
-            else:
-                new.pop("subsets", None)
+            set_or_omit(m, "annotations", annotations)
+            set_or_omit(new, "subsets", subsets)
             out = await self.client.update(ENDPOINTS, new)
         else:
             new = {

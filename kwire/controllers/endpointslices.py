@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
-from kwire.client.client import ENDPOINTSLICES, NODES, PODS, SERVICES
+from kwire.client.client import ENDPOINTSLICES, NODES
 from kwire.controllers.common import (
+    Obj,
     d,
     key_of,
     labels_of,
@@ -55,26 +56,21 @@ from kwire.controllers.common import (
 )
 from kwire.controllers.endpointsutil import (
     LABEL_HEADLESS,
-    PROTECTED,
-    WriteTracker,
+    ServiceEndpointsController,
     address_families,
     find_port,
     ip_family,
     is_headless,
     pod_ips,
-    selected_pods,
     service_ports,
-    service_selector,
     should_be_in_endpoints,
     should_set_hostname,
     target_ref,
-    watch_services_and_pods,
 )
-from kwire.controllers.queue import Controller, RetryLater
+from kwire.controllers.queue import RetryLater
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 MAX_ENDPOINTS_PER_SLICE = 100
 CONTROLLER_NAME = "endpointslice-controller.k8s.io"
@@ -405,21 +401,16 @@ def _service_key_index(sl: Obj) -> list[str]:
     return [key] if key else []
 
 
-class EndpointSliceController(Controller):
+class EndpointSliceController(ServiceEndpointsController):
     name = "endpointslice"
-    workers = 4
 
     def __init__(
         self, client: ApiClient, informers: Informers, *, max_endpoints_per_slice: int = MAX_ENDPOINTS_PER_SLICE
     ) -> None:
         super().__init__(client, informers)
         self.max_per_slice = max_endpoints_per_slice
-        self.tracker = WriteTracker()
-        self.services = informers.get(SERVICES)
-        self.pods = informers.get(PODS)
-        self.nodes = informers.get(NODES)
-        self.slices = informers.get(ENDPOINTSLICES)
-        watch_services_and_pods(self.services, self.pods, self.enqueue)
+        self.nodes = self.informer(NODES)
+        self.slices = self.informer(ENDPOINTSLICES)
         self.slices.add_indexer(BY_SERVICE, _service_key_index)
         self.slices.on_add(lambda o: self._on_slice(o, deleted=False))
         self.slices.on_update(self._on_slice_update)
@@ -440,21 +431,18 @@ class EndpointSliceController(Controller):
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
-        if key in PROTECTED:
-            return None
         ns, name = split_key(key)
         svc = self.services.get(ns, name)
         if svc is None:
             self.tracker.forget(key)  # its slices go with it (garbage collector, ownerReference)
             return None
-        selector = service_selector(svc)
-        if selector is None:
+        pods = self.pods_of(svc)
+        if pods is None:
             return None
         cached = self.slices.by_index(BY_SERVICE, key)
         if self.tracker.stale(key, {name_of(s): s for s in cached}):
             return 0.05  # the cache does not show our last writes yet: look again shortly
         existing = [s for s in cached if not terminating(s)]
-        pods = selected_pods(self.pods, ns, selector)
         plan = plan_slices(
             svc,
             pods,

@@ -1,8 +1,8 @@
 """What the Endpoints and EndpointSlice controllers share (kube's pkg/controller/util/endpointslice and
-pkg/api/v1/pod in small): the Service and pod handlers that queue Services, which Services select a pod and
-which pods a Service selects, which pods belong in endpoints, a pod's address for an
-IP family, a Service port's target port resolved in a pod, and the tracker of this controller's own writes
-that keeps a lagging informer cache from making it act twice.
+pkg/api/v1/pod in small): their base class (`ServiceEndpointsController`: the Service and pod handlers that
+queue Services), which Services select a pod and which pods a Service selects, which pods belong in endpoints,
+a pod's address for an IP family, a Service port's target port resolved in a pod, and the tracker of this
+controller's own writes that keeps a lagging informer cache from making it act twice.
 
 Service selectors are plain label maps (spec.selector); a Service without one, or with an empty one, or of
 type ExternalName gets nothing from these controllers: its Endpoints and EndpointSlices are the user's.
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from kwire.client import Informer
+from kwire.client import ApiClient, Informer, Informers
+from kwire.client.client import PODS, SERVICES
 from kwire.controllers.common import (
     BY_NAMESPACE,
-    add_indexes,
+    Obj,
     d,
     key_of,
     labels_of,
@@ -31,8 +32,7 @@ from kwire.controllers.common import (
     status,
     terminating,
 )
-
-Obj = dict[str, Any]
+from kwire.controllers.queue import Controller
 
 LABEL_HEADLESS = "service.kubernetes.io/headless"
 
@@ -103,27 +103,42 @@ def selected_pods(pods: Informer, namespace: str | None, selector: dict[str, str
     return [p for p in pods.by_index(BY_NAMESPACE, namespace or "") if selects(selector, labels_of(p))]
 
 
-def watch_services_and_pods(services: Informer, pods: Informer, enqueue: Callable[[str], None]) -> None:
-    """Register the handlers both controllers queue Services by (their work queues are keyed by Service):
-    a Service added, updated or deleted queues itself; a pod added or deleted queues the Services selecting
-    it, a pod updated the Services `services_for_pod_change` names."""
-    add_indexes(services)
-    add_indexes(pods)
+class ServiceEndpointsController(Controller):
+    """The base of the Endpoints and EndpointSlice controllers: their work queues are keyed by Service
+    (namespace/name; never the API server's own, `PROTECTED`), they read the shared Service and pod informers and
+    track their own writes (`tracker`). A Service added, updated or deleted queues itself; a pod added or deleted
+    queues the Services selecting it, a pod updated the Services `services_for_pod_change` names."""
 
-    def on_pod(pod: Obj) -> None:
-        for key in services_selecting(services, pod):
-            enqueue(key)
+    workers = 4
 
-    def on_pod_update(old: Obj, new: Obj) -> None:
-        for key in services_for_pod_change(services, old, new):
-            enqueue(key)
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
+        super().__init__(client, informers)
+        self.tracker = WriteTracker()
+        self.services = self.informer(SERVICES, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
+        self.on_change(self.services, lambda svc: self.enqueue(key_of(svc)))
+        self.pods.on_add(self._on_pod)
+        self.pods.on_update(self._on_pod_update)
+        self.pods.on_delete(self._on_pod)
 
-    services.on_add(lambda o: enqueue(key_of(o)))
-    services.on_update(lambda old, new: enqueue(key_of(new)))
-    services.on_delete(lambda o: enqueue(key_of(o)))
-    pods.on_add(on_pod)
-    pods.on_update(on_pod_update)
-    pods.on_delete(on_pod)
+    def enqueue(self, key: str | None) -> None:
+        if key not in PROTECTED:
+            super().enqueue(key)
+
+    def _on_pod(self, pod: Obj) -> None:
+        for key in services_selecting(self.services, pod):
+            self.enqueue(key)
+
+    def _on_pod_update(self, old: Obj, new: Obj) -> None:
+        for key in services_for_pod_change(self.services, old, new):
+            self.enqueue(key)
+
+    def pods_of(self, svc: Obj) -> list[Obj] | None:
+        """The pods the Service selects, or None when these controllers leave it alone (`service_selector`)."""
+        selector = service_selector(svc)
+        if selector is None:
+            return None
+        return selected_pods(self.pods, namespace_of(svc), selector)
 
 
 def _endpoint_view(pod: Obj) -> tuple[Any, ...]:

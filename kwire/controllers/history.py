@@ -14,13 +14,13 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from kwire.client import ApiClient, Conflict, NotFound
 from kwire.client.client import CONTROLLERREVISIONS
 from kwire.controllers.common import (
+    Obj,
     controller_ref,
     created_at,
     d,
@@ -37,7 +37,6 @@ from kwire.controllers.common import (
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 HASH_LABEL = "controller.kubernetes.io/hash"
 

@@ -17,7 +17,6 @@ import logging
 from kwire.client import ApiClient, Informers
 from kwire.client.client import NODES
 from kwire.controllers.common import (
-    EventRecorder,
     condition,
     lst,
     name_of,
@@ -102,22 +101,16 @@ class CidrSet:
 
 class NodeIpam(Controller):
     name = "node-ipam"
+    component = "node-ipam-controller"
 
     def __init__(
-        self,
-        client: ApiClient,
-        informers: Informers,
-        *,
-        recorder: EventRecorder,
-        cluster_cidr: str,
-        node_cidr_mask_size: int = 24,
+        self, client: ApiClient, informers: Informers, *, cluster_cidr: str, node_cidr_mask_size: int = 24
     ) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
         cluster = ipaddress.ip_network(cluster_cidr, strict=False)
         mask = node_cidr_mask_size if cluster.version == 4 else IPV6_NODE_MASK
         self.cidrs = CidrSet(cluster, mask)
-        self.nodes = informers.get(NODES)
+        self.nodes = self.informer(NODES)
         self.nodes.on_add(self._on_node)
         self.nodes.on_update(self._on_node_update)
         self.nodes.on_delete(self._on_delete)

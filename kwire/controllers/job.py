@@ -23,14 +23,12 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import JOBS, PODS
 from kwire.controllers.common import (
     BY_CONTROLLER,
-    EventRecorder,
-    add_indexes,
+    Obj,
     d,
     int_field,
     key_of,
@@ -41,6 +39,7 @@ from kwire.controllers.common import (
     now_rfc3339,
     parse_time,
     pod_ready,
+    set_or_omit,
     spec,
     split_key,
     status,
@@ -53,7 +52,6 @@ from kwire.controllers.workloads import owner_key, pod_from_template, slow_start
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
@@ -157,19 +155,15 @@ class _Backoff:
 class JobController(Controller):
     name = "job"
     workers = 2
+    component = "job-controller"
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
-        self.jobs = informers.get(JOBS)
-        self.pods = informers.get(PODS)
-        add_indexes(self.jobs)
-        add_indexes(self.pods)
+        self.jobs = self.informer(JOBS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
         self.enqueue_on_change(self.jobs)
         self.jobs.on_delete(lambda o: self._backoff.pop(key_of(o), None))
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(lambda old, new: self._on_pod(new))
-        self.pods.on_delete(self._on_pod)
+        self.on_change(self.pods, self._on_pod)
         self._backoff: dict[str, _Backoff] = {}
 
     def _on_pod(self, pod: Obj) -> None:
@@ -425,10 +419,7 @@ class JobController(Controller):
             if TRACKING_FINALIZER not in fins:
                 return False
             kept = [f for f in fins if f != TRACKING_FINALIZER]
-            if kept:
-                o["metadata"]["finalizers"] = kept
-            else:
-                o["metadata"].pop("finalizers", None)
+            set_or_omit(o["metadata"], "finalizers", kept)
             return True
 
         for p in pods:

@@ -15,17 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import KW_ONLY, dataclass, field
 
 from kwire.base.tasks import cancel_and_wait
 from kwire.base.timefmt import now_micro
 from kwire.client import ApiClient
 from kwire.client.client import LEASES, ApiStatusError, Conflict, NotFound
+from kwire.controllers.common import Obj
 
 log = logging.getLogger(__name__)
-
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -35,30 +33,21 @@ class ElectionTiming:
     retry_period: float = 2.0
 
 
+@dataclass(eq=False)
 class LeaderElector:
-    def __init__(
-        self,
-        client: ApiClient,
-        *,
-        identity: str,
-        on_started_leading: Callable[[], Awaitable[None]],
-        on_stopped_leading: Callable[[], Awaitable[None]],
-        namespace: str = "kube-system",
-        name: str = "kube-controller-manager",
-        timing: ElectionTiming | None = None,
-    ) -> None:
-        self.client = client
-        self.identity = identity
-        self.namespace = namespace
-        self.name = name
-        self.timing = timing or ElectionTiming()
-        self._on_started = on_started_leading
-        self._on_stopped = on_stopped_leading
-        self.leading = False
-        self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
-        self._observed_at = 0.0  # our monotonic time when `_observed` last changed
-        self._last_renew = 0.0
-        self._task: asyncio.Task[None] | None = None
+    client: ApiClient
+    _: KW_ONLY
+    identity: str
+    on_started_leading: Callable[[], Awaitable[None]]
+    on_stopped_leading: Callable[[], Awaitable[None]]
+    namespace: str = "kube-system"
+    name: str = "kube-controller-manager"
+    timing: ElectionTiming = field(default_factory=ElectionTiming)
+    leading: bool = field(default=False, init=False)
+    _observed: tuple[str, str] | None = field(default=None, init=False)  # (holder, renewTime) last seen
+    _observed_at: float = field(default=0.0, init=False)  # our monotonic time when `_observed` last changed
+    _last_renew: float = field(default=0.0, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def _spec(self, current: Obj | None) -> Obj:
         now = now_micro()
@@ -127,7 +116,7 @@ class LeaderElector:
                 if not self.leading:
                     self.leading = True
                     log.info("leader election: %s became the leader of %s/%s", self.identity, self.namespace, self.name)
-                    await self._on_started()
+                    await self.on_started_leading()
             elif self.leading and now - self._last_renew >= self.timing.renew_deadline:
                 self.leading = False
                 log.error(
@@ -137,7 +126,7 @@ class LeaderElector:
                     self.name,
                     now - self._last_renew,
                 )
-                await self._on_stopped()
+                await self.on_stopped_leading()
             await asyncio.sleep(self.timing.retry_period)
 
     async def stop(self) -> None:
@@ -145,7 +134,7 @@ class LeaderElector:
         await cancel_and_wait(self._task)
         if self.leading:
             self.leading = False
-            await self._on_stopped()
+            await self.on_stopped_leading()
             await self._release()
 
     async def _release(self) -> None:

@@ -13,11 +13,11 @@ helper pod does it on the node).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, STORAGECLASSES
 from kwire.controllers.common import (
+    Obj,
     annotations_of,
     d,
     key_of,
@@ -34,7 +34,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 PROVISIONER = "rancher.io/local-path"
 STORAGE_ROOT = "/var/lib/kwire/storage"
@@ -94,13 +93,12 @@ class LocalPathProvisioner(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.claims = informers.get(PERSISTENTVOLUMECLAIMS)
-        self.volumes = informers.get(PERSISTENTVOLUMES)
-        self.classes = informers.get(STORAGECLASSES)
+        self.claims = self.informer(PERSISTENTVOLUMECLAIMS)
+        self.volumes = self.informer(PERSISTENTVOLUMES)
+        self.classes = self.informer(STORAGECLASSES)
         self.enqueue_on_change(self.claims)
         self.claims.on_delete(self._on_claim_delete)
-        self.volumes.on_add(self._on_volume)
-        self.volumes.on_update(lambda old, new: self._on_volume(new))
+        self.on_change(self.volumes, self._on_volume, deletes=False)
 
     def _on_claim_delete(self, claim: Obj) -> None:
         for pv in self.volumes.items():
@@ -171,14 +169,7 @@ class LocalPathProvisioner(Controller):
 
     async def _bind(self, claim: Obj, pv: Obj) -> None:
         if status(pv).get("phase") != "Bound":
-
-            def bind_volume(obj: Obj) -> bool:
-                if status(obj).get("phase") == "Bound":
-                    return False
-                obj.setdefault("status", {})["phase"] = "Bound"
-                return True
-
-            await update_with_retry(self.client, PERSISTENTVOLUMES, pv, bind_volume, subresource_status=True)
+            await self._set_volume_phase(pv, "Bound")
         if spec(claim).get("volumeName") != name_of(pv):
 
             def set_volume(obj: Obj) -> bool:
@@ -226,12 +217,16 @@ class LocalPathProvisioner(Controller):
             except NotFound:
                 pass
             return None
+        await self._set_volume_phase(pv, "Released")
+        return None
 
-        def released(obj: Obj) -> bool:
-            if status(obj).get("phase") == "Released":
+    async def _set_volume_phase(self, pv: Obj, phase: str) -> None:
+        """status.phase of the PersistentVolume (status subresource), unless it already is `phase`."""
+
+        def set_phase(obj: Obj) -> bool:
+            if status(obj).get("phase") == phase:
                 return False
-            obj.setdefault("status", {})["phase"] = "Released"
+            obj.setdefault("status", {})["phase"] = phase
             return True
 
-        await update_with_retry(self.client, PERSISTENTVOLUMES, pv, released, subresource_status=True)
-        return None
+        await update_with_retry(self.client, PERSISTENTVOLUMES, pv, set_phase, subresource_status=True)

@@ -14,7 +14,6 @@ from kwire.base.tasks import cancel_and_wait
 from kwire.client import ApiClient, Config, Informers
 from kwire.controllers.addons import AddonController, AddonSettings
 from kwire.controllers.clusterroleaggregation import ClusterRoleAggregation
-from kwire.controllers.common import EventRecorder
 from kwire.controllers.cronjob import CronJobController
 from kwire.controllers.daemonset import DaemonSetController
 from kwire.controllers.deployment import DeploymentController
@@ -58,39 +57,23 @@ class ControllerManager:
         try:
             self.controllers.append(
                 NodeIpam(
-                    self.client,
-                    self.informers,
-                    recorder=EventRecorder(self.client, component="node-ipam-controller"),
-                    cluster_cidr=cluster_cidr,
-                    node_cidr_mask_size=node_cidr_mask_size,
+                    self.client, self.informers, cluster_cidr=cluster_cidr, node_cidr_mask_size=node_cidr_mask_size
                 )
             )
         except ValueError as exc:
             log.error("node IPAM is off: %s", exc)
         self.controllers += [
-            Scheduler(self.client, self.informers, recorder=EventRecorder(self.client, component="default-scheduler")),
-            ReplicaSetController(
-                self.client, self.informers, recorder=EventRecorder(self.client, component="replicaset-controller")
-            ),
-            DeploymentController(
-                self.client, self.informers, recorder=EventRecorder(self.client, component="deployment-controller")
-            ),
-            DaemonSetController(
-                self.client, self.informers, recorder=EventRecorder(self.client, component="daemonset-controller")
-            ),
-            StatefulSetController(
-                self.client, self.informers, recorder=EventRecorder(self.client, component="statefulset-controller")
-            ),
-            JobController(self.client, self.informers, recorder=EventRecorder(self.client, component="job-controller")),
-            CronJobController(
-                self.client, self.informers, recorder=EventRecorder(self.client, component="cronjob-controller")
-            ),
+            Scheduler(self.client, self.informers),
+            ReplicaSetController(self.client, self.informers),
+            DeploymentController(self.client, self.informers),
+            DaemonSetController(self.client, self.informers),
+            StatefulSetController(self.client, self.informers),
+            JobController(self.client, self.informers),
+            CronJobController(self.client, self.informers),
             EndpointSliceController(self.client, self.informers),
             EndpointsController(self.client, self.informers),
             NodeLifecycle(self.client, self.informers, grace_period=node_monitor_grace_period),
-            TaintManager(
-                self.client, self.informers, recorder=EventRecorder(self.client, component="taint-eviction-controller")
-            ),
+            TaintManager(self.client, self.informers),
             PodGC(self.client, self.informers),
             NodePasswordController(self.client, self.informers),
             DisruptionController(self.client, self.informers),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from kwire.client import ApiClient, Informers
 from kwire.client.client import LEASES, NODES, PODS
@@ -33,13 +32,14 @@ from kwire.controllers.common import (
     BY_NODE,
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
-    add_indexes,
+    Obj,
     condition,
     lst,
     name_of,
     node_ready_status,
     now_rfc3339,
     pod_ready,
+    set_or_omit,
     spec,
     taints_of,
     update_with_retry,
@@ -48,7 +48,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 LEASE_NAMESPACE = "kube-node-lease"
 UNKNOWN_REASON = "NodeStatusUnknown"
@@ -72,19 +71,15 @@ class NodeLifecycle(Controller):
     def __init__(self, client: ApiClient, informers: Informers, *, grace_period: float = 40.0) -> None:
         super().__init__(client, informers)
         self.grace_period = grace_period
-        self.nodes = informers.get(NODES)
-        self.leases = informers.get(LEASES, namespace=LEASE_NAMESPACE)
-        self.pods = informers.get(PODS)
-        add_indexes(self.pods)
+        self.nodes = self.informer(NODES)
+        self.leases = self.informer(LEASES, namespace=LEASE_NAMESPACE)
+        self.pods = self.informer(PODS, indexed=True)
         # node name -> (last seen lease renewTime, last seen Ready heartbeat, monotonic time of the last change)
         self._probe: dict[str, tuple[str, str, float]] = {}
-        self.nodes.on_add(self._on_node)
-        self.nodes.on_update(lambda old, new: self._on_node(new))
+        self.on_change(self.nodes, self._on_node, deletes=False)
         self.nodes.on_delete(lambda n: self._probe.pop(name_of(n), None))
-        self.leases.on_add(self._on_lease)
-        self.leases.on_update(lambda old, new: self._on_lease(new))
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(lambda old, new: self._on_pod(new))
+        self.on_change(self.leases, self._on_lease, deletes=False)
+        self.on_change(self.pods, self._on_pod, deletes=False)
 
     # -- heartbeats --------------------------------------------------------------------------------------------
     def _observe(self, node_name: str, *, renew: str | None = None, heartbeat: str | None = None) -> None:
@@ -198,10 +193,7 @@ class NodeLifecycle(Controller):
                     kept.append({"key": key, "effect": "NoExecute", "timeAdded": now_rfc3339()})
             if kept == taints:
                 return False
-            if kept:
-                s["taints"] = kept
-            else:
-                s.pop("taints", None)
+            set_or_omit(s, "taints", kept)
             for key in lifecycle:
                 if (key in want) != any(t.get("key") == key for t in taints):
                     log.info("node %s: %s the %s taints", name_of(o), "adding" if key in want else "removing", key)

@@ -9,7 +9,6 @@ fresh GET of the Node first, so a node that was deleted and at once registered a
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import NODES, SECRETS
@@ -18,7 +17,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 NAMESPACE = "kube-system"
 SUFFIX = ".node-password.k3s"  # as kwire/api/nodecerts.py names them (K3s's nodepassword.getSecretName)
@@ -33,7 +31,7 @@ class NodePasswordController(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.nodes = informers.get(NODES)
+        self.nodes = self.informer(NODES)
         self.nodes.on_delete(lambda node: self.enqueue(name_of(node)))
 
     async def sync(self, key: str) -> float | None:

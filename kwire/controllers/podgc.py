@@ -11,15 +11,15 @@ node the cache has not seen yet is left alone.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import NODES, PODS
 from kwire.controllers.common import (
     BY_NODE,
-    add_indexes,
+    Obj,
     key_of,
     name_of,
+    namespace_of,
     node_ready_status,
     spec,
     split_key,
@@ -31,7 +31,6 @@ from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 TAINT_OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 
@@ -48,11 +47,9 @@ class PodGC(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.pods = informers.get(PODS)
-        self.nodes = informers.get(NODES)
-        add_indexes(self.pods)
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(lambda old, new: self._on_pod(new))
+        self.pods = self.informer(PODS, indexed=True)
+        self.nodes = self.informer(NODES)
+        self.on_change(self.pods, self._on_pod, deletes=False)
         self.nodes.on_delete(self._on_node_delete)
         self.nodes.on_update(self._on_node_update)
 
@@ -89,20 +86,22 @@ class PodGC(Controller):
         known = self.nodes.get(None, node)
         if known is not None:
             if terminating(pod) and out_of_service(known):
-                log.info("pod GC: force-deleting %s: terminating on out-of-service node %s", key, node)
-                try:
-                    await self.client.delete(PODS, name, ns, grace_period=0, preconditions={"uid": uid_of(pod)})
-                except NotFound:
-                    pass
+                await self._force_delete(pod, f"terminating on out-of-service node {node}")
             return None
         try:
             await self.client.get(NODES, node)
             return None  # the node exists; the cache is behind
         except NotFound:
             pass
-        log.info("pod GC: deleting %s: its node %s no longer exists", key, node)
+        await self._force_delete(pod, f"its node {node} no longer exists")
+        return None
+
+    async def _force_delete(self, pod: Obj, why: str) -> None:
+        """Delete the pod now (grace period 0), only if it is still the same pod (uid precondition)."""
+        log.info("pod GC: force-deleting %s: %s", key_of(pod), why)
         try:
-            await self.client.delete(PODS, name, ns, grace_period=0, preconditions={"uid": uid_of(pod)})
+            await self.client.delete(
+                PODS, name_of(pod), namespace_of(pod), grace_period=0, preconditions={"uid": uid_of(pod)}
+            )
         except NotFound:
             pass
-        return None

@@ -1,5 +1,11 @@
 """The `Controller` base class every controller runs on (start/stop, worker loop over `kwire.base.workqueue`).
 
+A controller declares what it is (`name`, `workers`, the Events' `component`) as class attributes and, in its
+constructor, which shared informers it reads (`informer(resource, indexed=...)`) and which of their events become
+keys (`enqueue_on_change`, `on_change`, or its own handlers): kube-controller-manager's controllers share one
+informer factory and each owns a rate-limited workqueue the same way. The base gives every controller its
+`EventRecorder` for that component.
+
 `Controller.sync(key)` reconciles one key from the informer caches. What it raises decides what happens:
 API errors (a 409 Conflict from a stale cache included) and connection errors are retried with back-off
 for as long as they happen; any other exception (a bug, or an object shaped in a way nobody expected) is
@@ -10,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
 from kwire.base.keys import key_of
 from kwire.base.tasks import cancel_and_wait
 from kwire.base.workqueue import WorkQueue
-from kwire.client import ApiClient, ApiStatusError, Informer, Informers
+from kwire.client import ApiClient, ApiStatusError, Informer, Informers, Resource
+from kwire.client.events import EventRecorder
+from kwire.controllers.common import add_indexes
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +49,12 @@ class Controller:
 
     name = "controller"
     workers = 1
+    component = ""  # the `source.component` of its Events (kube's "deployment-controller"); "" means `name`
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         self.client = client
         self.informers = informers
+        self.recorder = EventRecorder(client, component=self.component or self.name)
         self.queue: WorkQueue[str] = WorkQueue(name=self.name)
         self._tasks: list[asyncio.Task[None]] = []
         self.log = logging.getLogger(f"{type(self).__module__}")
@@ -67,11 +79,33 @@ class Controller:
         if key:
             self.queue.add(key)
 
+    def informer(
+        self,
+        resource: Resource,
+        *,
+        indexed: bool = False,
+        namespace: str | None = None,
+        field_selector: str | None = None,
+    ) -> Informer:
+        """The shared informer of `resource` (one per resource and selector for all controllers, as kube's
+        SharedInformerFactory); `indexed` registers the controllers' namespace, owner and node indexes on it."""
+        inf = self.informers.get(resource, namespace=namespace, field_selector=field_selector)
+        if indexed:
+            add_indexes(inf)
+        return inf
+
+    def on_change(self, informer: Informer, handler: Callable[[Any], object], *, deletes: bool = True) -> None:
+        """Call `handler(obj)` when an object of `informer` is added, updated (with the new object) and, unless
+        `deletes=False`, deleted: kube's ResourceEventHandlerFuncs with one function for all three events."""
+        informer.on_add(handler)
+        informer.on_update(lambda _old, new: handler(new))
+        if deletes:
+            informer.on_delete(handler)
+
     def enqueue_on_change(self, informer: Informer) -> None:
         """Sync an object of `informer` (by its namespace/name key) whenever it is added or updated: the AddFunc
         and UpdateFunc every kube controller registers for the kind it owns."""
-        informer.on_add(lambda obj: self.enqueue(key_of(obj)))
-        informer.on_update(lambda _old, new: self.enqueue(key_of(new)))
+        self.on_change(informer, lambda obj: self.enqueue(key_of(obj)), deletes=False)
 
     async def _worker(self) -> None:
         await self.queue.process(self.sync, failed=self._failed, give_up=self._give_up)

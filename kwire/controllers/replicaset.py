@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-from kwire.client import ApiClient, Informers
-from kwire.client.client import PODS, REPLICASETS
+from kwire.client.client import REPLICASETS
 from kwire.controllers.common import (
-    BY_NAMESPACE,
-    EventRecorder,
-    add_indexes,
+    Obj,
     available_in,
     created_at,
     d,
@@ -31,27 +27,23 @@ from kwire.controllers.common import (
     pod_active,
     pod_available,
     pod_ready,
+    set_or_omit,
     spec,
     split_key,
     status,
     terminating,
     update_status_with_retry,
 )
-from kwire.controllers.queue import Controller, RetryLater
+from kwire.controllers.queue import RetryLater
 from kwire.controllers.workloads import (
     BURST,
-    Expectations,
-    OwnedPodEvents,
-    claim,
-    create_owned_pods,
-    delete_owned_pods,
+    PodOwnerController,
     pod_from_template,
     selector_of,
 )
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 _PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 
@@ -71,28 +63,16 @@ def _omit_zero(values: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in values.items() if v}
 
 
-class ReplicaSetController(Controller):
+class ReplicaSetController(PodOwnerController):
     name = "replicaset"
     workers = 4
-
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
-        super().__init__(client, informers)
-        self.recorder = recorder
-        self.expectations = Expectations()
-        self.rs = informers.get(REPLICASETS)
-        self.pods = informers.get(PODS)
-        add_indexes(self.rs)
-        add_indexes(self.pods)
-        self.enqueue_on_change(self.rs)
-        self.rs.on_delete(lambda o: self.expectations.forget(key_of(o)))
-        OwnedPodEvents(owners=self.rs, kind="ReplicaSet", expectations=self.expectations, enqueue=self.enqueue).watch(
-            self.pods
-        )
+    component = "replicaset-controller"
+    owner_resource = REPLICASETS
 
     # -- reconcile ---------------------------------------------------------------------------------------------
     async def sync(self, key: str) -> float | None:
         ns, name = split_key(key)
-        rs = self.rs.get(ns, name)
+        rs = self.owners.get(ns, name)
         if rs is None:
             self.expectations.forget(key)
             return None
@@ -100,10 +80,7 @@ class ReplicaSetController(Controller):
         if selector is None:
             log.warning("replicaset %s: spec.selector is missing or invalid; nothing to do", key)
             return None
-        candidates = self.pods.by_index(BY_NAMESPACE, ns or "")
-        owned = await claim(
-            self.client, PODS, rs, candidates, selector, owner_api_version="apps/v1", owner_kind="ReplicaSet"
-        )
+        owned = await self.claim_pods(rs, selector)
         active = [p for p in owned if pod_active(p)]
         failure: tuple[str, str] | None = None
         if self.expectations.satisfied(key) and not terminating(rs):
@@ -121,17 +98,13 @@ class ReplicaSetController(Controller):
             n = min(-diff, BURST)
             self.expectations.expect(key, adds=n)
             pod = pod_from_template(rs, owner_api_version="apps/v1", owner_kind="ReplicaSet")
-            msg = await create_owned_pods(
-                self.client, PODS, rs, n, lambda: pod, recorder=self.recorder, expectations=self.expectations
-            )
+            msg = await self.create_owned_pods(rs, n, lambda: pod)
             if msg is not None:
                 return ("FailedCreate", msg)
         elif diff > 0:
             victims = sorted(active, key=deletion_order)[: min(diff, BURST)]
             self.expectations.expect(key, deletes={key_of(p) for p in victims})
-            err = await delete_owned_pods(
-                self.client, PODS, rs, victims, recorder=self.recorder, expectations=self.expectations
-            )
+            err = await self.delete_owned_pods(rs, victims)
             if err is not None:
                 msg = getattr(err, "message", None) or str(err)
                 await self.recorder.event(rs, "Warning", "FailedDelete", f"Error deleting: {msg}")
@@ -179,10 +152,7 @@ class ReplicaSetController(Controller):
                         "lastTransitionTime": (old or {}).get("lastTransitionTime") or now_rfc3339(),
                     }
                 )
-            if conds:
-                new["conditions"] = conds
-            else:
-                new.pop("conditions", None)
+            set_or_omit(new, "conditions", conds)
             return new
 
         await update_status_with_retry(self.client, REPLICASETS, rs, desired_status)

@@ -13,8 +13,6 @@ NotTerminating filter which pods count (evaluation in `kwire/base/quota.py`, sha
 
 from __future__ import annotations
 
-from typing import Any
-
 from kwire.base.quota import usage
 from kwire.client import ApiClient, Informers
 from kwire.client.client import (
@@ -29,6 +27,7 @@ from kwire.client.client import (
     Resource,
 )
 from kwire.controllers.common import (
+    Obj,
     d,
     key_of,
     lst,
@@ -39,8 +38,6 @@ from kwire.controllers.common import (
     update_with_retry,
 )
 from kwire.controllers.queue import Controller
-
-Obj = dict[str, Any]
 
 RESOURCEQUOTAS = Resource("", "v1", "resourcequotas", "ResourceQuota")
 # Kinds other controllers watch anyway: counted from the shared caches, recounted on every change.
@@ -56,13 +53,11 @@ class ResourceQuotaController(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.quotas = informers.get(RESOURCEQUOTAS)
-        self.counted = {res.plural: informers.get(res) for res in WATCHED}
+        self.quotas = self.informer(RESOURCEQUOTAS)
+        self.counted = {res.plural: self.informer(res) for res in WATCHED}
         self.enqueue_on_change(self.quotas)
         for inf in self.counted.values():
-            inf.on_add(self._on_object)
-            inf.on_update(lambda old, new: self._on_object(new))
-            inf.on_delete(self._on_object)
+            self.on_change(inf, self._on_object)
 
     def _on_object(self, obj: Obj) -> None:
         ns = namespace_of(obj)

@@ -33,8 +33,7 @@ from kwire.controllers.common import (
     TAINT_NOT_READY,
     TAINT_UNREACHABLE,
     TAINT_UNSCHEDULABLE,
-    EventRecorder,
-    add_indexes,
+    Obj,
     annotations_of,
     condition,
     controller_ref,
@@ -67,7 +66,6 @@ from kwire.controllers.topology import (
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 SCHEDULER_NAME = "default-scheduler"
 RETRY_UNSCHEDULABLE = 60.0
@@ -213,15 +211,15 @@ class Scheduler(Controller):
     name = "scheduler"
     workers = 1  # one pod at a time, so each decision sees the previous ones
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    component = "default-scheduler"
+
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
-        self.pods = informers.get(PODS)
-        self.nodes = informers.get(NODES)
-        self.claims = informers.get(PERSISTENTVOLUMECLAIMS)
-        self.volumes = informers.get(PERSISTENTVOLUMES)
-        self.classes = informers.get(STORAGECLASSES)
-        add_indexes(self.pods)
+        self.pods = self.informer(PODS, indexed=True)
+        self.nodes = self.informer(NODES)
+        self.claims = self.informer(PERSISTENTVOLUMECLAIMS)
+        self.volumes = self.informer(PERSISTENTVOLUMES)
+        self.classes = self.informer(STORAGECLASSES)
         # Pods bound by us that the cache does not show bound yet: key -> (node, pod, when).
         self._assumed: dict[str, tuple[str, Obj, float]] = {}
         self._pending: set[str] = set()

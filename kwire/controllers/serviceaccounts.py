@@ -7,16 +7,14 @@ created again when someone deletes it. Like kube since 1.24, no token Secret is 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from kwire.client import ApiClient, ApiStatusError, Conflict, Informers
 from kwire.client.client import NAMESPACES, SERVICEACCOUNTS
-from kwire.controllers.common import name_of, namespace_of, status, terminating
+from kwire.controllers.common import Obj, name_of, namespace_of, status, terminating
 from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 DEFAULT = "default"
 
@@ -26,10 +24,9 @@ class ServiceAccountsController(Controller):
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.namespaces = informers.get(NAMESPACES)
-        self.accounts = informers.get(SERVICEACCOUNTS)
-        self.namespaces.on_add(lambda ns: self.enqueue(name_of(ns)))
-        self.namespaces.on_update(lambda old, new: self.enqueue(name_of(new)))
+        self.namespaces = self.informer(NAMESPACES)
+        self.accounts = self.informer(SERVICEACCOUNTS)
+        self.enqueue_on_change(self.namespaces)
         self.accounts.on_delete(self._on_delete)
 
     def _on_delete(self, sa: Obj) -> None:

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 from kwire.base import fields
 from kwire.base.keys import pod_ready
 from kwire.client import AlreadyExists, ApiClient, Informers, NotFound
 from kwire.client.client import DAEMONSETS, NODES, PODS, SERVICEACCOUNTS, SERVICES
 from kwire.client.events import EventRecorder
+from kwire.controllers.common import Obj
 from kwire.controllers.queue import Controller
 
-Obj = dict[str, Any]
 NS = "kube-system"
 IMAGE = "kwire/servicelb:latest"
 SVCNAME = "svccontroller.k3s.cattle.io/svcname"
@@ -131,25 +130,19 @@ def ingress(ds_name: str, pods: list[Obj], nodes: dict[str, Obj]) -> list[Obj]:
 
 class ServiceLB(Controller):
     name = "servicelb"
+    component = "service-controller"  # kube's service controller; `lb_events` are K3s's servicelb's
 
     def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.events = EventRecorder(client, component="service-controller")  # kube's service controller
         self.lb_events = EventRecorder(client, component="service-lb-controller")  # K3s's servicelb
-        self.services = informers.get(SERVICES)
-        self.nodes = informers.get(NODES)
-        self.daemonsets = informers.get(DAEMONSETS)
-        self.pods = informers.get(PODS)
-        self.services.on_add(self._on_service)
-        self.services.on_update(lambda _o, n: self._on_service(n))
-        self.services.on_delete(self._on_service)
-        for inf in (self.daemonsets, self.pods):
-            inf.on_add(self._on_svclb)
-            inf.on_update(lambda _o, n: self._on_svclb(n))
-            inf.on_delete(self._on_svclb)
-        self.nodes.on_add(self._on_node)
-        self.nodes.on_update(lambda _o, n: self._on_node(n))
-        self.nodes.on_delete(self._on_node)
+        self.services = self.informer(SERVICES)
+        self.nodes = self.informer(NODES)
+        self.daemonsets = self.informer(DAEMONSETS)
+        self.pods = self.informer(PODS)
+        self.on_change(self.services, self._on_service)
+        self.on_change(self.daemonsets, self._on_svclb)
+        self.on_change(self.pods, self._on_svclb)
+        self.on_change(self.nodes, self._on_node)
 
     async def _on_service(self, svc: Obj) -> None:
         m = fields.meta(svc)
@@ -192,14 +185,14 @@ class ServiceLB(Controller):
                 # no longer a LoadBalancer (a deleted Service gets no events)
                 gone = _as_service(svc) if svc is not None and want is None else None
                 if gone is not None:
-                    await self.events.event(gone, "Normal", "DeletingLoadBalancer", "Deleting load balancer")
+                    await self.recorder.event(gone, "Normal", "DeletingLoadBalancer", "Deleting load balancer")
                 try:
                     await self.client.delete(DAEMONSETS, str(fields.meta(ds).get("name")), NS)
                     self.log.info("servicelb: deleted DaemonSet %s/%s", NS, fields.meta(ds).get("name"))
                 except NotFound:
                     pass
                 if gone is not None:
-                    await self.events.event(gone, "Normal", "DeletedLoadBalancer", "Deleted load balancer")
+                    await self.recorder.event(gone, "Normal", "DeletedLoadBalancer", "Deleted load balancer")
         if want is None or svc is None:
             return None
         ds_name = want["metadata"]["name"]
@@ -210,7 +203,7 @@ class ServiceLB(Controller):
             != want["metadata"]["annotations"][HASH_ANNOTATION]
         )
         if changed:
-            await self.events.event(_as_service(svc), "Normal", "EnsuringLoadBalancer", "Ensuring load balancer")
+            await self.recorder.event(_as_service(svc), "Normal", "EnsuringLoadBalancer", "Ensuring load balancer")
         if cur is None:
             await self._ensure_service_account()
             await self.client.create(DAEMONSETS, want, NS)
@@ -246,7 +239,7 @@ class ServiceLB(Controller):
                 f"Updated LoadBalancer with new IPs: [{before}] -> [{after}]",
             )
             if ing:
-                await self.events.event(_as_service(svc), "Normal", "EnsuredLoadBalancer", "Ensured load balancer")
+                await self.recorder.event(_as_service(svc), "Normal", "EnsuredLoadBalancer", "Ensured load balancer")
         return None
 
 

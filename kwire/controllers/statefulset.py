@@ -23,15 +23,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from kwire.client import ApiClient, Conflict, Informers, NotFound
 from kwire.client.client import CONTROLLERREVISIONS, PERSISTENTVOLUMECLAIMS, PODS, STATEFULSETS
 from kwire.controllers.common import (
     BY_CONTROLLER,
     BY_NAMESPACE,
-    EventRecorder,
-    add_indexes,
+    Obj,
     available_in,
     controller_ref,
     d,
@@ -58,7 +56,6 @@ from kwire.controllers.workloads import claim, owner_key, selecting_owner_keys, 
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
@@ -244,15 +241,13 @@ def compute_status(sts: Obj, pods: list[Obj], revisions: Revisions, *, now: floa
 class StatefulSetController(Controller):
     name = "statefulset"
     workers = 2
+    component = "statefulset-controller"
 
-    def __init__(self, client: ApiClient, informers: Informers, *, recorder: EventRecorder) -> None:
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
-        self.sets = informers.get(STATEFULSETS)
-        self.pods = informers.get(PODS)
-        self.revisions = informers.get(CONTROLLERREVISIONS)
-        for inf in (self.sets, self.pods, self.revisions):
-            add_indexes(inf)
+        self.sets = self.informer(STATEFULSETS, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
+        self.revisions = self.informer(CONTROLLERREVISIONS, indexed=True)
         self.enqueue_on_change(self.sets)
         for inf in (self.pods, self.revisions):
             inf.on_add(self._on_owned)

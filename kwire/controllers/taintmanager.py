@@ -23,8 +23,7 @@ from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import NODES, PODS
 from kwire.controllers.common import (
     BY_NODE,
-    EventRecorder,
-    add_indexes,
+    Obj,
     lst,
     meta,
     name_of,
@@ -42,8 +41,6 @@ from kwire.controllers.common import (
 from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
-
-Obj = dict[str, Any]
 
 
 def no_execute_taints(node: Obj) -> list[Obj]:
@@ -70,26 +67,17 @@ def eviction_delay(taints: list[Obj], tolerations: list[Any], *, since: float, n
 
 class TaintManager(Controller):
     name = "taint-eviction"
+    component = "taint-eviction-controller"
 
-    def __init__(
-        self,
-        client: ApiClient,
-        informers: Informers,
-        *,
-        recorder: EventRecorder,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, client: ApiClient, informers: Informers, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(client, informers)
-        self.recorder = recorder
         self.clock = clock
-        self.nodes = informers.get(NODES)
-        self.pods = informers.get(PODS)
-        add_indexes(self.pods)
+        self.nodes = self.informer(NODES)
+        self.pods = self.informer(PODS, indexed=True)
         self._seen: dict[str, dict[tuple[str, str], float]] = {}  # node -> NoExecute taint -> since when
         self.nodes.on_add(lambda n: self.enqueue(name_of(n)))
         self.nodes.on_update(self._on_node_update)
-        self.pods.on_add(self._on_pod)
-        self.pods.on_update(lambda old, new: self._on_pod(new))
+        self.on_change(self.pods, self._on_pod, deletes=False)
 
     def _on_node_update(self, old: Obj, new: Obj) -> None:
         if no_execute_taints(old) != no_execute_taints(new):

@@ -14,16 +14,14 @@ import base64
 import copy
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from kwire.client import ApiClient, Informers, NotFound
 from kwire.client.client import SECRETS, SERVICEACCOUNTS
-from kwire.controllers.common import name_of, namespace_of
+from kwire.controllers.common import Obj, name_of, namespace_of
 from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 # (namespace, service account name, service account uid, secret name) -> token
 LegacySigner = Callable[[str, str, str, str], str]
 
@@ -48,11 +46,10 @@ class TokensController(Controller):
         super().__init__(client, informers)
         self.sign = sign
         self.ca_pem = ca_pem
-        self.secrets = informers.get(SECRETS, field_selector=f"type={TOKEN_TYPE}")
-        self.accounts = informers.get(SERVICEACCOUNTS)
+        self.secrets = self.informer(SECRETS, field_selector=f"type={TOKEN_TYPE}")
+        self.accounts = self.informer(SERVICEACCOUNTS)
         self.secrets.add_indexer(BY_ACCOUNT, lambda s: [f"{namespace_of(s)}/{_annotations(s).get(SA_NAME, '')}"])
-        self.secrets.on_add(lambda s: self.enqueue(f"{namespace_of(s)}/{name_of(s)}"))
-        self.secrets.on_update(lambda old, new: self.enqueue(f"{namespace_of(new)}/{name_of(new)}"))
+        self.enqueue_on_change(self.secrets)
         self.accounts.on_add(self._account_changed)
         self.accounts.on_delete(self._account_changed)
 

@@ -13,9 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kwire.base.labels import from_label_selector
-from kwire.controllers.common import d, labels_of, lst, name_of, spec
-
-Obj = dict[str, Any]
+from kwire.controllers.common import Obj, d, labels_of, lst, name_of, spec
 
 REASON_TOO_MANY_PODS = "Too many pods"
 REASON_ANTI_AFFINITY = "node(s) didn't match pod anti-affinity rules"

@@ -1,8 +1,9 @@
 """What the workload controllers (ReplicaSet, Deployment, DaemonSet) share: expectations, finding the owner
 of an object (its controllerRef, or the owners whose selector matches an orphan), claiming objects by
 selector and controllerRef (adopting orphans, releasing what no longer matches), pods from a template, and
-creating and deleting an owner's pods (slow-start batches, expectations, Events), and routing pod events to
-the owner that controls the pod (`OwnedPodEvents`).
+the base class of the controllers whose owners make their pods themselves (`PodOwnerController`: ReplicaSet,
+DaemonSet): pod events routed to the owner that controls the pod, creating and deleting an owner's pods
+(slow-start batches, expectations, Events).
 
 Expectations are kube's ControllerExpectations: after a controller asks for N creations or deletions, it does
 not act on that owner again until the informer has shown them (or a timeout passed), so a cache that lags a
@@ -20,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kwire.base.labels import Selector, SelectorError, from_label_selector
-from kwire.client import ApiClient, Informer, NotFound, Resource
+from kwire.client import ApiClient, Informer, Informers, NotFound, Resource
+from kwire.client.client import PODS
 from kwire.controllers.common import (
     BY_NAMESPACE,
-    EventRecorder,
+    Obj,
     controller_ref,
     d,
     key_of,
@@ -34,15 +36,16 @@ from kwire.controllers.common import (
     namespace_of,
     owner_reference,
     pod_active,
+    set_or_omit,
     spec,
     terminating,
     uid_of,
     update_with_retry,
 )
+from kwire.controllers.queue import Controller
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 EXPECTATIONS_TTL = 60.0
 BURST = 500  # at most this many creations or deletions per sync (kube's burstReplicas)
@@ -91,32 +94,33 @@ class Expectations:
         self._by_key.pop(key, None)
 
 
-class OwnedPodEvents:
-    """Pod events routed to the owner that controls the pod, as kube's ReplicaSet and DaemonSet controllers'
-    addPod/updatePod/deletePod do: the owner's expectations see the pod's creation and deletion and the owner
-    is synced; an orphan wakes every owner whose selector matches it (to adopt it); a pod whose controllerRef
-    changed wakes its old owner too."""
+class PodOwnerController(Controller):
+    """A controller whose owner kind (`owner_resource`) makes and removes its pods itself, as kube's ReplicaSet
+    and DaemonSet controllers do. The base wires what they share: the owners' and the pods' indexed informers,
+    an owner queued on every add and update and its expectations forgotten on delete, and pod events routed to
+    the owner that controls the pod (their addPod/updatePod/deletePod: the owner's expectations see the pod's
+    creation and deletion and the owner is synced; an orphan wakes every owner whose selector matches it, to
+    adopt it; a pod whose controllerRef changed wakes its old owner too). `create_owned_pods` and
+    `delete_owned_pods` are their PodControl: slow-start batches, expectations lowered on failure, Events."""
 
-    def __init__(
-        self,
-        *,
-        owners: Informer,
-        kind: str,
-        expectations: Expectations,
-        enqueue: Callable[[str | None], None],
-    ) -> None:
-        self.owners = owners
-        self.kind = kind
-        self.expectations = expectations
-        self.enqueue = enqueue
+    owner_resource: Resource
 
-    def watch(self, pods: Informer) -> None:
-        pods.on_add(self.on_add)
-        pods.on_update(self.on_update)
-        pods.on_delete(self.on_delete)
+    def __init__(self, client: ApiClient, informers: Informers) -> None:
+        super().__init__(client, informers)
+        self.kind = self.owner_resource.kind
+        self.expectations = Expectations()
+        self.owners = self.informer(self.owner_resource, indexed=True)
+        self.pods = self.informer(PODS, indexed=True)
+        self.enqueue_on_change(self.owners)
+        self.owners.on_delete(lambda o: self.expectations.forget(key_of(o)))
+        self.pods.on_add(self._on_pod_add)
+        self.pods.on_update(self._on_pod_update)
+        self.pods.on_delete(self._on_pod_delete)
 
-    def _owner(self, pod: Obj) -> str | None:
-        return owner_key(self.owners, pod, self.kind)
+    # -- pod events --------------------------------------------------------------------------------------------
+    def owner_of(self, obj: Obj) -> str | None:
+        """The key of the owner in the cache that controls `obj` (a pod, a ControllerRevision), or None."""
+        return owner_key(self.owners, obj, self.kind)
 
     def _orphan(self, pod: Obj) -> None:
         if controller_ref(pod) is not None:
@@ -124,8 +128,8 @@ class OwnedPodEvents:
         for key in selecting_owner_keys(self.owners, pod):
             self.enqueue(key)
 
-    def on_add(self, pod: Obj) -> None:
-        owner = self._owner(pod)
+    def _on_pod_add(self, pod: Obj) -> None:
+        owner = self.owner_of(pod)
         if owner:
             self.expectations.observe_add(owner)
             if terminating(pod):
@@ -134,23 +138,66 @@ class OwnedPodEvents:
         else:
             self._orphan(pod)
 
-    def on_update(self, old: Obj, new: Obj) -> None:
-        owner = self._owner(new)
+    def _on_pod_update(self, old: Obj, new: Obj) -> None:
+        owner = self.owner_of(new)
         if owner:
             if terminating(new):
                 self.expectations.observe_delete(owner, key_of(new))
             self.enqueue(owner)
         else:
             self._orphan(new)
-        old_owner = self._owner(old)
+        old_owner = self.owner_of(old)
         if old_owner and old_owner != owner:
             self.enqueue(old_owner)
 
-    def on_delete(self, pod: Obj) -> None:
-        owner = self._owner(pod)
+    def _on_pod_delete(self, pod: Obj) -> None:
+        owner = self.owner_of(pod)
         if owner:
             self.expectations.observe_delete(owner, key_of(pod))
             self.enqueue(owner)
+
+    # -- pod control -------------------------------------------------------------------------------------------
+    async def claim_pods(self, owner: Obj, selector: Selector) -> list[Obj]:
+        """The pods of the owner's namespace that `owner` controls, after adopting matching orphans and releasing
+        the pods that stopped matching (`claim`: their ClaimPods)."""
+        candidates = self.pods.by_index(BY_NAMESPACE, namespace_of(owner))
+        return await claim(
+            self.client,
+            PODS,
+            owner,
+            candidates,
+            selector,
+            owner_api_version=self.owner_resource.api_version,
+            owner_kind=self.kind,
+        )
+
+    async def create_owned_pods(self, owner: Obj, count: int, make_pod: Callable[[], Obj]) -> str | None:
+        """Create `count` pods of `owner`, each built by `make_pod`, in slow-start batches, with a SuccessfulCreate
+        Event for each. After a failure the creations not made are taken off the owner's expected adds and a
+        FailedCreate Event is recorded; returns the error's message then, else None."""
+
+        async def create_one() -> None:
+            out = await self.client.create(PODS, make_pod(), namespace_of(owner))
+            await self.recorder.event(owner, "Normal", "SuccessfulCreate", f"Created pod: {name_of(out)}")
+
+        done, err = await slow_start(count, create_one)
+        if err is None:
+            return None
+        self.expectations.lower_adds(key_of(owner), count - done)
+        msg = getattr(err, "message", None) or str(err)
+        await self.recorder.event(owner, "Warning", "FailedCreate", f"Error creating: {msg}")
+        return msg
+
+    async def delete_owned_pods(self, owner: Obj, pods: list[Obj]) -> Exception | None:
+        """Delete pods of `owner` (`delete_pods`), observing the owner's expected deletion of each pod that is gone
+        already or failed, with a SuccessfulDelete Event for each. Returns the first error."""
+        key = key_of(owner)
+        err = await delete_pods(
+            self.client, PODS, pods, on_gone=lambda p: self.expectations.observe_delete(key, key_of(p))
+        )
+        for p in pods:
+            await self.recorder.event(owner, "Normal", "SuccessfulDelete", f"Deleted pod: {name_of(p)}")
+        return err
 
 
 def selector_of(obj: Obj) -> Selector | None:
@@ -252,10 +299,7 @@ async def _release(client: ApiClient, res: Resource, obj: Obj, uid: str) -> None
         kept = [r for r in refs if not (isinstance(r, dict) and r.get("uid") == uid)]
         if len(kept) == len(refs):
             return False
-        if kept:
-            m["ownerReferences"] = kept
-        else:
-            m.pop("ownerReferences", None)
+        set_or_omit(m, "ownerReferences", kept)
         return True
 
     await update_with_retry(client, res, obj, drop_ref)
@@ -305,51 +349,6 @@ async def slow_start(count: int, create: Callable[[], Awaitable[Any]]) -> tuple[
             return done, err if isinstance(err, Exception) else RuntimeError(str(err))
         batch *= 2
     return done, None
-
-
-async def create_owned_pods(
-    client: ApiClient,
-    pods_res: Resource,
-    owner: Obj,
-    count: int,
-    make_pod: Callable[[], Obj],
-    *,
-    recorder: EventRecorder,
-    expectations: Expectations,
-) -> str | None:
-    """Create `count` pods of `owner`, each built by `make_pod`, in slow-start batches, with a SuccessfulCreate
-    Event for each. After a failure the creations not made are taken off the owner's expected adds and a
-    FailedCreate Event is recorded; returns the error's message then, else None."""
-
-    async def create_one() -> None:
-        out = await client.create(pods_res, make_pod(), namespace_of(owner))
-        await recorder.event(owner, "Normal", "SuccessfulCreate", f"Created pod: {name_of(out)}")
-
-    done, err = await slow_start(count, create_one)
-    if err is None:
-        return None
-    expectations.lower_adds(key_of(owner), count - done)
-    msg = getattr(err, "message", None) or str(err)
-    await recorder.event(owner, "Warning", "FailedCreate", f"Error creating: {msg}")
-    return msg
-
-
-async def delete_owned_pods(
-    client: ApiClient,
-    pods_res: Resource,
-    owner: Obj,
-    pods: list[Obj],
-    *,
-    recorder: EventRecorder,
-    expectations: Expectations,
-) -> Exception | None:
-    """Delete pods of `owner` (`delete_pods`), observing the owner's expected deletion of each pod that is gone
-    already or failed, with a SuccessfulDelete Event for each. Returns the first error."""
-    key = key_of(owner)
-    err = await delete_pods(client, pods_res, pods, on_gone=lambda p: expectations.observe_delete(key, key_of(p)))
-    for p in pods:
-        await recorder.event(owner, "Normal", "SuccessfulDelete", f"Deleted pod: {name_of(p)}")
-    return err
 
 
 async def delete_pods(

@@ -25,7 +25,7 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable, Coroutine, Hashable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import dns.exception
@@ -188,29 +188,20 @@ def _upstream_answer(wire: bytes) -> tuple[int, list[RR], list[RR], list[RR], bo
     return msg.rcode(), conv(msg.answer), conv(msg.authority), conv(msg.additional), bool(msg.flags & 0x0200)
 
 
+@dataclass(eq=False, repr=False)
 class DnsHandler:
-    def __init__(
-        self,
-        records: ClusterRecords,
-        forwarder: Forwarder,
-        stats: Stats,
-        *,
-        upstreams: list[Upstream],
-        allow_loopback: bool = False,
-        cache_max_ttl: int = 30,
-        cache_min_ttl: int = 5,
-        cache_size: int = 10000,
-        fast_size: int = 100_000,
-    ) -> None:
-        self.records = records
-        self.forwarder = forwarder
-        self.stats = stats
-        self.upstreams = upstreams
-        self.allow_loopback = allow_loopback
-        self.cache_max_ttl = cache_max_ttl
-        self.cache_min_ttl = cache_min_ttl
-        self.cache_size = cache_size
-        self.fast_size = fast_size
+    records: ClusterRecords
+    forwarder: Forwarder
+    stats: Stats
+    _: KW_ONLY
+    upstreams: list[Upstream]
+    allow_loopback: bool = False
+    cache_max_ttl: int = 30
+    cache_min_ttl: int = 5
+    cache_size: int = 10000
+    fast_size: int = 100_000
+
+    def __post_init__(self) -> None:
         self.fast_udp: dict[bytes, Entry] = {}
         self.fast_tcp: dict[bytes, Entry] = {}
         self._by_tag: dict[Hashable, set[bytes]] = {}  # change tag -> keys of the responses depending on it
@@ -221,7 +212,7 @@ class DnsHandler:
         self._no_upstream_logged = 0.0
         self._no_answer_logged = 0.0
         self.tasks: set[asyncio.Task[Any]] = set()
-        records.on_change(self.invalidate)
+        self.records.on_change(self.invalidate)
 
     # -- configuration -------------------------------------------------------------------------------------
     def invalidate(self, tags: set[Hashable] | None = None) -> None:

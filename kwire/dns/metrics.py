@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import KW_ONLY, dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -131,21 +132,14 @@ class Stats:
         return out
 
 
+@dataclass(eq=False)
 class DnsCollector(Collector):
-    def __init__(
-        self,
-        stats: Stats,
-        *,
-        forward_requests: Callable[[], dict[str, int]],
-        forward_responses: Callable[[], dict[tuple[str, str], int]],
-        cache_entries: Callable[[], dict[str, int]],
-        version: str,
-    ) -> None:
-        self.stats = stats
-        self.forward_requests = forward_requests
-        self.forward_responses = forward_responses
-        self.cache_entries = cache_entries
-        self.version = version
+    stats: Stats
+    _: KW_ONLY
+    forward_requests: Callable[[], dict[str, int]]
+    forward_responses: Callable[[], dict[tuple[str, str], int]]
+    cache_entries: Callable[[], dict[str, int]]
+    version: str
 
     def collect(self) -> Iterator[Metric]:
         st = self.stats

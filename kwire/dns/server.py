@@ -17,7 +17,6 @@ import socket
 import struct
 import time
 from collections.abc import Coroutine, Mapping
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,9 +24,9 @@ from prometheus_client import CollectorRegistry
 
 from kwire.base.prom import metrics_response
 from kwire.base.tasks import cancel_and_wait
-from kwire.client import ApiClient, Informers, in_cluster_config, load_kubeconfig
+from kwire.client import ApiClient, Informers
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, SERVICES
-from kwire.client.kubeconfig import Config
+from kwire.client.kubeconfig import Config, flag_or_in_cluster
 from kwire.dns.config import DnsConfig, split_ref
 from kwire.dns.forward import Forwarder, read_resolv_conf, usable_upstreams
 from kwire.dns.handler import DnsHandler, Entry
@@ -44,18 +43,12 @@ SYNC_LOG_EVERY = 30.0
 PANIC_LOG_EVERY = 10.0
 MAX_PENDING = 10000  # queries waiting for upstreams at once
 MAX_TCP_CONNECTIONS = 1000
-SA_DIR_ENV = "KWIRE_SERVICEACCOUNT_DIR"
 
 
 def kube_config(cfg: DnsConfig, environ: Mapping[str, str] = os.environ) -> Config:
     """--kubeconfig, else the in-cluster service account: its files are in $KWIRE_SERVICEACCOUNT_DIR when kwire's
     kubelet runs the pod (no mount namespace there), else in /var/run/secrets/kubernetes.io/serviceaccount."""
-    if cfg.kubeconfig:
-        return load_kubeconfig(cfg.kubeconfig)
-    sa_dir = environ.get(SA_DIR_ENV)
-    if sa_dir:
-        return in_cluster_config(environ, Path(sa_dir))
-    return in_cluster_config(environ)
+    return flag_or_in_cluster(cfg.kubeconfig, environ)
 
 
 def _version() -> str:

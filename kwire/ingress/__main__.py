@@ -7,30 +7,17 @@ namespace, and exits non-zero when it cannot serve (the kubelet restarts it).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import os
 import shutil
-import signal
-import sys
 import tempfile
 from pathlib import Path
 
-import uvloop
-
-from kwire.base import memory
-from kwire.client import ApiClient, in_cluster_config, load_kubeconfig
-from kwire.client.kubeconfig import Config
+from kwire.base import process
+from kwire.client import ApiClient
+from kwire.client.kubeconfig import flag_or_in_cluster
 from kwire.ingress.controller import IngressController, Settings
 
-SA_DIR_ENV = "KWIRE_SERVICEACCOUNT_DIR"
-
-
-def kube_config(kubeconfig: str | None) -> Config:
-    if kubeconfig:
-        return load_kubeconfig(kubeconfig)
-    sa_dir = os.environ.get(SA_DIR_ENV)
-    return in_cluster_config(os.environ, Path(sa_dir)) if sa_dir else in_cluster_config(os.environ)
+log = logging.getLogger("kwire.ingress")
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
@@ -58,32 +45,18 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
 
 
 async def _main(a: argparse.Namespace, settings: Settings) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    async with ApiClient(kube_config(a.kubeconfig)) as client:
-        try:
-            await IngressController(client, settings).run()
-        except asyncio.CancelledError:
-            logging.getLogger("kwire.ingress").info("stopping")
+    async with ApiClient(flag_or_in_cluster(a.kubeconfig)) as client:
+        await IngressController(client, settings).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    memory.pin_mmap_threshold()
     a, settings = parse(argv)
-    level = logging.DEBUG if a.verbose else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        uvloop.run(_main(a, settings))
-    except (OSError, RuntimeError) as exc:
-        logging.getLogger("kwire.ingress").error("cannot serve: %s", exc)
-        return 1
+    process.start(level=logging.DEBUG if a.verbose else logging.INFO)
+    try:  # RuntimeError: nginx refused the configuration or did not start
+        return process.run_daemon(lambda: _main(a, settings), log=log, fatal=(OSError, RuntimeError))
     finally:
         if not a.state_dir:  # the temporary directory made for this run (configuration, certificates, socket)
             shutil.rmtree(settings.state_dir, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

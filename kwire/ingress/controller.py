@@ -28,11 +28,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from kwire.base.fields import Obj
 from kwire.base.memory import trim_soon
 from kwire.client import ApiClient, ApiStatusError, Informers, NotFound
 from kwire.client.client import (
@@ -51,7 +51,6 @@ from kwire.ingress.nginxconf import Paths, Render, backend_lines, render, valid_
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 COMPONENT = "traefik"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kwire.base import process
+from kwire.base.backoff import Backoff
 from kwire.client import AlreadyExists, ApiClient, ApiStatusError, Informers
 from kwire.client.client import (
     CONFIGMAPS,
@@ -106,17 +107,16 @@ class SpeakerPods:
         self._items = [p for p in res.get("items") or [] if isinstance(p, dict)]
 
     async def run(self) -> None:
-        delay = self.interval
+        backoff = Backoff(self.interval, 60.0)  # every interval; while the API is away, doubling to a minute
         while True:
-            await asyncio.sleep(delay)
+            await backoff.sleep()
             try:
                 await self.refresh()
-                delay = self.interval
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the API is away: keep the last list, try again later
                 log.info("listing speaker pods: %s", exc)
-                delay = min(delay * 2, 60.0)
 
 
 class Speaker:

@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from kwire.agent.clusterconfig import network_policy_disabled, network_settings
 from kwire.client import ApiClient, NotFound
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 
@@ -30,14 +31,7 @@ class Settings:
 
     @staticmethod
     def from_configmap(data: dict[str, str]) -> Settings:
-        return Settings(
-            cluster_cidr=data.get("cluster-cidr", "10.42.0.0/16"),
-            service_cidr=data.get("service-cidr", "10.43.0.0/16"),
-            cluster_dns=data.get("cluster-dns", "10.43.0.10"),
-            cluster_domain=data.get("cluster-domain", "cluster.local"),
-            flannel_backend=data.get("flannel-backend", "vxlan"),
-            network_policy=data.get("disable-network-policy", "false") != "true",
-        )
+        return Settings(**network_settings(data), network_policy=not network_policy_disabled(data))
 
 
 @dataclass

@@ -43,6 +43,11 @@ def wait_for(fn: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+# The labs this test process has up now: a failing test's report carries their log tails (conftest.py), since
+# taking a lab down removes its logs.
+ACTIVE: set[str] = set()
+
+
 @dataclass
 class Lab:
     name: str
@@ -62,6 +67,7 @@ class Lab:
 
     def up(self) -> None:
         self.api_port = free_port()
+        ACTIVE.add(self.name)
         _, self.bringup_seconds = lab.up(
             self.name,
             nodes=self.nodes,
@@ -73,6 +79,7 @@ class Lab:
         )
 
     def down(self) -> list[str]:
+        ACTIVE.discard(self.name)
         return lab.down(self.name)
 
     def __enter__(self) -> Lab:
@@ -80,9 +87,13 @@ class Lab:
         try:
             self.up()
         except BaseException:
+            sys.stderr.write(self.log_tails())  # pytest shows it with the failure; `down` removes the logs
             self.down()
             raise
         return self
+
+    def log_tails(self, *, lines: int = 40) -> str:
+        return log_tails(self.name, lines=lines)
 
     def __exit__(self, *_exc: object) -> None:
         self.down()
@@ -159,6 +170,18 @@ spec:
   ports: [{{name: http, port: 80, targetPort: http}}]
 ---
 """
+
+
+def log_tails(name: str, *, lines: int = 40) -> str:
+    """The last lines of every process log of lab `name` (supervisor, servers, agents, runtimes)."""
+    out = []
+    for path in sorted((topology.STATE_ROOT / name / "logs").glob("*.log")):
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        out.append(f"----- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail) + "\n")
+    return "".join(out)
 
 
 def udp_echo(lab_: Lab, target: str, ip: str, port: int, payload: bytes = b"ping", namespace: str = "default") -> bytes:

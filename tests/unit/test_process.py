@@ -15,6 +15,8 @@ import asyncio, logging, sys
 from kwire.base import process
 
 async def main():
+    if sys.argv[1] == "refused":
+        raise RuntimeError("nginx rejected the configuration")
     if sys.argv[1] == "bind":
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", int(sys.argv[2]))
         server.close()
@@ -26,7 +28,8 @@ async def main():
         print("closed", flush=True)
 
 process.start(level=sys.argv[3] if len(sys.argv) > 3 else "info")
-sys.exit(process.run_daemon(main, log=logging.getLogger("probe")))
+fatal = (OSError, RuntimeError) if sys.argv[1] == "refused" else (OSError,)
+sys.exit(process.run_daemon(main, log=logging.getLogger("probe"), fatal=fatal))
 """
 
 
@@ -69,3 +72,10 @@ def test_the_log_level_flag_is_honoured() -> None:
     assert "said" not in quiet.stderr and "WARNING p: warned" in quiet.stderr
     unknown = subprocess.run([sys.executable, "-c", probe, "chatty"], capture_output=True, text=True, timeout=30)
     assert "INFO p: said" in unknown.stderr
+
+
+def test_an_error_the_program_names_fatal_is_one_error_line_and_exit_1() -> None:
+    done = subprocess.run([sys.executable, "-c", PROBE, "refused", "0"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "ERROR probe: cannot serve: nginx rejected the configuration" in done.stderr
+    assert "Traceback" not in done.stderr

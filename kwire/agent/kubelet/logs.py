@@ -19,6 +19,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -40,34 +41,22 @@ def _true(value: str | None) -> bool:
     return value is not None and value.lower() in ("true", "1")
 
 
+@dataclass(eq=False, kw_only=True)
 class LogServer:
-    def __init__(
-        self,
-        *,
-        logs_dir: Path,
-        auth: KubeletAuth,
-        ssl_context: ssl.SSLContext,
-        host: str,
-        port: int = KUBELET_PORT,
-        exec_target: Callable[[str, str, str], ExecTarget | None] | None = None,
-        attach_target: Callable[[str, str, str], AttachTarget | None] | None = None,
-        resource_containers: Callable[[], list[ContainerRef]] | None = None,
-        forward_target: Callable[[str, str], ForwardTarget | None] | None = None,
-    ) -> None:
-        # forward_target(namespace, pod) -> the pod's network namespace for port-forward, None if not here
-        self.forward_target = forward_target
-        # resource_containers() -> the containers `/metrics/resource` reports (resourcemetrics.py)
-        self.resource_containers = resource_containers
-        # attach_target(namespace, pod, container) -> what attach needs of that container, None if not here
-        self.attach_target = attach_target
-        # exec_target(namespace, pod, container) -> where exec runs, None if the pod is not on this node
-        self.exec_target = exec_target
-        self.logs_dir = logs_dir
-        self.auth = auth
-        self.ssl_context = ssl_context
-        self.host = host
-        self.port = port
-        self._runner: web.AppRunner | None = None
+    logs_dir: Path
+    auth: KubeletAuth
+    ssl_context: ssl.SSLContext
+    host: str
+    port: int = KUBELET_PORT
+    # exec_target(namespace, pod, container) -> where exec runs, None if the pod is not on this node
+    exec_target: Callable[[str, str, str], ExecTarget | None] | None = None
+    # attach_target(namespace, pod, container) -> what attach needs of that container, None if not here
+    attach_target: Callable[[str, str, str], AttachTarget | None] | None = None
+    # resource_containers() -> the containers `/metrics/resource` reports (resourcemetrics.py)
+    resource_containers: Callable[[], list[ContainerRef]] | None = None
+    # forward_target(namespace, pod) -> the pod's network namespace for port-forward, None if not here
+    forward_target: Callable[[str, str], ForwardTarget | None] | None = None
+    _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
 
     def _path(self, namespace: str, pod: str, container: str) -> Path:
         for part in (namespace, pod, container):

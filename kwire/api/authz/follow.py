@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import orjson
 
+from kwire.base.backoff import Backoff
 from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import DELETED, Compacted, Store
 
@@ -22,16 +24,17 @@ log = logging.getLogger(__name__)
 Apply = Callable[[str, dict[str, Any] | None], None]
 
 
+@dataclass(eq=False)
 class Follower:
     """Feeds `apply(key, obj | None)` with every object under `prefix`; `reset()` before each relist."""
 
-    def __init__(self, store: Store, prefix: str, *, apply: Apply, reset: Callable[[], None], name: str) -> None:
-        self.store = store
-        self.prefix = prefix
-        self.apply = apply
-        self.reset = reset
-        self.name = name
-        self._task: asyncio.Task[None] | None = None
+    store: Store
+    prefix: str
+    _: KW_ONLY
+    apply: Apply
+    reset: Callable[[], None]
+    name: str
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         revision = await self._relist()
@@ -60,21 +63,20 @@ class Follower:
             self.apply(key, obj)
 
     async def _follow(self, revision: int) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while True:
             try:
                 async for ev in self.store.watch(self.prefix, from_revision=revision):
                     revision = ev.revision
                     self._apply(ev.key, None if ev.type == DELETED else ev.value)
-                    delay = 0.5
+                    backoff.reset()
                 log.warning("authz: %s watch ended (cut off by the store); relisting", self.name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any watch failure: relist, as informers do
                 if not isinstance(exc, Compacted):
                     log.warning("authz: %s watch failed: %s; relisting", self.name, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await backoff.sleep()
             try:
                 revision = await self._relist()
             except Exception:  # noqa: BLE001
