@@ -146,6 +146,57 @@ class AgentConfig:
     kube_proxy_arg: tuple[str, ...] = ()
 
 
+# The ConfigMap (in kube-system) the server publishes the cluster-wide settings in (kwire/server.py).
+CLUSTER_CONFIG = "kwire-config"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The cluster-wide settings the server publishes in `kube-system/kwire-config` (K3s agents get the same from
+    the server's /v1-k3s/config): what `kwire trace` and `kwire check` read of the cluster's configuration.
+    Each is the server's setting of the same name; in the ConfigMap its key is the flag's name and its value as
+    the flag is written (a list comma-separated), and a key the ConfigMap lacks has the server's default."""
+
+    cluster_cidr: str = ServerConfig.cluster_cidr
+    service_cidr: str = ServerConfig.service_cidr
+    cluster_dns: str = ServerConfig.cluster_dns
+    cluster_domain: str = ServerConfig.cluster_domain
+    flannel_backend: str = ServerConfig.flannel_backend
+    service_node_port_range: str = ServerConfig.service_node_port_range
+    disable_network_policy: bool = False
+    disable: tuple[str, ...] = ()  # packaged components left out, sorted: `lab up` waits for the rest
+    # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
+    node_monitor_grace_period: int = ServerConfig.node_monitor_grace_period
+
+    @staticmethod
+    def of_server(cfg: ServerConfig) -> ClusterSettings:
+        """What a server with this configuration publishes."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(ClusterSettings):
+            value = getattr(cfg, f.name)
+            values[f.name] = tuple(sorted(value)) if isinstance(value, tuple) else value
+        return ClusterSettings(**values)
+
+    def to_configmap(self) -> dict[str, str]:
+        """The ConfigMap's data."""
+        return {_key(f.name): _flag_text(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @staticmethod
+    def from_configmap(data: Mapping[str, str]) -> ClusterSettings:
+        """The settings in the ConfigMap's data; ConfigError on a value that is not of its setting's type."""
+        fields = _fields(ClusterSettings)
+        return ClusterSettings(**{f.name: _coerce(f, data[k], CLUSTER_CONFIG) for k, f in fields.items() if k in data})
+
+
+def _flag_text(value: Any) -> str:
+    """A setting's value as its flag is written: true/false, a list comma-separated (sorted), else as is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(sorted(value))
+    return str(value)
+
+
 C = TypeVar("C", ServerConfig, AgentConfig)
 
 

@@ -61,7 +61,7 @@ from kwire.api.webhookadmission import WebhookAdmission
 from kwire.base import memory, process
 from kwire.base.files import atomic_write, private_dir
 from kwire.client.kubeconfig import Config, write_kubeconfig
-from kwire.config import ConfigError, ServerConfig
+from kwire.config import CLUSTER_CONFIG, ClusterSettings, ConfigError, ServerConfig
 from kwire.controllers.addons import AddonSettings
 from kwire.controllers.elected import ElectedControllers
 from kwire.controllers.leaderelection import ElectionTiming
@@ -162,25 +162,11 @@ async def _bootstrap_classes(resources: Resources, *, local_storage: bool) -> No
         await resources.create(sc_kind, None, copy.deepcopy(LOCAL_PATH_CLASS))
 
 
-CLUSTER_CONFIG = "kwire-config"
-
-
 async def _publish_cluster_config(resources: Resources, cfg: ServerConfig) -> None:
     """kube-system/kwire-config: the cluster-wide settings agents need (K3s agents get them from the server)."""
     cm_kind = by_path("", "v1", "configmaps")
     assert cm_kind
-    data = {
-        "cluster-cidr": str(cfg.cluster_cidr),
-        "service-cidr": str(cfg.service_cidr),
-        "cluster-dns": str(cfg.cluster_dns),
-        "cluster-domain": str(cfg.cluster_domain),
-        "flannel-backend": str(cfg.flannel_backend),
-        "service-node-port-range": str(cfg.service_node_port_range),
-        "disable-network-policy": "true" if cfg.disable_network_policy else "false",
-        "disable": ",".join(sorted(str(x) for x in cfg.disable)),  # packaged components left out (lab up waits)
-        # Agents renew their node Lease well within this (a quarter of it), or nodes would flap NotReady.
-        "node-monitor-grace-period": str(int(cfg.node_monitor_grace_period)),
-    }
+    data = ClusterSettings.of_server(cfg).to_configmap()
     current = resources.get_or_none(cm_kind, "kube-system", CLUSTER_CONFIG)
     if current is None:
         await resources.create(cm_kind, "kube-system", {"metadata": {"name": CLUSTER_CONFIG}, "data": data})

@@ -23,16 +23,7 @@ from typing import TypeVar
 
 import aiohttp
 
-from kwire.agent.clusterconfig import ClusterSettings
-from kwire.agent.credentials import (
-    CONTROLLER_CLIENT,
-    KUBE_PROXY_CLIENT,
-    KUBELET_CLIENT,
-    KUBELET_SERVING,
-    CertReloader,
-    CredentialsError,
-    NodeCredentials,
-)
+from kwire.agent.credentials import CertReloader, CredentialsError, NodeCredentials
 from kwire.agent.flannel.flannel import Flannel
 from kwire.agent.kubelet.kubelet import Kubelet
 from kwire.agent.kubelet.kubeletauth import KubeletAuth
@@ -45,11 +36,12 @@ from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
 from kwire.base import jointoken, memory, process
 from kwire.base.files import private_dir
+from kwire.base.k3snode import CONTROLLER_CLIENT, KUBE_PROXY_CLIENT, KUBELET_CLIENT, KUBELET_SERVING
 from kwire.client import ApiClient, Informers
 from kwire.client.client import ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
 from kwire.client.events import EventRecorder
 from kwire.cni import invoke as cni
-from kwire.config import AgentConfig
+from kwire.config import AgentConfig, ClusterSettings
 from kwire.kernel.pyroute import IPRoute
 
 log = logging.getLogger(__name__)
@@ -158,7 +150,7 @@ async def _cluster_settings(creds: NodeCredentials, *, timeout: float = 60.0) ->
     kube-system/kwire-config ConfigMap the server publishes), asked as this node."""
 
     async def read() -> ClusterSettings:
-        return ClusterSettings.from_data(await creds.cluster_settings())
+        return ClusterSettings.from_configmap(await creds.cluster_settings())
 
     return await _retry_until(
         read,

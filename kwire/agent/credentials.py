@@ -34,16 +34,12 @@ from typing import Any
 
 import aiohttp
 
+from kwire.base import k3snode
 from kwire.base.files import atomic_write
 from kwire.client import Config
 
 log = logging.getLogger(__name__)
 
-KUBELET_CLIENT = "client-kubelet"
-KUBELET_SERVING = "serving-kubelet"
-KUBE_PROXY_CLIENT = "client-kube-proxy"
-CONTROLLER_CLIENT = "client-k3s-controller"
-COMPONENTS = (KUBELET_CLIENT, KUBELET_SERVING, KUBE_PROXY_CLIENT, CONTROLLER_CLIENT)
 PASSWORD_FILE = "node-password"
 RENEW_CHECK_SECONDS = 3600.0
 
@@ -117,18 +113,18 @@ class NodeCredentials:
         return self.data_dir / "tls"
 
     def cert_path(self, component: str) -> Path:
-        return self.dir / f"{component}.crt"
+        return self.dir / k3snode.cert_file(component)
 
     def key_path(self, component: str) -> Path:
         return self.dir / f"{component}.key"
 
     @property
     def client_ca_path(self) -> Path:
-        return self.dir / "client-ca.crt"
+        return self.dir / k3snode.CLIENT_CA
 
     @property
     def server_ca_path(self) -> Path:
-        return self.dir / "server-ca.crt"
+        return self.dir / k3snode.SERVER_CA
 
     def password(self) -> str:
         """The node password: generated once, 0600, kept for every later join and renewal."""
@@ -152,23 +148,25 @@ class NodeCredentials:
 
     def kubelet_serving_context(self) -> ssl.SSLContext:
         return serving_context(
-            cert=self.cert_path(KUBELET_SERVING), key=self.key_path(KUBELET_SERVING), client_ca=self.client_ca_path
+            cert=self.cert_path(k3snode.KUBELET_SERVING),
+            key=self.key_path(k3snode.KUBELET_SERVING),
+            client_ca=self.client_ca_path,
         )
 
     def _check_request(self) -> dict[str, object]:
         """What certwork.check needs: each component's file, the CA it must come from and what it must name."""
         client_ca = self._client_ca_or_empty().decode()
-        names = {KUBELET_CLIENT: "node-client", KUBELET_SERVING: "node-serving"}
+        names = {k3snode.KUBELET_CLIENT: "node-client", k3snode.KUBELET_SERVING: "node-serving"}
         return {
             "tls_dir": str(self.dir),
             "node_name": self.node_name,
             "node_ips": list(self.node_ips),
             "components": {
                 comp: {
-                    "ca": self.server_ca.decode() if comp == KUBELET_SERVING else client_ca,
+                    "ca": self.server_ca.decode() if comp == k3snode.KUBELET_SERVING else client_ca,
                     "names": names.get(comp, ""),
                 }
-                for comp in COMPONENTS
+                for comp in k3snode.COMPONENTS
             },
         }
 
@@ -179,21 +177,21 @@ class NodeCredentials:
         ctx = ssl.create_default_context(cadata=self.server_ca.decode())
         ctx.check_hostname = False  # the URL may name any server address; the pinned CA is what is checked
         headers = {
-            "K3s-Node-Name": self.node_name,
-            "K3s-Node-Password": self.password(),
-            "K3s-Node-IP": ",".join(self.node_ips),
+            k3snode.NAME_HEADER: self.node_name,
+            k3snode.PASSWORD_HEADER: self.password(),
+            k3snode.IP_HEADER: ",".join(self.node_ips),
         }
         if token:
             headers["Authorization"] = "Basic " + base64.b64encode(f"node:{token}".encode()).decode()
         else:  # renewal: the node's current kubelet certificate vouches for it
-            ctx.load_cert_chain(self.cert_path(KUBELET_CLIENT), self.key_path(KUBELET_CLIENT))
+            ctx.load_cert_chain(self.cert_path(k3snode.KUBELET_CLIENT), self.key_path(k3snode.KUBELET_CLIENT))
         timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), timeout=timeout), headers
 
     async def _call(self, session: aiohttp.ClientSession, method: str, name: str, **kw: object) -> bytes:
         errors = []
         for server in dict.fromkeys([*self.servers, self.server]):
-            url = f"{server.rstrip('/')}/v1-k3s/{name}"
+            url = f"{server.rstrip('/')}{k3snode.PREFIX}{name}"
             try:
                 async with session.request(method, url, **kw) as r:  # type: ignore[arg-type]
                     body = await r.read()
@@ -211,7 +209,7 @@ class NodeCredentials:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         atomic_write(self.server_ca_path, self.server_ca, mode=0o600)
-        if token is None and not self.cert_path(KUBELET_CLIENT).exists():
+        if token is None and not self.cert_path(k3snode.KUBELET_CLIENT).exists():
             raise CredentialsError("no kubelet certificate to renew with, and no token")
         # The client CA is fetched every time (one small request): certificates from a CA the server no longer
         # trusts are then seen as stale and replaced.
@@ -219,7 +217,7 @@ class NodeCredentials:
         child = await _CertWork.start()
         async with session:
             try:
-                client_ca = await self._call(session, "GET", "client-ca.crt", headers=headers)
+                client_ca = await self._call(session, "GET", k3snode.CLIENT_CA, headers=headers)
             except BaseException:
                 await child.cancel()
                 raise
@@ -230,7 +228,7 @@ class NodeCredentials:
             stale: list[str] = work["stale"]
             for comp in stale:
                 key, csr = work["keys"][comp]["key"].encode(), work["keys"][comp]["csr"].encode()
-                pem = await self._call(session, "POST", f"{comp}.crt", headers=headers, data=csr)
+                pem = await self._call(session, "POST", k3snode.cert_file(comp), headers=headers, data=csr)
                 # nothing reads the pair meanwhile: live contexts reload only once `ensure` has returned
                 atomic_write(self.key_path(comp), key, mode=0o600)
                 atomic_write(self.cert_path(comp), pem, mode=0o600)
@@ -241,7 +239,7 @@ class NodeCredentials:
         """The cluster settings from the server (`/v1-k3s/config`), asked with the node's kubelet certificate."""
         session, headers = self._session(None)
         async with session:
-            body = await self._call(session, "GET", "config", headers=headers)
+            body = await self._call(session, "GET", k3snode.CONFIG, headers=headers)
         data = json.loads(body)
         if not isinstance(data, dict):
             raise CredentialsError("the server's /v1-k3s/config is not a JSON object")

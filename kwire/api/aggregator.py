@@ -146,7 +146,7 @@ class Aggregator:
             await asyncio.sleep(delay)
 
     async def check_all(self) -> None:
-        items = (await self.resources.list(_kind(), None)).items
+        items = await self.resources.list(_kind(), None)
         available: dict[tuple[str, str], Obj] = {}
         lists: dict[str, dict[str, Obj]] = {}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT)) as session:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,16 @@ class Allocation:
     released_ports: list[int] = field(default_factory=list)
 
 
+def _held(svc: Obj) -> tuple[list[str], list[int]]:
+    """The cluster IPs and node ports (health-check node port included) a stored Service holds."""
+    spec = svc.get("spec") or {}
+    ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    ports = [int(p["nodePort"]) for p in spec.get("ports") or [] if p.get("nodePort")]
+    if spec.get("healthCheckNodePort"):
+        ports.append(int(spec["healthCheckNodePort"]))
+    return [ip for ip in ips if ip and ip != "None"], ports
+
+
 class ServiceAllocator:
     def __init__(self, *, service_cidr: str, node_port_range: tuple[int, int]) -> None:
         self.network = ipaddress.ip_network(service_cidr)
@@ -53,15 +64,9 @@ class ServiceAllocator:
 
     def load(self, services: list[Obj]) -> None:
         for svc in services:
-            spec = svc.get("spec") or {}
-            for ip in spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []):
-                if ip and ip != "None":
-                    self.ips.add(ip)
-            for p in spec.get("ports") or []:
-                if p.get("nodePort"):
-                    self.ports.add(int(p["nodePort"]))
-            if spec.get("healthCheckNodePort"):
-                self.ports.add(int(spec["healthCheckNodePort"]))
+            ips, ports = _held(svc)
+            self.ips.update(ips)
+            self.ports.update(ports)
 
     # -- IPs ---------------------------------------------------------------------------------------------------
     def _take_ip(self, requested: str | None, alloc: Allocation) -> tuple[str | None, FieldError | None]:
@@ -143,22 +148,16 @@ class ServiceAllocator:
                 return cand, None
         return None, invalid(path, 0, "range is full")
 
+    def _free(self, ips: Iterable[str], ports: Iterable[int]) -> None:
+        self.ips.difference_update(ips)
+        self.ports.difference_update(ports)
+
     def rollback(self, alloc: Allocation) -> None:
-        for ip in alloc.ips:
-            self.ips.discard(ip)
-        for p in alloc.ports:
-            self.ports.discard(p)
+        self._free(alloc.ips, alloc.ports)
 
     def release_for(self, svc: Obj) -> None:
         """Free everything a deleted Service held."""
-        spec = svc.get("spec") or {}
-        for ip in spec.get("clusterIPs") or []:
-            self.ips.discard(ip)
-        for p in spec.get("ports") or []:
-            if p.get("nodePort"):
-                self.ports.discard(int(p["nodePort"]))
-        if spec.get("healthCheckNodePort"):
-            self.ports.discard(int(spec["healthCheckNodePort"]))
+        self._free(*_held(svc))
 
     def allocate(self, svc: Obj, old: Obj | None) -> tuple[Allocation, list[FieldError]]:
         """Fill spec.clusterIP(s)/nodePorts/healthCheckNodePort of `svc` in place.
@@ -231,7 +230,4 @@ class ServiceAllocator:
         return alloc, errors
 
     def commit_release(self, alloc: Allocation) -> None:
-        for ip in alloc.released_ips:
-            self.ips.discard(ip)
-        for p in alloc.released_ports:
-            self.ports.discard(p)
+        self._free(alloc.released_ips, alloc.released_ports)

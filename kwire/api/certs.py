@@ -71,13 +71,8 @@ def _new_ca(
     cert_path: Path, key_path: Path, *, common_name: str
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A new self-signed CA (ten years), written 0600 (key) / 0644 (certificate)."""
-    ca_key = pki.new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ca_cert = pki.issue(
-        subject=name,
-        public_key=ca_key.public_key(),
-        issuer=name,
-        signer=ca_key,
+    ca_cert, ca_key = pki.self_signed(
+        common_name,
         days=3650,
         ca=True,
         key_usage=x509.KeyUsage(True, False, False, False, False, True, True, False, False),

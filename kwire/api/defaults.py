@@ -125,13 +125,10 @@ def _statefulset(obj: Obj) -> None:
         retention.setdefault("whenDeleted", "Retain")
         retention.setdefault("whenScaled", "Retain")
     for pvc in spec.get("volumeClaimTemplates") or []:
-        if isinstance(pvc, dict):
+        if isinstance(pvc, dict):  # each template is defaulted as a PersistentVolumeClaim (SetObjectDefaults)
             pvc.setdefault("apiVersion", "v1")
             pvc.setdefault("kind", "PersistentVolumeClaim")
-            pvc_spec = pvc.setdefault("spec", {})
-            if isinstance(pvc_spec, dict):
-                pvc_spec.setdefault("volumeMode", "Filesystem")
-            pvc.setdefault("status", {"phase": "Pending"})
+            _pvc(pvc)
     _template(obj)
 
 

@@ -128,31 +128,30 @@ def _resource_ref(group: str, plural: str) -> str:
     return f"{plural}.{group}" if group else plural
 
 
+def object_error(code: int, reason: str, message: str, *, group: str, plural: str, name: str) -> ApiError:
+    """An error about one object: its StatusDetails carry the name, group and resource (kube's errors.New*),
+    each left out when empty (StatusDetails' fields are omitempty)."""
+    details = {key: value for key, value in (("name", name), ("group", group), ("kind", plural)) if value}
+    return ApiError(code, reason, message, details=details)
+
+
 def not_found(group: str, plural: str, name: str) -> ApiError:
-    return ApiError(
-        404,
-        "NotFound",
-        f'{_resource_ref(group, plural)} "{name}" not found',
-        details={"name": name, "group": group, "kind": plural},
-    )
+    ref = _resource_ref(group, plural)
+    return object_error(404, "NotFound", f'{ref} "{name}" not found', group=group, plural=plural, name=name)
 
 
 def already_exists(group: str, plural: str, name: str) -> ApiError:
-    return ApiError(
-        409,
-        "AlreadyExists",
-        f'{_resource_ref(group, plural)} "{name}" already exists',
-        details={"name": name, "group": group, "kind": plural},
-    )
+    ref = _resource_ref(group, plural)
+    return object_error(409, "AlreadyExists", f'{ref} "{name}" already exists', group=group, plural=plural, name=name)
+
+
+# k8s.io/apiserver's registry OptimisticLockErrorMsg: a write that names an older resourceVersion.
+OPTIMISTIC_LOCK = "the object has been modified; please apply your changes to the latest version and try again"
 
 
 def conflict(group: str, plural: str, name: str, why: str) -> ApiError:
-    return ApiError(
-        409,
-        "Conflict",
-        f'Operation cannot be fulfilled on {_resource_ref(group, plural)} "{name}": {why}',
-        details={"name": name, "group": group, "kind": plural},
-    )
+    message = f'Operation cannot be fulfilled on {_resource_ref(group, plural)} "{name}": {why}'
+    return object_error(409, "Conflict", message, group=group, plural=plural, name=name)
 
 
 def invalid_object(group: str, kind: str, name: str, errors: list[FieldError]) -> ApiError:

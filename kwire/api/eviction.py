@@ -80,7 +80,7 @@ async def evict(resources: Resources, namespace: str, name: str, eviction: Obj, 
         if meta.get("deletionTimestamp") or phase in ("Pending", "Succeeded", "Failed"):
             await _delete(resources, namespace, name, opts, preconditions, dry_run=dry_run)
             return _success()
-        budgets = _budgets_for((await resources.list(PDBS, namespace)).items, pod)
+        budgets = _budgets_for(await resources.list(PDBS, namespace), pod)
         if not budgets:
             await _delete(resources, namespace, name, opts, preconditions, dry_run=dry_run)
             return _success()

@@ -178,12 +178,18 @@ class Lifecycle:
                     if nskey in self._terminating:
                         pending.add(nskey)
 
-    async def _process(self, key: str) -> None:
+    def _stored(self, key: str) -> tuple[Kind, Obj] | None:
+        """The kind and the object stored at `key` now; None when it is gone (or not a served kind's)."""
         kind = kind_for_key(key)
         kv = self.resources.store.get_now(key)
         if kind is None or kv is None:
+            return None
+        return kind, decode(kv)
+
+    async def _process(self, key: str) -> None:
+        if (stored := self._stored(key)) is None:
             return
-        obj = decode(kv)
+        kind, obj = stored
         meta = obj["metadata"]
         if kind is NAMESPACES:
             if meta.get("deletionTimestamp"):
@@ -221,22 +227,19 @@ class Lifecycle:
                     return
 
     async def _delete_key(self, key: str, *, propagation: str) -> None:
-        kind = kind_for_key(key)
-        kv = self.resources.store.get_now(key)
-        if kind is None or kv is None:
+        if (stored := self._stored(key)) is None:
             return
-        meta = orjson.loads(kv.value).get("metadata") or {}
+        kind, obj = stored
+        meta = obj["metadata"]
         if meta.get("deletionTimestamp"):
             return
         log.info("garbage collector: deleting %s", key)
         await self.resources.delete(kind, meta.get("namespace"), meta["name"], propagation=propagation)
 
     async def _drop_owner_ref(self, key: str, owner_uid: str) -> None:
-        kind = kind_for_key(key)
-        kv = self.resources.store.get_now(key)
-        if kind is None or kv is None:
+        if (stored := self._stored(key)) is None:
             return
-        obj = decode(kv)
+        kind, obj = stored
         refs = [r for r in obj["metadata"].get("ownerReferences") or [] if r.get("uid") != owner_uid]
         if refs:
             obj["metadata"]["ownerReferences"] = refs

@@ -181,22 +181,24 @@ def _find(entries: list[Entry], identity: tuple[str, str, str, str]) -> Entry | 
     return next((e for e in entries if e.identity() == identity), None)
 
 
-def record_update(
-    old: Obj | None,
-    new: Obj,
-    *,
-    node: Node,
-    api_version: str,
-    manager: str,
-    subresource: str = "",
-    status_separate: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class Tracking:
+    """What tracking one resource's fields needs (kube builds a FieldManager per resource from the same): its
+    schema, the API version its entries are recorded in, and whether status is a subresource of its own (then
+    main-resource writes never own it, and status writes own only it)."""
+
+    node: Node
+    api_version: str
+    status_separate: bool = False
+
+
+def record_update(old: Obj | None, new: Obj, *, tracking: Tracking, manager: str, subresource: str = "") -> None:
     """Set new.metadata.managedFields after an Update by `manager` (the entries start from `new`'s own)."""
     entries = read_entries(new)
-    cmp = _comparison(old, new, node, subresource=subresource, status_separate=status_separate)
+    cmp = _comparison(old, new, tracking.node, subresource=subresource, status_separate=tracking.status_separate)
     if cmp.empty():
         return
-    entry = Entry(manager, UPDATE, api_version, now_rfc3339(), set(), subresource)
+    entry = Entry(manager, UPDATE, tracking.api_version, now_rfc3339(), set(), subresource)
     mine = _find(entries, entry.identity())
     if mine is None:
         entries.append(entry)
@@ -238,18 +240,11 @@ def conflict_error(conflicts: list[Conflict]) -> ApiError:
 
 
 def apply(
-    live: Obj | None,
-    config: Obj,
-    *,
-    node: Node,
-    api_version: str,
-    manager: str,
-    force: bool,
-    subresource: str = "",
-    status_separate: bool = False,
+    live: Obj | None, config: Obj, *, tracking: Tracking, manager: str, force: bool, subresource: str = ""
 ) -> Obj:
     """The object after `manager` applies `config` to `live` (None: the object does not exist yet), with its
     managedFields; raises the 409 conflict error unless `force`."""
+    node, api_version, status_separate = tracking.node, tracking.api_version, tracking.status_separate
     base: Obj = live if live is not None else {}
     entries = read_entries(base)
     config_set = _tracked(fieldset.to_field_set(config, node), subresource=subresource, status_separate=status_separate)

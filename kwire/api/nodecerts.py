@@ -39,21 +39,13 @@ from kwire.api.errors import ApiError, bad_request, unauthorized
 from kwire.api.registry import by_path
 from kwire.api.resources import Resources
 from kwire.api.user import NODES, UserInfo
+from kwire.base import k3snode
+from kwire.config import CLUSTER_CONFIG
 
-PREFIX = "/v1-k3s/"
-NAME_HEADER = "K3s-Node-Name"
-PASSWORD_HEADER = "K3s-Node-Password"
-IP_HEADER = "K3s-Node-IP"
 PASSWORD_SUFFIX = ".node-password.k3s"
 MAX_CSR_BYTES = 16 * 1024
 
-KUBELET_CLIENT = "client-kubelet.crt"
-KUBELET_SERVING = "serving-kubelet.crt"
-KUBE_PROXY_CLIENT = "client-kube-proxy.crt"
-CONTROLLER_CLIENT = "client-k3s-controller.crt"
-CERT_NAMES = (KUBELET_CLIENT, KUBELET_SERVING, KUBE_PROXY_CLIENT, CONTROLLER_CLIENT)
-CONFIG = "config"
-CLUSTER_CONFIG = "kwire-config"  # the ConfigMap kwire/server.py publishes the agents' cluster settings in
+CERT_NAMES = tuple(k3snode.cert_file(c) for c in k3snode.COMPONENTS)
 KUBE_PROXY_USER = "system:kube-proxy"
 CONTROLLER_USER = "system:k3s-controller"
 
@@ -117,11 +109,11 @@ def password_secret_name(node: str) -> str:
 
 def subject_for(cert_name: str, node: str) -> tuple[str, tuple[str, ...]]:
     """(CN, O) the server puts on each of a node's certificates."""
-    if cert_name == KUBELET_CLIENT:
+    if cert_name == k3snode.cert_file(k3snode.KUBELET_CLIENT):
         return f"system:node:{node}", (NODES,)
-    if cert_name == KUBE_PROXY_CLIENT:
+    if cert_name == k3snode.cert_file(k3snode.KUBE_PROXY_CLIENT):
         return KUBE_PROXY_USER, ()
-    if cert_name == CONTROLLER_CLIENT:
+    if cert_name == k3snode.cert_file(k3snode.CONTROLLER_CLIENT):
         return CONTROLLER_USER, ()
     return node, ()  # serving-kubelet.crt: K3s names it after the node
 
@@ -153,7 +145,7 @@ class NodeCerts:
 
     @staticmethod
     def handles(path: str) -> bool:
-        return path.startswith(PREFIX)
+        return path.startswith(k3snode.PREFIX)
 
     def _basic_token(self, request: web.Request) -> str | None:
         auth = request.headers.get("Authorization", "")
@@ -211,24 +203,24 @@ class NodeCerts:
         return {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
 
     async def handle(self, request: web.Request, *, user: UserInfo | None) -> web.Response:
-        name = request.path[len(PREFIX) :]
-        node = request.headers.get(NAME_HEADER, "")
-        password = request.headers.get(PASSWORD_HEADER, "")
-        if name not in (*CERT_NAMES, "client-ca.crt", "server-ca.crt", CONFIG):
+        name = request.path[len(k3snode.PREFIX) :]
+        node = request.headers.get(k3snode.NAME_HEADER, "")
+        password = request.headers.get(k3snode.PASSWORD_HEADER, "")
+        if name not in (*CERT_NAMES, k3snode.CLIENT_CA, k3snode.SERVER_CA, k3snode.CONFIG):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not _valid_node_name(node):
-            raise bad_request(f"{NAME_HEADER} must be a node name (DNS-1123 subdomain), got {node!r}")
+            raise bad_request(f"{k3snode.NAME_HEADER} must be a node name (DNS-1123 subdomain), got {node!r}")
         if not password:
-            raise bad_request(f"{PASSWORD_HEADER} is required")
+            raise bad_request(f"{k3snode.PASSWORD_HEADER} is required")
         if not self._caller_allowed(request, node, user):
             raise unauthorized()
         await self._check_password(node, password)
         a = self.authority
-        if name == "client-ca.crt":
+        if name == k3snode.CLIENT_CA:
             return web.Response(body=a.client_ca_cert.read_bytes(), content_type="text/plain")
-        if name == "server-ca.crt":
+        if name == k3snode.SERVER_CA:
             return web.Response(body=a.server_ca_cert.read_bytes(), content_type="text/plain")
-        if name == CONFIG:
+        if name == k3snode.CONFIG:
             return web.json_response(self._cluster_settings())
         if request.method != "POST":
             raise ApiError(405, "MethodNotAllowed", f"POST a PEM certificate request to {request.path}")
@@ -236,15 +228,15 @@ class NodeCerts:
         if len(csr) > MAX_CSR_BYTES:
             raise ApiError(413, "RequestEntityTooLarge", "the certificate request is too large")
         cn, orgs = subject_for(name, node)
-        serving = name == KUBELET_SERVING
+        serving = name == k3snode.cert_file(k3snode.KUBELET_SERVING)
         ips: tuple[str, ...] = ()
         if serving:
-            ips = tuple(i.strip() for i in request.headers.get(IP_HEADER, "").split(",") if i.strip())
+            ips = tuple(i.strip() for i in request.headers.get(k3snode.IP_HEADER, "").split(",") if i.strip())
             for ip in ips:
                 try:
                     ipaddress.ip_address(ip)
                 except ValueError:
-                    raise bad_request(f"{IP_HEADER}: {ip!r} is not an IP address") from None
+                    raise bad_request(f"{k3snode.IP_HEADER}: {ip!r} is not an IP address") from None
         ca = (
             certs.load_ca(a.server_ca_cert, a.server_ca_key)
             if serving

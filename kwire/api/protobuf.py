@@ -45,6 +45,14 @@ def _m(**fields: F) -> dict[int, F]:
     return {int(k[1:]): v for k, v in fields.items()}
 
 
+META = F("metadata", "m", "ObjectMeta")
+
+
+def _object(spec: str) -> dict[int, F]:
+    """A top-level object of the usual shape: {1: metadata, 2: spec} (the spec message named)."""
+    return {1: META, 2: F("spec", "m", spec)}
+
+
 SCHEMAS: dict[str, dict[int, F]] = {
     "ObjectMeta": _m(
         f1=F("name", "s"),
@@ -70,30 +78,30 @@ SCHEMAS: dict[str, dict[int, F]] = {
     ),
     "LabelSelectorRequirement": _m(f1=F("key", "s"), f2=F("operator", "s"), f3=F("values", "s", repeated=True)),
     # core/v1
-    "Namespace": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "NamespaceSpec")),
+    "Namespace": _object("NamespaceSpec"),
     "NamespaceSpec": _m(f1=F("finalizers", "s", repeated=True)),
     "ConfigMap": _m(
-        f1=F("metadata", "m", "ObjectMeta"),
+        f1=META,
         f2=F("data", "ms"),
         f3=F("binaryData", "my"),
         f4=F("immutable", "b", keep_zero=True),
     ),
     "Secret": _m(
-        f1=F("metadata", "m", "ObjectMeta"),
+        f1=META,
         f2=F("data", "my"),
         f3=F("type", "s"),
         f4=F("stringData", "ms"),
         f5=F("immutable", "b", keep_zero=True),
     ),
     "ServiceAccount": _m(
-        f1=F("metadata", "m", "ObjectMeta"),
+        f1=META,
         f2=F("secrets", "m", "ObjectReference", repeated=True),
         f3=F("imagePullSecrets", "m", "LocalObjectReference", repeated=True),
         f4=F("automountServiceAccountToken", "b", keep_zero=True),
     ),
     "ObjectReference": _m(f1=F("kind", "s"), f2=F("namespace", "s"), f3=F("name", "s"), f4=F("uid", "s")),
     "LocalObjectReference": _m(f1=F("name", "s")),
-    "Service": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "ServiceSpec")),
+    "Service": _object("ServiceSpec"),
     "ServiceSpec": _m(
         f1=F("ports", "m", "ServicePort", repeated=True),
         f2=F("selector", "ms"),
@@ -116,7 +124,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f5=F("nodePort", "i"),
         f6=F("appProtocol", "s"),
     ),
-    "PodTemplateSpec": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodSpec")),
+    "PodTemplateSpec": _object("PodSpec"),
     "PodSpec": _m(
         f1=F("volumes", "m", "Volume", repeated=True),
         f2=F("containers", "m", "Container", repeated=True),
@@ -248,14 +256,14 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f4=F("effect", "s"),
         f5=F("tolerationSeconds", "i", keep_zero=True),
     ),
-    "Pod": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodSpec")),
+    "Pod": _object("PodSpec"),
     "ContainerPort": _m(
         f1=F("name", "s"), f2=F("hostPort", "i"), f3=F("containerPort", "i"), f4=F("protocol", "s"), f5=F("hostIP", "s")
     ),
     "EnvVar": _m(f1=F("name", "s"), f2=F("value", "s"), f3=F("valueFrom", "m", "EnvVarSource")),
     "ResourceRequirements": _m(f1=F("limits", "mq"), f2=F("requests", "mq")),
     # apps/v1
-    "Deployment": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "DeploymentSpec")),
+    "Deployment": _object("DeploymentSpec"),
     "DeploymentSpec": _m(
         f1=F("replicas", "i", keep_zero=True),
         f2=F("selector", "m", "LabelSelector"),
@@ -269,7 +277,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
     "DeploymentStrategy": _m(f1=F("type", "s"), f2=F("rollingUpdate", "m", "RollingUpdateDeployment")),
     "RollingUpdateDeployment": _m(f1=F("maxUnavailable", "ios"), f2=F("maxSurge", "ios")),
     # batch/v1 (kubectl create job / cronjob / job --from=cronjob)
-    "Job": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
+    "Job": _object("JobSpec"),
     "JobSpec": _m(
         f1=F("parallelism", "i", keep_zero=True),
         f2=F("completions", "i", keep_zero=True),
@@ -283,7 +291,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f10=F("suspend", "b"),
         f14=F("podReplacementPolicy", "s"),
     ),
-    "CronJob": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "CronJobSpec")),
+    "CronJob": _object("CronJobSpec"),
     "CronJobSpec": _m(
         f1=F("schedule", "s"),
         f2=F("startingDeadlineSeconds", "i", keep_zero=True),
@@ -294,9 +302,9 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f7=F("failedJobsHistoryLimit", "i", keep_zero=True),
         f8=F("timeZone", "s"),
     ),
-    "JobTemplateSpec": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "JobSpec")),
+    "JobTemplateSpec": _object("JobSpec"),
     # policy/v1 (kubectl drain)
-    "Eviction": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("deleteOptions", "m", "DeleteOptions")),
+    "Eviction": _m(f1=META, f2=F("deleteOptions", "m", "DeleteOptions")),
     "DeleteOptions": _m(
         f1=F("gracePeriodSeconds", "i", keep_zero=True),
         f2=F("preconditions", "m", "Preconditions"),
@@ -305,7 +313,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f5=F("dryRun", "s", repeated=True),
     ),
     "Preconditions": _m(f1=F("uid", "s"), f2=F("resourceVersion", "s")),
-    "PodDisruptionBudget": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "PodDisruptionBudgetSpec")),
+    "PodDisruptionBudget": _object("PodDisruptionBudgetSpec"),
     "PodDisruptionBudgetSpec": _m(
         f1=F("minAvailable", "ios"),
         f2=F("selector", "m", "LabelSelector"),
@@ -313,7 +321,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f4=F("unhealthyPodEvictionPolicy", "s"),
     ),
     # networking.k8s.io/v1
-    "Ingress": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "IngressSpec")),
+    "Ingress": _object("IngressSpec"),
     "IngressSpec": _m(
         f1=F("defaultBackend", "m", "IngressBackend"),
         f2=F("tls", "m", "IngressTLS", repeated=True),
@@ -336,9 +344,9 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f4=F("resourceNames", "s", repeated=True),
         f5=F("nonResourceURLs", "s", repeated=True),
     ),
-    "Role": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("rules", "m", "PolicyRule", repeated=True)),
+    "Role": _m(f1=META, f2=F("rules", "m", "PolicyRule", repeated=True)),
     "ClusterRole": _m(
-        f1=F("metadata", "m", "ObjectMeta"),
+        f1=META,
         f2=F("rules", "m", "PolicyRule", repeated=True),
         f3=F("aggregationRule", "m", "AggregationRule"),
     ),
@@ -346,7 +354,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
     "Subject": _m(f1=F("kind", "s"), f2=F("apiGroup", "s"), f3=F("name", "s"), f4=F("namespace", "s")),
     "RoleRef": _m(f1=F("apiGroup", "s"), f2=F("kind", "s"), f3=F("name", "s")),
     "RoleBinding": _m(
-        f1=F("metadata", "m", "ObjectMeta"),
+        f1=META,
         f2=F("subjects", "m", "Subject", repeated=True),
         f3=F("roleRef", "m", "RoleRef"),
     ),
@@ -373,21 +381,19 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f6=F("uid", "s"),
     ),
     "SelfSubjectRulesReviewSpec": _m(f1=F("namespace", "s")),
-    "SelfSubjectAccessReview": _m(
-        f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "SelfSubjectAccessReviewSpec")
-    ),
-    "SubjectAccessReview": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "SubjectAccessReviewSpec")),
-    "SelfSubjectRulesReview": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "SelfSubjectRulesReviewSpec")),
+    "SelfSubjectAccessReview": _object("SelfSubjectAccessReviewSpec"),
+    "SubjectAccessReview": _object("SubjectAccessReviewSpec"),
+    "SelfSubjectRulesReview": _object("SelfSubjectRulesReviewSpec"),
     # scheduling.k8s.io/v1
     "PriorityClass": _m(
-        f1=F("metadata", "m", "ObjectMeta"),
+        f1=META,
         f2=F("value", "i", keep_zero=True),
         f3=F("globalDefault", "b"),
         f4=F("description", "s"),
         f5=F("preemptionPolicy", "s"),
     ),
     # core/v1 ResourceQuota
-    "ResourceQuota": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "ResourceQuotaSpec")),
+    "ResourceQuota": _object("ResourceQuotaSpec"),
     "ResourceQuotaSpec": _m(
         f1=F("hard", "mq"), f2=F("scopes", "s", repeated=True), f3=F("scopeSelector", "m", "ScopeSelector")
     ),
@@ -396,9 +402,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f1=F("scopeName", "s"), f2=F("operator", "s"), f3=F("values", "s", repeated=True)
     ),
     # autoscaling/v1 (kubectl autoscale)
-    "HorizontalPodAutoscaler": _m(
-        f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "HorizontalPodAutoscalerSpec")
-    ),
+    "HorizontalPodAutoscaler": _object("HorizontalPodAutoscalerSpec"),
     "HorizontalPodAutoscalerSpec": _m(
         f1=F("scaleTargetRef", "m", "CrossVersionObjectReference"),
         f2=F("minReplicas", "i", keep_zero=True),
@@ -408,7 +412,7 @@ SCHEMAS: dict[str, dict[int, F]] = {
     "CrossVersionObjectReference": _m(f1=F("kind", "s"), f2=F("name", "s"), f3=F("apiVersion", "s")),
     # certificates.k8s.io/v1 (kubectl certificate approve|deny send the whole object)
     "CertificateSigningRequest": _m(
-        f1=F("metadata", "m", "ObjectMeta"),
+        f1=META,
         f2=F("spec", "m", "CertificateSigningRequestSpec"),
         f3=F("status", "m", "CertificateSigningRequestStatus"),
     ),
@@ -433,50 +437,39 @@ SCHEMAS: dict[str, dict[int, F]] = {
         f6=F("status", "s"),
     ),
     # authentication.k8s.io/v1: `kubectl create token` and `kubectl auth whoami`
-    "TokenRequest": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "TokenRequestSpec")),
+    "TokenRequest": _object("TokenRequestSpec"),
     "TokenRequestSpec": _m(
         f1=F("audiences", "s", repeated=True),
         f3=F("boundObjectRef", "m", "BoundObjectReference"),
         f4=F("expirationSeconds", "i", keep_zero=True),
     ),
     "BoundObjectReference": _m(f1=F("kind", "s"), f2=F("apiVersion", "s"), f3=F("name", "s"), f4=F("uid", "s")),
-    "TokenReview": _m(f1=F("metadata", "m", "ObjectMeta"), f2=F("spec", "m", "TokenReviewSpec")),
+    "TokenReview": _object("TokenReviewSpec"),
     "TokenReviewSpec": _m(f1=F("token", "s"), f2=F("audiences", "s", repeated=True)),
-    "SelfSubjectReview": _m(f1=F("metadata", "m", "ObjectMeta")),
+    "SelfSubjectReview": _m(f1=META),
 }
 
-# The top-level kinds whose bodies we accept, by (apiVersion, kind).
+# The top-level kinds whose bodies we accept, by group version; each is decoded with the schema of its own name.
+_ACCEPTED: dict[str, tuple[str, ...]] = {
+    # Pod: kubectl debug node/... and --copy-to; DeleteOptions: client-go sends it in the version of the resource
+    "v1": ("Namespace", "ConfigMap", "Secret", "ServiceAccount", "Service", "ResourceQuota", "Pod", "DeleteOptions"),
+    "meta.k8s.io/v1": ("DeleteOptions",),
+    "apps/v1": ("Deployment",),
+    "batch/v1": ("Job", "CronJob"),
+    "networking.k8s.io/v1": ("Ingress",),
+    "rbac.authorization.k8s.io/v1": ("Role", "ClusterRole", "RoleBinding"),
+    "authorization.k8s.io/v1": ("SelfSubjectAccessReview", "SelfSubjectRulesReview", "SubjectAccessReview"),
+    "authentication.k8s.io/v1": ("TokenRequest", "TokenReview", "SelfSubjectReview"),
+    "scheduling.k8s.io/v1": ("PriorityClass",),
+    "policy/v1": ("PodDisruptionBudget", "Eviction"),
+    "autoscaling/v1": ("HorizontalPodAutoscaler",),
+    "certificates.k8s.io/v1": ("CertificateSigningRequest",),
+}
 TOP_LEVEL: dict[tuple[str, str], str] = {
-    ("v1", "Namespace"): "Namespace",
-    ("v1", "ConfigMap"): "ConfigMap",
-    ("v1", "Secret"): "Secret",
-    ("v1", "ServiceAccount"): "ServiceAccount",
-    ("v1", "Service"): "Service",
-    ("apps/v1", "Deployment"): "Deployment",
-    ("networking.k8s.io/v1", "Ingress"): "Ingress",
-    ("v1", "ResourceQuota"): "ResourceQuota",
-    ("v1", "Pod"): "Pod",  # kubectl debug node/... and --copy-to
-    ("rbac.authorization.k8s.io/v1", "Role"): "Role",
-    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "ClusterRole",
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "RoleBinding",
-    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "RoleBinding",  # same fields as RoleBinding
-    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): "SelfSubjectAccessReview",
-    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): "SelfSubjectRulesReview",
-    ("authorization.k8s.io/v1", "SubjectAccessReview"): "SubjectAccessReview",
-    ("authorization.k8s.io/v1", "LocalSubjectAccessReview"): "SubjectAccessReview",  # same fields
-    ("scheduling.k8s.io/v1", "PriorityClass"): "PriorityClass",
-    ("policy/v1", "PodDisruptionBudget"): "PodDisruptionBudget",
-    ("autoscaling/v1", "HorizontalPodAutoscaler"): "HorizontalPodAutoscaler",
-    ("certificates.k8s.io/v1", "CertificateSigningRequest"): "CertificateSigningRequest",
-    ("batch/v1", "Job"): "Job",
-    ("batch/v1", "CronJob"): "CronJob",
-    ("policy/v1", "Eviction"): "Eviction",
-    ("authentication.k8s.io/v1", "TokenRequest"): "TokenRequest",
-    ("authentication.k8s.io/v1", "TokenReview"): "TokenReview",
-    ("authentication.k8s.io/v1", "SelfSubjectReview"): "SelfSubjectReview",
-    # client-go sends DeleteOptions in the group version of the resource being deleted
-    ("v1", "DeleteOptions"): "DeleteOptions",
-    ("meta.k8s.io/v1", "DeleteOptions"): "DeleteOptions",
+    **{(gv, kind): kind for gv, kinds in _ACCEPTED.items() for kind in kinds},
+    # kinds with the same fields as another's
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "RoleBinding",
+    ("authorization.k8s.io/v1", "LocalSubjectAccessReview"): "SubjectAccessReview",
 }
 
 

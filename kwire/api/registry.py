@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -96,8 +96,7 @@ class Kind:
 
 
 def _k(
-    group: str,
-    version: str,
+    group_version: str,
     kind: str,
     plural: str,
     *,
@@ -113,6 +112,7 @@ def _k(
     extra: tuple[str, ...] = (),
     verbs: tuple[str, ...] = (),
 ) -> Kind:
+    group, _, version = group_version.rpartition("/")
     return Kind(
         group=group,
         version=version,
@@ -132,11 +132,23 @@ def _k(
     )
 
 
+def _review(group_version: str, kind: str, plural: str, *, namespaced: bool = True) -> Kind:
+    """A review: a request object that is answered and never stored, so `create` is its only verb."""
+    return _k(group_version, kind, plural, namespaced=namespaced, verbs=("create",))
+
+
+_HPA = _k(
+    "autoscaling/v2",
+    "HorizontalPodAutoscaler",
+    "horizontalpodautoscalers",
+    short=("hpa",),
+    categories=("all",),
+    status=True,
+)
 KINDS: tuple[Kind, ...] = (
-    _k("", "v1", "Namespace", "namespaces", namespaced=False, short=("ns",), status=True),
-    _k("", "v1", "Node", "nodes", namespaced=False, short=("no",), status=True),
+    _k("v1", "Namespace", "namespaces", namespaced=False, short=("ns",), status=True),
+    _k("v1", "Node", "nodes", namespaced=False, short=("no",), status=True),
     _k(
-        "",
         "v1",
         "Pod",
         "pods",
@@ -147,77 +159,58 @@ KINDS: tuple[Kind, ...] = (
         eviction=True,
         extra=("ephemeralcontainers",),
     ),
-    _k("", "v1", "Service", "services", short=("svc",), categories=("all",), status=True),
-    _k("", "v1", "Endpoints", "endpoints", short=("ep",)),
-    _k("", "v1", "ConfigMap", "configmaps", short=("cm",)),
-    _k("", "v1", "Secret", "secrets"),
-    _k("", "v1", "Event", "events", short=("ev",)),
-    _k("", "v1", "ServiceAccount", "serviceaccounts", short=("sa",)),
-    _k("apps", "v1", "Deployment", "deployments", short=("deploy",), categories=("all",), status=True, scale=True),
-    _k("apps", "v1", "ReplicaSet", "replicasets", short=("rs",), categories=("all",), status=True, scale=True),
-    _k("apps", "v1", "DaemonSet", "daemonsets", short=("ds",), categories=("all",), status=True),
-    _k("apps", "v1", "StatefulSet", "statefulsets", short=("sts",), categories=("all",), status=True, scale=True),
-    _k("apps", "v1", "ControllerRevision", "controllerrevisions"),
-    _k("batch", "v1", "Job", "jobs", categories=("all",), status=True),
-    _k("batch", "v1", "CronJob", "cronjobs", short=("cj",), categories=("all",), status=True),
-    _k("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", short=("pdb",), status=True),
-    _k("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
-    _k("networking.k8s.io", "v1", "Ingress", "ingresses", short=("ing",), status=True),
-    _k("networking.k8s.io", "v1", "IngressClass", "ingressclasses", namespaced=False),
-    _k("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", short=("netpol",)),
-    _k("coordination.k8s.io", "v1", "Lease", "leases"),
-    _k("", "v1", "LimitRange", "limitranges", short=("limits",)),
-    _k("", "v1", "ResourceQuota", "resourcequotas", short=("quota",), status=True),
-    _k("", "v1", "PersistentVolume", "persistentvolumes", namespaced=False, short=("pv",), status=True),
-    _k("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", short=("pvc",), status=True),
-    _k("rbac.authorization.k8s.io", "v1", "Role", "roles"),
-    _k("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", namespaced=False),
-    _k("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
-    _k("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
-    _k(
-        "authorization.k8s.io",
-        "v1",
-        "SelfSubjectAccessReview",
-        "selfsubjectaccessreviews",
-        namespaced=False,
-        verbs=("create",),
-    ),
-    _k(
-        "authorization.k8s.io",
-        "v1",
-        "SelfSubjectRulesReview",
-        "selfsubjectrulesreviews",
-        namespaced=False,
-        verbs=("create",),
-    ),
-    _k(
-        "authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", namespaced=False, verbs=("create",)
-    ),
-    _k("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", verbs=("create",)),
+    _k("v1", "Service", "services", short=("svc",), categories=("all",), status=True),
+    _k("v1", "Endpoints", "endpoints", short=("ep",)),
+    _k("v1", "ConfigMap", "configmaps", short=("cm",)),
+    _k("v1", "Secret", "secrets"),
+    _k("v1", "Event", "events", short=("ev",)),
+    _k("v1", "ServiceAccount", "serviceaccounts", short=("sa",)),
+    _k("apps/v1", "Deployment", "deployments", short=("deploy",), categories=("all",), status=True, scale=True),
+    _k("apps/v1", "ReplicaSet", "replicasets", short=("rs",), categories=("all",), status=True, scale=True),
+    _k("apps/v1", "DaemonSet", "daemonsets", short=("ds",), categories=("all",), status=True),
+    _k("apps/v1", "StatefulSet", "statefulsets", short=("sts",), categories=("all",), status=True, scale=True),
+    _k("apps/v1", "ControllerRevision", "controllerrevisions"),
+    _k("batch/v1", "Job", "jobs", categories=("all",), status=True),
+    _k("batch/v1", "CronJob", "cronjobs", short=("cj",), categories=("all",), status=True),
+    _k("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", short=("pdb",), status=True),
+    _k("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+    _k("networking.k8s.io/v1", "Ingress", "ingresses", short=("ing",), status=True),
+    _k("networking.k8s.io/v1", "IngressClass", "ingressclasses", namespaced=False),
+    _k("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", short=("netpol",)),
+    _k("coordination.k8s.io/v1", "Lease", "leases"),
+    _k("v1", "LimitRange", "limitranges", short=("limits",)),
+    _k("v1", "ResourceQuota", "resourcequotas", short=("quota",), status=True),
+    _k("v1", "PersistentVolume", "persistentvolumes", namespaced=False, short=("pv",), status=True),
+    _k("v1", "PersistentVolumeClaim", "persistentvolumeclaims", short=("pvc",), status=True),
+    _k("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    _k("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", namespaced=False),
+    _k("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+    _k("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
+    _review("authorization.k8s.io/v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", namespaced=False),
+    _review("authorization.k8s.io/v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", namespaced=False),
+    _review("authorization.k8s.io/v1", "SubjectAccessReview", "subjectaccessreviews", namespaced=False),
+    _review("authorization.k8s.io/v1", "LocalSubjectAccessReview", "localsubjectaccessreviews"),
     # authentication.k8s.io: create-only, answered by kwire/api/authn/reviews.py
-    _k("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", namespaced=False, verbs=("create",)),
-    _k("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", namespaced=False, verbs=("create",)),
-    _k("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", namespaced=False, short=("pc",)),
-    _k("storage.k8s.io", "v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",)),
+    _review("authentication.k8s.io/v1", "TokenReview", "tokenreviews", namespaced=False),
+    _review("authentication.k8s.io/v1", "SelfSubjectReview", "selfsubjectreviews", namespaced=False),
+    _k("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", namespaced=False, short=("pc",)),
+    _k("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False, short=("sc",)),
     _k(
-        "admissionregistration.k8s.io",
-        "v1",
+        "admissionregistration.k8s.io/v1",
         "ValidatingWebhookConfiguration",
         "validatingwebhookconfigurations",
         namespaced=False,
         categories=("api-extensions",),
     ),
     _k(
-        "admissionregistration.k8s.io",
-        "v1",
+        "admissionregistration.k8s.io/v1",
         "MutatingWebhookConfiguration",
         "mutatingwebhookconfigurations",
         namespaced=False,
         categories=("api-extensions",),
     ),
     _k(
-        "apiextensions.k8s.io",
-        "v1",
+        "apiextensions.k8s.io/v1",
         "CustomResourceDefinition",
         "customresourcedefinitions",
         namespaced=False,
@@ -226,37 +219,18 @@ KINDS: tuple[Kind, ...] = (
         status=True,
     ),
     _k(
-        "apiregistration.k8s.io",
-        "v1",
+        "apiregistration.k8s.io/v1",
         "APIService",
         "apiservices",
         namespaced=False,
         categories=("api-extensions",),
         status=True,
     ),
-    _k("events.k8s.io", "v1", "Event", "events", short=("ev",), stored_as=("", "events")),
+    _k("events.k8s.io/v1", "Event", "events", short=("ev",), stored_as=("", "events")),
+    _HPA,
+    replace(_HPA, version="v1", stored_as=("autoscaling", "horizontalpodautoscalers")),  # v2's objects, as v1
     _k(
-        "autoscaling",
-        "v2",
-        "HorizontalPodAutoscaler",
-        "horizontalpodautoscalers",
-        short=("hpa",),
-        categories=("all",),
-        status=True,
-    ),
-    _k(
-        "autoscaling",
-        "v1",
-        "HorizontalPodAutoscaler",
-        "horizontalpodautoscalers",
-        short=("hpa",),
-        categories=("all",),
-        status=True,
-        stored_as=("autoscaling", "horizontalpodautoscalers"),
-    ),
-    _k(
-        "certificates.k8s.io",
-        "v1",
+        "certificates.k8s.io/v1",
         "CertificateSigningRequest",
         "certificatesigningrequests",
         namespaced=False,

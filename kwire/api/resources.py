@@ -14,7 +14,6 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,11 +21,12 @@ import yaml
 
 from kwire.api import admission_plugins, convert, defaults, fieldset, managedfields, validation
 from kwire.api.admission import Admission
-from kwire.api.allocator import ServiceAllocator
+from kwire.api.allocator import Allocation, ServiceAllocator
 from kwire.api.crd import custom, definition
 from kwire.api.crd.conversion import WebhookConverter
 from kwire.api.crd.serving import CrdServing
 from kwire.api.errors import (
+    OPTIMISTIC_LOCK,
     ApiError,
     already_exists,
     bad_request,
@@ -109,16 +109,15 @@ def base64_error(value: Any) -> int | None:
     return None
 
 
+def _tracking(kind: Kind) -> managedfields.Tracking:
+    """What managedFields tracking needs of `kind`: its schema, version, and whether status is a subresource."""
+    return managedfields.Tracking(
+        fieldset.schema_for_kind(kind), kind.api_version, status_separate="status" in kind.subresources
+    )
+
+
 def _body_only(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
-
-
-@dataclass
-class ListResult:
-    items: list[Obj]
-    resource_version: int
-    continue_token: str
-    remaining: int | None
 
 
 class Scan:
@@ -325,20 +324,10 @@ class Resources:
         return Scan(res.items, res.revision, matches=matches, limit=limit, present=present, kind=kind)
 
     async def list(
-        self,
-        kind: Kind,
-        namespace: str | None,
-        *,
-        labels: Selector | None = None,
-        fields: FieldSelector | None = None,
-        limit: int = 0,
-        continue_token: str = "",
-    ) -> ListResult:
-        scan = await self.scan(
-            kind, namespace, labels=labels, fields=fields, limit=limit, continue_token=continue_token
-        )
-        items = list(scan)
-        return ListResult(items, scan.revision, scan.continue_token, None)
+        self, kind: Kind, namespace: str | None, *, labels: Selector | None = None, fields: FieldSelector | None = None
+    ) -> builtins.list[Obj]:
+        """Every object that matches, decoded at once (for the server's own reads; a client's list is a `scan`)."""
+        return list(await self.scan(kind, namespace, labels=labels, fields=fields))
 
     @staticmethod
     def _matches(obj: Obj, labels: Selector | None, fields: FieldSelector | None) -> bool:
@@ -456,16 +445,8 @@ class Resources:
             raise already_exists(kind.group, kind.plural, name)
         if kind.custom is not None:
             self.crds.check_create(kind)
-        alloc = None
-        if kind is SERVICES:
-            alloc, errs = await self.service_allocation.allocate(
-                obj, None, owner=f"{namespace}/{name}", dry_run=dry_run
-            )
-            if errs:
-                raise invalid_object(kind.group, kind.kind, name, errs)
+        alloc = await self._allocate_service(kind, obj, None, namespace=namespace, name=name, dry_run=dry_run)
         if dry_run:
-            if alloc:
-                self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return obj
         try:
             rev = await self.store.create(key, await self._storable(kind, obj))
@@ -481,6 +462,22 @@ class Resources:
         if kind is CRDS:
             self.crds.serve(obj, name)
         return obj
+
+    async def _allocate_service(
+        self, kind: Kind, new: Obj, old: Obj | None, *, namespace: str | None, name: str, dry_run: bool
+    ) -> Allocation | None:
+        """A Service's cluster IPs and node ports (None for other kinds), 422 Invalid when they cannot be had; on a
+        dry run the allocation is checked and given back at once (nothing was reserved in the store), so None."""
+        if kind is not SERVICES:
+            return None
+        alloc, errs = await self.service_allocation.allocate(new, old, owner=f"{namespace}/{name}", dry_run=dry_run)
+        if errs:
+            raise invalid_object(kind.group, kind.kind, name, errs)
+        if dry_run:
+            if alloc:
+                self.allocator.rollback(alloc)
+            return None
+        return alloc
 
     async def _list_objects(self, kind: Kind, /, *, namespace: str | None = None) -> builtins.list[Obj]:
         return [decode(kv) for kv in (await self.store.range(kind.prefix(namespace))).items]
@@ -521,12 +518,7 @@ class Resources:
         kv = self._current(kind, namespace, name)
         want_rv = meta.get("resourceVersion")
         if want_rv and str(want_rv) != str(kv.mod_revision):
-            raise conflict(
-                kind.group,
-                kind.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+            raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK)
         old = await self._read(kind, kv)
         new = self._merge_update(kind, old, obj, subresource=subresource)
         if manager:
@@ -537,15 +529,7 @@ class Resources:
 
     @staticmethod
     def _track(kind: Kind, old: Obj | None, new: Obj, *, manager: str, subresource: str) -> None:
-        managedfields.record_update(
-            old,
-            new,
-            node=fieldset.schema_for_kind(kind),
-            api_version=kind.api_version,
-            manager=manager,
-            subresource=subresource,
-            status_separate="status" in kind.subresources,
-        )
+        managedfields.record_update(old, new, tracking=_tracking(kind), manager=manager, subresource=subresource)
 
     @staticmethod
     def _managed_fields(old: Obj, obj: Obj) -> Any:
@@ -664,14 +648,8 @@ class Resources:
                 return new
             await self._remove(kind, kv, old)
             return new
-        alloc = None
-        if kind is SERVICES:
-            alloc, errs = await self.service_allocation.allocate(new, old, owner=f"{namespace}/{name}", dry_run=dry_run)
-            if errs:
-                raise invalid_object(kind.group, kind.kind, name, errs)
+        alloc = await self._allocate_service(kind, new, old, namespace=namespace, name=name, dry_run=dry_run)
         if dry_run:
-            if alloc:
-                self.allocator.rollback(alloc)  # nothing was reserved in the store on a dry run
             return new
         try:
             data = await self._storable(kind, new)
@@ -684,12 +662,7 @@ class Resources:
         except (RevisionMismatch, KeyNotFound):
             if alloc:
                 await self.service_allocation.rollback(alloc)
-            raise conflict(
-                kind.group,
-                kind.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ) from None
+            raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK) from None
         if alloc:
             await self.service_allocation.commit_release(alloc)
         meta["resourceVersion"] = str(rev)
@@ -759,12 +732,10 @@ class Resources:
                 patched = managedfields.apply(
                     old,
                     config,
-                    node=fieldset.schema_for_kind(kind),
-                    api_version=kind.api_version,
+                    tracking=_tracking(kind),
                     manager=manager or "",
                     force=force,
                     subresource=subresource if subresource == "status" else "",
-                    status_separate="status" in kind.subresources,
                 )
                 patched["metadata"]["resourceVersion"] = (config.get("metadata") or {}).get("resourceVersion") or (
                     old["metadata"]["resourceVersion"]
@@ -778,12 +749,7 @@ class Resources:
             self._check_type(kind, patched)
             pmeta = patched["metadata"]
             if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(kv.mod_revision):
-                raise conflict(
-                    kind.group,
-                    kind.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                )
+                raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK)
             if pmeta.get("name", name) != name:
                 raise bad_request(
                     f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({name})"
@@ -829,15 +795,7 @@ class Resources:
     async def _apply_create(
         self, kind: Kind, namespace: str | None, config: Obj, manager: str, *, dry_run: bool
     ) -> Obj:
-        created = managedfields.apply(
-            None,
-            config,
-            node=fieldset.schema_for_kind(kind),
-            api_version=kind.api_version,
-            manager=manager,
-            force=True,
-            status_separate="status" in kind.subresources,
-        )
+        created = managedfields.apply(None, config, tracking=_tracking(kind), manager=manager, force=True)
         if "status" in kind.subresources:
             created.pop("status", None)
         return await self.create(kind, namespace, created, dry_run=dry_run, applied=True)
@@ -863,12 +821,7 @@ class Resources:
                 raise bad_request("the patched object is not an object")
             pmeta = patched.setdefault("metadata", {})
             if pmeta.get("resourceVersion") and str(pmeta["resourceVersion"]) != str(rv):
-                raise conflict(
-                    kind.group,
-                    kind.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                )
+                raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK)
             pmeta["resourceVersion"] = rv
             try:
                 return await self.update(kind, namespace, name, patched, subresource=subresource, dry_run=dry_run)
@@ -982,12 +935,7 @@ class Resources:
             rev = await self.store.update(kv.key, await self._storable(kind, obj), expected_revision=kv.mod_revision)
         except (RevisionMismatch, KeyNotFound):
             name = obj["metadata"].get("name", "")
-            raise conflict(
-                kind.group,
-                kind.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ) from None
+            raise conflict(kind.group, kind.plural, name, OPTIMISTIC_LOCK) from None
         obj["metadata"]["resourceVersion"] = str(rev)
         if kind is CRDS:
             self.crds.serve(obj, str(obj["metadata"].get("name") or ""))
@@ -999,12 +947,7 @@ class Resources:
         except KeyNotFound:
             raise not_found(kind.group, kind.plural, obj["metadata"].get("name", "")) from None
         except RevisionMismatch:
-            raise conflict(
-                kind.group,
-                kind.plural,
-                obj["metadata"].get("name", ""),
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ) from None
+            raise conflict(kind.group, kind.plural, obj["metadata"].get("name", ""), OPTIMISTIC_LOCK) from None
         if kind is SERVICES:
             await self.service_allocation.release_for(obj)
         if kind is CRDS:

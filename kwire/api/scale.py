@@ -56,34 +56,30 @@ def _set_path(obj: Obj, path: str, value: Any) -> None:
 
 
 def to_scale(obj: Obj, kind: Kind | None = None) -> Obj:
+    """The autoscaling/v1 Scale of `obj`: a custom resource's from the paths its CRD's scale subresource names."""
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     if kind is not None and kind.custom is not None:
         c = kind.custom
-        replicas = _get_path(obj, c.spec_replicas_path)
+        wanted = _get_path(obj, c.spec_replicas_path)
         current = _get_path(obj, c.status_replicas_path)
         selector = _get_path(obj, c.label_selector_path) if c.label_selector_path else None
+        replicas = int(wanted) if isinstance(wanted, int) else 0
         scale_status: Obj = {"replicas": int(current) if isinstance(current, int) else 0}
         if isinstance(selector, str) and selector:
             scale_status["selector"] = selector
-        return {
-            "kind": "Scale",
-            "apiVersion": "autoscaling/v1",
-            "metadata": {
-                k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
-            },
-            "spec": {"replicas": int(replicas) if isinstance(replicas, int) else 0},
-            "status": scale_status,
-        }
+    else:
+        replicas = int(spec.get("replicas", 1))
+        scale_status = {"replicas": int(status.get("replicas", 0)), "selector": _selector_string(spec.get("selector"))}
     return {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": {
             k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
         },
-        "spec": {"replicas": int(spec.get("replicas", 1))},
-        "status": {"replicas": int(status.get("replicas", 0)), "selector": _selector_string(spec.get("selector"))},
+        "spec": {"replicas": replicas},
+        "status": scale_status,
     }
 
 

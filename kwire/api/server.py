@@ -840,9 +840,9 @@ class ApiServer:
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
         labels, fields = self._selectors(request, target.kind)
         opts = await self._delete_options(request)
-        res = await self.resources.list(target.kind, target.namespace, labels=labels, fields=fields)
+        matching = await self.resources.list(target.kind, target.namespace, labels=labels, fields=fields)
         deleted: list[Obj] = []
-        for obj in res.items:
+        for obj in matching:
             meta = obj["metadata"]
             try:
                 deleted.append(

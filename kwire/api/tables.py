@@ -707,112 +707,68 @@ def _default(o: Obj, now: dt.datetime) -> Cells:
 
 
 _I = "integer"
-_TEMPLATE_COLS = [_col("Containers", priority=1), _col("Images", priority=1)]
-_WORKLOAD_WIDE = [*_TEMPLATE_COLS, _col("Selector", priority=1)]
+
+
+def _cols(*names: str, type_: str = "string", priority: int = 0) -> list[dict[str, Any]]:
+    """Several columns of one type and priority, in order (priority 1: what `-o wide` adds)."""
+    return [_col(name, type_=type_, priority=priority) for name in names]
+
+
+def _wide(*names: str) -> list[dict[str, Any]]:
+    return _cols(*names, priority=1)
+
+
+_TEMPLATE_COLS = _wide("Containers", "Images")
+_WORKLOAD_WIDE = [*_TEMPLATE_COLS, *_wide("Selector")]
 _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Cells]]] = {
     "Namespace": ([_col("Status"), AGE], _namespace),
     "Node": (
         [
-            _col("Status"),
-            _col("Roles"),
+            *_cols("Status", "Roles"),
             AGE,
             _col("Version"),
-            _col("Internal-IP", priority=1),
-            _col("External-IP", priority=1),
-            _col("OS-Image", priority=1),
-            _col("Kernel-Version", priority=1),
-            _col("Container-Runtime", priority=1),
+            *_wide("Internal-IP", "External-IP", "OS-Image", "Kernel-Version", "Container-Runtime"),
         ],
         _node,
     ),
     "Pod": (
-        [
-            _col("Ready"),
-            _col("Status"),
-            _col("Restarts"),
-            AGE,
-            _col("IP", priority=1),
-            _col("Node", priority=1),
-            _col("Nominated Node", priority=1),
-            _col("Readiness Gates", priority=1),
-        ],
+        [*_cols("Ready", "Status", "Restarts"), AGE, *_wide("IP", "Node", "Nominated Node", "Readiness Gates")],
         _pod,
     ),
-    "Service": (
-        [_col("Type"), _col("Cluster-IP"), _col("External-IP"), _col("Port(s)"), AGE, _col("Selector", priority=1)],
-        _service,
-    ),
+    "Service": ([*_cols("Type", "Cluster-IP", "External-IP", "Port(s)"), AGE, *_wide("Selector")], _service),
     "Endpoints": ([_col("Endpoints"), AGE], _endpoints),
     "ConfigMap": ([_col("Data", type_=_I), AGE], _configmap),
     "Secret": ([_col("Type"), _col("Data", type_=_I), AGE], _secret),
     "Event": (
         [
-            _col("Last Seen"),
-            _col("Type"),
-            _col("Reason"),
-            _col("Object"),
-            _col("Message"),
-            _col("Subobject", priority=1),
-            _col("Source", priority=1),
-            _col("First Seen", priority=1),
+            *_cols("Last Seen", "Type", "Reason", "Object", "Message"),
+            *_wide("Subobject", "Source", "First Seen"),
             _col("Count", type_=_I, priority=1),
-            _col("Name", priority=1),
+            *_wide("Name"),
         ],
         _event,
     ),
     "ServiceAccount": ([_col("Secrets", type_=_I), AGE], _sa),
     "Deployment": (
-        [
-            _col("Ready"),
-            _col("Up-to-date", type_=_I),
-            _col("Available", type_=_I),
-            AGE,
-            *_WORKLOAD_WIDE,
-        ],
+        [_col("Ready"), *_cols("Up-to-date", "Available", type_=_I), AGE, *_WORKLOAD_WIDE],
         _deployment,
     ),
-    "ReplicaSet": (
-        [
-            _col("Desired", type_=_I),
-            _col("Current", type_=_I),
-            _col("Ready", type_=_I),
-            AGE,
-            *_WORKLOAD_WIDE,
-        ],
-        _replicaset,
-    ),
+    "ReplicaSet": ([*_cols("Desired", "Current", "Ready", type_=_I), AGE, *_WORKLOAD_WIDE], _replicaset),
     "DaemonSet": (
         [
-            _col("Desired", type_=_I),
-            _col("Current", type_=_I),
-            _col("Ready", type_=_I),
-            _col("Up-to-date", type_=_I),
-            _col("Available", type_=_I),
+            *_cols("Desired", "Current", "Ready", "Up-to-date", "Available", type_=_I),
             _col("Node Selector"),
             AGE,
             *_WORKLOAD_WIDE,
         ],
         _daemonset,
     ),
-    "StatefulSet": (
-        [_col("Ready"), AGE, *_TEMPLATE_COLS],
-        _statefulset,
-    ),
+    "StatefulSet": ([_col("Ready"), AGE, *_TEMPLATE_COLS], _statefulset),
     "ControllerRevision": ([_col("Controller"), _col("Revision", type_=_I), AGE], _controllerrevision),
-    "Job": (
-        [
-            _col("Status"),
-            _col("Completions"),
-            _col("Duration"),
-            AGE,
-            *_WORKLOAD_WIDE,
-        ],
-        _job,
-    ),
+    "Job": ([*_cols("Status", "Completions", "Duration"), AGE, *_WORKLOAD_WIDE], _job),
     "CronJob": (
         [
-            _col("Schedule"),
-            _col("Timezone"),
+            *_cols("Schedule", "Timezone"),
             _col("Suspend", type_="boolean"),
             _col("Active", type_=_I),
             _col("Last Schedule"),
@@ -822,36 +778,21 @@ _PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, dt.datetime], Ce
         _cronjob,
     ),
     "PodDisruptionBudget": (
-        [_col("Min Available"), _col("Max Unavailable"), _col("Allowed Disruptions", type_=_I), AGE],
+        [*_cols("Min Available", "Max Unavailable"), _col("Allowed Disruptions", type_=_I), AGE],
         _pdb,
     ),
-    "EndpointSlice": ([_col("AddressType"), _col("Ports"), _col("Endpoints"), AGE], _endpointslice),
-    "Ingress": ([_col("Class"), _col("Hosts"), _col("Address"), _col("Ports"), AGE], _ingress),
-    "IngressClass": ([_col("Controller"), _col("Parameters"), AGE], _ingressclass),
+    "EndpointSlice": ([*_cols("AddressType", "Ports", "Endpoints"), AGE], _endpointslice),
+    "Ingress": ([*_cols("Class", "Hosts", "Address", "Ports"), AGE], _ingress),
+    "IngressClass": ([*_cols("Controller", "Parameters"), AGE], _ingressclass),
     "NetworkPolicy": ([_col("Pod-Selector"), AGE], _netpol),
     "Lease": ([_col("Holder"), AGE], _lease),
-    "APIService": ([_col("Service"), _col("Available"), AGE], _apiservice),
+    "APIService": ([*_cols("Service", "Available"), AGE], _apiservice),
     # apiextensions-apiserver prints the creation time itself, not an age
-    "CustomResourceDefinition": (
-        [
-            _col(
-                "Created At",
-                type_="date",
-                desc="CreationTimestamp is a timestamp representing the server time when this object was created.",
-            )
-        ],
-        _crd,
-    ),
+    "CustomResourceDefinition": ([_col("Created At", type_="date", desc=AGE["description"])], _crd),
 }
 
 
-_BINDING_COLS = [
-    _col("Role"),
-    AGE,
-    _col("Users", priority=1),
-    _col("Groups", priority=1),
-    _col("ServiceAccounts", priority=1),
-]
+_BINDING_COLS = [_col("Role"), AGE, *_wide("Users", "Groups", "ServiceAccounts")]
 _CREATED_AT = [_col("Created At", type_="date")]
 _PRINTERS.update(
     {
@@ -864,58 +805,34 @@ _PRINTERS.update(
             _priorityclass,
         ),
         "StorageClass": (
-            [
-                _col("Provisioner"),
-                _col("ReclaimPolicy"),
-                _col("VolumeBindingMode"),
-                _col("AllowVolumeExpansion"),
-                AGE,
-            ],
+            [*_cols("Provisioner", "ReclaimPolicy", "VolumeBindingMode", "AllowVolumeExpansion"), AGE],
             _storageclass,
         ),
         "PersistentVolume": (
             [
-                _col("Capacity"),
-                _col("Access Modes"),
-                _col("Reclaim Policy"),
-                _col("Status"),
-                _col("Claim"),
-                _col("StorageClass"),
-                _col("VolumeAttributesClass"),
-                _col("Reason"),
+                *_cols("Capacity", "Access Modes", "Reclaim Policy", "Status", "Claim", "StorageClass"),
+                *_cols("VolumeAttributesClass", "Reason"),
                 AGE,
-                _col("VolumeMode", priority=1),
+                *_wide("VolumeMode"),
             ],
             _pv,
         ),
         "PersistentVolumeClaim": (
             [
-                _col("Status"),
-                _col("Volume"),
-                _col("Capacity"),
-                _col("Access Modes"),
-                _col("StorageClass"),
-                _col("VolumeAttributesClass"),
+                *_cols("Status", "Volume", "Capacity", "Access Modes", "StorageClass", "VolumeAttributesClass"),
                 AGE,
-                _col("VolumeMode", priority=1),
+                *_wide("VolumeMode"),
             ],
             _pvc,
         ),
         "LimitRange": (_CREATED_AT, _created_at),
-        "ResourceQuota": ([AGE, _col("Request"), _col("Limit")], _quota),
+        "ResourceQuota": ([AGE, *_cols("Request", "Limit")], _quota),
         "HorizontalPodAutoscaler": (
-            [
-                _col("Reference"),
-                _col("Targets"),
-                _col("MinPods"),
-                _col("MaxPods", type_=_I),
-                _col("Replicas", type_=_I),
-                AGE,
-            ],
+            [*_cols("Reference", "Targets", "MinPods"), *_cols("MaxPods", "Replicas", type_=_I), AGE],
             _hpa,
         ),
         "CertificateSigningRequest": (
-            [AGE, _col("SignerName"), _col("Requestor"), _col("RequestedDuration"), _col("Condition")],
+            [AGE, *_cols("SignerName", "Requestor", "RequestedDuration", "Condition")],
             _csr,
         ),
         "ValidatingWebhookConfiguration": ([_col("Webhooks", type_=_I), AGE], _webhooks),

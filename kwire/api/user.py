@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from kwire.base.peercert import cn_and_orgs
+
 AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
 MASTERS = "system:masters"
@@ -91,11 +93,5 @@ def from_peercert(peercert: Any) -> UserInfo | None:
     O a group, as kube-apiserver's x509 authenticator reads them. None without a certificate or a CN."""
     if not isinstance(peercert, dict):
         return None
-    cn, groups = "", []
-    for rdn in peercert.get("subject") or ():
-        for key, value in rdn:
-            if key == "commonName":
-                cn = str(value)
-            elif key == "organizationName":
-                groups.append(str(value))
-    return authenticated(cn, tuple(groups)) if cn else None
+    cn, groups = cn_and_orgs(peercert)
+    return authenticated(cn, groups) if cn else None

@@ -59,31 +59,26 @@ MSG_PORT = "must be between 1 and 65535, inclusive"
 PROTOCOLS = ("SCTP", "TCP", "UDP")
 
 
-def dns1123_label(value: str) -> list[str]:
+def _format_errors(value: str, *, max_len: int, pattern: re.Pattern[str], message: str) -> list[str]:
+    """apimachinery's MaxLenError and RegexError for one string format (both when both apply)."""
     out = []
-    if len(value) > 63:
-        out.append("must be no more than 63 characters")
-    if not _DNS1123_LABEL.match(value):
-        out.append(MSG_DNS1123_LABEL)
+    if len(value) > max_len:
+        out.append(f"must be no more than {max_len} characters")
+    if not pattern.match(value):
+        out.append(message)
     return out
+
+
+def dns1123_label(value: str) -> list[str]:
+    return _format_errors(value, max_len=63, pattern=_DNS1123_LABEL, message=MSG_DNS1123_LABEL)
 
 
 def dns1123_subdomain(value: str) -> list[str]:
-    out = []
-    if len(value) > 253:
-        out.append("must be no more than 253 characters")
-    if not _DNS1123_SUBDOMAIN.match(value):
-        out.append(MSG_DNS1123_SUBDOMAIN)
-    return out
+    return _format_errors(value, max_len=253, pattern=_DNS1123_SUBDOMAIN, message=MSG_DNS1123_SUBDOMAIN)
 
 
 def dns1035_label(value: str) -> list[str]:
-    out = []
-    if len(value) > 63:
-        out.append("must be no more than 63 characters")
-    if not _DNS1035_LABEL.match(value):
-        out.append(MSG_DNS1035_LABEL)
-    return out
+    return _format_errors(value, max_len=63, pattern=_DNS1035_LABEL, message=MSG_DNS1035_LABEL)
 
 
 def qualified_name(value: str) -> list[str]:
@@ -110,6 +105,11 @@ def qualified_name(value: str) -> list[str]:
     return out
 
 
+def _key_errors(key: Any, path: str) -> Errs:
+    """A label's, an annotation's or a selector's key must be a qualified name (ValidateLabelName)."""
+    return [invalid(path, key, msg) for msg in qualified_name(str(key))]
+
+
 def validate_labels(labels: Any, path: str) -> Errs:
     errs: Errs = []
     if labels is None:
@@ -117,15 +117,12 @@ def validate_labels(labels: Any, path: str) -> Errs:
     if not isinstance(labels, dict):
         return [invalid(path, str(labels), "must be a map of string keys to string values")]
     for k, v in labels.items():
-        for msg in qualified_name(str(k)):
-            errs.append(invalid(path, k, msg))
+        errs += _key_errors(k, path)
         if not isinstance(v, str):
             errs.append(invalid(f"{path}", v, "label values must be strings"))
             continue
-        if len(v) > 63:
-            errs.append(invalid(path, v, "must be no more than 63 characters"))
-        if not _LABEL_VALUE.match(v):
-            errs.append(invalid(path, v, MSG_LABEL_VALUE))
+        for msg in _format_errors(v, max_len=63, pattern=_LABEL_VALUE, message=MSG_LABEL_VALUE):
+            errs.append(invalid(path, v, msg))
     return errs
 
 
@@ -137,8 +134,7 @@ def validate_annotations(ann: Any, path: str) -> Errs:
     errs: Errs = []
     total = 0
     for k, v in ann.items():
-        for msg in qualified_name(str(k)):
-            errs.append(invalid(path, k, msg))
+        errs += _key_errors(k, path)
         total += len(str(k)) + len(str(v))
     if total > 256 * 1024:
         errs.append(FieldError("FieldValueTooLong", path, "may not be more than 262144 bytes"))
@@ -165,8 +161,7 @@ def validate_label_selector(sel: Any, path: str) -> Errs:
                 )
         else:
             errs.append(invalid(f"{p}.operator", op, "not a valid selector operator"))
-        for msg in qualified_name(str(e.get("key", ""))):
-            errs.append(invalid(f"{p}.key", e.get("key", ""), msg))
+        errs += _key_errors(e.get("key", ""), f"{p}.key")
     return errs
 
 

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import NameOID
 
 Key = ec.EllipticCurvePrivateKey
 
@@ -76,3 +77,28 @@ def issue(
     if alt:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
     return builder.sign(signer, hashes.SHA256())
+
+
+def self_signed(
+    subject: x509.Name | str,
+    *,
+    days: int,
+    ca: bool | None = False,
+    key_usage: x509.KeyUsage | None = None,
+    sans_dns: Iterable[str] = (),
+) -> tuple[x509.Certificate, Key]:
+    """A new key and a certificate it signs for itself (issuer = subject; a string is a subject of that common
+    name): a CA's root, or a serving certificate nobody else vouches for (`issue` for the rest)."""
+    name = subject if isinstance(subject, x509.Name) else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    key = new_key()
+    cert = issue(
+        subject=name,
+        public_key=key.public_key(),
+        issuer=name,
+        signer=key,
+        days=days,
+        ca=ca,
+        key_usage=key_usage,
+        sans_dns=sans_dns,
+    )
+    return cert, key

@@ -16,37 +16,22 @@ from kwire.check import dns, flannel, loadbalancers, services
 from kwire.check.finding import Finding
 from kwire.client import ApiClient, ApiStatusError, NotFound
 from kwire.client.client import CONFIGMAPS, EVENTS, IPADDRESSPOOLS, NODES, PODS, SERVICES
+from kwire.config import CLUSTER_CONFIG, ClusterSettings
 
 ETC_NETNS = Path("/etc/netns")
-
-
-@dataclass(frozen=True)
-class Settings:
-    cluster_dns: str = "10.43.0.10"
-    cluster_domain: str = "cluster.local"
-    cluster_cidr: str = "10.42.0.0/16"
-    backend: str = "vxlan"
-    disabled: frozenset[str] = frozenset()
 
 
 @dataclass
 class ClusterReport:
     findings: list[Finding] = field(default_factory=list)
-    settings: Settings = field(default_factory=Settings)
+    settings: ClusterSettings = field(default_factory=ClusterSettings)
 
 
-async def settings(client: ApiClient) -> Settings:
+async def settings(client: ApiClient) -> ClusterSettings:
     with contextlib.suppress(NotFound):
-        cm = await client.get(CONFIGMAPS, "kwire-config", "kube-system")
-        data = {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
-        return Settings(
-            cluster_dns=data.get("cluster-dns", "10.43.0.10"),
-            cluster_domain=data.get("cluster-domain", "cluster.local"),
-            cluster_cidr=data.get("cluster-cidr", "10.42.0.0/16"),
-            backend=data.get("flannel-backend", "vxlan"),
-            disabled=frozenset(x for x in data.get("disable", "").split(",") if x),
-        )
-    return Settings()
+        cm = await client.get(CONFIGMAPS, CLUSTER_CONFIG, "kube-system")
+        return ClusterSettings.from_configmap({str(k): str(v) for k, v in (cm.get("data") or {}).items()})
+    return ClusterSettings()
 
 
 def dns_pod_resolv(pod: dict[str, Any], data_dir: Path) -> str | None:
@@ -63,7 +48,7 @@ async def run(client: ApiClient, *, node_dirs: dict[str, Path]) -> ClusterReport
     report = ClusterReport(settings=await settings(client))
     st = report.settings
     nodes = (await client.list_all(NODES)).get("items") or []
-    report.findings += flannel.check(nodes, backend=st.backend)
+    report.findings += flannel.check(nodes, backend=st.flannel_backend)
     svcs = (await client.list_all(SERVICES)).get("items") or []
     pods = (await client.list_all(PODS)).get("items") or []
     report.findings += services.check(svcs, pods)
@@ -84,7 +69,7 @@ async def run(client: ApiClient, *, node_dirs: dict[str, Path]) -> ClusterReport
         loadbalancers.LbState(
             services=svcs,
             pods=pods,
-            servicelb="servicelb" not in st.disabled,
+            servicelb="servicelb" not in st.disable,
             metallb=metallb,
             pools=pools,
             events=events,

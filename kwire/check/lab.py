@@ -13,6 +13,7 @@ import sys
 from kwire.check import cluster, mtu
 from kwire.check.finding import Finding
 from kwire.client import ApiClient, load_kubeconfig
+from kwire.config import ClusterSettings
 from kwire.lab import lab, network, topology
 
 NODE_TIMEOUT = 120.0
@@ -22,7 +23,7 @@ class LabCheckError(RuntimeError):
     pass
 
 
-def node_command(host: topology.Host, topo: topology.Topology, st: cluster.Settings, backend: str) -> list[str]:
+def node_command(host: topology.Host, topo: topology.Topology, st: ClusterSettings, backend: str) -> list[str]:
     return [
         lab.IP,
         "netns",
@@ -69,7 +70,7 @@ async def _run(state: lab.LabState) -> list[Finding]:
     ]
     async with ApiClient(load_kubeconfig(str(topo.kubeconfig)), timeout=20) as client:
         settings = await cluster.settings(client)
-        backend = settings.backend or state.flannel_backend
+        backend = settings.flannel_backend or state.flannel_backend
         # The nodes' checks run while the cluster's are read: each is a process in its node's namespace.
         procs = {
             h.name: await asyncio.create_subprocess_exec(

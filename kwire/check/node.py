@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kwire.check import cni, dns, firewall, hairpin, kernel, mtu, offload, sysctls, vethpods
 from kwire.check.finding import Finding
+from kwire.config import ClusterSettings
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,11 @@ log = logging.getLogger(__name__)
 class NodeOptions:
     node: str
     data_dir: Path | None = None  # the agent's --data-dir (subnet.env); None: not known here
-    cluster_dns: str = "10.43.0.10"
-    cluster_domain: str = "cluster.local"
-    cluster_cidr: str = "10.42.0.0/16"
+    cluster_dns: str = ClusterSettings.cluster_dns
+    cluster_domain: str = ClusterSettings.cluster_domain
+    cluster_cidr: str = ClusterSettings.cluster_cidr
     flannel_iface: str = ""
-    backend: str = "vxlan"
+    backend: str = ClusterSettings.flannel_backend
 
 
 @dataclass

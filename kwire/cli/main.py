@@ -171,7 +171,7 @@ def _cmd_check(ns: argparse.Namespace) -> int:
             cluster_domain=ns.cluster_domain or (settings.cluster_domain if settings else "cluster.local"),
             cluster_cidr=ns.cluster_cidr or (settings.cluster_cidr if settings else "10.42.0.0/16"),
             flannel_iface=ns.flannel_iface,
-            backend=ns.flannel_backend or (settings.backend if settings else "vxlan"),
+            backend=ns.flannel_backend or (settings.flannel_backend if settings else "vxlan"),
         )
         nr = node.run(opts)
         findings += nr.findings

@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
+from kwire.base.ndjson import json_lines
 from kwire.client.kubeconfig import Config, load_client_cert
 
 log = logging.getLogger(__name__)
@@ -291,11 +292,7 @@ class ApiClient:
         continue_: str | None = None,
         resource_version: str | None = None,
     ) -> Obj:
-        params: dict[str, str] = {}
-        if label_selector:
-            params["labelSelector"] = label_selector
-        if field_selector:
-            params["fieldSelector"] = field_selector
+        params = _selector_params(label_selector, field_selector)
         if limit:
             params["limit"] = str(limit)
         if continue_:
@@ -314,20 +311,22 @@ class ApiClient:
         page: int = 500,
     ) -> Obj:
         """All items, following continue tokens; the result carries the last page's resourceVersion."""
-        out = await self.list(res, namespace, label_selector=label_selector, field_selector=field_selector, limit=page)
-        items = list(out.get("items") or [])
-        while (out.get("metadata") or {}).get("continue"):
+        items: list[Obj] = []
+        token: str | None = None
+        while True:
             out = await self.list(
                 res,
                 namespace,
                 label_selector=label_selector,
                 field_selector=field_selector,
                 limit=page,
-                continue_=out["metadata"]["continue"],
+                continue_=token,
             )
             items.extend(out.get("items") or [])
-        out["items"] = items
-        return out
+            token = (out.get("metadata") or {}).get("continue")
+            if not token:
+                out["items"] = items
+                return out
 
     async def create(self, res: Resource, obj: Obj, namespace: str | None = None) -> Obj:
         return await self.request("POST", res.path(self._ns(res, obj, namespace)), body=obj)
@@ -388,10 +387,7 @@ class ApiClient:
         params = {"watch": "1", "resourceVersion": resource_version}
         if allow_bookmarks:
             params["allowWatchBookmarks"] = "true"
-        if label_selector:
-            params["labelSelector"] = label_selector
-        if field_selector:
-            params["fieldSelector"] = field_selector
+        params.update(_selector_params(label_selector, field_selector))
         if timeout_seconds:
             params["timeoutSeconds"] = str(timeout_seconds)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=(timeout_seconds or 300) + 30)
@@ -399,19 +395,22 @@ class ApiClient:
         async with resp as r:
             if r.status >= 400:
                 raise error_from(r.status, await r.read())
-            buf = b""
-            async for chunk in r.content.iter_any():
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    ev = orjson.loads(line)
-                    etype, obj = ev.get("type"), ev.get("object") or {}
-                    if etype == "ERROR":
-                        code = int(obj.get("code") or 500)
-                        raise error_from(code, orjson.dumps(obj))
-                    yield etype, obj
+            async for ev in json_lines(r.content.iter_any()):
+                etype, obj = ev.get("type"), ev.get("object") or {}
+                if etype == "ERROR":
+                    code = int(obj.get("code") or 500)
+                    raise error_from(code, orjson.dumps(obj))
+                yield etype, obj
+
+
+def _selector_params(label_selector: str | None, field_selector: str | None) -> dict[str, str]:
+    """The labelSelector and fieldSelector query parameters of a list or watch, those that are set."""
+    params: dict[str, str] = {}
+    if label_selector:
+        params["labelSelector"] = label_selector
+    if field_selector:
+        params["fieldSelector"] = field_selector
+    return params
 
 
 async def sleep_backoff(attempt: int, *, base: float = 0.2, cap: float = 5.0) -> None:

@@ -22,11 +22,11 @@ import dns.rcode
 
 from kwire.client import ApiClient, NotFound, Resource
 from kwire.client.client import CONFIGMAPS, DAEMONSETS, DEPLOYMENTS
+from kwire.config import CLUSTER_CONFIG
 from kwire.kernel import netns
 from kwire.lab.topology import Topology
 
 ADDON_LABEL = "kwire.io/addon"
-CLUSTER_CONFIG = "kwire-config"
 
 
 def dns_answers(ns_name: str, server: str, name: str) -> bool:

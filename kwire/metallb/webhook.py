@@ -48,14 +48,13 @@ PORT = 9443
 
 def make_certs(namespace: str) -> dict[str, bytes]:
     """A CA and a serving certificate for the webhook Service (ten years, as MetalLB's rotator makes them)."""
-    ca_key = pki.new_key()
     ca_name = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, "metallb-ca"),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "metallb"),
         ]
     )
-    ca = pki.issue(subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, signer=ca_key, days=3650, ca=True)
+    ca, ca_key = pki.self_signed(ca_name, days=3650, ca=True)
     key = pki.new_key()
     dns = f"{SERVICE_NAME}.{namespace}.svc"
     cert = pki.issue(

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kwire.base.peercert import cn_and_orgs
 from kwire.client import ApiClient
 from kwire.client.client import CONFIGMAPS, ApiStatusError, NotFound
 
@@ -51,25 +52,6 @@ def _pems(bundle: str) -> list[str]:
     return [part.strip() + "\n" + marker + "\n" for part in bundle.split(marker) if "BEGIN CERTIFICATE" in part]
 
 
-def _issuer_cn(peer: dict[str, Any]) -> str:
-    for rdn in peer.get("issuer") or ():
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return ""
-
-
-def _subject(peer: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
-    cn, orgs = "", []
-    for rdn in peer.get("subject") or ():
-        for key, value in rdn:
-            if key == "commonName":
-                cn = str(value)
-            elif key == "organizationName":
-                orgs.append(str(value))
-    return cn, tuple(orgs)
-
-
 def _ca_cns(bundle: str) -> set[str]:
     """The subject CNs of the CAs in a PEM bundle (without the cryptography package: through ssl's decoder)."""
     out: set[str] = set()
@@ -77,7 +59,7 @@ def _ca_cns(bundle: str) -> set[str]:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cadata=pem)
         for cert in ctx.get_ca_certs():
-            cn, _ = _subject(cert)
+            cn, _ = cn_and_orgs(cert)
             out.add(cn)
     return out
 
@@ -135,8 +117,8 @@ class DelegatedAuth:
         peer = transport.get_extra_info("peercert") if transport is not None else None
         if not peer:  # no certificate, or one that did not verify against the CAs above
             return None
-        issuer = _issuer_cn(peer)
-        cn, orgs = _subject(peer)
+        issuer, _ = cn_and_orgs(peer, field="issuer")
+        cn, orgs = cn_and_orgs(peer)
         if issuer in self.proxy_ca_cns and (not self.allowed_names or cn in self.allowed_names):
             name = next((request.headers[h] for h in self.user_headers if request.headers.get(h)), "")
             if not name:

@@ -9,9 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from kwire.base import pki
 from kwire.base.files import atomic_write
 from kwire.metricsserver import CERT_FILE, KEY_FILE
@@ -19,13 +16,8 @@ from kwire.metricsserver import CERT_FILE, KEY_FILE
 
 def self_signed(cert_dir: Path) -> tuple[Path, Path]:
     """A serving certificate for `metrics-server.kube-system.svc`, written 0600 in `cert_dir`."""
-    key = pki.new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"metrics-server@{int(time.time())}")])
-    cert = pki.issue(
-        subject=name,
-        public_key=key.public_key(),
-        issuer=name,
-        signer=key,
+    cert, key = pki.self_signed(
+        f"metrics-server@{int(time.time())}",
         days=365,
         ca=None,
         sans_dns=["metrics-server.kube-system.svc", "localhost"],

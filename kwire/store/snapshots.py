@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import orjson
 from croniter import croniter
 
+from kwire.base.ndjson import json_lines
 from kwire.store.base import StoreError
 
 log = logging.getLogger(__name__)
@@ -60,19 +60,12 @@ async def save(client_url: str, *, ssl_context: ssl.SSLContext, path: Path) -> i
                 raise StoreError(f"etcd snapshot: {r.status} {(await r.read())[:300]!r}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                buf = b""
-                async for chunk in r.content.iter_any():
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
-                        if not line.strip():
-                            continue
-                        msg = orjson.loads(line)
-                        if "error" in msg:
-                            raise StoreError(f"etcd snapshot: {msg['error']}")
-                        blob = base64.b64decode((msg.get("result") or {}).get("blob") or "")
-                        os.write(fd, blob)
-                        size += len(blob)
+                async for msg in json_lines(r.content.iter_any()):
+                    if "error" in msg:
+                        raise StoreError(f"etcd snapshot: {msg['error']}")
+                    blob = base64.b64decode((msg.get("result") or {}).get("blob") or "")
+                    os.write(fd, blob)
+                    size += len(blob)
                 os.fsync(fd)
             finally:
                 os.close(fd)

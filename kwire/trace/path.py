@@ -244,7 +244,7 @@ def _netpol_hop(
 ) -> Hop:
     """The NetworkPolicy verdict for one direction, from the node's compiled ruleset walked by netpol's tracer."""
     name = f"netpol {direction} {pod.key}"
-    if not m.settings.network_policy:
+    if m.settings.disable_network_policy:
         return Hop("netpol", f"{name}: allowed (NetworkPolicy disabled: disable-network-policy)")
     rs = m.netpol(node)
     chains = rs.egress_pods if direction == "egress" else rs.ingress_pods

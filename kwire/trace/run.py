@@ -215,7 +215,7 @@ def trace(where: Where, src_text: str, dst_text: str, *, do_probe: bool = False,
     except TargetError as exc:
         raise TraceError(str(exc)) from None
     model = path.Model(snap, mtu=mtus(where, where_nodes(snap)))
-    kernel = read_kernel(where, where_nodes(snap), with_netpol=snap.settings.network_policy)
+    kernel = read_kernel(where, where_nodes(snap), with_netpol=not snap.settings.disable_network_policy)
     pred = path.predict(
         model,
         src,
@@ -230,7 +230,7 @@ def trace(where: Where, src_text: str, dst_text: str, *, do_probe: bool = False,
     result = Result(pred)
     for n in sorted({*pred.nodes, pred.entry_node} & set(kernel)):
         tables = {"kwire-proxy": model.proxy_table(n)}
-        if snap.settings.network_policy:
+        if not snap.settings.disable_network_policy:
             tables["kwire-netpol"] = model.netpol(n).table()
         result.kernel[n] = readback.node_report(tables, kernel[n])
     if do_probe:

@@ -12,31 +12,16 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from kwire.agent.clusterconfig import network_policy_disabled, network_settings
 from kwire.client import ApiClient, NotFound
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, NAMESPACES, NETWORKPOLICIES, NODES, PODS, SERVICES
+from kwire.config import CLUSTER_CONFIG, ClusterSettings
 
 Obj = dict[str, Any]
-CLUSTER_CONFIG = "kwire-config"  # the agents' source of cluster-wide settings (kwire/agent/agent.py)
-
-
-@dataclass(frozen=True)
-class Settings:
-    cluster_cidr: str = "10.42.0.0/16"
-    service_cidr: str = "10.43.0.0/16"
-    cluster_dns: str = "10.43.0.10"
-    cluster_domain: str = "cluster.local"
-    flannel_backend: str = "vxlan"
-    network_policy: bool = True
-
-    @staticmethod
-    def from_configmap(data: dict[str, str]) -> Settings:
-        return Settings(**network_settings(data), network_policy=not network_policy_disabled(data))
 
 
 @dataclass
 class ClusterState:
-    settings: Settings = field(default_factory=Settings)
+    settings: ClusterSettings = field(default_factory=ClusterSettings)
     pods: list[Obj] = field(default_factory=list)
     services: list[Obj] = field(default_factory=list)
     slices: list[Obj] = field(default_factory=list)
@@ -53,9 +38,9 @@ async def fetch(client: ApiClient) -> ClusterState:
 
     try:
         cm = await client.get(CONFIGMAPS, CLUSTER_CONFIG, "kube-system")
-        settings = Settings.from_configmap(dict(cm.get("data") or {}))
+        settings = ClusterSettings.from_configmap(dict(cm.get("data") or {}))
     except NotFound:
-        settings = Settings()
+        settings = ClusterSettings()
     pods, services, slices, nodes, namespaces, policies = await asyncio.gather(
         items(PODS), items(SERVICES), items(ENDPOINTSLICES), items(NODES), items(NAMESPACES), items(NETWORKPOLICIES)
     )

@@ -110,6 +110,17 @@ def test_describe_and_label_selectors(server: ServerProcess) -> None:
     assert "Type:" in out and "NodePort" in out and "30080/TCP" in out
 
 
+def test_delete_collection_deletes_what_the_selector_matches(server: ServerProcess) -> None:
+    for name, tier in (("dc-a", "gone"), ("dc-b", "gone"), ("dc-c", "kept")):
+        server.kubectl("create", "configmap", name, "--from-literal=k=v")
+        server.kubectl("label", "configmap", name, f"dctier={tier}")
+    res = server.kubectl("delete", "--raw", "/api/v1/namespaces/default/configmaps?labelSelector=dctier%3Dgone")
+    gone = json.loads(res.stdout)
+    assert gone["kind"] == "ConfigMapList"
+    assert sorted(o["metadata"]["name"] for o in gone["items"]) == ["dc-a", "dc-b"]
+    assert server.kubectl("get", "cm", "-l", "dctier", "-o", "name").stdout.split() == ["configmap/dc-c"]
+
+
 def test_dry_run_server_stores_nothing(server: ServerProcess) -> None:
     res = server.kubectl("create", "configmap", "dry", "--from-literal=a=b", "--dry-run=server", "-o", "json")
     assert json.loads(res.stdout)["metadata"]["name"] == "dry"

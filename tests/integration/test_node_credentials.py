@@ -16,15 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kwire.agent.credentials import (
-    COMPONENTS,
-    CONTROLLER_CLIENT,
-    KUBE_PROXY_CLIENT,
-    KUBELET_CLIENT,
-    KUBELET_SERVING,
-    CredentialsError,
-    NodeCredentials,
-)
+from kwire.agent.credentials import CredentialsError, NodeCredentials
+from kwire.base.k3snode import COMPONENTS, CONTROLLER_CLIENT, KUBE_PROXY_CLIENT, KUBELET_CLIENT, KUBELET_SERVING
 from kwire.client import ApiClient, ApiStatusError
 from kwire.client.client import NODES
 from tests.integration.apiserver import ServerProcess

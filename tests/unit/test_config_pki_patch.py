@@ -13,7 +13,7 @@ from kwire.api.certs import ensure_pki, ensure_token
 from kwire.api.errors import ApiError
 from kwire.api.patch import apply_patch
 from kwire.api.validation import validate_create, validate_update
-from kwire.config import AgentConfig, ConfigError, ServerConfig, load_config
+from kwire.config import AgentConfig, ClusterSettings, ConfigError, ServerConfig, load_config
 
 SVC = registry.by_kind("v1", "Service")
 DEPLOY = registry.by_kind("apps/v1", "Deployment")
@@ -157,3 +157,26 @@ def test_deployment_selector_must_match_template() -> None:
     assert any(
         m.startswith("spec.template.metadata.labels: Invalid value") and "`selector` does not match" in m for m in msgs
     )
+
+
+def test_cluster_settings_round_trip_through_the_configmap_the_server_publishes() -> None:
+    cfg = ServerConfig(
+        cluster_cidr="10.50.0.0/16",
+        flannel_backend="host-gw",
+        disable=("traefik", "servicelb"),
+        disable_network_policy=True,
+        node_monitor_grace_period=20,
+    )
+    data = ClusterSettings.of_server(cfg).to_configmap()
+    assert data["disable"] == "servicelb,traefik" and data["disable-network-policy"] == "true"
+    assert data["service-node-port-range"] == "30000-32767" and data["node-monitor-grace-period"] == "20"
+    back = ClusterSettings.from_configmap(data)
+    assert back == ClusterSettings.of_server(cfg)
+    assert (back.cluster_cidr, back.flannel_backend, back.disable) == (
+        "10.50.0.0/16",
+        "host-gw",
+        ("servicelb", "traefik"),
+    )
+    assert ClusterSettings.from_configmap({}) == ClusterSettings.of_server(ServerConfig())
+    with pytest.raises(ConfigError, match="node-monitor-grace-period"):
+        ClusterSettings.from_configmap({"node-monitor-grace-period": "soon"})

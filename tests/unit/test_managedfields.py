@@ -11,6 +11,7 @@ import pytest
 
 from kwire.api import fieldset, managedfields
 from kwire.api.errors import ApiError
+from kwire.api.managedfields import Tracking
 
 DEPLOY = fieldset.schema_for("Deployment")
 CM = fieldset.schema_for("ConfigMap")
@@ -34,7 +35,7 @@ def deployment(replicas: int = 2, **labels: str) -> dict[str, Any]:
 
 def apply(live: Any, config: Any, manager: str = "kubectl", *, force: bool = False, node: Any = DEPLOY) -> Any:
     return managedfields.apply(
-        live, config, node=node, api_version="apps/v1", manager=manager, force=force, status_separate=True
+        live, config, tracking=Tracking(node, "apps/v1", status_separate=True), manager=manager, force=force
     )
 
 
@@ -81,7 +82,7 @@ def test_update_moves_changed_fields_to_the_writer() -> None:
     obj = apply(None, deployment(replicas=2))
     new = copy.deepcopy(obj)
     new["spec"]["replicas"] = 5
-    managedfields.record_update(obj, new, node=DEPLOY, api_version="apps/v1", manager="hpa", status_separate=True)
+    managedfields.record_update(obj, new, tracking=Tracking(DEPLOY, "apps/v1", status_separate=True), manager="hpa")
     by = owners(new)
     assert by["hpa"]["operation"] == "Update"
     assert by["hpa"]["fieldsV1"] == {"f:spec": {"f:replicas": {}}}
@@ -93,7 +94,7 @@ def test_update_moves_changed_fields_to_the_writer() -> None:
 def test_update_creating_a_map_owns_it_and_status_is_separate() -> None:
     old = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
     new = {**copy.deepcopy(old), "data": {"a": "1"}, "status": {"x": 1}}
-    managedfields.record_update(old, new, node=CM, api_version="v1", manager="m", status_separate=True)
+    managedfields.record_update(old, new, tracking=Tracking(CM, "v1", status_separate=True), manager="m")
     assert owners(new)["m"]["fieldsV1"] == {"f:data": {".": {}, "f:a": {}}}
 
 
@@ -102,7 +103,7 @@ def test_conflict_is_409_in_kubes_words_and_force_takes_the_field() -> None:
     scaled = copy.deepcopy(obj)
     scaled["spec"]["replicas"] = 5
     managedfields.record_update(
-        obj, scaled, node=DEPLOY, api_version="apps/v1", manager="kubectl-client-side-apply", status_separate=True
+        obj, scaled, tracking=Tracking(DEPLOY, "apps/v1", status_separate=True), manager="kubectl-client-side-apply"
     )
     with pytest.raises(ApiError) as err:
         apply(scaled, deployment(replicas=3), manager="other")
@@ -187,7 +188,7 @@ def test_client_side_apply_upgrade_lets_kubectl_take_its_own_fields() -> None:
     live = copy.deepcopy(last)
     live["metadata"]["annotations"] = {managedfields.LAST_APPLIED: json.dumps(last)}
     managedfields.record_update(
-        None, live, node=DEPLOY, api_version="apps/v1", manager="kubectl-client-side-apply", status_separate=True
+        None, live, tracking=Tracking(DEPLOY, "apps/v1", status_separate=True), manager="kubectl-client-side-apply"
     )
     new = apply(live, deployment(replicas=4))
     assert new["spec"]["replicas"] == 4
@@ -199,7 +200,7 @@ def test_client_side_apply_upgrade_lets_kubectl_take_its_own_fields() -> None:
     drifted = copy.deepcopy(live)
     drifted["spec"]["replicas"] = 7
     managedfields.record_update(
-        live, drifted, node=DEPLOY, api_version="apps/v1", manager="kubectl-client-side-apply", status_separate=True
+        live, drifted, tracking=Tracking(DEPLOY, "apps/v1", status_separate=True), manager="kubectl-client-side-apply"
     )
     with pytest.raises(ApiError):
         apply(drifted, deployment(replicas=4))

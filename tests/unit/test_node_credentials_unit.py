@@ -85,8 +85,9 @@ async def test_renewed_certificates_are_used_by_live_contexts_from_the_next_hand
 
     from aiohttp import web
 
-    from kwire.agent.credentials import KUBELET_SERVING, CertReloader, NodeCredentials, serving_context
+    from kwire.agent.credentials import CertReloader, NodeCredentials, serving_context
     from kwire.api.user import from_peercert
+    from kwire.base.k3snode import KUBELET_SERVING
     from kwire.client import ApiClient, Config
     from tests.integration.apiserver import free_port
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from kwire.config import ClusterSettings
 from kwire.trace import path, probe, readback, render, targets
-from kwire.trace.state import ClusterState, Settings
+from kwire.trace.state import ClusterState
 
 CLIENT = "192.168.77.200"
 
@@ -82,7 +83,7 @@ def allow_from(name: str, ns: str, app: str, peer: str) -> dict[str, Any]:
 
 
 def cluster(backend: str = "vxlan") -> ClusterState:
-    st = ClusterState(settings=Settings(flannel_backend=backend))
+    st = ClusterState(settings=ClusterSettings(flannel_backend=backend))
     st.nodes = [node("node1", "192.168.77.11", "10.42.0.0/24"), node("node2", "192.168.77.12", "10.42.1.0/24")]
     st.namespaces = [{"metadata": {"name": "default"}}, {"metadata": {"name": "locked"}}]
     st.pods = [

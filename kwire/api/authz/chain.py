@@ -21,7 +21,7 @@ from kwire.api.authz.node import PODS_PREFIX, NodeAuthorizer, NodeGraph
 from kwire.api.authz.rbac import PREFIX as RBAC_PREFIX
 from kwire.api.authz.rbac import RbacAuthorizer, RbacIndex
 from kwire.api.authz.rules import Rule, rule
-from kwire.api.errors import ApiError
+from kwire.api.errors import ApiError, object_error
 from kwire.api.user import MASTERS, UserInfo
 from kwire.store.base import Store
 
@@ -53,14 +53,7 @@ def forbidden_error(group: str, resource: str, name: str, detail: str) -> ApiErr
         message = f'{qualified} "{name}" is forbidden: {detail}'
     else:
         message = f"{qualified} is forbidden: {detail}"
-    details: dict[str, Any] = {}
-    if name:
-        details["name"] = name
-    if group:
-        details["group"] = group
-    if resource:
-        details["kind"] = resource
-    return ApiError(403, "Forbidden", message, details=details)
+    return object_error(403, "Forbidden", message, group=group, plural=resource, name=name)
 
 
 def forbidden(a: Attributes, reason: str) -> ApiError:

@@ -32,34 +32,44 @@ def _names(items: Any, field: str) -> Iterator[str]:
             yield item[field]
 
 
+# (resource, key, field): an object's `key` is a reference to that resource, named by its `field`.
+RefTable = tuple[tuple[str, str, str], ...]
+_VOLUME_SOURCES: RefTable = (
+    ("secrets", "secret", "secretName"),
+    ("configmaps", "configMap", "name"),
+    ("persistentvolumeclaims", "persistentVolumeClaim", "claimName"),
+)
+_PROJECTED_SOURCES: RefTable = (("secrets", "secret", "name"), ("configmaps", "configMap", "name"))
+_PLUGIN_SECRETS: RefTable = (("secrets", "nodePublishSecretRef", "name"), ("secrets", "secretRef", "name"))
+_ENV_VALUE_FROM: RefTable = (("secrets", "secretKeyRef", "name"), ("configmaps", "configMapKeyRef", "name"))
+_ENV_FROM: RefTable = (("secrets", "secretRef", "name"), ("configmaps", "configMapRef", "name"))
+
+
+def _refs(obj: Any, table: RefTable) -> Iterator[tuple[str, str]]:
+    """The references `obj` makes through the keys of `table` (those that are objects with a name set)."""
+    if not isinstance(obj, dict):
+        return
+    for resource, key, field in table:
+        ref = obj.get(key)
+        if isinstance(ref, dict) and ref.get(field):
+            yield resource, ref[field]
+
+
 def _volume_refs(pod_name: str, volumes: Any) -> Iterator[tuple[str, str]]:
     for v in volumes if isinstance(volumes, list) else []:
         if not isinstance(v, dict):
             continue
-        if isinstance(v.get("secret"), dict) and v["secret"].get("secretName"):
-            yield "secrets", v["secret"]["secretName"]
-        if isinstance(v.get("configMap"), dict) and v["configMap"].get("name"):
-            yield "configmaps", v["configMap"]["name"]
-        if isinstance(v.get("persistentVolumeClaim"), dict) and v["persistentVolumeClaim"].get("claimName"):
-            yield "persistentvolumeclaims", v["persistentVolumeClaim"]["claimName"]
+        yield from _refs(v, _VOLUME_SOURCES)
         if isinstance(v.get("ephemeral"), dict) and v.get("name"):
             yield "persistentvolumeclaims", f"{pod_name}-{v['name']}"
         projected = v.get("projected")
         if isinstance(projected, dict):
             for src in projected.get("sources") or []:
-                if not isinstance(src, dict):
-                    continue
-                if isinstance(src.get("secret"), dict) and src["secret"].get("name"):
-                    yield "secrets", src["secret"]["name"]
-                if isinstance(src.get("configMap"), dict) and src["configMap"].get("name"):
-                    yield "configmaps", src["configMap"]["name"]
+                yield from _refs(src, _PROJECTED_SOURCES)
         for plugin in ("csi", "cephfs", "rbd", "iscsi", "flexVolume", "azureFile", "scaleIO", "storageos"):
             spec = v.get(plugin)
             if isinstance(spec, dict):
-                for field in ("nodePublishSecretRef", "secretRef"):
-                    ref = spec.get(field)
-                    if isinstance(ref, dict) and ref.get("name"):
-                        yield "secrets", ref["name"]
+                yield from _refs(spec, _PLUGIN_SECRETS)
                 if plugin == "azureFile" and spec.get("secretName"):
                     yield "secrets", spec["secretName"]
 
@@ -69,20 +79,9 @@ def _container_refs(containers: Any) -> Iterator[tuple[str, str]]:
         if not isinstance(c, dict):
             continue
         for env in c.get("env") or []:
-            source = env.get("valueFrom") if isinstance(env, dict) else None
-            if not isinstance(source, dict):
-                continue
-            if isinstance(source.get("secretKeyRef"), dict) and source["secretKeyRef"].get("name"):
-                yield "secrets", source["secretKeyRef"]["name"]
-            if isinstance(source.get("configMapKeyRef"), dict) and source["configMapKeyRef"].get("name"):
-                yield "configmaps", source["configMapKeyRef"]["name"]
+            yield from _refs(env.get("valueFrom") if isinstance(env, dict) else None, _ENV_VALUE_FROM)
         for env_from in c.get("envFrom") or []:
-            if not isinstance(env_from, dict):
-                continue
-            if isinstance(env_from.get("secretRef"), dict) and env_from["secretRef"].get("name"):
-                yield "secrets", env_from["secretRef"]["name"]
-            if isinstance(env_from.get("configMapRef"), dict) and env_from["configMapRef"].get("name"):
-                yield "configmaps", env_from["configMapRef"]["name"]
+            yield from _refs(env_from, _ENV_FROM)
 
 
 def pod_refs(pod: dict[str, Any]) -> tuple[str, frozenset[Ref]]:
