@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from kwire.base.ndjson import json_lines
 from kwire.store.base import (
     ADDED,
     DELETED,
@@ -219,18 +220,8 @@ class EtcdStore(MirroredStore):
         async with self._session.post(url, data=orjson.dumps(body), timeout=forever) as r:
             if r.status != 200:
                 raise StoreError(f"etcd watch: {r.status}")
-            buf = bytearray()
-            async for chunk in r.content.iter_any():
-                buf += chunk
-                start = 0
-                while (end := buf.find(b"\n", start)) >= 0:
-                    line = buf[start:end]
-                    if line.strip():
-                        self._on_watch_message(orjson.loads(line))
-                    start = end + 1
-                del buf[:start]  # one copy per chunk, not one per message
-                if len(buf) > MAX_WATCH_MESSAGE:
-                    raise StoreError(f"etcd watch message over {MAX_WATCH_MESSAGE} bytes")
+            async for msg in json_lines(r.content.iter_any(), max_line=MAX_WATCH_MESSAGE):
+                self._on_watch_message(msg)
         raise StoreError("watch stream closed")
 
     def _on_watch_message(self, msg: dict[str, Any]) -> None:
