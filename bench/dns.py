@@ -23,7 +23,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,24 +43,11 @@ from kwire.client import ApiClient, load_kubeconfig  # noqa: E402
 from kwire.client.client import NAMESPACES, SERVICES  # noqa: E402
 from kwire.config import ServerConfig  # noqa: E402
 from kwire.server import start as start_api  # noqa: E402
+from tests.integration.apiserver import free_udp_tcp_port  # noqa: E402
 
 SERVER_CORE = "1"
 CLIENT_CORE = 0
 NS = "bench"
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 @dataclass
@@ -207,7 +193,7 @@ async def main() -> int:
             ServerConfig(
                 data_dir=str(tmp / "api"),
                 bind_address="127.0.0.1",
-                https_listen_port=free_port(),
+                https_listen_port=free_udp_tcp_port(),
                 token="bench",
                 write_kubeconfig=str(tmp / "kubeconfig"),
             )
@@ -222,7 +208,7 @@ async def main() -> int:
         resolv = tmp / "resolv.conf"
         resolv.write_text("nameserver 192.0.2.53\n")  # never used: every query is a cluster name
 
-        kport, hport = free_port(), free_port()
+        kport, hport = free_udp_tcp_port(), free_udp_tcp_port()
         kwire_dns = spawn(
             [
                 "taskset",
@@ -257,7 +243,7 @@ async def main() -> int:
         got = await asyncio.to_thread(wait_answer, kport, first)
         assert got == names[first], (got, names[first])
 
-        dport = free_port()
+        dport = free_udp_tcp_port()
         dnsmasq = spawn(
             [
                 "taskset",

@@ -35,6 +35,7 @@ from kwire.agent.node import NodeIdentity, NodeRegistration, parse_labels, parse
 from kwire.agent.proxy.proxier import Proxier
 from kwire.agent.servers import follow_servers
 from kwire.base import jointoken, memory, process
+from kwire.base.backoff import Backoff
 from kwire.base.files import private_dir
 from kwire.base.k3snode import CONTROLLER_CLIENT, KUBE_PROXY_CLIENT, KUBELET_CLIENT, KUBELET_SERVING
 from kwire.client import ApiClient, Informers
@@ -123,17 +124,28 @@ def _bridge_netfilter() -> None:
 
 T = TypeVar("T")
 
+# Joining retries while the server is not up yet: from a short first wait, doubling to JOIN_RETRY_CAP, each wait
+# stretched by up to 10% (client-go's retry.DefaultBackoff jitter) so nodes started together spread out. The cap
+# bounds how late a node notices the server is up (2 s) while a server that is away gets a request every 2 s, not
+# five a second.
+JOIN_RETRY_CAP = 2.0
+JOIN_RETRY_JITTER = 0.1
+
+
+def join_backoff(first: float) -> Backoff:
+    return Backoff(first, JOIN_RETRY_CAP, jitter=JOIN_RETRY_JITTER)
+
 
 async def _retry_until(
     attempt: Callable[[], Awaitable[T]],
     *,
     retry_on: tuple[type[Exception], ...],
     timeout: float,
-    pause: float,
+    backoff: Backoff,
     failure: str,
 ) -> T:
-    """`attempt()`, again every `pause` seconds while it raises one of `retry_on` (the server is not up yet), for
-    `timeout` seconds; then AgentError("{failure}: {the last error}"), as K3s's agent gives up joining."""
+    """`attempt()`, again after each of `backoff`'s waits while it raises one of `retry_on` (the server is not up
+    yet), for `timeout` seconds; then AgentError("{failure}: {the last error}"), as K3s's agent gives up joining."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while True:
@@ -142,7 +154,7 @@ async def _retry_until(
         except retry_on as exc:
             if loop.time() > end:
                 raise AgentError(f"{failure}: {exc}") from None
-            await asyncio.sleep(pause)
+            await backoff.sleep()
 
 
 async def _cluster_settings(creds: NodeCredentials, *, timeout: float = 60.0) -> ClusterSettings:
@@ -156,7 +168,7 @@ async def _cluster_settings(creds: NodeCredentials, *, timeout: float = 60.0) ->
         read,
         retry_on=(CredentialsError, OSError, aiohttp.ClientError, TimeoutError, ValueError),
         timeout=timeout,
-        pause=0.2,
+        backoff=join_backoff(0.2),
         failure="cannot read the cluster settings from the server",
     )
 
@@ -167,7 +179,7 @@ async def _server_ca(cfg: AgentConfig) -> bytes:
         lambda: asyncio.to_thread(_fetch_ca, cfg.server, cfg.token),
         retry_on=(OSError,),
         timeout=60,
-        pause=0.2,
+        backoff=join_backoff(0.2),
         failure=f"cannot reach the server at {cfg.server}",
     )
 
@@ -192,7 +204,7 @@ async def _node_credentials(cfg: AgentConfig, *, node_name: str, node_ip: str) -
             lambda: creds.ensure(token=jointoken.plain(cfg.token)),
             retry_on=(OSError, aiohttp.ClientError, TimeoutError),
             timeout=60,
-            pause=0.5,
+            backoff=join_backoff(0.5),
             failure=f"cannot get node certificates from {cfg.server}",
         )
     except CredentialsError as exc:  # the server refused the token: no retry

@@ -13,7 +13,8 @@ once, at join, when a certificate is missing; it is never written here.
 
 Renewal: a certificate is requested again when less than a third of its validity remains, or when the server's
 CA changed; a running agent renews with its current kubelet certificate (mTLS, no token), and `CertReloader`
-loads renewed files into live TLS contexts so open connections and watches are not disturbed.
+loads renewed files into live TLS contexts so open connections and watches are not disturbed. The check runs every
+hour; one that fails is retried after a `Backoff` of 5 s doubling to the hour, reset by the next good check.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from kwire.base import k3snode
+from kwire.base.backoff import Backoff
 from kwire.base.files import atomic_write
 from kwire.client import Config
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PASSWORD_FILE = "node-password"
 RENEW_CHECK_SECONDS = 3600.0
+RENEW_RETRY_SECONDS = 5.0  # the first wait after a failed renewal check, doubling to RENEW_CHECK_SECONDS
 
 
 class CredentialsError(RuntimeError):
@@ -250,8 +253,10 @@ class CertReloader:
     """Live TLS contexts to reload when their certificate files are renewed (SSLContext.load_cert_chain applies
     to later handshakes; open connections keep theirs)."""
 
-    def __init__(self, creds: NodeCredentials) -> None:
+    def __init__(self, creds: NodeCredentials, *, interval: float = RENEW_CHECK_SECONDS) -> None:
         self.creds = creds
+        self.interval = interval  # how often renewal is checked
+        self.backoff = Backoff(min(RENEW_RETRY_SECONDS, interval), interval)  # after a failed check
         self._contexts: list[tuple[str, ssl.SSLContext]] = []
         self._listeners: list[Callable[[str], None]] = []
 
@@ -269,16 +274,20 @@ class CertReloader:
             for fn in self._listeners:
                 fn(comp)
 
-    async def run(self, *, interval: float = RENEW_CHECK_SECONDS) -> None:
-        """Renew what is due, every `interval` seconds; a failure is retried after 5 s, doubling up to `interval`."""
-        delay = interval
+    async def run(self) -> None:
+        """Renew what is due, every `interval` seconds; a failure is retried with back-off, never ends the loop."""
+        await self.backoff.pause(self.interval)
         while True:
-            await asyncio.sleep(delay)
             try:
                 renewed = await self.creds.ensure(token=None)
                 if renewed:
                     self.reload(renewed)
-                delay = interval
-            except (CredentialsError, OSError, aiohttp.ClientError, TimeoutError) as exc:
-                delay = 5.0 if delay >= interval else min(interval, delay * 2)
-                log.warning("agent: certificate renewal failed (retrying in %.0f s): %s", delay, exc)
+            except Exception as exc:  # noqa: BLE001 - retried, never the end of the loop (unexpected ones traced)
+                expected = isinstance(exc, (CredentialsError, OSError, aiohttp.ClientError, TimeoutError))
+                log.warning(
+                    "agent: certificate renewal failed (retrying with back-off): %s", exc, exc_info=not expected
+                )
+                await self.backoff.sleep()
+                continue
+            self.backoff.reset()
+            await self.backoff.pause(self.interval)

@@ -9,7 +9,10 @@ check -> metrics. kube-proxy's BoundedFrequencyRunner plus its nftables proxier'
   recompute everything, and the table is then replaced whole (first sync, after a failure, after the table vanished,
   and every `resync_period` when one is given: kube-router's periodic full sync). The owner never tracks what was
   applied: the reconciler keeps the last applied Table, and a failed transaction simply makes the next one a
-  whole-table replace (`applied` is forgotten) after `RETRY_AFTER_FAILURE`.
+  whole-table replace (`applied` is forgotten) after a `Backoff` of `RETRY_AFTER_FAILURE` (1 s) doubling to
+  `RETRY_CAP` (30 s, kube-proxy's default sync period, the longest it waits to retry a failed sync), reset by the
+  next sync that succeeds: a transaction the kernel keeps refusing is not retried (nor reported as a Node Event)
+  every second.
 - After each sync attempt the `observer` (kwire/agent/metrics.py: kube-proxy's or kube-router's metrics) hears of
   it, and a failed one is handed to `on_failure` (the agent records it as an Event on its Node).
 - Every `table_check_period` the reconciler asks the applier whether the table is still there (kube-proxy's canary
@@ -27,12 +30,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kwire.base.backoff import Backoff
 from kwire.base.tasks import cancel_and_wait
 from kwire.kernel import nft
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_FAILURE = 1.0
+RETRY_AFTER_FAILURE = 1.0  # the first wait after a failed sync
+RETRY_CAP = 30.0  # the longest (kube-proxy's default --iptables-sync-period / nftables sync period)
 
 
 class Compute(Protocol):
@@ -94,6 +99,7 @@ class NftReconciler:
         self._last_check = time.monotonic()
         self._last_resync = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self.backoff = Backoff(RETRY_AFTER_FAILURE, RETRY_CAP)  # after a failed sync
 
     # -- what owners call ---------------------------------------------------------------------------------------
     def mark(self, key: str) -> None:
@@ -132,6 +138,7 @@ class NftReconciler:
             last = time.monotonic()
             try:
                 await self.sync()
+                self.backoff.reset()
             except Exception as exc:
                 self.stats.failed += 1
                 self.applied = None
@@ -142,7 +149,7 @@ class NftReconciler:
                 if self.on_failure is not None:
                     with contextlib.suppress(Exception):  # reporting must never stop the loop
                         await self.on_failure(exc)
-                await asyncio.sleep(RETRY_AFTER_FAILURE)
+                await self.backoff.sleep()
                 self.event.set()
 
     async def _table_gone(self) -> bool:

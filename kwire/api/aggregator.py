@@ -7,7 +7,8 @@ that name a Service have their group version served by that Service's pods.
   condition says which (reasons `Passed`, `ServiceNotFound`, `ServicePortError`, `MissingEndpoints`,
   `FailedDiscoveryCheck`, with kube's messages; `Local` for APIServices without a service). The discovery document
   fetched by the check is what `/apis` lists for that group version (kube-aggregator's discovery merging), and only
-  Available group versions are listed.
+  Available group versions are listed. A round that fails as a whole (the store, the API) is retried after a
+  `Backoff` from `CHECK_PERIOD` doubling to 60 s, reset by the next round that completes.
 - `proxy`: any request under `/apis/<group>/<version>` of an aggregated group version is sent to a ready endpoint
   of the Service (kube's `--enable-aggregator-routing` resolution, as admission webhooks are dialled; the
   ClusterIP would only route inside a node's namespace) over TLS, verified with `caBundle` unless
@@ -39,6 +40,7 @@ from kwire.api.proxy import relay
 from kwire.api.registry import Kind, by_path
 from kwire.api.resources import Resources
 from kwire.api.user import user_of
+from kwire.base.backoff import Backoff
 from kwire.base.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,7 @@ class Aggregator:
         self.front_proxy = proxy
         self.available: dict[tuple[str, str], Obj] = {}  # (group, version) -> the APIService, when Available
         self._task: asyncio.Task[None] | None = None
+        self.backoff = Backoff(CHECK_PERIOD, 60.0)  # after a failed round; a good one waits CHECK_PERIOD
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="aggregator")
@@ -135,15 +138,15 @@ class Aggregator:
         await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
-        delay = CHECK_PERIOD
         while True:
             try:
                 await self.check_all()
-                delay = CHECK_PERIOD
             except Exception:  # a failed round is retried with back-off, never ends the loop
                 log.exception("aggregator: availability check failed")
-                delay = min(delay * 2, 60.0)
-            await asyncio.sleep(delay)
+                await self.backoff.sleep()
+                continue
+            self.backoff.reset()
+            await self.backoff.pause(CHECK_PERIOD)
 
     async def check_all(self) -> None:
         items = await self.resources.list(_kind(), None)

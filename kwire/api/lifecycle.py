@@ -24,6 +24,7 @@ from kwire.api.crd.definition import FINALIZER
 from kwire.api.errors import ApiError
 from kwire.api.registry import Kind, all_kinds
 from kwire.api.resources import CRDS, NAMESPACES, Resources, decode, kind_for_key
+from kwire.base.backoff import Backoff
 from kwire.base.tasks import cancel_and_wait
 from kwire.store.base import DELETED
 
@@ -43,6 +44,7 @@ class Lifecycle:
         self._terminating: set[str] = set()  # keys of namespaces being deleted
         self._queue: asyncio.Queue[str] = asyncio.Queue()  # keys to look at
         self._task: asyncio.Task[None] | None = None
+        self.backoff = Backoff(0.1, 5.0)  # before relisting after a failure of the follow loop
 
     async def start(self) -> None:
         first = await self._relist()  # the first index is built before start() returns; its watch is followed
@@ -66,24 +68,23 @@ class Lifecycle:
         return store.watch("/registry/", from_revision=rev)
 
     async def _supervise(self, watch: Any = None) -> None:
-        """Follow the revision log for good: a watch that ends (a burst of writes overflowed it) or an unexpected
-        error means a relist and a new watch, with back-off, never a garbage collector that silently stops."""
-        delay = 0.1
+        """Follow the revision log for good: a watch that ends (a burst of writes overflowed it) means a relist and a
+        new watch at once; an unexpected error the same after a Backoff of 0.1 s doubling to 5 s (reset when a
+        watch ran to its end), never a garbage collector that silently stops."""
         while True:
             try:
                 if watch is None:
                     watch = await self._relist()
                 await self._run(watch)
                 log.warning("lifecycle: the store watch ended (a writer burst overflowed it); relisting")
-                delay = 0.1
+                self.backoff.reset()
             except asyncio.CancelledError:
                 if watch is not None:
                     watch.close()
                 raise
             except Exception:
-                log.exception("lifecycle: follow loop failed; relisting in %.1f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.exception("lifecycle: follow loop failed; relisting with back-off")
+                await self.backoff.sleep()
             if watch is not None:
                 watch.close()
             watch = None

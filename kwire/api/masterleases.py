@@ -136,8 +136,9 @@ class MasterLeases:
             await asyncio.sleep(self.interval)
             try:
                 await self.reconcile_once()
-            except (StoreError, ApiError) as exc:
-                log.warning("apiserver endpoint reconciler: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - the next period retries; nothing but cancellation ends the loop
+                expected = isinstance(exc, (StoreError, ApiError))
+                log.warning("apiserver endpoint reconciler: %s", exc, exc_info=not expected)
 
     async def stop(self) -> None:
         """A server stopping cleanly takes itself out of the endpoints at once (kube-apiserver does the same)."""

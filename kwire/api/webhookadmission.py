@@ -17,7 +17,8 @@ Mirrors kube-apiserver's MutatingAdmissionWebhook and ValidatingAdmissionWebhook
   "<name>": failed to call webhook: ...`, with Ignore the webhook is skipped;
 - requests on the webhook configuration kinds themselves are never sent to webhooks (kube's rule, so a broken
   webhook can always be removed).
-The configurations come from the store's live state, followed by a watch (relisted with back-off on error).
+The configurations come from the store's live state, followed by kwire.api.follow's Follower (a watch relisted
+after a Backoff of 0.5 s doubling to 30 s when it ends or fails), as the authorizers' RBAC index is.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ import orjson
 
 from kwire.api import matchconditions, webhookclient
 from kwire.api.errors import ApiError
+from kwire.api.follow import Follower
 from kwire.api.registry import Kind
 from kwire.api.user import current_user
 from kwire.api.webhookclient import Lookup, WebhookCallError
 from kwire.base.labels import SelectorError, from_label_selector
-from kwire.base.tasks import cancel_and_wait
-from kwire.store.base import DELETED, Compacted, Store
+from kwire.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -191,59 +192,30 @@ class WebhookAdmission:
         self.lookup = lookup
         self.namespace_labels = namespace_labels
         self._configs: dict[str, Obj] = {}  # store key -> configuration
-        self._revision = 0
-        self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.synced = asyncio.Event()
+        # One watch over the group (both configuration kinds; the group's other kinds are skipped), relisted with
+        # back-off when it ends or fails: the authorizers' Follower.
+        self.follower = Follower(
+            store, f"/registry/{GROUP}/", apply=self._apply, reset=self._configs.clear, name="admission: webhooks"
+        )
 
     async def start(self) -> None:
-        await self._relist()
-        self._task = asyncio.create_task(self._follow())
+        await self.follower.start()
+        self.synced.set()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await self.follower.stop()
         if self._session is not None:
             await self._session.close()
 
-    async def _relist(self) -> int:
-        configs: dict[str, Obj] = {}
-        revision = self.store.revision
-        for prefix in (MUTATING_PREFIX, VALIDATING_PREFIX):
-            res = await self.store.range(prefix)
-            revision = res.revision
-            for kv in res.items:
-                configs[kv.key] = orjson.loads(kv.value)
-        self._configs = configs
-        self._revision = revision
-        self.synced.set()
-        return revision
-
-    async def _follow(self) -> None:
-        revision = self._revision
-        delay = 0.5
-        while True:
-            try:
-                async for ev in self.store.watch(f"/registry/{GROUP}/", from_revision=revision):
-                    revision = ev.revision
-                    if not ev.key.startswith((MUTATING_PREFIX, VALIDATING_PREFIX)):
-                        continue
-                    if ev.type == DELETED:
-                        self._configs.pop(ev.key, None)
-                    else:
-                        self._configs[ev.key] = orjson.loads(ev.value)
-                    delay = 0.5
-                log.warning("admission: webhook configuration watch ended (cut off by the store); relisting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any watch failure: relist, as informers do
-                if not isinstance(exc, Compacted):
-                    log.warning("admission: webhook configuration watch failed: %s; relisting", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            try:
-                revision = await self._relist()
-            except Exception:  # noqa: BLE001
-                log.exception("admission: relisting webhook configurations failed")
+    def _apply(self, key: str, obj: Obj | None) -> None:
+        if not key.startswith((MUTATING_PREFIX, VALIDATING_PREFIX)):
+            return
+        if obj is None:
+            self._configs.pop(key, None)
+        else:
+            self._configs[key] = obj
 
     def _hooks(self, prefix: str, attrs: Attributes) -> list[Obj]:
         if attrs.kind.group == GROUP:

@@ -7,7 +7,6 @@ status kube-apiserver uses (NotFound, Conflict, AlreadyExists, Gone, Invalid).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import ssl
@@ -411,7 +410,3 @@ def _selector_params(label_selector: str | None, field_selector: str | None) -> 
     if field_selector:
         params["fieldSelector"] = field_selector
     return params
-
-
-async def sleep_backoff(attempt: int, *, base: float = 0.2, cap: float = 5.0) -> None:
-    await asyncio.sleep(min(cap, base * (2**attempt)))

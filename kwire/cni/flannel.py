@@ -229,16 +229,18 @@ def build_ipam(conf: Mapping[str, Any], env: SubnetEnv) -> dict[str, Any]:
 
 
 def data_dir(conf: Mapping[str, Any]) -> str:
-    value = conf.get("dataDir") or DEFAULT_DATA_DIR
-    if not isinstance(value, str):
-        raise PluginError(ERR_INVALID_CONFIG, "'dataDir' must be a string")
-    return value
+    return _path_option(conf, "dataDir", DEFAULT_DATA_DIR)
 
 
 def subnet_file(conf: Mapping[str, Any]) -> str:
-    value = conf.get("subnetFile") or DEFAULT_SUBNET_FILE
+    return _path_option(conf, "subnetFile", DEFAULT_SUBNET_FILE)
+
+
+def _path_option(conf: Mapping[str, Any], key: str, default: str) -> str:
+    """The configuration's `key` (a path), or `default` when it is missing or empty."""
+    value = conf.get(key) or default
     if not isinstance(value, str):
-        raise PluginError(ERR_INVALID_CONFIG, "'subnetFile' must be a string")
+        raise PluginError(ERR_INVALID_CONFIG, f"'{key}' must be a string")
     return value
 
 

@@ -3,11 +3,11 @@
 The kubelet calls these synchronous functions from a worker thread (`asyncio.to_thread`):
 
     conflist = load_conflist(path)
-    result = add_network(conflist, container_id=uid, netns_path="/run/netns/x", cni_path=[bin_dir, "/usr/lib/cni"],
-                         args={"K8S_POD_NAMESPACE": ns, ...}, capability_args={"portMappings": [...]},
-                         cache_dir=cache)
-    check_network(conflist, container_id=uid, netns_path=..., cni_path=..., cache_dir=cache)
-    del_network(conflist, container_id=uid, netns_path=..., cni_path=..., cache_dir=cache)
+    net = CniConfig([bin_dir, "/usr/lib/cni"], cache_dir=cache)
+    rt = RuntimeConf(uid, "/run/netns/x", args={"K8S_POD_NAMESPACE": ns, ...}, capability_args={"portMappings": [...]})
+    result = net.add_network(conflist, rt)
+    net.check_network(conflist, rt)
+    net.del_network(conflist, rt)
 
 Behaviour follows libcni (containernetworking/cni `libcni/api.go`):
 
@@ -20,7 +20,7 @@ Behaviour follows libcni (containernetworking/cni `libcni/api.go`):
   cache; CHECK runs the plugins in order against the cached result;
 - a plugin failure raises `CniError` with the plugin's CNI error code, message and details.
 
-One difference: when an ADD fails half-way, `add_network` runs DEL over the whole list before raising (the spec
+One difference: when an ADD fails half-way, `CniConfig.add_network` runs DEL over the whole list before raising (the spec
 asks runtimes to do this; libcni leaves it to its caller), so a failed pod start never leaks an IP.
 """
 
@@ -35,6 +35,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -266,10 +267,6 @@ def exec_plugin(
 # ---------------------------------------------------------------------------------------------- cache
 
 
-def _cache_path(cache_dir: PathLike, network: str, container_id: str, ifname: str) -> Path:
-    return Path(cache_dir) / "results" / f"{network}-{container_id}-{ifname}"
-
-
 def _read_cache(path: Path) -> Obj | None:
     try:
         cached = json.loads(path.read_bytes())
@@ -284,13 +281,6 @@ def _read_cache(path: Path) -> Obj | None:
     return cached
 
 
-def get_cached(
-    conflist: Obj, *, container_id: str, ifname: str = "eth0", cache_dir: PathLike = DEFAULT_CACHE_DIR
-) -> Obj | None:
-    """The cached attachment (libcni's cachedInfo: result, cniArgs, capabilityArgs, netns...) or None."""
-    return _read_cache(_cache_path(cache_dir, conflist["name"], container_id, ifname))
-
-
 def _version_at_least(version: str, minimum: tuple[int, int, int]) -> bool:
     try:
         return tuple(int(p) for p in (version or "0.1.0").split(".")) >= minimum
@@ -298,153 +288,136 @@ def _version_at_least(version: str, minimum: tuple[int, int, int]) -> bool:
         return False
 
 
-def _runtime_from_cache(
-    cached: Obj | None, args: Mapping[str, str] | None, capability_args: Mapping[str, Any] | None
-) -> tuple[dict[str, str], dict[str, Any]]:
+def _runtime_from_cache(cached: Obj | None, rt: RuntimeConf) -> tuple[dict[str, str], dict[str, Any]]:
     """CNI_ARGS and capability args for DEL and CHECK: the caller's, or else the ones cached at ADD (libcni's
     DelNetworkList/CheckNetworkList read them back from the cached attachment)."""
     cached = cached or {}
+    args = rt.args
     if args is None:
         args = {str(k): str(v) for k, v in cached.get("cniArgs") or []}
-    caps = capability_args if capability_args is not None else cached.get("capabilityArgs") or {}
+    caps = rt.capability_args if rt.capability_args is not None else cached.get("capabilityArgs") or {}
     return dict(args), dict(caps)
 
 
 # ---------------------------------------------------------------------------------------------- operations
 
 
-def add_network(
-    conflist: Obj,
-    *,
-    container_id: str,
-    netns_path: str,
-    ifname: str = "eth0",
-    cni_path: Sequence[PathLike],
-    args: Mapping[str, str] | None = None,
-    capability_args: Mapping[str, Any] | None = None,
-    cache_dir: PathLike = DEFAULT_CACHE_DIR,
-    timeout: float | None = DEFAULT_TIMEOUT,
-) -> Obj:
-    """ADD the container to the network: each plugin in order, chained by prevResult; return the final result.
+@dataclass(frozen=True)
+class RuntimeConf:
+    """libcni's RuntimeConf: the container one operation is for. On DEL and CHECK, `args` (CNI_ARGS) and
+    `capability_args` left None are the ones cached at ADD."""
 
-    On failure the whole list is DEL'd (best effort) before the CniError is raised.
-    """
-    args = dict(args or {})
-    caps = dict(capability_args or {})
-    _validate_runtime(container_id, ifname, args)
-    common: dict[str, Any] = {
-        "container_id": container_id,
-        "netns_path": netns_path,
-        "ifname": ifname,
-        "cni_path": cni_path,
-    }
-    result: Obj | None = None
-    try:
-        for plugin in conflist["plugins"]:
-            conf = _plugin_conf(conflist, plugin, result, caps)
-            result = exec_plugin("ADD", conf, args=args, timeout=timeout, **common)
-    except CniError as exc:
-        log.warning("cni: ADD of %s to %s failed (%s); undoing it", container_id, conflist["name"], exc)
-        for plugin in reversed(conflist["plugins"]):
-            try:
-                exec_plugin("DEL", _plugin_conf(conflist, plugin, None, caps), args=args, timeout=timeout, **common)
-            except CniError as undo:
-                log.warning("cni: undoing failed ADD of %s: %s", container_id, undo)
-        raise
-    assert result is not None
-    cached = {
-        "kind": CACHE_KIND,
-        "containerId": container_id,
-        "config": base64.b64encode(json.dumps(conflist).encode()).decode(),
-        "ifName": ifname,
-        "networkName": conflist["name"],
-        "netns": netns_path,
-        "cniArgs": [[k, v] for k, v in args.items()],
-        "capabilityArgs": caps,
-        "result": result,
-    }
-    atomic_write(
-        _cache_path(cache_dir, conflist["name"], container_id, ifname), json.dumps(cached).encode(), mode=0o600
-    )
-    return result
+    container_id: str
+    netns_path: str = ""
+    ifname: str = "eth0"
+    args: Mapping[str, str] | None = None
+    capability_args: Mapping[str, Any] | None = None
 
 
-def del_network(
-    conflist: Obj,
-    *,
-    container_id: str,
-    netns_path: str = "",
-    ifname: str = "eth0",
-    cni_path: Sequence[PathLike],
-    args: Mapping[str, str] | None = None,
-    capability_args: Mapping[str, Any] | None = None,
-    cache_dir: PathLike = DEFAULT_CACHE_DIR,
-    timeout: float | None = DEFAULT_TIMEOUT,
-) -> None:
-    """DEL the container from the network: plugins in reverse order with the cached ADD result as prevResult.
+@dataclass(frozen=True)
+class CniConfig:
+    """libcni's CNIConfig: where the plugins are (CNI_PATH), where ADD results are cached, how long one plugin
+    may run; its three operations take the conflist and a RuntimeConf."""
 
-    `args` / `capability_args` default to the ones cached at ADD. Idempotent: DEL of a container that was never
-    added (or already deleted) succeeds as long as the plugins do. On failure the cache is kept for a retry.
-    """
-    path = _cache_path(cache_dir, conflist["name"], container_id, ifname)
-    cached = _read_cache(path) if _version_at_least(conflist.get("cniVersion", ""), (0, 4, 0)) else None
-    run_args, caps = _runtime_from_cache(cached, args, capability_args)
-    _validate_runtime(container_id, ifname, run_args)
-    prev = (cached or {}).get("result")
-    common: dict[str, Any] = {
-        "container_id": container_id,
-        "netns_path": netns_path,
-        "ifname": ifname,
-        "cni_path": cni_path,
-    }
-    for plugin in reversed(conflist["plugins"]):
-        exec_plugin("DEL", _plugin_conf(conflist, plugin, prev, caps), args=run_args, timeout=timeout, **common)
-    path.unlink(missing_ok=True)
+    cni_path: Sequence[PathLike]
+    cache_dir: PathLike = DEFAULT_CACHE_DIR
+    timeout: float | None = DEFAULT_TIMEOUT
 
+    def add_network(self, conflist: Obj, rt: RuntimeConf) -> Obj:
+        """ADD the container to the network: each plugin in order, chained by prevResult; return the final result.
 
-def check_network(
-    conflist: Obj,
-    *,
-    container_id: str,
-    netns_path: str,
-    ifname: str = "eth0",
-    cni_path: Sequence[PathLike],
-    args: Mapping[str, str] | None = None,
-    capability_args: Mapping[str, Any] | None = None,
-    cache_dir: PathLike = DEFAULT_CACHE_DIR,
-    timeout: float | None = DEFAULT_TIMEOUT,
-) -> None:
-    """CHECK the container's attachment: plugins in order against the cached ADD result. Raises CniError."""
-    version = conflist.get("cniVersion", "")
-    if not _version_at_least(version, (0, 4, 0)):
-        raise CniError(
-            ERR_INCOMPATIBLE_VERSION, f"configuration version {version!r} does not support the CHECK command"
-        )
-    if conflist.get("disableCheck"):
-        return
-    cached = _read_cache(_cache_path(cache_dir, conflist["name"], container_id, ifname))
-    if cached is None or not isinstance(cached.get("result"), dict):
-        raise CniError(
-            ERR_INTERNAL, f"no cached result for {container_id} on network {conflist['name']!r} (was it added?)"
-        )
-    run_args, caps = _runtime_from_cache(cached, args, capability_args)
-    _validate_runtime(container_id, ifname, run_args)
-    common: dict[str, Any] = {
-        "container_id": container_id,
-        "netns_path": netns_path,
-        "ifname": ifname,
-        "cni_path": cni_path,
-    }
-    for plugin in conflist["plugins"]:
-        conf = _plugin_conf(conflist, plugin, cached["result"], caps)
-        if _bandwidth_unconfigured(conf):
-            continue
+        On failure the whole list is DEL'd (best effort) before the CniError is raised.
+        """
+        args = dict(rt.args or {})
+        caps = dict(rt.capability_args or {})
+        _validate_runtime(rt.container_id, rt.ifname, args)
+        result: Obj | None = None
         try:
-            exec_plugin("CHECK", conf, args=run_args, timeout=timeout, **common)
+            for plugin in conflist["plugins"]:
+                result = self._exec("ADD", _plugin_conf(conflist, plugin, result, caps), rt, args)
         except CniError as exc:
-            if not _portmap_ipv6_check_bug(exc, cached["result"]):
-                raise
-            log.debug("cni: ignoring portmap's IPv6 CHECK of IPv4-only %s: %s", container_id, exc)
+            log.warning("cni: ADD of %s to %s failed (%s); undoing it", rt.container_id, conflist["name"], exc)
+            for plugin in reversed(conflist["plugins"]):
+                try:
+                    self._exec("DEL", _plugin_conf(conflist, plugin, None, caps), rt, args)
+                except CniError as undo:
+                    log.warning("cni: undoing failed ADD of %s: %s", rt.container_id, undo)
+            raise
+        assert result is not None
+        cached = {
+            "kind": CACHE_KIND,
+            "containerId": rt.container_id,
+            "config": base64.b64encode(json.dumps(conflist).encode()).decode(),
+            "ifName": rt.ifname,
+            "networkName": conflist["name"],
+            "netns": rt.netns_path,
+            "cniArgs": [[k, v] for k, v in args.items()],
+            "capabilityArgs": caps,
+            "result": result,
+        }
+        atomic_write(self._cache_path(conflist, rt), json.dumps(cached).encode(), mode=0o600)
+        return result
+
+    def del_network(self, conflist: Obj, rt: RuntimeConf) -> None:
+        """DEL the container from the network: plugins in reverse order with the cached ADD result as prevResult.
+
+        Idempotent: DEL of a container that was never added (or already deleted) succeeds as long as the plugins
+        do. On failure the cache is kept for a retry.
+        """
+        path = self._cache_path(conflist, rt)
+        cached = _read_cache(path) if _version_at_least(conflist.get("cniVersion", ""), (0, 4, 0)) else None
+        args, caps = _runtime_from_cache(cached, rt)
+        _validate_runtime(rt.container_id, rt.ifname, args)
+        prev = (cached or {}).get("result")
+        for plugin in reversed(conflist["plugins"]):
+            self._exec("DEL", _plugin_conf(conflist, plugin, prev, caps), rt, args)
+        path.unlink(missing_ok=True)
+
+    def check_network(self, conflist: Obj, rt: RuntimeConf) -> None:
+        """CHECK the container's attachment: plugins in order against the cached ADD result. Raises CniError."""
+        version = conflist.get("cniVersion", "")
+        if not _version_at_least(version, (0, 4, 0)):
+            raise CniError(
+                ERR_INCOMPATIBLE_VERSION, f"configuration version {version!r} does not support the CHECK command"
+            )
+        if conflist.get("disableCheck"):
+            return
+        cached = self.get_cached(conflist, rt)
+        if cached is None or not isinstance(cached.get("result"), dict):
+            raise CniError(
+                ERR_INTERNAL, f"no cached result for {rt.container_id} on network {conflist['name']!r} (was it added?)"
+            )
+        args, caps = _runtime_from_cache(cached, rt)
+        _validate_runtime(rt.container_id, rt.ifname, args)
+        for plugin in conflist["plugins"]:
+            conf = _plugin_conf(conflist, plugin, cached["result"], caps)
+            if _bandwidth_unconfigured(conf):
+                continue
+            try:
+                self._exec("CHECK", conf, rt, args)
+            except CniError as exc:
+                if not _portmap_ipv6_check_bug(exc, cached["result"]):
+                    raise
+                log.debug("cni: ignoring portmap's IPv6 CHECK of IPv4-only %s: %s", rt.container_id, exc)
+
+    def get_cached(self, conflist: Obj, rt: RuntimeConf) -> Obj | None:
+        """The cached attachment (libcni's cachedInfo: result, cniArgs, capabilityArgs, netns...) or None."""
+        return _read_cache(self._cache_path(conflist, rt))
+
+    def _cache_path(self, conflist: Obj, rt: RuntimeConf) -> Path:
+        return Path(self.cache_dir) / "results" / f"{conflist['name']}-{rt.container_id}-{rt.ifname}"
+
+    def _exec(self, command: str, conf: Obj, rt: RuntimeConf, args: Mapping[str, str]) -> Obj | None:
+        return exec_plugin(
+            command,
+            conf,
+            container_id=rt.container_id,
+            netns_path=rt.netns_path,
+            ifname=rt.ifname,
+            cni_path=self.cni_path,
+            args=args,
+            timeout=self.timeout,
+        )
 
 
 _BANDWIDTH_KEYS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")
@@ -497,21 +470,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.args is not None:
             args = dict(kv.split("=", 1) for kv in ns.args.split(";") if kv)
         caps = json.loads(ns.capability_args) if ns.capability_args is not None else None
-        common: dict[str, Any] = {
-            "container_id": ns.container_id,
-            "netns_path": ns.netns,
-            "ifname": ns.ifname,
-            "cni_path": [d for d in ns.cni_path.split(":") if d],
-            "args": args,
-            "capability_args": caps,
-            "cache_dir": ns.cache_dir,
-        }
+        net = CniConfig([d for d in ns.cni_path.split(":") if d], cache_dir=ns.cache_dir)
+        rt = RuntimeConf(ns.container_id, ns.netns, ns.ifname, args=args, capability_args=caps)
         if ns.command == "add":
-            print(json.dumps(add_network(conflist, **common), indent=2))
+            print(json.dumps(net.add_network(conflist, rt), indent=2))
         elif ns.command == "check":
-            check_network(conflist, **common)
+            net.check_network(conflist, rt)
         else:
-            del_network(conflist, **common)
+            net.del_network(conflist, rt)
     except CniError as exc:
         print(json.dumps({**exc.to_dict(), "plugin": exc.plugin, "command": exc.command}))
         return 1

@@ -20,7 +20,9 @@ and skipped; the rest of the ConfigMap still applies.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kwire.dns.forward import Upstream, parse_upstream, usable_upstreams
 from kwire.dns.hosts import HostsTable
@@ -29,6 +31,9 @@ from kwire.dns.wire import Labels, labels_of
 log = logging.getLogger(__name__)
 
 KEYS = ("hosts", "forward", "rewrite")
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass
@@ -58,6 +63,30 @@ def _lines(text: str) -> list[tuple[int, str, list[str]]]:
     return out
 
 
+def _read_lines(
+    cfg: CustomConfig,
+    data: dict[str, str],
+    key: str,
+    *,
+    parse: Callable[[int, list[str]], tuple[K, V]],
+    into: dict[K, V],
+    repeated: str,
+) -> None:
+    """Each line of data key `key` through `parse` (line number, fields -> entry; ValueError says why not) into
+    `into`; a line that does not parse, or repeats an earlier line's entry (`repeated` says so), is logged and
+    counted as invalid and skipped."""
+    for lineno, raw, fields in _lines(str(data.get(key) or "")):
+        try:
+            name, value = parse(lineno, fields)
+            if name in into:
+                raise ValueError(repeated)
+        except ValueError as exc:
+            cfg.invalid += 1
+            log.warning("coredns-custom %s line %d skipped (%s): %r", key, lineno, exc, raw)
+            continue
+        into[name] = value
+
+
 def parse_custom(data: dict[str, str] | None, *, allow_loopback: bool = False) -> CustomConfig:
     data = data or {}
     cfg = CustomConfig()
@@ -68,42 +97,28 @@ def parse_custom(data: dict[str, str] | None, *, allow_loopback: bool = False) -
         cfg.hosts = HostsTable(str(data["hosts"]), source="coredns-custom hosts")
         cfg.invalid += cfg.hosts.invalid
 
-    def bad(key: str, lineno: int, raw: str, why: str) -> None:
-        cfg.invalid += 1
-        log.warning("coredns-custom %s line %d skipped (%s): %r", key, lineno, why, raw)
-
-    for lineno, raw, fields in _lines(str(data.get("forward") or "")):
+    def forward(lineno: int, fields: list[str]) -> tuple[Labels, list[Upstream]]:
         if len(fields) < 2:
-            bad("forward", lineno, raw, "expected '<zone> <upstream> [<upstream>...]'")
-            continue
-        try:
-            zone = labels_of(fields[0])
-            ups = [parse_upstream(f) for f in fields[1:]]
-        except ValueError as exc:
-            bad("forward", lineno, raw, str(exc))
-            continue
+            raise ValueError("expected '<zone> <upstream> [<upstream>...]'")
+        zone = labels_of(fields[0])
+        ups = [parse_upstream(f) for f in fields[1:]]
         ups = usable_upstreams(ups, f"coredns-custom forward line {lineno}", allow_loopback=allow_loopback)
         if not ups:
-            bad("forward", lineno, raw, "no usable upstream")
-            continue
-        if zone in cfg.forward:
-            bad("forward", lineno, raw, "zone already configured on an earlier line")
-            continue
-        cfg.forward[zone] = ups
-    for lineno, raw, fields in _lines(str(data.get("rewrite") or "")):
+            raise ValueError("no usable upstream")
+        return zone, ups
+
+    def rewrite(_lineno: int, fields: list[str]) -> tuple[Labels, Labels]:
         if len(fields) != 2:
-            bad("rewrite", lineno, raw, "expected '<from-name> <to-name>'")
-            continue
-        try:
-            src, dst = labels_of(fields[0]), labels_of(fields[1])
-        except ValueError as exc:
-            bad("rewrite", lineno, raw, str(exc))
-            continue
+            raise ValueError("expected '<from-name> <to-name>'")
+        src, dst = labels_of(fields[0]), labels_of(fields[1])
         if not src or not dst or src == dst:
-            bad("rewrite", lineno, raw, "names must differ and not be the root")
-            continue
-        if src in cfg.rewrite:
-            bad("rewrite", lineno, raw, "name already rewritten on an earlier line")
-            continue
-        cfg.rewrite[src] = dst
+            raise ValueError("names must differ and not be the root")
+        return src, dst
+
+    _read_lines(
+        cfg, data, "forward", parse=forward, into=cfg.forward, repeated="zone already configured on an earlier line"
+    )
+    _read_lines(
+        cfg, data, "rewrite", parse=rewrite, into=cfg.rewrite, repeated="name already rewritten on an earlier line"
+    )
     return cfg

@@ -6,7 +6,8 @@ kwire/api/frontproxy.py): a request whose TLS client certificate verifies agains
 whose CN is in `requestheader-allowed-names` is the API server proxying, and its `X-Remote-User`/`X-Remote-Group`/
 `X-Remote-Extra-*` headers name the caller; a certificate from `client-ca-file` is its own CN/O user. Anything else
 is anonymous and gets 401 (health paths excepted, as upstream's `--authorization-always-allow-paths`). The
-ConfigMap is read again every minute, so CAs of servers that join later are trusted too.
+ConfigMap is read again every minute, so CAs of servers that join later are trusted too; a read that fails is
+retried after a `Backoff` of 1 s doubling to that minute, reset by the next good read.
 
 Authorization asks the API server with a SubjectAccessReview (metrics.k8s.io nodes/pods, the request's verb, name
 and namespace), each answer cached 10 s (upstream caches allowed answers 10 s, denied 10 s by default). While the
@@ -15,7 +16,6 @@ API server does not serve SubjectAccessReview (404), only `system:masters` is al
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import ssl
@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kwire.base.backoff import Backoff
 from kwire.base.peercert import cn_and_orgs
 from kwire.client import ApiClient
 from kwire.client.client import CONFIGMAPS, ApiStatusError, NotFound
@@ -77,6 +78,7 @@ class DelegatedAuth:
         self._loaded: set[str] = set()
         self._decisions: OrderedDict[tuple[Any, ...], tuple[float, bool, str]] = OrderedDict()
         self._sar_missing = False
+        self.backoff = Backoff(1.0, REFRESH_SECONDS)  # after a failed read of the ConfigMap
 
     # -- the ConfigMap ------------------------------------------------------------------------------------------
     def apply(self, data: dict[str, str]) -> None:
@@ -100,16 +102,19 @@ class DelegatedAuth:
         self.apply(dict(obj.get("data") or {}))
 
     async def follow(self) -> None:
-        """Read the ConfigMap now (retrying until it can) and then every minute."""
-        delay = 1.0
+        """Read the ConfigMap now (retrying with back-off until it can) and then every minute."""
         while True:
             try:
                 await self.load()
-                delay = REFRESH_SECONDS
-            except (ApiStatusError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                log.warning("cannot read kube-system/%s (retrying in %.0fs): %s", CONFIGMAP, delay, exc)
-                delay = min(delay * 2, REFRESH_SECONDS)
-            await asyncio.sleep(delay)
+            except Exception as exc:  # noqa: BLE001 - retried, never the end of the loop (unexpected ones traced)
+                expected = isinstance(exc, (ApiStatusError, aiohttp.ClientError, OSError, TimeoutError, ValueError))
+                log.warning(
+                    "cannot read kube-system/%s (retrying with back-off): %s", CONFIGMAP, exc, exc_info=not expected
+                )
+                await self.backoff.sleep()
+                continue
+            self.backoff.reset()
+            await self.backoff.pause(REFRESH_SECONDS)
 
     # -- authentication -------------------------------------------------------------------------------------------
     def authenticate(self, request: web.Request) -> Caller | None:

@@ -4,7 +4,7 @@ Nodes and Pods are followed by informers (list + watch, relisting with back-off,
 `--metric-resolution` (K3s: 15 s) it fetches each node's kubelet `/metrics/resource` through the API server's `nodes/{name}/proxy` (the kubelet credentials stay with the API
 server; upstream metrics-server dials each kubelet itself with its own client certificate), all nodes at once with
 a per-node timeout; a node that fails is logged and skipped for that round. A failed round (API unreachable) is
-retried with back-off up to the resolution.
+retried after a `Backoff` of 1 s doubling to the resolution, reset by the next good round.
 
 It serves, on `--secure-port` over TLS with a self-signed certificate (upstream's default when no `--tls-cert-file`
 is given; K3s's APIService sets `insecureSkipTLSVerify`): `/apis/metrics.k8s.io/v1beta1` (discovery),
@@ -33,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from kwire.base import labels as labelsel
+from kwire.base.backoff import Backoff
 from kwire.client import ApiClient, Informer, Informers
 from kwire.client.client import NODES, PODS, ApiStatusError
 from kwire.metricsserver import CERT_FILE, KEY_FILE, model
@@ -82,6 +83,7 @@ class MetricsServer:
         self.pod_labels: dict[tuple[str, str], dict[str, str]] = {}
         self.ready = False
         self.auth: DelegatedAuth | None = None
+        self.backoff = Backoff(1.0, settings.resolution)  # after a failed scrape round
 
     # -- scraping ---------------------------------------------------------------------------------------------
     async def _scrape_node(self, name: str) -> model.NodeScrape | None:
@@ -111,17 +113,21 @@ class MetricsServer:
                 break
             except TimeoutError:
                 log.warning("still waiting for the first list of nodes and pods")
-        delay = 1.0
+        await self._scrape_rounds()
+
+    async def _scrape_rounds(self) -> None:
+        """A round every resolution; a failed one is retried with back-off, and nothing but cancellation ends it."""
         while True:
             started = time.monotonic()
             try:
                 await self.scrape_once()
-                delay = 1.0
-                await asyncio.sleep(max(0.0, self.settings.resolution - (time.monotonic() - started)))
-            except (ApiStatusError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.warning("scrape round failed, retrying in %.0fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.resolution)
+            except Exception as exc:  # noqa: BLE001 - retried, never the end of the loop (unexpected ones traced)
+                expected = isinstance(exc, (ApiStatusError, aiohttp.ClientError, OSError, TimeoutError))
+                log.warning("scrape round failed, retrying with back-off: %s", exc, exc_info=not expected)
+                await self.backoff.sleep()
+                continue
+            self.backoff.reset()
+            await self.backoff.pause(max(0.0, self.settings.resolution - (time.monotonic() - started)))
 
     # -- serving ----------------------------------------------------------------------------------------------
     def _node_items(self, request: web.Request) -> list[Obj]:

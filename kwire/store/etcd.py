@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from kwire.base.ndjson import json_lines
 from kwire.store.base import (
     ADDED,
     DELETED,
@@ -219,18 +220,8 @@ class EtcdStore(MirroredStore):
         async with self._session.post(url, data=orjson.dumps(body), timeout=forever) as r:
             if r.status != 200:
                 raise StoreError(f"etcd watch: {r.status}")
-            buf = bytearray()
-            async for chunk in r.content.iter_any():
-                buf += chunk
-                start = 0
-                while (end := buf.find(b"\n", start)) >= 0:
-                    line = buf[start:end]
-                    if line.strip():
-                        self._on_watch_message(orjson.loads(line))
-                    start = end + 1
-                del buf[:start]  # one copy per chunk, not one per message
-                if len(buf) > MAX_WATCH_MESSAGE:
-                    raise StoreError(f"etcd watch message over {MAX_WATCH_MESSAGE} bytes")
+            async for msg in json_lines(r.content.iter_any(), max_line=MAX_WATCH_MESSAGE):
+                self._on_watch_message(msg)
         raise StoreError("watch stream closed")
 
     def _on_watch_message(self, msg: dict[str, Any]) -> None:
@@ -321,23 +312,17 @@ class EtcdStore(MirroredStore):
         return rev
 
     async def update(self, key: str, value: bytes, *, expected_revision: int) -> int:
-        if expected_revision:
-            compare = {"target": "MOD", "mod_revision": expected_revision}
-        else:  # unconditional, but only an existing key: its create_revision is not 0
-            cur = self._state.get(key)
-            if cur is None:
-                raise KeyNotFound(key)
-            compare = {"target": "CREATE", "create_revision": cur.create_revision}
-        ok, rev, current = await self._txn(key, compare, {"request_put": {"key": _b64(key), "value": _b64(value)}})
-        if not ok:
-            if current is None:
-                raise KeyNotFound(key)
-            await self._caught_up(current.mod_revision)
-            raise RevisionMismatch(key, current)
-        await self._visible(rev)
-        return rev
+        return await self._write_existing(
+            key, expected_revision, {"request_put": {"key": _b64(key), "value": _b64(value)}}
+        )
 
     async def delete(self, key: str, *, expected_revision: int = 0) -> int:
+        return await self._write_existing(key, expected_revision, {"request_delete_range": {"key": _b64(key)}})
+
+    async def _write_existing(self, key: str, expected_revision: int, success: dict[str, Any]) -> int:
+        """Update or delete an existing key: compare-and-swap on its mod_revision when `expected_revision` is
+        given, else only on its existence (create_revision unchanged, so a key deleted and re-created in between
+        counts as a conflict); raises KeyNotFound or RevisionMismatch (after catching up with the winner)."""
         if expected_revision:
             compare = {"target": "MOD", "mod_revision": expected_revision}
         else:
@@ -345,7 +330,7 @@ class EtcdStore(MirroredStore):
             if cur is None:
                 raise KeyNotFound(key)
             compare = {"target": "CREATE", "create_revision": cur.create_revision}
-        ok, rev, current = await self._txn(key, compare, {"request_delete_range": {"key": _b64(key)}})
+        ok, rev, current = await self._txn(key, compare, success)
         if not ok:
             if current is None:
                 raise KeyNotFound(key)

@@ -87,12 +87,18 @@ class SQLiteStore(MirroredStore):
         self._state.publish(Event(ADDED, key, rev, value, None))
         return rev
 
-    async def update(self, key: str, value: bytes, *, expected_revision: int) -> int:
+    def _current(self, key: str, expected_revision: int) -> KV:
+        """The key's live value for an update or delete; KeyNotFound, or RevisionMismatch when `expected_revision`
+        is given and is not its mod_revision."""
         cur = self._state.get(key)
         if cur is None:
             raise KeyNotFound(key)
         if expected_revision and cur.mod_revision != expected_revision:
             raise RevisionMismatch(key, cur)
+        return cur
+
+    async def update(self, key: str, value: bytes, *, expected_revision: int) -> int:
+        cur = self._current(key, expected_revision)
         rev = self._write(
             key, value, create_revision=cur.create_revision, prev_revision=cur.mod_revision, deleted=False
         )
@@ -101,11 +107,7 @@ class SQLiteStore(MirroredStore):
         return rev
 
     async def delete(self, key: str, *, expected_revision: int = 0) -> int:
-        cur = self._state.get(key)
-        if cur is None:
-            raise KeyNotFound(key)
-        if expected_revision and cur.mod_revision != expected_revision:
-            raise RevisionMismatch(key, cur)
+        cur = self._current(key, expected_revision)
         # Like kine, the tombstone row carries the last value so watchers can report the deleted object.
         rev = self._write(
             key, cur.value, create_revision=cur.create_revision, prev_revision=cur.mod_revision, deleted=True

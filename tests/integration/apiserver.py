@@ -15,14 +15,43 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from kwire.config import ServerConfig
 
 KUBECTL = shutil.which("kubectl") or str(Path(sys.prefix) / "bin" / "kubectl")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(*, udp: bool = False) -> int:
+    """A TCP port (a UDP one with `udp`) that nothing listens on at 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_udp_tcp_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (a DNS server listens on both)."""
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def server_config(tmp: Path, *, token: str, port: int = 0, **overrides: Any) -> ServerConfig:
+    """An in-process test server's config: data in `tmp/data`, HTTPS on 127.0.0.1:`port` (a free port when 0),
+    the admin kubeconfig written to `tmp/kubeconfig`; `overrides` are further ServerConfig fields."""
+    return ServerConfig(
+        data_dir=str(tmp / "data"),
+        bind_address="127.0.0.1",
+        https_listen_port=port or free_port(),
+        token=token,
+        write_kubeconfig=str(tmp / "kubeconfig"),
+        **overrides,
+    )
 
 
 @dataclass

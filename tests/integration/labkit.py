@@ -147,6 +147,31 @@ class Lab:
         return wait_for(ready, timeout=timeout, what=f"{count} ready pods {selector}")
 
 
+def web_app(*, replicas: int) -> str:
+    """The web app several lab tests reach: Deployment `web` (nginx serving port 8080, named http) and the
+    ClusterIP Service `web` (port 80 to http); a manifest to apply, ending in `---` so more can follow."""
+    return f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers: [{{name: c, image: nginx, ports: [{{containerPort: 8080, name: http}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+"""
+
+
 def log_tails(name: str, *, lines: int = 40) -> str:
     """The last lines of every process log of lab `name` (supervisor, servers, agents, runtimes)."""
     out = []

@@ -3,8 +3,6 @@ with NodeHosts following the nodes; `disable: [coredns]` removes them and leaves
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,21 +11,8 @@ from kwire.client import ApiClient, NotFound, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, DEPLOYMENTS, NODES, SERVICES
 from kwire.config import ServerConfig
 from kwire.server import start
-from tests.integration.apiserver import free_port
-
-
-async def until(fn: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    end = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while asyncio.get_running_loop().time() < end:
-        try:
-            last = await fn()
-            if last:
-                return last
-        except NotFound as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+from tests.integration.apiserver import free_port, server_config
+from tests.polling import until
 
 
 async def all_present(c: ApiClient, *, objects: tuple[tuple[Any, str], ...]) -> bool:
@@ -49,14 +34,7 @@ async def all_gone(c: ApiClient, *, objects: tuple[tuple[Any, str], ...]) -> boo
 
 
 def _cfg(tmp: Path, port: int, **kw: Any) -> ServerConfig:
-    return ServerConfig(
-        data_dir=str(tmp / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=port,
-        token="addons-test",
-        write_kubeconfig=str(tmp / "kubeconfig"),
-        **kw,
-    )
+    return server_config(tmp, token="addons-test", port=port, **kw)
 
 
 async def test_coredns_addon_follows_nodes_and_disable_removes_it(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,34 +9,18 @@ import pytest
 
 from kwire.client import AlreadyExists, ApiClient, Conflict, Informer, Invalid, NotFound, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, NAMESPACES
-from kwire.config import ServerConfig
 from kwire.server import Server, start
-from tests.integration.apiserver import free_port
+from tests.integration.apiserver import server_config
+from tests.polling import until
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    cfg = ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=free_port(),
-        token="client-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-    )
-    srv = await start(cfg)
+    srv = await start(server_config(tmp_path, token="client-test"))
     try:
         yield srv
     finally:
         await srv.close()
-
-
-async def _until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 async def test_crud_errors_and_paging(server: Server) -> None:
@@ -83,7 +66,7 @@ async def test_informer_follows_and_relists_after_410(server: Server) -> None:
         assert events == [("add", "pre")]
         await c.create(CONFIGMAPS, {"metadata": {"name": "live", "labels": {"tier": "b"}}}, "default")
         await c.patch(CONFIGMAPS, "pre", {"metadata": {"labels": {"tier": "b"}}}, namespace="default")
-        await _until(lambda: len(events) >= 3)
+        await until(lambda: len(events) >= 3)
         assert events[1:] == [("add", "live"), ("update", "pre")]
         assert sorted(o["metadata"]["name"] for o in inf.by_index("tier", "b")) == ["live", "pre"]
         assert inf.by_index("tier", "a") == []
@@ -96,7 +79,7 @@ async def test_informer_follows_and_relists_after_410(server: Server) -> None:
         await c.create(CONFIGMAPS, {"metadata": {"name": "later"}}, "default")
         await server.store.compact(server.store.revision)
         inf.start()
-        await _until(lambda: len(events) >= 2)
+        await until(lambda: len(events) >= 2)
         assert sorted(events) == [("add", "later"), ("delete", "live")]
         assert sorted(o["metadata"]["name"] for o in inf.items()) == ["later", "pre"]
         await inf.stop()

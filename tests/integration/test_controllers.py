@@ -21,7 +21,8 @@ from kwire.client import ApiClient, Conflict, Informer, NotFound, load_kubeconfi
 from kwire.client.client import DAEMONSETS, DEPLOYMENTS, EVENTS, LEASES, NODES, PODS, REPLICASETS
 from kwire.config import ServerConfig
 from kwire.server import Server, start
-from tests.integration.apiserver import KUBECTL, free_port
+from tests.integration.apiserver import KUBECTL, free_port, server_config
+from tests.polling import until
 
 Obj = dict[str, Any]
 POD_NAME = r"[bcdfghjklmnpqrstvwxz2456789]{5}"
@@ -35,23 +36,6 @@ def now() -> str:
 
 def micro_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-async def until(fn: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `fn` until it returns something truthy; its last value is in the failure message."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await fn()
-        except NotFound as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        if loop.time() > end:
-            raise AssertionError(f"{what} not reached in {timeout}s; last value: {last!r}")
-        await asyncio.sleep(0.05)
 
 
 class Cluster:
@@ -211,14 +195,7 @@ class FakeKubelet:
 
 
 def _config(tmp_path: Path, port: int, **overrides: Any) -> ServerConfig:
-    return ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=port,
-        token="controllers-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-        **overrides,
-    )
+    return server_config(tmp_path, token="controllers-test", port=port, **overrides)
 
 
 @pytest.fixture

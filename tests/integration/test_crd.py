@@ -18,7 +18,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from tests import UPSTREAM
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess, running_server
 
 pytestmark = pytest.mark.kubectl
 
@@ -97,16 +97,12 @@ def widget_crd(*, name: str = "widgets", kind: str = "Widget", short: list[str] 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("crd"), free_port())
-    srv.start(timeout=60)
-    try:
+    with running_server(tmp_path_factory.mktemp("crd")) as srv:
         crds = [d for d in yaml.safe_load_all(METALLB.read_text()) if d and d["kind"] == "CustomResourceDefinition"]
         srv.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds))
         srv.kubectl("apply", "-f", str(TRAEFIK))
         srv.kubectl("apply", "-f", "-", input=json.dumps(widget_crd()))
         yield srv
-    finally:
-        srv.stop()
 
 
 def _api(srv: ServerProcess) -> client.ApiClient:

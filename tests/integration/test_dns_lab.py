@@ -8,29 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.labkit import IP, Lab, in_terminal, wait_for
+from tests.integration.labkit import IP, Lab, in_terminal, wait_for, web_app
 
 pytestmark = pytest.mark.lab
 
-APPS = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: c, image: nginx, ports: [{containerPort: 8080, name: http}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
+APPS = (
+    web_app(replicas=2)
+    + """
 apiVersion: v1
 kind: Service
 metadata: {name: db}
@@ -75,6 +59,7 @@ data:
   forward: |
     example.test 192.168.77.200
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,8 @@ from kwire.dns import DnsConfig, DnsServer
 from kwire.dns import start as start_dns
 from kwire.server import Server
 from kwire.server import start as start_api
-from tests.integration.apiserver import free_port
+from tests.integration.apiserver import free_port, free_udp_tcp_port, server_config
+from tests.polling import until
 from tests.unit.dns_helpers import TinyUpstream
 
 UP1, UP2 = "127.0.53.2", "127.0.53.3"
@@ -51,19 +52,6 @@ UPSTREAM_TABLE = {
 }
 
 
-def udp_tcp_free_port() -> int:
-    import socket
-
-    while True:
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
 @dataclass
 class Env:
     tmp: Path
@@ -79,20 +67,6 @@ class Env:
 
     def client(self) -> ApiClient:
         return ApiClient(load_kubeconfig(self.kubeconfig))
-
-
-async def until(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        res = cond()
-        if asyncio.iscoroutine(res):
-            res = await res
-        if res:
-            return
-        if loop.time() > end:
-            raise AssertionError(f"{what} not reached in {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 async def q(env: Env, name: str, rdtype: str = "A", *, tcp: bool = False) -> dns.message.Message:
@@ -142,7 +116,7 @@ def dns_config(tmp: Path, **kw: object) -> DnsConfig:
     args: dict[str, object] = {
         "kubeconfig": str(tmp / "kubeconfig"),
         "listen": "127.0.0.1",
-        "port": udp_tcp_free_port(),
+        "port": free_udp_tcp_port(),
         "health_port": free_port(),
         "ready_port": free_port(),
         "metrics_port": free_port(),
@@ -157,14 +131,7 @@ def dns_config(tmp: Path, **kw: object) -> DnsConfig:
 
 @pytest.fixture
 async def env(tmp_path: Path, upstreams: tuple[TinyUpstream, TinyUpstream]) -> AsyncIterator[Env]:
-    api_cfg = ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=free_port(),
-        token="dns-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-        disable=("coredns",),
-    )
+    api_cfg = server_config(tmp_path, token="dns-test", disable=("coredns",))
     api = await start_api(api_cfg)
     async with ApiClient(load_kubeconfig(api.kubeconfig)) as c:
         await c.create(NAMESPACES, {"metadata": {"name": NS}})
@@ -182,14 +149,7 @@ async def env(tmp_path: Path, upstreams: tuple[TinyUpstream, TinyUpstream]) -> A
 async def test_ready_only_after_sync_and_servfail_before(
     tmp_path: Path, upstreams: tuple[TinyUpstream, TinyUpstream]
 ) -> None:
-    api_cfg = ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=free_port(),
-        token="dns-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-        disable=("coredns",),
-    )
+    api_cfg = server_config(tmp_path, token="dns-test", disable=("coredns",))
     api = await start_api(api_cfg)  # writes the kubeconfig and CA
     await api.close()
     srv = await start_dns(dns_config(tmp_path))
@@ -202,7 +162,7 @@ async def test_ready_only_after_sync_and_servfail_before(
             assert (await q(env, name)).rcode() == dns.rcode.SERVFAIL  # never a false NXDOMAIN
         assert ans(await q(env, "www.upstream.test.")) == ["192.0.2.80"]  # forwarding works meanwhile
         api2 = await start_api(api_cfg)
-        await until(lambda: srv.ready, 20, "sync after the API came up")
+        await until(lambda: srv.ready, timeout=20, what="sync after the API came up")
         assert await http(srv.ready_port, "/ready") == (200, "OK")
         assert ans(await q(env, "kubernetes.default.svc.cluster.local.")) == ["10.43.0.1"]
         assert (await q(env, f"nosuch.{NS}.svc.cluster.local.")).rcode() == dns.rcode.NXDOMAIN
@@ -402,7 +362,7 @@ async def test_python_m_kwire_dns(env: Env) -> None:
             except aiohttp.ClientError:
                 return False
 
-        await until(ready, 20, "python -m kwire.dns ready")
+        await until(ready, timeout=20, what="python -m kwire.dns ready")
         m = await dns.asyncquery.udp(
             dns.message.make_query("kubernetes.default.svc.cluster.local.", "A"), "127.0.0.1", port=cfg.port, timeout=5
         )

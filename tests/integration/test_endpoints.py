@@ -17,7 +17,7 @@ from kwire.client import ApiClient, NotFound, load_kubeconfig
 from kwire.client.client import DEPLOYMENTS, ENDPOINTS, ENDPOINTSLICES, PODS, SERVICES
 from kwire.config import ServerConfig
 from kwire.server import start
-from tests.integration.apiserver import free_port
+from tests.integration.apiserver import server_config
 from tests.integration.test_controllers import HAVE_KUBECTL, Cluster, now, until
 
 Obj = dict[str, Any]
@@ -26,13 +26,7 @@ EP_MANAGED_BY = {"endpoints.kubernetes.io/managed-by": "endpoint-controller"}
 
 
 def _config(tmp_path: Path) -> ServerConfig:
-    return ServerConfig(
-        data_dir=str(tmp_path / "data"),
-        bind_address="127.0.0.1",
-        https_listen_port=free_port(),
-        token="endpoints-test",
-        write_kubeconfig=str(tmp_path / "kubeconfig"),
-    )
+    return server_config(tmp_path, token="endpoints-test")
 
 
 @pytest.fixture
@@ -63,6 +57,11 @@ def pod(name: str, labels: dict[str, str], node: str, ports: list[Obj] | None = 
     if ports:
         container["ports"] = ports
     return {"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": node, "containers": [container]}}
+
+
+def pod_ref(p: Obj) -> Obj:
+    """The targetRef an endpoint carries for pod `p` (in EndpointSlices and Endpoints alike)."""
+    return {"kind": "Pod", "namespace": "default", "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}
 
 
 async def set_status(c: ApiClient, p: Obj, *, ip: str, ready: bool = True) -> Obj:
@@ -206,12 +205,7 @@ async def test_deployment_behind_a_service(cluster: Cluster) -> None:
             "addresses": [ip],
             "conditions": UP,
             "nodeName": p["spec"]["nodeName"],
-            "targetRef": {
-                "kind": "Pod",
-                "namespace": "default",
-                "name": p["metadata"]["name"],
-                "uid": p["metadata"]["uid"],
-            },
+            "targetRef": pod_ref(p),
         }
 
     ep = await wait_endpoints(c, "web", ips)
@@ -223,12 +217,7 @@ async def test_deployment_behind_a_service(cluster: Cluster) -> None:
                 {
                     "ip": ip,
                     "nodeName": p["spec"]["nodeName"],
-                    "targetRef": {
-                        "kind": "Pod",
-                        "namespace": "default",
-                        "name": p["metadata"]["name"],
-                        "uid": p["metadata"]["uid"],
-                    },
+                    "targetRef": pod_ref(p),
                 }
                 for p, ip in zip(pods, ips, strict=True)
             ],

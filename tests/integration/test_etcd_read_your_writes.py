@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.apiserver import ServerProcess, free_port, running_server
 
 WRITERS = 24
 ROUNDS = 10  # per writer: create, read, update, read, delete, read
@@ -25,12 +25,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data = tmp_path_factory.mktemp("kwire-ryw")
     args = ["--disable", "coredns,servicelb,traefik,metrics-server", "--etcd-disable-snapshots", "--cluster-init"]
     args += ["--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port())]
-    s = ServerProcess(data_dir=Path(data), port=free_port(), extra_args=args)
-    s.start(timeout=120)
-    try:
+    with running_server(Path(data), extra_args=args, timeout=120) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def _writer(session: aiohttp.ClientSession, base: str, w: int) -> None:

@@ -6,10 +6,9 @@ ClusterIPs and NodePorts stay unique while both servers allocate from a small ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,32 +20,15 @@ from kwire.client import ApiClient, load_kubeconfig
 from kwire.client.client import CONFIGMAPS, ENDPOINTSLICES, SERVICES, ApiStatusError
 from kwire.lab.start import FAST_LEADER_ELECTION
 from tests.integration.apiserver import ServerProcess, free_port
+from tests.integration.etcdkit import etcd_server
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 TIMING = list(FAST_LEADER_ELECTION)
 
 
 @pytest.fixture
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("kwire-etcd-le")
-    client, peer = free_port(), free_port()
-    cmd = [
-        ETCD,
-        "--name=kwire-le",
-        f"--data-dir={data / 'data'}",
-        f"--listen-client-urls=http://127.0.0.1:{client}",
-        f"--advertise-client-urls=http://127.0.0.1:{client}",
-        f"--listen-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-cluster=kwire-le=http://127.0.0.1:{peer}",
-    ]
-    with open(data / "etcd.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield f"http://127.0.0.1:{client}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with etcd_server(tmp_path_factory.mktemp("kwire-etcd-le"), name="kwire-le") as url:
+        yield url
 
 
 def _lease(s: ServerProcess) -> dict[str, object]:
@@ -78,15 +60,24 @@ def _wait_replicaset(s: ServerProcess, deployment: str, timeout: float) -> None:
     raise AssertionError(f"no controller made a ReplicaSet for deployment {deployment} in {timeout}s")
 
 
-def test_one_leader_runs_controllers_and_the_lease_fails_over(etcd: str, tmp_path: Path) -> None:
-    args = ["--datastore-endpoint", etcd, "--disable", "coredns,servicelb,traefik,metrics-server", *TIMING]
+@contextlib.contextmanager
+def _two_servers(tmp_path: Path, args: list[str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Servers A and B with the same `args`, started in that order (A becomes the leader); both stopped on exit."""
     a = ServerProcess(data_dir=tmp_path / "a", port=free_port(), extra_args=args)
     b = ServerProcess(data_dir=tmp_path / "b", port=free_port(), extra_args=args)
-    a.data_dir.mkdir()
-    b.data_dir.mkdir()
-    a.start(timeout=60)
-    b.start(timeout=60)
     try:
+        for s in (a, b):
+            s.data_dir.mkdir()
+            s.start(timeout=60)
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_one_leader_runs_controllers_and_the_lease_fails_over(etcd: str, tmp_path: Path) -> None:
+    args = ["--datastore-endpoint", etcd, "--disable", "coredns,servicelb,traefik,metrics-server", *TIMING]
+    with _two_servers(tmp_path, args) as (a, b):
         lease = _lease(b)  # every server serves the API: B shows the Lease A holds
         assert lease["holderIdentity"] == _identity(a)
         assert lease["leaseDurationSeconds"] == 4
@@ -115,9 +106,6 @@ def test_one_leader_runs_controllers_and_the_lease_fails_over(etcd: str, tmp_pat
         assert took < 3, f"A took a released lease only after {took:.1f}s"
         a.kubectl("create", "deployment", "third", "--image=registry.k8s.io/pause:3.9")
         _wait_replicaset(a, "third", 20)
-    finally:
-        a.stop()
-        b.stop()
 
 
 def _nodeport_service(name: str, cluster_ip: str = "") -> dict[str, object]:
@@ -141,49 +129,42 @@ async def test_two_servers_allocate_unique_cluster_ips_and_node_ports(etcd: str,
         "30000-30019",
         *TIMING,
     ]
-    a = ServerProcess(data_dir=tmp_path / "a", port=free_port(), extra_args=args)
-    b = ServerProcess(data_dir=tmp_path / "b", port=free_port(), extra_args=args)
-    a.data_dir.mkdir()
-    b.data_dir.mkdir()
-    a.start(timeout=60)
-    b.start(timeout=60)
-    ca, cb = ApiClient(load_kubeconfig(a.kubeconfig)), ApiClient(load_kubeconfig(b.kubeconfig))
-    try:
-        names = [f"svc-{i}" for i in range(16)]
-        made = await asyncio.gather(
-            *(
-                (ca if i % 2 else cb).create(SERVICES, _nodeport_service(name), "default")
-                for i, name in enumerate(names)
+    with _two_servers(tmp_path, args) as (a, b):
+        ca, cb = ApiClient(load_kubeconfig(a.kubeconfig)), ApiClient(load_kubeconfig(b.kubeconfig))
+        try:
+            names = [f"svc-{i}" for i in range(16)]
+            made = await asyncio.gather(
+                *(
+                    (ca if i % 2 else cb).create(SERVICES, _nodeport_service(name), "default")
+                    for i, name in enumerate(names)
+                )
             )
-        )
-        ips = [m["spec"]["clusterIP"] for m in made]
-        ports = [m["spec"]["ports"][0]["nodePort"] for m in made]
-        assert len(set(ips)) == len(ips), f"a ClusterIP was given twice: {sorted(ips)}"
-        assert len(set(ports)) == len(ports), f"a NodePort was given twice: {sorted(ports)}"
-        assert "10.43.0.1" not in ips  # the kubernetes Service's
+            ips = [m["spec"]["clusterIP"] for m in made]
+            ports = [m["spec"]["ports"][0]["nodePort"] for m in made]
+            assert len(set(ips)) == len(ips), f"a ClusterIP was given twice: {sorted(ips)}"
+            assert len(set(ports)) == len(ports), f"a NodePort was given twice: {sorted(ports)}"
+            assert "10.43.0.1" not in ips  # the kubernetes Service's
 
-        # An IP server B handed out is refused when asked of server A, in kube-apiserver's words.
-        with pytest.raises(ApiStatusError) as err:
-            await ca.create(SERVICES, _nodeport_service("taken", cluster_ip=ips[0]), "default")
-        assert err.value.code == 422
-        assert "provided IP is already allocated" in err.value.message
-        # Deleted through B, the IP is free for A (once A's store watch has delivered the release).
-        await cb.delete(SERVICES, names[0], "default")
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                again = await ca.create(SERVICES, _nodeport_service("taken", cluster_ip=ips[0]), "default")
-                break
-            except ApiStatusError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-        assert again["spec"]["clusterIP"] == ips[0]
-    finally:
-        await ca.close()
-        await cb.close()
-        a.stop()
-        b.stop()
+            # An IP server B handed out is refused when asked of server A, in kube-apiserver's words.
+            with pytest.raises(ApiStatusError) as err:
+                await ca.create(SERVICES, _nodeport_service("taken", cluster_ip=ips[0]), "default")
+            assert err.value.code == 422
+            assert "provided IP is already allocated" in err.value.message
+            # Deleted through B, the IP is free for A (once A's store watch has delivered the release).
+            await cb.delete(SERVICES, names[0], "default")
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    again = await ca.create(SERVICES, _nodeport_service("taken", cluster_ip=ips[0]), "default")
+                    break
+                except ApiStatusError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+            assert again["spec"]["clusterIP"] == ips[0]
+        finally:
+            await ca.close()
+            await cb.close()
 
 
 async def test_api_client_fails_over_to_a_live_server(etcd: str, tmp_path: Path) -> None:

@@ -7,12 +7,13 @@ Lease moving on kill -9, the data kept across a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import count
 from pathlib import Path
 
@@ -70,14 +71,27 @@ def test_kines_dsn_rules() -> None:
         prepare_dsn("mysql://u:p@db/k")
 
 
+@contextlib.asynccontextmanager
+async def _started(*urls: str, cafile: str = "") -> AsyncIterator[list[PostgresStore]]:
+    """A started store on each URL (one per kwire server; the same URL twice: two servers on one database),
+    closed on exit."""
+    stores: list[PostgresStore] = []
+    try:
+        for url in urls:
+            store = PostgresStore(url, cafile=cafile)
+            stores.append(store)
+            await store.start()
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
 async def test_two_stores_share_one_database(pg: Postgres) -> None:
     """Several kwire servers on one database: each one's state follows every write (woken by NOTIFY, well
     before the 1 s poll), and the database decides conflicts."""
     url = pg.url(f"share{next(_db)}")
-    first, second = PostgresStore(url), PostgresStore(url)
-    await first.start()
-    await second.start()
-    try:
+    async with _started(url, url) as (first, second):
         w = second.watch("/registry/s/", from_revision=second.revision)
         start = time.monotonic()
         rev = await first.create("/registry/s/1", b"from the first")
@@ -99,19 +113,13 @@ async def test_two_stores_share_one_database(pg: Postgres) -> None:
             kv = s.get_now("/registry/s/1")
             assert kv is not None and kv.mod_revision == won and kv.create_revision == rev
         w.close()
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_concurrent_writers_on_two_servers_are_followed_in_order_without_gaps(pg: Postgres) -> None:
     """Two servers writing at once: a watcher on either sees every committed row exactly once in revision order
     (ids commit in id order, so following `id > last` misses nothing), and both mirrors end identical."""
     url = pg.url(f"order{next(_db)}")
-    first, second = PostgresStore(url), PostgresStore(url)
-    await first.start()
-    await second.start()
-    try:
+    async with _started(url, url) as (first, second):
         start = second.revision
         watches = [s.watch("/registry/o/", from_revision=start) for s in (first, second)]
         revs = await asyncio.gather(
@@ -129,18 +137,13 @@ async def test_concurrent_writers_on_two_servers_are_followed_in_order_without_g
         assert first._state.live == second._state.live and len(first._state.live) == 300
         for w in watches:
             w.close()
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_a_row_without_notify_is_found_by_the_poll(pg: Postgres) -> None:
     """NOTIFY only wakes the follower early: a row committed without one (a notification lost while the follower
     reconnected, or another writer of kine's table) is applied by the next poll, within about a second."""
     url = pg.url(f"poll{next(_db)}")
-    store = PostgresStore(url)
-    await store.start()
-    try:
+    async with _started(url) as (store,):
         conn = await asyncpg.connect(url)
         try:
             rev = await conn.fetchval(
@@ -154,17 +157,13 @@ async def test_a_row_without_notify_is_found_by_the_poll(pg: Postgres) -> None:
         kv = store.get_now("/registry/p/quiet")
         assert kv is not None and (kv.mod_revision, kv.create_revision, kv.value) == (rev, rev, b"v")
         assert time.monotonic() - start < 2.5
-    finally:
-        await store.close()
 
 
 async def test_concurrent_writes_commit_together_and_keep_their_meaning(pg: Postgres) -> None:
     """Writes waiting together go in one transaction (group commit), each with its own outcome: of 20 updates
     with the same expected revision exactly one wins, and a write the database rejects (a name longer than kine's
     VARCHAR(630)) fails alone."""
-    store = PostgresStore(pg.url(f"batch{next(_db)}"))
-    await store.start()
-    try:
+    async with _started(pg.url(f"batch{next(_db)}")) as (store,):
         rev = await store.create("/registry/b/key", b"0")
         results = await asyncio.gather(
             *[store.update("/registry/b/key", str(i).encode(), expected_revision=rev) for i in range(20)],
@@ -178,18 +177,13 @@ async def test_concurrent_writes_commit_together_and_keep_their_meaning(pg: Post
         assert isinstance(too_long, StoreError) and "too long" in str(too_long)
         assert all(isinstance(r, int) for r in creates), creates
         assert len((await store.range("/registry/b/new-")).items) == 20
-    finally:
-        await store.close()
 
 
 async def test_a_follower_overtaken_by_compaction_reloads(pg: Postgres) -> None:
     """A server that was cut off while another deleted a key and compacted the tombstone away must not keep the
     key: it reloads the table, and its watchers end (their clients relist)."""
     url = pg.url(f"compact{next(_db)}")
-    first, second = PostgresStore(url), PostgresStore(url)
-    await first.start()
-    await second.start()
-    try:
+    async with _started(url, url) as (first, second):
         rev = await first.create("/registry/c/gone", b"v")
         await first.create("/registry/c/kept", b"v")
         await asyncio.sleep(0.1)
@@ -210,18 +204,13 @@ async def test_a_follower_overtaken_by_compaction_reloads(pg: Postgres) -> None:
         assert kept is not None and kept.value == b"v2"
         assert second.compacted_revision == last
         assert [e async for e in w] == []  # ended without events: the client relists
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_the_database_going_away_and_back(pg: Postgres) -> None:
     """The API's `etcd` health check fails while the database is down, writes fail with a StoreError (a 500,
     never a hang), and the store follows again once it is back, without a restart of its own."""
     url = pg.url(f"restart{next(_db)}")
-    store = PostgresStore(url)
-    await store.start()
-    try:
+    async with _started(url) as (store,):
         await store.create("/registry/r/before", b"1")
         assert store.healthy()
         await asyncio.to_thread(pg.kill)
@@ -240,17 +229,13 @@ async def test_the_database_going_away_and_back(pg: Postgres) -> None:
                 await asyncio.sleep(0.5)
         assert store.get_now("/registry/r/after") is not None and store.revision >= rev
         assert store.healthy()
-    finally:
-        await store.close()
 
 
 async def test_tls_with_the_datastore_cafile(pg: Postgres, pki: Path) -> None:
     """K3s's --datastore-cafile: the connection is TLS, verified against that CA (verify-full); a server whose
     certificate that CA did not sign is refused."""
     url = f"postgres://postgres:{PASSWORD}@127.0.0.1:{pg.port}/tls{next(_db)}"
-    store = PostgresStore(url, cafile=str(pki / "server-ca.crt"))
-    await store.start()
-    try:
+    async with _started(url, cafile=str(pki / "server-ca.crt")) as (store,):
         await store.create("/registry/t/1", b"over tls")
         conn = await asyncpg.connect(prepare_dsn(url, cafile=str(pki / "server-ca.crt")))
         try:
@@ -261,8 +246,6 @@ async def test_tls_with_the_datastore_cafile(pg: Postgres, pki: Path) -> None:
         finally:
             await conn.close()
         assert ssl_flags and all(r["ssl"] for r in ssl_flags)
-    finally:
-        await store.close()
     other = pki.parent / "other"
     ensure_pki(other, sans_dns=[], sans_ip=["127.0.0.1"])
     wrong = PostgresStore(url, cafile=str(other / "tls" / "server-ca.crt"))

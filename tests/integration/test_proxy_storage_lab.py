@@ -9,29 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.labkit import Lab, wait_for
+from tests.integration.labkit import Lab, wait_for, web_app
 
 pytestmark = pytest.mark.lab
 
-APP = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: c, image: nginx, ports: [{containerPort: 8080, name: http}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
+APP = (
+    web_app(replicas=1)
+    + """
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: data}
@@ -47,6 +31,7 @@ spec:
   containers: [{name: c, image: nginx, ports: [{containerPort: 8080}], volumeMounts: [{name: d, mountPath: /data}]}]
   volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
 """
+)
 
 
 @pytest.fixture(scope="module")

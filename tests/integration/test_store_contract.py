@@ -5,8 +5,6 @@ compare-and-swap, ranges, watches that replay and follow, compaction and 410."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,32 +15,14 @@ from kwire.store.etcd import EtcdStore
 from kwire.store.postgres import PostgresStore
 from kwire.store.sqlite import SQLiteStore
 from tests.integration.apiserver import free_port
+from tests.integration.etcdkit import etcd_server
 from tests.integration.pgkit import Postgres
-
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("kwire-etcd")
-    client, peer = free_port(), free_port()
-    cmd = [
-        ETCD,
-        "--name=kwire-test",
-        f"--data-dir={data / 'data'}",
-        f"--listen-client-urls=http://127.0.0.1:{client}",
-        f"--advertise-client-urls=http://127.0.0.1:{client}",
-        f"--listen-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-cluster=kwire-test=http://127.0.0.1:{peer}",
-    ]
-    with open(data / "etcd.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield f"http://127.0.0.1:{client}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with etcd_server(tmp_path_factory.mktemp("kwire-etcd"), name="kwire-test") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

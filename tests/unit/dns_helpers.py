@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from pathlib import Path
 from typing import Any
 
 import dns.flags
@@ -12,12 +13,28 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from kwire.dns.config import DnsConfig
 from kwire.dns.forward import Forwarder, Upstream
 from kwire.dns.handler import DnsHandler
 from kwire.dns.metrics import SockStats, Stats
 from kwire.dns.records import ClusterRecords
 
 Obj = dict[str, Any]
+
+
+def local_config(tmp: Path, *, forward_timeout: float) -> DnsConfig:
+    """A DnsServer on 127.0.0.1 with every port (DNS, health, ready, metrics) picked by the kernel, and an empty
+    resolv.conf in `tmp` (nothing to forward to)."""
+    (tmp / "resolv.conf").write_text("")
+    return DnsConfig(
+        listen="127.0.0.1",
+        port=0,
+        health_port=0,
+        ready_port=0,
+        metrics_port=0,
+        resolv_conf=str(tmp / "resolv.conf"),
+        forward_timeout=forward_timeout,
+    )
 
 
 def svc(

@@ -4,14 +4,13 @@ network programming latency, chain count) and every failure to its observer, and
 
 from __future__ import annotations
 
-import asyncio
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from kwire.agent.flannel.flannel import masquerade_table
 from kwire.agent.metrics import AgentMetrics, parse_bind
 from kwire.agent.nftsync import NftReconciler
 from kwire.kernel import nft
+from tests.polling import until
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -42,10 +41,7 @@ async def test_syncs_and_failures_reach_the_metrics_and_the_failure_hook() -> No
     r.mark("default/web")
     r.start()
     try:
-        for _ in range(300):
-            if rec.transactions:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: rec.transactions, what="a transaction", interval=0.01)
     finally:
         await r.stop()
     assert failures == ["nft failed: table busy"]

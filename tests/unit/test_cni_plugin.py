@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 
 import kwire
 from kwire.cni import flannel, invoke
-from kwire.cni.invoke import CniError
+from kwire.cni.invoke import CniConfig, CniError, RuntimeConf
 
 ROOT = str(Path(kwire.__file__).resolve().parents[1])
 
@@ -230,6 +231,15 @@ def test_build_delegate_rejects(delegate: Any, msg: str) -> None:
     assert exc.value.code == flannel.ERR_INVALID_CONFIG and msg in exc.value.msg
 
 
+@pytest.mark.parametrize("key, read", [("dataDir", flannel.data_dir), ("subnetFile", flannel.subnet_file)])
+def test_path_options_default_and_must_be_strings(key: str, read: Any) -> None:
+    assert read({}) == read({key: ""}) != ""
+    assert read({key: "/x/y"}) == "/x/y"
+    with pytest.raises(flannel.PluginError) as exc:
+        read({key: 5})
+    assert exc.value.code == flannel.ERR_INVALID_CONFIG and exc.value.msg == f"'{key}' must be a string"
+
+
 def test_subnet_env_errors() -> None:
     with pytest.raises(flannel.PluginError) as exc:
         flannel.parse_subnet_env("FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.7.1/24\n", "/x/subnet.env")
@@ -430,15 +440,10 @@ def test_add_chains_results_and_capabilities(fakes: Fakes, tmp_path: Path) -> No
     )
     pm = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
     bw = {"ingressRate": 1000, "ingressBurst": 2000}
-    result = invoke.add_network(
-        conflist,
-        container_id="pod1",
-        netns_path="/run/netns/p1",
-        cni_path=[fakes.bin, "/usr/lib/cni"],
-        args={"IgnoreUnknown": "1", "K8S_POD_NAME": "web"},
-        capability_args={"portMappings": pm, "bandwidth": bw, "ipRanges": []},
-        cache_dir=tmp_path / "cache",
-    )
+    net = CniConfig([fakes.bin, "/usr/lib/cni"], cache_dir=tmp_path / "cache")
+    args = {"IgnoreUnknown": "1", "K8S_POD_NAME": "web"}
+    caps = {"portMappings": pm, "bandwidth": bw, "ipRanges": []}
+    result = net.add_network(conflist, RuntimeConf("pod1", "/run/netns/p1", args=args, capability_args=caps))
     assert result["chain"] == ["first", "portmap", "bandwidth"]
     first, portmap, bandwidth = fakes.calls()
     assert first["conf"] == {"type": "first", "x": 1, "name": "testnet", "cniVersion": "1.0.0"}
@@ -460,18 +465,16 @@ def test_add_chains_results_and_capabilities(fakes: Fakes, tmp_path: Path) -> No
     assert json.loads(base64.b64decode(cached["config"])) == conflist
     assert cached["cniArgs"] == [["IgnoreUnknown", "1"], ["K8S_POD_NAME", "web"]]
     assert cached["capabilityArgs"]["portMappings"] == pm
-    assert invoke.get_cached(conflist, container_id="pod1", cache_dir=tmp_path / "cache") == cached
+    assert net.get_cached(conflist, RuntimeConf("pod1")) == cached
 
 
 def test_del_uses_cache_in_reverse_and_is_idempotent(fakes: Fakes, tmp_path: Path) -> None:
     conflist = chain_conflist({"type": "first"}, {"type": "portmap", "capabilities": {"portMappings": True}})
     pm = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
-    common: dict[str, Any] = {"container_id": "pod1", "cni_path": [fakes.bin], "cache_dir": tmp_path / "c"}
-    result = invoke.add_network(
-        conflist, netns_path="/n", args={"A": "1"}, capability_args={"portMappings": pm}, **common
-    )
+    net = CniConfig([fakes.bin], cache_dir=tmp_path / "c")
+    result = net.add_network(conflist, RuntimeConf("pod1", "/n", args={"A": "1"}, capability_args={"portMappings": pm}))
     fakes.log.unlink()
-    invoke.del_network(conflist, netns_path="/n", **common)
+    net.del_network(conflist, RuntimeConf("pod1", "/n"))
     dels = fakes.calls()
     assert [(c["plugin"], c["command"]) for c in dels] == [("portmap", "DEL"), ("first", "DEL")]
     assert all(c["conf"]["prevResult"] == result for c in dels)
@@ -479,7 +482,7 @@ def test_del_uses_cache_in_reverse_and_is_idempotent(fakes: Fakes, tmp_path: Pat
     assert dels[0]["env"]["CNI_ARGS"] == "A=1"
     assert not (tmp_path / "c" / "results" / "testnet-pod1-eth0").exists()
     fakes.log.unlink()
-    invoke.del_network(conflist, netns_path="", **common)  # again: no cache, no prevResult, still fine
+    net.del_network(conflist, RuntimeConf("pod1", ""))  # again: no cache, no prevResult, still fine
     assert [("prevResult" in c["conf"], c["env"]["CNI_NETNS"]) for c in fakes.calls()] == [(False, ""), (False, "")]
 
 
@@ -488,7 +491,7 @@ def test_failed_add_raises_plugin_error_and_undoes(fakes: Fakes, tmp_path: Path)
     fakes.fail = {"second:ADD": {"cniVersion": "1.0.0", "code": 11, "msg": "try later", "details": "lock held"}}
     os.environ["FAKE_FAIL"] = json.dumps(fakes.fail)
     with pytest.raises(CniError) as exc:
-        invoke.add_network(conflist, container_id="p", netns_path="/n", cni_path=[fakes.bin], cache_dir=tmp_path)
+        CniConfig([fakes.bin], cache_dir=tmp_path).add_network(conflist, RuntimeConf("p", "/n"))
     e = exc.value
     assert (e.code, e.msg, e.details, e.plugin, e.command) == (11, "try later", "lock held", "second", "ADD")
     assert str(e) == "plugin second failed (ADD): try later (lock held) [code 11]"
@@ -501,20 +504,16 @@ def test_plugin_failures_without_cni_error(fakes: Fakes, tmp_path: Path) -> None
     conflist = chain_conflist({"type": "first"})
     os.environ["FAKE_FAIL"] = json.dumps({"first:ADD": "panic: nil pointer\n"})
     with pytest.raises(CniError) as exc:
-        invoke.add_network(conflist, container_id="p", netns_path="/n", cni_path=[fakes.bin], cache_dir=tmp_path)
+        CniConfig([fakes.bin], cache_dir=tmp_path).add_network(conflist, RuntimeConf("p", "/n"))
     assert exc.value.code == invoke.ERR_INTERNAL and "exit status 2" in exc.value.msg
     assert "panic: nil pointer" in exc.value.details
     with pytest.raises(CniError) as exc:
-        invoke.add_network(
-            chain_conflist({"type": "missing"}),
-            container_id="p",
-            netns_path="/n",
-            cni_path=[fakes.bin],
-            cache_dir=tmp_path,
+        CniConfig([fakes.bin], cache_dir=tmp_path).add_network(
+            chain_conflist({"type": "missing"}), RuntimeConf("p", "/n")
         )
     assert "failed to find plugin 'missing'" in exc.value.msg
     with pytest.raises(CniError) as exc:
-        invoke.add_network(conflist, container_id="../p", netns_path="/n", cni_path=[fakes.bin], cache_dir=tmp_path)
+        CniConfig([fakes.bin], cache_dir=tmp_path).add_network(conflist, RuntimeConf("../p", "/n"))
     assert exc.value.code == invoke.ERR_INVALID_ENV
 
 
@@ -524,47 +523,47 @@ def test_check(fakes: Fakes, tmp_path: Path) -> None:
         {"type": "portmap", "capabilities": {"portMappings": True}},
         {"type": "bandwidth", "capabilities": {"bandwidth": True}},
     )
-    common: dict[str, Any] = {"container_id": "p", "netns_path": "/n", "cni_path": [fakes.bin], "cache_dir": tmp_path}
+    net, rt = CniConfig([fakes.bin], cache_dir=tmp_path), RuntimeConf("p", "/n")
     with pytest.raises(CniError, match="no cached result"):
-        invoke.check_network(conflist, **common)
-    result = invoke.add_network(conflist, **common)
+        net.check_network(conflist, rt)
+    result = net.add_network(conflist, rt)
     fakes.log.unlink()
-    invoke.check_network(conflist, **common)
+    net.check_network(conflist, rt)
     # bandwidth without limits is not CHECKed (its CHECK panics before plugins v1.9.1)
     assert [(c["plugin"], c["command"], c["conf"]["prevResult"]) for c in fakes.calls()] == [
         ("first", "CHECK", result),
         ("portmap", "CHECK", result),
     ]
     fakes.log.unlink()
-    invoke.check_network(conflist, capability_args={"bandwidth": {"egressRate": 5}}, **common)
+    net.check_network(conflist, replace(rt, capability_args={"bandwidth": {"egressRate": 5}}))
     assert [c["plugin"] for c in fakes.calls()] == ["first", "portmap", "bandwidth"]
 
     with pytest.raises(CniError) as exc:
-        invoke.check_network(chain_conflist({"type": "first"}, version="0.3.1"), **common)
+        net.check_network(chain_conflist({"type": "first"}, version="0.3.1"), rt)
     assert exc.value.code == invoke.ERR_INCOMPATIBLE_VERSION
     fakes.log.unlink()
-    invoke.check_network({**conflist, "disableCheck": True}, **common)
+    net.check_network({**conflist, "disableCheck": True}, rt)
     assert fakes.calls() == []
 
 
 def test_check_tolerates_portmap_ipv6_bug_only_for_ipv4_pods(fakes: Fakes, tmp_path: Path) -> None:
     conflist = chain_conflist({"type": "first"}, {"type": "portmap", "capabilities": {"portMappings": True}})
-    common: dict[str, Any] = {"container_id": "p", "netns_path": "/n", "cni_path": [fakes.bin], "cache_dir": tmp_path}
-    invoke.add_network(conflist, **common)
+    net, rt = CniConfig([fakes.bin], cache_dir=tmp_path), RuntimeConf("p", "/n")
+    net.add_network(conflist, rt)
     v6 = {"cniVersion": "1.0.0", "code": 999, "msg": "could not check ipv6 dnat: chain CNI-DN-x not found"}
     os.environ["FAKE_FAIL"] = json.dumps({"portmap:CHECK": v6})
-    invoke.check_network(conflist, **common)
+    net.check_network(conflist, rt)
     v4 = {**v6, "msg": "could not check ipv4 dnat: rule not found"}
     os.environ["FAKE_FAIL"] = json.dumps({"portmap:CHECK": v4})
     with pytest.raises(CniError, match="ipv4 dnat"):
-        invoke.check_network(conflist, **common)
+        net.check_network(conflist, rt)
     # a dual-stack pod really should have the IPv6 chain
     os.environ["FAKE_FAIL"] = json.dumps({})
     os.environ["FAKE_RESULT"] = json.dumps({**CANNED_RESULT, "ips": [*CANNED_RESULT["ips"], {"address": "fd00::2/64"}]})
-    invoke.add_network(conflist, **{**common, "container_id": "q"})
+    net.add_network(conflist, replace(rt, container_id="q"))
     os.environ["FAKE_FAIL"] = json.dumps({"portmap:CHECK": v6})
     with pytest.raises(CniError, match="ipv6 dnat"):
-        invoke.check_network(conflist, **{**common, "container_id": "q"})
+        net.check_network(conflist, replace(rt, container_id="q"))
 
 
 # ---------------------------------------------------------------------------------------------- install helpers
@@ -606,21 +605,19 @@ def test_k3s_conflist_end_to_end_with_fake_reference_plugins(fakes: Fakes, tmp_p
     invoke.write_conflist(path, subnet_file=fakes.subnet_env, data_dir=fakes.data_dir)
     invoke.install_plugin_shim(tmp_path / "shim")
     conflist = invoke.load_conflist(path)
-    common: dict[str, Any] = {
-        "container_id": "uid-1",
-        "netns_path": "/run/netns/p",
-        "cni_path": [tmp_path / "shim", fakes.bin],
-        "cache_dir": tmp_path / "cache",
-    }
+    net, rt = (
+        CniConfig([tmp_path / "shim", fakes.bin], cache_dir=tmp_path / "cache"),
+        RuntimeConf("uid-1", "/run/netns/p"),
+    )
     pm = [{"hostPort": 80, "containerPort": 8080, "protocol": "tcp"}]
-    result = invoke.add_network(conflist, capability_args={"portMappings": pm}, **common)
+    result = net.add_network(conflist, replace(rt, capability_args={"portMappings": pm}))
     assert result["chain"] == ["bridge", "portmap", "bandwidth"]
     bridge = fakes.calls()[0]
     assert bridge["plugin"] == "bridge" and bridge["conf"]["isDefaultGateway"] is True
     assert bridge["conf"]["ipam"]["ranges"] == [[{"subnet": "10.42.7.0/24"}]]
-    invoke.check_network(conflist, **common)
-    invoke.del_network(conflist, **common)
-    invoke.del_network(conflist, **common)
+    net.check_network(conflist, rt)
+    net.del_network(conflist, rt)
+    net.del_network(conflist, rt)
     assert not (fakes.data_dir / "uid-1").exists()
     assert [(c["plugin"], c["command"]) for c in fakes.calls()] == [
         ("bridge", "ADD"),

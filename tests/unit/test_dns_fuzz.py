@@ -19,10 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kwire.dns.config import DnsConfig
 from kwire.dns.server import DnsServer
 from kwire.dns.wire import fast_key
-from tests.unit.dns_helpers import eps, handler, namespace, sock, svc
+from tests.unit.dns_helpers import eps, handler, local_config, namespace, sock, svc
 
 OBJS = (
     svc("web"),
@@ -144,16 +143,7 @@ def test_valid_queries_answered_and_fast_path_consistent(data: bytes) -> None:
 
 class Running:
     def __init__(self, tmp: Path) -> None:
-        (tmp / "resolv.conf").write_text("")
-        self.cfg = DnsConfig(
-            listen="127.0.0.1",
-            port=0,
-            health_port=0,
-            ready_port=0,
-            metrics_port=0,
-            resolv_conf=str(tmp / "resolv.conf"),
-            forward_timeout=0.2,
-        )
+        self.cfg = local_config(tmp, forward_timeout=0.2)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)

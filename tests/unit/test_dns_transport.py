@@ -20,22 +20,12 @@ import pytest
 from kwire.dns.config import DnsConfig
 from kwire.dns.forward import Upstream
 from kwire.dns.server import DnsServer
-from tests.unit.dns_helpers import TinyUpstream, answers, eps, namespace, svc
+from tests.unit.dns_helpers import TinyUpstream, answers, eps, local_config, namespace, svc
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[DnsServer]:
-    (tmp_path / "resolv.conf").write_text("")
-    cfg = DnsConfig(
-        listen="127.0.0.1",
-        port=0,
-        health_port=0,
-        ready_port=0,
-        metrics_port=0,
-        resolv_conf=str(tmp_path / "resolv.conf"),
-        forward_timeout=1.0,
-    )
-    srv = DnsServer(cfg)
+    srv = DnsServer(local_config(tmp_path, forward_timeout=1.0))
     await srv.open()
     rec = srv.records
     rec.set_namespace(namespace("default"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import uvloop
 from kwire.agent.kubelet.execstream import AttachTarget, ExecTarget
 from kwire.agent.kubelet.kubeletauth import KubeletAuth
 from kwire.agent.kubelet.logs import LogServer
+from tests.integration.apiserver import free_port
 from tests.unit.kubelet_helpers import FakeApi, kubelet_auth, kubelet_tls, make_pki
 
 TOKEN = "t0ken"
@@ -37,12 +37,6 @@ async def _attach_write(data: bytes, close: bool) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 CLIENT_TLS: list[ssl.SSLContext] = []  # trusts the kubelet's serving certificate (set by _kubelet)
 
 
@@ -53,7 +47,7 @@ def _client(**kw: Any) -> aiohttp.ClientSession:
 @contextlib.asynccontextmanager
 async def _kubelet(tmp_path: Path) -> AsyncIterator[str]:
     """The kubelet API over HTTPS; TOKEN is the API server's (system:masters, allowed by the stand-in API)."""
-    port = _free_port()
+    port = free_port()
     pki = make_pki(tmp_path / "pki")
     CLIENT_TLS.append(pki.client_context())
     api = FakeApi(

@@ -8,6 +8,7 @@ import asyncio
 from kwire.agent.flannel.flannel import NFT_TABLE, masquerade_table
 from kwire.agent.nftsync import NftReconciler
 from kwire.kernel import nft
+from tests.polling import until
 from tests.unit import golden
 
 
@@ -31,18 +32,12 @@ async def test_reconciler_applies_once_and_restores_a_vanished_table() -> None:
     )
     r.start()
     try:
-        for _ in range(200):
-            if rec.transactions:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: rec.transactions, what="a transaction", interval=0.01)
         assert rec.take() == [nft.replace(want)]
         await asyncio.sleep(0.2)
         assert rec.take() == []  # nothing changed: no transaction
         rec.lose("ip", NFT_TABLE)
-        for _ in range(200):
-            if rec.transactions:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: rec.transactions, what="a transaction", interval=0.01)
         assert rec.take() == [nft.replace(want)] and rec.exists("ip", NFT_TABLE)
     finally:
         await r.stop()

@@ -4,6 +4,8 @@ watch (issue 17: after 60k creates in 15 s they used to stop for good until the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,17 +29,28 @@ async def _wait_gone(res: Resources, ns: str, name: str, *, kind=CONFIGMAPS, tim
         await asyncio.sleep(0.02)
 
 
-async def test_gc_and_namespace_deletion_survive_an_overflowed_watch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert CONFIGMAPS is not None and NAMESPACES is not None
-    monkeypatch.setattr(live_mod, "_MAX_PENDING", 50)  # the same overflow as 50,000 pending events, sooner
+@contextlib.asynccontextmanager
+async def _lifecycle(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, Resources]]:
+    """Resources on a fresh SQLite store with the Lifecycle (garbage collector, namespace deletion) running;
+    stopped and the store closed on exit."""
     store = SQLiteStore(tmp_path / "state.db")
     res = Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(30000, 32767)))
     await res.load()
     lc = Lifecycle(res)
     await lc.start()
     try:
+        yield store, res
+    finally:
+        await lc.stop()
+        store._db.close()
+
+
+async def test_gc_and_namespace_deletion_survive_an_overflowed_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert CONFIGMAPS is not None and NAMESPACES is not None
+    monkeypatch.setattr(live_mod, "_MAX_PENDING", 50)  # the same overflow as 50,000 pending events, sooner
+    async with _lifecycle(tmp_path) as (_store, res):
         await res.create(NAMESPACES, None, {"metadata": {"name": "burst"}})
         owner = await res.create(CONFIGMAPS, "burst", {"metadata": {"name": "owner"}})
         ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
@@ -54,9 +67,6 @@ async def test_gc_and_namespace_deletion_survive_an_overflowed_watch(
         await res.delete(NAMESPACES, None, "burst")
         await _wait_gone(res, "burst", "left")
         await _wait_gone(res, None, "burst", kind=NAMESPACES)  # type: ignore[arg-type]
-    finally:
-        await lc.stop()
-        store._db.close()
 
 
 async def test_lifecycle_keeps_exactly_one_store_watch_and_reads_it(tmp_path: Path) -> None:
@@ -64,12 +74,7 @@ async def test_lifecycle_keeps_exactly_one_store_watch_and_reads_it(tmp_path: Pa
     event (value and previous value) until 50,000 events or 64 MB were pending. One watch, caught up, and none
     left once stopped."""
     assert CONFIGMAPS is not None
-    store = SQLiteStore(tmp_path / "state.db")
-    res = Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(30000, 32767)))
-    await res.load()
-    lc = Lifecycle(res)
-    await lc.start()
-    try:
+    async with _lifecycle(tmp_path) as (store, res):
         assert NAMESPACES is not None
         await res.create(NAMESPACES, None, {"metadata": {"name": "steady"}})
         for i in range(300):
@@ -78,7 +83,4 @@ async def test_lifecycle_keeps_exactly_one_store_watch_and_reads_it(tmp_path: Pa
         watchers = [w for w in store._state.watchers if w._prefix == "/registry/"]
         assert len(watchers) == 1
         assert watchers[0]._queue.qsize() == 0
-    finally:
-        await lc.stop()
-    assert [w for w in store._state.watchers if w._prefix == "/registry/"] == []
-    store._db.close()
+    assert [w for w in store._state.watchers if w._prefix == "/registry/"] == []  # none left once stopped

@@ -6,12 +6,15 @@ are asserted whole, against golden files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kwire.agent.netpol import controller as ctrl_mod
 from kwire.agent.netpol.controller import NetworkPolicyController
 from kwire.client.fake import FakeInformer
 from kwire.kernel import nft
+from tests.polling import until
 from tests.unit import golden
 
 Obj = dict[str, Any]
@@ -63,6 +66,17 @@ async def _settle(c: NetworkPolicyController, syncs: int) -> None:
     raise AssertionError(f"only {c.stats.full + c.stats.partial} syncs")
 
 
+@contextlib.asynccontextmanager
+async def _running(c: NetworkPolicyController) -> AsyncIterator[None]:
+    """The controller started and through its first sync; stopped on exit."""
+    c.start()
+    try:
+        await _settle(c, 1)
+        yield
+    finally:
+        await c.stop()
+
+
 def _recorder(c: NetworkPolicyController) -> nft.RecordingApplier:
     assert isinstance(c.reconciler.applier, nft.RecordingApplier)
     return c.reconciler.applier
@@ -72,9 +86,7 @@ async def test_sync_loop_full_then_partial_collapsing_events() -> None:
     c, pods, _, policies = _controller()
     rec = _recorder(c)
     policies.put(_deny("x"))
-    c.start()
-    try:
-        await _settle(c, 1)
+    async with _running(c):
         (first,) = rec.take()
         assert c.stats.full == 1 and first.kind == "replace"
         golden.check("netpol-controller-first", first)
@@ -92,48 +104,34 @@ async def test_sync_loop_full_then_partial_collapsing_events() -> None:
         pods.put(_pod("y", "far", "10.42.1.99", node="n2"))
         await _settle(c, 3)
         assert rec.take() == []
-    finally:
-        await c.stop()
 
 
 async def test_a_failed_apply_makes_the_next_sync_full() -> None:
     c, pods, _, policies = _controller()
     rec = _recorder(c)
-    c.start()
-    try:
-        await _settle(c, 1)
+    async with _running(c):
         rec.take()
         rec.fail_next()
         policies.put(_deny("x"))
-        for _ in range(300):
-            if c.stats.failed and rec.transactions:
-                break
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: c.stats.failed and rec.transactions, what="a failed sync, then a transaction", interval=0.01
+        )
         assert c.stats.failed == 1
         (txn,) = rec.take()
         assert txn.kind == "replace"  # replaced whole after the failure, with the change in it
         assert txn == nft.replace(c.current.table())
         assert "10.42.0.10 : jump pod-in-" in txn.render()
-    finally:
-        await c.stop()
 
 
 async def test_a_vanished_table_is_restored() -> None:
     rec = nft.RecordingApplier()
     c, _, _, policies = _controller_with(rec, table_check_period=0.05)
     policies.put(_deny("x"))
-    c.start()
-    try:
-        await _settle(c, 1)
+    async with _running(c):
         (first,) = rec.take()
         rec.lose("ip", "kwire-netpol")  # a host firewall's `flush ruleset`
-        for _ in range(300):
-            if rec.transactions:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: rec.transactions, what="a transaction", interval=0.01)
         assert rec.take() == [first] and rec.exists("ip", "kwire-netpol")
-    finally:
-        await c.stop()
 
 
 async def test_malformed_policy_is_ignored() -> None:
@@ -146,13 +144,9 @@ async def test_malformed_policy_is_ignored() -> None:
         }
     )
     policies.put(_deny("y"))
-    c.start()
-    try:
-        await _settle(c, 1)
+    async with _running(c):
         text = rec.take()[0].render()
         assert "10.42.0.11 : jump pod-in-" in text and "10.42.0.10" not in text
-    finally:
-        await c.stop()
 
 
 def test_delete_table_when_disabled() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -16,12 +15,7 @@ from aiohttp import web
 
 from kwire.agent.kubelet import portforward, spdy
 from kwire.agent.kubelet.portforward import ForwardTarget, serve_port_forward
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.integration.apiserver import free_port
 
 
 @contextlib.asynccontextmanager
@@ -33,7 +27,7 @@ async def _kubelet() -> AsyncIterator[str]:
     app.router.add_get("/portForward/ns/pod", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield f"http://127.0.0.1:{port}/portForward/ns/pod"
@@ -113,7 +107,7 @@ async def test_spdy_streams_forward_bytes_and_report_refusals() -> None:
             pong = await c.until(lambda f: f.control and f.type == spdy.PING)
             assert pong.payload == (5).to_bytes(4, "big")
 
-            closed = _free_port()  # nothing listens there
+            closed = free_port()  # nothing listens there
             err2 = await c.open("error", closed, "1")
             data2 = await c.open("data", closed, "1")
             message = (await c.read_stream(err2)).decode()
@@ -135,7 +129,7 @@ async def test_half_opened_pairs_are_bounded(monkeypatch: pytest.MonkeyPatch) ->
 
 async def test_channel_protocol_of_the_python_client() -> None:
     async with _kubelet() as url, _upper_server() as port, aiohttp.ClientSession() as session:
-        closed = _free_port()
+        closed = free_port()
         async with session.ws_connect(f"{url}?ports={port},{closed}", protocols=[portforward.CHANNEL_PROTOCOL]) as ws:
             assert ws.protocol == portforward.CHANNEL_PROTOCOL
             opening = [await ws.receive_bytes(timeout=10) for _ in range(4)]

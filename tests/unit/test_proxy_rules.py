@@ -23,6 +23,18 @@ def svc(name: str, **spec: Any) -> dict[str, Any]:
     return {"metadata": {"namespace": "default", "name": name}, "spec": base}
 
 
+def lb_svc(name: str) -> dict[str, Any]:
+    """A LoadBalancer Service: external IP 192.168.77.50, NodePort 30090, load-balancer IP 192.168.77.240."""
+    lb = svc(
+        name,
+        type="LoadBalancer",
+        externalIPs=["192.168.77.50"],
+        ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30090}],
+    )
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "192.168.77.240"}]}}
+    return lb
+
+
 def slice_(
     name: str, eps: list[tuple[str, str, dict[str, bool]]], port: int = 8080, proto: str = "TCP"
 ) -> dict[str, Any]:
@@ -120,13 +132,7 @@ def test_client_ip_affinity() -> None:
 
 
 def test_external_ips_load_balancer_ips_udp_and_headless() -> None:
-    lb = svc(
-        "lb",
-        type="LoadBalancer",
-        externalIPs=["192.168.77.50"],
-        ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30090}],
-    )
-    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "192.168.77.240"}]}}
+    lb = lb_svc("lb")
     dns = svc("dns", clusterIP="10.43.0.10", ports=[{"name": "http", "port": 53, "protocol": "UDP"}])
     headless = svc("hl", clusterIP="None")
     ext = {"metadata": {"namespace": "default", "name": "ext"}, "spec": {"type": "ExternalName", "externalName": "x.y"}}
@@ -157,13 +163,7 @@ def test_partial_sync_touches_only_the_changed_service() -> None:
 
 
 EMPTY_SVC = (svc("web"), [slice_("web", [])])
-LB = svc(
-    "web",
-    type="LoadBalancer",
-    externalIPs=["192.168.77.50"],
-    ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30090}],
-)
-LB["status"] = {"loadBalancer": {"ingress": [{"ip": "192.168.77.240"}]}}
+LB = lb_svc("web")
 CASES: dict[str, tuple[tuple[dict[str, Any], list[dict[str, Any]]], str]] = {
     "cluster-ip": ((svc("web"), [slice_("web", THREE)]), "node1"),
     "cluster-ip-udp": (

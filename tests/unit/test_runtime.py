@@ -14,12 +14,7 @@ from kwire.agent.kubelet import crilog
 from kwire.agent.kubelet.responder import Responders
 from kwire.agent.kubelet.runtime import Runtime
 from kwire.base import http11
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.integration.apiserver import free_port
 
 
 async def _raw(port: int, data: bytes, *, until_close: bool = True) -> bytes:
@@ -109,7 +104,7 @@ def _spec(name: str, ports: list[list[object]], processes: list[dict[str, object
 
 async def test_responders_answer_tcp_with_the_pod_and_echo_udp(tmp_path: Path) -> None:
     rt = Runtime(tmp_path, responders=Responders(bind_host="127.0.0.1"))
-    tcp, udp = _free_port(), _free_port(socket.SOCK_DGRAM)
+    tcp, udp = free_port(), free_port(udp=True)
     try:
         await rt.ensure_pod("u1", _spec("web-1", [[tcp, "TCP"], [udp, "UDP"]]))
         async with (

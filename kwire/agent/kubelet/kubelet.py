@@ -164,7 +164,10 @@ class Kubelet:
                 await self._poll_runtime()
             except Exception as exc:
                 log.warning("kubelet: runtime poll failed: %s", exc)
-                await self._recover_runtime()
+                try:
+                    await self._recover_runtime()
+                except Exception:  # the next poll tries again: the poll loop never ends but by cancellation
+                    log.exception("kubelet: recovering the pod runtime failed")
 
     async def _recover_runtime(self) -> None:
         """A runtime that no longer answers (killed, crashed) is replaced and handed every pod again. The new one

@@ -131,8 +131,7 @@ class Sandboxes:
         self.netns_prefix = netns_prefix
         self.node_ip = node_ip
         self.conflist_path = conflist
-        self.cni_path = [str(cni_bin_dir), CNI_PLUGIN_DIR]
-        self.cni_cache = cni_cache
+        self.cni = cni.CniConfig([str(cni_bin_dir), CNI_PLUGIN_DIR], cache_dir=cni_cache)
         self.cluster_dns = cluster_dns
         self.cluster_domain = cluster_domain
 
@@ -186,17 +185,8 @@ class Sandboxes:
             caps["bandwidth"] = bw
         try:
             conflist = await asyncio.to_thread(cni.load_conflist, self.conflist_path)
-            result = await asyncio.to_thread(
-                cni.add_network,
-                conflist,
-                container_id=uid,
-                netns_path=netns.path(name),
-                ifname="eth0",
-                cni_path=self.cni_path,
-                args=args,
-                capability_args=caps,
-                cache_dir=self.cni_cache,
-            )
+            rt = cni.RuntimeConf(uid, netns.path(name), args=args, capability_args=caps)
+            result = await asyncio.to_thread(self.cni.add_network, conflist, rt)
         except (cni.CniError, OSError) as exc:
             await asyncio.to_thread(utsns.remove, name)
             await asyncio.to_thread(netns.remove, name)
@@ -241,16 +231,9 @@ class Sandboxes:
         if not sb.host_network:
             try:
                 conflist = await asyncio.to_thread(cni.load_conflist, self.conflist_path)
-                await asyncio.to_thread(
-                    cni.del_network,
-                    conflist,
-                    container_id=sb.uid,
-                    netns_path=netns.path(sb.netns),
-                    ifname="eth0",
-                    cni_path=self.cni_path,
-                    args={"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": sb.namespace, "K8S_POD_NAME": sb.name},
-                    cache_dir=self.cni_cache,
-                )
+                args = {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": sb.namespace, "K8S_POD_NAME": sb.name}
+                rt = cni.RuntimeConf(sb.uid, netns.path(sb.netns), args=args)
+                await asyncio.to_thread(self.cni.del_network, conflist, rt)
             except (cni.CniError, OSError) as exc:
                 raise RuntimeError(f"CNI DEL failed: {exc}") from exc
             await asyncio.to_thread(netns.remove, sb.netns)

@@ -161,41 +161,33 @@ class Proxier:
                 self._slices_of.pop(old.service, None)
             self.mark(old.service)
 
-    def _changed(self, what: str) -> None:
-        if self.metrics is not None:
-            (self.metrics.service_changed if what == "service" else self.metrics.endpoints_changed)()
+    def _follow(self, informer: Informer, what: str, put: Callable[[Obj], None], drop: Callable[[Obj], None]) -> None:
+        """Route the informer's adds and updates to `put`, its deletes to `drop`; each counts as a `what`
+        ("service" or "endpoints") change in the metrics (kube-proxy's *_changes_total)."""
 
-    async def _on_svc(self, obj: Obj) -> None:
-        self._changed("service")
-        self._put_service(obj)
+        def changed() -> None:
+            if self.metrics is not None:
+                (self.metrics.service_changed if what == "service" else self.metrics.endpoints_changed)()
 
-    async def _on_svc_update(self, _old: Obj, new: Obj) -> None:
-        self._changed("service")
-        self._put_service(new)
+        def on_add(obj: Obj) -> None:
+            changed()
+            put(obj)
 
-    async def _on_svc_delete(self, obj: Obj) -> None:
-        self._changed("service")
-        self._drop_service(obj)
+        def on_update(_old: Obj, new: Obj) -> None:
+            changed()
+            put(new)
 
-    async def _on_slice(self, obj: Obj) -> None:
-        self._changed("endpoints")
-        self._put_slice(obj)
+        def on_delete(obj: Obj) -> None:
+            changed()
+            drop(obj)
 
-    async def _on_slice_update(self, _old: Obj, new: Obj) -> None:
-        self._changed("endpoints")
-        self._put_slice(new)
-
-    async def _on_slice_delete(self, obj: Obj) -> None:
-        self._changed("endpoints")
-        self._drop_slice(obj)
+        informer.on_add(on_add)
+        informer.on_update(on_update)
+        informer.on_delete(on_delete)
 
     def start(self) -> None:
-        self.services.on_add(self._on_svc)
-        self.services.on_update(self._on_svc_update)
-        self.services.on_delete(self._on_svc_delete)
-        self.slices.on_add(self._on_slice)
-        self.slices.on_update(self._on_slice_update)
-        self.slices.on_delete(self._on_slice_delete)
+        self._follow(self.services, "service", self._put_service, self._drop_service)
+        self._follow(self.slices, "endpoints", self._put_slice, self._drop_slice)
         for sl in self.slices.items():
             self._put_slice(sl)
         for svc in self.services.items():

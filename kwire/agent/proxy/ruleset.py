@@ -30,6 +30,7 @@ TABLE = "kwire-proxy"
 MASQ_MARK = 0x4000
 ADDR_PROTO_PORT = "ipv4_addr . inet_proto . inet_service"
 PROTO_PORT = "inet_proto . inet_service"
+# The verdict maps, in the order service_rules unpacks them.
 MAP_NAMES = ("service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports")
 
 
@@ -115,22 +116,6 @@ class ServiceRules:
     affinity_sets: dict[str, nft.Set] = field(default_factory=dict)
     cluster_ip: str = ""
 
-    @property
-    def service_ips(self) -> dict[str, str]:
-        return self.maps["service-ips"]
-
-    @property
-    def nodeports(self) -> dict[str, str]:
-        return self.maps["service-nodeports"]
-
-    @property
-    def no_endpoint_ips(self) -> dict[str, str]:
-        return self.maps["no-endpoint-services"]
-
-    @property
-    def no_endpoint_nodeports(self) -> dict[str, str]:
-        return self.maps["no-endpoint-nodeports"]
-
 
 def _ids(sp: ServicePort, ep: Endpoint | None = None) -> str:
     return nft.object_id(sp.key, f"{ep.ip}:{ep.port}") if ep is not None else nft.object_id(sp.key)
@@ -168,6 +153,7 @@ def _pick(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[Rule]:
 
 def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRules:
     out = ServiceRules(key=sp.key, cluster_ip=sp.service.cluster_ip)
+    service_ips, nodeports, no_endpoint_ips, no_endpoint_nodeports = (out.maps[m] for m in MAP_NAMES)
     ident = _ids(sp)
     svc_chain = "service-" + ident
     ext_chain = "external-" + ident
@@ -200,11 +186,11 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
         if internal_eps:
             rules = [Rule(saddr_not=cluster_cidr, mark_masq=True, comment="cluster IP from outside the pod network")]
             chains[svc_chain] = rules + _pick(sp, tuple(sorted(internal_eps)))
-            out.service_ips[addr] = f"goto {svc_chain}"
+            service_ips[addr] = f"goto {svc_chain}"
         elif sp.service.internal_local and cluster_eps:
-            out.no_endpoint_ips[addr] = "drop"  # kube-proxy: internalTrafficPolicy Local with no local endpoint
+            no_endpoint_ips[addr] = "drop"  # kube-proxy: internalTrafficPolicy Local with no local endpoint
         else:
-            out.no_endpoint_ips[addr] = reject
+            no_endpoint_ips[addr] = reject
 
     # External traffic: NodePort, external IPs, load-balancer IPs.
     if sp.has_external:
@@ -228,17 +214,17 @@ def service_rules(sp: ServicePort, *, node: str, cluster_cidr: str) -> ServiceRu
             chains[ext_chain] = ext
             verdict = f"goto {ext_chain}"
             for ip in (*sp.service.external_ips, *sp.service.lb_ips):
-                out.service_ips[addr_key(ip, sp.proto, sp.port)] = verdict
+                service_ips[addr_key(ip, sp.proto, sp.port)] = verdict
             if sp.node_port:
-                out.nodeports[port_key(sp.proto, sp.node_port)] = verdict
+                nodeports[port_key(sp.proto, sp.node_port)] = verdict
         else:
             # No endpoint for external traffic: reject when the service has none at all; drop under policy
             # Local when only this node has none (the load balancer's health check steers clients away).
             verdict = "drop" if (sp.service.external_local and cluster_eps) else reject
             for ip in (*sp.service.external_ips, *sp.service.lb_ips):
-                out.no_endpoint_ips[addr_key(ip, sp.proto, sp.port)] = verdict
+                no_endpoint_ips[addr_key(ip, sp.proto, sp.port)] = verdict
             if sp.node_port:
-                out.no_endpoint_nodeports[port_key(sp.proto, sp.node_port)] = verdict
+                no_endpoint_nodeports[port_key(sp.proto, sp.node_port)] = verdict
     svc_comment = nft.key_comment(ident, sp.key)
     out.chains = {
         name: nft.Chain(name, tuple(rules), comment=comments.get(name, svc_comment)) for name, rules in chains.items()

@@ -16,12 +16,12 @@ import logging
 from typing import Any
 
 from kwire.api.authz.attributes import Attributes, Decision, Verdict
-from kwire.api.authz.follow import Follower
 from kwire.api.authz.node import PODS_PREFIX, NodeAuthorizer, NodeGraph
 from kwire.api.authz.rbac import PREFIX as RBAC_PREFIX
 from kwire.api.authz.rbac import RbacAuthorizer, RbacIndex
 from kwire.api.authz.rules import Rule, rule
 from kwire.api.errors import ApiError, object_error
+from kwire.api.follow import Follower
 from kwire.api.user import MASTERS, UserInfo
 from kwire.store.base import Store
 
@@ -75,9 +75,9 @@ class Authorization:
         self.rbac = RbacAuthorizer(self.index)
         self.node = NodeAuthorizer(self.graph, pvc_volume=lambda ns, name: self._pv_of_claim.get((ns, name)))
         self._followers = [
-            Follower(store, RBAC_PREFIX, apply=self.index.apply, reset=self.index.reset, name="rbac"),
-            Follower(store, PODS_PREFIX, apply=self.graph.apply, reset=self.graph.reset, name="node graph"),
-            Follower(store, PVCS_PREFIX, apply=self._claim, reset=self._pv_of_claim.clear, name="claims"),
+            Follower(store, RBAC_PREFIX, apply=self.index.apply, reset=self.index.reset, name="authz: rbac"),
+            Follower(store, PODS_PREFIX, apply=self.graph.apply, reset=self.graph.reset, name="authz: node graph"),
+            Follower(store, PVCS_PREFIX, apply=self._claim, reset=self._pv_of_claim.clear, name="authz: claims"),
         ]
 
     def _claim(self, key: str, obj: dict[str, Any] | None) -> None:

@@ -6,7 +6,7 @@ may be read only when a pod bound to that node references them; everything else 
 the static `system:node` rules (bootstrappolicy.NODE_RULES). Another identity gets no opinion (RBAC decides).
 Denials carry kube's reason: `no relationship found between node 'n1' and this object`.
 
-The graph is kept from pods' specs (fed by a store watch on pods, kwire.api.authz.follow): per pod, the node it is
+The graph is kept from pods' specs (fed by a store watch on pods, kwire.api.follow): per pod, the node it is
 bound to and the objects it references (volumes, projected sources, env and envFrom, imagePullSecrets, its service
 account); per node, a count of references to each object.
 """

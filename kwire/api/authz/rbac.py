@@ -7,7 +7,7 @@ everywhere; a RoleBinding grants its Role's or ClusterRole's rules in its own na
 RBAC only allows (it never denies); a binding to a role that does not exist is reported in the reason as kube
 reports it (`RBAC: clusterrole.rbac.authorization.k8s.io "x" not found`).
 
-The index is fed by `apply` with every write of the four kinds (kwire.api.authz.follow keeps it current from the
+The index is fed by `apply` with every write of the four kinds (kwire.api.follow keeps it current from the
 store's watch), and answers from dicts keyed by subject, so a decision costs a few dict lookups plus the rules of
 the roles bound to that user.
 """

@@ -1,8 +1,10 @@
 """Keeps an in-memory index current from the store: list a prefix, then follow its watch; relist with back-off.
 
-What the authorizers read (RBAC objects, pods for the node graph) comes from here, as kube-apiserver's RBAC
-authorizer reads shared informers: a decision never waits for the store. The pattern is the informers' (and
-kwire.api.webhookadmission's): a watch that ends or fails is followed by a relist after 0.5 s doubling to 30 s.
+What the authorizers read (RBAC objects, pods for the node graph) and the webhook configurations admission calls
+(kwire.api.webhookadmission) come from here, as kube-apiserver's RBAC authorizer and admission plugins read shared
+informers: a decision never waits for the store. The pattern is the informers': a watch that ends or fails (410
+Compacted, a store error, anything but cancellation) is followed by a relist after a Backoff of 0.5 s doubling to
+30 s, reset by every event received; a relist that fails is retried the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Follower:
     apply: Apply
     reset: Callable[[], None]
     name: str
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.5, 30.0), init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
@@ -57,27 +60,27 @@ class Follower:
         try:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError:
-            log.warning("authz: %s: undecodable value at %s", self.name, key)
+            log.warning("%s: undecodable value at %s", self.name, key)
             return
         if isinstance(obj, dict):
             self.apply(key, obj)
 
     async def _follow(self, revision: int) -> None:
-        backoff = Backoff(0.5, 30.0)
+        backoff = self.backoff
         while True:
             try:
                 async for ev in self.store.watch(self.prefix, from_revision=revision):
                     revision = ev.revision
                     self._apply(ev.key, None if ev.type == DELETED else ev.value)
                     backoff.reset()
-                log.warning("authz: %s watch ended (cut off by the store); relisting", self.name)
+                log.warning("%s: watch ended (cut off by the store); relisting", self.name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any watch failure: relist, as informers do
                 if not isinstance(exc, Compacted):
-                    log.warning("authz: %s watch failed: %s; relisting", self.name, exc)
+                    log.warning("%s: watch failed: %s; relisting", self.name, exc)
             await backoff.sleep()
             try:
                 revision = await self._relist()
             except Exception:  # noqa: BLE001
-                log.exception("authz: relisting %s failed", self.name)
+                log.exception("%s: relisting failed", self.name)
