@@ -141,6 +141,8 @@ class Lifecycle:
                     await self._process(key)
                 except ApiError as err:
                     if err.code == 409:
+                        # Looked at again when the next event arrives: the write that made this one conflict is
+                        # itself an event this watch has yet to deliver, so the wait is never unbounded.
                         self._queue.put_nowait(key)
                     elif err.code != 404:
                         log.warning("lifecycle: %s: %s", key, err.message)
