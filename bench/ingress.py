@@ -548,13 +548,15 @@ async def main() -> int:
         )
         raise
     finally:
-        for proc in [ctl, *procs, *backends.values()]:
-            stop(proc)
-        if api is not None:
-            await api.close()
-        cleanup(ns)
-        log.close()
-        shutil.rmtree(d, ignore_errors=True)
+        try:
+            for proc in [ctl, *procs, *backends.values()]:
+                stop(proc)
+            if api is not None:
+                await api.close()
+        finally:  # the namespace and the directory go even when stopping is interrupted (a second Ctrl-C)
+            cleanup(ns)
+            log.close()
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def sync_times(d: Path, log: IO[bytes]) -> list[tuple[float, ...]]:
