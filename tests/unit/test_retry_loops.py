@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,16 @@ def recording(waits: list[float], *, stop_after: int) -> Callable[[float], Await
         await asyncio.sleep(0)
 
     return sleep
+
+
+@pytest.fixture
+def resources(tmp_path: Path) -> Iterator[Resources]:
+    """The API's Resources on a SQLite store of its own, closed after the test."""
+    store = SQLiteStore(tmp_path / "state.db")
+    try:
+        yield Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(1, 2)))
+    finally:
+        store._db.close()
 
 
 def scripted(outcomes: list[BaseException | Any]) -> Callable[..., Awaitable[Any]]:
@@ -141,17 +151,13 @@ async def test_webhook_configurations_are_followed_by_the_same_follower(tmp_path
     assert list(admission._configs) == [key]
 
 
-async def test_aggregator_rounds_back_off_from_the_check_period_to_a_minute(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "state.db")
-    agg = Aggregator(Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(1, 2))))
+async def test_aggregator_rounds_back_off_from_the_check_period_to_a_minute(resources: Resources) -> None:
+    agg = Aggregator(resources)
     agg.check_all = scripted([OSError("store away")] * 5 + [None, KeyError("unexpected"), None])  # type: ignore[method-assign]
     waits: list[float] = []
     agg.backoff.sleep_fn = recording(waits, stop_after=8)
-    try:
-        with pytest.raises(Enough):
-            await agg._run()
-    finally:
-        store._db.close()
+    with pytest.raises(Enough):
+        await agg._run()
     assert CHECK_PERIOD == 5.0
     assert waits == [5.0, 10.0, 20.0, 40.0, 60.0, CHECK_PERIOD, 5.0, CHECK_PERIOD]
 
@@ -169,18 +175,14 @@ class _EndedWatch:
         pass
 
 
-async def test_lifecycle_relists_after_0_1s_doubling_to_5s_and_a_finished_watch_resets_it(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "state.db")
-    lc = Lifecycle(Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(1, 2))))
+async def test_lifecycle_relists_after_0_1s_doubling_to_5s_and_a_finished_watch_resets_it(resources: Resources) -> None:
+    lc = Lifecycle(resources)
     failure = RuntimeError("store away")
     lc._relist = scripted([failure] * 7 + [_EndedWatch(), _EndedWatch(), failure])  # type: ignore[method-assign]
     waits: list[float] = []
     lc.backoff.sleep_fn = recording(waits, stop_after=8)
-    try:
-        with pytest.raises(Enough):
-            await lc._supervise()
-    finally:
-        store._db.close()
+    with pytest.raises(Enough):
+        await lc._supervise()
     assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 0.1]  # an ended watch relists at once
 
 
@@ -243,15 +245,9 @@ async def test_failed_nft_syncs_are_retried_from_1s_doubling_to_kube_proxys_sync
     assert r.stats.failed == 8
 
 
-async def test_the_master_lease_reconciler_survives_any_failure(tmp_path: Path) -> None:
+async def test_the_master_lease_reconciler_survives_any_failure(resources: Resources) -> None:
     """A fixed-period loop (kube's endpoint reconciler): a failed round, expected or not, waits for the next one."""
-    store = SQLiteStore(tmp_path / "state.db")
-    leases = MasterLeases(
-        Resources(store, allocator=ServiceAllocator(service_cidr="10.43.0.0/16", node_port_range=(1, 2))),
-        address="10.0.0.1",
-        port=6443,
-        interval=0.01,
-    )
+    leases = MasterLeases(resources, address="10.0.0.1", port=6443, interval=0.01)
     rounds = asyncio.Event()
     outcomes: list[BaseException | None] = [KeyError("unexpected"), StoreError("store away"), None]
 
@@ -269,4 +265,3 @@ async def test_the_master_lease_reconciler_survives_any_failure(tmp_path: Path) 
         assert not task.done()
     finally:
         await cancel_and_wait(task)
-        store._db.close()
