@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from kwire.base import process
+from kwire.base.backoff import Backoff
 from kwire.client import ApiClient, ApiStatusError, Informers, NotFound
 from kwire.client.client import (
     DAEMONSETS,
@@ -143,7 +144,7 @@ class MetallbController:
 
     async def _webhook(self) -> None:
         """Serve the validating webhook once its certificate is in place (retried with back-off)."""
-        attempt = 0
+        backoff = Backoff(1.0, 10.0)
         while True:
             try:
                 certs = await webhook.ensure_certs(self.client, self.namespace)
@@ -151,9 +152,8 @@ class MetallbController:
                 log.info("webhook serving on :%d", self.webhook_port)
                 break
             except Exception as exc:  # API errors, a busy port: try again
-                attempt += 1
                 log.warning("webhook not served yet: %s", exc)
-                await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+                await backoff.sleep()
         while True:  # as upstream's cert-rotator: a configuration applied (or replaced) later gets the CA too
             await asyncio.sleep(5.0)
             try:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import aiohttp
 
+from kwire.base.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 ETCD_BINARY = "/usr/bin/etcd"
@@ -211,19 +213,19 @@ class EmbeddedEtcd:
             return ""
 
     async def _supervise(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:
             assert self._proc is not None
             code = await self._proc.wait()
             if self._stopping:
                 return
+            delay = backoff.next()
             log.error("embedded etcd exited with %s; restarting in %.0fs:\n%s", code, delay, self._log_tail())
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
             try:
                 self._proc = await self._spawn()
                 await self._wait_healthy(timeout=60)
-                delay = 1.0
+                backoff.reset()
             except RuntimeError as exc:
                 log.error("%s", exc)
 

@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from kwire.base.backoff import Backoff
 from kwire.base.ndjson import json_lines
 from kwire.store.base import (
     ADDED,
@@ -188,11 +189,11 @@ class EtcdStore(MirroredStore):
 
     # -- the watch that feeds the state ----------------------------------------------------------------------
     async def _follow(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 await self._watch_once()
-                delay = 0.2
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except _CompactedAway as exc:
@@ -201,8 +202,7 @@ class EtcdStore(MirroredStore):
                 await self._load()
             except Exception as exc:  # noqa: BLE001 - etcd restarts, a member goes away: watch again
                 log.warning("etcd watch ended (%s); resuming from revision %d", exc, self._state.revision)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep()
                 self._current = (self._current + 1) % len(self._endpoints)
 
     async def _watch_once(self) -> None:
